@@ -1,0 +1,282 @@
+// lightdesk-cli: the engine from the command line. Its verbs and flags are a contract (see
+// README.md); keep them stable.
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "lightdesk/engine.h"
+
+namespace {
+
+constexpr const char* kUsage = R"(usage:
+  lightdesk-cli info     --model DIR [--tokens N] [--backend cpu|cuda|auto]
+  lightdesk-cli logits   --model DIR --ids 5,17,42 --out FILE.safetensors [--decode-from N]
+  lightdesk-cli generate --model DIR --ids 5,17,42 --max-new-tokens K
+                         [--greedy | --temperature T --top-p P --top-k N --seed S]
+common options: --backend cpu|cuda|auto  --threads N  --chunk N (prefill tokens per pass)
+                --rope-full-head (rotate whole heads, as native transformers <= 5.17 does)
+                --stats (timings on standard error)
+)";
+
+// A mistake in the command line itself (exit code 2, with the usage).
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+class Args {
+ public:
+  Args(int argc, char** argv) {
+    for (int i = 2; i < argc; ++i) {
+      std::string key = argv[i];
+      if (key.rfind("--", 0) != 0) throw UsageError("unexpected argument \"" + key + "\"");
+      key = key.substr(2);
+      if (key == "greedy" || key == "rope-full-head" || key == "stats") {
+        flags_[key] = "";
+        continue;
+      }
+      if (i + 1 >= argc) throw UsageError("--" + key + " needs a value");
+      flags_[key] = argv[++i];
+    }
+  }
+
+  bool has(const std::string& key) const { return flags_.count(key) > 0; }
+
+  std::string take(const std::string& key) {
+    auto it = flags_.find(key);
+    if (it == flags_.end()) throw UsageError("missing --" + key);
+    std::string v = it->second;
+    flags_.erase(it);
+    return v;
+  }
+  std::optional<std::string> take_optional(const std::string& key) {
+    if (!has(key)) return std::nullopt;
+    return take(key);
+  }
+  bool take_flag(const std::string& key) {
+    const bool present = has(key);
+    flags_.erase(key);
+    return present;
+  }
+  long long take_int(const std::string& key, long long min_value) { return parse_int(key, take(key), min_value); }
+  std::optional<long long> take_optional_int(const std::string& key, long long min_value) {
+    auto v = take_optional(key);
+    if (!v) return std::nullopt;
+    return parse_int(key, *v, min_value);
+  }
+  std::optional<double> take_optional_number(const std::string& key) {
+    auto v = take_optional(key);
+    if (!v) return std::nullopt;
+    try {
+      std::size_t used = 0;
+      double d = std::stod(*v, &used);
+      if (used == v->size()) return d;
+    } catch (const std::exception&) {
+    }
+    throw UsageError("--" + key + " needs a number, got \"" + *v + "\"");
+  }
+  void check_all_used() const {
+    if (!flags_.empty()) throw UsageError("unknown or misplaced option --" + flags_.begin()->first);
+  }
+
+ private:
+  static long long parse_int(const std::string& key, const std::string& text, long long min_value) {
+    try {
+      std::size_t used = 0;
+      long long v = std::stoll(text, &used);
+      if (used == text.size() && v >= min_value) return v;
+    } catch (const std::exception&) {
+    }
+    throw UsageError("--" + key + " needs an integer >= " + std::to_string(min_value) + ", got \"" + text + "\"");
+  }
+  std::map<std::string, std::string> flags_;
+};
+
+std::vector<lightdesk::TokenId> parse_ids(const std::string& text) {
+  std::vector<lightdesk::TokenId> ids;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    try {
+      std::size_t used = 0;
+      long long v = std::stoll(item, &used);
+      if (used != item.size() || v < 0 || v > 0x7fffffff) throw std::invalid_argument(item);
+      ids.push_back(static_cast<lightdesk::TokenId>(v));
+    } catch (const std::exception&) {
+      throw UsageError("--ids: \"" + item + "\" is not a token id");
+    }
+  }
+  if (ids.empty()) throw UsageError("--ids is empty");
+  return ids;
+}
+
+std::string human_bytes(std::uint64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024.0 && u < 4) {
+    v /= 1024.0;
+    ++u;
+  }
+  char buf[64];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.2f %s", v, units[u]);
+  return buf;
+}
+
+struct Common {
+  std::string model_dir;
+  lightdesk::ModelOptions options;
+  std::int64_t chunk = 512;
+  bool stats = false;
+};
+
+Common take_common(Args& args) {
+  Common c;
+  c.model_dir = args.take("model");
+  if (auto b = args.take_optional("backend")) c.options.backend = lightdesk::parse_backend_kind(*b);
+  if (auto t = args.take_optional_int("threads", 0)) c.options.threads = static_cast<int>(*t);
+  if (auto n = args.take_optional_int("chunk", 1)) c.chunk = *n;
+  c.options.rope_full_head = args.take_flag("rope-full-head");
+  c.stats = args.take_flag("stats");
+  return c;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+int cmd_info(Args& args) {
+  Common c = take_common(args);
+  const auto tokens = args.take_optional_int("tokens", 0);
+  args.check_all_used();
+  const lightdesk::ModelInfo info = lightdesk::Model::inspect(c.model_dir, c.options);
+  const std::int64_t n = tokens ? *tokens : info.max_context;
+  std::string softmax_at;
+  for (int l = 0; l < info.num_layers; ++l)
+    if (info.layer_kinds[l] == lightdesk::LayerKind::Softmax)
+      softmax_at += (softmax_at.empty() ? "" : ",") + std::to_string(l);
+  std::printf("model: %s\n", info.directory.string().c_str());
+  std::printf("type: %s (%s)\n", info.model_type.c_str(), info.architecture.c_str());
+  std::printf("layers: %d (%d lightning, %d softmax at %s)\n", info.num_layers, info.num_lightning_layers(),
+              info.num_softmax_layers(), softmax_at.empty() ? "none" : softmax_at.c_str());
+  std::printf("hidden size: %d; heads: %d query, %d key/value, head dim %d, rotary dims %d\n", info.hidden_size,
+              info.num_heads, info.num_kv_heads, info.head_dim, info.rotary_dim);
+  std::printf("experts: %d, top %d, width %d\n", info.num_experts, info.experts_per_token, info.expert_width);
+  std::printf("vocabulary: %d; max context: %lld\n", info.vocab_size, static_cast<long long>(info.max_context));
+  std::printf("parameters: %llu\n", static_cast<unsigned long long>(info.parameter_count));
+  for (const auto& [dtype, bytes] : info.bytes_per_dtype)
+    std::printf("bytes %s: %llu (%s)\n", dtype.c_str(), static_cast<unsigned long long>(bytes), human_bytes(bytes).c_str());
+  std::printf("backend: %s; weights loaded: %s\n", lightdesk::backend_name(info.backend),
+              human_bytes(info.weight_bytes).c_str());
+  std::printf("session state: %s fixed (lightning) + %s per token (softmax K/V)\n",
+              human_bytes(info.lightning_state_bytes).c_str(), human_bytes(info.kv_bytes_per_token).c_str());
+  std::printf("session of %lld tokens: %llu bytes (%s)\n", static_cast<long long>(n),
+              static_cast<unsigned long long>(info.session_bytes(n)), human_bytes(info.session_bytes(n)).c_str());
+  std::printf("fingerprint: %s\n", info.fingerprint.c_str());
+  return 0;
+}
+
+int cmd_logits(Args& args) {
+  Common c = take_common(args);
+  const auto ids = parse_ids(args.take("ids"));
+  const std::string out = args.take("out");
+  const auto decode_from = args.take_optional_int("decode-from", 0);
+  args.check_all_used();
+  const auto n = static_cast<std::int64_t>(ids.size());
+  const std::int64_t prefill = decode_from ? std::min<std::int64_t>(*decode_from, n) : n;
+
+  auto model = lightdesk::Model::open(c.model_dir, c.options);
+  const std::int64_t V = model->info().vocab_size;
+  auto session = model->create_session();
+  std::vector<float> logits;
+  logits.reserve(static_cast<std::size_t>(n * V));
+  const auto start = std::chrono::steady_clock::now();
+  lightdesk::FeedOptions prefill_options;
+  prefill_options.chunk_tokens = c.chunk;
+  prefill_options.all_logits = true;
+  session->feed(std::span(ids).first(static_cast<std::size_t>(prefill)), prefill_options);
+  logits.assign(session->logits().begin(), session->logits().end());
+  const double prefill_seconds = seconds_since(start);
+  for (std::int64_t i = prefill; i < n; ++i) {
+    session->feed(std::span(ids).subspan(static_cast<std::size_t>(i), 1));
+    logits.insert(logits.end(), session->logits().begin(), session->logits().end());
+  }
+  if (c.stats)
+    std::fprintf(stderr, "prefill %lld tokens in %.3f s; %lld decode steps in %.3f s\n",
+                 static_cast<long long>(prefill), prefill_seconds, static_cast<long long>(n - prefill),
+                 seconds_since(start) - prefill_seconds);
+  lightdesk::write_safetensors(out, {lightdesk::OutputTensor{"logits", {n, V}, logits, {}}});
+  return 0;
+}
+
+int cmd_generate(Args& args) {
+  Common c = take_common(args);
+  const auto ids = parse_ids(args.take("ids"));
+  const long long max_new = args.take_int("max-new-tokens", 0);
+  const bool greedy = args.take_flag("greedy");
+  const auto temperature = args.take_optional_number("temperature");
+  const auto top_p = args.take_optional_number("top-p");
+  const auto top_k = args.take_optional_int("top-k", 0);
+  const auto seed = args.take_optional_int("seed", 0);
+  args.check_all_used();
+  const bool sampling = temperature || top_p || top_k;
+  if (greedy && (sampling || seed)) throw UsageError("--greedy excludes --temperature, --top-p, --top-k and --seed");
+  lightdesk::SamplingParams params;
+  if (sampling) {
+    params.temperature = static_cast<float>(temperature.value_or(1.0));
+    params.top_p = static_cast<float>(top_p.value_or(1.0));
+    params.top_k = static_cast<int>(top_k.value_or(0));
+    if (!(params.temperature > 0.0f)) throw UsageError("--temperature must be greater than 0 (use --greedy)");
+    if (!(params.top_p > 0.0f && params.top_p <= 1.0f)) throw UsageError("--top-p must be within (0, 1]");
+  }
+
+  auto model = lightdesk::Model::open(c.model_dir, c.options);
+  auto session = model->create_session();
+  session->set_seed(static_cast<std::uint64_t>(seed.value_or(0)));
+  lightdesk::FeedOptions prefill_options;
+  prefill_options.chunk_tokens = c.chunk;
+  const auto start = std::chrono::steady_clock::now();
+  session->feed(ids, prefill_options);
+  const double prefill_seconds = seconds_since(start);
+  std::string line;
+  for (long long i = 0; i < max_new; ++i) {
+    const lightdesk::TokenId next = session->sample(params);
+    line += (i ? "," : "") + std::to_string(next);
+    if (i + 1 < max_new) session->feed(std::span(&next, 1));
+  }
+  std::printf("%s\n", line.c_str());
+  if (c.stats) {
+    const double decode_seconds = seconds_since(start) - prefill_seconds;
+    std::fprintf(stderr, "prefill %zu tokens in %.3f s; %lld tokens generated in %.3f s (%.2f ms/token)\n",
+                 ids.size(), prefill_seconds, max_new, decode_seconds,
+                 max_new > 1 ? 1000.0 * decode_seconds / static_cast<double>(max_new - 1) : 0.0);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "help") {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string verb = argv[1];
+  try {
+    Args args(argc, argv);
+    if (verb == "info") return cmd_info(args);
+    if (verb == "logits") return cmd_logits(args);
+    if (verb == "generate") return cmd_generate(args);
+    throw UsageError("unknown command \"" + verb + "\"");
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "lightdesk-cli: %s (see lightdesk-cli --help)\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lightdesk-cli: %s\n", e.what());
+    return 1;
+  }
+}

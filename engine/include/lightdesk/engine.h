@@ -1,0 +1,247 @@
+// Lightdesk engine: the whole public API that the application, the command-line front ends and
+// the tests use. Everything else under engine/ is private.
+//
+// A Model is a loaded checkpoint directory (config.json + safetensors) bound to one compute
+// backend. A Session is one sequence being processed by that model: it owns the model state
+// (per lightning layer a float32 [heads, head_dim, head_dim] state, per softmax layer the K and V
+// of every position) and the logits of the last tokens fed. Sessions of one model are
+// independent; a Session must not be used from two threads at once.
+//
+// Errors are reported by throwing lightdesk::Error (or its subclass Cancelled); the message
+// names the cause (file, tensor, field). An operation that throws leaves a Session as it was
+// before the call, except that a cancelled or failed feed keeps the tokens fully processed
+// before the failure (position() says how many).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace lightdesk {
+
+using TokenId = std::int32_t;
+
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Thrown by Session::feed when its progress callback asks to stop.
+class Cancelled : public Error {
+ public:
+  using Error::Error;
+};
+
+enum class BackendKind { Auto, Cpu, Cuda };
+
+// "cpu", "cuda" or "auto"; throws Error on anything else.
+BackendKind parse_backend_kind(const std::string& name);
+const char* backend_name(BackendKind kind);
+// Backends compiled into this build and usable on this machine (Cpu always).
+std::vector<BackendKind> available_backends();
+
+struct ModelOptions {
+  BackendKind backend = BackendKind::Auto;
+  // Worker threads for the CPU backend; 0 = all hardware threads.
+  int threads = 0;
+  // Rotate the whole head in softmax layers whatever rotary_dim says, as native transformers
+  // <= 5.17 does (a bug there; the released models were trained with partial RoPE).
+  bool rope_full_head = false;
+};
+
+enum class LayerKind { Lightning, Softmax };
+
+struct ModelInfo {
+  std::filesystem::path directory;
+  std::string model_type;    // as config.json names it
+  std::string architecture;  // first entry of "architectures"
+  BackendKind backend = BackendKind::Cpu;
+
+  int vocab_size = 0;
+  int hidden_size = 0;
+  int num_layers = 0;
+  std::vector<LayerKind> layer_kinds;
+  int num_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  int rotary_dim = 0;  // rotated dims per softmax head actually used (0 = no RoPE)
+  int num_experts = 0;
+  int experts_per_token = 0;
+  int expert_width = 0;  // intermediate_size
+  std::int64_t max_context = 0;
+  std::optional<TokenId> eos_token_id;
+
+  std::uint64_t parameter_count = 0;
+  // Bytes of the checkpoint's tensors by their dtype on disk ("F32", "BF16", "F16").
+  std::map<std::string, std::uint64_t> bytes_per_dtype;
+  // Bytes the loaded weights occupy on the backend.
+  std::uint64_t weight_bytes = 0;
+  // A session's fixed part: all lightning states (float32).
+  std::uint64_t lightning_state_bytes = 0;
+  // A session's growing part: softmax K and V of one position, all softmax layers.
+  std::uint64_t kv_bytes_per_token = 0;
+  // Hex digest of config.json and the safetensors headers: identifies the model a saved
+  // session state belongs to without reading the weights.
+  std::string fingerprint;
+
+  int num_lightning_layers() const;
+  int num_softmax_layers() const;
+  // State memory of one session holding `tokens` positions.
+  std::uint64_t session_bytes(std::int64_t tokens) const;
+};
+
+// Sampling: temperature <= 0 means greedy (the lowest id among equal maxima). Otherwise the
+// logits are divided by temperature, cut to the top_k best (0 = all), then to the smallest set
+// whose probability reaches top_p (1 = all), and a token is drawn with the session's generator,
+// which set_seed() restarts.
+struct SamplingParams {
+  float temperature = 0.0f;
+  int top_k = 0;
+  float top_p = 1.0f;
+};
+
+struct FeedProgress {
+  std::int64_t tokens_done = 0;   // of this feed call
+  std::int64_t tokens_total = 0;  // of this feed call
+  double seconds = 0.0;           // since the call began
+};
+
+struct FeedOptions {
+  // Tokens per forward pass; a long feed is cut into chunks of this size. Any size gives the
+  // same result as one pass (up to float rounding).
+  std::int64_t chunk_tokens = 512;
+  // Keep the logits of every fed token, not just the last one.
+  bool all_logits = false;
+  // Called after each chunk; return false to cancel (the feed then throws Cancelled, keeping
+  // the chunks already processed).
+  std::function<bool(const FeedProgress&)> progress;
+  // Debugging and reference checks: called with the hidden states of each chunk, rows x
+  // hidden_size row-major. index 0 is the embedding output, i (1..num_layers) the output of
+  // layer i-1, num_layers+1 the final normed state that goes into the LM head.
+  std::function<void(int index, std::span<const float> hidden, std::int64_t rows)> hidden_states;
+};
+
+// One piece of an exported session state. A state is a stream of parts: first one
+// LightningState part per lightning layer, then for each softmax layer its SoftmaxKeys and
+// SoftmaxValues for consecutive ranges of positions. Every part carries the position the state
+// belongs to (the number of tokens the session had consumed) and the layout version, so parts
+// can be stored separately and checked when they come back.
+enum class StatePartKind : std::uint8_t { LightningState = 1, SoftmaxKeys = 2, SoftmaxValues = 3 };
+
+struct StatePart {
+  static constexpr std::uint32_t kLayoutVersion = 1;
+  std::uint32_t layout_version = kLayoutVersion;
+  StatePartKind kind = StatePartKind::LightningState;
+  int layer = 0;               // model layer index
+  std::int64_t position = 0;   // tokens consumed by the session this state belongs to
+  std::int64_t first_token = 0;  // softmax parts: first position covered
+  std::int64_t token_count = 0;  // softmax parts: positions covered
+  // Always float32. LightningState: [heads, head_dim (key), head_dim (value)].
+  // SoftmaxKeys / SoftmaxValues: [kv_heads, token_count, head_dim]; keys after RoPE.
+  std::vector<std::int64_t> shape;
+  std::span<const float> data;
+};
+
+class Model;
+
+class Session {
+ public:
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  const Model& model() const;
+  // Tokens consumed so far (the next token's position).
+  std::int64_t position() const;
+  // The consumed tokens, in order.
+  const std::vector<TokenId>& tokens() const;
+
+  // Runs the model over `tokens`, continuing from the current state.
+  void feed(std::span<const TokenId> tokens, const FeedOptions& options = {});
+  // Logits of the last feed: all fed tokens' rows if FeedOptions::all_logits, else one row.
+  // Row-major [logits_rows(), vocab_size].
+  std::span<const float> logits() const;
+  std::int64_t logits_rows() const;
+
+  // Draws the next token from the last row of logits().
+  TokenId sample(const SamplingParams& params);
+  void set_seed(std::uint64_t seed);
+
+  // Forgets every token.
+  void reset();
+
+  // Streams the state to `sink` in parts of at most `kv_chunk_tokens` positions per softmax
+  // part. The spans are valid only during the call.
+  void export_state(const std::function<void(const StatePart&)>& sink,
+                    std::int64_t kv_chunk_tokens = 4096) const;
+
+  // Replaces the state with one fed back part by part. Parts may come in any order; commit
+  // checks that every layer and position is covered, then swaps the new state in. On any
+  // error the session keeps its previous state.
+  class Import {
+   public:
+    ~Import();
+    Import(Import&&) noexcept;
+    void add(const StatePart& part);
+    // `tokens` are the ids the state covers (their count must equal the parts' position).
+    void commit(std::span<const TokenId> tokens);
+
+   private:
+    friend class Session;
+    struct Impl;
+    explicit Import(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
+  };
+  Import begin_import(std::int64_t position);
+
+ private:
+  friend class Model;
+  struct Impl;
+  explicit Session(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+class Model {
+ public:
+  // Reads and validates config.json and the safetensors files of `directory`, and loads the
+  // weights onto the chosen backend. `progress`, if given, is called with (bytes loaded, total).
+  static std::unique_ptr<Model> open(
+      const std::filesystem::path& directory, const ModelOptions& options = {},
+      const std::function<void(std::uint64_t, std::uint64_t)>& progress = {});
+
+  // Reads and validates the directory (config and tensor headers) without loading weights:
+  // what the model needs before committing memory to it.
+  static ModelInfo inspect(const std::filesystem::path& directory, const ModelOptions& options = {});
+
+  ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  const ModelInfo& info() const;
+  std::unique_ptr<Session> create_session() const;
+
+  struct Impl;
+
+ private:
+  explicit Model(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Writes tensors to a safetensors file (used for logits and feature dumps).
+struct OutputTensor {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  std::span<const float> f32;            // one of these two is set
+  std::span<const std::int64_t> i64;
+};
+void write_safetensors(const std::filesystem::path& path, const std::vector<OutputTensor>& tensors);
+
+}  // namespace lightdesk

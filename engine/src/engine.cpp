@@ -1,0 +1,397 @@
+// The public API (lightdesk/engine.h) over the private config, checkpoint and backends.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "backend.h"
+#include "lightdesk/engine.h"
+#include "model_config.h"
+#include "model_weights.h"
+#include "safetensors.h"
+#include "sampler.h"
+
+namespace lightdesk {
+
+BackendKind parse_backend_kind(const std::string& name) {
+  if (name == "auto") return BackendKind::Auto;
+  if (name == "cpu") return BackendKind::Cpu;
+  if (name == "cuda") return BackendKind::Cuda;
+  throw Error("unknown backend \"" + name + "\" (choose cpu, cuda or auto)");
+}
+
+const char* backend_name(BackendKind kind) {
+  switch (kind) {
+    case BackendKind::Auto: return "auto";
+    case BackendKind::Cpu: return "cpu";
+    case BackendKind::Cuda: return "cuda";
+  }
+  return "?";
+}
+
+std::vector<BackendKind> available_backends() { return {BackendKind::Cpu}; }
+
+int ModelInfo::num_lightning_layers() const {
+  return static_cast<int>(std::count(layer_kinds.begin(), layer_kinds.end(), LayerKind::Lightning));
+}
+int ModelInfo::num_softmax_layers() const { return num_layers - num_lightning_layers(); }
+std::uint64_t ModelInfo::session_bytes(std::int64_t tokens) const {
+  return lightning_state_bytes + static_cast<std::uint64_t>(std::max<std::int64_t>(tokens, 0)) * kv_bytes_per_token;
+}
+
+namespace {
+
+BackendKind resolve_backend(BackendKind requested) {
+  const auto available = available_backends();
+  if (requested == BackendKind::Auto)
+    return std::find(available.begin(), available.end(), BackendKind::Cuda) != available.end() ? BackendKind::Cuda
+                                                                                              : BackendKind::Cpu;
+  if (std::find(available.begin(), available.end(), requested) == available.end())
+    throw Error(std::string("the ") + backend_name(requested) +
+                " backend is not available (not built into this program, or no device found)");
+  return requested;
+}
+
+// FNV-1a, twice with different offsets for 128 bits: a fingerprint, not a security digest.
+class Fingerprint {
+ public:
+  void add(std::string_view bytes) {
+    for (unsigned char c : bytes) {
+      a_ = (a_ ^ c) * 0x100000001b3ULL;
+      b_ = (b_ ^ c) * 0x100000001b3ULL;
+    }
+  }
+  std::string hex() const {
+    char buf[33];
+    std::snprintf(buf, sizeof buf, "%016llx%016llx", static_cast<unsigned long long>(a_),
+                  static_cast<unsigned long long>(b_));
+    return buf;
+  }
+
+ private:
+  std::uint64_t a_ = 0xcbf29ce484222325ULL;
+  std::uint64_t b_ = 0x84222325cbf29ce4ULL;
+};
+
+std::string read_text(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+ModelInfo describe(const std::filesystem::path& directory, const ModelConfig& c, const Checkpoint& checkpoint,
+                   const WeightMap& map, BackendKind backend) {
+  ModelInfo info;
+  info.directory = directory;
+  info.model_type = c.model_type;
+  info.architecture = c.architecture;
+  info.backend = backend;
+  info.vocab_size = c.vocab_size;
+  info.hidden_size = c.hidden_size;
+  info.num_layers = c.num_layers;
+  info.layer_kinds = c.layer_kinds;
+  info.num_heads = c.num_heads;
+  info.num_kv_heads = c.num_kv_heads;
+  info.head_dim = c.head_dim;
+  info.rotary_dim = c.rotary_dim;
+  info.num_experts = c.num_experts;
+  info.experts_per_token = c.experts_per_token;
+  info.expert_width = c.expert_width;
+  info.max_context = c.max_context;
+  info.eos_token_id = c.eos_token_id;
+  info.parameter_count = map.parameter_count();
+  info.bytes_per_dtype = map.bytes_per_dtype();
+  info.weight_bytes = map.parameter_count() * sizeof(float);
+  const std::uint64_t d = static_cast<std::uint64_t>(c.head_dim);
+  info.lightning_state_bytes =
+      static_cast<std::uint64_t>(info.num_lightning_layers()) * static_cast<std::uint64_t>(c.num_heads) * d * d * 4;
+  info.kv_bytes_per_token =
+      static_cast<std::uint64_t>(info.num_softmax_layers()) * 2 * static_cast<std::uint64_t>(c.num_kv_heads) * d * 4;
+  Fingerprint fp;
+  fp.add(read_text(directory / "config.json"));
+  for (const auto& file : checkpoint.files()) {
+    fp.add(file->header_text());
+    fp.add(std::to_string(file->file_size()));
+  }
+  info.fingerprint = fp.hex();
+  return info;
+}
+
+}  // namespace
+
+struct Model::Impl {
+  ModelConfig config;
+  std::unique_ptr<Checkpoint> checkpoint;  // keeps mapped weights alive for the CPU backend
+  std::unique_ptr<ComputeBackend> backend;
+  ModelInfo info;
+};
+
+Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Model::~Model() = default;
+const ModelInfo& Model::info() const { return impl_->info; }
+
+ModelInfo Model::inspect(const std::filesystem::path& directory, const ModelOptions& options) {
+  const ModelConfig config = load_model_config(directory, options.rope_full_head);
+  const Checkpoint checkpoint(directory);
+  const WeightMap map(config, checkpoint);
+  return describe(directory, config, checkpoint, map, resolve_backend(options.backend));
+}
+
+std::unique_ptr<Model> Model::open(const std::filesystem::path& directory, const ModelOptions& options,
+                                   const std::function<void(std::uint64_t, std::uint64_t)>& progress) {
+  auto impl = std::make_unique<Impl>();
+  impl->config = load_model_config(directory, options.rope_full_head);
+  impl->checkpoint = std::make_unique<Checkpoint>(directory);
+  const WeightMap map(impl->config, *impl->checkpoint);
+  const BackendKind kind = resolve_backend(options.backend);
+  impl->info = describe(directory, impl->config, *impl->checkpoint, map, kind);
+  std::uint64_t total = 0;
+  for (const auto& [dtype, bytes] : impl->info.bytes_per_dtype) total += bytes;
+  auto on_bytes = [&](std::uint64_t loaded) {
+    if (progress) progress(loaded, total);
+  };
+  impl->backend = make_cpu_backend(impl->config, map, options, on_bytes);
+  impl->info.weight_bytes = impl->backend->weight_bytes();
+  return std::unique_ptr<Model>(new Model(std::move(impl)));
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct Session::Impl {
+  const Model* model = nullptr;
+  ComputeBackend* backend = nullptr;
+  const ModelInfo* info = nullptr;
+  std::unique_ptr<SequenceState> sequence;
+  std::vector<TokenId> tokens;
+  std::vector<float> logits;
+  std::int64_t logits_rows = 0;
+  std::mt19937_64 rng{0};
+
+  void check_tokens(std::span<const TokenId> ids) const {
+    for (std::size_t i = 0; i < ids.size(); ++i)
+      if (ids[i] < 0 || ids[i] >= info->vocab_size)
+        throw Error("token id " + std::to_string(ids[i]) + " (at index " + std::to_string(i) +
+                    ") is outside the vocabulary (0.." + std::to_string(info->vocab_size - 1) + ")");
+  }
+};
+
+std::unique_ptr<Session> Model::create_session() const {
+  auto impl = std::make_unique<Session::Impl>();
+  impl->model = this;
+  impl->backend = impl_->backend.get();
+  impl->info = &impl_->info;
+  impl->sequence = impl_->backend->new_sequence();
+  return std::unique_ptr<Session>(new Session(std::move(impl)));
+}
+
+Session::Session(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Session::~Session() = default;
+const Model& Session::model() const { return *impl_->model; }
+std::int64_t Session::position() const { return static_cast<std::int64_t>(impl_->tokens.size()); }
+const std::vector<TokenId>& Session::tokens() const { return impl_->tokens; }
+std::span<const float> Session::logits() const { return impl_->logits; }
+std::int64_t Session::logits_rows() const { return impl_->logits_rows; }
+void Session::set_seed(std::uint64_t seed) { impl_->rng.seed(seed); }
+
+void Session::reset() {
+  impl_->sequence = impl_->backend->new_sequence();
+  impl_->tokens.clear();
+  impl_->logits.clear();
+  impl_->logits_rows = 0;
+}
+
+void Session::feed(std::span<const TokenId> tokens, const FeedOptions& options) {
+  Impl& s = *impl_;
+  s.check_tokens(tokens);
+  if (options.chunk_tokens <= 0) throw Error("chunk_tokens must be positive");
+  const auto total = static_cast<std::int64_t>(tokens.size());
+  if (total == 0) return;
+  const std::int64_t V = s.info->vocab_size;
+  const auto start = std::chrono::steady_clock::now();
+  s.logits.clear();
+  s.logits_rows = 0;
+  for (std::int64_t done = 0; done < total;) {
+    const std::int64_t n = std::min(options.chunk_tokens, total - done);
+    const std::int64_t rows = options.all_logits ? n : 1;
+    std::vector<float> chunk_logits(static_cast<std::size_t>(rows * V));
+    ForwardRequest request;
+    request.tokens = tokens.subspan(static_cast<std::size_t>(done), static_cast<std::size_t>(n));
+    request.first_position = position();
+    request.all_logits = options.all_logits;
+    request.logits = chunk_logits.data();
+    request.hidden_states = &options.hidden_states;
+    s.backend->forward(*s.sequence, request);
+    s.tokens.insert(s.tokens.end(), request.tokens.begin(), request.tokens.end());
+    if (options.all_logits) {
+      s.logits.insert(s.logits.end(), chunk_logits.begin(), chunk_logits.end());
+      s.logits_rows += rows;
+    } else {
+      s.logits = std::move(chunk_logits);
+      s.logits_rows = 1;
+    }
+    done += n;
+    if (options.progress) {
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      if (!options.progress(FeedProgress{done, total, seconds}) && done < total)
+        throw Cancelled("cancelled after " + std::to_string(done) + " of " + std::to_string(total) + " tokens");
+    }
+  }
+}
+
+TokenId Session::sample(const SamplingParams& params) {
+  const std::int64_t V = impl_->info->vocab_size;
+  if (impl_->logits_rows == 0) throw Error("cannot sample: no logits (feed at least one token first)");
+  return sample_token(std::span<const float>(impl_->logits).subspan(static_cast<std::size_t>((impl_->logits_rows - 1) * V)),
+                      params, impl_->rng);
+}
+
+void Session::export_state(const std::function<void(const StatePart&)>& sink, std::int64_t kv_chunk_tokens) const {
+  if (kv_chunk_tokens <= 0) throw Error("kv_chunk_tokens must be positive");
+  const ModelInfo& info = *impl_->info;
+  const std::int64_t pos = position();
+  const std::int64_t d = info.head_dim;
+  std::vector<float> buffer;
+  for (int l = 0; l < info.num_layers; ++l) {
+    if (info.layer_kinds[l] != LayerKind::Lightning) continue;
+    buffer.resize(static_cast<std::size_t>(info.num_heads * d * d));
+    impl_->backend->read_lightning_state(*impl_->sequence, l, buffer.data());
+    StatePart part;
+    part.kind = StatePartKind::LightningState;
+    part.layer = l;
+    part.position = pos;
+    part.shape = {info.num_heads, d, d};
+    part.data = buffer;
+    sink(part);
+  }
+  for (int l = 0; l < info.num_layers; ++l) {
+    if (info.layer_kinds[l] != LayerKind::Softmax) continue;
+    for (std::int64_t first = 0; first < pos; first += kv_chunk_tokens) {
+      const std::int64_t count = std::min(kv_chunk_tokens, pos - first);
+      buffer.resize(static_cast<std::size_t>(info.num_kv_heads * count * d));
+      for (KvSide side : {KvSide::Keys, KvSide::Values}) {
+        impl_->backend->read_kv(*impl_->sequence, l, side, first, count, buffer.data());
+        StatePart part;
+        part.kind = side == KvSide::Keys ? StatePartKind::SoftmaxKeys : StatePartKind::SoftmaxValues;
+        part.layer = l;
+        part.position = pos;
+        part.first_token = first;
+        part.token_count = count;
+        part.shape = {info.num_kv_heads, count, d};
+        part.data = buffer;
+        sink(part);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct Session::Import::Impl {
+  Session* session = nullptr;
+  std::int64_t position = 0;
+  std::unique_ptr<SequenceState> sequence;
+  std::vector<bool> lightning_done;
+  // Per layer and kind (0 keys, 1 values): covered position ranges.
+  std::vector<std::vector<std::pair<std::int64_t, std::int64_t>>> covered[2];
+};
+
+Session::Import::Import(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Session::Import::Import(Import&&) noexcept = default;
+Session::Import::~Import() = default;
+
+Session::Import Session::begin_import(std::int64_t position) {
+  if (position < 0) throw Error("state import: negative position");
+  auto impl = std::make_unique<Import::Impl>();
+  impl->session = this;
+  impl->position = position;
+  impl->sequence = impl_->backend->new_sequence();
+  impl_->backend->resize_kv(*impl->sequence, position);
+  const int layers = impl_->info->num_layers;
+  impl->lightning_done.assign(static_cast<std::size_t>(layers), false);
+  impl->covered[0].resize(static_cast<std::size_t>(layers));
+  impl->covered[1].resize(static_cast<std::size_t>(layers));
+  return Import(std::move(impl));
+}
+
+void Session::Import::add(const StatePart& part) {
+  Impl& im = *impl_;
+  const Session::Impl& s = *im.session->impl_;
+  const ModelInfo& info = *s.info;
+  const std::string where = "state import: part for layer " + std::to_string(part.layer) + ": ";
+  if (part.layout_version != StatePart::kLayoutVersion)
+    throw Error(where + "layout version " + std::to_string(part.layout_version) + " is not supported (expected " +
+                std::to_string(StatePart::kLayoutVersion) + ")");
+  if (part.position != im.position)
+    throw Error(where + "belongs to position " + std::to_string(part.position) + ", the import is for " +
+                std::to_string(im.position));
+  if (part.layer < 0 || part.layer >= info.num_layers) throw Error(where + "no such layer");
+  const LayerKind kind = info.layer_kinds[part.layer];
+  const std::int64_t d = info.head_dim;
+  std::vector<std::int64_t> expected;
+  if (part.kind == StatePartKind::LightningState) {
+    if (kind != LayerKind::Lightning) throw Error(where + "a lightning state for a softmax layer");
+    expected = {info.num_heads, d, d};
+  } else if (part.kind == StatePartKind::SoftmaxKeys || part.kind == StatePartKind::SoftmaxValues) {
+    if (kind != LayerKind::Softmax) throw Error(where + "softmax keys/values for a lightning layer");
+    if (part.first_token < 0 || part.token_count <= 0 || part.first_token + part.token_count > im.position)
+      throw Error(where + "positions " + std::to_string(part.first_token) + "+" + std::to_string(part.token_count) +
+                  " fall outside 0.." + std::to_string(im.position));
+    expected = {info.num_kv_heads, part.token_count, d};
+  } else {
+    throw Error(where + "unknown part kind " + std::to_string(static_cast<int>(part.kind)));
+  }
+  std::int64_t numel = 1;
+  for (auto v : expected) numel *= v;
+  if (part.shape != expected || static_cast<std::int64_t>(part.data.size()) != numel)
+    throw Error(where + "shape or size does not match this model");
+  for (float v : part.data)
+    if (!std::isfinite(v)) throw Error(where + "holds a non-finite value (damaged state)");
+  if (part.kind == StatePartKind::LightningState) {
+    s.backend->write_lightning_state(*im.sequence, part.layer, part.data.data());
+    im.lightning_done[part.layer] = true;
+    return;
+  }
+  const KvSide side = part.kind == StatePartKind::SoftmaxKeys ? KvSide::Keys : KvSide::Values;
+  s.backend->write_kv(*im.sequence, part.layer, side, part.first_token, part.token_count, part.data.data());
+  im.covered[part.kind == StatePartKind::SoftmaxKeys ? 0 : 1][part.layer].emplace_back(
+      part.first_token, part.first_token + part.token_count);
+}
+
+void Session::Import::commit(std::span<const TokenId> tokens) {
+  Impl& im = *impl_;
+  Session::Impl& s = *im.session->impl_;
+  const ModelInfo& info = *s.info;
+  if (static_cast<std::int64_t>(tokens.size()) != im.position)
+    throw Error("state import: " + std::to_string(tokens.size()) + " token ids for a state of " +
+                std::to_string(im.position) + " positions");
+  s.check_tokens(tokens);
+  for (int l = 0; l < info.num_layers; ++l) {
+    if (info.layer_kinds[l] == LayerKind::Lightning) {
+      if (!im.lightning_done[l]) throw Error("state import: lightning state of layer " + std::to_string(l) + " missing");
+      continue;
+    }
+    for (int side = 0; side < 2; ++side) {
+      auto ranges = im.covered[side][l];
+      std::sort(ranges.begin(), ranges.end());
+      std::int64_t reached = 0;
+      for (const auto& [begin, end] : ranges) {
+        if (begin > reached) break;
+        reached = std::max(reached, end);
+      }
+      if (reached < im.position)
+        throw Error(std::string("state import: softmax ") + (side == 0 ? "keys" : "values") + " of layer " +
+                    std::to_string(l) + " missing from position " + std::to_string(reached));
+    }
+  }
+  s.sequence = std::move(im.sequence);
+  s.tokens.assign(tokens.begin(), tokens.end());
+  s.logits.clear();
+  s.logits_rows = 0;
+}
+
+}  // namespace lightdesk

@@ -1,0 +1,56 @@
+// The model hyper-parameters read from config.json, in either checkpoint layout.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "lightdesk/engine.h"
+
+namespace lightdesk {
+
+// Which code the checkpoint was written for: it decides the tensor names and the slope formula.
+enum class CheckpointLayout {
+  Original,  // minimax_text_01 / minimax_m1 remote code (the released checkpoints)
+  Native,    // transformers MiniMaxForCausalLM (model_type "minimax")
+};
+
+struct ResidualFactors {
+  float alpha = 1.0f;  // multiplies the normed residual
+  float beta = 1.0f;   // multiplies the sublayer output
+};
+
+struct ModelConfig {
+  CheckpointLayout layout = CheckpointLayout::Original;
+  std::string model_type;
+  std::string architecture;
+  int vocab_size = 0;
+  int hidden_size = 0;
+  int num_layers = 0;
+  std::vector<LayerKind> layer_kinds;
+  int num_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  int rotary_dim = 0;
+  float rope_theta = 10000.0f;
+  int num_experts = 0;
+  int experts_per_token = 0;
+  int expert_width = 0;
+  float rms_norm_eps = 1e-5f;
+  ResidualFactors linear_attention, full_attention, mlp;
+  std::int64_t max_context = 0;
+  std::optional<TokenId> eos_token_id;
+  bool tie_word_embeddings = false;
+
+  // The lightning output norm's eps: the released code builds it without an argument.
+  static constexpr float kLightningNormEps = 1e-6f;
+};
+
+// Parses config.json text; `source` names the file in error messages.
+ModelConfig parse_model_config(const std::string& json_text, const std::string& source,
+                               bool rope_full_head);
+ModelConfig load_model_config(const std::filesystem::path& directory, bool rope_full_head);
+
+}  // namespace lightdesk

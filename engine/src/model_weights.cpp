@@ -1,0 +1,225 @@
+#include "model_weights.h"
+
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <set>
+
+namespace lightdesk {
+
+WeightTensor::WeightTensor(const TensorView& view, std::int64_t offset_elements, std::int64_t numel) : numel_(numel) {
+  const std::byte* start = view.data + offset_elements * static_cast<std::int64_t>(dtype_size(view.dtype));
+  if (view.dtype == DType::F32 && reinterpret_cast<std::uintptr_t>(start) % alignof(float) == 0) {
+    data_ = reinterpret_cast<const float*>(start);
+    return;
+  }
+  owned_.resize(static_cast<std::size_t>(numel));
+  TensorView part = view;
+  part.data = start;
+  part.shape = {numel};
+  part.bytes = static_cast<std::size_t>(numel) * dtype_size(view.dtype);
+  part.to_f32(owned_.data());
+  data_ = owned_.data();
+}
+
+namespace {
+
+std::string shape_text(const std::vector<std::int64_t>& shape) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+bool is_ignored_buffer(const std::string& name) {
+  for (const char* suffix : {".slope_rate", ".query_decay", ".key_decay", ".diagonal_decay"}) {
+    const std::size_t n = std::strlen(suffix);
+    if (name.size() >= n && name.compare(name.size() - n, n, suffix) == 0) return true;
+  }
+  return false;
+}
+
+class Resolver {
+ public:
+  explicit Resolver(const Checkpoint& checkpoint) : checkpoint_(checkpoint) {}
+
+  const TensorView* find(const std::string& name) {
+    const TensorView* t = checkpoint_.find(name);
+    if (t) used_.insert(name);
+    return t;
+  }
+
+  const TensorView& require(const std::string& name, const std::vector<std::int64_t>& shape) {
+    const TensorView* t = find(name);
+    if (!t) throw Error("checkpoint: missing tensor \"" + name + "\"");
+    check_shape(*t, shape);
+    return *t;
+  }
+
+  static void check_shape(const TensorView& t, const std::vector<std::int64_t>& shape) {
+    if (t.shape != shape)
+      throw Error(t.file + ": tensor \"" + t.name + "\" has shape " + shape_text(t.shape) + ", the config needs " +
+                  shape_text(shape));
+    if (t.dtype == DType::I64) throw Error(t.file + ": tensor \"" + t.name + "\" is I64, expected F32, BF16 or F16");
+  }
+
+  void check_all_used() const {
+    for (const auto& [name, t] : checkpoint_.tensors())
+      if (!used_.count(name) && !is_ignored_buffer(name))
+        throw Error(t->file + ": unexpected tensor \"" + name + "\" (does config.json match this checkpoint?)");
+  }
+
+ private:
+  const Checkpoint& checkpoint_;
+  std::set<std::string> used_;
+};
+
+}  // namespace
+
+WeightMap::WeightMap(const ModelConfig& c, const Checkpoint& checkpoint) {
+  Resolver r(checkpoint);
+  const std::int64_t H = c.hidden_size, V = c.vocab_size, A = std::int64_t{c.num_heads} * c.head_dim,
+                     KV = std::int64_t{c.num_kv_heads} * c.head_dim, I = c.expert_width, E = c.num_experts;
+  auto add = [&](const std::string& key, const TensorView& view, std::int64_t offset, std::int64_t numel) {
+    slices_[key] = TensorSlice{&view, offset, numel};
+    parameter_count_ += static_cast<std::uint64_t>(numel);
+    bytes_per_dtype_[dtype_name(view.dtype)] += static_cast<std::uint64_t>(numel) * dtype_size(view.dtype);
+  };
+  auto whole = [&](const std::string& key, const std::string& name, const std::vector<std::int64_t>& shape) {
+    const TensorView& v = r.require(name, shape);
+    add(key, v, 0, v.numel());
+  };
+
+  whole("embed", "model.embed_tokens.weight", {V, H});
+  whole("final_norm", "model.norm.weight", {H});
+  if (r.find("lm_head.weight") || !c.tie_word_embeddings) {
+    whole("lm_head", "lm_head.weight", {V, H});
+  } else {
+    slices_["lm_head"] = slices_.at("embed");
+  }
+
+  for (int l = 0; l < c.num_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    const std::string k = "layers." + std::to_string(l) + ".";
+    whole(k + "input_norm", p + "input_layernorm.weight", {H});
+    whole(k + "post_attn_norm", p + "post_attention_layernorm.weight", {H});
+    if (c.layer_kinds[l] == LayerKind::Lightning) {
+      whole(k + "qkv", p + "self_attn.qkv_proj.weight", {3 * A, H});
+      whole(k + "output_gate", p + "self_attn.output_gate.weight", {A, H});
+      whole(k + "output_norm", p + "self_attn.norm.weight", {A});
+      whole(k + "out_proj", p + "self_attn.out_proj.weight", {H, A});
+    } else {
+      whole(k + "q_proj", p + "self_attn.q_proj.weight", {A, H});
+      whole(k + "k_proj", p + "self_attn.k_proj.weight", {KV, H});
+      whole(k + "v_proj", p + "self_attn.v_proj.weight", {KV, H});
+      whole(k + "o_proj", p + "self_attn.o_proj.weight", {H, A});
+    }
+    // Experts: per-expert tensors as released, or transformers 5's fused layout.
+    if (r.find(p + "mlp.experts.gate_up_proj")) {
+      whole(k + "router", p + "mlp.gate.weight", {E, H});
+      const TensorView& gate_up = r.require(p + "mlp.experts.gate_up_proj", {E, 2 * I, H});
+      const TensorView& down = r.require(p + "mlp.experts.down_proj", {E, H, I});
+      for (std::int64_t e = 0; e < E; ++e) {
+        const std::string ke = k + "experts." + std::to_string(e) + ".";
+        add(ke + "w1", gate_up, e * 2 * I * H, I * H);
+        add(ke + "w3", gate_up, e * 2 * I * H + I * H, I * H);
+        add(ke + "w2", down, e * H * I, H * I);
+      }
+    } else {
+      whole(k + "router", p + "block_sparse_moe.gate.weight", {E, H});
+      for (std::int64_t e = 0; e < E; ++e) {
+        const std::string pe = p + "block_sparse_moe.experts." + std::to_string(e) + ".";
+        const std::string ke = k + "experts." + std::to_string(e) + ".";
+        whole(ke + "w1", pe + "w1.weight", {I, H});
+        whole(ke + "w3", pe + "w3.weight", {I, H});
+        whole(ke + "w2", pe + "w2.weight", {H, I});
+      }
+    }
+  }
+  r.check_all_used();
+}
+
+const TensorSlice& WeightMap::at(const std::string& name) const {
+  auto it = slices_.find(name);
+  if (it == slices_.end()) throw Error("internal: no weight \"" + name + "\"");
+  return it->second;
+}
+
+std::vector<float> lightning_slopes(const ModelConfig& c, int layer) {
+  const int n = c.num_heads;
+  const double depth = c.num_layers > 1 ? static_cast<double>(layer) : 0.0;
+  const double last = c.num_layers > 1 ? static_cast<double>(c.num_layers - 1) : 1.0;
+  std::vector<float> slopes(static_cast<std::size_t>(n));
+  if (c.layout == CheckpointLayout::Native) {
+    // transformers: base ** arange(1, n+1) in float32 from a float32 base.
+    const float base = static_cast<float>(1.0 / std::pow(2.0, 8.0 / n));
+    const float factor = static_cast<float>(1.0 - depth / (last + 1e-5) + 1e-5);
+    for (int h = 0; h < n; ++h)
+      slopes[h] = static_cast<float>(std::pow(static_cast<double>(base), static_cast<double>(h + 1))) * factor;
+    return slopes;
+  }
+  // Original code: ALiBi slopes in double, interpolated for head counts that are not powers
+  // of two, then rounded to float32.
+  auto power_of_two = [](int count) {
+    const double start = std::pow(2.0, -std::pow(2.0, -(std::log2(static_cast<double>(count)) - 3.0)));
+    std::vector<double> s(static_cast<std::size_t>(count));
+    for (int i = 0; i < count; ++i) s[i] = start * std::pow(start, i);
+    return s;
+  };
+  std::function<std::vector<double>(int)> get_slopes = [&](int count) {
+    const double lg = std::log2(static_cast<double>(count));
+    if (lg == std::floor(lg)) return power_of_two(count);
+    const int closest = 1 << static_cast<int>(std::floor(lg));
+    std::vector<double> s = power_of_two(closest);
+    const std::vector<double> extra = get_slopes(2 * closest);
+    for (int i = 0; i < count - closest; ++i) s.push_back(extra[2 * i]);
+    return s;
+  };
+  const std::vector<double> base = get_slopes(n);
+  const float factor = static_cast<float>(1.0 - depth / last + 1e-5);
+  for (int h = 0; h < n; ++h) slopes[h] = static_cast<float>(base[h]) * factor;
+  return slopes;
+}
+
+ModelWeights load_cpu_weights(const ModelConfig& c, const WeightMap& map,
+                              const std::function<void(std::uint64_t)>& bytes_loaded) {
+  std::uint64_t loaded = 0;
+  auto get = [&](const std::string& name) {
+    const TensorSlice& s = map.at(name);
+    WeightTensor t(*s.view, s.offset, s.numel);
+    loaded += static_cast<std::uint64_t>(s.numel) * dtype_size(s.view->dtype);
+    if (bytes_loaded) bytes_loaded(loaded);
+    return t;
+  };
+  ModelWeights w;
+  w.embed = get("embed");
+  w.lm_head = get("lm_head");
+  w.final_norm = get("final_norm");
+  for (int l = 0; l < c.num_layers; ++l) {
+    const std::string k = "layers." + std::to_string(l) + ".";
+    LayerWeights lw;
+    lw.kind = c.layer_kinds[l];
+    lw.input_norm = get(k + "input_norm");
+    lw.post_attn_norm = get(k + "post_attn_norm");
+    if (lw.kind == LayerKind::Lightning) {
+      lw.qkv = get(k + "qkv");
+      lw.output_gate = get(k + "output_gate");
+      lw.output_norm = get(k + "output_norm");
+      lw.out_proj = get(k + "out_proj");
+      lw.slopes = lightning_slopes(c, l);
+    } else {
+      lw.q_proj = get(k + "q_proj");
+      lw.k_proj = get(k + "k_proj");
+      lw.v_proj = get(k + "v_proj");
+      lw.o_proj = get(k + "o_proj");
+    }
+    lw.router = get(k + "router");
+    for (int e = 0; e < c.num_experts; ++e) {
+      const std::string ke = k + "experts." + std::to_string(e) + ".";
+      lw.experts.push_back(ExpertWeights{get(ke + "w1"), get(ke + "w3"), get(ke + "w2")});
+    }
+    w.layers.push_back(std::move(lw));
+  }
+  return w;
+}
+
+}  // namespace lightdesk

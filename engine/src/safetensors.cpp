@@ -1,0 +1,300 @@
+#include "safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "lightdesk/engine.h"
+
+namespace lightdesk {
+
+const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::F32: return "F32";
+    case DType::BF16: return "BF16";
+    case DType::F16: return "F16";
+    case DType::I64: return "I64";
+  }
+  return "?";
+}
+
+std::size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::F32: return 4;
+    case DType::BF16: return 2;
+    case DType::F16: return 2;
+    case DType::I64: return 8;
+  }
+  return 0;
+}
+
+namespace {
+
+float bf16_to_f32(std::uint16_t v) {
+  std::uint32_t bits = static_cast<std::uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+float f16_to_f32(std::uint16_t h) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  std::uint32_t exponent = (h >> 10) & 0x1fu;
+  std::uint32_t mantissa = h & 0x3ffu;
+  std::uint32_t bits;
+  if (exponent == 0x1f) {
+    bits = sign | 0x7f800000u | (mantissa << 13);
+  } else if (exponent != 0) {
+    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+  } else if (mantissa == 0) {
+    bits = sign;
+  } else {  // subnormal half: normalise
+    exponent = 113;
+    while ((mantissa & 0x400u) == 0) {
+      mantissa <<= 1;
+      --exponent;
+    }
+    bits = sign | (exponent << 23) | ((mantissa & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+bool parse_dtype(const std::string& s, DType& out) {
+  if (s == "F32") out = DType::F32;
+  else if (s == "BF16") out = DType::BF16;
+  else if (s == "F16") out = DType::F16;
+  else if (s == "I64") out = DType::I64;
+  else return false;
+  return true;
+}
+
+}  // namespace
+
+std::int64_t TensorView::numel() const {
+  std::int64_t n = 1;
+  for (std::int64_t d : shape) n *= d;
+  return n;
+}
+
+void TensorView::to_f32(float* out) const {
+  const std::int64_t n = numel();
+  switch (dtype) {
+    case DType::F32:
+      std::memcpy(out, data, static_cast<std::size_t>(n) * 4);
+      break;
+    case DType::BF16:
+    case DType::F16:
+      for (std::int64_t i = 0; i < n; ++i) {
+        std::uint16_t v;
+        std::memcpy(&v, data + 2 * i, 2);
+        out[i] = dtype == DType::BF16 ? bf16_to_f32(v) : f16_to_f32(v);
+      }
+      break;
+    case DType::I64:
+      throw Error(file + ": tensor \"" + name + "\" is I64, expected a floating-point tensor");
+  }
+}
+
+SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path) {
+  const std::string where = path.string();
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error(where + ": cannot open: " + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    ::close(fd);
+    throw Error(where + ": cannot stat: " + std::strerror(errno));
+  }
+  size_ = static_cast<std::uint64_t>(st.st_size);
+  if (size_ < 8) {
+    ::close(fd);
+    throw Error(where + ": truncated file (" + std::to_string(size_) + " bytes, no safetensors header)");
+  }
+  map_ = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (map_ == MAP_FAILED) {
+    map_ = nullptr;
+    throw Error(where + ": cannot map: " + std::strerror(errno));
+  }
+  try {
+    const auto* base = static_cast<const std::byte*>(map_);
+    std::uint64_t header_len;
+    std::memcpy(&header_len, base, 8);
+    if (header_len > size_ - 8)
+      throw Error(where + ": truncated file: header of " + std::to_string(header_len) + " bytes but only " +
+                  std::to_string(size_ - 8) + " bytes follow");
+    header_.assign(reinterpret_cast<const char*>(base + 8), header_len);
+    nlohmann::json header;
+    try {
+      header = nlohmann::json::parse(header_);
+    } catch (const nlohmann::json::parse_error& e) {
+      throw Error(where + ": corrupt safetensors header (not JSON): " + e.what());
+    }
+    if (!header.is_object()) throw Error(where + ": corrupt safetensors header (not an object)");
+    const std::byte* data = base + 8 + header_len;
+    const std::uint64_t data_size = size_ - 8 - header_len;
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
+    for (const auto& [name, entry] : header.items()) {
+      if (name == "__metadata__") continue;
+      const std::string what = where + ": tensor \"" + name + "\": ";
+      if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") || !entry.contains("data_offsets"))
+        throw Error(what + "header entry lacks dtype, shape or data_offsets");
+      TensorView t;
+      t.name = name;
+      t.file = where;
+      if (!entry["dtype"].is_string() || !parse_dtype(entry["dtype"].get<std::string>(), t.dtype))
+        throw Error(what + "unsupported dtype " + entry["dtype"].dump() + " (supported: F32, BF16, F16, I64)");
+      const auto& shape = entry["shape"];
+      const auto& offsets = entry["data_offsets"];
+      if (!shape.is_array()) throw Error(what + "shape is not a list");
+      std::uint64_t numel = 1;
+      for (const auto& d : shape) {
+        if (!d.is_number_unsigned() || d.get<std::uint64_t>() > (1ULL << 40)) throw Error(what + "bad shape " + shape.dump());
+        t.shape.push_back(d.get<std::int64_t>());
+        numel *= d.get<std::uint64_t>();
+        if (numel > (1ULL << 44)) throw Error(what + "bad shape " + shape.dump());
+      }
+      if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() || !offsets[1].is_number_unsigned())
+        throw Error(what + "data_offsets must be two non-negative integers");
+      const std::uint64_t begin = offsets[0].get<std::uint64_t>(), end = offsets[1].get<std::uint64_t>();
+      if (begin > end) throw Error(what + "data_offsets are reversed");
+      if (end > data_size)
+        throw Error(what + "data ends at byte " + std::to_string(end) + " past the end of the data (" +
+                    std::to_string(data_size) + " bytes; the file is truncated or the header is corrupt)");
+      if (end - begin != numel * dtype_size(t.dtype))
+        throw Error(what + "holds " + std::to_string(end - begin) + " bytes but its shape " + shape.dump() + " and dtype " +
+                    dtype_name(t.dtype) + " need " + std::to_string(numel * dtype_size(t.dtype)));
+      t.data = data + begin;
+      t.bytes = end - begin;
+      ranges.emplace_back(begin, end);
+      tensors_.emplace(name, std::move(t));
+    }
+    std::sort(ranges.begin(), ranges.end());
+    for (std::size_t i = 1; i < ranges.size(); ++i)
+      if (ranges[i].first < ranges[i - 1].second && ranges[i].first != ranges[i].second)
+        throw Error(where + ": corrupt header: two tensors overlap at byte " + std::to_string(ranges[i].first));
+  } catch (...) {
+    ::munmap(map_, size_);
+    map_ = nullptr;
+    throw;
+  }
+}
+
+SafetensorsFile::~SafetensorsFile() {
+  if (map_) ::munmap(map_, size_);
+}
+
+Checkpoint::Checkpoint(const std::filesystem::path& directory) {
+  const auto single = directory / "model.safetensors";
+  const auto index = directory / "model.safetensors.index.json";
+  if (std::filesystem::exists(index)) {
+    std::ifstream in(index, std::ios::binary);
+    std::ostringstream text;
+    text << in.rdbuf();
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(text.str());
+    } catch (const nlohmann::json::parse_error& e) {
+      throw Error(index.string() + ": malformed JSON: " + e.what());
+    }
+    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
+      throw Error(index.string() + ": no \"weight_map\" object");
+    std::map<std::string, SafetensorsFile*> by_file;
+    for (const auto& [name, file] : j["weight_map"].items()) {
+      if (!file.is_string()) throw Error(index.string() + ": weight_map entry for \"" + name + "\" is not a file name");
+      const std::string fname = file.get<std::string>();
+      if (fname.find('/') != std::string::npos || fname.find("..") != std::string::npos)
+        throw Error(index.string() + ": weight_map names a file outside the directory: \"" + fname + "\"");
+      auto it = by_file.find(fname);
+      if (it == by_file.end()) {
+        const auto shard = directory / fname;
+        if (!std::filesystem::exists(shard))
+          throw Error(index.string() + ": shard \"" + fname + "\" (holding \"" + name + "\") is missing");
+        files_.push_back(std::make_unique<SafetensorsFile>(shard));
+        it = by_file.emplace(fname, files_.back().get()).first;
+      }
+      auto t = it->second->tensors().find(name);
+      if (t == it->second->tensors().end())
+        throw Error(it->second->path().string() + ": tensor \"" + name + "\" listed in the index is not in this shard");
+      tensors_[name] = &t->second;
+    }
+  } else if (std::filesystem::exists(single)) {
+    files_.push_back(std::make_unique<SafetensorsFile>(single));
+    for (const auto& [name, t] : files_.back()->tensors()) tensors_[name] = &t;
+  } else {
+    throw Error(directory.string() + ": no model.safetensors or model.safetensors.index.json");
+  }
+}
+
+const TensorView* Checkpoint::find(const std::string& name) const {
+  auto it = tensors_.find(name);
+  return it == tensors_.end() ? nullptr : it->second;
+}
+
+std::map<std::string, LoadedTensor> read_safetensors(const std::filesystem::path& path) {
+  SafetensorsFile file(path);
+  std::map<std::string, LoadedTensor> out;
+  for (const auto& [name, t] : file.tensors()) {
+    LoadedTensor l{t.dtype, t.shape, {}, {}};
+    if (t.dtype == DType::I64) {
+      l.i64.resize(static_cast<std::size_t>(t.numel()));
+      std::memcpy(l.i64.data(), t.data, t.bytes);
+    } else {
+      l.f32.resize(static_cast<std::size_t>(t.numel()));
+      t.to_f32(l.f32.data());
+    }
+    out.emplace(name, std::move(l));
+  }
+  return out;
+}
+
+void write_safetensors(const std::filesystem::path& path, const std::vector<OutputTensor>& tensors) {
+  nlohmann::json header = nlohmann::json::object();
+  std::uint64_t offset = 0;
+  for (const auto& t : tensors) {
+    std::int64_t numel = 1;
+    for (auto d : t.shape) numel *= d;
+    const bool is_i64 = t.i64.data() != nullptr;
+    const std::size_t count = is_i64 ? t.i64.size() : t.f32.size();
+    if (static_cast<std::int64_t>(count) != numel)
+      throw Error(path.string() + ": tensor \"" + t.name + "\" has " + std::to_string(count) +
+                  " values for a shape of " + std::to_string(numel));
+    const std::uint64_t bytes = count * (is_i64 ? 8 : 4);
+    header[t.name] = {{"dtype", is_i64 ? "I64" : "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  const auto tmp = std::filesystem::path(path.string() + ".tmp");
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw Error(path.string() + ": cannot create: " + std::strerror(errno));
+    const std::uint64_t len = text.size();
+    out.write(reinterpret_cast<const char*>(&len), 8);
+    out.write(text.data(), static_cast<std::streamsize>(text.size()));
+    for (const auto& t : tensors) {
+      if (t.i64.data() != nullptr)
+        out.write(reinterpret_cast<const char*>(t.i64.data()), static_cast<std::streamsize>(t.i64.size_bytes()));
+      else
+        out.write(reinterpret_cast<const char*>(t.f32.data()), static_cast<std::streamsize>(t.f32.size_bytes()));
+    }
+    out.flush();
+    if (!out) {
+      std::error_code ec;
+      std::filesystem::remove(tmp, ec);
+      throw Error(path.string() + ": write failed (disk full?)");
+    }
+  }
+  std::filesystem::rename(tmp, path);
+}
+
+}  // namespace lightdesk

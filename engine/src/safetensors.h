@@ -1,0 +1,78 @@
+// Memory-mapped, validated safetensors checkpoints (single file or sharded through
+// model.safetensors.index.json).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace lightdesk {
+
+enum class DType { F32, BF16, F16, I64 };
+
+const char* dtype_name(DType t);
+std::size_t dtype_size(DType t);
+
+struct TensorView {
+  std::string name;
+  std::string file;  // for error messages
+  DType dtype = DType::F32;
+  std::vector<std::int64_t> shape;
+  const std::byte* data = nullptr;
+  std::size_t bytes = 0;
+
+  std::int64_t numel() const;
+  // Converts the tensor to float32 into `out` (numel() floats).
+  void to_f32(float* out) const;
+};
+
+// One mapped file. Its tensors stay valid while the object lives.
+class SafetensorsFile {
+ public:
+  explicit SafetensorsFile(const std::filesystem::path& path);
+  ~SafetensorsFile();
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+
+  const std::filesystem::path& path() const { return path_; }
+  const std::string& header_text() const { return header_; }
+  const std::map<std::string, TensorView>& tensors() const { return tensors_; }
+  std::uint64_t file_size() const { return size_; }
+
+ private:
+  std::filesystem::path path_;
+  void* map_ = nullptr;
+  std::uint64_t size_ = 0;
+  std::string header_;
+  std::map<std::string, TensorView> tensors_;
+};
+
+// All tensors of a model directory.
+class Checkpoint {
+ public:
+  explicit Checkpoint(const std::filesystem::path& directory);
+
+  const TensorView* find(const std::string& name) const;
+  const std::map<std::string, const TensorView*>& tensors() const { return tensors_; }
+  // Digest of the headers and file sizes: changes when any tensor's layout changes.
+  const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
+
+ private:
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, const TensorView*> tensors_;
+};
+
+// Reads a whole safetensors file written by write_safetensors or by Python (tests, references).
+struct LoadedTensor {
+  DType dtype;
+  std::vector<std::int64_t> shape;
+  std::vector<float> f32;         // float tensors converted
+  std::vector<std::int64_t> i64;  // I64 tensors
+};
+std::map<std::string, LoadedTensor> read_safetensors(const std::filesystem::path& path);
+
+}  // namespace lightdesk

@@ -1,0 +1,74 @@
+#include "thread_pool.h"
+
+namespace lightdesk {
+
+ThreadPool::ThreadPool(int threads) {
+  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::run_items() {
+  std::unique_lock lock(mutex_);
+  while (job_ && next_item_ < job_count_) {
+    const std::int64_t i = next_item_++;
+    const auto* job = job_;
+    lock.unlock();
+    std::exception_ptr error;
+    try {
+      (*job)(i);
+    } catch (...) {
+      error = std::current_exception();
+    }
+    lock.lock();
+    if (error && !error_) error_ = error;
+    if (++finished_items_ == job_count_) done_.notify_all();
+  }
+}
+
+void ThreadPool::worker_loop() {
+  std::uint64_t seen = 0;
+  for (;;) {
+    {
+      std::unique_lock lock(mutex_);
+      wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
+      if (stopping_) return;
+      seen = generation_;
+    }
+    run_items();
+  }
+}
+
+void ThreadPool::parallel_for(std::int64_t count, const std::function<void(std::int64_t)>& fn) {
+  if (count <= 0) return;
+  if (count == 1 || workers_.empty()) {
+    for (std::int64_t i = 0; i < count; ++i) fn(i);
+    return;
+  }
+  std::lock_guard call(call_mutex_);
+  {
+    std::lock_guard lock(mutex_);
+    job_ = &fn;
+    job_count_ = count;
+    next_item_ = 0;
+    finished_items_ = 0;
+    error_ = nullptr;
+    ++generation_;
+  }
+  wake_.notify_all();
+  run_items();
+  std::unique_lock lock(mutex_);
+  done_.wait(lock, [&] { return finished_items_ == job_count_; });
+  job_ = nullptr;
+  if (error_) std::rethrow_exception(error_);
+}
+
+}  // namespace lightdesk
