@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what Lightdesk builds with on Debian 12, from Debian's own packages.
+# The CUDA toolkit is optional: where nvcc is found, the CUDA backend is built too.
+set -euo pipefail
+packages=(
+  build-essential cmake ccache pkg-config
+  nlohmann-json3-dev libopenblas-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+)
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
