@@ -35,7 +35,7 @@ CliResult run_cli(const std::vector<std::string>& args) {
 
 std::string join(const std::vector<TokenId>& ids) {
   std::string s;
-  for (std::size_t i = 0; i < ids.size(); ++i) s += (i ? "," : "") + std::to_string(ids[i]);
+  for (std::size_t i = 0; i < ids.size(); ++i) s.append(i ? "," : "").append(std::to_string(ids[i]));
   return s;
 }
 
