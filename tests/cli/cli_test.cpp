@@ -22,13 +22,12 @@ std::string quote(const std::string& s) {
 }
 
 CliResult run_cli(const std::vector<std::string>& args) {
-  static int counter = 0;
   const test::ScratchDir scratch;
-  const auto out = scratch.path() / ("out" + std::to_string(counter));
-  const auto err = scratch.path() / ("err" + std::to_string(counter++));
+  const auto out = scratch.path() / "stdout";
+  const auto err = scratch.path() / "stderr";
   std::string command = quote(LIGHTDESK_CLI);
-  for (const auto& a : args) command += " " + quote(a);
-  command += " >" + quote(out.string()) + " 2>" + quote(err.string());
+  for (const auto& a : args) command.append(" ").append(quote(a));
+  command.append(" >").append(quote(out.string())).append(" 2>").append(quote(err.string()));
   const int status = std::system(command.c_str());
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, test::read_file(out), test::read_file(err)};
 }
