@@ -92,6 +92,7 @@ TEST(Cli, InfoDescribesTheModelAndTheSessionMemory) {
   const auto r = run_cli({"info", "--model", model_dir(), "--tokens", "1000"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("layers: 4 (3 lightning, 1 softmax at 3)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("experts: 4, top 2, width 48"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("parameters: 288512"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("bytes F32: 1154048"), std::string::npos) << r.out;
   // 3 x 4 x 16 x 16 x 4 bytes of lightning state + 1000 x 256 bytes of K/V.
