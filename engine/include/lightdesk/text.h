@@ -49,6 +49,8 @@ class Tokenizer {
   // Id of an added (special) token given its text, e.g. "<end_of_sentence>".
   virtual std::optional<TokenId> special_token_id(std::string_view content) const = 0;
   virtual bool is_special(TokenId id) const = 0;
+  // The contents of all special tokens.
+  virtual std::vector<std::string> special_tokens() const = 0;
   // Ids are 0 .. vocab_size()-1 (including added tokens).
   virtual int vocab_size() const = 0;
 
@@ -96,17 +98,19 @@ struct Conversation {
   bool add_generation_prompt = true;
 };
 
-// A rendered conversation: trusted special tokens apart from everything else, so that text a
+// A rendered conversation: the template's own text (trusted: the special-token strings in it
+// become special ids) apart from the text of messages and tools (never special), so that text a
 // user wrote can never become a special token.
 struct ChatPrompt {
   struct Piece {
     std::string text;
-    bool special = false;  // text is exactly one special token's content
+    bool trusted = false;
   };
   std::vector<Piece> pieces;
 
-  std::string to_string() const;  // what the published template would render
-  // Special pieces become their ids; the text between them is encoded with Tokenizer::encode.
+  std::string to_string() const;  // what the published template renders
+  // The ids a tokenizer gives to_string() with special tokens matched only in trusted pieces:
+  // the text between special tokens is encoded as one run, as `tokenizers` does.
   std::vector<TokenId> encode(const Tokenizer& tokenizer, int threads = 0) const;
 };
 

@@ -215,6 +215,12 @@ class BpeTokenizer final : public Tokenizer {
   bool is_special(TokenId id) const override {
     return std::any_of(added_.begin(), added_.end(), [&](const AddedToken& t) { return t.id == id && t.special; });
   }
+  std::vector<std::string> special_tokens() const override {
+    std::vector<std::string> contents;
+    for (const auto& t : added_)
+      if (t.special) contents.push_back(t.content);
+    return contents;
+  }
   int vocab_size() const override { return static_cast<int>(id_bytes_.size()); }
 
  private:
