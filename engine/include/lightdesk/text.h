@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -199,5 +200,25 @@ struct Document {
 // UTF-8) or a PDF (text per page). Throws Error naming the file for unreadable, broken or
 // encrypted files.
 Document load_document(const std::filesystem::path& path);
+
+// ---- Generation ----
+
+// A user turn asking `question` about `documents`: each document under a "Document: NAME" line,
+// PDF pages marked "[page N]" so that answers can cite them, then "Question: ...".
+Conversation document_question(const std::vector<Document>& documents, const std::string& question);
+
+struct GenerationOptions {
+  std::int64_t max_new_tokens = 256;
+  SamplingParams sampling;            // greedy by default, so runs repeat
+  std::optional<TokenId> stop_token;  // e.g. ChatFormat::end_of_turn(); not emitted
+  FeedOptions prefill;                // chunk size and progress of the prompt's prefill
+};
+
+// Feeds `prompt` to the session, then samples up to max_new_tokens (stopping after the stop
+// token), passing each piece of completed UTF-8 text to on_text as it comes. Returns the new ids
+// (the stop token included when reached).
+std::vector<TokenId> generate_text(Session& session, const Tokenizer& tokenizer, std::span<const TokenId> prompt,
+                                   const GenerationOptions& options,
+                                   const std::function<void(std::string_view)>& on_text);
 
 }  // namespace lightdesk
