@@ -93,6 +93,21 @@ FeatureGrid unpadded_feature_grid(int width, int height, int grid_rows, int grid
   return g;
 }
 
+std::vector<float> normalize_tiles(std::span<const Image> tiles, const AnyresConfig& config) {
+  std::vector<float> values;
+  for (const Image& t : tiles) {
+    if (t.channels != 3) throw Error("normalize_tiles: tiles must be RGB");
+    const std::size_t plane = static_cast<std::size_t>(t.width) * t.height;
+    const std::size_t first = values.size();
+    values.resize(first + 3 * plane);
+    for (std::size_t c = 0; c < 3; ++c)
+      for (std::size_t p = 0; p < plane; ++p)
+        values[first + c * plane + p] =
+            (static_cast<float>(t.pixels[p * 3 + c]) / 255.0f - config.mean[c]) / config.std[c];
+  }
+  return values;
+}
+
 PreparedImage prepare_image(const Image& image, const AnyresConfig& config) {
   if (image.width <= 0 || image.height <= 0) throw Error("prepare_image: empty image");
   if (config.tile_size <= 0 || config.patch_size <= 0 || config.tile_size % config.patch_size != 0)
@@ -114,17 +129,7 @@ PreparedImage prepare_image(const Image& image, const AnyresConfig& config) {
   for (int r = 0; r < out.grid_rows; ++r)
     for (int c = 0; c < out.grid_columns; ++c) out.tiles.push_back(crop(padded, c * tile, r * tile, tile, tile));
 
-  const std::size_t plane = static_cast<std::size_t>(tile) * tile;
-  out.pixel_values.resize(out.tiles.size() * 3 * plane);
-  for (std::size_t t = 0; t < out.tiles.size(); ++t)
-    for (int c = 0; c < 3; ++c) {
-      float* dst = out.pixel_values.data() + (t * 3 + static_cast<std::size_t>(c)) * plane;
-      const std::uint8_t* src = out.tiles[t].pixels.data();
-      // As torchvision's ToTensor and Normalize compute it, in float32.
-      for (std::size_t p = 0; p < plane; ++p)
-        dst[p] = (static_cast<float>(src[p * 3 + static_cast<std::size_t>(c)]) / 255.0f - config.mean[c]) / config.std[c];
-    }
-
+  out.pixel_values = normalize_tiles(out.tiles, config);
   const int patches = tile / config.patch_size;
   out.feature_grid = unpadded_feature_grid(image.width, image.height, out.grid_rows, out.grid_columns, patches);
   out.token_count = std::int64_t{patches} * patches +

@@ -84,6 +84,10 @@ struct PreparedImage {
 
 PreparedImage prepare_image(const Image& image, const AnyresConfig& config);
 
+// The model input of RGB tiles: [tiles, 3, h, w], (x / 255 - mean) / std per channel in float32,
+// as torchvision's ToTensor and Normalize compute it.
+std::vector<float> normalize_tiles(std::span<const Image> tiles, const AnyresConfig& config);
+
 struct VisionConfig {
   int hidden_size = 0;
   int intermediate_size = 0;
