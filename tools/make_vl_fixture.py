@@ -118,11 +118,11 @@ def write_decode_variants(img, folder):
     small.save(os.path.join(folder, "decode-base.png"))
     small.save(os.path.join(folder, "decode-lossless.webp"), lossless=True)
     small.save(os.path.join(folder, "decode-plain.tiff"))
-    small.save(os.path.join(folder, "decode-quality95.jpg"), quality=95)
+    small.save(os.path.join(folder, "decode-quality95.jpg"), quality=95, subsampling=0)
     exif = Image.Exif()
     exif[0x0112] = 6
     small.save(os.path.join(folder, "decode-orient6.png"), exif=exif.tobytes())
-    small.save(os.path.join(folder, "decode-orient6.jpg"), quality=95, exif=exif.tobytes())
+    small.save(os.path.join(folder, "decode-orient6.jpg"), quality=95, subsampling=0, exif=exif.tobytes())
     small.save(os.path.join(folder, "decode-orient6.tiff"), tiffinfo={0x0112: 6})
     small.convert("P", palette=Image.ADAPTIVE, colors=32).save(os.path.join(folder, "decode-palette.png"))
     small.convert("P", palette=Image.ADAPTIVE, colors=32).convert("RGB").save(os.path.join(folder, "decode-palette-rgb.png"))

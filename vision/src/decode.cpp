@@ -15,6 +15,8 @@ struct HeaderInfo {
   std::int64_t width = 0;
   std::int64_t height = 0;
   int orientation = 1;  // EXIF: 1 = as stored
+  // OpenCV's TIFF decoder (libtiff's RGBA reader) applies the orientation tag itself.
+  bool decoder_orients = false;
 };
 
 class ByteReader {
@@ -169,8 +171,9 @@ HeaderInfo read_header(const ByteReader& r) {
   if (r.has(0, 3) && r.at(0) == 0xFF && r.at(1) == 0xD8 && r.at(2) == 0xFF) return read_jpeg(r);
   if (r.starts_with(0, "RIFF") && r.starts_with(8, "WEBP")) return read_webp(r);
   if (r.starts_with(0, "II*") || r.starts_with(0, "MM")) {
-    std::span<const std::uint8_t> all = r.sub(0, r.size());
-    return read_tiff_ifd0(all, r.source());
+    HeaderInfo info = read_tiff_ifd0(r.sub(0, r.size()), r.source());
+    info.decoder_orients = true;
+    return info;
   }
   r.fail("not a PNG, JPEG, WebP or TIFF image");
 }
@@ -214,7 +217,9 @@ Image decode_image(std::span<const std::uint8_t> bytes, const std::string& sourc
     throw Error(source + ": cannot decode: " + e.what());
   }
   if (decoded.empty()) throw Error(source + ": cannot decode (corrupt or truncated image)");
-  if (decoded.cols != header.width || decoded.rows != header.height)
+  const bool transposed = header.decoder_orients && header.orientation >= 5;
+  if (decoded.cols != (transposed ? header.height : header.width) ||
+      decoded.rows != (transposed ? header.width : header.height))
     throw Error(source + ": decoded size " + std::to_string(decoded.cols) + "x" + std::to_string(decoded.rows) +
                 " differs from the header's " + std::to_string(header.width) + "x" + std::to_string(header.height));
 
@@ -242,7 +247,7 @@ Image decode_image(std::span<const std::uint8_t> bytes, const std::string& sourc
         converted.at<cv::Vec4b>(y, x) = cv::Vec4b(v[0], v[0], v[0], v[1]);
       }
   }
-  converted = orient(converted, header.orientation);
+  if (!header.decoder_orients) converted = orient(converted, header.orientation);
   if (!converted.isContinuous()) converted = converted.clone();
 
   Image image;
