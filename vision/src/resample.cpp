@@ -3,7 +3,8 @@
 // rounding). The algorithm:
 // - separable: a horizontal pass, then a vertical pass, each skipped when that size is unchanged;
 //   the vertical pass goes first when the height shrinks by more than twice as many pixels as the
-//   width (Pillow >= 11 does this for speed; the rounding between passes makes the order show);
+//   width (Pillow 13.0 does this for speed, 12.x and older always start horizontally; the rounding
+//   between passes makes the order show, by up to a few levels);
 // - each output sample is a convolution with the cubic kernel of a = -0.5 (support 2), stretched
 //   by the downscale factor when shrinking so that it also low-pass filters;
 // - the weights of each output sample are normalised to sum 1, then turned into fixed point with
