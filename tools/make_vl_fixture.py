@@ -106,6 +106,13 @@ def make_images():
     rgba = np.stack([rx * 255 // 499, 255 - ry * 255 // 374, (rx ^ ry) & 255, (rx + ry) * 255 // 873], -1)
     images["alpha"] = Image.fromarray(rgba.astype(np.uint8), "RGBA")
     images["tiny"] = Image.fromarray(rng.integers(0, 256, (5, 7, 3)).astype(np.uint8))
+    # Tall: the thumbnail shrinks the height far more than the width (Pillow 13 resamples
+    # vertically first there).
+    receipt = Image.new("RGB", (260, 1300), (255, 253, 240))
+    draw = ImageDraw.Draw(receipt)
+    for i in range(40):
+        draw.text((10, 12 + 32 * i), f"item {i:02d} ........ {(i * 37) % 100:2d}.{i % 10}0", fill=(30, 30, 30), font=font)
+    images["receipt"] = receipt
     wy, wx = np.mgrid[0:700, 0:1000]
     rings = ((np.hypot(wx - 420, wy - 300) // 24) % 2) * 180
     images["rings"] = Image.fromarray(np.stack([rings + wx * 60 // 999, rings // 2 + 40, 255 - rings], -1).astype(np.uint8))

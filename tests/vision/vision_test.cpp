@@ -37,7 +37,7 @@ std::vector<Image> reference_tiles(const std::string& name) {
 }
 
 const std::vector<std::string>& reference_images() {
-  static const std::vector<std::string> names = {"gradient", "text_wide", "tall_gray", "alpha", "tiny", "rings"};
+  static const std::vector<std::string> names = {"gradient", "text_wide", "tall_gray", "alpha", "tiny", "rings", "receipt"};
   return names;
 }
 
