@@ -7,6 +7,7 @@
 #include <cstdlib>
 
 #include "lightdesk/vision.h"
+#include "src/model_config.h"
 #include "src/safetensors.h"
 #include "test_util.h"
 
@@ -250,6 +251,14 @@ TEST(VisionSession, VlDirectoryLoadsTheTextModel) {
   options.all_logits = true;
   session->feed(ids, options);
   EXPECT_LT(test::max_abs_diff(session->logits(), golden.at("prefill.logits").f32), 1e-4);
+}
+
+TEST(VisionSession, VlConfigNeedsTextConfig) {
+  EXPECT_THROW(parse_model_config(R"({"model_type": "minimax_vl_01"})", "config.json", false), Error);
+  const ModelConfig c = parse_model_config(test::read_file(vl_dir() / "config.json"), "config.json", false);
+  EXPECT_EQ(c.weight_prefix, "language_model.");
+  EXPECT_EQ(c.hidden_size, 64);
+  EXPECT_EQ(c.rotary_dim, 8);
 }
 
 TEST(VisionSession, EmbeddingOverridesReplaceTokenRows) {
