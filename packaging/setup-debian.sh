@@ -8,6 +8,7 @@ packages=(
   libopencv-core-dev libopencv-imgcodecs-dev libopencv-imgproc-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libpcre2-dev libicu-dev libpoppler-cpp-dev
+  qt6-base-dev xvfb xauth fonts-dejavu-core
 )
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

@@ -1,9 +1,48 @@
+// The Lightdesk desktop application. Everything but the command line lives in lightdesk_gui.
 #include <QApplication>
-#include <QLabel>
+#include <QCommandLineParser>
+#include <QSettings>
+
+#include "demo_script.h"
+#include "main_window.h"
+#include "session_repository.h"
 
 int main(int argc, char** argv) {
   QApplication app(argc, argv);
-  QLabel label(QObject::tr("Lightdesk: the desktop application is not built yet; use lightdesk-cli."));
-  label.show();
+  QApplication::setOrganizationName(QStringLiteral("Lightdesk"));
+  QApplication::setApplicationName(QStringLiteral("Lightdesk"));
+
+  QCommandLineParser parser;
+  parser.setApplicationDescription(QObject::tr("Chat with MiniMax models over long documents."));
+  parser.addHelpOption();
+  const QCommandLineOption model_option(QStringLiteral("model"), QObject::tr("Model directory to open."),
+                                        QObject::tr("directory"));
+  const QCommandLineOption demo_option(
+      QStringLiteral("demo"), QObject::tr("Run a short conversation, save screenshots into <directory>, and quit."),
+      QObject::tr("directory"));
+  const QCommandLineOption attach_option(QStringLiteral("attach"), QObject::tr("Demo: document to attach."),
+                                         QObject::tr("file"));
+  const QCommandLineOption question_option(QStringLiteral("question"), QObject::tr("Demo: the question to ask."),
+                                           QObject::tr("text"), QObject::tr("What is this document about?"));
+  parser.addOptions({model_option, demo_option, attach_option, question_option});
+  parser.process(app);
+
+  QSettings settings;
+  lightdesk::gui::InMemorySessionRepository sessions;
+  lightdesk::gui::MainWindow window(sessions, settings);
+  window.resize(1100, 700);
+  window.show();
+
+  if (parser.isSet(demo_option)) {
+    auto* demo = new lightdesk::gui::DemoScript(
+        window,
+        {parser.value(model_option), parser.values(attach_option), parser.value(question_option),
+         parser.value(demo_option)},
+        &window);
+    QObject::connect(demo, &lightdesk::gui::DemoScript::finished, &app, &QApplication::quit);
+    demo->start();
+  } else if (parser.isSet(model_option)) {
+    window.openModelDirectory(parser.value(model_option));
+  }
   return app.exec();
 }

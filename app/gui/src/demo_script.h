@@ -1,0 +1,39 @@
+// Drives a MainWindow through a short conversation and saves screenshots on the way: the
+// `--demo` mode that packaging/screenshots.sh runs under Xvfb.
+#pragma once
+
+#include <QObject>
+#include <QString>
+#include <QStringList>
+
+namespace lightdesk::gui {
+
+class MainWindow;
+
+class DemoScript : public QObject {
+  Q_OBJECT
+
+ public:
+  struct Steps {
+    QString model_directory;
+    QStringList documents;
+    QString question;
+    QString screenshot_directory;
+  };
+  DemoScript(MainWindow& window, Steps steps, QObject* parent = nullptr);
+  // Opens the model; the rest follows the window's signals. Emits finished() at the end.
+  void start();
+
+ signals:
+  void finished();
+
+ private:
+  void ask();
+  void screenshot(const QString& name);
+
+  MainWindow& window_;
+  Steps steps_;
+  int documents_left_ = 0;
+};
+
+}  // namespace lightdesk::gui

@@ -1,0 +1,183 @@
+#include "engine_worker.h"
+
+#include <QFile>
+
+#include <algorithm>
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace lightdesk::gui {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+std::filesystem::path to_path(const QString& path) { return std::filesystem::path(path.toStdString()); }
+
+QString to_qstring(std::string_view text) { return QString::fromUtf8(text.data(), static_cast<qsizetype>(text.size())); }
+
+}  // namespace
+
+std::uint64_t available_host_memory() {
+  QFile meminfo(QStringLiteral("/proc/meminfo"));
+  if (!meminfo.open(QIODevice::ReadOnly | QIODevice::Text)) return 0;
+  // /proc files report size 0, so read to the end rather than testing atEnd().
+  for (const QByteArray& line : meminfo.readAll().split('\n')) {
+    if (!line.startsWith("MemAvailable:")) continue;
+    const QList<QByteArray> fields = line.simplified().split(' ');  // "MemAvailable: N kB"
+    return fields.size() >= 2 ? fields[1].toULongLong() * 1024 : 0;
+  }
+  return 0;
+}
+
+EngineWorker::EngineWorker(QObject* parent) : QObject(parent) {}
+EngineWorker::~EngineWorker() = default;
+
+void EngineWorker::requestStop() { stop_requested_ = true; }
+
+ModelCheck EngineWorker::inspect(const QString& directory) const {
+  const ModelInfo info = Model::inspect(to_path(directory));
+  ModelCheck check;
+  check.directory = directory;
+  check.description = tr("%1, %2 layers, %3 M parameters")
+                          .arg(to_qstring(info.model_type))
+                          .arg(info.num_layers)
+                          .arg(static_cast<double>(info.parameter_count) / 1e6, 0, 'f', 1);
+  check.weight_bytes = info.weight_bytes;
+  check.context_tokens = info.max_context;
+  check.session_bytes = info.session_bytes(info.max_context);
+  check.available_bytes = available_host_memory();
+  // Session memory grows linearly with the context: the largest context left beside the weights.
+  const std::uint64_t fixed = info.weight_bytes + info.session_bytes(0);
+  if (check.available_bytes > fixed && info.kv_bytes_per_token > 0)
+    check.fitting_context =
+        std::min<std::int64_t>(info.max_context, static_cast<std::int64_t>((check.available_bytes - fixed) / info.kv_bytes_per_token));
+  else
+    check.fitting_context = check.available_bytes > fixed ? info.max_context : 0;
+  return check;
+}
+
+void EngineWorker::checkModel(const QString& directory) {
+  try {
+    emit modelChecked(inspect(directory));
+  } catch (const std::exception& e) {
+    emit modelFailed(directory, to_qstring(e.what()));
+  }
+}
+
+void EngineWorker::loadModel(const QString& directory) {
+  try {
+    const ModelCheck check = inspect(directory);
+    session_.reset();
+    format_.reset();
+    tokenizer_.reset();
+    model_.reset();
+    const std::filesystem::path path = to_path(directory);
+    model_ = Model::open(path, {}, [this](std::uint64_t done, std::uint64_t total) {
+      emit loadProgress(static_cast<qint64>(done), static_cast<qint64>(total));
+    });
+    tokenizer_ = Tokenizer::open(path);
+    format_ = ChatFormat::for_model(path, *tokenizer_);
+    session_ = model_->create_session();
+    emit modelLoaded(check, format_->family() == ChatFamily::M1);
+  } catch (const std::exception& e) {
+    session_.reset();
+    format_.reset();
+    tokenizer_.reset();
+    model_.reset();
+    emit modelFailed(directory, to_qstring(e.what()));
+  }
+}
+
+void EngineWorker::readDocument(const QString& path) {
+  if (!tokenizer_) {
+    emit documentFailed(path, tr("Open a model first: token counts depend on its tokenizer."));
+    return;
+  }
+  try {
+    const Document document = load_document(to_path(path));
+    const auto tokens = static_cast<qint64>(tokenizer_->encode(document.text).size());
+    emit documentReady(path, to_qstring(document.text), tokens);
+  } catch (const std::exception& e) {
+    emit documentFailed(path, to_qstring(e.what()));
+  }
+}
+
+void EngineWorker::generate(const QList<PromptMessage>& conversation, const SamplingSettings& sampling) {
+  if (!session_) {
+    emit generationFailed(tr("No model is loaded."));
+    return;
+  }
+  stop_requested_ = false;
+  GenerationStats stats;
+  stats.context_size = model_->info().max_context;
+  try {
+    Conversation chat;
+    for (const PromptMessage& message : conversation)
+      chat.messages.push_back({message.from_user ? ChatMessage::Role::User : ChatMessage::Role::Assistant,
+                               {ChatPart{ChatPart::Kind::Text, message.text.toStdString(), {}}}});
+    const std::vector<TokenId> prompt = format_->render(chat).encode(*tokenizer_);
+    // Keep the state of a common prefix (the earlier turns of this conversation): only the
+    // rest is fed. Anything else (another conversation) starts from an empty state.
+    const std::vector<TokenId>& held = session_->tokens();
+    const bool prefix_held =
+        held.size() < prompt.size() && std::equal(held.begin(), held.end(), prompt.begin());
+    if (!prefix_held) session_->reset();
+    stats.reused_tokens = session_->position();
+    const std::span<const TokenId> rest = std::span(prompt).subspan(static_cast<std::size_t>(stats.reused_tokens));
+    stats.prompt_tokens = static_cast<std::int64_t>(rest.size());
+    const std::int64_t room = stats.context_size - static_cast<std::int64_t>(prompt.size());
+    if (room <= 0)
+      throw Error(tr("The conversation (%1 tokens) does not fit the model's context of %2 tokens.")
+                      .arg(prompt.size())
+                      .arg(stats.context_size)
+                      .toStdString());
+
+    GenerationOptions options;
+    options.max_new_tokens = std::min<std::int64_t>(sampling.max_new_tokens, room);
+    options.sampling = {static_cast<float>(sampling.temperature), sampling.top_k, static_cast<float>(sampling.top_p)};
+    options.stop_token = format_->end_of_turn();
+    options.prefill.progress = [this](const FeedProgress& progress) {
+      const double rate = progress.seconds > 0 ? static_cast<double>(progress.tokens_done) / progress.seconds : 0.0;
+      const double left = rate > 0 ? static_cast<double>(progress.tokens_total - progress.tokens_done) / rate : 0.0;
+      emit prefillProgress(progress.tokens_done, progress.tokens_total, rate, left);
+      return !stop_requested_;
+    };
+
+    ChatOutputParser parser(format_->family());
+    const auto start = Clock::now();
+    Clock::time_point first_token;
+    std::int64_t pieces = 0;
+    auto send = [&](const ChatOutputParser::Delta& delta) {
+      if (!delta.reasoning.empty() || !delta.answer.empty())
+        emit textPiece(to_qstring(delta.reasoning), to_qstring(delta.answer));
+    };
+    try {
+      generate_text(*session_, *tokenizer_, rest, options, [&](std::string_view text) {
+        if (pieces++ == 0) first_token = Clock::now();
+        send(parser.feed(text));
+        if (stop_requested_) throw Cancelled("stopped by the user");
+      });
+    } catch (const Cancelled&) {
+      stats.stopped = true;
+    }
+    send(parser.finish());
+    stats.context_used = session_->position();
+    stats.generated_tokens = stats.context_used - stats.reused_tokens - stats.prompt_tokens;
+    if (pieces > 0) {
+      stats.seconds_to_first_token = std::chrono::duration<double>(first_token - start).count();
+      const double decode_seconds = seconds_since(first_token);
+      if (decode_seconds > 0)
+        stats.decode_tokens_per_second = static_cast<double>(stats.generated_tokens) / decode_seconds;
+    }
+    emit generationFinished(stats);
+  } catch (const std::exception& e) {
+    emit generationFailed(to_qstring(e.what()));
+  }
+}
+
+}  // namespace lightdesk::gui

@@ -1,0 +1,105 @@
+// The engine side of the desktop application: a QObject that lives on its own QThread, owns the
+// Model, its tokenizer and chat format and the one engine Session, and talks to the window only
+// through queued signals and slots, so the window never waits on the engine.
+#pragma once
+
+#include <QObject>
+#include <QString>
+#include <QStringList>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+
+#include "lightdesk/engine.h"
+#include "lightdesk/text.h"
+
+namespace lightdesk::gui {
+
+// What a model directory needs against what this machine has, from Model::inspect.
+struct ModelCheck {
+  QString directory;
+  QString description;          // e.g. "minimax_m1, 4 layers, 0.3 M parameters"
+  std::uint64_t weight_bytes = 0;
+  std::int64_t context_tokens = 0;      // the context the session memory is counted for
+  std::uint64_t session_bytes = 0;      // state of one session holding context_tokens
+  std::uint64_t available_bytes = 0;    // host memory available now
+  std::int64_t fitting_context = 0;     // the largest context whose session fits beside the weights
+  bool fits() const { return weight_bytes + session_bytes <= available_bytes; }
+};
+
+struct SamplingSettings {
+  double temperature = 1.0;
+  double top_p = 0.95;
+  int top_k = 0;
+  int max_new_tokens = 512;
+};
+
+// One chat message as the engine sees it: the full text (documents included) of a turn.
+struct PromptMessage {
+  bool from_user = true;
+  QString text;
+};
+
+struct GenerationStats {
+  std::int64_t prompt_tokens = 0;       // tokens fed for this turn (after the cached prefix)
+  std::int64_t reused_tokens = 0;       // tokens of the prompt already in the session's state
+  std::int64_t generated_tokens = 0;
+  double seconds_to_first_token = 0.0;
+  double decode_tokens_per_second = 0.0;
+  std::int64_t context_used = 0;
+  std::int64_t context_size = 0;
+  bool stopped = false;                 // the user stopped it
+};
+
+// Host memory available for new allocations (MemAvailable of /proc/meminfo), 0 if unknown.
+std::uint64_t available_host_memory();
+
+class EngineWorker : public QObject {
+  Q_OBJECT
+
+ public:
+  explicit EngineWorker(QObject* parent = nullptr);
+  ~EngineWorker() override;
+
+  // Thread-safe: asks the running load, prefill or generation to stop at its next step. Called
+  // directly from the GUI thread (a queued slot would wait behind the running work).
+  void requestStop();
+
+ public slots:
+  // Validates the directory without loading weights; emits modelChecked or modelFailed.
+  void checkModel(const QString& directory);
+  // Loads weights, tokenizer and chat format; emits loadProgress, then modelLoaded or modelFailed.
+  void loadModel(const QString& directory);
+  // Reads a document and counts its tokens; emits documentReady or documentFailed.
+  void readDocument(const QString& path);
+  // Renders the conversation (ending with a user message), feeds what the session does not
+  // hold yet and streams the answer: prefillProgress, textPiece..., then generationFinished or
+  // generationFailed.
+  void generate(const QList<lightdesk::gui::PromptMessage>& conversation,
+                const lightdesk::gui::SamplingSettings& sampling);
+
+ signals:
+  void modelChecked(const lightdesk::gui::ModelCheck& check);
+  void loadProgress(qint64 bytesDone, qint64 bytesTotal);
+  void modelLoaded(const lightdesk::gui::ModelCheck& check, bool reasoningModel);
+  void modelFailed(const QString& directory, const QString& message);
+  void documentReady(const QString& path, const QString& text, qint64 tokens);
+  void documentFailed(const QString& path, const QString& message);
+  void prefillProgress(qint64 tokensDone, qint64 tokensTotal, double tokensPerSecond, double secondsLeft);
+  void textPiece(const QString& reasoning, const QString& answer);
+  void generationFinished(const lightdesk::gui::GenerationStats& stats);
+  void generationFailed(const QString& message);
+
+ private:
+  ModelCheck inspect(const QString& directory) const;
+
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::optional<ChatFormat> format_;
+  std::unique_ptr<Session> session_;
+  std::atomic<bool> stop_requested_{false};
+};
+
+}  // namespace lightdesk::gui

@@ -1,0 +1,587 @@
+#include "main_window.h"
+
+#include <QAction>
+#include <QDragEnterEvent>
+#include <QDropEvent>
+#include <QFileDialog>
+#include <QFileInfo>
+#include <QHBoxLayout>
+#include <QKeyEvent>
+#include <QLabel>
+#include <QListWidget>
+#include <QLocale>
+#include <QMenuBar>
+#include <QMimeData>
+#include <QPlainTextEdit>
+#include <QProgressBar>
+#include <QPushButton>
+#include <QScrollBar>
+#include <QSettings>
+#include <QSplitter>
+#include <QStatusBar>
+#include <QTextBrowser>
+#include <QTextCursor>
+#include <QUrl>
+#include <QVBoxLayout>
+
+#include "lightdesk/text.h"
+
+namespace lightdesk::gui {
+namespace {
+
+constexpr int kSessionIdRole = Qt::UserRole;
+
+QString format_bytes(std::uint64_t bytes) {
+  return QLocale().formattedDataSize(static_cast<qint64>(bytes), 1, QLocale::DataSizeTraditionalFormat);
+}
+
+QString paragraph(const QString& text, const QString& style = {}) {
+  return QStringLiteral("<p style=\"white-space: pre-wrap; %1\">%2</p>").arg(style, text.toHtmlEscaped());
+}
+
+// The user's question with the documents sent along, in the engine's document-question layout.
+QString prompt_with_documents(const QString& question, const QList<Attachment>& attachments) {
+  std::vector<Document> documents;
+  for (const Attachment& attachment : attachments)
+    documents.push_back({attachment.path.toStdString(), "text", attachment.text.toStdString(), {}});
+  const Conversation conversation = document_question(documents, question.toStdString());
+  return QString::fromStdString(conversation.messages.front().parts.front().text);
+}
+
+}  // namespace
+
+MainWindow::MainWindow(SessionRepository& sessions, QSettings& settings, QWidget* parent)
+    : QMainWindow(parent), sessions_(sessions), settings_(settings), worker_(new EngineWorker) {
+  setWindowTitle(tr("Lightdesk"));
+  setAcceptDrops(true);
+  buildWidgets();
+  buildMenus();
+  connectEngine();
+
+  const QList<ChatSession> existing = sessions_.list();
+  if (existing.isEmpty())
+    newSession();
+  else
+    selectSession(existing.front().id);
+  setGenerating(false);
+  const QString last_model = settings_.value(QStringLiteral("model/directory")).toString();
+  if (!last_model.isEmpty()) openModelDirectory(last_model);
+}
+
+MainWindow::~MainWindow() {
+  worker_->requestStop();
+  engine_thread_.quit();
+  engine_thread_.wait();
+}
+
+void MainWindow::buildWidgets() {
+  auto* open_model_button = new QPushButton(tr("Open model…"));
+  connect(open_model_button, &QPushButton::clicked, this, &MainWindow::chooseModelDirectory);
+  model_label_ = new QLabel(tr("No model loaded. Choose a model directory to start."));
+  model_label_->setObjectName(QStringLiteral("modelLabel"));
+  model_label_->setWordWrap(true);
+  model_label_->setTextInteractionFlags(Qt::TextSelectableByMouse);
+  auto* model_row = new QHBoxLayout;
+  model_row->addWidget(open_model_button);
+  model_row->addWidget(model_label_, 1);
+
+  message_label_ = new QLabel;
+  message_label_->setObjectName(QStringLiteral("messageLabel"));
+  message_label_->setWordWrap(true);
+  message_label_->setTextInteractionFlags(Qt::TextSelectableByMouse);
+  message_label_->setVisible(false);
+
+  // Sessions.
+  session_list_ = new QListWidget;
+  session_list_->setObjectName(QStringLiteral("sessionList"));
+  connect(session_list_, &QListWidget::itemClicked, this,
+          [this](QListWidgetItem* item) { selectSession(item->data(kSessionIdRole).toLongLong()); });
+  connect(session_list_, &QListWidget::itemChanged, this, [this](QListWidgetItem* item) {
+    if (item->data(kSessionIdRole).toLongLong() != current_.id || item->text() == current_.title) return;
+    current_.title = item->text();
+    saveCurrentSession();
+  });
+  auto* new_session_button = new QPushButton(tr("New"));
+  auto* rename_session_button = new QPushButton(tr("Rename"));
+  auto* delete_session_button = new QPushButton(tr("Delete"));
+  connect(new_session_button, &QPushButton::clicked, this, &MainWindow::newSession);
+  connect(rename_session_button, &QPushButton::clicked, this, &MainWindow::renameCurrentSession);
+  connect(delete_session_button, &QPushButton::clicked, this, &MainWindow::deleteCurrentSession);
+  auto* session_buttons = new QHBoxLayout;
+  session_buttons->addWidget(new_session_button);
+  session_buttons->addWidget(rename_session_button);
+  session_buttons->addWidget(delete_session_button);
+  auto* session_pane = new QWidget;
+  auto* session_layout = new QVBoxLayout(session_pane);
+  session_layout->addWidget(new QLabel(tr("Sessions")));
+  session_layout->addWidget(session_list_, 1);
+  session_layout->addLayout(session_buttons);
+
+  // Conversation.
+  transcript_ = new QTextBrowser;
+  transcript_->setObjectName(QStringLiteral("transcript"));
+  transcript_->setOpenLinks(false);
+  connect(transcript_, &QTextBrowser::anchorClicked, this, &MainWindow::onTranscriptLink);
+  input_ = new QPlainTextEdit;
+  input_->setObjectName(QStringLiteral("input"));
+  input_->setPlaceholderText(tr("Ask about your documents… (Ctrl+Enter sends)"));
+  input_->setMaximumHeight(input_->fontMetrics().lineSpacing() * 5);
+  input_->installEventFilter(this);
+  send_button_ = new QPushButton(tr("Send"));
+  send_button_->setObjectName(QStringLiteral("sendButton"));
+  send_button_->setToolTip(tr("Send (Ctrl+Enter)"));
+  stop_button_ = new QPushButton(tr("Stop"));
+  stop_button_->setObjectName(QStringLiteral("stopButton"));
+  connect(send_button_, &QPushButton::clicked, this, &MainWindow::send);
+  connect(stop_button_, &QPushButton::clicked, this, &MainWindow::stop);
+  auto* input_buttons = new QVBoxLayout;
+  input_buttons->addWidget(send_button_);
+  input_buttons->addWidget(stop_button_);
+  auto* input_row = new QHBoxLayout;
+  input_row->addWidget(input_, 1);
+  input_row->addLayout(input_buttons);
+  auto* conversation_pane = new QWidget;
+  auto* conversation_layout = new QVBoxLayout(conversation_pane);
+  conversation_layout->addWidget(transcript_, 1);
+  conversation_layout->addLayout(input_row);
+
+  // Attachments.
+  attachment_list_ = new QListWidget;
+  attachment_list_->setObjectName(QStringLiteral("attachmentList"));
+  attachment_list_->setToolTip(tr("Drop documents here or anywhere on the window"));
+  auto* attach_button = new QPushButton(tr("Attach…"));
+  auto* remove_attachment_button = new QPushButton(tr("Remove"));
+  connect(attach_button, &QPushButton::clicked, this, &MainWindow::chooseDocuments);
+  connect(remove_attachment_button, &QPushButton::clicked, this, &MainWindow::removeSelectedAttachment);
+  auto* attachment_buttons = new QHBoxLayout;
+  attachment_buttons->addWidget(attach_button);
+  attachment_buttons->addWidget(remove_attachment_button);
+  auto* attachment_pane = new QWidget;
+  auto* attachment_layout = new QVBoxLayout(attachment_pane);
+  attachment_layout->addWidget(new QLabel(tr("Documents")));
+  attachment_layout->addWidget(attachment_list_, 1);
+  attachment_layout->addLayout(attachment_buttons);
+
+  auto* splitter = new QSplitter;
+  splitter->addWidget(session_pane);
+  splitter->addWidget(conversation_pane);
+  splitter->addWidget(attachment_pane);
+  splitter->setStretchFactor(1, 1);
+  splitter->setSizes({200, 600, 220});
+
+  auto* central = new QWidget;
+  auto* layout = new QVBoxLayout(central);
+  layout->addLayout(model_row);
+  layout->addWidget(message_label_);
+  layout->addWidget(splitter, 1);
+  setCentralWidget(central);
+
+  progress_bar_ = new QProgressBar;
+  progress_bar_->setObjectName(QStringLiteral("progressBar"));
+  progress_bar_->setVisible(false);
+  progress_bar_->setMinimumWidth(320);
+  speed_label_ = new QLabel;
+  speed_label_->setObjectName(QStringLiteral("speedLabel"));
+  first_token_label_ = new QLabel;
+  first_token_label_->setObjectName(QStringLiteral("firstTokenLabel"));
+  context_label_ = new QLabel;
+  context_label_->setObjectName(QStringLiteral("contextLabel"));
+  statusBar()->addWidget(progress_bar_);
+  statusBar()->addPermanentWidget(speed_label_);
+  statusBar()->addPermanentWidget(first_token_label_);
+  statusBar()->addPermanentWidget(context_label_);
+}
+
+void MainWindow::buildMenus() {
+  QMenu* file_menu = menuBar()->addMenu(tr("&File"));
+  file_menu->addAction(tr("&Open model…"), QKeySequence::Open, this, &MainWindow::chooseModelDirectory);
+  file_menu->addAction(tr("&Attach documents…"), this, &MainWindow::chooseDocuments);
+  file_menu->addSeparator();
+  file_menu->addAction(tr("&Quit"), QKeySequence::Quit, this, &QWidget::close);
+  QMenu* session_menu = menuBar()->addMenu(tr("&Session"));
+  session_menu->addAction(tr("&New session"), QKeySequence::New, this, &MainWindow::newSession);
+  session_menu->addAction(tr("&Rename"), QKeySequence(Qt::Key_F2), this, &MainWindow::renameCurrentSession);
+  session_menu->addAction(tr("&Delete"), this, &MainWindow::deleteCurrentSession);
+}
+
+void MainWindow::connectEngine() {
+  worker_->moveToThread(&engine_thread_);
+  connect(&engine_thread_, &QThread::finished, worker_, &QObject::deleteLater);
+  connect(this, &MainWindow::checkModelRequested, worker_, &EngineWorker::checkModel);
+  connect(this, &MainWindow::loadModelRequested, worker_, &EngineWorker::loadModel);
+  connect(this, &MainWindow::readDocumentRequested, worker_, &EngineWorker::readDocument);
+  connect(this, &MainWindow::generateRequested, worker_, &EngineWorker::generate);
+  connect(worker_, &EngineWorker::modelChecked, this, &MainWindow::onModelChecked);
+  connect(worker_, &EngineWorker::loadProgress, this, [this](qint64 done, qint64 total) {
+    progress_bar_->setVisible(true);
+    // Megabytes keep the range within int.
+    progress_bar_->setRange(0, static_cast<int>(total >> 20));
+    progress_bar_->setValue(static_cast<int>(done >> 20));
+    progress_bar_->setFormat(tr("Loading weights: %1 of %2")
+                                 .arg(format_bytes(static_cast<std::uint64_t>(done)),
+                                      format_bytes(static_cast<std::uint64_t>(total))));
+  });
+  connect(worker_, &EngineWorker::modelLoaded, this, &MainWindow::onModelLoaded);
+  connect(worker_, &EngineWorker::modelFailed, this, &MainWindow::onModelFailed);
+  connect(worker_, &EngineWorker::documentReady, this, &MainWindow::onDocumentReady);
+  connect(worker_, &EngineWorker::documentFailed, this, [this](const QString& path, const QString& message) {
+    reading_documents_.erase(path);
+    refreshAttachments();
+    showError(tr("Could not attach %1: %2").arg(QFileInfo(path).fileName(), message));
+  });
+  connect(worker_, &EngineWorker::prefillProgress, this,
+          [this](qint64 done, qint64 total, double rate, double seconds_left) {
+            progress_bar_->setVisible(true);
+            progress_bar_->setRange(0, static_cast<int>(total));
+            progress_bar_->setValue(static_cast<int>(done));
+            progress_bar_->setFormat(tr("Reading the prompt: %1 of %2 tokens, %3 tokens/s, %4 s left")
+                                         .arg(done)
+                                         .arg(total)
+                                         .arg(rate, 0, 'f', 0)
+                                         .arg(seconds_left, 0, 'f', 0));
+          });
+  connect(worker_, &EngineWorker::textPiece, this, &MainWindow::onTextPiece);
+  connect(worker_, &EngineWorker::generationFinished, this, &MainWindow::onGenerationFinished);
+  connect(worker_, &EngineWorker::generationFailed, this, &MainWindow::onGenerationFailed);
+  engine_thread_.start();
+}
+
+// ---- model ----
+
+void MainWindow::chooseModelDirectory() {
+  const QString directory = QFileDialog::getExistingDirectory(
+      this, tr("Choose a model directory"), settings_.value(QStringLiteral("model/directory")).toString());
+  if (!directory.isEmpty()) openModelDirectory(directory);
+}
+
+void MainWindow::openModelDirectory(const QString& directory) {
+  if (generating_) {
+    showError(tr("Stop the answer before opening another model."));
+    return;
+  }
+  model_ready_ = false;
+  setGenerating(false);
+  message_label_->setVisible(false);
+  model_label_->setText(tr("Checking %1…").arg(directory));
+  emit checkModelRequested(directory);
+}
+
+void MainWindow::onModelChecked(const ModelCheck& check) {
+  const std::uint64_t needed = check.weight_bytes + check.session_bytes;
+  const QString needs = tr("%1: weights %2 + session memory %3 for %4 tokens of context = %5; %6 available")
+                            .arg(check.description, format_bytes(check.weight_bytes), format_bytes(check.session_bytes))
+                            .arg(check.context_tokens)
+                            .arg(format_bytes(needed), format_bytes(check.available_bytes));
+  model_label_->setText(needs);
+  if (!check.fits()) {
+    showError(check.fitting_context > 0
+                  ? tr("%1 does not fit in this machine's memory at its full context. A context of %2 tokens "
+                       "would fit.")
+                        .arg(check.directory)
+                        .arg(check.fitting_context)
+                  : tr("%1 does not fit in this machine's memory: its weights alone need %2.")
+                        .arg(check.directory, format_bytes(check.weight_bytes)));
+    return;
+  }
+  emit loadModelRequested(check.directory);
+}
+
+void MainWindow::onModelLoaded(const ModelCheck& check, bool reasoningModel) {
+  model_ready_ = true;
+  reasoning_model_ = reasoningModel;
+  settings_.setValue(QStringLiteral("model/directory"), check.directory);
+  progress_bar_->setVisible(false);
+  setWindowTitle(tr("Lightdesk — %1").arg(QFileInfo(check.directory).fileName()));
+  statusBar()->showMessage(tr("Model loaded from %1").arg(check.directory), 5000);
+  context_label_->setText(tr("context: 0 / %1").arg(check.context_tokens));
+  setGenerating(false);
+  emit modelReady();
+}
+
+void MainWindow::onModelFailed(const QString& directory, const QString& message) {
+  model_ready_ = false;
+  progress_bar_->setVisible(false);
+  model_label_->setText(tr("No model loaded."));
+  setGenerating(false);
+  showError(tr("Could not open the model in %1: %2").arg(directory, message));
+}
+
+SamplingSettings MainWindow::samplingSettings() const {
+  // Per model family: M1 is tuned for sampling, Text-01 for greedy answers.
+  const SamplingSettings defaults = reasoning_model_ ? SamplingSettings{1.0, 0.95, 0, 512} : SamplingSettings{0.0, 1.0, 0, 512};
+  const QString prefix = QStringLiteral("sampling/%1/").arg(familyKey());
+  SamplingSettings sampling;
+  sampling.temperature = settings_.value(prefix + QStringLiteral("temperature"), defaults.temperature).toDouble();
+  sampling.top_p = settings_.value(prefix + QStringLiteral("top_p"), defaults.top_p).toDouble();
+  sampling.top_k = settings_.value(prefix + QStringLiteral("top_k"), defaults.top_k).toInt();
+  sampling.max_new_tokens = settings_.value(prefix + QStringLiteral("max_new_tokens"), defaults.max_new_tokens).toInt();
+  return sampling;
+}
+
+QString MainWindow::familyKey() const { return reasoning_model_ ? QStringLiteral("M1") : QStringLiteral("Text01"); }
+
+// ---- conversation ----
+
+bool MainWindow::eventFilter(QObject* watched, QEvent* event) {
+  if (watched == input_ && event->type() == QEvent::KeyPress) {
+    const auto* key = static_cast<QKeyEvent*>(event);
+    if ((key->key() == Qt::Key_Return || key->key() == Qt::Key_Enter) && (key->modifiers() & Qt::ControlModifier)) {
+      send();
+      return true;
+    }
+  }
+  return QMainWindow::eventFilter(watched, event);
+}
+
+void MainWindow::send() {
+  const QString question = input_->toPlainText().trimmed();
+  if (question.isEmpty() || generating_ || !model_ready_) return;
+  QList<Attachment> new_documents;
+  ChatEntry user;
+  for (Attachment& attachment : current_.attachments) {
+    if (attachment.sent) continue;
+    attachment.sent = true;
+    new_documents.append(attachment);
+    user.attachment_names.append(QFileInfo(attachment.path).fileName());
+  }
+  user.text = question;
+  user.prompt_text = new_documents.isEmpty() ? question : prompt_with_documents(question, new_documents);
+  current_.entries.append(user);
+  if (current_.entries.size() == 1) current_.title = question.left(40);
+  current_.entries.append({ChatEntry::Role::Assistant, {}, {}, {}, {}});
+  current_.last_used = QDateTime::currentDateTimeUtc();
+  saveCurrentSession();
+  refreshSessionList();
+  refreshAttachments();
+  input_->clear();
+  renderTranscript();
+
+  QList<PromptMessage> conversation;
+  for (qsizetype i = 0; i + 1 < current_.entries.size(); ++i) {
+    const ChatEntry& entry = current_.entries[i];
+    conversation.append({entry.role == ChatEntry::Role::User,
+                         entry.role == ChatEntry::Role::User ? entry.prompt_text : entry.text});
+  }
+  setGenerating(true);
+  emit generateRequested(conversation, samplingSettings());
+}
+
+void MainWindow::stop() { worker_->requestStop(); }
+
+void MainWindow::onTextPiece(const QString& reasoning, const QString& answer) {
+  ChatEntry& entry = current_.entries.last();
+  entry.reasoning += reasoning;
+  entry.text += answer;
+  if (!reasoning.isEmpty()) appendToTranscript(reasoning, true);
+  if (!answer.isEmpty()) appendToTranscript(answer, false);
+}
+
+void MainWindow::onGenerationFinished(const GenerationStats& stats) {
+  progress_bar_->setVisible(false);
+  speed_label_->setText(tr("%1 tokens/s").arg(stats.decode_tokens_per_second, 0, 'f', 1));
+  first_token_label_->setText(tr("first token: %1 s").arg(stats.seconds_to_first_token, 0, 'f', 2));
+  context_label_->setText(tr("context: %1 / %2").arg(stats.context_used).arg(stats.context_size));
+  statusBar()->showMessage(
+      stats.stopped ? tr("Stopped after %1 tokens.").arg(stats.generated_tokens)
+                    : tr("%1 tokens generated; %2 prompt tokens read, %3 reused from the session state.")
+                          .arg(stats.generated_tokens)
+                          .arg(stats.prompt_tokens)
+                          .arg(stats.reused_tokens),
+      10000);
+  saveCurrentSession();
+  renderTranscript();
+  setGenerating(false);
+  emit answerFinished();
+}
+
+void MainWindow::onGenerationFailed(const QString& message) {
+  progress_bar_->setVisible(false);
+  // The question stays in the conversation; only the empty answer goes.
+  if (!current_.entries.isEmpty() && current_.entries.last().role == ChatEntry::Role::Assistant &&
+      current_.entries.last().text.isEmpty())
+    current_.entries.removeLast();
+  saveCurrentSession();
+  renderTranscript();
+  setGenerating(false);
+  showError(tr("The answer failed: %1").arg(message));
+  emit answerFinished();
+}
+
+void MainWindow::renderTranscript() {
+  QString html;
+  for (qsizetype i = 0; i < current_.entries.size(); ++i) {
+    const ChatEntry& entry = current_.entries[i];
+    if (entry.role == ChatEntry::Role::User) {
+      html += QStringLiteral("<p style=\"color:#1a5fb4;\"><b>%1</b></p>").arg(tr("You").toHtmlEscaped());
+      if (!entry.attachment_names.isEmpty())
+        html += paragraph(tr("Documents: %1").arg(entry.attachment_names.join(QStringLiteral(", "))), "color:#666;");
+      html += paragraph(entry.text);
+      continue;
+    }
+    html += QStringLiteral("<p style=\"color:#26a269;\"><b>%1</b></p>").arg(tr("Lightdesk").toHtmlEscaped());
+    if (!entry.reasoning.isEmpty()) {
+      const bool shown = expanded_reasoning_[static_cast<int>(i)];
+      html += QStringLiteral("<p><a href=\"reasoning:%1\">%2</a></p>")
+                  .arg(i)
+                  .arg((shown ? tr("▾ Hide reasoning") : tr("▸ Show reasoning (%1 characters)").arg(entry.reasoning.size()))
+                           .toHtmlEscaped());
+      if (shown) html += paragraph(entry.reasoning, "color:#777; font-style:italic;");
+    }
+    html += paragraph(entry.text);
+  }
+  transcript_->setHtml(html);
+  transcript_->verticalScrollBar()->setValue(transcript_->verticalScrollBar()->maximum());
+}
+
+void MainWindow::appendToTranscript(const QString& text, bool reasoning) {
+  QTextCursor cursor(transcript_->document());
+  cursor.movePosition(QTextCursor::End);
+  QTextCharFormat format;
+  if (reasoning) {
+    format.setForeground(QColor(0x77, 0x77, 0x77));
+    format.setFontItalic(true);
+  }
+  cursor.insertText(text, format);
+  transcript_->verticalScrollBar()->setValue(transcript_->verticalScrollBar()->maximum());
+}
+
+void MainWindow::onTranscriptLink(const QUrl& link) {
+  if (link.scheme() != QStringLiteral("reasoning")) return;
+  bool ok = false;
+  const int index = link.path().toInt(&ok);
+  if (!ok) return;
+  expanded_reasoning_[index] = !expanded_reasoning_[index];
+  renderTranscript();
+}
+
+// ---- sessions ----
+
+void MainWindow::newSession() {
+  if (generating_) return;
+  current_ = sessions_.create(tr("New chat"));
+  expanded_reasoning_.clear();
+  refreshSessionList();
+  refreshAttachments();
+  renderTranscript();
+  input_->setFocus();
+}
+
+void MainWindow::selectSession(qint64 id) {
+  if (generating_ || id == current_.id) return;
+  const std::optional<ChatSession> session = sessions_.load(id);
+  if (!session) return;
+  current_ = *session;
+  expanded_reasoning_.clear();
+  refreshSessionList();
+  refreshAttachments();
+  renderTranscript();
+}
+
+void MainWindow::saveCurrentSession() { sessions_.save(current_); }
+
+void MainWindow::refreshSessionList() {
+  const QSignalBlocker blocker(session_list_);
+  session_list_->clear();
+  for (const ChatSession& session : sessions_.list()) {
+    auto* item = new QListWidgetItem(session.title, session_list_);
+    item->setData(kSessionIdRole, session.id);
+    item->setFlags(item->flags() | Qt::ItemIsEditable);
+    if (session.id == current_.id) session_list_->setCurrentItem(item);
+  }
+}
+
+void MainWindow::renameCurrentSession() {
+  if (QListWidgetItem* item = session_list_->currentItem()) session_list_->editItem(item);
+}
+
+void MainWindow::deleteCurrentSession() {
+  if (generating_) return;
+  sessions_.remove(current_.id);
+  current_ = {};
+  const QList<ChatSession> rest = sessions_.list();
+  if (rest.isEmpty())
+    newSession();
+  else
+    selectSession(rest.front().id);
+}
+
+// ---- attachments ----
+
+void MainWindow::chooseDocuments() {
+  const QStringList paths = QFileDialog::getOpenFileNames(this, tr("Attach documents"), QString(),
+                                                          tr("Documents (*.txt *.md *.pdf *.*)"));
+  attachFiles(paths);
+}
+
+void MainWindow::attachFiles(const QStringList& paths) {
+  for (const QString& path : paths) {
+    reading_documents_[path] = current_.id;
+    emit readDocumentRequested(path);
+  }
+  refreshAttachments();
+}
+
+void MainWindow::onDocumentReady(const QString& path, const QString& text, qint64 tokens) {
+  const auto reading = reading_documents_.find(path);
+  if (reading == reading_documents_.end()) return;
+  const qint64 session_id = reading->second;
+  reading_documents_.erase(reading);
+  const Attachment attachment{path, text, tokens, false};
+  if (session_id == current_.id) {
+    current_.attachments.append(attachment);
+    saveCurrentSession();
+  } else if (std::optional<ChatSession> other = sessions_.load(session_id)) {
+    other->attachments.append(attachment);
+    sessions_.save(*other);
+  }
+  refreshAttachments();
+  emit documentAttached(path);
+}
+
+void MainWindow::removeSelectedAttachment() {
+  const int row = attachment_list_->currentRow();
+  if (row < 0 || row >= current_.attachments.size() || current_.attachments[row].sent) return;
+  current_.attachments.removeAt(row);
+  saveCurrentSession();
+  refreshAttachments();
+}
+
+void MainWindow::refreshAttachments() {
+  attachment_list_->clear();
+  for (const Attachment& attachment : current_.attachments)
+    attachment_list_->addItem(tr("%1 — %2 tokens%3")
+                                  .arg(QFileInfo(attachment.path).fileName())
+                                  .arg(attachment.tokens)
+                                  .arg(attachment.sent ? tr(" (sent)") : QString()));
+  for (const auto& [path, session_id] : reading_documents_)
+    if (session_id == current_.id) attachment_list_->addItem(tr("%1 — reading…").arg(QFileInfo(path).fileName()));
+}
+
+void MainWindow::dragEnterEvent(QDragEnterEvent* event) {
+  if (event->mimeData()->hasUrls()) event->acceptProposedAction();
+}
+
+void MainWindow::dropEvent(QDropEvent* event) {
+  QStringList paths;
+  for (const QUrl& url : event->mimeData()->urls())
+    if (url.isLocalFile()) paths.append(url.toLocalFile());
+  attachFiles(paths);
+  event->acceptProposedAction();
+}
+
+// ---- state ----
+
+void MainWindow::setGenerating(bool generating) {
+  generating_ = generating;
+  send_button_->setEnabled(!generating && model_ready_);
+  stop_button_->setEnabled(generating);
+  session_list_->setEnabled(!generating);
+}
+
+void MainWindow::showError(const QString& message) {
+  message_label_->setStyleSheet(QStringLiteral("QLabel { background: #fde2e1; color: #8a1c15; padding: 6px; }"));
+  message_label_->setText(message);
+  message_label_->setVisible(true);
+}
+
+}  // namespace lightdesk::gui

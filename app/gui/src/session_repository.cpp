@@ -1,0 +1,34 @@
+#include "session_repository.h"
+
+#include <algorithm>
+
+namespace lightdesk::gui {
+
+QList<ChatSession> InMemorySessionRepository::list() const {
+  QList<ChatSession> result;
+  for (const auto& [id, session] : sessions_) result.append({session.id, session.title, session.last_used, {}, {}});
+  std::stable_sort(result.begin(), result.end(),
+                   [](const ChatSession& a, const ChatSession& b) { return a.last_used > b.last_used; });
+  return result;
+}
+
+std::optional<ChatSession> InMemorySessionRepository::load(qint64 id) const {
+  const auto found = sessions_.find(id);
+  if (found == sessions_.end()) return std::nullopt;
+  return found->second;
+}
+
+ChatSession InMemorySessionRepository::create(const QString& title) {
+  ChatSession session;
+  session.id = next_id_++;
+  session.title = title;
+  session.last_used = QDateTime::currentDateTimeUtc();
+  sessions_[session.id] = session;
+  return session;
+}
+
+void InMemorySessionRepository::save(const ChatSession& session) { sessions_[session.id] = session; }
+
+void InMemorySessionRepository::remove(qint64 id) { sessions_.erase(id); }
+
+}  // namespace lightdesk::gui

@@ -1,0 +1,147 @@
+// Drives the real MainWindow under the offscreen platform: the bundled tiny model (a random
+// M1 with a 512-id tokenizer, so its answers are random text), a document, a question, the
+// streamed answer, stop, and the errors a person must see.
+#include <QDropEvent>
+#include <QLabel>
+#include <QListWidget>
+#include <QMimeData>
+#include <QPlainTextEdit>
+#include <QPushButton>
+#include <QSettings>
+#include <QSignalSpy>
+#include <QStatusBar>
+#include <QTemporaryDir>
+#include <QTest>
+#include <QTextBrowser>
+
+#include "main_window.h"
+#include "session_repository.h"
+
+using lightdesk::gui::InMemorySessionRepository;
+using lightdesk::gui::MainWindow;
+
+namespace {
+
+const QString kModelDirectory = QStringLiteral(LIGHTDESK_SOURCE_DIR "/resources/models/tiny-a-m1-rd8");
+constexpr int kTimeoutMs = 20000;
+
+}  // namespace
+
+class MainWindowTest : public QObject {
+  Q_OBJECT
+
+ private slots:
+  void init() {
+    QVERIFY(directory_.isValid());
+    QFile::remove(directory_.filePath(QStringLiteral("settings.ini")));
+    settings_ = std::make_unique<QSettings>(directory_.filePath(QStringLiteral("settings.ini")), QSettings::IniFormat);
+    // A long answer at a fixed sampling, so that stopping it is possible and the run repeats.
+    settings_->setValue(QStringLiteral("sampling/M1/max_new_tokens"), 4000);
+    sessions_ = std::make_unique<InMemorySessionRepository>();
+    window_ = std::make_unique<MainWindow>(*sessions_, *settings_);
+    window_->show();
+    QVERIFY(QTest::qWaitForWindowActive(window_.get()));
+  }
+
+  void cleanup() {
+    window_.reset();
+    sessions_.reset();
+    settings_.reset();
+  }
+
+  void badModelDirectoryShowsError() {
+    auto* message = window_->findChild<QLabel*>(QStringLiteral("messageLabel"));
+    QVERIFY(message);
+    QVERIFY(!message->isVisible());
+    window_->openModelDirectory(directory_.path());
+    QTRY_VERIFY_WITH_TIMEOUT(message->isVisible(), kTimeoutMs);
+    QVERIFY2(message->text().contains(directory_.path()), qPrintable(message->text()));
+    QVERIFY2(message->text().contains(QStringLiteral("config.json")), qPrintable(message->text()));
+    QVERIFY(!window_->findChild<QPushButton*>(QStringLiteral("sendButton"))->isEnabled());
+  }
+
+  void askAboutADocumentStreamAndStop() {
+    QSignalSpy ready(window_.get(), &MainWindow::modelReady);
+    window_->openModelDirectory(kModelDirectory);
+    QVERIFY2(ready.wait(kTimeoutMs), qPrintable(window_->findChild<QLabel*>(QStringLiteral("messageLabel"))->text()));
+    auto* model_label = window_->findChild<QLabel*>(QStringLiteral("modelLabel"));
+    QVERIFY2(model_label->text().contains(QStringLiteral("minimax_m1")), qPrintable(model_label->text()));
+    QVERIFY2(model_label->text().contains(QStringLiteral("available")), qPrintable(model_label->text()));
+    QCOMPARE(settings_->value(QStringLiteral("model/directory")).toString(), kModelDirectory);
+
+    // Attach a document by dropping it on the window, as a person would.
+    const QString document_path = directory_.filePath(QStringLiteral("notes.txt"));
+    {
+      QFile document(document_path);
+      QVERIFY(document.open(QIODevice::WriteOnly));
+      document.write("The quarterly report says revenue grew by twelve percent.\n");
+    }
+    QSignalSpy attached(window_.get(), &MainWindow::documentAttached);
+    QMimeData mime;
+    mime.setUrls({QUrl::fromLocalFile(document_path)});
+    QDragEnterEvent enter(QPoint(10, 10), Qt::CopyAction, &mime, Qt::LeftButton, Qt::NoModifier);
+    QApplication::sendEvent(window_.get(), &enter);
+    QVERIFY(enter.isAccepted());
+    QDropEvent drop(QPointF(10, 10), Qt::CopyAction, &mime, Qt::LeftButton, Qt::NoModifier);
+    QApplication::sendEvent(window_.get(), &drop);
+    QVERIFY(attached.wait(kTimeoutMs));
+    auto* attachments = window_->findChild<QListWidget*>(QStringLiteral("attachmentList"));
+    QCOMPARE(attachments->count(), 1);
+    // The tiny tokenizer has 512 ids, mostly single bytes: a short text is still many tokens.
+    const QString attachment_line = attachments->item(0)->text();
+    QVERIFY2(attachment_line.startsWith(QStringLiteral("notes.txt — ")), qPrintable(attachment_line));
+    const qint64 tokens = attachment_line.section(QLatin1Char(' '), 2, 2).toLongLong();
+    QVERIFY2(tokens > 10 && tokens <= 60, qPrintable(attachment_line));
+
+    // Ask with Ctrl+Enter; the answer streams in; stop it.
+    auto* input = window_->findChild<QPlainTextEdit*>(QStringLiteral("input"));
+    auto* transcript = window_->findChild<QTextBrowser*>(QStringLiteral("transcript"));
+    auto* stop = window_->findChild<QPushButton*>(QStringLiteral("stopButton"));
+    auto* send = window_->findChild<QPushButton*>(QStringLiteral("sendButton"));
+    QVERIFY(send->isEnabled());
+    QTest::keyClicks(input, QStringLiteral("How much did revenue grow?"));
+    QSignalSpy finished(window_.get(), &MainWindow::answerFinished);
+    QTest::keyClick(input, Qt::Key_Return, Qt::ControlModifier);
+    QVERIFY(input->toPlainText().isEmpty());
+    QVERIFY(transcript->toPlainText().contains(QStringLiteral("How much did revenue grow?")));
+    QVERIFY(transcript->toPlainText().contains(QStringLiteral("notes.txt")));
+    QVERIFY(stop->isEnabled());
+    QVERIFY(!send->isEnabled());
+    const qsizetype before_answer = transcript->toPlainText().size();
+    QTRY_VERIFY_WITH_TIMEOUT(transcript->toPlainText().size() > before_answer + 20, kTimeoutMs);
+    QTest::mouseClick(stop, Qt::LeftButton);
+    QVERIFY(finished.wait(kTimeoutMs));
+    QVERIFY2(window_->statusBar()->currentMessage().startsWith(QStringLiteral("Stopped after")),
+             qPrintable(window_->statusBar()->currentMessage()));
+    QVERIFY(send->isEnabled());
+    QVERIFY(!stop->isEnabled());
+    QVERIFY(attachments->item(0)->text().endsWith(QStringLiteral("(sent)")));
+    auto* context = window_->findChild<QLabel*>(QStringLiteral("contextLabel"));
+    QVERIFY2(context->text().startsWith(QStringLiteral("context: ")), qPrintable(context->text()));
+    QVERIFY(context->text().endsWith(QStringLiteral(" / 4096")));
+    // The stopped conversation is kept, question and partial answer.
+    const QList<lightdesk::gui::ChatSession> listed = sessions_->list();
+    QCOMPARE(listed.size(), 1);
+    const auto stored = sessions_->load(listed.front().id);
+    QVERIFY(stored.has_value());
+    QCOMPARE(stored->entries.size(), 2);
+    QCOMPARE(stored->title, QStringLiteral("How much did revenue grow?"));
+    QVERIFY(!stored->entries[1].text.isEmpty() || !stored->entries[1].reasoning.isEmpty());
+  }
+
+  void ctrlNCreatesSession() {
+    auto* list = window_->findChild<QListWidget*>(QStringLiteral("sessionList"));
+    QCOMPARE(list->count(), 1);
+    QTest::keyClick(window_->findChild<QPlainTextEdit*>(QStringLiteral("input")), Qt::Key_N, Qt::ControlModifier);
+    QCOMPARE(list->count(), 2);
+  }
+
+ private:
+  QTemporaryDir directory_;
+  std::unique_ptr<InMemorySessionRepository> sessions_;
+  std::unique_ptr<QSettings> settings_;
+  std::unique_ptr<MainWindow> window_;
+};
+
+QTEST_MAIN(MainWindowTest)
+#include "main_window_test.moc"
