@@ -6,6 +6,8 @@
 #include <QString>
 #include <QStringList>
 
+#include <functional>
+
 namespace lightdesk::gui {
 
 class MainWindow;
@@ -29,7 +31,8 @@ class DemoScript : public QObject {
 
  private:
   void ask();
-  void screenshot(const QString& name);
+  // Saves the window as `name`, then runs `then`.
+  void screenshot(const QString& name, const std::function<void()>& then);
 
   MainWindow& window_;
   Steps steps_;

@@ -94,6 +94,7 @@ void MainWindow::buildWidgets() {
   // Sessions.
   session_list_ = new QListWidget;
   session_list_->setObjectName(QStringLiteral("sessionList"));
+  session_list_->setHorizontalScrollBarPolicy(Qt::ScrollBarAlwaysOff);
   connect(session_list_, &QListWidget::itemClicked, this,
           [this](QListWidgetItem* item) { selectSession(item->data(kSessionIdRole).toLongLong()); });
   connect(session_list_, &QListWidget::itemChanged, this, [this](QListWidgetItem* item) {
@@ -148,6 +149,7 @@ void MainWindow::buildWidgets() {
   // Attachments.
   attachment_list_ = new QListWidget;
   attachment_list_->setObjectName(QStringLiteral("attachmentList"));
+  attachment_list_->setHorizontalScrollBarPolicy(Qt::ScrollBarAlwaysOff);
   attachment_list_->setToolTip(tr("Drop documents here or anywhere on the window"));
   auto* attach_button = new QPushButton(tr("Attach…"));
   auto* remove_attachment_button = new QPushButton(tr("Remove"));
@@ -381,13 +383,11 @@ void MainWindow::onGenerationFinished(const GenerationStats& stats) {
   speed_label_->setText(tr("%1 tokens/s").arg(stats.decode_tokens_per_second, 0, 'f', 1));
   first_token_label_->setText(tr("first token: %1 s").arg(stats.seconds_to_first_token, 0, 'f', 2));
   context_label_->setText(tr("context: %1 / %2").arg(stats.context_used).arg(stats.context_size));
-  statusBar()->showMessage(
-      stats.stopped ? tr("Stopped after %1 tokens.").arg(stats.generated_tokens)
-                    : tr("%1 tokens generated; %2 prompt tokens read, %3 reused from the session state.")
-                          .arg(stats.generated_tokens)
-                          .arg(stats.prompt_tokens)
-                          .arg(stats.reused_tokens),
-      10000);
+  QString summary = stats.stopped ? tr("Stopped after %1 tokens.").arg(stats.generated_tokens)
+                                  : tr("%1 tokens generated.").arg(stats.generated_tokens);
+  summary += QLatin1Char(' ') + tr("%1 prompt tokens read").arg(stats.prompt_tokens);
+  if (stats.reused_tokens > 0) summary += QLatin1Char(' ') + tr("(%1 kept from the session state)").arg(stats.reused_tokens);
+  statusBar()->showMessage(summary + QLatin1Char('.'), 10000);
   saveCurrentSession();
   renderTranscript();
   setGenerating(false);
@@ -412,13 +412,13 @@ void MainWindow::renderTranscript() {
   for (qsizetype i = 0; i < current_.entries.size(); ++i) {
     const ChatEntry& entry = current_.entries[i];
     if (entry.role == ChatEntry::Role::User) {
-      html += QStringLiteral("<p style=\"color:#1a5fb4;\"><b>%1</b></p>").arg(tr("You").toHtmlEscaped());
+      html += QStringLiteral("<p style=\"color:#1a5fb4; margin-top:12px;\"><b>%1</b></p>").arg(tr("You").toHtmlEscaped());
       if (!entry.attachment_names.isEmpty())
         html += paragraph(tr("Documents: %1").arg(entry.attachment_names.join(QStringLiteral(", "))), "color:#666;");
       html += paragraph(entry.text);
       continue;
     }
-    html += QStringLiteral("<p style=\"color:#26a269;\"><b>%1</b></p>").arg(tr("Lightdesk").toHtmlEscaped());
+    html += QStringLiteral("<p style=\"color:#26a269; margin-top:12px;\"><b>%1</b></p>").arg(tr("Lightdesk").toHtmlEscaped());
     if (!entry.reasoning.isEmpty()) {
       const bool shown = expanded_reasoning_[static_cast<int>(i)];
       html += QStringLiteral("<p><a href=\"reasoning:%1\">%2</a></p>")
@@ -485,6 +485,7 @@ void MainWindow::refreshSessionList() {
   for (const ChatSession& session : sessions_.list()) {
     auto* item = new QListWidgetItem(session.title, session_list_);
     item->setData(kSessionIdRole, session.id);
+    item->setToolTip(session.title);
     item->setFlags(item->flags() | Qt::ItemIsEditable);
     if (session.id == current_.id) session_list_->setCurrentItem(item);
   }
@@ -548,11 +549,14 @@ void MainWindow::removeSelectedAttachment() {
 
 void MainWindow::refreshAttachments() {
   attachment_list_->clear();
-  for (const Attachment& attachment : current_.attachments)
-    attachment_list_->addItem(tr("%1 — %2 tokens%3")
-                                  .arg(QFileInfo(attachment.path).fileName())
-                                  .arg(attachment.tokens)
-                                  .arg(attachment.sent ? tr(" (sent)") : QString()));
+  for (const Attachment& attachment : current_.attachments) {
+    auto* item = new QListWidgetItem(tr("%1 — %2 tokens%3")
+                                         .arg(QFileInfo(attachment.path).fileName())
+                                         .arg(attachment.tokens)
+                                         .arg(attachment.sent ? tr(" (sent)") : QString()),
+                                     attachment_list_);
+    item->setToolTip(attachment.path);
+  }
   for (const auto& [path, session_id] : reading_documents_)
     if (session_id == current_.id) attachment_list_->addItem(tr("%1 — reading…").arg(QFileInfo(path).fileName()));
 }
