@@ -129,11 +129,37 @@ class MainWindowTest : public QObject {
     QVERIFY(!stored->entries[1].text.isEmpty() || !stored->entries[1].reasoning.isEmpty());
   }
 
-  void ctrlNCreatesSession() {
+  void ctrlNCreatesSessionAndDeleteRemovesIt() {
     auto* list = window_->findChild<QListWidget*>(QStringLiteral("sessionList"));
     QCOMPARE(list->count(), 1);
     QTest::keyClick(window_->findChild<QPlainTextEdit*>(QStringLiteral("input")), Qt::Key_N, Qt::ControlModifier);
     QCOMPARE(list->count(), 2);
+    QCOMPARE(sessions_->list().size(), 2);
+    QPushButton* delete_button = nullptr;
+    for (auto* button : window_->findChildren<QPushButton*>())
+      if (button->text() == QStringLiteral("Delete")) delete_button = button;
+    QVERIFY(delete_button);
+    QTest::mouseClick(delete_button, Qt::LeftButton);
+    QCOMPARE(list->count(), 1);
+    QCOMPARE(sessions_->list().size(), 1);
+  }
+
+  void reasoningIsCollapsed() {
+    lightdesk::gui::ChatSession session = sessions_->create(QStringLiteral("Earlier chat"));
+    session.last_used = QDateTime::currentDateTimeUtc().addSecs(60);  // the most recent: opened first
+    session.entries = {{lightdesk::gui::ChatEntry::Role::User, QStringLiteral("Why?"), QStringLiteral("Why?"), {}, {}},
+                       {lightdesk::gui::ChatEntry::Role::Assistant, QStringLiteral("Because."), {},
+                        QStringLiteral("the hidden chain of thought"), {}}};
+    sessions_->save(session);
+    window_ = std::make_unique<MainWindow>(*sessions_, *settings_);
+    auto* transcript = window_->findChild<QTextBrowser*>(QStringLiteral("transcript"));
+    QVERIFY(transcript->toPlainText().contains(QStringLiteral("Because.")));
+    QVERIFY(transcript->toPlainText().contains(QStringLiteral("Show reasoning")));
+    QVERIFY(!transcript->toPlainText().contains(QStringLiteral("hidden chain")));
+    emit transcript->anchorClicked(QUrl(QStringLiteral("reasoning:1")));
+    QVERIFY(transcript->toPlainText().contains(QStringLiteral("hidden chain")));
+    emit transcript->anchorClicked(QUrl(QStringLiteral("reasoning:1")));
+    QVERIFY(!transcript->toPlainText().contains(QStringLiteral("hidden chain")));
   }
 
  private:

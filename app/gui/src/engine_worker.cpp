@@ -83,7 +83,12 @@ void EngineWorker::loadModel(const QString& directory) {
     tokenizer_ = Tokenizer::open(path);
     format_ = ChatFormat::for_model(path, *tokenizer_);
     session_ = model_->create_session();
-    emit modelLoaded(check, format_->family() == ChatFamily::M1);
+    const SamplingDefaults defaults = format_->sampling_defaults();
+    SamplingSettings sampling;
+    sampling.temperature = defaults.temperature;
+    sampling.top_p = defaults.top_p;
+    emit modelLoaded(check, format_->family() == ChatFamily::M1 ? QStringLiteral("M1") : QStringLiteral("Text01"),
+                     sampling);
   } catch (const std::exception& e) {
     session_.reset();
     format_.reset();

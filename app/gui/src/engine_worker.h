@@ -83,7 +83,9 @@ class EngineWorker : public QObject {
  signals:
   void modelChecked(const lightdesk::gui::ModelCheck& check);
   void loadProgress(qint64 bytesDone, qint64 bytesTotal);
-  void modelLoaded(const lightdesk::gui::ModelCheck& check, bool reasoningModel);
+  // `family` names the chat format ("M1", "Text01"); `sampling` is its recommended sampling.
+  void modelLoaded(const lightdesk::gui::ModelCheck& check, const QString& family,
+                   const lightdesk::gui::SamplingSettings& sampling);
   void modelFailed(const QString& directory, const QString& message);
   void documentReady(const QString& path, const QString& text, qint64 tokens);
   void documentFailed(const QString& path, const QString& message);

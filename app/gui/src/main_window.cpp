@@ -25,6 +25,7 @@
 #include <QVBoxLayout>
 
 #include "lightdesk/text.h"
+#include "settings_dialog.h"
 
 namespace lightdesk::gui {
 namespace {
@@ -198,6 +199,7 @@ void MainWindow::buildMenus() {
   QMenu* file_menu = menuBar()->addMenu(tr("&File"));
   file_menu->addAction(tr("&Open model…"), QKeySequence::Open, this, &MainWindow::chooseModelDirectory);
   file_menu->addAction(tr("&Attach documents…"), this, &MainWindow::chooseDocuments);
+  file_menu->addAction(tr("&Settings…"), QKeySequence::Preferences, this, &MainWindow::editSettings);
   file_menu->addSeparator();
   file_menu->addAction(tr("&Quit"), QKeySequence::Quit, this, &QWidget::close);
   QMenu* session_menu = menuBar()->addMenu(tr("&Session"));
@@ -288,9 +290,10 @@ void MainWindow::onModelChecked(const ModelCheck& check) {
   emit loadModelRequested(check.directory);
 }
 
-void MainWindow::onModelLoaded(const ModelCheck& check, bool reasoningModel) {
+void MainWindow::onModelLoaded(const ModelCheck& check, const QString& family, const SamplingSettings& sampling) {
   model_ready_ = true;
-  reasoning_model_ = reasoningModel;
+  model_family_ = family;
+  default_sampling_ = sampling;
   settings_.setValue(QStringLiteral("model/directory"), check.directory);
   progress_bar_->setVisible(false);
   setWindowTitle(tr("Lightdesk — %1").arg(QFileInfo(check.directory).fileName()));
@@ -308,19 +311,14 @@ void MainWindow::onModelFailed(const QString& directory, const QString& message)
   showError(tr("Could not open the model in %1: %2").arg(directory, message));
 }
 
-SamplingSettings MainWindow::samplingSettings() const {
-  // Per model family: M1 is tuned for sampling, Text-01 for greedy answers.
-  const SamplingSettings defaults = reasoning_model_ ? SamplingSettings{1.0, 0.95, 0, 512} : SamplingSettings{0.0, 1.0, 0, 512};
-  const QString prefix = QStringLiteral("sampling/%1/").arg(familyKey());
-  SamplingSettings sampling;
-  sampling.temperature = settings_.value(prefix + QStringLiteral("temperature"), defaults.temperature).toDouble();
-  sampling.top_p = settings_.value(prefix + QStringLiteral("top_p"), defaults.top_p).toDouble();
-  sampling.top_k = settings_.value(prefix + QStringLiteral("top_k"), defaults.top_k).toInt();
-  sampling.max_new_tokens = settings_.value(prefix + QStringLiteral("max_new_tokens"), defaults.max_new_tokens).toInt();
-  return sampling;
+void MainWindow::editSettings() {
+  if (!model_ready_) {
+    showError(tr("Sampling settings belong to a model family: open a model first."));
+    return;
+  }
+  SettingsDialog dialog(settings_, model_family_, default_sampling_, this);
+  dialog.exec();
 }
-
-QString MainWindow::familyKey() const { return reasoning_model_ ? QStringLiteral("M1") : QStringLiteral("Text01"); }
 
 // ---- conversation ----
 
@@ -365,7 +363,7 @@ void MainWindow::send() {
                          entry.role == ChatEntry::Role::User ? entry.prompt_text : entry.text});
   }
   setGenerating(true);
-  emit generateRequested(conversation, samplingSettings());
+  emit generateRequested(conversation, load_sampling(settings_, model_family_, default_sampling_));
 }
 
 void MainWindow::stop() { worker_->requestStop(); }

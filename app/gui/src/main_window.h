@@ -74,11 +74,10 @@ class MainWindow : public QMainWindow {
   void renderTranscript();
   void appendToTranscript(const QString& text, bool reasoning);
   void saveCurrentSession();
-  SamplingSettings samplingSettings() const;
-  QString familyKey() const;
+  void editSettings();
 
   void onModelChecked(const ModelCheck& check);
-  void onModelLoaded(const ModelCheck& check, bool reasoningModel);
+  void onModelLoaded(const ModelCheck& check, const QString& family, const SamplingSettings& sampling);
   void onModelFailed(const QString& directory, const QString& message);
   void onDocumentReady(const QString& path, const QString& text, qint64 tokens);
   void onTextPiece(const QString& reasoning, const QString& answer);
@@ -93,7 +92,8 @@ class MainWindow : public QMainWindow {
 
   ChatSession current_;
   bool model_ready_ = false;
-  bool reasoning_model_ = false;
+  QString model_family_;           // settings are kept per chat-format family
+  SamplingSettings default_sampling_;
   bool generating_ = false;
   std::map<QString, qint64> reading_documents_;  // path -> session it is attached to
   std::map<int, bool> expanded_reasoning_;        // entry index -> shown
