@@ -129,6 +129,19 @@ class MainWindowTest : public QObject {
     QVERIFY(!stored->entries[1].text.isEmpty() || !stored->entries[1].reasoning.isEmpty());
   }
 
+  void badModelDirectoryKeepsTheLoadedModel() {
+    QSignalSpy ready(window_.get(), &MainWindow::modelReady);
+    window_->openModelDirectory(kModelDirectory);
+    QVERIFY(ready.wait(kTimeoutMs));
+    QSignalSpy error(window_.get(), &MainWindow::errorShown);
+    window_->openModelDirectory(directory_.filePath(QStringLiteral("missing")));
+    QVERIFY(error.wait(kTimeoutMs));
+    QVERIFY2(error.front().front().toString().contains(QStringLiteral("missing")),
+             qPrintable(error.front().front().toString()));
+    QVERIFY(window_->findChild<QPushButton*>(QStringLiteral("sendButton"))->isEnabled());
+    QVERIFY(window_->findChild<QLabel*>(QStringLiteral("modelLabel"))->text().contains(QStringLiteral("minimax_m1")));
+  }
+
   void ctrlNCreatesSessionAndDeleteRemovesIt() {
     auto* list = window_->findChild<QListWidget*>(QStringLiteral("sessionList"));
     QCOMPARE(list->count(), 1);

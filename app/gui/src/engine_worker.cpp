@@ -65,7 +65,7 @@ void EngineWorker::checkModel(const QString& directory) {
   try {
     emit modelChecked(inspect(directory));
   } catch (const std::exception& e) {
-    emit modelFailed(directory, to_qstring(e.what()));
+    emit modelRejected(directory, to_qstring(e.what()));
   }
 }
 

@@ -68,7 +68,8 @@ class EngineWorker : public QObject {
   void requestStop();
 
  public slots:
-  // Validates the directory without loading weights; emits modelChecked or modelFailed.
+  // Validates the directory without loading weights; emits modelChecked or modelRejected (the
+  // loaded model, if any, stays).
   void checkModel(const QString& directory);
   // Loads weights, tokenizer and chat format; emits loadProgress, then modelLoaded or modelFailed.
   void loadModel(const QString& directory);
@@ -86,6 +87,8 @@ class EngineWorker : public QObject {
   // `family` names the chat format ("M1", "Text01"); `sampling` is its recommended sampling.
   void modelLoaded(const lightdesk::gui::ModelCheck& check, const QString& family,
                    const lightdesk::gui::SamplingSettings& sampling);
+  void modelRejected(const QString& directory, const QString& message);
+  // Loading failed: no model is loaded any more.
   void modelFailed(const QString& directory, const QString& message);
   void documentReady(const QString& path, const QString& text, qint64 tokens);
   void documentFailed(const QString& path, const QString& message);

@@ -226,6 +226,7 @@ void MainWindow::connectEngine() {
                                       format_bytes(static_cast<std::uint64_t>(total))));
   });
   connect(worker_, &EngineWorker::modelLoaded, this, &MainWindow::onModelLoaded);
+  connect(worker_, &EngineWorker::modelRejected, this, &MainWindow::onModelRejected);
   connect(worker_, &EngineWorker::modelFailed, this, &MainWindow::onModelFailed);
   connect(worker_, &EngineWorker::documentReady, this, &MainWindow::onDocumentReady);
   connect(worker_, &EngineWorker::documentFailed, this, [this](const QString& path, const QString& message) {
@@ -263,10 +264,9 @@ void MainWindow::openModelDirectory(const QString& directory) {
     showError(tr("Stop the answer before opening another model."));
     return;
   }
-  model_ready_ = false;
-  setGenerating(false);
+  // The loaded model stays usable until the new one has passed the check.
   message_label_->setVisible(false);
-  model_label_->setText(tr("Checking %1…").arg(directory));
+  statusBar()->showMessage(tr("Checking %1…").arg(directory));
   emit checkModelRequested(directory);
 }
 
@@ -276,17 +276,21 @@ void MainWindow::onModelChecked(const ModelCheck& check) {
                             .arg(check.description, format_bytes(check.weight_bytes), format_bytes(check.session_bytes))
                             .arg(check.context_tokens)
                             .arg(format_bytes(needed), format_bytes(check.available_bytes));
-  model_label_->setText(needs);
+  statusBar()->clearMessage();
   if (!check.fits()) {
-    showError(check.fitting_context > 0
-                  ? tr("%1 does not fit in this machine's memory at its full context. A context of %2 tokens "
-                       "would fit.")
-                        .arg(check.directory)
-                        .arg(check.fitting_context)
-                  : tr("%1 does not fit in this machine's memory: its weights alone need %2.")
-                        .arg(check.directory, format_bytes(check.weight_bytes)));
+    showError((check.fitting_context > 0
+                   ? tr("%1 does not fit in this machine's memory at its full context. A context of %2 tokens "
+                        "would fit.")
+                         .arg(check.directory)
+                         .arg(check.fitting_context)
+                   : tr("%1 does not fit in this machine's memory: its weights alone need %2.")
+                         .arg(check.directory, format_bytes(check.weight_bytes))) +
+              QLatin1Char('\n') + needs);
     return;
   }
+  model_ready_ = false;
+  setGenerating(false);
+  model_label_->setText(needs);
   emit loadModelRequested(check.directory);
 }
 
@@ -301,6 +305,11 @@ void MainWindow::onModelLoaded(const ModelCheck& check, const QString& family, c
   context_label_->setText(tr("context: 0 / %1").arg(check.context_tokens));
   setGenerating(false);
   emit modelReady();
+}
+
+void MainWindow::onModelRejected(const QString& directory, const QString& message) {
+  statusBar()->clearMessage();
+  showError(tr("%1 is not a model Lightdesk can open: %2").arg(directory, message));
 }
 
 void MainWindow::onModelFailed(const QString& directory, const QString& message) {
@@ -584,6 +593,7 @@ void MainWindow::showError(const QString& message) {
   message_label_->setStyleSheet(QStringLiteral("QLabel { background: #fde2e1; color: #8a1c15; padding: 6px; }"));
   message_label_->setText(message);
   message_label_->setVisible(true);
+  emit errorShown(message);
 }
 
 }  // namespace lightdesk::gui

@@ -45,6 +45,7 @@ class MainWindow : public QMainWindow {
   void modelReady();
   void answerFinished();
   void documentAttached(const QString& path);
+  void errorShown(const QString& message);
   // To the engine thread.
   void checkModelRequested(const QString& directory);
   void loadModelRequested(const QString& directory);
@@ -78,6 +79,7 @@ class MainWindow : public QMainWindow {
 
   void onModelChecked(const ModelCheck& check);
   void onModelLoaded(const ModelCheck& check, const QString& family, const SamplingSettings& sampling);
+  void onModelRejected(const QString& directory, const QString& message);
   void onModelFailed(const QString& directory, const QString& message);
   void onDocumentReady(const QString& path, const QString& text, qint64 tokens);
   void onTextPiece(const QString& reasoning, const QString& answer);
