@@ -3,13 +3,21 @@
 #include <QDir>
 #include <QPixmap>
 #include <QPlainTextEdit>
+#include <QTextBrowser>
 #include <QTimer>
+
+#include <memory>
 
 #include "main_window.h"
 
 namespace lightdesk::gui {
 namespace {
+
+// Time for pending layout and paint events before a screenshot.
 constexpr int kSettleMs = 300;
+// Characters of answer streamed in before the mid-answer screenshot.
+constexpr qsizetype kStreamingShotCharacters = 300;
+
 }  // namespace
 
 DemoScript::DemoScript(MainWindow& window, Steps steps, QObject* parent)
@@ -19,32 +27,54 @@ void DemoScript::start() {
   QDir().mkpath(steps_.screenshot_directory);
   connect(&window_, &MainWindow::modelReady, this, [this] {
     documents_left_ = static_cast<int>(steps_.documents.size());
-    if (documents_left_ == 0) ask();
+    if (documents_left_ == 0) ask(steps_.question, [this] { secondTurn(); });
     window_.attachFiles(steps_.documents);
   }, Qt::SingleShotConnection);
   connect(&window_, &MainWindow::documentAttached, this, [this] {
-    if (--documents_left_ == 0) {
-      window_.findChild<QPlainTextEdit*>(QStringLiteral("input"))->setPlainText(steps_.question);
-      screenshot(QStringLiteral("1-model-and-document.png"), [this] { ask(); });
-    }
-  });
-  connect(&window_, &MainWindow::answerFinished, this, [this] {
-    screenshot(QStringLiteral("2-answer.png"), [this] {
-      // A second turn in the same session.
-      window_.findChild<QPlainTextEdit*>(QStringLiteral("input"))->setPlainText(tr("And in one sentence?"));
-      connect(&window_, &MainWindow::answerFinished, this, [this] {
-        screenshot(QStringLiteral("3-second-turn.png"), [this] { emit finished(); });
-      }, Qt::SingleShotConnection);
-      window_.send();
+    if (--documents_left_ != 0) return;
+    input().setPlainText(steps_.question);
+    screenshot(QStringLiteral("1-model-and-document.png"), [this] {
+      ask(steps_.question, [this] { screenshot(QStringLiteral("3-answer.png"), [this] { secondTurn(); }); });
     });
-  }, Qt::SingleShotConnection);
+  });
   window_.openModelDirectory(steps_.model_directory);
 }
 
-void DemoScript::ask() { window_.send(); }
+void DemoScript::secondTurn() {
+  ask(tr("And in one sentence?"), [this] {
+    screenshot(QStringLiteral("4-second-turn.png"), [this] {
+      // Last, what a mistaken model directory looks like.
+      connect(&window_, &MainWindow::errorShown, this, [this] {
+        screenshot(QStringLiteral("5-bad-model-directory.png"), [this] { emit finished(); });
+      }, Qt::SingleShotConnection);
+      window_.openModelDirectory(QDir::temp().filePath(QStringLiteral("not-a-model")));
+    });
+  });
+}
+
+void DemoScript::ask(const QString& question, const std::function<void()>& then) {
+  auto* transcript = window_.findChild<QTextBrowser*>(QStringLiteral("transcript"));
+  const qsizetype before = transcript->toPlainText().size() + question.size();
+  // One picture while the answer streams in (taken at once: the answer does not wait).
+  auto streaming = std::make_shared<QMetaObject::Connection>();
+  if (!streaming_shot_taken_)
+    *streaming = connect(transcript, &QTextBrowser::textChanged, this, [this, transcript, before, streaming] {
+      if (transcript->toPlainText().size() < before + kStreamingShotCharacters) return;
+      disconnect(*streaming);
+      streaming_shot_taken_ = true;
+      window_.grab().save(QDir(steps_.screenshot_directory).filePath(QStringLiteral("2-streaming.png")));
+    });
+  connect(&window_, &MainWindow::answerFinished, this, [streaming, then] {
+    disconnect(*streaming);
+    then();
+  }, Qt::SingleShotConnection);
+  input().setPlainText(question);
+  window_.send();
+}
+
+QPlainTextEdit& DemoScript::input() { return *window_.findChild<QPlainTextEdit*>(QStringLiteral("input")); }
 
 void DemoScript::screenshot(const QString& name, const std::function<void()>& then) {
-  // Let pending layout and paint events run first, so the picture shows the settled window.
   QTimer::singleShot(kSettleMs, this, [this, name, then] {
     window_.grab().save(QDir(steps_.screenshot_directory).filePath(name));
     then();

@@ -8,6 +8,8 @@
 
 #include <functional>
 
+class QPlainTextEdit;
+
 namespace lightdesk::gui {
 
 class MainWindow;
@@ -30,13 +32,17 @@ class DemoScript : public QObject {
   void finished();
 
  private:
-  void ask();
+  // Sends `question`, then runs `then` when the answer is complete.
+  void ask(const QString& question, const std::function<void()>& then);
+  void secondTurn();
+  QPlainTextEdit& input();
   // Saves the window as `name`, then runs `then`.
   void screenshot(const QString& name, const std::function<void()>& then);
 
   MainWindow& window_;
   Steps steps_;
   int documents_left_ = 0;
+  bool streaming_shot_taken_ = false;
 };
 
 }  // namespace lightdesk::gui

@@ -372,13 +372,16 @@ void MainWindow::send() {
                          entry.role == ChatEntry::Role::User ? entry.prompt_text : entry.text});
   }
   setGenerating(true);
+  statusBar()->showMessage(tr("Reading the prompt…"));
   emit generateRequested(conversation, load_sampling(settings_, model_family_, default_sampling_));
 }
 
 void MainWindow::stop() { worker_->requestStop(); }
 
 void MainWindow::onTextPiece(const QString& reasoning, const QString& answer) {
+  progress_bar_->setVisible(false);  // the prompt is read once the answer streams
   ChatEntry& entry = current_.entries.last();
+  if (entry.text.isEmpty() && entry.reasoning.isEmpty()) statusBar()->showMessage(tr("Writing the answer…"));
   entry.reasoning += reasoning;
   entry.text += answer;
   if (!reasoning.isEmpty()) appendToTranscript(reasoning, true);
