@@ -36,6 +36,9 @@ QString format_bytes(std::uint64_t bytes) {
   return QLocale().formattedDataSize(static_cast<qint64>(bytes), 1, QLocale::DataSizeTraditionalFormat);
 }
 
+// The title of a session until the user names it or sends its first message.
+QString untitled() { return MainWindow::tr("New chat"); }
+
 QString paragraph(const QString& text, const QString& style = {}) {
   return QStringLiteral("<p style=\"white-space: pre-wrap; %1\">%2</p>").arg(style, text.toHtmlEscaped());
 }
@@ -356,7 +359,7 @@ void MainWindow::send() {
   user.text = question;
   user.prompt_text = new_documents.isEmpty() ? question : prompt_with_documents(question, new_documents);
   current_.entries.append(user);
-  if (current_.entries.size() == 1) current_.title = question.left(40);
+  if (current_.entries.size() == 1 && current_.title == untitled()) current_.title = question.left(40);
   current_.entries.append({ChatEntry::Role::Assistant, {}, {}, {}, {}});
   current_.last_used = QDateTime::currentDateTimeUtc();
   saveCurrentSession();
@@ -398,6 +401,9 @@ void MainWindow::onGenerationFinished(const GenerationStats& stats) {
   summary += QLatin1Char(' ') + tr("%1 prompt tokens read").arg(stats.prompt_tokens);
   if (stats.reused_tokens > 0) summary += QLatin1Char(' ') + tr("(%1 kept from the session state)").arg(stats.reused_tokens);
   statusBar()->showMessage(summary + QLatin1Char('.'), 10000);
+  // Stopped while reading the prompt: the question stays, an empty answer does not.
+  if (current_.entries.last().text.isEmpty() && current_.entries.last().reasoning.isEmpty())
+    current_.entries.removeLast();
   saveCurrentSession();
   renderTranscript();
   setGenerating(false);
@@ -407,8 +413,7 @@ void MainWindow::onGenerationFinished(const GenerationStats& stats) {
 void MainWindow::onGenerationFailed(const QString& message) {
   progress_bar_->setVisible(false);
   // The question stays in the conversation; only the empty answer goes.
-  if (!current_.entries.isEmpty() && current_.entries.last().role == ChatEntry::Role::Assistant &&
-      current_.entries.last().text.isEmpty())
+  if (current_.entries.last().text.isEmpty() && current_.entries.last().reasoning.isEmpty())
     current_.entries.removeLast();
   saveCurrentSession();
   renderTranscript();
@@ -468,7 +473,7 @@ void MainWindow::onTranscriptLink(const QUrl& link) {
 
 void MainWindow::newSession() {
   if (generating_) return;
-  current_ = sessions_.create(tr("New chat"));
+  current_ = sessions_.create(untitled());
   expanded_reasoning_.clear();
   refreshSessionList();
   refreshAttachments();
