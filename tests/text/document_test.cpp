@@ -40,6 +40,18 @@ TEST(Documents, ReadsPdfTextPerPageWithAnchors) {
   EXPECT_EQ(page2.find("hello"), std::string::npos);
 }
 
+TEST(Documents, ReadsHtmlAsMarkdownLikeText) {
+  const Document doc = load_document(kDocs / "page.html");
+  EXPECT_EQ(doc.format, "html");
+  EXPECT_EQ(doc.text,
+            "# Main heading\n\n"
+            "First paragraph with bold and a link & an entity: café 東京.\n\n"
+            "- one\n- two\n\n"
+            "## Code\n\n"
+            "  indented\n    more\n\n"
+            "Latin-1 byte: été\nafter break\n");
+}
+
 void expect_error_mentioning(const std::filesystem::path& path, const std::string& words) {
   try {
     load_document(path);

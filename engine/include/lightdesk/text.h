@@ -190,15 +190,17 @@ struct DocumentAnchor {
 
 struct Document {
   std::filesystem::path path;
-  std::string format;  // "text", "pdf"
+  std::string format;  // "text", "html", "pdf"
   std::string text;    // valid UTF-8
   // PDF: one anchor at the start of every page; text: none (lines are counted from offsets).
   std::vector<DocumentAnchor> anchors;
 };
 
-// Loads plain text, Markdown or source code (UTF-8, UTF-16 with BOM, else Latin-1 when not valid
-// UTF-8) or a PDF (text per page). Throws Error naming the file for unreadable, broken or
-// encrypted files.
+// Loads plain text, Markdown or source code (UTF-8, UTF-16 with BOM; text that is not valid UTF-8
+// is read as UTF-8 with U+FFFD for the damage when most of its non-ASCII bytes are valid UTF-8,
+// else as Latin-1), HTML (*.html, *.htm: text with headings, lists and paragraphs kept as
+// Markdown-like lines) or a PDF (text per page). Throws Error naming the file for unreadable,
+// broken or encrypted files.
 Document load_document(const std::filesystem::path& path);
 
 // ---- Generation ----
