@@ -6,7 +6,7 @@ packages=(
   build-essential cmake ccache pkg-config
   nlohmann-json3-dev libopenblas-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  libpcre2-dev libicu-dev libpoppler-cpp-dev libxml2-dev
+  libpcre2-dev libicu-dev libpoppler-cpp-dev libxml2-dev libsentencepiece-dev
 )
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

@@ -14,6 +14,11 @@ id for id:
   text, as user and document text must be); "ids_with_special" from the default, where they
   become their special ids (as the chat renderer's own strings do).
 
+A SentencePiece model (tests/data/tokenizers/spm-bpe/tokenizer.model, `pip install
+sentencepiece`) comes with the ids and decoded text of the Python sentencepiece package
+(reference.json: {"cases": [{"text", "ids", "decoded"}]}); MiniMax's special tokens are control
+symbols there, which SentencePiece never matches in text.
+
 It also writes the 512-id tokenizer of the bundled model resources/models/tiny-a-m1-rd8 (and
 its copy in tests/data/tiny-a-m1-rd8): exactly the model's vocabulary, with
 <beginning_of_sentence> = 1 and <end_of_sentence> = 2 as its config.json says.
@@ -155,8 +160,29 @@ def save(tok, directory, model_max_length, with_reference):
         json.dumps({"cases": cases}, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
 
 
+def sentencepiece_model(directory):
+    import io
+    import sentencepiece as spm
+
+    directory.mkdir(parents=True, exist_ok=True)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(training_text()), model_writer=model, vocab_size=1000, model_type="bpe",
+        byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        control_symbols=MINIMAX_SPECIAL, character_coverage=0.9995, minloglevel=2)
+    (directory / "tokenizer.model").write_bytes(model.getvalue())
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    cases = []
+    for text in CORPUS:
+        ids = sp.encode(text)
+        cases.append({"text": text, "ids": ids, "decoded": sp.decode(ids)})
+    (directory / "reference.json").write_text(
+        json.dumps({"cases": cases}, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+
+
 def main():
     data = ROOT / "tests" / "data"
+    sentencepiece_model(data / "tokenizers" / "spm-bpe")
     save(train(None, 1200, special_first=False), data / "tokenizers" / "gpt2-bpe", 4096, True)
     save(train(CL100K_PATTERN, 2500, special_first=False), data / "tokenizers" / "cl100k-bpe", 4096, True)
     # The bundled model: 512 ids in all.

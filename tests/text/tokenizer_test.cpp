@@ -2,6 +2,7 @@
 // that library's ids for a varied corpus (tools/make_tokenizer_data.py).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -119,6 +120,31 @@ TEST(Tokenizer, BundledModelHasExactlyItsVocabulary) {
     EXPECT_EQ(tokenizer->vocab_size(), Model::inspect(dir).vocab_size) << dir;
     EXPECT_EQ(tokenizer->special_token_id("<end_of_sentence>"), Model::inspect(dir).eos_token_id) << dir;
   }
+}
+
+TEST(SentencePieceTokenizer, EncodesAndDecodesLikeThePythonPackage) {
+  const auto dir = kData / "tokenizers" / "spm-bpe";
+  const auto tokenizer = Tokenizer::open(dir);  // no tokenizer.json there: tokenizer.model
+  std::ifstream in(dir / "reference.json");
+  const auto root = nlohmann::json::parse(in);
+  ASSERT_GE(root.at("cases").size(), 20u);
+  for (const auto& c : root.at("cases")) {
+    const std::string text = c.at("text");
+    const auto expected = c.at("ids").get<std::vector<TokenId>>();
+    EXPECT_EQ(tokenizer->encode(text), expected) << text;
+    EXPECT_EQ(tokenizer->decode(expected), c.at("decoded").get<std::string>()) << text;
+    TokenStreamDecoder decoder(*tokenizer);
+    std::string streamed;
+    for (TokenId id : expected) streamed += decoder.feed(id);
+    EXPECT_EQ(streamed + decoder.finish(), c.at("decoded").get<std::string>()) << text;
+  }
+  // MiniMax's tokens are control symbols: text never turns into them, trusted text does.
+  const auto eos = tokenizer->special_token_id("<end_of_sentence>");
+  ASSERT_TRUE(eos);
+  const auto ids = tokenizer->encode("a <end_of_sentence> b");
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), *eos), 0);
+  const auto trusted = tokenizer->encode_with_special("a <end_of_sentence> b");
+  EXPECT_EQ(std::count(trusted.begin(), trusted.end(), *eos), 1);
 }
 
 TEST(Tokenizer, MissingOrBrokenFilesNameTheCause) {

@@ -30,8 +30,9 @@ std::string sanitize_utf8(std::string_view bytes);
 
 class Tokenizer {
  public:
-  // Reads the tokenizer of a model directory: tokenizer.json (Hugging Face byte-level BPE).
-  // Throws Error naming the file and field when it is missing or of a kind not supported.
+  // Reads the tokenizer of a model directory: tokenizer.json (Hugging Face byte-level BPE) when
+  // there is one, else tokenizer.model (SentencePiece). Throws Error naming the file and field
+  // when it is missing or of a kind not supported.
   static std::unique_ptr<Tokenizer> open(const std::filesystem::path& model_directory);
 
   virtual ~Tokenizer() = default;
@@ -54,6 +55,8 @@ class Tokenizer {
   virtual std::vector<std::string> special_tokens() const = 0;
   // Ids are 0 .. vocab_size()-1 (including added tokens).
   virtual int vocab_size() const = 0;
+  // SentencePiece's dummy prefix: encoding put a space before the text that decoding removes.
+  virtual bool drops_leading_space() const { return false; }
 
   // The text of `ids`, invalid UTF-8 replaced by U+FFFD; special tokens are kept as their text.
   std::string decode(std::span<const TokenId> ids) const;
@@ -72,6 +75,7 @@ class TokenStreamDecoder {
  private:
   const Tokenizer& tokenizer_;
   std::string pending_;  // bytes of an incomplete character
+  bool started_ = false;  // a token was fed already
 };
 
 // ---- Chat format ----
