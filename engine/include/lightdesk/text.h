@@ -38,9 +38,9 @@ class Tokenizer {
   virtual ~Tokenizer() = default;
 
   // Ids of user or document text. Special-token strings in it stay text (Hugging Face's
-  // encode_special_tokens = true); invalid UTF-8 is read as U+FFFD. Large texts are split at
-  // pre-tokenizer boundaries and encoded on `threads` threads (0 = all hardware threads); the
-  // ids are the same whatever the thread count.
+  // encode_special_tokens = true); invalid UTF-8 is read as U+FFFD. Byte-level BPE splits large
+  // texts at pre-tokenizer boundaries and encodes them on `threads` threads (0 = all hardware
+  // threads); the ids are the same whatever the thread count.
   virtual std::vector<TokenId> encode(std::string_view text, int threads = 0) const = 0;
   // Ids of trusted text (what the chat renderer writes): special-token strings become their ids.
   virtual std::vector<TokenId> encode_with_special(std::string_view text) const = 0;
