@@ -360,9 +360,18 @@ int cmd_ask(Args& args) {
   std::vector<lightdesk::Document> documents;
   for (const auto& file : document_files) documents.push_back(lightdesk::load_document(file));
   const auto start = std::chrono::steady_clock::now();
-  const auto prompt = format.render(lightdesk::document_question(documents, question)).encode(*tokenizer, c.options.threads);
-  if (c.stats)
+  const auto document_prompt = lightdesk::document_prompt(format, *tokenizer, documents, question, c.options.threads);
+  const auto& prompt = document_prompt.ids;
+  if (c.stats) {
     std::fprintf(stderr, "tokenized %zu prompt tokens in %.3f s\n", prompt.size(), seconds_since(start));
+    for (const auto& span : document_prompt.documents) {
+      std::fprintf(stderr, "%s: tokens %lld..%lld", span.path.string().c_str(), static_cast<long long>(span.first_token),
+                   static_cast<long long>(span.end_token));
+      for (const auto& [anchor, token] : span.anchors)
+        std::fprintf(stderr, ", page %d at %lld", anchor.page, static_cast<long long>(token));
+      std::fprintf(stderr, "\n");
+    }
+  }
 
   auto model = lightdesk::Model::open(c.model_dir, c.options);
   auto session = model->create_session();

@@ -209,9 +209,23 @@ Document load_document(const std::filesystem::path& path);
 
 // ---- Generation ----
 
-// A user turn asking `question` about `documents`: each document under a "Document: NAME" line,
-// PDF pages marked "[page N]" so that answers can cite them, then "Question: ...".
-Conversation document_question(const std::vector<Document>& documents, const std::string& question);
+// A conversation of one user turn asking `question` about `documents` (each under a
+// "Document: NAME" line, PDF pages marked "[page N]" so that answers can cite them, then
+// "Question: ..."), encoded in the model's chat format, with the token span of every document
+// and the token each of its anchors falls in: where an answer can point back to.
+struct DocumentPrompt {
+  struct Span {
+    std::filesystem::path path;
+    std::int64_t first_token = 0;  // the document's text is in tokens [first_token, end_token)
+    std::int64_t end_token = 0;
+    std::vector<std::pair<DocumentAnchor, std::int64_t>> anchors;  // anchor, token it starts in
+  };
+  std::vector<TokenId> ids;
+  std::vector<Span> documents;
+};
+DocumentPrompt document_prompt(const ChatFormat& format, const Tokenizer& tokenizer,
+                               const std::vector<Document>& documents, const std::string& question,
+                               int threads = 0);
 
 struct GenerationOptions {
   std::int64_t max_new_tokens = 256;
