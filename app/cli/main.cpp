@@ -173,7 +173,7 @@ int cmd_info(Args& args) {
   std::string softmax_at;
   for (int l = 0; l < info.num_layers; ++l)
     if (info.layer_kinds[l] == lightdesk::LayerKind::Softmax)
-      softmax_at += (softmax_at.empty() ? "" : ",") + std::to_string(l);
+      softmax_at.append(softmax_at.empty() ? "" : ",").append(std::to_string(l));
   std::printf("model: %s\n", info.directory.string().c_str());
   std::printf("type: %s (%s)\n", info.model_type.c_str(), info.architecture.c_str());
   std::printf("layers: %d (%d lightning, %d softmax at %s)\n", info.num_layers, info.num_lightning_layers(),
@@ -306,7 +306,7 @@ int cmd_generate(Args& args) {
   std::string line;
   for (long long i = 0; i < max_new; ++i) {
     const lightdesk::TokenId next = session->sample(params);
-    line += (i ? "," : "") + std::to_string(next);
+    line.append(i ? "," : "").append(std::to_string(next));
     if (i + 1 < max_new) session->feed(std::span(&next, 1));
   }
   std::printf("%s\n", line.c_str());
