@@ -143,6 +143,7 @@ class ChatFormat {
   ChatFamily family_;
   std::string bos_, eos_;
   TokenId end_of_turn_;
+  bool has_image_token_;  // images need "<image>" (Text-01 / VL-01)
 };
 
 // What the model said in an assistant turn, separated as it streams in: M1's <think> reasoning,
