@@ -6,6 +6,7 @@ packages=(
   build-essential cmake ccache pkg-config
   nlohmann-json3-dev libopenblas-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libsqlite3-dev libxxhash-dev libzstd-dev
 )
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

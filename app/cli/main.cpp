@@ -4,12 +4,14 @@
 #include <cstdio>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "lightdesk/engine.h"
+#include "lightdesk/store.h"
 
 namespace {
 
@@ -18,6 +20,9 @@ constexpr const char* kUsage = R"(usage:
   lightdesk-cli logits   --model DIR --ids 5,17,42 --out FILE.safetensors [--decode-from N]
   lightdesk-cli generate --model DIR --ids 5,17,42 --max-new-tokens K
                          [--greedy | --temperature T --top-p P --top-k N --seed S]
+logits and generate: --session-db FILE --session NAME  continue the named session stored in FILE
+                (its state is loaded before the run, new ids append at its position, and the
+                state is saved after the run)
 common options: --backend cpu|cuda|auto  --threads N  --chunk N (prefill tokens per pass)
                 --rope-full-head (rotate whole heads, as native transformers <= 5.17 does)
                 --stats (timings on standard error)
@@ -149,6 +154,33 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+// --session-db FILE --session NAME (see lightdesk::store::NamedSessionState).
+struct StoredSessionArgs {
+  std::string db;
+  std::string name;
+};
+
+std::optional<StoredSessionArgs> take_stored_session(Args& args) {
+  auto db = args.take_optional("session-db");
+  auto name = args.take_optional("session");
+  if (db.has_value() != name.has_value()) throw UsageError("--session-db and --session go together");
+  if (!db) return std::nullopt;
+  return StoredSessionArgs{*db, *name};
+}
+
+// Loads the stored session into `session` (none without --session-db); save() it after the run.
+std::unique_ptr<lightdesk::store::NamedSessionState> attach_stored_session(
+    const std::optional<StoredSessionArgs>& stored, lightdesk::Session& session, const Common& c) {
+  if (!stored) return nullptr;
+  const auto start = std::chrono::steady_clock::now();
+  auto state = std::make_unique<lightdesk::store::NamedSessionState>(stored->db, stored->name, session, c.chunk);
+  if (!state->notice().empty()) std::fprintf(stderr, "lightdesk-cli: %s\n", state->notice().c_str());
+  if (c.stats)
+    std::fprintf(stderr, "session \"%s\": %lld tokens restored in %.3f s\n", stored->name.c_str(),
+                 static_cast<long long>(session.position()), seconds_since(start));
+  return state;
+}
+
 int cmd_info(Args& args) {
   Common c = take_common(args);
   const auto tokens = args.take_optional_int("tokens", 0);
@@ -185,6 +217,7 @@ int cmd_logits(Args& args) {
   const auto ids = parse_ids(args.take("ids"));
   const std::string out = args.take("out");
   const auto decode_from = args.take_optional_int("decode-from", 0);
+  const auto stored_session = take_stored_session(args);
   args.check_all_used();
   const auto n = static_cast<std::int64_t>(ids.size());
   const std::int64_t prefill = decode_from ? std::min<std::int64_t>(*decode_from, n) : n;
@@ -192,14 +225,18 @@ int cmd_logits(Args& args) {
   auto model = lightdesk::Model::open(c.model_dir, c.options);
   const std::int64_t V = model->info().vocab_size;
   auto session = model->create_session();
+  const auto stored = attach_stored_session(stored_session, *session, c);
   std::vector<float> logits;
   logits.reserve(static_cast<std::size_t>(n * V));
   const auto start = std::chrono::steady_clock::now();
   lightdesk::FeedOptions prefill_options;
   prefill_options.chunk_tokens = c.chunk;
   prefill_options.all_logits = true;
-  session->feed(std::span(ids).first(static_cast<std::size_t>(prefill)), prefill_options);
-  logits.assign(session->logits().begin(), session->logits().end());
+  // Without a prefill the session may still hold the logits of a restored run: take none.
+  if (prefill > 0) {
+    session->feed(std::span(ids).first(static_cast<std::size_t>(prefill)), prefill_options);
+    logits.assign(session->logits().begin(), session->logits().end());
+  }
   const double prefill_seconds = seconds_since(start);
   for (std::int64_t i = prefill; i < n; ++i) {
     session->feed(std::span(ids).subspan(static_cast<std::size_t>(i), 1));
@@ -210,6 +247,7 @@ int cmd_logits(Args& args) {
                  static_cast<long long>(prefill), prefill_seconds, static_cast<long long>(n - prefill),
                  seconds_since(start) - prefill_seconds);
   lightdesk::write_safetensors(out, {lightdesk::OutputTensor{"logits", {n, V}, logits, {}}});
+  if (stored) stored->save();
   return 0;
 }
 
@@ -222,6 +260,7 @@ int cmd_generate(Args& args) {
   const auto top_p = args.take_optional_number("top-p");
   const auto top_k = args.take_optional_int("top-k", 0);
   const auto seed = args.take_optional_int("seed", 0);
+  const auto stored_session = take_stored_session(args);
   args.check_all_used();
   const bool sampling = temperature || top_p || top_k;
   if (greedy && (sampling || seed)) throw UsageError("--greedy excludes --temperature, --top-p, --top-k and --seed");
@@ -236,6 +275,7 @@ int cmd_generate(Args& args) {
 
   auto model = lightdesk::Model::open(c.model_dir, c.options);
   auto session = model->create_session();
+  const auto stored = attach_stored_session(stored_session, *session, c);
   session->set_seed(static_cast<std::uint64_t>(seed.value_or(0)));
   lightdesk::FeedOptions prefill_options;
   prefill_options.chunk_tokens = c.chunk;
@@ -246,7 +286,8 @@ int cmd_generate(Args& args) {
   for (long long i = 0; i < max_new; ++i) {
     const lightdesk::TokenId next = session->sample(params);
     line += (i ? "," : "") + std::to_string(next);
-    if (i + 1 < max_new) session->feed(std::span(&next, 1));
+    // A stored session keeps the last token too, so the next run continues after it.
+    if (i + 1 < max_new || stored) session->feed(std::span(&next, 1));
   }
   std::printf("%s\n", line.c_str());
   if (c.stats) {
@@ -255,6 +296,7 @@ int cmd_generate(Args& args) {
                  ids.size(), prefill_seconds, max_new, decode_seconds,
                  max_new > 1 ? 1000.0 * decode_seconds / static_cast<double>(max_new - 1) : 0.0);
   }
+  if (stored) stored->save();
   return 0;
 }
 
