@@ -93,7 +93,7 @@ constexpr const char* kCheckpointColumns =
     "c.id, c.session_id, c.message_id, c.model_id, m.fingerprint, c.position, c.layout_version, c.dtype, "
     "c.complete, c.created_at FROM checkpoints c JOIN models m ON m.id = c.model_id";
 
-CheckpointRecord read_checkpoint(const sql::Statement& row) {
+CheckpointRecord read_checkpoint_record(const sql::Statement& row) {
   CheckpointRecord c;
   c.id = row.int64(0);
   c.session_id = row.int64(1);
@@ -195,7 +195,8 @@ struct Store::Impl {
     return bytes;
   }
 
-  void load(std::int64_t checkpoint_id, Session& session);
+  std::vector<TokenId> read(std::int64_t checkpoint_id, const ModelInfo& info,
+                            const std::function<void(const StatePart&)>& sink);
 };
 
 Store::Store(const std::filesystem::path& path) : Store(path, Options{}) {}
@@ -477,12 +478,23 @@ class CheckpointWriter {
 
 std::int64_t Store::save_checkpoint(std::int64_t session_id, const Session& session,
                                     std::optional<std::int64_t> message_id) {
+  return save_checkpoint(
+      session_id,
+      StateSource{session.model().info(), session.tokens(),
+                  [&session](const std::function<void(const StatePart&)>& sink, std::int64_t kv_chunk_tokens) {
+                    session.export_state(sink, kv_chunk_tokens);
+                  }},
+      message_id);
+}
+
+std::int64_t Store::save_checkpoint(std::int64_t session_id, const StateSource& source,
+                                    std::optional<std::int64_t> message_id) {
   sql::Database& db = impl_->db;
-  const ModelInfo& info = session.model().info();
+  const ModelInfo& info = source.model;
   const std::int64_t model_id = ensure_model(info);
   this->session(session_id);  // throws for an unknown session
-  const std::span<const TokenId> tokens = session.tokens();
-  const std::int64_t position = session.position();
+  const std::span<const TokenId> tokens = source.tokens;
+  const auto position = static_cast<std::int64_t>(tokens.size());
   impl_->clear_unfinished(session_id);
 
   // Step 1, one small transaction: the checkpoint row (not yet complete), the spans it reuses
@@ -539,8 +551,8 @@ std::int64_t Store::save_checkpoint(std::int64_t session_id, const Session& sess
     CheckpointWriter writer(db, checkpoint_id, new_span, reused_end);
     const std::int64_t position_bytes = std::max<std::int64_t>(1, info.num_kv_heads) * info.head_dim *
                                         static_cast<std::int64_t>(sizeof(float));
-    session.export_state([&](const StatePart& part) { writer.write(part); },
-                         std::max<std::int64_t>(1, impl_->options.kv_row_bytes / position_bytes));
+    source.export_state([&](const StatePart& part) { writer.write(part); },
+                        std::max<std::int64_t>(1, impl_->options.kv_row_bytes / position_bytes));
 
     // Step 3: one small commit makes the checkpoint (and its new span) visible.
     sql::Transaction transaction(db);
@@ -564,14 +576,14 @@ std::int64_t Store::save_checkpoint(std::int64_t session_id, const Session& sess
 std::vector<CheckpointRecord> Store::checkpoints(std::int64_t session_id) {
   return impl_->query_all<CheckpointRecord>(
       std::string("SELECT ") + kCheckpointColumns + " WHERE c.session_id = ? AND c.complete = 1 ORDER BY c.id",
-      read_checkpoint, session_id);
+      read_checkpoint_record, session_id);
 }
 
 std::optional<CheckpointRecord> Store::latest_checkpoint(std::int64_t session_id) {
   auto rows = impl_->query_all<CheckpointRecord>(
       std::string("SELECT ") + kCheckpointColumns +
           " WHERE c.session_id = ? AND c.complete = 1 ORDER BY c.id DESC LIMIT 1",
-      read_checkpoint, session_id);
+      read_checkpoint_record, session_id);
   if (rows.empty()) return std::nullopt;
   return rows.front();
 }
@@ -580,7 +592,7 @@ std::optional<CheckpointRecord> Store::checkpoint_at(std::int64_t message_id) {
   auto rows = impl_->query_all<CheckpointRecord>(
       std::string("SELECT ") + kCheckpointColumns +
           " WHERE c.message_id = ? AND c.complete = 1 ORDER BY c.id DESC LIMIT 1",
-      read_checkpoint, message_id);
+      read_checkpoint_record, message_id);
   if (rows.empty()) return std::nullopt;
   return rows.front();
 }
@@ -592,22 +604,44 @@ std::vector<TokenId> Store::checkpoint_tokens(std::int64_t checkpoint_id) {
   return tokens;
 }
 
-void Store::load_checkpoint(std::int64_t checkpoint_id, Session& session) {
+namespace {
+
+// Runs `body`; any failure (a damaged file, a state the engine rejects) becomes StateRefused.
+template <class Body>
+auto refusing(std::int64_t checkpoint_id, Body body) {
   try {
-    impl_->load(checkpoint_id, session);
+    return body();
   } catch (const StateRefused&) {
     throw;
   } catch (const lightdesk::Error& e) {
-    // A damaged file or a state the engine rejects: either way this state cannot be used.
     throw StateRefused("checkpoint " + std::to_string(checkpoint_id) + " cannot be loaded: " + e.what());
   }
 }
 
-void Store::Impl::load(std::int64_t checkpoint_id, Session& session) {
+}  // namespace
+
+void Store::load_checkpoint(std::int64_t checkpoint_id, Session& session) {
+  refusing(checkpoint_id, [&] {
+    const auto record = impl_->query_all<CheckpointRecord>(
+        std::string("SELECT ") + kCheckpointColumns + " WHERE c.id = ?", read_checkpoint_record, checkpoint_id);
+    if (record.empty()) throw StateRefused("checkpoint " + std::to_string(checkpoint_id) + " does not exist");
+    Session::Import import = session.begin_import(record.front().position);
+    const auto tokens = impl_->read(checkpoint_id, session.model().info(),
+                                    [&import](const StatePart& part) { import.add(part); });
+    import.commit(tokens);
+  });
+}
+
+std::vector<TokenId> Store::read_checkpoint(std::int64_t checkpoint_id, const ModelInfo& model,
+                                            const std::function<void(const StatePart&)>& sink) {
+  return refusing(checkpoint_id, [&] { return impl_->read(checkpoint_id, model, sink); });
+}
+
+std::vector<TokenId> Store::Impl::read(std::int64_t checkpoint_id, const ModelInfo& info,
+                                       const std::function<void(const StatePart&)>& sink) {
   const std::string name = "checkpoint " + std::to_string(checkpoint_id);
-  const ModelInfo& info = session.model().info();
   auto records = query_all<CheckpointRecord>(std::string("SELECT ") + kCheckpointColumns + " WHERE c.id = ?",
-                                             read_checkpoint, checkpoint_id);
+                                             read_checkpoint_record, checkpoint_id);
   if (records.empty()) throw StateRefused(name + " does not exist");
   const CheckpointRecord& record = records.front();
   if (!record.complete) throw StateRefused(name + " is incomplete (its writer stopped before finishing it)");
@@ -622,7 +656,6 @@ void Store::Impl::load(std::int64_t checkpoint_id, Session& session) {
   std::vector<TokenId> tokens(token_blob.size() / sizeof(TokenId));
   std::memcpy(tokens.data(), token_blob.data(), token_blob.size());
 
-  Session::Import import = session.begin_import(record.position);
   std::vector<float> buffer;
   // Reads one row into `buffer` through incremental blob I/O and checks its size and checksum.
   const auto read_row = [&](const char* table, std::int64_t rowid, std::int64_t floats, std::int64_t checksum,
@@ -650,7 +683,7 @@ void Store::Impl::load(std::int64_t checkpoint_id, Session& session) {
     read_row("lightning_states", lightning.int64(0), part.shape[0] * part.shape[1] * part.shape[2], lightning.int64(5),
              "lightning state of layer " + std::to_string(part.layer));
     part.data = buffer;
-    import.add(part);
+    sink(part);
   }
 
   sql::Statement kv(db,
@@ -671,9 +704,9 @@ void Store::Impl::load(std::int64_t checkpoint_id, Session& session) {
                  std::to_string(part.layer) + " at positions " + std::to_string(part.first_token) + "+" +
                  std::to_string(part.token_count));
     part.data = buffer;
-    import.add(part);
+    sink(part);
   }
-  import.commit(tokens);
+  return tokens;
 }
 
 void Store::delete_checkpoint(std::int64_t checkpoint_id) {

@@ -26,8 +26,10 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -124,6 +126,15 @@ struct SearchHit {
   std::string snippet;  // matched terms between [ and ]
 };
 
+// What a checkpoint is made from: a Session (see Store::save_checkpoint), or anything else that
+// streams its state the way Session::export_state does (benchmarks, conversion tools).
+struct StateSource {
+  const ModelInfo& model;
+  std::span<const TokenId> tokens;  // one per position of the state
+  // Calls the sink with every part, softmax parts of at most kv_chunk_tokens positions.
+  std::function<void(const std::function<void(const StatePart&)>& sink, std::int64_t kv_chunk_tokens)> export_state;
+};
+
 class Store {
  public:
   struct Options {
@@ -187,6 +198,8 @@ class Store {
   // the model whose state it holds; the model is recorded with ensure_model.
   std::int64_t save_checkpoint(std::int64_t session_id, const Session& session,
                                std::optional<std::int64_t> message_id = {});
+  std::int64_t save_checkpoint(std::int64_t session_id, const StateSource& source,
+                               std::optional<std::int64_t> message_id = {});
   // Complete checkpoints of the session, oldest first.
   std::vector<CheckpointRecord> checkpoints(std::int64_t session_id);
   std::optional<CheckpointRecord> latest_checkpoint(std::int64_t session_id);
@@ -198,6 +211,12 @@ class Store {
   // version and every checksum. Throws StateRefused naming the cause; `session` then keeps its
   // previous state.
   void load_checkpoint(std::int64_t checkpoint_id, Session& session);
+  // The verification and reading half of load_checkpoint: checks that the checkpoint is
+  // complete and belongs to `model`, streams its parts (lightning layers first, then K/V rows by
+  // layer, kind and position; each part's data is valid only during the call) after checking
+  // each one's checksum, and returns the token ids. Throws StateRefused naming the cause.
+  std::vector<TokenId> read_checkpoint(std::int64_t checkpoint_id, const ModelInfo& model,
+                                       const std::function<void(const StatePart&)>& sink);
   // Deletes the checkpoint and the K/V spans no other checkpoint uses.
   void delete_checkpoint(std::int64_t checkpoint_id);
   // Removes unfinished checkpoints (left by a killed writer) of every session and unused K/V
