@@ -126,9 +126,8 @@ struct Store::Impl {
 
   Impl(const std::filesystem::path& path, const Options& options_) : db(path), options(options_) {
     sqlite3_busy_timeout(db.handle(), options.busy_timeout_ms);
-    // Large pages make big blobs cheaper to write and read (fewer overflow pages to chain);
-    // this only takes effect when the file is created.
-    db.exec("PRAGMA page_size = 65536");
+    // Takes effect only when the file is created.
+    db.exec(("PRAGMA page_size = " + std::to_string(options.page_size)).c_str());
     {
       sql::Statement journal(db, "PRAGMA journal_mode = WAL");
       if (!journal.step() || journal.text(0) != "wal") db.fail_plain("cannot switch to WAL mode");

@@ -144,6 +144,9 @@ class Store {
     // Softmax K/V rows written by this connection hold at most this many bytes (but at least
     // one position); reading accepts any row size.
     std::int64_t kv_row_bytes = 16 << 20;
+    // Page size of a file this connection creates (512..65536, a power of two). Large pages
+    // make big blobs cheaper to write and read: fewer overflow pages to chain (see BENCHMARK.md).
+    int page_size = 65536;
   };
 
   // Opens or creates the database, switches it to WAL mode and upgrades its schema to
