@@ -322,6 +322,40 @@ TEST_F(StoreTest, AnotherModelsCheckpointIsRefusedAndTheConversationRecomputed) 
   EXPECT_TRUE(bit_identical(continue_logits(*session, next), expected));
 }
 
+TEST_F(StoreTest, AFailedSaveLeavesNothingBehind) {
+  Store store(db_path());
+  const auto session_id = store.create_session("failing");
+  auto session = model_->create_session();
+  session->feed(token_ids(20, 15));
+  const auto good = store.save_checkpoint(session_id, *session);
+  session->feed(token_ids(10, 16));
+  // A source that fails after its first parts, as an export interrupted by a device error.
+  int parts = 0;
+  const StateSource failing{model_->info(), session->tokens(),
+                            [&](const std::function<void(const StatePart&)>& sink, std::int64_t chunk) {
+                              session->export_state(
+                                  [&](const StatePart& part) {
+                                    if (++parts == 3) throw Error("device lost");
+                                    sink(part);
+                                  },
+                                  chunk);
+                            }};
+  EXPECT_THROW(store.save_checkpoint(session_id, failing), Error);
+  EXPECT_EQ(store.checkpoints(session_id).size(), 1u);
+  sql::Database db(db_path());
+  sql::Statement leftovers(db,
+                           "SELECT (SELECT count(*) FROM checkpoints WHERE complete = 0) + "
+                           "(SELECT count(*) FROM kv_spans WHERE complete = 0) + "
+                           "(SELECT count(*) FROM lightning_states WHERE checkpoint_id <> ?)");
+  leftovers.bind_all(good);
+  ASSERT_TRUE(leftovers.step());
+  EXPECT_EQ(leftovers.int64(0), 0);
+  leftovers.reset();
+  auto restored = busy_session();
+  store.load_checkpoint(good, *restored);
+  EXPECT_EQ(restored->position(), 20);
+}
+
 TEST_F(StoreTest, MigratesFromEveryEarlierVersion) {
   for (int version = 0; version < kSchemaVersion; ++version) {
     SCOPED_TRACE("from version " + std::to_string(version));
