@@ -6,6 +6,7 @@ packages=(
   build-essential cmake ccache pkg-config
   nlohmann-json3-dev libopenblas-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libpcre2-dev libicu-dev libpoppler-cpp-dev
   libsqlite3-dev libxxhash-dev libzstd-dev
 )
 sudo=""

@@ -35,10 +35,10 @@ const char* backend_name(BackendKind kind) {
 
 std::vector<BackendKind> available_backends() { return {BackendKind::Cpu}; }
 
-int ModelInfo::num_lightning_layers() const {
+int ModelShape::num_lightning_layers() const {
   return static_cast<int>(std::count(layer_kinds.begin(), layer_kinds.end(), LayerKind::Lightning));
 }
-int ModelInfo::num_softmax_layers() const { return num_layers - num_lightning_layers(); }
+int ModelShape::num_softmax_layers() const { return num_layers - num_lightning_layers(); }
 std::uint64_t ModelInfo::session_bytes(std::int64_t tokens) const {
   return lightning_state_bytes + static_cast<std::uint64_t>(std::max<std::int64_t>(tokens, 0)) * kv_bytes_per_token;
 }
@@ -87,23 +87,9 @@ std::string read_text(const std::filesystem::path& path) {
 ModelInfo describe(const std::filesystem::path& directory, const ModelConfig& c, const Checkpoint& checkpoint,
                    const WeightMap& map, BackendKind backend) {
   ModelInfo info;
+  static_cast<ModelShape&>(info) = c;
   info.directory = directory;
-  info.model_type = c.model_type;
-  info.architecture = c.architecture;
   info.backend = backend;
-  info.vocab_size = c.vocab_size;
-  info.hidden_size = c.hidden_size;
-  info.num_layers = c.num_layers;
-  info.layer_kinds = c.layer_kinds;
-  info.num_heads = c.num_heads;
-  info.num_kv_heads = c.num_kv_heads;
-  info.head_dim = c.head_dim;
-  info.rotary_dim = c.rotary_dim;
-  info.num_experts = c.num_experts;
-  info.experts_per_token = c.experts_per_token;
-  info.expert_width = c.expert_width;
-  info.max_context = c.max_context;
-  info.eos_token_id = c.eos_token_id;
   info.parameter_count = map.parameter_count();
   info.bytes_per_dtype = map.bytes_per_dtype();
   info.weight_bytes = map.parameter_count() * sizeof(float);

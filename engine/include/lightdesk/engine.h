@@ -59,12 +59,10 @@ struct ModelOptions {
 
 enum class LayerKind { Lightning, Softmax };
 
-struct ModelInfo {
-  std::filesystem::path directory;
+// The model's architecture as its config.json describes it.
+struct ModelShape {
   std::string model_type;    // as config.json names it
   std::string architecture;  // first entry of "architectures"
-  BackendKind backend = BackendKind::Cpu;
-
   int vocab_size = 0;
   int hidden_size = 0;
   int num_layers = 0;
@@ -79,6 +77,14 @@ struct ModelInfo {
   std::int64_t max_context = 0;
   std::optional<TokenId> eos_token_id;
 
+  int num_lightning_layers() const;
+  int num_softmax_layers() const;
+};
+
+struct ModelInfo : ModelShape {
+  std::filesystem::path directory;
+  BackendKind backend = BackendKind::Cpu;
+
   std::uint64_t parameter_count = 0;
   // Bytes of the checkpoint's tensors by their dtype on disk ("F32", "BF16", "F16").
   std::map<std::string, std::uint64_t> bytes_per_dtype;
@@ -92,8 +98,6 @@ struct ModelInfo {
   // session state belongs to without reading the weights.
   std::string fingerprint;
 
-  int num_lightning_layers() const;
-  int num_softmax_layers() const;
   // State memory of one session holding `tokens` positions.
   std::uint64_t session_bytes(std::int64_t tokens) const;
 };
