@@ -14,6 +14,7 @@
 #include "lightdesk/engine.h"
 #include "lightdesk/store.h"
 #include "lightdesk/text.h"
+#include "lightdesk/vision.h"
 
 namespace {
 
@@ -26,6 +27,9 @@ constexpr const char* kUsage = R"(usage:
   lightdesk-cli detokenize --model DIR --ids 5,17,42
   lightdesk-cli ask      --model DIR --document FILE [--document FILE...] --question TEXT
                          [--max-new-tokens K] [--greedy | sampling options as for generate]
+  lightdesk-cli image-features --model DIR --image FILE --out FILE.safetensors
+                         (MiniMax-VL-01: float32 pixel_values [tiles, 3, 336, 336] thumbnail
+                         first, int64 grid [rows, columns], float32 features [tokens, hidden])
 logits and generate: --session-db FILE --session NAME  continue the named session stored in FILE
                 (its state is loaded before the run, new ids append at its position, and the
                 state is saved after the run)
@@ -370,6 +374,32 @@ int cmd_generate(Args& args) {
   return 0;
 }
 
+int cmd_image_features(Args& args) {
+  const std::string model_dir = args.take("model");
+  const std::string image_path = args.take("image");
+  const std::string out = args.take("out");
+  const auto threads = args.take_optional_int("threads", 0);
+  const bool stats = args.take_flag("stats");
+  args.check_all_used();
+  const auto start = std::chrono::steady_clock::now();
+  auto model = lightdesk::vision::VisionModel::open(model_dir, threads ? static_cast<int>(*threads) : 0);
+  const lightdesk::vision::PreparedImage image = lightdesk::vision::prepare_image(
+      lightdesk::vision::decode_image_file(image_path), model->config().anyres);
+  const double prepare_seconds = seconds_since(start);
+  const std::vector<float> features = model->image_embeddings(image);
+  if (stats)
+    std::fprintf(stderr, "%dx%d image, %dx%d grid, %lld tokens: prepared in %.3f s, features in %.3f s\n",
+                 image.width, image.height, image.grid_rows, image.grid_columns,
+                 static_cast<long long>(image.token_count), prepare_seconds, seconds_since(start) - prepare_seconds);
+  const std::int64_t tile = model->config().image_size;
+  const std::vector<std::int64_t> grid{image.grid_rows, image.grid_columns};
+  lightdesk::write_safetensors(
+      out, {{"pixel_values", {static_cast<std::int64_t>(image.tiles.size()), 3, tile, tile}, image.pixel_values, {}},
+            {"grid", {2}, {}, grid},
+            {"features", {image.token_count, model->config().text_hidden_size}, features, {}}});
+  return 0;
+}
+
 int cmd_tokenize(Args& args) {
   const std::string model_dir = args.take("model");
   const std::string file = args.take("file");
@@ -455,6 +485,7 @@ int main(int argc, char** argv) {
     if (verb == "tokenize") return cmd_tokenize(args);
     if (verb == "detokenize") return cmd_detokenize(args);
     if (verb == "ask") return cmd_ask(args);
+    if (verb == "image-features") return cmd_image_features(args);
     throw UsageError("unknown command \"" + verb + "\"");
   } catch (const UsageError& e) {
     std::fprintf(stderr, "lightdesk-cli: %s (see lightdesk-cli --help)\n", e.what());

@@ -196,6 +196,9 @@ void Session::feed(std::span<const TokenId> tokens, const FeedOptions& options) 
   s.check_tokens(tokens);
   if (options.chunk_tokens <= 0) throw Error("chunk_tokens must be positive");
   const auto total = static_cast<std::int64_t>(tokens.size());
+  if (!options.embedding_overrides.empty() && options.embedding_overrides.size() != tokens.size())
+    throw Error("embedding_overrides has " + std::to_string(options.embedding_overrides.size()) +
+                " entries for " + std::to_string(total) + " tokens");
   if (total == 0) return;
   const std::int64_t V = s.info->vocab_size;
   const auto start = std::chrono::steady_clock::now();
@@ -211,6 +214,9 @@ void Session::feed(std::span<const TokenId> tokens, const FeedOptions& options) 
     request.all_logits = options.all_logits;
     request.logits = chunk_logits.data();
     request.hidden_states = &options.hidden_states;
+    if (!options.embedding_overrides.empty())
+      request.embedding_overrides =
+          options.embedding_overrides.subspan(static_cast<std::size_t>(done), static_cast<std::size_t>(n));
     s.backend->forward(*s.sequence, request);
     s.tokens.insert(s.tokens.end(), request.tokens.begin(), request.tokens.end());
     if (options.all_logits) {

@@ -29,6 +29,9 @@ struct ModelConfig : ModelShape {
   float rms_norm_eps = 1e-5f;
   ResidualFactors linear_attention, full_attention, mlp;
   bool tie_word_embeddings = false;
+  // Prepended to every text tensor name: "language_model." in a MiniMax-VL-01 checkpoint, whose
+  // text model is read from config.json's text_config (the vision weights are left to vision/).
+  std::string weight_prefix;
 
   // The lightning output norm's eps: the released code builds it without an argument.
   static constexpr float kLightningNormEps = 1e-6f;

@@ -131,6 +131,10 @@ struct FeedOptions {
   // hidden_size row-major. index 0 is the embedding output, i (1..num_layers) the output of
   // layer i-1, num_layers+1 the final normed state that goes into the LM head.
   std::function<void(int index, std::span<const float> hidden, std::int64_t rows)> hidden_states;
+  // Multimodal input (image features in place of "<image>" placeholders): empty, or one entry
+  // per fed token, each either nullptr (the token's own embedding row) or hidden_size floats
+  // that replace that row. The pointed-to rows must stay valid during the call.
+  std::span<const float* const> embedding_overrides;
 };
 
 // One piece of an exported session state. A state is a stream of parts: first one
