@@ -4,12 +4,15 @@
 #include <sys/wait.h>
 
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <iterator>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "lightdesk/store.h"
+#include "lightdesk/text.h"
 #include "store_test_util.h"
 
 namespace lightdesk::store {
@@ -115,6 +118,25 @@ TEST_F(CliSessionTest, GenerateKeepsItsOutputInTheSession) {
   const auto continued = logits("next.safetensors"), uninterrupted = logits("all.safetensors");
   const std::size_t row_bytes = continued.bytes.size() / 4;
   EXPECT_TRUE(continued.bytes == uninterrupted.bytes.substr(25 * row_bytes)) << "logits differ";
+}
+
+// generate --prompt: the stored session holds the prompt's ids and every generated token.
+TEST_F(CliSessionTest, GenerateFromAPromptKeepsPromptAndOutput) {
+  const auto model_dir = std::filesystem::path(LIGHTDESK_SOURCE_DIR) / "resources/models/tiny-a-m1-rd8";
+  const std::string text_model = "--model '" + model_dir.string() + "'";
+  ASSERT_EQ(cli("generate " + text_model + " --prompt 'hello there' --max-new-tokens 4 --greedy " + session()), 0)
+      << stderr_;
+  ASSERT_EQ(cli("generate " + text_model + " --prompt ' and more' --max-new-tokens 3 --greedy " + session()), 0)
+      << stderr_;
+  const auto tokenizer = Tokenizer::open(model_dir);
+  const auto first = tokenizer->encode("hello there"), second = tokenizer->encode(" and more");
+  Store store(scratch_ / "sessions.db");
+  const auto checkpoints = store.checkpoints(store.find_session("s")->id);
+  ASSERT_EQ(checkpoints.size(), 2u);
+  EXPECT_EQ(checkpoints[0].position, static_cast<std::int64_t>(first.size() + 4));
+  EXPECT_EQ(checkpoints[1].position, static_cast<std::int64_t>(first.size() + 4 + second.size() + 3));
+  const auto tokens = store.checkpoint_tokens(checkpoints[1].id);
+  EXPECT_TRUE(std::equal(second.begin(), second.end(), tokens.begin() + static_cast<std::ptrdiff_t>(first.size() + 4)));
 }
 
 TEST_F(CliSessionTest, AnotherModelRecomputesTheStoredTokens) {
