@@ -142,6 +142,25 @@ class MainWindowTest : public QObject {
     QVERIFY(window_->findChild<QLabel*>(QStringLiteral("modelLabel"))->text().contains(QStringLiteral("minimax_m1")));
   }
 
+  void pdfShowsPagesAndADamagedOneAnError() {
+    QSignalSpy ready(window_.get(), &MainWindow::modelReady);
+    window_->openModelDirectory(kModelDirectory);
+    QVERIFY(ready.wait(kTimeoutMs));
+    QSignalSpy attached(window_.get(), &MainWindow::documentAttached);
+    window_->attachFiles({QStringLiteral(LIGHTDESK_TEST_DATA "/documents/two-pages.pdf")});
+    QVERIFY(attached.wait(kTimeoutMs));
+    auto* attachments = window_->findChild<QListWidget*>(QStringLiteral("attachmentList"));
+    QCOMPARE(attachments->count(), 1);
+    QVERIFY2(attachments->item(0)->text().endsWith(QStringLiteral("in 2 pages")), qPrintable(attachments->item(0)->text()));
+
+    QSignalSpy error(window_.get(), &MainWindow::errorShown);
+    window_->attachFiles({QStringLiteral(LIGHTDESK_TEST_DATA "/documents/damaged.pdf")});
+    QVERIFY(error.wait(kTimeoutMs));
+    QVERIFY2(error.front().front().toString().startsWith(QStringLiteral("Could not attach damaged.pdf: ")),
+             qPrintable(error.front().front().toString()));
+    QCOMPARE(attachments->count(), 1);
+  }
+
   void ctrlNCreatesSessionAndDeleteRemovesIt() {
     auto* list = window_->findChild<QListWidget*>(QStringLiteral("sessionList"));
     QCOMPARE(list->count(), 1);

@@ -106,7 +106,9 @@ void EngineWorker::readDocument(const QString& path) {
   try {
     const Document document = load_document(to_path(path));
     const auto tokens = static_cast<qint64>(tokenizer_->encode(document.text).size());
-    emit documentReady(path, to_qstring(document.text), tokens);
+    QList<qint64> page_offsets;
+    for (const DocumentAnchor& anchor : document.anchors) page_offsets.append(static_cast<qint64>(anchor.offset));
+    emit documentReady(path, to_qstring(document.text), page_offsets, tokens);
   } catch (const std::exception& e) {
     emit documentFailed(path, to_qstring(e.what()));
   }

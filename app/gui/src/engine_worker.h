@@ -90,7 +90,8 @@ class EngineWorker : public QObject {
   void modelRejected(const QString& directory, const QString& message);
   // Loading failed: no model is loaded any more.
   void modelFailed(const QString& directory, const QString& message);
-  void documentReady(const QString& path, const QString& text, qint64 tokens);
+  // `pageOffsets`: PDF only, the byte offset in the UTF-8 text where each page starts.
+  void documentReady(const QString& path, const QString& text, const QList<qint64>& pageOffsets, qint64 tokens);
   void documentFailed(const QString& path, const QString& message);
   void prefillProgress(qint64 tokensDone, qint64 tokensTotal, double tokensPerSecond, double secondsLeft);
   void textPiece(const QString& reasoning, const QString& answer);

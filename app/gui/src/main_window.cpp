@@ -46,10 +46,15 @@ QString paragraph(const QString& text, const QString& style = {}) {
 // The user's question with the documents sent along, in the engine's document-question layout.
 QString prompt_with_documents(const QString& question, const QList<Attachment>& attachments) {
   std::vector<Document> documents;
-  for (const Attachment& attachment : attachments)
-    documents.push_back({attachment.path.toStdString(), "text", attachment.text.toStdString(), {}});
-  const Conversation conversation = document_question(documents, question.toStdString());
-  return QString::fromStdString(conversation.messages.front().parts.front().text);
+  for (const Attachment& attachment : attachments) {
+    Document document{attachment.path.toStdString(), attachment.page_offsets.isEmpty() ? "text" : "pdf",
+                      attachment.text.toStdString(), {}};
+    int page = 0;
+    for (const qint64 offset : attachment.page_offsets)
+      document.anchors.push_back({static_cast<std::size_t>(offset), ++page, 1});
+    documents.push_back(std::move(document));
+  }
+  return QString::fromStdString(document_question_text(documents, question.toStdString()));
 }
 
 }  // namespace
@@ -537,12 +542,13 @@ void MainWindow::attachFiles(const QStringList& paths) {
   refreshAttachments();
 }
 
-void MainWindow::onDocumentReady(const QString& path, const QString& text, qint64 tokens) {
+void MainWindow::onDocumentReady(const QString& path, const QString& text, const QList<qint64>& pageOffsets,
+                                 qint64 tokens) {
   const auto reading = reading_documents_.find(path);
   if (reading == reading_documents_.end()) return;
   const qint64 session_id = reading->second;
   reading_documents_.erase(reading);
-  const Attachment attachment{path, text, tokens, false};
+  const Attachment attachment{path, text, pageOffsets, tokens, false};
   if (session_id == current_.id) {
     current_.attachments.append(attachment);
     saveCurrentSession();
@@ -565,11 +571,11 @@ void MainWindow::removeSelectedAttachment() {
 void MainWindow::refreshAttachments() {
   attachment_list_->clear();
   for (const Attachment& attachment : current_.attachments) {
-    auto* item = new QListWidgetItem(tr("%1 — %2 tokens%3")
-                                         .arg(QFileInfo(attachment.path).fileName())
-                                         .arg(attachment.tokens)
-                                         .arg(attachment.sent ? tr(" (sent)") : QString()),
-                                     attachment_list_);
+    QString line = tr("%1 — %2 tokens").arg(QFileInfo(attachment.path).fileName()).arg(attachment.tokens);
+    if (const qsizetype pages = attachment.page_offsets.size(); pages > 0)
+      line += QLatin1Char(' ') + (pages == 1 ? tr("in 1 page") : tr("in %1 pages").arg(pages));
+    if (attachment.sent) line += QLatin1Char(' ') + tr("(sent)");
+    auto* item = new QListWidgetItem(line, attachment_list_);
     item->setToolTip(attachment.path);
   }
   for (const auto& [path, session_id] : reading_documents_)

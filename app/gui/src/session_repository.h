@@ -23,6 +23,7 @@ struct ChatEntry {
 struct Attachment {
   QString path;
   QString text;
+  QList<qint64> page_offsets;  // PDF: byte offset in the UTF-8 text where each page starts
   qint64 tokens = 0;
   bool sent = false;  // already part of a message in the conversation
 };

@@ -210,6 +210,11 @@ Document load_document(const std::filesystem::path& path);
 
 // ---- Generation ----
 
+// The user-message text document_prompt renders: each document under a "Document: NAME" line,
+// PDF pages marked "[page N]", then "Question: ...". For front ends that keep a conversation of
+// several turns and render it whole.
+std::string document_question_text(const std::vector<Document>& documents, const std::string& question);
+
 // A conversation of one user turn asking `question` about `documents` (each under a
 // "Document: NAME" line, PDF pages marked "[page N]" so that answers can cite them, then
 // "Question: ..."), encoded in the model's chat format, with the token span of every document

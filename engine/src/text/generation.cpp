@@ -39,6 +39,11 @@ std::string question_text(const std::vector<Document>& documents, const std::str
 
 }  // namespace
 
+std::string document_question_text(const std::vector<Document>& documents, const std::string& question) {
+  std::vector<Placement> placements;
+  return question_text(documents, question, placements);
+}
+
 DocumentPrompt document_prompt(const ChatFormat& format, const Tokenizer& tokenizer,
                                const std::vector<Document>& documents, const std::string& question, int threads) {
   std::vector<Placement> placements;
