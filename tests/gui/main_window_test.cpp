@@ -127,6 +127,8 @@ class MainWindowTest : public QObject {
     QCOMPARE(stored->entries.size(), 2);
     QCOMPARE(stored->title, QStringLiteral("How much did revenue grow?"));
     QVERIFY(!stored->entries[1].text.isEmpty() || !stored->entries[1].reasoning.isEmpty());
+    QCOMPARE(stored->entries[0].documents.size(), 1);
+    QCOMPARE(stored->entries[0].documents[0].path, document_path);
   }
 
   void badModelDirectoryKeepsTheLoadedModel() {
@@ -177,12 +179,11 @@ class MainWindowTest : public QObject {
   }
 
   void reasoningIsCollapsed() {
-    lightdesk::gui::ChatSession session = sessions_->create(QStringLiteral("Earlier chat"));
-    session.last_used = QDateTime::currentDateTimeUtc().addSecs(60);  // the most recent: opened first
-    session.entries = {{lightdesk::gui::ChatEntry::Role::User, QStringLiteral("Why?"), QStringLiteral("Why?"), {}, {}},
-                       {lightdesk::gui::ChatEntry::Role::Assistant, QStringLiteral("Because."), {},
-                        QStringLiteral("the hidden chain of thought"), {}}};
-    sessions_->save(session);
+    QTest::qWait(5);  // the newer session, opened first
+    const lightdesk::gui::ChatSession session = sessions_->create(QStringLiteral("Reasoned chat"));
+    sessions_->append(session.id, {lightdesk::gui::ChatEntry::Role::User, QStringLiteral("Why?"), {}, {}});
+    sessions_->append(session.id, {lightdesk::gui::ChatEntry::Role::Assistant, QStringLiteral("Because."),
+                                   QStringLiteral("the hidden chain of thought"), {}});
     window_ = std::make_unique<MainWindow>(*sessions_, *settings_);
     auto* transcript = window_->findChild<QTextBrowser*>(QStringLiteral("transcript"));
     QVERIFY(transcript->toPlainText().contains(QStringLiteral("Because.")));

@@ -45,6 +45,7 @@ QString paragraph(const QString& text, const QString& style = {}) {
 
 // The user's question with the documents sent along, in the engine's document-question layout.
 QString prompt_with_documents(const QString& question, const QList<Attachment>& attachments) {
+  if (attachments.isEmpty()) return question;
   std::vector<Document> documents;
   for (const Attachment& attachment : attachments) {
     Document document{attachment.path.toStdString(), attachment.page_offsets.isEmpty() ? "text" : "pdf",
@@ -109,7 +110,7 @@ void MainWindow::buildWidgets() {
   connect(session_list_, &QListWidget::itemChanged, this, [this](QListWidgetItem* item) {
     if (item->data(kSessionIdRole).toLongLong() != current_.id || item->text() == current_.title) return;
     current_.title = item->text();
-    saveCurrentSession();
+    sessions_.rename(current_.id, current_.title);
   });
   auto* new_session_button = new QPushButton(tr("New"));
   auto* rename_session_button = new QPushButton(tr("Rename"));
@@ -353,31 +354,25 @@ bool MainWindow::eventFilter(QObject* watched, QEvent* event) {
 void MainWindow::send() {
   const QString question = input_->toPlainText().trimmed();
   if (question.isEmpty() || generating_ || !model_ready_) return;
-  QList<Attachment> new_documents;
-  ChatEntry user;
-  for (Attachment& attachment : current_.attachments) {
-    if (attachment.sent) continue;
-    attachment.sent = true;
-    new_documents.append(attachment);
-    user.attachment_names.append(QFileInfo(attachment.path).fileName());
+  if (current_.entries.isEmpty() && current_.title == untitled()) {
+    current_.title = question.left(40);
+    sessions_.rename(current_.id, current_.title);
   }
-  user.text = question;
-  user.prompt_text = new_documents.isEmpty() ? question : prompt_with_documents(question, new_documents);
+  const auto pending = pending_documents_.find(current_.id);
+  ChatEntry user{ChatEntry::Role::User, question, {}, pending == pending_documents_.end() ? QList<Attachment>{} : pending->second};
+  if (pending != pending_documents_.end()) pending_documents_.erase(pending);
+  sessions_.append(current_.id, user);
   current_.entries.append(user);
-  if (current_.entries.size() == 1 && current_.title == untitled()) current_.title = question.left(40);
-  current_.entries.append({ChatEntry::Role::Assistant, {}, {}, {}, {}});
-  current_.last_used = QDateTime::currentDateTimeUtc();
-  saveCurrentSession();
+  answer_ = ChatEntry{ChatEntry::Role::Assistant, {}, {}, {}};
   refreshSessionList();
   refreshAttachments();
   input_->clear();
   renderTranscript();
 
   QList<PromptMessage> conversation;
-  for (qsizetype i = 0; i + 1 < current_.entries.size(); ++i) {
-    const ChatEntry& entry = current_.entries[i];
-    conversation.append({entry.role == ChatEntry::Role::User,
-                         entry.role == ChatEntry::Role::User ? entry.prompt_text : entry.text});
+  for (const ChatEntry& entry : current_.entries) {
+    const bool from_user = entry.role == ChatEntry::Role::User;
+    conversation.append({from_user, from_user ? prompt_with_documents(entry.text, entry.documents) : entry.text});
   }
   setGenerating(true);
   statusBar()->showMessage(tr("Reading the prompt…"));
@@ -388,10 +383,9 @@ void MainWindow::stop() { worker_->requestStop(); }
 
 void MainWindow::onTextPiece(const QString& reasoning, const QString& answer) {
   progress_bar_->setVisible(false);  // the prompt is read once the answer streams
-  ChatEntry& entry = current_.entries.last();
-  if (entry.text.isEmpty() && entry.reasoning.isEmpty()) statusBar()->showMessage(tr("Writing the answer…"));
-  entry.reasoning += reasoning;
-  entry.text += answer;
+  if (answer_->text.isEmpty() && answer_->reasoning.isEmpty()) statusBar()->showMessage(tr("Writing the answer…"));
+  answer_->reasoning += reasoning;
+  answer_->text += answer;
   if (!reasoning.isEmpty()) appendToTranscript(reasoning, true);
   if (!answer.isEmpty()) appendToTranscript(answer, false);
 }
@@ -406,35 +400,39 @@ void MainWindow::onGenerationFinished(const GenerationStats& stats) {
   summary += QLatin1Char(' ') + tr("%1 prompt tokens read").arg(stats.prompt_tokens);
   if (stats.reused_tokens > 0) summary += QLatin1Char(' ') + tr("(%1 kept from the session state)").arg(stats.reused_tokens);
   statusBar()->showMessage(summary + QLatin1Char('.'), 10000);
-  // Stopped while reading the prompt: the question stays, an empty answer does not.
-  if (current_.entries.last().text.isEmpty() && current_.entries.last().reasoning.isEmpty())
-    current_.entries.removeLast();
-  saveCurrentSession();
-  renderTranscript();
-  setGenerating(false);
+  keepAnswer();
   emit answerFinished();
 }
 
 void MainWindow::onGenerationFailed(const QString& message) {
   progress_bar_->setVisible(false);
-  // The question stays in the conversation; only the empty answer goes.
-  if (current_.entries.last().text.isEmpty() && current_.entries.last().reasoning.isEmpty())
-    current_.entries.removeLast();
-  saveCurrentSession();
-  renderTranscript();
-  setGenerating(false);
+  keepAnswer();
   showError(tr("The answer failed: %1").arg(message));
   emit answerFinished();
 }
 
+void MainWindow::keepAnswer() {
+  // What was written before a stop or failure stays; an answer that never began does not.
+  if (!answer_->text.isEmpty() || !answer_->reasoning.isEmpty()) {
+    sessions_.append(current_.id, *answer_);
+    current_.entries.append(*answer_);
+  }
+  answer_.reset();
+  renderTranscript();
+  setGenerating(false);
+}
+
 void MainWindow::renderTranscript() {
   QString html;
-  for (qsizetype i = 0; i < current_.entries.size(); ++i) {
-    const ChatEntry& entry = current_.entries[i];
+  QList<ChatEntry> shown_entries = current_.entries;
+  if (answer_) shown_entries.append(*answer_);
+  for (qsizetype i = 0; i < shown_entries.size(); ++i) {
+    const ChatEntry& entry = shown_entries[i];
     if (entry.role == ChatEntry::Role::User) {
       html += QStringLiteral("<p style=\"color:#1a5fb4; margin-top:12px;\"><b>%1</b></p>").arg(tr("You").toHtmlEscaped());
-      if (!entry.attachment_names.isEmpty())
-        html += paragraph(tr("Documents: %1").arg(entry.attachment_names.join(QStringLiteral(", "))), "color:#666;");
+      QStringList names;
+      for (const Attachment& document : entry.documents) names.append(QFileInfo(document.path).fileName());
+      if (!names.isEmpty()) html += paragraph(tr("Documents: %1").arg(names.join(QStringLiteral(", "))), "color:#666;");
       html += paragraph(entry.text);
       continue;
     }
@@ -497,8 +495,6 @@ void MainWindow::selectSession(qint64 id) {
   renderTranscript();
 }
 
-void MainWindow::saveCurrentSession() { sessions_.save(current_); }
-
 void MainWindow::refreshSessionList() {
   const QSignalBlocker blocker(session_list_);
   session_list_->clear();
@@ -518,6 +514,7 @@ void MainWindow::renameCurrentSession() {
 void MainWindow::deleteCurrentSession() {
   if (generating_) return;
   sessions_.remove(current_.id);
+  pending_documents_.erase(current_.id);
   current_ = {};
   const QList<ChatSession> rest = sessions_.list();
   if (rest.isEmpty())
@@ -548,36 +545,36 @@ void MainWindow::onDocumentReady(const QString& path, const QString& text, const
   if (reading == reading_documents_.end()) return;
   const qint64 session_id = reading->second;
   reading_documents_.erase(reading);
-  const Attachment attachment{path, text, pageOffsets, tokens, false};
-  if (session_id == current_.id) {
-    current_.attachments.append(attachment);
-    saveCurrentSession();
-  } else if (std::optional<ChatSession> other = sessions_.load(session_id)) {
-    other->attachments.append(attachment);
-    sessions_.save(*other);
-  }
+  pending_documents_[session_id].append({path, text, pageOffsets, tokens});
   refreshAttachments();
   emit documentAttached(path);
 }
 
 void MainWindow::removeSelectedAttachment() {
-  const int row = attachment_list_->currentRow();
-  if (row < 0 || row >= current_.attachments.size() || current_.attachments[row].sent) return;
-  current_.attachments.removeAt(row);
-  saveCurrentSession();
+  // The list shows the documents already sent first: only those after them can go.
+  qsizetype sent = 0;
+  for (const ChatEntry& entry : current_.entries) sent += entry.documents.size();
+  const qsizetype row = attachment_list_->currentRow() - sent;
+  QList<Attachment>& pending = pending_documents_[current_.id];
+  if (row < 0 || row >= pending.size()) return;
+  pending.removeAt(row);
   refreshAttachments();
 }
 
 void MainWindow::refreshAttachments() {
   attachment_list_->clear();
-  for (const Attachment& attachment : current_.attachments) {
+  auto add = [this](const Attachment& attachment, bool sent) {
     QString line = tr("%1 — %2 tokens").arg(QFileInfo(attachment.path).fileName()).arg(attachment.tokens);
     if (const qsizetype pages = attachment.page_offsets.size(); pages > 0)
       line += QLatin1Char(' ') + (pages == 1 ? tr("in 1 page") : tr("in %1 pages").arg(pages));
-    if (attachment.sent) line += QLatin1Char(' ') + tr("(sent)");
+    if (sent) line += QLatin1Char(' ') + tr("(sent)");
     auto* item = new QListWidgetItem(line, attachment_list_);
     item->setToolTip(attachment.path);
-  }
+  };
+  for (const ChatEntry& entry : current_.entries)
+    for (const Attachment& attachment : entry.documents) add(attachment, true);
+  if (const auto pending = pending_documents_.find(current_.id); pending != pending_documents_.end())
+    for (const Attachment& attachment : pending->second) add(attachment, false);
   for (const auto& [path, session_id] : reading_documents_)
     if (session_id == current_.id) attachment_list_->addItem(tr("%1 — reading…").arg(QFileInfo(path).fileName()));
 }

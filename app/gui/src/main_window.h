@@ -7,6 +7,7 @@
 #include <QThread>
 
 #include <map>
+#include <optional>
 
 #include "engine_worker.h"
 #include "session_repository.h"
@@ -74,7 +75,8 @@ class MainWindow : public QMainWindow {
   void refreshAttachments();
   void renderTranscript();
   void appendToTranscript(const QString& text, bool reasoning);
-  void saveCurrentSession();
+  // Ends the streamed answer: stores what it wrote.
+  void keepAnswer();
   void editSettings();
 
   void onModelChecked(const ModelCheck& check);
@@ -97,7 +99,10 @@ class MainWindow : public QMainWindow {
   QString model_family_;           // settings are kept per chat-format family
   SamplingSettings default_sampling_;
   bool generating_ = false;
+  std::optional<ChatEntry> answer_;                // the answer being written
   std::map<QString, qint64> reading_documents_;  // path -> session it is attached to
+  // Documents attached to a session and not sent yet: they go with its next question.
+  std::map<qint64, QList<Attachment>> pending_documents_;
   std::map<int, bool> expanded_reasoning_;        // entry index -> shown
 
   QLabel* model_label_;

@@ -6,7 +6,7 @@ namespace lightdesk::gui {
 
 QList<ChatSession> InMemorySessionRepository::list() const {
   QList<ChatSession> result;
-  for (const auto& [id, session] : sessions_) result.append({session.id, session.title, session.last_used, {}, {}});
+  for (const auto& [id, session] : sessions_) result.append({session.id, session.title, session.last_used, {}});
   std::stable_sort(result.begin(), result.end(),
                    [](const ChatSession& a, const ChatSession& b) { return a.last_used > b.last_used; });
   return result;
@@ -27,8 +27,17 @@ ChatSession InMemorySessionRepository::create(const QString& title) {
   return session;
 }
 
-void InMemorySessionRepository::save(const ChatSession& session) { sessions_[session.id] = session; }
+void InMemorySessionRepository::rename(qint64 id, const QString& title) {
+  if (const auto found = sessions_.find(id); found != sessions_.end()) found->second.title = title;
+}
 
 void InMemorySessionRepository::remove(qint64 id) { sessions_.erase(id); }
+
+void InMemorySessionRepository::append(qint64 id, const ChatEntry& entry) {
+  const auto found = sessions_.find(id);
+  if (found == sessions_.end()) return;
+  found->second.entries.append(entry);
+  found->second.last_used = QDateTime::currentDateTimeUtc();
+}
 
 }  // namespace lightdesk::gui

@@ -1,31 +1,32 @@
-// Where the window keeps its chat sessions. The window only sees this interface: the
-// in-memory implementation serves until the SQLite store (its own issue) implements it too.
+// Where the window keeps its chat sessions. The window only sees this interface, shaped like an
+// append-only conversation log so that the SQLite store (store/include/lightdesk/store.h, whose
+// messages and documents are added, never edited) can implement it; the in-memory
+// implementation serves until then.
 #pragma once
 
 #include <QDateTime>
 #include <QList>
 #include <QString>
+#include <QStringList>
 
 #include <map>
 #include <optional>
 
 namespace lightdesk::gui {
 
-struct ChatEntry {
-  enum class Role { User, Assistant };
-  Role role = Role::User;
-  QString text;         // what the window shows
-  QString prompt_text;  // what the model reads: the user's text with the documents sent with it
-  QString reasoning;    // M1's <think> part of an answer
-  QStringList attachment_names;  // documents sent with this user message
-};
-
 struct Attachment {
   QString path;
   QString text;
   QList<qint64> page_offsets;  // PDF: byte offset in the UTF-8 text where each page starts
   qint64 tokens = 0;
-  bool sent = false;  // already part of a message in the conversation
+};
+
+struct ChatEntry {
+  enum class Role { User, Assistant };
+  Role role = Role::User;
+  QString text;
+  QString reasoning;             // M1's <think> part of an answer
+  QList<Attachment> documents;   // sent with this user message; the model reads them before it
 };
 
 struct ChatSession {
@@ -33,20 +34,21 @@ struct ChatSession {
   QString title;
   QDateTime last_used;
   QList<ChatEntry> entries;
-  QList<Attachment> attachments;
 };
 
 class SessionRepository {
  public:
   virtual ~SessionRepository() = default;
-  // All sessions, most recently used first (entries and attachments left empty).
+  // All sessions, most recently used first (entries left empty).
   virtual QList<ChatSession> list() const = 0;
   virtual std::optional<ChatSession> load(qint64 id) const = 0;
   // Creates an empty session and returns it with its new id.
   virtual ChatSession create(const QString& title) = 0;
-  // Replaces the stored session of the same id.
-  virtual void save(const ChatSession& session) = 0;
+  virtual void rename(qint64 id, const QString& title) = 0;
   virtual void remove(qint64 id) = 0;
+  // Appends a finished message (a question with its documents, or a complete answer) and marks
+  // the session used now.
+  virtual void append(qint64 id, const ChatEntry& entry) = 0;
 };
 
 class InMemorySessionRepository final : public SessionRepository {
@@ -54,8 +56,9 @@ class InMemorySessionRepository final : public SessionRepository {
   QList<ChatSession> list() const override;
   std::optional<ChatSession> load(qint64 id) const override;
   ChatSession create(const QString& title) override;
-  void save(const ChatSession& session) override;
+  void rename(qint64 id, const QString& title) override;
   void remove(qint64 id) override;
+  void append(qint64 id, const ChatEntry& entry) override;
 
  private:
   std::map<qint64, ChatSession> sessions_;
