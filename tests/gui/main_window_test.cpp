@@ -2,6 +2,9 @@
 // M1 with a 512-id tokenizer, so its answers are random text), a document, a question, the
 // streamed answer, stop, and the errors a person must see.
 #include <QDropEvent>
+#include <QJsonArray>
+#include <QJsonDocument>
+#include <QJsonObject>
 #include <QLabel>
 #include <QListWidget>
 #include <QMimeData>
@@ -14,6 +17,7 @@
 #include <QTest>
 #include <QTextBrowser>
 
+#include "conversation_export.h"
 #include "main_window.h"
 #include "session_repository.h"
 
@@ -129,6 +133,25 @@ class MainWindowTest : public QObject {
     QVERIFY(!stored->entries[1].text.isEmpty() || !stored->entries[1].reasoning.isEmpty());
     QCOMPARE(stored->entries[0].documents.size(), 1);
     QCOMPARE(stored->entries[0].documents[0].path, document_path);
+
+    // Export writes what the session holds.
+    const QString markdown_path = directory_.filePath(QStringLiteral("chat.md"));
+    window_->exportConversation(markdown_path);
+    QFile markdown(markdown_path);
+    QVERIFY(markdown.open(QIODevice::ReadOnly));
+    QCOMPARE(QString::fromUtf8(markdown.readAll()), lightdesk::gui::conversation_markdown(*stored));
+    const QString json_path = directory_.filePath(QStringLiteral("chat.json"));
+    window_->exportConversation(json_path);
+    QFile json_file(json_path);
+    QVERIFY(json_file.open(QIODevice::ReadOnly));
+    const QJsonObject json = QJsonDocument::fromJson(json_file.readAll()).object();
+    QCOMPARE(json.value(QStringLiteral("title")).toString(), QStringLiteral("How much did revenue grow?"));
+    const QJsonArray messages = json.value(QStringLiteral("messages")).toArray();
+    QCOMPARE(messages.size(), 2);
+    QCOMPARE(messages[0].toObject().value(QStringLiteral("text")).toString(), QStringLiteral("How much did revenue grow?"));
+    QCOMPARE(messages[0].toObject().value(QStringLiteral("documents")).toArray().at(0).toString(), document_path);
+    QCOMPARE(messages[1].toObject().value(QStringLiteral("role")).toString(), QStringLiteral("assistant"));
+    QCOMPARE(messages[1].toObject().value(QStringLiteral("text")).toString(), stored->entries[1].text);
   }
 
   void badModelDirectoryKeepsTheLoadedModel() {
@@ -161,6 +184,25 @@ class MainWindowTest : public QObject {
     QVERIFY2(error.front().front().toString().startsWith(QStringLiteral("Could not attach damaged.pdf: ")),
              qPrintable(error.front().front().toString()));
     QCOMPARE(attachments->count(), 1);
+  }
+
+  void conversationMarkdown() {
+    lightdesk::gui::ChatSession session{1, QStringLiteral("Revenue"), {}, {}};
+    session.entries.append({lightdesk::gui::ChatEntry::Role::User, QStringLiteral("How much?"), {},
+                            {{QStringLiteral("/tmp/q3.pdf"), QStringLiteral("text"), {}, 10}}});
+    session.entries.append({lightdesk::gui::ChatEntry::Role::Assistant, QStringLiteral("Twelve percent."),
+                            QStringLiteral("Look at page 2.\nIt says 12%."), {}});
+    QCOMPARE(lightdesk::gui::conversation_markdown(session),
+             QStringLiteral("# Revenue\n\n## You\n\nDocuments: q3.pdf\n\nHow much?\n\n## Lightdesk\n\n"
+                            "> Look at page 2.\n> It says 12%.\n\nTwelve percent.\n"));
+  }
+
+  void exportToAnUnwritablePlaceShowsError() {
+    QSignalSpy error(window_.get(), &MainWindow::errorShown);
+    window_->exportConversation(directory_.filePath(QStringLiteral("no-such-folder/chat.md")));
+    QCOMPARE(error.size(), 1);
+    QVERIFY2(error.front().front().toString().contains(QStringLiteral("no-such-folder/chat.md")),
+             qPrintable(error.front().front().toString()));
   }
 
   void ctrlNCreatesSessionAndDeleteRemovesIt() {

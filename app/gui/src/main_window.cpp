@@ -24,6 +24,7 @@
 #include <QUrl>
 #include <QVBoxLayout>
 
+#include "conversation_export.h"
 #include "lightdesk/text.h"
 #include "settings_dialog.h"
 
@@ -208,6 +209,7 @@ void MainWindow::buildMenus() {
   QMenu* file_menu = menuBar()->addMenu(tr("&File"));
   file_menu->addAction(tr("&Open model…"), QKeySequence::Open, this, &MainWindow::chooseModelDirectory);
   file_menu->addAction(tr("&Attach documents…"), this, &MainWindow::chooseDocuments);
+  file_menu->addAction(tr("&Export conversation…"), this, &MainWindow::chooseExportFile);
   file_menu->addAction(tr("&Settings…"), QKeySequence::Preferences, this, &MainWindow::editSettings);
   file_menu->addSeparator();
   file_menu->addAction(tr("&Quit"), QKeySequence::Quit, this, &QWidget::close);
@@ -577,6 +579,21 @@ void MainWindow::refreshAttachments() {
     for (const Attachment& attachment : pending->second) add(attachment, false);
   for (const auto& [path, session_id] : reading_documents_)
     if (session_id == current_.id) attachment_list_->addItem(tr("%1 — reading…").arg(QFileInfo(path).fileName()));
+}
+
+void MainWindow::chooseExportFile() {
+  const QString path = QFileDialog::getSaveFileName(this, tr("Export conversation"), current_.title + QStringLiteral(".md"),
+                                                    tr("Markdown (*.md);;JSON (*.json)"));
+  if (!path.isEmpty()) exportConversation(path);
+}
+
+void MainWindow::exportConversation(const QString& path) {
+  try {
+    export_conversation(current_, path);
+    statusBar()->showMessage(tr("Conversation exported to %1").arg(path), 5000);
+  } catch (const std::exception& e) {
+    showError(tr("Could not export the conversation: %1").arg(QString::fromUtf8(e.what())));
+  }
 }
 
 void MainWindow::dragEnterEvent(QDragEnterEvent* event) {

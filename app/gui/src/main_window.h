@@ -41,6 +41,8 @@ class MainWindow : public QMainWindow {
   // Stops the running prefill or generation; the conversation and session state are kept.
   void stop();
   void newSession();
+  // Writes the current conversation as Markdown, or JSON for a .json path (File > Export).
+  void exportConversation(const QString& path);
 
  signals:
   void modelReady();
@@ -65,6 +67,7 @@ class MainWindow : public QMainWindow {
   void connectEngine();
   void chooseModelDirectory();
   void chooseDocuments();
+  void chooseExportFile();
   void showError(const QString& message);
   void setGenerating(bool generating);
   void selectSession(qint64 id);
