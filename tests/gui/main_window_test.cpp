@@ -224,11 +224,14 @@ class MainWindowTest : public QObject {
     QTest::qWait(5);  // the newer session, opened first
     const lightdesk::gui::ChatSession session = sessions_->create(QStringLiteral("Reasoned chat"));
     sessions_->append(session.id, {lightdesk::gui::ChatEntry::Role::User, QStringLiteral("Why?"), {}, {}});
-    sessions_->append(session.id, {lightdesk::gui::ChatEntry::Role::Assistant, QStringLiteral("Because."),
+    sessions_->append(session.id, {lightdesk::gui::ChatEntry::Role::Assistant, QStringLiteral("**Because.** <image> stays text"),
                                    QStringLiteral("the hidden chain of thought"), {}});
     window_ = std::make_unique<MainWindow>(*sessions_, *settings_);
     auto* transcript = window_->findChild<QTextBrowser*>(QStringLiteral("transcript"));
+    // The answer is rendered as Markdown: bold, without its asterisks.
     QVERIFY(transcript->toPlainText().contains(QStringLiteral("Because.")));
+    QVERIFY(!transcript->toPlainText().contains(QStringLiteral("**")));
+    QVERIFY(transcript->toPlainText().contains(QStringLiteral("Because. <image> stays text")));
     QVERIFY(transcript->toPlainText().contains(QStringLiteral("Show reasoning")));
     QVERIFY(!transcript->toPlainText().contains(QStringLiteral("hidden chain")));
     emit transcript->anchorClicked(QUrl(QStringLiteral("reasoning:1")));

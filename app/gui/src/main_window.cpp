@@ -21,6 +21,7 @@
 #include <QStatusBar>
 #include <QTextBrowser>
 #include <QTextCursor>
+#include <QTextDocumentFragment>
 #include <QUrl>
 #include <QVBoxLayout>
 
@@ -425,20 +426,26 @@ void MainWindow::keepAnswer() {
 }
 
 void MainWindow::renderTranscript() {
-  QString html;
+  transcript_->clear();
+  QTextCursor cursor(transcript_->document());
+  // Each piece starts a block of its own with plain formats, so no style leaks into the next.
+  auto insert_html = [&cursor](const QString& html) {
+    cursor.insertHtml(html);
+    cursor.insertBlock(QTextBlockFormat(), QTextCharFormat());
+  };
   QList<ChatEntry> shown_entries = current_.entries;
   if (answer_) shown_entries.append(*answer_);
   for (qsizetype i = 0; i < shown_entries.size(); ++i) {
     const ChatEntry& entry = shown_entries[i];
     if (entry.role == ChatEntry::Role::User) {
-      html += QStringLiteral("<p style=\"color:#1a5fb4; margin-top:12px;\"><b>%1</b></p>").arg(tr("You").toHtmlEscaped());
+      QString html = QStringLiteral("<p style=\"color:#1a5fb4; margin-top:12px;\"><b>%1</b></p>").arg(tr("You").toHtmlEscaped());
       QStringList names;
       for (const Attachment& document : entry.documents) names.append(QFileInfo(document.path).fileName());
       if (!names.isEmpty()) html += paragraph(tr("Documents: %1").arg(names.join(QStringLiteral(", "))), "color:#666;");
-      html += paragraph(entry.text);
+      insert_html(html + paragraph(entry.text));
       continue;
     }
-    html += QStringLiteral("<p style=\"color:#26a269; margin-top:12px;\"><b>%1</b></p>").arg(tr("Lightdesk").toHtmlEscaped());
+    QString html = QStringLiteral("<p style=\"color:#26a269; margin-top:12px;\"><b>%1</b></p>").arg(tr("Lightdesk").toHtmlEscaped());
     if (!entry.reasoning.isEmpty()) {
       const bool shown = expanded_reasoning_[static_cast<int>(i)];
       html += QStringLiteral("<p><a href=\"reasoning:%1\">%2</a></p>")
@@ -447,9 +454,15 @@ void MainWindow::renderTranscript() {
                            .toHtmlEscaped());
       if (shown) html += paragraph(entry.reasoning, "color:#777; font-style:italic;");
     }
-    html += paragraph(entry.text);
+    insert_html(html);
+    // A finished answer is Markdown (lists, emphasis, code blocks); the one streaming in is
+    // appended as it comes, as plain text.
+    if (answer_ && i == shown_entries.size() - 1) continue;
+    // Without HTML: tags the model writes (<image>, <think>) are text to show, not markup.
+    cursor.insertFragment(QTextDocumentFragment::fromMarkdown(
+        entry.text, QTextDocument::MarkdownFeatures(QTextDocument::MarkdownDialectGitHub | QTextDocument::MarkdownNoHTML)));
+    cursor.insertBlock(QTextBlockFormat(), QTextCharFormat());
   }
-  transcript_->setHtml(html);
   transcript_->verticalScrollBar()->setValue(transcript_->verticalScrollBar()->maximum());
 }
 
