@@ -6,6 +6,7 @@
 #include <QJsonDocument>
 #include <QJsonObject>
 #include <QLabel>
+#include <QLineEdit>
 #include <QListWidget>
 #include <QMimeData>
 #include <QPlainTextEdit>
@@ -203,6 +204,26 @@ class MainWindowTest : public QObject {
     QCOMPARE(error.size(), 1);
     QVERIFY2(error.front().front().toString().contains(QStringLiteral("no-such-folder/chat.md")),
              qPrintable(error.front().front().toString()));
+  }
+
+  void ctrlFSearchFiltersSessions() {
+    const lightdesk::gui::ChatSession quarterly = sessions_->create(QStringLiteral("Quarterly"));
+    sessions_->append(quarterly.id, {lightdesk::gui::ChatEntry::Role::User, QStringLiteral("What about revenue?"), {}, {}});
+    window_ = std::make_unique<MainWindow>(*sessions_, *settings_);
+    window_->show();
+    QVERIFY(QTest::qWaitForWindowActive(window_.get()));
+    auto* list = window_->findChild<QListWidget*>(QStringLiteral("sessionList"));
+    auto* search = window_->findChild<QLineEdit*>(QStringLiteral("searchBox"));
+    QCOMPARE(list->count(), 2);
+    QTest::keyClick(window_->findChild<QPlainTextEdit*>(QStringLiteral("input")), Qt::Key_F, Qt::ControlModifier);
+    QVERIFY(search->hasFocus());
+    QTest::keyClicks(search, QStringLiteral("REVENUE"));
+    QCOMPARE(list->count(), 1);
+    QCOMPARE(list->item(0)->text(), QStringLiteral("Quarterly"));
+    QTest::keyClicks(search, QStringLiteral("x"));
+    QCOMPARE(list->count(), 0);
+    search->clear();
+    QCOMPARE(list->count(), 2);
   }
 
   void ctrlNCreatesSessionAndDeleteRemovesIt() {

@@ -8,6 +8,7 @@
 #include <QHBoxLayout>
 #include <QKeyEvent>
 #include <QLabel>
+#include <QLineEdit>
 #include <QListWidget>
 #include <QLocale>
 #include <QMenuBar>
@@ -104,6 +105,11 @@ void MainWindow::buildWidgets() {
   message_label_->setVisible(false);
 
   // Sessions.
+  search_box_ = new QLineEdit;
+  search_box_->setObjectName(QStringLiteral("searchBox"));
+  search_box_->setPlaceholderText(tr("Search sessions (Ctrl+F)"));
+  search_box_->setClearButtonEnabled(true);
+  connect(search_box_, &QLineEdit::textChanged, this, &MainWindow::refreshSessionList);
   session_list_ = new QListWidget;
   session_list_->setObjectName(QStringLiteral("sessionList"));
   session_list_->setHorizontalScrollBarPolicy(Qt::ScrollBarAlwaysOff);
@@ -127,6 +133,7 @@ void MainWindow::buildWidgets() {
   auto* session_pane = new QWidget;
   auto* session_layout = new QVBoxLayout(session_pane);
   session_layout->addWidget(new QLabel(tr("Sessions")));
+  session_layout->addWidget(search_box_);
   session_layout->addWidget(session_list_, 1);
   session_layout->addLayout(session_buttons);
 
@@ -218,6 +225,10 @@ void MainWindow::buildMenus() {
   session_menu->addAction(tr("&New session"), QKeySequence::New, this, &MainWindow::newSession);
   session_menu->addAction(tr("&Rename"), QKeySequence(Qt::Key_F2), this, &MainWindow::renameCurrentSession);
   session_menu->addAction(tr("&Delete"), this, &MainWindow::deleteCurrentSession);
+  session_menu->addAction(tr("&Search"), QKeySequence::Find, this, [this] {
+    search_box_->setFocus();
+    search_box_->selectAll();
+  });
 }
 
 void MainWindow::connectEngine() {
@@ -513,7 +524,10 @@ void MainWindow::selectSession(qint64 id) {
 void MainWindow::refreshSessionList() {
   const QSignalBlocker blocker(session_list_);
   session_list_->clear();
+  const QString query = search_box_->text().trimmed();
+  const QList<qint64> matching = query.isEmpty() ? QList<qint64>{} : sessions_.search(query);
   for (const ChatSession& session : sessions_.list()) {
+    if (!query.isEmpty() && !matching.contains(session.id)) continue;
     auto* item = new QListWidgetItem(session.title, session_list_);
     item->setData(kSessionIdRole, session.id);
     item->setToolTip(session.title);

@@ -13,6 +13,7 @@
 #include "session_repository.h"
 
 class QLabel;
+class QLineEdit;
 class QListWidget;
 class QListWidgetItem;
 class QPlainTextEdit;
@@ -110,6 +111,7 @@ class MainWindow : public QMainWindow {
 
   QLabel* model_label_;
   QLabel* message_label_;
+  QLineEdit* search_box_;
   QListWidget* session_list_;
   QTextBrowser* transcript_;
   QPlainTextEdit* input_;

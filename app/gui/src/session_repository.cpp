@@ -40,4 +40,19 @@ void InMemorySessionRepository::append(qint64 id, const ChatEntry& entry) {
   found->second.last_used = QDateTime::currentDateTimeUtc();
 }
 
+QList<qint64> InMemorySessionRepository::search(const QString& query) const {
+  auto matches = [&query](const QString& text) { return text.contains(query, Qt::CaseInsensitive); };
+  QList<qint64> found;
+  for (const ChatSession& summary : list()) {
+    const ChatSession& session = sessions_.at(summary.id);
+    bool hit = matches(session.title);
+    for (const ChatEntry& entry : session.entries) {
+      hit = hit || matches(entry.text) || matches(entry.reasoning);
+      for (const Attachment& document : entry.documents) hit = hit || matches(document.path) || matches(document.text);
+    }
+    if (hit) found.append(session.id);
+  }
+  return found;
+}
+
 }  // namespace lightdesk::gui

@@ -49,6 +49,8 @@ class SessionRepository {
   // Appends a finished message (a question with its documents, or a complete answer) and marks
   // the session used now.
   virtual void append(qint64 id, const ChatEntry& entry) = 0;
+  // Sessions whose title, messages or documents match `query`, best first (the store: FTS5).
+  virtual QList<qint64> search(const QString& query) const = 0;
 };
 
 class InMemorySessionRepository final : public SessionRepository {
@@ -59,6 +61,8 @@ class InMemorySessionRepository final : public SessionRepository {
   void rename(qint64 id, const QString& title) override;
   void remove(qint64 id) override;
   void append(qint64 id, const ChatEntry& entry) override;
+  // Case-insensitive substring match, most recently used first.
+  QList<qint64> search(const QString& query) const override;
 
  private:
   std::map<qint64, ChatSession> sessions_;
