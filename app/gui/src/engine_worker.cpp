@@ -77,7 +77,12 @@ void EngineWorker::loadModel(const QString& directory) {
     tokenizer_.reset();
     model_.reset();
     const std::filesystem::path path = to_path(directory);
-    model_ = Model::open(path, {}, [this](std::uint64_t done, std::uint64_t total) {
+    // One signal per 0.5 % at most: a checkpoint of thousands of tensors must not flood the
+    // window's event queue.
+    std::uint64_t reported = 0;
+    model_ = Model::open(path, {}, [this, &reported](std::uint64_t done, std::uint64_t total) {
+      if (done != total && done - reported < total / 200) return;
+      reported = done;
       emit loadProgress(static_cast<qint64>(done), static_cast<qint64>(total));
     });
     tokenizer_ = Tokenizer::open(path);
