@@ -39,25 +39,33 @@ EngineWorker::~EngineWorker() = default;
 
 void EngineWorker::requestStop() { stop_requested_ = true; }
 
-ModelCheck EngineWorker::inspect(const QString& directory) const {
-  const ModelInfo info = Model::inspect(to_path(directory));
+ModelCheck memory_check(const ModelInfo& info, std::uint64_t available_bytes) {
   ModelCheck check;
-  check.directory = directory;
-  check.description = tr("%1, %2 layers, %3 M parameters")
+  check.directory = QString::fromStdString(info.directory.string());
+  check.description = EngineWorker::tr("%1, %2 layers, %3 M parameters")
                           .arg(to_qstring(info.model_type))
                           .arg(info.num_layers)
                           .arg(static_cast<double>(info.parameter_count) / 1e6, 0, 'f', 1);
   check.weight_bytes = info.weight_bytes;
   check.context_tokens = info.max_context;
   check.session_bytes = info.session_bytes(info.max_context);
-  check.available_bytes = available_host_memory();
+  check.available_bytes = available_bytes;
   // Session memory grows linearly with the context: the largest context left beside the weights.
   const std::uint64_t fixed = info.weight_bytes + info.session_bytes(0);
-  if (check.available_bytes > fixed && info.kv_bytes_per_token > 0)
-    check.fitting_context =
-        std::min<std::int64_t>(info.max_context, static_cast<std::int64_t>((check.available_bytes - fixed) / info.kv_bytes_per_token));
+  if (available_bytes <= fixed)
+    check.fitting_context = 0;
+  else if (info.kv_bytes_per_token == 0)
+    check.fitting_context = info.max_context;
   else
-    check.fitting_context = check.available_bytes > fixed ? info.max_context : 0;
+    check.fitting_context = std::min<std::int64_t>(
+        info.max_context, static_cast<std::int64_t>((available_bytes - fixed) / info.kv_bytes_per_token));
+  return check;
+}
+
+
+ModelCheck EngineWorker::inspect(const QString& directory) const {
+  ModelCheck check = memory_check(Model::inspect(to_path(directory)), available_host_memory());
+  check.directory = directory;
   return check;
 }
 

@@ -55,6 +55,9 @@ struct GenerationStats {
 
 // Host memory available for new allocations (MemAvailable of /proc/meminfo), 0 if unknown.
 std::uint64_t available_host_memory();
+// What the model of `info` needs (weights, one session at its full context) against
+// `available_bytes`, and the largest context that fits.
+ModelCheck memory_check(const ModelInfo& info, std::uint64_t available_bytes);
 
 class EngineWorker : public QObject {
   Q_OBJECT
