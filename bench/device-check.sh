@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Builds Lightdesk on a GPU machine (no Qt) and runs the CUDA tests, in one go: the script the
+# GPU machine runs. Debian -dev packages that machine may lack (nlohmann-json, OpenBLAS,
+# GoogleTest) can come as .deb files in $LIGHTDESK_DEBS (default .debs/); they are unpacked
+# with dpkg -x into a private prefix, never into /.
+# Usage: bash bench/device-check.sh [--sanitize]   (logs go to $OUT, else /tmp/device-check)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-/tmp/device-check}"
+mkdir -p "$out"
+sanitize=0
+[ "${1:-}" = "--sanitize" ] && sanitize=1
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader
+nvcc --version | tail -2
+
+prefix=/tmp/lightdesk-deps
+debs="${LIGHTDESK_DEBS:-.debs}"
+if [ -d "$debs" ]; then
+  for f in "$debs"/*.deb; do dpkg -x "$f" "$prefix"; done
+fi
+lib="$prefix/usr/lib/x86_64-linux-gnu"
+export LD_LIBRARY_PATH="$lib/openblas-pthread:$lib:${LD_LIBRARY_PATH:-}"
+
+generator=()
+command -v ninja >/dev/null && generator=(-G Ninja)
+start=$(date +%s)
+cmake -S . -B build-device "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DLIGHTDESK_WITH_GUI=OFF \
+  -DLIGHTDESK_WITH_CUDA=ON -DCMAKE_PREFIX_PATH="$prefix/usr" -DCMAKE_LIBRARY_PATH="$lib/openblas-pthread;$lib" \
+  -DCMAKE_CXX_FLAGS="-isystem $prefix/usr/include/x86_64-linux-gnu/openblas-pthread" \
+  -DCMAKE_EXE_LINKER_FLAGS="-Wl,-rpath-link,$lib" >"$out/configure.log" 2>&1 ||
+  { tail -30 "$out/configure.log"; exit 1; }
+cmake --build build-device -j"$(nproc)" >"$out/build.log" 2>&1 || { grep -E "error|Error" "$out/build.log" | head -40; exit 1; }
+echo "build: $(( $(date +%s) - start )) s"
+
+status=0
+build-device/tests/cuda/cuda_tests --gtest_brief=1 2>&1 | tee "$out/cuda_tests.log" | grep -vE "^\[ measured" | tail -40
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+echo "--- measured"
+grep "^\[ measured" "$out/cuda_tests.log"
+
+echo "--- lightdesk-cli through the cuda backend"
+build-device/app/cli/lightdesk-cli info --model tests/data/tiny-a-m1-rd8 --backend cuda | head -3
+build-device/app/cli/lightdesk-cli generate --model tests/data/tiny-a-m1-rd8 --backend cuda --ids 5,17,42 \
+  --max-new-tokens 8 --greedy
+echo
+build-device/app/cli/lightdesk-cli generate --model tests/data/tiny-a-m1-rd8 --backend cpu --ids 5,17,42 \
+  --max-new-tokens 8 --greedy
+echo
+
+if [ "$sanitize" = 1 ]; then
+  for tool in memcheck racecheck; do
+    echo "--- compute-sanitizer $tool on the kernel tests"
+    timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 3 build-device/tests/cuda/cuda_tests \
+      --gtest_filter='CudaKernelTest*:CudaRouterTest*' --gtest_brief=1 >"$out/sanitizer-$tool.log" 2>&1
+    rc=$?
+    tail -4 "$out/sanitizer-$tool.log"
+    echo "$tool exit code: $rc"
+    [ "$rc" -eq 0 ] || status=1
+  done
+fi
+exit $status
