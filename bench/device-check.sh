@@ -3,13 +3,22 @@
 # GPU machine runs. Debian -dev packages that machine may lack (nlohmann-json, OpenBLAS,
 # GoogleTest) can come as .deb files in $LIGHTDESK_DEBS (default .debs/); they are unpacked
 # with dpkg -x into a private prefix, never into /.
-# Usage: bash bench/device-check.sh [--sanitize]   (logs go to $OUT, else /tmp/device-check)
+# Usage: bash bench/device-check.sh [--sanitize] [--bench]   (logs go to $OUT, else /tmp/device-check)
+#   --sanitize: compute-sanitizer memcheck and racecheck on the kernel tests
+#   --bench:    lightdesk-bench, then the PyTorch anchors (bench/anchors.py) on the same GPU
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/device-check}"
 mkdir -p "$out"
 sanitize=0
-[ "${1:-}" = "--sanitize" ] && sanitize=1
+bench=0
+for arg in "$@"; do
+  case "$arg" in
+    --sanitize) sanitize=1 ;;
+    --bench) bench=1 ;;
+    *) echo "unknown option $arg" >&2; exit 2 ;;
+  esac
+done
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader
 nvcc --version | tail -2
@@ -58,5 +67,11 @@ if [ "$sanitize" = 1 ]; then
     echo "$tool exit code: $rc"
     [ "$rc" -eq 0 ] || status=1
   done
+fi
+if [ "$bench" = 1 ]; then
+  echo "--- lightdesk-bench"
+  build-device/bench/lightdesk-bench 2>&1 | tee "$out/bench.log" || status=1
+  echo "--- anchors through PyTorch"
+  PYTHONUNBUFFERED=1 python3 bench/anchors.py 2>&1 | tee "$out/anchors.log" || status=1
 fi
 exit $status

@@ -3,136 +3,18 @@
 // the lightning states, the router and the logits are float32 whatever T is.
 #include "cuda_backend.h"
 
-#include <cublas_v2.h>
-#include <cuda_runtime.h>
-
 #include <algorithm>
-#include <cstdio>
 #include <mutex>
 #include <string>
-#include <type_traits>
-#include <utility>
 #include <vector>
 
-#include "lightdesk/cuda_ops.h"
+#include "cuda_device.h"
+#include "cuda_moe.h"
 
 namespace lightdesk {
 namespace {
 
 using cuda::bf16;
-using cuda::check;
-
-std::string mib(std::uint64_t bytes) {
-  char text[32];
-  std::snprintf(text, sizeof text, "%.1f MiB", static_cast<double>(bytes) / (1024.0 * 1024.0));
-  return text;
-}
-
-void check_cublas(cublasStatus_t status, const char* what) {
-  if (status != CUBLAS_STATUS_SUCCESS)
-    throw Error(std::string("cuBLAS error in ") + what + ": " + cublasGetStatusName(status) + " (" +
-                cublasGetStatusString(status) + ")");
-}
-
-// Device memory owned by one object. Running out of memory throws an Error that says how much
-// was needed and how much was free; the device stays usable.
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  DeviceBuffer(std::size_t bytes, const std::string& what) : bytes_(bytes) {
-    if (bytes == 0) return;
-    const cudaError_t status = cudaMalloc(&ptr_, bytes);
-    if (status == cudaErrorMemoryAllocation) {
-      (void)cudaGetLastError();  // an allocation failure is not sticky: clear it and go on
-      std::size_t free_bytes = 0, total_bytes = 0;
-      (void)cudaMemGetInfo(&free_bytes, &total_bytes);
-      throw Error("CUDA out of memory for " + what + ": needed " + mib(bytes) + ", " + mib(free_bytes) +
-                  " free of " + mib(total_bytes));
-    }
-    check(status, what.c_str());
-  }
-  ~DeviceBuffer() {
-    if (ptr_) cudaFree(ptr_);
-  }
-  DeviceBuffer(DeviceBuffer&& other) noexcept
-      : ptr_(std::exchange(other.ptr_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
-  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept {
-    std::swap(ptr_, other.ptr_);
-    std::swap(bytes_, other.bytes_);
-    return *this;
-  }
-
-  template <typename U>
-  U* as() const {
-    return static_cast<U*>(ptr_);
-  }
-  std::size_t bytes() const { return bytes_; }
-
- private:
-  void* ptr_ = nullptr;
-  std::size_t bytes_ = 0;
-};
-
-template <typename U>
-DeviceBuffer device_array(std::int64_t count, const std::string& what) {
-  return DeviceBuffer(static_cast<std::size_t>(std::max<std::int64_t>(count, 0)) * sizeof(U), what);
-}
-
-template <typename U>
-constexpr cudaDataType_t cuda_type() {
-  if constexpr (std::is_same_v<U, float>)
-    return CUDA_R_32F;
-  else
-    return CUDA_R_16BF;
-}
-
-// A stream and a cuBLAS handle bound to it.
-class DeviceContext {
- public:
-  DeviceContext() {
-    check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
-    const cublasStatus_t status = cublasCreate(&cublas_);
-    if (status != CUBLAS_STATUS_SUCCESS) {
-      cudaStreamDestroy(stream_);
-      check_cublas(status, "cublasCreate");
-    }
-    check_cublas(cublasSetStream(cublas_, stream_), "cublasSetStream");
-  }
-  ~DeviceContext() {
-    cublasDestroy(cublas_);
-    cudaStreamDestroy(stream_);
-  }
-  DeviceContext(const DeviceContext&) = delete;
-  DeviceContext& operator=(const DeviceContext&) = delete;
-
-  cudaStream_t stream() const { return stream_; }
-  void synchronize() const { check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
-
-  // y[rows, out] = x[rows, in] · w[out, in]ᵀ, accumulated in float32. Row-major y is the
-  // column-major [out, rows] product wᵀ(as stored) · x.
-  template <typename In, typename Out>
-  void linear(const In* x, std::int64_t rows, std::int64_t in, const In* w, std::int64_t out, Out* y) const {
-    if (rows == 0 || out == 0) return;
-    const float one = 1.0f, zero = 0.0f;
-    check_cublas(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(rows),
-                              static_cast<int>(in), &one, w, cuda_type<In>(), static_cast<int>(in), x,
-                              cuda_type<In>(), static_cast<int>(in), &zero, y, cuda_type<Out>(),
-                              static_cast<int>(out), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                 "linear");
-  }
-
-  void upload(void* device, const void* host, std::size_t bytes) const {
-    check(cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, stream_), "upload");
-  }
-  void download(void* host, const void* device, std::size_t bytes) const {
-    check(cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, stream_), "download");
-    synchronize();
-  }
-
- private:
-  cudaStream_t stream_ = nullptr;
-  cublasHandle_t cublas_ = nullptr;
-};
 
 struct CudaLayer {
   LayerKind kind = LayerKind::Lightning;
@@ -155,8 +37,6 @@ struct CudaSequence final : SequenceState {
 struct Scratch {
   std::int64_t rows = -1;
   DeviceBuffer tokens, x, a, att, b, moe, qkv, o, gate;
-  DeviceBuffer router_in, router_logits, expert_ids, expert_weights, source_rows, slot_rows;
-  DeviceBuffer expert_in, gate_up, expert_act, expert_out;
   DeviceBuffer hidden_f32, logits;
 };
 
@@ -164,7 +44,8 @@ template <typename T>
 class CudaBackend final : public ComputeBackend {
  public:
   CudaBackend(const ModelConfig& c, const WeightMap& map, const std::function<void(std::uint64_t)>& bytes_loaded)
-      : config_(c) {
+      : config_(c),
+        moe_(device_, MoeShape{c.hidden_size, c.expert_width, c.num_experts, c.experts_per_token}) {
     load_weights(map, bytes_loaded);
   }
 
@@ -224,7 +105,7 @@ class CudaBackend final : public ComputeBackend {
   std::uint64_t weight_bytes_ = 0;
   std::mutex forward_mutex_;  // sessions of one model share the scratch buffers
   Scratch scratch_;
-  std::vector<std::int32_t> host_expert_ids_, host_source_rows_, host_slot_rows_;
+  MoeRunner<T> moe_;
 };
 
 template <typename T>
@@ -335,8 +216,7 @@ void CudaBackend<T>::reserve_kv(CudaSequence& s, std::int64_t positions) const {
 template <typename T>
 void CudaBackend<T>::reserve_scratch(std::int64_t rows) {
   if (rows <= scratch_.rows) return;
-  const std::int64_t H = config_.hidden_size, A = attention_width(), E = config_.num_experts;
-  const std::int64_t slots = rows * config_.experts_per_token, I = config_.expert_width;
+  const std::int64_t H = config_.hidden_size, A = attention_width();
   const std::string what = "activations of " + std::to_string(rows) + " tokens";
   Scratch s;
   s.rows = rows;
@@ -345,18 +225,9 @@ void CudaBackend<T>::reserve_scratch(std::int64_t rows) {
   s.qkv = device_array<T>(rows * 3 * A, what);
   s.o = device_array<T>(rows * A, what);
   s.gate = device_array<T>(rows * A, what);
-  s.router_in = device_array<float>(rows * H, what);
-  s.router_logits = device_array<float>(rows * E, what);
-  s.expert_ids = device_array<std::int32_t>(slots, what);
-  s.expert_weights = device_array<float>(slots, what);
-  s.source_rows = device_array<std::int32_t>(slots, what);
-  s.slot_rows = device_array<std::int32_t>(slots, what);
-  s.expert_in = device_array<T>(slots * H, what);
-  s.gate_up = device_array<T>(slots * 2 * I, what);
-  s.expert_act = device_array<T>(slots * I, what);
-  s.expert_out = device_array<T>(slots * H, what);
   s.hidden_f32 = device_array<float>(rows * H, what);
   s.logits = device_array<float>(rows * config_.vocab_size, what);
+  moe_.reserve(rows);
   scratch_ = std::move(s);
 }
 
@@ -459,53 +330,8 @@ void CudaBackend<T>::softmax_layer(CudaSequence& s, int l, std::int64_t rows, st
 template <typename T>
 void CudaBackend<T>::moe_layer(int l, std::int64_t rows) {
   const CudaLayer& layer = layers_[l];
-  const std::int64_t H = config_.hidden_size, I = config_.expert_width;
-  const int E = config_.num_experts, k = config_.experts_per_token;
-  const std::int64_t slots = rows * k;
-  const cudaStream_t stream = device_.stream();
-  Scratch& w = scratch_;
-
-  // The router in float32: near-ties between experts must break as in the reference.
-  cuda::to_float(w.b.as<T>(), rows * H, w.router_in.as<float>(), stream);
-  device_.linear(w.router_in.as<float>(), rows, H, layer.router.as<float>(), E, w.router_logits.as<float>());
-  cuda::route_top_k(w.router_logits.as<float>(), rows, E, k, w.expert_ids.as<std::int32_t>(),
-                    w.expert_weights.as<float>(), stream);
-
-  // Permutation: the GEMM sizes are needed on the host, so the ids come back here; the token
-  // rows are then grouped by expert (in row order within an expert).
-  host_expert_ids_.resize(static_cast<std::size_t>(slots));
-  device_.download(host_expert_ids_.data(), w.expert_ids.as<std::int32_t>(),
-                   host_expert_ids_.size() * sizeof(std::int32_t));
-  std::vector<std::int64_t> first_row(static_cast<std::size_t>(E) + 1, 0);
-  for (std::int32_t id : host_expert_ids_) ++first_row[static_cast<std::size_t>(id) + 1];
-  for (int e = 0; e < E; ++e) first_row[e + 1] += first_row[e];
-  std::vector<std::int64_t> next = first_row;
-  host_source_rows_.resize(static_cast<std::size_t>(slots));
-  host_slot_rows_.resize(static_cast<std::size_t>(slots));
-  for (std::int64_t slot = 0; slot < slots; ++slot) {
-    const std::int64_t row = next[host_expert_ids_[slot]]++;
-    host_source_rows_[row] = static_cast<std::int32_t>(slot / k);
-    host_slot_rows_[slot] = static_cast<std::int32_t>(row);
-  }
-  device_.upload(w.source_rows.as<std::int32_t>(), host_source_rows_.data(), host_source_rows_.size() * sizeof(std::int32_t));
-  device_.upload(w.slot_rows.as<std::int32_t>(), host_slot_rows_.data(), host_slot_rows_.size() * sizeof(std::int32_t));
-  cuda::gather_rows(w.b.as<T>(), w.source_rows.as<std::int32_t>(), slots, H, w.expert_in.as<T>(), stream);
-
-  for (int e = 0; e < E; ++e) {
-    const std::int64_t n = first_row[e + 1] - first_row[e];
-    device_.linear(w.expert_in.as<T>() + first_row[e] * H, n, H, layer.gate_up.as<T>() + e * 2 * I * H, 2 * I,
-                   w.gate_up.as<T>() + first_row[e] * 2 * I);
-  }
-  cuda::swiglu(w.gate_up.as<T>(), slots, I, w.expert_act.as<T>(), stream);
-  for (int e = 0; e < E; ++e) {
-    const std::int64_t n = first_row[e + 1] - first_row[e];
-    device_.linear(w.expert_act.as<T>() + first_row[e] * I, n, I, layer.down.as<T>() + e * H * I, H,
-                   w.expert_out.as<T>() + first_row[e] * H);
-  }
-  cuda::combine_experts(w.expert_out.as<T>(), w.slot_rows.as<std::int32_t>(), w.expert_weights.as<float>(), rows, k,
-                        H, w.moe.as<T>(), stream);
-  // The host permutation buffers are reused by the next layer: wait for the uploads.
-  device_.synchronize();
+  moe_.run({layer.router.as<float>(), layer.gate_up.as<T>(), layer.down.as<T>()}, scratch_.b.as<T>(), rows,
+           scratch_.moe.as<T>());
 }
 
 template <typename T>

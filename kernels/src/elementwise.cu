@@ -14,6 +14,23 @@ __global__ void convert_kernel(const In* in, std::int64_t n, Out* out) {
     store(out + i, load(in + i));
 }
 
+// splitmix64: a counter-based generator, so every element is independent of the launch shape.
+__device__ __forceinline__ std::uint64_t mix(std::uint64_t z) {
+  z += 0x9e3779b97f4a7c15ULL;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+template <typename T>
+__global__ void fill_uniform_kernel(T* out, std::int64_t n, std::uint64_t seed, float low, float high) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += std::int64_t{gridDim.x} * blockDim.x) {
+    const float unit = static_cast<float>(mix(seed ^ mix(static_cast<std::uint64_t>(i))) >> 40) * 0x1p-24f;
+    store(out + i, low + (high - low) * unit);
+  }
+}
+
 template <typename T>
 __global__ void embed_kernel(const T* table, const std::int32_t* tokens, std::int64_t width, T* out) {
   const T* src = table + std::int64_t{tokens[blockIdx.x]} * width;
@@ -115,6 +132,12 @@ void to_float(const T* in, std::int64_t n, float* out, cudaStream_t stream) {
 }
 
 template <typename T>
+void fill_uniform(T* out, std::int64_t n, std::uint64_t seed, float low, float high, cudaStream_t stream) {
+  fill_uniform_kernel<<<grid_for(n), kThreads, 0, stream>>>(out, n, seed, low, high);
+  check(cudaGetLastError(), "fill_uniform");
+}
+
+template <typename T>
 void embed_rows(const T* table, const std::int32_t* tokens, std::int64_t rows, std::int64_t width, T* out,
                 cudaStream_t stream) {
   if (rows == 0) return;
@@ -166,6 +189,7 @@ void rope(T* x, std::int64_t rows, int heads, int head_dim, int rotary_dim, floa
 #define LIGHTDESK_INSTANTIATE(T)                                                                                \
   template void from_float<T>(const float*, std::int64_t, T*, cudaStream_t);                                   \
   template void to_float<T>(const T*, std::int64_t, float*, cudaStream_t);                                     \
+  template void fill_uniform<T>(T*, std::int64_t, std::uint64_t, float, float, cudaStream_t);                  \
   template void embed_rows<T>(const T*, const std::int32_t*, std::int64_t, std::int64_t, T*, cudaStream_t);    \
   template void rms_norm<T>(const T*, std::int64_t, std::int64_t, const float*, float, T*, cudaStream_t);       \
   template void silu<T>(T*, std::int64_t, cudaStream_t);                                                        \

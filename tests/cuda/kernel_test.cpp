@@ -41,6 +41,24 @@ TYPED_TEST_SUITE(CudaKernelTest, ActivationTypes, ActivationName);
     EXPECT_LT(error, bound) << "relative error; seed " << this->random.seed(); \
   } while (false)
 
+TYPED_TEST(CudaKernelTest, FillUniform) {
+  const std::int64_t n = 100003;
+  DeviceArray<TypeParam> a(n), b(n);
+  a.poison();
+  b.poison();
+  cuda::fill_uniform(a.get(), n, 42, -2.0f, 3.0f, nullptr);
+  cuda::fill_uniform(b.get(), n, 42, -2.0f, 3.0f, nullptr);
+  const auto values = a.get_values();
+  EXPECT_EQ(values, b.get_values()) << "the same seed gives the same values";
+  double sum = 0.0;
+  for (float v : values) {
+    ASSERT_GE(v, -2.0f);
+    ASSERT_LE(v, 3.0f);
+    sum += v;
+  }
+  EXPECT_NEAR(sum / n, 0.5, 0.02);
+}
+
 TYPED_TEST(CudaKernelTest, RmsNorm) {
   for (auto [rows, width] : {std::pair<std::int64_t, std::int64_t>{1, 64}, {7, 100}, {33, 6144}, {3, 1000}}) {
     SCOPED_TRACE(std::to_string(rows) + "x" + std::to_string(width));

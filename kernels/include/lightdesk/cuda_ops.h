@@ -28,6 +28,11 @@ void from_float(const float* in, std::int64_t n, T* out, cudaStream_t stream);
 template <typename T>
 void to_float(const T* in, std::int64_t n, float* out, cudaStream_t stream);
 
+// out[i] = a uniform value in [low, high) hashed from (seed, i): random data made on the device
+// (benchmarks), the same for the same seed.
+template <typename T>
+void fill_uniform(T* out, std::int64_t n, std::uint64_t seed, float low, float high, cudaStream_t stream);
+
 // out[r] = table[tokens[r]] for rows of `width`.
 template <typename T>
 void embed_rows(const T* table, const std::int32_t* tokens, std::int64_t rows, std::int64_t width, T* out,
