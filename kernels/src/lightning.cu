@@ -11,13 +11,15 @@ constexpr int kBlockRows = 64;
 constexpr int kValueSlice = 32;
 
 struct PrefillShared {
-  // Offsets in floats into dynamic shared memory.
-  int q, k, v, state, scores, decay, total;
+  // Offsets in floats into dynamic shared memory. Q and K rows are padded by one float, so the
+  // score loop, where a warp reads K at 32 consecutive rows, hits 32 different banks.
+  int row_stride, q, k, v, state, scores, decay, total;
   __host__ __device__ explicit PrefillShared(int d)
-      : q(0),
-        k(kBlockRows * d),
-        v(2 * kBlockRows * d),
-        state(2 * kBlockRows * d + kBlockRows * kValueSlice),
+      : row_stride(d + 1),
+        q(0),
+        k(kBlockRows * row_stride),
+        v(2 * kBlockRows * row_stride),
+        state(v + kBlockRows * kValueSlice),
         scores(state + d * kValueSlice),
         decay(scores + kBlockRows * kBlockRows),
         total(decay + kBlockRows + 1) {}
@@ -31,8 +33,9 @@ __global__ void lightning_prefill_kernel(const T* qkv, std::int64_t rows, int he
                                          float* state, T* out) {
   extern __shared__ float shared[];
   const PrefillShared layout(d);
-  float* Q = shared + layout.q;         // [kBlockRows, d]
-  float* K = shared + layout.k;         // [kBlockRows, d]
+  const int ld = layout.row_stride;
+  float* Q = shared + layout.q;         // [kBlockRows, ld]
+  float* K = shared + layout.k;         // [kBlockRows, ld]
   float* V = shared + layout.v;         // [kBlockRows, kValueSlice]
   float* S = shared + layout.state;     // [d, kValueSlice]
   float* P = shared + layout.scores;    // [kBlockRows, kBlockRows]
@@ -57,8 +60,8 @@ __global__ void lightning_prefill_kernel(const T* qkv, std::int64_t rows, int he
     for (int idx = threadIdx.x; idx < m * d; idx += blockDim.x) {
       const int t = idx / d, i = idx % d;
       const T* row = qkv + (r0 + t) * qkv_stride + std::int64_t{h} * 3 * d;
-      Q[t * d + i] = load(row + i);
-      K[t * d + i] = load(row + d + i);
+      Q[t * ld + i] = load(row + i);
+      K[t * ld + i] = load(row + d + i);
     }
     for (int idx = threadIdx.x; idx < m * width; idx += blockDim.x) {
       const int t = idx / width, e = idx % width;
@@ -69,7 +72,7 @@ __global__ void lightning_prefill_kernel(const T* qkv, std::int64_t rows, int he
       const int t = idx / m, j = idx % m;
       float dot = 0.0f;
       if (j <= t) {
-        for (int i = 0; i < d; ++i) dot += Q[t * d + i] * K[j * d + i];
+        for (int i = 0; i < d; ++i) dot += Q[t * ld + i] * K[j * ld + i];
         dot *= decay[t - j];
       }
       P[t * kBlockRows + j] = dot;
@@ -78,7 +81,7 @@ __global__ void lightning_prefill_kernel(const T* qkv, std::int64_t rows, int he
     for (int idx = threadIdx.x; idx < m * width; idx += blockDim.x) {
       const int t = idx / width, e = idx % width;
       float inter = 0.0f;
-      for (int i = 0; i < d; ++i) inter += Q[t * d + i] * S[i * kValueSlice + e];
+      for (int i = 0; i < d; ++i) inter += Q[t * ld + i] * S[i * kValueSlice + e];
       float intra = 0.0f;
       for (int j = 0; j <= t; ++j) intra += P[t * kBlockRows + j] * V[j * kValueSlice + e];
       store(out + (r0 + t) * out_stride + std::int64_t{h} * d + e0 + e, inter * decay[t + 1] + intra);
@@ -87,7 +90,7 @@ __global__ void lightning_prefill_kernel(const T* qkv, std::int64_t rows, int he
     for (int idx = threadIdx.x; idx < d * width; idx += blockDim.x) {
       const int i = idx / width, e = idx % width;
       float acc = S[i * kValueSlice + e] * decay[m];
-      for (int t = 0; t < m; ++t) acc += K[t * d + i] * decay[m - 1 - t] * V[t * kValueSlice + e];
+      for (int t = 0; t < m; ++t) acc += K[t * ld + i] * decay[m - 1 - t] * V[t * kValueSlice + e];
       S[i * kValueSlice + e] = acc;
     }
   }
@@ -98,26 +101,40 @@ __global__ void lightning_prefill_kernel(const T* qkv, std::int64_t rows, int he
   }
 }
 
-// One block per head, one thread per value column e.
+// Grid (heads, column slices of 32). Within a block, each warp takes every kDecodeRowGroups-th
+// state row for the slice's 32 columns (one column per lane, coalesced); the warps' partial
+// outputs are summed at the end. Many short loops in flight rather than one long one per column.
+constexpr int kDecodeRowGroups = 8;
+
 template <typename T>
 __global__ void lightning_decode_kernel(const T* qkv, int d, const float* slopes, float* state, T* out) {
   __shared__ float qk[2 * kMaxHeadDim];
+  __shared__ float partial[kDecodeRowGroups][32];
   const int h = blockIdx.x;
+  const int lane = threadIdx.x % 32, group = threadIdx.x / 32;
+  const int e = blockIdx.y * 32 + lane;
   const T* row = qkv + std::int64_t{h} * 3 * d;
   for (int i = threadIdx.x; i < 2 * d; i += blockDim.x) qk[i] = load(row + i);
   __syncthreads();
-  const int e = threadIdx.x;
-  if (e >= d) return;
-  const float ratio = expf(-(slopes[h] * 1.0f));
-  const float v = load(row + 2 * d + e);
-  float* S = state + std::int64_t{h} * d * d;
   float acc = 0.0f;
-  for (int i = 0; i < d; ++i) {
-    const float s = ratio * S[i * d + e] + qk[d + i] * v;
-    S[i * d + e] = s;
-    acc += qk[i] * s;
+  if (e < d) {
+    const float ratio = expf(-(slopes[h] * 1.0f));
+    const float v = load(row + 2 * d + e);
+    float* S = state + std::int64_t{h} * d * d;
+#pragma unroll 4
+    for (int i = group; i < d; i += kDecodeRowGroups) {
+      const float s = ratio * S[i * d + e] + qk[d + i] * v;
+      S[i * d + e] = s;
+      acc += qk[i] * s;
+    }
   }
-  store(out + std::int64_t{h} * d + e, acc);
+  partial[group][lane] = acc;
+  __syncthreads();
+  if (group == 0 && e < d) {
+    float total = 0.0f;
+    for (int g = 0; g < kDecodeRowGroups; ++g) total += partial[g][lane];
+    store(out + std::int64_t{h} * d + e, total);
+  }
 }
 
 void check_head_dim(int head_dim, const char* what) {
@@ -146,8 +163,8 @@ template <typename T>
 void lightning_decode(const T* qkv, int heads, int head_dim, const float* slopes, float* state, T* out,
                       cudaStream_t stream) {
   check_head_dim(head_dim, "lightning_decode");
-  lightning_decode_kernel<<<static_cast<unsigned>(heads), kMaxHeadDim, 0, stream>>>(qkv, head_dim, slopes, state,
-                                                                                     out);
+  const dim3 grid(static_cast<unsigned>(heads), static_cast<unsigned>((head_dim + 31) / 32));
+  lightning_decode_kernel<<<grid, kDecodeRowGroups * 32, 0, stream>>>(qkv, head_dim, slopes, state, out);
   check(cudaGetLastError(), "lightning_decode");
 }
 
