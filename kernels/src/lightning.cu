@@ -25,73 +25,155 @@ struct PrefillShared {
         total(decay + kBlockRows + 1) {}
 };
 
+// The 256 threads form a 16 x 16 grid (tx, ty); each computes a register tile of every product,
+// rows ty + 16 a and columns tx + 16 b, so each value read from shared memory feeds several
+// FMAs and a warp's reads fall in distinct banks or are broadcasts.
+constexpr int kGrid = 16;
+static_assert(kGrid * kGrid == kThreads, "the prefill maps its threads on a 16 x 16 grid");
+constexpr int kRowTiles = kBlockRows / kGrid;         // 4: rows of a block per thread
+constexpr int kColumnTiles = kValueSlice / kGrid;     // 2: value columns per thread
+constexpr int kStateTiles = kMaxHeadDim / kGrid;      // 8: state rows per thread
+
 // Grid (heads, value slices). For each block of m rows, with decay λ = exp(-s):
 //   out_t = λ^(t+1) q_t S + Σ_{j≤t} λ^(t-j) (q_t·k_j) v_j
 //   S ← λ^m S + Σ_t λ^(m-1-t) k_tᵀ v_t
 template <typename T>
-__global__ void lightning_prefill_kernel(const T* qkv, std::int64_t rows, int heads, int d, const float* slopes,
-                                         float* state, T* out) {
+__global__ void __launch_bounds__(kThreads) lightning_prefill_kernel(const T* qkv, std::int64_t rows, int heads, int d,
+                                                                    const float* slopes, float* state, T* out) {
   extern __shared__ float shared[];
   const PrefillShared layout(d);
   const int ld = layout.row_stride;
-  float* Q = shared + layout.q;         // [kBlockRows, ld]
-  float* K = shared + layout.k;         // [kBlockRows, ld]
-  float* V = shared + layout.v;         // [kBlockRows, kValueSlice]
-  float* S = shared + layout.state;     // [d, kValueSlice]
-  float* P = shared + layout.scores;    // [kBlockRows, kBlockRows]
+  float* Q = shared + layout.q;          // [kBlockRows, ld]
+  float* K = shared + layout.k;          // [kBlockRows, ld]
+  float* V = shared + layout.v;          // [kBlockRows, kValueSlice]
+  float* S = shared + layout.state;      // [d, kValueSlice]
+  float* P = shared + layout.scores;     // [kBlockRows, kBlockRows]
   float* decay = shared + layout.decay;  // [kBlockRows + 1]
 
   const int h = blockIdx.x;
   const int e0 = blockIdx.y * kValueSlice;
   const int width = min(kValueSlice, d - e0);
+  const int tx = threadIdx.x % kGrid, ty = threadIdx.x / kGrid;
   const std::int64_t qkv_stride = std::int64_t{heads} * 3 * d;
   const std::int64_t out_stride = std::int64_t{heads} * d;
   float* state_h = state + std::int64_t{h} * d * d;
 
   for (int i = threadIdx.x; i <= kBlockRows; i += blockDim.x) decay[i] = expf(-(slopes[h] * static_cast<float>(i)));
-  for (int idx = threadIdx.x; idx < d * width; idx += blockDim.x) {
-    const int i = idx / width, e = idx % width;
-    S[i * kValueSlice + e] = state_h[i * d + e0 + e];
+  // Columns past `width` stay zero, so every tile computes on defined values.
+  for (int idx = threadIdx.x; idx < d * kValueSlice; idx += blockDim.x) {
+    const int i = idx / kValueSlice, e = idx % kValueSlice;
+    S[idx] = e < width ? state_h[i * d + e0 + e] : 0.0f;
   }
 
   for (std::int64_t r0 = 0; r0 < rows; r0 += kBlockRows) {
     const int m = static_cast<int>(min(std::int64_t{kBlockRows}, rows - r0));
-    __syncthreads();  // the previous block's readers are done with Q, K, V
-    for (int idx = threadIdx.x; idx < m * d; idx += blockDim.x) {
+    __syncthreads();  // the previous block's readers are done with Q, K, V, P
+    // Rows past m (the last, ragged block) are zero.
+    for (int idx = threadIdx.x; idx < kBlockRows * d; idx += blockDim.x) {
       const int t = idx / d, i = idx % d;
       const T* row = qkv + (r0 + t) * qkv_stride + std::int64_t{h} * 3 * d;
-      Q[t * ld + i] = load(row + i);
-      K[t * ld + i] = load(row + d + i);
+      Q[t * ld + i] = t < m ? load(row + i) : 0.0f;
+      K[t * ld + i] = t < m ? load(row + d + i) : 0.0f;
     }
-    for (int idx = threadIdx.x; idx < m * width; idx += blockDim.x) {
-      const int t = idx / width, e = idx % width;
-      V[t * kValueSlice + e] = load(qkv + (r0 + t) * qkv_stride + std::int64_t{h} * 3 * d + 2 * d + e0 + e);
+    for (int idx = threadIdx.x; idx < kBlockRows * kValueSlice; idx += blockDim.x) {
+      const int t = idx / kValueSlice, e = idx % kValueSlice;
+      V[idx] = t < m && e < width ? load(qkv + (r0 + t) * qkv_stride + std::int64_t{h} * 3 * d + 2 * d + e0 + e) : 0.0f;
     }
     __syncthreads();
-    for (int idx = threadIdx.x; idx < m * m; idx += blockDim.x) {
-      const int t = idx / m, j = idx % m;
-      float dot = 0.0f;
-      if (j <= t) {
-        for (int i = 0; i < d; ++i) dot += Q[t * ld + i] * K[j * ld + i];
-        dot *= decay[t - j];
+
+    // Scores P = causal, decayed Q Kᵀ.
+    {
+      float acc[kRowTiles][kRowTiles] = {};
+      for (int i = 0; i < d; ++i) {
+        float q[kRowTiles], k[kRowTiles];
+#pragma unroll
+        for (int a = 0; a < kRowTiles; ++a) {
+          q[a] = Q[(ty + kGrid * a) * ld + i];
+          k[a] = K[(tx + kGrid * a) * ld + i];
+        }
+#pragma unroll
+        for (int a = 0; a < kRowTiles; ++a)
+#pragma unroll
+          for (int b = 0; b < kRowTiles; ++b) acc[a][b] += q[a] * k[b];
       }
-      P[t * kBlockRows + j] = dot;
+#pragma unroll
+      for (int a = 0; a < kRowTiles; ++a)
+#pragma unroll
+        for (int b = 0; b < kRowTiles; ++b) {
+          const int t = ty + kGrid * a, j = tx + kGrid * b;
+          P[t * kBlockRows + j] = j <= t ? acc[a][b] * decay[t - j] : 0.0f;
+        }
     }
     __syncthreads();
-    for (int idx = threadIdx.x; idx < m * width; idx += blockDim.x) {
-      const int t = idx / width, e = idx % width;
-      float inter = 0.0f;
-      for (int i = 0; i < d; ++i) inter += Q[t * ld + i] * S[i * kValueSlice + e];
-      float intra = 0.0f;
-      for (int j = 0; j <= t; ++j) intra += P[t * kBlockRows + j] * V[j * kValueSlice + e];
-      store(out + (r0 + t) * out_stride + std::int64_t{h} * d + e0 + e, inter * decay[t + 1] + intra);
+
+    // Output: inter-block (Q S, decayed) plus intra-block (P V).
+    {
+      float inter[kRowTiles][kColumnTiles] = {}, intra[kRowTiles][kColumnTiles] = {};
+      for (int i = 0; i < d; ++i) {
+        float q[kRowTiles], sv[kColumnTiles];
+#pragma unroll
+        for (int a = 0; a < kRowTiles; ++a) q[a] = Q[(ty + kGrid * a) * ld + i];
+#pragma unroll
+        for (int c = 0; c < kColumnTiles; ++c) sv[c] = S[i * kValueSlice + tx + kGrid * c];
+#pragma unroll
+        for (int a = 0; a < kRowTiles; ++a)
+#pragma unroll
+          for (int c = 0; c < kColumnTiles; ++c) inter[a][c] += q[a] * sv[c];
+      }
+      for (int j = 0; j < m; ++j) {
+        float p[kRowTiles], v[kColumnTiles];
+#pragma unroll
+        for (int a = 0; a < kRowTiles; ++a) p[a] = P[(ty + kGrid * a) * kBlockRows + j];
+#pragma unroll
+        for (int c = 0; c < kColumnTiles; ++c) v[c] = V[j * kValueSlice + tx + kGrid * c];
+#pragma unroll
+        for (int a = 0; a < kRowTiles; ++a)
+#pragma unroll
+          for (int c = 0; c < kColumnTiles; ++c) intra[a][c] += p[a] * v[c];
+      }
+#pragma unroll
+      for (int a = 0; a < kRowTiles; ++a)
+#pragma unroll
+        for (int c = 0; c < kColumnTiles; ++c) {
+          const int t = ty + kGrid * a, e = tx + kGrid * c;
+          if (t < m && e < width)
+            store(out + (r0 + t) * out_stride + std::int64_t{h} * d + e0 + e, inter[a][c] * decay[t + 1] + intra[a][c]);
+        }
     }
     __syncthreads();
-    for (int idx = threadIdx.x; idx < d * width; idx += blockDim.x) {
-      const int i = idx / width, e = idx % width;
-      float acc = S[i * kValueSlice + e] * decay[m];
-      for (int t = 0; t < m; ++t) acc += K[t * ld + i] * decay[m - 1 - t] * V[t * kValueSlice + e];
-      S[i * kValueSlice + e] = acc;
+
+    // State: S ← λ^m S + Σ_t λ^(m-1-t) k_tᵀ v_t, each thread on its own tile.
+    {
+      float acc[kStateTiles][kColumnTiles];
+#pragma unroll
+      for (int a = 0; a < kStateTiles; ++a)
+#pragma unroll
+        for (int c = 0; c < kColumnTiles; ++c) {
+          const int i = ty + kGrid * a;
+          acc[a][c] = i < d ? S[i * kValueSlice + tx + kGrid * c] * decay[m] : 0.0f;
+        }
+      for (int t = 0; t < m; ++t) {
+        const float weight = decay[m - 1 - t];
+        float k[kStateTiles], v[kColumnTiles];
+#pragma unroll
+        for (int a = 0; a < kStateTiles; ++a) {
+          const int i = ty + kGrid * a;
+          k[a] = i < d ? K[t * ld + i] * weight : 0.0f;
+        }
+#pragma unroll
+        for (int c = 0; c < kColumnTiles; ++c) v[c] = V[t * kValueSlice + tx + kGrid * c];
+#pragma unroll
+        for (int a = 0; a < kStateTiles; ++a)
+#pragma unroll
+          for (int c = 0; c < kColumnTiles; ++c) acc[a][c] += k[a] * v[c];
+      }
+#pragma unroll
+      for (int a = 0; a < kStateTiles; ++a)
+#pragma unroll
+        for (int c = 0; c < kColumnTiles; ++c) {
+          const int i = ty + kGrid * a;
+          if (i < d) S[i * kValueSlice + tx + kGrid * c] = acc[a][c];
+        }
     }
   }
   __syncthreads();
