@@ -20,6 +20,7 @@ constexpr const char* kUsage = R"(usage:
                          [--greedy | --temperature T --top-p P --top-k N --seed S]
 common options: --backend cpu|cuda|auto  --threads N  --chunk N (prefill tokens per pass)
                 --rope-full-head (rotate whole heads, as native transformers <= 5.17 does)
+                --cuda-float32 (CUDA backend in float32 instead of bf16, for checking)
                 --stats (timings on standard error)
 )";
 
@@ -141,6 +142,7 @@ Common take_common(Args& args) {
   if (auto t = args.take_optional_int("threads", 0)) c.options.threads = static_cast<int>(*t);
   if (auto n = args.take_optional_int("chunk", 1)) c.chunk = *n;
   c.options.rope_full_head = args.take_flag("rope-full-head");
+  c.options.cuda_float32 = args.take_flag("cuda-float32");
   c.stats = args.take_flag("stats");
   return c;
 }
