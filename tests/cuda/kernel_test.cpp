@@ -209,7 +209,9 @@ struct AttentionShape {
 TYPED_TEST(CudaKernelTest, SoftmaxAttention) {
   for (const AttentionShape& s : {AttentionShape{1, 0, 4, 2, 16}, AttentionShape{1, 700, 8, 2, 128},
                                   AttentionShape{37, 0, 4, 2, 16}, AttentionShape{65, 100, 8, 8, 64},
-                                  AttentionShape{20, 3, 6, 2, 100}}) {
+                                  AttentionShape{20, 3, 6, 2, 100},
+                                  // Keys split over several thread blocks, the last split ragged.
+                                  AttentionShape{1, 5000, 4, 2, 64}, AttentionShape{3, 3000, 4, 1, 16}}) {
     SCOPED_TRACE(std::to_string(s.rows) + " rows after " + std::to_string(s.first_position));
     const std::int64_t positions = s.first_position + s.rows;
     DeviceArray<TypeParam> q(s.rows * s.heads * s.head_dim), out(q.size());
