@@ -5,7 +5,9 @@ set -euo pipefail
 packages=(
   build-essential cmake ccache pkg-config
   nlohmann-json3-dev libopenblas-dev
+  libopencv-core-dev libopencv-imgcodecs-dev libopencv-imgproc-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libpcre2-dev libicu-dev libpoppler-cpp-dev
 )
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

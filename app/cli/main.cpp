@@ -2,6 +2,7 @@
 // README.md); keep them stable.
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <optional>
@@ -10,14 +11,23 @@
 #include <vector>
 
 #include "lightdesk/engine.h"
+#include "lightdesk/text.h"
+#include "lightdesk/vision.h"
 
 namespace {
 
 constexpr const char* kUsage = R"(usage:
   lightdesk-cli info     --model DIR [--tokens N] [--backend cpu|cuda|auto]
   lightdesk-cli logits   --model DIR --ids 5,17,42 --out FILE.safetensors [--decode-from N]
-  lightdesk-cli generate --model DIR --ids 5,17,42 --max-new-tokens K
+  lightdesk-cli generate --model DIR (--ids 5,17,42 | --prompt TEXT) --max-new-tokens K
                          [--greedy | --temperature T --top-p P --top-k N --seed S]
+  lightdesk-cli tokenize   --model DIR --file F
+  lightdesk-cli detokenize --model DIR --ids 5,17,42
+  lightdesk-cli ask      --model DIR --document FILE [--document FILE...] --question TEXT
+                         [--max-new-tokens K] [--greedy | sampling options as for generate]
+  lightdesk-cli image-features --model DIR --image FILE --out FILE.safetensors
+                         (MiniMax-VL-01: float32 pixel_values [tiles, 3, 336, 336] thumbnail
+                         first, int64 grid [rows, columns], float32 features [tokens, hidden])
 common options: --backend cpu|cuda|auto  --threads N  --chunk N (prefill tokens per pass)
                 --rope-full-head (rotate whole heads, as native transformers <= 5.17 does)
                 --cuda-float32 (CUDA backend in float32 instead of bf16, for checking)
@@ -37,11 +47,11 @@ class Args {
       if (key.rfind("--", 0) != 0) throw UsageError("unexpected argument \"" + key + "\"");
       key = key.substr(2);
       if (key == "greedy" || key == "rope-full-head" || key == "stats") {
-        flags_[key] = "";
+        flags_.emplace(key, "");
         continue;
       }
       if (i + 1 >= argc) throw UsageError("--" + key + " needs a value");
-      flags_[key] = argv[++i];
+      flags_.emplace(key, argv[++i]);
     }
   }
 
@@ -50,9 +60,18 @@ class Args {
   std::string take(const std::string& key) {
     auto it = flags_.find(key);
     if (it == flags_.end()) throw UsageError("missing --" + key);
+    if (flags_.count(key) > 1) throw UsageError("--" + key + " is given more than once");
     std::string v = it->second;
     flags_.erase(it);
     return v;
+  }
+  // All values of an option that may be repeated, in command-line order.
+  std::vector<std::string> take_all(const std::string& key) {
+    std::vector<std::string> values;
+    const auto [first, last] = flags_.equal_range(key);
+    for (auto it = first; it != last; ++it) values.push_back(it->second);
+    flags_.erase(key);
+    return values;
   }
   std::optional<std::string> take_optional(const std::string& key) {
     if (!has(key)) return std::nullopt;
@@ -94,7 +113,7 @@ class Args {
     }
     throw UsageError("--" + key + " needs an integer >= " + std::to_string(min_value) + ", got \"" + text + "\"");
   }
-  std::map<std::string, std::string> flags_;
+  std::multimap<std::string, std::string> flags_;
 };
 
 std::vector<lightdesk::TokenId> parse_ids(const std::string& text) {
@@ -160,7 +179,7 @@ int cmd_info(Args& args) {
   std::string softmax_at;
   for (int l = 0; l < info.num_layers; ++l)
     if (info.layer_kinds[l] == lightdesk::LayerKind::Softmax)
-      softmax_at += (softmax_at.empty() ? "" : ",") + std::to_string(l);
+      softmax_at.append(softmax_at.empty() ? "" : ",").append(std::to_string(l));
   std::printf("model: %s\n", info.directory.string().c_str());
   std::printf("type: %s (%s)\n", info.model_type.c_str(), info.architecture.c_str());
   std::printf("layers: %d (%d lightning, %d softmax at %s)\n", info.num_layers, info.num_lightning_layers(),
@@ -215,16 +234,17 @@ int cmd_logits(Args& args) {
   return 0;
 }
 
-int cmd_generate(Args& args) {
-  Common c = take_common(args);
-  const auto ids = parse_ids(args.take("ids"));
-  const long long max_new = args.take_int("max-new-tokens", 0);
+struct Sampling {
+  lightdesk::SamplingParams params;  // greedy unless a sampling flag is given
+  std::uint64_t seed = 0;
+};
+
+Sampling take_sampling(Args& args) {
   const bool greedy = args.take_flag("greedy");
   const auto temperature = args.take_optional_number("temperature");
   const auto top_p = args.take_optional_number("top-p");
   const auto top_k = args.take_optional_int("top-k", 0);
   const auto seed = args.take_optional_int("seed", 0);
-  args.check_all_used();
   const bool sampling = temperature || top_p || top_k;
   if (greedy && (sampling || seed)) throw UsageError("--greedy excludes --temperature, --top-p, --top-k and --seed");
   lightdesk::SamplingParams params;
@@ -235,10 +255,55 @@ int cmd_generate(Args& args) {
     if (!(params.temperature > 0.0f)) throw UsageError("--temperature must be greater than 0 (use --greedy)");
     if (!(params.top_p > 0.0f && params.top_p <= 1.0f)) throw UsageError("--top-p must be within (0, 1]");
   }
+  return {params, static_cast<std::uint64_t>(seed.value_or(0))};
+}
+
+// Prefill progress on standard error, one line rewritten in place: tokens done, speed, time left.
+std::function<bool(const lightdesk::FeedProgress&)> progress_line() {
+  return [](const lightdesk::FeedProgress& p) {
+    const double rate = p.seconds > 0 ? static_cast<double>(p.tokens_done) / p.seconds : 0.0;
+    const double left = rate > 0 ? static_cast<double>(p.tokens_total - p.tokens_done) / rate : 0.0;
+    std::fprintf(stderr, "\rprefill %lld/%lld tokens, %.0f tokens/s, %.1f s left ", static_cast<long long>(p.tokens_done),
+                 static_cast<long long>(p.tokens_total), rate, left);
+    if (p.tokens_done == p.tokens_total) std::fputc('\n', stderr);
+    return true;
+  };
+}
+
+// generate --prompt: raw text in (no chat template), text out, stopping at the end-of-turn token.
+int generate_from_prompt(const Common& c, const std::string& prompt, long long max_new, const Sampling& sampling) {
+  const auto tokenizer = lightdesk::Tokenizer::open(c.model_dir);
+  const auto ids = tokenizer->encode(prompt);
+  if (ids.empty()) throw UsageError("--prompt is empty");
+  auto model = lightdesk::Model::open(c.model_dir, c.options);
+  auto session = model->create_session();
+  session->set_seed(sampling.seed);
+  lightdesk::GenerationOptions options;
+  options.max_new_tokens = max_new;
+  options.sampling = sampling.params;
+  options.stop_token = model->info().eos_token_id;
+  options.prefill.chunk_tokens = c.chunk;
+  lightdesk::generate_text(*session, *tokenizer, ids, options, [](std::string_view text) {
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::fflush(stdout);
+  });
+  std::printf("\n");
+  return 0;
+}
+
+int cmd_generate(Args& args) {
+  Common c = take_common(args);
+  const auto prompt = args.take_optional("prompt");
+  const auto ids = prompt ? std::vector<lightdesk::TokenId>{} : parse_ids(args.take("ids"));
+  const long long max_new = args.take_int("max-new-tokens", 0);
+  const Sampling sampling = take_sampling(args);
+  args.check_all_used();
+  if (prompt) return generate_from_prompt(c, *prompt, max_new, sampling);
+  const lightdesk::SamplingParams& params = sampling.params;
 
   auto model = lightdesk::Model::open(c.model_dir, c.options);
   auto session = model->create_session();
-  session->set_seed(static_cast<std::uint64_t>(seed.value_or(0)));
+  session->set_seed(sampling.seed);
   lightdesk::FeedOptions prefill_options;
   prefill_options.chunk_tokens = c.chunk;
   const auto start = std::chrono::steady_clock::now();
@@ -247,7 +312,7 @@ int cmd_generate(Args& args) {
   std::string line;
   for (long long i = 0; i < max_new; ++i) {
     const lightdesk::TokenId next = session->sample(params);
-    line += (i ? "," : "") + std::to_string(next);
+    line.append(i ? "," : "").append(std::to_string(next));
     if (i + 1 < max_new) session->feed(std::span(&next, 1));
   }
   std::printf("%s\n", line.c_str());
@@ -257,6 +322,101 @@ int cmd_generate(Args& args) {
                  ids.size(), prefill_seconds, max_new, decode_seconds,
                  max_new > 1 ? 1000.0 * decode_seconds / static_cast<double>(max_new - 1) : 0.0);
   }
+  return 0;
+}
+
+int cmd_image_features(Args& args) {
+  const std::string model_dir = args.take("model");
+  const std::string image_path = args.take("image");
+  const std::string out = args.take("out");
+  const auto threads = args.take_optional_int("threads", 0);
+  const bool stats = args.take_flag("stats");
+  args.check_all_used();
+  const auto start = std::chrono::steady_clock::now();
+  auto model = lightdesk::vision::VisionModel::open(model_dir, threads ? static_cast<int>(*threads) : 0);
+  const lightdesk::vision::PreparedImage image = lightdesk::vision::prepare_image(
+      lightdesk::vision::decode_image_file(image_path), model->config().anyres);
+  const double prepare_seconds = seconds_since(start);
+  const std::vector<float> features = model->image_embeddings(image);
+  if (stats)
+    std::fprintf(stderr, "%dx%d image, %dx%d grid, %lld tokens: prepared in %.3f s, features in %.3f s\n",
+                 image.width, image.height, image.grid_rows, image.grid_columns,
+                 static_cast<long long>(image.token_count), prepare_seconds, seconds_since(start) - prepare_seconds);
+  const std::int64_t tile = model->config().image_size;
+  const std::vector<std::int64_t> grid{image.grid_rows, image.grid_columns};
+  lightdesk::write_safetensors(
+      out, {{"pixel_values", {static_cast<std::int64_t>(image.tiles.size()), 3, tile, tile}, image.pixel_values, {}},
+            {"grid", {2}, {}, grid},
+            {"features", {image.token_count, model->config().text_hidden_size}, features, {}}});
+  return 0;
+}
+
+int cmd_tokenize(Args& args) {
+  const std::string model_dir = args.take("model");
+  const std::string file = args.take("file");
+  args.check_all_used();
+  const auto tokenizer = lightdesk::Tokenizer::open(model_dir);
+  const auto ids = tokenizer->encode(lightdesk::load_document(file).text);
+  std::string line;
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    if (i) line += ',';
+    line += std::to_string(ids[i]);
+  }
+  std::printf("%s\n", line.c_str());
+  return 0;
+}
+
+int cmd_detokenize(Args& args) {
+  const std::string model_dir = args.take("model");
+  const auto ids = parse_ids(args.take("ids"));
+  args.check_all_used();
+  const std::string text = lightdesk::Tokenizer::open(model_dir)->decode(ids);
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  std::printf("\n");
+  return 0;
+}
+
+// ask: the documents and the question as one user turn in the model's chat format, then the
+// answer (reasoning left out) on standard output.
+int cmd_ask(Args& args) {
+  Common c = take_common(args);
+  const auto document_files = args.take_all("document");
+  const std::string question = args.take("question");
+  const long long max_new = args.take_optional_int("max-new-tokens", 1).value_or(512);
+  const Sampling sampling = take_sampling(args);
+  args.check_all_used();
+  if (document_files.empty()) throw UsageError("missing --document");
+
+  const auto tokenizer = lightdesk::Tokenizer::open(c.model_dir);
+  const auto format = lightdesk::ChatFormat::for_model(c.model_dir, *tokenizer);
+  std::vector<lightdesk::Document> documents;
+  for (const auto& file : document_files) documents.push_back(lightdesk::load_document(file));
+  const auto start = std::chrono::steady_clock::now();
+  const auto prompt = format.render(lightdesk::document_question(documents, question)).encode(*tokenizer, c.options.threads);
+  if (c.stats)
+    std::fprintf(stderr, "tokenized %zu prompt tokens in %.3f s\n", prompt.size(), seconds_since(start));
+
+  auto model = lightdesk::Model::open(c.model_dir, c.options);
+  auto session = model->create_session();
+  session->set_seed(sampling.seed);
+  lightdesk::GenerationOptions options;
+  options.max_new_tokens = max_new;
+  options.sampling = sampling.params;
+  options.stop_token = format.end_of_turn();
+  options.prefill.chunk_tokens = c.chunk;
+  options.prefill.progress = progress_line();
+  lightdesk::ChatOutputParser parser(format.family());
+  auto print = [](const std::string& text) {
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::fflush(stdout);
+  };
+  const auto generated = lightdesk::generate_text(*session, *tokenizer, prompt, options,
+                                                  [&](std::string_view text) { print(parser.feed(text).answer); });
+  print(parser.finish().answer);
+  std::printf("\n");
+  for (const auto& call : parser.tool_calls())
+    std::fprintf(stderr, "tool call: %s %s\n", call.name.c_str(), call.arguments.c_str());
+  if (c.stats) std::fprintf(stderr, "%zu tokens generated\n", generated.size());
   return 0;
 }
 
@@ -273,6 +433,10 @@ int main(int argc, char** argv) {
     if (verb == "info") return cmd_info(args);
     if (verb == "logits") return cmd_logits(args);
     if (verb == "generate") return cmd_generate(args);
+    if (verb == "tokenize") return cmd_tokenize(args);
+    if (verb == "detokenize") return cmd_detokenize(args);
+    if (verb == "ask") return cmd_ask(args);
+    if (verb == "image-features") return cmd_image_features(args);
     throw UsageError("unknown command \"" + verb + "\"");
   } catch (const UsageError& e) {
     std::fprintf(stderr, "lightdesk-cli: %s (see lightdesk-cli --help)\n", e.what());

@@ -27,6 +27,9 @@ struct ForwardRequest {
   bool all_logits = false;
   float* logits = nullptr;  // [all_logits ? tokens.size() : 1, vocab] float32, host memory
   const std::function<void(int, std::span<const float>, std::int64_t)>* hidden_states = nullptr;
+  // Empty, or per token a row of hidden_size floats to use instead of its embedding (nullptr:
+  // the embedding). See FeedOptions::embedding_overrides.
+  std::span<const float* const> embedding_overrides;
 };
 
 class ComputeBackend {

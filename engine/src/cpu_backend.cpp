@@ -129,8 +129,10 @@ void CpuBackend::forward(SequenceState& state, const ForwardRequest& req) {
     if (req.hidden_states && *req.hidden_states) (*req.hidden_states)(index, h, T);
   };
 
-  for (std::int64_t t = 0; t < T; ++t)
-    std::copy_n(weights_.embed.data() + std::int64_t{req.tokens[t]} * H, H, x.data() + t * H);
+  for (std::int64_t t = 0; t < T; ++t) {
+    const float* row = req.embedding_overrides.empty() ? nullptr : req.embedding_overrides[static_cast<std::size_t>(t)];
+    std::copy_n(row ? row : weights_.embed.data() + std::int64_t{req.tokens[t]} * H, H, x.data() + t * H);
+  }
   report(0, x);
 
   for (int l = 0; l < config_.num_layers; ++l) {

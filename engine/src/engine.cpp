@@ -39,10 +39,10 @@ std::vector<BackendKind> available_backends() {
   return {BackendKind::Cpu};
 }
 
-int ModelInfo::num_lightning_layers() const {
+int ModelShape::num_lightning_layers() const {
   return static_cast<int>(std::count(layer_kinds.begin(), layer_kinds.end(), LayerKind::Lightning));
 }
-int ModelInfo::num_softmax_layers() const { return num_layers - num_lightning_layers(); }
+int ModelShape::num_softmax_layers() const { return num_layers - num_lightning_layers(); }
 std::uint64_t ModelInfo::session_bytes(std::int64_t tokens) const {
   return lightning_state_bytes + static_cast<std::uint64_t>(std::max<std::int64_t>(tokens, 0)) * kv_bytes_per_token;
 }
@@ -95,23 +95,9 @@ std::string read_text(const std::filesystem::path& path) {
 ModelInfo describe(const std::filesystem::path& directory, const ModelConfig& c, const Checkpoint& checkpoint,
                    const WeightMap& map, BackendKind backend) {
   ModelInfo info;
+  static_cast<ModelShape&>(info) = c;
   info.directory = directory;
-  info.model_type = c.model_type;
-  info.architecture = c.architecture;
   info.backend = backend;
-  info.vocab_size = c.vocab_size;
-  info.hidden_size = c.hidden_size;
-  info.num_layers = c.num_layers;
-  info.layer_kinds = c.layer_kinds;
-  info.num_heads = c.num_heads;
-  info.num_kv_heads = c.num_kv_heads;
-  info.head_dim = c.head_dim;
-  info.rotary_dim = c.rotary_dim;
-  info.num_experts = c.num_experts;
-  info.experts_per_token = c.experts_per_token;
-  info.expert_width = c.expert_width;
-  info.max_context = c.max_context;
-  info.eos_token_id = c.eos_token_id;
   info.parameter_count = map.parameter_count();
   info.bytes_per_dtype = map.bytes_per_dtype();
   info.weight_bytes = map.parameter_count() * sizeof(float);
@@ -219,6 +205,9 @@ void Session::feed(std::span<const TokenId> tokens, const FeedOptions& options) 
   s.check_tokens(tokens);
   if (options.chunk_tokens <= 0) throw Error("chunk_tokens must be positive");
   const auto total = static_cast<std::int64_t>(tokens.size());
+  if (!options.embedding_overrides.empty() && options.embedding_overrides.size() != tokens.size())
+    throw Error("embedding_overrides has " + std::to_string(options.embedding_overrides.size()) +
+                " entries for " + std::to_string(total) + " tokens");
   if (total == 0) return;
   const std::int64_t V = s.info->vocab_size;
   const auto start = std::chrono::steady_clock::now();
@@ -234,6 +223,9 @@ void Session::feed(std::span<const TokenId> tokens, const FeedOptions& options) 
     request.all_logits = options.all_logits;
     request.logits = chunk_logits.data();
     request.hidden_states = &options.hidden_states;
+    if (!options.embedding_overrides.empty())
+      request.embedding_overrides =
+          options.embedding_overrides.subspan(static_cast<std::size_t>(done), static_cast<std::size_t>(n));
     s.backend->forward(*s.sequence, request);
     s.tokens.insert(s.tokens.end(), request.tokens.begin(), request.tokens.end());
     if (options.all_logits) {

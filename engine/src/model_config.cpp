@@ -84,6 +84,8 @@ ResidualFactors read_factors(const ConfigReader& r, CheckpointLayout layout, con
   return f;
 }
 
+ModelConfig parse_text_config(const json& root, const std::string& source, bool rope_full_head);
+
 }  // namespace
 
 ModelConfig parse_model_config(const std::string& json_text, const std::string& source, bool rope_full_head) {
@@ -94,6 +96,27 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
     throw Error(source + ": malformed JSON: " + e.what());
   }
   if (!root.is_object()) throw Error(source + ": malformed config: the top level is not an object");
+  if (root.value("model_type", json()) != "minimax_vl_01") return parse_text_config(root, source, rope_full_head);
+
+  // MiniMax-VL-01: the language model is the text_config (Text-01 fields), its weights under
+  // "language_model.".
+  if (!root.contains("text_config") || !root.at("text_config").is_object())
+    throw Error(source + ": model_type minimax_vl_01 needs a \"text_config\" object");
+  json text = root.at("text_config");
+  if (!text.contains("model_type") || text.at("model_type").is_null()) text["model_type"] = "minimax_text_01";
+  ModelConfig c = parse_text_config(text, source + " text_config", rope_full_head);
+  c.model_type = "minimax_vl_01";
+  const json& a = root.value("architectures", json::array());
+  c.architecture = a.is_array() && !a.empty() && a.at(0).is_string() ? a.at(0).get<std::string>() : "";
+  c.weight_prefix = "language_model.";
+  if (!c.eos_token_id && root.contains("eos_token_id") && root.at("eos_token_id").is_number_integer())
+    c.eos_token_id = root.at("eos_token_id").get<TokenId>();
+  return c;
+}
+
+namespace {
+
+ModelConfig parse_text_config(const json& root, const std::string& source, bool rope_full_head) {
   ConfigReader r(root, source);
   ModelConfig c;
 
@@ -181,6 +204,8 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   }
   return c;
 }
+
+}  // namespace
 
 ModelConfig load_model_config(const std::filesystem::path& directory, bool rope_full_head) {
   const std::filesystem::path path = directory / "config.json";

@@ -22,27 +22,16 @@ struct ResidualFactors {
   float beta = 1.0f;   // multiplies the sublayer output
 };
 
-struct ModelConfig {
+// ModelShape (the public part) plus what only the backends need.
+struct ModelConfig : ModelShape {
   CheckpointLayout layout = CheckpointLayout::Original;
-  std::string model_type;
-  std::string architecture;
-  int vocab_size = 0;
-  int hidden_size = 0;
-  int num_layers = 0;
-  std::vector<LayerKind> layer_kinds;
-  int num_heads = 0;
-  int num_kv_heads = 0;
-  int head_dim = 0;
-  int rotary_dim = 0;
   float rope_theta = 10000.0f;
-  int num_experts = 0;
-  int experts_per_token = 0;
-  int expert_width = 0;
   float rms_norm_eps = 1e-5f;
   ResidualFactors linear_attention, full_attention, mlp;
-  std::int64_t max_context = 0;
-  std::optional<TokenId> eos_token_id;
   bool tie_word_embeddings = false;
+  // Prepended to every text tensor name: "language_model." in a MiniMax-VL-01 checkpoint, whose
+  // text model is read from config.json's text_config (the vision weights are left to vision/).
+  std::string weight_prefix;
 
   // The lightning output norm's eps: the released code builds it without an argument.
   static constexpr float kLightningNormEps = 1e-6f;

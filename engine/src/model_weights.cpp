@@ -26,7 +26,7 @@ namespace {
 
 std::string shape_text(const std::vector<std::int64_t>& shape) {
   std::string s = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  for (std::size_t i = 0; i < shape.size(); ++i) s.append(i ? ", " : "").append(std::to_string(shape[i]));
   return s + "]";
 }
 
@@ -40,17 +40,18 @@ bool is_ignored_buffer(const std::string& name) {
 
 class Resolver {
  public:
-  explicit Resolver(const Checkpoint& checkpoint) : checkpoint_(checkpoint) {}
+  // `prefix` is prepended to every name; tensors outside it belong to another model part.
+  Resolver(const Checkpoint& checkpoint, std::string prefix) : checkpoint_(checkpoint), prefix_(std::move(prefix)) {}
 
   const TensorView* find(const std::string& name) {
-    const TensorView* t = checkpoint_.find(name);
-    if (t) used_.insert(name);
+    const TensorView* t = checkpoint_.find(prefix_ + name);
+    if (t) used_.insert(prefix_ + name);
     return t;
   }
 
   const TensorView& require(const std::string& name, const std::vector<std::int64_t>& shape) {
     const TensorView* t = find(name);
-    if (!t) throw Error("checkpoint: missing tensor \"" + name + "\"");
+    if (!t) throw Error("checkpoint: missing tensor \"" + prefix_ + name + "\"");
     check_shape(*t, shape);
     return *t;
   }
@@ -64,19 +65,20 @@ class Resolver {
 
   void check_all_used() const {
     for (const auto& [name, t] : checkpoint_.tensors())
-      if (!used_.count(name) && !is_ignored_buffer(name))
+      if (!used_.count(name) && !is_ignored_buffer(name) && name.compare(0, prefix_.size(), prefix_) == 0)
         throw Error(t->file + ": unexpected tensor \"" + name + "\" (does config.json match this checkpoint?)");
   }
 
  private:
   const Checkpoint& checkpoint_;
+  const std::string prefix_;
   std::set<std::string> used_;
 };
 
 }  // namespace
 
 WeightMap::WeightMap(const ModelConfig& c, const Checkpoint& checkpoint) {
-  Resolver r(checkpoint);
+  Resolver r(checkpoint, c.weight_prefix);
   const std::int64_t H = c.hidden_size, V = c.vocab_size, A = std::int64_t{c.num_heads} * c.head_dim,
                      KV = std::int64_t{c.num_kv_heads} * c.head_dim, I = c.expert_width, E = c.num_experts;
   auto add = [&](const std::string& key, const TensorView& view, std::int64_t offset, std::int64_t numel) {

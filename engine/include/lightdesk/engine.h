@@ -62,12 +62,10 @@ struct ModelOptions {
 
 enum class LayerKind { Lightning, Softmax };
 
-struct ModelInfo {
-  std::filesystem::path directory;
+// The model's architecture as its config.json describes it.
+struct ModelShape {
   std::string model_type;    // as config.json names it
   std::string architecture;  // first entry of "architectures"
-  BackendKind backend = BackendKind::Cpu;
-
   int vocab_size = 0;
   int hidden_size = 0;
   int num_layers = 0;
@@ -82,6 +80,14 @@ struct ModelInfo {
   std::int64_t max_context = 0;
   std::optional<TokenId> eos_token_id;
 
+  int num_lightning_layers() const;
+  int num_softmax_layers() const;
+};
+
+struct ModelInfo : ModelShape {
+  std::filesystem::path directory;
+  BackendKind backend = BackendKind::Cpu;
+
   std::uint64_t parameter_count = 0;
   // Bytes of the checkpoint's tensors by their dtype on disk ("F32", "BF16", "F16").
   std::map<std::string, std::uint64_t> bytes_per_dtype;
@@ -95,8 +101,6 @@ struct ModelInfo {
   // session state belongs to without reading the weights.
   std::string fingerprint;
 
-  int num_lightning_layers() const;
-  int num_softmax_layers() const;
   // State memory of one session holding `tokens` positions.
   std::uint64_t session_bytes(std::int64_t tokens) const;
 };
@@ -130,6 +134,10 @@ struct FeedOptions {
   // hidden_size row-major. index 0 is the embedding output, i (1..num_layers) the output of
   // layer i-1, num_layers+1 the final normed state that goes into the LM head.
   std::function<void(int index, std::span<const float> hidden, std::int64_t rows)> hidden_states;
+  // Multimodal input (image features in place of "<image>" placeholders): empty, or one entry
+  // per fed token, each either nullptr (the token's own embedding row) or hidden_size floats
+  // that replace that row. The pointed-to rows must stay valid during the call.
+  std::span<const float* const> embedding_overrides;
 };
 
 // One piece of an exported session state. A state is a stream of parts: first one

@@ -1,0 +1,224 @@
+// Lightdesk text: tokenizers, the MiniMax conversation formats and document loading. Part of the
+// engine's public API beside engine.h (library lightdesk_text); no Qt, no network.
+//
+// The rule that runs through it: text from users and documents never becomes a special token.
+// Tokenizer::encode treats special-token strings in its input as plain text; only the chat
+// renderer produces special ids, through ChatPrompt's special pieces.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "lightdesk/engine.h"
+
+namespace lightdesk {
+
+// ---- UTF-8 ----
+
+// `bytes` with every invalid UTF-8 sequence replaced by U+FFFD (one per maximal invalid
+// subpart, as Python's and Rust's lossy decoders do).
+std::string sanitize_utf8(std::string_view bytes);
+
+// ---- Tokenizer ----
+
+class Tokenizer {
+ public:
+  // Reads the tokenizer of a model directory: tokenizer.json (Hugging Face byte-level BPE).
+  // Throws Error naming the file and field when it is missing or of a kind not supported.
+  static std::unique_ptr<Tokenizer> open(const std::filesystem::path& model_directory);
+
+  virtual ~Tokenizer() = default;
+
+  // Ids of user or document text. Special-token strings in it stay text (Hugging Face's
+  // encode_special_tokens = true); invalid UTF-8 is read as U+FFFD. Large texts are split at
+  // pre-tokenizer boundaries and encoded on `threads` threads (0 = all hardware threads); the
+  // ids are the same whatever the thread count.
+  virtual std::vector<TokenId> encode(std::string_view text, int threads = 0) const = 0;
+  // Ids of trusted text (what the chat renderer writes): special-token strings become their ids.
+  virtual std::vector<TokenId> encode_with_special(std::string_view text) const = 0;
+
+  // The bytes a token stands for (possibly part of a UTF-8 character). Throws Error for an id
+  // outside the vocabulary.
+  virtual std::string token_bytes(TokenId id) const = 0;
+  // Id of an added (special) token given its text, e.g. "<end_of_sentence>".
+  virtual std::optional<TokenId> special_token_id(std::string_view content) const = 0;
+  virtual bool is_special(TokenId id) const = 0;
+  // The contents of all special tokens.
+  virtual std::vector<std::string> special_tokens() const = 0;
+  // Ids are 0 .. vocab_size()-1 (including added tokens).
+  virtual int vocab_size() const = 0;
+
+  // The text of `ids`, invalid UTF-8 replaced by U+FFFD; special tokens are kept as their text.
+  std::string decode(std::span<const TokenId> ids) const;
+};
+
+// Turns tokens into text one token at a time, emitting only complete UTF-8 characters: a
+// character split over several tokens comes out with its last byte.
+class TokenStreamDecoder {
+ public:
+  explicit TokenStreamDecoder(const Tokenizer& tokenizer) : tokenizer_(tokenizer) {}
+  // Text completed by this token (possibly empty).
+  std::string feed(TokenId id);
+  // Whatever is left at the end, an incomplete character as U+FFFD.
+  std::string finish();
+
+ private:
+  const Tokenizer& tokenizer_;
+  std::string pending_;  // bytes of an incomplete character
+};
+
+// ---- Chat format ----
+
+// MiniMax-M1, or MiniMax-Text-01 / VL-01 (same role strings).
+enum class ChatFamily { M1, Text01 };
+
+struct ChatPart {
+  enum class Kind { Text, Image };
+  Kind kind = Kind::Text;
+  std::string text;  // Text
+  std::string name;  // tool results: the tool's name
+};
+
+struct ChatMessage {
+  enum class Role { System, User, Assistant, Tool };
+  Role role = Role::User;
+  std::vector<ChatPart> parts;
+};
+
+struct Conversation {
+  std::vector<ChatMessage> messages;
+  // Tool definitions, each a JSON object as text (re-serialised the way the templates do).
+  std::vector<std::string> tools;
+  bool add_generation_prompt = true;
+};
+
+// A rendered conversation: the template's own text (trusted: the special-token strings in it
+// become special ids) apart from the text of messages and tools (never special), so that text a
+// user wrote can never become a special token.
+struct ChatPrompt {
+  struct Piece {
+    std::string text;
+    bool trusted = false;
+  };
+  std::vector<Piece> pieces;
+
+  std::string to_string() const;  // what the published template renders
+  // The ids a tokenizer gives to_string() with special tokens matched only in trusted pieces:
+  // the text between special tokens is encoded as one run, as `tokenizers` does.
+  std::vector<TokenId> encode(const Tokenizer& tokenizer, int threads = 0) const;
+};
+
+struct SamplingDefaults {
+  float temperature = 0.0f;  // 0 = greedy
+  float top_p = 1.0f;
+};
+
+class ChatFormat {
+ public:
+  // Reads tokenizer_config.json (bos/eos tokens, chat template) and config.json of a model
+  // directory; `tokenizer` must know every special token the format uses. The family follows
+  // the published template when present, else config.json's model_type. Throws Error naming the
+  // missing token or field.
+  static ChatFormat for_model(const std::filesystem::path& model_directory, const Tokenizer& tokenizer);
+  ChatFormat(ChatFamily family, const Tokenizer& tokenizer, std::string bos_token, std::string eos_token);
+
+  ChatFamily family() const { return family_; }
+  ChatPrompt render(const Conversation& conversation) const;
+  TokenId end_of_turn() const { return end_of_turn_; }
+  // The model family's recommended interactive sampling (M1: T 1.0, top-p 0.95; Text-01: greedy).
+  SamplingDefaults sampling_defaults() const;
+
+ private:
+  ChatFamily family_;
+  std::string bos_, eos_;
+  TokenId end_of_turn_;
+};
+
+// What the model said in an assistant turn, separated as it streams in: M1's <think> reasoning,
+// the answer, and tool calls (M1 <tool_calls> JSON lines, Text-01 <function_call> calls). Tags
+// may arrive split over any number of chunks.
+struct ToolCall {
+  std::string name;
+  std::string arguments;  // JSON text as the model wrote it
+};
+
+class ChatOutputParser {
+ public:
+  explicit ChatOutputParser(ChatFamily family) : family_(family) {}
+
+  struct Delta {
+    std::string reasoning;
+    std::string answer;
+  };
+  // Feeds decoded text; returns the reasoning and answer text now known to be complete.
+  Delta feed(std::string_view text);
+  // End of the turn: flushes held-back text and parses the tool calls.
+  Delta finish();
+
+  const std::string& reasoning() const { return reasoning_; }
+  const std::string& answer() const { return answer_; }
+  const std::vector<ToolCall>& tool_calls() const { return tool_calls_; }
+
+ private:
+  enum class State { Answer, Reasoning, ToolCalls };
+  void route(std::string_view text, Delta& delta);
+  void close_tool_calls();
+
+  ChatFamily family_;
+  State state_ = State::Answer;
+  std::string held_;        // text that may be the start of a tag
+  std::string tool_text_;   // body of the current tool-call block
+  std::string reasoning_, answer_;
+  std::vector<ToolCall> tool_calls_;
+};
+
+// ---- Documents ----
+
+// A place in a document's text that a citation can point to.
+struct DocumentAnchor {
+  std::size_t offset = 0;  // byte offset in Document::text
+  int page = 0;            // 1-based for PDF pages; 0 for text
+  int line = 0;            // 1-based line in the page (or file)
+};
+
+struct Document {
+  std::filesystem::path path;
+  std::string format;  // "text", "pdf"
+  std::string text;    // valid UTF-8
+  // PDF: one anchor at the start of every page; text: none (lines are counted from offsets).
+  std::vector<DocumentAnchor> anchors;
+};
+
+// Loads plain text, Markdown or source code (UTF-8, UTF-16 with BOM, else Latin-1 when not valid
+// UTF-8) or a PDF (text per page). Throws Error naming the file for unreadable, broken or
+// encrypted files.
+Document load_document(const std::filesystem::path& path);
+
+// ---- Generation ----
+
+// A user turn asking `question` about `documents`: each document under a "Document: NAME" line,
+// PDF pages marked "[page N]" so that answers can cite them, then "Question: ...".
+Conversation document_question(const std::vector<Document>& documents, const std::string& question);
+
+struct GenerationOptions {
+  std::int64_t max_new_tokens = 256;
+  SamplingParams sampling;            // greedy by default, so runs repeat
+  std::optional<TokenId> stop_token;  // e.g. ChatFormat::end_of_turn(); not emitted
+  FeedOptions prefill;                // chunk size and progress of the prompt's prefill
+};
+
+// Feeds `prompt` to the session, then samples up to max_new_tokens (stopping after the stop
+// token), passing each piece of completed UTF-8 text to on_text as it comes. Returns the new ids
+// (the stop token included when reached).
+std::vector<TokenId> generate_text(Session& session, const Tokenizer& tokenizer, std::span<const TokenId> prompt,
+                                   const GenerationOptions& options,
+                                   const std::function<void(std::string_view)>& on_text);
+
+}  // namespace lightdesk

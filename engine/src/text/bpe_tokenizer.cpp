@@ -1,0 +1,577 @@
+// Byte-level BPE from a Hugging Face tokenizer.json, reproducing the `tokenizers` library:
+//   1. added tokens are split off first (special ones only when the caller allows them);
+//   2. the normalizer (Unicode normal forms through ICU) runs on the remaining text;
+//   3. the pre-tokenizer splits it with its regexes (PCRE2, Unicode properties), the Split
+//      "Isolated" way: every match and every gap between matches is a piece;
+//   4. each piece's bytes start as the 256 byte tokens (GPT-2's byte-to-unicode alphabet) and
+//      are merged pair by pair, lowest merge rank first, leftmost first among equal ranks.
+// Large texts are cut into chunks scanned by the regex in parallel; where a chunk's scan and
+// its predecessor's disagree on where pieces fall, the predecessor's scan is continued until
+// they meet again, so the pieces are always those of one sequential scan.
+#include "text/bpe_tokenizer.h"
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+#include <unicode/normalizer2.h>
+#include <unicode/unistr.h>
+
+#include <algorithm>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <queue>
+#include <unordered_map>
+
+#include "text/utf8.h"
+#include "thread_pool.h"
+
+namespace lightdesk {
+namespace {
+
+using json = nlohmann::json;
+
+// GPT-2's pattern, which the ByteLevel pre-tokenizer applies when use_regex is true.
+constexpr const char* kGpt2Pattern =
+    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
+// Texts at least this long are encoded in parallel chunks of about this size.
+constexpr std::size_t kParallelChunkBytes = 256 * 1024;
+// Pieces longer than this are not worth caching (rare, and they would bloat the cache).
+constexpr std::size_t kCachedPieceBytes = 64;
+
+// GPT-2's reversible byte-to-unicode map: printable bytes stand for themselves, the others are
+// shifted to U+0100 and up, in byte order.
+std::array<char32_t, 256> byte_to_unicode() {
+  std::array<char32_t, 256> map{};
+  char32_t next = 256;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+    map[static_cast<std::size_t>(b)] = printable ? static_cast<char32_t>(b) : next++;
+  }
+  return map;
+}
+
+// The bytes a vocabulary string stands for, or nullopt when it has a character outside the
+// byte alphabet (the decoder then keeps the string's own UTF-8, as `tokenizers` does).
+std::optional<std::string> unicode_to_bytes(const std::string& token,
+                                            const std::unordered_map<char32_t, unsigned char>& byte_of) {
+  std::string bytes;
+  std::size_t pos = 0;
+  while (pos < token.size()) {
+    const int n = utf8::sequence_length(token, pos);
+    if (n <= 0) return std::nullopt;
+    char32_t cp = static_cast<unsigned char>(token[pos]);
+    if (n > 1) {
+      cp &= (0x7Fu >> n);
+      for (int k = 1; k < n; ++k) cp = (cp << 6) | (static_cast<unsigned char>(token[pos + k]) & 0x3F);
+    }
+    auto it = byte_of.find(cp);
+    if (it == byte_of.end()) return std::nullopt;
+    bytes += static_cast<char>(it->second);
+    pos += static_cast<std::size_t>(n);
+  }
+  return bytes;
+}
+
+bool is_valid_utf8(std::string_view text) {
+  std::size_t pos = 0;
+  while (pos < text.size()) {
+    if (static_cast<unsigned char>(text[pos]) < 0x80) {
+      ++pos;
+      continue;
+    }
+    const int n = utf8::sequence_length(text, pos);
+    if (n <= 0) return false;
+    pos += static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+// A compiled pre-tokenizer regex. Matching is thread-safe: each call brings its own match data.
+class Pattern {
+ public:
+  Pattern(const std::string& source, const std::string& where) {
+    int error = 0;
+    PCRE2_SIZE offset = 0;
+    code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(source.data()), source.size(), PCRE2_UTF | PCRE2_UCP,
+                          &error, &offset, nullptr);
+    if (!code_) {
+      PCRE2_UCHAR message[256];
+      pcre2_get_error_message(error, message, sizeof message);
+      throw Error(where + ": pre-tokenizer regex does not compile at offset " + std::to_string(offset) + ": " +
+                  reinterpret_cast<const char*>(message));
+    }
+    pcre2_jit_compile(code_, PCRE2_JIT_COMPLETE);  // falls back to the interpreter if unavailable
+  }
+  ~Pattern() { pcre2_code_free(code_); }
+  Pattern(const Pattern&) = delete;
+  Pattern& operator=(const Pattern&) = delete;
+
+  // The next match in subject at or after `from`, as [begin, end); nullopt when there is none.
+  // The whole subject is passed so that look-behind and look-ahead see the true neighbours.
+  struct Match {
+    std::size_t begin, end;
+  };
+  class Matcher {
+   public:
+    explicit Matcher(const Pattern& pattern)
+        : pattern_(pattern), data_(pcre2_match_data_create_from_pattern(pattern.code_, nullptr)) {}
+    ~Matcher() { pcre2_match_data_free(data_); }
+    Matcher(const Matcher&) = delete;
+    Matcher& operator=(const Matcher&) = delete;
+
+    std::optional<Match> next(std::string_view subject, std::size_t from) {
+      // Empty matches are skipped (as the `tokenizers` split does) by searching one character on.
+      while (from <= subject.size()) {
+        const int rc = pcre2_match(pattern_.code_, reinterpret_cast<PCRE2_SPTR>(subject.data()), subject.size(), from,
+                                   PCRE2_NO_UTF_CHECK, data_, nullptr);
+        if (rc == PCRE2_ERROR_NOMATCH) return std::nullopt;
+        if (rc < 0) throw Error("pre-tokenizer regex failed with PCRE2 error " + std::to_string(rc));
+        const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(data_);
+        if (ov[1] > ov[0]) return Match{ov[0], ov[1]};
+        if (ov[0] >= subject.size()) return std::nullopt;
+        const int n = utf8::sequence_length(subject, ov[0]);
+        from = ov[0] + static_cast<std::size_t>(n > 0 ? n : 1);
+      }
+      return std::nullopt;
+    }
+
+   private:
+    const Pattern& pattern_;
+    pcre2_match_data* data_;
+  };
+
+ private:
+  pcre2_code* code_ = nullptr;
+};
+
+// One regex scan of subject from `start`: the piece boundaries it makes (match starts and ends)
+// and the positions it searches from (start and every match end). Two scans that search from
+// the same position agree from there on.
+struct Scan {
+  std::vector<std::size_t> cuts;
+  std::vector<std::size_t> search_positions;
+  std::size_t last_search = 0;  // where the scan stopped
+};
+
+// Scans from `start` until the search position reaches `stop` or the next match begins at or
+// after it (that match is left to whoever scans from `stop`).
+void scan_until(Pattern::Matcher& matcher, std::string_view subject, std::size_t start, std::size_t stop,
+                Scan& scan) {
+  std::size_t pos = start;
+  while (pos < stop) {
+    const auto m = matcher.next(subject, pos);
+    if (!m || m->begin >= stop) break;
+    scan.cuts.push_back(m->begin);
+    scan.cuts.push_back(m->end);
+    pos = m->end;
+    scan.search_positions.push_back(pos);
+  }
+  scan.last_search = pos;
+}
+
+struct AddedToken {
+  TokenId id = 0;
+  std::string content;
+  bool special = false;
+};
+
+class BpeTokenizer final : public Tokenizer {
+ public:
+  explicit BpeTokenizer(const std::filesystem::path& file) : where_(file.string()) {
+    std::ifstream in(file);
+    if (!in) throw Error(where_ + ": cannot open");
+    json root;
+    try {
+      root = json::parse(in);
+    } catch (const json::exception& e) {
+      throw Error(where_ + ": not valid JSON: " + e.what());
+    }
+    read_model(root.at("model"));
+    read_added_tokens(root);
+    read_normalizer(root.value("normalizer", json()));
+    read_pre_tokenizer(root.value("pre_tokenizer", json()));
+    const json decoder = root.value("decoder", json());
+    if (!decoder.is_null() && decoder.value("type", "") != "ByteLevel")
+      throw Error(where_ + ": decoder type \"" + decoder.value("type", "") + "\" is not supported (ByteLevel only)");
+  }
+
+  std::vector<TokenId> encode(std::string_view text, int threads) const override {
+    return encode_impl(text, false, threads);
+  }
+  std::vector<TokenId> encode_with_special(std::string_view text) const override {
+    return encode_impl(text, true, 1);
+  }
+
+  std::string token_bytes(TokenId id) const override {
+    if (id < 0 || id >= vocab_size()) throw Error("token id " + std::to_string(id) + " is outside the vocabulary (" +
+                                                  std::to_string(vocab_size()) + " ids)");
+    return id_bytes_[static_cast<std::size_t>(id)];
+  }
+  std::optional<TokenId> special_token_id(std::string_view content) const override {
+    for (const auto& t : added_)
+      if (t.content == content) return t.id;
+    return std::nullopt;
+  }
+  bool is_special(TokenId id) const override {
+    return std::any_of(added_.begin(), added_.end(), [&](const AddedToken& t) { return t.id == id && t.special; });
+  }
+  std::vector<std::string> special_tokens() const override {
+    std::vector<std::string> contents;
+    for (const auto& t : added_)
+      if (t.special) contents.push_back(t.content);
+    return contents;
+  }
+  int vocab_size() const override { return static_cast<int>(id_bytes_.size()); }
+
+ private:
+  struct MergeResult {
+    int rank;
+    TokenId id;
+  };
+  static std::uint64_t pair_key(TokenId a, TokenId b) {
+    return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(a)) << 32) | static_cast<std::uint32_t>(b);
+  }
+  using Cache = std::unordered_map<std::string, std::vector<TokenId>>;
+
+  void read_model(const json& model) {
+    if (model.value("type", "BPE") != "BPE")
+      throw Error(where_ + ": model type \"" + model.value("type", "") + "\" is not supported (BPE only)");
+    for (const char* unsupported : {"continuing_subword_prefix", "end_of_word_suffix", "dropout"})
+      if (model.contains(unsupported) && !model[unsupported].is_null())
+        throw Error(where_ + ": model." + unsupported + " is set; byte-level BPE without it is supported");
+    if (model.value("byte_fallback", false)) throw Error(where_ + ": model.byte_fallback is not supported");
+    ignore_merges_ = model.value("ignore_merges", false);
+
+    const auto alphabet = byte_to_unicode();
+    std::unordered_map<char32_t, unsigned char> byte_of;
+    for (int b = 0; b < 256; ++b) byte_of[alphabet[static_cast<std::size_t>(b)]] = static_cast<unsigned char>(b);
+
+    std::unordered_map<std::string, TokenId> vocab;
+    for (const auto& [token, id_json] : model.at("vocab").items()) {
+      const TokenId id = id_json.get<TokenId>();
+      if (id < 0) throw Error(where_ + ": vocab id of \"" + token + "\" is negative");
+      vocab.emplace(token, id);
+      if (static_cast<std::size_t>(id) >= id_bytes_.size()) id_bytes_.resize(static_cast<std::size_t>(id) + 1);
+      id_bytes_[static_cast<std::size_t>(id)] = unicode_to_bytes(token, byte_of).value_or(token);
+      if (ignore_merges_) whole_token_.emplace(id_bytes_[static_cast<std::size_t>(id)], id);
+    }
+    for (int b = 0; b < 256; ++b) {
+      std::string ch;
+      utf8::append(ch, alphabet[static_cast<std::size_t>(b)]);
+      auto it = vocab.find(ch);
+      if (it == vocab.end())
+        throw Error(where_ + ": vocab lacks the byte token \"" + ch + "\" (byte " + std::to_string(b) +
+                    "); not a byte-level BPE");
+      byte_ids_[static_cast<std::size_t>(b)] = it->second;
+    }
+    const json& merges = model.at("merges");
+    merges_.reserve(merges.size());
+    int rank = 0;
+    for (const json& merge : merges) {
+      std::string left, right;
+      if (merge.is_string()) {  // "left right" (tokenizers < 0.20)
+        const std::string s = merge.get<std::string>();
+        const auto space = s.find(' ');
+        if (space == std::string::npos) throw Error(where_ + ": merge \"" + s + "\" has no space");
+        left = s.substr(0, space);
+        right = s.substr(space + 1);
+      } else {  // ["left", "right"]
+        left = merge.at(0).get<std::string>();
+        right = merge.at(1).get<std::string>();
+      }
+      const auto l = vocab.find(left), r = vocab.find(right), m = vocab.find(left + right);
+      if (l == vocab.end() || r == vocab.end() || m == vocab.end())
+        throw Error(where_ + ": merge " + std::to_string(rank) + " (\"" + left + "\" \"" + right +
+                    "\") names a token missing from the vocab");
+      merges_.emplace(pair_key(l->second, r->second), MergeResult{rank, m->second});
+      ++rank;
+    }
+  }
+
+  void read_added_tokens(const json& root) {
+    for (const json& t : root.value("added_tokens", json::array())) {
+      AddedToken token{t.at("id").get<TokenId>(), t.at("content").get<std::string>(), t.value("special", false)};
+      for (const char* flag : {"lstrip", "rstrip", "single_word"})
+        if (t.value(flag, false))
+          throw Error(where_ + ": added token \"" + token.content + "\" sets " + flag + ", which is not supported");
+      if (token.content.empty()) throw Error(where_ + ": added token " + std::to_string(token.id) + " is empty");
+      if (static_cast<std::size_t>(token.id) >= id_bytes_.size()) id_bytes_.resize(static_cast<std::size_t>(token.id) + 1);
+      id_bytes_[static_cast<std::size_t>(token.id)] = token.content;
+      added_.push_back(std::move(token));
+    }
+    // Longest first: at one position the longest added token wins, as in `tokenizers`.
+    std::sort(added_.begin(), added_.end(),
+              [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
+  }
+
+  void read_normalizer(const json& normalizer) {
+    if (normalizer.is_null()) return;
+    const std::string type = normalizer.value("type", "");
+    if (type == "Sequence") {
+      for (const json& step : normalizer.at("normalizers")) read_normalizer(step);
+      return;
+    }
+    UErrorCode status = U_ZERO_ERROR;
+    const icu::Normalizer2* form = nullptr;
+    if (type == "NFC") form = icu::Normalizer2::getNFCInstance(status);
+    else if (type == "NFD") form = icu::Normalizer2::getNFDInstance(status);
+    else if (type == "NFKC") form = icu::Normalizer2::getNFKCInstance(status);
+    else if (type == "NFKD") form = icu::Normalizer2::getNFKDInstance(status);
+    else throw Error(where_ + ": normalizer type \"" + type + "\" is not supported (NFC, NFD, NFKC, NFKD)");
+    if (U_FAILURE(status)) throw Error(std::string("ICU normalizer ") + type + " unavailable: " + u_errorName(status));
+    normalizers_.push_back(form);
+  }
+
+  void read_pre_tokenizer(const json& pre) {
+    if (pre.is_null()) return;
+    const std::string type = pre.value("type", "");
+    if (type == "Sequence") {
+      for (const json& step : pre.at("pretokenizers")) read_pre_tokenizer(step);
+    } else if (type == "Split") {
+      const json& pattern = pre.at("pattern");
+      if (!pattern.contains("Regex"))
+        throw Error(where_ + ": Split pre-tokenizer with a String pattern is not supported (Regex only)");
+      if (pre.value("behavior", "") != "Isolated" || pre.value("invert", false))
+        throw Error(where_ + ": Split pre-tokenizer behavior \"" + pre.value("behavior", "") +
+                    "\" is not supported (Isolated, not inverted)");
+      patterns_.push_back(std::make_unique<Pattern>(pattern["Regex"].get<std::string>(), where_));
+    } else if (type == "ByteLevel") {
+      if (pre.value("add_prefix_space", false))
+        throw Error(where_ + ": ByteLevel add_prefix_space is not supported");
+      if (pre.value("use_regex", true)) patterns_.push_back(std::make_unique<Pattern>(kGpt2Pattern, where_));
+    } else {
+      throw Error(where_ + ": pre-tokenizer type \"" + type + "\" is not supported (Split, ByteLevel, Sequence)");
+    }
+  }
+
+  std::vector<TokenId> encode_impl(std::string_view raw, bool allow_special, int threads) const {
+    std::string sanitized;
+    if (!is_valid_utf8(raw)) {
+      sanitized = sanitize_utf8(raw);
+      raw = sanitized;
+    }
+    std::vector<TokenId> ids;
+    std::size_t pos = 0;
+    while (pos < raw.size()) {
+      const auto [at, token] = next_added_token(raw, pos, allow_special);
+      encode_text(raw.substr(pos, at - pos), threads, ids);
+      if (!token) break;
+      ids.push_back(token->id);
+      pos = at + token->content.size();
+    }
+    return ids;
+  }
+
+  // The first added token at or after pos that may be matched (longest at that position).
+  std::pair<std::size_t, const AddedToken*> next_added_token(std::string_view text, std::size_t pos,
+                                                              bool allow_special) const {
+    std::size_t best_at = text.size();
+    const AddedToken* best = nullptr;
+    for (const AddedToken& t : added_) {
+      if (t.special && !allow_special) continue;
+      const std::size_t at = text.find(t.content, pos);
+      if (at < best_at) {  // added_ is longest first, so ties keep the longer token
+        best_at = at;
+        best = &t;
+      }
+    }
+    return {best_at, best};
+  }
+
+  void encode_text(std::string_view text, int threads, std::vector<TokenId>& ids) const {
+    if (text.empty()) return;
+    std::string normalized;
+    if (!normalizers_.empty()) {
+      icu::UnicodeString u = icu::UnicodeString::fromUTF8(icu::StringPiece(text.data(), static_cast<int32_t>(text.size())));
+      for (const icu::Normalizer2* form : normalizers_) {
+        UErrorCode status = U_ZERO_ERROR;
+        u = form->normalize(u, status);
+        if (U_FAILURE(status)) throw Error(std::string("Unicode normalisation failed: ") + u_errorName(status));
+      }
+      u.toUTF8String(normalized);
+      text = normalized;
+    }
+    const std::vector<std::size_t> cuts = first_stage_cuts(text, threads);
+    // Pieces between consecutive cuts, encoded in parallel ranges, each with its own cache.
+    const std::size_t pieces = cuts.size() - 1;
+    const std::size_t ranges = threads == 1 || text.size() < kParallelChunkBytes ? 1 : std::max<std::size_t>(1, text.size() / kParallelChunkBytes);
+    std::vector<std::vector<TokenId>> out(ranges);
+    auto encode_range = [&](std::int64_t r) {
+      Cache cache;
+      const std::size_t first = pieces * static_cast<std::size_t>(r) / ranges;
+      const std::size_t last = pieces * static_cast<std::size_t>(r + 1) / ranges;
+      for (std::size_t p = first; p < last; ++p)
+        encode_piece(text.substr(cuts[p], cuts[p + 1] - cuts[p]), 1, cache, out[static_cast<std::size_t>(r)]);
+    };
+    if (ranges == 1) {
+      encode_range(0);
+    } else {
+      ThreadPool pool(threads);
+      pool.parallel_for(static_cast<std::int64_t>(ranges), encode_range);
+    }
+    for (const auto& part : out) ids.insert(ids.end(), part.begin(), part.end());
+  }
+
+  // Boundaries of the first pre-tokenizer's pieces over the whole text: 0, ..., text.size().
+  std::vector<std::size_t> first_stage_cuts(std::string_view text, int threads) const {
+    std::vector<std::size_t> cuts{0};
+    if (patterns_.empty()) {
+      cuts.push_back(text.size());
+      return cuts;
+    }
+    // Chunk starts: just after a line break near every kParallelChunkBytes, where the scans
+    // almost always agree at once.
+    std::vector<std::size_t> starts{0};
+    if (threads != 1) {
+      for (std::size_t target = kParallelChunkBytes; target < text.size(); target += kParallelChunkBytes) {
+        const std::size_t nl = text.find('\n', std::max(target, starts.back() + 1));
+        if (nl == std::string_view::npos || nl + 1 >= text.size()) break;
+        starts.push_back(nl + 1);
+        target = nl + 1;
+      }
+    }
+    const Pattern& pattern = *patterns_.front();
+    std::vector<Scan> scans(starts.size());
+    auto scan_chunk = [&](std::int64_t k) {
+      Pattern::Matcher matcher(pattern);
+      const std::size_t i = static_cast<std::size_t>(k);
+      scans[i].search_positions.push_back(starts[i]);
+      scan_until(matcher, text, starts[i], i + 1 < starts.size() ? starts[i + 1] : text.size(), scans[i]);
+    };
+    if (starts.size() == 1) {
+      scan_chunk(0);
+    } else {
+      ThreadPool pool(threads);
+      pool.parallel_for(static_cast<std::int64_t>(starts.size()), scan_chunk);
+    }
+    // Join: a chunk's cuts count from the first of its search positions that the joined scan
+    // reaches; until then the joined scan is continued sequentially.
+    Pattern::Matcher matcher(pattern);
+    std::size_t position = 0;  // where the joined scan searches next; cuts before it are final
+    for (std::size_t k = 0; k < scans.size(); ++k) {
+      const Scan& scan = scans[k];
+      // The joined scan stopped before this chunk because no match begins before its start:
+      // searching from the start finds the same next match.
+      position = std::max(position, starts[k]);
+      auto reached = [&] {
+        return std::binary_search(scan.search_positions.begin(), scan.search_positions.end(), position);
+      };
+      while (position < scan.last_search && !reached()) {
+        const auto m = matcher.next(text, position);
+        if (!m) {
+          position = text.size();
+          break;
+        }
+        cuts.push_back(m->begin);
+        cuts.push_back(m->end);
+        position = m->end;
+      }
+      if (reached()) {
+        for (std::size_t c : scan.cuts)
+          if (c >= position) cuts.push_back(c);
+        position = scan.last_search;
+      }
+    }
+    cuts.push_back(text.size());
+    // The cuts come in order; a match ending where the next begins gives a cut twice.
+    cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+    return cuts;
+  }
+
+  // A first-stage piece: the later pre-tokenizer stages split it further, then BPE.
+  void encode_piece(std::string_view piece, std::size_t stage, Cache& cache, std::vector<TokenId>& ids) const {
+    if (stage < patterns_.size()) {
+      Pattern::Matcher matcher(*patterns_[stage]);
+      std::size_t pos = 0;
+      while (pos < piece.size()) {
+        const auto m = matcher.next(piece, pos);
+        const std::size_t begin = m ? m->begin : piece.size();
+        if (begin > pos) encode_piece(piece.substr(pos, begin - pos), stage + 1, cache, ids);
+        if (!m) break;
+        encode_piece(piece.substr(m->begin, m->end - m->begin), stage + 1, cache, ids);
+        pos = m->end;
+      }
+      return;
+    }
+    const bool cacheable = piece.size() <= kCachedPieceBytes;
+    if (cacheable) {
+      auto it = cache.find(std::string(piece));
+      if (it != cache.end()) {
+        ids.insert(ids.end(), it->second.begin(), it->second.end());
+        return;
+      }
+    }
+    const std::size_t first = ids.size();
+    bpe(piece, ids);
+    if (cacheable) cache.emplace(std::string(piece), std::vector<TokenId>(ids.begin() + static_cast<std::ptrdiff_t>(first), ids.end()));
+  }
+
+  // Merges a piece's byte tokens, lowest rank first (leftmost among equals), as `tokenizers`'
+  // Word::merge_all does.
+  void bpe(std::string_view piece, std::vector<TokenId>& ids) const {
+    if (ignore_merges_) {
+      auto it = whole_token_.find(std::string(piece));
+      if (it != whole_token_.end()) {
+        ids.push_back(it->second);
+        return;
+      }
+    }
+    struct Symbol {
+      TokenId id;
+      int prev, next;
+      bool alive;
+    };
+    const int n = static_cast<int>(piece.size());
+    std::vector<Symbol> symbols(static_cast<std::size_t>(n));
+    for (int i = 0; i < n; ++i)
+      symbols[static_cast<std::size_t>(i)] = {byte_ids_[static_cast<unsigned char>(piece[static_cast<std::size_t>(i)])],
+                                              i - 1, i + 1 < n ? i + 1 : -1, true};
+    struct Candidate {
+      int rank, pos;
+      TokenId id;
+      bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+    };
+    std::priority_queue<Candidate, std::vector<Candidate>, std::greater<>> queue;
+    auto consider = [&](int left) {
+      const Symbol& a = symbols[static_cast<std::size_t>(left)];
+      if (a.next < 0) return;
+      auto it = merges_.find(pair_key(a.id, symbols[static_cast<std::size_t>(a.next)].id));
+      if (it != merges_.end()) queue.push({it->second.rank, left, it->second.id});
+    };
+    for (int i = 0; i + 1 < n; ++i) consider(i);
+    while (!queue.empty()) {
+      const Candidate top = queue.top();
+      queue.pop();
+      Symbol& left = symbols[static_cast<std::size_t>(top.pos)];
+      if (!left.alive || left.next < 0) continue;
+      Symbol& right = symbols[static_cast<std::size_t>(left.next)];
+      auto it = merges_.find(pair_key(left.id, right.id));
+      if (it == merges_.end() || it->second.id != top.id) continue;  // stale: a neighbour changed
+      left.id = top.id;
+      right.alive = false;
+      left.next = right.next;
+      if (right.next >= 0) symbols[static_cast<std::size_t>(right.next)].prev = top.pos;
+      if (left.prev >= 0) consider(left.prev);
+      consider(top.pos);
+    }
+    for (int i = 0; i >= 0 && i < n; i = symbols[static_cast<std::size_t>(i)].next) ids.push_back(symbols[static_cast<std::size_t>(i)].id);
+  }
+
+  std::string where_;
+  std::vector<std::string> id_bytes_;
+  std::array<TokenId, 256> byte_ids_{};
+  std::unordered_map<std::uint64_t, MergeResult> merges_;
+  bool ignore_merges_ = false;
+  std::unordered_map<std::string, TokenId> whole_token_;  // ignore_merges: whole pieces in the vocab
+  std::vector<AddedToken> added_;
+  std::vector<const icu::Normalizer2*> normalizers_;  // ICU singletons, not owned
+  std::vector<std::unique_ptr<Pattern>> patterns_;
+};
+
+}  // namespace
+
+std::unique_ptr<Tokenizer> open_bpe_tokenizer(const std::filesystem::path& tokenizer_json) {
+  return std::make_unique<BpeTokenizer>(tokenizer_json);
+}
+
+}  // namespace lightdesk

@@ -1,0 +1,111 @@
+// Document loaders: text in its detected encoding, PDF text per page (poppler-cpp).
+#include <poppler/cpp/poppler-document.h>
+#include <poppler/cpp/poppler-page.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+
+#include "lightdesk/text.h"
+#include "text/utf8.h"
+
+namespace lightdesk {
+namespace {
+
+std::string read_bytes(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(path.string() + ": cannot open: " + std::strerror(errno));
+  std::string bytes;
+  in.seekg(0, std::ios::end);
+  bytes.resize(static_cast<std::size_t>(in.tellg()));
+  in.seekg(0);
+  in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (!in) throw Error(path.string() + ": read failed");
+  return bytes;
+}
+
+std::string utf16_to_utf8(std::string_view bytes, bool big_endian) {
+  std::string out;
+  out.reserve(bytes.size() * 3 / 2);
+  auto unit = [&](std::size_t i) {
+    const auto a = static_cast<unsigned char>(bytes[i]), b = static_cast<unsigned char>(bytes[i + 1]);
+    return static_cast<char32_t>(big_endian ? (a << 8 | b) : (b << 8 | a));
+  };
+  std::size_t i = 0;
+  for (; i + 1 < bytes.size(); i += 2) {
+    char32_t cp = unit(i);
+    if (cp >= 0xD800 && cp <= 0xDBFF && i + 3 < bytes.size()) {
+      const char32_t low = unit(i + 2);
+      if (low >= 0xDC00 && low <= 0xDFFF) {
+        cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+        i += 2;
+      }
+    }
+    if (cp >= 0xD800 && cp <= 0xDFFF) cp = 0xFFFD;  // an unpaired surrogate
+    utf8::append(out, cp);
+  }
+  if (i < bytes.size()) out += utf8::kReplacement;  // an odd trailing byte
+  return out;
+}
+
+// Text that is not valid UTF-8 is either UTF-8 with damage (keep it, U+FFFD for the damage) or
+// a single-byte encoding, read as Latin-1: the second when invalid bytes outnumber valid
+// multi-byte characters.
+std::string decode_text(std::string bytes) {
+  if (bytes.rfind("\xEF\xBB\xBF", 0) == 0) bytes.erase(0, 3);
+  else if (bytes.rfind("\xFF\xFE", 0) == 0) return utf16_to_utf8(std::string_view(bytes).substr(2), false);
+  else if (bytes.rfind("\xFE\xFF", 0) == 0) return utf16_to_utf8(std::string_view(bytes).substr(2), true);
+  std::size_t valid_multibyte = 0, invalid = 0;
+  for (std::size_t pos = 0; pos < bytes.size();) {
+    if (static_cast<unsigned char>(bytes[pos]) < 0x80) {
+      ++pos;
+      continue;
+    }
+    const int n = utf8::sequence_length(bytes, pos);
+    if (n > 0) {
+      ++valid_multibyte;
+      pos += static_cast<std::size_t>(n);
+    } else {
+      ++invalid;
+      ++pos;
+    }
+  }
+  if (invalid == 0) return bytes;
+  if (invalid <= valid_multibyte) return sanitize_utf8(bytes);
+  std::string latin1;
+  latin1.reserve(bytes.size() + invalid + valid_multibyte);
+  for (char c : bytes) utf8::append(latin1, static_cast<unsigned char>(c));
+  return latin1;
+}
+
+Document load_pdf(const std::filesystem::path& path) {
+  std::unique_ptr<poppler::document> pdf(poppler::document::load_from_file(path.string()));
+  if (!pdf) throw Error(path.string() + ": not a readable PDF (damaged or not a PDF)");
+  if (pdf->is_locked()) throw Error(path.string() + ": the PDF is encrypted with a password; it cannot be read");
+  Document doc{path, "pdf", {}, {}};
+  const int pages = pdf->pages();
+  for (int i = 0; i < pages; ++i) {
+    std::unique_ptr<poppler::page> page(pdf->create_page(i));
+    if (!page) throw Error(path.string() + ": page " + std::to_string(i + 1) + " cannot be read");
+    if (!doc.text.empty() && doc.text.back() != '\n') doc.text += '\n';
+    doc.anchors.push_back({doc.text.size(), i + 1, 1});
+    const poppler::byte_array utf8_text = page->text(poppler::rectf(), poppler::page::physical_layout).to_utf8();
+    doc.text += sanitize_utf8(std::string_view(utf8_text.data(), utf8_text.size()));
+  }
+  // Page text comes with form feeds between pages in some layouts; they carry nothing.
+  std::replace(doc.text.begin(), doc.text.end(), '\f', '\n');
+  return doc;
+}
+
+}  // namespace
+
+Document load_document(const std::filesystem::path& path) {
+  if (!std::filesystem::is_regular_file(path)) throw Error(path.string() + ": no such file");
+  char magic[5] = {};
+  std::ifstream(path, std::ios::binary).read(magic, sizeof magic);
+  if (std::string_view(magic, sizeof magic) == "%PDF-") return load_pdf(path);
+  if (path.extension() == ".pdf") throw Error(path.string() + ": not a PDF (no %PDF- header)");
+  return Document{path, "text", decode_text(read_bytes(path)), {}};
+}
+
+}  // namespace lightdesk

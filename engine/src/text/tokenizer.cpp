@@ -1,0 +1,36 @@
+// The model directory decides the tokenizer kind; decoding is shared by all kinds.
+#include <filesystem>
+
+#include "lightdesk/text.h"
+#include "text/bpe_tokenizer.h"
+#include "text/utf8.h"
+
+namespace lightdesk {
+
+std::unique_ptr<Tokenizer> Tokenizer::open(const std::filesystem::path& model_directory) {
+  const auto json_file = model_directory / "tokenizer.json";
+  if (std::filesystem::exists(json_file)) return open_bpe_tokenizer(json_file);
+  throw Error(model_directory.string() + ": no tokenizer.json (the model directory has no tokenizer)");
+}
+
+std::string Tokenizer::decode(std::span<const TokenId> ids) const {
+  std::string bytes;
+  for (TokenId id : ids) bytes += token_bytes(id);
+  return sanitize_utf8(bytes);
+}
+
+std::string TokenStreamDecoder::feed(TokenId id) {
+  pending_ += tokenizer_.token_bytes(id);
+  const std::size_t complete = utf8::complete_prefix(pending_);
+  std::string out = sanitize_utf8(std::string_view(pending_).substr(0, complete));
+  pending_.erase(0, complete);
+  return out;
+}
+
+std::string TokenStreamDecoder::finish() {
+  std::string out = sanitize_utf8(pending_);
+  pending_.clear();
+  return out;
+}
+
+}  // namespace lightdesk

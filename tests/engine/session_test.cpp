@@ -1,0 +1,205 @@
+// Session behaviour: chunked prefill, decode equivalence, cancellation, state export/import.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "test_util.h"
+
+namespace lightdesk {
+namespace {
+
+std::vector<TokenId> random_ids(std::size_t n, int vocab, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<TokenId> dist(0, vocab - 1);
+  std::vector<TokenId> ids(n);
+  for (auto& id : ids) id = dist(rng);
+  return ids;
+}
+
+class SessionTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    model_ = Model::open(test::fixture_dir("tiny-a-m1-rd8"), ModelOptions{BackendKind::Cpu, 2, false});
+    ids_ = random_ids(600, model_->info().vocab_size, 7);
+  }
+  std::vector<float> all_logits(std::span<const TokenId> ids, std::int64_t chunk) {
+    auto s = model_->create_session();
+    FeedOptions o;
+    o.all_logits = true;
+    o.chunk_tokens = chunk;
+    s->feed(ids, o);
+    return {s->logits().begin(), s->logits().end()};
+  }
+  std::unique_ptr<Model> model_;
+  std::vector<TokenId> ids_;
+};
+
+// 600 tokens span several 256-row lightning blocks; chunk sizes that split blocks anywhere.
+TEST_F(SessionTest, ChunkedPrefillEqualsOnePrefill) {
+  const auto whole = all_logits(ids_, 600);
+  for (std::int64_t chunk : {1, 7, 100, 255, 256, 257, 599}) {
+    EXPECT_LT(test::max_rel_diff(all_logits(ids_, chunk), whole), 1e-5) << "chunk " << chunk;
+  }
+}
+
+TEST_F(SessionTest, DecodeStepsEqualOnePrefill) {
+  const auto whole = all_logits(ids_, 600);
+  auto s = model_->create_session();
+  s->feed(std::span(ids_).first(300));
+  const std::size_t V = static_cast<std::size_t>(model_->info().vocab_size);
+  for (std::size_t i = 300; i < 340; ++i) {
+    s->feed(std::span(ids_).subspan(i, 1));
+    ASSERT_LT(test::max_rel_diff(s->logits(), std::span(whole).subspan(i * V, V)), 1e-5) << "position " << i;
+  }
+}
+
+TEST_F(SessionTest, CancelKeepsProcessedChunksAndContinues) {
+  auto s = model_->create_session();
+  FeedOptions o;
+  o.chunk_tokens = 100;
+  std::int64_t calls = 0;
+  o.progress = [&](const FeedProgress& p) {
+    ++calls;
+    EXPECT_EQ(p.tokens_total, 600);
+    return p.tokens_done < 200;
+  };
+  EXPECT_THROW(s->feed(ids_, o), Cancelled);
+  EXPECT_EQ(calls, 2);
+  EXPECT_EQ(s->position(), 200);
+  s->feed(std::span(ids_).subspan(200));
+  auto fresh = model_->create_session();
+  fresh->feed(ids_);
+  EXPECT_LT(test::max_rel_diff(s->logits(), fresh->logits()), 1e-5);
+}
+
+TEST_F(SessionTest, OutOfVocabularyIdIsRejectedWithoutChangingTheSession) {
+  auto s = model_->create_session();
+  s->feed(std::span(ids_).first(5));
+  const std::vector<TokenId> bad = {1, 2, 512};
+  try {
+    s->feed(bad);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("512"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(s->position(), 5);
+}
+
+struct ExportedPart {
+  StatePart part;
+  std::vector<float> data;
+};
+
+std::vector<ExportedPart> export_all(const Session& s, std::int64_t chunk) {
+  std::vector<ExportedPart> parts;
+  s.export_state(
+      [&](const StatePart& p) {
+        parts.push_back({p, {p.data.begin(), p.data.end()}});
+      },
+      chunk);
+  for (auto& p : parts) p.part.data = p.data;
+  return parts;
+}
+
+TEST_F(SessionTest, ExportImportRoundTripIsBitIdentical) {
+  auto a = model_->create_session();
+  a->feed(std::span(ids_).first(300));
+  const auto parts = export_all(*a, 64);  // several ranges per softmax layer
+  int lightning = 0, keys = 0, values = 0;
+  for (const auto& p : parts) {
+    EXPECT_EQ(p.part.position, 300);
+    EXPECT_EQ(p.part.layout_version, StatePart::kLayoutVersion);
+    lightning += p.part.kind == StatePartKind::LightningState;
+    keys += p.part.kind == StatePartKind::SoftmaxKeys;
+    values += p.part.kind == StatePartKind::SoftmaxValues;
+  }
+  EXPECT_EQ(lightning, 3);
+  EXPECT_EQ(keys, 5);  // ceil(300 / 64) ranges for the one softmax layer
+  EXPECT_EQ(values, 5);
+
+  auto b = model_->create_session();
+  b->feed(std::span(ids_).first(3));  // replaced by the import
+  auto import = b->begin_import(300);
+  for (auto it = parts.rbegin(); it != parts.rend(); ++it) import.add(it->part);  // any order
+  import.commit(std::span(ids_).first(300));
+  EXPECT_EQ(b->position(), 300);
+  EXPECT_EQ(b->tokens(), a->tokens());
+
+  for (std::size_t i = 300; i < 310; ++i) {
+    a->feed(std::span(ids_).subspan(i, 1));
+    b->feed(std::span(ids_).subspan(i, 1));
+    ASSERT_EQ(test::max_abs_diff(a->logits(), b->logits()), 0.0) << "position " << i;
+  }
+}
+
+TEST_F(SessionTest, IncompleteOrMismatchedImportLeavesTheSessionAsItWas) {
+  auto a = model_->create_session();
+  a->feed(std::span(ids_).first(50));
+  auto parts = export_all(*a, 32);
+
+  auto b = model_->create_session();
+  b->feed(std::span(ids_).first(10));
+  const std::vector<float> before(b->logits().begin(), b->logits().end());
+
+  {  // a missing range of values
+    auto import = b->begin_import(50);
+    for (const auto& p : parts)
+      if (!(p.part.kind == StatePartKind::SoftmaxValues && p.part.first_token == 32)) import.add(p.part);
+    try {
+      import.commit(std::span(ids_).first(50));
+      FAIL() << "expected an error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("values of layer 3 missing from position 32"), std::string::npos) << e.what();
+    }
+  }
+  {  // a part from another position
+    auto import = b->begin_import(49);
+    EXPECT_THROW(import.add(parts.front().part), Error);
+  }
+  {  // a part of another layout version
+    auto import = b->begin_import(50);
+    StatePart p = parts.front().part;
+    p.layout_version = 99;
+    EXPECT_THROW(import.add(p), Error);
+  }
+  {  // a damaged value
+    auto import = b->begin_import(50);
+    std::vector<float> damaged = parts.front().data;
+    damaged[3] = NAN;
+    StatePart p = parts.front().part;
+    p.data = damaged;
+    EXPECT_THROW(import.add(p), Error);
+  }
+  EXPECT_EQ(b->position(), 10);
+  EXPECT_EQ(test::max_abs_diff(b->logits(), before), 0.0);
+}
+
+TEST_F(SessionTest, SeededSamplingRepeats) {
+  auto run = [&](std::uint64_t seed) {
+    auto s = model_->create_session();
+    s->set_seed(seed);
+    s->feed(std::span(ids_).first(20));
+    std::vector<TokenId> out;
+    for (int i = 0; i < 20; ++i) {
+      out.push_back(s->sample({1.0f, 50, 0.95f}));
+      s->feed(std::span(&out.back(), 1));
+    }
+    return out;
+  };
+  EXPECT_EQ(run(3), run(3));
+  EXPECT_NE(run(3), run(4));
+}
+
+TEST_F(SessionTest, ResetForgetsEverything) {
+  auto s = model_->create_session();
+  s->feed(std::span(ids_).first(20));
+  const std::vector<float> first(s->logits().begin(), s->logits().end());
+  s->reset();
+  EXPECT_EQ(s->position(), 0);
+  EXPECT_THROW(s->sample({}), Error);
+  s->feed(std::span(ids_).first(20));
+  EXPECT_EQ(test::max_abs_diff(s->logits(), first), 0.0);
+}
+
+}  // namespace
+}  // namespace lightdesk

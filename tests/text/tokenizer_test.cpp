@@ -1,0 +1,136 @@
+// The tokenizer against Hugging Face `tokenizers`: tests/data/tokenizers/*/reference.json holds
+// that library's ids for a varied corpus (tools/make_tokenizer_data.py).
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "lightdesk/text.h"
+
+namespace lightdesk {
+namespace {
+
+const std::filesystem::path kData = LIGHTDESK_TEST_DATA;
+
+struct Case {
+  std::string text;
+  std::vector<TokenId> ids, ids_with_special;
+};
+
+std::vector<Case> read_cases(const std::string& name) {
+  std::ifstream in(kData / "tokenizers" / name / "reference.json");
+  const auto root = nlohmann::json::parse(in);
+  std::vector<Case> cases;
+  for (const auto& c : root.at("cases"))
+    cases.push_back({c.at("text"), c.at("ids").get<std::vector<TokenId>>(),
+                     c.at("ids_with_special").get<std::vector<TokenId>>()});
+  return cases;
+}
+
+class ReferenceTokenizer : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ReferenceTokenizer, EncodesLikeHuggingFaceWithSpecialTokensAsText) {
+  const auto tokenizer = Tokenizer::open(kData / "tokenizers" / GetParam());
+  const auto cases = read_cases(GetParam());
+  ASSERT_GE(cases.size(), 20u);
+  for (const Case& c : cases) EXPECT_EQ(tokenizer->encode(c.text, 1), c.ids) << "text: " << c.text;
+}
+
+TEST_P(ReferenceTokenizer, EncodesSpecialTokensWhenAllowed) {
+  const auto tokenizer = Tokenizer::open(kData / "tokenizers" / GetParam());
+  int with_special = 0;
+  for (const Case& c : read_cases(GetParam())) {
+    EXPECT_EQ(tokenizer->encode_with_special(c.text), c.ids_with_special) << "text: " << c.text;
+    with_special += c.ids != c.ids_with_special;
+  }
+  EXPECT_GE(with_special, 3);  // the corpus does exercise special-token matching
+}
+
+TEST_P(ReferenceTokenizer, DecodesBackToTheText) {
+  const auto tokenizer = Tokenizer::open(kData / "tokenizers" / GetParam());
+  for (const Case& c : read_cases(GetParam())) {
+    EXPECT_EQ(tokenizer->decode(c.ids), c.text);
+    EXPECT_EQ(tokenizer->decode(c.ids_with_special), c.text);
+  }
+}
+
+TEST_P(ReferenceTokenizer, StreamingDecoderEmitsOnlyCompleteCharacters) {
+  const auto tokenizer = Tokenizer::open(kData / "tokenizers" / GetParam());
+  for (const Case& c : read_cases(GetParam())) {
+    TokenStreamDecoder decoder(*tokenizer);
+    std::string text;
+    for (TokenId id : c.ids) {
+      const std::string chunk = decoder.feed(id);
+      EXPECT_EQ(sanitize_utf8(chunk), chunk) << "an incomplete character came out";
+      text += chunk;
+    }
+    text += decoder.finish();
+    EXPECT_EQ(text, c.text);
+  }
+}
+
+TEST_P(ReferenceTokenizer, ParallelEncodingGivesTheSameIds) {
+  const auto tokenizer = Tokenizer::open(kData / "tokenizers" / GetParam());
+  // About 1.5 MB: several parallel chunks, cut after line breaks in all kinds of text.
+  std::string big;
+  std::vector<TokenId> expected;
+  const auto cases = read_cases(GetParam());
+  for (int round = 0; big.size() < 1500000; ++round)
+    for (const Case& c : cases) big += c.text + (round % 3 ? "\n" : "  \n\n ");
+  expected = tokenizer->encode(big, 1);
+  EXPECT_EQ(tokenizer->encode(big, 4), expected);
+  EXPECT_EQ(tokenizer->decode(expected), big);
+}
+
+INSTANTIATE_TEST_SUITE_P(Trained, ReferenceTokenizer, ::testing::Values("gpt2-bpe", "cl100k-bpe", "tiny-512"));
+
+TEST(Tokenizer, SpecialTokenStringsInUserTextStayText) {
+  const auto tokenizer = Tokenizer::open(kData / "tokenizers" / "cl100k-bpe");
+  const auto eos = tokenizer->special_token_id("<end_of_sentence>");
+  ASSERT_TRUE(eos);
+  EXPECT_TRUE(tokenizer->is_special(*eos));
+  const auto ids = tokenizer->encode("a <end_of_sentence> b");
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), *eos), 0);
+  const auto trusted = tokenizer->encode_with_special("a <end_of_sentence> b");
+  EXPECT_EQ(std::count(trusted.begin(), trusted.end(), *eos), 1);
+}
+
+TEST(Tokenizer, InvalidUtf8IsReadAsReplacementCharacters) {
+  const auto tokenizer = Tokenizer::open(kData / "tokenizers" / "cl100k-bpe");
+  const std::string bad = "ok \xE2\x82 then \xFF\xC0\xAF end \xF0\x9F\x98";
+  const std::string replaced = "ok \xEF\xBF\xBD then \xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD end \xEF\xBF\xBD";
+  EXPECT_EQ(sanitize_utf8(bad), replaced);
+  EXPECT_EQ(tokenizer->encode(bad), tokenizer->encode(replaced));
+  EXPECT_EQ(tokenizer->decode(tokenizer->encode(bad)), replaced);
+}
+
+TEST(Tokenizer, SanitizeKeepsValidUtf8AndSplitsInvalidSubparts) {
+  EXPECT_EQ(sanitize_utf8("h\xC3\xA9llo \xF0\x9F\x91\x8D"), "h\xC3\xA9llo \xF0\x9F\x91\x8D");
+  EXPECT_EQ(sanitize_utf8("\xED\xA0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");  // a surrogate: 3 bytes bad
+  EXPECT_EQ(sanitize_utf8("\xE0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD");                  // overlong lead
+  EXPECT_EQ(sanitize_utf8("\xF0\x9F\x91"), "\xEF\xBF\xBD");                          // truncated: one
+}
+
+TEST(Tokenizer, BundledModelHasExactlyItsVocabulary) {
+  for (const char* dir : {LIGHTDESK_SOURCE_DIR "/resources/models/tiny-a-m1-rd8", LIGHTDESK_TEST_DATA "/tiny-a-m1-rd8"}) {
+    const auto tokenizer = Tokenizer::open(dir);
+    EXPECT_EQ(tokenizer->vocab_size(), Model::inspect(dir).vocab_size) << dir;
+    EXPECT_EQ(tokenizer->special_token_id("<end_of_sentence>"), Model::inspect(dir).eos_token_id) << dir;
+  }
+}
+
+TEST(Tokenizer, MissingOrBrokenFilesNameTheCause) {
+  EXPECT_THROW(Tokenizer::open(kData / "no-such-model"), Error);
+  try {
+    Tokenizer::open(kData / "tiny-a-hf");  // a model directory without a tokenizer
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("tokenizer.json"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(Tokenizer::open(kData / "tokenizers" / "cl100k-bpe")->token_bytes(999999), Error);
+}
+
+}  // namespace
+}  // namespace lightdesk

@@ -1,0 +1,144 @@
+// VisionConfig from a VL-01 checkpoint's config.json and preprocessor_config.json.
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "lightdesk/vision.h"
+
+namespace lightdesk::vision {
+namespace {
+
+using nlohmann::json;
+
+json read_json(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(path.string() + ": cannot open");
+  std::ostringstream text;
+  text << in.rdbuf();
+  try {
+    json j = json::parse(text.str());
+    if (!j.is_object()) throw Error(path.string() + ": the top level is not an object");
+    return j;
+  } catch (const json::parse_error& e) {
+    throw Error(path.string() + ": malformed JSON: " + e.what());
+  }
+}
+
+class Fields {
+ public:
+  Fields(const json& object, std::string where) : object_(object), where_(std::move(where)) {}
+  [[noreturn]] void fail(const std::string& what) const { throw Error(where_ + ": " + what); }
+  bool has(const char* key) const { return object_.contains(key) && !object_.at(key).is_null(); }
+  const json& at(const char* key) const {
+    if (!has(key)) fail(std::string("missing required field \"") + key + "\"");
+    return object_.at(key);
+  }
+  int positive_int(const char* key) const {
+    const json& v = at(key);
+    if (!v.is_number_integer() || v.get<std::int64_t>() <= 0 || v.get<std::int64_t>() > (1 << 24))
+      fail(std::string("field \"") + key + "\" must be a positive integer, got " + v.dump());
+    return v.get<int>();
+  }
+  int int_or(const char* key, int fallback) const {
+    if (!has(key)) return fallback;
+    if (!at(key).is_number_integer()) fail(std::string("field \"") + key + "\" must be an integer");
+    return at(key).get<int>();
+  }
+  double number_or(const char* key, double fallback) const {
+    if (!has(key)) return fallback;
+    if (!at(key).is_number()) fail(std::string("field \"") + key + "\" must be a number");
+    return at(key).get<double>();
+  }
+  std::string string_or(const char* key, const std::string& fallback) const {
+    if (!has(key)) return fallback;
+    if (!at(key).is_string()) fail(std::string("field \"") + key + "\" must be a string");
+    return at(key).get<std::string>();
+  }
+  Fields object(const char* key) const {
+    if (!at(key).is_object()) fail(std::string("field \"") + key + "\" must be an object");
+    return Fields(at(key), where_ + " " + key);
+  }
+  // Entries [a, b], read as (width, height) like the original processor.
+  std::vector<Resolution> pinpoints(const char* key) const {
+    std::vector<Resolution> list;
+    if (!at(key).is_array()) fail(std::string("field \"") + key + "\" must be a list of [a, b] pairs");
+    for (const json& e : at(key)) {
+      if (!e.is_array() || e.size() != 2 || !e[0].is_number_integer() || !e[1].is_number_integer() ||
+          e[0].get<int>() <= 0 || e[1].get<int>() <= 0)
+        fail(std::string("bad entry ") + e.dump() + " in \"" + key + "\"");
+      list.push_back({e[0].get<int>(), e[1].get<int>()});
+    }
+    if (list.empty()) fail(std::string("field \"") + key + "\" is empty");
+    return list;
+  }
+  std::array<float, 3> triple(const char* key) const {
+    const json& v = at(key);
+    if (!v.is_array() || v.size() != 3 || !v[0].is_number() || !v[1].is_number() || !v[2].is_number())
+      fail(std::string("field \"") + key + "\" must be a list of 3 numbers");
+    return {v[0].get<float>(), v[1].get<float>(), v[2].get<float>()};
+  }
+
+ private:
+  const json& object_;
+  std::string where_;
+};
+
+// The 28 resolutions released with MiniMax-VL-01, used when no config lists them.
+std::vector<Resolution> released_pinpoints() {
+  std::vector<Resolution> list;
+  for (int a = 336; a <= 2016; a += 336)
+    for (int b = 336; b <= 2016; b += 336)
+      if (std::min(a, b) <= 1008 || (a == 1344 && b == 1344)) list.push_back({a, b});
+  return list;
+}
+
+}  // namespace
+
+VisionConfig load_vision_config(const std::filesystem::path& directory) {
+  const std::filesystem::path path = directory / "config.json";
+  const json root = read_json(path);
+  const Fields top(root, path.string());
+  if (top.string_or("model_type", "") != "minimax_vl_01")
+    top.fail("model_type is \"" + top.string_or("model_type", "") + "\", images need \"minimax_vl_01\"");
+  const Fields vision = top.object("vision_config");
+  VisionConfig c;
+  c.hidden_size = vision.positive_int("hidden_size");
+  c.intermediate_size = vision.positive_int("intermediate_size");
+  c.num_layers = vision.positive_int("num_hidden_layers");
+  c.num_heads = vision.positive_int("num_attention_heads");
+  c.patch_size = vision.positive_int("patch_size");
+  c.image_size = vision.positive_int("image_size");
+  c.layer_norm_eps = static_cast<float>(vision.number_or("layer_norm_eps", 1e-5));
+  if (c.hidden_size % c.num_heads != 0) vision.fail("hidden_size is not a multiple of num_attention_heads");
+  if (c.image_size % c.patch_size != 0) vision.fail("image_size is not a multiple of patch_size");
+  if (vision.int_or("num_channels", 3) != 3) vision.fail("num_channels must be 3");
+  if (vision.string_or("hidden_act", "gelu") != "gelu")
+    vision.fail("unsupported hidden_act \"" + vision.string_or("hidden_act", "") + "\" (only exact gelu)");
+  if (top.string_or("projector_hidden_act", "gelu") != "gelu")
+    top.fail("unsupported projector_hidden_act \"" + top.string_or("projector_hidden_act", "") + "\"");
+  if (top.string_or("vision_feature_select_strategy", "default") != "default")
+    top.fail("unsupported vision_feature_select_strategy (only \"default\": CLS dropped)");
+  c.feature_layer = top.int_or("vision_feature_layer", -1);
+  if (c.feature_layer < -(c.num_layers + 1) || c.feature_layer > c.num_layers)
+    top.fail("vision_feature_layer " + std::to_string(c.feature_layer) + " is outside the " +
+             std::to_string(c.num_layers) + " layers");
+  c.text_hidden_size = top.object("text_config").positive_int("hidden_size");
+  c.image_token_id = top.int_or("image_token_index", 200025);
+
+  c.anyres.tile_size = c.image_size;
+  c.anyres.patch_size = c.patch_size;
+  c.anyres.pinpoints = top.has("image_grid_pinpoints") ? top.pinpoints("image_grid_pinpoints") : released_pinpoints();
+  const std::filesystem::path pre_path = directory / "preprocessor_config.json";
+  if (std::filesystem::exists(pre_path)) {
+    const json pre_root = read_json(pre_path);
+    const Fields pre(pre_root, pre_path.string());
+    if (pre.string_or("process_image_mode", "anyres") != "anyres")
+      pre.fail("unsupported process_image_mode \"" + pre.string_or("process_image_mode", "") + "\" (only anyres)");
+    if (pre.has("image_grid_pinpoints")) c.anyres.pinpoints = pre.pinpoints("image_grid_pinpoints");
+    if (pre.has("image_mean")) c.anyres.mean = pre.triple("image_mean");
+    if (pre.has("image_std")) c.anyres.std = pre.triple("image_std");
+  }
+  return c;
+}
+
+}  // namespace lightdesk::vision
