@@ -7,7 +7,8 @@ packages=(
   nlohmann-json3-dev libopenblas-dev
   libopencv-core-dev libopencv-imgcodecs-dev libopencv-imgproc-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  libpcre2-dev libicu-dev libpoppler-cpp-dev
+  libpcre2-dev libicu-dev libpoppler-cpp-dev libxml2-dev libsentencepiece-dev
+  libsqlite3-dev libxxhash-dev libzstd-dev
 )
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

@@ -34,6 +34,20 @@ def main():
     (OUT / "utf8-damaged.txt").write_bytes("Café ".encode() + b"\xe2\x82 broken \xff " + "東京\n".encode())
     (OUT / "source.cpp").write_bytes(b"int main() {\n  return 0;  // \xc2\xb5s\n}\n")
 
+    (OUT / "page.html").write_bytes("""<!DOCTYPE html>
+<html><head><meta charset="iso-8859-1"><title>Ignored title</title>
+<style>p { color: red; }</style></head>
+<body><h1>Main   heading</h1>
+<p>First paragraph with <b>bold</b> and
+   a <a href="x">link</a> &amp; an entity: caf&eacute; &#x6771;&#x4EAC;.</p>
+<script>var hidden = 1;</script>
+<ul><li>one</li><li>two</li></ul>
+<h2>Code</h2><pre>  indented
+    more</pre>
+<p>Latin-1 byte: été<br>after break</p>
+</body></html>
+""".encode("latin-1"))
+
     pdf = subprocess.run(["groff", "-Tpdf", "-P-p3i,6i"], input=GROFF_SOURCE.encode(), check=True,
                          capture_output=True).stdout
     (OUT / "two-pages.pdf").write_bytes(pdf)

@@ -8,11 +8,17 @@ writes, for each, reference encodings of a varied corpus that the C++ tokenizer 
 id for id:
 
   tests/data/tokenizers/<name>/tokenizer.json, tokenizer_config.json
-  tests/data/tokenizers/<name>/reference.json   {"cases": [{"text", "ids", "ids_with_special"}]}
+  tests/data/tokenizers/<name>/reference.json
+      {"cases": [{"text", "ids", "ids_with_special", "decoded"}]}
 
   "ids" come from `encode_special_tokens = True` (special-token strings in the text are plain
   text, as user and document text must be); "ids_with_special" from the default, where they
   become their special ids (as the chat renderer's own strings do).
+
+A SentencePiece model (tests/data/tokenizers/spm-bpe/tokenizer.model, `pip install
+sentencepiece`) comes with the ids and decoded text of the Python sentencepiece package
+(reference.json: {"cases": [{"text", "ids", "decoded"}]}); MiniMax's special tokens are control
+symbols there, which SentencePiece never matches in text.
 
 It also writes the 512-id tokenizer of the bundled model resources/models/tiny-a-m1-rd8 (and
 its copy in tests/data/tiny-a-m1-rd8): exactly the model's vocabulary, with
@@ -25,7 +31,7 @@ import os
 import pathlib
 import sys
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -103,10 +109,12 @@ def byte_level_bpe(pattern):
     return tok
 
 
-def train(pattern, vocab_size, special_first):
+def train(pattern, vocab_size, special_first, normalizer=None):
     """special_first: special tokens take the first ids (as the 512-id model's config wants);
     otherwise they come after the merges, as in MiniMax's own tokenizer (ids >= 200000)."""
     tok = byte_level_bpe(pattern)
+    if normalizer is not None:
+        tok.normalizer = normalizer
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=MINIMAX_SPECIAL if special_first else [],
@@ -148,17 +156,42 @@ def save(tok, directory, model_max_length, with_reference):
         ids = tok.encode(text, add_special_tokens=False).ids
         tok.encode_special_tokens = False
         ids_with_special = tok.encode(text, add_special_tokens=False).ids
-        if tok.decode(ids, skip_special_tokens=False) != text:
+        decoded = tok.decode(ids, skip_special_tokens=False)
+        if tok.normalizer is None and decoded != text:
             sys.exit(f"{directory}: decode does not invert encode for {text!r}")
-        cases.append({"text": text, "ids": ids, "ids_with_special": ids_with_special})
+        cases.append({"text": text, "ids": ids, "ids_with_special": ids_with_special, "decoded": decoded})
+    (directory / "reference.json").write_text(
+        json.dumps({"cases": cases}, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+
+
+def sentencepiece_model(directory):
+    import io
+    import sentencepiece as spm
+
+    directory.mkdir(parents=True, exist_ok=True)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(training_text()), model_writer=model, vocab_size=1000, model_type="bpe",
+        byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        control_symbols=MINIMAX_SPECIAL, character_coverage=0.9995, minloglevel=2)
+    (directory / "tokenizer.model").write_bytes(model.getvalue())
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    cases = []
+    for text in CORPUS:
+        ids = sp.encode(text)
+        cases.append({"text": text, "ids": ids, "decoded": sp.decode(ids)})
     (directory / "reference.json").write_text(
         json.dumps({"cases": cases}, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
 
 
 def main():
     data = ROOT / "tests" / "data"
+    sentencepiece_model(data / "tokenizers" / "spm-bpe")
     save(train(None, 1200, special_first=False), data / "tokenizers" / "gpt2-bpe", 4096, True)
     save(train(CL100K_PATTERN, 2500, special_first=False), data / "tokenizers" / "cl100k-bpe", 4096, True)
+    # A normalizer (NFKC: ligatures, compatibility forms, composed accents) in front of the BPE.
+    save(train(CL100K_PATTERN, 1500, special_first=False, normalizer=normalizers.NFKC()),
+         data / "tokenizers" / "nfkc-bpe", 4096, True)
     # The bundled model: 512 ids in all.
     tiny = train(CL100K_PATTERN, 512, special_first=True)
     if tiny.get_vocab_size(with_added_tokens=True) != 512:

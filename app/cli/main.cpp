@@ -5,12 +5,14 @@
 #include <functional>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "lightdesk/engine.h"
+#include "lightdesk/store.h"
 #include "lightdesk/text.h"
 #include "lightdesk/vision.h"
 
@@ -28,6 +30,9 @@ constexpr const char* kUsage = R"(usage:
   lightdesk-cli image-features --model DIR --image FILE --out FILE.safetensors
                          (MiniMax-VL-01: float32 pixel_values [tiles, 3, 336, 336] thumbnail
                          first, int64 grid [rows, columns], float32 features [tokens, hidden])
+logits and generate: --session-db FILE --session NAME  continue the named session stored in FILE
+                (its state is loaded before the run, new ids append at its position, and the
+                state is saved after the run)
 common options: --backend cpu|cuda|auto  --threads N  --chunk N (prefill tokens per pass)
                 --rope-full-head (rotate whole heads, as native transformers <= 5.17 does)
                 --cuda-float32 (CUDA backend in float32 instead of bf16, for checking)
@@ -170,6 +175,33 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+// --session-db FILE --session NAME (see lightdesk::store::NamedSessionState).
+struct StoredSessionArgs {
+  std::string db;
+  std::string name;
+};
+
+std::optional<StoredSessionArgs> take_stored_session(Args& args) {
+  auto db = args.take_optional("session-db");
+  auto name = args.take_optional("session");
+  if (db.has_value() != name.has_value()) throw UsageError("--session-db and --session go together");
+  if (!db) return std::nullopt;
+  return StoredSessionArgs{*db, *name};
+}
+
+// Loads the stored session into `session` (none without --session-db); save() it after the run.
+std::unique_ptr<lightdesk::store::NamedSessionState> attach_stored_session(
+    const std::optional<StoredSessionArgs>& stored, lightdesk::Session& session, const Common& c) {
+  if (!stored) return nullptr;
+  const auto start = std::chrono::steady_clock::now();
+  auto state = std::make_unique<lightdesk::store::NamedSessionState>(stored->db, stored->name, session, c.chunk);
+  if (!state->notice().empty()) std::fprintf(stderr, "lightdesk-cli: %s\n", state->notice().c_str());
+  if (c.stats)
+    std::fprintf(stderr, "session \"%s\": %lld tokens restored in %.3f s\n", stored->name.c_str(),
+                 static_cast<long long>(session.position()), seconds_since(start));
+  return state;
+}
+
 int cmd_info(Args& args) {
   Common c = take_common(args);
   const auto tokens = args.take_optional_int("tokens", 0);
@@ -206,6 +238,7 @@ int cmd_logits(Args& args) {
   const auto ids = parse_ids(args.take("ids"));
   const std::string out = args.take("out");
   const auto decode_from = args.take_optional_int("decode-from", 0);
+  const auto stored_session = take_stored_session(args);
   args.check_all_used();
   const auto n = static_cast<std::int64_t>(ids.size());
   const std::int64_t prefill = decode_from ? std::min<std::int64_t>(*decode_from, n) : n;
@@ -213,14 +246,18 @@ int cmd_logits(Args& args) {
   auto model = lightdesk::Model::open(c.model_dir, c.options);
   const std::int64_t V = model->info().vocab_size;
   auto session = model->create_session();
+  const auto stored = attach_stored_session(stored_session, *session, c);
   std::vector<float> logits;
   logits.reserve(static_cast<std::size_t>(n * V));
   const auto start = std::chrono::steady_clock::now();
   lightdesk::FeedOptions prefill_options;
   prefill_options.chunk_tokens = c.chunk;
   prefill_options.all_logits = true;
-  session->feed(std::span(ids).first(static_cast<std::size_t>(prefill)), prefill_options);
-  logits.assign(session->logits().begin(), session->logits().end());
+  // Without a prefill the session may still hold the logits of a restored run: take none.
+  if (prefill > 0) {
+    session->feed(std::span(ids).first(static_cast<std::size_t>(prefill)), prefill_options);
+    logits.assign(session->logits().begin(), session->logits().end());
+  }
   const double prefill_seconds = seconds_since(start);
   for (std::int64_t i = prefill; i < n; ++i) {
     session->feed(std::span(ids).subspan(static_cast<std::size_t>(i), 1));
@@ -231,6 +268,7 @@ int cmd_logits(Args& args) {
                  static_cast<long long>(prefill), prefill_seconds, static_cast<long long>(n - prefill),
                  seconds_since(start) - prefill_seconds);
   lightdesk::write_safetensors(out, {lightdesk::OutputTensor{"logits", {n, V}, logits, {}}});
+  if (stored) stored->save();
   return 0;
 }
 
@@ -271,23 +309,32 @@ std::function<bool(const lightdesk::FeedProgress&)> progress_line() {
 }
 
 // generate --prompt: raw text in (no chat template), text out, stopping at the end-of-turn token.
-int generate_from_prompt(const Common& c, const std::string& prompt, long long max_new, const Sampling& sampling) {
+int generate_from_prompt(const Common& c, const std::string& prompt, long long max_new, const Sampling& sampling,
+                         const std::optional<StoredSessionArgs>& stored_session) {
   const auto tokenizer = lightdesk::Tokenizer::open(c.model_dir);
   const auto ids = tokenizer->encode(prompt);
   if (ids.empty()) throw UsageError("--prompt is empty");
   auto model = lightdesk::Model::open(c.model_dir, c.options);
   auto session = model->create_session();
+  const auto stored = attach_stored_session(stored_session, *session, c);
   session->set_seed(sampling.seed);
   lightdesk::GenerationOptions options;
   options.max_new_tokens = max_new;
   options.sampling = sampling.params;
   options.stop_token = model->info().eos_token_id;
   options.prefill.chunk_tokens = c.chunk;
-  lightdesk::generate_text(*session, *tokenizer, ids, options, [](std::string_view text) {
+  const std::int64_t start_position = session->position();
+  const auto generated = lightdesk::generate_text(*session, *tokenizer, ids, options, [](std::string_view text) {
     std::fwrite(text.data(), 1, text.size(), stdout);
     std::fflush(stdout);
   });
   std::printf("\n");
+  if (stored) {
+    // generate_text does not feed the last token it draws; the stored session keeps it.
+    const auto fed = static_cast<std::size_t>(session->position() - start_position) - ids.size();
+    if (fed < generated.size()) session->feed(std::span(generated).subspan(fed));
+    stored->save();
+  }
   return 0;
 }
 
@@ -297,12 +344,14 @@ int cmd_generate(Args& args) {
   const auto ids = prompt ? std::vector<lightdesk::TokenId>{} : parse_ids(args.take("ids"));
   const long long max_new = args.take_int("max-new-tokens", 0);
   const Sampling sampling = take_sampling(args);
+  const auto stored_session = take_stored_session(args);
   args.check_all_used();
-  if (prompt) return generate_from_prompt(c, *prompt, max_new, sampling);
+  if (prompt) return generate_from_prompt(c, *prompt, max_new, sampling, stored_session);
   const lightdesk::SamplingParams& params = sampling.params;
 
   auto model = lightdesk::Model::open(c.model_dir, c.options);
   auto session = model->create_session();
+  const auto stored = attach_stored_session(stored_session, *session, c);
   session->set_seed(sampling.seed);
   lightdesk::FeedOptions prefill_options;
   prefill_options.chunk_tokens = c.chunk;
@@ -313,7 +362,8 @@ int cmd_generate(Args& args) {
   for (long long i = 0; i < max_new; ++i) {
     const lightdesk::TokenId next = session->sample(params);
     line.append(i ? "," : "").append(std::to_string(next));
-    if (i + 1 < max_new) session->feed(std::span(&next, 1));
+    // A stored session keeps the last token too, so the next run continues after it.
+    if (i + 1 < max_new || stored) session->feed(std::span(&next, 1));
   }
   std::printf("%s\n", line.c_str());
   if (c.stats) {
@@ -322,6 +372,7 @@ int cmd_generate(Args& args) {
                  ids.size(), prefill_seconds, max_new, decode_seconds,
                  max_new > 1 ? 1000.0 * decode_seconds / static_cast<double>(max_new - 1) : 0.0);
   }
+  if (stored) stored->save();
   return 0;
 }
 
@@ -392,9 +443,18 @@ int cmd_ask(Args& args) {
   std::vector<lightdesk::Document> documents;
   for (const auto& file : document_files) documents.push_back(lightdesk::load_document(file));
   const auto start = std::chrono::steady_clock::now();
-  const auto prompt = format.render(lightdesk::document_question(documents, question)).encode(*tokenizer, c.options.threads);
-  if (c.stats)
+  const auto document_prompt = lightdesk::document_prompt(format, *tokenizer, documents, question, c.options.threads);
+  const auto& prompt = document_prompt.ids;
+  if (c.stats) {
     std::fprintf(stderr, "tokenized %zu prompt tokens in %.3f s\n", prompt.size(), seconds_since(start));
+    for (const auto& span : document_prompt.documents) {
+      std::fprintf(stderr, "%s: tokens %lld..%lld", span.path.string().c_str(), static_cast<long long>(span.first_token),
+                   static_cast<long long>(span.end_token));
+      for (const auto& [anchor, token] : span.anchors)
+        std::fprintf(stderr, ", page %d at %lld", anchor.page, static_cast<long long>(token));
+      std::fprintf(stderr, "\n");
+    }
+  }
 
   auto model = lightdesk::Model::open(c.model_dir, c.options);
   auto session = model->create_session();

@@ -1,6 +1,8 @@
 // Document loaders on files made by tools/make_document_data.py (groff, qpdf, Python codecs).
 #include <gtest/gtest.h>
 
+#include <span>
+
 #include "lightdesk/text.h"
 
 namespace lightdesk {
@@ -38,6 +40,53 @@ TEST(Documents, ReadsPdfTextPerPageWithAnchors) {
   EXPECT_NE(page1.find("Second line with café."), std::string::npos) << page1;
   EXPECT_NE(page2.find("Page two talks about lightning attention."), std::string::npos) << page2;
   EXPECT_EQ(page2.find("hello"), std::string::npos);
+}
+
+TEST(Documents, ReadsHtmlAsMarkdownLikeText) {
+  const Document doc = load_document(kDocs / "page.html");
+  EXPECT_EQ(doc.format, "html");
+  EXPECT_EQ(doc.text,
+            "# Main heading\n\n"
+            "First paragraph with bold and a link & an entity: café 東京.\n\n"
+            "- one\n- two\n\n"
+            "## Code\n\n"
+            "  indented\n    more\n\n"
+            "Latin-1 byte: été\nafter break\n");
+}
+
+TEST(Documents, PromptKnowsWhereEachDocumentAndPageLies) {
+  const std::filesystem::path model = LIGHTDESK_SOURCE_DIR "/resources/models/tiny-a-m1-rd8";
+  const auto tokenizer = Tokenizer::open(model);
+  const auto format = ChatFormat::for_model(model, *tokenizer);
+  const std::vector<Document> docs{load_document(kDocs / "two-pages.pdf"), load_document(kDocs / "utf8.md")};
+  const DocumentPrompt prompt = document_prompt(format, *tokenizer, docs, "What is on page two?");
+  ASSERT_EQ(prompt.documents.size(), 2u);
+  auto text_of = [&](std::int64_t first, std::int64_t end) {
+    return tokenizer->decode(std::span(prompt.ids).subspan(static_cast<std::size_t>(first),
+                                                           static_cast<std::size_t>(end - first)));
+  };
+  std::int64_t previous_end = 0;
+  for (std::size_t i = 0; i < docs.size(); ++i) {
+    const auto& span = prompt.documents[i];
+    EXPECT_EQ(span.path, docs[i].path);
+    EXPECT_GT(span.first_token, previous_end);
+    EXPECT_LE(span.end_token, static_cast<std::int64_t>(prompt.ids.size()));
+    previous_end = span.end_token;
+    // The span holds the document (its last line break may share a token with what follows).
+    const std::string spanned = text_of(span.first_token, span.end_token + 1);
+    const std::string body = docs[i].text.substr(docs[i].anchors.empty() ? 0 : docs[i].anchors.back().offset);
+    EXPECT_NE(spanned.find(body.substr(0, body.size() - 1)), std::string::npos) << spanned;
+  }
+  const auto& pdf = prompt.documents[0];
+  ASSERT_EQ(pdf.anchors.size(), 2u);
+  EXPECT_EQ(pdf.anchors[1].first.page, 2);
+  EXPECT_EQ(text_of(pdf.anchors[1].second, pdf.end_token).rfind("Page two talks", 0), 0u)
+      << text_of(pdf.anchors[1].second, pdf.end_token);
+  EXPECT_EQ(text_of(pdf.anchors[0].second, pdf.anchors[1].second).rfind("Page one says hello.", 0), 0u);
+  const std::string whole = tokenizer->decode(prompt.ids);
+  EXPECT_EQ(whole.rfind("<begin_of_document><beginning_of_sentence>user name=user\nDocument: two-pages.pdf\n", 0), 0u)
+      << whole;
+  EXPECT_NE(whole.find("Question: What is on page two?<end_of_sentence>\n"), std::string::npos) << whole;
 }
 
 void expect_error_mentioning(const std::filesystem::path& path, const std::string& words) {

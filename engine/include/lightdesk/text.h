@@ -30,16 +30,17 @@ std::string sanitize_utf8(std::string_view bytes);
 
 class Tokenizer {
  public:
-  // Reads the tokenizer of a model directory: tokenizer.json (Hugging Face byte-level BPE).
-  // Throws Error naming the file and field when it is missing or of a kind not supported.
+  // Reads the tokenizer of a model directory: tokenizer.json (Hugging Face byte-level BPE) when
+  // there is one, else tokenizer.model (SentencePiece). Throws Error naming the file and field
+  // when it is missing or of a kind not supported.
   static std::unique_ptr<Tokenizer> open(const std::filesystem::path& model_directory);
 
   virtual ~Tokenizer() = default;
 
   // Ids of user or document text. Special-token strings in it stay text (Hugging Face's
-  // encode_special_tokens = true); invalid UTF-8 is read as U+FFFD. Large texts are split at
-  // pre-tokenizer boundaries and encoded on `threads` threads (0 = all hardware threads); the
-  // ids are the same whatever the thread count.
+  // encode_special_tokens = true); invalid UTF-8 is read as U+FFFD. Byte-level BPE splits large
+  // texts at pre-tokenizer boundaries and encodes them on `threads` threads (0 = all hardware
+  // threads); the ids are the same whatever the thread count.
   virtual std::vector<TokenId> encode(std::string_view text, int threads = 0) const = 0;
   // Ids of trusted text (what the chat renderer writes): special-token strings become their ids.
   virtual std::vector<TokenId> encode_with_special(std::string_view text) const = 0;
@@ -54,6 +55,8 @@ class Tokenizer {
   virtual std::vector<std::string> special_tokens() const = 0;
   // Ids are 0 .. vocab_size()-1 (including added tokens).
   virtual int vocab_size() const = 0;
+  // SentencePiece's dummy prefix: encoding put a space before the text that decoding removes.
+  virtual bool drops_leading_space() const { return false; }
 
   // The text of `ids`, invalid UTF-8 replaced by U+FFFD; special tokens are kept as their text.
   std::string decode(std::span<const TokenId> ids) const;
@@ -72,6 +75,7 @@ class TokenStreamDecoder {
  private:
   const Tokenizer& tokenizer_;
   std::string pending_;  // bytes of an incomplete character
+  bool started_ = false;  // a token was fed already
 };
 
 // ---- Chat format ----
@@ -139,6 +143,7 @@ class ChatFormat {
   ChatFamily family_;
   std::string bos_, eos_;
   TokenId end_of_turn_;
+  bool has_image_token_;  // images need "<image>" (Text-01 / VL-01)
 };
 
 // What the model said in an assistant turn, separated as it streams in: M1's <think> reasoning,
@@ -190,22 +195,38 @@ struct DocumentAnchor {
 
 struct Document {
   std::filesystem::path path;
-  std::string format;  // "text", "pdf"
+  std::string format;  // "text", "html", "pdf"
   std::string text;    // valid UTF-8
   // PDF: one anchor at the start of every page; text: none (lines are counted from offsets).
   std::vector<DocumentAnchor> anchors;
 };
 
-// Loads plain text, Markdown or source code (UTF-8, UTF-16 with BOM, else Latin-1 when not valid
-// UTF-8) or a PDF (text per page). Throws Error naming the file for unreadable, broken or
-// encrypted files.
+// Loads plain text, Markdown or source code (UTF-8, UTF-16 with BOM; text that is not valid UTF-8
+// is read as UTF-8 with U+FFFD for the damage when most of its non-ASCII bytes are valid UTF-8,
+// else as Latin-1), HTML (*.html, *.htm: text with headings, lists and paragraphs kept as
+// Markdown-like lines) or a PDF (text per page). Throws Error naming the file for unreadable,
+// broken or encrypted files.
 Document load_document(const std::filesystem::path& path);
 
 // ---- Generation ----
 
-// A user turn asking `question` about `documents`: each document under a "Document: NAME" line,
-// PDF pages marked "[page N]" so that answers can cite them, then "Question: ...".
-Conversation document_question(const std::vector<Document>& documents, const std::string& question);
+// A conversation of one user turn asking `question` about `documents` (each under a
+// "Document: NAME" line, PDF pages marked "[page N]" so that answers can cite them, then
+// "Question: ..."), encoded in the model's chat format, with the token span of every document
+// and the token each of its anchors falls in: where an answer can point back to.
+struct DocumentPrompt {
+  struct Span {
+    std::filesystem::path path;
+    std::int64_t first_token = 0;  // the document's text is in tokens [first_token, end_token)
+    std::int64_t end_token = 0;
+    std::vector<std::pair<DocumentAnchor, std::int64_t>> anchors;  // anchor, token it starts in
+  };
+  std::vector<TokenId> ids;
+  std::vector<Span> documents;
+};
+DocumentPrompt document_prompt(const ChatFormat& format, const Tokenizer& tokenizer,
+                               const std::vector<Document>& documents, const std::string& question,
+                               int threads = 0);
 
 struct GenerationOptions {
   std::int64_t max_new_tokens = 256;

@@ -16,6 +16,9 @@
 #include <unicode/unistr.h>
 
 #include <algorithm>
+#include <array>
+#include <functional>
+#include <optional>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <queue>
@@ -391,63 +394,80 @@ class BpeTokenizer final : public Tokenizer {
       u.toUTF8String(normalized);
       text = normalized;
     }
-    const std::vector<std::size_t> cuts = first_stage_cuts(text, threads);
-    // Pieces between consecutive cuts, encoded in parallel ranges, each with its own cache.
-    const std::size_t pieces = cuts.size() - 1;
-    const std::size_t ranges = threads == 1 || text.size() < kParallelChunkBytes ? 1 : std::max<std::size_t>(1, text.size() / kParallelChunkBytes);
-    std::vector<std::vector<TokenId>> out(ranges);
-    auto encode_range = [&](std::int64_t r) {
-      Cache cache;
-      const std::size_t first = pieces * static_cast<std::size_t>(r) / ranges;
-      const std::size_t last = pieces * static_cast<std::size_t>(r + 1) / ranges;
-      for (std::size_t p = first; p < last; ++p)
-        encode_piece(text.substr(cuts[p], cuts[p + 1] - cuts[p]), 1, cache, out[static_cast<std::size_t>(r)]);
+    const bool parallel = threads != 1 && text.size() >= 2 * kParallelChunkBytes;
+    std::optional<ThreadPool> pool;
+    if (parallel) pool.emplace(threads);
+    const std::size_t workers = pool ? static_cast<std::size_t>(pool->size()) : 1;
+    auto for_each = [&](std::size_t count, const std::function<void(std::int64_t)>& fn) {
+      if (count == 1 || !pool)
+        for (std::size_t i = 0; i < count; ++i) fn(static_cast<std::int64_t>(i));
+      else
+        pool->parallel_for(static_cast<std::int64_t>(count), fn);
     };
-    if (ranges == 1) {
-      encode_range(0);
-    } else {
-      ThreadPool pool(threads);
-      pool.parallel_for(static_cast<std::int64_t>(ranges), encode_range);
+    if (patterns_.empty()) {
+      Cache cache;
+      encode_piece(text, 1, cache, ids);
+      return;
     }
-    for (const auto& part : out) ids.insert(ids.end(), part.begin(), part.end());
+    // The text goes in blocks of a few chunks per worker, so that the piece boundaries held at
+    // once stay bounded whatever the text's size (a block is one chunk when not parallel). Each
+    // worker keeps its cache across blocks.
+    std::vector<Cache> caches(workers);
+    const std::size_t block_bytes = workers * 4 * kParallelChunkBytes;
+    Pattern::Matcher matcher(*patterns_.front());
+    std::size_t position = 0;  // where the scan of the whole text searches next
+    while (position < text.size()) {
+      const std::size_t block_end = std::min(text.size(), position + block_bytes);
+      std::vector<std::size_t> cuts =
+          first_stage_cuts(text, position, block_end, parallel ? kParallelChunkBytes : block_bytes, matcher, for_each);
+      if (cuts.back() == position) {
+        // No match begins before block_end: the gap runs on to the next match (or the end).
+        const auto m = matcher.next(text, position);
+        cuts.push_back(m ? m->begin : text.size());
+        if (m) cuts.push_back(m->end);
+        cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+      }
+      // Pieces between consecutive cuts, in one range per worker.
+      const std::size_t pieces = cuts.size() - 1;
+      std::vector<std::vector<TokenId>> out(workers);
+      for_each(workers, [&](std::int64_t r) {
+        const auto w = static_cast<std::size_t>(r);
+        for (std::size_t p = pieces * w / workers; p < pieces * (w + 1) / workers; ++p)
+          encode_piece(text.substr(cuts[p], cuts[p + 1] - cuts[p]), 1, caches[w], out[w]);
+      });
+      for (const auto& part : out) ids.insert(ids.end(), part.begin(), part.end());
+      position = cuts.back();
+    }
   }
 
-  // Boundaries of the first pre-tokenizer's pieces over the whole text: 0, ..., text.size().
-  std::vector<std::size_t> first_stage_cuts(std::string_view text, int threads) const {
-    std::vector<std::size_t> cuts{0};
-    if (patterns_.empty()) {
-      cuts.push_back(text.size());
-      return cuts;
+  // Boundaries of the first pre-tokenizer's pieces from `from` (a position the scan of the whole
+  // text searches from) to where that scan next searches from at or after `to`, or stops before
+  // a match that begins there: from, ..., end. Chunks of about chunk_bytes are scanned in
+  // parallel.
+  template <class ForEach>
+  std::vector<std::size_t> first_stage_cuts(std::string_view text, std::size_t from, std::size_t to,
+                                            std::size_t chunk_bytes, Pattern::Matcher& matcher,
+                                            const ForEach& for_each) const {
+    // Chunk starts: just after a line break near every chunk_bytes, where the scans almost
+    // always agree at once.
+    std::vector<std::size_t> starts{from};
+    for (std::size_t target = from + chunk_bytes; target < to; target += chunk_bytes) {
+      const std::size_t nl = text.find('\n', std::max(target, starts.back() + 1));
+      if (nl == std::string_view::npos || nl + 1 >= to) break;
+      starts.push_back(nl + 1);
+      target = nl + 1;
     }
-    // Chunk starts: just after a line break near every kParallelChunkBytes, where the scans
-    // almost always agree at once.
-    std::vector<std::size_t> starts{0};
-    if (threads != 1) {
-      for (std::size_t target = kParallelChunkBytes; target < text.size(); target += kParallelChunkBytes) {
-        const std::size_t nl = text.find('\n', std::max(target, starts.back() + 1));
-        if (nl == std::string_view::npos || nl + 1 >= text.size()) break;
-        starts.push_back(nl + 1);
-        target = nl + 1;
-      }
-    }
-    const Pattern& pattern = *patterns_.front();
     std::vector<Scan> scans(starts.size());
-    auto scan_chunk = [&](std::int64_t k) {
-      Pattern::Matcher matcher(pattern);
+    for_each(starts.size(), [&](std::int64_t k) {
+      Pattern::Matcher chunk_matcher(*patterns_.front());
       const std::size_t i = static_cast<std::size_t>(k);
       scans[i].search_positions.push_back(starts[i]);
-      scan_until(matcher, text, starts[i], i + 1 < starts.size() ? starts[i + 1] : text.size(), scans[i]);
-    };
-    if (starts.size() == 1) {
-      scan_chunk(0);
-    } else {
-      ThreadPool pool(threads);
-      pool.parallel_for(static_cast<std::int64_t>(starts.size()), scan_chunk);
-    }
+      scan_until(chunk_matcher, text, starts[i], i + 1 < starts.size() ? starts[i + 1] : to, scans[i]);
+    });
     // Join: a chunk's cuts count from the first of its search positions that the joined scan
     // reaches; until then the joined scan is continued sequentially.
-    Pattern::Matcher matcher(pattern);
-    std::size_t position = 0;  // where the joined scan searches next; cuts before it are final
+    std::vector<std::size_t> cuts{from};
+    std::size_t position = from;  // where the joined scan searches next; cuts before it are final
     for (std::size_t k = 0; k < scans.size(); ++k) {
       const Scan& scan = scans[k];
       // The joined scan stopped before this chunk because no match begins before its start:
@@ -472,8 +492,8 @@ class BpeTokenizer final : public Tokenizer {
         position = scan.last_search;
       }
     }
-    cuts.push_back(text.size());
-    // The cuts come in order; a match ending where the next begins gives a cut twice.
+    // The cuts come in order; a match ending where the next begins gives a cut twice. The last
+    // cut is the last match's end, where the next block's scan searches from.
     cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
     return cuts;
   }

@@ -157,6 +157,7 @@ ChatFormat::ChatFormat(ChatFamily family, const Tokenizer& tokenizer, std::strin
       throw Error("the tokenizer has no special token \"" + token + "\", which the " +
                   (family_ == ChatFamily::M1 ? "MiniMax-M1" : "MiniMax-Text-01") + " chat format needs");
   end_of_turn_ = *tokenizer.special_token_id(eos_);
+  has_image_token_ = tokenizer.special_token_id("<image>").has_value();
 }
 
 ChatFormat ChatFormat::for_model(const std::filesystem::path& model_directory, const Tokenizer& tokenizer) {
@@ -242,8 +243,10 @@ ChatPrompt ChatFormat::render(const Conversation& conversation) const {
   } else {
     auto items = [&](const ChatMessage& m) {
       for (const ChatPart& part : m.parts) {
-        if (part.kind == ChatPart::Kind::Image)
+        if (part.kind == ChatPart::Kind::Image) {
+          if (!has_image_token_) throw Error("the tokenizer has no \"<image>\" token, so images cannot be placed");
           out.trusted("<image>");
+        }
         else
           out.content(part.text);
       }

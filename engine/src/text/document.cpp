@@ -1,4 +1,6 @@
-// Document loaders: text in its detected encoding, PDF text per page (poppler-cpp).
+// Document loaders: text in its detected encoding, HTML (libxml2) as Markdown-like lines, PDF
+// text per page (poppler-cpp).
+#include <libxml/HTMLparser.h>
 #include <poppler/cpp/poppler-document.h>
 #include <poppler/cpp/poppler-page.h>
 
@@ -97,6 +99,84 @@ Document load_pdf(const std::filesystem::path& path) {
   return doc;
 }
 
+// HTML as Markdown-like lines: headings as "# ", list items as "- ", paragraphs and other blocks
+// on their own lines, whitespace collapsed outside <pre>, scripts and styles dropped.
+class HtmlText {
+ public:
+  std::string take() {
+    while (!out_.empty() && out_.back() == '\n') out_.pop_back();
+    if (!out_.empty()) out_ += '\n';
+    return std::move(out_);
+  }
+
+  void walk(const xmlNode* node, bool preformatted) {
+    for (; node; node = node->next) {
+      if (node->type == XML_TEXT_NODE || node->type == XML_CDATA_SECTION_NODE) {
+        text(reinterpret_cast<const char*>(node->content), preformatted);
+        continue;
+      }
+      if (node->type != XML_ELEMENT_NODE) continue;
+      const std::string name = reinterpret_cast<const char*>(node->name);
+      if (name == "script" || name == "style" || name == "noscript" || name == "template" || name == "head") continue;
+      const bool heading = name.size() == 2 && name[0] == 'h' && name[1] >= '1' && name[1] <= '6';
+      const bool block = heading || name == "p" || name == "div" || name == "pre" || name == "li" ||
+                         name == "ul" || name == "ol" || name == "table" || name == "tr" || name == "blockquote" ||
+                         name == "section" || name == "article" || name == "header" || name == "footer" ||
+                         name == "title" || name == "dt" || name == "dd" || name == "hr";
+      if (name == "br") {
+        line_break(false);
+        continue;
+      }
+      if (block) line_break(name == "p" || heading || name == "pre" || name == "table");
+      if (heading) out_ += std::string(static_cast<std::size_t>(name[1] - '0'), '#') + " ";
+      if (name == "li") out_ += "- ";
+      if ((name == "td" || name == "th") && !out_.empty() && out_.back() != '\n') out_ += " | ";
+      walk(node->children, preformatted || name == "pre");
+      if (block) line_break(name == "p" || heading || name == "pre" || name == "table");
+    }
+  }
+
+ private:
+  // Ends the current line; `paragraph` leaves an empty line after it.
+  void line_break(bool paragraph) {
+    while (!out_.empty() && out_.back() == ' ') out_.pop_back();
+    if (out_.empty()) return;
+    if (out_.back() != '\n') out_ += '\n';
+    if (paragraph && (out_.size() < 2 || out_[out_.size() - 2] != '\n')) out_ += '\n';
+  }
+
+  void text(const char* content, bool preformatted) {
+    if (!content) return;
+    if (preformatted) {
+      out_ += content;
+      return;
+    }
+    for (const char* c = content; *c; ++c) {
+      const bool space = *c == ' ' || *c == '\n' || *c == '\t' || *c == '\r' || *c == '\f';
+      if (!space) {
+        out_ += *c;
+      } else if (!out_.empty() && out_.back() != ' ' && out_.back() != '\n') {
+        out_ += ' ';
+      }
+    }
+  }
+
+  std::string out_;
+};
+
+Document load_html(const std::filesystem::path& path) {
+  const std::string bytes = read_bytes(path);
+  // libxml2 follows the document's declared charset (meta tag or BOM), else guesses.
+  std::unique_ptr<xmlDoc, decltype(&xmlFreeDoc)> doc(
+      htmlReadMemory(bytes.data(), static_cast<int>(bytes.size()), path.string().c_str(), nullptr,
+                     HTML_PARSE_RECOVER | HTML_PARSE_NOERROR | HTML_PARSE_NOWARNING | HTML_PARSE_NONET),
+      &xmlFreeDoc);
+  if (!doc) throw Error(path.string() + ": not readable as HTML");
+  HtmlText text;
+  text.walk(xmlDocGetRootElement(doc.get()), false);
+  return Document{path, "html", sanitize_utf8(text.take()), {}};
+}
+
 }  // namespace
 
 Document load_document(const std::filesystem::path& path) {
@@ -105,6 +185,7 @@ Document load_document(const std::filesystem::path& path) {
   std::ifstream(path, std::ios::binary).read(magic, sizeof magic);
   if (std::string_view(magic, sizeof magic) == "%PDF-") return load_pdf(path);
   if (path.extension() == ".pdf") throw Error(path.string() + ": not a PDF (no %PDF- header)");
+  if (path.extension() == ".html" || path.extension() == ".htm" || path.extension() == ".xhtml") return load_html(path);
   return Document{path, "text", decode_text(read_bytes(path)), {}};
 }
 

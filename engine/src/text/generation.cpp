@@ -1,27 +1,78 @@
-// Text generation on top of a Session: prompt building for document questions and the
-// sample-decode loop with streaming text.
+// Text generation on top of a Session: prompts for document questions and the sample-decode
+// loop with streaming text.
+#include <algorithm>
+
 #include "lightdesk/text.h"
 
 namespace lightdesk {
+namespace {
 
-Conversation document_question(const std::vector<Document>& documents, const std::string& question) {
+// Where a document's text went in the user message: byte offsets in that message's text.
+struct Placement {
+  std::size_t begin = 0, end = 0;
+  std::vector<std::pair<DocumentAnchor, std::size_t>> anchors;
+};
+
+std::string question_text(const std::vector<Document>& documents, const std::string& question,
+                          std::vector<Placement>& placements) {
   std::string text;
   for (const Document& doc : documents) {
     text += "Document: " + doc.path.filename().string() + "\n";
+    Placement placement;
+    placement.begin = text.size();
     std::size_t done = 0;
     for (const DocumentAnchor& anchor : doc.anchors) {
       text.append(doc.text, done, anchor.offset - done);
       if (!text.empty() && text.back() != '\n') text += '\n';
       text += "[page " + std::to_string(anchor.page) + "]\n";
+      placement.anchors.emplace_back(anchor, text.size());
       done = anchor.offset;
     }
     text.append(doc.text, done);
+    placement.end = text.size();
+    placements.push_back(std::move(placement));
     text += "\n\n";
   }
   text += "Question: " + question;
+  return text;
+}
+
+}  // namespace
+
+DocumentPrompt document_prompt(const ChatFormat& format, const Tokenizer& tokenizer,
+                               const std::vector<Document>& documents, const std::string& question, int threads) {
+  std::vector<Placement> placements;
   Conversation conversation;
-  conversation.messages.push_back({ChatMessage::Role::User, {ChatPart{ChatPart::Kind::Text, std::move(text), {}}}});
-  return conversation;
+  conversation.messages.push_back(
+      {ChatMessage::Role::User, {ChatPart{ChatPart::Kind::Text, question_text(documents, question, placements), {}}}});
+  const ChatPrompt prompt = format.render(conversation);
+  DocumentPrompt result;
+  result.ids = prompt.encode(tokenizer, threads);
+  // The user's text is the prompt's only untrusted piece; its offset places the documents.
+  std::size_t message_offset = 0;
+  for (const ChatPrompt::Piece& piece : prompt.pieces) {
+    if (!piece.trusted) break;
+    message_offset += piece.text.size();
+  }
+  // Byte offset at which each token starts in the rendered text (exact for byte-level BPE,
+  // whose tokens are the text's bytes; approximate where a normalizer changes the text).
+  std::vector<std::size_t> token_starts;
+  token_starts.reserve(result.ids.size());
+  std::size_t offset = 0;
+  for (TokenId id : result.ids) {
+    token_starts.push_back(offset);
+    offset += tokenizer.token_bytes(id).size();
+  }
+  auto token_at = [&](std::size_t byte) {
+    const auto it = std::upper_bound(token_starts.begin(), token_starts.end(), message_offset + byte);
+    return static_cast<std::int64_t>(it - token_starts.begin()) - 1;
+  };
+  for (std::size_t i = 0; i < documents.size(); ++i) {
+    DocumentPrompt::Span span{documents[i].path, token_at(placements[i].begin), token_at(placements[i].end), {}};
+    for (const auto& [anchor, byte] : placements[i].anchors) span.anchors.emplace_back(anchor, token_at(byte));
+    result.documents.push_back(std::move(span));
+  }
+  return result;
 }
 
 std::vector<TokenId> generate_text(Session& session, const Tokenizer& tokenizer, std::span<const TokenId> prompt,

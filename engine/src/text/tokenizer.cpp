@@ -3,6 +3,7 @@
 
 #include "lightdesk/text.h"
 #include "text/bpe_tokenizer.h"
+#include "text/sentencepiece_tokenizer.h"
 #include "text/utf8.h"
 
 namespace lightdesk {
@@ -10,17 +11,23 @@ namespace lightdesk {
 std::unique_ptr<Tokenizer> Tokenizer::open(const std::filesystem::path& model_directory) {
   const auto json_file = model_directory / "tokenizer.json";
   if (std::filesystem::exists(json_file)) return open_bpe_tokenizer(json_file);
-  throw Error(model_directory.string() + ": no tokenizer.json (the model directory has no tokenizer)");
+  const auto model_file = model_directory / "tokenizer.model";
+  if (std::filesystem::exists(model_file)) return open_sentencepiece_tokenizer(model_file);
+  throw Error(model_directory.string() + ": no tokenizer.json or tokenizer.model (the model directory has no tokenizer)");
 }
 
 std::string Tokenizer::decode(std::span<const TokenId> ids) const {
   std::string bytes;
   for (TokenId id : ids) bytes += token_bytes(id);
+  if (drops_leading_space() && !bytes.empty() && bytes.front() == ' ') bytes.erase(0, 1);
   return sanitize_utf8(bytes);
 }
 
 std::string TokenStreamDecoder::feed(TokenId id) {
   pending_ += tokenizer_.token_bytes(id);
+  if (!started_ && tokenizer_.drops_leading_space() && !pending_.empty() && pending_.front() == ' ')
+    pending_.erase(0, 1);
+  started_ = true;
   const std::size_t complete = utf8::complete_prefix(pending_);
   std::string out = sanitize_utf8(std::string_view(pending_).substr(0, complete));
   pending_.erase(0, complete);

@@ -1,0 +1,764 @@
+#include "lightdesk/store.h"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cstring>
+#include <ctime>
+
+#include "schema.h"
+#include "sqlite.h"
+
+namespace lightdesk::store {
+namespace {
+
+std::int64_t now_seconds() { return static_cast<std::int64_t>(std::time(nullptr)); }
+
+// Checksums are stored as SQLite's signed 64-bit integers.
+std::int64_t stored_checksum(XXH64_hash_t hash) { return static_cast<std::int64_t>(hash); }
+
+std::int64_t checksum_of(std::span<const std::byte> bytes) {
+  return stored_checksum(XXH3_64bits(bytes.data(), bytes.size()));
+}
+
+std::span<const std::byte> token_bytes(std::span<const TokenId> tokens) { return std::as_bytes(tokens); }
+
+// Identifies the token prefix [0, end): K/V at a position depend on every token before it.
+std::vector<std::byte> prefix_hash(std::span<const TokenId> tokens, std::int64_t end) {
+  const auto bytes = token_bytes(tokens.first(static_cast<std::size_t>(end)));
+  XXH128_canonical_t canonical;
+  XXH128_canonicalFromHash(&canonical, XXH3_128bits(bytes.data(), bytes.size()));
+  const auto* p = reinterpret_cast<const std::byte*>(canonical.digest);
+  return {p, p + sizeof canonical.digest};
+}
+
+Role parse_role(const std::string& text) {
+  for (Role role : {Role::System, Role::User, Role::Assistant, Role::Tool})
+    if (text == role_name(role)) return role;
+  throw Error("unknown message role \"" + text + "\"");
+}
+
+constexpr const char* kMessageColumns =
+    "id, session_id, parent_id, role, text, reasoning, prompt_tokens, completion_tokens, prefill_seconds, "
+    "generation_seconds, created_at";
+
+Message read_message(const sql::Statement& row) {
+  Message m;
+  m.id = row.int64(0);
+  m.session_id = row.int64(1);
+  m.parent_id = row.optional_int64(2);
+  m.role = parse_role(row.text(3));
+  m.text = row.text(4);
+  m.reasoning = row.text(5);
+  m.prompt_tokens = row.optional_int64(6);
+  m.completion_tokens = row.optional_int64(7);
+  m.prefill_seconds = row.optional_real(8);
+  m.generation_seconds = row.optional_real(9);
+  m.created_at = row.int64(10);
+  return m;
+}
+
+constexpr const char* kSessionColumns = "id, name, title, model_id, settings, created_at, updated_at";
+
+SessionRecord read_session(const sql::Statement& row) {
+  SessionRecord s;
+  s.id = row.int64(0);
+  if (!row.is_null(1)) s.name = row.text(1);
+  s.title = row.text(2);
+  s.model_id = row.optional_int64(3);
+  s.settings_json = row.text(4);
+  s.created_at = row.int64(5);
+  s.updated_at = row.int64(6);
+  return s;
+}
+
+constexpr const char* kDocumentColumns =
+    "id, session_id, source_path, content_hash, mime_type, token_count, text, text_ref, created_at";
+
+Document read_document(const sql::Statement& row) {
+  Document d;
+  d.id = row.int64(0);
+  d.session_id = row.optional_int64(1);
+  d.source_path = row.text(2);
+  d.content_hash = row.text(3);
+  d.mime_type = row.text(4);
+  d.token_count = row.optional_int64(5);
+  d.text = row.text(6);
+  d.text_ref = row.text(7);
+  d.created_at = row.int64(8);
+  return d;
+}
+
+constexpr const char* kCheckpointColumns =
+    "c.id, c.session_id, c.message_id, c.model_id, m.fingerprint, c.position, c.layout_version, c.dtype, "
+    "c.complete, c.created_at FROM checkpoints c JOIN models m ON m.id = c.model_id";
+
+CheckpointRecord read_checkpoint_record(const sql::Statement& row) {
+  CheckpointRecord c;
+  c.id = row.int64(0);
+  c.session_id = row.int64(1);
+  c.message_id = row.optional_int64(2);
+  c.model_id = row.int64(3);
+  c.model_fingerprint = row.text(4);
+  c.position = row.int64(5);
+  c.layout_version = static_cast<std::uint32_t>(row.int64(6));
+  c.dtype = row.text(7);
+  c.complete = row.int64(8) != 0;
+  c.created_at = row.int64(9);
+  return c;
+}
+
+}  // namespace
+
+const char* role_name(Role role) {
+  switch (role) {
+    case Role::System: return "system";
+    case Role::User: return "user";
+    case Role::Assistant: return "assistant";
+    case Role::Tool: return "tool";
+  }
+  return "?";
+}
+
+struct Store::Impl {
+  sql::Database db;
+  Options options;
+
+  Impl(const std::filesystem::path& path, const Options& options_) : db(path), options(options_) {
+    sqlite3_busy_timeout(db.handle(), options.busy_timeout_ms);
+    // Takes effect only when the file is created.
+    db.exec(("PRAGMA page_size = " + std::to_string(options.page_size)).c_str());
+    {
+      sql::Statement journal(db, "PRAGMA journal_mode = WAL");
+      if (!journal.step() || journal.text(0) != "wal") db.fail_plain("cannot switch to WAL mode");
+    }
+    // In WAL mode NORMAL keeps the file consistent on a crash; a power loss may drop the last
+    // commits, never half of one.
+    db.exec("PRAGMA synchronous = NORMAL");
+    db.exec("PRAGMA foreign_keys = ON");
+    db.exec(("PRAGMA cache_size = -" + std::to_string(options.cache_bytes / 1024)).c_str());
+    migrate(db, kSchemaVersion);
+  }
+
+  template <class Row, class Reader, class... Values>
+  std::vector<Row> query_all(std::string_view sql_text, Reader reader, const Values&... values) {
+    sql::Statement query(db, sql_text);
+    query.bind_all(values...);
+    std::vector<Row> rows;
+    while (query.step()) rows.push_back(reader(query));
+    return rows;
+  }
+
+  template <class Row, class Reader, class... Values>
+  Row query_one(std::string_view sql_text, const std::string& what, Reader reader, const Values&... values) {
+    auto rows = query_all<Row>(sql_text, reader, values...);
+    if (rows.empty()) db.fail_plain("no " + what);
+    return rows.front();
+  }
+
+  // Deletes checkpoints whose writer never finished and the K/V spans they alone created;
+  // `session_id` limits it to one session.
+  void clear_unfinished(std::optional<std::int64_t> session_id) {
+    sql::Transaction transaction(db);
+    const char* where = session_id ? " AND session_id = ?" : "";
+    sql::Statement checkpoints(db, std::string("DELETE FROM checkpoints WHERE complete = 0") + where);
+    sql::Statement spans(db, std::string("DELETE FROM kv_spans WHERE complete = 0") + where);
+    if (session_id) {
+      checkpoints.bind_all(*session_id);
+      spans.bind_all(*session_id);
+    }
+    checkpoints.run();
+    drop_unused_spans();
+    spans.run();
+    transaction.commit();
+  }
+
+  void drop_unused_spans() {
+    sql::Statement(db,
+                   "DELETE FROM kv_spans WHERE complete = 1 AND NOT EXISTS "
+                   "(SELECT 1 FROM checkpoint_spans cs WHERE cs.span_id = kv_spans.id)")
+        .run();
+  }
+
+  std::vector<std::byte> verified_tokens_blob(std::int64_t checkpoint_id) {
+    sql::Statement query(db, "SELECT tokens, tokens_checksum, position FROM checkpoints WHERE id = ?");
+    query.bind_all(checkpoint_id);
+    if (!query.step()) throw StateRefused("checkpoint " + std::to_string(checkpoint_id) + " does not exist");
+    auto bytes = query.blob(0);
+    const std::int64_t position = query.int64(2);
+    if (static_cast<std::int64_t>(bytes.size()) != position * static_cast<std::int64_t>(sizeof(TokenId)))
+      throw StateRefused("checkpoint " + std::to_string(checkpoint_id) + ": its token ids hold " +
+                         std::to_string(bytes.size()) + " bytes for " + std::to_string(position) + " positions");
+    if (checksum_of(bytes) != query.int64(1))
+      throw StateRefused("checkpoint " + std::to_string(checkpoint_id) + ": its token ids are damaged (checksum mismatch)");
+    return bytes;
+  }
+
+  std::vector<TokenId> read(std::int64_t checkpoint_id, const ModelInfo& info,
+                            const std::function<void(const StatePart&)>& sink);
+};
+
+Store::Store(const std::filesystem::path& path) : Store(path, Options{}) {}
+Store::Store(const std::filesystem::path& path, const Options& options)
+    : impl_(std::make_unique<Impl>(path, options)) {}
+Store::~Store() = default;
+
+const std::filesystem::path& Store::path() const { return impl_->db.path(); }
+int Store::schema_version() const { return user_version(impl_->db); }
+
+std::string Store::integrity_check() {
+  std::string result;
+  sql::Statement check(impl_->db, "PRAGMA integrity_check");
+  while (check.step()) {
+    if (!result.empty()) result += '\n';
+    result += check.text(0);
+  }
+  return result;
+}
+
+std::int64_t Store::ensure_model(const ModelInfo& info) {
+  sql::Statement upsert(impl_->db,
+                        "INSERT INTO models(fingerprint, path, model_type, created_at) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT(fingerprint) DO UPDATE SET path = excluded.path RETURNING id");
+  upsert.bind_all(info.fingerprint, info.directory.string(), info.model_type, now_seconds());
+  if (!upsert.step()) impl_->db.fail_plain("cannot record model " + info.fingerprint);
+  const std::int64_t id = upsert.int64(0);
+  upsert.run();
+  return id;
+}
+
+std::int64_t Store::create_session(const std::string& title, std::optional<std::int64_t> model_id,
+                                   std::optional<std::string> name, const std::string& settings_json) {
+  const std::int64_t now = now_seconds();
+  sql::Statement(impl_->db,
+                 "INSERT INTO sessions(name, title, model_id, settings, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)")
+      .bind_all(name, title, model_id, settings_json, now, now)
+      .run();
+  return impl_->db.last_insert_rowid();
+}
+
+std::optional<SessionRecord> Store::find_session(const std::string& name) {
+  auto rows = impl_->query_all<SessionRecord>(std::string("SELECT ") + kSessionColumns + " FROM sessions WHERE name = ?",
+                                              read_session, name);
+  if (rows.empty()) return std::nullopt;
+  return rows.front();
+}
+
+SessionRecord Store::session(std::int64_t id) {
+  return impl_->query_one<SessionRecord>(std::string("SELECT ") + kSessionColumns + " FROM sessions WHERE id = ?",
+                                         "session " + std::to_string(id), read_session, id);
+}
+
+std::vector<SessionRecord> Store::sessions() {
+  return impl_->query_all<SessionRecord>(std::string("SELECT ") + kSessionColumns + " FROM sessions ORDER BY id",
+                                         read_session);
+}
+
+void Store::rename_session(std::int64_t id, const std::string& title) {
+  sql::Statement(impl_->db, "UPDATE sessions SET title = ?, updated_at = ? WHERE id = ?")
+      .bind_all(title, now_seconds(), id)
+      .run();
+}
+
+void Store::set_session_settings(std::int64_t id, const std::string& settings_json) {
+  sql::Statement(impl_->db, "UPDATE sessions SET settings = ?, updated_at = ? WHERE id = ?")
+      .bind_all(settings_json, now_seconds(), id)
+      .run();
+}
+
+void Store::delete_session(std::int64_t id) {
+  sql::Transaction transaction(impl_->db);
+  sql::Statement(impl_->db, "DELETE FROM sessions WHERE id = ?").bind_all(id).run();
+  transaction.commit();
+}
+
+std::int64_t Store::add_message(const Message& m) {
+  if (m.parent_id) {
+    const Message parent = message(*m.parent_id);
+    if (parent.session_id != m.session_id)
+      throw Error("message parent " + std::to_string(*m.parent_id) + " belongs to session " +
+                  std::to_string(parent.session_id) + ", not " + std::to_string(m.session_id));
+  }
+  sql::Transaction transaction(impl_->db);
+  const std::int64_t now = now_seconds();
+  sql::Statement(impl_->db,
+                 "INSERT INTO messages(session_id, parent_id, role, text, reasoning, prompt_tokens, completion_tokens, "
+                 "prefill_seconds, generation_seconds, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+      .bind_all(m.session_id, m.parent_id, role_name(m.role), m.text, m.reasoning, m.prompt_tokens, m.completion_tokens,
+                m.prefill_seconds, m.generation_seconds, now)
+      .run();
+  const std::int64_t id = impl_->db.last_insert_rowid();
+  sql::Statement(impl_->db, "UPDATE sessions SET updated_at = ? WHERE id = ?").bind_all(now, m.session_id).run();
+  transaction.commit();
+  return id;
+}
+
+Message Store::message(std::int64_t id) {
+  return impl_->query_one<Message>(std::string("SELECT ") + kMessageColumns + " FROM messages WHERE id = ?",
+                                   "message " + std::to_string(id), read_message, id);
+}
+
+std::vector<Message> Store::messages(std::int64_t session_id) {
+  return impl_->query_all<Message>(
+      std::string("SELECT ") + kMessageColumns + " FROM messages WHERE session_id = ? ORDER BY id", read_message,
+      session_id);
+}
+
+std::vector<Message> Store::thread(std::int64_t leaf_message_id) {
+  auto path = impl_->query_all<Message>(
+      std::string("WITH RECURSIVE branch(id, depth) AS (SELECT ?, 0 UNION ALL "
+                  "SELECT m.parent_id, b.depth + 1 FROM messages m JOIN branch b ON m.id = b.id "
+                  "WHERE m.parent_id IS NOT NULL) SELECT ") +
+          kMessageColumns + " FROM messages JOIN branch USING (id) ORDER BY branch.depth DESC",
+      read_message, leaf_message_id);
+  if (path.empty()) impl_->db.fail_plain("no message " + std::to_string(leaf_message_id));
+  return path;
+}
+
+std::vector<Message> Store::children(std::int64_t message_id) {
+  return impl_->query_all<Message>(
+      std::string("SELECT ") + kMessageColumns + " FROM messages WHERE parent_id = ? ORDER BY id", read_message,
+      message_id);
+}
+
+std::int64_t Store::add_document(const Document& d) {
+  sql::Statement(impl_->db,
+                 "INSERT INTO documents(session_id, source_path, content_hash, mime_type, token_count, text, text_ref, "
+                 "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+      .bind_all(d.session_id, d.source_path, d.content_hash, d.mime_type, d.token_count, d.text, d.text_ref,
+                now_seconds())
+      .run();
+  return impl_->db.last_insert_rowid();
+}
+
+Document Store::document(std::int64_t id) {
+  return impl_->query_one<Document>(std::string("SELECT ") + kDocumentColumns + " FROM documents WHERE id = ?",
+                                    "document " + std::to_string(id), read_document, id);
+}
+
+std::vector<Document> Store::documents(std::optional<std::int64_t> session_id) {
+  return impl_->query_all<Document>(
+      std::string("SELECT ") + kDocumentColumns + " FROM documents WHERE session_id IS ? ORDER BY id", read_document,
+      session_id);
+}
+
+std::int64_t Store::add_image(const Image& i) {
+  sql::Statement(impl_->db,
+                 "INSERT INTO images(session_id, message_id, source_path, content_hash, mime_type, width, height, "
+                 "token_count, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+      .bind_all(i.session_id, i.message_id, i.source_path, i.content_hash, i.mime_type, i.width, i.height, i.token_count,
+                now_seconds())
+      .run();
+  return impl_->db.last_insert_rowid();
+}
+
+std::vector<Image> Store::images(std::int64_t session_id) {
+  return impl_->query_all<Image>(
+      "SELECT id, session_id, message_id, source_path, content_hash, mime_type, width, height, token_count, created_at "
+      "FROM images WHERE session_id = ? ORDER BY id",
+      [](const sql::Statement& row) {
+        Image i;
+        i.id = row.int64(0);
+        i.session_id = row.optional_int64(1);
+        i.message_id = row.optional_int64(2);
+        i.source_path = row.text(3);
+        i.content_hash = row.text(4);
+        i.mime_type = row.text(5);
+        i.width = row.optional_int64(6);
+        i.height = row.optional_int64(7);
+        i.token_count = row.optional_int64(8);
+        i.created_at = row.int64(9);
+        return i;
+      },
+      session_id);
+}
+
+std::vector<SearchHit> Store::search(const std::string& query, int limit) {
+  return impl_->query_all<SearchHit>(
+      "SELECT 0, m.id, m.session_id, snippet(messages_fts, -1, '[', ']', '...', 12), bm25(messages_fts) AS rank "
+      "FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid WHERE messages_fts MATCH ?1 "
+      "UNION ALL "
+      "SELECT 1, d.id, d.session_id, snippet(documents_fts, -1, '[', ']', '...', 12), bm25(documents_fts) "
+      "FROM documents_fts JOIN documents d ON d.id = documents_fts.rowid WHERE documents_fts MATCH ?1 "
+      "ORDER BY rank LIMIT ?2",
+      [](const sql::Statement& row) {
+        SearchHit hit;
+        hit.kind = row.int64(0) == 0 ? SearchHit::Kind::Message : SearchHit::Kind::Document;
+        hit.id = row.int64(1);
+        hit.session_id = row.optional_int64(2);
+        hit.snippet = row.text(3);
+        return hit;
+      },
+      query, limit);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoints
+
+namespace {
+
+// Writes the parts of one exported state as rows of a new checkpoint, one transaction per row
+// so that no transaction is larger than a row.
+class CheckpointWriter {
+ public:
+  CheckpointWriter(sql::Database& db, std::int64_t checkpoint_id, std::optional<std::int64_t> span_id,
+                   std::int64_t span_first)
+      : db_(db),
+        checkpoint_id_(checkpoint_id),
+        span_id_(span_id),
+        span_first_(span_first),
+        insert_lightning_(db,
+                          "INSERT INTO lightning_states(checkpoint_id, layer, heads, key_dim, value_dim, checksum, "
+                          "data) VALUES (?, ?, ?, ?, ?, ?, zeroblob(?))"),
+        insert_kv_(db,
+                   "INSERT INTO kv_rows(span_id, layer, kind, first_token, token_count, kv_heads, head_dim, "
+                   "checksum, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, zeroblob(?))") {}
+
+  void write(const StatePart& part) {
+    if (part.kind == StatePartKind::LightningState) write_lightning(part);
+    else write_kv(part);
+  }
+
+ private:
+  void write_lightning(const StatePart& part) {
+    const auto bytes = std::as_bytes(part.data);
+    sql::Transaction transaction(db_);
+    insert_lightning_
+        .bind_all(checkpoint_id_, part.layer, part.shape.at(0), part.shape.at(1), part.shape.at(2),
+                  checksum_of(bytes), static_cast<std::int64_t>(bytes.size()))
+        .run();
+    sql::Blob(db_, "lightning_states", "data", db_.last_insert_rowid(), true).write(0, bytes);
+    transaction.commit();
+  }
+
+  // A part covers [first, first + count) for every head ([kv_heads, count, head_dim]); the row
+  // keeps only the positions of the new span, [max(first, span_first), first + count).
+  void write_kv(const StatePart& part) {
+    const std::int64_t end = part.first_token + part.token_count;
+    if (end <= span_first_) return;  // held by a reused span
+    if (!span_id_) db_.fail_plain("K/V part beyond the checkpoint's spans");
+    const std::int64_t heads = part.shape.at(0), head_dim = part.shape.at(2);
+    const std::int64_t row_first = std::max(part.first_token, span_first_);
+    const std::int64_t row_count = end - row_first;
+    const auto strip = [&](std::int64_t head) {
+      return std::as_bytes(part.data.subspan(
+          static_cast<std::size_t>((head * part.token_count + row_first - part.first_token) * head_dim),
+          static_cast<std::size_t>(row_count * head_dim)));
+    };
+    XXH3_state_t* hash = XXH3_createState();
+    XXH3_64bits_reset(hash);
+    for (std::int64_t h = 0; h < heads; ++h) XXH3_64bits_update(hash, strip(h).data(), strip(h).size());
+    const std::int64_t checksum = stored_checksum(XXH3_64bits_digest(hash));
+    XXH3_freeState(hash);
+
+    const std::int64_t strip_bytes = row_count * head_dim * static_cast<std::int64_t>(sizeof(float));
+    sql::Transaction transaction(db_);
+    insert_kv_
+        .bind_all(*span_id_, part.layer, static_cast<int>(part.kind), row_first, row_count, heads, head_dim, checksum,
+                  heads * strip_bytes)
+        .run();
+    {
+      // An open blob handle counts as a statement in progress: close it before committing.
+      sql::Blob blob(db_, "kv_rows", "data", db_.last_insert_rowid(), true);
+      for (std::int64_t h = 0; h < heads; ++h) blob.write(h * strip_bytes, strip(h));
+    }
+    transaction.commit();
+  }
+
+  sql::Database& db_;
+  std::int64_t checkpoint_id_;
+  std::optional<std::int64_t> span_id_;
+  std::int64_t span_first_;
+  sql::Statement insert_lightning_;
+  sql::Statement insert_kv_;
+};
+
+}  // namespace
+
+std::int64_t Store::save_checkpoint(std::int64_t session_id, const Session& session,
+                                    std::optional<std::int64_t> message_id) {
+  return save_checkpoint(
+      session_id,
+      StateSource{session.model().info(), session.tokens(),
+                  [&session](const std::function<void(const StatePart&)>& sink, std::int64_t kv_chunk_tokens) {
+                    session.export_state(sink, kv_chunk_tokens);
+                  }},
+      message_id);
+}
+
+std::int64_t Store::save_checkpoint(std::int64_t session_id, const StateSource& source,
+                                    std::optional<std::int64_t> message_id) {
+  sql::Database& db = impl_->db;
+  const ModelInfo& info = source.model;
+  const std::int64_t model_id = ensure_model(info);
+  this->session(session_id);  // throws for an unknown session
+  const std::span<const TokenId> tokens = source.tokens;
+  const auto position = static_cast<std::int64_t>(tokens.size());
+  impl_->clear_unfinished(session_id);
+
+  // Step 1, one small transaction: the checkpoint row (not yet complete), the spans it reuses
+  // and the new span for the positions no reusable span covers.
+  std::int64_t checkpoint_id = 0;
+  std::int64_t reused_end = 0;
+  std::optional<std::int64_t> new_span;
+  {
+    sql::Transaction transaction(db);
+    const auto token_blob = token_bytes(tokens);
+    sql::Statement(db,
+                   "INSERT INTO checkpoints(session_id, message_id, model_id, position, layout_version, dtype, tokens, "
+                   "tokens_checksum, created_at) VALUES (?, ?, ?, ?, ?, 'f32', ?, ?, ?)")
+        .bind_all(session_id, message_id, model_id, position, static_cast<std::int64_t>(StatePart::kLayoutVersion),
+                  token_blob, checksum_of(token_blob), now_seconds())
+        .run();
+    checkpoint_id = db.last_insert_rowid();
+    sql::Statement link(db, "INSERT INTO checkpoint_spans(checkpoint_id, span_id) VALUES (?, ?)");
+    sql::Statement candidates(db,
+                              "SELECT id, token_count, prefix_hash FROM kv_spans WHERE session_id = ? AND model_id = ? "
+                              "AND complete = 1 AND first_token = ? AND first_token + token_count <= ? "
+                              "ORDER BY token_count DESC");
+    // Longest first: follow the chain of spans that continue this checkpoint's token prefix.
+    for (bool extended = true; extended && reused_end < position;) {
+      extended = false;
+      candidates.bind_all(session_id, model_id, reused_end, position);
+      std::optional<std::pair<std::int64_t, std::int64_t>> match;  // span id, its end
+      while (!match && candidates.step()) {
+        const std::int64_t end = reused_end + candidates.int64(1);
+        if (candidates.blob(2) == prefix_hash(tokens, end)) match.emplace(candidates.int64(0), end);
+      }
+      candidates.reset();
+      if (match) {
+        link.bind_all(checkpoint_id, match->first).run();
+        reused_end = match->second;
+        extended = true;
+      }
+    }
+    if (reused_end < position) {
+      sql::Statement(db,
+                     "INSERT INTO kv_spans(session_id, model_id, first_token, token_count, prefix_hash) "
+                     "VALUES (?, ?, ?, ?, ?)")
+          .bind_all(session_id, model_id, reused_end, position - reused_end,
+                    std::span<const std::byte>(prefix_hash(tokens, position)))
+          .run();
+      new_span = db.last_insert_rowid();
+      link.bind_all(checkpoint_id, *new_span).run();
+    }
+    transaction.commit();
+  }
+
+  try {
+    // Step 2: the rows, each in its own transaction, invisible until step 3.
+    CheckpointWriter writer(db, checkpoint_id, new_span, reused_end);
+    const std::int64_t position_bytes = std::max<std::int64_t>(1, info.num_kv_heads) * info.head_dim *
+                                        static_cast<std::int64_t>(sizeof(float));
+    source.export_state([&](const StatePart& part) { writer.write(part); },
+                        std::max<std::int64_t>(1, impl_->options.kv_row_bytes / position_bytes));
+
+    // Step 3: one small commit makes the checkpoint (and its new span) visible.
+    sql::Transaction transaction(db);
+    sql::Statement(db, "UPDATE checkpoints SET complete = 1 WHERE id = ?").bind_all(checkpoint_id).run();
+    if (new_span) sql::Statement(db, "UPDATE kv_spans SET complete = 1 WHERE id = ?").bind_all(*new_span).run();
+    sql::Statement(db, "UPDATE sessions SET model_id = ?, updated_at = ? WHERE id = ?")
+        .bind_all(model_id, now_seconds(), session_id)
+        .run();
+    transaction.commit();
+  } catch (...) {
+    try {
+      impl_->clear_unfinished(session_id);
+    } catch (const Error&) {
+      // The original failure is the one to report; a later save clears the leftovers.
+    }
+    throw;
+  }
+  return checkpoint_id;
+}
+
+std::vector<CheckpointRecord> Store::checkpoints(std::int64_t session_id) {
+  return impl_->query_all<CheckpointRecord>(
+      std::string("SELECT ") + kCheckpointColumns + " WHERE c.session_id = ? AND c.complete = 1 ORDER BY c.id",
+      read_checkpoint_record, session_id);
+}
+
+std::optional<CheckpointRecord> Store::latest_checkpoint(std::int64_t session_id) {
+  auto rows = impl_->query_all<CheckpointRecord>(
+      std::string("SELECT ") + kCheckpointColumns +
+          " WHERE c.session_id = ? AND c.complete = 1 ORDER BY c.id DESC LIMIT 1",
+      read_checkpoint_record, session_id);
+  if (rows.empty()) return std::nullopt;
+  return rows.front();
+}
+
+std::optional<CheckpointRecord> Store::checkpoint_at(std::int64_t message_id) {
+  auto rows = impl_->query_all<CheckpointRecord>(
+      std::string("SELECT ") + kCheckpointColumns +
+          " WHERE c.message_id = ? AND c.complete = 1 ORDER BY c.id DESC LIMIT 1",
+      read_checkpoint_record, message_id);
+  if (rows.empty()) return std::nullopt;
+  return rows.front();
+}
+
+std::vector<TokenId> Store::checkpoint_tokens(std::int64_t checkpoint_id) {
+  const auto bytes = impl_->verified_tokens_blob(checkpoint_id);
+  std::vector<TokenId> tokens(bytes.size() / sizeof(TokenId));
+  std::memcpy(tokens.data(), bytes.data(), bytes.size());
+  return tokens;
+}
+
+namespace {
+
+// Runs `body`; any failure (a damaged file, a state the engine rejects) becomes StateRefused.
+template <class Body>
+auto refusing(std::int64_t checkpoint_id, Body body) {
+  try {
+    return body();
+  } catch (const StateRefused&) {
+    throw;
+  } catch (const lightdesk::Error& e) {
+    throw StateRefused("checkpoint " + std::to_string(checkpoint_id) + " cannot be loaded: " + e.what());
+  }
+}
+
+}  // namespace
+
+void Store::load_checkpoint(std::int64_t checkpoint_id, Session& session) {
+  refusing(checkpoint_id, [&] {
+    const auto record = impl_->query_all<CheckpointRecord>(
+        std::string("SELECT ") + kCheckpointColumns + " WHERE c.id = ?", read_checkpoint_record, checkpoint_id);
+    if (record.empty()) throw StateRefused("checkpoint " + std::to_string(checkpoint_id) + " does not exist");
+    Session::Import import = session.begin_import(record.front().position);
+    const auto tokens = impl_->read(checkpoint_id, session.model().info(),
+                                    [&import](const StatePart& part) { import.add(part); });
+    import.commit(tokens);
+  });
+}
+
+std::vector<TokenId> Store::read_checkpoint(std::int64_t checkpoint_id, const ModelInfo& model,
+                                            const std::function<void(const StatePart&)>& sink) {
+  return refusing(checkpoint_id, [&] { return impl_->read(checkpoint_id, model, sink); });
+}
+
+std::vector<TokenId> Store::Impl::read(std::int64_t checkpoint_id, const ModelInfo& info,
+                                       const std::function<void(const StatePart&)>& sink) {
+  const std::string name = "checkpoint " + std::to_string(checkpoint_id);
+  auto records = query_all<CheckpointRecord>(std::string("SELECT ") + kCheckpointColumns + " WHERE c.id = ?",
+                                             read_checkpoint_record, checkpoint_id);
+  if (records.empty()) throw StateRefused(name + " does not exist");
+  const CheckpointRecord& record = records.front();
+  if (!record.complete) throw StateRefused(name + " is incomplete (its writer stopped before finishing it)");
+  if (record.model_fingerprint != info.fingerprint)
+    throw StateRefused(name + " was saved by another model (fingerprint " + record.model_fingerprint +
+                       "), not by " + info.directory.string() + " (fingerprint " + info.fingerprint + ")");
+  if (record.layout_version != StatePart::kLayoutVersion || record.dtype != "f32")
+    throw StateRefused(name + " has state layout version " + std::to_string(record.layout_version) + " (" +
+                       record.dtype + "); this build reads version " + std::to_string(StatePart::kLayoutVersion) +
+                       " (f32)");
+  const auto token_blob = verified_tokens_blob(checkpoint_id);
+  std::vector<TokenId> tokens(token_blob.size() / sizeof(TokenId));
+  std::memcpy(tokens.data(), token_blob.data(), token_blob.size());
+
+  std::vector<float> buffer;
+  // Reads one row into `buffer` through incremental blob I/O and checks its size and checksum.
+  const auto read_row = [&](const char* table, std::int64_t rowid, std::int64_t floats, std::int64_t checksum,
+                            const std::string& what) {
+    sql::Blob blob(db, table, "data", rowid, false);
+    if (blob.size() != floats * static_cast<std::int64_t>(sizeof(float)))
+      throw StateRefused(name + ": " + what + " holds " + std::to_string(blob.size()) + " bytes, its shape says " +
+                         std::to_string(floats * static_cast<std::int64_t>(sizeof(float))));
+    buffer.resize(static_cast<std::size_t>(floats));
+    blob.read(0, std::as_writable_bytes(std::span<float>(buffer)));
+    if (checksum_of(std::as_bytes(std::span<const float>(buffer))) != checksum)
+      throw StateRefused(name + ": " + what + " is damaged (checksum mismatch)");
+  };
+
+  sql::Statement lightning(db,
+                           "SELECT id, layer, heads, key_dim, value_dim, checksum FROM lightning_states "
+                           "WHERE checkpoint_id = ? ORDER BY layer");
+  lightning.bind_all(checkpoint_id);
+  while (lightning.step()) {
+    StatePart part;
+    part.kind = StatePartKind::LightningState;
+    part.layer = static_cast<int>(lightning.int64(1));
+    part.position = record.position;
+    part.shape = {lightning.int64(2), lightning.int64(3), lightning.int64(4)};
+    read_row("lightning_states", lightning.int64(0), part.shape[0] * part.shape[1] * part.shape[2], lightning.int64(5),
+             "lightning state of layer " + std::to_string(part.layer));
+    part.data = buffer;
+    sink(part);
+  }
+
+  sql::Statement kv(db,
+                    "SELECT r.id, r.layer, r.kind, r.first_token, r.token_count, r.kv_heads, r.head_dim, r.checksum "
+                    "FROM checkpoint_spans cs JOIN kv_rows r ON r.span_id = cs.span_id "
+                    "WHERE cs.checkpoint_id = ? ORDER BY r.layer, r.kind, r.first_token");
+  kv.bind_all(checkpoint_id);
+  while (kv.step()) {
+    StatePart part;
+    part.kind = static_cast<StatePartKind>(kv.int64(2));
+    part.layer = static_cast<int>(kv.int64(1));
+    part.position = record.position;
+    part.first_token = kv.int64(3);
+    part.token_count = kv.int64(4);
+    part.shape = {kv.int64(5), part.token_count, kv.int64(6)};
+    read_row("kv_rows", kv.int64(0), part.shape[0] * part.shape[1] * part.shape[2], kv.int64(7),
+             std::string(part.kind == StatePartKind::SoftmaxKeys ? "keys" : "values") + " of layer " +
+                 std::to_string(part.layer) + " at positions " + std::to_string(part.first_token) + "+" +
+                 std::to_string(part.token_count));
+    part.data = buffer;
+    sink(part);
+  }
+  return tokens;
+}
+
+void Store::delete_checkpoint(std::int64_t checkpoint_id) {
+  sql::Transaction transaction(impl_->db);
+  sql::Statement(impl_->db, "DELETE FROM checkpoints WHERE id = ?").bind_all(checkpoint_id).run();
+  impl_->drop_unused_spans();
+  transaction.commit();
+}
+
+void Store::collect_garbage() { impl_->clear_unfinished(std::nullopt); }
+
+std::int64_t Store::checkpoint_bytes(std::int64_t checkpoint_id) {
+  sql::Statement query(impl_->db,
+                       "SELECT (SELECT coalesce(sum(length(data)), 0) FROM lightning_states WHERE checkpoint_id = ?1) + "
+                       "(SELECT coalesce(sum(length(r.data)), 0) FROM checkpoint_spans cs JOIN kv_rows r "
+                       "ON r.span_id = cs.span_id WHERE cs.checkpoint_id = ?1)");
+  query.bind_all(checkpoint_id);
+  query.step();
+  return query.int64(0);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+NamedSessionState::NamedSessionState(const std::filesystem::path& db, const std::string& name, Session& session,
+                                     std::int64_t prefill_chunk_tokens)
+    : store_(db), session_(session) {
+  if (auto record = store_.find_session(name)) {
+    session_id_ = record->id;
+  } else {
+    session_id_ = store_.create_session(name, store_.ensure_model(session.model().info()), name);
+  }
+  const auto checkpoint = store_.latest_checkpoint(session_id_);
+  if (!checkpoint) return;
+  try {
+    store_.load_checkpoint(checkpoint->id, session);
+    return;
+  } catch (const StateRefused& e) {
+    notice_ = std::string("session \"") + name + "\": " + e.what();
+  }
+  // The conversation outlives its state: recompute the state from the stored token ids.
+  session.reset();
+  try {
+    const auto tokens = store_.checkpoint_tokens(checkpoint->id);
+    FeedOptions options;
+    options.chunk_tokens = prefill_chunk_tokens;
+    session.feed(tokens, options);
+    notice_ += "; recomputed from its " + std::to_string(tokens.size()) + " token ids";
+  } catch (const lightdesk::Error& e) {
+    session.reset();
+    notice_ += std::string("; its token ids are unusable too (") + e.what() + "), starting from an empty state";
+  }
+}
+
+void NamedSessionState::save() { store_.save_checkpoint(session_id_, session_); }
+
+}  // namespace lightdesk::store

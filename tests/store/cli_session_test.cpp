@@ -1,0 +1,171 @@
+// lightdesk-cli --session-db FILE --session NAME, end to end: the built CLI is run as separate
+// processes, so state crosses a process boundary through the database file.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdint>
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "lightdesk/store.h"
+#include "lightdesk/text.h"
+#include "store_test_util.h"
+
+namespace lightdesk::store {
+namespace {
+
+using testing::fixture;
+using testing::ScratchDir;
+using testing::token_ids;
+
+std::string join(const std::vector<TokenId>& ids) {
+  std::string text;
+  for (auto id : ids) {
+    if (!text.empty()) text += ',';
+    text += std::to_string(id);
+  }
+  return text;
+}
+
+std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// The raw bytes of the "logits" tensor of a safetensors file and its row count.
+struct LogitsFile {
+  std::int64_t rows = 0;
+  std::string bytes;
+};
+
+LogitsFile read_logits(const std::filesystem::path& path) {
+  const std::string content = read_file(path);
+  std::uint64_t header_size = 0;
+  std::memcpy(&header_size, content.data(), sizeof header_size);
+  const auto header = nlohmann::json::parse(content.substr(8, header_size));
+  const auto& logits = header.at("logits");
+  const auto begin = logits.at("data_offsets").at(0).get<std::size_t>();
+  const auto end = logits.at("data_offsets").at(1).get<std::size_t>();
+  return {logits.at("shape").at(0).get<std::int64_t>(), content.substr(8 + header_size + begin, end - begin)};
+}
+
+class CliSessionTest : public ::testing::Test {
+ protected:
+  // Runs lightdesk-cli with `arguments`; returns its exit code, keeps stdout and stderr.
+  int cli(const std::string& arguments) {
+    const std::string command = std::string("'") + LIGHTDESK_CLI + "' " + arguments + " >'" + (scratch_ / "stdout").string() +
+                                "' 2>'" + (scratch_ / "stderr").string() + "'";
+    const int status = std::system(command.c_str());
+    stdout_ = read_file(scratch_ / "stdout");
+    stderr_ = read_file(scratch_ / "stderr");
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+  std::string model(const char* name = "tiny-a-m1-rd8") const { return "--model '" + fixture(name).string() + "'"; }
+  std::string session(const char* name = "s") const {
+    return "--session-db '" + (scratch_ / "sessions.db").string() + "' --session " + name;
+  }
+  std::string out(const char* name) const { return "--out '" + (scratch_ / name).string() + "'"; }
+  LogitsFile logits(const char* name) const { return read_logits(scratch_ / name); }
+
+  ScratchDir scratch_;
+  std::string stdout_, stderr_;
+};
+
+// The contract: run A, then B with --decode-from 0 in the same session, gives for B the logits
+// of one uninterrupted run over A then B whose B rows are single-token decode steps.
+TEST_F(CliSessionTest, LogitsContinueAtTheStoredPosition) {
+  const auto a = token_ids(33, 31), b = token_ids(7, 32);
+  ASSERT_EQ(cli("logits " + model() + " --ids " + join(a) + " " + out("a.safetensors") + " " + session()), 0) << stderr_;
+  ASSERT_EQ(cli("logits " + model() + " --ids " + join(b) + " " + out("b.safetensors") + " " + session() +
+                " --decode-from 0"),
+            0)
+      << stderr_;
+  EXPECT_EQ(stderr_, "");
+  ASSERT_EQ(cli("logits " + model() + " --ids " + join(testing::concat(a, b)) + " " + out("ab.safetensors") +
+                " --decode-from " + std::to_string(a.size())),
+            0)
+      << stderr_;
+  const auto continued = logits("b.safetensors"), uninterrupted = logits("ab.safetensors");
+  ASSERT_EQ(continued.rows, 7);
+  ASSERT_EQ(uninterrupted.rows, 40);
+  const std::size_t row_bytes = continued.bytes.size() / 7;
+  EXPECT_TRUE(continued.bytes == uninterrupted.bytes.substr(33 * row_bytes)) << "logits differ";
+  // Another session in the same file starts empty.
+  ASSERT_EQ(cli("logits " + model() + " --ids " + join(a) + " " + out("other.safetensors") + " " + session("other")),
+            0);
+  EXPECT_EQ(logits("other.safetensors").bytes, logits("a.safetensors").bytes);
+}
+
+TEST_F(CliSessionTest, GenerateKeepsItsOutputInTheSession) {
+  const auto prompt = token_ids(20, 33), next = token_ids(4, 34);
+  ASSERT_EQ(cli("generate " + model() + " --ids " + join(prompt) + " --max-new-tokens 5 --greedy " + session()), 0)
+      << stderr_;
+  std::vector<TokenId> generated;
+  std::stringstream line(stdout_);
+  for (std::string id; std::getline(line, id, ',');) generated.push_back(static_cast<TokenId>(std::stoi(id)));
+  ASSERT_EQ(generated.size(), 5u);
+  ASSERT_EQ(cli("logits " + model() + " --ids " + join(next) + " " + out("next.safetensors") + " " + session() +
+                " --decode-from 0"),
+            0)
+      << stderr_;
+  const auto all = testing::concat(testing::concat(prompt, generated), next);
+  ASSERT_EQ(cli("logits " + model() + " --ids " + join(all) + " " + out("all.safetensors") + " --decode-from 20"), 0);
+  const auto continued = logits("next.safetensors"), uninterrupted = logits("all.safetensors");
+  const std::size_t row_bytes = continued.bytes.size() / 4;
+  EXPECT_TRUE(continued.bytes == uninterrupted.bytes.substr(25 * row_bytes)) << "logits differ";
+}
+
+// generate --prompt: the stored session holds the prompt's ids and every generated token.
+TEST_F(CliSessionTest, GenerateFromAPromptKeepsPromptAndOutput) {
+  const auto model_dir = std::filesystem::path(LIGHTDESK_SOURCE_DIR) / "resources/models/tiny-a-m1-rd8";
+  const std::string text_model = "--model '" + model_dir.string() + "'";
+  ASSERT_EQ(cli("generate " + text_model + " --prompt 'hello there' --max-new-tokens 4 --greedy " + session()), 0)
+      << stderr_;
+  ASSERT_EQ(cli("generate " + text_model + " --prompt ' and more' --max-new-tokens 3 --greedy " + session()), 0)
+      << stderr_;
+  const auto tokenizer = Tokenizer::open(model_dir);
+  const auto first = tokenizer->encode("hello there"), second = tokenizer->encode(" and more");
+  Store store(scratch_ / "sessions.db");
+  const auto checkpoints = store.checkpoints(store.find_session("s")->id);
+  ASSERT_EQ(checkpoints.size(), 2u);
+  EXPECT_EQ(checkpoints[0].position, static_cast<std::int64_t>(first.size() + 4));
+  EXPECT_EQ(checkpoints[1].position, static_cast<std::int64_t>(first.size() + 4 + second.size() + 3));
+  const auto tokens = store.checkpoint_tokens(checkpoints[1].id);
+  EXPECT_TRUE(std::equal(second.begin(), second.end(), tokens.begin() + static_cast<std::ptrdiff_t>(first.size() + 4)));
+}
+
+TEST_F(CliSessionTest, AnotherModelRecomputesTheStoredTokens) {
+  const auto a = token_ids(12, 35), b = token_ids(3, 36);
+  ASSERT_EQ(cli("logits " + model() + " --ids " + join(a) + " " + out("a.safetensors") + " " + session()), 0);
+  ASSERT_EQ(cli("logits " + model("tiny-a-hf") + " --ids " + join(b) + " " + out("b.safetensors") + " " + session() +
+                " --decode-from 0"),
+            0)
+      << stderr_;
+  EXPECT_NE(stderr_.find("was saved by another model"), std::string::npos) << stderr_;
+  EXPECT_NE(stderr_.find("recomputed from its 12 token ids"), std::string::npos) << stderr_;
+  ASSERT_EQ(cli("logits " + model("tiny-a-hf") + " --ids " + join(testing::concat(a, b)) + " " +
+                out("ab.safetensors") + " --decode-from 12"),
+            0);
+  const auto continued = logits("b.safetensors"), uninterrupted = logits("ab.safetensors");
+  EXPECT_TRUE(continued.bytes == uninterrupted.bytes.substr(12 * (continued.bytes.size() / 3)));
+}
+
+TEST_F(CliSessionTest, SessionOptionsGoTogether) {
+  EXPECT_EQ(cli("logits " + model() + " --ids 1,2 " + out("x.safetensors") + " --session s"), 2);
+  EXPECT_NE(stderr_.find("--session-db and --session go together"), std::string::npos) << stderr_;
+  EXPECT_EQ(cli("info " + model() + " " + session()), 2);
+}
+
+TEST_F(CliSessionTest, UnreadableDatabaseFailsClearly) {
+  std::ofstream(scratch_ / "sessions.db") << std::string(8192, 'x');
+  EXPECT_EQ(cli("logits " + model() + " --ids 1,2 " + out("x.safetensors") + " " + session()), 1);
+  EXPECT_NE(stderr_.find((scratch_ / "sessions.db").string()), std::string::npos) << stderr_;
+}
+
+}  // namespace
+}  // namespace lightdesk::store

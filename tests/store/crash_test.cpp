@@ -1,0 +1,155 @@
+// Crash safety: a child process saves checkpoints in a loop (and deletes old ones) and is killed
+// with SIGKILL at a random moment; after every kill the database must open, pass
+// PRAGMA integrity_check and hold complete checkpoints that load to exactly the right state.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <random>
+
+#include "lightdesk/store.h"
+#include "src/sqlite.h"
+#include "store_test_util.h"
+
+namespace lightdesk::store {
+namespace {
+
+using testing::bit_identical;
+using testing::continue_logits;
+using testing::fixture;
+using testing::ScratchDir;
+using testing::token_ids;
+
+// The child feeds the stream in pieces of this many tokens from position 0, so any position it
+// saved can be recomputed with the same split (and so bit for bit).
+constexpr std::size_t kPiece = 16;
+constexpr std::size_t kStreamLength = 1024;  // then the child starts over from position 0
+constexpr std::size_t kKeptCheckpoints = 3;
+
+class CrashTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    ModelOptions options;
+    options.backend = BackendKind::Cpu;
+    options.threads = 1;  // no worker threads: the process forks
+    model_ = Model::open(fixture("tiny-a-m1-rd8"), options).release();
+    stream_ = new std::vector<TokenId>(token_ids(kStreamLength, 77));
+  }
+  static void TearDownTestSuite() {
+    delete model_;
+    delete stream_;
+  }
+
+  // Runs in the forked child until it is killed: continue the session from its latest
+  // checkpoint, one piece and one checkpoint at a time. Never returns.
+  [[noreturn]] void write_checkpoints_until_killed() {
+    try {
+      Store::Options options;
+      options.kv_row_bytes = 100 * 1024;  // several rows per span, so kills land between rows
+      Store store(db_path(), options);
+      const auto record = store.find_session("crash");
+      const auto session_id = record ? record->id : store.create_session("crash", {}, std::string("crash"));
+      auto session = model_->create_session();
+      if (const auto latest = store.latest_checkpoint(session_id)) store.load_checkpoint(latest->id, *session);
+      for (;;) {
+        if (session->tokens().size() == kStreamLength) session->reset();
+        session->feed(std::span(*stream_).subspan(session->tokens().size(), kPiece));
+        store.save_checkpoint(session_id, *session);
+        const auto all = store.checkpoints(session_id);
+        for (std::size_t i = 0; i + kKeptCheckpoints < all.size(); ++i) store.delete_checkpoint(all[i].id);
+      }
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "crash test child: %s\n", e.what());
+    }
+    _exit(3);
+  }
+
+  // The logits of one more token after the state at `position`, computed without the store.
+  static std::vector<float> expected_next(std::size_t position) {
+    auto session = model_->create_session();
+    for (std::size_t at = 0; at < position; at += kPiece) session->feed(std::span(*stream_).subspan(at, kPiece));
+    return continue_logits(*session, {(*stream_)[position % kStreamLength]});
+  }
+
+  // Unfinished checkpoints and K/V spans the killed child left (the kill landed inside a save).
+  std::int64_t unfinished_rows() {
+    sql::Database db(db_path());
+    sql::Statement count(db,
+                         "SELECT (SELECT count(*) FROM checkpoints WHERE complete = 0) + "
+                         "(SELECT count(*) FROM kv_spans WHERE complete = 0)");
+    count.step();
+    return count.int64(0);
+  }
+
+  // Checks the file the killed child left; returns the number of complete checkpoints.
+  std::size_t verify(int iteration) {
+    Store store(db_path());
+    EXPECT_EQ(store.integrity_check(), "ok") << "after kill " << iteration;
+    const auto record = store.find_session("crash");
+    if (!record) return 0;
+    const auto checkpoints = store.checkpoints(record->id);
+    for (const auto& checkpoint : checkpoints) {
+      auto session = model_->create_session();
+      store.load_checkpoint(checkpoint.id, *session);
+      EXPECT_EQ(session->tokens(),
+                std::vector<TokenId>(stream_->begin(), stream_->begin() + checkpoint.position));
+      EXPECT_TRUE(bit_identical(continue_logits(*session, {(*stream_)[static_cast<std::size_t>(checkpoint.position) %
+                                                                      kStreamLength]}),
+                                expected_next(static_cast<std::size_t>(checkpoint.position))))
+          << "checkpoint at " << checkpoint.position << " after kill " << iteration;
+    }
+    return checkpoints.size();
+  }
+
+  void run(int iterations, std::chrono::seconds time_limit) {
+    std::mt19937 random(20261121);
+    std::uniform_int_distribution<int> delay_us(0, 40000);
+    const auto deadline = std::chrono::steady_clock::now() + time_limit;
+    bool saw_checkpoint = false;
+    int done = 0, inside_save = 0;
+    for (; done < iterations && std::chrono::steady_clock::now() < deadline; ++done) {
+      const pid_t child = fork();
+      ASSERT_GE(child, 0) << "fork failed";
+      if (child == 0) write_checkpoints_until_killed();
+      usleep(static_cast<useconds_t>(delay_us(random)));
+      kill(child, SIGKILL);
+      int status = 0;
+      ASSERT_EQ(waitpid(child, &status, 0), child);
+      ASSERT_TRUE(WIFSIGNALED(status)) << "the child stopped by itself (exit code " << WEXITSTATUS(status) << ")";
+      const std::size_t complete = verify(done);
+      inside_save += unfinished_rows() > 0 ? 1 : 0;
+      // Every other time the leftovers are collected here, otherwise by the child's next save.
+      if (done % 2 == 1) {
+        Store(db_path()).collect_garbage();
+        EXPECT_EQ(unfinished_rows(), 0) << "after kill " << done;
+      }
+      if (HasFailure()) return;
+      // Once a checkpoint was complete, a kill may replace it but never leave none.
+      if (saw_checkpoint) {
+        ASSERT_GT(complete, 0u) << "after kill " << done;
+      }
+      saw_checkpoint = saw_checkpoint || complete > 0;
+    }
+    EXPECT_TRUE(saw_checkpoint);
+    std::printf("%d kills survived, %d of them inside a save\n", done, inside_save);
+  }
+
+  std::filesystem::path db_path() const { return scratch_ / "crash.db"; }
+
+  static Model* model_;
+  static std::vector<TokenId>* stream_;
+  ScratchDir scratch_;
+};
+Model* CrashTest::model_ = nullptr;
+std::vector<TokenId>* CrashTest::stream_ = nullptr;
+
+TEST_F(CrashTest, ShortKillLoop) { run(40, std::chrono::seconds(15)); }
+
+// Labelled slow in CMake: several hundred kills.
+TEST_F(CrashTest, LongKillLoop) { run(400, std::chrono::seconds(240)); }
+
+}  // namespace
+}  // namespace lightdesk::store

@@ -1,0 +1,537 @@
+// The session store: state round trips, K/V sharing between checkpoints, branching, corruption,
+// migrations, full-text search and use from several threads.
+#include "lightdesk/store.h"
+
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+
+#include <atomic>
+#include <set>
+#include <fstream>
+#include <iterator>
+#include <thread>
+
+#include "src/schema.h"
+#include "store_test_util.h"
+
+namespace lightdesk::store {
+namespace {
+
+using testing::bit_identical;
+using testing::concat;
+using testing::continue_logits;
+using testing::fixture;
+using testing::ScratchDir;
+using testing::token_ids;
+
+ModelOptions cpu_options() {
+  ModelOptions options;
+  options.backend = BackendKind::Cpu;
+  return options;
+}
+
+class StoreTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { model_ = Model::open(fixture("tiny-a-m1-rd8"), cpu_options()).release(); }
+  static void TearDownTestSuite() {
+    delete model_;
+    model_ = nullptr;
+  }
+
+  // A session that already holds other tokens, so a load that does nothing shows.
+  static std::unique_ptr<Session> busy_session() {
+    auto session = model_->create_session();
+    session->feed(token_ids(9, 999));
+    return session;
+  }
+
+  // Runs a plain SQL statement on the store's file (tests that reach under the API).
+  void exec_sql(const std::string& sql) {
+    sql::Database db(db_path());
+    db.exec(sql.c_str());
+  }
+
+  std::filesystem::path db_path() const { return scratch_ / "sessions.db"; }
+
+  static Model* model_;
+  ScratchDir scratch_;
+};
+Model* StoreTest::model_ = nullptr;
+
+TEST_F(StoreTest, RoundTripGivesBitIdenticalLogits) {
+  const auto a = token_ids(40, 1), b = token_ids(12, 2);
+  auto reference = model_->create_session();
+  reference->feed(a);
+  const auto expected = continue_logits(*reference, b);
+
+  std::int64_t session_id = 0;
+  {
+    Store store(db_path());
+    session_id = store.create_session("round trip");
+    auto writer = model_->create_session();
+    writer->feed(a);
+    store.save_checkpoint(session_id, *writer);
+  }
+  Store store(db_path());
+  const auto checkpoint = store.latest_checkpoint(session_id);
+  ASSERT_TRUE(checkpoint.has_value());
+  EXPECT_EQ(checkpoint->position, 40);
+  EXPECT_EQ(checkpoint->model_fingerprint, model_->info().fingerprint);
+  EXPECT_EQ(store.checkpoint_tokens(checkpoint->id), a);
+  EXPECT_EQ(store.checkpoint_bytes(checkpoint->id),
+            static_cast<std::int64_t>(model_->info().lightning_state_bytes + 40 * model_->info().kv_bytes_per_token));
+
+  auto restored = busy_session();
+  store.load_checkpoint(checkpoint->id, *restored);
+  EXPECT_EQ(restored->position(), 40);
+  EXPECT_EQ(restored->tokens(), a);
+  EXPECT_TRUE(bit_identical(continue_logits(*restored, b), expected));
+}
+
+TEST_F(StoreTest, CheckpointsShareKvByPositionAndSplitRowsAtTheRowSize) {
+  const auto tokens = token_ids(60, 3);
+  const auto tail = token_ids(5, 4);
+  Store::Options options;
+  // 7 positions per row: spans that start mid-row and rows split across export parts.
+  options.kv_row_bytes = 7 * model_->info().num_kv_heads * model_->info().head_dim * 4;
+  Store store(db_path(), options);
+  const auto session_id = store.create_session("sharing");
+  auto writer = model_->create_session();
+  std::vector<std::int64_t> ids;
+  std::vector<std::vector<float>> expected;
+  // References feed the same pieces: a different split rounds differently.
+  std::vector<std::span<const TokenId>> pieces;
+  for (std::size_t end : {20, 41, 41, 60}) {
+    pieces.push_back(std::span(tokens).subspan(writer->tokens().size(), end - writer->tokens().size()));
+    writer->feed(pieces.back());
+    ids.push_back(store.save_checkpoint(session_id, *writer));
+    auto reference = model_->create_session();
+    for (const auto& piece : pieces) reference->feed(piece);
+    expected.push_back(continue_logits(*reference, tail));
+  }
+  // 60 positions stored once, in spans [0,20) [20,41) [41,60), whatever the number of checkpoints.
+  sql::Database db(db_path());
+  sql::Statement totals(db, "SELECT (SELECT count(*) FROM kv_spans), (SELECT sum(length(data)) FROM kv_rows)");
+  ASSERT_TRUE(totals.step());
+  EXPECT_EQ(totals.int64(0), 3);
+  EXPECT_EQ(totals.int64(1), static_cast<std::int64_t>(60 * model_->info().kv_bytes_per_token));
+  totals.reset();  // ends this connection's read snapshot
+
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    auto restored = busy_session();
+    store.load_checkpoint(ids[i], *restored);
+    EXPECT_TRUE(bit_identical(continue_logits(*restored, tail), expected[i])) << "checkpoint " << i;
+  }
+  // Deleting checkpoints keeps the spans that later ones still use.
+  store.delete_checkpoint(ids[0]);
+  store.delete_checkpoint(ids[3]);
+  auto restored = busy_session();
+  store.load_checkpoint(ids[2], *restored);
+  EXPECT_TRUE(bit_identical(continue_logits(*restored, tail), expected[2]));
+  sql::Statement spans(db, "SELECT count(*) FROM kv_spans");
+  ASSERT_TRUE(spans.step());
+  EXPECT_EQ(spans.int64(0), 2);
+}
+
+TEST_F(StoreTest, BranchContinuesFromTheCheckpointOfAnEarlierMessage) {
+  const auto question = token_ids(30, 5), answer = token_ids(10, 6), edited = token_ids(10, 7),
+             next = token_ids(6, 8);
+  Store store(db_path());
+  const auto session_id = store.create_session("branching");
+  Message m;
+  m.session_id = session_id;
+  m.role = Role::User;
+  m.text = "question";
+  const auto question_id = store.add_message(m);
+  auto live = model_->create_session();
+  live->feed(question);
+  store.save_checkpoint(session_id, *live, question_id);
+  m.parent_id = question_id;
+  m.role = Role::Assistant;
+  m.text = "first answer";
+  const auto answer_id = store.add_message(m);
+  live->feed(answer);
+  store.save_checkpoint(session_id, *live, answer_id);
+
+  // The user edits the answer: a sibling branch continues from the question's checkpoint.
+  m.text = "edited answer";
+  const auto edited_id = store.add_message(m);
+  auto branch = busy_session();
+  store.load_checkpoint(store.checkpoint_at(question_id)->id, *branch);
+  branch->feed(edited);
+  store.save_checkpoint(session_id, *branch, edited_id);
+
+  auto reference = model_->create_session();
+  reference->feed(question);
+  reference->feed(edited);
+  const auto expected_edited = continue_logits(*reference, next);
+  auto restored = busy_session();
+  store.load_checkpoint(store.checkpoint_at(edited_id)->id, *restored);
+  EXPECT_TRUE(bit_identical(continue_logits(*restored, next), expected_edited));
+
+  // The original branch is intact.
+  auto original = model_->create_session();
+  original->feed(question);
+  original->feed(answer);
+  const auto expected_original = continue_logits(*original, next);
+  store.load_checkpoint(store.checkpoint_at(answer_id)->id, *restored);
+  EXPECT_TRUE(bit_identical(continue_logits(*restored, next), expected_original));
+
+  const auto thread = store.thread(edited_id);
+  ASSERT_EQ(thread.size(), 2u);
+  EXPECT_EQ(thread[0].id, question_id);
+  EXPECT_EQ(thread[1].text, "edited answer");
+  EXPECT_EQ(store.children(question_id).size(), 2u);
+}
+
+// Finds `needle` in the file and flips one bit of its first byte.
+void flip_bytes_in_file(const std::filesystem::path& path, std::span<const std::byte> needle) {
+  std::fstream file(path, std::ios::in | std::ios::out | std::ios::binary);
+  std::string content((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  const auto at = content.find(std::string_view(reinterpret_cast<const char*>(needle.data()), needle.size()));
+  ASSERT_NE(at, std::string::npos) << "state bytes not found in " << path;
+  file.seekp(static_cast<std::streamoff>(at));
+  file.put(static_cast<char>(content[at] ^ 0x10));
+}
+
+TEST_F(StoreTest, FlippedBytesInTheFileAreRefusedAndMessagesKept) {
+  const auto tokens = token_ids(40, 9);
+  std::vector<float> layer1_state;
+  std::int64_t session_id = 0;
+  {
+    Store store(db_path());
+    session_id = store.create_session("damaged");
+    Message m;
+    m.session_id = session_id;
+    m.text = "keep me";
+    store.add_message(m);
+    auto writer = model_->create_session();
+    writer->feed(tokens);
+    writer->export_state([&](const StatePart& part) {
+      if (part.kind == StatePartKind::LightningState && part.layer == 1)
+        layer1_state.assign(part.data.begin(), part.data.end());
+    });
+    store.save_checkpoint(session_id, *writer);
+  }  // closing the last connection moves the WAL into the file
+  flip_bytes_in_file(db_path(), std::as_bytes(std::span<const float>(layer1_state)).subspan(64, 32));
+
+  Store store(db_path());
+  auto session = busy_session();
+  const auto before = session->tokens();
+  try {
+    store.load_checkpoint(store.latest_checkpoint(session_id)->id, *session);
+    FAIL() << "a damaged state was loaded";
+  } catch (const StateRefused& e) {
+    EXPECT_NE(std::string(e.what()).find("lightning state of layer 1 is damaged (checksum mismatch)"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(session->tokens(), before);
+  EXPECT_EQ(store.messages(session_id).at(0).text, "keep me");
+  EXPECT_EQ(store.checkpoint_tokens(store.latest_checkpoint(session_id)->id), tokens);
+}
+
+TEST_F(StoreTest, DamagedKvRowIsRefused) {
+  Store store(db_path());
+  const auto session_id = store.create_session("damaged kv");
+  auto writer = model_->create_session();
+  writer->feed(token_ids(20, 10));
+  const auto id = store.save_checkpoint(session_id, *writer);
+  // Rewrite one byte of a K/V row behind the store's back, as a disk error would.
+  sql::Database db(db_path());
+  sql::Statement row(db, "SELECT id FROM kv_rows WHERE kind = 3 LIMIT 1");
+  ASSERT_TRUE(row.step());
+  {
+    sql::Blob blob(db, "kv_rows", "data", row.int64(0), true);
+    std::byte b[1];
+    blob.read(100, b);
+    b[0] ^= std::byte{1};
+    blob.write(100, b);
+  }  // closing the handle commits the change
+  auto session = busy_session();
+  try {
+    store.load_checkpoint(id, *session);
+    FAIL() << "a damaged state was loaded";
+  } catch (const StateRefused& e) {
+    EXPECT_NE(std::string(e.what()).find("values of layer 3 at positions 0+20 is damaged"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(session->position(), 9);
+}
+
+TEST_F(StoreTest, TruncatedFileGivesClearErrors) {
+  std::int64_t session_id = 0;
+  {
+    Store store(db_path());
+    session_id = store.create_session("truncated");
+    Message m;
+    m.session_id = session_id;
+    m.text = "early message";
+    store.add_message(m);
+    auto writer = model_->create_session();
+    writer->feed(token_ids(1500, 11));
+    store.save_checkpoint(session_id, *writer);
+  }
+  const auto size = std::filesystem::file_size(db_path());
+  std::filesystem::resize_file(db_path(), size / 2);
+  // Either the file is refused when opened, or the lost part shows when it is read: never a
+  // crash, never an unexplained state.
+  try {
+    Store store(db_path());
+    EXPECT_EQ(store.messages(session_id).at(0).text, "early message");
+    EXPECT_NE(store.integrity_check(), "ok");
+    auto session = busy_session();
+    EXPECT_THROW(store.load_checkpoint(store.latest_checkpoint(session_id)->id, *session), StateRefused);
+    EXPECT_EQ(session->position(), 9);
+  } catch (const StateRefused&) {
+    throw;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(db_path().string()), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(StoreTest, AnotherModelsCheckpointIsRefusedAndTheConversationRecomputed) {
+  const auto tokens = token_ids(25, 12);
+  {
+    auto writer = model_->create_session();
+    NamedSessionState state(db_path(), "chat", *writer);
+    writer->feed(tokens);
+    state.save();
+  }
+  auto other_model = Model::open(fixture("tiny-a-hf"), cpu_options());
+  ASSERT_NE(other_model->info().fingerprint, model_->info().fingerprint);
+  {
+    Store store(db_path());
+    auto session = other_model->create_session();
+    const auto checkpoint = store.latest_checkpoint(store.find_session("chat")->id);
+    try {
+      store.load_checkpoint(checkpoint->id, *session);
+      FAIL() << "another model's state was loaded";
+    } catch (const StateRefused& e) {
+      EXPECT_NE(std::string(e.what()).find("was saved by another model"), std::string::npos) << e.what();
+    }
+  }
+  auto reference = other_model->create_session();
+  reference->feed(tokens);
+  const auto next = token_ids(3, 13);
+  const auto expected = continue_logits(*reference, next);
+  auto session = other_model->create_session();
+  NamedSessionState state(db_path(), "chat", *session);
+  EXPECT_NE(state.notice().find("recomputed from its 25 token ids"), std::string::npos) << state.notice();
+  EXPECT_EQ(session->tokens(), tokens);
+  EXPECT_TRUE(bit_identical(continue_logits(*session, next), expected));
+}
+
+TEST_F(StoreTest, AFailedSaveLeavesNothingBehind) {
+  Store store(db_path());
+  const auto session_id = store.create_session("failing");
+  auto session = model_->create_session();
+  session->feed(token_ids(20, 15));
+  const auto good = store.save_checkpoint(session_id, *session);
+  session->feed(token_ids(10, 16));
+  // A source that fails after its first parts, as an export interrupted by a device error.
+  int parts = 0;
+  const StateSource failing{model_->info(), session->tokens(),
+                            [&](const std::function<void(const StatePart&)>& sink, std::int64_t chunk) {
+                              session->export_state(
+                                  [&](const StatePart& part) {
+                                    if (++parts == 3) throw Error("device lost");
+                                    sink(part);
+                                  },
+                                  chunk);
+                            }};
+  EXPECT_THROW(store.save_checkpoint(session_id, failing), Error);
+  EXPECT_EQ(store.checkpoints(session_id).size(), 1u);
+  sql::Database db(db_path());
+  sql::Statement leftovers(db,
+                           "SELECT (SELECT count(*) FROM checkpoints WHERE complete = 0) + "
+                           "(SELECT count(*) FROM kv_spans WHERE complete = 0) + "
+                           "(SELECT count(*) FROM lightning_states WHERE checkpoint_id <> ?)");
+  leftovers.bind_all(good);
+  ASSERT_TRUE(leftovers.step());
+  EXPECT_EQ(leftovers.int64(0), 0);
+  leftovers.reset();
+  auto restored = busy_session();
+  store.load_checkpoint(good, *restored);
+  EXPECT_EQ(restored->position(), 20);
+}
+
+TEST_F(StoreTest, MigratesFromEveryEarlierVersion) {
+  for (int version = 0; version < kSchemaVersion; ++version) {
+    SCOPED_TRACE("from version " + std::to_string(version));
+    std::filesystem::remove(db_path());
+    {
+      sql::Database db(db_path());
+      migrate(db, version);
+      ASSERT_EQ(user_version(db), version);
+      if (version >= 1) {
+        db.exec("INSERT INTO sessions(id, name, title, created_at, updated_at) VALUES (7, 'old', 'Old', 1, 1)");
+        db.exec("INSERT INTO messages(session_id, role, text, created_at) VALUES (7, 'user', 'ancient zebra', 1)");
+      }
+    }
+    Store store(db_path());
+    EXPECT_EQ(store.schema_version(), kSchemaVersion);
+    EXPECT_EQ(store.integrity_check(), "ok");
+    const std::int64_t session_id = version >= 1 ? 7 : store.create_session("new");
+    if (version >= 1) {
+      EXPECT_EQ(store.messages(session_id).at(0).text, "ancient zebra");
+      EXPECT_EQ(store.search("zebra").size(), 1u);
+    }
+    auto writer = model_->create_session();
+    writer->feed(token_ids(10, 14));
+    const auto id = store.save_checkpoint(session_id, *writer);
+    auto session = busy_session();
+    store.load_checkpoint(id, *session);
+    EXPECT_EQ(session->tokens(), writer->tokens());
+  }
+}
+
+TEST_F(StoreTest, RefusesAFileFromANewerSchema) {
+  { Store store(db_path()); }
+  exec_sql("PRAGMA user_version = 99");
+  try {
+    Store store(db_path());
+    FAIL() << "opened a newer file";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("newer Lightdesk (schema version 99"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(StoreTest, RefusesAFileThatIsNotADatabase) {
+  std::ofstream(db_path()) << std::string(8192, 'x');
+  try {
+    Store store(db_path());
+    FAIL() << "opened garbage";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(db_path().string()), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(StoreTest, FullTextSearchOverMessagesAndDocuments) {
+  Store store(db_path());
+  const auto session_id = store.create_session("search");
+  Message m;
+  m.session_id = session_id;
+  m.text = "How does lightning attention keep a fixed state?";
+  const auto question = store.add_message(m);
+  m.role = Role::Assistant;
+  m.text = "It decays the sum of outer products.";
+  m.reasoning = "recall the lightning recurrence";
+  const auto answer = store.add_message(m);
+  Document d;
+  d.session_id = session_id;
+  d.source_path = "/docs/minimax.pdf";
+  d.content_hash = "abc";
+  d.mime_type = "application/pdf";
+  d.text = "Softmax layers every eighth layer; lightning layers elsewhere.";
+  const auto document = store.add_document(d);
+
+  const auto hits = store.search("lightning");
+  ASSERT_EQ(hits.size(), 3u);
+  std::set<std::pair<SearchHit::Kind, std::int64_t>> found;
+  for (const auto& hit : hits) {
+    found.emplace(hit.kind, hit.id);
+    EXPECT_NE(hit.snippet.find("[lightning]"), std::string::npos) << hit.snippet;
+  }
+  EXPECT_TRUE(found.count({SearchHit::Kind::Message, question}));
+  EXPECT_TRUE(found.count({SearchHit::Kind::Message, answer}));
+  EXPECT_TRUE(found.count({SearchHit::Kind::Document, document}));
+  EXPECT_EQ(store.search("minimax").size(), 1u);  // the document's path
+  EXPECT_TRUE(store.search("transformer").empty());
+  store.delete_session(session_id);
+  EXPECT_TRUE(store.search("lightning").empty());
+  EXPECT_THROW(store.search("\"unbalanced"), Error);
+}
+
+TEST_F(StoreTest, ConversationRecords) {
+  Store store(db_path());
+  const auto model_id = store.ensure_model(model_->info());
+  EXPECT_EQ(store.ensure_model(model_->info()), model_id);
+  const auto session_id = store.create_session("Title", model_id, "handle", R"({"temperature":0.7})");
+  EXPECT_EQ(store.find_session("handle")->id, session_id);
+  EXPECT_FALSE(store.find_session("nobody").has_value());
+  EXPECT_THROW(store.create_session("again", model_id, "handle"), Error);  // names are unique
+  store.rename_session(session_id, "Renamed");
+  EXPECT_EQ(store.session(session_id).title, "Renamed");
+  EXPECT_EQ(store.session(session_id).settings_json, R"({"temperature":0.7})");
+
+  Message m;
+  m.session_id = session_id;
+  m.role = Role::Assistant;
+  m.text = "answer";
+  m.reasoning = "thinking";
+  m.prompt_tokens = 12;
+  m.completion_tokens = 34;
+  m.generation_seconds = 1.5;
+  const auto id = store.add_message(m);
+  const Message read = store.message(id);
+  EXPECT_EQ(read.role, Role::Assistant);
+  EXPECT_EQ(read.reasoning, "thinking");
+  EXPECT_EQ(read.completion_tokens, 34);
+  EXPECT_EQ(read.generation_seconds, 1.5);
+  EXPECT_FALSE(read.prefill_seconds.has_value());
+  const auto other = store.create_session("other");
+  m.session_id = other;
+  m.parent_id = id;
+  EXPECT_THROW(store.add_message(m), Error);  // a parent from another session
+
+  Image image;
+  image.session_id = session_id;
+  image.message_id = id;
+  image.source_path = "/tmp/cat.png";
+  image.content_hash = "h";
+  image.mime_type = "image/png";
+  image.width = 640;
+  store.add_image(image);
+  EXPECT_EQ(store.images(session_id).at(0).width, 640);
+  store.delete_session(session_id);
+  EXPECT_TRUE(store.messages(session_id).empty());
+  EXPECT_TRUE(store.images(session_id).empty());
+}
+
+// Two threads, each with its own Store on one file: one saves checkpoints while the other reads
+// and searches; WAL lets the reader proceed during the writes.
+TEST_F(StoreTest, OneStorePerThreadWorksConcurrently) {
+  std::int64_t session_id = 0;
+  {
+    Store store(db_path());
+    session_id = store.create_session("threads");
+    Message m;
+    m.session_id = session_id;
+    m.text = "concurrent words";
+    store.add_message(m);
+  }
+  std::atomic<bool> writing{true};
+  std::string writer_error;
+  std::thread writer([&] {
+    try {
+      Store store(db_path());
+      auto session = model_->create_session();
+      for (int i = 0; i < 8; ++i) {
+        session->feed(token_ids(16, 20 + static_cast<std::uint32_t>(i)));
+        store.save_checkpoint(session_id, *session);
+      }
+    } catch (const std::exception& e) {
+      writer_error = e.what();
+    }
+    writing = false;
+  });
+  int reads = 0;
+  {
+    Store store(db_path());
+    while (writing || reads == 0) {
+      EXPECT_EQ(store.search("concurrent").size(), 1u);
+      EXPECT_EQ(store.messages(session_id).size(), 1u);
+      ++reads;
+    }
+  }
+  writer.join();
+  EXPECT_EQ(writer_error, "");
+  Store store(db_path());
+  EXPECT_EQ(store.checkpoints(session_id).size(), 8u);
+  EXPECT_EQ(store.latest_checkpoint(session_id)->position, 128);
+  EXPECT_GT(reads, 0);
+}
+
+}  // namespace
+}  // namespace lightdesk::store

@@ -1,0 +1,107 @@
+// lightdesk-cli's text verbs (tokenize, detokenize, generate --prompt, ask) on the bundled model.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <sys/wait.h>
+
+#include "lightdesk/text.h"
+
+namespace lightdesk {
+namespace {
+
+const std::string kModel = LIGHTDESK_SOURCE_DIR "/resources/models/tiny-a-m1-rd8";
+const std::filesystem::path kDocs = std::filesystem::path(LIGHTDESK_TEST_DATA) / "documents";
+
+struct CliRun {
+  int exit_code = -1;
+  std::string out, err;
+};
+
+// Runs the CLI with `arguments` (already shell-quoted), capturing both streams.
+CliRun run_cli(const std::string& arguments) {
+  const auto err_file = std::filesystem::temp_directory_path() / ("lightdesk_cli_text_" + std::to_string(::getpid()));
+  const std::string command = std::string("'") + LIGHTDESK_CLI + "' " + arguments + " 2>'" + err_file.string() + "'";
+  CliRun run;
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (!pipe) return run;
+  std::array<char, 4096> buffer;
+  std::size_t n;
+  while ((n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0) run.out.append(buffer.data(), n);
+  const int status = ::pclose(pipe);
+  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream err(err_file);
+  run.err.assign(std::istreambuf_iterator<char>(err), {});
+  std::filesystem::remove(err_file);
+  return run;
+}
+
+std::string join(const std::vector<TokenId>& ids) {
+  std::string s;
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    if (i) s += ',';
+    s += std::to_string(ids[i]);
+  }
+  return s;
+}
+
+TEST(CliText, TokenizePrintsTheFileIdsWithoutSpecialTokens) {
+  const auto tokenizer = Tokenizer::open(kModel);
+  const CliRun run = run_cli("tokenize --model '" + kModel + "' --file '" + (kDocs / "utf8.md").string() + "'");
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  const auto expected = tokenizer->encode(load_document(kDocs / "utf8.md").text);
+  ASSERT_FALSE(expected.empty());
+  EXPECT_EQ(run.out, join(expected) + "\n");
+}
+
+TEST(CliText, DetokenizeInvertsTokenize) {
+  const auto tokenizer = Tokenizer::open(kModel);
+  const std::string text = "Plain <end_of_sentence> text, café 東京\n";
+  const CliRun run = run_cli("detokenize --model '" + kModel + "' --ids " + join(tokenizer->encode(text)));
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_EQ(run.out, text + "\n");
+}
+
+TEST(CliText, GenerateFromPromptRepeatsAndMatchesTheIdVerb) {
+  const auto tokenizer = Tokenizer::open(kModel);
+  const std::string args = "generate --model '" + kModel + "' --max-new-tokens 12 ";
+  const CliRun text = run_cli(args + "--prompt 'Once upon a time'");
+  ASSERT_EQ(text.exit_code, 0) << text.err;
+  EXPECT_EQ(run_cli(args + "--prompt 'Once upon a time'").out, text.out);
+  // The same continuation as ids, decoded (up to the end-of-turn token, which is not printed).
+  const CliRun ids = run_cli(args + "--ids " + join(tokenizer->encode("Once upon a time")));
+  ASSERT_EQ(ids.exit_code, 0) << ids.err;
+  std::vector<TokenId> generated;
+  for (std::size_t pos = 0; pos < ids.out.size();) {
+    std::size_t end = ids.out.find_first_of(",\n", pos);
+    generated.push_back(std::stoi(ids.out.substr(pos, end - pos)));
+    pos = end + 1;
+  }
+  auto stop = std::find(generated.begin(), generated.end(), 2);
+  generated.erase(stop, generated.end());
+  EXPECT_EQ(text.out, tokenizer->decode(generated) + "\n");
+}
+
+TEST(CliText, AskAnswersAboutDocumentsWithProgress) {
+  const CliRun run = run_cli("ask --model '" + kModel + "' --document '" + (kDocs / "two-pages.pdf").string() +
+                          "' --document '" + (kDocs / "utf8.md").string() +
+                          "' --question 'What is on page two?' --max-new-tokens 8 --greedy --chunk 32");
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_NE(run.err.find("tokens/s"), std::string::npos) << run.err;
+  EXPECT_NE(run.err.find("s left"), std::string::npos) << run.err;
+  EXPECT_FALSE(run.out.empty());
+  EXPECT_EQ(run.out.back(), '\n');
+}
+
+TEST(CliText, AskRefusesUnreadableDocumentsByName) {
+  const CliRun run = run_cli("ask --model '" + kModel + "' --document '" + (kDocs / "encrypted.pdf").string() +
+                          "' --question 'Why?'");
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_NE(run.err.find("encrypted.pdf"), std::string::npos) << run.err;
+  EXPECT_EQ(run_cli("ask --model '" + kModel + "' --question 'Why?'").exit_code, 2);
+}
+
+}  // namespace
+}  // namespace lightdesk
