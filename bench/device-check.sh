@@ -31,20 +31,25 @@ fi
 lib="$prefix/usr/lib/x86_64-linux-gnu"
 export LD_LIBRARY_PATH="$lib/openblas-pthread:$lib:${LD_LIBRARY_PATH:-}"
 
-# The text and vision libraries need PCRE2, poppler-cpp, ICU and OpenCV, which the GPU machine
-# lacks; nothing built here links them (only the engine, the CUDA tests and the benchmark), so
-# configure gets stand-ins for them.
+# The text, vision and store libraries need PCRE2, poppler-cpp, ICU, libxml2, sentencepiece,
+# OpenCV, SQLite and xxHash, which the GPU machine lacks; nothing built here links them (only
+# the engine, the CUDA tests and the benchmark), so configure gets stand-ins for them.
 standin="$prefix/standin"
-mkdir -p "$standin/pkgconfig" "$standin/include"
-touch "$standin/libstandin.so"
-for pc in libpcre2-8 poppler-cpp; do
+mkdir -p "$standin/pkgconfig" "$standin/include/libxml"
+touch "$standin/libstandin.so" "$standin/include/sqlite3.h" "$standin/include/libxml/xmlversion.h"
+for pc in libpcre2-8 poppler-cpp sentencepiece libxxhash; do
   printf 'Name: %s\nDescription: stand-in\nVersion: 0\nLibs:\nCflags:\n' "$pc" >"$standin/pkgconfig/$pc.pc"
 done
 export PKG_CONFIG_PATH="$standin/pkgconfig"
 pkg_config=$(command -v pkg-config || echo "$prefix/usr/bin/pkgconf")
-standins=(-DPKG_CONFIG_EXECUTABLE="$pkg_config" -DICU_INCLUDE_DIR="$standin/include"
-  -DICU_UC_LIBRARY_RELEASE="$standin/libstandin.so" -DOPENCV_INCLUDE_DIR="$standin/include")
-for module in core imgcodecs imgproc; do standins+=(-DOPENCV_${module}_LIBRARY="$standin/libstandin.so"); done
+standins=(-DPKG_CONFIG_EXECUTABLE="$pkg_config")
+for var in ICU_INCLUDE_DIR OPENCV_INCLUDE_DIR LIBXML2_INCLUDE_DIR SQLite3_INCLUDE_DIR; do
+  standins+=(-D"$var=$standin/include")
+done
+for var in ICU_UC_LIBRARY_RELEASE OPENCV_core_LIBRARY OPENCV_imgcodecs_LIBRARY OPENCV_imgproc_LIBRARY \
+  LIBXML2_LIBRARY SQLite3_LIBRARY; do
+  standins+=(-D"$var=$standin/libstandin.so")
+done
 
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
