@@ -31,33 +31,13 @@ fi
 lib="$prefix/usr/lib/x86_64-linux-gnu"
 export LD_LIBRARY_PATH="$lib/openblas-pthread:$lib:${LD_LIBRARY_PATH:-}"
 
-# The text, vision and store libraries need PCRE2, poppler-cpp, ICU, libxml2, sentencepiece,
-# OpenCV, SQLite and xxHash, which the GPU machine lacks; nothing built here links them (only
-# the engine, the CUDA tests and the benchmark), so configure gets stand-ins for them.
-standin="$prefix/standin"
-mkdir -p "$standin/pkgconfig" "$standin/include/libxml"
-touch "$standin/libstandin.so" "$standin/include/sqlite3.h" "$standin/include/libxml/xmlversion.h"
-for pc in libpcre2-8 poppler-cpp sentencepiece libxxhash; do
-  printf 'Name: %s\nDescription: stand-in\nVersion: 0\nLibs:\nCflags:\n' "$pc" >"$standin/pkgconfig/$pc.pc"
-done
-export PKG_CONFIG_PATH="$standin/pkgconfig"
-pkg_config=$(command -v pkg-config || echo "$prefix/usr/bin/pkgconf")
-standins=(-DPKG_CONFIG_EXECUTABLE="$pkg_config")
-for var in ICU_INCLUDE_DIR OPENCV_INCLUDE_DIR LIBXML2_INCLUDE_DIR SQLite3_INCLUDE_DIR; do
-  standins+=(-D"$var=$standin/include")
-done
-for var in ICU_UC_LIBRARY_RELEASE OPENCV_core_LIBRARY OPENCV_imgcodecs_LIBRARY OPENCV_imgproc_LIBRARY \
-  LIBXML2_LIBRARY SQLite3_LIBRARY; do
-  standins+=(-D"$var=$standin/libstandin.so")
-done
-
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
 start=$(date +%s)
-cmake -S . -B build-device "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DLIGHTDESK_WITH_GUI=OFF \
+cmake -S . -B build-device "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DLIGHTDESK_ENGINE_ONLY=ON \
   -DLIGHTDESK_WITH_CUDA=ON -DCMAKE_PREFIX_PATH="$prefix/usr" -DCMAKE_LIBRARY_PATH="$lib/openblas-pthread;$lib" \
   -DCMAKE_CXX_FLAGS="-isystem $prefix/usr/include/x86_64-linux-gnu/openblas-pthread" \
-  -DCMAKE_EXE_LINKER_FLAGS="-Wl,-rpath-link,$lib" "${standins[@]}" >"$out/configure.log" 2>&1 ||
+  -DCMAKE_EXE_LINKER_FLAGS="-Wl,-rpath-link,$lib" >"$out/configure.log" 2>&1 ||
   { tail -30 "$out/configure.log"; exit 1; }
 cmake --build build-device -j"$(nproc)" --target cuda_tests engine_tests lightdesk-bench >"$out/build.log" 2>&1 ||
   { grep -E "error|Error" "$out/build.log" | head -40; exit 1; }
