@@ -302,7 +302,7 @@ TEST(VisionSession, ImageFeaturesFeedThroughPlaceholders) {
   const vision::PreparedImage image =
       vision::prepare_image(vision::decode_image_file(image_path("tiny.png")), c.anyres);
   const std::vector<std::vector<float>> images = {vision_model->image_embeddings(image)};
-  const std::vector<TokenId> prompt = {5, 17, c.image_token_id, 42};
+  const std::vector<TokenId> prompt = {6, 17, c.image_token_id, 42};
   const vision::MultimodalInput input = vision::expand_image_placeholders(prompt, c.image_token_id, images, c.text_hidden_size);
   ASSERT_EQ(static_cast<std::int64_t>(input.tokens.size()), 3 + image.token_count);
   EXPECT_EQ(input.embedding_overrides[2], images[0].data());
