@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "backend.h"
+#include "cuda_backend.h"
 #include "lightdesk/engine.h"
 #include "model_config.h"
 #include "model_weights.h"
@@ -33,7 +34,10 @@ const char* backend_name(BackendKind kind) {
   return "?";
 }
 
-std::vector<BackendKind> available_backends() { return {BackendKind::Cpu}; }
+std::vector<BackendKind> available_backends() {
+  if (cuda_unavailable_reason().empty()) return {BackendKind::Cpu, BackendKind::Cuda};
+  return {BackendKind::Cpu};
+}
 
 int ModelShape::num_lightning_layers() const {
   return static_cast<int>(std::count(layer_kinds.begin(), layer_kinds.end(), LayerKind::Lightning));
@@ -50,6 +54,10 @@ BackendKind resolve_backend(BackendKind requested) {
   if (requested == BackendKind::Auto)
     return std::find(available.begin(), available.end(), BackendKind::Cuda) != available.end() ? BackendKind::Cuda
                                                                                               : BackendKind::Cpu;
+  if (requested == BackendKind::Cuda) {
+    const std::string reason = cuda_unavailable_reason();
+    if (!reason.empty()) throw Error("the cuda backend is not available: " + reason);
+  }
   if (std::find(available.begin(), available.end(), requested) == available.end())
     throw Error(std::string("the ") + backend_name(requested) +
                 " backend is not available (not built into this program, or no device found)");
@@ -141,7 +149,8 @@ std::unique_ptr<Model> Model::open(const std::filesystem::path& directory, const
   auto on_bytes = [&](std::uint64_t loaded) {
     if (progress) progress(loaded, total);
   };
-  impl->backend = make_cpu_backend(impl->config, map, options, on_bytes);
+  impl->backend = kind == BackendKind::Cuda ? make_cuda_backend(impl->config, map, options, on_bytes)
+                                            : make_cpu_backend(impl->config, map, options, on_bytes);
   impl->info.weight_bytes = impl->backend->weight_bytes();
   return std::unique_ptr<Model>(new Model(std::move(impl)));
 }

@@ -55,6 +55,9 @@ struct ModelOptions {
   // Rotate the whole head in softmax layers whatever rotary_dim says, as native transformers
   // <= 5.17 does (a bug there; the released models were trained with partial RoPE).
   bool rope_full_head = false;
+  // CUDA backend: keep weights and activations in float32 instead of bf16 (twice the memory,
+  // slower; for checking the GPU path against the CPU reference).
+  bool cuda_float32 = false;
 };
 
 enum class LayerKind { Lightning, Softmax };
