@@ -138,7 +138,8 @@ class ChatFormat {
   // The turns that continue a conversation whose ids end with an assistant turn's end_of_turn()
   // token (as generated): the newline that closes that turn, then `conversation`'s messages and
   // the generation prompt. Appended to the earlier ids, it gives the ids render() gives the whole
-  // conversation. What a render places at the conversation's start or end rather than in turn
+  // conversation (its assistant turns as the ids the model generated, which re-encoding their
+  // text need not give back). What a render places at the conversation's start or end rather than in turn
   // order (tool definitions; M1's system messages) cannot be continued: Error.
   ChatPrompt render_continuation(const Conversation& conversation) const;
   TokenId end_of_turn() const { return end_of_turn_; }
