@@ -92,8 +92,14 @@ std::string read_text(const std::filesystem::path& path) {
   return text.str();
 }
 
+// The CUDA backend caches K/V in its activation dtype (bf16 unless cuda_float32); the CPU
+// backend in float32.
+std::uint64_t kv_value_bytes(BackendKind backend, const ModelOptions& options) {
+  return backend == BackendKind::Cuda && !options.cuda_float32 ? 2 : 4;
+}
+
 ModelInfo describe(const std::filesystem::path& directory, const ModelConfig& c, const Checkpoint& checkpoint,
-                   const WeightMap& map, BackendKind backend) {
+                   const WeightMap& map, BackendKind backend, const ModelOptions& options) {
   ModelInfo info;
   static_cast<ModelShape&>(info) = c;
   info.directory = directory;
@@ -105,7 +111,8 @@ ModelInfo describe(const std::filesystem::path& directory, const ModelConfig& c,
   info.lightning_state_bytes =
       static_cast<std::uint64_t>(info.num_lightning_layers()) * static_cast<std::uint64_t>(c.num_heads) * d * d * 4;
   info.kv_bytes_per_token =
-      static_cast<std::uint64_t>(info.num_softmax_layers()) * 2 * static_cast<std::uint64_t>(c.num_kv_heads) * d * 4;
+      static_cast<std::uint64_t>(info.num_softmax_layers()) * 2 * static_cast<std::uint64_t>(c.num_kv_heads) * d *
+      kv_value_bytes(backend, options);
   Fingerprint fp;
   fp.add(read_text(directory / "config.json"));
   for (const auto& file : checkpoint.files()) {
@@ -133,7 +140,7 @@ ModelInfo Model::inspect(const std::filesystem::path& directory, const ModelOpti
   const ModelConfig config = load_model_config(directory, options.rope_full_head);
   const Checkpoint checkpoint(directory);
   const WeightMap map(config, checkpoint);
-  return describe(directory, config, checkpoint, map, resolve_backend(options.backend));
+  return describe(directory, config, checkpoint, map, resolve_backend(options.backend), options);
 }
 
 std::unique_ptr<Model> Model::open(const std::filesystem::path& directory, const ModelOptions& options,
@@ -143,7 +150,7 @@ std::unique_ptr<Model> Model::open(const std::filesystem::path& directory, const
   impl->checkpoint = std::make_unique<Checkpoint>(directory);
   const WeightMap map(impl->config, *impl->checkpoint);
   const BackendKind kind = resolve_backend(options.backend);
-  impl->info = describe(directory, impl->config, *impl->checkpoint, map, kind);
+  impl->info = describe(directory, impl->config, *impl->checkpoint, map, kind, options);
   std::uint64_t total = 0;
   for (const auto& [dtype, bytes] : impl->info.bytes_per_dtype) total += bytes;
   auto on_bytes = [&](std::uint64_t loaded) {

@@ -95,7 +95,8 @@ struct ModelInfo : ModelShape {
   std::uint64_t weight_bytes = 0;
   // A session's fixed part: all lightning states (float32).
   std::uint64_t lightning_state_bytes = 0;
-  // A session's growing part: softmax K and V of one position, all softmax layers.
+  // A session's growing part: softmax K and V of one position, all softmax layers, in the
+  // backend's cache dtype (float32 on the CPU, bf16 on CUDA unless cuda_float32).
   std::uint64_t kv_bytes_per_token = 0;
   // Hex digest of config.json and the safetensors headers: identifies the model a saved
   // session state belongs to without reading the weights.
