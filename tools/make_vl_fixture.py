@@ -19,6 +19,7 @@ Run: python3 tools/make_vl_fixture.py  (needs torch, transformers, pillow, safet
 """
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -33,7 +34,8 @@ TEXT = os.path.join(ROOT, "tiny-a-m1-rd8")
 TILE = 336
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGE_TOKEN = 500
+# The "<image>" special token of the language model's tokenizer (copied from tiny-a-m1-rd8).
+IMAGE_TOKEN = 5
 # The released list (§6.1), written [h, w] like the config; the original code reads (w, h).
 PINPOINTS = [[a, b] for a in range(336, 2017, 336) for b in range(336, 2017, 336)
              if min(a, b) <= 1008 or (a == 1344 and b == 1344)]
@@ -185,6 +187,8 @@ def main():
               "vision_feature_select_strategy": "default", "projector_hidden_act": "gelu",
               "image_grid_pinpoints": PINPOINTS, "vision_config": vision_config, "text_config": text_config}
     json.dump(config, open(os.path.join(OUT, "config.json"), "w"), indent=1)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(os.path.join(TEXT, name), os.path.join(OUT, name))
     json.dump({"process_image_mode": "anyres", "image_grid_pinpoints": PINPOINTS, "image_mean": list(MEAN),
                "image_std": list(STD), "patch_size": 14, "size": TILE},
               open(os.path.join(OUT, "preprocessor_config.json"), "w"), indent=1)

@@ -25,16 +25,20 @@ constexpr const char* kUsage = R"(usage:
                          [--greedy | --temperature T --top-p P --top-k N --seed S]
   lightdesk-cli tokenize   --model DIR --file F
   lightdesk-cli detokenize --model DIR --ids 5,17,42
-  lightdesk-cli ask      --model DIR --document FILE [--document FILE...] --question TEXT
+  lightdesk-cli ask      --model DIR [--document FILE...] [--image FILE...] --question TEXT
                          [--max-new-tokens K] [--greedy | sampling options as for generate]
+                         (at least one --document or --image, except to go on in a stored
+                         session; --image needs a MiniMax-VL-01 directory)
   lightdesk-cli image-features --model DIR --image FILE --out FILE.safetensors
                          (MiniMax-VL-01: float32 pixel_values [tiles, 3, 336, 336] thumbnail
                          first, int64 grid [rows, columns], float32 features [tokens, hidden])
-logits and generate: --session-db FILE --session NAME  continue the named session stored in FILE
-                (its state is loaded before the run, new ids append at its position, and the
-                state is saved after the run)
+logits, generate and ask: --session-db FILE --session NAME  continue the named session stored
+                in FILE (its state is loaded before the run, new ids append at its position, and
+                the state is saved after the run; ask renders only its new turn of the
+                conversation and keeps the question and answer in the session's messages)
 common options: --backend cpu|cuda|auto  --threads N  --chunk N (prefill tokens per pass)
                 --rope-full-head (rotate whole heads, as native transformers <= 5.17 does)
+                --cuda-float32 (CUDA backend in float32 instead of bf16, for checking)
                 --stats (timings on standard error)
 )";
 
@@ -165,6 +169,7 @@ Common take_common(Args& args) {
   if (auto t = args.take_optional_int("threads", 0)) c.options.threads = static_cast<int>(*t);
   if (auto n = args.take_optional_int("chunk", 1)) c.chunk = *n;
   c.options.rope_full_head = args.take_flag("rope-full-head");
+  c.options.cuda_float32 = args.take_flag("cuda-float32");
   c.stats = args.take_flag("stats");
   return c;
 }
@@ -425,56 +430,110 @@ int cmd_detokenize(Args& args) {
   return 0;
 }
 
-// ask: the documents and the question as one user turn in the model's chat format, then the
-// answer (reasoning left out) on standard output.
+// The language-model input rows of each image, in order (a MiniMax-VL-01 directory).
+std::vector<std::vector<float>> image_embeddings(const Common& c, const std::vector<std::string>& image_files) {
+  if (image_files.empty()) return {};
+  const auto vision_model = lightdesk::vision::VisionModel::open(c.model_dir, c.options.threads);
+  std::vector<std::vector<float>> embeddings;
+  for (const auto& file : image_files) {
+    const auto image = lightdesk::vision::prepare_image(lightdesk::vision::decode_image_file(file),
+                                                        vision_model->config().anyres);
+    embeddings.push_back(vision_model->image_embeddings(image));
+    if (c.stats)
+      std::fprintf(stderr, "%s: %dx%d image, %dx%d tiles, %lld tokens\n", file.c_str(), image.width, image.height,
+                   image.grid_rows, image.grid_columns, static_cast<long long>(image.token_count));
+  }
+  return embeddings;
+}
+
+// ask: the images, documents and question as one user turn in the model's chat format, then the
+// answer (reasoning left out) on standard output. In a stored session the turn continues the
+// session's conversation: only the new turn is prefilled, after the stored state, and the
+// exchange is kept in the session's messages. (A stored state holds image rows only in its
+// computed state: its token ids hold the placeholder id there, so a session whose state is
+// refused and recomputed from its ids loses its images.)
 int cmd_ask(Args& args) {
   Common c = take_common(args);
   const auto document_files = args.take_all("document");
+  const auto image_files = args.take_all("image");
   const std::string question = args.take("question");
   const long long max_new = args.take_optional_int("max-new-tokens", 1).value_or(512);
   const Sampling sampling = take_sampling(args);
+  const auto stored_session = take_stored_session(args);
   args.check_all_used();
-  if (document_files.empty()) throw UsageError("missing --document");
+  if (document_files.empty() && image_files.empty() && !stored_session)
+    throw UsageError("missing --document or --image (only a stored session's conversation goes on without)");
 
   const auto tokenizer = lightdesk::Tokenizer::open(c.model_dir);
   const auto format = lightdesk::ChatFormat::for_model(c.model_dir, *tokenizer);
   std::vector<lightdesk::Document> documents;
   for (const auto& file : document_files) documents.push_back(lightdesk::load_document(file));
+  const std::vector<std::vector<float>> images = image_embeddings(c, image_files);
+
+  auto model = lightdesk::Model::open(c.model_dir, c.options);
+  auto session = model->create_session();
+  const auto stored = attach_stored_session(stored_session, *session, c);
+  const std::int64_t start_position = session->position();
+  session->set_seed(sampling.seed);
+
   const auto start = std::chrono::steady_clock::now();
-  const auto document_prompt = lightdesk::document_prompt(format, *tokenizer, documents, question, c.options.threads);
-  const auto& prompt = document_prompt.ids;
+  const auto prompt = lightdesk::document_prompt(
+      format, *tokenizer, documents, question, c.options.threads,
+      {static_cast<int>(images.size()), /*continues=*/start_position > 0});
+  lightdesk::vision::MultimodalInput input{prompt.ids, {}};
+  if (!images.empty())
+    input = lightdesk::vision::expand_image_placeholders(prompt.ids, *format.image_token(), images,
+                                                         model->info().hidden_size);
   if (c.stats) {
-    std::fprintf(stderr, "tokenized %zu prompt tokens in %.3f s\n", prompt.size(), seconds_since(start));
-    for (const auto& span : document_prompt.documents) {
-      std::fprintf(stderr, "%s: tokens %lld..%lld", span.path.string().c_str(), static_cast<long long>(span.first_token),
-                   static_cast<long long>(span.end_token));
+    std::fprintf(stderr, "tokenized %zu prompt tokens in %.3f s\n", input.tokens.size(), seconds_since(start));
+    // Session positions: the images come first in the turn, so each moves the documents by its
+    // tokens less its placeholder.
+    const auto shift = start_position + static_cast<std::int64_t>(input.tokens.size() - prompt.ids.size());
+    for (const auto& span : prompt.documents) {
+      std::fprintf(stderr, "%s: tokens %lld..%lld", span.path.string().c_str(),
+                   static_cast<long long>(shift + span.first_token), static_cast<long long>(shift + span.end_token));
       for (const auto& [anchor, token] : span.anchors)
-        std::fprintf(stderr, ", page %d at %lld", anchor.page, static_cast<long long>(token));
+        std::fprintf(stderr, ", page %d at %lld", anchor.page, static_cast<long long>(shift + token));
       std::fprintf(stderr, "\n");
     }
   }
 
-  auto model = lightdesk::Model::open(c.model_dir, c.options);
-  auto session = model->create_session();
-  session->set_seed(sampling.seed);
   lightdesk::GenerationOptions options;
   options.max_new_tokens = max_new;
   options.sampling = sampling.params;
   options.stop_token = format.end_of_turn();
   options.prefill.chunk_tokens = c.chunk;
-  options.prefill.progress = progress_line();
+  options.prefill.embedding_overrides = input.embedding_overrides;
+  double prefill_seconds = 0.0;
+  options.prefill.progress = [&prefill_seconds, show = progress_line()](const lightdesk::FeedProgress& p) {
+    prefill_seconds = p.seconds;
+    return show(p);
+  };
   lightdesk::ChatOutputParser parser(format.family());
   auto print = [](const std::string& text) {
     std::fwrite(text.data(), 1, text.size(), stdout);
     std::fflush(stdout);
   };
-  const auto generated = lightdesk::generate_text(*session, *tokenizer, prompt, options,
+  const auto generated = lightdesk::generate_text(*session, *tokenizer, input.tokens, options,
                                                   [&](std::string_view text) { print(parser.feed(text).answer); });
   print(parser.finish().answer);
   std::printf("\n");
+  const double generation_seconds = seconds_since(start) - prefill_seconds;
   for (const auto& call : parser.tool_calls())
     std::fprintf(stderr, "tool call: %s %s\n", call.name.c_str(), call.arguments.c_str());
   if (c.stats) std::fprintf(stderr, "%zu tokens generated\n", generated.size());
+  if (stored) {
+    lightdesk::finish_assistant_turn(*session, generated, format.end_of_turn());
+    lightdesk::store::Message asked, answered;
+    asked.text = question;
+    asked.prompt_tokens = static_cast<std::int64_t>(input.tokens.size());
+    asked.prefill_seconds = prefill_seconds;
+    answered.text = parser.answer();
+    answered.reasoning = parser.reasoning();
+    answered.completion_tokens = static_cast<std::int64_t>(generated.size());
+    answered.generation_seconds = generation_seconds;
+    stored->save_exchange(asked, answered);
+  }
   return 0;
 }
 

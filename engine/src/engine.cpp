@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "backend.h"
+#include "cuda_backend.h"
 #include "lightdesk/engine.h"
 #include "model_config.h"
 #include "model_weights.h"
@@ -33,7 +34,10 @@ const char* backend_name(BackendKind kind) {
   return "?";
 }
 
-std::vector<BackendKind> available_backends() { return {BackendKind::Cpu}; }
+std::vector<BackendKind> available_backends() {
+  if (cuda_unavailable_reason().empty()) return {BackendKind::Cpu, BackendKind::Cuda};
+  return {BackendKind::Cpu};
+}
 
 int ModelShape::num_lightning_layers() const {
   return static_cast<int>(std::count(layer_kinds.begin(), layer_kinds.end(), LayerKind::Lightning));
@@ -50,6 +54,10 @@ BackendKind resolve_backend(BackendKind requested) {
   if (requested == BackendKind::Auto)
     return std::find(available.begin(), available.end(), BackendKind::Cuda) != available.end() ? BackendKind::Cuda
                                                                                               : BackendKind::Cpu;
+  if (requested == BackendKind::Cuda) {
+    const std::string reason = cuda_unavailable_reason();
+    if (!reason.empty()) throw Error("the cuda backend is not available: " + reason);
+  }
   if (std::find(available.begin(), available.end(), requested) == available.end())
     throw Error(std::string("the ") + backend_name(requested) +
                 " backend is not available (not built into this program, or no device found)");
@@ -84,8 +92,14 @@ std::string read_text(const std::filesystem::path& path) {
   return text.str();
 }
 
+// The CUDA backend caches K/V in its activation dtype (bf16 unless cuda_float32); the CPU
+// backend in float32.
+std::uint64_t kv_value_bytes(BackendKind backend, const ModelOptions& options) {
+  return backend == BackendKind::Cuda && !options.cuda_float32 ? 2 : 4;
+}
+
 ModelInfo describe(const std::filesystem::path& directory, const ModelConfig& c, const Checkpoint& checkpoint,
-                   const WeightMap& map, BackendKind backend) {
+                   const WeightMap& map, BackendKind backend, const ModelOptions& options) {
   ModelInfo info;
   static_cast<ModelShape&>(info) = c;
   info.directory = directory;
@@ -97,7 +111,8 @@ ModelInfo describe(const std::filesystem::path& directory, const ModelConfig& c,
   info.lightning_state_bytes =
       static_cast<std::uint64_t>(info.num_lightning_layers()) * static_cast<std::uint64_t>(c.num_heads) * d * d * 4;
   info.kv_bytes_per_token =
-      static_cast<std::uint64_t>(info.num_softmax_layers()) * 2 * static_cast<std::uint64_t>(c.num_kv_heads) * d * 4;
+      static_cast<std::uint64_t>(info.num_softmax_layers()) * 2 * static_cast<std::uint64_t>(c.num_kv_heads) * d *
+      kv_value_bytes(backend, options);
   Fingerprint fp;
   fp.add(read_text(directory / "config.json"));
   for (const auto& file : checkpoint.files()) {
@@ -125,7 +140,7 @@ ModelInfo Model::inspect(const std::filesystem::path& directory, const ModelOpti
   const ModelConfig config = load_model_config(directory, options.rope_full_head);
   const Checkpoint checkpoint(directory);
   const WeightMap map(config, checkpoint);
-  return describe(directory, config, checkpoint, map, resolve_backend(options.backend));
+  return describe(directory, config, checkpoint, map, resolve_backend(options.backend), options);
 }
 
 std::unique_ptr<Model> Model::open(const std::filesystem::path& directory, const ModelOptions& options,
@@ -135,13 +150,14 @@ std::unique_ptr<Model> Model::open(const std::filesystem::path& directory, const
   impl->checkpoint = std::make_unique<Checkpoint>(directory);
   const WeightMap map(impl->config, *impl->checkpoint);
   const BackendKind kind = resolve_backend(options.backend);
-  impl->info = describe(directory, impl->config, *impl->checkpoint, map, kind);
+  impl->info = describe(directory, impl->config, *impl->checkpoint, map, kind, options);
   std::uint64_t total = 0;
   for (const auto& [dtype, bytes] : impl->info.bytes_per_dtype) total += bytes;
   auto on_bytes = [&](std::uint64_t loaded) {
     if (progress) progress(loaded, total);
   };
-  impl->backend = make_cpu_backend(impl->config, map, options, on_bytes);
+  impl->backend = kind == BackendKind::Cuda ? make_cuda_backend(impl->config, map, options, on_bytes)
+                                            : make_cpu_backend(impl->config, map, options, on_bytes);
   impl->info.weight_bytes = impl->backend->weight_bytes();
   return std::unique_ptr<Model>(new Model(std::move(impl)));
 }

@@ -739,6 +739,7 @@ NamedSessionState::NamedSessionState(const std::filesystem::path& db, const std:
   }
   const auto checkpoint = store_.latest_checkpoint(session_id_);
   if (!checkpoint) return;
+  last_message_id_ = checkpoint->message_id;
   try {
     store_.load_checkpoint(checkpoint->id, session);
     return;
@@ -760,5 +761,16 @@ NamedSessionState::NamedSessionState(const std::filesystem::path& db, const std:
 }
 
 void NamedSessionState::save() { store_.save_checkpoint(session_id_, session_); }
+
+std::int64_t NamedSessionState::save_exchange(Message question, Message answer) {
+  question.session_id = answer.session_id = session_id_;
+  question.role = Role::User;
+  answer.role = Role::Assistant;
+  question.parent_id = last_message_id_;
+  answer.parent_id = store_.add_message(question);
+  last_message_id_ = store_.add_message(answer);
+  store_.save_checkpoint(session_id_, session_, last_message_id_);
+  return *last_message_id_;
+}
 
 }  // namespace lightdesk::store

@@ -44,7 +44,7 @@ TEST(Cli, GenerateGreedyPrintsTheReferenceContinuation) {
   for (const auto& fixture : test::fixture_names()) {
     const auto golden = test::load_golden(fixture);
     const auto r = run_cli({"generate", "--model", model_dir(fixture), "--ids",
-                            join(test::ids_of(golden.at("greedy.prompt_ids"))), "--max-new-tokens", "16"});
+                            join(test::ids_of(golden.at("greedy.prompt_ids"))), "--max-new-tokens", "16", "--backend", "cpu"});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(r.out, join(test::ids_of(golden.at("greedy.output_ids"))) + "\n") << fixture;
   }
@@ -72,7 +72,7 @@ TEST(Cli, LogitsPrefillAndDecodeRowsMatchTheReference) {
   const auto out = (dir.path() / "logits.safetensors").string();
 
   auto r = run_cli({"logits", "--model", model_dir("tiny-a-hf"), "--ids",
-                    join(test::ids_of(golden.at("prefill.input_ids"))), "--out", out, "--chunk", "7"});
+                    join(test::ids_of(golden.at("prefill.input_ids"))), "--out", out, "--chunk", "7", "--backend", "cpu"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto logits = read_safetensors(out).at("logits");
   EXPECT_EQ(logits.shape, (std::vector<std::int64_t>{80, 512}));
@@ -81,7 +81,7 @@ TEST(Cli, LogitsPrefillAndDecodeRowsMatchTheReference) {
   auto ids = test::ids_of(golden.at("decode.prompt_ids"));
   const auto steps = test::ids_of(golden.at("decode.step_ids"));
   ids.insert(ids.end(), steps.begin(), steps.end());
-  r = run_cli({"logits", "--model", model_dir("tiny-a-hf"), "--ids", join(ids), "--out", out, "--decode-from", "37"});
+  r = run_cli({"logits", "--model", model_dir("tiny-a-hf"), "--ids", join(ids), "--out", out, "--decode-from", "37", "--backend", "cpu"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   logits = read_safetensors(out).at("logits");
   ASSERT_EQ(logits.shape, (std::vector<std::int64_t>{49, 512}));

@@ -139,6 +139,83 @@ TEST_F(CliSessionTest, GenerateFromAPromptKeepsPromptAndOutput) {
   EXPECT_TRUE(std::equal(second.begin(), second.end(), tokens.begin() + static_cast<std::ptrdiff_t>(first.size() + 4)));
 }
 
+// ask in a stored session: a second question continues the conversation of the first. The
+// session then holds the conversation as one render of it gives it, the second ask prefills only
+// its own turn, and greedy decoding after the whole conversation fed at once gives its answer.
+TEST_F(CliSessionTest, AskContinuesTheStoredConversation) {
+  const auto model_dir = std::filesystem::path(LIGHTDESK_SOURCE_DIR) / "resources/models/tiny-a-m1-rd8";
+  const auto document = fixture("documents") / "utf8.md";
+  const std::string ask = "ask --model '" + model_dir.string() + "' --greedy --stats " + session();
+  ASSERT_EQ(cli(ask + " --document '" + document.string() + "' --question 'What is it?' --max-new-tokens 6"), 0)
+      << stderr_;
+  const std::string first_answer = stdout_;
+  ASSERT_EQ(cli(ask + " --question 'And then?' --max-new-tokens 5"), 0) << stderr_;
+
+  Store store(scratch_ / "sessions.db");
+  const auto session_id = store.find_session("s")->id;
+  const auto messages = store.messages(session_id);
+  ASSERT_EQ(messages.size(), 4u);
+  const auto thread = store.thread(messages.back().id);  // one branch: question, answer, question, answer
+  ASSERT_EQ(thread.size(), 4u);
+  EXPECT_EQ(thread[0].role, Role::User);
+  EXPECT_EQ(thread[0].text, "What is it?");
+  EXPECT_EQ(thread[1].role, Role::Assistant);
+  EXPECT_EQ(thread[1].text + "\n", first_answer);
+  EXPECT_EQ(thread[2].text, "And then?");
+  const auto checkpoints = store.checkpoints(session_id);
+  ASSERT_EQ(checkpoints.size(), 2u);
+  EXPECT_EQ(checkpoints[0].message_id, thread[1].id);
+  EXPECT_EQ(checkpoints[1].message_id, thread[3].id);
+  const auto before = store.checkpoint_tokens(checkpoints[0].id), after = store.checkpoint_tokens(checkpoints[1].id);
+  ASSERT_GT(after.size(), before.size());
+  ASSERT_TRUE(std::equal(before.begin(), before.end(), after.begin()));
+
+  // The second ask restored the first exchange and prefilled only its own turn.
+  const auto turn = static_cast<std::size_t>(*thread[2].prompt_tokens);
+  EXPECT_NE(stderr_.find("session \"s\": " + std::to_string(before.size()) + " tokens restored"), std::string::npos)
+      << stderr_;
+  EXPECT_NE(stderr_.find("prefill " + std::to_string(turn) + "/" + std::to_string(turn) + " tokens"), std::string::npos)
+      << stderr_;
+
+  // Both answers are kept through the end-of-turn token.
+  const auto tokenizer = Tokenizer::open(model_dir);
+  const auto format = ChatFormat::for_model(model_dir, *tokenizer);
+  EXPECT_EQ(before.back(), format.end_of_turn());
+  EXPECT_EQ(after.back(), format.end_of_turn());
+
+  // The conversation rendered at once up to the second answer, the first answer as the ids the
+  // model chose (re-encoding its text need not give them back); the text around the answer
+  // starts and ends at special tokens, so it encodes on its own.
+  const lightdesk::Document doc = load_document(document);
+  const std::string answer_mark = "ANSWER";
+  Conversation whole;
+  whole.messages.push_back({ChatMessage::Role::User,
+                            {{ChatPart::Kind::Text, "Document: utf8.md\n" + doc.text + "\n\nQuestion: What is it?", {}}}});
+  whole.messages.push_back({ChatMessage::Role::Assistant, {{ChatPart::Kind::Text, answer_mark, {}}}});
+  whole.messages.push_back({ChatMessage::Role::User, {{ChatPart::Kind::Text, "Question: And then?", {}}}});
+  const auto pieces = format.render(whole).pieces;
+  const auto mark = std::find_if(pieces.begin(), pieces.end(), [&](const auto& p) { return p.text == answer_mark; });
+  ASSERT_NE(mark, pieces.end());
+  std::vector<TokenId> expected = ChatPrompt{{pieces.begin(), mark}}.encode(*tokenizer);
+  ASSERT_EQ(static_cast<std::int64_t>(expected.size()), *thread[0].prompt_tokens);
+  expected.insert(expected.end(), before.begin() + static_cast<std::ptrdiff_t>(expected.size()), before.end() - 1);
+  const auto rest = ChatPrompt{{mark + 1, pieces.end()}}.encode(*tokenizer);
+  expected.insert(expected.end(), rest.begin(), rest.end());
+  const std::size_t prompt_end = before.size() + turn;
+  const std::vector<TokenId> conversation(after.begin(), after.begin() + static_cast<std::ptrdiff_t>(prompt_end));
+  EXPECT_EQ(conversation, expected);
+
+  // Greedy decoding over the whole conversation fed at once gives the second answer's tokens.
+  const auto generated = static_cast<std::size_t>(*thread[3].completion_tokens);
+  ASSERT_EQ(cli("generate --model '" + model_dir.string() + "' --greedy --ids " + join(conversation) +
+                " --max-new-tokens " + std::to_string(generated)),
+            0)
+      << stderr_;
+  const std::vector<TokenId> second_answer(after.begin() + static_cast<std::ptrdiff_t>(prompt_end),
+                                           after.begin() + static_cast<std::ptrdiff_t>(prompt_end + generated));
+  EXPECT_EQ(stdout_, join(second_answer) + "\n");
+}
+
 TEST_F(CliSessionTest, AnotherModelRecomputesTheStoredTokens) {
   const auto a = token_ids(12, 35), b = token_ids(3, 36);
   ASSERT_EQ(cli("logits " + model() + " --ids " + join(a) + " " + out("a.safetensors") + " " + session()), 0);

@@ -104,6 +104,50 @@ TEST(ChatFormat, ReadsTheModelsTokenizerConfig) {
   std::filesystem::remove_all(m1_dir);
 }
 
+// A conversation rendered turn by turn (the first exchange, then each later user turn with
+// render_continuation after the assistant turn's end-of-turn token) gives the ids and text of
+// the whole conversation rendered at once.
+TEST(ChatFormat, ContinuationsAddUpToTheWholeConversation) {
+  const auto tokenizer = Tokenizer::open(kData / "tokenizers" / "cl100k-bpe");
+  auto user = [](std::string text) { return ChatMessage{ChatMessage::Role::User, {{ChatPart::Kind::Text, std::move(text), {}}}}; };
+  auto assistant = [](std::string text) {
+    return ChatMessage{ChatMessage::Role::Assistant, {{ChatPart::Kind::Text, std::move(text), {}}}};
+  };
+  for (const ChatFamily family : {ChatFamily::M1, ChatFamily::Text01}) {
+    const ChatFormat format(family, *tokenizer, "<beginning_of_sentence>", "<end_of_sentence>");
+    Conversation whole;
+    whole.messages = {user("Hello <end_of_sentence> there"), assistant("Hi! How can I help?"), user("Tell me more."),
+                      assistant("More."), user("Thanks.")};
+    std::vector<TokenId> ids;
+    std::string text;
+    auto append = [&](const ChatPrompt& prompt) {
+      const auto part = prompt.encode(*tokenizer);
+      ids.insert(ids.end(), part.begin(), part.end());
+      text += prompt.to_string();
+    };
+    Conversation turn;
+    turn.messages = {whole.messages[0]};
+    append(format.render(turn));
+    for (std::size_t m = 1; m < whole.messages.size(); m += 2) {
+      // The assistant turn as generated: its text, then the end-of-turn token.
+      append(ChatPrompt{{{whole.messages[m].parts[0].text, false}, {"<end_of_sentence>", true}}});
+      turn.messages = {whole.messages[m + 1]};
+      append(format.render_continuation(turn));
+    }
+    const ChatPrompt expected = format.render(whole);
+    EXPECT_EQ(text, expected.to_string());
+    EXPECT_EQ(ids, expected.encode(*tokenizer));
+
+    Conversation with_tools = turn;
+    with_tools.tools = {R"({"name": "f"})"};
+    EXPECT_THROW(format.render_continuation(with_tools), Error);
+  }
+  const ChatFormat m1(ChatFamily::M1, *tokenizer, "<beginning_of_sentence>", "<end_of_sentence>");
+  Conversation system;
+  system.messages = {{ChatMessage::Role::System, {{ChatPart::Kind::Text, "Be brief.", {}}}}, user("Hi")};
+  EXPECT_THROW(m1.render_continuation(system), Error);
+}
+
 // Feeds `text` in chunks of `step` bytes.
 ChatOutputParser parse_in_chunks(ChatFamily family, const std::string& text, std::size_t step,
                                  std::string& streamed_answer, std::string& streamed_reasoning) {

@@ -5,7 +5,9 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <regex>
 
+#include "lightdesk/text.h"
 #include "lightdesk/vision.h"
 #include "src/model_config.h"
 #include "src/safetensors.h"
@@ -105,7 +107,7 @@ TEST(VisionConfig, ReadsTheCheckpoint) {
   EXPECT_EQ(c.num_heads, 2);
   EXPECT_EQ(c.patches_per_side(), 24);
   EXPECT_EQ(c.text_hidden_size, 64);
-  EXPECT_EQ(c.image_token_id, 500);
+  EXPECT_EQ(c.image_token_id, 5);  // the tokenizer's "<image>"
   EXPECT_EQ(c.feature_layer, -1);
   EXPECT_EQ(c.anyres.pinpoints.size(), 28u);
 }
@@ -300,7 +302,7 @@ TEST(VisionSession, ImageFeaturesFeedThroughPlaceholders) {
   const vision::PreparedImage image =
       vision::prepare_image(vision::decode_image_file(image_path("tiny.png")), c.anyres);
   const std::vector<std::vector<float>> images = {vision_model->image_embeddings(image)};
-  const std::vector<TokenId> prompt = {5, 17, c.image_token_id, 42};
+  const std::vector<TokenId> prompt = {6, 17, c.image_token_id, 42};
   const vision::MultimodalInput input = vision::expand_image_placeholders(prompt, c.image_token_id, images, c.text_hidden_size);
   ASSERT_EQ(static_cast<std::int64_t>(input.tokens.size()), 3 + image.token_count);
   EXPECT_EQ(input.embedding_overrides[2], images[0].data());
@@ -343,6 +345,65 @@ TEST(VisionCli, ImageFeaturesWritesTheContractTensors) {
                           "' 2>/dev/null";
   const int bad_status = std::system(bad.c_str());
   EXPECT_TRUE(WIFEXITED(bad_status) && WEXITSTATUS(bad_status) == 1);
+}
+
+// Runs lightdesk-cli with `arguments`; returns its exit code and what it wrote on standard error.
+std::pair<int, std::string> run_cli(const std::string& arguments, const test::ScratchDir& scratch) {
+  const auto err = scratch.path() / "err";
+  const std::string command = std::string("'") + LIGHTDESK_CLI + "' " + arguments + " >/dev/null 2>'" + err.string() + "'";
+  const int status = std::system(command.c_str());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, test::read_file(err)};
+}
+
+// ask --image: each image's placeholder in the user turn becomes its image's rows.
+TEST(VisionCli, AskWithImagesFeedsTheirTokens) {
+  const test::ScratchDir scratch;
+  const auto [status, err] = run_cli("ask --model '" + vl_dir().string() + "' --image '" +
+                                         image_path("tiny.png").string() + "' --image '" +
+                                         image_path("text_wide.png").string() +
+                                         "' --question 'What is shown?' --max-new-tokens 3 --greedy --stats",
+                                     scratch);
+  ASSERT_EQ(status, 0) << err;
+  // The text of the turn as the chat format renders it, with one placeholder per image.
+  const auto tokenizer = Tokenizer::open(vl_dir());
+  const ChatFormat format = ChatFormat::for_model(vl_dir(), *tokenizer);
+  ASSERT_EQ(format.image_token(), vision::load_vision_config(vl_dir()).image_token_id);
+  Conversation conversation;
+  conversation.messages.push_back({ChatMessage::Role::User,
+                                   {{ChatPart::Kind::Image, {}, {}},
+                                    {ChatPart::Kind::Image, {}, {}},
+                                    {ChatPart::Kind::Text, "Question: What is shown?", {}}}});
+  const auto text_ids = format.render(conversation).encode(*tokenizer);
+  ASSERT_EQ(std::count(text_ids.begin(), text_ids.end(), *format.image_token()), 2);
+  const std::int64_t image_tokens =
+      references().at("tiny.token_count").i64[0] + references().at("text_wide.token_count").i64[0];
+  const std::int64_t expected = static_cast<std::int64_t>(text_ids.size()) - 2 + image_tokens;
+  std::smatch match;
+  ASSERT_TRUE(std::regex_search(err, match, std::regex("tokenized (\\d+) prompt tokens"))) << err;
+  EXPECT_EQ(std::stoll(match[1]), expected);
+  EXPECT_NE(err.find("prefill " + std::to_string(expected) + "/" + std::to_string(expected) + " tokens"),
+            std::string::npos)
+      << err;
+}
+
+// A config whose image_token_index is not the tokenizer's "<image>" is refused by name: the
+// placeholders would not line up with the features.
+TEST(VisionCli, AskRefusesAnImageTokenTheTokenizerDoesNotHave) {
+  const test::ScratchDir scratch;
+  const auto model = scratch.path() / "model";
+  std::filesystem::create_directories(model);
+  for (const char* name : {"model.safetensors", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"})
+    std::filesystem::create_symlink(vl_dir() / name, model / name);
+  std::string config = test::read_file(vl_dir() / "config.json");
+  const std::string index = "\"image_token_index\": 5,";
+  ASSERT_NE(config.find(index), std::string::npos);
+  config.replace(config.find(index), index.size(), "\"image_token_index\": 500,");
+  test::write_file(model / "config.json", config);
+  const auto [status, err] = run_cli("ask --model '" + model.string() + "' --image '" + image_path("tiny.png").string() +
+                                         "' --question 'What is shown?' --max-new-tokens 1",
+                                     scratch);
+  EXPECT_EQ(status, 1);
+  EXPECT_NE(err.find("image_token_index 500 is not the tokenizer's \"<image>\" (id 5)"), std::string::npos) << err;
 }
 
 }  // namespace

@@ -55,6 +55,9 @@ struct ModelOptions {
   // Rotate the whole head in softmax layers whatever rotary_dim says, as native transformers
   // <= 5.17 does (a bug there; the released models were trained with partial RoPE).
   bool rope_full_head = false;
+  // CUDA backend: keep weights and activations in float32 instead of bf16 (twice the memory,
+  // slower; for checking the GPU path against the CPU reference).
+  bool cuda_float32 = false;
 };
 
 enum class LayerKind { Lightning, Softmax };
@@ -92,7 +95,8 @@ struct ModelInfo : ModelShape {
   std::uint64_t weight_bytes = 0;
   // A session's fixed part: all lightning states (float32).
   std::uint64_t lightning_state_bytes = 0;
-  // A session's growing part: softmax K and V of one position, all softmax layers.
+  // A session's growing part: softmax K and V of one position, all softmax layers, in the
+  // backend's cache dtype (float32 on the CPU, bf16 on CUDA unless cuda_float32).
   std::uint64_t kv_bytes_per_token = 0;
   // Hex digest of config.json and the safetensors headers: identifies the model a saved
   // session state belongs to without reading the weights.

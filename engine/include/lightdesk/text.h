@@ -135,15 +135,27 @@ class ChatFormat {
 
   ChatFamily family() const { return family_; }
   ChatPrompt render(const Conversation& conversation) const;
+  // The turns that continue a conversation whose ids end with an assistant turn's end_of_turn()
+  // token (as generated): the newline that closes that turn, then `conversation`'s messages and
+  // the generation prompt. Appended to the earlier ids, it gives the ids render() gives the whole
+  // conversation (its assistant turns as the ids the model generated, which re-encoding their
+  // text need not give back). What a render places at the conversation's start or end rather than in turn
+  // order (tool definitions; M1's system messages) cannot be continued: Error.
+  ChatPrompt render_continuation(const Conversation& conversation) const;
   TokenId end_of_turn() const { return end_of_turn_; }
+  // The "<image>" placeholder's id, if the tokenizer has one. for_model checks that it is the
+  // image_token_index of a VL-01 config.json.
+  std::optional<TokenId> image_token() const { return image_token_; }
   // The model family's recommended interactive sampling (M1: T 1.0, top-p 0.95; Text-01: greedy).
   SamplingDefaults sampling_defaults() const;
 
  private:
+  ChatPrompt render(const Conversation& conversation, bool continues) const;
+
   ChatFamily family_;
   std::string bos_, eos_;
   TokenId end_of_turn_;
-  bool has_image_token_;  // images need "<image>" (Text-01 / VL-01)
+  std::optional<TokenId> image_token_;  // images need "<image>" (Text-01 / VL-01)
 };
 
 // What the model said in an assistant turn, separated as it streams in: M1's <think> reasoning,
@@ -229,9 +241,17 @@ struct DocumentPrompt {
   std::vector<TokenId> ids;
   std::vector<Span> documents;
 };
+// Where document_prompt's user turn goes and what it holds besides text.
+struct UserTurnOptions {
+  // Images shown with the question: one image placeholder each before the text (positions in
+  // DocumentPrompt count each as one token until vision::expand_image_placeholders expands it).
+  int images = 0;
+  // The turn continues a conversation that ends with an assistant turn (render_continuation).
+  bool continues = false;
+};
 DocumentPrompt document_prompt(const ChatFormat& format, const Tokenizer& tokenizer,
                                const std::vector<Document>& documents, const std::string& question,
-                               int threads = 0);
+                               int threads = 0, const UserTurnOptions& turn = {});
 
 struct GenerationOptions {
   std::int64_t max_new_tokens = 256;
@@ -246,5 +266,11 @@ struct GenerationOptions {
 std::vector<TokenId> generate_text(Session& session, const Tokenizer& tokenizer, std::span<const TokenId> prompt,
                                    const GenerationOptions& options,
                                    const std::function<void(std::string_view)>& on_text);
+
+// Ends in `session` the assistant turn that generate_text produced (`generated`, with options'
+// stop_token = end_of_turn): feeds the last generated id, which generate_text samples but does
+// not feed, and end_of_turn when max_new_tokens cut the turn short. The session then holds the
+// turn as a render of the conversation has it, and a render_continuation turn can follow.
+void finish_assistant_turn(Session& session, std::span<const TokenId> generated, TokenId end_of_turn);
 
 }  // namespace lightdesk

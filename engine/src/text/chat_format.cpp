@@ -157,7 +157,7 @@ ChatFormat::ChatFormat(ChatFamily family, const Tokenizer& tokenizer, std::strin
       throw Error("the tokenizer has no special token \"" + token + "\", which the " +
                   (family_ == ChatFamily::M1 ? "MiniMax-M1" : "MiniMax-Text-01") + " chat format needs");
   end_of_turn_ = *tokenizer.special_token_id(eos_);
-  has_image_token_ = tokenizer.special_token_id("<image>").has_value();
+  image_token_ = tokenizer.special_token_id("<image>");
 }
 
 ChatFormat ChatFormat::for_model(const std::filesystem::path& model_directory, const Tokenizer& tokenizer) {
@@ -165,16 +165,29 @@ ChatFormat ChatFormat::for_model(const std::filesystem::path& model_directory, c
   const nlohmann::json config = read_json(config_path);
   const std::string bos = token_field(config, "bos_token", config_path.string());
   const std::string eos = token_field(config, "eos_token", config_path.string());
+  const bool has_template = config.contains("chat_template") && config["chat_template"].is_string();
+  // config.json is needed to tell the family without a template, and names VL-01's image token.
+  const auto model_config_path = model_directory / "config.json";
+  const nlohmann::json model_config =
+      has_template && !std::filesystem::exists(model_config_path) ? nlohmann::json::object() : read_json(model_config_path);
   ChatFamily family = ChatFamily::Text01;
-  if (config.contains("chat_template") && config["chat_template"].is_string()) {
+  if (has_template) {
     // M1's template opens with the document token; Text-01's and VL-01's do not.
     if (config["chat_template"].get<std::string>().find("<begin_of_document>") != std::string::npos)
       family = ChatFamily::M1;
-  } else {
-    const auto model_config = read_json(model_directory / "config.json");
-    if (model_config.value("model_type", "") == "minimax_m1") family = ChatFamily::M1;
+  } else if (model_config.value("model_type", "") == "minimax_m1") {
+    family = ChatFamily::M1;
   }
-  return ChatFormat(family, tokenizer, bos, eos);
+  ChatFormat format(family, tokenizer, bos, eos);
+  // Images line up with their features only if the tokenizer's placeholder is the config's.
+  if (model_config.contains("image_token_index")) {
+    const auto& index = model_config["image_token_index"];
+    if (!index.is_number_integer() || !format.image_token() || index.get<TokenId>() != *format.image_token())
+      throw Error(model_config_path.string() + ": image_token_index " + index.dump() +
+                  " is not the tokenizer's \"<image>\" " +
+                  (format.image_token() ? "(id " + std::to_string(*format.image_token()) + ")" : "(it has none)"));
+  }
+  return format;
 }
 
 SamplingDefaults ChatFormat::sampling_defaults() const {
@@ -182,7 +195,13 @@ SamplingDefaults ChatFormat::sampling_defaults() const {
   return {};
 }
 
-ChatPrompt ChatFormat::render(const Conversation& conversation) const {
+ChatPrompt ChatFormat::render(const Conversation& conversation) const { return render(conversation, false); }
+
+ChatPrompt ChatFormat::render_continuation(const Conversation& conversation) const {
+  return render(conversation, true);
+}
+
+ChatPrompt ChatFormat::render(const Conversation& conversation, bool continues) const {
   PromptBuilder out;
   using Role = ChatMessage::Role;
   auto open_turn = [&](std::string_view header) {
@@ -193,11 +212,18 @@ ChatPrompt ChatFormat::render(const Conversation& conversation) const {
     out.trusted(eos_);
     out.trusted("\n");
   };
+  if (continues) {
+    if (!conversation.tools.empty()) throw Error("a continued conversation cannot add tool definitions");
+    if (family_ == ChatFamily::M1)
+      for (const ChatMessage& m : conversation.messages)
+        if (m.role == Role::System) throw Error("a continued MiniMax-M1 conversation cannot add a system message");
+    out.trusted("\n");  // what closes the assistant turn after its end-of-turn token
+  }
   if (family_ == ChatFamily::M1) {
-    out.trusted("<begin_of_document>");
     std::string system;
     for (const ChatMessage& m : conversation.messages)
       if (m.role == Role::System) system += first_text(m);
+    if (!continues) out.trusted("<begin_of_document>");
     if (!system.empty()) {
       open_turn("system ai_setting=assistant\n");
       out.content(system);
@@ -217,6 +243,8 @@ ChatPrompt ChatFormat::render(const Conversation& conversation) const {
         case Role::System:
           break;
         case Role::User:
+          for (const ChatPart& part : m.parts)
+            if (part.kind == ChatPart::Kind::Image) throw Error("the MiniMax-M1 chat format has no images");
           open_turn("user name=user\n");
           out.content(first_text(m));
           close_turn();
@@ -244,7 +272,7 @@ ChatPrompt ChatFormat::render(const Conversation& conversation) const {
     auto items = [&](const ChatMessage& m) {
       for (const ChatPart& part : m.parts) {
         if (part.kind == ChatPart::Kind::Image) {
-          if (!has_image_token_) throw Error("the tokenizer has no \"<image>\" token, so images cannot be placed");
+          if (!image_token_) throw Error("the tokenizer has no \"<image>\" token, so images cannot be placed");
           out.trusted("<image>");
         }
         else

@@ -45,15 +45,19 @@ std::string document_question_text(const std::vector<Document>& documents, const
 }
 
 DocumentPrompt document_prompt(const ChatFormat& format, const Tokenizer& tokenizer,
-                               const std::vector<Document>& documents, const std::string& question, int threads) {
+                               const std::vector<Document>& documents, const std::string& question, int threads,
+                               const UserTurnOptions& turn) {
   std::vector<Placement> placements;
+  ChatMessage message{ChatMessage::Role::User, {}};
+  message.parts.resize(static_cast<std::size_t>(turn.images), ChatPart{ChatPart::Kind::Image, {}, {}});
+  message.parts.push_back({ChatPart::Kind::Text, question_text(documents, question, placements), {}});
   Conversation conversation;
-  conversation.messages.push_back(
-      {ChatMessage::Role::User, {ChatPart{ChatPart::Kind::Text, question_text(documents, question, placements), {}}}});
-  const ChatPrompt prompt = format.render(conversation);
+  conversation.messages.push_back(std::move(message));
+  const ChatPrompt prompt = turn.continues ? format.render_continuation(conversation) : format.render(conversation);
   DocumentPrompt result;
   result.ids = prompt.encode(tokenizer, threads);
-  // The user's text is the prompt's only untrusted piece; its offset places the documents.
+  // The user's text is the prompt's only untrusted piece (the image placeholders before it are
+  // trusted); its offset places the documents.
   std::size_t message_offset = 0;
   for (const ChatPrompt::Piece& piece : prompt.pieces) {
     if (!piece.trusted) break;
@@ -95,6 +99,11 @@ std::vector<TokenId> generate_text(Session& session, const Tokenizer& tokenizer,
   }
   if (const std::string rest = decoder.finish(); !rest.empty() && on_text) on_text(rest);
   return generated;
+}
+
+void finish_assistant_turn(Session& session, std::span<const TokenId> generated, TokenId end_of_turn) {
+  if (!generated.empty()) session.feed(generated.last(1));
+  if (generated.empty() || generated.back() != end_of_turn) session.feed(std::span(&end_of_turn, 1));
 }
 
 }  // namespace lightdesk

@@ -247,6 +247,11 @@ class NamedSessionState {
                     std::int64_t prefill_chunk_tokens = 512);
   // Saves the session's current state as the session's newest checkpoint.
   void save();
+  // For conversations: adds `question` as a user message, child of the message the loaded
+  // state ends with (a root if none), `answer` as an assistant message, its child, and saves
+  // the session's current state as a checkpoint tied to the answer, where the next exchange
+  // continues. Their session ids, parent ids and roles are set here. Returns the answer's id.
+  std::int64_t save_exchange(Message question, Message answer);
   // Empty, or why the stored state was not loaded as is.
   const std::string& notice() const { return notice_; }
 
@@ -254,6 +259,7 @@ class NamedSessionState {
   Store store_;
   Session& session_;
   std::int64_t session_id_ = 0;
+  std::optional<std::int64_t> last_message_id_;  // the message the loaded checkpoint ends with
   std::string notice_;
 };
 

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Builds Lightdesk on a GPU machine (no Qt) and runs the CUDA tests, in one go: the script the
+# GPU machine runs. Debian -dev packages that machine may lack (nlohmann-json, OpenBLAS,
+# GoogleTest, pkgconf) can come as .deb files in $LIGHTDESK_DEBS (default .debs/); they are
+# unpacked with dpkg -x into a private prefix, never into /.
+# Usage: bash bench/device-check.sh [--sanitize] [--bench]   (logs go to $OUT, else /tmp/device-check)
+#   --sanitize: compute-sanitizer memcheck and racecheck on the kernel tests
+#   --bench:    lightdesk-bench, then the PyTorch anchors (bench/anchors.py) on the same GPU
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-/tmp/device-check}"
+mkdir -p "$out"
+sanitize=0
+bench=0
+for arg in "$@"; do
+  case "$arg" in
+    --sanitize) sanitize=1 ;;
+    --bench) bench=1 ;;
+    *) echo "unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader
+nvcc --version | tail -2
+
+prefix=/tmp/lightdesk-deps
+debs="${LIGHTDESK_DEBS:-.debs}"
+if [ -d "$debs" ]; then
+  for f in "$debs"/*.deb; do dpkg -x "$f" "$prefix"; done
+fi
+lib="$prefix/usr/lib/x86_64-linux-gnu"
+export LD_LIBRARY_PATH="$lib/openblas-pthread:$lib:${LD_LIBRARY_PATH:-}"
+
+generator=()
+command -v ninja >/dev/null && generator=(-G Ninja)
+start=$(date +%s)
+cmake -S . -B build-device "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DLIGHTDESK_ENGINE_ONLY=ON \
+  -DLIGHTDESK_WITH_CUDA=ON -DCMAKE_PREFIX_PATH="$prefix/usr" -DCMAKE_LIBRARY_PATH="$lib/openblas-pthread;$lib" \
+  -DCMAKE_CXX_FLAGS="-isystem $prefix/usr/include/x86_64-linux-gnu/openblas-pthread" \
+  -DCMAKE_EXE_LINKER_FLAGS="-Wl,-rpath-link,$lib" >"$out/configure.log" 2>&1 ||
+  { tail -30 "$out/configure.log"; exit 1; }
+cmake --build build-device -j"$(nproc)" --target cuda_tests engine_tests lightdesk-bench >"$out/build.log" 2>&1 ||
+  { grep -E "error|Error" "$out/build.log" | head -40; exit 1; }
+echo "build: $(( $(date +%s) - start )) s"
+
+status=0
+build-device/tests/cuda/cuda_tests --gtest_brief=1 2>&1 | tee "$out/cuda_tests.log" | grep -vE "^\[ measured" | tail -40
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+echo "--- measured"
+grep "^\[ measured" "$out/cuda_tests.log"
+
+echo "--- engine tests (CPU backend) on the GPU machine"
+build-device/tests/engine_tests --gtest_brief=1 2>&1 | tee "$out/engine_tests.log" | tail -4
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+if [ "$sanitize" = 1 ]; then
+  for tool in memcheck racecheck; do
+    echo "--- compute-sanitizer $tool on the kernel tests"
+    timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 3 build-device/tests/cuda/cuda_tests \
+      --gtest_filter='CudaKernelTest*:CudaRouterTest*' --gtest_brief=1 >"$out/sanitizer-$tool.log" 2>&1
+    rc=$?
+    tail -4 "$out/sanitizer-$tool.log"
+    echo "$tool exit code: $rc"
+    [ "$rc" -eq 0 ] || status=1
+  done
+fi
+if [ "$bench" = 1 ]; then
+  echo "--- lightdesk-bench"
+  build-device/bench/lightdesk-bench 2>&1 | tee "$out/bench.log" || status=1
+  echo "--- anchors through PyTorch"
+  PYTHONUNBUFFERED=1 python3 bench/anchors.py 2>&1 | tee "$out/anchors.log" || status=1
+fi
+exit $status

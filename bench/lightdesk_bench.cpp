@@ -1,0 +1,266 @@
+// lightdesk-bench: times the CUDA backend's kernels on MiniMax-Text-01 shapes. Each figure is
+// set against the ceilings measured in the same run (a large device-to-device copy; a large
+// cuBLAS bf16 GEMM) and against the anchors of ../shared/docs/performance-anchors.md §0 (quoted:
+// they were measured on an H200; on another GPU compare the ceiling fractions instead).
+// Timing: CUDA events on the backend's stream, after warm-up, median of several runs, random
+// data. Usage: lightdesk-bench [--quick]   (--quick: the smaller shapes only)
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "src/cuda_device.h"
+#include "src/cuda_moe.h"
+
+namespace lightdesk {
+namespace {
+
+using cuda::bf16;
+
+class EventTimer {
+ public:
+  explicit EventTimer(const DeviceContext& device) : device_(device) {
+    check(cudaEventCreate(&start_), "cudaEventCreate");
+    check(cudaEventCreate(&stop_), "cudaEventCreate");
+  }
+  ~EventTimer() {
+    cudaEventDestroy(start_);
+    cudaEventDestroy(stop_);
+  }
+  // Median milliseconds of `reps` timed calls of `fn` (each `inner` times), after `warmup` calls.
+  double median_ms(const std::function<void()>& fn, int reps, int warmup = 2, int inner = 1) {
+    for (int i = 0; i < warmup; ++i) fn();
+    std::vector<double> times;
+    for (int r = 0; r < reps; ++r) {
+      check(cudaEventRecord(start_, device_.stream()), "cudaEventRecord");
+      for (int i = 0; i < inner; ++i) fn();
+      check(cudaEventRecord(stop_, device_.stream()), "cudaEventRecord");
+      check(cudaEventSynchronize(stop_), "cudaEventSynchronize");
+      float ms = 0.0f;
+      check(cudaEventElapsedTime(&ms, start_, stop_), "cudaEventElapsedTime");
+      times.push_back(static_cast<double>(ms) / inner);
+    }
+    std::sort(times.begin(), times.end());
+    return times[times.size() / 2];
+  }
+
+ private:
+  const DeviceContext& device_;
+  cudaEvent_t start_ = nullptr, stop_ = nullptr;
+};
+
+struct Row {
+  std::string what, shape;
+  double ms;
+  std::string achieved;   // e.g. "2.1 TB/s"
+  double ceiling_fraction;  // of the copy bandwidth or the GEMM rate measured here
+  std::string ceiling;      // which ceiling
+  double anchor_ms;         // 0: none
+  std::string anchor;
+};
+
+void add(const Row& row) {
+  std::printf("  %-22s %-26s %10.3f ms  %-14s %5.1f%% of %-5s", row.what.c_str(), row.shape.c_str(), row.ms,
+              row.achieved.c_str(), 100.0 * row.ceiling_fraction, row.ceiling.c_str());
+  if (row.anchor_ms > 0) std::printf("  x%.2f vs %s", row.anchor_ms / row.ms, row.anchor.c_str());
+  std::printf("\n");
+  std::fflush(stdout);
+}
+
+std::string rate(double value, const char* unit) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.3g %s", value, unit);
+  return text;
+}
+
+constexpr int kHeadDim = 128;
+
+// Slopes of MiniMax-Text-01's first lightning layer: 2^(-8 (h+1) / heads).
+std::vector<float> slopes(int heads) {
+  std::vector<float> s(static_cast<std::size_t>(heads));
+  for (int h = 0; h < heads; ++h) s[h] = static_cast<float>(std::pow(2.0, -8.0 * (h + 1) / heads));
+  return s;
+}
+
+struct Ceilings {
+  double copy_tb_s = 0;
+  double gemm_tflop_s = 0;
+};
+
+Ceilings measure_ceilings(const DeviceContext& device, EventTimer& timer) {
+  Ceilings c;
+  const std::int64_t bytes = std::int64_t{4} << 30;
+  DeviceBuffer a(static_cast<std::size_t>(bytes), "copy source"), b(static_cast<std::size_t>(bytes), "copy target");
+  cuda::fill_uniform(a.as<bf16>(), bytes / 2, 1, -1.0f, 1.0f, device.stream());
+  const double copy_ms = timer.median_ms(
+      [&] { check(cudaMemcpyAsync(b.as<void>(), a.as<void>(), bytes, cudaMemcpyDeviceToDevice, device.stream()), "copy"); },
+      10);
+  c.copy_tb_s = 2.0 * static_cast<double>(bytes) / (copy_ms * 1e-3) / 1e12;
+  add({"copy (ceiling)", "4 GiB d2d, read+write", copy_ms, rate(c.copy_tb_s, "TB/s"), 1.0, "copy", 0, ""});
+
+  const std::int64_t n = 8192;
+  DeviceBuffer x = device_array<bf16>(n * n, "gemm"), w = device_array<bf16>(n * n, "gemm"),
+               y = device_array<bf16>(n * n, "gemm");
+  cuda::fill_uniform(x.as<bf16>(), n * n, 2, -1.0f, 1.0f, device.stream());
+  cuda::fill_uniform(w.as<bf16>(), n * n, 3, -1.0f, 1.0f, device.stream());
+  const double gemm_ms = timer.median_ms([&] { device.linear(x.as<bf16>(), n, n, w.as<bf16>(), n, y.as<bf16>()); }, 10);
+  c.gemm_tflop_s = 2.0 * std::pow(static_cast<double>(n), 3) / (gemm_ms * 1e-3) / 1e12;
+  add({"cuBLAS bf16 (ceiling)", "8192^3", gemm_ms, rate(c.gemm_tflop_s, "TFLOP/s"), 1.0, "gemm", 0, ""});
+  return c;
+}
+
+void lightning_prefill(const DeviceContext& device, EventTimer& timer, const Ceilings& c, int heads,
+                       std::int64_t tokens, double anchor_ms) {
+  const std::int64_t d = kHeadDim;
+  DeviceBuffer qkv = device_array<bf16>(tokens * heads * 3 * d, "qkv"), out = device_array<bf16>(tokens * heads * d, "out");
+  DeviceBuffer state = device_array<float>(heads * d * d, "state"), slope = device_array<float>(heads, "slopes");
+  cuda::fill_uniform(qkv.as<bf16>(), tokens * heads * 3 * d, 4, -0.3f, 1.0f, device.stream());
+  cuda::fill_uniform(state.as<float>(), heads * d * d, 5, -1.0f, 1.0f, device.stream());
+  const auto s = slopes(heads);
+  device.upload(slope.as<float>(), s.data(), s.size() * sizeof(float));
+  const int reps = tokens >= (std::int64_t{1} << 18) ? 3 : 7;
+  const double ms = timer.median_ms(
+      [&] {
+        cuda::lightning_prefill(qkv.as<bf16>(), tokens, heads, kHeadDim, slope.as<float>(), state.as<float>(),
+                                out.as<bf16>(), device.stream());
+      },
+      reps, 1);
+  // I/O floor: read qkv, write out, read and write the state once.
+  const double bytes = static_cast<double>(qkv.bytes() + out.bytes() + 2 * state.bytes());
+  const double tb_s = bytes / (ms * 1e-3) / 1e12;
+  add({"lightning prefill", std::to_string(heads) + "h x " + std::to_string(tokens / 1024) + "K tokens", ms,
+       rate(tb_s, "TB/s"), tb_s / c.copy_tb_s, "copy", anchor_ms, "FLA chunk_simple_gla"});
+}
+
+void lightning_decode(const DeviceContext& device, EventTimer& timer, const Ceilings& c, int heads, double anchor_ms) {
+  const std::int64_t d = kHeadDim;
+  DeviceBuffer qkv = device_array<bf16>(heads * 3 * d, "qkv"), out = device_array<bf16>(heads * d, "out");
+  DeviceBuffer state = device_array<float>(heads * d * d, "state"), slope = device_array<float>(heads, "slopes");
+  cuda::fill_uniform(qkv.as<bf16>(), heads * 3 * d, 6, -0.3f, 1.0f, device.stream());
+  cuda::fill_uniform(state.as<float>(), heads * d * d, 7, -1.0f, 1.0f, device.stream());
+  const auto s = slopes(heads);
+  device.upload(slope.as<float>(), s.data(), s.size() * sizeof(float));
+  // Back-to-back launches: each step's time including its launch, as a decode step sees it.
+  const double ms = timer.median_ms(
+      [&] {
+        cuda::lightning_decode(qkv.as<bf16>(), heads, kHeadDim, slope.as<float>(), state.as<float>(), out.as<bf16>(),
+                               device.stream());
+      },
+      9, 10, 200);
+  const double tb_s = static_cast<double>(2 * state.bytes()) / (ms * 1e-3) / 1e12;
+  add({"lightning decode", std::to_string(heads) + "h, batch 1", ms, rate(tb_s, "TB/s"), tb_s / c.copy_tb_s, "copy",
+       anchor_ms, "vLLM Triton decode"});
+}
+
+void softmax_prefill(const DeviceContext& device, EventTimer& timer, const Ceilings& c, std::int64_t tokens,
+                     double anchor_ms) {
+  const int heads = 64, kv_heads = 8;
+  const std::int64_t d = kHeadDim;
+  DeviceBuffer q = device_array<bf16>(tokens * heads * d, "q"), out = device_array<bf16>(tokens * heads * d, "out");
+  DeviceBuffer k = device_array<bf16>(tokens * kv_heads * d, "k"), v = device_array<bf16>(tokens * kv_heads * d, "v");
+  for (auto [buffer, seed] : {std::pair{&q, 8}, std::pair{&k, 9}, std::pair{&v, 10}})
+    cuda::fill_uniform(buffer->as<bf16>(), static_cast<std::int64_t>(buffer->bytes() / 2), static_cast<unsigned>(seed),
+                       -1.0f, 1.0f, device.stream());
+  const double ms = timer.median_ms(
+      [&] {
+        cuda::softmax_attention(q.as<bf16>(), tokens, 0, k.as<bf16>(), v.as<bf16>(), heads, kv_heads, kHeadDim,
+                                out.as<bf16>(), device.stream());
+      },
+      3, 1);
+  // Causal: half of the 4 T^2 H d FLOPs of full attention.
+  const double flops = 2.0 * static_cast<double>(tokens) * static_cast<double>(tokens) * heads * d;
+  const double tflop_s = flops / (ms * 1e-3) / 1e12;
+  add({"softmax prefill", "64/8h x " + std::to_string(tokens / 1024) + "K", ms, rate(tflop_s, "TFLOP/s"),
+       tflop_s / c.gemm_tflop_s, "gemm", anchor_ms, "cuDNN SDPA"});
+}
+
+void softmax_decode(const DeviceContext& device, EventTimer& timer, const Ceilings& c, std::int64_t context,
+                    double anchor_ms) {
+  const int heads = 64, kv_heads = 8;
+  const std::int64_t d = kHeadDim;
+  DeviceBuffer q = device_array<bf16>(heads * d, "q"), out = device_array<bf16>(heads * d, "out");
+  DeviceBuffer k = device_array<bf16>(context * kv_heads * d, "k"), v = device_array<bf16>(context * kv_heads * d, "v");
+  for (auto [buffer, seed] : {std::pair{&q, 11}, std::pair{&k, 12}, std::pair{&v, 13}})
+    cuda::fill_uniform(buffer->as<bf16>(), static_cast<std::int64_t>(buffer->bytes() / 2), static_cast<unsigned>(seed),
+                       -1.0f, 1.0f, device.stream());
+  const double ms = timer.median_ms(
+      [&] {
+        cuda::softmax_attention(q.as<bf16>(), 1, context - 1, k.as<bf16>(), v.as<bf16>(), heads, kv_heads, kHeadDim,
+                                out.as<bf16>(), device.stream());
+      },
+      7, 2);
+  const double tb_s = static_cast<double>(k.bytes() + v.bytes()) / (ms * 1e-3) / 1e12;
+  add({"softmax decode", "64/8h, batch 1, " + std::to_string(context / 1024) + "K ctx", ms, rate(tb_s, "TB/s"),
+       tb_s / c.copy_tb_s, "copy", anchor_ms, "torch SDPA"});
+}
+
+void moe(const DeviceContext& device, EventTimer& timer, const Ceilings& c, const std::vector<std::int64_t>& sizes) {
+  const MoeShape shape{6144, 9216, 32, 2};
+  const std::int64_t H = shape.hidden, I = shape.width, E = shape.experts;
+  DeviceBuffer router = device_array<float>(E * H, "router"), gate_up = device_array<bf16>(E * 2 * I * H, "w13"),
+               down = device_array<bf16>(E * H * I, "w2");
+  const float scale = 1.0f / std::sqrt(static_cast<float>(H));
+  cuda::fill_uniform(router.as<float>(), E * H, 14, -scale, scale, device.stream());
+  cuda::fill_uniform(gate_up.as<bf16>(), E * 2 * I * H, 15, -scale, scale, device.stream());
+  cuda::fill_uniform(down.as<bf16>(), E * H * I, 16, -scale, scale, device.stream());
+  MoeRunner<bf16> runner(device, shape);
+  const MoeWeights<bf16> weights{router.as<float>(), gate_up.as<bf16>(), down.as<bf16>()};
+  for (std::int64_t tokens : sizes) {
+    DeviceBuffer x = device_array<bf16>(tokens * H, "x"), out = device_array<bf16>(tokens * H, "out");
+    cuda::fill_uniform(x.as<bf16>(), tokens * H, 17, -1.0f, 1.0f, device.stream());
+    const double ms = timer.median_ms([&] { runner.run(weights, x.as<bf16>(), tokens, out.as<bf16>()); },
+                                      tokens >= 32768 ? 3 : 7);
+    const double flops = 6.0 * static_cast<double>(tokens * shape.top_k) * static_cast<double>(H * I);
+    // Experts a uniform router touches, on average: E (1 - (1 - k/E)^tokens).
+    const double touched = static_cast<double>(E) * (1.0 - std::pow(1.0 - 2.0 / static_cast<double>(E),
+                                                                     static_cast<double>(tokens)));
+    const double weight_bytes = touched * 3.0 * static_cast<double>(H * I) * 2.0;
+    const double tflop_s = flops / (ms * 1e-3) / 1e12, tb_s = weight_bytes / (ms * 1e-3) / 1e12;
+    const bool weight_bound = tokens * shape.top_k < 256 * E;
+    // Anchor: torch._grouped_mm at 684 TFLOP/s (4K tokens, w13 only), i.e. its time for our FLOPs.
+    const double anchor_ms = flops / 684e12 * 1e3;
+    add({"MoE layer", "32e top-2, " + std::to_string(tokens) + " tok", ms,
+         weight_bound ? rate(tb_s, "TB/s") : rate(tflop_s, "TFLOP/s"),
+         weight_bound ? tb_s / c.copy_tb_s : tflop_s / c.gemm_tflop_s, weight_bound ? "copy" : "gemm",
+         weight_bound ? 0.0 : anchor_ms, "grouped_mm 684 TFLOP/s"});
+  }
+}
+
+int run(bool quick) {
+  cudaDeviceProp props{};
+  check(cudaGetDeviceProperties(&props, 0), "cudaGetDeviceProperties");
+  std::printf("lightdesk-bench on %s (%d SMs, %.0f GiB)\n", props.name, props.multiProcessorCount,
+              static_cast<double>(props.totalGlobalMem) / (1 << 30));
+  std::printf("  %-22s %-26s %13s  %-14s %s\n", "kernel", "shape", "median", "achieved", "of ceiling / vs anchor");
+  DeviceContext device;
+  EventTimer timer(device);
+  const Ceilings c = measure_ceilings(device, timer);
+  lightning_prefill(device, timer, c, 64, 4096, 0.49);
+  lightning_prefill(device, timer, c, 64, 65536, 3.38);
+  if (!quick) {
+    lightning_prefill(device, timer, c, 64, 262144, 13.25);
+    lightning_prefill(device, timer, c, 8, 1048576, 12.1);
+  }
+  lightning_decode(device, timer, c, 64, 0.060);
+  lightning_decode(device, timer, c, 8, 0.048);
+  softmax_prefill(device, timer, c, 4096, 0.51);
+  if (!quick) softmax_prefill(device, timer, c, 16384, 7.26);
+  softmax_decode(device, timer, c, 131072, 0.172);
+  moe(device, timer, c, quick ? std::vector<std::int64_t>{1, 64, 4096} : std::vector<std::int64_t>{1, 64, 4096, 32768});
+  return 0;
+}
+
+}  // namespace
+}  // namespace lightdesk
+
+int main(int argc, char** argv) {
+  try {
+    return lightdesk::run(argc > 1 && std::strcmp(argv[1], "--quick") == 0);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lightdesk-bench: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,394 @@
+// The CUDA backend: the whole model on one GPU. Weights and activations are T (bf16 by
+// default, float32 in the checking mode); GEMMs go through cuBLAS with float32 accumulation;
+// the lightning states, the router and the logits are float32 whatever T is.
+#include "cuda_backend.h"
+
+#include <algorithm>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "cuda_device.h"
+#include "cuda_moe.h"
+
+namespace lightdesk {
+namespace {
+
+using cuda::bf16;
+
+struct CudaLayer {
+  LayerKind kind = LayerKind::Lightning;
+  DeviceBuffer input_norm, post_attn_norm;                // float [hidden]
+  DeviceBuffer qkv, output_gate, output_norm, out_proj;   // lightning (output_norm float)
+  DeviceBuffer slopes;                                    // float [heads]
+  DeviceBuffer q_proj, k_proj, v_proj, o_proj;            // softmax
+  DeviceBuffer router;                                    // float [experts, hidden]
+  DeviceBuffer gate_up;  // per expert [2 * width, hidden]: w1 rows, then w3 rows
+  DeviceBuffer down;     // per expert [hidden, width]
+};
+
+struct CudaSequence final : SequenceState {
+  std::vector<DeviceBuffer> lightning;     // per layer float [heads, d, d]; empty for softmax layers
+  std::vector<DeviceBuffer> keys, values;  // per layer T [capacity, kv_heads, d] (keys after RoPE)
+  std::int64_t capacity = 0;               // positions the K/V buffers hold
+};
+
+// Buffers of one forward pass, sized for `rows` tokens; kept between calls and grown as needed.
+struct Scratch {
+  std::int64_t rows = -1;
+  DeviceBuffer tokens, x, a, att, b, moe, qkv, o, gate;
+  DeviceBuffer hidden_f32, logits;
+};
+
+template <typename T>
+class CudaBackend final : public ComputeBackend {
+ public:
+  CudaBackend(const ModelConfig& c, const WeightMap& map, const std::function<void(std::uint64_t)>& bytes_loaded)
+      : config_(c),
+        moe_(device_, MoeShape{c.hidden_size, c.expert_width, c.num_experts, c.experts_per_token}) {
+    load_weights(map, bytes_loaded);
+  }
+
+  BackendKind kind() const override { return BackendKind::Cuda; }
+  std::uint64_t weight_bytes() const override { return weight_bytes_; }
+
+  std::unique_ptr<SequenceState> new_sequence() const override {
+    auto s = std::make_unique<CudaSequence>();
+    s->lightning.resize(config_.num_layers);
+    s->keys.resize(config_.num_layers);
+    s->values.resize(config_.num_layers);
+    for (int l = 0; l < config_.num_layers; ++l)
+      if (config_.layer_kinds[l] == LayerKind::Lightning) {
+        s->lightning[l] = device_array<float>(lightning_size(), "the lightning state of layer " + std::to_string(l));
+        check(cudaMemsetAsync(s->lightning[l].as<float>(), 0, s->lightning[l].bytes(), device_.stream()),
+              "cudaMemset");
+      }
+    device_.synchronize();
+    return s;
+  }
+
+  void forward(SequenceState& state, const ForwardRequest& req) override;
+
+  void read_lightning_state(const SequenceState& state, int layer, float* out) const override {
+    const auto& buffer = static_cast<const CudaSequence&>(state).lightning.at(layer);
+    device_.download(out, buffer.as<float>(), buffer.bytes());
+  }
+  void write_lightning_state(SequenceState& state, int layer, const float* in) const override {
+    auto& buffer = static_cast<CudaSequence&>(state).lightning.at(layer);
+    device_.upload(buffer.as<float>(), in, buffer.bytes());
+    device_.synchronize();
+  }
+  void read_kv(const SequenceState& state, int layer, KvSide side, std::int64_t first, std::int64_t count,
+               float* out) const override;
+  void resize_kv(SequenceState& state, std::int64_t positions) const override {
+    reserve_kv(static_cast<CudaSequence&>(state), positions);
+  }
+  void write_kv(SequenceState& state, int layer, KvSide side, std::int64_t first, std::int64_t count,
+                const float* in) const override;
+
+ private:
+  std::int64_t lightning_size() const { return std::int64_t{config_.num_heads} * config_.head_dim * config_.head_dim; }
+  std::int64_t attention_width() const { return std::int64_t{config_.num_heads} * config_.head_dim; }
+  std::int64_t kv_width() const { return std::int64_t{config_.num_kv_heads} * config_.head_dim; }
+
+  void load_weights(const WeightMap& map, const std::function<void(std::uint64_t)>& bytes_loaded);
+  void reserve_kv(CudaSequence& s, std::int64_t positions) const;
+  void reserve_scratch(std::int64_t rows);
+  void lightning_layer(CudaSequence& s, int l, std::int64_t rows);
+  void softmax_layer(CudaSequence& s, int l, std::int64_t rows, std::int64_t first_position);
+  void moe_layer(int l, std::int64_t rows);
+
+  const ModelConfig config_;
+  DeviceContext device_;
+  DeviceBuffer embed_, lm_head_, final_norm_;
+  std::vector<CudaLayer> layers_;
+  std::uint64_t weight_bytes_ = 0;
+  std::mutex forward_mutex_;  // sessions of one model share the scratch buffers
+  Scratch scratch_;
+  MoeRunner<T> moe_;
+};
+
+template <typename T>
+void CudaBackend<T>::load_weights(const WeightMap& map, const std::function<void(std::uint64_t)>& bytes_loaded) {
+  std::uint64_t loaded = 0;
+  // Conversion to T goes through a float32 staging buffer on the device, in pieces.
+  constexpr std::int64_t kStagingFloats = std::int64_t{16} << 20;
+  DeviceBuffer staging;
+  auto copy_into = [&](const std::string& name, void* device, bool as_float) {
+    const TensorSlice& slice = map.at(name);
+    const WeightTensor host(*slice.view, slice.offset, slice.numel);
+    if (as_float || std::is_same_v<T, float>) {
+      device_.upload(device, host.data(), static_cast<std::size_t>(slice.numel) * sizeof(float));
+    } else {
+      const std::int64_t piece = static_cast<std::int64_t>(staging.bytes() / sizeof(float));
+      for (std::int64_t done = 0; done < slice.numel; done += piece) {
+        const std::int64_t n = std::min(piece, slice.numel - done);
+        device_.upload(staging.as<float>(), host.data() + done, static_cast<std::size_t>(n) * sizeof(float));
+        cuda::from_float(staging.as<float>(), n, static_cast<T*>(device) + done, device_.stream());
+        device_.synchronize();  // the staging buffer is reused by the next piece
+      }
+    }
+    device_.synchronize();  // `host` may own the converted copy
+    loaded += static_cast<std::uint64_t>(slice.numel) * dtype_size(slice.view->dtype);
+    if (bytes_loaded) bytes_loaded(loaded);
+  };
+  auto get = [&](const std::string& name, bool as_float) {
+    const std::int64_t numel = map.at(name).numel;
+    DeviceBuffer buffer = as_float ? device_array<float>(numel, name) : device_array<T>(numel, name);
+    copy_into(name, buffer.as<void>(), as_float);
+    weight_bytes_ += buffer.bytes();
+    return buffer;
+  };
+  auto get_weight = [&](const std::string& name) { return get(name, false); };
+  auto get_vector = [&](const std::string& name) { return get(name, true); };
+
+  // Sized for the embedding, usually the largest tensor; larger ones go through in pieces.
+  staging = device_array<float>(std::is_same_v<T, float> ? 0 : std::min(kStagingFloats, map.at("embed").numel),
+                                "weight conversion");
+  embed_ = get_weight("embed");
+  lm_head_ = get_weight("lm_head");
+  final_norm_ = get_vector("final_norm");
+  const std::int64_t H = config_.hidden_size, I = config_.expert_width;
+  for (int l = 0; l < config_.num_layers; ++l) {
+    const std::string k = "layers." + std::to_string(l) + ".";
+    CudaLayer layer;
+    layer.kind = config_.layer_kinds[l];
+    layer.input_norm = get_vector(k + "input_norm");
+    layer.post_attn_norm = get_vector(k + "post_attn_norm");
+    if (layer.kind == LayerKind::Lightning) {
+      layer.qkv = get_weight(k + "qkv");
+      layer.output_gate = get_weight(k + "output_gate");
+      layer.output_norm = get_vector(k + "output_norm");
+      layer.out_proj = get_weight(k + "out_proj");
+      const std::vector<float> slopes = lightning_slopes(config_, l);
+      layer.slopes = device_array<float>(static_cast<std::int64_t>(slopes.size()), k + "slopes");
+      device_.upload(layer.slopes.as<float>(), slopes.data(), layer.slopes.bytes());
+    } else {
+      layer.q_proj = get_weight(k + "q_proj");
+      layer.k_proj = get_weight(k + "k_proj");
+      layer.v_proj = get_weight(k + "v_proj");
+      layer.o_proj = get_weight(k + "o_proj");
+    }
+    layer.router = get_vector(k + "router");
+    const std::int64_t E = config_.num_experts;
+    layer.gate_up = device_array<T>(E * 2 * I * H, k + "experts (w1, w3)");
+    layer.down = device_array<T>(E * H * I, k + "experts (w2)");
+    weight_bytes_ += layer.gate_up.bytes() + layer.down.bytes();
+    for (std::int64_t e = 0; e < E; ++e) {
+      const std::string ke = k + "experts." + std::to_string(e) + ".";
+      T* gate_up = layer.gate_up.as<T>() + e * 2 * I * H;
+      copy_into(ke + "w1", gate_up, false);
+      copy_into(ke + "w3", gate_up + I * H, false);
+      copy_into(ke + "w2", layer.down.as<T>() + e * H * I, false);
+    }
+    layers_.push_back(std::move(layer));
+  }
+  device_.synchronize();
+}
+
+template <typename T>
+void CudaBackend<T>::reserve_kv(CudaSequence& s, std::int64_t positions) const {
+  if (positions <= s.capacity) return;
+  // Grow geometrically so a long decode reallocates rarely; allocate everything before
+  // touching the state, so running out of memory leaves it as it was.
+  const std::int64_t capacity = std::max({positions, 2 * s.capacity, std::int64_t{256}});
+  std::vector<DeviceBuffer> keys(s.keys.size()), values(s.values.size());
+  auto copy_kv = [&](const DeviceBuffer& from, DeviceBuffer& to) {
+    if (from.bytes())
+      check(cudaMemcpyAsync(to.as<void>(), from.as<void>(), from.bytes(), cudaMemcpyDeviceToDevice, device_.stream()),
+            "K/V cache growth");
+  };
+  for (int l = 0; l < config_.num_layers; ++l) {
+    if (config_.layer_kinds[l] != LayerKind::Softmax) continue;
+    const std::string what = "the K/V cache of layer " + std::to_string(l) + " (" + std::to_string(capacity) +
+                             " positions)";
+    keys[l] = device_array<T>(capacity * kv_width(), what);
+    values[l] = device_array<T>(capacity * kv_width(), what);
+    copy_kv(s.keys[l], keys[l]);
+    copy_kv(s.values[l], values[l]);
+  }
+  device_.synchronize();
+  s.keys = std::move(keys);
+  s.values = std::move(values);
+  s.capacity = capacity;
+}
+
+template <typename T>
+void CudaBackend<T>::reserve_scratch(std::int64_t rows) {
+  if (rows <= scratch_.rows) return;
+  const std::int64_t H = config_.hidden_size, A = attention_width();
+  const std::string what = "activations of " + std::to_string(rows) + " tokens";
+  Scratch s;
+  s.rows = rows;
+  s.tokens = device_array<std::int32_t>(rows, what);
+  for (DeviceBuffer* b : {&s.x, &s.a, &s.att, &s.b, &s.moe}) *b = device_array<T>(rows * H, what);
+  s.qkv = device_array<T>(rows * 3 * A, what);
+  s.o = device_array<T>(rows * A, what);
+  s.gate = device_array<T>(rows * A, what);
+  s.hidden_f32 = device_array<float>(rows * H, what);
+  s.logits = device_array<float>(rows * config_.vocab_size, what);
+  moe_.reserve(rows);
+  scratch_ = std::move(s);
+}
+
+template <typename T>
+void CudaBackend<T>::forward(SequenceState& state, const ForwardRequest& req) {
+  auto& s = static_cast<CudaSequence&>(state);
+  const auto rows = static_cast<std::int64_t>(req.tokens.size());
+  const std::int64_t H = config_.hidden_size, V = config_.vocab_size;
+  if (rows == 0) return;
+  const std::lock_guard lock(forward_mutex_);
+  // Reserve everything first: past this point nothing allocates.
+  reserve_scratch(rows);
+  reserve_kv(s, req.first_position + rows);
+  const cudaStream_t stream = device_.stream();
+  Scratch& w = scratch_;
+
+  std::vector<float> hidden_host;
+  auto report = [&](int index, const T* hidden) {
+    if (!req.hidden_states || !*req.hidden_states) return;
+    hidden_host.resize(static_cast<std::size_t>(rows * H));
+    cuda::to_float(hidden, rows * H, w.hidden_f32.as<float>(), stream);
+    device_.download(hidden_host.data(), w.hidden_f32.as<float>(), hidden_host.size() * sizeof(float));
+    (*req.hidden_states)(index, hidden_host, rows);
+  };
+
+  device_.upload(w.tokens.as<std::int32_t>(), req.tokens.data(), static_cast<std::size_t>(rows) * sizeof(TokenId));
+  cuda::embed_rows(embed_.as<T>(), w.tokens.as<std::int32_t>(), rows, H, w.x.as<T>(), stream);
+  report(0, w.x.as<T>());
+
+  for (int l = 0; l < config_.num_layers; ++l) {
+    const CudaLayer& layer = layers_[l];
+    const bool lightning = layer.kind == LayerKind::Lightning;
+    cuda::rms_norm(w.x.as<T>(), rows, H, layer.input_norm.as<float>(), config_.rms_norm_eps, w.a.as<T>(), stream);
+    if (lightning)
+      lightning_layer(s, l, rows);
+    else
+      softmax_layer(s, l, rows, req.first_position);
+    // Post-norm residuals: the residual is the normed activation.
+    const ResidualFactors attn = lightning ? config_.linear_attention : config_.full_attention;
+    cuda::scaled_sum(w.a.as<T>(), attn.alpha, w.att.as<T>(), attn.beta, rows * H, w.att.as<T>(), stream);
+    cuda::rms_norm(w.att.as<T>(), rows, H, layer.post_attn_norm.as<float>(), config_.rms_norm_eps, w.b.as<T>(),
+                   stream);
+    moe_layer(l, rows);
+    cuda::scaled_sum(w.b.as<T>(), config_.mlp.alpha, w.moe.as<T>(), config_.mlp.beta, rows * H, w.x.as<T>(), stream);
+    report(l + 1, w.x.as<T>());
+  }
+
+  cuda::rms_norm(w.x.as<T>(), rows, H, final_norm_.as<float>(), config_.rms_norm_eps, w.x.as<T>(), stream);
+  report(config_.num_layers + 1, w.x.as<T>());
+  const std::int64_t logit_rows = req.all_logits ? rows : 1;
+  device_.linear(w.x.as<T>() + (rows - logit_rows) * H, logit_rows, H, lm_head_.as<T>(), V, w.logits.as<float>());
+  device_.download(req.logits, w.logits.as<float>(), static_cast<std::size_t>(logit_rows * V) * sizeof(float));
+}
+
+template <typename T>
+void CudaBackend<T>::lightning_layer(CudaSequence& s, int l, std::int64_t rows) {
+  const CudaLayer& layer = layers_[l];
+  const std::int64_t H = config_.hidden_size, A = attention_width();
+  const cudaStream_t stream = device_.stream();
+  Scratch& w = scratch_;
+  device_.linear(w.a.as<T>(), rows, H, layer.qkv.as<T>(), 3 * A, w.qkv.as<T>());
+  cuda::silu(w.qkv.as<T>(), rows * 3 * A, stream);
+  float* state = s.lightning[l].as<float>();
+  if (rows == 1)
+    cuda::lightning_decode(w.qkv.as<T>(), config_.num_heads, config_.head_dim, layer.slopes.as<float>(), state,
+                           w.o.as<T>(), stream);
+  else
+    cuda::lightning_prefill(w.qkv.as<T>(), rows, config_.num_heads, config_.head_dim, layer.slopes.as<float>(), state,
+                            w.o.as<T>(), stream);
+  cuda::rms_norm(w.o.as<T>(), rows, A, layer.output_norm.as<float>(), ModelConfig::kLightningNormEps, w.o.as<T>(),
+                 stream);
+  device_.linear(w.a.as<T>(), rows, H, layer.output_gate.as<T>(), A, w.gate.as<T>());
+  cuda::sigmoid_gate(w.o.as<T>(), w.gate.as<T>(), rows * A, stream);
+  device_.linear(w.o.as<T>(), rows, A, layer.out_proj.as<T>(), H, w.att.as<T>());
+}
+
+template <typename T>
+void CudaBackend<T>::softmax_layer(CudaSequence& s, int l, std::int64_t rows, std::int64_t first_position) {
+  const CudaLayer& layer = layers_[l];
+  const std::int64_t H = config_.hidden_size, A = attention_width(), KV = kv_width();
+  const cudaStream_t stream = device_.stream();
+  Scratch& w = scratch_;
+  // The new keys and values go straight into the cache.
+  T* keys = s.keys[l].as<T>();
+  T* values = s.values[l].as<T>();
+  T* new_keys = keys + first_position * KV;
+  T* q = w.qkv.as<T>();
+  device_.linear(w.a.as<T>(), rows, H, layer.q_proj.as<T>(), A, q);
+  device_.linear(w.a.as<T>(), rows, H, layer.k_proj.as<T>(), KV, new_keys);
+  device_.linear(w.a.as<T>(), rows, H, layer.v_proj.as<T>(), KV, values + first_position * KV);
+  cuda::rope(q, rows, config_.num_heads, config_.head_dim, config_.rotary_dim, config_.rope_theta, first_position,
+             stream);
+  cuda::rope(new_keys, rows, config_.num_kv_heads, config_.head_dim, config_.rotary_dim, config_.rope_theta,
+             first_position, stream);
+  cuda::softmax_attention(q, rows, first_position, keys, values, config_.num_heads, config_.num_kv_heads,
+                          config_.head_dim, w.o.as<T>(), stream);
+  device_.linear(w.o.as<T>(), rows, A, layer.o_proj.as<T>(), H, w.att.as<T>());
+}
+
+template <typename T>
+void CudaBackend<T>::moe_layer(int l, std::int64_t rows) {
+  const CudaLayer& layer = layers_[l];
+  moe_.run({layer.router.as<float>(), layer.gate_up.as<T>(), layer.down.as<T>()}, scratch_.b.as<T>(), rows,
+           scratch_.moe.as<T>());
+}
+
+template <typename T>
+void CudaBackend<T>::read_kv(const SequenceState& state, int layer, KvSide side, std::int64_t first,
+                             std::int64_t count, float* out) const {
+  const auto& s = static_cast<const CudaSequence&>(state);
+  const DeviceBuffer& cache = (side == KvSide::Keys ? s.keys : s.values).at(layer);
+  const std::int64_t KV = kv_width(), d = config_.head_dim;
+  DeviceBuffer rows_f32 = device_array<float>(count * KV, "K/V export");
+  cuda::to_float(cache.as<T>() + first * KV, count * KV, rows_f32.as<float>(), device_.stream());
+  std::vector<float> rows(static_cast<std::size_t>(count * KV));
+  device_.download(rows.data(), rows_f32.as<float>(), rows.size() * sizeof(float));
+  // Cache layout [position, kv_head, d] to export layout [kv_head, position, d].
+  for (int g = 0; g < config_.num_kv_heads; ++g)
+    for (std::int64_t t = 0; t < count; ++t)
+      std::copy_n(rows.data() + (t * config_.num_kv_heads + g) * d, d, out + (std::int64_t{g} * count + t) * d);
+}
+
+template <typename T>
+void CudaBackend<T>::write_kv(SequenceState& state, int layer, KvSide side, std::int64_t first, std::int64_t count,
+                              const float* in) const {
+  auto& s = static_cast<CudaSequence&>(state);
+  const DeviceBuffer& cache = (side == KvSide::Keys ? s.keys : s.values).at(layer);
+  const std::int64_t KV = kv_width(), d = config_.head_dim;
+  if (first + count > s.capacity)
+    throw Error("internal: K/V rows " + std::to_string(first) + "+" + std::to_string(count) +
+                " written past the cache's " + std::to_string(s.capacity) + " positions");
+  std::vector<float> rows(static_cast<std::size_t>(count * KV));
+  for (int g = 0; g < config_.num_kv_heads; ++g)
+    for (std::int64_t t = 0; t < count; ++t)
+      std::copy_n(in + (std::int64_t{g} * count + t) * d, d, rows.data() + (t * config_.num_kv_heads + g) * d);
+  DeviceBuffer rows_f32 = device_array<float>(count * KV, "K/V import");
+  device_.upload(rows_f32.as<float>(), rows.data(), rows.size() * sizeof(float));
+  cuda::from_float(rows_f32.as<float>(), count * KV, cache.as<T>() + first * KV, device_.stream());
+  device_.synchronize();
+}
+
+}  // namespace
+
+std::string cuda_unavailable_reason() {
+  int count = 0;
+  const cudaError_t status = cudaGetDeviceCount(&count);
+  if (status != cudaSuccess) {
+    (void)cudaGetLastError();
+    return std::string("no usable CUDA device (cudaGetDeviceCount: ") + cudaGetErrorString(status) + ")";
+  }
+  if (count == 0) return "no CUDA device found";
+  return {};
+}
+
+std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, const WeightMap& weights,
+                                                  const ModelOptions& options,
+                                                  const std::function<void(std::uint64_t)>& bytes_loaded) {
+  const std::string reason = cuda_unavailable_reason();
+  if (!reason.empty()) throw Error("the cuda backend is not available: " + reason);
+  if (options.cuda_float32) return std::make_unique<CudaBackend<float>>(config, weights, bytes_loaded);
+  return std::make_unique<CudaBackend<bf16>>(config, weights, bytes_loaded);
+}
+
+}  // namespace lightdesk

@@ -1,0 +1,22 @@
+// The CUDA backend's entry points. cuda_backend.cpp implements them in builds with
+// LIGHTDESK_WITH_CUDA, no_cuda_backend.cpp in builds without.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "backend.h"
+
+namespace lightdesk {
+
+// Empty when a CUDA device can be used, otherwise why not (no CUDA in this build, no device).
+std::string cuda_unavailable_reason();
+
+// Loads the weights onto the current CUDA device: bf16 by default, float32 when
+// options.cuda_float32 is set.
+std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, const WeightMap& weights,
+                                                  const ModelOptions& options,
+                                                  const std::function<void(std::uint64_t)>& bytes_loaded);
+
+}  // namespace lightdesk

@@ -1,0 +1,106 @@
+// The model's operations on an NVIDIA GPU: the device counterparts of engine/src/cpu_ops.h,
+// with the same argument conventions (row-major, weights [out, in]). Every function enqueues its
+// work on `stream` and returns at once; pointers are device memory unless stated otherwise.
+//
+// T is the activation type: float (the float32 checking mode) or __nv_bfloat16 (the default).
+// Whatever T is, arithmetic accumulates in float32, and the lightning state, the router and
+// the logits stay float32.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+namespace lightdesk::cuda {
+
+using bf16 = __nv_bfloat16;
+
+// Throws lightdesk::Error naming `what` when a CUDA call or the last launch failed.
+void check(cudaError_t status, const char* what);
+// Throws lightdesk::Error with `message` (arguments a kernel cannot take).
+[[noreturn]] void fail(const std::string& message);
+
+// out[n] = T(in[n]) and back.
+template <typename T>
+void from_float(const float* in, std::int64_t n, T* out, cudaStream_t stream);
+template <typename T>
+void to_float(const T* in, std::int64_t n, float* out, cudaStream_t stream);
+
+// out[i] = a uniform value in [low, high) hashed from (seed, i): random data made on the device
+// (benchmarks), the same for the same seed.
+template <typename T>
+void fill_uniform(T* out, std::int64_t n, std::uint64_t seed, float low, float high, cudaStream_t stream);
+
+// out[r] = table[tokens[r]] for rows of `width`.
+template <typename T>
+void embed_rows(const T* table, const std::int32_t* tokens, std::int64_t rows, std::int64_t width, T* out,
+                cudaStream_t stream);
+
+// y = weight * x / sqrt(mean(x²) + eps) over each row; y may alias x.
+template <typename T>
+void rms_norm(const T* x, std::int64_t rows, std::int64_t width, const float* weight, float eps, T* y,
+              cudaStream_t stream);
+
+// x = silu(x), elementwise.
+template <typename T>
+void silu(T* x, std::int64_t n, cudaStream_t stream);
+
+// x *= sigmoid(gate), elementwise.
+template <typename T>
+void sigmoid_gate(T* x, const T* gate, std::int64_t n, cudaStream_t stream);
+
+// out = a * alpha + b * beta, elementwise; out may alias a or b.
+template <typename T>
+void scaled_sum(const T* a, float alpha, const T* b, float beta, std::int64_t n, T* out, cudaStream_t stream);
+
+// out[r, c] = silu(gate_up[r, c]) * gate_up[r, width + c] for gate_up [rows, 2 * width].
+template <typename T>
+void swiglu(const T* gate_up, std::int64_t rows, std::int64_t width, T* out, cudaStream_t stream);
+
+// Rotate-half RoPE on the first rotary_dim dims of each head; row r has position first_position + r.
+template <typename T>
+void rope(T* x, std::int64_t rows, int heads, int head_dim, int rotary_dim, float theta, std::int64_t first_position,
+          cudaStream_t stream);
+
+// Largest head_dim the attention kernels take.
+constexpr int kMaxHeadDim = 128;
+
+// Lightning attention of `rows` tokens continuing from `state` (float32 [heads, d, d], updated
+// in place): qkv [rows, heads * 3d] (SiLU applied, per head [q | k | v]), out [rows, heads * d],
+// slopes [heads] float32. Block-wise like cpu::lightning_prefill.
+template <typename T>
+void lightning_prefill(const T* qkv, std::int64_t rows, int heads, int head_dim, const float* slopes, float* state,
+                       T* out, cudaStream_t stream);
+// One token: S = exp(-s) S + kᵀv, o = q S.
+template <typename T>
+void lightning_decode(const T* qkv, int heads, int head_dim, const float* slopes, float* state, T* out,
+                      cudaStream_t stream);
+
+// Causal GQA softmax attention of `rows` queries [rows, heads * d] at positions first_position..
+// over keys/values [first_position + rows, kv_heads * d] (new rows already appended).
+template <typename T>
+void softmax_attention(const T* q, std::int64_t rows, std::int64_t first_position, const T* keys, const T* values,
+                       int heads, int kv_heads, int head_dim, T* out, cudaStream_t stream);
+
+// Largest experts_per_token the router and combine kernels take.
+constexpr int kMaxTopK = 8;
+
+// Per row of router_logits [rows, experts] (float32): softmax, the top k (lower index first on
+// ties), renormalised; writes k ids and weights per row.
+void route_top_k(const float* router_logits, std::int64_t rows, int experts, int k, std::int32_t* expert_ids,
+                 float* weights, cudaStream_t stream);
+
+// out[i] = x[source_rows[i]] for i < count, rows of `width`.
+template <typename T>
+void gather_rows(const T* x, const std::int32_t* source_rows, std::int64_t count, std::int64_t width, T* out,
+                 cudaStream_t stream);
+
+// out[r] = Σ_i weights[r*k+i] · expert_out[slot_rows[r*k+i]], summed in increasing slot_rows
+// order (the rows of expert_out are grouped by expert, so this is increasing expert order).
+template <typename T>
+void combine_experts(const T* expert_out, const std::int32_t* slot_rows, const float* weights, std::int64_t rows,
+                     int k, std::int64_t width, T* out, cudaStream_t stream);
+
+}  // namespace lightdesk::cuda

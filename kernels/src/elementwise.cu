@@ -1,0 +1,203 @@
+// Row-wise and elementwise kernels: conversions, embedding, RMSNorm, activations, RoPE.
+#include <cmath>
+
+#include "common.cuh"
+
+namespace lightdesk::cuda {
+
+namespace {
+
+template <typename In, typename Out>
+__global__ void convert_kernel(const In* in, std::int64_t n, Out* out) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += std::int64_t{gridDim.x} * blockDim.x)
+    store(out + i, load(in + i));
+}
+
+// splitmix64: a counter-based generator, so every element is independent of the launch shape.
+__device__ __forceinline__ std::uint64_t mix(std::uint64_t z) {
+  z += 0x9e3779b97f4a7c15ULL;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+template <typename T>
+__global__ void fill_uniform_kernel(T* out, std::int64_t n, std::uint64_t seed, float low, float high) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += std::int64_t{gridDim.x} * blockDim.x) {
+    const float unit = static_cast<float>(mix(seed ^ mix(static_cast<std::uint64_t>(i))) >> 40) * 0x1p-24f;
+    store(out + i, low + (high - low) * unit);
+  }
+}
+
+template <typename T>
+__global__ void embed_kernel(const T* table, const std::int32_t* tokens, std::int64_t width, T* out) {
+  const T* src = table + std::int64_t{tokens[blockIdx.x]} * width;
+  T* dst = out + std::int64_t{blockIdx.x} * width;
+  for (std::int64_t i = threadIdx.x; i < width; i += blockDim.x) dst[i] = src[i];
+}
+
+// One block per row; the sum of squares in float32 (the CPU sums in double: the difference is
+// far below bf16 resolution and near float32 rounding for the widths used).
+template <typename T>
+__global__ void rms_norm_kernel(const T* x, std::int64_t width, const float* weight, float eps, T* y) {
+  const T* xr = x + std::int64_t{blockIdx.x} * width;
+  T* yr = y + std::int64_t{blockIdx.x} * width;
+  float sum = 0.0f;
+  for (std::int64_t i = threadIdx.x; i < width; i += blockDim.x) {
+    const float v = load(xr + i);
+    sum += v * v;
+  }
+  __shared__ float partial[kThreads / 32];
+  sum = warp_sum(sum);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = sum;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float total = threadIdx.x < blockDim.x / 32 ? partial[threadIdx.x] : 0.0f;
+    total = warp_sum(total);
+    if (threadIdx.x == 0) partial[0] = total;
+  }
+  __syncthreads();
+  const float inv = 1.0f / sqrtf(partial[0] / static_cast<float>(width) + eps);
+  for (std::int64_t i = threadIdx.x; i < width; i += blockDim.x) store(yr + i, weight[i] * (load(xr + i) * inv));
+}
+
+__device__ __forceinline__ float silu_f(float v) { return v / (1.0f + expf(-v)); }
+__device__ __forceinline__ float sigmoid_f(float v) { return 1.0f / (1.0f + expf(-v)); }
+
+template <typename T>
+__global__ void silu_kernel(T* x, std::int64_t n) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += std::int64_t{gridDim.x} * blockDim.x)
+    store(x + i, silu_f(load(x + i)));
+}
+
+template <typename T>
+__global__ void sigmoid_gate_kernel(T* x, const T* gate, std::int64_t n) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += std::int64_t{gridDim.x} * blockDim.x)
+    store(x + i, load(x + i) * sigmoid_f(load(gate + i)));
+}
+
+template <typename T>
+__global__ void scaled_sum_kernel(const T* a, float alpha, const T* b, float beta, std::int64_t n, T* out) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += std::int64_t{gridDim.x} * blockDim.x)
+    store(out + i, load(a + i) * alpha + load(b + i) * beta);
+}
+
+template <typename T>
+__global__ void swiglu_kernel(const T* gate_up, std::int64_t rows, std::int64_t width, T* out) {
+  const std::int64_t n = rows * width;
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += std::int64_t{gridDim.x} * blockDim.x) {
+    const std::int64_t r = i / width, c = i % width;
+    const T* row = gate_up + r * 2 * width;
+    store(out + i, silu_f(load(row + c)) * load(row + width + c));
+  }
+}
+
+// One block per row, one thread per (head, rotated pair).
+template <typename T>
+__global__ void rope_kernel(T* x, int heads, int head_dim, int rotary_dim, float theta, std::int64_t first_position) {
+  const int half = rotary_dim / 2;
+  const float pos = static_cast<float>(first_position + blockIdx.x);
+  T* row = x + std::int64_t{blockIdx.x} * heads * head_dim;
+  for (int item = threadIdx.x; item < heads * half; item += blockDim.x) {
+    const int h = item / half, i = item % half;
+    // Same float32 formula as cpu::apply_rope.
+    const float inv_freq = 1.0f / powf(theta, static_cast<float>(2 * i) / static_cast<float>(rotary_dim));
+    const float angle = pos * inv_freq;
+    const float c = cosf(angle), s = sinf(angle);
+    T* v = row + h * head_dim;
+    const float a = load(v + i), b = load(v + i + half);
+    store(v + i, a * c - b * s);
+    store(v + i + half, b * c + a * s);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void from_float(const float* in, std::int64_t n, T* out, cudaStream_t stream) {
+  convert_kernel<<<grid_for(n), kThreads, 0, stream>>>(in, n, out);
+  check(cudaGetLastError(), "from_float");
+}
+
+template <typename T>
+void to_float(const T* in, std::int64_t n, float* out, cudaStream_t stream) {
+  convert_kernel<<<grid_for(n), kThreads, 0, stream>>>(in, n, out);
+  check(cudaGetLastError(), "to_float");
+}
+
+template <typename T>
+void fill_uniform(T* out, std::int64_t n, std::uint64_t seed, float low, float high, cudaStream_t stream) {
+  fill_uniform_kernel<<<grid_for(n), kThreads, 0, stream>>>(out, n, seed, low, high);
+  check(cudaGetLastError(), "fill_uniform");
+}
+
+template <typename T>
+void embed_rows(const T* table, const std::int32_t* tokens, std::int64_t rows, std::int64_t width, T* out,
+                cudaStream_t stream) {
+  if (rows == 0) return;
+  embed_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(table, tokens, width, out);
+  check(cudaGetLastError(), "embed_rows");
+}
+
+template <typename T>
+void rms_norm(const T* x, std::int64_t rows, std::int64_t width, const float* weight, float eps, T* y,
+              cudaStream_t stream) {
+  if (rows == 0) return;
+  rms_norm_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, width, weight, eps, y);
+  check(cudaGetLastError(), "rms_norm");
+}
+
+template <typename T>
+void silu(T* x, std::int64_t n, cudaStream_t stream) {
+  silu_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, n);
+  check(cudaGetLastError(), "silu");
+}
+
+template <typename T>
+void sigmoid_gate(T* x, const T* gate, std::int64_t n, cudaStream_t stream) {
+  sigmoid_gate_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, gate, n);
+  check(cudaGetLastError(), "sigmoid_gate");
+}
+
+template <typename T>
+void scaled_sum(const T* a, float alpha, const T* b, float beta, std::int64_t n, T* out, cudaStream_t stream) {
+  scaled_sum_kernel<<<grid_for(n), kThreads, 0, stream>>>(a, alpha, b, beta, n, out);
+  check(cudaGetLastError(), "scaled_sum");
+}
+
+template <typename T>
+void swiglu(const T* gate_up, std::int64_t rows, std::int64_t width, T* out, cudaStream_t stream) {
+  swiglu_kernel<<<grid_for(rows * width), kThreads, 0, stream>>>(gate_up, rows, width, out);
+  check(cudaGetLastError(), "swiglu");
+}
+
+template <typename T>
+void rope(T* x, std::int64_t rows, int heads, int head_dim, int rotary_dim, float theta, std::int64_t first_position,
+          cudaStream_t stream) {
+  if (rows == 0 || rotary_dim == 0) return;
+  rope_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, heads, head_dim, rotary_dim, theta,
+                                                                      first_position);
+  check(cudaGetLastError(), "rope");
+}
+
+#define LIGHTDESK_INSTANTIATE(T)                                                                                \
+  template void from_float<T>(const float*, std::int64_t, T*, cudaStream_t);                                   \
+  template void to_float<T>(const T*, std::int64_t, float*, cudaStream_t);                                     \
+  template void fill_uniform<T>(T*, std::int64_t, std::uint64_t, float, float, cudaStream_t);                  \
+  template void embed_rows<T>(const T*, const std::int32_t*, std::int64_t, std::int64_t, T*, cudaStream_t);    \
+  template void rms_norm<T>(const T*, std::int64_t, std::int64_t, const float*, float, T*, cudaStream_t);       \
+  template void silu<T>(T*, std::int64_t, cudaStream_t);                                                        \
+  template void sigmoid_gate<T>(T*, const T*, std::int64_t, cudaStream_t);                                      \
+  template void scaled_sum<T>(const T*, float, const T*, float, std::int64_t, T*, cudaStream_t);                \
+  template void swiglu<T>(const T*, std::int64_t, std::int64_t, T*, cudaStream_t);                              \
+  template void rope<T>(T*, std::int64_t, int, int, int, float, std::int64_t, cudaStream_t);
+LIGHTDESK_FOR_EACH_ACTIVATION(LIGHTDESK_INSTANTIATE)
+#undef LIGHTDESK_INSTANTIATE
+
+}  // namespace lightdesk::cuda

@@ -1,0 +1,259 @@
+// Lightning (linear) attention: block-wise prefill continuing from a float32 state, and decode.
+#include "common.cuh"
+
+namespace lightdesk::cuda {
+namespace {
+
+// Rows per block of the prefill, and value columns per thread block: the grid splits each
+// head's value dimension into slices of kValueSlice columns, since the state's columns
+// [·, e] depend only on the value columns e.
+constexpr int kBlockRows = 64;
+constexpr int kValueSlice = 32;
+
+struct PrefillShared {
+  // Offsets in floats into dynamic shared memory. Q and K rows are padded by one float, so the
+  // score loop, where a warp reads K at 32 consecutive rows, hits 32 different banks.
+  int row_stride, q, k, v, state, scores, decay, total;
+  __host__ __device__ explicit PrefillShared(int d)
+      : row_stride(d + 1),
+        q(0),
+        k(kBlockRows * row_stride),
+        v(2 * kBlockRows * row_stride),
+        state(v + kBlockRows * kValueSlice),
+        scores(state + d * kValueSlice),
+        decay(scores + kBlockRows * kBlockRows),
+        total(decay + kBlockRows + 1) {}
+};
+
+// The 256 threads form a 16 x 16 grid (tx, ty); each computes a register tile of every product,
+// rows ty + 16 a and columns tx + 16 b, so each value read from shared memory feeds several
+// FMAs and a warp's reads fall in distinct banks or are broadcasts.
+constexpr int kGrid = 16;
+static_assert(kGrid * kGrid == kThreads, "the prefill maps its threads on a 16 x 16 grid");
+constexpr int kRowTiles = kBlockRows / kGrid;         // 4: rows of a block per thread
+constexpr int kColumnTiles = kValueSlice / kGrid;     // 2: value columns per thread
+constexpr int kStateTiles = kMaxHeadDim / kGrid;      // 8: state rows per thread
+
+// Grid (heads, value slices). For each block of m rows, with decay λ = exp(-s):
+//   out_t = λ^(t+1) q_t S + Σ_{j≤t} λ^(t-j) (q_t·k_j) v_j
+//   S ← λ^m S + Σ_t λ^(m-1-t) k_tᵀ v_t
+template <typename T>
+__global__ void __launch_bounds__(kThreads) lightning_prefill_kernel(const T* qkv, std::int64_t rows, int heads, int d,
+                                                                    const float* slopes, float* state, T* out) {
+  extern __shared__ float shared[];
+  const PrefillShared layout(d);
+  const int ld = layout.row_stride;
+  float* Q = shared + layout.q;          // [kBlockRows, ld]
+  float* K = shared + layout.k;          // [kBlockRows, ld]
+  float* V = shared + layout.v;          // [kBlockRows, kValueSlice]
+  float* S = shared + layout.state;      // [d, kValueSlice]
+  float* P = shared + layout.scores;     // [kBlockRows, kBlockRows]
+  float* decay = shared + layout.decay;  // [kBlockRows + 1]
+
+  const int h = blockIdx.x;
+  const int e0 = blockIdx.y * kValueSlice;
+  const int width = min(kValueSlice, d - e0);
+  const int tx = threadIdx.x % kGrid, ty = threadIdx.x / kGrid;
+  const std::int64_t qkv_stride = std::int64_t{heads} * 3 * d;
+  const std::int64_t out_stride = std::int64_t{heads} * d;
+  float* state_h = state + std::int64_t{h} * d * d;
+
+  for (int i = threadIdx.x; i <= kBlockRows; i += blockDim.x) decay[i] = expf(-(slopes[h] * static_cast<float>(i)));
+  // Columns past `width` stay zero, so every tile computes on defined values.
+  for (int idx = threadIdx.x; idx < d * kValueSlice; idx += blockDim.x) {
+    const int i = idx / kValueSlice, e = idx % kValueSlice;
+    S[idx] = e < width ? state_h[i * d + e0 + e] : 0.0f;
+  }
+
+  for (std::int64_t r0 = 0; r0 < rows; r0 += kBlockRows) {
+    const int m = static_cast<int>(min(std::int64_t{kBlockRows}, rows - r0));
+    __syncthreads();  // the previous block's readers are done with Q, K, V, P
+    // Rows past m (the last, ragged block) are zero.
+    for (int idx = threadIdx.x; idx < kBlockRows * d; idx += blockDim.x) {
+      const int t = idx / d, i = idx % d;
+      const T* row = qkv + (r0 + t) * qkv_stride + std::int64_t{h} * 3 * d;
+      Q[t * ld + i] = t < m ? load(row + i) : 0.0f;
+      K[t * ld + i] = t < m ? load(row + d + i) : 0.0f;
+    }
+    for (int idx = threadIdx.x; idx < kBlockRows * kValueSlice; idx += blockDim.x) {
+      const int t = idx / kValueSlice, e = idx % kValueSlice;
+      V[idx] = t < m && e < width ? load(qkv + (r0 + t) * qkv_stride + std::int64_t{h} * 3 * d + 2 * d + e0 + e) : 0.0f;
+    }
+    __syncthreads();
+
+    // Scores P = causal, decayed Q Kᵀ.
+    {
+      float acc[kRowTiles][kRowTiles] = {};
+      for (int i = 0; i < d; ++i) {
+        float q[kRowTiles], k[kRowTiles];
+#pragma unroll
+        for (int a = 0; a < kRowTiles; ++a) {
+          q[a] = Q[(ty + kGrid * a) * ld + i];
+          k[a] = K[(tx + kGrid * a) * ld + i];
+        }
+#pragma unroll
+        for (int a = 0; a < kRowTiles; ++a)
+#pragma unroll
+          for (int b = 0; b < kRowTiles; ++b) acc[a][b] += q[a] * k[b];
+      }
+#pragma unroll
+      for (int a = 0; a < kRowTiles; ++a)
+#pragma unroll
+        for (int b = 0; b < kRowTiles; ++b) {
+          const int t = ty + kGrid * a, j = tx + kGrid * b;
+          P[t * kBlockRows + j] = j <= t ? acc[a][b] * decay[t - j] : 0.0f;
+        }
+    }
+    __syncthreads();
+
+    // Output: inter-block (Q S, decayed) plus intra-block (P V).
+    {
+      float inter[kRowTiles][kColumnTiles] = {}, intra[kRowTiles][kColumnTiles] = {};
+      for (int i = 0; i < d; ++i) {
+        float q[kRowTiles], sv[kColumnTiles];
+#pragma unroll
+        for (int a = 0; a < kRowTiles; ++a) q[a] = Q[(ty + kGrid * a) * ld + i];
+#pragma unroll
+        for (int c = 0; c < kColumnTiles; ++c) sv[c] = S[i * kValueSlice + tx + kGrid * c];
+#pragma unroll
+        for (int a = 0; a < kRowTiles; ++a)
+#pragma unroll
+          for (int c = 0; c < kColumnTiles; ++c) inter[a][c] += q[a] * sv[c];
+      }
+      for (int j = 0; j < m; ++j) {
+        float p[kRowTiles], v[kColumnTiles];
+#pragma unroll
+        for (int a = 0; a < kRowTiles; ++a) p[a] = P[(ty + kGrid * a) * kBlockRows + j];
+#pragma unroll
+        for (int c = 0; c < kColumnTiles; ++c) v[c] = V[j * kValueSlice + tx + kGrid * c];
+#pragma unroll
+        for (int a = 0; a < kRowTiles; ++a)
+#pragma unroll
+          for (int c = 0; c < kColumnTiles; ++c) intra[a][c] += p[a] * v[c];
+      }
+#pragma unroll
+      for (int a = 0; a < kRowTiles; ++a)
+#pragma unroll
+        for (int c = 0; c < kColumnTiles; ++c) {
+          const int t = ty + kGrid * a, e = tx + kGrid * c;
+          if (t < m && e < width)
+            store(out + (r0 + t) * out_stride + std::int64_t{h} * d + e0 + e, inter[a][c] * decay[t + 1] + intra[a][c]);
+        }
+    }
+    __syncthreads();
+
+    // State: S ← λ^m S + Σ_t λ^(m-1-t) k_tᵀ v_t, each thread on its own tile.
+    {
+      float acc[kStateTiles][kColumnTiles];
+#pragma unroll
+      for (int a = 0; a < kStateTiles; ++a)
+#pragma unroll
+        for (int c = 0; c < kColumnTiles; ++c) {
+          const int i = ty + kGrid * a;
+          acc[a][c] = i < d ? S[i * kValueSlice + tx + kGrid * c] * decay[m] : 0.0f;
+        }
+      for (int t = 0; t < m; ++t) {
+        const float weight = decay[m - 1 - t];
+        float k[kStateTiles], v[kColumnTiles];
+#pragma unroll
+        for (int a = 0; a < kStateTiles; ++a) {
+          const int i = ty + kGrid * a;
+          k[a] = i < d ? K[t * ld + i] * weight : 0.0f;
+        }
+#pragma unroll
+        for (int c = 0; c < kColumnTiles; ++c) v[c] = V[t * kValueSlice + tx + kGrid * c];
+#pragma unroll
+        for (int a = 0; a < kStateTiles; ++a)
+#pragma unroll
+          for (int c = 0; c < kColumnTiles; ++c) acc[a][c] += k[a] * v[c];
+      }
+#pragma unroll
+      for (int a = 0; a < kStateTiles; ++a)
+#pragma unroll
+        for (int c = 0; c < kColumnTiles; ++c) {
+          const int i = ty + kGrid * a;
+          if (i < d) S[i * kValueSlice + tx + kGrid * c] = acc[a][c];
+        }
+    }
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < d * width; idx += blockDim.x) {
+    const int i = idx / width, e = idx % width;
+    state_h[i * d + e0 + e] = S[i * kValueSlice + e];
+  }
+}
+
+// Grid (heads, column slices of 32). Within a block, each warp takes every kDecodeRowGroups-th
+// state row for the slice's 32 columns (one column per lane, coalesced); the warps' partial
+// outputs are summed at the end. Many short loops in flight rather than one long one per column.
+constexpr int kDecodeRowGroups = 8;
+
+template <typename T>
+__global__ void lightning_decode_kernel(const T* qkv, int d, const float* slopes, float* state, T* out) {
+  __shared__ float qk[2 * kMaxHeadDim];
+  __shared__ float partial[kDecodeRowGroups][32];
+  const int h = blockIdx.x;
+  const int lane = threadIdx.x % 32, group = threadIdx.x / 32;
+  const int e = blockIdx.y * 32 + lane;
+  const T* row = qkv + std::int64_t{h} * 3 * d;
+  for (int i = threadIdx.x; i < 2 * d; i += blockDim.x) qk[i] = load(row + i);
+  __syncthreads();
+  float acc = 0.0f;
+  if (e < d) {
+    const float ratio = expf(-(slopes[h] * 1.0f));
+    const float v = load(row + 2 * d + e);
+    float* S = state + std::int64_t{h} * d * d;
+#pragma unroll 4
+    for (int i = group; i < d; i += kDecodeRowGroups) {
+      const float s = ratio * S[i * d + e] + qk[d + i] * v;
+      S[i * d + e] = s;
+      acc += qk[i] * s;
+    }
+  }
+  partial[group][lane] = acc;
+  __syncthreads();
+  if (group == 0 && e < d) {
+    float total = 0.0f;
+    for (int g = 0; g < kDecodeRowGroups; ++g) total += partial[g][lane];
+    store(out + std::int64_t{h} * d + e, total);
+  }
+}
+
+void check_head_dim(int head_dim, const char* what) {
+  if (head_dim <= 0 || head_dim > kMaxHeadDim)
+    fail(std::string(what) + ": head_dim " + std::to_string(head_dim) + " is outside 1.." +
+                std::to_string(kMaxHeadDim));
+}
+
+}  // namespace
+
+template <typename T>
+void lightning_prefill(const T* qkv, std::int64_t rows, int heads, int head_dim, const float* slopes, float* state,
+                       T* out, cudaStream_t stream) {
+  check_head_dim(head_dim, "lightning_prefill");
+  if (rows == 0) return;
+  const auto bytes = static_cast<std::size_t>(PrefillShared(head_dim).total) * sizeof(float);
+  check(cudaFuncSetAttribute(lightning_prefill_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(bytes)),
+        "lightning_prefill (shared memory size)");
+  const dim3 grid(static_cast<unsigned>(heads), static_cast<unsigned>((head_dim + kValueSlice - 1) / kValueSlice));
+  lightning_prefill_kernel<<<grid, kThreads, bytes, stream>>>(qkv, rows, heads, head_dim, slopes, state, out);
+  check(cudaGetLastError(), "lightning_prefill");
+}
+
+template <typename T>
+void lightning_decode(const T* qkv, int heads, int head_dim, const float* slopes, float* state, T* out,
+                      cudaStream_t stream) {
+  check_head_dim(head_dim, "lightning_decode");
+  const dim3 grid(static_cast<unsigned>(heads), static_cast<unsigned>((head_dim + 31) / 32));
+  lightning_decode_kernel<<<grid, kDecodeRowGroups * 32, 0, stream>>>(qkv, head_dim, slopes, state, out);
+  check(cudaGetLastError(), "lightning_decode");
+}
+
+#define LIGHTDESK_INSTANTIATE(T)                                                                            \
+  template void lightning_prefill<T>(const T*, std::int64_t, int, int, const float*, float*, T*, cudaStream_t); \
+  template void lightning_decode<T>(const T*, int, int, const float*, float*, T*, cudaStream_t);
+LIGHTDESK_FOR_EACH_ACTIVATION(LIGHTDESK_INSTANTIATE)
+#undef LIGHTDESK_INSTANTIATE
+
+}  // namespace lightdesk::cuda

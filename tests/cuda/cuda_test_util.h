@@ -1,0 +1,123 @@
+// Helpers of the CUDA tests: device arrays filled from host floats, NaN poisoning, error norms.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "lightdesk/cuda_ops.h"
+
+namespace lightdesk::test {
+
+// Empty when a CUDA device is present, else why the GPU tests skip.
+inline std::string missing_gpu_reason() {
+  int count = 0;
+  const cudaError_t status = cudaGetDeviceCount(&count);
+  if (status != cudaSuccess) return std::string("no usable CUDA device (") + cudaGetErrorString(status) + ")";
+  if (count == 0) return "no CUDA device";
+  return {};
+}
+
+#define LIGHTDESK_SKIP_WITHOUT_GPU()                                                           \
+  do {                                                                                         \
+    const std::string reason = ::lightdesk::test::missing_gpu_reason();                        \
+    if (!reason.empty()) GTEST_SKIP() << "CUDA tests need a GPU: " << reason << "; skipping"; \
+  } while (false)
+
+// A device array of T; values go in and out as floats.
+template <typename T>
+class DeviceArray {
+ public:
+  explicit DeviceArray(std::size_t count) : count_(count) {
+    cuda::check(cudaMalloc(&data_, std::max<std::size_t>(count, 1) * sizeof(T)), "test cudaMalloc");
+  }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  ~DeviceArray() { cudaFree(data_); }
+
+  T* get() const { return data_; }
+  std::size_t size() const { return count_; }
+
+  // Stores `values` rounded to T and returns them as stored, so a float reference computed
+  // from the result sees exactly the kernel's inputs.
+  std::vector<float> set(const std::vector<float>& values) {
+    EXPECT_EQ(values.size(), count_);
+    if constexpr (std::is_same_v<T, float>) {
+      cuda::check(cudaMemcpy(data_, values.data(), count_ * sizeof(float), cudaMemcpyHostToDevice), "test upload");
+    } else {
+      DeviceArray<float> staging(count_);
+      staging.set(values);
+      cuda::from_float(staging.get(), static_cast<std::int64_t>(count_), data_, nullptr);
+    }
+    return get_values();
+  }
+
+  std::vector<float> get_values() const {
+    std::vector<float> out(count_);
+    if constexpr (std::is_same_v<T, float>) {
+      cuda::check(cudaMemcpy(out.data(), data_, count_ * sizeof(float), cudaMemcpyDeviceToHost), "test download");
+    } else {
+      DeviceArray<float> staging(count_);
+      cuda::to_float(data_, static_cast<std::int64_t>(count_), staging.get(), nullptr);
+      out = staging.get_values();
+    }
+    cuda::check(cudaDeviceSynchronize(), "test synchronize");
+    return out;
+  }
+
+  // All bytes 0xFF: NaN in float32 and bf16, so an element the kernel misses shows.
+  void poison() { cuda::check(cudaMemset(data_, 0xFF, count_ * sizeof(T)), "test poison"); }
+
+ private:
+  T* data_ = nullptr;
+  std::size_t count_ = 0;
+};
+
+// A generator with a fresh seed per test, reported on failure.
+class Random {
+ public:
+  Random() : seed_(std::random_device{}()), engine_(seed_) {}
+  unsigned seed() const { return seed_; }
+  std::vector<float> uniform(std::size_t count, float low, float high) {
+    std::uniform_real_distribution<float> dist(low, high);
+    std::vector<float> v(count);
+    for (float& x : v) x = dist(engine_);
+    return v;
+  }
+  std::vector<std::int32_t> integers(std::size_t count, std::int32_t low, std::int32_t high) {
+    std::uniform_int_distribution<std::int32_t> dist(low, high);
+    std::vector<std::int32_t> v(count);
+    for (auto& x : v) x = dist(engine_);
+    return v;
+  }
+
+ private:
+  unsigned seed_;
+  std::mt19937 engine_;
+};
+
+// ‖out − ref‖ / ‖ref‖; infinity if any element of out is not finite.
+inline double relative_error(const std::vector<float>& out, const std::vector<float>& ref) {
+  EXPECT_EQ(out.size(), ref.size());
+  double diff = 0.0, norm = 0.0;
+  for (std::size_t i = 0; i < out.size() && i < ref.size(); ++i) {
+    if (!std::isfinite(out[i])) return INFINITY;
+    diff += (static_cast<double>(out[i]) - ref[i]) * (static_cast<double>(out[i]) - ref[i]);
+    norm += static_cast<double>(ref[i]) * ref[i];
+  }
+  return std::sqrt(diff / std::max(norm, 1e-30));
+}
+
+// Error bounds by activation type: float32 arithmetic in a different order, or bf16 operands
+// and outputs (8 significant bits: one rounding is up to 2^-9 ≈ 2e-3 relative).
+template <typename T>
+constexpr double tolerance() {
+  return std::is_same_v<T, float> ? 1e-5 : 1e-2;
+}
+
+}  // namespace lightdesk::test

@@ -1,0 +1,247 @@
+// The three tiny reference checkpoints (tests/data/README-fixtures.md) through the CUDA backend,
+// in float32 mode and in the default bf16 mode, plus state export/import across backends.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include "cuda_test_util.h"
+#include "lightdesk/engine.h"
+#include "src/safetensors.h"
+
+namespace lightdesk {
+namespace {
+
+const std::filesystem::path kData = LIGHTDESK_TEST_DATA;
+
+// float32 mode: the reference tolerance of the issue (the CPU backend reaches ~1e-6).
+constexpr float kFloat32Tolerance = 1e-3f;
+// bf16 mode: weights and activations carry 8 significant bits (relative rounding up to
+// 2^-9 ≈ 0.2%). Each of the 4 layers adds a few such roundings to the residual stream, which
+// the norms keep at unit scale, and the LM head sums 64 products of such values: the logits
+// (standard deviation about 0.7, largest about 2.8 in these fixtures) are expected to move by
+// a few hundredths. Measured on an H200 (2026-11-21): 0.021 to 0.029 over the three fixtures,
+// prefill and decode; the bound leaves twice that.
+constexpr float kBf16Tolerance = 0.06f;
+
+struct Case {
+  std::string fixture;
+  bool float32;
+};
+
+void PrintTo(const Case& c, std::ostream* os) { *os << c.fixture << (c.float32 ? " float32" : " bf16"); }
+
+std::string case_name(const ::testing::TestParamInfo<Case>& info) {
+  std::string name = info.param.fixture + (info.param.float32 ? "_f32" : "_bf16");
+  std::replace(name.begin(), name.end(), '-', '_');
+  return name;
+}
+
+std::vector<TokenId> ids(const LoadedTensor& t) { return {t.i64.begin(), t.i64.end()}; }
+
+class CudaFixtureTest : public ::testing::TestWithParam<Case> {
+ protected:
+  void SetUp() override {
+    LIGHTDESK_SKIP_WITHOUT_GPU();
+    directory_ = kData / GetParam().fixture;
+    golden_ = read_safetensors(directory_ / "golden.safetensors");
+    ModelOptions options;
+    options.backend = BackendKind::Cuda;
+    options.cuda_float32 = GetParam().float32;
+    model_ = Model::open(directory_, options);
+  }
+
+  float tolerance() const { return GetParam().float32 ? kFloat32Tolerance : kBf16Tolerance; }
+
+  // Compares rows of logits with the reference: max |Δ| within the tolerance, and the argmax
+  // equal wherever the reference's top-two margin exceeds it.
+  void expect_logits(std::span<const float> got, const std::vector<float>& ref, std::int64_t vocab,
+                     const std::string& what) {
+    ASSERT_EQ(got.size(), ref.size()) << what;
+    float max_diff = 0.0f;
+    for (std::size_t i = 0; i < ref.size(); ++i) {
+      const float diff = std::fabs(got[i] - ref[i]);
+      max_diff = std::isfinite(got[i]) ? std::max(max_diff, diff) : INFINITY;
+    }
+    std::printf("[ measured ] %s %s: max |dlogit| = %.3g (tolerance %.3g)\n", case_name({GetParam(), 0}).c_str(),
+                what.c_str(), static_cast<double>(max_diff), static_cast<double>(tolerance()));
+    EXPECT_LT(max_diff, tolerance()) << what;
+    const auto rows = static_cast<std::int64_t>(ref.size()) / vocab;
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const auto row = ref.begin() + r * vocab;
+      std::vector<float> sorted(row, row + vocab);
+      std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<>());
+      if (sorted[0] - sorted[1] <= tolerance()) continue;
+      const auto ref_best = std::max_element(row, row + vocab) - row;
+      const auto got_best = std::max_element(got.begin() + r * vocab, got.begin() + (r + 1) * vocab) -
+                            (got.begin() + r * vocab);
+      EXPECT_EQ(got_best, ref_best) << what << ", row " << r;
+    }
+  }
+
+  std::filesystem::path directory_;
+  std::map<std::string, LoadedTensor> golden_;
+  std::unique_ptr<Model> model_;
+};
+
+TEST_P(CudaFixtureTest, PrefillLogits) {
+  ASSERT_EQ(model_->info().backend, BackendKind::Cuda);
+  const auto tokens = ids(golden_.at("prefill.input_ids"));
+  const std::int64_t V = model_->info().vocab_size;
+  // One pass, and chunks that continue from the state of the chunk before.
+  for (std::int64_t chunk : {512, 33}) {
+    auto session = model_->create_session();
+    FeedOptions options;
+    options.all_logits = true;
+    options.chunk_tokens = chunk;
+    session->feed(tokens, options);
+    expect_logits(session->logits(), golden_.at("prefill.logits").f32, V,
+                  "prefill in chunks of " + std::to_string(chunk));
+  }
+}
+
+TEST_P(CudaFixtureTest, DecodeLogits) {
+  const auto prompt = ids(golden_.at("decode.prompt_ids"));
+  const auto steps = ids(golden_.at("decode.step_ids"));
+  const std::vector<float>& ref = golden_.at("decode.logits").f32;
+  const std::int64_t V = model_->info().vocab_size;
+  auto session = model_->create_session();
+  session->feed(prompt);
+  std::vector<float> got;
+  for (TokenId id : steps) {
+    session->feed(std::span<const TokenId>(&id, 1));
+    got.insert(got.end(), session->logits().begin(), session->logits().end());
+  }
+  expect_logits(got, ref, V, "decode steps");
+}
+
+TEST_P(CudaFixtureTest, GreedyContinuation) {
+  if (!GetParam().float32) GTEST_SKIP() << "bf16: near-ties may flip; the logit checks cover it";
+  const auto prompt = ids(golden_.at("greedy.prompt_ids"));
+  const auto expected = ids(golden_.at("greedy.output_ids"));
+  auto session = model_->create_session();
+  session->feed(prompt);
+  std::vector<TokenId> out;
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    out.push_back(session->sample({}));
+    session->feed(std::span<const TokenId>(&out.back(), 1));
+  }
+  EXPECT_EQ(out, expected);
+}
+
+// A state exported by the CPU backend, imported into a CUDA session, then decoded on: covers
+// resize_kv, write_kv and write_lightning_state. The CUDA session's own export must match the
+// CPU's (read_kv, read_lightning_state).
+TEST_P(CudaFixtureTest, StateMovesBetweenBackends) {
+  const auto prompt = ids(golden_.at("decode.prompt_ids"));
+  const auto steps = ids(golden_.at("decode.step_ids"));
+  ModelOptions cpu_options;
+  cpu_options.backend = BackendKind::Cpu;
+  const auto cpu_model = Model::open(directory_, cpu_options);
+  auto cpu_session = cpu_model->create_session();
+  cpu_session->feed(prompt);
+
+  auto cuda_session = model_->create_session();
+  auto import = cuda_session->begin_import(cpu_session->position());
+  std::vector<std::vector<float>> cpu_parts;
+  cpu_session->export_state(
+      [&](const StatePart& part) {
+        import.add(part);
+        cpu_parts.emplace_back(part.data.begin(), part.data.end());
+      },
+      16);  // chunks of 16 positions: several K/V parts per layer
+  import.commit(prompt);
+
+  // bf16 mode stores K/V in bf16: one rounding each.
+  const double bound = GetParam().float32 ? 1e-6 : 1e-2;
+  std::size_t index = 0;
+  cuda_session->export_state(
+      [&](const StatePart& part) {
+        ASSERT_LT(index, cpu_parts.size());
+        const std::vector<float> got(part.data.begin(), part.data.end());
+        const double error = test::relative_error(got, cpu_parts[index++]);
+        EXPECT_LT(error, part.kind == StatePartKind::LightningState ? 1e-6 : bound)
+            << "part " << index << " of layer " << part.layer;
+      },
+      16);
+  EXPECT_EQ(index, cpu_parts.size());
+
+  std::vector<float> got;
+  for (TokenId id : steps) {
+    cuda_session->feed(std::span<const TokenId>(&id, 1));
+    got.insert(got.end(), cuda_session->logits().begin(), cuda_session->logits().end());
+  }
+  expect_logits(got, golden_.at("decode.logits").f32, model_->info().vocab_size, "decode after import");
+}
+
+TEST_P(CudaFixtureTest, LightningStateMatchesReference) {
+  if (!golden_.count("state.layer.0")) GTEST_SKIP() << GetParam().fixture << " has no reference states";
+  auto session = model_->create_session();
+  session->feed(ids(golden_.at("prefill.input_ids")));
+  int checked = 0;
+  session->export_state([&](const StatePart& part) {
+    if (part.kind != StatePartKind::LightningState) return;
+    const std::vector<float> got(part.data.begin(), part.data.end());
+    const double error = test::relative_error(got, golden_.at("state.layer." + std::to_string(part.layer)).f32);
+    std::printf("[ measured ] %s lightning state of layer %d: relative error %.3g\n",
+                case_name({GetParam(), 0}).c_str(), part.layer, error);
+    EXPECT_LT(error, GetParam().float32 ? 1e-5 : 2e-2) << "layer " << part.layer;
+    ++checked;
+  });
+  EXPECT_EQ(checked, 3);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaFixtureTest,
+                         ::testing::Values(Case{"tiny-a-hf", true}, Case{"tiny-a-hf", false},
+                                           Case{"tiny-a-m1-rd16", true}, Case{"tiny-a-m1-rd16", false},
+                                           Case{"tiny-a-m1-rd8", true}, Case{"tiny-a-m1-rd8", false}),
+                         case_name);
+
+TEST(CudaBackendTest, ExplicitRequestWithoutGpuSaysWhy) {
+  if (test::missing_gpu_reason().empty()) GTEST_SKIP() << "a GPU is present";
+  ModelOptions options;
+  options.backend = BackendKind::Cuda;
+  try {
+    Model::open(kData / "tiny-a-hf", options);
+    FAIL() << "opened a CUDA model without a GPU";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cuda backend is not available"), std::string::npos) << e.what();
+  }
+  const auto available = available_backends();
+  EXPECT_EQ(std::count(available.begin(), available.end(), BackendKind::Cuda), 0);
+}
+
+TEST(CudaBackendTest, OutOfMemoryIsAnErrorAndTheSessionStaysUsable) {
+  LIGHTDESK_SKIP_WITHOUT_GPU();
+  ModelOptions options;
+  options.backend = BackendKind::Cuda;
+  options.cuda_float32 = true;  // so the two ways of feeding agree to float32 rounding
+  const auto model = Model::open(kData / "tiny-a-hf", options);
+  auto session = model->create_session();
+  const std::vector<TokenId> prompt = {1, 2, 3, 4, 5};
+  session->feed(prompt);
+  // A state import for more positions than any GPU holds: the K/V cache cannot be sized.
+  try {
+    session->begin_import(std::int64_t{1} << 40);
+    FAIL() << "a K/V cache of 2^40 positions was allocated";
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("out of memory"), std::string::npos) << message;
+    EXPECT_NE(message.find("free"), std::string::npos) << message;
+  }
+  EXPECT_EQ(session->position(), 5);
+  // The session goes on as if nothing happened.
+  auto fresh = model->create_session();
+  const std::vector<TokenId> more = {6, 7};
+  session->feed(more);
+  std::vector<TokenId> all = prompt;
+  all.insert(all.end(), more.begin(), more.end());
+  fresh->feed(all);
+  ASSERT_EQ(session->logits().size(), fresh->logits().size());
+  for (std::size_t i = 0; i < fresh->logits().size(); ++i)
+    EXPECT_NEAR(session->logits()[i], fresh->logits()[i], 1e-3f);
+}
+
+}  // namespace
+}  // namespace lightdesk

@@ -1,0 +1,278 @@
+// Every CUDA kernel against the CPU reference ops (engine/src/cpu_ops.h) on fresh random inputs
+// of several shapes, ragged ones included, with the outputs poisoned before the kernel runs.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <numeric>
+
+#include "cuda_test_util.h"
+#include "src/cpu_ops.h"
+
+namespace lightdesk {
+namespace {
+
+using test::DeviceArray;
+using test::relative_error;
+using test::tolerance;
+
+template <typename T>
+class CudaKernelTest : public ::testing::Test {
+ protected:
+  void SetUp() override { LIGHTDESK_SKIP_WITHOUT_GPU(); }
+  void synchronize() { cuda::check(cudaDeviceSynchronize(), "kernel under test"); }
+
+  test::Random random;
+  ThreadPool pool{2};
+};
+
+using ActivationTypes = ::testing::Types<float, cuda::bf16>;
+class ActivationName {
+ public:
+  template <typename T>
+  static std::string GetName(int) {
+    return std::is_same_v<T, float> ? "f32" : "bf16";
+  }
+};
+TYPED_TEST_SUITE(CudaKernelTest, ActivationTypes, ActivationName);
+
+#define EXPECT_CLOSE(out, ref, bound)                                      \
+  do {                                                                     \
+    const double error = relative_error(out, ref);                         \
+    EXPECT_LT(error, bound) << "relative error; seed " << this->random.seed(); \
+  } while (false)
+
+TYPED_TEST(CudaKernelTest, FillUniform) {
+  const std::int64_t n = 100003;
+  DeviceArray<TypeParam> a(n), b(n);
+  a.poison();
+  b.poison();
+  cuda::fill_uniform(a.get(), n, 42, -2.0f, 3.0f, nullptr);
+  cuda::fill_uniform(b.get(), n, 42, -2.0f, 3.0f, nullptr);
+  const auto values = a.get_values();
+  EXPECT_EQ(values, b.get_values()) << "the same seed gives the same values";
+  double sum = 0.0;
+  for (float v : values) {
+    ASSERT_GE(v, -2.0f);
+    ASSERT_LE(v, 3.0f);
+    sum += v;
+  }
+  EXPECT_NEAR(sum / n, 0.5, 0.02);
+}
+
+TYPED_TEST(CudaKernelTest, RmsNorm) {
+  for (auto [rows, width] : {std::pair<std::int64_t, std::int64_t>{1, 64}, {7, 100}, {33, 6144}, {3, 1000}}) {
+    SCOPED_TRACE(std::to_string(rows) + "x" + std::to_string(width));
+    DeviceArray<TypeParam> x(rows * width), y(rows * width);
+    DeviceArray<float> weight(width);
+    const auto xs = x.set(this->random.uniform(x.size(), -2.0f, 2.0f));
+    const auto ws = weight.set(this->random.uniform(width, 0.5f, 1.5f));
+    y.poison();
+    cuda::rms_norm(x.get(), rows, width, weight.get(), 1e-5f, y.get(), nullptr);
+    std::vector<float> ref(xs.size());
+    cpu::rms_norm(xs.data(), rows, width, ws.data(), 1e-5f, ref.data(), this->pool);
+    EXPECT_CLOSE(y.get_values(), ref, tolerance<TypeParam>());
+    // In place, as the final norm runs.
+    cuda::rms_norm(x.get(), rows, width, weight.get(), 1e-5f, x.get(), nullptr);
+    EXPECT_CLOSE(x.get_values(), ref, tolerance<TypeParam>());
+  }
+}
+
+TYPED_TEST(CudaKernelTest, Elementwise) {
+  for (std::int64_t n : {1, 1000, 70001}) {
+    SCOPED_TRACE(n);
+    DeviceArray<TypeParam> a(n), b(n), out(n);
+    const auto as = a.set(this->random.uniform(n, -6.0f, 6.0f));
+    const auto bs = b.set(this->random.uniform(n, -6.0f, 6.0f));
+    std::vector<float> ref(n);
+
+    out.poison();
+    cuda::scaled_sum(a.get(), 1.3f, b.get(), 0.7f, n, out.get(), nullptr);
+    for (std::int64_t i = 0; i < n; ++i) ref[i] = as[i] * 1.3f + bs[i] * 0.7f;
+    EXPECT_CLOSE(out.get_values(), ref, tolerance<TypeParam>());
+
+    out.set(as);
+    cuda::silu(out.get(), n, nullptr);
+    for (std::int64_t i = 0; i < n; ++i) ref[i] = cpu::silu(as[i]);
+    EXPECT_CLOSE(out.get_values(), ref, tolerance<TypeParam>());
+
+    out.set(as);
+    cuda::sigmoid_gate(out.get(), b.get(), n, nullptr);
+    for (std::int64_t i = 0; i < n; ++i) ref[i] = as[i] * cpu::sigmoid(bs[i]);
+    EXPECT_CLOSE(out.get_values(), ref, tolerance<TypeParam>());
+  }
+}
+
+TYPED_TEST(CudaKernelTest, Swiglu) {
+  for (auto [rows, width] : {std::pair<std::int64_t, std::int64_t>{1, 48}, {9, 300}}) {
+    DeviceArray<TypeParam> gate_up(rows * 2 * width), out(rows * width);
+    const auto gu = gate_up.set(this->random.uniform(gate_up.size(), -4.0f, 4.0f));
+    out.poison();
+    cuda::swiglu(gate_up.get(), rows, width, out.get(), nullptr);
+    std::vector<float> ref(out.size());
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t c = 0; c < width; ++c)
+        ref[r * width + c] = cpu::silu(gu[r * 2 * width + c]) * gu[r * 2 * width + width + c];
+    EXPECT_CLOSE(out.get_values(), ref, tolerance<TypeParam>());
+  }
+}
+
+TYPED_TEST(CudaKernelTest, EmbedAndGatherRows) {
+  const std::int64_t vocab = 300, width = 70, rows = 13;
+  DeviceArray<TypeParam> table(vocab * width), out(rows * width);
+  DeviceArray<std::int32_t> tokens(rows);
+  const auto ts = table.set(this->random.uniform(table.size(), -1.0f, 1.0f));
+  const auto ids = this->random.integers(rows, 0, vocab - 1);
+  cuda::check(cudaMemcpy(tokens.get(), ids.data(), rows * sizeof(std::int32_t), cudaMemcpyHostToDevice), "upload");
+  std::vector<float> ref(out.size());
+  for (std::int64_t r = 0; r < rows; ++r) std::copy_n(ts.data() + ids[r] * width, width, ref.data() + r * width);
+  out.poison();
+  cuda::embed_rows(table.get(), tokens.get(), rows, width, out.get(), nullptr);
+  EXPECT_EQ(out.get_values(), ref);
+  out.poison();
+  cuda::gather_rows(table.get(), tokens.get(), rows, width, out.get(), nullptr);
+  EXPECT_EQ(out.get_values(), ref);
+}
+
+struct RopeShape {
+  std::int64_t rows;
+  int heads, head_dim, rotary_dim;
+  std::int64_t first_position;
+};
+
+TYPED_TEST(CudaKernelTest, Rope) {
+  for (const RopeShape& s : {RopeShape{5, 4, 16, 16, 0}, RopeShape{5, 2, 16, 8, 1000}, RopeShape{3, 8, 128, 64, 70000},
+                             RopeShape{17, 3, 100, 36, 12}}) {
+    SCOPED_TRACE(std::to_string(s.head_dim) + "/" + std::to_string(s.rotary_dim) + "@" +
+                 std::to_string(s.first_position));
+    DeviceArray<TypeParam> x(s.rows * s.heads * s.head_dim);
+    auto ref = x.set(this->random.uniform(x.size(), -1.0f, 1.0f));
+    cuda::rope(x.get(), s.rows, s.heads, s.head_dim, s.rotary_dim, 1e4f, s.first_position, nullptr);
+    cpu::apply_rope(ref.data(), s.rows, s.heads, s.head_dim, s.rotary_dim, 1e4f, s.first_position);
+    // Angles of large positions lose float32 bits in the sine and cosine: allow a little more.
+    EXPECT_CLOSE(x.get_values(), ref, std::max(tolerance<TypeParam>(), 1e-4));
+  }
+}
+
+struct LightningShape {
+  std::int64_t rows;
+  int heads, head_dim;
+};
+
+TYPED_TEST(CudaKernelTest, LightningPrefillFromExistingState) {
+  // Ragged row counts split the kernel's 64-row blocks; head_dim 100 splits its value slices.
+  for (const LightningShape& s : {LightningShape{2, 2, 16}, LightningShape{80, 4, 16}, LightningShape{130, 3, 64},
+                                  LightningShape{300, 2, 128}, LightningShape{65, 2, 100}}) {
+    SCOPED_TRACE(std::to_string(s.rows) + " rows, " + std::to_string(s.heads) + "x" + std::to_string(s.head_dim));
+    const std::int64_t d = s.head_dim;
+    DeviceArray<TypeParam> qkv(s.rows * s.heads * 3 * d), out(s.rows * s.heads * d);
+    DeviceArray<float> state(s.heads * d * d), slopes(s.heads);
+    const auto qkv_values = qkv.set(this->random.uniform(qkv.size(), -0.3f, 1.0f));
+    auto ref_state = state.set(this->random.uniform(state.size(), -1.0f, 1.0f));
+    const auto slope_values = slopes.set(this->random.uniform(s.heads, 0.005f, 0.9f));
+    out.poison();
+    cuda::lightning_prefill(qkv.get(), s.rows, s.heads, s.head_dim, slopes.get(), state.get(), out.get(), nullptr);
+    std::vector<float> ref_out(out.size());
+    cpu::lightning_prefill(qkv_values.data(), s.rows, s.heads, s.head_dim, slope_values, 256, ref_state.data(),
+                           ref_out.data(), this->pool);
+    EXPECT_CLOSE(out.get_values(), ref_out, tolerance<TypeParam>());
+    // The state stays float32 in both modes.
+    EXPECT_CLOSE(state.get_values(), ref_state, 1e-5);
+  }
+}
+
+TYPED_TEST(CudaKernelTest, LightningDecode) {
+  for (const LightningShape& s : {LightningShape{1, 4, 16}, LightningShape{1, 8, 128}, LightningShape{1, 3, 100}}) {
+    const std::int64_t d = s.head_dim;
+    DeviceArray<TypeParam> qkv(s.heads * 3 * d), out(s.heads * d);
+    DeviceArray<float> state(s.heads * d * d), slopes(s.heads);
+    const auto qkv_values = qkv.set(this->random.uniform(qkv.size(), -0.3f, 1.0f));
+    auto ref_state = state.set(this->random.uniform(state.size(), -1.0f, 1.0f));
+    const auto slope_values = slopes.set(this->random.uniform(s.heads, 0.005f, 0.9f));
+    out.poison();
+    // Several steps, each continuing the state of the one before.
+    std::vector<float> ref_out(out.size());
+    for (int step = 0; step < 3; ++step) {
+      cuda::lightning_decode(qkv.get(), s.heads, s.head_dim, slopes.get(), state.get(), out.get(), nullptr);
+      cpu::lightning_decode(qkv_values.data(), s.heads, s.head_dim, slope_values, ref_state.data(), ref_out.data(),
+                            this->pool);
+    }
+    EXPECT_CLOSE(out.get_values(), ref_out, tolerance<TypeParam>());
+    EXPECT_CLOSE(state.get_values(), ref_state, 1e-5);
+  }
+}
+
+struct AttentionShape {
+  std::int64_t rows, first_position;
+  int heads, kv_heads, head_dim;
+};
+
+TYPED_TEST(CudaKernelTest, SoftmaxAttention) {
+  for (const AttentionShape& s : {AttentionShape{1, 0, 4, 2, 16}, AttentionShape{1, 700, 8, 2, 128},
+                                  AttentionShape{37, 0, 4, 2, 16}, AttentionShape{65, 100, 8, 8, 64},
+                                  AttentionShape{20, 3, 6, 2, 100},
+                                  // Keys split over several thread blocks, the last split ragged.
+                                  AttentionShape{1, 5000, 4, 2, 64}, AttentionShape{3, 3000, 4, 1, 16}}) {
+    SCOPED_TRACE(std::to_string(s.rows) + " rows after " + std::to_string(s.first_position));
+    const std::int64_t positions = s.first_position + s.rows;
+    DeviceArray<TypeParam> q(s.rows * s.heads * s.head_dim), out(q.size());
+    DeviceArray<TypeParam> keys(positions * s.kv_heads * s.head_dim), values(keys.size());
+    const auto qs = q.set(this->random.uniform(q.size(), -1.0f, 1.0f));
+    const auto ks = keys.set(this->random.uniform(keys.size(), -1.0f, 1.0f));
+    const auto vs = values.set(this->random.uniform(values.size(), -1.0f, 1.0f));
+    out.poison();
+    cuda::softmax_attention(q.get(), s.rows, s.first_position, keys.get(), values.get(), s.heads, s.kv_heads,
+                            s.head_dim, out.get(), nullptr);
+    std::vector<float> ref(out.size());
+    cpu::softmax_attention(qs.data(), s.rows, s.first_position, ks.data(), vs.data(), s.heads, s.kv_heads, s.head_dim,
+                           ref.data(), this->pool);
+    EXPECT_CLOSE(out.get_values(), ref, tolerance<TypeParam>());
+  }
+}
+
+TYPED_TEST(CudaKernelTest, CombineExperts) {
+  const std::int64_t rows = 11, width = 90;
+  const int k = 3;
+  DeviceArray<TypeParam> expert_out(rows * k * width), out(rows * width);
+  DeviceArray<std::int32_t> slot_rows(rows * k);
+  DeviceArray<float> weights(rows * k);
+  const auto ys = expert_out.set(this->random.uniform(expert_out.size(), -1.0f, 1.0f));
+  const auto ws = weights.set(this->random.uniform(weights.size(), 0.0f, 1.0f));
+  std::vector<std::int32_t> slots(rows * k);
+  std::iota(slots.begin(), slots.end(), 0);
+  std::shuffle(slots.begin(), slots.end(), std::mt19937(this->random.seed()));
+  cuda::check(cudaMemcpy(slot_rows.get(), slots.data(), slots.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice),
+              "upload");
+  out.poison();
+  cuda::combine_experts(expert_out.get(), slot_rows.get(), weights.get(), rows, k, width, out.get(), nullptr);
+  std::vector<float> ref(out.size(), 0.0f);
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (int i = 0; i < k; ++i)
+      for (std::int64_t c = 0; c < width; ++c) ref[r * width + c] += ys[slots[r * k + i] * width + c] * ws[r * k + i];
+  EXPECT_CLOSE(out.get_values(), ref, tolerance<TypeParam>());
+}
+
+// The router is float32 whatever the activation type.
+TEST(CudaRouterTest, TopKMatchesCpu) {
+  LIGHTDESK_SKIP_WITHOUT_GPU();
+  test::Random random;
+  for (auto [rows, experts, k] : {std::tuple<std::int64_t, int, int>{1, 4, 2}, {77, 32, 2}, {300, 8, 8}, {5, 64, 6}}) {
+    SCOPED_TRACE(std::to_string(experts) + " experts, top " + std::to_string(k));
+    DeviceArray<float> logits(rows * experts), weights(rows * k);
+    DeviceArray<std::int32_t> ids(rows * k);
+    const auto ls = logits.set(random.uniform(logits.size(), -3.0f, 3.0f));
+    weights.poison();
+    cuda::check(cudaMemset(ids.get(), 0xFF, ids.size() * sizeof(std::int32_t)), "poison");
+    cuda::route_top_k(logits.get(), rows, experts, k, ids.get(), weights.get(), nullptr);
+    std::vector<int> ref_ids(ids.size());
+    std::vector<float> ref_weights(ids.size());
+    cpu::route_top_k(ls.data(), rows, experts, k, ref_ids.data(), ref_weights.data());
+    std::vector<std::int32_t> got_ids(ids.size());
+    cuda::check(cudaMemcpy(got_ids.data(), ids.get(), got_ids.size() * sizeof(std::int32_t), cudaMemcpyDeviceToHost),
+                "download");
+    EXPECT_EQ(got_ids, std::vector<std::int32_t>(ref_ids.begin(), ref_ids.end())) << "seed " << random.seed();
+    EXPECT_LT(relative_error(weights.get_values(), ref_weights), 1e-6) << "seed " << random.seed();
+  }
+}
+
+}  // namespace
+}  // namespace lightdesk
