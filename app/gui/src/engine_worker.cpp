@@ -96,6 +96,7 @@ void EngineWorker::loadModel(const QString& directory) {
     tokenizer_ = Tokenizer::open(path);
     format_ = ChatFormat::for_model(path, *tokenizer_);
     session_ = model_->create_session();
+    held_messages_.clear();
     const SamplingDefaults defaults = format_->sampling_defaults();
     SamplingSettings sampling;
     sampling.temperature = defaults.temperature;
@@ -136,24 +137,33 @@ void EngineWorker::generate(const QList<PromptMessage>& conversation, const Samp
   GenerationStats stats;
   stats.context_size = model_->info().max_context;
   try {
-    Conversation chat;
-    for (const PromptMessage& message : conversation)
-      chat.messages.push_back({message.from_user ? ChatMessage::Role::User : ChatMessage::Role::Assistant,
-                               {ChatPart{ChatPart::Kind::Text, message.text.toStdString(), {}}}});
-    const std::vector<TokenId> prompt = format_->render(chat).encode(*tokenizer_);
-    // Keep the state of a common prefix (the earlier turns of this conversation): only the
-    // rest is fed. Anything else (another conversation) starts from an empty state.
-    const std::vector<TokenId>& held = session_->tokens();
-    const bool prefix_held =
-        held.size() < prompt.size() && std::equal(held.begin(), held.end(), prompt.begin());
-    if (!prefix_held) session_->reset();
+    auto to_chat = [](const QList<PromptMessage>& messages) {
+      Conversation chat;
+      for (const PromptMessage& message : messages)
+        chat.messages.push_back({message.from_user ? ChatMessage::Role::User : ChatMessage::Role::Assistant,
+                                 {ChatPart{ChatPart::Kind::Text, message.text.toStdString(), {}}}});
+      return chat;
+    };
+    // A question that follows the turns the session's state already holds (this conversation's
+    // last answer included, as the ids the model generated) feeds only itself; anything else
+    // (another conversation, a stopped answer) starts from an empty state.
+    const bool continues = !held_messages_.isEmpty() && conversation.size() == held_messages_.size() + 1 &&
+                           std::equal(held_messages_.begin(), held_messages_.end(), conversation.begin());
+    std::vector<TokenId> prompt;
+    if (continues) {
+      prompt = format_->render_continuation(to_chat({conversation.back()})).encode(*tokenizer_);
+    } else {
+      session_->reset();
+      prompt = format_->render(to_chat(conversation)).encode(*tokenizer_);
+    }
+    held_messages_.clear();
     stats.reused_tokens = session_->position();
-    const std::span<const TokenId> rest = std::span(prompt).subspan(static_cast<std::size_t>(stats.reused_tokens));
+    const std::span<const TokenId> rest(prompt);
     stats.prompt_tokens = static_cast<std::int64_t>(rest.size());
-    const std::int64_t room = stats.context_size - static_cast<std::int64_t>(prompt.size());
+    const std::int64_t room = stats.context_size - stats.reused_tokens - stats.prompt_tokens;
     if (room <= 0)
       throw Error(tr("The conversation (%1 tokens) does not fit the model's context of %2 tokens.")
-                      .arg(prompt.size())
+                      .arg(stats.reused_tokens + stats.prompt_tokens)
                       .arg(stats.context_size)
                       .toStdString());
 
@@ -176,8 +186,9 @@ void EngineWorker::generate(const QList<PromptMessage>& conversation, const Samp
       if (!delta.reasoning.empty() || !delta.answer.empty())
         emit textPiece(to_qstring(delta.reasoning), to_qstring(delta.answer));
     };
+    std::vector<TokenId> generated;
     try {
-      generate_text(*session_, *tokenizer_, rest, options, [&](std::string_view text) {
+      generated = generate_text(*session_, *tokenizer_, rest, options, [&](std::string_view text) {
         if (pieces++ == 0) first_token = Clock::now();
         send(parser.feed(text));
         if (stop_requested_) throw Cancelled("stopped by the user");
@@ -186,8 +197,15 @@ void EngineWorker::generate(const QList<PromptMessage>& conversation, const Samp
       stats.stopped = true;
     }
     send(parser.finish());
+    if (!stats.stopped) {
+      // The session now holds the whole turn, so the next question can continue from it.
+      finish_assistant_turn(*session_, generated, format_->end_of_turn());
+      held_messages_ = conversation;
+      held_messages_.append({false, to_qstring(parser.answer())});
+    }
     stats.context_used = session_->position();
-    stats.generated_tokens = stats.context_used - stats.reused_tokens - stats.prompt_tokens;
+    stats.generated_tokens = stats.stopped ? stats.context_used - stats.reused_tokens - stats.prompt_tokens
+                                           : static_cast<std::int64_t>(generated.size());
     if (pieces > 0) {
       stats.seconds_to_first_token = std::chrono::duration<double>(first_token - start).count();
       const double decode_seconds = seconds_since(first_token);

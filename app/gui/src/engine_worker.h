@@ -40,6 +40,7 @@ struct SamplingSettings {
 struct PromptMessage {
   bool from_user = true;
   QString text;
+  bool operator==(const PromptMessage&) const = default;
 };
 
 struct GenerationStats {
@@ -108,6 +109,9 @@ class EngineWorker : public QObject {
   std::unique_ptr<Tokenizer> tokenizer_;
   std::optional<ChatFormat> format_;
   std::unique_ptr<Session> session_;
+  // The messages whose turns session_ holds complete (ending with a finished answer); empty
+  // when its state is anything else.
+  QList<PromptMessage> held_messages_;
   std::atomic<bool> stop_requested_{false};
 };
 
