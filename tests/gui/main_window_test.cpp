@@ -241,6 +241,25 @@ class MainWindowTest : public QObject {
     QCOMPARE(hopeless.fitting_context, 0);
   }
 
+  void followUpQuestionKeepsTheSessionState() {
+    settings_->setValue(QStringLiteral("sampling/M1/max_new_tokens"), 8);
+    QSignalSpy ready(window_.get(), &MainWindow::modelReady);
+    window_->openModelDirectory(kModelDirectory);
+    QVERIFY(ready.wait(kTimeoutMs));
+    auto* input = window_->findChild<QPlainTextEdit*>(QStringLiteral("input"));
+    QSignalSpy finished(window_.get(), &MainWindow::answerFinished);
+    input->setPlainText(QStringLiteral("First question"));
+    window_->send();
+    QVERIFY(finished.wait(kTimeoutMs));
+    const QString first = window_->statusBar()->currentMessage();
+    QVERIFY2(!first.contains(QStringLiteral("kept from the session state")), qPrintable(first));
+    input->setPlainText(QStringLiteral("Second question"));
+    window_->send();
+    QVERIFY(finished.wait(kTimeoutMs));
+    const QString second = window_->statusBar()->currentMessage();
+    QVERIFY2(second.contains(QStringLiteral("kept from the session state")), qPrintable(second));
+  }
+
   void ctrlNCreatesSessionAndDeleteRemovesIt() {
     auto* list = window_->findChild<QListWidget*>(QStringLiteral("sessionList"));
     QCOMPARE(list->count(), 1);
