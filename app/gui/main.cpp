@@ -3,9 +3,12 @@
 #include <QCommandLineParser>
 #include <QSettings>
 
+#include <memory>
+
 #include "demo_script.h"
 #include "main_window.h"
 #include "session_repository.h"
+#include "store_session_repository.h"
 
 int main(int argc, char** argv) {
   QApplication app(argc, argv);
@@ -28,8 +31,16 @@ int main(int argc, char** argv) {
   parser.process(app);
 
   QSettings settings;
-  lightdesk::gui::InMemorySessionRepository sessions;
-  lightdesk::gui::MainWindow window(sessions, settings);
+  std::unique_ptr<lightdesk::gui::SessionRepository> sessions;
+  const std::filesystem::path database = lightdesk::gui::session_database_path(settings);
+  try {
+    sessions = std::make_unique<lightdesk::gui::StoreSessionRepository>(database);
+  } catch (const std::exception& error) {
+    // The app stays usable without its database; only this run's sessions are then not kept.
+    qWarning("Lightdesk: sessions will not be saved (%s: %s)", database.c_str(), error.what());
+    sessions = std::make_unique<lightdesk::gui::InMemorySessionRepository>();
+  }
+  lightdesk::gui::MainWindow window(*sessions, settings);
   window.resize(1100, 700);
   window.show();
 

@@ -18,17 +18,36 @@
 #include <QTest>
 #include <QTextBrowser>
 
+#include <filesystem>
+#include <optional>
+
 #include "conversation_export.h"
 #include "main_window.h"
 #include "session_repository.h"
+#include "store_session_repository.h"
 
 using lightdesk::gui::InMemorySessionRepository;
 using lightdesk::gui::MainWindow;
+using lightdesk::gui::StoreSessionRepository;
 
 namespace {
 
 const QString kModelDirectory = QStringLiteral(LIGHTDESK_SOURCE_DIR "/resources/models/tiny-a-m1-rd8");
 constexpr int kTimeoutMs = 20000;
+
+// Drops the file on the window, as a person would, and waits until it is attached.
+void dropFile(MainWindow& window, const QString& path) {
+  QSignalSpy attached(&window, &MainWindow::documentAttached);
+  QMimeData mime;
+  mime.setUrls({QUrl::fromLocalFile(path)});
+  QDragEnterEvent enter(QPoint(10, 10), Qt::CopyAction, &mime, Qt::LeftButton, Qt::NoModifier);
+  QApplication::sendEvent(&window, &enter);
+  QVERIFY(enter.isAccepted());
+  QDropEvent drop(QPointF(10, 10), Qt::CopyAction, &mime, Qt::LeftButton, Qt::NoModifier);
+  QApplication::sendEvent(&window, &drop);
+  QVERIFY(attached.wait(kTimeoutMs));
+}
+
 
 }  // namespace
 
@@ -81,15 +100,8 @@ class MainWindowTest : public QObject {
       QVERIFY(document.open(QIODevice::WriteOnly));
       document.write("The quarterly report says revenue grew by twelve percent.\n");
     }
-    QSignalSpy attached(window_.get(), &MainWindow::documentAttached);
-    QMimeData mime;
-    mime.setUrls({QUrl::fromLocalFile(document_path)});
-    QDragEnterEvent enter(QPoint(10, 10), Qt::CopyAction, &mime, Qt::LeftButton, Qt::NoModifier);
-    QApplication::sendEvent(window_.get(), &enter);
-    QVERIFY(enter.isAccepted());
-    QDropEvent drop(QPointF(10, 10), Qt::CopyAction, &mime, Qt::LeftButton, Qt::NoModifier);
-    QApplication::sendEvent(window_.get(), &drop);
-    QVERIFY(attached.wait(kTimeoutMs));
+    dropFile(*window_, document_path);
+    if (QTest::currentTestFailed()) return;
     auto* attachments = window_->findChild<QListWidget*>(QStringLiteral("attachmentList"));
     QCOMPARE(attachments->count(), 1);
     // The tiny tokenizer has 512 ids, mostly single bytes: a short text is still many tokens.
@@ -293,6 +305,68 @@ class MainWindowTest : public QObject {
     QVERIFY(transcript->toPlainText().contains(QStringLiteral("hidden chain")));
     emit transcript->anchorClicked(QUrl(QStringLiteral("reasoning:1")));
     QVERIFY(!transcript->toPlainText().contains(QStringLiteral("hidden chain")));
+  }
+
+  void sessionsSurviveARestart() {
+    window_.reset();  // this test runs two windows of its own on one database
+    QTemporaryDir data;
+    QVERIFY(data.isValid());
+    const std::filesystem::path database = data.filePath(QStringLiteral("sessions.sqlite")).toStdString();
+    const QString document_path = data.filePath(QStringLiteral("minutes.txt"));
+    {
+      QFile document(document_path);
+      QVERIFY(document.open(QIODevice::WriteOnly));
+      document.write("The board approved the new budget.\n");
+    }
+    settings_->setValue(QStringLiteral("sampling/M1/max_new_tokens"), 8);
+    const QString question = QStringLiteral("What did the board approve?");
+
+    lightdesk::gui::ChatSession asked;
+    {
+      StoreSessionRepository sessions(database);
+      MainWindow window(sessions, *settings_);
+      window.show();
+      QSignalSpy ready(&window, &MainWindow::modelReady);
+      window.openModelDirectory(kModelDirectory);
+      QVERIFY(ready.wait(kTimeoutMs));
+      dropFile(window, document_path);
+      if (QTest::currentTestFailed()) return;
+      QSignalSpy finished(&window, &MainWindow::answerFinished);
+      window.findChild<QPlainTextEdit*>(QStringLiteral("input"))->setPlainText(question);
+      window.send();
+      QVERIFY(finished.wait(kTimeoutMs));
+      QCOMPARE(sessions.list().size(), 1);
+      asked = *sessions.load(sessions.list().front().id);
+    }  // the window closes, then the repository, after writing everything it was given
+
+    StoreSessionRepository reopened(database);
+    const QList<lightdesk::gui::ChatSession> listed = reopened.list();
+    QCOMPARE(listed.size(), 1);
+    const std::optional<lightdesk::gui::ChatSession> restored = reopened.load(listed.front().id);
+    QVERIFY(restored.has_value());
+    QCOMPARE(restored->title, question);
+    QCOMPARE(restored->entries.size(), 2);
+    QCOMPARE(asked.entries.size(), 2);
+    for (qsizetype i = 0; i < 2; ++i) {
+      QCOMPARE(restored->entries[i].role, asked.entries[i].role);
+      QCOMPARE(restored->entries[i].text, asked.entries[i].text);
+      QCOMPARE(restored->entries[i].reasoning, asked.entries[i].reasoning);
+    }
+    QCOMPARE(restored->entries[0].text, question);
+    QCOMPARE(restored->entries[0].documents.size(), 1);
+    QCOMPARE(restored->entries[0].documents[0].path, document_path);
+    QCOMPARE(restored->entries[0].documents[0].text, asked.entries[0].documents[0].text);
+    QCOMPARE(restored->entries[0].documents[0].tokens, asked.entries[0].documents[0].tokens);
+    QVERIFY(restored->entries[1].documents.isEmpty());
+
+    // A new window on the same database opens the session with its messages.
+    MainWindow window(reopened, *settings_);
+    auto* list = window.findChild<QListWidget*>(QStringLiteral("sessionList"));
+    QCOMPARE(list->count(), 1);
+    QVERIFY2(list->item(0)->text().contains(question), qPrintable(list->item(0)->text()));
+    const QString transcript = window.findChild<QTextBrowser*>(QStringLiteral("transcript"))->toPlainText();
+    QVERIFY2(transcript.contains(question), qPrintable(transcript));
+    QVERIFY2(transcript.contains(QStringLiteral("minutes.txt")), qPrintable(transcript));
   }
 
  private:

@@ -27,6 +27,11 @@ ChatSession InMemorySessionRepository::create(const QString& title) {
   return session;
 }
 
+void InMemorySessionRepository::insert(const ChatSession& session) {
+  sessions_[session.id] = session;
+  next_id_ = std::max(next_id_, session.id + 1);
+}
+
 void InMemorySessionRepository::rename(qint64 id, const QString& title) {
   if (const auto found = sessions_.find(id); found != sessions_.end()) found->second.title = title;
 }

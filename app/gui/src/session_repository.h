@@ -63,6 +63,9 @@ class InMemorySessionRepository final : public SessionRepository {
   void append(qint64 id, const ChatEntry& entry) override;
   // Case-insensitive substring match, most recently used first.
   QList<qint64> search(const QString& query) const override;
+  // Adds a session as it is (id, last use, entries), for a repository restoring saved sessions;
+  // later new ids follow the highest one.
+  void insert(const ChatSession& session);
 
  private:
   std::map<qint64, ChatSession> sessions_;

@@ -1,0 +1,54 @@
+// Sessions kept in the SQLite store (lightdesk::store::Store), so they survive restarts.
+//
+// The window calls SessionRepository from the GUI thread and must never wait on the disk, so the
+// repository answers every read from an in-memory copy, loaded once when it opens the database,
+// and sends every change to a writer object that owns the Store on a thread of its own (the
+// Store is one SQLite connection, used from one thread at a time). Changes are queued to that
+// thread in the order they are made; the destructor waits until all of them are written.
+//
+// The store links documents to a session, not to the message they were sent with, so the link
+// (and a PDF's page offsets, which the store has no column for) is kept in the session's
+// settings JSON under "attachments": [{"message": id, "document": id, "page_offsets": [...]}].
+#pragma once
+
+#include <QThread>
+
+#include <filesystem>
+
+#include "session_repository.h"
+
+class QSettings;
+
+namespace lightdesk::gui {
+
+class StoreWriter;
+
+// The session database of the data directory: QSettings' "dataDirectory", by default
+// QStandardPaths::AppDataLocation.
+std::filesystem::path session_database_path(const QSettings& settings);
+
+class StoreSessionRepository final : public SessionRepository {
+ public:
+  // Opens or creates the database and reads its sessions with their messages. Throws
+  // lightdesk::store::Error for a file that is not a usable session database.
+  explicit StoreSessionRepository(const std::filesystem::path& database);
+  ~StoreSessionRepository() override;
+  StoreSessionRepository(const StoreSessionRepository&) = delete;
+  StoreSessionRepository& operator=(const StoreSessionRepository&) = delete;
+
+  QList<ChatSession> list() const override;
+  std::optional<ChatSession> load(qint64 id) const override;
+  ChatSession create(const QString& title) override;
+  void rename(qint64 id, const QString& title) override;
+  void remove(qint64 id) override;
+  void append(qint64 id, const ChatEntry& entry) override;
+  // A case-insensitive substring match over the in-memory copy, like InMemorySessionRepository.
+  QList<qint64> search(const QString& query) const override;
+
+ private:
+  InMemorySessionRepository sessions_;  // what the store holds, plus the changes still queued
+  QThread store_thread_;
+  StoreWriter* writer_ = nullptr;       // lives on store_thread_, deleted there
+};
+
+}  // namespace lightdesk::gui
