@@ -231,22 +231,41 @@ struct MmaShared {
 };
 
 // Rows [0, kBlockRows) x columns [0, padded) of a bf16 tile from global rows (row stride
-// `stride`), zero past `rows` and `columns`; 16-byte copies when every row start is aligned.
+// `stride`), zero past `rows` and `columns`, one element per copy: for row starts that are not
+// 16-byte aligned.
 __device__ void load_tile(bf16* dst, int ld, const bf16* src, std::int64_t stride, int rows, int columns,
-                          int padded, bool aligned) {
-  if (aligned && columns % 8 == 0) {
-    const int chunks = padded / 8;
-    for (int idx = threadIdx.x; idx < kBlockRows * chunks; idx += blockDim.x) {
-      const int t = idx / chunks, c = (idx % chunks) * 8;
-      uint4 value = make_uint4(0, 0, 0, 0);
-      if (t < rows && c < columns) value = *reinterpret_cast<const uint4*>(src + t * stride + c);
-      *reinterpret_cast<uint4*>(dst + t * ld + c) = value;
-    }
-  } else {
-    for (int idx = threadIdx.x; idx < kBlockRows * padded; idx += blockDim.x) {
-      const int t = idx / padded, c = idx % padded;
-      dst[t * ld + c] = t < rows && c < columns ? src[t * stride + c] : __float2bfloat16_rn(0.0f);
-    }
+                          int padded) {
+  for (int idx = threadIdx.x; idx < kBlockRows * padded; idx += blockDim.x) {
+    const int t = idx / padded, c = idx % padded;
+    dst[t * ld + c] = t < rows && c < columns ? src[t * stride + c] : __float2bfloat16_rn(0.0f);
+  }
+}
+
+// The same tile in 16-byte pieces (columns a multiple of 8, row starts aligned), in two steps so
+// the next block's pieces travel from global memory into registers while this block computes:
+// this thread's pieces are kThreads apart in row-major order.
+constexpr int kQkPieces = kBlockRows * kMaxHeadDim / 8 / kThreads;  // 4 per thread for Q, 4 for K
+constexpr int kValuePieces = kBlockRows * kMmaSlice / 8 / kThreads;  // 2 for the V slice
+
+template <int kPieces>
+__device__ void fetch_tile(uint4 (&pieces)[kPieces], const bf16* src, std::int64_t stride, int rows, int columns,
+                           int padded) {
+  const int per_row = padded / 8;
+#pragma unroll
+  for (int n = 0; n < kPieces; ++n) {
+    const int idx = threadIdx.x + n * kThreads, t = idx / per_row, c = (idx % per_row) * 8;
+    pieces[n] = make_uint4(0, 0, 0, 0);
+    if (t < rows && c < columns) pieces[n] = *reinterpret_cast<const uint4*>(src + t * stride + c);
+  }
+}
+
+template <int kPieces>
+__device__ void put_tile(bf16* dst, int ld, const uint4 (&pieces)[kPieces], int padded) {
+  const int per_row = padded / 8;
+#pragma unroll
+  for (int n = 0; n < kPieces; ++n) {
+    const int idx = threadIdx.x + n * kThreads, t = idx / per_row, c = (idx % per_row) * 8;
+    if (t < kBlockRows) *reinterpret_cast<uint4*>(dst + t * ld + c) = pieces[n];
   }
 }
 
@@ -292,8 +311,18 @@ __global__ void __launch_bounds__(kThreads) lightning_prefill_mma_kernel(const b
   const int row_tile = warp / 2, first_column_tile = (warp % 2) * 2;  // this warp's two output tiles
   const std::int64_t qkv_stride = std::int64_t{heads} * 3 * d;
   const std::int64_t out_stride = std::int64_t{heads} * d;
-  // Row starts are 16-byte aligned when d is a multiple of 8 (then so are the strides).
-  const bool aligned = d % 8 == 0 && reinterpret_cast<std::uintptr_t>(qkv) % 16 == 0;
+  // Row starts are 16-byte aligned when d is a multiple of 8 (then so are the strides and the
+  // slice starts e0, multiples of 64); then the next block is fetched ahead, into registers.
+  const bool ahead = d % 8 == 0 && reinterpret_cast<std::uintptr_t>(qkv) % 16 == 0;
+  uint4 q_ahead[kQkPieces], k_ahead[kQkPieces], v_ahead[kValuePieces];
+  const auto fetch_block = [&](std::int64_t first_row) {
+    const int block_rows = static_cast<int>(min(std::int64_t{kBlockRows}, rows - first_row));
+    const bf16* block = qkv + first_row * qkv_stride + std::int64_t{h} * 3 * d;
+    fetch_tile(q_ahead, block, qkv_stride, block_rows, d, dp);
+    fetch_tile(k_ahead, block + d, qkv_stride, block_rows, d, dp);
+    fetch_tile(v_ahead, block + 2 * d + e0, qkv_stride, block_rows, width, kMmaSlice);
+  };
+  if (ahead) fetch_block(0);
   float* state_h = state + std::int64_t{h} * d * d;
 
   for (int i = threadIdx.x; i <= kBlockRows; i += blockDim.x) decay[i] = expf(-(slopes[h] * static_cast<float>(i)));
@@ -307,14 +336,21 @@ __global__ void __launch_bounds__(kThreads) lightning_prefill_mma_kernel(const b
     const int m = static_cast<int>(min(std::int64_t{kBlockRows}, rows - r0));
     const bf16* block = qkv + r0 * qkv_stride + std::int64_t{h} * 3 * d;
     __syncthreads();  // the previous block is done with every buffer
-    load_tile(Q, ldqk, block, qkv_stride, m, d, dp, aligned);
-    load_tile(K, ldqk, block + d, qkv_stride, m, d, dp, aligned);
-    load_tile(V, lds, block + 2 * d + e0, qkv_stride, m, width, kMmaSlice, aligned && e0 % 8 == 0);
+    if (ahead) {
+      put_tile(Q, ldqk, q_ahead, dp);
+      put_tile(K, ldqk, k_ahead, dp);
+      put_tile(V, lds, v_ahead, kMmaSlice);
+    } else {
+      load_tile(Q, ldqk, block, qkv_stride, m, d, dp);
+      load_tile(K, ldqk, block + d, qkv_stride, m, d, dp);
+      load_tile(V, lds, block + 2 * d + e0, qkv_stride, m, width, kMmaSlice);
+    }
     for (int idx = threadIdx.x; idx < dp * kMmaSlice; idx += blockDim.x) {
       const int i = idx / kMmaSlice, e = idx % kMmaSlice;
       split(S[i * ldf + e], S_parts + i * lds + e, state_plane);
     }
     __syncthreads();
+    if (ahead && r0 + kBlockRows < rows) fetch_block(r0 + kBlockRows);
     for (int idx = threadIdx.x; idx < kBlockRows * kMmaSlice; idx += blockDim.x) {
       const int t = idx / kMmaSlice, e = idx % kMmaSlice;
       const float decayed = t < m ? __bfloat162float(V[t * lds + e]) * decay[m - 1 - t] : 0.0f;
