@@ -21,9 +21,13 @@ constexpr float kFloat32Tolerance = 1e-3f;
 // 2^-9 ≈ 0.2%). Each of the 4 layers adds a few such roundings to the residual stream, which
 // the norms keep at unit scale, and the LM head sums 64 products of such values: the logits
 // (standard deviation about 0.7, largest about 2.8 in these fixtures) are expected to move by
-// a few hundredths. Measured on an H200 (2026-11-21): 0.021 to 0.029 over the three fixtures,
-// prefill and decode; the bound leaves twice that.
-constexpr float kBf16Tolerance = 0.06f;
+// a few hundredths. Measured on an H200 (2026-11-21): 0.021 to 0.029 over the three fixtures.
+// On top of that, the 4-expert top-2 router of these random models has near-ties: perturbing the
+// lightning output by a relative 1e-5 (far below bf16 rounding) before rounding to bf16 flips a
+// routing decision and moves the logits by up to 0.098 with the old float32-core kernel; the
+// tensor-core kernel meets such a flip at 0.105 on tiny-a-m1-rd8. The bound covers one such
+// flip; the argmax check below still requires agreement wherever the margin exceeds it.
+constexpr float kBf16Tolerance = 0.15f;
 
 struct Case {
   std::string fixture;
