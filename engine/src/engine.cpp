@@ -258,42 +258,52 @@ TokenId Session::sample(const SamplingParams& params) {
                       params, impl_->rng);
 }
 
-void Session::export_state(const std::function<void(const StatePart&)>& sink, std::int64_t kv_chunk_tokens) const {
+std::vector<StatePart> state_layout(const ModelShape& shape, std::int64_t position, std::int64_t kv_chunk_tokens) {
   if (kv_chunk_tokens <= 0) throw Error("kv_chunk_tokens must be positive");
-  const ModelInfo& info = *impl_->info;
-  const std::int64_t pos = position();
-  const std::int64_t d = info.head_dim;
-  std::vector<float> buffer;
-  for (int l = 0; l < info.num_layers; ++l) {
-    if (info.layer_kinds[l] != LayerKind::Lightning) continue;
-    buffer.resize(static_cast<std::size_t>(info.num_heads * d * d));
-    impl_->backend->read_lightning_state(*impl_->sequence, l, buffer.data());
+  const std::int64_t d = shape.head_dim;
+  std::vector<StatePart> parts;
+  for (int l = 0; l < shape.num_layers; ++l) {
+    if (shape.layer_kinds[l] != LayerKind::Lightning) continue;
     StatePart part;
     part.kind = StatePartKind::LightningState;
     part.layer = l;
-    part.position = pos;
-    part.shape = {info.num_heads, d, d};
-    part.data = buffer;
-    sink(part);
+    part.position = position;
+    part.shape = {shape.num_heads, d, d};
+    parts.push_back(part);
   }
-  for (int l = 0; l < info.num_layers; ++l) {
-    if (info.layer_kinds[l] != LayerKind::Softmax) continue;
-    for (std::int64_t first = 0; first < pos; first += kv_chunk_tokens) {
-      const std::int64_t count = std::min(kv_chunk_tokens, pos - first);
-      buffer.resize(static_cast<std::size_t>(info.num_kv_heads * count * d));
-      for (KvSide side : {KvSide::Keys, KvSide::Values}) {
-        impl_->backend->read_kv(*impl_->sequence, l, side, first, count, buffer.data());
+  for (int l = 0; l < shape.num_layers; ++l) {
+    if (shape.layer_kinds[l] != LayerKind::Softmax) continue;
+    for (std::int64_t first = 0; first < position; first += kv_chunk_tokens) {
+      const std::int64_t count = std::min(kv_chunk_tokens, position - first);
+      for (StatePartKind kind : {StatePartKind::SoftmaxKeys, StatePartKind::SoftmaxValues}) {
         StatePart part;
-        part.kind = side == KvSide::Keys ? StatePartKind::SoftmaxKeys : StatePartKind::SoftmaxValues;
+        part.kind = kind;
         part.layer = l;
-        part.position = pos;
+        part.position = position;
         part.first_token = first;
         part.token_count = count;
-        part.shape = {info.num_kv_heads, count, d};
-        part.data = buffer;
-        sink(part);
+        part.shape = {shape.num_kv_heads, count, d};
+        parts.push_back(part);
       }
     }
+  }
+  return parts;
+}
+
+void Session::export_state(const std::function<void(const StatePart&)>& sink, std::int64_t kv_chunk_tokens) const {
+  std::vector<float> buffer;
+  for (StatePart part : state_layout(*impl_->info, position(), kv_chunk_tokens)) {
+    std::int64_t numel = 1;
+    for (std::int64_t v : part.shape) numel *= v;
+    buffer.resize(static_cast<std::size_t>(numel));
+    if (part.kind == StatePartKind::LightningState)
+      impl_->backend->read_lightning_state(*impl_->sequence, part.layer, buffer.data());
+    else
+      impl_->backend->read_kv(*impl_->sequence, part.layer,
+                              part.kind == StatePartKind::SoftmaxKeys ? KvSide::Keys : KvSide::Values,
+                              part.first_token, part.token_count, buffer.data());
+    part.data = buffer;
+    sink(part);
   }
 }
 

@@ -78,32 +78,12 @@ class SyntheticState {
         kv_(normal_floats(static_cast<std::size_t>(model.num_kv_heads * kv_chunk_tokens * model.head_dim), 2)) {}
 
   void export_state(const std::function<void(const StatePart&)>& sink, std::int64_t kv_chunk_tokens) const {
-    const std::int64_t d = model_.head_dim;
-    for (int l = 0; l < model_.num_layers; ++l) {
-      if (model_.layer_kinds[l] != lightdesk::LayerKind::Lightning) continue;
-      StatePart part;
-      part.layer = l;
-      part.position = positions_;
-      part.shape = {model_.num_heads, d, d};
-      part.data = lightning_;
+    for (StatePart part : lightdesk::state_layout(model_, positions_, kv_chunk_tokens)) {
+      part.data = part.kind == StatePartKind::LightningState
+                      ? std::span<const float>(lightning_)
+                      : std::span<const float>(kv_).first(
+                            static_cast<std::size_t>(model_.num_kv_heads * part.token_count * model_.head_dim));
       sink(part);
-    }
-    for (int l = 0; l < model_.num_layers; ++l) {
-      if (model_.layer_kinds[l] != lightdesk::LayerKind::Softmax) continue;
-      for (std::int64_t first = 0; first < positions_; first += kv_chunk_tokens) {
-        const std::int64_t count = std::min(kv_chunk_tokens, positions_ - first);
-        for (auto kind : {StatePartKind::SoftmaxKeys, StatePartKind::SoftmaxValues}) {
-          StatePart part;
-          part.kind = kind;
-          part.layer = l;
-          part.position = positions_;
-          part.first_token = first;
-          part.token_count = count;
-          part.shape = {model_.num_kv_heads, count, d};
-          part.data = std::span<const float>(kv_).first(static_cast<std::size_t>(model_.num_kv_heads * count * d));
-          sink(part);
-        }
-      }
     }
   }
 

@@ -162,6 +162,12 @@ struct StatePart {
   std::span<const float> data;
 };
 
+// The parts, in export order and without data, of the state of a model of `shape` after
+// `position` tokens, with softmax ranges of at most `kv_chunk_tokens` positions: what
+// Session::export_state streams, for code that stores or synthesises states.
+std::vector<StatePart> state_layout(const ModelShape& shape, std::int64_t position,
+                                    std::int64_t kv_chunk_tokens = 4096);
+
 class Model;
 
 class Session {
