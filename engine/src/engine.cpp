@@ -92,9 +92,9 @@ std::string read_text(const std::filesystem::path& path) {
   return text.str();
 }
 
-// The CUDA backend caches K/V in its activation dtype (bf16 unless cuda_float32); the CPU
-// backend in float32.
-std::uint64_t kv_value_bytes(BackendKind backend, const ModelOptions& options) {
+// Bytes per weight and per cached K/V value: the CUDA backend keeps both in bf16 unless
+// cuda_float32; the CPU backend in float32.
+std::uint64_t backend_value_bytes(BackendKind backend, const ModelOptions& options) {
   return backend == BackendKind::Cuda && !options.cuda_float32 ? 2 : 4;
 }
 
@@ -106,13 +106,13 @@ ModelInfo describe(const std::filesystem::path& directory, const ModelConfig& c,
   info.backend = backend;
   info.parameter_count = map.parameter_count();
   info.bytes_per_dtype = map.bytes_per_dtype();
-  info.weight_bytes = map.parameter_count() * sizeof(float);
+  info.weight_bytes = map.parameter_count() * backend_value_bytes(backend, options);
   const std::uint64_t d = static_cast<std::uint64_t>(c.head_dim);
   info.lightning_state_bytes =
       static_cast<std::uint64_t>(info.num_lightning_layers()) * static_cast<std::uint64_t>(c.num_heads) * d * d * 4;
   info.kv_bytes_per_token =
       static_cast<std::uint64_t>(info.num_softmax_layers()) * 2 * static_cast<std::uint64_t>(c.num_kv_heads) * d *
-      kv_value_bytes(backend, options);
+      backend_value_bytes(backend, options);
   Fingerprint fp;
   fp.add(read_text(directory / "config.json"));
   for (const auto& file : checkpoint.files()) {
