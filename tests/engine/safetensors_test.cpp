@@ -273,7 +273,8 @@ TEST_F(CheckpointTest, NoWeightFiles) {
 }
 
 TEST(ModelInfo, DescribesTheModelWithoutLoadingIt) {
-  const ModelInfo info = Model::inspect(test::fixture_dir(kFixture));
+  // The CPU backend holds weights and K/V in float32 (the CUDA backend in bf16).
+  const ModelInfo info = Model::inspect(test::fixture_dir(kFixture), ModelOptions{BackendKind::Cpu, 1, false});
   EXPECT_EQ(info.num_layers, 4);
   EXPECT_EQ(info.num_lightning_layers(), 3);
   EXPECT_EQ(info.num_softmax_layers(), 1);
