@@ -4,11 +4,13 @@
 #include "cuda_backend.h"
 
 #include <algorithm>
+#include <map>
 #include <mutex>
 #include <string>
 #include <vector>
 
 #include "cuda_device.h"
+#include "cuda_kv_cache.h"
 #include "cuda_moe.h"
 
 namespace lightdesk {
@@ -28,9 +30,20 @@ struct CudaLayer {
 };
 
 struct CudaSequence final : SequenceState {
-  std::vector<DeviceBuffer> lightning;     // per layer float [heads, d, d]; empty for softmax layers
-  std::vector<DeviceBuffer> keys, values;  // per layer T [capacity, kv_heads, d] (keys after RoPE)
-  std::int64_t capacity = 0;               // positions the K/V buffers hold
+  explicit CudaSequence(std::shared_ptr<KvPagePool> pool) : kv_pages(std::move(pool)) {}
+  ~CudaSequence() override {
+    if (kv_pages) kv_pages->give_back(pages);
+  }
+  CudaSequence(const CudaSequence&) = delete;
+  CudaSequence& operator=(const CudaSequence&) = delete;
+
+  std::int64_t capacity() const { return static_cast<std::int64_t>(pages.size()) * KvPagePool::kPagePositions; }
+
+  std::vector<DeviceBuffer> lightning;  // per layer float [heads, d, d]; empty for softmax layers
+  // The softmax layers' keys (after RoPE) and values: the pages of kv_pages this sequence holds.
+  std::shared_ptr<KvPagePool> kv_pages;
+  std::vector<std::int32_t> pages;
+  DeviceBuffer page_table;  // int32, pages in order (room for more)
 };
 
 // Buffers of one forward pass, sized for `rows` tokens; kept between calls and grown as needed.
@@ -46,6 +59,9 @@ class CudaBackend final : public ComputeBackend {
   CudaBackend(const ModelConfig& c, const WeightMap& map, const std::function<void(std::uint64_t)>& bytes_loaded)
       : config_(c),
         moe_(device_, MoeShape{c.hidden_size, c.expert_width, c.num_experts, c.experts_per_token}) {
+    for (int l = 0; l < c.num_layers; ++l)
+      if (c.layer_kinds[l] == LayerKind::Softmax) softmax_index_[l] = softmax_layers_++;
+    if (softmax_layers_ > 0) kv_pages_ = std::make_shared<KvPagePool>(device_, softmax_layers_, kv_width(), sizeof(T));
     load_weights(map, bytes_loaded);
   }
 
@@ -53,10 +69,8 @@ class CudaBackend final : public ComputeBackend {
   std::uint64_t weight_bytes() const override { return weight_bytes_; }
 
   std::unique_ptr<SequenceState> new_sequence() const override {
-    auto s = std::make_unique<CudaSequence>();
+    auto s = std::make_unique<CudaSequence>(kv_pages_);
     s->lightning.resize(config_.num_layers);
-    s->keys.resize(config_.num_layers);
-    s->values.resize(config_.num_layers);
     for (int l = 0; l < config_.num_layers; ++l)
       if (config_.layer_kinds[l] == LayerKind::Lightning) {
         s->lightning[l] = device_array<float>(lightning_size(), "the lightning state of layer " + std::to_string(l));
@@ -81,6 +95,7 @@ class CudaBackend final : public ComputeBackend {
   void read_kv(const SequenceState& state, int layer, KvSide side, std::int64_t first, std::int64_t count,
                float* out) const override;
   void resize_kv(SequenceState& state, std::int64_t positions) const override {
+    const std::lock_guard lock(forward_mutex_);
     reserve_kv(static_cast<CudaSequence&>(state), positions);
   }
   void write_kv(SequenceState& state, int layer, KvSide side, std::int64_t first, std::int64_t count,
@@ -92,6 +107,9 @@ class CudaBackend final : public ComputeBackend {
   std::int64_t kv_width() const { return std::int64_t{config_.num_kv_heads} * config_.head_dim; }
 
   void load_weights(const WeightMap& map, const std::function<void(std::uint64_t)>& bytes_loaded);
+  cuda::KvCacheView<T> kv_view(const CudaSequence& s, int layer) const {
+    return kv_pages_->view<T>(softmax_index_.at(layer), s.page_table.as<std::int32_t>());
+  }
   void reserve_kv(CudaSequence& s, std::int64_t positions) const;
   void reserve_scratch(std::int64_t rows);
   void lightning_layer(CudaSequence& s, int l, std::int64_t rows);
@@ -103,7 +121,11 @@ class CudaBackend final : public ComputeBackend {
   DeviceBuffer embed_, lm_head_, final_norm_;
   std::vector<CudaLayer> layers_;
   std::uint64_t weight_bytes_ = 0;
-  std::mutex forward_mutex_;  // sessions of one model share the scratch buffers
+  std::map<int, int> softmax_index_;  // layer -> its index among the softmax layers
+  int softmax_layers_ = 0;
+  std::shared_ptr<KvPagePool> kv_pages_;
+  // Sessions of one model share the scratch buffers, and the K/V pool moves when it grows.
+  mutable std::mutex forward_mutex_;
   Scratch scratch_;
   MoeRunner<T> moe_;
 };
@@ -188,29 +210,19 @@ void CudaBackend<T>::load_weights(const WeightMap& map, const std::function<void
 
 template <typename T>
 void CudaBackend<T>::reserve_kv(CudaSequence& s, std::int64_t positions) const {
-  if (positions <= s.capacity) return;
-  // Grow geometrically so a long decode reallocates rarely; allocate everything before
-  // touching the state, so running out of memory leaves it as it was.
-  const std::int64_t capacity = std::max({positions, 2 * s.capacity, std::int64_t{256}});
-  std::vector<DeviceBuffer> keys(s.keys.size()), values(s.values.size());
-  auto copy_kv = [&](const DeviceBuffer& from, DeviceBuffer& to) {
-    if (from.bytes())
-      check(cudaMemcpyAsync(to.as<void>(), from.as<void>(), from.bytes(), cudaMemcpyDeviceToDevice, device_.stream()),
-            "K/V cache growth");
-  };
-  for (int l = 0; l < config_.num_layers; ++l) {
-    if (config_.layer_kinds[l] != LayerKind::Softmax) continue;
-    const std::string what = "the K/V cache of layer " + std::to_string(l) + " (" + std::to_string(capacity) +
-                             " positions)";
-    keys[l] = device_array<T>(capacity * kv_width(), what);
-    values[l] = device_array<T>(capacity * kv_width(), what);
-    copy_kv(s.keys[l], keys[l]);
-    copy_kv(s.values[l], values[l]);
-  }
+  if (positions <= s.capacity() || !kv_pages_) return;
+  const auto needed = static_cast<std::size_t>((positions + KvPagePool::kPagePositions - 1) >> KvPagePool::kPageShift);
+  // The page table grows geometrically; everything is allocated before the state changes, so
+  // running out of memory leaves it as it was.
+  DeviceBuffer table;
+  if (needed * sizeof(std::int32_t) > s.page_table.bytes())
+    table = device_array<std::int32_t>(static_cast<std::int64_t>(std::max(needed, 2 * s.pages.size())),
+                                       "the K/V page table");
+  const std::vector<std::int32_t> taken = kv_pages_->take(needed - s.pages.size());
+  s.pages.insert(s.pages.end(), taken.begin(), taken.end());
+  if (table.bytes()) s.page_table = std::move(table);
+  device_.upload(s.page_table.as<std::int32_t>(), s.pages.data(), s.pages.size() * sizeof(std::int32_t));
   device_.synchronize();
-  s.keys = std::move(keys);
-  s.values = std::move(values);
-  s.capacity = capacity;
 }
 
 template <typename T>
@@ -310,19 +322,20 @@ void CudaBackend<T>::softmax_layer(CudaSequence& s, int l, std::int64_t rows, st
   const std::int64_t H = config_.hidden_size, A = attention_width(), KV = kv_width();
   const cudaStream_t stream = device_.stream();
   Scratch& w = scratch_;
-  // The new keys and values go straight into the cache.
-  T* keys = s.keys[l].as<T>();
-  T* values = s.values[l].as<T>();
-  T* new_keys = keys + first_position * KV;
+  // q, then the new keys and values, in the qkv scratch (KV <= A), before the keys go to the cache.
   T* q = w.qkv.as<T>();
+  T* new_keys = q + rows * A;
+  T* new_values = new_keys + rows * KV;
   device_.linear(w.a.as<T>(), rows, H, layer.q_proj.as<T>(), A, q);
   device_.linear(w.a.as<T>(), rows, H, layer.k_proj.as<T>(), KV, new_keys);
-  device_.linear(w.a.as<T>(), rows, H, layer.v_proj.as<T>(), KV, values + first_position * KV);
+  device_.linear(w.a.as<T>(), rows, H, layer.v_proj.as<T>(), KV, new_values);
   cuda::rope(q, rows, config_.num_heads, config_.head_dim, config_.rotary_dim, config_.rope_theta, first_position,
              stream);
   cuda::rope(new_keys, rows, config_.num_kv_heads, config_.head_dim, config_.rotary_dim, config_.rope_theta,
              first_position, stream);
-  cuda::softmax_attention(q, rows, first_position, keys, values, config_.num_heads, config_.num_kv_heads,
+  const cuda::KvCacheView<T> kv = kv_view(s, l);
+  cuda::write_kv_rows(new_keys, new_values, rows, first_position, KV, kv, stream);
+  cuda::softmax_attention(q, rows, first_position, kv.as_const(), config_.num_heads, config_.num_kv_heads,
                           config_.head_dim, w.o.as<T>(), stream);
   device_.linear(w.o.as<T>(), rows, A, layer.o_proj.as<T>(), H, w.att.as<T>());
 }
@@ -338,10 +351,17 @@ template <typename T>
 void CudaBackend<T>::read_kv(const SequenceState& state, int layer, KvSide side, std::int64_t first,
                              std::int64_t count, float* out) const {
   const auto& s = static_cast<const CudaSequence&>(state);
-  const DeviceBuffer& cache = (side == KvSide::Keys ? s.keys : s.values).at(layer);
   const std::int64_t KV = kv_width(), d = config_.head_dim;
+  if (first + count > s.capacity())
+    throw Error("internal: K/V rows " + std::to_string(first) + "+" + std::to_string(count) +
+                " read past the cache's " + std::to_string(s.capacity()) + " positions");
+  const std::lock_guard lock(forward_mutex_);
+  DeviceBuffer rows_t = device_array<T>(count * KV, "K/V export");
   DeviceBuffer rows_f32 = device_array<float>(count * KV, "K/V export");
-  cuda::to_float(cache.as<T>() + first * KV, count * KV, rows_f32.as<float>(), device_.stream());
+  const bool keys = side == KvSide::Keys;
+  cuda::read_kv_rows(kv_view(s, layer).as_const(), first, count, KV, keys ? rows_t.as<T>() : nullptr,
+                     keys ? nullptr : rows_t.as<T>(), device_.stream());
+  cuda::to_float(rows_t.as<T>(), count * KV, rows_f32.as<float>(), device_.stream());
   std::vector<float> rows(static_cast<std::size_t>(count * KV));
   device_.download(rows.data(), rows_f32.as<float>(), rows.size() * sizeof(float));
   // Cache layout [position, kv_head, d] to export layout [kv_head, position, d].
@@ -354,18 +374,22 @@ template <typename T>
 void CudaBackend<T>::write_kv(SequenceState& state, int layer, KvSide side, std::int64_t first, std::int64_t count,
                               const float* in) const {
   auto& s = static_cast<CudaSequence&>(state);
-  const DeviceBuffer& cache = (side == KvSide::Keys ? s.keys : s.values).at(layer);
   const std::int64_t KV = kv_width(), d = config_.head_dim;
-  if (first + count > s.capacity)
+  if (first + count > s.capacity())
     throw Error("internal: K/V rows " + std::to_string(first) + "+" + std::to_string(count) +
-                " written past the cache's " + std::to_string(s.capacity) + " positions");
+                " written past the cache's " + std::to_string(s.capacity()) + " positions");
+  const std::lock_guard lock(forward_mutex_);
   std::vector<float> rows(static_cast<std::size_t>(count * KV));
   for (int g = 0; g < config_.num_kv_heads; ++g)
     for (std::int64_t t = 0; t < count; ++t)
       std::copy_n(in + (std::int64_t{g} * count + t) * d, d, rows.data() + (t * config_.num_kv_heads + g) * d);
   DeviceBuffer rows_f32 = device_array<float>(count * KV, "K/V import");
+  DeviceBuffer rows_t = device_array<T>(count * KV, "K/V import");
   device_.upload(rows_f32.as<float>(), rows.data(), rows.size() * sizeof(float));
-  cuda::from_float(rows_f32.as<float>(), count * KV, cache.as<T>() + first * KV, device_.stream());
+  cuda::from_float(rows_f32.as<float>(), count * KV, rows_t.as<T>(), device_.stream());
+  const bool keys = side == KvSide::Keys;
+  cuda::write_kv_rows(keys ? rows_t.as<T>() : nullptr, keys ? nullptr : rows_t.as<T>(), count, first, KV,
+                      kv_view(s, layer), device_.stream());
   device_.synchronize();
 }
 

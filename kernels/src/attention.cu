@@ -1,8 +1,10 @@
-// Causal GQA softmax attention over a contiguous K/V cache (prefill and decode).
+// Causal GQA softmax attention over a (paged) K/V cache, prefill and decode: the tensor-core
+// flash kernel of flash_attention.cuh for bf16, a CUDA-core kernel for float32 and odd head sizes.
 #include <algorithm>
 #include <cmath>
 
 #include "common.cuh"
+#include "flash_attention.cuh"
 
 namespace lightdesk::cuda {
 namespace {
@@ -20,7 +22,7 @@ constexpr std::int64_t kKeysPerSplit = 1024;
 // ([row × head, split, d + 2]) for softmax_combine_kernel.
 template <typename T>
 __global__ void softmax_attention_kernel(const T* q, int heads, int kv_heads, int d, std::int64_t first_position,
-                                         const T* keys, const T* values, T* out, float* partials) {
+                                         KvCacheView<const T> kv, T* out, float* partials) {
   const std::int64_t t = blockIdx.x / heads;
   const int h = static_cast<int>(blockIdx.x % heads);
   const int g = h / (heads / kv_heads);
@@ -41,8 +43,9 @@ __global__ void softmax_attention_kernel(const T* q, int heads, int kv_heads, in
   }
   float running_max = -INFINITY, running_sum = 0.0f;
   for (std::int64_t j = split_begin + warp; j < split_end; j += kAttentionWarps) {
-    const T* k = keys + j * kv_stride + std::int64_t{g} * d;
-    const T* v = values + j * kv_stride + std::int64_t{g} * d;
+    const std::int64_t offset = kv.row_offset(j, kv_stride) + std::int64_t{g} * d;
+    const T* k = kv.keys + offset;
+    const T* v = kv.values + offset;
     float dot = 0.0f;
 #pragma unroll
     for (int c = 0; c < kDimsPerLane; ++c) {
@@ -115,10 +118,97 @@ __global__ void softmax_combine_kernel(const float* partials, int splits, int he
   }
 }
 
+// Rows ↔ cache positions, one thread per element; a null keys or values pointer skips that side.
+template <typename T>
+__global__ void write_kv_rows_kernel(const T* keys, const T* values, std::int64_t count, std::int64_t first,
+                                     std::int64_t kv_width, KvCacheView<T> kv) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count * kv_width;
+       i += std::int64_t{gridDim.x} * blockDim.x) {
+    const std::int64_t offset = kv.row_offset(first + i / kv_width, kv_width) + i % kv_width;
+    if (keys) kv.keys[offset] = keys[i];
+    if (values) kv.values[offset] = values[i];
+  }
+}
+template <typename T>
+__global__ void read_kv_rows_kernel(KvCacheView<const T> kv, std::int64_t first, std::int64_t count,
+                                    std::int64_t kv_width, T* keys, T* values) {
+  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count * kv_width;
+       i += std::int64_t{gridDim.x} * blockDim.x) {
+    const std::int64_t offset = kv.row_offset(first + i / kv_width, kv_width) + i % kv_width;
+    if (keys) keys[i] = kv.keys[offset];
+    if (values) values[i] = kv.values[offset];
+  }
+}
+
+// Split workspace, freed in stream order after the combine kernel.
+class SplitWorkspace {
+ public:
+  SplitWorkspace(std::size_t bytes, cudaStream_t stream) : stream_(stream) {
+    if (bytes) check(cudaMallocAsync(&data_, bytes, stream), "softmax_attention (split workspace)");
+  }
+  ~SplitWorkspace() {
+    if (data_) (void)cudaFreeAsync(data_, stream_);
+  }
+  SplitWorkspace(const SplitWorkspace&) = delete;
+  SplitWorkspace& operator=(const SplitWorkspace&) = delete;
+  float* floats() const { return static_cast<float*>(data_); }
+
+ private:
+  void* data_ = nullptr;
+  cudaStream_t stream_;
+};
+
+int multiprocessors() {
+  int device = 0, count = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+  return count;
+}
+
+// The tensor-core path: plan the grid (packed-row tiles × KV heads × key splits), then launch.
+template <int kWarps>
+void launch_flash(flash::Problem problem, cudaStream_t stream) {
+  constexpr int kRows = kWarps * flash::kRowsPerWarp;
+  const int group = problem.heads / problem.kv_heads;
+  const std::int64_t packed_rows = problem.rows * group;
+  const std::int64_t row_tiles = (packed_rows + kRows - 1) / kRows;
+  const std::int64_t key_tiles = (problem.first_position + problem.rows + flash::kKeysPerTile - 1) /
+                                 flash::kKeysPerTile;
+  constexpr int kSharedBytes = sizeof(flash::SharedTiles<kWarps>);
+  check(cudaFuncSetAttribute(flash::flash_attention_kernel<kWarps>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             kSharedBytes),
+        "softmax_attention (shared memory)");
+  int blocks_per_multiprocessor = 0;
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_multiprocessor, flash::flash_attention_kernel<kWarps>,
+                                                      kWarps * 32, kSharedBytes),
+        "softmax_attention (occupancy)");
+  // Split the keys when the row tiles alone do not fill the GPU once (decode, short chunks after
+  // a long context), keeping at least 4 key tiles per split.
+  const std::int64_t wanted_blocks = std::int64_t{blocks_per_multiprocessor} * multiprocessors();
+  const std::int64_t blocks = row_tiles * problem.kv_heads;
+  std::int64_t splits = blocks >= wanted_blocks ? 1 : std::min((wanted_blocks + blocks - 1) / blocks, key_tiles / 4);
+  splits = std::clamp<std::int64_t>(splits, 1, 65535);
+  problem.key_tiles_per_split = static_cast<int>((key_tiles + splits - 1) / splits);
+  splits = (key_tiles + problem.key_tiles_per_split - 1) / problem.key_tiles_per_split;
+
+  const std::size_t items = static_cast<std::size_t>(problem.kv_heads * packed_rows * splits);
+  SplitWorkspace workspace(splits > 1 ? items * (static_cast<std::size_t>(problem.d) + 2) * sizeof(float) : 0,
+                           stream);
+  problem.partial_out = workspace.floats();
+  problem.partial_stats = splits > 1 ? workspace.floats() + items * problem.d : nullptr;
+
+  const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(problem.kv_heads),
+                  static_cast<unsigned>(splits));
+  flash::flash_attention_kernel<kWarps><<<grid, kWarps * 32, kSharedBytes, stream>>>(problem);
+  if (splits > 1)
+    flash::flash_combine_kernel<<<static_cast<unsigned>(problem.kv_heads * packed_rows), 128, 0, stream>>>(
+        problem, static_cast<int>(splits));
+}
+
 }  // namespace
 
 template <typename T>
-void softmax_attention(const T* q, std::int64_t rows, std::int64_t first_position, const T* keys, const T* values,
+void softmax_attention(const T* q, std::int64_t rows, std::int64_t first_position, KvCacheView<const T> kv,
                        int heads, int kv_heads, int head_dim, T* out, cudaStream_t stream) {
   if (head_dim <= 0 || head_dim > kMaxHeadDim)
     fail("softmax_attention: head_dim " + std::to_string(head_dim) + " is outside 1.." +
@@ -127,6 +217,18 @@ void softmax_attention(const T* q, std::int64_t rows, std::int64_t first_positio
     fail("softmax_attention: " + std::to_string(heads) + " query heads do not group over " +
                 std::to_string(kv_heads) + " KV heads");
   if (rows == 0) return;
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (head_dim % 8 == 0) {
+      const flash::Problem problem{q, kv, out, rows, first_position, heads, kv_heads, head_dim, 0, nullptr, nullptr};
+      // One warp tile (16 packed rows) when that holds every row, as in decode.
+      if (rows * (heads / kv_heads) <= flash::kRowsPerWarp)
+        launch_flash<1>(problem, stream);
+      else
+        launch_flash<4>(problem, stream);
+      check(cudaGetLastError(), "softmax_attention");
+      return;
+    }
+  }
   const std::int64_t items = rows * heads;
   // Few (row, head) pairs, as in decode, cannot fill the GPU: split their keys over thread
   // blocks too, and merge the partial softmaxes in a second kernel.
@@ -134,25 +236,40 @@ void softmax_attention(const T* q, std::int64_t rows, std::int64_t first_positio
   const std::int64_t max_visible = first_position + rows;
   const std::int64_t splits =
       items >= kEnoughBlocks ? 1 : std::min<std::int64_t>((max_visible + kKeysPerSplit - 1) / kKeysPerSplit, 65535);
-  float* partials = nullptr;
-  if (splits > 1)
-    check(cudaMallocAsync(reinterpret_cast<void**>(&partials),
-                          static_cast<std::size_t>(items * splits * (head_dim + 2)) * sizeof(float), stream),
-          "softmax_attention (split workspace)");
+  const SplitWorkspace workspace(
+      splits > 1 ? static_cast<std::size_t>(items * splits * (head_dim + 2)) * sizeof(float) : 0, stream);
   const dim3 grid(static_cast<unsigned>(items), static_cast<unsigned>(splits));
   softmax_attention_kernel<<<grid, kAttentionWarps * 32, 0, stream>>>(q, heads, kv_heads, head_dim, first_position,
-                                                                       keys, values, out, partials);
-  if (splits > 1) {
+                                                                       kv, out, workspace.floats());
+  if (splits > 1)
     softmax_combine_kernel<<<static_cast<unsigned>(items), kMaxHeadDim, 0, stream>>>(
-        partials, static_cast<int>(splits), heads, head_dim, out);
-    check(cudaFreeAsync(partials, stream), "softmax_attention (split workspace)");
-  }
+        workspace.floats(), static_cast<int>(splits), heads, head_dim, out);
   check(cudaGetLastError(), "softmax_attention");
 }
 
-#define LIGHTDESK_INSTANTIATE(T)                                                                           \
-  template void softmax_attention<T>(const T*, std::int64_t, std::int64_t, const T*, const T*, int, int, int, \
-                                     T*, cudaStream_t);
+template <typename T>
+void write_kv_rows(const T* keys, const T* values, std::int64_t count, std::int64_t first, std::int64_t kv_width,
+                   KvCacheView<T> kv, cudaStream_t stream) {
+  if (count == 0) return;
+  write_kv_rows_kernel<<<grid_for(count * kv_width), kThreads, 0, stream>>>(keys, values, count, first, kv_width, kv);
+  check(cudaGetLastError(), "write_kv_rows");
+}
+
+template <typename T>
+void read_kv_rows(KvCacheView<const T> kv, std::int64_t first, std::int64_t count, std::int64_t kv_width, T* keys,
+                  T* values, cudaStream_t stream) {
+  if (count == 0) return;
+  read_kv_rows_kernel<<<grid_for(count * kv_width), kThreads, 0, stream>>>(kv, first, count, kv_width, keys, values);
+  check(cudaGetLastError(), "read_kv_rows");
+}
+
+#define LIGHTDESK_INSTANTIATE(T)                                                                                  \
+  template void softmax_attention<T>(const T*, std::int64_t, std::int64_t, KvCacheView<const T>, int, int, int, T*, \
+                                     cudaStream_t);                                                               \
+  template void write_kv_rows<T>(const T*, const T*, std::int64_t, std::int64_t, std::int64_t, KvCacheView<T>,     \
+                                 cudaStream_t);                                                                   \
+  template void read_kv_rows<T>(KvCacheView<const T>, std::int64_t, std::int64_t, std::int64_t, T*, T*,           \
+                                cudaStream_t);
 LIGHTDESK_FOR_EACH_ACTIVATION(LIGHTDESK_INSTANTIATE)
 #undef LIGHTDESK_INSTANTIATE
 

@@ -211,7 +211,13 @@ TYPED_TEST(CudaKernelTest, SoftmaxAttention) {
                                   AttentionShape{37, 0, 4, 2, 16}, AttentionShape{65, 100, 8, 8, 64},
                                   AttentionShape{20, 3, 6, 2, 100},
                                   // Keys split over several thread blocks, the last split ragged.
-                                  AttentionShape{1, 5000, 4, 2, 64}, AttentionShape{3, 3000, 4, 1, 16}}) {
+                                  AttentionShape{1, 5000, 4, 2, 64}, AttentionShape{3, 3000, 4, 1, 16},
+                                  // MiniMax's 64/8 heads: several packed-row tiles; a chunk continuing
+                                  // a session (keys split too); decode over a long context.
+                                  AttentionShape{300, 0, 16, 2, 128}, AttentionShape{70, 4000, 64, 8, 128},
+                                  AttentionShape{1, 20000, 64, 8, 128},
+                                  // A group of 3: packed-row tiles end inside a group.
+                                  AttentionShape{29, 129, 12, 4, 32}}) {
     SCOPED_TRACE(std::to_string(s.rows) + " rows after " + std::to_string(s.first_position));
     const std::int64_t positions = s.first_position + s.rows;
     DeviceArray<TypeParam> q(s.rows * s.heads * s.head_dim), out(q.size());
@@ -225,6 +231,50 @@ TYPED_TEST(CudaKernelTest, SoftmaxAttention) {
     std::vector<float> ref(out.size());
     cpu::softmax_attention(qs.data(), s.rows, s.first_position, ks.data(), vs.data(), s.heads, s.kv_heads, s.head_dim,
                            ref.data(), this->pool);
+    EXPECT_CLOSE(out.get_values(), ref, tolerance<TypeParam>());
+  }
+}
+
+// The cache in pages handed out in shuffled order: rows in and out, and attention over them.
+TYPED_TEST(CudaKernelTest, PagedKvCache) {
+  for (const int page_shift : {6, 7}) {
+    const int heads = 16, kv_heads = 4, d = 64;
+    const std::int64_t first_position = 777, rows = 40, positions = first_position + rows;
+    const std::int64_t kv_width = std::int64_t{kv_heads} * d, page = std::int64_t{1} << page_shift;
+    const std::int64_t pages = (positions + page - 1) / page + 3;  // spare pages stay unused
+    SCOPED_TRACE("pages of " + std::to_string(page));
+    std::vector<std::int32_t> table(static_cast<std::size_t>(pages));
+    std::iota(table.begin(), table.end(), 0);
+    std::shuffle(table.begin(), table.end(), std::mt19937(this->random.seed()));
+    DeviceArray<std::int32_t> page_table(table.size());
+    cuda::check(cudaMemcpy(page_table.get(), table.data(), table.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice),
+                "upload");
+    DeviceArray<TypeParam> key_pool(pages * page * kv_width), value_pool(key_pool.size());
+    key_pool.poison();
+    value_pool.poison();
+    const cuda::KvCacheView<TypeParam> kv{key_pool.get(), value_pool.get(), page_table.get(), page * kv_width,
+                                          page_shift};
+    DeviceArray<TypeParam> keys(positions * kv_width), values(keys.size()), back(keys.size());
+    const auto ks = keys.set(this->random.uniform(keys.size(), -1.0f, 1.0f));
+    const auto vs = values.set(this->random.uniform(values.size(), -1.0f, 1.0f));
+    // Two writes, as a prefill and then a continuing chunk store them.
+    cuda::write_kv_rows(keys.get(), values.get(), first_position, 0, kv_width, kv, nullptr);
+    cuda::write_kv_rows(keys.get() + first_position * kv_width, values.get() + first_position * kv_width, rows,
+                        first_position, kv_width, kv, nullptr);
+    back.poison();
+    cuda::read_kv_rows<TypeParam>(kv.as_const(), 0, positions, kv_width, back.get(), nullptr, nullptr);
+    EXPECT_EQ(back.get_values(), ks);
+    back.poison();
+    cuda::read_kv_rows<TypeParam>(kv.as_const(), 0, positions, kv_width, nullptr, back.get(), nullptr);
+    EXPECT_EQ(back.get_values(), vs);
+
+    DeviceArray<TypeParam> q(rows * heads * d), out(q.size());
+    const auto qs = q.set(this->random.uniform(q.size(), -1.0f, 1.0f));
+    out.poison();
+    cuda::softmax_attention(q.get(), rows, first_position, kv.as_const(), heads, kv_heads, d, out.get(), nullptr);
+    std::vector<float> ref(out.size());
+    cpu::softmax_attention(qs.data(), rows, first_position, ks.data(), vs.data(), heads, kv_heads, d, ref.data(),
+                           this->pool);
     EXPECT_CLOSE(out.get_values(), ref, tolerance<TypeParam>());
   }
 }

@@ -78,11 +78,55 @@ template <typename T>
 void lightning_decode(const T* qkv, int heads, int head_dim, const float* slopes, float* state, T* out,
                       cudaStream_t stream);
 
+// Where a softmax layer's keys and values lie. Each position has a row of kv_width = kv_heads ·
+// head_dim values in `keys` and one in `values`. Positions come in pages of 2^page_shift
+// (>= kMinKvPageShift); page n starts page_table[n] · page_stride elements into `keys` (and into
+// `values`), or n · page_stride without a page table (one contiguous run: contiguous_kv).
+constexpr int kMinKvPageShift = 6;
+template <typename T>
+struct KvCacheView {
+  T* keys = nullptr;
+  T* values = nullptr;
+  const std::int32_t* page_table = nullptr;  // device memory; nullptr: pages in order
+  std::int64_t page_stride = 0;
+  int page_shift = kMinKvPageShift;
+
+  __host__ __device__ std::int64_t row_offset(std::int64_t position, std::int64_t kv_width) const {
+    const std::int64_t page = position >> page_shift;
+    const std::int64_t row = position & ((std::int64_t{1} << page_shift) - 1);
+    return (page_table ? page_table[page] : page) * page_stride + row * kv_width;
+  }
+  KvCacheView<const T> as_const() const { return {keys, values, page_table, page_stride, page_shift}; }
+};
+
+template <typename T>
+KvCacheView<T> contiguous_kv(T* keys, T* values, std::int64_t kv_width) {
+  return {keys, values, nullptr, kv_width << kMinKvPageShift, kMinKvPageShift};
+}
+
+// Rows [count, kv_width] into positions first.. of the cache, and back; a null keys or values
+// pointer leaves that side alone.
+template <typename T>
+void write_kv_rows(const T* keys, const T* values, std::int64_t count, std::int64_t first, std::int64_t kv_width,
+                   KvCacheView<T> kv, cudaStream_t stream);
+template <typename T>
+void read_kv_rows(KvCacheView<const T> kv, std::int64_t first, std::int64_t count, std::int64_t kv_width,
+                  T* keys, T* values, cudaStream_t stream);
+
 // Causal GQA softmax attention of `rows` queries [rows, heads * d] at positions first_position..
-// over keys/values [first_position + rows, kv_heads * d] (new rows already appended).
+// over the cache's positions 0..first_position + rows - 1 (the new rows already stored).
+// bf16 with head_dim a multiple of 8 runs on tensor cores (flash attention, keys split over
+// thread blocks when the query rows alone cannot fill the GPU); float32 on CUDA cores.
+template <typename T>
+void softmax_attention(const T* q, std::int64_t rows, std::int64_t first_position, KvCacheView<const T> kv,
+                       int heads, int kv_heads, int head_dim, T* out, cudaStream_t stream);
+// The same over contiguous keys/values [first_position + rows, kv_heads * d].
 template <typename T>
 void softmax_attention(const T* q, std::int64_t rows, std::int64_t first_position, const T* keys, const T* values,
-                       int heads, int kv_heads, int head_dim, T* out, cudaStream_t stream);
+                       int heads, int kv_heads, int head_dim, T* out, cudaStream_t stream) {
+  softmax_attention(q, rows, first_position, contiguous_kv(keys, values, std::int64_t{kv_heads} * head_dim), heads,
+                    kv_heads, head_dim, out, stream);
+}
 
 // Largest experts_per_token the router and combine kernels take.
 constexpr int kMaxTopK = 8;

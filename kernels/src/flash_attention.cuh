@@ -1,0 +1,306 @@
+// Device code of the tensor-core softmax attention (flash attention 2 on mma.sync, bf16
+// operands, float32 online softmax), included by attention.cu, which plans and launches it.
+//
+// Query rows are packed with their GQA group: a thread block works on one KV head and a tile of
+// (query position, query head of the group) pairs, so each K/V tile it loads from memory serves
+// every query head of the group (8 at MiniMax's 64/8). Decode (one position, 8 heads) is one
+// 16-row warp tile; its keys are split over thread blocks (flash decoding) and the splits'
+// partial softmaxes merged by flash_combine_kernel.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "common.cuh"
+
+namespace lightdesk::cuda::flash {
+
+// The kernels work on head_dim padded to kDim (zero-filled), in 16-byte pieces of 8 bf16.
+constexpr int kDim = kMaxHeadDim;
+constexpr int kPiecesPerRow = kDim / 8;
+constexpr int kKeysPerTile = 64;
+constexpr int kRowsPerWarp = 16;
+
+// What one launch computes: `rows` query positions first_position.. over the keys of `kv`.
+struct Problem {
+  const bf16* q;  // [rows, heads * d]
+  KvCacheView<const bf16> kv;
+  bf16* out;  // [rows, heads * d]
+  std::int64_t rows, first_position;
+  int heads, kv_heads, d;
+  int key_tiles_per_split;  // the keys split over gridDim.z thread blocks in runs of this many tiles
+  float* partial_out;       // gridDim.z > 1: [kv_head, packed row, split, d], unnormalised
+  float* partial_stats;     // gridDim.z > 1: [kv_head, packed row, split, {max, sum}]
+};
+
+// Shared memory: rows of kDim bf16 as 16-byte pieces, piece c of row r stored at column
+// c ^ (r % 8) so that the eight row addresses of an ldmatrix fall in different banks.
+__device__ __forceinline__ int swizzled(int row, int piece) { return row * kPiecesPerRow + (piece ^ (row & 7)); }
+
+__device__ __forceinline__ std::uint32_t shared_address(const void* p) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes from global to shared memory, zeros when !valid (the source is then not read).
+__device__ __forceinline__ void copy_piece(uint4* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(dst)), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void wait_copies() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+__device__ __forceinline__ void load_matrix_x4(std::uint32_t (&r)[4], const uint4* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(shared_address(p)));
+}
+__device__ __forceinline__ void load_matrix_x4_transposed(std::uint32_t (&r)[4], const uint4* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(shared_address(p)));
+}
+
+// c[16×8] += a[16×16] · b[16×8], bf16 operands, float32 accumulators.
+__device__ __forceinline__ void mma(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ std::uint32_t pack(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const std::uint32_t*>(&v);
+}
+
+// The packed rows of a tile: packed row r is query position r / group, head kv_head · group + r % group.
+struct PackedRow {
+  std::int64_t position;  // query index in 0..rows-1 (or past it: padding)
+  int head;
+};
+__device__ __forceinline__ PackedRow unpack(std::int64_t packed, int group, int kv_head) {
+  return {packed / group, kv_head * group + static_cast<int>(packed % group)};
+}
+
+template <int kWarps>
+struct SharedTiles {
+  static constexpr int kRows = kWarps * kRowsPerWarp;
+  uint4 q[kRows * kPiecesPerRow];
+  uint4 k[2][kKeysPerTile * kPiecesPerRow];
+  uint4 v[2][kKeysPerTile * kPiecesPerRow];
+};
+
+// Grid (packed-row tiles, KV heads, key splits); kWarps warps of 16 packed rows each.
+template <int kWarps>
+__global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(Problem p) {
+  constexpr int kThreads = kWarps * 32;
+  constexpr int kRows = SharedTiles<kWarps>::kRows;
+  extern __shared__ uint4 shared_memory[];
+  auto& tiles = *reinterpret_cast<SharedTiles<kWarps>*>(shared_memory);
+
+  const int group = p.heads / p.kv_heads;
+  const int kv_head = blockIdx.y;
+  // Tiles of later positions see more keys: start them first.
+  const std::int64_t row_tile = gridDim.x - 1 - blockIdx.x;
+  const std::int64_t first_packed = row_tile * kRows;
+  const std::int64_t packed_rows = p.rows * group;
+  const std::int64_t q_stride = std::int64_t{p.heads} * p.d;
+  const std::int64_t kv_stride = std::int64_t{p.kv_heads} * p.d;
+  const int pieces = p.d / 8;
+
+  // Keys of this split that some row of the tile sees.
+  const std::int64_t last_position = unpack(min(first_packed + kRows, packed_rows) - 1, group, kv_head).position;
+  const std::int64_t first_position_in_tile = unpack(first_packed, group, kv_head).position;
+  const std::int64_t split_begin = std::int64_t{blockIdx.z} * p.key_tiles_per_split * kKeysPerTile;
+  const std::int64_t keys_end = min(split_begin + std::int64_t{p.key_tiles_per_split} * kKeysPerTile,
+                                    p.first_position + last_position + 1);
+  const int key_tiles = keys_end > split_begin
+                            ? static_cast<int>((keys_end - split_begin + kKeysPerTile - 1) / kKeysPerTile)
+                            : 0;
+
+  auto load_keys_values = [&](int tile, int stage) {
+    const std::int64_t key0 = split_begin + std::int64_t{tile} * kKeysPerTile;
+    const std::int64_t offset0 = p.kv.row_offset(key0, kv_stride) + std::int64_t{kv_head} * p.d;
+    for (int i = threadIdx.x; i < kKeysPerTile * kPiecesPerRow; i += kThreads) {
+      const int r = i / kPiecesPerRow, c = i % kPiecesPerRow;
+      // A tile lies inside one page (pages hold a multiple of kKeysPerTile positions).
+      const std::int64_t offset = offset0 + std::int64_t{r} * kv_stride + c * 8;
+      const bool valid = key0 + r < keys_end && c < pieces;
+      copy_piece(&tiles.k[stage][swizzled(r, c)], valid ? p.kv.keys + offset : p.kv.keys, valid);
+      copy_piece(&tiles.v[stage][swizzled(r, c)], valid ? p.kv.values + offset : p.kv.values, valid);
+    }
+  };
+
+  for (int i = threadIdx.x; i < kRows * kPiecesPerRow; i += kThreads) {
+    const int r = i / kPiecesPerRow, c = i % kPiecesPerRow;
+    const std::int64_t packed = first_packed + r;
+    const PackedRow row = unpack(packed, group, kv_head);
+    const bool valid = packed < packed_rows && c < pieces;
+    const bf16* src = p.q + row.position * q_stride + std::int64_t{row.head} * p.d + c * 8;
+    copy_piece(&tiles.q[swizzled(r, c)], valid ? src : p.q, valid);
+  }
+  if (key_tiles > 0) load_keys_values(0, 0);
+  commit_copies();
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int quad_row = lane / 4, quad_col = 2 * (lane % 4);
+  // This thread's two rows of the warp's 16: quad_row and quad_row + 8.
+  std::int64_t limit[2];  // last key each row sees
+  for (int half = 0; half < 2; ++half)
+    limit[half] = p.first_position +
+                  unpack(first_packed + warp * kRowsPerWarp + quad_row + 8 * half, group, kv_head).position;
+  // Scores in the log2 domain: exp2(s · log2 e / sqrt(d)) = exp(s / sqrt(d)).
+  const float scale = 1.4426950408889634f * rsqrtf(static_cast<float>(p.d));
+
+  std::uint32_t q_frag[kDim / 16][4];
+  float out[kDim / 8][4] = {};
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+
+  // ldmatrix lane addresses: lanes 8i..8i+7 give the rows of the i-th 8×8 matrix.
+  const int matrix = lane / 8, matrix_row = lane % 8;
+
+  for (int tile = 0; tile < key_tiles; ++tile) {
+    const int stage = tile & 1;
+    if (tile + 1 < key_tiles) {
+      load_keys_values(tile + 1, stage ^ 1);
+      commit_copies();
+      wait_copies<1>();
+    } else {
+      wait_copies<0>();
+    }
+    __syncthreads();
+    if (tile == 0) {
+#pragma unroll
+      for (int k = 0; k < kDim / 16; ++k)
+        load_matrix_x4(q_frag[k],
+                       &tiles.q[swizzled(warp * kRowsPerWarp + matrix_row + (matrix % 2) * 8, 2 * k + matrix / 2)]);
+    }
+
+    // S = Q Kᵀ for the warp's 16 rows and the tile's 64 keys.
+    float s[kKeysPerTile / 8][4] = {};
+#pragma unroll
+    for (int k = 0; k < kDim / 16; ++k)
+#pragma unroll
+      for (int n = 0; n < kKeysPerTile / 16; ++n) {
+        std::uint32_t b[4];
+        load_matrix_x4(b, &tiles.k[stage][swizzled(16 * n + matrix_row + (matrix / 2) * 8, 2 * k + matrix % 2)]);
+        mma(s[2 * n], q_frag[k], b[0], b[1]);
+        mma(s[2 * n + 1], q_frag[k], b[2], b[3]);
+      }
+
+    // Online softmax; keys past a row's position are masked (only tiles crossing the diagonal).
+    const std::int64_t key0 = split_begin + std::int64_t{tile} * kKeysPerTile;
+    const bool masked = key0 + kKeysPerTile - 1 > p.first_position + first_position_in_tile;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float tile_max = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < kKeysPerTile / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& v = s[n][2 * half + e];
+          v *= scale;
+          if (masked && key0 + 8 * n + quad_col + e > limit[half]) v = -INFINITY;
+          tile_max = fmaxf(tile_max, v);
+        }
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+      const float new_max = fmaxf(row_max[half], tile_max);
+      // A row that has seen no key yet keeps everything at zero.
+      const float base = new_max == -INFINITY ? 0.0f : new_max;
+      const float correction = exp2f(row_max[half] - base);
+      row_max[half] = new_max;
+      float sum = 0.0f;
+#pragma unroll
+      for (int n = 0; n < kKeysPerTile / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& v = s[n][2 * half + e];
+          v = exp2f(v - base);
+          sum += v;
+        }
+      row_sum[half] = row_sum[half] * correction + sum;
+#pragma unroll
+      for (int n = 0; n < kDim / 8; ++n) {
+        out[n][2 * half] *= correction;
+        out[n][2 * half + 1] *= correction;
+      }
+    }
+
+    // O += P V, P from the score accumulators (their layout is mma's A layout, in pairs).
+#pragma unroll
+    for (int k = 0; k < kKeysPerTile / 16; ++k) {
+      const std::uint32_t p_frag[4] = {pack(s[2 * k][0], s[2 * k][1]), pack(s[2 * k][2], s[2 * k][3]),
+                                       pack(s[2 * k + 1][0], s[2 * k + 1][1]), pack(s[2 * k + 1][2], s[2 * k + 1][3])};
+#pragma unroll
+      for (int n = 0; n < kDim / 16; ++n) {
+        std::uint32_t b[4];
+        load_matrix_x4_transposed(b,
+                                  &tiles.v[stage][swizzled(16 * k + matrix_row + (matrix % 2) * 8, 2 * n + matrix / 2)]);
+        mma(out[2 * n], p_frag, b[0], b[1]);
+        mma(out[2 * n + 1], p_frag, b[2], b[3]);
+      }
+    }
+    __syncthreads();  // the next iteration's copies overwrite this stage
+  }
+  wait_copies<0>();  // no copy may still target shared memory when the block exits
+
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float sum = row_sum[half];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const std::int64_t packed = first_packed + warp * kRowsPerWarp + quad_row + 8 * half;
+    if (packed >= packed_rows) continue;
+    if (gridDim.z == 1) {
+      const PackedRow row = unpack(packed, group, kv_head);
+      bf16* o = p.out + row.position * q_stride + std::int64_t{row.head} * p.d;
+#pragma unroll
+      for (int n = 0; n < kDim / 8; ++n)
+        if (8 * n + quad_col < p.d)
+          *reinterpret_cast<__nv_bfloat162*>(o + 8 * n + quad_col) =
+              __floats2bfloat162_rn(out[n][2 * half] / sum, out[n][2 * half + 1] / sum);
+    } else {
+      const std::int64_t item = (std::int64_t{kv_head} * packed_rows + packed) * gridDim.z + blockIdx.z;
+      float* o = p.partial_out + item * p.d;
+#pragma unroll
+      for (int n = 0; n < kDim / 8; ++n)
+        if (8 * n + quad_col < p.d)
+          *reinterpret_cast<float2*>(o + 8 * n + quad_col) = make_float2(out[n][2 * half], out[n][2 * half + 1]);
+      if (lane % 4 == 0) {
+        p.partial_stats[2 * item] = row_max[half];  // -inf: the split holds no key this row sees
+        p.partial_stats[2 * item + 1] = sum;
+      }
+    }
+  }
+}
+
+// One thread block per (KV head, packed row): merges the splits' partial softmaxes.
+__global__ void flash_combine_kernel(Problem p, int splits) {
+  const int group = p.heads / p.kv_heads;
+  const std::int64_t packed_rows = p.rows * group;
+  const int kv_head = static_cast<int>(blockIdx.x / packed_rows);
+  const std::int64_t packed = blockIdx.x % packed_rows;
+  const std::int64_t first_item = (std::int64_t{kv_head} * packed_rows + packed) * splits;
+  const float* stats = p.partial_stats + 2 * first_item;
+  float max_score = -INFINITY;
+  for (int s = 0; s < splits; ++s) max_score = fmaxf(max_score, stats[2 * s]);
+  float total = 0.0f;
+  for (int s = 0; s < splits; ++s)
+    if (stats[2 * s] != -INFINITY) total += stats[2 * s + 1] * exp2f(stats[2 * s] - max_score);
+  const PackedRow row = unpack(packed, group, kv_head);
+  bf16* o = p.out + row.position * std::int64_t{p.heads} * p.d + std::int64_t{row.head} * p.d;
+  for (int i = threadIdx.x; i < p.d; i += blockDim.x) {
+    float sum = 0.0f;
+    for (int s = 0; s < splits; ++s)
+      if (stats[2 * s] != -INFINITY) sum += p.partial_out[(first_item + s) * p.d + i] * exp2f(stats[2 * s] - max_score);
+    o[i] = __float2bfloat16_rn(sum / total);
+  }
+}
+
+}  // namespace lightdesk::cuda::flash
