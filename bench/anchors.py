@@ -34,7 +34,7 @@ def main():
     x, w = (torch.randn(n, n, dtype=torch.bfloat16, device=dev) for _ in range(2))
     ms = median_ms(lambda: x @ w)
     print(f"  bf16 GEMM 8192^3        {ms:9.3f} ms  {2 * n ** 3 / ms / 1e9:.3g} TFLOP/s")
-    for t in (4096, 16384):
+    for t in (4096, 16384, 32768):
         q = torch.randn(1, 64, t, 128, dtype=torch.bfloat16, device=dev)
         k, v = (torch.randn(1, 8, t, 128, dtype=torch.bfloat16, device=dev) for _ in range(2))
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
