@@ -166,21 +166,21 @@ int multiprocessors() {
 }
 
 // The tensor-core path: plan the grid (packed-row tiles × KV heads × key splits), then launch.
-template <int kWarps>
+template <int kWarps, int kWarpRowTiles>
 void launch_flash(flash::Problem problem, cudaStream_t stream) {
-  constexpr int kRows = kWarps * flash::kRowsPerWarp;
+  using Tiles = flash::SharedTiles<kWarps, kWarpRowTiles>;
+  const auto kernel = flash::flash_attention_kernel<kWarps, kWarpRowTiles>;
+  constexpr int kRows = Tiles::kRows;
   const int group = problem.heads / problem.kv_heads;
   const std::int64_t packed_rows = problem.rows * group;
   const std::int64_t row_tiles = (packed_rows + kRows - 1) / kRows;
   const std::int64_t key_tiles = (problem.first_position + problem.rows + flash::kKeysPerTile - 1) /
                                  flash::kKeysPerTile;
-  constexpr int kSharedBytes = sizeof(flash::SharedTiles<kWarps>);
-  check(cudaFuncSetAttribute(flash::flash_attention_kernel<kWarps>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             kSharedBytes),
+  constexpr int kSharedBytes = sizeof(Tiles);
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes),
         "softmax_attention (shared memory)");
   int blocks_per_multiprocessor = 0;
-  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_multiprocessor, flash::flash_attention_kernel<kWarps>,
-                                                      kWarps * 32, kSharedBytes),
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_multiprocessor, kernel, kWarps * 32, kSharedBytes),
         "softmax_attention (occupancy)");
   // Split the keys when the row tiles alone do not fill the GPU once (decode, short chunks after
   // a long context), keeping at least 4 key tiles per split.
@@ -199,7 +199,7 @@ void launch_flash(flash::Problem problem, cudaStream_t stream) {
 
   const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(problem.kv_heads),
                   static_cast<unsigned>(splits));
-  flash::flash_attention_kernel<kWarps><<<grid, kWarps * 32, kSharedBytes, stream>>>(problem);
+  kernel<<<grid, kWarps * 32, kSharedBytes, stream>>>(problem);
   if (splits > 1)
     flash::flash_combine_kernel<<<static_cast<unsigned>(problem.kv_heads * packed_rows), 128, 0, stream>>>(
         problem, static_cast<int>(splits));
@@ -220,11 +220,11 @@ void softmax_attention(const T* q, std::int64_t rows, std::int64_t first_positio
   if constexpr (std::is_same_v<T, bf16>) {
     if (head_dim % 8 == 0) {
       const flash::Problem problem{q, kv, out, rows, first_position, heads, kv_heads, head_dim, 0, nullptr, nullptr};
-      // One warp tile (16 packed rows) when that holds every row, as in decode.
-      if (rows * (heads / kv_heads) <= flash::kRowsPerWarp)
-        launch_flash<1>(problem, stream);
+      // One warp of 16 packed rows when that holds every row, as in decode.
+      if (rows * (heads / kv_heads) <= flash::kMmaRows)
+        launch_flash<1, 1>(problem, stream);
       else
-        launch_flash<4>(problem, stream);
+        launch_flash<4, 2>(problem, stream);
       check(cudaGetLastError(), "softmax_attention");
       return;
     }

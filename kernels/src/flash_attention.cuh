@@ -10,6 +10,7 @@
 
 #include <cuda_bf16.h>
 
+#include <climits>
 #include <cstdint>
 
 #include "common.cuh"
@@ -20,7 +21,7 @@ namespace lightdesk::cuda::flash {
 constexpr int kDim = kMaxHeadDim;
 constexpr int kPiecesPerRow = kDim / 8;
 constexpr int kKeysPerTile = 64;
-constexpr int kRowsPerWarp = 16;
+constexpr int kMmaRows = 16;
 
 // What one launch computes: `rows` query positions first_position.. over the keys of `kv`.
 struct Problem {
@@ -87,21 +88,33 @@ __device__ __forceinline__ PackedRow unpack(std::int64_t packed, int group, int 
   return {packed / group, kv_head * group + static_cast<int>(packed % group)};
 }
 
-template <int kWarps>
+// kWarps warps of kWarpRowTiles · 16 packed rows each: every K/V fragment a warp loads from
+// shared memory serves kWarpRowTiles products.
+template <int kWarps, int kWarpRowTiles>
 struct SharedTiles {
+  static constexpr int kRowsPerWarp = kWarpRowTiles * kMmaRows;
   static constexpr int kRows = kWarps * kRowsPerWarp;
   uint4 q[kRows * kPiecesPerRow];
   uint4 k[2][kKeysPerTile * kPiecesPerRow];
   uint4 v[2][kKeysPerTile * kPiecesPerRow];
 };
 
-// Grid (packed-row tiles, KV heads, key splits); kWarps warps of 16 packed rows each.
-template <int kWarps>
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Grid (packed-row tiles, KV heads, key splits).
+template <int kWarps, int kWarpRowTiles>
 __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(Problem p) {
+  using Tiles = SharedTiles<kWarps, kWarpRowTiles>;
   constexpr int kThreads = kWarps * 32;
-  constexpr int kRows = SharedTiles<kWarps>::kRows;
+  constexpr int kRows = Tiles::kRows;
+  constexpr int kRowsPerWarp = Tiles::kRowsPerWarp;
+  constexpr int kSlots = 2 * kWarpRowTiles;  // rows per thread: quad_row + 8 · slot of the warp's rows
   extern __shared__ uint4 shared_memory[];
-  auto& tiles = *reinterpret_cast<SharedTiles<kWarps>*>(shared_memory);
+  auto& tiles = *reinterpret_cast<Tiles*>(shared_memory);
 
   const int group = p.heads / p.kv_heads;
   const int kv_head = blockIdx.y;
@@ -149,17 +162,25 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(Problem p)
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int quad_row = lane / 4, quad_col = 2 * (lane % 4);
-  // This thread's two rows of the warp's 16: quad_row and quad_row + 8.
-  std::int64_t limit[2];  // last key each row sees
-  for (int half = 0; half < 2; ++half)
-    limit[half] = p.first_position +
-                  unpack(first_packed + warp * kRowsPerWarp + quad_row + 8 * half, group, kv_head).position;
+  // This thread's rows: quad_row + 8 · slot of the warp's rows; slot = 2 · m + half holds the
+  // accumulator elements 2 · half, 2 · half + 1 of row tile m.
+  int limit[kSlots];  // last key each row sees, counted from split_begin (32 bits save registers)
+#pragma unroll
+  for (int slot = 0; slot < kSlots; ++slot)
+    limit[slot] = static_cast<int>(
+        min(p.first_position + unpack(first_packed + warp * kRowsPerWarp + quad_row + 8 * slot, group, kv_head).position -
+                split_begin,
+            std::int64_t{INT_MAX}));
   // Scores in the log2 domain: exp2(s · log2 e / sqrt(d)) = exp(s / sqrt(d)).
   const float scale = 1.4426950408889634f * rsqrtf(static_cast<float>(p.d));
 
-  std::uint32_t q_frag[kDim / 16][4];
-  float out[kDim / 8][4] = {};
-  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+  float out[kWarpRowTiles][kDim / 8][4] = {};
+  float row_max[kSlots], row_sum[kSlots];
+#pragma unroll
+  for (int slot = 0; slot < kSlots; ++slot) {
+    row_max[slot] = -INFINITY;
+    row_sum[slot] = 0.0f;
+  }
 
   // ldmatrix lane addresses: lanes 8i..8i+7 give the rows of the i-th 8×8 matrix.
   const int matrix = lane / 8, matrix_row = lane % 8;
@@ -174,76 +195,90 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(Problem p)
       wait_copies<0>();
     }
     __syncthreads();
-    if (tile == 0) {
-#pragma unroll
-      for (int k = 0; k < kDim / 16; ++k)
-        load_matrix_x4(q_frag[k],
-                       &tiles.q[swizzled(warp * kRowsPerWarp + matrix_row + (matrix % 2) * 8, 2 * k + matrix / 2)]);
-    }
 
-    // S = Q Kᵀ for the warp's 16 rows and the tile's 64 keys.
-    float s[kKeysPerTile / 8][4] = {};
+    // S = Q Kᵀ for the warp's rows and the tile's 64 keys (Q fragments re-read from shared memory:
+    // registers hold the output).
+    float s[kWarpRowTiles][kKeysPerTile / 8][4] = {};
 #pragma unroll
-    for (int k = 0; k < kDim / 16; ++k)
+    for (int k = 0; k < kDim / 16; ++k) {
+      std::uint32_t q_frag[kWarpRowTiles][4];
+#pragma unroll
+      for (int m = 0; m < kWarpRowTiles; ++m)
+        load_matrix_x4(q_frag[m], &tiles.q[swizzled(warp * kRowsPerWarp + kMmaRows * m + matrix_row + (matrix % 2) * 8,
+                                                    2 * k + matrix / 2)]);
 #pragma unroll
       for (int n = 0; n < kKeysPerTile / 16; ++n) {
         std::uint32_t b[4];
         load_matrix_x4(b, &tiles.k[stage][swizzled(16 * n + matrix_row + (matrix / 2) * 8, 2 * k + matrix % 2)]);
-        mma(s[2 * n], q_frag[k], b[0], b[1]);
-        mma(s[2 * n + 1], q_frag[k], b[2], b[3]);
+#pragma unroll
+        for (int m = 0; m < kWarpRowTiles; ++m) {
+          mma(s[m][2 * n], q_frag[m], b[0], b[1]);
+          mma(s[m][2 * n + 1], q_frag[m], b[2], b[3]);
+        }
       }
+    }
 
     // Online softmax; keys past a row's position are masked (only tiles crossing the diagonal).
     const std::int64_t key0 = split_begin + std::int64_t{tile} * kKeysPerTile;
     const bool masked = key0 + kKeysPerTile - 1 > p.first_position + first_position_in_tile;
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
+    for (int slot = 0; slot < kSlots; ++slot) {
+      const int m = slot / 2, half = slot % 2;
       float tile_max = -INFINITY;
 #pragma unroll
       for (int n = 0; n < kKeysPerTile / 8; ++n)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          float& v = s[n][2 * half + e];
-          v *= scale;
-          if (masked && key0 + 8 * n + quad_col + e > limit[half]) v = -INFINITY;
+          float& v = s[m][n][2 * half + e];
+          if (masked && tile * kKeysPerTile + 8 * n + quad_col + e > limit[slot]) v = -INFINITY;
           tile_max = fmaxf(tile_max, v);
         }
       tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
       tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-      const float new_max = fmaxf(row_max[half], tile_max);
-      // A row that has seen no key yet keeps everything at zero.
-      const float base = new_max == -INFINITY ? 0.0f : new_max;
-      const float correction = exp2f(row_max[half] - base);
-      row_max[half] = new_max;
+      // Maxima are of the unscaled scores (scale > 0); a row that has seen no key yet keeps
+      // everything at zero.
+      const float new_max = fmaxf(row_max[slot], tile_max);
+      const float base = new_max == -INFINITY ? 0.0f : new_max * scale;
+      const float correction = fast_exp2(row_max[slot] * scale - base);
+      row_max[slot] = new_max;
       float sum = 0.0f;
 #pragma unroll
       for (int n = 0; n < kKeysPerTile / 8; ++n)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          float& v = s[n][2 * half + e];
-          v = exp2f(v - base);
+          float& v = s[m][n][2 * half + e];
+          v = fast_exp2(fmaf(v, scale, -base));
           sum += v;
         }
-      row_sum[half] = row_sum[half] * correction + sum;
+      row_sum[slot] = row_sum[slot] * correction + sum;
 #pragma unroll
       for (int n = 0; n < kDim / 8; ++n) {
-        out[n][2 * half] *= correction;
-        out[n][2 * half + 1] *= correction;
+        out[m][n][2 * half] *= correction;
+        out[m][n][2 * half + 1] *= correction;
       }
     }
 
     // O += P V, P from the score accumulators (their layout is mma's A layout, in pairs).
 #pragma unroll
     for (int k = 0; k < kKeysPerTile / 16; ++k) {
-      const std::uint32_t p_frag[4] = {pack(s[2 * k][0], s[2 * k][1]), pack(s[2 * k][2], s[2 * k][3]),
-                                       pack(s[2 * k + 1][0], s[2 * k + 1][1]), pack(s[2 * k + 1][2], s[2 * k + 1][3])};
+      std::uint32_t p_frag[kWarpRowTiles][4];
+#pragma unroll
+      for (int m = 0; m < kWarpRowTiles; ++m) {
+        p_frag[m][0] = pack(s[m][2 * k][0], s[m][2 * k][1]);
+        p_frag[m][1] = pack(s[m][2 * k][2], s[m][2 * k][3]);
+        p_frag[m][2] = pack(s[m][2 * k + 1][0], s[m][2 * k + 1][1]);
+        p_frag[m][3] = pack(s[m][2 * k + 1][2], s[m][2 * k + 1][3]);
+      }
 #pragma unroll
       for (int n = 0; n < kDim / 16; ++n) {
         std::uint32_t b[4];
         load_matrix_x4_transposed(b,
                                   &tiles.v[stage][swizzled(16 * k + matrix_row + (matrix % 2) * 8, 2 * n + matrix / 2)]);
-        mma(out[2 * n], p_frag, b[0], b[1]);
-        mma(out[2 * n + 1], p_frag, b[2], b[3]);
+#pragma unroll
+        for (int m = 0; m < kWarpRowTiles; ++m) {
+          mma(out[m][2 * n], p_frag[m], b[0], b[1]);
+          mma(out[m][2 * n + 1], p_frag[m], b[2], b[3]);
+        }
       }
     }
     __syncthreads();  // the next iteration's copies overwrite this stage
@@ -251,11 +286,12 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(Problem p)
   wait_copies<0>();  // no copy may still target shared memory when the block exits
 
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    float sum = row_sum[half];
+  for (int slot = 0; slot < kSlots; ++slot) {
+    const int m = slot / 2, half = slot % 2;
+    float sum = row_sum[slot];
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const std::int64_t packed = first_packed + warp * kRowsPerWarp + quad_row + 8 * half;
+    const std::int64_t packed = first_packed + warp * kRowsPerWarp + quad_row + 8 * slot;
     if (packed >= packed_rows) continue;
     if (gridDim.z == 1) {
       const PackedRow row = unpack(packed, group, kv_head);
@@ -264,16 +300,18 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(Problem p)
       for (int n = 0; n < kDim / 8; ++n)
         if (8 * n + quad_col < p.d)
           *reinterpret_cast<__nv_bfloat162*>(o + 8 * n + quad_col) =
-              __floats2bfloat162_rn(out[n][2 * half] / sum, out[n][2 * half + 1] / sum);
+              __floats2bfloat162_rn(out[m][n][2 * half] / sum, out[m][n][2 * half + 1] / sum);
     } else {
       const std::int64_t item = (std::int64_t{kv_head} * packed_rows + packed) * gridDim.z + blockIdx.z;
       float* o = p.partial_out + item * p.d;
 #pragma unroll
       for (int n = 0; n < kDim / 8; ++n)
         if (8 * n + quad_col < p.d)
-          *reinterpret_cast<float2*>(o + 8 * n + quad_col) = make_float2(out[n][2 * half], out[n][2 * half + 1]);
+          *reinterpret_cast<float2*>(o + 8 * n + quad_col) =
+              make_float2(out[m][n][2 * half], out[m][n][2 * half + 1]);
       if (lane % 4 == 0) {
-        p.partial_stats[2 * item] = row_max[half];  // -inf: the split holds no key this row sees
+        // In the log2 domain; -inf: the split holds no key this row sees.
+        p.partial_stats[2 * item] = row_max[slot] * scale;
         p.partial_stats[2 * item + 1] = sum;
       }
     }

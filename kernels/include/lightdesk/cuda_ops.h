@@ -147,4 +147,23 @@ template <typename T>
 void combine_experts(const T* expert_out, const std::int32_t* slot_rows, const float* weights, std::int64_t rows,
                      int k, std::int64_t width, T* out, cudaStream_t stream);
 
+// Drawing the next token on the device by the CPU sampler's rules (SamplingParams in engine.h):
+// temperature <= 0 is greedy (the lowest id among equal maxima); otherwise the logits sorted
+// high to low (lower id first among equals) are cut to top_k (0 = all), scaled by the
+// temperature, cut to the smallest prefix whose probability reaches top_p, and one token is
+// drawn from that prefix with a uniform number hashed from (seed, draw): the same seed and draw
+// give the same token.
+struct TokenSampling {
+  float temperature = 0.0f;
+  int top_k = 0;
+  float top_p = 1.0f;
+  std::uint64_t seed = 0;
+  std::uint64_t draw = 0;
+};
+// Device memory sample_token needs for a vocabulary of `vocab` (it takes no other memory).
+std::size_t sampling_workspace_bytes(std::int64_t vocab);
+// token (device, one int32) from logits (device, float32 [vocab]).
+void sample_token(const float* logits, std::int64_t vocab, const TokenSampling& sampling, void* workspace,
+                  std::int32_t* token, cudaStream_t stream);
+
 }  // namespace lightdesk::cuda
