@@ -1,5 +1,7 @@
 #include "cuda_moe.h"
 
+#include <numeric>
+
 namespace lightdesk {
 
 template <typename T>
@@ -19,7 +21,28 @@ void MoeRunner<T>::reserve(std::int64_t rows) {
   b.gate_up = device_array<T>(slots * 2 * I, what);
   b.expert_act = device_array<T>(slots * I, what);
   b.expert_out = device_array<T>(slots * H, what);
+  std::vector<std::int32_t> order(static_cast<std::size_t>(slots));
+  std::iota(order.begin(), order.end(), 0);
+  b.slot_order = device_array<std::int32_t>(slots, what);
+  device_.upload(b.slot_order.as<std::int32_t>(), order.data(), order.size() * sizeof(std::int32_t));
+  device_.synchronize();
   buffers_ = std::move(b);
+}
+
+template <typename T>
+void MoeRunner<T>::run_device_routed(const MoeWeights<T>& weights, const T* x, std::int64_t rows, T* out) {
+  const std::int64_t H = shape_.hidden, I = shape_.width, slots = rows * shape_.top_k;
+  const cudaStream_t stream = device_.stream();
+  MoeBuffers& b = buffers_;
+  auto* ids = b.expert_ids.as<std::int32_t>();
+  // Slot r·k + i holds row r's i-th expert in increasing id order: the combine then sums in
+  // increasing expert order, as the grouped path does.
+  cuda::order_routes_by_expert(ids, b.expert_weights.as<float>(), rows, shape_.top_k, stream);
+  cuda::expert_gemv(weights.gate_up, 2 * I, H, ids, x, slots, shape_.top_k, b.gate_up.as<T>(), stream);
+  cuda::swiglu(b.gate_up.as<T>(), slots, I, b.expert_act.as<T>(), stream);
+  cuda::expert_gemv(weights.down, H, I, ids, b.expert_act.as<T>(), slots, 1, b.expert_out.as<T>(), stream);
+  cuda::combine_experts(b.expert_out.as<T>(), b.slot_order.as<std::int32_t>(), b.expert_weights.as<float>(), rows,
+                        shape_.top_k, H, out, stream);
 }
 
 template <typename T>
@@ -36,6 +59,10 @@ void MoeRunner<T>::run(const MoeWeights<T>& weights, const T* x, std::int64_t ro
   device_.linear(b.router_in.as<float>(), rows, H, weights.router, E, b.router_logits.as<float>());
   cuda::route_top_k(b.router_logits.as<float>(), rows, E, k, b.expert_ids.as<std::int32_t>(),
                     b.expert_weights.as<float>(), stream);
+  if (rows <= kDeviceRoutedRows) {
+    run_device_routed(weights, x, rows, out);
+    return;
+  }
 
   // Permutation: the GEMM sizes are needed on the host, so the ids come back here; the token
   // rows are then grouped by expert (in row order within an expert).

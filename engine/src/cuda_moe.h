@@ -1,5 +1,8 @@
 // A mixture-of-experts layer on the GPU: float32 router, top-k, token permutation to experts,
 // per-expert cuBLAS GEMMs, weighted combine back. Shared by the CUDA backend and lightdesk-bench.
+// Up to kDeviceRoutedRows tokens (decode) take a path that never leaves the device: the expert
+// products read the chosen experts' ids from device memory (no round trip to the host, so a
+// decode step can run as a CUDA graph).
 #pragma once
 
 #include <cstdint>
@@ -29,6 +32,7 @@ struct MoeBuffers {
   std::int64_t rows = 0;
   DeviceBuffer router_in, router_logits, expert_ids, expert_weights, source_rows, slot_rows;
   DeviceBuffer expert_in, gate_up, expert_act, expert_out;
+  DeviceBuffer slot_order;  // int32 0, 1, ...: the device-routed path's slots in place
 };
 
 template <typename T>
@@ -39,10 +43,15 @@ class MoeRunner {
   // Sizes the buffers for up to `rows` tokens; on failure the previous buffers stay.
   void reserve(std::int64_t rows);
   // out[rows, hidden] = Σ_k weight_k · w2(silu(w1 x) ⊙ w3 x) over each row's top-k experts,
-  // summed in increasing expert order. Waits for the device (the GEMM sizes come to the host).
+  // summed in increasing expert order. Past kDeviceRoutedRows it waits for the device (the GEMM
+  // sizes come to the host).
   void run(const MoeWeights<T>& weights, const T* x, std::int64_t rows, T* out);
 
+  static constexpr std::int64_t kDeviceRoutedRows = 4;
+
  private:
+  void run_device_routed(const MoeWeights<T>& weights, const T* x, std::int64_t rows, T* out);
+
   const DeviceContext& device_;
   MoeShape shape_;
   MoeBuffers buffers_;

@@ -7,6 +7,7 @@
 
 #include "cuda_test_util.h"
 #include "src/cpu_ops.h"
+#include "src/cuda_moe.h"
 
 namespace lightdesk {
 namespace {
@@ -299,6 +300,40 @@ TYPED_TEST(CudaKernelTest, CombineExperts) {
     for (int i = 0; i < k; ++i)
       for (std::int64_t c = 0; c < width; ++c) ref[r * width + c] += ys[slots[r * k + i] * width + c] * ws[r * k + i];
   EXPECT_CLOSE(out.get_values(), ref, tolerance<TypeParam>());
+}
+
+// The whole MoE layer: few rows take the device-routed path (expert products with the ids read
+// on the device), more rows the grouped one; both against cpu::moe_experts.
+TYPED_TEST(CudaKernelTest, MoeLayer) {
+  const MoeShape shape{96, 40, 8, 2};
+  const std::int64_t H = shape.hidden, I = shape.width, E = shape.experts;
+  DeviceContext device;
+  DeviceArray<float> router(E * H);
+  DeviceArray<TypeParam> gate_up(E * 2 * I * H), down(E * H * I);
+  const auto router_values = router.set(this->random.uniform(router.size(), -0.3f, 0.3f));
+  const auto gate_up_values = gate_up.set(this->random.uniform(gate_up.size(), -0.2f, 0.2f));
+  const auto down_values = down.set(this->random.uniform(down.size(), -0.2f, 0.2f));
+  std::vector<cpu::ExpertMatrices> experts;
+  for (std::int64_t e = 0; e < E; ++e)
+    experts.push_back({gate_up_values.data() + e * 2 * I * H, gate_up_values.data() + e * 2 * I * H + I * H,
+                       down_values.data() + e * H * I});
+  MoeRunner<TypeParam> runner(device, shape);
+  ASSERT_LE(3, MoeRunner<TypeParam>::kDeviceRoutedRows);
+  for (const std::int64_t rows : {std::int64_t{1}, std::int64_t{3}, std::int64_t{9}, std::int64_t{40}}) {
+    SCOPED_TRACE(std::to_string(rows) + " rows");
+    DeviceArray<TypeParam> x(rows * H), out(rows * H);
+    const auto xs = x.set(this->random.uniform(x.size(), -1.0f, 1.0f));
+    out.poison();
+    runner.run({router.get(), gate_up.get(), down.get()}, x.get(), rows, out.get());
+    device.synchronize();
+    std::vector<float> logits(static_cast<std::size_t>(rows * E)), weights(static_cast<std::size_t>(rows * 2));
+    std::vector<int> ids(weights.size());
+    cpu::linear(xs.data(), rows, H, router_values.data(), E, logits.data());
+    cpu::route_top_k(logits.data(), rows, static_cast<int>(E), 2, ids.data(), weights.data());
+    std::vector<float> ref(out.size());
+    cpu::moe_experts(xs.data(), rows, H, I, experts, 2, ids.data(), weights.data(), ref.data(), this->pool);
+    EXPECT_CLOSE(out.get_values(), ref, tolerance<TypeParam>());
+  }
 }
 
 // The router is float32 whatever the activation type.

@@ -141,6 +141,16 @@ template <typename T>
 void gather_rows(const T* x, const std::int32_t* source_rows, std::int64_t count, std::int64_t width, T* out,
                  cudaStream_t stream);
 
+// Sorts each row's k routes (expert ids with their weights) by expert id, in place.
+void order_routes_by_expert(std::int32_t* expert_ids, float* weights, std::int64_t rows, int k, cudaStream_t stream);
+
+// The few-token expert product, with the experts chosen on the device: out[s] = W_e x[s /
+// slots_per_input] for each slot s, e = expert_ids[s] (device memory), W_e the e-th
+// [out_features, in_features] matrix of `weights`. Weight-bandwidth bound: for decode.
+template <typename T>
+void expert_gemv(const T* weights, std::int64_t out_features, std::int64_t in_features, const std::int32_t* expert_ids,
+                 const T* x, std::int64_t slots, int slots_per_input, T* out, cudaStream_t stream);
+
 // out[r] = Σ_i weights[r*k+i] · expert_out[slot_rows[r*k+i]], summed in increasing slot_rows
 // order (the rows of expert_out are grouped by expert, so this is increasing expert order).
 template <typename T>
