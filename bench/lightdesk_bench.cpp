@@ -197,6 +197,27 @@ void softmax_decode(const DeviceContext& device, EventTimer& timer, const Ceilin
        tb_s / c.copy_tb_s, "copy", anchor_ms, "torch SDPA"});
 }
 
+// Sampling on the device over MiniMax-Text-01's vocabulary: greedy, and top-k/top-p with a temperature.
+void sampling(const DeviceContext& device, EventTimer& timer) {
+  const std::int64_t vocab = 200064;
+  DeviceBuffer logits = device_array<float>(vocab, "logits"), token = device_array<std::int32_t>(1, "token");
+  DeviceBuffer workspace(cuda::sampling_workspace_bytes(vocab), "sampling workspace");
+  cuda::fill_uniform(logits.as<float>(), vocab, 18, -10.0f, 10.0f, device.stream());
+  for (const cuda::TokenSampling& params : {cuda::TokenSampling{}, cuda::TokenSampling{0.8f, 40, 0.95f, 1, 0},
+                                            cuda::TokenSampling{1.0f, 0, 0.9f, 1, 0}}) {
+    const double ms = timer.median_ms(
+        [&] {
+          cuda::sample_token(logits.as<float>(), vocab, params, workspace.as<void>(), token.as<std::int32_t>(),
+                             device.stream());
+        },
+        9, 3, 20);
+    char shape[64];
+    std::snprintf(shape, sizeof shape, "200K vocab, T %.1f k %d p %.2f", static_cast<double>(params.temperature),
+                  params.top_k, static_cast<double>(params.top_p));
+    add({"sampling", shape, ms, "", 0.0, "-", 0, ""});
+  }
+}
+
 void moe(const DeviceContext& device, EventTimer& timer, const Ceilings& c, const std::vector<std::int64_t>& sizes) {
   const MoeShape shape{6144, 9216, 32, 2};
   const std::int64_t H = shape.hidden, I = shape.width, E = shape.experts;
@@ -252,6 +273,7 @@ int run(bool quick) {
     softmax_prefill(device, timer, c, 32768, 29.9);
   }
   softmax_decode(device, timer, c, 131072, 0.172);
+  sampling(device, timer);
   moe(device, timer, c, quick ? std::vector<std::int64_t>{1, 64, 4096} : std::vector<std::int64_t>{1, 64, 4096, 32768});
   return 0;
 }

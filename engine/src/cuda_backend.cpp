@@ -29,6 +29,54 @@ struct CudaLayer {
   DeviceBuffer down;     // per expert [hidden, width]
 };
 
+// A decode step captured as a CUDA graph, with what the capture baked in: it replays while
+// those stay where they were.
+class DecodeGraph {
+ public:
+  struct Inputs {
+    const void* scratch;
+    const void* attention_workspace;
+    const void* kv_memory;
+    const void* page_table;
+    std::int64_t kv_capacity;
+    bool operator==(const Inputs&) const = default;
+  };
+
+  DecodeGraph() = default;
+  ~DecodeGraph() { reset(); }
+  DecodeGraph(const DecodeGraph&) = delete;
+  DecodeGraph& operator=(const DecodeGraph&) = delete;
+
+  bool captured_with(const Inputs& inputs) const { return exec_ && inputs_ == inputs; }
+  // Takes `graph` (destroyed here): updates the executable graph in place when the topology
+  // allows, else instantiates it anew.
+  void instantiate(cudaGraph_t graph, const Inputs& inputs) {
+    cudaGraphExecUpdateResultInfo info{};
+    if (exec_ && cudaGraphExecUpdate(exec_, graph, &info) != cudaSuccess) {
+      (void)cudaGetLastError();  // a failed update is not sticky: instantiate below
+      reset();
+    }
+    if (!exec_) {
+      const cudaError_t status = cudaGraphInstantiate(&exec_, graph, 0);
+      cudaGraphDestroy(graph);
+      check(status, "decode graph instantiation");
+    } else {
+      cudaGraphDestroy(graph);
+    }
+    inputs_ = inputs;
+  }
+  void launch(cudaStream_t stream) const { check(cudaGraphLaunch(exec_, stream), "decode graph launch"); }
+
+ private:
+  void reset() {
+    if (exec_) cudaGraphExecDestroy(exec_);
+    exec_ = nullptr;
+  }
+
+  cudaGraphExec_t exec_ = nullptr;
+  Inputs inputs_{};
+};
+
 struct CudaSequence final : SequenceState {
   explicit CudaSequence(std::shared_ptr<KvPagePool> pool) : kv_pages(std::move(pool)) {}
   ~CudaSequence() override {
@@ -44,6 +92,7 @@ struct CudaSequence final : SequenceState {
   std::shared_ptr<KvPagePool> kv_pages;
   std::vector<std::int32_t> pages;
   DeviceBuffer page_table;  // int32, pages in order (room for more)
+  DecodeGraph decode_graph;
 };
 
 // Buffers of one forward pass, sized for `rows` tokens; kept between calls and grown as needed.
@@ -56,8 +105,10 @@ struct Scratch {
 template <typename T>
 class CudaBackend final : public ComputeBackend {
  public:
-  CudaBackend(const ModelConfig& c, const WeightMap& map, const std::function<void(std::uint64_t)>& bytes_loaded)
+  CudaBackend(const ModelConfig& c, const WeightMap& map, bool graphs,
+              const std::function<void(std::uint64_t)>& bytes_loaded)
       : config_(c),
+        use_graphs_(graphs),
         moe_(device_, MoeShape{c.hidden_size, c.expert_width, c.num_experts, c.experts_per_token}) {
     for (int l = 0; l < c.num_layers; ++l)
       if (c.layer_kinds[l] == LayerKind::Softmax) softmax_index_[l] = softmax_layers_++;
@@ -113,7 +164,21 @@ class CudaBackend final : public ComputeBackend {
   void reserve_kv(CudaSequence& s, std::int64_t positions) const;
   void reserve_scratch(std::int64_t rows);
   void lightning_layer(CudaSequence& s, int l, std::int64_t rows);
-  void softmax_layer(CudaSequence& s, int l, std::int64_t rows, std::int64_t first_position);
+  void softmax_layer(CudaSequence& s, int l, std::int64_t rows, cuda::Position first_position);
+  // Called with (index, hidden rows on the device) where FeedOptions::hidden_states asks for them.
+  using HiddenReport = std::function<void(int, const T*)>;
+  // Enqueues the model over the `rows` tokens in scratch_.tokens, up to the logits of the last
+  // logit_rows rows in scratch_.logits. Without a report it neither waits for the device nor
+  // allocates (beyond stream-ordered workspaces), so a decode step can be captured as a graph.
+  void enqueue_forward(CudaSequence& s, std::int64_t rows, cuda::Position first_position, std::int64_t logit_rows,
+                       const HiddenReport& report);
+  // One token through the sequence's decode graph, captured again when what it was captured
+  // with has moved.
+  void decode_step(CudaSequence& s, std::int64_t position);
+  // The position a decode graph is planned for: the last one the sequence's cache holds.
+  static std::int64_t graph_position_bound(const CudaSequence& s) { return std::max<std::int64_t>(s.capacity() - 1, 0); }
+  // Sizes the softmax layers' split workspace for `rows` tokens at positions up to position_bound + rows.
+  void reserve_attention_workspace(std::int64_t rows, std::int64_t position_bound);
   void moe_layer(int l, std::int64_t rows);
 
   const ModelConfig config_;
@@ -124,6 +189,9 @@ class CudaBackend final : public ComputeBackend {
   std::map<int, int> softmax_index_;  // layer -> its index among the softmax layers
   int softmax_layers_ = 0;
   std::shared_ptr<KvPagePool> kv_pages_;
+  const bool use_graphs_;
+  DeviceBuffer step_position_ = device_array<std::int64_t>(1, "the decode position");
+  DeviceBuffer attention_workspace_;
   // Sessions of one model share the scratch buffers, and the K/V pool moves when it grows.
   mutable std::mutex forward_mutex_;
   Scratch scratch_;
@@ -226,6 +294,15 @@ void CudaBackend<T>::reserve_kv(CudaSequence& s, std::int64_t positions) const {
 }
 
 template <typename T>
+void CudaBackend<T>::reserve_attention_workspace(std::int64_t rows, std::int64_t position_bound) {
+  if (softmax_layers_ == 0) return;
+  const std::size_t bytes = cuda::softmax_attention_workspace_bytes<T>(rows, position_bound, config_.num_heads,
+                                                                       config_.num_kv_heads, config_.head_dim);
+  if (bytes > attention_workspace_.bytes())
+    attention_workspace_ = DeviceBuffer(bytes, "the attention split workspace");
+}
+
+template <typename T>
 void CudaBackend<T>::reserve_scratch(std::int64_t rows) {
   if (rows <= scratch_.rows) return;
   const std::int64_t H = config_.hidden_size, A = attention_width();
@@ -253,21 +330,35 @@ void CudaBackend<T>::forward(SequenceState& state, const ForwardRequest& req) {
   // Reserve everything first: past this point nothing allocates.
   reserve_scratch(rows);
   reserve_kv(s, req.first_position + rows);
+  const bool reports = req.hidden_states && *req.hidden_states;
+  const bool graph = rows == 1 && use_graphs_ && !reports && req.embedding_overrides.empty();
+  reserve_attention_workspace(rows, graph ? graph_position_bound(s) : req.first_position);
+  Scratch& w = scratch_;
+  const std::int64_t logit_rows = req.all_logits ? rows : 1;
+  device_.upload(w.tokens.as<std::int32_t>(), req.tokens.data(), static_cast<std::size_t>(rows) * sizeof(TokenId));
+  if (graph) {
+    decode_step(s, req.first_position);
+  } else {
+    std::vector<float> hidden_host;
+    const auto report = [&](int index, const T* hidden) {
+      hidden_host.resize(static_cast<std::size_t>(rows * H));
+      cuda::to_float(hidden, rows * H, w.hidden_f32.as<float>(), device_.stream());
+      device_.download(hidden_host.data(), w.hidden_f32.as<float>(), hidden_host.size() * sizeof(float));
+      (*req.hidden_states)(index, hidden_host, rows);
+    };
+    enqueue_forward(s, rows, req.first_position, logit_rows, reports ? HiddenReport(report) : HiddenReport());
+  }
+  device_.download(req.logits, w.logits.as<float>(), static_cast<std::size_t>(logit_rows * V) * sizeof(float));
+}
+
+template <typename T>
+void CudaBackend<T>::enqueue_forward(CudaSequence& s, std::int64_t rows, cuda::Position first_position,
+                                     std::int64_t logit_rows, const HiddenReport& report) {
+  const std::int64_t H = config_.hidden_size, V = config_.vocab_size;
   const cudaStream_t stream = device_.stream();
   Scratch& w = scratch_;
-
-  std::vector<float> hidden_host;
-  auto report = [&](int index, const T* hidden) {
-    if (!req.hidden_states || !*req.hidden_states) return;
-    hidden_host.resize(static_cast<std::size_t>(rows * H));
-    cuda::to_float(hidden, rows * H, w.hidden_f32.as<float>(), stream);
-    device_.download(hidden_host.data(), w.hidden_f32.as<float>(), hidden_host.size() * sizeof(float));
-    (*req.hidden_states)(index, hidden_host, rows);
-  };
-
-  device_.upload(w.tokens.as<std::int32_t>(), req.tokens.data(), static_cast<std::size_t>(rows) * sizeof(TokenId));
   cuda::embed_rows(embed_.as<T>(), w.tokens.as<std::int32_t>(), rows, H, w.x.as<T>(), stream);
-  report(0, w.x.as<T>());
+  if (report) report(0, w.x.as<T>());
 
   for (int l = 0; l < config_.num_layers; ++l) {
     const CudaLayer& layer = layers_[l];
@@ -276,7 +367,7 @@ void CudaBackend<T>::forward(SequenceState& state, const ForwardRequest& req) {
     if (lightning)
       lightning_layer(s, l, rows);
     else
-      softmax_layer(s, l, rows, req.first_position);
+      softmax_layer(s, l, rows, first_position);
     // Post-norm residuals: the residual is the normed activation.
     const ResidualFactors attn = lightning ? config_.linear_attention : config_.full_attention;
     cuda::scaled_sum(w.a.as<T>(), attn.alpha, w.att.as<T>(), attn.beta, rows * H, w.att.as<T>(), stream);
@@ -284,14 +375,38 @@ void CudaBackend<T>::forward(SequenceState& state, const ForwardRequest& req) {
                    stream);
     moe_layer(l, rows);
     cuda::scaled_sum(w.b.as<T>(), config_.mlp.alpha, w.moe.as<T>(), config_.mlp.beta, rows * H, w.x.as<T>(), stream);
-    report(l + 1, w.x.as<T>());
+    if (report) report(l + 1, w.x.as<T>());
   }
 
   cuda::rms_norm(w.x.as<T>(), rows, H, final_norm_.as<float>(), config_.rms_norm_eps, w.x.as<T>(), stream);
-  report(config_.num_layers + 1, w.x.as<T>());
-  const std::int64_t logit_rows = req.all_logits ? rows : 1;
+  if (report) report(config_.num_layers + 1, w.x.as<T>());
   device_.linear(w.x.as<T>() + (rows - logit_rows) * H, logit_rows, H, lm_head_.as<T>(), V, w.logits.as<float>());
-  device_.download(req.logits, w.logits.as<float>(), static_cast<std::size_t>(logit_rows * V) * sizeof(float));
+}
+
+template <typename T>
+void CudaBackend<T>::decode_step(CudaSequence& s, std::int64_t position) {
+  const cudaStream_t stream = device_.stream();
+  const DecodeGraph::Inputs inputs{scratch_.x.as<void>(), attention_workspace_.as<void>(),
+                                   kv_pages_ ? kv_pages_->memory() : nullptr, s.page_table.as<void>(),
+                                   s.capacity()};
+  if (!s.decode_graph.captured_with(inputs)) {
+    // Replays read the position from step_position_; the launches are planned for the
+    // largest position the cache holds.
+    cudaGraph_t graph = nullptr;
+    check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed), "decode graph capture");
+    try {
+      enqueue_forward(s, 1, cuda::Position(step_position_.as<std::int64_t>(), graph_position_bound(s)), 1,
+                      HiddenReport());
+    } catch (...) {
+      (void)cudaStreamEndCapture(stream, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      throw;
+    }
+    check(cudaStreamEndCapture(stream, &graph), "decode graph capture");
+    s.decode_graph.instantiate(graph, inputs);
+  }
+  device_.upload(step_position_.as<std::int64_t>(), &position, sizeof position);
+  s.decode_graph.launch(stream);
 }
 
 template <typename T>
@@ -317,7 +432,7 @@ void CudaBackend<T>::lightning_layer(CudaSequence& s, int l, std::int64_t rows) 
 }
 
 template <typename T>
-void CudaBackend<T>::softmax_layer(CudaSequence& s, int l, std::int64_t rows, std::int64_t first_position) {
+void CudaBackend<T>::softmax_layer(CudaSequence& s, int l, std::int64_t rows, cuda::Position first_position) {
   const CudaLayer& layer = layers_[l];
   const std::int64_t H = config_.hidden_size, A = attention_width(), KV = kv_width();
   const cudaStream_t stream = device_.stream();
@@ -336,7 +451,8 @@ void CudaBackend<T>::softmax_layer(CudaSequence& s, int l, std::int64_t rows, st
   const cuda::KvCacheView<T> kv = kv_view(s, l);
   cuda::write_kv_rows(new_keys, new_values, rows, first_position, KV, kv, stream);
   cuda::softmax_attention(q, rows, first_position, kv.as_const(), config_.num_heads, config_.num_kv_heads,
-                          config_.head_dim, w.o.as<T>(), stream);
+                          config_.head_dim, w.o.as<T>(), stream, attention_workspace_.as<void>(),
+                          attention_workspace_.bytes());
   device_.linear(w.o.as<T>(), rows, A, layer.o_proj.as<T>(), H, w.att.as<T>());
 }
 
@@ -411,8 +527,9 @@ std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, con
                                                   const std::function<void(std::uint64_t)>& bytes_loaded) {
   const std::string reason = cuda_unavailable_reason();
   if (!reason.empty()) throw Error("the cuda backend is not available: " + reason);
-  if (options.cuda_float32) return std::make_unique<CudaBackend<float>>(config, weights, bytes_loaded);
-  return std::make_unique<CudaBackend<bf16>>(config, weights, bytes_loaded);
+  if (options.cuda_float32)
+    return std::make_unique<CudaBackend<float>>(config, weights, options.cuda_graphs, bytes_loaded);
+  return std::make_unique<CudaBackend<bf16>>(config, weights, options.cuda_graphs, bytes_loaded);
 }
 
 }  // namespace lightdesk

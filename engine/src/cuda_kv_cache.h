@@ -41,6 +41,9 @@ class KvPagePool {
     free_.insert(free_.end(), pages.begin(), pages.end());
   }
 
+  // Where the pages lie now (they move when the pool grows).
+  const void* memory() const { return memory_.as<void>(); }
+
   // Softmax layer `layer` (counted over softmax layers only) through `page_table` (device memory).
   template <typename T>
   cuda::KvCacheView<T> view(int layer, const std::int32_t* page_table) const {

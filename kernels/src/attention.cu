@@ -21,8 +21,9 @@ constexpr std::int64_t kKeysPerSplit = 1024;
 // with several it writes its running max, sum and unnormalised output to `partials`
 // ([row × head, split, d + 2]) for softmax_combine_kernel.
 template <typename T>
-__global__ void softmax_attention_kernel(const T* q, int heads, int kv_heads, int d, std::int64_t first_position,
+__global__ void softmax_attention_kernel(const T* q, int heads, int kv_heads, int d, Position position,
                                          KvCacheView<const T> kv, T* out, float* partials) {
+  const std::int64_t first_position = position.get();
   const std::int64_t t = blockIdx.x / heads;
   const int h = static_cast<int>(blockIdx.x % heads);
   const int g = h / (heads / kv_heads);
@@ -120,8 +121,9 @@ __global__ void softmax_combine_kernel(const float* partials, int splits, int he
 
 // Rows ↔ cache positions, one thread per element; a null keys or values pointer skips that side.
 template <typename T>
-__global__ void write_kv_rows_kernel(const T* keys, const T* values, std::int64_t count, std::int64_t first,
+__global__ void write_kv_rows_kernel(const T* keys, const T* values, std::int64_t count, Position position,
                                      std::int64_t kv_width, KvCacheView<T> kv) {
+  const std::int64_t first = position.get();
   for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count * kv_width;
        i += std::int64_t{gridDim.x} * blockDim.x) {
     const std::int64_t offset = kv.row_offset(first + i / kv_width, kv_width) + i % kv_width;
@@ -140,14 +142,20 @@ __global__ void read_kv_rows_kernel(KvCacheView<const T> kv, std::int64_t first,
   }
 }
 
-// Split workspace, freed in stream order after the combine kernel.
+// The caller's workspace when it is large enough, else one allocated and freed in stream order.
 class SplitWorkspace {
  public:
-  SplitWorkspace(std::size_t bytes, cudaStream_t stream) : stream_(stream) {
-    if (bytes) check(cudaMallocAsync(&data_, bytes, stream), "softmax_attention (split workspace)");
+  SplitWorkspace(std::size_t bytes, void* given, std::size_t given_bytes, cudaStream_t stream) : stream_(stream) {
+    if (bytes == 0) return;
+    if (given_bytes >= bytes) {
+      data_ = given;
+      return;
+    }
+    check(cudaMallocAsync(&data_, bytes, stream), "softmax_attention (split workspace)");
+    owned_ = true;
   }
   ~SplitWorkspace() {
-    if (data_) (void)cudaFreeAsync(data_, stream_);
+    if (owned_) (void)cudaFreeAsync(data_, stream_);
   }
   SplitWorkspace(const SplitWorkspace&) = delete;
   SplitWorkspace& operator=(const SplitWorkspace&) = delete;
@@ -155,6 +163,7 @@ class SplitWorkspace {
 
  private:
   void* data_ = nullptr;
+  bool owned_ = false;
   cudaStream_t stream_;
 };
 
@@ -165,90 +174,122 @@ int multiprocessors() {
   return count;
 }
 
-// The tensor-core path: plan the grid (packed-row tiles × KV heads × key splits), then launch.
+// Which kernel a launch takes, how it splits the keys over thread blocks, and the workspace
+// the splits' partial results need: the same answer for planning and for running.
+enum class Kernel { FlashOneWarp, FlashWide, CudaCores };
+struct Plan {
+  Kernel kernel = Kernel::CudaCores;
+  std::int64_t splits = 1;
+  int key_tiles_per_split = 0;  // flash kernels
+  std::size_t workspace_bytes = 0;
+};
+
 template <int kWarps, int kWarpRowTiles>
-void launch_flash(flash::Problem problem, cudaStream_t stream) {
+constexpr auto flash_kernel = flash::flash_attention_kernel<kWarps, kWarpRowTiles>;
+
+template <int kWarps, int kWarpRowTiles>
+Plan plan_flash(Kernel kernel, std::int64_t rows, std::int64_t first_position, int kv_heads, int group, int d) {
   using Tiles = flash::SharedTiles<kWarps, kWarpRowTiles>;
-  const auto kernel = flash::flash_attention_kernel<kWarps, kWarpRowTiles>;
-  constexpr int kRows = Tiles::kRows;
-  const int group = problem.heads / problem.kv_heads;
-  const std::int64_t packed_rows = problem.rows * group;
-  const std::int64_t row_tiles = (packed_rows + kRows - 1) / kRows;
-  const std::int64_t key_tiles = (problem.first_position + problem.rows + flash::kKeysPerTile - 1) /
-                                 flash::kKeysPerTile;
-  constexpr int kSharedBytes = sizeof(Tiles);
-  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes),
+  const std::int64_t packed_rows = rows * group;
+  const std::int64_t row_tiles = (packed_rows + Tiles::kRows - 1) / Tiles::kRows;
+  const std::int64_t key_tiles = (first_position + rows + flash::kKeysPerTile - 1) / flash::kKeysPerTile;
+  check(cudaFuncSetAttribute(flash_kernel<kWarps, kWarpRowTiles>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             sizeof(Tiles)),
         "softmax_attention (shared memory)");
   int blocks_per_multiprocessor = 0;
-  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_multiprocessor, kernel, kWarps * 32, kSharedBytes),
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_multiprocessor, flash_kernel<kWarps, kWarpRowTiles>,
+                                                      kWarps * 32, sizeof(Tiles)),
         "softmax_attention (occupancy)");
   // Split the keys when the row tiles alone do not fill the GPU once (decode, short chunks after
   // a long context), keeping at least 4 key tiles per split.
   const std::int64_t wanted_blocks = std::int64_t{blocks_per_multiprocessor} * multiprocessors();
-  const std::int64_t blocks = row_tiles * problem.kv_heads;
+  const std::int64_t blocks = row_tiles * kv_heads;
   std::int64_t splits = blocks >= wanted_blocks ? 1 : std::min((wanted_blocks + blocks - 1) / blocks, key_tiles / 4);
   splits = std::clamp<std::int64_t>(splits, 1, 65535);
-  problem.key_tiles_per_split = static_cast<int>((key_tiles + splits - 1) / splits);
-  splits = (key_tiles + problem.key_tiles_per_split - 1) / problem.key_tiles_per_split;
+  Plan plan{kernel};
+  plan.key_tiles_per_split = static_cast<int>((key_tiles + splits - 1) / splits);
+  plan.splits = (key_tiles + plan.key_tiles_per_split - 1) / plan.key_tiles_per_split;
+  if (plan.splits > 1)
+    plan.workspace_bytes = static_cast<std::size_t>(kv_heads * packed_rows * plan.splits * (d + 2)) * sizeof(float);
+  return plan;
+}
 
-  const std::size_t items = static_cast<std::size_t>(problem.kv_heads * packed_rows * splits);
-  SplitWorkspace workspace(splits > 1 ? items * (static_cast<std::size_t>(problem.d) + 2) * sizeof(float) : 0,
-                           stream);
-  problem.partial_out = workspace.floats();
-  problem.partial_stats = splits > 1 ? workspace.floats() + items * problem.d : nullptr;
+template <typename T>
+Plan plan_attention(std::int64_t rows, std::int64_t first_position, int heads, int kv_heads, int head_dim) {
+  if (head_dim <= 0 || head_dim > kMaxHeadDim)
+    fail("softmax_attention: head_dim " + std::to_string(head_dim) + " is outside 1.." + std::to_string(kMaxHeadDim));
+  if (kv_heads <= 0 || heads % kv_heads != 0)
+    fail("softmax_attention: " + std::to_string(heads) + " query heads do not group over " +
+         std::to_string(kv_heads) + " KV heads");
+  const int group = heads / kv_heads;
+  if (std::is_same_v<T, bf16> && head_dim % 8 == 0) {
+    // One warp of 16 packed rows when that holds every row, as in decode.
+    if (rows * group <= flash::kMmaRows)
+      return plan_flash<1, 1>(Kernel::FlashOneWarp, rows, first_position, kv_heads, group, head_dim);
+    return plan_flash<4, 2>(Kernel::FlashWide, rows, first_position, kv_heads, group, head_dim);
+  }
+  // Few (row, head) pairs, as in decode, cannot fill the GPU: split their keys over thread
+  // blocks too, and merge the partial softmaxes in a second kernel.
+  constexpr std::int64_t kEnoughBlocks = 1024;
+  const std::int64_t items = rows * heads;
+  Plan plan;
+  plan.splits = items >= kEnoughBlocks
+                    ? 1
+                    : std::min<std::int64_t>((first_position + rows + kKeysPerSplit - 1) / kKeysPerSplit, 65535);
+  if (plan.splits > 1) plan.workspace_bytes = static_cast<std::size_t>(items * plan.splits * (head_dim + 2)) * sizeof(float);
+  return plan;
+}
 
-  const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(problem.kv_heads),
-                  static_cast<unsigned>(splits));
-  kernel<<<grid, kWarps * 32, kSharedBytes, stream>>>(problem);
-  if (splits > 1)
+template <int kWarps, int kWarpRowTiles>
+void launch_flash(flash::Problem problem, const Plan& plan, float* workspace, cudaStream_t stream) {
+  const std::int64_t packed_rows = problem.rows * (problem.heads / problem.kv_heads);
+  constexpr int kRows = flash::SharedTiles<kWarps, kWarpRowTiles>::kRows;
+  problem.key_tiles_per_split = plan.key_tiles_per_split;
+  problem.partial_out = workspace;
+  problem.partial_stats = plan.splits > 1 ? workspace + problem.kv_heads * packed_rows * plan.splits * problem.d : nullptr;
+  const dim3 grid(static_cast<unsigned>((packed_rows + kRows - 1) / kRows), static_cast<unsigned>(problem.kv_heads),
+                  static_cast<unsigned>(plan.splits));
+  flash_kernel<kWarps, kWarpRowTiles><<<grid, kWarps * 32, sizeof(flash::SharedTiles<kWarps, kWarpRowTiles>), stream>>>(
+      problem);
+  if (plan.splits > 1)
     flash::flash_combine_kernel<<<static_cast<unsigned>(problem.kv_heads * packed_rows), 128, 0, stream>>>(
-        problem, static_cast<int>(splits));
+        problem, static_cast<int>(plan.splits));
 }
 
 }  // namespace
 
 template <typename T>
-void softmax_attention(const T* q, std::int64_t rows, std::int64_t first_position, KvCacheView<const T> kv,
-                       int heads, int kv_heads, int head_dim, T* out, cudaStream_t stream) {
-  if (head_dim <= 0 || head_dim > kMaxHeadDim)
-    fail("softmax_attention: head_dim " + std::to_string(head_dim) + " is outside 1.." +
-                std::to_string(kMaxHeadDim));
-  if (kv_heads <= 0 || heads % kv_heads != 0)
-    fail("softmax_attention: " + std::to_string(heads) + " query heads do not group over " +
-                std::to_string(kv_heads) + " KV heads");
+std::size_t softmax_attention_workspace_bytes(std::int64_t rows, std::int64_t first_position, int heads, int kv_heads,
+                                              int head_dim) {
+  return rows == 0 ? 0 : plan_attention<T>(rows, first_position, heads, kv_heads, head_dim).workspace_bytes;
+}
+
+template <typename T>
+void softmax_attention(const T* q, std::int64_t rows, Position first_position, KvCacheView<const T> kv, int heads,
+                       int kv_heads, int head_dim, T* out, cudaStream_t stream, void* workspace,
+                       std::size_t workspace_bytes) {
+  const Plan plan = plan_attention<T>(rows, first_position.value, heads, kv_heads, head_dim);
   if (rows == 0) return;
+  const SplitWorkspace split(plan.workspace_bytes, workspace, workspace_bytes, stream);
   if constexpr (std::is_same_v<T, bf16>) {
-    if (head_dim % 8 == 0) {
-      const flash::Problem problem{q, kv, out, rows, first_position, heads, kv_heads, head_dim, 0, nullptr, nullptr};
-      // One warp of 16 packed rows when that holds every row, as in decode.
-      if (rows * (heads / kv_heads) <= flash::kMmaRows)
-        launch_flash<1, 1>(problem, stream);
-      else
-        launch_flash<4, 2>(problem, stream);
-      check(cudaGetLastError(), "softmax_attention");
-      return;
-    }
+    const flash::Problem problem{q, kv, out, rows, first_position, heads, kv_heads, head_dim, 0, nullptr, nullptr};
+    if (plan.kernel == Kernel::FlashOneWarp) launch_flash<1, 1>(problem, plan, split.floats(), stream);
+    if (plan.kernel == Kernel::FlashWide) launch_flash<4, 2>(problem, plan, split.floats(), stream);
   }
-  const std::int64_t items = rows * heads;
-  // Few (row, head) pairs, as in decode, cannot fill the GPU: split their keys over thread
-  // blocks too, and merge the partial softmaxes in a second kernel.
-  constexpr std::int64_t kEnoughBlocks = 1024;
-  const std::int64_t max_visible = first_position + rows;
-  const std::int64_t splits =
-      items >= kEnoughBlocks ? 1 : std::min<std::int64_t>((max_visible + kKeysPerSplit - 1) / kKeysPerSplit, 65535);
-  const SplitWorkspace workspace(
-      splits > 1 ? static_cast<std::size_t>(items * splits * (head_dim + 2)) * sizeof(float) : 0, stream);
-  const dim3 grid(static_cast<unsigned>(items), static_cast<unsigned>(splits));
-  softmax_attention_kernel<<<grid, kAttentionWarps * 32, 0, stream>>>(q, heads, kv_heads, head_dim, first_position,
-                                                                       kv, out, workspace.floats());
-  if (splits > 1)
-    softmax_combine_kernel<<<static_cast<unsigned>(items), kMaxHeadDim, 0, stream>>>(
-        workspace.floats(), static_cast<int>(splits), heads, head_dim, out);
+  if (plan.kernel == Kernel::CudaCores) {
+    const std::int64_t items = rows * heads;
+    const dim3 grid(static_cast<unsigned>(items), static_cast<unsigned>(plan.splits));
+    softmax_attention_kernel<<<grid, kAttentionWarps * 32, 0, stream>>>(q, heads, kv_heads, head_dim, first_position,
+                                                                         kv, out, split.floats());
+    if (plan.splits > 1)
+      softmax_combine_kernel<<<static_cast<unsigned>(items), kMaxHeadDim, 0, stream>>>(
+          split.floats(), static_cast<int>(plan.splits), heads, head_dim, out);
+  }
   check(cudaGetLastError(), "softmax_attention");
 }
 
 template <typename T>
-void write_kv_rows(const T* keys, const T* values, std::int64_t count, std::int64_t first, std::int64_t kv_width,
+void write_kv_rows(const T* keys, const T* values, std::int64_t count, Position first, std::int64_t kv_width,
                    KvCacheView<T> kv, cudaStream_t stream) {
   if (count == 0) return;
   write_kv_rows_kernel<<<grid_for(count * kv_width), kThreads, 0, stream>>>(keys, values, count, first, kv_width, kv);
@@ -264,9 +305,10 @@ void read_kv_rows(KvCacheView<const T> kv, std::int64_t first, std::int64_t coun
 }
 
 #define LIGHTDESK_INSTANTIATE(T)                                                                                  \
-  template void softmax_attention<T>(const T*, std::int64_t, std::int64_t, KvCacheView<const T>, int, int, int, T*, \
-                                     cudaStream_t);                                                               \
-  template void write_kv_rows<T>(const T*, const T*, std::int64_t, std::int64_t, std::int64_t, KvCacheView<T>,     \
+  template void softmax_attention<T>(const T*, std::int64_t, Position, KvCacheView<const T>, int, int, int, T*,     \
+                                     cudaStream_t, void*, std::size_t);                                           \
+  template std::size_t softmax_attention_workspace_bytes<T>(std::int64_t, std::int64_t, int, int, int);           \
+  template void write_kv_rows<T>(const T*, const T*, std::int64_t, Position, std::int64_t, KvCacheView<T>,         \
                                  cudaStream_t);                                                                   \
   template void read_kv_rows<T>(KvCacheView<const T>, std::int64_t, std::int64_t, std::int64_t, T*, T*,           \
                                 cudaStream_t);

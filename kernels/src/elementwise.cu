@@ -100,9 +100,9 @@ __global__ void swiglu_kernel(const T* gate_up, std::int64_t rows, std::int64_t 
 
 // One block per row, one thread per (head, rotated pair).
 template <typename T>
-__global__ void rope_kernel(T* x, int heads, int head_dim, int rotary_dim, float theta, std::int64_t first_position) {
+__global__ void rope_kernel(T* x, int heads, int head_dim, int rotary_dim, float theta, Position first_position) {
   const int half = rotary_dim / 2;
-  const float pos = static_cast<float>(first_position + blockIdx.x);
+  const float pos = static_cast<float>(first_position.get() + blockIdx.x);
   T* row = x + std::int64_t{blockIdx.x} * heads * head_dim;
   for (int item = threadIdx.x; item < heads * half; item += blockDim.x) {
     const int h = item / half, i = item % half;
@@ -178,7 +178,7 @@ void swiglu(const T* gate_up, std::int64_t rows, std::int64_t width, T* out, cud
 }
 
 template <typename T>
-void rope(T* x, std::int64_t rows, int heads, int head_dim, int rotary_dim, float theta, std::int64_t first_position,
+void rope(T* x, std::int64_t rows, int heads, int head_dim, int rotary_dim, float theta, Position first_position,
           cudaStream_t stream) {
   if (rows == 0 || rotary_dim == 0) return;
   rope_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, heads, head_dim, rotary_dim, theta,
@@ -196,7 +196,7 @@ void rope(T* x, std::int64_t rows, int heads, int head_dim, int rotary_dim, floa
   template void sigmoid_gate<T>(T*, const T*, std::int64_t, cudaStream_t);                                      \
   template void scaled_sum<T>(const T*, float, const T*, float, std::int64_t, T*, cudaStream_t);                \
   template void swiglu<T>(const T*, std::int64_t, std::int64_t, T*, cudaStream_t);                              \
-  template void rope<T>(T*, std::int64_t, int, int, int, float, std::int64_t, cudaStream_t);
+  template void rope<T>(T*, std::int64_t, int, int, int, float, Position, cudaStream_t);
 LIGHTDESK_FOR_EACH_ACTIVATION(LIGHTDESK_INSTANTIATE)
 #undef LIGHTDESK_INSTANTIATE
 

@@ -28,7 +28,8 @@ struct Problem {
   const bf16* q;  // [rows, heads * d]
   KvCacheView<const bf16> kv;
   bf16* out;  // [rows, heads * d]
-  std::int64_t rows, first_position;
+  std::int64_t rows;
+  Position first_position;
   int heads, kv_heads, d;
   int key_tiles_per_split;  // the keys split over gridDim.z thread blocks in runs of this many tiles
   float* partial_out;       // gridDim.z > 1: [kv_head, packed row, split, d], unnormalised
@@ -118,6 +119,7 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(Problem p)
 
   const int group = p.heads / p.kv_heads;
   const int kv_head = blockIdx.y;
+  const std::int64_t first_position = p.first_position.get();
   // Tiles of later positions see more keys: start them first.
   const std::int64_t row_tile = gridDim.x - 1 - blockIdx.x;
   const std::int64_t first_packed = row_tile * kRows;
@@ -131,7 +133,7 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(Problem p)
   const std::int64_t first_position_in_tile = unpack(first_packed, group, kv_head).position;
   const std::int64_t split_begin = std::int64_t{blockIdx.z} * p.key_tiles_per_split * kKeysPerTile;
   const std::int64_t keys_end = min(split_begin + std::int64_t{p.key_tiles_per_split} * kKeysPerTile,
-                                    p.first_position + last_position + 1);
+                                    first_position + last_position + 1);
   const int key_tiles = keys_end > split_begin
                             ? static_cast<int>((keys_end - split_begin + kKeysPerTile - 1) / kKeysPerTile)
                             : 0;
@@ -168,7 +170,7 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(Problem p)
 #pragma unroll
   for (int slot = 0; slot < kSlots; ++slot)
     limit[slot] = static_cast<int>(
-        min(p.first_position + unpack(first_packed + warp * kRowsPerWarp + quad_row + 8 * slot, group, kv_head).position -
+        min(first_position + unpack(first_packed + warp * kRowsPerWarp + quad_row + 8 * slot, group, kv_head).position -
                 split_begin,
             std::int64_t{INT_MAX}));
   // Scores in the log2 domain: exp2(s · log2 e / sqrt(d)) = exp(s / sqrt(d)).
@@ -220,7 +222,7 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(Problem p)
 
     // Online softmax; keys past a row's position are masked (only tiles crossing the diagonal).
     const std::int64_t key0 = split_begin + std::int64_t{tile} * kKeysPerTile;
-    const bool masked = key0 + kKeysPerTile - 1 > p.first_position + first_position_in_tile;
+    const bool masked = key0 + kKeysPerTile - 1 > first_position + first_position_in_tile;
 #pragma unroll
     for (int slot = 0; slot < kSlots; ++slot) {
       const int m = slot / 2, half = slot % 2;

@@ -58,6 +58,9 @@ struct ModelOptions {
   // CUDA backend: keep weights and activations in float32 instead of bf16 (twice the memory,
   // slower; for checking the GPU path against the CPU reference).
   bool cuda_float32 = false;
+  // CUDA backend: run each one-token step (decode) as a CUDA graph, one launch on the GPU; off
+  // to compare with plain launches.
+  bool cuda_graphs = true;
 };
 
 enum class LayerKind { Lightning, Softmax };

@@ -22,6 +22,18 @@ void check(cudaError_t status, const char* what);
 // Throws lightdesk::Error with `message` (arguments a kernel cannot take).
 [[noreturn]] void fail(const std::string& message);
 
+// A sequence position the host knows (`value`), or one the kernels read from device memory
+// (`device`, with `value` then an upper bound the launch is planned for): a CUDA graph replays
+// the same launches at every decode step, the position coming from memory.
+struct Position {
+  Position(std::int64_t known) : value(known) {}  // NOLINT(google-explicit-constructor): positions are plain numbers
+  Position(const std::int64_t* on_device, std::int64_t at_most) : value(at_most), device(on_device) {}
+  __device__ std::int64_t get() const { return device ? *device : value; }
+
+  std::int64_t value = 0;
+  const std::int64_t* device = nullptr;
+};
+
 // out[n] = T(in[n]) and back.
 template <typename T>
 void from_float(const float* in, std::int64_t n, T* out, cudaStream_t stream);
@@ -61,7 +73,7 @@ void swiglu(const T* gate_up, std::int64_t rows, std::int64_t width, T* out, cud
 
 // Rotate-half RoPE on the first rotary_dim dims of each head; row r has position first_position + r.
 template <typename T>
-void rope(T* x, std::int64_t rows, int heads, int head_dim, int rotary_dim, float theta, std::int64_t first_position,
+void rope(T* x, std::int64_t rows, int heads, int head_dim, int rotary_dim, float theta, Position first_position,
           cudaStream_t stream);
 
 // Largest head_dim the attention kernels take.
@@ -107,7 +119,7 @@ KvCacheView<T> contiguous_kv(T* keys, T* values, std::int64_t kv_width) {
 // Rows [count, kv_width] into positions first.. of the cache, and back; a null keys or values
 // pointer leaves that side alone.
 template <typename T>
-void write_kv_rows(const T* keys, const T* values, std::int64_t count, std::int64_t first, std::int64_t kv_width,
+void write_kv_rows(const T* keys, const T* values, std::int64_t count, Position first, std::int64_t kv_width,
                    KvCacheView<T> kv, cudaStream_t stream);
 template <typename T>
 void read_kv_rows(KvCacheView<const T> kv, std::int64_t first, std::int64_t count, std::int64_t kv_width,
@@ -117,9 +129,16 @@ void read_kv_rows(KvCacheView<const T> kv, std::int64_t first, std::int64_t coun
 // over the cache's positions 0..first_position + rows - 1 (the new rows already stored).
 // bf16 with head_dim a multiple of 8 runs on tensor cores (flash attention, keys split over
 // thread blocks when the query rows alone cannot fill the GPU); float32 on CUDA cores.
+// The splits' partial results go to `workspace` when it holds workspace_bytes >=
+// softmax_attention_workspace_bytes (planned for first_position.value), else to memory
+// allocated in stream order.
 template <typename T>
-void softmax_attention(const T* q, std::int64_t rows, std::int64_t first_position, KvCacheView<const T> kv,
-                       int heads, int kv_heads, int head_dim, T* out, cudaStream_t stream);
+void softmax_attention(const T* q, std::int64_t rows, Position first_position, KvCacheView<const T> kv, int heads,
+                       int kv_heads, int head_dim, T* out, cudaStream_t stream, void* workspace = nullptr,
+                       std::size_t workspace_bytes = 0);
+template <typename T>
+std::size_t softmax_attention_workspace_bytes(std::int64_t rows, std::int64_t first_position, int heads, int kv_heads,
+                                              int head_dim);
 // The same over contiguous keys/values [first_position + rows, kv_heads * d].
 template <typename T>
 void softmax_attention(const T* q, std::int64_t rows, std::int64_t first_position, const T* keys, const T* values,
