@@ -186,10 +186,14 @@ void softmax_decode(const DeviceContext& device, EventTimer& timer, const Ceilin
   for (auto [buffer, seed] : {std::pair{&q, 11}, std::pair{&k, 12}, std::pair{&v, 13}})
     cuda::fill_uniform(buffer->as<bf16>(), static_cast<std::int64_t>(buffer->bytes() / 2), static_cast<unsigned>(seed),
                        -1.0f, 1.0f, device.stream());
+  // The split workspace planned ahead, as the backend does.
+  const cuda::KvCacheView<const bf16> kv = cuda::contiguous_kv<const bf16>(k.as<bf16>(), v.as<bf16>(), kv_heads * d);
+  DeviceBuffer workspace(cuda::softmax_attention_workspace_bytes<bf16>(1, context - 1, heads, kv_heads, kHeadDim),
+                         "split workspace");
   const double ms = timer.median_ms(
       [&] {
-        cuda::softmax_attention(q.as<bf16>(), 1, context - 1, k.as<bf16>(), v.as<bf16>(), heads, kv_heads, kHeadDim,
-                                out.as<bf16>(), device.stream());
+        cuda::softmax_attention(q.as<bf16>(), 1, context - 1, kv, heads, kv_heads, kHeadDim, out.as<bf16>(),
+                                device.stream(), workspace.as<void>(), workspace.bytes());
       },
       7, 2);
   const double tb_s = static_cast<double>(k.bytes() + v.bytes()) / (ms * 1e-3) / 1e12;
