@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <memory>
 #include <numeric>
 
 #include "cuda_test_util.h"
@@ -17,23 +18,26 @@ using test::DeviceArray;
 
 class CudaSamplingTest : public ::testing::Test {
  protected:
-  void SetUp() override { LIGHTDESK_SKIP_WITHOUT_GPU(); }
+  void SetUp() override {
+    LIGHTDESK_SKIP_WITHOUT_GPU();
+    token_ = std::make_unique<DeviceArray<std::int32_t>>(1);
+  }
 
   std::int32_t sample(DeviceArray<float>& logits, const cuda::TokenSampling& sampling) {
     if (workspace_bytes_ < cuda::sampling_workspace_bytes(static_cast<std::int64_t>(logits.size()))) {
       workspace_ = std::make_unique<DeviceArray<char>>(cuda::sampling_workspace_bytes(logits.size()));
       workspace_bytes_ = workspace_->size();
     }
-    cuda::check(cudaMemset(token_.get(), 0xFF, sizeof(std::int32_t)), "poison");
+    cuda::check(cudaMemset(token_->get(), 0xFF, sizeof(std::int32_t)), "poison");
     cuda::sample_token(logits.get(), static_cast<std::int64_t>(logits.size()), sampling, workspace_->get(),
-                       token_.get(), nullptr);
+                       token_->get(), nullptr);
     std::int32_t token = -1;
-    cuda::check(cudaMemcpy(&token, token_.get(), sizeof token, cudaMemcpyDeviceToHost), "download");
+    cuda::check(cudaMemcpy(&token, token_->get(), sizeof token, cudaMemcpyDeviceToHost), "download");
     return token;
   }
 
   test::Random random;
-  DeviceArray<std::int32_t> token_{1};
+  std::unique_ptr<DeviceArray<std::int32_t>> token_;  // made once a GPU is known to be there
   std::unique_ptr<DeviceArray<char>> workspace_;
   std::size_t workspace_bytes_ = 0;
 };
