@@ -7,6 +7,7 @@
 
 #include "cuda_test_util.h"
 #include "src/cpu_ops.h"
+#include "src/cuda_kv_cache.h"
 #include "src/cuda_moe.h"
 
 namespace lightdesk {
@@ -278,6 +279,47 @@ TYPED_TEST(CudaKernelTest, PagedKvCache) {
                            this->pool);
     EXPECT_CLOSE(out.get_values(), ref, tolerance<TypeParam>());
   }
+}
+
+// The backend's page pool: growing moves its memory but keeps the pages handed out and what they hold.
+TEST(CudaKvPagePoolTest, GrowingKeepsPagesAndContents) {
+  LIGHTDESK_SKIP_WITHOUT_GPU();
+  test::Random random;
+  DeviceContext device;
+  const std::int64_t kv_width = 24, positions = 3 * KvPagePool::kPagePositions;
+  KvPagePool pool(device, 2, kv_width, sizeof(float));
+  const std::vector<std::int32_t> held = pool.take(3);
+  DeviceArray<std::int32_t> table(held.size());
+  cuda::check(cudaMemcpy(table.get(), held.data(), held.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice),
+              "upload");
+  DeviceArray<float> keys(positions * kv_width), values(keys.size()), back(keys.size());
+  const auto ks = keys.set(random.uniform(keys.size(), -1.0f, 1.0f));
+  const auto vs = values.set(random.uniform(values.size(), -1.0f, 1.0f));
+  cuda::write_kv_rows(keys.get(), values.get(), positions, 0, kv_width, pool.view<float>(1, table.get()), nullptr);
+  cuda::check(cudaDeviceSynchronize(), "write");
+
+  const void* before = pool.memory();
+  const std::vector<std::int32_t> more = pool.take(40);  // past the first 8 pages: the pool grows
+  EXPECT_NE(pool.memory(), before);
+  std::vector<std::int32_t> all = held;
+  all.insert(all.end(), more.begin(), more.end());
+  std::sort(all.begin(), all.end());
+  EXPECT_EQ(std::adjacent_find(all.begin(), all.end()), all.end()) << "a page handed out twice";
+
+  back.poison();
+  cuda::read_kv_rows<float>(pool.view<float>(1, table.get()).as_const(), 0, positions, kv_width, back.get(), nullptr,
+                            nullptr);
+  EXPECT_EQ(back.get_values(), ks);
+  back.poison();
+  cuda::read_kv_rows<float>(pool.view<float>(1, table.get()).as_const(), 0, positions, kv_width, nullptr, back.get(),
+                            nullptr);
+  EXPECT_EQ(back.get_values(), vs);
+
+  // Pages given back are taken again before the pool grows.
+  pool.give_back(more);
+  const void* grown = pool.memory();
+  EXPECT_EQ(pool.take(40).size(), 40u);
+  EXPECT_EQ(pool.memory(), grown);
 }
 
 TYPED_TEST(CudaKernelTest, CombineExperts) {
