@@ -34,7 +34,9 @@ struct CudaLayer {
 class DecodeGraph {
  public:
   struct Inputs {
-    const void* scratch;
+    std::uint64_t scratch_generation;
+    // The others are only replaced by larger buffers with the same layout: one at a captured
+    // address is the current one.
     const void* attention_workspace;
     const void* kv_memory;
     const void* page_table;
@@ -98,6 +100,9 @@ struct CudaSequence final : SequenceState {
 // Buffers of one forward pass, sized for `rows` tokens; kept between calls and grown as needed.
 struct Scratch {
   std::int64_t rows = -1;
+  // Counts reallocations: a new set of buffers may reuse some old addresses, so graphs that
+  // baked them in compare this instead.
+  std::uint64_t generation = 0;
   DeviceBuffer tokens, x, a, att, b, moe, qkv, o, gate;
   DeviceBuffer hidden_f32, logits;
 };
@@ -309,6 +314,7 @@ void CudaBackend<T>::reserve_scratch(std::int64_t rows) {
   const std::string what = "activations of " + std::to_string(rows) + " tokens";
   Scratch s;
   s.rows = rows;
+  s.generation = scratch_.generation + 1;
   s.tokens = device_array<std::int32_t>(rows, what);
   for (DeviceBuffer* b : {&s.x, &s.a, &s.att, &s.b, &s.moe}) *b = device_array<T>(rows * H, what);
   s.qkv = device_array<T>(rows * 3 * A, what);
@@ -386,7 +392,7 @@ void CudaBackend<T>::enqueue_forward(CudaSequence& s, std::int64_t rows, cuda::P
 template <typename T>
 void CudaBackend<T>::decode_step(CudaSequence& s, std::int64_t position) {
   const cudaStream_t stream = device_.stream();
-  const DecodeGraph::Inputs inputs{scratch_.x.as<void>(), attention_workspace_.as<void>(),
+  const DecodeGraph::Inputs inputs{scratch_.generation, attention_workspace_.as<void>(),
                                    kv_pages_ ? kv_pages_->memory() : nullptr, s.page_table.as<void>(),
                                    s.capacity()};
   if (!s.decode_graph.captured_with(inputs)) {
