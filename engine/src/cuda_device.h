@@ -117,6 +117,24 @@ class DeviceContext {
                  "linear");
   }
 
+  // For each b < batch: y_b[rows, out] = scale · x_b[rows, in] · w_bᵀ with w_b [out, in] (as
+  // linear), or scale · x_b · w_b with w_b [in, out] when w_is_in_by_out; item b's operands start
+  // b times their stride (in elements) after x, w and y. Accumulated in float32.
+  template <typename In, typename Out>
+  void batched_linear(const In* x, std::int64_t stride_x, std::int64_t rows, std::int64_t in, const In* w,
+                      std::int64_t stride_w, bool w_is_in_by_out, std::int64_t out, Out* y, std::int64_t stride_y,
+                      std::int64_t batch, float scale) const {
+    if (rows == 0 || out == 0 || batch == 0) return;
+    const float zero = 0.0f;
+    check_cublas(cublasGemmStridedBatchedEx(
+                     cublas_, w_is_in_by_out ? CUBLAS_OP_N : CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out),
+                     static_cast<int>(rows), static_cast<int>(in), &scale, w, cuda_type<In>(),
+                     static_cast<int>(w_is_in_by_out ? out : in), stride_w, x, cuda_type<In>(), static_cast<int>(in),
+                     stride_x, &zero, y, cuda_type<Out>(), static_cast<int>(out), stride_y, static_cast<int>(batch),
+                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                 "batched_linear");
+  }
+
   void upload(void* device, const void* host, std::size_t bytes) const {
     check(cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, stream_), "upload");
   }
