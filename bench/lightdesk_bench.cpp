@@ -3,8 +3,10 @@
 // cuBLAS bf16 GEMM) and against the anchors of ../shared/docs/performance-anchors.md §0 (quoted:
 // they were measured on an H200; on another GPU compare the ceiling fractions instead).
 // Timing: CUDA events on the backend's stream, after warm-up, median of several runs, random
-// data. Usage: lightdesk-bench [--quick]   (--quick: the smaller shapes only)
+// data. Usage: lightdesk-bench [--quick | --vision]   (--quick: the smaller shapes only;
+// --vision: the ceilings and the vision tower alone)
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -12,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "cuda_tower.h"
+#include "lightdesk/vision.h"
 #include "src/cuda_device.h"
 #include "src/cuda_moe.h"
 
@@ -229,7 +233,61 @@ void moe(const DeviceContext& device, EventTimer& timer, const Ceilings& c, cons
   }
 }
 
-int run(bool quick) {
+// MiniMax-VL-01's image side for a 2016x2016 image: its tiles at the VL-01 grid choice plus the
+// thumbnail through the full-size CLIP ViT-L/14-336 (24 layers, hidden 1024, 16 heads, MLP
+// 4096) and the projector to 6144, random bf16 weights. Timed on the device (pixels in, features
+// out in device memory), then once more with the host transfers VisionModel makes.
+void vision_tower(const Ceilings& c) {
+  vision::VisionConfig config = vision::load_vision_config(LIGHTDESK_TINY_VL_DIR);  // the released grid pinpoints
+  config.hidden_size = 1024;
+  config.intermediate_size = 4096;
+  config.num_layers = 24;
+  config.num_heads = 16;
+  config.feature_layer = -1;
+  config.text_hidden_size = 6144;
+  vision::Image image{2016, 2016, 3, std::vector<std::uint8_t>(std::size_t{2016} * 2016 * 3)};
+  for (std::size_t i = 0; i < image.pixels.size(); ++i) image.pixels[i] = static_cast<std::uint8_t>(i * 7 % 251);
+  const auto prepare_start = std::chrono::steady_clock::now();
+  const vision::PreparedImage prepared = vision::prepare_image(image, config.anyres);
+  const double prepare_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - prepare_start).count();
+  const auto tiles = static_cast<std::int64_t>(prepared.tiles.size());
+
+  const auto tower = vision::make_random_cuda_vision_tower(config, 21);
+  const DeviceContext& device = tower->device();
+  const std::int64_t patches = 576, tokens = patches + 1, D = config.hidden_size, C = config.text_hidden_size;
+  DeviceBuffer pixels = device_array<float>(static_cast<std::int64_t>(prepared.pixel_values.size()), "pixels");
+  DeviceBuffer features = device_array<float>(tiles * patches * C, "features");
+  device.upload(pixels.as<float>(), prepared.pixel_values.data(), pixels.bytes());
+  EventTimer timer(device);
+  const double ms = timer.median_ms([&] { tower->forward_on_device(pixels.as<float>(), tiles, features.as<float>()); }, 5);
+
+  // Matrix-product FLOPs (2 m n k each): patch embedding, per layer QKV, attention (scores and
+  // values), output and MLP projections, then the projector.
+  const double T = static_cast<double>(tokens), P = static_cast<double>(patches), d = static_cast<double>(D);
+  const double I = config.intermediate_size, out = static_cast<double>(C), patch_width = 3.0 * 14 * 14;
+  const double per_layer = 2.0 * T * d * d * 4 + 2.0 * T * d * I * 2 + 4.0 * T * T * d;
+  const double per_tile = 2.0 * P * patch_width * d + config.num_layers * per_layer + 2.0 * P * d * out + 2.0 * P * out * out;
+  const double tflop_s = per_tile * static_cast<double>(tiles) / (ms * 1e-3) / 1e12;
+  add({"vision tower+projector", "2016^2: " + std::to_string(tiles) + " tiles ViT-L", ms, rate(tflop_s, "TFLOP/s"),
+       tflop_s / c.gemm_tflop_s, "gemm", 0, ""});
+
+  std::vector<float> host_features(static_cast<std::size_t>(tiles * patches * C));
+  std::vector<double> host_ms;
+  for (int r = 0; r < 3; ++r) {
+    const auto start = std::chrono::steady_clock::now();
+    tower->forward(prepared.pixel_values.data(), tiles, host_features.data());
+    host_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(host_ms.begin(), host_ms.end());
+  std::printf("  vision: %.1f images/s on the device (%.2f ms); %.1f images/s with the host transfers (%.2f ms); "
+              "preprocessing on one CPU thread %.1f ms (%lldx%lld grid)\n",
+              1e3 / ms, ms, 1e3 / host_ms[1], host_ms[1], prepare_ms, static_cast<long long>(prepared.grid_rows),
+              static_cast<long long>(prepared.grid_columns));
+  std::fflush(stdout);
+}
+
+int run(bool quick, bool vision_only) {
   cudaDeviceProp props{};
   check(cudaGetDeviceProperties(&props, 0), "cudaGetDeviceProperties");
   std::printf("lightdesk-bench on %s (%d SMs, %.0f GiB)\n", props.name, props.multiProcessorCount,
@@ -238,6 +296,10 @@ int run(bool quick) {
   DeviceContext device;
   EventTimer timer(device);
   const Ceilings c = measure_ceilings(device, timer);
+  if (vision_only) {
+    vision_tower(c);
+    return 0;
+  }
   lightning_prefill(device, timer, c, 64, 4096, 0.49);
   lightning_prefill(device, timer, c, 64, 65536, 3.38);
   if (!quick) {
@@ -250,6 +312,7 @@ int run(bool quick) {
   if (!quick) softmax_prefill(device, timer, c, 16384, 7.26);
   softmax_decode(device, timer, c, 131072, 0.172);
   moe(device, timer, c, quick ? std::vector<std::int64_t>{1, 64, 4096} : std::vector<std::int64_t>{1, 64, 4096, 32768});
+  vision_tower(c);
   return 0;
 }
 
@@ -258,7 +321,9 @@ int run(bool quick) {
 
 int main(int argc, char** argv) {
   try {
-    return lightdesk::run(argc > 1 && std::strcmp(argv[1], "--quick") == 0);
+    const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+    const bool vision_only = argc > 1 && std::strcmp(argv[1], "--vision") == 0;
+    return lightdesk::run(quick, vision_only);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "lightdesk-bench: %s\n", e.what());
     return 1;

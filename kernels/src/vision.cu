@@ -113,10 +113,10 @@ constexpr int kRowsPerBlock = kThreads / 32;
 
 // One warp per row.
 template <typename T>
-__global__ void softmax_rows_kernel(T* x, std::int64_t rows, std::int64_t width) {
+__global__ void softmax_rows_kernel(T* x, std::int64_t rows, std::int64_t width, std::int64_t row_stride) {
   const std::int64_t row = std::int64_t{blockIdx.x} * kRowsPerBlock + threadIdx.x / 32;
   if (row >= rows) return;
-  T* xr = x + row * width;
+  T* xr = x + row * row_stride;
   const unsigned lane = threadIdx.x % 32;
   float top = -INFINITY;
   for (std::int64_t i = lane; i < width; i += 32) top = fmaxf(top, load(xr + i));
@@ -185,10 +185,10 @@ void merge_heads(const T* o, std::int64_t tiles, std::int64_t tokens, int heads,
 }
 
 template <typename T>
-void softmax_rows(T* x, std::int64_t rows, std::int64_t width, cudaStream_t stream) {
+void softmax_rows(T* x, std::int64_t rows, std::int64_t width, std::int64_t row_stride, cudaStream_t stream) {
   if (rows == 0) return;
   const auto blocks = static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
-  softmax_rows_kernel<<<blocks, kThreads, 0, stream>>>(x, rows, width);
+  softmax_rows_kernel<<<blocks, kThreads, 0, stream>>>(x, rows, width, row_stride);
   check(cudaGetLastError(), "softmax_rows");
 }
 
@@ -203,7 +203,7 @@ void softmax_rows(T* x, std::int64_t rows, std::int64_t width, cudaStream_t stre
   template void split_heads<T>(const T*, const float*, std::int64_t, std::int64_t, int, int, T*, T*, T*,           \
                                cudaStream_t);                                                                      \
   template void merge_heads<T>(const T*, std::int64_t, std::int64_t, int, int, T*, cudaStream_t);                  \
-  template void softmax_rows<T>(T*, std::int64_t, std::int64_t, cudaStream_t);
+  template void softmax_rows<T>(T*, std::int64_t, std::int64_t, std::int64_t, cudaStream_t);
 LIGHTDESK_FOR_EACH_ACTIVATION(LIGHTDESK_INSTANTIATE)
 #undef LIGHTDESK_INSTANTIATE
 

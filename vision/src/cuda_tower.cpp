@@ -68,6 +68,12 @@ class CudaTower final : public CudaVisionTower {
  private:
   std::int64_t patches() const { return std::int64_t{config_.patches_per_side()} * config_.patches_per_side(); }
   std::int64_t tile_values() const { return 3 * std::int64_t{config_.image_size} * config_.image_size; }
+  // Rows of attention scores padded to 16 bytes (577 tokens make odd rows), so that the batched
+  // GEMMs get aligned operands.
+  std::int64_t scores_row_stride() const {
+    constexpr std::int64_t kAlign = 16 / sizeof(T);
+    return (patches() + 1 + kAlign - 1) / kAlign * kAlign;
+  }
 
   // A host float32 tensor on the device as U (through a float32 staging copy when U is bf16).
   template <typename U>
@@ -192,7 +198,7 @@ void CudaTower<T>::reserve(std::int64_t tiles) {
   a.patches = device_array<T>(tiles * patches() * 3 * P * P, what);
   for (DeviceBuffer* buffer : {&a.a, &a.b, &a.h, &a.q, &a.k, &a.v, &a.o}) *buffer = device_array<T>(rows * D, what);
   a.qkv = device_array<T>(rows * 3 * D, what);
-  a.scores = device_array<T>(tiles * config_.num_heads * tokens * tokens, what);
+  a.scores = device_array<T>(tiles * config_.num_heads * tokens * scores_row_stride(), what);
   a.wide = device_array<T>(rows * config_.intermediate_size, what);
   a.projected = device_array<T>(tiles * patches() * C, what);
   act_ = std::move(a);
@@ -203,6 +209,7 @@ void CudaTower<T>::run(const float* pixels, std::int64_t tiles, float* features)
   const std::int64_t D = config_.hidden_size, I = config_.intermediate_size, C = config_.text_hidden_size;
   const std::int64_t P = config_.patch_size, patch_count = tiles * patches(), tokens = patches() + 1;
   const std::int64_t rows = tiles * tokens, heads = config_.num_heads, d = D / heads, attended = tiles * heads;
+  const std::int64_t score_stride = scores_row_stride();
   const float eps = config_.layer_norm_eps;
   const cudaStream_t stream = device_.stream();
   Activations& w = act_;
@@ -221,11 +228,12 @@ void CudaTower<T>::run(const float* pixels, std::int64_t tiles, float* features)
     cuda::split_heads(w.qkv.as<T>(), layer.qkv.bias.as<float>(), tiles, tokens, static_cast<int>(heads),
                       static_cast<int>(d), w.q.as<T>(), w.k.as<T>(), w.v.as<T>(), stream);
     // scores_b = q_b k_bᵀ / √d, then o_b = softmax(scores_b) v_b, for every (tile, head) b.
-    device_.batched_linear(w.q.as<T>(), tokens * d, tokens, d, w.k.as<T>(), tokens * d, false, tokens,
-                           w.scores.as<T>(), tokens * tokens, attended, 1.0f / std::sqrt(static_cast<float>(d)));
-    cuda::softmax_rows(w.scores.as<T>(), attended * tokens, tokens, stream);
-    device_.batched_linear(w.scores.as<T>(), tokens * tokens, tokens, tokens, w.v.as<T>(), tokens * d, true, d,
-                           w.o.as<T>(), tokens * d, attended, 1.0f);
+    const MatrixBatch<const T> q{w.q.as<T>(), d, tokens * d}, k{w.k.as<T>(), d, tokens * d}, v{w.v.as<T>(), d, tokens * d};
+    const MatrixBatch<T> scores{w.scores.as<T>(), score_stride, tokens * score_stride};
+    device_.batched_linear(q, tokens, d, k, false, tokens, scores, attended, 1.0f / std::sqrt(static_cast<float>(d)));
+    cuda::softmax_rows(scores.data, attended * tokens, tokens, score_stride, stream);
+    device_.batched_linear(MatrixBatch<const T>{scores.data, score_stride, scores.stride}, tokens, tokens, v, true, d,
+                           MatrixBatch<T>{w.o.as<T>(), d, tokens * d}, attended, 1.0f);
     cuda::merge_heads(w.o.as<T>(), tiles, tokens, static_cast<int>(heads), static_cast<int>(d), w.a.as<T>(), stream);
     device_.linear(w.a.as<T>(), rows, D, layer.out.weight.as<T>(), D, w.b.as<T>());
     cuda::add_bias_residual(w.b.as<T>(), rows, D, layer.out.bias.as<float>(), w.h.as<T>(), stream);

@@ -53,9 +53,9 @@ template <typename T>
 void merge_heads(const T* o, std::int64_t tiles, std::int64_t tokens, int heads, int head_dim, T* out,
                  cudaStream_t stream);
 
-// Softmax over each row of x [rows, width], in place (float32 inside; with bf16 scores this
-// rounds where PyTorch's eager bf16 attention does).
+// Softmax over the first `width` values of each row of x [rows, row_stride], in place (float32
+// inside; with bf16 scores this rounds where PyTorch's eager bf16 attention does).
 template <typename T>
-void softmax_rows(T* x, std::int64_t rows, std::int64_t width, cudaStream_t stream);
+void softmax_rows(T* x, std::int64_t rows, std::int64_t width, std::int64_t row_stride, cudaStream_t stream);
 
 }  // namespace lightdesk::cuda
