@@ -17,6 +17,8 @@
 namespace lightdesk {
 namespace {
 
+using test::ActivationName;
+using test::ActivationTypes;
 using test::DeviceArray;
 using test::relative_error;
 using test::tolerance;
@@ -35,21 +37,7 @@ class CudaVisionKernelTest : public ::testing::Test {
   test::Random random;
 };
 
-using ActivationTypes = ::testing::Types<float, cuda::bf16>;
-class ActivationName {
- public:
-  template <typename T>
-  static std::string GetName(int) {
-    return std::is_same_v<T, float> ? "f32" : "bf16";
-  }
-};
 TYPED_TEST_SUITE(CudaVisionKernelTest, ActivationTypes, ActivationName);
-
-#define EXPECT_CLOSE(out, ref, bound)                                          \
-  do {                                                                         \
-    const double error = relative_error(out, ref);                             \
-    EXPECT_LT(error, bound) << "relative error; seed " << this->random.seed(); \
-  } while (false)
 
 float gelu(float x) { return 0.5f * x * (1.0f + std::erf(x / std::sqrt(2.0f))); }
 
