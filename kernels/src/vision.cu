@@ -9,33 +9,34 @@ namespace lightdesk::cuda {
 
 namespace {
 
-// Grid-stride loop over n elements.
-#define LIGHTDESK_FOR_EACH_INDEX(i, n)                                                       \
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < (n); \
-       i += std::int64_t{gridDim.x} * blockDim.x)
+// The layout and bias kernels run one block per row, its threads over the columns: the row's
+// coordinates are divided out once per block, and the column arithmetic stays in 32 bits (64-bit
+// division per element cost more than the memory traffic at ViT-L sizes).
 
+// Row n is patch n % patches of tile n / patches.
 template <typename T>
-__global__ void unfold_patches_kernel(const float* pixels, std::int64_t tiles, int image_size, int patch, T* out) {
-  const int side = image_size / patch;
-  const std::int64_t patch_width = 3 * patch * patch, patches = std::int64_t{side} * side;
-  LIGHTDESK_FOR_EACH_INDEX(i, tiles * patches * patch_width) {
-    const std::int64_t n = i / patch_width, t = n / patches;
-    const int e = static_cast<int>(i % patch_width), p = static_cast<int>(n % patches);
+__global__ void unfold_patches_kernel(const float* pixels, int image_size, int patch, T* out) {
+  const int side = image_size / patch, patches = side * side, patch_width = 3 * patch * patch;
+  const std::int64_t n = blockIdx.x, t = n / patches;
+  const int p = static_cast<int>(n % patches);
+  const float* tile = pixels + t * 3 * image_size * image_size;
+  T* row = out + n * patch_width;
+  for (int e = threadIdx.x; e < patch_width; e += blockDim.x) {
     const int c = e / (patch * patch), y = e / patch % patch, x = e % patch;
-    const int row = p / side * patch + y, column = p % side * patch + x;
-    store(out + i, pixels[((t * 3 + c) * image_size + row) * image_size + column]);
+    store(row + e,
+          tile[(static_cast<std::int64_t>(c) * image_size + p / side * patch + y) * image_size + p % side * patch + x]);
   }
 }
 
 template <typename T>
 __global__ void assemble_tokens_kernel(const T* patch_embeddings, const float* class_embedding, const float* positions,
-                                       std::int64_t tiles, std::int64_t patches, std::int64_t width, T* out) {
-  const std::int64_t tokens = patches + 1;
-  LIGHTDESK_FOR_EACH_INDEX(i, tiles * tokens * width) {
-    const std::int64_t r = i / width, c = i % width, t = r / tokens, n = r % tokens;
-    const float value = n == 0 ? class_embedding[c] : load(patch_embeddings + (t * patches + n - 1) * width + c);
-    store(out + i, value + positions[n * width + c]);
-  }
+                                       std::int64_t patches, int width, T* out) {
+  const std::int64_t r = blockIdx.x, t = r / (patches + 1), n = r % (patches + 1);
+  const T* embedding = n == 0 ? nullptr : patch_embeddings + (t * patches + n - 1) * width;
+  const float* position = positions + n * width;
+  T* row = out + r * width;
+  for (int c = threadIdx.x; c < width; c += blockDim.x)
+    store(row + c, (embedding ? load(embedding + c) : class_embedding[c]) + position[c]);
 }
 
 // The sum over the block (blockDim.x a multiple of 32, at most kThreads), returned to every thread.
@@ -72,41 +73,42 @@ __global__ void layer_norm_kernel(const T* x, std::int64_t width, const float* w
 __device__ __forceinline__ float gelu(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }
 
 template <typename T>
-__global__ void add_bias_kernel(T* y, std::int64_t rows, std::int64_t width, const float* bias, Activation activation) {
-  LIGHTDESK_FOR_EACH_INDEX(i, rows * width) {
-    const float v = load(y + i) + bias[i % width];
-    store(y + i, activation == Activation::Gelu ? gelu(v) : v);
+__global__ void add_bias_kernel(T* y, int width, const float* bias, Activation activation) {
+  T* row = y + std::int64_t{blockIdx.x} * width;
+  for (int c = threadIdx.x; c < width; c += blockDim.x) {
+    const float v = load(row + c) + bias[c];
+    store(row + c, activation == Activation::Gelu ? gelu(v) : v);
   }
 }
 
 template <typename T>
-__global__ void add_bias_residual_kernel(const T* y, std::int64_t rows, std::int64_t width, const float* bias,
-                                         T* residual) {
-  LIGHTDESK_FOR_EACH_INDEX(i, rows * width) store(residual + i, load(residual + i) + (load(y + i) + bias[i % width]));
+__global__ void add_bias_residual_kernel(const T* y, int width, const float* bias, T* residual) {
+  const std::int64_t offset = std::int64_t{blockIdx.x} * width;
+  for (int c = threadIdx.x; c < width; c += blockDim.x)
+    store(residual + offset + c, load(residual + offset + c) + (load(y + offset + c) + bias[c]));
 }
 
+// Row r of qkv is token r % tokens of tile r / tokens.
 template <typename T>
-__global__ void split_heads_kernel(const T* qkv, const float* bias, std::int64_t tiles, std::int64_t tokens, int heads,
-                                   int head_dim, T* q, T* k, T* v) {
-  const std::int64_t width = std::int64_t{heads} * head_dim;
-  LIGHTDESK_FOR_EACH_INDEX(i, tiles * tokens * 3 * width) {
-    const std::int64_t r = i / (3 * width), c = i % (3 * width);
-    const std::int64_t part = c / width, h = c % width / head_dim, j = c % head_dim;
-    const std::int64_t t = r / tokens, n = r % tokens;
+__global__ void split_heads_kernel(const T* qkv, const float* bias, std::int64_t tokens, int heads, int head_dim, T* q,
+                                   T* k, T* v) {
+  const int width = heads * head_dim;
+  const std::int64_t r = blockIdx.x, t = r / tokens, n = r % tokens;
+  const T* row = qkv + r * 3 * width;
+  for (int c = threadIdx.x; c < 3 * width; c += blockDim.x) {
+    const int part = c / width, h = c % width / head_dim, j = c % head_dim;
     T* target = part == 0 ? q : part == 1 ? k : v;
-    store(target + ((t * heads + h) * tokens + n) * head_dim + j, load(qkv + i) + bias[c]);
+    store(target + ((t * heads + h) * tokens + n) * head_dim + j, load(row + c) + bias[c]);
   }
 }
 
 template <typename T>
-__global__ void merge_heads_kernel(const T* o, std::int64_t tiles, std::int64_t tokens, int heads, int head_dim,
-                                   T* out) {
-  const std::int64_t width = std::int64_t{heads} * head_dim;
-  LIGHTDESK_FOR_EACH_INDEX(i, tiles * tokens * width) {
-    const std::int64_t r = i / width, c = i % width, h = c / head_dim, j = c % head_dim;
-    const std::int64_t t = r / tokens, n = r % tokens;
-    out[i] = o[((t * heads + h) * tokens + n) * head_dim + j];
-  }
+__global__ void merge_heads_kernel(const T* o, std::int64_t tokens, int heads, int head_dim, T* out) {
+  const int width = heads * head_dim;
+  const std::int64_t r = blockIdx.x, t = r / tokens, n = r % tokens;
+  T* row = out + r * width;
+  for (int c = threadIdx.x; c < width; c += blockDim.x)
+    row[c] = o[((t * heads + c / head_dim) * tokens + n) * head_dim + c % head_dim];
 }
 
 constexpr int kRowsPerBlock = kThreads / 32;
@@ -127,22 +129,22 @@ __global__ void softmax_rows_kernel(T* x, std::int64_t rows, std::int64_t width,
   for (std::int64_t i = lane; i < width; i += 32) store(xr + i, expf(load(xr + i) - top) * inv);
 }
 
-#undef LIGHTDESK_FOR_EACH_INDEX
-
 }  // namespace
 
 template <typename T>
 void unfold_patches(const float* pixels, std::int64_t tiles, int image_size, int patch, T* out, cudaStream_t stream) {
-  const std::int64_t n = tiles * image_size * image_size * 3;
-  unfold_patches_kernel<<<grid_for(n), kThreads, 0, stream>>>(pixels, tiles, image_size, patch, out);
+  const std::int64_t rows = tiles * (image_size / patch) * (image_size / patch);
+  if (rows == 0) return;
+  unfold_patches_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(pixels, image_size, patch, out);
   check(cudaGetLastError(), "unfold_patches");
 }
 
 template <typename T>
 void assemble_tokens(const T* patch_embeddings, const float* class_embedding, const float* positions,
                      std::int64_t tiles, std::int64_t patches, std::int64_t width, T* out, cudaStream_t stream) {
-  assemble_tokens_kernel<<<grid_for(tiles * (patches + 1) * width), kThreads, 0, stream>>>(
-      patch_embeddings, class_embedding, positions, tiles, patches, width, out);
+  if (tiles == 0) return;
+  assemble_tokens_kernel<<<static_cast<unsigned>(tiles * (patches + 1)), kThreads, 0, stream>>>(
+      patch_embeddings, class_embedding, positions, patches, static_cast<int>(width), out);
   check(cudaGetLastError(), "assemble_tokens");
 }
 
@@ -157,30 +159,34 @@ void layer_norm(const T* x, std::int64_t rows, std::int64_t width, const float* 
 template <typename T>
 void add_bias(T* y, std::int64_t rows, std::int64_t width, const float* bias, Activation activation,
               cudaStream_t stream) {
-  add_bias_kernel<<<grid_for(rows * width), kThreads, 0, stream>>>(y, rows, width, bias, activation);
+  if (rows == 0) return;
+  add_bias_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(y, static_cast<int>(width), bias, activation);
   check(cudaGetLastError(), "add_bias");
 }
 
 template <typename T>
 void add_bias_residual(const T* y, std::int64_t rows, std::int64_t width, const float* bias, T* residual,
                        cudaStream_t stream) {
-  add_bias_residual_kernel<<<grid_for(rows * width), kThreads, 0, stream>>>(y, rows, width, bias, residual);
+  if (rows == 0) return;
+  add_bias_residual_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(y, static_cast<int>(width), bias,
+                                                                                 residual);
   check(cudaGetLastError(), "add_bias_residual");
 }
 
 template <typename T>
 void split_heads(const T* qkv, const float* bias, std::int64_t tiles, std::int64_t tokens, int heads, int head_dim,
                  T* q, T* k, T* v, cudaStream_t stream) {
-  split_heads_kernel<<<grid_for(tiles * tokens * 3 * heads * head_dim), kThreads, 0, stream>>>(
-      qkv, bias, tiles, tokens, heads, head_dim, q, k, v);
+  if (tiles * tokens == 0) return;
+  split_heads_kernel<<<static_cast<unsigned>(tiles * tokens), kThreads, 0, stream>>>(qkv, bias, tokens, heads, head_dim,
+                                                                                     q, k, v);
   check(cudaGetLastError(), "split_heads");
 }
 
 template <typename T>
 void merge_heads(const T* o, std::int64_t tiles, std::int64_t tokens, int heads, int head_dim, T* out,
                  cudaStream_t stream) {
-  merge_heads_kernel<<<grid_for(tiles * tokens * heads * head_dim), kThreads, 0, stream>>>(o, tiles, tokens, heads,
-                                                                                          head_dim, out);
+  if (tiles * tokens == 0) return;
+  merge_heads_kernel<<<static_cast<unsigned>(tiles * tokens), kThreads, 0, stream>>>(o, tokens, heads, head_dim, out);
   check(cudaGetLastError(), "merge_heads");
 }
 
@@ -192,17 +198,17 @@ void softmax_rows(T* x, std::int64_t rows, std::int64_t width, std::int64_t row_
   check(cudaGetLastError(), "softmax_rows");
 }
 
-#define LIGHTDESK_INSTANTIATE(T)                                                                                   \
-  template void unfold_patches<T>(const float*, std::int64_t, int, int, T*, cudaStream_t);                         \
-  template void assemble_tokens<T>(const T*, const float*, const float*, std::int64_t, std::int64_t, std::int64_t, \
-                                   T*, cudaStream_t);                                                              \
-  template void layer_norm<T>(const T*, std::int64_t, std::int64_t, const float*, const float*, float, T*,         \
-                              cudaStream_t);                                                                       \
-  template void add_bias<T>(T*, std::int64_t, std::int64_t, const float*, Activation, cudaStream_t);              \
-  template void add_bias_residual<T>(const T*, std::int64_t, std::int64_t, const float*, T*, cudaStream_t);        \
-  template void split_heads<T>(const T*, const float*, std::int64_t, std::int64_t, int, int, T*, T*, T*,           \
-                               cudaStream_t);                                                                      \
-  template void merge_heads<T>(const T*, std::int64_t, std::int64_t, int, int, T*, cudaStream_t);                  \
+#define LIGHTDESK_INSTANTIATE(T)                                                                                       \
+  template void unfold_patches<T>(const float*, std::int64_t, int, int, T*, cudaStream_t);                             \
+  template void assemble_tokens<T>(const T*, const float*, const float*, std::int64_t, std::int64_t, std::int64_t, T*, \
+                                   cudaStream_t);                                                                      \
+  template void layer_norm<T>(const T*, std::int64_t, std::int64_t, const float*, const float*, float, T*,             \
+                              cudaStream_t);                                                                           \
+  template void add_bias<T>(T*, std::int64_t, std::int64_t, const float*, Activation, cudaStream_t);                   \
+  template void add_bias_residual<T>(const T*, std::int64_t, std::int64_t, const float*, T*, cudaStream_t);            \
+  template void split_heads<T>(const T*, const float*, std::int64_t, std::int64_t, int, int, T*, T*, T*,               \
+                               cudaStream_t);                                                                          \
+  template void merge_heads<T>(const T*, std::int64_t, std::int64_t, int, int, T*, cudaStream_t);                      \
   template void softmax_rows<T>(T*, std::int64_t, std::int64_t, std::int64_t, cudaStream_t);
 LIGHTDESK_FOR_EACH_ACTIVATION(LIGHTDESK_INSTANTIATE)
 #undef LIGHTDESK_INSTANTIATE

@@ -1,6 +1,8 @@
 // The CUDA vision tower: each kernel of cuda_vision_ops.h and the batched GEMM against plain
 // loops on fresh random inputs (outputs NaN-poisoned first), the whole tower against the CPU tower,
 // and the tiny-vl references (tests/data/tiny-vl, from transformers' CLIPVisionModel) through it.
+#include "lightdesk/vision.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,7 +11,6 @@
 
 #include "cuda_test_util.h"
 #include "lightdesk/cuda_vision_ops.h"
-#include "lightdesk/vision.h"
 #include "src/cuda_device.h"
 #include "src/safetensors.h"
 #include "test_util.h"
@@ -133,8 +134,8 @@ TYPED_TEST(CudaVisionKernelTest, BiasGeluAndResidual) {
 }
 
 TYPED_TEST(CudaVisionKernelTest, SplitAndMergeHeads) {
-  for (auto [tiles, tokens, heads, d] : {std::tuple<std::int64_t, std::int64_t, int, int>{1, 5, 1, 8}, {3, 17, 2, 16},
-                                         {2, 577, 4, 64}}) {
+  for (auto [tiles, tokens, heads, d] :
+       {std::tuple<std::int64_t, std::int64_t, int, int>{1, 5, 1, 8}, {3, 17, 2, 16}, {2, 577, 4, 64}}) {
     SCOPED_TRACE(std::to_string(tiles) + "x" + std::to_string(tokens) + " " + std::to_string(heads) + "h");
     const std::int64_t width = std::int64_t{heads} * d, rows = tiles * tokens;
     DeviceArray<TypeParam> qkv(rows * 3 * width), q(rows * width), k(rows * width), v(rows * width), out(rows * width);
@@ -171,8 +172,8 @@ TYPED_TEST(CudaVisionKernelTest, SplitAndMergeHeads) {
 }
 
 TYPED_TEST(CudaVisionKernelTest, SoftmaxRows) {
-  for (auto [rows, width, stride] : {std::tuple<std::int64_t, std::int64_t, std::int64_t>{1, 577, 577}, {37, 577, 584},
-                                     {9, 33, 40}, {3, 1, 1}}) {
+  for (auto [rows, width, stride] :
+       {std::tuple<std::int64_t, std::int64_t, std::int64_t>{1, 577, 577}, {37, 577, 584}, {9, 33, 40}, {3, 1, 1}}) {
     SCOPED_TRACE(std::to_string(rows) + "x" + std::to_string(width) + " in rows of " + std::to_string(stride));
     DeviceArray<TypeParam> x(rows * stride);
     const auto xs = x.set(this->random.uniform(x.size(), -8.0f, 20.0f));
@@ -196,7 +197,8 @@ TYPED_TEST(CudaVisionKernelTest, BatchedLinear) {
   const DeviceContext device;
   for (bool in_by_out : {false, true})
     for (auto [batch, rows, in, out] : {std::tuple<std::int64_t, std::int64_t, std::int64_t, std::int64_t>{1, 3, 5, 7},
-                                        {6, 33, 16, 40}, {4, 577, 64, 577}}) {
+                                        {6, 33, 16, 40},
+                                        {4, 577, 64, 577}}) {
       SCOPED_TRACE(std::to_string(batch) + " x " + std::to_string(rows) + "x" + std::to_string(in) + "x" +
                    std::to_string(out) + (in_by_out ? " [in, out]" : " [out, in]"));
       const std::int64_t w_rows = in_by_out ? in : out, w_columns = in_by_out ? out : in;
@@ -265,8 +267,8 @@ TEST_P(CudaVisionTowerTest, MatchesTheCpuTower) {
   const auto expected = tower(BackendKind::Cpu, true)->tile_features(pixels, tiles);
   const auto features = tower(BackendKind::Cuda, float32())->tile_features(pixels, tiles);
   const double error = test::max_rel_diff(features, expected);
-  std::printf("[ measured ] vision tower %s vs the CPU tower, %lld random tiles: max |d| / max |ref| = %.3g\n",
-              mode(), static_cast<long long>(tiles), error);
+  std::printf("[ measured ] vision tower %s vs the CPU tower, %lld random tiles: max |d| / max |ref| = %.3g\n", mode(),
+              static_cast<long long>(tiles), error);
   EXPECT_LT(error, bound()) << "seed " << random.seed();
 }
 
@@ -275,7 +277,9 @@ TEST_P(CudaVisionTowerTest, MatchesTheCpuTower) {
 // them.
 vision::Image reference_image(const std::string& name) {
   vision::Image image;
-  auto pixel = [&](int x, int y) { return image.pixels.data() + (std::size_t{1} * y * image.width + x) * image.channels; };
+  auto pixel = [&](int x, int y) {
+    return image.pixels.data() + (std::size_t{1} * y * image.width + x) * image.channels;
+  };
   auto u8 = [](long v) { return static_cast<std::uint8_t>(v); };
   if (name == "gradient") {
     image = {336, 336, 3, std::vector<std::uint8_t>(336 * 336 * 3)};
@@ -297,7 +301,8 @@ vision::Image reference_image(const std::string& name) {
     for (int y = 0; y < 700; ++y)
       for (int x = 0; x < 1000; ++x) {
         const long dx = x - 420, dy = y - 300;
-        const long ring = static_cast<long>(std::floor(std::sqrt(static_cast<double>(dx * dx + dy * dy)) / 24.0)) % 2 * 180;
+        const long ring =
+            static_cast<long>(std::floor(std::sqrt(static_cast<double>(dx * dx + dy * dy)) / 24.0)) % 2 * 180;
         std::uint8_t* p = pixel(x, y);
         p[0] = u8(ring + x * 60 / 999), p[1] = u8(ring / 2 + 40), p[2] = u8(255 - ring);
       }

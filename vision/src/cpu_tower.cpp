@@ -124,7 +124,8 @@ void CpuTower::forward(const float* pixels, std::int64_t tiles, float* features)
   }
 
   // Drop the class token, then project.
-  for (std::int64_t t = 0; t < tiles; ++t) std::copy_n(h.data() + (t * tokens + 1) * D, patches * D, a.data() + t * patches * D);
+  for (std::int64_t t = 0; t < tiles; ++t)
+    std::copy_n(h.data() + (t * tokens + 1) * D, patches * D, a.data() + t * patches * D);
   const std::int64_t C = config_.text_hidden_size;
   std::vector<float> projected(static_cast<std::size_t>(tiles * patches * C));
   dense(a.data(), tiles * patches, D, w_.projector1, C, projected.data(), true);

@@ -3,11 +3,12 @@
 // unfolded patches, the fused QKV, output and MLP projections, and the attention of every
 // (tile, head) as two strided-batched GEMMs around a row softmax. T is bf16 by default, float in
 // the checking mode; LayerNorm weights, biases and embeddings stay float32.
+#include "cuda_tower.h"
+
 #include <cmath>
 #include <mutex>
 #include <string>
 
-#include "cuda_tower.h"
 #include "lightdesk/cuda_vision_ops.h"
 
 namespace lightdesk::vision {
@@ -27,7 +28,7 @@ struct DeviceLayer {
 // Activations of one forward pass, sized for `tiles`; kept between calls and grown as needed.
 struct Activations {
   std::int64_t tiles = 0;
-  DeviceBuffer pixels, features;                                     // float
+  DeviceBuffer pixels, features;                                            // float
   DeviceBuffer patches, a, b, h, qkv, q, k, v, scores, o, wide, projected;  // T
 };
 
@@ -144,7 +145,8 @@ void CudaTower<T>::randomize(std::uint64_t seed) {
   const std::int64_t D = config_.hidden_size, I = config_.intermediate_size, C = config_.text_hidden_size;
   const std::int64_t patch_width = 3 * std::int64_t{config_.patch_size} * config_.patch_size;
   auto fill = [&](DeviceBuffer& buffer, bool is_float, std::int64_t count, float low, float high) {
-    buffer = is_float ? device_array<float>(count, "random vision weights") : device_array<T>(count, "random vision weights");
+    buffer = is_float ? device_array<float>(count, "random vision weights")
+                      : device_array<T>(count, "random vision weights");
     if (is_float)
       cuda::fill_uniform(buffer.as<float>(), count, seed++, low, high, device_.stream());
     else
@@ -228,7 +230,8 @@ void CudaTower<T>::run(const float* pixels, std::int64_t tiles, float* features)
     cuda::split_heads(w.qkv.as<T>(), layer.qkv.bias.as<float>(), tiles, tokens, static_cast<int>(heads),
                       static_cast<int>(d), w.q.as<T>(), w.k.as<T>(), w.v.as<T>(), stream);
     // scores_b = q_b k_bᵀ / √d, then o_b = softmax(scores_b) v_b, for every (tile, head) b.
-    const MatrixBatch<const T> q{w.q.as<T>(), d, tokens * d}, k{w.k.as<T>(), d, tokens * d}, v{w.v.as<T>(), d, tokens * d};
+    const MatrixBatch<const T> q{w.q.as<T>(), d, tokens * d}, k{w.k.as<T>(), d, tokens * d},
+        v{w.v.as<T>(), d, tokens * d};
     const MatrixBatch<T> scores{w.scores.as<T>(), score_stride, tokens * score_stride};
     device_.batched_linear(q, tokens, d, k, false, tokens, scores, attended, 1.0f / std::sqrt(static_cast<float>(d)));
     cuda::softmax_rows(scores.data, attended * tokens, tokens, score_stride, stream);
