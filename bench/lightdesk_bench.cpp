@@ -3,8 +3,10 @@
 // cuBLAS bf16 GEMM) and against the anchors of ../shared/docs/performance-anchors.md §0 (quoted:
 // they were measured on an H200; on another GPU compare the ceiling fractions instead).
 // Timing: CUDA events on the backend's stream, after warm-up, median of several runs, random
-// data. Usage: lightdesk-bench [--quick]   (--quick: the smaller shapes only)
+// data. Usage: lightdesk-bench [--quick | --vision]   (--quick: the smaller shapes only;
+// --vision: the ceilings and the vision tower alone)
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -12,6 +14,9 @@
 #include <string>
 #include <vector>
 
+#include "cuda_tower.h"
+#include "lightdesk/cuda_vision_ops.h"
+#include "lightdesk/vision.h"
 #include "src/cuda_device.h"
 #include "src/cuda_moe.h"
 
@@ -254,7 +259,137 @@ void moe(const DeviceContext& device, EventTimer& timer, const Ceilings& c, cons
   }
 }
 
-int run(bool quick) {
+// The steps of one ViT-L encoder layer at the benchmark's shape (`tiles` tiles of 577 tokens),
+// each timed alone on random data: where the tower's time goes.
+void vision_layer_steps(const DeviceContext& device, EventTimer& timer, const Ceilings& c, std::int64_t tiles) {
+  const std::int64_t D = 1024, I = 4096, heads = 16, d = 64, tokens = 577, score_stride = 584;
+  const std::int64_t rows = tiles * tokens, batch = tiles * heads;
+  std::uint64_t seed = 40;
+  auto random = [&](std::int64_t count) {
+    DeviceBuffer buffer = device_array<bf16>(count, "vision step");
+    cuda::fill_uniform(buffer.as<bf16>(), count, seed++, -1.0f, 1.0f, device.stream());
+    return buffer;
+  };
+  DeviceBuffer x = random(rows * D), y = random(rows * D), qkv = random(rows * 3 * D), q = random(rows * D),
+               k = random(rows * D), v = random(rows * D), o = random(rows * D), wide = random(rows * I),
+               scores = random(batch * tokens * score_stride), w_qkv = random(3 * D * D), w_fc1 = random(I * D),
+               w_fc2 = random(D * I);
+  DeviceBuffer vector = device_array<float>(3 * I, "vision step");
+  cuda::fill_uniform(vector.as<float>(), 3 * I, seed++, 0.5f, 1.0f, device.stream());
+  const cudaStream_t stream = device.stream();
+  const float* weights = vector.as<float>();
+  const MatrixBatch<const bf16> qs{q.as<bf16>(), d, tokens * d}, ks{k.as<bf16>(), d, tokens * d},
+      vs{v.as<bf16>(), d, tokens * d}, probabilities{scores.as<bf16>(), score_stride, tokens * score_stride};
+  const MatrixBatch<bf16> score_out{scores.as<bf16>(), score_stride, tokens * score_stride},
+      os{o.as<bf16>(), d, tokens * d};
+  const double R = static_cast<double>(rows), attention_flops = 2.0 * static_cast<double>(batch * tokens * tokens * d);
+  struct Step {
+    std::string what;
+    int per_layer;
+    double flops, bytes;  // one of the two: what the rate is counted in
+    std::function<void()> run;
+  };
+  const std::vector<Step> steps = {
+      {"LayerNorm", 2, 0, 4 * R * D,
+       [&] { cuda::layer_norm(x.as<bf16>(), rows, D, weights, weights, 1e-5f, y.as<bf16>(), stream); }},
+      {"QKV GEMM", 1, 2 * R * D * 3 * D, 0,
+       [&] { device.linear(y.as<bf16>(), rows, D, w_qkv.as<bf16>(), 3 * D, qkv.as<bf16>()); }},
+      {"split heads + bias", 1, 0, 4 * R * 3 * D,
+       [&] {
+         cuda::split_heads(qkv.as<bf16>(), weights, tiles, tokens, 16, 64, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(),
+                           stream);
+       }},
+      {"scores GEMM", 1, attention_flops, 0,
+       [&] { device.batched_linear(qs, tokens, d, ks, false, tokens, score_out, batch, 0.125f); }},
+      {"softmax", 1, 0, 4.0 * static_cast<double>(batch * tokens * tokens),
+       [&] { cuda::softmax_rows(scores.as<bf16>(), batch * tokens, tokens, score_stride, stream); }},
+      {"PV GEMM", 1, attention_flops, 0,
+       [&] { device.batched_linear(probabilities, tokens, tokens, vs, true, d, os, batch, 1.0f); }},
+      {"merge heads", 1, 0, 4 * R * D,
+       [&] { cuda::merge_heads(o.as<bf16>(), tiles, tokens, 16, 64, x.as<bf16>(), stream); }},
+      {"out GEMM", 1, 2 * R * D * D, 0,
+       [&] { device.linear(x.as<bf16>(), rows, D, w_qkv.as<bf16>(), D, y.as<bf16>()); }},
+      {"bias + residual", 2, 0, 6 * R * D,
+       [&] { cuda::add_bias_residual(y.as<bf16>(), rows, D, weights, x.as<bf16>(), stream); }},
+      {"fc1 GEMM", 1, 2 * R * D * I, 0,
+       [&] { device.linear(y.as<bf16>(), rows, D, w_fc1.as<bf16>(), I, wide.as<bf16>()); }},
+      {"bias + GELU", 1, 0, 4 * R * I,
+       [&] { cuda::add_bias(wide.as<bf16>(), rows, I, weights, cuda::Activation::Gelu, stream); }},
+      {"fc2 GEMM", 1, 2 * R * I * D, 0,
+       [&] { device.linear(wide.as<bf16>(), rows, I, w_fc2.as<bf16>(), D, y.as<bf16>()); }},
+  };
+  double layer_ms = 0.0;
+  for (const Step& step : steps) {
+    const double ms = timer.median_ms(step.run, 5);
+    layer_ms += step.per_layer * ms;
+    const double tflop_s = step.flops / (ms * 1e-3) / 1e12, tb_s = step.bytes / (ms * 1e-3) / 1e12;
+    add({"  " + step.what, step.per_layer == 1 ? "per layer" : "per layer, twice", ms,
+         step.flops > 0 ? rate(tflop_s, "TFLOP/s") : rate(tb_s, "TB/s"),
+         step.flops > 0 ? tflop_s / c.gemm_tflop_s : tb_s / c.copy_tb_s, step.flops > 0 ? "gemm" : "copy", 0, ""});
+  }
+  std::printf("  vision: one layer's steps sum to %.3f ms, x24 = %.2f ms\n", layer_ms, 24 * layer_ms);
+  std::fflush(stdout);
+}
+
+// MiniMax-VL-01's image side for a 2016x2016 image: its tiles at the VL-01 grid choice plus the
+// thumbnail through the full-size CLIP ViT-L/14-336 (24 layers, hidden 1024, 16 heads, MLP
+// 4096) and the projector to 6144, random bf16 weights. Timed on the device (pixels in, features
+// out in device memory), then once more with the host transfers VisionModel makes.
+void vision_tower(const Ceilings& c) {
+  vision::VisionConfig config = vision::load_vision_config(LIGHTDESK_TINY_VL_DIR);  // the released grid pinpoints
+  config.hidden_size = 1024;
+  config.intermediate_size = 4096;
+  config.num_layers = 24;
+  config.num_heads = 16;
+  config.feature_layer = -1;
+  config.text_hidden_size = 6144;
+  vision::Image image{2016, 2016, 3, std::vector<std::uint8_t>(std::size_t{2016} * 2016 * 3)};
+  for (std::size_t i = 0; i < image.pixels.size(); ++i) image.pixels[i] = static_cast<std::uint8_t>(i * 7 % 251);
+  const auto prepare_start = std::chrono::steady_clock::now();
+  const vision::PreparedImage prepared = vision::prepare_image(image, config.anyres);
+  const double prepare_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - prepare_start).count();
+  const auto tiles = static_cast<std::int64_t>(prepared.tiles.size());
+
+  const auto tower = vision::make_random_cuda_vision_tower(config, 21);
+  const DeviceContext& device = tower->device();
+  const std::int64_t patches = 576, tokens = patches + 1, D = config.hidden_size, C = config.text_hidden_size;
+  DeviceBuffer pixels = device_array<float>(static_cast<std::int64_t>(prepared.pixel_values.size()), "pixels");
+  DeviceBuffer features = device_array<float>(tiles * patches * C, "features");
+  device.upload(pixels.as<float>(), prepared.pixel_values.data(), pixels.bytes());
+  EventTimer timer(device);
+  const double ms =
+      timer.median_ms([&] { tower->forward_on_device(pixels.as<float>(), tiles, features.as<float>()); }, 5);
+
+  // Matrix-product FLOPs (2 m n k each): patch embedding, per layer QKV, attention (scores and
+  // values), output and MLP projections, then the projector.
+  const double T = static_cast<double>(tokens), P = static_cast<double>(patches), d = static_cast<double>(D);
+  const double I = config.intermediate_size, out = static_cast<double>(C), patch_width = 3.0 * 14 * 14;
+  const double per_layer = 2.0 * T * d * d * 4 + 2.0 * T * d * I * 2 + 4.0 * T * T * d;
+  const double per_tile =
+      2.0 * P * patch_width * d + config.num_layers * per_layer + 2.0 * P * d * out + 2.0 * P * out * out;
+  const double tflop_s = per_tile * static_cast<double>(tiles) / (ms * 1e-3) / 1e12;
+  add({"vision tower+projector", "2016^2: " + std::to_string(tiles) + " tiles ViT-L", ms, rate(tflop_s, "TFLOP/s"),
+       tflop_s / c.gemm_tflop_s, "gemm", 0, ""});
+
+  std::vector<float> host_features(static_cast<std::size_t>(tiles * patches * C));
+  std::vector<double> host_ms;
+  for (int r = 0; r < 3; ++r) {
+    const auto start = std::chrono::steady_clock::now();
+    tower->forward(prepared.pixel_values.data(), tiles, host_features.data());
+    host_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(host_ms.begin(), host_ms.end());
+  std::printf(
+      "  vision: %.1f images/s on the device (%.2f ms); %.1f images/s with the host transfers (%.2f ms); "
+      "preprocessing on one CPU thread %.1f ms (%lldx%lld grid)\n",
+      1e3 / ms, ms, 1e3 / host_ms[1], host_ms[1], prepare_ms, static_cast<long long>(prepared.grid_rows),
+      static_cast<long long>(prepared.grid_columns));
+  std::fflush(stdout);
+  vision_layer_steps(device, timer, c, tiles);
+}
+
+int run(bool quick, bool vision_only) {
   cudaDeviceProp props{};
   check(cudaGetDeviceProperties(&props, 0), "cudaGetDeviceProperties");
   std::printf("lightdesk-bench on %s (%d SMs, %.0f GiB)\n", props.name, props.multiProcessorCount,
@@ -263,6 +398,10 @@ int run(bool quick) {
   DeviceContext device;
   EventTimer timer(device);
   const Ceilings c = measure_ceilings(device, timer);
+  if (vision_only) {
+    vision_tower(c);
+    return 0;
+  }
   lightning_prefill(device, timer, c, 64, 4096, 0.49);
   lightning_prefill(device, timer, c, 64, 65536, 3.38);
   if (!quick) {
@@ -279,6 +418,7 @@ int run(bool quick) {
   softmax_decode(device, timer, c, 131072, 0.172);
   sampling(device, timer);
   moe(device, timer, c, quick ? std::vector<std::int64_t>{1, 64, 4096} : std::vector<std::int64_t>{1, 64, 4096, 32768});
+  vision_tower(c);
   return 0;
 }
 
@@ -287,7 +427,9 @@ int run(bool quick) {
 
 int main(int argc, char** argv) {
   try {
-    return lightdesk::run(argc > 1 && std::strcmp(argv[1], "--quick") == 0);
+    const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+    const bool vision_only = argc > 1 && std::strcmp(argv[1], "--vision") == 0;
+    return lightdesk::run(quick, vision_only);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "lightdesk-bench: %s\n", e.what());
     return 1;

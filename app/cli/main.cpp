@@ -380,14 +380,13 @@ int cmd_generate(Args& args) {
 }
 
 int cmd_image_features(Args& args) {
-  const std::string model_dir = args.take("model");
+  const Common c = take_common(args);
   const std::string image_path = args.take("image");
   const std::string out = args.take("out");
-  const auto threads = args.take_optional_int("threads", 0);
-  const bool stats = args.take_flag("stats");
   args.check_all_used();
+  const bool stats = c.stats;
   const auto start = std::chrono::steady_clock::now();
-  auto model = lightdesk::vision::VisionModel::open(model_dir, threads ? static_cast<int>(*threads) : 0);
+  auto model = lightdesk::vision::VisionModel::open(c.model_dir, c.options);
   const lightdesk::vision::PreparedImage image = lightdesk::vision::prepare_image(
       lightdesk::vision::decode_image_file(image_path), model->config().anyres);
   const double prepare_seconds = seconds_since(start);
@@ -433,7 +432,7 @@ int cmd_detokenize(Args& args) {
 // The language-model input rows of each image, in order (a MiniMax-VL-01 directory).
 std::vector<std::vector<float>> image_embeddings(const Common& c, const std::vector<std::string>& image_files) {
   if (image_files.empty()) return {};
-  const auto vision_model = lightdesk::vision::VisionModel::open(c.model_dir, c.options.threads);
+  const auto vision_model = lightdesk::vision::VisionModel::open(c.model_dir, c.options);
   std::vector<std::vector<float>> embeddings;
   for (const auto& file : image_files) {
     const auto image = lightdesk::vision::prepare_image(lightdesk::vision::decode_image_file(file),

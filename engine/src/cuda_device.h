@@ -82,6 +82,15 @@ constexpr cudaDataType_t cuda_type() {
     return CUDA_R_16BF;
 }
 
+// Row-major matrices of one shape in device memory: item b starts `stride` elements after item
+// b − 1, and its rows are `ld` elements apart.
+template <typename U>
+struct MatrixBatch {
+  U* data;
+  std::int64_t ld;
+  std::int64_t stride;
+};
+
 // A stream and a cuBLAS handle bound to it.
 class DeviceContext {
  public:
@@ -115,6 +124,23 @@ class DeviceContext {
                               cuda_type<In>(), static_cast<int>(in), &zero, y, cuda_type<Out>(),
                               static_cast<int>(out), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                  "linear");
+  }
+
+  // For each b < batch: y_b[rows, out] = scale · x_b[rows, in] · w_bᵀ with w_b [out, in] (as
+  // linear), or scale · x_b · w_b with w_b [in, out] when w_is_in_by_out. Accumulated in float32.
+  template <typename In, typename Out>
+  void batched_linear(MatrixBatch<const In> x, std::int64_t rows, std::int64_t in, MatrixBatch<const In> w,
+                      bool w_is_in_by_out, std::int64_t out, MatrixBatch<Out> y, std::int64_t batch,
+                      float scale) const {
+    if (rows == 0 || out == 0 || batch == 0) return;
+    const float zero = 0.0f;
+    check_cublas(cublasGemmStridedBatchedEx(cublas_, w_is_in_by_out ? CUBLAS_OP_N : CUBLAS_OP_T, CUBLAS_OP_N,
+                                            static_cast<int>(out), static_cast<int>(rows), static_cast<int>(in),
+                                            &scale, w.data, cuda_type<In>(), static_cast<int>(w.ld), w.stride, x.data,
+                                            cuda_type<In>(), static_cast<int>(x.ld), x.stride, &zero, y.data,
+                                            cuda_type<Out>(), static_cast<int>(y.ld), y.stride,
+                                            static_cast<int>(batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                 "batched_linear");
   }
 
   void upload(void* device, const void* host, std::size_t bytes) const {

@@ -120,4 +120,22 @@ constexpr double tolerance() {
   return std::is_same_v<T, float> ? 1e-5 : 1e-2;
 }
 
+// The two activation types of the typed kernel tests, named f32 and bf16 in test names.
+using ActivationTypes = ::testing::Types<float, cuda::bf16>;
+class ActivationName {
+ public:
+  template <typename T>
+  static std::string GetName(int) {
+    return std::is_same_v<T, float> ? "f32" : "bf16";
+  }
+};
+
+// In a typed test whose fixture has a test::Random `random`: the relative error of out against
+// ref under bound, with the seed in the failure message.
+#define EXPECT_CLOSE(out, ref, bound)                                                        \
+  do {                                                                                       \
+    const double error = ::lightdesk::test::relative_error(out, ref);                        \
+    EXPECT_LT(error, bound) << "relative error; seed " << this->random.seed();               \
+  } while (false)
+
 }  // namespace lightdesk::test

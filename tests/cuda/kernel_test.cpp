@@ -13,6 +13,8 @@
 namespace lightdesk {
 namespace {
 
+using test::ActivationName;
+using test::ActivationTypes;
 using test::DeviceArray;
 using test::relative_error;
 using test::tolerance;
@@ -27,21 +29,7 @@ class CudaKernelTest : public ::testing::Test {
   ThreadPool pool{2};
 };
 
-using ActivationTypes = ::testing::Types<float, cuda::bf16>;
-class ActivationName {
- public:
-  template <typename T>
-  static std::string GetName(int) {
-    return std::is_same_v<T, float> ? "f32" : "bf16";
-  }
-};
 TYPED_TEST_SUITE(CudaKernelTest, ActivationTypes, ActivationName);
-
-#define EXPECT_CLOSE(out, ref, bound)                                      \
-  do {                                                                     \
-    const double error = relative_error(out, ref);                         \
-    EXPECT_LT(error, bound) << "relative error; seed " << this->random.seed(); \
-  } while (false)
 
 TYPED_TEST(CudaKernelTest, FillUniform) {
   const std::int64_t n = 100003;

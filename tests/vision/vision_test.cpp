@@ -20,6 +20,8 @@ using vision::Image;
 
 std::filesystem::path vl_dir() { return test::fixture_dir("tiny-vl"); }
 std::filesystem::path image_path(const std::string& name) { return vl_dir() / "images" / name; }
+// The float32 CPU tower, whatever devices the machine has (tests/cuda checks the CUDA tower).
+ModelOptions cpu_options() { return {.backend = BackendKind::Cpu, .threads = 2}; }
 
 const std::map<std::string, LoadedTensor>& references() {
   static const auto refs = read_safetensors(vl_dir() / "references.safetensors");
@@ -78,7 +80,7 @@ TEST_P(VisionReference, PreprocessingMatchesPillowPipeline) {
 
 TEST_P(VisionReference, FeaturesMatchReference) {
   const std::string name = GetParam();
-  const auto model = vision::VisionModel::open(vl_dir(), 2);
+  const auto model = vision::VisionModel::open(vl_dir(), cpu_options());
   const vision::VisionConfig& config = model->config();
   // Built from the reference tiles, so this checks the tower, projector and packing alone.
   const Image source = vision::decode_image_file(image_path(name + ".png"));
@@ -297,7 +299,7 @@ TEST(VisionSession, EmbeddingOverridesReplaceTokenRows) {
 }
 
 TEST(VisionSession, ImageFeaturesFeedThroughPlaceholders) {
-  const auto vision_model = vision::VisionModel::open(vl_dir(), 2);
+  const auto vision_model = vision::VisionModel::open(vl_dir(), cpu_options());
   const vision::VisionConfig& c = vision_model->config();
   const vision::PreparedImage image =
       vision::prepare_image(vision::decode_image_file(image_path("tiny.png")), c.anyres);
@@ -327,7 +329,7 @@ TEST(VisionCli, ImageFeaturesWritesTheContractTensors) {
   const auto out = scratch.path() / "features.safetensors";
   const std::string command = std::string("'") + LIGHTDESK_CLI + "' image-features --model '" + vl_dir().string() +
                               "' --image '" + image_path("text_wide.png").string() + "' --out '" + out.string() +
-                              "' 2>" + (scratch.path() / "err").string();
+                              "' --backend cpu 2>" + (scratch.path() / "err").string();
   const int status = std::system(command.c_str());
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << test::read_file(scratch.path() / "err");
   const auto written = read_safetensors(out);

@@ -4,7 +4,11 @@
 // - separable: a horizontal pass, then a vertical pass, each skipped when that size is unchanged;
 //   the vertical pass goes first when the height shrinks by more than twice as many pixels as the
 //   width (Pillow 13.0 does this for speed, 12.x and older always start horizontally; the rounding
-//   between passes makes the order show, by up to a few levels);
+//   between passes makes the order show, by up to a few levels). This follows 13.0, the newest
+//   Pillow release (checked 2026-11-22: its direct resize equals the vertical-then-horizontal pair
+//   of single-axis resizes exactly where this rule says so, the other order elsewhere, equality
+//   of the two shrinks included); transformers' image processors run on whatever Pillow is
+//   installed, so references made with Pillow 12.x can differ by those few levels;
 // - each output sample is a convolution with the cubic kernel of a = -0.5 (support 2), stretched
 //   by the downscale factor when shrinking so that it also low-pass filters;
 // - the weights of each output sample are normalised to sum 1, then turned into fixed point with

@@ -1,4 +1,4 @@
-// Lightdesk vision: MiniMax-VL-01's image path on the CPU. Decoding (OpenCV), the "anyres"
+// Lightdesk vision: MiniMax-VL-01's image path. Decoding (OpenCV), the "anyres"
 // preprocessing of the published VL-01 image processor, the CLIP vision tower, the projector and
 // the packing of tile features with newline embeddings into the language model's input rows.
 //
@@ -107,11 +107,13 @@ struct VisionConfig {
 // Reads config.json (model_type minimax_vl_01) and, if present, preprocessor_config.json.
 VisionConfig load_vision_config(const std::filesystem::path& directory);
 
-// The vision tower, projector and newline embedding of a VL-01 checkpoint, float32 on the CPU.
+// The vision tower, projector and newline embedding of a VL-01 checkpoint.
 class VisionModel {
  public:
-  // threads: workers for the row-parallel operations; 0 = all hardware threads.
-  static std::unique_ptr<VisionModel> open(const std::filesystem::path& directory, int threads = 0);
+  // Runs on the backend the options choose, as Model::open does for the language model: the CPU
+  // in float32 (options.threads workers; 0 = all hardware threads), or the CUDA device in bf16,
+  // or in float32 with options.cuda_float32 (for checking).
+  static std::unique_ptr<VisionModel> open(const std::filesystem::path& directory, const ModelOptions& options = {});
   ~VisionModel();
   VisionModel(const VisionModel&) = delete;
   VisionModel& operator=(const VisionModel&) = delete;
