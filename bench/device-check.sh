@@ -57,7 +57,7 @@ if [ "$sanitize" = 1 ]; then
   for tool in memcheck racecheck; do
     echo "--- compute-sanitizer $tool on the kernel tests"
     timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 3 build-device/tests/cuda/cuda_tests \
-      --gtest_filter='CudaKernelTest*:CudaRouterTest*' --gtest_brief=1 >"$out/sanitizer-$tool.log" 2>&1
+      --gtest_filter='CudaKernelTest*:CudaRouterTest*:CudaVisionKernelTest*:CudaSamplingTest*:CudaKvPagePoolTest*' --gtest_brief=1 >"$out/sanitizer-$tool.log" 2>&1
     rc=$?
     tail -4 "$out/sanitizer-$tool.log"
     echo "$tool exit code: $rc"
