@@ -1,0 +1,84 @@
+"""Long-document question tasks: a haystack of filler paragraphs with facts hidden in it, a
+question about one of them and its exact answer. Text only; tokenization is in prompt.py.
+
+Every task returns (needles, question, answer): the needles are paragraphs to place into the
+haystack (each at its own depth), the question is asked after the document, the answer is what
+the model must write. All randomness comes from the `random.Random` passed in, so a seed
+rebuilds the same examples.
+"""
+import random
+
+# Words for keys and story facts: common, short, and frequent enough in the filler's vocabulary.
+COLOURS = ["red", "blue", "green", "black", "white", "yellow", "silver", "golden", "brown", "grey",
+           "purple", "orange", "pink", "dark", "bright", "pale"]
+ANIMALS = ["fox", "owl", "wolf", "bear", "hawk", "lion", "deer", "crow", "goat", "horse", "eagle",
+           "raven", "tiger", "otter", "heron", "camel", "whale", "mouse", "snake", "swan"]
+NAMES = ["Anna", "Ben", "Clara", "David", "Emma", "Felix", "Grace", "Henry", "Iris", "Jonas", "Karl",
+         "Lena", "Maria", "Noah", "Olga", "Paul", "Rosa", "Simon", "Tara", "Victor", "Wanda", "Yusuf"]
+OBJECTS = ["key", "letter", "ring", "map", "coin", "book", "lamp", "knife", "watch", "box", "bell", "cup"]
+PLACES = ["old mill", "red barn", "stone well", "church tower", "garden shed", "village inn", "north gate",
+          "river bank", "blue chest", "oak tree", "cellar", "bakery", "harbour", "library", "market hall"]
+LETTERS = "ABCDEFGHJKLMNPRSTUVWXYZ"
+
+
+def number(rng, digits):
+    return str(rng.randrange(10 ** (digits - 1), 10 ** digits))
+
+
+def record_key(rng):
+    return rng.choice(LETTERS) + rng.choice(LETTERS) + "-" + number(rng, 3)
+
+
+def record_lookup(rng, count=None):
+    """Key-value records scattered through the document; the question names one key."""
+    count = count or rng.randint(1, 24)
+    keys = set()
+    while len(keys) < count:
+        keys.add(record_key(rng))
+    records = [(k, number(rng, 5)) for k in sorted(keys)]
+    rng.shuffle(records)
+    needles = [f"Record {k} has the value {v}." for k, v in records]
+    key, value = rng.choice(records)
+    return needles, f"What is the value of record {key}?", value
+
+
+def passkey(rng):
+    """One pass key hidden in noise, stated twice in its paragraph."""
+    key = number(rng, 5)
+    return [f"The pass key is {key}. Remember it. {key} is the pass key."], "What is the pass key?", key
+
+
+def several_needles(rng, count=None):
+    """Several magic numbers at once, each for a different colour-and-animal name; one is asked."""
+    count = count or rng.randint(2, 8)
+    names = set()
+    while len(names) < count:
+        names.add(f"{rng.choice(COLOURS)} {rng.choice(ANIMALS)}")
+    pairs = [(n, number(rng, 6)) for n in sorted(names)]
+    rng.shuffle(pairs)
+    needles = [f"The special magic number for the {n} is {v}." for n, v in pairs]
+    name, value = rng.choice(pairs)
+    return needles, f"What is the special magic number for the {name}?", value
+
+
+def story_fact(rng):
+    """A fact stated once in a long story, asked at the end; other people hide other things."""
+    people = rng.sample(NAMES, rng.randint(1, 4))
+    facts = [(p, rng.choice(OBJECTS), rng.choice(PLACES)) for p in people]
+    needles = [f"{p} hid the {o} in the {pl}." for p, o, pl in facts]
+    person, thing, place = rng.choice(facts)
+    return needles, f"Where did {person} hide the {thing}?", f"In the {place}."
+
+
+TASKS = {
+    "record": record_lookup,
+    "passkey": passkey,
+    "needles": several_needles,
+    "story": story_fact,
+}
+
+
+def sample_task(rng, kinds=None):
+    kind = rng.choice(sorted(kinds or TASKS))
+    needles, question, answer = TASKS[kind](rng)
+    return kind, needles, question, answer
