@@ -26,6 +26,11 @@ TEST(DemoPrompt, AskRendersTheTrainingLayout) {
     const auto prompt = document_prompt(format, *tokenizer, {document}, c.at("question").get<std::string>());
     EXPECT_EQ(prompt.ids, c.at("prompt_ids").get<std::vector<TokenId>>()) << c.at("question");
     // The answer the model learned to write ends with the end-of-turn token ask stops on.
+    // Training also asks later questions about the same document: a stored session's next ask.
+    const auto& follow_up = c.at("follow_up");
+    const auto next = document_prompt(format, *tokenizer, {}, follow_up.at("question").get<std::string>(), 0,
+                                      {.images = 0, .continues = true});
+    EXPECT_EQ(next.ids, follow_up.at("prompt_ids").get<std::vector<TokenId>>());
     auto answer = c.at("answer_ids").get<std::vector<TokenId>>();
     EXPECT_EQ(answer.back(), format.end_of_turn());
     answer.pop_back();

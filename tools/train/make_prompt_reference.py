@@ -23,7 +23,9 @@ def main():
         text = prompt.document_text(ex["paragraphs"])
         cases.append({"name": ex["name"], "document": text, "question": ex["question"], "answer": ex["answer"],
                       "prompt_ids": tok.render_ask(ex["name"], text, ex["question"]),
-                      "answer_ids": tok.answer_ids(ex["answer"])})
+                      "answer_ids": tok.answer_ids(ex["answer"]),
+                      "follow_up": {"question": "What is the pass key?",
+                                    "prompt_ids": tok.render_follow_up("What is the pass key?")}})
     out = ROOT / "tests/data/demo/ask_prompt.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(cases, indent=1) + "\n")

@@ -57,6 +57,12 @@ class PromptTokenizer:
                                 user_text(document_name, document_text, question) + END_TURN + "\n" +
                                 BEGIN_TURN + ASSISTANT_HEADER)
 
+    def render_follow_up(self, question):
+        """A later turn of the same conversation (ChatFormat::render_continuation after the
+        previous answer's end of turn): the question alone, then the generation prompt."""
+        return self.encode_chat("\n" + BEGIN_TURN + USER_HEADER + f"Question: {question}" + END_TURN + "\n" +
+                                BEGIN_TURN + ASSISTANT_HEADER)
+
     def answer_ids(self, answer):
         """What the model should write after the prompt: the answer and the end of its turn."""
         return self.encode(answer) + [self.end_turn]
@@ -85,13 +91,21 @@ class Haystacks:
             total += int(self.lengths[i])
         return picked
 
-    def example(self, rng, length, kinds=None, depths=None, document_name=None):
+    def example(self, rng, length, kinds=None, depth=None, document_name=None, distractor_rate=0.0,
+                follow_ups=0):
         """One task example at most `length` tokens long (prompt and answer together) unless one
-        filler paragraph alone is longer.
+        filler paragraph alone is longer. `depth` (0..1) puts all needles there; by default each
+        goes to its own random depth.
 
-        Returns dict: ids (prompt + answer + end of turn), prompt_length, paragraphs (the
+        Up to `follow_ups` more questions about the same document follow as later turns (each
+        question and its answer): more to learn from per document; the first turn alone is
+        what `ask` renders.
+
+        Returns dict: ids (prompt + answer + end of turn, then the follow-up turns),
+        prompt_length, answer_spans ([begin, end) of every answer in ids), paragraphs (the
         document's lines, in order), question, answer, name, kind, depths."""
-        kind, needles, question, answer = tasks.sample_task(rng, kinds)
+        kind, needles, questions = tasks.sample_task(rng, kinds, distractor_rate)
+        (question, answer), later = questions[0], questions[1:1 + follow_ups]
         name = document_name or rng.choice(DOCUMENT_NAMES)
         needle_ids = [self.tok.encode(n) for n in needles]
         head = [self.tok.special[BEGIN_DOCUMENT], self.tok.special[BEGIN_TURN]] + self.tok.encode(
@@ -99,10 +113,12 @@ class Haystacks:
         tail = self.tok.encode(f"Question: {question}") + [self.tok.end_turn, self.tok.special[BEGIN_TURN]] + \
             self.tok.encode(ASSISTANT_HEADER)
         answer_ids = self.tok.answer_ids(answer)
-        budget = max(1, length - len(head) - len(tail) - len(answer_ids) - sum(len(n) for n in needle_ids))
+        turns = [(self.tok.render_follow_up(q), self.tok.answer_ids(a)) for q, a in later]
+        budget = max(1, length - len(head) - len(tail) - len(answer_ids) - sum(len(n) for n in needle_ids) -
+                     sum(len(q) + len(a) for q, a in turns))
         filler = self.filler_span(rng, budget)
         # Needle i goes before the filler paragraph at its depth (depth 1.0: after the last one).
-        depths = list(depths) if depths is not None else [rng.random() for _ in needles]
+        depths = [depth] * len(needles) if depth is not None else [rng.random() for _ in needles]
         cumulative = np.cumsum([0] + [int(self.lengths[p]) for p in filler])
         slots = [int(np.searchsorted(cumulative, d * cumulative[-1])) for d in depths]
         pieces, paragraphs = [np.asarray(head, dtype=np.int32)], []
@@ -118,9 +134,14 @@ class Haystacks:
                 paragraphs.append(self.lines[p])
         pieces.append(np.asarray(tail, dtype=np.int32))
         prompt = np.concatenate(pieces)
-        ids = np.concatenate([prompt, np.asarray(answer_ids, dtype=np.int32)])
-        return {"ids": ids, "prompt_length": len(prompt), "paragraphs": paragraphs, "question": question,
-                "answer": answer, "name": name, "kind": kind, "depths": depths}
+        ids, spans = list(answer_ids), [(len(prompt), len(prompt) + len(answer_ids))]
+        for question_ids, later_answer in turns:
+            ids += question_ids
+            spans.append((len(prompt) + len(ids), len(prompt) + len(ids) + len(later_answer)))
+            ids += later_answer
+        return {"ids": np.concatenate([prompt, np.asarray(ids, dtype=np.int32)]), "prompt_length": len(prompt),
+                "answer_spans": spans, "paragraphs": paragraphs, "question": question, "answer": answer,
+                "name": name, "kind": kind, "depths": depths}
 
 
 def document_text(paragraphs):

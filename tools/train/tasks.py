@@ -1,9 +1,9 @@
 """Long-document question tasks: a haystack of filler paragraphs with facts hidden in it, a
 question about one of them and its exact answer. Text only; tokenization is in prompt.py.
 
-Every task returns (needles, question, answer): the needles are paragraphs to place into the
-haystack (each at its own depth), the question is asked after the document, the answer is what
-the model must write. All randomness comes from the `random.Random` passed in, so a seed
+Every task returns (needles, questions): the needles are paragraphs to place into the haystack
+(each at its own depth); the questions are (question, exact answer) pairs about them, in random
+order. The first is asked after the document; training asks the others in later turns. All randomness comes from the `random.Random` passed in, so a seed
 rebuilds the same examples.
 """
 import random
@@ -38,14 +38,14 @@ def record_lookup(rng, count=None):
     records = [(k, number(rng, 5)) for k in sorted(keys)]
     rng.shuffle(records)
     needles = [f"Record {k} has the value {v}." for k, v in records]
-    key, value = rng.choice(records)
-    return needles, f"What is the value of record {key}?", value
+    rng.shuffle(records)
+    return needles, [(f"What is the value of record {k}?", v) for k, v in records]
 
 
 def passkey(rng):
     """One pass key hidden in noise, stated twice in its paragraph."""
     key = number(rng, 5)
-    return [f"The pass key is {key}. Remember it. {key} is the pass key."], "What is the pass key?", key
+    return [f"The pass key is {key}. Remember it. {key} is the pass key."], [("What is the pass key?", key)]
 
 
 def several_needles(rng, count=None):
@@ -57,8 +57,8 @@ def several_needles(rng, count=None):
     pairs = [(n, number(rng, 6)) for n in sorted(names)]
     rng.shuffle(pairs)
     needles = [f"The special magic number for the {n} is {v}." for n, v in pairs]
-    name, value = rng.choice(pairs)
-    return needles, f"What is the special magic number for the {name}?", value
+    rng.shuffle(pairs)
+    return needles, [(f"What is the special magic number for the {n}?", v) for n, v in pairs]
 
 
 def story_fact(rng):
@@ -66,8 +66,8 @@ def story_fact(rng):
     people = rng.sample(NAMES, rng.randint(1, 4))
     facts = [(p, rng.choice(OBJECTS), rng.choice(PLACES)) for p in people]
     needles = [f"{p} hid the {o} in the {pl}." for p, o, pl in facts]
-    person, thing, place = rng.choice(facts)
-    return needles, f"Where did {person} hide the {thing}?", f"In the {place}."
+    rng.shuffle(facts)
+    return needles, [(f"Where did {p} hide the {o}?", f"In the {pl}.") for p, o, pl in facts]
 
 
 TASKS = {
@@ -78,7 +78,13 @@ TASKS = {
 }
 
 
-def sample_task(rng, kinds=None):
+def sample_task(rng, kinds=None, distractor_rate=0.0):
+    """A task of one of `kinds`; with probability `distractor_rate` the document also holds the
+    facts of 1-3 tasks of other kinds (never the asked kind, so the answer stays unique)."""
     kind = rng.choice(sorted(kinds or TASKS))
-    needles, question, answer = TASKS[kind](rng)
-    return kind, needles, question, answer
+    needles, questions = TASKS[kind](rng)
+    if rng.random() < distractor_rate:
+        others = [k for k in sorted(TASKS) if k != kind]
+        for other in rng.sample(others, rng.randint(1, len(others))):
+            needles = needles + TASKS[other](rng)[0]
+    return kind, needles, questions

@@ -5,7 +5,9 @@ tokenizer files the engine reads (tokenizer.model, tokenizer_config.json).
 
 The chat format's special tokens are control symbols: the engine treats a SentencePiece model's
 control symbols as its special tokens, and SentencePiece never matches them inside text. Digits
-are split so that every number is one token per digit (answers are copied digit by digit).
+are split so that every number is one token per digit (answers are copied digit by digit). BPE,
+not unigram: a BPE segmentation of a word never depends on the words around it (unigram breaks
+equal-score ties differently in different contexts), which prompt.Haystacks relies on.
 """
 import json
 import pathlib
@@ -25,8 +27,8 @@ def task_text(count, seed=1):
     rng = random.Random(seed)
     lines = ["user name=user", "ai name=assistant", "Document: demo.txt", "Question:"]
     for _ in range(count):
-        _, needles, question, answer = tasks.sample_task(rng)
-        lines += needles + [f"Question: {question}", answer]
+        _, needles, questions = tasks.sample_task(rng)
+        lines += needles + [f"Question: {q} {a}" for q, a in questions]
     return lines
 
 
@@ -36,11 +38,11 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         text = pathlib.Path(tmp) / "train.txt"
         text.write_text(filler.read_text() + "\n".join(task_text(20000)) + "\n")
-        subprocess.run(["spm_train", f"--input={text}", f"--model_prefix={tmp}/tokenizer", "--model_type=unigram",
+        subprocess.run(["spm_train", f"--input={text}", f"--model_prefix={tmp}/tokenizer", "--model_type=bpe",
                         f"--vocab_size={VOCAB_SIZE}", "--character_coverage=1.0", "--byte_fallback=true",
                         "--split_digits=true", "--bos_id=-1", "--eos_id=-1", "--unk_id=0",
                         f"--control_symbols={','.join(SPECIAL_TOKENS)}", "--input_sentence_size=2000000",
-                        "--shuffle_input_sentence=true", "--seed_sentencepiece_size=400000", "--num_threads=2",
+                        "--shuffle_input_sentence=true", "--random_seed=1", "--seed_sentencepiece_size=400000", "--num_threads=1",
                         "--minloglevel=1"], check=True)
         (out_dir / "tokenizer.model").write_bytes((pathlib.Path(tmp) / "tokenizer.model").read_bytes())
     config = {
