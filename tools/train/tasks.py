@@ -29,14 +29,20 @@ def record_key(rng):
     return rng.choice(LETTERS) + rng.choice(LETTERS) + "-" + number(rng, 3)
 
 
-def record_lookup(rng, count=None):
-    """Key-value records scattered through the document; the question names one key."""
-    count = count or rng.randint(1, 24)
+def numbered_keys(rng, count, make_key, digits):
+    """`count` different keys from make_key(rng), each with a number of `digits` digits, in
+    random order."""
     keys = set()
     while len(keys) < count:
-        keys.add(record_key(rng))
-    records = [(k, number(rng, 5)) for k in sorted(keys)]
-    rng.shuffle(records)
+        keys.add(make_key(rng))
+    pairs = [(k, number(rng, digits)) for k in sorted(keys)]
+    rng.shuffle(pairs)
+    return pairs
+
+
+def record_lookup(rng, count=None):
+    """Key-value records scattered through the document; the question names one key."""
+    records = numbered_keys(rng, count or rng.randint(1, 24), record_key, 5)
     needles = [f"Record {k} has the value {v}." for k, v in records]
     rng.shuffle(records)
     return needles, [(f"What is the value of record {k}?", v) for k, v in records]
@@ -50,12 +56,7 @@ def passkey(rng):
 
 def several_needles(rng, count=None):
     """Several magic numbers at once, each for a different colour-and-animal name; one is asked."""
-    count = count or rng.randint(2, 8)
-    names = set()
-    while len(names) < count:
-        names.add(f"{rng.choice(COLOURS)} {rng.choice(ANIMALS)}")
-    pairs = [(n, number(rng, 6)) for n in sorted(names)]
-    rng.shuffle(pairs)
+    pairs = numbered_keys(rng, count or rng.randint(2, 8), lambda r: f"{r.choice(COLOURS)} {r.choice(ANIMALS)}", 6)
     needles = [f"The special magic number for the {n} is {v}." for n, v in pairs]
     rng.shuffle(pairs)
     return needles, [(f"What is the special magic number for the {n}?", v) for n, v in pairs]
