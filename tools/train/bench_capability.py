@@ -61,7 +61,8 @@ def plot(results, path):
     kinds = sorted({r["kind"] for r in results})
     lengths = sorted({r["length"] for r in results})
     depths = sorted({r["depth"] for r in results})
-    fig, axes = plt.subplots(1, len(kinds), figsize=(3.2 * len(kinds), 0.6 * len(lengths) + 1.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(3.6 * len(kinds), 0.6 * len(lengths) + 1.8), squeeze=False,
+                             sharey=True)
     for ax, kind in zip(axes[0], kinds):
         grid = [[0.0] * len(depths) for _ in lengths]
         for i, length in enumerate(lengths):
@@ -69,7 +70,7 @@ def plot(results, path):
                 cell = [r["correct"] for r in results if (r["kind"], r["length"], r["depth"]) == (kind, length, depth)]
                 grid[i][j] = sum(cell) / len(cell) if cell else float("nan")
         image = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="lower")
-        ax.set_xticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+        ax.set_xticks(range(len(depths)), [f"{d:.0%}" for d in depths], fontsize=8)
         ax.set_yticks(range(len(lengths)), [f"{n // 1024}K" for n in lengths])
         ax.set_xlabel("needle depth")
         ax.set_title(kind)
@@ -78,7 +79,7 @@ def plot(results, path):
                 ax.text(j, i, f"{grid[i][j]:.0%}", ha="center", va="center", fontsize=8)
     axes[0][0].set_ylabel("prompt tokens")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="exact answers")
-    fig.suptitle("lightdesk-demo: greedy exact-match accuracy (lightdesk-cli ask)")
+    fig.suptitle("lightdesk-demo: greedy exact-match accuracy (lightdesk-cli ask)", y=1.04)
     fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
