@@ -1,0 +1,109 @@
+"""Capability benchmark of the demo model: exact answers from `lightdesk-cli ask --greedy` on
+freshly generated haystacks (a seed training never used), by task, length and needle depth.
+
+    python3 tools/train/bench_capability.py FILLER.txt --cli build/app/cli/lightdesk-cli \
+        --lengths 4096,16384 --out docs/demo-capability.json --plot docs/demo-capability.png
+
+Lengths are prompt tokens (document, question and chat format together). `--backend cuda` for
+the long lengths on a GPU machine. `--plot-only` redraws the plot from --out.
+"""
+import argparse
+import json
+import pathlib
+import random
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import prompt  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+MODEL = ROOT / "resources/models/lightdesk-demo"
+BENCH_SEED = 424242  # training used seeds 1 (examples) and 1001 (its own evaluation)
+
+
+def ask(cli, backend, document, question):
+    start = time.time()
+    run = subprocess.run([str(cli), "ask", "--model", str(MODEL), "--document", str(document), "--question", question,
+                          "--greedy", "--max-new-tokens", "16", "--backend", backend],
+                         capture_output=True, text=True, check=True)
+    return run.stdout.strip(), time.time() - start
+
+
+def measure(args):
+    tok = prompt.PromptTokenizer(MODEL / "tokenizer.model")
+    haystacks = prompt.Haystacks(tok, pathlib.Path(args.filler).read_text().splitlines())
+    rng = random.Random(args.seed)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for length in [int(x) for x in args.lengths.split(",")]:
+            for kind in args.kinds.split(","):
+                for depth in [float(x) for x in args.depths.split(",")]:
+                    for _ in range(args.per_cell):
+                        ex = haystacks.example(rng, length, kinds=[kind], depth=depth)
+                        document = pathlib.Path(tmp) / ex["name"]
+                        document.write_text(prompt.document_text(ex["paragraphs"]))
+                        answer, seconds = ask(args.cli, args.backend, document, ex["question"])
+                        results.append({"kind": kind, "length": length, "depth": depth, "tokens": ex["prompt_length"],
+                                        "question": ex["question"], "expected": ex["answer"], "answer": answer,
+                                        "correct": answer == ex["answer"], "seconds": round(seconds, 2)})
+                        print(json.dumps(results[-1]), flush=True)
+    return results
+
+
+def plot(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = sorted({r["kind"] for r in results})
+    lengths = sorted({r["length"] for r in results})
+    depths = sorted({r["depth"] for r in results})
+    fig, axes = plt.subplots(1, len(kinds), figsize=(3.6 * len(kinds), 0.6 * len(lengths) + 1.8), squeeze=False,
+                             sharey=True)
+    for ax, kind in zip(axes[0], kinds):
+        grid = [[0.0] * len(depths) for _ in lengths]
+        for i, length in enumerate(lengths):
+            for j, depth in enumerate(depths):
+                cell = [r["correct"] for r in results if (r["kind"], r["length"], r["depth"]) == (kind, length, depth)]
+                grid[i][j] = sum(cell) / len(cell) if cell else float("nan")
+        image = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="lower")
+        ax.set_xticks(range(len(depths)), [f"{d:.0%}" for d in depths], fontsize=8)
+        ax.set_yticks(range(len(lengths)), [f"{n // 1024}K" for n in lengths])
+        ax.set_xlabel("needle depth")
+        ax.set_title(kind)
+        for i in range(len(lengths)):
+            for j in range(len(depths)):
+                ax.text(j, i, f"{grid[i][j]:.0%}", ha="center", va="center", fontsize=8)
+    axes[0][0].set_ylabel("prompt tokens")
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="exact answers")
+    fig.suptitle("lightdesk-demo: greedy exact-match accuracy (lightdesk-cli ask)", y=1.04)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("filler")
+    ap.add_argument("--cli", default=str(ROOT / "build/app/cli/lightdesk-cli"))
+    ap.add_argument("--backend", default="cpu")
+    ap.add_argument("--lengths", default="4096,16384")
+    ap.add_argument("--kinds", default="record,passkey,story")
+    ap.add_argument("--depths", default="0,0.25,0.5,0.75,1")
+    ap.add_argument("--per-cell", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=BENCH_SEED)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--plot")
+    ap.add_argument("--plot-only", action="store_true")
+    args = ap.parse_args()
+    out = pathlib.Path(args.out)
+    results = json.loads(out.read_text())["results"] if args.plot_only else measure(args)
+    if not args.plot_only:
+        out.write_text(json.dumps({"seed": args.seed, "backend": args.backend, "results": results}, indent=1) + "\n")
+    if args.plot:
+        plot(results, args.plot)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Trains the demo model on generated long-document questions within a time limit, saves the
+checkpoint as the engine loads it, and measures greedy exact-match accuracy on held-out examples.
+
+    python3 tools/train/train.py --filler FILLER.txt --tokenizer DIR --out OUT --minutes 6.5
+
+Curriculum: short documents with many examples per step first (retrieval is learned there),
+then longer ones. The loss counts the answer tokens fully and the document tokens a little
+(plain language modelling keeps the lightning layers' features useful). A time limit, not a step
+count, ends training; the checkpoint is written before the limit so a GPU run cannot lose it.
+"""
+import argparse
+import json
+import math
+import pathlib
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import model as model_lib  # noqa: E402
+import prompt  # noqa: E402
+
+# (fraction of the training time at which the stage starts, sequence length, tokens per step)
+CURRICULUM = [(0.0, 1024, 131072), (0.35, 4096, 131072), (0.6, 8192, 131072), (0.82, 16384, 131072)]
+DOCUMENT_LOSS_WEIGHT = 0.02
+FOLLOW_UPS = 7  # later questions about the same document per training example
+BALANCE_LOSS_WEIGHT = 0.01
+DISTRACTOR_RATE = 0.5  # documents that also hold other tasks' facts (as a real document would)
+PAD = 0  # <unk>; padded positions carry no loss
+
+
+def batch(haystacks, rng, length, size):
+    """Token ids [size, length] and loss weights: examples of length/2..length tokens, padded."""
+    ids = np.full((size, length + 1), PAD, dtype=np.int64)
+    weights = np.zeros((size, length), dtype=np.float32)
+    for row in range(size):
+        ex = haystacks.example(rng, rng.randint(length // 2, length), distractor_rate=DISTRACTOR_RATE,
+                               follow_ups=FOLLOW_UPS)
+        n = min(len(ex["ids"]), length + 1)
+        ids[row, :n] = ex["ids"][:n]
+        weights[row, :ex["prompt_length"] - 1] = DOCUMENT_LOSS_WEIGHT   # predicting the next document token
+        for begin, end in ex["answer_spans"]:
+            weights[row, begin - 1:min(end, n) - 1] = 1.0               # predicting an answer and its end of turn
+    return torch.from_numpy(ids), torch.from_numpy(weights)
+
+
+@torch.no_grad()
+def answer_correct(model, ex, device):
+    """Greedy exact match, teacher-forced: the greedy answer is right exactly when every answer
+    token (and the end of turn) is the argmax given the right tokens before it."""
+    ids = torch.from_numpy(ex["ids"].astype(np.int64))[None].to(device)
+    p = ex["prompt_length"]
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        hidden = model.hidden(ids[:, :-1])
+        logits = model.logits(hidden[:, p - 1:].float())
+    return bool((logits.argmax(-1) == ids[:, p:]).all())
+
+
+def evaluate(model, haystacks, device, lengths, per_cell, seed, depths=(0.0, 0.25, 0.5, 0.75, 1.0),
+             kinds=("record", "passkey", "needles", "story"), deadline=None):
+    """Accuracy per (kind, length, depth) on examples from a seed training never used."""
+    model.eval()
+    rng = random.Random(seed)
+    results = []
+    for length in lengths:
+        began, forwards = time.time(), 0
+        for kind in kinds:
+            for depth in depths:
+                if deadline and time.time() > deadline:
+                    return results
+                hits = 0
+                for _ in range(per_cell):
+                    ex = haystacks.example(rng, length, kinds=[kind], depth=depth)
+                    hits += answer_correct(model, ex, device)
+                    forwards += 1
+                results.append({"kind": kind, "length": length, "depth": depth, "correct": hits, "total": per_cell})
+        summary = {k: sum(r["correct"] for r in results if r["kind"] == k and r["length"] == length) /
+                   max(1, sum(r["total"] for r in results if r["kind"] == k and r["length"] == length)) for k in kinds}
+        print(f"eval length {length}: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()) +
+              f" ({(time.time() - began) / max(1, forwards):.2f} s per example)", flush=True)
+    model.train()
+    return results
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--filler", required=True)
+    ap.add_argument("--tokenizer", required=True, help="directory with tokenizer.model")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--minutes", type=float, default=6.5)
+    ap.add_argument("--resume", help="model directory to start from")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--curriculum", help="stages as FRACTION:LENGTH:TOKENS,... (default: the built-in one)")
+    ap.add_argument("--rotary-dim", type=int, default=0)
+    ap.add_argument("--tiny", action="store_true", help="a tiny model and short sequences (CPU check)")
+    ap.add_argument("--eval-lengths", default="1024,4096,16384,65536")
+    ap.add_argument("--eval-per-cell", type=int, default=4)
+    ap.add_argument("--eval-minutes", type=float, default=2.0)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.manual_seed(args.seed)
+    tok = prompt.PromptTokenizer(pathlib.Path(args.tokenizer) / "tokenizer.model")
+    haystacks = prompt.Haystacks(tok, pathlib.Path(args.filler).read_text().splitlines())
+    prompt.check_fast_path(haystacks)
+    curriculum = CURRICULUM
+    if args.tiny:
+        config = model_lib.demo_config(hidden=64, layers=8, heads=4, kv_heads=2, head_dim=16, expert_width=32,
+                                       rotary_dim=args.rotary_dim)
+        curriculum = [(0.0, 256, 2048), (0.5, 512, 2048)]
+    else:
+        config = model_lib.demo_config(rotary_dim=args.rotary_dim)
+    if args.curriculum:
+        curriculum = [(float(f), int(n), int(t)) for f, n, t in (s.split(":") for s in args.curriculum.split(","))]
+    config["vocab_size"] = tok.sp.get_piece_size()
+    model = model_lib.MiniMaxM1.load(args.resume, device) if args.resume else model_lib.MiniMaxM1(config).to(device)
+    print(f"parameters: {sum(p.numel() for p in model.parameters())}", flush=True)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=args.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+    rng = random.Random(args.seed)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = []
+    start = time.time()
+    budget = args.minutes * 60
+    warmup = 100 if args.resume is None else 20
+    step = 0
+    while True:
+        elapsed = time.time() - start
+        if elapsed > budget:
+            break
+        fraction = elapsed / budget
+        _, length, tokens = [c for c in curriculum if c[0] <= fraction][-1]
+        lr = args.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * fraction)))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        ids, weights = batch(haystacks, rng, length, max(1, tokens // length))
+        ids, weights = ids.to(device, non_blocking=True), weights.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(ids[:, :-1])
+            ce = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten(), reduction="none").view_as(weights)
+            loss = (ce * weights).sum() / weights.sum() + BALANCE_LOSS_WEIGHT * model.balance_loss()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % 25 == 0:
+            answer = weights == 1.0
+            answer_loss = (ce * answer).sum() / answer.sum()
+            hit = ((logits.argmax(-1) == ids[:, 1:]) | ~answer).all(-1).float().mean()
+            entry = {"step": step, "seconds": round(time.time() - start, 1), "length": length, "lr": lr,
+                     "loss": loss.item(), "answer_loss": answer_loss.item(), "batch_exact": hit.item()}
+            log.append(entry)
+            print(json.dumps(entry), flush=True)
+        step += 1
+    model.save(out)
+    print(f"saved after {step} steps, {time.time() - start:.0f} s", flush=True)
+    lengths = [int(x) for x in args.eval_lengths.split(",")]
+    results = evaluate(model, haystacks, device, lengths, args.eval_per_cell, seed=args.seed + 1000,
+                       deadline=time.time() + args.eval_minutes * 60)
+    (out / "training_log.json").write_text(json.dumps({"config": config, "steps": step, "log": log,
+                                                       "eval": results}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
