@@ -139,39 +139,44 @@ void lightning_decode(const float* qkv, int heads, int head_dim, std::span<const
 
 void softmax_attention(const float* q, std::int64_t rows, std::int64_t first_position, const float* keys,
                        const float* values, int heads, int kv_heads, int head_dim, float* out, ThreadPool& pool) {
+  if (rows == 0) return;
   const int d = head_dim;
   const int group = heads / kv_heads;
   const std::int64_t q_stride = std::int64_t{heads} * d;
   const std::int64_t kv_stride = std::int64_t{kv_heads} * d;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  pool.parallel_for(rows * heads, [&](std::int64_t item) {
-    const std::int64_t t = item / heads;
-    const int h = static_cast<int>(item % heads);
-    const int g = h / group;
-    const std::int64_t visible = first_position + t + 1;
-    const float* qv = q + t * q_stride + h * d;
-    std::vector<float> scores(static_cast<std::size_t>(visible));
-    float max_score = -INFINITY;
-    for (std::int64_t j = 0; j < visible; ++j) {
-      const float* k = keys + j * kv_stride + g * d;
-      float dot = 0.0f;
-      for (int i = 0; i < d; ++i) dot += qv[i] * k[i];
-      scores[j] = dot * scale;
-      max_score = std::max(max_score, scores[j]);
+  // Blocks of query rows go through two BLAS GEMMs (scores = Q·Kᵀ, out = P·V) over the keys the
+  // block's last row sees; a per-row loop would be scalar code and some 20× slower at long
+  // contexts. The block is sized to keep its score matrix near 16 MiB at any context length.
+  constexpr std::int64_t kScoreBudget = std::int64_t{1} << 22;
+  const std::int64_t block_rows = std::clamp<std::int64_t>(kScoreBudget / (first_position + rows), 1, 64);
+  std::vector<float> scores(static_cast<std::size_t>(block_rows * (first_position + rows)));
+  for (std::int64_t t0 = 0; t0 < rows; t0 += block_rows) {
+    const std::int64_t block = std::min(block_rows, rows - t0);
+    const std::int64_t keys_seen = first_position + t0 + block;
+    for (int h = 0; h < heads; ++h) {
+      const int g = h / group;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(block),
+                  static_cast<blasint>(keys_seen), d, scale, q + t0 * q_stride + h * d,
+                  static_cast<blasint>(q_stride), keys + g * d, static_cast<blasint>(kv_stride), 0.0f,
+                  scores.data(), static_cast<blasint>(keys_seen));
+      // Causal softmax of each row in place; the keys a row must not see get probability 0.
+      pool.parallel_for(block, [&](std::int64_t r) {
+        float* row = scores.data() + r * keys_seen;
+        const std::int64_t visible = first_position + t0 + r + 1;
+        const float max_score = *std::max_element(row, row + visible);
+        float sum = 0.0f;
+        for (std::int64_t j = 0; j < visible; ++j) sum += row[j] = std::exp(row[j] - max_score);
+        const float inverse = 1.0f / sum;
+        for (std::int64_t j = 0; j < visible; ++j) row[j] *= inverse;
+        std::fill(row + visible, row + keys_seen, 0.0f);
+      });
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(block), d,
+                  static_cast<blasint>(keys_seen), 1.0f, scores.data(), static_cast<blasint>(keys_seen),
+                  values + g * d, static_cast<blasint>(kv_stride), 0.0f, out + t0 * q_stride + h * d,
+                  static_cast<blasint>(q_stride));
     }
-    float sum = 0.0f;
-    for (std::int64_t j = 0; j < visible; ++j) {
-      scores[j] = std::exp(scores[j] - max_score);
-      sum += scores[j];
-    }
-    float* o = out + t * q_stride + h * d;
-    std::fill(o, o + d, 0.0f);
-    for (std::int64_t j = 0; j < visible; ++j) {
-      const float p = scores[j] / sum;
-      const float* v = values + j * kv_stride + g * d;
-      for (int i = 0; i < d; ++i) o[i] += p * v[i];
-    }
-  });
+  }
 }
 
 void route_top_k(const float* router_logits, std::int64_t rows, int experts, int k, int* expert_ids, float* weights) {

@@ -67,10 +67,10 @@ TEST(CpuOps, LightningPrefillMatchesTheRecurrenceForAnyBlockSize) {
   }
 }
 
-TEST(CpuOps, SoftmaxAttentionIsCausalGqaWithScale) {
+// Attention of `rows` new queries after `past` cached positions against a float64 loop.
+void expect_softmax_attention_matches_double(int heads, int kv_heads, int d, std::int64_t past, std::int64_t rows) {
   ThreadPool pool(2);
-  const int heads = 4, kv_heads = 2, d = 8;
-  const std::int64_t past = 5, rows = 3, total = past + rows;
+  const std::int64_t total = past + rows;
   const auto q = random_vector(static_cast<std::size_t>(rows * heads * d), 1);
   const auto k = random_vector(static_cast<std::size_t>(total * kv_heads * d), 2);
   const auto v = random_vector(static_cast<std::size_t>(total * kv_heads * d), 3);
@@ -94,7 +94,16 @@ TEST(CpuOps, SoftmaxAttentionIsCausalGqaWithScale) {
         ref[(t * heads + h) * d + i] = static_cast<float>(acc);
       }
     }
-  EXPECT_LT(test::max_rel_diff(out, ref), 1e-5);
+  EXPECT_LT(test::max_rel_diff(out, ref), 1e-5) << heads << "/" << kv_heads << " heads, past " << past << ", rows "
+                                                << rows;
+}
+
+TEST(CpuOps, SoftmaxAttentionIsCausalGqaWithScale) {
+  expect_softmax_attention_matches_double(4, 2, 8, 5, 3);
+  // Several 64-row blocks, the last one ragged.
+  expect_softmax_attention_matches_double(8, 2, 16, 70, 150);
+  // A context long enough that blocks shrink below 64 rows to bound the score matrix.
+  expect_softmax_attention_matches_double(2, 1, 8, 140000, 5);
 }
 
 TEST(CpuOps, PartialRopeRotatesOnlyTheFirstRotaryDims) {
