@@ -8,6 +8,7 @@
 #include <QLabel>
 #include <QLineEdit>
 #include <QListWidget>
+#include <QLocale>
 #include <QMimeData>
 #include <QPlainTextEdit>
 #include <QPushButton>
@@ -17,6 +18,8 @@
 #include <QTemporaryDir>
 #include <QTest>
 #include <QTextBrowser>
+
+#include <sqlite3.h>
 
 #include <filesystem>
 #include <optional>
@@ -48,6 +51,33 @@ void dropFile(MainWindow& window, const QString& path) {
   QVERIFY(attached.wait(kTimeoutMs));
 }
 
+
+// Runs SQL on the session database through a connection of its own, as another program could.
+void executeSql(const std::filesystem::path& database, const char* sql) {
+  sqlite3* db = nullptr;
+  QCOMPARE(sqlite3_open(database.c_str(), &db), SQLITE_OK);
+  char* error = nullptr;
+  const int result = sqlite3_exec(db, sql, nullptr, nullptr, &error);
+  const QString message = error ? QString::fromUtf8(error) : QString();
+  sqlite3_free(error);
+  sqlite3_close(db);
+  QVERIFY2(result == SQLITE_OK, qPrintable(message));
+}
+
+// Opens the bundled model in the window and waits until it is loaded.
+void openModel(MainWindow& window) {
+  QSignalSpy ready(&window, &MainWindow::modelReady);
+  window.openModelDirectory(kModelDirectory);
+  QVERIFY2(ready.wait(kTimeoutMs), qPrintable(window.findChild<QLabel*>(QStringLiteral("messageLabel"))->text()));
+}
+
+// Types `question` into the window, sends it and waits for the whole answer.
+void ask(MainWindow& window, const QString& question) {
+  QSignalSpy finished(&window, &MainWindow::answerFinished);
+  window.findChild<QPlainTextEdit*>(QStringLiteral("input"))->setPlainText(question);
+  window.send();
+  QVERIFY(finished.wait(kTimeoutMs));
+}
 
 }  // namespace
 
@@ -367,6 +397,101 @@ class MainWindowTest : public QObject {
     const QString transcript = window.findChild<QTextBrowser*>(QStringLiteral("transcript"))->toPlainText();
     QVERIFY2(transcript.contains(question), qPrintable(transcript));
     QVERIFY2(transcript.contains(QStringLiteral("minutes.txt")), qPrintable(transcript));
+
+    // With the model open, the session's saved state comes back instead of a second read.
+    QSignalSpy state_restored(&window, &MainWindow::stateRestored);
+    openModel(window);
+    QVERIFY(state_restored.wait(kTimeoutMs));
+    const QString restored_message = state_restored.front().front().toString();
+    QVERIFY2(restored_message.startsWith(QStringLiteral("Restored ")) &&
+                 restored_message.contains(QStringLiteral(" tokens from cache in ")),
+             qPrintable(restored_message));
+    const qint64 restored_tokens = QLocale().toLongLong(restored_message.section(QLatin1Char(' '), 1, 1));
+    QVERIFY2(restored_tokens > 20, qPrintable(restored_message));
+    ask(window, QStringLiteral("And the date?"));
+    const QString second = window.statusBar()->currentMessage();
+    QVERIFY2(second.contains(QStringLiteral("(%1 kept from the session state)").arg(restored_tokens)), qPrintable(second));
+  }
+
+  void damagedStateFallsBackToReading() {
+    window_.reset();
+    QTemporaryDir data;
+    QVERIFY(data.isValid());
+    const std::filesystem::path database = data.filePath(QStringLiteral("sessions.sqlite")).toStdString();
+    settings_->setValue(QStringLiteral("sampling/M1/max_new_tokens"), 8);
+    {
+      StoreSessionRepository sessions(database);
+      MainWindow window(sessions, *settings_);
+      openModel(window);
+      ask(window, QStringLiteral("Keep this question"));
+    }
+    // One flipped value in a stored lightning state: its checksum no longer matches.
+    executeSql(database, "UPDATE lightning_states SET data = zeroblob(length(data)) WHERE id = (SELECT min(id) FROM lightning_states)");
+    if (QTest::currentTestFailed()) return;
+
+    StoreSessionRepository sessions(database);
+    MainWindow window(sessions, *settings_);
+    QSignalSpy restored(&window, &MainWindow::stateRestored);
+    QSignalSpy error(&window, &MainWindow::errorShown);
+    openModel(window);
+    QVERIFY(error.wait(kTimeoutMs));
+    const QString message = error.front().front().toString();
+    QVERIFY2(message.startsWith(QStringLiteral("The saved state of this conversation could not be used (")) &&
+                 message.contains(QStringLiteral("checksum")) && message.contains(QStringLiteral("messages are kept")),
+             qPrintable(message));
+    QVERIFY(restored.isEmpty());
+    const QString transcript = window.findChild<QTextBrowser*>(QStringLiteral("transcript"))->toPlainText();
+    QVERIFY2(transcript.contains(QStringLiteral("Keep this question")), qPrintable(transcript));
+    // The conversation goes on, read again from its messages.
+    ask(window, QStringLiteral("Next"));
+    const QString status = window.statusBar()->currentMessage();
+    QVERIFY2(status.contains(QStringLiteral("tokens generated")) && !status.contains(QStringLiteral("kept from")),
+             qPrintable(status));
+    QCOMPARE(sessions.load(sessions.list().front().id)->entries.size(), 4);
+  }
+
+  void failedWriteIsShownAndTheConversationKept() {
+    window_.reset();
+    QTemporaryDir data;
+    QVERIFY(data.isValid());
+    const std::filesystem::path database = data.filePath(QStringLiteral("sessions.sqlite")).toStdString();
+    settings_->setValue(QStringLiteral("sampling/M1/max_new_tokens"), 8);
+    StoreSessionRepository sessions(database);
+    MainWindow window(sessions, *settings_);
+    openModel(window);
+    // The disk fills up: every new message is refused.
+    executeSql(database, "CREATE TRIGGER full_disk BEFORE INSERT ON messages BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END");
+    if (QTest::currentTestFailed()) return;
+    QSignalSpy error(&window, &MainWindow::errorShown);
+    ask(window, QStringLiteral("Will this be saved?"));
+    QTRY_VERIFY_WITH_TIMEOUT(!error.isEmpty(), kTimeoutMs);
+    const QString message = error.front().front().toString();
+    QVERIFY2(message.startsWith(QStringLiteral("Could not save to the session database ")) &&
+                 message.contains(QStringLiteral("database or disk is full")) &&
+                 message.contains(QStringLiteral("Export conversation")),
+             qPrintable(message));
+    const QString transcript = window.findChild<QTextBrowser*>(QStringLiteral("transcript"))->toPlainText();
+    QVERIFY2(transcript.contains(QStringLiteral("Will this be saved?")), qPrintable(transcript));
+  }
+
+  void aQuestionThatCannotBeSentStaysInTheInput() {
+    openModel(*window_);
+    auto* input = window_->findChild<QPlainTextEdit*>(QStringLiteral("input"));
+    // Longer than the model's 4096-token context (the tiny tokenizer reads a byte a token).
+    const QString question = QStringLiteral("Summarise this: ") + QString(5000, QLatin1Char('x'));
+    QSignalSpy error(window_.get(), &MainWindow::errorShown);
+    QSignalSpy finished(window_.get(), &MainWindow::answerFinished);
+    input->setPlainText(question);
+    window_->send();
+    QVERIFY(finished.wait(kTimeoutMs));
+    QCOMPARE(error.size(), 1);
+    QVERIFY2(error.front().front().toString().contains(QStringLiteral("does not fit the model's context")),
+             qPrintable(error.front().front().toString()));
+    QVERIFY2(error.front().front().toString().contains(QStringLiteral("back in the input box")),
+             qPrintable(error.front().front().toString()));
+    QCOMPARE(input->toPlainText(), question);
+    QVERIFY(!window_->findChild<QTextBrowser*>(QStringLiteral("transcript"))->toPlainText().contains(QStringLiteral("Summarise")));
+    QVERIFY(sessions_->load(sessions_->list().front().id)->entries.isEmpty());
   }
 
  private:

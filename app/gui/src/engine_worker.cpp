@@ -41,6 +41,7 @@ void EngineWorker::requestStop() { stop_requested_ = true; }
 
 ModelCheck memory_check(const ModelInfo& info, std::uint64_t available_bytes) {
   ModelCheck check;
+  check.model = info;
   check.directory = QString::fromStdString(info.directory.string());
   check.description = EngineWorker::tr("%1, %2 layers, %3 M parameters")
                           .arg(to_qstring(info.model_type))
@@ -144,14 +145,14 @@ void EngineWorker::generate(const QList<PromptMessage>& conversation, const Samp
                                  {ChatPart{ChatPart::Kind::Text, message.text.toStdString(), {}}}});
       return chat;
     };
-    // A question that follows the turns the session's state already holds (this conversation's
-    // last answer included, as the ids the model generated) feeds only itself; anything else
-    // (another conversation, a stopped answer) starts from an empty state.
-    const bool continues = !held_messages_.isEmpty() && conversation.size() == held_messages_.size() + 1 &&
+    // Messages that follow the turns the session's state already holds (this conversation's
+    // answers there included, as the ids the model generated) feed only themselves; anything
+    // else (another conversation, an edited message, a stopped answer) starts from an empty state.
+    const bool continues = !held_messages_.isEmpty() && conversation.size() > held_messages_.size() &&
                            std::equal(held_messages_.begin(), held_messages_.end(), conversation.begin());
     std::vector<TokenId> prompt;
     if (continues) {
-      prompt = format_->render_continuation(to_chat({conversation.back()})).encode(*tokenizer_);
+      prompt = format_->render_continuation(to_chat(conversation.mid(held_messages_.size()))).encode(*tokenizer_);
     } else {
       session_->reset();
       prompt = format_->render(to_chat(conversation)).encode(*tokenizer_);
@@ -197,11 +198,13 @@ void EngineWorker::generate(const QList<PromptMessage>& conversation, const Samp
       stats.stopped = true;
     }
     send(parser.finish());
+    EngineStatePtr state;
     if (!stats.stopped) {
       // The session now holds the whole turn, so the next question can continue from it.
       finish_assistant_turn(*session_, generated, format_->end_of_turn());
       held_messages_ = conversation;
       held_messages_.append({false, to_qstring(parser.answer())});
+      state = EngineState::copy_of(*session_);
     }
     stats.context_used = session_->position();
     stats.generated_tokens = stats.stopped ? stats.context_used - stats.reused_tokens - stats.prompt_tokens
@@ -212,9 +215,22 @@ void EngineWorker::generate(const QList<PromptMessage>& conversation, const Samp
       if (decode_seconds > 0)
         stats.decode_tokens_per_second = static_cast<double>(stats.generated_tokens) / decode_seconds;
     }
-    emit generationFinished(stats);
+    emit generationFinished(stats, state);
   } catch (const std::exception& e) {
     emit generationFailed(to_qstring(e.what()));
+  }
+}
+
+void EngineWorker::adoptState(const EngineStatePtr& state, const QList<PromptMessage>& held) {
+  if (!session_) return;
+  held_messages_.clear();
+  const auto start = Clock::now();
+  try {
+    state->import_into(*session_);
+    held_messages_ = held;
+    emit stateAdopted(static_cast<qint64>(state->tokens().size()), seconds_since(start));
+  } catch (const std::exception& e) {
+    emit stateRefused(to_qstring(e.what()));
   }
 }
 

@@ -12,6 +12,7 @@
 #include <memory>
 #include <optional>
 
+#include "engine_state.h"
 #include "lightdesk/engine.h"
 #include "lightdesk/text.h"
 
@@ -19,6 +20,7 @@ namespace lightdesk::gui {
 
 // What a model directory needs against what this machine has, from Model::inspect.
 struct ModelCheck {
+  ModelInfo model;
   QString directory;
   QString description;          // e.g. "minimax_m1, 4 layers, 0.3 M parameters"
   std::uint64_t weight_bytes = 0;
@@ -84,6 +86,10 @@ class EngineWorker : public QObject {
   // generationFailed.
   void generate(const QList<lightdesk::gui::PromptMessage>& conversation,
                 const lightdesk::gui::SamplingSettings& sampling);
+  // Takes `state` (saved after the messages `held`) as the session's state, so that a
+  // conversation continuing them feeds only what follows: emits stateAdopted, or stateRefused
+  // (the session then starts the next conversation from an empty state).
+  void adoptState(const lightdesk::gui::EngineStatePtr& state, const QList<lightdesk::gui::PromptMessage>& held);
 
  signals:
   void modelChecked(const lightdesk::gui::ModelCheck& check);
@@ -99,7 +105,11 @@ class EngineWorker : public QObject {
   void documentFailed(const QString& path, const QString& message);
   void prefillProgress(qint64 tokensDone, qint64 tokensTotal, double tokensPerSecond, double secondsLeft);
   void textPiece(const QString& reasoning, const QString& answer);
-  void generationFinished(const lightdesk::gui::GenerationStats& stats);
+  // `state`: a copy of the session's state after the finished turn, to save with it; null when
+  // the answer was stopped (the state then holds no complete turn).
+  void generationFinished(const lightdesk::gui::GenerationStats& stats, const lightdesk::gui::EngineStatePtr& state);
+  void stateAdopted(qint64 tokens, double seconds);
+  void stateRefused(const QString& message);
   void generationFailed(const QString& message);
 
  private:
@@ -110,7 +120,7 @@ class EngineWorker : public QObject {
   std::optional<ChatFormat> format_;
   std::unique_ptr<Session> session_;
   // The messages whose turns session_ holds complete (ending with a finished answer); empty
-  // when its state is anything else.
+  // when its state is anything else (then a conversation is read from the start).
   QList<PromptMessage> held_messages_;
   std::atomic<bool> stop_requested_{false};
 };

@@ -61,6 +61,16 @@ QString prompt_with_documents(const QString& question, const QList<Attachment>& 
   return QString::fromStdString(document_question_text(documents, question.toStdString()));
 }
 
+// The conversation as the engine reads it: each question with the documents sent along.
+QList<PromptMessage> prompt_conversation(const QList<ChatEntry>& entries) {
+  QList<PromptMessage> conversation;
+  for (const ChatEntry& entry : entries) {
+    const bool from_user = entry.role == ChatEntry::Role::User;
+    conversation.append({from_user, from_user ? prompt_with_documents(entry.text, entry.documents) : entry.text});
+  }
+  return conversation;
+}
+
 }  // namespace
 
 MainWindow::MainWindow(SessionRepository& sessions, QSettings& settings, QWidget* parent)
@@ -271,6 +281,13 @@ void MainWindow::connectEngine() {
   connect(worker_, &EngineWorker::textPiece, this, &MainWindow::onTextPiece);
   connect(worker_, &EngineWorker::generationFinished, this, &MainWindow::onGenerationFinished);
   connect(worker_, &EngineWorker::generationFailed, this, &MainWindow::onGenerationFailed);
+  connect(this, &MainWindow::adoptStateRequested, worker_, &EngineWorker::adoptState);
+  connect(worker_, &EngineWorker::stateAdopted, this, &MainWindow::onStateAdopted);
+  connect(worker_, &EngineWorker::stateRefused, this, &MainWindow::onStateRefused);
+  connect(&sessions_, &SessionRepository::writeFailed, this, [this](const QString& message) {
+    showError(message + QLatin1Char('\n') +
+              tr("The conversation stays in this window; export it (File > Export conversation…) to keep a copy."));
+  });
   engine_thread_.start();
 }
 
@@ -319,6 +336,8 @@ void MainWindow::onModelChecked(const ModelCheck& check) {
 
 void MainWindow::onModelLoaded(const ModelCheck& check, const QString& family, const SamplingSettings& sampling) {
   model_ready_ = true;
+  model_info_ = check.model;
+  engine_holds_ = {};
   model_family_ = family;
   default_sampling_ = sampling;
   settings_.setValue(QStringLiteral("model/directory"), check.directory);
@@ -328,6 +347,7 @@ void MainWindow::onModelLoaded(const ModelCheck& check, const QString& family, c
   context_label_->setText(tr("context: 0 / %1").arg(check.context_tokens));
   setGenerating(false);
   emit modelReady();
+  restoreState();
 }
 
 void MainWindow::onModelRejected(const QString& directory, const QString& message) {
@@ -367,7 +387,7 @@ bool MainWindow::eventFilter(QObject* watched, QEvent* event) {
 
 void MainWindow::send() {
   const QString question = input_->toPlainText().trimmed();
-  if (question.isEmpty() || generating_ || !model_ready_) return;
+  if (question.isEmpty() || generating_ || restoring_ || !model_ready_) return;
   if (current_.entries.isEmpty() && current_.title == untitled()) {
     current_.title = question.left(40);
     sessions_.rename(current_.id, current_.title);
@@ -375,28 +395,51 @@ void MainWindow::send() {
   const auto pending = pending_documents_.find(current_.id);
   ChatEntry user{ChatEntry::Role::User, question, {}, pending == pending_documents_.end() ? QList<Attachment>{} : pending->second};
   if (pending != pending_documents_.end()) pending_documents_.erase(pending);
-  sessions_.append(current_.id, user);
+  input_->clear();
+  refreshSessionList();
+  ask(current_.entries.size(), user);
+}
+
+void MainWindow::ask(qsizetype keep, const ChatEntry& user) {
+  turn_ = Turn{keep, current_.entries.mid(keep), false};
+  current_.entries.resize(keep);
   current_.entries.append(user);
   answer_ = ChatEntry{ChatEntry::Role::Assistant, {}, {}, {}};
-  refreshSessionList();
   refreshAttachments();
-  input_->clear();
   renderTranscript();
-
-  QList<PromptMessage> conversation;
-  for (const ChatEntry& entry : current_.entries) {
-    const bool from_user = entry.role == ChatEntry::Role::User;
-    conversation.append({from_user, from_user ? prompt_with_documents(entry.text, entry.documents) : entry.text});
-  }
   setGenerating(true);
   statusBar()->showMessage(tr("Reading the prompt…"));
-  emit generateRequested(conversation, load_sampling(settings_, model_family_, default_sampling_));
+
+  const QList<PromptMessage> conversation = prompt_conversation(current_.entries);
+  const SamplingSettings sampling = load_sampling(settings_, model_family_, default_sampling_);
+  if (keep == 0 || (engine_holds_.session == current_.id && engine_holds_.entries >= 0 && engine_holds_.entries <= keep)) {
+    emit generateRequested(conversation, sampling);
+    return;
+  }
+  // The engine holds another conversation or a later point of this one: start from the state
+  // saved at the branch point, if there is one, rather than reading everything again.
+  sessions_.loadState(current_.id, keep, model_info_, this, [this, conversation, sampling](const StateLoad& load) {
+    if (load.state) {
+      adopting_ = {current_.id, load.entries};
+      state_read_seconds_ = load.seconds;
+      emit adoptStateRequested(load.state, conversation.mid(0, load.entries));
+    } else if (!load.refused.isEmpty()) {
+      onStateRefused(load.refused);
+    }
+    emit generateRequested(conversation, sampling);
+  });
 }
 
 void MainWindow::stop() { worker_->requestStop(); }
 
 void MainWindow::onTextPiece(const QString& reasoning, const QString& answer) {
   progress_bar_->setVisible(false);  // the prompt is read once the answer streams
+  if (turn_ && !turn_->stored) {
+    // The answer has begun: the question (and the branch it starts, if any) is kept.
+    if (!turn_->replaced.isEmpty()) sessions_.branch(current_.id, turn_->keep);
+    sessions_.append(current_.id, current_.entries.back());
+    turn_->stored = true;
+  }
   if (answer_->text.isEmpty() && answer_->reasoning.isEmpty()) statusBar()->showMessage(tr("Writing the answer…"));
   answer_->reasoning += reasoning;
   answer_->text += answer;
@@ -404,7 +447,7 @@ void MainWindow::onTextPiece(const QString& reasoning, const QString& answer) {
   if (!answer.isEmpty()) appendToTranscript(answer, false);
 }
 
-void MainWindow::onGenerationFinished(const GenerationStats& stats) {
+void MainWindow::onGenerationFinished(const GenerationStats& stats, const EngineStatePtr& state) {
   progress_bar_->setVisible(false);
   speed_label_->setText(tr("%1 tokens/s").arg(stats.decode_tokens_per_second, 0, 'f', 1));
   first_token_label_->setText(tr("first token: %1 s").arg(stats.seconds_to_first_token, 0, 'f', 2));
@@ -415,25 +458,90 @@ void MainWindow::onGenerationFinished(const GenerationStats& stats) {
   if (stats.reused_tokens > 0) summary += QLatin1Char(' ') + tr("(%1 kept from the session state)").arg(stats.reused_tokens);
   statusBar()->showMessage(summary + QLatin1Char('.'), 10000);
   keepAnswer();
+  if (state) {
+    // Saved with the answer, so that reopening the session (or branching here) reads it back.
+    sessions_.saveState(current_.id, current_.entries.size(), state);
+    engine_holds_ = {current_.id, current_.entries.size()};
+  } else {
+    engine_holds_ = {};
+  }
   emit answerFinished();
 }
 
 void MainWindow::onGenerationFailed(const QString& message) {
   progress_bar_->setVisible(false);
+  engine_holds_ = {};
+  const bool begun = turn_ && turn_->stored;
   keepAnswer();
-  showError(tr("The answer failed: %1").arg(message));
+  showError(begun ? tr("The answer failed: %1").arg(message)
+                  : tr("The answer failed: %1\nYour question is back in the input box.").arg(message));
   emit answerFinished();
 }
 
 void MainWindow::keepAnswer() {
-  // What was written before a stop or failure stays; an answer that never began does not.
-  if (!answer_->text.isEmpty() || !answer_->reasoning.isEmpty()) {
+  // What was written before a stop or failure stays; an answer that never began does not, and
+  // neither does its question, which goes back where it came from.
+  if (turn_ && !turn_->stored) {
+    undoTurn();
+  } else if (!answer_->text.isEmpty() || !answer_->reasoning.isEmpty()) {
     sessions_.append(current_.id, *answer_);
     current_.entries.append(*answer_);
   }
+  turn_.reset();
   answer_.reset();
+  refreshAttachments();
   renderTranscript();
   setGenerating(false);
+}
+
+void MainWindow::undoTurn() {
+  const ChatEntry question = current_.entries.takeLast();
+  current_.entries.append(turn_->replaced);
+  if (!turn_->replaced.isEmpty()) return;  // a regenerated or edited turn: the old one is back
+  const QString typed = input_->toPlainText();
+  input_->setPlainText(typed.isEmpty() ? question.text : question.text + QStringLiteral("\n\n") + typed);
+  QList<Attachment>& pending = pending_documents_[current_.id];
+  pending = question.documents + pending;
+}
+
+void MainWindow::restoreState() {
+  const quint64 ticket = ++restore_ticket_;  // a read still under way is for a session no longer shown
+  restoring_ = model_ready_ && !generating_ && !current_.entries.isEmpty() && engine_holds_.session != current_.id;
+  updateButtons();
+  if (!restoring_) return;
+  statusBar()->showMessage(tr("Restoring the session's state…"));
+  const qint64 session_id = current_.id;
+  sessions_.loadState(session_id, current_.entries.size(), model_info_, this,
+                      [this, ticket, session_id](const StateLoad& load) {
+                        if (ticket != restore_ticket_) return;  // another session was opened since
+                        restoring_ = false;
+                        updateButtons();
+                        statusBar()->clearMessage();
+                        if (load.state) {
+                          adopting_ = {session_id, load.entries};
+                          state_read_seconds_ = load.seconds;
+                          emit adoptStateRequested(load.state, prompt_conversation(current_.entries.mid(0, load.entries)));
+                        } else if (!load.refused.isEmpty()) {
+                          onStateRefused(load.refused);
+                        }
+                      });
+}
+
+void MainWindow::onStateAdopted(qint64 tokens, double seconds) {
+  engine_holds_ = adopting_;
+  const QString message = tr("Restored %1 tokens from cache in %2 s.")
+                              .arg(QLocale().toString(tokens))
+                              .arg(state_read_seconds_ + seconds, 0, 'f', 2);
+  statusBar()->showMessage(message, 10000);
+  context_label_->setText(tr("context: %1 / %2").arg(tokens).arg(model_info_.max_context));
+  emit stateRestored(message);
+}
+
+void MainWindow::onStateRefused(const QString& message) {
+  engine_holds_ = {};
+  showError(tr("The saved state of this conversation could not be used (%1). Its messages are kept; the next "
+               "question reads the conversation again.")
+                .arg(message));
 }
 
 void MainWindow::renderTranscript() {
@@ -507,6 +615,7 @@ void MainWindow::newSession() {
   refreshSessionList();
   refreshAttachments();
   renderTranscript();
+  restoreState();
   input_->setFocus();
 }
 
@@ -519,6 +628,7 @@ void MainWindow::selectSession(qint64 id) {
   refreshSessionList();
   refreshAttachments();
   renderTranscript();
+  restoreState();
 }
 
 void MainWindow::refreshSessionList() {
@@ -639,9 +749,13 @@ void MainWindow::dropEvent(QDropEvent* event) {
 
 void MainWindow::setGenerating(bool generating) {
   generating_ = generating;
-  send_button_->setEnabled(!generating && model_ready_);
-  stop_button_->setEnabled(generating);
-  session_list_->setEnabled(!generating);
+  updateButtons();
+}
+
+void MainWindow::updateButtons() {
+  send_button_->setEnabled(!generating_ && !restoring_ && model_ready_);
+  stop_button_->setEnabled(generating_);
+  session_list_->setEnabled(!generating_);
 }
 
 void MainWindow::showError(const QString& message) {

@@ -50,12 +50,16 @@ class MainWindow : public QMainWindow {
   void answerFinished();
   void documentAttached(const QString& path);
   void errorShown(const QString& message);
+  // The session's saved engine state is back in the engine ("Restored … tokens from cache …").
+  void stateRestored(const QString& message);
   // To the engine thread.
   void checkModelRequested(const QString& directory);
   void loadModelRequested(const QString& directory);
   void readDocumentRequested(const QString& path);
   void generateRequested(const QList<lightdesk::gui::PromptMessage>& conversation,
                          const lightdesk::gui::SamplingSettings& sampling);
+  void adoptStateRequested(const lightdesk::gui::EngineStatePtr& state,
+                           const QList<lightdesk::gui::PromptMessage>& held);
 
  protected:
   bool eventFilter(QObject* watched, QEvent* event) override;
@@ -71,6 +75,15 @@ class MainWindow : public QMainWindow {
   void chooseExportFile();
   void showError(const QString& message);
   void setGenerating(bool generating);
+  // Enables what the engine's state allows: sending needs a model and an idle engine.
+  void updateButtons();
+  // Asks the engine for an answer to `user`, sent after the current session's first `keep`
+  // entries (the others, if any, become an earlier branch once the answer begins).
+  void ask(qsizetype keep, const ChatEntry& user);
+  // Puts back what ask() replaced, when the answer failed or was stopped before it began.
+  void undoTurn();
+  // Brings the current session's saved engine state into the engine, if it holds another one.
+  void restoreState();
   void selectSession(qint64 id);
   void refreshSessionList();
   void renameCurrentSession();
@@ -89,7 +102,9 @@ class MainWindow : public QMainWindow {
   void onModelFailed(const QString& directory, const QString& message);
   void onDocumentReady(const QString& path, const QString& text, const QList<qint64>& pageOffsets, qint64 tokens);
   void onTextPiece(const QString& reasoning, const QString& answer);
-  void onGenerationFinished(const GenerationStats& stats);
+  void onGenerationFinished(const GenerationStats& stats, const EngineStatePtr& state);
+  void onStateAdopted(qint64 tokens, double seconds);
+  void onStateRefused(const QString& message);
   void onGenerationFailed(const QString& message);
   void onTranscriptLink(const QUrl& link);
 
@@ -102,7 +117,27 @@ class MainWindow : public QMainWindow {
   bool model_ready_ = false;
   QString model_family_;           // settings are kept per chat-format family
   SamplingSettings default_sampling_;
+  ModelInfo model_info_;
   bool generating_ = false;
+  // What the engine's state holds: the first `entries` entries of session `session` (a
+  // finished answer last), or entries < 0 for nothing the window can name.
+  struct EngineHolds {
+    qint64 session = 0;
+    qsizetype entries = -1;
+  };
+  EngineHolds engine_holds_;
+  EngineHolds adopting_;           // sent to the engine, not yet confirmed
+  double state_read_seconds_ = 0;  // the repository's part of a restore
+  bool restoring_ = false;         // a saved state is being read
+  quint64 restore_ticket_ = 0;     // tells a stale read (another session selected since) apart
+  // The turn being answered: where it started and what it replaced, until the answer begins
+  // (then the question is stored) or fails (then everything is put back).
+  struct Turn {
+    qsizetype keep = 0;
+    QList<ChatEntry> replaced;
+    bool stored = false;
+  };
+  std::optional<Turn> turn_;
   std::optional<ChatEntry> answer_;                // the answer being written
   std::map<QString, qint64> reading_documents_;  // path -> session it is attached to
   // Documents attached to a session and not sent yet: they go with its next question.
