@@ -17,7 +17,9 @@
 #include <QStatusBar>
 #include <QTemporaryDir>
 #include <QTest>
+#include <QTextBlock>
 #include <QTextBrowser>
+#include <QTimer>
 
 #include <sqlite3.h>
 
@@ -248,24 +250,129 @@ class MainWindowTest : public QObject {
              qPrintable(error.front().front().toString()));
   }
 
-  void ctrlFSearchFiltersSessions() {
+  void ctrlFSearchJumpsToTheMessage() {
     const lightdesk::gui::ChatSession quarterly = sessions_->create(QStringLiteral("Quarterly"));
+    sessions_->append(quarterly.id, {lightdesk::gui::ChatEntry::Role::User, QStringLiteral("Hello"), {}, {}});
+    sessions_->append(quarterly.id, {lightdesk::gui::ChatEntry::Role::Assistant, QStringLiteral("Hi."), {}, {}});
     sessions_->append(quarterly.id, {lightdesk::gui::ChatEntry::Role::User, QStringLiteral("What about revenue?"), {}, {}});
+    QTest::qWait(5);
+    sessions_->create(QStringLiteral("Newer"));  // opened first
     window_ = std::make_unique<MainWindow>(*sessions_, *settings_);
     window_->show();
     QVERIFY(QTest::qWaitForWindowActive(window_.get()));
-    auto* list = window_->findChild<QListWidget*>(QStringLiteral("sessionList"));
     auto* search = window_->findChild<QLineEdit*>(QStringLiteral("searchBox"));
-    QCOMPARE(list->count(), 2);
+    auto* results = window_->findChild<QListWidget*>(QStringLiteral("searchResults"));
+    auto* transcript = window_->findChild<QTextBrowser*>(QStringLiteral("transcript"));
+    QVERIFY(!results->isVisible());
+    QVERIFY(!transcript->toPlainText().contains(QStringLiteral("revenue")));
     QTest::keyClick(window_->findChild<QPlainTextEdit*>(QStringLiteral("input")), Qt::Key_F, Qt::ControlModifier);
     QVERIFY(search->hasFocus());
     QTest::keyClicks(search, QStringLiteral("REVENUE"));
-    QCOMPARE(list->count(), 1);
-    QCOMPARE(list->item(0)->text(), QStringLiteral("Quarterly"));
+    QTRY_COMPARE(results->count(), 1);
+    QVERIFY(results->isVisible());
+    QVERIFY2(results->item(0)->text().startsWith(QStringLiteral("Quarterly: What about revenue?")),
+             qPrintable(results->item(0)->text()));
+    QTest::mouseClick(results->viewport(), Qt::LeftButton, {}, results->visualItemRect(results->item(0)).center());
+    QVERIFY(transcript->toPlainText().contains(QStringLiteral("What about revenue?")));
+    // The transcript's cursor is at the message found (its "You" heading).
+    QTextCursor at = transcript->textCursor();
+    at.movePosition(QTextCursor::NextBlock);
+    QVERIFY2(at.block().text().contains(QStringLiteral("What about revenue?")), qPrintable(at.block().text()));
     QTest::keyClicks(search, QStringLiteral("x"));
-    QCOMPARE(list->count(), 0);
+    QTRY_COMPARE(results->item(0)->text(), QStringLiteral("No message matches."));
     search->clear();
-    QCOMPARE(list->count(), 2);
+    QVERIFY(!results->isVisible());
+  }
+
+  void storeSearchUsesFullTextIndex() {
+    window_.reset();
+    QTemporaryDir data;
+    QVERIFY(data.isValid());
+    StoreSessionRepository sessions(data.filePath(QStringLiteral("sessions.sqlite")).toStdString());
+    const lightdesk::gui::ChatSession budget = sessions.create(QStringLiteral("Budget"));
+    sessions.append(budget.id, {lightdesk::gui::ChatEntry::Role::User, QStringLiteral("Which departments overspent?"), {}, {}});
+    sessions.append(budget.id, {lightdesk::gui::ChatEntry::Role::Assistant, QStringLiteral("Marketing overspent."), {}, {}});
+    sessions.create(QStringLiteral("Other"));
+    QList<lightdesk::gui::MessageHit> hits;
+    bool answered = false;
+    // "overspen" as a prefix, "marketing" in another case: FTS5 with prefix queries.
+    sessions.search(QStringLiteral("MARKETING overspen"), qApp, [&](const QList<lightdesk::gui::MessageHit>& found) {
+      hits = found;
+      answered = true;
+    });
+    QTRY_VERIFY_WITH_TIMEOUT(answered, kTimeoutMs);
+    QCOMPARE(hits.size(), 1);
+    QCOMPARE(hits[0].session, budget.id);
+    QCOMPARE(hits[0].entry, 1);
+    QVERIFY2(hits[0].snippet.contains(QStringLiteral("[Marketing]")), qPrintable(hits[0].snippet));
+    answered = false;
+    sessions.search(QStringLiteral("\"unbalanced AND ("), qApp, [&](const QList<lightdesk::gui::MessageHit>& found) {
+      hits = found;
+      answered = true;
+    });
+    QTRY_VERIFY_WITH_TIMEOUT(answered, kTimeoutMs);
+    QVERIFY(hits.isEmpty());
+  }
+
+  void regenerateAndEditBranchFromCheckpoints() {
+    window_.reset();
+    QTemporaryDir data;
+    QVERIFY(data.isValid());
+    const std::filesystem::path database = data.filePath(QStringLiteral("sessions.sqlite")).toStdString();
+    settings_->setValue(QStringLiteral("sampling/M1/max_new_tokens"), 8);
+    {
+      StoreSessionRepository sessions(database);
+      MainWindow window(sessions, *settings_);
+      openModel(window);
+      ask(window, QStringLiteral("First question"));
+      ask(window, QStringLiteral("Second question"));
+      const qint64 id = sessions.list().front().id;
+      const QString old_answer = sessions.load(id)->entries[3].text;
+
+      // Regenerate: the second answer again, from the state saved after the first answer.
+      QSignalSpy restored(&window, &MainWindow::stateRestored);
+      QSignalSpy finished(&window, &MainWindow::answerFinished);
+      auto* transcript = window.findChild<QTextBrowser*>(QStringLiteral("transcript"));
+      QVERIFY(transcript->toPlainText().contains(QStringLiteral("↻ Regenerate")));
+      emit transcript->anchorClicked(QUrl(QStringLiteral("regenerate:")));
+      QVERIFY(finished.wait(kTimeoutMs));
+      QCOMPARE(restored.size(), 1);
+      const QString status = window.statusBar()->currentMessage();
+      QVERIFY2(status.contains(QStringLiteral("kept from the session state")), qPrintable(status));
+      QCOMPARE(sessions.load(id)->entries.size(), 4);
+      QCOMPARE(sessions.load(id)->entries[2].text, QStringLiteral("Second question"));
+      QVERIFY(!old_answer.isEmpty());
+
+      // Edit the second question: the conversation continues from the first answer's state.
+      emit transcript->anchorClicked(QUrl(QStringLiteral("edit:2")));
+      auto* input = window.findChild<QPlainTextEdit*>(QStringLiteral("input"));
+      QCOMPARE(input->toPlainText(), QStringLiteral("Second question"));
+      QVERIFY(!window.findChild<QLabel*>(QStringLiteral("editBar"))->isHidden());
+      input->setPlainText(QStringLiteral("A better second question"));
+      window.send();
+      QVERIFY(finished.wait(kTimeoutMs));
+      QVERIFY2(window.statusBar()->currentMessage().contains(QStringLiteral("kept from the session state")),
+               qPrintable(window.statusBar()->currentMessage()));
+      const auto edited = sessions.load(id);
+      QCOMPARE(edited->entries.size(), 4);
+      QCOMPARE(edited->entries[0].text, QStringLiteral("First question"));
+      QCOMPARE(edited->entries[2].text, QStringLiteral("A better second question"));
+      QVERIFY(!transcript->toPlainText().contains(QStringLiteral("Second question")));
+    }
+    // After a restart the newest branch is shown; the earlier ones stay stored (8 messages).
+    StoreSessionRepository reopened(database);
+    const auto shown = reopened.load(reopened.list().front().id);
+    QCOMPARE(shown->entries.size(), 4);
+    QCOMPARE(shown->entries[2].text, QStringLiteral("A better second question"));
+    sqlite3* db = nullptr;
+    QCOMPARE(sqlite3_open(database.c_str(), &db), SQLITE_OK);
+    sqlite3_stmt* count = nullptr;
+    QCOMPARE(sqlite3_prepare_v2(db, "SELECT count(*) FROM messages", -1, &count, nullptr), SQLITE_OK);
+    QCOMPARE(sqlite3_step(count), SQLITE_ROW);
+    const int messages = sqlite3_column_int(count, 0);
+    sqlite3_finalize(count);
+    sqlite3_close(db);
+    QCOMPARE(messages, 8);
   }
 
   void memoryCheckNamesTheContextThatFits() {
@@ -302,7 +409,7 @@ class MainWindowTest : public QObject {
     QVERIFY2(second.contains(QStringLiteral("kept from the session state")), qPrintable(second));
   }
 
-  void ctrlNCreatesSessionAndDeleteRemovesIt() {
+  void ctrlNCreatesSessionAndDeleteHasUndo() {
     auto* list = window_->findChild<QListWidget*>(QStringLiteral("sessionList"));
     QCOMPARE(list->count(), 1);
     QTest::keyClick(window_->findChild<QPlainTextEdit*>(QStringLiteral("input")), Qt::Key_N, Qt::ControlModifier);
@@ -312,7 +419,19 @@ class MainWindowTest : public QObject {
     for (auto* button : window_->findChildren<QPushButton*>())
       if (button->text() == QStringLiteral("Delete")) delete_button = button;
     QVERIFY(delete_button);
+    auto* undo_bar = window_->findChild<QWidget*>(QStringLiteral("undoBar"));
     QTest::mouseClick(delete_button, Qt::LeftButton);
+    QCOMPARE(list->count(), 1);
+    QVERIFY(undo_bar->isVisible());
+    QCOMPARE(sessions_->list().size(), 2);  // not gone until the undo time is up
+    QTest::mouseClick(window_->findChild<QPushButton*>(QStringLiteral("undoButton")), Qt::LeftButton);
+    QCOMPARE(list->count(), 2);
+    QVERIFY(!undo_bar->isVisible());
+
+    QTest::mouseClick(delete_button, Qt::LeftButton);
+    window_->findChild<QTimer*>(QStringLiteral("undoTimer"))->setInterval(1);
+    window_->findChild<QTimer*>(QStringLiteral("undoTimer"))->start();
+    QTRY_VERIFY(!undo_bar->isVisible());
     QCOMPARE(list->count(), 1);
     QCOMPARE(sessions_->list().size(), 1);
   }

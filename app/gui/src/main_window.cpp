@@ -23,6 +23,7 @@
 #include <QTextBrowser>
 #include <QTextCursor>
 #include <QTextDocumentFragment>
+#include <QTimer>
 #include <QUrl>
 #include <QVBoxLayout>
 
@@ -92,6 +93,7 @@ MainWindow::MainWindow(SessionRepository& sessions, QSettings& settings, QWidget
 }
 
 MainWindow::~MainWindow() {
+  finishDelete();
   worker_->requestStop();
   engine_thread_.quit();
   engine_thread_.wait();
@@ -114,12 +116,35 @@ void MainWindow::buildWidgets() {
   message_label_->setTextInteractionFlags(Qt::TextSelectableByMouse);
   message_label_->setVisible(false);
 
+  undo_bar_ = new QWidget;
+  undo_bar_->setObjectName(QStringLiteral("undoBar"));
+  undo_label_ = new QLabel;
+  auto* undo_button = new QPushButton(tr("Undo"));
+  undo_button->setObjectName(QStringLiteral("undoButton"));
+  connect(undo_button, &QPushButton::clicked, this, &MainWindow::undoDelete);
+  auto* undo_layout = new QHBoxLayout(undo_bar_);
+  undo_layout->setContentsMargins(0, 0, 0, 0);
+  undo_layout->addWidget(undo_label_, 1);
+  undo_layout->addWidget(undo_button);
+  undo_bar_->setVisible(false);
+  undo_timer_ = new QTimer(this);
+  undo_timer_->setObjectName(QStringLiteral("undoTimer"));
+  undo_timer_->setSingleShot(true);
+  undo_timer_->setInterval(10000);
+  connect(undo_timer_, &QTimer::timeout, this, &MainWindow::finishDelete);
+
   // Sessions.
   search_box_ = new QLineEdit;
   search_box_->setObjectName(QStringLiteral("searchBox"));
-  search_box_->setPlaceholderText(tr("Search sessions (Ctrl+F)"));
+  search_box_->setPlaceholderText(tr("Search messages (Ctrl+F)"));
   search_box_->setClearButtonEnabled(true);
-  connect(search_box_, &QLineEdit::textChanged, this, &MainWindow::refreshSessionList);
+  connect(search_box_, &QLineEdit::textChanged, this, &MainWindow::runSearch);
+  search_results_ = new QListWidget;
+  search_results_->setObjectName(QStringLiteral("searchResults"));
+  search_results_->setVisible(false);
+  connect(search_results_, &QListWidget::itemClicked, this, [this](QListWidgetItem* item) {
+    showMessage(item->data(kSessionIdRole).toLongLong(), item->data(kSessionIdRole + 1).toLongLong());
+  });
   session_list_ = new QListWidget;
   session_list_->setObjectName(QStringLiteral("sessionList"));
   session_list_->setHorizontalScrollBarPolicy(Qt::ScrollBarAlwaysOff);
@@ -144,6 +169,7 @@ void MainWindow::buildWidgets() {
   auto* session_layout = new QVBoxLayout(session_pane);
   session_layout->addWidget(new QLabel(tr("Sessions")));
   session_layout->addWidget(search_box_);
+  session_layout->addWidget(search_results_, 1);
   session_layout->addWidget(session_list_, 1);
   session_layout->addLayout(session_buttons);
 
@@ -167,12 +193,19 @@ void MainWindow::buildWidgets() {
   auto* input_buttons = new QVBoxLayout;
   input_buttons->addWidget(send_button_);
   input_buttons->addWidget(stop_button_);
+  edit_bar_ = new QLabel(tr("Editing an earlier message: sending it continues the conversation from there "
+                            "(the old branch stays stored). Esc cancels."));
+  edit_bar_->setObjectName(QStringLiteral("editBar"));
+  edit_bar_->setWordWrap(true);
+  edit_bar_->setStyleSheet(QStringLiteral("QLabel { background: #fff4ce; padding: 4px; }"));
+  edit_bar_->setVisible(false);
   auto* input_row = new QHBoxLayout;
   input_row->addWidget(input_, 1);
   input_row->addLayout(input_buttons);
   auto* conversation_pane = new QWidget;
   auto* conversation_layout = new QVBoxLayout(conversation_pane);
   conversation_layout->addWidget(transcript_, 1);
+  conversation_layout->addWidget(edit_bar_);
   conversation_layout->addLayout(input_row);
 
   // Attachments.
@@ -204,6 +237,7 @@ void MainWindow::buildWidgets() {
   auto* layout = new QVBoxLayout(central);
   layout->addLayout(model_row);
   layout->addWidget(message_label_);
+  layout->addWidget(undo_bar_);
   layout->addWidget(splitter, 1);
   setCentralWidget(central);
 
@@ -234,7 +268,9 @@ void MainWindow::buildMenus() {
   QMenu* session_menu = menuBar()->addMenu(tr("&Session"));
   session_menu->addAction(tr("&New session"), QKeySequence::New, this, &MainWindow::newSession);
   session_menu->addAction(tr("&Rename"), QKeySequence(Qt::Key_F2), this, &MainWindow::renameCurrentSession);
-  session_menu->addAction(tr("&Delete"), this, &MainWindow::deleteCurrentSession);
+  session_menu->addAction(tr("&Delete"), QKeySequence::Delete, this, &MainWindow::deleteCurrentSession);
+  session_menu->addAction(tr("Re&generate last answer"), QKeySequence(Qt::CTRL | Qt::Key_R), this,
+                          &MainWindow::regenerate);
   session_menu->addAction(tr("&Search"), QKeySequence::Find, this, [this] {
     search_box_->setFocus();
     search_box_->selectAll();
@@ -306,6 +342,23 @@ void MainWindow::openModelDirectory(const QString& directory) {
   }
   // The loaded model stays usable until the new one has passed the check.
   message_label_->setVisible(false);
+
+  undo_bar_ = new QWidget;
+  undo_bar_->setObjectName(QStringLiteral("undoBar"));
+  undo_label_ = new QLabel;
+  auto* undo_button = new QPushButton(tr("Undo"));
+  undo_button->setObjectName(QStringLiteral("undoButton"));
+  connect(undo_button, &QPushButton::clicked, this, &MainWindow::undoDelete);
+  auto* undo_layout = new QHBoxLayout(undo_bar_);
+  undo_layout->setContentsMargins(0, 0, 0, 0);
+  undo_layout->addWidget(undo_label_, 1);
+  undo_layout->addWidget(undo_button);
+  undo_bar_->setVisible(false);
+  undo_timer_ = new QTimer(this);
+  undo_timer_->setObjectName(QStringLiteral("undoTimer"));
+  undo_timer_->setSingleShot(true);
+  undo_timer_->setInterval(10000);
+  connect(undo_timer_, &QTimer::timeout, this, &MainWindow::finishDelete);
   statusBar()->showMessage(tr("Checking %1…").arg(directory));
   emit checkModelRequested(directory);
 }
@@ -381,13 +434,19 @@ bool MainWindow::eventFilter(QObject* watched, QEvent* event) {
       send();
       return true;
     }
+    if (key->key() == Qt::Key_Escape && editing_) {
+      editing_.reset();
+      edit_bar_->setVisible(false);
+      input_->clear();
+      return true;
+    }
   }
   return QMainWindow::eventFilter(watched, event);
 }
 
 void MainWindow::send() {
   const QString question = input_->toPlainText().trimmed();
-  if (question.isEmpty() || generating_ || restoring_ || !model_ready_) return;
+  if (question.isEmpty() || generating_ || !model_ready_) return;
   if (current_.entries.isEmpty() && current_.title == untitled()) {
     current_.title = question.left(40);
     sessions_.rename(current_.id, current_.title);
@@ -395,12 +454,40 @@ void MainWindow::send() {
   const auto pending = pending_documents_.find(current_.id);
   ChatEntry user{ChatEntry::Role::User, question, {}, pending == pending_documents_.end() ? QList<Attachment>{} : pending->second};
   if (pending != pending_documents_.end()) pending_documents_.erase(pending);
+  qsizetype keep = current_.entries.size();
+  if (editing_ && *editing_ < keep) {
+    // The edited message keeps the documents it was sent with, plus any attached since.
+    keep = *editing_;
+    user.documents = current_.entries[keep].documents + user.documents;
+  }
+  editing_.reset();
+  edit_bar_->setVisible(false);
   input_->clear();
   refreshSessionList();
-  ask(current_.entries.size(), user);
+  ask(keep, user);
+}
+
+void MainWindow::regenerate() {
+  if (generating_ || !model_ready_) return;
+  for (qsizetype i = current_.entries.size() - 1; i >= 0; --i) {
+    if (current_.entries[i].role != ChatEntry::Role::User) continue;
+    ask(i, current_.entries[i]);
+    return;
+  }
+}
+
+void MainWindow::editMessage(qsizetype entry) {
+  if (generating_ || entry < 0 || entry >= current_.entries.size() ||
+      current_.entries[entry].role != ChatEntry::Role::User)
+    return;
+  editing_ = entry;
+  input_->setPlainText(current_.entries[entry].text);
+  edit_bar_->setVisible(true);
+  input_->setFocus();
 }
 
 void MainWindow::ask(qsizetype keep, const ChatEntry& user) {
+  ++restore_ticket_;  // a restore under way is superseded by the one this turn asks for
   turn_ = Turn{keep, current_.entries.mid(keep), false};
   current_.entries.resize(keep);
   current_.entries.append(user);
@@ -506,16 +593,13 @@ void MainWindow::undoTurn() {
 
 void MainWindow::restoreState() {
   const quint64 ticket = ++restore_ticket_;  // a read still under way is for a session no longer shown
-  restoring_ = model_ready_ && !generating_ && !current_.entries.isEmpty() && engine_holds_.session != current_.id;
-  updateButtons();
-  if (!restoring_) return;
+  if (!model_ready_ || generating_ || current_.entries.isEmpty() || engine_holds_.session == current_.id) return;
   statusBar()->showMessage(tr("Restoring the session's state…"));
   const qint64 session_id = current_.id;
   sessions_.loadState(session_id, current_.entries.size(), model_info_, this,
                       [this, ticket, session_id](const StateLoad& load) {
-                        if (ticket != restore_ticket_) return;  // another session was opened since
-                        restoring_ = false;
-                        updateButtons();
+                        // Another session was opened, or a question sent, since.
+                        if (ticket != restore_ticket_) return;
                         statusBar()->clearMessage();
                         if (load.state) {
                           adopting_ = {session_id, load.entries};
@@ -554,10 +638,15 @@ void MainWindow::renderTranscript() {
   };
   QList<ChatEntry> shown_entries = current_.entries;
   if (answer_) shown_entries.append(*answer_);
+  entry_positions_.clear();
+  const bool idle = !answer_;
   for (qsizetype i = 0; i < shown_entries.size(); ++i) {
     const ChatEntry& entry = shown_entries[i];
+    entry_positions_.append(cursor.position());
     if (entry.role == ChatEntry::Role::User) {
-      QString html = QStringLiteral("<p style=\"color:#1a5fb4; margin-top:12px;\"><b>%1</b></p>").arg(tr("You").toHtmlEscaped());
+      QString html = QStringLiteral("<p style=\"color:#1a5fb4; margin-top:12px;\"><b>%1</b>").arg(tr("You").toHtmlEscaped());
+      if (idle) html += QStringLiteral(" &nbsp; <a href=\"edit:%1\">%2</a>").arg(i).arg(tr("✎ Edit").toHtmlEscaped());
+      html += QStringLiteral("</p>");
       QStringList names;
       for (const Attachment& document : entry.documents) names.append(QFileInfo(document.path).fileName());
       if (!names.isEmpty()) html += paragraph(tr("Documents: %1").arg(names.join(QStringLiteral(", "))), "color:#666;");
@@ -581,6 +670,8 @@ void MainWindow::renderTranscript() {
     cursor.insertFragment(QTextDocumentFragment::fromMarkdown(
         entry.text, QTextDocument::MarkdownFeatures(QTextDocument::MarkdownDialectGitHub | QTextDocument::MarkdownNoHTML)));
     cursor.insertBlock(QTextBlockFormat(), QTextCharFormat());
+    if (idle && i == shown_entries.size() - 1)
+      insert_html(QStringLiteral("<p><a href=\"regenerate:\">%1</a></p>").arg(tr("↻ Regenerate").toHtmlEscaped()));
   }
   transcript_->verticalScrollBar()->setValue(transcript_->verticalScrollBar()->maximum());
 }
@@ -598,10 +689,18 @@ void MainWindow::appendToTranscript(const QString& text, bool reasoning) {
 }
 
 void MainWindow::onTranscriptLink(const QUrl& link) {
-  if (link.scheme() != QStringLiteral("reasoning")) return;
+  if (link.scheme() == QStringLiteral("regenerate")) {
+    regenerate();
+    return;
+  }
   bool ok = false;
   const int index = link.path().toInt(&ok);
   if (!ok) return;
+  if (link.scheme() == QStringLiteral("edit")) {
+    editMessage(index);
+    return;
+  }
+  if (link.scheme() != QStringLiteral("reasoning")) return;
   expanded_reasoning_[index] = !expanded_reasoning_[index];
   renderTranscript();
 }
@@ -634,10 +733,8 @@ void MainWindow::selectSession(qint64 id) {
 void MainWindow::refreshSessionList() {
   const QSignalBlocker blocker(session_list_);
   session_list_->clear();
-  const QString query = search_box_->text().trimmed();
-  const QList<qint64> matching = query.isEmpty() ? QList<qint64>{} : sessions_.search(query);
   for (const ChatSession& session : sessions_.list()) {
-    if (!query.isEmpty() && !matching.contains(session.id)) continue;
+    if (session.id == deleting_) continue;
     auto* item = new QListWidgetItem(session.title, session_list_);
     item->setData(kSessionIdRole, session.id);
     item->setToolTip(session.title);
@@ -652,14 +749,75 @@ void MainWindow::renameCurrentSession() {
 
 void MainWindow::deleteCurrentSession() {
   if (generating_) return;
-  sessions_.remove(current_.id);
+  finishDelete();  // one undo at a time: an earlier deletion becomes final
+  deleting_ = current_.id;
+  undo_label_->setText(tr("Deleted “%1”.").arg(current_.title));
+  undo_bar_->setVisible(true);
+  undo_timer_->start();
   pending_documents_.erase(current_.id);
   current_ = {};
-  const QList<ChatSession> rest = sessions_.list();
-  if (rest.isEmpty())
+  engine_holds_ = {};
+  qint64 next = 0;
+  for (const ChatSession& session : sessions_.list())
+    if (session.id != deleting_ && next == 0) next = session.id;
+  if (next == 0)
     newSession();
   else
-    selectSession(rest.front().id);
+    selectSession(next);
+}
+
+void MainWindow::undoDelete() {
+  if (!deleting_) return;
+  const qint64 id = *deleting_;
+  deleting_.reset();
+  undo_timer_->stop();
+  undo_bar_->setVisible(false);
+  selectSession(id);
+  refreshSessionList();
+}
+
+void MainWindow::finishDelete() {
+  if (!deleting_) return;
+  sessions_.remove(*deleting_);
+  deleting_.reset();
+  undo_timer_->stop();
+  undo_bar_->setVisible(false);
+}
+
+void MainWindow::runSearch() {
+  const QString query = search_box_->text().trimmed();
+  const quint64 ticket = ++search_ticket_;
+  if (query.isEmpty()) {
+    search_results_->clear();
+    search_results_->setVisible(false);
+    return;
+  }
+  sessions_.search(query, this, [this, ticket](const QList<MessageHit>& hits) {
+    if (ticket != search_ticket_) return;  // the query changed since
+    search_results_->clear();
+    std::map<qint64, QString> titles;
+    for (const ChatSession& session : sessions_.list()) titles[session.id] = session.title;
+    for (const MessageHit& hit : hits) {
+      if (hit.session == deleting_ || titles.count(hit.session) == 0) continue;
+      auto* item = new QListWidgetItem(QStringLiteral("%1: %2").arg(titles[hit.session], hit.snippet.simplified()),
+                                       search_results_);
+      item->setData(kSessionIdRole, hit.session);
+      item->setData(kSessionIdRole + 1, hit.entry);
+      item->setToolTip(hit.snippet);
+    }
+    if (hits.isEmpty()) search_results_->addItem(tr("No message matches."));
+    search_results_->setVisible(true);
+  });
+}
+
+void MainWindow::showMessage(qint64 session, qsizetype entry) {
+  if (session == 0) return;
+  selectSession(session);
+  if (session != current_.id || entry < 0 || entry >= entry_positions_.size()) return;
+  QTextCursor cursor(transcript_->document());
+  cursor.setPosition(entry_positions_[entry]);
+  transcript_->setTextCursor(cursor);
+  transcript_->ensureCursorVisible();
 }
 
 // ---- attachments ----
@@ -749,11 +907,7 @@ void MainWindow::dropEvent(QDropEvent* event) {
 
 void MainWindow::setGenerating(bool generating) {
   generating_ = generating;
-  updateButtons();
-}
-
-void MainWindow::updateButtons() {
-  send_button_->setEnabled(!generating_ && !restoring_ && model_ready_);
+  send_button_->setEnabled(!generating_ && model_ready_);
   stop_button_->setEnabled(generating_);
   session_list_->setEnabled(!generating_);
 }

@@ -21,6 +21,7 @@ class QProgressBar;
 class QPushButton;
 class QSettings;
 class QTextBrowser;
+class QTimer;
 class QUrl;
 
 namespace lightdesk::gui {
@@ -42,6 +43,15 @@ class MainWindow : public QMainWindow {
   // Stops the running prefill or generation; the conversation and session state are kept.
   void stop();
   void newSession();
+  // Answers the last question again; the old answer stays stored as an earlier branch.
+  void regenerate();
+  // Puts user message `entry` into the input box; sending it branches the conversation there.
+  void editMessage(qsizetype entry);
+  // Hides the current session and deletes it when the undo bar's time is up (or the window closes).
+  void deleteCurrentSession();
+  void undoDelete();
+  // Selects the session and moves the transcript to its entry (a search result's click).
+  void showMessage(qint64 session, qsizetype entry);
   // Writes the current conversation as Markdown, or JSON for a .json path (File > Export).
   void exportConversation(const QString& path);
 
@@ -75,8 +85,6 @@ class MainWindow : public QMainWindow {
   void chooseExportFile();
   void showError(const QString& message);
   void setGenerating(bool generating);
-  // Enables what the engine's state allows: sending needs a model and an idle engine.
-  void updateButtons();
   // Asks the engine for an answer to `user`, sent after the current session's first `keep`
   // entries (the others, if any, become an earlier branch once the answer begins).
   void ask(qsizetype keep, const ChatEntry& user);
@@ -87,7 +95,8 @@ class MainWindow : public QMainWindow {
   void selectSession(qint64 id);
   void refreshSessionList();
   void renameCurrentSession();
-  void deleteCurrentSession();
+  void finishDelete();
+  void runSearch();
   void removeSelectedAttachment();
   void refreshAttachments();
   void renderTranscript();
@@ -128,8 +137,7 @@ class MainWindow : public QMainWindow {
   EngineHolds engine_holds_;
   EngineHolds adopting_;           // sent to the engine, not yet confirmed
   double state_read_seconds_ = 0;  // the repository's part of a restore
-  bool restoring_ = false;         // a saved state is being read
-  quint64 restore_ticket_ = 0;     // tells a stale read (another session selected since) apart
+  quint64 restore_ticket_ = 0;     // tells a stale read (another session or a question since) apart
   // The turn being answered: where it started and what it replaced, until the answer begins
   // (then the question is stored) or fails (then everything is put back).
   struct Turn {
@@ -143,11 +151,20 @@ class MainWindow : public QMainWindow {
   // Documents attached to a session and not sent yet: they go with its next question.
   std::map<qint64, QList<Attachment>> pending_documents_;
   std::map<int, bool> expanded_reasoning_;        // entry index -> shown
+  std::optional<qsizetype> editing_;              // the user message the input replaces
+  std::optional<qint64> deleting_;                // hidden, deleted when undo_timer_ fires
+  QList<int> entry_positions_;                    // where each entry starts in the transcript
+  quint64 search_ticket_ = 0;                     // tells a stale search answer apart
 
   QLabel* model_label_;
   QLabel* message_label_;
   QLineEdit* search_box_;
   QListWidget* session_list_;
+  QListWidget* search_results_;
+  QLabel* edit_bar_;
+  QWidget* undo_bar_;
+  QLabel* undo_label_;
+  QTimer* undo_timer_;
   QTextBrowser* transcript_;
   QPlainTextEdit* input_;
   QPushButton* send_button_;

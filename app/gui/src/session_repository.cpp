@@ -78,19 +78,27 @@ void InMemorySessionRepository::append(qint64 id, const ChatEntry& entry) {
   found->second.last_used = QDateTime::currentDateTimeUtc();
 }
 
-QList<qint64> InMemorySessionRepository::search(const QString& query) const {
+QList<MessageHit> InMemorySessionRepository::matches(const QString& query) const {
   auto matches = [&query](const QString& text) { return text.contains(query, Qt::CaseInsensitive); };
-  QList<qint64> found;
+  QList<MessageHit> found;
   for (const ChatSession& summary : list()) {
     const ChatSession& session = sessions_.at(summary.id);
-    bool hit = matches(session.title);
-    for (const ChatEntry& entry : session.entries) {
-      hit = hit || matches(entry.text) || matches(entry.reasoning);
-      for (const Attachment& document : entry.documents) hit = hit || matches(document.path) || matches(document.text);
+    const qsizetype before = found.size();
+    bool other_hit = matches(session.title);
+    for (qsizetype i = 0; i < session.entries.size(); ++i) {
+      const ChatEntry& entry = session.entries[i];
+      if (matches(entry.text) || matches(entry.reasoning)) found.append({session.id, i, entry.text.left(80)});
+      for (const Attachment& document : entry.documents) other_hit = other_hit || matches(document.path) || matches(document.text);
     }
-    if (hit) found.append(session.id);
+    if (other_hit && found.size() == before) found.append({session.id, -1, session.title});
   }
   return found;
+}
+
+void InMemorySessionRepository::search(const QString& query, QObject* context,
+                                       std::function<void(const QList<MessageHit>&)> done) {
+  QMetaObject::invokeMethod(context, [done = std::move(done), hits = matches(query)] { done(hits); },
+                            Qt::QueuedConnection);
 }
 
 }  // namespace lightdesk::gui

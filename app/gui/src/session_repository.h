@@ -41,6 +41,14 @@ struct ChatSession {
   QList<ChatEntry> entries;
 };
 
+// A search result: a message of a session (or the session itself, for a match in its title, a
+// document or an earlier branch).
+struct MessageHit {
+  qint64 session = 0;
+  qsizetype entry = -1;  // index in the session's shown branch; -1 when no shown message matched
+  QString snippet;
+};
+
 // A saved engine state found for a session: the state after its first `entries` entries, or
 // why none could be used.
 struct StateLoad {
@@ -68,8 +76,9 @@ class SessionRepository : public QObject {
   // The session continues after its first `keep` entries: the next append follows them, and
   // the entries after them are kept (the store) as an earlier branch no longer shown.
   virtual void branch(qint64 id, qsizetype keep) = 0;
-  // Sessions whose title, messages or documents match `query`, best first (the store: FTS5).
-  virtual QList<qint64> search(const QString& query) const = 0;
+  // Messages and sessions that match `query` (words, each also as a prefix), best first,
+  // given to `done` later on `context`'s thread (the store: FTS5).
+  virtual void search(const QString& query, QObject* context, std::function<void(const QList<MessageHit>&)> done) = 0;
 
   // Keeps `state` as the engine state after the session's first `entries` entries (a finished
   // answer), without making the caller wait for the disk.
@@ -93,8 +102,9 @@ class InMemorySessionRepository final : public SessionRepository {
   void remove(qint64 id) override;
   void append(qint64 id, const ChatEntry& entry) override;
   void branch(qint64 id, qsizetype keep) override;
-  // Case-insensitive substring match, most recently used first.
-  QList<qint64> search(const QString& query) const override;
+  // Case-insensitive substring match, most recently used session first.
+  void search(const QString& query, QObject* context, std::function<void(const QList<MessageHit>&)> done) override;
+  QList<MessageHit> matches(const QString& query) const;
   void saveState(qint64 id, qsizetype entries, EngineStatePtr state) override;
   void loadState(qint64 id, qsizetype entries, const ModelInfo& model, QObject* context,
                  std::function<void(const StateLoad&)> done) override;

@@ -6,6 +6,7 @@
 #include <QJsonDocument>
 #include <QJsonObject>
 #include <QMimeDatabase>
+#include <QRegularExpression>
 #include <QSettings>
 #include <QStandardPaths>
 #include <QtDebug>
@@ -170,6 +171,36 @@ class StoreWriter : public QObject {
     });
   }
 
+  QList<MessageHit> search(const QString& query) {
+    // Every word quoted (so FTS5 reads no operators in what a person types) and matched as a
+    // prefix too: "reven" finds "revenue".
+    std::string fts_query;
+    for (const QString& word : query.split(QRegularExpression(QStringLiteral("\\s+")), Qt::SkipEmptyParts)) {
+      QString quoted = word;
+      quoted.replace(QLatin1Char('"'), QStringLiteral("\"\""));
+      fts_query += utf8(QStringLiteral("\"%1\"* ").arg(quoted));
+    }
+    QList<MessageHit> hits;
+    if (fts_query.empty()) return hits;
+    try {
+      for (const store::SearchHit& hit : store_->search(fts_query)) {
+        const auto log = std::find_if(logs_.begin(), logs_.end(),
+                                      [&hit](const auto& entry) { return entry.second.store_id == hit.session_id; });
+        if (log == logs_.end()) continue;
+        MessageHit found{log->first, -1, from_utf8(hit.snippet)};
+        if (hit.kind == store::SearchHit::Kind::Message) {
+          const auto& branch = log->second.branch;
+          if (const auto at = std::find(branch.begin(), branch.end(), hit.id); at != branch.end())
+            found.entry = at - branch.begin();
+        }
+        hits.append(found);
+      }
+    } catch (const std::exception& error) {
+      qWarning("Lightdesk: search failed: %s", error.what());
+    }
+    return hits;
+  }
+
   // The newest checkpoint tied to one of the branch's first `entries` messages, read whole.
   StateLoad load_state(qint64 id, qsizetype entries, const ModelInfo& model) {
     StateLoad load;
@@ -272,7 +303,13 @@ void StoreSessionRepository::branch(qint64 id, qsizetype keep) {
   QMetaObject::invokeMethod(writer_, [writer = writer_, id, keep] { writer->branch(id, keep); });
 }
 
-QList<qint64> StoreSessionRepository::search(const QString& query) const { return sessions_.search(query); }
+void StoreSessionRepository::search(const QString& query, QObject* context,
+                                    std::function<void(const QList<MessageHit>&)> done) {
+  QMetaObject::invokeMethod(writer_, [writer = writer_, query, context, done = std::move(done)] {
+    const QList<MessageHit> hits = writer->search(query);
+    QMetaObject::invokeMethod(context, [done, hits] { done(hits); });
+  });
+}
 
 void StoreSessionRepository::saveState(qint64 id, qsizetype entries, EngineStatePtr state) {
   QMetaObject::invokeMethod(writer_, [writer = writer_, id, entries, state = std::move(state)] {

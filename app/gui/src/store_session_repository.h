@@ -47,8 +47,8 @@ class StoreSessionRepository final : public SessionRepository {
   void remove(qint64 id) override;
   void append(qint64 id, const ChatEntry& entry) override;
   void branch(qint64 id, qsizetype keep) override;
-  // A case-insensitive substring match over the in-memory copy, like InMemorySessionRepository.
-  QList<qint64> search(const QString& query) const override;
+  // The store's FTS5 index over messages and documents, each word of `query` also as a prefix.
+  void search(const QString& query, QObject* context, std::function<void(const QList<MessageHit>&)> done) override;
   void saveState(qint64 id, qsizetype entries, EngineStatePtr state) override;
   // A damaged checkpoint, one of another model or a failed read comes back as `refused`.
   void loadState(qint64 id, qsizetype entries, const ModelInfo& model, QObject* context,
