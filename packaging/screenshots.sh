@@ -18,6 +18,6 @@ mkdir -p "$out"
 # A private settings file and session database, so the demo neither reads nor changes the user's own.
 export XDG_CONFIG_HOME="$work/config" XDG_DATA_HOME="$work/data"
 timeout 120 xvfb-run -a -s "-screen 0 1280x800x24" \
-  "$app" --demo "$out" --model resources/models/tiny-a-m1-rd8 --attach "$work/release-notes.md" \
-  --question "What does Lightdesk keep with each session?"
+  "$app" --demo "$out" --model resources/models/tiny-a-m1-rd8 --document "$work/release-notes.md" \
+  --ask "What does Lightdesk keep with each session?"
 ls -l "$out"

@@ -18,16 +18,20 @@ int main(int argc, char** argv) {
   QCommandLineParser parser;
   parser.setApplicationDescription(QObject::tr("Chat with MiniMax models over long documents."));
   parser.addHelpOption();
-  const QCommandLineOption model_option(QStringLiteral("model"), QObject::tr("Model directory to open."),
-                                        QObject::tr("directory"));
-  const QCommandLineOption demo_option(
-      QStringLiteral("demo"), QObject::tr("Run a short conversation, save screenshots into <directory>, and quit."),
+  const QCommandLineOption model_option(
+      QStringLiteral("model"), QObject::tr("Model directory to open (default: the last one opened)."),
       QObject::tr("directory"));
-  const QCommandLineOption attach_option(QStringLiteral("attach"), QObject::tr("Demo: document to attach."),
-                                         QObject::tr("file"));
-  const QCommandLineOption question_option(QStringLiteral("question"), QObject::tr("Demo: the question to ask."),
-                                           QObject::tr("text"), QObject::tr("What is this document about?"));
-  parser.addOptions({model_option, demo_option, attach_option, question_option});
+  const QCommandLineOption document_option(
+      QStringLiteral("document"), QObject::tr("Start a new session with this document attached (repeatable)."),
+      QObject::tr("file"));
+  const QCommandLineOption ask_option(QStringLiteral("ask"),
+                                      QObject::tr("Start a new session and ask this question (after the documents)."),
+                                      QObject::tr("question"));
+  const QCommandLineOption demo_option(
+      QStringLiteral("demo"),
+      QObject::tr("Hold a short conversation about the documents, save screenshots into <directory>, and quit."),
+      QObject::tr("directory"));
+  parser.addOptions({model_option, document_option, ask_option, demo_option});
   parser.process(app);
 
   QSettings settings;
@@ -47,13 +51,17 @@ int main(int argc, char** argv) {
   if (parser.isSet(demo_option)) {
     auto* demo = new lightdesk::gui::DemoScript(
         window,
-        {parser.value(model_option), parser.values(attach_option), parser.value(question_option),
+        {parser.value(model_option), parser.values(document_option),
+         parser.isSet(ask_option) ? parser.value(ask_option) : QObject::tr("What is this document about?"),
          parser.value(demo_option)},
         &window);
     QObject::connect(demo, &lightdesk::gui::DemoScript::finished, &app, &QApplication::quit);
     demo->start();
-  } else if (parser.isSet(model_option)) {
-    window.openModelDirectory(parser.value(model_option));
+    return app.exec();
   }
+  if (parser.isSet(document_option) || parser.isSet(ask_option))
+    window.startSession(parser.values(document_option), parser.value(ask_option));
+  const QString model = parser.isSet(model_option) ? parser.value(model_option) : window.lastModelDirectory();
+  if (!model.isEmpty()) window.openModelDirectory(model);
   return app.exec();
 }

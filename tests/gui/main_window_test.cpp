@@ -532,6 +532,36 @@ class MainWindowTest : public QObject {
     QVERIFY2(second.contains(QStringLiteral("(%1 kept from the session state)").arg(restored_tokens)), qPrintable(second));
   }
 
+  void commandLineStartsASessionWithDocumentsAndAQuestion() {
+    settings_->setValue(QStringLiteral("sampling/M1/max_new_tokens"), 8);
+    const QString document_path = directory_.filePath(QStringLiteral("brief.txt"));
+    {
+      QFile document(document_path);
+      QVERIFY(document.open(QIODevice::WriteOnly));
+      document.write("Lightdesk keeps the processed state with each session.\n");
+    }
+    QSignalSpy finished(window_.get(), &MainWindow::answerFinished);
+    window_->startSession({document_path}, QStringLiteral("What does it keep?"));
+    window_->openModelDirectory(kModelDirectory);
+    QVERIFY(finished.wait(kTimeoutMs));
+    const QList<lightdesk::gui::ChatSession> listed = sessions_->list();
+    QCOMPARE(listed.size(), 2);  // the window's first session and the command line's
+    const auto asked = sessions_->load(listed.front().id);
+    QCOMPARE(asked->title, QStringLiteral("What does it keep?"));
+    QCOMPARE(asked->entries.size(), 2);
+    QCOMPARE(asked->entries[0].documents.size(), 1);
+    QCOMPARE(asked->entries[0].documents[0].path, document_path);
+
+    // A document that cannot be read leaves the question in the input box, unsent.
+    QSignalSpy error(window_.get(), &MainWindow::errorShown);
+    window_->startSession({QStringLiteral(LIGHTDESK_TEST_DATA "/documents/damaged.pdf")}, QStringLiteral("Pages?"));
+    window_->openModelDirectory(kModelDirectory);
+    QVERIFY(error.wait(kTimeoutMs));
+    QCOMPARE(window_->findChild<QPlainTextEdit*>(QStringLiteral("input"))->toPlainText(), QStringLiteral("Pages?"));
+    QCOMPARE(sessions_->list().size(), 3);
+    QVERIFY(sessions_->load(sessions_->list().front().id)->entries.isEmpty());
+  }
+
   void damagedStateFallsBackToReading() {
     window_.reset();
     QTemporaryDir data;

@@ -88,9 +88,9 @@ MainWindow::MainWindow(SessionRepository& sessions, QSettings& settings, QWidget
   else
     selectSession(existing.front().id);
   setGenerating(false);
-  const QString last_model = settings_.value(QStringLiteral("model/directory")).toString();
-  if (!last_model.isEmpty()) openModelDirectory(last_model);
 }
+
+QString MainWindow::lastModelDirectory() const { return settings_.value(QStringLiteral("model/directory")).toString(); }
 
 MainWindow::~MainWindow() {
   finishDelete();
@@ -302,6 +302,9 @@ void MainWindow::connectEngine() {
     reading_documents_.erase(path);
     refreshAttachments();
     showError(tr("Could not attach %1: %2").arg(QFileInfo(path).fileName(), message));
+    // A question about the documents waits in the input box rather than going without one.
+    if (!question_after_documents_.isEmpty()) input_->setPlainText(question_after_documents_);
+    question_after_documents_.clear();
   });
   connect(worker_, &EngineWorker::prefillProgress, this,
           [this](qint64 done, qint64 total, double rate, double seconds_left) {
@@ -828,6 +831,24 @@ void MainWindow::chooseDocuments() {
   attachFiles(paths);
 }
 
+void MainWindow::startSession(const QStringList& documents, const QString& question) {
+  connect(this, &MainWindow::modelReady, this, [this, documents, question] {
+    newSession();
+    question_after_documents_ = question;
+    attachFiles(documents);
+    askQuestionAfterDocuments();
+  }, Qt::SingleShotConnection);
+}
+
+void MainWindow::askQuestionAfterDocuments() {
+  if (question_after_documents_.isEmpty()) return;
+  for (const auto& [path, session_id] : reading_documents_)
+    if (session_id == current_.id) return;
+  input_->setPlainText(question_after_documents_);
+  question_after_documents_.clear();
+  send();
+}
+
 void MainWindow::attachFiles(const QStringList& paths) {
   for (const QString& path : paths) {
     reading_documents_[path] = current_.id;
@@ -845,6 +866,7 @@ void MainWindow::onDocumentReady(const QString& path, const QString& text, const
   pending_documents_[session_id].append({path, text, pageOffsets, tokens});
   refreshAttachments();
   emit documentAttached(path);
+  askQuestionAfterDocuments();
 }
 
 void MainWindow::removeSelectedAttachment() {

@@ -34,8 +34,14 @@ class MainWindow : public QMainWindow {
   MainWindow(SessionRepository& sessions, QSettings& settings, QWidget* parent = nullptr);
   ~MainWindow() override;
 
+  // The model directory loaded last (QSettings), empty if none.
+  QString lastModelDirectory() const;
   // What the model chooser does after the directory dialog: validate, then load if it fits.
   void openModelDirectory(const QString& directory);
+  // The command line's request (lightdesk --document FILE... --ask QUESTION): once a model is
+  // ready, a new session with these documents attached and, if `question` is not empty, the
+  // question sent as soon as they are read.
+  void startSession(const QStringList& documents, const QString& question);
   // What the attach dialog and drag and drop do: read the documents and count their tokens.
   void attachFiles(const QStringList& paths);
   // Sends the text of the input box (Ctrl+Enter).
@@ -96,6 +102,8 @@ class MainWindow : public QMainWindow {
   void refreshSessionList();
   void renameCurrentSession();
   void finishDelete();
+  // Sends the question startSession() holds once the current session's documents are read.
+  void askQuestionAfterDocuments();
   void runSearch();
   void removeSelectedAttachment();
   void refreshAttachments();
@@ -151,6 +159,7 @@ class MainWindow : public QMainWindow {
   // Documents attached to a session and not sent yet: they go with its next question.
   std::map<qint64, QList<Attachment>> pending_documents_;
   std::map<int, bool> expanded_reasoning_;        // entry index -> shown
+  QString question_after_documents_;            // startSession()'s question, not sent yet
   std::optional<qsizetype> editing_;              // the user message the input replaces
   std::optional<qint64> deleting_;                // hidden, deleted when undo_timer_ fires
   QList<int> entry_positions_;                    // where each entry starts in the transcript
