@@ -1,6 +1,7 @@
 // Drives the real MainWindow under the offscreen platform: the bundled tiny model (a random
 // M1 with a 512-id tokenizer, so its answers are random text), a document, a question, the
 // streamed answer, stop, and the errors a person must see.
+#include <QComboBox>
 #include <QDropEvent>
 #include <QJsonArray>
 #include <QJsonDocument>
@@ -29,6 +30,7 @@
 #include "conversation_export.h"
 #include "main_window.h"
 #include "session_repository.h"
+#include "settings_dialog.h"
 #include "store_session_repository.h"
 
 using lightdesk::gui::InMemorySessionRepository;
@@ -560,6 +562,36 @@ class MainWindowTest : public QObject {
     QCOMPARE(window_->findChild<QPlainTextEdit*>(QStringLiteral("input"))->toPlainText(), QStringLiteral("Pages?"));
     QCOMPARE(sessions_->list().size(), 3);
     QVERIFY(sessions_->load(sessions_->list().front().id)->entries.isEmpty());
+  }
+
+  void settingsKeepEngineGpusAndDataDirectory() {
+    {
+      lightdesk::gui::SettingsDialog dialog(*settings_, QString(), {});
+      auto* backend = dialog.findChild<QComboBox*>(QStringLiteral("backendBox"));
+      QCOMPARE(backend->currentData().toString(), QStringLiteral("auto"));
+      backend->setCurrentIndex(backend->findData(QStringLiteral("cpu")));
+      auto* gpus = dialog.findChild<QLineEdit*>(QStringLiteral("gpusEdit"));
+      QTest::keyClicks(gpus, QStringLiteral("1,x3"));  // the validator keeps out what is not a GPU list
+      QCOMPARE(gpus->text(), QStringLiteral("1,3"));
+      auto* data = dialog.findChild<QLineEdit*>(QStringLiteral("dataDirectoryEdit"));
+      data->setText(directory_.filePath(QStringLiteral("data")));
+      dialog.accept();
+    }
+    QCOMPARE(lightdesk::gui::backend_setting(*settings_), QStringLiteral("cpu"));
+    QCOMPARE(lightdesk::gui::gpus_setting(*settings_), QStringLiteral("1,3"));
+    QCOMPARE(QString::fromStdString(lightdesk::gui::session_database_path(*settings_).string()),
+             directory_.filePath(QStringLiteral("data/sessions.sqlite")));
+
+    // The model opens on the chosen backend; the status bar names it with the host memory.
+    openModel(*window_);
+    const QString memory = window_->findChild<QLabel*>(QStringLiteral("memoryLabel"))->text();
+    QVERIFY2(memory.startsWith(QStringLiteral("no GPU · host memory: ")) && memory.endsWith(QStringLiteral(" available")),
+             qPrintable(memory));
+    settings_->setValue(QStringLiteral("engine/backend"), QStringLiteral("quantum"));
+    QSignalSpy error(window_.get(), &MainWindow::errorShown);
+    window_->openModelDirectory(kModelDirectory);
+    QVERIFY(error.wait(kTimeoutMs));
+    QVERIFY2(error.front().front().toString().contains(QStringLiteral("quantum")), qPrintable(error.front().front().toString()));
   }
 
   void damagedStateFallsBackToReading() {

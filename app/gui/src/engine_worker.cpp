@@ -64,23 +64,29 @@ ModelCheck memory_check(const ModelInfo& info, std::uint64_t available_bytes) {
 }
 
 
-ModelCheck EngineWorker::inspect(const QString& directory) const {
-  ModelCheck check = memory_check(Model::inspect(to_path(directory)), available_host_memory());
+ModelOptions EngineWorker::options_for(const QString& backend) {
+  ModelOptions options;
+  options.backend = parse_backend_kind(backend.toStdString());
+  return options;
+}
+
+ModelCheck EngineWorker::inspect(const QString& directory, const QString& backend) const {
+  ModelCheck check = memory_check(Model::inspect(to_path(directory), options_for(backend)), available_host_memory());
   check.directory = directory;
   return check;
 }
 
-void EngineWorker::checkModel(const QString& directory) {
+void EngineWorker::checkModel(const QString& directory, const QString& backend) {
   try {
-    emit modelChecked(inspect(directory));
+    emit modelChecked(inspect(directory, backend));
   } catch (const std::exception& e) {
     emit modelRejected(directory, to_qstring(e.what()));
   }
 }
 
-void EngineWorker::loadModel(const QString& directory) {
+void EngineWorker::loadModel(const QString& directory, const QString& backend) {
   try {
-    const ModelCheck check = inspect(directory);
+    const ModelCheck check = inspect(directory, backend);
     session_.reset();
     format_.reset();
     tokenizer_.reset();
@@ -89,7 +95,7 @@ void EngineWorker::loadModel(const QString& directory) {
     // One signal per 0.5 % at most: a checkpoint of thousands of tensors must not flood the
     // window's event queue.
     std::uint64_t reported = 0;
-    model_ = Model::open(path, {}, [this, &reported](std::uint64_t done, std::uint64_t total) {
+    model_ = Model::open(path, options_for(backend), [this, &reported](std::uint64_t done, std::uint64_t total) {
       if (done != total && done - reported < total / 200) return;
       reported = done;
       emit loadProgress(static_cast<qint64>(done), static_cast<qint64>(total));

@@ -74,11 +74,11 @@ class EngineWorker : public QObject {
   void requestStop();
 
  public slots:
-  // Validates the directory without loading weights; emits modelChecked or modelRejected (the
-  // loaded model, if any, stays).
-  void checkModel(const QString& directory);
+  // Validates the directory without loading weights, for `backend` ("auto", "cpu", "cuda":
+  // parse_backend_kind); emits modelChecked or modelRejected (the loaded model, if any, stays).
+  void checkModel(const QString& directory, const QString& backend);
   // Loads weights, tokenizer and chat format; emits loadProgress, then modelLoaded or modelFailed.
-  void loadModel(const QString& directory);
+  void loadModel(const QString& directory, const QString& backend);
   // Reads a document and counts its tokens; emits documentReady or documentFailed.
   void readDocument(const QString& path);
   // Renders the conversation (ending with a user message), feeds what the session does not
@@ -113,7 +113,8 @@ class EngineWorker : public QObject {
   void generationFailed(const QString& message);
 
  private:
-  ModelCheck inspect(const QString& directory) const;
+  static ModelOptions options_for(const QString& backend);
+  ModelCheck inspect(const QString& directory, const QString& backend) const;
 
   std::unique_ptr<Model> model_;
   std::unique_ptr<Tokenizer> tokenizer_;

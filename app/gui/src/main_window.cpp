@@ -255,6 +255,10 @@ void MainWindow::buildWidgets() {
   statusBar()->addPermanentWidget(speed_label_);
   statusBar()->addPermanentWidget(first_token_label_);
   statusBar()->addPermanentWidget(context_label_);
+  memory_label_ = new QLabel;
+  memory_label_->setObjectName(QStringLiteral("memoryLabel"));
+  statusBar()->addPermanentWidget(memory_label_);
+  refreshMemoryLabel();
 }
 
 void MainWindow::buildMenus() {
@@ -268,7 +272,7 @@ void MainWindow::buildMenus() {
   QMenu* session_menu = menuBar()->addMenu(tr("&Session"));
   session_menu->addAction(tr("&New session"), QKeySequence::New, this, &MainWindow::newSession);
   session_menu->addAction(tr("&Rename"), QKeySequence(Qt::Key_F2), this, &MainWindow::renameCurrentSession);
-  session_menu->addAction(tr("&Delete"), QKeySequence::Delete, this, &MainWindow::deleteCurrentSession);
+  session_menu->addAction(tr("&Delete"), this, &MainWindow::deleteCurrentSession);
   session_menu->addAction(tr("Re&generate last answer"), QKeySequence(Qt::CTRL | Qt::Key_R), this,
                           &MainWindow::regenerate);
   session_menu->addAction(tr("&Search"), QKeySequence::Find, this, [this] {
@@ -363,7 +367,7 @@ void MainWindow::openModelDirectory(const QString& directory) {
   undo_timer_->setInterval(10000);
   connect(undo_timer_, &QTimer::timeout, this, &MainWindow::finishDelete);
   statusBar()->showMessage(tr("Checking %1…").arg(directory));
-  emit checkModelRequested(directory);
+  emit checkModelRequested(directory, backend_setting(settings_));
 }
 
 void MainWindow::onModelChecked(const ModelCheck& check) {
@@ -387,7 +391,7 @@ void MainWindow::onModelChecked(const ModelCheck& check) {
   model_ready_ = false;
   setGenerating(false);
   model_label_->setText(needs);
-  emit loadModelRequested(check.directory);
+  emit loadModelRequested(check.directory, backend_setting(settings_));
 }
 
 void MainWindow::onModelLoaded(const ModelCheck& check, const QString& family, const SamplingSettings& sampling) {
@@ -401,6 +405,7 @@ void MainWindow::onModelLoaded(const ModelCheck& check, const QString& family, c
   setWindowTitle(tr("Lightdesk — %1").arg(QFileInfo(check.directory).fileName()));
   statusBar()->showMessage(tr("Model loaded from %1").arg(check.directory), 5000);
   context_label_->setText(tr("context: 0 / %1").arg(check.context_tokens));
+  refreshMemoryLabel();
   setGenerating(false);
   emit modelReady();
   restoreState();
@@ -420,12 +425,15 @@ void MainWindow::onModelFailed(const QString& directory, const QString& message)
 }
 
 void MainWindow::editSettings() {
-  if (!model_ready_) {
-    showError(tr("Sampling settings belong to a model family: open a model first."));
-    return;
-  }
-  SettingsDialog dialog(settings_, model_family_, default_sampling_, this);
+  // Sampling belongs to a model family: without a model the dialog shows the application part.
+  SettingsDialog dialog(settings_, model_ready_ ? model_family_ : QString(), default_sampling_, this);
   dialog.exec();
+}
+
+void MainWindow::refreshMemoryLabel() {
+  // The engine reports no per-GPU memory yet: the CUDA backend is named, with host memory.
+  const QString devices = model_ready_ && model_info_.backend == BackendKind::Cuda ? tr("GPU (CUDA)") : tr("no GPU");
+  memory_label_->setText(tr("%1 · host memory: %2 available").arg(devices, format_bytes(available_host_memory())));
 }
 
 // ---- conversation ----
@@ -542,6 +550,7 @@ void MainWindow::onGenerationFinished(const GenerationStats& stats, const Engine
   speed_label_->setText(tr("%1 tokens/s").arg(stats.decode_tokens_per_second, 0, 'f', 1));
   first_token_label_->setText(tr("first token: %1 s").arg(stats.seconds_to_first_token, 0, 'f', 2));
   context_label_->setText(tr("context: %1 / %2").arg(stats.context_used).arg(stats.context_size));
+  refreshMemoryLabel();
   QString summary = stats.stopped ? tr("Stopped after %1 tokens.").arg(stats.generated_tokens)
                                   : tr("%1 tokens generated.").arg(stats.generated_tokens);
   summary += QLatin1Char(' ') + tr("%1 prompt tokens read").arg(stats.prompt_tokens);

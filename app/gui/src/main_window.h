@@ -69,8 +69,8 @@ class MainWindow : public QMainWindow {
   // The session's saved engine state is back in the engine ("Restored … tokens from cache …").
   void stateRestored(const QString& message);
   // To the engine thread.
-  void checkModelRequested(const QString& directory);
-  void loadModelRequested(const QString& directory);
+  void checkModelRequested(const QString& directory, const QString& backend);
+  void loadModelRequested(const QString& directory, const QString& backend);
   void readDocumentRequested(const QString& path);
   void generateRequested(const QList<lightdesk::gui::PromptMessage>& conversation,
                          const lightdesk::gui::SamplingSettings& sampling);
@@ -112,6 +112,8 @@ class MainWindow : public QMainWindow {
   // Ends the streamed answer: stores what it wrote.
   void keepAnswer();
   void editSettings();
+  // The status bar's memory: the backend's devices and the host memory available now.
+  void refreshMemoryLabel();
 
   void onModelChecked(const ModelCheck& check);
   void onModelLoaded(const ModelCheck& check, const QString& family, const SamplingSettings& sampling);
@@ -183,6 +185,7 @@ class MainWindow : public QMainWindow {
   QLabel* speed_label_;
   QLabel* first_token_label_;
   QLabel* context_label_;
+  QLabel* memory_label_;
 };
 
 }  // namespace lightdesk::gui
