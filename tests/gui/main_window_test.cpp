@@ -233,6 +233,51 @@ class MainWindowTest : public QObject {
     QCOMPARE(attachments->count(), 1);
   }
 
+  void imagesGetThumbnails() {
+    openModel(*window_);
+    QImage picture(200, 100, QImage::Format_RGB32);
+    picture.fill(Qt::darkCyan);
+    const QString image_path = directory_.filePath(QStringLiteral("chart.png"));
+    QVERIFY(picture.save(image_path));
+    dropFile(*window_, image_path);
+    if (QTest::currentTestFailed()) return;
+    auto* attachments = window_->findChild<QListWidget*>(QStringLiteral("attachmentList"));
+    QCOMPARE(attachments->count(), 1);
+    QCOMPARE(attachments->item(0)->text(), QStringLiteral("chart.png — 200×100 image"));
+    const QPixmap thumbnail = attachments->item(0)->icon().pixmap(QSize(64, 64));
+    QCOMPARE(thumbnail.size(), QSize(64, 32));
+    QCOMPARE(thumbnail.toImage().pixelColor(10, 10), QColor(Qt::darkCyan));
+
+    // Sending is refused with the reason; question and image stay.
+    auto* input = window_->findChild<QPlainTextEdit*>(QStringLiteral("input"));
+    input->setPlainText(QStringLiteral("What does the chart show?"));
+    QSignalSpy error(window_.get(), &MainWindow::errorShown);
+    window_->send();
+    QCOMPARE(error.size(), 1);
+    QVERIFY(error.front().front().toString().contains(QStringLiteral("does not send images")));
+    QCOMPARE(input->toPlainText(), QStringLiteral("What does the chart show?"));
+    QCOMPARE(attachments->count(), 1);
+    attachments->setCurrentRow(0);
+    QPushButton* remove = nullptr;
+    for (auto* button : window_->findChildren<QPushButton*>())
+      if (button->text() == QStringLiteral("Remove")) remove = button;
+    QTest::mouseClick(remove, Qt::LeftButton);
+    QCOMPARE(attachments->count(), 0);
+
+    // Something that only looks like an image is an error, not an attachment.
+    const QString fake_path = directory_.filePath(QStringLiteral("broken.png"));
+    {
+      QFile fake(fake_path);
+      QVERIFY(fake.open(QIODevice::WriteOnly));
+      fake.write("\x89PNG\r\n\x1a\nnot really");
+    }
+    window_->attachFiles({fake_path});
+    QVERIFY(error.wait(kTimeoutMs));
+    QVERIFY2(error.back().front().toString().startsWith(QStringLiteral("Could not attach broken.png: ")),
+             qPrintable(error.back().front().toString()));
+    QCOMPARE(attachments->count(), 0);
+  }
+
   void conversationMarkdown() {
     lightdesk::gui::ChatSession session{1, QStringLiteral("Revenue"), {}, {}};
     session.entries.append({lightdesk::gui::ChatEntry::Role::User, QStringLiteral("How much?"), {},

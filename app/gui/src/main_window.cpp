@@ -5,6 +5,11 @@
 #include <QDropEvent>
 #include <QFileDialog>
 #include <QFileInfo>
+#include <QIcon>
+#include <QImageReader>
+#include <QPixmap>
+#include <QPointer>
+#include <QThreadPool>
 #include <QHBoxLayout>
 #include <QKeyEvent>
 #include <QLabel>
@@ -458,6 +463,11 @@ bool MainWindow::eventFilter(QObject* watched, QEvent* event) {
 void MainWindow::send() {
   const QString question = input_->toPlainText().trimmed();
   if (question.isEmpty() || generating_ || !model_ready_) return;
+  if (const auto images = pending_images_.find(current_.id); images != pending_images_.end() && !images->second.isEmpty()) {
+    showError(tr("The window does not send images to the model yet (lightdesk-cli ask --image does, with a "
+                 "MiniMax-VL-01 model). Remove the image to send the question; both stay where they are."));
+    return;
+  }
   if (current_.entries.isEmpty() && current_.title == untitled()) {
     current_.title = question.left(40);
     sessions_.rename(current_.id, current_.title);
@@ -860,6 +870,10 @@ void MainWindow::askQuestionAfterDocuments() {
 
 void MainWindow::attachFiles(const QStringList& paths) {
   for (const QString& path : paths) {
+    if (!QImageReader::imageFormat(path).isEmpty()) {
+      attachImage(path);
+      continue;
+    }
     reading_documents_[path] = current_.id;
     emit readDocumentRequested(path);
   }
@@ -878,14 +892,49 @@ void MainWindow::onDocumentReady(const QString& path, const QString& text, const
   askQuestionAfterDocuments();
 }
 
+void MainWindow::attachImage(const QString& path) {
+  constexpr int kThumbnailPixels = 64;
+  reading_documents_[path] = current_.id;
+  QPointer<MainWindow> window(this);
+  // Decoding a large image takes long enough to be felt: a pool thread does it.
+  QThreadPool::globalInstance()->start([window, path] {
+    QImageReader reader(path);
+    reader.setAutoTransform(true);
+    const QSize size = reader.size();
+    QImage image = reader.read();
+    const QString error = image.isNull() ? reader.errorString() : QString();
+    if (!image.isNull()) image = image.scaled(kThumbnailPixels, kThumbnailPixels, Qt::KeepAspectRatio, Qt::SmoothTransformation);
+    QMetaObject::invokeMethod(window, [window, path, size, image, error] {
+      if (!window) return;
+      const auto reading = window->reading_documents_.find(path);
+      if (reading == window->reading_documents_.end()) return;
+      const qint64 session_id = reading->second;
+      window->reading_documents_.erase(reading);
+      if (image.isNull()) {
+        window->refreshAttachments();
+        window->showError(tr("Could not attach %1: %2").arg(QFileInfo(path).fileName(), error));
+        return;
+      }
+      window->pending_images_[session_id].append({path, size.isValid() ? size : image.size(), image});
+      window->refreshAttachments();
+      emit window->documentAttached(path);
+    });
+  });
+}
+
 void MainWindow::removeSelectedAttachment() {
-  // The list shows the documents already sent first: only those after them can go.
+  // The list shows the documents already sent first, then those attached since, then images:
+  // only the ones not sent can go.
   qsizetype sent = 0;
   for (const ChatEntry& entry : current_.entries) sent += entry.documents.size();
-  const qsizetype row = attachment_list_->currentRow() - sent;
+  qsizetype row = attachment_list_->currentRow() - sent;
   QList<Attachment>& pending = pending_documents_[current_.id];
-  if (row < 0 || row >= pending.size()) return;
-  pending.removeAt(row);
+  if (row < 0) return;
+  if (row < pending.size()) {
+    pending.removeAt(row);
+  } else if (QList<ImageAttachment>& images = pending_images_[current_.id]; (row -= pending.size()) < images.size()) {
+    images.removeAt(row);
+  }
   refreshAttachments();
 }
 
@@ -903,6 +952,16 @@ void MainWindow::refreshAttachments() {
     for (const Attachment& attachment : entry.documents) add(attachment, true);
   if (const auto pending = pending_documents_.find(current_.id); pending != pending_documents_.end())
     for (const Attachment& attachment : pending->second) add(attachment, false);
+  if (const auto images = pending_images_.find(current_.id); images != pending_images_.end()) {
+    for (const ImageAttachment& image : images->second) {
+      auto* item = new QListWidgetItem(QIcon(QPixmap::fromImage(image.thumbnail)),
+                                       tr("%1 — %2×%3 image").arg(QFileInfo(image.path).fileName())
+                                           .arg(image.size.width())
+                                           .arg(image.size.height()),
+                                       attachment_list_);
+      item->setToolTip(image.path);
+    }
+  }
   for (const auto& [path, session_id] : reading_documents_)
     if (session_id == current_.id) attachment_list_->addItem(tr("%1 — reading…").arg(QFileInfo(path).fileName()));
 }

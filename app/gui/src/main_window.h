@@ -3,6 +3,7 @@
 // one, so the window never blocks on the engine.
 #pragma once
 
+#include <QImage>
 #include <QMainWindow>
 #include <QThread>
 
@@ -106,6 +107,8 @@ class MainWindow : public QMainWindow {
   void askQuestionAfterDocuments();
   void runSearch();
   void removeSelectedAttachment();
+  // Decodes an image's thumbnail off the GUI thread; emits documentAttached or shows the error.
+  void attachImage(const QString& path);
   void refreshAttachments();
   void renderTranscript();
   void appendToTranscript(const QString& text, bool reasoning);
@@ -160,6 +163,13 @@ class MainWindow : public QMainWindow {
   std::map<QString, qint64> reading_documents_;  // path -> session it is attached to
   // Documents attached to a session and not sent yet: they go with its next question.
   std::map<qint64, QList<Attachment>> pending_documents_;
+  // Images attached to a session, with their thumbnails: shown, not sent yet (see send()).
+  struct ImageAttachment {
+    QString path;
+    QSize size;
+    QImage thumbnail;
+  };
+  std::map<qint64, QList<ImageAttachment>> pending_images_;
   std::map<int, bool> expanded_reasoning_;        // entry index -> shown
   QString question_after_documents_;            // startSession()'s question, not sent yet
   std::optional<qsizetype> editing_;              // the user message the input replaces
