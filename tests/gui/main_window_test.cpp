@@ -83,6 +83,13 @@ void ask(MainWindow& window, const QString& question) {
   QVERIFY(finished.wait(kTimeoutMs));
 }
 
+// A session database in `data`, for the tests of the store; short answers.
+std::filesystem::path databaseIn(const QTemporaryDir& data, QSettings& settings) {
+  [&data] { QVERIFY(data.isValid()); }();
+  settings.setValue(QStringLiteral("sampling/M1/max_new_tokens"), 8);
+  return data.filePath(QStringLiteral("sessions.sqlite")).toStdString();
+}
+
 }  // namespace
 
 class MainWindowTest : public QObject {
@@ -362,11 +369,10 @@ class MainWindowTest : public QObject {
   }
 
   void regenerateAndEditBranchFromCheckpoints() {
-    window_.reset();
+    window_.reset();  // this test runs windows of its own on a database of its own
     QTemporaryDir data;
-    QVERIFY(data.isValid());
-    const std::filesystem::path database = data.filePath(QStringLiteral("sessions.sqlite")).toStdString();
-    settings_->setValue(QStringLiteral("sampling/M1/max_new_tokens"), 8);
+    const std::filesystem::path database = databaseIn(data, *settings_);
+    if (QTest::currentTestFailed()) return;
     {
       StoreSessionRepository sessions(database);
       MainWindow window(sessions, *settings_);
@@ -640,18 +646,17 @@ class MainWindowTest : public QObject {
   }
 
   void damagedStateFallsBackToReading() {
-    window_.reset();
+    window_.reset();  // this test runs windows of its own on a database of its own
     QTemporaryDir data;
-    QVERIFY(data.isValid());
-    const std::filesystem::path database = data.filePath(QStringLiteral("sessions.sqlite")).toStdString();
-    settings_->setValue(QStringLiteral("sampling/M1/max_new_tokens"), 8);
+    const std::filesystem::path database = databaseIn(data, *settings_);
+    if (QTest::currentTestFailed()) return;
     {
       StoreSessionRepository sessions(database);
       MainWindow window(sessions, *settings_);
       openModel(window);
       ask(window, QStringLiteral("Keep this question"));
     }
-    // One flipped value in a stored lightning state: its checksum no longer matches.
+    // A stored lightning state zeroed, as a damaged disk could: its checksum no longer matches.
     executeSql(database, "UPDATE lightning_states SET data = zeroblob(length(data)) WHERE id = (SELECT min(id) FROM lightning_states)");
     if (QTest::currentTestFailed()) return;
 
@@ -677,11 +682,10 @@ class MainWindowTest : public QObject {
   }
 
   void failedWriteIsShownAndTheConversationKept() {
-    window_.reset();
+    window_.reset();  // this test runs windows of its own on a database of its own
     QTemporaryDir data;
-    QVERIFY(data.isValid());
-    const std::filesystem::path database = data.filePath(QStringLiteral("sessions.sqlite")).toStdString();
-    settings_->setValue(QStringLiteral("sampling/M1/max_new_tokens"), 8);
+    const std::filesystem::path database = databaseIn(data, *settings_);
+    if (QTest::currentTestFailed()) return;
     StoreSessionRepository sessions(database);
     MainWindow window(sessions, *settings_);
     openModel(window);

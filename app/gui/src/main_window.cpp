@@ -354,23 +354,6 @@ void MainWindow::openModelDirectory(const QString& directory) {
   }
   // The loaded model stays usable until the new one has passed the check.
   message_label_->setVisible(false);
-
-  undo_bar_ = new QWidget;
-  undo_bar_->setObjectName(QStringLiteral("undoBar"));
-  undo_label_ = new QLabel;
-  auto* undo_button = new QPushButton(tr("Undo"));
-  undo_button->setObjectName(QStringLiteral("undoButton"));
-  connect(undo_button, &QPushButton::clicked, this, &MainWindow::undoDelete);
-  auto* undo_layout = new QHBoxLayout(undo_bar_);
-  undo_layout->setContentsMargins(0, 0, 0, 0);
-  undo_layout->addWidget(undo_label_, 1);
-  undo_layout->addWidget(undo_button);
-  undo_bar_->setVisible(false);
-  undo_timer_ = new QTimer(this);
-  undo_timer_->setObjectName(QStringLiteral("undoTimer"));
-  undo_timer_->setSingleShot(true);
-  undo_timer_->setInterval(10000);
-  connect(undo_timer_, &QTimer::timeout, this, &MainWindow::finishDelete);
   statusBar()->showMessage(tr("Checking %1…").arg(directory));
   emit checkModelRequested(directory, backend_setting(settings_));
 }
