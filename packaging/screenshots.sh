@@ -6,18 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-docs/screenshots}"
 app="${LIGHTDESK_APP:-build/app/gui/lightdesk}"
+# The trained demo model when it is there (it answers in words), else the random tiny one.
+model="${LIGHTDESK_MODEL:-resources/models/lightdesk-demo}"
+ls "$model"/*.safetensors > /dev/null 2>&1 || model=resources/models/tiny-a-m1-rd8
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-cat > "$work/release-notes.md" <<'NOTES'
-# Lightdesk 0.1 release notes
-
-Lightdesk runs MiniMax-Text-01 and MiniMax-M1 on your own machine and keeps the processed state
-of long documents with each chat session, so a second question costs no second read.
-NOTES
 mkdir -p "$out"
 # A private settings file and session database, so the demo neither reads nor changes the user's own.
 export XDG_CONFIG_HOME="$work/config" XDG_DATA_HOME="$work/data"
 timeout 120 xvfb-run -a -s "-screen 0 1280x800x24" \
-  "$app" --demo "$out" --model resources/models/tiny-a-m1-rd8 --document "$work/release-notes.md" \
+  "$app" --demo "$out" --model "$model" --document resources/documents/lightdesk-notes.md \
   --ask "What does Lightdesk keep with each session?"
 ls -l "$out"

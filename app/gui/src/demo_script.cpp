@@ -43,13 +43,20 @@ void DemoScript::start() {
 void DemoScript::secondTurn() {
   ask(tr("And in one sentence?"), [this] {
     screenshot(QStringLiteral("4-second-turn.png"), [this] {
-      // Last, what a mistaken model directory looks like.
-      connect(&window_, &MainWindow::errorShown, this, [this] {
-        screenshot(QStringLiteral("5-bad-model-directory.png"), [this] { emit finished(); });
+      // The model opened again: the session's saved state comes back instead of a second read.
+      connect(&window_, &MainWindow::stateRestored, this, [this] {
+        screenshot(QStringLiteral("5-restored-state.png"), [this] { badModelDirectory(); });
       }, Qt::SingleShotConnection);
-      window_.openModelDirectory(QDir::temp().filePath(QStringLiteral("not-a-model")));
+      window_.openModelDirectory(steps_.model_directory);
     });
   });
+}
+
+void DemoScript::badModelDirectory() {
+  connect(&window_, &MainWindow::errorShown, this, [this] {
+    screenshot(QStringLiteral("6-bad-model-directory.png"), [this] { emit finished(); });
+  }, Qt::SingleShotConnection);
+  window_.openModelDirectory(QDir::temp().filePath(QStringLiteral("not-a-model")));
 }
 
 void DemoScript::ask(const QString& question, const std::function<void()>& then) {

@@ -35,6 +35,8 @@ class DemoScript : public QObject {
   // Sends `question`, then runs `then` when the answer is complete.
   void ask(const QString& question, const std::function<void()>& then);
   void secondTurn();
+  // Last, what a mistaken model directory looks like.
+  void badModelDirectory();
   QPlainTextEdit& input();
   // Saves the window as `name`, then runs `then`.
   void screenshot(const QString& name, const std::function<void()>& then);
