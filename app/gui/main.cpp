@@ -1,6 +1,7 @@
 // The Lightdesk desktop application. Everything but the command line lives in lightdesk_gui.
 #include <QApplication>
 #include <QCommandLineParser>
+#include <QFileInfo>
 #include <QSettings>
 
 #include <memory>
@@ -64,9 +65,15 @@ int main(int argc, char** argv) {
     demo->start();
     return app.exec();
   }
-  if (parser.isSet(document_option) || parser.isSet(ask_option))
-    window.startSession(parser.values(document_option), parser.value(ask_option));
-  const QString model = parser.isSet(model_option) ? parser.value(model_option) : window.lastModelDirectory();
+  // Absolute paths: the model directory is remembered and the documents are stored with the
+  // session, both for later runs started elsewhere.
+  auto absolute = [](const QString& path) { return QFileInfo(path).absoluteFilePath(); };
+  if (parser.isSet(document_option) || parser.isSet(ask_option)) {
+    QStringList documents;
+    for (const QString& document : parser.values(document_option)) documents.append(absolute(document));
+    window.startSession(documents, parser.value(ask_option));
+  }
+  const QString model = parser.isSet(model_option) ? absolute(parser.value(model_option)) : window.lastModelDirectory();
   if (!model.isEmpty()) window.openModelDirectory(model);
   return app.exec();
 }
