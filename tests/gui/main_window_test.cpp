@@ -411,10 +411,18 @@ class MainWindowTest : public QObject {
       QCOMPARE(edited->entries[0].text, QStringLiteral("First question"));
       QCOMPARE(edited->entries[2].text, QStringLiteral("A better second question"));
       QVERIFY(!transcript->toPlainText().contains(QStringLiteral("Second question")));
+
+      // An edit begun in one session does not follow the user into another.
+      emit transcript->anchorClicked(QUrl(QStringLiteral("edit:0")));
+      window.newSession();
+      QVERIFY(window.findChild<QLabel*>(QStringLiteral("editBar"))->isHidden());
     }
     // After a restart the newest branch is shown; the earlier ones stay stored (8 messages).
     StoreSessionRepository reopened(database);
-    const auto shown = reopened.load(reopened.list().front().id);
+    std::optional<lightdesk::gui::ChatSession> shown;
+    for (const lightdesk::gui::ChatSession& session : reopened.list())
+      if (session.title == QStringLiteral("First question")) shown = reopened.load(session.id);
+    QVERIFY(shown.has_value());
     QCOMPARE(shown->entries.size(), 4);
     QCOMPARE(shown->entries[2].text, QStringLiteral("A better second question"));
     sqlite3* db = nullptr;

@@ -716,6 +716,8 @@ void MainWindow::newSession() {
   if (generating_) return;
   current_ = sessions_.create(untitled());
   expanded_reasoning_.clear();
+  editing_.reset();  // an edit belongs to the session it began in
+  edit_bar_->setVisible(false);
   refreshSessionList();
   refreshAttachments();
   renderTranscript();
@@ -729,6 +731,8 @@ void MainWindow::selectSession(qint64 id) {
   if (!session) return;
   current_ = *session;
   expanded_reasoning_.clear();
+  editing_.reset();  // an edit belongs to the session it began in
+  edit_bar_->setVisible(false);
   refreshSessionList();
   refreshAttachments();
   renderTranscript();
