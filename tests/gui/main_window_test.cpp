@@ -255,15 +255,20 @@ class MainWindowTest : public QObject {
     QCOMPARE(thumbnail.size(), QSize(64, 32));
     QCOMPARE(thumbnail.toImage().pixelColor(10, 10), QColor(Qt::darkCyan));
 
-    // Sending is refused with the reason; question and image stay.
+    // This model has no vision tower: the answer fails before it begins, and the question and
+    // the image go back where they were.
     auto* input = window_->findChild<QPlainTextEdit*>(QStringLiteral("input"));
     input->setPlainText(QStringLiteral("What does the chart show?"));
     QSignalSpy error(window_.get(), &MainWindow::errorShown);
+    QSignalSpy finished(window_.get(), &MainWindow::answerFinished);
     window_->send();
+    QVERIFY(finished.wait(kTimeoutMs));
     QCOMPARE(error.size(), 1);
-    QVERIFY(error.front().front().toString().contains(QStringLiteral("does not send images")));
+    QVERIFY2(error.front().front().toString().contains(QStringLiteral("cannot read images")),
+             qPrintable(error.front().front().toString()));
     QCOMPARE(input->toPlainText(), QStringLiteral("What does the chart show?"));
     QCOMPARE(attachments->count(), 1);
+    QVERIFY(!attachments->item(0)->text().endsWith(QStringLiteral("(sent)")));
     attachments->setCurrentRow(0);
     QPushButton* remove = nullptr;
     for (auto* button : window_->findChildren<QPushButton*>())
@@ -285,12 +290,44 @@ class MainWindowTest : public QObject {
     QCOMPARE(attachments->count(), 0);
   }
 
+  void aVisionModelReadsTheImageAndTheSessionKeepsIt() {
+    window_.reset();  // this test runs windows of its own on a database of its own
+    QTemporaryDir data;
+    const std::filesystem::path database = databaseIn(data, *settings_);
+    if (QTest::currentTestFailed()) return;
+    const QString image_path = QStringLiteral(LIGHTDESK_TEST_DATA "/tiny-vl/images/gradient.png");
+    {
+      StoreSessionRepository sessions(database);
+      MainWindow window(sessions, *settings_);
+      QSignalSpy ready(&window, &MainWindow::modelReady);
+      window.openModelDirectory(QStringLiteral(LIGHTDESK_TEST_DATA "/tiny-vl"));
+      QVERIFY2(ready.wait(kTimeoutMs), qPrintable(window.findChild<QLabel*>(QStringLiteral("messageLabel"))->text()));
+      QSignalSpy attached(&window, &MainWindow::documentAttached);
+      window.attachFiles({image_path});
+      QVERIFY(attached.wait(kTimeoutMs));
+      ask(window, QStringLiteral("Describe it"));
+      // A 336-pixel image is one tile and its thumbnail: hundreds of rows in the prompt.
+      const QString status = window.statusBar()->currentMessage();
+      QVERIFY2(status.section(QStringLiteral("generated. "), 1).section(QLatin1Char(' '), 0, 0).toLongLong() > 500,
+               qPrintable(status));
+      QVERIFY(window.findChild<QTextBrowser*>(QStringLiteral("transcript"))->toPlainText().contains(QStringLiteral("Images: gradient.png")));
+    }
+    StoreSessionRepository reopened(database);
+    MainWindow window(reopened, *settings_);
+    const auto stored = reopened.load(reopened.list().front().id);
+    QCOMPARE(stored->entries.size(), 2);
+    QCOMPARE(stored->entries[0].images, QStringList{image_path});
+    auto* attachments = window.findChild<QListWidget*>(QStringLiteral("attachmentList"));
+    QTRY_COMPARE_WITH_TIMEOUT(attachments->item(0)->text(), QStringLiteral("gradient.png — 336×336 image (sent)"), kTimeoutMs);
+    QVERIFY(!attachments->item(0)->icon().isNull());
+  }
+
   void conversationMarkdown() {
     lightdesk::gui::ChatSession session{1, QStringLiteral("Revenue"), {}, {}};
     session.entries.append({lightdesk::gui::ChatEntry::Role::User, QStringLiteral("How much?"), {},
-                            {{QStringLiteral("/tmp/q3.pdf"), QStringLiteral("text"), {}, 10}}});
+                            {{QStringLiteral("/tmp/q3.pdf"), QStringLiteral("text"), {}, 10}}, {}});
     session.entries.append({lightdesk::gui::ChatEntry::Role::Assistant, QStringLiteral("Twelve percent."),
-                            QStringLiteral("Look at page 2.\nIt says 12%."), {}});
+                            QStringLiteral("Look at page 2.\nIt says 12%."), {}, {}});
     QCOMPARE(lightdesk::gui::conversation_markdown(session),
              QStringLiteral("# Revenue\n\n## You\n\nDocuments: q3.pdf\n\nHow much?\n\n## Lightdesk\n\n"
                             "> Look at page 2.\n> It says 12%.\n\nTwelve percent.\n"));
@@ -306,9 +343,9 @@ class MainWindowTest : public QObject {
 
   void ctrlFSearchJumpsToTheMessage() {
     const lightdesk::gui::ChatSession quarterly = sessions_->create(QStringLiteral("Quarterly"));
-    sessions_->append(quarterly.id, {lightdesk::gui::ChatEntry::Role::User, QStringLiteral("Hello"), {}, {}});
-    sessions_->append(quarterly.id, {lightdesk::gui::ChatEntry::Role::Assistant, QStringLiteral("Hi."), {}, {}});
-    sessions_->append(quarterly.id, {lightdesk::gui::ChatEntry::Role::User, QStringLiteral("What about revenue?"), {}, {}});
+    sessions_->append(quarterly.id, {lightdesk::gui::ChatEntry::Role::User, QStringLiteral("Hello"), {}, {}, {}});
+    sessions_->append(quarterly.id, {lightdesk::gui::ChatEntry::Role::Assistant, QStringLiteral("Hi."), {}, {}, {}});
+    sessions_->append(quarterly.id, {lightdesk::gui::ChatEntry::Role::User, QStringLiteral("What about revenue?"), {}, {}, {}});
     QTest::qWait(5);
     sessions_->create(QStringLiteral("Newer"));  // opened first
     window_ = std::make_unique<MainWindow>(*sessions_, *settings_);
@@ -344,8 +381,8 @@ class MainWindowTest : public QObject {
     QVERIFY(data.isValid());
     StoreSessionRepository sessions(data.filePath(QStringLiteral("sessions.sqlite")).toStdString());
     const lightdesk::gui::ChatSession budget = sessions.create(QStringLiteral("Budget"));
-    sessions.append(budget.id, {lightdesk::gui::ChatEntry::Role::User, QStringLiteral("Which departments overspent?"), {}, {}});
-    sessions.append(budget.id, {lightdesk::gui::ChatEntry::Role::Assistant, QStringLiteral("Marketing overspent."), {}, {}});
+    sessions.append(budget.id, {lightdesk::gui::ChatEntry::Role::User, QStringLiteral("Which departments overspent?"), {}, {}, {}});
+    sessions.append(budget.id, {lightdesk::gui::ChatEntry::Role::Assistant, QStringLiteral("Marketing overspent."), {}, {}, {}});
     sessions.create(QStringLiteral("Other"));
     QList<lightdesk::gui::MessageHit> hits;
     bool answered = false;
@@ -500,9 +537,9 @@ class MainWindowTest : public QObject {
   void reasoningIsCollapsed() {
     QTest::qWait(5);  // the newer session, opened first
     const lightdesk::gui::ChatSession session = sessions_->create(QStringLiteral("Reasoned chat"));
-    sessions_->append(session.id, {lightdesk::gui::ChatEntry::Role::User, QStringLiteral("Why?"), {}, {}});
+    sessions_->append(session.id, {lightdesk::gui::ChatEntry::Role::User, QStringLiteral("Why?"), {}, {}, {}});
     sessions_->append(session.id, {lightdesk::gui::ChatEntry::Role::Assistant, QStringLiteral("**Because.** <image> stays text"),
-                                   QStringLiteral("the hidden chain of thought"), {}});
+                                   QStringLiteral("the hidden chain of thought"), {}, {}});
     window_ = std::make_unique<MainWindow>(*sessions_, *settings_);
     auto* transcript = window_->findChild<QTextBrowser*>(QStringLiteral("transcript"));
     // The answer is rendered as Markdown: bold, without its asterisks.

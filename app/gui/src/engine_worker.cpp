@@ -88,6 +88,8 @@ void EngineWorker::loadModel(const QString& directory, const QString& backend) {
   try {
     const ModelCheck check = inspect(directory, backend);
     session_.reset();
+    vision_.reset();
+    image_rows_.clear();
     format_.reset();
     tokenizer_.reset();
     model_.reset();
@@ -102,6 +104,8 @@ void EngineWorker::loadModel(const QString& directory, const QString& backend) {
     });
     tokenizer_ = Tokenizer::open(path);
     format_ = ChatFormat::for_model(path, *tokenizer_);
+    // A VL-01 checkpoint carries its vision tower (the chat format has checked its placeholder).
+    if (model_->info().model_type == "minimax_vl_01") vision_ = vision::VisionModel::open(path);
     session_ = model_->create_session();
     held_messages_.clear();
     const SamplingDefaults defaults = format_->sampling_defaults();
@@ -112,6 +116,7 @@ void EngineWorker::loadModel(const QString& directory, const QString& backend) {
                      sampling);
   } catch (const std::exception& e) {
     session_.reset();
+    vision_.reset();
     format_.reset();
     tokenizer_.reset();
     model_.reset();
@@ -146,9 +151,12 @@ void EngineWorker::generate(const QList<PromptMessage>& conversation, const Samp
   try {
     auto to_chat = [](const QList<PromptMessage>& messages) {
       Conversation chat;
-      for (const PromptMessage& message : messages)
-        chat.messages.push_back({message.from_user ? ChatMessage::Role::User : ChatMessage::Role::Assistant,
-                                 {ChatPart{ChatPart::Kind::Text, message.text.toStdString(), {}}}});
+      for (const PromptMessage& message : messages) {
+        ChatMessage turn{message.from_user ? ChatMessage::Role::User : ChatMessage::Role::Assistant, {}};
+        for (qsizetype i = 0; i < message.images.size(); ++i) turn.parts.push_back({ChatPart::Kind::Image, {}, {}});
+        turn.parts.push_back({ChatPart::Kind::Text, message.text.toStdString(), {}});
+        chat.messages.push_back(std::move(turn));
+      }
       return chat;
     };
     // Messages that follow the turns the session's state already holds (this conversation's
@@ -156,16 +164,24 @@ void EngineWorker::generate(const QList<PromptMessage>& conversation, const Samp
     // else (another conversation, an edited message, a stopped answer) starts from an empty state.
     const bool continues = !held_messages_.isEmpty() && conversation.size() > held_messages_.size() &&
                            std::equal(held_messages_.begin(), held_messages_.end(), conversation.begin());
-    std::vector<TokenId> prompt;
-    if (continues) {
-      prompt = format_->render_continuation(to_chat(conversation.mid(held_messages_.size()))).encode(*tokenizer_);
-    } else {
-      session_->reset();
-      prompt = format_->render(to_chat(conversation)).encode(*tokenizer_);
+    const QList<PromptMessage> fed = continues ? conversation.mid(held_messages_.size()) : conversation;
+    std::vector<std::vector<float>> images;
+    for (const PromptMessage& message : fed) {
+      if (!message.images.isEmpty() && !vision_)
+        throw Error(tr("This model cannot read images: open a MiniMax-VL-01 model for them.").toStdString());
+      for (const QString& image : message.images) images.push_back(image_rows(image));
     }
+    if (!continues) session_->reset();
+    const std::vector<TokenId> rendered = (continues ? format_->render_continuation(to_chat(fed))
+                                                     : format_->render(to_chat(fed))).encode(*tokenizer_);
+    // Each image placeholder becomes the image's rows.
+    const vision::MultimodalInput prompt =
+        images.empty() ? vision::MultimodalInput{rendered, {}}
+                       : vision::expand_image_placeholders(rendered, *format_->image_token(), images,
+                                                           static_cast<int>(model_->info().hidden_size));
     held_messages_.clear();
     stats.reused_tokens = session_->position();
-    const std::span<const TokenId> rest(prompt);
+    const std::span<const TokenId> rest(prompt.tokens);
     stats.prompt_tokens = static_cast<std::int64_t>(rest.size());
     const std::int64_t room = stats.context_size - stats.reused_tokens - stats.prompt_tokens;
     if (room <= 0)
@@ -178,6 +194,7 @@ void EngineWorker::generate(const QList<PromptMessage>& conversation, const Samp
     options.max_new_tokens = std::min<std::int64_t>(sampling.max_new_tokens, room);
     options.sampling = {static_cast<float>(sampling.temperature), sampling.top_k, static_cast<float>(sampling.top_p)};
     options.stop_token = format_->end_of_turn();
+    options.prefill.embedding_overrides = prompt.embedding_overrides;
     options.prefill.progress = [this](const FeedProgress& progress) {
       const double rate = progress.seconds > 0 ? static_cast<double>(progress.tokens_done) / progress.seconds : 0.0;
       const double left = rate > 0 ? static_cast<double>(progress.tokens_total - progress.tokens_done) / rate : 0.0;
@@ -209,7 +226,7 @@ void EngineWorker::generate(const QList<PromptMessage>& conversation, const Samp
       // The session now holds the whole turn, so the next question can continue from it.
       finish_assistant_turn(*session_, generated, format_->end_of_turn());
       held_messages_ = conversation;
-      held_messages_.append({false, to_qstring(parser.answer())});
+      held_messages_.append({false, to_qstring(parser.answer()), {}});
       state = EngineState::copy_of(*session_);
     }
     stats.context_used = session_->position();
@@ -225,6 +242,16 @@ void EngineWorker::generate(const QList<PromptMessage>& conversation, const Samp
   } catch (const std::exception& e) {
     emit generationFailed(to_qstring(e.what()));
   }
+}
+
+const std::vector<float>& EngineWorker::image_rows(const QString& path) {
+  auto found = image_rows_.find(path);
+  if (found == image_rows_.end()) {
+    const vision::PreparedImage image =
+        vision::prepare_image(vision::decode_image_file(to_path(path)), vision_->config().anyres);
+    found = image_rows_.emplace(path, vision_->image_embeddings(image)).first;
+  }
+  return found->second;
 }
 
 void EngineWorker::adoptState(const EngineStatePtr& state, const QList<PromptMessage>& held) {

@@ -9,12 +9,14 @@
 
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 
 #include "engine_state.h"
 #include "lightdesk/engine.h"
 #include "lightdesk/text.h"
+#include "lightdesk/vision.h"
 
 namespace lightdesk::gui {
 
@@ -42,6 +44,7 @@ struct SamplingSettings {
 struct PromptMessage {
   bool from_user = true;
   QString text;
+  QStringList images;  // a user message's images, placed before its text
   bool operator==(const PromptMessage&) const = default;
 };
 
@@ -115,11 +118,17 @@ class EngineWorker : public QObject {
  private:
   static ModelOptions options_for(const QString& backend);
   ModelCheck inspect(const QString& directory, const QString& backend) const;
+  // The rows of an image for the model (vision_), computed once per path.
+  const std::vector<float>& image_rows(const QString& path);
 
   std::unique_ptr<Model> model_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::optional<ChatFormat> format_;
   std::unique_ptr<Session> session_;
+  std::unique_ptr<vision::VisionModel> vision_;  // a MiniMax-VL-01 model's vision tower
+  // The language-model input rows of each image read so far (a conversation read again after a
+  // restart or an edit shows them again).
+  std::map<QString, std::vector<float>> image_rows_;
   // The messages whose turns session_ holds complete (ending with a finished answer); empty
   // when its state is anything else (then a conversation is read from the start).
   QList<PromptMessage> held_messages_;

@@ -40,6 +40,10 @@ namespace lightdesk::gui {
 namespace {
 
 constexpr int kSessionIdRole = Qt::UserRole;
+constexpr int kEntryRole = Qt::UserRole + 1;  // a search result's entry index
+// An attachment item not sent yet: "document" or "image", and its index in that pending list.
+constexpr int kAttachmentKindRole = Qt::UserRole;
+constexpr int kAttachmentIndexRole = Qt::UserRole + 1;
 
 QString format_bytes(std::uint64_t bytes) {
   return QLocale().formattedDataSize(static_cast<qint64>(bytes), 1, QLocale::DataSizeTraditionalFormat);
@@ -72,7 +76,8 @@ QList<PromptMessage> prompt_conversation(const QList<ChatEntry>& entries) {
   QList<PromptMessage> conversation;
   for (const ChatEntry& entry : entries) {
     const bool from_user = entry.role == ChatEntry::Role::User;
-    conversation.append({from_user, from_user ? prompt_with_documents(entry.text, entry.documents) : entry.text});
+    conversation.append({from_user, from_user ? prompt_with_documents(entry.text, entry.documents) : entry.text,
+                         entry.images});
   }
   return conversation;
 }
@@ -148,7 +153,7 @@ void MainWindow::buildWidgets() {
   search_results_->setObjectName(QStringLiteral("searchResults"));
   search_results_->setVisible(false);
   connect(search_results_, &QListWidget::itemClicked, this, [this](QListWidgetItem* item) {
-    showMessage(item->data(kSessionIdRole).toLongLong(), item->data(kSessionIdRole + 1).toLongLong());
+    showMessage(item->data(kSessionIdRole).toLongLong(), item->data(kEntryRole).toLongLong());
   });
   session_list_ = new QListWidget;
   session_list_->setObjectName(QStringLiteral("sessionList"));
@@ -446,23 +451,21 @@ bool MainWindow::eventFilter(QObject* watched, QEvent* event) {
 void MainWindow::send() {
   const QString question = input_->toPlainText().trimmed();
   if (question.isEmpty() || generating_ || !model_ready_) return;
-  if (const auto images = pending_images_.find(current_.id); images != pending_images_.end() && !images->second.isEmpty()) {
-    showError(tr("The window does not send images to the model yet (lightdesk-cli ask --image does, with a "
-                 "MiniMax-VL-01 model). Remove the image to send the question; both stay where they are."));
-    return;
-  }
   if (current_.entries.isEmpty() && current_.title == untitled()) {
     current_.title = question.left(40);
     sessions_.rename(current_.id, current_.title);
   }
   const auto pending = pending_documents_.find(current_.id);
-  ChatEntry user{ChatEntry::Role::User, question, {}, pending == pending_documents_.end() ? QList<Attachment>{} : pending->second};
+  ChatEntry user{ChatEntry::Role::User, question, {},
+                 pending == pending_documents_.end() ? QList<Attachment>{} : pending->second, pending_images_[current_.id]};
   if (pending != pending_documents_.end()) pending_documents_.erase(pending);
+  pending_images_.erase(current_.id);
   qsizetype keep = current_.entries.size();
   if (editing_ && *editing_ < keep) {
-    // The edited message keeps the documents it was sent with, plus any attached since.
+    // The edited message keeps the documents and images it was sent with, plus any attached since.
     keep = *editing_;
     user.documents = current_.entries[keep].documents + user.documents;
+    user.images = current_.entries[keep].images + user.images;
   }
   editing_.reset();
   edit_bar_->setVisible(false);
@@ -495,7 +498,7 @@ void MainWindow::ask(qsizetype keep, const ChatEntry& user) {
   turn_ = Turn{keep, current_.entries.mid(keep), false};
   current_.entries.resize(keep);
   current_.entries.append(user);
-  answer_ = ChatEntry{ChatEntry::Role::Assistant, {}, {}, {}};
+  answer_ = ChatEntry{ChatEntry::Role::Assistant, {}, {}, {}, {}};
   refreshAttachments();
   renderTranscript();
   setGenerating(true);
@@ -594,6 +597,7 @@ void MainWindow::undoTurn() {
   input_->setPlainText(typed.isEmpty() ? question.text : question.text + QStringLiteral("\n\n") + typed);
   QList<Attachment>& pending = pending_documents_[current_.id];
   pending = question.documents + pending;
+  pending_images_[current_.id] = question.images + pending_images_[current_.id];
 }
 
 void MainWindow::restoreState() {
@@ -655,6 +659,10 @@ void MainWindow::renderTranscript() {
       QStringList names;
       for (const Attachment& document : entry.documents) names.append(QFileInfo(document.path).fileName());
       if (!names.isEmpty()) html += paragraph(tr("Documents: %1").arg(names.join(QStringLiteral(", "))), "color:#666;");
+      QStringList image_names;
+      for (const QString& image : entry.images) image_names.append(QFileInfo(image).fileName());
+      if (!image_names.isEmpty())
+        html += paragraph(tr("Images: %1").arg(image_names.join(QStringLiteral(", "))), "color:#666;");
       insert_html(html + paragraph(entry.text));
       continue;
     }
@@ -811,7 +819,7 @@ void MainWindow::runSearch() {
       auto* item = new QListWidgetItem(QStringLiteral("%1: %2").arg(titles[hit.session], hit.snippet.simplified()),
                                        search_results_);
       item->setData(kSessionIdRole, hit.session);
-      item->setData(kSessionIdRole + 1, hit.entry);
+      item->setData(kEntryRole, hit.entry);
       item->setToolTip(hit.snippet);
     }
     if (hits.isEmpty()) search_results_->addItem(tr("No message matches."));
@@ -879,76 +887,97 @@ void MainWindow::onDocumentReady(const QString& path, const QString& text, const
   askQuestionAfterDocuments();
 }
 
-void MainWindow::attachImage(const QString& path) {
+void MainWindow::decodeThumbnail(const QString& path, const std::function<void(const QString& error)>& done) {
   constexpr int kThumbnailPixels = 64;
-  reading_documents_[path] = current_.id;
   QPointer<MainWindow> window(this);
   // Decoding a large image takes long enough to be felt: a pool thread does it.
-  QThreadPool::globalInstance()->start([window, path] {
+  QThreadPool::globalInstance()->start([window, path, done] {
     QImageReader reader(path);
     reader.setAutoTransform(true);
     const QSize size = reader.size();
     QImage image = reader.read();
     const QString error = image.isNull() ? reader.errorString() : QString();
-    if (!image.isNull()) image = image.scaled(kThumbnailPixels, kThumbnailPixels, Qt::KeepAspectRatio, Qt::SmoothTransformation);
-    QMetaObject::invokeMethod(window, [window, path, size, image, error] {
+    if (!image.isNull())
+      image = image.scaled(kThumbnailPixels, kThumbnailPixels, Qt::KeepAspectRatio, Qt::SmoothTransformation);
+    QMetaObject::invokeMethod(window, [window, path, size, image, error, done] {
       if (!window) return;
-      const auto reading = window->reading_documents_.find(path);
-      if (reading == window->reading_documents_.end()) return;
-      const qint64 session_id = reading->second;
-      window->reading_documents_.erase(reading);
-      if (image.isNull()) {
-        window->refreshAttachments();
-        window->showError(tr("Could not attach %1: %2").arg(QFileInfo(path).fileName(), error));
-        return;
-      }
-      window->pending_images_[session_id].append({path, size.isValid() ? size : image.size(), image});
-      window->refreshAttachments();
-      emit window->documentAttached(path);
+      if (!image.isNull()) window->thumbnails_[path] = {size.isValid() ? size : image.size(), image};
+      done(error);
     });
   });
 }
 
+void MainWindow::attachImage(const QString& path) {
+  reading_documents_[path] = current_.id;
+  decodeThumbnail(path, [this, path](const QString& error) {
+    const auto reading = reading_documents_.find(path);
+    if (reading == reading_documents_.end()) return;
+    const qint64 session_id = reading->second;
+    reading_documents_.erase(reading);
+    if (!error.isEmpty()) {
+      refreshAttachments();
+      showError(tr("Could not attach %1: %2").arg(QFileInfo(path).fileName(), error));
+      return;
+    }
+    pending_images_[session_id].append(path);
+    refreshAttachments();
+    emit documentAttached(path);
+  });
+}
+
 void MainWindow::removeSelectedAttachment() {
-  // The list shows the documents already sent first, then those attached since, then images:
-  // only the ones not sent can go.
-  qsizetype sent = 0;
-  for (const ChatEntry& entry : current_.entries) sent += entry.documents.size();
-  qsizetype row = attachment_list_->currentRow() - sent;
-  QList<Attachment>& pending = pending_documents_[current_.id];
-  if (row < 0) return;
-  if (row < pending.size()) {
-    pending.removeAt(row);
-  } else if (QList<ImageAttachment>& images = pending_images_[current_.id]; (row -= pending.size()) < images.size()) {
-    images.removeAt(row);
-  }
+  // Only what is not sent yet can go: its item names the list and the index it comes from.
+  const QListWidgetItem* item = attachment_list_->currentItem();
+  if (item == nullptr) return;
+  const qsizetype index = item->data(kAttachmentIndexRole).toLongLong();
+  const QString kind = item->data(kAttachmentKindRole).toString();
+  if (kind == QStringLiteral("document"))
+    pending_documents_[current_.id].removeAt(index);
+  else if (kind == QStringLiteral("image"))
+    pending_images_[current_.id].removeAt(index);
   refreshAttachments();
 }
 
 void MainWindow::refreshAttachments() {
   attachment_list_->clear();
-  auto add = [this](const Attachment& attachment, bool sent) {
+  auto add = [this](const Attachment& attachment, qsizetype pending_index) {
     QString line = tr("%1 — %2 tokens").arg(QFileInfo(attachment.path).fileName()).arg(attachment.tokens);
     if (const qsizetype pages = attachment.page_offsets.size(); pages > 0)
       line += QLatin1Char(' ') + (pages == 1 ? tr("in 1 page") : tr("in %1 pages").arg(pages));
-    if (sent) line += QLatin1Char(' ') + tr("(sent)");
+    if (pending_index < 0) line += QLatin1Char(' ') + tr("(sent)");
     auto* item = new QListWidgetItem(line, attachment_list_);
     item->setToolTip(attachment.path);
-  };
-  for (const ChatEntry& entry : current_.entries)
-    for (const Attachment& attachment : entry.documents) add(attachment, true);
-  if (const auto pending = pending_documents_.find(current_.id); pending != pending_documents_.end())
-    for (const Attachment& attachment : pending->second) add(attachment, false);
-  if (const auto images = pending_images_.find(current_.id); images != pending_images_.end()) {
-    for (const ImageAttachment& image : images->second) {
-      auto* item = new QListWidgetItem(QIcon(QPixmap::fromImage(image.thumbnail)),
-                                       tr("%1 — %2×%3 image").arg(QFileInfo(image.path).fileName())
-                                           .arg(image.size.width())
-                                           .arg(image.size.height()),
-                                       attachment_list_);
-      item->setToolTip(image.path);
+    if (pending_index >= 0) {
+      item->setData(kAttachmentKindRole, QStringLiteral("document"));
+      item->setData(kAttachmentIndexRole, pending_index);
     }
+  };
+  auto add_image = [this](const QString& path, qsizetype pending_index) {
+    auto* item = new QListWidgetItem(attachment_list_);
+    item->setToolTip(path);
+    QString line = QFileInfo(path).fileName();
+    if (const auto thumbnail = thumbnails_.find(path); thumbnail != thumbnails_.end()) {
+      item->setIcon(QIcon(QPixmap::fromImage(thumbnail->second.image)));
+      line = tr("%1 — %2×%3 image").arg(line).arg(thumbnail->second.size.width()).arg(thumbnail->second.size.height());
+    } else if (thumbnails_requested_.insert(path).second) {
+      // An image of a stored session: its thumbnail is made once, when it is first listed.
+      decodeThumbnail(path, [this](const QString&) { refreshAttachments(); });
+    }
+    if (pending_index < 0) line += QLatin1Char(' ') + tr("(sent)");
+    item->setText(line);
+    if (pending_index >= 0) {
+      item->setData(kAttachmentKindRole, QStringLiteral("image"));
+      item->setData(kAttachmentIndexRole, pending_index);
+    }
+  };
+  for (const ChatEntry& entry : current_.entries) {
+    for (const Attachment& attachment : entry.documents) add(attachment, -1);
+    for (const QString& image : entry.images) add_image(image, -1);
   }
+  if (const auto pending = pending_documents_.find(current_.id); pending != pending_documents_.end())
+    for (qsizetype i = 0; i < pending->second.size(); ++i) add(pending->second[i], i);
+  if (const auto images = pending_images_.find(current_.id); images != pending_images_.end())
+    for (qsizetype i = 0; i < images->second.size(); ++i) add_image(images->second[i], i);
   for (const auto& [path, session_id] : reading_documents_)
     if (session_id == current_.id) attachment_list_->addItem(tr("%1 — reading…").arg(QFileInfo(path).fileName()));
 }

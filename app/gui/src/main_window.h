@@ -7,7 +7,9 @@
 #include <QMainWindow>
 #include <QThread>
 
+#include <functional>
 #include <map>
+#include <set>
 #include <optional>
 
 #include "engine_worker.h"
@@ -107,7 +109,10 @@ class MainWindow : public QMainWindow {
   void askQuestionAfterDocuments();
   void runSearch();
   void removeSelectedAttachment();
-  // Decodes an image's thumbnail off the GUI thread; emits documentAttached or shows the error.
+  // Decodes an image's thumbnail into thumbnails_ off the GUI thread, then calls `done` (with
+  // the reader's error, if any) on the GUI thread.
+  void decodeThumbnail(const QString& path, const std::function<void(const QString& error)>& done);
+  // Lists an image after its thumbnail is made; emits documentAttached or shows the error.
   void attachImage(const QString& path);
   void refreshAttachments();
   void renderTranscript();
@@ -163,13 +168,14 @@ class MainWindow : public QMainWindow {
   std::map<QString, qint64> reading_documents_;  // path -> session it is attached to
   // Documents attached to a session and not sent yet: they go with its next question.
   std::map<qint64, QList<Attachment>> pending_documents_;
-  // Images attached to a session, with their thumbnails: shown, not sent yet (see send()).
-  struct ImageAttachment {
-    QString path;
-    QSize size;
-    QImage thumbnail;
+  // Images attached to a session and not sent yet, like pending_documents_.
+  std::map<qint64, QStringList> pending_images_;
+  struct Thumbnail {
+    QSize size;  // of the image
+    QImage image;
   };
-  std::map<qint64, QList<ImageAttachment>> pending_images_;
+  std::map<QString, Thumbnail> thumbnails_;  // by image path
+  std::set<QString> thumbnails_requested_;
   std::map<int, bool> expanded_reasoning_;        // entry index -> shown
   QString question_after_documents_;            // startSession()'s question, not sent yet
   std::optional<qsizetype> editing_;              // the user message the input replaces

@@ -32,6 +32,7 @@ struct ChatEntry {
   QString text;
   QString reasoning;             // M1's <think> part of an answer
   QList<Attachment> documents;   // sent with this user message; the model reads them before it
+  QStringList images;            // sent with this user message (paths): a VL-01 model sees them first
 };
 
 struct ChatSession {

@@ -5,6 +5,8 @@
 #include <QJsonArray>
 #include <QJsonDocument>
 #include <QJsonObject>
+#include <QFile>
+#include <QImageReader>
 #include <QMimeDatabase>
 #include <QRegularExpression>
 #include <QSettings>
@@ -54,6 +56,10 @@ ChatSession read_session(store::Store& store, const store::SessionRecord& record
     attachments_by_message.emplace(*document.message_id, std::move(attachment));
   }
 
+  std::multimap<std::int64_t, QString> images_by_message;
+  for (const store::Image& image : store.images(record.id))
+    if (image.message_id) images_by_message.emplace(*image.message_id, from_utf8(image.source_path));
+
   for (const store::Message& message : branch) {
     ChatEntry entry;
     entry.role = message.role == store::Role::Assistant ? ChatEntry::Role::Assistant : ChatEntry::Role::User;
@@ -61,6 +67,8 @@ ChatSession read_session(store::Store& store, const store::SessionRecord& record
     entry.reasoning = from_utf8(message.reasoning);
     const auto [first, last] = attachments_by_message.equal_range(message.id);
     for (auto attachment = first; attachment != last; ++attachment) entry.documents.append(attachment->second);
+    const auto [first_image, last_image] = images_by_message.equal_range(message.id);
+    for (auto image = first_image; image != last_image; ++image) entry.images.append(image->second);
     session.entries.append(std::move(entry));
   }
   return session;
@@ -137,10 +145,30 @@ class StoreWriter : public QObject {
       message.reasoning = utf8(entry.reasoning);
       const std::int64_t message_id = store_->add_message(message);
       log->branch.push_back(message_id);
+      const QMimeDatabase mime_types;
+      for (const QString& path : entry.images) {
+        // The image stays where it is; the store keeps its path, hash and size.
+        QFile file(path);
+        QImageReader reader(path);
+        store::Image image;
+        image.session_id = log->store_id;
+        image.message_id = message_id;
+        image.source_path = utf8(path);
+        if (file.open(QIODevice::ReadOnly)) {
+          QCryptographicHash hash(QCryptographicHash::Sha256);
+          hash.addData(&file);
+          image.content_hash = hash.result().toHex().toStdString();
+        }
+        image.mime_type = utf8(mime_types.mimeTypeForFile(path).name());
+        if (const QSize size = reader.size(); size.isValid()) {
+          image.width = size.width();
+          image.height = size.height();
+        }
+        store_->add_image(image);
+      }
       if (entry.documents.isEmpty()) return;
 
       QJsonArray links = log->settings.value("attachments").toArray();
-      const QMimeDatabase mime_types;
       for (const Attachment& attachment : entry.documents) {
         store::Document document;
         document.session_id = log->store_id;
