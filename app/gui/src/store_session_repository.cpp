@@ -8,6 +8,7 @@
 #include <QFile>
 #include <QImageReader>
 #include <QMimeDatabase>
+#include <QPointer>
 #include <QRegularExpression>
 #include <QSettings>
 #include <QStandardPaths>
@@ -333,9 +334,10 @@ void StoreSessionRepository::branch(qint64 id, qsizetype keep) {
 
 void StoreSessionRepository::search(const QString& query, QObject* context,
                                     std::function<void(const QList<MessageHit>&)> done) {
-  QMetaObject::invokeMethod(writer_, [writer = writer_, query, context, done = std::move(done)] {
+  // The caller may be gone by the time the answer is ready (a window closed meanwhile).
+  QMetaObject::invokeMethod(writer_, [writer = writer_, query, context = QPointer(context), done = std::move(done)] {
     const QList<MessageHit> hits = writer->search(query);
-    QMetaObject::invokeMethod(context, [done, hits] { done(hits); });
+    if (context) QMetaObject::invokeMethod(context, [done, hits] { done(hits); });
   });
 }
 
@@ -347,9 +349,10 @@ void StoreSessionRepository::saveState(qint64 id, qsizetype entries, EngineState
 
 void StoreSessionRepository::loadState(qint64 id, qsizetype entries, const ModelInfo& model, QObject* context,
                                        std::function<void(const StateLoad&)> done) {
-  QMetaObject::invokeMethod(writer_, [writer = writer_, id, entries, model, context, done = std::move(done)] {
+  QMetaObject::invokeMethod(writer_, [writer = writer_, id, entries, model, context = QPointer(context),
+                                      done = std::move(done)] {
     const StateLoad load = writer->load_state(id, entries, model);
-    QMetaObject::invokeMethod(context, [done, load] { done(load); });
+    if (context) QMetaObject::invokeMethod(context, [done, load] { done(load); });
   });
 }
 
