@@ -513,15 +513,19 @@ void MainWindow::ask(qsizetype keep, const ChatEntry& user) {
   // The engine holds another conversation or a later point of this one: start from the state
   // saved at the branch point, if there is one, rather than reading everything again.
   sessions_.loadState(current_.id, keep, model_info_, this, [this, conversation, sampling](const StateLoad& load) {
-    if (load.state) {
-      adopting_ = {current_.id, load.entries};
-      state_read_seconds_ = load.seconds;
-      emit adoptStateRequested(load.state, conversation.mid(0, load.entries));
-    } else if (!load.refused.isEmpty()) {
-      onStateRefused(load.refused);
-    }
+    adoptLoadedState(load);
     emit generateRequested(conversation, sampling);
   });
+}
+
+void MainWindow::adoptLoadedState(const StateLoad& load) {
+  if (load.state) {
+    adopting_ = {current_.id, load.entries};
+    state_read_seconds_ = load.seconds;
+    emit adoptStateRequested(load.state, prompt_conversation(current_.entries.mid(0, load.entries)));
+  } else if (!load.refused.isEmpty()) {
+    onStateRefused(load.refused);
+  }
 }
 
 void MainWindow::stop() { worker_->requestStop(); }
@@ -604,20 +608,11 @@ void MainWindow::restoreState() {
   const quint64 ticket = ++restore_ticket_;  // a read still under way is for a session no longer shown
   if (!model_ready_ || generating_ || current_.entries.isEmpty() || engine_holds_.session == current_.id) return;
   statusBar()->showMessage(tr("Restoring the session's state…"));
-  const qint64 session_id = current_.id;
-  sessions_.loadState(session_id, current_.entries.size(), model_info_, this,
-                      [this, ticket, session_id](const StateLoad& load) {
-                        // Another session was opened, or a question sent, since.
-                        if (ticket != restore_ticket_) return;
-                        statusBar()->clearMessage();
-                        if (load.state) {
-                          adopting_ = {session_id, load.entries};
-                          state_read_seconds_ = load.seconds;
-                          emit adoptStateRequested(load.state, prompt_conversation(current_.entries.mid(0, load.entries)));
-                        } else if (!load.refused.isEmpty()) {
-                          onStateRefused(load.refused);
-                        }
-                      });
+  sessions_.loadState(current_.id, current_.entries.size(), model_info_, this, [this, ticket](const StateLoad& load) {
+    if (ticket != restore_ticket_) return;  // another session was opened, or a question sent, since
+    statusBar()->clearMessage();
+    adoptLoadedState(load);
+  });
 }
 
 void MainWindow::onStateAdopted(qint64 tokens, double seconds) {

@@ -101,6 +101,9 @@ class MainWindow : public QMainWindow {
   void undoTurn();
   // Brings the current session's saved engine state into the engine, if it holds another one.
   void restoreState();
+  // Sends a state the repository found for the current session to the engine, or reports why
+  // none can be used.
+  void adoptLoadedState(const StateLoad& load);
   void selectSession(qint64 id);
   void refreshSessionList();
   void renameCurrentSession();
