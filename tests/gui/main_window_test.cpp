@@ -767,6 +767,20 @@ class MainWindowTest : public QObject {
     QCOMPARE(input->toPlainText(), question);
     QVERIFY(!window_->findChild<QTextBrowser*>(QStringLiteral("transcript"))->toPlainText().contains(QStringLiteral("Summarise")));
     QVERIFY(sessions_->load(sessions_->list().front().id)->entries.isEmpty());
+
+    // The same for an edit: the old turn is back, the edited text waits in the input box.
+    settings_->setValue(QStringLiteral("sampling/M1/max_new_tokens"), 8);
+    ask(*window_, QStringLiteral("Short"));
+    auto* transcript = window_->findChild<QTextBrowser*>(QStringLiteral("transcript"));
+    emit transcript->anchorClicked(QUrl(QStringLiteral("edit:0")));
+    input->setPlainText(question);
+    window_->send();
+    QVERIFY(finished.wait(kTimeoutMs));
+    QCOMPARE(input->toPlainText(), question);
+    QVERIFY(!window_->findChild<QLabel*>(QStringLiteral("editBar"))->isHidden());
+    QCOMPARE(sessions_->load(sessions_->list().front().id)->entries.size(), 2);
+    QCOMPARE(sessions_->load(sessions_->list().front().id)->entries[0].text, QStringLiteral("Short"));
+    QVERIFY(transcript->toPlainText().contains(QStringLiteral("Short")));
   }
 
  private:

@@ -570,18 +570,17 @@ void MainWindow::onGenerationFinished(const GenerationStats& stats, const Engine
 void MainWindow::onGenerationFailed(const QString& message) {
   progress_bar_->setVisible(false);
   engine_holds_ = {};
-  const bool begun = turn_ && turn_->stored;
-  keepAnswer();
-  showError(begun ? tr("The answer failed: %1").arg(message)
-                  : tr("The answer failed: %1\nYour question is back in the input box.").arg(message));
+  showError(keepAnswer() ? tr("The answer failed: %1\nYour question is back in the input box.").arg(message)
+                        : tr("The answer failed: %1").arg(message));
   emit answerFinished();
 }
 
-void MainWindow::keepAnswer() {
+bool MainWindow::keepAnswer() {
   // What was written before a stop or failure stays; an answer that never began does not, and
   // neither does its question, which goes back where it came from.
+  bool question_returned = false;
   if (turn_ && !turn_->stored) {
-    undoTurn();
+    question_returned = undoTurn();
   } else if (!answer_->text.isEmpty() || !answer_->reasoning.isEmpty()) {
     sessions_.append(current_.id, *answer_);
     current_.entries.append(*answer_);
@@ -591,17 +590,29 @@ void MainWindow::keepAnswer() {
   refreshAttachments();
   renderTranscript();
   setGenerating(false);
+  return question_returned;
 }
 
-void MainWindow::undoTurn() {
+bool MainWindow::undoTurn() {
   const ChatEntry question = current_.entries.takeLast();
   current_.entries.append(turn_->replaced);
-  if (!turn_->replaced.isEmpty()) return;  // a regenerated or edited turn: the old one is back
+  const ChatEntry* original = turn_->replaced.isEmpty() ? nullptr : &turn_->replaced.front();
+  // A regenerated question is the stored one: with the old turn back, nothing is lost.
+  if (original != nullptr && question.text == original->text &&
+      question.documents.size() == original->documents.size() && question.images.size() == original->images.size())
+    return false;
+  if (original != nullptr) {  // an edit: back into the input box, still editing that message
+    editing_ = turn_->keep;
+    edit_bar_->setVisible(true);
+  }
   const QString typed = input_->toPlainText();
   input_->setPlainText(typed.isEmpty() ? question.text : question.text + QStringLiteral("\n\n") + typed);
-  QList<Attachment>& pending = pending_documents_[current_.id];
-  pending = question.documents + pending;
-  pending_images_[current_.id] = question.images + pending_images_[current_.id];
+  // What was attached for this question (beyond an edited message's own) is pending again.
+  QList<Attachment>& documents = pending_documents_[current_.id];
+  documents = question.documents.mid(original ? original->documents.size() : 0) + documents;
+  QStringList& images = pending_images_[current_.id];
+  images = question.images.mid(original ? original->images.size() : 0) + images;
+  return true;
 }
 
 void MainWindow::restoreState() {

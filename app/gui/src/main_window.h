@@ -97,8 +97,9 @@ class MainWindow : public QMainWindow {
   // Asks the engine for an answer to `user`, sent after the current session's first `keep`
   // entries (the others, if any, become an earlier branch once the answer begins).
   void ask(qsizetype keep, const ChatEntry& user);
-  // Puts back what ask() replaced, when the answer failed or was stopped before it began.
-  void undoTurn();
+  // Puts back what ask() replaced, when the answer failed or was stopped before it began;
+  // true when the question went back into the input box (a new or edited one).
+  bool undoTurn();
   // Brings the current session's saved engine state into the engine, if it holds another one.
   void restoreState();
   // Sends a state the repository found for the current session to the engine, or reports why
@@ -120,8 +121,8 @@ class MainWindow : public QMainWindow {
   void refreshAttachments();
   void renderTranscript();
   void appendToTranscript(const QString& text, bool reasoning);
-  // Ends the streamed answer: stores what it wrote.
-  void keepAnswer();
+  // Ends the streamed answer: stores what it wrote (undoTurn() if it never began; its answer).
+  bool keepAnswer();
   void editSettings();
   // The status bar's memory: the backend's devices and the host memory available now.
   void refreshMemoryLabel();
