@@ -26,9 +26,11 @@ int main(int argc, char** argv) {
   const QCommandLineOption document_option(
       QStringLiteral("document"), QObject::tr("Start a new session with this document attached (repeatable)."),
       QObject::tr("file"));
-  const QCommandLineOption ask_option(QStringLiteral("ask"),
-                                      QObject::tr("Start a new session and ask this question (after the documents)."),
-                                      QObject::tr("question"));
+  const QCommandLineOption ask_option(
+      QStringLiteral("ask"),
+      QObject::tr("Start a new session and ask this question (after the documents); with --demo, a second one is "
+                  "the follow-up."),
+      QObject::tr("question"));
   const QCommandLineOption demo_option(
       QStringLiteral("demo"),
       QObject::tr("Hold a short conversation about the documents, save screenshots into <directory>, and quit."),
@@ -58,7 +60,7 @@ int main(int argc, char** argv) {
     auto* demo = new lightdesk::gui::DemoScript(
         window,
         {parser.value(model_option), parser.values(document_option),
-         parser.isSet(ask_option) ? parser.value(ask_option) : QObject::tr("What is this document about?"),
+         parser.isSet(ask_option) ? parser.values(ask_option) : QStringList{QObject::tr("What is this document about?")},
          parser.value(demo_option)},
         &window);
     QObject::connect(demo, &lightdesk::gui::DemoScript::finished, &app, &QApplication::quit);
@@ -71,7 +73,7 @@ int main(int argc, char** argv) {
   if (parser.isSet(document_option) || parser.isSet(ask_option)) {
     QStringList documents;
     for (const QString& document : parser.values(document_option)) documents.append(absolute(document));
-    window.startSession(documents, parser.value(ask_option));
+    window.startSession(documents, parser.values(ask_option).value(0));
   }
   const QString model = parser.isSet(model_option) ? absolute(parser.value(model_option)) : window.lastModelDirectory();
   if (!model.isEmpty()) window.openModelDirectory(model);

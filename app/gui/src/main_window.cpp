@@ -254,7 +254,12 @@ void MainWindow::buildWidgets() {
   progress_bar_ = new QProgressBar;
   progress_bar_->setObjectName(QStringLiteral("progressBar"));
   progress_bar_->setVisible(false);
-  progress_bar_->setMinimumWidth(320);
+  // Wide enough for the longest progress text on one line, whatever the font size.
+  progress_bar_->setMinimumWidth(progress_bar_->fontMetrics().horizontalAdvance(
+                                     tr("Reading the prompt: %1 of %2 tokens, %3 tokens/s, %4 s left")
+                                         .arg(QStringLiteral("1000000"), QStringLiteral("1000000"),
+                                              QStringLiteral("10000"), QStringLiteral("1000"))) +
+                                 progress_bar_->fontMetrics().averageCharWidth() * 4);
   speed_label_ = new QLabel;
   speed_label_->setObjectName(QStringLiteral("speedLabel"));
   first_token_label_ = new QLabel;
