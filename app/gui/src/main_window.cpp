@@ -26,6 +26,7 @@
 #include <QSplitter>
 #include <QStatusBar>
 #include <QTextBrowser>
+#include <QTextBlock>
 #include <QTextCursor>
 #include <QTextDocumentFragment>
 #include <QTimer>
@@ -662,6 +663,10 @@ void MainWindow::renderTranscript() {
   const bool idle = !answer_;
   for (qsizetype i = 0; i < shown_entries.size(); ++i) {
     const ChatEntry& entry = shown_entries[i];
+    // Space above each message, also after a Markdown answer (whose last block keeps its own).
+    QTextBlockFormat spaced;
+    spaced.setTopMargin(cursor.block().previous().isValid() ? 12 : 0);
+    cursor.setBlockFormat(spaced);
     entry_positions_.append(cursor.position());
     if (entry.role == ChatEntry::Role::User) {
       QString html = QStringLiteral("<p style=\"color:#1a5fb4; margin-top:12px;\"><b>%1</b>").arg(tr("You").toHtmlEscaped());
