@@ -1,23 +1,34 @@
 #!/usr/bin/env bash
-# Starts the desktop app under Xvfb on the bundled model, has it hold a short conversation about
-# a small document (the app's --demo mode), and saves the screenshots into a folder
-# (default docs/screenshots). Needs a built tree (packaging/build.sh) and xvfb (setup-debian.sh).
+# Starts the desktop app under Xvfb, has it hold a short conversation about a document (the
+# app's --demo mode), and saves the screenshots into a folder (default docs/screenshots). Needs
+# a built tree (packaging/build.sh) and xvfb (setup-debian.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-docs/screenshots}"
 app="${LIGHTDESK_APP:-build/app/gui/lightdesk}"
+resources="${LIGHTDESK_RESOURCES:-resources}"
+# The trained demo model with its document when they are there (it answers from the document),
+# else the random tiny model (its answers are noise) with a short note.
+if ls "$resources"/models/lightdesk-demo/*.safetensors > /dev/null 2>&1 && [ -f "$resources/demo/demo.txt" ]; then
+  model="$resources/models/lightdesk-demo"
+  document="$resources/demo/demo.txt"
+  first="What is the pass key?"
+  second="$(grep -m1 '"question"' "$resources/demo/questions.json" | sed 's/.*"question": "\(.*\)",*$/\1/')"
+else
+  model="$resources/models/tiny-a-m1-rd8"
+  document="$resources/documents/lightdesk-notes.md"
+  first="What does Lightdesk keep with each session?"
+  second="And in one sentence?"
+fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-cat > "$work/release-notes.md" <<'NOTES'
-# Lightdesk 0.1 release notes
-
-Lightdesk runs MiniMax-Text-01 and MiniMax-M1 on your own machine and keeps the processed state
-of long documents with each chat session, so a second question costs no second read.
-NOTES
 mkdir -p "$out"
-# A private settings file and session database, so the demo neither reads nor changes the user's own.
+# A private settings file and session database, so the demo neither reads nor changes the
+# user's own; greedy answers, so the pictures repeat.
 export XDG_CONFIG_HOME="$work/config" XDG_DATA_HOME="$work/data"
-timeout 120 xvfb-run -a -s "-screen 0 1280x800x24" \
-  "$app" --demo "$out" --model resources/models/tiny-a-m1-rd8 --attach "$work/release-notes.md" \
-  --question "What does Lightdesk keep with each session?"
+mkdir -p "$work/config/Lightdesk"
+printf '[sampling]\nM1\\temperature=0\nText01\\temperature=0\n' > "$work/config/Lightdesk/Lightdesk.conf"
+# The demo document is 32K tokens: reading it takes minutes on a CPU.
+timeout 600 xvfb-run -a -s "-screen 0 1280x800x24" \
+  "$app" --demo "$out" --model "$model" --document "$document" --ask "$first" --ask "$second"
 ls -l "$out"

@@ -1,12 +1,14 @@
 // The Lightdesk desktop application. Everything but the command line lives in lightdesk_gui.
 #include <QApplication>
 #include <QCommandLineParser>
+#include <QFileInfo>
 #include <QSettings>
 
 #include <memory>
 
 #include "demo_script.h"
 #include "main_window.h"
+#include "settings_dialog.h"
 #include "session_repository.h"
 #include "store_session_repository.h"
 
@@ -18,19 +20,29 @@ int main(int argc, char** argv) {
   QCommandLineParser parser;
   parser.setApplicationDescription(QObject::tr("Chat with MiniMax models over long documents."));
   parser.addHelpOption();
-  const QCommandLineOption model_option(QStringLiteral("model"), QObject::tr("Model directory to open."),
-                                        QObject::tr("directory"));
-  const QCommandLineOption demo_option(
-      QStringLiteral("demo"), QObject::tr("Run a short conversation, save screenshots into <directory>, and quit."),
+  const QCommandLineOption model_option(
+      QStringLiteral("model"), QObject::tr("Model directory to open (default: the last one opened)."),
       QObject::tr("directory"));
-  const QCommandLineOption attach_option(QStringLiteral("attach"), QObject::tr("Demo: document to attach."),
-                                         QObject::tr("file"));
-  const QCommandLineOption question_option(QStringLiteral("question"), QObject::tr("Demo: the question to ask."),
-                                           QObject::tr("text"), QObject::tr("What is this document about?"));
-  parser.addOptions({model_option, demo_option, attach_option, question_option});
+  const QCommandLineOption document_option(
+      QStringLiteral("document"), QObject::tr("Start a new session with this document attached (repeatable)."),
+      QObject::tr("file"));
+  const QCommandLineOption ask_option(
+      QStringLiteral("ask"),
+      QObject::tr("Start a new session and ask this question (after the documents); with --demo, a second one is "
+                  "the follow-up."),
+      QObject::tr("question"));
+  const QCommandLineOption demo_option(
+      QStringLiteral("demo"),
+      QObject::tr("Hold a short conversation about the documents, save screenshots into <directory>, and quit."),
+      QObject::tr("directory"));
+  parser.addOptions({model_option, document_option, ask_option, demo_option});
   parser.process(app);
 
   QSettings settings;
+  // The engine has no device selection: the settings' GPUs reach CUDA through its environment,
+  // before anything starts it (a CUDA_VISIBLE_DEVICES set by the user wins).
+  if (const QString gpus = lightdesk::gui::gpus_setting(settings); !gpus.isEmpty() && !qEnvironmentVariableIsSet("CUDA_VISIBLE_DEVICES"))
+    qputenv("CUDA_VISIBLE_DEVICES", gpus.toLatin1());
   std::unique_ptr<lightdesk::gui::SessionRepository> sessions;
   const std::filesystem::path database = lightdesk::gui::session_database_path(settings);
   try {
@@ -47,13 +59,23 @@ int main(int argc, char** argv) {
   if (parser.isSet(demo_option)) {
     auto* demo = new lightdesk::gui::DemoScript(
         window,
-        {parser.value(model_option), parser.values(attach_option), parser.value(question_option),
+        {parser.value(model_option), parser.values(document_option),
+         parser.isSet(ask_option) ? parser.values(ask_option) : QStringList{QObject::tr("What is this document about?")},
          parser.value(demo_option)},
         &window);
     QObject::connect(demo, &lightdesk::gui::DemoScript::finished, &app, &QApplication::quit);
     demo->start();
-  } else if (parser.isSet(model_option)) {
-    window.openModelDirectory(parser.value(model_option));
+    return app.exec();
   }
+  // Absolute paths: the model directory is remembered and the documents are stored with the
+  // session, both for later runs started elsewhere.
+  auto absolute = [](const QString& path) { return QFileInfo(path).absoluteFilePath(); };
+  if (parser.isSet(document_option) || parser.isSet(ask_option)) {
+    QStringList documents;
+    for (const QString& document : parser.values(document_option)) documents.append(absolute(document));
+    window.startSession(documents, parser.values(ask_option).value(0));
+  }
+  const QString model = parser.isSet(model_option) ? absolute(parser.value(model_option)) : window.lastModelDirectory();
+  if (!model.isEmpty()) window.openModelDirectory(model);
   return app.exec();
 }

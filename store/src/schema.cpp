@@ -148,7 +148,21 @@ INSERT INTO messages_fts(messages_fts) VALUES ('rebuild');
 INSERT INTO documents_fts(documents_fts) VALUES ('rebuild');
 )sql";
 
-constexpr std::array<const char*, kSchemaVersion> kSteps = {kConversations, kCheckpoints, kSearch};
+// Version 4: a document names the message it was sent with, as an image does. The desktop app
+// kept that link in the session's settings ({"attachments": [{"message": m, "document": d}]})
+// before this column existed: those links fill it.
+constexpr const char* kDocumentMessages = R"sql(
+ALTER TABLE documents ADD COLUMN message_id INTEGER REFERENCES messages(id) ON DELETE SET NULL;
+CREATE INDEX documents_by_message ON documents(message_id);
+UPDATE documents SET message_id = (
+  SELECT json_extract(link.value, '$.message')
+  FROM sessions s, json_each(iif(json_valid(s.settings), s.settings, '{}'), '$.attachments') link
+  WHERE s.id = documents.session_id AND json_extract(link.value, '$.document') = documents.id
+    AND json_extract(link.value, '$.message') IN (SELECT id FROM messages WHERE session_id = s.id));
+)sql";
+
+constexpr std::array<const char*, kSchemaVersion> kSteps = {kConversations, kCheckpoints, kSearch,
+                                                            kDocumentMessages};
 
 }  // namespace
 

@@ -73,7 +73,7 @@ SessionRecord read_session(const sql::Statement& row) {
 }
 
 constexpr const char* kDocumentColumns =
-    "id, session_id, source_path, content_hash, mime_type, token_count, text, text_ref, created_at";
+    "id, session_id, source_path, content_hash, mime_type, token_count, text, text_ref, created_at, message_id";
 
 Document read_document(const sql::Statement& row) {
   Document d;
@@ -86,6 +86,7 @@ Document read_document(const sql::Statement& row) {
   d.text = row.text(6);
   d.text_ref = row.text(7);
   d.created_at = row.int64(8);
+  d.message_id = row.optional_int64(9);
   return d;
 }
 
@@ -323,10 +324,10 @@ std::vector<Message> Store::children(std::int64_t message_id) {
 
 std::int64_t Store::add_document(const Document& d) {
   sql::Statement(impl_->db,
-                 "INSERT INTO documents(session_id, source_path, content_hash, mime_type, token_count, text, text_ref, "
-                 "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-      .bind_all(d.session_id, d.source_path, d.content_hash, d.mime_type, d.token_count, d.text, d.text_ref,
-                now_seconds())
+                 "INSERT INTO documents(session_id, message_id, source_path, content_hash, mime_type, token_count, text, "
+                 "text_ref, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+      .bind_all(d.session_id, d.message_id, d.source_path, d.content_hash, d.mime_type, d.token_count, d.text,
+                d.text_ref, now_seconds())
       .run();
   return impl_->db.last_insert_rowid();
 }

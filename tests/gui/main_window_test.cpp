@@ -1,6 +1,7 @@
 // Drives the real MainWindow under the offscreen platform: the bundled tiny model (a random
 // M1 with a 512-id tokenizer, so its answers are random text), a document, a question, the
 // streamed answer, stop, and the errors a person must see.
+#include <QComboBox>
 #include <QDropEvent>
 #include <QJsonArray>
 #include <QJsonDocument>
@@ -8,6 +9,7 @@
 #include <QLabel>
 #include <QLineEdit>
 #include <QListWidget>
+#include <QLocale>
 #include <QMimeData>
 #include <QPlainTextEdit>
 #include <QPushButton>
@@ -16,7 +18,11 @@
 #include <QStatusBar>
 #include <QTemporaryDir>
 #include <QTest>
+#include <QTextBlock>
 #include <QTextBrowser>
+#include <QTimer>
+
+#include <sqlite3.h>
 
 #include <filesystem>
 #include <optional>
@@ -24,6 +30,7 @@
 #include "conversation_export.h"
 #include "main_window.h"
 #include "session_repository.h"
+#include "settings_dialog.h"
 #include "store_session_repository.h"
 
 using lightdesk::gui::InMemorySessionRepository;
@@ -48,6 +55,40 @@ void dropFile(MainWindow& window, const QString& path) {
   QVERIFY(attached.wait(kTimeoutMs));
 }
 
+
+// Runs SQL on the session database through a connection of its own, as another program could.
+void executeSql(const std::filesystem::path& database, const char* sql) {
+  sqlite3* db = nullptr;
+  QCOMPARE(sqlite3_open(database.c_str(), &db), SQLITE_OK);
+  char* error = nullptr;
+  const int result = sqlite3_exec(db, sql, nullptr, nullptr, &error);
+  const QString message = error ? QString::fromUtf8(error) : QString();
+  sqlite3_free(error);
+  sqlite3_close(db);
+  QVERIFY2(result == SQLITE_OK, qPrintable(message));
+}
+
+// Opens the bundled model in the window and waits until it is loaded.
+void openModel(MainWindow& window) {
+  QSignalSpy ready(&window, &MainWindow::modelReady);
+  window.openModelDirectory(kModelDirectory);
+  QVERIFY2(ready.wait(kTimeoutMs), qPrintable(window.findChild<QLabel*>(QStringLiteral("messageLabel"))->text()));
+}
+
+// Types `question` into the window, sends it and waits for the whole answer.
+void ask(MainWindow& window, const QString& question) {
+  QSignalSpy finished(&window, &MainWindow::answerFinished);
+  window.findChild<QPlainTextEdit*>(QStringLiteral("input"))->setPlainText(question);
+  window.send();
+  QVERIFY(finished.wait(kTimeoutMs));
+}
+
+// A session database in `data`, for the tests of the store; short answers.
+std::filesystem::path databaseIn(const QTemporaryDir& data, QSettings& settings) {
+  [&data] { QVERIFY(data.isValid()); }();
+  settings.setValue(QStringLiteral("sampling/M1/max_new_tokens"), 8);
+  return data.filePath(QStringLiteral("sessions.sqlite")).toStdString();
+}
 
 }  // namespace
 
@@ -199,12 +240,94 @@ class MainWindowTest : public QObject {
     QCOMPARE(attachments->count(), 1);
   }
 
+  void imagesGetThumbnails() {
+    openModel(*window_);
+    QImage picture(200, 100, QImage::Format_RGB32);
+    picture.fill(Qt::darkCyan);
+    const QString image_path = directory_.filePath(QStringLiteral("chart.png"));
+    QVERIFY(picture.save(image_path));
+    dropFile(*window_, image_path);
+    if (QTest::currentTestFailed()) return;
+    auto* attachments = window_->findChild<QListWidget*>(QStringLiteral("attachmentList"));
+    QCOMPARE(attachments->count(), 1);
+    QCOMPARE(attachments->item(0)->text(), QStringLiteral("chart.png — 200×100 image"));
+    const QPixmap thumbnail = attachments->item(0)->icon().pixmap(QSize(64, 64));
+    QCOMPARE(thumbnail.size(), QSize(64, 32));
+    QCOMPARE(thumbnail.toImage().pixelColor(10, 10), QColor(Qt::darkCyan));
+
+    // This model has no vision tower: the answer fails before it begins, and the question and
+    // the image go back where they were.
+    auto* input = window_->findChild<QPlainTextEdit*>(QStringLiteral("input"));
+    input->setPlainText(QStringLiteral("What does the chart show?"));
+    QSignalSpy error(window_.get(), &MainWindow::errorShown);
+    QSignalSpy finished(window_.get(), &MainWindow::answerFinished);
+    window_->send();
+    QVERIFY(finished.wait(kTimeoutMs));
+    QCOMPARE(error.size(), 1);
+    QVERIFY2(error.front().front().toString().contains(QStringLiteral("cannot read images")),
+             qPrintable(error.front().front().toString()));
+    QCOMPARE(input->toPlainText(), QStringLiteral("What does the chart show?"));
+    QCOMPARE(attachments->count(), 1);
+    QVERIFY(!attachments->item(0)->text().endsWith(QStringLiteral("(sent)")));
+    attachments->setCurrentRow(0);
+    QPushButton* remove = nullptr;
+    for (auto* button : window_->findChildren<QPushButton*>())
+      if (button->text() == QStringLiteral("Remove")) remove = button;
+    QTest::mouseClick(remove, Qt::LeftButton);
+    QCOMPARE(attachments->count(), 0);
+
+    // Something that only looks like an image is an error, not an attachment.
+    const QString fake_path = directory_.filePath(QStringLiteral("broken.png"));
+    {
+      QFile fake(fake_path);
+      QVERIFY(fake.open(QIODevice::WriteOnly));
+      fake.write("\x89PNG\r\n\x1a\nnot really");
+    }
+    window_->attachFiles({fake_path});
+    QVERIFY(error.wait(kTimeoutMs));
+    QVERIFY2(error.back().front().toString().startsWith(QStringLiteral("Could not attach broken.png: ")),
+             qPrintable(error.back().front().toString()));
+    QCOMPARE(attachments->count(), 0);
+  }
+
+  void aVisionModelReadsTheImageAndTheSessionKeepsIt() {
+    window_.reset();  // this test runs windows of its own on a database of its own
+    QTemporaryDir data;
+    const std::filesystem::path database = databaseIn(data, *settings_);
+    if (QTest::currentTestFailed()) return;
+    const QString image_path = QStringLiteral(LIGHTDESK_TEST_DATA "/tiny-vl/images/gradient.png");
+    {
+      StoreSessionRepository sessions(database);
+      MainWindow window(sessions, *settings_);
+      QSignalSpy ready(&window, &MainWindow::modelReady);
+      window.openModelDirectory(QStringLiteral(LIGHTDESK_TEST_DATA "/tiny-vl"));
+      QVERIFY2(ready.wait(kTimeoutMs), qPrintable(window.findChild<QLabel*>(QStringLiteral("messageLabel"))->text()));
+      QSignalSpy attached(&window, &MainWindow::documentAttached);
+      window.attachFiles({image_path});
+      QVERIFY(attached.wait(kTimeoutMs));
+      ask(window, QStringLiteral("Describe it"));
+      // A 336-pixel image is one tile and its thumbnail: hundreds of rows in the prompt.
+      const QString status = window.statusBar()->currentMessage();
+      QVERIFY2(status.section(QStringLiteral("generated. "), 1).section(QLatin1Char(' '), 0, 0).toLongLong() > 500,
+               qPrintable(status));
+      QVERIFY(window.findChild<QTextBrowser*>(QStringLiteral("transcript"))->toPlainText().contains(QStringLiteral("Images: gradient.png")));
+    }
+    StoreSessionRepository reopened(database);
+    MainWindow window(reopened, *settings_);
+    const auto stored = reopened.load(reopened.list().front().id);
+    QCOMPARE(stored->entries.size(), 2);
+    QCOMPARE(stored->entries[0].images, QStringList{image_path});
+    auto* attachments = window.findChild<QListWidget*>(QStringLiteral("attachmentList"));
+    QTRY_COMPARE_WITH_TIMEOUT(attachments->item(0)->text(), QStringLiteral("gradient.png — 336×336 image (sent)"), kTimeoutMs);
+    QVERIFY(!attachments->item(0)->icon().isNull());
+  }
+
   void conversationMarkdown() {
     lightdesk::gui::ChatSession session{1, QStringLiteral("Revenue"), {}, {}};
     session.entries.append({lightdesk::gui::ChatEntry::Role::User, QStringLiteral("How much?"), {},
-                            {{QStringLiteral("/tmp/q3.pdf"), QStringLiteral("text"), {}, 10}}});
+                            {{QStringLiteral("/tmp/q3.pdf"), QStringLiteral("text"), {}, 10}}, {}});
     session.entries.append({lightdesk::gui::ChatEntry::Role::Assistant, QStringLiteral("Twelve percent."),
-                            QStringLiteral("Look at page 2.\nIt says 12%."), {}});
+                            QStringLiteral("Look at page 2.\nIt says 12%."), {}, {}});
     QCOMPARE(lightdesk::gui::conversation_markdown(session),
              QStringLiteral("# Revenue\n\n## You\n\nDocuments: q3.pdf\n\nHow much?\n\n## Lightdesk\n\n"
                             "> Look at page 2.\n> It says 12%.\n\nTwelve percent.\n"));
@@ -218,24 +341,136 @@ class MainWindowTest : public QObject {
              qPrintable(error.front().front().toString()));
   }
 
-  void ctrlFSearchFiltersSessions() {
+  void ctrlFSearchJumpsToTheMessage() {
     const lightdesk::gui::ChatSession quarterly = sessions_->create(QStringLiteral("Quarterly"));
-    sessions_->append(quarterly.id, {lightdesk::gui::ChatEntry::Role::User, QStringLiteral("What about revenue?"), {}, {}});
+    sessions_->append(quarterly.id, {lightdesk::gui::ChatEntry::Role::User, QStringLiteral("Hello"), {}, {}, {}});
+    sessions_->append(quarterly.id, {lightdesk::gui::ChatEntry::Role::Assistant, QStringLiteral("Hi."), {}, {}, {}});
+    sessions_->append(quarterly.id, {lightdesk::gui::ChatEntry::Role::User, QStringLiteral("What about revenue?"), {}, {}, {}});
+    QTest::qWait(5);
+    sessions_->create(QStringLiteral("Newer"));  // opened first
     window_ = std::make_unique<MainWindow>(*sessions_, *settings_);
     window_->show();
     QVERIFY(QTest::qWaitForWindowActive(window_.get()));
-    auto* list = window_->findChild<QListWidget*>(QStringLiteral("sessionList"));
     auto* search = window_->findChild<QLineEdit*>(QStringLiteral("searchBox"));
-    QCOMPARE(list->count(), 2);
+    auto* results = window_->findChild<QListWidget*>(QStringLiteral("searchResults"));
+    auto* transcript = window_->findChild<QTextBrowser*>(QStringLiteral("transcript"));
+    QVERIFY(!results->isVisible());
+    QVERIFY(!transcript->toPlainText().contains(QStringLiteral("revenue")));
     QTest::keyClick(window_->findChild<QPlainTextEdit*>(QStringLiteral("input")), Qt::Key_F, Qt::ControlModifier);
     QVERIFY(search->hasFocus());
     QTest::keyClicks(search, QStringLiteral("REVENUE"));
-    QCOMPARE(list->count(), 1);
-    QCOMPARE(list->item(0)->text(), QStringLiteral("Quarterly"));
+    QTRY_COMPARE(results->count(), 1);
+    QVERIFY(results->isVisible());
+    QVERIFY2(results->item(0)->text().startsWith(QStringLiteral("Quarterly: What about revenue?")),
+             qPrintable(results->item(0)->text()));
+    QTest::mouseClick(results->viewport(), Qt::LeftButton, {}, results->visualItemRect(results->item(0)).center());
+    QVERIFY(transcript->toPlainText().contains(QStringLiteral("What about revenue?")));
+    // The transcript's cursor is at the message found (its "You" heading).
+    QTextCursor at = transcript->textCursor();
+    at.movePosition(QTextCursor::NextBlock);
+    QVERIFY2(at.block().text().contains(QStringLiteral("What about revenue?")), qPrintable(at.block().text()));
     QTest::keyClicks(search, QStringLiteral("x"));
-    QCOMPARE(list->count(), 0);
+    QTRY_COMPARE(results->item(0)->text(), QStringLiteral("No message matches."));
     search->clear();
-    QCOMPARE(list->count(), 2);
+    QVERIFY(!results->isVisible());
+  }
+
+  void storeSearchUsesFullTextIndex() {
+    window_.reset();
+    QTemporaryDir data;
+    QVERIFY(data.isValid());
+    StoreSessionRepository sessions(data.filePath(QStringLiteral("sessions.sqlite")).toStdString());
+    const lightdesk::gui::ChatSession budget = sessions.create(QStringLiteral("Budget"));
+    sessions.append(budget.id, {lightdesk::gui::ChatEntry::Role::User, QStringLiteral("Which departments overspent?"), {}, {}, {}});
+    sessions.append(budget.id, {lightdesk::gui::ChatEntry::Role::Assistant, QStringLiteral("Marketing overspent."), {}, {}, {}});
+    sessions.create(QStringLiteral("Other"));
+    QList<lightdesk::gui::MessageHit> hits;
+    bool answered = false;
+    // "overspen" as a prefix, "marketing" in another case: FTS5 with prefix queries.
+    sessions.search(QStringLiteral("MARKETING overspen"), qApp, [&](const QList<lightdesk::gui::MessageHit>& found) {
+      hits = found;
+      answered = true;
+    });
+    QTRY_VERIFY_WITH_TIMEOUT(answered, kTimeoutMs);
+    QCOMPARE(hits.size(), 1);
+    QCOMPARE(hits[0].session, budget.id);
+    QCOMPARE(hits[0].entry, 1);
+    QVERIFY2(hits[0].snippet.contains(QStringLiteral("[Marketing]")), qPrintable(hits[0].snippet));
+    answered = false;
+    sessions.search(QStringLiteral("\"unbalanced AND ("), qApp, [&](const QList<lightdesk::gui::MessageHit>& found) {
+      hits = found;
+      answered = true;
+    });
+    QTRY_VERIFY_WITH_TIMEOUT(answered, kTimeoutMs);
+    QVERIFY(hits.isEmpty());
+  }
+
+  void regenerateAndEditBranchFromCheckpoints() {
+    window_.reset();  // this test runs windows of its own on a database of its own
+    QTemporaryDir data;
+    const std::filesystem::path database = databaseIn(data, *settings_);
+    if (QTest::currentTestFailed()) return;
+    {
+      StoreSessionRepository sessions(database);
+      MainWindow window(sessions, *settings_);
+      openModel(window);
+      ask(window, QStringLiteral("First question"));
+      ask(window, QStringLiteral("Second question"));
+      const qint64 id = sessions.list().front().id;
+      const QString old_answer = sessions.load(id)->entries[3].text;
+
+      // Regenerate: the second answer again, from the state saved after the first answer.
+      QSignalSpy restored(&window, &MainWindow::stateRestored);
+      QSignalSpy finished(&window, &MainWindow::answerFinished);
+      auto* transcript = window.findChild<QTextBrowser*>(QStringLiteral("transcript"));
+      QVERIFY(transcript->toPlainText().contains(QStringLiteral("↻ Regenerate")));
+      emit transcript->anchorClicked(QUrl(QStringLiteral("regenerate:")));
+      QVERIFY(finished.wait(kTimeoutMs));
+      QCOMPARE(restored.size(), 1);
+      const QString status = window.statusBar()->currentMessage();
+      QVERIFY2(status.contains(QStringLiteral("kept from the session state")), qPrintable(status));
+      QCOMPARE(sessions.load(id)->entries.size(), 4);
+      QCOMPARE(sessions.load(id)->entries[2].text, QStringLiteral("Second question"));
+      QVERIFY(!old_answer.isEmpty());
+
+      // Edit the second question: the conversation continues from the first answer's state.
+      emit transcript->anchorClicked(QUrl(QStringLiteral("edit:2")));
+      auto* input = window.findChild<QPlainTextEdit*>(QStringLiteral("input"));
+      QCOMPARE(input->toPlainText(), QStringLiteral("Second question"));
+      QVERIFY(!window.findChild<QLabel*>(QStringLiteral("editBar"))->isHidden());
+      input->setPlainText(QStringLiteral("A better second question"));
+      window.send();
+      QVERIFY(finished.wait(kTimeoutMs));
+      QVERIFY2(window.statusBar()->currentMessage().contains(QStringLiteral("kept from the session state")),
+               qPrintable(window.statusBar()->currentMessage()));
+      const auto edited = sessions.load(id);
+      QCOMPARE(edited->entries.size(), 4);
+      QCOMPARE(edited->entries[0].text, QStringLiteral("First question"));
+      QCOMPARE(edited->entries[2].text, QStringLiteral("A better second question"));
+      QVERIFY(!transcript->toPlainText().contains(QStringLiteral("Second question")));
+
+      // An edit begun in one session does not follow the user into another.
+      emit transcript->anchorClicked(QUrl(QStringLiteral("edit:0")));
+      window.newSession();
+      QVERIFY(window.findChild<QLabel*>(QStringLiteral("editBar"))->isHidden());
+    }
+    // After a restart the newest branch is shown; the earlier ones stay stored (8 messages).
+    StoreSessionRepository reopened(database);
+    std::optional<lightdesk::gui::ChatSession> shown;
+    for (const lightdesk::gui::ChatSession& session : reopened.list())
+      if (session.title == QStringLiteral("First question")) shown = reopened.load(session.id);
+    QVERIFY(shown.has_value());
+    QCOMPARE(shown->entries.size(), 4);
+    QCOMPARE(shown->entries[2].text, QStringLiteral("A better second question"));
+    sqlite3* db = nullptr;
+    QCOMPARE(sqlite3_open(database.c_str(), &db), SQLITE_OK);
+    sqlite3_stmt* count = nullptr;
+    QCOMPARE(sqlite3_prepare_v2(db, "SELECT count(*) FROM messages", -1, &count, nullptr), SQLITE_OK);
+    QCOMPARE(sqlite3_step(count), SQLITE_ROW);
+    const int messages = sqlite3_column_int(count, 0);
+    sqlite3_finalize(count);
+    sqlite3_close(db);
+    QCOMPARE(messages, 8);
   }
 
   void memoryCheckNamesTheContextThatFits() {
@@ -272,7 +507,7 @@ class MainWindowTest : public QObject {
     QVERIFY2(second.contains(QStringLiteral("kept from the session state")), qPrintable(second));
   }
 
-  void ctrlNCreatesSessionAndDeleteRemovesIt() {
+  void ctrlNCreatesSessionAndDeleteHasUndo() {
     auto* list = window_->findChild<QListWidget*>(QStringLiteral("sessionList"));
     QCOMPARE(list->count(), 1);
     QTest::keyClick(window_->findChild<QPlainTextEdit*>(QStringLiteral("input")), Qt::Key_N, Qt::ControlModifier);
@@ -282,7 +517,19 @@ class MainWindowTest : public QObject {
     for (auto* button : window_->findChildren<QPushButton*>())
       if (button->text() == QStringLiteral("Delete")) delete_button = button;
     QVERIFY(delete_button);
+    auto* undo_bar = window_->findChild<QWidget*>(QStringLiteral("undoBar"));
     QTest::mouseClick(delete_button, Qt::LeftButton);
+    QCOMPARE(list->count(), 1);
+    QVERIFY(undo_bar->isVisible());
+    QCOMPARE(sessions_->list().size(), 2);  // not gone until the undo time is up
+    QTest::mouseClick(window_->findChild<QPushButton*>(QStringLiteral("undoButton")), Qt::LeftButton);
+    QCOMPARE(list->count(), 2);
+    QVERIFY(!undo_bar->isVisible());
+
+    QTest::mouseClick(delete_button, Qt::LeftButton);
+    window_->findChild<QTimer*>(QStringLiteral("undoTimer"))->setInterval(1);
+    window_->findChild<QTimer*>(QStringLiteral("undoTimer"))->start();
+    QTRY_VERIFY(!undo_bar->isVisible());
     QCOMPARE(list->count(), 1);
     QCOMPARE(sessions_->list().size(), 1);
   }
@@ -290,9 +537,9 @@ class MainWindowTest : public QObject {
   void reasoningIsCollapsed() {
     QTest::qWait(5);  // the newer session, opened first
     const lightdesk::gui::ChatSession session = sessions_->create(QStringLiteral("Reasoned chat"));
-    sessions_->append(session.id, {lightdesk::gui::ChatEntry::Role::User, QStringLiteral("Why?"), {}, {}});
+    sessions_->append(session.id, {lightdesk::gui::ChatEntry::Role::User, QStringLiteral("Why?"), {}, {}, {}});
     sessions_->append(session.id, {lightdesk::gui::ChatEntry::Role::Assistant, QStringLiteral("**Because.** <image> stays text"),
-                                   QStringLiteral("the hidden chain of thought"), {}});
+                                   QStringLiteral("the hidden chain of thought"), {}, {}});
     window_ = std::make_unique<MainWindow>(*sessions_, *settings_);
     auto* transcript = window_->findChild<QTextBrowser*>(QStringLiteral("transcript"));
     // The answer is rendered as Markdown: bold, without its asterisks.
@@ -367,6 +614,173 @@ class MainWindowTest : public QObject {
     const QString transcript = window.findChild<QTextBrowser*>(QStringLiteral("transcript"))->toPlainText();
     QVERIFY2(transcript.contains(question), qPrintable(transcript));
     QVERIFY2(transcript.contains(QStringLiteral("minutes.txt")), qPrintable(transcript));
+
+    // With the model open, the session's saved state comes back instead of a second read.
+    QSignalSpy state_restored(&window, &MainWindow::stateRestored);
+    openModel(window);
+    QVERIFY(state_restored.wait(kTimeoutMs));
+    const QString restored_message = state_restored.front().front().toString();
+    QVERIFY2(restored_message.startsWith(QStringLiteral("Restored ")) &&
+                 restored_message.contains(QStringLiteral(" tokens from cache in ")),
+             qPrintable(restored_message));
+    const qint64 restored_tokens = QLocale().toLongLong(restored_message.section(QLatin1Char(' '), 1, 1));
+    QVERIFY2(restored_tokens > 20, qPrintable(restored_message));
+    ask(window, QStringLiteral("And the date?"));
+    const QString second = window.statusBar()->currentMessage();
+    QVERIFY2(second.contains(QStringLiteral("(%1 kept from the session state)").arg(restored_tokens)), qPrintable(second));
+  }
+
+  void commandLineStartsASessionWithDocumentsAndAQuestion() {
+    settings_->setValue(QStringLiteral("sampling/M1/max_new_tokens"), 8);
+    const QString document_path = directory_.filePath(QStringLiteral("brief.txt"));
+    {
+      QFile document(document_path);
+      QVERIFY(document.open(QIODevice::WriteOnly));
+      document.write("Lightdesk keeps the processed state with each session.\n");
+    }
+    QSignalSpy finished(window_.get(), &MainWindow::answerFinished);
+    window_->startSession({document_path}, QStringLiteral("What does it keep?"));
+    window_->openModelDirectory(kModelDirectory);
+    QVERIFY(finished.wait(kTimeoutMs));
+    const QList<lightdesk::gui::ChatSession> listed = sessions_->list();
+    QCOMPARE(listed.size(), 2);  // the window's first session and the command line's
+    const auto asked = sessions_->load(listed.front().id);
+    QCOMPARE(asked->title, QStringLiteral("What does it keep?"));
+    QCOMPARE(asked->entries.size(), 2);
+    QCOMPARE(asked->entries[0].documents.size(), 1);
+    QCOMPARE(asked->entries[0].documents[0].path, document_path);
+
+    // A document that cannot be read leaves the question in the input box, unsent.
+    QSignalSpy error(window_.get(), &MainWindow::errorShown);
+    window_->startSession({QStringLiteral(LIGHTDESK_TEST_DATA "/documents/damaged.pdf")}, QStringLiteral("Pages?"));
+    window_->openModelDirectory(kModelDirectory);
+    QVERIFY(error.wait(kTimeoutMs));
+    QCOMPARE(window_->findChild<QPlainTextEdit*>(QStringLiteral("input"))->toPlainText(), QStringLiteral("Pages?"));
+    QCOMPARE(sessions_->list().size(), 3);
+    QVERIFY(sessions_->load(sessions_->list().front().id)->entries.isEmpty());
+  }
+
+  void settingsKeepEngineGpusAndDataDirectory() {
+    {
+      lightdesk::gui::SettingsDialog dialog(*settings_, QString(), {});
+      auto* backend = dialog.findChild<QComboBox*>(QStringLiteral("backendBox"));
+      QCOMPARE(backend->currentData().toString(), QStringLiteral("auto"));
+      backend->setCurrentIndex(backend->findData(QStringLiteral("cpu")));
+      auto* gpus = dialog.findChild<QLineEdit*>(QStringLiteral("gpusEdit"));
+      QTest::keyClicks(gpus, QStringLiteral("1,x3"));  // the validator keeps out what is not a GPU list
+      QCOMPARE(gpus->text(), QStringLiteral("1,3"));
+      auto* data = dialog.findChild<QLineEdit*>(QStringLiteral("dataDirectoryEdit"));
+      data->setText(directory_.filePath(QStringLiteral("data")));
+      dialog.accept();
+    }
+    QCOMPARE(lightdesk::gui::backend_setting(*settings_), QStringLiteral("cpu"));
+    QCOMPARE(lightdesk::gui::gpus_setting(*settings_), QStringLiteral("1,3"));
+    QCOMPARE(QString::fromStdString(lightdesk::gui::session_database_path(*settings_).string()),
+             directory_.filePath(QStringLiteral("data/sessions.sqlite")));
+
+    // The model opens on the chosen backend; the status bar names it with the host memory.
+    openModel(*window_);
+    const QString memory = window_->findChild<QLabel*>(QStringLiteral("memoryLabel"))->text();
+    QVERIFY2(memory.startsWith(QStringLiteral("no GPU · host memory: ")) && memory.endsWith(QStringLiteral(" available")),
+             qPrintable(memory));
+    settings_->setValue(QStringLiteral("engine/backend"), QStringLiteral("quantum"));
+    QSignalSpy error(window_.get(), &MainWindow::errorShown);
+    window_->openModelDirectory(kModelDirectory);
+    QVERIFY(error.wait(kTimeoutMs));
+    QVERIFY2(error.front().front().toString().contains(QStringLiteral("quantum")), qPrintable(error.front().front().toString()));
+  }
+
+  void damagedStateFallsBackToReading() {
+    window_.reset();  // this test runs windows of its own on a database of its own
+    QTemporaryDir data;
+    const std::filesystem::path database = databaseIn(data, *settings_);
+    if (QTest::currentTestFailed()) return;
+    {
+      StoreSessionRepository sessions(database);
+      MainWindow window(sessions, *settings_);
+      openModel(window);
+      ask(window, QStringLiteral("Keep this question"));
+    }
+    // A stored lightning state zeroed, as a damaged disk could: its checksum no longer matches.
+    executeSql(database, "UPDATE lightning_states SET data = zeroblob(length(data)) WHERE id = (SELECT min(id) FROM lightning_states)");
+    if (QTest::currentTestFailed()) return;
+
+    StoreSessionRepository sessions(database);
+    MainWindow window(sessions, *settings_);
+    QSignalSpy restored(&window, &MainWindow::stateRestored);
+    QSignalSpy error(&window, &MainWindow::errorShown);
+    openModel(window);
+    QVERIFY(error.wait(kTimeoutMs));
+    const QString message = error.front().front().toString();
+    QVERIFY2(message.startsWith(QStringLiteral("The saved state of this conversation could not be used (")) &&
+                 message.contains(QStringLiteral("checksum")) && message.contains(QStringLiteral("messages are kept")),
+             qPrintable(message));
+    QVERIFY(restored.isEmpty());
+    const QString transcript = window.findChild<QTextBrowser*>(QStringLiteral("transcript"))->toPlainText();
+    QVERIFY2(transcript.contains(QStringLiteral("Keep this question")), qPrintable(transcript));
+    // The conversation goes on, read again from its messages.
+    ask(window, QStringLiteral("Next"));
+    const QString status = window.statusBar()->currentMessage();
+    QVERIFY2(status.contains(QStringLiteral("tokens generated")) && !status.contains(QStringLiteral("kept from")),
+             qPrintable(status));
+    QCOMPARE(sessions.load(sessions.list().front().id)->entries.size(), 4);
+  }
+
+  void failedWriteIsShownAndTheConversationKept() {
+    window_.reset();  // this test runs windows of its own on a database of its own
+    QTemporaryDir data;
+    const std::filesystem::path database = databaseIn(data, *settings_);
+    if (QTest::currentTestFailed()) return;
+    StoreSessionRepository sessions(database);
+    MainWindow window(sessions, *settings_);
+    openModel(window);
+    // The disk fills up: every new message is refused.
+    executeSql(database, "CREATE TRIGGER full_disk BEFORE INSERT ON messages BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END");
+    if (QTest::currentTestFailed()) return;
+    QSignalSpy error(&window, &MainWindow::errorShown);
+    ask(window, QStringLiteral("Will this be saved?"));
+    QTRY_VERIFY_WITH_TIMEOUT(!error.isEmpty(), kTimeoutMs);
+    const QString message = error.front().front().toString();
+    QVERIFY2(message.startsWith(QStringLiteral("Could not save to the session database ")) &&
+                 message.contains(QStringLiteral("database or disk is full")) &&
+                 message.contains(QStringLiteral("Export conversation")),
+             qPrintable(message));
+    const QString transcript = window.findChild<QTextBrowser*>(QStringLiteral("transcript"))->toPlainText();
+    QVERIFY2(transcript.contains(QStringLiteral("Will this be saved?")), qPrintable(transcript));
+  }
+
+  void aQuestionThatCannotBeSentStaysInTheInput() {
+    openModel(*window_);
+    auto* input = window_->findChild<QPlainTextEdit*>(QStringLiteral("input"));
+    // Longer than the model's 4096-token context (the tiny tokenizer reads a byte a token).
+    const QString question = QStringLiteral("Summarise this: ") + QString(5000, QLatin1Char('x'));
+    QSignalSpy error(window_.get(), &MainWindow::errorShown);
+    QSignalSpy finished(window_.get(), &MainWindow::answerFinished);
+    input->setPlainText(question);
+    window_->send();
+    QVERIFY(finished.wait(kTimeoutMs));
+    QCOMPARE(error.size(), 1);
+    QVERIFY2(error.front().front().toString().contains(QStringLiteral("does not fit the model's context")),
+             qPrintable(error.front().front().toString()));
+    QVERIFY2(error.front().front().toString().contains(QStringLiteral("back in the input box")),
+             qPrintable(error.front().front().toString()));
+    QCOMPARE(input->toPlainText(), question);
+    QVERIFY(!window_->findChild<QTextBrowser*>(QStringLiteral("transcript"))->toPlainText().contains(QStringLiteral("Summarise")));
+    QVERIFY(sessions_->load(sessions_->list().front().id)->entries.isEmpty());
+
+    // The same for an edit: the old turn is back, the edited text waits in the input box.
+    settings_->setValue(QStringLiteral("sampling/M1/max_new_tokens"), 8);
+    ask(*window_, QStringLiteral("Short"));
+    auto* transcript = window_->findChild<QTextBrowser*>(QStringLiteral("transcript"));
+    emit transcript->anchorClicked(QUrl(QStringLiteral("edit:0")));
+    input->setPlainText(question);
+    window_->send();
+    QVERIFY(finished.wait(kTimeoutMs));
+    QCOMPARE(input->toPlainText(), question);
+    QVERIFY(!window_->findChild<QLabel*>(QStringLiteral("editBar"))->isHidden());
+    QCOMPARE(sessions_->load(sessions_->list().front().id)->entries.size(), 2);
+    QCOMPARE(sessions_->load(sessions_->list().front().id)->entries[0].text, QStringLiteral("Short"));
+    QVERIFY(transcript->toPlainText().contains(QStringLiteral("Short")));
   }
 
  private:

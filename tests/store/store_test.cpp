@@ -386,6 +386,33 @@ TEST_F(StoreTest, MigratesFromEveryEarlierVersion) {
   }
 }
 
+TEST_F(StoreTest, DocumentsKeepTheirMessageAndOldLinksAreMigrated) {
+  {
+    sql::Database db(db_path());
+    migrate(db, 3);
+    // Version 3 files of the desktop app linked documents to messages in the session settings.
+    db.exec("INSERT INTO sessions(id, title, settings, created_at, updated_at) VALUES "
+            "(1, 'linked', '{\"attachments\": [{\"message\": 11, \"document\": 21}]}', 1, 1), "
+            "(2, 'broken', 'not json', 1, 1)");
+    db.exec("INSERT INTO messages(id, session_id, role, created_at) VALUES (11, 1, 'user', 1), (12, 2, 'user', 1)");
+    db.exec("INSERT INTO documents(id, session_id, source_path, content_hash, mime_type, created_at) VALUES "
+            "(21, 1, '/a.txt', 'h', 'text/plain', 1), (22, 1, '/b.txt', 'h', 'text/plain', 1), "
+            "(23, 2, '/c.txt', 'h', 'text/plain', 1)");
+  }
+  Store store(db_path());
+  EXPECT_EQ(store.document(21).message_id, std::optional<std::int64_t>(11));
+  EXPECT_FALSE(store.document(22).message_id.has_value());
+  EXPECT_FALSE(store.document(23).message_id.has_value());
+
+  Document d;
+  d.session_id = 2;
+  d.message_id = 12;
+  d.source_path = "/d.txt";
+  const auto added = store.add_document(d);
+  EXPECT_EQ(store.document(added).message_id, std::optional<std::int64_t>(12));
+  EXPECT_EQ(store.documents(2).back().message_id, std::optional<std::int64_t>(12));
+}
+
 TEST_F(StoreTest, RefusesAFileFromANewerSchema) {
   { Store store(db_path()); }
   exec_sql("PRAGMA user_version = 99");

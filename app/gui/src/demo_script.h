@@ -21,7 +21,7 @@ class DemoScript : public QObject {
   struct Steps {
     QString model_directory;
     QStringList documents;
-    QString question;
+    QStringList questions;  // the first asked with the documents, the second as a follow-up
     QString screenshot_directory;
   };
   DemoScript(MainWindow& window, Steps steps, QObject* parent = nullptr);
@@ -35,6 +35,8 @@ class DemoScript : public QObject {
   // Sends `question`, then runs `then` when the answer is complete.
   void ask(const QString& question, const std::function<void()>& then);
   void secondTurn();
+  // Last, what a mistaken model directory looks like.
+  void badModelDirectory();
   QPlainTextEdit& input();
   // Saves the window as `name`, then runs `then`.
   void screenshot(const QString& name, const std::function<void()>& then);
@@ -42,6 +44,7 @@ class DemoScript : public QObject {
   MainWindow& window_;
   Steps steps_;
   int documents_left_ = 0;
+  bool reading_shot_taken_ = false;
   bool streaming_shot_taken_ = false;
 };
 

@@ -41,6 +41,7 @@ void EngineWorker::requestStop() { stop_requested_ = true; }
 
 ModelCheck memory_check(const ModelInfo& info, std::uint64_t available_bytes) {
   ModelCheck check;
+  check.model = info;
   check.directory = QString::fromStdString(info.directory.string());
   check.description = EngineWorker::tr("%1, %2 layers, %3 M parameters")
                           .arg(to_qstring(info.model_type))
@@ -63,24 +64,32 @@ ModelCheck memory_check(const ModelInfo& info, std::uint64_t available_bytes) {
 }
 
 
-ModelCheck EngineWorker::inspect(const QString& directory) const {
-  ModelCheck check = memory_check(Model::inspect(to_path(directory)), available_host_memory());
+ModelOptions EngineWorker::options_for(const QString& backend) {
+  ModelOptions options;
+  options.backend = parse_backend_kind(backend.toStdString());
+  return options;
+}
+
+ModelCheck EngineWorker::inspect(const QString& directory, const QString& backend) const {
+  ModelCheck check = memory_check(Model::inspect(to_path(directory), options_for(backend)), available_host_memory());
   check.directory = directory;
   return check;
 }
 
-void EngineWorker::checkModel(const QString& directory) {
+void EngineWorker::checkModel(const QString& directory, const QString& backend) {
   try {
-    emit modelChecked(inspect(directory));
+    emit modelChecked(inspect(directory, backend));
   } catch (const std::exception& e) {
     emit modelRejected(directory, to_qstring(e.what()));
   }
 }
 
-void EngineWorker::loadModel(const QString& directory) {
+void EngineWorker::loadModel(const QString& directory, const QString& backend) {
   try {
-    const ModelCheck check = inspect(directory);
+    const ModelCheck check = inspect(directory, backend);
     session_.reset();
+    vision_.reset();
+    image_rows_.clear();
     format_.reset();
     tokenizer_.reset();
     model_.reset();
@@ -88,13 +97,15 @@ void EngineWorker::loadModel(const QString& directory) {
     // One signal per 0.5 % at most: a checkpoint of thousands of tensors must not flood the
     // window's event queue.
     std::uint64_t reported = 0;
-    model_ = Model::open(path, {}, [this, &reported](std::uint64_t done, std::uint64_t total) {
+    model_ = Model::open(path, options_for(backend), [this, &reported](std::uint64_t done, std::uint64_t total) {
       if (done != total && done - reported < total / 200) return;
       reported = done;
       emit loadProgress(static_cast<qint64>(done), static_cast<qint64>(total));
     });
     tokenizer_ = Tokenizer::open(path);
     format_ = ChatFormat::for_model(path, *tokenizer_);
+    // A VL-01 checkpoint carries its vision tower (the chat format has checked its placeholder).
+    if (model_->info().model_type == "minimax_vl_01") vision_ = vision::VisionModel::open(path);
     session_ = model_->create_session();
     held_messages_.clear();
     const SamplingDefaults defaults = format_->sampling_defaults();
@@ -105,6 +116,7 @@ void EngineWorker::loadModel(const QString& directory) {
                      sampling);
   } catch (const std::exception& e) {
     session_.reset();
+    vision_.reset();
     format_.reset();
     tokenizer_.reset();
     model_.reset();
@@ -139,26 +151,37 @@ void EngineWorker::generate(const QList<PromptMessage>& conversation, const Samp
   try {
     auto to_chat = [](const QList<PromptMessage>& messages) {
       Conversation chat;
-      for (const PromptMessage& message : messages)
-        chat.messages.push_back({message.from_user ? ChatMessage::Role::User : ChatMessage::Role::Assistant,
-                                 {ChatPart{ChatPart::Kind::Text, message.text.toStdString(), {}}}});
+      for (const PromptMessage& message : messages) {
+        ChatMessage turn{message.from_user ? ChatMessage::Role::User : ChatMessage::Role::Assistant, {}};
+        for (qsizetype i = 0; i < message.images.size(); ++i) turn.parts.push_back({ChatPart::Kind::Image, {}, {}});
+        turn.parts.push_back({ChatPart::Kind::Text, message.text.toStdString(), {}});
+        chat.messages.push_back(std::move(turn));
+      }
       return chat;
     };
-    // A question that follows the turns the session's state already holds (this conversation's
-    // last answer included, as the ids the model generated) feeds only itself; anything else
-    // (another conversation, a stopped answer) starts from an empty state.
-    const bool continues = !held_messages_.isEmpty() && conversation.size() == held_messages_.size() + 1 &&
+    // Messages that follow the turns the session's state already holds (this conversation's
+    // answers there included, as the ids the model generated) feed only themselves; anything
+    // else (another conversation, an edited message, a stopped answer) starts from an empty state.
+    const bool continues = !held_messages_.isEmpty() && conversation.size() > held_messages_.size() &&
                            std::equal(held_messages_.begin(), held_messages_.end(), conversation.begin());
-    std::vector<TokenId> prompt;
-    if (continues) {
-      prompt = format_->render_continuation(to_chat({conversation.back()})).encode(*tokenizer_);
-    } else {
-      session_->reset();
-      prompt = format_->render(to_chat(conversation)).encode(*tokenizer_);
+    const QList<PromptMessage> fed = continues ? conversation.mid(held_messages_.size()) : conversation;
+    std::vector<std::vector<float>> images;
+    for (const PromptMessage& message : fed) {
+      if (!message.images.isEmpty() && !vision_)
+        throw Error(tr("This model cannot read images: open a MiniMax-VL-01 model for them.").toStdString());
+      for (const QString& image : message.images) images.push_back(image_rows(image));
     }
+    if (!continues) session_->reset();
+    const std::vector<TokenId> rendered = (continues ? format_->render_continuation(to_chat(fed))
+                                                     : format_->render(to_chat(fed))).encode(*tokenizer_);
+    // Each image placeholder becomes the image's rows.
+    const vision::MultimodalInput prompt =
+        images.empty() ? vision::MultimodalInput{rendered, {}}
+                       : vision::expand_image_placeholders(rendered, *format_->image_token(), images,
+                                                           static_cast<int>(model_->info().hidden_size));
     held_messages_.clear();
     stats.reused_tokens = session_->position();
-    const std::span<const TokenId> rest(prompt);
+    const std::span<const TokenId> rest(prompt.tokens);
     stats.prompt_tokens = static_cast<std::int64_t>(rest.size());
     const std::int64_t room = stats.context_size - stats.reused_tokens - stats.prompt_tokens;
     if (room <= 0)
@@ -171,6 +194,7 @@ void EngineWorker::generate(const QList<PromptMessage>& conversation, const Samp
     options.max_new_tokens = std::min<std::int64_t>(sampling.max_new_tokens, room);
     options.sampling = {static_cast<float>(sampling.temperature), sampling.top_k, static_cast<float>(sampling.top_p)};
     options.stop_token = format_->end_of_turn();
+    options.prefill.embedding_overrides = prompt.embedding_overrides;
     options.prefill.progress = [this](const FeedProgress& progress) {
       const double rate = progress.seconds > 0 ? static_cast<double>(progress.tokens_done) / progress.seconds : 0.0;
       const double left = rate > 0 ? static_cast<double>(progress.tokens_total - progress.tokens_done) / rate : 0.0;
@@ -197,11 +221,13 @@ void EngineWorker::generate(const QList<PromptMessage>& conversation, const Samp
       stats.stopped = true;
     }
     send(parser.finish());
+    EngineStatePtr state;
     if (!stats.stopped) {
       // The session now holds the whole turn, so the next question can continue from it.
       finish_assistant_turn(*session_, generated, format_->end_of_turn());
       held_messages_ = conversation;
-      held_messages_.append({false, to_qstring(parser.answer())});
+      held_messages_.append({false, to_qstring(parser.answer()), {}});
+      state = EngineState::copy_of(*session_);
     }
     stats.context_used = session_->position();
     stats.generated_tokens = stats.stopped ? stats.context_used - stats.reused_tokens - stats.prompt_tokens
@@ -212,9 +238,32 @@ void EngineWorker::generate(const QList<PromptMessage>& conversation, const Samp
       if (decode_seconds > 0)
         stats.decode_tokens_per_second = static_cast<double>(stats.generated_tokens) / decode_seconds;
     }
-    emit generationFinished(stats);
+    emit generationFinished(stats, state);
   } catch (const std::exception& e) {
     emit generationFailed(to_qstring(e.what()));
+  }
+}
+
+const std::vector<float>& EngineWorker::image_rows(const QString& path) {
+  auto found = image_rows_.find(path);
+  if (found == image_rows_.end()) {
+    const vision::PreparedImage image =
+        vision::prepare_image(vision::decode_image_file(to_path(path)), vision_->config().anyres);
+    found = image_rows_.emplace(path, vision_->image_embeddings(image)).first;
+  }
+  return found->second;
+}
+
+void EngineWorker::adoptState(const EngineStatePtr& state, const QList<PromptMessage>& held) {
+  if (!session_) return;
+  held_messages_.clear();
+  const auto start = Clock::now();
+  try {
+    state->import_into(*session_);
+    held_messages_ = held;
+    emit stateAdopted(static_cast<qint64>(state->tokens().size()), seconds_since(start));
+  } catch (const std::exception& e) {
+    emit stateRefused(to_qstring(e.what()));
   }
 }
 

@@ -9,16 +9,20 @@
 
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 
+#include "engine_state.h"
 #include "lightdesk/engine.h"
 #include "lightdesk/text.h"
+#include "lightdesk/vision.h"
 
 namespace lightdesk::gui {
 
 // What a model directory needs against what this machine has, from Model::inspect.
 struct ModelCheck {
+  ModelInfo model;
   QString directory;
   QString description;          // e.g. "minimax_m1, 4 layers, 0.3 M parameters"
   std::uint64_t weight_bytes = 0;
@@ -40,6 +44,7 @@ struct SamplingSettings {
 struct PromptMessage {
   bool from_user = true;
   QString text;
+  QStringList images;  // a user message's images, placed before its text
   bool operator==(const PromptMessage&) const = default;
 };
 
@@ -72,11 +77,11 @@ class EngineWorker : public QObject {
   void requestStop();
 
  public slots:
-  // Validates the directory without loading weights; emits modelChecked or modelRejected (the
-  // loaded model, if any, stays).
-  void checkModel(const QString& directory);
+  // Validates the directory without loading weights, for `backend` ("auto", "cpu", "cuda":
+  // parse_backend_kind); emits modelChecked or modelRejected (the loaded model, if any, stays).
+  void checkModel(const QString& directory, const QString& backend);
   // Loads weights, tokenizer and chat format; emits loadProgress, then modelLoaded or modelFailed.
-  void loadModel(const QString& directory);
+  void loadModel(const QString& directory, const QString& backend);
   // Reads a document and counts its tokens; emits documentReady or documentFailed.
   void readDocument(const QString& path);
   // Renders the conversation (ending with a user message), feeds what the session does not
@@ -84,6 +89,10 @@ class EngineWorker : public QObject {
   // generationFailed.
   void generate(const QList<lightdesk::gui::PromptMessage>& conversation,
                 const lightdesk::gui::SamplingSettings& sampling);
+  // Takes `state` (saved after the messages `held`) as the session's state, so that a
+  // conversation continuing them feeds only what follows: emits stateAdopted, or stateRefused
+  // (the session then starts the next conversation from an empty state).
+  void adoptState(const lightdesk::gui::EngineStatePtr& state, const QList<lightdesk::gui::PromptMessage>& held);
 
  signals:
   void modelChecked(const lightdesk::gui::ModelCheck& check);
@@ -99,18 +108,29 @@ class EngineWorker : public QObject {
   void documentFailed(const QString& path, const QString& message);
   void prefillProgress(qint64 tokensDone, qint64 tokensTotal, double tokensPerSecond, double secondsLeft);
   void textPiece(const QString& reasoning, const QString& answer);
-  void generationFinished(const lightdesk::gui::GenerationStats& stats);
+  // `state`: a copy of the session's state after the finished turn, to save with it; null when
+  // the answer was stopped (the state then holds no complete turn).
+  void generationFinished(const lightdesk::gui::GenerationStats& stats, const lightdesk::gui::EngineStatePtr& state);
+  void stateAdopted(qint64 tokens, double seconds);
+  void stateRefused(const QString& message);
   void generationFailed(const QString& message);
 
  private:
-  ModelCheck inspect(const QString& directory) const;
+  static ModelOptions options_for(const QString& backend);
+  ModelCheck inspect(const QString& directory, const QString& backend) const;
+  // The rows of an image for the model (vision_), computed once per path.
+  const std::vector<float>& image_rows(const QString& path);
 
   std::unique_ptr<Model> model_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::optional<ChatFormat> format_;
   std::unique_ptr<Session> session_;
+  std::unique_ptr<vision::VisionModel> vision_;  // a MiniMax-VL-01 model's vision tower
+  // The language-model input rows of each image read so far (a conversation read again after a
+  // restart or an edit shows them again).
+  std::map<QString, std::vector<float>> image_rows_;
   // The messages whose turns session_ holds complete (ending with a finished answer); empty
-  // when its state is anything else.
+  // when its state is anything else (then a conversation is read from the start).
   QList<PromptMessage> held_messages_;
   std::atomic<bool> stop_requested_{false};
 };

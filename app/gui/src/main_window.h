@@ -3,10 +3,13 @@
 // one, so the window never blocks on the engine.
 #pragma once
 
+#include <QImage>
 #include <QMainWindow>
 #include <QThread>
 
+#include <functional>
 #include <map>
+#include <set>
 #include <optional>
 
 #include "engine_worker.h"
@@ -21,6 +24,7 @@ class QProgressBar;
 class QPushButton;
 class QSettings;
 class QTextBrowser;
+class QTimer;
 class QUrl;
 
 namespace lightdesk::gui {
@@ -33,8 +37,14 @@ class MainWindow : public QMainWindow {
   MainWindow(SessionRepository& sessions, QSettings& settings, QWidget* parent = nullptr);
   ~MainWindow() override;
 
+  // The model directory loaded last (QSettings), empty if none.
+  QString lastModelDirectory() const;
   // What the model chooser does after the directory dialog: validate, then load if it fits.
   void openModelDirectory(const QString& directory);
+  // The command line's request (lightdesk --document FILE... --ask QUESTION): once a model is
+  // ready, a new session with these documents attached and, if `question` is not empty, the
+  // question sent as soon as they are read.
+  void startSession(const QStringList& documents, const QString& question);
   // What the attach dialog and drag and drop do: read the documents and count their tokens.
   void attachFiles(const QStringList& paths);
   // Sends the text of the input box (Ctrl+Enter).
@@ -42,6 +52,15 @@ class MainWindow : public QMainWindow {
   // Stops the running prefill or generation; the conversation and session state are kept.
   void stop();
   void newSession();
+  // Answers the last question again; the old answer stays stored as an earlier branch.
+  void regenerate();
+  // Puts user message `entry` into the input box; sending it branches the conversation there.
+  void editMessage(qsizetype entry);
+  // Hides the current session and deletes it when the undo bar's time is up (or the window closes).
+  void deleteCurrentSession();
+  void undoDelete();
+  // Selects the session and moves the transcript to its entry (a search result's click).
+  void showMessage(qint64 session, qsizetype entry);
   // Writes the current conversation as Markdown, or JSON for a .json path (File > Export).
   void exportConversation(const QString& path);
 
@@ -50,12 +69,16 @@ class MainWindow : public QMainWindow {
   void answerFinished();
   void documentAttached(const QString& path);
   void errorShown(const QString& message);
+  // The session's saved engine state is back in the engine ("Restored … tokens from cache …").
+  void stateRestored(const QString& message);
   // To the engine thread.
-  void checkModelRequested(const QString& directory);
-  void loadModelRequested(const QString& directory);
+  void checkModelRequested(const QString& directory, const QString& backend);
+  void loadModelRequested(const QString& directory, const QString& backend);
   void readDocumentRequested(const QString& path);
   void generateRequested(const QList<lightdesk::gui::PromptMessage>& conversation,
                          const lightdesk::gui::SamplingSettings& sampling);
+  void adoptStateRequested(const lightdesk::gui::EngineStatePtr& state,
+                           const QList<lightdesk::gui::PromptMessage>& held);
 
  protected:
   bool eventFilter(QObject* watched, QEvent* event) override;
@@ -71,17 +94,38 @@ class MainWindow : public QMainWindow {
   void chooseExportFile();
   void showError(const QString& message);
   void setGenerating(bool generating);
+  // Asks the engine for an answer to `user`, sent after the current session's first `keep`
+  // entries (the others, if any, become an earlier branch once the answer begins).
+  void ask(qsizetype keep, const ChatEntry& user);
+  // Puts back what ask() replaced, when the answer failed or was stopped before it began;
+  // true when the question went back into the input box (a new or edited one).
+  bool undoTurn();
+  // Brings the current session's saved engine state into the engine, if it holds another one.
+  void restoreState();
+  // Sends a state the repository found for the current session to the engine, or reports why
+  // none can be used.
+  void adoptLoadedState(const StateLoad& load);
   void selectSession(qint64 id);
   void refreshSessionList();
   void renameCurrentSession();
-  void deleteCurrentSession();
+  void finishDelete();
+  // Sends the question startSession() holds once the current session's documents are read.
+  void askQuestionAfterDocuments();
+  void runSearch();
   void removeSelectedAttachment();
+  // Decodes an image's thumbnail into thumbnails_ off the GUI thread, then calls `done` (with
+  // the reader's error, if any) on the GUI thread.
+  void decodeThumbnail(const QString& path, const std::function<void(const QString& error)>& done);
+  // Lists an image after its thumbnail is made; emits documentAttached or shows the error.
+  void attachImage(const QString& path);
   void refreshAttachments();
   void renderTranscript();
   void appendToTranscript(const QString& text, bool reasoning);
-  // Ends the streamed answer: stores what it wrote.
-  void keepAnswer();
+  // Ends the streamed answer: stores what it wrote (undoTurn() if it never began; its answer).
+  bool keepAnswer();
   void editSettings();
+  // The status bar's memory: the backend's devices and the host memory available now.
+  void refreshMemoryLabel();
 
   void onModelChecked(const ModelCheck& check);
   void onModelLoaded(const ModelCheck& check, const QString& family, const SamplingSettings& sampling);
@@ -89,7 +133,9 @@ class MainWindow : public QMainWindow {
   void onModelFailed(const QString& directory, const QString& message);
   void onDocumentReady(const QString& path, const QString& text, const QList<qint64>& pageOffsets, qint64 tokens);
   void onTextPiece(const QString& reasoning, const QString& answer);
-  void onGenerationFinished(const GenerationStats& stats);
+  void onGenerationFinished(const GenerationStats& stats, const EngineStatePtr& state);
+  void onStateAdopted(qint64 tokens, double seconds);
+  void onStateRefused(const QString& message);
   void onGenerationFailed(const QString& message);
   void onTranscriptLink(const QUrl& link);
 
@@ -102,17 +148,54 @@ class MainWindow : public QMainWindow {
   bool model_ready_ = false;
   QString model_family_;           // settings are kept per chat-format family
   SamplingSettings default_sampling_;
+  ModelInfo model_info_;
   bool generating_ = false;
+  // What the engine's state holds: the first `entries` entries of session `session` (a
+  // finished answer last), or entries < 0 for nothing the window can name.
+  struct EngineHolds {
+    qint64 session = 0;
+    qsizetype entries = -1;
+  };
+  EngineHolds engine_holds_;
+  EngineHolds adopting_;           // sent to the engine, not yet confirmed
+  double state_read_seconds_ = 0;  // the repository's part of a restore
+  quint64 restore_ticket_ = 0;     // tells a stale read (another session or a question since) apart
+  // The turn being answered: where it started and what it replaced, until the answer begins
+  // (then the question is stored) or fails (then everything is put back).
+  struct Turn {
+    qsizetype keep = 0;
+    QList<ChatEntry> replaced;
+    bool stored = false;
+  };
+  std::optional<Turn> turn_;
   std::optional<ChatEntry> answer_;                // the answer being written
   std::map<QString, qint64> reading_documents_;  // path -> session it is attached to
   // Documents attached to a session and not sent yet: they go with its next question.
   std::map<qint64, QList<Attachment>> pending_documents_;
+  // Images attached to a session and not sent yet, like pending_documents_.
+  std::map<qint64, QStringList> pending_images_;
+  struct Thumbnail {
+    QSize size;  // of the image
+    QImage image;
+  };
+  std::map<QString, Thumbnail> thumbnails_;  // by image path
+  std::set<QString> thumbnails_requested_;
   std::map<int, bool> expanded_reasoning_;        // entry index -> shown
+  QString question_after_documents_;            // startSession()'s question, not sent yet
+  std::optional<qsizetype> editing_;              // the user message the input replaces
+  std::optional<qint64> deleting_;                // hidden, deleted when undo_timer_ fires
+  QList<int> entry_positions_;                    // where each entry starts in the transcript
+  quint64 search_ticket_ = 0;                     // tells a stale search answer apart
 
   QLabel* model_label_;
   QLabel* message_label_;
   QLineEdit* search_box_;
   QListWidget* session_list_;
+  QListWidget* search_results_;
+  QLabel* edit_bar_;
+  QWidget* undo_bar_;
+  QLabel* undo_label_;
+  QTimer* undo_timer_;
   QTextBrowser* transcript_;
   QPlainTextEdit* input_;
   QPushButton* send_button_;
@@ -122,6 +205,7 @@ class MainWindow : public QMainWindow {
   QLabel* speed_label_;
   QLabel* first_token_label_;
   QLabel* context_label_;
+  QLabel* memory_label_;
 };
 
 }  // namespace lightdesk::gui

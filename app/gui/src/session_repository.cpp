@@ -36,7 +36,40 @@ void InMemorySessionRepository::rename(qint64 id, const QString& title) {
   if (const auto found = sessions_.find(id); found != sessions_.end()) found->second.title = title;
 }
 
-void InMemorySessionRepository::remove(qint64 id) { sessions_.erase(id); }
+void InMemorySessionRepository::remove(qint64 id) {
+  sessions_.erase(id);
+  states_.erase(id);
+}
+
+void InMemorySessionRepository::branch(qint64 id, qsizetype keep) {
+  const auto found = sessions_.find(id);
+  if (found == sessions_.end() || keep >= found->second.entries.size()) return;
+  found->second.entries.resize(keep);
+  // A state after more entries belongs to the branch that is gone.
+  auto& states = states_[id];
+  states.erase(states.upper_bound(keep), states.end());
+}
+
+void InMemorySessionRepository::saveState(qint64 id, qsizetype entries, EngineStatePtr state) {
+  if (sessions_.count(id) != 0) states_[id][entries] = std::move(state);
+}
+
+void InMemorySessionRepository::loadState(qint64 id, qsizetype entries, const ModelInfo& model, QObject* context,
+                                          std::function<void(const StateLoad&)> done) {
+  StateLoad load;
+  if (const auto session = states_.find(id); session != states_.end()) {
+    if (auto saved = session->second.upper_bound(entries); saved != session->second.begin()) {
+      --saved;
+      load.entries = saved->first;
+      if (saved->second->model().fingerprint == model.fingerprint)
+        load.state = saved->second;
+      else
+        load.refused = tr("it was made by another model");
+    }
+  }
+  // Later, as the store's answer comes: the caller sees one behaviour.
+  QMetaObject::invokeMethod(context, [done = std::move(done), load] { done(load); }, Qt::QueuedConnection);
+}
 
 void InMemorySessionRepository::append(qint64 id, const ChatEntry& entry) {
   const auto found = sessions_.find(id);
@@ -45,19 +78,27 @@ void InMemorySessionRepository::append(qint64 id, const ChatEntry& entry) {
   found->second.last_used = QDateTime::currentDateTimeUtc();
 }
 
-QList<qint64> InMemorySessionRepository::search(const QString& query) const {
+QList<MessageHit> InMemorySessionRepository::matches(const QString& query) const {
   auto matches = [&query](const QString& text) { return text.contains(query, Qt::CaseInsensitive); };
-  QList<qint64> found;
+  QList<MessageHit> found;
   for (const ChatSession& summary : list()) {
     const ChatSession& session = sessions_.at(summary.id);
-    bool hit = matches(session.title);
-    for (const ChatEntry& entry : session.entries) {
-      hit = hit || matches(entry.text) || matches(entry.reasoning);
-      for (const Attachment& document : entry.documents) hit = hit || matches(document.path) || matches(document.text);
+    const qsizetype before = found.size();
+    bool other_hit = matches(session.title);
+    for (qsizetype i = 0; i < session.entries.size(); ++i) {
+      const ChatEntry& entry = session.entries[i];
+      if (matches(entry.text) || matches(entry.reasoning)) found.append({session.id, i, entry.text.left(80)});
+      for (const Attachment& document : entry.documents) other_hit = other_hit || matches(document.path) || matches(document.text);
     }
-    if (hit) found.append(session.id);
+    if (other_hit && found.size() == before) found.append({session.id, -1, session.title});
   }
   return found;
+}
+
+void InMemorySessionRepository::search(const QString& query, QObject* context,
+                                       std::function<void(const QList<MessageHit>&)> done) {
+  QMetaObject::invokeMethod(context, [done = std::move(done), hits = matches(query)] { done(hits); },
+                            Qt::QueuedConnection);
 }
 
 }  // namespace lightdesk::gui

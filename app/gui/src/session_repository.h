@@ -1,16 +1,21 @@
-// Where the window keeps its chat sessions. The window only sees this interface, shaped like an
-// append-only conversation log so that the SQLite store (store/include/lightdesk/store.h, whose
-// messages and documents are added, never edited) can implement it; the in-memory
-// implementation serves until then.
+// Where the window keeps its chat sessions and their engine states. The window only sees this
+// interface, shaped like an append-only conversation log so that the SQLite store
+// (store/include/lightdesk/store.h, whose messages and documents are added, never edited) can
+// implement it: an edited message or a regenerated answer starts a new branch, and the session
+// shows its newest branch.
 #pragma once
 
 #include <QDateTime>
 #include <QList>
+#include <QObject>
 #include <QString>
 #include <QStringList>
 
+#include <functional>
 #include <map>
 #include <optional>
+
+#include "engine_state.h"
 
 namespace lightdesk::gui {
 
@@ -27,6 +32,7 @@ struct ChatEntry {
   QString text;
   QString reasoning;             // M1's <think> part of an answer
   QList<Attachment> documents;   // sent with this user message; the model reads them before it
+  QStringList images;            // sent with this user message (paths): a VL-01 model sees them first
 };
 
 struct ChatSession {
@@ -36,9 +42,28 @@ struct ChatSession {
   QList<ChatEntry> entries;
 };
 
-class SessionRepository {
+// A search result: a message of a session (or the session itself, for a match in its title, a
+// document or an earlier branch).
+struct MessageHit {
+  qint64 session = 0;
+  qsizetype entry = -1;  // index in the session's shown branch; -1 when no shown message matched
+  QString snippet;
+};
+
+// A saved engine state found for a session: the state after its first `entries` entries, or
+// why none could be used.
+struct StateLoad {
+  EngineStatePtr state;  // null when none was saved or `refused` says why it cannot be used
+  qsizetype entries = 0;
+  double seconds = 0.0;  // reading it
+  QString refused;       // a damaged state, another model's, an unreadable database
+};
+
+class SessionRepository : public QObject {
+  Q_OBJECT
+
  public:
-  virtual ~SessionRepository() = default;
+  ~SessionRepository() override = default;
   // All sessions, most recently used first (entries left empty).
   virtual QList<ChatSession> list() const = 0;
   virtual std::optional<ChatSession> load(qint64 id) const = 0;
@@ -49,8 +74,24 @@ class SessionRepository {
   // Appends a finished message (a question with its documents, or a complete answer) and marks
   // the session used now.
   virtual void append(qint64 id, const ChatEntry& entry) = 0;
-  // Sessions whose title, messages or documents match `query`, best first (the store: FTS5).
-  virtual QList<qint64> search(const QString& query) const = 0;
+  // The session continues after its first `keep` entries: the next append follows them, and
+  // the entries after them are kept (the store) as an earlier branch no longer shown.
+  virtual void branch(qint64 id, qsizetype keep) = 0;
+  // Messages and sessions that match `query` (words, each also as a prefix), best first,
+  // given to `done` later on `context`'s thread (the store: FTS5).
+  virtual void search(const QString& query, QObject* context, std::function<void(const QList<MessageHit>&)> done) = 0;
+
+  // Keeps `state` as the engine state after the session's first `entries` entries (a finished
+  // answer), without making the caller wait for the disk.
+  virtual void saveState(qint64 id, qsizetype entries, EngineStatePtr state) = 0;
+  // Finds the newest state saved after at most `entries` entries of the session's shown
+  // branch and calls `done` with it (or why none can be used) later, on `context`'s thread.
+  virtual void loadState(qint64 id, qsizetype entries, const ModelInfo& model, QObject* context,
+                         std::function<void(const StateLoad&)> done) = 0;
+
+ signals:
+  // A change could not be written (a full disk, a read-only file); the window still shows it.
+  void writeFailed(const QString& message);
 };
 
 class InMemorySessionRepository final : public SessionRepository {
@@ -61,14 +102,21 @@ class InMemorySessionRepository final : public SessionRepository {
   void rename(qint64 id, const QString& title) override;
   void remove(qint64 id) override;
   void append(qint64 id, const ChatEntry& entry) override;
-  // Case-insensitive substring match, most recently used first.
-  QList<qint64> search(const QString& query) const override;
+  void branch(qint64 id, qsizetype keep) override;
+  // Case-insensitive substring match, most recently used session first.
+  void search(const QString& query, QObject* context, std::function<void(const QList<MessageHit>&)> done) override;
+  QList<MessageHit> matches(const QString& query) const;
+  void saveState(qint64 id, qsizetype entries, EngineStatePtr state) override;
+  void loadState(qint64 id, qsizetype entries, const ModelInfo& model, QObject* context,
+                 std::function<void(const StateLoad&)> done) override;
   // Adds a session as it is (id, last use, entries), for a repository restoring saved sessions;
   // later new ids follow the highest one.
   void insert(const ChatSession& session);
 
  private:
   std::map<qint64, ChatSession> sessions_;
+  // Per session: the state after a number of entries of its shown branch.
+  std::map<qint64, std::map<qsizetype, EngineStatePtr>> states_;
   qint64 next_id_ = 1;
 };
 

@@ -1,10 +1,20 @@
 #include "settings_dialog.h"
 
+#include <QComboBox>
 #include <QDialogButtonBox>
+#include <QFileDialog>
+#include <QHBoxLayout>
+#include <QLabel>
+#include <QLineEdit>
+#include <QPushButton>
+#include <QRegularExpressionValidator>
 #include <QDoubleSpinBox>
 #include <QFormLayout>
 #include <QSettings>
 #include <QSpinBox>
+
+#include "lightdesk/engine.h"
+#include "store_session_repository.h"
 
 namespace lightdesk::gui {
 namespace {
@@ -31,9 +41,39 @@ void store_sampling(QSettings& settings, const QString& family, const SamplingSe
   settings.setValue(key(family, "max_new_tokens"), sampling.max_new_tokens);
 }
 
+QString backend_setting(const QSettings& settings) {
+  return settings.value(QStringLiteral("engine/backend"), QStringLiteral("auto")).toString();
+}
+
+QString gpus_setting(const QSettings& settings) { return settings.value(QStringLiteral("engine/gpus")).toString(); }
+
 SettingsDialog::SettingsDialog(QSettings& settings, QString family, const SamplingSettings& defaults, QWidget* parent)
     : QDialog(parent), settings_(settings), family_(std::move(family)) {
-  setWindowTitle(tr("Sampling settings (%1 models)").arg(family_));
+  setWindowTitle(tr("Settings"));
+  backend_ = new QComboBox;
+  backend_->setObjectName(QStringLiteral("backendBox"));
+  backend_->addItem(tr("Automatic"), QStringLiteral("auto"));
+  for (const BackendKind kind : available_backends())
+    backend_->addItem(QString::fromLatin1(backend_name(kind)).toUpper(), QString::fromLatin1(backend_name(kind)));
+  backend_->setCurrentIndex(std::max(0, backend_->findData(backend_setting(settings_))));
+  backend_->setToolTip(tr("Used for the next model opened"));
+  gpus_ = new QLineEdit(gpus_setting(settings_));
+  gpus_->setObjectName(QStringLiteral("gpusEdit"));
+  gpus_->setPlaceholderText(tr("all"));
+  gpus_->setValidator(new QRegularExpressionValidator(QRegularExpression(QStringLiteral("[0-9]+(,[0-9]+)*")), gpus_));
+  gpus_->setToolTip(tr("GPU numbers separated by commas, e.g. 0,1; applies from the next start"));
+  data_directory_ = new QLineEdit(QString::fromStdString(session_database_path(settings_).parent_path().string()));
+  data_directory_->setObjectName(QStringLiteral("dataDirectoryEdit"));
+  data_directory_->setToolTip(tr("Where the session database lives; applies from the next start"));
+  auto* browse = new QPushButton(tr("Browse…"));
+  connect(browse, &QPushButton::clicked, this, [this] {
+    const QString chosen = QFileDialog::getExistingDirectory(this, tr("Data directory"), data_directory_->text());
+    if (!chosen.isEmpty()) data_directory_->setText(chosen);
+  });
+  auto* data_row = new QHBoxLayout;
+  data_row->addWidget(data_directory_, 1);
+  data_row->addWidget(browse);
+
   const SamplingSettings current = load_sampling(settings_, family_, defaults);
   temperature_ = new QDoubleSpinBox;
   temperature_->setRange(0.0, 2.0);
@@ -55,16 +95,28 @@ SettingsDialog::SettingsDialog(QSettings& settings, QString family, const Sampli
   connect(buttons, &QDialogButtonBox::accepted, this, &QDialog::accept);
   connect(buttons, &QDialogButtonBox::rejected, this, &QDialog::reject);
   auto* form = new QFormLayout(this);
-  form->addRow(tr("Temperature"), temperature_);
-  form->addRow(tr("Top-p"), top_p_);
-  form->addRow(tr("Top-k"), top_k_);
-  form->addRow(tr("Longest answer (tokens)"), max_new_tokens_);
+  form->addRow(tr("Engine"), backend_);
+  form->addRow(tr("GPUs"), gpus_);
+  form->addRow(tr("Data directory"), data_row);
+  if (family_.isEmpty()) {
+    form->addRow(new QLabel(tr("Open a model to set its sampling.")));
+  } else {
+    form->addRow(new QLabel(tr("<b>Sampling of %1 models</b>").arg(family_.toHtmlEscaped())));
+    form->addRow(tr("Temperature"), temperature_);
+    form->addRow(tr("Top-p"), top_p_);
+    form->addRow(tr("Top-k"), top_k_);
+    form->addRow(tr("Longest answer (tokens)"), max_new_tokens_);
+  }
   form->addRow(buttons);
 }
 
 void SettingsDialog::accept() {
-  store_sampling(settings_, family_,
-                 {temperature_->value(), top_p_->value(), top_k_->value(), max_new_tokens_->value()});
+  settings_.setValue(QStringLiteral("engine/backend"), backend_->currentData().toString());
+  settings_.setValue(QStringLiteral("engine/gpus"), gpus_->text());
+  settings_.setValue(QStringLiteral("dataDirectory"), data_directory_->text());
+  if (!family_.isEmpty())
+    store_sampling(settings_, family_,
+                   {temperature_->value(), top_p_->value(), top_k_->value(), max_new_tokens_->value()});
   QDialog::accept();
 }
 

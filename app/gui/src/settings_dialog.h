@@ -1,4 +1,5 @@
-// Sampling settings of one model family, read from and written to the application's QSettings.
+// The settings dialog: the application's (engine backend, GPUs, data directory) and the sampling
+// of the loaded model's family, read from and written to the application's QSettings.
 #pragma once
 
 #include <QDialog>
@@ -6,7 +7,9 @@
 
 #include "engine_worker.h"
 
+class QComboBox;
 class QDoubleSpinBox;
+class QLineEdit;
 class QSettings;
 class QSpinBox;
 
@@ -15,17 +18,26 @@ namespace lightdesk::gui {
 // The stored sampling of `family` ("M1", "Text01"), `defaults` for what was never set.
 SamplingSettings load_sampling(const QSettings& settings, const QString& family, const SamplingSettings& defaults);
 void store_sampling(QSettings& settings, const QString& family, const SamplingSettings& sampling);
+// The engine backend to load models on ("auto", "cpu", "cuda"; parse_backend_kind's names).
+QString backend_setting(const QSettings& settings);
+// The GPUs to use, as CUDA_VISIBLE_DEVICES lists them ("0,1"); empty for all. The engine has no
+// device selection of its own: main() passes this to CUDA through the environment at start.
+QString gpus_setting(const QSettings& settings);
 
 class SettingsDialog : public QDialog {
   Q_OBJECT
 
  public:
+  // `family` empty (no model loaded): the sampling rows are left out.
   SettingsDialog(QSettings& settings, QString family, const SamplingSettings& defaults, QWidget* parent = nullptr);
   void accept() override;
 
  private:
   QSettings& settings_;
   QString family_;
+  QComboBox* backend_;
+  QLineEdit* gpus_;
+  QLineEdit* data_directory_;
   QDoubleSpinBox* temperature_;
   QDoubleSpinBox* top_p_;
   QSpinBox* top_k_;

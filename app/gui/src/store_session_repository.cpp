@@ -5,11 +5,17 @@
 #include <QJsonArray>
 #include <QJsonDocument>
 #include <QJsonObject>
+#include <QFile>
+#include <QImageReader>
 #include <QMimeDatabase>
+#include <QPointer>
+#include <QRegularExpression>
 #include <QSettings>
 #include <QStandardPaths>
 #include <QtDebug>
 
+#include <algorithm>
+#include <chrono>
 #include <map>
 #include <memory>
 #include <utility>
@@ -27,37 +33,43 @@ QJsonArray attachment_links(const std::string& settings_json) {
   return QJsonDocument::fromJson(QByteArray::fromStdString(settings_json)).object().value("attachments").toArray();
 }
 
-// The session as the window sees it: its messages in order, each user message with the
-// documents its attachment links name.
+// The session as the window sees it: the messages of its newest branch (the thread ending at the
+// message added last), each user message with the documents sent with it.
 ChatSession read_session(store::Store& store, const store::SessionRecord& record,
-                         const std::vector<store::Message>& messages) {
+                         const std::vector<store::Message>& branch) {
   ChatSession session;
   session.id = record.id;
   session.title = from_utf8(record.title);
   session.last_used = QDateTime::fromSecsSinceEpoch(record.updated_at, Qt::UTC);
 
-  std::map<std::int64_t, store::Document> documents;
-  for (store::Document& document : store.documents(record.id)) documents.emplace(document.id, std::move(document));
+  // The store has no column for a PDF's page offsets: the session's settings keep them.
+  std::map<std::int64_t, QJsonArray> page_offsets;
+  for (const QJsonValue& link : attachment_links(record.settings_json))
+    page_offsets[link.toObject().value("document").toInteger()] = link.toObject().value("page_offsets").toArray();
   std::multimap<std::int64_t, Attachment> attachments_by_message;
-  for (const QJsonValue& link_value : attachment_links(record.settings_json)) {
-    const QJsonObject link = link_value.toObject();
-    const auto document = documents.find(link.value("document").toInteger());
-    if (document == documents.end()) continue;
+  for (const store::Document& document : store.documents(record.id)) {
+    if (!document.message_id) continue;
     Attachment attachment;
-    attachment.path = from_utf8(document->second.source_path);
-    attachment.text = from_utf8(document->second.text);
-    attachment.tokens = document->second.token_count.value_or(0);
-    for (const QJsonValue& offset : link.value("page_offsets").toArray()) attachment.page_offsets.append(offset.toInteger());
-    attachments_by_message.emplace(link.value("message").toInteger(), std::move(attachment));
+    attachment.path = from_utf8(document.source_path);
+    attachment.text = from_utf8(document.text);
+    attachment.tokens = document.token_count.value_or(0);
+    for (const QJsonValue& offset : page_offsets[document.id]) attachment.page_offsets.append(offset.toInteger());
+    attachments_by_message.emplace(*document.message_id, std::move(attachment));
   }
 
-  for (const store::Message& message : messages) {
+  std::multimap<std::int64_t, QString> images_by_message;
+  for (const store::Image& image : store.images(record.id))
+    if (image.message_id) images_by_message.emplace(*image.message_id, from_utf8(image.source_path));
+
+  for (const store::Message& message : branch) {
     ChatEntry entry;
     entry.role = message.role == store::Role::Assistant ? ChatEntry::Role::Assistant : ChatEntry::Role::User;
     entry.text = from_utf8(message.text);
     entry.reasoning = from_utf8(message.reasoning);
     const auto [first, last] = attachments_by_message.equal_range(message.id);
     for (auto attachment = first; attachment != last; ++attachment) entry.documents.append(attachment->second);
+    const auto [first_image, last_image] = images_by_message.equal_range(message.id);
+    for (auto image = first_image; image != last_image; ++image) entry.images.append(image->second);
     session.entries.append(std::move(entry));
   }
   return session;
@@ -73,22 +85,26 @@ std::filesystem::path session_database_path(const QSettings& settings) {
 
 // Owns the Store and writes the repository's changes into it, on the store thread. Sessions are
 // known by the repository's ids, which equal the store's for the sessions read at start; new
-// ones are mapped to the id the store gives them.
+// ones are mapped to the id the store gives them. Entries are known by their index in the
+// session's shown branch, mapped to the store's message ids.
 class StoreWriter : public QObject {
  public:
-  explicit StoreWriter(std::unique_ptr<store::Store> store) : store_(std::move(store)) {}
+  StoreWriter(std::unique_ptr<store::Store> store, std::function<void(const QString&)> report_failure)
+      : store_(std::move(store)), report_failure_(std::move(report_failure)) {}
 
-  // Reads every stored session and remembers what each one continues from. Called before the
-  // writer moves to its thread.
+  // Reads every stored session and remembers each one's branch. Called before the writer moves
+  // to its thread.
   QList<ChatSession> read_all() {
     QList<ChatSession> sessions;
     for (const store::SessionRecord& record : store_->sessions()) {
       const std::vector<store::Message> messages = store_->messages(record.id);
-      sessions.append(read_session(*store_, record, messages));
+      const std::vector<store::Message> branch =
+          messages.empty() ? std::vector<store::Message>{} : store_->thread(messages.back().id);
+      sessions.append(read_session(*store_, record, branch));
       SessionLog& log = logs_[record.id];
       log.store_id = record.id;
       log.settings = QJsonDocument::fromJson(QByteArray::fromStdString(record.settings_json)).object();
-      if (!messages.empty()) log.last_message_id = messages.back().id;
+      for (const store::Message& message : branch) log.branch.push_back(message.id);
     }
     return sessions;
   }
@@ -110,36 +126,65 @@ class StoreWriter : public QObject {
     });
   }
 
-  // Adds the message as the child of the session's last one; a user message's documents are
-  // added to the session and linked to the message in the session's settings.
+  void branch(qint64 id, qsizetype keep) {
+    if (SessionLog* log = find(id); log != nullptr && keep < static_cast<qsizetype>(log->branch.size()))
+      log->branch.resize(static_cast<std::size_t>(keep));
+  }
+
+  // Adds the message as the child of the branch's last one; a user message's documents are
+  // added to the session, linked to the message (and a PDF's page offsets kept in the
+  // session's settings).
   void append(qint64 id, const ChatEntry& entry) {
     write([&] {
       SessionLog* log = find(id);
       if (log == nullptr) return;
       store::Message message;
       message.session_id = log->store_id;
-      message.parent_id = log->last_message_id;
+      if (!log->branch.empty()) message.parent_id = log->branch.back();
       message.role = entry.role == ChatEntry::Role::Assistant ? store::Role::Assistant : store::Role::User;
       message.text = utf8(entry.text);
       message.reasoning = utf8(entry.reasoning);
-      log->last_message_id = store_->add_message(message);
+      const std::int64_t message_id = store_->add_message(message);
+      log->branch.push_back(message_id);
+      const QMimeDatabase mime_types;
+      for (const QString& path : entry.images) {
+        // The image stays where it is; the store keeps its path, hash and size.
+        QFile file(path);
+        QImageReader reader(path);
+        store::Image image;
+        image.session_id = log->store_id;
+        image.message_id = message_id;
+        image.source_path = utf8(path);
+        if (file.open(QIODevice::ReadOnly)) {
+          QCryptographicHash hash(QCryptographicHash::Sha256);
+          hash.addData(&file);
+          image.content_hash = hash.result().toHex().toStdString();
+        }
+        image.mime_type = utf8(mime_types.mimeTypeForFile(path).name());
+        if (const QSize size = reader.size(); size.isValid()) {
+          image.width = size.width();
+          image.height = size.height();
+        }
+        store_->add_image(image);
+      }
       if (entry.documents.isEmpty()) return;
 
       QJsonArray links = log->settings.value("attachments").toArray();
-      const QMimeDatabase mime_types;
       for (const Attachment& attachment : entry.documents) {
         store::Document document;
         document.session_id = log->store_id;
+        document.message_id = message_id;
         document.source_path = utf8(attachment.path);
         document.content_hash =
             QCryptographicHash::hash(attachment.text.toUtf8(), QCryptographicHash::Sha256).toHex().toStdString();
         document.mime_type = utf8(mime_types.mimeTypeForFile(attachment.path, QMimeDatabase::MatchExtension).name());
         document.token_count = attachment.tokens;
         document.text = utf8(attachment.text);
+        const std::int64_t document_id = store_->add_document(document);
+        if (attachment.page_offsets.isEmpty()) continue;
         QJsonArray page_offsets;
         for (const qint64 offset : attachment.page_offsets) page_offsets.append(offset);
-        links.append(QJsonObject{{"message", qint64{*log->last_message_id}},
-                                 {"document", qint64{store_->add_document(document)}},
+        links.append(QJsonObject{{"message", qint64{message_id}}, {"document", qint64{document_id}},
                                  {"page_offsets", page_offsets}});
       }
       log->settings.insert("attachments", links);
@@ -147,10 +192,70 @@ class StoreWriter : public QObject {
     });
   }
 
+  void save_state(qint64 id, qsizetype entries, const EngineStatePtr& state) {
+    write([&] {
+      const SessionLog* log = find(id);
+      if (log == nullptr || entries <= 0 || entries > static_cast<qsizetype>(log->branch.size())) return;
+      store_->save_checkpoint(log->store_id, state->source(), log->branch[static_cast<std::size_t>(entries - 1)]);
+    });
+  }
+
+  QList<MessageHit> search(const QString& query) {
+    // Every word quoted (so FTS5 reads no operators in what a person types) and matched as a
+    // prefix too: "reven" finds "revenue".
+    std::string fts_query;
+    for (const QString& word : query.split(QRegularExpression(QStringLiteral("\\s+")), Qt::SkipEmptyParts)) {
+      QString quoted = word;
+      quoted.replace(QLatin1Char('"'), QStringLiteral("\"\""));
+      fts_query += utf8(QStringLiteral("\"%1\"* ").arg(quoted));
+    }
+    QList<MessageHit> hits;
+    if (fts_query.empty()) return hits;
+    try {
+      for (const store::SearchHit& hit : store_->search(fts_query)) {
+        const auto log = std::find_if(logs_.begin(), logs_.end(),
+                                      [&hit](const auto& entry) { return entry.second.store_id == hit.session_id; });
+        if (log == logs_.end()) continue;
+        MessageHit found{log->first, -1, from_utf8(hit.snippet)};
+        if (hit.kind == store::SearchHit::Kind::Message) {
+          const auto& branch = log->second.branch;
+          if (const auto at = std::find(branch.begin(), branch.end(), hit.id); at != branch.end())
+            found.entry = at - branch.begin();
+        }
+        hits.append(found);
+      }
+    } catch (const std::exception& error) {
+      qWarning("Lightdesk: search failed: %s", error.what());
+    }
+    return hits;
+  }
+
+  // The newest checkpoint tied to one of the branch's first `entries` messages, read whole.
+  StateLoad load_state(qint64 id, qsizetype entries, const ModelInfo& model) {
+    StateLoad load;
+    const SessionLog* log = find(id);
+    if (log == nullptr) return load;
+    const auto start = std::chrono::steady_clock::now();
+    try {
+      for (qsizetype i = std::min<qsizetype>(entries, static_cast<qsizetype>(log->branch.size())); i > 0; --i) {
+        const auto checkpoint = store_->checkpoint_at(log->branch[static_cast<std::size_t>(i - 1)]);
+        if (!checkpoint) continue;
+        load.entries = i;
+        load.state = EngineState::read(*store_, checkpoint->id, model);
+        break;
+      }
+    } catch (const std::exception& error) {
+      load.state.reset();
+      load.refused = from_utf8(error.what());
+    }
+    load.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return load;
+  }
+
  private:
   struct SessionLog {
     std::int64_t store_id = 0;
-    std::optional<std::int64_t> last_message_id;
+    std::vector<std::int64_t> branch;  // store message id of each entry of the shown branch
     QJsonObject settings;
   };
 
@@ -160,23 +265,27 @@ class StoreWriter : public QObject {
   }
 
   // The window has already shown the change; a failed write loses only its persistence, which
-  // is reported here rather than interrupting the conversation.
+  // the window is told about rather than the conversation being interrupted.
   template <typename Write>
   void write(Write&& change) {
     try {
       change();
     } catch (const std::exception& error) {
-      qWarning("Lightdesk: could not save to the session database %s: %s", store_->path().c_str(), error.what());
+      report_failure_(QObject::tr("Could not save to the session database %1: %2")
+                          .arg(QString::fromStdString(store_->path().string()), from_utf8(error.what())));
     }
   }
 
   std::unique_ptr<store::Store> store_;
+  std::function<void(const QString&)> report_failure_;
   std::map<qint64, SessionLog> logs_;
 };
 
 StoreSessionRepository::StoreSessionRepository(const std::filesystem::path& database) {
   if (database.has_parent_path()) std::filesystem::create_directories(database.parent_path());
-  auto writer = std::make_unique<StoreWriter>(std::make_unique<store::Store>(database));
+  // Emitted on the store thread; the window's connection queues it to the GUI thread.
+  auto writer = std::make_unique<StoreWriter>(std::make_unique<store::Store>(database),
+                                              [this](const QString& message) { emit writeFailed(message); });
   for (const ChatSession& session : writer->read_all()) sessions_.insert(session);
   writer_ = writer.release();
   writer_->moveToThread(&store_thread_);
@@ -218,6 +327,33 @@ void StoreSessionRepository::append(qint64 id, const ChatEntry& entry) {
   QMetaObject::invokeMethod(writer_, [writer = writer_, id, entry] { writer->append(id, entry); });
 }
 
-QList<qint64> StoreSessionRepository::search(const QString& query) const { return sessions_.search(query); }
+void StoreSessionRepository::branch(qint64 id, qsizetype keep) {
+  sessions_.branch(id, keep);
+  QMetaObject::invokeMethod(writer_, [writer = writer_, id, keep] { writer->branch(id, keep); });
+}
+
+void StoreSessionRepository::search(const QString& query, QObject* context,
+                                    std::function<void(const QList<MessageHit>&)> done) {
+  // The caller may be gone by the time the answer is ready (a window closed meanwhile).
+  QMetaObject::invokeMethod(writer_, [writer = writer_, query, context = QPointer(context), done = std::move(done)] {
+    const QList<MessageHit> hits = writer->search(query);
+    if (context) QMetaObject::invokeMethod(context, [done, hits] { done(hits); });
+  });
+}
+
+void StoreSessionRepository::saveState(qint64 id, qsizetype entries, EngineStatePtr state) {
+  QMetaObject::invokeMethod(writer_, [writer = writer_, id, entries, state = std::move(state)] {
+    writer->save_state(id, entries, state);
+  });
+}
+
+void StoreSessionRepository::loadState(qint64 id, qsizetype entries, const ModelInfo& model, QObject* context,
+                                       std::function<void(const StateLoad&)> done) {
+  QMetaObject::invokeMethod(writer_, [writer = writer_, id, entries, model, context = QPointer(context),
+                                      done = std::move(done)] {
+    const StateLoad load = writer->load_state(id, entries, model);
+    if (context) QMetaObject::invokeMethod(context, [done, load] { done(load); });
+  });
+}
 
 }  // namespace lightdesk::gui

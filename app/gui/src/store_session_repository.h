@@ -6,9 +6,13 @@
 // Store is one SQLite connection, used from one thread at a time). Changes are queued to that
 // thread in the order they are made; the destructor waits until all of them are written.
 //
-// The store links documents to a session, not to the message they were sent with, so the link
-// (and a PDF's page offsets, which the store has no column for) is kept in the session's
-// settings JSON under "attachments": [{"message": id, "document": id, "page_offsets": [...]}].
+// Engine states go the same way: the engine thread copies a finished turn's state
+// (EngineState) and the writer saves it as a checkpoint of the turn's last message; a load reads
+// a checkpoint on the store thread and hands the copy back to the caller's thread.
+//
+// A document is linked to the message it was sent with (store::Document::message_id); a PDF's
+// page offsets, which the store has no column for, are kept in the session's settings JSON
+// under "attachments": [{"message": id, "document": id, "page_offsets": [...]}].
 #pragma once
 
 #include <QThread>
@@ -42,8 +46,13 @@ class StoreSessionRepository final : public SessionRepository {
   void rename(qint64 id, const QString& title) override;
   void remove(qint64 id) override;
   void append(qint64 id, const ChatEntry& entry) override;
-  // A case-insensitive substring match over the in-memory copy, like InMemorySessionRepository.
-  QList<qint64> search(const QString& query) const override;
+  void branch(qint64 id, qsizetype keep) override;
+  // The store's FTS5 index over messages and documents, each word of `query` also as a prefix.
+  void search(const QString& query, QObject* context, std::function<void(const QList<MessageHit>&)> done) override;
+  void saveState(qint64 id, qsizetype entries, EngineStatePtr state) override;
+  // A damaged checkpoint, one of another model or a failed read comes back as `refused`.
+  void loadState(qint64 id, qsizetype entries, const ModelInfo& model, QObject* context,
+                 std::function<void(const StateLoad&)> done) override;
 
  private:
   InMemorySessionRepository sessions_;  // what the store holds, plus the changes still queued

@@ -51,7 +51,7 @@ class StateRefused : public Error {
 };
 
 // Highest schema version this build writes; opening upgrades older files step by step.
-inline constexpr int kSchemaVersion = 3;
+inline constexpr int kSchemaVersion = 4;
 
 enum class Role { System, User, Assistant, Tool };
 const char* role_name(Role role);
@@ -83,6 +83,7 @@ struct Message {
 struct Document {
   std::int64_t id = 0;
   std::optional<std::int64_t> session_id;  // none for a library document
+  std::optional<std::int64_t> message_id;  // the message it was sent with, if any
   std::string source_path;
   std::string content_hash;
   std::string mime_type;
