@@ -515,12 +515,13 @@ int cmd_ask(Args& args) {
   };
   const auto generated = lightdesk::generate_text(*session, *tokenizer, input.tokens, options,
                                                   [&](std::string_view text) { print(parser.feed(text).answer); });
-  print(parser.finish().answer);
-  std::printf("\n");
+  print(parser.finish().answer + "\n");
   const double generation_seconds = seconds_since(start) - prefill_seconds;
   for (const auto& call : parser.tool_calls())
     std::fprintf(stderr, "tool call: %s %s\n", call.name.c_str(), call.arguments.c_str());
-  if (c.stats) std::fprintf(stderr, "%zu tokens generated\n", generated.size());
+  if (c.stats)
+    std::fprintf(stderr, "%zu prompt tokens read in %.2f s; %zu tokens generated in %.2f s\n", input.tokens.size(),
+                 prefill_seconds, generated.size(), generation_seconds);
   if (stored) {
     lightdesk::finish_assistant_turn(*session, generated, format.end_of_turn());
     lightdesk::store::Message asked, answered;

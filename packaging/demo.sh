@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Lightdesk doing its main job on the bundled demo model: answering questions about a long
+# document. Run after packaging/build.sh.
+#   bash packaging/demo.sh [--cli] [QUESTION]
+# With a display and the desktop app built, it opens the app on the model with the document
+# attached and asks the question there. Otherwise lightdesk-cli reads the document into a stored
+# session and answers the question, then two more from the same session: those reuse the saved
+# state (the lightning states and the softmax layer's K/V) instead of reading the document again.
+# The document is resources/demo/demo.txt (about 32K tokens: under a minute on two CPU cores);
+# where an NVIDIA GPU is present, the one-million-token resources/demo/demo-1m.txt.gz instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+use_gui=1
+if [ "${1:-}" = "--cli" ]; then
+  use_gui=0
+  shift
+fi
+question="${1:-Where did Karl hide the letter?}"
+model=resources/models/lightdesk-demo
+cli=build/app/cli/lightdesk-cli
+app=build/app/gui/lightdesk
+data="${XDG_DATA_HOME:-$HOME/.local/share}/lightdesk-demo"
+mkdir -p "$data"
+
+document=resources/demo/demo.txt
+if command -v nvidia-smi > /dev/null && nvidia-smi -L > /dev/null 2>&1; then
+  document="$data/demo-1m.txt"
+  [ -s "$document" ] || gzip -dc resources/demo/demo-1m.txt.gz > "$document"
+fi
+
+if [ "$use_gui" = 1 ] && [ -x "$app" ] && [ -n "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ]; then
+  exec "$app" --model "$model" --document "$document" --ask "$question"
+fi
+
+if [ ! -x "$cli" ]; then
+  echo "demo: $cli is missing; build first: bash packaging/build.sh" >&2
+  exit 1
+fi
+database="$data/sessions.sqlite"
+session="demo-$(date +%Y%m%d-%H%M%S)"
+ask() {
+  echo "> $1"
+  "$cli" ask --model "$model" --session-db "$database" --session "$session" --greedy --stats "${@:2}" \
+    --question "$1"
+  echo
+}
+ask "$question" --document "$document"
+# The same session again: only the new question is read, after the stored state.
+ask "What is the pass key?"
+ask "What is the value of record WW-669?"
+echo "The session is kept in $database as \"$session\"; other questions: resources/demo/questions.json"
