@@ -16,7 +16,6 @@ if [ "${1:-}" = "--cli" ]; then
   use_gui=0
   shift
 fi
-question="${1:-Where did Karl hide the letter?}"
 model=resources/models/lightdesk-demo
 cli=build/app/cli/lightdesk-cli
 app=build/app/gui/lightdesk
@@ -24,10 +23,18 @@ data="${XDG_DATA_HOME:-$HOME/.local/share}/lightdesk-demo"
 mkdir -p "$data"
 
 document=resources/demo/demo.txt
+questions=resources/demo/questions.json
 if command -v nvidia-smi > /dev/null && nvidia-smi -L > /dev/null 2>&1; then
   document="$data/demo-1m.txt"
+  questions=resources/demo/demo-1m-questions.json
   [ -s "$document" ] || gzip -dc resources/demo/demo-1m.txt.gz > "$document"
 fi
+# The first question of a kind in the document's questions file (written one field per line).
+question_of() {
+  awk -v kind="\"$1\"," '$1 == "\"kind\":" && $2 == kind {found = 1}
+    found && $1 == "\"question\":" {sub(/^[^:]*: "/, ""); sub(/",?$/, ""); print; exit}' "$questions"
+}
+question="${1:-$(question_of story)}"
 
 if [ "$use_gui" = 1 ] && [ -x "$app" ] && [ -n "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ]; then
   exec "$app" --model "$model" --document "$document" --ask "$question"
@@ -47,6 +54,6 @@ ask() {
 }
 ask "$question" --document "$document"
 # The same session again: only the new question is read, after the stored state.
-ask "What is the pass key?"
-ask "What is the value of record WW-669?"
-echo "The session is kept in $database as \"$session\"; other questions: resources/demo/questions.json"
+ask "$(question_of passkey)"
+ask "$(question_of record)"
+echo "The session is kept in $database as \"$session\"; questions with their answers: $questions"
