@@ -41,7 +41,7 @@ WORKER_HAYSTACKS = None  # set before the batch workers fork
 
 
 def batch(haystacks, rng, length, size, dense):
-    """Token ids [size, length], loss weights and answer numbers (0 outside answers, k for the
+    """Token ids [size, length + 1], loss weights and answer numbers (0 outside answers, k for the
     k-th answer of the batch, for per-answer exact match): examples of length/2..length tokens,
     a fraction `dense` of them dense (many facts and questions), padded."""
     ids = np.full((size, length + 1), PAD, dtype=np.int64)
@@ -63,11 +63,13 @@ def batch(haystacks, rng, length, size, dense):
                 count += 1
                 weights[row, begin - 1:end - 1] = 1.0
                 answers[row, begin - 1:end - 1] = count
-    return torch.from_numpy(ids), torch.from_numpy(weights), torch.from_numpy(answers), count
+    return ids, weights, answers, count
 
 
 def batch_job(job):
-    """batch() in a worker process, on the Haystacks the worker inherited (fork)."""
+    """batch() in a worker process, on the Haystacks the worker inherited (fork). The arrays come
+    back as numpy: torch tensors would go through torch.multiprocessing's shared-memory file
+    descriptors, which deadlocked in workers forked after the model was loaded from a checkpoint."""
     length, size, dense, seed = job
     return batch(WORKER_HAYSTACKS, random.Random(seed), length, size, dense)
 
@@ -190,7 +192,7 @@ def main():
             pending.append(workers.apply_async(batch_job, ((length, max(1, tokens // length), dense,
                                                             rng.getrandbits(62)),)))
         ids, weights, answers, count = pending.popleft().get()
-        ids, weights, answers = (t.to(device, non_blocking=True) for t in (ids, weights, answers))
+        ids, weights, answers = (torch.from_numpy(t).to(device, non_blocking=True) for t in (ids, weights, answers))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(ids[:, :-1])
             ce = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten(), reduction="none").view_as(weights)
