@@ -9,7 +9,7 @@ filler=$1 out=$2
 here=$(dirname "$0")
 train() {  # name rotary_dim minutes workers
   python3 "$here/train.py" --filler "$filler" --tokenizer "$here/../../resources/models/lightdesk-demo" \
-      --out "$out/$1" --rotary-dim "$2" --minutes "$3" --workers "$4" --lr 3e-3 \
+      --out "$out/$1" --softmax-layers 3,7 --rotary-dim "$2" --minutes "$3" --workers "$4" --lr 3e-3 \
       --eval-lengths 4096,16384,65536,262144,1048576 --eval-per-cell 4 --eval-minutes "$5" > "$out/$1.log" 2>&1
 }
 train norope 0 6.0 8 2.2 &

@@ -40,7 +40,7 @@ PAD = 0  # <unk>; padded positions carry no loss
 WORKER_HAYSTACKS = None  # set before the batch workers fork
 
 
-def batch(haystacks, rng, length, size, dense):
+def batch(haystacks, rng, length, size, dense, kinds=None):
     """Token ids [size, length + 1], loss weights and answer numbers (0 outside answers, k for the
     k-th answer of the batch, for per-answer exact match): examples of length/2..length tokens,
     a fraction `dense` of them dense (many facts and questions), padded."""
@@ -54,7 +54,8 @@ def batch(haystacks, rng, length, size, dense):
             records = rng.randint(4, max(4, min(MAX_DENSE_RECORDS, example_length // 48)))
             ex = haystacks.example(rng, example_length, dense_records=records)
         else:
-            ex = haystacks.example(rng, example_length, distractor_rate=DISTRACTOR_RATE, follow_ups=FOLLOW_UPS)
+            ex = haystacks.example(rng, example_length, kinds=kinds, distractor_rate=DISTRACTOR_RATE,
+                                   follow_ups=FOLLOW_UPS)
         n = min(len(ex["ids"]), length + 1)
         ids[row, :n] = ex["ids"][:n]
         weights[row, :ex["prompt_length"] - 1] = DOCUMENT_LOSS_WEIGHT   # predicting the next document token
@@ -70,8 +71,8 @@ def batch_job(job):
     """batch() in a worker process, on the Haystacks the worker inherited (fork). The arrays come
     back as numpy: torch tensors would go through torch.multiprocessing's shared-memory file
     descriptors, which deadlocked in workers forked after the model was loaded from a checkpoint."""
-    length, size, dense, seed = job
-    return batch(WORKER_HAYSTACKS, random.Random(seed), length, size, dense)
+    length, size, dense, kinds, seed = job
+    return batch(WORKER_HAYSTACKS, random.Random(seed), length, size, dense, kinds)
 
 
 def answer_exact(logits, ids, answers, count):
@@ -129,9 +130,10 @@ def main():
     ap.add_argument("--minutes", type=float, default=6.5)
     ap.add_argument("--resume", help="model directory to start from")
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--curriculum", help="stages as FRACTION:LENGTH:TOKENS,... (default: the built-in one)")
+    ap.add_argument("--curriculum", help="stages as FRACTION:LENGTH:TOKENS[:DENSE],... (default: the built-in one)")
     ap.add_argument("--rotary-dim", type=int, default=0)
-    ap.add_argument("--softmax-layers", default="3,7", help="indices of the softmax attention layers")
+    ap.add_argument("--softmax-layers", default="7", help="indices of the softmax attention layers")
+    ap.add_argument("--kinds", help="train on these task kinds only (comma-separated; single-task examples)")
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--workers", type=int, default=6, help="processes building batches")
@@ -157,8 +159,9 @@ def main():
         config = model_lib.demo_config(rotary_dim=args.rotary_dim)
     config["attn_type_list"] = [int(str(i) in args.softmax_layers.split(",")) for i in range(config["num_hidden_layers"])]
     if args.curriculum:
-        curriculum = [(float(f), int(n), int(t), float(d))
-                      for f, n, t, d in (s.split(":") for s in args.curriculum.split(","))]
+        curriculum = [(float(f), int(n), int(t), float(d[0]) if d else 0.0)
+                      for f, n, t, *d in (s.split(":") for s in args.curriculum.split(","))]
+    kinds = args.kinds.split(",") if args.kinds else None
     config["vocab_size"] = tok.sp.get_piece_size()
     model = model_lib.MiniMaxM1.load(args.resume, device) if args.resume else model_lib.MiniMaxM1(config).to(device)
     print(f"parameters: {sum(p.numel() for p in model.parameters())}", flush=True)
@@ -189,7 +192,7 @@ def main():
         for group in optimizer.param_groups:
             group["lr"] = lr
         while len(pending) < 2 * args.workers:
-            pending.append(workers.apply_async(batch_job, ((length, max(1, tokens // length), dense,
+            pending.append(workers.apply_async(batch_job, ((length, max(1, tokens // length), dense, kinds,
                                                             rng.getrandbits(62)),)))
         ids, weights, answers, count = pending.popleft().get()
         ids, weights, answers = (torch.from_numpy(t).to(device, non_blocking=True) for t in (ids, weights, answers))
