@@ -92,7 +92,7 @@ class Haystacks:
         return picked
 
     def example(self, rng, length, kinds=None, depth=None, document_name=None, distractor_rate=0.0,
-                follow_ups=0):
+                follow_ups=0, dense_records=None):
         """One task example at most `length` tokens long (prompt and answer together) unless one
         filler paragraph alone is longer. `depth` (0..1) puts all needles there; by default each
         goes to its own random depth.
@@ -101,10 +101,18 @@ class Haystacks:
         question and its answer): more to learn from per document; the first turn alone is
         what `ask` renders.
 
+        `dense_records` (a count) makes a dense example instead (tasks.dense_tasks): every kind of
+        fact in one document, and as many of their questions as leave a fifth of `length` to
+        filler.
+
         Returns dict: ids (prompt + answer + end of turn, then the follow-up turns),
         prompt_length, answer_spans ([begin, end) of every answer in ids), paragraphs (the
         document's lines, in order), question, answer, name, kind, depths."""
-        kind, needles, questions = tasks.sample_task(rng, kinds, distractor_rate)
+        if dense_records:
+            kind, needles, questions = tasks.dense_tasks(rng, dense_records)
+            follow_ups = len(questions)
+        else:
+            kind, needles, questions = tasks.sample_task(rng, kinds, distractor_rate)
         (question, answer), later = questions[0], questions[1:1 + follow_ups]
         name = document_name or rng.choice(DOCUMENT_NAMES)
         needle_ids = [self.tok.encode(n) for n in needles]
@@ -114,6 +122,10 @@ class Haystacks:
             self.tok.encode(ASSISTANT_HEADER)
         answer_ids = self.tok.answer_ids(answer)
         turns = [(self.tok.render_follow_up(q), self.tok.answer_ids(a)) for q, a in later]
+        if dense_records:
+            fixed = len(head) + len(tail) + len(answer_ids) + sum(len(n) for n in needle_ids)
+            while turns and fixed + sum(len(q) + len(a) for q, a in turns) > 0.8 * length:
+                turns.pop()
         budget = max(1, length - len(head) - len(tail) - len(answer_ids) - sum(len(n) for n in needle_ids) -
                      sum(len(q) + len(a) for q, a in turns))
         filler = self.filler_span(rng, budget)

@@ -79,6 +79,18 @@ TASKS = {
 }
 
 
+def dense_tasks(rng, records):
+    """Every kind at once, with many facts: `records` key-value records, 2-8 magic numbers, a pass
+    key and 1-6 story facts, and a question about every fact (shuffled). No two facts share a
+    question, so each answer stays unique. Dense training data: retrieval is learned from many
+    answers per document far sooner than from one (multi-query associative recall)."""
+    parts = [record_lookup(rng, records), several_needles(rng), passkey(rng), story_fact(rng)]
+    needles = [n for part in parts for n in part[0]]
+    questions = [q for part in parts for q in part[1]]
+    rng.shuffle(questions)
+    return "mixed", needles, questions
+
+
 def sample_task(rng, kinds=None, distractor_rate=0.0):
     """A task of one of `kinds`; with probability `distractor_rate` the document also holds the
     facts of 1-3 tasks of other kinds (never the asked kind, so the answer stays unique)."""

@@ -9,8 +9,10 @@ then longer ones. The loss counts the answer tokens fully and the document token
 count, ends training; the checkpoint is written before the limit so a GPU run cannot lose it.
 """
 import argparse
+import collections
 import json
 import math
+import multiprocessing
 import pathlib
 import random
 import sys
@@ -24,28 +26,60 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import model as model_lib  # noqa: E402
 import prompt  # noqa: E402
 
-# (fraction of the training time at which the stage starts, sequence length, tokens per step)
-CURRICULUM = [(0.0, 1024, 131072), (0.35, 4096, 131072), (0.6, 8192, 131072), (0.82, 16384, 131072)]
+# (fraction of the training time at which the stage starts, sequence length, tokens per step,
+# fraction of dense examples). Stage A: short dense documents, where digit retrieval is learned;
+# stage B: longer documents, dense ones mixed with single-task ones like the evaluation's.
+CURRICULUM = [(0.0, 1024, 131072, 1.0), (0.45, 4096, 131072, 0.5), (0.65, 8192, 131072, 0.5),
+              (0.82, 16384, 131072, 0.5)]
+MAX_DENSE_RECORDS = 64
 DOCUMENT_LOSS_WEIGHT = 0.02
 FOLLOW_UPS = 7  # later questions about the same document per training example
 BALANCE_LOSS_WEIGHT = 0.01
 DISTRACTOR_RATE = 0.5  # documents that also hold other tasks' facts (as a real document would)
 PAD = 0  # <unk>; padded positions carry no loss
+WORKER_HAYSTACKS = None  # set before the batch workers fork
 
 
-def batch(haystacks, rng, length, size):
-    """Token ids [size, length] and loss weights: examples of length/2..length tokens, padded."""
+def batch(haystacks, rng, length, size, dense, kinds=None):
+    """Token ids [size, length + 1], loss weights and answer numbers (0 outside answers, k for the
+    k-th answer of the batch, for per-answer exact match): examples of length/2..length tokens,
+    a fraction `dense` of them dense (many facts and questions), padded."""
     ids = np.full((size, length + 1), PAD, dtype=np.int64)
     weights = np.zeros((size, length), dtype=np.float32)
+    answers = np.zeros((size, length), dtype=np.int64)
+    count = 0
     for row in range(size):
-        ex = haystacks.example(rng, rng.randint(length // 2, length), distractor_rate=DISTRACTOR_RATE,
-                               follow_ups=FOLLOW_UPS)
+        example_length = rng.randint(length // 2, length)
+        if rng.random() < dense:
+            records = rng.randint(4, max(4, min(MAX_DENSE_RECORDS, example_length // 48)))
+            ex = haystacks.example(rng, example_length, dense_records=records)
+        else:
+            ex = haystacks.example(rng, example_length, kinds=kinds, distractor_rate=DISTRACTOR_RATE,
+                                   follow_ups=FOLLOW_UPS)
         n = min(len(ex["ids"]), length + 1)
         ids[row, :n] = ex["ids"][:n]
         weights[row, :ex["prompt_length"] - 1] = DOCUMENT_LOSS_WEIGHT   # predicting the next document token
         for begin, end in ex["answer_spans"]:
-            weights[row, begin - 1:min(end, n) - 1] = 1.0               # predicting an answer and its end of turn
-    return torch.from_numpy(ids), torch.from_numpy(weights)
+            if end <= n:                                                # predicting an answer and its end of turn
+                count += 1
+                weights[row, begin - 1:end - 1] = 1.0
+                answers[row, begin - 1:end - 1] = count
+    return ids, weights, answers, count
+
+
+def batch_job(job):
+    """batch() in a worker process, on the Haystacks the worker inherited (fork). The arrays come
+    back as numpy: torch tensors would go through torch.multiprocessing's shared-memory file
+    descriptors, which deadlocked in workers forked after the model was loaded from a checkpoint."""
+    length, size, dense, kinds, seed = job
+    return batch(WORKER_HAYSTACKS, random.Random(seed), length, size, dense, kinds)
+
+
+def answer_exact(logits, ids, answers, count):
+    """Fraction of the batch's answers whose every token is the argmax (teacher-forced greedy)."""
+    wrong = ((logits.argmax(-1) != ids[:, 1:]) & (answers > 0)).flatten().long()
+    per_answer = torch.zeros(count + 1, dtype=torch.long, device=ids.device).index_add_(0, answers.flatten(), wrong)
+    return (per_answer[1:] == 0).float().mean().item()
 
 
 @torch.no_grad()
@@ -62,22 +96,24 @@ def answer_correct(model, ex, device):
 
 def evaluate(model, haystacks, device, lengths, per_cell, seed, depths=(0.0, 0.25, 0.5, 0.75, 1.0),
              kinds=("record", "passkey", "needles", "story"), deadline=None):
-    """Accuracy per (kind, length, depth) on examples from a seed training never used."""
+    """Accuracy per (kind, length, depth) on examples from a seed training never used; beyond 64K
+    tokens fewer examples per cell (one at 256K and more), to fit the time."""
     model.eval()
     rng = random.Random(seed)
     results = []
     for length in lengths:
         began, forwards = time.time(), 0
+        count = max(1, per_cell * 65536 // max(length, 65536) // 2) if length > 65536 else per_cell
         for kind in kinds:
             for depth in depths:
                 if deadline and time.time() > deadline:
                     return results
                 hits = 0
-                for _ in range(per_cell):
+                for _ in range(count):
                     ex = haystacks.example(rng, length, kinds=[kind], depth=depth)
                     hits += answer_correct(model, ex, device)
                     forwards += 1
-                results.append({"kind": kind, "length": length, "depth": depth, "correct": hits, "total": per_cell})
+                results.append({"kind": kind, "length": length, "depth": depth, "correct": hits, "total": count})
         summary = {k: sum(r["correct"] for r in results if r["kind"] == k and r["length"] == length) /
                    max(1, sum(r["total"] for r in results if r["kind"] == k and r["length"] == length)) for k in kinds}
         print(f"eval length {length}: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()) +
@@ -94,8 +130,13 @@ def main():
     ap.add_argument("--minutes", type=float, default=6.5)
     ap.add_argument("--resume", help="model directory to start from")
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--curriculum", help="stages as FRACTION:LENGTH:TOKENS,... (default: the built-in one)")
+    ap.add_argument("--curriculum", help="stages as FRACTION:LENGTH:TOKENS[:DENSE],... (default: the built-in one)")
     ap.add_argument("--rotary-dim", type=int, default=0)
+    ap.add_argument("--softmax-layers", default="7", help="indices of the softmax attention layers")
+    ap.add_argument("--kinds", help="train on these task kinds only (comma-separated; single-task examples)")
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--log-every", type=int, default=25)
+    ap.add_argument("--workers", type=int, default=6, help="processes building batches")
     ap.add_argument("--tiny", action="store_true", help="a tiny model and short sequences (CPU check)")
     ap.add_argument("--eval-lengths", default="1024,4096,16384,65536")
     ap.add_argument("--eval-per-cell", type=int, default=4)
@@ -113,11 +154,14 @@ def main():
     if args.tiny:
         config = model_lib.demo_config(hidden=64, layers=8, heads=4, kv_heads=2, head_dim=16, expert_width=32,
                                        rotary_dim=args.rotary_dim)
-        curriculum = [(0.0, 256, 2048), (0.5, 512, 2048)]
+        curriculum = [(0.0, 512, 4096, 1.0)]
     else:
         config = model_lib.demo_config(rotary_dim=args.rotary_dim)
+    config["attn_type_list"] = [int(str(i) in args.softmax_layers.split(",")) for i in range(config["num_hidden_layers"])]
     if args.curriculum:
-        curriculum = [(float(f), int(n), int(t)) for f, n, t in (s.split(":") for s in args.curriculum.split(","))]
+        curriculum = [(float(f), int(n), int(t), float(d[0]) if d else 0.0)
+                      for f, n, t, *d in (s.split(":") for s in args.curriculum.split(","))]
+    kinds = args.kinds.split(",") if args.kinds else None
     config["vocab_size"] = tok.sp.get_piece_size()
     model = model_lib.MiniMaxM1.load(args.resume, device) if args.resume else model_lib.MiniMaxM1(config).to(device)
     print(f"parameters: {sum(p.numel() for p in model.parameters())}", flush=True)
@@ -126,24 +170,32 @@ def main():
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                                   lr=args.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
     rng = random.Random(args.seed)
+    # Dense examples take milliseconds each to build: worker processes build the batches ahead.
+    global WORKER_HAYSTACKS
+    WORKER_HAYSTACKS = haystacks
+    workers = multiprocessing.get_context("fork").Pool(args.workers)
+    pending = collections.deque()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = []
     start = time.time()
     budget = args.minutes * 60
-    warmup = 100 if args.resume is None else 20
+    warmup = args.warmup
     step = 0
     while True:
         elapsed = time.time() - start
         if elapsed > budget:
             break
         fraction = elapsed / budget
-        _, length, tokens = [c for c in curriculum if c[0] <= fraction][-1]
+        _, length, tokens, dense = [c for c in curriculum if c[0] <= fraction][-1]
         lr = args.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * fraction)))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        ids, weights = batch(haystacks, rng, length, max(1, tokens // length))
-        ids, weights = ids.to(device, non_blocking=True), weights.to(device, non_blocking=True)
+        while len(pending) < 2 * args.workers:
+            pending.append(workers.apply_async(batch_job, ((length, max(1, tokens // length), dense, kinds,
+                                                            rng.getrandbits(62)),)))
+        ids, weights, answers, count = pending.popleft().get()
+        ids, weights, answers = (torch.from_numpy(t).to(device, non_blocking=True) for t in (ids, weights, answers))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(ids[:, :-1])
             ce = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten(), reduction="none").view_as(weights)
@@ -152,15 +204,16 @@ def main():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        if step % 25 == 0:
-            answer = weights == 1.0
+        if step % args.log_every == 0:
+            answer = answers > 0
             answer_loss = (ce * answer).sum() / answer.sum()
-            hit = ((logits.argmax(-1) == ids[:, 1:]) | ~answer).all(-1).float().mean()
             entry = {"step": step, "seconds": round(time.time() - start, 1), "length": length, "lr": lr,
-                     "loss": loss.item(), "answer_loss": answer_loss.item(), "batch_exact": hit.item()}
+                     "loss": loss.item(), "answer_loss": answer_loss.item(), "answers": count,
+                     "answer_exact": answer_exact(logits, ids, answers, count)}
             log.append(entry)
             print(json.dumps(entry), flush=True)
         step += 1
+    workers.terminate()
     model.save(out)
     print(f"saved after {step} steps, {time.time() - start:.0f} s", flush=True)
     lengths = [int(x) for x in args.eval_lengths.split(",")]
