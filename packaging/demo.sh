@@ -29,11 +29,7 @@ if command -v nvidia-smi > /dev/null && nvidia-smi -L > /dev/null 2>&1; then
   questions=resources/demo/demo-1m-questions.json
   [ -s "$document" ] || gzip -dc resources/demo/demo-1m.txt.gz > "$document"
 fi
-# The first question of a kind in the document's questions file (written one field per line).
-question_of() {
-  awk -v kind="\"$1\"," '$1 == "\"kind\":" && $2 == kind {found = 1}
-    found && $1 == "\"question\":" {sub(/^[^:]*: "/, ""); sub(/",?$/, ""); print; exit}' "$questions"
-}
+question_of() { bash packaging/demo-question.sh "$1" "$questions"; }
 question="${1:-$(question_of story)}"
 
 if [ "$use_gui" = 1 ] && [ -x "$app" ] && [ -n "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ]; then

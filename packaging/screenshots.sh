@@ -12,8 +12,8 @@ resources="${LIGHTDESK_RESOURCES:-resources}"
 if ls "$resources"/models/lightdesk-demo/*.safetensors > /dev/null 2>&1 && [ -f "$resources/demo/demo.txt" ]; then
   model="$resources/models/lightdesk-demo"
   document="$resources/demo/demo.txt"
-  first="What is the pass key?"
-  second="$(grep -m1 '"question"' "$resources/demo/questions.json" | sed 's/.*"question": "\(.*\)",*$/\1/')"
+  first="$(bash packaging/demo-question.sh story "$resources/demo/questions.json")"
+  second="$(bash packaging/demo-question.sh passkey "$resources/demo/questions.json")"
 else
   model="$resources/models/tiny-a-m1-rd8"
   document="$resources/documents/lightdesk-notes.md"
@@ -23,12 +23,14 @@ fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$out"
+# Only this run's pictures: which ones a run takes depends on the model and the document.
+rm -f "$out"/*.png
 # A private settings file and session database, so the demo neither reads nor changes the
 # user's own; greedy answers, so the pictures repeat.
 export XDG_CONFIG_HOME="$work/config" XDG_DATA_HOME="$work/data"
 mkdir -p "$work/config/Lightdesk"
 printf '[sampling]\nM1\\temperature=0\nText01\\temperature=0\n' > "$work/config/Lightdesk/Lightdesk.conf"
-# The demo document is 32K tokens: reading it takes minutes on a CPU.
+# The demo document is 32K tokens: reading it takes about a minute on two CPU cores.
 timeout 600 xvfb-run -a -s "-screen 0 1280x800x24" \
   "$app" --demo "$out" --model "$model" --document "$document" --ask "$first" --ask "$second"
 ls -l "$out"
