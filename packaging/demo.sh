@@ -29,7 +29,8 @@ if command -v nvidia-smi > /dev/null && nvidia-smi -L > /dev/null 2>&1; then
   questions=resources/demo/demo-1m-questions.json
   [ -s "$document" ] || gzip -dc resources/demo/demo-1m.txt.gz > "$document"
 fi
-question_of() { bash packaging/demo-question.sh "$1" "$questions"; }
+question_of() { bash packaging/demo-question.sh "$1" "$questions" "${2:-question}"; }
+question_given="${1:-}"
 question="${1:-$(question_of story)}"
 
 if [ "$use_gui" = 1 ] && [ -x "$app" ] && [ -n "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ]; then
@@ -42,14 +43,18 @@ if [ ! -x "$cli" ]; then
 fi
 database="$data/sessions.sqlite"
 session="demo-$(date +%Y%m%d-%H%M%S)"
+# ask QUESTION EXPECTED [options]: one question in the demo session, with its expected answer.
 ask() {
   echo "> $1"
-  "$cli" ask --model "$model" --session-db "$database" --session "$session" --greedy --stats "${@:2}" \
+  "$cli" ask --model "$model" --session-db "$database" --session "$session" --greedy --stats "${@:3}" \
     --question "$1"
+  [ -z "$2" ] || echo "(expected: $2)"
   echo
 }
-ask "$question" --document "$document"
+expected=""
+[ -n "$question_given" ] || expected="$(question_of story answer)"
+ask "$question" "$expected" --document "$document"
 # The same session again: only the new question is read, after the stored state.
-ask "$(question_of passkey)"
-ask "$(question_of record)"
+ask "$(question_of passkey)" "$(question_of passkey answer)"
+ask "$(question_of record)" "$(question_of record answer)"
 echo "The session is kept in $database as \"$session\"; questions with their answers: $questions"
