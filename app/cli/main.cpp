@@ -233,6 +233,9 @@ int cmd_info(Args& args) {
   std::printf("session of %lld tokens: %llu bytes (%s)\n", static_cast<long long>(n),
               static_cast<unsigned long long>(info.session_bytes(n)), human_bytes(info.session_bytes(n)).c_str());
   std::printf("fingerprint: %s\n", info.fingerprint.c_str());
+  for (const auto& gpu : lightdesk::gpu_devices())
+    std::printf("gpu %d: %s, %s free of %s\n", gpu.index, gpu.name.c_str(), human_bytes(gpu.free_bytes).c_str(),
+                human_bytes(gpu.total_bytes).c_str());
   return 0;
 }
 

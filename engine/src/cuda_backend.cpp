@@ -528,6 +528,30 @@ std::string cuda_unavailable_reason() {
   return {};
 }
 
+std::vector<GpuDevice> cuda_devices() {
+  std::vector<GpuDevice> devices;
+  if (!cuda_unavailable_reason().empty()) return devices;
+  int count = 0;
+  int current = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || cudaGetDevice(&current) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return devices;
+  }
+  // cudaMemGetInfo reports on the current device: visit each, then go back to the caller's.
+  for (int index = 0; index < count; ++index) {
+    cudaDeviceProp properties{};
+    std::size_t free_bytes = 0, total_bytes = 0;
+    if (cudaGetDeviceProperties(&properties, index) != cudaSuccess || cudaSetDevice(index) != cudaSuccess ||
+        cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
+      (void)cudaGetLastError();
+      continue;
+    }
+    devices.push_back({index, properties.name, total_bytes, free_bytes});
+  }
+  (void)cudaSetDevice(current);
+  return devices;
+}
+
 std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, const WeightMap& weights,
                                                   const ModelOptions& options,
                                                   const std::function<void(std::uint64_t)>& bytes_loaded) {

@@ -5,6 +5,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "backend.h"
 
@@ -12,6 +13,9 @@ namespace lightdesk {
 
 // Empty when a CUDA device can be used, otherwise why not (no CUDA in this build, no device).
 std::string cuda_unavailable_reason();
+
+// The usable CUDA devices with their memory now (empty where cuda_unavailable_reason() is not).
+std::vector<GpuDevice> cuda_devices();
 
 // Loads the weights onto the current CUDA device: bf16 by default, float32 when
 // options.cuda_float32 is set.

@@ -39,6 +39,8 @@ std::vector<BackendKind> available_backends() {
   return {BackendKind::Cpu};
 }
 
+std::vector<GpuDevice> gpu_devices() { return cuda_devices(); }
+
 int ModelShape::num_lightning_layers() const {
   return static_cast<int>(std::count(layer_kinds.begin(), layer_kinds.end(), LayerKind::Lightning));
 }

@@ -5,6 +5,8 @@ namespace lightdesk {
 
 std::string cuda_unavailable_reason() { return "this build has no CUDA support (LIGHTDESK_WITH_CUDA=OFF)"; }
 
+std::vector<GpuDevice> cuda_devices() { return {}; }
+
 std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig&, const WeightMap&, const ModelOptions&,
                                                   const std::function<void(std::uint64_t)>&) {
   throw Error("the cuda backend is not available: " + cuda_unavailable_reason());

@@ -477,13 +477,13 @@ class MainWindowTest : public QObject {
     const lightdesk::ModelInfo info = lightdesk::Model::inspect(kModelDirectory.toStdString());
     const std::uint64_t fixed = info.weight_bytes + info.session_bytes(0);
     QVERIFY(info.kv_bytes_per_token > 0);
-    const auto roomy = lightdesk::gui::memory_check(info, fixed + info.session_bytes(info.max_context));
+    const auto roomy = lightdesk::gui::memory_check(info, fixed + info.session_bytes(info.max_context), QStringLiteral("host memory"));
     QVERIFY(roomy.fits());
     QCOMPARE(roomy.fitting_context, info.max_context);
-    const auto tight = lightdesk::gui::memory_check(info, fixed + 100 * info.kv_bytes_per_token + 1);
+    const auto tight = lightdesk::gui::memory_check(info, fixed + 100 * info.kv_bytes_per_token + 1, QStringLiteral("host memory"));
     QVERIFY(!tight.fits());
     QCOMPARE(tight.fitting_context, 100);
-    const auto hopeless = lightdesk::gui::memory_check(info, info.weight_bytes / 2);
+    const auto hopeless = lightdesk::gui::memory_check(info, info.weight_bytes / 2, QStringLiteral("host memory"));
     QVERIFY(!hopeless.fits());
     QCOMPARE(hopeless.fitting_context, 0);
   }

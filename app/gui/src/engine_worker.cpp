@@ -39,7 +39,17 @@ EngineWorker::~EngineWorker() = default;
 
 void EngineWorker::requestStop() { stop_requested_ = true; }
 
-ModelCheck memory_check(const ModelInfo& info, std::uint64_t available_bytes) {
+std::pair<std::uint64_t, QString> available_memory(BackendKind backend) {
+  if (backend == BackendKind::Cuda) {
+    const std::vector<GpuDevice> gpus = gpu_devices();
+    if (!gpus.empty())
+      return {gpus.front().free_bytes,
+              EngineWorker::tr("GPU %1 (%2)").arg(gpus.front().index).arg(to_qstring(gpus.front().name))};
+  }
+  return {available_host_memory(), EngineWorker::tr("host memory")};
+}
+
+ModelCheck memory_check(const ModelInfo& info, std::uint64_t available_bytes, const QString& memory_place) {
   ModelCheck check;
   check.model = info;
   check.directory = QString::fromStdString(info.directory.string());
@@ -51,6 +61,7 @@ ModelCheck memory_check(const ModelInfo& info, std::uint64_t available_bytes) {
   check.context_tokens = info.max_context;
   check.session_bytes = info.session_bytes(info.max_context);
   check.available_bytes = available_bytes;
+  check.memory_place = memory_place;
   // Session memory grows linearly with the context: the largest context left beside the weights.
   const std::uint64_t fixed = info.weight_bytes + info.session_bytes(0);
   if (available_bytes <= fixed)
@@ -71,7 +82,9 @@ ModelOptions EngineWorker::options_for(const QString& backend) {
 }
 
 ModelCheck EngineWorker::inspect(const QString& directory, const QString& backend) const {
-  ModelCheck check = memory_check(Model::inspect(to_path(directory), options_for(backend)), available_host_memory());
+  const ModelInfo info = Model::inspect(to_path(directory), options_for(backend));
+  const auto [available, place] = available_memory(info.backend);
+  ModelCheck check = memory_check(info, available, place);
   check.directory = directory;
   return check;
 }

@@ -28,7 +28,8 @@ struct ModelCheck {
   std::uint64_t weight_bytes = 0;
   std::int64_t context_tokens = 0;      // the context the session memory is counted for
   std::uint64_t session_bytes = 0;      // state of one session holding context_tokens
-  std::uint64_t available_bytes = 0;    // host memory available now
+  std::uint64_t available_bytes = 0;    // memory available now where the model would live
+  QString memory_place;                 // where that is: "host memory", "GPU 0 (NVIDIA H200)"
   std::int64_t fitting_context = 0;     // the largest context whose session fits beside the weights
   bool fits() const { return weight_bytes + session_bytes <= available_bytes; }
 };
@@ -62,8 +63,11 @@ struct GenerationStats {
 // Host memory available for new allocations (MemAvailable of /proc/meminfo), 0 if unknown.
 std::uint64_t available_host_memory();
 // What the model of `info` needs (weights, one session at its full context) against
-// `available_bytes`, and the largest context that fits.
-ModelCheck memory_check(const ModelInfo& info, std::uint64_t available_bytes);
+// `available_bytes` of `memory_place`, and the largest context that fits.
+ModelCheck memory_check(const ModelInfo& info, std::uint64_t available_bytes, const QString& memory_place);
+// The memory a model on `backend` would use and how much of it is free now: the first GPU's for
+// the CUDA backend (the engine runs on the current device), host memory otherwise.
+std::pair<std::uint64_t, QString> available_memory(BackendKind backend);
 
 class EngineWorker : public QObject {
   Q_OBJECT

@@ -371,19 +371,18 @@ void MainWindow::openModelDirectory(const QString& directory) {
 
 void MainWindow::onModelChecked(const ModelCheck& check) {
   const std::uint64_t needed = check.weight_bytes + check.session_bytes;
-  const QString needs = tr("%1: weights %2 + session memory %3 for %4 tokens of context = %5; %6 available")
+  const QString needs = tr("%1: weights %2 + session memory %3 for %4 tokens of context = %5; %6 available in %7")
                             .arg(check.description, format_bytes(check.weight_bytes), format_bytes(check.session_bytes))
                             .arg(check.context_tokens)
-                            .arg(format_bytes(needed), format_bytes(check.available_bytes));
+                            .arg(format_bytes(needed), format_bytes(check.available_bytes), check.memory_place);
   statusBar()->clearMessage();
   if (!check.fits()) {
     showError((check.fitting_context > 0
-                   ? tr("%1 does not fit in this machine's memory at its full context. A context of %2 tokens "
-                        "would fit.")
-                         .arg(check.directory)
+                   ? tr("%1 does not fit in %2 at its full context. A context of %3 tokens would fit.")
+                         .arg(check.directory, check.memory_place)
                          .arg(check.fitting_context)
-                   : tr("%1 does not fit in this machine's memory: its weights alone need %2.")
-                         .arg(check.directory, format_bytes(check.weight_bytes))) +
+                   : tr("%1 does not fit in %2: its weights alone need %3.")
+                         .arg(check.directory, check.memory_place, format_bytes(check.weight_bytes))) +
               QLatin1Char('\n') + needs);
     return;
   }
@@ -430,9 +429,15 @@ void MainWindow::editSettings() {
 }
 
 void MainWindow::refreshMemoryLabel() {
-  // The engine reports no per-GPU memory yet: the CUDA backend is named, with host memory.
-  const QString devices = model_ready_ && model_info_.backend == BackendKind::Cuda ? tr("GPU (CUDA)") : tr("no GPU");
-  memory_label_->setText(tr("%1 · host memory: %2 available").arg(devices, format_bytes(available_host_memory())));
+  // Every GPU's free memory (the engine runs on the first), then the host's.
+  QStringList parts;
+  for (const GpuDevice& gpu : gpu_devices())
+    parts << tr("GPU %1: %2 free of %3")
+                 .arg(gpu.index)
+                 .arg(format_bytes(gpu.free_bytes), format_bytes(gpu.total_bytes));
+  if (parts.isEmpty()) parts << tr("no GPU");
+  memory_label_->setText(
+      tr("%1 · host memory: %2 available").arg(parts.join(QStringLiteral(" · ")), format_bytes(available_host_memory())));
 }
 
 // ---- conversation ----

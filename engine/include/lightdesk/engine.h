@@ -48,6 +48,17 @@ const char* backend_name(BackendKind kind);
 // Backends compiled into this build and usable on this machine (Cpu always).
 std::vector<BackendKind> available_backends();
 
+// A CUDA device and its memory now (cudaMemGetInfo), for showing what a model needs against
+// what each GPU has.
+struct GpuDevice {
+  int index = 0;
+  std::string name;
+  std::uint64_t total_bytes = 0;
+  std::uint64_t free_bytes = 0;
+};
+// The CUDA devices this process can use; empty without CUDA support or without a device.
+std::vector<GpuDevice> gpu_devices();
+
 struct ModelOptions {
   BackendKind backend = BackendKind::Auto;
   // Worker threads for the CPU backend; 0 = all hardware threads.
