@@ -234,8 +234,8 @@ int cmd_info(Args& args) {
               static_cast<unsigned long long>(info.session_bytes(n)), human_bytes(info.session_bytes(n)).c_str());
   std::printf("fingerprint: %s\n", info.fingerprint.c_str());
   for (const auto& gpu : lightdesk::gpu_devices())
-    std::printf("gpu %d: %s, %s free of %s\n", gpu.index, gpu.name.c_str(), human_bytes(gpu.free_bytes).c_str(),
-                human_bytes(gpu.total_bytes).c_str());
+    std::printf("gpu %d: %s, %s%s\n", gpu.index, gpu.name.c_str(), human_bytes(gpu.total_bytes).c_str(),
+                gpu.free_bytes ? (", " + human_bytes(*gpu.free_bytes) + " free").c_str() : "");
   return 0;
 }
 

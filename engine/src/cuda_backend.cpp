@@ -537,18 +537,22 @@ std::vector<GpuDevice> cuda_devices() {
     (void)cudaGetLastError();
     return devices;
   }
-  // cudaMemGetInfo reports on the current device: visit each, then go back to the caller's.
   for (int index = 0; index < count; ++index) {
     cudaDeviceProp properties{};
-    std::size_t free_bytes = 0, total_bytes = 0;
-    if (cudaGetDeviceProperties(&properties, index) != cudaSuccess || cudaSetDevice(index) != cudaSuccess ||
-        cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
+    if (cudaGetDeviceProperties(&properties, index) != cudaSuccess) {
       (void)cudaGetLastError();
       continue;
     }
-    devices.push_back({index, properties.name, total_bytes, free_bytes});
+    GpuDevice device{index, properties.name, properties.totalGlobalMem, std::nullopt};
+    std::size_t free_bytes = 0, total_bytes = 0;
+    if (index == current) {
+      if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess)
+        device.free_bytes = free_bytes;
+      else
+        (void)cudaGetLastError();
+    }
+    devices.push_back(std::move(device));
   }
-  (void)cudaSetDevice(current);
   return devices;
 }
 

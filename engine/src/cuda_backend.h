@@ -14,7 +14,8 @@ namespace lightdesk {
 // Empty when a CUDA device can be used, otherwise why not (no CUDA in this build, no device).
 std::string cuda_unavailable_reason();
 
-// The usable CUDA devices with their memory now (empty where cuda_unavailable_reason() is not).
+// The usable CUDA devices, free memory measured on the current one (empty where
+// cuda_unavailable_reason() is not).
 std::vector<GpuDevice> cuda_devices();
 
 // Loads the weights onto the current CUDA device: bf16 by default, float32 when

@@ -41,10 +41,8 @@ void EngineWorker::requestStop() { stop_requested_ = true; }
 
 std::pair<std::uint64_t, QString> available_memory(BackendKind backend) {
   if (backend == BackendKind::Cuda) {
-    const std::vector<GpuDevice> gpus = gpu_devices();
-    if (!gpus.empty())
-      return {gpus.front().free_bytes,
-              EngineWorker::tr("GPU %1 (%2)").arg(gpus.front().index).arg(to_qstring(gpus.front().name))};
+    for (const GpuDevice& gpu : gpu_devices())
+      if (gpu.free_bytes) return {*gpu.free_bytes, EngineWorker::tr("GPU %1 (%2)").arg(gpu.index).arg(to_qstring(gpu.name))};
   }
   return {available_host_memory(), EngineWorker::tr("host memory")};
 }

@@ -65,8 +65,8 @@ std::uint64_t available_host_memory();
 // What the model of `info` needs (weights, one session at its full context) against
 // `available_bytes` of `memory_place`, and the largest context that fits.
 ModelCheck memory_check(const ModelInfo& info, std::uint64_t available_bytes, const QString& memory_place);
-// The memory a model on `backend` would use and how much of it is free now: the first GPU's for
-// the CUDA backend (the engine runs on the current device), host memory otherwise.
+// The memory a model on `backend` would use and how much of it is free now: the current GPU's
+// for the CUDA backend (the one the engine runs on), host memory otherwise.
 std::pair<std::uint64_t, QString> available_memory(BackendKind backend);
 
 class EngineWorker : public QObject {

@@ -429,12 +429,13 @@ void MainWindow::editSettings() {
 }
 
 void MainWindow::refreshMemoryLabel() {
-  // Every GPU's free memory (the engine runs on the first), then the host's.
+  // Every GPU's memory (free where known: on the one the engine runs on), then the host's.
   QStringList parts;
   for (const GpuDevice& gpu : gpu_devices())
-    parts << tr("GPU %1: %2 free of %3")
-                 .arg(gpu.index)
-                 .arg(format_bytes(gpu.free_bytes), format_bytes(gpu.total_bytes));
+    parts << (gpu.free_bytes ? tr("GPU %1: %2 free of %3")
+                                   .arg(gpu.index)
+                                   .arg(format_bytes(*gpu.free_bytes), format_bytes(gpu.total_bytes))
+                             : tr("GPU %1: %2").arg(gpu.index).arg(format_bytes(gpu.total_bytes)));
   if (parts.isEmpty()) parts << tr("no GPU");
   memory_label_->setText(
       tr("%1 · host memory: %2 available").arg(parts.join(QStringLiteral(" · ")), format_bytes(available_host_memory())));

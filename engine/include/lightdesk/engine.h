@@ -48,13 +48,14 @@ const char* backend_name(BackendKind kind);
 // Backends compiled into this build and usable on this machine (Cpu always).
 std::vector<BackendKind> available_backends();
 
-// A CUDA device and its memory now (cudaMemGetInfo), for showing what a model needs against
-// what each GPU has.
+// A CUDA device and its memory, for showing what a model needs against what each GPU has.
 struct GpuDevice {
   int index = 0;
   std::string name;
   std::uint64_t total_bytes = 0;
-  std::uint64_t free_bytes = 0;
+  // Free now; known only for the current device (the one the engine runs on): measuring another
+  // would create a CUDA context there, which itself takes hundreds of MB of it.
+  std::optional<std::uint64_t> free_bytes;
 };
 // The CUDA devices this process can use; empty without CUDA support or without a device.
 std::vector<GpuDevice> gpu_devices();
