@@ -83,16 +83,6 @@ std::string Statement::text(int column) const {
            : std::string();
 }
 
-std::optional<std::int64_t> Statement::optional_int64(int column) const {
-  if (is_null(column)) return std::nullopt;
-  return int64(column);
-}
-
-std::optional<double> Statement::optional_real(int column) const {
-  if (is_null(column)) return std::nullopt;
-  return real(column);
-}
-
 std::vector<std::byte> Statement::blob(int column) const {
   const auto* p = static_cast<const std::byte*>(sqlite3_column_blob(stmt_, column));
   const auto n = static_cast<std::size_t>(sqlite3_column_bytes(stmt_, column));

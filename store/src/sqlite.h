@@ -78,11 +78,33 @@ class Statement {
   std::int64_t int64(int column) const { return sqlite3_column_int64(stmt_, column); }
   double real(int column) const { return sqlite3_column_double(stmt_, column); }
   std::string text(int column) const;
-  std::optional<std::int64_t> optional_int64(int column) const;
-  std::optional<double> optional_real(int column) const;
   std::vector<std::byte> blob(int column) const;
 
+  // Reads the row's columns 0, 1, 2, ... into `fields`, each by its type (integers, bool, double,
+  // text, and std::optional of them for NULL-able columns): a record is mapped in one call, in
+  // the order of its SELECT list.
+  template <class... Fields>
+  void columns(Fields&... fields) const {
+    int column = 0;
+    (read_column(column++, fields), ...);
+  }
+
  private:
+  void read_column(int column, std::int64_t& value) const { value = int64(column); }
+  void read_column(int column, std::uint32_t& value) const { value = static_cast<std::uint32_t>(int64(column)); }
+  void read_column(int column, bool& value) const { value = int64(column) != 0; }
+  void read_column(int column, double& value) const { value = real(column); }
+  void read_column(int column, std::string& value) const { value = text(column); }
+  template <class T>
+  void read_column(int column, std::optional<T>& value) const {
+    if (is_null(column)) {
+      value.reset();
+    } else {
+      value.emplace();
+      read_column(column, *value);
+    }
+  }
+
   Database& db_;
   sqlite3_stmt* stmt_ = nullptr;
 };

@@ -44,17 +44,10 @@ constexpr const char* kMessageColumns =
 
 Message read_message(const sql::Statement& row) {
   Message m;
-  m.id = row.int64(0);
-  m.session_id = row.int64(1);
-  m.parent_id = row.optional_int64(2);
-  m.role = parse_role(row.text(3));
-  m.text = row.text(4);
-  m.reasoning = row.text(5);
-  m.prompt_tokens = row.optional_int64(6);
-  m.completion_tokens = row.optional_int64(7);
-  m.prefill_seconds = row.optional_real(8);
-  m.generation_seconds = row.optional_real(9);
-  m.created_at = row.int64(10);
+  std::string role;
+  row.columns(m.id, m.session_id, m.parent_id, role, m.text, m.reasoning, m.prompt_tokens, m.completion_tokens,
+              m.prefill_seconds, m.generation_seconds, m.created_at);
+  m.role = parse_role(role);
   return m;
 }
 
@@ -62,13 +55,7 @@ constexpr const char* kSessionColumns = "id, name, title, model_id, settings, cr
 
 SessionRecord read_session(const sql::Statement& row) {
   SessionRecord s;
-  s.id = row.int64(0);
-  if (!row.is_null(1)) s.name = row.text(1);
-  s.title = row.text(2);
-  s.model_id = row.optional_int64(3);
-  s.settings_json = row.text(4);
-  s.created_at = row.int64(5);
-  s.updated_at = row.int64(6);
+  row.columns(s.id, s.name, s.title, s.model_id, s.settings_json, s.created_at, s.updated_at);
   return s;
 }
 
@@ -77,16 +64,8 @@ constexpr const char* kDocumentColumns =
 
 Document read_document(const sql::Statement& row) {
   Document d;
-  d.id = row.int64(0);
-  d.session_id = row.optional_int64(1);
-  d.source_path = row.text(2);
-  d.content_hash = row.text(3);
-  d.mime_type = row.text(4);
-  d.token_count = row.optional_int64(5);
-  d.text = row.text(6);
-  d.text_ref = row.text(7);
-  d.created_at = row.int64(8);
-  d.message_id = row.optional_int64(9);
+  row.columns(d.id, d.session_id, d.source_path, d.content_hash, d.mime_type, d.token_count, d.text, d.text_ref,
+              d.created_at, d.message_id);
   return d;
 }
 
@@ -96,16 +75,8 @@ constexpr const char* kCheckpointColumns =
 
 CheckpointRecord read_checkpoint_record(const sql::Statement& row) {
   CheckpointRecord c;
-  c.id = row.int64(0);
-  c.session_id = row.int64(1);
-  c.message_id = row.optional_int64(2);
-  c.model_id = row.int64(3);
-  c.model_fingerprint = row.text(4);
-  c.position = row.int64(5);
-  c.layout_version = static_cast<std::uint32_t>(row.int64(6));
-  c.dtype = row.text(7);
-  c.complete = row.int64(8) != 0;
-  c.created_at = row.int64(9);
+  row.columns(c.id, c.session_id, c.message_id, c.model_id, c.model_fingerprint, c.position, c.layout_version,
+              c.dtype, c.complete, c.created_at);
   return c;
 }
 
@@ -359,16 +330,8 @@ std::vector<Image> Store::images(std::int64_t session_id) {
       "FROM images WHERE session_id = ? ORDER BY id",
       [](const sql::Statement& row) {
         Image i;
-        i.id = row.int64(0);
-        i.session_id = row.optional_int64(1);
-        i.message_id = row.optional_int64(2);
-        i.source_path = row.text(3);
-        i.content_hash = row.text(4);
-        i.mime_type = row.text(5);
-        i.width = row.optional_int64(6);
-        i.height = row.optional_int64(7);
-        i.token_count = row.optional_int64(8);
-        i.created_at = row.int64(9);
+        row.columns(i.id, i.session_id, i.message_id, i.source_path, i.content_hash, i.mime_type, i.width, i.height,
+                    i.token_count, i.created_at);
         return i;
       },
       session_id);
@@ -384,10 +347,9 @@ std::vector<SearchHit> Store::search(const std::string& query, int limit) {
       "ORDER BY rank LIMIT ?2",
       [](const sql::Statement& row) {
         SearchHit hit;
-        hit.kind = row.int64(0) == 0 ? SearchHit::Kind::Message : SearchHit::Kind::Document;
-        hit.id = row.int64(1);
-        hit.session_id = row.optional_int64(2);
-        hit.snippet = row.text(3);
+        std::int64_t kind = 0;
+        row.columns(kind, hit.id, hit.session_id, hit.snippet);
+        hit.kind = kind == 0 ? SearchHit::Kind::Message : SearchHit::Kind::Document;
         return hit;
       },
       query, limit);
