@@ -146,7 +146,7 @@ ModelInfo Model::inspect(const std::filesystem::path& directory, const ModelOpti
 }
 
 std::unique_ptr<Model> Model::open(const std::filesystem::path& directory, const ModelOptions& options,
-                                   const std::function<void(std::uint64_t, std::uint64_t)>& progress) {
+                                   const std::function<bool(std::uint64_t, std::uint64_t)>& progress) {
   auto impl = std::make_unique<Impl>();
   impl->config = load_model_config(directory, options.rope_full_head);
   impl->checkpoint = std::make_unique<Checkpoint>(directory);
@@ -156,7 +156,8 @@ std::unique_ptr<Model> Model::open(const std::filesystem::path& directory, const
   std::uint64_t total = 0;
   for (const auto& [dtype, bytes] : impl->info.bytes_per_dtype) total += bytes;
   auto on_bytes = [&](std::uint64_t loaded) {
-    if (progress) progress(loaded, total);
+    if (progress && !progress(loaded, total))
+      throw Cancelled("loading " + directory.string() + " was cancelled");
   };
   impl->backend = kind == BackendKind::Cuda ? make_cuda_backend(impl->config, map, options, on_bytes)
                                             : make_cpu_backend(impl->config, map, options, on_bytes);

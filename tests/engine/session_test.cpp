@@ -201,5 +201,34 @@ TEST_F(SessionTest, ResetForgetsEverything) {
   EXPECT_EQ(test::max_abs_diff(s->logits(), first), 0.0);
 }
 
+TEST(ModelOpenTest, ProgressReachesTheTotalAndCanCancel) {
+  const auto dir = test::fixture_dir("tiny-a-m1-rd8");
+  std::uint64_t last_done = 0, last_total = 0;
+  int calls = 0;
+  Model::open(dir, ModelOptions{BackendKind::Cpu, 1, false}, [&](std::uint64_t done, std::uint64_t total) {
+    EXPECT_GE(done, last_done);
+    last_done = done;
+    last_total = total;
+    ++calls;
+    return true;
+  });
+  EXPECT_GT(calls, 1);
+  EXPECT_GT(last_total, 0u);
+  EXPECT_EQ(last_done, last_total);
+
+  // Stopping at the first report ends the load with Cancelled, naming the directory.
+  int reports_after_stop = 0;
+  try {
+    Model::open(dir, ModelOptions{BackendKind::Cpu, 1, false}, [&](std::uint64_t, std::uint64_t) {
+      ++reports_after_stop;
+      return false;
+    });
+    FAIL() << "a cancelled load returned a model";
+  } catch (const Cancelled& e) {
+    EXPECT_NE(std::string(e.what()).find("tiny-a-m1-rd8"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(reports_after_stop, 1);
+}
+
 }  // namespace
 }  // namespace lightdesk

@@ -108,10 +108,13 @@ void EngineWorker::loadModel(const QString& directory, const QString& backend) {
     // One signal per 0.5 % at most: a checkpoint of thousands of tensors must not flood the
     // window's event queue.
     std::uint64_t reported = 0;
+    stop_requested_ = false;  // Stop during the load cancels it
     model_ = Model::open(path, options_for(backend), [this, &reported](std::uint64_t done, std::uint64_t total) {
-      if (done != total && done - reported < total / 200) return;
-      reported = done;
-      emit loadProgress(static_cast<qint64>(done), static_cast<qint64>(total));
+      if (done == total || done - reported >= total / 200) {
+        reported = done;
+        emit loadProgress(static_cast<qint64>(done), static_cast<qint64>(total));
+      }
+      return !stop_requested_;
     });
     tokenizer_ = Tokenizer::open(path);
     format_ = ChatFormat::for_model(path, *tokenizer_);

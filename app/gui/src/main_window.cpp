@@ -387,7 +387,8 @@ void MainWindow::onModelChecked(const ModelCheck& check) {
     return;
   }
   model_ready_ = false;
-  setGenerating(false);
+  // Busy while the weights load; Stop cancels the load.
+  setGenerating(true);
   model_label_->setText(needs);
   emit loadModelRequested(check.directory, backend_setting(settings_));
 }

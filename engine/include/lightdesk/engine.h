@@ -245,10 +245,11 @@ class Session {
 class Model {
  public:
   // Reads and validates config.json and the safetensors files of `directory`, and loads the
-  // weights onto the chosen backend. `progress`, if given, is called with (bytes loaded, total).
+  // weights onto the chosen backend. `progress`, if given, is called with (bytes loaded, total)
+  // and returns false to stop: open then throws Cancelled, and nothing stays loaded.
   static std::unique_ptr<Model> open(
       const std::filesystem::path& directory, const ModelOptions& options = {},
-      const std::function<void(std::uint64_t, std::uint64_t)>& progress = {});
+      const std::function<bool(std::uint64_t, std::uint64_t)>& progress = {});
 
   // Reads and validates the directory (config and tensor headers) without loading weights:
   // what the model needs before committing memory to it.
