@@ -530,7 +530,6 @@ std::string cuda_unavailable_reason() {
 
 std::vector<GpuDevice> cuda_devices() {
   std::vector<GpuDevice> devices;
-  if (!cuda_unavailable_reason().empty()) return devices;
   int count = 0;
   int current = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || cudaGetDevice(&current) != cudaSuccess) {

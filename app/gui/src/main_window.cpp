@@ -430,9 +430,12 @@ void MainWindow::editSettings() {
 }
 
 void MainWindow::refreshMemoryLabel() {
-  // Every GPU's memory (free where known: on the one the engine runs on), then the host's.
+  // Every GPU's memory (free where known: on the one the engine runs on), then the host's. The
+  // GPUs are asked only once a model runs on them: before, the query would start the CUDA
+  // runtime and a context on the window's thread, at start-up, for nothing.
   QStringList parts;
-  for (const GpuDevice& gpu : gpu_devices())
+  const bool model_on_gpu = model_ready_ && model_info_.backend == BackendKind::Cuda;
+  for (const GpuDevice& gpu : model_on_gpu ? gpu_devices() : std::vector<GpuDevice>{})
     parts << (gpu.free_bytes ? tr("GPU %1: %2 free of %3")
                                    .arg(gpu.index)
                                    .arg(format_bytes(*gpu.free_bytes), format_bytes(gpu.total_bytes))
@@ -745,22 +748,17 @@ void MainWindow::onTranscriptLink(const QUrl& link) {
 
 void MainWindow::newSession() {
   if (generating_) return;
-  current_ = sessions_.create(untitled());
-  expanded_reasoning_.clear();
-  editing_.reset();  // an edit belongs to the session it began in
-  edit_bar_->setVisible(false);
-  refreshSessionList();
-  refreshAttachments();
-  renderTranscript();
-  restoreState();
+  showSession(sessions_.create(untitled()));
   input_->setFocus();
 }
 
 void MainWindow::selectSession(qint64 id) {
   if (generating_ || id == current_.id) return;
-  const std::optional<ChatSession> session = sessions_.load(id);
-  if (!session) return;
-  current_ = *session;
+  if (const std::optional<ChatSession> session = sessions_.load(id)) showSession(*session);
+}
+
+void MainWindow::showSession(const ChatSession& session) {
+  current_ = session;
   expanded_reasoning_.clear();
   editing_.reset();  // an edit belongs to the session it began in
   edit_bar_->setVisible(false);

@@ -106,6 +106,8 @@ class MainWindow : public QMainWindow {
   // none can be used.
   void adoptLoadedState(const StateLoad& load);
   void selectSession(qint64 id);
+  // Makes `session` the current one: its transcript, attachments and saved engine state.
+  void showSession(const ChatSession& session);
   void refreshSessionList();
   void renameCurrentSession();
   void finishDelete();
