@@ -121,11 +121,19 @@ struct Store::Impl {
     return rows;
   }
 
+  // The first row, if any.
+  template <class Row, class Reader, class... Values>
+  std::optional<Row> query_first(std::string_view sql_text, Reader reader, const Values&... values) {
+    auto rows = query_all<Row>(sql_text, reader, values...);
+    if (rows.empty()) return std::nullopt;
+    return rows.front();
+  }
+
   template <class Row, class Reader, class... Values>
   Row query_one(std::string_view sql_text, const std::string& what, Reader reader, const Values&... values) {
-    auto rows = query_all<Row>(sql_text, reader, values...);
-    if (rows.empty()) db.fail_plain("no " + what);
-    return rows.front();
+    auto row = query_first<Row>(sql_text, reader, values...);
+    if (!row) db.fail_plain("no " + what);
+    return *row;
   }
 
   // Deletes checkpoints whose writer never finished and the K/V spans they alone created;
@@ -210,10 +218,8 @@ std::int64_t Store::create_session(const std::string& title, std::optional<std::
 }
 
 std::optional<SessionRecord> Store::find_session(const std::string& name) {
-  auto rows = impl_->query_all<SessionRecord>(std::string("SELECT ") + kSessionColumns + " FROM sessions WHERE name = ?",
-                                              read_session, name);
-  if (rows.empty()) return std::nullopt;
-  return rows.front();
+  return impl_->query_first<SessionRecord>(std::string("SELECT ") + kSessionColumns + " FROM sessions WHERE name = ?",
+                                          read_session, name);
 }
 
 SessionRecord Store::session(std::int64_t id) {
@@ -541,22 +547,20 @@ std::vector<CheckpointRecord> Store::checkpoints(std::int64_t session_id) {
       read_checkpoint_record, session_id);
 }
 
+// The newest complete checkpoint whose `column` equals the query's parameter.
+static std::string newest_checkpoint_where(const char* column) {
+  return std::string("SELECT ") + kCheckpointColumns + " WHERE " + column +
+         " = ? AND c.complete = 1 ORDER BY c.id DESC LIMIT 1";
+}
+
 std::optional<CheckpointRecord> Store::latest_checkpoint(std::int64_t session_id) {
-  auto rows = impl_->query_all<CheckpointRecord>(
-      std::string("SELECT ") + kCheckpointColumns +
-          " WHERE c.session_id = ? AND c.complete = 1 ORDER BY c.id DESC LIMIT 1",
-      read_checkpoint_record, session_id);
-  if (rows.empty()) return std::nullopt;
-  return rows.front();
+  return impl_->query_first<CheckpointRecord>(newest_checkpoint_where("c.session_id"), read_checkpoint_record,
+                                              session_id);
 }
 
 std::optional<CheckpointRecord> Store::checkpoint_at(std::int64_t message_id) {
-  auto rows = impl_->query_all<CheckpointRecord>(
-      std::string("SELECT ") + kCheckpointColumns +
-          " WHERE c.message_id = ? AND c.complete = 1 ORDER BY c.id DESC LIMIT 1",
-      read_checkpoint_record, message_id);
-  if (rows.empty()) return std::nullopt;
-  return rows.front();
+  return impl_->query_first<CheckpointRecord>(newest_checkpoint_where("c.message_id"), read_checkpoint_record,
+                                              message_id);
 }
 
 std::vector<TokenId> Store::checkpoint_tokens(std::int64_t checkpoint_id) {
