@@ -24,8 +24,9 @@ struct alignas(sizeof(float) * N) Columns {
 };
 
 // Grid (heads, column slices of 32 N, sequences). Lane l of a warp owns the N columns from
-// slice + N l of its rows. The whole column strip of the state is loaded into registers before
-// any of it is written back, so all of a thread's loads are in flight at once.
+// slice + N l of its rows. The thread's whole strip of the state is loaded into registers
+// before anything waits (for q and k in shared memory) or is written back, so all its loads
+// are in flight at once.
 //   S = exp(-s) S + kᵀv,  o = q S
 template <typename T, int N>
 __global__ void __launch_bounds__(kDecodeRowGroups * 32)
@@ -37,22 +38,25 @@ __global__ void __launch_bounds__(kDecodeRowGroups * 32)
   const std::int64_t head_row = std::int64_t{sequence} * heads + h;  // this head's row of qkv and of out
   const int lane = threadIdx.x % 32, group = threadIdx.x / 32;
   const int e0 = (static_cast<int>(blockIdx.y) * 32 + lane) * N;
+  const bool has_columns = e0 < d;
   const T* row = qkv + head_row * 3 * d;
-  for (int i = threadIdx.x; i < 2 * d; i += blockDim.x) qk[i] = load(row + i);
-  __syncthreads();
-  Columns<N> acc{};
-  if (e0 < d) {
-    const float ratio = expf(-(slopes[h] * 1.0f));
-    float v[N];
-#pragma unroll
-    for (int c = 0; c < N; ++c) v[c] = load(row + 2 * d + e0 + c);
-    float* S = states.of(sequence) + std::int64_t{h} * d * d + e0;
-    Columns<N> s[kRowsPerGroup];
+  float* S = states.of(sequence) + std::int64_t{h} * d * d + e0;
+  Columns<N> s[kRowsPerGroup];
+  float v[N];
+  if (has_columns) {
 #pragma unroll
     for (int r = 0; r < kRowsPerGroup; ++r) {
       const int i = group + r * kDecodeRowGroups;
       if (i < d) s[r] = *reinterpret_cast<const Columns<N>*>(S + i * d);
     }
+#pragma unroll
+    for (int c = 0; c < N; ++c) v[c] = load(row + 2 * d + e0 + c);
+  }
+  for (int i = threadIdx.x; i < 2 * d; i += blockDim.x) qk[i] = load(row + i);
+  __syncthreads();
+  Columns<N> acc{};
+  if (has_columns) {
+    const float ratio = expf(-(slopes[h] * 1.0f));
 #pragma unroll
     for (int r = 0; r < kRowsPerGroup; ++r) {
       const int i = group + r * kDecodeRowGroups;
