@@ -1,10 +1,12 @@
-// lightdesk-bench: times the CUDA backend's kernels on MiniMax-Text-01 shapes. Each figure is
-// set against the ceilings measured in the same run (a large device-to-device copy; a large
-// cuBLAS bf16 GEMM) and against the anchors of ../shared/docs/performance-anchors.md §0 (quoted:
-// they were measured on an H200; on another GPU compare the ceiling fractions instead).
-// Timing: CUDA events on the backend's stream, after warm-up, median of several runs, random
-// data. Usage: lightdesk-bench [--quick | --vision]   (--quick: the smaller shapes only;
-// --vision: the ceilings and the vision tower alone)
+// lightdesk-bench: times the CUDA backend's kernels on MiniMax-Text-01 shapes, and whole decode
+// steps of a random-weight model of its widths with fewer layers. Each figure is set against the
+// ceilings measured in the same run (a large device-to-device copy; a large cuBLAS bf16 GEMM) and
+// against the anchors of ../shared/docs/performance-anchors.md §0 (quoted: they were measured on
+// an H200; on another GPU compare the ceiling fractions instead). Timing: CUDA events on the
+// backend's stream (whole decode steps: the host's clock around each), after warm-up, median of
+// several runs, random data.
+// Usage: lightdesk-bench [--quick | --vision]   (--quick: the smaller shapes only; --vision: the
+// ceilings and the vision tower alone)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -72,7 +74,8 @@ struct Row {
 };
 
 void add(const Row& row) {
-  std::printf("  %-22s %-26s %10.3f ms  %-14s %5.1f%% of %-5s", row.what.c_str(), row.shape.c_str(), row.ms,
+  // Four decimals: the decode kernels take a few microseconds.
+  std::printf("  %-22s %-26s %10.4f ms  %-14s %5.1f%% of %-5s", row.what.c_str(), row.shape.c_str(), row.ms,
               row.achieved.c_str(), 100.0 * row.ceiling_fraction, row.ceiling.c_str());
   if (row.anchor_ms > 0) std::printf("  x%.2f vs %s", row.anchor_ms / row.ms, row.anchor.c_str());
   std::printf("\n");
@@ -350,11 +353,12 @@ std::vector<double> model_decode(const Ceilings& c, const std::string& kinds, co
     const double bytes = decode_step_bytes(config, context);
     const double bound_ms = bytes / (c.copy_tb_s * 1e12) * 1e3;
     const double tb_s = bytes / (ms * 1e-3) / 1e12;
-    add({"model decode step", std::to_string(kinds.size()) + " layers " + kinds + ", " +
-                                  std::to_string(context / 1024) + "K ctx",
+    add({"model decode step",
+         std::to_string(kinds.size()) + (kinds.size() == 1 ? " layer " : " layers ") + kinds + ", " +
+             std::to_string(context / 1024) + "K ctx",
          ms, rate(tb_s, "TB/s"), tb_s / c.copy_tb_s, "copy", 0, ""});
-    std::printf("    %.2f GB per step, bound %.3f ms at the copy bandwidth (this step: %.2fx the bound; the 0.8 MB "
-                "logits download alone takes %.3f ms)\n",
+    std::printf("    %.2f GB per step, bound %.3f ms at the copy bandwidth (this step: %.2fx the bound; the "
+                "logits' download alone takes %.3f ms)\n",
                 bytes / 1e9, bound_ms, ms / bound_ms, logits_download_ms);
     std::fflush(stdout);
   }
@@ -383,7 +387,8 @@ void model_decode_rows(const DeviceContext& device, EventTimer& timer, const Cei
   const std::int64_t vocab = 200064;
   DeviceBuffer logits = device_array<float>(vocab, "logits");
   std::vector<float> host(static_cast<std::size_t>(vocab));
-  const double download_ms = timer.median_ms([&] { device.download(host.data(), logits.as<float>(), logits.bytes()); }, 9);
+  const double download_ms =
+      timer.median_ms([&] { device.download(host.data(), logits.as<float>(), logits.bytes()); }, 9);
   if (quick) {
     model_decode(c, "LS", {4096}, download_ms);
     return;
@@ -393,7 +398,8 @@ void model_decode_rows(const DeviceContext& device, EventTimer& timer, const Cei
   const std::vector<double> two = model_decode(c, "LS", contexts, download_ms);
   const std::vector<double> four = model_decode(c, "LLLS", contexts, download_ms);
   decoder_layer(c, LayerKind::Lightning, 0, four[0], two[0], 2);
-  for (std::size_t i = 0; i < contexts.size(); ++i) decoder_layer(c, LayerKind::Softmax, contexts[i], two[i], one[0], 1);
+  for (std::size_t i = 0; i < contexts.size(); ++i)
+    decoder_layer(c, LayerKind::Softmax, contexts[i], two[i], one[0], 1);
 }
 
 // The steps of one ViT-L encoder layer at the benchmark's shape (`tiles` tiles of 577 tokens),
