@@ -44,6 +44,20 @@ std::string case_name(const ::testing::TestParamInfo<Case>& info) {
 
 std::vector<TokenId> ids(const LoadedTensor& t) { return {t.i64.begin(), t.i64.end()}; }
 
+// A session generating through Session::sample, one token per step, each fed back.
+struct Generation {
+  Generation(const Model& model, std::span<const TokenId> prompt, std::uint64_t seed) : session(model.create_session()) {
+    session->set_seed(seed);
+    session->feed(prompt);
+  }
+  void step(const SamplingParams& params) {
+    tokens.push_back(session->sample(params));
+    session->feed(std::span<const TokenId>(&tokens.back(), 1));
+  }
+  std::unique_ptr<Session> session;
+  std::vector<TokenId> tokens;
+};
+
 class CudaFixtureTest : public ::testing::TestWithParam<Case> {
  protected:
   void SetUp() override {
@@ -161,6 +175,56 @@ TEST_P(CudaFixtureTest, GreedyContinuation) {
     session->feed(std::span<const TokenId>(&out.back(), 1));
   }
   EXPECT_EQ(out, expected);
+}
+
+// Greedy generation through Session::sample (the argmax taken on the device) equals the CPU
+// backend's, for two sessions of one model taking turns: each samples its own logits, not the
+// last pass's.
+TEST_P(CudaFixtureTest, GreedyGenerationEqualsCpuBackend) {
+  if (!GetParam().float32) GTEST_SKIP() << "bf16: near-ties may flip; the logit checks cover it";
+  ModelOptions cpu_options;
+  cpu_options.backend = BackendKind::Cpu;
+  const auto cpu_model = Model::open(directory_, cpu_options);
+  const std::vector<TokenId> prompts[] = {ids(golden_.at("greedy.prompt_ids")), ids(golden_.at("decode.prompt_ids"))};
+  constexpr int kSteps = 64;
+  Generation cuda_a(*model_, prompts[0], 0), cuda_b(*model_, prompts[1], 0);
+  for (int i = 0; i < kSteps; ++i) {
+    cuda_a.step({});
+    cuda_b.step({});
+  }
+  for (int p = 0; p < 2; ++p) {
+    Generation cpu(*cpu_model, prompts[p], 0);
+    for (int i = 0; i < kSteps; ++i) cpu.step({});
+    EXPECT_EQ((p == 0 ? cuda_a : cuda_b).tokens, cpu.tokens) << "prompt " << p;
+  }
+  EXPECT_NE(cuda_a.tokens, cuda_b.tokens) << "the two prompts should lead to different continuations";
+}
+
+// Sampled generation on the device: a seed repeats its tokens (whether or not logits() copies
+// the logits to the host in between), another seed gives others, and every token is among the
+// top_k best of its logits.
+TEST_P(CudaFixtureTest, SeededSamplingRepeats) {
+  const auto prompt = ids(golden_.at("decode.prompt_ids"));
+  const SamplingParams params{0.9f, 20, 0.95f};
+  constexpr int kSteps = 48;
+  auto generate = [&](std::uint64_t seed, bool check_kept_set) {
+    Generation generation(*model_, prompt, seed);
+    for (int i = 0; i < kSteps; ++i) {
+      if (check_kept_set) {
+        const std::vector<float> logits(generation.session->logits().begin(), generation.session->logits().end());
+        generation.step(params);
+        const float drawn = logits[static_cast<std::size_t>(generation.tokens.back())];
+        EXPECT_LT(std::count_if(logits.begin(), logits.end(), [&](float v) { return v > drawn; }), params.top_k)
+            << "step " << i << ": token " << generation.tokens.back() << " is outside the top " << params.top_k;
+      } else {
+        generation.step(params);
+      }
+    }
+    return generation.tokens;
+  };
+  const std::vector<TokenId> first = generate(5, true);
+  EXPECT_EQ(generate(5, false), first);
+  EXPECT_NE(generate(6, false), first);
 }
 
 // A state exported by the CPU backend, imported into a CUDA session, then decoded on: covers
