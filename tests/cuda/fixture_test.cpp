@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 
@@ -188,10 +189,14 @@ TEST_P(CudaFixtureTest, GreedyGenerationEqualsCpuBackend) {
   const std::vector<TokenId> prompts[] = {ids(golden_.at("greedy.prompt_ids")), ids(golden_.at("decode.prompt_ids"))};
   constexpr int kSteps = 64;
   Generation cuda_a(*model_, prompts[0], 0), cuda_b(*model_, prompts[1], 0);
+  const auto start = std::chrono::steady_clock::now();
   for (int i = 0; i < kSteps; ++i) {
     cuda_a.step({});
     cuda_b.step({});
   }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("[ measured ] %s greedy generation: %.1f us per token (sample + one-token feed)\n",
+              case_name({GetParam(), 0}).c_str(), seconds * 1e6 / (2 * kSteps));
   for (int p = 0; p < 2; ++p) {
     Generation cpu(*cpu_model, prompts[p], 0);
     for (int i = 0; i < kSteps; ++i) cpu.step({});
