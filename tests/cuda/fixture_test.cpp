@@ -6,10 +6,14 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
 
 #include "cuda_test_util.h"
 #include "lightdesk/engine.h"
 #include "src/safetensors.h"
+#include "src/sampler.h"
 
 namespace lightdesk {
 namespace {
@@ -186,7 +190,7 @@ TEST_P(CudaFixtureTest, GreedyGenerationEqualsCpuBackend) {
   ModelOptions cpu_options;
   cpu_options.backend = BackendKind::Cpu;
   const auto cpu_model = Model::open(directory_, cpu_options);
-  const std::vector<TokenId> prompts[] = {ids(golden_.at("greedy.prompt_ids")), ids(golden_.at("decode.prompt_ids"))};
+  const std::vector<TokenId> prompts[] = {ids(golden_.at("greedy.prompt_ids")), ids(golden_.at("prefill.input_ids"))};
   constexpr int kSteps = 64;
   Generation cuda_a(*model_, prompts[0], 0), cuda_b(*model_, prompts[1], 0);
   const auto start = std::chrono::steady_clock::now();
@@ -299,6 +303,82 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, CudaFixtureTest,
                                            Case{"tiny-a-m1-rd16", true}, Case{"tiny-a-m1-rd16", false},
                                            Case{"tiny-a-m1-rd8", true}, Case{"tiny-a-m1-rd8", false}),
                          case_name);
+
+// tiny-a-hf with MiniMax-Text-01's vocabulary (random embedding and LM head rows), in a
+// directory of its own that goes when the object does: sampling then moves real amounts of data.
+class LargeVocabularyModel {
+ public:
+  static constexpr int kVocab = 200064;
+  LargeVocabularyModel() {
+    const std::filesystem::path fixture = kData / "tiny-a-hf";
+    std::filesystem::create_directories(directory_);
+    nlohmann::json config = nlohmann::json::parse(std::ifstream(fixture / "config.json"));
+    config["vocab_size"] = kVocab;
+    std::ofstream(directory_ / "config.json") << config.dump(2);
+    std::map<std::string, LoadedTensor> tensors = read_safetensors(fixture / "model.safetensors");
+    std::mt19937 rng(1);
+    std::normal_distribution<float> normal(0.0f, 0.08f);
+    for (const char* name : {"model.embed_tokens.weight", "lm_head.weight"}) {
+      LoadedTensor& t = tensors.at(name);
+      t.shape[0] = kVocab;
+      t.f32.resize(static_cast<std::size_t>(kVocab * t.shape[1]));
+      for (float& v : t.f32) v = normal(rng);
+    }
+    std::vector<OutputTensor> out;
+    for (const auto& [name, t] : tensors) out.push_back({name, t.shape, t.f32, {}});
+    write_safetensors(directory_ / "model.safetensors", out);
+  }
+  ~LargeVocabularyModel() { std::filesystem::remove_all(directory_); }
+  const std::filesystem::path& directory() const { return directory_; }
+
+ private:
+  const std::filesystem::path directory_ =
+      std::filesystem::temp_directory_path() /
+      ("lightdesk-large-vocabulary-" + std::to_string(std::random_device()()));
+};
+
+// At a vocabulary of 200064: the device's greedy id is the argmax of the logits the host sees,
+// and the time per generated token with sampling on the device against the host path it
+// replaces (the logits copied to the host, then the CPU sampler), same model and steps.
+TEST(CudaLargeVocabularyTest, DeviceSamplingAgainstTheHostPath) {
+  LIGHTDESK_SKIP_WITHOUT_GPU();
+  const LargeVocabularyModel large;
+  ModelOptions options;
+  options.backend = BackendKind::Cuda;
+  const auto model = Model::open(large.directory(), options);
+  const std::vector<TokenId> prompt = {22, 506, 217, 201, 137, 437, 489, 451};
+  constexpr int kSteps = 64;
+  {
+    auto session = model->create_session();
+    session->feed(prompt);
+    for (int i = 0; i < kSteps; ++i) {
+      const auto logits = session->logits();
+      const auto host_best = static_cast<TokenId>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+      const TokenId next = session->sample({});
+      ASSERT_EQ(next, host_best) << "step " << i;
+      session->feed(std::span<const TokenId>(&next, 1));
+    }
+  }
+  for (const SamplingParams& params : {SamplingParams{}, SamplingParams{0.8f, 40, 0.95f}, SamplingParams{1.0f, 0, 0.9f}}) {
+    auto per_token_us = [&](bool on_device) {
+      auto session = model->create_session();
+      session->feed(prompt);
+      std::mt19937_64 rng(0);
+      const auto start = std::chrono::steady_clock::now();
+      for (int i = 0; i < kSteps; ++i) {
+        const TokenId next = on_device ? session->sample(params) : sample_token(session->logits(), params, rng);
+        session->feed(std::span<const TokenId>(&next, 1));
+      }
+      return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() * 1e6 / kSteps;
+    };
+    per_token_us(true);  // warm-up: graph capture, first allocations
+    const double device = per_token_us(true), host = per_token_us(false);
+    std::printf("[ measured ] vocab %d, temperature %.1f top_k %d top_p %.2f: %.1f us per token sampling on the "
+                "device, %.1f us through the host\n",
+                LargeVocabularyModel::kVocab, static_cast<double>(params.temperature), params.top_k,
+                static_cast<double>(params.top_p), device, host);
+  }
+}
 
 TEST(CudaBackendTest, ExplicitRequestWithoutGpuSaysWhy) {
   if (test::missing_gpu_reason().empty()) GTEST_SKIP() << "a GPU is present";
