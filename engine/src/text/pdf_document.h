@@ -8,7 +8,7 @@
 
 namespace lightdesk {
 
-// The text of each page, with an anchor at each page's start. `path` starts with "%PDF-".
+// The text of each page, with an anchor at each page's start, of a file that starts with "%PDF-".
 Document load_pdf(const std::filesystem::path& path);
 
 }  // namespace lightdesk
