@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
 # Builds Lightdesk on a GPU machine (no Qt) and runs the CUDA tests, in one go: the script the
 # GPU machine runs. Debian -dev packages that machine may lack (nlohmann-json, OpenBLAS,
-# GoogleTest, pkgconf) can come as .deb files in $LIGHTDESK_DEBS (default .debs/); they are
-# unpacked with dpkg -x into a private prefix, never into /.
-# Usage: bash bench/device-check.sh [--sanitize] [--bench]   (logs go to $OUT, else /tmp/device-check)
+# GoogleTest, pkgconf) can come as .deb files in the folders of $LIGHTDESK_DEBS (':'-separated,
+# default .debs); they are unpacked with dpkg -x into a private prefix, never into /.
+# Usage: bash bench/device-check.sh [--sanitize] [--bench] [--cli]   (logs go to $OUT, else /tmp/device-check)
 #   --sanitize: compute-sanitizer memcheck and racecheck on the kernel tests
 #   --bench:    lightdesk-bench, then the PyTorch anchors (bench/anchors.py) on the same GPU
+#   --cli:      lightdesk-cli too (LIGHTDESK_WITH_CLI, without PDF and image decoding); its text and
+#               store libraries (pcre2, sentencepiece, ICU, libxml2, SQLite, xxHash) must be in the .debs
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/device-check}"
 mkdir -p "$out"
 sanitize=0
 bench=0
+cli_options=()
+cli_target=()
 for arg in "$@"; do
   case "$arg" in
     --sanitize) sanitize=1 ;;
     --bench) bench=1 ;;
+    --cli)
+      cli_options=(-DLIGHTDESK_WITH_CLI=ON -DLIGHTDESK_WITH_PDF=OFF -DLIGHTDESK_WITH_IMAGE_DECODING=OFF)
+      cli_target=(lightdesk-cli) ;;
     *) echo "unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -24,26 +31,34 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,n
 nvcc --version | tail -2
 
 prefix=/tmp/lightdesk-deps
-debs="${LIGHTDESK_DEBS:-.debs}"
-if [ -d "$debs" ]; then
-  for f in "$debs"/*.deb; do dpkg -x "$f" "$prefix"; done
-fi
+IFS=: read -ra deb_dirs <<<"${LIGHTDESK_DEBS:-.debs}"
+for debs in "${deb_dirs[@]}"; do
+  if [ -d "$debs" ]; then
+    for f in "$debs"/*.deb; do dpkg -x "$f" "$prefix"; done
+  fi
+done
 lib="$prefix/usr/lib/x86_64-linux-gnu"
 export LD_LIBRARY_PATH="$lib/openblas-pthread:$lib:${LD_LIBRARY_PATH:-}"
+# The packages' .pc files say prefix=/usr: the sysroot puts their -I and -L paths in the prefix.
+export PKG_CONFIG_PATH="$lib/pkgconfig:$prefix/usr/share/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$prefix"
 
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
 start=$(date +%s)
-cmake -S . -B build-device "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DLIGHTDESK_ENGINE_ONLY=ON \
+cmake -S . -B build-device "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DLIGHTDESK_ENGINE_ONLY=ON "${cli_options[@]}" \
   -DLIGHTDESK_WITH_CUDA=ON -DCMAKE_PREFIX_PATH="$prefix/usr" -DCMAKE_LIBRARY_PATH="$lib/openblas-pthread;$lib" \
   -DCMAKE_CXX_FLAGS="-isystem $prefix/usr/include/x86_64-linux-gnu/openblas-pthread" \
   -DCMAKE_EXE_LINKER_FLAGS="-Wl,-rpath-link,$lib" >"$out/configure.log" 2>&1 ||
   { tail -30 "$out/configure.log"; exit 1; }
-cmake --build build-device -j"$(nproc)" --target cuda_tests engine_tests lightdesk-bench >"$out/build.log" 2>&1 ||
+cmake --build build-device -j"$(nproc)" --target cuda_tests engine_tests lightdesk-bench "${cli_target[@]}" >"$out/build.log" 2>&1 ||
   { grep -E "error|Error" "$out/build.log" | head -40; exit 1; }
 echo "build: $(( $(date +%s) - start )) s"
 
 status=0
+if [ ${#cli_target[@]} -gt 0 ]; then
+  echo "--- lightdesk-cli info"
+  build-device/app/cli/lightdesk-cli info --model resources/models/lightdesk-demo || status=1
+fi
 build-device/tests/cuda/cuda_tests --gtest_brief=1 2>&1 | tee "$out/cuda_tests.log" | grep -vE "^\[ measured" | tail -40
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 echo "--- measured"

@@ -1,0 +1,11 @@
+// PDF documents in builds without poppler (LIGHTDESK_WITH_PDF=OFF).
+#include "text/pdf_document.h"
+
+namespace lightdesk {
+
+Document load_pdf(const std::filesystem::path& path) {
+  throw Error("cannot read " + path.string() +
+              ": this build of Lightdesk has no PDF support (built with LIGHTDESK_WITH_PDF=OFF)");
+}
+
+}  // namespace lightdesk
