@@ -245,7 +245,9 @@ struct ChunkedPlan {
 
 // Enough scans (value slice, head, segment) for this many waves of thread blocks, so the last
 // wave's idle tail is small; segments of at least kMinChunksPerSegment chunks, so that loading
-// each segment's start state stays a small part of its work.
+// each segment's start state stays a small part of its work. Measured (H200, 64 heads): 16
+// waves took 5.09 ms at 64K tokens against 4.35 with 8; segments of 4 chunks 0.86 ms at 4K
+// against 0.46 with 8.
 constexpr std::int64_t kWavesOfScans = 8;
 constexpr std::int64_t kMinChunksPerSegment = 8;
 
