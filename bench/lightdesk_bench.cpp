@@ -1,24 +1,30 @@
-// lightdesk-bench: times the CUDA backend's kernels on MiniMax-Text-01 shapes. Each figure is
-// set against the ceilings measured in the same run (a large device-to-device copy; a large
-// cuBLAS bf16 GEMM) and against the anchors of ../shared/docs/performance-anchors.md §0 (quoted:
-// they were measured on an H200; on another GPU compare the ceiling fractions instead).
-// Timing: CUDA events on the backend's stream, after warm-up, median of several runs, random
-// data. Usage: lightdesk-bench [--quick | --vision]   (--quick: the smaller shapes only;
-// --vision: the ceilings and the vision tower alone)
+// lightdesk-bench: times the CUDA backend's kernels on MiniMax-Text-01 shapes, and whole decode
+// steps of a random-weight model of its widths with fewer layers. Each figure is set against the
+// ceilings measured in the same run (a large device-to-device copy; a large cuBLAS bf16 GEMM) and
+// against the anchors of ../shared/docs/performance-anchors.md §0 (quoted: they were measured on
+// an H200; on another GPU compare the ceiling fractions instead). Timing: CUDA events on the
+// backend's stream (whole decode steps: the host's clock around each), after warm-up, median of
+// several runs, random data.
+// Usage: lightdesk-bench [--quick | --vision]   (--quick: the smaller shapes only; --vision: the
+// ceilings and the vision tower alone)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <random>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "cuda_tower.h"
 #include "lightdesk/cuda_vision_ops.h"
 #include "lightdesk/vision.h"
+#include "src/cuda_backend.h"
 #include "src/cuda_device.h"
 #include "src/cuda_moe.h"
+#include "src/model_config.h"
 
 namespace lightdesk {
 namespace {
@@ -68,7 +74,8 @@ struct Row {
 };
 
 void add(const Row& row) {
-  std::printf("  %-22s %-26s %10.3f ms  %-14s %5.1f%% of %-5s", row.what.c_str(), row.shape.c_str(), row.ms,
+  // Four decimals: the decode kernels take a few microseconds.
+  std::printf("  %-22s %-26s %10.4f ms  %-14s %5.1f%% of %-5s", row.what.c_str(), row.shape.c_str(), row.ms,
               row.achieved.c_str(), 100.0 * row.ceiling_fraction, row.ceiling.c_str());
   if (row.anchor_ms > 0) std::printf("  x%.2f vs %s", row.anchor_ms / row.ms, row.anchor.c_str());
   std::printf("\n");
@@ -142,24 +149,27 @@ void lightning_prefill(const DeviceContext& device, EventTimer& timer, const Cei
        rate(tb_s, "TB/s"), tb_s / c.copy_tb_s, "copy", anchor_ms, "FLA chunk_simple_gla"});
 }
 
-void lightning_decode(const DeviceContext& device, EventTimer& timer, const Ceilings& c, int heads, double anchor_ms) {
-  const std::int64_t d = kHeadDim;
-  DeviceBuffer qkv = device_array<bf16>(heads * 3 * d, "qkv"), out = device_array<bf16>(heads * d, "out");
-  DeviceBuffer state = device_array<float>(heads * d * d, "state"), slope = device_array<float>(heads, "slopes");
-  cuda::fill_uniform(qkv.as<bf16>(), heads * 3 * d, 6, -0.3f, 1.0f, device.stream());
-  cuda::fill_uniform(state.as<float>(), heads * d * d, 7, -1.0f, 1.0f, device.stream());
+// One decode step of `batch` sequences in one launch, their states one after the other.
+void lightning_decode(const DeviceContext& device, EventTimer& timer, const Ceilings& c, int heads, int batch,
+                      double anchor_ms) {
+  const std::int64_t d = kHeadDim, B = batch, state_size = heads * d * d;
+  DeviceBuffer qkv = device_array<bf16>(B * heads * 3 * d, "qkv"), out = device_array<bf16>(B * heads * d, "out");
+  DeviceBuffer state = device_array<float>(B * state_size, "state"), slope = device_array<float>(heads, "slopes");
+  cuda::fill_uniform(qkv.as<bf16>(), B * heads * 3 * d, 6, -0.3f, 1.0f, device.stream());
+  cuda::fill_uniform(state.as<float>(), B * state_size, 7, -1.0f, 1.0f, device.stream());
   const auto s = slopes(heads);
   device.upload(slope.as<float>(), s.data(), s.size() * sizeof(float));
+  const cuda::LightningStates states{state.as<float>(), state_size, nullptr};
   // Back-to-back launches: each step's time including its launch, as a decode step sees it.
   const double ms = timer.median_ms(
       [&] {
-        cuda::lightning_decode(qkv.as<bf16>(), heads, kHeadDim, slope.as<float>(), state.as<float>(), out.as<bf16>(),
+        cuda::lightning_decode(qkv.as<bf16>(), batch, heads, kHeadDim, slope.as<float>(), states, out.as<bf16>(),
                                device.stream());
       },
-      9, 10, 200);
+      9, 10, batch == 1 ? 200 : 20);
   const double tb_s = static_cast<double>(2 * state.bytes()) / (ms * 1e-3) / 1e12;
-  add({"lightning decode", std::to_string(heads) + "h, batch 1", ms, rate(tb_s, "TB/s"), tb_s / c.copy_tb_s, "copy",
-       anchor_ms, "vLLM Triton decode"});
+  add({"lightning decode", std::to_string(heads) + "h, batch " + std::to_string(batch), ms, rate(tb_s, "TB/s"),
+       tb_s / c.copy_tb_s, "copy", anchor_ms, "vLLM Triton decode"});
 }
 
 void softmax_prefill(const DeviceContext& device, EventTimer& timer, const Ceilings& c, std::int64_t tokens,
@@ -259,6 +269,139 @@ void moe(const DeviceContext& device, EventTimer& timer, const Ceilings& c, cons
          weight_bound ? tb_s / c.copy_tb_s : tflop_s / c.gemm_tflop_s, weight_bound ? "copy" : "gemm",
          weight_bound ? 0.0 : anchor_ms, "grouped_mm 684 TFLOP/s"});
   }
+}
+
+// MiniMax-Text-01's widths (hidden 6144, 64 heads x 128, softmax 64/8 heads, 32 experts of
+// 9216, top-2, vocabulary 200064) with the layers `kinds` lists ('L' lightning, 'S' softmax).
+ModelConfig text01_config(const std::string& kinds) {
+  std::string types;
+  for (char kind : kinds) types += std::string(types.empty() ? "" : ", ") + (kind == 'S' ? "1" : "0");
+  const std::string json = R"({"architectures": ["MiniMaxText01ForCausalLM"], "model_type": "minimax_text_01",
+    "vocab_size": 200064, "hidden_size": 6144, "intermediate_size": 9216, "num_attention_heads": 64,
+    "num_key_value_heads": 8, "head_dim": 128, "num_local_experts": 32, "num_experts_per_tok": 2,
+    "rotary_dim": 64, "rope_theta": 10000000, "max_position_embeddings": 10240000,
+    "layernorm_full_attention_alpha": 3.5565588200778455, "layernorm_linear_attention_alpha": 3.5565588200778455,
+    "layernorm_mlp_alpha": 3.5565588200778455, "postnorm": true, "num_hidden_layers": )" +
+                           std::to_string(kinds.size()) + R"(, "attn_type_list": [)" + types + "]}";
+  return parse_model_config(json, "lightdesk-bench's " + kinds + " model", false);
+}
+
+// Bytes one decoder layer of kind `kind` moves in a decode step of one sequence at `context`:
+// the weights it reads (attention projections, norms, router, the two experts the token goes
+// to), the softmax K/V of `context` positions plus the new one, the float32 lightning state
+// read and written.
+double layer_step_bytes(const ModelConfig& c, LayerKind kind, std::int64_t context) {
+  const double H = c.hidden_size, A = static_cast<double>(c.num_heads) * c.head_dim,
+               KV = static_cast<double>(c.num_kv_heads) * c.head_dim, I = c.expert_width;
+  constexpr double kWeight = 2.0, kFloat = 4.0;  // bf16 weights and K/V; float32 norms, router, state
+  double bytes = 2 * H * kFloat + c.num_experts * H * kFloat + c.experts_per_token * 3 * H * I * kWeight;
+  if (kind == LayerKind::Lightning)
+    bytes += 5 * A * H * kWeight + A * kFloat + 2 * A * c.head_dim * kFloat;
+  else
+    bytes += (2 * A * H + 2 * KV * H) * kWeight + static_cast<double>(context + 1) * 2 * KV * kWeight;
+  return bytes;
+}
+
+// The whole step: the layers, one embedding row, the final norm and the LM head.
+double decode_step_bytes(const ModelConfig& c, std::int64_t context) {
+  const double H = c.hidden_size, V = c.vocab_size;
+  double bytes = (V * H + H) * 2.0 + H * 4.0;
+  for (LayerKind kind : c.layer_kinds) bytes += layer_step_bytes(c, kind, context);
+  return bytes;
+}
+
+// Whole-model decode steps of a `kinds` model with random weights, through the engine's CUDA
+// backend as a session runs them (graph decode: token up, one graph launch, float32 logits
+// down), after a prefill to each of `contexts`. Returns the median step time at each context.
+std::vector<double> model_decode(const Ceilings& c, const std::string& kinds, const std::vector<std::int64_t>& contexts,
+                                 double logits_download_ms) {
+  const ModelConfig config = text01_config(kinds);
+  const auto backend = make_random_cuda_backend(config, ModelOptions{}, 60);
+  const auto sequence = backend->new_sequence();
+  // The cache holds the longest context from the start, so the decode graph is captured once.
+  backend->resize_kv(*sequence, contexts.back() + 1);
+  std::vector<float> logits(static_cast<std::size_t>(config.vocab_size));
+  std::mt19937 random(61);
+  std::uniform_int_distribution<TokenId> token(0, config.vocab_size - 1);
+  std::vector<TokenId> chunk;
+  constexpr std::int64_t kPrefillChunk = 4096;
+  ForwardRequest request;
+  request.logits = logits.data();
+  std::int64_t position = 0;
+  std::vector<double> step_ms;
+  for (std::int64_t context : contexts) {
+    while (position < context) {
+      chunk.resize(static_cast<std::size_t>(std::min(kPrefillChunk, context - position)));
+      for (TokenId& t : chunk) t = token(random);
+      request.tokens = chunk;
+      request.first_position = position;
+      backend->forward(*sequence, request);
+      position += static_cast<std::int64_t>(chunk.size());
+    }
+    // Every step at the same position (its K/V row rewritten), so each reads the same bytes.
+    std::vector<double> times;
+    for (int step = 0; step < 23; ++step) {
+      const TokenId next = token(random);
+      request.tokens = std::span(&next, 1);
+      request.first_position = context;
+      const auto start = std::chrono::steady_clock::now();
+      backend->forward(*sequence, request);
+      const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+      if (step >= 3) times.push_back(ms);  // the first steps capture the graph and warm up
+    }
+    std::sort(times.begin(), times.end());
+    const double ms = times[times.size() / 2];
+    step_ms.push_back(ms);
+    const double bytes = decode_step_bytes(config, context);
+    const double bound_ms = bytes / (c.copy_tb_s * 1e12) * 1e3;
+    const double tb_s = bytes / (ms * 1e-3) / 1e12;
+    add({"model decode step",
+         std::to_string(kinds.size()) + (kinds.size() == 1 ? " layer " : " layers ") + kinds + ", " +
+             std::to_string(context / 1024) + "K ctx",
+         ms, rate(tb_s, "TB/s"), tb_s / c.copy_tb_s, "copy", 0, ""});
+    std::printf("    %.2f GB per step, bound %.3f ms at the copy bandwidth (this step: %.2fx the bound; the "
+                "logits' download alone takes %.3f ms)\n",
+                bytes / 1e9, bound_ms, ms / bound_ms, logits_download_ms);
+    std::fflush(stdout);
+  }
+  return step_ms;
+}
+
+// What one decoder layer adds to a decode step: the difference between models with and
+// without it (medians of whole steps), against the bytes the layer moves.
+void decoder_layer(const Ceilings& c, LayerKind kind, std::int64_t context, double with_ms, double without_ms,
+                   int layers_added) {
+  const double bytes = layer_step_bytes(text01_config("L"), kind, context);
+  const double ms = (with_ms - without_ms) / layers_added;
+  const double tb_s = bytes / (ms * 1e-3) / 1e12;
+  add({"decoder layer",
+       kind == LayerKind::Softmax ? "softmax, " + std::to_string(context / 1024) + "K ctx" : "lightning", ms,
+       rate(tb_s, "TB/s"), tb_s / c.copy_tb_s, "copy", 0, ""});
+  std::printf("    %.3f GB per step, bound %.3f ms (the difference of whole-step medians)\n", bytes / 1e9,
+              bytes / (c.copy_tb_s * 1e12) * 1e3);
+  std::fflush(stdout);
+}
+
+// Whole-model decode steps at real widths with 1, 2 and 4 layers (one of them softmax), and
+// from their differences the time of one lightning and one softmax decoder layer.
+void model_decode_rows(const DeviceContext& device, EventTimer& timer, const Ceilings& c, bool quick) {
+  // The step's one device-to-host transfer, alone: float32 logits into pageable memory.
+  const std::int64_t vocab = 200064;
+  DeviceBuffer logits = device_array<float>(vocab, "logits");
+  std::vector<float> host(static_cast<std::size_t>(vocab));
+  const double download_ms =
+      timer.median_ms([&] { device.download(host.data(), logits.as<float>(), logits.bytes()); }, 9);
+  if (quick) {
+    model_decode(c, "LS", {4096}, download_ms);
+    return;
+  }
+  const std::vector<std::int64_t> contexts = {4096, 65536};
+  const std::vector<double> one = model_decode(c, "L", {4096}, download_ms);
+  const std::vector<double> two = model_decode(c, "LS", contexts, download_ms);
+  const std::vector<double> four = model_decode(c, "LLLS", contexts, download_ms);
+  decoder_layer(c, LayerKind::Lightning, 0, four[0], two[0], 2);
+  for (std::size_t i = 0; i < contexts.size(); ++i)
+    decoder_layer(c, LayerKind::Softmax, contexts[i], two[i], one[0], 1);
 }
 
 // The steps of one ViT-L encoder layer at the benchmark's shape (`tiles` tiles of 577 tokens),
@@ -410,8 +553,11 @@ int run(bool quick, bool vision_only) {
     lightning_prefill(device, timer, c, 64, 262144, 13.25);
     lightning_prefill(device, timer, c, 8, 1048576, 12.1);
   }
-  lightning_decode(device, timer, c, 64, 0.060);
-  lightning_decode(device, timer, c, 8, 0.048);
+  // vLLM's Triton decode at batch 1, 16 and 256 (64 heads) and 1 (8 heads), §0.
+  lightning_decode(device, timer, c, 64, 1, 0.060);
+  lightning_decode(device, timer, c, 64, 16, 0.068);
+  lightning_decode(device, timer, c, 64, 256, 0.701);
+  lightning_decode(device, timer, c, 8, 1, 0.048);
   softmax_prefill(device, timer, c, 4096, 0.51);
   if (!quick) {
     softmax_prefill(device, timer, c, 16384, 7.26);
@@ -420,6 +566,7 @@ int run(bool quick, bool vision_only) {
   softmax_decode(device, timer, c, 131072, 0.172);
   sampling(device, timer);
   moe(device, timer, c, quick ? std::vector<std::int64_t>{1, 64, 4096} : std::vector<std::int64_t>{1, 64, 4096, 32768});
+  model_decode_rows(device, timer, c, quick);
   vision_tower(c);
   return 0;
 }

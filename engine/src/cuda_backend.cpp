@@ -4,6 +4,7 @@
 #include "cuda_backend.h"
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <mutex>
 #include <string>
@@ -113,14 +114,11 @@ class CudaBackend final : public ComputeBackend {
  public:
   CudaBackend(const ModelConfig& c, const WeightMap& map, bool graphs,
               const std::function<void(std::uint64_t)>& bytes_loaded)
-      : config_(c),
-        use_graphs_(graphs),
-        moe_(device_, MoeShape{c.hidden_size, c.expert_width, c.num_experts, c.experts_per_token}) {
-    for (int l = 0; l < c.num_layers; ++l)
-      if (c.layer_kinds[l] == LayerKind::Softmax) softmax_index_[l] = softmax_layers_++;
-    if (softmax_layers_ > 0) kv_pages_ = std::make_shared<KvPagePool>(device_, softmax_layers_, kv_width(), sizeof(T));
+      : CudaBackend(c, graphs) {
     load_weights(map, bytes_loaded);
   }
+  // Random weights (benchmarks): see make_random_cuda_backend.
+  CudaBackend(const ModelConfig& c, bool graphs, std::uint64_t seed) : CudaBackend(c, graphs) { random_weights(seed); }
 
   BackendKind kind() const override { return BackendKind::Cuda; }
   std::uint64_t weight_bytes() const override { return weight_bytes_; }
@@ -163,7 +161,22 @@ class CudaBackend final : public ComputeBackend {
   std::int64_t attention_width() const { return std::int64_t{config_.num_heads} * config_.head_dim; }
   std::int64_t kv_width() const { return std::int64_t{config_.num_kv_heads} * config_.head_dim; }
 
+  // Everything but the weights.
+  CudaBackend(const ModelConfig& c, bool graphs)
+      : config_(c),
+        use_graphs_(graphs),
+        moe_(device_, MoeShape{c.hidden_size, c.expert_width, c.num_experts, c.experts_per_token}) {
+    for (int l = 0; l < c.num_layers; ++l)
+      if (c.layer_kinds[l] == LayerKind::Softmax) softmax_index_[l] = softmax_layers_++;
+    if (softmax_layers_ > 0) kv_pages_ = std::make_shared<KvPagePool>(device_, softmax_layers_, kv_width(), sizeof(T));
+  }
+  // Writes `numel` values of the weight `name` (a WeightMap name) to `device`: float32 where
+  // as_float, else T.
+  using WeightFill = std::function<void(const std::string& name, void* device, std::int64_t numel, bool as_float)>;
+  // Allocates every weight at the config's shapes and has `fill` write it.
+  void allocate_weights(const WeightFill& fill);
   void load_weights(const WeightMap& map, const std::function<void(std::uint64_t)>& bytes_loaded);
+  void random_weights(std::uint64_t seed);
   cuda::KvCacheView<T> kv_view(const CudaSequence& s, int layer) const {
     return kv_pages_->view<T>(softmax_index_.at(layer), s.page_table.as<std::int32_t>());
   }
@@ -205,13 +218,70 @@ class CudaBackend final : public ComputeBackend {
 };
 
 template <typename T>
+void CudaBackend<T>::allocate_weights(const WeightFill& fill) {
+  auto get = [&](const std::string& name, std::int64_t numel, bool as_float) {
+    DeviceBuffer buffer = as_float ? device_array<float>(numel, name) : device_array<T>(numel, name);
+    fill(name, buffer.as<void>(), numel, as_float);
+    weight_bytes_ += buffer.bytes();
+    return buffer;
+  };
+  auto get_weight = [&](const std::string& name, std::int64_t numel) { return get(name, numel, false); };
+  auto get_vector = [&](const std::string& name, std::int64_t numel) { return get(name, numel, true); };
+
+  const std::int64_t H = config_.hidden_size, V = config_.vocab_size, A = attention_width(), KV = kv_width(),
+                     I = config_.expert_width, E = config_.num_experts;
+  embed_ = get_weight("embed", V * H);
+  lm_head_ = get_weight("lm_head", V * H);
+  final_norm_ = get_vector("final_norm", H);
+  for (int l = 0; l < config_.num_layers; ++l) {
+    const std::string k = "layers." + std::to_string(l) + ".";
+    CudaLayer layer;
+    layer.kind = config_.layer_kinds[l];
+    layer.input_norm = get_vector(k + "input_norm", H);
+    layer.post_attn_norm = get_vector(k + "post_attn_norm", H);
+    if (layer.kind == LayerKind::Lightning) {
+      layer.qkv = get_weight(k + "qkv", 3 * A * H);
+      layer.output_gate = get_weight(k + "output_gate", A * H);
+      layer.output_norm = get_vector(k + "output_norm", A);
+      layer.out_proj = get_weight(k + "out_proj", H * A);
+      const std::vector<float> slopes = lightning_slopes(config_, l);
+      layer.slopes = device_array<float>(static_cast<std::int64_t>(slopes.size()), k + "slopes");
+      device_.upload(layer.slopes.as<float>(), slopes.data(), layer.slopes.bytes());
+    } else {
+      layer.q_proj = get_weight(k + "q_proj", A * H);
+      layer.k_proj = get_weight(k + "k_proj", KV * H);
+      layer.v_proj = get_weight(k + "v_proj", KV * H);
+      layer.o_proj = get_weight(k + "o_proj", H * A);
+    }
+    layer.router = get_vector(k + "router", E * H);
+    layer.gate_up = device_array<T>(E * 2 * I * H, k + "experts (w1, w3)");
+    layer.down = device_array<T>(E * H * I, k + "experts (w2)");
+    weight_bytes_ += layer.gate_up.bytes() + layer.down.bytes();
+    for (std::int64_t e = 0; e < E; ++e) {
+      const std::string ke = k + "experts." + std::to_string(e) + ".";
+      T* gate_up = layer.gate_up.as<T>() + e * 2 * I * H;
+      fill(ke + "w1", gate_up, I * H, false);
+      fill(ke + "w3", gate_up + I * H, I * H, false);
+      fill(ke + "w2", layer.down.as<T>() + e * H * I, H * I, false);
+    }
+    layers_.push_back(std::move(layer));
+  }
+  device_.synchronize();
+}
+
+template <typename T>
 void CudaBackend<T>::load_weights(const WeightMap& map, const std::function<void(std::uint64_t)>& bytes_loaded) {
   std::uint64_t loaded = 0;
-  // Conversion to T goes through a float32 staging buffer on the device, in pieces.
+  // Conversion to T goes through a float32 staging buffer on the device, in pieces. Sized for
+  // the embedding, usually the largest tensor; larger ones go through in pieces.
   constexpr std::int64_t kStagingFloats = std::int64_t{16} << 20;
-  DeviceBuffer staging;
-  auto copy_into = [&](const std::string& name, void* device, bool as_float) {
+  const DeviceBuffer staging = device_array<float>(
+      std::is_same_v<T, float> ? 0 : std::min(kStagingFloats, map.at("embed").numel), "weight conversion");
+  allocate_weights([&](const std::string& name, void* device, std::int64_t numel, bool as_float) {
     const TensorSlice& slice = map.at(name);
+    if (slice.numel != numel)
+      throw Error("internal: weight " + name + " has " + std::to_string(slice.numel) + " values in the checkpoint, " +
+                  std::to_string(numel) + " in the backend");
     const WeightTensor host(*slice.view, slice.offset, slice.numel);
     if (as_float || std::is_same_v<T, float>) {
       device_.upload(device, host.data(), static_cast<std::size_t>(slice.numel) * sizeof(float));
@@ -227,59 +297,22 @@ void CudaBackend<T>::load_weights(const WeightMap& map, const std::function<void
     device_.synchronize();  // `host` may own the converted copy
     loaded += static_cast<std::uint64_t>(slice.numel) * dtype_size(slice.view->dtype);
     if (bytes_loaded) bytes_loaded(loaded);
-  };
-  auto get = [&](const std::string& name, bool as_float) {
-    const std::int64_t numel = map.at(name).numel;
-    DeviceBuffer buffer = as_float ? device_array<float>(numel, name) : device_array<T>(numel, name);
-    copy_into(name, buffer.as<void>(), as_float);
-    weight_bytes_ += buffer.bytes();
-    return buffer;
-  };
-  auto get_weight = [&](const std::string& name) { return get(name, false); };
-  auto get_vector = [&](const std::string& name) { return get(name, true); };
+  });
+}
 
-  // Sized for the embedding, usually the largest tensor; larger ones go through in pieces.
-  staging = device_array<float>(std::is_same_v<T, float> ? 0 : std::min(kStagingFloats, map.at("embed").numel),
-                                "weight conversion");
-  embed_ = get_weight("embed");
-  lm_head_ = get_weight("lm_head");
-  final_norm_ = get_vector("final_norm");
-  const std::int64_t H = config_.hidden_size, I = config_.expert_width;
-  for (int l = 0; l < config_.num_layers; ++l) {
-    const std::string k = "layers." + std::to_string(l) + ".";
-    CudaLayer layer;
-    layer.kind = config_.layer_kinds[l];
-    layer.input_norm = get_vector(k + "input_norm");
-    layer.post_attn_norm = get_vector(k + "post_attn_norm");
-    if (layer.kind == LayerKind::Lightning) {
-      layer.qkv = get_weight(k + "qkv");
-      layer.output_gate = get_weight(k + "output_gate");
-      layer.output_norm = get_vector(k + "output_norm");
-      layer.out_proj = get_weight(k + "out_proj");
-      const std::vector<float> slopes = lightning_slopes(config_, l);
-      layer.slopes = device_array<float>(static_cast<std::int64_t>(slopes.size()), k + "slopes");
-      device_.upload(layer.slopes.as<float>(), slopes.data(), layer.slopes.bytes());
-    } else {
-      layer.q_proj = get_weight(k + "q_proj");
-      layer.k_proj = get_weight(k + "k_proj");
-      layer.v_proj = get_weight(k + "v_proj");
-      layer.o_proj = get_weight(k + "o_proj");
-    }
-    layer.router = get_vector(k + "router");
-    const std::int64_t E = config_.num_experts;
-    layer.gate_up = device_array<T>(E * 2 * I * H, k + "experts (w1, w3)");
-    layer.down = device_array<T>(E * H * I, k + "experts (w2)");
-    weight_bytes_ += layer.gate_up.bytes() + layer.down.bytes();
-    for (std::int64_t e = 0; e < E; ++e) {
-      const std::string ke = k + "experts." + std::to_string(e) + ".";
-      T* gate_up = layer.gate_up.as<T>() + e * 2 * I * H;
-      copy_into(ke + "w1", gate_up, false);
-      copy_into(ke + "w3", gate_up + I * H, false);
-      copy_into(ke + "w2", layer.down.as<T>() + e * H * I, false);
-    }
-    layers_.push_back(std::move(layer));
-  }
-  device_.synchronize();
+template <typename T>
+void CudaBackend<T>::random_weights(std::uint64_t seed) {
+  // Norm weights near 1; matrices (the router included) uniform in ±1/sqrt(hidden), so the
+  // activations keep their scale through the layers.
+  const float scale = 1.0f / std::sqrt(static_cast<float>(config_.hidden_size));
+  allocate_weights([&](const std::string& name, void* device, std::int64_t numel, bool as_float) {
+    const bool norm = name.ends_with("norm");
+    const float low = norm ? 0.5f : -scale, high = norm ? 1.5f : scale;
+    if (as_float)
+      cuda::fill_uniform(static_cast<float*>(device), numel, seed++, low, high, device_.stream());
+    else
+      cuda::fill_uniform(static_cast<T*>(device), numel, seed++, low, high, device_.stream());
+  });
 }
 
 template <typename T>
@@ -566,6 +599,14 @@ std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, con
   if (options.cuda_float32)
     return std::make_unique<CudaBackend<float>>(config, weights, options.cuda_graphs, bytes_loaded);
   return std::make_unique<CudaBackend<bf16>>(config, weights, options.cuda_graphs, bytes_loaded);
+}
+
+std::unique_ptr<ComputeBackend> make_random_cuda_backend(const ModelConfig& config, const ModelOptions& options,
+                                                         std::uint64_t seed) {
+  const std::string reason = cuda_unavailable_reason();
+  if (!reason.empty()) throw Error("the cuda backend is not available: " + reason);
+  if (options.cuda_float32) return std::make_unique<CudaBackend<float>>(config, options.cuda_graphs, seed);
+  return std::make_unique<CudaBackend<bf16>>(config, options.cuda_graphs, seed);
 }
 
 }  // namespace lightdesk

@@ -24,4 +24,9 @@ std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, con
                                                   const ModelOptions& options,
                                                   const std::function<void(std::uint64_t)>& bytes_loaded);
 
+// A CUDA backend with random weights at the config's shapes, made on the device (uniform, never
+// zeros, the same for the same seed): whole-model benchmarks at real widths without a checkpoint.
+std::unique_ptr<ComputeBackend> make_random_cuda_backend(const ModelConfig& config, const ModelOptions& options,
+                                                         std::uint64_t seed);
+
 }  // namespace lightdesk

@@ -12,4 +12,8 @@ std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig&, const Weig
   throw Error("the cuda backend is not available: " + cuda_unavailable_reason());
 }
 
+std::unique_ptr<ComputeBackend> make_random_cuda_backend(const ModelConfig&, const ModelOptions&, std::uint64_t) {
+  throw Error("the cuda backend is not available: " + cuda_unavailable_reason());
+}
+
 }  // namespace lightdesk

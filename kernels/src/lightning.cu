@@ -1,6 +1,7 @@
-// Lightning (linear) attention: prefill continuing from a float32 state, and decode. bf16 with
-// head_dim a multiple of 8 runs the chunked tensor-core prefill of lightning_chunked.cuh; float32
-// (the checking mode) and other head sizes the CUDA-core kernel below.
+// Lightning (linear) attention: prefill continuing from a float32 state (decode:
+// lightning_decode.cu). bf16 with head_dim a multiple of 8 runs the chunked tensor-core prefill
+// of lightning_chunked.cuh; float32 (the checking mode) and other head sizes the CUDA-core
+// kernel below.
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
@@ -192,42 +193,6 @@ __global__ void __launch_bounds__(kThreads) lightning_prefill_kernel(const T* qk
   }
 }
 
-// Grid (heads, column slices of 32). Within a block, each warp takes every kDecodeRowGroups-th
-// state row for the slice's 32 columns (one column per lane, coalesced); the warps' partial
-// outputs are summed at the end. Many short loops in flight rather than one long one per column.
-constexpr int kDecodeRowGroups = 8;
-
-template <typename T>
-__global__ void lightning_decode_kernel(const T* qkv, int d, const float* slopes, float* state, T* out) {
-  __shared__ float qk[2 * kMaxHeadDim];
-  __shared__ float partial[kDecodeRowGroups][32];
-  const int h = blockIdx.x;
-  const int lane = threadIdx.x % 32, group = threadIdx.x / 32;
-  const int e = blockIdx.y * 32 + lane;
-  const T* row = qkv + std::int64_t{h} * 3 * d;
-  for (int i = threadIdx.x; i < 2 * d; i += blockDim.x) qk[i] = load(row + i);
-  __syncthreads();
-  float acc = 0.0f;
-  if (e < d) {
-    const float ratio = expf(-(slopes[h] * 1.0f));
-    const float v = load(row + 2 * d + e);
-    float* S = state + std::int64_t{h} * d * d;
-#pragma unroll 4
-    for (int i = group; i < d; i += kDecodeRowGroups) {
-      const float s = ratio * S[i * d + e] + qk[d + i] * v;
-      S[i * d + e] = s;
-      acc += qk[i] * s;
-    }
-  }
-  partial[group][lane] = acc;
-  __syncthreads();
-  if (group == 0 && e < d) {
-    float total = 0.0f;
-    for (int g = 0; g < kDecodeRowGroups; ++g) total += partial[g][lane];
-    store(out + std::int64_t{h} * d + e, total);
-  }
-}
-
 void check_head_dim(int head_dim, const char* what) {
   if (head_dim <= 0 || head_dim > kMaxHeadDim)
     fail(std::string(what) + ": head_dim " + std::to_string(head_dim) + " is outside 1.." +
@@ -320,20 +285,10 @@ void lightning_prefill(const T* qkv, std::int64_t rows, int heads, int head_dim,
   check(cudaGetLastError(), "lightning_prefill");
 }
 
-template <typename T>
-void lightning_decode(const T* qkv, int heads, int head_dim, const float* slopes, float* state, T* out,
-                      cudaStream_t stream) {
-  check_head_dim(head_dim, "lightning_decode");
-  const dim3 grid(static_cast<unsigned>(heads), static_cast<unsigned>((head_dim + 31) / 32));
-  lightning_decode_kernel<<<grid, kDecodeRowGroups * 32, 0, stream>>>(qkv, head_dim, slopes, state, out);
-  check(cudaGetLastError(), "lightning_decode");
-}
-
 #define LIGHTDESK_INSTANTIATE(T)                                                                            \
   template void lightning_prefill<T>(const T*, std::int64_t, int, int, const float*, float*, T*, cudaStream_t, void*, \
                                      std::size_t);                                                                  \
-  template std::size_t lightning_prefill_workspace_bytes<T>(std::int64_t, int, int);                              \
-  template void lightning_decode<T>(const T*, int, int, const float*, float*, T*, cudaStream_t);
+  template std::size_t lightning_prefill_workspace_bytes<T>(std::int64_t, int, int);
 LIGHTDESK_FOR_EACH_ACTIVATION(LIGHTDESK_INSTANTIATE)
 #undef LIGHTDESK_INSTANTIATE
 

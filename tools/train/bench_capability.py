@@ -2,7 +2,11 @@
 freshly generated haystacks (a seed training never used), by task, length and needle depth.
 
     python3 tools/train/bench_capability.py FILLER.txt --cli build/app/cli/lightdesk-cli \
-        --lengths 4096,16384 --out docs/demo-capability.json --plot docs/demo-capability.png
+        --lengths 4096,16384 --out docs/demo-capability.json
+    python3 tools/train/bench_capability.py FILLER.txt --backend cuda --lengths 65536,262144,1048576 \
+        --out docs/demo-capability-gpu.json      (on a GPU machine)
+    python3 tools/train/bench_capability.py FILLER.txt --out docs/demo-capability.json --plot-only \
+        --with docs/demo-capability-gpu.json --plot docs/demo-capability.png
 
 Lengths are prompt tokens (document, question and chat format together). `--backend cuda` for
 the long lengths on a GPU machine. `--plot-only` redraws the plot from --out.
@@ -27,7 +31,7 @@ BENCH_SEED = 424242  # training used seeds 1 (examples) and 1001 (its own evalua
 def ask(cli, backend, document, question):
     start = time.time()
     run = subprocess.run([str(cli), "ask", "--model", str(MODEL), "--document", str(document), "--question", question,
-                          "--greedy", "--max-new-tokens", "16", "--backend", backend],
+                          "--greedy", "--max-new-tokens", "48", "--backend", backend],
                          capture_output=True, text=True, check=True)
     return run.stdout.strip(), time.time() - start
 
@@ -89,20 +93,23 @@ def main():
     ap.add_argument("--cli", default=str(ROOT / "build/app/cli/lightdesk-cli"))
     ap.add_argument("--backend", default="cpu")
     ap.add_argument("--lengths", default="4096,16384")
-    ap.add_argument("--kinds", default="record,passkey,story")
+    ap.add_argument("--kinds", default="record,passkey,needles,story")
     ap.add_argument("--depths", default="0,0.25,0.5,0.75,1")
     ap.add_argument("--per-cell", type=int, default=1)
     ap.add_argument("--seed", type=int, default=BENCH_SEED)
     ap.add_argument("--out", required=True)
     ap.add_argument("--plot")
     ap.add_argument("--plot-only", action="store_true")
+    ap.add_argument("--with", dest="others", nargs="*", default=[],
+                    help="more result files (e.g. the GPU lengths) to draw in the same plot")
     args = ap.parse_args()
     out = pathlib.Path(args.out)
     results = json.loads(out.read_text())["results"] if args.plot_only else measure(args)
     if not args.plot_only:
         out.write_text(json.dumps({"seed": args.seed, "backend": args.backend, "results": results}, indent=1) + "\n")
     if args.plot:
-        plot(results, args.plot)
+        plot(results + [r for other in args.others for r in json.loads(pathlib.Path(other).read_text())["results"]],
+             args.plot)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,28 @@
 #!/bin/bash
-# The GPU run that made the shipped checkpoint (one `run` call of the device tool, under 10
-# minutes): the shipped variant (softmax layers without RoPE) and, beside it on the same GPU for
-# comparison, a variant with RoPE on half of each head (rotary_dim 16, as M1 uses half), each
-# trained from scratch and then evaluated by greedy exact match from 4K to 1M tokens.
-#   bash tools/train/device_train.sh FILLER.txt OUT_DIR
+# One GPU run of the device tool (under 10 minutes): several training variants side by side on
+# the one GPU, each trained from scratch (or resumed) for the same time and then evaluated by
+# teacher-forced greedy exact match; each variant's checkpoint and log come back as NAME.tgz,
+# all logs together in train-logs.txt.
+#   bash tools/train/device_train.sh FILLER.txt OUT_DIR MINUTES EVAL_MINUTES EVAL_LENGTHS \
+#       'NAME:TRAIN.PY ARGUMENTS' ...
+# e.g. 'base:--softmax-layers 7' 'h16:--heads 16 --head-dim 16'
 set -u
-filler=$1 out=$2
+filler=$1 out=$2 minutes=$3 eval_minutes=$4 eval_lengths=$5
+shift 5
 here=$(dirname "$0")
-train() {  # name rotary_dim minutes workers
+workers=$(( $(nproc) / $# - 1 ))
+work=$(mktemp -d)
+for variant in "$@"; do
+  name=${variant%%:*}
+  # shellcheck disable=SC2086  # the variant's arguments are meant to split
   python3 "$here/train.py" --filler "$filler" --tokenizer "$here/../../resources/models/lightdesk-demo" \
-      --out "$out/$1" --softmax-layers 3,7 --rotary-dim "$2" --minutes "$3" --workers "$4" --lr 3e-3 \
-      --eval-lengths 4096,16384,65536,262144,1048576 --eval-per-cell 4 --eval-minutes "$5" > "$out/$1.log" 2>&1
-}
-train norope 0 6.0 8 2.2 &
-train rope16 16 4.0 5 1.5 &
+      --out "$work/$name" --minutes "$minutes" --workers "$workers" --eval-lengths "$eval_lengths" \
+      --eval-per-cell 4 --eval-minutes "$eval_minutes" ${variant#*:} > "$work/$name.log" 2>&1 &
+done
 wait
+for variant in "$@"; do
+  name=${variant%%:*}
+  { echo "=== $name: ${variant#*:}"; cat "$work/$name.log"; } >> "$out/train-logs.txt"
+  tar czf "$out/$name.tgz" -C "$work/$name" .
+done
+ls -l "$out"

@@ -1,6 +1,12 @@
 """Long-document question tasks: a haystack of filler paragraphs with facts hidden in it, a
 question about one of them and its exact answer. Text only; tokenization is in prompt.py.
 
+An answer quotes the sentence of the document that holds the fact ("What is the pass key?" → "The
+pass key is 71432."). Written that way, every token of the answer continues a passage that occurs
+earlier in the context: the model answers by finding the place where the words it has just written
+occur and copying what follows (an induction copy), which a small model learns far sooner than
+matching a question's words to a differently worded fact and then copying a digit string.
+
 Every task returns (needles, questions): the needles are paragraphs to place into the haystack
 (each at its own depth); the questions are (question, exact answer) pairs about them, in random
 order. The first is asked after the document; training asks the others in later turns. All randomness comes from the `random.Random` passed in, so a seed
@@ -45,13 +51,14 @@ def record_lookup(rng, count=None):
     records = numbered_keys(rng, count or rng.randint(1, 24), record_key, 5)
     needles = [f"Record {k} has the value {v}." for k, v in records]
     rng.shuffle(records)
-    return needles, [(f"What is the value of record {k}?", v) for k, v in records]
+    return needles, [(f"What is the value of record {k}?", f"Record {k} has the value {v}.") for k, v in records]
 
 
 def passkey(rng):
     """One pass key hidden in noise, stated twice in its paragraph."""
     key = number(rng, 5)
-    return [f"The pass key is {key}. Remember it. {key} is the pass key."], [("What is the pass key?", key)]
+    return [f"The pass key is {key}. Remember it. {key} is the pass key."], [("What is the pass key?",
+                                                                              f"The pass key is {key}.")]
 
 
 def several_needles(rng, count=None):
@@ -59,7 +66,8 @@ def several_needles(rng, count=None):
     pairs = numbered_keys(rng, count or rng.randint(2, 8), lambda r: f"{r.choice(COLOURS)} {r.choice(ANIMALS)}", 6)
     needles = [f"The special magic number for the {n} is {v}." for n, v in pairs]
     rng.shuffle(pairs)
-    return needles, [(f"What is the special magic number for the {n}?", v) for n, v in pairs]
+    return needles, [(f"What is the special magic number for the {n}?", f"The special magic number for the {n} is {v}.")
+                     for n, v in pairs]
 
 
 def story_fact(rng):
@@ -68,7 +76,7 @@ def story_fact(rng):
     facts = [(p, rng.choice(OBJECTS), rng.choice(PLACES)) for p in people]
     needles = [f"{p} hid the {o} in the {pl}." for p, o, pl in facts]
     rng.shuffle(facts)
-    return needles, [(f"Where did {p} hide the {o}?", f"In the {pl}.") for p, o, pl in facts]
+    return needles, [(f"Where did {p} hide the {o}?", f"{p} hid the {o} in the {pl}.") for p, o, pl in facts]
 
 
 TASKS = {

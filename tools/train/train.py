@@ -27,10 +27,11 @@ import model as model_lib  # noqa: E402
 import prompt  # noqa: E402
 
 # (fraction of the training time at which the stage starts, sequence length, tokens per step,
-# fraction of dense examples). Stage A: short dense documents, where digit retrieval is learned;
-# stage B: longer documents, dense ones mixed with single-task ones like the evaluation's.
-CURRICULUM = [(0.0, 1024, 131072, 1.0), (0.45, 4096, 131072, 0.5), (0.65, 8192, 131072, 0.5),
-              (0.82, 16384, 131072, 0.5)]
+# fraction of dense examples, fraction of copy examples). Stage A: short documents, a third of them
+# copy examples, many steps (the induction copy forms there); stage B: longer documents, dense ones
+# mixed with single-task ones like the evaluation's.
+CURRICULUM = [(0.0, 512, 32768, 1.0, 0.35), (0.35, 1024, 65536, 0.7, 0.2), (0.6, 4096, 131072, 0.5, 0.1),
+              (0.8, 16384, 131072, 0.5, 0.0)]
 MAX_DENSE_RECORDS = 64
 DOCUMENT_LOSS_WEIGHT = 0.02
 FOLLOW_UPS = 7  # later questions about the same document per training example
@@ -40,16 +41,43 @@ PAD = 0  # <unk>; padded positions carry no loss
 WORKER_HAYSTACKS = None  # set before the batch workers fork
 
 
-def batch(haystacks, rng, length, size, dense, kinds=None):
+COPY_SPAN = (8, 96)  # tokens per repeated span of a copy example
+COPY_SKIP = 3  # a repeated span's first tokens cannot be told from the context: no loss on them
+
+
+def copy_example(haystacks, rng, length, records):
+    """A dense example's text (records, numbers, questions) in its first half, then spans of it
+    repeated in random order until `length`: every repeated token after a span's first few is
+    predictable only by finding the earlier occurrence of the tokens just read and copying what
+    follows, the mechanism a quoted answer needs. Returns ids and loss weights (1 on repeats,
+    the document weight on the source)."""
+    source = haystacks.example(rng, length // 2, dense_records=records)["ids"][:length // 2]
+    ids, weights = list(source), [DOCUMENT_LOSS_WEIGHT] * len(source)
+    while len(ids) < length + 1:
+        span = rng.randint(*COPY_SPAN)
+        begin = rng.randrange(max(1, len(source) - span))
+        piece = source[begin:begin + span].tolist()
+        ids += piece
+        weights += [0.0] * COPY_SKIP + [1.0] * (len(piece) - COPY_SKIP)
+    return np.asarray(ids[:length + 1], dtype=np.int64), np.asarray(weights[1:length + 1], dtype=np.float32)
+
+
+def batch(haystacks, rng, length, size, dense, kinds=None, copy=0.0):
     """Token ids [size, length + 1], loss weights and answer numbers (0 outside answers, k for the
     k-th answer of the batch, for per-answer exact match): examples of length/2..length tokens,
-    a fraction `dense` of them dense (many facts and questions), padded."""
+    a fraction `copy` of them copy examples, a fraction `dense` of the rest dense (many facts and
+    questions), padded."""
     ids = np.full((size, length + 1), PAD, dtype=np.int64)
     weights = np.zeros((size, length), dtype=np.float32)
     answers = np.zeros((size, length), dtype=np.int64)
     count = 0
     for row in range(size):
         example_length = rng.randint(length // 2, length)
+        if rng.random() < copy:
+            row_ids, row_weights = copy_example(haystacks, rng, length, rng.randint(4, max(4, length // 48)))
+            ids[row] = row_ids
+            weights[row] = row_weights
+            continue
         if rng.random() < dense:
             records = rng.randint(4, max(4, min(MAX_DENSE_RECORDS, example_length // 48)))
             ex = haystacks.example(rng, example_length, dense_records=records)
@@ -71,8 +99,8 @@ def batch_job(job):
     """batch() in a worker process, on the Haystacks the worker inherited (fork). The arrays come
     back as numpy: torch tensors would go through torch.multiprocessing's shared-memory file
     descriptors, which deadlocked in workers forked after the model was loaded from a checkpoint."""
-    length, size, dense, kinds, seed = job
-    return batch(WORKER_HAYSTACKS, random.Random(seed), length, size, dense, kinds)
+    length, size, dense, copy, kinds, seed = job
+    return batch(WORKER_HAYSTACKS, random.Random(seed), length, size, dense, kinds, copy)
 
 
 def answer_exact(logits, ids, answers, count):
@@ -130,8 +158,10 @@ def main():
     ap.add_argument("--minutes", type=float, default=6.5)
     ap.add_argument("--resume", help="model directory to start from")
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--curriculum", help="stages as FRACTION:LENGTH:TOKENS[:DENSE],... (default: the built-in one)")
+    ap.add_argument("--curriculum", help="stages as FRACTION:LENGTH:TOKENS[:DENSE[:COPY]],... (default: the built-in one)")
     ap.add_argument("--rotary-dim", type=int, default=0)
+    ap.add_argument("--heads", type=int, default=8, help="attention heads (lightning and softmax query heads)")
+    ap.add_argument("--head-dim", type=int, default=32)
     ap.add_argument("--softmax-layers", default="7", help="indices of the softmax attention layers")
     ap.add_argument("--kinds", help="train on these task kinds only (comma-separated; single-task examples)")
     ap.add_argument("--warmup", type=int, default=100)
@@ -154,13 +184,13 @@ def main():
     if args.tiny:
         config = model_lib.demo_config(hidden=64, layers=8, heads=4, kv_heads=2, head_dim=16, expert_width=32,
                                        rotary_dim=args.rotary_dim)
-        curriculum = [(0.0, 512, 4096, 1.0)]
+        curriculum = [(0.0, 512, 4096, 1.0, 0.35)]
     else:
-        config = model_lib.demo_config(rotary_dim=args.rotary_dim)
+        config = model_lib.demo_config(heads=args.heads, head_dim=args.head_dim, rotary_dim=args.rotary_dim)
     config["attn_type_list"] = [int(str(i) in args.softmax_layers.split(",")) for i in range(config["num_hidden_layers"])]
     if args.curriculum:
-        curriculum = [(float(f), int(n), int(t), float(d[0]) if d else 0.0)
-                      for f, n, t, *d in (s.split(":") for s in args.curriculum.split(","))]
+        curriculum = [(float(f), int(n), int(t), float(rest[0]) if rest else 0.0, float(rest[1]) if len(rest) > 1 else 0.0)
+                      for f, n, t, *rest in (s.split(":") for s in args.curriculum.split(","))]
     kinds = args.kinds.split(",") if args.kinds else None
     config["vocab_size"] = tok.sp.get_piece_size()
     model = model_lib.MiniMaxM1.load(args.resume, device) if args.resume else model_lib.MiniMaxM1(config).to(device)
@@ -187,12 +217,12 @@ def main():
         if elapsed > budget:
             break
         fraction = elapsed / budget
-        _, length, tokens, dense = [c for c in curriculum if c[0] <= fraction][-1]
+        _, length, tokens, dense, copy = [c for c in curriculum if c[0] <= fraction][-1]
         lr = args.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * fraction)))
         for group in optimizer.param_groups:
             group["lr"] = lr
         while len(pending) < 2 * args.workers:
-            pending.append(workers.apply_async(batch_job, ((length, max(1, tokens // length), dense, kinds,
+            pending.append(workers.apply_async(batch_job, ((length, max(1, tokens // length), dense, copy, kinds,
                                                             rng.getrandbits(62)),)))
         ids, weights, answers, count = pending.popleft().get()
         ids, weights, answers = (torch.from_numpy(t).to(device, non_blocking=True) for t in (ids, weights, answers))
@@ -207,8 +237,10 @@ def main():
         if step % args.log_every == 0:
             answer = answers > 0
             answer_loss = (ce * answer).sum() / answer.sum()
+            copied = (weights == 1.0) & ~answer
+            copy_loss = (ce * copied).sum() / copied.sum().clamp(min=1)
             entry = {"step": step, "seconds": round(time.time() - start, 1), "length": length, "lr": lr,
-                     "loss": loss.item(), "answer_loss": answer_loss.item(), "answers": count,
+                     "loss": loss.item(), "answer_loss": answer_loss.item(), "copy_loss": copy_loss.item(), "answers": count,
                      "answer_exact": answer_exact(logits, ids, answers, count)}
             log.append(entry)
             print(json.dumps(entry), flush=True)

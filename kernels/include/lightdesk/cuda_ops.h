@@ -95,6 +95,22 @@ template <typename T>
 void lightning_decode(const T* qkv, int heads, int head_dim, const float* slopes, float* state, T* out,
                       cudaStream_t stream);
 
+// Where the lightning states (float32 [heads, d, d] each) of a batch of sequences lie: sequence
+// b's at table[b] (device memory, one pointer per sequence, each 16-byte aligned as cudaMalloc's
+// are) or, without a table, at base + b * stride.
+struct LightningStates {
+  float* base = nullptr;
+  std::int64_t stride = 0;
+  float* const* table = nullptr;
+  __host__ __device__ float* of(int sequence) const { return table ? table[sequence] : base + sequence * stride; }
+};
+constexpr int kMaxLightningDecodeBatch = 65535;
+// One token for each of `batch` sequences in one launch: qkv [batch, heads * 3d], out
+// [batch, heads * d], sequence b's state states.of(b); the same step as above for each.
+template <typename T>
+void lightning_decode(const T* qkv, int batch, int heads, int head_dim, const float* slopes, LightningStates states,
+                      T* out, cudaStream_t stream);
+
 // Where a softmax layer's keys and values lie. Each position has a row of kv_width = kv_heads ·
 // head_dim values in `keys` and one in `values`. Positions come in pages of 2^page_shift
 // (>= kMinKvPageShift); page n starts page_table[n] · page_stride elements into `keys` (and into
