@@ -311,22 +311,21 @@ double decode_step_bytes(const ModelConfig& c, std::int64_t context) {
 }
 
 // Whole-model decode steps of a `kinds` model with random weights, through the engine's CUDA
-// backend as a session runs them (graph decode: token up, one graph launch, float32 logits
-// down), after a prefill to each of `contexts`. Returns the median step time at each context.
-std::vector<double> model_decode(const Ceilings& c, const std::string& kinds, const std::vector<std::int64_t>& contexts,
-                                 double logits_download_ms) {
+// backend as a session runs them (graph decode: token up, one graph launch, greedy sampling on
+// the device, the token id down), after a prefill to each of `contexts`. Returns the median step
+// time at each context.
+std::vector<double> model_decode(const Ceilings& c, const std::string& kinds, const std::vector<std::int64_t>& contexts) {
   const ModelConfig config = text01_config(kinds);
   const auto backend = make_random_cuda_backend(config, ModelOptions{}, 60);
   const auto sequence = backend->new_sequence();
   // The cache holds the longest context from the start, so the decode graph is captured once.
   backend->resize_kv(*sequence, contexts.back() + 1);
-  std::vector<float> logits(static_cast<std::size_t>(config.vocab_size));
   std::mt19937 random(61);
+  std::mt19937_64 sampling_rng(62);
   std::uniform_int_distribution<TokenId> token(0, config.vocab_size - 1);
   std::vector<TokenId> chunk;
   constexpr std::int64_t kPrefillChunk = 4096;
   ForwardRequest request;
-  request.logits = logits.data();
   std::int64_t position = 0;
   std::vector<double> step_ms;
   for (std::int64_t context : contexts) {
@@ -346,6 +345,7 @@ std::vector<double> model_decode(const Ceilings& c, const std::string& kinds, co
       request.first_position = context;
       const auto start = std::chrono::steady_clock::now();
       backend->forward(*sequence, request);
+      backend->sample(*sequence, SamplingParams{}, sampling_rng);  // waits for the step
       const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
       if (step >= 3) times.push_back(ms);  // the first steps capture the graph and warm up
     }
@@ -359,9 +359,8 @@ std::vector<double> model_decode(const Ceilings& c, const std::string& kinds, co
          std::to_string(kinds.size()) + (kinds.size() == 1 ? " layer " : " layers ") + kinds + ", " +
              std::to_string(context / 1024) + "K ctx",
          ms, rate(tb_s, "TB/s"), tb_s / c.copy_tb_s, "copy", 0, ""});
-    std::printf("    %.2f GB per step, bound %.3f ms at the copy bandwidth (this step: %.2fx the bound; the "
-                "logits' download alone takes %.3f ms)\n",
-                bytes / 1e9, bound_ms, ms / bound_ms, logits_download_ms);
+    std::printf("    %.2f GB per step, bound %.3f ms at the copy bandwidth (this step: %.2fx the bound)\n",
+                bytes / 1e9, bound_ms, ms / bound_ms);
     std::fflush(stdout);
   }
   return step_ms;
@@ -384,21 +383,15 @@ void decoder_layer(const Ceilings& c, LayerKind kind, std::int64_t context, doub
 
 // Whole-model decode steps at real widths with 1, 2 and 4 layers (one of them softmax), and
 // from their differences the time of one lightning and one softmax decoder layer.
-void model_decode_rows(const DeviceContext& device, EventTimer& timer, const Ceilings& c, bool quick) {
-  // The step's one device-to-host transfer, alone: float32 logits into pageable memory.
-  const std::int64_t vocab = 200064;
-  DeviceBuffer logits = device_array<float>(vocab, "logits");
-  std::vector<float> host(static_cast<std::size_t>(vocab));
-  const double download_ms =
-      timer.median_ms([&] { device.download(host.data(), logits.as<float>(), logits.bytes()); }, 9);
+void model_decode_rows(const Ceilings& c, bool quick) {
   if (quick) {
-    model_decode(c, "LS", {4096}, download_ms);
+    model_decode(c, "LS", {4096});
     return;
   }
   const std::vector<std::int64_t> contexts = {4096, 65536};
-  const std::vector<double> one = model_decode(c, "L", {4096}, download_ms);
-  const std::vector<double> two = model_decode(c, "LS", contexts, download_ms);
-  const std::vector<double> four = model_decode(c, "LLLS", contexts, download_ms);
+  const std::vector<double> one = model_decode(c, "L", {4096});
+  const std::vector<double> two = model_decode(c, "LS", contexts);
+  const std::vector<double> four = model_decode(c, "LLLS", contexts);
   decoder_layer(c, LayerKind::Lightning, 0, four[0], two[0], 2);
   for (std::size_t i = 0; i < contexts.size(); ++i)
     decoder_layer(c, LayerKind::Softmax, contexts[i], two[i], one[0], 1);
@@ -566,7 +559,7 @@ int run(bool quick, bool vision_only) {
   softmax_decode(device, timer, c, 131072, 0.172);
   sampling(device, timer);
   moe(device, timer, c, quick ? std::vector<std::int64_t>{1, 64, 4096} : std::vector<std::int64_t>{1, 64, 4096, 32768});
-  model_decode_rows(device, timer, c, quick);
+  model_decode_rows(c, quick);
   vision_tower(c);
   return 0;
 }

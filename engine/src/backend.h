@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <random>
 #include <span>
 
 #include "lightdesk/engine.h"
@@ -13,7 +14,8 @@
 
 namespace lightdesk {
 
-// A sequence's model state on a backend: lightning states and softmax K/V.
+// A sequence's model state on a backend: lightning states, softmax K/V, and the logits of the
+// last token fed.
 class SequenceState {
  public:
   virtual ~SequenceState() = default;
@@ -24,8 +26,9 @@ enum class KvSide { Keys, Values };
 struct ForwardRequest {
   std::span<const TokenId> tokens;  // already checked to be inside the vocabulary
   std::int64_t first_position = 0;  // tokens the sequence holds before this call
-  bool all_logits = false;
-  float* logits = nullptr;  // [all_logits ? tokens.size() : 1, vocab] float32, host memory
+  // nullptr, or host memory for every token's logits, float32 [tokens.size(), vocab]. The last
+  // token's row stays in the sequence either way (read_logits, sample).
+  float* all_logits = nullptr;
   const std::function<void(int, std::span<const float>, std::int64_t)>* hidden_states = nullptr;
   // Empty, or per token a row of hidden_size floats to use instead of its embedding (nullptr:
   // the embedding). See FeedOptions::embedding_overrides.
@@ -40,8 +43,16 @@ class ComputeBackend {
   virtual std::unique_ptr<SequenceState> new_sequence() const = 0;
 
   // Runs the tokens through the model, appending them to the sequence's state. Memory is
-  // reserved before the state changes, so a failure leaves the state as it was.
+  // reserved before the state changes, so a failure leaves the state as it was. A backend may
+  // return before the device has finished a one-token step; the reads below wait for it.
   virtual void forward(SequenceState& sequence, const ForwardRequest& request) = 0;
+
+  // The last fed token's logits, float32 [vocab], into host memory.
+  virtual void read_logits(const SequenceState& sequence, float* out) const = 0;
+  // The next token, drawn from the last fed token's logits by the rules of SamplingParams where
+  // those logits are (only the id comes back from a device). A draw that is not greedy takes
+  // one number from `rng`.
+  virtual TokenId sample(const SequenceState& sequence, const SamplingParams& params, std::mt19937_64& rng) = 0;
 
   // State transfer in the export layout (float32 host buffers). Lightning: [heads, d, d].
   // K/V: [kv_heads, count, d] for positions first..first+count-1.

@@ -4,6 +4,7 @@
 
 #include "backend.h"
 #include "cpu_ops.h"
+#include "sampler.h"
 #include "thread_pool.h"
 
 namespace lightdesk {
@@ -16,6 +17,7 @@ struct CpuSequence final : SequenceState {
   std::vector<std::vector<float>> lightning;  // per layer [heads, d, d]; empty for softmax layers
   std::vector<std::vector<float>> keys;       // per layer [positions, kv_heads, d] (after RoPE)
   std::vector<std::vector<float>> values;     // per layer [positions, kv_heads, d]
+  std::vector<float> last_logits;             // [vocab]
 };
 
 class CpuBackend final : public ComputeBackend {
@@ -39,12 +41,21 @@ class CpuBackend final : public ComputeBackend {
     s->lightning.resize(config_.num_layers);
     s->keys.resize(config_.num_layers);
     s->values.resize(config_.num_layers);
+    s->last_logits.resize(static_cast<std::size_t>(config_.vocab_size));
     for (int l = 0; l < config_.num_layers; ++l)
       if (config_.layer_kinds[l] == LayerKind::Lightning) s->lightning[l].assign(lightning_size(), 0.0f);
     return s;
   }
 
   void forward(SequenceState& state, const ForwardRequest& req) override;
+
+  void read_logits(const SequenceState& state, float* out) const override {
+    const auto& logits = static_cast<const CpuSequence&>(state).last_logits;
+    std::copy(logits.begin(), logits.end(), out);
+  }
+  TokenId sample(const SequenceState& state, const SamplingParams& params, std::mt19937_64& rng) override {
+    return sample_token(static_cast<const CpuSequence&>(state).last_logits, params, rng);
+  }
 
   void read_lightning_state(const SequenceState& state, int layer, float* out) const override {
     const auto& s = static_cast<const CpuSequence&>(state).lightning.at(layer);
@@ -155,7 +166,9 @@ void CpuBackend::forward(SequenceState& state, const ForwardRequest& req) {
   cpu::rms_norm(x.data(), T, H, weights_.final_norm.data(), config_.rms_norm_eps, x.data(), pool_);
   report(config_.num_layers + 1, x);
   std::copy_n(x.data() + (T - logit_rows) * H, logit_rows * H, final_rows.data());
-  cpu::linear(final_rows.data(), logit_rows, H, weights_.lm_head.data(), V, req.logits);
+  cpu::linear(final_rows.data(), logit_rows, H, weights_.lm_head.data(), V,
+              req.all_logits ? req.all_logits : s.last_logits.data());
+  if (req.all_logits) std::copy_n(req.all_logits + (logit_rows - 1) * V, V, s.last_logits.begin());
 }
 
 void CpuBackend::lightning_layer(CpuSequence& s, int l, const float* a, std::int64_t rows, float* att) {

@@ -13,19 +13,16 @@
 #include "cuda_device.h"
 #include "cuda_kv_cache.h"
 #include "cuda_moe.h"
+#include "sampler.h"
 
 namespace lightdesk {
 namespace {
 
 using cuda::bf16;
 
-struct CudaLayer {
-  LayerKind kind = LayerKind::Lightning;
-  DeviceBuffer input_norm, post_attn_norm;                // float [hidden]
-  DeviceBuffer qkv, output_gate, output_norm, out_proj;   // lightning (output_norm float)
-  DeviceBuffer slopes;                                    // float [heads]
-  DeviceBuffer q_proj, k_proj, v_proj, o_proj;            // softmax
-  DeviceBuffer router;                                    // float [experts, hidden]
+// The WeightPrecision::Float32 tensors are float, the others T.
+struct CudaLayer : LayerTensors<DeviceBuffer> {
+  DeviceBuffer slopes;   // lightning layers: float [heads]
   DeviceBuffer gate_up;  // per expert [2 * width, hidden]: w1 rows, then w3 rows
   DeviceBuffer down;     // per expert [hidden, width]
 };
@@ -95,6 +92,9 @@ struct CudaSequence final : SequenceState {
   std::shared_ptr<KvPagePool> kv_pages;
   std::vector<std::int32_t> pages;
   DeviceBuffer page_table;  // int32, pages in order (room for more)
+  // float [vocab]: the last fed token's logits, kept here rather than in the shared scratch so
+  // that sampling finds them after other sessions' passes.
+  DeviceBuffer logits;
   DecodeGraph decode_graph;
 };
 
@@ -105,7 +105,8 @@ struct Scratch {
   // baked them in compare this instead.
   std::uint64_t generation = 0;
   DeviceBuffer tokens, x, a, att, b, moe, qkv, o, gate;
-  DeviceBuffer hidden_f32, logits;
+  DeviceBuffer hidden_f32;
+  DeviceBuffer logits;  // every row's, for ForwardRequest::all_logits
   DeviceBuffer lightning_workspace;  // the lightning prefill's segment states
 };
 
@@ -125,6 +126,7 @@ class CudaBackend final : public ComputeBackend {
 
   std::unique_ptr<SequenceState> new_sequence() const override {
     auto s = std::make_unique<CudaSequence>(kv_pages_);
+    s->logits = device_array<float>(config_.vocab_size, "a session's logits");
     s->lightning.resize(config_.num_layers);
     for (int l = 0; l < config_.num_layers; ++l)
       if (config_.layer_kinds[l] == LayerKind::Lightning) {
@@ -137,6 +139,12 @@ class CudaBackend final : public ComputeBackend {
   }
 
   void forward(SequenceState& state, const ForwardRequest& req) override;
+
+  void read_logits(const SequenceState& state, float* out) const override {
+    const DeviceBuffer& logits = static_cast<const CudaSequence&>(state).logits;
+    device_.download(out, logits.as<float>(), logits.bytes());
+  }
+  TokenId sample(const SequenceState& state, const SamplingParams& params, std::mt19937_64& rng) override;
 
   void read_lightning_state(const SequenceState& state, int layer, float* out) const override {
     const auto& buffer = static_cast<const CudaSequence&>(state).lightning.at(layer);
@@ -187,8 +195,9 @@ class CudaBackend final : public ComputeBackend {
   // Called with (index, hidden rows on the device) where FeedOptions::hidden_states asks for them.
   using HiddenReport = std::function<void(int, const T*)>;
   // Enqueues the model over the `rows` tokens in scratch_.tokens, up to the logits of the last
-  // logit_rows rows in scratch_.logits. Without a report it neither waits for the device nor
-  // allocates (beyond stream-ordered workspaces), so a decode step can be captured as a graph.
+  // token in s.logits (and, when logit_rows > 1, those of the last logit_rows tokens in
+  // scratch_.logits). Without a report it neither waits for the device nor allocates (beyond
+  // stream-ordered workspaces), so a decode step can be captured as a graph.
   void enqueue_forward(CudaSequence& s, std::int64_t rows, cuda::Position first_position, std::int64_t logit_rows,
                        const HiddenReport& report);
   // One token through the sequence's decode graph, captured again when what it was captured
@@ -210,8 +219,12 @@ class CudaBackend final : public ComputeBackend {
   std::shared_ptr<KvPagePool> kv_pages_;
   const bool use_graphs_;
   DeviceBuffer step_position_ = device_array<std::int64_t>(1, "the decode position");
+  DeviceBuffer sampling_workspace_ =
+      DeviceBuffer(cuda::sampling_workspace_bytes(config_.vocab_size), "the sampling workspace");
+  DeviceBuffer sampled_token_ = device_array<std::int32_t>(1, "the sampled token");
   DeviceBuffer attention_workspace_;
-  // Sessions of one model share the scratch buffers, and the K/V pool moves when it grows.
+  // Sessions of one model share the scratch buffers and the sampling workspace, and the K/V
+  // pool moves when it grows.
   mutable std::mutex forward_mutex_;
   Scratch scratch_;
   MoeRunner<T> moe_;
@@ -219,50 +232,44 @@ class CudaBackend final : public ComputeBackend {
 
 template <typename T>
 void CudaBackend<T>::allocate_weights(const WeightFill& fill) {
-  auto get = [&](const std::string& name, std::int64_t numel, bool as_float) {
+  const std::int64_t H = config_.hidden_size, V = config_.vocab_size, A = attention_width(), KV = kv_width(),
+                     I = config_.expert_width, E = config_.num_experts;
+  // Values per tensor, by the part of its WeightMap name after the layer prefix.
+  const std::map<std::string, std::int64_t> numel_of_part = {
+      {"embed", V * H},       {"lm_head", V * H},     {"final_norm", H},      {"input_norm", H},
+      {"post_attn_norm", H},  {"qkv", 3 * A * H},     {"output_gate", A * H}, {"output_norm", A},
+      {"out_proj", H * A},    {"q_proj", A * H},      {"k_proj", KV * H},     {"v_proj", KV * H},
+      {"o_proj", H * A},      {"router", E * H}};
+  auto get = [&](const std::string& name, WeightPrecision precision) {
+    const std::int64_t numel = numel_of_part.at(name.substr(name.rfind('.') + 1));
+    const bool as_float = precision == WeightPrecision::Float32;
     DeviceBuffer buffer = as_float ? device_array<float>(numel, name) : device_array<T>(numel, name);
     fill(name, buffer.as<void>(), numel, as_float);
     weight_bytes_ += buffer.bytes();
     return buffer;
   };
-  auto get_weight = [&](const std::string& name, std::int64_t numel) { return get(name, numel, false); };
-  auto get_vector = [&](const std::string& name, std::int64_t numel) { return get(name, numel, true); };
 
-  const std::int64_t H = config_.hidden_size, V = config_.vocab_size, A = attention_width(), KV = kv_width(),
-                     I = config_.expert_width, E = config_.num_experts;
-  embed_ = get_weight("embed", V * H);
-  lm_head_ = get_weight("lm_head", V * H);
-  final_norm_ = get_vector("final_norm", H);
+  embed_ = get("embed", WeightPrecision::Backend);
+  lm_head_ = get("lm_head", WeightPrecision::Backend);
+  final_norm_ = get("final_norm", WeightPrecision::Float32);
   for (int l = 0; l < config_.num_layers; ++l) {
-    const std::string k = "layers." + std::to_string(l) + ".";
+    const std::string k = layer_weight_prefix(l);
     CudaLayer layer;
-    layer.kind = config_.layer_kinds[l];
-    layer.input_norm = get_vector(k + "input_norm", H);
-    layer.post_attn_norm = get_vector(k + "post_attn_norm", H);
+    load_layer_tensors(config_, l, layer, get);
     if (layer.kind == LayerKind::Lightning) {
-      layer.qkv = get_weight(k + "qkv", 3 * A * H);
-      layer.output_gate = get_weight(k + "output_gate", A * H);
-      layer.output_norm = get_vector(k + "output_norm", A);
-      layer.out_proj = get_weight(k + "out_proj", H * A);
       const std::vector<float> slopes = lightning_slopes(config_, l);
       layer.slopes = device_array<float>(static_cast<std::int64_t>(slopes.size()), k + "slopes");
       device_.upload(layer.slopes.as<float>(), slopes.data(), layer.slopes.bytes());
-    } else {
-      layer.q_proj = get_weight(k + "q_proj", A * H);
-      layer.k_proj = get_weight(k + "k_proj", KV * H);
-      layer.v_proj = get_weight(k + "v_proj", KV * H);
-      layer.o_proj = get_weight(k + "o_proj", H * A);
     }
-    layer.router = get_vector(k + "router", E * H);
     layer.gate_up = device_array<T>(E * 2 * I * H, k + "experts (w1, w3)");
     layer.down = device_array<T>(E * H * I, k + "experts (w2)");
     weight_bytes_ += layer.gate_up.bytes() + layer.down.bytes();
-    for (std::int64_t e = 0; e < E; ++e) {
-      const std::string ke = k + "experts." + std::to_string(e) + ".";
+    for (int e = 0; e < config_.num_experts; ++e) {
+      const ExpertWeightNames names = expert_weight_names(l, e);
       T* gate_up = layer.gate_up.as<T>() + e * 2 * I * H;
-      fill(ke + "w1", gate_up, I * H, false);
-      fill(ke + "w3", gate_up + I * H, I * H, false);
-      fill(ke + "w2", layer.down.as<T>() + e * H * I, H * I, false);
+      fill(names.w1, gate_up, I * H, false);
+      fill(names.w3, gate_up + I * H, I * H, false);
+      fill(names.w2, layer.down.as<T>() + e * H * I, H * I, false);
     }
     layers_.push_back(std::move(layer));
   }
@@ -390,7 +397,28 @@ void CudaBackend<T>::forward(SequenceState& state, const ForwardRequest& req) {
     };
     enqueue_forward(s, rows, req.first_position, logit_rows, reports ? HiddenReport(report) : HiddenReport());
   }
-  device_.download(req.logits, w.logits.as<float>(), static_cast<std::size_t>(logit_rows * V) * sizeof(float));
+  if (req.all_logits)
+    device_.download(req.all_logits, w.logits.as<float>(), static_cast<std::size_t>(logit_rows * V) * sizeof(float));
+  // A one-token step does not wait, so that sampling queues right behind it; a longer pass
+  // does, so that feed's progress reports its time and a device error surfaces in its feed.
+  else if (rows > 1)
+    device_.synchronize();
+}
+
+template <typename T>
+TokenId CudaBackend<T>::sample(const SequenceState& state, const SamplingParams& params, std::mt19937_64& rng) {
+  const auto& s = static_cast<const CudaSequence&>(state);
+  check_sampling_params(params);
+  // The draw's random number is hashed on the device from a seed: one fresh seed from the
+  // session's generator per draw, so set_seed repeats the draws as it does on the CPU.
+  const cuda::TokenSampling sampling{params.temperature, params.top_k, params.top_p, is_greedy(params) ? 0 : rng(),
+                                     0};
+  const std::lock_guard lock(forward_mutex_);
+  cuda::sample_token(s.logits.as<float>(), config_.vocab_size, sampling, sampling_workspace_.as<void>(),
+                     sampled_token_.as<std::int32_t>(), device_.stream());
+  std::int32_t token = 0;
+  device_.download(&token, sampled_token_.as<std::int32_t>(), sizeof token);
+  return token;
 }
 
 template <typename T>
@@ -422,7 +450,15 @@ void CudaBackend<T>::enqueue_forward(CudaSequence& s, std::int64_t rows, cuda::P
 
   cuda::rms_norm(w.x.as<T>(), rows, H, final_norm_.as<float>(), config_.rms_norm_eps, w.x.as<T>(), stream);
   if (report) report(config_.num_layers + 1, w.x.as<T>());
-  device_.linear(w.x.as<T>() + (rows - logit_rows) * H, logit_rows, H, lm_head_.as<T>(), V, w.logits.as<float>());
+  const T* final_rows = w.x.as<T>() + (rows - logit_rows) * H;
+  if (logit_rows == 1) {
+    device_.linear(final_rows, 1, H, lm_head_.as<T>(), V, s.logits.as<float>());
+    return;
+  }
+  device_.linear(final_rows, logit_rows, H, lm_head_.as<T>(), V, w.logits.as<float>());
+  check(cudaMemcpyAsync(s.logits.as<float>(), w.logits.as<float>() + (logit_rows - 1) * V, s.logits.bytes(),
+                        cudaMemcpyDeviceToDevice, stream),
+        "the last row of logits");
 }
 
 template <typename T>

@@ -14,7 +14,6 @@
 #include "model_config.h"
 #include "model_weights.h"
 #include "safetensors.h"
-#include "sampler.h"
 
 namespace lightdesk {
 
@@ -173,8 +172,11 @@ struct Session::Impl {
   const ModelInfo* info = nullptr;
   std::unique_ptr<SequenceState> sequence;
   std::vector<TokenId> tokens;
-  std::vector<float> logits;
+  // Rows of logits the last feed produced: 0 before any, 1, or every token's (all_logits).
   std::int64_t logits_rows = 0;
+  // Their host copy: an all_logits feed fills it; otherwise the one row stays on the backend
+  // (sampling reads it there) and logits() copies it here when asked.
+  mutable std::vector<float> logits;
   std::mt19937_64 rng{0};
 
   void check_tokens(std::span<const TokenId> ids) const {
@@ -199,7 +201,14 @@ Session::~Session() = default;
 const Model& Session::model() const { return *impl_->model; }
 std::int64_t Session::position() const { return static_cast<std::int64_t>(impl_->tokens.size()); }
 const std::vector<TokenId>& Session::tokens() const { return impl_->tokens; }
-std::span<const float> Session::logits() const { return impl_->logits; }
+std::span<const float> Session::logits() const {
+  const Impl& s = *impl_;
+  if (s.logits.empty() && s.logits_rows > 0) {
+    s.logits.resize(static_cast<std::size_t>(s.info->vocab_size));
+    s.backend->read_logits(*s.sequence, s.logits.data());
+  }
+  return s.logits;
+}
 std::int64_t Session::logits_rows() const { return impl_->logits_rows; }
 void Session::set_seed(std::uint64_t seed) { impl_->rng.seed(seed); }
 
@@ -225,13 +234,11 @@ void Session::feed(std::span<const TokenId> tokens, const FeedOptions& options) 
   s.logits_rows = 0;
   for (std::int64_t done = 0; done < total;) {
     const std::int64_t n = std::min(options.chunk_tokens, total - done);
-    const std::int64_t rows = options.all_logits ? n : 1;
-    std::vector<float> chunk_logits(static_cast<std::size_t>(rows * V));
+    std::vector<float> chunk_logits(options.all_logits ? static_cast<std::size_t>(n * V) : 0);
     ForwardRequest request;
     request.tokens = tokens.subspan(static_cast<std::size_t>(done), static_cast<std::size_t>(n));
     request.first_position = position();
-    request.all_logits = options.all_logits;
-    request.logits = chunk_logits.data();
+    request.all_logits = options.all_logits ? chunk_logits.data() : nullptr;
     request.hidden_states = &options.hidden_states;
     if (!options.embedding_overrides.empty())
       request.embedding_overrides =
@@ -240,9 +247,8 @@ void Session::feed(std::span<const TokenId> tokens, const FeedOptions& options) 
     s.tokens.insert(s.tokens.end(), request.tokens.begin(), request.tokens.end());
     if (options.all_logits) {
       s.logits.insert(s.logits.end(), chunk_logits.begin(), chunk_logits.end());
-      s.logits_rows += rows;
+      s.logits_rows += n;
     } else {
-      s.logits = std::move(chunk_logits);
       s.logits_rows = 1;
     }
     done += n;
@@ -255,10 +261,9 @@ void Session::feed(std::span<const TokenId> tokens, const FeedOptions& options) 
 }
 
 TokenId Session::sample(const SamplingParams& params) {
-  const std::int64_t V = impl_->info->vocab_size;
-  if (impl_->logits_rows == 0) throw Error("cannot sample: no logits (feed at least one token first)");
-  return sample_token(std::span<const float>(impl_->logits).subspan(static_cast<std::size_t>((impl_->logits_rows - 1) * V)),
-                      params, impl_->rng);
+  Impl& s = *impl_;
+  if (s.logits_rows == 0) throw Error("cannot sample: no logits (feed at least one token first)");
+  return s.backend->sample(*s.sequence, params, s.rng);
 }
 
 std::vector<StatePart> state_layout(const ModelShape& shape, std::int64_t position, std::int64_t kv_chunk_tokens) {

@@ -101,7 +101,7 @@ WeightMap::WeightMap(const ModelConfig& c, const Checkpoint& checkpoint) {
 
   for (int l = 0; l < c.num_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
-    const std::string k = "layers." + std::to_string(l) + ".";
+    const std::string k = layer_weight_prefix(l);
     whole(k + "input_norm", p + "input_layernorm.weight", {H});
     whole(k + "post_attn_norm", p + "post_attention_layernorm.weight", {H});
     if (c.layer_kinds[l] == LayerKind::Lightning) {
@@ -120,24 +120,31 @@ WeightMap::WeightMap(const ModelConfig& c, const Checkpoint& checkpoint) {
       whole(k + "router", p + "mlp.gate.weight", {E, H});
       const TensorView& gate_up = r.require(p + "mlp.experts.gate_up_proj", {E, 2 * I, H});
       const TensorView& down = r.require(p + "mlp.experts.down_proj", {E, H, I});
-      for (std::int64_t e = 0; e < E; ++e) {
-        const std::string ke = k + "experts." + std::to_string(e) + ".";
-        add(ke + "w1", gate_up, e * 2 * I * H, I * H);
-        add(ke + "w3", gate_up, e * 2 * I * H + I * H, I * H);
-        add(ke + "w2", down, e * H * I, H * I);
+      for (int e = 0; e < c.num_experts; ++e) {
+        const ExpertWeightNames names = expert_weight_names(l, e);
+        add(names.w1, gate_up, e * 2 * I * H, I * H);
+        add(names.w3, gate_up, e * 2 * I * H + I * H, I * H);
+        add(names.w2, down, e * H * I, H * I);
       }
     } else {
       whole(k + "router", p + "block_sparse_moe.gate.weight", {E, H});
-      for (std::int64_t e = 0; e < E; ++e) {
+      for (int e = 0; e < c.num_experts; ++e) {
         const std::string pe = p + "block_sparse_moe.experts." + std::to_string(e) + ".";
-        const std::string ke = k + "experts." + std::to_string(e) + ".";
-        whole(ke + "w1", pe + "w1.weight", {I, H});
-        whole(ke + "w3", pe + "w3.weight", {I, H});
-        whole(ke + "w2", pe + "w2.weight", {H, I});
+        const ExpertWeightNames names = expert_weight_names(l, e);
+        whole(names.w1, pe + "w1.weight", {I, H});
+        whole(names.w3, pe + "w3.weight", {I, H});
+        whole(names.w2, pe + "w2.weight", {H, I});
       }
     }
   }
   r.check_all_used();
+}
+
+std::string layer_weight_prefix(int layer) { return "layers." + std::to_string(layer) + "."; }
+
+ExpertWeightNames expert_weight_names(int layer, int expert) {
+  const std::string k = layer_weight_prefix(layer) + "experts." + std::to_string(expert) + ".";
+  return {k + "w1", k + "w3", k + "w2"};
 }
 
 const TensorSlice& WeightMap::at(const std::string& name) const {
@@ -185,7 +192,8 @@ std::vector<float> lightning_slopes(const ModelConfig& c, int layer) {
 ModelWeights load_cpu_weights(const ModelConfig& c, const WeightMap& map,
                               const std::function<void(std::uint64_t)>& bytes_loaded) {
   std::uint64_t loaded = 0;
-  auto get = [&](const std::string& name) {
+  // Everything is float32 here, whatever the precision a GPU backend would give it.
+  auto get = [&](const std::string& name, WeightPrecision = WeightPrecision::Float32) {
     const TensorSlice& s = map.at(name);
     WeightTensor t(*s.view, s.offset, s.numel);
     loaded += static_cast<std::uint64_t>(s.numel) * dtype_size(s.view->dtype);
@@ -197,27 +205,12 @@ ModelWeights load_cpu_weights(const ModelConfig& c, const WeightMap& map,
   w.lm_head = get("lm_head");
   w.final_norm = get("final_norm");
   for (int l = 0; l < c.num_layers; ++l) {
-    const std::string k = "layers." + std::to_string(l) + ".";
     LayerWeights lw;
-    lw.kind = c.layer_kinds[l];
-    lw.input_norm = get(k + "input_norm");
-    lw.post_attn_norm = get(k + "post_attn_norm");
-    if (lw.kind == LayerKind::Lightning) {
-      lw.qkv = get(k + "qkv");
-      lw.output_gate = get(k + "output_gate");
-      lw.output_norm = get(k + "output_norm");
-      lw.out_proj = get(k + "out_proj");
-      lw.slopes = lightning_slopes(c, l);
-    } else {
-      lw.q_proj = get(k + "q_proj");
-      lw.k_proj = get(k + "k_proj");
-      lw.v_proj = get(k + "v_proj");
-      lw.o_proj = get(k + "o_proj");
-    }
-    lw.router = get(k + "router");
+    load_layer_tensors(c, l, lw, get);
+    if (lw.kind == LayerKind::Lightning) lw.slopes = lightning_slopes(c, l);
     for (int e = 0; e < c.num_experts; ++e) {
-      const std::string ke = k + "experts." + std::to_string(e) + ".";
-      lw.experts.push_back(ExpertWeights{get(ke + "w1"), get(ke + "w3"), get(ke + "w2")});
+      const ExpertWeightNames names = expert_weight_names(l, e);
+      lw.experts.push_back(ExpertWeights{get(names.w1), get(names.w3), get(names.w2)});
     }
     w.layers.push_back(std::move(lw));
   }

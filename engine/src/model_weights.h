@@ -1,5 +1,7 @@
-// The model's weights as the CPU backend uses them: float32, row-major [out, in] like
-// torch.nn.Linear, whatever the dtype and tensor naming of the checkpoint.
+// The model's weights: where each is in the checkpoint (WeightMap), the one walk over them that
+// every backend's loader takes (load_layer_tensors), and the CPU backend's float32 copy. All
+// matrices are row-major [out, in] like torch.nn.Linear, whatever the dtype and tensor naming
+// of the checkpoint.
 #pragma once
 
 #include <cstdint>
@@ -29,29 +31,67 @@ class WeightTensor {
   std::int64_t numel_ = 0;
 };
 
-struct ExpertWeights {
-  WeightTensor w1;  // [width, hidden], goes through SiLU
-  WeightTensor w3;  // [width, hidden]
-  WeightTensor w2;  // [hidden, width]
+// How a backend keeps a weight: the norms and the router in float32 on every backend, the
+// matrices in the backend's weight type.
+enum class WeightPrecision { Backend, Float32 };
+
+// The tensors of one decoder layer other than its experts', each of a backend's Tensor type.
+template <typename Tensor>
+struct LayerTensors {
+  LayerKind kind = LayerKind::Lightning;
+  Tensor input_norm;      // [hidden]
+  Tensor post_attn_norm;  // [hidden]
+  // Lightning layers.
+  Tensor qkv;          // [3 * heads * head_dim, hidden], per head [q | k | v]
+  Tensor output_gate;  // [heads * head_dim, hidden]
+  Tensor output_norm;  // [heads * head_dim]
+  Tensor out_proj;     // [hidden, heads * head_dim]
+  // Softmax layers.
+  Tensor q_proj;  // [heads * head_dim, hidden]
+  Tensor k_proj;  // [kv_heads * head_dim, hidden]
+  Tensor v_proj;  // [kv_heads * head_dim, hidden]
+  Tensor o_proj;  // [hidden, heads * head_dim]
+  // MoE.
+  Tensor router;  // [experts, hidden]
 };
 
-struct LayerWeights {
-  LayerKind kind = LayerKind::Lightning;
-  WeightTensor input_norm;      // [hidden]
-  WeightTensor post_attn_norm;  // [hidden]
-  // Lightning layers.
-  WeightTensor qkv;          // [3 * heads * head_dim, hidden], per head [q | k | v]
-  WeightTensor output_gate;  // [heads * head_dim, hidden]
-  WeightTensor output_norm;  // [heads * head_dim]
-  WeightTensor out_proj;     // [hidden, heads * head_dim]
-  std::vector<float> slopes;  // [heads] decay rate per head
-  // Softmax layers.
-  WeightTensor q_proj;  // [heads * head_dim, hidden]
-  WeightTensor k_proj;  // [kv_heads * head_dim, hidden]
-  WeightTensor v_proj;  // [kv_heads * head_dim, hidden]
-  WeightTensor o_proj;  // [hidden, heads * head_dim]
-  // MoE.
-  WeightTensor router;  // [experts, hidden]
+// The WeightMap names of layer l's tensors ("layers.L.<part>") and of its expert e's matrices.
+std::string layer_weight_prefix(int layer);
+struct ExpertWeightNames {
+  std::string w1;  // [width, hidden], goes through SiLU
+  std::string w3;  // [width, hidden]
+  std::string w2;  // [hidden, width]
+};
+ExpertWeightNames expert_weight_names(int layer, int expert);
+
+// Fills `layer` with layer l's tensors of its kind (see LayerTensors), each from
+// load(WeightMap name, WeightPrecision) -> Tensor, in the order every backend loads them.
+template <typename Tensor, typename Load>
+void load_layer_tensors(const ModelConfig& config, int l, LayerTensors<Tensor>& layer, Load&& load) {
+  const std::string k = layer_weight_prefix(l);
+  layer.kind = config.layer_kinds[l];
+  layer.input_norm = load(k + "input_norm", WeightPrecision::Float32);
+  layer.post_attn_norm = load(k + "post_attn_norm", WeightPrecision::Float32);
+  if (layer.kind == LayerKind::Lightning) {
+    layer.qkv = load(k + "qkv", WeightPrecision::Backend);
+    layer.output_gate = load(k + "output_gate", WeightPrecision::Backend);
+    layer.output_norm = load(k + "output_norm", WeightPrecision::Float32);
+    layer.out_proj = load(k + "out_proj", WeightPrecision::Backend);
+  } else {
+    layer.q_proj = load(k + "q_proj", WeightPrecision::Backend);
+    layer.k_proj = load(k + "k_proj", WeightPrecision::Backend);
+    layer.v_proj = load(k + "v_proj", WeightPrecision::Backend);
+    layer.o_proj = load(k + "o_proj", WeightPrecision::Backend);
+  }
+  layer.router = load(k + "router", WeightPrecision::Float32);
+}
+
+struct ExpertWeights {
+  WeightTensor w1, w3, w2;  // see ExpertWeightNames
+};
+
+struct LayerWeights : LayerTensors<WeightTensor> {
+  std::vector<float> slopes;  // lightning layers: [heads] decay rate per head
   std::vector<ExpertWeights> experts;
 };
 

@@ -7,14 +7,19 @@
 
 namespace lightdesk {
 
+void check_sampling_params(const SamplingParams& params) {
+  if (is_greedy(params)) return;
+  if (!(params.top_p > 0.0f && params.top_p <= 1.0f)) throw Error("top_p must be within (0, 1]");
+  if (params.top_k < 0) throw Error("top_k must not be negative");
+}
+
 TokenId sample_token(std::span<const float> logits, const SamplingParams& params, std::mt19937_64& rng) {
   if (logits.empty()) throw Error("cannot sample: no logits (feed at least one token first)");
-  if (params.temperature <= 0.0f) {
+  if (is_greedy(params)) {
     // max_element returns the first of equal maxima: the lowest id.
     return static_cast<TokenId>(std::max_element(logits.begin(), logits.end()) - logits.begin());
   }
-  if (!(params.top_p > 0.0f && params.top_p <= 1.0f)) throw Error("top_p must be within (0, 1]");
-  if (params.top_k < 0) throw Error("top_k must not be negative");
+  check_sampling_params(params);
 
   const auto n = static_cast<TokenId>(logits.size());
   std::vector<TokenId> ids(static_cast<std::size_t>(n));

@@ -3,12 +3,17 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
 
 #include "cuda_test_util.h"
 #include "lightdesk/engine.h"
 #include "src/safetensors.h"
+#include "src/sampler.h"
 
 namespace lightdesk {
 namespace {
@@ -43,6 +48,20 @@ std::string case_name(const ::testing::TestParamInfo<Case>& info) {
 }
 
 std::vector<TokenId> ids(const LoadedTensor& t) { return {t.i64.begin(), t.i64.end()}; }
+
+// A session generating through Session::sample, one token per step, each fed back.
+struct Generation {
+  Generation(const Model& model, std::span<const TokenId> prompt, std::uint64_t seed) : session(model.create_session()) {
+    session->set_seed(seed);
+    session->feed(prompt);
+  }
+  void step(const SamplingParams& params) {
+    tokens.push_back(session->sample(params));
+    session->feed(std::span<const TokenId>(&tokens.back(), 1));
+  }
+  std::unique_ptr<Session> session;
+  std::vector<TokenId> tokens;
+};
 
 class CudaFixtureTest : public ::testing::TestWithParam<Case> {
  protected:
@@ -163,6 +182,60 @@ TEST_P(CudaFixtureTest, GreedyContinuation) {
   EXPECT_EQ(out, expected);
 }
 
+// Greedy generation through Session::sample (the argmax taken on the device) equals the CPU
+// backend's, for two sessions of one model taking turns: each samples its own logits, not the
+// last pass's.
+TEST_P(CudaFixtureTest, GreedyGenerationEqualsCpuBackend) {
+  if (!GetParam().float32) GTEST_SKIP() << "bf16: near-ties may flip; the logit checks cover it";
+  ModelOptions cpu_options;
+  cpu_options.backend = BackendKind::Cpu;
+  const auto cpu_model = Model::open(directory_, cpu_options);
+  const std::vector<TokenId> prompts[] = {ids(golden_.at("greedy.prompt_ids")), ids(golden_.at("prefill.input_ids"))};
+  constexpr int kSteps = 64;
+  Generation cuda_a(*model_, prompts[0], 0), cuda_b(*model_, prompts[1], 0);
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < kSteps; ++i) {
+    cuda_a.step({});
+    cuda_b.step({});
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("[ measured ] %s greedy generation: %.1f us per token (sample + one-token feed)\n",
+              case_name({GetParam(), 0}).c_str(), seconds * 1e6 / (2 * kSteps));
+  for (int p = 0; p < 2; ++p) {
+    Generation cpu(*cpu_model, prompts[p], 0);
+    for (int i = 0; i < kSteps; ++i) cpu.step({});
+    EXPECT_EQ((p == 0 ? cuda_a : cuda_b).tokens, cpu.tokens) << "prompt " << p;
+  }
+  EXPECT_NE(cuda_a.tokens, cuda_b.tokens) << "the two prompts should lead to different continuations";
+}
+
+// Sampled generation on the device: a seed repeats its tokens (whether or not logits() copies
+// the logits to the host in between), another seed gives others, and every token is among the
+// top_k best of its logits.
+TEST_P(CudaFixtureTest, SeededSamplingRepeats) {
+  const auto prompt = ids(golden_.at("decode.prompt_ids"));
+  const SamplingParams params{0.9f, 20, 0.95f};
+  constexpr int kSteps = 48;
+  auto generate = [&](std::uint64_t seed, bool check_kept_set) {
+    Generation generation(*model_, prompt, seed);
+    for (int i = 0; i < kSteps; ++i) {
+      if (check_kept_set) {
+        const std::vector<float> logits(generation.session->logits().begin(), generation.session->logits().end());
+        generation.step(params);
+        const float drawn = logits[static_cast<std::size_t>(generation.tokens.back())];
+        EXPECT_LT(std::count_if(logits.begin(), logits.end(), [&](float v) { return v > drawn; }), params.top_k)
+            << "step " << i << ": token " << generation.tokens.back() << " is outside the top " << params.top_k;
+      } else {
+        generation.step(params);
+      }
+    }
+    return generation.tokens;
+  };
+  const std::vector<TokenId> first = generate(5, true);
+  EXPECT_EQ(generate(5, false), first);
+  EXPECT_NE(generate(6, false), first);
+}
+
 // A state exported by the CPU backend, imported into a CUDA session, then decoded on: covers
 // resize_kv, write_kv and write_lightning_state. The CUDA session's own export must match the
 // CPU's (read_kv, read_lightning_state).
@@ -230,6 +303,82 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, CudaFixtureTest,
                                            Case{"tiny-a-m1-rd16", true}, Case{"tiny-a-m1-rd16", false},
                                            Case{"tiny-a-m1-rd8", true}, Case{"tiny-a-m1-rd8", false}),
                          case_name);
+
+// tiny-a-hf with MiniMax-Text-01's vocabulary (random embedding and LM head rows), in a
+// directory of its own that goes when the object does: sampling then moves real amounts of data.
+class LargeVocabularyModel {
+ public:
+  static constexpr int kVocab = 200064;
+  LargeVocabularyModel() {
+    const std::filesystem::path fixture = kData / "tiny-a-hf";
+    std::filesystem::create_directories(directory_);
+    nlohmann::json config = nlohmann::json::parse(std::ifstream(fixture / "config.json"));
+    config["vocab_size"] = kVocab;
+    std::ofstream(directory_ / "config.json") << config.dump(2);
+    std::map<std::string, LoadedTensor> tensors = read_safetensors(fixture / "model.safetensors");
+    std::mt19937 rng(1);
+    std::normal_distribution<float> normal(0.0f, 0.08f);
+    for (const char* name : {"model.embed_tokens.weight", "lm_head.weight"}) {
+      LoadedTensor& t = tensors.at(name);
+      t.shape[0] = kVocab;
+      t.f32.resize(static_cast<std::size_t>(kVocab * t.shape[1]));
+      for (float& v : t.f32) v = normal(rng);
+    }
+    std::vector<OutputTensor> out;
+    for (const auto& [name, t] : tensors) out.push_back({name, t.shape, t.f32, {}});
+    write_safetensors(directory_ / "model.safetensors", out);
+  }
+  ~LargeVocabularyModel() { std::filesystem::remove_all(directory_); }
+  const std::filesystem::path& directory() const { return directory_; }
+
+ private:
+  const std::filesystem::path directory_ =
+      std::filesystem::temp_directory_path() /
+      ("lightdesk-large-vocabulary-" + std::to_string(std::random_device()()));
+};
+
+// At a vocabulary of 200064: the device's greedy id is the argmax of the logits the host sees,
+// and the time per generated token with sampling on the device against the host path it
+// replaces (the logits copied to the host, then the CPU sampler), same model and steps.
+TEST(CudaLargeVocabularyTest, DeviceSamplingAgainstTheHostPath) {
+  LIGHTDESK_SKIP_WITHOUT_GPU();
+  const LargeVocabularyModel large;
+  ModelOptions options;
+  options.backend = BackendKind::Cuda;
+  const auto model = Model::open(large.directory(), options);
+  const std::vector<TokenId> prompt = {22, 506, 217, 201, 137, 437, 489, 451};
+  constexpr int kSteps = 64;
+  {
+    auto session = model->create_session();
+    session->feed(prompt);
+    for (int i = 0; i < kSteps; ++i) {
+      const auto logits = session->logits();
+      const auto host_best = static_cast<TokenId>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+      const TokenId next = session->sample({});
+      ASSERT_EQ(next, host_best) << "step " << i;
+      session->feed(std::span<const TokenId>(&next, 1));
+    }
+  }
+  for (const SamplingParams& params : {SamplingParams{}, SamplingParams{0.8f, 40, 0.95f}, SamplingParams{1.0f, 0, 0.9f}}) {
+    auto per_token_us = [&](bool on_device) {
+      auto session = model->create_session();
+      session->feed(prompt);
+      std::mt19937_64 rng(0);
+      const auto start = std::chrono::steady_clock::now();
+      for (int i = 0; i < kSteps; ++i) {
+        const TokenId next = on_device ? session->sample(params) : sample_token(session->logits(), params, rng);
+        session->feed(std::span<const TokenId>(&next, 1));
+      }
+      return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() * 1e6 / kSteps;
+    };
+    per_token_us(true);  // warm-up: graph capture, first allocations
+    const double device = per_token_us(true), host = per_token_us(false);
+    std::printf("[ measured ] vocab %d, temperature %.1f top_k %d top_p %.2f: %.1f us per token sampling on the "
+                "device, %.1f us through the host\n",
+                LargeVocabularyModel::kVocab, static_cast<double>(params.temperature), params.top_k,
+                static_cast<double>(params.top_p), device, host);
+  }
+}
 
 TEST(CudaBackendTest, ExplicitRequestWithoutGpuSaysWhy) {
   if (test::missing_gpu_reason().empty()) GTEST_SKIP() << "a GPU is present";

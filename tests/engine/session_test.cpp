@@ -1,6 +1,7 @@
 // Session behaviour: chunked prefill, decode equivalence, cancellation, state export/import.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 
 #include "test_util.h"
@@ -188,6 +189,46 @@ TEST_F(SessionTest, SeededSamplingRepeats) {
   };
   EXPECT_EQ(run(3), run(3));
   EXPECT_NE(run(3), run(4));
+}
+
+// Each session samples the last row of its own logits: two sessions taking turns generate what
+// each generates alone, and after an all_logits feed the draw comes from the last token's row.
+TEST_F(SessionTest, SessionsTakingTurnsSampleTheirOwnLogits) {
+  const SamplingParams sampled{0.8f, 40, 0.9f};
+  auto alone = [&](std::span<const TokenId> prompt, const SamplingParams& params) {
+    auto s = model_->create_session();
+    s->feed(prompt);
+    std::vector<TokenId> out;
+    for (int i = 0; i < 16; ++i) {
+      out.push_back(s->sample(params));
+      s->feed(std::span(&out.back(), 1));
+    }
+    return out;
+  };
+  const auto prompt_a = std::span(ids_).first(20), prompt_b = std::span(ids_).subspan(100, 30);
+  for (const SamplingParams& params : {SamplingParams{}, sampled}) {
+    auto a = model_->create_session(), b = model_->create_session();
+    a->feed(prompt_a);
+    b->feed(prompt_b);
+    std::vector<TokenId> out_a, out_b;
+    for (int i = 0; i < 16; ++i) {
+      out_a.push_back(a->sample(params));
+      out_b.push_back(b->sample(params));
+      a->feed(std::span(&out_a.back(), 1));
+      b->feed(std::span(&out_b.back(), 1));
+    }
+    EXPECT_EQ(out_a, alone(prompt_a, params)) << "temperature " << params.temperature;
+    EXPECT_EQ(out_b, alone(prompt_b, params)) << "temperature " << params.temperature;
+    EXPECT_NE(out_a, out_b);
+  }
+
+  auto s = model_->create_session();
+  FeedOptions all;
+  all.all_logits = true;
+  s->feed(prompt_b, all);
+  const std::int64_t V = model_->info().vocab_size;
+  const auto last_row = s->logits().subspan(static_cast<std::size_t>((s->logits_rows() - 1) * V));
+  EXPECT_EQ(s->sample({}), std::max_element(last_row.begin(), last_row.end()) - last_row.begin());
 }
 
 TEST_F(SessionTest, ResetForgetsEverything) {

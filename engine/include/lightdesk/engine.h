@@ -200,11 +200,14 @@ class Session {
   // Runs the model over `tokens`, continuing from the current state.
   void feed(std::span<const TokenId> tokens, const FeedOptions& options = {});
   // Logits of the last feed: all fed tokens' rows if FeedOptions::all_logits, else one row.
-  // Row-major [logits_rows(), vocab_size].
+  // Row-major [logits_rows(), vocab_size]. The one row is copied from the backend's device on
+  // the first call after a feed (sample() does not need it).
   std::span<const float> logits() const;
   std::int64_t logits_rows() const;
 
-  // Draws the next token from the last row of logits().
+  // Draws the next token from the last row of logits(), where the backend keeps them (on the
+  // GPU for CUDA: only the id comes back). A seed gives the same tokens again on the same
+  // backend; the CPU and CUDA backends draw with different random numbers.
   TokenId sample(const SamplingParams& params);
   void set_seed(std::uint64_t seed);
 
