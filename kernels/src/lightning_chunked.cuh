@@ -31,7 +31,15 @@
 
 namespace lightdesk::cuda::lightning_chunked {
 
-using namespace tensor_core;
+using tensor_core::commit_copies;
+using tensor_core::copy_piece;
+using tensor_core::load_matrix_x4;
+using tensor_core::load_matrix_x4_transposed;
+using tensor_core::mma;
+using tensor_core::pack;
+using tensor_core::swizzled;
+using tensor_core::unpack;
+using tensor_core::wait_copies;
 
 constexpr int kChunk = 64;                         // rows per chunk
 constexpr int kDim = kMaxHeadDim;                  // q/k width in shared memory (zero-padded past d)
@@ -186,8 +194,8 @@ __device__ void update_state(StateFragments& state, const KeyValueTile& tile, co
   }
 }
 
-// Calls f(row, column, element) for each state element this thread holds (row: key dim,
-// column: in the slice; element: [tile][n][e] of StateFragments).
+// Calls f(row, column, mt, n, e) for each state element this thread holds: row (key dim) and
+// column (in the slice) of StateFragments element [mt][n][e].
 template <typename F>
 __device__ __forceinline__ void for_each_state_element(const Lane& lane, F&& f) {
 #pragma unroll
