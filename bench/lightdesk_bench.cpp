@@ -133,11 +133,13 @@ void lightning_prefill(const DeviceContext& device, EventTimer& timer, const Cei
   cuda::fill_uniform(state.as<float>(), heads * d * d, 5, -1.0f, 1.0f, device.stream());
   const auto s = slopes(heads);
   device.upload(slope.as<float>(), s.data(), s.size() * sizeof(float));
+  const std::size_t workspace_bytes = cuda::lightning_prefill_workspace_bytes<bf16>(tokens, heads, kHeadDim);
+  DeviceBuffer workspace(workspace_bytes, "lightning workspace");
   const int reps = tokens >= (std::int64_t{1} << 18) ? 3 : 7;
   const double ms = timer.median_ms(
       [&] {
         cuda::lightning_prefill(qkv.as<bf16>(), tokens, heads, kHeadDim, slope.as<float>(), state.as<float>(),
-                                out.as<bf16>(), device.stream());
+                                out.as<bf16>(), device.stream(), workspace.as<void>(), workspace_bytes);
       },
       reps, 1);
   // I/O floor: read qkv, write out, read and write the state once.

@@ -107,6 +107,7 @@ struct Scratch {
   DeviceBuffer tokens, x, a, att, b, moe, qkv, o, gate;
   DeviceBuffer hidden_f32;
   DeviceBuffer logits;  // every row's, for ForwardRequest::all_logits
+  DeviceBuffer lightning_workspace;  // the lightning prefill's segment states
 };
 
 template <typename T>
@@ -362,6 +363,8 @@ void CudaBackend<T>::reserve_scratch(std::int64_t rows) {
   s.gate = device_array<T>(rows * A, what);
   s.hidden_f32 = device_array<float>(rows * H, what);
   s.logits = device_array<float>(rows * config_.vocab_size, what);
+  s.lightning_workspace = DeviceBuffer(
+      cuda::lightning_prefill_workspace_bytes<T>(rows, config_.num_heads, config_.head_dim), what);
   moe_.reserve(rows);
   scratch_ = std::move(s);
 }
@@ -498,7 +501,7 @@ void CudaBackend<T>::lightning_layer(CudaSequence& s, int l, std::int64_t rows) 
                            w.o.as<T>(), stream);
   else
     cuda::lightning_prefill(w.qkv.as<T>(), rows, config_.num_heads, config_.head_dim, layer.slopes.as<float>(), state,
-                            w.o.as<T>(), stream);
+                            w.o.as<T>(), stream, w.lightning_workspace.as<void>(), w.lightning_workspace.bytes());
   cuda::rms_norm(w.o.as<T>(), rows, A, layer.output_norm.as<float>(), ModelConfig::kLightningNormEps, w.o.as<T>(),
                  stream);
   device_.linear(w.a.as<T>(), rows, H, layer.output_gate.as<T>(), A, w.gate.as<T>());

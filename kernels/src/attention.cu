@@ -142,38 +142,6 @@ __global__ void read_kv_rows_kernel(KvCacheView<const T> kv, std::int64_t first,
   }
 }
 
-// The caller's workspace when it is large enough, else one allocated and freed in stream order.
-class SplitWorkspace {
- public:
-  SplitWorkspace(std::size_t bytes, void* given, std::size_t given_bytes, cudaStream_t stream) : stream_(stream) {
-    if (bytes == 0) return;
-    if (given_bytes >= bytes) {
-      data_ = given;
-      return;
-    }
-    check(cudaMallocAsync(&data_, bytes, stream), "softmax_attention (split workspace)");
-    owned_ = true;
-  }
-  ~SplitWorkspace() {
-    if (owned_) (void)cudaFreeAsync(data_, stream_);
-  }
-  SplitWorkspace(const SplitWorkspace&) = delete;
-  SplitWorkspace& operator=(const SplitWorkspace&) = delete;
-  float* floats() const { return static_cast<float*>(data_); }
-
- private:
-  void* data_ = nullptr;
-  bool owned_ = false;
-  cudaStream_t stream_;
-};
-
-int multiprocessors() {
-  int device = 0, count = 0;
-  check(cudaGetDevice(&device), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
-  return count;
-}
-
 // Which kernel a launch takes, how it splits the keys over thread blocks, and the workspace
 // the splits' partial results need: the same answer for planning and for running.
 enum class Kernel { FlashOneWarp, FlashWide, CudaCores };
@@ -272,7 +240,7 @@ void softmax_attention(const T* q, std::int64_t rows, Position first_position, K
                        std::size_t workspace_bytes) {
   const Plan plan = plan_attention<T>(rows, first_position.value, heads, kv_heads, head_dim);
   if (rows == 0) return;
-  const SplitWorkspace split(plan.workspace_bytes, workspace, workspace_bytes, stream);
+  const StreamWorkspace split(plan.workspace_bytes, workspace, workspace_bytes, stream, "softmax_attention (split workspace)");
   if constexpr (std::is_same_v<T, bf16>) {
     const flash::Problem problem{q, kv, out, rows, first_position, heads, kv_heads, head_dim, 0, nullptr, nullptr};
     if (plan.kernel == Kernel::FlashOneWarp) launch_flash<1, 1>(problem, plan, split.floats(), stream);

@@ -21,6 +21,49 @@ inline unsigned grid_for(std::int64_t n, int threads = kThreads) {
   return static_cast<unsigned>(blocks < 65535 ? (blocks > 0 ? blocks : 1) : 65535);
 }
 
+// Multiprocessors of the current device.
+inline int multiprocessors() {
+  int device = 0, count = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+  return count;
+}
+
+// The caller's workspace when it holds `bytes`, else memory allocated and freed in stream order;
+// running out of memory is an Error naming `what`, the bytes needed and the bytes free.
+class StreamWorkspace {
+ public:
+  StreamWorkspace(std::size_t bytes, void* given, std::size_t given_bytes, cudaStream_t stream, const char* what)
+      : stream_(stream) {
+    if (bytes == 0) return;
+    if (given_bytes >= bytes) {
+      data_ = given;
+      return;
+    }
+    const cudaError_t status = cudaMallocAsync(&data_, bytes, stream);
+    if (status == cudaErrorMemoryAllocation) {
+      (void)cudaGetLastError();  // not sticky: clear it, the session stays usable
+      std::size_t free = 0, total = 0;
+      (void)cudaMemGetInfo(&free, &total);
+      fail(std::string(what) + ": out of GPU memory: " + std::to_string(bytes) + " bytes needed, " +
+           std::to_string(free) + " free");
+    }
+    check(status, what);
+    owned_ = true;
+  }
+  ~StreamWorkspace() {
+    if (owned_) (void)cudaFreeAsync(data_, stream_);
+  }
+  StreamWorkspace(const StreamWorkspace&) = delete;
+  StreamWorkspace& operator=(const StreamWorkspace&) = delete;
+  float* floats() const { return static_cast<float*>(data_); }
+
+ private:
+  void* data_ = nullptr;
+  bool owned_ = false;
+  cudaStream_t stream_;
+};
+
 __device__ __forceinline__ float warp_sum(float v) {
   for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;

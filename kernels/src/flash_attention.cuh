@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "common.cuh"
+#include "tensor_core.cuh"
 
 namespace lightdesk::cuda::flash {
 
@@ -36,49 +37,15 @@ struct Problem {
   float* partial_stats;     // gridDim.z > 1: [kv_head, packed row, split, {max, sum}]
 };
 
-// Shared memory: rows of kDim bf16 as 16-byte pieces, piece c of row r stored at column
-// c ^ (r % 8) so that the eight row addresses of an ldmatrix fall in different banks.
-__device__ __forceinline__ int swizzled(int row, int piece) { return row * kPiecesPerRow + (piece ^ (row & 7)); }
-
-__device__ __forceinline__ std::uint32_t shared_address(const void* p) {
-  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes from global to shared memory, zeros when !valid (the source is then not read).
-__device__ __forceinline__ void copy_piece(uint4* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(dst)), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int kPending>
-__device__ __forceinline__ void wait_copies() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-}
-
-__device__ __forceinline__ void load_matrix_x4(std::uint32_t (&r)[4], const uint4* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(shared_address(p)));
-}
-__device__ __forceinline__ void load_matrix_x4_transposed(std::uint32_t (&r)[4], const uint4* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(shared_address(p)));
-}
-
-// c[16×8] += a[16×16] · b[16×8], bf16 operands, float32 accumulators.
-__device__ __forceinline__ void mma(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ std::uint32_t pack(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const std::uint32_t*>(&v);
-}
+// Shared memory: rows of kDim bf16 as 16-byte pieces, swizzled (tensor_core.cuh).
+__device__ __forceinline__ int swizzled(int row, int piece) { return tensor_core::swizzled<kPiecesPerRow>(row, piece); }
+using tensor_core::commit_copies;
+using tensor_core::copy_piece;
+using tensor_core::load_matrix_x4;
+using tensor_core::load_matrix_x4_transposed;
+using tensor_core::mma;
+using tensor_core::pack;
+using tensor_core::wait_copies;
 
 // The packed rows of a tile: packed row r is query position r / group, head kv_head · group + r % group.
 struct PackedRow {

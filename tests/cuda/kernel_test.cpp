@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <numeric>
 
 #include "cuda_test_util.h"
@@ -148,26 +149,58 @@ struct LightningShape {
   int heads, head_dim;
 };
 
-TYPED_TEST(CudaKernelTest, LightningPrefillFromExistingState) {
-  // Ragged row counts split the kernel's 64-row blocks; head_dim 100 splits its value slices.
-  for (const LightningShape& s : {LightningShape{2, 2, 16}, LightningShape{80, 4, 16}, LightningShape{130, 3, 64},
-                                  LightningShape{300, 2, 128}, LightningShape{65, 2, 100}}) {
-    SCOPED_TRACE(std::to_string(s.rows) + " rows, " + std::to_string(s.heads) + "x" + std::to_string(s.head_dim));
-    const std::int64_t d = s.head_dim;
-    DeviceArray<TypeParam> qkv(s.rows * s.heads * 3 * d), out(s.rows * s.heads * d);
-    DeviceArray<float> state(s.heads * d * d), slopes(s.heads);
-    const auto qkv_values = qkv.set(this->random.uniform(qkv.size(), -0.3f, 1.0f));
-    auto ref_state = state.set(this->random.uniform(state.size(), -1.0f, 1.0f));
-    const auto slope_values = slopes.set(this->random.uniform(s.heads, 0.005f, 0.9f));
-    out.poison();
-    cuda::lightning_prefill(qkv.get(), s.rows, s.heads, s.head_dim, slopes.get(), state.get(), out.get(), nullptr);
-    std::vector<float> ref_out(out.size());
-    cpu::lightning_prefill(qkv_values.data(), s.rows, s.heads, s.head_dim, slope_values, 256, ref_state.data(),
-                           ref_out.data(), this->pool);
-    EXPECT_CLOSE(out.get_values(), ref_out, tolerance<TypeParam>());
-    // The state stays float32 in both modes.
-    EXPECT_CLOSE(state.get_values(), ref_state, 1e-5);
+// Prefills `shape.rows` rows in calls of `pieces` rows each (the last takes the rest), each call
+// continuing from the state the one before left, against one CPU prefill of all rows from the
+// same random state. With `given_workspace` the calls get a workspace of the planned size, else
+// they allocate their own.
+template <typename T>
+void check_lightning_prefill(test::Random& random, ThreadPool& pool, const LightningShape& s, std::int64_t pieces,
+                             bool given_workspace) {
+  SCOPED_TRACE(std::to_string(s.rows) + " rows in pieces of " + std::to_string(pieces) + ", " +
+               std::to_string(s.heads) + "x" + std::to_string(s.head_dim));
+  const std::int64_t d = s.head_dim;
+  DeviceArray<T> qkv(s.rows * s.heads * 3 * d), out(s.rows * s.heads * d);
+  DeviceArray<float> state(s.heads * d * d), slopes(s.heads);
+  const auto qkv_values = qkv.set(random.uniform(qkv.size(), -0.3f, 1.0f));
+  auto ref_state = state.set(random.uniform(state.size(), -1.0f, 1.0f));
+  const auto slope_values = slopes.set(random.uniform(s.heads, 0.005f, 0.9f));
+  out.poison();
+  for (std::int64_t first = 0; first < s.rows; first += pieces) {
+    const std::int64_t rows = std::min(pieces, s.rows - first);
+    const std::size_t bytes = cuda::lightning_prefill_workspace_bytes<T>(rows, s.heads, s.head_dim);
+    DeviceArray<std::uint8_t> workspace(given_workspace ? bytes : 0);
+    cuda::lightning_prefill(qkv.get() + first * s.heads * 3 * d, rows, s.heads, s.head_dim, slopes.get(), state.get(),
+                            out.get() + first * s.heads * d, nullptr, given_workspace ? workspace.get() : nullptr,
+                            given_workspace ? bytes : 0);
   }
+  std::vector<float> ref_out(out.size());
+  cpu::lightning_prefill(qkv_values.data(), s.rows, s.heads, s.head_dim, slope_values, 256, ref_state.data(),
+                         ref_out.data(), pool);
+  const auto out_values = out.get_values(), state_values = state.get_values();
+  std::printf("[ measured ] lightning prefill %s %lld rows (pieces %lld) %dx%d: relative error out %.3g, state %.3g\n",
+              std::is_same_v<T, float> ? "f32" : "bf16", static_cast<long long>(s.rows),
+              static_cast<long long>(pieces), s.heads, s.head_dim, relative_error(out_values, ref_out),
+              relative_error(state_values, ref_state));
+  EXPECT_LT(relative_error(out_values, ref_out), tolerance<T>()) << "output; seed " << random.seed();
+  // The state stays float32 in both modes: the session continues from it.
+  EXPECT_LT(relative_error(state_values, ref_state), 1e-5) << "state; seed " << random.seed();
+}
+
+TYPED_TEST(CudaKernelTest, LightningPrefillFromExistingState) {
+  // Ragged row counts split the 64-row chunks; head_dim 100 (not a multiple of 8) takes the
+  // CUDA-core kernel in both modes; 5000 rows at d 128 split into several runs of chunks, the
+  // last run shorter than the others.
+  for (const LightningShape& s : {LightningShape{2, 2, 16}, LightningShape{80, 4, 16}, LightningShape{130, 3, 64},
+                                  LightningShape{300, 2, 128}, LightningShape{65, 2, 100},
+                                  LightningShape{5000, 3, 128}})
+    check_lightning_prefill<TypeParam>(this->random, this->pool, s, s.rows, false);
+}
+
+TYPED_TEST(CudaKernelTest, LightningPrefillInPieces) {
+  // Chunked prefill of a long session: each call continues from the last one's state; the
+  // pieces end inside a chunk. With and without a workspace from the caller.
+  check_lightning_prefill<TypeParam>(this->random, this->pool, {2345, 2, 128}, 1000, true);
+  check_lightning_prefill<TypeParam>(this->random, this->pool, {700, 4, 64}, 333, false);
 }
 
 TYPED_TEST(CudaKernelTest, LightningDecode) {

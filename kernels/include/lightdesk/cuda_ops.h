@@ -81,10 +81,15 @@ constexpr int kMaxHeadDim = 128;
 
 // Lightning attention of `rows` tokens continuing from `state` (float32 [heads, d, d], updated
 // in place): qkv [rows, heads * 3d] (SiLU applied, per head [q | k | v]), out [rows, heads * d],
-// slopes [heads] float32. Block-wise like cpu::lightning_prefill.
+// slopes [heads] float32. Block-wise like cpu::lightning_prefill. bf16 with head_dim a multiple
+// of 8 runs chunked on tensor cores, parallel over runs of chunks whose start states go to
+// `workspace` when it holds workspace_bytes >= lightning_prefill_workspace_bytes (else to
+// memory allocated in stream order); float32 runs on CUDA cores, sequentially per head.
 template <typename T>
 void lightning_prefill(const T* qkv, std::int64_t rows, int heads, int head_dim, const float* slopes, float* state,
-                       T* out, cudaStream_t stream);
+                       T* out, cudaStream_t stream, void* workspace = nullptr, std::size_t workspace_bytes = 0);
+template <typename T>
+std::size_t lightning_prefill_workspace_bytes(std::int64_t rows, int heads, int head_dim);
 // One token: S = exp(-s) S + kᵀv, o = q S.
 template <typename T>
 void lightning_decode(const T* qkv, int heads, int head_dim, const float* slopes, float* state, T* out,
