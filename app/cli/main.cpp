@@ -36,7 +36,8 @@ logits, generate and ask: --session-db FILE --session NAME  continue the named s
                 in FILE (its state is loaded before the run, new ids append at its position, and
                 the state is saved after the run; ask renders only its new turn of the
                 conversation and keeps the question and answer in the session's messages)
-common options: --backend cpu|cuda|auto  --threads N  --chunk N (prefill tokens per pass)
+common options: --backend cpu|cuda|auto  --threads N  --chunk N (prefill tokens per pass;
+                default 512 on the CPU, 8192 with CUDA)
                 --rope-full-head (rotate whole heads, as native transformers <= 5.17 does)
                 --cuda-float32 (CUDA backend in float32 instead of bf16, for checking)
                 --stats (timings on standard error)
@@ -158,7 +159,7 @@ std::string human_bytes(std::uint64_t bytes) {
 struct Common {
   std::string model_dir;
   lightdesk::ModelOptions options;
-  std::int64_t chunk = 512;
+  std::int64_t chunk = 0;  // the backend's own size
   bool stats = false;
 };
 

@@ -106,7 +106,9 @@ struct Scratch {
   std::uint64_t generation = 0;
   DeviceBuffer tokens, x, a, att, b, moe, qkv, o, gate;
   DeviceBuffer hidden_f32;
-  DeviceBuffer logits;  // every row's, for ForwardRequest::all_logits
+  // Every row's logits, only for ForwardRequest::all_logits (a chunk of 8192 rows at a 200K
+  // vocabulary would need 6.5 GB): grown on its own by reserve_all_logits, never read by graphs.
+  DeviceBuffer all_logits;
   DeviceBuffer lightning_workspace;  // the lightning prefill's segment states
 };
 
@@ -190,13 +192,14 @@ class CudaBackend final : public ComputeBackend {
   }
   void reserve_kv(CudaSequence& s, std::int64_t positions) const;
   void reserve_scratch(std::int64_t rows);
+  void reserve_all_logits(std::int64_t rows);
   void lightning_layer(CudaSequence& s, int l, std::int64_t rows);
   void softmax_layer(CudaSequence& s, int l, std::int64_t rows, cuda::Position first_position);
   // Called with (index, hidden rows on the device) where FeedOptions::hidden_states asks for them.
   using HiddenReport = std::function<void(int, const T*)>;
   // Enqueues the model over the `rows` tokens in scratch_.tokens, up to the logits of the last
   // token in s.logits (and, when logit_rows > 1, those of the last logit_rows tokens in
-  // scratch_.logits). Without a report it neither waits for the device nor allocates (beyond
+  // scratch_.all_logits). Without a report it neither waits for the device nor allocates (beyond
   // stream-ordered workspaces), so a decode step can be captured as a graph.
   void enqueue_forward(CudaSequence& s, std::int64_t rows, cuda::Position first_position, std::int64_t logit_rows,
                        const HiddenReport& report);
@@ -358,15 +361,22 @@ void CudaBackend<T>::reserve_scratch(std::int64_t rows) {
   s.generation = scratch_.generation + 1;
   s.tokens = device_array<std::int32_t>(rows, what);
   for (DeviceBuffer* b : {&s.x, &s.a, &s.att, &s.b, &s.moe}) *b = device_array<T>(rows * H, what);
+  s.all_logits = std::move(scratch_.all_logits);
   s.qkv = device_array<T>(rows * 3 * A, what);
   s.o = device_array<T>(rows * A, what);
   s.gate = device_array<T>(rows * A, what);
   s.hidden_f32 = device_array<float>(rows * H, what);
-  s.logits = device_array<float>(rows * config_.vocab_size, what);
   s.lightning_workspace = DeviceBuffer(
       cuda::lightning_prefill_workspace_bytes<T>(rows, config_.num_heads, config_.head_dim), what);
   moe_.reserve(rows);
   scratch_ = std::move(s);
+}
+
+template <typename T>
+void CudaBackend<T>::reserve_all_logits(std::int64_t rows) {
+  const auto bytes = static_cast<std::size_t>(rows * config_.vocab_size) * sizeof(float);
+  if (bytes > scratch_.all_logits.bytes())
+    scratch_.all_logits = device_array<float>(rows * config_.vocab_size, "logits of " + std::to_string(rows) + " tokens");
 }
 
 template <typename T>
@@ -378,6 +388,7 @@ void CudaBackend<T>::forward(SequenceState& state, const ForwardRequest& req) {
   const std::lock_guard lock(forward_mutex_);
   // Reserve everything first: past this point nothing allocates.
   reserve_scratch(rows);
+  if (req.all_logits) reserve_all_logits(rows);
   reserve_kv(s, req.first_position + rows);
   const bool reports = req.hidden_states && *req.hidden_states;
   const bool graph = rows == 1 && use_graphs_ && !reports && req.embedding_overrides.empty();
@@ -398,7 +409,7 @@ void CudaBackend<T>::forward(SequenceState& state, const ForwardRequest& req) {
     enqueue_forward(s, rows, req.first_position, logit_rows, reports ? HiddenReport(report) : HiddenReport());
   }
   if (req.all_logits)
-    device_.download(req.all_logits, w.logits.as<float>(), static_cast<std::size_t>(logit_rows * V) * sizeof(float));
+    device_.download(req.all_logits, w.all_logits.as<float>(), static_cast<std::size_t>(logit_rows * V) * sizeof(float));
   // A one-token step does not wait, so that sampling queues right behind it; a longer pass
   // does, so that feed's progress reports its time and a device error surfaces in its feed.
   else if (rows > 1)
@@ -455,8 +466,8 @@ void CudaBackend<T>::enqueue_forward(CudaSequence& s, std::int64_t rows, cuda::P
     device_.linear(final_rows, 1, H, lm_head_.as<T>(), V, s.logits.as<float>());
     return;
   }
-  device_.linear(final_rows, logit_rows, H, lm_head_.as<T>(), V, w.logits.as<float>());
-  check(cudaMemcpyAsync(s.logits.as<float>(), w.logits.as<float>() + (logit_rows - 1) * V, s.logits.bytes(),
+  device_.linear(final_rows, logit_rows, H, lm_head_.as<T>(), V, w.all_logits.as<float>());
+  check(cudaMemcpyAsync(s.logits.as<float>(), w.all_logits.as<float>() + (logit_rows - 1) * V, s.logits.bytes(),
                         cudaMemcpyDeviceToDevice, stream),
         "the last row of logits");
 }

@@ -222,7 +222,9 @@ void Session::reset() {
 void Session::feed(std::span<const TokenId> tokens, const FeedOptions& options) {
   Impl& s = *impl_;
   s.check_tokens(tokens);
-  if (options.chunk_tokens <= 0) throw Error("chunk_tokens must be positive");
+  if (options.chunk_tokens < 0) throw Error("chunk_tokens must not be negative");
+  const std::int64_t chunk_tokens =
+      options.chunk_tokens > 0 ? options.chunk_tokens : s.backend->kind() == BackendKind::Cuda ? 8192 : 512;
   const auto total = static_cast<std::int64_t>(tokens.size());
   if (!options.embedding_overrides.empty() && options.embedding_overrides.size() != tokens.size())
     throw Error("embedding_overrides has " + std::to_string(options.embedding_overrides.size()) +
@@ -233,7 +235,7 @@ void Session::feed(std::span<const TokenId> tokens, const FeedOptions& options) 
   s.logits.clear();
   s.logits_rows = 0;
   for (std::int64_t done = 0; done < total;) {
-    const std::int64_t n = std::min(options.chunk_tokens, total - done);
+    const std::int64_t n = std::min(chunk_tokens, total - done);
     std::vector<float> chunk_logits(options.all_logits ? static_cast<std::size_t>(n * V) : 0);
     ForwardRequest request;
     request.tokens = tokens.subspan(static_cast<std::size_t>(done), static_cast<std::size_t>(n));

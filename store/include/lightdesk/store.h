@@ -243,9 +243,9 @@ class NamedSessionState {
   // Opens `db`, finds or creates the session `name` and loads its latest checkpoint into
   // `session`. If the stored state is refused, notice() says why and, when the checkpoint's
   // token ids are intact, the session is re-prefilled from them (in chunks of
-  // `prefill_chunk_tokens`).
+  // `prefill_chunk_tokens`; 0: the backend's own size, see FeedOptions).
   NamedSessionState(const std::filesystem::path& db, const std::string& name, Session& session,
-                    std::int64_t prefill_chunk_tokens = 512);
+                    std::int64_t prefill_chunk_tokens = 0);
   // Saves the session's current state as the session's newest checkpoint.
   void save();
   // For conversations: adds `question` as a user message, child of the message the loaded
