@@ -44,5 +44,5 @@ if [ -n "$short_lengths" ]; then
   timeout 170 $bench --lengths "$short_lengths" --out "$out/capability-gpu-short.json" >"$out/capability-short.log" 2>&1
   echo "$short_lengths: $(grep -c '"correct": true' "$out/capability-short.log") of $(grep -c '"correct"' "$out/capability-short.log") right"
 fi
-timeout 170 $bench --lengths 1048576 --depths 0,0.5,1 --out "$out/capability-gpu-1m.json" >"$out/capability-1m.log" 2>&1
+timeout 170 $bench --lengths 1048576 --depths 0,0.5,1 --kinds needles,story,record,passkey --out "$out/capability-gpu-1m.json" >"$out/capability-1m.log" 2>&1
 echo "1M: $(grep -c '"correct": true' "$out/capability-1m.log") of $(grep -c '"correct"' "$out/capability-1m.log") right"
