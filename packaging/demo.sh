@@ -6,7 +6,7 @@
 # attached and asks the question there. Otherwise lightdesk-cli reads the document into a stored
 # session and answers the question, then two more from the same session: those reuse the saved
 # state (the lightning states and the softmax layer's K/V) instead of reading the document again.
-# The document is resources/demo/demo.txt (about 32K tokens: under a minute on two CPU cores);
+# The document is resources/demo/demo.txt (about 24K tokens: under a minute on two CPU cores);
 # where an NVIDIA GPU is present, the one-million-token resources/demo/demo-1m.txt.gz instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -30,7 +30,7 @@ rm -f "$out"/*.png
 export XDG_CONFIG_HOME="$work/config" XDG_DATA_HOME="$work/data"
 mkdir -p "$work/config/Lightdesk"
 printf '[sampling]\nM1\\temperature=0\nText01\\temperature=0\n' > "$work/config/Lightdesk/Lightdesk.conf"
-# The demo document is 32K tokens: reading it takes about a minute on two CPU cores.
+# The demo document is 24K tokens: reading it takes under a minute on two CPU cores.
 timeout 600 xvfb-run -a -s "-screen 0 1280x800x24" \
   "$app" --demo "$out" --model "$model" --document "$document" --ask "$first" --ask "$second"
 ls -l "$out"

@@ -80,7 +80,8 @@ def plot(results, path):
         ax.set_title(kind)
         for i in range(len(lengths)):
             for j in range(len(depths)):
-                ax.text(j, i, f"{grid[i][j]:.0%}", ha="center", va="center", fontsize=8)
+                value = grid[i][j]
+                ax.text(j, i, "not run" if value != value else f"{value:.0%}", ha="center", va="center", fontsize=7)
     axes[0][0].set_ylabel("prompt tokens")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="exact answers")
     fig.suptitle("lightdesk-demo: greedy exact-match accuracy (lightdesk-cli ask)", y=1.04)

@@ -1,6 +1,6 @@
 """Writes a demo document for the bundled model and questions about it with their answers.
 
-    python3 tools/train/demo_document.py FILLER.txt OUT_DIR [--tokens 32768] [--seed 2026]
+    python3 tools/train/demo_document.py FILLER.txt OUT_DIR [--tokens 24576] [--seed 2026]
 
 The document is filler text from Debian's texts (tools/train/corpus.py) with facts of every
 task kind the model was trained on hidden at spread-out depths: key-value records, a pass key,
@@ -23,7 +23,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("filler")
     ap.add_argument("out_dir")
-    ap.add_argument("--tokens", type=int, default=32768)
+    ap.add_argument("--tokens", type=int, default=24576)
     ap.add_argument("--seed", type=int, default=2026)
     args = ap.parse_args()
     rng = random.Random(args.seed)
