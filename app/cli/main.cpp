@@ -517,10 +517,12 @@ int cmd_ask(Args& args) {
     std::fwrite(text.data(), 1, text.size(), stdout);
     std::fflush(stdout);
   };
+  // generate_text prefills, then generates: the generation's share is what the prefill left.
+  const auto generation_start = std::chrono::steady_clock::now();
   const auto generated = lightdesk::generate_text(*session, *tokenizer, input.tokens, options,
                                                   [&](std::string_view text) { print(parser.feed(text).answer); });
   print(parser.finish().answer + "\n");
-  const double generation_seconds = seconds_since(start) - prefill_seconds;
+  const double generation_seconds = seconds_since(generation_start) - prefill_seconds;
   for (const auto& call : parser.tool_calls())
     std::fprintf(stderr, "tool call: %s %s\n", call.name.c_str(), call.arguments.c_str());
   if (c.stats)
