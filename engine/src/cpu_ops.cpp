@@ -164,11 +164,7 @@ void softmax_attention(const float* q, std::int64_t rows, std::int64_t first_pos
       pool.parallel_for(block, [&](std::int64_t r) {
         float* row = scores.data() + r * keys_seen;
         const std::int64_t visible = first_position + t0 + r + 1;
-        const float max_score = *std::max_element(row, row + visible);
-        float sum = 0.0f;
-        for (std::int64_t j = 0; j < visible; ++j) sum += row[j] = std::exp(row[j] - max_score);
-        const float inverse = 1.0f / sum;
-        for (std::int64_t j = 0; j < visible; ++j) row[j] *= inverse;
+        softmax_row(row, visible);
         std::fill(row + visible, row + keys_seen, 0.0f);
       });
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(block), d,

@@ -45,6 +45,9 @@ void lightning_decode(const float* qkv, int heads, int head_dim, std::span<const
 void softmax_attention(const float* q, std::int64_t rows, std::int64_t first_position, const float* keys,
                        const float* values, int heads, int kv_heads, int head_dim, float* out, ThreadPool& pool);
 
+// row[0..count) = softmax(row[0..count)), count >= 1 (cpu_softmax_row.cpp: vectorised exp).
+void softmax_row(float* row, std::int64_t count);
+
 // Router: softmax over experts in float32, the top k (lower index first on ties), renormalised.
 // Writes k expert ids and weights per row.
 void route_top_k(const float* router_logits, std::int64_t rows, int experts, int k, int* expert_ids, float* weights);
