@@ -162,7 +162,7 @@ def main():
     ap.add_argument("--rotary-dim", type=int, default=0)
     ap.add_argument("--heads", type=int, default=8, help="attention heads (lightning and softmax query heads)")
     ap.add_argument("--head-dim", type=int, default=32)
-    ap.add_argument("--softmax-layers", default="7", help="indices of the softmax attention layers")
+    ap.add_argument("--softmax-layers", default="3,7", help="indices of the softmax attention layers (the shipped model: 3 and 7)")
     ap.add_argument("--kinds", help="train on these task kinds only (comma-separated; single-task examples)")
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--log-every", type=int, default=25)
