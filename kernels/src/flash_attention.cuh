@@ -39,13 +39,7 @@ struct Problem {
 
 // Shared memory: rows of kDim bf16 as 16-byte pieces, swizzled (tensor_core.cuh).
 __device__ __forceinline__ int swizzled(int row, int piece) { return tensor_core::swizzled<kPiecesPerRow>(row, piece); }
-using tensor_core::commit_copies;
-using tensor_core::copy_piece;
-using tensor_core::load_matrix_x4;
-using tensor_core::load_matrix_x4_transposed;
-using tensor_core::mma;
-using tensor_core::pack;
-using tensor_core::wait_copies;
+using namespace tensor_core;  // the mma, ldmatrix and cp.async helpers (tensor_core.cuh)
 
 // The packed rows of a tile: packed row r is query position r / group, head kv_head · group + r % group.
 struct PackedRow {

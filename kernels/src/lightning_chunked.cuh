@@ -31,15 +31,7 @@
 
 namespace lightdesk::cuda::lightning_chunked {
 
-using tensor_core::commit_copies;
-using tensor_core::copy_piece;
-using tensor_core::load_matrix_x4;
-using tensor_core::load_matrix_x4_transposed;
-using tensor_core::mma;
-using tensor_core::pack;
-using tensor_core::swizzled;
-using tensor_core::unpack;
-using tensor_core::wait_copies;
+using namespace tensor_core;  // the mma, ldmatrix and cp.async helpers (tensor_core.cuh)
 
 constexpr int kChunk = 64;                         // rows per chunk
 constexpr int kDim = kMaxHeadDim;                  // q/k width in shared memory (zero-padded past d)

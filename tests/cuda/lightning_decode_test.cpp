@@ -15,10 +15,7 @@
 namespace lightdesk {
 namespace {
 
-using test::ActivationName;
-using test::ActivationTypes;
-using test::DeviceArray;
-using test::tolerance;
+using namespace test;  // the shared helpers of the GPU tests (cuda_test_util.h)
 
 template <typename T>
 class CudaLightningDecodeTest : public ::testing::Test {

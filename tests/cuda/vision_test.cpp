@@ -18,11 +18,7 @@
 namespace lightdesk {
 namespace {
 
-using test::ActivationName;
-using test::ActivationTypes;
-using test::DeviceArray;
-using test::relative_error;
-using test::tolerance;
+using namespace test;  // the shared helpers of the GPU tests (cuda_test_util.h)
 
 template <typename T>
 class CudaVisionKernelTest : public ::testing::Test {

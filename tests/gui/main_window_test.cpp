@@ -83,13 +83,6 @@ void ask(MainWindow& window, const QString& question) {
   QVERIFY(finished.wait(kTimeoutMs));
 }
 
-// A session database in `data`, for the tests of the store; short answers.
-std::filesystem::path databaseIn(const QTemporaryDir& data, QSettings& settings) {
-  [&data] { QVERIFY(data.isValid()); }();
-  settings.setValue(QStringLiteral("sampling/M1/max_new_tokens"), 8);
-  return data.filePath(QStringLiteral("sessions.sqlite")).toStdString();
-}
-
 }  // namespace
 
 class MainWindowTest : public QObject {
@@ -291,9 +284,8 @@ class MainWindowTest : public QObject {
   }
 
   void aVisionModelReadsTheImageAndTheSessionKeepsIt() {
-    window_.reset();  // this test runs windows of its own on a database of its own
     QTemporaryDir data;
-    const std::filesystem::path database = databaseIn(data, *settings_);
+    const std::filesystem::path database = ownDatabase(data);
     if (QTest::currentTestFailed()) return;
     const QString image_path = QStringLiteral(LIGHTDESK_TEST_DATA "/tiny-vl/images/gradient.png");
     {
@@ -406,9 +398,8 @@ class MainWindowTest : public QObject {
   }
 
   void regenerateAndEditBranchFromCheckpoints() {
-    window_.reset();  // this test runs windows of its own on a database of its own
     QTemporaryDir data;
-    const std::filesystem::path database = databaseIn(data, *settings_);
+    const std::filesystem::path database = ownDatabase(data);
     if (QTest::currentTestFailed()) return;
     {
       StoreSessionRepository sessions(database);
@@ -691,9 +682,8 @@ class MainWindowTest : public QObject {
   }
 
   void damagedStateFallsBackToReading() {
-    window_.reset();  // this test runs windows of its own on a database of its own
     QTemporaryDir data;
-    const std::filesystem::path database = databaseIn(data, *settings_);
+    const std::filesystem::path database = ownDatabase(data);
     if (QTest::currentTestFailed()) return;
     {
       StoreSessionRepository sessions(database);
@@ -727,9 +717,8 @@ class MainWindowTest : public QObject {
   }
 
   void failedWriteIsShownAndTheConversationKept() {
-    window_.reset();  // this test runs windows of its own on a database of its own
     QTemporaryDir data;
-    const std::filesystem::path database = databaseIn(data, *settings_);
+    const std::filesystem::path database = ownDatabase(data);
     if (QTest::currentTestFailed()) return;
     StoreSessionRepository sessions(database);
     MainWindow window(sessions, *settings_);
@@ -784,6 +773,15 @@ class MainWindowTest : public QObject {
   }
 
  private:
+  // A session database in `data` for a test that runs windows of its own on it (the shared
+  // window closes first); short answers.
+  std::filesystem::path ownDatabase(const QTemporaryDir& data) {
+    window_.reset();
+    [&data] { QVERIFY(data.isValid()); }();
+    settings_->setValue(QStringLiteral("sampling/M1/max_new_tokens"), 8);
+    return data.filePath(QStringLiteral("sessions.sqlite")).toStdString();
+  }
+
   QTemporaryDir directory_;
   std::unique_ptr<InMemorySessionRepository> sessions_;
   std::unique_ptr<QSettings> settings_;
