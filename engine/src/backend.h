@@ -35,11 +35,17 @@ struct ForwardRequest {
   std::span<const float* const> embedding_overrides;
 };
 
+// The backend `requested` stands for here: Auto is CUDA where a device is usable, else the CPU.
+// Throws, naming the cause, when the requested one is not available.
+BackendKind resolve_backend(BackendKind requested);
+
 class ComputeBackend {
  public:
   virtual ~ComputeBackend() = default;
   virtual BackendKind kind() const = 0;
   virtual std::uint64_t weight_bytes() const = 0;
+  // Tokens per forward pass when a feed leaves the size to the backend (FeedOptions::chunk_tokens 0).
+  virtual std::int64_t default_chunk_tokens() const = 0;
   virtual std::unique_ptr<SequenceState> new_sequence() const = 0;
 
   // Runs the tokens through the model, appending them to the sequence's state. Memory is

@@ -34,6 +34,8 @@ class CpuBackend final : public ComputeBackend {
   }
 
   BackendKind kind() const override { return BackendKind::Cpu; }
+  // Progress every fraction of a second; longer passes gain nothing on the CPU.
+  std::int64_t default_chunk_tokens() const override { return 512; }
   std::uint64_t weight_bytes() const override { return weight_bytes_; }
 
   std::unique_ptr<SequenceState> new_sequence() const override {

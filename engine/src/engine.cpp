@@ -50,21 +50,6 @@ std::uint64_t ModelInfo::session_bytes(std::int64_t tokens) const {
 
 namespace {
 
-BackendKind resolve_backend(BackendKind requested) {
-  const auto available = available_backends();
-  if (requested == BackendKind::Auto)
-    return std::find(available.begin(), available.end(), BackendKind::Cuda) != available.end() ? BackendKind::Cuda
-                                                                                              : BackendKind::Cpu;
-  if (requested == BackendKind::Cuda) {
-    const std::string reason = cuda_unavailable_reason();
-    if (!reason.empty()) throw Error("the cuda backend is not available: " + reason);
-  }
-  if (std::find(available.begin(), available.end(), requested) == available.end())
-    throw Error(std::string("the ") + backend_name(requested) +
-                " backend is not available (not built into this program, or no device found)");
-  return requested;
-}
-
 // FNV-1a, twice with different offsets for 128 bits: a fingerprint, not a security digest.
 class Fingerprint {
  public:
@@ -125,6 +110,21 @@ ModelInfo describe(const std::filesystem::path& directory, const ModelConfig& c,
 }
 
 }  // namespace
+
+BackendKind resolve_backend(BackendKind requested) {
+  const auto available = available_backends();
+  if (requested == BackendKind::Auto)
+    return std::find(available.begin(), available.end(), BackendKind::Cuda) != available.end() ? BackendKind::Cuda
+                                                                                              : BackendKind::Cpu;
+  if (requested == BackendKind::Cuda) {
+    const std::string reason = cuda_unavailable_reason();
+    if (!reason.empty()) throw Error("the cuda backend is not available: " + reason);
+  }
+  if (std::find(available.begin(), available.end(), requested) == available.end())
+    throw Error(std::string("the ") + backend_name(requested) +
+                " backend is not available (not built into this program, or no device found)");
+  return requested;
+}
 
 struct Model::Impl {
   ModelConfig config;
@@ -223,8 +223,7 @@ void Session::feed(std::span<const TokenId> tokens, const FeedOptions& options) 
   Impl& s = *impl_;
   s.check_tokens(tokens);
   if (options.chunk_tokens < 0) throw Error("chunk_tokens must not be negative");
-  const std::int64_t chunk_tokens =
-      options.chunk_tokens > 0 ? options.chunk_tokens : s.backend->kind() == BackendKind::Cuda ? 8192 : 512;
+  const std::int64_t chunk_tokens = options.chunk_tokens > 0 ? options.chunk_tokens : s.backend->default_chunk_tokens();
   const auto total = static_cast<std::int64_t>(tokens.size());
   if (!options.embedding_overrides.empty() && options.embedding_overrides.size() != tokens.size())
     throw Error("embedding_overrides has " + std::to_string(options.embedding_overrides.size()) +

@@ -186,8 +186,7 @@ Plan plan_flash(Kernel kernel, std::int64_t rows, std::int64_t first_position, i
 
 template <typename T>
 Plan plan_attention(std::int64_t rows, std::int64_t first_position, int heads, int kv_heads, int head_dim) {
-  if (head_dim <= 0 || head_dim > kMaxHeadDim)
-    fail("softmax_attention: head_dim " + std::to_string(head_dim) + " is outside 1.." + std::to_string(kMaxHeadDim));
+  check_head_dim(head_dim, "softmax_attention");
   if (kv_heads <= 0 || heads % kv_heads != 0)
     fail("softmax_attention: " + std::to_string(heads) + " query heads do not group over " +
          std::to_string(kv_heads) + " KV heads");

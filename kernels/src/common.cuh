@@ -15,6 +15,21 @@ __device__ __forceinline__ void store(bf16* p, float v) { *p = __float2bfloat16_
 
 constexpr int kThreads = 256;
 
+// splitmix64: a counter-based generator, so every draw is independent of the launch shape.
+__device__ __forceinline__ std::uint64_t splitmix64(std::uint64_t z) {
+  z += 0x9e3779b97f4a7c15ULL;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+// The attention kernels hold a head in registers and shared memory sized for kMaxHeadDim.
+inline void check_head_dim(int head_dim, const char* what) {
+  if (head_dim <= 0 || head_dim > kMaxHeadDim)
+    fail(std::string(what) + ": head_dim " + std::to_string(head_dim) + " is outside 1.." +
+         std::to_string(kMaxHeadDim));
+}
+
 inline unsigned grid_for(std::int64_t n, int threads = kThreads) {
   const std::int64_t blocks = (n + threads - 1) / threads;
   // Grid-stride loops cover the rest past this many blocks.

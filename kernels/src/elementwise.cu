@@ -14,19 +14,12 @@ __global__ void convert_kernel(const In* in, std::int64_t n, Out* out) {
     store(out + i, load(in + i));
 }
 
-// splitmix64: a counter-based generator, so every element is independent of the launch shape.
-__device__ __forceinline__ std::uint64_t mix(std::uint64_t z) {
-  z += 0x9e3779b97f4a7c15ULL;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
 
 template <typename T>
 __global__ void fill_uniform_kernel(T* out, std::int64_t n, std::uint64_t seed, float low, float high) {
   for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
        i += std::int64_t{gridDim.x} * blockDim.x) {
-    const float unit = static_cast<float>(mix(seed ^ mix(static_cast<std::uint64_t>(i))) >> 40) * 0x1p-24f;
+    const float unit = static_cast<float>(splitmix64(seed ^ splitmix64(static_cast<std::uint64_t>(i))) >> 40) * 0x1p-24f;
     store(out + i, low + (high - low) * unit);
   }
 }

@@ -193,11 +193,6 @@ __global__ void __launch_bounds__(kThreads) lightning_prefill_kernel(const T* qk
   }
 }
 
-void check_head_dim(int head_dim, const char* what) {
-  if (head_dim <= 0 || head_dim > kMaxHeadDim)
-    fail(std::string(what) + ": head_dim " + std::to_string(head_dim) + " is outside 1.." +
-                std::to_string(kMaxHeadDim));
-}
 
 
 // How the chunked prefill divides its rows, and the workspace it needs: the same answer for

@@ -95,8 +95,7 @@ void launch_decode(const T* qkv, int batch, int heads, int d, const float* slope
 template <typename T>
 void lightning_decode(const T* qkv, int batch, int heads, int head_dim, const float* slopes, LightningStates states,
                       T* out, cudaStream_t stream) {
-  if (head_dim <= 0 || head_dim > kMaxHeadDim)
-    fail("lightning_decode: head_dim " + std::to_string(head_dim) + " is outside 1.." + std::to_string(kMaxHeadDim));
+  check_head_dim(head_dim, "lightning_decode");
   if (batch < 0 || batch > kMaxLightningDecodeBatch)
     fail("lightning_decode: batch " + std::to_string(batch) + " is outside 0.." +
          std::to_string(kMaxLightningDecodeBatch));

@@ -54,12 +54,6 @@ __global__ void scaled_probabilities_kernel(const float* sorted, std::int64_t ke
     probabilities[i] = i < keep ? expf((sorted[i] - sorted[0]) / temperature) : 0.0f;
 }
 
-__device__ std::uint64_t splitmix64(std::uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
 
 // The first rank below `count` whose cumulative probability reaches the target (>= target, or
 // > target when `strictly`); count - 1 if none does.

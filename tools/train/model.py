@@ -17,8 +17,8 @@ from torch import nn
 
 
 def demo_config(vocab_size=8192, hidden=256, layers=8, heads=8, kv_heads=2, head_dim=32, experts=8,
-                expert_width=64, rotary_dim=0):
-    """The config.json of the demo model: layers lightning except every 8th, which is softmax."""
+                expert_width=64, rotary_dim=0, softmax_layers=(3, 7)):
+    """The config.json of the demo model: lightning layers except `softmax_layers`."""
     alpha = (2.0 * layers) ** 0.25  # DeepNorm, as the released models ((2 * 80) ** 0.25)
     return {
         "architectures": ["MiniMaxM1ForCausalLM"],
@@ -37,7 +37,7 @@ def demo_config(vocab_size=8192, hidden=256, layers=8, heads=8, kv_heads=2, head
         "rope_theta": 10000.0,
         "rotary_dim": rotary_dim,
         "max_position_embeddings": 1 << 22,
-        "attn_type_list": [1 if (i + 1) % 8 == 0 else 0 for i in range(layers)],
+        "attn_type_list": [int(i in softmax_layers) for i in range(layers)],
         "layernorm_linear_attention_alpha": alpha,
         "layernorm_linear_attention_beta": 1.0,
         "layernorm_full_attention_alpha": alpha,

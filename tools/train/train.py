@@ -181,13 +181,14 @@ def main():
     haystacks = prompt.Haystacks(tok, pathlib.Path(args.filler).read_text().splitlines())
     prompt.check_fast_path(haystacks)
     curriculum = CURRICULUM
+    softmax_layers = [int(i) for i in args.softmax_layers.split(",")]
     if args.tiny:
         config = model_lib.demo_config(hidden=64, layers=8, heads=4, kv_heads=2, head_dim=16, expert_width=32,
-                                       rotary_dim=args.rotary_dim)
+                                       rotary_dim=args.rotary_dim, softmax_layers=softmax_layers)
         curriculum = [(0.0, 512, 4096, 1.0, 0.35)]
     else:
-        config = model_lib.demo_config(heads=args.heads, head_dim=args.head_dim, rotary_dim=args.rotary_dim)
-    config["attn_type_list"] = [int(str(i) in args.softmax_layers.split(",")) for i in range(config["num_hidden_layers"])]
+        config = model_lib.demo_config(heads=args.heads, head_dim=args.head_dim, rotary_dim=args.rotary_dim,
+                                       softmax_layers=softmax_layers)
     if args.curriculum:
         curriculum = [(float(f), int(n), int(t), float(rest[0]) if rest else 0.0, float(rest[1]) if len(rest) > 1 else 0.0)
                       for f, n, t, *rest in (s.split(":") for s in args.curriculum.split(","))]
@@ -251,7 +252,7 @@ def main():
     lengths = [int(x) for x in args.eval_lengths.split(",")]
     results = evaluate(model, haystacks, device, lengths, args.eval_per_cell, seed=args.seed + 1000,
                        deadline=time.time() + args.eval_minutes * 60)
-    (out / "training_log.json").write_text(json.dumps({"config": config, "steps": step, "log": log,
+    (out / "training_log.json").write_text(json.dumps({"config": model.config, "steps": step, "log": log,
                                                        "eval": results}, indent=1) + "\n")
 
 

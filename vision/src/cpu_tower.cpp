@@ -67,11 +67,7 @@ class CpuTower final : public VisionTower {
           }
         cpu::linear(qh.data(), tokens, d, kh.data(), tokens, scores.data());
         pool_.parallel_for(tokens, [&](std::int64_t i) {
-          float* row = scores.data() + i * tokens;
-          const float top = *std::max_element(row, row + tokens);
-          float sum = 0.0f;
-          for (std::int64_t j = 0; j < tokens; ++j) sum += (row[j] = std::exp(row[j] - top));
-          for (std::int64_t j = 0; j < tokens; ++j) row[j] /= sum;
+          cpu::softmax_row(scores.data() + i * tokens, tokens);
         });
         cpu::linear(scores.data(), tokens, tokens, vt.data(), d, oh.data());
         for (std::int64_t i = 0; i < tokens; ++i) std::copy_n(oh.data() + i * d, d, out + base + i * D);

@@ -3,7 +3,7 @@
 // newline embedding into the language model's input rows.
 #include <algorithm>
 
-#include "cuda_backend.h"
+#include "backend.h"
 #include "lightdesk/vision.h"
 #include "model_weights.h"
 #include "safetensors.h"
@@ -16,16 +16,6 @@ std::string shape_text(const std::vector<std::int64_t>& shape) {
   std::string s = "[";
   for (std::size_t i = 0; i < shape.size(); ++i) s.append(i ? ", " : "").append(std::to_string(shape[i]));
   return s + "]";
-}
-
-// The CUDA tower where the CUDA backend is asked for, or is the automatic choice and a device
-// is there (as the engine chooses for the language model).
-bool use_cuda(BackendKind requested) {
-  if (requested == BackendKind::Cpu) return false;
-  const std::string reason = cuda_unavailable_reason();
-  if (requested == BackendKind::Cuda && !reason.empty())
-    throw Error("the cuda backend is not available for the vision tower: " + reason);
-  return reason.empty();
 }
 
 }  // namespace
@@ -79,7 +69,8 @@ std::unique_ptr<VisionModel> VisionModel::open(const std::filesystem::path& dire
   w.projector1 = m.affine("multi_modal_projector.linear_1", C, D);
   w.projector2 = m.affine("multi_modal_projector.linear_2", C, C);
   m.image_newline = m.tensor("image_newline", {C});
-  m.tower = use_cuda(options.backend) ? make_cuda_tower(c, w, options.cuda_float32)
+  // The backend the engine chooses for the language model.
+  m.tower = resolve_backend(options.backend) == BackendKind::Cuda ? make_cuda_tower(c, w, options.cuda_float32)
                                       : make_cpu_tower(c, w, options.threads);
   return std::unique_ptr<VisionModel>(new VisionModel(std::move(impl)));
 }

@@ -149,7 +149,20 @@ void MainWindow::buildWidgets() {
   search_box_->setObjectName(QStringLiteral("searchBox"));
   search_box_->setPlaceholderText(tr("Search messages (Ctrl+F)"));
   search_box_->setClearButtonEnabled(true);
-  connect(search_box_, &QLineEdit::textChanged, this, &MainWindow::runSearch);
+  // One query once typing pauses, not one per keystroke queued behind the store's writes;
+  // clearing the box closes the results at once.
+  auto* search_pause = new QTimer(this);
+  search_pause->setSingleShot(true);
+  search_pause->setInterval(200);
+  connect(search_box_, &QLineEdit::textChanged, this, [this, search_pause](const QString& text) {
+    if (text.trimmed().isEmpty()) {
+      search_pause->stop();
+      runSearch();
+    } else {
+      search_pause->start();
+    }
+  });
+  connect(search_pause, &QTimer::timeout, this, &MainWindow::runSearch);
   search_results_ = new QListWidget;
   search_results_->setObjectName(QStringLiteral("searchResults"));
   search_results_->setVisible(false);

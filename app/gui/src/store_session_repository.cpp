@@ -18,6 +18,7 @@
 #include <chrono>
 #include <map>
 #include <memory>
+#include <optional>
 #include <utility>
 
 #include "lightdesk/store.h"
@@ -75,6 +76,19 @@ ChatSession read_session(store::Store& store, const store::SessionRecord& record
   return session;
 }
 
+// The branch that ends at the newest message, root first, walked through the parent ids of the
+// session's messages (already read: no second query per session at start-up).
+std::vector<store::Message> newest_branch(const std::vector<store::Message>& messages) {
+  std::map<std::int64_t, const store::Message*> by_id;
+  for (const store::Message& message : messages) by_id[message.id] = &message;
+  std::vector<store::Message> branch;
+  for (const store::Message* m = messages.empty() ? nullptr : &messages.back(); m;
+       m = m->parent_id ? by_id.at(*m->parent_id) : nullptr)
+    branch.push_back(*m);
+  std::reverse(branch.begin(), branch.end());
+  return branch;
+}
+
 }  // namespace
 
 std::filesystem::path session_database_path(const QSettings& settings) {
@@ -97,9 +111,7 @@ class StoreWriter : public QObject {
   QList<ChatSession> read_all() {
     QList<ChatSession> sessions;
     for (const store::SessionRecord& record : store_->sessions()) {
-      const std::vector<store::Message> messages = store_->messages(record.id);
-      const std::vector<store::Message> branch =
-          messages.empty() ? std::vector<store::Message>{} : store_->thread(messages.back().id);
+      const std::vector<store::Message> branch = newest_branch(store_->messages(record.id));
       sessions.append(read_session(*store_, record, branch));
       SessionLog& log = logs_[record.id];
       log.store_id = record.id;
@@ -237,13 +249,18 @@ class StoreWriter : public QObject {
     if (log == nullptr) return load;
     const auto start = std::chrono::steady_clock::now();
     try {
-      for (qsizetype i = std::min<qsizetype>(entries, static_cast<qsizetype>(log->branch.size())); i > 0; --i) {
-        const auto checkpoint = store_->checkpoint_at(log->branch[static_cast<std::size_t>(i - 1)]);
-        if (!checkpoint) continue;
-        load.entries = i;
-        load.state = EngineState::read(*store_, checkpoint->id, model);
-        break;
+      // One query for the session's checkpoints, not one per message of the branch.
+      std::map<std::int64_t, qsizetype> entries_through;  // branch message id -> entries up to it
+      const qsizetype usable = std::min<qsizetype>(entries, static_cast<qsizetype>(log->branch.size()));
+      for (qsizetype i = 0; i < usable; ++i) entries_through[log->branch[static_cast<std::size_t>(i)]] = i + 1;
+      std::optional<std::int64_t> newest;  // checkpoints come oldest first: the last one at the deepest entry
+      for (const store::CheckpointRecord& checkpoint : store_->checkpoints(log->store_id)) {
+        const auto at = checkpoint.message_id ? entries_through.find(*checkpoint.message_id) : entries_through.end();
+        if (at == entries_through.end() || at->second < load.entries) continue;
+        load.entries = at->second;
+        newest = checkpoint.id;
       }
+      if (newest) load.state = EngineState::read(*store_, *newest, model);
     } catch (const std::exception& error) {
       load.state.reset();
       load.refused = from_utf8(error.what());

@@ -139,9 +139,8 @@ struct FeedProgress {
 
 struct FeedOptions {
   // Tokens per forward pass; a long feed is cut into chunks of this size. Any size gives the
-  // same result as one pass (up to float rounding). 0: the backend's own size, 512 on the CPU
-  // (progress every fraction of a second) and 8192 on a GPU (a pass of 512 keeps the
-  // attention kernels on a fraction of the GPU's multiprocessors).
+  // same result as one pass (up to float rounding). 0: the backend's own size (512 on the CPU,
+  // 8192 on a GPU).
   std::int64_t chunk_tokens = 0;
   // Keep the logits of every fed token, not just the last one.
   bool all_logits = false;
