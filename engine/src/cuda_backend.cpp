@@ -237,16 +237,10 @@ class CudaBackend final : public ComputeBackend {
 
 template <typename T>
 void CudaBackend<T>::allocate_weights(const WeightFill& fill) {
-  const std::int64_t H = config_.hidden_size, V = config_.vocab_size, A = attention_width(), KV = kv_width(),
-                     I = config_.expert_width, E = config_.num_experts;
-  // Values per tensor, by the part of its WeightMap name after the layer prefix.
-  const std::map<std::string, std::int64_t> numel_of_part = {
-      {"embed", V * H},       {"lm_head", V * H},     {"final_norm", H},      {"input_norm", H},
-      {"post_attn_norm", H},  {"qkv", 3 * A * H},     {"output_gate", A * H}, {"output_norm", A},
-      {"out_proj", H * A},    {"q_proj", A * H},      {"k_proj", KV * H},     {"v_proj", KV * H},
-      {"o_proj", H * A},      {"router", E * H}};
+  const std::int64_t H = config_.hidden_size, I = config_.expert_width, E = config_.num_experts;
   auto get = [&](const std::string& name, WeightPrecision precision) {
-    const std::int64_t numel = numel_of_part.at(name.substr(name.rfind('.') + 1));
+    std::int64_t numel = 1;
+    for (std::int64_t extent : weight_shape(config_, name)) numel *= extent;
     const bool as_float = precision == WeightPrecision::Float32;
     DeviceBuffer buffer = as_float ? device_array<float>(numel, name) : device_array<T>(numel, name);
     fill(name, buffer.as<void>(), numel, as_float);
@@ -290,24 +284,21 @@ void CudaBackend<T>::load_weights(const WeightMap& map, const std::function<void
   const DeviceBuffer staging = device_array<float>(
       std::is_same_v<T, float> ? 0 : std::min(kStagingFloats, map.at("embed").numel), "weight conversion");
   allocate_weights([&](const std::string& name, void* device, std::int64_t numel, bool as_float) {
-    const TensorSlice& slice = map.at(name);
-    if (slice.numel != numel)
-      throw Error("internal: weight " + name + " has " + std::to_string(slice.numel) + " values in the checkpoint, " +
-                  std::to_string(numel) + " in the backend");
-    const WeightTensor host(*slice.view, slice.offset, slice.numel);
+    const TensorSlice& slice = map.at(name);  // `numel` values: WeightMap checked the shape by weight_shape too
+    const WeightTensor host(*slice.view, slice.offset, numel);
     if (as_float || std::is_same_v<T, float>) {
-      device_.upload(device, host.data(), static_cast<std::size_t>(slice.numel) * sizeof(float));
+      device_.upload(device, host.data(), static_cast<std::size_t>(numel) * sizeof(float));
     } else {
       const std::int64_t piece = static_cast<std::int64_t>(staging.bytes() / sizeof(float));
-      for (std::int64_t done = 0; done < slice.numel; done += piece) {
-        const std::int64_t n = std::min(piece, slice.numel - done);
+      for (std::int64_t done = 0; done < numel; done += piece) {
+        const std::int64_t n = std::min(piece, numel - done);
         device_.upload(staging.as<float>(), host.data() + done, static_cast<std::size_t>(n) * sizeof(float));
         cuda::from_float(staging.as<float>(), n, static_cast<T*>(device) + done, device_.stream());
         device_.synchronize();  // the staging buffer is reused by the next piece
       }
     }
     device_.synchronize();  // `host` may own the converted copy
-    loaded += static_cast<std::uint64_t>(slice.numel) * dtype_size(slice.view->dtype);
+    loaded += static_cast<std::uint64_t>(numel) * dtype_size(slice.view->dtype);
     if (bytes_loaded) bytes_loaded(loaded);
   });
 }

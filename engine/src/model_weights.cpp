@@ -77,24 +77,35 @@ class Resolver {
 
 }  // namespace
 
-WeightMap::WeightMap(const ModelConfig& c, const Checkpoint& checkpoint) {
-  Resolver r(checkpoint, c.weight_prefix);
+std::vector<std::int64_t> weight_shape(const ModelConfig& c, const std::string& name) {
   const std::int64_t H = c.hidden_size, V = c.vocab_size, A = std::int64_t{c.num_heads} * c.head_dim,
                      KV = std::int64_t{c.num_kv_heads} * c.head_dim, I = c.expert_width, E = c.num_experts;
+  const std::map<std::string, std::vector<std::int64_t>> shapes = {
+      {"embed", {V, H}},       {"lm_head", {V, H}},        {"final_norm", {H}},       {"input_norm", {H}},
+      {"post_attn_norm", {H}}, {"qkv", {3 * A, H}},        {"output_gate", {A, H}},   {"output_norm", {A}},
+      {"out_proj", {H, A}},    {"q_proj", {A, H}},         {"k_proj", {KV, H}},       {"v_proj", {KV, H}},
+      {"o_proj", {H, A}},      {"router", {E, H}},         {"w1", {I, H}},            {"w3", {I, H}},
+      {"w2", {H, I}}};
+  return shapes.at(name.substr(name.rfind('.') + 1));
+}
+
+WeightMap::WeightMap(const ModelConfig& c, const Checkpoint& checkpoint) {
+  Resolver r(checkpoint, c.weight_prefix);
+  const std::int64_t H = c.hidden_size, I = c.expert_width, E = c.num_experts;
   auto add = [&](const std::string& key, const TensorView& view, std::int64_t offset, std::int64_t numel) {
     slices_[key] = TensorSlice{&view, offset, numel};
     parameter_count_ += static_cast<std::uint64_t>(numel);
     bytes_per_dtype_[dtype_name(view.dtype)] += static_cast<std::uint64_t>(numel) * dtype_size(view.dtype);
   };
-  auto whole = [&](const std::string& key, const std::string& name, const std::vector<std::int64_t>& shape) {
-    const TensorView& v = r.require(name, shape);
+  auto whole = [&](const std::string& key, const std::string& name) {
+    const TensorView& v = r.require(name, weight_shape(c, key));
     add(key, v, 0, v.numel());
   };
 
-  whole("embed", "model.embed_tokens.weight", {V, H});
-  whole("final_norm", "model.norm.weight", {H});
+  whole("embed", "model.embed_tokens.weight");
+  whole("final_norm", "model.norm.weight");
   if (r.find("lm_head.weight") || !c.tie_word_embeddings) {
-    whole("lm_head", "lm_head.weight", {V, H});
+    whole("lm_head", "lm_head.weight");
   } else {
     slices_["lm_head"] = slices_.at("embed");
   }
@@ -102,22 +113,22 @@ WeightMap::WeightMap(const ModelConfig& c, const Checkpoint& checkpoint) {
   for (int l = 0; l < c.num_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     const std::string k = layer_weight_prefix(l);
-    whole(k + "input_norm", p + "input_layernorm.weight", {H});
-    whole(k + "post_attn_norm", p + "post_attention_layernorm.weight", {H});
+    whole(k + "input_norm", p + "input_layernorm.weight");
+    whole(k + "post_attn_norm", p + "post_attention_layernorm.weight");
     if (c.layer_kinds[l] == LayerKind::Lightning) {
-      whole(k + "qkv", p + "self_attn.qkv_proj.weight", {3 * A, H});
-      whole(k + "output_gate", p + "self_attn.output_gate.weight", {A, H});
-      whole(k + "output_norm", p + "self_attn.norm.weight", {A});
-      whole(k + "out_proj", p + "self_attn.out_proj.weight", {H, A});
+      whole(k + "qkv", p + "self_attn.qkv_proj.weight");
+      whole(k + "output_gate", p + "self_attn.output_gate.weight");
+      whole(k + "output_norm", p + "self_attn.norm.weight");
+      whole(k + "out_proj", p + "self_attn.out_proj.weight");
     } else {
-      whole(k + "q_proj", p + "self_attn.q_proj.weight", {A, H});
-      whole(k + "k_proj", p + "self_attn.k_proj.weight", {KV, H});
-      whole(k + "v_proj", p + "self_attn.v_proj.weight", {KV, H});
-      whole(k + "o_proj", p + "self_attn.o_proj.weight", {H, A});
+      whole(k + "q_proj", p + "self_attn.q_proj.weight");
+      whole(k + "k_proj", p + "self_attn.k_proj.weight");
+      whole(k + "v_proj", p + "self_attn.v_proj.weight");
+      whole(k + "o_proj", p + "self_attn.o_proj.weight");
     }
     // Experts: per-expert tensors as released, or transformers 5's fused layout.
     if (r.find(p + "mlp.experts.gate_up_proj")) {
-      whole(k + "router", p + "mlp.gate.weight", {E, H});
+      whole(k + "router", p + "mlp.gate.weight");
       const TensorView& gate_up = r.require(p + "mlp.experts.gate_up_proj", {E, 2 * I, H});
       const TensorView& down = r.require(p + "mlp.experts.down_proj", {E, H, I});
       for (int e = 0; e < c.num_experts; ++e) {
@@ -127,13 +138,13 @@ WeightMap::WeightMap(const ModelConfig& c, const Checkpoint& checkpoint) {
         add(names.w2, down, e * H * I, H * I);
       }
     } else {
-      whole(k + "router", p + "block_sparse_moe.gate.weight", {E, H});
+      whole(k + "router", p + "block_sparse_moe.gate.weight");
       for (int e = 0; e < c.num_experts; ++e) {
         const std::string pe = p + "block_sparse_moe.experts." + std::to_string(e) + ".";
         const ExpertWeightNames names = expert_weight_names(l, e);
-        whole(names.w1, pe + "w1.weight", {I, H});
-        whole(names.w3, pe + "w3.weight", {I, H});
-        whole(names.w2, pe + "w2.weight", {H, I});
+        whole(names.w1, pe + "w1.weight");
+        whole(names.w3, pe + "w3.weight");
+        whole(names.w2, pe + "w2.weight");
       }
     }
   }

@@ -63,6 +63,9 @@ struct ExpertWeightNames {
   std::string w2;  // [hidden, width]
 };
 ExpertWeightNames expert_weight_names(int layer, int expert);
+// The shape the config gives the tensor of this WeightMap name ("embed", "layers.L.qkv",
+// "layers.L.experts.E.w1", ...).
+std::vector<std::int64_t> weight_shape(const ModelConfig& config, const std::string& name);
 
 // Fills `layer` with layer l's tensors of its kind (see LayerTensors), each from
 // load(WeightMap name, WeightPrecision) -> Tensor, in the order every backend loads them.
