@@ -263,8 +263,7 @@ void CudaTower<T>::run(const float* pixels, std::int64_t tiles, float* features)
 
 }  // namespace
 
-std::unique_ptr<CudaVisionTower> make_cuda_vision_tower(const VisionConfig& config, const TowerWeights& weights,
-                                                        bool float32) {
+std::unique_ptr<VisionTower> make_cuda_tower(const VisionConfig& config, const TowerWeights& weights, bool float32) {
   if (float32) {
     auto tower = std::make_unique<CudaTower<float>>(config);
     tower->load(weights);
@@ -279,10 +278,6 @@ std::unique_ptr<CudaVisionTower> make_random_cuda_vision_tower(const VisionConfi
   auto tower = std::make_unique<CudaTower<bf16>>(config);
   tower->randomize(seed);
   return tower;
-}
-
-std::unique_ptr<VisionTower> make_cuda_tower(const VisionConfig& config, const TowerWeights& weights, bool float32) {
-  return make_cuda_vision_tower(config, weights, float32);
 }
 
 }  // namespace lightdesk::vision

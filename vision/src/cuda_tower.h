@@ -18,9 +18,6 @@ class CudaVisionTower : public VisionTower {
   virtual const DeviceContext& device() const = 0;
 };
 
-std::unique_ptr<CudaVisionTower> make_cuda_vision_tower(const VisionConfig& config, const TowerWeights& weights,
-                                                        bool float32);
-
 // bf16 weights drawn uniformly (linear weights within ±1/√fan-in, norms near 1, biases and
 // embeddings small, none zero) from `seed`, made on the device: the benchmark's model.
 std::unique_ptr<CudaVisionTower> make_random_cuda_vision_tower(const VisionConfig& config, std::uint64_t seed);

@@ -27,7 +27,7 @@ int used_layers(const VisionConfig& config) {
 struct VisionModel::Impl {
   VisionConfig config;
   std::unique_ptr<Checkpoint> checkpoint;  // the weights point into its mapping
-  TowerWeights weights;
+  TowerWeights weights;  // the CPU tower's (it reads them in place); the CUDA tower holds its own copy
   WeightTensor image_newline;  // [text hidden]
   std::unique_ptr<VisionTower> tower;
 
@@ -54,7 +54,7 @@ std::unique_ptr<VisionModel> VisionModel::open(const std::filesystem::path& dire
   const std::int64_t D = c.hidden_size, I = c.intermediate_size, P = c.patch_size, C = c.text_hidden_size;
   const std::int64_t positions = std::int64_t{c.patches_per_side()} * c.patches_per_side() + 1;
   const std::string v = "vision_tower.vision_model.";
-  TowerWeights& w = m.weights;
+  TowerWeights w;
   w.patch_embedding = m.tensor(v + "embeddings.patch_embedding.weight", {D, 3, P, P});
   w.class_embedding = m.tensor(v + "embeddings.class_embedding", {D});
   w.position_embedding = m.tensor(v + "embeddings.position_embedding.weight", {positions, D});
@@ -69,9 +69,14 @@ std::unique_ptr<VisionModel> VisionModel::open(const std::filesystem::path& dire
   w.projector1 = m.affine("multi_modal_projector.linear_1", C, D);
   w.projector2 = m.affine("multi_modal_projector.linear_2", C, C);
   m.image_newline = m.tensor("image_newline", {C});
-  // The backend the engine chooses for the language model.
-  m.tower = resolve_backend(options.backend) == BackendKind::Cuda ? make_cuda_tower(c, w, options.cuda_float32)
-                                      : make_cpu_tower(c, w, options.threads);
+  // The backend the engine chooses for the language model. The CUDA tower uploads the weights,
+  // and their float32 host copies go with `w`.
+  if (resolve_backend(options.backend) == BackendKind::Cuda) {
+    m.tower = make_cuda_tower(c, w, options.cuda_float32);
+  } else {
+    m.weights = std::move(w);
+    m.tower = make_cpu_tower(c, m.weights, options.threads);
+  }
   return std::unique_ptr<VisionModel>(new VisionModel(std::move(impl)));
 }
 
