@@ -500,14 +500,14 @@ void MainWindow::send() {
   edit_bar_->setVisible(false);
   input_->clear();
   refreshSessionList();
-  ask(keep, user);
+  ask(keep, user, false);
 }
 
 void MainWindow::regenerate() {
   if (generating_ || !model_ready_) return;
   for (qsizetype i = current_.entries.size() - 1; i >= 0; --i) {
     if (current_.entries[i].role != ChatEntry::Role::User) continue;
-    ask(i, current_.entries[i]);
+    ask(i, current_.entries[i], true);
     return;
   }
 }
@@ -522,9 +522,9 @@ void MainWindow::editMessage(qsizetype entry) {
   input_->setFocus();
 }
 
-void MainWindow::ask(qsizetype keep, const ChatEntry& user) {
+void MainWindow::ask(qsizetype keep, const ChatEntry& user, bool regenerated) {
   ++restore_ticket_;  // a restore under way is superseded by the one this turn asks for
-  turn_ = Turn{keep, current_.entries.mid(keep), false};
+  turn_ = Turn{keep, current_.entries.mid(keep), false, regenerated};
   current_.entries.resize(keep);
   current_.entries.append(user);
   answer_ = ChatEntry{ChatEntry::Role::Assistant, {}, {}, {}, {}};
@@ -625,11 +625,9 @@ bool MainWindow::keepAnswer() {
 bool MainWindow::undoTurn() {
   const ChatEntry question = current_.entries.takeLast();
   current_.entries.append(turn_->replaced);
-  const ChatEntry* original = turn_->replaced.isEmpty() ? nullptr : &turn_->replaced.front();
   // A regenerated question is the stored one: with the old turn back, nothing is lost.
-  if (original != nullptr && question.text == original->text &&
-      question.documents.size() == original->documents.size() && question.images.size() == original->images.size())
-    return false;
+  if (turn_->regenerated) return false;
+  const ChatEntry* original = turn_->replaced.isEmpty() ? nullptr : &turn_->replaced.front();
   if (original != nullptr) {  // an edit: back into the input box, still editing that message
     editing_ = turn_->keep;
     edit_bar_->setVisible(true);

@@ -96,7 +96,7 @@ class MainWindow : public QMainWindow {
   void setGenerating(bool generating);
   // Asks the engine for an answer to `user`, sent after the current session's first `keep`
   // entries (the others, if any, become an earlier branch once the answer begins).
-  void ask(qsizetype keep, const ChatEntry& user);
+  void ask(qsizetype keep, const ChatEntry& user, bool regenerated);
   // Puts back what ask() replaced, when the answer failed or was stopped before it began;
   // true when the question went back into the input box (a new or edited one).
   bool undoTurn();
@@ -168,6 +168,7 @@ class MainWindow : public QMainWindow {
     qsizetype keep = 0;
     QList<ChatEntry> replaced;
     bool stored = false;
+    bool regenerated = false;  // the question is the stored one (Regenerate), not typed or edited
   };
   std::optional<Turn> turn_;
   std::optional<ChatEntry> answer_;                // the answer being written
