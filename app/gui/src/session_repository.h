@@ -105,7 +105,6 @@ class InMemorySessionRepository final : public SessionRepository {
   void branch(qint64 id, qsizetype keep) override;
   // Case-insensitive substring match, most recently used session first.
   void search(const QString& query, QObject* context, std::function<void(const QList<MessageHit>&)> done) override;
-  QList<MessageHit> matches(const QString& query) const;
   void saveState(qint64 id, qsizetype entries, EngineStatePtr state) override;
   void loadState(qint64 id, qsizetype entries, const ModelInfo& model, QObject* context,
                  std::function<void(const StateLoad&)> done) override;
@@ -114,6 +113,8 @@ class InMemorySessionRepository final : public SessionRepository {
   void insert(const ChatSession& session);
 
  private:
+  QList<MessageHit> matches(const QString& query) const;  // what search() answers
+
   std::map<qint64, ChatSession> sessions_;
   // Per session: the state after a number of entries of its shown branch.
   std::map<qint64, std::map<qsizetype, EngineStatePtr>> states_;
