@@ -1,9 +1,13 @@
 """Anchors for lightdesk-bench, measured through PyTorch on the same GPU in the same run.
 
-Prints the copy bandwidth, a large bf16 GEMM, cuDNN SDPA prefill (causal, GQA 64/8, d=128) and
-torch._grouped_mm over 32 experts (w13 only, top-2, uniform routing), as in
-../shared/docs/performance-anchors.md §0. Median of CUDA-event timings after warm-up.
+Prints the copy bandwidth, a large bf16 GEMM, cuDNN SDPA prefill (causal, GQA 64/8, d=128), torch
+SDPA decode over a 128K context and torch._grouped_mm over 32 experts (w13 only, top-2, uniform
+routing), as in ../shared/docs/performance-anchors.md §0. Median of CUDA-event timings after
+warm-up. With --json FILE it also writes the figures lightdesk-bench --anchors reads.
 """
+import argparse
+import json
+
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -23,6 +27,10 @@ def median_ms(fn, reps=10, warmup=3):
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--json", help="write the anchor figures here, for lightdesk-bench --anchors")
+    args = parser.parse_args()
+    figures = {}
     dev = "cuda"
     print(f"anchors on {torch.cuda.get_device_name()} (torch {torch.__version__})")
     a = torch.randn(2 << 30, dtype=torch.bfloat16, device=dev)
@@ -41,15 +49,28 @@ def main():
             f = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
             ms = median_ms(f, reps=5)
         print(f"  cuDNN SDPA {t // 1024:3d}K         {ms:9.3f} ms  {2 * t * t * 64 * 128 / ms / 1e9:.3g} TFLOP/s")
+        figures[f"cudnn_sdpa/{t}"] = ms
+        del q, k, v
+    context = 131072
+    q = torch.randn(1, 64, 1, 128, dtype=torch.bfloat16, device=dev)
+    k, v = (torch.randn(1, 8, context, 128, dtype=torch.bfloat16, device=dev) for _ in range(2))
+    ms = median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True), reps=20)
+    print(f"  SDPA decode 128K ctx    {ms:9.3f} ms  {2 * k.numel() * 2 / ms / 1e9:.3g} TB/s of KV")
+    figures[f"torch_sdpa_decode/{context}"] = ms
+    del q, k, v
     experts, hidden, width = 32, 6144, 9216
     w13 = torch.randn(experts, hidden, 2 * width, dtype=torch.bfloat16, device=dev) * hidden ** -0.5
-    for tokens in (64, 4096):
+    for tokens in (64, 4096, 32768):
         rows = tokens * 2
         xs = torch.randn(rows, hidden, dtype=torch.bfloat16, device=dev)
         offs = torch.arange(1, experts + 1, device=dev, dtype=torch.int32) * (rows // experts)
         ms = median_ms(lambda: torch._grouped_mm(xs, w13, offs=offs), reps=5)
         print(f"  grouped_mm w13 {tokens:5d} tok {ms:9.3f} ms  {2 * rows * hidden * 2 * width / ms / 1e9:.3g} TFLOP/s"
               f"  {w13.numel() * 2 / ms / 1e9:.3g} TB/s of weights")
+        figures[f"grouped_mm_w13_tflops/{tokens}"] = 2 * rows * hidden * 2 * width / ms / 1e9
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1)
 
 
 if __name__ == "__main__":

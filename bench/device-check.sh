@@ -5,7 +5,7 @@
 # default .debs); they are unpacked with dpkg -x into a private prefix, never into /.
 # Usage: bash bench/device-check.sh [--sanitize] [--bench] [--cli]   (logs go to $OUT, else /tmp/device-check)
 #   --sanitize: compute-sanitizer memcheck and racecheck on the kernel tests
-#   --bench:    lightdesk-bench, then the PyTorch anchors (bench/anchors.py) on the same GPU
+#   --bench:    the PyTorch anchors (bench/anchors.py), then lightdesk-bench with their figures
 #   --cli:      lightdesk-cli too (LIGHTDESK_WITH_CLI, without PDF and image decoding); its text and
 #               store libraries (pcre2, sentencepiece, ICU, libxml2, SQLite, xxHash) must be in the .debs
 set -uo pipefail
@@ -94,9 +94,12 @@ if [ "$sanitize" = 1 ]; then
   [ "$memcheck_rc" -eq 0 ] && [ "$racecheck_rc" -eq 0 ] || status=1
 fi
 if [ "$bench" = 1 ]; then
-  echo "--- lightdesk-bench"
-  build-device/bench/lightdesk-bench 2>&1 | tee "$out/bench.log" || status=1
+  # The anchors first, so that the benchmark's ratios are to figures of this run on this GPU.
   echo "--- anchors through PyTorch"
-  PYTHONUNBUFFERED=1 python3 bench/anchors.py 2>&1 | tee "$out/anchors.log" || status=1
+  PYTHONUNBUFFERED=1 python3 bench/anchors.py --json "$out/anchors.json" 2>&1 | tee "$out/anchors.log" || status=1
+  anchors=()
+  [ -s "$out/anchors.json" ] && anchors=(--anchors "$out/anchors.json")
+  echo "--- lightdesk-bench"
+  build-device/bench/lightdesk-bench "${anchors[@]}" 2>&1 | tee "$out/bench.log" || status=1
 fi
 exit $status

@@ -1,18 +1,24 @@
 // lightdesk-bench: times the CUDA backend's kernels on MiniMax-Text-01 shapes, and whole decode
 // steps of a random-weight model of its widths with fewer layers. Each figure is set against the
 // ceilings measured in the same run (a large device-to-device copy; a large cuBLAS bf16 GEMM) and
-// against the anchors of ../shared/docs/performance-anchors.md §0 (quoted: they were measured on
-// an H200; on another GPU compare the ceiling fractions instead). Timing: CUDA events on the
-// backend's stream (whole decode steps: the host's clock around each), after warm-up, median of
-// several runs, random data.
-// Usage: lightdesk-bench [--quick | --vision]   (--quick: the smaller shapes only; --vision: the
-// ceilings and the vision tower alone)
+// against an anchor: the one bench/anchors.py measured through PyTorch on the same GPU just before
+// (--anchors FILE, its --json output), else the H200 figure quoted from
+// ../shared/docs/performance-anchors.md §0, marked "quoted" (on another GPU compare the ceiling
+// fractions instead). Timing: CUDA events on the backend's stream (whole decode steps: the host's
+// clock around each), after warm-up, median of several runs, random data.
+// Usage: lightdesk-bench [--quick] [--vision] [--only TEXT] [--anchors FILE]
+//   --quick: the smaller shapes only; --vision: the ceilings and the vision tower alone;
+//   --only TEXT: the ceilings and the kernels whose name contains TEXT (e.g. "softmax prefill")
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <span>
 #include <string>
@@ -82,6 +88,39 @@ void add(const Row& row) {
   std::fflush(stdout);
 }
 
+// Figures bench/anchors.py measured in this run, by key ("softmax_prefill/4096": milliseconds,
+// "grouped_mm_w13_tflops/4096": TFLOP/s, ...).
+class MeasuredAnchors {
+ public:
+  MeasuredAnchors() = default;
+  explicit MeasuredAnchors(const std::string& path) {
+    std::ifstream file(path);
+    if (!file) throw std::runtime_error("cannot read the anchors file " + path);
+    const nlohmann::json figures = nlohmann::json::parse(file, nullptr, false);
+    if (!figures.is_object()) throw std::runtime_error(path + " is not a JSON object of anchor figures");
+    for (const auto& [key, value] : figures.items())
+      if (value.is_number()) figures_[key] = value.get<double>();
+  }
+  std::optional<double> find(const std::string& key) const {
+    const auto it = figures_.find(key);
+    return it == figures_.end() ? std::nullopt : std::optional<double>(it->second);
+  }
+
+ private:
+  std::map<std::string, double> figures_;
+};
+
+struct Anchor {
+  double ms = 0;  // the anchor's time for the same work
+  std::string name;
+};
+
+// The anchor's time for `key`: measured in this run if anchors.py gave it, else quoted.
+Anchor time_anchor(const MeasuredAnchors& measured, const std::string& key, double quoted_ms, const std::string& name) {
+  if (const auto ms = measured.find(key)) return {*ms, name};
+  return {quoted_ms, name + " (quoted)"};
+}
+
 std::string rate(double value, const char* unit) {
   char text[32];
   std::snprintf(text, sizeof text, "%.3g %s", value, unit);
@@ -125,7 +164,7 @@ Ceilings measure_ceilings(const DeviceContext& device, EventTimer& timer) {
 }
 
 void lightning_prefill(const DeviceContext& device, EventTimer& timer, const Ceilings& c, int heads,
-                       std::int64_t tokens, double anchor_ms) {
+                       std::int64_t tokens, const Anchor& anchor) {
   const std::int64_t d = kHeadDim;
   DeviceBuffer qkv = device_array<bf16>(tokens * heads * 3 * d, "qkv"), out = device_array<bf16>(tokens * heads * d, "out");
   DeviceBuffer state = device_array<float>(heads * d * d, "state"), slope = device_array<float>(heads, "slopes");
@@ -146,12 +185,12 @@ void lightning_prefill(const DeviceContext& device, EventTimer& timer, const Cei
   const double bytes = static_cast<double>(qkv.bytes() + out.bytes() + 2 * state.bytes());
   const double tb_s = bytes / (ms * 1e-3) / 1e12;
   add({"lightning prefill", std::to_string(heads) + "h x " + std::to_string(tokens / 1024) + "K tokens", ms,
-       rate(tb_s, "TB/s"), tb_s / c.copy_tb_s, "copy", anchor_ms, "FLA chunk_simple_gla"});
+       rate(tb_s, "TB/s"), tb_s / c.copy_tb_s, "copy", anchor.ms, anchor.name});
 }
 
 // One decode step of `batch` sequences in one launch, their states one after the other.
 void lightning_decode(const DeviceContext& device, EventTimer& timer, const Ceilings& c, int heads, int batch,
-                      double anchor_ms) {
+                      const Anchor& anchor) {
   const std::int64_t d = kHeadDim, B = batch, state_size = heads * d * d;
   DeviceBuffer qkv = device_array<bf16>(B * heads * 3 * d, "qkv"), out = device_array<bf16>(B * heads * d, "out");
   DeviceBuffer state = device_array<float>(B * state_size, "state"), slope = device_array<float>(heads, "slopes");
@@ -169,11 +208,11 @@ void lightning_decode(const DeviceContext& device, EventTimer& timer, const Ceil
       9, 10, batch == 1 ? 200 : 20);
   const double tb_s = static_cast<double>(2 * state.bytes()) / (ms * 1e-3) / 1e12;
   add({"lightning decode", std::to_string(heads) + "h, batch " + std::to_string(batch), ms, rate(tb_s, "TB/s"),
-       tb_s / c.copy_tb_s, "copy", anchor_ms, "vLLM Triton decode"});
+       tb_s / c.copy_tb_s, "copy", anchor.ms, anchor.name});
 }
 
 void softmax_prefill(const DeviceContext& device, EventTimer& timer, const Ceilings& c, std::int64_t tokens,
-                     double anchor_ms) {
+                     const Anchor& anchor) {
   const int heads = 64, kv_heads = 8;
   const std::int64_t d = kHeadDim;
   DeviceBuffer q = device_array<bf16>(tokens * heads * d, "q"), out = device_array<bf16>(tokens * heads * d, "out");
@@ -191,11 +230,11 @@ void softmax_prefill(const DeviceContext& device, EventTimer& timer, const Ceili
   const double flops = 2.0 * static_cast<double>(tokens) * static_cast<double>(tokens) * heads * d;
   const double tflop_s = flops / (ms * 1e-3) / 1e12;
   add({"softmax prefill", "64/8h x " + std::to_string(tokens / 1024) + "K", ms, rate(tflop_s, "TFLOP/s"),
-       tflop_s / c.gemm_tflop_s, "gemm", anchor_ms, "cuDNN SDPA"});
+       tflop_s / c.gemm_tflop_s, "gemm", anchor.ms, anchor.name});
 }
 
 void softmax_decode(const DeviceContext& device, EventTimer& timer, const Ceilings& c, std::int64_t context,
-                    double anchor_ms) {
+                    const Anchor& anchor) {
   const int heads = 64, kv_heads = 8;
   const std::int64_t d = kHeadDim;
   DeviceBuffer q = device_array<bf16>(heads * d, "q"), out = device_array<bf16>(heads * d, "out");
@@ -215,7 +254,7 @@ void softmax_decode(const DeviceContext& device, EventTimer& timer, const Ceilin
       7, 2);
   const double tb_s = static_cast<double>(k.bytes() + v.bytes()) / (ms * 1e-3) / 1e12;
   add({"softmax decode", "64/8h, batch 1, " + std::to_string(context / 1024) + "K ctx", ms, rate(tb_s, "TB/s"),
-       tb_s / c.copy_tb_s, "copy", anchor_ms, "torch SDPA"});
+       tb_s / c.copy_tb_s, "copy", anchor.ms, anchor.name});
 }
 
 // Sampling on the device over MiniMax-Text-01's vocabulary: greedy, and top-k/top-p with a temperature.
@@ -239,7 +278,8 @@ void sampling(const DeviceContext& device, EventTimer& timer) {
   }
 }
 
-void moe(const DeviceContext& device, EventTimer& timer, const Ceilings& c, const std::vector<std::int64_t>& sizes) {
+void moe(const DeviceContext& device, EventTimer& timer, const Ceilings& c, const MeasuredAnchors& measured,
+         const std::vector<std::int64_t>& sizes) {
   const MoeShape shape{6144, 9216, 32, 2};
   const std::int64_t H = shape.hidden, I = shape.width, E = shape.experts;
   DeviceBuffer router = device_array<float>(E * H, "router"), gate_up = device_array<bf16>(E * 2 * I * H, "w13"),
@@ -262,12 +302,16 @@ void moe(const DeviceContext& device, EventTimer& timer, const Ceilings& c, cons
     const double weight_bytes = touched * 3.0 * static_cast<double>(H * I) * 2.0;
     const double tflop_s = flops / (ms * 1e-3) / 1e12, tb_s = weight_bytes / (ms * 1e-3) / 1e12;
     const bool weight_bound = tokens * shape.top_k < 256 * E;
-    // Anchor: torch._grouped_mm at 684 TFLOP/s (4K tokens, w13 only), i.e. its time for our FLOPs.
-    const double anchor_ms = flops / 684e12 * 1e3;
+    // Anchor: torch._grouped_mm's rate on the same token count (w13 only, as §0 measured it; 684
+    // TFLOP/s at 4K tokens and 661 at 32K quoted), i.e. its time for our FLOPs.
+    const std::string key = "grouped_mm_w13_tflops/" + std::to_string(tokens);
+    const std::optional<double> measured_rate = measured.find(key);
+    const double anchor_rate = measured_rate ? *measured_rate : (tokens >= 32768 ? 661.0 : 684.0);
     add({"MoE layer", "32e top-2, " + std::to_string(tokens) + " tok", ms,
          weight_bound ? rate(tb_s, "TB/s") : rate(tflop_s, "TFLOP/s"),
          weight_bound ? tb_s / c.copy_tb_s : tflop_s / c.gemm_tflop_s, weight_bound ? "copy" : "gemm",
-         weight_bound ? 0.0 : anchor_ms, "grouped_mm 684 TFLOP/s"});
+         weight_bound ? 0.0 : flops / (anchor_rate * 1e12) * 1e3,
+         "grouped_mm " + rate(anchor_rate, "TFLOP/s") + (measured_rate ? "" : " (quoted)")});
   }
 }
 
@@ -527,7 +571,14 @@ void vision_tower(const Ceilings& c) {
   vision_layer_steps(device, timer, c, tiles);
 }
 
-int run(bool quick, bool vision_only) {
+struct BenchOptions {
+  bool quick = false;
+  bool vision_only = false;
+  std::string only;  // run the kernels whose name contains this (all if empty)
+  MeasuredAnchors anchors;
+};
+
+int run(const BenchOptions& options) {
   cudaDeviceProp props{};
   check(cudaGetDeviceProperties(&props, 0), "cudaGetDeviceProperties");
   std::printf("lightdesk-bench on %s (%d SMs, %.0f GiB)\n", props.name, props.multiProcessorCount,
@@ -536,31 +587,54 @@ int run(bool quick, bool vision_only) {
   DeviceContext device;
   EventTimer timer(device);
   const Ceilings c = measure_ceilings(device, timer);
-  if (vision_only) {
-    vision_tower(c);
-    return 0;
+  const bool quick = options.quick;
+  const auto selected = [&](const char* kernel) {
+    return options.vision_only ? std::strcmp(kernel, "vision tower") == 0
+                               : std::string(kernel).find(options.only) != std::string::npos;
+  };
+  const MeasuredAnchors& measured = options.anchors;
+  // FLA's chunk_simple_gla and vLLM's Triton lightning decode are quoted from §0 unless measured.
+  const auto fla = [&](int heads, std::int64_t tokens, double quoted_ms) {
+    return time_anchor(measured, "fla_chunk_simple_gla/" + std::to_string(heads) + "x" + std::to_string(tokens),
+                       quoted_ms, "FLA chunk_simple_gla");
+  };
+  if (selected("lightning prefill")) {
+    lightning_prefill(device, timer, c, 64, 4096, fla(64, 4096, 0.49));
+    lightning_prefill(device, timer, c, 64, 65536, fla(64, 65536, 3.38));
+    if (!quick) {
+      lightning_prefill(device, timer, c, 64, 262144, fla(64, 262144, 13.25));
+      lightning_prefill(device, timer, c, 8, 1048576, fla(8, 1048576, 12.1));
+    }
   }
-  lightning_prefill(device, timer, c, 64, 4096, 0.49);
-  lightning_prefill(device, timer, c, 64, 65536, 3.38);
-  if (!quick) {
-    lightning_prefill(device, timer, c, 64, 262144, 13.25);
-    lightning_prefill(device, timer, c, 8, 1048576, 12.1);
+  if (selected("lightning decode")) {
+    // vLLM's Triton decode at batch 1, 16 and 256 (64 heads) and 1 (8 heads), §0.
+    const auto vllm = [&](int heads, int batch, double quoted_ms) {
+      return time_anchor(measured, "vllm_lightning_decode/" + std::to_string(heads) + "x" + std::to_string(batch),
+                         quoted_ms, "vLLM Triton decode");
+    };
+    lightning_decode(device, timer, c, 64, 1, vllm(64, 1, 0.060));
+    lightning_decode(device, timer, c, 64, 16, vllm(64, 16, 0.068));
+    lightning_decode(device, timer, c, 64, 256, vllm(64, 256, 0.701));
+    lightning_decode(device, timer, c, 8, 1, vllm(8, 1, 0.048));
   }
-  // vLLM's Triton decode at batch 1, 16 and 256 (64 heads) and 1 (8 heads), §0.
-  lightning_decode(device, timer, c, 64, 1, 0.060);
-  lightning_decode(device, timer, c, 64, 16, 0.068);
-  lightning_decode(device, timer, c, 64, 256, 0.701);
-  lightning_decode(device, timer, c, 8, 1, 0.048);
-  softmax_prefill(device, timer, c, 4096, 0.51);
-  if (!quick) {
-    softmax_prefill(device, timer, c, 16384, 7.26);
-    softmax_prefill(device, timer, c, 32768, 29.9);
+  if (selected("softmax prefill")) {
+    const auto cudnn = [&](std::int64_t tokens, double quoted_ms) {
+      return time_anchor(measured, "cudnn_sdpa/" + std::to_string(tokens), quoted_ms, "cuDNN SDPA");
+    };
+    softmax_prefill(device, timer, c, 4096, cudnn(4096, 0.51));
+    if (!quick) {
+      softmax_prefill(device, timer, c, 16384, cudnn(16384, 7.26));
+      softmax_prefill(device, timer, c, 32768, cudnn(32768, 29.9));
+    }
   }
-  softmax_decode(device, timer, c, 131072, 0.172);
-  sampling(device, timer);
-  moe(device, timer, c, quick ? std::vector<std::int64_t>{1, 64, 4096} : std::vector<std::int64_t>{1, 64, 4096, 32768});
-  model_decode_rows(c, quick);
-  vision_tower(c);
+  if (selected("softmax decode"))
+    softmax_decode(device, timer, c, 131072, time_anchor(measured, "torch_sdpa_decode/131072", 0.172, "torch SDPA"));
+  if (selected("sampling")) sampling(device, timer);
+  if (selected("MoE layer"))
+    moe(device, timer, c, measured,
+        quick ? std::vector<std::int64_t>{1, 64, 4096} : std::vector<std::int64_t>{1, 64, 4096, 32768});
+  if (selected("model decode step")) model_decode_rows(c, quick);
+  if (selected("vision tower")) vision_tower(c);
   return 0;
 }
 
@@ -569,9 +643,22 @@ int run(bool quick, bool vision_only) {
 
 int main(int argc, char** argv) {
   try {
-    const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
-    const bool vision_only = argc > 1 && std::strcmp(argv[1], "--vision") == 0;
-    return lightdesk::run(quick, vision_only);
+    lightdesk::BenchOptions options;
+    for (int i = 1; i < argc; ++i) {
+      const std::string arg = argv[i];
+      if (arg == "--quick") {
+        options.quick = true;
+      } else if (arg == "--vision") {
+        options.vision_only = true;
+      } else if ((arg == "--only" || arg == "--anchors") && i + 1 < argc) {
+        if (arg == "--only") options.only = argv[++i];
+        else options.anchors = lightdesk::MeasuredAnchors(argv[++i]);
+      } else {
+        std::fprintf(stderr, "usage: lightdesk-bench [--quick] [--vision] [--only TEXT] [--anchors FILE]\n");
+        return 2;
+      }
+    }
+    return lightdesk::run(options);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "lightdesk-bench: %s\n", e.what());
     return 1;
