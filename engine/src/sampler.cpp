@@ -22,41 +22,55 @@ TokenId sample_token(std::span<const float> logits, const SamplingParams& params
   check_sampling_params(params);
 
   const auto n = static_cast<TokenId>(logits.size());
-  std::vector<TokenId> ids(static_cast<std::size_t>(n));
-  std::iota(ids.begin(), ids.end(), 0);
-  // Highest logit first, lower id first among equals, so the draw does not depend on sort details.
-  auto better = [&](TokenId a, TokenId b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
-  const TokenId keep = params.top_k > 0 ? std::min(n, static_cast<TokenId>(params.top_k)) : n;
-  std::partial_sort(ids.begin(), ids.begin() + keep, ids.end(), better);
-  ids.resize(static_cast<std::size_t>(keep));
-
-  std::vector<double> probs(ids.size());
-  const double max_scaled = logits[ids[0]] / static_cast<double>(params.temperature);
-  double sum = 0.0;
-  for (std::size_t i = 0; i < ids.size(); ++i) {
-    probs[i] = std::exp(logits[ids[i]] / static_cast<double>(params.temperature) - max_scaled);
-    sum += probs[i];
-  }
-  double cumulative = 0.0;
-  std::size_t nucleus = ids.size();
-  for (std::size_t i = 0; i < ids.size(); ++i) {
-    cumulative += probs[i] / sum;
-    if (cumulative >= params.top_p) {
-      nucleus = i + 1;
-      break;
-    }
-  }
-  double nucleus_sum = 0.0;
-  for (std::size_t i = 0; i < nucleus; ++i) nucleus_sum += probs[i];
+  const double temperature = params.temperature;
+  const double max_scaled = *std::max_element(logits.begin(), logits.end()) / temperature;
+  const auto weight = [&](TokenId id) { return std::exp(logits[id] / temperature - max_scaled); };
   // 53 random bits -> uniform in [0, 1): std::mt19937_64's output is fixed by the standard, the
   // distributions are not, so draws repeat across platforms.
-  const double u = static_cast<double>(rng() >> 11) * 0x1.0p-53 * nucleus_sum;
-  double acc = 0.0;
-  for (std::size_t i = 0; i < nucleus; ++i) {
-    acc += probs[i];
-    if (u < acc) return ids[i];
+  const double uniform = static_cast<double>(rng() >> 11) * 0x1.0p-53;
+
+  std::vector<TokenId> ids(static_cast<std::size_t>(n));
+  std::iota(ids.begin(), ids.end(), 0);
+  // Highest logit first, lower id first among equals: a total order, so the candidates and their
+  // order (and hence the draw) do not depend on the standard library's sort.
+  auto better = [&](TokenId a, TokenId b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
+  const TokenId keep = params.top_k > 0 ? std::min(n, static_cast<TokenId>(params.top_k)) : n;
+  if (keep < n) std::nth_element(ids.begin(), ids.begin() + keep, ids.end(), better);
+  double sum = 0.0;
+  for (TokenId i = 0; i < keep; ++i) sum += weight(ids[static_cast<std::size_t>(i)]);
+
+  // The nucleus is the best-first prefix whose probability reaches top_p. Sorting all 200K
+  // candidates of a large vocabulary costs tens of milliseconds per token, so only a growing
+  // prefix is selected and sorted, until it holds the nucleus. At top_p 1 every candidate is in
+  // it and no order is needed but a fixed one: the candidates are walked in id order.
+  std::vector<double> probs;
+  TokenId sorted = 0;
+  if (params.top_p >= 1.0f) {
+    std::sort(ids.begin(), ids.begin() + keep);
+    for (; sorted < keep; ++sorted) probs.push_back(weight(ids[static_cast<std::size_t>(sorted)]));
   }
-  return ids[nucleus - 1];
+  double cumulative = 0.0;
+  bool reached = false;
+  for (TokenId prefix = std::min<TokenId>(keep, 256); !reached && sorted < keep;
+       prefix = std::min<TokenId>(keep, 4 * prefix)) {
+    if (prefix < keep) std::nth_element(ids.begin() + sorted, ids.begin() + prefix, ids.begin() + keep, better);
+    std::sort(ids.begin() + sorted, ids.begin() + prefix, better);
+    for (; !reached && sorted < prefix; ++sorted) {
+      probs.push_back(weight(ids[static_cast<std::size_t>(sorted)]));
+      cumulative += probs.back() / sum;
+      reached = cumulative >= params.top_p;
+    }
+  }
+  const TokenId nucleus = sorted;  // the prefix that reached top_p, else every candidate
+  double nucleus_sum = 0.0;
+  for (TokenId i = 0; i < nucleus; ++i) nucleus_sum += probs[static_cast<std::size_t>(i)];
+  const double u = uniform * nucleus_sum;
+  double acc = 0.0;
+  for (TokenId i = 0; i < nucleus; ++i) {
+    acc += probs[static_cast<std::size_t>(i)];
+    if (u < acc) return ids[static_cast<std::size_t>(i)];
+  }
+  return ids[static_cast<std::size_t>(nucleus - 1)];
 }
 
 }  // namespace lightdesk
