@@ -84,6 +84,23 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+__device__ __forceinline__ float warp_max(float v) {
+  for (int offset = 16; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+// The sum over the block (blockDim.x a multiple of 32, at most kThreads), returned to every thread.
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float partial[kThreads / 32];
+  v = warp_sum(v);
+  __syncthreads();  // `partial` may still be read by a previous call
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = v;
+  __syncthreads();
+  float total = 0.0f;
+  for (unsigned w = 0; w < blockDim.x / 32; ++w) total += partial[w];
+  return total;
+}
+
 // Explicit instantiations for the two activation types.
 #define LIGHTDESK_FOR_EACH_ACTIVATION(MACRO) \
   MACRO(float)                               \

@@ -42,17 +42,7 @@ __global__ void rms_norm_kernel(const T* x, std::int64_t width, const float* wei
     const float v = load(xr + i);
     sum += v * v;
   }
-  __shared__ float partial[kThreads / 32];
-  sum = warp_sum(sum);
-  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = sum;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    float total = threadIdx.x < blockDim.x / 32 ? partial[threadIdx.x] : 0.0f;
-    total = warp_sum(total);
-    if (threadIdx.x == 0) partial[0] = total;
-  }
-  __syncthreads();
-  const float inv = 1.0f / sqrtf(partial[0] / static_cast<float>(width) + eps);
+  const float inv = 1.0f / sqrtf(block_sum(sum) / static_cast<float>(width) + eps);
   for (std::int64_t i = threadIdx.x; i < width; i += blockDim.x) store(yr + i, weight[i] * (load(xr + i) * inv));
 }
 

@@ -39,18 +39,6 @@ __global__ void assemble_tokens_kernel(const T* patch_embeddings, const float* c
     store(row + c, (embedding ? load(embedding + c) : class_embedding[c]) + position[c]);
 }
 
-// The sum over the block (blockDim.x a multiple of 32, at most kThreads), returned to every thread.
-__device__ float block_sum(float v) {
-  __shared__ float partial[kThreads / 32];
-  v = warp_sum(v);
-  __syncthreads();  // `partial` may still be read by a previous call
-  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = v;
-  __syncthreads();
-  float total = 0.0f;
-  for (unsigned w = 0; w < blockDim.x / 32; ++w) total += partial[w];
-  return total;
-}
-
 // One block per row; mean first, then the variance around it (no cancellation).
 template <typename T>
 __global__ void layer_norm_kernel(const T* x, std::int64_t width, const float* weight, const float* bias, float eps,
@@ -122,7 +110,7 @@ __global__ void softmax_rows_kernel(T* x, std::int64_t rows, std::int64_t width,
   const unsigned lane = threadIdx.x % 32;
   float top = -INFINITY;
   for (std::int64_t i = lane; i < width; i += 32) top = fmaxf(top, load(xr + i));
-  for (int offset = 16; offset > 0; offset /= 2) top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, offset));
+  top = warp_max(top);
   float sum = 0.0f;
   for (std::int64_t i = lane; i < width; i += 32) sum += expf(load(xr + i) - top);
   const float inv = 1.0f / warp_sum(sum);
