@@ -77,15 +77,17 @@ class CudaTower final : public CudaVisionTower {
   }
 
   // A host float32 tensor on the device as U (through a float32 staging copy when U is bf16).
+  // One staging buffer serves the whole load, grown to the largest tensor: the stream orders each
+  // upload into it after the previous conversion out of it.
   template <typename U>
   void upload_as(const float* host, std::int64_t count, U* device) {
+    const std::size_t bytes = static_cast<std::size_t>(count) * sizeof(float);
     if constexpr (std::is_same_v<U, float>) {
-      device_.upload(device, host, static_cast<std::size_t>(count) * sizeof(float));
+      device_.upload(device, host, bytes);
     } else {
-      const DeviceBuffer staging = device_array<float>(count, "vision weight conversion");
-      device_.upload(staging.as<float>(), host, staging.bytes());
-      cuda::from_float(staging.as<float>(), count, device, device_.stream());
-      device_.synchronize();  // before `staging` goes
+      if (load_staging_.bytes() < bytes) load_staging_ = DeviceBuffer(bytes, "vision weight conversion");
+      device_.upload(load_staging_.as<float>(), host, bytes);
+      cuda::from_float(load_staging_.as<float>(), count, device, device_.stream());
     }
   }
   template <typename U>
@@ -107,6 +109,7 @@ class CudaTower final : public CudaVisionTower {
   DeviceBuffer class_embedding_, position_embedding_;  // float
   DeviceAffine pre_layernorm_, projector1_, projector2_;
   std::vector<DeviceLayer> layers_;
+  DeviceBuffer load_staging_;  // float32 weights on their way to bf16, during load() only
   std::mutex mutex_;  // forward calls share the activations
   Activations act_;
 };
@@ -138,6 +141,7 @@ void CudaTower<T>::load(const TowerWeights& w) {
   projector1_ = upload(w.projector1, false, "the projector");
   projector2_ = upload(w.projector2, false, "the projector");
   device_.synchronize();
+  load_staging_ = DeviceBuffer();
 }
 
 template <typename T>
