@@ -161,8 +161,22 @@ UPDATE documents SET message_id = (
     AND json_extract(link.value, '$.message') IN (SELECT id FROM messages WHERE session_id = s.id));
 )sql";
 
+// Version 5: a PDF document keeps where its pages start in the text (a JSON array of byte
+// offsets). The desktop app kept them in the session's settings before, beside the links that
+// version 4 moved into documents.message_id: both leave the settings.
+constexpr const char* kDocumentPages = R"sql(
+ALTER TABLE documents ADD COLUMN page_offsets TEXT;
+UPDATE documents SET page_offsets = (
+  SELECT json_extract(link.value, '$.page_offsets')
+  FROM sessions s, json_each(iif(json_valid(s.settings), s.settings, '{}'), '$.attachments') link
+  WHERE s.id = documents.session_id AND json_extract(link.value, '$.document') = documents.id
+    AND json_type(link.value, '$.page_offsets') = 'array');
+UPDATE sessions SET settings = json_remove(settings, '$.attachments')
+  WHERE json_valid(settings) AND json_type(settings, '$.attachments') IS NOT NULL;
+)sql";
+
 constexpr std::array<const char*, kSchemaVersion> kSteps = {kConversations, kCheckpoints, kSearch,
-                                                            kDocumentMessages};
+                                                            kDocumentMessages, kDocumentPages};
 
 }  // namespace
 

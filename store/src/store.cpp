@@ -1,5 +1,6 @@
 #include "lightdesk/store.h"
 
+#include <nlohmann/json.hpp>
 #include <xxhash.h>
 
 #include <algorithm>
@@ -60,12 +61,26 @@ SessionRecord read_session(const sql::Statement& row) {
 }
 
 constexpr const char* kDocumentColumns =
-    "id, session_id, source_path, content_hash, mime_type, token_count, text, text_ref, created_at, message_id";
+    "id, session_id, source_path, content_hash, mime_type, token_count, text, text_ref, created_at, message_id, "
+    "page_offsets";
+
+// documents.page_offsets: a JSON array of integers, NULL where there are none.
+std::optional<std::string> page_offsets_json(const std::vector<std::int64_t>& offsets) {
+  if (offsets.empty()) return std::nullopt;
+  return nlohmann::json(offsets).dump();
+}
 
 Document read_document(const sql::Statement& row) {
   Document d;
+  std::optional<std::string> page_offsets;
   row.columns(d.id, d.session_id, d.source_path, d.content_hash, d.mime_type, d.token_count, d.text, d.text_ref,
-              d.created_at, d.message_id);
+              d.created_at, d.message_id, page_offsets);
+  // Offsets only place citations on pages: a damaged value leaves the document without them.
+  if (page_offsets) {
+    const nlohmann::json offsets = nlohmann::json::parse(*page_offsets, nullptr, false);
+    if (offsets.is_array() && std::all_of(offsets.begin(), offsets.end(), [](const auto& v) { return v.is_number_integer(); }))
+      d.page_offsets = offsets.get<std::vector<std::int64_t>>();
+  }
   return d;
 }
 
@@ -302,9 +317,9 @@ std::vector<Message> Store::children(std::int64_t message_id) {
 std::int64_t Store::add_document(const Document& d) {
   sql::Statement(impl_->db,
                  "INSERT INTO documents(session_id, message_id, source_path, content_hash, mime_type, token_count, text, "
-                 "text_ref, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                 "text_ref, page_offsets, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
       .bind_all(d.session_id, d.message_id, d.source_path, d.content_hash, d.mime_type, d.token_count, d.text,
-                d.text_ref, now_seconds())
+                d.text_ref, page_offsets_json(d.page_offsets), now_seconds())
       .run();
   return impl_->db.last_insert_rowid();
 }

@@ -2,6 +2,7 @@
 // migrations, full-text search and use from several threads.
 #include "lightdesk/store.h"
 
+#include <algorithm>
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 
@@ -411,6 +412,39 @@ TEST_F(StoreTest, DocumentsKeepTheirMessageAndOldLinksAreMigrated) {
   const auto added = store.add_document(d);
   EXPECT_EQ(store.document(added).message_id, std::optional<std::int64_t>(12));
   EXPECT_EQ(store.documents(2).back().message_id, std::optional<std::int64_t>(12));
+}
+
+TEST_F(StoreTest, DocumentsKeepTheirPageOffsetsAndOldSettingsAreMigrated) {
+  {
+    sql::Database db(db_path());
+    migrate(db, 4);
+    // Version 4 files of the desktop app kept a PDF's page offsets in the session settings.
+    db.exec("INSERT INTO sessions(id, title, settings, created_at, updated_at) VALUES "
+            "(1, 'pdf', '{\"attachments\": [{\"message\": 11, \"document\": 21, \"page_offsets\": [0, 512, 2048]}, "
+            "{\"message\": 11, \"document\": 22}], \"temperature\": 0.7}', 1, 1), "
+            "(2, 'broken', 'not json', 1, 1)");
+    db.exec("INSERT INTO messages(id, session_id, role, created_at) VALUES (11, 1, 'user', 1)");
+    db.exec("INSERT INTO documents(id, session_id, message_id, source_path, content_hash, mime_type, created_at) VALUES "
+            "(21, 1, 11, '/a.pdf', 'h', 'application/pdf', 1), (22, 1, 11, '/b.txt', 'h', 'text/plain', 1), "
+            "(23, 2, NULL, '/c.pdf', 'h', 'application/pdf', 1)");
+  }
+  Store store(db_path());
+  EXPECT_EQ(store.document(21).page_offsets, (std::vector<std::int64_t>{0, 512, 2048}));
+  EXPECT_TRUE(store.document(22).page_offsets.empty());
+  EXPECT_TRUE(store.document(23).page_offsets.empty());
+  // The links left the settings; the rest of them stayed.
+  const auto sessions = store.sessions();
+  const auto pdf = std::find_if(sessions.begin(), sessions.end(), [](const auto& s) { return s.id == 1; });
+  ASSERT_NE(pdf, sessions.end());
+  EXPECT_EQ(pdf->settings_json, "{\"temperature\":0.7}");
+
+  Document d;
+  d.session_id = 1;
+  d.source_path = "/d.pdf";
+  d.page_offsets = {0, 7, 4096};
+  const auto added = store.add_document(d);
+  EXPECT_EQ(store.document(added).page_offsets, d.page_offsets);
+  EXPECT_EQ(store.documents(1).back().page_offsets, d.page_offsets);
 }
 
 TEST_F(StoreTest, RefusesAFileFromANewerSchema) {

@@ -2,9 +2,6 @@
 
 #include <QCryptographicHash>
 #include <QDir>
-#include <QJsonArray>
-#include <QJsonDocument>
-#include <QJsonObject>
 #include <QFile>
 #include <QImageReader>
 #include <QMimeDatabase>
@@ -30,10 +27,6 @@ namespace {
 std::string utf8(const QString& text) { return text.toStdString(); }
 QString from_utf8(const std::string& text) { return QString::fromStdString(text); }
 
-QJsonArray attachment_links(const std::string& settings_json) {
-  return QJsonDocument::fromJson(QByteArray::fromStdString(settings_json)).object().value("attachments").toArray();
-}
-
 // The session as the window sees it: the messages of its newest branch (the thread ending at the
 // message added last), each user message with the documents sent with it.
 ChatSession read_session(store::Store& store, const store::SessionRecord& record,
@@ -43,10 +36,6 @@ ChatSession read_session(store::Store& store, const store::SessionRecord& record
   session.title = from_utf8(record.title);
   session.last_used = QDateTime::fromSecsSinceEpoch(record.updated_at, Qt::UTC);
 
-  // The store has no column for a PDF's page offsets: the session's settings keep them.
-  std::map<std::int64_t, QJsonArray> page_offsets;
-  for (const QJsonValue& link : attachment_links(record.settings_json))
-    page_offsets[link.toObject().value("document").toInteger()] = link.toObject().value("page_offsets").toArray();
   std::multimap<std::int64_t, Attachment> attachments_by_message;
   for (const store::Document& document : store.documents(record.id)) {
     if (!document.message_id) continue;
@@ -54,7 +43,7 @@ ChatSession read_session(store::Store& store, const store::SessionRecord& record
     attachment.path = from_utf8(document.source_path);
     attachment.text = from_utf8(document.text);
     attachment.tokens = document.token_count.value_or(0);
-    for (const QJsonValue& offset : page_offsets[document.id]) attachment.page_offsets.append(offset.toInteger());
+    attachment.page_offsets = QList<qint64>(document.page_offsets.begin(), document.page_offsets.end());
     attachments_by_message.emplace(*document.message_id, std::move(attachment));
   }
 
@@ -115,7 +104,6 @@ class StoreWriter : public QObject {
       sessions.append(read_session(*store_, record, branch));
       SessionLog& log = logs_[record.id];
       log.store_id = record.id;
-      log.settings = QJsonDocument::fromJson(QByteArray::fromStdString(record.settings_json)).object();
       for (const store::Message& message : branch) log.branch.push_back(message.id);
     }
     return sessions;
@@ -144,8 +132,7 @@ class StoreWriter : public QObject {
   }
 
   // Adds the message as the child of the branch's last one; a user message's documents are
-  // added to the session, linked to the message (and a PDF's page offsets kept in the
-  // session's settings).
+  // added to the session, linked to the message.
   void append(qint64 id, const ChatEntry& entry) {
     write([&] {
       SessionLog* log = find(id);
@@ -179,9 +166,6 @@ class StoreWriter : public QObject {
         }
         store_->add_image(image);
       }
-      if (entry.documents.isEmpty()) return;
-
-      QJsonArray links = log->settings.value("attachments").toArray();
       for (const Attachment& attachment : entry.documents) {
         store::Document document;
         document.session_id = log->store_id;
@@ -192,15 +176,9 @@ class StoreWriter : public QObject {
         document.mime_type = utf8(mime_types.mimeTypeForFile(attachment.path, QMimeDatabase::MatchExtension).name());
         document.token_count = attachment.tokens;
         document.text = utf8(attachment.text);
-        const std::int64_t document_id = store_->add_document(document);
-        if (attachment.page_offsets.isEmpty()) continue;
-        QJsonArray page_offsets;
-        for (const qint64 offset : attachment.page_offsets) page_offsets.append(offset);
-        links.append(QJsonObject{{"message", qint64{message_id}}, {"document", qint64{document_id}},
-                                 {"page_offsets", page_offsets}});
+        document.page_offsets.assign(attachment.page_offsets.begin(), attachment.page_offsets.end());
+        store_->add_document(document);
       }
-      log->settings.insert("attachments", links);
-      store_->set_session_settings(log->store_id, QJsonDocument(log->settings).toJson(QJsonDocument::Compact).toStdString());
     });
   }
 
@@ -273,7 +251,6 @@ class StoreWriter : public QObject {
   struct SessionLog {
     std::int64_t store_id = 0;
     std::vector<std::int64_t> branch;  // store message id of each entry of the shown branch
-    QJsonObject settings;
   };
 
   SessionLog* find(qint64 id) {

@@ -10,9 +10,8 @@
 // (EngineState) and the writer saves it as a checkpoint of the turn's last message; a load reads
 // a checkpoint on the store thread and hands the copy back to the caller's thread.
 //
-// A document is linked to the message it was sent with (store::Document::message_id); a PDF's
-// page offsets, which the store has no column for, are kept in the session's settings JSON
-// under "attachments": [{"message": id, "document": id, "page_offsets": [...]}].
+// A document is linked to the message it was sent with (store::Document::message_id), and a
+// PDF keeps where its pages start (store::Document::page_offsets).
 #pragma once
 
 #include <QThread>

@@ -51,7 +51,7 @@ class StateRefused : public Error {
 };
 
 // Highest schema version this build writes; opening upgrades older files step by step.
-inline constexpr int kSchemaVersion = 4;
+inline constexpr int kSchemaVersion = 5;
 
 enum class Role { System, User, Assistant, Tool };
 const char* role_name(Role role);
@@ -90,6 +90,7 @@ struct Document {
   std::optional<std::int64_t> token_count;
   std::string text;  // extracted text (empty when only text_ref is kept)
   std::string text_ref;  // where the extracted text lives when not stored inline
+  std::vector<std::int64_t> page_offsets;  // a PDF's: the byte offset in `text` where each page starts
   std::int64_t created_at = 0;
 };
 
