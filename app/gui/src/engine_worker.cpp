@@ -39,6 +39,10 @@ EngineWorker::~EngineWorker() = default;
 
 void EngineWorker::requestStop() { stop_requested_ = true; }
 
+void EngineWorker::report_gpu_memory() {
+  if (model_ && model_->info().backend == BackendKind::Cuda) emit gpuMemoryMeasured(gpu_devices());
+}
+
 std::pair<std::uint64_t, QString> available_memory(BackendKind backend) {
   if (backend == BackendKind::Cuda) {
     for (const GpuDevice& gpu : gpu_devices())
@@ -126,6 +130,7 @@ void EngineWorker::loadModel(const QString& directory, const QString& backend) {
     SamplingSettings sampling;
     sampling.temperature = defaults.temperature;
     sampling.top_p = defaults.top_p;
+    report_gpu_memory();
     emit modelLoaded(check, format_->family() == ChatFamily::M1 ? QStringLiteral("M1") : QStringLiteral("Text01"),
                      sampling);
   } catch (const std::exception& e) {
@@ -252,6 +257,7 @@ void EngineWorker::generate(const QList<PromptMessage>& conversation, const Samp
       if (decode_seconds > 0)
         stats.decode_tokens_per_second = static_cast<double>(stats.generated_tokens) / decode_seconds;
     }
+    report_gpu_memory();
     emit generationFinished(stats, state);
   } catch (const std::exception& e) {
     emit generationFailed(to_qstring(e.what()));

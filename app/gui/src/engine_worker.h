@@ -100,6 +100,9 @@ class EngineWorker : public QObject {
 
  signals:
   void modelChecked(const lightdesk::gui::ModelCheck& check);
+  // Each GPU's memory, measured on this thread while a model runs on a GPU: before modelLoaded
+  // and before each generationFinished (the window's thread never starts a CUDA query itself).
+  void gpuMemoryMeasured(const std::vector<lightdesk::GpuDevice>& gpus);
   void loadProgress(qint64 bytesDone, qint64 bytesTotal);
   // `family` names the chat format ("M1", "Text01"); `sampling` is its recommended sampling.
   void modelLoaded(const lightdesk::gui::ModelCheck& check, const QString& family,
@@ -121,6 +124,7 @@ class EngineWorker : public QObject {
 
  private:
   static ModelOptions options_for(const QString& backend);
+  void report_gpu_memory();
   ModelCheck inspect(const QString& directory, const QString& backend) const;
   // The rows of an image for the model (vision_), computed once per path.
   const std::vector<float>& image_rows(const QString& path);

@@ -328,6 +328,7 @@ void MainWindow::connectEngine() {
                                       format_bytes(static_cast<std::uint64_t>(total))));
   });
   connect(worker_, &EngineWorker::modelLoaded, this, &MainWindow::onModelLoaded);
+  connect(worker_, &EngineWorker::gpuMemoryMeasured, this, &MainWindow::onGpuMemoryMeasured);
   connect(worker_, &EngineWorker::modelRejected, this, &MainWindow::onModelRejected);
   connect(worker_, &EngineWorker::modelFailed, this, &MainWindow::onModelFailed);
   connect(worker_, &EngineWorker::documentReady, this, &MainWindow::onDocumentReady);
@@ -442,13 +443,17 @@ void MainWindow::editSettings() {
   dialog.exec();
 }
 
+void MainWindow::onGpuMemoryMeasured(const std::vector<GpuDevice>& gpus) {
+  gpus_ = gpus;
+  refreshMemoryLabel();
+}
+
 void MainWindow::refreshMemoryLabel() {
-  // Every GPU's memory (free where known: on the one the engine runs on), then the host's. The
-  // GPUs are asked only once a model runs on them: before, the query would start the CUDA
-  // runtime and a context on the window's thread, at start-up, for nothing.
+  // Every GPU's memory (free where known: on the one the engine runs on) as the engine thread
+  // last measured it, while a model runs on them; then the host's.
   QStringList parts;
   const bool model_on_gpu = model_ready_ && model_info_.backend == BackendKind::Cuda;
-  for (const GpuDevice& gpu : model_on_gpu ? gpu_devices() : std::vector<GpuDevice>{})
+  for (const GpuDevice& gpu : model_on_gpu ? gpus_ : std::vector<GpuDevice>{})
     parts << (gpu.free_bytes ? tr("GPU %1: %2 free of %3")
                                    .arg(gpu.index)
                                    .arg(format_bytes(*gpu.free_bytes), format_bytes(gpu.total_bytes))

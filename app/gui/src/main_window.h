@@ -131,6 +131,7 @@ class MainWindow : public QMainWindow {
 
   void onModelChecked(const ModelCheck& check);
   void onModelLoaded(const ModelCheck& check, const QString& family, const SamplingSettings& sampling);
+  void onGpuMemoryMeasured(const std::vector<GpuDevice>& gpus);
   void onModelRejected(const QString& directory, const QString& message);
   void onModelFailed(const QString& directory, const QString& message);
   void onDocumentReady(const QString& path, const QString& text, const QList<qint64>& pageOffsets, qint64 tokens);
@@ -151,6 +152,7 @@ class MainWindow : public QMainWindow {
   QString model_family_;           // settings are kept per chat-format family
   SamplingSettings default_sampling_;
   ModelInfo model_info_;
+  std::vector<GpuDevice> gpus_;  // as the engine thread last measured them (gpuMemoryMeasured)
   bool generating_ = false;
   // What the engine's state holds: the first `entries` entries of session `session` (a
   // finished answer last), or entries < 0 for nothing the window can name.
