@@ -267,8 +267,12 @@ TokenId Session::sample(const SamplingParams& params) {
   return s.backend->sample(*s.sequence, params, s.rng);
 }
 
-std::vector<StatePart> state_layout(const ModelShape& shape, std::int64_t position, std::int64_t kv_chunk_tokens) {
+std::vector<StatePart> state_layout(const ModelShape& shape, std::int64_t position, std::int64_t kv_chunk_tokens,
+                                    std::int64_t kv_first) {
   if (kv_chunk_tokens <= 0) throw Error("kv_chunk_tokens must be positive");
+  if (kv_first < 0 || kv_first > position)
+    throw Error("state export from position " + std::to_string(kv_first) + " of a state of " +
+                std::to_string(position) + " positions");
   const std::int64_t d = shape.head_dim;
   std::vector<StatePart> parts;
   for (int l = 0; l < shape.num_layers; ++l) {
@@ -282,7 +286,7 @@ std::vector<StatePart> state_layout(const ModelShape& shape, std::int64_t positi
   }
   for (int l = 0; l < shape.num_layers; ++l) {
     if (shape.layer_kinds[l] != LayerKind::Softmax) continue;
-    for (std::int64_t first = 0; first < position; first += kv_chunk_tokens) {
+    for (std::int64_t first = kv_first; first < position; first += kv_chunk_tokens) {
       const std::int64_t count = std::min(kv_chunk_tokens, position - first);
       for (StatePartKind kind : {StatePartKind::SoftmaxKeys, StatePartKind::SoftmaxValues}) {
         StatePart part;
@@ -299,9 +303,10 @@ std::vector<StatePart> state_layout(const ModelShape& shape, std::int64_t positi
   return parts;
 }
 
-void Session::export_state(const std::function<void(const StatePart&)>& sink, std::int64_t kv_chunk_tokens) const {
+void Session::export_state(const std::function<void(const StatePart&)>& sink, std::int64_t kv_chunk_tokens,
+                           std::int64_t kv_first) const {
   std::vector<float> buffer;
-  for (StatePart part : state_layout(*impl_->info, position(), kv_chunk_tokens)) {
+  for (StatePart part : state_layout(*impl_->info, position(), kv_chunk_tokens, kv_first)) {
     std::int64_t numel = 1;
     for (std::int64_t v : part.shape) numel *= v;
     buffer.resize(static_cast<std::size_t>(numel));

@@ -77,8 +77,9 @@ class SyntheticState {
         lightning_(normal_floats(static_cast<std::size_t>(lightning_floats(model)), 1)),
         kv_(normal_floats(static_cast<std::size_t>(model.num_kv_heads * kv_chunk_tokens * model.head_dim), 2)) {}
 
-  void export_state(const std::function<void(const StatePart&)>& sink, std::int64_t kv_chunk_tokens) const {
-    for (StatePart part : lightdesk::state_layout(model_, positions_, kv_chunk_tokens)) {
+  void export_state(const std::function<void(const StatePart&)>& sink, std::int64_t kv_chunk_tokens,
+                    std::int64_t kv_first = 0) const {
+    for (StatePart part : lightdesk::state_layout(model_, positions_, kv_chunk_tokens, kv_first)) {
       part.data = part.kind == StatePartKind::LightningState
                       ? std::span<const float>(lightning_)
                       : std::span<const float>(kv_).first(
@@ -242,8 +243,9 @@ int main(int argc, char** argv) try {
     store.emplace(db_path, options);
     const auto session_id = store->create_session("benchmark");
     checkpoint_id = store->save_checkpoint(
-        session_id, lightdesk::store::StateSource{model, tokens, [&](const auto& sink, std::int64_t chunk) {
-                                                    state.export_state(sink, chunk);
+        session_id, lightdesk::store::StateSource{model, tokens, [&](const auto& sink, std::int64_t chunk,
+                                                                     std::int64_t kv_from) {
+                                                    state.export_state(sink, chunk, kv_from);
                                                   }});
     save_s = seconds_since(start);
     // Closing the last connection copies the WAL into the file and syncs it: then it is on disk.

@@ -464,9 +464,8 @@ std::int64_t Store::save_checkpoint(std::int64_t session_id, const Session& sess
   return save_checkpoint(
       session_id,
       StateSource{session.model().info(), session.tokens(),
-                  [&session](const std::function<void(const StatePart&)>& sink, std::int64_t kv_chunk_tokens) {
-                    session.export_state(sink, kv_chunk_tokens);
-                  }},
+                  [&session](const std::function<void(const StatePart&)>& sink, std::int64_t kv_chunk_tokens,
+                             std::int64_t kv_from) { session.export_state(sink, kv_chunk_tokens, kv_from); }},
       message_id);
 }
 
@@ -516,6 +515,9 @@ std::int64_t Store::save_checkpoint(std::int64_t session_id, const StateSource& 
         extended = true;
       }
     }
+    if (reused_end < source.kv_first)
+      db.fail_plain("the K/V of positions " + std::to_string(reused_end) + " to " + std::to_string(source.kv_first) +
+                    " is neither in the state to save nor in a checkpoint stored before it");
     if (reused_end < position) {
       sql::Statement(db,
                      "INSERT INTO kv_spans(session_id, model_id, first_token, token_count, prefix_hash) "
@@ -534,8 +536,9 @@ std::int64_t Store::save_checkpoint(std::int64_t session_id, const StateSource& 
     CheckpointWriter writer(db, checkpoint_id, new_span, reused_end);
     const std::int64_t position_bytes = std::max<std::int64_t>(1, info.num_kv_heads) * info.head_dim *
                                         static_cast<std::int64_t>(sizeof(float));
+    // Only the positions the reused spans lack are read from the source.
     source.export_state([&](const StatePart& part) { writer.write(part); },
-                        std::max<std::int64_t>(1, impl_->options.kv_row_bytes / position_bytes));
+                        std::max<std::int64_t>(1, impl_->options.kv_row_bytes / position_bytes), reused_end);
 
     // Step 3: one small commit makes the checkpoint (and its new span) visible.
     sql::Transaction transaction(db);

@@ -102,6 +102,40 @@ std::vector<ExportedPart> export_all(const Session& s, std::int64_t chunk) {
   return parts;
 }
 
+TEST_F(SessionTest, ExportFromAPositionStreamsTheLaterKvOnly) {
+  auto s = model_->create_session();
+  s->feed(std::span(ids_).first(100));
+  const auto whole = export_all(*s, 100);
+  std::vector<ExportedPart> later;
+  s->export_state(
+      [&](const StatePart& p) {
+        later.push_back({p, {p.data.begin(), p.data.end()}});
+      },
+      16, 70);
+  int lightning = 0;
+  for (const auto& p : later) {
+    if (p.part.kind == StatePartKind::LightningState) {
+      ++lightning;
+      continue;
+    }
+    EXPECT_GE(p.part.first_token, 70);
+    // The same values as the whole export's positions.
+    const auto& full = *std::find_if(whole.begin(), whole.end(), [&](const ExportedPart& w) {
+      return w.part.kind == p.part.kind && w.part.layer == p.part.layer;
+    });
+    const std::int64_t d = p.part.shape[2];
+    for (std::int64_t h = 0; h < p.part.shape[0]; ++h)
+      for (std::int64_t t = 0; t < p.part.token_count; ++t)
+        for (std::int64_t i = 0; i < d; ++i)
+          ASSERT_EQ(p.data[static_cast<std::size_t>((h * p.part.token_count + t) * d + i)],
+                    full.data[static_cast<std::size_t>((h * 100 + p.part.first_token + t) * d + i)]);
+  }
+  EXPECT_EQ(lightning, 3);
+  EXPECT_EQ(later.size(), 3u + 2u * 2u);  // positions 70..85 and 86..99, keys and values
+  EXPECT_THROW(s->export_state([](const StatePart&) {}, 16, 101), Error);
+  EXPECT_THROW(s->export_state([](const StatePart&) {}, 16, -1), Error);
+}
+
 TEST_F(SessionTest, ExportImportRoundTripIsBitIdentical) {
   auto a = model_->create_session();
   a->feed(std::span(ids_).first(300));

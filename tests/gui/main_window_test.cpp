@@ -28,6 +28,7 @@
 #include <optional>
 
 #include "conversation_export.h"
+#include "engine_state.h"
 #include "main_window.h"
 #include "session_repository.h"
 #include "settings_dialog.h"
@@ -395,6 +396,60 @@ class MainWindowTest : public QObject {
     });
     QTRY_VERIFY_WITH_TIMEOUT(answered, kTimeoutMs);
     QVERIFY(hits.isEmpty());
+  }
+
+  // A turn that continues a saved state hands out only its own positions' K/V; joined to the
+  // state it continues it imports as the whole one would.
+  void engineStateCopiesOnlyTheKvAfterTheSavedOne() {
+    using lightdesk::gui::EngineState;
+    using lightdesk::gui::EngineStatePtr;
+    const auto model = lightdesk::Model::open(kModelDirectory.toStdString());
+    std::vector<lightdesk::TokenId> tokens(61);
+    for (std::size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<lightdesk::TokenId>((i * 37 + 11) % 250);
+    const std::span<const lightdesk::TokenId> all(tokens);
+    auto session = model->create_session();
+    session->feed(all.first(40));
+    const EngineStatePtr earlier = EngineState::copy_of(*session);
+    session->feed(all.subspan(40, 20));
+    const EngineStatePtr later = EngineState::copy_of(*session, 40);
+    QCOMPARE(later->kv_first(), 40);
+
+    auto restored = model->create_session();
+    QVERIFY_THROWS_EXCEPTION(lightdesk::Error, later->import_into(*restored));
+    auto stranger = model->create_session();
+    stranger->feed(all.subspan(1, 40));
+    QVERIFY_THROWS_EXCEPTION(lightdesk::Error, later->continuing(EngineState::copy_of(*stranger)));
+    const EngineStatePtr joined = later->continuing(earlier);
+    QCOMPARE(joined->kv_first(), 0);
+    joined->import_into(*restored);
+    session->feed(all.last(1));
+    restored->feed(all.last(1));
+    QVERIFY(std::equal(session->logits().begin(), session->logits().end(), restored->logits().begin(),
+                       restored->logits().end()));
+
+    // The in-memory repository joins a continuing state to the one it continues, or says it cannot.
+    InMemorySessionRepository sessions;
+    const qint64 id = sessions.create(QStringLiteral("continuing")).id;
+    QSignalSpy failed(&sessions, &lightdesk::gui::SessionRepository::writeFailed);
+    sessions.saveState(id, 4, later);
+    QCOMPARE(failed.size(), 1);
+    sessions.saveState(id, 2, earlier);
+    sessions.saveState(id, 4, later);
+    QCOMPARE(failed.size(), 1);
+    EngineStatePtr loaded;
+    bool answered = false;
+    sessions.loadState(id, 4, model->info(), qApp, [&](const lightdesk::gui::StateLoad& load) {
+      loaded = load.state;
+      answered = true;
+    });
+    QTRY_VERIFY_WITH_TIMEOUT(answered, kTimeoutMs);
+    QVERIFY(loaded != nullptr);
+    QCOMPARE(loaded->kv_first(), 0);
+    auto reloaded = model->create_session();
+    loaded->import_into(*reloaded);
+    reloaded->feed(all.last(1));
+    QVERIFY(std::equal(session->logits().begin(), session->logits().end(), reloaded->logits().begin(),
+                       reloaded->logits().end()));
   }
 
   void regenerateAndEditBranchFromCheckpoints() {

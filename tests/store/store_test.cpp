@@ -134,6 +134,54 @@ TEST_F(StoreTest, CheckpointsShareKvByPositionAndSplitRowsAtTheRowSize) {
   EXPECT_EQ(spans.int64(0), 2);
 }
 
+TEST_F(StoreTest, ASaveReadsOnlyTheKvItsCheckpointLacks) {
+  const auto tokens = token_ids(50, 5), tail = token_ids(4, 6);
+  Store store(db_path());
+  const auto session_id = store.create_session("continuing");
+  auto writer = model_->create_session();
+  writer->feed(std::span(tokens).first(30));
+  store.save_checkpoint(session_id, *writer);
+  writer->feed(std::span(tokens).subspan(30));
+  auto reference = model_->create_session();
+  reference->feed(std::span(tokens).first(30));
+  reference->feed(std::span(tokens).subspan(30));
+  const auto expected = continue_logits(*reference, tail);
+
+  // A source that has the K/V of positions 30.. only (as the desktop app's copy of a turn that
+  // continues a saved state): the store is asked for no earlier position and takes the rest
+  // from the first checkpoint.
+  std::int64_t asked_from = -1, earliest_streamed = 50;
+  const StateSource continuing{model_->info(), writer->tokens(),
+                               [&](const std::function<void(const StatePart&)>& sink, std::int64_t chunk,
+                                   std::int64_t kv_from) {
+                                 asked_from = kv_from;
+                                 writer->export_state(
+                                     [&](const StatePart& part) {
+                                       if (part.kind != StatePartKind::LightningState)
+                                         earliest_streamed = std::min(earliest_streamed, part.first_token);
+                                       sink(part);
+                                     },
+                                     chunk, kv_from);
+                               },
+                               30};
+  const auto id = store.save_checkpoint(session_id, continuing);
+  EXPECT_EQ(asked_from, 30);
+  EXPECT_EQ(earliest_streamed, 30);
+  auto restored = busy_session();
+  store.load_checkpoint(id, *restored);
+  EXPECT_TRUE(bit_identical(continue_logits(*restored, tail), expected));
+
+  // Another session has none of those positions stored: refused before anything is written.
+  const auto other = store.create_session("other");
+  try {
+    store.save_checkpoint(other, continuing);
+    ADD_FAILURE() << "a state lacking stored K/V was saved";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("positions 0 to 30"), std::string::npos) << error.what();
+  }
+  EXPECT_TRUE(store.checkpoints(other).empty());
+}
+
 TEST_F(StoreTest, BranchContinuesFromTheCheckpointOfAnEarlierMessage) {
   const auto question = token_ids(30, 5), answer = token_ids(10, 6), edited = token_ids(10, 7),
              next = token_ids(6, 8);
@@ -333,13 +381,14 @@ TEST_F(StoreTest, AFailedSaveLeavesNothingBehind) {
   // A source that fails after its first parts, as an export interrupted by a device error.
   int parts = 0;
   const StateSource failing{model_->info(), session->tokens(),
-                            [&](const std::function<void(const StatePart&)>& sink, std::int64_t chunk) {
+                            [&](const std::function<void(const StatePart&)>& sink, std::int64_t chunk,
+                                std::int64_t kv_from) {
                               session->export_state(
                                   [&](const StatePart& part) {
                                     if (++parts == 3) throw Error("device lost");
                                     sink(part);
                                   },
-                                  chunk);
+                                  chunk, kv_from);
                             }};
   EXPECT_THROW(store.save_checkpoint(session_id, failing), Error);
   EXPECT_EQ(store.checkpoints(session_id).size(), 1u);

@@ -1,5 +1,8 @@
 #include "engine_state.h"
 
+#include <algorithm>
+#include <string>
+
 namespace lightdesk::gui {
 
 void EngineState::add(const StatePart& part) {
@@ -8,22 +11,45 @@ void EngineState::add(const StatePart& part) {
   parts_.push_back(std::move(copy));
 }
 
-void EngineState::for_each_part(const std::function<void(const StatePart&)>& sink) const {
+void EngineState::for_each_part(const std::function<void(const StatePart&)>& sink, bool with_lightning) const {
   for (const Part& part : parts_) {
+    if (!with_lightning && part.header.kind == StatePartKind::LightningState) continue;
     StatePart view = part.header;
     view.data = part.values;
+    // Parts keep the position of the state they were copied from: the joined state's is newer.
+    view.position = static_cast<std::int64_t>(tokens_.size());
     sink(view);
+  }
+  if (earlier_) {
+    earlier_->for_each_part(
+        [this, &sink](const StatePart& part) {
+          StatePart view = part;
+          view.position = static_cast<std::int64_t>(tokens_.size());
+          sink(view);
+        },
+        false);
   }
 }
 
-std::shared_ptr<const EngineState> EngineState::copy_of(const Session& session) {
+std::shared_ptr<const EngineState> EngineState::copy_of(const Session& session, std::int64_t kv_first) {
   auto state = std::make_shared<EngineState>();
   state->model_ = session.model().info();
   state->tokens_ = session.tokens();
+  state->kv_first_ = kv_first;
   // Whole softmax layers per part: the store cuts them into rows of its own size.
   session.export_state([&state](const StatePart& part) { state->add(part); },
-                       std::max<std::int64_t>(1, session.position()));
+                       std::max<std::int64_t>(1, session.position() - kv_first), kv_first);
   return state;
+}
+
+std::shared_ptr<const EngineState> EngineState::continuing(std::shared_ptr<const EngineState> earlier) const {
+  const auto earlier_tokens = static_cast<std::int64_t>(earlier->tokens().size());
+  if (earlier_tokens != kv_first_ || !std::equal(earlier->tokens().begin(), earlier->tokens().end(), tokens_.begin()))
+    throw Error("a state that lacks the K/V before position " + std::to_string(kv_first_) +
+                " cannot continue a state of " + std::to_string(earlier_tokens) + " other tokens");
+  auto joined = std::make_shared<EngineState>(*this);
+  joined->earlier_ = std::move(earlier);
+  return joined;
 }
 
 std::shared_ptr<const EngineState> EngineState::read(store::Store& store, std::int64_t checkpoint_id,
@@ -35,14 +61,18 @@ std::shared_ptr<const EngineState> EngineState::read(store::Store& store, std::i
 }
 
 void EngineState::import_into(Session& session) const {
+  if (kv_first() > 0)
+    throw Error("the saved state holds the K/V from position " + std::to_string(kv_first_) + " on only");
   Session::Import import = session.begin_import(static_cast<std::int64_t>(tokens_.size()));
   for_each_part([&import](const StatePart& part) { import.add(part); });
   import.commit(tokens_);
 }
 
 store::StateSource EngineState::source() const {
+  // Whatever positions the store asks for, every part goes: it keeps what its spans lack.
   return {model_, tokens_,
-          [this](const std::function<void(const StatePart&)>& sink, std::int64_t) { for_each_part(sink); }};
+          [this](const std::function<void(const StatePart&)>& sink, std::int64_t, std::int64_t) { for_each_part(sink); },
+          kv_first()};
 }
 
 }  // namespace lightdesk::gui

@@ -39,6 +39,8 @@ EngineWorker::~EngineWorker() = default;
 
 void EngineWorker::requestStop() { stop_requested_ = true; }
 
+void EngineWorker::forgetSavedState() { held_state_saved_ = false; }
+
 void EngineWorker::report_gpu_memory() {
   if (model_ && model_->info().backend == BackendKind::Cuda) emit gpuMemoryMeasured(gpu_devices());
 }
@@ -159,7 +161,8 @@ void EngineWorker::readDocument(const QString& path) {
   }
 }
 
-void EngineWorker::generate(const QList<PromptMessage>& conversation, const SamplingSettings& sampling) {
+void EngineWorker::generate(const QList<PromptMessage>& conversation, const SamplingSettings& sampling,
+                            qint64 sessionId) {
   if (!session_) {
     emit generationFailed(tr("No model is loaded."));
     return;
@@ -181,7 +184,8 @@ void EngineWorker::generate(const QList<PromptMessage>& conversation, const Samp
     // Messages that follow the turns the session's state already holds (this conversation's
     // answers there included, as the ids the model generated) feed only themselves; anything
     // else (another conversation, an edited message, a stopped answer) starts from an empty state.
-    const bool continues = !held_messages_.isEmpty() && conversation.size() > held_messages_.size() &&
+    const bool continues = !held_messages_.isEmpty() && held_session_ == sessionId &&
+                           conversation.size() > held_messages_.size() &&
                            std::equal(held_messages_.begin(), held_messages_.end(), conversation.begin());
     const QList<PromptMessage> fed = continues ? conversation.mid(held_messages_.size()) : conversation;
     std::vector<std::vector<float>> images;
@@ -200,6 +204,9 @@ void EngineWorker::generate(const QList<PromptMessage>& conversation, const Samp
                                                            static_cast<int>(model_->info().hidden_size));
     held_messages_.clear();
     stats.reused_tokens = session_->position();
+    // The repository keeps the K/V of the held positions already: the turn's state to save
+    // needs only its own (for a long session nearly all of the state is the earlier K/V).
+    const std::int64_t kv_saved = continues && held_state_saved_ ? stats.reused_tokens : 0;
     const std::span<const TokenId> rest(prompt.tokens);
     stats.prompt_tokens = static_cast<std::int64_t>(rest.size());
     const std::int64_t room = stats.context_size - stats.reused_tokens - stats.prompt_tokens;
@@ -246,7 +253,9 @@ void EngineWorker::generate(const QList<PromptMessage>& conversation, const Samp
       finish_assistant_turn(*session_, generated, format_->end_of_turn());
       held_messages_ = conversation;
       held_messages_.append({false, to_qstring(parser.answer()), {}});
-      state = EngineState::copy_of(*session_);
+      held_session_ = sessionId;
+      state = EngineState::copy_of(*session_, kv_saved);
+      held_state_saved_ = true;  // the window saves it; forgetSavedState says when that failed
     }
     stats.context_used = session_->position();
     stats.generated_tokens = stats.stopped ? stats.context_used - stats.reused_tokens - stats.prompt_tokens
@@ -274,13 +283,15 @@ const std::vector<float>& EngineWorker::image_rows(const QString& path) {
   return found->second;
 }
 
-void EngineWorker::adoptState(const EngineStatePtr& state, const QList<PromptMessage>& held) {
+void EngineWorker::adoptState(const EngineStatePtr& state, const QList<PromptMessage>& held, qint64 sessionId) {
   if (!session_) return;
   held_messages_.clear();
   const auto start = Clock::now();
   try {
     state->import_into(*session_);
     held_messages_ = held;
+    held_session_ = sessionId;
+    held_state_saved_ = true;
     emit stateAdopted(static_cast<qint64>(state->tokens().size()), seconds_since(start));
   } catch (const std::exception& e) {
     emit stateRefused(to_qstring(e.what()));

@@ -88,15 +88,20 @@ class EngineWorker : public QObject {
   void loadModel(const QString& directory, const QString& backend);
   // Reads a document and counts its tokens; emits documentReady or documentFailed.
   void readDocument(const QString& path);
-  // Renders the conversation (ending with a user message), feeds what the session does not
-  // hold yet and streams the answer: prefillProgress, textPiece..., then generationFinished or
-  // generationFailed.
+  // Renders the conversation of repository session `sessionId` (ending with a user message),
+  // feeds what the session does not hold yet and streams the answer: prefillProgress,
+  // textPiece..., then generationFinished or generationFailed.
   void generate(const QList<lightdesk::gui::PromptMessage>& conversation,
-                const lightdesk::gui::SamplingSettings& sampling);
-  // Takes `state` (saved after the messages `held`) as the session's state, so that a
-  // conversation continuing them feeds only what follows: emits stateAdopted, or stateRefused
-  // (the session then starts the next conversation from an empty state).
-  void adoptState(const lightdesk::gui::EngineStatePtr& state, const QList<lightdesk::gui::PromptMessage>& held);
+                const lightdesk::gui::SamplingSettings& sampling, qint64 sessionId);
+  // Takes `state` (saved in repository session `sessionId` after the messages `held`) as the
+  // session's state, so that a conversation continuing them feeds only what follows: emits
+  // stateAdopted, or stateRefused (the session then starts the next conversation from an empty
+  // state).
+  void adoptState(const lightdesk::gui::EngineStatePtr& state, const QList<lightdesk::gui::PromptMessage>& held,
+                  qint64 sessionId);
+  // A state handed out for saving may not have been saved (a write failed): the next finished
+  // turn's state is copied whole rather than as what follows the held one.
+  void forgetSavedState();
 
  signals:
   void modelChecked(const lightdesk::gui::ModelCheck& check);
@@ -140,6 +145,11 @@ class EngineWorker : public QObject {
   // The messages whose turns session_ holds complete (ending with a finished answer); empty
   // when its state is anything else (then a conversation is read from the start).
   QList<PromptMessage> held_messages_;
+  // The repository session those messages belong to, and whether the repository holds their
+  // state (adopted from it, or handed out with generationFinished to be saved): a turn that
+  // continues it copies only the K/V of its own positions (EngineState::copy_of's kv_first).
+  qint64 held_session_ = 0;
+  bool held_state_saved_ = false;
   std::atomic<bool> stop_requested_{false};
 };
 

@@ -357,6 +357,8 @@ void MainWindow::connectEngine() {
   connect(this, &MainWindow::adoptStateRequested, worker_, &EngineWorker::adoptState);
   connect(worker_, &EngineWorker::stateAdopted, this, &MainWindow::onStateAdopted);
   connect(worker_, &EngineWorker::stateRefused, this, &MainWindow::onStateRefused);
+  // A failed write may have been the state the engine continues: its next state goes whole.
+  connect(&sessions_, &SessionRepository::writeFailed, worker_, &EngineWorker::forgetSavedState);
   connect(&sessions_, &SessionRepository::writeFailed, this, [this](const QString& message) {
     showError(message + QLatin1Char('\n') +
               tr("The conversation stays in this window; export it (File > Export conversation…) to keep a copy."));
@@ -541,22 +543,23 @@ void MainWindow::ask(qsizetype keep, const ChatEntry& user, bool regenerated) {
   const QList<PromptMessage> conversation = prompt_conversation(current_.entries);
   const SamplingSettings sampling = load_sampling(settings_, model_family_, default_sampling_);
   if (keep == 0 || (engine_holds_.session == current_.id && engine_holds_.entries >= 0 && engine_holds_.entries <= keep)) {
-    emit generateRequested(conversation, sampling);
+    emit generateRequested(conversation, sampling, current_.id);
     return;
   }
   // The engine holds another conversation or a later point of this one: start from the state
   // saved at the branch point, if there is one, rather than reading everything again.
-  sessions_.loadState(current_.id, keep, model_info_, this, [this, conversation, sampling](const StateLoad& load) {
-    adoptLoadedState(load);
-    emit generateRequested(conversation, sampling);
-  });
+  sessions_.loadState(current_.id, keep, model_info_, this,
+                      [this, conversation, sampling, id = current_.id](const StateLoad& load) {
+                        adoptLoadedState(load);
+                        emit generateRequested(conversation, sampling, id);
+                      });
 }
 
 void MainWindow::adoptLoadedState(const StateLoad& load) {
   if (load.state) {
     adopting_ = {current_.id, load.entries};
     state_read_seconds_ = load.seconds;
-    emit adoptStateRequested(load.state, prompt_conversation(current_.entries.mid(0, load.entries)));
+    emit adoptStateRequested(load.state, prompt_conversation(current_.entries.mid(0, load.entries)), current_.id);
   } else if (!load.refused.isEmpty()) {
     onStateRefused(load.refused);
   }

@@ -76,9 +76,9 @@ class MainWindow : public QMainWindow {
   void loadModelRequested(const QString& directory, const QString& backend);
   void readDocumentRequested(const QString& path);
   void generateRequested(const QList<lightdesk::gui::PromptMessage>& conversation,
-                         const lightdesk::gui::SamplingSettings& sampling);
+                         const lightdesk::gui::SamplingSettings& sampling, qint64 sessionId);
   void adoptStateRequested(const lightdesk::gui::EngineStatePtr& state,
-                           const QList<lightdesk::gui::PromptMessage>& held);
+                           const QList<lightdesk::gui::PromptMessage>& held, qint64 sessionId);
 
  protected:
   bool eventFilter(QObject* watched, QEvent* event) override;

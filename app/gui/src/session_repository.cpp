@@ -51,7 +51,22 @@ void InMemorySessionRepository::branch(qint64 id, qsizetype keep) {
 }
 
 void InMemorySessionRepository::saveState(qint64 id, qsizetype entries, EngineStatePtr state) {
-  if (sessions_.count(id) != 0) states_[id][entries] = std::move(state);
+  if (sessions_.count(id) == 0) return;
+  auto& states = states_[id];
+  if (state->kv_first() > 0) {
+    // A state holding only its turn's K/V continues the one kept at its kv_first position.
+    const auto earlier = std::find_if(states.begin(), states.end(), [&state](const auto& kept) {
+      return static_cast<std::int64_t>(kept.second->tokens().size()) == state->kv_first();
+    });
+    try {
+      if (earlier == states.end()) throw Error("no state of its first " + std::to_string(state->kv_first()) + " tokens is kept");
+      state = state->continuing(earlier->second);
+    } catch (const Error& error) {
+      emit writeFailed(tr("The conversation's state after this answer could not be kept: %1").arg(error.what()));
+      return;
+    }
+  }
+  states[entries] = std::move(state);
 }
 
 void InMemorySessionRepository::loadState(qint64 id, qsizetype entries, const ModelInfo& model, QObject* context,

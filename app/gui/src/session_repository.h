@@ -82,7 +82,8 @@ class SessionRepository : public QObject {
   virtual void search(const QString& query, QObject* context, std::function<void(const QList<MessageHit>&)> done) = 0;
 
   // Keeps `state` as the engine state after the session's first `entries` entries (a finished
-  // answer), without making the caller wait for the disk.
+  // answer), without making the caller wait for the disk. A state holding only the K/V after
+  // its kv_first continues the one saved last; when that one is not kept, writeFailed says so.
   virtual void saveState(qint64 id, qsizetype entries, EngineStatePtr state) = 0;
   // Finds the newest state saved after at most `entries` entries of the session's shown
   // branch and calls `done` with it (or why none can be used) later, on `context`'s thread.

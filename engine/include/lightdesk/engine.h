@@ -179,10 +179,10 @@ struct StatePart {
 };
 
 // The parts, in export order and without data, of the state of a model of `shape` after
-// `position` tokens, with softmax ranges of at most `kv_chunk_tokens` positions: what
-// Session::export_state streams, for code that stores or synthesises states.
+// `position` tokens, with softmax ranges of at most `kv_chunk_tokens` positions from `kv_first`
+// on: what Session::export_state streams, for code that stores or synthesises states.
 std::vector<StatePart> state_layout(const ModelShape& shape, std::int64_t position,
-                                    std::int64_t kv_chunk_tokens = 4096);
+                                    std::int64_t kv_chunk_tokens = 4096, std::int64_t kv_first = 0);
 
 class Model;
 
@@ -216,9 +216,11 @@ class Session {
   void reset();
 
   // Streams the state to `sink` in parts of at most `kv_chunk_tokens` positions per softmax
-  // part. The spans are valid only during the call.
-  void export_state(const std::function<void(const StatePart&)>& sink,
-                    std::int64_t kv_chunk_tokens = 4096) const;
+  // part. The spans are valid only during the call. Softmax parts start at position `kv_first`:
+  // whoever already keeps the K/V of the earlier positions (a store continuing a checkpoint)
+  // reads only the new ones, which for a long session is nearly all of the state's bytes.
+  void export_state(const std::function<void(const StatePart&)>& sink, std::int64_t kv_chunk_tokens = 4096,
+                    std::int64_t kv_first = 0) const;
 
   // Replaces the state with one fed back part by part. Parts may come in any order; commit
   // checks that every layer and position is covered, then swaps the new state in. On any

@@ -133,8 +133,15 @@ struct SearchHit {
 struct StateSource {
   const ModelInfo& model;
   std::span<const TokenId> tokens;  // one per position of the state
-  // Calls the sink with every part, softmax parts of at most kv_chunk_tokens positions.
-  std::function<void(const std::function<void(const StatePart&)>& sink, std::int64_t kv_chunk_tokens)> export_state;
+  // Calls the sink with every lightning part and the softmax parts of positions kv_from and
+  // later (kv_from >= kv_first: the store already holds the earlier ones), each of at most
+  // kv_chunk_tokens positions.
+  std::function<void(const std::function<void(const StatePart&)>& sink, std::int64_t kv_chunk_tokens,
+                     std::int64_t kv_from)>
+      export_state;
+  // The first position whose K/V the source has: the session's stored spans must hold the
+  // earlier ones (a source that continues the session's last checkpoint).
+  std::int64_t kv_first = 0;
 };
 
 class Store {
