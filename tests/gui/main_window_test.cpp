@@ -436,7 +436,7 @@ class MainWindowTest : public QObject {
     sessions.saveState(id, 2, earlier);
     sessions.saveState(id, 4, later);
     QCOMPARE(failed.size(), 1);
-    EngineStatePtr loaded;
+    lightdesk::gui::SavedStatePtr loaded;
     bool answered = false;
     sessions.loadState(id, 4, model->info(), qApp, [&](const lightdesk::gui::StateLoad& load) {
       loaded = load.state;
@@ -444,7 +444,7 @@ class MainWindowTest : public QObject {
     });
     QTRY_VERIFY_WITH_TIMEOUT(answered, kTimeoutMs);
     QVERIFY(loaded != nullptr);
-    QCOMPARE(loaded->kv_first(), 0);
+    QCOMPARE(loaded->token_count(), 60);
     auto reloaded = model->create_session();
     loaded->import_into(*reloaded);
     reloaded->feed(all.last(1));

@@ -52,14 +52,6 @@ std::shared_ptr<const EngineState> EngineState::continuing(std::shared_ptr<const
   return joined;
 }
 
-std::shared_ptr<const EngineState> EngineState::read(store::Store& store, std::int64_t checkpoint_id,
-                                                     const ModelInfo& model) {
-  auto state = std::make_shared<EngineState>();
-  state->model_ = model;
-  state->tokens_ = store.read_checkpoint(checkpoint_id, model, [&state](const StatePart& part) { state->add(part); });
-  return state;
-}
-
 void EngineState::import_into(Session& session) const {
   if (kv_first() > 0)
     throw Error("the saved state holds the K/V from position " + std::to_string(kv_first_) + " on only");
@@ -73,6 +65,11 @@ store::StateSource EngineState::source() const {
   return {model_, tokens_,
           [this](const std::function<void(const StatePart&)>& sink, std::int64_t, std::int64_t) { for_each_part(sink); },
           kv_first()};
+}
+
+void StoredCheckpoint::import_into(Session& session) const {
+  store::Store store(database_);
+  store.load_checkpoint(checkpoint_id_, session);
 }
 
 }  // namespace lightdesk::gui

@@ -1,15 +1,20 @@
-// A session's engine state copied out of the engine: what travels between the engine thread,
-// which exports and imports it, and the store thread, which writes and reads it, so that
-// neither thread touches the other's objects and the engine is busy only for the copy, never
-// for the disk.
+// Engine states on their way between the engine thread and the session repository.
 //
-// A state after a turn that continues a saved one may hold only the K/V of the turn's own
-// positions (from kv_first on): the store finds the earlier positions in the checkpoint it
-// saved before; a repository without a store joins it to that earlier state (continuing).
+// Saving: the engine thread copies a finished turn's state out of the engine (EngineState) and
+// the store thread writes it, so that neither thread touches the other's objects and the
+// engine is busy only for the copy, never for the disk. A state after a turn that continues a
+// saved one may hold only the K/V of the turn's own positions (from kv_first on): the store
+// finds the earlier positions in the checkpoint it saved before; a repository without a store
+// joins it to that earlier state (continuing).
+//
+// Restoring: the repository names a saved state (SavedState) and the engine thread imports it.
+// A store checkpoint (StoredCheckpoint) is read there, through a connection of that thread's
+// own, one part at a time: a restore never holds a second copy of the whole state.
 #pragma once
 
 #include <QMetaType>
 
+#include <filesystem>
 #include <memory>
 #include <vector>
 
@@ -18,15 +23,23 @@
 
 namespace lightdesk::gui {
 
-class EngineState {
+class SavedState {
+ public:
+  virtual ~SavedState() = default;
+  virtual std::int64_t token_count() const = 0;
+  // Replaces the session's state with this one. On an error (a damaged checkpoint, another
+  // model's state, an unreadable database) the session keeps its state and the exception
+  // names the cause.
+  virtual void import_into(Session& session) const = 0;
+};
+
+using SavedStatePtr = std::shared_ptr<const SavedState>;
+
+class EngineState final : public SavedState {
  public:
   // Copies the session's state: its model's info, token ids, every lightning layer's state and
   // the K/V of positions kv_first and later.
   static std::shared_ptr<const EngineState> copy_of(const Session& session, std::int64_t kv_first = 0);
-  // Reads a stored checkpoint made by `model`. Throws store::StateRefused naming the cause for
-  // a damaged checkpoint or one of another model.
-  static std::shared_ptr<const EngineState> read(store::Store& store, std::int64_t checkpoint_id,
-                                                 const ModelInfo& model);
 
   const ModelInfo& model() const { return model_; }
   const std::vector<TokenId>& tokens() const { return tokens_; }
@@ -35,9 +48,9 @@ class EngineState {
   // This state with the K/V before its kv_first read from `earlier`, the state it continues
   // (whose tokens are this one's first kv_first tokens); throws lightdesk::Error otherwise.
   std::shared_ptr<const EngineState> continuing(std::shared_ptr<const EngineState> earlier) const;
-  // Replaces the session's state with this one; on an error (another model's shapes, a state
-  // that lacks earlier K/V) the session keeps its state and lightdesk::Error names the cause.
-  void import_into(Session& session) const;
+  std::int64_t token_count() const override { return static_cast<std::int64_t>(tokens_.size()); }
+  // Throws lightdesk::Error for another model's shapes or a state that lacks earlier K/V.
+  void import_into(Session& session) const override;
   // What Store::save_checkpoint writes this state from.
   store::StateSource source() const;
 
@@ -59,6 +72,24 @@ class EngineState {
 
 using EngineStatePtr = std::shared_ptr<const EngineState>;
 
+// A complete checkpoint of the session database at `database`.
+class StoredCheckpoint final : public SavedState {
+ public:
+  StoredCheckpoint(std::filesystem::path database, std::int64_t checkpoint_id, std::int64_t position)
+      : database_(std::move(database)), checkpoint_id_(checkpoint_id), position_(position) {}
+  std::int64_t token_count() const override { return position_; }
+  // Opens the database on the calling thread and streams the checkpoint into the session
+  // (Store::load_checkpoint: checksums, model fingerprint and layout verified; store::StateRefused
+  // names what is wrong).
+  void import_into(Session& session) const override;
+
+ private:
+  std::filesystem::path database_;
+  std::int64_t checkpoint_id_;
+  std::int64_t position_;
+};
+
 }  // namespace lightdesk::gui
 
 Q_DECLARE_METATYPE(lightdesk::gui::EngineStatePtr)
+Q_DECLARE_METATYPE(lightdesk::gui::SavedStatePtr)

@@ -283,7 +283,7 @@ const std::vector<float>& EngineWorker::image_rows(const QString& path) {
   return found->second;
 }
 
-void EngineWorker::adoptState(const EngineStatePtr& state, const QList<PromptMessage>& held, qint64 sessionId) {
+void EngineWorker::adoptState(const SavedStatePtr& state, const QList<PromptMessage>& held, qint64 sessionId) {
   if (!session_) return;
   held_messages_.clear();
   const auto start = Clock::now();
@@ -292,7 +292,7 @@ void EngineWorker::adoptState(const EngineStatePtr& state, const QList<PromptMes
     held_messages_ = held;
     held_session_ = sessionId;
     held_state_saved_ = true;
-    emit stateAdopted(static_cast<qint64>(state->tokens().size()), seconds_since(start));
+    emit stateAdopted(static_cast<qint64>(state->token_count()), seconds_since(start));
   } catch (const std::exception& e) {
     emit stateRefused(to_qstring(e.what()));
   }

@@ -93,11 +93,11 @@ class EngineWorker : public QObject {
   // textPiece..., then generationFinished or generationFailed.
   void generate(const QList<lightdesk::gui::PromptMessage>& conversation,
                 const lightdesk::gui::SamplingSettings& sampling, qint64 sessionId);
-  // Takes `state` (saved in repository session `sessionId` after the messages `held`) as the
-  // session's state, so that a conversation continuing them feeds only what follows: emits
+  // Takes `state` (saved in repository session `sessionId` after the messages `held`; a store
+  // checkpoint is read here, part by part) as the session's state, so that a conversation continuing them feeds only what follows: emits
   // stateAdopted, or stateRefused (the session then starts the next conversation from an empty
   // state).
-  void adoptState(const lightdesk::gui::EngineStatePtr& state, const QList<lightdesk::gui::PromptMessage>& held,
+  void adoptState(const lightdesk::gui::SavedStatePtr& state, const QList<lightdesk::gui::PromptMessage>& held,
                   qint64 sessionId);
   // A state handed out for saving may not have been saved (a write failed): the next finished
   // turn's state is copied whole rather than as what follows the held one.

@@ -77,7 +77,7 @@ class MainWindow : public QMainWindow {
   void readDocumentRequested(const QString& path);
   void generateRequested(const QList<lightdesk::gui::PromptMessage>& conversation,
                          const lightdesk::gui::SamplingSettings& sampling, qint64 sessionId);
-  void adoptStateRequested(const lightdesk::gui::EngineStatePtr& state,
+  void adoptStateRequested(const lightdesk::gui::SavedStatePtr& state,
                            const QList<lightdesk::gui::PromptMessage>& held, qint64 sessionId);
 
  protected:

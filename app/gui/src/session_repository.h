@@ -53,9 +53,9 @@ struct MessageHit {
 // A saved engine state found for a session: the state after its first `entries` entries, or
 // why none could be used.
 struct StateLoad {
-  EngineStatePtr state;  // null when none was saved or `refused` says why it cannot be used
+  SavedStatePtr state;  // null when none was saved or `refused` says why it cannot be used
   qsizetype entries = 0;
-  double seconds = 0.0;  // reading it
+  double seconds = 0.0;  // finding it (a store checkpoint is read as the engine imports it)
   QString refused;       // a damaged state, another model's, an unreadable database
 };
 

@@ -92,8 +92,10 @@ std::filesystem::path session_database_path(const QSettings& settings) {
 // session's shown branch, mapped to the store's message ids.
 class StoreWriter : public QObject {
  public:
-  StoreWriter(std::unique_ptr<store::Store> store, std::function<void(const QString&)> report_failure)
-      : store_(std::move(store)), report_failure_(std::move(report_failure)) {}
+  StoreWriter(const std::filesystem::path& database, std::function<void(const QString&)> report_failure)
+      : database_(database),
+        store_(std::make_unique<store::Store>(database)),
+        report_failure_(std::move(report_failure)) {}
 
   // Reads every stored session and remembers each one's branch. Called before the writer moves
   // to its thread.
@@ -220,7 +222,8 @@ class StoreWriter : public QObject {
     return hits;
   }
 
-  // The newest checkpoint tied to one of the branch's first `entries` messages, read whole.
+  // The newest checkpoint tied to one of the branch's first `entries` messages; the engine
+  // thread reads it as it imports it.
   StateLoad load_state(qint64 id, qsizetype entries, const ModelInfo& model) {
     StateLoad load;
     const SessionLog* log = find(id);
@@ -231,14 +234,17 @@ class StoreWriter : public QObject {
       std::map<std::int64_t, qsizetype> entries_through;  // branch message id -> entries up to it
       const qsizetype usable = std::min<qsizetype>(entries, static_cast<qsizetype>(log->branch.size()));
       for (qsizetype i = 0; i < usable; ++i) entries_through[log->branch[static_cast<std::size_t>(i)]] = i + 1;
-      std::optional<std::int64_t> newest;  // checkpoints come oldest first: the last one at the deepest entry
+      std::optional<store::CheckpointRecord> newest;  // checkpoints come oldest first: the last one at the deepest entry
       for (const store::CheckpointRecord& checkpoint : store_->checkpoints(log->store_id)) {
         const auto at = checkpoint.message_id ? entries_through.find(*checkpoint.message_id) : entries_through.end();
         if (at == entries_through.end() || at->second < load.entries) continue;
         load.entries = at->second;
-        newest = checkpoint.id;
+        newest = checkpoint;
       }
-      if (newest) load.state = EngineState::read(*store_, *newest, model);
+      if (newest && newest->model_fingerprint != model.fingerprint)
+        load.refused = QObject::tr("it was made by another model");
+      else if (newest)
+        load.state = std::make_shared<StoredCheckpoint>(database_, newest->id, newest->position);
     } catch (const std::exception& error) {
       load.state.reset();
       load.refused = from_utf8(error.what());
@@ -270,6 +276,7 @@ class StoreWriter : public QObject {
     }
   }
 
+  std::filesystem::path database_;
   std::unique_ptr<store::Store> store_;
   std::function<void(const QString&)> report_failure_;
   std::map<qint64, SessionLog> logs_;
@@ -278,8 +285,7 @@ class StoreWriter : public QObject {
 StoreSessionRepository::StoreSessionRepository(const std::filesystem::path& database) {
   if (database.has_parent_path()) std::filesystem::create_directories(database.parent_path());
   // Emitted on the store thread; the window's connection queues it to the GUI thread.
-  auto writer = std::make_unique<StoreWriter>(std::make_unique<store::Store>(database),
-                                              [this](const QString& message) { emit writeFailed(message); });
+  auto writer = std::make_unique<StoreWriter>(database, [this](const QString& message) { emit writeFailed(message); });
   for (const ChatSession& session : writer->read_all()) sessions_.insert(session);
   writer_ = writer.release();
   writer_->moveToThread(&store_thread_);
