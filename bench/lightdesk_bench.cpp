@@ -5,8 +5,9 @@
 // an H200; on another GPU compare the ceiling fractions instead). Timing: CUDA events on the
 // backend's stream (whole decode steps: the host's clock around each), after warm-up, median of
 // several runs, random data.
-// Usage: lightdesk-bench [--quick | --vision]   (--quick: the smaller shapes only; --vision: the
-// ceilings and the vision tower alone)
+// Usage: lightdesk-bench [--quick | --vision | --lightning]   (--quick: the smaller shapes only;
+// --vision: the ceilings and the vision tower alone; --lightning: the ceilings and the lightning
+// prefill alone)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -527,7 +528,7 @@ void vision_tower(const Ceilings& c) {
   vision_layer_steps(device, timer, c, tiles);
 }
 
-int run(bool quick, bool vision_only) {
+int run(bool quick, bool vision_only, bool lightning_only) {
   cudaDeviceProp props{};
   check(cudaGetDeviceProperties(&props, 0), "cudaGetDeviceProperties");
   std::printf("lightdesk-bench on %s (%d SMs, %.0f GiB)\n", props.name, props.multiProcessorCount,
@@ -546,6 +547,7 @@ int run(bool quick, bool vision_only) {
     lightning_prefill(device, timer, c, 64, 262144, 13.25);
     lightning_prefill(device, timer, c, 8, 1048576, 12.1);
   }
+  if (lightning_only) return 0;
   // vLLM's Triton decode at batch 1, 16 and 256 (64 heads) and 1 (8 heads), §0.
   lightning_decode(device, timer, c, 64, 1, 0.060);
   lightning_decode(device, timer, c, 64, 16, 0.068);
@@ -571,7 +573,8 @@ int main(int argc, char** argv) {
   try {
     const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
     const bool vision_only = argc > 1 && std::strcmp(argv[1], "--vision") == 0;
-    return lightdesk::run(quick, vision_only);
+    const bool lightning_only = argc > 1 && std::strcmp(argv[1], "--lightning") == 0;
+    return lightdesk::run(quick, vision_only, lightning_only);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "lightdesk-bench: %s\n", e.what());
     return 1;

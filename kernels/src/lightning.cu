@@ -203,11 +203,11 @@ struct ChunkedPlan {
   std::size_t workspace_bytes = 0;
 };
 
-// Enough scans (value slice, head, segment) for this many waves of thread blocks, so the last
-// wave's idle tail is small; segments of at least kMinChunksPerSegment chunks, so that loading
-// each segment's start state stays a small part of its work. Measured (H200, 64 heads): 16
-// waves took 5.09 ms at 64K tokens against 4.35 with 8; segments of 4 chunks 0.86 ms at 4K
-// against 0.46 with 8.
+// Enough scans (head, segment) for this many waves of thread blocks, so the last wave's idle
+// tail is small; segments of at least kMinChunksPerSegment chunks, so that loading each
+// segment's start state stays a small part of its work. Measured (H200, 64 heads, with the
+// earlier two blocks per head): 16 waves took 5.09 ms at 64K tokens against 4.35 with 8;
+// segments of 4 chunks 0.86 ms at 4K against 0.46 with 8.
 constexpr std::int64_t kWavesOfScans = 8;
 constexpr std::int64_t kMinChunksPerSegment = 8;
 
@@ -229,7 +229,7 @@ ChunkedPlan plan_prefill(std::int64_t rows, int heads, int head_dim) {
                                                       lc::kBlockThreads, sizeof(lc::OutputShared)),
         "lightning_prefill (occupancy)");
   const std::int64_t chunks = (rows + lc::kChunk - 1) / lc::kChunk;
-  const std::int64_t scans = std::int64_t{heads} * ((head_dim + lc::kSlice - 1) / lc::kSlice);
+  const std::int64_t scans = heads;
   const std::int64_t wanted = kWavesOfScans * blocks_per_multiprocessor * multiprocessors();
   const std::int64_t segments = std::clamp<std::int64_t>((wanted + scans - 1) / scans, 1,
                                                          std::max<std::int64_t>(1, chunks / kMinChunksPerSegment));
@@ -260,12 +260,11 @@ void lightning_prefill(const T* qkv, std::int64_t rows, int heads, int head_dim,
                                            "lightning_prefill (segment states)");
       const lc::Problem problem{qkv, out, slopes, state, segment_states.floats(), rows, heads, head_dim,
                                 plan.chunks_per_segment, plan.segments};
-      const dim3 grid(static_cast<unsigned>((head_dim + lc::kSlice - 1) / lc::kSlice), static_cast<unsigned>(heads),
-                      static_cast<unsigned>(plan.segments));
+      const dim3 grid(static_cast<unsigned>(heads), static_cast<unsigned>(plan.segments));
       lc::segment_state_kernel<<<grid, lc::kBlockThreads, sizeof(lc::StateShared), stream>>>(problem);
-      const dim3 scan_grid(static_cast<unsigned>((head_dim * head_dim + lc::kBlockThreads - 1) / lc::kBlockThreads),
+      const dim3 scan_grid(static_cast<unsigned>((head_dim * head_dim + lc::kScanThreads - 1) / lc::kScanThreads),
                            static_cast<unsigned>(heads));
-      lc::scan_segment_states_kernel<<<scan_grid, lc::kBlockThreads, 0, stream>>>(problem);
+      lc::scan_segment_states_kernel<<<scan_grid, lc::kScanThreads, 0, stream>>>(problem);
       lc::segment_output_kernel<<<grid, lc::kBlockThreads, sizeof(lc::OutputShared), stream>>>(problem);
       check(cudaGetLastError(), "lightning_prefill");
       return;

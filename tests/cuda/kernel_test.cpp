@@ -185,10 +185,13 @@ void check_lightning_prefill(test::Random& random, ThreadPool& pool, const Light
 TYPED_TEST(CudaKernelTest, LightningPrefillFromExistingState) {
   // Ragged row counts split the 64-row chunks; head_dim 100 (not a multiple of 8) takes the
   // CUDA-core kernel in both modes; 5000 rows at d 128 split into several runs of chunks, the
-  // last run shorter than the others.
+  // last run shorter than the others; 4613 rows end in a run of one chunk of 5 rows; 1500 rows
+  // at d 64 leave the warps of value columns 64.. nothing but zero padding; 20000 rows make 35
+  // runs, more than one batch of the scan over the runs' states, the last batch partial.
   for (const LightningShape& s : {LightningShape{2, 2, 16}, LightningShape{80, 4, 16}, LightningShape{130, 3, 64},
                                   LightningShape{300, 2, 128}, LightningShape{65, 2, 100},
-                                  LightningShape{5000, 3, 128}})
+                                  LightningShape{5000, 3, 128}, LightningShape{4613, 2, 128},
+                                  LightningShape{1500, 5, 64}, LightningShape{20000, 2, 128}})
     check_lightning_prefill<TypeParam>(this->random, this->pool, s, s.rows, false);
 }
 
