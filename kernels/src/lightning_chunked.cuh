@@ -21,7 +21,10 @@
 // Precision: launch 1 splits each decayed key into two bf16 parts (16 significant bits), so the
 // state that the session continues from stays within about 1e-6 of float32 arithmetic; in
 // launch 3 the running state only feeds the segment's bf16 outputs, so one part suffices there,
-// and the state enters Q S rounded to bf16 like the other operands.
+// and the state enters Q S rounded to bf16 like the other operands. A segment whose state
+// reaches the final state decayed by λ^(rows after it) ≤ 2^-32 feeds only later segments'
+// outputs there, and launch 1 gives it one part too (MiniMax-Text-01's first layers decay so
+// over a few thousand rows; its last layers hardly decay, and keep two parts).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -216,12 +219,17 @@ __device__ __forceinline__ int stage_of(const Work& w, std::int64_t chunk) {
   return static_cast<int>((chunk - w.first_chunk) % kStages);
 }
 
+// ln 2^32: past this exponent of the decay, a segment's state is negligible in the final state.
+constexpr float kNegligibleDecayExponent = 22.18f;
+
 // Launch 1. Grid (heads, segments). Two blocks per multiprocessor (at most 128 registers).
 __global__ void __launch_bounds__(kBlockThreads, 2) segment_state_kernel(Problem p) {
   extern __shared__ uint4 shared_memory[];
   auto& shared = *reinterpret_cast<StateShared*>(shared_memory);
   const Work w(p);
   const Lane lane;
+  const std::int64_t rows_after = max(std::int64_t{0}, p.rows - w.end_chunk * kChunk);
+  const bool exact = p.slopes[w.head] * static_cast<float>(rows_after) < kNegligibleDecayExponent;
   fill_decay(p, w.head, shared.decay);
   for (int ahead = 0; ahead < kStages - 1; ++ahead)
     load_chunk(p, w, w.first_chunk + ahead, shared.tile[ahead], nullptr);
@@ -230,7 +238,10 @@ __global__ void __launch_bounds__(kBlockThreads, 2) segment_state_kernel(Problem
     wait_copies<kStages - 2>();
     __syncthreads();  // this chunk is in; every warp is done with the previous one's stage
     load_chunk(p, w, chunk + kStages - 1, shared.tile[stage_of(w, chunk + kStages - 1)], nullptr);
-    update_state<2>(state, shared.tile[stage_of(w, chunk)], shared.decay, chunk_rows(p, chunk), lane);
+    if (exact)
+      update_state<2>(state, shared.tile[stage_of(w, chunk)], shared.decay, chunk_rows(p, chunk), lane);
+    else
+      update_state<1>(state, shared.tile[stage_of(w, chunk)], shared.decay, chunk_rows(p, chunk), lane);
   }
   float* out = p.segment_states + (std::int64_t{blockIdx.y} * p.heads + w.head) * p.d * p.d;
   for_each_state_element(lane, [&](int row, int column, int mt, int n, int e) {
@@ -238,25 +249,27 @@ __global__ void __launch_bounds__(kBlockThreads, 2) segment_state_kernel(Problem
   });
 }
 
-// Launch 2. Grid (state elements / kScanThreads, heads). Each thread reads kScanBatch segments'
-// entries before it writes any: one read in flight per thread, waiting on each, made this
-// launch 0.8 ms of a 64-head prefill with 17 segments (H200).
+// Launch 2. Grid (state elements / (4 kScanThreads), heads): each thread scans 4 consecutive
+// elements (16-byte accesses), and reads kScanBatch segments' entries before it writes any. With
+// one 4-byte read in flight per thread, waiting on each, this launch took 0.8 ms of a 64-head
+// prefill with 17 segments (H200); 8 reads ahead, 0.15 ms.
 constexpr int kScanThreads = 256;
 constexpr int kScanBatch = 8;
 __global__ void __launch_bounds__(kScanThreads) scan_segment_states_kernel(Problem p) {
   const int h = blockIdx.y;
-  const std::int64_t elements = std::int64_t{p.d} * p.d;
+  const std::int64_t elements = std::int64_t{p.d} * p.d;  // a multiple of 64: d is a multiple of 8
   const std::int64_t i = std::int64_t{blockIdx.x} * kScanThreads + threadIdx.x;
-  if (i >= elements) return;
+  if (i >= elements / 4) return;
   const std::int64_t segment_rows = std::int64_t{p.chunks_per_segment} * kChunk;
   const float slope = p.slopes[h];
   const float segment_decay = expf(-(slope * static_cast<float>(segment_rows)));
   const float last_decay = expf(-(slope * static_cast<float>(p.rows - (p.segments - 1) * segment_rows)));
-  const std::int64_t segment_stride = std::int64_t{p.heads} * elements;
-  float* entries = p.segment_states + h * elements + i;
-  float s = p.state[h * elements + i];
+  const std::int64_t segment_stride = std::int64_t{p.heads} * elements / 4;
+  float4* entries = reinterpret_cast<float4*>(p.segment_states + h * elements) + i;
+  float4& final_state = reinterpret_cast<float4*>(p.state + h * elements)[i];
+  float4 s = final_state;
   for (int first = 0; first < p.segments; first += kScanBatch) {
-    float local[kScanBatch];
+    float4 local[kScanBatch];
 #pragma unroll
     for (int j = 0; j < kScanBatch; ++j)
       if (first + j < p.segments) local[j] = entries[(first + j) * segment_stride];
@@ -265,11 +278,13 @@ __global__ void __launch_bounds__(kScanThreads) scan_segment_states_kernel(Probl
       const int g = first + j;
       if (g < p.segments) {
         entries[g * segment_stride] = s;
-        s = (g + 1 < p.segments ? segment_decay : last_decay) * s + local[j];
+        const float decay = g + 1 < p.segments ? segment_decay : last_decay;
+        s = make_float4(decay * s.x + local[j].x, decay * s.y + local[j].y, decay * s.z + local[j].z,
+                        decay * s.w + local[j].w);
       }
     }
   }
-  p.state[h * elements + i] = s;
+  final_state = s;
 }
 
 // Launch 3. Grid (heads, segments), one block per multiprocessor (255 registers a thread).
