@@ -207,10 +207,11 @@ struct ChunkedPlan {
 // blocks, of at least kMinChunksPerSegment chunks each, so that loading each segment's start
 // state stays a small part of its work; among those, the count that needs the fewest rounds of
 // blocks times chunks per block (plus about one chunk of overhead per block): a last round
-// that leaves multiprocessors idle costs as much as a full one. Measured (H200, 64 heads, 256K
-// tokens): 17 segments (8.2 waves, 9 rounds) 14.0 ms, 33 (16 waves) 12.96 ms, 66 13.46 ms; 64K
-// tokens: 17 or 32 segments 3.61 ms, 9 3.76 ms; 8 heads at 1M tokens: 66 segments 6.44 ms, 132
-// 6.57 ms, 261 6.80 ms. Segments of 4 chunks took 0.86 ms at 4K against 0.46 with 8.
+// that leaves multiprocessors idle costs as much as a full one. Measured (H200, two bf16 parts
+// in every segment's state pass), 64 heads at 256K tokens: 17 segments (8.2 waves, 9 rounds)
+// 14.0 ms, 33 (16 waves) 12.96 ms, 66 13.46 ms; at 64K tokens: 17 or 32 segments 3.61 ms, 9
+// 3.76 ms; 8 heads at 1M tokens: 66 segments 6.44 ms, 132 6.57 ms, 261 6.80 ms. Segments of 4
+// chunks took 0.86 ms at 4K against 0.46 with 8 (with an earlier, slower scan).
 constexpr std::int64_t kMinWaves = 8, kMaxWaves = 16;
 constexpr std::int64_t kMinChunksPerSegment = 8;
 constexpr std::int64_t kBlockOverheadChunks = 1;
