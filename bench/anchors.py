@@ -1,15 +1,24 @@
 """Anchors for lightdesk-bench, measured through PyTorch on the same GPU in the same run.
 
 Prints the copy bandwidth, a large bf16 GEMM, cuDNN SDPA prefill (causal, GQA 64/8, d=128), torch
-SDPA decode over a 128K context and torch._grouped_mm over 32 experts (w13 only, top-2, uniform
-routing), as in ../shared/docs/performance-anchors.md §0. Median of CUDA-event timings after
-warm-up. With --json FILE it also writes the figures lightdesk-bench --anchors reads.
+SDPA decode over a 128K context, torch._grouped_mm over 32 experts (w13 only, top-2, uniform
+routing) and, where the `fla` package (flash-linear-attention's fla-core, brought beside the
+project for the run) imports, its chunk_simple_gla lightning prefill, as in
+../shared/docs/performance-anchors.md §0. Median of CUDA-event timings after warm-up. With
+--json FILE it also writes the figures lightdesk-bench --anchors reads; --lightning prints the
+copy bandwidth and FLA alone.
 """
 import argparse
 import json
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+
+def write_figures(path, figures):
+    if path:
+        with open(path, "w") as f:
+            json.dump(figures, f, indent=1)
 
 
 def median_ms(fn, reps=10, warmup=3):
@@ -26,9 +35,33 @@ def median_ms(fn, reps=10, warmup=3):
     return sorted(times)[len(times) // 2]
 
 
+def fla_lightning_prefill(dev, figures):
+    """FLA's chunk_simple_gla on lightdesk-bench's lightning shapes: bf16 q/k/v [1, T, H, 128],
+    per-head log decay -slope (MiniMax-Text-01's first layer), from a float32 state and returning
+    the final one, as lightdesk's prefill does."""
+    try:
+        from fla.ops.simple_gla import chunk_simple_gla
+    except ImportError as e:
+        print(f"  FLA chunk_simple_gla: not importable ({e}); lightdesk-bench quotes §0")
+        return
+    d = 128
+    for heads, tokens in ((64, 4096), (64, 65536), (64, 262144), (8, 1 << 20)):
+        q, k, v = (torch.empty(1, tokens, heads, d, dtype=torch.bfloat16, device=dev).uniform_(-0.3, 1.0)
+                   for _ in range(3))
+        slopes = torch.tensor([2.0 ** (-8.0 * (h + 1) / heads) for h in range(heads)], device=dev)
+        state = torch.empty(1, heads, d, d, dtype=torch.float32, device=dev).uniform_(-1.0, 1.0)
+        f = lambda: chunk_simple_gla(q, k, v, g_gamma=-slopes, scale=1.0, initial_state=state,
+                                     output_final_state=True)
+        ms = median_ms(f, reps=3 if tokens >= 1 << 18 else 7)
+        print(f"  FLA chunk_simple_gla {heads:2d}h x {tokens // 1024:4d}K  {ms:9.3f} ms")
+        figures[f"fla_chunk_simple_gla/{heads}x{tokens}"] = ms
+        del q, k, v, state
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", help="write the anchor figures here, for lightdesk-bench --anchors")
+    parser.add_argument("--lightning", action="store_true", help="the copy bandwidth and FLA alone")
     args = parser.parse_args()
     figures = {}
     dev = "cuda"
@@ -38,6 +71,10 @@ def main():
     ms = median_ms(lambda: b.copy_(a))
     print(f"  copy 4 GiB d2d          {ms:9.3f} ms  {2 * a.numel() * 2 / ms / 1e9:.3g} TB/s")
     del a, b
+    fla_lightning_prefill(dev, figures)
+    if args.lightning:
+        write_figures(args.json, figures)
+        return
     n = 8192
     x, w = (torch.randn(n, n, dtype=torch.bfloat16, device=dev) for _ in range(2))
     ms = median_ms(lambda: x @ w)
@@ -68,9 +105,7 @@ def main():
         print(f"  grouped_mm w13 {tokens:5d} tok {ms:9.3f} ms  {2 * rows * hidden * 2 * width / ms / 1e9:.3g} TFLOP/s"
               f"  {w13.numel() * 2 / ms / 1e9:.3g} TB/s of weights")
         figures[f"grouped_mm_w13_tflops/{tokens}"] = 2 * rows * hidden * 2 * width / ms / 1e9
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=1)
+    write_figures(args.json, figures)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@
 # default .debs); they are unpacked with dpkg -x into a private prefix, never into /.
 # Usage: bash bench/device-check.sh [--sanitize] [--bench] [--cli]   (logs go to $OUT, else /tmp/device-check)
 #   --sanitize: compute-sanitizer memcheck and racecheck on the kernel tests
-#   --bench:    the PyTorch anchors (bench/anchors.py), then lightdesk-bench with their figures
+#   --bench:    the PyTorch anchors (bench/anchors.py), then lightdesk-bench with their figures;
+#               Python wheels in $LIGHTDESK_WHEELS (default .whl), such as flash-linear-attention's
+#               fla-core for its lightning prefill anchor, are installed for them into a private folder
 #   --cli:      lightdesk-cli too (LIGHTDESK_WITH_CLI, without PDF and image decoding); its text and
 #               store libraries (pcre2, sentencepiece, ICU, libxml2, SQLite, xxHash) must be in the .debs
 set -uo pipefail
@@ -96,7 +98,14 @@ fi
 if [ "$bench" = 1 ]; then
   # The anchors first, so that the benchmark's ratios are to figures of this run on this GPU.
   echo "--- anchors through PyTorch"
-  PYTHONUNBUFFERED=1 python3 bench/anchors.py --json "$out/anchors.json" 2>&1 | tee "$out/anchors.log" || status=1
+  wheels="${LIGHTDESK_WHEELS:-.whl}"
+  anchor_path=""
+  if compgen -G "$wheels/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/lightdesk-wheels \
+      "$wheels"/*.whl && anchor_path=/tmp/lightdesk-wheels
+  fi
+  PYTHONPATH="$anchor_path${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 python3 bench/anchors.py \
+    --json "$out/anchors.json" 2>&1 | tee "$out/anchors.log" || status=1
   anchors=()
   [ -s "$out/anchors.json" ] && anchors=(--anchors "$out/anchors.json")
   echo "--- lightdesk-bench"

@@ -203,13 +203,18 @@ struct ChunkedPlan {
   std::size_t workspace_bytes = 0;
 };
 
-// Enough scans (value slice, head, segment) for this many waves of thread blocks, so the last
-// wave's idle tail is small; segments of at least kMinChunksPerSegment chunks, so that loading
-// each segment's start state stays a small part of its work. Measured (H200, 64 heads): 16
-// waves took 5.09 ms at 64K tokens against 4.35 with 8; segments of 4 chunks 0.86 ms at 4K
-// against 0.46 with 8.
-constexpr std::int64_t kWavesOfScans = 8;
+// Segments: enough (head, segment) blocks for kMinWaves to kMaxWaves waves of launch 3's
+// blocks, of at least kMinChunksPerSegment chunks each, so that loading each segment's start
+// state stays a small part of its work; among those, the count that needs the fewest rounds of
+// blocks times chunks per block (plus about one chunk of overhead per block): a last round
+// that leaves multiprocessors idle costs as much as a full one. Measured (H200, two bf16 parts
+// in every segment's state pass), 64 heads at 256K tokens: 17 segments (8.2 waves, 9 rounds)
+// 14.0 ms, 33 (16 waves) 12.96 ms, 66 13.46 ms; at 64K tokens: 17 or 32 segments 3.61 ms, 9
+// 3.76 ms; 8 heads at 1M tokens: 66 segments 6.44 ms, 132 6.57 ms, 261 6.80 ms. Segments of 4
+// chunks took 0.86 ms at 4K against 0.46 with 8 (with an earlier, slower scan).
+constexpr std::int64_t kMinWaves = 8, kMaxWaves = 16;
 constexpr std::int64_t kMinChunksPerSegment = 8;
+constexpr std::int64_t kBlockOverheadChunks = 1;
 
 template <typename T>
 ChunkedPlan plan_prefill(std::int64_t rows, int heads, int head_dim) {
@@ -229,12 +234,20 @@ ChunkedPlan plan_prefill(std::int64_t rows, int heads, int head_dim) {
                                                       lc::kBlockThreads, sizeof(lc::OutputShared)),
         "lightning_prefill (occupancy)");
   const std::int64_t chunks = (rows + lc::kChunk - 1) / lc::kChunk;
-  const std::int64_t scans = std::int64_t{heads} * ((head_dim + lc::kSlice - 1) / lc::kSlice);
-  const std::int64_t wanted = kWavesOfScans * blocks_per_multiprocessor * multiprocessors();
-  const std::int64_t segments = std::clamp<std::int64_t>((wanted + scans - 1) / scans, 1,
-                                                         std::max<std::int64_t>(1, chunks / kMinChunksPerSegment));
-  plan.chunks_per_segment = static_cast<int>((chunks + segments - 1) / segments);
-  plan.segments = static_cast<int>((chunks + plan.chunks_per_segment - 1) / plan.chunks_per_segment);
+  const std::int64_t slots = std::int64_t{blocks_per_multiprocessor} * multiprocessors();
+  const auto ceil_div = [](std::int64_t a, std::int64_t b) { return (a + b - 1) / b; };
+  const std::int64_t most = std::max<std::int64_t>(1, chunks / kMinChunksPerSegment);
+  std::int64_t best_cost = -1;
+  for (std::int64_t wanted = std::min(most, ceil_div(kMinWaves * slots, heads));
+       wanted <= std::min(most, ceil_div(kMaxWaves * slots, heads)); ++wanted) {
+    const std::int64_t chunks_per_segment = ceil_div(chunks, wanted), segments = ceil_div(chunks, chunks_per_segment);
+    const std::int64_t cost = ceil_div(segments * heads, slots) * (chunks_per_segment + kBlockOverheadChunks);
+    if (best_cost < 0 || cost < best_cost) {
+      best_cost = cost;
+      plan.chunks_per_segment = static_cast<int>(chunks_per_segment);
+      plan.segments = static_cast<int>(segments);
+    }
+  }
   plan.workspace_bytes = static_cast<std::size_t>(plan.segments) * heads * head_dim * head_dim * sizeof(float);
   return plan;
 }
@@ -251,21 +264,23 @@ void lightning_prefill(const T* qkv, std::int64_t rows, int heads, int head_dim,
                        T* out, cudaStream_t stream, void* workspace, std::size_t workspace_bytes) {
   const ChunkedPlan plan = plan_prefill<T>(rows, heads, head_dim);
   if (rows == 0) return;
-  // 16-byte copies from qkv, 4-byte stores to out.
-  const bool aligned = reinterpret_cast<std::uintptr_t>(qkv) % 16 == 0 && reinterpret_cast<std::uintptr_t>(out) % 4 == 0;
+  // 16-byte copies from qkv, 4-byte stores to out, 16-byte accesses to the state (and to the
+  // workspace: a caller's that is not so aligned is left unused).
+  const bool aligned = reinterpret_cast<std::uintptr_t>(qkv) % 16 == 0 && reinterpret_cast<std::uintptr_t>(out) % 4 == 0 &&
+                       reinterpret_cast<std::uintptr_t>(state) % 16 == 0;
   if constexpr (std::is_same_v<T, bf16>) {
     if (plan.chunked && aligned) {
       namespace lc = lightning_chunked;
-      const StreamWorkspace segment_states(plan.workspace_bytes, workspace, workspace_bytes, stream,
-                                           "lightning_prefill (segment states)");
+      const bool workspace_aligned = reinterpret_cast<std::uintptr_t>(workspace) % 16 == 0;
+      const StreamWorkspace segment_states(plan.workspace_bytes, workspace, workspace_aligned ? workspace_bytes : 0,
+                                           stream, "lightning_prefill (segment states)");
       const lc::Problem problem{qkv, out, slopes, state, segment_states.floats(), rows, heads, head_dim,
                                 plan.chunks_per_segment, plan.segments};
-      const dim3 grid(static_cast<unsigned>((head_dim + lc::kSlice - 1) / lc::kSlice), static_cast<unsigned>(heads),
-                      static_cast<unsigned>(plan.segments));
+      const dim3 grid(static_cast<unsigned>(heads), static_cast<unsigned>(plan.segments));
       lc::segment_state_kernel<<<grid, lc::kBlockThreads, sizeof(lc::StateShared), stream>>>(problem);
-      const dim3 scan_grid(static_cast<unsigned>((head_dim * head_dim + lc::kBlockThreads - 1) / lc::kBlockThreads),
+      const dim3 scan_grid(static_cast<unsigned>((head_dim * head_dim / 4 + lc::kScanThreads - 1) / lc::kScanThreads),
                            static_cast<unsigned>(heads));
-      lc::scan_segment_states_kernel<<<scan_grid, lc::kBlockThreads, 0, stream>>>(problem);
+      lc::scan_segment_states_kernel<<<scan_grid, lc::kScanThreads, 0, stream>>>(problem);
       lc::segment_output_kernel<<<grid, lc::kBlockThreads, sizeof(lc::OutputShared), stream>>>(problem);
       check(cudaGetLastError(), "lightning_prefill");
       return;

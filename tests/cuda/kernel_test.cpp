@@ -147,11 +147,11 @@ struct LightningShape {
 
 // Prefills `shape.rows` rows in calls of `pieces` rows each (the last takes the rest), each call
 // continuing from the state the one before left, against one CPU prefill of all rows from the
-// same random state. With `given_workspace` the calls get a workspace of the planned size, else
-// they allocate their own.
+// same random state. With `given_workspace` the calls get a workspace of the planned size,
+// `workspace_offset` bytes into an allocation, else they allocate their own.
 template <typename T>
 void check_lightning_prefill(test::Random& random, ThreadPool& pool, const LightningShape& s, std::int64_t pieces,
-                             bool given_workspace) {
+                             bool given_workspace, std::size_t workspace_offset = 0) {
   SCOPED_TRACE(std::to_string(s.rows) + " rows in pieces of " + std::to_string(pieces) + ", " +
                std::to_string(s.heads) + "x" + std::to_string(s.head_dim));
   const std::int64_t d = s.head_dim;
@@ -164,10 +164,10 @@ void check_lightning_prefill(test::Random& random, ThreadPool& pool, const Light
   for (std::int64_t first = 0; first < s.rows; first += pieces) {
     const std::int64_t rows = std::min(pieces, s.rows - first);
     const std::size_t bytes = cuda::lightning_prefill_workspace_bytes<T>(rows, s.heads, s.head_dim);
-    DeviceArray<std::uint8_t> workspace(given_workspace ? bytes : 0);
+    DeviceArray<std::uint8_t> workspace(given_workspace ? bytes + workspace_offset : 0);
     cuda::lightning_prefill(qkv.get() + first * s.heads * 3 * d, rows, s.heads, s.head_dim, slopes.get(), state.get(),
-                            out.get() + first * s.heads * d, nullptr, given_workspace ? workspace.get() : nullptr,
-                            given_workspace ? bytes : 0);
+                            out.get() + first * s.heads * d, nullptr,
+                            given_workspace ? workspace.get() + workspace_offset : nullptr, given_workspace ? bytes : 0);
   }
   std::vector<float> ref_out(out.size());
   cpu::lightning_prefill(qkv_values.data(), s.rows, s.heads, s.head_dim, slope_values, 256, ref_state.data(),
@@ -185,18 +185,25 @@ void check_lightning_prefill(test::Random& random, ThreadPool& pool, const Light
 TYPED_TEST(CudaKernelTest, LightningPrefillFromExistingState) {
   // Ragged row counts split the 64-row chunks; head_dim 100 (not a multiple of 8) takes the
   // CUDA-core kernel in both modes; 5000 rows at d 128 split into several runs of chunks, the
-  // last run shorter than the others.
+  // last run shorter than the others; 4613 rows end in a run of one chunk of 5 rows; 1500 rows
+  // at d 64 leave the warps of value columns 64.. nothing but zero padding; 20000 rows make 35
+  // runs, more than one batch of the scan over the runs' states, the last batch partial, and
+  // (slopes of at least 0.005) the first runs' states decay past 2^-32 before the end, so their
+  // state pass takes one bf16 part, the last runs' two.
   for (const LightningShape& s : {LightningShape{2, 2, 16}, LightningShape{80, 4, 16}, LightningShape{130, 3, 64},
                                   LightningShape{300, 2, 128}, LightningShape{65, 2, 100},
-                                  LightningShape{5000, 3, 128}})
+                                  LightningShape{5000, 3, 128}, LightningShape{4613, 2, 128},
+                                  LightningShape{1500, 5, 64}, LightningShape{20000, 2, 128}})
     check_lightning_prefill<TypeParam>(this->random, this->pool, s, s.rows, false);
 }
 
 TYPED_TEST(CudaKernelTest, LightningPrefillInPieces) {
   // Chunked prefill of a long session: each call continues from the last one's state; the
-  // pieces end inside a chunk. With and without a workspace from the caller.
+  // pieces end inside a chunk. With and without a workspace from the caller, and with one not
+  // 16-byte aligned (left unused).
   check_lightning_prefill<TypeParam>(this->random, this->pool, {2345, 2, 128}, 1000, true);
   check_lightning_prefill<TypeParam>(this->random, this->pool, {700, 4, 64}, 333, false);
+  check_lightning_prefill<TypeParam>(this->random, this->pool, {1300, 3, 128}, 650, true, 4);
 }
 
 TYPED_TEST(CudaKernelTest, LightningDecode) {
