@@ -1,10 +1,12 @@
 // Causal GQA softmax attention over a (paged) K/V cache, prefill and decode: the tensor-core
-// flash kernel of flash_attention.cuh for bf16, a CUDA-core kernel for float32 and odd head sizes.
+// flash kernels of flash_attention.cuh (prefill) and flash_decode.cuh (decode) for bf16, a
+// CUDA-core kernel for float32 and odd head sizes; one kernel merges the key splits of all three.
 #include <algorithm>
 #include <cmath>
 
 #include "common.cuh"
 #include "flash_attention.cuh"
+#include "flash_decode.cuh"
 
 namespace lightdesk::cuda {
 namespace {
@@ -18,11 +20,12 @@ constexpr std::int64_t kKeysPerSplit = 1024;
 // Grid (query row × head, key splits). Each warp runs an online softmax over every
 // kAttentionWarps-th key of the block's split, each lane holding dims lane, lane + 32, ...; the
 // warps' partial results are merged at the end. With one split the block writes the output;
-// with several it writes its running max, sum and unnormalised output to `partials`
-// ([row × head, split, d + 2]) for softmax_combine_kernel.
+// with several it writes its unnormalised output to partial_out [item, split, d] and its max
+// (log2 domain) and sum to partial_stats [item, split, 2], item = row × heads + head, for
+// combine_splits_kernel.
 template <typename T>
 __global__ void softmax_attention_kernel(const T* q, int heads, int kv_heads, int d, Position position,
-                                         KvCacheView<const T> kv, T* out, float* partials) {
+                                         KvCacheView<const T> kv, T* out, float* partial_out, float* partial_stats) {
   const std::int64_t first_position = position.get();
   const std::int64_t t = blockIdx.x / heads;
   const int h = static_cast<int>(blockIdx.x % heads);
@@ -80,10 +83,11 @@ __global__ void softmax_attention_kernel(const T* q, int heads, int kv_heads, in
   float total = 0.0f;
   for (int w = 0; w < kAttentionWarps; ++w)
     if (warp_max[w] != -INFINITY) total += warp_sum_exp[w] * expf(warp_max[w] - block_max);
-  float* partial = gridDim.y > 1 ? partials + (std::int64_t{blockIdx.x} * gridDim.y + blockIdx.y) * (d + 2) : nullptr;
+  const std::int64_t item_split = std::int64_t{blockIdx.x} * gridDim.y + blockIdx.y;
+  float* partial = gridDim.y > 1 ? partial_out + item_split * d : nullptr;
   if (partial && threadIdx.x == 0) {
-    partial[d] = block_max;  // -inf when the split holds no visible key
-    partial[d + 1] = total;
+    partial_stats[2 * item_split] = block_max * 1.4426950408889634f;  // log2 e; -inf: no visible key
+    partial_stats[2 * item_split + 1] = total;
   }
   for (int i = threadIdx.x; i < d; i += blockDim.x) {
     float o = 0.0f;
@@ -96,106 +100,124 @@ __global__ void softmax_attention_kernel(const T* q, int heads, int kv_heads, in
   }
 }
 
-// One block per (query row, head): merges the splits' partial softmaxes.
+// One thread block of kCombineThreads per item (query row × head): merges the splits' partial
+// softmaxes (partial_out [item, split, d] unnormalised, partial_stats [item, split, {max in the
+// log2 domain, sum}]) into out [item, d], for every attention kernel here.
+constexpr int kCombineThreads = kMaxHeadDim;
 template <typename T>
-__global__ void softmax_combine_kernel(const float* partials, int splits, int heads, int d, T* out) {
-  const float* item = partials + std::int64_t{blockIdx.x} * splits * (d + 2);
+__global__ void __launch_bounds__(kCombineThreads) combine_splits_kernel(const float* partial_out,
+                                                                         const float* partial_stats, int splits, int d,
+                                                                         T* out) {
+  __shared__ float weights[kCombineThreads];  // of a run of splits: exp2(max − the largest max)
+  __shared__ float weighted_sums[kCombineThreads];
+  const std::int64_t item = blockIdx.x;
+  const float* stats = partial_stats + item * splits * 2;
+  const float* parts = partial_out + item * splits * d;
   float max_score = -INFINITY;
-  for (int s = 0; s < splits; ++s) max_score = fmaxf(max_score, item[s * (d + 2) + d]);
-  float total = 0.0f;
-  for (int s = 0; s < splits; ++s) {
-    const float m = item[s * (d + 2) + d];
-    if (m != -INFINITY) total += item[s * (d + 2) + d + 1] * expf(m - max_score);
-  }
-  const std::int64_t t = blockIdx.x / heads;
-  const int h = static_cast<int>(blockIdx.x % heads);
-  for (int i = threadIdx.x; i < d; i += blockDim.x) {
-    float o = 0.0f;
-    for (int s = 0; s < splits; ++s) {
-      const float m = item[s * (d + 2) + d];
-      if (m != -INFINITY) o += item[s * (d + 2) + i] * expf(m - max_score);
+  for (int s = 0; s < splits; ++s) max_score = fmaxf(max_score, stats[2 * s]);
+  float total = 0.0f, o = 0.0f;
+  for (int first = 0; first < splits; first += kCombineThreads) {
+    const int run = min(kCombineThreads, splits - first);
+    if (threadIdx.x < run) {
+      const float m = stats[2 * (first + threadIdx.x)];  // -inf: the split saw no key
+      weights[threadIdx.x] = m == -INFINITY ? 0.0f : exp2f(m - max_score);
+      weighted_sums[threadIdx.x] = m == -INFINITY ? 0.0f : weights[threadIdx.x] * stats[2 * (first + threadIdx.x) + 1];
     }
-    store(out + t * std::int64_t{heads} * d + std::int64_t{h} * d + i, o / total);
+    __syncthreads();
+    for (int s = 0; s < run; ++s) {
+      total += weighted_sums[s];
+      if (static_cast<int>(threadIdx.x) < d) o += weights[s] * parts[std::int64_t{first + s} * d + threadIdx.x];
+    }
+    __syncthreads();
   }
+  if (static_cast<int>(threadIdx.x) < d) store(out + item * d + threadIdx.x, o / total);
 }
 
 // Rows ↔ cache positions, one thread per element; a null keys or values pointer skips that side.
-template <typename T>
-__global__ void write_kv_rows_kernel(const T* keys, const T* values, std::int64_t count, Position position,
+template <typename T, typename Rows>
+__global__ void write_kv_rows_kernel(const Rows* keys, const Rows* values, std::int64_t count, Position position,
                                      std::int64_t kv_width, KvCacheView<T> kv) {
   const std::int64_t first = position.get();
   for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count * kv_width;
        i += std::int64_t{gridDim.x} * blockDim.x) {
     const std::int64_t offset = kv.row_offset(first + i / kv_width, kv_width) + i % kv_width;
-    if (keys) kv.keys[offset] = keys[i];
-    if (values) kv.values[offset] = values[i];
+    if (keys) store(kv.keys + offset, load(keys + i));
+    if (values) store(kv.values + offset, load(values + i));
   }
 }
-template <typename T>
+template <typename T, typename Rows>
 __global__ void read_kv_rows_kernel(KvCacheView<const T> kv, std::int64_t first, std::int64_t count,
-                                    std::int64_t kv_width, T* keys, T* values) {
+                                    std::int64_t kv_width, Rows* keys, Rows* values) {
   for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count * kv_width;
        i += std::int64_t{gridDim.x} * blockDim.x) {
     const std::int64_t offset = kv.row_offset(first + i / kv_width, kv_width) + i % kv_width;
-    if (keys) keys[i] = kv.keys[offset];
-    if (values) values[i] = kv.values[offset];
+    if (keys) store(keys + i, load(kv.keys + offset));
+    if (values) store(values + i, load(kv.values + offset));
   }
 }
 
 // Which kernel a launch takes, how it splits the keys over thread blocks, and the workspace
 // the splits' partial results need: the same answer for planning and for running.
-enum class Kernel { FlashOneWarp, FlashWide, CudaCores };
+enum class Kernel { FlashDecode, FlashWide, CudaCores };
 struct Plan {
   Kernel kernel = Kernel::CudaCores;
   std::int64_t splits = 1;
-  int key_tiles_per_split = 0;  // flash kernels
+  int key_tiles_per_split = 0;  // the wide flash kernel (the decode kernel sizes its splits itself)
   std::size_t workspace_bytes = 0;
 };
 
-template <int kWarps, int kWarpRowTiles>
-constexpr auto flash_kernel = flash::flash_attention_kernel<kWarps, kWarpRowTiles>;
+using WideTiles = flash::SharedTiles<4, 2>;
+constexpr auto flash_wide_kernel = flash::flash_attention_kernel<4, 2>;
 
-template <int kWarps, int kWarpRowTiles>
-Plan plan_flash(Kernel kernel, std::int64_t rows, std::int64_t first_position, int kv_heads, int group, int d) {
-  using Tiles = flash::SharedTiles<kWarps, kWarpRowTiles>;
-  const std::int64_t packed_rows = rows * group;
-  const std::int64_t row_tiles = (packed_rows + Tiles::kRows - 1) / Tiles::kRows;
+std::size_t split_workspace_bytes(std::int64_t items, std::int64_t splits, int d) {
+  return splits > 1 ? static_cast<std::size_t>(items * splits * (d + 2)) * sizeof(float) : 0;
+}
+
+// The decode kernel: one thread block per (KV head, split), one wave of them, so that every
+// block streams the same number of keys at the same time; at least 4 stages per split.
+Plan plan_decode(std::int64_t rows, std::int64_t first_position, int heads, int kv_heads, int d,
+                 const LaunchLimits& limits) {
+  constexpr std::int64_t kMinTilesPerSplit = 4, kWaves = 1;
   const std::int64_t key_tiles = (first_position + rows + flash::kKeysPerTile - 1) / flash::kKeysPerTile;
-  check(cudaFuncSetAttribute(flash_kernel<kWarps, kWarpRowTiles>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             sizeof(Tiles)),
-        "softmax_attention (shared memory)");
-  int blocks_per_multiprocessor = 0;
-  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_multiprocessor, flash_kernel<kWarps, kWarpRowTiles>,
-                                                      kWarps * 32, sizeof(Tiles)),
-        "softmax_attention (occupancy)");
-  // Split the keys when the row tiles alone do not fill the GPU twice (decode, short chunks after
-  // a long context), keeping at least 4 key tiles per split. Two waves of thread blocks: decode
-  // at 128K context took 0.175 ms so, 0.224 ms with one wave and 0.227 ms with four (H200).
+  const std::int64_t wanted_blocks = kWaves * limits.attention_decode_blocks * limits.multiprocessors;
+  Plan plan{Kernel::FlashDecode};
+  plan.splits = std::clamp<std::int64_t>(
+      std::min((wanted_blocks + kv_heads - 1) / kv_heads, key_tiles / kMinTilesPerSplit), 1, 65535);
+  plan.workspace_bytes = split_workspace_bytes(rows * heads, plan.splits, d);
+  return plan;
+}
+
+Plan plan_wide(std::int64_t rows, std::int64_t first_position, int heads, int kv_heads, int d,
+               const LaunchLimits& limits) {
+  const std::int64_t packed_rows = rows * (heads / kv_heads);
+  const std::int64_t row_tiles = (packed_rows + WideTiles::kRows - 1) / WideTiles::kRows;
+  const std::int64_t key_tiles = (first_position + rows + flash::kKeysPerTile - 1) / flash::kKeysPerTile;
+  // Split the keys when the row tiles alone do not fill the GPU twice (short chunks after a long
+  // context), keeping at least 4 key tiles per split.
   constexpr std::int64_t kWaves = 2;
-  const std::int64_t wanted_blocks = kWaves * blocks_per_multiprocessor * multiprocessors();
+  const std::int64_t wanted_blocks = kWaves * limits.attention_prefill_blocks * limits.multiprocessors;
   const std::int64_t blocks = row_tiles * kv_heads;
   std::int64_t splits = blocks >= wanted_blocks ? 1 : std::min((wanted_blocks + blocks - 1) / blocks, key_tiles / 4);
   splits = std::clamp<std::int64_t>(splits, 1, 65535);
-  Plan plan{kernel};
+  Plan plan{Kernel::FlashWide};
   plan.key_tiles_per_split = static_cast<int>((key_tiles + splits - 1) / splits);
   plan.splits = (key_tiles + plan.key_tiles_per_split - 1) / plan.key_tiles_per_split;
-  if (plan.splits > 1)
-    plan.workspace_bytes = static_cast<std::size_t>(kv_heads * packed_rows * plan.splits * (d + 2)) * sizeof(float);
+  plan.workspace_bytes = split_workspace_bytes(rows * heads, plan.splits, d);
   return plan;
 }
 
 template <typename T>
-Plan plan_attention(std::int64_t rows, std::int64_t first_position, int heads, int kv_heads, int head_dim) {
+Plan plan_attention(std::int64_t rows, std::int64_t first_position, int heads, int kv_heads, int head_dim,
+                    const LaunchLimits& limits) {
   check_head_dim(head_dim, "softmax_attention");
   if (kv_heads <= 0 || heads % kv_heads != 0)
     fail("softmax_attention: " + std::to_string(heads) + " query heads do not group over " +
          std::to_string(kv_heads) + " KV heads");
-  const int group = heads / kv_heads;
   if (std::is_same_v<T, bf16> && head_dim % 8 == 0) {
-    // One warp of 16 packed rows when that holds every row, as in decode.
-    if (rows * group <= flash::kMmaRows)
-      return plan_flash<1, 1>(Kernel::FlashOneWarp, rows, first_position, kv_heads, group, head_dim);
-    return plan_flash<4, 2>(Kernel::FlashWide, rows, first_position, kv_heads, group, head_dim);
+    // One 16-row tile per KV head when that holds every packed row, as in decode.
+    if (rows * (heads / kv_heads) <= flash::kMmaRows)
+      return plan_decode(rows, first_position, heads, kv_heads, head_dim, limits);
+    return plan_wide(rows, first_position, heads, kv_heads, head_dim, limits);
   }
   // Few (row, head) pairs, as in decode, cannot fill the GPU: split their keys over thread
   // blocks too, and merge the partial softmaxes in a second kernel.
@@ -205,69 +227,76 @@ Plan plan_attention(std::int64_t rows, std::int64_t first_position, int heads, i
   plan.splits = items >= kEnoughBlocks
                     ? 1
                     : std::min<std::int64_t>((first_position + rows + kKeysPerSplit - 1) / kKeysPerSplit, 65535);
-  if (plan.splits > 1) plan.workspace_bytes = static_cast<std::size_t>(items * plan.splits * (head_dim + 2)) * sizeof(float);
+  plan.workspace_bytes = split_workspace_bytes(items, plan.splits, head_dim);
   return plan;
-}
-
-template <int kWarps, int kWarpRowTiles>
-void launch_flash(flash::Problem problem, const Plan& plan, float* workspace, cudaStream_t stream) {
-  const std::int64_t packed_rows = problem.rows * (problem.heads / problem.kv_heads);
-  constexpr int kRows = flash::SharedTiles<kWarps, kWarpRowTiles>::kRows;
-  problem.key_tiles_per_split = plan.key_tiles_per_split;
-  problem.partial_out = workspace;
-  problem.partial_stats = plan.splits > 1 ? workspace + problem.kv_heads * packed_rows * plan.splits * problem.d : nullptr;
-  const dim3 grid(static_cast<unsigned>((packed_rows + kRows - 1) / kRows), static_cast<unsigned>(problem.kv_heads),
-                  static_cast<unsigned>(plan.splits));
-  flash_kernel<kWarps, kWarpRowTiles><<<grid, kWarps * 32, sizeof(flash::SharedTiles<kWarps, kWarpRowTiles>), stream>>>(
-      problem);
-  if (plan.splits > 1)
-    flash::flash_combine_kernel<<<static_cast<unsigned>(problem.kv_heads * packed_rows), 128, 0, stream>>>(
-        problem, static_cast<int>(plan.splits));
 }
 
 }  // namespace
 
+void query_attention_limits(LaunchLimits& limits) {
+  check(cudaFuncSetAttribute(flash::flash_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             sizeof(flash::DecodeShared)),
+        "softmax_attention (shared memory)");
+  check(cudaFuncSetAttribute(flash_wide_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, sizeof(WideTiles)),
+        "softmax_attention (shared memory)");
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&limits.attention_decode_blocks, flash::flash_decode_kernel,
+                                                      flash::kDecodeWarps * 32, sizeof(flash::DecodeShared)),
+        "softmax_attention (occupancy)");
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&limits.attention_prefill_blocks, flash_wide_kernel, 4 * 32,
+                                                      sizeof(WideTiles)),
+        "softmax_attention (occupancy)");
+}
+
 template <typename T>
 std::size_t softmax_attention_workspace_bytes(std::int64_t rows, std::int64_t first_position, int heads, int kv_heads,
-                                              int head_dim) {
-  return rows == 0 ? 0 : plan_attention<T>(rows, first_position, heads, kv_heads, head_dim).workspace_bytes;
+                                              int head_dim, const LaunchLimits& limits) {
+  return rows == 0 ? 0 : plan_attention<T>(rows, first_position, heads, kv_heads, head_dim, limits).workspace_bytes;
 }
 
 template <typename T>
 void softmax_attention(const T* q, std::int64_t rows, Position first_position, KvCacheView<const T> kv, int heads,
-                       int kv_heads, int head_dim, T* out, cudaStream_t stream, void* workspace,
-                       std::size_t workspace_bytes) {
-  const Plan plan = plan_attention<T>(rows, first_position.value, heads, kv_heads, head_dim);
+                       int kv_heads, int head_dim, T* out, const LaunchLimits& limits, cudaStream_t stream,
+                       void* workspace, std::size_t workspace_bytes) {
+  const Plan plan = plan_attention<T>(rows, first_position.value, heads, kv_heads, head_dim, limits);
   if (rows == 0) return;
   const StreamWorkspace split(plan.workspace_bytes, workspace, workspace_bytes, stream, "softmax_attention (split workspace)");
+  const std::int64_t items = rows * heads;
+  float* partial_out = split.floats();
+  float* partial_stats = plan.splits > 1 ? partial_out + items * plan.splits * head_dim : nullptr;
+  const auto splits = static_cast<unsigned>(plan.splits);
   if constexpr (std::is_same_v<T, bf16>) {
-    const flash::Problem problem{q, kv, out, rows, first_position, heads, kv_heads, head_dim, 0, nullptr, nullptr};
-    if (plan.kernel == Kernel::FlashOneWarp) launch_flash<1, 1>(problem, plan, split.floats(), stream);
-    if (plan.kernel == Kernel::FlashWide) launch_flash<4, 2>(problem, plan, split.floats(), stream);
+    const flash::Problem problem{q,        kv,        out,      rows, first_position, heads, kv_heads, head_dim,
+                                 plan.key_tiles_per_split, partial_out, partial_stats};
+    if (plan.kernel == Kernel::FlashDecode)
+      flash::flash_decode_kernel<<<dim3(static_cast<unsigned>(kv_heads), splits), flash::kDecodeWarps * 32,
+                                   sizeof(flash::DecodeShared), stream>>>(problem);
+    if (plan.kernel == Kernel::FlashWide) {
+      const std::int64_t packed_rows = rows * (heads / kv_heads);
+      const dim3 grid(static_cast<unsigned>((packed_rows + WideTiles::kRows - 1) / WideTiles::kRows),
+                      static_cast<unsigned>(kv_heads), splits);
+      flash_wide_kernel<<<grid, 4 * 32, sizeof(WideTiles), stream>>>(problem);
+    }
   }
-  if (plan.kernel == Kernel::CudaCores) {
-    const std::int64_t items = rows * heads;
-    const dim3 grid(static_cast<unsigned>(items), static_cast<unsigned>(plan.splits));
-    softmax_attention_kernel<<<grid, kAttentionWarps * 32, 0, stream>>>(q, heads, kv_heads, head_dim, first_position,
-                                                                         kv, out, split.floats());
-    if (plan.splits > 1)
-      softmax_combine_kernel<<<static_cast<unsigned>(items), kMaxHeadDim, 0, stream>>>(
-          split.floats(), static_cast<int>(plan.splits), heads, head_dim, out);
-  }
+  if (plan.kernel == Kernel::CudaCores)
+    softmax_attention_kernel<<<dim3(static_cast<unsigned>(items), splits), kAttentionWarps * 32, 0, stream>>>(
+        q, heads, kv_heads, head_dim, first_position, kv, out, partial_out, partial_stats);
+  if (plan.splits > 1)
+    combine_splits_kernel<<<static_cast<unsigned>(items), kCombineThreads, 0, stream>>>(
+        partial_out, partial_stats, static_cast<int>(plan.splits), head_dim, out);
   check(cudaGetLastError(), "softmax_attention");
 }
 
-template <typename T>
-void write_kv_rows(const T* keys, const T* values, std::int64_t count, Position first, std::int64_t kv_width,
+template <typename T, typename Rows>
+void write_kv_rows(const Rows* keys, const Rows* values, std::int64_t count, Position first, std::int64_t kv_width,
                    KvCacheView<T> kv, cudaStream_t stream) {
   if (count == 0) return;
   write_kv_rows_kernel<<<grid_for(count * kv_width), kThreads, 0, stream>>>(keys, values, count, first, kv_width, kv);
   check(cudaGetLastError(), "write_kv_rows");
 }
 
-template <typename T>
-void read_kv_rows(KvCacheView<const T> kv, std::int64_t first, std::int64_t count, std::int64_t kv_width, T* keys,
-                  T* values, cudaStream_t stream) {
+template <typename T, typename Rows>
+void read_kv_rows(KvCacheView<const T> kv, std::int64_t first, std::int64_t count, std::int64_t kv_width, Rows* keys,
+                  Rows* values, cudaStream_t stream) {
   if (count == 0) return;
   read_kv_rows_kernel<<<grid_for(count * kv_width), kThreads, 0, stream>>>(kv, first, count, kv_width, keys, values);
   check(cudaGetLastError(), "read_kv_rows");
@@ -275,13 +304,21 @@ void read_kv_rows(KvCacheView<const T> kv, std::int64_t first, std::int64_t coun
 
 #define LIGHTDESK_INSTANTIATE(T)                                                                                  \
   template void softmax_attention<T>(const T*, std::int64_t, Position, KvCacheView<const T>, int, int, int, T*,     \
-                                     cudaStream_t, void*, std::size_t);                                           \
-  template std::size_t softmax_attention_workspace_bytes<T>(std::int64_t, std::int64_t, int, int, int);           \
-  template void write_kv_rows<T>(const T*, const T*, std::int64_t, Position, std::int64_t, KvCacheView<T>,         \
-                                 cudaStream_t);                                                                   \
-  template void read_kv_rows<T>(KvCacheView<const T>, std::int64_t, std::int64_t, std::int64_t, T*, T*,           \
-                                cudaStream_t);
+                                     const LaunchLimits&, cudaStream_t, void*, std::size_t);                      \
+  template std::size_t softmax_attention_workspace_bytes<T>(std::int64_t, std::int64_t, int, int, int,             \
+                                                            const LaunchLimits&);
 LIGHTDESK_FOR_EACH_ACTIVATION(LIGHTDESK_INSTANTIATE)
+#undef LIGHTDESK_INSTANTIATE
+
+// K/V rows of the cache's type, and float32 rows of a bf16 cache (state export and import).
+#define LIGHTDESK_INSTANTIATE(T, Rows)                                                                            \
+  template void write_kv_rows<T, Rows>(const Rows*, const Rows*, std::int64_t, Position, std::int64_t,           \
+                                       KvCacheView<T>, cudaStream_t);                                            \
+  template void read_kv_rows<T, Rows>(KvCacheView<const T>, std::int64_t, std::int64_t, std::int64_t, Rows*, Rows*, \
+                                      cudaStream_t);
+LIGHTDESK_INSTANTIATE(float, float)
+LIGHTDESK_INSTANTIATE(bf16, bf16)
+LIGHTDESK_INSTANTIATE(bf16, float)
 #undef LIGHTDESK_INSTANTIATE
 
 }  // namespace lightdesk::cuda

@@ -3,9 +3,10 @@
 //
 // Query rows are packed with their GQA group: a thread block works on one KV head and a tile of
 // (query position, query head of the group) pairs, so each K/V tile it loads from memory serves
-// every query head of the group (8 at MiniMax's 64/8). Decode (one position, 8 heads) is one
-// 16-row warp tile; its keys are split over thread blocks (flash decoding) and the splits'
-// partial softmaxes merged by flash_combine_kernel.
+// every query head of the group (8 at MiniMax's 64/8). Decode (one position, 8 heads: one
+// 16-row tile) has a kernel of its own, flash_decode.cuh. When the row tiles do not fill the GPU
+// the keys are split over thread blocks and attention.cu's combine_splits_kernel merges the
+// splits' partial softmaxes.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -32,9 +33,11 @@ struct Problem {
   std::int64_t rows;
   Position first_position;
   int heads, kv_heads, d;
-  int key_tiles_per_split;  // the keys split over gridDim.z thread blocks in runs of this many tiles
-  float* partial_out;       // gridDim.z > 1: [kv_head, packed row, split, d], unnormalised
-  float* partial_stats;     // gridDim.z > 1: [kv_head, packed row, split, {max, sum}]
+  int key_tiles_per_split;  // flash_attention_kernel: the keys split over gridDim.z blocks in runs of this many tiles
+  // Several splits: [item, split, d] unnormalised and [item, split, {max (log2 domain), sum}],
+  // item = query position · heads + head.
+  float* partial_out;
+  float* partial_stats;
 };
 
 // Shared memory: rows of kDim bf16 as 16-byte pieces, swizzled (tensor_core.cuh).
@@ -256,8 +259,8 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(Problem p)
     sum += __shfl_xor_sync(0xffffffffu, sum, 2);
     const std::int64_t packed = first_packed + warp * kRowsPerWarp + quad_row + 8 * slot;
     if (packed >= packed_rows) continue;
+    const PackedRow row = unpack(packed, group, kv_head);
     if (gridDim.z == 1) {
-      const PackedRow row = unpack(packed, group, kv_head);
       bf16* o = p.out + row.position * q_stride + std::int64_t{row.head} * p.d;
 #pragma unroll
       for (int n = 0; n < kDim / 8; ++n)
@@ -265,7 +268,7 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(Problem p)
           *reinterpret_cast<__nv_bfloat162*>(o + 8 * n + quad_col) =
               __floats2bfloat162_rn(out[m][n][2 * half] / sum, out[m][n][2 * half + 1] / sum);
     } else {
-      const std::int64_t item = (std::int64_t{kv_head} * packed_rows + packed) * gridDim.z + blockIdx.z;
+      const std::int64_t item = (row.position * p.heads + row.head) * gridDim.z + blockIdx.z;
       float* o = p.partial_out + item * p.d;
 #pragma unroll
       for (int n = 0; n < kDim / 8; ++n)
@@ -278,29 +281,6 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(Problem p)
         p.partial_stats[2 * item + 1] = sum;
       }
     }
-  }
-}
-
-// One thread block per (KV head, packed row): merges the splits' partial softmaxes.
-__global__ void flash_combine_kernel(Problem p, int splits) {
-  const int group = p.heads / p.kv_heads;
-  const std::int64_t packed_rows = p.rows * group;
-  const int kv_head = static_cast<int>(blockIdx.x / packed_rows);
-  const std::int64_t packed = blockIdx.x % packed_rows;
-  const std::int64_t first_item = (std::int64_t{kv_head} * packed_rows + packed) * splits;
-  const float* stats = p.partial_stats + 2 * first_item;
-  float max_score = -INFINITY;
-  for (int s = 0; s < splits; ++s) max_score = fmaxf(max_score, stats[2 * s]);
-  float total = 0.0f;
-  for (int s = 0; s < splits; ++s)
-    if (stats[2 * s] != -INFINITY) total += stats[2 * s + 1] * exp2f(stats[2 * s] - max_score);
-  const PackedRow row = unpack(packed, group, kv_head);
-  bf16* o = p.out + row.position * std::int64_t{p.heads} * p.d + std::int64_t{row.head} * p.d;
-  for (int i = threadIdx.x; i < p.d; i += blockDim.x) {
-    float sum = 0.0f;
-    for (int s = 0; s < splits; ++s)
-      if (stats[2 * s] != -INFINITY) sum += p.partial_out[(first_item + s) * p.d + i] * exp2f(stats[2 * s] - max_score);
-    o[i] = __float2bfloat16_rn(sum / total);
   }
 }
 

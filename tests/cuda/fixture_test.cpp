@@ -12,6 +12,8 @@
 
 #include "cuda_test_util.h"
 #include "lightdesk/engine.h"
+#include "src/cuda_backend.h"
+#include "src/model_config.h"
 #include "src/safetensors.h"
 #include "src/sampler.h"
 
@@ -166,6 +168,31 @@ TEST_P(CudaFixtureTest, DecodeGraphMatchesLaunches) {
   std::printf("[ measured ] %s graph vs launches, 150 steps: max |dlogit| = %.3g\n",
               case_name({GetParam(), 0}).c_str(), static_cast<double>(max_diff));
   EXPECT_LE(max_diff, 1e-6f);
+}
+
+// A long generation on the decode graph against the CPU backend, the CPU's greedy token fed to
+// both at every step (so that a near-tie cannot make them part): 1,100 steps take the cache
+// past 1,024 positions, through the graph's re-captures as its planned bound doubles and as the
+// K/V pool and the page table grow.
+TEST_P(CudaFixtureTest, LongGenerationMatchesCpuBackend) {
+  ModelOptions cpu_options;
+  cpu_options.backend = BackendKind::Cpu;
+  const auto cpu_model = Model::open(directory_, cpu_options);
+  auto cuda_session = model_->create_session(), cpu_session = cpu_model->create_session();
+  const auto prompt = ids(golden_.at("decode.prompt_ids"));
+  cuda_session->feed(prompt);
+  cpu_session->feed(prompt);
+  const std::int64_t V = model_->info().vocab_size;
+  std::vector<float> got, ref;
+  for (int step = 0; step < 1100; ++step) {
+    const auto cpu_logits = cpu_session->logits();
+    const auto next = static_cast<TokenId>(std::max_element(cpu_logits.begin(), cpu_logits.end()) - cpu_logits.begin());
+    cuda_session->feed(std::span<const TokenId>(&next, 1));
+    cpu_session->feed(std::span<const TokenId>(&next, 1));
+    got.insert(got.end(), cuda_session->logits().begin(), cuda_session->logits().end());
+    ref.insert(ref.end(), cpu_session->logits().begin(), cpu_session->logits().end());
+  }
+  expect_logits(got, ref, V, "1100 decode steps");
 }
 
 TEST_P(CudaFixtureTest, GreedyContinuation) {
@@ -378,6 +405,44 @@ TEST(CudaLargeVocabularyTest, DeviceSamplingAgainstTheHostPath) {
                 LargeVocabularyModel::kVocab, static_cast<double>(params.temperature), params.top_k,
                 static_cast<double>(params.top_p), device, host);
   }
+}
+
+// A generation of n tokens captures its decode graph O(log n) times, and the graph's steps,
+// planned for a bound up to twice the context, match steps launched kernel by kernel (planned
+// for the context itself). Random weights at tiny-a-hf's shapes, float32: the two plans split
+// the keys differently, which moves the sums by rounding only.
+TEST(CudaBackendTest, DecodeGraphIsCapturedLogarithmicallyOften) {
+  LIGHTDESK_SKIP_WITHOUT_GPU();
+  const ModelConfig config = load_model_config(kData / "tiny-a-hf", false);
+  ModelOptions options;
+  options.cuda_float32 = true;
+  const auto graphs = make_random_cuda_backend(config, options, 7);
+  options.cuda_graphs = false;
+  const auto launches = make_random_cuda_backend(config, options, 7);
+  const auto graph_sequence = graphs->new_sequence(), launch_sequence = launches->new_sequence();
+  std::vector<float> graph_logits(static_cast<std::size_t>(config.vocab_size)), launch_logits(graph_logits.size());
+  std::mt19937 random(8);
+  std::uniform_int_distribution<TokenId> token(0, config.vocab_size - 1);
+  constexpr std::int64_t kSteps = 2100;
+  double max_error = 0.0;
+  for (std::int64_t position = 0; position < kSteps; ++position) {
+    const TokenId next = token(random);
+    ForwardRequest request;
+    request.tokens = std::span(&next, 1);
+    request.first_position = position;
+    graphs->forward(*graph_sequence, request);
+    launches->forward(*launch_sequence, request);
+    if (position % 50 != 49) continue;
+    graphs->read_logits(*graph_sequence, graph_logits.data());
+    launches->read_logits(*launch_sequence, launch_logits.data());
+    max_error = std::max(max_error, test::relative_error(graph_logits, launch_logits));
+  }
+  const std::uint64_t captures = cuda_decode_graph_captures(*graph_sequence);
+  std::printf("[ measured ] %lld decode steps: %llu graph captures; graph vs launches: relative error %.3g\n",
+              static_cast<long long>(kSteps), static_cast<unsigned long long>(captures), max_error);
+  // Pages of 128 positions: 17 of them; the bound doubles from 128 to 4096 positions.
+  EXPECT_LE(captures, 6u);
+  EXPECT_LT(max_error, 1e-5);
 }
 
 TEST(CudaBackendTest, ExplicitRequestWithoutGpuSaysWhy) {

@@ -1,0 +1,245 @@
+// Device code of decode-shaped softmax attention (flash decoding on mma.sync, bf16 operands,
+// float32 online softmax): the packed query rows of one KV head, at most one 16-row tile (8
+// query heads × 1 position at MiniMax's 64/8), over a long run of keys. Included by
+// attention.cu, which plans and launches it.
+//
+// One 16-row tile does little arithmetic per key, so the time is the K/V read: a thread block of
+// kDecodeWarps warps shares a ring of kDecodeStages stages of 64 keys filled by cp.async,
+// kDecodeStages − 1 stages ahead of the arithmetic; each warp runs its own online softmax over
+// 16 keys of every stage (one k-step of P·V), and the warps' results are merged at the end.
+// The keys are split over gridDim.y thread blocks in even runs of whole stages, sized from the
+// position read on the device: a CUDA graph planned for a longer cache stays right, and
+// balanced, while the sequence grows into it.
+#pragma once
+
+#include "flash_attention.cuh"
+
+namespace lightdesk::cuda::flash {
+
+constexpr int kDecodeWarps = 4;
+// Two thread blocks of three stages fit on a multiprocessor (2 × 100 KiB): 8 warps and up to
+// 128 KiB of K/V in flight on each.
+constexpr int kDecodeStages = 3;
+constexpr int kKeysPerWarp = kKeysPerTile / kDecodeWarps;
+static_assert(kKeysPerWarp == 16, "each warp's keys are one k-step of P·V");
+
+struct DecodeShared {
+  uint4 q[kMmaRows * kPiecesPerRow];
+  uint4 k[kDecodeStages][kKeysPerTile * kPiecesPerRow];
+  uint4 v[kDecodeStages][kKeysPerTile * kPiecesPerRow];
+};
+// The warps' results, merged through the same shared memory once no copy targets it.
+struct DecodeMerge {
+  float out[kDecodeWarps][kMmaRows][kDim];  // unnormalised
+  float max[kDecodeWarps][kMmaRows];        // log2 domain; -inf: no key seen
+  float sum[kDecodeWarps][kMmaRows];
+};
+static_assert(sizeof(DecodeMerge) <= sizeof(DecodeShared), "the merge reuses the stage buffers");
+
+// Grid (KV heads, key splits); p.rows · group <= kMmaRows. With several splits each block writes
+// its partial softmax for combine_splits_kernel (attention.cu): p.partial_out [item, split, d]
+// and p.partial_stats [item, split, {max (log2 domain), sum}], item = position · heads + head.
+__global__ void __launch_bounds__(kDecodeWarps * 32) flash_decode_kernel(Problem p) {
+  constexpr int kThreads = kDecodeWarps * 32;
+  extern __shared__ uint4 shared_memory[];
+  auto& tiles = *reinterpret_cast<DecodeShared*>(shared_memory);
+
+  const int group = p.heads / p.kv_heads;
+  const int kv_head = blockIdx.x;
+  const int splits = gridDim.y, split = blockIdx.y;
+  const std::int64_t first_position = p.first_position.get();
+  const std::int64_t packed_rows = p.rows * group;
+  const std::int64_t q_stride = std::int64_t{p.heads} * p.d;
+  const std::int64_t kv_stride = std::int64_t{p.kv_heads} * p.d;
+  const int pieces = p.d / 8;
+
+  // This split's keys: the visible ones, in even runs of whole stages over the splits.
+  const std::int64_t keys_visible = first_position + p.rows;
+  const std::int64_t tiles_visible = (keys_visible + kKeysPerTile - 1) / kKeysPerTile;
+  const std::int64_t tiles_per_split = (tiles_visible + splits - 1) / splits;
+  const std::int64_t split_begin = split * tiles_per_split * kKeysPerTile;
+  const std::int64_t keys_end = min(split_begin + tiles_per_split * kKeysPerTile, keys_visible);
+  const int key_tiles =
+      keys_end > split_begin ? static_cast<int>((keys_end - split_begin + kKeysPerTile - 1) / kKeysPerTile) : 0;
+
+  // Each thread copies the same piece column of every 8th key row. A stage lies inside one page
+  // (pages hold a multiple of kKeysPerTile positions); the page of the next stage to load is
+  // looked up one stage early, so that read of the page table is not waited for.
+  const int piece = threadIdx.x % kPiecesPerRow, first_row = threadIdx.x / kPiecesPerRow;
+  constexpr int kRowsPerPass = kThreads / kPiecesPerRow;
+  auto stage_offset = [&](int tile) {
+    return tile < key_tiles ? p.kv.row_offset(split_begin + std::int64_t{tile} * kKeysPerTile, kv_stride) : 0;
+  };
+  std::int64_t next_offset = stage_offset(0);
+  auto load_stage = [&](int tile) {
+    const int stage = tile % kDecodeStages;
+    const std::int64_t key0 = split_begin + std::int64_t{tile} * kKeysPerTile;
+    const std::int64_t offset0 = next_offset + std::int64_t{kv_head} * p.d + piece * 8;
+    next_offset = stage_offset(tile + 1);
+#pragma unroll
+    for (int pass = 0; pass < kKeysPerTile / kRowsPerPass; ++pass) {
+      const int r = first_row + pass * kRowsPerPass;
+      const std::int64_t offset = offset0 + std::int64_t{r} * kv_stride;
+      const bool valid = key0 + r < keys_end && piece < pieces;
+      copy_piece(&tiles.k[stage][swizzled(r, piece)], valid ? p.kv.keys + offset : p.kv.keys, valid);
+      copy_piece(&tiles.v[stage][swizzled(r, piece)], valid ? p.kv.values + offset : p.kv.values, valid);
+    }
+  };
+
+  // Copy groups: q, then one per stage, kDecodeStages − 1 ahead (empty past the last).
+  for (int i = threadIdx.x; i < kMmaRows * kPiecesPerRow; i += kThreads) {
+    const int r = i / kPiecesPerRow, c = i % kPiecesPerRow;
+    const PackedRow row = unpack(r, group, kv_head);
+    const bool valid = r < packed_rows && c < pieces;
+    const bf16* src = p.q + row.position * q_stride + std::int64_t{row.head} * p.d + c * 8;
+    copy_piece(&tiles.q[swizzled(r, c)], valid ? src : p.q, valid);
+  }
+  commit_copies();
+#pragma unroll
+  for (int tile = 0; tile < kDecodeStages - 1; ++tile) {
+    if (tile < key_tiles) load_stage(tile);
+    commit_copies();
+  }
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int quad_row = lane / 4, quad_col = 2 * (lane % 4);
+  const int matrix = lane / 8, matrix_row = lane % 8;
+  wait_copies<kDecodeStages - 1>();  // q
+  __syncthreads();
+  std::uint32_t q_frag[kDim / 16][4];
+#pragma unroll
+  for (int k = 0; k < kDim / 16; ++k)
+    load_matrix_x4(q_frag[k], &tiles.q[swizzled(matrix_row + (matrix % 2) * 8, 2 * k + matrix / 2)]);
+
+  // This thread's rows are quad_row (slot 0) and quad_row + 8 (slot 1); limit: the last key
+  // each sees, counted from split_begin (32 bits save registers).
+  int limit[2];
+#pragma unroll
+  for (int slot = 0; slot < 2; ++slot)
+    limit[slot] = static_cast<int>(
+        min(first_position + unpack(quad_row + 8 * slot, group, kv_head).position - split_begin, std::int64_t{INT_MAX}));
+  // Scores in the log2 domain: exp2(s · log2 e / sqrt(d)) = exp(s / sqrt(d)).
+  const float scale = 1.4426950408889634f * rsqrtf(static_cast<float>(p.d));
+  float out[kDim / 8][4] = {};
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+
+  for (int tile = 0; tile < key_tiles; ++tile) {
+    wait_copies<kDecodeStages - 2>();
+    __syncthreads();  // this stage has landed for every thread; every warp is done with the last one
+    if (tile + kDecodeStages - 1 < key_tiles) load_stage(tile + kDecodeStages - 1);
+    commit_copies();
+    const int stage = tile % kDecodeStages;
+    const int warp_key = tile * kKeysPerTile + kKeysPerWarp * warp;  // from split_begin
+
+    // S = Q Kᵀ over the warp's 16 keys.
+    float s[2][4] = {};
+#pragma unroll
+    for (int k = 0; k < kDim / 16; ++k) {
+      std::uint32_t b[4];
+      load_matrix_x4(b, &tiles.k[stage][swizzled(kKeysPerWarp * warp + matrix_row + (matrix / 2) * 8,
+                                                 2 * k + matrix % 2)]);
+      mma(s[0], q_frag[k], b[0], b[1]);
+      mma(s[1], q_frag[k], b[2], b[3]);
+    }
+
+    // Online softmax; keys past a row's position (or past the split) are masked.
+    const bool masked = warp_key + kKeysPerWarp - 1 > min(limit[0], limit[1]);
+#pragma unroll
+    for (int slot = 0; slot < 2; ++slot) {
+      float tile_max = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& v = s[n][2 * slot + e];
+          if (masked && warp_key + 8 * n + quad_col + e > limit[slot]) v = -INFINITY;
+          tile_max = fmaxf(tile_max, v);
+        }
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+      // Maxima are of the unscaled scores (scale > 0); a row that has seen no key yet keeps
+      // everything at zero.
+      const float new_max = fmaxf(row_max[slot], tile_max);
+      const float base = new_max == -INFINITY ? 0.0f : new_max * scale;
+      const float correction = fast_exp2(row_max[slot] * scale - base);
+      row_max[slot] = new_max;
+      float sum = 0.0f;
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& v = s[n][2 * slot + e];
+          v = fast_exp2(fmaf(v, scale, -base));
+          sum += v;
+        }
+      row_sum[slot] = row_sum[slot] * correction + sum;
+#pragma unroll
+      for (int n = 0; n < kDim / 8; ++n) {
+        out[n][2 * slot] *= correction;
+        out[n][2 * slot + 1] *= correction;
+      }
+    }
+
+    // O += P V: the score accumulators are mma's A layout, in pairs.
+    const std::uint32_t p_frag[4] = {pack(s[0][0], s[0][1]), pack(s[0][2], s[0][3]), pack(s[1][0], s[1][1]),
+                                     pack(s[1][2], s[1][3])};
+#pragma unroll
+    for (int n = 0; n < kDim / 16; ++n) {
+      std::uint32_t b[4];
+      load_matrix_x4_transposed(
+          b, &tiles.v[stage][swizzled(kKeysPerWarp * warp + matrix_row + (matrix % 2) * 8, 2 * n + matrix / 2)]);
+      mma(out[2 * n], p_frag, b[0], b[1]);
+      mma(out[2 * n + 1], p_frag, b[2], b[3]);
+    }
+  }
+  wait_copies<0>();
+  __syncthreads();  // no copy targets shared memory and every warp is done with the stages
+
+  auto& merge = *reinterpret_cast<DecodeMerge*>(shared_memory);
+#pragma unroll
+  for (int slot = 0; slot < 2; ++slot) {
+    const int r = quad_row + 8 * slot;
+    float sum = row_sum[slot];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+#pragma unroll
+    for (int n = 0; n < kDim / 8; ++n)
+      *reinterpret_cast<float2*>(&merge.out[warp][r][8 * n + quad_col]) =
+          make_float2(out[n][2 * slot], out[n][2 * slot + 1]);
+    if (lane % 4 == 0) {
+      merge.max[warp][r] = row_max[slot] * scale;
+      merge.sum[warp][r] = sum;
+    }
+  }
+  __syncthreads();
+
+  for (int i = threadIdx.x; i < kMmaRows * kDim; i += kThreads) {
+    const int r = i / kDim, c = i % kDim;
+    if (r >= packed_rows || c >= p.d) continue;
+    float block_max = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kDecodeWarps; ++w) block_max = fmaxf(block_max, merge.max[w][r]);
+    float total = 0.0f, o = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kDecodeWarps; ++w)
+      if (merge.max[w][r] != -INFINITY) {
+        const float weight = fast_exp2(merge.max[w][r] - block_max);
+        total += merge.sum[w][r] * weight;
+        o += merge.out[w][r][c] * weight;
+      }
+    const PackedRow row = unpack(r, group, kv_head);
+    const std::int64_t item = row.position * p.heads + row.head;
+    if (splits == 1) {
+      p.out[item * p.d + c] = __float2bfloat16_rn(o / total);
+    } else {
+      const std::int64_t partial = item * splits + split;
+      p.partial_out[partial * p.d + c] = o;
+      if (c == 0) {
+        p.partial_stats[2 * partial] = block_max;
+        p.partial_stats[2 * partial + 1] = total;
+      }
+    }
+  }
+}
+
+}  // namespace lightdesk::cuda::flash
