@@ -173,16 +173,16 @@ std::size_t split_workspace_bytes(std::int64_t items, std::int64_t splits, int d
   return splits > 1 ? static_cast<std::size_t>(items * splits * (d + 2)) * sizeof(float) : 0;
 }
 
-// The decode kernel: one thread block per (KV head, split), one wave of them, so that every
-// block streams the same number of keys at the same time; at least 4 stages per split.
+// The decode kernel: one thread block per (KV head, split), as many as fit on the GPU at once
+// and no more (a second, partial wave would leave most multiprocessors idle at its end), so
+// that every block streams the same number of keys at the same time; at least 4 stages each.
 Plan plan_decode(std::int64_t rows, std::int64_t first_position, int heads, int kv_heads, int d,
                  const LaunchLimits& limits) {
-  constexpr std::int64_t kMinTilesPerSplit = 4, kWaves = 1;
+  constexpr std::int64_t kMinTilesPerSplit = 4;
   const std::int64_t key_tiles = (first_position + rows + flash::kKeysPerTile - 1) / flash::kKeysPerTile;
-  const std::int64_t wanted_blocks = kWaves * limits.attention_decode_blocks * limits.multiprocessors;
+  const std::int64_t resident_blocks = std::int64_t{limits.attention_decode_blocks} * limits.multiprocessors;
   Plan plan{Kernel::FlashDecode};
-  plan.splits = std::clamp<std::int64_t>(
-      std::min((wanted_blocks + kv_heads - 1) / kv_heads, key_tiles / kMinTilesPerSplit), 1, 65535);
+  plan.splits = std::clamp<std::int64_t>(std::min(resident_blocks / kv_heads, key_tiles / kMinTilesPerSplit), 1, 65535);
   plan.workspace_bytes = split_workspace_bytes(rows * heads, plan.splits, d);
   return plan;
 }
