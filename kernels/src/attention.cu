@@ -100,37 +100,51 @@ __global__ void softmax_attention_kernel(const T* q, int heads, int kv_heads, in
   }
 }
 
-// One thread block of kCombineThreads per item (query row × head): merges the splits' partial
-// softmaxes (partial_out [item, split, d] unnormalised, partial_stats [item, split, {max in the
-// log2 domain, sum}]) into out [item, d], for every attention kernel here.
-constexpr int kCombineThreads = kMaxHeadDim;
+// Merges the splits' partial softmaxes (partial_out [item, split, d] unnormalised,
+// partial_stats [item, split, {max in the log2 domain, sum}]) into out [item, d], for every
+// attention kernel here. Grid (items, runs of kCombineDims dims); each warp of a block takes
+// every kCombineWarps-th split, so the block's loads of one split's dims are one coalesced run
+// and several splits are in flight at once.
+constexpr int kCombineDims = 32, kCombineWarps = 8;
 template <typename T>
-__global__ void __launch_bounds__(kCombineThreads) combine_splits_kernel(const float* partial_out,
-                                                                         const float* partial_stats, int splits, int d,
-                                                                         T* out) {
-  __shared__ float weights[kCombineThreads];  // of a run of splits: exp2(max − the largest max)
-  __shared__ float weighted_sums[kCombineThreads];
+__global__ void __launch_bounds__(kCombineWarps * 32) combine_splits_kernel(const float* partial_out,
+                                                                            const float* partial_stats, int splits,
+                                                                            int d, T* out) {
+  __shared__ float warp_maxima[kCombineWarps], warp_totals[kCombineWarps];
+  __shared__ float warp_outputs[kCombineWarps][kCombineDims];
   const std::int64_t item = blockIdx.x;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int dim = blockIdx.y * kCombineDims + lane;
   const float* stats = partial_stats + item * splits * 2;
   const float* parts = partial_out + item * splits * d;
-  float max_score = -INFINITY;
-  for (int s = 0; s < splits; ++s) max_score = fmaxf(max_score, stats[2 * s]);
+
+  float max_score = -INFINITY;  // -inf: a split that saw no key
+  for (int s = threadIdx.x; s < splits; s += kCombineWarps * 32) max_score = fmaxf(max_score, stats[2 * s]);
+  max_score = warp_max(max_score);
+  if (lane == 0) warp_maxima[warp] = max_score;
+  __syncthreads();
+  for (int w = 0; w < kCombineWarps; ++w) max_score = fmaxf(max_score, warp_maxima[w]);
+
   float total = 0.0f, o = 0.0f;
-  for (int first = 0; first < splits; first += kCombineThreads) {
-    const int run = min(kCombineThreads, splits - first);
-    if (threadIdx.x < run) {
-      const float m = stats[2 * (first + threadIdx.x)];  // -inf: the split saw no key
-      weights[threadIdx.x] = m == -INFINITY ? 0.0f : exp2f(m - max_score);
-      weighted_sums[threadIdx.x] = m == -INFINITY ? 0.0f : weights[threadIdx.x] * stats[2 * (first + threadIdx.x) + 1];
-    }
-    __syncthreads();
-    for (int s = 0; s < run; ++s) {
-      total += weighted_sums[s];
-      if (static_cast<int>(threadIdx.x) < d) o += weights[s] * parts[std::int64_t{first + s} * d + threadIdx.x];
-    }
-    __syncthreads();
+#pragma unroll 4
+  for (int s = warp; s < splits; s += kCombineWarps) {
+    const float m = stats[2 * s];
+    if (m == -INFINITY) continue;
+    const float weight = exp2f(m - max_score);
+    total += weight * stats[2 * s + 1];
+    if (dim < d) o += weight * parts[std::int64_t{s} * d + dim];
   }
-  if (static_cast<int>(threadIdx.x) < d) store(out + item * d + threadIdx.x, o / total);
+  warp_outputs[warp][lane] = o;
+  if (lane == 0) warp_totals[warp] = total;
+  __syncthreads();
+  if (warp != 0 || dim >= d) return;
+  total = 0.0f;
+  o = 0.0f;
+  for (int w = 0; w < kCombineWarps; ++w) {
+    total += warp_totals[w];
+    o += warp_outputs[w][lane];
+  }
+  store(out + item * d + dim, o / total);
 }
 
 // Rows ↔ cache positions, one thread per element; a null keys or values pointer skips that side.
@@ -173,16 +187,19 @@ std::size_t split_workspace_bytes(std::int64_t items, std::int64_t splits, int d
   return splits > 1 ? static_cast<std::size_t>(items * splits * (d + 2)) * sizeof(float) : 0;
 }
 
-// The decode kernel: one thread block per (KV head, split), as many as fit on the GPU at once
-// and no more (a second, partial wave would leave most multiprocessors idle at its end), so
-// that every block streams the same number of keys at the same time; at least 4 stages each.
+// The decode kernel: one thread block per (group of KV heads, split), as many as fit on the GPU
+// at once and no more (a second, partial wave would leave most multiprocessors idle at its end),
+// so that every block streams the same number of keys at the same time; at least 8 stages each.
+int decode_head_groups(int kv_heads) { return (kv_heads + flash::kDecodeWarps - 1) / flash::kDecodeWarps; }
+
 Plan plan_decode(std::int64_t rows, std::int64_t first_position, int heads, int kv_heads, int d,
                  const LaunchLimits& limits) {
-  constexpr std::int64_t kMinTilesPerSplit = 4;
-  const std::int64_t key_tiles = (first_position + rows + flash::kKeysPerTile - 1) / flash::kKeysPerTile;
+  constexpr std::int64_t kMinStagesPerSplit = 8;
+  const std::int64_t stages = (first_position + rows + flash::kDecodeKeysPerStage - 1) / flash::kDecodeKeysPerStage;
   const std::int64_t resident_blocks = std::int64_t{limits.attention_decode_blocks} * limits.multiprocessors;
   Plan plan{Kernel::FlashDecode};
-  plan.splits = std::clamp<std::int64_t>(std::min(resident_blocks / kv_heads, key_tiles / kMinTilesPerSplit), 1, 65535);
+  plan.splits = std::clamp<std::int64_t>(
+      std::min(resident_blocks / decode_head_groups(kv_heads), stages / kMinStagesPerSplit), 1, 65535);
   plan.workspace_bytes = split_workspace_bytes(rows * heads, plan.splits, d);
   return plan;
 }
@@ -240,7 +257,7 @@ void query_attention_limits(LaunchLimits& limits) {
   check(cudaFuncSetAttribute(flash_wide_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, sizeof(WideTiles)),
         "softmax_attention (shared memory)");
   check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&limits.attention_decode_blocks, flash::flash_decode_kernel,
-                                                      flash::kDecodeWarps * 32, sizeof(flash::DecodeShared)),
+                                                      flash::kDecodeThreads, sizeof(flash::DecodeShared)),
         "softmax_attention (occupancy)");
   check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&limits.attention_prefill_blocks, flash_wide_kernel, 4 * 32,
                                                       sizeof(WideTiles)),
@@ -268,8 +285,8 @@ void softmax_attention(const T* q, std::int64_t rows, Position first_position, K
     const flash::Problem problem{q,        kv,        out,      rows, first_position, heads, kv_heads, head_dim,
                                  plan.key_tiles_per_split, partial_out, partial_stats};
     if (plan.kernel == Kernel::FlashDecode)
-      flash::flash_decode_kernel<<<dim3(static_cast<unsigned>(kv_heads), splits), flash::kDecodeWarps * 32,
-                                   sizeof(flash::DecodeShared), stream>>>(problem);
+      flash::flash_decode_kernel<<<dim3(static_cast<unsigned>(decode_head_groups(kv_heads)), splits),
+                                   flash::kDecodeThreads, sizeof(flash::DecodeShared), stream>>>(problem);
     if (plan.kernel == Kernel::FlashWide) {
       const std::int64_t packed_rows = rows * (heads / kv_heads);
       const dim3 grid(static_cast<unsigned>((packed_rows + WideTiles::kRows - 1) / WideTiles::kRows),
@@ -281,8 +298,9 @@ void softmax_attention(const T* q, std::int64_t rows, Position first_position, K
     softmax_attention_kernel<<<dim3(static_cast<unsigned>(items), splits), kAttentionWarps * 32, 0, stream>>>(
         q, heads, kv_heads, head_dim, first_position, kv, out, partial_out, partial_stats);
   if (plan.splits > 1)
-    combine_splits_kernel<<<static_cast<unsigned>(items), kCombineThreads, 0, stream>>>(
-        partial_out, partial_stats, static_cast<int>(plan.splits), head_dim, out);
+    combine_splits_kernel<<<dim3(static_cast<unsigned>(items), (head_dim + kCombineDims - 1) / kCombineDims),
+                            kCombineWarps * 32, 0, stream>>>(partial_out, partial_stats, static_cast<int>(plan.splits),
+                                                             head_dim, out);
   check(cudaGetLastError(), "softmax_attention");
 }
 

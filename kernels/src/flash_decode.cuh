@@ -1,51 +1,45 @@
 // Device code of decode-shaped softmax attention (flash decoding on mma.sync, bf16 operands,
-// float32 online softmax): the packed query rows of one KV head, at most one 16-row tile (8
-// query heads × 1 position at MiniMax's 64/8), over a long run of keys. Included by
-// attention.cu, which plans and launches it.
+// float32 online softmax): per KV head at most one 16-row tile of packed query rows (8 query
+// heads × 1 position at MiniMax's 64/8), over a long run of keys. Included by attention.cu,
+// which plans and launches it.
 //
-// One 16-row tile does little arithmetic per key, so the time is the K/V read: a thread block of
-// kDecodeWarps warps shares a ring of kDecodeStages stages of 64 keys filled by cp.async,
-// kDecodeStages − 1 stages ahead of the arithmetic; each warp runs its own online softmax over
-// 16 keys of every stage (one k-step of P·V), and the warps' results are merged at the end.
-// The keys are split over gridDim.y thread blocks in even runs of whole stages, sized from the
-// position read on the device: a CUDA graph planned for a longer cache stays right, and
-// balanced, while the sequence grows into it.
+// One 16-row tile does little arithmetic per key, so the time is the K/V read. A thread block
+// takes up to kDecodeWarps KV heads, one warp each, and a run of keys: each stage of its
+// cp.async ring, kDecodeStages − 1 stages ahead of the arithmetic, is 16 whole cache rows of
+// keys and of values (2 KiB each at 8 × 128), read as one contiguous run per page. One block per
+// multiprocessor, and as many key splits as multiprocessors: no multiprocessor idles and none
+// takes a second turn. The splits divide the visible keys, read on the device, so a CUDA graph
+// planned for a longer cache stays right and balanced while the sequence grows into it.
 #pragma once
 
 #include "flash_attention.cuh"
 
 namespace lightdesk::cuda::flash {
 
-constexpr int kDecodeWarps = 4;
-// Two thread blocks of three stages fit on a multiprocessor (2 × 100 KiB): 8 warps and up to
-// 128 KiB of K/V in flight on each.
+constexpr int kDecodeWarps = 8;
+constexpr int kDecodeKeysPerStage = 16;  // one k-step of P·V
 constexpr int kDecodeStages = 3;
-constexpr int kKeysPerWarp = kKeysPerTile / kDecodeWarps;
-static_assert(kKeysPerWarp == 16, "each warp's keys are one k-step of P·V");
+constexpr int kDecodeThreads = kDecodeWarps * 32;
 
+// Per stage and KV head: 16 key rows of kDim, swizzled. Before the ring starts, the last stage's
+// keys hold the query tiles (16 packed rows per KV head).
 struct DecodeShared {
-  uint4 q[kMmaRows * kPiecesPerRow];
-  uint4 k[kDecodeStages][kKeysPerTile * kPiecesPerRow];
-  uint4 v[kDecodeStages][kKeysPerTile * kPiecesPerRow];
+  uint4 k[kDecodeStages][kDecodeWarps][kDecodeKeysPerStage * kPiecesPerRow];
+  uint4 v[kDecodeStages][kDecodeWarps][kDecodeKeysPerStage * kPiecesPerRow];
 };
-// The warps' results, merged through the same shared memory once no copy targets it.
-struct DecodeMerge {
-  float out[kDecodeWarps][kMmaRows][kDim];  // unnormalised
-  float max[kDecodeWarps][kMmaRows];        // log2 domain; -inf: no key seen
-  float sum[kDecodeWarps][kMmaRows];
-};
-static_assert(sizeof(DecodeMerge) <= sizeof(DecodeShared), "the merge reuses the stage buffers");
+static_assert(kDecodeKeysPerStage == kMmaRows, "a query tile fits where a head's keys of one stage go");
 
-// Grid (KV heads, key splits); p.rows · group <= kMmaRows. With several splits each block writes
-// its partial softmax for combine_splits_kernel (attention.cu): p.partial_out [item, split, d]
-// and p.partial_stats [item, split, {max (log2 domain), sum}], item = position · heads + head.
-__global__ void __launch_bounds__(kDecodeWarps * 32) flash_decode_kernel(Problem p) {
-  constexpr int kThreads = kDecodeWarps * 32;
+// Grid (groups of kDecodeWarps KV heads, key splits); p.rows · group <= kMmaRows. With several
+// splits each warp writes its partial softmax for combine_splits_kernel (attention.cu):
+// p.partial_out [item, split, d] and p.partial_stats [item, split, {max (log2 domain), sum}],
+// item = position · heads + head.
+__global__ void __launch_bounds__(kDecodeThreads, 1) flash_decode_kernel(Problem p) {
   extern __shared__ uint4 shared_memory[];
   auto& tiles = *reinterpret_cast<DecodeShared*>(shared_memory);
 
   const int group = p.heads / p.kv_heads;
-  const int kv_head = blockIdx.x;
+  const int first_kv_head = blockIdx.x * kDecodeWarps;
+  const int block_kv_heads = min(kDecodeWarps, p.kv_heads - first_kv_head);
   const int splits = gridDim.y, split = blockIdx.y;
   const std::int64_t first_position = p.first_position.get();
   const std::int64_t packed_rows = p.rows * group;
@@ -53,46 +47,54 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) flash_decode_kernel(Problem
   const std::int64_t kv_stride = std::int64_t{p.kv_heads} * p.d;
   const int pieces = p.d / 8;
 
-  // This split's keys: the visible ones, in even runs of whole stages over the splits.
+  // This split's keys: the visible ones, dealt out in whole stages, within one stage of even.
   const std::int64_t keys_visible = first_position + p.rows;
-  const std::int64_t tiles_visible = (keys_visible + kKeysPerTile - 1) / kKeysPerTile;
-  const std::int64_t tiles_per_split = (tiles_visible + splits - 1) / splits;
-  const std::int64_t split_begin = split * tiles_per_split * kKeysPerTile;
-  const std::int64_t keys_end = min(split_begin + tiles_per_split * kKeysPerTile, keys_visible);
+  const std::int64_t stages_visible = (keys_visible + kDecodeKeysPerStage - 1) / kDecodeKeysPerStage;
+  const std::int64_t split_begin = stages_visible * split / splits * kDecodeKeysPerStage;
+  const std::int64_t keys_end = min(stages_visible * (split + 1) / splits * kDecodeKeysPerStage, keys_visible);
   const int key_tiles =
-      keys_end > split_begin ? static_cast<int>((keys_end - split_begin + kKeysPerTile - 1) / kKeysPerTile) : 0;
+      keys_end > split_begin ? static_cast<int>((keys_end - split_begin + kDecodeKeysPerStage - 1) / kDecodeKeysPerStage)
+                             : 0;
 
-  // Each thread copies the same piece column of every 8th key row. A stage lies inside one page
-  // (pages hold a multiple of kKeysPerTile positions); the page of the next stage to load is
-  // looked up one stage early, so that read of the page table is not waited for.
-  const int piece = threadIdx.x % kPiecesPerRow, first_row = threadIdx.x / kPiecesPerRow;
-  constexpr int kRowsPerPass = kThreads / kPiecesPerRow;
+  // Each thread copies one piece of one head in every other key row: a warp's 32 copies are
+  // 512 contiguous bytes of a row. A stage lies inside one page (pages hold a multiple of 16
+  // positions); the page of the next stage to load is looked up one stage early, so that read
+  // of the page table is not waited for.
+  const int piece = threadIdx.x % kPiecesPerRow;
+  const int copy_head = threadIdx.x / kPiecesPerRow % kDecodeWarps;
+  const int first_row = threadIdx.x / (kPiecesPerRow * kDecodeWarps);
+  constexpr int kRowsPerPass = kDecodeThreads / (kPiecesPerRow * kDecodeWarps);
+  const bool copies = copy_head < block_kv_heads && piece < pieces;
+  const std::int64_t head_offset = std::int64_t{first_kv_head + copy_head} * p.d + piece * 8;
   auto stage_offset = [&](int tile) {
-    return tile < key_tiles ? p.kv.row_offset(split_begin + std::int64_t{tile} * kKeysPerTile, kv_stride) : 0;
+    return tile < key_tiles
+               ? p.kv.row_offset(split_begin + std::int64_t{tile} * kDecodeKeysPerStage, kv_stride) + head_offset
+               : 0;
   };
   std::int64_t next_offset = stage_offset(0);
   auto load_stage = [&](int tile) {
     const int stage = tile % kDecodeStages;
-    const std::int64_t key0 = split_begin + std::int64_t{tile} * kKeysPerTile;
-    const std::int64_t offset0 = next_offset + std::int64_t{kv_head} * p.d + piece * 8;
+    const std::int64_t key0 = split_begin + std::int64_t{tile} * kDecodeKeysPerStage;
+    const std::int64_t offset0 = next_offset;
     next_offset = stage_offset(tile + 1);
 #pragma unroll
-    for (int pass = 0; pass < kKeysPerTile / kRowsPerPass; ++pass) {
+    for (int pass = 0; pass < kDecodeKeysPerStage / kRowsPerPass; ++pass) {
       const int r = first_row + pass * kRowsPerPass;
       const std::int64_t offset = offset0 + std::int64_t{r} * kv_stride;
-      const bool valid = key0 + r < keys_end && piece < pieces;
-      copy_piece(&tiles.k[stage][swizzled(r, piece)], valid ? p.kv.keys + offset : p.kv.keys, valid);
-      copy_piece(&tiles.v[stage][swizzled(r, piece)], valid ? p.kv.values + offset : p.kv.values, valid);
+      const bool valid = copies && key0 + r < keys_end;
+      copy_piece(&tiles.k[stage][copy_head][swizzled(r, piece)], valid ? p.kv.keys + offset : p.kv.keys, valid);
+      copy_piece(&tiles.v[stage][copy_head][swizzled(r, piece)], valid ? p.kv.values + offset : p.kv.values, valid);
     }
   };
 
-  // Copy groups: q, then one per stage, kDecodeStages − 1 ahead (empty past the last).
-  for (int i = threadIdx.x; i < kMmaRows * kPiecesPerRow; i += kThreads) {
-    const int r = i / kPiecesPerRow, c = i % kPiecesPerRow;
-    const PackedRow row = unpack(r, group, kv_head);
-    const bool valid = r < packed_rows && c < pieces;
+  // Copy groups: the query tiles, then one per stage, kDecodeStages − 1 ahead (empty past the last).
+  uint4(&q_tiles)[kDecodeWarps][kDecodeKeysPerStage * kPiecesPerRow] = tiles.k[kDecodeStages - 1];
+  for (int i = threadIdx.x; i < kDecodeWarps * kMmaRows * kPiecesPerRow; i += kDecodeThreads) {
+    const int head = i / (kMmaRows * kPiecesPerRow), r = i / kPiecesPerRow % kMmaRows, c = i % kPiecesPerRow;
+    const PackedRow row = unpack(r, group, first_kv_head + head);
+    const bool valid = head < block_kv_heads && r < packed_rows && c < pieces;
     const bf16* src = p.q + row.position * q_stride + std::int64_t{row.head} * p.d + c * 8;
-    copy_piece(&tiles.q[swizzled(r, c)], valid ? src : p.q, valid);
+    copy_piece(&q_tiles[head][swizzled(r, c)], valid ? src : p.q, valid);
   }
   commit_copies();
 #pragma unroll
@@ -102,14 +104,17 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) flash_decode_kernel(Problem
   }
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int kv_head = first_kv_head + warp;
+  const bool computes = warp < block_kv_heads;
   const int quad_row = lane / 4, quad_col = 2 * (lane % 4);
   const int matrix = lane / 8, matrix_row = lane % 8;
-  wait_copies<kDecodeStages - 1>();  // q
+  wait_copies<kDecodeStages - 1>();  // the query tiles
   __syncthreads();
+  // Read before the first stage past the prologue overwrites them (after the loop's barrier).
   std::uint32_t q_frag[kDim / 16][4];
 #pragma unroll
   for (int k = 0; k < kDim / 16; ++k)
-    load_matrix_x4(q_frag[k], &tiles.q[swizzled(matrix_row + (matrix % 2) * 8, 2 * k + matrix / 2)]);
+    load_matrix_x4(q_frag[k], &q_tiles[warp][swizzled(matrix_row + (matrix % 2) * 8, 2 * k + matrix / 2)]);
 
   // This thread's rows are quad_row (slot 0) and quad_row + 8 (slot 1); limit: the last key
   // each sees, counted from split_begin (32 bits save registers).
@@ -128,22 +133,22 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) flash_decode_kernel(Problem
     __syncthreads();  // this stage has landed for every thread; every warp is done with the last one
     if (tile + kDecodeStages - 1 < key_tiles) load_stage(tile + kDecodeStages - 1);
     commit_copies();
+    if (!computes) continue;
     const int stage = tile % kDecodeStages;
-    const int warp_key = tile * kKeysPerTile + kKeysPerWarp * warp;  // from split_begin
+    const int key = tile * kDecodeKeysPerStage;  // from split_begin
 
-    // S = Q Kᵀ over the warp's 16 keys.
+    // S = Q Kᵀ over the stage's 16 keys.
     float s[2][4] = {};
 #pragma unroll
     for (int k = 0; k < kDim / 16; ++k) {
       std::uint32_t b[4];
-      load_matrix_x4(b, &tiles.k[stage][swizzled(kKeysPerWarp * warp + matrix_row + (matrix / 2) * 8,
-                                                 2 * k + matrix % 2)]);
+      load_matrix_x4(b, &tiles.k[stage][warp][swizzled(matrix_row + (matrix / 2) * 8, 2 * k + matrix % 2)]);
       mma(s[0], q_frag[k], b[0], b[1]);
       mma(s[1], q_frag[k], b[2], b[3]);
     }
 
     // Online softmax; keys past a row's position (or past the split) are masked.
-    const bool masked = warp_key + kKeysPerWarp - 1 > min(limit[0], limit[1]);
+    const bool masked = key + kDecodeKeysPerStage - 1 > min(limit[0], limit[1]);
 #pragma unroll
     for (int slot = 0; slot < 2; ++slot) {
       float tile_max = -INFINITY;
@@ -152,7 +157,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) flash_decode_kernel(Problem
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           float& v = s[n][2 * slot + e];
-          if (masked && warp_key + 8 * n + quad_col + e > limit[slot]) v = -INFINITY;
+          if (masked && key + 8 * n + quad_col + e > limit[slot]) v = -INFINITY;
           tile_max = fmaxf(tile_max, v);
         }
       tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
@@ -186,57 +191,40 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) flash_decode_kernel(Problem
 #pragma unroll
     for (int n = 0; n < kDim / 16; ++n) {
       std::uint32_t b[4];
-      load_matrix_x4_transposed(
-          b, &tiles.v[stage][swizzled(kKeysPerWarp * warp + matrix_row + (matrix % 2) * 8, 2 * n + matrix / 2)]);
+      load_matrix_x4_transposed(b, &tiles.v[stage][warp][swizzled(matrix_row + (matrix % 2) * 8, 2 * n + matrix / 2)]);
       mma(out[2 * n], p_frag, b[0], b[1]);
       mma(out[2 * n + 1], p_frag, b[2], b[3]);
     }
   }
-  wait_copies<0>();
-  __syncthreads();  // no copy targets shared memory and every warp is done with the stages
+  wait_copies<0>();  // no copy may still target shared memory when the block exits
+  if (!computes) return;
 
-  auto& merge = *reinterpret_cast<DecodeMerge*>(shared_memory);
 #pragma unroll
   for (int slot = 0; slot < 2; ++slot) {
     const int r = quad_row + 8 * slot;
     float sum = row_sum[slot];
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-#pragma unroll
-    for (int n = 0; n < kDim / 8; ++n)
-      *reinterpret_cast<float2*>(&merge.out[warp][r][8 * n + quad_col]) =
-          make_float2(out[n][2 * slot], out[n][2 * slot + 1]);
-    if (lane % 4 == 0) {
-      merge.max[warp][r] = row_max[slot] * scale;
-      merge.sum[warp][r] = sum;
-    }
-  }
-  __syncthreads();
-
-  for (int i = threadIdx.x; i < kMmaRows * kDim; i += kThreads) {
-    const int r = i / kDim, c = i % kDim;
-    if (r >= packed_rows || c >= p.d) continue;
-    float block_max = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kDecodeWarps; ++w) block_max = fmaxf(block_max, merge.max[w][r]);
-    float total = 0.0f, o = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kDecodeWarps; ++w)
-      if (merge.max[w][r] != -INFINITY) {
-        const float weight = fast_exp2(merge.max[w][r] - block_max);
-        total += merge.sum[w][r] * weight;
-        o += merge.out[w][r][c] * weight;
-      }
+    if (r >= packed_rows) continue;
     const PackedRow row = unpack(r, group, kv_head);
     const std::int64_t item = row.position * p.heads + row.head;
     if (splits == 1) {
-      p.out[item * p.d + c] = __float2bfloat16_rn(o / total);
+      bf16* o = p.out + item * p.d;
+#pragma unroll
+      for (int n = 0; n < kDim / 8; ++n)
+        if (8 * n + quad_col < p.d)
+          *reinterpret_cast<__nv_bfloat162*>(o + 8 * n + quad_col) =
+              __floats2bfloat162_rn(out[n][2 * slot] / sum, out[n][2 * slot + 1] / sum);
     } else {
       const std::int64_t partial = item * splits + split;
-      p.partial_out[partial * p.d + c] = o;
-      if (c == 0) {
-        p.partial_stats[2 * partial] = block_max;
-        p.partial_stats[2 * partial + 1] = total;
+      float* o = p.partial_out + partial * p.d;
+#pragma unroll
+      for (int n = 0; n < kDim / 8; ++n)
+        if (8 * n + quad_col < p.d)
+          *reinterpret_cast<float2*>(o + 8 * n + quad_col) = make_float2(out[n][2 * slot], out[n][2 * slot + 1]);
+      if (lane % 4 == 0) {
+        p.partial_stats[2 * partial] = row_max[slot] * scale;  // -inf: the split holds no key this row sees
+        p.partial_stats[2 * partial + 1] = sum;
       }
     }
   }
