@@ -189,12 +189,14 @@ std::size_t split_workspace_bytes(std::int64_t items, std::int64_t splits, int d
 
 // The decode kernel: one thread block per (group of KV heads, split), as many as fit on the GPU
 // at once and no more (a second, partial wave would leave most multiprocessors idle at its end),
-// so that every block streams the same number of keys at the same time; at least 8 stages each.
-int decode_head_groups(int kv_heads) { return (kv_heads + flash::kDecodeWarps - 1) / flash::kDecodeWarps; }
+// so that every block streams the same number of keys at the same time; at least 4 stages each.
+int decode_head_groups(int kv_heads) {
+  return (kv_heads + flash::kDecodeHeadsPerBlock - 1) / flash::kDecodeHeadsPerBlock;
+}
 
 Plan plan_decode(std::int64_t rows, std::int64_t first_position, int heads, int kv_heads, int d,
                  const LaunchLimits& limits) {
-  constexpr std::int64_t kMinStagesPerSplit = 8;
+  constexpr std::int64_t kMinStagesPerSplit = 4;
   const std::int64_t stages = (first_position + rows + flash::kDecodeKeysPerStage - 1) / flash::kDecodeKeysPerStage;
   const std::int64_t resident_blocks = std::int64_t{limits.attention_decode_blocks} * limits.multiprocessors;
   Plan plan{Kernel::FlashDecode};

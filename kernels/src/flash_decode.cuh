@@ -4,42 +4,51 @@
 // which plans and launches it.
 //
 // One 16-row tile does little arithmetic per key, so the time is the K/V read. A thread block
-// takes up to kDecodeWarps KV heads, one warp each, and a run of keys: each stage of its
-// cp.async ring, kDecodeStages − 1 stages ahead of the arithmetic, is 16 whole cache rows of
-// keys and of values (2 KiB each at 8 × 128), read as one contiguous run per page. One block per
-// multiprocessor, and as many key splits as multiprocessors: no multiprocessor idles and none
-// takes a second turn. The splits divide the visible keys, read on the device, so a CUDA graph
-// planned for a longer cache stays right and balanced while the sequence grows into it.
+// takes kDecodeHeadsPerBlock KV heads and a run of keys, through a ring of kDecodeStages stages
+// filled by cp.async kDecodeStages − 1 stages ahead of the arithmetic; a stage holds
+// kDecodeKeysPerStage cache rows of the block's heads (contiguous in memory). Each head has
+// kDecodeWarpsPerHead warps, each running its own online softmax over 16 keys of every stage
+// (one k-step of P·V); a head's warps are merged at the end. The keys are split over gridDim.y
+// blocks in even runs of whole stages sized from the position read on the device, so a CUDA
+// graph planned for a longer cache stays right and balanced while the sequence grows into it.
 #pragma once
 
 #include "flash_attention.cuh"
 
 namespace lightdesk::cuda::flash {
 
-constexpr int kDecodeWarps = 8;
-constexpr int kDecodeKeysPerStage = 16;  // one k-step of P·V
+constexpr int kDecodeHeadsPerBlock = 2;
+constexpr int kDecodeWarpsPerHead = 4;
 constexpr int kDecodeStages = 3;
+constexpr int kDecodeWarps = kDecodeHeadsPerBlock * kDecodeWarpsPerHead;
 constexpr int kDecodeThreads = kDecodeWarps * 32;
+constexpr int kKeysPerWarp = kMmaRows;  // one k-step of P·V
+constexpr int kDecodeKeysPerStage = kDecodeWarpsPerHead * kKeysPerWarp;
 
-// Per stage and KV head: 16 key rows of kDim, swizzled. Before the ring starts, the last stage's
-// keys hold the query tiles (16 packed rows per KV head).
 struct DecodeShared {
-  uint4 k[kDecodeStages][kDecodeWarps][kDecodeKeysPerStage * kPiecesPerRow];
-  uint4 v[kDecodeStages][kDecodeWarps][kDecodeKeysPerStage * kPiecesPerRow];
+  uint4 q[kDecodeHeadsPerBlock][kMmaRows * kPiecesPerRow];
+  uint4 k[kDecodeStages][kDecodeHeadsPerBlock][kDecodeKeysPerStage * kPiecesPerRow];
+  uint4 v[kDecodeStages][kDecodeHeadsPerBlock][kDecodeKeysPerStage * kPiecesPerRow];
 };
-static_assert(kDecodeKeysPerStage == kMmaRows, "a query tile fits where a head's keys of one stage go");
+// The warps' results, merged through the same shared memory once no copy targets it.
+struct DecodeMerge {
+  float out[kDecodeWarps][kMmaRows][kDim];  // unnormalised
+  float max[kDecodeWarps][kMmaRows];        // log2 domain; -inf: no key seen
+  float sum[kDecodeWarps][kMmaRows];
+};
+static_assert(sizeof(DecodeMerge) <= sizeof(DecodeShared), "the merge reuses the stage buffers");
 
-// Grid (groups of kDecodeWarps KV heads, key splits); p.rows · group <= kMmaRows. With several
-// splits each warp writes its partial softmax for combine_splits_kernel (attention.cu):
-// p.partial_out [item, split, d] and p.partial_stats [item, split, {max (log2 domain), sum}],
-// item = position · heads + head.
+// Grid (groups of kDecodeHeadsPerBlock KV heads, key splits); p.rows · group <= kMmaRows. With
+// several splits each block writes its partial softmaxes for combine_splits_kernel
+// (attention.cu): p.partial_out [item, split, d] and p.partial_stats [item, split, {max (log2
+// domain), sum}], item = position · heads + head.
 __global__ void __launch_bounds__(kDecodeThreads, 1) flash_decode_kernel(Problem p) {
   extern __shared__ uint4 shared_memory[];
   auto& tiles = *reinterpret_cast<DecodeShared*>(shared_memory);
 
   const int group = p.heads / p.kv_heads;
-  const int first_kv_head = blockIdx.x * kDecodeWarps;
-  const int block_kv_heads = min(kDecodeWarps, p.kv_heads - first_kv_head);
+  const int first_kv_head = blockIdx.x * kDecodeHeadsPerBlock;
+  const int block_kv_heads = min(kDecodeHeadsPerBlock, p.kv_heads - first_kv_head);
   const int splits = gridDim.y, split = blockIdx.y;
   const std::int64_t first_position = p.first_position.get();
   const std::int64_t packed_rows = p.rows * group;
@@ -56,14 +65,14 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) flash_decode_kernel(Problem
       keys_end > split_begin ? static_cast<int>((keys_end - split_begin + kDecodeKeysPerStage - 1) / kDecodeKeysPerStage)
                              : 0;
 
-  // Each thread copies one piece of one head in every other key row: a warp's 32 copies are
-  // 512 contiguous bytes of a row. A stage lies inside one page (pages hold a multiple of 16
-  // positions); the page of the next stage to load is looked up one stage early, so that read
-  // of the page table is not waited for.
+  // Each thread copies one piece of one head in every few key rows: a warp's 32 copies are
+  // contiguous bytes of a row. A stage lies inside one page (pages hold a multiple of
+  // kDecodeKeysPerStage positions); the page of the next stage to load is looked up one stage
+  // early, so that read of the page table is not waited for.
   const int piece = threadIdx.x % kPiecesPerRow;
-  const int copy_head = threadIdx.x / kPiecesPerRow % kDecodeWarps;
-  const int first_row = threadIdx.x / (kPiecesPerRow * kDecodeWarps);
-  constexpr int kRowsPerPass = kDecodeThreads / (kPiecesPerRow * kDecodeWarps);
+  const int copy_head = threadIdx.x / kPiecesPerRow % kDecodeHeadsPerBlock;
+  const int first_row = threadIdx.x / (kPiecesPerRow * kDecodeHeadsPerBlock);
+  constexpr int kRowsPerPass = kDecodeThreads / (kPiecesPerRow * kDecodeHeadsPerBlock);
   const bool copies = copy_head < block_kv_heads && piece < pieces;
   const std::int64_t head_offset = std::int64_t{first_kv_head + copy_head} * p.d + piece * 8;
   auto stage_offset = [&](int tile) {
@@ -88,13 +97,12 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) flash_decode_kernel(Problem
   };
 
   // Copy groups: the query tiles, then one per stage, kDecodeStages − 1 ahead (empty past the last).
-  uint4(&q_tiles)[kDecodeWarps][kDecodeKeysPerStage * kPiecesPerRow] = tiles.k[kDecodeStages - 1];
-  for (int i = threadIdx.x; i < kDecodeWarps * kMmaRows * kPiecesPerRow; i += kDecodeThreads) {
+  for (int i = threadIdx.x; i < kDecodeHeadsPerBlock * kMmaRows * kPiecesPerRow; i += kDecodeThreads) {
     const int head = i / (kMmaRows * kPiecesPerRow), r = i / kPiecesPerRow % kMmaRows, c = i % kPiecesPerRow;
     const PackedRow row = unpack(r, group, first_kv_head + head);
     const bool valid = head < block_kv_heads && r < packed_rows && c < pieces;
     const bf16* src = p.q + row.position * q_stride + std::int64_t{row.head} * p.d + c * 8;
-    copy_piece(&q_tiles[head][swizzled(r, c)], valid ? src : p.q, valid);
+    copy_piece(&tiles.q[head][swizzled(r, c)], valid ? src : p.q, valid);
   }
   commit_copies();
 #pragma unroll
@@ -104,17 +112,17 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) flash_decode_kernel(Problem
   }
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int kv_head = first_kv_head + warp;
-  const bool computes = warp < block_kv_heads;
+  const int head = warp / kDecodeWarpsPerHead, key_warp = warp % kDecodeWarpsPerHead;
+  const int kv_head = first_kv_head + head;
+  const bool computes = head < block_kv_heads;
   const int quad_row = lane / 4, quad_col = 2 * (lane % 4);
   const int matrix = lane / 8, matrix_row = lane % 8;
   wait_copies<kDecodeStages - 1>();  // the query tiles
   __syncthreads();
-  // Read before the first stage past the prologue overwrites them (after the loop's barrier).
   std::uint32_t q_frag[kDim / 16][4];
 #pragma unroll
   for (int k = 0; k < kDim / 16; ++k)
-    load_matrix_x4(q_frag[k], &q_tiles[warp][swizzled(matrix_row + (matrix % 2) * 8, 2 * k + matrix / 2)]);
+    load_matrix_x4(q_frag[k], &tiles.q[head][swizzled(matrix_row + (matrix % 2) * 8, 2 * k + matrix / 2)]);
 
   // This thread's rows are quad_row (slot 0) and quad_row + 8 (slot 1); limit: the last key
   // each sees, counted from split_begin (32 bits save registers).
@@ -135,20 +143,22 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) flash_decode_kernel(Problem
     commit_copies();
     if (!computes) continue;
     const int stage = tile % kDecodeStages;
-    const int key = tile * kDecodeKeysPerStage;  // from split_begin
+    const int first_row_of_warp = kKeysPerWarp * key_warp;
+    const int warp_key = tile * kDecodeKeysPerStage + first_row_of_warp;  // from split_begin
 
-    // S = Q Kᵀ over the stage's 16 keys.
+    // S = Q Kᵀ over the warp's 16 keys.
     float s[2][4] = {};
 #pragma unroll
     for (int k = 0; k < kDim / 16; ++k) {
       std::uint32_t b[4];
-      load_matrix_x4(b, &tiles.k[stage][warp][swizzled(matrix_row + (matrix / 2) * 8, 2 * k + matrix % 2)]);
+      load_matrix_x4(b, &tiles.k[stage][head][swizzled(first_row_of_warp + matrix_row + (matrix / 2) * 8,
+                                                        2 * k + matrix % 2)]);
       mma(s[0], q_frag[k], b[0], b[1]);
       mma(s[1], q_frag[k], b[2], b[3]);
     }
 
     // Online softmax; keys past a row's position (or past the split) are masked.
-    const bool masked = key + kDecodeKeysPerStage - 1 > min(limit[0], limit[1]);
+    const bool masked = warp_key + kKeysPerWarp - 1 > min(limit[0], limit[1]);
 #pragma unroll
     for (int slot = 0; slot < 2; ++slot) {
       float tile_max = -INFINITY;
@@ -157,7 +167,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) flash_decode_kernel(Problem
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           float& v = s[n][2 * slot + e];
-          if (masked && key + 8 * n + quad_col + e > limit[slot]) v = -INFINITY;
+          if (masked && warp_key + 8 * n + quad_col + e > limit[slot]) v = -INFINITY;
           tile_max = fmaxf(tile_max, v);
         }
       tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
@@ -191,40 +201,59 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) flash_decode_kernel(Problem
 #pragma unroll
     for (int n = 0; n < kDim / 16; ++n) {
       std::uint32_t b[4];
-      load_matrix_x4_transposed(b, &tiles.v[stage][warp][swizzled(matrix_row + (matrix % 2) * 8, 2 * n + matrix / 2)]);
+      load_matrix_x4_transposed(b, &tiles.v[stage][head][swizzled(first_row_of_warp + matrix_row + (matrix % 2) * 8,
+                                                                  2 * n + matrix / 2)]);
       mma(out[2 * n], p_frag, b[0], b[1]);
       mma(out[2 * n + 1], p_frag, b[2], b[3]);
     }
   }
-  wait_copies<0>();  // no copy may still target shared memory when the block exits
-  if (!computes) return;
+  wait_copies<0>();
+  __syncthreads();  // no copy targets shared memory and every warp is done with the stages
 
+  auto& merge = *reinterpret_cast<DecodeMerge*>(shared_memory);
 #pragma unroll
   for (int slot = 0; slot < 2; ++slot) {
     const int r = quad_row + 8 * slot;
     float sum = row_sum[slot];
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    if (r >= packed_rows) continue;
-    const PackedRow row = unpack(r, group, kv_head);
+#pragma unroll
+    for (int n = 0; n < kDim / 8; ++n)
+      *reinterpret_cast<float2*>(&merge.out[warp][r][8 * n + quad_col]) =
+          make_float2(out[n][2 * slot], out[n][2 * slot + 1]);
+    if (lane % 4 == 0) {
+      merge.max[warp][r] = row_max[slot] * scale;
+      merge.sum[warp][r] = sum;
+    }
+  }
+  __syncthreads();
+
+  // A head's warps merged, one element of its output per thread and step.
+  for (int i = threadIdx.x; i < block_kv_heads * kMmaRows * kDim; i += kDecodeThreads) {
+    const int merged_head = i / (kMmaRows * kDim), r = i / kDim % kMmaRows, c = i % kDim;
+    if (r >= packed_rows || c >= p.d) continue;
+    const int first_warp = merged_head * kDecodeWarpsPerHead;
+    float block_max = -INFINITY;
+#pragma unroll
+    for (int w = first_warp; w < first_warp + kDecodeWarpsPerHead; ++w) block_max = fmaxf(block_max, merge.max[w][r]);
+    float total = 0.0f, o = 0.0f;
+#pragma unroll
+    for (int w = first_warp; w < first_warp + kDecodeWarpsPerHead; ++w)
+      if (merge.max[w][r] != -INFINITY) {
+        const float weight = fast_exp2(merge.max[w][r] - block_max);
+        total += merge.sum[w][r] * weight;
+        o += merge.out[w][r][c] * weight;
+      }
+    const PackedRow row = unpack(r, group, first_kv_head + merged_head);
     const std::int64_t item = row.position * p.heads + row.head;
     if (splits == 1) {
-      bf16* o = p.out + item * p.d;
-#pragma unroll
-      for (int n = 0; n < kDim / 8; ++n)
-        if (8 * n + quad_col < p.d)
-          *reinterpret_cast<__nv_bfloat162*>(o + 8 * n + quad_col) =
-              __floats2bfloat162_rn(out[n][2 * slot] / sum, out[n][2 * slot + 1] / sum);
+      p.out[item * p.d + c] = __float2bfloat16_rn(o / total);
     } else {
       const std::int64_t partial = item * splits + split;
-      float* o = p.partial_out + partial * p.d;
-#pragma unroll
-      for (int n = 0; n < kDim / 8; ++n)
-        if (8 * n + quad_col < p.d)
-          *reinterpret_cast<float2*>(o + 8 * n + quad_col) = make_float2(out[n][2 * slot], out[n][2 * slot + 1]);
-      if (lane % 4 == 0) {
-        p.partial_stats[2 * partial] = row_max[slot] * scale;  // -inf: the split holds no key this row sees
-        p.partial_stats[2 * partial + 1] = sum;
+      p.partial_out[partial * p.d + c] = o;
+      if (c == 0) {
+        p.partial_stats[2 * partial] = block_max;  // -inf: the split holds no key this row sees
+        p.partial_stats[2 * partial + 1] = total;
       }
     }
   }

@@ -143,7 +143,11 @@ TEST_P(CudaFixtureTest, DecodeLogits) {
 }
 
 // Decode steps replayed as CUDA graphs against the same steps launched kernel by kernel, past
-// the first K/V page (the graph is captured again when the cache grows).
+// the first K/V pages (the graph is captured again when the cache doubles). The graph's
+// launches are planned for the doubled bound, the others for the position itself, so in bf16
+// the decode kernel may split the keys differently and round its output to bf16 from other
+// float32 sums: one bf16 rounding (2^-9 relative) carried through the last layers, measured
+// 0.007 to 0.011 on an H200. float32 splits by fixed runs of keys: the same sums.
 TEST_P(CudaFixtureTest, DecodeGraphMatchesLaunches) {
   ModelOptions options;
   options.backend = BackendKind::Cuda;
@@ -168,7 +172,7 @@ TEST_P(CudaFixtureTest, DecodeGraphMatchesLaunches) {
   }
   std::printf("[ measured ] %s graph vs launches, 150 steps: max |dlogit| = %.3g\n",
               case_name({GetParam(), 0}).c_str(), static_cast<double>(max_diff));
-  EXPECT_LE(max_diff, 1e-6f);
+  EXPECT_LE(max_diff, GetParam().float32 ? 1e-6f : 0.05f);
 }
 
 // A long generation on the decode graph against the CPU backend, the CPU's greedy token fed to
