@@ -117,6 +117,7 @@ __global__ void __launch_bounds__(kCombineWarps * 32) combine_splits_kernel(cons
   const int dim = blockIdx.y * kCombineDims + lane;
   const float* stats = partial_stats + item * splits * 2;
   const float* parts = partial_out + item * splits * d;
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");  // the splits' results (a programmatic dependent launch)
 
   float max_score = -INFINITY;  // -inf: a split that saw no key
   for (int s = threadIdx.x; s < splits; s += kCombineWarps * 32) max_score = fmaxf(max_score, stats[2 * s]);
@@ -299,10 +300,23 @@ void softmax_attention(const T* q, std::int64_t rows, Position first_position, K
   if (plan.kernel == Kernel::CudaCores)
     softmax_attention_kernel<<<dim3(static_cast<unsigned>(items), splits), kAttentionWarps * 32, 0, stream>>>(
         q, heads, kv_heads, head_dim, first_position, kv, out, partial_out, partial_stats);
-  if (plan.splits > 1)
-    combine_splits_kernel<<<dim3(static_cast<unsigned>(items), (head_dim + kCombineDims - 1) / kCombineDims),
-                            kCombineWarps * 32, 0, stream>>>(partial_out, partial_stats, static_cast<int>(plan.splits),
-                                                             head_dim, out);
+  if (plan.splits > 1) {
+    // A programmatic dependent launch: the combine's blocks are placed while the splits still
+    // run (the decode kernel lets them start at once) and wait at griddepcontrol.wait for the
+    // splits' results, instead of launching only after the last split ends.
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(static_cast<unsigned>(items), (head_dim + kCombineDims - 1) / kCombineDims);
+    config.blockDim = dim3(kCombineWarps * 32);
+    config.stream = stream;
+    cudaLaunchAttribute early_launch{};
+    early_launch.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    early_launch.val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = &early_launch;
+    config.numAttrs = 1;
+    check(cudaLaunchKernelEx(&config, combine_splits_kernel<T>, static_cast<const float*>(partial_out),
+                             static_cast<const float*>(partial_stats), static_cast<int>(plan.splits), head_dim, out),
+          "softmax_attention (combine)");
+  }
   check(cudaGetLastError(), "softmax_attention");
 }
 

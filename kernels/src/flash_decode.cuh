@@ -43,6 +43,8 @@ static_assert(sizeof(DecodeMerge) <= sizeof(DecodeShared), "the merge reuses the
 // (attention.cu): p.partial_out [item, split, d] and p.partial_stats [item, split, {max (log2
 // domain), sum}], item = position · heads + head.
 __global__ void __launch_bounds__(kDecodeThreads, 1) flash_decode_kernel(Problem p) {
+  // The combine may be placed now: it waits for this grid's results (griddepcontrol.wait).
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
   extern __shared__ uint4 shared_memory[];
   auto& tiles = *reinterpret_cast<DecodeShared*>(shared_memory);
 
