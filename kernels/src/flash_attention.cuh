@@ -70,6 +70,48 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
+// One row's online-softmax step over kTiles score tiles of 8 keys, in this thread's two columns
+// of each (c[2 · half], c[2 · half + 1] of mma's C layout, column quad_col + e of a tile):
+// where `masked`, keys past `limit` (both counted like first_key) become -inf; the row's max and
+// sum move on, its output accumulators (the same half of kDim / 8 tiles) are rescaled, and the
+// scores become their weights exp2(s · scale − max · scale). Maxima are of the unscaled scores
+// (scale > 0); a row that has seen no key yet keeps everything at zero.
+template <int kTiles>
+__device__ __forceinline__ void online_softmax_row(float (&s)[kTiles][4], int half, bool masked, int first_key,
+                                                   int quad_col, int limit, float scale, float& row_max,
+                                                   float& row_sum, float (&out)[kDim / 8][4]) {
+  float tile_max = -INFINITY;
+#pragma unroll
+  for (int n = 0; n < kTiles; ++n)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float& v = s[n][2 * half + e];
+      if (masked && first_key + 8 * n + quad_col + e > limit) v = -INFINITY;
+      tile_max = fmaxf(tile_max, v);
+    }
+  tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+  tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+  const float new_max = fmaxf(row_max, tile_max);
+  const float base = new_max == -INFINITY ? 0.0f : new_max * scale;
+  const float correction = fast_exp2(row_max * scale - base);
+  row_max = new_max;
+  float sum = 0.0f;
+#pragma unroll
+  for (int n = 0; n < kTiles; ++n)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float& v = s[n][2 * half + e];
+      v = fast_exp2(fmaf(v, scale, -base));
+      sum += v;
+    }
+  row_sum = row_sum * correction + sum;
+#pragma unroll
+  for (int n = 0; n < kDim / 8; ++n) {
+    out[n][2 * half] *= correction;
+    out[n][2 * half + 1] *= correction;
+  }
+}
+
 // Grid (packed-row tiles, KV heads, key splits).
 template <int kWarps, int kWarpRowTiles>
 __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(Problem p) {
@@ -188,41 +230,9 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(Problem p)
     const std::int64_t key0 = split_begin + std::int64_t{tile} * kKeysPerTile;
     const bool masked = key0 + kKeysPerTile - 1 > first_position + first_position_in_tile;
 #pragma unroll
-    for (int slot = 0; slot < kSlots; ++slot) {
-      const int m = slot / 2, half = slot % 2;
-      float tile_max = -INFINITY;
-#pragma unroll
-      for (int n = 0; n < kKeysPerTile / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& v = s[m][n][2 * half + e];
-          if (masked && tile * kKeysPerTile + 8 * n + quad_col + e > limit[slot]) v = -INFINITY;
-          tile_max = fmaxf(tile_max, v);
-        }
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-      // Maxima are of the unscaled scores (scale > 0); a row that has seen no key yet keeps
-      // everything at zero.
-      const float new_max = fmaxf(row_max[slot], tile_max);
-      const float base = new_max == -INFINITY ? 0.0f : new_max * scale;
-      const float correction = fast_exp2(row_max[slot] * scale - base);
-      row_max[slot] = new_max;
-      float sum = 0.0f;
-#pragma unroll
-      for (int n = 0; n < kKeysPerTile / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& v = s[m][n][2 * half + e];
-          v = fast_exp2(fmaf(v, scale, -base));
-          sum += v;
-        }
-      row_sum[slot] = row_sum[slot] * correction + sum;
-#pragma unroll
-      for (int n = 0; n < kDim / 8; ++n) {
-        out[m][n][2 * half] *= correction;
-        out[m][n][2 * half + 1] *= correction;
-      }
-    }
+    for (int slot = 0; slot < kSlots; ++slot)
+      online_softmax_row(s[slot / 2], slot % 2, masked, tile * kKeysPerTile, quad_col, limit[slot], scale,
+                         row_max[slot], row_sum[slot], out[slot / 2]);
 
     // O += P V, P from the score accumulators (their layout is mma's A layout, in pairs).
 #pragma unroll

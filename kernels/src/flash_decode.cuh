@@ -162,40 +162,8 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) flash_decode_kernel(Problem
     // Online softmax; keys past a row's position (or past the split) are masked.
     const bool masked = warp_key + kKeysPerWarp - 1 > min(limit[0], limit[1]);
 #pragma unroll
-    for (int slot = 0; slot < 2; ++slot) {
-      float tile_max = -INFINITY;
-#pragma unroll
-      for (int n = 0; n < 2; ++n)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& v = s[n][2 * slot + e];
-          if (masked && warp_key + 8 * n + quad_col + e > limit[slot]) v = -INFINITY;
-          tile_max = fmaxf(tile_max, v);
-        }
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-      // Maxima are of the unscaled scores (scale > 0); a row that has seen no key yet keeps
-      // everything at zero.
-      const float new_max = fmaxf(row_max[slot], tile_max);
-      const float base = new_max == -INFINITY ? 0.0f : new_max * scale;
-      const float correction = fast_exp2(row_max[slot] * scale - base);
-      row_max[slot] = new_max;
-      float sum = 0.0f;
-#pragma unroll
-      for (int n = 0; n < 2; ++n)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& v = s[n][2 * slot + e];
-          v = fast_exp2(fmaf(v, scale, -base));
-          sum += v;
-        }
-      row_sum[slot] = row_sum[slot] * correction + sum;
-#pragma unroll
-      for (int n = 0; n < kDim / 8; ++n) {
-        out[n][2 * slot] *= correction;
-        out[n][2 * slot + 1] *= correction;
-      }
-    }
+    for (int slot = 0; slot < 2; ++slot)
+      online_softmax_row(s, slot, masked, warp_key, quad_col, limit[slot], scale, row_max[slot], row_sum[slot], out);
 
     // O += P V: the score accumulators are mma's A layout, in pairs.
     const std::uint32_t p_frag[4] = {pack(s[0][0], s[0][1]), pack(s[0][2], s[0][3]), pack(s[1][0], s[1][1]),
