@@ -4,6 +4,7 @@
 #include "cuda_backend.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <map>
 #include <mutex>
@@ -28,7 +29,8 @@ struct CudaLayer : LayerTensors<DeviceBuffer> {
 };
 
 // A decode step captured as a CUDA graph, with what the capture baked in: it replays while
-// those stay where they were.
+// those stay where they were. Each of them moves O(log n) times over a generation of n tokens
+// (buffers and the planned position bound grow by doubling), so is captured as often.
 class DecodeGraph {
  public:
   struct Inputs {
@@ -38,7 +40,7 @@ class DecodeGraph {
     const void* attention_workspace;
     const void* kv_memory;
     const void* page_table;
-    std::int64_t kv_capacity;
+    std::int64_t position_bound;  // what the launches were planned for (graph_position_bound)
     bool operator==(const Inputs&) const = default;
   };
 
@@ -48,6 +50,7 @@ class DecodeGraph {
   DecodeGraph& operator=(const DecodeGraph&) = delete;
 
   bool captured_with(const Inputs& inputs) const { return exec_ && inputs_ == inputs; }
+  std::uint64_t captures() const { return captures_; }
   // Takes `graph` (destroyed here): updates the executable graph in place when the topology
   // allows, else instantiates it anew.
   void instantiate(cudaGraph_t graph, const Inputs& inputs) {
@@ -64,6 +67,7 @@ class DecodeGraph {
       cudaGraphDestroy(graph);
     }
     inputs_ = inputs;
+    ++captures_;
   }
   void launch(cudaStream_t stream) const { check(cudaGraphLaunch(exec_, stream), "decode graph launch"); }
 
@@ -75,6 +79,7 @@ class DecodeGraph {
 
   cudaGraphExec_t exec_ = nullptr;
   Inputs inputs_{};
+  std::uint64_t captures_ = 0;
 };
 
 struct CudaSequence final : SequenceState {
@@ -205,11 +210,19 @@ class CudaBackend final : public ComputeBackend {
   // stream-ordered workspaces), so a decode step can be captured as a graph.
   void enqueue_forward(CudaSequence& s, std::int64_t rows, cuda::Position first_position, std::int64_t logit_rows,
                        const HiddenReport& report);
-  // One token through the sequence's decode graph, captured again when what it was captured
-  // with has moved.
+  // One token through the sequence's decode graph, captured again (after sizing the attention
+  // workspace for it) when what it was captured with has moved.
   void decode_step(CudaSequence& s, std::int64_t position);
-  // The position a decode graph is planned for: the last one the sequence's cache holds.
-  static std::int64_t graph_position_bound(const CudaSequence& s) { return std::max<std::int64_t>(s.capacity() - 1, 0); }
+  DecodeGraph::Inputs decode_graph_inputs(const CudaSequence& s) const {
+    return {scratch_.generation, attention_workspace_.as<void>(), kv_pages_ ? kv_pages_->memory() : nullptr,
+            s.page_table.as<void>(), graph_position_bound(s)};
+  }
+  // The position a decode graph is planned for: at least the last one the sequence's cache
+  // holds, rounded up so that it changes only when the cache doubles (the cache grows a page
+  // at a time; the attention kernels stay balanced below the bound).
+  static std::int64_t graph_position_bound(const CudaSequence& s) {
+    return static_cast<std::int64_t>(std::bit_ceil(static_cast<std::uint64_t>(std::max<std::int64_t>(s.capacity(), 1)))) - 1;
+  }
   // Sizes the softmax layers' split workspace for `rows` tokens at positions up to position_bound + rows.
   void reserve_attention_workspace(std::int64_t rows, std::int64_t position_bound);
   void moe_layer(int l, std::int64_t rows);
@@ -338,8 +351,8 @@ void CudaBackend<T>::reserve_kv(CudaSequence& s, std::int64_t positions) const {
 template <typename T>
 void CudaBackend<T>::reserve_attention_workspace(std::int64_t rows, std::int64_t position_bound) {
   if (softmax_layers_ == 0) return;
-  const std::size_t bytes = cuda::softmax_attention_workspace_bytes<T>(rows, position_bound, config_.num_heads,
-                                                                       config_.num_kv_heads, config_.head_dim);
+  const std::size_t bytes = cuda::softmax_attention_workspace_bytes<T>(
+      rows, position_bound, config_.num_heads, config_.num_kv_heads, config_.head_dim, device_.launch_limits());
   if (bytes > attention_workspace_.bytes())
     attention_workspace_ = DeviceBuffer(bytes, "the attention split workspace");
 }
@@ -360,7 +373,8 @@ void CudaBackend<T>::reserve_scratch(std::int64_t rows) {
   s.gate = device_array<T>(rows * A, what);
   s.hidden_f32 = device_array<float>(rows * H, what);
   s.lightning_workspace = DeviceBuffer(
-      cuda::lightning_prefill_workspace_bytes<T>(rows, config_.num_heads, config_.head_dim), what);
+      cuda::lightning_prefill_workspace_bytes<T>(rows, config_.num_heads, config_.head_dim, device_.launch_limits()),
+      what);
   moe_.reserve(rows);
   scratch_ = std::move(s);
 }
@@ -385,7 +399,7 @@ void CudaBackend<T>::forward(SequenceState& state, const ForwardRequest& req) {
   reserve_kv(s, req.first_position + rows);
   const bool reports = req.hidden_states && *req.hidden_states;
   const bool graph = rows == 1 && use_graphs_ && !reports && req.embedding_overrides.empty();
-  reserve_attention_workspace(rows, graph ? graph_position_bound(s) : req.first_position);
+  if (!graph) reserve_attention_workspace(rows, req.first_position);  // decode_step's own when it captures
   Scratch& w = scratch_;
   const std::int64_t logit_rows = req.all_logits ? rows : 1;
   device_.upload(w.tokens.as<std::int32_t>(), req.tokens.data(), static_cast<std::size_t>(rows) * sizeof(TokenId));
@@ -468,10 +482,8 @@ void CudaBackend<T>::enqueue_forward(CudaSequence& s, std::int64_t rows, cuda::P
 template <typename T>
 void CudaBackend<T>::decode_step(CudaSequence& s, std::int64_t position) {
   const cudaStream_t stream = device_.stream();
-  const DecodeGraph::Inputs inputs{scratch_.generation, attention_workspace_.as<void>(),
-                                   kv_pages_ ? kv_pages_->memory() : nullptr, s.page_table.as<void>(),
-                                   s.capacity()};
-  if (!s.decode_graph.captured_with(inputs)) {
+  if (!s.decode_graph.captured_with(decode_graph_inputs(s))) {
+    reserve_attention_workspace(1, graph_position_bound(s));
     // Replays read the position from step_position_; the launches are planned for the
     // largest position the cache holds.
     cudaGraph_t graph = nullptr;
@@ -485,7 +497,7 @@ void CudaBackend<T>::decode_step(CudaSequence& s, std::int64_t position) {
       throw;
     }
     check(cudaStreamEndCapture(stream, &graph), "decode graph capture");
-    s.decode_graph.instantiate(graph, inputs);
+    s.decode_graph.instantiate(graph, decode_graph_inputs(s));
   }
   device_.upload(step_position_.as<std::int64_t>(), &position, sizeof position);
   s.decode_graph.launch(stream);
@@ -505,7 +517,8 @@ void CudaBackend<T>::lightning_layer(CudaSequence& s, int l, std::int64_t rows) 
                            w.o.as<T>(), stream);
   else
     cuda::lightning_prefill(w.qkv.as<T>(), rows, config_.num_heads, config_.head_dim, layer.slopes.as<float>(), state,
-                            w.o.as<T>(), stream, w.lightning_workspace.as<void>(), w.lightning_workspace.bytes());
+                            w.o.as<T>(), device_.launch_limits(), stream, w.lightning_workspace.as<void>(),
+                            w.lightning_workspace.bytes());
   cuda::rms_norm(w.o.as<T>(), rows, A, layer.output_norm.as<float>(), ModelConfig::kLightningNormEps, w.o.as<T>(),
                  stream);
   device_.linear(w.a.as<T>(), rows, H, layer.output_gate.as<T>(), A, w.gate.as<T>());
@@ -533,8 +546,8 @@ void CudaBackend<T>::softmax_layer(CudaSequence& s, int l, std::int64_t rows, cu
   const cuda::KvCacheView<T> kv = kv_view(s, l);
   cuda::write_kv_rows(new_keys, new_values, rows, first_position, KV, kv, stream);
   cuda::softmax_attention(q, rows, first_position, kv.as_const(), config_.num_heads, config_.num_kv_heads,
-                          config_.head_dim, w.o.as<T>(), stream, attention_workspace_.as<void>(),
-                          attention_workspace_.bytes());
+                          config_.head_dim, w.o.as<T>(), device_.launch_limits(), stream,
+                          attention_workspace_.as<void>(), attention_workspace_.bytes());
   device_.linear(w.o.as<T>(), rows, A, layer.o_proj.as<T>(), H, w.att.as<T>());
 }
 
@@ -554,12 +567,11 @@ void CudaBackend<T>::read_kv(const SequenceState& state, int layer, KvSide side,
     throw Error("internal: K/V rows " + std::to_string(first) + "+" + std::to_string(count) +
                 " read past the cache's " + std::to_string(s.capacity()) + " positions");
   const std::lock_guard lock(forward_mutex_);
-  DeviceBuffer rows_t = device_array<T>(count * KV, "K/V export");
+  // Converted to float32 as they are read from the cache.
   DeviceBuffer rows_f32 = device_array<float>(count * KV, "K/V export");
   const bool keys = side == KvSide::Keys;
-  cuda::read_kv_rows(kv_view(s, layer).as_const(), first, count, KV, keys ? rows_t.as<T>() : nullptr,
-                     keys ? nullptr : rows_t.as<T>(), device_.stream());
-  cuda::to_float(rows_t.as<T>(), count * KV, rows_f32.as<float>(), device_.stream());
+  cuda::read_kv_rows<T, float>(kv_view(s, layer).as_const(), first, count, KV, keys ? rows_f32.as<float>() : nullptr,
+                               keys ? nullptr : rows_f32.as<float>(), device_.stream());
   std::vector<float> rows(static_cast<std::size_t>(count * KV));
   device_.download(rows.data(), rows_f32.as<float>(), rows.size() * sizeof(float));
   // Cache layout [position, kv_head, d] to export layout [kv_head, position, d].
@@ -581,13 +593,12 @@ void CudaBackend<T>::write_kv(SequenceState& state, int layer, KvSide side, std:
   for (int g = 0; g < config_.num_kv_heads; ++g)
     for (std::int64_t t = 0; t < count; ++t)
       std::copy_n(in + (std::int64_t{g} * count + t) * d, d, rows.data() + (t * config_.num_kv_heads + g) * d);
+  // Converted to T as they are written to the cache.
   DeviceBuffer rows_f32 = device_array<float>(count * KV, "K/V import");
-  DeviceBuffer rows_t = device_array<T>(count * KV, "K/V import");
   device_.upload(rows_f32.as<float>(), rows.data(), rows.size() * sizeof(float));
-  cuda::from_float(rows_f32.as<float>(), count * KV, rows_t.as<T>(), device_.stream());
   const bool keys = side == KvSide::Keys;
-  cuda::write_kv_rows(keys ? rows_t.as<T>() : nullptr, keys ? nullptr : rows_t.as<T>(), count, first, KV,
-                      kv_view(s, layer), device_.stream());
+  cuda::write_kv_rows<T, float>(keys ? rows_f32.as<float>() : nullptr, keys ? nullptr : rows_f32.as<float>(), count,
+                                first, KV, kv_view(s, layer), device_.stream());
   device_.synchronize();
 }
 
@@ -639,6 +650,10 @@ std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, con
   if (options.cuda_float32)
     return std::make_unique<CudaBackend<float>>(config, weights, options.cuda_graphs, bytes_loaded);
   return std::make_unique<CudaBackend<bf16>>(config, weights, options.cuda_graphs, bytes_loaded);
+}
+
+std::uint64_t cuda_decode_graph_captures(const SequenceState& sequence) {
+  return static_cast<const CudaSequence&>(sequence).decode_graph.captures();
 }
 
 std::unique_ptr<ComputeBackend> make_random_cuda_backend(const ModelConfig& config, const ModelOptions& options,

@@ -24,6 +24,10 @@ std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, con
                                                   const ModelOptions& options,
                                                   const std::function<void(std::uint64_t)>& bytes_loaded);
 
+// How many times the decode graph of `sequence` (a CUDA backend's) has been captured: a
+// generation of n tokens should take O(log n) captures (tests, benchmarks).
+std::uint64_t cuda_decode_graph_captures(const SequenceState& sequence);
+
 // A CUDA backend with random weights at the config's shapes, made on the device (uniform, never
 // zeros, the same for the same seed): whole-model benchmarks at real widths without a checkpoint.
 std::unique_ptr<ComputeBackend> make_random_cuda_backend(const ModelConfig& config, const ModelOptions& options,

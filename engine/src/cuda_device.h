@@ -91,10 +91,11 @@ struct MatrixBatch {
   std::int64_t stride;
 };
 
-// A stream and a cuBLAS handle bound to it.
+// A stream and a cuBLAS handle bound to it, and what the kernels' launch planners need of the
+// device, asked once here.
 class DeviceContext {
  public:
-  DeviceContext() {
+  DeviceContext() : launch_limits_(cuda::query_launch_limits()) {
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     const cublasStatus_t status = cublasCreate(&cublas_);
     if (status != CUBLAS_STATUS_SUCCESS) {
@@ -111,6 +112,7 @@ class DeviceContext {
   DeviceContext& operator=(const DeviceContext&) = delete;
 
   cudaStream_t stream() const { return stream_; }
+  const cuda::LaunchLimits& launch_limits() const { return launch_limits_; }
   void synchronize() const { check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
 
   // y[rows, out] = x[rows, in] · w[out, in]ᵀ, accumulated in float32. Row-major y is the
@@ -152,6 +154,7 @@ class DeviceContext {
   }
 
  private:
+  cuda::LaunchLimits launch_limits_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
 };

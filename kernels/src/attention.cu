@@ -1,10 +1,12 @@
 // Causal GQA softmax attention over a (paged) K/V cache, prefill and decode: the tensor-core
-// flash kernel of flash_attention.cuh for bf16, a CUDA-core kernel for float32 and odd head sizes.
+// flash kernels of flash_attention.cuh (prefill) and flash_decode.cuh (decode) for bf16, a
+// CUDA-core kernel for float32 and odd head sizes; one kernel merges the key splits of all three.
 #include <algorithm>
 #include <cmath>
 
 #include "common.cuh"
 #include "flash_attention.cuh"
+#include "flash_decode.cuh"
 
 namespace lightdesk::cuda {
 namespace {
@@ -18,11 +20,12 @@ constexpr std::int64_t kKeysPerSplit = 1024;
 // Grid (query row × head, key splits). Each warp runs an online softmax over every
 // kAttentionWarps-th key of the block's split, each lane holding dims lane, lane + 32, ...; the
 // warps' partial results are merged at the end. With one split the block writes the output;
-// with several it writes its running max, sum and unnormalised output to `partials`
-// ([row × head, split, d + 2]) for softmax_combine_kernel.
+// with several it writes its unnormalised output to partial_out [item, split, d] and its max
+// (log2 domain) and sum to partial_stats [item, split, 2], item = row × heads + head, for
+// combine_splits_kernel.
 template <typename T>
 __global__ void softmax_attention_kernel(const T* q, int heads, int kv_heads, int d, Position position,
-                                         KvCacheView<const T> kv, T* out, float* partials) {
+                                         KvCacheView<const T> kv, T* out, float* partial_out, float* partial_stats) {
   const std::int64_t first_position = position.get();
   const std::int64_t t = blockIdx.x / heads;
   const int h = static_cast<int>(blockIdx.x % heads);
@@ -80,10 +83,11 @@ __global__ void softmax_attention_kernel(const T* q, int heads, int kv_heads, in
   float total = 0.0f;
   for (int w = 0; w < kAttentionWarps; ++w)
     if (warp_max[w] != -INFINITY) total += warp_sum_exp[w] * expf(warp_max[w] - block_max);
-  float* partial = gridDim.y > 1 ? partials + (std::int64_t{blockIdx.x} * gridDim.y + blockIdx.y) * (d + 2) : nullptr;
+  const std::int64_t item_split = std::int64_t{blockIdx.x} * gridDim.y + blockIdx.y;
+  float* partial = gridDim.y > 1 ? partial_out + item_split * d : nullptr;
   if (partial && threadIdx.x == 0) {
-    partial[d] = block_max;  // -inf when the split holds no visible key
-    partial[d + 1] = total;
+    partial_stats[2 * item_split] = block_max * 1.4426950408889634f;  // log2 e; -inf: no visible key
+    partial_stats[2 * item_split + 1] = total;
   }
   for (int i = threadIdx.x; i < d; i += blockDim.x) {
     float o = 0.0f;
@@ -96,106 +100,144 @@ __global__ void softmax_attention_kernel(const T* q, int heads, int kv_heads, in
   }
 }
 
-// One block per (query row, head): merges the splits' partial softmaxes.
+// Merges the splits' partial softmaxes (partial_out [item, split, d] unnormalised,
+// partial_stats [item, split, {max in the log2 domain, sum}]) into out [item, d], for every
+// attention kernel here. Grid (items, runs of kCombineDims dims); each warp of a block takes
+// every kCombineWarps-th split, so the block's loads of one split's dims are one coalesced run
+// and several splits are in flight at once.
+constexpr int kCombineDims = 32, kCombineWarps = 8;
 template <typename T>
-__global__ void softmax_combine_kernel(const float* partials, int splits, int heads, int d, T* out) {
-  const float* item = partials + std::int64_t{blockIdx.x} * splits * (d + 2);
-  float max_score = -INFINITY;
-  for (int s = 0; s < splits; ++s) max_score = fmaxf(max_score, item[s * (d + 2) + d]);
-  float total = 0.0f;
-  for (int s = 0; s < splits; ++s) {
-    const float m = item[s * (d + 2) + d];
-    if (m != -INFINITY) total += item[s * (d + 2) + d + 1] * expf(m - max_score);
+__global__ void __launch_bounds__(kCombineWarps * 32) combine_splits_kernel(const float* partial_out,
+                                                                            const float* partial_stats, int splits,
+                                                                            int d, T* out) {
+  __shared__ float warp_maxima[kCombineWarps], warp_totals[kCombineWarps];
+  __shared__ float warp_outputs[kCombineWarps][kCombineDims];
+  const std::int64_t item = blockIdx.x;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int dim = blockIdx.y * kCombineDims + lane;
+  const float* stats = partial_stats + item * splits * 2;
+  const float* parts = partial_out + item * splits * d;
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");  // the splits' results (a programmatic dependent launch)
+
+  float max_score = -INFINITY;  // -inf: a split that saw no key
+  for (int s = threadIdx.x; s < splits; s += kCombineWarps * 32) max_score = fmaxf(max_score, stats[2 * s]);
+  max_score = warp_max(max_score);
+  if (lane == 0) warp_maxima[warp] = max_score;
+  __syncthreads();
+  for (int w = 0; w < kCombineWarps; ++w) max_score = fmaxf(max_score, warp_maxima[w]);
+
+  float total = 0.0f, o = 0.0f;
+#pragma unroll 4
+  for (int s = warp; s < splits; s += kCombineWarps) {
+    const float m = stats[2 * s];
+    if (m == -INFINITY) continue;
+    const float weight = exp2f(m - max_score);
+    total += weight * stats[2 * s + 1];
+    if (dim < d) o += weight * parts[std::int64_t{s} * d + dim];
   }
-  const std::int64_t t = blockIdx.x / heads;
-  const int h = static_cast<int>(blockIdx.x % heads);
-  for (int i = threadIdx.x; i < d; i += blockDim.x) {
-    float o = 0.0f;
-    for (int s = 0; s < splits; ++s) {
-      const float m = item[s * (d + 2) + d];
-      if (m != -INFINITY) o += item[s * (d + 2) + i] * expf(m - max_score);
-    }
-    store(out + t * std::int64_t{heads} * d + std::int64_t{h} * d + i, o / total);
+  warp_outputs[warp][lane] = o;
+  if (lane == 0) warp_totals[warp] = total;
+  __syncthreads();
+  if (warp != 0 || dim >= d) return;
+  total = 0.0f;
+  o = 0.0f;
+  for (int w = 0; w < kCombineWarps; ++w) {
+    total += warp_totals[w];
+    o += warp_outputs[w][lane];
   }
+  store(out + item * d + dim, o / total);
 }
 
 // Rows ↔ cache positions, one thread per element; a null keys or values pointer skips that side.
-template <typename T>
-__global__ void write_kv_rows_kernel(const T* keys, const T* values, std::int64_t count, Position position,
+template <typename T, typename Rows>
+__global__ void write_kv_rows_kernel(const Rows* keys, const Rows* values, std::int64_t count, Position position,
                                      std::int64_t kv_width, KvCacheView<T> kv) {
   const std::int64_t first = position.get();
   for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count * kv_width;
        i += std::int64_t{gridDim.x} * blockDim.x) {
     const std::int64_t offset = kv.row_offset(first + i / kv_width, kv_width) + i % kv_width;
-    if (keys) kv.keys[offset] = keys[i];
-    if (values) kv.values[offset] = values[i];
+    if (keys) store(kv.keys + offset, load(keys + i));
+    if (values) store(kv.values + offset, load(values + i));
   }
 }
-template <typename T>
+template <typename T, typename Rows>
 __global__ void read_kv_rows_kernel(KvCacheView<const T> kv, std::int64_t first, std::int64_t count,
-                                    std::int64_t kv_width, T* keys, T* values) {
+                                    std::int64_t kv_width, Rows* keys, Rows* values) {
   for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < count * kv_width;
        i += std::int64_t{gridDim.x} * blockDim.x) {
     const std::int64_t offset = kv.row_offset(first + i / kv_width, kv_width) + i % kv_width;
-    if (keys) keys[i] = kv.keys[offset];
-    if (values) values[i] = kv.values[offset];
+    if (keys) store(keys + i, load(kv.keys + offset));
+    if (values) store(values + i, load(kv.values + offset));
   }
 }
 
 // Which kernel a launch takes, how it splits the keys over thread blocks, and the workspace
 // the splits' partial results need: the same answer for planning and for running.
-enum class Kernel { FlashOneWarp, FlashWide, CudaCores };
+enum class Kernel { FlashDecode, FlashWide, CudaCores };
 struct Plan {
   Kernel kernel = Kernel::CudaCores;
   std::int64_t splits = 1;
-  int key_tiles_per_split = 0;  // flash kernels
+  int key_tiles_per_split = 0;  // the wide flash kernel (the decode kernel sizes its splits itself)
   std::size_t workspace_bytes = 0;
 };
 
-template <int kWarps, int kWarpRowTiles>
-constexpr auto flash_kernel = flash::flash_attention_kernel<kWarps, kWarpRowTiles>;
+using WideTiles = flash::SharedTiles<4, 2>;
+constexpr auto flash_wide_kernel = flash::flash_attention_kernel<4, 2>;
 
-template <int kWarps, int kWarpRowTiles>
-Plan plan_flash(Kernel kernel, std::int64_t rows, std::int64_t first_position, int kv_heads, int group, int d) {
-  using Tiles = flash::SharedTiles<kWarps, kWarpRowTiles>;
-  const std::int64_t packed_rows = rows * group;
-  const std::int64_t row_tiles = (packed_rows + Tiles::kRows - 1) / Tiles::kRows;
+std::size_t split_workspace_bytes(std::int64_t items, std::int64_t splits, int d) {
+  return splits > 1 ? static_cast<std::size_t>(items * splits * (d + 2)) * sizeof(float) : 0;
+}
+
+// The decode kernel: one thread block per (group of KV heads, split), as many as fit on the GPU
+// at once and no more (a second, partial wave would leave most multiprocessors idle at its end),
+// so that every block streams the same number of keys at the same time; at least 4 stages each.
+int decode_head_groups(int kv_heads) {
+  return (kv_heads + flash::kDecodeHeadsPerBlock - 1) / flash::kDecodeHeadsPerBlock;
+}
+
+Plan plan_decode(std::int64_t rows, std::int64_t first_position, int heads, int kv_heads, int d,
+                 const LaunchLimits& limits) {
+  constexpr std::int64_t kMinStagesPerSplit = 4;
+  const std::int64_t stages = (first_position + rows + flash::kDecodeKeysPerStage - 1) / flash::kDecodeKeysPerStage;
+  const std::int64_t resident_blocks = std::int64_t{limits.attention_decode_blocks} * limits.multiprocessors;
+  Plan plan{Kernel::FlashDecode};
+  plan.splits = std::clamp<std::int64_t>(
+      std::min(resident_blocks / decode_head_groups(kv_heads), stages / kMinStagesPerSplit), 1, 65535);
+  plan.workspace_bytes = split_workspace_bytes(rows * heads, plan.splits, d);
+  return plan;
+}
+
+Plan plan_wide(std::int64_t rows, std::int64_t first_position, int heads, int kv_heads, int d,
+               const LaunchLimits& limits) {
+  const std::int64_t packed_rows = rows * (heads / kv_heads);
+  const std::int64_t row_tiles = (packed_rows + WideTiles::kRows - 1) / WideTiles::kRows;
   const std::int64_t key_tiles = (first_position + rows + flash::kKeysPerTile - 1) / flash::kKeysPerTile;
-  check(cudaFuncSetAttribute(flash_kernel<kWarps, kWarpRowTiles>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             sizeof(Tiles)),
-        "softmax_attention (shared memory)");
-  int blocks_per_multiprocessor = 0;
-  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_multiprocessor, flash_kernel<kWarps, kWarpRowTiles>,
-                                                      kWarps * 32, sizeof(Tiles)),
-        "softmax_attention (occupancy)");
-  // Split the keys when the row tiles alone do not fill the GPU twice (decode, short chunks after
-  // a long context), keeping at least 4 key tiles per split. Two waves of thread blocks: decode
-  // at 128K context took 0.175 ms so, 0.224 ms with one wave and 0.227 ms with four (H200).
+  // Split the keys when the row tiles alone do not fill the GPU twice (short chunks after a long
+  // context), keeping at least 4 key tiles per split.
   constexpr std::int64_t kWaves = 2;
-  const std::int64_t wanted_blocks = kWaves * blocks_per_multiprocessor * multiprocessors();
+  const std::int64_t wanted_blocks = kWaves * limits.attention_prefill_blocks * limits.multiprocessors;
   const std::int64_t blocks = row_tiles * kv_heads;
   std::int64_t splits = blocks >= wanted_blocks ? 1 : std::min((wanted_blocks + blocks - 1) / blocks, key_tiles / 4);
   splits = std::clamp<std::int64_t>(splits, 1, 65535);
-  Plan plan{kernel};
+  Plan plan{Kernel::FlashWide};
   plan.key_tiles_per_split = static_cast<int>((key_tiles + splits - 1) / splits);
   plan.splits = (key_tiles + plan.key_tiles_per_split - 1) / plan.key_tiles_per_split;
-  if (plan.splits > 1)
-    plan.workspace_bytes = static_cast<std::size_t>(kv_heads * packed_rows * plan.splits * (d + 2)) * sizeof(float);
+  plan.workspace_bytes = split_workspace_bytes(rows * heads, plan.splits, d);
   return plan;
 }
 
 template <typename T>
-Plan plan_attention(std::int64_t rows, std::int64_t first_position, int heads, int kv_heads, int head_dim) {
+Plan plan_attention(std::int64_t rows, std::int64_t first_position, int heads, int kv_heads, int head_dim,
+                    const LaunchLimits& limits) {
   check_head_dim(head_dim, "softmax_attention");
   if (kv_heads <= 0 || heads % kv_heads != 0)
     fail("softmax_attention: " + std::to_string(heads) + " query heads do not group over " +
          std::to_string(kv_heads) + " KV heads");
-  const int group = heads / kv_heads;
   if (std::is_same_v<T, bf16> && head_dim % 8 == 0) {
-    // One warp of 16 packed rows when that holds every row, as in decode.
-    if (rows * group <= flash::kMmaRows)
-      return plan_flash<1, 1>(Kernel::FlashOneWarp, rows, first_position, kv_heads, group, head_dim);
-    return plan_flash<4, 2>(Kernel::FlashWide, rows, first_position, kv_heads, group, head_dim);
+    // One 16-row tile per KV head when that holds every packed row, as in decode.
+    if (rows * (heads / kv_heads) <= flash::kMmaRows)
+      return plan_decode(rows, first_position, heads, kv_heads, head_dim, limits);
+    return plan_wide(rows, first_position, heads, kv_heads, head_dim, limits);
   }
   // Few (row, head) pairs, as in decode, cannot fill the GPU: split their keys over thread
   // blocks too, and merge the partial softmaxes in a second kernel.
@@ -205,69 +247,90 @@ Plan plan_attention(std::int64_t rows, std::int64_t first_position, int heads, i
   plan.splits = items >= kEnoughBlocks
                     ? 1
                     : std::min<std::int64_t>((first_position + rows + kKeysPerSplit - 1) / kKeysPerSplit, 65535);
-  if (plan.splits > 1) plan.workspace_bytes = static_cast<std::size_t>(items * plan.splits * (head_dim + 2)) * sizeof(float);
+  plan.workspace_bytes = split_workspace_bytes(items, plan.splits, head_dim);
   return plan;
-}
-
-template <int kWarps, int kWarpRowTiles>
-void launch_flash(flash::Problem problem, const Plan& plan, float* workspace, cudaStream_t stream) {
-  const std::int64_t packed_rows = problem.rows * (problem.heads / problem.kv_heads);
-  constexpr int kRows = flash::SharedTiles<kWarps, kWarpRowTiles>::kRows;
-  problem.key_tiles_per_split = plan.key_tiles_per_split;
-  problem.partial_out = workspace;
-  problem.partial_stats = plan.splits > 1 ? workspace + problem.kv_heads * packed_rows * plan.splits * problem.d : nullptr;
-  const dim3 grid(static_cast<unsigned>((packed_rows + kRows - 1) / kRows), static_cast<unsigned>(problem.kv_heads),
-                  static_cast<unsigned>(plan.splits));
-  flash_kernel<kWarps, kWarpRowTiles><<<grid, kWarps * 32, sizeof(flash::SharedTiles<kWarps, kWarpRowTiles>), stream>>>(
-      problem);
-  if (plan.splits > 1)
-    flash::flash_combine_kernel<<<static_cast<unsigned>(problem.kv_heads * packed_rows), 128, 0, stream>>>(
-        problem, static_cast<int>(plan.splits));
 }
 
 }  // namespace
 
+void query_attention_limits(LaunchLimits& limits) {
+  check(cudaFuncSetAttribute(flash::flash_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             sizeof(flash::DecodeShared)),
+        "softmax_attention (shared memory)");
+  check(cudaFuncSetAttribute(flash_wide_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, sizeof(WideTiles)),
+        "softmax_attention (shared memory)");
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&limits.attention_decode_blocks, flash::flash_decode_kernel,
+                                                      flash::kDecodeThreads, sizeof(flash::DecodeShared)),
+        "softmax_attention (occupancy)");
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&limits.attention_prefill_blocks, flash_wide_kernel, 4 * 32,
+                                                      sizeof(WideTiles)),
+        "softmax_attention (occupancy)");
+}
+
 template <typename T>
 std::size_t softmax_attention_workspace_bytes(std::int64_t rows, std::int64_t first_position, int heads, int kv_heads,
-                                              int head_dim) {
-  return rows == 0 ? 0 : plan_attention<T>(rows, first_position, heads, kv_heads, head_dim).workspace_bytes;
+                                              int head_dim, const LaunchLimits& limits) {
+  return rows == 0 ? 0 : plan_attention<T>(rows, first_position, heads, kv_heads, head_dim, limits).workspace_bytes;
 }
 
 template <typename T>
 void softmax_attention(const T* q, std::int64_t rows, Position first_position, KvCacheView<const T> kv, int heads,
-                       int kv_heads, int head_dim, T* out, cudaStream_t stream, void* workspace,
-                       std::size_t workspace_bytes) {
-  const Plan plan = plan_attention<T>(rows, first_position.value, heads, kv_heads, head_dim);
+                       int kv_heads, int head_dim, T* out, const LaunchLimits& limits, cudaStream_t stream,
+                       void* workspace, std::size_t workspace_bytes) {
+  const Plan plan = plan_attention<T>(rows, first_position.value, heads, kv_heads, head_dim, limits);
   if (rows == 0) return;
   const StreamWorkspace split(plan.workspace_bytes, workspace, workspace_bytes, stream, "softmax_attention (split workspace)");
+  const std::int64_t items = rows * heads;
+  float* partial_out = split.floats();
+  float* partial_stats = plan.splits > 1 ? partial_out + items * plan.splits * head_dim : nullptr;
+  const auto splits = static_cast<unsigned>(plan.splits);
   if constexpr (std::is_same_v<T, bf16>) {
-    const flash::Problem problem{q, kv, out, rows, first_position, heads, kv_heads, head_dim, 0, nullptr, nullptr};
-    if (plan.kernel == Kernel::FlashOneWarp) launch_flash<1, 1>(problem, plan, split.floats(), stream);
-    if (plan.kernel == Kernel::FlashWide) launch_flash<4, 2>(problem, plan, split.floats(), stream);
+    const flash::Problem problem{q,        kv,        out,      rows, first_position, heads, kv_heads, head_dim,
+                                 plan.key_tiles_per_split, partial_out, partial_stats};
+    if (plan.kernel == Kernel::FlashDecode)
+      flash::flash_decode_kernel<<<dim3(static_cast<unsigned>(decode_head_groups(kv_heads)), splits),
+                                   flash::kDecodeThreads, sizeof(flash::DecodeShared), stream>>>(problem);
+    if (plan.kernel == Kernel::FlashWide) {
+      const std::int64_t packed_rows = rows * (heads / kv_heads);
+      const dim3 grid(static_cast<unsigned>((packed_rows + WideTiles::kRows - 1) / WideTiles::kRows),
+                      static_cast<unsigned>(kv_heads), splits);
+      flash_wide_kernel<<<grid, 4 * 32, sizeof(WideTiles), stream>>>(problem);
+    }
   }
-  if (plan.kernel == Kernel::CudaCores) {
-    const std::int64_t items = rows * heads;
-    const dim3 grid(static_cast<unsigned>(items), static_cast<unsigned>(plan.splits));
-    softmax_attention_kernel<<<grid, kAttentionWarps * 32, 0, stream>>>(q, heads, kv_heads, head_dim, first_position,
-                                                                         kv, out, split.floats());
-    if (plan.splits > 1)
-      softmax_combine_kernel<<<static_cast<unsigned>(items), kMaxHeadDim, 0, stream>>>(
-          split.floats(), static_cast<int>(plan.splits), heads, head_dim, out);
+  if (plan.kernel == Kernel::CudaCores)
+    softmax_attention_kernel<<<dim3(static_cast<unsigned>(items), splits), kAttentionWarps * 32, 0, stream>>>(
+        q, heads, kv_heads, head_dim, first_position, kv, out, partial_out, partial_stats);
+  if (plan.splits > 1) {
+    // A programmatic dependent launch: the combine's blocks are placed while the splits still
+    // run (the decode kernel lets them start at once) and wait at griddepcontrol.wait for the
+    // splits' results, instead of launching only after the last split ends.
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(static_cast<unsigned>(items), (head_dim + kCombineDims - 1) / kCombineDims);
+    config.blockDim = dim3(kCombineWarps * 32);
+    config.stream = stream;
+    cudaLaunchAttribute early_launch{};
+    early_launch.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    early_launch.val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = &early_launch;
+    config.numAttrs = 1;
+    check(cudaLaunchKernelEx(&config, combine_splits_kernel<T>, static_cast<const float*>(partial_out),
+                             static_cast<const float*>(partial_stats), static_cast<int>(plan.splits), head_dim, out),
+          "softmax_attention (combine)");
   }
   check(cudaGetLastError(), "softmax_attention");
 }
 
-template <typename T>
-void write_kv_rows(const T* keys, const T* values, std::int64_t count, Position first, std::int64_t kv_width,
+template <typename T, typename Rows>
+void write_kv_rows(const Rows* keys, const Rows* values, std::int64_t count, Position first, std::int64_t kv_width,
                    KvCacheView<T> kv, cudaStream_t stream) {
   if (count == 0) return;
   write_kv_rows_kernel<<<grid_for(count * kv_width), kThreads, 0, stream>>>(keys, values, count, first, kv_width, kv);
   check(cudaGetLastError(), "write_kv_rows");
 }
 
-template <typename T>
-void read_kv_rows(KvCacheView<const T> kv, std::int64_t first, std::int64_t count, std::int64_t kv_width, T* keys,
-                  T* values, cudaStream_t stream) {
+template <typename T, typename Rows>
+void read_kv_rows(KvCacheView<const T> kv, std::int64_t first, std::int64_t count, std::int64_t kv_width, Rows* keys,
+                  Rows* values, cudaStream_t stream) {
   if (count == 0) return;
   read_kv_rows_kernel<<<grid_for(count * kv_width), kThreads, 0, stream>>>(kv, first, count, kv_width, keys, values);
   check(cudaGetLastError(), "read_kv_rows");
@@ -275,13 +338,21 @@ void read_kv_rows(KvCacheView<const T> kv, std::int64_t first, std::int64_t coun
 
 #define LIGHTDESK_INSTANTIATE(T)                                                                                  \
   template void softmax_attention<T>(const T*, std::int64_t, Position, KvCacheView<const T>, int, int, int, T*,     \
-                                     cudaStream_t, void*, std::size_t);                                           \
-  template std::size_t softmax_attention_workspace_bytes<T>(std::int64_t, std::int64_t, int, int, int);           \
-  template void write_kv_rows<T>(const T*, const T*, std::int64_t, Position, std::int64_t, KvCacheView<T>,         \
-                                 cudaStream_t);                                                                   \
-  template void read_kv_rows<T>(KvCacheView<const T>, std::int64_t, std::int64_t, std::int64_t, T*, T*,           \
-                                cudaStream_t);
+                                     const LaunchLimits&, cudaStream_t, void*, std::size_t);                      \
+  template std::size_t softmax_attention_workspace_bytes<T>(std::int64_t, std::int64_t, int, int, int,             \
+                                                            const LaunchLimits&);
 LIGHTDESK_FOR_EACH_ACTIVATION(LIGHTDESK_INSTANTIATE)
+#undef LIGHTDESK_INSTANTIATE
+
+// K/V rows of the cache's type, and float32 rows of a bf16 cache (state export and import).
+#define LIGHTDESK_INSTANTIATE(T, Rows)                                                                            \
+  template void write_kv_rows<T, Rows>(const Rows*, const Rows*, std::int64_t, Position, std::int64_t,           \
+                                       KvCacheView<T>, cudaStream_t);                                            \
+  template void read_kv_rows<T, Rows>(KvCacheView<const T>, std::int64_t, std::int64_t, std::int64_t, Rows*, Rows*, \
+                                      cudaStream_t);
+LIGHTDESK_INSTANTIATE(float, float)
+LIGHTDESK_INSTANTIATE(bf16, bf16)
+LIGHTDESK_INSTANTIATE(bf16, float)
 #undef LIGHTDESK_INSTANTIATE
 
 }  // namespace lightdesk::cuda

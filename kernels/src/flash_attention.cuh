@@ -3,9 +3,10 @@
 //
 // Query rows are packed with their GQA group: a thread block works on one KV head and a tile of
 // (query position, query head of the group) pairs, so each K/V tile it loads from memory serves
-// every query head of the group (8 at MiniMax's 64/8). Decode (one position, 8 heads) is one
-// 16-row warp tile; its keys are split over thread blocks (flash decoding) and the splits'
-// partial softmaxes merged by flash_combine_kernel.
+// every query head of the group (8 at MiniMax's 64/8). Decode (one position, 8 heads: one
+// 16-row tile) has a kernel of its own, flash_decode.cuh. When the row tiles do not fill the GPU
+// the keys are split over thread blocks and attention.cu's combine_splits_kernel merges the
+// splits' partial softmaxes.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -32,9 +33,11 @@ struct Problem {
   std::int64_t rows;
   Position first_position;
   int heads, kv_heads, d;
-  int key_tiles_per_split;  // the keys split over gridDim.z thread blocks in runs of this many tiles
-  float* partial_out;       // gridDim.z > 1: [kv_head, packed row, split, d], unnormalised
-  float* partial_stats;     // gridDim.z > 1: [kv_head, packed row, split, {max, sum}]
+  int key_tiles_per_split;  // flash_attention_kernel: the keys split over gridDim.z blocks in runs of this many tiles
+  // Several splits: [item, split, d] unnormalised and [item, split, {max (log2 domain), sum}],
+  // item = query position · heads + head.
+  float* partial_out;
+  float* partial_stats;
 };
 
 // Shared memory: rows of kDim bf16 as 16-byte pieces, swizzled (tensor_core.cuh).
@@ -65,6 +68,48 @@ __device__ __forceinline__ float fast_exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
+}
+
+// One row's online-softmax step over kTiles score tiles of 8 keys, in this thread's two columns
+// of each (c[2 · half], c[2 · half + 1] of mma's C layout, column quad_col + e of a tile):
+// where `masked`, keys past `limit` (both counted like first_key) become -inf; the row's max and
+// sum move on, its output accumulators (the same half of kDim / 8 tiles) are rescaled, and the
+// scores become their weights exp2(s · scale − max · scale). Maxima are of the unscaled scores
+// (scale > 0); a row that has seen no key yet keeps everything at zero.
+template <int kTiles>
+__device__ __forceinline__ void online_softmax_row(float (&s)[kTiles][4], int half, bool masked, int first_key,
+                                                   int quad_col, int limit, float scale, float& row_max,
+                                                   float& row_sum, float (&out)[kDim / 8][4]) {
+  float tile_max = -INFINITY;
+#pragma unroll
+  for (int n = 0; n < kTiles; ++n)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float& v = s[n][2 * half + e];
+      if (masked && first_key + 8 * n + quad_col + e > limit) v = -INFINITY;
+      tile_max = fmaxf(tile_max, v);
+    }
+  tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+  tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+  const float new_max = fmaxf(row_max, tile_max);
+  const float base = new_max == -INFINITY ? 0.0f : new_max * scale;
+  const float correction = fast_exp2(row_max * scale - base);
+  row_max = new_max;
+  float sum = 0.0f;
+#pragma unroll
+  for (int n = 0; n < kTiles; ++n)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float& v = s[n][2 * half + e];
+      v = fast_exp2(fmaf(v, scale, -base));
+      sum += v;
+    }
+  row_sum = row_sum * correction + sum;
+#pragma unroll
+  for (int n = 0; n < kDim / 8; ++n) {
+    out[n][2 * half] *= correction;
+    out[n][2 * half + 1] *= correction;
+  }
 }
 
 // Grid (packed-row tiles, KV heads, key splits).
@@ -185,41 +230,9 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(Problem p)
     const std::int64_t key0 = split_begin + std::int64_t{tile} * kKeysPerTile;
     const bool masked = key0 + kKeysPerTile - 1 > first_position + first_position_in_tile;
 #pragma unroll
-    for (int slot = 0; slot < kSlots; ++slot) {
-      const int m = slot / 2, half = slot % 2;
-      float tile_max = -INFINITY;
-#pragma unroll
-      for (int n = 0; n < kKeysPerTile / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& v = s[m][n][2 * half + e];
-          if (masked && tile * kKeysPerTile + 8 * n + quad_col + e > limit[slot]) v = -INFINITY;
-          tile_max = fmaxf(tile_max, v);
-        }
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-      // Maxima are of the unscaled scores (scale > 0); a row that has seen no key yet keeps
-      // everything at zero.
-      const float new_max = fmaxf(row_max[slot], tile_max);
-      const float base = new_max == -INFINITY ? 0.0f : new_max * scale;
-      const float correction = fast_exp2(row_max[slot] * scale - base);
-      row_max[slot] = new_max;
-      float sum = 0.0f;
-#pragma unroll
-      for (int n = 0; n < kKeysPerTile / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& v = s[m][n][2 * half + e];
-          v = fast_exp2(fmaf(v, scale, -base));
-          sum += v;
-        }
-      row_sum[slot] = row_sum[slot] * correction + sum;
-#pragma unroll
-      for (int n = 0; n < kDim / 8; ++n) {
-        out[m][n][2 * half] *= correction;
-        out[m][n][2 * half + 1] *= correction;
-      }
-    }
+    for (int slot = 0; slot < kSlots; ++slot)
+      online_softmax_row(s[slot / 2], slot % 2, masked, tile * kKeysPerTile, quad_col, limit[slot], scale,
+                         row_max[slot], row_sum[slot], out[slot / 2]);
 
     // O += P V, P from the score accumulators (their layout is mma's A layout, in pairs).
 #pragma unroll
@@ -256,8 +269,8 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(Problem p)
     sum += __shfl_xor_sync(0xffffffffu, sum, 2);
     const std::int64_t packed = first_packed + warp * kRowsPerWarp + quad_row + 8 * slot;
     if (packed >= packed_rows) continue;
+    const PackedRow row = unpack(packed, group, kv_head);
     if (gridDim.z == 1) {
-      const PackedRow row = unpack(packed, group, kv_head);
       bf16* o = p.out + row.position * q_stride + std::int64_t{row.head} * p.d;
 #pragma unroll
       for (int n = 0; n < kDim / 8; ++n)
@@ -265,7 +278,7 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(Problem p)
           *reinterpret_cast<__nv_bfloat162*>(o + 8 * n + quad_col) =
               __floats2bfloat162_rn(out[m][n][2 * half] / sum, out[m][n][2 * half + 1] / sum);
     } else {
-      const std::int64_t item = (std::int64_t{kv_head} * packed_rows + packed) * gridDim.z + blockIdx.z;
+      const std::int64_t item = (row.position * p.heads + row.head) * gridDim.z + blockIdx.z;
       float* o = p.partial_out + item * p.d;
 #pragma unroll
       for (int n = 0; n < kDim / 8; ++n)
@@ -278,29 +291,6 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(Problem p)
         p.partial_stats[2 * item + 1] = sum;
       }
     }
-  }
-}
-
-// One thread block per (KV head, packed row): merges the splits' partial softmaxes.
-__global__ void flash_combine_kernel(Problem p, int splits) {
-  const int group = p.heads / p.kv_heads;
-  const std::int64_t packed_rows = p.rows * group;
-  const int kv_head = static_cast<int>(blockIdx.x / packed_rows);
-  const std::int64_t packed = blockIdx.x % packed_rows;
-  const std::int64_t first_item = (std::int64_t{kv_head} * packed_rows + packed) * splits;
-  const float* stats = p.partial_stats + 2 * first_item;
-  float max_score = -INFINITY;
-  for (int s = 0; s < splits; ++s) max_score = fmaxf(max_score, stats[2 * s]);
-  float total = 0.0f;
-  for (int s = 0; s < splits; ++s)
-    if (stats[2 * s] != -INFINITY) total += stats[2 * s + 1] * exp2f(stats[2 * s] - max_score);
-  const PackedRow row = unpack(packed, group, kv_head);
-  bf16* o = p.out + row.position * std::int64_t{p.heads} * p.d + std::int64_t{row.head} * p.d;
-  for (int i = threadIdx.x; i < p.d; i += blockDim.x) {
-    float sum = 0.0f;
-    for (int s = 0; s < splits; ++s)
-      if (stats[2 * s] != -INFINITY) sum += p.partial_out[(first_item + s) * p.d + i] * exp2f(stats[2 * s] - max_score);
-    o[i] = __float2bfloat16_rn(sum / total);
   }
 }
 

@@ -217,24 +217,14 @@ constexpr std::int64_t kMinChunksPerSegment = 8;
 constexpr std::int64_t kBlockOverheadChunks = 1;
 
 template <typename T>
-ChunkedPlan plan_prefill(std::int64_t rows, int heads, int head_dim) {
+ChunkedPlan plan_prefill(std::int64_t rows, int heads, int head_dim, const LaunchLimits& limits) {
   check_head_dim(head_dim, "lightning_prefill");
   namespace lc = lightning_chunked;
   ChunkedPlan plan;
   if (!std::is_same_v<T, bf16> || head_dim % 8 != 0 || rows == 0) return plan;
   plan.chunked = true;
-  check(cudaFuncSetAttribute(lc::segment_output_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             sizeof(lc::OutputShared)),
-        "lightning_prefill (shared memory)");
-  check(cudaFuncSetAttribute(lc::segment_state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             sizeof(lc::StateShared)),
-        "lightning_prefill (shared memory)");
-  int blocks_per_multiprocessor = 0;
-  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_multiprocessor, lc::segment_output_kernel,
-                                                      lc::kBlockThreads, sizeof(lc::OutputShared)),
-        "lightning_prefill (occupancy)");
   const std::int64_t chunks = (rows + lc::kChunk - 1) / lc::kChunk;
-  const std::int64_t slots = std::int64_t{blocks_per_multiprocessor} * multiprocessors();
+  const std::int64_t slots = std::int64_t{limits.lightning_prefill_blocks} * limits.multiprocessors;
   const auto ceil_div = [](std::int64_t a, std::int64_t b) { return (a + b - 1) / b; };
   const std::int64_t most = std::max<std::int64_t>(1, chunks / kMinChunksPerSegment);
   std::int64_t best_cost = -1;
@@ -254,15 +244,37 @@ ChunkedPlan plan_prefill(std::int64_t rows, int heads, int head_dim) {
 
 }  // namespace
 
+void query_lightning_limits(LaunchLimits& limits) {
+  namespace lc = lightning_chunked;
+  check(cudaFuncSetAttribute(lc::segment_output_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             sizeof(lc::OutputShared)),
+        "lightning_prefill (shared memory)");
+  check(cudaFuncSetAttribute(lc::segment_state_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             sizeof(lc::StateShared)),
+        "lightning_prefill (shared memory)");
+  // The CUDA-core kernel's shared memory grows with head_dim: the limit for the largest.
+  const auto cuda_core_bytes = static_cast<int>(PrefillShared(kMaxHeadDim).total * sizeof(float));
+  check(cudaFuncSetAttribute(lightning_prefill_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             cuda_core_bytes),
+        "lightning_prefill (shared memory size)");
+  check(cudaFuncSetAttribute(lightning_prefill_kernel<bf16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             cuda_core_bytes),
+        "lightning_prefill (shared memory size)");
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&limits.lightning_prefill_blocks, lc::segment_output_kernel,
+                                                      lc::kBlockThreads, sizeof(lc::OutputShared)),
+        "lightning_prefill (occupancy)");
+}
+
 template <typename T>
-std::size_t lightning_prefill_workspace_bytes(std::int64_t rows, int heads, int head_dim) {
-  return plan_prefill<T>(rows, heads, head_dim).workspace_bytes;
+std::size_t lightning_prefill_workspace_bytes(std::int64_t rows, int heads, int head_dim, const LaunchLimits& limits) {
+  return plan_prefill<T>(rows, heads, head_dim, limits).workspace_bytes;
 }
 
 template <typename T>
 void lightning_prefill(const T* qkv, std::int64_t rows, int heads, int head_dim, const float* slopes, float* state,
-                       T* out, cudaStream_t stream, void* workspace, std::size_t workspace_bytes) {
-  const ChunkedPlan plan = plan_prefill<T>(rows, heads, head_dim);
+                       T* out, const LaunchLimits& limits, cudaStream_t stream, void* workspace,
+                       std::size_t workspace_bytes) {
+  const ChunkedPlan plan = plan_prefill<T>(rows, heads, head_dim, limits);
   if (rows == 0) return;
   // 16-byte copies from qkv, 4-byte stores to out, 16-byte accesses to the state (and to the
   // workspace: a caller's that is not so aligned is left unused).
@@ -287,18 +299,15 @@ void lightning_prefill(const T* qkv, std::int64_t rows, int heads, int head_dim,
     }
   }
   const auto bytes = static_cast<std::size_t>(PrefillShared(head_dim).total) * sizeof(float);
-  check(cudaFuncSetAttribute(lightning_prefill_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(bytes)),
-        "lightning_prefill (shared memory size)");
   const dim3 grid(static_cast<unsigned>(heads), static_cast<unsigned>((head_dim + kValueSlice - 1) / kValueSlice));
   lightning_prefill_kernel<<<grid, kThreads, bytes, stream>>>(qkv, rows, heads, head_dim, slopes, state, out);
   check(cudaGetLastError(), "lightning_prefill");
 }
 
 #define LIGHTDESK_INSTANTIATE(T)                                                                            \
-  template void lightning_prefill<T>(const T*, std::int64_t, int, int, const float*, float*, T*, cudaStream_t, void*, \
-                                     std::size_t);                                                                  \
-  template std::size_t lightning_prefill_workspace_bytes<T>(std::int64_t, int, int);
+  template void lightning_prefill<T>(const T*, std::int64_t, int, int, const float*, float*, T*, const LaunchLimits&, \
+                                     cudaStream_t, void*, std::size_t);                                              \
+  template std::size_t lightning_prefill_workspace_bytes<T>(std::int64_t, int, int, const LaunchLimits&);
 LIGHTDESK_FOR_EACH_ACTIVATION(LIGHTDESK_INSTANTIATE)
 #undef LIGHTDESK_INSTANTIATE
 

@@ -19,9 +19,13 @@ using namespace test;  // the shared helpers of the GPU tests (cuda_test_util.h)
 template <typename T>
 class CudaKernelTest : public ::testing::Test {
  protected:
-  void SetUp() override { LIGHTDESK_SKIP_WITHOUT_GPU(); }
+  void SetUp() override {
+    LIGHTDESK_SKIP_WITHOUT_GPU();
+    limits = cuda::query_launch_limits();
+  }
   void synchronize() { cuda::check(cudaDeviceSynchronize(), "kernel under test"); }
 
+  cuda::LaunchLimits limits;
   test::Random random;
   ThreadPool pool{2};
 };
@@ -150,8 +154,9 @@ struct LightningShape {
 // same random state. With `given_workspace` the calls get a workspace of the planned size,
 // `workspace_offset` bytes into an allocation, else they allocate their own.
 template <typename T>
-void check_lightning_prefill(test::Random& random, ThreadPool& pool, const LightningShape& s, std::int64_t pieces,
-                             bool given_workspace, std::size_t workspace_offset = 0) {
+void check_lightning_prefill(test::Random& random, ThreadPool& pool, const cuda::LaunchLimits& limits,
+                             const LightningShape& s, std::int64_t pieces, bool given_workspace,
+                             std::size_t workspace_offset = 0) {
   SCOPED_TRACE(std::to_string(s.rows) + " rows in pieces of " + std::to_string(pieces) + ", " +
                std::to_string(s.heads) + "x" + std::to_string(s.head_dim));
   const std::int64_t d = s.head_dim;
@@ -163,10 +168,10 @@ void check_lightning_prefill(test::Random& random, ThreadPool& pool, const Light
   out.poison();
   for (std::int64_t first = 0; first < s.rows; first += pieces) {
     const std::int64_t rows = std::min(pieces, s.rows - first);
-    const std::size_t bytes = cuda::lightning_prefill_workspace_bytes<T>(rows, s.heads, s.head_dim);
+    const std::size_t bytes = cuda::lightning_prefill_workspace_bytes<T>(rows, s.heads, s.head_dim, limits);
     DeviceArray<std::uint8_t> workspace(given_workspace ? bytes + workspace_offset : 0);
     cuda::lightning_prefill(qkv.get() + first * s.heads * 3 * d, rows, s.heads, s.head_dim, slopes.get(), state.get(),
-                            out.get() + first * s.heads * d, nullptr,
+                            out.get() + first * s.heads * d, limits, nullptr,
                             given_workspace ? workspace.get() + workspace_offset : nullptr, given_workspace ? bytes : 0);
   }
   std::vector<float> ref_out(out.size());
@@ -194,16 +199,16 @@ TYPED_TEST(CudaKernelTest, LightningPrefillFromExistingState) {
                                   LightningShape{300, 2, 128}, LightningShape{65, 2, 100},
                                   LightningShape{5000, 3, 128}, LightningShape{4613, 2, 128},
                                   LightningShape{1500, 5, 64}, LightningShape{20000, 2, 128}})
-    check_lightning_prefill<TypeParam>(this->random, this->pool, s, s.rows, false);
+    check_lightning_prefill<TypeParam>(this->random, this->pool, this->limits, s, s.rows, false);
 }
 
 TYPED_TEST(CudaKernelTest, LightningPrefillInPieces) {
   // Chunked prefill of a long session: each call continues from the last one's state; the
   // pieces end inside a chunk. With and without a workspace from the caller, and with one not
   // 16-byte aligned (left unused).
-  check_lightning_prefill<TypeParam>(this->random, this->pool, {2345, 2, 128}, 1000, true);
-  check_lightning_prefill<TypeParam>(this->random, this->pool, {700, 4, 64}, 333, false);
-  check_lightning_prefill<TypeParam>(this->random, this->pool, {1300, 3, 128}, 650, true, 4);
+  check_lightning_prefill<TypeParam>(this->random, this->pool, this->limits, {2345, 2, 128}, 1000, true);
+  check_lightning_prefill<TypeParam>(this->random, this->pool, this->limits, {700, 4, 64}, 333, false);
+  check_lightning_prefill<TypeParam>(this->random, this->pool, this->limits, {1300, 3, 128}, 650, true, 4);
 }
 
 TYPED_TEST(CudaKernelTest, LightningDecode) {
@@ -242,6 +247,11 @@ TYPED_TEST(CudaKernelTest, SoftmaxAttention) {
                                   // a session (keys split too); decode over a long context.
                                   AttentionShape{300, 0, 16, 2, 128}, AttentionShape{70, 4000, 64, 8, 128},
                                   AttentionShape{1, 20000, 64, 8, 128},
+                                  // The decode kernel: one 16-row tile per KV head, both of a
+                                  // thread's rows in use (2 positions × 8 heads), head_dim padded;
+                                  // splits of a few stages ending inside one; a group of 3 (15 rows).
+                                  AttentionShape{2, 5000, 16, 2, 64}, AttentionShape{1, 777, 16, 2, 128},
+                                  AttentionShape{5, 1000, 6, 2, 96}, AttentionShape{1, 131, 64, 8, 128},
                                   // A group of 3: packed-row tiles end inside a group.
                                   AttentionShape{29, 129, 12, 4, 32}}) {
     SCOPED_TRACE(std::to_string(s.rows) + " rows after " + std::to_string(s.first_position));
@@ -253,10 +263,40 @@ TYPED_TEST(CudaKernelTest, SoftmaxAttention) {
     const auto vs = values.set(this->random.uniform(values.size(), -1.0f, 1.0f));
     out.poison();
     cuda::softmax_attention(q.get(), s.rows, s.first_position, keys.get(), values.get(), s.heads, s.kv_heads,
-                            s.head_dim, out.get(), nullptr);
+                            s.head_dim, out.get(), this->limits, nullptr);
     std::vector<float> ref(out.size());
     cpu::softmax_attention(qs.data(), s.rows, s.first_position, ks.data(), vs.data(), s.heads, s.kv_heads, s.head_dim,
                            ref.data(), this->pool);
+    EXPECT_CLOSE(out.get_values(), ref, tolerance<TypeParam>());
+  }
+}
+
+// Decode as the backend's CUDA graph runs it: launches planned for a position bound (the split
+// workspace too), the position read from device memory, here from far below the bound up to it.
+// The values past the visible positions are NaN: a kernel that lets one into a sum fails.
+TYPED_TEST(CudaKernelTest, SoftmaxDecodePlannedForALongerCache) {
+  const int heads = 64, kv_heads = 8, d = 128;
+  const std::int64_t bound = 4095, kv_width = std::int64_t{kv_heads} * d;
+  DeviceArray<TypeParam> q(heads * d), out(q.size()), keys((bound + 1) * kv_width), values(keys.size());
+  DeviceArray<std::int64_t> step_position(1);
+  DeviceArray<std::uint8_t> workspace(
+      cuda::softmax_attention_workspace_bytes<TypeParam>(1, bound, heads, kv_heads, d, this->limits));
+  const auto key_values = this->random.uniform(keys.size(), -1.0f, 1.0f);
+  const auto value_values = this->random.uniform(values.size(), -1.0f, 1.0f);
+  for (const std::int64_t position : {0, 1, 63, 64, 65, 700, 2048, 4000, 4095}) {
+    SCOPED_TRACE("position " + std::to_string(position) + " of a launch planned for " + std::to_string(bound));
+    const auto ks = keys.set(key_values), vs = values.set(value_values);
+    const std::int64_t visible = (position + 1) * kv_width;
+    cuda::check(cudaMemset(keys.get() + visible, 0xFF, (keys.size() - visible) * sizeof(TypeParam)), "poison");
+    cuda::check(cudaMemset(values.get() + visible, 0xFF, (values.size() - visible) * sizeof(TypeParam)), "poison");
+    cuda::check(cudaMemcpy(step_position.get(), &position, sizeof position, cudaMemcpyHostToDevice), "upload");
+    const auto qs = q.set(this->random.uniform(q.size(), -1.0f, 1.0f));
+    out.poison();
+    cuda::softmax_attention(q.get(), 1, cuda::Position(step_position.get(), bound),
+                            cuda::contiguous_kv<const TypeParam>(keys.get(), values.get(), kv_width), heads, kv_heads,
+                            d, out.get(), this->limits, nullptr, workspace.get(), workspace.size());
+    std::vector<float> ref(out.size());
+    cpu::softmax_attention(qs.data(), 1, position, ks.data(), vs.data(), heads, kv_heads, d, ref.data(), this->pool);
     EXPECT_CLOSE(out.get_values(), ref, tolerance<TypeParam>());
   }
 }
@@ -288,20 +328,30 @@ TYPED_TEST(CudaKernelTest, PagedKvCache) {
     cuda::write_kv_rows(keys.get() + first_position * kv_width, values.get() + first_position * kv_width, rows,
                         first_position, kv_width, kv, nullptr);
     back.poison();
-    cuda::read_kv_rows<TypeParam>(kv.as_const(), 0, positions, kv_width, back.get(), nullptr, nullptr);
+    cuda::read_kv_rows<TypeParam, TypeParam>(kv.as_const(), 0, positions, kv_width, back.get(), nullptr, nullptr);
     EXPECT_EQ(back.get_values(), ks);
     back.poison();
-    cuda::read_kv_rows<TypeParam>(kv.as_const(), 0, positions, kv_width, nullptr, back.get(), nullptr);
+    cuda::read_kv_rows<TypeParam, TypeParam>(kv.as_const(), 0, positions, kv_width, nullptr, back.get(), nullptr);
     EXPECT_EQ(back.get_values(), vs);
 
     DeviceArray<TypeParam> q(rows * heads * d), out(q.size());
     const auto qs = q.set(this->random.uniform(q.size(), -1.0f, 1.0f));
     out.poison();
-    cuda::softmax_attention(q.get(), rows, first_position, kv.as_const(), heads, kv_heads, d, out.get(), nullptr);
+    cuda::softmax_attention(q.get(), rows, first_position, kv.as_const(), heads, kv_heads, d, out.get(), this->limits,
+                            nullptr);
     std::vector<float> ref(out.size());
     cpu::softmax_attention(qs.data(), rows, first_position, ks.data(), vs.data(), heads, kv_heads, d, ref.data(),
                            this->pool);
     EXPECT_CLOSE(out.get_values(), ref, tolerance<TypeParam>());
+
+    // float32 rows in and out of a T cache (state import and export), rounded to T on the way in.
+    DeviceArray<float> rows_in(positions * kv_width), rows_out(rows_in.size());
+    DeviceArray<TypeParam> rounded(rows_in.size());
+    const auto expected = rounded.set(rows_in.set(this->random.uniform(rows_in.size(), -1.0f, 1.0f)));
+    cuda::write_kv_rows<TypeParam, float>(nullptr, rows_in.get(), positions, 0, kv_width, kv, nullptr);
+    rows_out.poison();
+    cuda::read_kv_rows<TypeParam, float>(kv.as_const(), 0, positions, kv_width, nullptr, rows_out.get(), nullptr);
+    EXPECT_EQ(rows_out.get_values(), expected);
   }
 }
 
@@ -331,11 +381,11 @@ TEST(CudaKvPagePoolTest, GrowingKeepsPagesAndContents) {
   EXPECT_EQ(std::adjacent_find(all.begin(), all.end()), all.end()) << "a page handed out twice";
 
   back.poison();
-  cuda::read_kv_rows<float>(pool.view<float>(1, table.get()).as_const(), 0, positions, kv_width, back.get(), nullptr,
+  cuda::read_kv_rows<float, float>(pool.view<float>(1, table.get()).as_const(), 0, positions, kv_width, back.get(), nullptr,
                             nullptr);
   EXPECT_EQ(back.get_values(), ks);
   back.poison();
-  cuda::read_kv_rows<float>(pool.view<float>(1, table.get()).as_const(), 0, positions, kv_width, nullptr, back.get(),
+  cuda::read_kv_rows<float, float>(pool.view<float>(1, table.get()).as_const(), 0, positions, kv_width, nullptr, back.get(),
                             nullptr);
   EXPECT_EQ(back.get_values(), vs);
 

@@ -22,6 +22,21 @@ void check(cudaError_t status, const char* what);
 // Throws lightdesk::Error with `message` (arguments a kernel cannot take).
 [[noreturn]] void fail(const std::string& message);
 
+// What the launch planners need to know of a device: its multiprocessors, and how many thread
+// blocks of each kernel that sizes its grid by them fit on one. Asked once per device by
+// query_launch_limits, which also raises those kernels' shared-memory limits (a per-device
+// setting their launches rely on), and kept by the object that owns the device (DeviceContext):
+// no launch asks the driver.
+struct LaunchLimits {
+  int multiprocessors = 0;
+  // Thread blocks per multiprocessor.
+  int attention_decode_blocks = 0;
+  int attention_prefill_blocks = 0;
+  int lightning_prefill_blocks = 0;
+};
+// Of the current device.
+LaunchLimits query_launch_limits();
+
 // A sequence position the host knows (`value`), or one the kernels read from device memory
 // (`device`, with `value` then an upper bound the launch is planned for): a CUDA graph replays
 // the same launches at every decode step, the position coming from memory.
@@ -87,9 +102,10 @@ constexpr int kMaxHeadDim = 128;
 // memory allocated in stream order); float32 runs on CUDA cores, sequentially per head.
 template <typename T>
 void lightning_prefill(const T* qkv, std::int64_t rows, int heads, int head_dim, const float* slopes, float* state,
-                       T* out, cudaStream_t stream, void* workspace = nullptr, std::size_t workspace_bytes = 0);
+                       T* out, const LaunchLimits& limits, cudaStream_t stream, void* workspace = nullptr,
+                       std::size_t workspace_bytes = 0);
 template <typename T>
-std::size_t lightning_prefill_workspace_bytes(std::int64_t rows, int heads, int head_dim);
+std::size_t lightning_prefill_workspace_bytes(std::int64_t rows, int heads, int head_dim, const LaunchLimits& limits);
 // One token: S = exp(-s) S + kᵀv, o = q S.
 template <typename T>
 void lightning_decode(const T* qkv, int heads, int head_dim, const float* slopes, float* state, T* out,
@@ -138,13 +154,14 @@ KvCacheView<T> contiguous_kv(T* keys, T* values, std::int64_t kv_width) {
 }
 
 // Rows [count, kv_width] into positions first.. of the cache, and back; a null keys or values
-// pointer leaves that side alone.
-template <typename T>
-void write_kv_rows(const T* keys, const T* values, std::int64_t count, Position first, std::int64_t kv_width,
+// pointer leaves that side alone. The rows are T or float32 (converted on the way: state export
+// and import need no staging copy).
+template <typename T, typename Rows>
+void write_kv_rows(const Rows* keys, const Rows* values, std::int64_t count, Position first, std::int64_t kv_width,
                    KvCacheView<T> kv, cudaStream_t stream);
-template <typename T>
+template <typename T, typename Rows>
 void read_kv_rows(KvCacheView<const T> kv, std::int64_t first, std::int64_t count, std::int64_t kv_width,
-                  T* keys, T* values, cudaStream_t stream);
+                  Rows* keys, Rows* values, cudaStream_t stream);
 
 // Causal GQA softmax attention of `rows` queries [rows, heads * d] at positions first_position..
 // over the cache's positions 0..first_position + rows - 1 (the new rows already stored).
@@ -152,20 +169,23 @@ void read_kv_rows(KvCacheView<const T> kv, std::int64_t first, std::int64_t coun
 // thread blocks when the query rows alone cannot fill the GPU); float32 on CUDA cores.
 // The splits' partial results go to `workspace` when it holds workspace_bytes >=
 // softmax_attention_workspace_bytes (planned for first_position.value), else to memory
-// allocated in stream order.
+// allocated in stream order. A launch planned for first_position.value is right for any smaller
+// position read from the device, and the decode kernel (rows · heads / kv_heads <= 16, bf16)
+// stays balanced over it: its key splits are sized from the position it reads.
 template <typename T>
 void softmax_attention(const T* q, std::int64_t rows, Position first_position, KvCacheView<const T> kv, int heads,
-                       int kv_heads, int head_dim, T* out, cudaStream_t stream, void* workspace = nullptr,
-                       std::size_t workspace_bytes = 0);
+                       int kv_heads, int head_dim, T* out, const LaunchLimits& limits, cudaStream_t stream,
+                       void* workspace = nullptr, std::size_t workspace_bytes = 0);
 template <typename T>
 std::size_t softmax_attention_workspace_bytes(std::int64_t rows, std::int64_t first_position, int heads, int kv_heads,
-                                              int head_dim);
+                                              int head_dim, const LaunchLimits& limits);
 // The same over contiguous keys/values [first_position + rows, kv_heads * d].
 template <typename T>
 void softmax_attention(const T* q, std::int64_t rows, std::int64_t first_position, const T* keys, const T* values,
-                       int heads, int kv_heads, int head_dim, T* out, cudaStream_t stream) {
+                       int heads, int kv_heads, int head_dim, T* out, const LaunchLimits& limits,
+                       cudaStream_t stream) {
   softmax_attention(q, rows, first_position, contiguous_kv(keys, values, std::int64_t{kv_heads} * head_dim), heads,
-                    kv_heads, head_dim, out, stream);
+                    kv_heads, head_dim, out, limits, stream);
 }
 
 // Largest experts_per_token the router and combine kernels take.
