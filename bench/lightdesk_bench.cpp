@@ -5,8 +5,8 @@
 // an H200; on another GPU compare the ceiling fractions instead). Timing: CUDA events on the
 // backend's stream (whole decode steps: the host's clock around each), after warm-up, median of
 // several runs, random data.
-// Usage: lightdesk-bench [--quick | --vision]   (--quick: the smaller shapes only; --vision: the
-// ceilings and the vision tower alone)
+// Usage: lightdesk-bench [--quick | --vision | --moe]   (--quick: the smaller shapes only;
+// --vision, --moe: the ceilings and the vision tower, or the MoE rows, alone)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -269,6 +269,25 @@ void moe(const DeviceContext& device, EventTimer& timer, const Ceilings& c, cons
          weight_bound ? tb_s / c.copy_tb_s : tflop_s / c.gemm_tflop_s, weight_bound ? "copy" : "gemm",
          weight_bound ? 0.0 : anchor_ms, "grouped_mm 684 TFLOP/s"});
   }
+  // The anchor's own workload: the w13 grouped GEMM alone over 4096 tokens, routed uniformly
+  // (bench/anchors.py prints torch._grouped_mm's figure for it in the same run).
+  const std::int64_t tokens = 4096, rows = tokens * shape.top_k;
+  std::vector<std::int32_t> first(static_cast<std::size_t>(E) + 1);
+  for (std::int64_t e = 0; e <= E; ++e) first[e] = static_cast<std::int32_t>(e * rows / E);
+  DeviceBuffer first_row = device_array<std::int32_t>(E + 1, "first rows"), x = device_array<bf16>(rows * H, "x"),
+               y = device_array<bf16>(rows * 2 * I, "y"),
+               workspace(cuda::grouped_linear_workspace_bytes(static_cast<int>(E)), "grouped GEMM workspace");
+  device.upload(first_row.as<std::int32_t>(), first.data(), first.size() * sizeof(std::int32_t));
+  cuda::fill_uniform(x.as<bf16>(), rows * H, 18, -1.0f, 1.0f, device.stream());
+  const double ms = timer.median_ms(
+      [&] {
+        cuda::grouped_linear(x.as<bf16>(), first_row.as<std::int32_t>(), static_cast<int>(E), H, gate_up.as<bf16>(),
+                             2 * I, y.as<bf16>(), workspace.as<void>(), workspace.bytes(), device.stream());
+      },
+      7);
+  const double tflop_s = 2.0 * static_cast<double>(rows * H * 2 * I) / (ms * 1e-3) / 1e12;
+  add({"experts w13 GEMM", "32e grouped, 4096 tok", ms, rate(tflop_s, "TFLOP/s"), tflop_s / c.gemm_tflop_s, "gemm",
+       2.0 * static_cast<double>(rows * H * 2 * I) / 684e12 * 1e3, "grouped_mm 684 TFLOP/s"});
 }
 
 // MiniMax-Text-01's widths (hidden 6144, 64 heads x 128, softmax 64/8 heads, 32 experts of
@@ -527,7 +546,7 @@ void vision_tower(const Ceilings& c) {
   vision_layer_steps(device, timer, c, tiles);
 }
 
-int run(bool quick, bool vision_only) {
+int run(bool quick, bool vision_only, bool moe_only) {
   cudaDeviceProp props{};
   check(cudaGetDeviceProperties(&props, 0), "cudaGetDeviceProperties");
   std::printf("lightdesk-bench on %s (%d SMs, %.0f GiB)\n", props.name, props.multiProcessorCount,
@@ -538,6 +557,12 @@ int run(bool quick, bool vision_only) {
   const Ceilings c = measure_ceilings(device, timer);
   if (vision_only) {
     vision_tower(c);
+    return 0;
+  }
+  const std::vector<std::int64_t> moe_tokens =
+      quick ? std::vector<std::int64_t>{1, 64, 4096} : std::vector<std::int64_t>{1, 64, 4096, 32768};
+  if (moe_only) {
+    moe(device, timer, c, moe_tokens);
     return 0;
   }
   lightning_prefill(device, timer, c, 64, 4096, 0.49);
@@ -558,7 +583,7 @@ int run(bool quick, bool vision_only) {
   }
   softmax_decode(device, timer, c, 131072, 0.172);
   sampling(device, timer);
-  moe(device, timer, c, quick ? std::vector<std::int64_t>{1, 64, 4096} : std::vector<std::int64_t>{1, 64, 4096, 32768});
+  moe(device, timer, c, moe_tokens);
   model_decode_rows(c, quick);
   vision_tower(c);
   return 0;
@@ -571,7 +596,8 @@ int main(int argc, char** argv) {
   try {
     const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
     const bool vision_only = argc > 1 && std::strcmp(argv[1], "--vision") == 0;
-    return lightdesk::run(quick, vision_only);
+    const bool moe_only = argc > 1 && std::strcmp(argv[1], "--moe") == 0;
+    return lightdesk::run(quick, vision_only, moe_only);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "lightdesk-bench: %s\n", e.what());
     return 1;

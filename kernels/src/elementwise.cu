@@ -56,7 +56,6 @@ __global__ void rms_norm_kernel(const T* x, std::int64_t width, const float* wei
   for (std::int64_t i = threadIdx.x; i < width; i += blockDim.x) store(yr + i, weight[i] * (load(xr + i) * inv));
 }
 
-__device__ __forceinline__ float silu_f(float v) { return v / (1.0f + expf(-v)); }
 __device__ __forceinline__ float sigmoid_f(float v) { return 1.0f / (1.0f + expf(-v)); }
 
 template <typename T>
