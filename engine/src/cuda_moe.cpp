@@ -60,10 +60,10 @@ void MoeRunner<T>::run_grouped(const MoeWeights<T>& weights, std::int64_t slots)
   if constexpr (std::is_same_v<T, cuda::bf16>) {
     if (grouped_gemm()) {
       const auto* first_row = b.first_row.as<std::int32_t>();
-      cuda::grouped_linear(b.expert_in.as<T>(), first_row, E, H, weights.gate_up, 2 * I, b.gate_up.as<T>(),
+      cuda::grouped_linear(b.expert_in.as<T>(), first_row, E, slots, H, weights.gate_up, 2 * I, b.gate_up.as<T>(),
                            b.grouped_gemm.as<void>(), b.grouped_gemm.bytes(), stream);
       cuda::swiglu(b.gate_up.as<T>(), slots, I, b.expert_act.as<T>(), stream);
-      cuda::grouped_linear(b.expert_act.as<T>(), first_row, E, I, weights.down, H, b.expert_out.as<T>(),
+      cuda::grouped_linear(b.expert_act.as<T>(), first_row, E, slots, I, weights.down, H, b.expert_out.as<T>(),
                            b.grouped_gemm.as<void>(), b.grouped_gemm.bytes(), stream);
       return;
     }

@@ -411,36 +411,40 @@ TYPED_TEST(CudaKernelTest, GroupByExpert) {
   }
 }
 
-// One grouped GEMM over ragged groups, empty ones included, against per-group CPU products;
-// groups and widths that split the 128 × 256 tiles.
+// One grouped GEMM over ragged groups, empty ones included, against per-group CPU products:
+// groups of many rows (the tiling by tokens) and of a few (the tiling by weight rows), with
+// groups and widths that split the tiles.
 TEST(CudaGroupedLinearTest, MatchesCpu) {
   LIGHTDESK_SKIP_WITHOUT_GPU();
   test::Random random;
   const std::int64_t in = 200, out = 264;
-  const std::vector<std::int32_t> sizes{0, 1, 300, 0, 129, 7, 256, 0};
-  const int groups = static_cast<int>(sizes.size());
-  std::vector<std::int32_t> first(sizes.size() + 1, 0);
-  for (std::size_t g = 0; g < sizes.size(); ++g) first[g + 1] = first[g] + sizes[g];
-  const std::int64_t rows = first.back();
-  DeviceArray<cuda::bf16> x(rows * in), w(groups * out * in), y(rows * out);
-  DeviceArray<std::int32_t> first_row(first.size());
-  const auto xs = x.set(random.uniform(x.size(), -1.0f, 1.0f));
-  const auto ws = w.set(random.uniform(w.size(), -0.2f, 0.2f));
-  cuda::check(cudaMemcpy(first_row.get(), first.data(), first.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice),
-              "upload");
-  DeviceBuffer workspace(cuda::grouped_linear_workspace_bytes(groups), "grouped GEMM workspace");
-  y.poison();
-  cuda::grouped_linear(x.get(), first_row.get(), groups, in, w.get(), out, y.get(), workspace.as<void>(),
-                       workspace.bytes(), nullptr);
-  std::vector<float> ref(y.size());
-  for (int g = 0; g < groups; ++g)
-    cpu::linear(xs.data() + first[g] * in, sizes[g], in, ws.data() + g * out * in, out, ref.data() + first[g] * out);
-  const double error = relative_error(y.get_values(), ref);
-  EXPECT_LT(error, tolerance<cuda::bf16>()) << "seed " << random.seed();
-  // Widths past 16-byte pieces are refused, not read out of bounds.
-  EXPECT_THROW(cuda::grouped_linear(x.get(), first_row.get(), groups, in - 1, w.get(), out, y.get(),
-                                    workspace.as<void>(), workspace.bytes(), nullptr),
-               Error);
+  for (const std::vector<std::int32_t>& sizes : {std::vector<std::int32_t>{0, 1, 300, 0, 129, 7, 256, 0},
+                                                 std::vector<std::int32_t>{0, 3, 70, 1, 0, 9, 2, 0}}) {
+    const int groups = static_cast<int>(sizes.size());
+    std::vector<std::int32_t> first(sizes.size() + 1, 0);
+    for (std::size_t g = 0; g < sizes.size(); ++g) first[g + 1] = first[g] + sizes[g];
+    const std::int64_t rows = first.back();
+    SCOPED_TRACE(std::to_string(rows) + " rows in " + std::to_string(groups) + " groups");
+    DeviceArray<cuda::bf16> x(rows * in), w(groups * out * in), y(rows * out);
+    DeviceArray<std::int32_t> first_row(first.size());
+    const auto xs = x.set(random.uniform(x.size(), -1.0f, 1.0f));
+    const auto ws = w.set(random.uniform(w.size(), -0.2f, 0.2f));
+    cuda::check(cudaMemcpy(first_row.get(), first.data(), first.size() * sizeof(std::int32_t),
+                           cudaMemcpyHostToDevice),
+                "upload");
+    DeviceBuffer workspace(cuda::grouped_linear_workspace_bytes(groups), "grouped GEMM workspace");
+    y.poison();
+    cuda::grouped_linear(x.get(), first_row.get(), groups, rows, in, w.get(), out, y.get(), workspace.as<void>(),
+                         workspace.bytes(), nullptr);
+    std::vector<float> ref(y.size());
+    for (int g = 0; g < groups; ++g)
+      cpu::linear(xs.data() + first[g] * in, sizes[g], in, ws.data() + g * out * in, out, ref.data() + first[g] * out);
+    EXPECT_LT(relative_error(y.get_values(), ref), tolerance<cuda::bf16>()) << "seed " << random.seed();
+    // Widths past 16-byte pieces are refused, not read out of bounds.
+    EXPECT_THROW(cuda::grouped_linear(x.get(), first_row.get(), groups, rows, in - 1, w.get(), out, y.get(),
+                                      workspace.as<void>(), workspace.bytes(), nullptr),
+                 Error);
+  }
 }
 
 // The whole MoE layer against cpu::moe_experts: few rows take the device-routed path (expert

@@ -187,14 +187,15 @@ void group_by_expert(const std::int32_t* expert_ids, std::int64_t rows, int k, i
                      std::int64_t width, std::int32_t* first_row, std::int32_t* slot_rows, T* grouped,
                      std::int32_t* workspace, cudaStream_t stream);
 
-// For each group g < groups, with rows first_row[g] .. first_row[g + 1] (device memory):
-// out[rows] = in[rows] · W_gᵀ, W_g the g-th [out_features, in_features] matrix of `weights`; bf16
-// with float32 accumulation, one launch for all groups. in_features and out_features must be
-// multiples of 8. workspace: grouped_linear_workspace_bytes(groups) bytes of device memory.
+// For each group g < groups, with rows first_row[g] .. first_row[g + 1] (device memory; `rows`
+// in all, first_row[groups], which picks the tiling): out[those rows] = in[those rows] · W_gᵀ, W_g
+// the g-th [out_features, in_features] matrix of `weights`; bf16 with float32 accumulation, one
+// launch for all groups. in_features and out_features must be multiples of 8. workspace:
+// grouped_linear_workspace_bytes(groups) bytes of device memory.
 std::size_t grouped_linear_workspace_bytes(int groups);
-void grouped_linear(const bf16* in, const std::int32_t* first_row, int groups, std::int64_t in_features,
-                    const bf16* weights, std::int64_t out_features, bf16* out, void* workspace,
-                    std::size_t workspace_bytes, cudaStream_t stream);
+void grouped_linear(const bf16* in, const std::int32_t* first_row, int groups, std::int64_t rows,
+                    std::int64_t in_features, const bf16* weights, std::int64_t out_features, bf16* out,
+                    void* workspace, std::size_t workspace_bytes, cudaStream_t stream);
 
 // The few-token expert product, with the experts chosen on the device: out[s] = W_e x_s for each
 // slot s, e = expert_ids[s] (device memory), W_e the e-th [out_features, in_features] matrix of
