@@ -281,8 +281,9 @@ void moe(const DeviceContext& device, EventTimer& timer, const Ceilings& c, cons
   cuda::fill_uniform(x.as<bf16>(), rows * H, 18, -1.0f, 1.0f, device.stream());
   const double ms = timer.median_ms(
       [&] {
-        cuda::grouped_linear(x.as<bf16>(), first_row.as<std::int32_t>(), static_cast<int>(E), rows, H, gate_up.as<bf16>(),
-                             2 * I, y.as<bf16>(), workspace.as<void>(), workspace.bytes(), device.stream());
+        cuda::grouped_linear(x.as<bf16>(), first_row.as<std::int32_t>(), static_cast<int>(E), rows, H,
+                             gate_up.as<bf16>(), 2 * I, y.as<bf16>(), workspace.as<void>(), workspace.bytes(),
+                             device.stream());
       },
       7);
   const double tflop_s = 2.0 * static_cast<double>(rows * H * 2 * I) / (ms * 1e-3) / 1e12;

@@ -58,19 +58,37 @@ __global__ void route_top_k_kernel(const float* router_logits, std::int64_t rows
   }
 }
 
-// One block per row.
-template <typename T>
+// One block per row; a thread per 16-byte piece of it when the rows allow (WholePieces).
+template <typename T, bool WholePieces>
 __global__ void combine_experts_kernel(const T* expert_out, const std::int32_t* slot_rows, const float* weights,
                                        int k, std::int64_t width, T* out) {
+  constexpr int kPiece = WholePieces ? 16 / sizeof(T) : 1;
   const std::int64_t r = blockIdx.x;
-  for (std::int64_t c = threadIdx.x; c < width; c += blockDim.x) {
-    float acc = 0.0f;
+  for (std::int64_t c = std::int64_t{threadIdx.x} * kPiece; c < width; c += std::int64_t{blockDim.x} * kPiece) {
+    float acc[kPiece] = {};
     for (int i = 0; i < k; ++i) {
       const std::int64_t slot = r * k + i;
       const std::int64_t row = slot_rows ? slot_rows[slot] : slot;
-      acc += load(expert_out + row * width + c) * weights[slot];
+      const float weight = weights[slot];
+      const T* from = expert_out + row * width + c;
+      if constexpr (WholePieces) {
+        const uint4 piece = *reinterpret_cast<const uint4*>(from);
+        const T* values = reinterpret_cast<const T*>(&piece);
+#pragma unroll
+        for (int e = 0; e < kPiece; ++e) acc[e] += load(values + e) * weight;
+      } else {
+        acc[0] += load(from) * weight;
+      }
     }
-    store(out + r * width + c, acc);
+    if constexpr (WholePieces) {
+      uint4 piece;
+      T* values = reinterpret_cast<T*>(&piece);
+#pragma unroll
+      for (int e = 0; e < kPiece; ++e) store(values + e, acc[e]);
+      *reinterpret_cast<uint4*>(out + r * width + c) = piece;
+    } else {
+      store(out + r * width + c, acc[0]);
+    }
   }
 }
 
@@ -248,8 +266,10 @@ void combine_experts(const T* expert_out, const std::int32_t* slot_rows, const f
                      int k, std::int64_t width, T* out, cudaStream_t stream) {
   check_top_k(k, "combine_experts");
   if (rows == 0) return;
-  combine_experts_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(expert_out, slot_rows, weights, k,
-                                                                               width, out);
+  const bool whole_pieces = (width * sizeof(T)) % 16 == 0 && reinterpret_cast<std::uintptr_t>(expert_out) % 16 == 0 &&
+                            reinterpret_cast<std::uintptr_t>(out) % 16 == 0;
+  const auto kernel = whole_pieces ? combine_experts_kernel<T, true> : combine_experts_kernel<T, false>;
+  kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(expert_out, slot_rows, weights, k, width, out);
   check(cudaGetLastError(), "combine_experts");
 }
 

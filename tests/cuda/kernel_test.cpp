@@ -337,36 +337,41 @@ TEST(CudaKvPagePoolTest, GrowingKeepsPagesAndContents) {
   EXPECT_EQ(pool.memory(), grown);
 }
 
+// Widths in and out of whole 16-byte pieces.
 TYPED_TEST(CudaKernelTest, CombineExperts) {
-  const std::int64_t rows = 11, width = 90;
+  const std::int64_t rows = 11;
   const int k = 3;
-  DeviceArray<TypeParam> expert_out(rows * k * width), out(rows * width);
-  DeviceArray<std::int32_t> slot_rows(rows * k);
-  DeviceArray<float> weights(rows * k);
-  const auto ys = expert_out.set(this->random.uniform(expert_out.size(), -1.0f, 1.0f));
-  const auto ws = weights.set(this->random.uniform(weights.size(), 0.0f, 1.0f));
-  std::vector<std::int32_t> slots(rows * k);
-  std::iota(slots.begin(), slots.end(), 0);
-  std::shuffle(slots.begin(), slots.end(), std::mt19937(this->random.seed()));
-  cuda::check(cudaMemcpy(slot_rows.get(), slots.data(), slots.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice),
-              "upload");
-  const auto reference = [&](bool permuted) {
-    std::vector<float> ref(out.size(), 0.0f);
-    for (std::int64_t r = 0; r < rows; ++r)
-      for (int i = 0; i < k; ++i) {
-        const std::int64_t row = permuted ? slots[r * k + i] : r * k + i;
-        for (std::int64_t c = 0; c < width; ++c) ref[r * width + c] += ys[row * width + c] * ws[r * k + i];
-      }
-    return ref;
-  };
-  out.poison();
-  cuda::combine_experts(expert_out.get(), slot_rows.get(), weights.get(), rows, k, width, out.get(), nullptr);
-  EXPECT_CLOSE(out.get_values(), reference(true), tolerance<TypeParam>());
-  // No slot rows: expert_out in slot order, as the device-routed path leaves it.
-  out.poison();
-  cuda::combine_experts(expert_out.get(), static_cast<const std::int32_t*>(nullptr), weights.get(), rows, k, width,
-                        out.get(), nullptr);
-  EXPECT_CLOSE(out.get_values(), reference(false), tolerance<TypeParam>());
+  for (const std::int64_t width : {std::int64_t{90}, std::int64_t{96}}) {
+    SCOPED_TRACE("width " + std::to_string(width));
+    DeviceArray<TypeParam> expert_out(rows * k * width), out(rows * width);
+    DeviceArray<std::int32_t> slot_rows(rows * k);
+    DeviceArray<float> weights(rows * k);
+    const auto ys = expert_out.set(this->random.uniform(expert_out.size(), -1.0f, 1.0f));
+    const auto ws = weights.set(this->random.uniform(weights.size(), 0.0f, 1.0f));
+    std::vector<std::int32_t> slots(rows * k);
+    std::iota(slots.begin(), slots.end(), 0);
+    std::shuffle(slots.begin(), slots.end(), std::mt19937(this->random.seed()));
+    cuda::check(
+        cudaMemcpy(slot_rows.get(), slots.data(), slots.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice),
+        "upload");
+    const auto reference = [&](bool permuted) {
+      std::vector<float> ref(out.size(), 0.0f);
+      for (std::int64_t r = 0; r < rows; ++r)
+        for (int i = 0; i < k; ++i) {
+          const std::int64_t row = permuted ? slots[r * k + i] : r * k + i;
+          for (std::int64_t c = 0; c < width; ++c) ref[r * width + c] += ys[row * width + c] * ws[r * k + i];
+        }
+      return ref;
+    };
+    out.poison();
+    cuda::combine_experts(expert_out.get(), slot_rows.get(), weights.get(), rows, k, width, out.get(), nullptr);
+    EXPECT_CLOSE(out.get_values(), reference(true), tolerance<TypeParam>());
+    // No slot rows: expert_out in slot order, as the device-routed path leaves it.
+    out.poison();
+    cuda::combine_experts(expert_out.get(), static_cast<const std::int32_t*>(nullptr), weights.get(), rows, k, width,
+                          out.get(), nullptr);
+    EXPECT_CLOSE(out.get_values(), reference(false), tolerance<TypeParam>());
+  }
 }
 
 // The permutation to experts on the device: group sizes, a slot → row map that is one to one and
@@ -388,7 +393,8 @@ TYPED_TEST(CudaKernelTest, GroupByExpert) {
     cuda::group_by_expert(ids.get(), rows, k, experts, x.get(), width, first_row.get(), slot_rows.get(), grouped.get(),
                           cursor.get(), nullptr);
     std::vector<std::int32_t> firsts(first_row.size()), rows_of(slots);
-    cuda::check(cudaMemcpy(firsts.data(), first_row.get(), firsts.size() * sizeof(std::int32_t), cudaMemcpyDeviceToHost),
+    cuda::check(cudaMemcpy(firsts.data(), first_row.get(), firsts.size() * sizeof(std::int32_t),
+                           cudaMemcpyDeviceToHost),
                 "download");
     cuda::check(cudaMemcpy(rows_of.data(), slot_rows.get(), rows_of.size() * sizeof(std::int32_t),
                            cudaMemcpyDeviceToHost),
