@@ -5,7 +5,7 @@
 namespace lightdesk {
 
 template <typename T>
-bool MoeRunner<T>::grouped_gemm() const {
+bool MoeRunner<T>::has_grouped_gemm() const {
   return std::is_same_v<T, cuda::bf16> && shape_.hidden % 8 == 0 && shape_.width % 8 == 0;
 }
 
@@ -29,10 +29,10 @@ void MoeRunner<T>::reserve(std::int64_t rows) {
   b.expert_act = device_array<T>(slots * I, what);
   b.expert_out = device_array<T>(slots * H, what);
   // The grouped GEMM's workspace depends on the expert count alone.
-  if (grouped_gemm() && buffers_.grouped_gemm.bytes() == 0)
-    b.grouped_gemm = DeviceBuffer(cuda::grouped_linear_workspace_bytes(E), "the experts' grouped GEMM");
+  if (has_grouped_gemm() && buffers_.grouped_gemm_workspace.bytes() == 0)
+    b.grouped_gemm_workspace = DeviceBuffer(cuda::grouped_linear_workspace_bytes(E), "the experts' grouped GEMM");
   else
-    b.grouped_gemm = std::move(buffers_.grouped_gemm);
+    b.grouped_gemm_workspace = std::move(buffers_.grouped_gemm_workspace);
   buffers_ = std::move(b);
 }
 
@@ -58,13 +58,13 @@ void MoeRunner<T>::run_grouped(const MoeWeights<T>& weights, std::int64_t slots)
   const cudaStream_t stream = device_.stream();
   MoeBuffers& b = buffers_;
   if constexpr (std::is_same_v<T, cuda::bf16>) {
-    if (grouped_gemm()) {
+    if (has_grouped_gemm()) {
       const auto* first_row = b.first_row.as<std::int32_t>();
       cuda::grouped_linear(b.expert_in.as<T>(), first_row, E, slots, H, weights.gate_up, 2 * I, b.gate_up.as<T>(),
-                           b.grouped_gemm.as<void>(), b.grouped_gemm.bytes(), stream);
+                           b.grouped_gemm_workspace.as<void>(), b.grouped_gemm_workspace.bytes(), stream);
       cuda::swiglu(b.gate_up.as<T>(), slots, I, b.expert_act.as<T>(), stream);
       cuda::grouped_linear(b.expert_act.as<T>(), first_row, E, slots, I, weights.down, H, b.expert_out.as<T>(),
-                           b.grouped_gemm.as<void>(), b.grouped_gemm.bytes(), stream);
+                           b.grouped_gemm_workspace.as<void>(), b.grouped_gemm_workspace.bytes(), stream);
       return;
     }
   }

@@ -4,7 +4,8 @@
 // experts' ids from device memory; past that the rows are grouped by expert on the device and
 // each projection is one grouped GEMM over all experts (bf16). Neither waits for the host, so a
 // decode step runs as a CUDA graph and prefill chunks queue without a gap. The float32 checking
-// mode has no grouped GEMM: it reads the group sizes back and runs a cuBLAS GEMM per expert.
+// mode (and widths not in whole 16-byte pieces) has no grouped GEMM: it reads the group sizes
+// back and runs a cuBLAS GEMM per expert.
 #pragma once
 
 #include <cstdint>
@@ -33,7 +34,7 @@ struct MoeWeights {
 struct MoeBuffers {
   std::int64_t rows = 0;
   DeviceBuffer router_in, router_logits, expert_ids, expert_weights, slot_rows, first_row, group_cursor;
-  DeviceBuffer expert_in, gate_up, expert_act, expert_out, grouped_gemm;
+  DeviceBuffer expert_in, gate_up, expert_act, expert_out, grouped_gemm_workspace;
 };
 
 template <typename T>
@@ -44,8 +45,8 @@ class MoeRunner {
   // Sizes the buffers for up to `rows` tokens; on failure the previous buffers stay.
   void reserve(std::int64_t rows);
   // out[rows, hidden] = Σ_k weight_k · w2(silu(w1 x) ⊙ w3 x) over each row's top-k experts,
-  // summed in increasing expert order. Only the float32 mode past kDeviceRoutedRows waits for
-  // the device (the GEMM sizes come to the host).
+  // summed in increasing expert order. Only a run without a grouped GEMM past kDeviceRoutedRows
+  // waits for the device (the GEMM sizes come to the host).
   void run(const MoeWeights<T>& weights, const T* x, std::int64_t rows, T* out);
 
   static constexpr std::int64_t kDeviceRoutedRows = 4;
@@ -55,12 +56,12 @@ class MoeRunner {
   // The grouped rows' products: expert_in → gate_up → expert_act → expert_out.
   void run_grouped(const MoeWeights<T>& weights, std::int64_t slots);
   // Whether run_grouped has a grouped GEMM: bf16, widths in whole 16-byte pieces.
-  bool grouped_gemm() const;
+  bool has_grouped_gemm() const;
 
   const DeviceContext& device_;
   MoeShape shape_;
   MoeBuffers buffers_;
-  std::vector<std::int32_t> host_first_row_;  // float32 mode
+  std::vector<std::int32_t> host_first_row_;  // without a grouped GEMM
 };
 
 extern template class MoeRunner<float>;
