@@ -1,10 +1,10 @@
 """Anchors for lightdesk-bench, measured through PyTorch on the same GPU in the same run.
 
 Prints the copy bandwidth, a large bf16 GEMM, cuDNN SDPA prefill (causal, GQA 64/8, d=128), torch
-SDPA decode over a 128K context, torch._grouped_mm over 32 experts (w13 only, top-2, uniform
-routing) and, where the `fla` package (flash-linear-attention's fla-core, brought beside the
-project for the run) imports, its chunk_simple_gla lightning prefill, as in
-../shared/docs/performance-anchors.md §0. Median of CUDA-event timings after warm-up. With
+SDPA decode over a 128K context, torch._grouped_mm over 32 experts (w13 only, top-2; uniform
+routing as in §0, and the ragged loads of a random router) and, where the `fla` package
+(flash-linear-attention's fla-core, brought beside the project for the run) imports, its
+chunk_simple_gla lightning prefill, as in ../shared/docs/performance-anchors.md §0. Median of CUDA-event timings after warm-up. With
 --json FILE it also writes the figures lightdesk-bench --anchors reads; --lightning prints the
 copy bandwidth and FLA alone.
 """
@@ -105,6 +105,21 @@ def main():
         print(f"  grouped_mm w13 {tokens:5d} tok {ms:9.3f} ms  {2 * rows * hidden * 2 * width / ms / 1e9:.3g} TFLOP/s"
               f"  {w13.numel() * 2 / ms / 1e9:.3g} TB/s of weights")
         figures[f"grouped_mm_w13_tflops/{tokens}"] = 2 * rows * hidden * 2 * width / ms / 1e9
+    # Routed as lightdesk-bench routes: a float32 router of uniform random weights (±hidden^-0.5)
+    # over uniform tokens in ±1, top 2, so the experts' loads are ragged as a real router's are.
+    router = (torch.rand(experts, hidden, device=dev) * 2 - 1) * hidden ** -0.5
+    for tokens in (4096, 32768):
+        rows = tokens * 2
+        x = torch.rand(tokens, hidden, device=dev) * 2 - 1
+        ids = (x @ router.t()).topk(2, dim=1).indices.flatten()
+        counts = torch.bincount(ids, minlength=experts)
+        offs = counts.cumsum(0).to(torch.int32)
+        xs = x.repeat_interleave(2, dim=0).to(torch.bfloat16)
+        ms = median_ms(lambda: torch._grouped_mm(xs, w13, offs=offs), reps=5)
+        print(f"  grouped_mm w13 {tokens:5d} tok routed {ms:9.3f} ms  "
+              f"{2 * rows * hidden * 2 * width / ms / 1e9:.3g} TFLOP/s  (expert rows {counts.min().item()}"
+              f"..{counts.max().item()})")
+        figures[f"grouped_mm_w13_routed_tflops/{tokens}"] = 2 * rows * hidden * 2 * width / ms / 1e9
     write_figures(args.json, figures)
 
 

@@ -2,7 +2,8 @@
 # Builds Lightdesk on a GPU machine (no Qt) and runs the CUDA tests, in one go: the script the
 # GPU machine runs. Debian -dev packages that machine may lack (nlohmann-json, OpenBLAS,
 # GoogleTest, pkgconf) can come as .deb files in the folders of $LIGHTDESK_DEBS (':'-separated,
-# default .debs); they are unpacked with dpkg -x into a private prefix, never into /.
+# default .debs); they are unpacked with dpkg -x into a private prefix, never into /. CUTLASS's
+# headers come from the nvidia-cutlass wheel in .whl/ (packaging/fetch-cutlass.sh puts it there).
 # Usage: bash bench/device-check.sh [--sanitize] [--bench] [--cli]   (logs go to $OUT, else /tmp/device-check)
 #   --sanitize: compute-sanitizer memcheck and racecheck on the kernel tests
 #   --bench:    the PyTorch anchors (bench/anchors.py), then lightdesk-bench with their figures;
@@ -43,6 +44,9 @@ lib="$prefix/usr/lib/x86_64-linux-gnu"
 export LD_LIBRARY_PATH="$lib/openblas-pthread:$lib:${LD_LIBRARY_PATH:-}"
 # The packages' .pc files say prefix=/usr: the sysroot puts their -I and -L paths in the prefix.
 export PKG_CONFIG_PATH="$lib/pkgconfig:$prefix/usr/share/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$prefix"
+
+# CUTLASS's headers, from the nvidia-cutlass wheel carried in .whl/ (this machine has no network).
+bash packaging/fetch-cutlass.sh >"$out/cutlass.log" 2>&1 || { cat "$out/cutlass.log"; exit 1; }
 
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)

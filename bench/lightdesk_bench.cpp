@@ -320,17 +320,41 @@ void moe(const DeviceContext& device, EventTimer& timer, const Ceilings& c, cons
     const double weight_bytes = touched * 3.0 * static_cast<double>(H * I) * 2.0;
     const double tflop_s = flops / (ms * 1e-3) / 1e12, tb_s = weight_bytes / (ms * 1e-3) / 1e12;
     const bool weight_bound = tokens * shape.top_k < 256 * E;
-    // Anchor: torch._grouped_mm's rate on the same token count (w13 only, as §0 measured it; 684
-    // TFLOP/s at 4K tokens and 661 at 32K quoted), i.e. its time for our FLOPs.
-    const std::string key = "grouped_mm_w13_tflops/" + std::to_string(tokens);
-    const std::optional<double> measured_rate = measured.find(key);
+    // Anchor: torch._grouped_mm's rate (w13 only) on the same token count, i.e. its time for our
+    // FLOPs: measured by anchors.py on the ragged expert loads of a random router like this one's;
+    // else §0's quoted figure for uniform loads (684 TFLOP/s at 4K tokens, 661 at 32K).
+    const std::optional<double> measured_rate = measured.find("grouped_mm_w13_routed_tflops/" + std::to_string(tokens));
     const double anchor_rate = measured_rate ? *measured_rate : (tokens >= 32768 ? 661.0 : 684.0);
     add({"MoE layer", "32e top-2, " + std::to_string(tokens) + " tok", ms,
          weight_bound ? rate(tb_s, "TB/s") : rate(tflop_s, "TFLOP/s"),
          weight_bound ? tb_s / c.copy_tb_s : tflop_s / c.gemm_tflop_s, weight_bound ? "copy" : "gemm",
          weight_bound ? 0.0 : flops / (anchor_rate * 1e12) * 1e3,
-         "grouped_mm " + rate(anchor_rate, "TFLOP/s") + (measured_rate ? "" : " (quoted)")});
+         "grouped_mm " + rate(anchor_rate, "TFLOP/s") + (measured_rate ? " routed" : " (quoted, uniform)")});
   }
+  // The anchor's own workload: the w13 grouped GEMM alone over 4096 tokens, routed uniformly, as
+  // bench/anchors.py times torch._grouped_mm in the same run.
+  const std::int64_t tokens = 4096, rows = tokens * shape.top_k;
+  std::vector<std::int32_t> first(static_cast<std::size_t>(E) + 1);
+  for (std::int64_t e = 0; e <= E; ++e) first[e] = static_cast<std::int32_t>(e * rows / E);
+  DeviceBuffer first_row = device_array<std::int32_t>(E + 1, "first rows"), x = device_array<bf16>(rows * H, "x"),
+               y = device_array<bf16>(rows * 2 * I, "y"),
+               workspace(cuda::grouped_linear_workspace_bytes(static_cast<int>(E), device.launch_limits()),
+                         "grouped GEMM workspace");
+  device.upload(first_row.as<std::int32_t>(), first.data(), first.size() * sizeof(std::int32_t));
+  cuda::fill_uniform(x.as<bf16>(), rows * H, 18, -1.0f, 1.0f, device.stream());
+  const double ms = timer.median_ms(
+      [&] {
+        cuda::grouped_linear(x.as<bf16>(), first_row.as<std::int32_t>(), static_cast<int>(E), rows, H,
+                             gate_up.as<bf16>(), 2 * I, y.as<bf16>(), device.launch_limits(), workspace.as<void>(),
+                             workspace.bytes(), device.stream());
+      },
+      7);
+  const double tflop_s = 2.0 * static_cast<double>(rows * H * 2 * I) / (ms * 1e-3) / 1e12;
+  const std::optional<double> uniform_rate = measured.find("grouped_mm_w13_tflops/4096");
+  const double anchor_rate = uniform_rate.value_or(684.0);
+  add({"experts w13 GEMM", "32e grouped, 4096 tok", ms, rate(tflop_s, "TFLOP/s"), tflop_s / c.gemm_tflop_s, "gemm",
+       2.0 * static_cast<double>(rows * H * 2 * I) / (anchor_rate * 1e12) * 1e3,
+       "grouped_mm " + rate(anchor_rate, "TFLOP/s") + (uniform_rate ? "" : " (quoted)")});
 }
 
 // MiniMax-Text-01's widths (hidden 6144, 64 heads x 128, softmax 64/8 heads, 32 experts of

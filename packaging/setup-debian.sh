@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what Lightdesk builds with on Debian 12, from Debian's own packages.
-# The CUDA toolkit is optional: where nvcc is found, the CUDA backend is built too.
+# The CUDA toolkit is optional: where nvcc is found, the CUDA backend is built too, with CUTLASS's
+# headers (packaging/fetch-cutlass.sh: PyPI's nvidia-cutlass wheel, through pip).
 set -euo pipefail
 packages=(
-  build-essential cmake ccache pkg-config
+  build-essential cmake ccache pkg-config python3-pip
   nlohmann-json3-dev libopenblas-dev
   libopencv-core-dev libopencv-imgcodecs-dev libopencv-imgproc-dev
   libgtest-dev libgmock-dev libbenchmark-dev
@@ -20,4 +21,7 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then
+  bash "$(dirname "$0")/fetch-cutlass.sh"
 fi

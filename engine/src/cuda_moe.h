@@ -1,8 +1,11 @@
 // A mixture-of-experts layer on the GPU: float32 router, top-k, token permutation to experts,
-// per-expert cuBLAS GEMMs, weighted combine back. Shared by the CUDA backend and lightdesk-bench.
-// Up to kDeviceRoutedRows tokens (decode) take a path that never leaves the device: the expert
-// products read the chosen experts' ids from device memory (no round trip to the host, so a
-// decode step can run as a CUDA graph).
+// the experts' products, weighted combine back. Shared by the CUDA backend and lightdesk-bench.
+// Up to kDeviceRoutedRows tokens (decode) the expert products are GEMVs that read the chosen
+// experts' ids from device memory; past that the rows are grouped by expert on the device and
+// each projection is one grouped GEMM over all experts (bf16). Neither waits for the host, so a
+// decode step runs as a CUDA graph and prefill chunks queue without a gap. The float32 checking
+// mode (and widths not in whole 16-byte pieces) has no grouped GEMM: it reads the group sizes
+// back and runs a cuBLAS GEMM per expert.
 #pragma once
 
 #include <cstdint>
@@ -30,9 +33,8 @@ struct MoeWeights {
 // Device buffers of one MoE pass, for up to `rows` tokens.
 struct MoeBuffers {
   std::int64_t rows = 0;
-  DeviceBuffer router_in, router_logits, expert_ids, expert_weights, source_rows, slot_rows;
-  DeviceBuffer expert_in, gate_up, expert_act, expert_out;
-  DeviceBuffer slot_order;  // int32 0, 1, ...: the device-routed path's slots in place
+  DeviceBuffer router_in, router_logits, expert_ids, expert_weights, slot_rows, first_row, group_cursor;
+  DeviceBuffer expert_in, gate_up, expert_act, expert_out, grouped_gemm_workspace;
 };
 
 template <typename T>
@@ -43,19 +45,23 @@ class MoeRunner {
   // Sizes the buffers for up to `rows` tokens; on failure the previous buffers stay.
   void reserve(std::int64_t rows);
   // out[rows, hidden] = Σ_k weight_k · w2(silu(w1 x) ⊙ w3 x) over each row's top-k experts,
-  // summed in increasing expert order. Past kDeviceRoutedRows it waits for the device (the GEMM
-  // sizes come to the host).
+  // summed in increasing expert order. Only a run without a grouped GEMM past kDeviceRoutedRows
+  // waits for the device (the GEMM sizes come to the host).
   void run(const MoeWeights<T>& weights, const T* x, std::int64_t rows, T* out);
 
   static constexpr std::int64_t kDeviceRoutedRows = 4;
 
  private:
   void run_device_routed(const MoeWeights<T>& weights, const T* x, std::int64_t rows, T* out);
+  // The grouped rows' products: expert_in → gate_up → expert_act → expert_out.
+  void run_grouped(const MoeWeights<T>& weights, std::int64_t slots);
+  // Whether run_grouped has a grouped GEMM: bf16, widths in whole 16-byte pieces.
+  bool has_grouped_gemm() const;
 
   const DeviceContext& device_;
   MoeShape shape_;
   MoeBuffers buffers_;
-  std::vector<std::int32_t> host_expert_ids_, host_source_rows_, host_slot_rows_;
+  std::vector<std::int32_t> host_first_row_;  // without a grouped GEMM
 };
 
 extern template class MoeRunner<float>;

@@ -15,6 +15,8 @@ __device__ __forceinline__ void store(bf16* p, float v) { *p = __float2bfloat16_
 
 constexpr int kThreads = 256;
 
+__device__ __forceinline__ float silu_f(float v) { return v / (1.0f + expf(-v)); }
+
 // splitmix64: a counter-based generator, so every draw is independent of the launch shape.
 __device__ __forceinline__ std::uint64_t splitmix64(std::uint64_t z) {
   z += 0x9e3779b97f4a7c15ULL;

@@ -1,6 +1,8 @@
 // Row-wise and elementwise kernels: conversions, embedding, RMSNorm, activations, RoPE.
 #include <cmath>
 
+#include <cstdint>
+
 #include "common.cuh"
 
 namespace lightdesk::cuda {
@@ -46,7 +48,6 @@ __global__ void rms_norm_kernel(const T* x, std::int64_t width, const float* wei
   for (std::int64_t i = threadIdx.x; i < width; i += blockDim.x) store(yr + i, weight[i] * (load(xr + i) * inv));
 }
 
-__device__ __forceinline__ float silu_f(float v) { return v / (1.0f + expf(-v)); }
 __device__ __forceinline__ float sigmoid_f(float v) { return 1.0f / (1.0f + expf(-v)); }
 
 template <typename T>
@@ -70,14 +71,28 @@ __global__ void scaled_sum_kernel(const T* a, float alpha, const T* b, float bet
     store(out + i, load(a + i) * alpha + load(b + i) * beta);
 }
 
-template <typename T>
+// One thread per 16-byte piece of out when the rows allow (WholePieces), else per element.
+template <typename T, bool WholePieces>
 __global__ void swiglu_kernel(const T* gate_up, std::int64_t rows, std::int64_t width, T* out) {
-  const std::int64_t n = rows * width;
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += std::int64_t{gridDim.x} * blockDim.x) {
-    const std::int64_t r = i / width, c = i % width;
-    const T* row = gate_up + r * 2 * width;
-    store(out + i, silu_f(load(row + c)) * load(row + width + c));
+  constexpr int kPiece = WholePieces ? 16 / sizeof(T) : 1;
+  const std::int64_t pieces_per_row = width / kPiece, n = rows * pieces_per_row;
+  for (std::int64_t p = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; p < n;
+       p += std::int64_t{gridDim.x} * blockDim.x) {
+    const std::int64_t r = p / pieces_per_row, c = p % pieces_per_row * kPiece;
+    const T* gate = gate_up + r * 2 * width + c;
+    T* result = out + r * width + c;
+    if constexpr (WholePieces) {
+      const uint4 gates = *reinterpret_cast<const uint4*>(gate), ups = *reinterpret_cast<const uint4*>(gate + width);
+      uint4 piece;
+      const T* g = reinterpret_cast<const T*>(&gates);
+      const T* u = reinterpret_cast<const T*>(&ups);
+      T* y = reinterpret_cast<T*>(&piece);
+#pragma unroll
+      for (int e = 0; e < kPiece; ++e) store(y + e, silu_f(load(g + e)) * load(u + e));
+      *reinterpret_cast<uint4*>(result) = piece;
+    } else {
+      store(result, silu_f(load(gate)) * load(gate + width));
+    }
   }
 }
 
@@ -156,7 +171,13 @@ void scaled_sum(const T* a, float alpha, const T* b, float beta, std::int64_t n,
 
 template <typename T>
 void swiglu(const T* gate_up, std::int64_t rows, std::int64_t width, T* out, cudaStream_t stream) {
-  swiglu_kernel<<<grid_for(rows * width), kThreads, 0, stream>>>(gate_up, rows, width, out);
+  if (rows == 0 || width == 0) return;
+  constexpr int kPiece = 16 / sizeof(T);
+  if (width % kPiece == 0 && reinterpret_cast<std::uintptr_t>(gate_up) % 16 == 0 &&
+      reinterpret_cast<std::uintptr_t>(out) % 16 == 0)
+    swiglu_kernel<T, true><<<grid_for(rows * width / kPiece), kThreads, 0, stream>>>(gate_up, rows, width, out);
+  else
+    swiglu_kernel<T, false><<<grid_for(rows * width), kThreads, 0, stream>>>(gate_up, rows, width, out);
   check(cudaGetLastError(), "swiglu");
 }
 

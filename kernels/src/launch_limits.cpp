@@ -7,6 +7,7 @@ namespace lightdesk::cuda {
 // shared-memory limits raised first.
 void query_attention_limits(LaunchLimits& limits);  // attention.cu
 void query_lightning_limits(LaunchLimits& limits);  // lightning.cu
+void query_moe_limits(LaunchLimits& limits);        // moe.cu
 
 LaunchLimits query_launch_limits() {
   LaunchLimits limits;
@@ -14,8 +15,14 @@ LaunchLimits query_launch_limits() {
   check(cudaGetDevice(&device), "cudaGetDevice");
   check(cudaDeviceGetAttribute(&limits.multiprocessors, cudaDevAttrMultiProcessorCount, device),
         "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&limits.shared_bytes_per_multiprocessor, cudaDevAttrMaxSharedMemoryPerMultiprocessor,
+                               device),
+        "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&limits.reserved_shared_bytes_per_block, cudaDevAttrReservedSharedMemoryPerBlock, device),
+        "cudaDeviceGetAttribute");
   query_attention_limits(limits);
   query_lightning_limits(limits);
+  query_moe_limits(limits);
   return limits;
 }
 

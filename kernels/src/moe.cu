@@ -1,5 +1,7 @@
 // Mixture of experts: router top-k, token permutation to experts and the weighted combine back.
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include "common.cuh"
 
@@ -7,7 +9,7 @@ namespace lightdesk::cuda {
 namespace {
 
 // One thread per row: the expert count is small (32 in the released models).
-__global__ void route_top_k_kernel(const float* router_logits, std::int64_t rows, int experts, int k,
+__global__ void route_top_k_kernel(const float* router_logits, std::int64_t rows, int experts, int k, bool by_expert,
                                    std::int32_t* expert_ids, float* weights) {
   const std::int64_t r = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x;
   if (r >= rows) return;
@@ -36,109 +38,167 @@ __global__ void route_top_k_kernel(const float* router_logits, std::int64_t rows
     probs[i] = best_prob;
     top_sum += best_prob;
   }
+  if (by_expert) {
+    // Insertion sort by id: k is small.
+    for (int i = 1; i < k; ++i) {
+      const int id = chosen[i];
+      const float prob = probs[i];
+      int j = i;
+      for (; j > 0 && chosen[j - 1] > id; --j) {
+        chosen[j] = chosen[j - 1];
+        probs[j] = probs[j - 1];
+      }
+      chosen[j] = id;
+      probs[j] = prob;
+    }
+  }
   for (int i = 0; i < k; ++i) {
     expert_ids[r * k + i] = chosen[i];
     weights[r * k + i] = probs[i] / top_sum;
   }
 }
 
-template <typename T>
-__global__ void gather_rows_kernel(const T* x, const std::int32_t* source_rows, std::int64_t width, T* out) {
-  const T* src = x + std::int64_t{source_rows[blockIdx.x]} * width;
-  T* dst = out + std::int64_t{blockIdx.x} * width;
-  for (std::int64_t i = threadIdx.x; i < width; i += blockDim.x) dst[i] = src[i];
-}
-
-// One block per row.
-template <typename T>
+// One block per row; a thread per 16-byte piece of it when the rows allow (WholePieces).
+template <typename T, bool WholePieces>
 __global__ void combine_experts_kernel(const T* expert_out, const std::int32_t* slot_rows, const float* weights,
                                        int k, std::int64_t width, T* out) {
+  constexpr int kPiece = WholePieces ? 16 / sizeof(T) : 1;
   const std::int64_t r = blockIdx.x;
-  // The row's slots in increasing expert-output row (insertion sort; k is small).
-  int order[kMaxTopK];
-  for (int i = 0; i < k; ++i) {
-    int j = i;
-    while (j > 0 && slot_rows[r * k + order[j - 1]] > slot_rows[r * k + i]) {
-      order[j] = order[j - 1];
-      --j;
-    }
-    order[j] = i;
-  }
-  for (std::int64_t c = threadIdx.x; c < width; c += blockDim.x) {
-    float acc = 0.0f;
+  for (std::int64_t c = std::int64_t{threadIdx.x} * kPiece; c < width; c += std::int64_t{blockDim.x} * kPiece) {
+    float acc[kPiece] = {};
     for (int i = 0; i < k; ++i) {
-      const int slot = order[i];
-      acc += load(expert_out + std::int64_t{slot_rows[r * k + slot]} * width + c) * weights[r * k + slot];
+      const std::int64_t slot = r * k + i;
+      const std::int64_t row = slot_rows ? slot_rows[slot] : slot;
+      const float weight = weights[slot];
+      const T* from = expert_out + row * width + c;
+      if constexpr (WholePieces) {
+        const uint4 piece = *reinterpret_cast<const uint4*>(from);
+        const T* values = reinterpret_cast<const T*>(&piece);
+#pragma unroll
+        for (int e = 0; e < kPiece; ++e) acc[e] += load(values + e) * weight;
+      } else {
+        acc[0] += load(from) * weight;
+      }
     }
-    store(out + r * width + c, acc);
+    if constexpr (WholePieces) {
+      uint4 piece;
+      T* values = reinterpret_cast<T*>(&piece);
+#pragma unroll
+      for (int e = 0; e < kPiece; ++e) store(values + e, acc[e]);
+      *reinterpret_cast<uint4*>(out + r * width + c) = piece;
+    } else {
+      store(out + r * width + c, acc[0]);
+    }
   }
 }
 
-// One thread per row: the row's k routes sorted by expert id (insertion sort), so that expert
-// outputs stored in slot order are summed in increasing expert order by combine_experts.
-__global__ void order_routes_by_expert_kernel(std::int32_t* expert_ids, float* weights, std::int64_t rows, int k) {
-  const std::int64_t r = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x;
-  if (r >= rows) return;
-  std::int32_t* ids = expert_ids + r * k;
-  float* w = weights + r * k;
-  for (int i = 1; i < k; ++i) {
-    const std::int32_t id = ids[i];
-    const float weight = w[i];
-    int j = i;
-    for (; j > 0 && ids[j - 1] > id; --j) {
-      ids[j] = ids[j - 1];
-      w[j] = w[j - 1];
+// One block: the slots per expert (a shared-memory histogram), their exclusive prefix sum into
+// first_row, and each expert's next free row (cursor) for the scatter.
+__global__ void count_by_expert_kernel(const std::int32_t* expert_ids, std::int64_t slots, int experts,
+                                       std::int32_t* first_row, std::int32_t* cursor) {
+  extern __shared__ std::int32_t counts[];
+  for (int e = threadIdx.x; e < experts; e += blockDim.x) counts[e] = 0;
+  __syncthreads();
+  for (std::int64_t s = threadIdx.x; s < slots; s += blockDim.x) atomicAdd(&counts[expert_ids[s]], 1);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    std::int32_t row = 0;
+    for (int e = 0; e < experts; ++e) {
+      first_row[e] = row;
+      cursor[e] = row;
+      row += counts[e];
     }
-    ids[j] = id;
-    w[j] = weight;
+    first_row[experts] = row;
+  }
+}
+
+// One block per slot: takes the next row of the slot's expert and copies the token there, in
+// 16-byte pieces when the rows allow.
+template <typename T, bool WholePieces>
+__global__ void scatter_by_expert_kernel(const std::int32_t* expert_ids, int k, const T* x, std::int64_t width,
+                                         std::int32_t* cursor, std::int32_t* slot_rows, T* grouped) {
+  __shared__ std::int32_t row;
+  const std::int64_t slot = blockIdx.x;
+  if (threadIdx.x == 0) {
+    row = atomicAdd(&cursor[expert_ids[slot]], 1);
+    slot_rows[slot] = row;
+  }
+  __syncthreads();
+  const T* src = x + (slot / k) * width;
+  T* dst = grouped + std::int64_t{row} * width;
+  if constexpr (WholePieces) {
+    const auto* from = reinterpret_cast<const uint4*>(src);
+    auto* to = reinterpret_cast<uint4*>(dst);
+    for (std::int64_t i = threadIdx.x; i < width * std::int64_t{sizeof(T)} / 16; i += blockDim.x) to[i] = from[i];
+  } else {
+    for (std::int64_t i = threadIdx.x; i < width; i += blockDim.x) dst[i] = src[i];
   }
 }
 
 constexpr int kGemvWarps = 8;
-constexpr int kGemvRowsPerWarp = 4;
+// 16-byte weight pieces each lane has in flight.
+constexpr int kGemvPiecesInFlight = 8;
 
-// Grid (output-row blocks, slots). x's row goes to shared memory as float32; each warp computes
-// kGemvRowsPerWarp outputs at once, its lanes streaming 16-byte pieces of the weight rows (the
-// weights are read once: no caching), then a warp sum.
-template <typename T>
+// Grid (blocks, slots), sized to the blocks the GPU holds at once. x's row goes to shared memory
+// as float32 (when Gated, the SwiGLU of a [gate | up] row); then the slot's warps take its
+// output rows in turn, one row at a time, so no warp has more than one row more than another to
+// do: each lane streams kGemvPiecesInFlight 16-byte pieces of the row at once (the weights are
+// read once: no caching), then a warp sum.
+template <typename T, bool Gated>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     expert_gemv_kernel(const T* weights, std::int64_t out_features, std::int64_t in_features,
                        const std::int32_t* expert_ids, const T* x, int slots_per_input, T* out) {
   extern __shared__ float x_row[];
   const std::int64_t slot = blockIdx.y;
-  const T* input = x + (slot / slots_per_input) * in_features;
-  for (std::int64_t i = threadIdx.x; i < in_features; i += blockDim.x) x_row[i] = load(input + i);
-  __syncthreads();
-  const T* w = weights + std::int64_t{expert_ids[slot]} * out_features * in_features;
+  const std::int64_t x_width = Gated ? 2 * in_features : in_features;
+  const T* input = x + (slot / slots_per_input) * x_width;
   constexpr int kPiece = 16 / sizeof(T);
   // Whole 16-byte pieces when rows start aligned; the rest element by element.
   const std::int64_t vector_end = in_features % kPiece == 0 ? in_features : 0;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const std::int64_t first_row = (std::int64_t{blockIdx.x} * kGemvWarps + warp) * kGemvRowsPerWarp;
-  float acc[kGemvRowsPerWarp] = {};
-#pragma unroll 2
-  for (std::int64_t i = std::int64_t{lane} * kPiece; i < vector_end; i += 32 * kPiece) {
-    uint4 pieces[kGemvRowsPerWarp];
+  // The x row in 16-byte pieces too: each thread's loads are in flight together, so a block
+  // starts streaming weights after a few round trips rather than in_features / blockDim of them.
+  const std::int64_t x_vector_end = reinterpret_cast<std::uintptr_t>(x) % 16 == 0 ? vector_end : 0;
+  for (std::int64_t i = std::int64_t{threadIdx.x} * kPiece; i < x_vector_end; i += std::int64_t{blockDim.x} * kPiece) {
+    const uint4 piece = *reinterpret_cast<const uint4*>(input + i);
+    const T* values = reinterpret_cast<const T*>(&piece);
+    if constexpr (Gated) {
+      const uint4 up_piece = *reinterpret_cast<const uint4*>(input + in_features + i);
+      const T* ups = reinterpret_cast<const T*>(&up_piece);
 #pragma unroll
-    for (int r = 0; r < kGemvRowsPerWarp; ++r)
-      if (first_row + r < out_features)
-        pieces[r] = __ldcs(reinterpret_cast<const uint4*>(w + (first_row + r) * in_features + i));
+      for (int e = 0; e < kPiece; ++e) x_row[i + e] = silu_f(load(values + e)) * load(ups + e);
+    } else {
 #pragma unroll
-    for (int r = 0; r < kGemvRowsPerWarp; ++r) {
-      if (first_row + r >= out_features) continue;
-      const T* values = reinterpret_cast<const T*>(&pieces[r]);
-#pragma unroll
-      for (int e = 0; e < kPiece; ++e) acc[r] += load(values + e) * x_row[i + e];
+      for (int e = 0; e < kPiece; ++e) x_row[i + e] = load(values + e);
     }
   }
-  for (std::int64_t i = vector_end + lane; i < in_features; i += 32)
+  for (std::int64_t i = x_vector_end + threadIdx.x; i < in_features; i += blockDim.x)
+    x_row[i] = Gated ? silu_f(load(input + i)) * load(input + in_features + i) : load(input + i);
+  __syncthreads();
+  const T* w = weights + std::int64_t{expert_ids[slot]} * out_features * in_features;
+  const int lane = threadIdx.x % 32;
+  const std::int64_t warps = std::int64_t{gridDim.x} * kGemvWarps;
+  for (std::int64_t row = std::int64_t{blockIdx.x} * kGemvWarps + threadIdx.x / 32; row < out_features;
+       row += warps) {
+    const T* w_row = w + row * in_features;
+    float acc = 0.0f;
+    for (std::int64_t i = std::int64_t{lane} * kPiece; i < vector_end; i += 32 * kPiece * kGemvPiecesInFlight) {
+      uint4 pieces[kGemvPiecesInFlight];
 #pragma unroll
-    for (int r = 0; r < kGemvRowsPerWarp; ++r)
-      if (first_row + r < out_features) acc[r] += load(w + (first_row + r) * in_features + i) * x_row[i];
+      for (int p = 0; p < kGemvPiecesInFlight; ++p)
+        if (i + p * 32 * kPiece < vector_end)
+          pieces[p] = __ldcs(reinterpret_cast<const uint4*>(w_row + i + p * 32 * kPiece));
 #pragma unroll
-  for (int r = 0; r < kGemvRowsPerWarp; ++r) {
-    const float sum = warp_sum(acc[r]);
-    if (lane == 0 && first_row + r < out_features) store(out + slot * out_features + first_row + r, sum);
+      for (int p = 0; p < kGemvPiecesInFlight; ++p) {
+        const std::int64_t at = i + p * 32 * kPiece;
+        if (at >= vector_end) continue;
+        const T* values = reinterpret_cast<const T*>(&pieces[p]);
+#pragma unroll
+        for (int e = 0; e < kPiece; ++e) acc += load(values + e) * x_row[at + e];
+      }
+    }
+    for (std::int64_t i = vector_end + lane; i < in_features; i += 32) acc += load(w_row + i) * x_row[i];
+    acc = warp_sum(acc);
+    if (lane == 0) store(out + slot * out_features + row, acc);
   }
 }
 
@@ -150,45 +210,74 @@ void check_top_k(int k, const char* what) {
 
 }  // namespace
 
-void route_top_k(const float* router_logits, std::int64_t rows, int experts, int k, std::int32_t* expert_ids,
-                 float* weights, cudaStream_t stream) {
+void route_top_k(const float* router_logits, std::int64_t rows, int experts, int k, bool by_expert,
+                 std::int32_t* expert_ids, float* weights, cudaStream_t stream) {
   check_top_k(k, "route_top_k");
   if (k > experts)
     fail("route_top_k: top " + std::to_string(k) + " of only " + std::to_string(experts) + " experts");
   if (rows == 0) return;
-  route_top_k_kernel<<<grid_for(rows, 128), 128, 0, stream>>>(router_logits, rows, experts, k, expert_ids, weights);
+  route_top_k_kernel<<<grid_for(rows, 128), 128, 0, stream>>>(router_logits, rows, experts, k, by_expert, expert_ids,
+                                                               weights);
   check(cudaGetLastError(), "route_top_k");
 }
 
-void order_routes_by_expert(std::int32_t* expert_ids, float* weights, std::int64_t rows, int k, cudaStream_t stream) {
-  check_top_k(k, "order_routes_by_expert");
-  if (rows == 0) return;
-  order_routes_by_expert_kernel<<<grid_for(rows, 128), 128, 0, stream>>>(expert_ids, weights, rows, k);
-  check(cudaGetLastError(), "order_routes_by_expert");
+template <typename T>
+void group_by_expert(const std::int32_t* expert_ids, std::int64_t rows, int k, int experts, const T* x,
+                     std::int64_t width, std::int32_t* first_row, std::int32_t* slot_rows, T* grouped,
+                     std::int32_t* workspace, cudaStream_t stream) {
+  const std::int64_t slots = rows * k;
+  count_by_expert_kernel<<<1, 1024, static_cast<unsigned>(experts * sizeof(std::int32_t)), stream>>>(
+      expert_ids, slots, experts, first_row, workspace);
+  check(cudaGetLastError(), "group_by_expert (count)");
+  if (slots == 0) return;
+  const bool whole_pieces = (width * sizeof(T)) % 16 == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 == 0 &&
+                            reinterpret_cast<std::uintptr_t>(grouped) % 16 == 0;
+  const auto scatter = whole_pieces ? scatter_by_expert_kernel<T, true> : scatter_by_expert_kernel<T, false>;
+  scatter<<<static_cast<unsigned>(slots), kThreads, 0, stream>>>(expert_ids, k, x, width, workspace, slot_rows,
+                                                                 grouped);
+  check(cudaGetLastError(), "group_by_expert (scatter)");
+}
+
+// The shared-memory limit raised to the device's most, once: the width a launch reads decides
+// what it takes.
+template <typename T>
+void allow_expert_gemv_shared_memory() {
+  int optin = 0, device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cudaDeviceGetAttribute");
+  for (const auto kernel : {expert_gemv_kernel<T, true>, expert_gemv_kernel<T, false>})
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin),
+          "expert_gemv (shared memory)");
+}
+
+void query_moe_limits(LaunchLimits& limits) {
+  allow_expert_gemv_shared_memory<float>();
+  allow_expert_gemv_shared_memory<bf16>();
+  // Both instantiations use the same registers per thread or near enough: the gated one's bound.
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&limits.expert_gemv_blocks, expert_gemv_kernel<bf16, true>,
+                                                      kGemvWarps * 32, 0),
+        "expert_gemv (occupancy)");
 }
 
 template <typename T>
 void expert_gemv(const T* weights, std::int64_t out_features, std::int64_t in_features, const std::int32_t* expert_ids,
-                 const T* x, std::int64_t slots, int slots_per_input, T* out, cudaStream_t stream) {
+                 const T* x, bool gated, std::int64_t slots, int slots_per_input, T* out, const LaunchLimits& limits,
+                 cudaStream_t stream) {
   if (slots == 0 || out_features == 0) return;
-  const auto kernel = expert_gemv_kernel<T>;
+  const auto kernel = gated ? expert_gemv_kernel<T, true> : expert_gemv_kernel<T, false>;
   const auto shared_bytes = static_cast<int>(in_features * sizeof(float));
-  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, shared_bytes),
-        "expert_gemv (shared memory)");
-  constexpr std::int64_t kRowsPerBlock = kGemvWarps * kGemvRowsPerWarp;
-  const dim3 grid(static_cast<unsigned>((out_features + kRowsPerBlock - 1) / kRowsPerBlock),
-                  static_cast<unsigned>(slots));
+  // As many blocks as the GPU holds at once, shared among the slots (each slot at least one
+  // block, at most a warp per row).
+  const int blocks_per_multiprocessor =
+      std::max(1, std::min(limits.expert_gemv_blocks, limits.shared_bytes_per_multiprocessor /
+                                                          (shared_bytes + limits.reserved_shared_bytes_per_block)));
+  const std::int64_t resident = std::int64_t{blocks_per_multiprocessor} * limits.multiprocessors;
+  const std::int64_t blocks_per_slot =
+      std::clamp<std::int64_t>(resident / slots, 1, (out_features + kGemvWarps - 1) / kGemvWarps);
+  const dim3 grid(static_cast<unsigned>(blocks_per_slot), static_cast<unsigned>(slots));
   kernel<<<grid, kGemvWarps * 32, shared_bytes, stream>>>(weights, out_features, in_features, expert_ids, x,
                                                           slots_per_input, out);
   check(cudaGetLastError(), "expert_gemv");
-}
-
-template <typename T>
-void gather_rows(const T* x, const std::int32_t* source_rows, std::int64_t count, std::int64_t width, T* out,
-                 cudaStream_t stream) {
-  if (count == 0) return;
-  gather_rows_kernel<<<static_cast<unsigned>(count), kThreads, 0, stream>>>(x, source_rows, width, out);
-  check(cudaGetLastError(), "gather_rows");
 }
 
 template <typename T>
@@ -196,17 +285,20 @@ void combine_experts(const T* expert_out, const std::int32_t* slot_rows, const f
                      int k, std::int64_t width, T* out, cudaStream_t stream) {
   check_top_k(k, "combine_experts");
   if (rows == 0) return;
-  combine_experts_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(expert_out, slot_rows, weights, k,
-                                                                               width, out);
+  const bool whole_pieces = (width * sizeof(T)) % 16 == 0 && reinterpret_cast<std::uintptr_t>(expert_out) % 16 == 0 &&
+                            reinterpret_cast<std::uintptr_t>(out) % 16 == 0;
+  const auto kernel = whole_pieces ? combine_experts_kernel<T, true> : combine_experts_kernel<T, false>;
+  kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(expert_out, slot_rows, weights, k, width, out);
   check(cudaGetLastError(), "combine_experts");
 }
 
 #define LIGHTDESK_INSTANTIATE(T)                                                                                \
-  template void gather_rows<T>(const T*, const std::int32_t*, std::int64_t, std::int64_t, T*, cudaStream_t);    \
   template void combine_experts<T>(const T*, const std::int32_t*, const float*, std::int64_t, int, std::int64_t, \
                                    T*, cudaStream_t);                                                           \
-  template void expert_gemv<T>(const T*, std::int64_t, std::int64_t, const std::int32_t*, const T*, std::int64_t,  \
-                               int, T*, cudaStream_t);
+  template void expert_gemv<T>(const T*, std::int64_t, std::int64_t, const std::int32_t*, const T*, bool,          \
+                               std::int64_t, int, T*, const LaunchLimits&, cudaStream_t);                                            \
+  template void group_by_expert<T>(const std::int32_t*, std::int64_t, int, int, const T*, std::int64_t,          \
+                                   std::int32_t*, std::int32_t*, T*, std::int32_t*, cudaStream_t);
 LIGHTDESK_FOR_EACH_ACTIVATION(LIGHTDESK_INSTANTIATE)
 #undef LIGHTDESK_INSTANTIATE
 

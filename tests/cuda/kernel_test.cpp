@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <numeric>
+#include <tuple>
 
 #include "cuda_test_util.h"
 #include "src/cpu_ops.h"
@@ -107,7 +108,7 @@ TYPED_TEST(CudaKernelTest, Swiglu) {
   }
 }
 
-TYPED_TEST(CudaKernelTest, EmbedAndGatherRows) {
+TYPED_TEST(CudaKernelTest, EmbedRows) {
   const std::int64_t vocab = 300, width = 70, rows = 13;
   DeviceArray<TypeParam> table(vocab * width), out(rows * width);
   DeviceArray<std::int32_t> tokens(rows);
@@ -118,9 +119,6 @@ TYPED_TEST(CudaKernelTest, EmbedAndGatherRows) {
   for (std::int64_t r = 0; r < rows; ++r) std::copy_n(ts.data() + ids[r] * width, width, ref.data() + r * width);
   out.poison();
   cuda::embed_rows(table.get(), tokens.get(), rows, width, out.get(), nullptr);
-  EXPECT_EQ(out.get_values(), ref);
-  out.poison();
-  cuda::gather_rows(table.get(), tokens.get(), rows, width, out.get(), nullptr);
   EXPECT_EQ(out.get_values(), ref);
 }
 
@@ -396,59 +394,163 @@ TEST(CudaKvPagePoolTest, GrowingKeepsPagesAndContents) {
   EXPECT_EQ(pool.memory(), grown);
 }
 
+// Widths in and out of whole 16-byte pieces.
 TYPED_TEST(CudaKernelTest, CombineExperts) {
-  const std::int64_t rows = 11, width = 90;
+  const std::int64_t rows = 11;
   const int k = 3;
-  DeviceArray<TypeParam> expert_out(rows * k * width), out(rows * width);
-  DeviceArray<std::int32_t> slot_rows(rows * k);
-  DeviceArray<float> weights(rows * k);
-  const auto ys = expert_out.set(this->random.uniform(expert_out.size(), -1.0f, 1.0f));
-  const auto ws = weights.set(this->random.uniform(weights.size(), 0.0f, 1.0f));
-  std::vector<std::int32_t> slots(rows * k);
-  std::iota(slots.begin(), slots.end(), 0);
-  std::shuffle(slots.begin(), slots.end(), std::mt19937(this->random.seed()));
-  cuda::check(cudaMemcpy(slot_rows.get(), slots.data(), slots.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice),
-              "upload");
-  out.poison();
-  cuda::combine_experts(expert_out.get(), slot_rows.get(), weights.get(), rows, k, width, out.get(), nullptr);
-  std::vector<float> ref(out.size(), 0.0f);
-  for (std::int64_t r = 0; r < rows; ++r)
-    for (int i = 0; i < k; ++i)
-      for (std::int64_t c = 0; c < width; ++c) ref[r * width + c] += ys[slots[r * k + i] * width + c] * ws[r * k + i];
-  EXPECT_CLOSE(out.get_values(), ref, tolerance<TypeParam>());
+  for (const std::int64_t width : {std::int64_t{90}, std::int64_t{96}}) {
+    SCOPED_TRACE("width " + std::to_string(width));
+    DeviceArray<TypeParam> expert_out(rows * k * width), out(rows * width);
+    DeviceArray<std::int32_t> slot_rows(rows * k);
+    DeviceArray<float> weights(rows * k);
+    const auto ys = expert_out.set(this->random.uniform(expert_out.size(), -1.0f, 1.0f));
+    const auto ws = weights.set(this->random.uniform(weights.size(), 0.0f, 1.0f));
+    std::vector<std::int32_t> slots(rows * k);
+    std::iota(slots.begin(), slots.end(), 0);
+    std::shuffle(slots.begin(), slots.end(), std::mt19937(this->random.seed()));
+    cuda::check(
+        cudaMemcpy(slot_rows.get(), slots.data(), slots.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice),
+        "upload");
+    const auto reference = [&](bool permuted) {
+      std::vector<float> ref(out.size(), 0.0f);
+      for (std::int64_t r = 0; r < rows; ++r)
+        for (int i = 0; i < k; ++i) {
+          const std::int64_t row = permuted ? slots[r * k + i] : r * k + i;
+          for (std::int64_t c = 0; c < width; ++c) ref[r * width + c] += ys[row * width + c] * ws[r * k + i];
+        }
+      return ref;
+    };
+    out.poison();
+    cuda::combine_experts(expert_out.get(), slot_rows.get(), weights.get(), rows, k, width, out.get(), nullptr);
+    EXPECT_CLOSE(out.get_values(), reference(true), tolerance<TypeParam>());
+    // No slot rows: expert_out in slot order, as the device-routed path leaves it.
+    out.poison();
+    cuda::combine_experts(expert_out.get(), static_cast<const std::int32_t*>(nullptr), weights.get(), rows, k, width,
+                          out.get(), nullptr);
+    EXPECT_CLOSE(out.get_values(), reference(false), tolerance<TypeParam>());
+  }
 }
 
-// The whole MoE layer: few rows take the device-routed path (expert products with the ids read
-// on the device), more rows the grouped one; both against cpu::moe_experts.
-TYPED_TEST(CudaKernelTest, MoeLayer) {
-  const MoeShape shape{96, 40, 8, 2};
-  const std::int64_t H = shape.hidden, I = shape.width, E = shape.experts;
-  DeviceContext device;
-  DeviceArray<float> router(E * H);
-  DeviceArray<TypeParam> gate_up(E * 2 * I * H), down(E * H * I);
-  const auto router_values = router.set(this->random.uniform(router.size(), -0.3f, 0.3f));
-  const auto gate_up_values = gate_up.set(this->random.uniform(gate_up.size(), -0.2f, 0.2f));
-  const auto down_values = down.set(this->random.uniform(down.size(), -0.2f, 0.2f));
-  std::vector<cpu::ExpertMatrices> experts;
-  for (std::int64_t e = 0; e < E; ++e)
-    experts.push_back({gate_up_values.data() + e * 2 * I * H, gate_up_values.data() + e * 2 * I * H + I * H,
-                       down_values.data() + e * H * I});
-  MoeRunner<TypeParam> runner(device, shape);
-  ASSERT_LE(3, MoeRunner<TypeParam>::kDeviceRoutedRows);
-  for (const std::int64_t rows : {std::int64_t{1}, std::int64_t{3}, std::int64_t{9}, std::int64_t{40}}) {
-    SCOPED_TRACE(std::to_string(rows) + " rows");
-    DeviceArray<TypeParam> x(rows * H), out(rows * H);
+// The permutation to experts on the device: group sizes, a slot → row map that is one to one and
+// lands in the slot's expert's rows, and the tokens copied there. Widths in and out of 16-byte
+// pieces; more experts than slots (empty experts).
+TYPED_TEST(CudaKernelTest, GroupByExpert) {
+  for (auto [rows, k, experts, width] :
+       {std::tuple<std::int64_t, int, int, std::int64_t>{300, 2, 8, 96}, {5, 2, 32, 70}, {1000, 3, 5, 13}}) {
+    SCOPED_TRACE(std::to_string(rows) + " rows, top " + std::to_string(k) + " of " + std::to_string(experts));
+    const std::int64_t slots = rows * k;
+    DeviceArray<TypeParam> x(rows * width), grouped(slots * width);
+    DeviceArray<std::int32_t> ids(slots), first_row(experts + 1), slot_rows(slots), cursor(experts);
     const auto xs = x.set(this->random.uniform(x.size(), -1.0f, 1.0f));
-    out.poison();
-    runner.run({router.get(), gate_up.get(), down.get()}, x.get(), rows, out.get());
-    device.synchronize();
-    std::vector<float> logits(static_cast<std::size_t>(rows * E)), weights(static_cast<std::size_t>(rows * 2));
-    std::vector<int> ids(weights.size());
-    cpu::linear(xs.data(), rows, H, router_values.data(), E, logits.data());
-    cpu::route_top_k(logits.data(), rows, static_cast<int>(E), 2, ids.data(), weights.data());
-    std::vector<float> ref(out.size());
-    cpu::moe_experts(xs.data(), rows, H, I, experts, 2, ids.data(), weights.data(), ref.data(), this->pool);
-    EXPECT_CLOSE(out.get_values(), ref, tolerance<TypeParam>());
+    const auto chosen = this->random.integers(slots, 0, experts - 1);
+    cuda::check(cudaMemcpy(ids.get(), chosen.data(), slots * sizeof(std::int32_t), cudaMemcpyHostToDevice), "upload");
+    grouped.poison();
+    cuda::check(cudaMemset(first_row.get(), 0xFF, first_row.size() * sizeof(std::int32_t)), "poison");
+    cuda::check(cudaMemset(slot_rows.get(), 0xFF, slot_rows.size() * sizeof(std::int32_t)), "poison");
+    cuda::group_by_expert(ids.get(), rows, k, experts, x.get(), width, first_row.get(), slot_rows.get(), grouped.get(),
+                          cursor.get(), nullptr);
+    std::vector<std::int32_t> firsts(first_row.size()), rows_of(slots);
+    cuda::check(cudaMemcpy(firsts.data(), first_row.get(), firsts.size() * sizeof(std::int32_t),
+                           cudaMemcpyDeviceToHost),
+                "download");
+    cuda::check(cudaMemcpy(rows_of.data(), slot_rows.get(), rows_of.size() * sizeof(std::int32_t),
+                           cudaMemcpyDeviceToHost),
+                "download");
+    std::vector<std::int32_t> expected_first(experts + 1, 0);
+    for (std::int32_t id : chosen) ++expected_first[id + 1];
+    for (int e = 0; e < experts; ++e) expected_first[e + 1] += expected_first[e];
+    EXPECT_EQ(firsts, expected_first);
+    std::vector<float> ref(grouped.size());
+    std::vector<bool> taken(slots, false);
+    for (std::int64_t slot = 0; slot < slots; ++slot) {
+      const std::int32_t row = rows_of[slot], e = chosen[slot];
+      ASSERT_GE(row, expected_first[e]) << "slot " << slot;
+      ASSERT_LT(row, expected_first[e + 1]) << "slot " << slot;
+      ASSERT_FALSE(taken[row]) << "row " << row << " taken twice";
+      taken[row] = true;
+      std::copy_n(xs.data() + (slot / k) * width, width, ref.data() + row * width);
+    }
+    EXPECT_EQ(grouped.get_values(), ref);
+  }
+}
+
+// One grouped GEMM over ragged groups, empty ones included, against per-group CPU products:
+// groups of many rows (the tiling by tokens) and of a few (the tiling by weight rows), with
+// groups and widths that split the tiles.
+TEST(CudaGroupedLinearTest, MatchesCpu) {
+  LIGHTDESK_SKIP_WITHOUT_GPU();
+  test::Random random;
+  const cuda::LaunchLimits limits = cuda::query_launch_limits();
+  const std::int64_t in = 200, out = 264;
+  for (const std::vector<std::int32_t>& sizes : {std::vector<std::int32_t>{0, 1, 300, 0, 129, 7, 256, 0},
+                                                 std::vector<std::int32_t>{0, 3, 70, 1, 0, 9, 2, 0}}) {
+    const int groups = static_cast<int>(sizes.size());
+    std::vector<std::int32_t> first(sizes.size() + 1, 0);
+    for (std::size_t g = 0; g < sizes.size(); ++g) first[g + 1] = first[g] + sizes[g];
+    const std::int64_t rows = first.back();
+    SCOPED_TRACE(std::to_string(rows) + " rows in " + std::to_string(groups) + " groups");
+    DeviceArray<cuda::bf16> x(rows * in), w(groups * out * in), y(rows * out);
+    DeviceArray<std::int32_t> first_row(first.size());
+    const auto xs = x.set(random.uniform(x.size(), -1.0f, 1.0f));
+    const auto ws = w.set(random.uniform(w.size(), -0.2f, 0.2f));
+    cuda::check(cudaMemcpy(first_row.get(), first.data(), first.size() * sizeof(std::int32_t),
+                           cudaMemcpyHostToDevice),
+                "upload");
+    DeviceBuffer workspace(cuda::grouped_linear_workspace_bytes(groups, limits), "grouped GEMM workspace");
+    y.poison();
+    cuda::grouped_linear(x.get(), first_row.get(), groups, rows, in, w.get(), out, y.get(), limits,
+                         workspace.as<void>(), workspace.bytes(), nullptr);
+    std::vector<float> ref(y.size());
+    for (int g = 0; g < groups; ++g)
+      cpu::linear(xs.data() + first[g] * in, sizes[g], in, ws.data() + g * out * in, out, ref.data() + first[g] * out);
+    EXPECT_LT(relative_error(y.get_values(), ref), tolerance<cuda::bf16>()) << "seed " << random.seed();
+    // Widths past 16-byte pieces are refused, not read out of bounds.
+    EXPECT_THROW(cuda::grouped_linear(x.get(), first_row.get(), groups, rows, in - 1, w.get(), out, y.get(), limits,
+                                      workspace.as<void>(), workspace.bytes(), nullptr),
+                 Error);
+  }
+}
+
+// The whole MoE layer against cpu::moe_experts: few rows take the device-routed path (expert
+// products with the ids read on the device), more rows the grouped one: ragged expert loads,
+// empty experts (32 experts, 9 rows), groups past one GEMM tile, and widths that are not whole
+// 16-byte pieces (bf16 falls back to a GEMM per expert).
+TYPED_TEST(CudaKernelTest, MoeLayer) {
+  ASSERT_LE(3, MoeRunner<TypeParam>::kDeviceRoutedRows);
+  const std::vector<std::pair<MoeShape, std::vector<std::int64_t>>> cases{
+      {{96, 40, 8, 2}, {1, 3, MoeRunner<TypeParam>::kDeviceRoutedRows, 5, 40, 300}},
+      {{64, 48, 32, 2}, {9, 70}},
+      {{100, 36, 4, 2}, {2, 6}},
+      {{256, 320, 4, 2}, {700}}};
+  for (const auto& [shape, row_counts] : cases) {
+    const std::int64_t H = shape.hidden, I = shape.width, E = shape.experts;
+    DeviceContext device;
+    DeviceArray<float> router(E * H);
+    DeviceArray<TypeParam> gate_up(E * 2 * I * H), down(E * H * I);
+    const auto router_values = router.set(this->random.uniform(router.size(), -0.3f, 0.3f));
+    const auto gate_up_values = gate_up.set(this->random.uniform(gate_up.size(), -0.2f, 0.2f));
+    const auto down_values = down.set(this->random.uniform(down.size(), -0.2f, 0.2f));
+    std::vector<cpu::ExpertMatrices> experts;
+    for (std::int64_t e = 0; e < E; ++e)
+      experts.push_back({gate_up_values.data() + e * 2 * I * H, gate_up_values.data() + e * 2 * I * H + I * H,
+                         down_values.data() + e * H * I});
+    MoeRunner<TypeParam> runner(device, shape);
+    for (const std::int64_t rows : row_counts) {
+      SCOPED_TRACE(std::to_string(rows) + " rows, hidden " + std::to_string(H) + ", " + std::to_string(E) +
+                   " experts of " + std::to_string(I));
+      DeviceArray<TypeParam> x(rows * H), out(rows * H);
+      const auto xs = x.set(this->random.uniform(x.size(), -1.0f, 1.0f));
+      out.poison();
+      runner.run({router.get(), gate_up.get(), down.get()}, x.get(), rows, out.get());
+      device.synchronize();
+      std::vector<float> logits(static_cast<std::size_t>(rows * E)), weights(static_cast<std::size_t>(rows * 2));
+      std::vector<int> ids(weights.size());
+      cpu::linear(xs.data(), rows, H, router_values.data(), E, logits.data());
+      cpu::route_top_k(logits.data(), rows, static_cast<int>(E), 2, ids.data(), weights.data());
+      std::vector<float> ref(out.size());
+      cpu::moe_experts(xs.data(), rows, H, I, experts, 2, ids.data(), weights.data(), ref.data(), this->pool);
+      EXPECT_CLOSE(out.get_values(), ref, tolerance<TypeParam>());
+    }
   }
 }
 
@@ -461,17 +563,29 @@ TEST(CudaRouterTest, TopKMatchesCpu) {
     DeviceArray<float> logits(rows * experts), weights(rows * k);
     DeviceArray<std::int32_t> ids(rows * k);
     const auto ls = logits.set(random.uniform(logits.size(), -3.0f, 3.0f));
-    weights.poison();
-    cuda::check(cudaMemset(ids.get(), 0xFF, ids.size() * sizeof(std::int32_t)), "poison");
-    cuda::route_top_k(logits.get(), rows, experts, k, ids.get(), weights.get(), nullptr);
     std::vector<int> ref_ids(ids.size());
     std::vector<float> ref_weights(ids.size());
     cpu::route_top_k(ls.data(), rows, experts, k, ref_ids.data(), ref_weights.data());
-    std::vector<std::int32_t> got_ids(ids.size());
-    cuda::check(cudaMemcpy(got_ids.data(), ids.get(), got_ids.size() * sizeof(std::int32_t), cudaMemcpyDeviceToHost),
-                "download");
-    EXPECT_EQ(got_ids, std::vector<std::int32_t>(ref_ids.begin(), ref_ids.end())) << "seed " << random.seed();
-    EXPECT_LT(relative_error(weights.get_values(), ref_weights), 1e-6) << "seed " << random.seed();
+    for (const bool by_expert : {false, true}) {
+      SCOPED_TRACE(by_expert ? "by expert" : "by weight");
+      if (by_expert) {
+        // The same routes, each row's sorted by expert id.
+        for (std::int64_t r = 0; r < rows; ++r) {
+          std::vector<std::pair<int, float>> routes;
+          for (int i = 0; i < k; ++i) routes.emplace_back(ref_ids[r * k + i], ref_weights[r * k + i]);
+          std::sort(routes.begin(), routes.end());
+          for (int i = 0; i < k; ++i) std::tie(ref_ids[r * k + i], ref_weights[r * k + i]) = routes[i];
+        }
+      }
+      weights.poison();
+      cuda::check(cudaMemset(ids.get(), 0xFF, ids.size() * sizeof(std::int32_t)), "poison");
+      cuda::route_top_k(logits.get(), rows, experts, k, by_expert, ids.get(), weights.get(), nullptr);
+      std::vector<std::int32_t> got_ids(ids.size());
+      cuda::check(cudaMemcpy(got_ids.data(), ids.get(), got_ids.size() * sizeof(std::int32_t), cudaMemcpyDeviceToHost),
+                  "download");
+      EXPECT_EQ(got_ids, std::vector<std::int32_t>(ref_ids.begin(), ref_ids.end())) << "seed " << random.seed();
+      EXPECT_LT(relative_error(weights.get_values(), ref_weights), 1e-6) << "seed " << random.seed();
+    }
   }
 }
 

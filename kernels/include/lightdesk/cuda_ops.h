@@ -33,6 +33,11 @@ struct LaunchLimits {
   int attention_decode_blocks = 0;
   int attention_prefill_blocks = 0;
   int lightning_prefill_blocks = 0;
+  // expert_gemv's shared memory depends on the width it reads: its blocks per multiprocessor are
+  // kept as the register and thread limit, and the shared memory limit follows from these two.
+  int expert_gemv_blocks = 0;
+  int shared_bytes_per_multiprocessor = 0;
+  int reserved_shared_bytes_per_block = 0;
 };
 // Of the current device.
 LaunchLimits query_launch_limits();
@@ -192,27 +197,43 @@ void softmax_attention(const T* q, std::int64_t rows, std::int64_t first_positio
 constexpr int kMaxTopK = 8;
 
 // Per row of router_logits [rows, experts] (float32): softmax, the top k (lower index first on
-// ties), renormalised; writes k ids and weights per row.
-void route_top_k(const float* router_logits, std::int64_t rows, int experts, int k, std::int32_t* expert_ids,
-                 float* weights, cudaStream_t stream);
+// ties), renormalised; writes k ids and weights per row, by decreasing weight, or by increasing
+// expert id when by_expert (the order the MoE combine sums in).
+void route_top_k(const float* router_logits, std::int64_t rows, int experts, int k, bool by_expert,
+                 std::int32_t* expert_ids, float* weights, cudaStream_t stream);
 
-// out[i] = x[source_rows[i]] for i < count, rows of `width`.
+// The token permutation of a MoE layer, on the device: the slots (row r's i-th route is slot
+// r·k + i, expert_ids[slot] < experts) grouped by expert. Writes first_row[experts + 1] (expert
+// e's rows of grouped are first_row[e] .. first_row[e + 1]), slot_rows[slot] (the slot's row of
+// grouped) and grouped[slot_rows[slot]] = x[slot / k] (rows of `width`). Within an expert the
+// rows come in no set order; the products do not depend on it. workspace: experts int32.
 template <typename T>
-void gather_rows(const T* x, const std::int32_t* source_rows, std::int64_t count, std::int64_t width, T* out,
-                 cudaStream_t stream);
+void group_by_expert(const std::int32_t* expert_ids, std::int64_t rows, int k, int experts, const T* x,
+                     std::int64_t width, std::int32_t* first_row, std::int32_t* slot_rows, T* grouped,
+                     std::int32_t* workspace, cudaStream_t stream);
 
-// Sorts each row's k routes (expert ids with their weights) by expert id, in place.
-void order_routes_by_expert(std::int32_t* expert_ids, float* weights, std::int64_t rows, int k, cudaStream_t stream);
+// For each group g < groups, with rows first_row[g] .. first_row[g + 1] (device memory; `rows`
+// in all, first_row[groups], which picks the tiling): out[those rows] = in[those rows] · W_gᵀ, W_g
+// the g-th [out_features, in_features] matrix of `weights`; bf16 with float32 accumulation, one
+// launch for all groups. in_features and out_features must be multiples of 8. workspace:
+// grouped_linear_workspace_bytes(groups, limits) bytes of device memory.
+std::size_t grouped_linear_workspace_bytes(int groups, const LaunchLimits& limits);
+void grouped_linear(const bf16* in, const std::int32_t* first_row, int groups, std::int64_t rows,
+                    std::int64_t in_features, const bf16* weights, std::int64_t out_features, bf16* out,
+                    const LaunchLimits& limits, void* workspace, std::size_t workspace_bytes, cudaStream_t stream);
 
-// The few-token expert product, with the experts chosen on the device: out[s] = W_e x[s /
-// slots_per_input] for each slot s, e = expert_ids[s] (device memory), W_e the e-th
-// [out_features, in_features] matrix of `weights`. Weight-bandwidth bound: for decode.
+// The few-token expert product, with the experts chosen on the device: out[s] = W_e x_s for each
+// slot s, e = expert_ids[s] (device memory), W_e the e-th [out_features, in_features] matrix of
+// `weights`, x_s = x[s / slots_per_input]; when gated, x holds [gate | up] rows of 2 · in_features
+// and x_s = silu(gate) ⊙ up (the SwiGLU of the gate/up product, never stored).
+// Weight-bandwidth bound: for decode.
 template <typename T>
 void expert_gemv(const T* weights, std::int64_t out_features, std::int64_t in_features, const std::int32_t* expert_ids,
-                 const T* x, std::int64_t slots, int slots_per_input, T* out, cudaStream_t stream);
+                 const T* x, bool gated, std::int64_t slots, int slots_per_input, T* out, const LaunchLimits& limits,
+                 cudaStream_t stream);
 
-// out[r] = Σ_i weights[r*k+i] · expert_out[slot_rows[r*k+i]], summed in increasing slot_rows
-// order (the rows of expert_out are grouped by expert, so this is increasing expert order).
+// out[r] = Σ_i weights[r*k+i] · expert_out[slot_rows[r*k+i]], summed in increasing i (route_top_k
+// by_expert: increasing expert order); slot_rows null: expert_out is in slot order (row r*k + i).
 template <typename T>
 void combine_experts(const T* expert_out, const std::int32_t* slot_rows, const float* weights, std::int64_t rows,
                      int k, std::int64_t width, T* out, cudaStream_t stream);
