@@ -1,10 +1,14 @@
-// Causal GQA softmax attention over a (paged) K/V cache, prefill and decode: the tensor-core
-// flash kernel of flash_attention.cuh for bf16, a CUDA-core kernel for float32 and odd head sizes.
+// Causal GQA softmax attention over a (paged) K/V cache, prefill and decode. bf16 runs on tensor
+// cores: the warpgroup-MMA kernel of flash_attention_hopper.cuh for prefill on sm_90a, the one-warp
+// mma.sync kernel of flash_attention.cuh for decode (and for prefill on other GPUs). float32 (the
+// checking mode) and odd head sizes run on a CUDA-core kernel: the tensor cores would round its
+// operands to bf16 or tf32, and the check wants float32 products.
 #include <algorithm>
 #include <cmath>
 
 #include "common.cuh"
 #include "flash_attention.cuh"
+#include "flash_attention_hopper.cuh"
 
 namespace lightdesk::cuda {
 namespace {
@@ -144,7 +148,7 @@ __global__ void read_kv_rows_kernel(KvCacheView<const T> kv, std::int64_t first,
 
 // Which kernel a launch takes, how it splits the keys over thread blocks, and the workspace
 // the splits' partial results need: the same answer for planning and for running.
-enum class Kernel { FlashOneWarp, FlashWide, CudaCores };
+enum class Kernel { FlashOneWarp, FlashHopper, CudaCores };
 struct Plan {
   Kernel kernel = Kernel::CudaCores;
   std::int64_t splits = 1;
@@ -152,21 +156,41 @@ struct Plan {
   std::size_t workspace_bytes = 0;
 };
 
-template <int kWarps, int kWarpRowTiles>
-constexpr auto flash_kernel = flash::flash_attention_kernel<kWarps, kWarpRowTiles>;
+// A flash kernel with its launch shape.
+struct FlashKernel {
+  void (*kernel)(flash::Problem);
+  int threads;
+  int rows_per_block;  // packed rows
+  int keys_per_tile;
+  std::size_t shared_bytes;
+};
+FlashKernel flash_kernel(Kernel kernel) {
+  if (kernel == Kernel::FlashHopper)
+    return {flash::flash_attention_hopper_kernel, flash::kHopperThreads, flash::kHopperRows, flash::kHopperKeys,
+            flash::kHopperSharedBytes};
+  using Tiles = flash::SharedTiles<1, 1>;
+  return {flash::flash_attention_kernel<1, 1>, 32, Tiles::kRows, flash::kKeysPerTile, sizeof(Tiles)};
+}
 
-template <int kWarps, int kWarpRowTiles>
+// The warpgroup-MMA kernel exists in the sm_90a machine code only (not in the PTX that newer GPUs
+// compile).
+bool runs_sm90a() {
+  int device = 0, major = 0, minor = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device), "cudaDeviceGetAttribute");
+  return major == 9 && minor == 0;
+}
+
 Plan plan_flash(Kernel kernel, std::int64_t rows, std::int64_t first_position, int kv_heads, int group, int d) {
-  using Tiles = flash::SharedTiles<kWarps, kWarpRowTiles>;
+  const FlashKernel k = flash_kernel(kernel);
   const std::int64_t packed_rows = rows * group;
-  const std::int64_t row_tiles = (packed_rows + Tiles::kRows - 1) / Tiles::kRows;
-  const std::int64_t key_tiles = (first_position + rows + flash::kKeysPerTile - 1) / flash::kKeysPerTile;
-  check(cudaFuncSetAttribute(flash_kernel<kWarps, kWarpRowTiles>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             sizeof(Tiles)),
+  const std::int64_t row_tiles = (packed_rows + k.rows_per_block - 1) / k.rows_per_block;
+  const std::int64_t key_tiles = (first_position + rows + k.keys_per_tile - 1) / k.keys_per_tile;
+  check(cudaFuncSetAttribute(k.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(k.shared_bytes)),
         "softmax_attention (shared memory)");
   int blocks_per_multiprocessor = 0;
-  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_multiprocessor, flash_kernel<kWarps, kWarpRowTiles>,
-                                                      kWarps * 32, sizeof(Tiles)),
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_multiprocessor, k.kernel, k.threads, k.shared_bytes),
         "softmax_attention (occupancy)");
   // Split the keys when the row tiles alone do not fill the GPU twice (decode, short chunks after
   // a long context), keeping at least 4 key tiles per split. Two waves of thread blocks: decode
@@ -193,9 +217,9 @@ Plan plan_attention(std::int64_t rows, std::int64_t first_position, int heads, i
   const int group = heads / kv_heads;
   if (std::is_same_v<T, bf16> && head_dim % 8 == 0) {
     // One warp of 16 packed rows when that holds every row, as in decode.
-    if (rows * group <= flash::kMmaRows)
-      return plan_flash<1, 1>(Kernel::FlashOneWarp, rows, first_position, kv_heads, group, head_dim);
-    return plan_flash<4, 2>(Kernel::FlashWide, rows, first_position, kv_heads, group, head_dim);
+    const bool one_warp = rows * group <= flash::kMmaRows || !runs_sm90a();
+    return plan_flash(one_warp ? Kernel::FlashOneWarp : Kernel::FlashHopper, rows, first_position, kv_heads, group,
+                      head_dim);
   }
   // Few (row, head) pairs, as in decode, cannot fill the GPU: split their keys over thread
   // blocks too, and merge the partial softmaxes in a second kernel.
@@ -209,17 +233,15 @@ Plan plan_attention(std::int64_t rows, std::int64_t first_position, int heads, i
   return plan;
 }
 
-template <int kWarps, int kWarpRowTiles>
 void launch_flash(flash::Problem problem, const Plan& plan, float* workspace, cudaStream_t stream) {
+  const FlashKernel k = flash_kernel(plan.kernel);
   const std::int64_t packed_rows = problem.rows * (problem.heads / problem.kv_heads);
-  constexpr int kRows = flash::SharedTiles<kWarps, kWarpRowTiles>::kRows;
   problem.key_tiles_per_split = plan.key_tiles_per_split;
   problem.partial_out = workspace;
   problem.partial_stats = plan.splits > 1 ? workspace + problem.kv_heads * packed_rows * plan.splits * problem.d : nullptr;
-  const dim3 grid(static_cast<unsigned>((packed_rows + kRows - 1) / kRows), static_cast<unsigned>(problem.kv_heads),
-                  static_cast<unsigned>(plan.splits));
-  flash_kernel<kWarps, kWarpRowTiles><<<grid, kWarps * 32, sizeof(flash::SharedTiles<kWarps, kWarpRowTiles>), stream>>>(
-      problem);
+  const dim3 grid(static_cast<unsigned>((packed_rows + k.rows_per_block - 1) / k.rows_per_block),
+                  static_cast<unsigned>(problem.kv_heads), static_cast<unsigned>(plan.splits));
+  k.kernel<<<grid, k.threads, k.shared_bytes, stream>>>(problem);
   if (plan.splits > 1)
     flash::flash_combine_kernel<<<static_cast<unsigned>(problem.kv_heads * packed_rows), 128, 0, stream>>>(
         problem, static_cast<int>(plan.splits));
@@ -242,8 +264,7 @@ void softmax_attention(const T* q, std::int64_t rows, Position first_position, K
   const StreamWorkspace split(plan.workspace_bytes, workspace, workspace_bytes, stream, "softmax_attention (split workspace)");
   if constexpr (std::is_same_v<T, bf16>) {
     const flash::Problem problem{q, kv, out, rows, first_position, heads, kv_heads, head_dim, 0, nullptr, nullptr};
-    if (plan.kernel == Kernel::FlashOneWarp) launch_flash<1, 1>(problem, plan, split.floats(), stream);
-    if (plan.kernel == Kernel::FlashWide) launch_flash<4, 2>(problem, plan, split.floats(), stream);
+    if (plan.kernel != Kernel::CudaCores) launch_flash(problem, plan, split.floats(), stream);
   }
   if (plan.kernel == Kernel::CudaCores) {
     const std::int64_t items = rows * heads;

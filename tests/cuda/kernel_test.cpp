@@ -236,7 +236,10 @@ TYPED_TEST(CudaKernelTest, SoftmaxAttention) {
                                   AttentionShape{300, 0, 16, 2, 128}, AttentionShape{70, 4000, 64, 8, 128},
                                   AttentionShape{1, 20000, 64, 8, 128},
                                   // A group of 3: packed-row tiles end inside a group.
-                                  AttentionShape{29, 129, 12, 4, 32}}) {
+                                  AttentionShape{29, 129, 12, 4, 32},
+                                  // Many 128-row tiles over ragged 128-key tiles; a chunk continuing
+                                  // a session with its keys split, head_dim padded to 128.
+                                  AttentionShape{600, 333, 16, 2, 128}, AttentionShape{257, 1500, 8, 1, 64}}) {
     SCOPED_TRACE(std::to_string(s.rows) + " rows after " + std::to_string(s.first_position));
     const std::int64_t positions = s.first_position + s.rows;
     DeviceArray<TypeParam> q(s.rows * s.heads * s.head_dim), out(q.size());
@@ -255,13 +258,22 @@ TYPED_TEST(CudaKernelTest, SoftmaxAttention) {
 }
 
 // The cache in pages handed out in shuffled order: rows in and out, and attention over them.
+struct PagedAttentionShape {
+  int page_shift;
+  std::int64_t rows;
+  int heads, kv_heads, head_dim;
+};
+
 TYPED_TEST(CudaKernelTest, PagedKvCache) {
-  for (const int page_shift : {6, 7}) {
-    const int heads = 16, kv_heads = 4, d = 64;
-    const std::int64_t first_position = 777, rows = 40, positions = first_position + rows;
+  // Pages of 64 and 128 positions under key tiles of 64 (decode) and 128 (prefill); MiniMax's
+  // 64/8 heads with a chunk of rows crossing several pages.
+  for (const PagedAttentionShape& s : {PagedAttentionShape{6, 40, 16, 4, 64}, PagedAttentionShape{7, 40, 16, 4, 64},
+                                       PagedAttentionShape{6, 1, 16, 4, 64}, PagedAttentionShape{6, 300, 64, 8, 128}}) {
+    const int page_shift = s.page_shift, heads = s.heads, kv_heads = s.kv_heads, d = s.head_dim;
+    const std::int64_t first_position = 777, rows = s.rows, positions = first_position + rows;
     const std::int64_t kv_width = std::int64_t{kv_heads} * d, page = std::int64_t{1} << page_shift;
     const std::int64_t pages = (positions + page - 1) / page + 3;  // spare pages stay unused
-    SCOPED_TRACE("pages of " + std::to_string(page));
+    SCOPED_TRACE("pages of " + std::to_string(page) + ", " + std::to_string(rows) + " rows");
     std::vector<std::int32_t> table(static_cast<std::size_t>(pages));
     std::iota(table.begin(), table.end(), 0);
     std::shuffle(table.begin(), table.end(), std::mt19937(this->random.seed()));

@@ -1,0 +1,264 @@
+// The bf16 prefill of the softmax attention on Hopper (sm_90a): flash attention on warpgroup MMA
+// with warp specialisation, in the manner of FlashAttention-3. Included by attention.cu.
+//
+// A thread block works on one KV head and 128 packed rows (flash_attention.cuh: query positions ×
+// the heads of the group), in three warpgroups:
+// - the producer copies 128-key tiles of K and V into shared memory (cp.async, one row address
+//   per key, so any page size works), kStages deep, and signals each stage's `full` mbarrier once
+//   its copies have landed;
+// - two consumers of 64 rows each run S = Q Kᵀ (wgmma, both operands in shared memory), the
+//   online softmax on S in registers, and O += P V (wgmma with P from registers, V read
+//   transposed from its [key][dim] rows), then release the stage through its `empty` mbarrier.
+// The producer gives most of its registers to the consumers (setmaxnreg), which hold S, P and
+// O (64 + 32 + 64 per thread). The two consumers run unsynchronised, so one's softmax overlaps
+// the other's products on the tensor cores.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <climits>
+#include <cstdint>
+
+#include "flash_attention.cuh"
+#include "hopper.cuh"
+
+namespace lightdesk::cuda::flash {
+
+constexpr int kHopperRows = 128;  // packed rows per thread block
+constexpr int kHopperKeys = 128;  // keys per K/V tile
+constexpr int kHopperStages = 2;
+constexpr int kConsumers = 2;  // warpgroups of 64 rows
+constexpr int kConsumerRows = kHopperRows / kConsumers;
+constexpr int kHopperThreads = (kConsumers + 1) * hopper::kWarpgroupThreads;
+// Registers per thread after the hand-over: 40 · 128 + 232 · 256 <= 64K, the multiprocessor's file.
+constexpr int kProducerRegisters = 40;
+constexpr int kConsumerRegisters = 232;
+
+// Matrices of kDim (128) bf16 columns, in two 128-byte-swizzled column blocks (hopper.cuh).
+struct HopperTiles {
+  static constexpr int kTileBytes = kHopperKeys * kDim * 2;
+  alignas(hopper::kSwizzleAtomBytes) unsigned char q[kHopperRows * kDim * 2];
+  alignas(hopper::kSwizzleAtomBytes) unsigned char k[kHopperStages][kTileBytes];
+  alignas(hopper::kSwizzleAtomBytes) unsigned char v[kHopperStages][kTileBytes];
+  std::uint64_t full[kHopperStages];   // the stage's K and V have landed
+  std::uint64_t empty[kHopperStages];  // both consumers are done with the stage
+};
+// Dynamic shared memory starts 16-byte aligned: room to align the tiles to a swizzle atom.
+constexpr std::size_t kHopperSharedBytes = sizeof(HopperTiles) + hopper::kSwizzleAtomBytes;
+
+// Grid (packed-row tiles, KV heads, key splits), as flash_attention_kernel's.
+__global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kernel(Problem p) {
+#if defined(LIGHTDESK_HOPPER_WGMMA)
+  using namespace hopper;
+  extern __shared__ unsigned char shared_bytes[];
+  const std::uint32_t misalignment = shared_address(shared_bytes) % kSwizzleAtomBytes;
+  auto& tiles = *reinterpret_cast<HopperTiles*>(shared_bytes + (kSwizzleAtomBytes - misalignment) % kSwizzleAtomBytes);
+
+  const int group = p.heads / p.kv_heads;
+  const int kv_head = blockIdx.y;
+  const std::int64_t first_position = p.first_position.get();
+  // Tiles of later positions see more keys: start them first.
+  const std::int64_t row_tile = gridDim.x - 1 - blockIdx.x;
+  const std::int64_t first_packed = row_tile * kHopperRows;
+  const std::int64_t packed_rows = p.rows * group;
+  const std::int64_t kv_stride = std::int64_t{p.kv_heads} * p.d;
+  const int pieces = p.d / 8;
+
+  // Keys of this split that some row of the tile sees.
+  const std::int64_t last_position = unpack(min(first_packed + kHopperRows, packed_rows) - 1, group, kv_head).position;
+  const std::int64_t split_begin = std::int64_t{blockIdx.z} * p.key_tiles_per_split * kHopperKeys;
+  const std::int64_t keys_end = min(split_begin + std::int64_t{p.key_tiles_per_split} * kHopperKeys,
+                                    first_position + last_position + 1);
+  const int key_tiles =
+      keys_end > split_begin ? static_cast<int>((keys_end - split_begin + kHopperKeys - 1) / kHopperKeys) : 0;
+
+  const int warpgroup = threadIdx.x / kWarpgroupThreads;
+  const int thread = threadIdx.x % kWarpgroupThreads;
+  if (threadIdx.x == 0) {
+    for (int stage = 0; stage < kHopperStages; ++stage) {
+      barrier_init(&tiles.full[stage], kWarpgroupThreads);
+      barrier_init(&tiles.empty[stage], kConsumers * kWarpgroupThreads);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  if (warpgroup == 0) {
+    // Producer: thread t copies piece t % 16 of rows t / 16 + 8 i; a warp covers two whole rows.
+    release_registers<kProducerRegisters>();
+    const int piece = thread % kPiecesPerRow, first_row = thread / kPiecesPerRow;
+    const bool piece_valid = piece < pieces;
+    for (int tile = 0; tile < key_tiles; ++tile) {
+      const int stage = tile % kHopperStages;
+      if (tile >= kHopperStages) barrier_wait(&tiles.empty[stage], (tile / kHopperStages + 1) & 1);
+      const std::int64_t key0 = split_begin + std::int64_t{tile} * kHopperKeys;
+#pragma unroll 4
+      for (int row = first_row; row < kHopperKeys; row += kWarpgroupThreads / kPiecesPerRow) {
+        // Keys past the split's end are zeros (masked: no row of the tile sees them).
+        const bool valid = piece_valid && key0 + row < keys_end;
+        const std::int64_t offset =
+            valid ? p.kv.row_offset(key0 + row, kv_stride) + std::int64_t{kv_head} * p.d + piece * 8 : 0;
+        const std::uint32_t at = swizzled_offset(kHopperKeys, row, piece);
+        copy_piece(reinterpret_cast<uint4*>(tiles.k[stage] + at), p.kv.keys + offset, valid);
+        copy_piece(reinterpret_cast<uint4*>(tiles.v[stage] + at), p.kv.values + offset, valid);
+      }
+      commit_copies();
+      wait_copies<0>();
+      fence_shared_for_async_proxy();
+      barrier_arrive(&tiles.full[stage]);
+    }
+  } else {
+    claim_registers<kConsumerRegisters>();
+    const int consumer = warpgroup - 1;
+    const int warp = thread / 32, lane = thread % 32;
+    const int quad_row = lane / 4, quad_col = 2 * (lane % 4);
+    const std::int64_t first_row = first_packed + consumer * kConsumerRows;
+
+    // The consumer's 64 rows of Q.
+    const std::int64_t q_stride = std::int64_t{p.heads} * p.d;
+    for (int i = thread; i < kConsumerRows * kPiecesPerRow; i += kWarpgroupThreads) {
+      const int r = consumer * kConsumerRows + i / kPiecesPerRow, c = i % kPiecesPerRow;
+      const std::int64_t packed = first_packed + r;
+      const PackedRow row = unpack(packed, group, kv_head);
+      const bool valid = packed < packed_rows && c < pieces;
+      const bf16* src = p.q + row.position * q_stride + std::int64_t{row.head} * p.d + c * 8;
+      copy_piece(reinterpret_cast<uint4*>(tiles.q + swizzled_offset(kHopperRows, r, c)), valid ? src : p.q, valid);
+    }
+    commit_copies();
+    wait_copies<0>();
+    fence_shared_for_async_proxy();
+    named_barrier_sync(1 + consumer, kWarpgroupThreads);
+
+    // This thread's rows: quad_row + 8 h of the warp's 16 (the accumulator layout, hopper.cuh).
+    const std::int64_t row0 = first_row + 16 * warp + quad_row;
+    int limit[2];  // last key each row sees, counted from split_begin (32 bits save registers)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      limit[h] = static_cast<int>(min(
+          first_position + unpack(row0 + 8 * h, group, kv_head).position - split_begin, std::int64_t{INT_MAX}));
+    const std::int64_t first_position_in_rows = unpack(first_row, group, kv_head).position;
+    // Scores in the log2 domain: exp2(s · log2 e / sqrt(d)) = exp(s / sqrt(d)).
+    const float scale = 1.4426950408889634f * rsqrtf(static_cast<float>(p.d));
+
+    float out[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) out[i] = 0.0f;
+    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+
+    constexpr std::uint32_t kColumnBlockBytes = HopperTiles::kTileBytes / 2;  // 128 rows × 64 columns
+    static_assert(kHopperRows == kHopperKeys, "Q and K/V tiles share the column-block stride");
+    const std::uint32_t q_address = shared_address(tiles.q) + consumer * kConsumerRows * kSwizzleRowBytes;
+
+    for (int tile = 0; tile < key_tiles; ++tile) {
+      const int stage = tile % kHopperStages;
+      barrier_wait(&tiles.full[stage], (tile / kHopperStages) & 1);
+
+      // S = Q Kᵀ, 16 dims a step: both K-major, the step's 32 bytes inside the swizzled rows.
+      float s[64];
+      const std::uint32_t k_address = shared_address(tiles.k[stage]);
+      wgmma_fence();
+#pragma unroll
+      for (int step = 0; step < kDim / 16; ++step) {
+        const std::uint32_t at = (step / 4) * kColumnBlockBytes + (step % 4) * 32;
+        wgmma_64x128x16(s, matrix_descriptor(q_address + at, 16, kSwizzleAtomBytes),
+                        matrix_descriptor(k_address + at, 16, kSwizzleAtomBytes), step > 0);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      keep_registers(s);
+
+      // Online softmax; keys past a row's position are masked (only tiles crossing the diagonal).
+      const std::int64_t key0 = split_begin + std::int64_t{tile} * kHopperKeys;
+      const bool masked = key0 + kHopperKeys - 1 > first_position + first_position_in_rows;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float tile_max = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < kHopperKeys / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float& v = s[4 * j + 2 * h + e];
+            if (masked && tile * kHopperKeys + 8 * j + quad_col + e > limit[h]) v = -INFINITY;
+            tile_max = fmaxf(tile_max, v);
+          }
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+        // Maxima are of the unscaled scores (scale > 0); a row that has seen no key yet keeps
+        // everything at zero.
+        const float new_max = fmaxf(row_max[h], tile_max);
+        const float base = new_max == -INFINITY ? 0.0f : new_max * scale;
+        const float correction = fast_exp2(row_max[h] * scale - base);
+        row_max[h] = new_max;
+        float sum = 0.0f;
+#pragma unroll
+        for (int j = 0; j < kHopperKeys / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float& v = s[4 * j + 2 * h + e];
+            v = fast_exp2(fmaf(v, scale, -base));
+            sum += v;
+          }
+        row_sum[h] = row_sum[h] * correction + sum;
+#pragma unroll
+        for (int j = 0; j < kDim / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) out[4 * j + 2 * h + e] *= correction;
+      }
+
+      // O += P V: P in registers (the accumulator pairs are the A fragment), V MN-major: rows of
+      // 16 keys a step, its two 64-dim column blocks kColumnBlockBytes apart.
+      std::uint32_t probabilities[kHopperKeys / 16][4];
+#pragma unroll
+      for (int step = 0; step < kHopperKeys / 16; ++step)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) probabilities[step][i] = pack(s[8 * step + 2 * i], s[8 * step + 2 * i + 1]);
+      const std::uint32_t v_address = shared_address(tiles.v[stage]);
+      wgmma_fence();
+#pragma unroll
+      for (int step = 0; step < kHopperKeys / 16; ++step)
+        wgmma_64x128x16(out, probabilities[step],
+                        matrix_descriptor(v_address + step * 16 * kSwizzleRowBytes, kColumnBlockBytes,
+                                          kSwizzleAtomBytes),
+                        true);
+      wgmma_commit();
+      wgmma_wait<0>();
+      keep_registers(out);
+      barrier_arrive(&tiles.empty[stage]);
+    }
+
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float sum = row_sum[h];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const std::int64_t packed = row0 + 8 * h;
+      if (packed >= packed_rows) continue;
+      if (gridDim.z == 1) {
+        const PackedRow row = unpack(packed, group, kv_head);
+        bf16* o = p.out + row.position * q_stride + std::int64_t{row.head} * p.d;
+#pragma unroll
+        for (int j = 0; j < kDim / 8; ++j)
+          if (8 * j + quad_col < p.d)
+            *reinterpret_cast<__nv_bfloat162*>(o + 8 * j + quad_col) =
+                __floats2bfloat162_rn(out[4 * j + 2 * h] / sum, out[4 * j + 2 * h + 1] / sum);
+      } else {
+        const std::int64_t item = (std::int64_t{kv_head} * packed_rows + packed) * gridDim.z + blockIdx.z;
+        float* o = p.partial_out + item * p.d;
+#pragma unroll
+        for (int j = 0; j < kDim / 8; ++j)
+          if (8 * j + quad_col < p.d)
+            *reinterpret_cast<float2*>(o + 8 * j + quad_col) = make_float2(out[4 * j + 2 * h], out[4 * j + 2 * h + 1]);
+        if (lane % 4 == 0) {
+          // In the log2 domain; -inf: the split holds no key this row sees.
+          p.partial_stats[2 * item] = row_max[h] * scale;
+          p.partial_stats[2 * item + 1] = sum;
+        }
+      }
+    }
+  }
+#else
+  __trap();  // launched only on sm_90a devices (attention.cu)
+#endif
+}
+
+}  // namespace lightdesk::cuda::flash
