@@ -5,8 +5,8 @@
 // an H200; on another GPU compare the ceiling fractions instead). Timing: CUDA events on the
 // backend's stream (whole decode steps: the host's clock around each), after warm-up, median of
 // several runs, random data.
-// Usage: lightdesk-bench [--quick | --vision]   (--quick: the smaller shapes only; --vision: the
-// ceilings and the vision tower alone)
+// Usage: lightdesk-bench [--quick | --vision | --attention]   (--quick: the smaller shapes only;
+// --vision, --attention: the ceilings and the vision tower, or the softmax attention, alone)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -527,7 +527,20 @@ void vision_tower(const Ceilings& c) {
   vision_layer_steps(device, timer, c, tiles);
 }
 
-int run(bool quick, bool vision_only) {
+// Which rows a run prints.
+enum class Rows { All, Quick, Vision, Attention };
+
+void softmax_attention_rows(const DeviceContext& device, EventTimer& timer, const Ceilings& c, bool quick) {
+  softmax_prefill(device, timer, c, 4096, 0.51);
+  if (!quick) {
+    softmax_prefill(device, timer, c, 16384, 7.26);
+    softmax_prefill(device, timer, c, 32768, 29.9);
+  }
+  softmax_decode(device, timer, c, 131072, 0.172);
+}
+
+int run(Rows rows) {
+  const bool quick = rows == Rows::Quick;
   cudaDeviceProp props{};
   check(cudaGetDeviceProperties(&props, 0), "cudaGetDeviceProperties");
   std::printf("lightdesk-bench on %s (%d SMs, %.0f GiB)\n", props.name, props.multiProcessorCount,
@@ -536,8 +549,12 @@ int run(bool quick, bool vision_only) {
   DeviceContext device;
   EventTimer timer(device);
   const Ceilings c = measure_ceilings(device, timer);
-  if (vision_only) {
+  if (rows == Rows::Vision) {
     vision_tower(c);
+    return 0;
+  }
+  if (rows == Rows::Attention) {
+    softmax_attention_rows(device, timer, c, false);
     return 0;
   }
   lightning_prefill(device, timer, c, 64, 4096, 0.49);
@@ -551,12 +568,7 @@ int run(bool quick, bool vision_only) {
   lightning_decode(device, timer, c, 64, 16, 0.068);
   lightning_decode(device, timer, c, 64, 256, 0.701);
   lightning_decode(device, timer, c, 8, 1, 0.048);
-  softmax_prefill(device, timer, c, 4096, 0.51);
-  if (!quick) {
-    softmax_prefill(device, timer, c, 16384, 7.26);
-    softmax_prefill(device, timer, c, 32768, 29.9);
-  }
-  softmax_decode(device, timer, c, 131072, 0.172);
+  softmax_attention_rows(device, timer, c, quick);
   sampling(device, timer);
   moe(device, timer, c, quick ? std::vector<std::int64_t>{1, 64, 4096} : std::vector<std::int64_t>{1, 64, 4096, 32768});
   model_decode_rows(c, quick);
@@ -569,9 +581,12 @@ int run(bool quick, bool vision_only) {
 
 int main(int argc, char** argv) {
   try {
-    const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
-    const bool vision_only = argc > 1 && std::strcmp(argv[1], "--vision") == 0;
-    return lightdesk::run(quick, vision_only);
+    const char* option = argc > 1 ? argv[1] : "";
+    using lightdesk::Rows;
+    return lightdesk::run(std::strcmp(option, "--quick") == 0       ? Rows::Quick
+                          : std::strcmp(option, "--vision") == 0    ? Rows::Vision
+                          : std::strcmp(option, "--attention") == 0 ? Rows::Attention
+                                                                    : Rows::All);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "lightdesk-bench: %s\n", e.what());
     return 1;

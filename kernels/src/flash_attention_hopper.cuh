@@ -4,14 +4,15 @@
 // A thread block works on one KV head and 128 packed rows (flash_attention.cuh: query positions ×
 // the heads of the group), in three warpgroups:
 // - the producer copies 128-key tiles of K and V into shared memory (cp.async, one row address
-//   per key, so any page size works), kStages deep, and signals each stage's `full` mbarrier once
-//   its copies have landed;
+//   per key, so any page size works), kHopperStages deep, and signals each tile's `k_full` and
+//   `v_full` mbarriers once its copies have landed;
 // - two consumers of 64 rows each run S = Q Kᵀ (wgmma, both operands in shared memory), the
 //   online softmax on S in registers, and O += P V (wgmma with P from registers, V read
-//   transposed from its [key][dim] rows), then release the stage through its `empty` mbarrier.
-// The producer gives most of its registers to the consumers (setmaxnreg), which hold S, P and
-// O (64 + 32 + 64 per thread). The two consumers run unsynchronised, so one's softmax overlaps
-// the other's products on the tensor cores.
+//   transposed from its [key][dim] rows), and release K and V through `k_empty` and `v_empty`.
+// Each consumer issues S(t) = Q K(t) and O += P(t-1) V(t-1) together and runs the softmax of
+// S(t) while the second product is on the tensor cores; the two consumers take turns at issuing
+// (named barriers), so one's softmax overlaps the other's products. The producer gives most of
+// its registers to the consumers (setmaxnreg), which hold S, P and O (64 + 32 + 64 per thread).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -40,8 +41,8 @@ struct HopperTiles {
   alignas(hopper::kSwizzleAtomBytes) unsigned char q[kHopperRows * kDim * 2];
   alignas(hopper::kSwizzleAtomBytes) unsigned char k[kHopperStages][kTileBytes];
   alignas(hopper::kSwizzleAtomBytes) unsigned char v[kHopperStages][kTileBytes];
-  std::uint64_t full[kHopperStages];   // the stage's K and V have landed
-  std::uint64_t empty[kHopperStages];  // both consumers are done with the stage
+  std::uint64_t k_full[kHopperStages], v_full[kHopperStages];    // the stage's tile has landed
+  std::uint64_t k_empty[kHopperStages], v_empty[kHopperStages];  // both consumers are done with it
 };
 // Dynamic shared memory starts 16-byte aligned: room to align the tiles to a swizzle atom.
 constexpr std::size_t kHopperSharedBytes = sizeof(HopperTiles) + hopper::kSwizzleAtomBytes;
@@ -76,8 +77,10 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
   const int thread = threadIdx.x % kWarpgroupThreads;
   if (threadIdx.x == 0) {
     for (int stage = 0; stage < kHopperStages; ++stage) {
-      barrier_init(&tiles.full[stage], kWarpgroupThreads);
-      barrier_init(&tiles.empty[stage], kConsumers * kWarpgroupThreads);
+      barrier_init(&tiles.k_full[stage], kWarpgroupThreads);
+      barrier_init(&tiles.v_full[stage], kWarpgroupThreads);
+      barrier_init(&tiles.k_empty[stage], kConsumers * kWarpgroupThreads);
+      barrier_init(&tiles.v_empty[stage], kConsumers * kWarpgroupThreads);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -88,24 +91,41 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
     release_registers<kProducerRegisters>();
     const int piece = thread % kPiecesPerRow, first_row = thread / kPiecesPerRow;
     const bool piece_valid = piece < pieces;
-    for (int tile = 0; tile < key_tiles; ++tile) {
-      const int stage = tile % kHopperStages;
-      if (tile >= kHopperStages) barrier_wait(&tiles.empty[stage], (tile / kHopperStages + 1) & 1);
-      const std::int64_t key0 = split_begin + std::int64_t{tile} * kHopperKeys;
+    auto copy_tile = [&](const bf16* source, unsigned char* tile_memory, std::int64_t key0) {
 #pragma unroll 4
       for (int row = first_row; row < kHopperKeys; row += kWarpgroupThreads / kPiecesPerRow) {
         // Keys past the split's end are zeros (masked: no row of the tile sees them).
         const bool valid = piece_valid && key0 + row < keys_end;
         const std::int64_t offset =
             valid ? p.kv.row_offset(key0 + row, kv_stride) + std::int64_t{kv_head} * p.d + piece * 8 : 0;
-        const std::uint32_t at = swizzled_offset(kHopperKeys, row, piece);
-        copy_piece(reinterpret_cast<uint4*>(tiles.k[stage] + at), p.kv.keys + offset, valid);
-        copy_piece(reinterpret_cast<uint4*>(tiles.v[stage] + at), p.kv.values + offset, valid);
+        copy_piece(reinterpret_cast<uint4*>(tile_memory + swizzled_offset(kHopperKeys, row, piece)), source + offset,
+                   valid);
       }
       commit_copies();
-      wait_copies<0>();
+    };
+    // Copy groups go K(0), V(0), K(1), V(1), ...: each tile is signalled once the group after it
+    // is issued, so two groups are in flight.
+    auto signal = [&](std::uint64_t* full) {
       fence_shared_for_async_proxy();
-      barrier_arrive(&tiles.full[stage]);
+      barrier_arrive(full);
+    };
+    for (int tile = 0; tile < key_tiles; ++tile) {
+      const int stage = tile % kHopperStages, round = tile / kHopperStages;
+      const std::int64_t key0 = split_begin + std::int64_t{tile} * kHopperKeys;
+      if (round > 0) barrier_wait(&tiles.k_empty[stage], (round - 1) & 1);
+      copy_tile(p.kv.keys, tiles.k[stage], key0);
+      if (tile > 0) {
+        wait_copies<1>();
+        signal(&tiles.v_full[(tile - 1) % kHopperStages]);
+      }
+      if (round > 0) barrier_wait(&tiles.v_empty[stage], (round - 1) & 1);
+      copy_tile(p.kv.values, tiles.v[stage], key0);
+      wait_copies<1>();
+      signal(&tiles.k_full[stage]);
+    }
+    if (key_tiles > 0) {
+      wait_copies<0>();
+      signal(&tiles.v_full[(key_tiles - 1) % kHopperStages]);
     }
   } else {
     claim_registers<kConsumerRegisters>();
@@ -144,19 +164,16 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
 #pragma unroll
     for (int i = 0; i < 64; ++i) out[i] = 0.0f;
     float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+    float s[64];
+    std::uint32_t probabilities[kHopperKeys / 16][4];
 
     constexpr std::uint32_t kColumnBlockBytes = HopperTiles::kTileBytes / 2;  // 128 rows × 64 columns
     static_assert(kHopperRows == kHopperKeys, "Q and K/V tiles share the column-block stride");
     const std::uint32_t q_address = shared_address(tiles.q) + consumer * kConsumerRows * kSwizzleRowBytes;
 
-    for (int tile = 0; tile < key_tiles; ++tile) {
-      const int stage = tile % kHopperStages;
-      barrier_wait(&tiles.full[stage], (tile / kHopperStages) & 1);
-
-      // S = Q Kᵀ, 16 dims a step: both K-major, the step's 32 bytes inside the swizzled rows.
-      float s[64];
+    // S = Q Kᵀ, 16 dims a step: both K-major, the step's 32 bytes inside the swizzled rows.
+    auto issue_scores = [&](int stage) {
       const std::uint32_t k_address = shared_address(tiles.k[stage]);
-      wgmma_fence();
 #pragma unroll
       for (int step = 0; step < kDim / 16; ++step) {
         const std::uint32_t at = (step / 4) * kColumnBlockBytes + (step % 4) * 32;
@@ -164,10 +181,26 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
                         matrix_descriptor(k_address + at, 16, kSwizzleAtomBytes), step > 0);
       }
       wgmma_commit();
-      wgmma_wait<0>();
-      keep_registers(s);
+    };
+    // O += P V: V MN-major, rows of 16 keys a step, its two 64-dim column blocks kColumnBlockBytes apart.
+    auto issue_values = [&](int stage) {
+      const std::uint32_t v_address = shared_address(tiles.v[stage]);
+#pragma unroll
+      for (int step = 0; step < kHopperKeys / 16; ++step)
+        wgmma_64x128x16(out, probabilities[step],
+                        matrix_descriptor(v_address + step * 16 * kSwizzleRowBytes, kColumnBlockBytes,
+                                          kSwizzleAtomBytes),
+                        true);
+      wgmma_commit();
+    };
+    // The consumers take turns at issuing products: each waits for its turn (the other's arrival)
+    // and passes it on; the second consumer starts by passing the first turn.
+    const int my_turn = 3 + consumer, other_turn = 3 + (1 - consumer);
+    constexpr int kTurnThreads = kConsumers * kWarpgroupThreads;
 
-      // Online softmax; keys past a row's position are masked (only tiles crossing the diagonal).
+    // Online softmax of S(tile) in place (P, unnormalised); returns each row's correction of the
+    // earlier output. Keys past a row's position are masked (only tiles crossing the diagonal).
+    auto softmax = [&](int tile, float (&correction)[2]) {
       const std::int64_t key0 = split_begin + std::int64_t{tile} * kHopperKeys;
       const bool masked = key0 + kHopperKeys - 1 > first_position + first_position_in_rows;
 #pragma unroll
@@ -187,7 +220,7 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
         // everything at zero.
         const float new_max = fmaxf(row_max[h], tile_max);
         const float base = new_max == -INFINITY ? 0.0f : new_max * scale;
-        const float correction = fast_exp2(row_max[h] * scale - base);
+        correction[h] = fast_exp2(row_max[h] * scale - base);
         row_max[h] = new_max;
         float sum = 0.0f;
 #pragma unroll
@@ -198,32 +231,65 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
             v = fast_exp2(fmaf(v, scale, -base));
             sum += v;
           }
-        row_sum[h] = row_sum[h] * correction + sum;
-#pragma unroll
-        for (int j = 0; j < kDim / 8; ++j)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) out[4 * j + 2 * h + e] *= correction;
+        row_sum[h] = row_sum[h] * correction[h] + sum;
       }
-
-      // O += P V: P in registers (the accumulator pairs are the A fragment), V MN-major: rows of
-      // 16 keys a step, its two 64-dim column blocks kColumnBlockBytes apart.
-      std::uint32_t probabilities[kHopperKeys / 16][4];
+    };
+    // P as the register A operand: the accumulator pairs of 16 keys are the A fragment.
+    auto pack_probabilities = [&] {
 #pragma unroll
       for (int step = 0; step < kHopperKeys / 16; ++step)
 #pragma unroll
         for (int i = 0; i < 4; ++i) probabilities[step][i] = pack(s[8 * step + 2 * i], s[8 * step + 2 * i + 1]);
-      const std::uint32_t v_address = shared_address(tiles.v[stage]);
+    };
+
+    if (key_tiles > 0) {
+      if (consumer == 1) named_barrier_arrive(other_turn, kTurnThreads);
+      float correction[2];
+      barrier_wait(&tiles.k_full[0], 0);
+      named_barrier_sync(my_turn, kTurnThreads);
       wgmma_fence();
+      issue_scores(0);
+      named_barrier_arrive(other_turn, kTurnThreads);
+      wgmma_wait<0>();
+      keep_registers(s);
+      barrier_arrive(&tiles.k_empty[0]);
+      softmax(0, correction);  // the output is still zero: nothing to correct
+      pack_probabilities();
+
+      for (int tile = 1; tile < key_tiles; ++tile) {
+        const int stage = tile % kHopperStages, previous = (tile - 1) % kHopperStages;
+        barrier_wait(&tiles.k_full[stage], (tile / kHopperStages) & 1);
+        barrier_wait(&tiles.v_full[previous], ((tile - 1) / kHopperStages) & 1);
+        named_barrier_sync(my_turn, kTurnThreads);
+        wgmma_fence();
+        issue_scores(stage);
+        issue_values(previous);
+        named_barrier_arrive(other_turn, kTurnThreads);
+        wgmma_wait<1>();
+        keep_registers(s);
+        barrier_arrive(&tiles.k_empty[stage]);
+        softmax(tile, correction);
+        wgmma_wait<0>();
+        keep_registers(out);
+        keep_registers(probabilities);
+        barrier_arrive(&tiles.v_empty[previous]);
 #pragma unroll
-      for (int step = 0; step < kHopperKeys / 16; ++step)
-        wgmma_64x128x16(out, probabilities[step],
-                        matrix_descriptor(v_address + step * 16 * kSwizzleRowBytes, kColumnBlockBytes,
-                                          kSwizzleAtomBytes),
-                        true);
-      wgmma_commit();
+        for (int j = 0; j < kDim / 8; ++j)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) out[4 * j + i] *= correction[i / 2];
+        pack_probabilities();
+      }
+
+      const int last = (key_tiles - 1) % kHopperStages;
+      barrier_wait(&tiles.v_full[last], ((key_tiles - 1) / kHopperStages) & 1);
+      named_barrier_sync(my_turn, kTurnThreads);
+      wgmma_fence();
+      issue_values(last);
+      // The second consumer's last turn has no taker.
+      if (consumer == 0) named_barrier_arrive(other_turn, kTurnThreads);
       wgmma_wait<0>();
       keep_registers(out);
-      barrier_arrive(&tiles.empty[stage]);
+      barrier_arrive(&tiles.v_empty[last]);
     }
 
 #pragma unroll

@@ -62,9 +62,13 @@ __device__ __forceinline__ void fence_shared_for_async_proxy() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
-// A barrier among `threads` threads (a multiple of 32) under id 1..15 (0 is __syncthreads).
+// A barrier among `threads` threads (a multiple of 32) under id 1..15 (0 is __syncthreads):
+// sync waits for all of them, arrive counts the caller in and goes on.
 __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
 #if defined(LIGHTDESK_HOPPER_WGMMA)
@@ -100,10 +104,12 @@ __device__ __forceinline__ void keep_registers(float (&r)[kCount]) {
 #pragma unroll
   for (int i = 0; i < kCount; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
-template <int kCount>
-__device__ __forceinline__ void keep_registers(std::uint32_t (&r)[kCount]) {
+template <int kFragments>
+__device__ __forceinline__ void keep_registers(std::uint32_t (&r)[kFragments][4]) {
 #pragma unroll
-  for (int i = 0; i < kCount; ++i) asm volatile("" : "+r"(r[i])::"memory");
+  for (int i = 0; i < kFragments; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(r[i][j])::"memory");
 }
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
