@@ -4,8 +4,8 @@
 // A thread block works on one KV head and 128 packed rows (flash_attention.cuh: query positions ×
 // the heads of the group), in three warpgroups:
 // - the producer copies 128-key tiles of K and V into shared memory (cp.async, one row address
-//   per key, so any page size works), kHopperStages deep, and signals each tile's `k_full` and
-//   `v_full` mbarriers once its copies have landed;
+//   per key, so any page size works), kHopperStages deep; each tile's `k_full` or `v_full`
+//   mbarrier completes once its copies have landed, without holding the producer up;
 // - two consumers of 64 rows each run S = Q Kᵀ (wgmma, both operands in shared memory), the
 //   online softmax on S in registers, and O += P V (wgmma with P from registers, V read
 //   transposed from its [key][dim] rows), and release K and V through `k_empty` and `v_empty`.
@@ -28,6 +28,7 @@ namespace lightdesk::cuda::flash {
 constexpr int kHopperRows = 128;  // packed rows per thread block
 constexpr int kHopperKeys = 128;  // keys per K/V tile
 constexpr int kHopperStages = 2;
+constexpr bool kTakeTurns = true;  // VARIANT
 constexpr int kConsumers = 2;  // warpgroups of 64 rows
 constexpr int kConsumerRows = kHopperRows / kConsumers;
 constexpr int kHopperThreads = (kConsumers + 1) * hopper::kWarpgroupThreads;
@@ -91,7 +92,9 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
     release_registers<kProducerRegisters>();
     const int piece = thread % kPiecesPerRow, first_row = thread / kPiecesPerRow;
     const bool piece_valid = piece < pieces;
-    auto copy_tile = [&](const bf16* source, unsigned char* tile_memory, std::int64_t key0) {
+    // Each tile's `full` barrier completes when every producer thread's copies of it have landed;
+    // the consumers fence them for wgmma (hopper.cuh).
+    auto copy_tile = [&](const bf16* source, unsigned char* tile_memory, std::int64_t key0, std::uint64_t* full) {
 #pragma unroll 4
       for (int row = first_row; row < kHopperKeys; row += kWarpgroupThreads / kPiecesPerRow) {
         // Keys past the split's end are zeros (masked: no row of the tile sees them).
@@ -101,32 +104,19 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
         copy_piece(reinterpret_cast<uint4*>(tile_memory + swizzled_offset(kHopperKeys, row, piece)), source + offset,
                    valid);
       }
-      commit_copies();
-    };
-    // Copy groups go K(0), V(0), K(1), V(1), ...: each tile is signalled once the group after it
-    // is issued, so two groups are in flight.
-    auto signal = [&](std::uint64_t* full) {
-      fence_shared_for_async_proxy();
-      barrier_arrive(full);
+      barrier_arrive_on_copies(full);
     };
     for (int tile = 0; tile < key_tiles; ++tile) {
       const int stage = tile % kHopperStages, round = tile / kHopperStages;
       const std::int64_t key0 = split_begin + std::int64_t{tile} * kHopperKeys;
       if (round > 0) barrier_wait(&tiles.k_empty[stage], (round - 1) & 1);
-      copy_tile(p.kv.keys, tiles.k[stage], key0);
-      if (tile > 0) {
-        wait_copies<1>();
-        signal(&tiles.v_full[(tile - 1) % kHopperStages]);
-      }
+      copy_tile(p.kv.keys, tiles.k[stage], key0, &tiles.k_full[stage]);
       if (round > 0) barrier_wait(&tiles.v_empty[stage], (round - 1) & 1);
-      copy_tile(p.kv.values, tiles.v[stage], key0);
-      wait_copies<1>();
-      signal(&tiles.k_full[stage]);
+      copy_tile(p.kv.values, tiles.v[stage], key0, &tiles.v_full[stage]);
     }
-    if (key_tiles > 0) {
-      wait_copies<0>();
-      signal(&tiles.v_full[(key_tiles - 1) % kHopperStages]);
-    }
+    // No copy may still target shared memory when the thread exits.
+    commit_copies();
+    wait_copies<0>();
   } else {
     claim_registers<kConsumerRegisters>();
     const int consumer = warpgroup - 1;
@@ -243,13 +233,14 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
     };
 
     if (key_tiles > 0) {
-      if (consumer == 1) named_barrier_arrive(other_turn, kTurnThreads);
+      if (kTakeTurns && consumer == 1) named_barrier_arrive(other_turn, kTurnThreads);
       float correction[2];
       barrier_wait(&tiles.k_full[0], 0);
-      named_barrier_sync(my_turn, kTurnThreads);
+      fence_shared_for_async_proxy();
+      if (kTakeTurns) named_barrier_sync(my_turn, kTurnThreads);
       wgmma_fence();
       issue_scores(0);
-      named_barrier_arrive(other_turn, kTurnThreads);
+      if (kTakeTurns) named_barrier_arrive(other_turn, kTurnThreads);
       wgmma_wait<0>();
       keep_registers(s);
       barrier_arrive(&tiles.k_empty[0]);
@@ -260,11 +251,12 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
         const int stage = tile % kHopperStages, previous = (tile - 1) % kHopperStages;
         barrier_wait(&tiles.k_full[stage], (tile / kHopperStages) & 1);
         barrier_wait(&tiles.v_full[previous], ((tile - 1) / kHopperStages) & 1);
-        named_barrier_sync(my_turn, kTurnThreads);
+        fence_shared_for_async_proxy();
+        if (kTakeTurns) named_barrier_sync(my_turn, kTurnThreads);
         wgmma_fence();
         issue_scores(stage);
         issue_values(previous);
-        named_barrier_arrive(other_turn, kTurnThreads);
+        if (kTakeTurns) named_barrier_arrive(other_turn, kTurnThreads);
         wgmma_wait<1>();
         keep_registers(s);
         barrier_arrive(&tiles.k_empty[stage]);
@@ -282,11 +274,12 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
 
       const int last = (key_tiles - 1) % kHopperStages;
       barrier_wait(&tiles.v_full[last], ((key_tiles - 1) / kHopperStages) & 1);
-      named_barrier_sync(my_turn, kTurnThreads);
+      fence_shared_for_async_proxy();
+      if (kTakeTurns) named_barrier_sync(my_turn, kTurnThreads);
       wgmma_fence();
       issue_values(last);
       // The second consumer's last turn has no taker.
-      if (consumer == 0) named_barrier_arrive(other_turn, kTurnThreads);
+      if (kTakeTurns && consumer == 0) named_barrier_arrive(other_turn, kTurnThreads);
       wgmma_wait<0>();
       keep_registers(out);
       barrier_arrive(&tiles.v_empty[last]);

@@ -56,8 +56,15 @@ __device__ __forceinline__ void barrier_wait(std::uint64_t* barrier, int parity)
       : "memory");
 }
 
+// Arrives on the barrier once the calling thread's cp.async copies issued so far have landed
+// (one of its expected arrivals).
+__device__ __forceinline__ void barrier_arrive_on_copies(std::uint64_t* barrier) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(shared_address(barrier)) : "memory");
+}
+
 // Shared memory written through ordinary stores or cp.async (the generic proxy) that wgmma reads
-// next (the async proxy): each writing thread fences after its writes land, before it signals.
+// next (the async proxy): a fence after the writes are visible to the thread (it wrote them or
+// acquired them through a barrier) and before its wgmma.
 __device__ __forceinline__ void fence_shared_for_async_proxy() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
