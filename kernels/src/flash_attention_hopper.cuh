@@ -188,22 +188,31 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
     const int my_turn = 3 + consumer, other_turn = 3 + (1 - consumer);
     constexpr int kTurnThreads = kConsumers * kWarpgroupThreads;
 
-    // Online softmax of S(tile) in place (P, unnormalised); returns each row's correction of the
-    // earlier output. Keys past a row's position are masked (only tiles crossing the diagonal).
-    auto softmax = [&](int tile, float (&correction)[2]) {
+    // Keys past a row's position score -inf; only tiles crossing the diagonal have such keys, and
+    // only they pay for the comparisons.
+    auto mask_scores = [&](int tile) {
       const std::int64_t key0 = split_begin + std::int64_t{tile} * kHopperKeys;
-      const bool masked = key0 + kHopperKeys - 1 > first_position + first_position_in_rows;
+      if (key0 + kHopperKeys - 1 <= first_position + first_position_in_rows) return;
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float tile_max = -INFINITY;
+      for (int h = 0; h < 2; ++h)
 #pragma unroll
         for (int j = 0; j < kHopperKeys / 8; ++j)
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            float& v = s[4 * j + 2 * h + e];
-            if (masked && tile * kHopperKeys + 8 * j + quad_col + e > limit[h]) v = -INFINITY;
-            tile_max = fmaxf(tile_max, v);
-          }
+          for (int e = 0; e < 2; ++e)
+            if (tile * kHopperKeys + 8 * j + quad_col + e > limit[h]) s[4 * j + 2 * h + e] = -INFINITY;
+    };
+    // Online softmax of S in place (P, unnormalised); returns each row's correction of the
+    // earlier output.
+    auto softmax = [&](float (&correction)[2]) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        // Four partial maxima and sums: short dependency chains (two warps share a scheduler).
+        float partial[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+#pragma unroll
+        for (int j = 0; j < kHopperKeys / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) partial[(2 * j + e) % 4] = fmaxf(partial[(2 * j + e) % 4], s[4 * j + 2 * h + e]);
+        float tile_max = fmaxf(fmaxf(partial[0], partial[1]), fmaxf(partial[2], partial[3]));
         tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
         tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
         // Maxima are of the unscaled scores (scale > 0); a row that has seen no key yet keeps
@@ -212,16 +221,17 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
         const float base = new_max == -INFINITY ? 0.0f : new_max * scale;
         correction[h] = fast_exp2(row_max[h] * scale - base);
         row_max[h] = new_max;
-        float sum = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) partial[i] = 0.0f;
 #pragma unroll
         for (int j = 0; j < kHopperKeys / 8; ++j)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             float& v = s[4 * j + 2 * h + e];
             v = fast_exp2(fmaf(v, scale, -base));
-            sum += v;
+            partial[(2 * j + e) % 4] += v;
           }
-        row_sum[h] = row_sum[h] * correction[h] + sum;
+        row_sum[h] = row_sum[h] * correction[h] + ((partial[0] + partial[1]) + (partial[2] + partial[3]));
       }
     };
     // P as the register A operand: the accumulator pairs of 16 keys are the A fragment.
@@ -244,7 +254,8 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
       wgmma_wait<0>();
       keep_registers(s);
       barrier_arrive(&tiles.k_empty[0]);
-      softmax(0, correction);  // the output is still zero: nothing to correct
+      mask_scores(0);
+      softmax(correction);  // the output is still zero: nothing to correct
       pack_probabilities();
 
       for (int tile = 1; tile < key_tiles; ++tile) {
@@ -260,7 +271,8 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
         wgmma_wait<1>();
         keep_registers(s);
         barrier_arrive(&tiles.k_empty[stage]);
-        softmax(tile, correction);
+        mask_scores(tile);
+        softmax(correction);
         wgmma_wait<0>();
         keep_registers(out);
         keep_registers(probabilities);
