@@ -19,6 +19,7 @@
 
 #include <climits>
 #include <cstdint>
+#include <type_traits>
 
 #include "flash_attention.cuh"
 #include "hopper.cuh"
@@ -89,20 +90,34 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
 
   if (warpgroup == 0) {
     // Producer: thread t copies piece t % 16 of rows t / 16 + 8 i; a warp covers two whole rows.
+    // Pages hold at least 64 positions and tiles start at multiples of 128: a tile's keys come in
+    // runs of 64 inside one page, one page-table look-up each, and a thread's rows in a run are
+    // a fixed stride apart in memory and in the swizzled tile (the same row % 8).
     release_registers<kProducerRegisters>();
+    constexpr int kRun = 1 << kMinKvPageShift;
+    static_assert(kHopperKeys % kRun == 0, "tiles split into whole runs of a page");
     const int piece = thread % kPiecesPerRow, first_row = thread / kPiecesPerRow;
+    constexpr int kRowStep = kWarpgroupThreads / kPiecesPerRow;
     const bool piece_valid = piece < pieces;
+    const std::uint32_t first_offset = swizzled_offset(kHopperKeys, first_row, piece);
+    const std::int64_t row_step = kRowStep * kv_stride;
     // Each tile's `full` barrier completes when every producer thread's copies of it have landed;
     // the consumers fence them for wgmma (hopper.cuh).
     auto copy_tile = [&](const bf16* source, unsigned char* tile_memory, std::int64_t key0, std::uint64_t* full) {
-#pragma unroll 4
-      for (int row = first_row; row < kHopperKeys; row += kWarpgroupThreads / kPiecesPerRow) {
-        // Keys past the split's end are zeros (masked: no row of the tile sees them).
-        const bool valid = piece_valid && key0 + row < keys_end;
-        const std::int64_t offset =
-            valid ? p.kv.row_offset(key0 + row, kv_stride) + std::int64_t{kv_head} * p.d + piece * 8 : 0;
-        copy_piece(reinterpret_cast<uint4*>(tile_memory + swizzled_offset(kHopperKeys, row, piece)), source + offset,
-                   valid);
+#pragma unroll
+      for (int run = 0; run < kHopperKeys / kRun; ++run) {
+        const std::int64_t run_key = key0 + run * kRun + first_row;
+        // Keys past the split's end are zeros (masked: no row of the tile sees them); a run past
+        // it has no page.
+        const bf16* from = source;
+        if (key0 + run * kRun < keys_end)
+          from += p.kv.row_offset(run_key, kv_stride) + std::int64_t{kv_head} * p.d + piece * 8;
+#pragma unroll
+        for (int i = 0; i < kRun / kRowStep; ++i) {
+          const bool valid = piece_valid && run_key + i * kRowStep < keys_end;
+          copy_piece(reinterpret_cast<uint4*>(tile_memory + first_offset + (run * kRun + i * kRowStep) * kSwizzleRowBytes),
+                     valid ? from + i * row_step : source, valid);
+        }
       }
       barrier_arrive_on_copies(full);
     };
@@ -146,7 +161,9 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
     for (int h = 0; h < 2; ++h)
       limit[h] = static_cast<int>(min(
           first_position + unpack(row0 + 8 * h, group, kv_head).position - split_begin, std::int64_t{INT_MAX}));
-    const std::int64_t first_position_in_rows = unpack(first_row, group, kv_head).position;
+    // Tiles past this key (counted from split_begin) cross the diagonal of some row.
+    const int first_limit = static_cast<int>(
+        min(first_position + unpack(first_row, group, kv_head).position - split_begin, std::int64_t{INT_MAX}));
     // Scores in the log2 domain: exp2(s · log2 e / sqrt(d)) = exp(s / sqrt(d)).
     const float scale = 1.4426950408889634f * rsqrtf(static_cast<float>(p.d));
 
@@ -161,26 +178,27 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
     static_assert(kHopperRows == kHopperKeys, "Q and K/V tiles share the column-block stride");
     const std::uint32_t q_address = shared_address(tiles.q) + consumer * kConsumerRows * kSwizzleRowBytes;
 
+    // Descriptors of the first stage's tiles; the steps and stages only move the start address.
+    const std::uint64_t q_descriptor = matrix_descriptor(q_address, 16, kSwizzleAtomBytes);
+    const std::uint64_t k_descriptor = matrix_descriptor(shared_address(tiles.k[0]), 16, kSwizzleAtomBytes);
+    const std::uint64_t v_descriptor =
+        matrix_descriptor(shared_address(tiles.v[0]), kColumnBlockBytes, kSwizzleAtomBytes);
     // S = Q Kᵀ, 16 dims a step: both K-major, the step's 32 bytes inside the swizzled rows.
     auto issue_scores = [&](int stage) {
-      const std::uint32_t k_address = shared_address(tiles.k[stage]);
+      const std::uint64_t k_stage = advance(k_descriptor, stage * HopperTiles::kTileBytes);
 #pragma unroll
       for (int step = 0; step < kDim / 16; ++step) {
         const std::uint32_t at = (step / 4) * kColumnBlockBytes + (step % 4) * 32;
-        wgmma_64x128x16(s, matrix_descriptor(q_address + at, 16, kSwizzleAtomBytes),
-                        matrix_descriptor(k_address + at, 16, kSwizzleAtomBytes), step > 0);
+        wgmma_64x128x16(s, advance(q_descriptor, at), advance(k_stage, at), step > 0);
       }
       wgmma_commit();
     };
     // O += P V: V MN-major, rows of 16 keys a step, its two 64-dim column blocks kColumnBlockBytes apart.
-    auto issue_values = [&](int stage) {
-      const std::uint32_t v_address = shared_address(tiles.v[stage]);
+    auto issue_values = [&](int stage, const std::uint32_t(&p_in)[kHopperKeys / 16][4]) {
+      const std::uint64_t v_stage = advance(v_descriptor, stage * HopperTiles::kTileBytes);
 #pragma unroll
       for (int step = 0; step < kHopperKeys / 16; ++step)
-        wgmma_64x128x16(out, probabilities[step],
-                        matrix_descriptor(v_address + step * 16 * kSwizzleRowBytes, kColumnBlockBytes,
-                                          kSwizzleAtomBytes),
-                        true);
+        wgmma_64x128x16(out, p_in[step], advance(v_stage, step * 16 * kSwizzleRowBytes), true);
       wgmma_commit();
     };
     // The consumers take turns at issuing products: each waits for its turn (the other's arrival)
@@ -188,58 +206,53 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
     const int my_turn = 3 + consumer, other_turn = 3 + (1 - consumer);
     constexpr int kTurnThreads = kConsumers * kWarpgroupThreads;
 
-    // Keys past a row's position score -inf; only tiles crossing the diagonal have such keys, and
-    // only they pay for the comparisons.
-    auto mask_scores = [&](int tile) {
-      const std::int64_t key0 = split_begin + std::int64_t{tile} * kHopperKeys;
-      if (key0 + kHopperKeys - 1 <= first_position + first_position_in_rows) return;
+    // Online softmax of S(tile) into P (unnormalised, packed as the register A operand: the
+    // accumulator pairs of 16 keys are its fragment); returns each row's correction of the
+    // earlier output. It only reads S: while P(t-1) V(t-1) is in flight, writing the registers of
+    // a product's accumulators would make the compiler serialise the products. Keys past a row's
+    // position score -inf; only tiles crossing the diagonal have such keys, and only they pay for
+    // the comparisons.
+    auto softmax = [&](int tile, std::uint32_t (&p_out)[kHopperKeys / 16][4], float (&correction)[2]) {
+      auto rows = [&](auto masked_tiles) {
+        constexpr bool kMasked = decltype(masked_tiles)::value;
 #pragma unroll
-      for (int h = 0; h < 2; ++h)
+        for (int h = 0; h < 2; ++h) {
+          const int tile_limit = limit[h] - tile * kHopperKeys - quad_col;  // vs the column offsets 8 j + e
+          auto score = [&](int j, int e) {
+            return kMasked && 8 * j + e > tile_limit ? -INFINITY : s[4 * j + 2 * h + e];
+          };
+          // Four partial maxima and sums: short dependency chains (two warps share a scheduler).
+          float partial[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
 #pragma unroll
-        for (int j = 0; j < kHopperKeys / 8; ++j)
+          for (int j = 0; j < kHopperKeys / 8; ++j)
 #pragma unroll
-          for (int e = 0; e < 2; ++e)
-            if (tile * kHopperKeys + 8 * j + quad_col + e > limit[h]) s[4 * j + 2 * h + e] = -INFINITY;
-    };
-    // Online softmax of S in place (P, unnormalised); returns each row's correction of the
-    // earlier output.
-    auto softmax = [&](float (&correction)[2]) {
+            for (int e = 0; e < 2; ++e) partial[(2 * j + e) % 4] = fmaxf(partial[(2 * j + e) % 4], score(j, e));
+          float tile_max = fmaxf(fmaxf(partial[0], partial[1]), fmaxf(partial[2], partial[3]));
+          tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+          tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+          // Maxima are of the unscaled scores (scale > 0); a row that has seen no key yet keeps
+          // everything at zero.
+          const float new_max = fmaxf(row_max[h], tile_max);
+          const float base = new_max == -INFINITY ? 0.0f : new_max * scale;
+          correction[h] = fast_exp2(row_max[h] * scale - base);
+          row_max[h] = new_max;
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        // Four partial maxima and sums: short dependency chains (two warps share a scheduler).
-        float partial[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+          for (int i = 0; i < 4; ++i) partial[i] = 0.0f;
 #pragma unroll
-        for (int j = 0; j < kHopperKeys / 8; ++j)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) partial[(2 * j + e) % 4] = fmaxf(partial[(2 * j + e) % 4], s[4 * j + 2 * h + e]);
-        float tile_max = fmaxf(fmaxf(partial[0], partial[1]), fmaxf(partial[2], partial[3]));
-        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-        // Maxima are of the unscaled scores (scale > 0); a row that has seen no key yet keeps
-        // everything at zero.
-        const float new_max = fmaxf(row_max[h], tile_max);
-        const float base = new_max == -INFINITY ? 0.0f : new_max * scale;
-        correction[h] = fast_exp2(row_max[h] * scale - base);
-        row_max[h] = new_max;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) partial[i] = 0.0f;
-#pragma unroll
-        for (int j = 0; j < kHopperKeys / 8; ++j)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            float& v = s[4 * j + 2 * h + e];
-            v = fast_exp2(fmaf(v, scale, -base));
-            partial[(2 * j + e) % 4] += v;
+          for (int j = 0; j < kHopperKeys / 8; ++j) {
+            const float p0 = fast_exp2(fmaf(score(j, 0), scale, -base));
+            const float p1 = fast_exp2(fmaf(score(j, 1), scale, -base));
+            partial[(2 * j) % 4] += p0;
+            partial[(2 * j + 1) % 4] += p1;
+            p_out[j / 2][2 * (j % 2) + h] = pack(p0, p1);
           }
-        row_sum[h] = row_sum[h] * correction[h] + ((partial[0] + partial[1]) + (partial[2] + partial[3]));
-      }
-    };
-    // P as the register A operand: the accumulator pairs of 16 keys are the A fragment.
-    auto pack_probabilities = [&] {
-#pragma unroll
-      for (int step = 0; step < kHopperKeys / 16; ++step)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) probabilities[step][i] = pack(s[8 * step + 2 * i], s[8 * step + 2 * i + 1]);
+          row_sum[h] = row_sum[h] * correction[h] + ((partial[0] + partial[1]) + (partial[2] + partial[3]));
+        }
+      };
+      if (tile * kHopperKeys + kHopperKeys - 1 > first_limit)
+        rows(std::true_type{});
+      else
+        rows(std::false_type{});
     };
 
     if (key_tiles > 0) {
@@ -254,11 +267,12 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
       wgmma_wait<0>();
       keep_registers(s);
       barrier_arrive(&tiles.k_empty[0]);
-      mask_scores(0);
-      softmax(correction);  // the output is still zero: nothing to correct
-      pack_probabilities();
+      softmax(0, probabilities, correction);  // the output is still zero: nothing to correct
 
-      for (int tile = 1; tile < key_tiles; ++tile) {
+      // One tile: S(tile) and O += P(tile - 1) V(tile - 1) issued together, the softmax of
+      // S(tile) into `next` while the second product runs. The two P buffers alternate.
+      auto step = [&](int tile, std::uint32_t(&current)[kHopperKeys / 16][4],
+                      std::uint32_t(&next)[kHopperKeys / 16][4]) {
         const int stage = tile % kHopperStages, previous = (tile - 1) % kHopperStages;
         barrier_wait(&tiles.k_full[stage], (tile / kHopperStages) & 1);
         barrier_wait(&tiles.v_full[previous], ((tile - 1) / kHopperStages) & 1);
@@ -266,35 +280,47 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
         if (kTakeTurns) named_barrier_sync(my_turn, kTurnThreads);
         wgmma_fence();
         issue_scores(stage);
-        issue_values(previous);
+        issue_values(previous, current);
         if (kTakeTurns) named_barrier_arrive(other_turn, kTurnThreads);
         wgmma_wait<1>();
         keep_registers(s);
         barrier_arrive(&tiles.k_empty[stage]);
-        mask_scores(tile);
-        softmax(correction);
+        softmax(tile, next, correction);
         wgmma_wait<0>();
         keep_registers(out);
-        keep_registers(probabilities);
+        keep_registers(current);
         barrier_arrive(&tiles.v_empty[previous]);
 #pragma unroll
         for (int j = 0; j < kDim / 8; ++j)
 #pragma unroll
           for (int i = 0; i < 4; ++i) out[4 * j + i] *= correction[i / 2];
-        pack_probabilities();
+      };
+      // The last tile's P V.
+      auto finish = [&](std::uint32_t(&current)[kHopperKeys / 16][4]) {
+        const int last = (key_tiles - 1) % kHopperStages;
+        barrier_wait(&tiles.v_full[last], ((key_tiles - 1) / kHopperStages) & 1);
+        fence_shared_for_async_proxy();
+        if (kTakeTurns) named_barrier_sync(my_turn, kTurnThreads);
+        wgmma_fence();
+        issue_values(last, current);
+        // The second consumer's last turn has no taker.
+        if (kTakeTurns && consumer == 0) named_barrier_arrive(other_turn, kTurnThreads);
+        wgmma_wait<0>();
+        keep_registers(out);
+        barrier_arrive(&tiles.v_empty[last]);
+      };
+      std::uint32_t other_probabilities[kHopperKeys / 16][4];
+      int tile = 1;
+      for (; tile + 1 < key_tiles; tile += 2) {
+        step(tile, probabilities, other_probabilities);
+        step(tile + 1, other_probabilities, probabilities);
       }
-
-      const int last = (key_tiles - 1) % kHopperStages;
-      barrier_wait(&tiles.v_full[last], ((key_tiles - 1) / kHopperStages) & 1);
-      fence_shared_for_async_proxy();
-      if (kTakeTurns) named_barrier_sync(my_turn, kTurnThreads);
-      wgmma_fence();
-      issue_values(last);
-      // The second consumer's last turn has no taker.
-      if (kTakeTurns && consumer == 0) named_barrier_arrive(other_turn, kTurnThreads);
-      wgmma_wait<0>();
-      keep_registers(out);
-      barrier_arrive(&tiles.v_empty[last]);
+      if (tile < key_tiles) {
+        step(tile, probabilities, other_probabilities);
+        finish(other_probabilities);
+      } else {
+        finish(probabilities);
+      }
     }
 
 #pragma unroll

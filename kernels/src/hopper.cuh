@@ -104,6 +104,12 @@ __device__ __forceinline__ std::uint64_t matrix_descriptor(std::uint32_t address
          static_cast<std::uint64_t>((stride_bytes >> 4) & 0x3fff) << 32 | kSwizzle128 << 62;
 }
 
+// The descriptor of the matrix `bytes` further on (the start address is its low field, and shared
+// addresses stay inside it).
+__device__ __forceinline__ std::uint64_t advance(std::uint64_t descriptor, std::uint32_t bytes) {
+  return descriptor + (bytes >> 4);
+}
+
 // Registers the wgmma instructions read or write asynchronously: stops the compiler from moving
 // their uses across the wgmma fence, commit and wait.
 template <int kCount>
