@@ -9,10 +9,10 @@
 // - two consumers of 64 rows each run S = Q Kᵀ (wgmma, both operands in shared memory), the
 //   online softmax on S in registers, and O += P V (wgmma with P from registers, V read
 //   transposed from its [key][dim] rows), and release K and V through `k_empty` and `v_empty`.
-// Each consumer issues S(t) = Q K(t) and O += P(t-1) V(t-1) together and runs the softmax of
-// S(t) while the second product is on the tensor cores; the two consumers take turns at issuing
-// (named barriers), so one's softmax overlaps the other's products. The producer gives most of
-// its registers to the consumers (setmaxnreg), which hold S, P and O (64 + 32 + 64 per thread).
+// Each consumer issues S(t) = Q K(t) and O += P(t-1) V(t-1) together (16 wgmma back to back),
+// then runs the softmax of S(t); the two consumers take turns at issuing (named barriers), so
+// one's softmax overlaps the other's products. The producer gives most of its registers to the
+// consumers (setmaxnreg), which hold S, P and O (64 + 32 + 64 per thread).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -104,21 +104,30 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
     // Each tile's `full` barrier completes when every producer thread's copies of it have landed;
     // the consumers fence them for wgmma (hopper.cuh).
     auto copy_tile = [&](const bf16* source, unsigned char* tile_memory, std::int64_t key0, std::uint64_t* full) {
+      auto copy_runs = [&](auto checked_rows) {
+        constexpr bool kChecked = decltype(checked_rows)::value;
 #pragma unroll
-      for (int run = 0; run < kHopperKeys / kRun; ++run) {
-        const std::int64_t run_key = key0 + run * kRun + first_row;
-        // Keys past the split's end are zeros (masked: no row of the tile sees them); a run past
-        // it has no page.
-        const bf16* from = source;
-        if (key0 + run * kRun < keys_end)
-          from += p.kv.row_offset(run_key, kv_stride) + std::int64_t{kv_head} * p.d + piece * 8;
+        for (int run = 0; run < kHopperKeys / kRun; ++run) {
+          const std::int64_t run_key = key0 + run * kRun + first_row;
+          // Keys past the split's end are zeros (masked: no row of the tile sees them); a run
+          // past it has no page.
+          const bf16* from = source;
+          if (!kChecked || key0 + run * kRun < keys_end)
+            from += p.kv.row_offset(run_key, kv_stride) + std::int64_t{kv_head} * p.d + piece * 8;
 #pragma unroll
-        for (int i = 0; i < kRun / kRowStep; ++i) {
-          const bool valid = piece_valid && run_key + i * kRowStep < keys_end;
-          copy_piece(reinterpret_cast<uint4*>(tile_memory + first_offset + (run * kRun + i * kRowStep) * kSwizzleRowBytes),
-                     valid ? from + i * row_step : source, valid);
+          for (int i = 0; i < kRun / kRowStep; ++i) {
+            const bool valid = !kChecked || (piece_valid && run_key + i * kRowStep < keys_end);
+            copy_piece(
+                reinterpret_cast<uint4*>(tile_memory + first_offset + (run * kRun + i * kRowStep) * kSwizzleRowBytes),
+                valid ? from + i * row_step : source, valid);
+          }
         }
-      }
+      };
+      // Whole tiles of full rows (all but the last tile, at head_dim 128) skip the checks.
+      if (piece_valid && key0 + kHopperKeys <= keys_end)
+        copy_runs(std::false_type{});
+      else
+        copy_runs(std::true_type{});
       barrier_arrive_on_copies(full);
     };
     for (int tile = 0; tile < key_tiles; ++tile) {
@@ -194,11 +203,11 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
       wgmma_commit();
     };
     // O += P V: V MN-major, rows of 16 keys a step, its two 64-dim column blocks kColumnBlockBytes apart.
-    auto issue_values = [&](int stage, const std::uint32_t(&p_in)[kHopperKeys / 16][4]) {
+    auto issue_values = [&](int stage) {
       const std::uint64_t v_stage = advance(v_descriptor, stage * HopperTiles::kTileBytes);
 #pragma unroll
       for (int step = 0; step < kHopperKeys / 16; ++step)
-        wgmma_64x128x16(out, p_in[step], advance(v_stage, step * 16 * kSwizzleRowBytes), true);
+        wgmma_64x128x16(out, probabilities[step], advance(v_stage, step * 16 * kSwizzleRowBytes), true);
       wgmma_commit();
     };
     // The consumers take turns at issuing products: each waits for its turn (the other's arrival)
@@ -206,53 +215,60 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
     const int my_turn = 3 + consumer, other_turn = 3 + (1 - consumer);
     constexpr int kTurnThreads = kConsumers * kWarpgroupThreads;
 
-    // Online softmax of S(tile) into P (unnormalised, packed as the register A operand: the
-    // accumulator pairs of 16 keys are its fragment); returns each row's correction of the
-    // earlier output. It only reads S: while P(t-1) V(t-1) is in flight, writing the registers of
-    // a product's accumulators would make the compiler serialise the products. Keys past a row's
-    // position score -inf; only tiles crossing the diagonal have such keys, and only they pay for
-    // the comparisons.
-    auto softmax = [&](int tile, std::uint32_t (&p_out)[kHopperKeys / 16][4], float (&correction)[2]) {
-      auto rows = [&](auto masked_tiles) {
-        constexpr bool kMasked = decltype(masked_tiles)::value;
+    // Keys past a row's position score -inf; only tiles crossing the diagonal have such keys, and
+    // only they pay for the comparisons.
+    auto mask_scores = [&](int tile) {
+      if (tile * kHopperKeys + kHopperKeys - 1 <= first_limit) return;
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int tile_limit = limit[h] - tile * kHopperKeys - quad_col;  // vs the column offsets 8 j + e
-          auto score = [&](int j, int e) {
-            return kMasked && 8 * j + e > tile_limit ? -INFINITY : s[4 * j + 2 * h + e];
-          };
-          // Four partial maxima and sums: short dependency chains (two warps share a scheduler).
-          float partial[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+      for (int h = 0; h < 2; ++h) {
+        // Compared with the column offsets 8 j + e alone (few registers: the products are in flight).
+        const int tile_limit = limit[h] - tile * kHopperKeys - quad_col;
 #pragma unroll
-          for (int j = 0; j < kHopperKeys / 8; ++j)
+        for (int j = 0; j < kHopperKeys / 8; ++j)
 #pragma unroll
-            for (int e = 0; e < 2; ++e) partial[(2 * j + e) % 4] = fmaxf(partial[(2 * j + e) % 4], score(j, e));
-          float tile_max = fmaxf(fmaxf(partial[0], partial[1]), fmaxf(partial[2], partial[3]));
-          tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-          tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-          // Maxima are of the unscaled scores (scale > 0); a row that has seen no key yet keeps
-          // everything at zero.
-          const float new_max = fmaxf(row_max[h], tile_max);
-          const float base = new_max == -INFINITY ? 0.0f : new_max * scale;
-          correction[h] = fast_exp2(row_max[h] * scale - base);
-          row_max[h] = new_max;
+          for (int e = 0; e < 2; ++e)
+            if (8 * j + e > tile_limit) s[4 * j + 2 * h + e] = -INFINITY;
+      }
+    };
+    // Online softmax of S in place (P, unnormalised); returns each row's correction of the
+    // earlier output.
+    auto softmax = [&](float (&correction)[2]) {
 #pragma unroll
-          for (int i = 0; i < 4; ++i) partial[i] = 0.0f;
+      for (int h = 0; h < 2; ++h) {
+        // Four partial maxima and sums: short dependency chains (two warps share a scheduler).
+        float partial[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
 #pragma unroll
-          for (int j = 0; j < kHopperKeys / 8; ++j) {
-            const float p0 = fast_exp2(fmaf(score(j, 0), scale, -base));
-            const float p1 = fast_exp2(fmaf(score(j, 1), scale, -base));
-            partial[(2 * j) % 4] += p0;
-            partial[(2 * j + 1) % 4] += p1;
-            p_out[j / 2][2 * (j % 2) + h] = pack(p0, p1);
+        for (int j = 0; j < kHopperKeys / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) partial[(2 * j + e) % 4] = fmaxf(partial[(2 * j + e) % 4], s[4 * j + 2 * h + e]);
+        float tile_max = fmaxf(fmaxf(partial[0], partial[1]), fmaxf(partial[2], partial[3]));
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+        // Maxima are of the unscaled scores (scale > 0); a row that has seen no key yet keeps
+        // everything at zero.
+        const float new_max = fmaxf(row_max[h], tile_max);
+        const float base = new_max == -INFINITY ? 0.0f : new_max * scale;
+        correction[h] = fast_exp2(row_max[h] * scale - base);
+        row_max[h] = new_max;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) partial[i] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < kHopperKeys / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float& v = s[4 * j + 2 * h + e];
+            v = fast_exp2(fmaf(v, scale, -base));
+            partial[(2 * j + e) % 4] += v;
           }
-          row_sum[h] = row_sum[h] * correction[h] + ((partial[0] + partial[1]) + (partial[2] + partial[3]));
-        }
-      };
-      if (tile * kHopperKeys + kHopperKeys - 1 > first_limit)
-        rows(std::true_type{});
-      else
-        rows(std::false_type{});
+        row_sum[h] = row_sum[h] * correction[h] + ((partial[0] + partial[1]) + (partial[2] + partial[3]));
+      }
+    };
+    // P as the register A operand: the accumulator pairs of 16 keys are the A fragment.
+    auto pack_probabilities = [&] {
+#pragma unroll
+      for (int step = 0; step < kHopperKeys / 16; ++step)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) probabilities[step][i] = pack(s[8 * step + 2 * i], s[8 * step + 2 * i + 1]);
     };
 
     if (key_tiles > 0) {
@@ -267,12 +283,11 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
       wgmma_wait<0>();
       keep_registers(s);
       barrier_arrive(&tiles.k_empty[0]);
-      softmax(0, probabilities, correction);  // the output is still zero: nothing to correct
+      mask_scores(0);
+      softmax(correction);  // the output is still zero: nothing to correct
+      pack_probabilities();
 
-      // One tile: S(tile) and O += P(tile - 1) V(tile - 1) issued together, the softmax of
-      // S(tile) into `next` while the second product runs. The two P buffers alternate.
-      auto step = [&](int tile, std::uint32_t(&current)[kHopperKeys / 16][4],
-                      std::uint32_t(&next)[kHopperKeys / 16][4]) {
+      for (int tile = 1; tile < key_tiles; ++tile) {
         const int stage = tile % kHopperStages, previous = (tile - 1) % kHopperStages;
         barrier_wait(&tiles.k_full[stage], (tile / kHopperStages) & 1);
         barrier_wait(&tiles.v_full[previous], ((tile - 1) / kHopperStages) & 1);
@@ -280,47 +295,40 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
         if (kTakeTurns) named_barrier_sync(my_turn, kTurnThreads);
         wgmma_fence();
         issue_scores(stage);
-        issue_values(previous, current);
+        issue_values(previous);
         if (kTakeTurns) named_barrier_arrive(other_turn, kTurnThreads);
         wgmma_wait<1>();
         keep_registers(s);
         barrier_arrive(&tiles.k_empty[stage]);
-        softmax(tile, next, correction);
+        // ptxas waits for P(t-1) V(t-1) before this softmax (the softmax rewrites the S
+        // accumulators in place, which it does not do while products are in flight): the
+        // tensor cores stay busy through the other consumer's products meanwhile. (A softmax
+        // into a second P buffer that overlaps the product measured slower: 0.80-0.83x cuDNN
+        // against 0.87-0.94x, H200, its code twice the size.)
+        mask_scores(tile);
+        softmax(correction);
         wgmma_wait<0>();
         keep_registers(out);
-        keep_registers(current);
+        keep_registers(probabilities);
         barrier_arrive(&tiles.v_empty[previous]);
 #pragma unroll
         for (int j = 0; j < kDim / 8; ++j)
 #pragma unroll
           for (int i = 0; i < 4; ++i) out[4 * j + i] *= correction[i / 2];
-      };
-      // The last tile's P V.
-      auto finish = [&](std::uint32_t(&current)[kHopperKeys / 16][4]) {
-        const int last = (key_tiles - 1) % kHopperStages;
-        barrier_wait(&tiles.v_full[last], ((key_tiles - 1) / kHopperStages) & 1);
-        fence_shared_for_async_proxy();
-        if (kTakeTurns) named_barrier_sync(my_turn, kTurnThreads);
-        wgmma_fence();
-        issue_values(last, current);
-        // The second consumer's last turn has no taker.
-        if (kTakeTurns && consumer == 0) named_barrier_arrive(other_turn, kTurnThreads);
-        wgmma_wait<0>();
-        keep_registers(out);
-        barrier_arrive(&tiles.v_empty[last]);
-      };
-      std::uint32_t other_probabilities[kHopperKeys / 16][4];
-      int tile = 1;
-      for (; tile + 1 < key_tiles; tile += 2) {
-        step(tile, probabilities, other_probabilities);
-        step(tile + 1, other_probabilities, probabilities);
+        pack_probabilities();
       }
-      if (tile < key_tiles) {
-        step(tile, probabilities, other_probabilities);
-        finish(other_probabilities);
-      } else {
-        finish(probabilities);
-      }
+
+      const int last = (key_tiles - 1) % kHopperStages;
+      barrier_wait(&tiles.v_full[last], ((key_tiles - 1) / kHopperStages) & 1);
+      fence_shared_for_async_proxy();
+      if (kTakeTurns) named_barrier_sync(my_turn, kTurnThreads);
+      wgmma_fence();
+      issue_values(last);
+      // The second consumer's last turn has no taker.
+      if (kTakeTurns && consumer == 0) named_barrier_arrive(other_turn, kTurnThreads);
+      wgmma_wait<0>();
+      keep_registers(out);
+      barrier_arrive(&tiles.v_empty[last]);
     }
 
 #pragma unroll
