@@ -28,8 +28,9 @@ namespace lightdesk::cuda::flash {
 
 constexpr int kHopperRows = 128;  // packed rows per thread block
 constexpr int kHopperKeys = 128;  // keys per K/V tile
-constexpr int kHopperStages = 2;
-constexpr bool kTakeTurns = true;  // VARIANT
+// K/V tiles in flight: 3 took 0.536 / 7.01 / 30.8 ms at 4K / 16K / 32K tokens, 2 took 0.547 /
+// 7.15 / 31.6 ms (H200, the benchmark's 64/8 heads).
+constexpr int kHopperStages = 3;
 constexpr int kConsumers = 2;  // warpgroups of 64 rows
 constexpr int kConsumerRows = kHopperRows / kConsumers;
 constexpr int kHopperThreads = (kConsumers + 1) * hopper::kWarpgroupThreads;
@@ -48,6 +49,7 @@ struct HopperTiles {
 };
 // Dynamic shared memory starts 16-byte aligned: room to align the tiles to a swizzle atom.
 constexpr std::size_t kHopperSharedBytes = sizeof(HopperTiles) + hopper::kSwizzleAtomBytes;
+static_assert(kHopperSharedBytes <= 227 * 1024, "a Hopper thread block has at most 227 KB of shared memory");
 
 // Grid (packed-row tiles, KV heads, key splits), as flash_attention_kernel's.
 __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kernel(Problem p) {
@@ -57,23 +59,9 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
   const std::uint32_t misalignment = shared_address(shared_bytes) % kSwizzleAtomBytes;
   auto& tiles = *reinterpret_cast<HopperTiles*>(shared_bytes + (kSwizzleAtomBytes - misalignment) % kSwizzleAtomBytes);
 
-  const int group = p.heads / p.kv_heads;
-  const int kv_head = blockIdx.y;
-  const std::int64_t first_position = p.first_position.get();
-  // Tiles of later positions see more keys: start them first.
-  const std::int64_t row_tile = gridDim.x - 1 - blockIdx.x;
-  const std::int64_t first_packed = row_tile * kHopperRows;
-  const std::int64_t packed_rows = p.rows * group;
+  const BlockKeys b = block_keys(p, kHopperRows, kHopperKeys);
   const std::int64_t kv_stride = std::int64_t{p.kv_heads} * p.d;
   const int pieces = p.d / 8;
-
-  // Keys of this split that some row of the tile sees.
-  const std::int64_t last_position = unpack(min(first_packed + kHopperRows, packed_rows) - 1, group, kv_head).position;
-  const std::int64_t split_begin = std::int64_t{blockIdx.z} * p.key_tiles_per_split * kHopperKeys;
-  const std::int64_t keys_end = min(split_begin + std::int64_t{p.key_tiles_per_split} * kHopperKeys,
-                                    first_position + last_position + 1);
-  const int key_tiles =
-      keys_end > split_begin ? static_cast<int>((keys_end - split_begin + kHopperKeys - 1) / kHopperKeys) : 0;
 
   const int warpgroup = threadIdx.x / kWarpgroupThreads;
   const int thread = threadIdx.x % kWarpgroupThreads;
@@ -112,11 +100,11 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
           // Keys past the split's end are zeros (masked: no row of the tile sees them); a run
           // past it has no page.
           const bf16* from = source;
-          if (!kChecked || key0 + run * kRun < keys_end)
-            from += p.kv.row_offset(run_key, kv_stride) + std::int64_t{kv_head} * p.d + piece * 8;
+          if (!kChecked || key0 + run * kRun < b.keys_end)
+            from += p.kv.row_offset(run_key, kv_stride) + std::int64_t{b.kv_head} * p.d + piece * 8;
 #pragma unroll
           for (int i = 0; i < kRun / kRowStep; ++i) {
-            const bool valid = !kChecked || (piece_valid && run_key + i * kRowStep < keys_end);
+            const bool valid = !kChecked || (piece_valid && run_key + i * kRowStep < b.keys_end);
             copy_piece(
                 reinterpret_cast<uint4*>(tile_memory + first_offset + (run * kRun + i * kRowStep) * kSwizzleRowBytes),
                 valid ? from + i * row_step : source, valid);
@@ -124,15 +112,15 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
         }
       };
       // Whole tiles of full rows (all but the last tile, at head_dim 128) skip the checks.
-      if (piece_valid && key0 + kHopperKeys <= keys_end)
+      if (piece_valid && key0 + kHopperKeys <= b.keys_end)
         copy_runs(std::false_type{});
       else
         copy_runs(std::true_type{});
       barrier_arrive_on_copies(full);
     };
-    for (int tile = 0; tile < key_tiles; ++tile) {
+    for (int tile = 0; tile < b.key_tiles; ++tile) {
       const int stage = tile % kHopperStages, round = tile / kHopperStages;
-      const std::int64_t key0 = split_begin + std::int64_t{tile} * kHopperKeys;
+      const std::int64_t key0 = b.split_begin + std::int64_t{tile} * kHopperKeys;
       if (round > 0) barrier_wait(&tiles.k_empty[stage], (round - 1) & 1);
       copy_tile(p.kv.keys, tiles.k[stage], key0, &tiles.k_full[stage]);
       if (round > 0) barrier_wait(&tiles.v_empty[stage], (round - 1) & 1);
@@ -146,15 +134,15 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
     const int consumer = warpgroup - 1;
     const int warp = thread / 32, lane = thread % 32;
     const int quad_row = lane / 4, quad_col = 2 * (lane % 4);
-    const std::int64_t first_row = first_packed + consumer * kConsumerRows;
+    const std::int64_t first_row = b.first_packed + consumer * kConsumerRows;
 
     // The consumer's 64 rows of Q.
     const std::int64_t q_stride = std::int64_t{p.heads} * p.d;
     for (int i = thread; i < kConsumerRows * kPiecesPerRow; i += kWarpgroupThreads) {
       const int r = consumer * kConsumerRows + i / kPiecesPerRow, c = i % kPiecesPerRow;
-      const std::int64_t packed = first_packed + r;
-      const PackedRow row = unpack(packed, group, kv_head);
-      const bool valid = packed < packed_rows && c < pieces;
+      const std::int64_t packed = b.first_packed + r;
+      const PackedRow row = unpack(packed, b.group, b.kv_head);
+      const bool valid = packed < b.packed_rows && c < pieces;
       const bf16* src = p.q + row.position * q_stride + std::int64_t{row.head} * p.d + c * 8;
       copy_piece(reinterpret_cast<uint4*>(tiles.q + swizzled_offset(kHopperRows, r, c)), valid ? src : p.q, valid);
     }
@@ -165,14 +153,9 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
 
     // This thread's rows: quad_row + 8 h of the warp's 16 (the accumulator layout, hopper.cuh).
     const std::int64_t row0 = first_row + 16 * warp + quad_row;
-    int limit[2];  // last key each row sees, counted from split_begin (32 bits save registers)
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-      limit[h] = static_cast<int>(min(
-          first_position + unpack(row0 + 8 * h, group, kv_head).position - split_begin, std::int64_t{INT_MAX}));
+    const int limit[2] = {row_limit(b, row0), row_limit(b, row0 + 8)};  // last key each row sees
     // Tiles past this key (counted from split_begin) cross the diagonal of some row.
-    const int first_limit = static_cast<int>(
-        min(first_position + unpack(first_row, group, kv_head).position - split_begin, std::int64_t{INT_MAX}));
+    const int first_limit = row_limit(b, first_row);
     // Scores in the log2 domain: exp2(s · log2 e / sqrt(d)) = exp(s / sqrt(d)).
     const float scale = 1.4426950408889634f * rsqrtf(static_cast<float>(p.d));
 
@@ -211,7 +194,8 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
       wgmma_commit();
     };
     // The consumers take turns at issuing products: each waits for its turn (the other's arrival)
-    // and passes it on; the second consumer starts by passing the first turn.
+    // and passes it on; the second consumer starts by passing the first turn. (Without turns:
+    // 1-2 % slower at 4K and 16K tokens, H200.)
     const int my_turn = 3 + consumer, other_turn = 3 + (1 - consumer);
     constexpr int kTurnThreads = kConsumers * kWarpgroupThreads;
 
@@ -221,7 +205,7 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
       if (tile * kHopperKeys + kHopperKeys - 1 <= first_limit) return;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        // Compared with the column offsets 8 j + e alone (few registers: the products are in flight).
+        // Compared with the column offsets 8 j + e alone: no per-column registers.
         const int tile_limit = limit[h] - tile * kHopperKeys - quad_col;
 #pragma unroll
         for (int j = 0; j < kHopperKeys / 8; ++j)
@@ -241,15 +225,9 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
         for (int j = 0; j < kHopperKeys / 8; ++j)
 #pragma unroll
           for (int e = 0; e < 2; ++e) partial[(2 * j + e) % 4] = fmaxf(partial[(2 * j + e) % 4], s[4 * j + 2 * h + e]);
-        float tile_max = fmaxf(fmaxf(partial[0], partial[1]), fmaxf(partial[2], partial[3]));
-        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-        // Maxima are of the unscaled scores (scale > 0); a row that has seen no key yet keeps
-        // everything at zero.
-        const float new_max = fmaxf(row_max[h], tile_max);
-        const float base = new_max == -INFINITY ? 0.0f : new_max * scale;
-        correction[h] = fast_exp2(row_max[h] * scale - base);
-        row_max[h] = new_max;
+        const float tile_max = fmaxf(fmaxf(partial[0], partial[1]), fmaxf(partial[2], partial[3]));
+        const RowRescale rescale = raise_row_max(row_max[h], quad_max(tile_max), scale);
+        correction[h] = rescale.correction;
 #pragma unroll
         for (int i = 0; i < 4; ++i) partial[i] = 0.0f;
 #pragma unroll
@@ -257,7 +235,7 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             float& v = s[4 * j + 2 * h + e];
-            v = fast_exp2(fmaf(v, scale, -base));
+            v = fast_exp2(fmaf(v, scale, -rescale.base));
             partial[(2 * j + e) % 4] += v;
           }
         row_sum[h] = row_sum[h] * correction[h] + ((partial[0] + partial[1]) + (partial[2] + partial[3]));
@@ -271,15 +249,15 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
         for (int i = 0; i < 4; ++i) probabilities[step][i] = pack(s[8 * step + 2 * i], s[8 * step + 2 * i + 1]);
     };
 
-    if (key_tiles > 0) {
-      if (kTakeTurns && consumer == 1) named_barrier_arrive(other_turn, kTurnThreads);
+    if (b.key_tiles > 0) {
+      if (consumer == 1) named_barrier_arrive(other_turn, kTurnThreads);
       float correction[2];
       barrier_wait(&tiles.k_full[0], 0);
       fence_shared_for_async_proxy();
-      if (kTakeTurns) named_barrier_sync(my_turn, kTurnThreads);
+      named_barrier_sync(my_turn, kTurnThreads);
       wgmma_fence();
       issue_scores(0);
-      if (kTakeTurns) named_barrier_arrive(other_turn, kTurnThreads);
+      named_barrier_arrive(other_turn, kTurnThreads);
       wgmma_wait<0>();
       keep_registers(s);
       barrier_arrive(&tiles.k_empty[0]);
@@ -287,16 +265,16 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
       softmax(correction);  // the output is still zero: nothing to correct
       pack_probabilities();
 
-      for (int tile = 1; tile < key_tiles; ++tile) {
+      for (int tile = 1; tile < b.key_tiles; ++tile) {
         const int stage = tile % kHopperStages, previous = (tile - 1) % kHopperStages;
         barrier_wait(&tiles.k_full[stage], (tile / kHopperStages) & 1);
         barrier_wait(&tiles.v_full[previous], ((tile - 1) / kHopperStages) & 1);
         fence_shared_for_async_proxy();
-        if (kTakeTurns) named_barrier_sync(my_turn, kTurnThreads);
+        named_barrier_sync(my_turn, kTurnThreads);
         wgmma_fence();
         issue_scores(stage);
         issue_values(previous);
-        if (kTakeTurns) named_barrier_arrive(other_turn, kTurnThreads);
+        named_barrier_arrive(other_turn, kTurnThreads);
         wgmma_wait<1>();
         keep_registers(s);
         barrier_arrive(&tiles.k_empty[stage]);
@@ -318,48 +296,23 @@ __global__ void __launch_bounds__(kHopperThreads, 1) flash_attention_hopper_kern
         pack_probabilities();
       }
 
-      const int last = (key_tiles - 1) % kHopperStages;
-      barrier_wait(&tiles.v_full[last], ((key_tiles - 1) / kHopperStages) & 1);
+      const int last = (b.key_tiles - 1) % kHopperStages;
+      barrier_wait(&tiles.v_full[last], ((b.key_tiles - 1) / kHopperStages) & 1);
       fence_shared_for_async_proxy();
-      if (kTakeTurns) named_barrier_sync(my_turn, kTurnThreads);
+      named_barrier_sync(my_turn, kTurnThreads);
       wgmma_fence();
       issue_values(last);
       // The second consumer's last turn has no taker.
-      if (kTakeTurns && consumer == 0) named_barrier_arrive(other_turn, kTurnThreads);
+      if (consumer == 0) named_barrier_arrive(other_turn, kTurnThreads);
       wgmma_wait<0>();
       keep_registers(out);
       barrier_arrive(&tiles.v_empty[last]);
     }
 
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float sum = row_sum[h];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const std::int64_t packed = row0 + 8 * h;
-      if (packed >= packed_rows) continue;
-      if (gridDim.z == 1) {
-        const PackedRow row = unpack(packed, group, kv_head);
-        bf16* o = p.out + row.position * q_stride + std::int64_t{row.head} * p.d;
-#pragma unroll
-        for (int j = 0; j < kDim / 8; ++j)
-          if (8 * j + quad_col < p.d)
-            *reinterpret_cast<__nv_bfloat162*>(o + 8 * j + quad_col) =
-                __floats2bfloat162_rn(out[4 * j + 2 * h] / sum, out[4 * j + 2 * h + 1] / sum);
-      } else {
-        const std::int64_t item = (std::int64_t{kv_head} * packed_rows + packed) * gridDim.z + blockIdx.z;
-        float* o = p.partial_out + item * p.d;
-#pragma unroll
-        for (int j = 0; j < kDim / 8; ++j)
-          if (8 * j + quad_col < p.d)
-            *reinterpret_cast<float2*>(o + 8 * j + quad_col) = make_float2(out[4 * j + 2 * h], out[4 * j + 2 * h + 1]);
-        if (lane % 4 == 0) {
-          // In the log2 domain; -inf: the split holds no key this row sees.
-          p.partial_stats[2 * item] = row_max[h] * scale;
-          p.partial_stats[2 * item + 1] = sum;
-        }
-      }
-    }
+    for (int h = 0; h < 2; ++h)
+      write_row(p, b, row0 + 8 * h, quad_col, lane % 4 == 0, row_max[h] * scale, quad_sum(row_sum[h]),
+                [&](int n, int e) { return out[4 * n + 2 * h + e]; });
   }
 #else
   __trap();  // launched only on sm_90a devices (attention.cu)
