@@ -1,11 +1,15 @@
-// Causal GQA softmax attention over a (paged) K/V cache, prefill and decode: the tensor-core
-// flash kernels of flash_attention.cuh (prefill) and flash_decode.cuh (decode) for bf16, a
-// CUDA-core kernel for float32 and odd head sizes; one kernel merges the key splits of all three.
+// Causal GQA softmax attention over a (paged) K/V cache, prefill and decode. bf16 runs on tensor
+// cores: for prefill the warpgroup-MMA kernel of flash_attention_hopper.cuh on sm_90a, else the
+// mma.sync kernel of flash_attention.cuh; for decode the kernel of flash_decode.cuh. float32 (the
+// checking mode) and odd head sizes run on a CUDA-core kernel: the tensor cores would round its
+// operands to bf16 or tf32, and the check wants float32 products. One kernel merges the key
+// splits of all four.
 #include <algorithm>
 #include <cmath>
 
 #include "common.cuh"
 #include "flash_attention.cuh"
+#include "flash_attention_hopper.cuh"
 #include "flash_decode.cuh"
 
 namespace lightdesk::cuda {
@@ -173,16 +177,18 @@ __global__ void read_kv_rows_kernel(KvCacheView<const T> kv, std::int64_t first,
 
 // Which kernel a launch takes, how it splits the keys over thread blocks, and the workspace
 // the splits' partial results need: the same answer for planning and for running.
-enum class Kernel { FlashDecode, FlashWide, CudaCores };
+enum class Kernel { FlashDecode, FlashHopper, FlashWide, CudaCores };
 struct Plan {
   Kernel kernel = Kernel::CudaCores;
   std::int64_t splits = 1;
-  int key_tiles_per_split = 0;  // the wide flash kernel (the decode kernel sizes its splits itself)
+  int key_tiles_per_split = 0;  // the prefill flash kernels (the decode kernel sizes its splits itself)
   std::size_t workspace_bytes = 0;
 };
 
+// The mma.sync prefill kernel, for GPUs without sm_90a.
 using WideTiles = flash::SharedTiles<4, 2>;
 constexpr auto flash_wide_kernel = flash::flash_attention_kernel<4, 2>;
+constexpr int kWideThreads = 4 * 32;
 
 std::size_t split_workspace_bytes(std::int64_t items, std::int64_t splits, int d) {
   return splits > 1 ? static_cast<std::size_t>(items * splits * (d + 2)) * sizeof(float) : 0;
@@ -207,19 +213,33 @@ Plan plan_decode(std::int64_t rows, std::int64_t first_position, int heads, int 
   return plan;
 }
 
-Plan plan_wide(std::int64_t rows, std::int64_t first_position, int heads, int kv_heads, int d,
-               const LaunchLimits& limits) {
+// A prefill flash kernel's tiles: packed rows per thread block, keys per K/V tile.
+struct PrefillTiles {
+  int rows_per_block, keys_per_tile;
+};
+PrefillTiles prefill_tiles(Kernel kernel) {
+  return kernel == Kernel::FlashHopper ? PrefillTiles{flash::kHopperRows, flash::kHopperKeys}
+                                       : PrefillTiles{WideTiles::kRows, flash::kKeysPerTile};
+}
+
+// The Hopper kernel where the device runs it (attention_hopper_blocks > 0), else the mma.sync one.
+Plan plan_prefill(std::int64_t rows, std::int64_t first_position, int heads, int kv_heads, int d,
+                  const LaunchLimits& limits) {
+  const bool hopper = limits.attention_hopper_blocks > 0;
+  const Kernel kernel = hopper ? Kernel::FlashHopper : Kernel::FlashWide;
+  const PrefillTiles tiles = prefill_tiles(kernel);
+  const int blocks_per_multiprocessor = hopper ? limits.attention_hopper_blocks : limits.attention_prefill_blocks;
   const std::int64_t packed_rows = rows * (heads / kv_heads);
-  const std::int64_t row_tiles = (packed_rows + WideTiles::kRows - 1) / WideTiles::kRows;
-  const std::int64_t key_tiles = (first_position + rows + flash::kKeysPerTile - 1) / flash::kKeysPerTile;
+  const std::int64_t row_tiles = (packed_rows + tiles.rows_per_block - 1) / tiles.rows_per_block;
+  const std::int64_t key_tiles = (first_position + rows + tiles.keys_per_tile - 1) / tiles.keys_per_tile;
   // Split the keys when the row tiles alone do not fill the GPU twice (short chunks after a long
   // context), keeping at least 4 key tiles per split.
   constexpr std::int64_t kWaves = 2;
-  const std::int64_t wanted_blocks = kWaves * limits.attention_prefill_blocks * limits.multiprocessors;
+  const std::int64_t wanted_blocks = kWaves * blocks_per_multiprocessor * limits.multiprocessors;
   const std::int64_t blocks = row_tiles * kv_heads;
   std::int64_t splits = blocks >= wanted_blocks ? 1 : std::min((wanted_blocks + blocks - 1) / blocks, key_tiles / 4);
   splits = std::clamp<std::int64_t>(splits, 1, 65535);
-  Plan plan{Kernel::FlashWide};
+  Plan plan{kernel};
   plan.key_tiles_per_split = static_cast<int>((key_tiles + splits - 1) / splits);
   plan.splits = (key_tiles + plan.key_tiles_per_split - 1) / plan.key_tiles_per_split;
   plan.workspace_bytes = split_workspace_bytes(rows * heads, plan.splits, d);
@@ -237,7 +257,7 @@ Plan plan_attention(std::int64_t rows, std::int64_t first_position, int heads, i
     // One 16-row tile per KV head when that holds every packed row, as in decode.
     if (rows * (heads / kv_heads) <= flash::kMmaRows)
       return plan_decode(rows, first_position, heads, kv_heads, head_dim, limits);
-    return plan_wide(rows, first_position, heads, kv_heads, head_dim, limits);
+    return plan_prefill(rows, first_position, heads, kv_heads, head_dim, limits);
   }
   // Few (row, head) pairs, as in decode, cannot fill the GPU: split their keys over thread
   // blocks too, and merge the partial softmaxes in a second kernel.
@@ -262,8 +282,23 @@ void query_attention_limits(LaunchLimits& limits) {
   check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&limits.attention_decode_blocks, flash::flash_decode_kernel,
                                                       flash::kDecodeThreads, sizeof(flash::DecodeShared)),
         "softmax_attention (occupancy)");
-  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&limits.attention_prefill_blocks, flash_wide_kernel, 4 * 32,
-                                                      sizeof(WideTiles)),
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&limits.attention_prefill_blocks, flash_wide_kernel,
+                                                      kWideThreads, sizeof(WideTiles)),
+        "softmax_attention (occupancy)");
+  // The warpgroup-MMA kernel exists in the sm_90a machine code only (not in the PTX that newer
+  // GPUs compile): other devices keep attention_hopper_blocks at 0.
+  int device = 0, major = 0, minor = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device), "cudaDeviceGetAttribute");
+  limits.attention_hopper_blocks = 0;
+  if (major != 9 || minor != 0) return;
+  check(cudaFuncSetAttribute(flash::flash_attention_hopper_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(flash::kHopperSharedBytes)),
+        "softmax_attention (shared memory)");
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&limits.attention_hopper_blocks,
+                                                      flash::flash_attention_hopper_kernel, flash::kHopperThreads,
+                                                      flash::kHopperSharedBytes),
         "softmax_attention (occupancy)");
 }
 
@@ -290,11 +325,16 @@ void softmax_attention(const T* q, std::int64_t rows, Position first_position, K
     if (plan.kernel == Kernel::FlashDecode)
       flash::flash_decode_kernel<<<dim3(static_cast<unsigned>(decode_head_groups(kv_heads)), splits),
                                    flash::kDecodeThreads, sizeof(flash::DecodeShared), stream>>>(problem);
-    if (plan.kernel == Kernel::FlashWide) {
+    if (plan.kernel == Kernel::FlashHopper || plan.kernel == Kernel::FlashWide) {
       const std::int64_t packed_rows = rows * (heads / kv_heads);
-      const dim3 grid(static_cast<unsigned>((packed_rows + WideTiles::kRows - 1) / WideTiles::kRows),
+      const int rows_per_block = prefill_tiles(plan.kernel).rows_per_block;
+      const dim3 grid(static_cast<unsigned>((packed_rows + rows_per_block - 1) / rows_per_block),
                       static_cast<unsigned>(kv_heads), splits);
-      flash_wide_kernel<<<grid, 4 * 32, sizeof(WideTiles), stream>>>(problem);
+      if (plan.kernel == Kernel::FlashHopper)
+        flash::flash_attention_hopper_kernel<<<grid, flash::kHopperThreads, flash::kHopperSharedBytes, stream>>>(
+            problem);
+      else
+        flash_wide_kernel<<<grid, kWideThreads, sizeof(WideTiles), stream>>>(problem);
     }
   }
   if (plan.kernel == Kernel::CudaCores)

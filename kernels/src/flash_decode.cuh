@@ -190,9 +190,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) flash_decode_kernel(Problem
 #pragma unroll
   for (int slot = 0; slot < 2; ++slot) {
     const int r = quad_row + 8 * slot;
-    float sum = row_sum[slot];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const float sum = quad_sum(row_sum[slot]);
 #pragma unroll
     for (int n = 0; n < kDim / 8; ++n)
       *reinterpret_cast<float2*>(&merge.out[warp][r][8 * n + quad_col]) =

@@ -251,7 +251,10 @@ TYPED_TEST(CudaKernelTest, SoftmaxAttention) {
                                   AttentionShape{2, 5000, 16, 2, 64}, AttentionShape{1, 777, 16, 2, 128},
                                   AttentionShape{5, 1000, 6, 2, 96}, AttentionShape{1, 131, 64, 8, 128},
                                   // A group of 3: packed-row tiles end inside a group.
-                                  AttentionShape{29, 129, 12, 4, 32}}) {
+                                  AttentionShape{29, 129, 12, 4, 32},
+                                  // Many 128-row tiles over ragged 128-key tiles; a chunk continuing
+                                  // a session with its keys split, head_dim padded to 128.
+                                  AttentionShape{600, 333, 16, 2, 128}, AttentionShape{257, 1500, 8, 1, 64}}) {
     SCOPED_TRACE(std::to_string(s.rows) + " rows after " + std::to_string(s.first_position));
     const std::int64_t positions = s.first_position + s.rows;
     DeviceArray<TypeParam> q(s.rows * s.heads * s.head_dim), out(q.size());
@@ -259,13 +262,20 @@ TYPED_TEST(CudaKernelTest, SoftmaxAttention) {
     const auto qs = q.set(this->random.uniform(q.size(), -1.0f, 1.0f));
     const auto ks = keys.set(this->random.uniform(keys.size(), -1.0f, 1.0f));
     const auto vs = values.set(this->random.uniform(values.size(), -1.0f, 1.0f));
-    out.poison();
-    cuda::softmax_attention(q.get(), s.rows, s.first_position, keys.get(), values.get(), s.heads, s.kv_heads,
-                            s.head_dim, out.get(), this->limits, nullptr);
     std::vector<float> ref(out.size());
     cpu::softmax_attention(qs.data(), s.rows, s.first_position, ks.data(), vs.data(), s.heads, s.kv_heads, s.head_dim,
                            ref.data(), this->pool);
-    EXPECT_CLOSE(out.get_values(), ref, tolerance<TypeParam>());
+    // The device's prefill kernel (on Hopper the warpgroup-MMA one), and the mma.sync one that
+    // devices without sm_90a take.
+    cuda::LaunchLimits without_hopper = this->limits;
+    without_hopper.attention_hopper_blocks = 0;
+    for (const cuda::LaunchLimits& limits : {this->limits, without_hopper}) {
+      SCOPED_TRACE(limits.attention_hopper_blocks > 0 ? "Hopper prefill kernel" : "mma.sync prefill kernel");
+      out.poison();
+      cuda::softmax_attention(q.get(), s.rows, s.first_position, keys.get(), values.get(), s.heads, s.kv_heads,
+                              s.head_dim, out.get(), limits, nullptr);
+      EXPECT_CLOSE(out.get_values(), ref, tolerance<TypeParam>());
+    }
   }
 }
 
@@ -300,13 +310,22 @@ TYPED_TEST(CudaKernelTest, SoftmaxDecodePlannedForALongerCache) {
 }
 
 // The cache in pages handed out in shuffled order: rows in and out, and attention over them.
+struct PagedAttentionShape {
+  int page_shift;
+  std::int64_t rows;
+  int heads, kv_heads, head_dim;
+};
+
 TYPED_TEST(CudaKernelTest, PagedKvCache) {
-  for (const int page_shift : {6, 7}) {
-    const int heads = 16, kv_heads = 4, d = 64;
-    const std::int64_t first_position = 777, rows = 40, positions = first_position + rows;
+  // Pages of 64 and 128 positions under key tiles of 64 (decode) and 128 (prefill); MiniMax's
+  // 64/8 heads with a chunk of rows crossing several pages.
+  for (const PagedAttentionShape& s : {PagedAttentionShape{6, 40, 16, 4, 64}, PagedAttentionShape{7, 40, 16, 4, 64},
+                                       PagedAttentionShape{6, 1, 16, 4, 64}, PagedAttentionShape{6, 300, 64, 8, 128}}) {
+    const int page_shift = s.page_shift, heads = s.heads, kv_heads = s.kv_heads, d = s.head_dim;
+    const std::int64_t first_position = 777, rows = s.rows, positions = first_position + rows;
     const std::int64_t kv_width = std::int64_t{kv_heads} * d, page = std::int64_t{1} << page_shift;
     const std::int64_t pages = (positions + page - 1) / page + 3;  // spare pages stay unused
-    SCOPED_TRACE("pages of " + std::to_string(page));
+    SCOPED_TRACE("pages of " + std::to_string(page) + ", " + std::to_string(rows) + " rows");
     std::vector<std::int32_t> table(static_cast<std::size_t>(pages));
     std::iota(table.begin(), table.end(), 0);
     std::shuffle(table.begin(), table.end(), std::mt19937(this->random.seed()));

@@ -31,7 +31,8 @@ struct LaunchLimits {
   int multiprocessors = 0;
   // Thread blocks per multiprocessor.
   int attention_decode_blocks = 0;
-  int attention_prefill_blocks = 0;
+  int attention_prefill_blocks = 0;  // the mma.sync prefill kernel
+  int attention_hopper_blocks = 0;   // the sm_90a prefill kernel; 0: the device does not run it
   int lightning_prefill_blocks = 0;
   // expert_gemv's shared memory depends on the width it reads: its blocks per multiprocessor are
   // kept as the register and thread limit, and the shared memory limit follows from these two.
