@@ -269,11 +269,11 @@ TYPED_TEST(CudaKernelTest, SoftmaxAttention) {
     // devices without sm_90a take.
     cuda::LaunchLimits without_hopper = this->limits;
     without_hopper.attention_hopper_blocks = 0;
-    for (const cuda::LaunchLimits& limits : {this->limits, without_hopper}) {
-      SCOPED_TRACE(limits.attention_hopper_blocks > 0 ? "Hopper prefill kernel" : "mma.sync prefill kernel");
+    for (const cuda::LaunchLimits& device_limits : {this->limits, without_hopper}) {
+      SCOPED_TRACE(device_limits.attention_hopper_blocks > 0 ? "Hopper prefill kernel" : "mma.sync prefill kernel");
       out.poison();
       cuda::softmax_attention(q.get(), s.rows, s.first_position, keys.get(), values.get(), s.heads, s.kv_heads,
-                              s.head_dim, out.get(), limits, nullptr);
+                              s.head_dim, out.get(), device_limits, nullptr);
       EXPECT_CLOSE(out.get_values(), ref, tolerance<TypeParam>());
     }
   }
