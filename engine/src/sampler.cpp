@@ -36,8 +36,6 @@ TokenId sample_token(std::span<const float> logits, const SamplingParams& params
   auto better = [&](TokenId a, TokenId b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
   const TokenId keep = params.top_k > 0 ? std::min(n, static_cast<TokenId>(params.top_k)) : n;
   if (keep < n) std::nth_element(ids.begin(), ids.begin() + keep, ids.end(), better);
-  double sum = 0.0;
-  for (TokenId i = 0; i < keep; ++i) sum += weight(ids[static_cast<std::size_t>(i)]);
 
   // The nucleus is the best-first prefix whose probability reaches top_p. Sorting all 200K
   // candidates of a large vocabulary costs tens of milliseconds per token, so only a growing
@@ -45,9 +43,12 @@ TokenId sample_token(std::span<const float> logits, const SamplingParams& params
   // it and no order is needed but a fixed one: the candidates are walked in id order.
   std::vector<double> probs;
   TokenId sorted = 0;
+  double sum = 0.0;  // of every candidate's weight: needed only to find a nucleus short of them all
   if (params.top_p >= 1.0f) {
     std::sort(ids.begin(), ids.begin() + keep);
     for (; sorted < keep; ++sorted) probs.push_back(weight(ids[static_cast<std::size_t>(sorted)]));
+  } else {
+    for (TokenId i = 0; i < keep; ++i) sum += weight(ids[static_cast<std::size_t>(i)]);
   }
   double cumulative = 0.0;
   bool reached = false;
