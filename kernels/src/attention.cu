@@ -18,7 +18,7 @@ namespace {
 constexpr int kAttentionWarps = 4;
 constexpr int kDimsPerLane = kMaxHeadDim / 32;
 
-// Keys per thread block when a row's keys are split over several thread blocks.
+// Keys per thread block of the CUDA-core kernel when a row's keys are split over several blocks.
 constexpr std::int64_t kKeysPerSplit = 1024;
 
 // Grid (query row × head, key splits). Each warp runs an online softmax over every
@@ -73,20 +73,20 @@ __global__ void softmax_attention_kernel(const T* q, int heads, int kv_heads, in
     running_max = new_max;
   }
 
-  __shared__ float warp_max[kAttentionWarps], warp_sum_exp[kAttentionWarps];
+  __shared__ float warp_maxima[kAttentionWarps], warp_sum_exp[kAttentionWarps];
   __shared__ float warp_acc[kAttentionWarps][kMaxHeadDim];
   if (lane == 0) {
-    warp_max[warp] = running_max;
+    warp_maxima[warp] = running_max;
     warp_sum_exp[warp] = running_sum;
   }
 #pragma unroll
   for (int c = 0; c < kDimsPerLane; ++c) warp_acc[warp][lane + 32 * c] = acc[c];
   __syncthreads();
   float block_max = -INFINITY;
-  for (int w = 0; w < kAttentionWarps; ++w) block_max = fmaxf(block_max, warp_max[w]);
+  for (int w = 0; w < kAttentionWarps; ++w) block_max = fmaxf(block_max, warp_maxima[w]);
   float total = 0.0f;
   for (int w = 0; w < kAttentionWarps; ++w)
-    if (warp_max[w] != -INFINITY) total += warp_sum_exp[w] * expf(warp_max[w] - block_max);
+    if (warp_maxima[w] != -INFINITY) total += warp_sum_exp[w] * expf(warp_maxima[w] - block_max);
   const std::int64_t item_split = std::int64_t{blockIdx.x} * gridDim.y + blockIdx.y;
   float* partial = gridDim.y > 1 ? partial_out + item_split * d : nullptr;
   if (partial && threadIdx.x == 0) {
@@ -96,7 +96,7 @@ __global__ void softmax_attention_kernel(const T* q, int heads, int kv_heads, in
   for (int i = threadIdx.x; i < d; i += blockDim.x) {
     float o = 0.0f;
     for (int w = 0; w < kAttentionWarps; ++w)
-      if (warp_max[w] != -INFINITY) o += warp_acc[w][i] * expf(warp_max[w] - block_max);
+      if (warp_maxima[w] != -INFINITY) o += warp_acc[w][i] * expf(warp_maxima[w] - block_max);
     if (partial)
       partial[i] = o;
     else

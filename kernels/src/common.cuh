@@ -74,6 +74,14 @@ class StreamWorkspace {
   cudaStream_t stream_;
 };
 
+// Whether rows of `width` T elements at these pointers go in whole 16-byte pieces (the fast
+// paths of the row kernels load and store 16 bytes at a time).
+template <typename T, typename... Pointers>
+bool whole_pieces(std::int64_t width, const Pointers*... pointers) {
+  return (width * static_cast<std::int64_t>(sizeof(T))) % 16 == 0 &&
+         ((reinterpret_cast<std::uintptr_t>(pointers) % 16 == 0) && ...);
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
   for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;

@@ -173,8 +173,7 @@ template <typename T>
 void swiglu(const T* gate_up, std::int64_t rows, std::int64_t width, T* out, cudaStream_t stream) {
   if (rows == 0 || width == 0) return;
   constexpr int kPiece = 16 / sizeof(T);
-  if (width % kPiece == 0 && reinterpret_cast<std::uintptr_t>(gate_up) % 16 == 0 &&
-      reinterpret_cast<std::uintptr_t>(out) % 16 == 0)
+  if (whole_pieces<T>(width, gate_up, out))
     swiglu_kernel<T, true><<<grid_for(rows * width / kPiece), kThreads, 0, stream>>>(gate_up, rows, width, out);
   else
     swiglu_kernel<T, false><<<grid_for(rows * width), kThreads, 0, stream>>>(gate_up, rows, width, out);

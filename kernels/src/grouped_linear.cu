@@ -139,7 +139,7 @@ __global__ void describe_groups_kernel(const Element* in, const std::int32_t* fi
 
 template <class Config>
 typename Config::Gemm::Arguments gemm_arguments(const typename Config::Arrays& arrays, int groups,
-                                                int multiprocessors) {
+                                                const LaunchLimits& limits) {
   typename Config::Gemm::Arguments arguments{
       cutlass::gemm::GemmUniversalMode::kGrouped,
       {groups, arrays.shapes, nullptr},  // the shapes are on the device only
@@ -150,16 +150,15 @@ typename Config::Gemm::Arguments gemm_arguments(const typename Config::Arrays& a
   arguments.epilogue.thread.beta = 0.0f;
   arguments.epilogue.thread.dAlpha = {cute::_0{}, cute::_0{}, 0};
   arguments.epilogue.thread.dBeta = {cute::_0{}, cute::_0{}, 0};
-  check(cudaGetDevice(&arguments.hw_info.device_id), "cudaGetDevice");
-  arguments.hw_info.sm_count = multiprocessors;
+  arguments.hw_info.device_id = limits.device;
+  arguments.hw_info.sm_count = limits.multiprocessors;
   return arguments;
 }
 
 template <class Config>
-std::size_t workspace_bytes(int groups, int multiprocessors) {
+std::size_t workspace_bytes(int groups, const LaunchLimits& limits) {
   const auto arrays = group_arrays<Config>(nullptr, groups);
-  return arrays.bytes +
-         round_up(Config::Gemm::get_workspace_size(gemm_arguments<Config>(arrays, groups, multiprocessors)));
+  return arrays.bytes + round_up(Config::Gemm::get_workspace_size(gemm_arguments<Config>(arrays, groups, limits)));
 }
 
 void check_cutlass(cutlass::Status status, const char* what) {
@@ -169,12 +168,18 @@ void check_cutlass(cutlass::Status status, const char* what) {
 
 template <class Config>
 void run_grouped(const Element* in, const std::int32_t* first_row, int groups, int in_features, const Element* weights,
-                 int out_features, Element* out, int multiprocessors, void* workspace, cudaStream_t stream) {
+                 int out_features, Element* out, const LaunchLimits& limits, void* workspace,
+                 std::size_t workspace_size, cudaStream_t stream) {
+  // The tiling's own need: the caller sized the workspace for either (grouped_linear_workspace_bytes).
+  const std::size_t needed = workspace_bytes<Config>(groups, limits);
+  if (workspace_size < needed)
+    fail("grouped_linear: the workspace holds " + std::to_string(workspace_size) + " bytes, " +
+         std::to_string(needed) + " needed");
   const auto arrays = group_arrays<Config>(workspace, groups);
   describe_groups_kernel<Config><<<grid_for(groups, 128), 128, 0, stream>>>(in, first_row, groups, in_features,
                                                                             weights, out_features, out, arrays);
   check(cudaGetLastError(), "grouped_linear (groups)");
-  const auto arguments = gemm_arguments<Config>(arrays, groups, multiprocessors);
+  const auto arguments = gemm_arguments<Config>(arrays, groups, limits);
   typename Config::Gemm gemm;
   check_cutlass(gemm.can_implement(arguments), "cannot implement");
   check_cutlass(gemm.initialize(arguments, static_cast<char*>(workspace) + arrays.bytes, stream), "initialize");
@@ -184,8 +189,7 @@ void run_grouped(const Element* in, const std::int32_t* first_row, int groups, i
 }  // namespace
 
 std::size_t grouped_linear_workspace_bytes(int groups, const LaunchLimits& limits) {
-  return std::max(workspace_bytes<ManyRows>(groups, limits.multiprocessors),
-                  workspace_bytes<FewRows>(groups, limits.multiprocessors));
+  return std::max(workspace_bytes<ManyRows>(groups, limits), workspace_bytes<FewRows>(groups, limits));
 }
 
 void grouped_linear(const bf16* in, const std::int32_t* first_row, int groups, std::int64_t rows,
@@ -195,18 +199,14 @@ void grouped_linear(const bf16* in, const std::int32_t* first_row, int groups, s
   if (in_features % kAlignment != 0 || out_features % kAlignment != 0)
     fail("grouped_linear: in_features " + std::to_string(in_features) + " and out_features " +
          std::to_string(out_features) + " must be multiples of " + std::to_string(kAlignment));
-  const std::size_t needed = grouped_linear_workspace_bytes(groups, limits);
-  if (workspace_bytes < needed)
-    fail("grouped_linear: the workspace holds " + std::to_string(workspace_bytes) + " bytes, " +
-         std::to_string(needed) + " needed");
   const auto* a = reinterpret_cast<const Element*>(in);
   const auto* w = reinterpret_cast<const Element*>(weights);
   auto* d = reinterpret_cast<Element*>(out);
   const auto k = static_cast<int>(in_features), n = static_cast<int>(out_features);
   if (rows <= kFewRowsPerGroup * groups)
-    run_grouped<FewRows>(a, first_row, groups, k, w, n, d, limits.multiprocessors, workspace, stream);
+    run_grouped<FewRows>(a, first_row, groups, k, w, n, d, limits, workspace, workspace_bytes, stream);
   else
-    run_grouped<ManyRows>(a, first_row, groups, k, w, n, d, limits.multiprocessors, workspace, stream);
+    run_grouped<ManyRows>(a, first_row, groups, k, w, n, d, limits, workspace, workspace_bytes, stream);
 }
 
 }  // namespace lightdesk::cuda

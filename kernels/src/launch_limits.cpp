@@ -11,8 +11,8 @@ void query_moe_limits(LaunchLimits& limits);        // moe.cu
 
 LaunchLimits query_launch_limits() {
   LaunchLimits limits;
-  int device = 0;
-  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaGetDevice(&limits.device), "cudaGetDevice");
+  const int device = limits.device;
   check(cudaDeviceGetAttribute(&limits.multiprocessors, cudaDevAttrMultiProcessorCount, device),
         "cudaDeviceGetAttribute");
   check(cudaDeviceGetAttribute(&limits.shared_bytes_per_multiprocessor, cudaDevAttrMaxSharedMemoryPerMultiprocessor,

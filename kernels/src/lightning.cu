@@ -193,13 +193,10 @@ __global__ void __launch_bounds__(kThreads) lightning_prefill_kernel(const T* qk
   }
 }
 
-
-
 // How the chunked prefill divides its rows, and the workspace it needs: the same answer for
 // planning and for running.
 struct ChunkedPlan {
-  bool chunked = false;  // else the CUDA-core kernel
-  int segments = 0, chunks_per_segment = 0;
+  int segments = 0, chunks_per_segment = 0;  // no segments: the CUDA-core kernel
   std::size_t workspace_bytes = 0;
 };
 
@@ -222,7 +219,6 @@ ChunkedPlan plan_prefill(std::int64_t rows, int heads, int head_dim, const Launc
   namespace lc = lightning_chunked;
   ChunkedPlan plan;
   if (!std::is_same_v<T, bf16> || head_dim % 8 != 0 || rows == 0) return plan;
-  plan.chunked = true;
   const std::int64_t chunks = (rows + lc::kChunk - 1) / lc::kChunk;
   const std::int64_t slots = std::int64_t{limits.lightning_prefill_blocks} * limits.multiprocessors;
   const auto ceil_div = [](std::int64_t a, std::int64_t b) { return (a + b - 1) / b; };
@@ -281,7 +277,7 @@ void lightning_prefill(const T* qkv, std::int64_t rows, int heads, int head_dim,
   const bool aligned = reinterpret_cast<std::uintptr_t>(qkv) % 16 == 0 && reinterpret_cast<std::uintptr_t>(out) % 4 == 0 &&
                        reinterpret_cast<std::uintptr_t>(state) % 16 == 0;
   if constexpr (std::is_same_v<T, bf16>) {
-    if (plan.chunked && aligned) {
+    if (plan.segments > 0 && aligned) {
       namespace lc = lightning_chunked;
       const bool workspace_aligned = reinterpret_cast<std::uintptr_t>(workspace) % 16 == 0;
       const StreamWorkspace segment_states(plan.workspace_bytes, workspace, workspace_aligned ? workspace_bytes : 0,

@@ -56,7 +56,7 @@ __global__ void __launch_bounds__(kDecodeRowGroups * 32)
   __syncthreads();
   Columns<N> acc{};
   if (has_columns) {
-    const float ratio = expf(-(slopes[h] * 1.0f));
+    const float ratio = expf(-slopes[h]);
 #pragma unroll
     for (int r = 0; r < kRowsPerGroup; ++r) {
       const int i = group + r * kDecodeRowGroups;

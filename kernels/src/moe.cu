@@ -230,9 +230,8 @@ void group_by_expert(const std::int32_t* expert_ids, std::int64_t rows, int k, i
       expert_ids, slots, experts, first_row, workspace);
   check(cudaGetLastError(), "group_by_expert (count)");
   if (slots == 0) return;
-  const bool whole_pieces = (width * sizeof(T)) % 16 == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 == 0 &&
-                            reinterpret_cast<std::uintptr_t>(grouped) % 16 == 0;
-  const auto scatter = whole_pieces ? scatter_by_expert_kernel<T, true> : scatter_by_expert_kernel<T, false>;
+  const auto scatter = whole_pieces<T>(width, x, grouped) ? scatter_by_expert_kernel<T, true>
+                                                          : scatter_by_expert_kernel<T, false>;
   scatter<<<static_cast<unsigned>(slots), kThreads, 0, stream>>>(expert_ids, k, x, width, workspace, slot_rows,
                                                                  grouped);
   check(cudaGetLastError(), "group_by_expert (scatter)");
@@ -285,9 +284,8 @@ void combine_experts(const T* expert_out, const std::int32_t* slot_rows, const f
                      int k, std::int64_t width, T* out, cudaStream_t stream) {
   check_top_k(k, "combine_experts");
   if (rows == 0) return;
-  const bool whole_pieces = (width * sizeof(T)) % 16 == 0 && reinterpret_cast<std::uintptr_t>(expert_out) % 16 == 0 &&
-                            reinterpret_cast<std::uintptr_t>(out) % 16 == 0;
-  const auto kernel = whole_pieces ? combine_experts_kernel<T, true> : combine_experts_kernel<T, false>;
+  const auto kernel = whole_pieces<T>(width, expert_out, out) ? combine_experts_kernel<T, true>
+                                                              : combine_experts_kernel<T, false>;
   kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(expert_out, slot_rows, weights, k, width, out);
   check(cudaGetLastError(), "combine_experts");
 }

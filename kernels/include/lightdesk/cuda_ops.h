@@ -26,8 +26,10 @@ void check(cudaError_t status, const char* what);
 // blocks of each kernel that sizes its grid by them fit on one. Asked once per device by
 // query_launch_limits, which also raises those kernels' shared-memory limits (a per-device
 // setting their launches rely on), and kept by the object that owns the device (DeviceContext):
-// no launch asks the driver.
+// no launch of ours asks the driver (CUTLASS's grouped GEMM still sets its kernel's shared-memory
+// limit as it initialises each call).
 struct LaunchLimits {
+  int device = 0;
   int multiprocessors = 0;
   // Thread blocks per multiprocessor.
   int attention_decode_blocks = 0;
