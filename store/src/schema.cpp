@@ -188,6 +188,9 @@ int user_version(sql::Database& db) {
 
 void migrate(sql::Database& db, int target) {
   if (target < 0 || target > kSchemaVersion) db.fail_plain("no schema version " + std::to_string(target));
+  // A file already at the target (every open after the first) is left without taking the write
+  // lock, which would wait behind, and stall, another connection's writes.
+  if (const int version = user_version(db); version >= target && version <= kSchemaVersion) return;
   for (;;) {
     sql::Transaction transaction(db);
     // Read inside the write transaction so two connections opening a new file do not both

@@ -16,10 +16,9 @@ void EngineState::for_each_part(const std::function<void(const StatePart&)>& sin
     if (!with_lightning && part.header.kind == StatePartKind::LightningState) continue;
     StatePart view = part.header;
     view.data = part.values;
-    // Parts keep the position of the state they were copied from: the joined state's is newer.
-    view.position = static_cast<std::int64_t>(tokens_.size());
     sink(view);
   }
+  // The earlier state's parts carry its own position: this state's is the newer one.
   if (earlier_) {
     earlier_->for_each_part(
         [this, &sink](const StatePart& part) {
@@ -49,6 +48,7 @@ std::shared_ptr<const EngineState> EngineState::continuing(std::shared_ptr<const
                 " cannot continue a state of " + std::to_string(earlier_tokens) + " other tokens");
   auto joined = std::make_shared<EngineState>(*this);
   joined->earlier_ = std::move(earlier);
+  joined->kv_first_ = 0;
   return joined;
 }
 

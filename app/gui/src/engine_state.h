@@ -44,7 +44,7 @@ class EngineState final : public SavedState {
   const ModelInfo& model() const { return model_; }
   const std::vector<TokenId>& tokens() const { return tokens_; }
   // The first position whose K/V this state lacks none of (0: a whole state).
-  std::int64_t kv_first() const { return earlier_ ? 0 : kv_first_; }
+  std::int64_t kv_first() const { return kv_first_; }
   // This state with the K/V before its kv_first read from `earlier`, the state it continues
   // (whose tokens are this one's first kv_first tokens); throws lightdesk::Error otherwise.
   std::shared_ptr<const EngineState> continuing(std::shared_ptr<const EngineState> earlier) const;
@@ -65,7 +65,7 @@ class EngineState final : public SavedState {
 
   ModelInfo model_;
   std::vector<TokenId> tokens_;
-  std::int64_t kv_first_ = 0;  // parts_ hold the K/V of positions kv_first_ and later
+  std::int64_t kv_first_ = 0;  // the K/V of earlier positions is in neither parts_ nor earlier_
   std::vector<Part> parts_;
   std::shared_ptr<const EngineState> earlier_;  // the K/V before kv_first_, if joined
 };

@@ -184,8 +184,7 @@ void EngineWorker::generate(const QList<PromptMessage>& conversation, const Samp
     // Messages that follow the turns the session's state already holds (this conversation's
     // answers there included, as the ids the model generated) feed only themselves; anything
     // else (another conversation, an edited message, a stopped answer) starts from an empty state.
-    const bool continues = !held_messages_.isEmpty() && held_session_ == sessionId &&
-                           conversation.size() > held_messages_.size() &&
+    const bool continues = !held_messages_.isEmpty() && conversation.size() > held_messages_.size() &&
                            std::equal(held_messages_.begin(), held_messages_.end(), conversation.begin());
     const QList<PromptMessage> fed = continues ? conversation.mid(held_messages_.size()) : conversation;
     std::vector<std::vector<float>> images;
@@ -206,7 +205,8 @@ void EngineWorker::generate(const QList<PromptMessage>& conversation, const Samp
     stats.reused_tokens = session_->position();
     // The repository keeps the K/V of the held positions already: the turn's state to save
     // needs only its own (for a long session nearly all of the state is the earlier K/V).
-    const std::int64_t kv_saved = continues && held_state_saved_ ? stats.reused_tokens : 0;
+    // (Another session's saved state, continued because its messages are the same, is not.)
+    const std::int64_t kv_saved = continues && held_state_saved_ && held_session_ == sessionId ? stats.reused_tokens : 0;
     const std::span<const TokenId> rest(prompt.tokens);
     stats.prompt_tokens = static_cast<std::int64_t>(rest.size());
     const std::int64_t room = stats.context_size - stats.reused_tokens - stats.prompt_tokens;

@@ -445,10 +445,8 @@ void MainWindow::editSettings() {
   dialog.exec();
 }
 
-void MainWindow::onGpuMemoryMeasured(const std::vector<GpuDevice>& gpus) {
-  gpus_ = gpus;
-  refreshMemoryLabel();
-}
+// The label is refreshed by the modelLoaded or generationFinished that follows.
+void MainWindow::onGpuMemoryMeasured(const std::vector<GpuDevice>& gpus) { gpus_ = gpus; }
 
 void MainWindow::refreshMemoryLabel() {
   // Every GPU's memory (free where known: on the one the engine runs on) as the engine thread

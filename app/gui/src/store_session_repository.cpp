@@ -66,13 +66,17 @@ ChatSession read_session(store::Store& store, const store::SessionRecord& record
 }
 
 // The branch that ends at the newest message, root first, walked through the parent ids of the
-// session's messages (already read: no second query per session at start-up).
+// session's messages (already read: no second query per session at start-up). A parent that is
+// not among them ends the walk: the session opens with what can be shown.
 std::vector<store::Message> newest_branch(const std::vector<store::Message>& messages) {
   std::map<std::int64_t, const store::Message*> by_id;
   for (const store::Message& message : messages) by_id[message.id] = &message;
+  const auto parent = [&by_id](const store::Message& m) -> const store::Message* {
+    const auto found = m.parent_id ? by_id.find(*m.parent_id) : by_id.end();
+    return found == by_id.end() ? nullptr : found->second;
+  };
   std::vector<store::Message> branch;
-  for (const store::Message* m = messages.empty() ? nullptr : &messages.back(); m;
-       m = m->parent_id ? by_id.at(*m->parent_id) : nullptr)
+  for (const store::Message* m = messages.empty() ? nullptr : &messages.back(); m; m = parent(*m))
     branch.push_back(*m);
   std::reverse(branch.begin(), branch.end());
   return branch;
@@ -224,7 +228,7 @@ class StoreWriter : public QObject {
 
   // The newest checkpoint tied to one of the branch's first `entries` messages; the engine
   // thread reads it as it imports it.
-  StateLoad load_state(qint64 id, qsizetype entries, const ModelInfo& model) {
+  StateLoad load_state(qint64 id, qsizetype entries) {
     StateLoad load;
     const SessionLog* log = find(id);
     if (log == nullptr) return load;
@@ -241,9 +245,8 @@ class StoreWriter : public QObject {
         load.entries = at->second;
         newest = checkpoint;
       }
-      if (newest && newest->model_fingerprint != model.fingerprint)
-        load.refused = QObject::tr("it was made by another model");
-      else if (newest)
+      // Its model, layout and checksums are checked as the engine thread reads it.
+      if (newest)
         load.state = std::make_shared<StoredCheckpoint>(database_, newest->id, newest->position);
     } catch (const std::exception& error) {
       load.state.reset();
@@ -347,11 +350,12 @@ void StoreSessionRepository::saveState(qint64 id, qsizetype entries, EngineState
   });
 }
 
-void StoreSessionRepository::loadState(qint64 id, qsizetype entries, const ModelInfo& model, QObject* context,
+void StoreSessionRepository::loadState(qint64 id, qsizetype entries, const ModelInfo&, QObject* context,
                                        std::function<void(const StateLoad&)> done) {
-  QMetaObject::invokeMethod(writer_, [writer = writer_, id, entries, model, context = QPointer(context),
+  // The model is checked as the engine thread reads the checkpoint (Store::load_checkpoint).
+  QMetaObject::invokeMethod(writer_, [writer = writer_, id, entries, context = QPointer(context),
                                       done = std::move(done)] {
-    const StateLoad load = writer->load_state(id, entries, model);
+    const StateLoad load = writer->load_state(id, entries);
     if (context) QMetaObject::invokeMethod(context, [done, load] { done(load); });
   });
 }

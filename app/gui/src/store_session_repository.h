@@ -2,13 +2,14 @@
 //
 // The window calls SessionRepository from the GUI thread and must never wait on the disk, so the
 // repository answers every read from an in-memory copy, loaded once when it opens the database,
-// and sends every change to a writer object that owns the Store on a thread of its own (the
-// Store is one SQLite connection, used from one thread at a time). Changes are queued to that
-// thread in the order they are made; the destructor waits until all of them are written.
+// and sends every change to a writer object that owns the Store on a thread of its own (a Store
+// is one SQLite connection, used from one thread at a time). Changes are queued to that thread
+// in the order they are made; the destructor waits until all of them are written.
 //
-// Engine states go the same way: the engine thread copies a finished turn's state
-// (EngineState) and the writer saves it as a checkpoint of the turn's last message; a load reads
-// a checkpoint on the store thread and hands the copy back to the caller's thread.
+// Engine states: the engine thread copies a finished turn's state (EngineState) and the writer
+// saves it as a checkpoint of the turn's last message. A load finds the checkpoint on the store
+// thread and names it (StoredCheckpoint); the engine thread reads it through a connection of
+// its own as it imports it.
 //
 // A document is linked to the message it was sent with (store::Document::message_id), and a
 // PDF keeps where its pages start (store::Document::page_offsets).
