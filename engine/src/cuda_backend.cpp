@@ -151,6 +151,7 @@ class CudaBackend final : public ComputeBackend {
 
   void read_logits(const SequenceState& state, float* out) const override {
     const DeviceBuffer& logits = static_cast<const CudaSequence&>(state).logits;
+    const std::lock_guard lock(forward_mutex_);  // the download waits for the shared stream
     device_.download(out, logits.as<float>(), logits.bytes());
   }
   TokenId sample(const SequenceState& state, const SamplingParams& params, std::mt19937_64& rng) override;
@@ -367,7 +368,6 @@ void CudaBackend<T>::reserve_scratch(std::int64_t rows) {
   s.generation = scratch_.generation + 1;
   s.tokens = device_array<std::int32_t>(rows, what);
   for (DeviceBuffer* b : {&s.x, &s.a, &s.att, &s.b, &s.moe}) *b = device_array<T>(rows * H, what);
-  s.all_logits = std::move(scratch_.all_logits);
   s.qkv = device_array<T>(rows * 3 * A, what);
   s.o = device_array<T>(rows * A, what);
   s.gate = device_array<T>(rows * A, what);
@@ -376,6 +376,8 @@ void CudaBackend<T>::reserve_scratch(std::int64_t rows) {
       cuda::lightning_prefill_workspace_bytes<T>(rows, config_.num_heads, config_.head_dim, device_.launch_limits()),
       what);
   moe_.reserve(rows);
+  // Last, so that running out of memory above leaves scratch_ whole.
+  s.all_logits = std::move(scratch_.all_logits);
   scratch_ = std::move(s);
 }
 

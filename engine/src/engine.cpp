@@ -223,7 +223,13 @@ void Session::feed(std::span<const TokenId> tokens, const FeedOptions& options) 
   Impl& s = *impl_;
   s.check_tokens(tokens);
   if (options.chunk_tokens < 0) throw Error("chunk_tokens must not be negative");
-  const std::int64_t chunk_tokens = options.chunk_tokens > 0 ? options.chunk_tokens : s.backend->default_chunk_tokens();
+  // Every row's logits, when asked for, are rows × vocabulary floats on the backend per chunk
+  // (512 rows of a 200K vocabulary: 0.4 GB): such feeds keep to small chunks unless told.
+  constexpr std::int64_t kAllLogitsChunkTokens = 512;
+  const std::int64_t chunk_tokens =
+      options.chunk_tokens > 0 ? options.chunk_tokens
+      : options.all_logits    ? std::min(kAllLogitsChunkTokens, s.backend->default_chunk_tokens())
+                              : s.backend->default_chunk_tokens();
   const auto total = static_cast<std::int64_t>(tokens.size());
   if (!options.embedding_overrides.empty() && options.embedding_overrides.size() != tokens.size())
     throw Error("embedding_overrides has " + std::to_string(options.embedding_overrides.size()) +
@@ -233,31 +239,37 @@ void Session::feed(std::span<const TokenId> tokens, const FeedOptions& options) 
   const auto start = std::chrono::steady_clock::now();
   s.logits.clear();
   s.logits_rows = 0;
-  for (std::int64_t done = 0; done < total;) {
-    const std::int64_t n = std::min(chunk_tokens, total - done);
-    std::vector<float> chunk_logits(options.all_logits ? static_cast<std::size_t>(n * V) : 0);
-    ForwardRequest request;
-    request.tokens = tokens.subspan(static_cast<std::size_t>(done), static_cast<std::size_t>(n));
-    request.first_position = position();
-    request.all_logits = options.all_logits ? chunk_logits.data() : nullptr;
-    request.hidden_states = &options.hidden_states;
-    if (!options.embedding_overrides.empty())
-      request.embedding_overrides =
-          options.embedding_overrides.subspan(static_cast<std::size_t>(done), static_cast<std::size_t>(n));
-    s.backend->forward(*s.sequence, request);
-    s.tokens.insert(s.tokens.end(), request.tokens.begin(), request.tokens.end());
-    if (options.all_logits) {
-      s.logits.insert(s.logits.end(), chunk_logits.begin(), chunk_logits.end());
-      s.logits_rows += n;
-    } else {
-      s.logits_rows = 1;
+  // All rows go straight where logits() reads them; those a failed or cancelled feed did not
+  // reach are dropped.
+  if (options.all_logits) s.logits.resize(static_cast<std::size_t>(total * V));
+  try {
+    for (std::int64_t done = 0; done < total;) {
+      const std::int64_t n = std::min(chunk_tokens, total - done);
+      ForwardRequest request;
+      request.tokens = tokens.subspan(static_cast<std::size_t>(done), static_cast<std::size_t>(n));
+      request.first_position = position();
+      request.all_logits = options.all_logits ? s.logits.data() + done * V : nullptr;
+      request.hidden_states = &options.hidden_states;
+      if (!options.embedding_overrides.empty())
+        request.embedding_overrides =
+            options.embedding_overrides.subspan(static_cast<std::size_t>(done), static_cast<std::size_t>(n));
+      s.backend->forward(*s.sequence, request);
+      s.tokens.insert(s.tokens.end(), request.tokens.begin(), request.tokens.end());
+      if (options.all_logits) {
+        s.logits_rows += n;
+      } else {
+        s.logits_rows = 1;
+      }
+      done += n;
+      if (options.progress) {
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        if (!options.progress(FeedProgress{done, total, seconds}) && done < total)
+          throw Cancelled("cancelled after " + std::to_string(done) + " of " + std::to_string(total) + " tokens");
+      }
     }
-    done += n;
-    if (options.progress) {
-      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      if (!options.progress(FeedProgress{done, total, seconds}) && done < total)
-        throw Cancelled("cancelled after " + std::to_string(done) + " of " + std::to_string(total) + " tokens");
-    }
+  } catch (...) {
+    if (options.all_logits) s.logits.resize(static_cast<std::size_t>(s.logits_rows * V));
+    throw;
   }
 }
 

@@ -86,7 +86,9 @@ std::vector<std::int64_t> weight_shape(const ModelConfig& c, const std::string& 
       {"out_proj", {H, A}},    {"q_proj", {A, H}},         {"k_proj", {KV, H}},       {"v_proj", {KV, H}},
       {"o_proj", {H, A}},      {"router", {E, H}},         {"w1", {I, H}},            {"w3", {I, H}},
       {"w2", {H, I}}};
-  return shapes.at(name.substr(name.rfind('.') + 1));
+  const auto found = shapes.find(name.substr(name.rfind('.') + 1));
+  if (found == shapes.end()) throw Error("no weight shape for " + name);
+  return found->second;
 }
 
 WeightMap::WeightMap(const ModelConfig& c, const Checkpoint& checkpoint) {

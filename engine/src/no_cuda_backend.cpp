@@ -12,10 +12,4 @@ std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig&, const Weig
   throw Error("the cuda backend is not available: " + cuda_unavailable_reason());
 }
 
-std::uint64_t cuda_decode_graph_captures(const SequenceState&) { return 0; }  // no CUDA sequence exists
-
-std::unique_ptr<ComputeBackend> make_random_cuda_backend(const ModelConfig&, const ModelOptions&, std::uint64_t) {
-  throw Error("the cuda backend is not available: " + cuda_unavailable_reason());
-}
-
 }  // namespace lightdesk

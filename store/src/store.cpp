@@ -517,7 +517,8 @@ std::int64_t Store::save_checkpoint(std::int64_t session_id, const StateSource& 
     }
     if (reused_end < source.kv_first)
       db.fail_plain("the K/V of positions " + std::to_string(reused_end) + " to " + std::to_string(source.kv_first) +
-                    " is neither in the state to save nor in a checkpoint stored before it");
+                    " is neither in the state to save nor in a checkpoint of this session stored before it "
+                    "(its previous save is missing): save the whole state");
     if (reused_end < position) {
       sql::Statement(db,
                      "INSERT INTO kv_spans(session_id, model_id, first_token, token_count, prefix_hash) "

@@ -140,7 +140,7 @@ struct FeedProgress {
 struct FeedOptions {
   // Tokens per forward pass; a long feed is cut into chunks of this size. Any size gives the
   // same result as one pass (up to float rounding). 0: the backend's own size (512 on the CPU,
-  // 8192 on a GPU).
+  // 8192 on a GPU), and at most 512 with all_logits (every row's logits sit on the backend).
   std::int64_t chunk_tokens = 0;
   // Keep the logits of every fed token, not just the last one.
   bool all_logits = false;
