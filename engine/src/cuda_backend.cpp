@@ -395,7 +395,9 @@ void CudaBackend<T>::forward(SequenceState& state, const ForwardRequest& req) {
   const std::int64_t H = config_.hidden_size, V = config_.vocab_size;
   if (rows == 0) return;
   const std::lock_guard lock(forward_mutex_);
-  // Reserve everything first: past this point nothing allocates.
+  // Reserve everything first: past this point nothing allocates but a decode step that captures
+  // its graph, whose attention workspace is reserved there, before the capture changes anything
+  // (a replay skips planning it).
   reserve_scratch(rows);
   if (req.all_logits) reserve_all_logits(rows);
   reserve_kv(s, req.first_position + rows);
