@@ -29,6 +29,13 @@ inline std::string missing_gpu_reason() {
     if (!reason.empty()) GTEST_SKIP() << "CUDA tests need a GPU: " << reason << "; skipping"; \
   } while (false)
 
+// The base of the GPU test fixtures whose set-up needs nothing else: each test skips, saying
+// why, where no GPU is usable.
+class GpuTest : public ::testing::Test {
+ protected:
+  void SetUp() override { LIGHTDESK_SKIP_WITHOUT_GPU(); }
+};
+
 // A device array of T; values go in and out as floats.
 template <typename T>
 class DeviceArray {

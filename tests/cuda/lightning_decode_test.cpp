@@ -18,10 +18,8 @@ namespace {
 using namespace test;  // the shared helpers of the GPU tests (cuda_test_util.h)
 
 template <typename T>
-class CudaLightningDecodeTest : public ::testing::Test {
+class CudaLightningDecodeTest : public GpuTest {
  protected:
-  void SetUp() override { LIGHTDESK_SKIP_WITHOUT_GPU(); }
-
   test::Random random;
   ThreadPool pool{2};
 };

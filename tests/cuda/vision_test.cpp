@@ -21,10 +21,8 @@ namespace {
 using namespace test;  // the shared helpers of the GPU tests (cuda_test_util.h)
 
 template <typename T>
-class CudaVisionKernelTest : public ::testing::Test {
+class CudaVisionKernelTest : public GpuTest {
  protected:
-  void SetUp() override { LIGHTDESK_SKIP_WITHOUT_GPU(); }
-
   // `values` rounded to T, as a kernel's output of those values is stored.
   std::vector<float> as_stored(const std::vector<float>& values) {
     DeviceArray<T> rounded(values.size());
