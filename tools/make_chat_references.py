@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Renders reference conversations with MiniMax's published Jinja chat templates.
 
-The native C++ renderer (engine/src/text/chat_format.cpp) must produce these strings character
+The native C++ renderer (text/src/chat_format.cpp) must produce these strings character
 for character. Templates:
   m1:     /work/shared/fixtures/minimax-m1-tokenizer/tokenizer_config.json (MiniMax-AI/MiniMax-M1,
           tokenizer_config.json "chat_template"), copied to tests/data/chat/m1_tokenizer_config.json

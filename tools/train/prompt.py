@@ -2,7 +2,7 @@
 
 Two ways to the same ids:
   * `render_ask`: the reference. It writes the MiniMax-M1 chat text the engine writes
-    (engine/src/text/generation.cpp question_text, chat_format.cpp M1 render) and tokenizes it as
+    (text/src/generation.cpp question_text, chat_format.cpp M1 render) and tokenizes it as
     ChatPrompt::encode does: special tokens cut out of the template text, every run of text
     between them encoded whole.
   * `Haystacks`: the fast path for training, from paragraphs encoded once. The tokenizer

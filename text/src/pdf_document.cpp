@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <memory>
 
-#include "text/pdf_document.h"
+#include "pdf_document.h"
 
 namespace lightdesk {
 

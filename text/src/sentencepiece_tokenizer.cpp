@@ -1,12 +1,12 @@
 // SentencePiece models (tokenizer.model) through Debian's libsentencepiece, for models that ship
 // one instead of a tokenizer.json.
-#include "text/sentencepiece_tokenizer.h"
+#include "sentencepiece_tokenizer.h"
 
 #include <sentencepiece_processor.h>
 
 #include <algorithm>
 
-#include "text/utf8.h"
+#include "utf8.h"
 
 namespace lightdesk {
 namespace {

@@ -8,7 +8,7 @@
 // Large texts are cut into chunks scanned by the regex in parallel; where a chunk's scan and
 // its predecessor's disagree on where pieces fall, the predecessor's scan is continued until
 // they meet again, so the pieces are always those of one sequential scan.
-#include "text/bpe_tokenizer.h"
+#include "bpe_tokenizer.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -24,7 +24,7 @@
 #include <queue>
 #include <unordered_map>
 
-#include "text/utf8.h"
+#include "utf8.h"
 #include "thread_pool.h"
 
 namespace lightdesk {

@@ -2,9 +2,9 @@
 #include <filesystem>
 
 #include "lightdesk/text.h"
-#include "text/bpe_tokenizer.h"
-#include "text/sentencepiece_tokenizer.h"
-#include "text/utf8.h"
+#include "bpe_tokenizer.h"
+#include "sentencepiece_tokenizer.h"
+#include "utf8.h"
 
 namespace lightdesk {
 

@@ -6,8 +6,8 @@
 #include <fstream>
 
 #include "lightdesk/text.h"
-#include "text/pdf_document.h"
-#include "text/utf8.h"
+#include "pdf_document.h"
+#include "utf8.h"
 
 namespace lightdesk {
 namespace {

@@ -1,5 +1,5 @@
 // PDF documents in builds without poppler (LIGHTDESK_WITH_PDF=OFF).
-#include "text/pdf_document.h"
+#include "pdf_document.h"
 
 namespace lightdesk {
 
