@@ -109,6 +109,8 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   const json& a = root.value("architectures", json::array());
   c.architecture = a.is_array() && !a.empty() && a.at(0).is_string() ? a.at(0).get<std::string>() : "";
   c.weight_prefix = "language_model.";
+  if (c.torch_dtype.empty() && root.contains("torch_dtype") && root.at("torch_dtype").is_string())
+    c.torch_dtype = root.at("torch_dtype").get<std::string>();
   if (!c.eos_token_id && root.contains("eos_token_id") && root.at("eos_token_id").is_number_integer())
     c.eos_token_id = root.at("eos_token_id").get<TokenId>();
   return c;
@@ -171,6 +173,7 @@ ModelConfig parse_text_config(const json& root, const std::string& source, bool 
     if (!root.at("tie_word_embeddings").is_boolean()) r.fail("field \"tie_word_embeddings\" must be true or false");
     c.tie_word_embeddings = root.at("tie_word_embeddings").get<bool>();
   }
+  c.torch_dtype = r.string_or("torch_dtype", "");
 
   // RoPE: theta and the rotated width, from either spelling.
   const json empty = json::object();

@@ -67,6 +67,25 @@ ExpertWeightNames expert_weight_names(int layer, int expert);
 // "layers.L.experts.E.w1", ...).
 std::vector<std::int64_t> weight_shape(const ModelConfig& config, const std::string& name);
 
+// A tensor the config asks of a checkpoint: its name there (after ModelConfig::weight_prefix),
+// its shape, and the WeightMap entries it holds (a fused expert tensor holds a layer's experts).
+struct ExpectedTensor {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  struct Part {
+    std::string key;     // WeightMap name
+    std::int64_t offset;  // elements into the tensor
+    std::int64_t numel;
+  };
+  std::vector<Part> parts;
+};
+// Every tensor of a checkpoint of `config`: with `fused_experts` in transformers 5's layout
+// (mlp.experts.gate_up_proj / down_proj) instead of the released per-expert tensors; with
+// `own_lm_head` an lm_head.weight of its own (else the embedding serves, tied).
+std::vector<ExpectedTensor> expected_tensors(const ModelConfig& config, bool fused_experts, bool own_lm_head);
+// Buffers native transformers saves with some checkpoints and the engine recomputes.
+bool is_model_buffer(const std::string& name);
+
 // Fills `layer` with layer l's tensors of its kind (see LayerTensors), each from
 // load(WeightMap name, WeightPrecision) -> Tensor, in the order every backend loads them.
 template <typename Tensor, typename Load>
