@@ -196,9 +196,23 @@ Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Model::~Model() = default;
 const ModelInfo& Model::info() const { return impl_->info; }
 
+// Synthetic weights: the config and the seed identify them.
+ModelInfo describe_synthetic(const std::filesystem::path& directory, const ModelConfig& c, const WeightMap& map,
+                             BackendKind backend, const ModelOptions& options) {
+  ModelInfo info = describe(directory, c, map.parameter_count(), {}, backend, options);
+  Fingerprint fp;
+  fp.add(read_text(directory / "config.json"));
+  fp.add("synthetic weights, seed " + std::to_string(*options.synthetic_weights));
+  info.fingerprint = fp.hex();
+  return info;
+}
+
 ModelInfo Model::inspect(const std::filesystem::path& directory, const ModelOptions& options) {
   const ModelConfig config = load_model_config(directory, options.rope_full_head);
   const BackendKind backend = resolve_backend(options.backend);
+  if (options.synthetic_weights)
+    return describe_synthetic(directory, config, WeightMap::synthetic(config, *options.synthetic_weights), backend,
+                              options);
   const auto index_path = directory / "model.safetensors.index.json";
   if (std::filesystem::exists(index_path)) {
     const CheckpointIndex index = read_checkpoint_index(index_path);
@@ -213,18 +227,25 @@ std::unique_ptr<Model> Model::open(const std::filesystem::path& directory, const
                                    const std::function<bool(std::uint64_t, std::uint64_t)>& progress) {
   auto impl = std::make_unique<Impl>();
   impl->config = load_model_config(directory, options.rope_full_head);
-  impl->checkpoint = std::make_unique<Checkpoint>(directory);
-  const WeightMap map(impl->config, *impl->checkpoint);
   const BackendKind kind = resolve_backend(options.backend);
-  impl->info = describe_checkpoint(directory, impl->config, *impl->checkpoint, map, kind, options);
-  std::uint64_t total = 0;
+  std::optional<WeightMap> map;
+  if (options.synthetic_weights) {
+    map = WeightMap::synthetic(impl->config, *options.synthetic_weights);
+    impl->info = describe_synthetic(directory, impl->config, *map, kind, options);
+  } else {
+    impl->checkpoint = std::make_unique<Checkpoint>(directory);
+    map.emplace(impl->config, *impl->checkpoint);
+    impl->info = describe_checkpoint(directory, impl->config, *impl->checkpoint, *map, kind, options);
+  }
+  // Progress in bytes read from the checkpoint (synthetic weights: float32 values made).
+  std::uint64_t total = options.synthetic_weights ? map->parameter_count() * sizeof(float) : 0;
   for (const auto& [dtype, bytes] : impl->info.bytes_per_dtype) total += bytes;
   auto on_bytes = [&](std::uint64_t loaded) {
     if (progress && !progress(loaded, total))
       throw Cancelled("loading " + directory.string() + " was cancelled");
   };
-  impl->backend = kind == BackendKind::Cuda ? make_cuda_backend(impl->config, map, options, on_bytes)
-                                            : make_cpu_backend(impl->config, map, options, on_bytes);
+  impl->backend = kind == BackendKind::Cuda ? make_cuda_backend(impl->config, *map, options, on_bytes)
+                                            : make_cpu_backend(impl->config, *map, options, on_bytes);
   impl->info.weight_bytes = impl->backend->weight_bytes();
   return std::unique_ptr<Model>(new Model(std::move(impl)));
 }

@@ -24,6 +24,31 @@ WeightTensor::WeightTensor(const TensorView& view, std::int64_t offset_elements,
 
 namespace {
 
+std::uint64_t splitmix64(std::uint64_t z) {
+  z += 0x9e3779b97f4a7c15ULL;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+}  // namespace
+
+void fill_synthetic(const SyntheticFill& fill, float* out, std::int64_t numel) {
+  for (std::int64_t i = 0; i < numel; ++i) {
+    const float unit =
+        static_cast<float>(splitmix64(fill.seed ^ splitmix64(static_cast<std::uint64_t>(i))) >> 40) * 0x1p-24f;
+    out[i] = fill.low + (fill.high - fill.low) * unit;
+  }
+}
+
+WeightTensor::WeightTensor(const SyntheticFill& fill, std::int64_t numel)
+    : owned_(static_cast<std::size_t>(numel)), numel_(numel) {
+  fill_synthetic(fill, owned_.data(), numel);
+  data_ = owned_.data();
+}
+
+namespace {
+
 std::string shape_text(const std::vector<std::int64_t>& shape) {
   std::string s = "[";
   for (std::size_t i = 0; i < shape.size(); ++i) s.append(i ? ", " : "").append(std::to_string(shape[i]));
@@ -163,6 +188,27 @@ WeightMap::WeightMap(const ModelConfig& c, const Checkpoint& checkpoint) {
   r.check_all_used();
 }
 
+SyntheticFill synthetic_fill(const ModelConfig& c, const std::string& key, const std::vector<std::int64_t>& shape,
+                             std::uint64_t seed) {
+  // Each weight its own stream: the seed mixed with the weight's name.
+  std::uint64_t stream = splitmix64(seed);
+  for (unsigned char ch : key) stream = splitmix64(stream ^ ch);
+  if (key.ends_with("norm")) return {stream, 0.5f, 1.5f};
+  const float bound = key.ends_with("router") ? std::sqrt(3.0f / static_cast<float>(c.hidden_size))
+                                              : 1.0f / std::sqrt(static_cast<float>(shape.back()));
+  return {stream, -bound, bound};
+}
+
+WeightMap WeightMap::synthetic(const ModelConfig& c, std::uint64_t seed) {
+  WeightMap map;
+  for (const ExpectedTensor& expected : expected_tensors(c, false, true))
+    for (const ExpectedTensor::Part& part : expected.parts) {
+      map.slices_[part.key] = TensorSlice{nullptr, 0, part.numel, synthetic_fill(c, part.key, expected.shape, seed)};
+      map.parameter_count_ += static_cast<std::uint64_t>(part.numel);
+    }
+  return map;
+}
+
 std::string layer_weight_prefix(int layer) { return "layers." + std::to_string(layer) + "."; }
 
 ExpertWeightNames expert_weight_names(int layer, int expert) {
@@ -218,8 +264,8 @@ ModelWeights load_cpu_weights(const ModelConfig& c, const WeightMap& map,
   // Everything is float32 here, whatever the precision a GPU backend would give it.
   auto get = [&](const std::string& name, WeightPrecision = WeightPrecision::Float32) {
     const TensorSlice& s = map.at(name);
-    WeightTensor t(*s.view, s.offset, s.numel);
-    loaded += static_cast<std::uint64_t>(s.numel) * dtype_size(s.view->dtype);
+    WeightTensor t = s.view ? WeightTensor(*s.view, s.offset, s.numel) : WeightTensor(s.synthetic, s.numel);
+    loaded += static_cast<std::uint64_t>(s.numel) * (s.view ? dtype_size(s.view->dtype) : sizeof(float));
     if (bytes_loaded) bytes_loaded(loaded);
     return t;
   };

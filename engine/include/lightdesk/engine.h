@@ -73,6 +73,12 @@ struct ModelOptions {
   // CUDA backend: run each one-token step (decode) as a CUDA graph, one launch on the GPU; off
   // to compare with plain launches.
   bool cuda_graphs = true;
+  // Random weights from this seed instead of the checkpoint's: only config.json is read. They
+  // are made where the backend keeps them (on the GPU by the device's generator), at the
+  // config's real shapes, so real widths can be measured without the weights (see
+  // synthetic_fill in engine/src/model_weights.h for the distributions). The same seed gives the
+  // same weights on every backend.
+  std::optional<std::uint64_t> synthetic_weights = std::nullopt;
 };
 
 enum class LayerKind { Lightning, Softmax };
@@ -104,7 +110,8 @@ struct ModelInfo : ModelShape {
   BackendKind backend = BackendKind::Cpu;
 
   std::uint64_t parameter_count = 0;
-  // Bytes of the language model's tensors by their dtype on disk ("F32", "BF16", "F16").
+  // Bytes of the language model's tensors by their dtype on disk ("F32", "BF16", "F16"); empty
+  // with synthetic weights.
   std::map<std::string, std::uint64_t> bytes_per_dtype;
   // Bytes on disk of the checkpoint's other tensors: MiniMax-VL-01's vision tower, projector
   // and image newline (loaded beside the language model by the vision library).
