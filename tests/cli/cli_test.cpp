@@ -156,7 +156,7 @@ TEST(Cli, CommandLineMistakesNameTheOption) {
   expect_one_line_error(with(generate_one, {"--threads", "x"}), "--threads: needs an integer from 0 to", 2);
   expect_one_line_error(with(generate_one, {"--chunk", "0"}), "--chunk: needs an integer >= 1, got \"0\"", 2);
   expect_one_line_error(with(generate_one, {"--model", model_dir()}), "--model", 2);  // given twice
-  expect_one_line_error(with(generate_one, {"--prompt", "text"}), "--prompt excludes --ids", 2);
+  expect_one_line_error(with(generate_one, {"--prompt", "text"}), "--ids excludes --prompt", 2);
   expect_one_line_error(with(logits, {"--decode-from", "x"}), "--decode-from: needs an integer >= 0", 2);
   expect_one_line_error(with(logits, {"--bogus", "1"}), "--bogus", 2);
   expect_one_line_error(with(logits, {"--backend", "tpu"}), "--backend: unknown backend \"tpu\"", 2);
