@@ -742,7 +742,10 @@ class MainWindowTest : public QObject {
   // once its settings were accepted, saved that place as its data directory. The sessions move
   // to the directory shared with lightdesk-cli, which the settings then show whole.
   void formerSessionsMoveToTheSharedDataDirectory() {
-    QTemporaryDir home;
+    QTemporaryDir temporary;
+    // A data home as long as real ones get, so that a field of the default width would cut it.
+    const QDir home(temporary.filePath(QStringLiteral("home/someone-with-a-long-name/.local/share")));
+    QVERIFY(QDir().mkpath(home.path()));
     const QByteArray data_home = qgetenv("XDG_DATA_HOME"), data_dir = qgetenv("LIGHTDESK_DATA_DIR");
     const auto restore = qScopeGuard([&] {
       data_home.isNull() ? qunsetenv("XDG_DATA_HOME") : qputenv("XDG_DATA_HOME", data_home);

@@ -121,11 +121,12 @@ void SettingsDialog::accept() {
   settings_.setValue(QStringLiteral("engine/backend"), backend_->currentData().toString());
   settings_.setValue(QStringLiteral("engine/gpus"), gpus_->text());
   // The default is not saved as a choice: it follows $LIGHTDESK_DATA_DIR and $XDG_DATA_HOME.
-  const QString data = data_directory_->text().trimmed();
-  if (data.isEmpty() || store::DataDirectory(std::filesystem::path(data.toStdString())).path() == store::DataDirectory().path())
+  const QString chosen = data_directory_->text().trimmed();
+  if (chosen.isEmpty() ||
+      store::DataDirectory(std::filesystem::path(chosen.toStdString())).path() == store::DataDirectory().path())
     settings_.remove(QStringLiteral("dataDirectory"));
   else
-    settings_.setValue(QStringLiteral("dataDirectory"), data);
+    settings_.setValue(QStringLiteral("dataDirectory"), chosen);
   if (!family_.isEmpty())
     store_sampling(settings_, family_,
                    {temperature_->value(), top_p_->value(), top_k_->value(), max_new_tokens_->value()});
