@@ -104,9 +104,10 @@ struct Common {
   bool stats = false;
 };
 
-// --model and the engine's options, for the verbs that run a model.
-void add_common(CLI::App& verb, Common& c, bool model_required = true) {
-  verb.add_option("--model", c.model_dir, "model directory (config.json, safetensors files)")->required(model_required);
+// --model and the engine's options, for the verbs that run a model; returns --model.
+CLI::Option* add_common(CLI::App& verb, Common& c, bool model_required = true) {
+  auto* model =
+      verb.add_option("--model", c.model_dir, "model directory (config.json, safetensors files)")->required(model_required);
   verb.add_option_function<std::string>(
       "--backend",
       [&c](const std::string& name) {
@@ -125,6 +126,7 @@ void add_common(CLI::App& verb, Common& c, bool model_required = true) {
                 "rotate whole heads in softmax layers, as native transformers <= 5.17 does");
   verb.add_flag("--cuda-float32", c.options.cuda_float32, "CUDA backend in float32 instead of bf16, for checking");
   verb.add_flag("--stats", c.stats, "timings on standard error");
+  return model;
 }
 
 // An option that may be left out: `value` holds it when given, checked and converted.
@@ -201,10 +203,13 @@ struct InfoArgs {
 
 CLI::App* add_info(CLI::App& cli, InfoArgs& a) {
   auto* verb = cli.add_subcommand(
-      "info", "the model's shape, parameters, bytes and the memory of a session; the GPUs; the data directory");
-  add_common(*verb, a.c, /*model_required=*/false);
+      "info",
+      "the model's shape, parameters, bytes and the memory of a session; the GPUs; the data directory (alone "
+      "without --model)");
+  auto* model = add_common(*verb, a.c, /*model_required=*/false);
   add_optional(*verb, "--tokens", a.tokens, "session length for the memory figure (default: the model's context)")
-      ->check(integer_in(0));
+      ->check(integer_in(0))
+      ->needs(model);
   add_data_dir(*verb, a.data_dir);
   return verb;
 }

@@ -163,6 +163,7 @@ TEST(Cli, CommandLineMistakesNameTheOption) {
   expect_one_line_error(with(logits, {"--session-db", "x.sqlite"}), "--session-db requires --session", 2);
   expect_one_line_error({"logits", "--model", model_dir(), "--ids", "1", "--out"}, "--out", 2);  // no value
   expect_one_line_error({"info", "--model", model_dir(), "--tokens", "-1"}, "--tokens: needs an integer >= 0", 2);
+  expect_one_line_error({"info", "--tokens", "5"}, "--tokens requires --model", 2);
   expect_one_line_error({"ask", "--model", model_dir(), "--question", "?", "--max-new-tokens", "0"},
                         "--max-new-tokens: needs an integer >= 1", 2);
   expect_one_line_error({"cache"}, "A subcommand is required", 2);
