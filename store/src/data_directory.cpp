@@ -96,6 +96,7 @@ fs::path DataDirectory::session_database() const {
 }
 
 fs::path DataDirectory::model_cache(const ModelInfo& model) const {
+  if (model.fingerprint.empty()) throw Error(model.directory.string() + ": a model without a fingerprint has no cache folder");
   const fs::path folder = cache() / model.fingerprint;
   std::error_code ec;
   fs::create_directories(folder, ec);
@@ -108,11 +109,11 @@ std::vector<CachedModel> DataDirectory::cached_models() const {
   std::vector<CachedModel> models;
   std::error_code ec;
   for (fs::directory_iterator it(cache(), ec), end; !ec && it != end; it.increment(ec)) {
-    if (!it->is_directory()) continue;
+    std::error_code entry_ec;
+    if (!it->is_directory(entry_ec)) continue;
     CachedModel model;
     model.fingerprint = it->path().filename().string();
     model.directory = it->path();
-    std::error_code entry_ec;
     for (fs::directory_iterator part(it->path(), entry_ec); !entry_ec && part != end; part.increment(entry_ec)) {
       const std::string name = part->path().filename().string();
       const std::uint64_t bytes = bytes_under(part->path());
