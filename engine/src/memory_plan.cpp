@@ -326,7 +326,9 @@ PlanReport plan_memory(const ModelInfo& info, const PlanRequest& request) {
     report.advice.push_back("no GPU to plan for: name some (for example 4x80GB)");
     return report;
   }
-  const std::vector<PlanCandidate> candidates = plan_candidates(request.experts_kept);
+  std::vector<PlanCandidate> candidates;
+  for (const PlanCandidate& c : plan_candidates(request.experts_kept))
+    if (!c.host_expert_store || request.host_memory_bytes > 0) candidates.push_back(c);
   for (const PlanCandidate& c : candidates)
     report.plans.push_back(plan_candidate(info, c, devices, request, request.context_tokens));
   report.chosen = first_chosen(report.plans);
@@ -339,11 +341,15 @@ PlanReport plan_memory(const ModelInfo& info, const PlanRequest& request) {
       report.advice.push_back(p.summary() + " would fit" + not_yet(p));
       break;
     }
-  // More GPUs of the largest size: how many each format on the GPUs needs.
+  // For those that do not fit: more GPUs of the largest size (how many each format on the GPUs
+  // needs), and a shorter context (the longest the first able to hold its weights fits).
+  std::vector<PlanCandidate> not_fitting;
+  for (std::size_t i = 0; i < candidates.size(); ++i)
+    if (!report.plans[i].fits) not_fitting.push_back(candidates[i]);
   if (request.backend != BackendKind::Cpu) {
     std::vector<int> counts = degrees(info, kMostGpusAdvised, request.moe);
     std::reverse(counts.begin(), counts.end());
-    for (const PlanCandidate& c : candidates) {
+    for (const PlanCandidate& c : not_fitting) {
       if (c.host_expert_store || c.experts_kept > 0) continue;
       for (int n : counts) {
         if (n <= static_cast<int>(devices.size())) continue;
@@ -356,8 +362,7 @@ PlanReport plan_memory(const ModelInfo& info, const PlanRequest& request) {
       }
     }
   }
-  // A shorter context: the longest that the first candidate able to hold the weights fits.
-  for (const PlanCandidate& c : candidates) {
+  for (const PlanCandidate& c : not_fitting) {
     const std::int64_t context = longest_context(request.context_tokens, [&](std::int64_t tokens) {
       return plan_candidate(info, c, devices, request, tokens).fits;
     });
@@ -373,11 +378,10 @@ PlanReport plan_memory(const ModelInfo& info, const PlanRequest& request) {
 std::int64_t longest_fitting_context(const ModelInfo& info, const PlanRequest& request) {
   const std::vector<PlanDevice> devices = devices_of(request);
   if (devices.empty()) return 0;
-  const std::vector<PlanCandidate> candidates = plan_candidates(request.experts_kept);
   const std::int64_t context = longest_context(request.context_tokens, [&](std::int64_t tokens) {
-    std::vector<MemoryPlan> plans;
-    for (const PlanCandidate& c : candidates) plans.push_back(plan_candidate(info, c, devices, request, tokens));
-    return first_chosen(plans).has_value();
+    PlanRequest shorter = request;
+    shorter.context_tokens = tokens;
+    return plan_memory(info, shorter).chosen.has_value();
   });
   return std::max<std::int64_t>(context, 0);
 }

@@ -522,7 +522,7 @@ TEST(CudaBackendTest, SyntheticWeightsEqualTheCpuBackends) {
   cpu_session->feed(ids);
   gpu_session->feed(ids);
   const auto cpu_logits = cpu_session->logits(), gpu_logits = gpu_session->logits();
-  EXPECT_LT(test::max_rel_diff(std::vector<float>(gpu_logits.begin(), gpu_logits.end()),
+  EXPECT_LT(test::relative_error(std::vector<float>(gpu_logits.begin(), gpu_logits.end()),
                                std::vector<float>(cpu_logits.begin(), cpu_logits.end())),
             1e-5);
 }

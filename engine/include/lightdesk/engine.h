@@ -405,11 +405,13 @@ struct MemoryPlan {
 
 struct PlanReport {
   std::int64_t context_tokens = 0;
-  // One plan per candidate, in policy order, each at the tensor-parallel degree chosen for it:
-  // the largest that fits and runs, else the largest that fits, else the largest possible.
+  // One plan per candidate, in policy order (the host-store ones only when the request gives
+  // host memory), each at the tensor-parallel degree chosen for it: the largest that fits and
+  // runs, else the largest that fits, else the largest possible.
   std::vector<MemoryPlan> plans;
   std::optional<std::size_t> chosen;  // the first plan that fits and runs
-  // When none is chosen: what would fit (more GPUs, a shorter context, formats to come).
+  // When none is chosen: what would fit (a format to come, more GPUs for each format on the
+  // GPUs that does not fit, a shorter context for the first that fits at some).
   std::vector<std::string> advice;
 };
 PlanReport plan_memory(const ModelInfo& info, const PlanRequest& request);
