@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "lightdesk/engine.h"
+#include "lightdesk/installed_files.h"
 #include "lightdesk/store.h"
 #include "lightdesk/text.h"
 #include "lightdesk/vision.h"
@@ -36,7 +37,8 @@ logits, generate and ask: --session-db FILE --session NAME  continue the named s
                 in FILE (its state is loaded before the run, new ids append at its position, and
                 the state is saved after the run; ask renders only its new turn of the
                 conversation and keeps the question and answer in the session's messages)
-common options: --backend cpu|cuda|auto  --threads N  --chunk N (prefill tokens per pass;
+common options: --model DIR may be left out where Lightdesk is installed (the bundled demo model)
+                --backend cpu|cuda|auto  --threads N  --chunk N (prefill tokens per pass;
                 default 512 on the CPU, 8192 with CUDA)
                 --rope-full-head (rotate whole heads, as native transformers <= 5.17 does)
                 --cuda-float32 (CUDA backend in float32 instead of bf16, for checking)
@@ -156,6 +158,13 @@ std::string human_bytes(std::uint64_t bytes) {
   return buf;
 }
 
+// --model's default: the demo model of an installed Lightdesk (none in a build tree).
+std::string installed_demo_model() {
+  const auto model = lightdesk::installed::demo_model_directory();
+  if (!model) throw UsageError("missing --model (no installed demo model to default to)");
+  return model->string();
+}
+
 struct Common {
   std::string model_dir;
   lightdesk::ModelOptions options;
@@ -165,7 +174,8 @@ struct Common {
 
 Common take_common(Args& args) {
   Common c;
-  c.model_dir = args.take("model");
+  const auto model = args.take_optional("model");
+  c.model_dir = model ? *model : installed_demo_model();
   if (auto b = args.take_optional("backend")) c.options.backend = lightdesk::parse_backend_kind(*b);
   if (auto t = args.take_optional_int("threads", 0)) c.options.threads = static_cast<int>(*t);
   if (auto n = args.take_optional_int("chunk", 1)) c.chunk = *n;

@@ -1,0 +1,21 @@
+// Where an installed Lightdesk keeps its files. A package installs the programs as PREFIX/bin/NAME
+// and their data as PREFIX/share/lightdesk; the programs find the data relative to their own
+// location, so the same build works under any prefix and no source-tree path is baked in.
+#pragma once
+
+#include <filesystem>
+#include <optional>
+
+namespace lightdesk::installed {
+
+// The directory holding the running program (from /proc/self/exe).
+std::filesystem::path program_directory();
+
+// PREFIX/share/lightdesk for a program in PREFIX/bin, when that directory exists.
+std::optional<std::filesystem::path> data_directory(const std::filesystem::path& program_dir = program_directory());
+
+// The bundled demo model (DATA/models/lightdesk-demo), when installed.
+std::optional<std::filesystem::path> demo_model_directory(
+    const std::filesystem::path& program_dir = program_directory());
+
+}  // namespace lightdesk::installed
