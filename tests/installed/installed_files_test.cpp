@@ -57,22 +57,23 @@ int run(const std::string& command) {
 }
 
 // A copy of the CLI (a link would resolve to the build tree) in a prefix: without --model it
-// opens the prefix's demo model; the build tree's own CLI has none to open.
+// runs the prefix's demo model; the build tree's own CLI has none and asks for --model.
 TEST(InstalledFiles, CliDefaultsToTheInstalledDemoModel) {
   FakePrefix prefix;
   prefix.install_demo_model();
   const fs::path cli = prefix.bin / "lightdesk-cli";
   fs::copy_file(LIGHTDESK_CLI, cli);
   const fs::path out = prefix.root.path() / "out";
-  ASSERT_EQ(run("'" + cli.string() + "' info --backend cpu >'" + out.string() + "' 2>&1"), 0) << test::read_file(out);
-  const std::string installed_info = test::read_file(out);
-  ASSERT_EQ(run("'" + cli.string() + "' info --backend cpu --model '" + prefix.demo_model.string() + "' >'" +
-                out.string() + "' 2>&1"),
-            0);
-  EXPECT_EQ(installed_info, test::read_file(out));
+  const std::string generate = " generate --backend cpu --ids 1,2,3 --max-new-tokens 4 --greedy";
+  auto quoted = [](const fs::path& path) { return "'" + path.string() + "'"; };
+  ASSERT_EQ(run(quoted(cli) + generate + " --model " + quoted(prefix.demo_model) + " >" + quoted(out) + " 2>&1"), 0)
+      << test::read_file(out);
+  const std::string with_model = test::read_file(out);
+  ASSERT_EQ(run(quoted(cli) + generate + " >" + quoted(out) + " 2>&1"), 0) << test::read_file(out);
+  EXPECT_EQ(test::read_file(out), with_model);
 
-  ASSERT_EQ(run(std::string("'") + LIGHTDESK_CLI + "' info >'" + out.string() + "' 2>&1"), 2);
-  EXPECT_NE(test::read_file(out).find("missing --model"), std::string::npos) << test::read_file(out);
+  ASSERT_EQ(run(quoted(LIGHTDESK_CLI) + generate + " >" + quoted(out) + " 2>&1"), 2);
+  EXPECT_NE(test::read_file(out).find("--model"), std::string::npos) << test::read_file(out);
 }
 
 }  // namespace
