@@ -65,7 +65,7 @@ TEST(InstalledFiles, CliDefaultsToTheInstalledDemoModel) {
   fs::copy_file(LIGHTDESK_CLI, cli);
   const fs::path out = prefix.root.path() / "out";
   const std::string generate = " generate --backend cpu --ids 1,2,3 --max-new-tokens 4 --greedy";
-  auto quoted = [](const fs::path& path) { return "'" + path.string() + "'"; };
+  auto quoted = [](const fs::path& path) { return std::string("'").append(path.string()).append("'"); };
   ASSERT_EQ(run(quoted(cli) + generate + " --model " + quoted(prefix.demo_model) + " >" + quoted(out) + " 2>&1"), 0)
       << test::read_file(out);
   const std::string with_model = test::read_file(out);
