@@ -15,6 +15,7 @@ fail() { echo "check-package: $*" >&2; exit 1; }
 # (packaging/README.md), the package comes from a CUDA-free tree inside the CUDA one; the libraries
 # without CUDA code come out of ccache.
 if grep -q '^LIGHTDESK_WITH_CUDA:BOOL=ON' "$build/CMakeCache.txt"; then
+  export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$PWD}"
   cmake -S . -B "$build/package-tree" -DCMAKE_BUILD_TYPE=Release -DLIGHTDESK_WITH_CUDA=OFF \
     -DLIGHTDESK_BUILD_TESTS=OFF
   build="$build/package-tree"
