@@ -6,19 +6,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build="${1:-build}"
+build="${build%/}"
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 fail() { echo "check-package: $*" >&2; exit 1; }
 
 # Programs built with CUDA link the toolkit's libraries under /usr/local/cuda, which no Debian
 # package owns. Until the CUDA backend is the run-time plugin of a lightdesk-cuda package
-# (packaging/README.md), the package comes from a CUDA-free tree inside the CUDA one; the libraries
+# (packaging/README.md), the package comes from a CUDA-free tree beside the CUDA one. At the
+# same depth, with ccache's base directory at the checkout (as .ci/run sets it), the libraries
 # without CUDA code come out of ccache.
 if grep -q '^LIGHTDESK_WITH_CUDA:BOOL=ON' "$build/CMakeCache.txt"; then
-  export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$PWD}"
-  cmake -S . -B "$build/package-tree" -DCMAKE_BUILD_TYPE=Release -DLIGHTDESK_WITH_CUDA=OFF \
-    -DLIGHTDESK_BUILD_TESTS=OFF
-  build="$build/package-tree"
+  cmake -S . -B "$build-package" -DCMAKE_BUILD_TYPE=Release -DLIGHTDESK_WITH_CUDA=OFF -DLIGHTDESK_BUILD_TESTS=OFF
+  build="$build-package"
 fi
 # The package target builds what is out of date in the tree first, then runs CPack.
 rm -f "$build"/lightdesk_*.deb "$build"/lightdesk-*.deb
