@@ -21,9 +21,11 @@ struct LoadedPlugin {
 // $LIGHTDESK_CUDA_PLUGIN, else the installed plugin beside the programs, else the loader's path.
 std::string plugin_path() {
   if (const char* path = std::getenv(kCudaPluginVariable); path && *path) return path;
-  const auto installed = installed::plugin_directory() / kCudaPluginFile;
-  std::error_code error;
-  if (std::filesystem::is_regular_file(installed, error)) return installed.string();
+  if (const auto directory = installed::plugin_directory(); !directory.empty()) {
+    const auto installed = directory / kCudaPluginFile;
+    std::error_code error;
+    if (std::filesystem::is_regular_file(installed, error)) return installed.string();
+  }
   return kCudaPluginFile;
 }
 

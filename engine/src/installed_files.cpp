@@ -22,6 +22,7 @@ std::optional<std::filesystem::path> data_directory(const std::filesystem::path&
 }
 
 std::filesystem::path plugin_directory(const std::filesystem::path& program_dir) {
+  if (program_dir.empty()) return {};
   return (program_dir / LIGHTDESK_PLUGINS_FROM_PROGRAM).lexically_normal();
 }
 

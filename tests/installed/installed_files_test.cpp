@@ -49,6 +49,14 @@ TEST(InstalledFiles, NothingWhereNothingIsInstalled) {
   EXPECT_TRUE(installed::data_directory(prefix.bin).has_value());
   EXPECT_FALSE(installed::demo_model_directory(prefix.bin).has_value());
   EXPECT_FALSE(installed::data_directory({}).has_value());
+  EXPECT_TRUE(installed::plugin_directory({}).empty());
+}
+
+TEST(InstalledFiles, PluginDirectoryIsTheLibrariesOwn) {
+  FakePrefix prefix;
+  fs::create_directories(prefix.root.path() / LIGHTDESK_INSTALL_LIBDIR / "lightdesk");
+  EXPECT_TRUE(fs::equivalent(installed::plugin_directory(prefix.bin),
+                             prefix.root.path() / LIGHTDESK_INSTALL_LIBDIR / "lightdesk"));
 }
 
 int run(const std::string& command) {

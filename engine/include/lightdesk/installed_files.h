@@ -16,7 +16,7 @@ std::filesystem::path program_directory();
 std::optional<std::filesystem::path> data_directory(const std::filesystem::path& program_dir = program_directory());
 
 // PREFIX/lib/lightdesk (or the multiarch lib directory's) for a program in PREFIX/bin, whether or
-// not it exists.
+// not it exists; empty without a program directory.
 std::filesystem::path plugin_directory(const std::filesystem::path& program_dir = program_directory());
 
 // The bundled demo model (DATA/models/lightdesk-demo), when installed.
