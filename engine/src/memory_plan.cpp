@@ -316,22 +316,41 @@ std::string MemoryPlan::summary() const {
                                       : ", tensor parallel over " + std::to_string(tensor_parallel) + " GPUs");
 }
 
-PlanReport plan_memory(const ModelInfo& info, const PlanRequest& request) {
+namespace {
+
+// The plans of the request's candidates and the choice among them, without the advice.
+PlanReport choose(const ModelInfo& info, const PlanRequest& request, const std::vector<PlanDevice>& devices,
+                  const std::vector<PlanCandidate>& candidates) {
   PlanReport report;
   report.context_tokens = request.context_tokens;
+  for (const PlanCandidate& c : candidates)
+    report.plans.push_back(plan_candidate(info, c, devices, request, request.context_tokens));
+  report.chosen = first_chosen(report.plans);
+  return report;
+}
+
+// The policy's candidates for the request: the host-store ones only when it gives host memory.
+std::vector<PlanCandidate> candidates_for(const PlanRequest& request) {
+  std::vector<PlanCandidate> candidates;
+  for (const PlanCandidate& c : plan_candidates(request.experts_kept))
+    if (!c.host_expert_store || request.host_memory_bytes > 0) candidates.push_back(c);
+  return candidates;
+}
+
+}  // namespace
+
+PlanReport plan_memory(const ModelInfo& info, const PlanRequest& request) {
   if (request.context_tokens < 0) throw Error("memory plan: negative context");
   if (request.chunk_tokens < 0) throw Error("memory plan: negative chunk_tokens");
   const std::vector<PlanDevice> devices = devices_of(request);
   if (devices.empty()) {
+    PlanReport report;
+    report.context_tokens = request.context_tokens;
     report.advice.push_back("no GPU to plan for: name some (for example 4x80GB)");
     return report;
   }
-  std::vector<PlanCandidate> candidates;
-  for (const PlanCandidate& c : plan_candidates(request.experts_kept))
-    if (!c.host_expert_store || request.host_memory_bytes > 0) candidates.push_back(c);
-  for (const PlanCandidate& c : candidates)
-    report.plans.push_back(plan_candidate(info, c, devices, request, request.context_tokens));
-  report.chosen = first_chosen(report.plans);
+  const std::vector<PlanCandidate> candidates = candidates_for(request);
+  PlanReport report = choose(info, request, devices, candidates);
   if (report.chosen) return report;
 
   const auto not_yet = [](const MemoryPlan& p) { return p.runnable ? std::string() : " (not in this build yet)"; };
@@ -378,10 +397,11 @@ PlanReport plan_memory(const ModelInfo& info, const PlanRequest& request) {
 std::int64_t longest_fitting_context(const ModelInfo& info, const PlanRequest& request) {
   const std::vector<PlanDevice> devices = devices_of(request);
   if (devices.empty()) return 0;
+  const std::vector<PlanCandidate> candidates = candidates_for(request);
   const std::int64_t context = longest_context(request.context_tokens, [&](std::int64_t tokens) {
     PlanRequest shorter = request;
     shorter.context_tokens = tokens;
-    return plan_memory(info, shorter).chosen.has_value();
+    return choose(info, shorter, devices, candidates).chosen.has_value();
   });
   return std::max<std::int64_t>(context, 0);
 }
