@@ -18,22 +18,10 @@ import json
 import torch
 from transformers import MiniMaxConfig, MiniMaxModel
 
+from anchors import median_ms  # beside this script
+
 PREFILL = [32768, 131072]
 DECODE = [4096, 131072]
-
-
-def median_ms(fn, reps=3, warmup=1):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    return sorted(times)[len(times) // 2]
 
 
 def one_layer_model(released, kind, dev):
@@ -66,7 +54,7 @@ def measure(released, kind, dev, figures):
     name = "lightning" if kind == "linear_attention" else "softmax"
     for tokens in PREFILL:
         x = torch.randn(1, tokens, hidden, device=dev, dtype=torch.bfloat16)
-        ms = median_ms(lambda: model(inputs_embeds=x, use_cache=False))
+        ms = median_ms(lambda: model(inputs_embeds=x, use_cache=False), reps=3, warmup=1)
         figures[f"transformers_layer/prefill/{tokens}/{name}"] = ms
         print(f"  {name} layer prefill {tokens // 1024}K: {ms:.1f} ms ({tokens / ms * 1e3:.0f} tokens/s)", flush=True)
         del x
@@ -85,7 +73,7 @@ def measure(released, kind, dev, figures):
                   position_ids=torch.tensor([[position[0]]], device=dev))
             position[0] += 1
 
-        ms = median_ms(decode)
+        ms = median_ms(decode, reps=3, warmup=1)
         figures[f"transformers_layer/decode/{context}/{name}"] = ms
         print(f"  {name} layer decode step after {context // 1024}K: {ms:.2f} ms", flush=True)
         del cache
