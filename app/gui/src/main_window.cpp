@@ -57,30 +57,23 @@ QString paragraph(const QString& text, const QString& style = {}) {
   return QStringLiteral("<p style=\"white-space: pre-wrap; %1\">%2</p>").arg(style, text.toHtmlEscaped());
 }
 
-// The user's question with the documents sent along, in the engine's document-question layout.
-QString prompt_with_documents(const QString& question, const QList<Attachment>& attachments) {
-  if (attachments.isEmpty()) return question;
-  std::vector<Document> documents;
-  for (const Attachment& attachment : attachments) {
-    Document document{attachment.path.toStdString(), attachment.page_offsets.isEmpty() ? "text" : "pdf",
-                      attachment.text.toStdString(), {}};
-    int page = 0;
-    for (const qint64 offset : attachment.page_offsets)
-      document.anchors.push_back({static_cast<std::size_t>(offset), ++page, 1});
-    documents.push_back(std::move(document));
-  }
-  return QString::fromStdString(document_question_text(documents, question.toStdString()));
-}
-
-// The conversation as the engine reads it: each question with the documents sent along.
-QList<PromptMessage> prompt_conversation(const QList<ChatEntry>& entries) {
-  QList<PromptMessage> conversation;
+// The conversation as the engine reads it: each question with the documents and images sent along.
+Turns to_turns(const QList<ChatEntry>& entries) {
+  Turns turns;
   for (const ChatEntry& entry : entries) {
-    const bool from_user = entry.role == ChatEntry::Role::User;
-    conversation.append({from_user, from_user ? prompt_with_documents(entry.text, entry.documents) : entry.text,
-                         entry.images});
+    conversation::Turn turn{entry.role == ChatEntry::Role::User, entry.text.toStdString(), {}, {}};
+    for (const Attachment& attachment : entry.documents) {
+      Document document{attachment.path.toStdString(), attachment.page_offsets.isEmpty() ? "text" : "pdf",
+                        attachment.text.toStdString(), {}};
+      int page = 0;
+      for (const qint64 offset : attachment.page_offsets)
+        document.anchors.push_back({static_cast<std::size_t>(offset), ++page, 1});
+      turn.documents.push_back(std::move(document));
+    }
+    for (const QString& image : entry.images) turn.images.emplace_back(image.toStdString());
+    turns.push_back(std::move(turn));
   }
-  return conversation;
+  return turns;
 }
 
 }  // namespace
@@ -538,7 +531,7 @@ void MainWindow::ask(qsizetype keep, const ChatEntry& user, bool regenerated) {
   setGenerating(true);
   statusBar()->showMessage(tr("Reading the prompt…"));
 
-  const QList<PromptMessage> conversation = prompt_conversation(current_.entries);
+  const Turns conversation = to_turns(current_.entries);
   const SamplingSettings sampling = load_sampling(settings_, model_family_, default_sampling_);
   if (keep == 0 || (engine_holds_.session == current_.id && engine_holds_.entries >= 0 && engine_holds_.entries <= keep)) {
     emit generateRequested(conversation, sampling, current_.id);
@@ -557,7 +550,7 @@ void MainWindow::adoptLoadedState(const StateLoad& load) {
   if (load.state) {
     adopting_ = {current_.id, load.entries};
     state_read_seconds_ = load.seconds;
-    emit adoptStateRequested(load.state, prompt_conversation(current_.entries.mid(0, load.entries)), current_.id);
+    emit adoptStateRequested(load.state, to_turns(current_.entries.mid(0, load.entries)), current_.id);
   } else if (!load.refused.isEmpty()) {
     onStateRefused(load.refused);
   }

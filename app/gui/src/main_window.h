@@ -75,10 +75,10 @@ class MainWindow : public QMainWindow {
   void checkModelRequested(const QString& directory, const QString& backend);
   void loadModelRequested(const QString& directory, const QString& backend);
   void readDocumentRequested(const QString& path);
-  void generateRequested(const QList<lightdesk::gui::PromptMessage>& conversation,
-                         const lightdesk::gui::SamplingSettings& sampling, qint64 sessionId);
-  void adoptStateRequested(const lightdesk::gui::SavedStatePtr& state,
-                           const QList<lightdesk::gui::PromptMessage>& held, qint64 sessionId);
+  void generateRequested(const lightdesk::gui::Turns& conversation, const lightdesk::gui::SamplingSettings& sampling,
+                         qint64 sessionId);
+  void adoptStateRequested(const lightdesk::gui::SavedStatePtr& state, const lightdesk::gui::Turns& held,
+                           qint64 sessionId);
 
  protected:
   bool eventFilter(QObject* watched, QEvent* event) override;
