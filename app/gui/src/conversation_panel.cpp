@@ -73,8 +73,7 @@ ConversationPanel::ConversationPanel(QWidget* parent) : QWidget(parent) {
   auto* buttons = new QVBoxLayout;
   buttons->addWidget(send_button_);
   buttons->addWidget(stop_button_);
-  edit_bar_ = new QLabel(tr("Editing an earlier message: sending it continues the conversation from there "
-                            "(the old branch stays, ‹ › switches between them). Esc cancels."));
+  edit_bar_ = new QLabel;
   edit_bar_->setObjectName(QStringLiteral("editBar"));
   edit_bar_->setWordWrap(true);
   edit_bar_->setMargin(4);
@@ -116,8 +115,12 @@ QString ConversationPanel::input() const { return input_->toPlainText(); }
 void ConversationPanel::setInput(const QString& text) { input_->setPlainText(text); }
 void ConversationPanel::focusInput() { input_->setFocus(); }
 
-void ConversationPanel::beginEdit(qsizetype entry, const QString& text) {
+void ConversationPanel::beginEdit(qsizetype entry, const QString& text, const QString& cost) {
   if (!editing_) draft_ = input_->toPlainText();
+  QString bar = tr("Editing an earlier message: sending it continues the conversation from there "
+                   "(the old branch stays; ‹ › switches between them). Esc cancels.");
+  if (!cost.isEmpty()) bar += QLatin1Char(' ') + cost;
+  edit_bar_->setText(bar);
   editing_ = entry;
   input_->setPlainText(text);
   edit_bar_->setVisible(true);

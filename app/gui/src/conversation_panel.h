@@ -43,8 +43,9 @@ class ConversationPanel : public QWidget {
   void setInput(const QString& text);
   void focusInput();
   // Puts user message `entry` (`text`) into the input box and shows the edit bar; what was typed
-  // before is kept and comes back when the edit is cancelled (Esc) or sent.
-  void beginEdit(qsizetype entry, const QString& text);
+  // before is kept and comes back when the edit is cancelled (Esc) or sent. `cost` says what
+  // sending it will read again, if that is worth saying.
+  void beginEdit(qsizetype entry, const QString& text, const QString& cost = {});
   // The edit is over (sent, or its session left): the input gets back what was typed before it.
   void endEdit();
   std::optional<qsizetype> editing() const { return editing_; }

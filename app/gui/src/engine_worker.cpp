@@ -39,6 +39,8 @@ EngineWorker::~EngineWorker() = default;
 
 void EngineWorker::requestStop() { stop_requested_ = true; }
 
+void EngineWorker::clearStop() { stop_requested_ = false; }
+
 void EngineWorker::forgetSavedState() {
   if (chat_) chat_->forget_saved_state();
 }
@@ -119,7 +121,6 @@ void EngineWorker::loadModel(const QString& directory, const QString& backend) {
     // One signal per 0.5 % at most: a checkpoint of thousands of tensors must not flood the
     // window's event queue.
     std::uint64_t reported = 0;
-    stop_requested_ = false;  // Stop during the load cancels it
     model_ = Model::open(path, options_for(backend), [this, &reported](std::uint64_t done, std::uint64_t total) {
       if (done == total || done - reported >= total / 200) {
         reported = done;
@@ -150,7 +151,6 @@ void EngineWorker::readDocument(const QString& path) {
     emit documentFailed(path, tr("Open a model first: token counts depend on its tokenizer."));
     return;
   }
-  stop_requested_ = false;
   try {
     // A progress signal per slice: a large file's count takes long enough to be watched.
     const conversation::ReadDocument read = conversation::read_document(
@@ -173,7 +173,6 @@ void EngineWorker::generate(const Turns& conversation, const SamplingSettings& s
     emit generationFailed(tr("No model is loaded."));
     return;
   }
-  stop_requested_ = false;
   GenerationStats stats;
   stats.context_size = model_->info().max_context;
   try {

@@ -75,6 +75,9 @@ class EngineWorker : public QObject {
   // Thread-safe: asks the running load, prefill or generation to stop at its next step. Called
   // directly from the GUI thread (a queued slot would wait behind the running work).
   void requestStop();
+  // Thread-safe: forgets an earlier stop. The window calls it as it sends new work (a load, a
+  // document, a question), so that a Stop pressed before that work begins still stops it.
+  void clearStop();
 
  public slots:
   // Validates the directory without loading weights, for `backend` ("auto", "cpu", "cuda":

@@ -261,6 +261,7 @@ void MainWindow::onModelChecked(const ModelCheck& check) {
   // Busy while the weights load; Stop cancels the load.
   setGenerating(true);
   model_label_->setText(needs);
+  worker_->clearStop();
   emit loadModelRequested(check.directory, backend_setting(settings_));
 }
 
@@ -369,7 +370,14 @@ void MainWindow::editMessage(qsizetype entry) {
   if (generating_ || entry < 0 || entry >= current_.entries.size() ||
       current_.entries[entry].role != ChatEntry::Role::User)
     return;
-  conversation_panel_->beginEdit(entry, current_.entries[entry].text);
+  // Nothing comes before the first question: its documents are read again, which takes long
+  // enough for a long one to be worth saying.
+  qint64 tokens = 0;
+  if (entry == 0)
+    for (const Attachment& document : current_.entries[entry].documents) tokens += document.tokens;
+  conversation_panel_->beginEdit(
+      entry, current_.entries[entry].text,
+      tokens > 0 ? tr("Sending it reads its documents again (%1 tokens).").arg(format_count(tokens)) : QString());
 }
 
 void MainWindow::ask(qsizetype keep, const ChatEntry& user, bool regenerated) {
@@ -384,6 +392,7 @@ void MainWindow::ask(qsizetype keep, const ChatEntry& user, bool regenerated) {
   renderTranscript();
   setGenerating(true);
   status_panel_->showMessage(tr("Reading the prompt…"));
+  worker_->clearStop();
 
   const Turns conversation = to_turns(current_.entries);
   const SamplingSettings sampling = load_sampling(settings_, model_family_, default_sampling_);
@@ -708,6 +717,7 @@ void MainWindow::attachFiles(const QStringList& paths) {
       continue;
     }
     reading_documents_[path] = current_.id;
+    if (!generating_) worker_->clearStop();
     emit readDocumentRequested(path);
   }
   refreshAttachments();
