@@ -66,6 +66,8 @@ MainWindow::MainWindow(SessionRepository& sessions, QSettings& settings, QWidget
   buildWidgets();
   buildMenus();
   connectEngine();
+  // A top-level window without a size of its own would open at two thirds of the screen.
+  resize(sizeHint());
 
   // The last conversation opens again; sessions never used (an empty "New chat" of an earlier
   // run) are not kept, so they cannot pile up.

@@ -119,7 +119,10 @@ void SessionPanel::setSessions(const QList<ChatSession>& sessions, qint64 curren
 
 void SessionPanel::setSearchResults(const QList<MessageHit>& hits, const std::map<qint64, QString>& titles) {
   search_results_->clear();
-  const int width = search_results_->viewport()->width() - 2 * search_results_->spacing() - 4;
+  // Shown first, so that the width the rows wrap to is the list's as laid out now.
+  search_results_->setVisible(true);
+  if (layout() != nullptr) layout()->activate();
+  const int width = resultWidth();
   for (const MessageHit& hit : hits) {
     const auto title = titles.find(hit.session);
     if (title == titles.end()) continue;
@@ -138,14 +141,32 @@ void SessionPanel::setSearchResults(const QList<MessageHit>& hits, const std::ma
                   QStringLiteral("%1: %2").arg(title->second,
                                                QTextDocumentFragment::fromHtml(snippetHtml(hit.snippet)).toPlainText()));
     item->setToolTip(hit.snippet.simplified());
-    item->setSizeHint({width, label->heightForWidth(width)});
     search_results_->setItemWidget(item, label);
   }
+  fitResultRows(width);
   if (search_results_->count() == 0) {
     auto* none = new QListWidgetItem(tr("No message matches."), search_results_);
     none->setData(Qt::AccessibleTextRole, none->text());
   }
   search_results_->setVisible(true);
+}
+
+int SessionPanel::resultWidth() const { return search_results_->viewport()->width() - 2 * search_results_->spacing() - 4; }
+
+void SessionPanel::fitResultRows(int width) {
+  for (int row = 0; row < search_results_->count(); ++row) {
+    QListWidgetItem* item = search_results_->item(row);
+    if (const QWidget* label = search_results_->itemWidget(item)) item->setSizeHint({width, label->heightForWidth(width)});
+  }
+}
+
+void SessionPanel::resizeEvent(QResizeEvent* event) {
+  QWidget::resizeEvent(event);
+  // The rows wrap again to the new width.
+  if (search_results_->isVisible()) {
+    if (layout() != nullptr) layout()->activate();
+    fitResultRows(resultWidth());
+  }
 }
 
 void SessionPanel::focusSearch() {

@@ -44,7 +44,14 @@ class SessionPanel : public QWidget {
   // message (MessageHit::message).
   void hitActivated(qint64 session, qsizetype entry, qsizetype message);
 
+ protected:
+  void resizeEvent(QResizeEvent* event) override;
+
  private:
+  int resultWidth() const;
+  // Each result row as tall as its label wrapped to `width`.
+  void fitResultRows(int width);
+
   QLineEdit* search_box_;
   QListWidget* search_results_;
   QListWidget* session_list_;

@@ -40,7 +40,12 @@ StatusPanel::StatusPanel(std::function<QString()> memory_text, QWidget* parent)
   progress_bar_ = new QProgressBar;
   progress_bar_->setObjectName(QStringLiteral("progressBar"));
   progress_bar_->setVisible(false);
-  progress_bar_->setMinimumWidth(fontMetrics().averageCharWidth() * 50);
+  // Wide enough for the longest progress text on one line, whatever the font.
+  progress_bar_->setMinimumWidth(
+      fontMetrics().horizontalAdvance(tr("Reading: %1 of %2 tokens, %3 tokens/s, about %4 s left")
+                                          .arg(format_count(4194304), format_count(4194304), format_count(10000),
+                                               format_count(1000))) +
+      fontMetrics().averageCharWidth() * 4);
   message_label_ = new ElidedLabel;
   message_label_->setObjectName(QStringLiteral("statusMessage"));
   message_timer_ = new QTimer(this);
@@ -95,7 +100,7 @@ void StatusPanel::showPrefillProgress(qint64 done, qint64 total, double tokens_p
   const int scale = total > (1 << 30) ? 1024 : 1;
   progress_bar_->setRange(0, static_cast<int>(total / scale));
   progress_bar_->setValue(static_cast<int>(done / scale));
-  QString text = tr("Reading the prompt: %1 of %2 tokens, %3 tokens/s")
+  QString text = tr("Reading: %1 of %2 tokens, %3 tokens/s")
                      .arg(format_count(done), format_count(total), format_count(qRound64(tokens_per_second)));
   if (seconds_left >= 0) text += QStringLiteral(", ") + tr("about %1 s left").arg(format_count(qRound64(seconds_left)));
   progress_bar_->setFormat(text);
