@@ -63,17 +63,24 @@ void DocumentsPanelTest::warnsWhenTheDocumentsExceedTheContext() {
   QLocale::setDefault(QLocale::system());
 }
 
-// Finding 11: a long name is elided in its middle, so its end ("(sent)", the count) stays, and
+// Finding 11: a long name is shortened in its middle, so its count and "(sent)" stay whole, and
 // the whole line and path are in the tooltip.
 void DocumentsPanelTest::longNamesKeepTheirEndsAndATooltip() {
+  QLocale::setDefault(QLocale(QLocale::English, QLocale::UnitedStates));
   DocumentsPanel panel;
+  panel.resize(220, 300);
   panel.show();
+  QVERIFY(QTest::qWaitForWindowExposed(&panel));
   DocumentsPanel::Contents contents;
   const QString path = QStringLiteral("/d/a-document-with-a-very-long-name-indeed-quarterly-report-2026.txt");
-  contents.sent = {{ChatEntry::Role::User, QStringLiteral("Q"), {}, {{path, {}, {}, 10}}, {}}};
+  contents.sent = {{ChatEntry::Role::User, QStringLiteral("Q"), {}, {{path, {}, {}, 1291}}, {}}};
   panel.setContents(contents);
   auto* list = panel.findChild<QListWidget*>(QStringLiteral("attachmentList"));
-  QCOMPARE(list->textElideMode(), Qt::ElideMiddle);
+  const QString line = list->item(0)->text();
+  QVERIFY2(line.endsWith(QStringLiteral(" — 1,291 tokens (sent)")), qPrintable(line));
+  QVERIFY2(line.startsWith(QStringLiteral("a-d")) && line.contains(QStringLiteral("…")), qPrintable(line));
+  QVERIFY(list->fontMetrics().horizontalAdvance(line) <= list->viewport()->width());
   QVERIFY(list->item(0)->toolTip().contains(path));
-  QVERIFY(list->item(0)->toolTip().contains(list->item(0)->text()));
+  QVERIFY(list->item(0)->toolTip().contains(QStringLiteral("a-document-with-a-very-long-name-indeed-quarterly-report-2026.txt — 1,291 tokens (sent)")));
+  QLocale::setDefault(QLocale::system());
 }

@@ -66,7 +66,7 @@ void DemoScript::reopen() {
 }
 
 void DemoScript::search() {
-  // The first question's longest word, searched and its hit opened.
+  // The first question's longest word, searched and a hit opened.
   QString word;
   for (const QString& candidate : steps_.questions.value(0).split(QRegularExpression(QStringLiteral("\\W+")), Qt::SkipEmptyParts))
     if (candidate.size() > word.size()) word = candidate;
@@ -75,7 +75,8 @@ void DemoScript::search() {
   box->setFocus();
   box->setText(word);
   QTimer::singleShot(1000, this, [this, results, box] {
-    if (results->count() > 0) emit results->itemClicked(results->item(0));
+    // The last hit: a message (the first ones may be the document's).
+    if (results->count() > 0) emit results->itemClicked(results->item(results->count() - 1));
     screenshot(QStringLiteral("08-search.png"), [this, box] {
       box->clear();
       regenerateAndEdit();

@@ -12,6 +12,8 @@
 #include <QThreadPool>
 #include <QVBoxLayout>
 
+#include <algorithm>
+
 #include "status_panel.h"
 
 namespace lightdesk::gui {
@@ -27,7 +29,7 @@ DocumentsPanel::DocumentsPanel(QWidget* parent) : QWidget(parent) {
   list_ = new QListWidget;
   list_->setObjectName(QStringLiteral("attachmentList"));
   list_->setHorizontalScrollBarPolicy(Qt::ScrollBarAlwaysOff);
-  // Long names keep their start and their end ("(sent)", the count); the tooltip has it all.
+  // Long names keep their start and their end; the tooltip has it all.
   list_->setTextElideMode(Qt::ElideMiddle);
   list_->setToolTip(tr("Drop documents here or anywhere on the window"));
   total_label_ = new QLabel;
@@ -52,14 +54,21 @@ void DocumentsPanel::setContents(const Contents& contents) {
   contents_ = contents;
   list_->clear();
   document_tokens_ = 0;
-  auto add = [this](const Attachment& attachment, qsizetype pending_index) {
+  // A name too long for the pane is shortened in its middle, never the count after it.
+  const int room = list_->viewport()->width() - 2 * list_->frameWidth() - 8;
+  auto fitted = [this, room](const QString& name, const QString& rest) {
+    const int rest_width = list_->fontMetrics().horizontalAdvance(rest);
+    return list_->fontMetrics().elidedText(name, Qt::ElideMiddle, std::max(room - rest_width, room / 4)) + rest;
+  };
+  auto add = [this, &fitted](const Attachment& attachment, qsizetype pending_index) {
     document_tokens_ += attachment.tokens;
-    QString line = tr("%1 — %2 tokens").arg(QFileInfo(attachment.path).fileName(), format_count(attachment.tokens));
+    QString rest = tr(" — %1 tokens").arg(format_count(attachment.tokens));
     if (const qsizetype pages = attachment.page_offsets.size(); pages > 0)
-      line += QLatin1Char(' ') + (pages == 1 ? tr("in 1 page") : tr("in %1 pages").arg(format_count(pages)));
-    if (pending_index < 0) line += QLatin1Char(' ') + tr("(sent)");
-    auto* item = new QListWidgetItem(line, list_);
-    item->setToolTip(line + QLatin1Char('\n') + attachment.path);
+      rest += QLatin1Char(' ') + (pages == 1 ? tr("in 1 page") : tr("in %1 pages").arg(format_count(pages)));
+    if (pending_index < 0) rest += QLatin1Char(' ') + tr("(sent)");
+    const QString name = QFileInfo(attachment.path).fileName();
+    auto* item = new QListWidgetItem(fitted(name, rest), list_);
+    item->setToolTip(name + rest + QLatin1Char('\n') + attachment.path);
     if (pending_index >= 0) {
       item->setData(kImageRole, false);
       item->setData(kPendingIndexRole, pending_index);
@@ -105,6 +114,11 @@ void DocumentsPanel::setContents(const Contents& contents) {
   total_label_->setForegroundRole(fits ? QPalette::PlaceholderText : QPalette::WindowText);
   total_label_->setStyleSheet(fits ? QString() : QStringLiteral("QLabel { font-weight: bold; }"));
   total_label_->setVisible(true);
+}
+
+void DocumentsPanel::resizeEvent(QResizeEvent* event) {
+  QWidget::resizeEvent(event);
+  setContents(contents_);  // the names fitted again to the new width
 }
 
 void DocumentsPanel::removeSelected() {

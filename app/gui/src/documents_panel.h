@@ -43,6 +43,9 @@ class DocumentsPanel : public QWidget {
   // Removes pending document (`image` false) or image number `index`.
   void removeRequested(bool image, qsizetype index);
 
+ protected:
+  void resizeEvent(QResizeEvent* event) override;
+
  private:
   void removeSelected();
 

@@ -6,6 +6,8 @@
 #include <QResizeEvent>
 #include <QTimer>
 
+#include <algorithm>
+
 namespace lightdesk::gui {
 namespace {
 
@@ -25,7 +27,9 @@ void ElidedLabel::setFullText(const QString& text) {
 QSize ElidedLabel::minimumSizeHint() const { return {fontMetrics().averageCharWidth() * 8, QLabel::minimumSizeHint().height()}; }
 
 QSize ElidedLabel::sizeHint() const {
-  return {fontMetrics().horizontalAdvance(full_text_) + 2 * margin(), QLabel::sizeHint().height()};
+  // A character's width of slack: elidedText() measures a little differently from horizontalAdvance().
+  return {fontMetrics().horizontalAdvance(full_text_) + 2 * margin() + fontMetrics().averageCharWidth(),
+          QLabel::sizeHint().height()};
 }
 
 void ElidedLabel::resizeEvent(QResizeEvent* event) {
@@ -137,7 +141,10 @@ void StatusPanel::showContext(qint64 used, qint64 size) {
 void StatusPanel::clearContext() { context_label_->clear(); }
 
 void StatusPanel::refreshMemory() {
-  if (memory_text_) memory_label_->setFullText(memory_text_());
+  if (!memory_text_) return;
+  memory_label_->setFullText(memory_text_());
+  // The memory figure gives way to the message only below its usual length.
+  memory_label_->setMinimumWidth(std::min(memory_label_->sizeHint().width(), fontMetrics().averageCharWidth() * 48));
 }
 
 }  // namespace lightdesk::gui
