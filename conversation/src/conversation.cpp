@@ -27,8 +27,7 @@ bool operator==(const Turn& a, const Turn& b) {
 }
 
 std::string prompt_text(const Turn& turn) {
-  if (!turn.from_user || turn.documents.empty()) return turn.text;
-  return document_question_text(turn.documents, turn.text);
+  return turn.from_user ? document_question_text(turn.documents, turn.text) : turn.text;
 }
 
 Conversation to_chat(std::span<const Turn> turns) {
@@ -66,8 +65,14 @@ ReadDocument read_document(const std::filesystem::path& path, const Tokenizer& t
   return read;
 }
 
-Chat::Chat(Model& model, const Tokenizer& tokenizer, const ChatFormat& format, vision::VisionModel* vision)
-    : model_(model), tokenizer_(tokenizer), format_(format), vision_(vision), session_(model.create_session()) {}
+Chat::Chat(Model& model, const Tokenizer& tokenizer, const ChatFormat& format, vision::VisionModel* vision,
+           int threads)
+    : model_(model),
+      tokenizer_(tokenizer),
+      format_(format),
+      vision_(vision),
+      threads_(threads),
+      session_(model.create_session()) {}
 
 Chat::Prompt Chat::prepare(std::span<const Turn> turns, std::int64_t owner) {
   if (unfinished_ && unfinished_->owner == owner &&
@@ -96,9 +101,18 @@ Chat::Prompt Chat::prepare(std::span<const Turn> turns, std::int64_t owner) {
       throw Error("this model cannot read images: open a MiniMax-VL-01 model for them");
     for (const auto& image : turn.images) prompt.image_rows.push_back(image_rows(image));
   }
-  const Conversation chat = to_chat(fed);
-  const std::vector<TokenId> rendered =
-      (continues ? format_.render_continuation(chat) : format_.render(chat)).encode(tokenizer_);
+  // One new question (the usual turn) is rendered by document_prompt, which also says where its
+  // documents lie; the same text as to_chat's.
+  std::vector<TokenId> rendered;
+  if (fed.size() == 1 && fed.front().from_user) {
+    DocumentPrompt single = document_prompt(format_, tokenizer_, fed.front().documents, fed.front().text, threads_,
+                                            {static_cast<int>(fed.front().images.size()), continues});
+    rendered = std::move(single.ids);
+    prompt.documents = std::move(single.documents);
+  } else {
+    const Conversation chat = to_chat(fed);
+    rendered = (continues ? format_.render_continuation(chat) : format_.render(chat)).encode(tokenizer_, threads_);
+  }
   const std::int64_t reused = continues ? session_->position() : 0;
   const std::int64_t context = model_.info().max_context;
   if (reused + static_cast<std::int64_t>(rendered.size()) >= context)
@@ -118,6 +132,14 @@ Chat::Prompt Chat::prepare(std::span<const Turn> turns, std::int64_t owner) {
     prompt.embedding_overrides = std::move(input.embedding_overrides);
   }
   prompt.reused = reused;
+  // Into session positions: the images come first in the turn, so each moves the documents by its
+  // rows less its placeholder.
+  const std::int64_t shift = reused + static_cast<std::int64_t>(prompt.tokens.size() - rendered.size());
+  for (DocumentPrompt::Span& span : prompt.documents) {
+    span.first_token += shift;
+    span.end_token += shift;
+    for (auto& anchor : span.anchors) anchor.second += shift;
+  }
   // A prompt with images is read again whole after a stop (its rows are not kept).
   if (prompt.image_rows.empty())
     unfinished_ = Unfinished{{turns.begin(), turns.end()}, owner, reused, prompt.tokens, 0};
@@ -131,15 +153,15 @@ Chat::Prompt Chat::prepare(std::span<const Turn> turns, std::int64_t owner) {
   return prompt;
 }
 
-std::shared_ptr<const EngineState> Chat::finish(std::span<const Turn> turns, const std::string& answer,
-                                                const std::vector<TokenId>& generated) {
+void Chat::finish(std::span<const Turn> turns, const std::string& answer, const std::vector<TokenId>& generated) {
   unfinished_.reset();
   finish_assistant_turn(*session_, generated, format_.end_of_turn());
   held_.assign(turns.begin(), turns.end());
   held_.push_back({false, answer, {}, {}});
   held_state_saved_ = true;  // the owner saves it; forget_saved_state() says when that failed
-  return EngineState::copy_of(*session_, kv_saved_);
 }
+
+std::shared_ptr<const EngineState> Chat::copy_state() const { return EngineState::copy_of(*session_, kv_saved_); }
 
 void Chat::adopt(const SavedState& state, std::vector<Turn> held, std::int64_t owner) {
   forget_held_turns();

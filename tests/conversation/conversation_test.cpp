@@ -109,6 +109,26 @@ TEST_F(ChatTest, APromptBeyondTheContextIsRefusedAndTheStateKept) {
   EXPECT_EQ(chat_->held_turns().size(), 2u);
 }
 
+// A follow-up's document lies where the prompt says, in session positions.
+TEST_F(ChatTest, ASingleQuestionSaysWhereItsDocumentsLie) {
+  std::vector<Turn> turns{{true, "Hello", {}, {}}};
+  const auto generated = answer(chat_->prepare(turns, 1));
+  chat_->finish(turns, tokenizer_->decode(generated), generated);
+  turns.push_back(chat_->held_turns().back());
+  Document notes{"notes.txt", "text", "Alpha beta gamma delta.", {}};
+  turns.push_back({true, "What follows beta?", {notes}, {}});
+  const Chat::Prompt prompt = chat_->prepare(turns, 1);
+  ASSERT_EQ(prompt.documents.size(), 1u);
+  const auto& span = prompt.documents.front();
+  ASSERT_GE(span.first_token, prompt.reused);
+  const std::vector<TokenId> inside(prompt.tokens.begin() + (span.first_token - prompt.reused),
+                                    prompt.tokens.begin() + (span.end_token - prompt.reused));
+  EXPECT_NE(tokenizer_->decode(inside).find("Alpha beta gamma"), std::string::npos) << tokenizer_->decode(inside);
+  // The same layout as the command line's and a conversation read again: "Question: ...".
+  EXPECT_EQ(prompt_text(turns.back()), document_question_text({notes}, "What follows beta?"));
+  EXPECT_EQ(prompt_text({true, "Hello", {}, {}}), "Question: Hello");
+}
+
 class DocumentTest : public ChatTest {
  protected:
   std::filesystem::path write(const std::string& text) {

@@ -216,7 +216,10 @@ void EngineWorker::generate(const Turns& conversation, const SamplingSettings& s
     send(parser.finish());
     EngineStatePtr state;
     // The session now holds the whole turn, so the next question can continue from it.
-    if (!stats.stopped) state = chat_->finish(conversation, parser.answer(), generated);
+    if (!stats.stopped) {
+      chat_->finish(conversation, parser.answer(), generated);
+      state = chat_->copy_state();
+    }
     stats.context_used = session.position();
     // A stop during the prompt's read leaves fewer positions than the prompt: no answer tokens.
     stats.generated_tokens = stats.stopped ? std::max<std::int64_t>(0, stats.context_used - stats.reused_tokens -

@@ -32,8 +32,9 @@ struct Turn {
 };
 bool operator==(const Turn& a, const Turn& b);
 
-// The text the model reads for `turn`: a question's documents ("Document: NAME" blocks, PDF
-// pages marked) before it (document_question_text); an answer as it is.
+// The text the model reads for `turn`: a question in the document-question layout of
+// document_question_text (its documents as "Document: NAME" blocks, PDF pages marked, then
+// "Question: ..."), the same for every front end; an answer as it is.
 std::string prompt_text(const Turn& turn);
 // The turns as a chat of the model's format (one image part per image, then the text).
 Conversation to_chat(std::span<const Turn> turns);
@@ -57,7 +58,9 @@ ReadDocument read_document(const std::filesystem::path& path, const Tokenizer& t
 // tower (null for a model without one) must outlive it.
 class Chat {
  public:
-  Chat(Model& model, const Tokenizer& tokenizer, const ChatFormat& format, vision::VisionModel* vision);
+  // `threads`: for tokenizing a long prompt (0: all hardware threads).
+  Chat(Model& model, const Tokenizer& tokenizer, const ChatFormat& format, vision::VisionModel* vision,
+       int threads = 0);
 
   Session& session() { return *session_; }
   const ChatFormat& format() const { return format_; }
@@ -69,6 +72,9 @@ class Chat {
     // null. A moved Prompt keeps them valid.
     std::vector<const float*> embedding_overrides;
     std::vector<std::vector<float>> image_rows;
+    // Where each document of a single new question lies, in session positions (where an answer
+    // can point back to); empty when the prompt holds more than one turn.
+    std::vector<DocumentPrompt::Span> documents;
     std::int64_t reused = 0;    // positions of the session's state the answer continues
     // The positions whose K/V the state's owner has saved already (a state to save after this
     // answer needs only the later ones: EngineState::copy_of's kv_first).
@@ -82,10 +88,11 @@ class Chat {
   // prompt that leaves no room in the model's context. The state is forgotten until finish().
   Prompt prepare(std::span<const Turn> turns, std::int64_t owner);
   // After the answer to prepare()'s turns: closes the turn in the session (`generated`: the ids
-  // the model wrote) and records that the state holds `turns` and `answer`. Returns a copy of the
-  // state to save: the K/V of the positions from Prompt::kv_saved on, the rest being saved.
-  std::shared_ptr<const EngineState> finish(std::span<const Turn> turns, const std::string& answer,
-                                            const std::vector<TokenId>& generated);
+  // the model wrote) and records that the state holds `turns` and `answer`.
+  void finish(std::span<const Turn> turns, const std::string& answer, const std::vector<TokenId>& generated);
+  // A copy of the state after finish(), to save: the K/V of the positions from Prompt::kv_saved
+  // on, the owner having the earlier ones.
+  std::shared_ptr<const EngineState> copy_state() const;
   // Takes `state` (saved after `held`, in conversation `owner`) as the session's state. Throws
   // the state's reason when it cannot be used (the session then holds nothing reusable).
   void adopt(const SavedState& state, std::vector<Turn> held, std::int64_t owner);
@@ -107,6 +114,7 @@ class Chat {
   const Tokenizer& tokenizer_;
   const ChatFormat& format_;
   vision::VisionModel* vision_;
+  int threads_;
   std::unique_ptr<Session> session_;
   // The input rows of each image read so far (a conversation read again after a restart or an
   // edit shows them again).
