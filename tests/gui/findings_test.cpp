@@ -19,17 +19,13 @@
 #include "session_repository.h"
 #include "status_panel.h"
 #include "store_session_repository.h"
+#include "window_test_util.h"
 
 using lightdesk::gui::ChatEntry;
 using lightdesk::gui::InMemorySessionRepository;
 using lightdesk::gui::MainWindow;
 
-namespace {
-
-const QString kModelDirectory = QStringLiteral(LIGHTDESK_SOURCE_DIR "/resources/models/tiny-a-m1-rd8");
-constexpr int kTimeoutMs = 20000;
-
-}  // namespace
+using window_test::kTimeoutMs;
 
 class FindingsTest : public QObject {
   Q_OBJECT
@@ -251,11 +247,7 @@ class FindingsTest : public QObject {
     QVERIFY(QTest::qWaitForWindowExposed(window_.get()));
   }
 
-  void openModel() {
-    QSignalSpy ready(window_.get(), &MainWindow::modelReady);
-    window_->openModelDirectory(kModelDirectory);
-    QVERIFY2(ready.wait(kTimeoutMs), qPrintable(window_->findChild<QLabel*>(QStringLiteral("messageLabel"))->text()));
-  }
+  void openModel() { window_test::openModel(*window_); }
 
   void attach(const QString& path) {
     QSignalSpy attached(window_.get(), &MainWindow::documentAttached);
@@ -263,16 +255,9 @@ class FindingsTest : public QObject {
     QVERIFY(attached.wait(kTimeoutMs));
   }
 
-  void ask(const QString& question) {
-    QSignalSpy finished(window_.get(), &MainWindow::answerFinished);
-    window_->findChild<QPlainTextEdit*>(QStringLiteral("input"))->setPlainText(question);
-    window_->send();
-    QVERIFY(finished.wait(kTimeoutMs));
-  }
+  void ask(const QString& question) { window_test::ask(*window_, question); }
 
-  QString status() const {
-    return window_->findChild<lightdesk::gui::ElidedLabel*>(QStringLiteral("statusMessage"))->fullText();
-  }
+  QString status() const { return window_test::statusText(*window_); }
 
   // A text of `lines` numbered lines (about 10 tokens each with the tiny tokenizer).
   QString writeDocument(const QString& name, int lines) {

@@ -36,6 +36,7 @@
 #include "settings_dialog.h"
 #include "status_panel.h"
 #include "store_session_repository.h"
+#include "window_test_util.h"
 
 using lightdesk::gui::InMemorySessionRepository;
 using lightdesk::gui::MainWindow;
@@ -43,8 +44,11 @@ using lightdesk::gui::StoreSessionRepository;
 
 namespace {
 
-const QString kModelDirectory = QStringLiteral(LIGHTDESK_SOURCE_DIR "/resources/models/tiny-a-m1-rd8");
-constexpr int kTimeoutMs = 20000;
+using window_test::ask;
+using window_test::kModelDirectory;
+using window_test::kTimeoutMs;
+using window_test::openModel;
+using window_test::statusText;
 
 // Drops the file on the window, as a person would, and waits until it is attached.
 void dropFile(MainWindow& window, const QString& path) {
@@ -70,26 +74,6 @@ void executeSql(const std::filesystem::path& database, const char* sql) {
   sqlite3_free(error);
   sqlite3_close(db);
   QVERIFY2(result == SQLITE_OK, qPrintable(message));
-}
-
-// The status bar's message, whole (the label elides what does not fit).
-QString statusText(const MainWindow& window) {
-  return window.findChild<lightdesk::gui::ElidedLabel*>(QStringLiteral("statusMessage"))->fullText();
-}
-
-// Opens the bundled model in the window and waits until it is loaded.
-void openModel(MainWindow& window) {
-  QSignalSpy ready(&window, &MainWindow::modelReady);
-  window.openModelDirectory(kModelDirectory);
-  QVERIFY2(ready.wait(kTimeoutMs), qPrintable(window.findChild<QLabel*>(QStringLiteral("messageLabel"))->text()));
-}
-
-// Types `question` into the window, sends it and waits for the whole answer.
-void ask(MainWindow& window, const QString& question) {
-  QSignalSpy finished(&window, &MainWindow::answerFinished);
-  window.findChild<QPlainTextEdit*>(QStringLiteral("input"))->setPlainText(question);
-  window.send();
-  QVERIFY(finished.wait(kTimeoutMs));
 }
 
 }  // namespace
