@@ -127,6 +127,15 @@ class FindingsTest : public QObject {
     QVERIFY2(!context->text().startsWith(QStringLiteral("context: 0 ")), qPrintable(context->text()));
     window_->newSession();
     QCOMPARE(context->text(), QStringLiteral("context: 0 / 4,096"));
+    // A failed answer leaves no "Reading the prompt…" behind (an image to a model without eyes).
+    attach(QStringLiteral(LIGHTDESK_TEST_DATA "/tiny-vl/images/gradient.png"));
+    QSignalSpy failed(window_.get(), &MainWindow::errorShown);
+    window_->findChild<QPlainTextEdit*>(QStringLiteral("input"))->setPlainText(QStringLiteral("What is shown?"));
+    window_->send();
+    QVERIFY(failed.wait(kTimeoutMs));
+    QVERIFY2(failed.back().front().toString().contains(QStringLiteral("cannot read images")),
+             qPrintable(failed.back().front().toString()));
+    QVERIFY2(!status().contains(QStringLiteral("Reading the prompt")), qPrintable(status()));
   }
 
   // 7. A search hit on an earlier branch opens that branch, with the word selected.
