@@ -76,6 +76,8 @@ class FindingsTest : public QObject {
     const QString stopped = status();
     QVERIFY2(stopped.startsWith(QStringLiteral("Stopped while reading the prompt")), qPrintable(stopped));
     QVERIFY2(!stopped.contains(QLatin1Char('-')), qPrintable(stopped));
+    // How far the read came, of the whole prompt.
+    QVERIFY2(stopped.contains(QRegularExpression(QStringLiteral("\\d+ of [\\d,]+ prompt tokens read"))), qPrintable(stopped));
     QVERIFY(window_->findChild<QLabel*>(QStringLiteral("speedLabel"))->text().isEmpty());
     QCOMPARE(input->toPlainText(), QStringLiteral("What is in it?"));
     window_->send();

@@ -276,6 +276,7 @@ void MainWindow::onModelLoaded(const ModelCheck& check, const QString& family, c
   default_sampling_ = sampling;
   settings_.setValue(QStringLiteral("model/directory"), check.directory);
   status_panel_->hideProgress();
+  status_panel_->clearAnswerFigures();  // they were the other model's
   setWindowTitle(tr("Lightdesk — %1").arg(QFileInfo(check.directory).fileName()));
   status_panel_->showMessage(tr("Model loaded from %1").arg(check.directory), 5000);
   refreshContextFigure();
@@ -452,7 +453,11 @@ void MainWindow::onGenerationFinished(const GenerationStats& stats, const Engine
     summary = tr("Stopped after %1 tokens.").arg(format_count(stats.generated_tokens));
   else
     summary = tr("Stopped while reading the prompt; sending it again goes on from there.");
-  summary += QLatin1Char(' ') + tr("%1 prompt tokens read").arg(format_count(stats.prompt_tokens));
+  // A read stopped part way says how far it came.
+  const qint64 read = wrote || !stats.stopped ? stats.prompt_tokens : stats.context_used - stats.reused_tokens;
+  summary += QLatin1Char(' ') + (read < stats.prompt_tokens ? tr("%1 of %2 prompt tokens read")
+                                                                  .arg(format_count(read), format_count(stats.prompt_tokens))
+                                                            : tr("%1 prompt tokens read").arg(format_count(read)));
   if (stats.reused_tokens > 0)
     summary += QLatin1Char(' ') + tr("(%1 kept from the session state)").arg(format_count(stats.reused_tokens));
   status_panel_->showMessage(summary + QLatin1Char('.'), 10000);
@@ -583,6 +588,7 @@ void MainWindow::showSession(const ChatSession& session) {
     conversation_panel_->resetView();
     conversation_panel_->endEdit();  // an edit belongs to the session it began in
     banner_->hide();                 // what it said was about the session left
+    status_panel_->clearAnswerFigures();
   }
   refreshSessionList();
   refreshAttachments();
