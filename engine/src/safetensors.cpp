@@ -7,12 +7,14 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 
 #include "lightdesk/engine.h"
+#include "lightdesk/files.h"
 
 namespace lightdesk {
 
@@ -107,20 +109,12 @@ void TensorView::to_f32(float* out) const {
 
 SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path) {
   const std::string where = path.string();
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Error(where + ": cannot open: " + std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    ::close(fd);
-    throw Error(where + ": cannot stat: " + std::strerror(errno));
-  }
-  size_ = static_cast<std::uint64_t>(st.st_size);
-  if (size_ < 8) {
-    ::close(fd);
+  // No limit on the file itself: its header declares the size, checked against it below.
+  const RegularFile file(path, std::numeric_limits<std::uint64_t>::max());
+  size_ = file.size();
+  if (size_ < 8)
     throw Error(where + ": truncated file (" + std::to_string(size_) + " bytes, no safetensors header)");
-  }
-  map_ = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);
+  map_ = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, file.fd(), 0);
   if (map_ == MAP_FAILED) {
     map_ = nullptr;
     throw Error(where + ": cannot map: " + std::strerror(errno));
@@ -137,7 +131,7 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
     try {
       header = nlohmann::json::parse(header_);
     } catch (const nlohmann::json::parse_error& e) {
-      throw Error(where + ": corrupt safetensors header (not JSON): " + e.what());
+      throw Error(where + ": corrupt safetensors header (not JSON): " + plain_error_text(e.what()));
     }
     if (!header.is_object()) throw Error(where + ": corrupt safetensors header (not an object)");
     const std::byte* data = base + 8 + header_len;
@@ -182,6 +176,13 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
     for (std::size_t i = 1; i < ranges.size(); ++i)
       if (ranges[i].first < ranges[i - 1].second && ranges[i].first != ranges[i].second)
         throw Error(where + ": corrupt header: two tensors overlap at byte " + std::to_string(ranges[i].first));
+    // The tensors fill the data exactly, as every writer lays them out: a header whose offsets
+    // end before the data does is one that a truncation, a wrong edit or a mixed-up shard left
+    // (its tensors would be read from the wrong bytes).
+    const std::uint64_t declared = ranges.empty() ? 0 : ranges.back().second;
+    if (declared != data_size)
+      throw Error(where + ": corrupt file: the header's tensors end at byte " + std::to_string(declared) +
+                  " of the data but the file holds " + std::to_string(data_size) + " bytes of data");
   } catch (...) {
     ::munmap(map_, size_);
     map_ = nullptr;
@@ -197,14 +198,12 @@ Checkpoint::Checkpoint(const std::filesystem::path& directory) {
   const auto single = directory / "model.safetensors";
   const auto index = directory / "model.safetensors.index.json";
   if (std::filesystem::exists(index)) {
-    std::ifstream in(index, std::ios::binary);
-    std::ostringstream text;
-    text << in.rdbuf();
+    const std::string text = read_regular_file(index, kMaxConfigFileBytes);
     nlohmann::json j;
     try {
-      j = nlohmann::json::parse(text.str());
+      j = nlohmann::json::parse(text);
     } catch (const nlohmann::json::parse_error& e) {
-      throw Error(index.string() + ": malformed JSON: " + e.what());
+      throw Error(index.string() + ": malformed JSON: " + plain_error_text(e.what()));
     }
     if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
       throw Error(index.string() + ": no \"weight_map\" object");
