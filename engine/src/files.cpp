@@ -95,4 +95,30 @@ std::string read_regular_file(const std::filesystem::path& path, std::uint64_t m
   return RegularFile(path, max_bytes).read_all();
 }
 
+void check_json_depth(std::string_view text, const std::string& where) {
+  int depth = 0;
+  bool in_string = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxJsonDepth)
+        throw Error(where + ": JSON nested more than " + std::to_string(kMaxJsonDepth) + " levels deep (at byte " +
+                    std::to_string(i) + ")");
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+}
+
+std::string read_json_file(const std::filesystem::path& path) {
+  std::string text = read_regular_file(path, kMaxConfigFileBytes);
+  check_json_depth(text, path.string());
+  return text;
+}
+
 }  // namespace lightdesk

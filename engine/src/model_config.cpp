@@ -111,6 +111,7 @@ TokenId token_id_in_vocabulary(const ConfigReader& r, const json& id, int vocab_
 }  // namespace
 
 ModelConfig parse_model_config(const std::string& json_text, const std::string& source, bool rope_full_head) {
+  check_json_depth(json_text, source);
   json root;
   try {
     root = json::parse(json_text);
@@ -246,8 +247,8 @@ ModelConfig parse_text_config(const json& root, const std::string& source, bool 
 
 ModelConfig load_model_config(const std::filesystem::path& directory, bool rope_full_head) {
   const std::filesystem::path path = directory / "config.json";
-  if (!std::filesystem::exists(path)) throw Error(path.string() + ": no such file (is this a model directory?)");
-  return parse_model_config(read_regular_file(path, kMaxConfigFileBytes), path.string(), rope_full_head);
+  if (!std::filesystem::exists(path)) throw Error(path.string() + ": cannot open: no such file (is this a model directory?)");
+  return parse_model_config(read_json_file(path), path.string(), rope_full_head);
 }
 
 }  // namespace lightdesk

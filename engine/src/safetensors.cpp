@@ -127,6 +127,7 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
       throw Error(where + ": truncated file: header of " + std::to_string(header_len) + " bytes but only " +
                   std::to_string(size_ - 8) + " bytes follow");
     header_.assign(reinterpret_cast<const char*>(base + 8), header_len);
+    check_json_depth(header_, where + ": safetensors header");
     nlohmann::json header;
     try {
       header = nlohmann::json::parse(header_);
@@ -198,7 +199,7 @@ Checkpoint::Checkpoint(const std::filesystem::path& directory) {
   const auto single = directory / "model.safetensors";
   const auto index = directory / "model.safetensors.index.json";
   if (std::filesystem::exists(index)) {
-    const std::string text = read_regular_file(index, kMaxConfigFileBytes);
+    const std::string text = read_json_file(index);
     nlohmann::json j;
     try {
       j = nlohmann::json::parse(text);

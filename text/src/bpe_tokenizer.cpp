@@ -190,7 +190,7 @@ class BpeTokenizer final : public Tokenizer {
   explicit BpeTokenizer(const std::filesystem::path& file) : where_(file.string()) {
     json root;
     try {
-      root = json::parse(read_regular_file(file, kMaxConfigFileBytes));
+      root = json::parse(read_json_file(file));
     } catch (const json::exception& e) {
       throw Error(where_ + ": not valid JSON: " + plain_error_text(e.what()));
     }

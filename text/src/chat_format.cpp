@@ -72,7 +72,7 @@ std::string token_field(const nlohmann::json& config, const char* field, const s
 }
 
 nlohmann::json read_json(const std::filesystem::path& path) {
-  const std::string text = read_regular_file(path, kMaxConfigFileBytes);
+  const std::string text = read_json_file(path);
   try {
     return nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {

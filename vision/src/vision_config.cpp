@@ -11,7 +11,7 @@ namespace {
 using nlohmann::json;
 
 json read_json(const std::filesystem::path& path) {
-  const std::string text = read_regular_file(path, kMaxConfigFileBytes);
+  const std::string text = read_json_file(path);
   json j;
   try {
     j = json::parse(text);

@@ -63,7 +63,7 @@ QString prompt_with_documents(const QString& question, const QList<Attachment>& 
   std::vector<Document> documents;
   for (const Attachment& attachment : attachments) {
     Document document{attachment.path.toStdString(), attachment.page_offsets.isEmpty() ? "text" : "pdf",
-                      attachment.text.toStdString(), {}};
+                      attachment.text.toStdString(), {}, {}};
     int page = 0;
     for (const qint64 offset : attachment.page_offsets)
       document.anchors.push_back({static_cast<std::size_t>(offset), ++page, 1});

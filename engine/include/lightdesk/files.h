@@ -39,6 +39,15 @@ class RegularFile {
 // RegularFile(path, max_bytes).read_all().
 std::string read_regular_file(const std::filesystem::path& path, std::uint64_t max_bytes);
 
+// JSON files beside the weights nest a few levels; the JSON library copies and frees values
+// recursively, so a file of 100,000 nested brackets would run it out of stack.
+inline constexpr int kMaxJsonDepth = 64;
+// Throws Error naming `where` when `text` nests arrays and objects deeper than kMaxJsonDepth
+// (brackets inside strings do not count). A cheap scan, before parsing.
+void check_json_depth(std::string_view text, const std::string& where);
+// read_regular_file(path, kMaxConfigFileBytes), checked with check_json_depth.
+std::string read_json_file(const std::filesystem::path& path);
+
 // A library exception's text without its tag ("[json.exception.parse_error.101] ..."), for the
 // one-line errors that name the file first.
 std::string plain_error_text(const char* what);
