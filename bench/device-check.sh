@@ -2,7 +2,7 @@
 # Builds Lightdesk on a GPU machine (no Qt) and runs the CUDA tests, in one go: the script the
 # GPU machine runs. Debian -dev packages that machine may lack (nlohmann-json, OpenBLAS,
 # GoogleTest, pkgconf) can come as .deb files in the folders of $LIGHTDESK_DEBS (':'-separated,
-# default .debs); they are unpacked with dpkg -x into a private prefix, never into /. CUTLASS's
+# default .debs, filled by bench/fetch-device-deps.sh); they are unpacked with dpkg -x into a private prefix, never into /. CUTLASS's
 # headers come from the nvidia-cutlass wheel in .whl/ (packaging/fetch-cutlass.sh puts it there).
 # Usage: bash bench/device-check.sh [--sanitize] [--bench] [--cli]   (logs go to $OUT, else /tmp/device-check)
 #   --sanitize: compute-sanitizer memcheck and racecheck on the kernel tests
@@ -10,7 +10,8 @@
 #               Python wheels in $LIGHTDESK_WHEELS (default .whl), such as flash-linear-attention's
 #               fla-core for its lightning prefill anchor, are installed for them into a private folder
 #   --cli:      lightdesk-cli too (LIGHTDESK_WITH_CLI, without PDF and image decoding); its text and
-#               store libraries (pcre2, sentencepiece, ICU, libxml2, SQLite, xxHash) must be in the .debs
+#               store libraries (pcre2, sentencepiece, ICU, libxml2, SQLite, xxHash) and CLI11
+#               (libcli11-dev, header-only) must be in the .debs
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/device-check}"
