@@ -8,10 +8,8 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sstream>
 
 #include "lightdesk/engine.h"
 #include "lightdesk/files.h"
@@ -274,27 +272,53 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Outp
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
-  const auto tmp = std::filesystem::path(path.string() + ".tmp");
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw Error(path.string() + ": cannot create: " + std::strerror(errno));
-    const std::uint64_t len = text.size();
-    out.write(reinterpret_cast<const char*>(&len), 8);
-    out.write(text.data(), static_cast<std::streamsize>(text.size()));
-    for (const auto& t : tensors) {
-      if (t.i64.data() != nullptr)
-        out.write(reinterpret_cast<const char*>(t.i64.data()), static_cast<std::streamsize>(t.i64.size_bytes()));
-      else
-        out.write(reinterpret_cast<const char*>(t.f32.data()), static_cast<std::streamsize>(t.f32.size_bytes()));
+
+  const std::string where = path.string();
+  // Only a regular file is replaced: renaming over a device node, a FIFO or a link would replace
+  // the node itself.
+  struct stat existing {};
+  if (::lstat(path.c_str(), &existing) == 0 && !S_ISREG(existing.st_mode))
+    throw Error(where + ": exists and is not a regular file; refusing to replace it");
+  // The temporary file gets a fresh name in the target's directory, created exclusively: a file
+  // or link planted at a predictable name is never followed or overwritten.
+  std::string temporary = where + ".XXXXXX";
+  const int fd = ::mkostemp(temporary.data(), O_CLOEXEC);
+  if (fd < 0) throw Error(where + ": cannot create a temporary file beside it: " + std::strerror(errno));
+  auto fail = [&](const std::string& what) {
+    const int error = errno;
+    ::close(fd);
+    ::unlink(temporary.c_str());
+    throw Error(where + ": " + what + ": " + std::strerror(error));
+  };
+  auto write_all = [&](const void* data, std::size_t size) {
+    const auto* bytes = static_cast<const char*>(data);
+    while (size > 0) {
+      const ssize_t n = ::write(fd, bytes, size);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) fail("write failed");
+      bytes += n;
+      size -= static_cast<std::size_t>(n);
     }
-    out.flush();
-    if (!out) {
-      std::error_code ec;
-      std::filesystem::remove(tmp, ec);
-      throw Error(path.string() + ": write failed (disk full?)");
-    }
+  };
+  const std::uint64_t len = text.size();
+  write_all(&len, 8);
+  write_all(text.data(), text.size());
+  for (const auto& t : tensors) {
+    if (t.i64.data() != nullptr)
+      write_all(t.i64.data(), t.i64.size_bytes());
+    else
+      write_all(t.f32.data(), t.f32.size_bytes());
   }
-  std::filesystem::rename(tmp, path);
+  if (::fchmod(fd, 0644) != 0) fail("cannot set its permissions");
+  if (::close(fd) != 0) {
+    ::unlink(temporary.c_str());
+    throw Error(where + ": write failed: " + std::strerror(errno));
+  }
+  if (::rename(temporary.c_str(), path.c_str()) != 0) {
+    const int error = errno;
+    ::unlink(temporary.c_str());
+    throw Error(where + ": cannot replace: " + std::strerror(error));
+  }
 }
 
 }  // namespace lightdesk

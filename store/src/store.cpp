@@ -768,6 +768,7 @@ std::int64_t NamedSessionState::save_exchange(Message question, Message answer) 
   question.role = Role::User;
   answer.role = Role::Assistant;
   question.parent_id = last_message_id_;
+  notice_.clear();
   if (newer_checkpoint()) {
     const SessionRecord record = store_.session(session_id_);
     notice_ = "session \"" + record.name.value_or(record.title) +

@@ -266,7 +266,8 @@ class NamedSessionState {
   // When the session moved on since it was loaded, the exchange is a branch beside the other
   // process's, and notice() says so.
   std::int64_t save_exchange(Message question, Message answer);
-  // Empty, or why the stored state was not loaded as is, or that the exchange became a branch.
+  // Empty, or why the stored state was not loaded as is (after construction), or that the
+  // exchange became a branch (after save_exchange).
   const std::string& notice() const { return notice_; }
 
  private:

@@ -275,8 +275,9 @@ struct GenerationOptions {
 };
 
 // Feeds `prompt` to the session, then samples up to max_new_tokens (stopping after the stop
-// token), passing each piece of completed UTF-8 text to on_text as it comes. Returns the new ids
-// (the stop token included when reached).
+// token, and where the model's maximum context leaves two positions, which
+// finish_assistant_turn may need), passing each piece of completed UTF-8 text to on_text as it
+// comes. Returns the new ids (the stop token included when reached).
 std::vector<TokenId> generate_text(Session& session, const Tokenizer& tokenizer, std::span<const TokenId> prompt,
                                    const GenerationOptions& options,
                                    const std::function<void(std::string_view)>& on_text);
