@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <functional>
 #include <limits>
+#include <new>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -804,6 +805,9 @@ int main(int argc, char** argv) {
   } catch (const UsageError& e) {
     std::fprintf(stderr, "lightdesk-cli: %s (see lightdesk-cli%s --help)\n", e.what(), chosen_verb(cli).c_str());
     return 2;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "lightdesk-cli: out of memory: the input needs more memory than this machine has\n");
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "lightdesk-cli: %s\n", e.what());
     return 1;

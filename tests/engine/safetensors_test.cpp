@@ -287,6 +287,40 @@ TEST_F(CheckpointTest, FifoOrDevicePlaceOfConfig) {
   EXPECT_NE(open_error(dir_.path()).find("config.json: a FIFO"), std::string::npos);
 }
 
+// --out: only a regular file (or nothing) is replaced, through a fresh temporary file beside it;
+// a link planted at the old temporary name ("F.tmp") is neither followed nor removed.
+TEST(WriteSafetensors, ReplacesOnlyRegularFilesThroughAFreshTemporaryFile) {
+  test::ScratchDir dir;
+  const std::vector<float> values{1.0f, 2.0f};
+  const std::vector<OutputTensor> tensors{{"x", {2}, values, {}}};
+  const auto target = dir.path() / "out.safetensors";
+  test::write_file(dir.path() / "victim", "keep");
+  std::filesystem::create_symlink(dir.path() / "victim", dir.path() / "out.safetensors.tmp");
+  write_safetensors(target, tensors);
+  write_safetensors(target, tensors);  // over the regular file it wrote
+  EXPECT_EQ(read_safetensors(target).at("x").f32, values);
+  EXPECT_EQ(test::read_file(dir.path() / "victim"), "keep");
+  EXPECT_TRUE(std::filesystem::is_symlink(dir.path() / "out.safetensors.tmp"));
+  auto error_of = [&](const std::filesystem::path& path) {
+    try {
+      write_safetensors(path, tensors);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  ASSERT_EQ(::mkfifo((dir.path() / "fifo").c_str(), 0600), 0);
+  std::filesystem::create_symlink("/dev/null", dir.path() / "device-link");
+  std::filesystem::create_directory(dir.path() / "folder");
+  for (const char* name : {"fifo", "device-link", "folder"})
+    EXPECT_NE(error_of(dir.path() / name).find("exists and is not a regular file; refusing to replace it"),
+              std::string::npos)
+        << name;
+  EXPECT_TRUE(std::filesystem::is_fifo(dir.path() / "fifo"));
+  // out.safetensors, its .tmp link, victim, fifo, device-link, folder: no temporary file left.
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir.path()), std::filesystem::directory_iterator()), 6);
+}
+
 TEST_F(CheckpointTest, WrongShape) {
   tensors_["model.layers.1.self_attn.out_proj.weight"] = f32_tensor({64, 32}, std::vector<float>(64 * 32, 0.5f));
   rewrite();
