@@ -9,7 +9,7 @@
 #include "backend.h"
 #include "cuda_backend.h"
 #include "lightdesk/engine.h"
-#include "lightdesk/files.h"
+#include "lightdesk/input_files.h"
 #include "model_config.h"
 #include "model_weights.h"
 #include "safetensors.h"

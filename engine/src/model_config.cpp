@@ -3,7 +3,7 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
-#include "lightdesk/files.h"
+#include "lightdesk/input_files.h"
 
 namespace lightdesk {
 namespace {

@@ -12,7 +12,7 @@
 #include <set>
 
 #include "lightdesk/engine.h"
-#include "lightdesk/files.h"
+#include "lightdesk/input_files.h"
 
 namespace lightdesk {
 

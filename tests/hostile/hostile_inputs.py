@@ -20,6 +20,7 @@ import concurrent.futures
 import json
 import math
 import os
+import resource
 import shutil
 import signal
 import sqlite3
@@ -565,9 +566,14 @@ GROUPS = (config_cases, safetensors_cases, tokenizer_cases, flag_cases, out_case
           session_cases)
 
 
-def run_case(cli, case):
+def run_case(cli, case, memory_limit):
+    def limit_memory():
+        # A regression that reads a device or a huge file whole must not take the machine's memory.
+        if memory_limit:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     try:
-        run = subprocess.run([cli] + case.args, capture_output=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
+        run = subprocess.run([cli] + case.args, capture_output=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL,
+                             preexec_fn=limit_memory)
     except subprocess.TimeoutExpired:
         return "hang (no end within %d s)" % TIMEOUT_S
     out = run.stdout.decode("utf-8", "replace")
@@ -603,6 +609,8 @@ def main():
     parser.add_argument("--jobs", type=int, default=max(1, os.cpu_count() or 1))
     parser.add_argument("--only", default="")
     parser.add_argument("--summary", help="also write the case counts to this file")
+    parser.add_argument("--memory-limit-gb", type=float, default=16,
+                        help="address-space limit of each CLI run (0: none; CUDA builds may need none)")
     args = parser.parse_args()
     cli = os.path.abspath(args.cli)
     with tempfile.TemporaryDirectory(prefix="lightdesk-hostile-") as root:
@@ -611,7 +619,8 @@ def main():
         failures = []
         counts = collections.Counter()
         with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            for case, problem in zip(cases, pool.map(lambda c: run_case(cli, c), cases)):
+            memory_limit = int(args.memory_limit_gb * (1 << 30))
+            for case, problem in zip(cases, pool.map(lambda c: run_case(cli, c, memory_limit), cases)):
                 counts[case.group] += 1
                 if problem:
                     failures.append((case, problem))

@@ -23,7 +23,7 @@
 #include <queue>
 #include <unordered_map>
 
-#include "lightdesk/files.h"
+#include "lightdesk/input_files.h"
 #include "thread_pool.h"
 #include "utf8.h"
 

@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
-#include "lightdesk/files.h"
+#include "lightdesk/input_files.h"
 #include "lightdesk/text.h"
 
 namespace lightdesk {

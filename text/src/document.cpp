@@ -6,7 +6,7 @@
 #include <optional>
 #include <vector>
 
-#include "lightdesk/files.h"
+#include "lightdesk/input_files.h"
 #include "lightdesk/text.h"
 #include "pdf_document.h"
 #include "utf8.h"

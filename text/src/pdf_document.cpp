@@ -6,7 +6,7 @@
 #include <climits>
 #include <memory>
 
-#include "lightdesk/files.h"
+#include "lightdesk/input_files.h"
 #include "pdf_document.h"
 
 namespace lightdesk {

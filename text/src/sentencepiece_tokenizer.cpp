@@ -6,7 +6,7 @@
 
 #include <algorithm>
 
-#include "lightdesk/files.h"
+#include "lightdesk/input_files.h"
 #include "utf8.h"
 
 namespace lightdesk {

@@ -6,7 +6,7 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
-#include "lightdesk/files.h"
+#include "lightdesk/input_files.h"
 #include "lightdesk/vision.h"
 
 namespace lightdesk::vision {

@@ -2,7 +2,7 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
-#include "lightdesk/files.h"
+#include "lightdesk/input_files.h"
 #include "lightdesk/vision.h"
 
 namespace lightdesk::vision {

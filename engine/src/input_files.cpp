@@ -1,4 +1,4 @@
-#include "lightdesk/files.h"
+#include "lightdesk/input_files.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>

@@ -4,7 +4,7 @@
 #include <sys/stat.h>
 
 #include "lightdesk/engine.h"
-#include "lightdesk/files.h"
+#include "lightdesk/input_files.h"
 #include "test_util.h"
 
 namespace lightdesk {
