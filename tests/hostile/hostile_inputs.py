@@ -401,6 +401,8 @@ def flag_cases(ws, cli):
     # Nothing may run past the context, however many tokens are asked for.
     cases.append(Case("flags", "max-new-tokens-int64-max",
                       gen[:-1] + ["9223372036854775807", "--ids", "1,2"], expect="any", check=ids_in_vocab(vocab)))
+    cases.append(Case("flags", "prompt-max-new-tokens-int64-max",
+                      gen[:-1] + ["9223372036854775807", "--prompt", "hostile"], expect="any"))
     out = os.path.join(ws.new_dir("out"), "l.safetensors")
     cases.append(Case("flags", "decode-from-past-the-end",
                       ["logits", "--model", m, "--ids", "1,2", "--decode-from", "9", "--out", out], expect="any",
