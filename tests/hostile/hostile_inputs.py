@@ -578,6 +578,8 @@ def run_case(cli, case, memory_limit):
                              preexec_fn=limit_memory)
     except subprocess.TimeoutExpired:
         return "hang (no end within %d s)" % TIMEOUT_S
+    except OSError as e:
+        return "cannot run the CLI: %s" % e
     out = run.stdout.decode("utf-8", "replace")
     err = run.stderr.decode("utf-8", "replace")
     if run.returncode < 0:
