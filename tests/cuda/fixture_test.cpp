@@ -11,6 +11,7 @@
 #include <random>
 
 #include "cuda_test_util.h"
+#include "test_util.h"
 #include "lightdesk/engine.h"
 #include "src/cuda_backend.h"
 #include "src/model_config.h"
