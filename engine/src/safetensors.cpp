@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "bf16.h"
 #include "lightdesk/engine.h"
 #include "lightdesk/input_files.h"
 
@@ -37,13 +38,6 @@ std::size_t dtype_size(DType t) {
 }
 
 namespace {
-
-float bf16_to_f32(std::uint16_t v) {
-  std::uint32_t bits = static_cast<std::uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
 
 float f16_to_f32(std::uint16_t h) {
   const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
