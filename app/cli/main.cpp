@@ -210,6 +210,7 @@ std::unique_ptr<lightdesk::store::NamedSessionState> attach_stored_session(
 struct InfoArgs {
   Common c;
   std::optional<long long> tokens;
+  std::string gpus;  // hypothetical GPUs to plan for ("4x80GB"); empty: this machine's
   std::string data_dir;
 };
 
@@ -222,8 +223,60 @@ CLI::App* add_info(CLI::App& cli, InfoArgs& a) {
   add_optional(*verb, "--tokens", a.tokens, "session length for the memory figure (default: the model's context)")
       ->check(integer_in(0))
       ->needs(model);
+  verb->add_option("--gpus", a.gpus, "plan for these GPUs instead of this machine's: 4x80GB, 8x141GB, 2x24GB,1x48GB")
+      ->check(CLI::Validator(
+          [](std::string& text) {
+            try {
+              lightdesk::parse_gpu_list(text);
+              return std::string();
+            } catch (const lightdesk::Error& e) {
+              return std::string(e.what());
+            }
+          },
+          "LIST"))
+      ->needs(model);
   add_data_dir(*verb, a.data_dir);
   return verb;
+}
+
+std::string span_text(long long first, long long count) {
+  return count == 0 ? "none" : count == 1 ? std::to_string(first) : std::to_string(first) + "-" + std::to_string(first + count - 1);
+}
+
+// The memory plan: every candidate of the engine's policy, the chosen one's ranks, the advice.
+void print_plan(const lightdesk::PlanReport& report, const std::string& where) {
+  std::printf("plan for %s at %lld tokens: %s\n", where.c_str(), static_cast<long long>(report.context_tokens),
+              report.chosen ? report.plans[*report.chosen].summary().c_str() : "nothing this build runs fits");
+  // The ranks of the chosen plan, else of the first that fits, else of the first.
+  const lightdesk::MemoryPlan* shown = report.chosen ? &report.plans[*report.chosen] : nullptr;
+  for (const auto& p : report.plans)
+    if (!shown && p.fits) shown = &p;
+  if (!shown && !report.plans.empty()) shown = &report.plans.front();
+  if (shown) {
+    if (!report.chosen) std::printf("layout of %s:\n", shown->summary().c_str());
+    for (const auto& r : shown->ranks) {
+      const auto& l = r.layout;
+      std::printf("  rank %d on %s: heads %s, K/V heads %s, experts %s (width %d), vocabulary rows %s\n", l.rank,
+                  r.device.name.c_str(), span_text(l.first_head, l.heads).c_str(),
+                  span_text(l.first_kv_head, l.kv_heads).c_str(), span_text(l.first_expert, l.experts).c_str(),
+                  l.expert_width, span_text(l.first_vocab_row, l.vocab_rows).c_str());
+      std::printf("    weights %s + experts %s%s, lightning state %s, K/V %s per token = %s, workspace %s: %s of %s%s\n",
+                  human_bytes(r.weight_bytes).c_str(), human_bytes(r.expert_bytes).c_str(),
+                  r.cached_experts_per_layer ? (" (" + std::to_string(r.cached_experts_per_layer) + " cached per layer)").c_str() : "",
+                  human_bytes(r.lightning_state_bytes).c_str(), human_bytes(r.kv_bytes_per_token).c_str(),
+                  human_bytes(r.kv_bytes).c_str(), human_bytes(r.workspace_bytes).c_str(),
+                  human_bytes(r.total_bytes()).c_str(), human_bytes(r.device.memory_bytes).c_str(),
+                  r.fits() ? "" : " (does not fit)");
+    }
+  }
+  for (const auto& p : report.plans) {
+    std::uint64_t most = 0;
+    for (const auto& r : p.ranks) most = std::max(most, r.total_bytes());
+    std::printf("  candidate: %s: %s per GPU%s%s, %s\n", p.summary().c_str(), human_bytes(most).c_str(),
+                p.host_bytes ? (" + " + human_bytes(p.host_bytes) + " of host memory").c_str() : "",
+                p.runnable ? "" : " (not in this build yet)", p.fits ? "fits" : "does not fit");
+  }
+  for (const auto& line : report.advice) std::printf("  would fit: %s\n", line.c_str());
 }
 
 // The data directory and its cache's size.
@@ -267,6 +320,15 @@ int cmd_info(const InfoArgs& a) {
   for (const auto& gpu : lightdesk::gpu_devices())
     std::printf("gpu %d: %s, %s%s\n", gpu.index, gpu.name.c_str(), human_bytes(gpu.total_bytes).c_str(),
                 gpu.free_bytes ? (", " + human_bytes(*gpu.free_bytes) + " free").c_str() : "");
+  lightdesk::PlanRequest plan;
+  plan.devices = a.gpus.empty() ? lightdesk::local_gpus() : lightdesk::parse_gpu_list(a.gpus);
+  plan.context_tokens = n;
+  plan.cuda_float32 = c.options.cuda_float32;
+  plan.chunk_tokens = c.chunk;
+  if (plan.devices.empty())
+    std::printf("plan: no GPU here (--gpus 4x80GB plans for hypothetical ones)\n");
+  else
+    print_plan(lightdesk::plan_memory(info, plan), a.gpus.empty() ? "this machine's GPUs" : a.gpus);
   print_data_directory(data);
   return 0;
 }

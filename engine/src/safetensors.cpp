@@ -187,30 +187,50 @@ SafetensorsFile::~SafetensorsFile() {
   if (map_) ::munmap(map_, size_);
 }
 
+CheckpointIndex read_checkpoint_index(const std::filesystem::path& index) {
+  const std::string text = read_json_file(index);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw Error(index.string() + ": malformed JSON: " + plain_error_text(e.what()));
+  }
+  if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
+    throw Error(index.string() + ": no \"weight_map\" object");
+  CheckpointIndex result;
+  for (const auto& [name, file] : j["weight_map"].items()) {
+    if (!file.is_string()) throw Error(index.string() + ": weight_map entry for \"" + name + "\" is not a file name");
+    const std::string fname = file.get<std::string>();
+    if (fname.find('/') != std::string::npos || fname.find("..") != std::string::npos)
+      throw Error(index.string() + ": weight_map names a file outside the directory: \"" + fname + "\"");
+    result.weight_map.emplace(name, fname);
+  }
+  if (j.contains("metadata") && j["metadata"].is_object() && j["metadata"].contains("total_size")) {
+    const auto& total = j["metadata"]["total_size"];
+    if (!total.is_number_unsigned()) throw Error(index.string() + ": metadata.total_size must be a non-negative integer");
+    result.total_size = total.get<std::uint64_t>();
+  }
+  return result;
+}
+
+bool CheckpointIndex::shards_present(const std::filesystem::path& directory) const {
+  std::set<std::string> files;
+  for (const auto& [name, file] : weight_map) files.insert(file);
+  return std::all_of(files.begin(), files.end(),
+                     [&](const std::string& file) { return std::filesystem::exists(directory / file); });
+}
+
 Checkpoint::Checkpoint(const std::filesystem::path& directory) {
   const auto single = directory / "model.safetensors";
-  const auto index = directory / "model.safetensors.index.json";
-  if (std::filesystem::exists(index)) {
-    const std::string text = read_json_file(index);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::parse_error& e) {
-      throw Error(index.string() + ": malformed JSON: " + plain_error_text(e.what()));
-    }
-    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
-      throw Error(index.string() + ": no \"weight_map\" object");
+  const auto index_path = directory / "model.safetensors.index.json";
+  if (std::filesystem::exists(index_path)) {
     std::map<std::string, SafetensorsFile*> by_file;
-    for (const auto& [name, file] : j["weight_map"].items()) {
-      if (!file.is_string()) throw Error(index.string() + ": weight_map entry for \"" + name + "\" is not a file name");
-      const std::string fname = file.get<std::string>();
-      if (fname.find('/') != std::string::npos || fname.find("..") != std::string::npos)
-        throw Error(index.string() + ": weight_map names a file outside the directory: \"" + fname + "\"");
+    for (const auto& [name, fname] : read_checkpoint_index(index_path).weight_map) {
       auto it = by_file.find(fname);
       if (it == by_file.end()) {
         const auto shard = directory / fname;
         if (!std::filesystem::exists(shard))
-          throw Error(index.string() + ": shard \"" + fname + "\" (holding \"" + name + "\") is missing");
+          throw Error(index_path.string() + ": shard \"" + fname + "\" (holding \"" + name + "\") is missing");
         files_.push_back(std::make_unique<SafetensorsFile>(shard));
         it = by_file.emplace(fname, files_.back().get()).first;
       }

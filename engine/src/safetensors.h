@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,14 @@ class SafetensorsFile {
   std::string header_;
   std::map<std::string, TensorView> tensors_;
 };
+
+// model.safetensors.index.json: which shard holds each tensor, and the checkpoint's total size.
+struct CheckpointIndex {
+  std::map<std::string, std::string> weight_map;  // tensor name -> shard file name
+  std::optional<std::uint64_t> total_size;         // metadata.total_size: bytes of all tensors
+  bool shards_present(const std::filesystem::path& directory) const;
+};
+CheckpointIndex read_checkpoint_index(const std::filesystem::path& index);
 
 // All tensors of a model directory.
 class Checkpoint {
