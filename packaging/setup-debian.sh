@@ -2,6 +2,8 @@
 # Installs what Lightdesk builds with on Debian 12, from Debian's own packages.
 # The CUDA toolkit is optional: where nvcc is found, the CUDA backend is built too, with CUTLASS's
 # headers (packaging/fetch-cutlass.sh: PyPI's nvidia-cutlass wheel, through pip).
+# clang-14 with its runtime builds the libFuzzer harnesses (tests/fuzz); sqlite3 remakes their
+# session database seed.
 set -euo pipefail
 packages=(
   build-essential cmake ccache pkg-config python3-pip
@@ -11,6 +13,7 @@ packages=(
   libpcre2-dev libicu-dev libpoppler-cpp-dev libxml2-dev libsentencepiece-dev
   libsqlite3-dev libxxhash-dev libzstd-dev
   qt6-base-dev xvfb xauth fonts-dejavu-core
+  clang-14 libclang-rt-14-dev sqlite3
 )
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

@@ -88,6 +88,7 @@ std::int64_t TensorView::numel() const {
 
 void TensorView::to_f32(float* out) const {
   const std::int64_t n = numel();
+  if (n == 0) return;  // `out` may then be null, which memcpy does not allow even for no bytes
   switch (dtype) {
     case DType::F32:
       std::memcpy(out, data, static_cast<std::size_t>(n) * 4);
@@ -247,7 +248,7 @@ std::map<std::string, LoadedTensor> read_safetensors(const std::filesystem::path
     LoadedTensor l{t.dtype, t.shape, {}, {}};
     if (t.dtype == DType::I64) {
       l.i64.resize(static_cast<std::size_t>(t.numel()));
-      std::memcpy(l.i64.data(), t.data, t.bytes);
+      if (t.bytes > 0) std::memcpy(l.i64.data(), t.data, t.bytes);
     } else {
       l.f32.resize(static_cast<std::size_t>(t.numel()));
       t.to_f32(l.f32.data());

@@ -8,24 +8,23 @@ using namespace lightdesk;
 
 namespace {
 
-// Two shards holding "a" and "b" (F32 [2, 3]) and "c" (I64 [4]).
-const fuzz::ScratchDirectory& checkpoint_directory() {
-  static const fuzz::ScratchDirectory directory = [] {
-    fuzz::ScratchDirectory d;
+// A directory with two shards holding "a" and "b" (F32 [2, 3]) and "c" (I64 [4]).
+struct TwoShards {
+  fuzz::ScratchDirectory directory;
+  TwoShards() {
     const std::vector<float> values{1, 2, 3, 4, 5, 6};
     const std::vector<std::int64_t> ids{7, 8, 9, 10};
-    write_safetensors(d.path() / "model-00001-of-00002.safetensors",
+    write_safetensors(directory.path() / "model-00001-of-00002.safetensors",
                       {{"a", {2, 3}, values, {}}, {"b", {2, 3}, values, {}}});
-    write_safetensors(d.path() / "model-00002-of-00002.safetensors", {{"c", {4}, {}, ids}});
-    return d;
-  }();
-  return directory;
-}
+    write_safetensors(directory.path() / "model-00002-of-00002.safetensors", {{"c", {4}, {}, ids}});
+  }
+};
 
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  const auto& directory = checkpoint_directory();
+  static const TwoShards shards;
+  const fuzz::ScratchDirectory& directory = shards.directory;
   directory.write("model.safetensors.index.json", fuzz::as_text(data, size));
   fuzz::expect_clear_error([&] {
     const Checkpoint checkpoint(directory.path());
