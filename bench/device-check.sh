@@ -2,7 +2,7 @@
 # Builds Lightdesk on a GPU machine (no Qt) and runs the CUDA tests, in one go: the script the
 # GPU machine runs. Debian -dev packages that machine may lack (nlohmann-json, OpenBLAS,
 # GoogleTest, pkgconf) can come as .deb files in the folders of $LIGHTDESK_DEBS (':'-separated,
-# default .debs); they are unpacked with dpkg -x into a private prefix, never into /. CUTLASS's
+# default .debs, filled by bench/fetch-device-deps.sh); they are unpacked with dpkg -x into a private prefix, never into /. CUTLASS's
 # headers come from the nvidia-cutlass wheel in .whl/ (packaging/fetch-cutlass.sh puts it there).
 # Usage: bash bench/device-check.sh [--sanitize] [--bench] [--cli]   (logs go to $OUT, else /tmp/device-check)
 #   --sanitize: compute-sanitizer memcheck and racecheck on the kernel tests
