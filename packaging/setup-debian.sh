@@ -2,7 +2,8 @@
 # Installs what Lightdesk builds with on Debian 12, from Debian's own packages.
 # The CUDA toolkit is optional: where nvcc is found, the CUDA backend is built too, with CUTLASS's
 # headers (packaging/fetch-cutlass.sh: PyPI's nvidia-cutlass wheel, through pip).
-# clang-14 with its runtime builds the libFuzzer harnesses (tests/fuzz); sqlite3 remakes their
+# clang-14 with its runtime builds the libFuzzer harnesses (tests/fuzz); Ninja builds several targets
+# of one build in parallel (the sanitizer and fuzzing builds); sqlite3 remakes the fuzzers'
 # session database seed.
 set -euo pipefail
 packages=(
@@ -13,7 +14,7 @@ packages=(
   libpcre2-dev libicu-dev libpoppler-cpp-dev libxml2-dev libsentencepiece-dev
   libsqlite3-dev libxxhash-dev libzstd-dev
   qt6-base-dev xvfb xauth fonts-dejavu-core
-  clang-14 libclang-rt-14-dev sqlite3
+  clang-14 libclang-rt-14-dev ninja-build sqlite3
 )
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

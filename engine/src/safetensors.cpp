@@ -137,7 +137,7 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
     nlohmann::json header;
     try {
       header = nlohmann::json::parse(header_);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {
       throw Error(where + ": corrupt safetensors header (not JSON): " + e.what());
     }
     if (!header.is_object()) throw Error(where + ": corrupt safetensors header (not an object)");
@@ -204,7 +204,7 @@ Checkpoint::Checkpoint(const std::filesystem::path& directory) {
     nlohmann::json j;
     try {
       j = nlohmann::json::parse(text.str());
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {
       throw Error(index.string() + ": malformed JSON: " + e.what());
     }
     if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())

@@ -12,7 +12,7 @@ seconds=${FUZZ_SECONDS:-60}
 export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$PWD}"
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/lightdesk-ccache}"
 flags="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
-cmake -S . -B "$build" -DCMAKE_CXX_COMPILER=clang++-14 \
+cmake -S . -B "$build" -G Ninja -DCMAKE_CXX_COMPILER=clang++-14 \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g" -DCMAKE_CXX_FLAGS="$flags" \
   -DLIGHTDESK_WITH_CUDA=OFF -DLIGHTDESK_WITH_GUI=OFF -DLIGHTDESK_BUILD_TESTS=OFF -DLIGHTDESK_BUILD_FUZZERS=ON \
   >/dev/null
@@ -43,7 +43,8 @@ for name in "${harnesses[@]}"; do
     echo "fuzz $name: ${runs:-?} executions in ${seconds} s, no failure"
   else
     echo "fuzz $name: FAILED (exit $status) after ${runs:-?} executions; log $log:"
-    grep -v '^#[0-9]' "$log" | tail -40
+    awk '/ERROR|runtime error|terminate called|what\(\)|invariant broken|Timeout|out-of-memory/ { shown = 1 } shown' \
+      "$log" | grep -v ' in fuzzer::' | head -40 | cut -c1-240
     failed+=("$name")
   fi
 done

@@ -9,7 +9,7 @@ build=${1:-build-sanitizers}
 export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$PWD}"
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/lightdesk-ccache}"
 flags="-fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all"
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g" \
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g" \
   -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" \
   -DLIGHTDESK_WITH_CUDA=OFF -DLIGHTDESK_WITH_GUI=OFF >/dev/null
 targets=(engine_tests text_tests cli_text_tests vision_tests cli_tests store_tests store_cli_tests store_crash_tests)

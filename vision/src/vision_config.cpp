@@ -19,7 +19,7 @@ json read_json(const std::filesystem::path& path) {
     json j = json::parse(text.str());
     if (!j.is_object()) throw Error(path.string() + ": the top level is not an object");
     return j;
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     throw Error(path.string() + ": malformed JSON: " + e.what());
   }
 }
