@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Writes the seed corpus of the harnesses (tests/fuzz/corpus/NAME) from the repository's test data.
 # The session database seed is made by lightdesk-cli (argument: its path) and shrunk to 512-byte
-# pages. Run from anywhere; the corpus is committed, so this is only needed to remake it.
+# pages. Run from anywhere; the corpus is committed, so this is only needed to remake it. The inputs
+# of fixed failures (corpus/NAME/crash-*) stay.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cli=${1:-build/app/cli/lightdesk-cli}
 out=tests/fuzz/corpus
 data=tests/data
-rm -rf "$out"
 mkdir -p "$out"/{safetensors,safetensors_index,model_config,tokenizer_load,tokenizer_encode,chat_output,document,image,session_db}
 
 python3 - "$out" "$data" <<'PY'

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer harnesses of tests/fuzz with clang (libraries instrumented for coverage,
 # AddressSanitizer and UndefinedBehaviorSanitizer; no CUDA, no GUI) in build-fuzz/ and runs each
-# for FUZZ_SECONDS (default 60) from its seed corpus in tests/fuzz/corpus/NAME. Prints the
+# for FUZZ_SECONDS (default 60) from its seed corpus in tests/fuzz/corpus/NAME (with the
+# dictionary tests/fuzz/NAME.dict where there is one). Prints the
 # executions each got; fails if any harness crashed, leaked, hung or broke an invariant (the input
 # is kept in build-fuzz/crashes/). Arguments: harness names to run only those.
 #   FUZZ_SECONDS=600 bash tests/fuzz/run.sh session_db
@@ -34,8 +35,10 @@ for name in "${harnesses[@]}"; do
   work="$build/corpus/$name"  # what this run adds; the committed seeds stay as they are
   mkdir -p "$work"
   log="$build/logs/$name.log"
+  dictionary=()
+  if [ -f "tests/fuzz/$name.dict" ]; then dictionary=(-dict="tests/fuzz/$name.dict"); fi
   status=0
-  "$build/tests/fuzz/${name}_fuzzer" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+  "$build/tests/fuzz/${name}_fuzzer" "${dictionary[@]}" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=1 -artifact_prefix="$build/crashes/$name-" "$work" "tests/fuzz/corpus/$name" \
     >"$log" 2>&1 || status=$?
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
