@@ -10,7 +10,8 @@
 #               Python wheels in $LIGHTDESK_WHEELS (default .whl), such as flash-linear-attention's
 #               fla-core for its lightning prefill anchor, are installed for them into a private folder
 #   --cli:      lightdesk-cli too (LIGHTDESK_WITH_CLI, without PDF and image decoding); its text and
-#               store libraries (pcre2, sentencepiece, ICU, libxml2, SQLite, xxHash) must be in the .debs
+#               store libraries (pcre2, sentencepiece, ICU, libxml2, SQLite, xxHash) and CLI11
+#               (libcli11-dev, header-only) must be in the .debs
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/device-check}"
