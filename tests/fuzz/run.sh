@@ -47,7 +47,7 @@ for name in "${harnesses[@]}"; do
   else
     echo "fuzz $name: FAILED (exit $status) after ${runs:-?} executions; log $log:"
     awk '/ERROR|runtime error|terminate called|what\(\)|invariant broken|Timeout|out-of-memory/ { shown = 1 } shown' \
-      "$log" | grep -v ' in fuzzer::' | head -40 | cut -c1-240
+      "$log" | grep -v ' in fuzzer::' | head -40 | cut -c1-240 || true
     failed+=("$name")
   fi
 done
