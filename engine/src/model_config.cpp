@@ -115,7 +115,7 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   json root;
   try {
     root = json::parse(json_text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     throw Error(source + ": malformed JSON: " + plain_error_text(e.what()));
   }
   if (!root.is_object()) throw Error(source + ": malformed config: the top level is not an object");

@@ -82,6 +82,7 @@ std::int64_t TensorView::numel() const {
 
 void TensorView::to_f32(float* out) const {
   const std::int64_t n = numel();
+  if (n == 0) return;  // `out` may then be null, which memcpy does not allow even for no bytes
   switch (dtype) {
     case DType::F32:
       std::memcpy(out, data, static_cast<std::size_t>(n) * 4);
@@ -123,7 +124,7 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
     nlohmann::json header;
     try {
       header = nlohmann::json::parse(header_);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {
       throw Error(where + ": corrupt safetensors header (not JSON): " + plain_error_text(e.what()));
     }
     if (!header.is_object()) throw Error(where + ": corrupt safetensors header (not an object)");
@@ -192,7 +193,7 @@ CheckpointIndex read_checkpoint_index(const std::filesystem::path& index) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
     throw Error(index.string() + ": malformed JSON: " + plain_error_text(e.what()));
   }
   if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
@@ -259,7 +260,7 @@ std::map<std::string, LoadedTensor> read_safetensors(const std::filesystem::path
     LoadedTensor l{t.dtype, t.shape, {}, {}};
     if (t.dtype == DType::I64) {
       l.i64.resize(static_cast<std::size_t>(t.numel()));
-      std::memcpy(l.i64.data(), t.data, t.bytes);
+      if (t.bytes > 0) std::memcpy(l.i64.data(), t.data, t.bytes);
     } else {
       l.f32.resize(static_cast<std::size_t>(t.numel()));
       t.to_f32(l.f32.data());
