@@ -125,7 +125,7 @@ void EngineWorker::loadModel(const QString& directory, const QString& backend) {
     tokenizer_ = Tokenizer::open(path);
     format_ = ChatFormat::for_model(path, *tokenizer_);
     // A VL-01 checkpoint carries its vision tower (the chat format has checked its placeholder).
-    if (model_->info().model_type == "minimax_vl_01") vision_ = vision::VisionModel::open(path, options_for(backend));
+    if (model_->info().family == ModelFamily::MiniMaxVL01) vision_ = vision::VisionModel::open(path, options_for(backend));
     session_ = model_->create_session();
     held_messages_.clear();
     const SamplingDefaults defaults = format_->sampling_defaults();

@@ -73,12 +73,37 @@ struct ModelOptions {
   // CUDA backend: run each one-token step (decode) as a CUDA graph, one launch on the GPU; off
   // to compare with plain launches.
   bool cuda_graphs = true;
+  // The GPUs the model runs on, by their index in gpu_devices() (parse_devices reads "0,1" or
+  // "all"); empty: GPU 0. Each gets a context of its own. The CUDA backend runs a model on one
+  // GPU: naming several is refused until a backend spreads a model over them.
+  std::vector<int> devices{};
 };
+
+// The one GPU a single-device backend (the CUDA backend, the vision tower) runs on for these
+// options: the one named, or 0 when none is. Throws Error naming the cause for several devices
+// or an index with no device behind it.
+int single_gpu_device(const ModelOptions& options);
 
 enum class LayerKind { Lightning, Softmax };
 
+// The model families the engine runs, told apart once, by config.json's model_type; the rest of
+// the program asks the family, never the string.
+enum class ModelFamily {
+  MiniMaxText01,  // "minimax_text_01" (the released remote-code checkpoint)
+  MiniMaxM1,      // "minimax_m1": Text-01's architecture, its own chat template
+  MiniMaxNative,  // "minimax": transformers' MiniMaxForCausalLM (Text-01's -hf checkpoint)
+  MiniMaxVL01,    // "minimax_vl_01": a Text-01 language model behind a vision tower
+};
+// The family of a model_type, or nullopt for one the engine does not run.
+std::optional<ModelFamily> parse_model_family(std::string_view model_type);
+// The model_type config.json gives the family.
+const char* model_type_name(ModelFamily family);
+// The model_types the engine runs, for error messages ("minimax_text_01, minimax_m1, ...").
+std::string supported_model_types();
+
 // The model's architecture as its config.json describes it.
 struct ModelShape {
+  ModelFamily family = ModelFamily::MiniMaxText01;
   std::string model_type;    // as config.json names it
   std::string architecture;  // first entry of "architectures"
   int vocab_size = 0;
