@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "ops.h"
 
 namespace lightdesk {
 
@@ -32,5 +33,9 @@ std::uint64_t cuda_decode_graph_captures(const SequenceState& sequence);
 // zeros, the same for the same seed): whole-model benchmarks at real widths without a checkpoint.
 std::unique_ptr<ComputeBackend> make_random_cuda_backend(const ModelConfig& config, const ModelOptions& options,
                                                          std::uint64_t seed);
+
+// The CUDA ops in both activation types, each on its own context of device 0 (empty without
+// CUDA in the build): see ops_backends.
+std::vector<OpsBackend> cuda_ops_backends();
 
 }  // namespace lightdesk

@@ -12,4 +12,6 @@ std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig&, const Weig
   throw Error("the cuda backend is not available: " + cuda_unavailable_reason());
 }
 
+std::vector<OpsBackend> cuda_ops_backends() { return {}; }
+
 }  // namespace lightdesk

@@ -376,7 +376,7 @@ TYPED_TEST(CudaKernelTest, PagedKvCache) {
 TEST(CudaKvPagePoolTest, GrowingKeepsPagesAndContents) {
   LIGHTDESK_SKIP_WITHOUT_GPU();
   test::Random random;
-  DeviceContext device;
+  DeviceContext device(0);
   const std::int64_t kv_width = 24, positions = 3 * KvPagePool::kPagePositions;
   KvPagePool pool(device, 2, kv_width, sizeof(float));
   const std::vector<std::int32_t> held = pool.take(3);
@@ -543,7 +543,7 @@ TYPED_TEST(CudaKernelTest, MoeLayer) {
       {{256, 320, 4, 2}, {700}}};
   for (const auto& [shape, row_counts] : cases) {
     const std::int64_t H = shape.hidden, I = shape.width, E = shape.experts;
-    DeviceContext device;
+    DeviceContext device(0);
     DeviceArray<float> router(E * H);
     DeviceArray<TypeParam> gate_up(E * 2 * I * H), down(E * H * I);
     const auto router_values = router.set(this->random.uniform(router.size(), -0.3f, 0.3f));

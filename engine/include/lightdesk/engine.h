@@ -23,6 +23,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace lightdesk {
@@ -59,6 +60,10 @@ struct GpuDevice {
 };
 // The CUDA devices this process can use; empty without CUDA support or without a device.
 std::vector<GpuDevice> gpu_devices();
+
+// "0,1" (GPU indices, each once) or "all" (every device of gpu_devices()); throws Error naming
+// the fault of anything else, or of "all" on a machine without a GPU.
+std::vector<int> parse_devices(const std::string& text);
 
 struct ModelOptions {
   BackendKind backend = BackendKind::Auto;
