@@ -34,7 +34,7 @@ std::uint64_t available_host_memory() {
   return 0;
 }
 
-EngineWorker::EngineWorker(QObject* parent) : QObject(parent) {}
+EngineWorker::EngineWorker(QString gpus, QObject* parent) : QObject(parent), gpus_(std::move(gpus)) {}
 EngineWorker::~EngineWorker() = default;
 
 void EngineWorker::requestStop() { stop_requested_ = true; }
@@ -79,9 +79,10 @@ ModelCheck memory_check(const ModelInfo& info, std::uint64_t available_bytes, co
 }
 
 
-ModelOptions EngineWorker::options_for(const QString& backend) {
+ModelOptions EngineWorker::options_for(const QString& backend) const {
   ModelOptions options;
   options.backend = parse_backend_kind(backend.toStdString());
+  if (!gpus_.isEmpty()) options.devices = parse_devices(gpus_.toStdString());
   return options;
 }
 

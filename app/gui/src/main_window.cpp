@@ -86,7 +86,7 @@ QList<PromptMessage> prompt_conversation(const QList<ChatEntry>& entries) {
 }  // namespace
 
 MainWindow::MainWindow(SessionRepository& sessions, QSettings& settings, QWidget* parent)
-    : QMainWindow(parent), sessions_(sessions), settings_(settings), worker_(new EngineWorker) {
+    : QMainWindow(parent), sessions_(sessions), settings_(settings), worker_(new EngineWorker(gpus_setting(settings))) {
   setWindowTitle(tr("Lightdesk"));
   setAcceptDrops(true);
   buildWidgets();
