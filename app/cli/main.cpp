@@ -38,6 +38,7 @@ logits, generate and ask: --session-db FILE --session NAME  continue the named s
                 conversation and keeps the question and answer in the session's messages)
 common options: --backend cpu|cuda|auto  --threads N  --chunk N (prefill tokens per pass;
                 default 512 on the CPU, 8192 with CUDA)
+                --devices 0,1|all (the GPUs the model runs on; default GPU 0; one for now)
                 --rope-full-head (rotate whole heads, as native transformers <= 5.17 does)
                 --cuda-float32 (CUDA backend in float32 instead of bf16, for checking)
                 --stats (timings on standard error)
@@ -168,6 +169,7 @@ Common take_common(Args& args) {
   c.model_dir = args.take("model");
   if (auto b = args.take_optional("backend")) c.options.backend = lightdesk::parse_backend_kind(*b);
   if (auto t = args.take_optional_int("threads", 0)) c.options.threads = static_cast<int>(*t);
+  if (auto d = args.take_optional("devices")) c.options.devices = lightdesk::parse_devices(*d);
   if (auto n = args.take_optional_int("chunk", 1)) c.chunk = *n;
   c.options.rope_full_head = args.take_flag("rope-full-head");
   c.options.cuda_float32 = args.take_flag("cuda-float32");
