@@ -13,8 +13,9 @@
 #   --baseline REV: also builds lightdesk-bench of git revision REV (an archive of it beside the
 #               checkout, configured like this one; or REV is a folder holding that source, for a
 #               copy of the tree without its git history: `git archive REV --prefix=baseline-src/ |
-#               tar -x`) and runs `lightdesk-bench --quick` of REV and of this tree in turn, twice each, then prints every row's time of this tree over REV's
-#               (each side's faster run) and the rows more than 3 % slower
+#               tar -x`) and runs `lightdesk-bench --quick` of REV and of this tree in turn, twice
+#               each, then prints every row's time of this tree over REV's (each side's faster run)
+#               and the rows more than 3 % slower
 #   --cli:      lightdesk-cli too (LIGHTDESK_WITH_CLI, without PDF and image decoding); its text and
 #               store libraries (pcre2, sentencepiece, ICU, libxml2, SQLite, xxHash) must be in the .debs
 set -uo pipefail

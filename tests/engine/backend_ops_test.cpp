@@ -298,8 +298,10 @@ const std::map<OpKind, CaseMaker>& case_makers() {
          std::vector<OpCase> cases;
          // Few rows take the device-routed products, more the grouped ones; widths off the
          // grouped GEMM's 16-byte pieces take the per-expert GEMMs.
-         for (const Shape& s : {Shape{96, 40, 8, 2, 1}, Shape{96, 40, 8, 2, 3}, Shape{96, 40, 8, 2, 40},
-                                Shape{64, 48, 32, 2, 70}, Shape{100, 36, 4, 2, 6}, Shape{256, 320, 4, 2, 300}}) {
+         for (const Shape& s : {Shape{96, 40, 8, 2, 1}, Shape{96, 40, 8, 2, 3}, Shape{96, 40, 8, 2, 4},
+                                Shape{96, 40, 8, 2, 5}, Shape{96, 40, 8, 2, 40}, Shape{64, 48, 32, 2, 9},
+                                Shape{64, 48, 32, 2, 70}, Shape{100, 36, 4, 2, 2}, Shape{100, 36, 4, 2, 6},
+                                Shape{256, 320, 4, 2, 700}}) {
            const std::int64_t H = s.hidden, I = s.width, E = s.experts;
            cases.push_back({dims({s.rows, H, I}) + ", " + std::to_string(E) + " experts, top " + std::to_string(s.top_k),
                             {in(Role::Activation, rng.uniform(s.rows * H, -1, 1)),
