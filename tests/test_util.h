@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "lightdesk/engine.h"
-#include "src/safetensors.h"
+#include "lightdesk/safetensors.h"
 
 namespace lightdesk::test {
 

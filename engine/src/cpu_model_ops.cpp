@@ -2,10 +2,10 @@
 #include <algorithm>
 #include <cstring>
 
-#include "cpu_ops.h"
+#include "lightdesk/cpu_ops.h"
 #include "lightdesk/engine.h"
 #include "ops.h"
-#include "thread_pool.h"
+#include "lightdesk/thread_pool.h"
 
 namespace lightdesk {
 

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "cuda_device.h"
+#include "lightdesk/cuda_device.h"
 #include "cuda_kv_cache.h"
 #include "cuda_model_ops.h"
 #include "models/minimax01.h"

@@ -13,7 +13,7 @@
 #include "lightdesk/engine.h"
 #include "model_config.h"
 #include "model_weights.h"
-#include "safetensors.h"
+#include "lightdesk/safetensors.h"
 
 namespace lightdesk {
 

@@ -13,7 +13,7 @@
 #include <tuple>
 
 #include "cuda_test_util.h"
-#include "src/cpu_ops.h"
+#include "lightdesk/cpu_ops.h"
 #include "src/cuda_kv_cache.h"
 
 namespace lightdesk {

@@ -15,7 +15,7 @@
 #include <random>
 
 #include "src/backend.h"
-#include "src/cpu_ops.h"
+#include "lightdesk/cpu_ops.h"
 #include "src/ops.h"
 
 namespace lightdesk {
