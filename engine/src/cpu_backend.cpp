@@ -4,7 +4,7 @@
 #include <cstring>
 
 #include "backend.h"
-#include "models/minimax01.h"
+#include "models/graph.h"
 #include "ops.h"
 #include "sampler.h"
 
@@ -107,6 +107,7 @@ class CpuBackend final : public ComputeBackend {
   const ModelConfig config_;
   ModelWeights weights_;
   ModelTensors tensors_;  // views of weights_
+  const ModelForward forward_ = model_forward(config_);
   std::unique_ptr<ModelOps> ops_;
   std::uint64_t weight_bytes_ = 0;
 };
@@ -171,7 +172,7 @@ void CpuBackend::forward(SequenceState& state, const ForwardRequest& req) {
   pass.all_logits = {req.all_logits, ElementType::F32};
   pass.embedding_overrides = req.embedding_overrides;
   pass.hidden_states = req.hidden_states;
-  minimax01_forward(*ops_, config_, tensors_, sequence, act, pass);
+  forward_(*ops_, config_, tensors_, sequence, act, pass);
 }
 
 }  // namespace
