@@ -20,7 +20,7 @@ SamplingSettings load_sampling(const QSettings& settings, const QString& family,
 void store_sampling(QSettings& settings, const QString& family, const SamplingSettings& sampling);
 // The engine backend to load models on ("auto", "cpu", "cuda"; parse_backend_kind's names).
 QString backend_setting(const QSettings& settings);
-// The GPUs to use, as parse_devices reads them ("0,1" or "all"); empty: the engine's default.
+// The GPUs to use, as parse_devices reads them ("0,1"); empty: the engine's default.
 // The engine worker gives them to every model it opens (ModelOptions::devices).
 QString gpus_setting(const QSettings& settings);
 
