@@ -76,7 +76,8 @@ struct ModelOptions {
   bool cuda_graphs = true;
   // The GPUs the model runs on, by their index in gpu_devices() (parse_devices reads "0,1" or
   // "all"); empty: GPU 0. Each gets a context of its own. The CUDA backend runs a model on one
-  // GPU: naming several is refused until a backend spreads a model over them.
+  // GPU: naming several is refused until a backend spreads a model over them. The CPU backend
+  // ignores them.
   std::vector<int> devices{};
 };
 
