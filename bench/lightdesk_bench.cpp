@@ -32,7 +32,7 @@
 #include "lightdesk/cuda_vision_ops.h"
 #include "lightdesk/vision.h"
 #include "src/cuda_backend.h"
-#include "src/cuda_device.h"
+#include "lightdesk/cuda_device.h"
 #include "src/cuda_moe.h"
 #include "src/model_config.h"
 
@@ -752,7 +752,7 @@ int run(const BenchOptions& options) {
   std::printf("lightdesk-bench on %s (%d SMs, %.0f GiB)\n", props.name, props.multiProcessorCount,
               static_cast<double>(props.totalGlobalMem) / (1 << 30));
   std::printf("  %-22s %-26s %13s  %-14s %s\n", "kernel", "shape", "median", "achieved", "of ceiling / vs anchor");
-  DeviceContext device;
+  DeviceContext device(0);
   EventTimer timer(device);
   const Ceilings c = measure_ceilings(device, timer);
   if (!options.model_config.empty()) {

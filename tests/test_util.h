@@ -5,11 +5,12 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "lightdesk/engine.h"
-#include "src/safetensors.h"
+#include "lightdesk/safetensors.h"
 
 namespace lightdesk::test {
 
@@ -56,5 +57,31 @@ double max_rel_diff(std::span<const float> a, std::span<const float> b);
 
 // A state part's values as float32, whichever dtype it carries (bf16 widened exactly).
 std::vector<float> state_values(const StatePart& part);
+
+// A generator with a fresh seed per test, reported on failure.
+class Random {
+ public:
+  Random() : seed_(std::random_device{}()), engine_(seed_) {}
+  unsigned seed() const { return seed_; }
+  std::vector<float> uniform(std::size_t count, float low, float high) {
+    std::uniform_real_distribution<float> dist(low, high);
+    std::vector<float> v(count);
+    for (float& x : v) x = dist(engine_);
+    return v;
+  }
+  std::vector<std::int32_t> integers(std::size_t count, std::int32_t low, std::int32_t high) {
+    std::uniform_int_distribution<std::int32_t> dist(low, high);
+    std::vector<std::int32_t> v(count);
+    for (auto& x : v) x = dist(engine_);
+    return v;
+  }
+
+ private:
+  unsigned seed_;
+  std::mt19937 engine_;
+};
+
+// ‖out − ref‖ / ‖ref‖ in float64; infinity if any element of out is not finite or the sizes differ.
+double relative_error(const std::vector<float>& out, const std::vector<float>& ref);
 
 }  // namespace lightdesk::test

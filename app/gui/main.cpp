@@ -40,10 +40,6 @@ int main(int argc, char** argv) {
   parser.process(app);
 
   QSettings settings;
-  // The engine has no device selection: the settings' GPUs reach CUDA through its environment,
-  // before anything starts it (a CUDA_VISIBLE_DEVICES set by the user wins).
-  if (const QString gpus = lightdesk::gui::gpus_setting(settings); !gpus.isEmpty() && !qEnvironmentVariableIsSet("CUDA_VISIBLE_DEVICES"))
-    qputenv("CUDA_VISIBLE_DEVICES", gpus.toLatin1());
   std::unique_ptr<lightdesk::gui::SessionRepository> sessions;
   try {
     sessions = std::make_unique<lightdesk::gui::StoreSessionRepository>(lightdesk::gui::session_database_path(settings));

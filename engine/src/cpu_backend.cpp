@@ -1,17 +1,15 @@
-// The CPU backend: the whole model in float32, exactly as minimax-model.md describes it.
+// The CPU backend: the whole model in float32 on the host, through the CPU ops and the model's
+// graph (models/minimax01.cpp).
 #include <algorithm>
 #include <cstring>
 
 #include "backend.h"
-#include "cpu_ops.h"
+#include "models/graph.h"
+#include "ops.h"
 #include "sampler.h"
-#include "thread_pool.h"
 
 namespace lightdesk {
 namespace {
-
-// Rows per block of the lightning prefill; any value gives the same result (up to rounding).
-constexpr int kLightningBlock = 256;
 
 struct CpuSequence final : SequenceState {
   std::vector<std::vector<float>> lightning;  // per layer [heads, d, d]; empty for softmax layers
@@ -24,13 +22,9 @@ class CpuBackend final : public ComputeBackend {
  public:
   CpuBackend(const ModelConfig& c, const WeightMap& map, const ModelOptions& options,
              const std::function<void(std::uint64_t)>& bytes_loaded)
-      : config_(c), weights_(load_cpu_weights(c, map, bytes_loaded)), pool_(options.threads) {
+      : config_(c), weights_(load_cpu_weights(c, map, bytes_loaded)), ops_(make_cpu_ops(options.threads)) {
     weight_bytes_ = map.parameter_count() * sizeof(float);
-    for (const auto& layer : weights_.layers) {
-      std::vector<cpu::ExpertMatrices> m;
-      for (const auto& e : layer.experts) m.push_back({e.w1.data(), e.w3.data(), e.w2.data()});
-      expert_matrices_.push_back(std::move(m));
-    }
+    tensors_ = graph_tensors();
   }
 
   BackendKind kind() const override { return BackendKind::Cpu; }
@@ -111,124 +105,77 @@ class CpuBackend final : public ComputeBackend {
         fn(((first + t) * config_.num_kv_heads + g) * d, (std::int64_t{g} * count + t) * d);
   }
 
-  void lightning_layer(CpuSequence& s, int l, const float* a, std::int64_t rows, float* att);
-  void softmax_layer(CpuSequence& s, int l, const float* a, std::int64_t rows, std::int64_t first_position,
-                     float* att);
-  void moe_layer(int l, const float* b, std::int64_t rows, float* out);
+  ModelTensors graph_tensors() const;
 
   const ModelConfig config_;
   ModelWeights weights_;
-  std::vector<std::vector<cpu::ExpertMatrices>> expert_matrices_;
-  ThreadPool pool_;
+  ModelTensors tensors_;  // views of weights_
+  const ModelForward forward_ = model_forward(config_);
+  std::unique_ptr<ModelOps> ops_;
   std::uint64_t weight_bytes_ = 0;
 };
+
+// Host memory as a float32 Tensor; the ops never write through a weight's.
+Tensor host_tensor(const WeightTensor& w) { return {const_cast<float*>(w.data()), ElementType::F32}; }
+Tensor host_tensor(const std::vector<float>& w) { return {const_cast<float*>(w.data()), ElementType::F32}; }
+
+ModelTensors CpuBackend::graph_tensors() const {
+  ModelTensors t;
+  t.embed = host_tensor(weights_.embed);
+  t.lm_head = host_tensor(weights_.lm_head);
+  t.final_norm = host_tensor(weights_.final_norm);
+  for (const LayerWeights& w : weights_.layers) {
+    LayerGraphTensors layer;
+    layer.kind = w.kind;
+    for (auto [to, from] : {std::pair{&layer.input_norm, &w.input_norm}, {&layer.post_attn_norm, &w.post_attn_norm},
+                            {&layer.qkv, &w.qkv}, {&layer.output_gate, &w.output_gate},
+                            {&layer.output_norm, &w.output_norm}, {&layer.out_proj, &w.out_proj},
+                            {&layer.q_proj, &w.q_proj}, {&layer.k_proj, &w.k_proj}, {&layer.v_proj, &w.v_proj},
+                            {&layer.o_proj, &w.o_proj}, {&layer.router, &w.router}})
+      *to = host_tensor(*from);
+    layer.slopes = host_tensor(w.slopes);
+    layer.moe = {layer.router, {}, config_.hidden_size, config_.expert_width, config_.experts_per_token};
+    for (const ExpertWeights& e : w.experts)
+      layer.moe.experts.push_back({host_tensor(e.w1), host_tensor(e.w3), host_tensor(e.w2)});
+    t.layers.push_back(std::move(layer));
+  }
+  return t;
+}
 
 void CpuBackend::forward(SequenceState& state, const ForwardRequest& req) {
   auto& s = static_cast<CpuSequence&>(state);
   const std::int64_t T = static_cast<std::int64_t>(req.tokens.size());
-  const std::int64_t H = config_.hidden_size;
-  const std::int64_t V = config_.vocab_size;
+  const std::int64_t H = config_.hidden_size, A = std::int64_t{config_.num_heads} * config_.head_dim;
   if (T == 0) return;
 
-  // Reserve everything first: past this point nothing allocates a large buffer.
+  // Allocate everything first: past this point nothing allocates a large buffer.
   std::vector<float> x(static_cast<std::size_t>(T * H)), a(x.size()), att(x.size()), b(x.size()), moe(x.size());
+  std::vector<float> qkv(static_cast<std::size_t>(T * 3 * A)), o(static_cast<std::size_t>(T * A)), gate(o.size());
+  std::vector<std::int32_t> tokens(req.tokens.begin(), req.tokens.end());
   const std::int64_t new_positions = req.first_position + T;
+  SequenceTensors sequence;
+  sequence.lightning.resize(config_.num_layers);
+  sequence.kv.resize(config_.num_layers);
   for (int l = 0; l < config_.num_layers; ++l)
     if (config_.layer_kinds[l] == LayerKind::Softmax) {
-      s.keys[l].reserve(static_cast<std::size_t>(new_positions * kv_width()));
-      s.values[l].reserve(static_cast<std::size_t>(new_positions * kv_width()));
+      s.keys[l].resize(static_cast<std::size_t>(new_positions * kv_width()));
+      s.values[l].resize(static_cast<std::size_t>(new_positions * kv_width()));
+      sequence.kv[l] = contiguous_kv(host_tensor(s.keys[l]), host_tensor(s.values[l]), kv_width());
+    } else {
+      sequence.lightning[l] = host_tensor(s.lightning[l]);
     }
-  const std::int64_t logit_rows = req.all_logits ? T : 1;
-  std::vector<float> final_rows(static_cast<std::size_t>(logit_rows * H));
 
-  auto report = [&](int index, const std::vector<float>& h) {
-    if (req.hidden_states && *req.hidden_states) (*req.hidden_states)(index, h, T);
-  };
-
-  for (std::int64_t t = 0; t < T; ++t) {
-    const float* row = req.embedding_overrides.empty() ? nullptr : req.embedding_overrides[static_cast<std::size_t>(t)];
-    std::copy_n(row ? row : weights_.embed.data() + std::int64_t{req.tokens[t]} * H, H, x.data() + t * H);
-  }
-  report(0, x);
-
-  for (int l = 0; l < config_.num_layers; ++l) {
-    const LayerWeights& w = weights_.layers[l];
-    const bool lightning = w.kind == LayerKind::Lightning;
-    cpu::rms_norm(x.data(), T, H, w.input_norm.data(), config_.rms_norm_eps, a.data(), pool_);
-    if (lightning)
-      lightning_layer(s, l, a.data(), T, att.data());
-    else
-      softmax_layer(s, l, a.data(), T, req.first_position, att.data());
-    // Post-norm residuals: the residual is the normed activation.
-    const ResidualFactors attn = lightning ? config_.linear_attention : config_.full_attention;
-    for (std::int64_t i = 0; i < T * H; ++i) att[i] = a[i] * attn.alpha + att[i] * attn.beta;
-    cpu::rms_norm(att.data(), T, H, w.post_attn_norm.data(), config_.rms_norm_eps, b.data(), pool_);
-    moe_layer(l, b.data(), T, moe.data());
-    for (std::int64_t i = 0; i < T * H; ++i) x[i] = b[i] * config_.mlp.alpha + moe[i] * config_.mlp.beta;
-    report(l + 1, x);
-  }
-
-  cpu::rms_norm(x.data(), T, H, weights_.final_norm.data(), config_.rms_norm_eps, x.data(), pool_);
-  report(config_.num_layers + 1, x);
-  std::copy_n(x.data() + (T - logit_rows) * H, logit_rows * H, final_rows.data());
-  cpu::linear(final_rows.data(), logit_rows, H, weights_.lm_head.data(), V,
-              req.all_logits ? req.all_logits : s.last_logits.data());
-  if (req.all_logits) std::copy_n(req.all_logits + (logit_rows - 1) * V, V, s.last_logits.begin());
-}
-
-void CpuBackend::lightning_layer(CpuSequence& s, int l, const float* a, std::int64_t rows, float* att) {
-  const LayerWeights& w = weights_.layers[l];
-  const std::int64_t H = config_.hidden_size;
-  const std::int64_t A = std::int64_t{config_.num_heads} * config_.head_dim;
-  std::vector<float> qkv(static_cast<std::size_t>(rows * 3 * A)), o(static_cast<std::size_t>(rows * A)),
-      gate(o.size());
-  cpu::linear(a, rows, H, w.qkv.data(), 3 * A, qkv.data());
-  pool_.parallel_for(rows, [&](std::int64_t r) {
-    for (std::int64_t i = r * 3 * A; i < (r + 1) * 3 * A; ++i) qkv[i] = cpu::silu(qkv[i]);
-  });
-  float* state = s.lightning[l].data();
-  if (rows == 1)
-    cpu::lightning_decode(qkv.data(), config_.num_heads, config_.head_dim, w.slopes, state, o.data(), pool_);
-  else
-    cpu::lightning_prefill(qkv.data(), rows, config_.num_heads, config_.head_dim, w.slopes, kLightningBlock, state,
-                           o.data(), pool_);
-  cpu::rms_norm(o.data(), rows, A, w.output_norm.data(), ModelConfig::kLightningNormEps, o.data(), pool_);
-  cpu::linear(a, rows, H, w.output_gate.data(), A, gate.data());
-  for (std::int64_t i = 0; i < rows * A; ++i) o[i] *= cpu::sigmoid(gate[i]);
-  cpu::linear(o.data(), rows, A, w.out_proj.data(), H, att);
-}
-
-void CpuBackend::softmax_layer(CpuSequence& s, int l, const float* a, std::int64_t rows, std::int64_t first_position,
-                               float* att) {
-  const LayerWeights& w = weights_.layers[l];
-  const std::int64_t H = config_.hidden_size;
-  const std::int64_t A = std::int64_t{config_.num_heads} * config_.head_dim;
-  const std::int64_t KV = kv_width();
-  std::vector<float> q(static_cast<std::size_t>(rows * A)), k(static_cast<std::size_t>(rows * KV)), v(k.size()),
-      o(q.size());
-  cpu::linear(a, rows, H, w.q_proj.data(), A, q.data());
-  cpu::linear(a, rows, H, w.k_proj.data(), KV, k.data());
-  cpu::linear(a, rows, H, w.v_proj.data(), KV, v.data());
-  cpu::apply_rope(q.data(), rows, config_.num_heads, config_.head_dim, config_.rotary_dim, config_.rope_theta,
-                  first_position);
-  cpu::apply_rope(k.data(), rows, config_.num_kv_heads, config_.head_dim, config_.rotary_dim, config_.rope_theta,
-                  first_position);
-  s.keys[l].insert(s.keys[l].end(), k.begin(), k.end());
-  s.values[l].insert(s.values[l].end(), v.begin(), v.end());
-  cpu::softmax_attention(q.data(), rows, first_position, s.keys[l].data(), s.values[l].data(), config_.num_heads,
-                         config_.num_kv_heads, config_.head_dim, o.data(), pool_);
-  cpu::linear(o.data(), rows, A, w.o_proj.data(), H, att);
-}
-
-void CpuBackend::moe_layer(int l, const float* b, std::int64_t rows, float* out) {
-  const LayerWeights& w = weights_.layers[l];
-  const int E = config_.num_experts, k = config_.experts_per_token;
-  std::vector<float> router(static_cast<std::size_t>(rows * E)), weights(static_cast<std::size_t>(rows * k));
-  std::vector<int> ids(weights.size());
-  cpu::linear(b, rows, config_.hidden_size, w.router.data(), E, router.data());
-  cpu::route_top_k(router.data(), rows, E, k, ids.data(), weights.data());
-  cpu::moe_experts(b, rows, config_.hidden_size, config_.expert_width, expert_matrices_[l], k, ids.data(),
-                   weights.data(), out, pool_);
+  auto tensor = [](std::vector<float>& v) { return Tensor{v.data(), ElementType::F32}; };
+  const ActivationTensors act{{tokens.data(), ElementType::I32}, tensor(x), tensor(a), tensor(att), tensor(b),
+                              tensor(moe), tensor(qkv), tensor(o), tensor(gate)};
+  GraphPass pass;
+  pass.rows = T;
+  pass.first_position = {req.first_position, nullptr};
+  pass.logits = tensor(s.last_logits);
+  pass.all_logits = {req.all_logits, ElementType::F32};
+  pass.embedding_overrides = req.embedding_overrides;
+  pass.hidden_states = req.hidden_states;
+  forward_(*ops_, config_, tensors_, sequence, act, pass);
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
-// The CUDA backend: the whole model on one GPU. Weights and activations are T (bf16 by
-// default, float32 in the checking mode); GEMMs go through cuBLAS with float32 accumulation;
-// the lightning states, the router and the logits are float32 whatever T is.
+// The CUDA backend: the whole model on one GPU, through the CUDA ops and the model's graph
+// (models/minimax01.cpp). Weights and activations are T (bf16 by default, float32 in the
+// checking mode); GEMMs go through cuBLAS with float32 accumulation; the lightning states, the
+// router and the logits are float32 whatever T is. The backend owns the memory (weights, K/V
+// pages, scratch), the stream and the decode graph capture.
 #include "cuda_backend.h"
 
 #include <algorithm>
@@ -12,9 +14,10 @@
 #include <type_traits>
 #include <vector>
 
-#include "cuda_device.h"
+#include "lightdesk/cuda_device.h"
 #include "cuda_kv_cache.h"
-#include "cuda_moe.h"
+#include "cuda_model_ops.h"
+#include "models/graph.h"
 #include "sampler.h"
 
 namespace lightdesk {
@@ -111,7 +114,6 @@ struct Scratch {
   // baked them in compare this instead.
   std::uint64_t generation = 0;
   DeviceBuffer tokens, x, a, att, b, moe, qkv, o, gate;
-  DeviceBuffer hidden_f32;
   // Every row's logits, only for ForwardRequest::all_logits (a chunk of 8192 rows at a 200K
   // vocabulary would need 6.5 GB): grown on its own by reserve_all_logits, never read by graphs.
   DeviceBuffer all_logits;
@@ -121,10 +123,11 @@ struct Scratch {
 template <typename T>
 class CudaBackend final : public ComputeBackend {
  public:
-  CudaBackend(const ModelConfig& c, const WeightMap& map, bool graphs,
+  CudaBackend(const ModelConfig& c, int device, const WeightMap& map, bool graphs,
               const std::function<void(std::uint64_t)>& bytes_loaded)
-      : CudaBackend(c, graphs) {
+      : CudaBackend(c, device, graphs) {
     load_weights(map, bytes_loaded);
+    make_model_tensors();
   }
   BackendKind kind() const override { return BackendKind::Cuda; }
   // A pass of 512 tokens keeps the attention kernels on a fraction of the multiprocessors.
@@ -132,6 +135,7 @@ class CudaBackend final : public ComputeBackend {
   std::uint64_t weight_bytes() const override { return weight_bytes_; }
 
   std::unique_ptr<SequenceState> new_sequence() const override {
+    device_.make_current();
     auto s = std::make_unique<CudaSequence>(kv_pages_);
     s->logits = device_array<float>(config_.vocab_size, "a session's logits");
     s->lightning.resize(config_.num_layers);
@@ -150,16 +154,19 @@ class CudaBackend final : public ComputeBackend {
   void read_logits(const SequenceState& state, float* out) const override {
     const DeviceBuffer& logits = static_cast<const CudaSequence&>(state).logits;
     const std::lock_guard lock(forward_mutex_);  // the download waits for the shared stream
+    device_.make_current();
     device_.download(out, logits.as<float>(), logits.bytes());
   }
   TokenId sample(const SequenceState& state, const SamplingParams& params, std::mt19937_64& rng) override;
 
   void read_lightning_state(const SequenceState& state, int layer, float* out) const override {
     const auto& buffer = static_cast<const CudaSequence&>(state).lightning.at(layer);
+    device_.make_current();
     device_.download(out, buffer.as<float>(), buffer.bytes());
   }
   void write_lightning_state(SequenceState& state, int layer, const float* in) const override {
     auto& buffer = static_cast<CudaSequence&>(state).lightning.at(layer);
+    device_.make_current();
     device_.upload(buffer.as<float>(), in, buffer.bytes());
     device_.synchronize();
   }
@@ -168,6 +175,7 @@ class CudaBackend final : public ComputeBackend {
                void* out) const override;
   void resize_kv(SequenceState& state, std::int64_t positions) const override {
     const std::lock_guard lock(forward_mutex_);
+    device_.make_current();
     reserve_kv(static_cast<CudaSequence&>(state), positions);
   }
   void write_kv(SequenceState& state, int layer, KvSide side, std::int64_t first, std::int64_t count,
@@ -179,10 +187,7 @@ class CudaBackend final : public ComputeBackend {
   std::int64_t kv_width() const { return std::int64_t{config_.num_kv_heads} * config_.head_dim; }
 
   // Everything but the weights.
-  CudaBackend(const ModelConfig& c, bool graphs)
-      : config_(c),
-        use_graphs_(graphs),
-        moe_(device_, MoeShape{c.hidden_size, c.expert_width, c.num_experts, c.experts_per_token}) {
+  CudaBackend(const ModelConfig& c, int device, bool graphs) : config_(c), device_(device), use_graphs_(graphs) {
     for (int l = 0; l < c.num_layers; ++l)
       if (c.layer_kinds[l] == LayerKind::Softmax) softmax_index_[l] = softmax_layers_++;
     if (softmax_layers_ > 0) kv_pages_ = std::make_shared<KvPagePool>(device_, softmax_layers_, kv_width(), sizeof(T));
@@ -199,16 +204,14 @@ class CudaBackend final : public ComputeBackend {
   void reserve_kv(CudaSequence& s, std::int64_t positions) const;
   void reserve_scratch(std::int64_t rows);
   void reserve_all_logits(std::int64_t rows);
-  void lightning_layer(CudaSequence& s, int l, std::int64_t rows);
-  void softmax_layer(CudaSequence& s, int l, std::int64_t rows, cuda::Position first_position);
-  // Called with (index, hidden rows on the device) where FeedOptions::hidden_states asks for them.
-  using HiddenReport = std::function<void(int, const T*)>;
+  // The graph's views of the weights (after they are allocated).
+  void make_model_tensors();
   // Enqueues the model over the `rows` tokens in scratch_.tokens, up to the logits of the last
-  // token in s.logits (and, when logit_rows > 1, those of the last logit_rows tokens in
-  // scratch_.all_logits). Without a report it neither waits for the device nor allocates (beyond
-  // stream-ordered workspaces), so a decode step can be captured as a graph.
-  void enqueue_forward(CudaSequence& s, std::int64_t rows, cuda::Position first_position, std::int64_t logit_rows,
-                       const HiddenReport& report);
+  // token in s.logits (and, with all_logits, every token's in scratch_.all_logits). Without hidden states or embedding overrides it neither waits for the
+  // device nor allocates (beyond stream-ordered workspaces), so a decode step can be captured
+  // as a graph.
+  void enqueue_forward(CudaSequence& s, std::int64_t rows, StepPosition first_position, bool all_logits,
+                       const ForwardRequest* request);
   // One token through the sequence's decode graph, captured again (after sizing the attention
   // workspace for it) when what it was captured with has moved.
   void decode_step(CudaSequence& s, std::int64_t position);
@@ -224,12 +227,13 @@ class CudaBackend final : public ComputeBackend {
   }
   // Sizes the softmax layers' split workspace for `rows` tokens at positions up to position_bound + rows.
   void reserve_attention_workspace(std::int64_t rows, std::int64_t position_bound);
-  void moe_layer(int l, std::int64_t rows);
 
   const ModelConfig config_;
   DeviceContext device_;
   DeviceBuffer embed_, lm_head_, final_norm_;
   std::vector<CudaLayer> layers_;
+  ModelTensors tensors_;
+  const ModelForward forward_ = model_forward(config_);
   std::uint64_t weight_bytes_ = 0;
   std::map<int, int> softmax_index_;  // layer -> its index among the softmax layers
   int softmax_layers_ = 0;
@@ -244,7 +248,7 @@ class CudaBackend final : public ComputeBackend {
   // pool moves when it grows.
   mutable std::mutex forward_mutex_;
   Scratch scratch_;
-  MoeRunner<T> moe_;
+  CudaOps<T> ops_{device_};
 };
 
 template <typename T>
@@ -365,11 +369,10 @@ void CudaBackend<T>::reserve_scratch(std::int64_t rows) {
   s.qkv = device_array<T>(rows * 3 * A, what);
   s.o = device_array<T>(rows * A, what);
   s.gate = device_array<T>(rows * A, what);
-  s.hidden_f32 = device_array<float>(rows * H, what);
   s.lightning_workspace = DeviceBuffer(
       cuda::lightning_prefill_workspace_bytes<T>(rows, config_.num_heads, config_.head_dim, device_.launch_limits()),
       what);
-  moe_.reserve(rows);
+  ops_.reserve_moe({config_.hidden_size, config_.expert_width, config_.num_experts, config_.experts_per_token}, rows);
   // Last, so that running out of memory above leaves scratch_ whole.
   s.all_logits = std::move(scratch_.all_logits);
   scratch_ = std::move(s);
@@ -386,9 +389,10 @@ template <typename T>
 void CudaBackend<T>::forward(SequenceState& state, const ForwardRequest& req) {
   auto& s = static_cast<CudaSequence&>(state);
   const auto rows = static_cast<std::int64_t>(req.tokens.size());
-  const std::int64_t H = config_.hidden_size, V = config_.vocab_size;
+  const std::int64_t V = config_.vocab_size;
   if (rows == 0) return;
   const std::lock_guard lock(forward_mutex_);
+  device_.make_current();
   // Reserve everything first: past this point nothing allocates but a decode step that captures
   // its graph, whose attention workspace is reserved there, before the capture changes anything
   // (a replay skips planning it).
@@ -396,25 +400,17 @@ void CudaBackend<T>::forward(SequenceState& state, const ForwardRequest& req) {
   if (req.all_logits) reserve_all_logits(rows);
   reserve_kv(s, req.first_position + rows);
   const bool reports = req.hidden_states && *req.hidden_states;
-  const bool graph = rows == 1 && use_graphs_ && !reports && req.embedding_overrides.empty();
+  // A captured step writes the last token's logits only.
+  const bool graph = rows == 1 && use_graphs_ && !reports && req.embedding_overrides.empty() && !req.all_logits;
   if (!graph) reserve_attention_workspace(rows, req.first_position);  // decode_step's own when it captures
   Scratch& w = scratch_;
-  const std::int64_t logit_rows = req.all_logits ? rows : 1;
   device_.upload(w.tokens.as<std::int32_t>(), req.tokens.data(), static_cast<std::size_t>(rows) * sizeof(TokenId));
-  if (graph) {
+  if (graph)
     decode_step(s, req.first_position);
-  } else {
-    std::vector<float> hidden_host;
-    const auto report = [&](int index, const T* hidden) {
-      hidden_host.resize(static_cast<std::size_t>(rows * H));
-      cuda::to_float(hidden, rows * H, w.hidden_f32.as<float>(), device_.stream());
-      device_.download(hidden_host.data(), w.hidden_f32.as<float>(), hidden_host.size() * sizeof(float));
-      (*req.hidden_states)(index, hidden_host, rows);
-    };
-    enqueue_forward(s, rows, req.first_position, logit_rows, reports ? HiddenReport(report) : HiddenReport());
-  }
+  else
+    enqueue_forward(s, rows, {req.first_position, nullptr}, req.all_logits != nullptr, &req);
   if (req.all_logits)
-    device_.download(req.all_logits, w.all_logits.as<float>(), static_cast<std::size_t>(logit_rows * V) * sizeof(float));
+    device_.download(req.all_logits, w.all_logits.as<float>(), static_cast<std::size_t>(rows * V) * sizeof(float));
   // A one-token step does not wait, so that sampling queues right behind it; a longer pass
   // does, so that feed's progress reports its time and a device error surfaces in its feed.
   else if (rows > 1)
@@ -430,6 +426,7 @@ TokenId CudaBackend<T>::sample(const SequenceState& state, const SamplingParams&
   const cuda::TokenSampling sampling{params.temperature, params.top_k, params.top_p, is_greedy(params) ? 0 : rng(),
                                      0};
   const std::lock_guard lock(forward_mutex_);
+  device_.make_current();
   cuda::sample_token(s.logits.as<float>(), config_.vocab_size, sampling, sampling_workspace_.as<void>(),
                      sampled_token_.as<std::int32_t>(), device_.stream());
   std::int32_t token = 0;
@@ -438,43 +435,64 @@ TokenId CudaBackend<T>::sample(const SequenceState& state, const SamplingParams&
 }
 
 template <typename T>
-void CudaBackend<T>::enqueue_forward(CudaSequence& s, std::int64_t rows, cuda::Position first_position,
-                                     std::int64_t logit_rows, const HiddenReport& report) {
-  const std::int64_t H = config_.hidden_size, V = config_.vocab_size;
-  const cudaStream_t stream = device_.stream();
+void CudaBackend<T>::make_model_tensors() {
+  const ElementType weight_type = ops_.activation_type();
+  auto view = [](const DeviceBuffer& buffer, ElementType type) { return Tensor{buffer.as<void>(), type}; };
+  const std::int64_t H = config_.hidden_size, I = config_.expert_width;
+  tensors_.embed = view(embed_, weight_type);
+  tensors_.lm_head = view(lm_head_, weight_type);
+  tensors_.final_norm = view(final_norm_, ElementType::F32);
+  tensors_.layers.clear();
+  for (const CudaLayer& w : layers_) {
+    LayerGraphTensors layer;
+    layer.kind = w.kind;
+    for (auto [to, from] : {std::pair{&layer.input_norm, &w.input_norm}, {&layer.post_attn_norm, &w.post_attn_norm},
+                            {&layer.output_norm, &w.output_norm}, {&layer.router, &w.router}})
+      *to = view(*from, ElementType::F32);
+    for (auto [to, from] : {std::pair{&layer.qkv, &w.qkv}, {&layer.output_gate, &w.output_gate},
+                            {&layer.out_proj, &w.out_proj}, {&layer.q_proj, &w.q_proj}, {&layer.k_proj, &w.k_proj},
+                            {&layer.v_proj, &w.v_proj}, {&layer.o_proj, &w.o_proj}})
+      *to = view(*from, weight_type);
+    layer.slopes = view(w.slopes, ElementType::F32);
+    layer.moe = {layer.router, {}, H, I, config_.experts_per_token};
+    const Tensor gate_up = view(w.gate_up, weight_type), down = view(w.down, weight_type);
+    for (int e = 0; e < config_.num_experts; ++e)
+      layer.moe.experts.push_back({gate_up.at(e * 2 * I * H), gate_up.at(e * 2 * I * H + I * H), down.at(e * H * I)});
+    tensors_.layers.push_back(std::move(layer));
+  }
+}
+
+template <typename T>
+void CudaBackend<T>::enqueue_forward(CudaSequence& s, std::int64_t rows, StepPosition first_position,
+                                     bool all_logits, const ForwardRequest* request) {
+  const ElementType type = ops_.activation_type();
   Scratch& w = scratch_;
-  cuda::embed_rows(embed_.as<T>(), w.tokens.as<std::int32_t>(), rows, H, w.x.as<T>(), stream);
-  if (report) report(0, w.x.as<T>());
-
+  auto view = [type](const DeviceBuffer& buffer) { return Tensor{buffer.as<void>(), type}; };
+  SequenceTensors sequence;
+  sequence.lightning.resize(config_.num_layers);
+  sequence.kv.resize(config_.num_layers);
   for (int l = 0; l < config_.num_layers; ++l) {
-    const CudaLayer& layer = layers_[l];
-    const bool lightning = layer.kind == LayerKind::Lightning;
-    cuda::rms_norm(w.x.as<T>(), rows, H, layer.input_norm.as<float>(), config_.rms_norm_eps, w.a.as<T>(), stream);
-    if (lightning)
-      lightning_layer(s, l, rows);
-    else
-      softmax_layer(s, l, rows, first_position);
-    // Post-norm residuals: the residual is the normed activation.
-    const ResidualFactors attn = lightning ? config_.linear_attention : config_.full_attention;
-    cuda::scaled_sum(w.a.as<T>(), attn.alpha, w.att.as<T>(), attn.beta, rows * H, w.att.as<T>(), stream);
-    cuda::rms_norm(w.att.as<T>(), rows, H, layer.post_attn_norm.as<float>(), config_.rms_norm_eps, w.b.as<T>(),
-                   stream);
-    moe_layer(l, rows);
-    cuda::scaled_sum(w.b.as<T>(), config_.mlp.alpha, w.moe.as<T>(), config_.mlp.beta, rows * H, w.x.as<T>(), stream);
-    if (report) report(l + 1, w.x.as<T>());
+    if (config_.layer_kinds[l] == LayerKind::Lightning) {
+      sequence.lightning[l] = {s.lightning[l].as<void>(), ElementType::F32};
+    } else {
+      const cuda::KvCacheView<T> kv = kv_view(s, l);
+      sequence.kv[l] = {{kv.keys, type}, {kv.values, type}, kv.page_table, kv.page_stride, kv.page_shift};
+    }
   }
-
-  cuda::rms_norm(w.x.as<T>(), rows, H, final_norm_.as<float>(), config_.rms_norm_eps, w.x.as<T>(), stream);
-  if (report) report(config_.num_layers + 1, w.x.as<T>());
-  const T* final_rows = w.x.as<T>() + (rows - logit_rows) * H;
-  if (logit_rows == 1) {
-    device_.linear(final_rows, 1, H, lm_head_.as<T>(), V, s.logits.as<float>());
-    return;
+  const ActivationTensors act{{w.tokens.as<void>(), ElementType::I32}, view(w.x), view(w.a), view(w.att), view(w.b),
+                              view(w.moe), view(w.qkv), view(w.o), view(w.gate)};
+  GraphPass pass;
+  pass.rows = rows;
+  pass.first_position = first_position;
+  pass.logits = {s.logits.as<void>(), ElementType::F32};
+  if (all_logits) pass.all_logits = {w.all_logits.as<void>(), ElementType::F32};
+  if (request) {
+    pass.embedding_overrides = request->embedding_overrides;
+    pass.hidden_states = request->hidden_states;
   }
-  device_.linear(final_rows, logit_rows, H, lm_head_.as<T>(), V, w.all_logits.as<float>());
-  check(cudaMemcpyAsync(s.logits.as<float>(), w.all_logits.as<float>() + (logit_rows - 1) * V, s.logits.bytes(),
-                        cudaMemcpyDeviceToDevice, stream),
-        "the last row of logits");
+  ops_.use_workspaces(w.lightning_workspace.as<void>(), w.lightning_workspace.bytes(), attention_workspace_.as<void>(),
+                      attention_workspace_.bytes());
+  forward_(ops_, config_, tensors_, sequence, act, pass);
 }
 
 template <typename T>
@@ -487,8 +505,7 @@ void CudaBackend<T>::decode_step(CudaSequence& s, std::int64_t position) {
     cudaGraph_t graph = nullptr;
     check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed), "decode graph capture");
     try {
-      enqueue_forward(s, 1, cuda::Position(step_position_.as<std::int64_t>(), graph_position_bound(s)), 1,
-                      HiddenReport());
+      enqueue_forward(s, 1, {graph_position_bound(s), step_position_.as<std::int64_t>()}, false, nullptr);
     } catch (...) {
       (void)cudaStreamEndCapture(stream, &graph);
       if (graph) cudaGraphDestroy(graph);
@@ -502,61 +519,6 @@ void CudaBackend<T>::decode_step(CudaSequence& s, std::int64_t position) {
 }
 
 template <typename T>
-void CudaBackend<T>::lightning_layer(CudaSequence& s, int l, std::int64_t rows) {
-  const CudaLayer& layer = layers_[l];
-  const std::int64_t H = config_.hidden_size, A = attention_width();
-  const cudaStream_t stream = device_.stream();
-  Scratch& w = scratch_;
-  device_.linear(w.a.as<T>(), rows, H, layer.qkv.as<T>(), 3 * A, w.qkv.as<T>());
-  cuda::silu(w.qkv.as<T>(), rows * 3 * A, stream);
-  float* state = s.lightning[l].as<float>();
-  if (rows == 1)
-    cuda::lightning_decode(w.qkv.as<T>(), config_.num_heads, config_.head_dim, layer.slopes.as<float>(), state,
-                           w.o.as<T>(), stream);
-  else
-    cuda::lightning_prefill(w.qkv.as<T>(), rows, config_.num_heads, config_.head_dim, layer.slopes.as<float>(), state,
-                            w.o.as<T>(), device_.launch_limits(), stream, w.lightning_workspace.as<void>(),
-                            w.lightning_workspace.bytes());
-  cuda::rms_norm(w.o.as<T>(), rows, A, layer.output_norm.as<float>(), ModelConfig::kLightningNormEps, w.o.as<T>(),
-                 stream);
-  device_.linear(w.a.as<T>(), rows, H, layer.output_gate.as<T>(), A, w.gate.as<T>());
-  cuda::sigmoid_gate(w.o.as<T>(), w.gate.as<T>(), rows * A, stream);
-  device_.linear(w.o.as<T>(), rows, A, layer.out_proj.as<T>(), H, w.att.as<T>());
-}
-
-template <typename T>
-void CudaBackend<T>::softmax_layer(CudaSequence& s, int l, std::int64_t rows, cuda::Position first_position) {
-  const CudaLayer& layer = layers_[l];
-  const std::int64_t H = config_.hidden_size, A = attention_width(), KV = kv_width();
-  const cudaStream_t stream = device_.stream();
-  Scratch& w = scratch_;
-  // q, then the new keys and values, in the qkv scratch (KV <= A), before the keys go to the cache.
-  T* q = w.qkv.as<T>();
-  T* new_keys = q + rows * A;
-  T* new_values = new_keys + rows * KV;
-  device_.linear(w.a.as<T>(), rows, H, layer.q_proj.as<T>(), A, q);
-  device_.linear(w.a.as<T>(), rows, H, layer.k_proj.as<T>(), KV, new_keys);
-  device_.linear(w.a.as<T>(), rows, H, layer.v_proj.as<T>(), KV, new_values);
-  cuda::rope(q, rows, config_.num_heads, config_.head_dim, config_.rotary_dim, config_.rope_theta, first_position,
-             stream);
-  cuda::rope(new_keys, rows, config_.num_kv_heads, config_.head_dim, config_.rotary_dim, config_.rope_theta,
-             first_position, stream);
-  const cuda::KvCacheView<T> kv = kv_view(s, l);
-  cuda::write_kv_rows(new_keys, new_values, rows, first_position, KV, kv, stream);
-  cuda::softmax_attention(q, rows, first_position, kv.as_const(), config_.num_heads, config_.num_kv_heads,
-                          config_.head_dim, w.o.as<T>(), device_.launch_limits(), stream,
-                          attention_workspace_.as<void>(), attention_workspace_.bytes());
-  device_.linear(w.o.as<T>(), rows, A, layer.o_proj.as<T>(), H, w.att.as<T>());
-}
-
-template <typename T>
-void CudaBackend<T>::moe_layer(int l, std::int64_t rows) {
-  const CudaLayer& layer = layers_[l];
-  moe_.run({layer.router.as<float>(), layer.gate_up.as<T>(), layer.down.as<T>()}, scratch_.b.as<T>(), rows,
-           scratch_.moe.as<T>());
-}
-
-template <typename T>
 void CudaBackend<T>::read_kv(const SequenceState& state, int layer, KvSide side, std::int64_t first,
                              std::int64_t count, void* out) const {
   const auto& s = static_cast<const CudaSequence&>(state);
@@ -565,6 +527,7 @@ void CudaBackend<T>::read_kv(const SequenceState& state, int layer, KvSide side,
     throw Error("internal: K/V rows " + std::to_string(first) + "+" + std::to_string(count) +
                 " read past the cache's " + std::to_string(s.capacity()) + " positions");
   const std::lock_guard lock(forward_mutex_);
+  device_.make_current();
   // In the cache's own type: no conversion, half the bytes of float32 for bf16.
   DeviceBuffer device_rows = device_array<T>(count * KV, "K/V export");
   const bool keys = side == KvSide::Keys;
@@ -588,6 +551,7 @@ void CudaBackend<T>::write_kv(SequenceState& state, int layer, KvSide side, std:
     throw Error("internal: K/V rows " + std::to_string(first) + "+" + std::to_string(count) +
                 " written past the cache's " + std::to_string(s.capacity()) + " positions");
   const std::lock_guard lock(forward_mutex_);
+  device_.make_current();
   const T* imported = static_cast<const T*>(in);
   std::vector<T> rows(static_cast<std::size_t>(count * KV));
   for (int g = 0; g < config_.num_kv_heads; ++g)
@@ -646,9 +610,10 @@ std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, con
                                                   const std::function<void(std::uint64_t)>& bytes_loaded) {
   const std::string reason = cuda_unavailable_reason();
   if (!reason.empty()) throw Error("the cuda backend is not available: " + reason);
+  const int device = single_gpu_device(options);
   if (options.cuda_float32)
-    return std::make_unique<CudaBackend<float>>(config, weights, options.cuda_graphs, bytes_loaded);
-  return std::make_unique<CudaBackend<bf16>>(config, weights, options.cuda_graphs, bytes_loaded);
+    return std::make_unique<CudaBackend<float>>(config, device, weights, options.cuda_graphs, bytes_loaded);
+  return std::make_unique<CudaBackend<bf16>>(config, device, weights, options.cuda_graphs, bytes_loaded);
 }
 
 std::uint64_t cuda_decode_graph_captures(const SequenceState& sequence) {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "ops.h"
 
 namespace lightdesk {
 
@@ -18,7 +19,7 @@ std::string cuda_unavailable_reason();
 // cuda_unavailable_reason() is not).
 std::vector<GpuDevice> cuda_devices();
 
-// Loads the weights onto the current CUDA device: bf16 by default, float32 when
+// Loads the weights onto the GPU of single_gpu_device(options): bf16 by default, float32 when
 // options.cuda_float32 is set. Synthetic weights (WeightMap::synthetic) are made on the device.
 std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, const WeightMap& weights,
                                                   const ModelOptions& options,
@@ -28,5 +29,9 @@ std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, con
 // generation of n tokens should take O(log n) captures (tests, benchmarks).
 std::uint64_t cuda_decode_graph_captures(const SequenceState& sequence);
 
+
+// The CUDA ops in both activation types, each on its own context of device 0 (empty without
+// CUDA in the build): see ops_backends.
+std::vector<OpsBackend> cuda_ops_backends();
 
 }  // namespace lightdesk

@@ -8,13 +8,13 @@
 #include <thread>
 
 #include "backend.h"
-#include "bf16.h"
+#include "lightdesk/bf16.h"
 #include "cuda_backend.h"
 #include "lightdesk/engine.h"
 #include "lightdesk/input_files.h"
 #include "model_config.h"
 #include "model_weights.h"
-#include "safetensors.h"
+#include "lightdesk/safetensors.h"
 
 namespace lightdesk {
 
@@ -40,6 +40,48 @@ std::vector<BackendKind> available_backends() {
 }
 
 std::vector<GpuDevice> gpu_devices() { return cuda_devices(); }
+
+std::vector<int> parse_devices(const std::string& text) {
+  std::vector<int> devices;
+  if (text == "all") {
+    for (const GpuDevice& device : gpu_devices()) devices.push_back(device.index);
+    if (devices.empty()) throw Error("no GPU for devices \"all\": " + cuda_unavailable_reason());
+    return devices;
+  }
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    const std::size_t end = std::min(text.find(',', start), text.size());
+    const std::string item = text.substr(start, end - start);
+    if (item.empty() || item.size() > 4 || item.find_first_not_of("0123456789") != std::string::npos)
+      throw Error("bad device list \"" + text + "\": expected GPU indices such as 0,1 or \"all\"");
+    const int index = std::stoi(item);
+    if (std::find(devices.begin(), devices.end(), index) != devices.end())
+      throw Error("bad device list \"" + text + "\": GPU " + item + " is named twice");
+    devices.push_back(index);
+    start = end + 1;
+  }
+  return devices;
+}
+
+int single_gpu_device(const ModelOptions& options) {
+  if (options.devices.size() > 1)
+    throw Error(std::to_string(options.devices.size()) +
+                " GPUs named, but a model runs on one GPU in this version: name one device");
+  const int index = options.devices.empty() ? 0 : options.devices.front();
+  const std::vector<GpuDevice> devices = gpu_devices();
+  if (index < 0 || index >= static_cast<int>(devices.size()))
+    throw Error("there is no GPU " + std::to_string(index) + " (" +
+                (devices.empty() ? cuda_unavailable_reason()
+                                 : "this machine has GPUs 0 to " + std::to_string(devices.size() - 1)) +
+                ")");
+  return index;
+}
+
+std::vector<OpsBackend> ops_backends() {
+  std::vector<OpsBackend> backends{{"cpu", [] { return std::string(); }, [] { return make_cpu_ops(0); }}};
+  for (OpsBackend& cuda : cuda_ops_backends()) backends.push_back(std::move(cuda));
+  return backends;
+}
 
 int ModelShape::num_lightning_layers() const {
   return static_cast<int>(std::count(layer_kinds.begin(), layer_kinds.end(), LayerKind::Lightning));

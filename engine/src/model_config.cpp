@@ -129,7 +129,9 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
 namespace {
 
 ModelConfig parse_any_config(const json& root, const std::string& source, bool rope_full_head) {
-  if (root.value("model_type", json()) != "minimax_vl_01") return parse_text_config(root, source, rope_full_head);
+  const json& type = root.value("model_type", json());
+  if (!type.is_string() || parse_model_family(type.get<std::string>()) != ModelFamily::MiniMaxVL01)
+    return parse_text_config(root, source, rope_full_head);
 
   // MiniMax-VL-01: the language model is the text_config (Text-01 fields), its weights under
   // "language_model.".
@@ -138,7 +140,9 @@ ModelConfig parse_any_config(const json& root, const std::string& source, bool r
   json text = root.at("text_config");
   if (!text.contains("model_type") || text.at("model_type").is_null()) text["model_type"] = "minimax_text_01";
   ModelConfig c = parse_text_config(text, source + " text_config", rope_full_head);
-  c.model_type = "minimax_vl_01";
+  if (c.family == ModelFamily::MiniMaxVL01) throw Error(source + ": a text_config cannot itself be minimax_vl_01");
+  c.family = ModelFamily::MiniMaxVL01;
+  c.model_type = model_type_name(c.family);
   const json& a = root.value("architectures", json::array());
   c.architecture = a.is_array() && !a.empty() && a.at(0).is_string() ? a.at(0).get<std::string>() : "";
   c.weight_prefix = "language_model.";
@@ -158,16 +162,13 @@ ModelConfig parse_text_config(const json& root, const std::string& source, bool 
   ModelConfig c;
 
   c.model_type = r.string_or("model_type", "");
-  if (c.model_type == "minimax_text_01" || c.model_type == "minimax_m1") {
-    c.layout = CheckpointLayout::Original;
-  } else if (c.model_type == "minimax") {
-    c.layout = CheckpointLayout::Native;
-  } else if (c.model_type.empty()) {
-    r.fail("missing required field \"model_type\"");
-  } else {
-    r.fail("unsupported model_type \"" + c.model_type +
-           "\" (supported: minimax_text_01, minimax_m1, minimax)");
-  }
+  if (c.model_type.empty()) r.fail("missing required field \"model_type\"");
+  const std::optional<ModelFamily> family = parse_model_family(c.model_type);
+  // VL-01 only around a text_config (parse_model_config).
+  if (!family || *family == ModelFamily::MiniMaxVL01)
+    r.fail("unsupported model_type \"" + c.model_type + "\" (supported: " + supported_model_types() + ")");
+  c.family = *family;
+  c.layout = c.family == ModelFamily::MiniMaxNative ? CheckpointLayout::Native : CheckpointLayout::Original;
   if (r.has("architectures")) {
     const json& a = root.at("architectures");
     if (!a.is_array() || a.empty() || !a.at(0).is_string()) r.fail("field \"architectures\" must be a list of names");
@@ -247,6 +248,33 @@ ModelConfig parse_text_config(const json& root, const std::string& source, bool 
 }
 
 }  // namespace
+
+namespace {
+constexpr ModelFamily kFamilies[] = {ModelFamily::MiniMaxText01, ModelFamily::MiniMaxM1, ModelFamily::MiniMaxNative,
+                                     ModelFamily::MiniMaxVL01};
+}  // namespace
+
+std::optional<ModelFamily> parse_model_family(std::string_view model_type) {
+  for (ModelFamily family : kFamilies)
+    if (model_type == model_type_name(family)) return family;
+  return std::nullopt;
+}
+
+const char* model_type_name(ModelFamily family) {
+  switch (family) {
+    case ModelFamily::MiniMaxText01: return "minimax_text_01";
+    case ModelFamily::MiniMaxM1: return "minimax_m1";
+    case ModelFamily::MiniMaxNative: return "minimax";
+    case ModelFamily::MiniMaxVL01: return "minimax_vl_01";
+  }
+  return "?";
+}
+
+std::string supported_model_types() {
+  std::string names;
+  for (ModelFamily family : kFamilies) names += (names.empty() ? "" : ", ") + std::string(model_type_name(family));
+  return names;
+}
 
 ModelConfig load_model_config(const std::filesystem::path& directory, bool rope_full_head) {
   const std::filesystem::path path = directory / "config.json";

@@ -8,51 +8,6 @@
 
 namespace lightdesk {
 
-WeightTensor::WeightTensor(const TensorView& view, std::int64_t offset_elements, std::int64_t numel) : numel_(numel) {
-  const std::byte* start = view.data + offset_elements * static_cast<std::int64_t>(dtype_size(view.dtype));
-  if (view.dtype == DType::F32 && reinterpret_cast<std::uintptr_t>(start) % alignof(float) == 0) {
-    data_ = reinterpret_cast<const float*>(start);
-  } else {
-    owned_.resize(static_cast<std::size_t>(numel));
-    TensorView part = view;
-    part.data = start;
-    part.shape = {numel};
-    part.bytes = static_cast<std::size_t>(numel) * dtype_size(view.dtype);
-    part.to_f32(owned_.data());
-    data_ = owned_.data();
-  }
-  // Every backend loads through here: a NaN or an infinity in a weight would make every logit
-  // NaN, and a checkpoint holding one is damaged.
-  const float* bad = std::find_if(data_, data_ + numel, [](float v) { return !std::isfinite(v); });
-  if (bad != data_ + numel)
-    throw Error(view.file + ": tensor \"" + view.name + "\" holds a non-finite value (" + std::to_string(*bad) +
-                " at element " + std::to_string(offset_elements + (bad - data_)) + "): the checkpoint is damaged");
-}
-
-namespace {
-
-std::uint64_t splitmix64(std::uint64_t z) {
-  z += 0x9e3779b97f4a7c15ULL;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
-}  // namespace
-
-void fill_synthetic(const SyntheticFill& fill, float* out, std::int64_t numel) {
-  for (std::int64_t i = 0; i < numel; ++i) {
-    const float unit =
-        static_cast<float>(splitmix64(fill.seed ^ splitmix64(static_cast<std::uint64_t>(i))) >> 40) * 0x1p-24f;
-    out[i] = fill.low + (fill.high - fill.low) * unit;
-  }
-}
-
-WeightTensor::WeightTensor(const SyntheticFill& fill, std::int64_t numel)
-    : owned_(static_cast<std::size_t>(numel)), numel_(numel) {
-  fill_synthetic(fill, owned_.data(), numel);
-  data_ = owned_.data();
-}
 
 namespace {
 

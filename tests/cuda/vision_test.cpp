@@ -11,8 +11,8 @@
 
 #include "cuda_test_util.h"
 #include "lightdesk/cuda_vision_ops.h"
-#include "src/cuda_device.h"
-#include "src/safetensors.h"
+#include "lightdesk/cuda_device.h"
+#include "lightdesk/safetensors.h"
 #include "test_util.h"
 
 namespace lightdesk {
@@ -188,7 +188,7 @@ TYPED_TEST(CudaVisionKernelTest, SoftmaxRows) {
 // DeviceContext::batched_linear (the attention's GEMMs) in both weight layouts, with padded rows
 // and gaps between the items; the padding must stay untouched.
 TYPED_TEST(CudaVisionKernelTest, BatchedLinear) {
-  const DeviceContext device;
+  const DeviceContext device(0);
   for (bool in_by_out : {false, true})
     for (auto [batch, rows, in, out] : {std::tuple<std::int64_t, std::int64_t, std::int64_t, std::int64_t>{1, 3, 5, 7},
                                         {6, 33, 16, 40},

@@ -35,6 +35,8 @@ TEST(Config, BothLayoutsDescribeTheSameModel) {
   const ModelConfig m1 = parse(fixture_config("tiny-a-m1-rd16"));
   EXPECT_EQ(hf.layout, CheckpointLayout::Native);
   EXPECT_EQ(m1.layout, CheckpointLayout::Original);
+  EXPECT_EQ(hf.family, ModelFamily::MiniMaxNative);
+  EXPECT_EQ(m1.family, ModelFamily::MiniMaxM1);
   for (const ModelConfig* c : {&hf, &m1}) {
     EXPECT_EQ(c->vocab_size, 512);
     EXPECT_EQ(c->hidden_size, 64);
@@ -52,6 +54,19 @@ TEST(Config, BothLayoutsDescribeTheSameModel) {
     EXPECT_FLOAT_EQ(c->mlp.beta, 0.8f);
     EXPECT_FLOAT_EQ(c->rope_theta, 10000.0f);
   }
+}
+
+TEST(Config, ModelTypesParseOnceIntoFamilies) {
+  for (ModelFamily family : {ModelFamily::MiniMaxText01, ModelFamily::MiniMaxM1, ModelFamily::MiniMaxNative,
+                             ModelFamily::MiniMaxVL01}) {
+    EXPECT_EQ(parse_model_family(model_type_name(family)), family);
+    EXPECT_NE(supported_model_types().find(model_type_name(family)), std::string::npos);
+  }
+  EXPECT_EQ(parse_model_family("llama"), std::nullopt);
+  EXPECT_EQ(parse_model_family(""), std::nullopt);
+  json j = fixture_config("tiny-a-m1-rd16");
+  j["model_type"] = "minimax_vl_01";  // only around a text_config
+  EXPECT_NE(error_of(j).find("text_config"), std::string::npos);
 }
 
 TEST(Config, RotaryWidthRules) {

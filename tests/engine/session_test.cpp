@@ -10,7 +10,7 @@
 #include <cstring>
 #include <random>
 
-#include "src/thread_pool.h"
+#include "lightdesk/thread_pool.h"
 #include "test_util.h"
 
 namespace lightdesk {

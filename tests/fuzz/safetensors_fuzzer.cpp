@@ -3,7 +3,7 @@
 #include <cstring>
 
 #include "fuzz_util.h"
-#include "src/safetensors.h"
+#include "lightdesk/safetensors.h"
 
 using namespace lightdesk;
 

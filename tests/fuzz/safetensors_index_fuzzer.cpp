@@ -2,7 +2,7 @@
 #include <vector>
 
 #include "fuzz_util.h"
-#include "src/safetensors.h"
+#include "lightdesk/safetensors.h"
 
 using namespace lightdesk;
 

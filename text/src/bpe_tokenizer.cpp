@@ -24,7 +24,7 @@
 #include <unordered_map>
 
 #include "lightdesk/input_files.h"
-#include "thread_pool.h"
+#include "lightdesk/thread_pool.h"
 #include "utf8.h"
 
 namespace lightdesk {

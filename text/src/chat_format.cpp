@@ -186,7 +186,8 @@ ChatFormat ChatFormat::for_model(const std::filesystem::path& model_directory, c
     // M1's template opens with the document token; Text-01's and VL-01's do not.
     if (config["chat_template"].get<std::string>().find("<begin_of_document>") != std::string::npos)
       family = ChatFamily::M1;
-  } else if (model_config.is_object() && model_config.value("model_type", "") == "minimax_m1") {
+  } else if (model_config.is_object() &&
+             parse_model_family(model_config.value("model_type", "")) == ModelFamily::MiniMaxM1) {
     family = ChatFamily::M1;
   }
   ChatFormat format(family, tokenizer, bos, eos);

@@ -35,7 +35,7 @@ struct Activations {
 template <typename T>
 class CudaTower final : public CudaVisionTower {
  public:
-  explicit CudaTower(const VisionConfig& config) : config_(config) {}
+  CudaTower(const VisionConfig& config, int device) : config_(config), device_(device) {}
 
   void load(const TowerWeights& w);
   void randomize(std::uint64_t seed);
@@ -51,6 +51,7 @@ class CudaTower final : public CudaVisionTower {
 
   void forward(const float* pixels, std::int64_t tiles, float* features) override {
     const std::lock_guard lock(mutex_);
+    device_.make_current();
     reserve(tiles);
     device_.upload(act_.pixels.as<float>(), pixels, static_cast<std::size_t>(tiles * tile_values()) * sizeof(float));
     run(act_.pixels.as<float>(), tiles, act_.features.as<float>());
@@ -60,6 +61,7 @@ class CudaTower final : public CudaVisionTower {
 
   void forward_on_device(const float* pixels, std::int64_t tiles, float* features) override {
     const std::lock_guard lock(mutex_);
+    device_.make_current();
     reserve(tiles);
     run(pixels, tiles, features);
   }
@@ -267,19 +269,20 @@ void CudaTower<T>::run(const float* pixels, std::int64_t tiles, float* features)
 
 }  // namespace
 
-std::unique_ptr<VisionTower> make_cuda_tower(const VisionConfig& config, const TowerWeights& weights, bool float32) {
+std::unique_ptr<VisionTower> make_cuda_tower(const VisionConfig& config, const TowerWeights& weights, bool float32,
+                                             int device) {
   if (float32) {
-    auto tower = std::make_unique<CudaTower<float>>(config);
+    auto tower = std::make_unique<CudaTower<float>>(config, device);
     tower->load(weights);
     return tower;
   }
-  auto tower = std::make_unique<CudaTower<bf16>>(config);
+  auto tower = std::make_unique<CudaTower<bf16>>(config, device);
   tower->load(weights);
   return tower;
 }
 
 std::unique_ptr<CudaVisionTower> make_random_cuda_vision_tower(const VisionConfig& config, std::uint64_t seed) {
-  auto tower = std::make_unique<CudaTower<bf16>>(config);
+  auto tower = std::make_unique<CudaTower<bf16>>(config, 0);
   tower->randomize(seed);
   return tower;
 }

@@ -4,7 +4,7 @@
 
 namespace lightdesk::vision {
 
-std::unique_ptr<VisionTower> make_cuda_tower(const VisionConfig&, const TowerWeights&, bool) {
+std::unique_ptr<VisionTower> make_cuda_tower(const VisionConfig&, const TowerWeights&, bool, int) {
   throw Error("the cuda backend is not available for the vision tower: this build has no CUDA");
 }
 

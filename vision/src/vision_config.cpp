@@ -107,8 +107,9 @@ VisionConfig load_vision_config(const std::filesystem::path& directory) {
   const std::filesystem::path path = directory / "config.json";
   const json root = read_json(path);
   const Fields top(root, path.string());
-  if (top.string_or("model_type", "") != "minimax_vl_01")
-    top.fail("model_type is \"" + top.string_or("model_type", "") + "\", images need \"minimax_vl_01\"");
+  if (parse_model_family(top.string_or("model_type", "")) != ModelFamily::MiniMaxVL01)
+    top.fail("model_type is \"" + top.string_or("model_type", "") + "\", images need \"" +
+             model_type_name(ModelFamily::MiniMaxVL01) + "\"");
   const Fields vision = top.object("vision_config");
   VisionConfig c;
   c.hidden_size = vision.positive_int("hidden_size");

@@ -3,10 +3,8 @@
 // newline embedding into the language model's input rows.
 #include <algorithm>
 
-#include "backend.h"
 #include "lightdesk/vision.h"
-#include "model_weights.h"
-#include "safetensors.h"
+#include "lightdesk/safetensors.h"
 #include "vision_tower.h"
 
 namespace lightdesk::vision {
@@ -72,7 +70,7 @@ std::unique_ptr<VisionModel> VisionModel::open(const std::filesystem::path& dire
   // The backend the engine chooses for the language model. The CUDA tower uploads the weights,
   // and their float32 host copies go with `w`.
   if (resolve_backend(options.backend) == BackendKind::Cuda) {
-    m.tower = make_cuda_tower(c, w, options.cuda_float32);
+    m.tower = make_cuda_tower(c, w, options.cuda_float32, single_gpu_device(options));
   } else {
     m.weights = std::move(w);
     m.tower = make_cpu_tower(c, m.weights, options.threads);

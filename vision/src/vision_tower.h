@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "lightdesk/vision.h"
-#include "model_weights.h"
+#include "lightdesk/safetensors.h"
 
 namespace lightdesk::vision {
 
@@ -46,9 +46,10 @@ class VisionTower {
 // `weights` must outlive the tower.
 std::unique_ptr<VisionTower> make_cpu_tower(const VisionConfig& config, const TowerWeights& weights, int threads);
 
-// The tower on the current CUDA device with its own copy of the weights: bf16 weights and
+// The tower on CUDA device `device` with its own copy of the weights: bf16 weights and
 // activations (float32 accumulation), or float32 throughout when `float32` is set. Throws where
 // the build has no CUDA.
-std::unique_ptr<VisionTower> make_cuda_tower(const VisionConfig& config, const TowerWeights& weights, bool float32);
+std::unique_ptr<VisionTower> make_cuda_tower(const VisionConfig& config, const TowerWeights& weights, bool float32,
+                                             int device);
 
 }  // namespace lightdesk::vision

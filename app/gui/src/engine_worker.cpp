@@ -34,7 +34,7 @@ std::uint64_t available_host_memory() {
   return 0;
 }
 
-EngineWorker::EngineWorker(QObject* parent) : QObject(parent) {}
+EngineWorker::EngineWorker(QString gpus, QObject* parent) : QObject(parent), gpus_(std::move(gpus)) {}
 EngineWorker::~EngineWorker() = default;
 
 void EngineWorker::requestStop() { stop_requested_ = true; }
@@ -83,9 +83,10 @@ ModelCheck memory_check(const ModelInfo& info, std::uint64_t available_bytes, co
 }
 
 
-ModelOptions EngineWorker::options_for(const QString& backend) {
+ModelOptions EngineWorker::options_for(const QString& backend) const {
   ModelOptions options;
   options.backend = parse_backend_kind(backend.toStdString());
+  if (!gpus_.isEmpty()) options.devices = parse_devices(gpus_.toStdString());
   return options;
 }
 
@@ -131,7 +132,7 @@ void EngineWorker::loadModel(const QString& directory, const QString& backend) {
     tokenizer_ = Tokenizer::open(path);
     format_ = ChatFormat::for_model(path, *tokenizer_);
     // A VL-01 checkpoint carries its vision tower (the chat format has checked its placeholder).
-    if (model_->info().model_type == "minimax_vl_01") vision_ = vision::VisionModel::open(path, options_for(backend));
+    if (model_->info().family == ModelFamily::MiniMaxVL01) vision_ = vision::VisionModel::open(path, options_for(backend));
     chat_ = std::make_unique<conversation::Chat>(*model_, *tokenizer_, *format_, vision_.get());
     const SamplingDefaults defaults = format_->sampling_defaults();
     SamplingSettings sampling;

@@ -72,7 +72,8 @@ class EngineWorker : public QObject {
   Q_OBJECT
 
  public:
-  explicit EngineWorker(QObject* parent = nullptr);
+  // `gpus`: the settings' GPU list ("0,1"; empty: the engine's default), given to every model.
+  explicit EngineWorker(QString gpus = {}, QObject* parent = nullptr);
   ~EngineWorker() override;
 
   // Thread-safe: asks the running load, prefill or generation to stop at its next step. Called
@@ -132,11 +133,12 @@ class EngineWorker : public QObject {
   void generationFailed(const QString& message);
 
  private:
-  static ModelOptions options_for(const QString& backend);
+  ModelOptions options_for(const QString& backend) const;
   void report_gpu_memory();
   ModelCheck inspect(const QString& directory, const QString& backend) const;
   void unload();
 
+  const QString gpus_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::optional<ChatFormat> format_;

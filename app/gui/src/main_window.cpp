@@ -60,7 +60,7 @@ Turns to_turns(const QList<ChatEntry>& entries) {
 }  // namespace
 
 MainWindow::MainWindow(SessionRepository& sessions, QSettings& settings, QWidget* parent)
-    : QMainWindow(parent), sessions_(sessions), settings_(settings), worker_(new EngineWorker) {
+    : QMainWindow(parent), sessions_(sessions), settings_(settings), worker_(new EngineWorker(gpus_setting(settings))) {
   setWindowTitle(tr("Lightdesk"));
   setAcceptDrops(true);
   buildWidgets();

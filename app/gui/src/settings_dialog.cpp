@@ -60,7 +60,7 @@ SettingsDialog::SettingsDialog(QSettings& settings, QString family, const Sampli
   backend_->setToolTip(tr("Used for the next model opened"));
   gpus_ = new QLineEdit(gpus_setting(settings_));
   gpus_->setObjectName(QStringLiteral("gpusEdit"));
-  gpus_->setPlaceholderText(tr("all"));
+  gpus_->setPlaceholderText(tr("0"));
   gpus_->setValidator(new QRegularExpressionValidator(QRegularExpression(QStringLiteral("[0-9]+(,[0-9]+)*")), gpus_));
   gpus_->setToolTip(tr("GPU numbers separated by commas, e.g. 0,1; applies from the next start"));
   data_directory_ = new QLineEdit(QString::fromStdString(data_directory(settings_).path().string()));

@@ -26,20 +26,13 @@
 #include <string_view>
 #include <vector>
 
+#include "lightdesk/error.h"
+#include "lightdesk/safetensors_write.h"
+
 namespace lightdesk {
 
 using TokenId = std::int32_t;
 
-class Error : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
-// Thrown by Session::feed when its progress callback asks to stop.
-class Cancelled : public Error {
- public:
-  using Error::Error;
-};
 
 enum class BackendKind { Auto, Cpu, Cuda };
 
@@ -48,6 +41,9 @@ BackendKind parse_backend_kind(const std::string& name);
 const char* backend_name(BackendKind kind);
 // Backends compiled into this build and usable on this machine (Cpu always).
 std::vector<BackendKind> available_backends();
+// The backend `requested` stands for here: Auto is CUDA where a device is usable, else the CPU.
+// Throws, naming the cause, when the requested one is not available.
+BackendKind resolve_backend(BackendKind requested);
 
 // A CUDA device and its memory, for showing what a model needs against what each GPU has.
 struct GpuDevice {
@@ -60,6 +56,10 @@ struct GpuDevice {
 };
 // The CUDA devices this process can use; empty without CUDA support or without a device.
 std::vector<GpuDevice> gpu_devices();
+
+// "0,1" (GPU indices, each once) or "all" (every device of gpu_devices()); throws Error naming
+// the fault of anything else, or of "all" on a machine without a GPU.
+std::vector<int> parse_devices(const std::string& text);
 
 struct ModelOptions {
   BackendKind backend = BackendKind::Auto;
@@ -80,12 +80,38 @@ struct ModelOptions {
   // synthetic_fill in engine/src/model_weights.h for the distributions). The same seed gives the
   // same weights on every backend.
   std::optional<std::uint64_t> synthetic_weights = std::nullopt;
+  // The GPUs the model runs on, by their index in gpu_devices() (parse_devices reads "0,1" or
+  // "all"); empty: GPU 0. Each gets a context of its own. The CUDA backend runs a model on one
+  // GPU: naming several is refused until a backend spreads a model over them. The CPU backend
+  // ignores them.
+  std::vector<int> devices{};
 };
+
+// The one GPU a single-device backend (the CUDA backend, the vision tower) runs on for these
+// options: the one named, or 0 when none is. Throws Error naming the cause for several devices
+// or an index with no device behind it.
+int single_gpu_device(const ModelOptions& options);
 
 enum class LayerKind { Lightning, Softmax };
 
+// The model families the engine runs, told apart once, by config.json's model_type; the rest of
+// the program asks the family, never the string.
+enum class ModelFamily {
+  MiniMaxText01,  // "minimax_text_01" (the released remote-code checkpoint)
+  MiniMaxM1,      // "minimax_m1": Text-01's architecture, its own chat template
+  MiniMaxNative,  // "minimax": transformers' MiniMaxForCausalLM (Text-01's -hf checkpoint)
+  MiniMaxVL01,    // "minimax_vl_01": a Text-01 language model behind a vision tower
+};
+// The family of a model_type, or nullopt for one the engine does not run.
+std::optional<ModelFamily> parse_model_family(std::string_view model_type);
+// The model_type config.json gives the family.
+const char* model_type_name(ModelFamily family);
+// The model_types the engine runs, for error messages ("minimax_text_01, minimax_m1, ...").
+std::string supported_model_types();
+
 // The model's architecture as its config.json describes it.
 struct ModelShape {
+  ModelFamily family = ModelFamily::MiniMaxText01;
   std::string model_type;    // as config.json names it
   std::string architecture;  // first entry of "architectures"
   int vocab_size = 0;
@@ -437,14 +463,5 @@ PlanReport plan_memory(const ModelInfo& info, const PlanRequest& request);
 // The longest context, up to request.context_tokens, at which plan_memory chooses a plan (0:
 // none at any context).
 std::int64_t longest_fitting_context(const ModelInfo& info, const PlanRequest& request);
-
-// Writes tensors to a safetensors file (used for logits and feature dumps).
-struct OutputTensor {
-  std::string name;
-  std::vector<std::int64_t> shape;
-  std::span<const float> f32;            // one of these two is set
-  std::span<const std::int64_t> i64;
-};
-void write_safetensors(const std::filesystem::path& path, const std::vector<OutputTensor>& tensors);
 
 }  // namespace lightdesk

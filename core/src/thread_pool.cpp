@@ -1,9 +1,9 @@
-#include "thread_pool.h"
+#include "lightdesk/thread_pool.h"
 
 #include <string>
 #include <system_error>
 
-#include "lightdesk/engine.h"
+#include "lightdesk/error.h"
 
 namespace lightdesk {
 namespace {

@@ -9,7 +9,7 @@
 #include <cstring>
 #include <string_view>
 
-#include "lightdesk/engine.h"
+#include "lightdesk/error.h"
 
 namespace lightdesk {
 namespace {

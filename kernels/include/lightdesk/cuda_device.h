@@ -1,4 +1,5 @@
-// Device memory and the stream + cuBLAS handle that the CUDA backend (and its benchmark) run on.
+// Device memory and one GPU's stream + cuBLAS handle, that the CUDA backend, the vision tower
+// and the benchmark run on.
 #pragma once
 
 #include <cublas_v2.h>
@@ -12,7 +13,7 @@
 #include <utility>
 
 #include "lightdesk/cuda_ops.h"
-#include "lightdesk/engine.h"
+#include "lightdesk/error.h"
 
 namespace lightdesk {
 
@@ -91,11 +92,12 @@ struct MatrixBatch {
   std::int64_t stride;
 };
 
-// A stream and a cuBLAS handle bound to it, and what the kernels' launch planners need of the
-// device, asked once here.
+// One GPU's context: a stream and a cuBLAS handle bound to it, and what the kernels' launch
+// planners need of the device, asked once here. Whoever uses it from a thread calls
+// make_current() first (CUDA's current device is per thread).
 class DeviceContext {
  public:
-  DeviceContext() : launch_limits_(cuda::query_launch_limits()) {
+  explicit DeviceContext(int device) : device_(select(device)), launch_limits_(cuda::query_launch_limits()) {
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     const cublasStatus_t status = cublasCreate(&cublas_);
     if (status != CUBLAS_STATUS_SUCCESS) {
@@ -111,6 +113,9 @@ class DeviceContext {
   DeviceContext(const DeviceContext&) = delete;
   DeviceContext& operator=(const DeviceContext&) = delete;
 
+  int device() const { return device_; }
+  // Makes this context's GPU the calling thread's current device.
+  void make_current() const { select(device_); }
   cudaStream_t stream() const { return stream_; }
   const cuda::LaunchLimits& launch_limits() const { return launch_limits_; }
   void synchronize() const { check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
@@ -154,6 +159,12 @@ class DeviceContext {
   }
 
  private:
+  static int select(int device) {
+    check(cudaSetDevice(device), "cudaSetDevice");
+    return device;
+  }
+
+  int device_;
   cuda::LaunchLimits launch_limits_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;

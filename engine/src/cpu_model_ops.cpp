@@ -1,0 +1,161 @@
+// ModelOps on the CPU, over cpu_ops.h: every tensor is host memory, activations float32.
+#include <algorithm>
+#include <cstring>
+
+#include "lightdesk/cpu_ops.h"
+#include "lightdesk/engine.h"
+#include "ops.h"
+#include "lightdesk/thread_pool.h"
+
+namespace lightdesk {
+
+const char* element_name(ElementType type) {
+  switch (type) {
+    case ElementType::F32: return "f32";
+    case ElementType::BF16: return "bf16";
+    case ElementType::I32: return "i32";
+  }
+  return "?";
+}
+
+const char* op_name(OpKind kind) {
+  static constexpr std::array<const char*, kOpKinds> kNames = {
+      "Transfer",    "Embed",     "RmsNorm", "Linear",           "Silu",    "SigmoidGate", "ScaledSum",
+      "Copy",        "Rope",      "LightningAttention",          "WriteKv", "SoftmaxAttention", "Moe"};
+  const auto index = static_cast<std::size_t>(kind);
+  return index < kNames.size() ? kNames[index] : "?";
+}
+
+KvTensor contiguous_kv(Tensor keys, Tensor values, std::int64_t kv_width) {
+  KvTensor kv;
+  kv.keys = keys;
+  kv.values = values;
+  kv.page_stride = kv_width << kv.page_shift;
+  return kv;
+}
+
+namespace {
+
+class HostBuffer final : public TensorBuffer {
+ public:
+  HostBuffer(ElementType type, std::int64_t count)
+      : type_(type), words_(static_cast<std::size_t>(std::max<std::int64_t>(count, 1))) {}
+  Tensor tensor() const override { return {const_cast<std::uint32_t*>(words_.data()), type_}; }
+
+ private:
+  ElementType type_;
+  std::vector<std::uint32_t> words_;  // float32 or int32: 4 bytes each
+};
+
+class CpuOps final : public ModelOps {
+ public:
+  explicit CpuOps(int threads) : pool_(threads) {}
+
+  ElementType activation_type() const override { return ElementType::F32; }
+
+  std::unique_ptr<TensorBuffer> allocate(ElementType type, std::int64_t count, const std::string& what) override {
+    if (type == ElementType::BF16) throw Error("internal: the CPU ops keep no bf16 tensors (" + what + ")");
+    return std::make_unique<HostBuffer>(type, count);
+  }
+  void upload(const void* host, std::int64_t count, Tensor to) override {
+    std::memcpy(to.data, host, static_cast<std::size_t>(count) * 4);
+  }
+  void download(Tensor from, std::int64_t count, void* host) override {
+    std::memcpy(host, from.data, static_cast<std::size_t>(count) * 4);
+  }
+
+  void embed(Tensor table, Tensor tokens, std::int64_t rows, std::int64_t width, Tensor out) override {
+    for (std::int64_t r = 0; r < rows; ++r)
+      std::copy_n(table.as<const float>() + std::int64_t{tokens.as<const std::int32_t>()[r]} * width, width,
+                  out.as<float>() + r * width);
+  }
+  void rms_norm(Tensor x, std::int64_t rows, std::int64_t width, Tensor weight, float eps, Tensor y) override {
+    cpu::rms_norm(x.as<const float>(), rows, width, weight.as<const float>(), eps, y.as<float>(), pool_);
+  }
+  void linear(Tensor x, std::int64_t rows, std::int64_t in, Tensor w, std::int64_t out, Tensor y) override {
+    cpu::linear(x.as<const float>(), rows, in, w.as<const float>(), out, y.as<float>());
+  }
+  void silu(Tensor x, std::int64_t count) override {
+    float* v = x.as<float>();
+    pool_.parallel_for(blocks(count), [&](std::int64_t b) {
+      for (std::int64_t i = b * kBlock; i < std::min(count, (b + 1) * kBlock); ++i) v[i] = cpu::silu(v[i]);
+    });
+  }
+  void sigmoid_gate(Tensor x, Tensor gate, std::int64_t count) override {
+    float* v = x.as<float>();
+    const float* g = gate.as<const float>();
+    for (std::int64_t i = 0; i < count; ++i) v[i] *= cpu::sigmoid(g[i]);
+  }
+  void scaled_sum(Tensor a, float alpha, Tensor b, float beta, std::int64_t count, Tensor out) override {
+    const float* av = a.as<const float>();
+    const float* bv = b.as<const float>();
+    float* o = out.as<float>();
+    for (std::int64_t i = 0; i < count; ++i) o[i] = av[i] * alpha + bv[i] * beta;
+  }
+  void copy(Tensor from, std::int64_t count, Tensor to) override {
+    std::memmove(to.data, from.data, static_cast<std::size_t>(count) * element_bytes(from.type));
+  }
+  void rope(Tensor x, std::int64_t rows, int heads, int head_dim, int rotary_dim, float theta,
+            StepPosition first) override {
+    cpu::apply_rope(x.as<float>(), rows, heads, head_dim, rotary_dim, theta, host_position(first));
+  }
+  void lightning_attention(Tensor qkv, std::int64_t rows, int heads, int head_dim, Tensor slopes, Tensor state,
+                           Tensor out) override {
+    const std::span<const float> s(slopes.as<const float>(), static_cast<std::size_t>(heads));
+    if (rows == 1)
+      cpu::lightning_decode(qkv.as<const float>(), heads, head_dim, s, state.as<float>(), out.as<float>(), pool_);
+    else
+      cpu::lightning_prefill(qkv.as<const float>(), rows, heads, head_dim, s, kLightningBlock, state.as<float>(),
+                             out.as<float>(), pool_);
+  }
+  void write_kv(Tensor keys, Tensor values, std::int64_t rows, StepPosition first, std::int64_t kv_width,
+                const KvTensor& cache) override {
+    const std::int64_t offset = contiguous_offset(cache, host_position(first), kv_width);
+    const auto n = static_cast<std::size_t>(rows * kv_width);
+    std::copy_n(keys.as<const float>(), n, cache.keys.as<float>() + offset);
+    std::copy_n(values.as<const float>(), n, cache.values.as<float>() + offset);
+  }
+  void softmax_attention(Tensor q, std::int64_t rows, StepPosition first, const KvTensor& cache, int heads,
+                         int kv_heads, int head_dim, Tensor out) override {
+    (void)contiguous_offset(cache, 0, std::int64_t{kv_heads} * head_dim);
+    cpu::softmax_attention(q.as<const float>(), rows, host_position(first), cache.keys.as<const float>(),
+                           cache.values.as<const float>(), heads, kv_heads, head_dim, out.as<float>(), pool_);
+  }
+  void moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out) override {
+    const int E = static_cast<int>(w.experts.size()), k = w.top_k;
+    std::vector<float> router(static_cast<std::size_t>(rows * E)), weights(static_cast<std::size_t>(rows * k));
+    std::vector<int> ids(weights.size());
+    cpu::linear(x.as<const float>(), rows, w.hidden, w.router.as<const float>(), E, router.data());
+    cpu::route_top_k(router.data(), rows, E, k, ids.data(), weights.data());
+    std::vector<cpu::ExpertMatrices> experts;
+    experts.reserve(w.experts.size());
+    for (const ExpertTensors& e : w.experts)
+      experts.push_back({e.w1.as<const float>(), e.w3.as<const float>(), e.w2.as<const float>()});
+    cpu::moe_experts(x.as<const float>(), rows, w.hidden, w.width, experts, k, ids.data(), weights.data(),
+                     out.as<float>(), pool_);
+  }
+
+ private:
+  // Rows per block of the lightning prefill; any value gives the same result (up to rounding).
+  static constexpr int kLightningBlock = 256;
+  static constexpr std::int64_t kBlock = 1 << 14;
+  static std::int64_t blocks(std::int64_t count) { return (count + kBlock - 1) / kBlock; }
+
+  static std::int64_t host_position(StepPosition p) {
+    if (p.on_device) throw Error("internal: the CPU ops take only positions the host knows");
+    return p.value;
+  }
+  static std::int64_t contiguous_offset(const KvTensor& cache, std::int64_t position, std::int64_t kv_width) {
+    if (cache.page_table || cache.page_stride != kv_width << cache.page_shift)
+      throw Error("internal: the CPU ops take only contiguous K/V caches");
+    return position * kv_width;
+  }
+
+  ThreadPool pool_;
+};
+
+}  // namespace
+
+std::unique_ptr<ModelOps> make_cpu_ops(int threads) { return std::make_unique<CpuOps>(threads); }
+
+}  // namespace lightdesk

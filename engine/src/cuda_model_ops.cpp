@@ -1,0 +1,200 @@
+#include "cuda_model_ops.h"
+
+#include "cuda_backend.h"
+
+#include <type_traits>
+
+namespace lightdesk {
+namespace {
+
+class DeviceTensorBuffer final : public TensorBuffer {
+ public:
+  DeviceTensorBuffer(ElementType type, std::int64_t count, const std::string& what)
+      : type_(type), buffer_(static_cast<std::size_t>(std::max<std::int64_t>(count, 1)) * element_bytes(type), what) {}
+  Tensor tensor() const override { return {buffer_.as<void>(), type_}; }
+
+ private:
+  ElementType type_;
+  DeviceBuffer buffer_;
+};
+
+cuda::Position position(StepPosition p) {
+  return p.on_device ? cuda::Position(p.on_device, p.value) : cuda::Position(p.value);
+}
+
+template <typename T>
+cuda::KvCacheView<T> kv_view(const KvTensor& kv) {
+  return {kv.keys.as<T>(), kv.values.as<T>(), kv.page_table, kv.page_stride, kv.page_shift};
+}
+
+}  // namespace
+
+template <typename T>
+std::unique_ptr<TensorBuffer> CudaOps<T>::allocate(ElementType type, std::int64_t count, const std::string& what) {
+  return std::make_unique<DeviceTensorBuffer>(type, count, what);
+}
+
+template <typename T>
+float* CudaOps<T>::staging(std::int64_t count) {
+  const auto bytes = static_cast<std::size_t>(count) * sizeof(float);
+  if (bytes > staging_.bytes()) staging_ = DeviceBuffer(bytes, "the ops' conversion buffer");
+  return staging_.as<float>();
+}
+
+template <typename T>
+void CudaOps<T>::upload(const void* host, std::int64_t count, Tensor to) {
+  if (to.type != ElementType::BF16) {
+    device_.upload(to.data, host, static_cast<std::size_t>(count) * 4);
+    return;
+  }
+  // Stream order keeps the staging buffer's next upload behind this conversion.
+  float* values = staging(count);
+  device_.upload(values, host, static_cast<std::size_t>(count) * sizeof(float));
+  cuda::from_float(values, count, to.as<cuda::bf16>(), device_.stream());
+}
+
+template <typename T>
+void CudaOps<T>::download(Tensor from, std::int64_t count, void* host) {
+  if (from.type != ElementType::BF16) {
+    device_.download(host, from.data, static_cast<std::size_t>(count) * 4);
+    return;
+  }
+  float* values = staging(count);
+  cuda::to_float(from.as<const cuda::bf16>(), count, values, device_.stream());
+  device_.download(host, values, static_cast<std::size_t>(count) * sizeof(float));
+}
+
+template <typename T>
+void CudaOps<T>::embed(Tensor table, Tensor tokens, std::int64_t rows, std::int64_t width, Tensor out) {
+  cuda::embed_rows(table.as<const T>(), tokens.as<const std::int32_t>(), rows, width, out.as<T>(), device_.stream());
+}
+
+template <typename T>
+void CudaOps<T>::rms_norm(Tensor x, std::int64_t rows, std::int64_t width, Tensor weight, float eps, Tensor y) {
+  cuda::rms_norm(x.as<const T>(), rows, width, weight.as<const float>(), eps, y.as<T>(), device_.stream());
+}
+
+template <typename T>
+void CudaOps<T>::linear(Tensor x, std::int64_t rows, std::int64_t in, Tensor w, std::int64_t out, Tensor y) {
+  if (x.type == ElementType::F32 && w.type == ElementType::F32 && y.type == ElementType::F32)
+    device_.linear(x.as<const float>(), rows, in, w.as<const float>(), out, y.as<float>());
+  else if (y.type == ElementType::F32)
+    device_.linear(x.as<const T>(), rows, in, w.as<const T>(), out, y.as<float>());
+  else
+    device_.linear(x.as<const T>(), rows, in, w.as<const T>(), out, y.as<T>());
+}
+
+template <typename T>
+void CudaOps<T>::silu(Tensor x, std::int64_t count) {
+  cuda::silu(x.as<T>(), count, device_.stream());
+}
+
+template <typename T>
+void CudaOps<T>::sigmoid_gate(Tensor x, Tensor gate, std::int64_t count) {
+  cuda::sigmoid_gate(x.as<T>(), gate.as<const T>(), count, device_.stream());
+}
+
+template <typename T>
+void CudaOps<T>::scaled_sum(Tensor a, float alpha, Tensor b, float beta, std::int64_t count, Tensor out) {
+  cuda::scaled_sum(a.as<const T>(), alpha, b.as<const T>(), beta, count, out.as<T>(), device_.stream());
+}
+
+template <typename T>
+void CudaOps<T>::copy(Tensor from, std::int64_t count, Tensor to) {
+  check(cudaMemcpyAsync(to.data, from.data, static_cast<std::size_t>(count) * element_bytes(from.type),
+                        cudaMemcpyDeviceToDevice, device_.stream()),
+        "copy");
+}
+
+template <typename T>
+void CudaOps<T>::rope(Tensor x, std::int64_t rows, int heads, int head_dim, int rotary_dim, float theta,
+                      StepPosition first) {
+  cuda::rope(x.as<T>(), rows, heads, head_dim, rotary_dim, theta, position(first), device_.stream());
+}
+
+template <typename T>
+void CudaOps<T>::lightning_attention(Tensor qkv, std::int64_t rows, int heads, int head_dim, Tensor slopes,
+                                     Tensor state, Tensor out) {
+  if (rows == 1)
+    cuda::lightning_decode(qkv.as<const T>(), heads, head_dim, slopes.as<const float>(), state.as<float>(),
+                           out.as<T>(), device_.stream());
+  else
+    cuda::lightning_prefill(qkv.as<const T>(), rows, heads, head_dim, slopes.as<const float>(), state.as<float>(),
+                            out.as<T>(), device_.launch_limits(), device_.stream(), lightning_workspace_,
+                            lightning_workspace_bytes_);
+}
+
+template <typename T>
+void CudaOps<T>::write_kv(Tensor keys, Tensor values, std::int64_t rows, StepPosition first, std::int64_t kv_width,
+                          const KvTensor& cache) {
+  cuda::write_kv_rows<T, T>(keys.as<const T>(), values.as<const T>(), rows, position(first), kv_width,
+                            kv_view<T>(cache), device_.stream());
+}
+
+template <typename T>
+void CudaOps<T>::softmax_attention(Tensor q, std::int64_t rows, StepPosition first, const KvTensor& cache, int heads,
+                                   int kv_heads, int head_dim, Tensor out) {
+  cuda::softmax_attention(q.as<const T>(), rows, position(first), kv_view<T>(cache).as_const(), heads, kv_heads,
+                          head_dim, out.as<T>(), device_.launch_limits(), device_.stream(), attention_workspace_,
+                          attention_workspace_bytes_);
+}
+
+template <typename T>
+MoeRunner<T>& CudaOps<T>::moe_runner(const MoeShape& shape) {
+  const bool same = moe_shape_ && moe_shape_->hidden == shape.hidden && moe_shape_->width == shape.width &&
+                    moe_shape_->experts == shape.experts && moe_shape_->top_k == shape.top_k;
+  if (!same) {
+    moe_.reset();
+    moe_.emplace(device_, shape);
+    moe_shape_ = shape;
+  }
+  return *moe_;
+}
+
+template <typename T>
+void CudaOps<T>::reserve_moe(const MoeShape& shape, std::int64_t rows) {
+  moe_runner(shape).reserve(rows);
+}
+
+template <typename T>
+void CudaOps<T>::moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out) {
+  const std::int64_t H = w.hidden, I = w.width;
+  const auto E = static_cast<int>(w.experts.size());
+  if (E == 0) throw Error("internal: a MoE layer without experts");
+  const T* gate_up = w.experts.front().w1.as<const T>();
+  const T* down = w.experts.front().w2.as<const T>();
+  // The grouped products read the experts as one block.
+  for (int e = 0; e < E; ++e)
+    if (w.experts[e].w1.as<const T>() != gate_up + e * 2 * I * H ||
+        w.experts[e].w3.as<const T>() != gate_up + e * 2 * I * H + I * H ||
+        w.experts[e].w2.as<const T>() != down + e * H * I)
+      throw Error("internal: the CUDA ops need a layer's experts in one block (expert " + std::to_string(e) + ")");
+  moe_runner({H, I, E, w.top_k}).run({w.router.as<const float>(), gate_up, down}, x.as<const T>(), rows, out.as<T>());
+}
+
+template class CudaOps<float>;
+template class CudaOps<cuda::bf16>;
+
+namespace {
+
+// A context of its own under the ops (the base is built first).
+struct OwnedContext {
+  explicit OwnedContext(int device) : context(device) {}
+  DeviceContext context;
+};
+
+template <typename T>
+class StandaloneCudaOps final : private OwnedContext, public CudaOps<T> {
+ public:
+  explicit StandaloneCudaOps(int device) : OwnedContext(device), CudaOps<T>(context) {}
+};
+
+}  // namespace
+
+std::vector<OpsBackend> cuda_ops_backends() {
+  auto unavailable = [] { return cuda_unavailable_reason(); };
+  return {{"cuda-f32", unavailable, [] { return std::make_unique<StandaloneCudaOps<float>>(0); }},
+          {"cuda-bf16", unavailable, [] { return std::make_unique<StandaloneCudaOps<cuda::bf16>>(0); }}};
+}
+
+}  // namespace lightdesk
