@@ -358,17 +358,6 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Outp
   }
 }
 
-namespace {
-
-std::uint64_t splitmix64(std::uint64_t z) {
-  z += 0x9e3779b97f4a7c15ULL;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
-}  // namespace
-
 void fill_synthetic(const SyntheticFill& fill, float* out, std::int64_t numel) {
   for (std::int64_t i = 0; i < numel; ++i) {
     const float unit =

@@ -78,6 +78,12 @@ class Checkpoint {
 // Synthetic weights (ModelOptions::synthetic_weights): uniform values in [low, high) from a
 // counter-based generator, element i = low + (high - low) * (splitmix64(seed ^ splitmix64(i)) >> 40)
 // / 2^24, which cuda::fill_uniform draws on the device and fill_synthetic on the host alike.
+constexpr std::uint64_t splitmix64(std::uint64_t z) {
+  z += 0x9e3779b97f4a7c15ULL;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
 struct SyntheticFill {
   std::uint64_t seed = 0;
   float low = 0.0f, high = 0.0f;
