@@ -1,0 +1,76 @@
+// lightdesk-server: an OpenAI-compatible HTTP server over one model (see README.md, "Local
+// server"). Flags here; the server itself is openai_server.h.
+#include <CLI/CLI.hpp>
+
+#include <csignal>
+#include <cstdio>
+#include <thread>
+
+#include "lightdesk/engine.h"
+#include "lightdesk/text.h"
+#include "openai_server.h"
+
+namespace {
+
+// The server the signal handler stops: set once before signals are taken.
+lightdesk::server::Server* running_server = nullptr;
+
+bool is_loopback(const std::string& host) {
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App cli("lightdesk-server: an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions, /v1/completions) "
+               "over one model");
+  std::string model_dir;
+  lightdesk::ModelOptions model_options;
+  lightdesk::server::ServerOptions options;
+  std::size_t max_body_mib = options.max_body_bytes >> 20;
+  cli.add_option("--model", model_dir, "model directory (config.json, safetensors files, tokenizer)")->required();
+  cli.add_option("--host", options.host, "address to listen on (default 127.0.0.1: this machine only)");
+  cli.add_option("--port", options.port, "port to listen on (default 8080; 0: any free port, printed)")
+      ->check(CLI::Range(0, 65535));
+  cli.add_option("--api-key", options.api_key, "ask every request for \"Authorization: Bearer KEY\" (default: none)");
+  cli.add_option("--model-name", options.model_name, "the model's id in /v1/models (default: the directory's name)");
+  cli.add_option("--max-body-mib", max_body_mib, "largest request body in MiB (default 16)")->check(CLI::Range(1, 1024));
+  cli.add_option("--max-tokens-limit", options.max_tokens_limit, "most tokens one answer may ask for (default 4096)")
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 30));
+  cli.add_option("--queue", options.queue_limit, "requests that may wait for the model; more get 429 (default 8)")
+      ->check(CLI::Range(0, 256));
+  cli.add_option("--threads", model_options.threads, "CPU worker threads (default 0: all hardware threads)")
+      ->check(CLI::Range(0, 4096));
+  CLI11_PARSE(cli, argc, argv);
+  options.max_body_bytes = max_body_mib << 20;
+  options.threads = model_options.threads;
+  if (options.model_name.empty()) {
+    auto path = std::filesystem::path(model_dir);
+    options.model_name = (path.has_filename() ? path : path.parent_path()).filename().string();
+  }
+
+  try {
+    const auto tokenizer = lightdesk::Tokenizer::open(model_dir);
+    const auto format = lightdesk::ChatFormat::for_model(model_dir, *tokenizer);
+    auto model = lightdesk::Model::open(model_dir, model_options);
+    lightdesk::server::Server server(*model, *tokenizer, format, options);
+    server.bind();
+    if (!is_loopback(options.host) && options.api_key.empty())
+      std::fprintf(stderr, "warning: listening on %s without --api-key: anyone who can reach it can use the model\n",
+                   options.host.c_str());
+    // A client gone mid-answer must not end the server.
+    std::signal(SIGPIPE, SIG_IGN);
+    running_server = &server;
+    std::signal(SIGINT, [](int) { running_server->stop(); });
+    std::signal(SIGTERM, [](int) { running_server->stop(); });
+    std::printf("lightdesk-server: serving %s on http://%s:%d/v1\n", options.model_name.c_str(), options.host.c_str(),
+                server.bound_port());
+    std::fflush(stdout);
+    server.serve();
+    running_server = nullptr;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lightdesk-server: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
