@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   lightdesk::ModelOptions model_options;
   lightdesk::server::ServerOptions options;
   std::size_t max_body_mib = options.max_body_bytes >> 20;
+  std::size_t state_cache_mib = options.state_cache_bytes >> 20;
   cli.add_option("--model", model_dir, "model directory (config.json, safetensors files, tokenizer)")->required();
   cli.add_option("--host", options.host, "address to listen on (default 127.0.0.1: this machine only)");
   cli.add_option("--port", options.port, "port to listen on (default 8080; 0: any free port, printed)")
@@ -39,10 +40,14 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 30));
   cli.add_option("--queue", options.queue_limit, "requests that may wait for the model; more get 429 (default 8)")
       ->check(CLI::Range(0, 256));
+  cli.add_option("--state-cache-mib", state_cache_mib,
+                 "memory for session states kept between requests, reused by prompts that extend them (default 4096; "
+                 "0: none)");
   cli.add_option("--threads", model_options.threads, "CPU worker threads (default 0: all hardware threads)")
       ->check(CLI::Range(0, 4096));
   CLI11_PARSE(cli, argc, argv);
   options.max_body_bytes = max_body_mib << 20;
+  options.state_cache_bytes = state_cache_mib << 20;
   options.threads = model_options.threads;
   if (options.model_name.empty()) {
     auto path = std::filesystem::path(model_dir);

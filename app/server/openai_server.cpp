@@ -1,5 +1,7 @@
 #include "openai_server.h"
 
+#include "state_cache.h"
+
 #include <httplib.h>
 
 #include <algorithm>
@@ -236,6 +238,7 @@ struct Server::Impl {
         format(served_format),
         options(std::move(server_options)),
         queue(options.queue_limit),
+        states(options.state_cache_bytes),
         session(served.create_session()) {}
 
   Model& model;
@@ -249,8 +252,9 @@ struct Server::Impl {
   std::mutex counters_mutex;
   ServerCounters counters;
 
-  // Used by the request at the queue's front only. It keeps the last request's prompt and
-  // answer: a prompt that extends them feeds only the rest.
+  // Used by the request at the queue's front only. The session keeps the last request's prompt
+  // and answer; `states` the ends of earlier prompts and answers.
+  StateCache states;
   std::unique_ptr<Session> session;
 
   void routes();
@@ -373,11 +377,22 @@ Generation Server::Impl::generate(std::span<const TokenId> prompt, const Common&
                                   const std::function<bool(const Piece&)>& on_piece) {
   Generation g;
   g.prompt_tokens = static_cast<std::int64_t>(prompt.size());
-  // The session's state holds its tokens; a prompt that strictly extends them feeds only the
-  // rest (the state of a hybrid model cannot be rolled back to a shorter prefix).
+  // The state that holds the longest prefix of the prompt: the session's own (the last request's
+  // prompt and answer) or a kept one. Only the rest is fed.
   const std::vector<TokenId>& held = session->tokens();
-  if (held.size() < prompt.size() && std::equal(held.begin(), held.end(), prompt.begin())) {
-    g.reused_tokens = static_cast<std::int64_t>(held.size());
+  const std::int64_t held_prefix = held.size() < prompt.size() && std::equal(held.begin(), held.end(), prompt.begin())
+                                       ? static_cast<std::int64_t>(held.size())
+                                       : -1;
+  const auto kept = states.longest_prefix_of(prompt);
+  if (kept && kept->token_count() > held_prefix) {
+    try {
+      kept->import_into(*session);
+      g.reused_tokens = kept->token_count();
+    } catch (const Error&) {
+      session->reset();
+    }
+  } else if (held_prefix >= 0) {
+    g.reused_tokens = held_prefix;
   } else {
     session->reset();
   }
@@ -392,6 +407,7 @@ Generation Server::Impl::generate(std::span<const TokenId> prompt, const Common&
     g.finish_reason = "cancelled";
     return g;
   }
+  states.keep(*session);
 
   TokenStreamDecoder decoder(tokenizer);
   ChatOutputParser parser(format.family());
@@ -416,8 +432,11 @@ Generation Server::Impl::generate(std::span<const TokenId> prompt, const Common&
     g.content += piece.content;
     if (!piece.reasoning.empty() || !piece.content.empty()) client_gone = !on_piece(piece);
   };
+  // Every id but the last is fed as it comes.
+  std::vector<TokenId> generated;
   while (g.completion_tokens < c.max_tokens && !client_gone && !stops.stopped()) {
     const TokenId next = session->sample(c.sampling);
+    generated.push_back(next);
     if (next == stop_token) {
       g.finish_reason = "stop";
       break;
@@ -432,8 +451,15 @@ Generation Server::Impl::generate(std::span<const TokenId> prompt, const Common&
     return g;
   }
   emit(decoder.finish(), true);
-  if (chat) g.tool_calls = parser.tool_calls();
-  if (!g.tool_calls.empty()) g.finish_reason = "tool_calls";
+  if (chat) {
+    g.tool_calls = parser.tool_calls();
+    if (!g.tool_calls.empty()) g.finish_reason = "tool_calls";
+    // The answer's turn closed as a render of the conversation has it, for a follow-up.
+    if (!generated.empty()) {
+      finish_assistant_turn(*session, generated, format.end_of_turn());
+      states.keep(*session);
+    }
+  }
   return g;
 }
 

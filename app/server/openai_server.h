@@ -22,6 +22,9 @@ struct ServerOptions {
   std::int64_t max_tokens_limit = 4096;  // most tokens one answer may ask for
   int queue_limit = 8;                   // requests waiting behind the running one
   int threads = 0;                       // tokenizer threads (0: all)
+  // Session states kept between requests (ends of prompts and answers), least recently used
+  // dropped first; 0 keeps none.
+  std::size_t state_cache_bytes = std::size_t{4} << 30;
 };
 
 // Counts since start, for GET /health (and the tests).
