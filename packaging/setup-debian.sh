@@ -4,7 +4,7 @@
 # headers (packaging/fetch-cutlass.sh: PyPI's nvidia-cutlass wheel, through pip).
 set -euo pipefail
 packages=(
-  build-essential cmake ccache pkg-config python3-pip
+  build-essential cmake ccache pkg-config python3-pip python3-venv curl
   nlohmann-json3-dev libcli11-dev libopenblas-dev libcpp-httplib-dev
   libopencv-core-dev libopencv-imgcodecs-dev libopencv-imgproc-dev
   libgtest-dev libgmock-dev libbenchmark-dev
