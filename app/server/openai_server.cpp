@@ -555,19 +555,27 @@ void Server::Impl::respond(httplib::Response& res, bool chat, std::vector<TokenI
           return true;
         }
         if (chat && !send(chunk({{"delta", {{"role", "assistant"}, {"content", ""}}}}))) return false;
-        const Generation g = generate(prompt, c, stop_token, chat, [&](const Piece& piece) {
-          // An empty piece (during the prompt's read) is a keep-alive comment, which also finds
-          // out whether the client is still there.
-          if (piece.reasoning.empty() && piece.content.empty()) {
-            static constexpr std::string_view comment = ": reading the prompt\n\n";
-            return sink.write(comment.data(), comment.size());
-          }
-          if (!chat) return send(chunk({{"text", piece.content}, {"logprobs", nullptr}}));
-          json delta = json::object();
-          if (!piece.reasoning.empty()) delta["reasoning_content"] = piece.reasoning;
-          if (!piece.content.empty()) delta["content"] = piece.content;
-          return send(chunk({{"delta", delta}}));
-        });
+        Generation g;
+        try {
+          g = generate(prompt, c, stop_token, chat, [&](const Piece& piece) {
+            // An empty piece (during the prompt's read) is a keep-alive comment, which also finds
+            // out whether the client is still there.
+            if (piece.reasoning.empty() && piece.content.empty()) {
+              static constexpr std::string_view comment = ": reading the prompt\n\n";
+              return sink.write(comment.data(), comment.size());
+            }
+            if (!chat) return send(chunk({{"text", piece.content}, {"logprobs", nullptr}}));
+            json delta = json::object();
+            if (!piece.reasoning.empty()) delta["reasoning_content"] = piece.reasoning;
+            if (!piece.content.empty()) delta["content"] = piece.content;
+            return send(chunk({{"delta", delta}}));
+          });
+        } catch (const std::exception& e) {
+          // The status is sent already: the error goes in the stream, as OpenAI's do.
+          send(error_body(e.what(), "server_error"));
+          sink.done();
+          return true;
+        }
         count(g);
         if (g.finish_reason == "cancelled") return false;
         json last = chat ? json{{"delta", json::object()}} : json{{"text", ""}};
