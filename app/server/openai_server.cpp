@@ -1,5 +1,6 @@
 #include "openai_server.h"
 
+#include "answer_text.h"
 #include "state_cache.h"
 
 #include <httplib.h>
@@ -130,47 +131,6 @@ Common read_common(const json& body, std::int64_t max_tokens_limit, const Sampli
   return c;
 }
 
-// Holds back the text that may be the start of a stop sequence; cuts the text at the first
-// one found.
-class StopMatcher {
- public:
-  explicit StopMatcher(std::vector<std::string> stops) : stops_(std::move(stops)) {
-    for (const auto& s : stops_) longest_ = std::max(longest_, s.size());
-  }
-  // The text now known to come before any stop sequence.
-  std::string feed(std::string_view text) {
-    if (stopped_) return {};
-    held_ += text;
-    std::size_t cut = std::string::npos;
-    for (const auto& s : stops_) cut = std::min(cut, held_.find(s));
-    if (cut != std::string::npos) {
-      stopped_ = true;
-      std::string out = held_.substr(0, cut);
-      held_.clear();
-      return out;
-    }
-    std::size_t emit = held_.size() - std::min(held_.size(), longest_ > 0 ? longest_ - 1 : 0);
-    // Whole UTF-8 characters only.
-    while (emit > 0 && emit < held_.size() && (static_cast<unsigned char>(held_[emit]) & 0xC0) == 0x80) --emit;
-    std::string out = held_.substr(0, emit);
-    held_.erase(0, emit);
-    return out;
-  }
-  std::string finish() { return stopped_ ? std::string() : std::exchange(held_, {}); }
-  bool stopped() const { return stopped_; }
-
- private:
-  std::vector<std::string> stops_;
-  std::size_t longest_ = 0;
-  std::string held_;
-  bool stopped_ = false;
-};
-
-// What a generation returns and streams: reasoning apart from content (chat only).
-struct Piece {
-  std::string reasoning, content;
-};
-
 struct Generation {
   std::string finish_reason = "length";  // "stop", "length", "tool_calls", or "cancelled"
   std::int64_t prompt_tokens = 0, completion_tokens = 0, reused_tokens = 0;
@@ -263,7 +223,7 @@ struct Server::Impl {
   // Generates the answer to `prompt` (the caller holds the queue's front). `on_piece` gets the
   // text as it comes and returns false when the client has gone, which stops the generation.
   Generation generate(std::span<const TokenId> prompt, const Common& c, TokenId stop_token, bool chat,
-                      const std::function<bool(const Piece&)>& on_piece);
+                      const std::function<bool(const AnswerPiece&)>& on_piece);
 
   std::vector<TokenId> chat_prompt(const json& body, const Common& c);
   std::vector<TokenId> text_prompt(const json& body);
@@ -374,7 +334,7 @@ std::vector<TokenId> Server::Impl::text_prompt(const json& body) {
 }
 
 Generation Server::Impl::generate(std::span<const TokenId> prompt, const Common& c, TokenId stop_token, bool chat,
-                                  const std::function<bool(const Piece&)>& on_piece) {
+                                  const std::function<bool(const AnswerPiece&)>& on_piece) {
   Generation g;
   g.prompt_tokens = static_cast<std::int64_t>(prompt.size());
   // The state that holds the longest prefix of the prompt: the session's own (the last request's
@@ -400,7 +360,7 @@ Generation Server::Impl::generate(std::span<const TokenId> prompt, const Common&
   bool client_gone = false;
   FeedOptions feed_options;
   // Between chunks of a long prompt the client may have gone: an empty piece asks.
-  feed_options.progress = [&](const FeedProgress&) { return !(client_gone = !on_piece(Piece{})); };
+  feed_options.progress = [&](const FeedProgress&) { return !(client_gone = !on_piece(AnswerPiece{})); };
   try {
     session->feed(prompt.subspan(static_cast<std::size_t>(g.reused_tokens)), feed_options);
   } catch (const Cancelled&) {
@@ -410,31 +370,15 @@ Generation Server::Impl::generate(std::span<const TokenId> prompt, const Common&
   states.keep(*session);
 
   TokenStreamDecoder decoder(tokenizer);
-  ChatOutputParser parser(format.family());
-  StopMatcher stops(c.stop);
-  // Passes text through the chat parser (reasoning, answer, tool calls) and the stop sequences.
-  auto emit = [&](std::string_view text, bool last) {
-    Piece piece;
-    if (chat) {
-      ChatOutputParser::Delta delta = parser.feed(text);
-      if (last) {
-        ChatOutputParser::Delta rest = parser.finish();
-        delta.reasoning += rest.reasoning;
-        delta.answer += rest.answer;
-      }
-      piece.reasoning = std::move(delta.reasoning);
-      piece.content = stops.feed(delta.answer);
-    } else {
-      piece.content = stops.feed(text);
-    }
-    if (last) piece.content += stops.finish();
+  AnswerText answer(chat ? std::optional(format.family()) : std::nullopt, c.stop);
+  auto emit = [&](const AnswerPiece& piece) {
     g.reasoning += piece.reasoning;
     g.content += piece.content;
-    if (!piece.reasoning.empty() || !piece.content.empty()) client_gone = !on_piece(piece);
+    if (!piece.empty()) client_gone = !on_piece(piece);
   };
   // Every id but the last is fed as it comes.
   std::vector<TokenId> generated;
-  while (g.completion_tokens < c.max_tokens && !client_gone && !stops.stopped()) {
+  while (g.completion_tokens < c.max_tokens && !client_gone && !answer.stopped()) {
     const TokenId next = session->sample(c.sampling);
     generated.push_back(next);
     if (next == stop_token) {
@@ -442,17 +386,18 @@ Generation Server::Impl::generate(std::span<const TokenId> prompt, const Common&
       break;
     }
     ++g.completion_tokens;
-    emit(decoder.feed(next), false);
-    if (stops.stopped()) g.finish_reason = "stop";
-    if (g.completion_tokens < c.max_tokens && !client_gone && !stops.stopped()) session->feed(std::span(&next, 1));
+    emit(answer.feed(decoder.feed(next)));
+    if (answer.stopped()) g.finish_reason = "stop";
+    if (g.completion_tokens < c.max_tokens && !client_gone && !answer.stopped()) session->feed(std::span(&next, 1));
   }
   if (client_gone) {
     g.finish_reason = "cancelled";
     return g;
   }
-  emit(decoder.finish(), true);
+  emit(answer.feed(decoder.finish()));
+  emit(answer.finish());
   if (chat) {
-    g.tool_calls = parser.tool_calls();
+    g.tool_calls = answer.tool_calls();
     if (!g.tool_calls.empty()) g.finish_reason = "tool_calls";
     // The answer's turn closed as a render of the conversation has it, for a follow-up.
     if (!generated.empty()) {
@@ -480,17 +425,6 @@ void Server::Impl::respond(httplib::Response& res, bool chat, std::vector<TokenI
   const std::string id = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(next_id++);
   const std::int64_t created = unix_seconds();
   const std::string model_name = options.model_name;
-  auto tool_calls_json = [](const std::vector<ToolCall>& calls, bool streamed) {
-    json out = json::array();
-    for (std::size_t i = 0; i < calls.size(); ++i) {
-      json call = {{"id", "call_" + std::to_string(i)},
-                   {"type", "function"},
-                   {"function", {{"name", calls[i].name}, {"arguments", calls[i].arguments}}}};
-      if (streamed) call["index"] = i;
-      out.push_back(std::move(call));
-    }
-    return out;
-  };
   auto usage_json = [](const Generation& g) {
     return json{{"prompt_tokens", g.prompt_tokens},
                 {"completion_tokens", g.completion_tokens},
@@ -508,14 +442,11 @@ void Server::Impl::respond(httplib::Response& res, bool chat, std::vector<TokenI
 
   if (!c.stream) {
     if (!place->wait_turn()) throw RequestError(503, "server_error", "the server is shutting down");
-    const Generation g = generate(prompt, c, stop_token, chat, [](const Piece&) { return true; });
+    const Generation g = generate(prompt, c, stop_token, chat, [](const AnswerPiece&) { return true; });
     count(g);
     json choice = {{"index", 0}, {"finish_reason", g.finish_reason}, {"logprobs", nullptr}};
     if (chat) {
-      json message = {{"role", "assistant"}, {"content", g.content}};
-      if (!g.reasoning.empty()) message["reasoning_content"] = g.reasoning;
-      if (!g.tool_calls.empty()) message["tool_calls"] = tool_calls_json(g.tool_calls, false);
-      choice["message"] = std::move(message);
+      choice["message"] = assistant_message_json(g.reasoning, g.content, g.tool_calls);
     } else {
       choice["text"] = g.content;
     }
@@ -534,8 +465,8 @@ void Server::Impl::respond(httplib::Response& res, bool chat, std::vector<TokenI
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider(
       "text/event-stream",
-      [this, place, chat, prompt = std::move(prompt), c, stop_token, id, created, model_name, tool_calls_json,
-       usage_json, count](std::size_t, httplib::DataSink& sink) {
+      [this, place, chat, prompt = std::move(prompt), c, stop_token, id, created, model_name, usage_json,
+       count](std::size_t, httplib::DataSink& sink) {
         auto send = [&](const json& data) {
           const std::string event = "data: " + dump(data) + "\n\n";
           return sink.write(event.data(), event.size());
@@ -557,10 +488,10 @@ void Server::Impl::respond(httplib::Response& res, bool chat, std::vector<TokenI
         if (chat && !send(chunk({{"delta", {{"role", "assistant"}, {"content", ""}}}}))) return false;
         Generation g;
         try {
-          g = generate(prompt, c, stop_token, chat, [&](const Piece& piece) {
+          g = generate(prompt, c, stop_token, chat, [&](const AnswerPiece& piece) {
             // An empty piece (during the prompt's read) is a keep-alive comment, which also finds
             // out whether the client is still there.
-            if (piece.reasoning.empty() && piece.content.empty()) {
+            if (piece.empty()) {
               static constexpr std::string_view comment = ": reading the prompt\n\n";
               return sink.write(comment.data(), comment.size());
             }
