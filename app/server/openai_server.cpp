@@ -78,6 +78,17 @@ std::optional<T> optional_field(const json& body, const std::string& name) {
   }
 }
 
+json request_object(const std::string& text) {
+  json body;
+  try {
+    body = json::parse(text);
+  } catch (const json::parse_error& e) {
+    throw invalid(std::string("the body is not valid JSON: ") + e.what());
+  }
+  if (!body.is_object()) throw invalid("the body must be a JSON object");
+  return body;
+}
+
 // Options common to chat and text completions.
 struct Common {
   std::string model;
@@ -527,13 +538,7 @@ void Server::Impl::respond(httplib::Response& res, bool chat, std::vector<TokenI
 }
 
 void Server::Impl::chat_completions(const httplib::Request& req, httplib::Response& res) {
-  json body;
-  try {
-    body = json::parse(req.body);
-  } catch (const json::parse_error& e) {
-    throw invalid(std::string("the body is not valid JSON: ") + e.what());
-  }
-  if (!body.is_object()) throw invalid("the body must be a JSON object");
+  const json body = request_object(req.body);
   check_fields(body, {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
                       "seed", "stop", "stream", "stream_options", "n", "presence_penalty", "frequency_penalty",
                       "tools", "tool_choice", "user"});
@@ -542,13 +547,7 @@ void Server::Impl::chat_completions(const httplib::Request& req, httplib::Respon
 }
 
 void Server::Impl::completions(const httplib::Request& req, httplib::Response& res) {
-  json body;
-  try {
-    body = json::parse(req.body);
-  } catch (const json::parse_error& e) {
-    throw invalid(std::string("the body is not valid JSON: ") + e.what());
-  }
-  if (!body.is_object()) throw invalid("the body must be a JSON object");
+  const json body = request_object(req.body);
   check_fields(body, {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream",
                       "stream_options", "n", "presence_penalty", "frequency_penalty", "user"});
   const Common c = read_common(body, options.max_tokens_limit, SamplingDefaults{1.0f, 1.0f});
