@@ -4,8 +4,10 @@
 
 #include <csignal>
 #include <cstdio>
+#include <optional>
 #include <thread>
 
+#include "lightdesk/data_directory.h"
 #include "lightdesk/engine.h"
 #include "lightdesk/text.h"
 #include "openai_server.h"
@@ -29,6 +31,8 @@ int main(int argc, char** argv) {
   lightdesk::server::ServerOptions options;
   std::size_t max_body_mib = options.max_body_bytes >> 20;
   std::size_t state_cache_mib = options.state_cache_bytes >> 20;
+  std::optional<std::filesystem::path> data_dir;
+  bool states_in_memory = false;
   cli.add_option("--model", model_dir, "model directory (config.json, safetensors files, tokenizer)")->required();
   cli.add_option("--host", options.host, "address to listen on (default 127.0.0.1: this machine only)");
   cli.add_option("--port", options.port, "port to listen on (default 8080; 0: any free port, printed)")
@@ -41,8 +45,12 @@ int main(int argc, char** argv) {
   cli.add_option("--queue", options.queue_limit, "requests that may wait for the model; more get 429 (default 8)")
       ->check(CLI::Range(0, 256));
   cli.add_option("--state-cache-mib", state_cache_mib,
-                 "memory for session states kept between requests, reused by prompts that extend them (default 4096; "
-                 "0: none)");
+                 "bytes (MiB) of session states kept between requests, reused by prompts that extend them "
+                 "(default 4096; 0: none)");
+  cli.add_option("--data-dir", data_dir,
+                 "the data directory whose cache/ keeps the states (default: $LIGHTDESK_DATA_DIR, else "
+                 "$XDG_DATA_HOME/Lightdesk, else ~/.local/share/Lightdesk)");
+  cli.add_flag("--states-in-memory", states_in_memory, "keep the states in memory only, not in the data directory");
   cli.add_option("--threads", model_options.threads, "CPU worker threads (default 0: all hardware threads)")
       ->check(CLI::Range(0, 4096));
   CLI11_PARSE(cli, argc, argv);
@@ -58,6 +66,8 @@ int main(int argc, char** argv) {
     const auto tokenizer = lightdesk::Tokenizer::open(model_dir);
     const auto format = lightdesk::ChatFormat::for_model(model_dir, *tokenizer);
     auto model = lightdesk::Model::open(model_dir, model_options);
+    if (!states_in_memory && options.state_cache_bytes > 0)
+      options.state_database = lightdesk::store::DataDirectory(data_dir).model_cache(model->info()) / "server-states.sqlite";
     lightdesk::server::Server server(*model, *tokenizer, format, options);
     server.bind();
     if (!is_loopback(options.host) && options.api_key.empty())

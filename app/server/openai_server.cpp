@@ -6,6 +6,7 @@
 #include <httplib.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -200,6 +201,11 @@ class Queue {
   bool stopping_ = false;
 };
 
+std::unique_ptr<StateCache> make_state_cache(const ServerOptions& options, const ModelInfo& model) {
+  if (options.state_database.empty()) return std::make_unique<MemoryStateCache>(options.state_cache_bytes);
+  return std::make_unique<StoredStateCache>(options.state_database, model, options.state_cache_bytes);
+}
+
 }  // namespace
 
 struct Server::Impl {
@@ -209,7 +215,7 @@ struct Server::Impl {
         format(served_format),
         options(std::move(server_options)),
         queue(options.queue_limit),
-        states(options.state_cache_bytes),
+        states(make_state_cache(options, served.info())),
         session(served.create_session()) {}
 
   Model& model;
@@ -225,10 +231,12 @@ struct Server::Impl {
 
   // Used by the request at the queue's front only. The session keeps the last request's prompt
   // and answer; `states` the ends of earlier prompts and answers.
-  StateCache states;
+  std::unique_ptr<StateCache> states;
   std::unique_ptr<Session> session;
 
   void routes();
+  // Keeps the session's state for later requests; a failure to keep it fails no request.
+  void keep_state();
   bool authorized(const httplib::Request& req) const;
 
   // Generates the answer to `prompt` (the caller holds the queue's front). `on_piece` gets the
@@ -244,6 +252,14 @@ struct Server::Impl {
   void completions(const httplib::Request& req, httplib::Response& res);
   void respond(httplib::Response& res, bool chat, std::vector<TokenId> prompt, Common c);
 };
+
+void Server::Impl::keep_state() {
+  try {
+    states->keep(*session);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lightdesk-server: a state was not kept: %s\n", e.what());
+  }
+}
 
 bool Server::Impl::authorized(const httplib::Request& req) const {
   if (options.api_key.empty()) return true;
@@ -354,12 +370,13 @@ Generation Server::Impl::generate(std::span<const TokenId> prompt, const Common&
   const std::int64_t held_prefix = held.size() < prompt.size() && std::equal(held.begin(), held.end(), prompt.begin())
                                        ? static_cast<std::int64_t>(held.size())
                                        : -1;
-  const auto kept = states.longest_prefix_of(prompt);
+  const auto kept = states->longest_prefix_of(prompt);
   if (kept && kept->token_count() > held_prefix) {
     try {
       kept->import_into(*session);
       g.reused_tokens = kept->token_count();
-    } catch (const Error&) {
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "lightdesk-server: a kept state was refused: %s\n", e.what());
       session->reset();
     }
   } else if (held_prefix >= 0) {
@@ -378,7 +395,7 @@ Generation Server::Impl::generate(std::span<const TokenId> prompt, const Common&
     g.finish_reason = "cancelled";
     return g;
   }
-  states.keep(*session);
+  keep_state();
 
   TokenStreamDecoder decoder(tokenizer);
   AnswerText answer(chat ? std::optional(format.family()) : std::nullopt, c.stop);
@@ -413,7 +430,7 @@ Generation Server::Impl::generate(std::span<const TokenId> prompt, const Common&
     // The answer's turn closed as a render of the conversation has it, for a follow-up.
     if (!generated.empty()) {
       finish_assistant_turn(*session, generated, format.end_of_turn());
-      states.keep(*session);
+      keep_state();
     }
   }
   return g;

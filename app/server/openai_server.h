@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -25,6 +26,8 @@ struct ServerOptions {
   // Session states kept between requests (ends of prompts and answers), least recently used
   // dropped first; 0 keeps none.
   std::size_t state_cache_bytes = std::size_t{4} << 30;
+  // Where they are kept: a session database, or in memory when empty.
+  std::filesystem::path state_database;
 };
 
 // Counts since start, for GET /health (and the tests).

@@ -89,13 +89,15 @@ class StateCacheTest : public ::testing::Test {
     std::iota(out.begin(), out.end(), first);
     return out;
   }
+  void check_longest_prefix(StateCache& cache);
   std::unique_ptr<Model> model_;
 };
 
-TEST_F(StateCacheTest, RestoresTheLongestKeptPrefixAndContinuesAsAFullPrefill) {
+// Keeps the states after a and a+b; checks which one serves which prompt and that a restored
+// state continues as the whole prompt fed at once.
+void StateCacheTest::check_longest_prefix(StateCache& cache) {
   const auto a = ids(10, 12), b = ids(40, 9), c = ids(60, 5);
   auto session = model_->create_session();
-  StateCache cache(std::size_t{1} << 30);
   session->feed(a);
   cache.keep(*session);
   session->feed(b);
@@ -131,12 +133,39 @@ TEST_F(StateCacheTest, RestoresTheLongestKeptPrefixAndContinuesAsAFullPrefill) {
   EXPECT_LT(std::sqrt(diff / norm), 1e-4);
 }
 
+TEST_F(StateCacheTest, InMemoryRestoresTheLongestKeptPrefix) {
+  MemoryStateCache cache(std::size_t{1} << 30);
+  check_longest_prefix(cache);
+}
+
+TEST_F(StateCacheTest, InADatabaseRestoresTheLongestKeptPrefixAlsoAfterARestart) {
+  test::ScratchDir dir;
+  const auto database = dir.path() / "states.sqlite";
+  {
+    StoredStateCache cache(database, model_->info(), std::size_t{1} << 30);
+    check_longest_prefix(cache);
+  }
+  StoredStateCache reopened(database, model_->info(), std::size_t{1} << 30);
+  EXPECT_EQ(reopened.size(), 2u);
+  std::vector<TokenId> longer = ids(10, 12);
+  longer.push_back(7);
+  ASSERT_TRUE(reopened.longest_prefix_of(longer));
+  EXPECT_EQ(reopened.longest_prefix_of(longer)->token_count(), 12);
+  // A limit below one state's size drops what is kept, from the database too.
+  auto session = model_->create_session();
+  session->feed(ids(90, 6));
+  StoredStateCache tiny(database, model_->info(), 1);
+  tiny.keep(*session);
+  EXPECT_EQ(tiny.size(), 0u);
+  EXPECT_EQ(StoredStateCache(database, model_->info(), std::size_t{1} << 30).size(), 0u);
+}
+
 TEST_F(StateCacheTest, EvictsTheLeastRecentlyUsedStateOverTheLimit) {
   auto session = model_->create_session();
   session->feed(ids(10, 8));
   const std::size_t one = conversation::EngineState::copy_of(*session)->bytes();
   // Room for the first state and a slightly larger second one, not a third.
-  StateCache cache(2 * one + one / 2);
+  MemoryStateCache cache(2 * one + one / 2);
   cache.keep(*session);
   const auto first = session->tokens();
   session->feed(ids(30, 1));
@@ -147,15 +176,15 @@ TEST_F(StateCacheTest, EvictsTheLeastRecentlyUsedStateOverTheLimit) {
   // Using the first makes the second the least recently used.
   std::vector<TokenId> after_first = first;
   after_first.push_back(50);
-  ASSERT_EQ(cache.longest_prefix_of(after_first)->tokens(), first);
+  ASSERT_EQ(cache.longest_prefix_of(after_first)->token_count(), 8);
   session->feed(ids(31, 1));
   cache.keep(*session);
   EXPECT_EQ(cache.size(), 2u);
   EXPECT_LE(cache.bytes(), 2 * one + one / 2);
   // The second is gone: the longest prefix of `longer` is now the first.
-  EXPECT_EQ(cache.longest_prefix_of(longer)->tokens(), first);
+  EXPECT_EQ(cache.longest_prefix_of(longer)->token_count(), 8);
   // A limit of zero keeps nothing.
-  StateCache none(0);
+  MemoryStateCache none(0);
   none.keep(*session);
   EXPECT_EQ(none.size(), 0u);
 }

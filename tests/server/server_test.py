@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -17,8 +18,13 @@ SKIP = 77  # ctest's SKIP_RETURN_CODE
 
 
 class Server:
-    def __init__(self, binary, model, *flags):
-        self.process = subprocess.Popen([binary, "--model", model, "--port", "0", "--threads", "1", *flags],
+    """A server on a free port; its states in `data_dir` (default: a fresh directory of its own)."""
+
+    def __init__(self, binary, model, *flags, data_dir=None):
+        self.scratch = None if data_dir else tempfile.TemporaryDirectory()
+        self.data_dir = data_dir or self.scratch.name
+        self.process = subprocess.Popen([binary, "--model", model, "--port", "0", "--threads", "1",
+                                         "--data-dir", self.data_dir, *flags],
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         line = self.process.stdout.readline()
         if "serving" not in line:
@@ -37,6 +43,9 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             raise AssertionError("the server did not stop on SIGTERM")
+        finally:
+            if self.scratch:
+                self.scratch.cleanup()
 
     def health(self):
         return json.loads(curl(self, "GET", "/health")[1])
@@ -146,7 +155,7 @@ def curl_checks(args):
         check(curl(server, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": 2})[0] == 200, "after a disconnect")
 
     # One request runs and one waits: more at once are refused with 429.
-    with Server(args.server, args.model, "--queue", "1") as server:
+    with Server(args.server, args.model, "--queue", "1", "--states-in-memory") as server:
         statuses = []
         def ask():
             statuses.append(curl(server, "POST", "/v1/completions",
@@ -242,6 +251,19 @@ def openai_checks(args):
                 raise AssertionError("an unknown field was accepted")
             except openai.BadRequestError as e:
                 check("bogus" in str(e), str(e))
+
+    # The states are in the data directory's database: a restarted server reuses them.
+    states = tempfile.TemporaryDirectory()
+    with Server(args.server, args.model, data_dir=states.name) as server:
+        with openai.OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=0) as client:
+            client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0)
+    with Server(args.server, args.model, data_dir=states.name) as server:
+        with openai.OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=0) as client:
+            restarted = client.chat.completions.create(model="tiny", messages=follow_up, max_tokens=12, temperature=0)
+    states.cleanup()
+    check(restarted.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens,
+          f"after a restart the follow-up reused {restarted.usage.prompt_tokens_details.cached_tokens} tokens")
+    check(restarted.choices[0].message.content == warm.choices[0].message.content, "restarted answer differs")
 
     with Server(args.server, args.model, "--state-cache-mib", "0") as cold_server:
         with openai.OpenAI(base_url=cold_server.base + "/v1", api_key="unused", max_retries=0) as cold_client:
