@@ -226,6 +226,7 @@ struct Server::Impl {
   httplib::Server http;
   int port = 0;
   std::atomic<std::uint64_t> next_id{1};
+  std::atomic<bool> stopping{false};
   std::mutex counters_mutex;
   ServerCounters counters;
 
@@ -388,7 +389,9 @@ Generation Server::Impl::generate(std::span<const TokenId> prompt, const Common&
   bool client_gone = false;
   FeedOptions feed_options;
   // Between chunks of a long prompt the client may have gone: an empty piece asks.
-  feed_options.progress = [&](const FeedProgress&) { return !(client_gone = !on_piece(AnswerPiece{})); };
+  feed_options.progress = [&](const FeedProgress&) {
+    return !(client_gone = stopping || !on_piece(AnswerPiece{}));
+  };
   try {
     session->feed(prompt.subspan(static_cast<std::size_t>(g.reused_tokens)), feed_options);
   } catch (const Cancelled&) {
@@ -407,6 +410,9 @@ Generation Server::Impl::generate(std::span<const TokenId> prompt, const Common&
   // Every id but the last is fed as it comes.
   std::vector<TokenId> generated;
   while (g.completion_tokens < c.max_tokens && !client_gone && !answer.stopped()) {
+    // A server told to stop ends the running answer as if its client had gone.
+    if (stopping) client_gone = true;
+    if (client_gone) break;
     const TokenId next = session->sample(c.sampling);
     generated.push_back(next);
     if (next == stop_token) {
@@ -658,6 +664,7 @@ int Server::bound_port() const { return impl_->port; }
 void Server::serve() { impl_->http.listen_after_bind(); }
 
 void Server::stop() {
+  impl_->stopping = true;
   impl_->queue.stop();
   impl_->http.stop();
 }
