@@ -154,6 +154,19 @@ def curl_checks(args):
         wait_for(lambda: server.health()["cancelled"] == 1, "the disconnected stream to be cancelled")
         check(curl(server, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": 2})[0] == 200, "after a disconnect")
 
+    # lightdesk-cli ask --endpoint: the question goes as the local ask renders it, so the server's
+    # greedy answer is the local one; a wrong key is a one-line error.
+    document = os.path.join(os.path.dirname(args.model), "documents", "latin1.txt")
+    ask = [args.cli, "ask", "--document", document, "--question", "What is this?", "--max-new-tokens", "8", "--greedy"]
+    local = subprocess.run(ask + ["--model", args.model, "--threads", "1"], capture_output=True, check=True).stdout
+    with Server(args.server, args.model, "--api-key", "k") as server:
+        remote = subprocess.run(ask + ["--endpoint", server.base, "--api-key", "k"], capture_output=True)
+        check(remote.returncode == 0, remote.stderr.decode())
+        check(remote.stdout == local, f"ask --endpoint answered {remote.stdout!r}, locally {local!r}")
+        refused = subprocess.run(ask + ["--endpoint", server.base + "/v1", "--api-key", "wrong"], capture_output=True)
+        check(refused.returncode != 0 and b"401" in refused.stderr and refused.stderr.count(b"\n") == 1,
+              f"a wrong key: {refused.returncode} {refused.stderr!r}")
+
     # One request runs and one waits: more at once are refused with 429.
     with Server(args.server, args.model, "--queue", "1", "--states-in-memory") as server:
         statuses = []
