@@ -54,4 +54,7 @@ double max_abs_diff(std::span<const float> a, std::span<const float> b);
 // cancel to near zero; this measures the error against the size of the result.
 double max_rel_diff(std::span<const float> a, std::span<const float> b);
 
+// A state part's values as float32, whichever dtype it carries (bf16 widened exactly).
+std::vector<float> state_values(const StatePart& part);
+
 }  // namespace lightdesk::test

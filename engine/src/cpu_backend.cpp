@@ -67,8 +67,10 @@ class CpuBackend final : public ComputeBackend {
     auto& s = static_cast<CpuSequence&>(state).lightning.at(layer);
     std::copy_n(in, s.size(), s.begin());
   }
+  StateDType kv_dtype() const override { return StateDType::F32; }
   void read_kv(const SequenceState& state, int layer, KvSide side, std::int64_t first, std::int64_t count,
-               float* out) const override {
+               void* out_bytes) const override {
+    auto* out = static_cast<float*>(out_bytes);
     const auto& s = static_cast<const CpuSequence&>(state);
     const float* cache = (side == KvSide::Keys ? s.keys : s.values).at(layer).data();
     for_each_kv_row(first, count, [&](std::int64_t cache_offset, std::int64_t export_offset) {
@@ -84,7 +86,8 @@ class CpuBackend final : public ComputeBackend {
       }
   }
   void write_kv(SequenceState& state, int layer, KvSide side, std::int64_t first, std::int64_t count,
-                const float* in) const override {
+                const void* in_bytes) const override {
+    const auto* in = static_cast<const float*>(in_bytes);
     auto& s = static_cast<CpuSequence&>(state);
     float* cache = (side == KvSide::Keys ? s.keys : s.values).at(layer).data();
     for_each_kv_row(first, count, [&](std::int64_t cache_offset, std::int64_t export_offset) {

@@ -1,5 +1,6 @@
 #include "model_weights.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -11,15 +12,21 @@ WeightTensor::WeightTensor(const TensorView& view, std::int64_t offset_elements,
   const std::byte* start = view.data + offset_elements * static_cast<std::int64_t>(dtype_size(view.dtype));
   if (view.dtype == DType::F32 && reinterpret_cast<std::uintptr_t>(start) % alignof(float) == 0) {
     data_ = reinterpret_cast<const float*>(start);
-    return;
+  } else {
+    owned_.resize(static_cast<std::size_t>(numel));
+    TensorView part = view;
+    part.data = start;
+    part.shape = {numel};
+    part.bytes = static_cast<std::size_t>(numel) * dtype_size(view.dtype);
+    part.to_f32(owned_.data());
+    data_ = owned_.data();
   }
-  owned_.resize(static_cast<std::size_t>(numel));
-  TensorView part = view;
-  part.data = start;
-  part.shape = {numel};
-  part.bytes = static_cast<std::size_t>(numel) * dtype_size(view.dtype);
-  part.to_f32(owned_.data());
-  data_ = owned_.data();
+  // Every backend loads through here: a NaN or an infinity in a weight would make every logit
+  // NaN, and a checkpoint holding one is damaged.
+  const float* bad = std::find_if(data_, data_ + numel, [](float v) { return !std::isfinite(v); });
+  if (bad != data_ + numel)
+    throw Error(view.file + ": tensor \"" + view.name + "\" holds a non-finite value (" + std::to_string(*bad) +
+                " at element " + std::to_string(offset_elements + (bad - data_)) + "): the checkpoint is damaged");
 }
 
 namespace {

@@ -175,14 +175,23 @@ UPDATE sessions SET settings = json_remove(settings, '$.attachments')
   WHERE json_valid(settings) AND json_type(settings, '$.attachments') IS NOT NULL;
 )sql";
 
-constexpr std::array<const char*, kSchemaVersion> kSteps = {kConversations, kCheckpoints, kSearch,
-                                                            kDocumentMessages, kDocumentPages};
+// Version 6: K/V rows keep the element type they were given (StatePart layout version 2: bf16 from
+// the CUDA backend, f32 from the CPU); rows written before are f32. checkpoints.dtype names the
+// type of the K/V its saver exported; the rows' own types are what reading follows, since a
+// checkpoint may reuse spans saved in the other type.
+constexpr const char* kKvRowTypes = R"sql(
+ALTER TABLE kv_rows ADD COLUMN dtype TEXT NOT NULL DEFAULT 'f32';
+)sql";
+
+constexpr std::array<const char*, kSchemaVersion> kSteps = {kConversations, kCheckpoints,     kSearch,
+                                                            kDocumentMessages, kDocumentPages, kKvRowTypes};
 
 }  // namespace
 
 int user_version(sql::Database& db) {
   sql::Statement query(db, "PRAGMA user_version");
   query.step();
+  // user_version is a signed 32-bit field, so this never narrows.
   return static_cast<int>(query.int64(0));
 }
 
@@ -196,6 +205,9 @@ void migrate(sql::Database& db, int target) {
     // Read inside the write transaction so two connections opening a new file do not both
     // apply a step.
     const int version = user_version(db);
+    if (version < 0)
+      db.fail_plain("not a Lightdesk session database, or a damaged one (schema version " + std::to_string(version) +
+                    ")");
     if (version > kSchemaVersion)
       db.fail_plain("written by a newer Lightdesk (schema version " + std::to_string(version) +
                     "; this build knows up to " + std::to_string(kSchemaVersion) + ")");

@@ -7,12 +7,16 @@
 #include <sqlite3.h>
 
 #include <atomic>
+#include <chrono>
+#include <cstring>
 #include <set>
 #include <fstream>
 #include <iterator>
 #include <thread>
 
 #include "src/schema.h"
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 #include "store_test_util.h"
 
 namespace lightdesk::store {
@@ -258,7 +262,7 @@ TEST_F(StoreTest, FlippedBytesInTheFileAreRefusedAndMessagesKept) {
     writer->feed(tokens);
     writer->export_state([&](const StatePart& part) {
       if (part.kind == StatePartKind::LightningState && part.layer == 1)
-        layer1_state.assign(part.data.begin(), part.data.end());
+        layer1_state.assign(part.f32().begin(), part.f32().end());
     });
     store.save_checkpoint(session_id, *writer);
   }  // closing the last connection moves the WAL into the file
@@ -436,6 +440,116 @@ TEST_F(StoreTest, MigratesFromEveryEarlierVersion) {
   }
 }
 
+// A schema-5 file with a checkpoint of state layout 1 (float32 everywhere, K/V rows without a
+// dtype), written here row by row as that layout had it: it migrates and loads bit for bit.
+TEST_F(StoreTest, ACheckpointOfTheOldLayoutStillLoads) {
+  const auto tokens = token_ids(70, 21);
+  auto writer = model_->create_session();
+  writer->feed(tokens);
+  {
+    sql::Database db(db_path());
+    migrate(db, 5);
+    sql::Statement(db, "INSERT INTO models(id, fingerprint, path, model_type, created_at) VALUES (1, ?, 'old', 'x', 1)")
+        .bind_all(model_->info().fingerprint)
+        .run();
+    db.exec("INSERT INTO sessions(id, title, model_id, created_at, updated_at) VALUES (1, 'old', 1, 1, 1)");
+    const auto token_blob = std::as_bytes(std::span<const TokenId>(tokens));
+    sql::Statement(db,
+                   "INSERT INTO checkpoints(id, session_id, model_id, position, layout_version, dtype, tokens, "
+                   "tokens_checksum, complete, created_at) VALUES (1, 1, 1, 70, 1, 'f32', ?, ?, 1, 1)")
+        .bind_all(token_blob, static_cast<std::int64_t>(XXH3_64bits(token_blob.data(), token_blob.size())))
+        .run();
+    db.exec("INSERT INTO kv_spans(id, session_id, model_id, first_token, token_count, prefix_hash, complete) "
+            "VALUES (1, 1, 1, 0, 70, x'00', 1)");
+    db.exec("INSERT INTO checkpoint_spans(checkpoint_id, span_id) VALUES (1, 1)");
+    writer->export_state(
+        [&](const StatePart& part) {
+          const auto bytes = std::as_bytes(part.f32());
+          const auto checksum = static_cast<std::int64_t>(XXH3_64bits(bytes.data(), bytes.size()));
+          if (part.kind == StatePartKind::LightningState)
+            sql::Statement(db,
+                           "INSERT INTO lightning_states(checkpoint_id, layer, heads, key_dim, value_dim, checksum, data) "
+                           "VALUES (1, ?, ?, ?, ?, ?, ?)")
+                .bind_all(part.layer, part.shape[0], part.shape[1], part.shape[2], checksum, bytes)
+                .run();
+          else
+            sql::Statement(db,
+                           "INSERT INTO kv_rows(span_id, layer, kind, first_token, token_count, kv_heads, head_dim, "
+                           "checksum, data) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)")
+                .bind_all(part.layer, static_cast<int>(part.kind), part.first_token, part.token_count, part.shape[0],
+                          part.shape[2], checksum, bytes)
+                .run();
+        },
+        32);  // three rows per layer and side
+  }
+  Store store(db_path());
+  EXPECT_EQ(store.schema_version(), kSchemaVersion);
+  const auto record = store.latest_checkpoint(1);
+  ASSERT_TRUE(record);
+  EXPECT_EQ(record->layout_version, 1u);
+  auto restored = busy_session();
+  store.load_checkpoint(record->id, *restored);
+  const auto tail = token_ids(5, 22);
+  EXPECT_TRUE(bit_identical(continue_logits(*restored, tail), continue_logits(*writer, tail)));
+  // The restored session saves in layout 2 beside it.
+  const auto next = store.save_checkpoint(1, *restored);
+  EXPECT_EQ(store.checkpoints(1).back().layout_version, StatePart::kLayoutVersion);
+  auto again = busy_session();
+  store.load_checkpoint(next, *again);
+  EXPECT_EQ(again->tokens(), restored->tokens());
+}
+
+// A CUDA backend exports its K/V in bf16: the store keeps them so (half the bytes of f32) and
+// gives back the same bytes, marked bf16.
+TEST_F(StoreTest, KeepsBf16KvAsGiven) {
+  auto writer = model_->create_session();
+  writer->feed(token_ids(40, 23));
+  std::vector<std::vector<std::uint16_t>> given;
+  std::int64_t lightning_bytes = 0, kv_f32_bytes = 0;
+  const StateSource bf16_source{
+      model_->info(), writer->tokens(),
+      [&](const std::function<void(const StatePart&)>& sink, std::int64_t chunk, std::int64_t kv_from) {
+        writer->export_state(
+            [&](const StatePart& part) {
+              if (part.kind == StatePartKind::LightningState) {
+                lightning_bytes += part.bytes();
+                return sink(part);
+              }
+              kv_f32_bytes += part.bytes();
+              std::vector<std::uint16_t> halves;
+              for (float v : part.f32()) {  // truncation: any bf16 values will do
+                std::uint32_t bits;
+                std::memcpy(&bits, &v, 4);
+                halves.push_back(static_cast<std::uint16_t>(bits >> 16));
+              }
+              StatePart bf16 = part;
+              bf16.dtype = StateDType::BF16;
+              bf16.data = std::as_bytes(std::span<const std::uint16_t>(given.emplace_back(std::move(halves))));
+              sink(bf16);
+            },
+            chunk, kv_from);
+      },
+      0, StateDType::BF16};
+  Store store(db_path());
+  const auto session_id = store.create_session("bf16");
+  const auto id = store.save_checkpoint(session_id, bf16_source);
+  EXPECT_EQ(store.checkpoints(session_id).back().dtype, "bf16");
+  EXPECT_EQ(store.checkpoint_bytes(id), lightning_bytes + kv_f32_bytes / 2);
+  std::vector<std::uint16_t> read_back, written;
+  for (const auto& g : given) written.insert(written.end(), g.begin(), g.end());
+  store.read_checkpoint(id, model_->info(), [&](const StatePart& part) {
+    if (part.kind == StatePartKind::LightningState) return;
+    EXPECT_EQ(part.dtype, StateDType::BF16);
+    const auto* halves = reinterpret_cast<const std::uint16_t*>(part.data.data());
+    read_back.insert(read_back.end(), halves, halves + part.numel());
+  });
+  // Rows come back by layer, kind and position, as the export streamed them.
+  EXPECT_EQ(read_back, written);
+  auto restored = busy_session();  // the CPU backend takes them, widened to f32
+  store.load_checkpoint(id, *restored);
+  EXPECT_EQ(restored->tokens(), writer->tokens());
+}
+
 TEST_F(StoreTest, DocumentsKeepTheirMessageAndOldLinksAreMigrated) {
   {
     sql::Database db(db_path());
@@ -505,6 +619,74 @@ TEST_F(StoreTest, RefusesAFileFromANewerSchema) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("newer Lightdesk (schema version 99"), std::string::npos) << e.what();
   }
+}
+
+// A negative version indexed the migration steps before their start (a crash, or bytes run as
+// SQL). Checked on a fresh file and on one already at the current version.
+TEST_F(StoreTest, RefusesANegativeSchemaVersion) {
+  for (const int version : {-1, -5, -16, -1000, -2147483647}) {
+    std::filesystem::remove(db_path());
+    { sql::Database db(db_path()); }
+    exec_sql("PRAGMA user_version = " + std::to_string(version));
+    try {
+      Store store(db_path());
+      FAIL() << "opened a file of schema version " << version;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("damaged one (schema version " + std::to_string(version) + ")"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+}
+
+// Two runs continue one stored session at once: the second to save notices that the session
+// moved on. A plain state save refuses (it would drop the other's state); a conversation keeps
+// both exchanges as branches and says so.
+TEST_F(StoreTest, ASecondWriterNoticesThatTheSessionMovedOn) {
+  {
+    auto first = model_->create_session();
+    NamedSessionState state(db_path(), "shared", *first);
+    first->feed(token_ids(10, 40));
+    state.save();
+  }
+  auto a = model_->create_session(), b = model_->create_session();
+  NamedSessionState state_a(db_path(), "shared", *a), state_b(db_path(), "shared", *b);
+  a->feed(token_ids(5, 41));
+  b->feed(token_ids(7, 42));
+  state_a.save();
+  try {
+    state_b.save();
+    FAIL() << "the second writer silently replaced the first's state";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("session \"shared\" moved on while this run went on"), std::string::npos)
+        << e.what();
+  }
+  {
+    Store store(db_path());
+    EXPECT_EQ(store.latest_checkpoint(store.find_session("shared")->id)->position, 15);
+  }
+  // The one that saved keeps going: its own save is not another writer's.
+  a->feed(token_ids(2, 43));
+  state_a.save();
+
+  auto c = model_->create_session(), d = model_->create_session();
+  NamedSessionState state_c(db_path(), "shared", *c), state_d(db_path(), "shared", *d);
+  Message question, answer;
+  question.text = "q";
+  answer.text = "a";
+  c->feed(token_ids(3, 44));
+  d->feed(token_ids(4, 45));
+  const auto answer_c = state_c.save_exchange(question, answer);
+  EXPECT_TRUE(state_c.notice().empty()) << state_c.notice();
+  const auto answer_d = state_d.save_exchange(question, answer);
+  EXPECT_NE(state_d.notice().find("moved on while this run went on"), std::string::npos) << state_d.notice();
+  Store store(db_path());
+  const auto messages = store.messages(store.find_session("shared")->id);
+  std::set<std::optional<std::int64_t>> question_parents;
+  for (const auto& m : messages)
+    if (m.role == Role::User) question_parents.insert(m.parent_id);
+  EXPECT_EQ(question_parents.size(), 1u) << "both questions branch from the same place";
+  EXPECT_NE(answer_c, answer_d);
 }
 
 TEST_F(StoreTest, RefusesAFileThatIsNotADatabase) {
@@ -600,7 +782,9 @@ TEST_F(StoreTest, ConversationRecords) {
 }
 
 // Two threads, each with its own Store on one file: one saves checkpoints while the other reads
-// and searches; WAL lets the reader proceed during the writes.
+// and searches; WAL lets the reader proceed during the writes. The writer waits half-way until
+// the reader has seen some but not all of its checkpoints: a reader blocked by the writer's
+// Store never does, and the test then fails on the wait's time limit.
 TEST_F(StoreTest, OneStorePerThreadWorksConcurrently) {
   std::int64_t session_id = 0;
   {
@@ -611,7 +795,7 @@ TEST_F(StoreTest, OneStorePerThreadWorksConcurrently) {
     m.text = "concurrent words";
     store.add_message(m);
   }
-  std::atomic<bool> writing{true};
+  std::atomic<bool> writing{true}, reader_saw_some{false};
   std::string writer_error;
   std::thread writer([&] {
     try {
@@ -620,27 +804,31 @@ TEST_F(StoreTest, OneStorePerThreadWorksConcurrently) {
       for (int i = 0; i < 8; ++i) {
         session->feed(token_ids(16, 20 + static_cast<std::uint32_t>(i)));
         store.save_checkpoint(session_id, *session);
+        if (i != 3) continue;
+        const auto limit = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+        while (!reader_saw_some && std::chrono::steady_clock::now() < limit)
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));
       }
     } catch (const std::exception& e) {
       writer_error = e.what();
     }
     writing = false;
   });
-  int reads = 0;
   {
     Store store(db_path());
-    while (writing || reads == 0) {
+    while (writing) {
       EXPECT_EQ(store.search("concurrent").size(), 1u);
       EXPECT_EQ(store.messages(session_id).size(), 1u);
-      ++reads;
+      const std::size_t saved = store.checkpoints(session_id).size();
+      if (saved > 0 && saved < 8) reader_saw_some = true;
     }
   }
   writer.join();
   EXPECT_EQ(writer_error, "");
+  EXPECT_TRUE(reader_saw_some) << "the reader never read between the writer's saves";
   Store store(db_path());
   EXPECT_EQ(store.checkpoints(session_id).size(), 8u);
   EXPECT_EQ(store.latest_checkpoint(session_id)->position, 128);
-  EXPECT_GT(reads, 0);
 }
 
 }  // namespace

@@ -51,7 +51,7 @@ class StateRefused : public Error {
 };
 
 // Highest schema version this build writes; opening upgrades older files step by step.
-inline constexpr int kSchemaVersion = 5;
+inline constexpr int kSchemaVersion = 6;
 
 enum class Role { System, User, Assistant, Tool };
 const char* role_name(Role role);
@@ -115,7 +115,7 @@ struct CheckpointRecord {
   std::string model_fingerprint;
   std::int64_t position = 0;
   std::uint32_t layout_version = 0;
-  std::string dtype;  // "f32"
+  std::string dtype;  // the K/V type its saver exported: "f32" or "bf16" (reused spans may hold the other)
   bool complete = false;
   std::int64_t created_at = 0;
 };
@@ -142,6 +142,8 @@ struct StateSource {
   // The first position whose K/V the source has: the session's stored spans must hold the
   // earlier ones (a source that continues the session's last checkpoint).
   std::int64_t kv_first = 0;
+  // The element type of the softmax parts it streams (Session::kv_dtype); the store keeps them so.
+  StateDType kv_dtype = StateDType::F32;
 };
 
 class Store {
@@ -254,14 +256,20 @@ class NamedSessionState {
   // `prefill_chunk_tokens`; 0: the backend's own size, see FeedOptions).
   NamedSessionState(const std::filesystem::path& db, const std::string& name, Session& session,
                     std::int64_t prefill_chunk_tokens = 0);
-  // Saves the session's current state as the session's newest checkpoint.
+  // Saves the session's current state as the session's newest checkpoint. Throws Error, saving
+  // nothing, when the session moved on since it was loaded (another process saved a newer
+  // checkpoint of it): this state does not continue that one, and saving it would silently
+  // drop the other's.
   void save();
   // For conversations: adds `question` as a user message, child of the message the loaded
   // state ends with (a root if none), `answer` as an assistant message, its child, and saves
   // the session's current state as a checkpoint tied to the answer, where the next exchange
   // continues. Their session ids, parent ids and roles are set here. Returns the answer's id.
+  // When the session moved on since it was loaded, the exchange is a branch beside the other
+  // process's, and notice() says so.
   std::int64_t save_exchange(Message question, Message answer);
-  // Empty, or why the stored state was not loaded as is.
+  // Empty, or why the stored state was not loaded as is (after construction), or that the
+  // exchange became a branch (after save_exchange).
   const std::string& notice() const { return notice_; }
 
  private:
@@ -269,7 +277,13 @@ class NamedSessionState {
   Session& session_;
   std::int64_t session_id_ = 0;
   std::optional<std::int64_t> last_message_id_;  // the message the loaded checkpoint ends with
+  // The session's newest checkpoint when it was loaded (or this object's own last save): a
+  // newer one at save time is another writer's.
+  std::optional<std::int64_t> base_checkpoint_id_;
   std::string notice_;
+
+  // The newest checkpoint, when another writer saved it after base_checkpoint_id_.
+  std::optional<CheckpointRecord> newer_checkpoint();
 };
 
 }  // namespace lightdesk::store
