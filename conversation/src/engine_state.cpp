@@ -32,7 +32,7 @@ void EngineState::for_each_part(const std::function<void(const StatePart&)>& sin
 
 std::size_t EngineState::bytes() const {
   std::size_t total = 0;
-  for (const Part& part : parts_) total += part.values.size() * sizeof(float);
+  for (const Part& part : parts_) total += part.bytes.size();
   return total;
 }
 
