@@ -365,6 +365,11 @@ TEST(ThreadPoolTest, ThreadCreationFailureStopsTheStartedWorkers) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("cannot use 100000 threads"), std::string::npos) << e.what();
   }
+#if defined(__SANITIZE_ADDRESS__)
+  // AddressSanitizer reserves terabytes of shadow memory: under an address-space limit it
+  // cannot start at all, so the Release build alone checks the refused thread.
+  GTEST_SKIP() << "an address-space limit leaves AddressSanitizer no room: checked in the Release build";
+#endif
   const pid_t child = fork();
   ASSERT_GE(child, 0);
   if (child == 0) {
