@@ -2,7 +2,7 @@
 # Builds Lightdesk on a GPU machine (no Qt) and runs the CUDA tests, in one go: the script the
 # GPU machine runs. Debian -dev packages that machine may lack (nlohmann-json, OpenBLAS,
 # GoogleTest, pkgconf) can come as .deb files in the folders of $LIGHTDESK_DEBS (':'-separated,
-# default .debs); they are unpacked with dpkg -x into a private prefix, never into /. CUTLASS's
+# default .debs, filled by bench/fetch-device-deps.sh); they are unpacked with dpkg -x into a private prefix, never into /. CUTLASS's
 # headers come from the nvidia-cutlass wheel in .whl/ (packaging/fetch-cutlass.sh puts it there).
 # Usage: bash bench/device-check.sh [--sanitize] [--bench] [--cli] [--baseline REV]
 #   (logs go to $OUT, else /tmp/device-check)
@@ -17,7 +17,8 @@
 #               each, then prints every row's time of this tree over REV's (each side's faster run)
 #               and the rows more than 3 % slower
 #   --cli:      lightdesk-cli too (LIGHTDESK_WITH_CLI, without PDF and image decoding); its text and
-#               store libraries (pcre2, sentencepiece, ICU, libxml2, SQLite, xxHash) must be in the .debs
+#               store libraries (pcre2, sentencepiece, ICU, libxml2, SQLite, xxHash) and CLI11
+#               (libcli11-dev, header-only) must be in the .debs
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/device-check}"

@@ -19,14 +19,20 @@ fi
 model=resources/models/lightdesk-demo
 cli=build/app/cli/lightdesk-cli
 app=build/app/gui/lightdesk
-data="${XDG_DATA_HOME:-$HOME/.local/share}/lightdesk-demo"
-mkdir -p "$data"
+if [ ! -x "$cli" ]; then
+  echo "demo: $cli is missing; build first: bash packaging/build.sh" >&2
+  exit 1
+fi
+# Lightdesk's data directory (the app's and the CLI's; LIGHTDESK_DATA_DIR moves it): the demo
+# session goes into its session database, the unpacked document beside it.
+data="$("$cli" info | sed -n 's/^data directory: //p')"
 
 document=resources/demo/demo.txt
 questions=resources/demo/questions.json
 if command -v nvidia-smi > /dev/null && nvidia-smi -L > /dev/null 2>&1; then
-  document="$data/demo-1m.txt"
+  document="$data/demo/demo-1m.txt"
   questions=resources/demo/demo-1m-questions.json
+  mkdir -p "$data/demo"
   [ -s "$document" ] || gzip -dc resources/demo/demo-1m.txt.gz > "$document"
 fi
 question_of() { bash packaging/demo-question.sh "$1" "$questions" "${2:-question}"; }
@@ -37,16 +43,11 @@ if [ "$use_gui" = 1 ] && [ -x "$app" ] && [ -n "${DISPLAY:-}${WAYLAND_DISPLAY:-}
   exec "$app" --model "$model" --document "$document" --ask "$question"
 fi
 
-if [ ! -x "$cli" ]; then
-  echo "demo: $cli is missing; build first: bash packaging/build.sh" >&2
-  exit 1
-fi
-database="$data/sessions.sqlite"
 session="demo-$(date +%Y%m%d-%H%M%S)"
 # ask QUESTION EXPECTED [options]: one question in the demo session, with its expected answer.
 ask() {
   echo "> $1"
-  "$cli" ask --model "$model" --session-db "$database" --session "$session" --greedy --stats "${@:3}" \
+  "$cli" ask --model "$model" --session "$session" --greedy --stats "${@:3}" \
     --question "$1"
   [ -z "$2" ] || echo "(expected: $2)"
   echo
@@ -57,4 +58,4 @@ ask "$question" "$expected" --document "$document"
 # The same session again: only the new question is read, after the stored state.
 ask "$(question_of passkey)" "$(question_of passkey answer)"
 ask "$(question_of record)" "$(question_of record answer)"
-echo "The session is kept in $database as \"$session\"; questions with their answers: $questions"
+echo "The session is kept in $data/sessions.sqlite as \"$session\"; questions with their answers: $questions"

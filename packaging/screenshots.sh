@@ -27,7 +27,7 @@ mkdir -p "$out"
 rm -f "$out"/*.png
 # A private settings file and session database, so the demo neither reads nor changes the
 # user's own; greedy answers, so the pictures repeat.
-export XDG_CONFIG_HOME="$work/config" XDG_DATA_HOME="$work/data"
+export XDG_CONFIG_HOME="$work/config" XDG_DATA_HOME="$work/data" LIGHTDESK_DATA_DIR="$work/data/Lightdesk"
 mkdir -p "$work/config/Lightdesk"
 printf '[sampling]\nM1\\temperature=0\nText01\\temperature=0\n' > "$work/config/Lightdesk/Lightdesk.conf"
 # The demo document is 24K tokens: reading it takes under a minute on two CPU cores.

@@ -5,7 +5,7 @@
 set -euo pipefail
 packages=(
   build-essential cmake ccache pkg-config python3-pip
-  nlohmann-json3-dev libopenblas-dev
+  nlohmann-json3-dev libcli11-dev libopenblas-dev
   libopencv-core-dev libopencv-imgcodecs-dev libopencv-imgproc-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libpcre2-dev libicu-dev libpoppler-cpp-dev libxml2-dev libsentencepiece-dev

@@ -1,16 +1,22 @@
 // lightdesk-cli: the engine from the command line. Its verbs and flags are a contract (see
-// README.md); keep them stable.
+// README.md); keep them stable. CLI11 parses the command line: one subcommand per verb, each
+// with its options bound to the verb's arguments (add_VERB) and run once they are all read
+// (cmd_VERB).
+#include <CLI/CLI.hpp>
+
+#include <charconv>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <functional>
-#include <iostream>
-#include <map>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "lightdesk/data_directory.h"
 #include "lightdesk/engine.h"
 #include "lightdesk/store.h"
 #include "lightdesk/text.h"
@@ -18,113 +24,41 @@
 
 namespace {
 
-constexpr const char* kUsage = R"(usage:
-  lightdesk-cli info     --model DIR [--tokens N] [--backend cpu|cuda|auto]
-  lightdesk-cli logits   --model DIR --ids 5,17,42 --out FILE.safetensors [--decode-from N]
-  lightdesk-cli generate --model DIR (--ids 5,17,42 | --prompt TEXT) --max-new-tokens K
-                         [--greedy | --temperature T --top-p P --top-k N --seed S]
-  lightdesk-cli tokenize   --model DIR --file F
-  lightdesk-cli detokenize --model DIR --ids 5,17,42
-  lightdesk-cli ask      --model DIR [--document FILE...] [--image FILE...] --question TEXT
-                         [--max-new-tokens K] [--greedy | sampling options as for generate]
-                         (at least one --document or --image, except to go on in a stored
-                         session; --image needs a MiniMax-VL-01 directory)
-  lightdesk-cli image-features --model DIR --image FILE --out FILE.safetensors
-                         (MiniMax-VL-01: float32 pixel_values [tiles, 3, 336, 336] thumbnail
-                         first, int64 grid [rows, columns], float32 features [tokens, hidden])
-logits, generate and ask: --session-db FILE --session NAME  continue the named session stored
-                in FILE (its state is loaded before the run, new ids append at its position, and
-                the state is saved after the run; ask renders only its new turn of the
-                conversation and keeps the question and answer in the session's messages)
-common options: --backend cpu|cuda|auto  --threads N  --chunk N (prefill tokens per pass;
-                default 512 on the CPU, 8192 with CUDA)
-                --devices 0,1|all (the GPUs the model runs on; default GPU 0; one for now)
-                --rope-full-head (rotate whole heads, as native transformers <= 5.17 does)
-                --cuda-float32 (CUDA backend in float32 instead of bf16, for checking)
-                --stats (timings on standard error)
-)";
-
-// A mistake in the command line itself (exit code 2, with the usage).
+// A mistake in the command line that the parser cannot see (exit code 2, as CLI11's own).
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-class Args {
- public:
-  Args(int argc, char** argv) {
-    for (int i = 2; i < argc; ++i) {
-      std::string key = argv[i];
-      if (key.rfind("--", 0) != 0) throw UsageError("unexpected argument \"" + key + "\"");
-      key = key.substr(2);
-      if (key == "greedy" || key == "rope-full-head" || key == "stats") {
-        flags_.emplace(key, "");
-        continue;
-      }
-      if (i + 1 >= argc) throw UsageError("--" + key + " needs a value");
-      flags_.emplace(key, argv[++i]);
-    }
-  }
+// Checks of typed values. CLI11 puts the option's name before the message.
+CLI::Validator integer_in(long long min_value, long long max_value = std::numeric_limits<long long>::max()) {
+  const std::string range = max_value == std::numeric_limits<long long>::max()
+                                ? "an integer >= " + std::to_string(min_value)
+                                : "an integer from " + std::to_string(min_value) + " to " + std::to_string(max_value);
+  return {[min_value, max_value, range](std::string& text) {
+            long long value = 0;
+            const char* end = text.data() + text.size();
+            const auto [used, error] = std::from_chars(text.data(), end, value);
+            if (error != std::errc() || used != end || value < min_value || value > max_value)
+              return "needs " + range + ", got \"" + text + "\"";
+            return std::string();
+          },
+          ""};
+}
 
-  bool has(const std::string& key) const { return flags_.count(key) > 0; }
-
-  std::string take(const std::string& key) {
-    auto it = flags_.find(key);
-    if (it == flags_.end()) throw UsageError("missing --" + key);
-    if (flags_.count(key) > 1) throw UsageError("--" + key + " is given more than once");
-    std::string v = it->second;
-    flags_.erase(it);
-    return v;
-  }
-  // All values of an option that may be repeated, in command-line order.
-  std::vector<std::string> take_all(const std::string& key) {
-    std::vector<std::string> values;
-    const auto [first, last] = flags_.equal_range(key);
-    for (auto it = first; it != last; ++it) values.push_back(it->second);
-    flags_.erase(key);
-    return values;
-  }
-  std::optional<std::string> take_optional(const std::string& key) {
-    if (!has(key)) return std::nullopt;
-    return take(key);
-  }
-  bool take_flag(const std::string& key) {
-    const bool present = has(key);
-    flags_.erase(key);
-    return present;
-  }
-  long long take_int(const std::string& key, long long min_value) { return parse_int(key, take(key), min_value); }
-  std::optional<long long> take_optional_int(const std::string& key, long long min_value) {
-    auto v = take_optional(key);
-    if (!v) return std::nullopt;
-    return parse_int(key, *v, min_value);
-  }
-  std::optional<double> take_optional_number(const std::string& key) {
-    auto v = take_optional(key);
-    if (!v) return std::nullopt;
-    try {
-      std::size_t used = 0;
-      double d = std::stod(*v, &used);
-      if (used == v->size()) return d;
-    } catch (const std::exception&) {
-    }
-    throw UsageError("--" + key + " needs a number, got \"" + *v + "\"");
-  }
-  void check_all_used() const {
-    if (!flags_.empty()) throw UsageError("unknown or misplaced option --" + flags_.begin()->first);
-  }
-
- private:
-  static long long parse_int(const std::string& key, const std::string& text, long long min_value) {
-    try {
-      std::size_t used = 0;
-      long long v = std::stoll(text, &used);
-      if (used == text.size() && v >= min_value) return v;
-    } catch (const std::exception&) {
-    }
-    throw UsageError("--" + key + " needs an integer >= " + std::to_string(min_value) + ", got \"" + text + "\"");
-  }
-  std::multimap<std::string, std::string> flags_;
-};
+// A finite number greater than 0, and at most 1 for a probability.
+CLI::Validator positive_number(bool probability = false) {
+  const std::string range = probability ? "a number within (0, 1]" : "a number greater than 0";
+  return {[probability, range](std::string& text) {
+            double value = 0.0;
+            const char* end = text.data() + text.size();
+            const auto [used, error] = std::from_chars(text.data(), end, value);
+            if (error != std::errc() || used != end || !std::isfinite(value) || !(value > 0.0) ||
+                (probability && value > 1.0))
+              return "needs " + range + ", got \"" + text + "\"";
+            return std::string();
+          },
+          ""};
+}
 
 std::vector<lightdesk::TokenId> parse_ids(const std::string& text) {
   std::vector<lightdesk::TokenId> ids;
@@ -137,11 +71,17 @@ std::vector<lightdesk::TokenId> parse_ids(const std::string& text) {
       if (used != item.size() || v < 0 || v > 0x7fffffff) throw std::invalid_argument(item);
       ids.push_back(static_cast<lightdesk::TokenId>(v));
     } catch (const std::exception&) {
-      throw UsageError("--ids: \"" + item + "\" is not a token id");
+      throw CLI::ValidationError("--ids", "\"" + item + "\" is not a token id");
     }
   }
-  if (ids.empty()) throw UsageError("--ids is empty");
+  if (ids.empty()) throw CLI::ValidationError("--ids", "is empty");
   return ids;
+}
+
+// --ids 5,17,42: the ids, parsed as the command line is.
+CLI::Option* add_ids(CLI::App& verb, std::vector<lightdesk::TokenId>& ids) {
+  return verb.add_option_function<std::string>(
+      "--ids", [&ids](const std::string& text) { ids = parse_ids(text); }, "token ids, comma-separated");
 }
 
 std::string human_bytes(std::uint64_t bytes) {
@@ -164,38 +104,95 @@ struct Common {
   bool stats = false;
 };
 
-Common take_common(Args& args) {
-  Common c;
-  c.model_dir = args.take("model");
-  if (auto b = args.take_optional("backend")) c.options.backend = lightdesk::parse_backend_kind(*b);
-  if (auto t = args.take_optional_int("threads", 0)) c.options.threads = static_cast<int>(*t);
-  if (auto d = args.take_optional("devices")) c.options.devices = lightdesk::parse_devices(*d);
-  if (auto n = args.take_optional_int("chunk", 1)) c.chunk = *n;
-  c.options.rope_full_head = args.take_flag("rope-full-head");
-  c.options.cuda_float32 = args.take_flag("cuda-float32");
-  c.stats = args.take_flag("stats");
-  return c;
+// --model and the engine's options, for the verbs that run a model; returns --model.
+CLI::Option* add_common(CLI::App& verb, Common& c, bool model_required = true) {
+  auto* model =
+      verb.add_option("--model", c.model_dir, "model directory (config.json, safetensors files)")->required(model_required);
+  verb.add_option_function<std::string>(
+      "--backend",
+      [&c](const std::string& name) {
+        try {
+          c.options.backend = lightdesk::parse_backend_kind(name);
+        } catch (const lightdesk::Error& e) {
+          throw CLI::ValidationError("--backend", e.what());
+        }
+      },
+      "cpu, cuda or auto (the default: CUDA where a GPU is usable)");
+  verb.add_option("--threads", c.options.threads, "CPU worker threads (default 0: all hardware threads)")
+      ->check(integer_in(0, std::numeric_limits<int>::max()));
+  verb.add_option_function<std::string>(
+      "--devices",
+      [&c](const std::string& text) {
+        try {
+          c.options.devices = lightdesk::parse_devices(text);
+        } catch (const lightdesk::Error& e) {
+          throw CLI::ValidationError("--devices", e.what());
+        }
+      },
+      "the GPUs the model runs on: 0,1 or all (default GPU 0; one for now)");
+  verb.add_option("--chunk", c.chunk, "prefill tokens per pass (default 512 on the CPU, 8192 with CUDA)")
+      ->check(integer_in(1));
+  verb.add_flag("--rope-full-head", c.options.rope_full_head,
+                "rotate whole heads in softmax layers, as native transformers <= 5.17 does");
+  verb.add_flag("--cuda-float32", c.options.cuda_float32, "CUDA backend in float32 instead of bf16, for checking");
+  verb.add_flag("--stats", c.stats, "timings on standard error");
+  return model;
+}
+
+// An option that may be left out: `value` holds it when given, checked and converted.
+template <typename T>
+CLI::Option* add_optional(CLI::App& verb, const std::string& name, std::optional<T>& value,
+                          const std::string& description) {
+  return verb.add_option_function<T>(name, [&value](const T& v) { value = v; }, description);
+}
+
+CLI::Validator non_empty() {
+  return {[](std::string& text) { return text.empty() ? std::string("must not be empty") : std::string(); }, ""};
+}
+
+// --data-dir DIR: the data directory, when not the environment's (see lightdesk/data_directory.h).
+void add_data_dir(CLI::App& verb, std::string& directory) {
+  verb.add_option("--data-dir", directory,
+                  "data directory (default: $LIGHTDESK_DATA_DIR, else $XDG_DATA_HOME/Lightdesk, else "
+                  "~/.local/share/Lightdesk)")
+      ->check(non_empty());
+}
+
+lightdesk::store::DataDirectory data_directory(const std::string& chosen) {
+  return lightdesk::store::DataDirectory(chosen.empty() ? std::nullopt : std::optional<std::filesystem::path>(chosen));
 }
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-// --session-db FILE --session NAME (see lightdesk::store::NamedSessionState).
+// --session NAME [--session-db FILE] [--data-dir DIR] (see lightdesk::store::NamedSessionState).
+struct StoredSessionOptions {
+  std::string name;
+  std::string db;        // empty: the data directory's session database
+  std::string data_dir;  // empty: the environment's
+};
+
+void add_stored_session(CLI::App& verb, StoredSessionOptions& s) {
+  auto* name = verb.add_option("--session", s.name,
+                               "continue the named stored session: load its state before the run, save it after")
+                   ->check(non_empty());
+  verb.add_option("--session-db", s.db, "the SQLite file of --session (default: the data directory's sessions.sqlite)")
+      ->needs(name);
+  add_data_dir(verb, s.data_dir);
+}
+
 struct StoredSessionArgs {
   std::string db;
   std::string name;
 };
 
-std::optional<StoredSessionArgs> take_stored_session(Args& args) {
-  auto db = args.take_optional("session-db");
-  auto name = args.take_optional("session");
-  if (db.has_value() != name.has_value()) throw UsageError("--session-db and --session go together");
-  if (!db) return std::nullopt;
-  return StoredSessionArgs{*db, *name};
+std::optional<StoredSessionArgs> stored_session_of(const StoredSessionOptions& s) {
+  if (s.name.empty()) return std::nullopt;
+  return StoredSessionArgs{s.db.empty() ? data_directory(s.data_dir).session_database().string() : s.db, s.name};
 }
 
-// Loads the stored session into `session` (none without --session-db); save() it after the run.
+// Loads the stored session into `session` (none without --session); save() it after the run.
 std::unique_ptr<lightdesk::store::NamedSessionState> attach_stored_session(
     const std::optional<StoredSessionArgs>& stored, lightdesk::Session& session, const Common& c) {
   if (!stored) return nullptr;
@@ -208,10 +205,39 @@ std::unique_ptr<lightdesk::store::NamedSessionState> attach_stored_session(
   return state;
 }
 
-int cmd_info(Args& args) {
-  Common c = take_common(args);
-  const auto tokens = args.take_optional_int("tokens", 0);
-  args.check_all_used();
+struct InfoArgs {
+  Common c;
+  std::optional<long long> tokens;
+  std::string data_dir;
+};
+
+CLI::App* add_info(CLI::App& cli, InfoArgs& a) {
+  auto* verb = cli.add_subcommand(
+      "info",
+      "the model's shape, parameters, bytes and the memory of a session; the GPUs; the data directory (alone "
+      "without --model)");
+  auto* model = add_common(*verb, a.c, /*model_required=*/false);
+  add_optional(*verb, "--tokens", a.tokens, "session length for the memory figure (default: the model's context)")
+      ->check(integer_in(0))
+      ->needs(model);
+  add_data_dir(*verb, a.data_dir);
+  return verb;
+}
+
+// The data directory and its cache's size.
+void print_data_directory(const lightdesk::store::DataDirectory& data) {
+  std::printf("data directory: %s\n", data.path().string().c_str());
+  std::printf("cache: %s in %s\n", human_bytes(data.cache_bytes()).c_str(), data.cache().string().c_str());
+}
+
+int cmd_info(const InfoArgs& a) {
+  const Common& c = a.c;
+  const auto data = data_directory(a.data_dir);
+  if (c.model_dir.empty()) {
+    print_data_directory(data);
+    return 0;
+  }
+  const auto& tokens = a.tokens;
   const lightdesk::ModelInfo info = lightdesk::Model::inspect(c.model_dir, c.options);
   const std::int64_t n = tokens ? *tokens : info.max_context;
   std::string softmax_at;
@@ -239,16 +265,36 @@ int cmd_info(Args& args) {
   for (const auto& gpu : lightdesk::gpu_devices())
     std::printf("gpu %d: %s, %s%s\n", gpu.index, gpu.name.c_str(), human_bytes(gpu.total_bytes).c_str(),
                 gpu.free_bytes ? (", " + human_bytes(*gpu.free_bytes) + " free").c_str() : "");
+  print_data_directory(data);
   return 0;
 }
 
-int cmd_logits(Args& args) {
-  Common c = take_common(args);
-  const auto ids = parse_ids(args.take("ids"));
-  const std::string out = args.take("out");
-  const auto decode_from = args.take_optional_int("decode-from", 0);
-  const auto stored_session = take_stored_session(args);
-  args.check_all_used();
+struct LogitsArgs {
+  Common c;
+  std::vector<lightdesk::TokenId> ids;
+  std::string out;
+  std::optional<long long> decode_from;
+  StoredSessionOptions session;
+};
+
+CLI::App* add_logits(CLI::App& cli, LogitsArgs& a) {
+  auto* verb = cli.add_subcommand("logits", "write the logits of every id to a safetensors file");
+  add_common(*verb, a.c);
+  add_ids(*verb, a.ids)->required();
+  verb->add_option("--out", a.out, "the safetensors file to write: float32 logits [ids, vocabulary]")->required();
+  add_optional(*verb, "--decode-from", a.decode_from,
+               "prefill the first N ids, then one single-token decode step per later id")
+      ->check(integer_in(0));
+  add_stored_session(*verb, a.session);
+  return verb;
+}
+
+int cmd_logits(const LogitsArgs& a) {
+  const Common& c = a.c;
+  const auto& ids = a.ids;
+  const std::string& out = a.out;
+  const auto& decode_from = a.decode_from;
+  const auto stored_session = stored_session_of(a.session);
   const auto n = static_cast<std::int64_t>(ids.size());
   const std::int64_t prefill = decode_from ? std::min<std::int64_t>(*decode_from, n) : n;
 
@@ -286,23 +332,34 @@ struct Sampling {
   std::uint64_t seed = 0;
 };
 
-Sampling take_sampling(Args& args) {
-  const bool greedy = args.take_flag("greedy");
-  const auto temperature = args.take_optional_number("temperature");
-  const auto top_p = args.take_optional_number("top-p");
-  const auto top_k = args.take_optional_int("top-k", 0);
-  const auto seed = args.take_optional_int("seed", 0);
-  const bool sampling = temperature || top_p || top_k;
-  if (greedy && (sampling || seed)) throw UsageError("--greedy excludes --temperature, --top-p, --top-k and --seed");
+// --greedy | --temperature T --top-p P --top-k N --seed S
+struct SamplingOptions {
+  bool greedy = false;  // the default too: --greedy only says so
+  std::optional<double> temperature, top_p;
+  std::optional<int> top_k;
+  std::optional<std::uint64_t> seed;
+};
+
+void add_sampling(CLI::App& verb, SamplingOptions& s) {
+  auto* greedy = verb.add_flag("--greedy", s.greedy, "always the most likely token (the default)");
+  auto* temperature = add_optional(verb, "--temperature", s.temperature, "sample at this temperature (default 1)")
+                          ->check(positive_number());
+  auto* top_p = add_optional(verb, "--top-p", s.top_p, "sample from the smallest set of this probability (default 1)")
+                    ->check(positive_number(/*probability=*/true));
+  auto* top_k = add_optional(verb, "--top-k", s.top_k, "sample from the K most likely tokens (default 0: all)")
+                    ->check(integer_in(0, std::numeric_limits<int>::max()));
+  auto* seed = add_optional(verb, "--seed", s.seed, "the sampler's seed (default 0)")->check(integer_in(0));
+  greedy->excludes(temperature)->excludes(top_p)->excludes(top_k)->excludes(seed);
+}
+
+Sampling sampling_of(const SamplingOptions& s) {
   lightdesk::SamplingParams params;
-  if (sampling) {
-    params.temperature = static_cast<float>(temperature.value_or(1.0));
-    params.top_p = static_cast<float>(top_p.value_or(1.0));
-    params.top_k = static_cast<int>(top_k.value_or(0));
-    if (!(params.temperature > 0.0f)) throw UsageError("--temperature must be greater than 0 (use --greedy)");
-    if (!(params.top_p > 0.0f && params.top_p <= 1.0f)) throw UsageError("--top-p must be within (0, 1]");
+  if (s.temperature || s.top_p || s.top_k) {
+    params.temperature = static_cast<float>(s.temperature.value_or(1.0));
+    params.top_p = static_cast<float>(s.top_p.value_or(1.0));
+    params.top_k = s.top_k.value_or(0);
   }
-  return {params, static_cast<std::uint64_t>(seed.value_or(0))};
+  return {params, s.seed.value_or(0)};
 }
 
 // Prefill progress on standard error, one line rewritten in place: tokens done, speed, time left.
@@ -347,14 +404,35 @@ int generate_from_prompt(const Common& c, const std::string& prompt, long long m
   return 0;
 }
 
-int cmd_generate(Args& args) {
-  Common c = take_common(args);
-  const auto prompt = args.take_optional("prompt");
-  const auto ids = prompt ? std::vector<lightdesk::TokenId>{} : parse_ids(args.take("ids"));
-  const long long max_new = args.take_int("max-new-tokens", 0);
-  const Sampling sampling = take_sampling(args);
-  const auto stored_session = take_stored_session(args);
-  args.check_all_used();
+struct GenerateArgs {
+  Common c;
+  std::optional<std::string> prompt;
+  std::vector<lightdesk::TokenId> ids;
+  long long max_new_tokens = 0;
+  SamplingOptions sampling;
+  StoredSessionOptions session;
+};
+
+CLI::App* add_generate(CLI::App& cli, GenerateArgs& a) {
+  auto* verb = cli.add_subcommand(
+      "generate", "continue --ids (printing the new ids) or --prompt (printing text, no chat template)");
+  add_common(*verb, a.c);
+  auto* ids = add_ids(*verb, a.ids);
+  add_optional(*verb, "--prompt", a.prompt, "raw text to continue, up to the end-of-turn token")->excludes(ids);
+  verb->add_option("--max-new-tokens", a.max_new_tokens, "tokens to generate")->required()->check(integer_in(0));
+  add_sampling(*verb, a.sampling);
+  add_stored_session(*verb, a.session);
+  return verb;
+}
+
+int cmd_generate(const GenerateArgs& a) {
+  const Common& c = a.c;
+  const auto& prompt = a.prompt;
+  if (!prompt && a.ids.empty()) throw UsageError("missing --ids or --prompt");
+  const auto& ids = a.ids;
+  const long long max_new = a.max_new_tokens;
+  const Sampling sampling = sampling_of(a.sampling);
+  const auto stored_session = stored_session_of(a.session);
   if (prompt) return generate_from_prompt(c, *prompt, max_new, sampling, stored_session);
   const lightdesk::SamplingParams& params = sampling.params;
 
@@ -385,11 +463,27 @@ int cmd_generate(Args& args) {
   return 0;
 }
 
-int cmd_image_features(Args& args) {
-  const Common c = take_common(args);
-  const std::string image_path = args.take("image");
-  const std::string out = args.take("out");
-  args.check_all_used();
+struct ImageFeaturesArgs {
+  Common c;
+  std::string image;
+  std::string out;
+};
+
+CLI::App* add_image_features(CLI::App& cli, ImageFeaturesArgs& a) {
+  auto* verb = cli.add_subcommand(
+      "image-features",
+      "MiniMax-VL-01: write an image's float32 pixel_values [tiles, 3, 336, 336] (thumbnail first), int64 grid "
+      "[rows, columns] and float32 features [tokens, hidden]");
+  add_common(*verb, a.c);
+  verb->add_option("--image", a.image, "PNG, JPEG, WebP or TIFF image")->required();
+  verb->add_option("--out", a.out, "the safetensors file to write")->required();
+  return verb;
+}
+
+int cmd_image_features(const ImageFeaturesArgs& a) {
+  const Common& c = a.c;
+  const std::string& image_path = a.image;
+  const std::string& out = a.out;
   const bool stats = c.stats;
   const auto start = std::chrono::steady_clock::now();
   auto model = lightdesk::vision::VisionModel::open(c.model_dir, c.options);
@@ -410,10 +504,21 @@ int cmd_image_features(Args& args) {
   return 0;
 }
 
-int cmd_tokenize(Args& args) {
-  const std::string model_dir = args.take("model");
-  const std::string file = args.take("file");
-  args.check_all_used();
+struct TokenizeArgs {
+  std::string model_dir;
+  std::string file;
+};
+
+CLI::App* add_tokenize(CLI::App& cli, TokenizeArgs& a) {
+  auto* verb = cli.add_subcommand("tokenize", "print the ids of a document's text, comma-separated");
+  verb->add_option("--model", a.model_dir, "model directory (its tokenizer)")->required();
+  verb->add_option("--file", a.file, "the document (any format ask reads)")->required();
+  return verb;
+}
+
+int cmd_tokenize(const TokenizeArgs& a) {
+  const std::string& model_dir = a.model_dir;
+  const std::string& file = a.file;
   const auto tokenizer = lightdesk::Tokenizer::open(model_dir);
   const auto ids = tokenizer->encode(lightdesk::load_document(file).text);
   std::string line;
@@ -425,10 +530,21 @@ int cmd_tokenize(Args& args) {
   return 0;
 }
 
-int cmd_detokenize(Args& args) {
-  const std::string model_dir = args.take("model");
-  const auto ids = parse_ids(args.take("ids"));
-  args.check_all_used();
+struct DetokenizeArgs {
+  std::string model_dir;
+  std::vector<lightdesk::TokenId> ids;
+};
+
+CLI::App* add_detokenize(CLI::App& cli, DetokenizeArgs& a) {
+  auto* verb = cli.add_subcommand("detokenize", "print the text of ids");
+  verb->add_option("--model", a.model_dir, "model directory (its tokenizer)")->required();
+  add_ids(*verb, a.ids)->required();
+  return verb;
+}
+
+int cmd_detokenize(const DetokenizeArgs& a) {
+  const std::string& model_dir = a.model_dir;
+  const auto& ids = a.ids;
   const std::string text = lightdesk::Tokenizer::open(model_dir)->decode(ids);
   std::fwrite(text.data(), 1, text.size(), stdout);
   std::printf("\n");
@@ -457,15 +573,39 @@ std::vector<std::vector<float>> image_embeddings(const Common& c, const std::vec
 // exchange is kept in the session's messages. (A stored state holds image rows only in its
 // computed state: its token ids hold the placeholder id there, so a session whose state is
 // refused and recomputed from its ids loses its images.)
-int cmd_ask(Args& args) {
-  Common c = take_common(args);
-  const auto document_files = args.take_all("document");
-  const auto image_files = args.take_all("image");
-  const std::string question = args.take("question");
-  const long long max_new = args.take_optional_int("max-new-tokens", 1).value_or(512);
-  const Sampling sampling = take_sampling(args);
-  const auto stored_session = take_stored_session(args);
-  args.check_all_used();
+struct AskArgs {
+  Common c;
+  std::vector<std::string> documents;
+  std::vector<std::string> images;
+  std::string question;
+  long long max_new_tokens = 512;
+  SamplingOptions sampling;
+  StoredSessionOptions session;
+};
+
+CLI::App* add_ask(CLI::App& cli, AskArgs& a) {
+  auto* verb = cli.add_subcommand(
+      "ask",
+      "answer a question about documents and images (at least one, except to go on in a stored session); "
+      "--image needs a MiniMax-VL-01 directory");
+  add_common(*verb, a.c);
+  verb->add_option("--document", a.documents, "a document (text, HTML, PDF); repeat for more")->allow_extra_args(false);
+  verb->add_option("--image", a.images, "an image (PNG, JPEG, WebP, TIFF); repeat for more")->allow_extra_args(false);
+  verb->add_option("--question", a.question, "the question")->required();
+  verb->add_option("--max-new-tokens", a.max_new_tokens, "longest answer in tokens (default 512)")->check(integer_in(1));
+  add_sampling(*verb, a.sampling);
+  add_stored_session(*verb, a.session);
+  return verb;
+}
+
+int cmd_ask(const AskArgs& a) {
+  const Common& c = a.c;
+  const auto& document_files = a.documents;
+  const auto& image_files = a.images;
+  const std::string& question = a.question;
+  const long long max_new = a.max_new_tokens;
+  const Sampling sampling = sampling_of(a.sampling);
+  const auto stored_session = stored_session_of(a.session);
   if (document_files.empty() && image_files.empty() && !stored_session)
     throw UsageError("missing --document or --image (only a stored session's conversation goes on without)");
 
@@ -545,26 +685,121 @@ int cmd_ask(Args& args) {
   return 0;
 }
 
+// cache list | cache clear (--model DIR | --fingerprint F | --all): the data directory's cache/.
+struct CacheArgs {
+  std::string data_dir;
+  std::string model_dir;
+  std::string fingerprint;
+  bool all = false;
+};
+
+// The verbs `cache list` and `cache clear`.
+std::pair<CLI::App*, CLI::App*> add_cache(CLI::App& cli, CacheArgs& a) {
+  auto* verb = cli.add_subcommand("cache", "list or clear the files derived from models, in the data directory's cache/");
+  verb->require_subcommand(1);
+  auto* list = verb->add_subcommand("list", "the cache's size, then per model: fingerprint, size, model, what is kept");
+  add_data_dir(*list, a.data_dir);
+  auto* clear = verb->add_subcommand("clear", "remove the cached files of one model, or all of them");
+  auto* model = clear->add_option("--model", a.model_dir, "the model directory whose files to remove");
+  auto* fingerprint = clear->add_option("--fingerprint", a.fingerprint,
+                                        "the model fingerprint whose files to remove (as cache list shows it)")
+                          ->check(non_empty());
+  auto* all = clear->add_flag("--all", a.all, "remove every model's files");
+  model->excludes(fingerprint)->excludes(all);
+  fingerprint->excludes(all);
+  add_data_dir(*clear, a.data_dir);
+  return {list, clear};
+}
+
+int cmd_cache_list(const CacheArgs& a) {
+  const auto data = data_directory(a.data_dir);
+  std::printf("cache: %s in %s\n", human_bytes(data.cache_bytes()).c_str(), data.cache().string().c_str());
+  for (const auto& model : data.cached_models()) {
+    std::string parts;
+    for (const auto& [name, bytes] : model.parts)
+      parts.append(parts.empty() ? "" : ", ").append(name).append(" ").append(human_bytes(bytes));
+    std::printf("%s  %s  %s: %s\n", model.fingerprint.c_str(), human_bytes(model.bytes).c_str(),
+                model.model.empty() ? "(model not recorded)" : model.model.string().c_str(),
+                parts.empty() ? "nothing" : parts.c_str());
+  }
+  return 0;
+}
+
+int cmd_cache_clear(const CacheArgs& a) {
+  if (a.model_dir.empty() && a.fingerprint.empty() && !a.all)
+    throw UsageError("cache clear needs --model DIR, --fingerprint F or --all");
+  std::optional<std::string> fingerprint;
+  if (!a.fingerprint.empty()) fingerprint = a.fingerprint;
+  if (!a.model_dir.empty()) {
+    lightdesk::ModelOptions cpu;  // the fingerprint is the checkpoint's: no device needed
+    cpu.backend = lightdesk::BackendKind::Cpu;
+    fingerprint = lightdesk::Model::inspect(a.model_dir, cpu).fingerprint;
+  }
+  const auto data = data_directory(a.data_dir);
+  const std::uint64_t freed = data.clear_cache(fingerprint);
+  std::printf("removed %s from %s\n", human_bytes(freed).c_str(),
+              (fingerprint ? data.cache() / *fingerprint : data.cache()).string().c_str());
+  return 0;
+}
+
+// " VERB" or " VERB SUBVERB": the verb the command line chose, for the hint to its --help.
+std::string chosen_verb(const CLI::App& app) {
+  const auto chosen = app.get_subcommands();
+  return chosen.empty() ? "" : " " + chosen.front()->get_name() + chosen_verb(*chosen.front());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "help") {
-    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+  CLI::App cli("Lightdesk's engine from the command line. Its verbs and options are a contract (README.md).",
+               "lightdesk-cli");
+  cli.require_subcommand(1);
+  cli.footer(
+      "`lightdesk-cli VERB --help` lists a verb's options. Exit codes: 2 for a mistake in the command line, 1 for "
+      "bad input (model files, ids, documents, databases).");
+  InfoArgs info;
+  LogitsArgs logits;
+  GenerateArgs generate;
+  TokenizeArgs tokenize;
+  DetokenizeArgs detokenize;
+  AskArgs ask;
+  ImageFeaturesArgs image_features;
+  CacheArgs cache;
+  std::vector<std::pair<CLI::App*, std::function<int()>>> verbs = {
+      {add_info(cli, info), [&] { return cmd_info(info); }},
+      {add_logits(cli, logits), [&] { return cmd_logits(logits); }},
+      {add_generate(cli, generate), [&] { return cmd_generate(generate); }},
+      {add_tokenize(cli, tokenize), [&] { return cmd_tokenize(tokenize); }},
+      {add_detokenize(cli, detokenize), [&] { return cmd_detokenize(detokenize); }},
+      {add_ask(cli, ask), [&] { return cmd_ask(ask); }},
+      {add_image_features(cli, image_features), [&] { return cmd_image_features(image_features); }},
+  };
+  const auto [cache_list, cache_clear] = add_cache(cli, cache);
+  verbs.emplace_back(cache_list, [&] { return cmd_cache_list(cache); });
+  verbs.emplace_back(cache_clear, [&] { return cmd_cache_clear(cache); });
+
+  if (argc < 2 || std::string(argv[1]) == "help") {
+    std::fputs(cli.help().c_str(), argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
-  const std::string verb = argv[1];
   try {
-    Args args(argc, argv);
-    if (verb == "info") return cmd_info(args);
-    if (verb == "logits") return cmd_logits(args);
-    if (verb == "generate") return cmd_generate(args);
-    if (verb == "tokenize") return cmd_tokenize(args);
-    if (verb == "detokenize") return cmd_detokenize(args);
-    if (verb == "ask") return cmd_ask(args);
-    if (verb == "image-features") return cmd_image_features(args);
-    throw UsageError("unknown command \"" + verb + "\"");
+    const std::string first = argv[1];
+    try {
+      if (first.rfind('-', 0) != 0) cli.get_subcommand(first);
+    } catch (const CLI::OptionNotFound&) {
+      throw UsageError("unknown command \"" + first + "\"");
+    }
+    cli.parse(argc, argv);
+    for (const auto& [verb, run] : verbs)
+      if (verb->parsed()) return run();
+    throw UsageError("missing command");
+  } catch (const CLI::CallForHelp& e) {
+    return cli.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "lightdesk-cli: %s (see lightdesk-cli%s --help)\n", e.what(), chosen_verb(cli).c_str());
+    return 2;
   } catch (const UsageError& e) {
-    std::fprintf(stderr, "lightdesk-cli: %s (see lightdesk-cli --help)\n", e.what());
+    std::fprintf(stderr, "lightdesk-cli: %s (see lightdesk-cli%s --help)\n", e.what(), chosen_verb(cli).c_str());
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "lightdesk-cli: %s\n", e.what());

@@ -40,12 +40,12 @@ int main(int argc, char** argv) {
 
   QSettings settings;
   std::unique_ptr<lightdesk::gui::SessionRepository> sessions;
-  const std::filesystem::path database = lightdesk::gui::session_database_path(settings);
   try {
-    sessions = std::make_unique<lightdesk::gui::StoreSessionRepository>(database);
+    sessions = std::make_unique<lightdesk::gui::StoreSessionRepository>(lightdesk::gui::session_database_path(settings));
   } catch (const std::exception& error) {
     // The app stays usable without its database; only this run's sessions are then not kept.
-    qWarning("Lightdesk: sessions will not be saved (%s: %s)", database.c_str(), error.what());
+    // (The store's and the data directory's errors name the file.)
+    qWarning("Lightdesk: sessions will not be saved (%s)", error.what());
     sessions = std::make_unique<lightdesk::gui::InMemorySessionRepository>();
   }
   lightdesk::gui::MainWindow window(*sessions, settings);

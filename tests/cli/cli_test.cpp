@@ -3,7 +3,10 @@
 #include <sys/wait.h>
 
 #include <cstdlib>
+#include <fstream>
+#include <map>
 #include <sstream>
+#include <tuple>
 
 #include "test_util.h"
 
@@ -21,11 +24,14 @@ std::string quote(const std::string& s) {
   return q + "'";
 }
 
-CliResult run_cli(const std::vector<std::string>& args) {
+// Runs the CLI with `args`, and with `environment` ("NAME=value") added to its environment.
+CliResult run_cli(const std::vector<std::string>& args, const std::vector<std::string>& environment = {}) {
   const test::ScratchDir scratch;
   const auto out = scratch.path() / "stdout";
   const auto err = scratch.path() / "stderr";
-  std::string command = quote(LIGHTDESK_CLI);
+  std::string command = "env";
+  for (const auto& variable : environment) command.append(" ").append(quote(variable));
+  command.append(" ").append(quote(LIGHTDESK_CLI));
   for (const auto& a : args) command.append(" ").append(quote(a));
   command.append(" >").append(quote(out.string())).append(" 2>").append(quote(err.string()));
   const int status = std::system(command.c_str());
@@ -101,35 +107,216 @@ TEST(Cli, InfoDescribesTheModelAndTheSessionMemory) {
   EXPECT_NE(default_tokens.out.find("session of 4096 tokens"), std::string::npos) << default_tokens.out;
 }
 
-// Every bad input: non-zero exit, one line naming the cause.
-void expect_one_line_error(const std::vector<std::string>& args, const std::string& cause) {
+// Every bad input: its exit code (2 for the command line, 1 for the input it names), one line
+// naming the cause.
+void expect_one_line_error(const std::vector<std::string>& args, const std::string& cause, int exit_code) {
   const auto r = run_cli(args);
-  EXPECT_NE(r.exit_code, 0);
+  EXPECT_EQ(r.exit_code, exit_code) << r.err;
   EXPECT_TRUE(r.out.empty()) << r.out;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
-  EXPECT_NE(r.err.find(cause), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(cause), std::string::npos) << "expected \"" << cause << "\" in " << r.err;
+}
+
+std::vector<std::string> with(std::vector<std::string> args, const std::vector<std::string>& more) {
+  args.insert(args.end(), more.begin(), more.end());
+  return args;
 }
 
 TEST(Cli, BadInputGivesOneLineCause) {
+  expect_one_line_error({"generate", "--model", "/nonexistent", "--ids", "1", "--max-new-tokens", "1"},
+                        "/nonexistent/config.json: cannot open", 1);
+  expect_one_line_error({"generate", "--model", model_dir(), "--ids", "1,512", "--max-new-tokens", "1"},
+                        "token id 512 (at index 1) is outside the vocabulary (0..511)", 1);
+  expect_one_line_error({"logits", "--model", model_dir(), "--ids", "1", "--out", "/nonexistent/dir/x.safetensors"},
+                        "/nonexistent/dir/x.safetensors: cannot create", 1);
+}
+
+TEST(Cli, CommandLineMistakesNameTheOption) {
   const test::ScratchDir dir;
   const auto out = (dir.path() / "x.safetensors").string();
-  expect_one_line_error({"generate", "--model", "/nonexistent", "--ids", "1", "--max-new-tokens", "1"},
-                        "/nonexistent/config.json: cannot open");
+  const std::vector<std::string> generate = {"generate", "--model", model_dir(), "--ids", "1"};
+  const auto generate_one = with(generate, {"--max-new-tokens", "1"});
+  const std::vector<std::string> logits = {"logits", "--model", model_dir(), "--ids", "1", "--out", out};
+  expect_one_line_error({"frobnicate"}, "unknown command \"frobnicate\"", 2);
+  expect_one_line_error(generate, "--max-new-tokens is required", 2);
+  expect_one_line_error({"generate", "--model", model_dir(), "--max-new-tokens", "1"}, "missing --ids or --prompt", 2);
   expect_one_line_error({"generate", "--model", model_dir(), "--ids", "1,x", "--max-new-tokens", "1"},
-                        "\"x\" is not a token id");
-  expect_one_line_error({"generate", "--model", model_dir(), "--ids", "1,512", "--max-new-tokens", "1"},
-                        "token id 512 (at index 1) is outside the vocabulary (0..511)");
-  expect_one_line_error({"generate", "--model", model_dir(), "--ids", "1"}, "missing --max-new-tokens");
-  expect_one_line_error({"generate", "--model", model_dir(), "--ids", "1", "--max-new-tokens", "1", "--greedy",
-                         "--temperature", "0.5"},
-                        "--greedy excludes");
-  expect_one_line_error({"logits", "--model", model_dir(), "--ids", "1", "--out", out, "--bogus", "1"},
-                        "unknown or misplaced option --bogus");
-  expect_one_line_error({"logits", "--model", model_dir(), "--ids", "1", "--out", out, "--backend", "tpu"},
-                        "unknown backend \"tpu\"");
-  expect_one_line_error({"frobnicate"}, "unknown command \"frobnicate\"");
-  expect_one_line_error({"logits", "--model", model_dir(), "--ids", "1", "--out", "/nonexistent/dir/x.safetensors"},
-                        "/nonexistent/dir/x.safetensors: cannot create");
+                        "--ids: \"x\" is not a token id", 2);
+  expect_one_line_error({"generate", "--model", model_dir(), "--ids", "1,-2", "--max-new-tokens", "1"},
+                        "--ids: \"-2\" is not a token id", 2);
+  expect_one_line_error(with(generate, {"--max-new-tokens", "-1"}), "--max-new-tokens: needs an integer >= 0, got \"-1\"", 2);
+  expect_one_line_error(with(generate, {"--max-new-tokens", "x"}), "--max-new-tokens: needs an integer >= 0", 2);
+  expect_one_line_error(with(generate_one, {"--greedy", "--temperature", "0.5"}), "--greedy excludes --temperature", 2);
+  expect_one_line_error(with(generate_one, {"--temperature", "0"}), "--temperature: needs a number greater than 0", 2);
+  expect_one_line_error(with(generate_one, {"--temperature", "nan"}), "--temperature: needs a number greater than 0", 2);
+  expect_one_line_error(with(generate_one, {"--top-p", "1.5"}), "--top-p: needs a number within (0, 1]", 2);
+  expect_one_line_error(with(generate_one, {"--top-p", "0"}), "--top-p: needs a number within (0, 1]", 2);
+  expect_one_line_error(with(generate_one, {"--top-k", "-1"}), "--top-k: needs an integer from 0 to", 2);
+  expect_one_line_error(with(generate_one, {"--seed", "-3"}), "--seed: needs an integer >= 0", 2);
+  expect_one_line_error(with(generate_one, {"--threads", "x"}), "--threads: needs an integer from 0 to", 2);
+  expect_one_line_error(with(generate_one, {"--chunk", "0"}), "--chunk: needs an integer >= 1, got \"0\"", 2);
+  expect_one_line_error(with(generate_one, {"--model", model_dir()}), "--model", 2);  // given twice
+  expect_one_line_error(with(generate_one, {"--prompt", "text"}), "--ids excludes --prompt", 2);
+  expect_one_line_error(with(logits, {"--decode-from", "x"}), "--decode-from: needs an integer >= 0", 2);
+  expect_one_line_error(with(logits, {"--bogus", "1"}), "--bogus", 2);
+  expect_one_line_error(with(logits, {"--backend", "tpu"}), "--backend: unknown backend \"tpu\"", 2);
+  expect_one_line_error(with(logits, {"--session-db", "x.sqlite"}), "--session-db requires --session", 2);
+  expect_one_line_error({"logits", "--model", model_dir(), "--ids", "1", "--out"}, "--out", 2);  // no value
+  expect_one_line_error({"info", "--model", model_dir(), "--tokens", "-1"}, "--tokens: needs an integer >= 0", 2);
+  expect_one_line_error({"info", "--tokens", "5"}, "--tokens requires --model", 2);
+  expect_one_line_error({"ask", "--model", model_dir(), "--question", "?", "--max-new-tokens", "0"},
+                        "--max-new-tokens: needs an integer >= 1", 2);
+  expect_one_line_error({"cache"}, "A subcommand is required", 2);
+  expect_one_line_error({"cache", "clear"}, "cache clear needs --model DIR, --fingerprint F or --all", 2);
+  expect_one_line_error({"cache", "clear", "--fingerprint", "ab", "--all"}, "--fingerprint excludes --all", 2);
+}
+
+TEST(Cli, EveryVerbHasItsOwnHelp) {
+  const std::map<std::string, std::vector<std::string>> options = {
+      {"info", {"--model", "--tokens", "--data-dir", "--backend", "--threads", "--chunk", "--rope-full-head",
+                "--cuda-float32", "--stats"}},
+      {"logits", {"--ids", "--out", "--decode-from", "--session", "--session-db", "--data-dir"}},
+      {"generate", {"--ids", "--prompt", "--max-new-tokens", "--greedy", "--temperature", "--top-p", "--top-k",
+                    "--seed", "--session", "--session-db"}},
+      {"tokenize", {"--model", "--file"}},
+      {"detokenize", {"--model", "--ids"}},
+      {"ask", {"--document", "--image", "--question", "--max-new-tokens", "--greedy", "--session"}},
+      {"image-features", {"--image", "--out", "--cuda-float32"}},
+      {"cache", {"list", "clear"}},
+  };
+  const auto all = run_cli({"--help"});
+  EXPECT_EQ(all.exit_code, 0);
+  for (const auto& [verb, names] : options) {
+    EXPECT_NE(all.out.find(verb), std::string::npos) << verb;
+    const auto help = run_cli({verb, "--help"});
+    EXPECT_EQ(help.exit_code, 0) << verb;
+    for (const auto& name : names) EXPECT_NE(help.out.find(name), std::string::npos) << verb << " " << name;
+  }
+  EXPECT_NE(run_cli({"cache", "clear", "--help"}).out.find("--all"), std::string::npos);
+  EXPECT_EQ(run_cli({"help"}).out, all.out);
+  const auto none = run_cli({});
+  EXPECT_EQ(none.exit_code, 2);
+  EXPECT_EQ(none.err, all.out);
+}
+
+// Each flag that takes no value works last and in the middle of the command line, where it
+// must not take the next option as its value.
+TEST(Cli, FlagsTakeNoValueLastOrInTheMiddle) {
+  const auto golden = test::load_golden("tiny-a-m1-rd8");
+  const auto prompt = join(test::ids_of(golden.at("greedy.prompt_ids")));
+  const auto expected = join(test::ids_of(golden.at("greedy.output_ids"))) + "\n";
+  const std::vector<std::string> generate = {"generate", "--model", model_dir(), "--ids", prompt};
+  for (const auto& args : {with(generate, {"--max-new-tokens", "16", "--greedy"}),
+                           with(generate, {"--greedy", "--max-new-tokens", "16"})}) {
+    const auto r = run_cli(args);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out, expected);
+  }
+
+  const test::ScratchDir dir;
+  // logits with the flag placed last, then in the middle (before --ids); the logits written.
+  auto logits = [&](const std::string& flag, bool last, const std::string& name) {
+    const auto out = (dir.path() / name).string();
+    std::vector<std::string> args = {"logits", "--model", model_dir(), "--backend", "cpu"};
+    if (!flag.empty() && !last) args.push_back(flag);
+    args.insert(args.end(), {"--ids", "1,2,3,4,5,6,7,8", "--out", out});
+    if (!flag.empty() && last) args.push_back(flag);
+    const auto r = run_cli(args);
+    EXPECT_EQ(r.exit_code, 0) << flag << (last ? " last: " : " in the middle: ") << r.err;
+    return std::make_pair(r, test::read_file(out));
+  };
+  const auto plain = logits("", true, "plain.safetensors").second;
+  ASSERT_FALSE(plain.empty());
+  for (const bool last : {true, false}) {
+    const auto [stats, stats_logits] = logits("--stats", last, "stats.safetensors");
+    EXPECT_NE(stats.err.find("prefill 8 tokens in"), std::string::npos) << stats.err;
+    EXPECT_EQ(stats_logits, plain);
+    // Rotating whole heads changes a model whose rotary dims (8) are fewer than its head dims (16).
+    EXPECT_NE(logits("--rope-full-head", last, "rope.safetensors").second, plain);
+    EXPECT_EQ(logits("--rope-full-head", last, "rope.safetensors").second,
+              logits("--rope-full-head", !last, "rope-other.safetensors").second);
+    // On the CPU it changes nothing; it is a flag there too.
+    EXPECT_EQ(logits("--cuda-float32", last, "f32.safetensors").second, plain);
+  }
+  // The command that failed before: --cuda-float32 last after --backend cuda. Without a GPU the
+  // backend's error, not the command line's.
+  const auto out = (dir.path() / "cuda.safetensors").string();
+  for (const auto& args :
+       {std::vector<std::string>{"logits", "--model", model_dir(), "--ids", "1,2", "--out", out, "--backend", "cuda",
+                                 "--cuda-float32"},
+        std::vector<std::string>{"logits", "--model", model_dir(), "--cuda-float32", "--backend", "cuda", "--ids",
+                                 "1,2", "--out", out}}) {
+    const auto r = run_cli(args);
+    EXPECT_NE(r.exit_code, 2) << r.err;
+    EXPECT_EQ(r.err.find("--cuda-float32"), std::string::npos) << r.err;
+  }
+}
+
+TEST(Cli, InfoShowsTheDataDirectoryFromOptionOrEnvironment) {
+  const test::ScratchDir dir;
+  const auto data = (dir.path() / "data").string();
+  const std::string lines = "data directory: " + data + "\ncache: 0 B in " + data + "/cache\n";
+  const auto chosen = run_cli({"info", "--data-dir", data});
+  ASSERT_EQ(chosen.exit_code, 0) << chosen.err;
+  EXPECT_EQ(chosen.out, lines);
+  EXPECT_EQ(run_cli({"info"}, {"LIGHTDESK_DATA_DIR=" + data}).out, lines);
+  EXPECT_EQ(run_cli({"info"}, {"LIGHTDESK_DATA_DIR=", "XDG_DATA_HOME=" + dir.path().string()}).out,
+            "data directory: " + dir.path().string() + "/Lightdesk\ncache: 0 B in " + dir.path().string() +
+                "/Lightdesk/cache\n");
+  // --data-dir wins over the environment; with a model, after the model's lines.
+  const auto with_model = run_cli({"info", "--model", model_dir(), "--data-dir", data}, {"LIGHTDESK_DATA_DIR=/elsewhere"});
+  ASSERT_EQ(with_model.exit_code, 0) << with_model.err;
+  EXPECT_NE(with_model.out.find("layers: 4"), std::string::npos);
+  EXPECT_EQ(with_model.out.substr(with_model.out.size() - lines.size()), lines);
+}
+
+std::string fingerprint_of(const std::string& model) {
+  const auto info = run_cli({"info", "--model", model, "--data-dir", "/nonexistent"}).out;
+  const auto at = info.find("fingerprint: ");
+  return info.substr(at + 13, info.find('\n', at) - at - 13);
+}
+
+TEST(Cli, CacheListsAndClearsEachModelsFiles) {
+  const test::ScratchDir dir;
+  const auto data = dir.path() / "data";
+  const auto a = fingerprint_of(model_dir()), b = fingerprint_of(model_dir("tiny-a-hf"));
+  ASSERT_EQ(a.size(), b.size());
+  ASSERT_NE(a, b);
+  for (const auto& [fingerprint, model, bytes] : {std::tuple{a, model_dir(), 3000}, std::tuple{b, model_dir("tiny-a-hf"), 1024}}) {
+    std::filesystem::create_directories(data / "cache" / fingerprint / "quantized-weights");
+    std::ofstream(data / "cache" / fingerprint / "quantized-weights" / "w.bin") << std::string(static_cast<std::size_t>(bytes), 'q');
+    std::ofstream(data / "cache" / fingerprint / "model.txt") << model << "\n";
+  }
+  const auto list = run_cli({"cache", "list", "--data-dir", data.string()});
+  ASSERT_EQ(list.exit_code, 0) << list.err;
+  EXPECT_NE(list.out.find("cache: "), std::string::npos) << list.out;
+  EXPECT_NE(list.out.find(" in " + (data / "cache").string() + "\n"), std::string::npos) << list.out;
+  EXPECT_NE(list.out.find(a + "  "), std::string::npos) << list.out;
+  EXPECT_NE(list.out.find(model_dir() + ": quantized-weights 2.93 KiB\n"), std::string::npos) << list.out;
+  EXPECT_NE(list.out.find(model_dir("tiny-a-hf") + ": quantized-weights 1.00 KiB\n"), std::string::npos) << list.out;
+
+  const auto info = run_cli({"info", "--data-dir", data.string()}).out;
+  EXPECT_NE(info.find("cache: 4."), std::string::npos) << info;  // 4024 bytes and the two model.txt files
+  const auto clear = run_cli({"cache", "clear", "--model", model_dir(), "--data-dir", data.string()});
+  ASSERT_EQ(clear.exit_code, 0) << clear.err;
+  EXPECT_EQ(clear.out.find("removed "), 0u) << clear.out;
+  const auto after = run_cli({"cache", "list", "--data-dir", data.string()}).out;
+  EXPECT_EQ(after.find(a), std::string::npos) << after;
+  EXPECT_NE(after.find(b), std::string::npos) << after;
+  ASSERT_EQ(run_cli({"cache", "clear", "--fingerprint", b, "--data-dir", data.string()}).exit_code, 0);
+  EXPECT_FALSE(std::filesystem::exists(data / "cache" / b));
+
+  // --all, a flag: last and in the middle.
+  for (const bool last : {true, false}) {
+    std::filesystem::create_directories(data / "cache" / a);
+    std::ofstream(data / "cache" / a / "patterns.json") << "{}";
+    const auto all = run_cli(last ? std::vector<std::string>{"cache", "clear", "--data-dir", data.string(), "--all"}
+                                  : std::vector<std::string>{"cache", "clear", "--all", "--data-dir", data.string()});
+    ASSERT_EQ(all.exit_code, 0) << all.err;
+    EXPECT_EQ(all.out, "removed 2 B from " + (data / "cache").string() + "\n");
+    EXPECT_EQ(run_cli({"cache", "list", "--data-dir", data.string()}).out,
+              "cache: 0 B in " + (data / "cache").string() + "\n");
+  }
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 // M1 with a 512-id tokenizer, so its answers are random text), a document, a question, the
 // streamed answer, stop, and the errors a person must see.
 #include <QComboBox>
+#include <QDir>
 #include <QDropEvent>
 #include <QJsonArray>
 #include <QJsonDocument>
@@ -13,6 +14,7 @@
 #include <QMimeData>
 #include <QPlainTextEdit>
 #include <QPushButton>
+#include <QScopeGuard>
 #include <QSettings>
 #include <QSignalSpy>
 #include <QStatusBar>
@@ -734,6 +736,49 @@ class MainWindowTest : public QObject {
     window_->openModelDirectory(kModelDirectory);
     QVERIFY(error.wait(kTimeoutMs));
     QVERIFY2(error.front().front().toString().contains(QStringLiteral("quantum")), qPrintable(error.front().front().toString()));
+  }
+
+  // The app kept its sessions in Qt's AppDataLocation (the data home's Lightdesk/Lightdesk) and,
+  // once its settings were accepted, saved that place as its data directory. The sessions move
+  // to the directory shared with lightdesk-cli, which the settings then show whole.
+  void formerSessionsMoveToTheSharedDataDirectory() {
+    QTemporaryDir temporary;
+    // A data home as long as real ones get, so that a field of the default width would cut it.
+    const QDir home(temporary.filePath(QStringLiteral("home/someone-with-a-long-name/.local/share")));
+    QVERIFY(QDir().mkpath(home.path()));
+    const QByteArray data_home = qgetenv("XDG_DATA_HOME"), data_dir = qgetenv("LIGHTDESK_DATA_DIR");
+    const auto restore = qScopeGuard([&] {
+      data_home.isNull() ? qunsetenv("XDG_DATA_HOME") : qputenv("XDG_DATA_HOME", data_home);
+      data_dir.isNull() ? qunsetenv("LIGHTDESK_DATA_DIR") : qputenv("LIGHTDESK_DATA_DIR", data_dir);
+    });
+    qputenv("XDG_DATA_HOME", home.path().toUtf8());
+    qunsetenv("LIGHTDESK_DATA_DIR");
+    const QString former = home.filePath(QStringLiteral("Lightdesk/Lightdesk"));
+    QVERIFY(QDir().mkpath(former));
+    {
+      StoreSessionRepository sessions(std::filesystem::path((former + QStringLiteral("/sessions.sqlite")).toStdString()));
+      sessions.create(QStringLiteral("Kept from before"));
+    }
+    settings_->setValue(QStringLiteral("dataDirectory"), former);
+    const std::filesystem::path database = lightdesk::gui::session_database_path(*settings_);
+    QCOMPARE(QString::fromStdString(database.string()), home.filePath(QStringLiteral("Lightdesk/sessions.sqlite")));
+    QVERIFY(!QFile::exists(former + QStringLiteral("/sessions.sqlite")));
+    {
+      StoreSessionRepository sessions(database);
+      QCOMPARE(sessions.list().size(), 1);
+      QCOMPARE(sessions.list().front().title, QStringLiteral("Kept from before"));
+    }
+
+    lightdesk::gui::SettingsDialog dialog(*settings_, QString(), {});
+    dialog.show();
+    QVERIFY(QTest::qWaitForWindowExposed(&dialog));
+    auto* data = dialog.findChild<QLineEdit*>(QStringLiteral("dataDirectoryEdit"));
+    QCOMPARE(data->text(), home.filePath(QStringLiteral("Lightdesk")));
+    QVERIFY2(data->width() > data->fontMetrics().horizontalAdvance(data->text()),
+             qPrintable(QStringLiteral("%1 px for %2").arg(data->width()).arg(data->text())));
+    // Accepting the default saves no choice: the directory keeps following the environment.
+    dialog.accept();
+    QVERIFY(!settings_->contains(QStringLiteral("dataDirectory")));
   }
 
   void damagedStateFallsBackToReading() {

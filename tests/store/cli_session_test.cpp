@@ -55,10 +55,12 @@ LogitsFile read_logits(const std::filesystem::path& path) {
 
 class CliSessionTest : public ::testing::Test {
  protected:
-  // Runs lightdesk-cli with `arguments`; returns its exit code, keeps stdout and stderr.
-  int cli(const std::string& arguments) {
-    const std::string command = std::string("'") + LIGHTDESK_CLI + "' " + arguments + " >'" + (scratch_ / "stdout").string() +
-                                "' 2>'" + (scratch_ / "stderr").string() + "'";
+  // Runs lightdesk-cli with `arguments` (or `arguments` alone: a command line that names it);
+  // returns its exit code, keeps stdout and stderr.
+  int cli(const std::string& arguments, bool with_program = true) {
+    const std::string program = with_program ? std::string("'") + LIGHTDESK_CLI + "' " : "";
+    const std::string command = program + arguments + " >'" + (scratch_ / "stdout").string() + "' 2>'" +
+                                (scratch_ / "stderr").string() + "'";
     const int status = std::system(command.c_str());
     stdout_ = read_file(scratch_ / "stdout");
     stderr_ = read_file(scratch_ / "stderr");
@@ -232,9 +234,35 @@ TEST_F(CliSessionTest, AnotherModelRecomputesTheStoredTokens) {
   EXPECT_TRUE(continued.bytes == uninterrupted.bytes.substr(12 * (continued.bytes.size() / 3)));
 }
 
-TEST_F(CliSessionTest, SessionOptionsGoTogether) {
-  EXPECT_EQ(cli("logits " + model() + " --ids 1,2 " + out("x.safetensors") + " --session s"), 2);
-  EXPECT_NE(stderr_.find("--session-db and --session go together"), std::string::npos) << stderr_;
+// --session alone: the data directory's database (--data-dir, else $LIGHTDESK_DATA_DIR), the one
+// the desktop app shows; --session-db wins when given.
+TEST_F(CliSessionTest, SessionAloneUsesTheDataDirectorysDatabase) {
+  const auto data = scratch_ / "data";
+  const auto ids = token_ids(9, 37);
+  ASSERT_EQ(cli("logits " + model() + " --ids " + join(ids) + " " + out("x.safetensors") + " --session s --data-dir '" +
+                data.string() + "'"),
+            0)
+      << stderr_;
+  ASSERT_EQ(cli("env LIGHTDESK_DATA_DIR='" + (scratch_ / "env").string() + "' '" + LIGHTDESK_CLI + "' logits " + model() +
+                    " --ids 1,2 " + out("y.safetensors") + " --session t",
+                /*with_program=*/false),
+            0)
+      << stderr_;
+  ASSERT_EQ(cli("logits " + model() + " --ids 1,2 " + out("z.safetensors") + " --data-dir '" + data.string() + "' " +
+                session("u")),
+            0)
+      << stderr_;
+  {
+    Store store(data / "sessions.sqlite");
+    ASSERT_TRUE(store.find_session("s").has_value());
+    EXPECT_EQ(store.checkpoints(store.find_session("s")->id).back().position, 9);
+    EXPECT_FALSE(store.find_session("u").has_value());
+  }
+  EXPECT_TRUE(Store(scratch_ / "env" / "sessions.sqlite").find_session("t").has_value());
+  EXPECT_TRUE(Store(scratch_ / "sessions.db").find_session("u").has_value());
+
+  EXPECT_EQ(cli("logits " + model() + " --ids 1,2 " + out("x.safetensors") + " --session-db x.db"), 2);
+  EXPECT_NE(stderr_.find("--session-db requires --session"), std::string::npos) << stderr_;
   EXPECT_EQ(cli("info " + model() + " " + session()), 2);
 }
 

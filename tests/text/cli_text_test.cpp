@@ -95,6 +95,20 @@ TEST(CliText, AskAnswersAboutDocumentsWithProgress) {
   EXPECT_EQ(run.out.back(), '\n');
 }
 
+// ask's flags that take no value, last and in the middle: the same answer, the statistics shown.
+TEST(CliText, AskTakesItsFlagsLastOrInTheMiddle) {
+  const std::string ask = "ask --model '" + kModel + "' ";
+  const std::string rest = "--document '" + (kDocs / "utf8.md").string() + "' --question 'What is it?' --max-new-tokens 6";
+  const CliRun middle = run_cli(ask + "--greedy --stats " + rest);
+  ASSERT_EQ(middle.exit_code, 0) << middle.err;
+  const CliRun last = run_cli(ask + rest + " --stats --greedy");
+  ASSERT_EQ(last.exit_code, 0) << last.err;
+  EXPECT_EQ(last.out, middle.out);
+  for (const CliRun* run : {&middle, &last})
+    EXPECT_NE(run->err.find("prompt tokens read in"), std::string::npos) << run->err;
+  EXPECT_EQ(run_cli(ask + rest).out, middle.out);  // greedy is the default
+}
+
 TEST(CliText, AskRefusesUnreadableDocumentsByName) {
   const CliRun run = run_cli("ask --model '" + kModel + "' --document '" + (kDocs / "encrypted.pdf").string() +
                           "' --question 'Why?'");

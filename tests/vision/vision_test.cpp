@@ -349,6 +349,21 @@ TEST(VisionCli, ImageFeaturesWritesTheContractTensors) {
   EXPECT_TRUE(WIFEXITED(bad_status) && WEXITSTATUS(bad_status) == 1);
 }
 
+// image-features --stats, a flag: last and in the middle.
+TEST(VisionCli, ImageFeaturesTakesStatsLastOrInTheMiddle) {
+  const test::ScratchDir scratch;
+  const std::string image = "--image '" + image_path("tiny.png").string() + "'";
+  const std::string out = "--out '" + (scratch.path() / "features.safetensors").string() + "'";
+  for (const std::string& arguments : {"--stats " + image + " " + out, image + " " + out + " --stats"}) {
+    const std::string command = std::string("'") + LIGHTDESK_CLI + "' image-features --backend cpu --model '" +
+                                vl_dir().string() + "' " + arguments + " 2>'" + (scratch.path() / "err").string() + "'";
+    const int status = std::system(command.c_str());
+    const std::string err = test::read_file(scratch.path() / "err");
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << err;
+    EXPECT_NE(err.find("tokens: prepared in"), std::string::npos) << err;
+  }
+}
+
 // Runs lightdesk-cli with `arguments`; returns its exit code and what it wrote on standard error.
 std::pair<int, std::string> run_cli(const std::string& arguments, const test::ScratchDir& scratch) {
   const auto err = scratch.path() / "err";

@@ -12,6 +12,7 @@
 #include <QFormLayout>
 #include <QSettings>
 #include <QSpinBox>
+#include <QStyle>
 
 #include "lightdesk/engine.h"
 #include "store_session_repository.h"
@@ -62,9 +63,15 @@ SettingsDialog::SettingsDialog(QSettings& settings, QString family, const Sampli
   gpus_->setPlaceholderText(tr("0"));
   gpus_->setValidator(new QRegularExpressionValidator(QRegularExpression(QStringLiteral("[0-9]+(,[0-9]+)*")), gpus_));
   gpus_->setToolTip(tr("GPU numbers separated by commas, e.g. 0,1; applies from the next start"));
-  data_directory_ = new QLineEdit(QString::fromStdString(session_database_path(settings_).parent_path().string()));
+  data_directory_ = new QLineEdit(QString::fromStdString(data_directory(settings_).path().string()));
   data_directory_->setObjectName(QStringLiteral("dataDirectoryEdit"));
-  data_directory_->setToolTip(tr("Where the session database lives; applies from the next start"));
+  data_directory_->setToolTip(
+      tr("Where the session database and the models' cache live, shared with lightdesk-cli; applies from the next "
+         "start"));
+  // Wide enough to show the whole path, with room for a few more characters.
+  data_directory_->setMinimumWidth(
+      data_directory_->fontMetrics().horizontalAdvance(data_directory_->text() + QStringLiteral("MMMM")) +
+      2 * data_directory_->style()->pixelMetric(QStyle::PM_DefaultFrameWidth));
   auto* browse = new QPushButton(tr("Browse…"));
   connect(browse, &QPushButton::clicked, this, [this] {
     const QString chosen = QFileDialog::getExistingDirectory(this, tr("Data directory"), data_directory_->text());
@@ -113,7 +120,13 @@ SettingsDialog::SettingsDialog(QSettings& settings, QString family, const Sampli
 void SettingsDialog::accept() {
   settings_.setValue(QStringLiteral("engine/backend"), backend_->currentData().toString());
   settings_.setValue(QStringLiteral("engine/gpus"), gpus_->text());
-  settings_.setValue(QStringLiteral("dataDirectory"), data_directory_->text());
+  // The default is not saved as a choice: it follows $LIGHTDESK_DATA_DIR and $XDG_DATA_HOME.
+  const QString chosen = data_directory_->text().trimmed();
+  if (chosen.isEmpty() ||
+      store::DataDirectory(std::filesystem::path(chosen.toStdString())).path() == store::DataDirectory().path())
+    settings_.remove(QStringLiteral("dataDirectory"));
+  else
+    settings_.setValue(QStringLiteral("dataDirectory"), chosen);
   if (!family_.isEmpty())
     store_sampling(settings_, family_,
                    {temperature_->value(), top_p_->value(), top_k_->value(), max_new_tokens_->value()});

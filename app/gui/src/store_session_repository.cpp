@@ -1,14 +1,12 @@
 #include "store_session_repository.h"
 
 #include <QCryptographicHash>
-#include <QDir>
 #include <QFile>
 #include <QImageReader>
 #include <QMimeDatabase>
 #include <QPointer>
 #include <QRegularExpression>
 #include <QSettings>
-#include <QStandardPaths>
 #include <QtDebug>
 
 #include <algorithm>
@@ -84,10 +82,17 @@ std::vector<store::Message> newest_branch(const std::vector<store::Message>& mes
 
 }  // namespace
 
+store::DataDirectory data_directory(const QSettings& settings) {
+  const QString chosen = settings.value(QStringLiteral("dataDirectory")).toString();
+  if (chosen.isEmpty()) return store::DataDirectory();
+  const store::DataDirectory directory(std::filesystem::path(chosen.toStdString()));
+  if (directory.path() == store::DataDirectory(store::DataDirectory::legacy_app_directory()).path())
+    return store::DataDirectory();
+  return directory;
+}
+
 std::filesystem::path session_database_path(const QSettings& settings) {
-  const QString directory =
-      settings.value("dataDirectory", QStandardPaths::writableLocation(QStandardPaths::AppDataLocation)).toString();
-  return std::filesystem::path(QDir(directory).filePath("sessions.sqlite").toStdString());
+  return data_directory(settings).session_database();
 }
 
 // Owns the Store and writes the repository's changes into it, on the store thread. Sessions are

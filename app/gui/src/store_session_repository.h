@@ -19,6 +19,7 @@
 
 #include <filesystem>
 
+#include "lightdesk/data_directory.h"
 #include "session_repository.h"
 
 class QSettings;
@@ -27,8 +28,12 @@ namespace lightdesk::gui {
 
 class StoreWriter;
 
-// The session database of the data directory: QSettings' "dataDirectory", by default
-// QStandardPaths::AppDataLocation.
+// The data directory (lightdesk/data_directory.h), shared with lightdesk-cli: QSettings'
+// "dataDirectory" when the user chose one, else the environment's. The app's former default
+// (Qt's AppDataLocation), which earlier versions saved there, counts as none chosen.
+store::DataDirectory data_directory(const QSettings& settings);
+// The data directory's session database; the app's former one moves there first (see
+// store::DataDirectory::session_database).
 std::filesystem::path session_database_path(const QSettings& settings);
 
 class StoreSessionRepository final : public SessionRepository {
