@@ -132,6 +132,20 @@ CLI::Option* add_common(CLI::App& verb, Common& c, bool model_required = true) {
       "the GPUs the model runs on: 0,1 or all (default GPU 0; one for now)");
   verb.add_option("--chunk", c.chunk, "prefill tokens per pass (default 512 on the CPU, 8192 with CUDA)")
       ->check(integer_in(1));
+  verb.add_option("--tensor-parallel", c.options.tensor_parallel,
+                  "ranks the model is split over, one per GPU of --devices (on the CPU backend simulated ranks on "
+                  "threads); default 1")
+      ->check(integer_in(1, 1024));
+  verb.add_option_function<std::string>(
+      "--moe-parallel",
+      [&c](const std::string& name) {
+        try {
+          c.options.moe_parallel = lightdesk::parse_moe_parallel(name);
+        } catch (const lightdesk::Error& e) {
+          throw CLI::ValidationError("--moe-parallel", e.what());
+        }
+      },
+      "expert (each rank holds whole experts; the default) or tensor (each rank a slice of every expert)");
   verb.add_flag("--rope-full-head", c.options.rope_full_head,
                 "rotate whole heads in softmax layers, as native transformers <= 5.17 does");
   verb.add_flag("--cuda-float32", c.options.cuda_float32, "CUDA backend in float32 instead of bf16, for checking");
@@ -230,6 +244,25 @@ void print_data_directory(const lightdesk::store::DataDirectory& data) {
   std::printf("cache: %s in %s\n", human_bytes(data.cache_bytes()).c_str(), data.cache().string().c_str());
 }
 
+// The per-rank plan of --tensor-parallel, its bytes at the backend's precision.
+void print_parallel_plan(const lightdesk::ModelInfo& info, const lightdesk::ModelOptions& options) {
+  const auto plan = lightdesk::parallel_plan(info, options.tensor_parallel, options.moe_parallel);
+  const double bytes_per_value =
+      info.parameter_count ? static_cast<double>(info.weight_bytes) / static_cast<double>(info.parameter_count) : 0.0;
+  std::printf("tensor parallel: %d rank%s, moe %s\n", options.tensor_parallel, plan.size() == 1 ? "" : "s",
+              lightdesk::moe_parallel_name(options.moe_parallel));
+  auto range = [](long long first, long long count) {
+    return count == 0 ? std::string("none") : std::to_string(first) + "-" + std::to_string(first + count - 1);
+  };
+  for (const lightdesk::RankPlan& p : plan) {
+    const auto bytes = static_cast<std::uint64_t>(static_cast<double>(p.parameters) * bytes_per_value);
+    std::printf("rank %d: heads %s, kv heads %s, experts %s (width %s), vocab rows %s, weights %s\n", p.rank,
+                range(p.first_head, p.heads).c_str(), range(p.first_kv_head, p.kv_heads).c_str(),
+                range(p.first_expert, p.experts).c_str(), range(p.first_expert_column, p.expert_columns).c_str(),
+                range(p.first_vocab_row, p.vocab_rows).c_str(), human_bytes(bytes).c_str());
+  }
+}
+
 int cmd_info(const InfoArgs& a) {
   const Common& c = a.c;
   const auto data = data_directory(a.data_dir);
@@ -262,6 +295,7 @@ int cmd_info(const InfoArgs& a) {
   std::printf("session of %lld tokens: %llu bytes (%s)\n", static_cast<long long>(n),
               static_cast<unsigned long long>(info.session_bytes(n)), human_bytes(info.session_bytes(n)).c_str());
   std::printf("fingerprint: %s\n", info.fingerprint.c_str());
+  print_parallel_plan(info, c.options);
   for (const auto& gpu : lightdesk::gpu_devices())
     std::printf("gpu %d: %s, %s%s\n", gpu.index, gpu.name.c_str(), human_bytes(gpu.total_bytes).c_str(),
                 gpu.free_bytes ? (", " + human_bytes(*gpu.free_bytes) + " free").c_str() : "");

@@ -1,4 +1,5 @@
 // The CUDA entry points of a build without CUDA (LIGHTDESK_WITH_CUDA=OFF).
+#include "communicator.h"
 #include "cuda_backend.h"
 
 namespace lightdesk {
@@ -13,5 +14,9 @@ std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig&, const Weig
 }
 
 std::vector<OpsBackend> cuda_ops_backends() { return {}; }
+
+std::vector<std::unique_ptr<Communicator>> make_nccl_communicators(const std::vector<int>&, const std::vector<void*>&) {
+  throw Error("NCCL is not available: " + cuda_unavailable_reason());
+}
 
 }  // namespace lightdesk

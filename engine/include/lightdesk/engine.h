@@ -65,6 +65,13 @@ std::vector<GpuDevice> gpu_devices();
 // the fault of anything else, or of "all" on a machine without a GPU.
 std::vector<int> parse_devices(const std::string& text);
 
+// How a tensor-parallel layout spreads the MoE experts over the ranks: whole experts, as evenly
+// as the count allows (8 on 3 ranks: 3, 3, 2), or a slice of every expert's intermediate width.
+enum class MoeParallel { Expert, Tensor };
+// "expert" or "tensor"; throws Error on anything else.
+MoeParallel parse_moe_parallel(const std::string& name);
+const char* moe_parallel_name(MoeParallel mode);
+
 struct ModelOptions {
   BackendKind backend = BackendKind::Auto;
   // Worker threads for the CPU backend; 0 = all hardware threads.
@@ -82,6 +89,12 @@ struct ModelOptions {
   // "all"); empty: GPU 0. Each gets a context of its own. The CUDA backend runs a model on one
   // GPU: naming several is refused until a backend spreads a model over them.
   std::vector<int> devices{};
+  // Ranks the model is split over (tensor parallel, one per device; on the CPU backend simulated
+  // ranks on threads of their own): query heads, key/value heads (split, or replicated when the
+  // ranks outnumber them), the experts as moe_parallel says, and the vocabulary rows of the
+  // embedding and LM head. See parallel_plan.
+  int tensor_parallel = 1;
+  MoeParallel moe_parallel = MoeParallel::Expert;
 };
 
 // The one GPU a single-device backend (the CUDA backend, the vision tower) runs on for these
@@ -128,6 +141,21 @@ struct ModelShape {
   int num_lightning_layers() const;
   int num_softmax_layers() const;
 };
+
+// One rank's part of a tensor-parallel layout: a half-open range of each split dimension.
+struct RankPlan {
+  int rank = 0;
+  int first_head = 0, heads = 0;        // query heads (and their lightning heads and states)
+  int first_kv_head = 0, kv_heads = 0;  // softmax key/value heads (several ranks may share one)
+  int first_expert = 0, experts = 0;    // experts held whole (expert parallel; all of them otherwise)
+  int first_expert_column = 0, expert_columns = 0;  // of each held expert's intermediate width
+  std::int64_t first_vocab_row = 0, vocab_rows = 0;  // of the embedding and the LM head
+  std::uint64_t parameters = 0;                      // the rank's weights, counted in values
+};
+// The per-rank plan of `ranks` ranks for a model of `shape`; throws Error naming the count that
+// does not divide (query heads by the ranks; key/value heads neither divided by the ranks nor
+// dividing them; the expert width in tensor mode) or that falls short (ranks > vocabulary rows).
+std::vector<RankPlan> parallel_plan(const ModelShape& shape, int ranks, MoeParallel moe);
 
 struct ModelInfo : ModelShape {
   std::filesystem::path directory;
