@@ -29,7 +29,7 @@
 #include "lightdesk/cuda_vision_ops.h"
 #include "lightdesk/vision.h"
 #include "src/cuda_backend.h"
-#include "src/cuda_device.h"
+#include "lightdesk/cuda_device.h"
 #include "src/cuda_moe.h"
 #include "src/model_config.h"
 

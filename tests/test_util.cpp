@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -100,6 +101,17 @@ double max_rel_diff(std::span<const float> a, std::span<const float> b) {
   double scale = 0.0;
   for (float v : b) scale = std::max(scale, std::fabs(static_cast<double>(v)));
   return max_abs_diff(a, b) / std::max(scale, 1e-30);
+}
+
+double relative_error(const std::vector<float>& out, const std::vector<float>& ref) {
+  if (out.size() != ref.size()) return INFINITY;
+  double diff = 0.0, norm = 0.0;
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    if (!std::isfinite(out[i])) return INFINITY;
+    diff += (static_cast<double>(out[i]) - ref[i]) * (static_cast<double>(out[i]) - ref[i]);
+    norm += static_cast<double>(ref[i]) * ref[i];
+  }
+  return std::sqrt(diff / std::max(norm, 1e-30));
 }
 
 }  // namespace lightdesk::test

@@ -5,11 +5,12 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "lightdesk/engine.h"
-#include "src/safetensors.h"
+#include "lightdesk/safetensors.h"
 
 namespace lightdesk::test {
 
@@ -53,5 +54,31 @@ double max_abs_diff(std::span<const float> a, std::span<const float> b);
 // Norm-wise relative error: max |a - b| / max |b|. Element-wise ratios would blow up where sums
 // cancel to near zero; this measures the error against the size of the result.
 double max_rel_diff(std::span<const float> a, std::span<const float> b);
+
+// A generator with a fresh seed per test, reported on failure.
+class Random {
+ public:
+  Random() : seed_(std::random_device{}()), engine_(seed_) {}
+  unsigned seed() const { return seed_; }
+  std::vector<float> uniform(std::size_t count, float low, float high) {
+    std::uniform_real_distribution<float> dist(low, high);
+    std::vector<float> v(count);
+    for (float& x : v) x = dist(engine_);
+    return v;
+  }
+  std::vector<std::int32_t> integers(std::size_t count, std::int32_t low, std::int32_t high) {
+    std::uniform_int_distribution<std::int32_t> dist(low, high);
+    std::vector<std::int32_t> v(count);
+    for (auto& x : v) x = dist(engine_);
+    return v;
+  }
+
+ private:
+  unsigned seed_;
+  std::mt19937 engine_;
+};
+
+// ‖out − ref‖ / ‖ref‖ in float64; infinity if any element of out is not finite or the sizes differ.
+double relative_error(const std::vector<float>& out, const std::vector<float>& ref);
 
 }  // namespace lightdesk::test

@@ -104,47 +104,42 @@ struct Common {
   bool stats = false;
 };
 
+// An option whose text the engine reads (`parse`): its Error becomes the option's validation error.
+template <typename Parse>
+void add_engine_option(CLI::App& verb, const std::string& name, Parse parse, const std::string& description) {
+  verb.add_option_function<std::string>(
+      name,
+      [name, parse](const std::string& text) {
+        try {
+          parse(text);
+        } catch (const lightdesk::Error& e) {
+          throw CLI::ValidationError(name, e.what());
+        }
+      },
+      description);
+}
+
 // --model and the engine's options, for the verbs that run a model; returns --model.
 CLI::Option* add_common(CLI::App& verb, Common& c, bool model_required = true) {
   auto* model =
       verb.add_option("--model", c.model_dir, "model directory (config.json, safetensors files)")->required(model_required);
-  verb.add_option_function<std::string>(
-      "--backend",
-      [&c](const std::string& name) {
-        try {
-          c.options.backend = lightdesk::parse_backend_kind(name);
-        } catch (const lightdesk::Error& e) {
-          throw CLI::ValidationError("--backend", e.what());
-        }
-      },
+  add_engine_option(
+      verb, "--backend", [&c](const std::string& name) { c.options.backend = lightdesk::parse_backend_kind(name); },
       "cpu, cuda or auto (the default: CUDA where a GPU is usable)");
+  add_engine_option(
+      verb, "--devices", [&c](const std::string& list) { c.options.devices = lightdesk::parse_devices(list); },
+      "the GPUs the model runs on: indices such as 0,1 or all (default GPU 0; one GPU for now)");
   verb.add_option("--threads", c.options.threads, "CPU worker threads (default 0: all hardware threads)")
       ->check(integer_in(0, std::numeric_limits<int>::max()));
-  verb.add_option_function<std::string>(
-      "--devices",
-      [&c](const std::string& text) {
-        try {
-          c.options.devices = lightdesk::parse_devices(text);
-        } catch (const lightdesk::Error& e) {
-          throw CLI::ValidationError("--devices", e.what());
-        }
-      },
-      "the GPUs the model runs on: 0,1 or all (default GPU 0; one for now)");
   verb.add_option("--chunk", c.chunk, "prefill tokens per pass (default 512 on the CPU, 8192 with CUDA)")
       ->check(integer_in(1));
   verb.add_option("--tensor-parallel", c.options.tensor_parallel,
                   "ranks the model is split over, one per GPU of --devices (on the CPU backend simulated ranks on "
                   "threads); default 1")
       ->check(integer_in(1, 1024));
-  verb.add_option_function<std::string>(
-      "--moe-parallel",
-      [&c](const std::string& name) {
-        try {
-          c.options.moe_parallel = lightdesk::parse_moe_parallel(name);
-        } catch (const lightdesk::Error& e) {
-          throw CLI::ValidationError("--moe-parallel", e.what());
-        }
-      },
+  add_engine_option(
+      verb, "--moe-parallel",
+      [&c](const std::string& name) { c.options.moe_parallel = lightdesk::parse_moe_parallel(name); },
       "expert (each rank holds whole experts; the default) or tensor (each rank a slice of every expert)");
   verb.add_flag("--rope-full-head", c.options.rope_full_head,
                 "rotate whole heads in softmax layers, as native transformers <= 5.17 does");

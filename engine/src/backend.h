@@ -35,10 +35,6 @@ struct ForwardRequest {
   std::span<const float* const> embedding_overrides;
 };
 
-// The backend `requested` stands for here: Auto is CUDA where a device is usable, else the CPU.
-// Throws, naming the cause, when the requested one is not available.
-BackendKind resolve_backend(BackendKind requested);
-
 class ComputeBackend {
  public:
   virtual ~ComputeBackend() = default;

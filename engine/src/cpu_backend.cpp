@@ -1,5 +1,5 @@
 // The CPU backend: the model in float32 on the host, through the CPU ops and the model's graph
-// (models/minimax01.cpp); with tensor parallel, each rank's slices on a thread of its own, the
+// (models/); with tensor parallel, each rank's slices on a thread of its own, the
 // ranks talking through the loopback communicator, as GPUs would through NCCL.
 #include <algorithm>
 #include <cstring>
@@ -10,7 +10,7 @@
 
 #include "backend.h"
 #include "communicator.h"
-#include "models/minimax01.h"
+#include "models/graph.h"
 #include "ops.h"
 #include "sampler.h"
 
@@ -167,6 +167,7 @@ class CpuBackend final : public ComputeBackend {
 
   const ModelConfig config_;
   const std::vector<RankPlan> plans_;
+  const ModelForward forward_ = model_forward(config_);
   ModelWeights weights_;  // one rank: what its tensors view
   std::vector<std::unique_ptr<CpuRank>> ranks_;
   std::uint64_t weight_bytes_ = 0;
@@ -324,7 +325,7 @@ void CpuBackend::forward(SequenceState& state, const ForwardRequest& req) {
     if (parallel) pass.rank = &rank_pass;
     // Every rank has the same gathered logits: one writes them.
     rank_pass.writes_logits = r == 0;
-    minimax01_forward(*rank.ops, config_, rank.tensors, sequence, act, pass);
+    forward_(*rank.ops, config_, rank.tensors, sequence, act, pass);
   });
 }
 

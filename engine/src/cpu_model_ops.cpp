@@ -3,10 +3,10 @@
 #include <cmath>
 #include <cstring>
 
-#include "cpu_ops.h"
+#include "lightdesk/cpu_ops.h"
 #include "lightdesk/engine.h"
 #include "ops.h"
-#include "thread_pool.h"
+#include "lightdesk/thread_pool.h"
 
 namespace lightdesk {
 

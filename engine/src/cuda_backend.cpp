@@ -13,10 +13,10 @@
 #include <string>
 #include <vector>
 
-#include "cuda_device.h"
+#include "lightdesk/cuda_device.h"
 #include "cuda_kv_cache.h"
 #include "cuda_model_ops.h"
-#include "models/minimax01.h"
+#include "models/graph.h"
 #include "sampler.h"
 
 namespace lightdesk {
@@ -238,6 +238,7 @@ class CudaBackend final : public ComputeBackend {
   DeviceBuffer embed_, lm_head_, final_norm_;
   std::vector<CudaLayer> layers_;
   ModelTensors tensors_;
+  const ModelForward forward_ = model_forward(config_);
   std::uint64_t weight_bytes_ = 0;
   std::map<int, int> softmax_index_;  // layer -> its index among the softmax layers
   int softmax_layers_ = 0;
@@ -499,7 +500,7 @@ void CudaBackend<T>::enqueue_forward(CudaSequence& s, std::int64_t rows, StepPos
   }
   ops_.use_workspaces(w.lightning_workspace.as<void>(), w.lightning_workspace.bytes(), attention_workspace_.as<void>(),
                       attention_workspace_.bytes());
-  minimax01_forward(ops_, config_, tensors_, sequence, act, pass);
+  forward_(ops_, config_, tensors_, sequence, act, pass);
 }
 
 template <typename T>

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "cuda_device.h"
+#include "lightdesk/cuda_device.h"
 
 namespace lightdesk {
 

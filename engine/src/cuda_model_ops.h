@@ -5,7 +5,7 @@
 
 #include <optional>
 
-#include "cuda_device.h"
+#include "lightdesk/cuda_device.h"
 #include "cuda_moe.h"
 #include "ops.h"
 

@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "cuda_device.h"
+#include "lightdesk/cuda_device.h"
 
 namespace lightdesk {
 

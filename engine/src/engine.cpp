@@ -13,7 +13,7 @@
 #include "lightdesk/engine.h"
 #include "model_config.h"
 #include "model_weights.h"
-#include "safetensors.h"
+#include "lightdesk/safetensors.h"
 
 namespace lightdesk {
 
@@ -70,7 +70,8 @@ int single_gpu_device(const ModelOptions& options) {
   const std::vector<GpuDevice> devices = gpu_devices();
   if (index < 0 || index >= static_cast<int>(devices.size()))
     throw Error("there is no GPU " + std::to_string(index) + " (" +
-                (devices.empty() ? cuda_unavailable_reason() : "this machine has GPUs 0 to " + std::to_string(devices.size() - 1)) +
+                (devices.empty() ? cuda_unavailable_reason()
+                                 : "this machine has GPUs 0 to " + std::to_string(devices.size() - 1)) +
                 ")");
   return index;
 }

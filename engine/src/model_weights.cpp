@@ -7,20 +7,6 @@
 
 namespace lightdesk {
 
-WeightTensor::WeightTensor(const TensorView& view, std::int64_t offset_elements, std::int64_t numel) : numel_(numel) {
-  const std::byte* start = view.data + offset_elements * static_cast<std::int64_t>(dtype_size(view.dtype));
-  if (view.dtype == DType::F32 && reinterpret_cast<std::uintptr_t>(start) % alignof(float) == 0) {
-    data_ = reinterpret_cast<const float*>(start);
-    return;
-  }
-  owned_.resize(static_cast<std::size_t>(numel));
-  TensorView part = view;
-  part.data = start;
-  part.shape = {numel};
-  part.bytes = static_cast<std::size_t>(numel) * dtype_size(view.dtype);
-  part.to_f32(owned_.data());
-  data_ = owned_.data();
-}
 
 namespace {
 

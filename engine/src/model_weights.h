@@ -12,24 +12,9 @@
 #include <vector>
 
 #include "model_config.h"
-#include "safetensors.h"
+#include "lightdesk/safetensors.h"
 
 namespace lightdesk {
-
-// A float32 matrix or vector: points into the mapped file when the checkpoint stores aligned
-// F32, else owns a converted copy.
-class WeightTensor {
- public:
-  WeightTensor() = default;
-  WeightTensor(const TensorView& view, std::int64_t offset_elements, std::int64_t numel);
-  const float* data() const { return data_; }
-  std::int64_t numel() const { return numel_; }
-
- private:
-  std::vector<float> owned_;
-  const float* data_ = nullptr;
-  std::int64_t numel_ = 0;
-};
 
 // How a backend keeps a weight: the norms and the router in float32 on every backend, the
 // matrices in the backend's weight type.

@@ -1,7 +1,7 @@
-// The kernels' error reporting, in plain C++ (the CUDA sources are C++17, the engine's
+// The kernels' error reporting, in plain C++ (the CUDA sources are C++17, core's
 // headers C++20).
 #include "lightdesk/cuda_ops.h"
-#include "lightdesk/engine.h"
+#include "lightdesk/error.h"
 
 namespace lightdesk::cuda {
 

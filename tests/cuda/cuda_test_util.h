@@ -1,4 +1,5 @@
-// Helpers of the CUDA tests: device arrays filled from host floats, NaN poisoning, error norms.
+// Helpers of the CUDA tests: device arrays filled from host floats, NaN poisoning, error bounds
+// (test_util.h has the random generator and the error norm).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "lightdesk/cuda_ops.h"
+#include "test_util.h"
 
 namespace lightdesk::test {
 
@@ -84,41 +86,6 @@ class DeviceArray {
   T* data_ = nullptr;
   std::size_t count_ = 0;
 };
-
-// A generator with a fresh seed per test, reported on failure.
-class Random {
- public:
-  Random() : seed_(std::random_device{}()), engine_(seed_) {}
-  unsigned seed() const { return seed_; }
-  std::vector<float> uniform(std::size_t count, float low, float high) {
-    std::uniform_real_distribution<float> dist(low, high);
-    std::vector<float> v(count);
-    for (float& x : v) x = dist(engine_);
-    return v;
-  }
-  std::vector<std::int32_t> integers(std::size_t count, std::int32_t low, std::int32_t high) {
-    std::uniform_int_distribution<std::int32_t> dist(low, high);
-    std::vector<std::int32_t> v(count);
-    for (auto& x : v) x = dist(engine_);
-    return v;
-  }
-
- private:
-  unsigned seed_;
-  std::mt19937 engine_;
-};
-
-// ‖out − ref‖ / ‖ref‖; infinity if any element of out is not finite.
-inline double relative_error(const std::vector<float>& out, const std::vector<float>& ref) {
-  EXPECT_EQ(out.size(), ref.size());
-  double diff = 0.0, norm = 0.0;
-  for (std::size_t i = 0; i < out.size() && i < ref.size(); ++i) {
-    if (!std::isfinite(out[i])) return INFINITY;
-    diff += (static_cast<double>(out[i]) - ref[i]) * (static_cast<double>(out[i]) - ref[i]);
-    norm += static_cast<double>(ref[i]) * ref[i];
-  }
-  return std::sqrt(diff / std::max(norm, 1e-30));
-}
 
 // Error bounds by activation type: float32 arithmetic in a different order, or bf16 operands
 // and outputs (8 significant bits: one rounding is up to 2^-9 ≈ 2e-3 relative).

@@ -14,7 +14,7 @@
 #include "lightdesk/engine.h"
 #include "src/cuda_backend.h"
 #include "src/model_config.h"
-#include "src/safetensors.h"
+#include "lightdesk/safetensors.h"
 
 namespace lightdesk {
 namespace {

@@ -1,4 +1,4 @@
-// The CUDA kernels' own paths against the CPU reference ops (engine/src/cpu_ops.h) on fresh
+// The CUDA kernels' own paths against the CPU reference ops (lightdesk/cpu_ops.h in core/) on fresh
 // random inputs of several shapes, ragged ones included, with the outputs poisoned before the
 // kernel runs: the kernels below the op interface (swiglu, the MoE's grouping, GEMMs and
 // combine, the router), the prefill in pieces and with caller workspaces, each attention
@@ -13,7 +13,7 @@
 #include <tuple>
 
 #include "cuda_test_util.h"
-#include "src/cpu_ops.h"
+#include "lightdesk/cpu_ops.h"
 #include "src/cuda_kv_cache.h"
 
 namespace lightdesk {

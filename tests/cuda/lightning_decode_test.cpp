@@ -10,7 +10,7 @@
 
 #include "cuda_test_util.h"
 #include "lightdesk/engine.h"
-#include "src/cpu_ops.h"
+#include "lightdesk/cpu_ops.h"
 
 namespace lightdesk {
 namespace {

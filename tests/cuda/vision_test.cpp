@@ -11,8 +11,8 @@
 
 #include "cuda_test_util.h"
 #include "lightdesk/cuda_vision_ops.h"
-#include "src/cuda_device.h"
-#include "src/safetensors.h"
+#include "lightdesk/cuda_device.h"
+#include "lightdesk/safetensors.h"
 #include "test_util.h"
 
 namespace lightdesk {

@@ -15,8 +15,9 @@
 #include <random>
 
 #include "src/backend.h"
-#include "src/cpu_ops.h"
+#include "lightdesk/cpu_ops.h"
 #include "src/ops.h"
+#include "test_util.h"
 
 namespace lightdesk {
 namespace {
@@ -43,30 +44,21 @@ struct OpCase {
   double bound_bf16 = 1e-2;
 };
 
-class Rng {
- public:
-  Rng() : seed_(std::random_device{}()), engine_(seed_) {}
-  unsigned seed() const { return seed_; }
-  std::vector<float> uniform(std::int64_t count, float low, float high) {
-    std::uniform_real_distribution<float> dist(low, high);
-    std::vector<float> v(static_cast<std::size_t>(count));
-    for (float& x : v) x = dist(engine_);
-    return v;
-  }
-  std::vector<float> integers(std::int64_t count, int low, int high) {
-    std::uniform_int_distribution<int> dist(low, high);
-    std::vector<float> v(static_cast<std::size_t>(count));
-    for (float& x : v) x = static_cast<float>(dist(engine_));
-    return v;
-  }
+// `count` values drawn uniformly in [low, high).
+std::vector<float> uniform(test::Random& random, std::int64_t count, float low, float high) {
+  return random.uniform(static_cast<std::size_t>(count), low, high);
+}
 
- private:
-  unsigned seed_;
-  std::mt19937 engine_;
-};
+// Integers drawn in [low, high], as the float values of an Int32 operand.
+std::vector<float> integer_values(test::Random& random, std::int64_t count, int low, int high) {
+  const std::vector<std::int32_t> ints = random.integers(static_cast<std::size_t>(count), low, high);
+  return {ints.begin(), ints.end()};
+}
 
 Operand in(Role role, std::vector<float> values) { return {role, std::move(values), false, 0.0}; }
-Operand out(Role role, std::int64_t count) { return {role, std::vector<float>(static_cast<std::size_t>(count)), true, 0.0}; }
+Operand out(Role role, std::int64_t count) {
+  return {role, std::vector<float>(static_cast<std::size_t>(count)), true, 0.0};
+}
 Operand updated(Role role, std::vector<float> values, double bound = 0.0) {
   return {role, std::move(values), false, bound};
 }
@@ -80,16 +72,16 @@ std::string dims(std::initializer_list<std::int64_t> values) {
   return s;
 }
 
-using CaseMaker = std::function<std::vector<OpCase>(Rng&)>;
+using CaseMaker = std::function<std::vector<OpCase>(test::Random&)>;
 
 const std::map<OpKind, CaseMaker>& case_makers() {
   static const std::map<OpKind, CaseMaker> makers = {
       {OpKind::Transfer,
-       [](Rng& rng) {
+       [](test::Random& rng) {
          const std::int64_t n = 1001;
          OpCase c{"1001 of each type",
-                  {in(Role::Activation, rng.uniform(n, -3, 3)), in(Role::Float32, rng.uniform(n, -3, 3)),
-                   in(Role::Int32, rng.integers(n, -100000, 100000))},
+                  {in(Role::Activation, uniform(rng, n, -3, 3)), in(Role::Float32, uniform(rng, n, -3, 3)),
+                   in(Role::Int32, integer_values(rng, n, -100000, 100000))},
                   {out(Role::Activation, n), out(Role::Float32, n), out(Role::Int32, n)},
                   [n](ModelOps& ops, const std::vector<Tensor>& i, const std::vector<Tensor>& o) {
                     std::vector<float> values(static_cast<std::size_t>(n));
@@ -105,10 +97,11 @@ const std::map<OpKind, CaseMaker>& case_makers() {
          return std::vector<OpCase>{c};
        }},
       {OpKind::Embed,
-       [](Rng& rng) {
+       [](test::Random& rng) {
          const std::int64_t vocab = 300, width = 70, rows = 13;
          OpCase c{dims({vocab, width}) + ", " + std::to_string(rows) + " rows",
-                  {in(Role::Activation, rng.uniform(vocab * width, -1, 1)), in(Role::Int32, rng.integers(rows, 0, 299))},
+                  {in(Role::Activation, uniform(rng, vocab * width, -1, 1)),
+                   in(Role::Int32, integer_values(rng, rows, 0, 299))},
                   {out(Role::Activation, rows * width)},
                   [=](ModelOps& ops, const std::vector<Tensor>& i, const std::vector<Tensor>& o) {
                     ops.embed(i[0], i[1], rows, width, o[0]);
@@ -117,13 +110,14 @@ const std::map<OpKind, CaseMaker>& case_makers() {
          return std::vector<OpCase>{c};
        }},
       {OpKind::RmsNorm,
-       [](Rng& rng) {
+       [](test::Random& rng) {
          std::vector<OpCase> cases;
          for (auto [rows, width] : {std::pair<std::int64_t, std::int64_t>{1, 64}, {7, 100}, {33, 6144}, {3, 1000}})
            for (bool in_place : {false, true})
              cases.push_back({dims({rows, width}) + (in_place ? " in place" : ""),
-                              {in(Role::Float32, rng.uniform(width, 0.5f, 1.5f))},
-                              {updated(Role::Activation, rng.uniform(rows * width, -2, 2)), out(Role::Activation, rows * width)},
+                              {in(Role::Float32, uniform(rng, width, 0.5f, 1.5f))},
+                              {updated(Role::Activation, uniform(rng, rows * width, -2, 2)),
+                               out(Role::Activation, rows * width)},
                               [=](ModelOps& ops, const std::vector<Tensor>& i, const std::vector<Tensor>& o) {
                                 ops.rms_norm(o[0], rows, width, i[0], 1e-5f, in_place ? o[0] : o[1]);
                                 if (in_place) ops.copy(o[0], rows * width, o[1]);
@@ -131,7 +125,7 @@ const std::map<OpKind, CaseMaker>& case_makers() {
          return cases;
        }},
       {OpKind::Linear,
-       [](Rng& rng) {
+       [](test::Random& rng) {
          std::vector<OpCase> cases;
          // Activations to activations, to float32 logits, and the float32 router.
          for (auto [rows, in_features, out_features] :
@@ -140,8 +134,8 @@ const std::map<OpKind, CaseMaker>& case_makers() {
                                          {Role::Activation, Role::Float32}, {Role::Float32, Role::Float32}})
              cases.push_back({dims({rows, in_features, out_features}) +
                                   (y_role == Role::Float32 ? x_role == Role::Float32 ? " f32" : " to f32" : ""),
-                              {in(x_role, rng.uniform(rows * in_features, -1, 1)),
-                               in(x_role, rng.uniform(in_features * out_features, -0.2f, 0.2f))},
+                              {in(x_role, uniform(rng, rows * in_features, -1, 1)),
+                               in(x_role, uniform(rng, in_features * out_features, -0.2f, 0.2f))},
                               {out(y_role, rows * out_features)},
                               [=](ModelOps& ops, const std::vector<Tensor>& i, const std::vector<Tensor>& o) {
                                 ops.linear(i[0], rows, in_features, i[1], out_features, o[0]);
@@ -149,37 +143,37 @@ const std::map<OpKind, CaseMaker>& case_makers() {
          return cases;
        }},
       {OpKind::Silu,
-       [](Rng& rng) {
+       [](test::Random& rng) {
          std::vector<OpCase> cases;
          for (std::int64_t n : {1, 1000, 70001})
            cases.push_back({std::to_string(n),
                             {},
-                            {updated(Role::Activation, rng.uniform(n, -6, 6))},
+                            {updated(Role::Activation, uniform(rng, n, -6, 6))},
                             [=](ModelOps& ops, const std::vector<Tensor>&, const std::vector<Tensor>& o) {
                               ops.silu(o[0], n);
                             }});
          return cases;
        }},
       {OpKind::SigmoidGate,
-       [](Rng& rng) {
+       [](test::Random& rng) {
          std::vector<OpCase> cases;
          for (std::int64_t n : {1, 1000, 70001})
            cases.push_back({std::to_string(n),
-                            {in(Role::Activation, rng.uniform(n, -6, 6))},
-                            {updated(Role::Activation, rng.uniform(n, -6, 6))},
+                            {in(Role::Activation, uniform(rng, n, -6, 6))},
+                            {updated(Role::Activation, uniform(rng, n, -6, 6))},
                             [=](ModelOps& ops, const std::vector<Tensor>& i, const std::vector<Tensor>& o) {
                               ops.sigmoid_gate(o[0], i[0], n);
                             }});
          return cases;
        }},
       {OpKind::ScaledSum,
-       [](Rng& rng) {
+       [](test::Random& rng) {
          std::vector<OpCase> cases;
          for (std::int64_t n : {1, 1000, 70001})
            for (bool in_place : {false, true})
              cases.push_back({std::to_string(n) + (in_place ? " in place" : ""),
-                              {in(Role::Activation, rng.uniform(n, -6, 6))},
-                              {updated(Role::Activation, rng.uniform(n, -6, 6)), out(Role::Activation, n)},
+                              {in(Role::Activation, uniform(rng, n, -6, 6))},
+                              {updated(Role::Activation, uniform(rng, n, -6, 6)), out(Role::Activation, n)},
                               [=](ModelOps& ops, const std::vector<Tensor>& i, const std::vector<Tensor>& o) {
                                 ops.scaled_sum(i[0], 1.3f, o[0], 0.7f, n, in_place ? o[0] : o[1]);
                                 if (in_place) ops.copy(o[0], n, o[1]);
@@ -187,10 +181,10 @@ const std::map<OpKind, CaseMaker>& case_makers() {
          return cases;
        }},
       {OpKind::Copy,
-       [](Rng& rng) {
+       [](test::Random& rng) {
          const std::int64_t n = 4099;
          OpCase c{std::to_string(n) + " of each float type",
-                  {in(Role::Activation, rng.uniform(n, -3, 3)), in(Role::Float32, rng.uniform(n, -3, 3))},
+                  {in(Role::Activation, uniform(rng, n, -3, 3)), in(Role::Float32, uniform(rng, n, -3, 3))},
                   {out(Role::Activation, n), out(Role::Float32, n)},
                   [=](ModelOps& ops, const std::vector<Tensor>& i, const std::vector<Tensor>& o) {
                     ops.copy(i[0], n, o[0]);
@@ -200,7 +194,7 @@ const std::map<OpKind, CaseMaker>& case_makers() {
          return std::vector<OpCase>{c};
        }},
       {OpKind::Rope,
-       [](Rng& rng) {
+       [](test::Random& rng) {
          struct Shape {
            std::int64_t rows;
            int heads, head_dim, rotary_dim;
@@ -212,7 +206,7 @@ const std::map<OpKind, CaseMaker>& case_makers() {
            OpCase c{dims({s.rows, s.heads, s.head_dim}) + " rotary " + std::to_string(s.rotary_dim) + " at " +
                         std::to_string(s.first),
                     {},
-                    {updated(Role::Activation, rng.uniform(s.rows * s.heads * s.head_dim, -1, 1))},
+                    {updated(Role::Activation, uniform(rng, s.rows * s.heads * s.head_dim, -1, 1))},
                     [=](ModelOps& ops, const std::vector<Tensor>&, const std::vector<Tensor>& o) {
                       ops.rope(o[0], s.rows, s.heads, s.head_dim, s.rotary_dim, 1e4f, {s.first, nullptr});
                     }};
@@ -223,7 +217,7 @@ const std::map<OpKind, CaseMaker>& case_makers() {
          return cases;
        }},
       {OpKind::LightningAttention,
-       [](Rng& rng) {
+       [](test::Random& rng) {
          struct Shape {
            std::int64_t rows;
            int heads, head_dim;
@@ -235,9 +229,9 @@ const std::map<OpKind, CaseMaker>& case_makers() {
                                 Shape{130, 3, 64}, Shape{65, 2, 100}}) {
            const std::int64_t d = s.head_dim;
            cases.push_back({dims({s.rows, s.heads, d}),
-                            {in(Role::Activation, rng.uniform(s.rows * s.heads * 3 * d, -0.3f, 1.0f)),
-                             in(Role::Float32, rng.uniform(s.heads, 0.005f, 0.9f))},
-                            {updated(Role::Float32, rng.uniform(s.heads * d * d, -1, 1), 1e-5),
+                            {in(Role::Activation, uniform(rng, s.rows * s.heads * 3 * d, -0.3f, 1.0f)),
+                             in(Role::Float32, uniform(rng, s.heads, 0.005f, 0.9f))},
+                            {updated(Role::Float32, uniform(rng, s.heads * d * d, -1, 1), 1e-5),
                              out(Role::Activation, s.rows * s.heads * d)},
                             [=](ModelOps& ops, const std::vector<Tensor>& i, const std::vector<Tensor>& o) {
                               ops.lightning_attention(i[0], s.rows, s.heads, s.head_dim, i[1], o[0], o[1]);
@@ -246,16 +240,16 @@ const std::map<OpKind, CaseMaker>& case_makers() {
          return cases;
        }},
       {OpKind::WriteKv,
-       [](Rng& rng) {
+       [](test::Random& rng) {
          std::vector<OpCase> cases;
          for (auto [rows, first, kv_width] :
               {std::tuple<std::int64_t, std::int64_t, std::int64_t>{1, 0, 32}, {1, 100, 256}, {37, 70, 64}}) {
            const std::int64_t positions = first + rows + 5;
            OpCase c{std::to_string(rows) + " rows at " + std::to_string(first) + ", width " + std::to_string(kv_width),
-                    {in(Role::Activation, rng.uniform(rows * kv_width, -1, 1)),
-                     in(Role::Activation, rng.uniform(rows * kv_width, -1, 1))},
-                    {updated(Role::Activation, rng.uniform(positions * kv_width, -1, 1)),
-                     updated(Role::Activation, rng.uniform(positions * kv_width, -1, 1))},
+                    {in(Role::Activation, uniform(rng, rows * kv_width, -1, 1)),
+                     in(Role::Activation, uniform(rng, rows * kv_width, -1, 1))},
+                    {updated(Role::Activation, uniform(rng, positions * kv_width, -1, 1)),
+                     updated(Role::Activation, uniform(rng, positions * kv_width, -1, 1))},
                     [=](ModelOps& ops, const std::vector<Tensor>& i, const std::vector<Tensor>& o) {
                       ops.write_kv(i[0], i[1], rows, {first, nullptr}, kv_width, contiguous_kv(o[0], o[1], kv_width));
                     }};
@@ -265,7 +259,7 @@ const std::map<OpKind, CaseMaker>& case_makers() {
          return cases;
        }},
       {OpKind::SoftmaxAttention,
-       [](Rng& rng) {
+       [](test::Random& rng) {
          struct Shape {
            std::int64_t rows, first;
            int heads, kv_heads, head_dim;
@@ -277,9 +271,9 @@ const std::map<OpKind, CaseMaker>& case_makers() {
            const std::int64_t positions = s.first + s.rows, kv = std::int64_t{s.kv_heads} * s.head_dim;
            cases.push_back({std::to_string(s.rows) + " rows after " + std::to_string(s.first) + ", " +
                                 dims({s.heads, s.kv_heads, s.head_dim}),
-                            {in(Role::Activation, rng.uniform(s.rows * s.heads * s.head_dim, -1, 1)),
-                             in(Role::Activation, rng.uniform(positions * kv, -1, 1)),
-                             in(Role::Activation, rng.uniform(positions * kv, -1, 1))},
+                            {in(Role::Activation, uniform(rng, s.rows * s.heads * s.head_dim, -1, 1)),
+                             in(Role::Activation, uniform(rng, positions * kv, -1, 1)),
+                             in(Role::Activation, uniform(rng, positions * kv, -1, 1))},
                             {out(Role::Activation, s.rows * s.heads * s.head_dim)},
                             [=](ModelOps& ops, const std::vector<Tensor>& i, const std::vector<Tensor>& o) {
                               ops.softmax_attention(i[0], s.rows, {s.first, nullptr}, contiguous_kv(i[1], i[2], kv),
@@ -289,7 +283,7 @@ const std::map<OpKind, CaseMaker>& case_makers() {
          return cases;
        }},
       {OpKind::Moe,
-       [](Rng& rng) {
+       [](test::Random& rng) {
          struct Shape {
            std::int64_t hidden, width;
            int experts, top_k;
@@ -303,11 +297,12 @@ const std::map<OpKind, CaseMaker>& case_makers() {
                                 Shape{64, 48, 32, 2, 70}, Shape{100, 36, 4, 2, 2}, Shape{100, 36, 4, 2, 6},
                                 Shape{256, 320, 4, 2, 700}}) {
            const std::int64_t H = s.hidden, I = s.width, E = s.experts;
-           cases.push_back({dims({s.rows, H, I}) + ", " + std::to_string(E) + " experts, top " + std::to_string(s.top_k),
-                            {in(Role::Activation, rng.uniform(s.rows * H, -1, 1)),
-                             in(Role::Float32, rng.uniform(E * H, -0.3f, 0.3f)),
-                             in(Role::Activation, rng.uniform(E * 2 * I * H, -0.2f, 0.2f)),
-                             in(Role::Activation, rng.uniform(E * H * I, -0.2f, 0.2f))},
+           cases.push_back({dims({s.rows, H, I}) + ", " + std::to_string(E) + " experts, top " +
+                                std::to_string(s.top_k),
+                            {in(Role::Activation, uniform(rng, s.rows * H, -1, 1)),
+                             in(Role::Float32, uniform(rng, E * H, -0.3f, 0.3f)),
+                             in(Role::Activation, uniform(rng, E * 2 * I * H, -0.2f, 0.2f)),
+                             in(Role::Activation, uniform(rng, E * H * I, -0.2f, 0.2f))},
                             {out(Role::Activation, s.rows * H)},
                             [=](ModelOps& ops, const std::vector<Tensor>& i, const std::vector<Tensor>& o) {
                               MoeTensors w{i[1], {}, H, I, s.top_k};
@@ -336,9 +331,9 @@ class Placed {
       buffers_.push_back(ops.allocate(type_of(o.role, ops), n, "an op test operand"));
       tensors_.push_back(buffers_.back()->tensor());
       roles_.push_back(o.role);
+      const float poison = o.role == Role::Int32 ? -1.0f : std::numeric_limits<float>::quiet_NaN();
       if (o.poisoned)
-        write(tensors_.size() - 1,
-              std::vector<float>(o.values.size(), o.role == Role::Int32 ? -1.0f : std::numeric_limits<float>::quiet_NaN()));
+        write(tensors_.size() - 1, std::vector<float>(o.values.size(), poison));
       else
         write(tensors_.size() - 1, o.values);
     }
@@ -377,17 +372,6 @@ class Placed {
   std::vector<std::size_t> counts_;
 };
 
-// ‖out − ref‖ / ‖ref‖ in float64; infinity where out has a value that is not finite.
-double relative_error(const std::vector<float>& result, const std::vector<float>& ref) {
-  double diff = 0.0, norm = 0.0;
-  for (std::size_t i = 0; i < result.size(); ++i) {
-    if (!std::isfinite(result[i])) return INFINITY;
-    diff += (static_cast<double>(result[i]) - ref[i]) * (static_cast<double>(result[i]) - ref[i]);
-    norm += static_cast<double>(ref[i]) * ref[i];
-  }
-  return std::sqrt(diff / std::max(norm, 1e-30));
-}
-
 // Runs `c` on `ops`, and on the CPU from the operands as `ops` stored them; the outputs of both.
 std::pair<std::vector<std::vector<float>>, std::vector<std::vector<float>>> run_both(ModelOps& ops, ModelOps& cpu,
                                                                                     OpCase c) {
@@ -413,7 +397,7 @@ std::pair<std::vector<std::vector<float>>, std::vector<std::vector<float>>> run_
 }
 
 TEST(BackendOps, EveryOpHasCases) {
-  Rng rng;
+  test::Random rng;
   for (std::size_t k = 0; k < kOpKinds; ++k) {
     const auto kind = static_cast<OpKind>(k);
     const auto maker = case_makers().find(kind);
@@ -444,14 +428,14 @@ TEST_P(BackendOpTest, MatchesTheCpu) {
     GTEST_SKIP() << "the " << backend.name << " ops cannot run here: " << why << "; skipping";
   const std::unique_ptr<ModelOps> ops = backend.make();
   const std::unique_ptr<ModelOps> cpu = make_cpu_ops(2);
-  Rng rng;
+  test::Random rng;
   const bool bf16 = ops->activation_type() == ElementType::BF16;
   for (const OpCase& c : case_makers().at(GetParam().kind)(rng)) {
     SCOPED_TRACE(c.shape + "; seed " + std::to_string(rng.seed()));
     const auto [got, want] = run_both(*ops, *cpu, c);
     for (std::size_t k = 0; k < got.size(); ++k) {
       const double bound = c.outputs[k].bound > 0.0 ? c.outputs[k].bound : bf16 ? c.bound_bf16 : c.bound_f32;
-      const double error = relative_error(got[k], want[k]);
+      const double error = test::relative_error(got[k], want[k]);
       if (bound == 0.0)
         EXPECT_EQ(got[k], want[k]) << "output " << k << " should be exact";
       else

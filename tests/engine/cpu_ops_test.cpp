@@ -4,7 +4,7 @@
 #include <cmath>
 #include <random>
 
-#include "src/cpu_ops.h"
+#include "lightdesk/cpu_ops.h"
 #include "test_util.h"
 
 namespace lightdesk {

@@ -10,7 +10,7 @@
 #include "lightdesk/text.h"
 #include "lightdesk/vision.h"
 #include "src/model_config.h"
-#include "src/safetensors.h"
+#include "lightdesk/safetensors.h"
 #include "test_util.h"
 
 namespace lightdesk {

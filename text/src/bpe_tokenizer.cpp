@@ -25,7 +25,7 @@
 #include <unordered_map>
 
 #include "utf8.h"
-#include "thread_pool.h"
+#include "lightdesk/thread_pool.h"
 
 namespace lightdesk {
 namespace {

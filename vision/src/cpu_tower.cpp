@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include "cpu_ops.h"
-#include "thread_pool.h"
+#include "lightdesk/cpu_ops.h"
+#include "lightdesk/thread_pool.h"
 #include "vision_tower.h"
 
 namespace lightdesk::vision {

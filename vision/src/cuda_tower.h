@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <memory>
 
-#include "cuda_device.h"
+#include "lightdesk/cuda_device.h"
 #include "vision_tower.h"
 
 namespace lightdesk::vision {

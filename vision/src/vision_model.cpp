@@ -3,10 +3,8 @@
 // newline embedding into the language model's input rows.
 #include <algorithm>
 
-#include "backend.h"
 #include "lightdesk/vision.h"
-#include "model_weights.h"
-#include "safetensors.h"
+#include "lightdesk/safetensors.h"
 #include "vision_tower.h"
 
 namespace lightdesk::vision {

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "lightdesk/vision.h"
-#include "model_weights.h"
+#include "lightdesk/safetensors.h"
 
 namespace lightdesk::vision {
 

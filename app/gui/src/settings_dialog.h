@@ -20,8 +20,8 @@ SamplingSettings load_sampling(const QSettings& settings, const QString& family,
 void store_sampling(QSettings& settings, const QString& family, const SamplingSettings& sampling);
 // The engine backend to load models on ("auto", "cpu", "cuda"; parse_backend_kind's names).
 QString backend_setting(const QSettings& settings);
-// The GPUs to use, as CUDA_VISIBLE_DEVICES lists them ("0,1"); empty for all. The engine has no
-// device selection of its own: main() passes this to CUDA through the environment at start.
+// The GPUs to use, as parse_devices reads them ("0,1"); empty: the engine's default.
+// The engine worker gives them to every model it opens (ModelOptions::devices).
 QString gpus_setting(const QSettings& settings);
 
 class SettingsDialog : public QDialog {

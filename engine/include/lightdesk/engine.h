@@ -26,20 +26,13 @@
 #include <string_view>
 #include <vector>
 
+#include "lightdesk/error.h"
+#include "lightdesk/safetensors_write.h"
+
 namespace lightdesk {
 
 using TokenId = std::int32_t;
 
-class Error : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
-// Thrown by Session::feed when its progress callback asks to stop.
-class Cancelled : public Error {
- public:
-  using Error::Error;
-};
 
 enum class BackendKind { Auto, Cpu, Cuda };
 
@@ -48,6 +41,9 @@ BackendKind parse_backend_kind(const std::string& name);
 const char* backend_name(BackendKind kind);
 // Backends compiled into this build and usable on this machine (Cpu always).
 std::vector<BackendKind> available_backends();
+// The backend `requested` stands for here: Auto is CUDA where a device is usable, else the CPU.
+// Throws, naming the cause, when the requested one is not available.
+BackendKind resolve_backend(BackendKind requested);
 
 // A CUDA device and its memory, for showing what a model needs against what each GPU has.
 struct GpuDevice {
@@ -333,13 +329,5 @@ class Model {
   std::unique_ptr<Impl> impl_;
 };
 
-// Writes tensors to a safetensors file (used for logits and feature dumps).
-struct OutputTensor {
-  std::string name;
-  std::vector<std::int64_t> shape;
-  std::span<const float> f32;            // one of these two is set
-  std::span<const std::int64_t> i64;
-};
-void write_safetensors(const std::filesystem::path& path, const std::vector<OutputTensor>& tensors);
 
 }  // namespace lightdesk

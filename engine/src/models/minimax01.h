@@ -3,81 +3,11 @@
 // its own memory and kernels.
 #pragma once
 
-#include <cstdint>
-#include <functional>
-#include <span>
-#include <vector>
-
-#include "communicator.h"
-#include "model_config.h"
-#include "model_weights.h"
-#include "ops.h"
+#include "models/graph.h"
 
 namespace lightdesk {
 
-// A layer's weights as a backend holds them (norms and router float32, matrices its weight type).
-struct LayerGraphTensors : LayerTensors<Tensor> {
-  Tensor slopes;  // lightning layers: float32 [heads]
-  MoeTensors moe;
-};
-
-struct ModelTensors {
-  Tensor embed;    // [vocab, hidden]
-  Tensor lm_head;  // [vocab, hidden]
-  Tensor final_norm;
-  std::vector<LayerGraphTensors> layers;
-};
-
-// A sequence's state, per layer: the lightning state (lightning layers) or the K/V cache
-// (softmax layers), sized for the positions the pass reaches.
-struct SequenceTensors {
-  std::vector<Tensor> lightning;
-  std::vector<KvTensor> kv;
-};
-
-// The activations of one pass, each for `rows` tokens (a backend's scratch).
-struct ActivationTensors {
-  Tensor tokens;  // I32 [rows], the token ids on the backend
-  Tensor x, a, att, b, moe;  // [rows, hidden]
-  Tensor qkv;                // [rows, 3 * heads * head_dim]
-  Tensor o, gate;            // [rows, heads * head_dim]
-};
-
-// A tensor-parallel rank's part of a pass: the model's weights and the sequence's state it is
-// given are its slices of the layout `plans` (its own being plans[comm->rank()]), and the
-// collectives go through `comm`.
-struct RankPass {
-  Communicator* comm = nullptr;
-  std::span<const RankPlan> plans;
-  Tensor norm_sums;      // float32 [rows]: the lightning output norm's sums of squares
-  Tensor logits_part;    // float32 [rows, widest rank's vocabulary rows]: the rank's logits
-  Tensor logits_gather;  // float32 [ranks, rows, widest rank's vocabulary rows]
-  // Whether this rank writes the gathered logits to GraphPass::logits and all_logits (where
-  // the ranks share them, as threads of the CPU backend do, one writes).
-  bool writes_logits = true;
-
-  const RankPlan& plan() const { return plans[static_cast<std::size_t>(comm->rank())]; }
-  std::int64_t widest_vocab() const { return plans.front().vocab_rows; }
-};
-
-struct GraphPass {
-  std::int64_t rows = 0;
-  StepPosition first_position;
-  // The last token's logits go to `logits` (float32 [vocab]); every token's to all_logits too
-  // (float32 [rows, vocab]) where that is set.
-  Tensor logits, all_logits;
-  // Empty, or per token nullptr (its embedding) or hidden_size host floats in its place.
-  std::span<const float* const> embedding_overrides;
-  // Called with the hidden states (see FeedOptions::hidden_states) when set.
-  const std::function<void(int, std::span<const float>, std::int64_t)>* hidden_states = nullptr;
-  // Set on a tensor-parallel rank; the logits then come from the ranks' parts, gathered. After
-  // the pass the last token's part is the first row of rank->logits_part.
-  const RankPass* rank = nullptr;
-};
-
-// Runs the model over pass.rows tokens, appending them to the sequence's state and writing the
-// logits. Queues ops only (no allocation, no wait) unless hidden states are asked for, so that a
-// backend can capture a decode step as a graph.
+// A ModelForward (models/graph.h).
 void minimax01_forward(ModelOps& ops, const ModelConfig& config, const ModelTensors& weights,
                        const SequenceTensors& sequence, const ActivationTensors& act, const GraphPass& pass);
 

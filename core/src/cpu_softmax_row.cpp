@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "cpu_ops.h"
+#include "lightdesk/cpu_ops.h"
 
 namespace lightdesk::cpu {
 

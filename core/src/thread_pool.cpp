@@ -1,4 +1,4 @@
-#include "thread_pool.h"
+#include "lightdesk/thread_pool.h"
 
 namespace lightdesk {
 namespace {

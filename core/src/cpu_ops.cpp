@@ -1,4 +1,4 @@
-#include "cpu_ops.h"
+#include "lightdesk/cpu_ops.h"
 
 #include <cblas.h>
 

@@ -1,4 +1,4 @@
-#include "safetensors.h"
+#include "lightdesk/safetensors.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -12,7 +12,8 @@
 #include <set>
 #include <sstream>
 
-#include "lightdesk/engine.h"
+#include "lightdesk/error.h"
+#include "lightdesk/safetensors_write.h"
 
 namespace lightdesk {
 
@@ -255,6 +256,21 @@ std::map<std::string, LoadedTensor> read_safetensors(const std::filesystem::path
     out.emplace(name, std::move(l));
   }
   return out;
+}
+
+WeightTensor::WeightTensor(const TensorView& view, std::int64_t offset_elements, std::int64_t numel) : numel_(numel) {
+  const std::byte* start = view.data + offset_elements * static_cast<std::int64_t>(dtype_size(view.dtype));
+  if (view.dtype == DType::F32 && reinterpret_cast<std::uintptr_t>(start) % alignof(float) == 0) {
+    data_ = reinterpret_cast<const float*>(start);
+    return;
+  }
+  owned_.resize(static_cast<std::size_t>(numel));
+  TensorView part = view;
+  part.data = start;
+  part.shape = {numel};
+  part.bytes = static_cast<std::size_t>(numel) * dtype_size(view.dtype);
+  part.to_f32(owned_.data());
+  data_ = owned_.data();
 }
 
 void write_safetensors(const std::filesystem::path& path, const std::vector<OutputTensor>& tensors) {

@@ -66,6 +66,21 @@ class Checkpoint {
   std::map<std::string, const TensorView*> tensors_;
 };
 
+// A float32 matrix or vector: points into the mapped file when the checkpoint stores aligned
+// F32, else owns a converted copy.
+class WeightTensor {
+ public:
+  WeightTensor() = default;
+  WeightTensor(const TensorView& view, std::int64_t offset_elements, std::int64_t numel);
+  const float* data() const { return data_; }
+  std::int64_t numel() const { return numel_; }
+
+ private:
+  std::vector<float> owned_;
+  const float* data_ = nullptr;
+  std::int64_t numel_ = 0;
+};
+
 // Reads a whole safetensors file written by write_safetensors or by Python (tests, references).
 struct LoadedTensor {
   DType dtype;

@@ -1,4 +1,5 @@
-// Device memory and the stream + cuBLAS handle that the CUDA backend (and its benchmark) run on.
+// Device memory and one GPU's stream + cuBLAS handle, that the CUDA backend, the vision tower
+// and the benchmark run on.
 #pragma once
 
 #include <cublas_v2.h>
@@ -12,7 +13,7 @@
 #include <utility>
 
 #include "lightdesk/cuda_ops.h"
-#include "lightdesk/engine.h"
+#include "lightdesk/error.h"
 
 namespace lightdesk {
 
