@@ -240,8 +240,8 @@ void print_data_directory(const lightdesk::store::DataDirectory& data) {
 }
 
 // The per-rank plan of --tensor-parallel, its bytes at the backend's precision.
-void print_parallel_plan(const lightdesk::ModelInfo& info, const lightdesk::ModelOptions& options) {
-  const auto plan = lightdesk::parallel_plan(info, options.tensor_parallel, options.moe_parallel);
+void print_parallel_plan(const lightdesk::ModelInfo& info, const lightdesk::ModelOptions& options,
+                         const std::vector<lightdesk::RankPlan>& plan) {
   const double bytes_per_value =
       info.parameter_count ? static_cast<double>(info.weight_bytes) / static_cast<double>(info.parameter_count) : 0.0;
   std::printf("tensor parallel: %d rank%s, moe %s\n", options.tensor_parallel, plan.size() == 1 ? "" : "s",
@@ -267,6 +267,8 @@ int cmd_info(const InfoArgs& a) {
   }
   const auto& tokens = a.tokens;
   const lightdesk::ModelInfo info = lightdesk::Model::inspect(c.model_dir, c.options);
+  // Checked before anything is printed: a layout that does not divide is a one-line error.
+  const auto plan = lightdesk::parallel_plan(info, c.options.tensor_parallel, c.options.moe_parallel);
   const std::int64_t n = tokens ? *tokens : info.max_context;
   std::string softmax_at;
   for (int l = 0; l < info.num_layers; ++l)
@@ -290,7 +292,7 @@ int cmd_info(const InfoArgs& a) {
   std::printf("session of %lld tokens: %llu bytes (%s)\n", static_cast<long long>(n),
               static_cast<unsigned long long>(info.session_bytes(n)), human_bytes(info.session_bytes(n)).c_str());
   std::printf("fingerprint: %s\n", info.fingerprint.c_str());
-  print_parallel_plan(info, c.options);
+  print_parallel_plan(info, c.options, plan);
   for (const auto& gpu : lightdesk::gpu_devices())
     std::printf("gpu %d: %s, %s%s\n", gpu.index, gpu.name.c_str(), human_bytes(gpu.total_bytes).c_str(),
                 gpu.free_bytes ? (", " + human_bytes(*gpu.free_bytes) + " free").c_str() : "");

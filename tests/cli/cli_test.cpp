@@ -122,6 +122,34 @@ std::vector<std::string> with(std::vector<std::string> args, const std::vector<s
   return args;
 }
 
+// info prints each rank's part; generate at every layout gives the single-rank ids; a layout
+// that does not divide is a one-line error naming the count.
+TEST(Cli, TensorParallelLayouts) {
+  const auto tp = test::fixture_dir("tiny-tp-6h3kv8e").string();
+  const auto r = run_cli({"info", "--model", tp, "--tensor-parallel", "3", "--backend", "cpu"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("tensor parallel: 3 ranks, moe expert"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("rank 2: heads 4-5, kv heads 2-2, experts 6-7 (width 0-23), vocab rows 66-96"),
+            std::string::npos)
+      << r.out;
+  const std::vector<std::string> generate{"generate", "--model", tp, "--ids", "5,17,42,9", "--max-new-tokens", "8",
+                                          "--backend", "cpu"};
+  const auto single = run_cli(generate);
+  ASSERT_EQ(single.exit_code, 0) << single.err;
+  for (const char* moe : {"expert", "tensor"}) {
+    auto args = generate;
+    args.insert(args.end(), {"--tensor-parallel", "6", "--moe-parallel", moe});
+    const auto parallel = run_cli(args);
+    ASSERT_EQ(parallel.exit_code, 0) << parallel.err;
+    EXPECT_EQ(parallel.out, single.out) << moe;
+  }
+  expect_one_line_error({"info", "--model", tp, "--tensor-parallel", "4"}, "6 query heads", 1);
+  expect_one_line_error({"info", "--model", tp, "--tensor-parallel", "2"}, "3 key/value heads", 1);
+  expect_one_line_error({"generate", "--model", tp, "--ids", "1", "--max-new-tokens", "1", "--tensor-parallel", "3",
+                         "--moe-parallel", "pipeline"},
+                        "--moe-parallel", 2);
+}
+
 TEST(Cli, BadInputGivesOneLineCause) {
   expect_one_line_error({"generate", "--model", "/nonexistent", "--ids", "1", "--max-new-tokens", "1"},
                         "/nonexistent/config.json: cannot open", 1);
