@@ -42,7 +42,7 @@ TEST_F(NcclTest, CollectivesOfEveryGpu) {
           cudaMalloc(&x, 2 * sizeof(float));
           cudaMalloc(&g, 2 * count * sizeof(float));
           cudaMalloc(&scratch, 2 * (count + 1) * sizeof(std::int32_t));
-          const float mine[2] = {1.0f * r, 10.0f * r + 1};
+          const float mine[2] = {static_cast<float>(r), static_cast<float>(10 * r + 1)};
           cudaMemcpy(x, mine, sizeof(mine), cudaMemcpyHostToDevice);
           comms[r]->all_reduce_sum({x, ElementType::F32}, 2);
           comms[r]->all_gather({x, ElementType::F32}, 2, {g, ElementType::F32});
@@ -64,7 +64,7 @@ TEST_F(NcclTest, CollectivesOfEveryGpu) {
       });
   }
   float total0 = 0, total1 = 0;
-  for (int r = 0; r < count; ++r) total0 += r, total1 += 10.0f * r + 1;
+  for (int r = 0; r < count; ++r) total0 += static_cast<float>(r), total1 += static_cast<float>(10 * r + 1);
   for (int r = 0; r < count; ++r) {
     EXPECT_EQ(failures[r], "");
     EXPECT_EQ(sums[r], (std::vector<float>{total0, total1})) << "rank " << r;
