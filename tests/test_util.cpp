@@ -97,6 +97,14 @@ double max_abs_diff(std::span<const float> a, std::span<const float> b) {
   return m;
 }
 
+std::vector<TokenId> random_ids(std::size_t n, int vocab, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<TokenId> dist(0, vocab - 1);
+  std::vector<TokenId> ids(n);
+  for (auto& id : ids) id = dist(rng);
+  return ids;
+}
+
 double max_rel_diff(std::span<const float> a, std::span<const float> b) {
   double scale = 0.0;
   for (float v : b) scale = std::max(scale, std::fabs(static_cast<double>(v)));

@@ -9,19 +9,11 @@
 namespace lightdesk {
 namespace {
 
-std::vector<TokenId> random_ids(std::size_t n, int vocab, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<TokenId> dist(0, vocab - 1);
-  std::vector<TokenId> ids(n);
-  for (auto& id : ids) id = dist(rng);
-  return ids;
-}
-
 class SessionTest : public ::testing::Test {
  protected:
   void SetUp() override {
     model_ = Model::open(test::fixture_dir("tiny-a-m1-rd8"), ModelOptions{BackendKind::Cpu, 2, false});
-    ids_ = random_ids(600, model_->info().vocab_size, 7);
+    ids_ = test::random_ids(600, model_->info().vocab_size, 7);
   }
   std::vector<float> all_logits(std::span<const TokenId> ids, std::int64_t chunk) {
     auto s = model_->create_session();

@@ -123,14 +123,6 @@ TEST(LoopbackCommunicator, SumsGathersAndFindsTheArgmax) {
   }
 }
 
-std::vector<TokenId> random_ids(std::size_t n, int vocab, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<TokenId> dist(0, vocab - 1);
-  std::vector<TokenId> ids(n);
-  for (auto& id : ids) id = dist(rng);
-  return ids;
-}
-
 struct Outputs {
   std::vector<float> prefill;  // every row's logits
   std::vector<float> decode;   // each decode step's row
@@ -170,7 +162,7 @@ class TensorParallelTest : public ::testing::TestWithParam<std::string> {
     return valid;
   }
   Outputs run(const Model& model) const {
-    const auto ids = random_ids(40, model.info().vocab_size, 11);
+    const auto ids = test::random_ids(40, model.info().vocab_size, 11);
     Outputs r;
     auto s = model.create_session();
     FeedOptions all;
@@ -243,7 +235,7 @@ TEST(TensorParallelState, RestoresAtAnotherLayout) {
     o.tensor_parallel = ranks;
     return Model::open(dir, o);
   };
-  const auto ids = random_ids(30, open(1)->info().vocab_size, 5);
+  const auto ids = test::random_ids(30, open(1)->info().vocab_size, 5);
   const auto first = std::span(ids).first(20), rest = std::span(ids).subspan(20);
   auto continuation = [&](Session& s) {
     FeedOptions all;
