@@ -15,7 +15,8 @@
 #               copy of the tree without its git history: `git archive REV --prefix=baseline-src/ |
 #               tar -x`) and runs `lightdesk-bench --quick` of REV and of this tree in turn, twice
 #               each, then prints every row's time of this tree over REV's (each side's faster run)
-#               and the rows more than 3 % slower
+#               and the rows more than 3 % slower; alone: it builds the two benchmarks side by side
+#               and runs no tests
 #   --cli:      lightdesk-cli too (LIGHTDESK_WITH_CLI, without PDF and image decoding); its text and
 #               store libraries (pcre2, sentencepiece, ICU, libxml2, SQLite, xxHash) and CLI11
 #               (libcli11-dev, header-only) must be in the .debs
@@ -44,6 +45,10 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $arg" >&2; exit 2 ;;
   esac
 done
+if [ -n "$baseline" ] && { [ "$sanitize" = 1 ] || [ "$bench" = 1 ] || [ ${#cli_target[@]} -gt 0 ]; }; then
+  echo "--baseline runs alone (it builds the benchmark only, no tests)" >&2
+  exit 2
+fi
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader
 nvcc --version | tail -2
@@ -74,14 +79,14 @@ configure() {
     -DCMAKE_CXX_FLAGS="-isystem $prefix/usr/include/x86_64-linux-gnu/openblas-pthread" \
     -DCMAKE_EXE_LINKER_FLAGS="-Wl,-rpath-link,$lib" >"$log" 2>&1 || { tail -30 "$log"; exit 1; }
 }
+# With --baseline, the comparison alone (a call of its own, within ten minutes): both trees'
+# lightdesk-bench, built side by side, and no tests.
+targets=(cuda_tests engine_tests lightdesk-bench "${cli_target[@]}")
+[ -n "$baseline" ] && targets=(lightdesk-bench)
 start=$(date +%s)
 configure . build-device "$out/configure.log" "${cli_options[@]}"
-cmake --build build-device -j"$(nproc)" --target cuda_tests engine_tests lightdesk-bench "${cli_target[@]}" >"$out/build.log" 2>&1 ||
-  { grep -E "error|Error" "$out/build.log" | head -40; exit 1; }
-echo "build: $(( $(date +%s) - start )) s"
 if [ -n "$baseline" ]; then
-  # The baseline's benchmark, from an archive of the revision (its CUTLASS is this tree's).
-  start=$(date +%s)
+  # The baseline's source: the folder given, or an archive of the revision (its CUTLASS is this tree's).
   if [ -d "$baseline" ]; then
     baseline_dir="$(cd "$baseline" && pwd)"
     baseline_name="$baseline"
@@ -93,25 +98,31 @@ if [ -n "$baseline" ]; then
     baseline_name="$(git rev-parse --short "$baseline")"
   fi
   configure "$baseline_dir" "$baseline_dir/build-device" "$out/configure-baseline.log" -DLIGHTDESK_CUTLASS_DIR="$PWD/.cutlass"
-  cmake --build "$baseline_dir/build-device" -j"$(nproc)" --target lightdesk-bench >"$out/build-baseline.log" 2>&1 ||
-    { grep -E "error|Error" "$out/build-baseline.log" | head -40; exit 1; }
-  echo "baseline $baseline_name build: $(( $(date +%s) - start )) s"
+  cmake --build "$baseline_dir/build-device" -j"$(nproc)" --target lightdesk-bench >"$out/build-baseline.log" 2>&1 &
+  baseline_build=$!
 fi
+cmake --build build-device -j"$(nproc)" --target "${targets[@]}" >"$out/build.log" 2>&1 ||
+  { grep -E "error|Error" "$out/build.log" | head -40; exit 1; }
+if [ -n "$baseline" ]; then
+  wait "$baseline_build" || { grep -E "error|Error" "$out/build-baseline.log" | head -40; exit 1; }
+fi
+echo "build: $(( $(date +%s) - start )) s"
 
 status=0
-if [ ${#cli_target[@]} -gt 0 ]; then
-  echo "--- lightdesk-cli info"
-  build-device/app/cli/lightdesk-cli info --model resources/models/lightdesk-demo || status=1
+if [ -z "$baseline" ]; then
+  if [ ${#cli_target[@]} -gt 0 ]; then
+    echo "--- lightdesk-cli info"
+    build-device/app/cli/lightdesk-cli info --model resources/models/lightdesk-demo || status=1
+  fi
+  build-device/tests/cuda/cuda_tests --gtest_brief=1 2>&1 | tee "$out/cuda_tests.log" | grep -vE "^\[ measured" | tail -40
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  echo "--- measured"
+  grep "^\[ measured" "$out/cuda_tests.log"
+
+  echo "--- engine tests (CPU backend) on the GPU machine"
+  build-device/tests/engine_tests --gtest_brief=1 2>&1 | tee "$out/engine_tests.log" | tail -4
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
-build-device/tests/cuda/cuda_tests --gtest_brief=1 2>&1 | tee "$out/cuda_tests.log" | grep -vE "^\[ measured" | tail -40
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-echo "--- measured"
-grep "^\[ measured" "$out/cuda_tests.log"
-
-echo "--- engine tests (CPU backend) on the GPU machine"
-build-device/tests/engine_tests --gtest_brief=1 2>&1 | tee "$out/engine_tests.log" | tail -4
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-
 if [ "$sanitize" = 1 ]; then
   # Both tools at once, as separate processes on the one GPU. racecheck is many times slower than
   # memcheck: each test runs in its own process, six at a time, and the sampler's 80000-draw

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what Lightdesk builds with on Debian 12, from Debian's own packages.
+# Installs what Lightdesk builds and packages with on Debian 12, from Debian's own packages.
 # The CUDA toolkit is optional: where nvcc is found, the CUDA backend is built too, with CUTLASS's
 # headers (packaging/fetch-cutlass.sh: PyPI's nvidia-cutlass wheel, through pip).
 set -euo pipefail
@@ -11,6 +11,7 @@ packages=(
   libpcre2-dev libicu-dev libpoppler-cpp-dev libxml2-dev libsentencepiece-dev
   libsqlite3-dev libxxhash-dev libzstd-dev
   qt6-base-dev xvfb xauth fonts-dejavu-core
+  dpkg-dev file lintian help2man man-db librsvg2-bin appstream desktop-file-utils
 )
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

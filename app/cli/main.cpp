@@ -18,6 +18,7 @@
 
 #include "lightdesk/data_directory.h"
 #include "lightdesk/engine.h"
+#include "lightdesk/installed_files.h"
 #include "lightdesk/store.h"
 #include "lightdesk/text.h"
 #include "lightdesk/vision.h"
@@ -104,6 +105,16 @@ struct Common {
   bool stats = false;
 };
 
+// --model. Where Lightdesk is installed, a required one defaults to the bundled demo model.
+CLI::Option* add_model(CLI::App& verb, std::string& model_dir, const std::string& description,
+                       bool required = true) {
+  if (!required) return verb.add_option("--model", model_dir, description);
+  const auto demo = lightdesk::installed::demo_model_directory();
+  if (demo) model_dir = demo->string();
+  return verb.add_option("--model", model_dir, description + "; an installed Lightdesk's demo model by default")
+      ->required(!demo);
+}
+
 // An option whose text the engine reads (`parse`): its Error becomes the option's validation error.
 template <typename Parse>
 void add_engine_option(CLI::App& verb, const std::string& name, Parse parse, const std::string& description) {
@@ -121,8 +132,7 @@ void add_engine_option(CLI::App& verb, const std::string& name, Parse parse, con
 
 // --model and the engine's options, for the verbs that run a model; returns --model.
 CLI::Option* add_common(CLI::App& verb, Common& c, bool model_required = true) {
-  auto* model =
-      verb.add_option("--model", c.model_dir, "model directory (config.json, safetensors files)")->required(model_required);
+  auto* model = add_model(verb, c.model_dir, "model directory (config.json, safetensors files)", model_required);
   add_engine_option(
       verb, "--backend", [&c](const std::string& name) { c.options.backend = lightdesk::parse_backend_kind(name); },
       "cpu, cuda or auto (the default: CUDA where a GPU is usable)");
@@ -542,7 +552,7 @@ struct TokenizeArgs {
 
 CLI::App* add_tokenize(CLI::App& cli, TokenizeArgs& a) {
   auto* verb = cli.add_subcommand("tokenize", "print the ids of a document's text, comma-separated");
-  verb->add_option("--model", a.model_dir, "model directory (its tokenizer)")->required();
+  add_model(*verb, a.model_dir, "model directory (its tokenizer)");
   verb->add_option("--file", a.file, "the document (any format ask reads)")->required();
   return verb;
 }
@@ -568,7 +578,7 @@ struct DetokenizeArgs {
 
 CLI::App* add_detokenize(CLI::App& cli, DetokenizeArgs& a) {
   auto* verb = cli.add_subcommand("detokenize", "print the text of ids");
-  verb->add_option("--model", a.model_dir, "model directory (its tokenizer)")->required();
+  add_model(*verb, a.model_dir, "model directory (its tokenizer)");
   add_ids(*verb, a.ids)->required();
   return verb;
 }

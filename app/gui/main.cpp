@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "demo_script.h"
+#include "lightdesk/installed_files.h"
 #include "main_window.h"
 #include "settings_dialog.h"
 #include "session_repository.h"
@@ -21,7 +22,7 @@ int main(int argc, char** argv) {
   parser.setApplicationDescription(QObject::tr("Chat with MiniMax models over long documents."));
   parser.addHelpOption();
   const QCommandLineOption model_option(
-      QStringLiteral("model"), QObject::tr("Model directory to open (default: the last one opened)."),
+      QStringLiteral("model"), QObject::tr("Model directory to open (default: the last one opened, else the installed demo model)."),
       QObject::tr("directory"));
   const QCommandLineOption document_option(
       QStringLiteral("document"), QObject::tr("Start a new session with this document attached (repeatable)."),
@@ -71,7 +72,10 @@ int main(int argc, char** argv) {
     for (const QString& document : parser.values(document_option)) documents.append(absolute(document));
     window.startSession(documents, parser.values(ask_option).value(0));
   }
-  const QString model = parser.isSet(model_option) ? absolute(parser.value(model_option)) : window.lastModelDirectory();
+  QString model = parser.isSet(model_option) ? absolute(parser.value(model_option)) : window.lastModelDirectory();
+  // A first start of an installed app opens the bundled demo model.
+  if (const auto demo = lightdesk::installed::demo_model_directory(); model.isEmpty() && demo)
+    model = QString::fromStdString(demo->string());
   if (!model.isEmpty()) window.openModelDirectory(model);
   return app.exec();
 }

@@ -30,7 +30,8 @@ class Communicator {
 std::vector<std::unique_ptr<Communicator>> make_loopback_communicators(int ranks);
 
 // One NCCL communicator per GPU of `devices`, rank r on devices[r], its collectives queued on
-// streams[r] (a cudaStream_t). Throws Error naming the cause where NCCL is not built in or fails.
+// streams[r] (a cudaStream_t). Throws Error naming the cause where NCCL fails. Built with the
+// CUDA code only (nccl_communicator.cpp): a build without it has no caller.
 std::vector<std::unique_ptr<Communicator>> make_nccl_communicators(const std::vector<int>& devices,
                                                                    const std::vector<void*>& streams);
 

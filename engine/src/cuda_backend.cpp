@@ -409,7 +409,8 @@ void CudaBackend<T>::forward(SequenceState& state, const ForwardRequest& req) {
   if (req.all_logits) reserve_all_logits(rows);
   reserve_kv(s, req.first_position + rows);
   const bool reports = req.hidden_states && *req.hidden_states;
-  const bool graph = rows == 1 && use_graphs_ && !reports && req.embedding_overrides.empty();
+  // A captured step writes the last token's logits only.
+  const bool graph = rows == 1 && use_graphs_ && !reports && req.embedding_overrides.empty() && !req.all_logits;
   if (!graph) reserve_attention_workspace(rows, req.first_position);  // decode_step's own when it captures
   Scratch& w = scratch_;
   device_.upload(w.tokens.as<std::int32_t>(), req.tokens.data(), static_cast<std::size_t>(rows) * sizeof(TokenId));

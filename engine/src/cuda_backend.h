@@ -1,5 +1,5 @@
 // The CUDA backend's entry points. cuda_backend.cpp implements them in builds with
-// LIGHTDESK_WITH_CUDA, no_cuda_backend.cpp in builds without.
+// LIGHTDESK_WITH_CUDA; in builds without, cuda_plugin.cpp forwards them to the CUDA plugin.
 #pragma once
 
 #include <functional>

@@ -212,6 +212,31 @@ TEST_P(CudaFixtureTest, LongGenerationMatchesCpuBackend) {
   EXPECT_LT(median, tolerance() / 3) << "the typical step";
 }
 
+// Embedding overrides (an image's rows for its placeholders) replace their tokens' rows on the
+// GPU as on the CPU: placeholders carrying the plain tokens' embedding rows give the plain logits,
+// also in chunks and through a one-token step.
+TEST_P(CudaFixtureTest, EmbeddingOverridesReplaceTheirRows) {
+  const std::vector<float> embed =
+      read_safetensors(directory_ / "model.safetensors").at("model.embed_tokens.weight").f32;
+  const std::int64_t H = model_->info().hidden_size, V = model_->info().vocab_size;
+  const std::vector<TokenId> plain = {5, 17, 42, 99, 7, 300};
+  const std::vector<TokenId> with_placeholders = {5, 500, 500, 99, 500, 300};
+  std::vector<const float*> overrides(plain.size(), nullptr);
+  for (std::size_t i : {1u, 2u, 4u}) overrides[i] = embed.data() + plain[i] * H;
+  FeedOptions all;
+  all.all_logits = true;
+  for (std::int64_t chunk : {6, 4, 1}) {
+    auto reference = model_->create_session(), session = model_->create_session();
+    FeedOptions options = all;
+    options.chunk_tokens = chunk;
+    reference->feed(plain, options);
+    options.embedding_overrides = overrides;
+    session->feed(with_placeholders, options);
+    expect_logits(session->logits(), std::vector<float>(reference->logits().begin(), reference->logits().end()), V,
+                  "overrides in chunks of " + std::to_string(chunk), 1e-4f);
+  }
+}
+
 TEST_P(CudaFixtureTest, GreedyContinuation) {
   if (!GetParam().float32) GTEST_SKIP() << "bf16: near-ties may flip; the logit checks cover it";
   const auto prompt = ids(golden_.at("greedy.prompt_ids"));

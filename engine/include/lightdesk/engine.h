@@ -83,7 +83,8 @@ struct ModelOptions {
   bool cuda_graphs = true;
   // The GPUs the model runs on, by their index in gpu_devices() (parse_devices reads "0,1" or
   // "all"); empty: GPU 0. Each gets a context of its own. The CUDA backend runs a model on one
-  // GPU: naming several is refused until a backend spreads a model over them.
+  // GPU: naming several is refused until a backend spreads a model over them. The CPU backend
+  // ignores them.
   std::vector<int> devices{};
   // Ranks the model is split over (tensor parallel, one per device; on the CPU backend simulated
   // ranks on threads of their own): query heads, key/value heads (split, or replicated when the
