@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Starts the desktop app under Xvfb, has it hold a short conversation about a document (the
-# app's --demo mode), and saves the screenshots into a folder (default docs/screenshots). Needs
+# Starts the desktop app under Xvfb, has it walk the flows of docs/walkthrough.md with a document
+# (the app's --demo mode: a long read stopped and sent again, a follow-up, reopening, search,
+# regenerate, an edit, an error), and saves the screenshots into a folder (default docs/screenshots). Needs
 # a built tree (packaging/build.sh) and xvfb (setup-debian.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "lightdesk/conversation.h"
 #include "lightdesk/data_directory.h"
 #include "lightdesk/engine.h"
 #include "lightdesk/installed_files.h"
@@ -592,22 +593,6 @@ int cmd_detokenize(const DetokenizeArgs& a) {
   return 0;
 }
 
-// The language-model input rows of each image, in order (a MiniMax-VL-01 directory).
-std::vector<std::vector<float>> image_embeddings(const Common& c, const std::vector<std::string>& image_files) {
-  if (image_files.empty()) return {};
-  const auto vision_model = lightdesk::vision::VisionModel::open(c.model_dir, c.options);
-  std::vector<std::vector<float>> embeddings;
-  for (const auto& file : image_files) {
-    const auto image = lightdesk::vision::prepare_image(lightdesk::vision::decode_image_file(file),
-                                                        vision_model->config().anyres);
-    embeddings.push_back(vision_model->image_embeddings(image));
-    if (c.stats)
-      std::fprintf(stderr, "%s: %dx%d image, %dx%d tiles, %lld tokens\n", file.c_str(), image.width, image.height,
-                   image.grid_rows, image.grid_columns, static_cast<long long>(image.token_count));
-  }
-  return embeddings;
-}
-
 // ask: the images, documents and question as one user turn in the model's chat format, then the
 // answer (reasoning left out) on standard output. In a stored session the turn continues the
 // session's conversation: only the new turn is prefilled, after the stored state, and the
@@ -641,55 +626,48 @@ CLI::App* add_ask(CLI::App& cli, AskArgs& a) {
 
 int cmd_ask(const AskArgs& a) {
   const Common& c = a.c;
-  const auto& document_files = a.documents;
-  const auto& image_files = a.images;
-  const std::string& question = a.question;
-  const long long max_new = a.max_new_tokens;
   const Sampling sampling = sampling_of(a.sampling);
   const auto stored_session = stored_session_of(a.session);
-  if (document_files.empty() && image_files.empty() && !stored_session)
+  if (a.documents.empty() && a.images.empty() && !stored_session)
     throw UsageError("missing --document or --image (only a stored session's conversation goes on without)");
 
   const auto tokenizer = lightdesk::Tokenizer::open(c.model_dir);
   const auto format = lightdesk::ChatFormat::for_model(c.model_dir, *tokenizer);
-  std::vector<lightdesk::Document> documents;
-  for (const auto& file : document_files) documents.push_back(lightdesk::load_document(file));
-  const std::vector<std::vector<float>> images = image_embeddings(c, image_files);
+  // The question as the desktop app asks it: one turn of the shared conversation library.
+  lightdesk::conversation::Turn turn{true, a.question, {}, {}};
+  for (const auto& file : a.documents) turn.documents.push_back(lightdesk::load_document(file));
+  for (const auto& file : a.images) turn.images.emplace_back(file);
+  std::unique_ptr<lightdesk::vision::VisionModel> vision;
+  if (!a.images.empty()) vision = lightdesk::vision::VisionModel::open(c.model_dir, c.options);
 
   auto model = lightdesk::Model::open(c.model_dir, c.options);
-  auto session = model->create_session();
-  const auto stored = attach_stored_session(stored_session, *session, c);
-  const std::int64_t start_position = session->position();
-  session->set_seed(sampling.seed);
+  lightdesk::conversation::Chat chat(*model, *tokenizer, format, vision.get(), c.options.threads);
+  lightdesk::Session& session = chat.session();
+  const auto stored = attach_stored_session(stored_session, session, c);
+  // A stored session's turns are in its database, not here: the question continues its state.
+  if (session.position() > 0) chat.continue_unknown_turns();
+  session.set_seed(sampling.seed);
 
   const auto start = std::chrono::steady_clock::now();
-  const auto prompt = lightdesk::document_prompt(
-      format, *tokenizer, documents, question, c.options.threads,
-      {static_cast<int>(images.size()), /*continues=*/start_position > 0});
-  lightdesk::vision::MultimodalInput input{prompt.ids, {}};
-  if (!images.empty())
-    input = lightdesk::vision::expand_image_placeholders(prompt.ids, *format.image_token(), images,
-                                                         model->info().hidden_size);
+  const std::span<const lightdesk::conversation::Turn> turns(&turn, 1);
+  const lightdesk::conversation::Chat::Prompt prompt = chat.prepare(turns, 0);
   if (c.stats) {
-    std::fprintf(stderr, "tokenized %zu prompt tokens in %.3f s\n", input.tokens.size(), seconds_since(start));
-    // Session positions: the images come first in the turn, so each moves the documents by its
-    // tokens less its placeholder.
-    const auto shift = start_position + static_cast<std::int64_t>(input.tokens.size() - prompt.ids.size());
+    std::fprintf(stderr, "tokenized %zu prompt tokens in %.3f s\n", prompt.tokens.size(), seconds_since(start));
     for (const auto& span : prompt.documents) {
-      std::fprintf(stderr, "%s: tokens %lld..%lld", span.path.string().c_str(),
-                   static_cast<long long>(shift + span.first_token), static_cast<long long>(shift + span.end_token));
+      std::fprintf(stderr, "%s: tokens %lld..%lld", span.path.string().c_str(), static_cast<long long>(span.first_token),
+                   static_cast<long long>(span.end_token));
       for (const auto& [anchor, token] : span.anchors)
-        std::fprintf(stderr, ", page %d at %lld", anchor.page, static_cast<long long>(shift + token));
+        std::fprintf(stderr, ", page %d at %lld", anchor.page, static_cast<long long>(token));
       std::fprintf(stderr, "\n");
     }
   }
 
   lightdesk::GenerationOptions options;
-  options.max_new_tokens = max_new;
+  options.max_new_tokens = a.max_new_tokens;
   options.sampling = sampling.params;
   options.stop_token = format.end_of_turn();
   options.prefill.chunk_tokens = c.chunk;
-  options.prefill.embedding_overrides = input.embedding_overrides;
+  options.prefill.embedding_overrides = prompt.embedding_overrides;
   double prefill_seconds = 0.0;
   options.prefill.progress = [&prefill_seconds, show = progress_line()](const lightdesk::FeedProgress& p) {
     prefill_seconds = p.seconds;
@@ -702,20 +680,20 @@ int cmd_ask(const AskArgs& a) {
   };
   // generate_text prefills, then generates: the generation's share is what the prefill left.
   const auto generation_start = std::chrono::steady_clock::now();
-  const auto generated = lightdesk::generate_text(*session, *tokenizer, input.tokens, options,
+  const auto generated = lightdesk::generate_text(session, *tokenizer, prompt.tokens, options,
                                                   [&](std::string_view text) { print(parser.feed(text).answer); });
   print(parser.finish().answer + "\n");
   const double generation_seconds = seconds_since(generation_start) - prefill_seconds;
   for (const auto& call : parser.tool_calls())
     std::fprintf(stderr, "tool call: %s %s\n", call.name.c_str(), call.arguments.c_str());
   if (c.stats)
-    std::fprintf(stderr, "%zu prompt tokens read in %.2f s; %zu tokens generated in %.2f s\n", input.tokens.size(),
+    std::fprintf(stderr, "%zu prompt tokens read in %.2f s; %zu tokens generated in %.2f s\n", prompt.tokens.size(),
                  prefill_seconds, generated.size(), generation_seconds);
   if (stored) {
-    lightdesk::finish_assistant_turn(*session, generated, format.end_of_turn());
+    chat.finish(turns, parser.answer(), generated);
     lightdesk::store::Message asked, answered;
-    asked.text = question;
-    asked.prompt_tokens = static_cast<std::int64_t>(input.tokens.size());
+    asked.text = a.question;
+    asked.prompt_tokens = static_cast<std::int64_t>(prompt.tokens.size());
     asked.prefill_seconds = prefill_seconds;
     answered.text = parser.answer();
     answered.reasoning = parser.reasoning();

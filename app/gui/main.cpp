@@ -50,7 +50,6 @@ int main(int argc, char** argv) {
     sessions = std::make_unique<lightdesk::gui::InMemorySessionRepository>();
   }
   lightdesk::gui::MainWindow window(*sessions, settings);
-  window.resize(1100, 700);
   window.show();
 
   if (parser.isSet(demo_option)) {

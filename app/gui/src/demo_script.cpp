@@ -1,9 +1,14 @@
 #include "demo_script.h"
 
+#include <QCoreApplication>
 #include <QDir>
+#include <QKeyEvent>
+#include <QLineEdit>
+#include <QListWidget>
 #include <QPixmap>
 #include <QPlainTextEdit>
 #include <QProgressBar>
+#include <QRegularExpression>
 #include <QTextBrowser>
 #include <QTimer>
 
@@ -36,28 +41,74 @@ void DemoScript::start() {
   connect(&window_, &MainWindow::documentAttached, this, [this] {
     if (--documents_left_ != 0) return;
     input().setPlainText(steps_.questions.value(0));
-    screenshot(QStringLiteral("1-model-and-document.png"), [this] {
-      ask(steps_.questions.value(0), [this] { screenshot(QStringLiteral("4-answer.png"), [this] { secondTurn(); }); });
-    });
+    screenshot(QStringLiteral("01-model-and-document.png"), [this] { firstTurn(); });
   });
-  window_.openModelDirectory(steps_.model_directory);
+  // What a first start shows, before anything is opened.
+  screenshot(QStringLiteral("00-first-launch.png"), [this] { window_.openModelDirectory(steps_.model_directory); });
+}
+
+void DemoScript::firstTurn() {
+  ask(steps_.questions.value(0), [this] { screenshot(QStringLiteral("05-answer.png"), [this] { secondTurn(); }); });
 }
 
 void DemoScript::secondTurn() {
   ask(steps_.questions.value(1, tr("And in one sentence?")), [this] {
-    screenshot(QStringLiteral("5-second-turn.png"), [this] {
-      // The model opened again: the session's saved state comes back instead of a second read.
-      connect(&window_, &MainWindow::stateRestored, this, [this] {
-        screenshot(QStringLiteral("6-restored-state.png"), [this] { badModelDirectory(); });
-      }, Qt::SingleShotConnection);
-      window_.openModelDirectory(steps_.model_directory);
+    screenshot(QStringLiteral("06-follow-up.png"), [this] { reopen(); });
+  });
+}
+
+void DemoScript::reopen() {
+  // The model opened again: the session's saved state comes back instead of a second read.
+  connect(&window_, &MainWindow::stateRestored, this, [this] {
+    screenshot(QStringLiteral("07-reopened.png"), [this] { search(); });
+  }, Qt::SingleShotConnection);
+  window_.openModelDirectory(steps_.model_directory);
+}
+
+void DemoScript::search() {
+  // The first question's longest word, searched and a hit opened.
+  QString word;
+  for (const QString& candidate : steps_.questions.value(0).split(QRegularExpression(QStringLiteral("\\W+")), Qt::SkipEmptyParts))
+    if (candidate.size() > word.size()) word = candidate;
+  auto* box = window_.findChild<QLineEdit*>(QStringLiteral("searchBox"));
+  auto* results = window_.findChild<QListWidget*>(QStringLiteral("searchResults"));
+  box->setFocus();
+  box->setText(word);
+  QTimer::singleShot(1000, this, [this, results, box] {
+    // The last hit: a message (the first ones may be the document's).
+    if (results->count() > 0) emit results->itemClicked(results->item(results->count() - 1));
+    screenshot(QStringLiteral("08-search.png"), [this, box] {
+      box->clear();
+      regenerateAndEdit();
     });
   });
 }
 
+void DemoScript::regenerateAndEdit() {
+  connect(&window_, &MainWindow::answerFinished, this, [this] {
+    screenshot(QStringLiteral("09-regenerated.png"), [this] {
+      // A draft typed, then an earlier question edited: the bar says what sending it costs.
+      input().setPlainText(tr("(a follow-up being typed)"));
+      window_.editMessage(0);
+      screenshot(QStringLiteral("10-editing.png"), [this] {
+        // Esc gives the draft back; the follow-up is edited instead (its state is saved).
+        QKeyEvent escape(QEvent::KeyPress, Qt::Key_Escape, Qt::NoModifier);
+        QCoreApplication::sendEvent(&input(), &escape);
+        window_.editMessage(2);
+        input().setPlainText(input().toPlainText() + QLatin1Char(' ') + tr("Answer in a few words."));
+        connect(&window_, &MainWindow::answerFinished, this, [this] {
+          screenshot(QStringLiteral("11-edited.png"), [this] { badModelDirectory(); });
+        }, Qt::SingleShotConnection);
+        window_.send();
+      });
+    });
+  }, Qt::SingleShotConnection);
+  window_.regenerate();
+}
+
 void DemoScript::badModelDirectory() {
   connect(&window_, &MainWindow::errorShown, this, [this] {
-    screenshot(QStringLiteral("7-bad-model-directory.png"), [this] { emit finished(); });
+    screenshot(QStringLiteral("12-bad-model-directory.png"), [this] { emit finished(); });
   }, Qt::SingleShotConnection);
   window_.openModelDirectory(QDir::temp().filePath(QStringLiteral("not-a-model")));
 }
@@ -67,8 +118,8 @@ void DemoScript::ask(const QString& question, const std::function<void()>& then)
   const qsizetype before = transcript->toPlainText().size() + question.size();
   // One picture while the answer streams in (taken at once: the answer does not wait).
   auto streaming = std::make_shared<QMetaObject::Connection>();
-  // A long document (one that takes a while to read): one picture of its reading, a third of the
-  // way in.
+  // A long document (one that takes a while to read): one picture of its reading a third of the
+  // way in, where it is stopped; one of the stop; then the question is sent again.
   auto reading = std::make_shared<QMetaObject::Connection>();
   auto* progress = window_.findChild<QProgressBar*>(QStringLiteral("progressBar"));
   if (!reading_shot_taken_)
@@ -78,7 +129,8 @@ void DemoScript::ask(const QString& question, const std::function<void()>& then)
       reading_shot_taken_ = true;
       // After the progress text, which the window sets after the value.
       QTimer::singleShot(0, this, [this] {
-        window_.grab().save(QDir(steps_.screenshot_directory).filePath(QStringLiteral("2-reading-the-document.png")));
+        window_.grab().save(QDir(steps_.screenshot_directory).filePath(QStringLiteral("02-reading-the-document.png")));
+        window_.stop();
       });
     });
   if (!streaming_shot_taken_)
@@ -86,17 +138,25 @@ void DemoScript::ask(const QString& question, const std::function<void()>& then)
       if (transcript->toPlainText().size() < before + kStreamingShotCharacters) return;
       disconnect(*streaming);
       streaming_shot_taken_ = true;
-      window_.grab().save(QDir(steps_.screenshot_directory).filePath(QStringLiteral("3-streaming.png")));
+      window_.grab().save(QDir(steps_.screenshot_directory).filePath(QStringLiteral("04-streaming.png")));
     });
-  connect(&window_, &MainWindow::answerFinished, this, [streaming, reading, then] {
-    disconnect(*streaming);
+  auto finished = std::make_shared<QMetaObject::Connection>();
+  *finished = connect(&window_, &MainWindow::answerFinished, this, [this, streaming, reading, finished, then] {
     disconnect(*reading);
+    // A stop during the read puts the question back into the input box: sent again, the read
+    // goes on where it stopped.
+    if (reading_shot_taken_ && !stop_shot_taken_) {
+      stop_shot_taken_ = true;
+      screenshot(QStringLiteral("03-stopped.png"), [this] { window_.send(); });
+      return;
+    }
+    disconnect(*streaming);
+    disconnect(*finished);
     then();
-  }, Qt::SingleShotConnection);
+  });
   input().setPlainText(question);
   window_.send();
 }
-
 QPlainTextEdit& DemoScript::input() { return *window_.findChild<QPlainTextEdit*>(QStringLiteral("input")); }
 
 void DemoScript::screenshot(const QString& name, const std::function<void()>& then) {

@@ -1,4 +1,6 @@
-// Drives a MainWindow through a short conversation and saves screenshots on the way: the
+// Drives a MainWindow through the flows of docs/walkthrough.md and saves a screenshot of each:
+// first launch, the model and document, a long read with its progress stopped and sent again,
+// the streaming answer, a follow-up, reopening, search, regenerate, an edit, an error. The
 // `--demo` mode that packaging/screenshots.sh runs under Xvfb.
 #pragma once
 
@@ -32,9 +34,14 @@ class DemoScript : public QObject {
   void finished();
 
  private:
-  // Sends `question`, then runs `then` when the answer is complete.
+  // Sends `question`, then runs `then` when the answer is complete. The first long read is
+  // stopped a third of the way in (a picture), then sent again.
   void ask(const QString& question, const std::function<void()>& then);
+  void firstTurn();
   void secondTurn();
+  void reopen();
+  void search();
+  void regenerateAndEdit();
   // Last, what a mistaken model directory looks like.
   void badModelDirectory();
   QPlainTextEdit& input();
@@ -46,6 +53,7 @@ class DemoScript : public QObject {
   int documents_left_ = 0;
   bool reading_shot_taken_ = false;
   bool streaming_shot_taken_ = false;
+  bool stop_shot_taken_ = false;
 };
 
 }  // namespace lightdesk::gui

@@ -1,95 +1,18 @@
-// Engine states on their way between the engine thread and the session repository.
-//
-// Saving: the engine thread copies a finished turn's state out of the engine (EngineState) and
-// the store thread writes it, so that neither thread touches the other's objects and the
-// engine is busy only for the copy, never for the disk. A state after a turn that continues a
-// saved one may hold only the K/V of the turn's own positions (from kv_first on): the store
-// finds the earlier positions in the checkpoint it saved before; a repository without a store
-// joins it to that earlier state (continuing).
-//
-// Restoring: the repository names a saved state (SavedState) and the engine thread imports it.
-// A store checkpoint (StoredCheckpoint) is read there, through a connection of that thread's
-// own, one part at a time: a restore never holds a second copy of the whole state.
+// The shared library's engine states (lightdesk/engine_state.h) as the window, the engine thread
+// and the session repository pass them in queued signals.
 #pragma once
 
 #include <QMetaType>
 
-#include <filesystem>
-#include <memory>
-#include <vector>
-
-#include "lightdesk/engine.h"
-#include "lightdesk/store.h"
+#include "lightdesk/engine_state.h"
 
 namespace lightdesk::gui {
-
-class SavedState {
- public:
-  virtual ~SavedState() = default;
-  virtual std::int64_t token_count() const = 0;
-  // Replaces the session's state with this one. On an error (a damaged checkpoint, another
-  // model's state, an unreadable database) the session keeps its state and the exception
-  // names the cause.
-  virtual void import_into(Session& session) const = 0;
-};
-
-using SavedStatePtr = std::shared_ptr<const SavedState>;
-
-class EngineState final : public SavedState {
- public:
-  // Copies the session's state: its model's info, token ids, every lightning layer's state and
-  // the K/V of positions kv_first and later.
-  static std::shared_ptr<const EngineState> copy_of(const Session& session, std::int64_t kv_first = 0);
-
-  const ModelInfo& model() const { return model_; }
-  const std::vector<TokenId>& tokens() const { return tokens_; }
-  // The first position whose K/V this state lacks none of (0: a whole state).
-  std::int64_t kv_first() const { return kv_first_; }
-  // This state with the K/V before its kv_first read from `earlier`, the state it continues
-  // (whose tokens are this one's first kv_first tokens); throws lightdesk::Error otherwise.
-  std::shared_ptr<const EngineState> continuing(std::shared_ptr<const EngineState> earlier) const;
-  std::int64_t token_count() const override { return static_cast<std::int64_t>(tokens_.size()); }
-  // Throws lightdesk::Error for another model's shapes or a state that lacks earlier K/V.
-  void import_into(Session& session) const override;
-  // What Store::save_checkpoint writes this state from.
-  store::StateSource source() const;
-
- private:
-  struct Part {
-    StatePart header;  // data empty; the floats are in `values`
-    std::vector<float> values;
-  };
-  void add(const StatePart& part);
-  // Every part: this state's own, then the K/V parts of the states it continues.
-  void for_each_part(const std::function<void(const StatePart&)>& sink, bool with_lightning = true) const;
-
-  ModelInfo model_;
-  std::vector<TokenId> tokens_;
-  std::int64_t kv_first_ = 0;  // the K/V of earlier positions is in neither parts_ nor earlier_
-  std::vector<Part> parts_;
-  std::shared_ptr<const EngineState> earlier_;  // the K/V before kv_first_, if joined
-};
-
-using EngineStatePtr = std::shared_ptr<const EngineState>;
-
-// A complete checkpoint of the session database at `database`.
-class StoredCheckpoint final : public SavedState {
- public:
-  StoredCheckpoint(std::filesystem::path database, std::int64_t checkpoint_id, std::int64_t position)
-      : database_(std::move(database)), checkpoint_id_(checkpoint_id), position_(position) {}
-  std::int64_t token_count() const override { return position_; }
-  // Opens the database on the calling thread and streams the checkpoint into the session
-  // (Store::load_checkpoint: checksums, model fingerprint and layout verified; store::StateRefused
-  // names what is wrong).
-  void import_into(Session& session) const override;
-
- private:
-  std::filesystem::path database_;
-  std::int64_t checkpoint_id_;
-  std::int64_t position_;
-};
-
+using conversation::EngineState;
+using conversation::EngineStatePtr;
+using conversation::SavedState;
+using conversation::SavedStatePtr;
+using conversation::StoredCheckpoint;
 }  // namespace lightdesk::gui
 
-Q_DECLARE_METATYPE(lightdesk::gui::EngineStatePtr)
-Q_DECLARE_METATYPE(lightdesk::gui::SavedStatePtr)
+Q_DECLARE_METATYPE(lightdesk::conversation::EngineStatePtr)
+Q_DECLARE_METATYPE(lightdesk::conversation::SavedStatePtr)

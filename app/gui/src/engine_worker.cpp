@@ -39,7 +39,11 @@ EngineWorker::~EngineWorker() = default;
 
 void EngineWorker::requestStop() { stop_requested_ = true; }
 
-void EngineWorker::forgetSavedState() { held_state_saved_ = false; }
+void EngineWorker::clearStop() { stop_requested_ = false; }
+
+void EngineWorker::forgetSavedState() {
+  if (chat_) chat_->forget_saved_state();
+}
 
 void EngineWorker::report_gpu_memory() {
   if (model_ && model_->info().backend == BackendKind::Cuda) emit gpuMemoryMeasured(gpu_devices());
@@ -102,20 +106,22 @@ void EngineWorker::checkModel(const QString& directory, const QString& backend) 
   }
 }
 
+void EngineWorker::unload() {
+  chat_.reset();
+  vision_.reset();
+  format_.reset();
+  tokenizer_.reset();
+  model_.reset();
+}
+
 void EngineWorker::loadModel(const QString& directory, const QString& backend) {
   try {
     const ModelCheck check = inspect(directory, backend);
-    session_.reset();
-    vision_.reset();
-    image_rows_.clear();
-    format_.reset();
-    tokenizer_.reset();
-    model_.reset();
+    unload();
     const std::filesystem::path path = to_path(directory);
     // One signal per 0.5 % at most: a checkpoint of thousands of tensors must not flood the
     // window's event queue.
     std::uint64_t reported = 0;
-    stop_requested_ = false;  // Stop during the load cancels it
     model_ = Model::open(path, options_for(backend), [this, &reported](std::uint64_t done, std::uint64_t total) {
       if (done == total || done - reported >= total / 200) {
         reported = done;
@@ -127,8 +133,7 @@ void EngineWorker::loadModel(const QString& directory, const QString& backend) {
     format_ = ChatFormat::for_model(path, *tokenizer_);
     // A VL-01 checkpoint carries its vision tower (the chat format has checked its placeholder).
     if (model_->info().family == ModelFamily::MiniMaxVL01) vision_ = vision::VisionModel::open(path, options_for(backend));
-    session_ = model_->create_session();
-    held_messages_.clear();
+    chat_ = std::make_unique<conversation::Chat>(*model_, *tokenizer_, *format_, vision_.get());
     const SamplingDefaults defaults = format_->sampling_defaults();
     SamplingSettings sampling;
     sampling.temperature = defaults.temperature;
@@ -137,11 +142,7 @@ void EngineWorker::loadModel(const QString& directory, const QString& backend) {
     emit modelLoaded(check, format_->family() == ChatFamily::M1 ? QStringLiteral("M1") : QStringLiteral("Text01"),
                      sampling);
   } catch (const std::exception& e) {
-    session_.reset();
-    vision_.reset();
-    format_.reset();
-    tokenizer_.reset();
-    model_.reset();
+    unload();
     emit modelFailed(directory, to_qstring(e.what()));
   }
 }
@@ -152,80 +153,46 @@ void EngineWorker::readDocument(const QString& path) {
     return;
   }
   try {
-    const Document document = load_document(to_path(path));
-    const auto tokens = static_cast<qint64>(tokenizer_->encode(document.text).size());
+    // A progress signal per slice: a large file's count takes long enough to be watched.
+    const conversation::ReadDocument read = conversation::read_document(
+        to_path(path), *tokenizer_, model_->info().max_context, [this, &path](std::int64_t done, std::int64_t total) {
+          emit documentProgress(path, done, total);
+          return !stop_requested_;
+        });
     QList<qint64> page_offsets;
-    for (const DocumentAnchor& anchor : document.anchors) page_offsets.append(static_cast<qint64>(anchor.offset));
-    emit documentReady(path, to_qstring(document.text), page_offsets, tokens);
+    for (const DocumentAnchor& anchor : read.document.anchors) page_offsets.append(static_cast<qint64>(anchor.offset));
+    emit documentReady(path, to_qstring(read.document.text), page_offsets, read.tokens);
+  } catch (const Cancelled&) {
+    emit documentFailed(path, tr("stopped"));
   } catch (const std::exception& e) {
     emit documentFailed(path, to_qstring(e.what()));
   }
 }
 
-void EngineWorker::generate(const QList<PromptMessage>& conversation, const SamplingSettings& sampling,
-                            qint64 sessionId) {
-  if (!session_) {
+void EngineWorker::generate(const Turns& conversation, const SamplingSettings& sampling, qint64 sessionId) {
+  if (!chat_) {
     emit generationFailed(tr("No model is loaded."));
     return;
   }
-  stop_requested_ = false;
   GenerationStats stats;
   stats.context_size = model_->info().max_context;
   try {
-    auto to_chat = [](const QList<PromptMessage>& messages) {
-      Conversation chat;
-      for (const PromptMessage& message : messages) {
-        ChatMessage turn{message.from_user ? ChatMessage::Role::User : ChatMessage::Role::Assistant, {}};
-        for (qsizetype i = 0; i < message.images.size(); ++i) turn.parts.push_back({ChatPart::Kind::Image, {}, {}});
-        turn.parts.push_back({ChatPart::Kind::Text, message.text.toStdString(), {}});
-        chat.messages.push_back(std::move(turn));
-      }
-      return chat;
-    };
-    // Messages that follow the turns the session's state already holds (this conversation's
-    // answers there included, as the ids the model generated) feed only themselves; anything
-    // else (another conversation, an edited message, a stopped answer) starts from an empty state.
-    const bool continues = !held_messages_.isEmpty() && conversation.size() > held_messages_.size() &&
-                           std::equal(held_messages_.begin(), held_messages_.end(), conversation.begin());
-    const QList<PromptMessage> fed = continues ? conversation.mid(held_messages_.size()) : conversation;
-    std::vector<std::vector<float>> images;
-    for (const PromptMessage& message : fed) {
-      if (!message.images.isEmpty() && !vision_)
-        throw Error(tr("This model cannot read images: open a MiniMax-VL-01 model for them.").toStdString());
-      for (const QString& image : message.images) images.push_back(image_rows(image));
-    }
-    if (!continues) session_->reset();
-    const std::vector<TokenId> rendered = (continues ? format_->render_continuation(to_chat(fed))
-                                                     : format_->render(to_chat(fed))).encode(*tokenizer_);
-    // Each image placeholder becomes the image's rows.
-    const vision::MultimodalInput prompt =
-        images.empty() ? vision::MultimodalInput{rendered, {}}
-                       : vision::expand_image_placeholders(rendered, *format_->image_token(), images,
-                                                           static_cast<int>(model_->info().hidden_size));
-    held_messages_.clear();
-    stats.reused_tokens = session_->position();
-    // The repository keeps the K/V of the held positions already: the turn's state to save
-    // needs only its own (for a long session nearly all of the state is the earlier K/V).
-    // (Another session's saved state, continued because its messages are the same, is not.)
-    const std::int64_t kv_saved = continues && held_state_saved_ && held_session_ == sessionId ? stats.reused_tokens : 0;
-    const std::span<const TokenId> rest(prompt.tokens);
-    stats.prompt_tokens = static_cast<std::int64_t>(rest.size());
+    const conversation::Chat::Prompt prompt = chat_->prepare(conversation, sessionId);
+    Session& session = chat_->session();
+    stats.reused_tokens = prompt.reused;
+    stats.prompt_tokens = static_cast<std::int64_t>(prompt.tokens.size());
     const std::int64_t room = stats.context_size - stats.reused_tokens - stats.prompt_tokens;
-    if (room <= 0)
-      throw Error(tr("The conversation (%1 tokens) does not fit the model's context of %2 tokens.")
-                      .arg(stats.reused_tokens + stats.prompt_tokens)
-                      .arg(stats.context_size)
-                      .toStdString());
 
     GenerationOptions options;
     options.max_new_tokens = std::min<std::int64_t>(sampling.max_new_tokens, room);
     options.sampling = {static_cast<float>(sampling.temperature), sampling.top_k, static_cast<float>(sampling.top_p)};
     options.stop_token = format_->end_of_turn();
     options.prefill.embedding_overrides = prompt.embedding_overrides;
-    options.prefill.progress = [this](const FeedProgress& progress) {
+    conversation::PrefillEstimate estimate(prompt.reused, stats.prompt_tokens);
+    options.prefill.progress = [this, &estimate](const FeedProgress& progress) {
+      estimate.add(progress.tokens_done, progress.seconds);
       const double rate = progress.seconds > 0 ? static_cast<double>(progress.tokens_done) / progress.seconds : 0.0;
-      const double left = rate > 0 ? static_cast<double>(progress.tokens_total - progress.tokens_done) / rate : 0.0;
-      emit prefillProgress(progress.tokens_done, progress.tokens_total, rate, left);
+      emit prefillProgress(progress.tokens_done, progress.tokens_total, rate, estimate.seconds_left());
       return !stop_requested_;
     };
 
@@ -239,7 +206,7 @@ void EngineWorker::generate(const QList<PromptMessage>& conversation, const Samp
     };
     std::vector<TokenId> generated;
     try {
-      generated = generate_text(*session_, *tokenizer_, rest, options, [&](std::string_view text) {
+      generated = generate_text(session, *tokenizer_, prompt.tokens, options, [&](std::string_view text) {
         if (pieces++ == 0) first_token = Clock::now();
         send(parser.feed(text));
         if (stop_requested_) throw Cancelled("stopped by the user");
@@ -249,17 +216,15 @@ void EngineWorker::generate(const QList<PromptMessage>& conversation, const Samp
     }
     send(parser.finish());
     EngineStatePtr state;
+    // The session now holds the whole turn, so the next question can continue from it.
     if (!stats.stopped) {
-      // The session now holds the whole turn, so the next question can continue from it.
-      finish_assistant_turn(*session_, generated, format_->end_of_turn());
-      held_messages_ = conversation;
-      held_messages_.append({false, to_qstring(parser.answer()), {}});
-      held_session_ = sessionId;
-      state = EngineState::copy_of(*session_, kv_saved);
-      held_state_saved_ = true;  // the window saves it; forgetSavedState says when that failed
+      chat_->finish(conversation, parser.answer(), generated);
+      state = chat_->copy_state();
     }
-    stats.context_used = session_->position();
-    stats.generated_tokens = stats.stopped ? stats.context_used - stats.reused_tokens - stats.prompt_tokens
+    stats.context_used = session.position();
+    // A stop during the prompt's read leaves fewer positions than the prompt: no answer tokens.
+    stats.generated_tokens = stats.stopped ? std::max<std::int64_t>(0, stats.context_used - stats.reused_tokens -
+                                                                           stats.prompt_tokens)
                                            : static_cast<std::int64_t>(generated.size());
     if (pieces > 0) {
       stats.seconds_to_first_token = std::chrono::duration<double>(first_token - start).count();
@@ -274,25 +239,11 @@ void EngineWorker::generate(const QList<PromptMessage>& conversation, const Samp
   }
 }
 
-const std::vector<float>& EngineWorker::image_rows(const QString& path) {
-  auto found = image_rows_.find(path);
-  if (found == image_rows_.end()) {
-    const vision::PreparedImage image =
-        vision::prepare_image(vision::decode_image_file(to_path(path)), vision_->config().anyres);
-    found = image_rows_.emplace(path, vision_->image_embeddings(image)).first;
-  }
-  return found->second;
-}
-
-void EngineWorker::adoptState(const SavedStatePtr& state, const QList<PromptMessage>& held, qint64 sessionId) {
-  if (!session_) return;
-  held_messages_.clear();
+void EngineWorker::adoptState(const SavedStatePtr& state, const Turns& held, qint64 sessionId) {
+  if (!chat_) return;
   const auto start = Clock::now();
   try {
-    state->import_into(*session_);
-    held_messages_ = held;
-    held_session_ = sessionId;
-    held_state_saved_ = true;
+    chat_->adopt(*state, held, sessionId);
     emit stateAdopted(static_cast<qint64>(state->token_count()), seconds_since(start));
   } catch (const std::exception& e) {
     emit stateRefused(to_qstring(e.what()));

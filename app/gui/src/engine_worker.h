@@ -14,6 +14,7 @@
 #include <optional>
 
 #include "engine_state.h"
+#include "lightdesk/conversation.h"
 #include "lightdesk/engine.h"
 #include "lightdesk/text.h"
 #include "lightdesk/vision.h"
@@ -41,18 +42,13 @@ struct SamplingSettings {
   int max_new_tokens = 512;
 };
 
-// One chat message as the engine sees it: the full text (documents included) of a turn.
-struct PromptMessage {
-  bool from_user = true;
-  QString text;
-  QStringList images;  // a user message's images, placed before its text
-  bool operator==(const PromptMessage&) const = default;
-};
+// A conversation as the engine thread is given it (the shared library's turns).
+using Turns = std::vector<lightdesk::conversation::Turn>;
 
 struct GenerationStats {
   std::int64_t prompt_tokens = 0;       // tokens fed for this turn (after the cached prefix)
   std::int64_t reused_tokens = 0;       // tokens of the prompt already in the session's state
-  std::int64_t generated_tokens = 0;
+  std::int64_t generated_tokens = 0;   // 0 when stopped before the answer began
   double seconds_to_first_token = 0.0;
   double decode_tokens_per_second = 0.0;
   std::int64_t context_used = 0;
@@ -80,6 +76,9 @@ class EngineWorker : public QObject {
   // Thread-safe: asks the running load, prefill or generation to stop at its next step. Called
   // directly from the GUI thread (a queued slot would wait behind the running work).
   void requestStop();
+  // Thread-safe: forgets an earlier stop. The window calls it as it sends new work (a load, a
+  // document, a question), so that a Stop pressed before that work begins still stops it.
+  void clearStop();
 
  public slots:
   // Validates the directory without loading weights, for `backend` ("auto", "cpu", "cuda":
@@ -87,19 +86,19 @@ class EngineWorker : public QObject {
   void checkModel(const QString& directory, const QString& backend);
   // Loads weights, tokenizer and chat format; emits loadProgress, then modelLoaded or modelFailed.
   void loadModel(const QString& directory, const QString& backend);
-  // Reads a document and counts its tokens; emits documentReady or documentFailed.
+  // Reads a document and counts its tokens (documentProgress as it goes; Stop ends it); emits
+  // documentReady or documentFailed (also for one larger than the model's context).
   void readDocument(const QString& path);
   // Renders the conversation of repository session `sessionId` (ending with a user message),
   // feeds what the session does not hold yet and streams the answer: prefillProgress,
   // textPiece..., then generationFinished or generationFailed.
-  void generate(const QList<lightdesk::gui::PromptMessage>& conversation,
-                const lightdesk::gui::SamplingSettings& sampling, qint64 sessionId);
-  // Takes `state` (saved in repository session `sessionId` after the messages `held`; a store
-  // checkpoint is read here, part by part) as the session's state, so that a conversation continuing them feeds only what follows: emits
-  // stateAdopted, or stateRefused (the session then starts the next conversation from an empty
-  // state).
-  void adoptState(const lightdesk::gui::SavedStatePtr& state, const QList<lightdesk::gui::PromptMessage>& held,
-                  qint64 sessionId);
+  void generate(const lightdesk::gui::Turns& conversation, const lightdesk::gui::SamplingSettings& sampling,
+                qint64 sessionId);
+  // Takes `state` (saved in repository session `sessionId` after the turns `held`; a store
+  // checkpoint is read here, part by part) as the session's state, so that a conversation
+  // continuing them feeds only what follows: emits stateAdopted, or stateRefused (the session
+  // then starts the next conversation from an empty state).
+  void adoptState(const lightdesk::gui::SavedStatePtr& state, const lightdesk::gui::Turns& held, qint64 sessionId);
   // A state handed out for saving may not have been saved (a write failed): the next finished
   // turn's state is copied whole rather than as what follows the held one.
   void forgetSavedState();
@@ -119,6 +118,8 @@ class EngineWorker : public QObject {
   // `pageOffsets`: PDF only, the byte offset in the UTF-8 text where each page starts.
   void documentReady(const QString& path, const QString& text, const QList<qint64>& pageOffsets, qint64 tokens);
   void documentFailed(const QString& path, const QString& message);
+  void documentProgress(const QString& path, qint64 bytesDone, qint64 bytesTotal);
+  // `secondsLeft` < 0: not known yet.
   void prefillProgress(qint64 tokensDone, qint64 tokensTotal, double tokensPerSecond, double secondsLeft);
   void textPiece(const QString& reasoning, const QString& answer);
   // `state`: a copy of the session's state after the finished turn, to save with it; null when
@@ -132,26 +133,14 @@ class EngineWorker : public QObject {
   ModelOptions options_for(const QString& backend) const;
   void report_gpu_memory();
   ModelCheck inspect(const QString& directory, const QString& backend) const;
-  // The rows of an image for the model (vision_), computed once per path.
-  const std::vector<float>& image_rows(const QString& path);
+  void unload();
 
   const QString gpus_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::optional<ChatFormat> format_;
-  std::unique_ptr<Session> session_;
   std::unique_ptr<vision::VisionModel> vision_;  // a MiniMax-VL-01 model's vision tower
-  // The language-model input rows of each image read so far (a conversation read again after a
-  // restart or an edit shows them again).
-  std::map<QString, std::vector<float>> image_rows_;
-  // The messages whose turns session_ holds complete (ending with a finished answer); empty
-  // when its state is anything else (then a conversation is read from the start).
-  QList<PromptMessage> held_messages_;
-  // The repository session those messages belong to, and whether the repository holds their
-  // state (adopted from it, or handed out with generationFinished to be saved): a turn that
-  // continues it copies only the K/V of its own positions (EngineState::copy_of's kv_first).
-  qint64 held_session_ = 0;
-  bool held_state_saved_ = false;
+  std::unique_ptr<conversation::Chat> chat_;
   std::atomic<bool> stop_requested_{false};
 };
 

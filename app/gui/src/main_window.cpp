@@ -5,46 +5,31 @@
 #include <QDropEvent>
 #include <QFileDialog>
 #include <QFileInfo>
-#include <QIcon>
-#include <QImageReader>
-#include <QPixmap>
-#include <QPointer>
-#include <QThreadPool>
 #include <QHBoxLayout>
-#include <QKeyEvent>
+#include <QImageReader>
 #include <QLabel>
-#include <QLineEdit>
-#include <QListWidget>
 #include <QLocale>
 #include <QMenuBar>
 #include <QMimeData>
-#include <QPlainTextEdit>
-#include <QProgressBar>
 #include <QPushButton>
-#include <QScrollBar>
+#include <QScreen>
 #include <QSettings>
 #include <QSplitter>
 #include <QStatusBar>
-#include <QTextBrowser>
-#include <QTextBlock>
-#include <QTextCursor>
-#include <QTextDocumentFragment>
 #include <QTimer>
 #include <QUrl>
 #include <QVBoxLayout>
 
+#include "banner.h"
 #include "conversation_export.h"
-#include "lightdesk/text.h"
+#include "conversation_panel.h"
+#include "documents_panel.h"
+#include "session_panel.h"
 #include "settings_dialog.h"
+#include "status_panel.h"
 
 namespace lightdesk::gui {
 namespace {
-
-constexpr int kSessionIdRole = Qt::UserRole;
-constexpr int kEntryRole = Qt::UserRole + 1;  // a search result's entry index
-// An attachment item not sent yet: "document" or "image", and its index in that pending list.
-constexpr int kAttachmentKindRole = Qt::UserRole;
-constexpr int kAttachmentIndexRole = Qt::UserRole + 1;
 
 QString format_bytes(std::uint64_t bytes) {
   return QLocale().formattedDataSize(static_cast<qint64>(bytes), 1, QLocale::DataSizeTraditionalFormat);
@@ -53,34 +38,23 @@ QString format_bytes(std::uint64_t bytes) {
 // The title of a session until the user names it or sends its first message.
 QString untitled() { return MainWindow::tr("New chat"); }
 
-QString paragraph(const QString& text, const QString& style = {}) {
-  return QStringLiteral("<p style=\"white-space: pre-wrap; %1\">%2</p>").arg(style, text.toHtmlEscaped());
-}
-
-// The user's question with the documents sent along, in the engine's document-question layout.
-QString prompt_with_documents(const QString& question, const QList<Attachment>& attachments) {
-  if (attachments.isEmpty()) return question;
-  std::vector<Document> documents;
-  for (const Attachment& attachment : attachments) {
-    Document document{attachment.path.toStdString(), attachment.page_offsets.isEmpty() ? "text" : "pdf",
-                      attachment.text.toStdString(), {}};
-    int page = 0;
-    for (const qint64 offset : attachment.page_offsets)
-      document.anchors.push_back({static_cast<std::size_t>(offset), ++page, 1});
-    documents.push_back(std::move(document));
-  }
-  return QString::fromStdString(document_question_text(documents, question.toStdString()));
-}
-
-// The conversation as the engine reads it: each question with the documents sent along.
-QList<PromptMessage> prompt_conversation(const QList<ChatEntry>& entries) {
-  QList<PromptMessage> conversation;
+// The conversation as the engine reads it: each question with the documents and images sent along.
+Turns to_turns(const QList<ChatEntry>& entries) {
+  Turns turns;
   for (const ChatEntry& entry : entries) {
-    const bool from_user = entry.role == ChatEntry::Role::User;
-    conversation.append({from_user, from_user ? prompt_with_documents(entry.text, entry.documents) : entry.text,
-                         entry.images});
+    conversation::Turn turn{entry.role == ChatEntry::Role::User, entry.text.toStdString(), {}, {}};
+    for (const Attachment& attachment : entry.documents) {
+      Document document{attachment.path.toStdString(), attachment.page_offsets.isEmpty() ? "text" : "pdf",
+                        attachment.text.toStdString(), {}};
+      int page = 0;
+      for (const qint64 offset : attachment.page_offsets)
+        document.anchors.push_back({static_cast<std::size_t>(offset), ++page, 1});
+      turn.documents.push_back(std::move(document));
+    }
+    for (const QString& image : entry.images) turn.images.emplace_back(image.toStdString());
+    turns.push_back(std::move(turn));
   }
-  return conversation;
+  return turns;
 }
 
 }  // namespace
@@ -92,12 +66,23 @@ MainWindow::MainWindow(SessionRepository& sessions, QSettings& settings, QWidget
   buildWidgets();
   buildMenus();
   connectEngine();
+  // A top-level window without a size of its own would open at two thirds of the screen.
+  resize(sizeHint());
 
-  const QList<ChatSession> existing = sessions_.list();
-  if (existing.isEmpty())
-    newSession();
+  // The last conversation opens again; sessions never used (an empty "New chat" of an earlier
+  // run) are not kept, so they cannot pile up.
+  std::optional<qint64> shown;
+  for (const ChatSession& session : sessions_.list()) {
+    const std::optional<ChatSession> loaded = sessions_.load(session.id);
+    if (loaded && loaded->entries.isEmpty() && loaded->title == untitled())
+      sessions_.remove(session.id);
+    else if (!shown)
+      shown = session.id;
+  }
+  if (shown)
+    selectSession(*shown);
   else
-    selectSession(existing.front().id);
+    newSession();
   setGenerating(false);
 }
 
@@ -110,8 +95,17 @@ MainWindow::~MainWindow() {
   engine_thread_.wait();
 }
 
+QSize MainWindow::sizeHint() const {
+  const QSize wanted(1100, 700);
+  const QScreen* shown_on = screen();
+  if (shown_on == nullptr) return wanted;
+  // The frame (title bar, borders) needs room too.
+  return wanted.boundedTo(shown_on->availableGeometry().size() * 0.9);
+}
+
 void MainWindow::buildWidgets() {
   auto* open_model_button = new QPushButton(tr("Open model…"));
+  open_model_button->setToolTip(tr("Open a model directory (Ctrl+O)"));
   connect(open_model_button, &QPushButton::clicked, this, &MainWindow::chooseModelDirectory);
   model_label_ = new QLabel(tr("No model loaded. Choose a model directory to start."));
   model_label_->setObjectName(QStringLiteral("modelLabel"));
@@ -121,11 +115,7 @@ void MainWindow::buildWidgets() {
   model_row->addWidget(open_model_button);
   model_row->addWidget(model_label_, 1);
 
-  message_label_ = new QLabel;
-  message_label_->setObjectName(QStringLiteral("messageLabel"));
-  message_label_->setWordWrap(true);
-  message_label_->setTextInteractionFlags(Qt::TextSelectableByMouse);
-  message_label_->setVisible(false);
+  banner_ = new Banner;
 
   undo_bar_ = new QWidget;
   undo_bar_->setObjectName(QStringLiteral("undoBar"));
@@ -144,150 +134,42 @@ void MainWindow::buildWidgets() {
   undo_timer_->setInterval(10000);
   connect(undo_timer_, &QTimer::timeout, this, &MainWindow::finishDelete);
 
-  // Sessions.
-  search_box_ = new QLineEdit;
-  search_box_->setObjectName(QStringLiteral("searchBox"));
-  search_box_->setPlaceholderText(tr("Search messages (Ctrl+F)"));
-  search_box_->setClearButtonEnabled(true);
-  // One query once typing pauses, not one per keystroke queued behind the store's writes;
-  // clearing the box closes the results at once.
-  auto* search_pause = new QTimer(this);
-  search_pause->setSingleShot(true);
-  search_pause->setInterval(200);
-  connect(search_box_, &QLineEdit::textChanged, this, [this, search_pause](const QString& text) {
-    if (text.trimmed().isEmpty()) {
-      search_pause->stop();
-      runSearch();
-    } else {
-      search_pause->start();
-    }
-  });
-  connect(search_pause, &QTimer::timeout, this, &MainWindow::runSearch);
-  search_results_ = new QListWidget;
-  search_results_->setObjectName(QStringLiteral("searchResults"));
-  search_results_->setVisible(false);
-  connect(search_results_, &QListWidget::itemClicked, this, [this](QListWidgetItem* item) {
-    showMessage(item->data(kSessionIdRole).toLongLong(), item->data(kEntryRole).toLongLong());
-  });
-  session_list_ = new QListWidget;
-  session_list_->setObjectName(QStringLiteral("sessionList"));
-  session_list_->setHorizontalScrollBarPolicy(Qt::ScrollBarAlwaysOff);
-  connect(session_list_, &QListWidget::itemClicked, this,
-          [this](QListWidgetItem* item) { selectSession(item->data(kSessionIdRole).toLongLong()); });
-  connect(session_list_, &QListWidget::itemChanged, this, [this](QListWidgetItem* item) {
-    if (item->data(kSessionIdRole).toLongLong() != current_.id || item->text() == current_.title) return;
-    current_.title = item->text();
-    sessions_.rename(current_.id, current_.title);
-  });
-  auto* new_session_button = new QPushButton(tr("New"));
-  auto* rename_session_button = new QPushButton(tr("Rename"));
-  auto* delete_session_button = new QPushButton(tr("Delete"));
-  connect(new_session_button, &QPushButton::clicked, this, &MainWindow::newSession);
-  connect(rename_session_button, &QPushButton::clicked, this, &MainWindow::renameCurrentSession);
-  connect(delete_session_button, &QPushButton::clicked, this, &MainWindow::deleteCurrentSession);
-  auto* session_buttons = new QHBoxLayout;
-  session_buttons->addWidget(new_session_button);
-  session_buttons->addWidget(rename_session_button);
-  session_buttons->addWidget(delete_session_button);
-  auto* session_pane = new QWidget;
-  auto* session_layout = new QVBoxLayout(session_pane);
-  session_layout->addWidget(new QLabel(tr("Sessions")));
-  session_layout->addWidget(search_box_);
-  session_layout->addWidget(search_results_, 1);
-  session_layout->addWidget(session_list_, 1);
-  session_layout->addLayout(session_buttons);
+  session_panel_ = new SessionPanel;
+  connect(session_panel_, &SessionPanel::sessionSelected, this, &MainWindow::selectSession);
+  connect(session_panel_, &SessionPanel::sessionRenamed, this, &MainWindow::renameSession);
+  connect(session_panel_, &SessionPanel::newRequested, this, &MainWindow::newSession);
+  connect(session_panel_, &SessionPanel::deleteRequested, this, &MainWindow::deleteCurrentSession);
+  connect(session_panel_, &SessionPanel::searchRequested, this, &MainWindow::runSearch);
+  connect(session_panel_, &SessionPanel::hitActivated, this, &MainWindow::showMessage);
 
-  // Conversation.
-  transcript_ = new QTextBrowser;
-  transcript_->setObjectName(QStringLiteral("transcript"));
-  transcript_->setOpenLinks(false);
-  connect(transcript_, &QTextBrowser::anchorClicked, this, &MainWindow::onTranscriptLink);
-  input_ = new QPlainTextEdit;
-  input_->setObjectName(QStringLiteral("input"));
-  input_->setPlaceholderText(tr("Ask about your documents… (Ctrl+Enter sends)"));
-  input_->setMaximumHeight(input_->fontMetrics().lineSpacing() * 5);
-  input_->installEventFilter(this);
-  send_button_ = new QPushButton(tr("Send"));
-  send_button_->setObjectName(QStringLiteral("sendButton"));
-  send_button_->setToolTip(tr("Send (Ctrl+Enter)"));
-  stop_button_ = new QPushButton(tr("Stop"));
-  stop_button_->setObjectName(QStringLiteral("stopButton"));
-  connect(send_button_, &QPushButton::clicked, this, &MainWindow::send);
-  connect(stop_button_, &QPushButton::clicked, this, &MainWindow::stop);
-  auto* input_buttons = new QVBoxLayout;
-  input_buttons->addWidget(send_button_);
-  input_buttons->addWidget(stop_button_);
-  edit_bar_ = new QLabel(tr("Editing an earlier message: sending it continues the conversation from there "
-                            "(the old branch stays stored). Esc cancels."));
-  edit_bar_->setObjectName(QStringLiteral("editBar"));
-  edit_bar_->setWordWrap(true);
-  edit_bar_->setStyleSheet(QStringLiteral("QLabel { background: #fff4ce; padding: 4px; }"));
-  edit_bar_->setVisible(false);
-  auto* input_row = new QHBoxLayout;
-  input_row->addWidget(input_, 1);
-  input_row->addLayout(input_buttons);
-  auto* conversation_pane = new QWidget;
-  auto* conversation_layout = new QVBoxLayout(conversation_pane);
-  conversation_layout->addWidget(transcript_, 1);
-  conversation_layout->addWidget(edit_bar_);
-  conversation_layout->addLayout(input_row);
+  conversation_panel_ = new ConversationPanel;
+  connect(conversation_panel_, &ConversationPanel::sendRequested, this, &MainWindow::send);
+  connect(conversation_panel_, &ConversationPanel::stopRequested, this, &MainWindow::stop);
+  connect(conversation_panel_, &ConversationPanel::editRequested, this, &MainWindow::editMessage);
+  connect(conversation_panel_, &ConversationPanel::regenerateRequested, this, &MainWindow::regenerate);
+  connect(conversation_panel_, &ConversationPanel::branchRequested, this, &MainWindow::showBranch);
 
-  // Attachments.
-  attachment_list_ = new QListWidget;
-  attachment_list_->setObjectName(QStringLiteral("attachmentList"));
-  attachment_list_->setHorizontalScrollBarPolicy(Qt::ScrollBarAlwaysOff);
-  attachment_list_->setToolTip(tr("Drop documents here or anywhere on the window"));
-  auto* attach_button = new QPushButton(tr("Attach…"));
-  auto* remove_attachment_button = new QPushButton(tr("Remove"));
-  connect(attach_button, &QPushButton::clicked, this, &MainWindow::chooseDocuments);
-  connect(remove_attachment_button, &QPushButton::clicked, this, &MainWindow::removeSelectedAttachment);
-  auto* attachment_buttons = new QHBoxLayout;
-  attachment_buttons->addWidget(attach_button);
-  attachment_buttons->addWidget(remove_attachment_button);
-  auto* attachment_pane = new QWidget;
-  auto* attachment_layout = new QVBoxLayout(attachment_pane);
-  attachment_layout->addWidget(new QLabel(tr("Documents")));
-  attachment_layout->addWidget(attachment_list_, 1);
-  attachment_layout->addLayout(attachment_buttons);
+  documents_panel_ = new DocumentsPanel;
+  connect(documents_panel_, &DocumentsPanel::attachRequested, this, &MainWindow::chooseDocuments);
+  connect(documents_panel_, &DocumentsPanel::removeRequested, this, &MainWindow::removeAttachment);
 
   auto* splitter = new QSplitter;
-  splitter->addWidget(session_pane);
-  splitter->addWidget(conversation_pane);
-  splitter->addWidget(attachment_pane);
+  splitter->addWidget(session_panel_);
+  splitter->addWidget(conversation_panel_);
+  splitter->addWidget(documents_panel_);
   splitter->setStretchFactor(1, 1);
-  splitter->setSizes({200, 600, 220});
+  splitter->setSizes({200, 600, 240});
 
   auto* central = new QWidget;
   auto* layout = new QVBoxLayout(central);
   layout->addLayout(model_row);
-  layout->addWidget(message_label_);
+  layout->addWidget(banner_);
   layout->addWidget(undo_bar_);
   layout->addWidget(splitter, 1);
   setCentralWidget(central);
 
-  progress_bar_ = new QProgressBar;
-  progress_bar_->setObjectName(QStringLiteral("progressBar"));
-  progress_bar_->setVisible(false);
-  // Wide enough for the longest progress text on one line, whatever the font size.
-  progress_bar_->setMinimumWidth(progress_bar_->fontMetrics().horizontalAdvance(
-                                     tr("Reading the prompt: %1 of %2 tokens, %3 tokens/s, %4 s left")
-                                         .arg(QStringLiteral("1000000"), QStringLiteral("1000000"),
-                                              QStringLiteral("10000"), QStringLiteral("1000"))) +
-                                 progress_bar_->fontMetrics().averageCharWidth() * 4);
-  speed_label_ = new QLabel;
-  speed_label_->setObjectName(QStringLiteral("speedLabel"));
-  first_token_label_ = new QLabel;
-  first_token_label_->setObjectName(QStringLiteral("firstTokenLabel"));
-  context_label_ = new QLabel;
-  context_label_->setObjectName(QStringLiteral("contextLabel"));
-  statusBar()->addWidget(progress_bar_);
-  statusBar()->addPermanentWidget(speed_label_);
-  statusBar()->addPermanentWidget(first_token_label_);
-  statusBar()->addPermanentWidget(context_label_);
-  memory_label_ = new QLabel;
-  memory_label_->setObjectName(QStringLiteral("memoryLabel"));
-  statusBar()->addPermanentWidget(memory_label_);
-  refreshMemoryLabel();
+  status_panel_ = new StatusPanel([this] { return memoryText(); });
+  statusBar()->addWidget(status_panel_, 1);
 }
 
 void MainWindow::buildMenus() {
@@ -300,14 +182,11 @@ void MainWindow::buildMenus() {
   file_menu->addAction(tr("&Quit"), QKeySequence::Quit, this, &QWidget::close);
   QMenu* session_menu = menuBar()->addMenu(tr("&Session"));
   session_menu->addAction(tr("&New session"), QKeySequence::New, this, &MainWindow::newSession);
-  session_menu->addAction(tr("&Rename"), QKeySequence(Qt::Key_F2), this, &MainWindow::renameCurrentSession);
+  session_menu->addAction(tr("&Rename"), QKeySequence(Qt::Key_F2), session_panel_, &SessionPanel::renameCurrent);
   session_menu->addAction(tr("&Delete"), this, &MainWindow::deleteCurrentSession);
   session_menu->addAction(tr("Re&generate last answer"), QKeySequence(Qt::CTRL | Qt::Key_R), this,
                           &MainWindow::regenerate);
-  session_menu->addAction(tr("&Search"), QKeySequence::Find, this, [this] {
-    search_box_->setFocus();
-    search_box_->selectAll();
-  });
+  session_menu->addAction(tr("&Search"), QKeySequence::Find, session_panel_, &SessionPanel::focusSearch);
 }
 
 void MainWindow::connectEngine() {
@@ -318,39 +197,18 @@ void MainWindow::connectEngine() {
   connect(this, &MainWindow::readDocumentRequested, worker_, &EngineWorker::readDocument);
   connect(this, &MainWindow::generateRequested, worker_, &EngineWorker::generate);
   connect(worker_, &EngineWorker::modelChecked, this, &MainWindow::onModelChecked);
-  connect(worker_, &EngineWorker::loadProgress, this, [this](qint64 done, qint64 total) {
-    progress_bar_->setVisible(true);
-    // Megabytes keep the range within int.
-    progress_bar_->setRange(0, static_cast<int>(total >> 20));
-    progress_bar_->setValue(static_cast<int>(done >> 20));
-    progress_bar_->setFormat(tr("Loading weights: %1 of %2")
-                                 .arg(format_bytes(static_cast<std::uint64_t>(done)),
-                                      format_bytes(static_cast<std::uint64_t>(total))));
-  });
+  connect(worker_, &EngineWorker::loadProgress, status_panel_, &StatusPanel::showLoadProgress);
   connect(worker_, &EngineWorker::modelLoaded, this, &MainWindow::onModelLoaded);
-  connect(worker_, &EngineWorker::gpuMemoryMeasured, this, &MainWindow::onGpuMemoryMeasured);
+  // The memory figure follows with the modelLoaded or generationFinished that comes next.
+  connect(worker_, &EngineWorker::gpuMemoryMeasured, this, [this](const std::vector<GpuDevice>& gpus) { gpus_ = gpus; });
   connect(worker_, &EngineWorker::modelRejected, this, &MainWindow::onModelRejected);
   connect(worker_, &EngineWorker::modelFailed, this, &MainWindow::onModelFailed);
   connect(worker_, &EngineWorker::documentReady, this, &MainWindow::onDocumentReady);
-  connect(worker_, &EngineWorker::documentFailed, this, [this](const QString& path, const QString& message) {
-    reading_documents_.erase(path);
-    refreshAttachments();
-    showError(tr("Could not attach %1: %2").arg(QFileInfo(path).fileName(), message));
-    // A question about the documents waits in the input box rather than going without one.
-    if (!question_after_documents_.isEmpty()) input_->setPlainText(question_after_documents_);
-    question_after_documents_.clear();
+  connect(worker_, &EngineWorker::documentFailed, this, &MainWindow::onDocumentFailed);
+  connect(worker_, &EngineWorker::documentProgress, this, [this](const QString& path, qint64 done, qint64 total) {
+    if (reading_documents_.count(path) != 0) status_panel_->showDocumentProgress(QFileInfo(path).fileName(), done, total);
   });
-  connect(worker_, &EngineWorker::prefillProgress, this,
-          [this](qint64 done, qint64 total, double rate, double seconds_left) {
-            progress_bar_->setVisible(true);
-            progress_bar_->setRange(0, static_cast<int>(total));
-            progress_bar_->setValue(static_cast<int>(done));
-            progress_bar_->setFormat(tr("Reading the prompt: %1 of %2 tokens, %3 tokens/s, %4 s left")
-                                         .arg(done)
-                                         .arg(total)
-                                         .arg(rate, 0, 'f', 0)
-                                         .arg(seconds_left, 0, 'f', 0));
-          });
+  connect(worker_, &EngineWorker::prefillProgress, status_panel_, &StatusPanel::showPrefillProgress);
   connect(worker_, &EngineWorker::textPiece, this, &MainWindow::onTextPiece);
   connect(worker_, &EngineWorker::generationFinished, this, &MainWindow::onGenerationFinished);
   connect(worker_, &EngineWorker::generationFailed, this, &MainWindow::onGenerationFailed);
@@ -380,23 +238,22 @@ void MainWindow::openModelDirectory(const QString& directory) {
     return;
   }
   // The loaded model stays usable until the new one has passed the check.
-  message_label_->setVisible(false);
-  statusBar()->showMessage(tr("Checking %1…").arg(directory));
+  banner_->hide();
+  status_panel_->showMessage(tr("Checking %1…").arg(directory));
   emit checkModelRequested(directory, backend_setting(settings_));
 }
 
 void MainWindow::onModelChecked(const ModelCheck& check) {
   const std::uint64_t needed = check.weight_bytes + check.session_bytes;
   const QString needs = tr("%1: weights %2 + session memory %3 for %4 tokens of context = %5; %6 available in %7")
-                            .arg(check.description, format_bytes(check.weight_bytes), format_bytes(check.session_bytes))
-                            .arg(check.context_tokens)
-                            .arg(format_bytes(needed), format_bytes(check.available_bytes), check.memory_place);
-  statusBar()->clearMessage();
+                            .arg(check.description, format_bytes(check.weight_bytes), format_bytes(check.session_bytes),
+                                 format_count(check.context_tokens), format_bytes(needed),
+                                 format_bytes(check.available_bytes), check.memory_place);
+  status_panel_->clearMessage();
   if (!check.fits()) {
     showError((check.fitting_context > 0
                    ? tr("%1 does not fit in %2 at its full context. A context of %3 tokens would fit.")
-                         .arg(check.directory, check.memory_place)
-                         .arg(check.fitting_context)
+                         .arg(check.directory, check.memory_place, format_count(check.fitting_context))
                    : tr("%1 does not fit in %2: its weights alone need %3.")
                          .arg(check.directory, check.memory_place, format_bytes(check.weight_bytes))) +
               QLatin1Char('\n') + needs);
@@ -406,6 +263,7 @@ void MainWindow::onModelChecked(const ModelCheck& check) {
   // Busy while the weights load; Stop cancels the load.
   setGenerating(true);
   model_label_->setText(needs);
+  worker_->clearStop();
   emit loadModelRequested(check.directory, backend_setting(settings_));
 }
 
@@ -413,27 +271,30 @@ void MainWindow::onModelLoaded(const ModelCheck& check, const QString& family, c
   model_ready_ = true;
   model_info_ = check.model;
   engine_holds_ = {};
+  engine_tokens_ = 0;
   model_family_ = family;
   default_sampling_ = sampling;
   settings_.setValue(QStringLiteral("model/directory"), check.directory);
-  progress_bar_->setVisible(false);
+  status_panel_->hideProgress();
+  status_panel_->clearAnswerFigures();  // they were the other model's
   setWindowTitle(tr("Lightdesk — %1").arg(QFileInfo(check.directory).fileName()));
-  statusBar()->showMessage(tr("Model loaded from %1").arg(check.directory), 5000);
-  context_label_->setText(tr("context: 0 / %1").arg(check.context_tokens));
-  refreshMemoryLabel();
+  status_panel_->showMessage(tr("Model loaded from %1").arg(check.directory), 5000);
+  refreshContextFigure();
+  status_panel_->refreshMemory();
+  refreshAttachments();
   setGenerating(false);
   emit modelReady();
   restoreState();
 }
 
 void MainWindow::onModelRejected(const QString& directory, const QString& message) {
-  statusBar()->clearMessage();
+  status_panel_->clearMessage();
   showError(tr("%1 is not a model Lightdesk can open: %2").arg(directory, message));
 }
 
 void MainWindow::onModelFailed(const QString& directory, const QString& message) {
   model_ready_ = false;
-  progress_bar_->setVisible(false);
+  status_panel_->hideProgress();
   model_label_->setText(tr("No model loaded."));
   setGenerating(false);
   showError(tr("Could not open the model in %1: %2").arg(directory, message));
@@ -445,10 +306,7 @@ void MainWindow::editSettings() {
   dialog.exec();
 }
 
-// The label is refreshed by the modelLoaded or generationFinished that follows.
-void MainWindow::onGpuMemoryMeasured(const std::vector<GpuDevice>& gpus) { gpus_ = gpus; }
-
-void MainWindow::refreshMemoryLabel() {
+QString MainWindow::memoryText() const {
   // Every GPU's memory (free where known: on the one the engine runs on) as the engine thread
   // last measured it, while a model runs on them; then the host's.
   QStringList parts;
@@ -459,35 +317,28 @@ void MainWindow::refreshMemoryLabel() {
                                    .arg(format_bytes(*gpu.free_bytes), format_bytes(gpu.total_bytes))
                              : tr("GPU %1: %2").arg(gpu.index).arg(format_bytes(gpu.total_bytes)));
   if (parts.isEmpty()) parts << tr("no GPU");
-  memory_label_->setText(
-      tr("%1 · host memory: %2 available").arg(parts.join(QStringLiteral(" · ")), format_bytes(available_host_memory())));
+  return tr("%1 · host memory: %2 available").arg(parts.join(QStringLiteral(" · ")), format_bytes(available_host_memory()));
+}
+
+void MainWindow::refreshContextFigure() {
+  if (!model_ready_) {
+    status_panel_->clearContext();
+    return;
+  }
+  // The engine's figure belongs to the session it holds; another session starts from nothing.
+  status_panel_->showContext(engine_holds_.session == current_.id ? engine_tokens_ : 0, model_info_.max_context);
 }
 
 // ---- conversation ----
 
-bool MainWindow::eventFilter(QObject* watched, QEvent* event) {
-  if (watched == input_ && event->type() == QEvent::KeyPress) {
-    const auto* key = static_cast<QKeyEvent*>(event);
-    if ((key->key() == Qt::Key_Return || key->key() == Qt::Key_Enter) && (key->modifiers() & Qt::ControlModifier)) {
-      send();
-      return true;
-    }
-    if (key->key() == Qt::Key_Escape && editing_) {
-      editing_.reset();
-      edit_bar_->setVisible(false);
-      input_->clear();
-      return true;
-    }
-  }
-  return QMainWindow::eventFilter(watched, event);
-}
-
 void MainWindow::send() {
-  const QString question = input_->toPlainText().trimmed();
-  if (question.isEmpty() || generating_ || !model_ready_) return;
-  if (current_.entries.isEmpty() && current_.title == untitled()) {
-    current_.title = question.left(40);
-    sessions_.rename(current_.id, current_.title);
+  const QString question = conversation_panel_->input().trimmed();
+  if (question.isEmpty() || generating_ || !model_ready_ || readingDocuments()) return;
+  // Refused at once, before anything is read or renamed: documents that cannot fit the context.
+  if (documents_panel_->documentTokens() >= model_info_.max_context) {
+    showError(tr("The documents (%1 tokens) do not fit the model's context of %2 tokens. Remove one to ask.")
+                  .arg(format_count(documents_panel_->documentTokens()), format_count(model_info_.max_context)));
+    return;
   }
   const auto pending = pending_documents_.find(current_.id);
   ChatEntry user{ChatEntry::Role::User, question, {},
@@ -495,16 +346,17 @@ void MainWindow::send() {
   if (pending != pending_documents_.end()) pending_documents_.erase(pending);
   pending_images_.erase(current_.id);
   qsizetype keep = current_.entries.size();
-  if (editing_ && *editing_ < keep) {
+  if (const std::optional<qsizetype> editing = conversation_panel_->editing(); editing && *editing < keep) {
     // The edited message keeps the documents and images it was sent with, plus any attached since.
-    keep = *editing_;
+    keep = *editing;
     user.documents = current_.entries[keep].documents + user.documents;
     user.images = current_.entries[keep].images + user.images;
   }
-  editing_.reset();
-  edit_bar_->setVisible(false);
-  input_->clear();
-  refreshSessionList();
+  // What was typed before the edit comes back into the input box; a new question leaves it empty.
+  if (conversation_panel_->editing())
+    conversation_panel_->endEdit();
+  else
+    conversation_panel_->setInput({});
   ask(keep, user, false);
 }
 
@@ -521,24 +373,31 @@ void MainWindow::editMessage(qsizetype entry) {
   if (generating_ || entry < 0 || entry >= current_.entries.size() ||
       current_.entries[entry].role != ChatEntry::Role::User)
     return;
-  editing_ = entry;
-  input_->setPlainText(current_.entries[entry].text);
-  edit_bar_->setVisible(true);
-  input_->setFocus();
+  // Nothing comes before the first question: its documents are read again, which takes long
+  // enough for a long one to be worth saying.
+  qint64 tokens = 0;
+  if (entry == 0)
+    for (const Attachment& document : current_.entries[entry].documents) tokens += document.tokens;
+  conversation_panel_->beginEdit(
+      entry, current_.entries[entry].text,
+      tokens > 0 ? tr("Sending it reads its documents again (%1 tokens).").arg(format_count(tokens)) : QString());
 }
 
 void MainWindow::ask(qsizetype keep, const ChatEntry& user, bool regenerated) {
   ++restore_ticket_;  // a restore under way is superseded by the one this turn asks for
-  turn_ = Turn{keep, current_.entries.mid(keep), false, regenerated};
+  banner_->hide();    // what it said is about the turn before
+  turn_ = Turn{keep, current_.entries.mid(keep), false, regenerated,
+               current_.entries.isEmpty() && current_.title == untitled() ? user.text.simplified().left(40) : QString()};
   current_.entries.resize(keep);
   current_.entries.append(user);
   answer_ = ChatEntry{ChatEntry::Role::Assistant, {}, {}, {}, {}};
   refreshAttachments();
   renderTranscript();
   setGenerating(true);
-  statusBar()->showMessage(tr("Reading the prompt…"));
+  status_panel_->showMessage(tr("Reading the prompt…"));
+  worker_->clearStop();
 
-  const QList<PromptMessage> conversation = prompt_conversation(current_.entries);
+  const Turns conversation = to_turns(current_.entries);
   const SamplingSettings sampling = load_sampling(settings_, model_family_, default_sampling_);
   if (keep == 0 || (engine_holds_.session == current_.id && engine_holds_.entries >= 0 && engine_holds_.entries <= keep)) {
     emit generateRequested(conversation, sampling, current_.id);
@@ -557,7 +416,7 @@ void MainWindow::adoptLoadedState(const StateLoad& load) {
   if (load.state) {
     adopting_ = {current_.id, load.entries};
     state_read_seconds_ = load.seconds;
-    emit adoptStateRequested(load.state, prompt_conversation(current_.entries.mid(0, load.entries)), current_.id);
+    emit adoptStateRequested(load.state, to_turns(current_.entries.mid(0, load.entries)), current_.id);
   } else if (!load.refused.isEmpty()) {
     onStateRefused(load.refused);
   }
@@ -566,44 +425,58 @@ void MainWindow::adoptLoadedState(const StateLoad& load) {
 void MainWindow::stop() { worker_->requestStop(); }
 
 void MainWindow::onTextPiece(const QString& reasoning, const QString& answer) {
-  progress_bar_->setVisible(false);  // the prompt is read once the answer streams
+  status_panel_->hideProgress();  // the prompt is read once the answer streams
   if (turn_ && !turn_->stored) {
-    // The answer has begun: the question (and the branch it starts, if any) is kept.
+    // The answer has begun: the question (and the branch it starts, if any) is kept, and a new
+    // session is named after it.
     if (!turn_->replaced.isEmpty()) sessions_.branch(current_.id, turn_->keep);
     sessions_.append(current_.id, current_.entries.back());
     turn_->stored = true;
+    if (!turn_->title.isEmpty()) renameSession(current_.id, turn_->title);
   }
-  if (answer_->text.isEmpty() && answer_->reasoning.isEmpty()) statusBar()->showMessage(tr("Writing the answer…"));
+  if (answer_->text.isEmpty() && answer_->reasoning.isEmpty()) status_panel_->showMessage(tr("Writing the answer…"));
   answer_->reasoning += reasoning;
   answer_->text += answer;
-  if (!reasoning.isEmpty()) appendToTranscript(reasoning, true);
-  if (!answer.isEmpty()) appendToTranscript(answer, false);
+  if (!reasoning.isEmpty()) conversation_panel_->appendStreamed(reasoning, true);
+  if (!answer.isEmpty()) conversation_panel_->appendStreamed(answer, false);
 }
 
 void MainWindow::onGenerationFinished(const GenerationStats& stats, const EngineStatePtr& state) {
-  progress_bar_->setVisible(false);
-  speed_label_->setText(tr("%1 tokens/s").arg(stats.decode_tokens_per_second, 0, 'f', 1));
-  first_token_label_->setText(tr("first token: %1 s").arg(stats.seconds_to_first_token, 0, 'f', 2));
-  context_label_->setText(tr("context: %1 / %2").arg(stats.context_used).arg(stats.context_size));
-  refreshMemoryLabel();
-  QString summary = stats.stopped ? tr("Stopped after %1 tokens.").arg(stats.generated_tokens)
-                                  : tr("%1 tokens generated.").arg(stats.generated_tokens);
-  summary += QLatin1Char(' ') + tr("%1 prompt tokens read").arg(stats.prompt_tokens);
-  if (stats.reused_tokens > 0) summary += QLatin1Char(' ') + tr("(%1 kept from the session state)").arg(stats.reused_tokens);
-  statusBar()->showMessage(summary + QLatin1Char('.'), 10000);
+  status_panel_->hideProgress();
+  const bool wrote = stats.generated_tokens > 0;
+  status_panel_->showAnswerFigures(stats.decode_tokens_per_second, wrote ? stats.seconds_to_first_token : -1);
+  status_panel_->refreshMemory();
+  QString summary;
+  if (!stats.stopped)
+    summary = tr("%1 tokens generated.").arg(format_count(stats.generated_tokens));
+  else if (wrote)
+    summary = tr("Stopped after %1 tokens.").arg(format_count(stats.generated_tokens));
+  else
+    summary = tr("Stopped while reading the prompt; sending it again goes on from there.");
+  // A read stopped part way says how far it came.
+  const qint64 read = wrote || !stats.stopped ? stats.prompt_tokens : stats.context_used - stats.reused_tokens;
+  summary += QLatin1Char(' ') + (read < stats.prompt_tokens ? tr("%1 of %2 prompt tokens read")
+                                                                  .arg(format_count(read), format_count(stats.prompt_tokens))
+                                                            : tr("%1 prompt tokens read").arg(format_count(read)));
+  if (stats.reused_tokens > 0)
+    summary += QLatin1Char(' ') + tr("(%1 kept from the session state)").arg(format_count(stats.reused_tokens));
+  status_panel_->showMessage(summary + QLatin1Char('.'), 10000);
   keepAnswer();
+  engine_tokens_ = stats.context_used;
   if (state) {
     // Saved with the answer, so that reopening the session (or branching here) reads it back.
     sessions_.saveState(current_.id, current_.entries.size(), state);
     engine_holds_ = {current_.id, current_.entries.size()};
   } else {
-    engine_holds_ = {};
+    engine_holds_ = {current_.id, -1};
   }
+  refreshContextFigure();
   emit answerFinished();
 }
 
 void MainWindow::onGenerationFailed(const QString& message) {
-  progress_bar_->setVisible(false);
+  status_panel_->hideProgress();
+  status_panel_->clearMessage();
   engine_holds_ = {};
   showError(keepAnswer() ? tr("The answer failed: %1\nYour question is back in the input box.").arg(message)
                         : tr("The answer failed: %1").arg(message));
@@ -634,12 +507,13 @@ bool MainWindow::undoTurn() {
   // A regenerated question is the stored one: with the old turn back, nothing is lost.
   if (turn_->regenerated) return false;
   const ChatEntry* original = turn_->replaced.isEmpty() ? nullptr : &turn_->replaced.front();
-  if (original != nullptr) {  // an edit: back into the input box, still editing that message
-    editing_ = turn_->keep;
-    edit_bar_->setVisible(true);
-  }
-  const QString typed = input_->toPlainText();
-  input_->setPlainText(typed.isEmpty() ? question.text : question.text + QStringLiteral("\n\n") + typed);
+  const QString typed = conversation_panel_->input();
+  // An edit goes back into the input box still editing that message (what was typed before it
+  // stays kept); a new question goes before what was typed since.
+  if (original != nullptr)
+    conversation_panel_->beginEdit(turn_->keep, question.text);
+  else
+    conversation_panel_->setInput(typed.isEmpty() ? question.text : question.text + QStringLiteral("\n\n") + typed);
   // What was attached for this question (beyond an edited message's own) is pending again.
   QList<Attachment>& documents = pending_documents_[current_.id];
   documents = question.documents.mid(original ? original->documents.size() : 0) + documents;
@@ -651,21 +525,21 @@ bool MainWindow::undoTurn() {
 void MainWindow::restoreState() {
   const quint64 ticket = ++restore_ticket_;  // a read still under way is for a session no longer shown
   if (!model_ready_ || generating_ || current_.entries.isEmpty() || engine_holds_.session == current_.id) return;
-  statusBar()->showMessage(tr("Restoring the session's state…"));
+  status_panel_->showMessage(tr("Restoring the session's state…"));
   sessions_.loadState(current_.id, current_.entries.size(), model_info_, this, [this, ticket](const StateLoad& load) {
     if (ticket != restore_ticket_) return;  // another session was opened, or a question sent, since
-    statusBar()->clearMessage();
+    status_panel_->clearMessage();
     adoptLoadedState(load);
   });
 }
 
 void MainWindow::onStateAdopted(qint64 tokens, double seconds) {
   engine_holds_ = adopting_;
+  engine_tokens_ = tokens;
   const QString message = tr("Restored %1 tokens from cache in %2 s.")
-                              .arg(QLocale().toString(tokens))
-                              .arg(state_read_seconds_ + seconds, 0, 'f', 2);
-  statusBar()->showMessage(message, 10000);
-  context_label_->setText(tr("context: %1 / %2").arg(tokens).arg(model_info_.max_context));
+                              .arg(format_count(tokens), QLocale().toString(state_read_seconds_ + seconds, 'f', 2));
+  status_panel_->showMessage(message, 10000);
+  refreshContextFigure();
   emit stateRestored(message);
 }
 
@@ -677,96 +551,29 @@ void MainWindow::onStateRefused(const QString& message) {
 }
 
 void MainWindow::renderTranscript() {
-  transcript_->clear();
-  QTextCursor cursor(transcript_->document());
-  // Each piece starts a block of its own with plain formats, so no style leaks into the next.
-  auto insert_html = [&cursor](const QString& html) {
-    cursor.insertHtml(html);
-    cursor.insertBlock(QTextBlockFormat(), QTextCharFormat());
-  };
-  QList<ChatEntry> shown_entries = current_.entries;
-  if (answer_) shown_entries.append(*answer_);
-  entry_positions_.clear();
-  const bool idle = !answer_;
-  for (qsizetype i = 0; i < shown_entries.size(); ++i) {
-    const ChatEntry& entry = shown_entries[i];
-    // Space above each message, also after a Markdown answer (whose last block keeps its own).
-    QTextBlockFormat spaced;
-    spaced.setTopMargin(cursor.block().previous().isValid() ? 12 : 0);
-    cursor.setBlockFormat(spaced);
-    entry_positions_.append(cursor.position());
-    if (entry.role == ChatEntry::Role::User) {
-      QString html = QStringLiteral("<p style=\"color:#1a5fb4; margin-top:12px;\"><b>%1</b>").arg(tr("You").toHtmlEscaped());
-      if (idle) html += QStringLiteral(" &nbsp; <a href=\"edit:%1\">%2</a>").arg(i).arg(tr("✎ Edit").toHtmlEscaped());
-      html += QStringLiteral("</p>");
-      QStringList names;
-      for (const Attachment& document : entry.documents) names.append(QFileInfo(document.path).fileName());
-      if (!names.isEmpty()) html += paragraph(tr("Documents: %1").arg(names.join(QStringLiteral(", "))), "color:#666;");
-      QStringList image_names;
-      for (const QString& image : entry.images) image_names.append(QFileInfo(image).fileName());
-      if (!image_names.isEmpty())
-        html += paragraph(tr("Images: %1").arg(image_names.join(QStringLiteral(", "))), "color:#666;");
-      insert_html(html + paragraph(entry.text));
-      continue;
-    }
-    QString html = QStringLiteral("<p style=\"color:#26a269; margin-top:12px;\"><b>%1</b></p>").arg(tr("Lightdesk").toHtmlEscaped());
-    if (!entry.reasoning.isEmpty()) {
-      const bool shown = expanded_reasoning_[static_cast<int>(i)];
-      html += QStringLiteral("<p><a href=\"reasoning:%1\">%2</a></p>")
-                  .arg(i)
-                  .arg((shown ? tr("▾ Hide reasoning") : tr("▸ Show reasoning (%1 characters)").arg(entry.reasoning.size()))
-                           .toHtmlEscaped());
-      if (shown) html += paragraph(entry.reasoning, "color:#777; font-style:italic;");
-    }
-    insert_html(html);
-    // A finished answer is Markdown (lists, emphasis, code blocks); the one streaming in is
-    // appended as it comes, as plain text.
-    if (answer_ && i == shown_entries.size() - 1) continue;
-    // Without HTML: tags the model writes (<image>, <think>) are text to show, not markup.
-    cursor.insertFragment(QTextDocumentFragment::fromMarkdown(
-        entry.text, QTextDocument::MarkdownFeatures(QTextDocument::MarkdownDialectGitHub | QTextDocument::MarkdownNoHTML)));
-    cursor.insertBlock(QTextBlockFormat(), QTextCharFormat());
-    if (idle && i == shown_entries.size() - 1)
-      insert_html(QStringLiteral("<p><a href=\"regenerate:\">%1</a></p>").arg(tr("↻ Regenerate").toHtmlEscaped()));
-  }
-  transcript_->verticalScrollBar()->setValue(transcript_->verticalScrollBar()->maximum());
-}
-
-void MainWindow::appendToTranscript(const QString& text, bool reasoning) {
-  QTextCursor cursor(transcript_->document());
-  cursor.movePosition(QTextCursor::End);
-  QTextCharFormat format;
-  if (reasoning) {
-    format.setForeground(QColor(0x77, 0x77, 0x77));
-    format.setFontItalic(true);
-  }
-  cursor.insertText(text, format);
-  transcript_->verticalScrollBar()->setValue(transcript_->verticalScrollBar()->maximum());
-}
-
-void MainWindow::onTranscriptLink(const QUrl& link) {
-  if (link.scheme() == QStringLiteral("regenerate")) {
-    regenerate();
-    return;
-  }
-  bool ok = false;
-  const int index = link.path().toInt(&ok);
-  if (!ok) return;
-  if (link.scheme() == QStringLiteral("edit")) {
-    editMessage(index);
-    return;
-  }
-  if (link.scheme() != QStringLiteral("reasoning")) return;
-  expanded_reasoning_[index] = !expanded_reasoning_[index];
-  renderTranscript();
+  std::map<qsizetype, ConversationPanel::Branches> branches;
+  for (qsizetype i = 0; i < current_.entries.size(); ++i)
+    if (const SiblingPlace place = sessions_.siblings(current_.id, i); place.count > 1)
+      branches[i] = {place.index, place.count};
+  conversation_panel_->showConversation(current_.entries, answer_, !answer_, branches);
 }
 
 // ---- sessions ----
 
 void MainWindow::newSession() {
   if (generating_) return;
-  showSession(sessions_.create(untitled()));
-  input_->setFocus();
+  // An unused "New chat" is reused rather than a second one made.
+  std::optional<ChatSession> empty;
+  if (current_.id != 0 && current_.entries.isEmpty() && current_.title == untitled()) empty = current_;
+  for (const ChatSession& session : empty ? QList<ChatSession>{} : sessions_.list()) {
+    if (session.id == deleting_ || session.title != untitled()) continue;
+    if (const std::optional<ChatSession> loaded = sessions_.load(session.id); loaded && loaded->entries.isEmpty()) {
+      empty = loaded;
+      break;
+    }
+  }
+  showSession(empty ? *empty : sessions_.create(untitled()));
+  conversation_panel_->focusInput();
 }
 
 void MainWindow::selectSession(qint64 id) {
@@ -775,31 +582,48 @@ void MainWindow::selectSession(qint64 id) {
 }
 
 void MainWindow::showSession(const ChatSession& session) {
+  const bool other = session.id != current_.id;
   current_ = session;
-  expanded_reasoning_.clear();
-  editing_.reset();  // an edit belongs to the session it began in
-  edit_bar_->setVisible(false);
+  if (other) {
+    conversation_panel_->resetView();
+    conversation_panel_->endEdit();  // an edit belongs to the session it began in
+    banner_->hide();                 // what it said was about the session left
+    status_panel_->clearAnswerFigures();
+  }
   refreshSessionList();
   refreshAttachments();
   renderTranscript();
+  refreshContextFigure();
   restoreState();
 }
 
-void MainWindow::refreshSessionList() {
-  const QSignalBlocker blocker(session_list_);
-  session_list_->clear();
-  for (const ChatSession& session : sessions_.list()) {
-    if (session.id == deleting_) continue;
-    auto* item = new QListWidgetItem(session.title, session_list_);
-    item->setData(kSessionIdRole, session.id);
-    item->setToolTip(session.title);
-    item->setFlags(item->flags() | Qt::ItemIsEditable);
-    if (session.id == current_.id) session_list_->setCurrentItem(item);
+void MainWindow::showBranch(qsizetype entry, int index) {
+  if (generating_) return;
+  if (const std::optional<ChatSession> session = sessions_.showSibling(current_.id, entry, index)) {
+    // The engine's state is of the branch shown before: the newest checkpoint of this one is read.
+    if (engine_holds_.session == current_.id) engine_holds_ = {};
+    showSession(*session);
   }
 }
 
-void MainWindow::renameCurrentSession() {
-  if (QListWidgetItem* item = session_list_->currentItem()) session_list_->editItem(item);
+void MainWindow::refreshSessionList() {
+  QList<ChatSession> shown;
+  for (const ChatSession& session : sessions_.list())
+    if (session.id != deleting_) shown.append(session);
+  session_panel_->setSessions(shown, current_.id);
+}
+
+void MainWindow::renameSession(qint64 id, const QString& title) {
+  if (title.trimmed().isEmpty()) {
+    refreshSessionList();
+    return;
+  }
+  if (id == current_.id) {
+    if (title == current_.title) return;
+    current_.title = title;
+  }
+  sessions_.rename(id, title);
+  refreshSessionList();
 }
 
 void MainWindow::deleteCurrentSession() {
@@ -839,40 +663,31 @@ void MainWindow::finishDelete() {
   undo_bar_->setVisible(false);
 }
 
-void MainWindow::runSearch() {
-  const QString query = search_box_->text().trimmed();
+void MainWindow::runSearch(const QString& query) {
   const quint64 ticket = ++search_ticket_;
-  if (query.isEmpty()) {
-    search_results_->clear();
-    search_results_->setVisible(false);
-    return;
-  }
+  last_search_ = query;
+  if (query.isEmpty()) return;
   sessions_.search(query, this, [this, ticket](const QList<MessageHit>& hits) {
     if (ticket != search_ticket_) return;  // the query changed since
-    search_results_->clear();
     std::map<qint64, QString> titles;
-    for (const ChatSession& session : sessions_.list()) titles[session.id] = session.title;
-    for (const MessageHit& hit : hits) {
-      if (hit.session == deleting_ || titles.count(hit.session) == 0) continue;
-      auto* item = new QListWidgetItem(QStringLiteral("%1: %2").arg(titles[hit.session], hit.snippet.simplified()),
-                                       search_results_);
-      item->setData(kSessionIdRole, hit.session);
-      item->setData(kEntryRole, hit.entry);
-      item->setToolTip(hit.snippet);
-    }
-    if (hits.isEmpty()) search_results_->addItem(tr("No message matches."));
-    search_results_->setVisible(true);
+    for (const ChatSession& session : sessions_.list())
+      if (session.id != deleting_) titles[session.id] = session.title;
+    session_panel_->setSearchResults(hits, titles);
   });
 }
 
-void MainWindow::showMessage(qint64 session, qsizetype entry) {
-  if (session == 0) return;
+void MainWindow::showMessage(qint64 session, qsizetype entry, qsizetype message) {
+  if (session == 0 || generating_) return;
   selectSession(session);
-  if (session != current_.id || entry < 0 || entry >= entry_positions_.size()) return;
-  QTextCursor cursor(transcript_->document());
-  cursor.setPosition(entry_positions_[entry]);
-  transcript_->setTextCursor(cursor);
-  transcript_->ensureCursorVisible();
+  if (session != current_.id) return;
+  if (entry < 0 && message >= 0) {
+    if (const auto shown = sessions_.showBranchOf(session, message)) {
+      if (engine_holds_.session == current_.id) engine_holds_ = {};
+      showSession(shown->first);
+      entry = shown->second;
+    }
+  }
+  conversation_panel_->showEntry(entry, last_search_);
 }
 
 // ---- attachments ----
@@ -896,10 +711,12 @@ void MainWindow::askQuestionAfterDocuments() {
   if (question_after_documents_.isEmpty()) return;
   for (const auto& [path, session_id] : reading_documents_)
     if (session_id == current_.id) return;
-  input_->setPlainText(question_after_documents_);
+  conversation_panel_->setInput(question_after_documents_);
   question_after_documents_.clear();
   send();
 }
+
+bool MainWindow::readingDocuments() const { return !reading_documents_.empty(); }
 
 void MainWindow::attachFiles(const QStringList& paths) {
   for (const QString& path : paths) {
@@ -908,9 +725,11 @@ void MainWindow::attachFiles(const QStringList& paths) {
       continue;
     }
     reading_documents_[path] = current_.id;
+    if (!generating_) worker_->clearStop();
     emit readDocumentRequested(path);
   }
   refreshAttachments();
+  setGenerating(generating_);  // Stop ends a document's count
 }
 
 void MainWindow::onDocumentReady(const QString& path, const QString& text, const QList<qint64>& pageOffsets,
@@ -919,39 +738,36 @@ void MainWindow::onDocumentReady(const QString& path, const QString& text, const
   if (reading == reading_documents_.end()) return;
   const qint64 session_id = reading->second;
   reading_documents_.erase(reading);
+  if (!readingDocuments()) status_panel_->hideProgress();
   pending_documents_[session_id].append({path, text, pageOffsets, tokens});
   refreshAttachments();
+  setGenerating(generating_);
   emit documentAttached(path);
   askQuestionAfterDocuments();
 }
 
-void MainWindow::decodeThumbnail(const QString& path, const std::function<void(const QString& error)>& done) {
-  constexpr int kThumbnailPixels = 64;
-  QPointer<MainWindow> window(this);
-  // Decoding a large image takes long enough to be felt: a pool thread does it.
-  QThreadPool::globalInstance()->start([window, path, done] {
-    QImageReader reader(path);
-    reader.setAutoTransform(true);
-    const QSize size = reader.size();
-    QImage image = reader.read();
-    const QString error = image.isNull() ? reader.errorString() : QString();
-    if (!image.isNull())
-      image = image.scaled(kThumbnailPixels, kThumbnailPixels, Qt::KeepAspectRatio, Qt::SmoothTransformation);
-    QMetaObject::invokeMethod(window, [window, path, size, image, error, done] {
-      if (!window) return;
-      if (!image.isNull()) window->thumbnails_[path] = {size.isValid() ? size : image.size(), image};
-      done(error);
-    });
-  });
+void MainWindow::onDocumentFailed(const QString& path, const QString& message) {
+  const auto reading = reading_documents_.find(path);
+  const bool here = reading != reading_documents_.end() && reading->second == current_.id;
+  if (reading != reading_documents_.end()) reading_documents_.erase(reading);
+  if (!readingDocuments()) status_panel_->hideProgress();
+  refreshAttachments();
+  setGenerating(generating_);
+  // An error about another session's document is not shown over this one.
+  if (here) showError(tr("Could not attach %1: %2").arg(QFileInfo(path).fileName(), message));
+  // A question about the documents waits in the input box rather than going without one.
+  if (!question_after_documents_.isEmpty()) conversation_panel_->setInput(question_after_documents_);
+  question_after_documents_.clear();
 }
 
 void MainWindow::attachImage(const QString& path) {
   reading_documents_[path] = current_.id;
-  decodeThumbnail(path, [this, path](const QString& error) {
+  documents_panel_->decodeThumbnail(path, [this, path](const QString& error) {
     const auto reading = reading_documents_.find(path);
     if (reading == reading_documents_.end()) return;
     const qint64 session_id = reading->second;
     reading_documents_.erase(reading);
+    setGenerating(generating_);
     if (!error.isEmpty()) {
       refreshAttachments();
       showError(tr("Could not attach %1: %2").arg(QFileInfo(path).fileName(), error));
@@ -963,61 +779,25 @@ void MainWindow::attachImage(const QString& path) {
   });
 }
 
-void MainWindow::removeSelectedAttachment() {
-  // Only what is not sent yet can go: its item names the list and the index it comes from.
-  const QListWidgetItem* item = attachment_list_->currentItem();
-  if (item == nullptr) return;
-  const qsizetype index = item->data(kAttachmentIndexRole).toLongLong();
-  const QString kind = item->data(kAttachmentKindRole).toString();
-  if (kind == QStringLiteral("document"))
-    pending_documents_[current_.id].removeAt(index);
-  else if (kind == QStringLiteral("image"))
+void MainWindow::removeAttachment(bool image, qsizetype index) {
+  if (image)
     pending_images_[current_.id].removeAt(index);
+  else
+    pending_documents_[current_.id].removeAt(index);
   refreshAttachments();
 }
 
 void MainWindow::refreshAttachments() {
-  attachment_list_->clear();
-  auto add = [this](const Attachment& attachment, qsizetype pending_index) {
-    QString line = tr("%1 — %2 tokens").arg(QFileInfo(attachment.path).fileName()).arg(attachment.tokens);
-    if (const qsizetype pages = attachment.page_offsets.size(); pages > 0)
-      line += QLatin1Char(' ') + (pages == 1 ? tr("in 1 page") : tr("in %1 pages").arg(pages));
-    if (pending_index < 0) line += QLatin1Char(' ') + tr("(sent)");
-    auto* item = new QListWidgetItem(line, attachment_list_);
-    item->setToolTip(attachment.path);
-    if (pending_index >= 0) {
-      item->setData(kAttachmentKindRole, QStringLiteral("document"));
-      item->setData(kAttachmentIndexRole, pending_index);
-    }
-  };
-  auto add_image = [this](const QString& path, qsizetype pending_index) {
-    auto* item = new QListWidgetItem(attachment_list_);
-    item->setToolTip(path);
-    QString line = QFileInfo(path).fileName();
-    if (const auto thumbnail = thumbnails_.find(path); thumbnail != thumbnails_.end()) {
-      item->setIcon(QIcon(QPixmap::fromImage(thumbnail->second.image)));
-      line = tr("%1 — %2×%3 image").arg(line).arg(thumbnail->second.size.width()).arg(thumbnail->second.size.height());
-    } else if (thumbnails_requested_.insert(path).second) {
-      // An image of a stored session: its thumbnail is made once, when it is first listed.
-      decodeThumbnail(path, [this](const QString&) { refreshAttachments(); });
-    }
-    if (pending_index < 0) line += QLatin1Char(' ') + tr("(sent)");
-    item->setText(line);
-    if (pending_index >= 0) {
-      item->setData(kAttachmentKindRole, QStringLiteral("image"));
-      item->setData(kAttachmentIndexRole, pending_index);
-    }
-  };
-  for (const ChatEntry& entry : current_.entries) {
-    for (const Attachment& attachment : entry.documents) add(attachment, -1);
-    for (const QString& image : entry.images) add_image(image, -1);
-  }
+  DocumentsPanel::Contents contents;
+  contents.sent = current_.entries;
   if (const auto pending = pending_documents_.find(current_.id); pending != pending_documents_.end())
-    for (qsizetype i = 0; i < pending->second.size(); ++i) add(pending->second[i], i);
+    contents.pending = pending->second;
   if (const auto images = pending_images_.find(current_.id); images != pending_images_.end())
-    for (qsizetype i = 0; i < images->second.size(); ++i) add_image(images->second[i], i);
+    contents.pending_images = images->second;
   for (const auto& [path, session_id] : reading_documents_)
-    if (session_id == current_.id) attachment_list_->addItem(tr("%1 — reading…").arg(QFileInfo(path).fileName()));
+    if (session_id == current_.id) contents.reading.append(path);
+  contents.context_tokens = model_ready_ ? model_info_.max_context : 0;
+  documents_panel_->setContents(contents);
 }
 
 void MainWindow::chooseExportFile() {
@@ -1029,7 +809,7 @@ void MainWindow::chooseExportFile() {
 void MainWindow::exportConversation(const QString& path) {
   try {
     export_conversation(current_, path);
-    statusBar()->showMessage(tr("Conversation exported to %1").arg(path), 5000);
+    status_panel_->showMessage(tr("Conversation exported to %1").arg(path), 5000);
   } catch (const std::exception& e) {
     showError(tr("Could not export the conversation: %1").arg(QString::fromUtf8(e.what())));
   }
@@ -1051,15 +831,12 @@ void MainWindow::dropEvent(QDropEvent* event) {
 
 void MainWindow::setGenerating(bool generating) {
   generating_ = generating;
-  send_button_->setEnabled(!generating_ && model_ready_);
-  stop_button_->setEnabled(generating_);
-  session_list_->setEnabled(!generating_);
+  conversation_panel_->setBusy(!generating_ && model_ready_, generating_ || readingDocuments());
+  session_panel_->setEnabled(!generating_);
 }
 
 void MainWindow::showError(const QString& message) {
-  message_label_->setStyleSheet(QStringLiteral("QLabel { background: #fde2e1; color: #8a1c15; padding: 6px; }"));
-  message_label_->setText(message);
-  message_label_->setVisible(true);
+  banner_->showError(message);
   emit errorShown(message);
 }
 

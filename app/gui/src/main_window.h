@@ -1,33 +1,30 @@
-// The Lightdesk main window: model chooser, sessions, conversation, attachments, status bar.
-// It owns the engine thread; every engine call goes out as a queued signal and comes back as
-// one, so the window never blocks on the engine.
+// The Lightdesk main window: the model row, the error banner and the four panels (sessions,
+// conversation, documents, status), and what ties them to the repository and the engine. It
+// owns the engine thread; every engine call goes out as a queued signal and comes back as one,
+// so the window never blocks on the engine.
 #pragma once
 
-#include <QImage>
 #include <QMainWindow>
 #include <QThread>
 
 #include <functional>
 #include <map>
-#include <set>
 #include <optional>
 
 #include "engine_worker.h"
 #include "session_repository.h"
 
 class QLabel;
-class QLineEdit;
-class QListWidget;
-class QListWidgetItem;
-class QPlainTextEdit;
-class QProgressBar;
-class QPushButton;
 class QSettings;
-class QTextBrowser;
 class QTimer;
-class QUrl;
 
 namespace lightdesk::gui {
+
+class Banner;
+class ConversationPanel;
+class DocumentsPanel;
+class SessionPanel;
+class StatusPanel;
 
 class MainWindow : public QMainWindow {
   Q_OBJECT
@@ -59,10 +56,13 @@ class MainWindow : public QMainWindow {
   // Hides the current session and deletes it when the undo bar's time is up (or the window closes).
   void deleteCurrentSession();
   void undoDelete();
-  // Selects the session and moves the transcript to its entry (a search result's click).
-  void showMessage(qint64 session, qsizetype entry);
+  // Selects the session and moves the transcript to its entry (a search result's click); a
+  // `message` on another branch (MessageHit::message) shows that branch first.
+  void showMessage(qint64 session, qsizetype entry, qsizetype message = -1);
   // Writes the current conversation as Markdown, or JSON for a .json path (File > Export).
   void exportConversation(const QString& path);
+  // The size the window opens at: room for the three panes, within the screen's available area.
+  QSize sizeHint() const override;
 
  signals:
   void modelReady();
@@ -75,13 +75,12 @@ class MainWindow : public QMainWindow {
   void checkModelRequested(const QString& directory, const QString& backend);
   void loadModelRequested(const QString& directory, const QString& backend);
   void readDocumentRequested(const QString& path);
-  void generateRequested(const QList<lightdesk::gui::PromptMessage>& conversation,
-                         const lightdesk::gui::SamplingSettings& sampling, qint64 sessionId);
-  void adoptStateRequested(const lightdesk::gui::SavedStatePtr& state,
-                           const QList<lightdesk::gui::PromptMessage>& held, qint64 sessionId);
+  void generateRequested(const lightdesk::gui::Turns& conversation, const lightdesk::gui::SamplingSettings& sampling,
+                         qint64 sessionId);
+  void adoptStateRequested(const lightdesk::gui::SavedStatePtr& state, const lightdesk::gui::Turns& held,
+                           qint64 sessionId);
 
  protected:
-  bool eventFilter(QObject* watched, QEvent* event) override;
   void dragEnterEvent(QDragEnterEvent* event) override;
   void dropEvent(QDropEvent* event) override;
 
@@ -108,39 +107,39 @@ class MainWindow : public QMainWindow {
   void selectSession(qint64 id);
   // Makes `session` the current one: its transcript, attachments and saved engine state.
   void showSession(const ChatSession& session);
+  // Shows sibling `index` of message `entry` and the newest branch after it.
+  void showBranch(qsizetype entry, int index);
   void refreshSessionList();
-  void renameCurrentSession();
+  void renameSession(qint64 id, const QString& title);
   void finishDelete();
   // Sends the question startSession() holds once the current session's documents are read.
   void askQuestionAfterDocuments();
-  void runSearch();
-  void removeSelectedAttachment();
-  // Decodes an image's thumbnail into thumbnails_ off the GUI thread, then calls `done` (with
-  // the reader's error, if any) on the GUI thread.
-  void decodeThumbnail(const QString& path, const std::function<void(const QString& error)>& done);
+  void runSearch(const QString& query);
+  void removeAttachment(bool image, qsizetype index);
   // Lists an image after its thumbnail is made; emits documentAttached or shows the error.
   void attachImage(const QString& path);
   void refreshAttachments();
   void renderTranscript();
-  void appendToTranscript(const QString& text, bool reasoning);
   // Ends the streamed answer: stores what it wrote (undoTurn() if it never began; its answer).
   bool keepAnswer();
   void editSettings();
-  // The status bar's memory: the backend's devices and the host memory available now.
-  void refreshMemoryLabel();
+  // What the status bar's memory figure says: the backend's devices and the host memory now.
+  QString memoryText() const;
+  // The figure of the context the engine holds for the current session (none for another's).
+  void refreshContextFigure();
+  bool readingDocuments() const;
 
   void onModelChecked(const ModelCheck& check);
   void onModelLoaded(const ModelCheck& check, const QString& family, const SamplingSettings& sampling);
-  void onGpuMemoryMeasured(const std::vector<GpuDevice>& gpus);
   void onModelRejected(const QString& directory, const QString& message);
   void onModelFailed(const QString& directory, const QString& message);
   void onDocumentReady(const QString& path, const QString& text, const QList<qint64>& pageOffsets, qint64 tokens);
+  void onDocumentFailed(const QString& path, const QString& message);
   void onTextPiece(const QString& reasoning, const QString& answer);
   void onGenerationFinished(const GenerationStats& stats, const EngineStatePtr& state);
   void onStateAdopted(qint64 tokens, double seconds);
   void onStateRefused(const QString& message);
   void onGenerationFailed(const QString& message);
-  void onTranscriptLink(const QUrl& link);
 
   SessionRepository& sessions_;
   QSettings& settings_;
@@ -171,6 +170,7 @@ class MainWindow : public QMainWindow {
     QList<ChatEntry> replaced;
     bool stored = false;
     bool regenerated = false;  // the question is the stored one (Regenerate), not typed or edited
+    QString title;             // the session's title from its first question, given once it is stored
   };
   std::optional<Turn> turn_;
   std::optional<ChatEntry> answer_;                // the answer being written
@@ -179,38 +179,21 @@ class MainWindow : public QMainWindow {
   std::map<qint64, QList<Attachment>> pending_documents_;
   // Images attached to a session and not sent yet, like pending_documents_.
   std::map<qint64, QStringList> pending_images_;
-  struct Thumbnail {
-    QSize size;  // of the image
-    QImage image;
-  };
-  std::map<QString, Thumbnail> thumbnails_;  // by image path
-  std::set<QString> thumbnails_requested_;
-  std::map<int, bool> expanded_reasoning_;        // entry index -> shown
   QString question_after_documents_;            // startSession()'s question, not sent yet
-  std::optional<qsizetype> editing_;              // the user message the input replaces
   std::optional<qint64> deleting_;                // hidden, deleted when undo_timer_ fires
-  QList<int> entry_positions_;                    // where each entry starts in the transcript
   quint64 search_ticket_ = 0;                     // tells a stale search answer apart
+  QString last_search_;                           // its words, to find in the message opened
+  std::int64_t engine_tokens_ = 0;                // positions the engine's state holds
 
   QLabel* model_label_;
-  QLabel* message_label_;
-  QLineEdit* search_box_;
-  QListWidget* session_list_;
-  QListWidget* search_results_;
-  QLabel* edit_bar_;
+  Banner* banner_;
   QWidget* undo_bar_;
   QLabel* undo_label_;
   QTimer* undo_timer_;
-  QTextBrowser* transcript_;
-  QPlainTextEdit* input_;
-  QPushButton* send_button_;
-  QPushButton* stop_button_;
-  QListWidget* attachment_list_;
-  QProgressBar* progress_bar_;
-  QLabel* speed_label_;
-  QLabel* first_token_label_;
-  QLabel* context_label_;
-  QLabel* memory_label_;
+  SessionPanel* session_panel_;
+  ConversationPanel* conversation_panel_;
+  DocumentsPanel* documents_panel_;
+  StatusPanel* status_panel_;
 };
 
 }  // namespace lightdesk::gui

@@ -48,6 +48,15 @@ struct MessageHit {
   qint64 session = 0;
   qsizetype entry = -1;  // index in the session's shown branch; -1 when no shown message matched
   QString snippet;
+  // The message matched (showBranchOf), on whatever branch; -1 for a title or document match.
+  qsizetype message = -1;
+};
+
+// Where a message stands among its siblings (the messages that follow the same parent: an
+// edited question, a regenerated answer's question).
+struct SiblingPlace {
+  int index = 1;  // 1-based, oldest first
+  int count = 1;
 };
 
 // A saved engine state found for a session: the state after its first `entries` entries, or
@@ -77,6 +86,14 @@ class SessionRepository : public QObject {
   // The session continues after its first `keep` entries: the next append follows them, and
   // the entries after them are kept (the store) as an earlier branch no longer shown.
   virtual void branch(qint64 id, qsizetype keep) = 0;
+  // Where shown entry `entry` stands among its siblings.
+  virtual SiblingPlace siblings(qint64 id, qsizetype entry) const = 0;
+  // Shows sibling `index` of shown entry `entry` and, after it, the branch that ends at its
+  // newest descendant; returns the session as now shown.
+  virtual std::optional<ChatSession> showSibling(qint64 id, qsizetype entry, int index) = 0;
+  // Shows the branch through message `message` (a MessageHit's) and its newest descendant;
+  // returns the session as now shown and the message's entry in it.
+  virtual std::optional<std::pair<ChatSession, qsizetype>> showBranchOf(qint64 id, qsizetype message) = 0;
   // Messages and sessions that match `query` (words, each also as a prefix), best first,
   // given to `done` later on `context`'s thread (the store: FTS5).
   virtual void search(const QString& query, QObject* context, std::function<void(const QList<MessageHit>&)> done) = 0;
@@ -104,20 +121,39 @@ class InMemorySessionRepository final : public SessionRepository {
   void remove(qint64 id) override;
   void append(qint64 id, const ChatEntry& entry) override;
   void branch(qint64 id, qsizetype keep) override;
-  // Case-insensitive substring match, most recently used session first.
+  SiblingPlace siblings(qint64 id, qsizetype entry) const override;
+  std::optional<ChatSession> showSibling(qint64 id, qsizetype entry, int index) override;
+  std::optional<std::pair<ChatSession, qsizetype>> showBranchOf(qint64 id, qsizetype message) override;
+  // Case-insensitive substring match over every branch, most recently used session first.
   void search(const QString& query, QObject* context, std::function<void(const QList<MessageHit>&)> done) override;
   void saveState(qint64 id, qsizetype entries, EngineStatePtr state) override;
   void loadState(qint64 id, qsizetype entries, const ModelInfo& model, QObject* context,
                  std::function<void(const StateLoad&)> done) override;
-  // Adds a session as it is (id, last use, entries), for a repository restoring saved sessions;
-  // later new ids follow the highest one.
-  void insert(const ChatSession& session);
+  // A message of a stored session and the message it follows (-1: the first), in the order
+  // they were added.
+  struct Message {
+    ChatEntry entry;
+    qsizetype parent = -1;
+  };
+  // Adds a session as it is (id, title, last use) with its messages, showing the branch that
+  // ends at the last one, for a repository restoring saved sessions; later new ids follow the
+  // highest one.
+  void insert(const ChatSession& session, const QList<Message>& messages);
+  // The messages (indices in the order added) of the session's shown branch.
+  QList<qsizetype> shownMessages(qint64 id) const;
 
  private:
   QList<MessageHit> matches(const QString& query) const;  // what search() answers
+  // Shows the branch through `message` and its newest descendant.
+  void showThrough(qint64 id, qsizetype message);
 
-  std::map<qint64, ChatSession> sessions_;
-  // Per session: the state after a number of entries of its shown branch.
+  std::map<qint64, ChatSession> sessions_;  // entries: the shown branch
+  struct Tree {
+    QList<Message> messages;
+    QList<qsizetype> shown;  // the message of each shown entry
+  };
+  std::map<qint64, Tree> trees_;
+  // Per session: the state after a message (of any branch).
   std::map<qint64, std::map<qsizetype, EngineStatePtr>> states_;
   qint64 next_id_ = 1;
 };

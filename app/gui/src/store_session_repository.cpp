@@ -25,10 +25,12 @@ namespace {
 std::string utf8(const QString& text) { return text.toStdString(); }
 QString from_utf8(const std::string& text) { return QString::fromStdString(text); }
 
-// The session as the window sees it: the messages of its newest branch (the thread ending at the
-// message added last), each user message with the documents sent with it.
-ChatSession read_session(store::Store& store, const store::SessionRecord& record,
-                         const std::vector<store::Message>& branch) {
+// The session as the window sees it, with every message of every branch (in the order they
+// were added, each naming the one it follows) and each user message's documents and images.
+// A parent that is not among them starts a branch of its own: the session opens with what can
+// be shown.
+std::pair<ChatSession, QList<InMemorySessionRepository::Message>> read_session(
+    store::Store& store, const store::SessionRecord& record, const std::vector<store::Message>& messages) {
   ChatSession session;
   session.id = record.id;
   session.title = from_utf8(record.title);
@@ -49,7 +51,9 @@ ChatSession read_session(store::Store& store, const store::SessionRecord& record
   for (const store::Image& image : store.images(record.id))
     if (image.message_id) images_by_message.emplace(*image.message_id, from_utf8(image.source_path));
 
-  for (const store::Message& message : branch) {
+  std::map<std::int64_t, qsizetype> index_of;
+  QList<InMemorySessionRepository::Message> read;
+  for (const store::Message& message : messages) {
     ChatEntry entry;
     entry.role = message.role == store::Role::Assistant ? ChatEntry::Role::Assistant : ChatEntry::Role::User;
     entry.text = from_utf8(message.text);
@@ -58,26 +62,11 @@ ChatSession read_session(store::Store& store, const store::SessionRecord& record
     for (auto attachment = first; attachment != last; ++attachment) entry.documents.append(attachment->second);
     const auto [first_image, last_image] = images_by_message.equal_range(message.id);
     for (auto image = first_image; image != last_image; ++image) entry.images.append(image->second);
-    session.entries.append(std::move(entry));
+    const auto parent = message.parent_id ? index_of.find(*message.parent_id) : index_of.end();
+    read.append({std::move(entry), parent == index_of.end() ? -1 : parent->second});
+    index_of[message.id] = read.size() - 1;
   }
-  return session;
-}
-
-// The branch that ends at the newest message, root first, walked through the parent ids of the
-// session's messages (already read: no second query per session at start-up). A parent that is
-// not among them ends the walk: the session opens with what can be shown.
-std::vector<store::Message> newest_branch(const std::vector<store::Message>& messages) {
-  std::map<std::int64_t, const store::Message*> by_id;
-  for (const store::Message& message : messages) by_id[message.id] = &message;
-  const auto parent = [&by_id](const store::Message& m) -> const store::Message* {
-    const auto found = m.parent_id ? by_id.find(*m.parent_id) : by_id.end();
-    return found == by_id.end() ? nullptr : found->second;
-  };
-  std::vector<store::Message> branch;
-  for (const store::Message* m = messages.empty() ? nullptr : &messages.back(); m; m = parent(*m))
-    branch.push_back(*m);
-  std::reverse(branch.begin(), branch.end());
-  return branch;
+  return {session, read};
 }
 
 }  // namespace
@@ -108,16 +97,23 @@ class StoreWriter : public QObject {
 
   // Reads every stored session and remembers each one's branch. Called before the writer moves
   // to its thread.
-  QList<ChatSession> read_all() {
-    QList<ChatSession> sessions;
+  void read_all(InMemorySessionRepository& sessions) {
     for (const store::SessionRecord& record : store_->sessions()) {
-      const std::vector<store::Message> branch = newest_branch(store_->messages(record.id));
-      sessions.append(read_session(*store_, record, branch));
+      const std::vector<store::Message> messages = store_->messages(record.id);
+      const auto [session, read] = read_session(*store_, record, messages);
+      sessions.insert(session, read);
       SessionLog& log = logs_[record.id];
       log.store_id = record.id;
-      for (const store::Message& message : branch) log.branch.push_back(message.id);
+      for (const store::Message& message : messages) log.messages.push_back(message.id);
+      const QList<qsizetype> shown = sessions.shownMessages(record.id);
+      log.shown.assign(shown.begin(), shown.end());
     }
-    return sessions;
+  }
+
+  // The window shows another branch: `shown` holds the index (in the order added) of each of
+  // its messages.
+  void show(qint64 id, const QList<qsizetype>& shown) {
+    if (SessionLog* log = find(id)) log->shown.assign(shown.begin(), shown.end());
   }
 
   void create(qint64 id, const QString& title) {
@@ -138,8 +134,8 @@ class StoreWriter : public QObject {
   }
 
   void branch(qint64 id, qsizetype keep) {
-    if (SessionLog* log = find(id); log != nullptr && keep < static_cast<qsizetype>(log->branch.size()))
-      log->branch.resize(static_cast<std::size_t>(keep));
+    if (SessionLog* log = find(id); log != nullptr && keep < static_cast<qsizetype>(log->shown.size()))
+      log->shown.resize(static_cast<std::size_t>(keep));
   }
 
   // Adds the message as the child of the branch's last one; a user message's documents are
@@ -150,12 +146,13 @@ class StoreWriter : public QObject {
       if (log == nullptr) return;
       store::Message message;
       message.session_id = log->store_id;
-      if (!log->branch.empty()) message.parent_id = log->branch.back();
+      if (!log->shown.empty()) message.parent_id = log->message_at(log->shown.size() - 1);
       message.role = entry.role == ChatEntry::Role::Assistant ? store::Role::Assistant : store::Role::User;
       message.text = utf8(entry.text);
       message.reasoning = utf8(entry.reasoning);
       const std::int64_t message_id = store_->add_message(message);
-      log->branch.push_back(message_id);
+      log->messages.push_back(message_id);
+      log->shown.push_back(static_cast<qsizetype>(log->messages.size()) - 1);
       const QMimeDatabase mime_types;
       for (const QString& path : entry.images) {
         // The image stays where it is; the store keeps its path, hash and size.
@@ -196,8 +193,8 @@ class StoreWriter : public QObject {
   void save_state(qint64 id, qsizetype entries, const EngineStatePtr& state) {
     write([&] {
       const SessionLog* log = find(id);
-      if (log == nullptr || entries <= 0 || entries > static_cast<qsizetype>(log->branch.size())) return;
-      store_->save_checkpoint(log->store_id, state->source(), log->branch[static_cast<std::size_t>(entries - 1)]);
+      if (log == nullptr || entries <= 0 || entries > static_cast<qsizetype>(log->shown.size())) return;
+      store_->save_checkpoint(log->store_id, state->source(), log->message_at(static_cast<std::size_t>(entries - 1)));
     });
   }
 
@@ -217,11 +214,15 @@ class StoreWriter : public QObject {
         const auto log = std::find_if(logs_.begin(), logs_.end(),
                                       [&hit](const auto& entry) { return entry.second.store_id == hit.session_id; });
         if (log == logs_.end()) continue;
-        MessageHit found{log->first, -1, from_utf8(hit.snippet)};
+        MessageHit found{log->first, -1, from_utf8(hit.snippet), -1};
         if (hit.kind == store::SearchHit::Kind::Message) {
-          const auto& branch = log->second.branch;
-          if (const auto at = std::find(branch.begin(), branch.end(), hit.id); at != branch.end())
-            found.entry = at - branch.begin();
+          const auto& messages = log->second.messages;
+          if (const auto at = std::find(messages.begin(), messages.end(), hit.id); at != messages.end()) {
+            found.message = at - messages.begin();
+            const auto& shown = log->second.shown;
+            if (const auto in_shown = std::find(shown.begin(), shown.end(), found.message); in_shown != shown.end())
+              found.entry = in_shown - shown.begin();
+          }
         }
         hits.append(found);
       }
@@ -241,8 +242,8 @@ class StoreWriter : public QObject {
     try {
       // One query for the session's checkpoints, not one per message of the branch.
       std::map<std::int64_t, qsizetype> entries_through;  // branch message id -> entries up to it
-      const qsizetype usable = std::min<qsizetype>(entries, static_cast<qsizetype>(log->branch.size()));
-      for (qsizetype i = 0; i < usable; ++i) entries_through[log->branch[static_cast<std::size_t>(i)]] = i + 1;
+      const qsizetype usable = std::min<qsizetype>(entries, static_cast<qsizetype>(log->shown.size()));
+      for (qsizetype i = 0; i < usable; ++i) entries_through[log->message_at(static_cast<std::size_t>(i))] = i + 1;
       std::optional<store::CheckpointRecord> newest;  // checkpoints come oldest first: the last one at the deepest entry
       for (const store::CheckpointRecord& checkpoint : store_->checkpoints(log->store_id)) {
         const auto at = checkpoint.message_id ? entries_through.find(*checkpoint.message_id) : entries_through.end();
@@ -264,7 +265,9 @@ class StoreWriter : public QObject {
  private:
   struct SessionLog {
     std::int64_t store_id = 0;
-    std::vector<std::int64_t> branch;  // store message id of each entry of the shown branch
+    std::vector<std::int64_t> messages;  // store message id of each message, in the order added
+    std::vector<qsizetype> shown;        // the message of each entry of the shown branch
+    std::int64_t message_at(std::size_t entry) const { return messages[static_cast<std::size_t>(shown[entry])]; }
   };
 
   SessionLog* find(qint64 id) {
@@ -294,7 +297,7 @@ StoreSessionRepository::StoreSessionRepository(const std::filesystem::path& data
   if (database.has_parent_path()) std::filesystem::create_directories(database.parent_path());
   // Emitted on the store thread; the window's connection queues it to the GUI thread.
   auto writer = std::make_unique<StoreWriter>(database, [this](const QString& message) { emit writeFailed(message); });
-  for (const ChatSession& session : writer->read_all()) sessions_.insert(session);
+  writer->read_all(sessions_);
   writer_ = writer.release();
   writer_->moveToThread(&store_thread_);
   store_thread_.setObjectName(QStringLiteral("session store"));
@@ -338,6 +341,22 @@ void StoreSessionRepository::append(qint64 id, const ChatEntry& entry) {
 void StoreSessionRepository::branch(qint64 id, qsizetype keep) {
   sessions_.branch(id, keep);
   QMetaObject::invokeMethod(writer_, [writer = writer_, id, keep] { writer->branch(id, keep); });
+}
+
+SiblingPlace StoreSessionRepository::siblings(qint64 id, qsizetype entry) const { return sessions_.siblings(id, entry); }
+
+std::optional<ChatSession> StoreSessionRepository::showSibling(qint64 id, qsizetype entry, int index) {
+  std::optional<ChatSession> shown = sessions_.showSibling(id, entry, index);
+  if (shown)
+    QMetaObject::invokeMethod(writer_, [writer = writer_, id, messages = sessions_.shownMessages(id)] { writer->show(id, messages); });
+  return shown;
+}
+
+std::optional<std::pair<ChatSession, qsizetype>> StoreSessionRepository::showBranchOf(qint64 id, qsizetype message) {
+  auto shown = sessions_.showBranchOf(id, message);
+  if (shown)
+    QMetaObject::invokeMethod(writer_, [writer = writer_, id, messages = sessions_.shownMessages(id)] { writer->show(id, messages); });
+  return shown;
 }
 
 void StoreSessionRepository::search(const QString& query, QObject* context,

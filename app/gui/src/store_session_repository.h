@@ -52,6 +52,9 @@ class StoreSessionRepository final : public SessionRepository {
   void remove(qint64 id) override;
   void append(qint64 id, const ChatEntry& entry) override;
   void branch(qint64 id, qsizetype keep) override;
+  SiblingPlace siblings(qint64 id, qsizetype entry) const override;
+  std::optional<ChatSession> showSibling(qint64 id, qsizetype entry, int index) override;
+  std::optional<std::pair<ChatSession, qsizetype>> showBranchOf(qint64 id, qsizetype message) override;
   // The store's FTS5 index over messages and documents, each word of `query` also as a prefix.
   void search(const QString& query, QObject* context, std::function<void(const QList<MessageHit>&)> done) override;
   void saveState(qint64 id, qsizetype entries, EngineStatePtr state) override;

@@ -1,9 +1,9 @@
-#include "engine_state.h"
+#include "lightdesk/engine_state.h"
 
 #include <algorithm>
 #include <string>
 
-namespace lightdesk::gui {
+namespace lightdesk::conversation {
 
 void EngineState::add(const StatePart& part) {
   Part copy{part, {part.data.begin(), part.data.end()}};
@@ -72,4 +72,4 @@ void StoredCheckpoint::import_into(Session& session) const {
   store.load_checkpoint(checkpoint_id_, session);
 }
 
-}  // namespace lightdesk::gui
+}  // namespace lightdesk::conversation

@@ -1,0 +1,270 @@
+#include "conversation_panel.h"
+
+#include <QEvent>
+#include <QFileInfo>
+#include <QHBoxLayout>
+#include <QKeyEvent>
+#include <QLabel>
+#include <QPlainTextEdit>
+#include <QPushButton>
+#include <QScrollBar>
+#include <QTextBlock>
+#include <QTextBrowser>
+#include <QTextCursor>
+#include <QTextDocumentFragment>
+#include <QUrl>
+#include <QVBoxLayout>
+
+#include <cmath>
+
+namespace lightdesk::gui {
+namespace {
+
+QColor mix(const QColor& a, const QColor& b, double share_of_b) {
+  auto channel = [share_of_b](int x, int y) { return static_cast<int>(std::lround(x + (y - x) * share_of_b)); };
+  return QColor(channel(a.red(), b.red()), channel(a.green(), b.green()), channel(a.blue(), b.blue()));
+}
+
+// The transcript's colours for the palette's base: headings that read on it, and text of less
+// weight (documents, reasoning) still well above the contrast a reader needs.
+struct TranscriptColours {
+  QColor you, assistant, muted;
+};
+
+TranscriptColours colours_for(const QPalette& palette) {
+  const QColor base = palette.color(QPalette::Base);
+  const bool dark = base.lightness() < 128;
+  return {dark ? QColor(0x99, 0xc1, 0xf1) : QColor(0x1a, 0x5f, 0xb4), dark ? QColor(0x8f, 0xf0, 0xa4) : QColor(0x1c, 0x71, 0x4a),
+          mix(palette.color(QPalette::Text), base, 0.3)};
+}
+
+QString paragraph(const QString& text, const QString& style = {}) {
+  return QStringLiteral("<p style=\"white-space: pre-wrap; %1\">%2</p>").arg(style, text.toHtmlEscaped());
+}
+
+}  // namespace
+
+double contrast_ratio(const QColor& a, const QColor& b) {
+  auto luminance = [](const QColor& c) {
+    auto linear = [](double v) { return v <= 0.03928 ? v / 12.92 : std::pow((v + 0.055) / 1.055, 2.4); };
+    return 0.2126 * linear(c.redF()) + 0.7152 * linear(c.greenF()) + 0.0722 * linear(c.blueF());
+  };
+  const double la = luminance(a), lb = luminance(b);
+  return (std::max(la, lb) + 0.05) / (std::min(la, lb) + 0.05);
+}
+
+ConversationPanel::ConversationPanel(QWidget* parent) : QWidget(parent) {
+  transcript_ = new QTextBrowser;
+  transcript_->setObjectName(QStringLiteral("transcript"));
+  transcript_->setOpenLinks(false);
+  connect(transcript_, &QTextBrowser::anchorClicked, this, &ConversationPanel::onLink);
+  input_ = new QPlainTextEdit;
+  input_->setObjectName(QStringLiteral("input"));
+  input_->setPlaceholderText(tr("Ask about your documents… (Ctrl+Enter sends)"));
+  input_->setMaximumHeight(input_->fontMetrics().lineSpacing() * 5);
+  input_->installEventFilter(this);
+  send_button_ = new QPushButton(tr("Send"));
+  send_button_->setObjectName(QStringLiteral("sendButton"));
+  send_button_->setToolTip(tr("Send (Ctrl+Enter)"));
+  stop_button_ = new QPushButton(tr("Stop"));
+  stop_button_->setObjectName(QStringLiteral("stopButton"));
+  connect(send_button_, &QPushButton::clicked, this, &ConversationPanel::sendRequested);
+  connect(stop_button_, &QPushButton::clicked, this, &ConversationPanel::stopRequested);
+  auto* buttons = new QVBoxLayout;
+  buttons->addWidget(send_button_);
+  buttons->addWidget(stop_button_);
+  edit_bar_ = new QLabel;
+  edit_bar_->setObjectName(QStringLiteral("editBar"));
+  edit_bar_->setWordWrap(true);
+  edit_bar_->setMargin(4);
+  // The tooltip colours are a pair every theme makes readable.
+  edit_bar_->setAutoFillBackground(true);
+  edit_bar_->setBackgroundRole(QPalette::ToolTipBase);
+  edit_bar_->setForegroundRole(QPalette::ToolTipText);
+  edit_bar_->setVisible(false);
+  auto* input_row = new QHBoxLayout;
+  input_row->addWidget(input_, 1);
+  input_row->addLayout(buttons);
+  auto* layout = new QVBoxLayout(this);
+  layout->addWidget(transcript_, 1);
+  layout->addWidget(edit_bar_);
+  layout->addLayout(input_row);
+}
+
+bool ConversationPanel::eventFilter(QObject* watched, QEvent* event) {
+  if (watched == input_ && event->type() == QEvent::KeyPress) {
+    const auto* key = static_cast<QKeyEvent*>(event);
+    if ((key->key() == Qt::Key_Return || key->key() == Qt::Key_Enter) && (key->modifiers() & Qt::ControlModifier)) {
+      emit sendRequested();
+      return true;
+    }
+    if (key->key() == Qt::Key_Escape && editing_) {
+      endEdit();
+      return true;
+    }
+  }
+  return QWidget::eventFilter(watched, event);
+}
+
+void ConversationPanel::changeEvent(QEvent* event) {
+  QWidget::changeEvent(event);
+  if (event->type() == QEvent::PaletteChange) rerender();
+}
+
+QString ConversationPanel::input() const { return input_->toPlainText(); }
+void ConversationPanel::setInput(const QString& text) { input_->setPlainText(text); }
+void ConversationPanel::focusInput() { input_->setFocus(); }
+
+void ConversationPanel::beginEdit(qsizetype entry, const QString& text, const QString& cost) {
+  if (!editing_) draft_ = input_->toPlainText();
+  QString bar = tr("Editing an earlier message: sending it continues the conversation from there "
+                   "(the old branch stays; ‹ › switches between them). Esc cancels.");
+  if (!cost.isEmpty()) bar += QLatin1Char(' ') + cost;
+  edit_bar_->setText(bar);
+  editing_ = entry;
+  input_->setPlainText(text);
+  edit_bar_->setVisible(true);
+  input_->setFocus();
+}
+
+void ConversationPanel::endEdit() {
+  if (!editing_) return;
+  editing_.reset();
+  edit_bar_->setVisible(false);
+  input_->setPlainText(draft_);
+  draft_.clear();
+}
+
+void ConversationPanel::setBusy(bool can_send, bool can_stop) {
+  send_button_->setEnabled(can_send);
+  stop_button_->setEnabled(can_stop);
+}
+
+void ConversationPanel::resetView() { expanded_reasoning_.clear(); }
+
+void ConversationPanel::rerender() { showConversation(entries_, streaming_, idle_, branches_); }
+
+void ConversationPanel::showConversation(const QList<ChatEntry>& entries, const std::optional<ChatEntry>& streaming,
+                                         bool idle, const std::map<qsizetype, Branches>& branches) {
+  entries_ = entries;
+  streaming_ = streaming;
+  idle_ = idle;
+  branches_ = branches;
+  const TranscriptColours colours = colours_for(transcript_->palette());
+  transcript_->clear();
+  QTextCursor cursor(transcript_->document());
+  // Each piece starts a block of its own with plain formats, so no style leaks into the next.
+  auto insert_html = [&cursor](const QString& html) {
+    cursor.insertHtml(html);
+    cursor.insertBlock(QTextBlockFormat(), QTextCharFormat());
+  };
+  QList<ChatEntry> shown = entries;
+  if (streaming) shown.append(*streaming);
+  entry_positions_.clear();
+  const QString muted = QStringLiteral("color:%1;").arg(colours.muted.name());
+  for (qsizetype i = 0; i < shown.size(); ++i) {
+    const ChatEntry& entry = shown[i];
+    // Space above each message, also after a Markdown answer (whose last block keeps its own).
+    QTextBlockFormat spaced;
+    spaced.setTopMargin(cursor.block().previous().isValid() ? 12 : 0);
+    cursor.setBlockFormat(spaced);
+    entry_positions_.append(cursor.position());
+    const bool from_user = entry.role == ChatEntry::Role::User;
+    QString html = QStringLiteral("<p style=\"color:%1;\"><b>%2</b>")
+                       .arg((from_user ? colours.you : colours.assistant).name(),
+                            (from_user ? tr("You") : tr("Lightdesk")).toHtmlEscaped());
+    if (const auto branch = branches.find(i); branch != branches.end() && branch->second.count > 1) {
+      // ‹ 2/3 ›: the earlier and later siblings of this message, each with the branch after it.
+      const Branches& b = branch->second;
+      html += QStringLiteral(" &nbsp; ");
+      html += b.index > 1 && idle ? QStringLiteral("<a href=\"branch:%1:%2\">‹</a>").arg(i).arg(b.index - 1) : QStringLiteral("‹");
+      html += QStringLiteral(" %1/%2 ").arg(b.index).arg(b.count);
+      html += b.index < b.count && idle ? QStringLiteral("<a href=\"branch:%1:%2\">›</a>").arg(i).arg(b.index + 1)
+                                        : QStringLiteral("›");
+    }
+    if (from_user && idle) html += QStringLiteral(" &nbsp; <a href=\"edit:%1\">%2</a>").arg(i).arg(tr("✎ Edit").toHtmlEscaped());
+    html += QStringLiteral("</p>");
+    if (from_user) {
+      QStringList names;
+      for (const Attachment& document : entry.documents) names.append(QFileInfo(document.path).fileName());
+      if (!names.isEmpty()) html += paragraph(tr("Documents: %1").arg(names.join(QStringLiteral(", "))), muted);
+      QStringList image_names;
+      for (const QString& image : entry.images) image_names.append(QFileInfo(image).fileName());
+      if (!image_names.isEmpty()) html += paragraph(tr("Images: %1").arg(image_names.join(QStringLiteral(", "))), muted);
+      insert_html(html + paragraph(entry.text));
+      continue;
+    }
+    if (!entry.reasoning.isEmpty()) {
+      const bool unfolded = expanded_reasoning_[i];
+      html += QStringLiteral("<p><a href=\"reasoning:%1\">%2</a></p>")
+                  .arg(i)
+                  .arg((unfolded ? tr("▾ Hide reasoning")
+                                 : tr("▸ Show reasoning (%1 characters)").arg(QLocale().toString(entry.reasoning.size())))
+                           .toHtmlEscaped());
+      if (unfolded) html += paragraph(entry.reasoning, muted + QStringLiteral(" font-style:italic;"));
+    }
+    insert_html(html);
+    // A finished answer is Markdown (lists, emphasis, code blocks); the one streaming in is
+    // appended as it comes, as plain text.
+    if (streaming && i == shown.size() - 1) continue;
+    // Without HTML: tags the model writes (<image>, <think>) are text to show, not markup.
+    cursor.insertFragment(QTextDocumentFragment::fromMarkdown(
+        entry.text, QTextDocument::MarkdownFeatures(QTextDocument::MarkdownDialectGitHub | QTextDocument::MarkdownNoHTML)));
+    cursor.insertBlock(QTextBlockFormat(), QTextCharFormat());
+    if (idle && i == shown.size() - 1)
+      insert_html(QStringLiteral("<p><a href=\"regenerate:\">%1</a></p>").arg(tr("↻ Regenerate").toHtmlEscaped()));
+  }
+  transcript_->verticalScrollBar()->setValue(transcript_->verticalScrollBar()->maximum());
+}
+
+void ConversationPanel::appendStreamed(const QString& text, bool reasoning) {
+  if (streaming_) (reasoning ? streaming_->reasoning : streaming_->text) += text;
+  QTextCursor cursor(transcript_->document());
+  cursor.movePosition(QTextCursor::End);
+  QTextCharFormat format;
+  if (reasoning) {
+    format.setForeground(colours_for(transcript_->palette()).muted);
+    format.setFontItalic(true);
+  }
+  cursor.insertText(text, format);
+  transcript_->verticalScrollBar()->setValue(transcript_->verticalScrollBar()->maximum());
+}
+
+void ConversationPanel::showEntry(qsizetype entry, const QString& words) {
+  if (entry < 0 || entry >= entry_positions_.size()) return;
+  QTextCursor cursor(transcript_->document());
+  cursor.setPosition(entry_positions_[entry]);
+  // The first of the searched words within this message, selected so that it stands out.
+  const int end = entry + 1 < entry_positions_.size() ? entry_positions_[entry + 1] : transcript_->document()->characterCount();
+  for (const QString& word : words.split(QLatin1Char(' '), Qt::SkipEmptyParts)) {
+    const QTextCursor found = transcript_->document()->find(word, entry_positions_[entry]);
+    if (!found.isNull() && found.selectionEnd() <= end) {
+      transcript_->setTextCursor(found);
+      transcript_->ensureCursorVisible();
+      return;
+    }
+  }
+  transcript_->setTextCursor(cursor);
+  transcript_->ensureCursorVisible();
+}
+
+void ConversationPanel::onLink(const QUrl& link) {
+  if (link.scheme() == QStringLiteral("regenerate")) {
+    emit regenerateRequested();
+    return;
+  }
+  const QStringList parts = link.path().split(QLatin1Char(':'));
+  bool ok = false;
+  const qsizetype index = parts.value(0).toLongLong(&ok);
+  if (!ok) return;
+  if (link.scheme() == QStringLiteral("edit")) {
+    emit editRequested(index);
+  } else if (link.scheme() == QStringLiteral("branch")) {
+    emit branchRequested(index, parts.value(1).toInt());
+  } else if (link.scheme() == QStringLiteral("reasoning")) {
+    expanded_reasoning_[index] = !expanded_reasoning_[index];
+    rerender();
+  }
+}
+
+}  // namespace lightdesk::gui
