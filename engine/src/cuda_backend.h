@@ -19,7 +19,7 @@ std::string cuda_unavailable_reason();
 // cuda_unavailable_reason() is not).
 std::vector<GpuDevice> cuda_devices();
 
-// Loads the weights onto the current CUDA device: bf16 by default, float32 when
+// Loads the weights onto the GPU of single_gpu_device(options): bf16 by default, float32 when
 // options.cuda_float32 is set.
 std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, const WeightMap& weights,
                                                   const ModelOptions& options,
