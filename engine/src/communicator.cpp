@@ -2,26 +2,67 @@
 #include "communicator.h"
 
 #include <algorithm>
-#include <barrier>
 #include <bit>
+#include <condition_variable>
 #include <cstring>
+#include <mutex>
 
 namespace lightdesk {
 namespace {
 
-// What the ranks of one loopback group share: each rank's posted buffer and a barrier.
-struct LoopbackGroup {
-  explicit LoopbackGroup(int ranks) : posted(static_cast<std::size_t>(ranks)), barrier(ranks) {}
+// What the ranks of one loopback group share: each rank's posted buffer and a barrier that an
+// aborting rank breaks (std::barrier cannot be broken: a failed rank would leave the others
+// waiting in it for ever).
+class LoopbackGroup {
+ public:
+  explicit LoopbackGroup(int ranks) : posted(static_cast<std::size_t>(ranks)) {}
   std::vector<const void*> posted;
-  std::barrier<> barrier;
+
+  void arrive_and_wait() {
+    std::unique_lock lock(mutex_);
+    if (aborted_) throw RankAborted();
+    const std::uint64_t generation = generation_;
+    if (++arrived_ == static_cast<int>(posted.size())) {
+      arrived_ = 0;
+      ++generation_;
+      all_arrived_.notify_all();
+      return;
+    }
+    all_arrived_.wait(lock, [&] { return generation_ != generation || aborted_; });
+    if (generation_ == generation) throw RankAborted();
+  }
+
+  void abort() noexcept {
+    {
+      std::lock_guard lock(mutex_);
+      aborted_ = true;
+    }
+    all_arrived_.notify_all();
+  }
+
+  // Only while no rank is inside a collective: the count of a broken barrier restarts.
+  void recover() noexcept {
+    std::lock_guard lock(mutex_);
+    aborted_ = false;
+    arrived_ = 0;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable all_arrived_;
+  int arrived_ = 0;
+  std::uint64_t generation_ = 0;
+  bool aborted_ = false;
 };
 
-class LoopbackCommunicator final : public Communicator {
+class Loopback final : public LoopbackCommunicator {
  public:
-  LoopbackCommunicator(std::shared_ptr<LoopbackGroup> group, int rank) : group_(std::move(group)), rank_(rank) {}
+  Loopback(std::shared_ptr<LoopbackGroup> group, int rank) : group_(std::move(group)), rank_(rank) {}
 
   int rank() const override { return rank_; }
   int size() const override { return static_cast<int>(group_->posted.size()); }
+  void abort() noexcept override { group_->abort(); }
+  void recover() noexcept override { group_->recover(); }
 
   // Post, wait for every rank's post, read them all, wait until every rank has read, and only
   // then write: a rank's buffer is read by the others between the two waits only.
@@ -33,7 +74,7 @@ class LoopbackCommunicator final : public Communicator {
       const float* values = static_cast<const float*>(part);
       for (std::int64_t i = 0; i < count; ++i) sum_[static_cast<std::size_t>(i)] += values[i];
     }
-    group_->barrier.arrive_and_wait();
+    group_->arrive_and_wait();
     std::copy(sum_.begin(), sum_.end(), x.as<float>());
   }
 
@@ -42,13 +83,13 @@ class LoopbackCommunicator final : public Communicator {
     const std::size_t bytes = static_cast<std::size_t>(count) * element_bytes(send.type);
     for (std::size_t r = 0; r < group_->posted.size(); ++r)
       if (count > 0) std::memmove(static_cast<char*>(recv.data) + r * bytes, group_->posted[r], bytes);
-    group_->barrier.arrive_and_wait();
+    group_->arrive_and_wait();
   }
 
  private:
   void post(const void* data) {
     group_->posted[static_cast<std::size_t>(rank_)] = data;
-    group_->barrier.arrive_and_wait();
+    group_->arrive_and_wait();
   }
 
   std::shared_ptr<LoopbackGroup> group_;
@@ -58,11 +99,11 @@ class LoopbackCommunicator final : public Communicator {
 
 }  // namespace
 
-std::vector<std::unique_ptr<Communicator>> make_loopback_communicators(int ranks) {
+std::vector<std::unique_ptr<LoopbackCommunicator>> make_loopback_communicators(int ranks) {
   if (ranks < 1) throw Error("internal: a communicator group of " + std::to_string(ranks) + " ranks");
   auto group = std::make_shared<LoopbackGroup>(ranks);
-  std::vector<std::unique_ptr<Communicator>> communicators;
-  for (int r = 0; r < ranks; ++r) communicators.push_back(std::make_unique<LoopbackCommunicator>(group, r));
+  std::vector<std::unique_ptr<LoopbackCommunicator>> communicators;
+  for (int r = 0; r < ranks; ++r) communicators.push_back(std::make_unique<Loopback>(group, r));
   return communicators;
 }
 

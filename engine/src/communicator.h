@@ -24,10 +24,27 @@ class Communicator {
   virtual void all_gather(Tensor send, std::int64_t count, Tensor recv) = 0;
 };
 
+// What a rank's collective throws when another rank of its group has failed: the caller reports
+// that rank's error, not this one.
+class RankAborted : public Error {
+ public:
+  RankAborted() : Error("a collective was abandoned because another rank failed") {}
+};
+
+// A communicator over threads of this process. A rank that fails partway through a pass calls
+// abort(): the ranks waiting in a collective, and those that enter one later, throw RankAborted
+// instead of waiting for it forever. Once every rank's thread has left, recover() makes the
+// group usable for the next pass.
+class LoopbackCommunicator : public Communicator {
+ public:
+  virtual void abort() noexcept = 0;
+  virtual void recover() noexcept = 0;
+};
+
 // `ranks` communicators over threads of this process, for the CPU backend: rank r's is
 // element r, each to be used by a thread of its own. The sum adds the ranks in rank order, so
 // every rank gets the same bits.
-std::vector<std::unique_ptr<Communicator>> make_loopback_communicators(int ranks);
+std::vector<std::unique_ptr<LoopbackCommunicator>> make_loopback_communicators(int ranks);
 
 // One NCCL communicator per GPU of `devices`, rank r on devices[r], its collectives queued on
 // streams[r] (a cudaStream_t). Throws Error naming the cause where NCCL fails. Built with the

@@ -6,6 +6,7 @@
 #include <deque>
 #include <exception>
 #include <limits>
+#include <mutex>
 #include <thread>
 
 #include "backend.h"
@@ -35,7 +36,7 @@ struct CpuRank {
   std::deque<std::vector<float>> owned;
   ModelTensors tensors;
   std::unique_ptr<ModelOps> ops;
-  std::unique_ptr<Communicator> comm;  // tensor parallel only
+  std::unique_ptr<LoopbackCommunicator> comm;  // tensor parallel only
 };
 
 // Host memory as a float32 Tensor; the ops never write through a weight's.
@@ -51,7 +52,8 @@ class CpuBackend final : public ComputeBackend {
     const int ranks = static_cast<int>(plans_.size());
     const unsigned hardware = std::max(1u, std::thread::hardware_concurrency());
     const int threads = std::max(1, (options.threads > 0 ? options.threads : static_cast<int>(hardware)) / ranks);
-    auto communicators = ranks > 1 ? make_loopback_communicators(ranks) : std::vector<std::unique_ptr<Communicator>>{};
+    auto communicators =
+        ranks > 1 ? make_loopback_communicators(ranks) : std::vector<std::unique_ptr<LoopbackCommunicator>>{};
     for (int r = 0; r < ranks; ++r) {
       auto rank = std::make_unique<CpuRank>();
       rank->plan = plans_[r];
@@ -162,7 +164,8 @@ class CpuBackend final : public ComputeBackend {
   }
 
   ModelTensors graph_tensors(const ModelWeights& weights, CpuRank& rank, bool slice) const;
-  // Runs fn(rank index) on a thread per rank (inline for one), rethrowing the first failure.
+  // Runs fn(rank index) on a thread per rank (inline for one), rethrowing the error of the first
+  // rank that failed; the other ranks leave their collectives rather than wait for it.
   void on_every_rank(const std::function<void(std::size_t)>& fn) const;
 
   const ModelConfig config_;
@@ -245,20 +248,28 @@ ModelTensors CpuBackend::graph_tensors(const ModelWeights& weights, CpuRank& ran
 
 void CpuBackend::on_every_rank(const std::function<void(std::size_t)>& fn) const {
   if (ranks_.size() == 1) return fn(0);
-  std::vector<std::exception_ptr> failures(ranks_.size());
+  // A rank that fails aborts the group, so the others leave their collectives (RankAborted)
+  // rather than wait for it; the caller gets the error of the first rank that failed.
+  std::mutex failure_mutex;
+  std::exception_ptr first_failure;
   {
     std::vector<std::jthread> threads;
     for (std::size_t r = 0; r < ranks_.size(); ++r)
       threads.emplace_back([&, r] {
         try {
           fn(r);
+        } catch (const RankAborted&) {
         } catch (...) {
-          failures[r] = std::current_exception();
+          ranks_[r]->comm->abort();
+          std::lock_guard lock(failure_mutex);
+          if (!first_failure) first_failure = std::current_exception();
         }
       });
   }
-  for (const std::exception_ptr& failure : failures)
-    if (failure) std::rethrow_exception(failure);
+  if (!first_failure) return;
+  // Every rank's thread has left: the group serves the next pass.
+  ranks_.front()->comm->recover();
+  std::rethrow_exception(first_failure);
 }
 
 void CpuBackend::forward(SequenceState& state, const ForwardRequest& req) {

@@ -2,6 +2,11 @@
 // the single-rank run's logits and greedy ids, and a state saved at one layout restores at any.
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <future>
 #include <numeric>
 #include <random>
 #include <thread>
@@ -121,6 +126,56 @@ TEST(LoopbackCommunicator, SumsGathersAndFindsTheArgmax) {
     EXPECT_EQ(gathers[r], (std::vector<float>{0, 0, 1, -1, 2, -2}));
     EXPECT_EQ(argmax[r], 4);
   }
+}
+
+// Runs fn on a thread of its own and rethrows what it throws. A hang (what a failed rank used
+// to cause) ends the test binary with a failure after `limit` instead of stalling the suite:
+// threads stuck in a collective cannot be joined.
+void finish_within(std::chrono::seconds limit, const std::function<void()>& fn) {
+  std::packaged_task<void()> task(fn);
+  std::future<void> finished = task.get_future();
+  std::thread(std::move(task)).detach();
+  if (finished.wait_for(limit) == std::future_status::timeout) {
+    std::fprintf(stderr, "FAILED: still waiting after %lld s: a rank hangs in a collective\n",
+                 static_cast<long long>(limit.count()));
+    std::_Exit(1);
+  }
+  finished.get();
+}
+
+// Rank 1 fails between two collectives: the others leave the second one (RankAborted) instead
+// of waiting for it, and after recover() the group sums again.
+TEST(LoopbackCommunicator, AFailedRankWakesTheOthersAndTheGroupRecovers) {
+  finish_within(std::chrono::seconds(60), [] {
+    auto comms = make_loopback_communicators(3);
+    std::vector<int> aborted(3, 0);
+    auto sum_of_ranks = [&](int r) {
+      std::vector<float> x{static_cast<float>(r)};
+      comms[r]->all_reduce_sum({x.data(), ElementType::F32}, 1);
+      return x[0];
+    };
+    {
+      std::vector<std::jthread> threads;
+      for (int r = 0; r < 3; ++r)
+        threads.emplace_back([&, r] {
+          try {
+            sum_of_ranks(r);
+            if (r == 1) return comms[r]->abort();
+            sum_of_ranks(r);
+          } catch (const RankAborted&) {
+            aborted[r] = 1;
+          }
+        });
+    }
+    EXPECT_EQ(aborted, (std::vector<int>{1, 0, 1}));
+    comms[2]->recover();
+    std::vector<float> sums(3);
+    {
+      std::vector<std::jthread> threads;
+      for (int r = 0; r < 3; ++r) threads.emplace_back([&, r] { sums[r] = sum_of_ranks(r); });
+    }
+    EXPECT_EQ(sums, (std::vector<float>{3.0f, 3.0f, 3.0f}));
+  });
 }
 
 struct Outputs {
@@ -268,6 +323,36 @@ TEST(TensorParallelState, RestoresAtAnotherLayout) {
     restore(*again, saved_here);
     EXPECT_EQ(continuation(*again), here) << "TP " << to;
   }
+}
+
+// Only rank 0 reports hidden states: a callback that throws there fails rank 0 partway through
+// the pass while the other ranks are in the pass's collectives. The feed throws the callback's
+// error, and the same model then runs a pass exactly as before.
+TEST(TensorParallelFailure, ARankThatThrowsEndsThePassWithItsError) {
+  finish_within(std::chrono::seconds(120), [] {
+    ModelOptions o{BackendKind::Cpu, 2, false};
+    o.tensor_parallel = 3;
+    const auto model = Model::open(test::fixture_dir("tiny-tp-6h3kv8e"), o);
+    const auto ids = test::random_ids(12, model->info().vocab_size, 3);
+    auto logits = [&] {
+      auto s = model->create_session();
+      s->feed(ids);
+      return std::vector<float>(s->logits().begin(), s->logits().end());
+    };
+    const auto before = logits();
+    FeedOptions failing;
+    failing.hidden_states = [](int index, std::span<const float>, std::int64_t) {
+      if (index == 2) throw Error("hidden state 2 rejected");
+    };
+    auto session = model->create_session();
+    try {
+      session->feed(ids, failing);
+      ADD_FAILURE() << "the feed did not fail";
+    } catch (const Error& e) {
+      EXPECT_STREQ(e.what(), "hidden state 2 rejected");
+    }
+    EXPECT_EQ(logits(), before);
+  });
 }
 
 }  // namespace
