@@ -17,7 +17,7 @@ std::filesystem::path data_dir() { return LIGHTDESK_TEST_DATA; }
 std::filesystem::path fixture_dir(const std::string& name) { return data_dir() / name; }
 
 const std::vector<std::string>& fixture_names() {
-  static const std::vector<std::string> names = {"tiny-a-hf", "tiny-a-m1-rd16", "tiny-a-m1-rd8"};
+  static const std::vector<std::string> names = {"tiny-a-hf", "tiny-a-m1-rd16", "tiny-a-m1-rd8", "tiny-tp-6h3kv8e"};
   return names;
 }
 
