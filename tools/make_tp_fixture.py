@@ -3,7 +3,7 @@
 with 6 query heads, 3 key/value heads and 8 experts, so that tensor-parallel layouts of 3 and 6
 ranks split the heads, replicate the key/value heads (6 ranks) and place the experts unevenly
 (3/3/2 on 3 ranks), and the 97-row vocabulary splits unevenly too. Pure Python (no numpy or
-torch): the tests compare every layout with the engine's single-rank run of it."""
+torch); its reference outputs come from tools/make_tp_fixture_golden.py."""
 import json
 import random
 import struct
