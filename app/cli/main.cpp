@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <functional>
 #include <limits>
+#include <new>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -487,19 +488,26 @@ int cmd_generate(const GenerateArgs& a) {
   const auto start = std::chrono::steady_clock::now();
   session->feed(ids, prefill_options);
   const double prefill_seconds = seconds_since(start);
+  // Generation stops at the model's context: each id but the last is fed (a stored session's
+  // last one too).
+  const long long room = model->info().max_context - session->position() + (stored ? 0 : 1);
+  if (max_new > room)
+    std::fprintf(stderr, "lightdesk-cli: generating %lld tokens, not %lld: the model's context ends there (%lld tokens)\n",
+                 std::max(room, 0LL), max_new, static_cast<long long>(model->info().max_context));
+  const long long count = std::min(max_new, room);
   std::string line;
-  for (long long i = 0; i < max_new; ++i) {
+  for (long long i = 0; i < count; ++i) {
     const lightdesk::TokenId next = session->sample(params);
     line.append(i ? "," : "").append(std::to_string(next));
     // A stored session keeps the last token too, so the next run continues after it.
-    if (i + 1 < max_new || stored) session->feed(std::span(&next, 1));
+    if (i + 1 < count || stored) session->feed(std::span(&next, 1));
   }
   std::printf("%s\n", line.c_str());
   if (c.stats) {
     const double decode_seconds = seconds_since(start) - prefill_seconds;
     std::fprintf(stderr, "prefill %zu tokens in %.3f s; %lld tokens generated in %.3f s (%.2f ms/token)\n",
-                 ids.size(), prefill_seconds, max_new, decode_seconds,
-                 max_new > 1 ? 1000.0 * decode_seconds / static_cast<double>(max_new - 1) : 0.0);
+                 ids.size(), prefill_seconds, count, decode_seconds,
+                 count > 1 ? 1000.0 * decode_seconds / static_cast<double>(count - 1) : 0.0);
   }
   if (stored) stored->save();
   return 0;
@@ -635,7 +643,6 @@ int cmd_ask(const AskArgs& a) {
   const auto format = lightdesk::ChatFormat::for_model(c.model_dir, *tokenizer);
   // The question as the desktop app asks it: one turn of the shared conversation library.
   lightdesk::conversation::Turn turn{true, a.question, {}, {}};
-  for (const auto& file : a.documents) turn.documents.push_back(lightdesk::load_document(file));
   for (const auto& file : a.images) turn.images.emplace_back(file);
   std::unique_ptr<lightdesk::vision::VisionModel> vision;
   if (!a.images.empty()) vision = lightdesk::vision::VisionModel::open(c.model_dir, c.options);
@@ -646,6 +653,13 @@ int cmd_ask(const AskArgs& a) {
   const auto stored = attach_stored_session(stored_session, session, c);
   // A stored session's turns are in its database, not here: the question continues its state.
   if (session.position() > 0) chat.continue_unknown_turns();
+  // Each document is read only as far as what is left of the context could hold.
+  for (const auto& file : a.documents) {
+    turn.documents.push_back(lightdesk::load_document(
+        file, lightdesk::document_byte_limit(model->info().max_context - session.position())));
+    if (!turn.documents.back().notice.empty())
+      std::fprintf(stderr, "lightdesk-cli: %s\n", turn.documents.back().notice.c_str());
+  }
   session.set_seed(sampling.seed);
 
   const auto start = std::chrono::steady_clock::now();
@@ -700,6 +714,7 @@ int cmd_ask(const AskArgs& a) {
     answered.completion_tokens = static_cast<std::int64_t>(generated.size());
     answered.generation_seconds = generation_seconds;
     stored->save_exchange(asked, answered);
+    if (!stored->notice().empty()) std::fprintf(stderr, "lightdesk-cli: %s\n", stored->notice().c_str());
   }
   return 0;
 }
@@ -820,6 +835,9 @@ int main(int argc, char** argv) {
   } catch (const UsageError& e) {
     std::fprintf(stderr, "lightdesk-cli: %s (see lightdesk-cli%s --help)\n", e.what(), chosen_verb(cli).c_str());
     return 2;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "lightdesk-cli: out of memory: the input needs more memory than this machine has\n");
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "lightdesk-cli: %s\n", e.what());
     return 1;

@@ -7,12 +7,12 @@
 
 #include <algorithm>
 #include <cstring>
-#include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sstream>
 
 #include "lightdesk/error.h"
+#include "lightdesk/input_files.h"
 #include "lightdesk/safetensors_write.h"
 
 namespace lightdesk {
@@ -108,20 +108,12 @@ void TensorView::to_f32(float* out) const {
 
 SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path) {
   const std::string where = path.string();
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Error(where + ": cannot open: " + std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    ::close(fd);
-    throw Error(where + ": cannot stat: " + std::strerror(errno));
-  }
-  size_ = static_cast<std::uint64_t>(st.st_size);
-  if (size_ < 8) {
-    ::close(fd);
+  // No limit on the file itself: its header declares the size, checked against it below.
+  const RegularFile file(path, std::numeric_limits<std::uint64_t>::max());
+  size_ = file.size();
+  if (size_ < 8)
     throw Error(where + ": truncated file (" + std::to_string(size_) + " bytes, no safetensors header)");
-  }
-  map_ = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);
+  map_ = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, file.fd(), 0);
   if (map_ == MAP_FAILED) {
     map_ = nullptr;
     throw Error(where + ": cannot map: " + std::strerror(errno));
@@ -134,11 +126,12 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
       throw Error(where + ": truncated file: header of " + std::to_string(header_len) + " bytes but only " +
                   std::to_string(size_ - 8) + " bytes follow");
     header_.assign(reinterpret_cast<const char*>(base + 8), header_len);
+    check_json_depth(header_, where + ": safetensors header");
     nlohmann::json header;
     try {
       header = nlohmann::json::parse(header_);
     } catch (const nlohmann::json::parse_error& e) {
-      throw Error(where + ": corrupt safetensors header (not JSON): " + e.what());
+      throw Error(where + ": corrupt safetensors header (not JSON): " + plain_error_text(e.what()));
     }
     if (!header.is_object()) throw Error(where + ": corrupt safetensors header (not an object)");
     const std::byte* data = base + 8 + header_len;
@@ -183,6 +176,13 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
     for (std::size_t i = 1; i < ranges.size(); ++i)
       if (ranges[i].first < ranges[i - 1].second && ranges[i].first != ranges[i].second)
         throw Error(where + ": corrupt header: two tensors overlap at byte " + std::to_string(ranges[i].first));
+    // The tensors fill the data exactly, as every writer lays them out: a header whose offsets
+    // end before the data does is one that a truncation, a wrong edit or a mixed-up shard left
+    // (its tensors would be read from the wrong bytes).
+    const std::uint64_t declared = ranges.empty() ? 0 : ranges.back().second;
+    if (declared != data_size)
+      throw Error(where + ": corrupt file: the header's tensors end at byte " + std::to_string(declared) +
+                  " of the data but the file holds " + std::to_string(data_size) + " bytes of data");
   } catch (...) {
     ::munmap(map_, size_);
     map_ = nullptr;
@@ -198,14 +198,12 @@ Checkpoint::Checkpoint(const std::filesystem::path& directory) {
   const auto single = directory / "model.safetensors";
   const auto index = directory / "model.safetensors.index.json";
   if (std::filesystem::exists(index)) {
-    std::ifstream in(index, std::ios::binary);
-    std::ostringstream text;
-    text << in.rdbuf();
+    const std::string text = read_json_file(index);
     nlohmann::json j;
     try {
-      j = nlohmann::json::parse(text.str());
+      j = nlohmann::json::parse(text);
     } catch (const nlohmann::json::parse_error& e) {
-      throw Error(index.string() + ": malformed JSON: " + e.what());
+      throw Error(index.string() + ": malformed JSON: " + plain_error_text(e.what()));
     }
     if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
       throw Error(index.string() + ": no \"weight_map\" object");
@@ -262,15 +260,21 @@ WeightTensor::WeightTensor(const TensorView& view, std::int64_t offset_elements,
   const std::byte* start = view.data + offset_elements * static_cast<std::int64_t>(dtype_size(view.dtype));
   if (view.dtype == DType::F32 && reinterpret_cast<std::uintptr_t>(start) % alignof(float) == 0) {
     data_ = reinterpret_cast<const float*>(start);
-    return;
+  } else {
+    owned_.resize(static_cast<std::size_t>(numel));
+    TensorView part = view;
+    part.data = start;
+    part.shape = {numel};
+    part.bytes = static_cast<std::size_t>(numel) * dtype_size(view.dtype);
+    part.to_f32(owned_.data());
+    data_ = owned_.data();
   }
-  owned_.resize(static_cast<std::size_t>(numel));
-  TensorView part = view;
-  part.data = start;
-  part.shape = {numel};
-  part.bytes = static_cast<std::size_t>(numel) * dtype_size(view.dtype);
-  part.to_f32(owned_.data());
-  data_ = owned_.data();
+  // Every backend loads through here: a NaN or an infinity in a weight would make every logit
+  // NaN, and a checkpoint holding one is damaged.
+  const float* bad = std::find_if(data_, data_ + numel, [](float v) { return !std::isfinite(v); });
+  if (bad != data_ + numel)
+    throw Error(view.file + ": tensor \"" + view.name + "\" holds a non-finite value (" + std::to_string(*bad) +
+                " at element " + std::to_string(offset_elements + (bad - data_)) + "): the checkpoint is damaged");
 }
 
 void write_safetensors(const std::filesystem::path& path, const std::vector<OutputTensor>& tensors) {
@@ -290,27 +294,53 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Outp
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
-  const auto tmp = std::filesystem::path(path.string() + ".tmp");
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw Error(path.string() + ": cannot create: " + std::strerror(errno));
-    const std::uint64_t len = text.size();
-    out.write(reinterpret_cast<const char*>(&len), 8);
-    out.write(text.data(), static_cast<std::streamsize>(text.size()));
-    for (const auto& t : tensors) {
-      if (t.i64.data() != nullptr)
-        out.write(reinterpret_cast<const char*>(t.i64.data()), static_cast<std::streamsize>(t.i64.size_bytes()));
-      else
-        out.write(reinterpret_cast<const char*>(t.f32.data()), static_cast<std::streamsize>(t.f32.size_bytes()));
+
+  const std::string where = path.string();
+  // Only a regular file is replaced: renaming over a device node, a FIFO or a link would replace
+  // the node itself.
+  struct stat existing {};
+  if (::lstat(path.c_str(), &existing) == 0 && !S_ISREG(existing.st_mode))
+    throw Error(where + ": exists and is not a regular file; refusing to replace it");
+  // The temporary file gets a fresh name in the target's directory, created exclusively: a file
+  // or link planted at a predictable name is never followed or overwritten.
+  std::string temporary = where + ".XXXXXX";
+  const int fd = ::mkostemp(temporary.data(), O_CLOEXEC);
+  if (fd < 0) throw Error(where + ": cannot create a temporary file beside it: " + std::strerror(errno));
+  auto fail = [&](const std::string& what) {
+    const int error = errno;
+    ::close(fd);
+    ::unlink(temporary.c_str());
+    throw Error(where + ": " + what + ": " + std::strerror(error));
+  };
+  auto write_all = [&](const void* data, std::size_t size) {
+    const auto* bytes = static_cast<const char*>(data);
+    while (size > 0) {
+      const ssize_t n = ::write(fd, bytes, size);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) fail("write failed");
+      bytes += n;
+      size -= static_cast<std::size_t>(n);
     }
-    out.flush();
-    if (!out) {
-      std::error_code ec;
-      std::filesystem::remove(tmp, ec);
-      throw Error(path.string() + ": write failed (disk full?)");
-    }
+  };
+  const std::uint64_t len = text.size();
+  write_all(&len, 8);
+  write_all(text.data(), text.size());
+  for (const auto& t : tensors) {
+    if (t.i64.data() != nullptr)
+      write_all(t.i64.data(), t.i64.size_bytes());
+    else
+      write_all(t.f32.data(), t.f32.size_bytes());
   }
-  std::filesystem::rename(tmp, path);
+  if (::fchmod(fd, 0644) != 0) fail("cannot set its permissions");
+  if (::close(fd) != 0) {
+    ::unlink(temporary.c_str());
+    throw Error(where + ": write failed: " + std::strerror(errno));
+  }
+  if (::rename(temporary.c_str(), path.c_str()) != 0) {
+    const int error = errno;
+    ::unlink(temporary.c_str());
+    throw Error(where + ": cannot replace: " + std::strerror(error));
+  }
 }
 
 }  // namespace lightdesk

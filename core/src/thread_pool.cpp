@@ -1,5 +1,10 @@
 #include "lightdesk/thread_pool.h"
 
+#include <string>
+#include <system_error>
+
+#include "lightdesk/error.h"
+
 namespace lightdesk {
 namespace {
 
@@ -21,16 +26,29 @@ void clear_upper_vector_state() {}
 
 ThreadPool::ThreadPool(int threads) {
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+  if (threads > kMaxThreads)
+    throw Error("cannot use " + std::to_string(threads) + " threads (at most " + std::to_string(kMaxThreads) + ")");
+  try {
+    for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+  } catch (const std::system_error& e) {
+    // The destructor does not run for a constructor that throws: the workers already started
+    // must be stopped and joined here, or they outlive the pool they wait on.
+    stop_workers();
+    throw Error("cannot start " + std::to_string(threads) + " threads (" + std::to_string(workers_.size() + 1) +
+                " started): " + e.what());
+  }
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::~ThreadPool() { stop_workers(); }
+
+void ThreadPool::stop_workers() {
   {
     std::lock_guard lock(mutex_);
     stopping_ = true;
   }
   wake_.notify_all();
   for (auto& t : workers_) t.join();
+  workers_.clear();
 }
 
 void ThreadPool::run_items() {

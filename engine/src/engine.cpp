@@ -3,14 +3,13 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <random>
-#include <sstream>
 #include <thread>
 
 #include "backend.h"
 #include "cuda_backend.h"
 #include "lightdesk/engine.h"
+#include "lightdesk/input_files.h"
 #include "model_config.h"
 #include "model_weights.h"
 #include "lightdesk/safetensors.h"
@@ -113,13 +112,6 @@ class Fingerprint {
   std::uint64_t b_ = 0x84222325cbf29ce4ULL;
 };
 
-std::string read_text(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 // Bytes per weight and per cached K/V value: the CUDA backend keeps both in bf16 unless
 // cuda_float32; the CPU backend in float32.
 std::uint64_t backend_value_bytes(BackendKind backend, const ModelOptions& options) {
@@ -142,7 +134,7 @@ ModelInfo describe(const std::filesystem::path& directory, const ModelConfig& c,
       static_cast<std::uint64_t>(info.num_softmax_layers()) * 2 * static_cast<std::uint64_t>(c.num_kv_heads) * d *
       backend_value_bytes(backend, options);
   Fingerprint fp;
-  fp.add(read_text(directory / "config.json"));
+  fp.add(read_regular_file(directory / "config.json", kMaxConfigFileBytes));
   for (const auto& file : checkpoint.files()) {
     fp.add(file->header_text());
     fp.add(std::to_string(file->file_size()));
@@ -273,6 +265,9 @@ void Session::feed(std::span<const TokenId> tokens, const FeedOptions& options) 
       : options.all_logits    ? std::min(kAllLogitsChunkTokens, s.backend->default_chunk_tokens())
                               : s.backend->default_chunk_tokens();
   const auto total = static_cast<std::int64_t>(tokens.size());
+  if (total > s.info->max_context - position())
+    throw Error("context full: " + std::to_string(position()) + " tokens and " + std::to_string(total) +
+                " more exceed the model's maximum context of " + std::to_string(s.info->max_context) + " tokens");
   if (!options.embedding_overrides.empty() && options.embedding_overrides.size() != tokens.size())
     throw Error("embedding_overrides has " + std::to_string(options.embedding_overrides.size()) +
                 " entries for " + std::to_string(total) + " tokens");
@@ -392,6 +387,9 @@ Session::Import::~Import() = default;
 
 Session::Import Session::begin_import(std::int64_t position) {
   if (position < 0) throw Error("state import: negative position");
+  if (position > impl_->info->max_context)
+    throw Error("state import: a state of " + std::to_string(position) + " tokens exceeds the model's maximum context of " +
+                std::to_string(impl_->info->max_context) + " tokens");
   auto impl = std::make_unique<Import::Impl>();
   impl->session = this;
   impl->position = position;

@@ -1,8 +1,9 @@
 #include "model_config.h"
 
-#include <fstream>
+#include <cmath>
 #include <nlohmann/json.hpp>
-#include <sstream>
+
+#include "lightdesk/input_files.h"
 
 namespace lightdesk {
 namespace {
@@ -32,7 +33,18 @@ class ConfigReader {
   double number_in(const json& obj, const char* key, double fallback) const {
     if (!obj.contains(key) || obj.at(key).is_null()) return fallback;
     if (!obj.at(key).is_number()) fail(std::string("field \"") + key + "\" must be a number, got " + obj.at(key).dump());
-    return obj.at(key).get<double>();
+    const double v = obj.at(key).get<double>();
+    if (!std::isfinite(v)) fail(std::string("field \"") + key + "\" must be a finite number, got " + obj.at(key).dump());
+    return v;
+  }
+
+  // A float32 factor within (0, limit]: what the forward multiplies activations by.
+  float positive_factor_or(const char* key, double fallback, double limit) const {
+    const double v = number_or(key, fallback);
+    if (!(v > 0.0 && v <= limit))
+      fail(std::string("field \"") + key + "\" must be greater than 0 and at most " + json(limit).dump() + ", got " +
+           json(v).dump());
+    return static_cast<float>(v);
   }
 
   std::string string_or(const char* key, const std::string& fallback) const {
@@ -73,29 +85,50 @@ std::vector<LayerKind> read_layer_kinds(const ConfigReader& r, CheckpointLayout 
 
 ResidualFactors read_factors(const ConfigReader& r, CheckpointLayout layout, const char* original_name,
                              const char* native_name) {
+  // The released models' factors are DeepNorm's, a few units; a factor of thousands already
+  // overflows the residual stream within a few layers.
+  constexpr double kMaxFactor = 1000.0;
   ResidualFactors f;
   if (layout == CheckpointLayout::Original) {
-    f.alpha = static_cast<float>(r.number_or((std::string("layernorm_") + original_name + "_alpha").c_str(), 1.0));
-    f.beta = static_cast<float>(r.number_or((std::string("layernorm_") + original_name + "_beta").c_str(), 1.0));
+    f.alpha = r.positive_factor_or((std::string("layernorm_") + original_name + "_alpha").c_str(), 1.0, kMaxFactor);
+    f.beta = r.positive_factor_or((std::string("layernorm_") + original_name + "_beta").c_str(), 1.0, kMaxFactor);
   } else {
-    f.alpha = static_cast<float>(r.number_or((std::string(native_name) + "_alpha_factor").c_str(), 1.0));
-    f.beta = static_cast<float>(r.number_or((std::string(native_name) + "_beta_factor").c_str(), 1.0));
+    f.alpha = r.positive_factor_or((std::string(native_name) + "_alpha_factor").c_str(), 1.0, kMaxFactor);
+    f.beta = r.positive_factor_or((std::string(native_name) + "_beta_factor").c_str(), 1.0, kMaxFactor);
   }
   return f;
 }
 
 ModelConfig parse_text_config(const json& root, const std::string& source, bool rope_full_head);
+ModelConfig parse_any_config(const json& root, const std::string& source, bool rope_full_head);
+
+TokenId token_id_in_vocabulary(const ConfigReader& r, const json& id, int vocab_size) {
+  if (!id.is_number_integer() || id.get<std::int64_t>() < 0 || id.get<std::int64_t>() >= vocab_size)
+    r.fail("eos_token_id " + id.dump() + " is outside the vocabulary (0.." + std::to_string(vocab_size - 1) + ")");
+  return id.get<TokenId>();
+}
 
 }  // namespace
 
 ModelConfig parse_model_config(const std::string& json_text, const std::string& source, bool rope_full_head) {
+  check_json_depth(json_text, source);
   json root;
   try {
     root = json::parse(json_text);
   } catch (const json::parse_error& e) {
-    throw Error(source + ": malformed JSON: " + e.what());
+    throw Error(source + ": malformed JSON: " + plain_error_text(e.what()));
   }
   if (!root.is_object()) throw Error(source + ": malformed config: the top level is not an object");
+  try {
+    return parse_any_config(root, source, rope_full_head);
+  } catch (const json::exception& e) {
+    throw Error(source + ": malformed config: " + plain_error_text(e.what()));
+  }
+}
+
+namespace {
+
+ModelConfig parse_any_config(const json& root, const std::string& source, bool rope_full_head) {
   const json& type = root.value("model_type", json());
   if (!type.is_string() || parse_model_family(type.get<std::string>()) != ModelFamily::MiniMaxVL01)
     return parse_text_config(root, source, rope_full_head);
@@ -114,11 +147,13 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   c.architecture = a.is_array() && !a.empty() && a.at(0).is_string() ? a.at(0).get<std::string>() : "";
   c.weight_prefix = "language_model.";
   if (!c.eos_token_id && root.contains("eos_token_id") && root.at("eos_token_id").is_number_integer())
-    c.eos_token_id = root.at("eos_token_id").get<TokenId>();
+    c.eos_token_id = token_id_in_vocabulary(ConfigReader(root, source), root.at("eos_token_id"), c.vocab_size);
+  // The text_config's max_position_embeddings (8192 as released) only sizes the transformers
+  // port's RoPE cache; a top-level max_position_embeddings, when present, is the model's context.
+  if (root.contains("max_position_embeddings") && !root.at("max_position_embeddings").is_null())
+    c.max_context = ConfigReader(root, source).positive_int("max_position_embeddings");
   return c;
 }
-
-namespace {
 
 ModelConfig parse_text_config(const json& root, const std::string& source, bool rope_full_head) {
   ConfigReader r(root, source);
@@ -157,7 +192,7 @@ ModelConfig parse_text_config(const json& root, const std::string& source, bool 
     r.fail("num_experts_per_tok (" + std::to_string(c.experts_per_token) + ") exceeds the number of experts (" +
            std::to_string(c.num_experts) + ")");
   c.expert_width = r.positive_int("intermediate_size");
-  c.rms_norm_eps = static_cast<float>(r.number_or("rms_norm_eps", 1e-5));
+  c.rms_norm_eps = r.positive_factor_or("rms_norm_eps", 1e-5, 1.0);
   c.max_context = r.positive_int_or("max_position_embeddings", 4096);
   c.layer_kinds = read_layer_kinds(r, c.layout, c.num_layers);
   c.linear_attention = read_factors(r, c.layout, "linear_attention", "linear_attn");
@@ -181,11 +216,14 @@ ModelConfig parse_text_config(const json& root, const std::string& source, bool 
     r.fail("unsupported rope_type " + rope.at("rope_type").dump() + " (only default)");
   if (r.has("rope_scaling")) r.fail("unsupported \"rope_scaling\"");
   c.rope_theta = static_cast<float>(r.number_in(rope, "rope_theta", r.number_or("rope_theta", 10000.0)));
-  if (!(c.rope_theta > 1.0f)) r.fail("rope_theta must be greater than 1");
+  if (!(c.rope_theta > 1.0f) || !std::isfinite(c.rope_theta)) r.fail("rope_theta must be greater than 1 and finite");
   double partial = r.number_in(rope, "partial_rotary_factor", r.number_or("partial_rotary_factor", -1.0));
   if (r.has("rotary_dim")) {
     const json& v = root.at("rotary_dim");
-    if (!v.is_number_integer() || v.get<std::int64_t>() < 0) r.fail("field \"rotary_dim\" must be a non-negative integer");
+    // Checked as 64 bits before narrowing: 2^32 + 8 must not pass as 8.
+    if (!v.is_number_integer() || v.get<std::int64_t>() < 0 || v.get<std::int64_t>() > c.head_dim)
+      r.fail("field \"rotary_dim\" must be an integer from 0 to head_dim " + std::to_string(c.head_dim) + ", got " +
+             v.dump());
     c.rotary_dim = v.get<int>();
   } else if (partial >= 0.0) {
     if (partial > 1.0) r.fail("partial_rotary_factor must be within [0, 1]");
@@ -201,7 +239,7 @@ ModelConfig parse_text_config(const json& root, const std::string& source, bool 
   if (r.has("eos_token_id")) {
     const json& e = root.at("eos_token_id");
     const json& first = e.is_array() && !e.empty() ? e.at(0) : e;
-    if (first.is_number_integer()) c.eos_token_id = first.get<TokenId>();
+    if (first.is_number_integer()) c.eos_token_id = token_id_in_vocabulary(r, first, c.vocab_size);
   }
   return c;
 }
@@ -237,11 +275,8 @@ std::string supported_model_types() {
 
 ModelConfig load_model_config(const std::filesystem::path& directory, bool rope_full_head) {
   const std::filesystem::path path = directory / "config.json";
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path.string() + ": cannot open (is this a model directory?)");
-  std::ostringstream text;
-  text << in.rdbuf();
-  return parse_model_config(text.str(), path.string(), rope_full_head);
+  if (!std::filesystem::exists(path)) throw Error(path.string() + ": cannot open: no such file (is this a model directory?)");
+  return parse_model_config(read_json_file(path), path.string(), rope_full_head);
 }
 
 }  // namespace lightdesk

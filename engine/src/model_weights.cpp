@@ -1,5 +1,6 @@
 #include "model_weights.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>

@@ -183,6 +183,7 @@ constexpr std::array<const char*, kSchemaVersion> kSteps = {kConversations, kChe
 int user_version(sql::Database& db) {
   sql::Statement query(db, "PRAGMA user_version");
   query.step();
+  // user_version is a signed 32-bit field, so this never narrows.
   return static_cast<int>(query.int64(0));
 }
 
@@ -196,6 +197,9 @@ void migrate(sql::Database& db, int target) {
     // Read inside the write transaction so two connections opening a new file do not both
     // apply a step.
     const int version = user_version(db);
+    if (version < 0)
+      db.fail_plain("not a Lightdesk session database, or a damaged one (schema version " + std::to_string(version) +
+                    ")");
     if (version > kSchemaVersion)
       db.fail_plain("written by a newer Lightdesk (schema version " + std::to_string(version) +
                     "; this build knows up to " + std::to_string(kSchemaVersion) + ")");

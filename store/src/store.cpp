@@ -725,6 +725,7 @@ NamedSessionState::NamedSessionState(const std::filesystem::path& db, const std:
   }
   const auto checkpoint = store_.latest_checkpoint(session_id_);
   if (!checkpoint) return;
+  base_checkpoint_id_ = checkpoint->id;
   last_message_id_ = checkpoint->message_id;
   try {
     store_.load_checkpoint(checkpoint->id, session);
@@ -746,16 +747,37 @@ NamedSessionState::NamedSessionState(const std::filesystem::path& db, const std:
   }
 }
 
-void NamedSessionState::save() { store_.save_checkpoint(session_id_, session_); }
+std::optional<CheckpointRecord> NamedSessionState::newer_checkpoint() {
+  auto latest = store_.latest_checkpoint(session_id_);
+  if (!latest || latest->id == base_checkpoint_id_) return std::nullopt;
+  return latest;
+}
+
+void NamedSessionState::save() {
+  const SessionRecord record = store_.session(session_id_);
+  if (const auto newer = newer_checkpoint())
+    throw Error("session \"" + record.name.value_or(record.title) +
+                "\" moved on while this run went on (another process saved it at " +
+                std::to_string(newer->position) + " tokens); this run's state is not saved: run again to continue "
+                "from there");
+  base_checkpoint_id_ = store_.save_checkpoint(session_id_, session_);
+}
 
 std::int64_t NamedSessionState::save_exchange(Message question, Message answer) {
   question.session_id = answer.session_id = session_id_;
   question.role = Role::User;
   answer.role = Role::Assistant;
   question.parent_id = last_message_id_;
+  notice_.clear();
+  if (newer_checkpoint()) {
+    const SessionRecord record = store_.session(session_id_);
+    notice_ = "session \"" + record.name.value_or(record.title) +
+              "\" moved on while this run went on (another process answered in it); this answer is kept as a "
+              "branch beside that one";
+  }
   answer.parent_id = store_.add_message(question);
   last_message_id_ = store_.add_message(answer);
-  store_.save_checkpoint(session_id_, session_, last_message_id_);
+  base_checkpoint_id_ = store_.save_checkpoint(session_id_, session_, last_message_id_);
   return *last_message_id_;
 }
 

@@ -115,7 +115,7 @@ TEST_F(ChatTest, ASingleQuestionSaysWhereItsDocumentsLie) {
   const auto generated = answer(chat_->prepare(turns, 1));
   chat_->finish(turns, tokenizer_->decode(generated), generated);
   turns.push_back(chat_->held_turns().back());
-  Document notes{"notes.txt", "text", "Alpha beta gamma delta.", {}};
+  Document notes{"notes.txt", "text", "Alpha beta gamma delta.", {}, {}};
   turns.push_back({true, "What follows beta?", {notes}, {}});
   const Chat::Prompt prompt = chat_->prepare(turns, 1);
   ASSERT_EQ(prompt.documents.size(), 1u);

@@ -115,6 +115,59 @@ TEST(Config, RefusesWhatItDoesNotSupport) {
   }
 }
 
+// Numbers the forward multiplies or divides by, and integers narrowed to int: checked in range
+// before use (2^32 + 8 passed as 8, a negative eps or an alpha of 1e39 gave all-NaN logits).
+TEST(Config, OutOfRangeNumbersAreRefused) {
+  const json base = fixture_config("tiny-a-m1-rd8");
+  auto with = [&](const char* key, const json& value) {
+    json j = base;
+    j[key] = value;
+    return error_of(j);
+  };
+  EXPECT_NE(with("rotary_dim", 4294967304LL).find("\"rotary_dim\" must be an integer from 0 to head_dim"),
+            std::string::npos);
+  EXPECT_NE(with("rms_norm_eps", -1e-5).find("\"rms_norm_eps\" must be greater than 0"), std::string::npos);
+  EXPECT_NE(with("rms_norm_eps", 0).find("\"rms_norm_eps\" must be greater than 0"), std::string::npos);
+  EXPECT_NE(with("layernorm_full_attention_alpha", 1e39).find("\"layernorm_full_attention_alpha\" must be"),
+            std::string::npos);
+  EXPECT_NE(with("layernorm_mlp_beta", -2).find("\"layernorm_mlp_beta\" must be"), std::string::npos);
+  EXPECT_NE(with("rope_theta", 1e39).find("rope_theta must be greater than 1 and finite"), std::string::npos);
+  EXPECT_NE(with("eos_token_id", 4294967297LL).find("eos_token_id 4294967297 is outside the vocabulary"),
+            std::string::npos);
+  EXPECT_NE(with("eos_token_id", -1).find("outside the vocabulary"), std::string::npos);
+  EXPECT_NE(with("vocab_size", 4294967808LL).find("\"vocab_size\" must be a positive integer"), std::string::npos);
+  EXPECT_NE(with("max_position_embeddings", 1e300).find("max_position_embeddings"), std::string::npos);
+  EXPECT_NE(with("num_hidden_layers", "3").find("\"num_hidden_layers\" must be a positive integer"),
+            std::string::npos);
+  // The released factors (DeepNorm's, a few units) still pass.
+  json released = base;
+  released["layernorm_full_attention_alpha"] = 3.5676;
+  released["rms_norm_eps"] = 1e-6;
+  EXPECT_EQ(error_of(released), "(no error)");
+}
+
+// Fields of the wrong JSON type give one line naming the file, not the JSON library's text.
+TEST(Config, WrongTypesGiveOneLineNamingTheFile) {
+  json j = fixture_config("tiny-a-m1-rd8");
+  j["rope_parameters"] = {{"rope_type", 5}};
+  std::string e = error_of(j);
+  EXPECT_EQ(e.find("[json.exception"), std::string::npos) << e;
+  EXPECT_EQ(e.rfind("config.json: ", 0), 0u) << e;
+  j = fixture_config("tiny-a-m1-rd8");
+  j["architectures"] = {5};
+  e = error_of(j);
+  EXPECT_EQ(e.find("[json.exception"), std::string::npos) << e;
+}
+
+// VL-01: the text_config's max_position_embeddings only sizes a RoPE cache; a top-level one is
+// the model's context.
+TEST(Config, Vl01ContextIsTheTopLevelFieldWhenPresent) {
+  json j = json::parse(test::read_file(test::fixture_dir("tiny-vl") / "config.json"));
+  EXPECT_EQ(parse(j).max_context, j["text_config"]["max_position_embeddings"].get<std::int64_t>());
+  j["max_position_embeddings"] = 1000000;
+  EXPECT_EQ(parse(j).max_context, 1000000);
+}
+
 float from_hex(const char* text) { return std::strtof(text, nullptr); }
 
 // 64 heads, 80 layers: values dumped from transformers 5.17 (minimax-model.md §5.3).

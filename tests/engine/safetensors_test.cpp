@@ -2,7 +2,10 @@
 // give errors that name the file and tensor.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <cstring>
+#include <limits>
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -227,6 +230,95 @@ TEST_F(CheckpointTest, OverlappingTensors) {
     h["model.norm.weight"]["data_offsets"] = {start + 4, start + 4 + 256};
   });
   EXPECT_NE(open_error(dir_.path()).find("overlap"), std::string::npos) << open_error(dir_.path());
+}
+
+// The tensors must fill the data exactly: a header whose last offset stops short of the data
+// was cut from another file or edited.
+TEST_F(CheckpointTest, DataLongerThanTheHeaderDeclares) {
+  const auto path = dir_.path() / "model.safetensors";
+  test::write_file(path, test::read_file(path) + std::string(64, '\0'));
+  const std::string e = open_error(dir_.path());
+  EXPECT_NE(e.find("model.safetensors: corrupt file: the header's tensors end at byte"), std::string::npos) << e;
+}
+
+TEST_F(CheckpointTest, NonFiniteWeightsAreRefusedAtLoad) {
+  for (const float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    auto tensors = tensors_;
+    std::vector<float> values = floats_of(tensors["model.layers.1.self_attn.out_proj.weight"]);
+    values[77] = bad;
+    tensors["model.layers.1.self_attn.out_proj.weight"] = f32_tensor({64, 64}, values);
+    test::write_raw_safetensors(dir_.path() / "model.safetensors", tensors);
+    const std::string e = open_error(dir_.path());
+    EXPECT_NE(e.find("tensor \"model.layers.1.self_attn.out_proj.weight\" holds a non-finite value"), std::string::npos)
+        << e;
+    EXPECT_NE(e.find("at element 77"), std::string::npos) << e;
+  }
+}
+
+// In place of a weight file or shard: a FIFO would block the open, /dev/zero map as empty.
+TEST_F(CheckpointTest, FifoOrDeviceInPlaceOfAWeightFile) {
+  const auto path = dir_.path() / "model.safetensors";
+  std::filesystem::remove(path);
+  ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0);
+  EXPECT_NE(open_error(dir_.path()).find("model.safetensors: a FIFO (named pipe), not a regular file"),
+            std::string::npos)
+      << open_error(dir_.path());
+  std::filesystem::remove(path);
+  std::filesystem::create_symlink("/dev/zero", path);
+  EXPECT_NE(open_error(dir_.path()).find("model.safetensors: a character device"), std::string::npos);
+  std::filesystem::remove(path);
+  test::write_file(dir_.path() / "model.safetensors.index.json",
+                   R"({"weight_map": {"model.norm.weight": "shard.safetensors"}})");
+  ASSERT_EQ(::mkfifo((dir_.path() / "shard.safetensors").c_str(), 0600), 0);
+  EXPECT_NE(open_error(dir_.path()).find("shard.safetensors: a FIFO"), std::string::npos) << open_error(dir_.path());
+  std::filesystem::remove(dir_.path() / "model.safetensors.index.json");
+  ASSERT_EQ(::mkfifo((dir_.path() / "model.safetensors.index.json").c_str(), 0600), 0);
+  EXPECT_NE(open_error(dir_.path()).find("model.safetensors.index.json: a FIFO"), std::string::npos);
+}
+
+TEST_F(CheckpointTest, FifoOrDevicePlaceOfConfig) {
+  const auto config = dir_.path() / "config.json";
+  std::filesystem::remove(config);
+  std::filesystem::create_symlink("/dev/zero", config);
+  EXPECT_NE(open_error(dir_.path()).find("config.json: a character device"), std::string::npos)
+      << open_error(dir_.path());
+  std::filesystem::remove(config);
+  ASSERT_EQ(::mkfifo(config.c_str(), 0600), 0);
+  EXPECT_NE(open_error(dir_.path()).find("config.json: a FIFO"), std::string::npos);
+}
+
+// --out: only a regular file (or nothing) is replaced, through a fresh temporary file beside it;
+// a link planted at the old temporary name ("F.tmp") is neither followed nor removed.
+TEST(WriteSafetensors, ReplacesOnlyRegularFilesThroughAFreshTemporaryFile) {
+  test::ScratchDir dir;
+  const std::vector<float> values{1.0f, 2.0f};
+  const std::vector<OutputTensor> tensors{{"x", {2}, values, {}}};
+  const auto target = dir.path() / "out.safetensors";
+  test::write_file(dir.path() / "victim", "keep");
+  std::filesystem::create_symlink(dir.path() / "victim", dir.path() / "out.safetensors.tmp");
+  write_safetensors(target, tensors);
+  write_safetensors(target, tensors);  // over the regular file it wrote
+  EXPECT_EQ(read_safetensors(target).at("x").f32, values);
+  EXPECT_EQ(test::read_file(dir.path() / "victim"), "keep");
+  EXPECT_TRUE(std::filesystem::is_symlink(dir.path() / "out.safetensors.tmp"));
+  auto error_of = [&](const std::filesystem::path& path) {
+    try {
+      write_safetensors(path, tensors);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  ASSERT_EQ(::mkfifo((dir.path() / "fifo").c_str(), 0600), 0);
+  std::filesystem::create_symlink("/dev/null", dir.path() / "device-link");
+  std::filesystem::create_directory(dir.path() / "folder");
+  for (const char* name : {"fifo", "device-link", "folder"})
+    EXPECT_NE(error_of(dir.path() / name).find("exists and is not a regular file; refusing to replace it"),
+              std::string::npos)
+        << name;
+  EXPECT_TRUE(std::filesystem::is_fifo(dir.path() / "fifo"));
+  // out.safetensors, its .tmp link, victim, fifo, device-link, folder: no temporary file left.
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir.path()), std::filesystem::directory_iterator()), 6);
 }
 
 TEST_F(CheckpointTest, WrongShape) {

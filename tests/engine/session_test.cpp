@@ -1,9 +1,15 @@
 // Session behaviour: chunked prefill, decode equivalence, cancellation, state export/import.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 
+#include "lightdesk/thread_pool.h"
 #include "test_util.h"
 
 namespace lightdesk {
@@ -266,6 +272,70 @@ TEST_F(SessionTest, ResetForgetsEverything) {
   EXPECT_THROW(s->sample({}), Error);
   s->feed(std::span(ids_).first(20));
   EXPECT_EQ(test::max_abs_diff(s->logits(), first), 0.0);
+}
+
+// The context that info() reports is the most a session holds: a feed past it is refused whole
+// (before any of it runs), and so is a state import.
+TEST(ModelContextTest, FeedsPastTheMaximumContextAreRefused) {
+  test::ScratchDir dir;
+  test::copy_fixture("tiny-a-m1-rd8", dir.path());
+  auto config = nlohmann::json::parse(test::read_file(dir.path() / "config.json"));
+  config["max_position_embeddings"] = 40;
+  test::write_file(dir.path() / "config.json", config.dump());
+  auto model = Model::open(dir.path(), ModelOptions{BackendKind::Cpu, 1, false});
+  EXPECT_EQ(model->info().max_context, 40);
+  auto s = model->create_session();
+  s->feed(random_ids(30, model->info().vocab_size, 3));
+  try {
+    s->feed(random_ids(11, model->info().vocab_size, 4));
+    FAIL() << "a feed past the context was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("30 tokens and 11 more exceed the model's maximum context of 40"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(s->position(), 30);
+  s->feed(random_ids(10, model->info().vocab_size, 5));
+  EXPECT_EQ(s->position(), 40);
+  EXPECT_THROW(s->feed(random_ids(1, model->info().vocab_size, 6)), Error);
+  EXPECT_THROW(model->create_session()->begin_import(41), Error);
+}
+
+// More threads than the pool allows is a clear error. When the system refuses a thread part-way
+// (here: an address-space limit in a child process), the workers already started are stopped
+// and joined and the error says so; before, the pool's unwinding left them running and the
+// process ended in std::terminate or hung.
+TEST(ThreadPoolTest, ThreadCreationFailureStopsTheStartedWorkers) {
+  try {
+    ThreadPool pool(100000);
+    FAIL() << "100000 threads accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot use 100000 threads"), std::string::npos) << e.what();
+  }
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    alarm(20);  // a hang fails the test instead of stalling it
+    std::ifstream statm("/proc/self/statm");
+    std::uint64_t pages = 0;
+    statm >> pages;
+    const std::uint64_t used = pages * static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
+    // Room for a few thread stacks (8 MB each by default) but not for 64.
+    const rlimit limit{used + (48u << 20), used + (48u << 20)};
+    setrlimit(RLIMIT_AS, &limit);
+    try {
+      ThreadPool pool(64);
+      _exit(2);  // every thread started: the limit did not bite
+    } catch (const Error& e) {
+      _exit(std::string(e.what()).find("cannot start 64 threads") != std::string::npos ? 0 : 3);
+    } catch (...) {
+      _exit(4);
+    }
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
 TEST(ModelOpenTest, ProgressReachesTheTotalAndCanCancel) {

@@ -1,6 +1,8 @@
 // Crash safety: a child process saves checkpoints in a loop (and deletes old ones) and is killed
 // with SIGKILL at a random moment; after every kill the database must open, pass
 // PRAGMA integrity_check and hold complete checkpoints that load to exactly the right state.
+// Every other child dies inside a save for certain: it kills itself part-way through streaming
+// a checkpoint's state to the store (the test checks that such kills left unfinished rows).
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -8,7 +10,9 @@
 
 #include <chrono>
 #include <cstdio>
+#include <optional>
 #include <random>
+#include <utility>
 
 #include "lightdesk/store.h"
 #include "src/sqlite.h"
@@ -44,8 +48,10 @@ class CrashTest : public ::testing::Test {
   }
 
   // Runs in the forked child until it is killed: continue the session from its latest
-  // checkpoint, one piece and one checkpoint at a time. Never returns.
-  [[noreturn]] void write_checkpoints_until_killed() {
+  // checkpoint, one piece and one checkpoint at a time. With `die_in_save`, the child kills
+  // itself during save number die_in_save->first (0-based) after streaming
+  // die_in_save->second of its state's parts. Never returns.
+  [[noreturn]] void write_checkpoints_until_killed(std::optional<std::pair<int, int>> die_in_save) {
     try {
       Store::Options options;
       options.kv_row_bytes = 100 * 1024;  // several rows per span, so kills land between rows
@@ -54,10 +60,23 @@ class CrashTest : public ::testing::Test {
       const auto session_id = record ? record->id : store.create_session("crash", {}, std::string("crash"));
       auto session = model_->create_session();
       if (const auto latest = store.latest_checkpoint(session_id)) store.load_checkpoint(latest->id, *session);
-      for (;;) {
+      for (int save = 0;; ++save) {
         if (session->tokens().size() == kStreamLength) session->reset();
         session->feed(std::span(*stream_).subspan(session->tokens().size(), kPiece));
-        store.save_checkpoint(session_id, *session);
+        int parts = 0;
+        const bool dies = die_in_save && die_in_save->first == save;
+        store.save_checkpoint(
+            session_id,
+            StateSource{session->model().info(), session->tokens(),
+                        [&](const std::function<void(const StatePart&)>& sink, std::int64_t kv_chunk_tokens,
+                            std::int64_t kv_from) {
+                          session->export_state(
+                              [&](const StatePart& part) {
+                                sink(part);
+                                if (dies && ++parts == die_in_save->second) raise(SIGKILL);
+                              },
+                              kv_chunk_tokens, kv_from);
+                        }});
         const auto all = store.checkpoints(session_id);
         for (std::size_t i = 0; i + kKeptCheckpoints < all.size(); ++i) store.delete_checkpoint(all[i].id);
       }
@@ -106,21 +125,27 @@ class CrashTest : public ::testing::Test {
 
   void run(int iterations, std::chrono::seconds time_limit) {
     std::mt19937 random(20261121);
-    std::uniform_int_distribution<int> delay_us(0, 40000);
+    std::uniform_int_distribution<int> delay_us(0, 40000), saves_before(0, 3), parts_before(1, 4);
     const auto deadline = std::chrono::steady_clock::now() + time_limit;
     bool saw_checkpoint = false;
-    int done = 0, inside_save = 0;
+    int done = 0, inside_save = 0, aimed_inside_save = 0;
     for (; done < iterations && std::chrono::steady_clock::now() < deadline; ++done) {
+      const bool aimed = done % 2 == 1;
+      const std::optional<std::pair<int, int>> die_in_save =
+          aimed ? std::optional(std::pair(saves_before(random), parts_before(random))) : std::nullopt;
       const pid_t child = fork();
       ASSERT_GE(child, 0) << "fork failed";
-      if (child == 0) write_checkpoints_until_killed();
-      usleep(static_cast<useconds_t>(delay_us(random)));
-      kill(child, SIGKILL);
+      if (child == 0) write_checkpoints_until_killed(die_in_save);
+      if (!aimed) {
+        usleep(static_cast<useconds_t>(delay_us(random)));
+        kill(child, SIGKILL);
+      }
       int status = 0;
       ASSERT_EQ(waitpid(child, &status, 0), child);
       ASSERT_TRUE(WIFSIGNALED(status)) << "the child stopped by itself (exit code " << WEXITSTATUS(status) << ")";
       const std::size_t complete = verify(done);
       inside_save += unfinished_rows() > 0 ? 1 : 0;
+      aimed_inside_save += aimed && unfinished_rows() > 0 ? 1 : 0;
       // Every other time the leftovers are collected here, otherwise by the child's next save.
       if (done % 2 == 1) {
         Store(db_path()).collect_garbage();
@@ -135,6 +160,8 @@ class CrashTest : public ::testing::Test {
     }
     EXPECT_TRUE(saw_checkpoint);
     std::printf("%d kills survived, %d of them inside a save\n", done, inside_save);
+    EXPECT_GT(aimed_inside_save, 0) << "no kill aimed inside a save left unfinished rows: the test did not test "
+                                       "what it claims";
   }
 
   std::filesystem::path db_path() const { return scratch_ / "crash.db"; }

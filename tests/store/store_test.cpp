@@ -7,6 +7,7 @@
 #include <sqlite3.h>
 
 #include <atomic>
+#include <chrono>
 #include <set>
 #include <fstream>
 #include <iterator>
@@ -507,6 +508,74 @@ TEST_F(StoreTest, RefusesAFileFromANewerSchema) {
   }
 }
 
+// A negative version indexed the migration steps before their start (a crash, or bytes run as
+// SQL). Checked on a fresh file and on one already at the current version.
+TEST_F(StoreTest, RefusesANegativeSchemaVersion) {
+  for (const int version : {-1, -5, -16, -1000, -2147483647}) {
+    std::filesystem::remove(db_path());
+    { sql::Database db(db_path()); }
+    exec_sql("PRAGMA user_version = " + std::to_string(version));
+    try {
+      Store store(db_path());
+      FAIL() << "opened a file of schema version " << version;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("damaged one (schema version " + std::to_string(version) + ")"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+}
+
+// Two runs continue one stored session at once: the second to save notices that the session
+// moved on. A plain state save refuses (it would drop the other's state); a conversation keeps
+// both exchanges as branches and says so.
+TEST_F(StoreTest, ASecondWriterNoticesThatTheSessionMovedOn) {
+  {
+    auto first = model_->create_session();
+    NamedSessionState state(db_path(), "shared", *first);
+    first->feed(token_ids(10, 40));
+    state.save();
+  }
+  auto a = model_->create_session(), b = model_->create_session();
+  NamedSessionState state_a(db_path(), "shared", *a), state_b(db_path(), "shared", *b);
+  a->feed(token_ids(5, 41));
+  b->feed(token_ids(7, 42));
+  state_a.save();
+  try {
+    state_b.save();
+    FAIL() << "the second writer silently replaced the first's state";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("session \"shared\" moved on while this run went on"), std::string::npos)
+        << e.what();
+  }
+  {
+    Store store(db_path());
+    EXPECT_EQ(store.latest_checkpoint(store.find_session("shared")->id)->position, 15);
+  }
+  // The one that saved keeps going: its own save is not another writer's.
+  a->feed(token_ids(2, 43));
+  state_a.save();
+
+  auto c = model_->create_session(), d = model_->create_session();
+  NamedSessionState state_c(db_path(), "shared", *c), state_d(db_path(), "shared", *d);
+  Message question, answer;
+  question.text = "q";
+  answer.text = "a";
+  c->feed(token_ids(3, 44));
+  d->feed(token_ids(4, 45));
+  const auto answer_c = state_c.save_exchange(question, answer);
+  EXPECT_TRUE(state_c.notice().empty()) << state_c.notice();
+  const auto answer_d = state_d.save_exchange(question, answer);
+  EXPECT_NE(state_d.notice().find("moved on while this run went on"), std::string::npos) << state_d.notice();
+  Store store(db_path());
+  const auto messages = store.messages(store.find_session("shared")->id);
+  std::set<std::optional<std::int64_t>> question_parents;
+  for (const auto& m : messages)
+    if (m.role == Role::User) question_parents.insert(m.parent_id);
+  EXPECT_EQ(question_parents.size(), 1u) << "both questions branch from the same place";
+  EXPECT_NE(answer_c, answer_d);
+}
+
 TEST_F(StoreTest, RefusesAFileThatIsNotADatabase) {
   std::ofstream(db_path()) << std::string(8192, 'x');
   try {
@@ -600,7 +669,9 @@ TEST_F(StoreTest, ConversationRecords) {
 }
 
 // Two threads, each with its own Store on one file: one saves checkpoints while the other reads
-// and searches; WAL lets the reader proceed during the writes.
+// and searches; WAL lets the reader proceed during the writes. The writer waits half-way until
+// the reader has seen some but not all of its checkpoints: a reader blocked by the writer's
+// Store never does, and the test then fails on the wait's time limit.
 TEST_F(StoreTest, OneStorePerThreadWorksConcurrently) {
   std::int64_t session_id = 0;
   {
@@ -611,7 +682,7 @@ TEST_F(StoreTest, OneStorePerThreadWorksConcurrently) {
     m.text = "concurrent words";
     store.add_message(m);
   }
-  std::atomic<bool> writing{true};
+  std::atomic<bool> writing{true}, reader_saw_some{false};
   std::string writer_error;
   std::thread writer([&] {
     try {
@@ -620,27 +691,31 @@ TEST_F(StoreTest, OneStorePerThreadWorksConcurrently) {
       for (int i = 0; i < 8; ++i) {
         session->feed(token_ids(16, 20 + static_cast<std::uint32_t>(i)));
         store.save_checkpoint(session_id, *session);
+        if (i != 3) continue;
+        const auto limit = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+        while (!reader_saw_some && std::chrono::steady_clock::now() < limit)
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));
       }
     } catch (const std::exception& e) {
       writer_error = e.what();
     }
     writing = false;
   });
-  int reads = 0;
   {
     Store store(db_path());
-    while (writing || reads == 0) {
+    while (writing) {
       EXPECT_EQ(store.search("concurrent").size(), 1u);
       EXPECT_EQ(store.messages(session_id).size(), 1u);
-      ++reads;
+      const std::size_t saved = store.checkpoints(session_id).size();
+      if (saved > 0 && saved < 8) reader_saw_some = true;
     }
   }
   writer.join();
   EXPECT_EQ(writer_error, "");
+  EXPECT_TRUE(reader_saw_some) << "the reader never read between the writer's saves";
   Store store(db_path());
   EXPECT_EQ(store.checkpoints(session_id).size(), 8u);
   EXPECT_EQ(store.latest_checkpoint(session_id)->position, 128);
-  EXPECT_GT(reads, 0);
 }
 
 }  // namespace

@@ -22,7 +22,7 @@ TEST(DemoPrompt, AskRendersTheTrainingLayout) {
   const auto format = ChatFormat::for_model(kDemoModel, *tokenizer);
   ASSERT_EQ(format.family(), ChatFamily::M1);
   for (const auto& c : cases) {
-    const Document document{c.at("name").get<std::string>(), "text", c.at("document").get<std::string>(), {}};
+    const Document document{c.at("name").get<std::string>(), "text", c.at("document").get<std::string>(), {}, {}};
     const auto prompt = document_prompt(format, *tokenizer, {document}, c.at("question").get<std::string>());
     EXPECT_EQ(prompt.ids, c.at("prompt_ids").get<std::vector<TokenId>>()) << c.at("question");
     // The answer the model learned to write ends with the end-of-turn token ask stops on.

@@ -1,6 +1,8 @@
 // The tokenizer against Hugging Face `tokenizers`: tests/data/tokenizers/*/reference.json holds
 // that library's ids for a varied corpus (tools/make_tokenizer_data.py).
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <fstream>
@@ -156,6 +158,89 @@ TEST(Tokenizer, MissingOrBrokenFilesNameTheCause) {
     EXPECT_NE(std::string(e.what()).find("tokenizer.json"), std::string::npos) << e.what();
   }
   EXPECT_THROW(Tokenizer::open(kData / "tokenizers" / "cl100k-bpe")->token_bytes(999999), Error);
+}
+
+// Damaged tokenizer.json files: each gives one line naming the file, never a crash.
+class HostileTokenizer : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::filesystem::create_directories(dir_);
+    std::ifstream in(kData / "tokenizers" / "tiny-512" / "tokenizer.json");
+    base_ = nlohmann::json::parse(in);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::string error_of(const nlohmann::json& j) { return error_of_text(j.dump()); }
+  std::string error_of_text(const std::string& text) {
+    std::ofstream(dir_ / "tokenizer.json") << text;
+    try {
+      Tokenizer::open(dir_)->encode("hello world", 1);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "(no error)";
+  }
+  std::filesystem::path dir_ = std::filesystem::temp_directory_path() /
+                               ("lightdesk-tokenizer-" + std::to_string(::getpid()));
+  nlohmann::json base_;
+};
+
+TEST_F(HostileTokenizer, AddedTokenIdsOutOfRangeAreRefused) {
+  for (const long long id : {-1LL, 4294967297LL, 1000000000LL}) {
+    nlohmann::json j = base_;
+    j["added_tokens"].push_back({{"id", id}, {"content", "<zz>"}, {"special", true}});
+    const std::string e = error_of(j);
+    EXPECT_NE(e.find("tokenizer.json: added token \"<zz>\" has id " + std::to_string(id) + ", outside 0.."),
+              std::string::npos)
+        << e;
+  }
+  nlohmann::json j = base_;
+  j["model"]["vocab"]["zz"] = -5;
+  EXPECT_NE(error_of(j).find("vocab id of \"zz\" -5, outside"), std::string::npos) << error_of(j);
+}
+
+// 100,000 levels are refused before parsing (the JSON library recurses when copying and freeing
+// values); 20 levels parse, and the tokenizer refuses them instead of recursing.
+TEST_F(HostileTokenizer, DeeplyNestedSequencesAreRefusedNotRecursedInto) {
+  for (const char* key : {"normalizer", "pre_tokenizer"}) {
+    const std::string list = std::string(key) == "normalizer" ? "normalizers" : "pretokenizers";
+    for (const auto& [depth, expected] : {std::pair{100000, "JSON nested more than 64 levels deep"},
+                                          std::pair{20, "Sequences nest more than 16 deep"}}) {
+      std::string nested;
+      for (int i = 0; i < depth; ++i) nested += "{\"type\":\"Sequence\",\"" + list + "\":[";
+      nested += "null";
+      for (int i = 0; i < depth; ++i) nested += "]}";
+      nlohmann::json j = base_;
+      j[key] = nullptr;
+      std::string text = j.dump();
+      const std::string slot = "\"" + std::string(key) + "\":null";
+      text.replace(text.find(slot), slot.size(), "\"" + std::string(key) + "\":" + nested);
+      const std::string e = error_of_text(text);
+      EXPECT_NE(e.find("tokenizer.json: "), std::string::npos) << e.substr(0, 200);
+      EXPECT_NE(e.find(expected), std::string::npos) << e.substr(0, 200);
+    }
+  }
+}
+
+TEST_F(HostileTokenizer, WrongTypesGiveOneLineNamingTheFile) {
+  for (const auto& [path, value] : std::vector<std::pair<std::string, nlohmann::json>>{
+           {"/model", 5}, {"/model/vocab", "x"}, {"/model/merges", {5}}, {"/added_tokens", {{{"id", "x"}}}}}) {
+    nlohmann::json j = base_;
+    j[nlohmann::json::json_pointer(path)] = value;
+    const std::string e = error_of(j);
+    EXPECT_EQ(e.find("[json.exception"), std::string::npos) << path << ": " << e;
+    EXPECT_NE(e.find("tokenizer.json: "), std::string::npos) << path << ": " << e;
+  }
+  EXPECT_NE(error_of_text("[1, 2]").find("tokenizer.json: not a tokenizer"), std::string::npos);
+}
+
+TEST_F(HostileTokenizer, FifoInPlaceOfTheTokenizerIsRefused) {
+  ASSERT_EQ(::mkfifo((dir_ / "tokenizer.json").c_str(), 0600), 0);
+  try {
+    Tokenizer::open(dir_);
+    FAIL() << "a FIFO was read as tokenizer.json";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("tokenizer.json: a FIFO"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

@@ -1,10 +1,12 @@
 // MiniMax-VL-01's image path against the references of tests/data/tiny-vl (made by
 // tools/make_vl_fixture.py with Pillow, transformers' CLIPVisionModel and torch).
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <cmath>
 #include <cstdlib>
+#include <nlohmann/json.hpp>
 #include <regex>
 
 #include "lightdesk/text.h"
@@ -112,6 +114,42 @@ TEST(VisionConfig, ReadsTheCheckpoint) {
   EXPECT_EQ(c.image_token_id, 5);  // the tokenizer's "<image>"
   EXPECT_EQ(c.feature_layer, -1);
   EXPECT_EQ(c.anyres.pinpoints.size(), 28u);
+}
+
+TEST(Decode, FifoOrDeviceInPlaceOfAnImageIsRefused) {
+  test::ScratchDir dir;
+  ASSERT_EQ(::mkfifo((dir.path() / "cat.png").c_str(), 0600), 0);
+  std::filesystem::create_symlink("/dev/zero", dir.path() / "zero.png");
+  for (const char* name : {"cat.png", "zero.png"}) {
+    try {
+      vision::decode_image_file(dir.path() / name);
+      FAIL() << name << " was read";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string(name) + ": a "), std::string::npos) << e.what();
+    }
+  }
+}
+
+// Numbers from config.json checked in range before narrowing or dividing by them.
+TEST(VisionConfig, RefusesOutOfRangeFields) {
+  const std::string original = test::read_file(test::fixture_dir("tiny-vl") / "config.json");
+  auto error_with = [&](const std::string& pointer, const nlohmann::json& value) {
+    test::ScratchDir dir;
+    auto config = nlohmann::json::parse(original);
+    config[nlohmann::json::json_pointer(pointer)] = value;
+    test::write_file(dir.path() / "config.json", config.dump());
+    try {
+      vision::load_vision_config(dir.path());
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  EXPECT_NE(error_with("/vision_feature_layer", 4294967295LL).find("vision_feature_layer"), std::string::npos);
+  EXPECT_NE(error_with("/image_grid_pinpoints", {{4294967632LL, 336}}).find("bad entry"), std::string::npos);
+  EXPECT_NE(error_with("/image_grid_pinpoints", {{1000000, 1000000}}).find("bad entry"), std::string::npos);
+  EXPECT_NE(error_with("/vision_config/layer_norm_eps", -1).find("layer_norm_eps must be greater than 0"),
+            std::string::npos);
 }
 
 TEST(Anyres, TokenCountsOfTheModelNotes) {

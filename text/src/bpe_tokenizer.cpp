@@ -19,13 +19,13 @@
 #include <array>
 #include <functional>
 #include <optional>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <queue>
 #include <unordered_map>
 
-#include "utf8.h"
+#include "lightdesk/input_files.h"
 #include "lightdesk/thread_pool.h"
+#include "utf8.h"
 
 namespace lightdesk {
 namespace {
@@ -92,7 +92,7 @@ bool is_valid_utf8(std::string_view text) {
 // A compiled pre-tokenizer regex. Matching is thread-safe: each call brings its own match data.
 class Pattern {
  public:
-  Pattern(const std::string& source, const std::string& where) {
+  Pattern(const std::string& source, const std::string& where) : where_(where) {
     int error = 0;
     PCRE2_SIZE offset = 0;
     code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(source.data()), source.size(), PCRE2_UTF | PCRE2_UCP,
@@ -128,7 +128,13 @@ class Pattern {
         const int rc = pcre2_match(pattern_.code_, reinterpret_cast<PCRE2_SPTR>(subject.data()), subject.size(), from,
                                    PCRE2_NO_UTF_CHECK, data_, nullptr);
         if (rc == PCRE2_ERROR_NOMATCH) return std::nullopt;
-        if (rc < 0) throw Error("pre-tokenizer regex failed with PCRE2 error " + std::to_string(rc));
+        if (rc < 0) {
+          // A regex that backtracks past PCRE2's match or depth limit on this text.
+          PCRE2_UCHAR message[256];
+          pcre2_get_error_message(rc, message, sizeof message);
+          throw Error(pattern_.where_ + ": the pre-tokenizer regex cannot split this text (" +
+                      reinterpret_cast<const char*>(message) + ")");
+        }
         const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(data_);
         if (ov[1] > ov[0]) return Match{ov[0], ov[1]};
         if (ov[0] >= subject.size()) return std::nullopt;
@@ -144,6 +150,7 @@ class Pattern {
   };
 
  private:
+  std::string where_;
   pcre2_code* code_ = nullptr;
 };
 
@@ -181,21 +188,25 @@ struct AddedToken {
 class BpeTokenizer final : public Tokenizer {
  public:
   explicit BpeTokenizer(const std::filesystem::path& file) : where_(file.string()) {
-    std::ifstream in(file);
-    if (!in) throw Error(where_ + ": cannot open");
     json root;
     try {
-      root = json::parse(in);
+      root = json::parse(read_json_file(file));
     } catch (const json::exception& e) {
-      throw Error(where_ + ": not valid JSON: " + e.what());
+      throw Error(where_ + ": not valid JSON: " + plain_error_text(e.what()));
     }
-    read_model(root.at("model"));
-    read_added_tokens(root);
-    read_normalizer(root.value("normalizer", json()));
-    read_pre_tokenizer(root.value("pre_tokenizer", json()));
-    const json decoder = root.value("decoder", json());
-    if (!decoder.is_null() && decoder.value("type", "") != "ByteLevel")
-      throw Error(where_ + ": decoder type \"" + decoder.value("type", "") + "\" is not supported (ByteLevel only)");
+    // Fields of the wrong type or missing end up here as the library's exceptions.
+    try {
+      if (!root.is_object()) throw Error(where_ + ": not a tokenizer (the top level is not an object)");
+      read_model(root.at("model"));
+      read_added_tokens(root);
+      read_normalizer(root.value("normalizer", json()), 0);
+      read_pre_tokenizer(root.value("pre_tokenizer", json()), 0);
+      const json decoder = root.value("decoder", json());
+      if (!decoder.is_null() && decoder.value("type", "") != "ByteLevel")
+        throw Error(where_ + ": decoder type \"" + decoder.value("type", "") + "\" is not supported (ByteLevel only)");
+    } catch (const json::exception& e) {
+      throw Error(where_ + ": malformed tokenizer: " + plain_error_text(e.what()));
+    }
   }
 
   std::vector<TokenId> encode(std::string_view text, int threads) const override {
@@ -250,9 +261,13 @@ class BpeTokenizer final : public Tokenizer {
     for (int b = 0; b < 256; ++b) byte_of[alphabet[static_cast<std::size_t>(b)]] = static_cast<unsigned char>(b);
 
     std::unordered_map<std::string, TokenId> vocab;
-    for (const auto& [token, id_json] : model.at("vocab").items()) {
-      const TokenId id = id_json.get<TokenId>();
-      if (id < 0) throw Error(where_ + ": vocab id of \"" + token + "\" is negative");
+    const json& entries = model.at("vocab");
+    if (!entries.is_object()) throw Error(where_ + ": model.vocab is not an object");
+    // Ids are dense from 0 in every tokenizer.json: one past the entry count (plus the added
+    // tokens, read later) bounds them, and with them the id table's size.
+    id_limit_ = static_cast<std::int64_t>(entries.size()) + 256;
+    for (const auto& [token, id_json] : entries.items()) {
+      const TokenId id = checked_id(id_json, "vocab id of \"" + token + "\"");
       vocab.emplace(token, id);
       if (static_cast<std::size_t>(id) >= id_bytes_.size()) id_bytes_.resize(static_cast<std::size_t>(id) + 1);
       id_bytes_[static_cast<std::size_t>(id)] = unicode_to_bytes(token, byte_of).value_or(token);
@@ -292,8 +307,13 @@ class BpeTokenizer final : public Tokenizer {
   }
 
   void read_added_tokens(const json& root) {
-    for (const json& t : root.value("added_tokens", json::array())) {
-      AddedToken token{t.at("id").get<TokenId>(), t.at("content").get<std::string>(), t.value("special", false)};
+    const json added = root.value("added_tokens", json::array());
+    if (!added.is_array()) throw Error(where_ + ": added_tokens is not a list");
+    id_limit_ += static_cast<std::int64_t>(added.size());
+    for (const json& t : added) {
+      const std::string content = t.at("content").get<std::string>();
+      AddedToken token{checked_id(t.at("id"), "added token \"" + content + "\" has id"), content,
+                       t.value("special", false)};
       for (const char* flag : {"lstrip", "rstrip", "single_word"})
         if (t.value(flag, false))
           throw Error(where_ + ": added token \"" + token.content + "\" sets " + flag + ", which is not supported");
@@ -307,11 +327,29 @@ class BpeTokenizer final : public Tokenizer {
               [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
   }
 
-  void read_normalizer(const json& normalizer) {
+  // A TokenId from a JSON id, checked before narrowing: within [0, id_limit_).
+  TokenId checked_id(const json& id, const std::string& what) const {
+    if (!id.is_number_integer() || id.get<std::int64_t>() < 0 || id.get<std::int64_t>() >= id_limit_)
+      throw Error(where_ + ": " + what + " " + id.dump() + ", outside 0.." + std::to_string(id_limit_ - 1) +
+                  " (ids run from 0 up to about the number of tokens)");
+    return id.get<TokenId>();
+  }
+
+  // Sequences nest in the JSON only as deep as someone wrote them; a few levels is all that
+  // `tokenizers` ever writes, and the recursion below must not run out of stack.
+  static constexpr int kMaxSequenceDepth = 16;
+  void check_depth(int depth, const char* what) const {
+    if (depth > kMaxSequenceDepth)
+      throw Error(where_ + ": " + what + " Sequences nest more than " + std::to_string(kMaxSequenceDepth) +
+                  " deep");
+  }
+
+  void read_normalizer(const json& normalizer, int depth) {
     if (normalizer.is_null()) return;
+    check_depth(depth, "normalizer");
     const std::string type = normalizer.value("type", "");
     if (type == "Sequence") {
-      for (const json& step : normalizer.at("normalizers")) read_normalizer(step);
+      for (const json& step : normalizer.at("normalizers")) read_normalizer(step, depth + 1);
       return;
     }
     UErrorCode status = U_ZERO_ERROR;
@@ -325,11 +363,12 @@ class BpeTokenizer final : public Tokenizer {
     normalizers_.push_back(form);
   }
 
-  void read_pre_tokenizer(const json& pre) {
+  void read_pre_tokenizer(const json& pre, int depth) {
     if (pre.is_null()) return;
+    check_depth(depth, "pre-tokenizer");
     const std::string type = pre.value("type", "");
     if (type == "Sequence") {
-      for (const json& step : pre.at("pretokenizers")) read_pre_tokenizer(step);
+      for (const json& step : pre.at("pretokenizers")) read_pre_tokenizer(step, depth + 1);
     } else if (type == "Split") {
       const json& pattern = pre.at("pattern");
       if (!pattern.contains("Regex"))
@@ -578,6 +617,7 @@ class BpeTokenizer final : public Tokenizer {
   }
 
   std::string where_;
+  std::int64_t id_limit_ = 0;
   std::vector<std::string> id_bytes_;
   std::array<TokenId, 256> byte_ids_{};
   std::unordered_map<std::uint64_t, MergeResult> merges_;

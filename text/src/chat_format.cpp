@@ -4,9 +4,9 @@
 //   Text-01: the MiniMax-VL-01 tokenizer_config.json template quoted by MiniMax's function-call
 //            guide (Text-01 uses the same role strings).
 #include <algorithm>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "lightdesk/input_files.h"
 #include "lightdesk/text.h"
 
 namespace lightdesk {
@@ -45,7 +45,7 @@ std::string tool_json(const std::string& definition) {
   try {
     parsed = ordered_json::parse(definition);
   } catch (const ordered_json::exception& e) {
-    throw Error(std::string("tool definition is not valid JSON: ") + e.what());
+    throw Error(std::string("tool definition is not valid JSON: ") + plain_error_text(e.what()));
   }
   std::string out;
   write_python_json(parsed, out);
@@ -65,16 +65,18 @@ std::string token_field(const nlohmann::json& config, const char* field, const s
   if (!config.contains(field) || config[field].is_null())
     throw Error(where + ": \"" + field + "\" is missing; the chat format needs it");
   const auto& value = config[field];
-  return value.is_string() ? value.get<std::string>() : value.at("content").get<std::string>();
+  if (value.is_string()) return value.get<std::string>();
+  if (!value.is_object() || !value.contains("content") || !value["content"].is_string())
+    throw Error(where + ": \"" + field + "\" is neither a token string nor an object with a \"content\" string");
+  return value["content"].get<std::string>();
 }
 
 nlohmann::json read_json(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  if (!in) throw Error(path.string() + ": cannot open");
+  const std::string text = read_json_file(path);
   try {
-    return nlohmann::json::parse(in);
+    return nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
-    throw Error(path.string() + ": not valid JSON: " + e.what());
+    throw Error(path.string() + ": not valid JSON: " + plain_error_text(e.what()));
   }
 }
 
@@ -163,6 +165,7 @@ ChatFormat::ChatFormat(ChatFamily family, const Tokenizer& tokenizer, std::strin
 ChatFormat ChatFormat::for_model(const std::filesystem::path& model_directory, const Tokenizer& tokenizer) {
   const auto config_path = model_directory / "tokenizer_config.json";
   const nlohmann::json config = read_json(config_path);
+  if (!config.is_object()) throw Error(config_path.string() + ": the top level is not an object");
   const std::string bos = token_field(config, "bos_token", config_path.string());
   const std::string eos = token_field(config, "eos_token", config_path.string());
   const bool has_template = config.contains("chat_template") && config["chat_template"].is_string();
@@ -175,12 +178,13 @@ ChatFormat ChatFormat::for_model(const std::filesystem::path& model_directory, c
     // M1's template opens with the document token; Text-01's and VL-01's do not.
     if (config["chat_template"].get<std::string>().find("<begin_of_document>") != std::string::npos)
       family = ChatFamily::M1;
-  } else if (parse_model_family(model_config.value("model_type", "")) == ModelFamily::MiniMaxM1) {
+  } else if (model_config.is_object() &&
+             parse_model_family(model_config.value("model_type", "")) == ModelFamily::MiniMaxM1) {
     family = ChatFamily::M1;
   }
   ChatFormat format(family, tokenizer, bos, eos);
   // Images line up with their features only if the tokenizer's placeholder is the config's.
-  if (model_config.contains("image_token_index")) {
+  if (model_config.is_object() && model_config.contains("image_token_index")) {
     const auto& index = model_config["image_token_index"];
     if (!index.is_number_integer() || !format.image_token() || index.get<TokenId>() != *format.image_token())
       throw Error(model_config_path.string() + ": image_token_index " + index.dump() +

@@ -95,6 +95,9 @@ std::vector<TokenId> generate_text(Session& session, const Tokenizer& tokenizer,
     generated.push_back(next);
     if (options.stop_token && next == *options.stop_token) break;
     if (const std::string text = decoder.feed(next); !text.empty() && on_text) on_text(text);
+    // The context ends generation too, two positions early: finish_assistant_turn feeds the
+    // last id and an end-of-turn token after it.
+    if (session.position() + 3 > session.model().info().max_context) break;
     if (i + 1 < options.max_new_tokens) session.feed(std::span(&next, 1));
   }
   if (const std::string rest = decoder.finish(); !rest.empty() && on_text) on_text(rest);

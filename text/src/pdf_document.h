@@ -9,6 +9,7 @@
 namespace lightdesk {
 
 // The text of each page, with an anchor at each page's start, of a file that starts with "%PDF-".
-Document load_pdf(const std::filesystem::path& path);
+// The text of at most max_text_bytes; a longer text is an Error.
+Document load_pdf(const std::filesystem::path& path, std::uint64_t max_text_bytes);
 
 }  // namespace lightdesk

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "lightdesk/input_files.h"
 #include "utf8.h"
 
 namespace lightdesk {
@@ -16,7 +17,8 @@ constexpr std::string_view kSpaceMark = "\xE2\x96\x81";  // U+2581, SentencePiec
 class SentencePieceTokenizer final : public Tokenizer {
  public:
   explicit SentencePieceTokenizer(const std::filesystem::path& file) {
-    const auto status = processor_.Load(file.string());
+    // Read here: SentencePiece itself would read a FIFO or a device without end.
+    const auto status = processor_.LoadFromSerializedProto(read_regular_file(file, kMaxConfigFileBytes));
     if (!status.ok()) throw Error(file.string() + ": not a readable SentencePiece model: " + status.ToString());
     // Control symbols are the special tokens. (User-defined symbols are not: SentencePiece itself
     // matches them in any text.)

@@ -1,11 +1,12 @@
 // Image decoding with OpenCV. Before OpenCV sees the data, the container header is read here for
 // the dimensions (so an oversized or bomb image is refused before any pixel memory is taken) and
 // for the EXIF orientation, which OpenCV ignores when asked for the alpha channel.
-#include <fstream>
+#include <algorithm>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include "lightdesk/input_files.h"
 #include "lightdesk/vision.h"
 
 namespace lightdesk::vision {
@@ -259,18 +260,10 @@ Image decode_image(std::span<const std::uint8_t> bytes, const std::string& sourc
 }
 
 Image decode_image_file(const std::filesystem::path& path, const DecodeLimits& limits) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path.string() + ": cannot open");
-  in.seekg(0, std::ios::end);
-  const std::streamoff size = in.tellg();
-  if (size > limits.max_file_bytes)
-    throw Error(path.string() + ": file of " + std::to_string(size) + " bytes exceeds the limit of " +
-                std::to_string(limits.max_file_bytes));
-  in.seekg(0);
-  std::vector<std::uint8_t> bytes(static_cast<std::size_t>(size));
-  in.read(reinterpret_cast<char*>(bytes.data()), size);
-  if (!in) throw Error(path.string() + ": read error");
-  return decode_image(bytes, path.string(), limits);
+  const std::string bytes =
+      read_regular_file(path, static_cast<std::uint64_t>(std::max<std::int64_t>(limits.max_file_bytes, 0)));
+  return decode_image(std::span(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()), path.string(),
+                      limits);
 }
 
 }  // namespace lightdesk::vision

@@ -1,8 +1,8 @@
 // VisionConfig from a VL-01 checkpoint's config.json and preprocessor_config.json.
-#include <fstream>
+#include <cmath>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
+#include "lightdesk/input_files.h"
 #include "lightdesk/vision.h"
 
 namespace lightdesk::vision {
@@ -11,18 +11,18 @@ namespace {
 using nlohmann::json;
 
 json read_json(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path.string() + ": cannot open");
-  std::ostringstream text;
-  text << in.rdbuf();
+  const std::string text = read_json_file(path);
+  json j;
   try {
-    json j = json::parse(text.str());
-    if (!j.is_object()) throw Error(path.string() + ": the top level is not an object");
-    return j;
+    j = json::parse(text);
   } catch (const json::parse_error& e) {
-    throw Error(path.string() + ": malformed JSON: " + e.what());
+    throw Error(path.string() + ": malformed JSON: " + plain_error_text(e.what()));
   }
+  if (!j.is_object()) throw Error(path.string() + ": the top level is not an object");
+  return j;
 }
+
+constexpr std::int64_t kMaxPinpointSide = 8192;
 
 class Fields {
  public:
@@ -41,12 +41,16 @@ class Fields {
   }
   int int_or(const char* key, int fallback) const {
     if (!has(key)) return fallback;
-    if (!at(key).is_number_integer()) fail(std::string("field \"") + key + "\" must be an integer");
-    return at(key).get<int>();
+    // Range-checked as 64 bits: 2^32 - 1 must not pass as -1.
+    const json& v = at(key);
+    if (!v.is_number_integer() || v.get<std::int64_t>() < -(1 << 30) || v.get<std::int64_t>() > (1 << 30))
+      fail(std::string("field \"") + key + "\" must be an integer of at most 2^30 in size, got " + v.dump());
+    return v.get<int>();
   }
   double number_or(const char* key, double fallback) const {
     if (!has(key)) return fallback;
-    if (!at(key).is_number()) fail(std::string("field \"") + key + "\" must be a number");
+    if (!at(key).is_number() || !std::isfinite(at(key).get<double>()))
+      fail(std::string("field \"") + key + "\" must be a finite number");
     return at(key).get<double>();
   }
   std::string string_or(const char* key, const std::string& fallback) const {
@@ -63,8 +67,10 @@ class Fields {
     std::vector<Resolution> list;
     if (!at(key).is_array()) fail(std::string("field \"") + key + "\" must be a list of [a, b] pairs");
     for (const json& e : at(key)) {
+      // A side beyond kMaxPinpointSide would cut an image into thousands of tiles.
       if (!e.is_array() || e.size() != 2 || !e[0].is_number_integer() || !e[1].is_number_integer() ||
-          e[0].get<int>() <= 0 || e[1].get<int>() <= 0)
+          e[0].get<std::int64_t>() <= 0 || e[1].get<std::int64_t>() <= 0 || e[0].get<std::int64_t>() > kMaxPinpointSide ||
+          e[1].get<std::int64_t>() > kMaxPinpointSide)
         fail(std::string("bad entry ") + e.dump() + " in \"" + key + "\"");
       list.push_back({e[0].get<int>(), e[1].get<int>()});
     }
@@ -75,7 +81,10 @@ class Fields {
     const json& v = at(key);
     if (!v.is_array() || v.size() != 3 || !v[0].is_number() || !v[1].is_number() || !v[2].is_number())
       fail(std::string("field \"") + key + "\" must be a list of 3 numbers");
-    return {v[0].get<float>(), v[1].get<float>(), v[2].get<float>()};
+    const std::array<float, 3> values{v[0].get<float>(), v[1].get<float>(), v[2].get<float>()};
+    for (float x : values)
+      if (!std::isfinite(x) || std::fabs(x) > 1e6f) fail(std::string("field \"") + key + "\" holds " + v.dump());
+    return values;
   }
 
  private:
@@ -110,6 +119,8 @@ VisionConfig load_vision_config(const std::filesystem::path& directory) {
   c.patch_size = vision.positive_int("patch_size");
   c.image_size = vision.positive_int("image_size");
   c.layer_norm_eps = static_cast<float>(vision.number_or("layer_norm_eps", 1e-5));
+  if (!(c.layer_norm_eps > 0.0f && c.layer_norm_eps <= 1.0f))
+    vision.fail("layer_norm_eps must be greater than 0 and at most 1");
   if (c.hidden_size % c.num_heads != 0) vision.fail("hidden_size is not a multiple of num_attention_heads");
   if (c.image_size % c.patch_size != 0) vision.fail("image_size is not a multiple of patch_size");
   if (vision.int_or("num_channels", 3) != 3) vision.fail("num_channels must be 3");
@@ -138,6 +149,8 @@ VisionConfig load_vision_config(const std::filesystem::path& directory) {
     if (pre.has("image_grid_pinpoints")) c.anyres.pinpoints = pre.pinpoints("image_grid_pinpoints");
     if (pre.has("image_mean")) c.anyres.mean = pre.triple("image_mean");
     if (pre.has("image_std")) c.anyres.std = pre.triple("image_std");
+    for (float s : c.anyres.std)
+      if (!(s > 0.0f)) pre.fail("image_std must be greater than 0 (pixels are divided by it)");
   }
   return c;
 }

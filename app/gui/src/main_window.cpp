@@ -45,7 +45,7 @@ Turns to_turns(const QList<ChatEntry>& entries) {
     conversation::Turn turn{entry.role == ChatEntry::Role::User, entry.text.toStdString(), {}, {}};
     for (const Attachment& attachment : entry.documents) {
       Document document{attachment.path.toStdString(), attachment.page_offsets.isEmpty() ? "text" : "pdf",
-                        attachment.text.toStdString(), {}};
+                        attachment.text.toStdString(), {}, {}};
       int page = 0;
       for (const qint64 offset : attachment.page_offsets)
         document.anchors.push_back({static_cast<std::size_t>(offset), ++page, 1});

@@ -12,7 +12,11 @@ namespace lightdesk {
 
 class ThreadPool {
  public:
-  // threads <= 0: one per hardware thread.
+  // More threads than any machine has cores for: a request beyond is a mistake, not a plan.
+  static constexpr int kMaxThreads = 4096;
+
+  // threads <= 0: one per hardware thread. Throws Error for more than kMaxThreads or when the
+  // system cannot start them (ulimit -u), with no thread left running.
   explicit ThreadPool(int threads);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
@@ -27,6 +31,7 @@ class ThreadPool {
 
  private:
   void worker_loop();
+  void stop_workers();
   void run_items();
 
   std::vector<std::thread> workers_;

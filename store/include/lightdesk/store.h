@@ -254,14 +254,20 @@ class NamedSessionState {
   // `prefill_chunk_tokens`; 0: the backend's own size, see FeedOptions).
   NamedSessionState(const std::filesystem::path& db, const std::string& name, Session& session,
                     std::int64_t prefill_chunk_tokens = 0);
-  // Saves the session's current state as the session's newest checkpoint.
+  // Saves the session's current state as the session's newest checkpoint. Throws Error, saving
+  // nothing, when the session moved on since it was loaded (another process saved a newer
+  // checkpoint of it): this state does not continue that one, and saving it would silently
+  // drop the other's.
   void save();
   // For conversations: adds `question` as a user message, child of the message the loaded
   // state ends with (a root if none), `answer` as an assistant message, its child, and saves
   // the session's current state as a checkpoint tied to the answer, where the next exchange
   // continues. Their session ids, parent ids and roles are set here. Returns the answer's id.
+  // When the session moved on since it was loaded, the exchange is a branch beside the other
+  // process's, and notice() says so.
   std::int64_t save_exchange(Message question, Message answer);
-  // Empty, or why the stored state was not loaded as is.
+  // Empty, or why the stored state was not loaded as is (after construction), or that the
+  // exchange became a branch (after save_exchange).
   const std::string& notice() const { return notice_; }
 
  private:
@@ -269,7 +275,13 @@ class NamedSessionState {
   Session& session_;
   std::int64_t session_id_ = 0;
   std::optional<std::int64_t> last_message_id_;  // the message the loaded checkpoint ends with
+  // The session's newest checkpoint when it was loaded (or this object's own last save): a
+  // newer one at save time is another writer's.
+  std::optional<std::int64_t> base_checkpoint_id_;
   std::string notice_;
+
+  // The newest checkpoint, when another writer saved it after base_checkpoint_id_.
+  std::optional<CheckpointRecord> newer_checkpoint();
 };
 
 }  // namespace lightdesk::store

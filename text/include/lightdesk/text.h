@@ -211,14 +211,28 @@ struct Document {
   std::string text;    // valid UTF-8
   // PDF: one anchor at the start of every page; text: none (lines are counted from offsets).
   std::vector<DocumentAnchor> anchors;
+  // Empty, or one line that front ends show the user: the file gave less text than it should
+  // have (PDF pages without text, an HTML file that is nearly all markup).
+  std::string notice;
 };
 
-// Loads plain text, Markdown or source code (UTF-8, UTF-16 with BOM; text that is not valid UTF-8
-// is read as UTF-8 with U+FFFD for the damage when most of its non-ASCII bytes are valid UTF-8,
-// else as Latin-1), HTML (*.html, *.htm: text with headings, lists and paragraphs kept as
-// Markdown-like lines) or a PDF (text per page). Throws Error naming the file for unreadable,
-// broken or encrypted files.
-Document load_document(const std::filesystem::path& path);
+// Bytes of document text that `tokens` tokens can hold at most: no token of the supported
+// vocabularies stands for more. A front end passes what is left of the model's context.
+inline constexpr std::uint64_t kDocumentBytesPerToken = 32;
+std::uint64_t document_byte_limit(std::int64_t tokens);
+// The limit when no model says otherwise.
+inline constexpr std::uint64_t kMaxDocumentBytes = std::uint64_t{256} << 20;
+// A PDF file's own limit: its bytes are mostly not text (fonts, images).
+inline constexpr std::uint64_t kMaxPdfFileBytes = std::uint64_t{1} << 30;
+
+// Loads plain text, Markdown or source code (UTF-8; UTF-16 and UTF-32 with a BOM or recognised
+// by their zero bytes; text that is not valid UTF-8 is read as UTF-8 with U+FFFD for the damage
+// when most of its non-ASCII bytes are valid UTF-8, else as Latin-1), HTML (*.html, *.htm: text
+// with headings, lists and paragraphs kept as Markdown-like lines) or a PDF (text per page).
+// Only a regular file is read. Throws Error naming the file for unreadable, broken or encrypted
+// files, binary data, a document that yields no text, and text (or a text file) larger than
+// `max_text_bytes`.
+Document load_document(const std::filesystem::path& path, std::uint64_t max_text_bytes = kMaxDocumentBytes);
 
 // ---- Generation ----
 
@@ -261,8 +275,9 @@ struct GenerationOptions {
 };
 
 // Feeds `prompt` to the session, then samples up to max_new_tokens (stopping after the stop
-// token), passing each piece of completed UTF-8 text to on_text as it comes. Returns the new ids
-// (the stop token included when reached).
+// token, and where the model's maximum context leaves two positions, which
+// finish_assistant_turn may need), passing each piece of completed UTF-8 text to on_text as it
+// comes. Returns the new ids (the stop token included when reached).
 std::vector<TokenId> generate_text(Session& session, const Tokenizer& tokenizer, std::span<const TokenId> prompt,
                                    const GenerationOptions& options,
                                    const std::function<void(std::string_view)>& on_text);
