@@ -9,7 +9,7 @@ packages=(
   libopencv-core-dev libopencv-imgcodecs-dev libopencv-imgproc-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libpcre2-dev libicu-dev libpoppler-cpp-dev libxml2-dev libsentencepiece-dev
-  libsqlite3-dev libxxhash-dev libzstd-dev
+  libsqlite3-dev libxxhash-dev libzstd-dev zlib1g-dev
   qt6-base-dev xvfb xauth fonts-dejavu-core
   dpkg-dev file lintian help2man man-db librsvg2-bin appstream desktop-file-utils
 )

@@ -122,4 +122,16 @@ double relative_error(const std::vector<float>& out, const std::vector<float>& r
   return std::sqrt(diff / std::max(norm, 1e-30));
 }
 
+std::vector<float> state_values(const StatePart& part) {
+  if (part.dtype == StateDType::F32) return {part.f32().begin(), part.f32().end()};
+  std::vector<float> values(static_cast<std::size_t>(part.numel()));
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    std::uint16_t half;
+    std::memcpy(&half, part.data.data() + 2 * i, 2);
+    const std::uint32_t bits = static_cast<std::uint32_t>(half) << 16;
+    std::memcpy(&values[i], &bits, 4);
+  }
+  return values;
+}
+
 }  // namespace lightdesk::test

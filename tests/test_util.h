@@ -83,4 +83,7 @@ class Random {
 // ‖out − ref‖ / ‖ref‖ in float64; infinity if any element of out is not finite or the sizes differ.
 double relative_error(const std::vector<float>& out, const std::vector<float>& ref);
 
+// A state part's values as float32, whichever dtype it carries (bf16 widened exactly).
+std::vector<float> state_values(const StatePart& part);
+
 }  // namespace lightdesk::test

@@ -15,7 +15,7 @@ void EngineState::for_each_part(const std::function<void(const StatePart&)>& sin
   for (const Part& part : parts_) {
     if (!with_lightning && part.header.kind == StatePartKind::LightningState) continue;
     StatePart view = part.header;
-    view.data = part.values;
+    view.data = part.bytes;
     sink(view);
   }
   // The earlier state's parts carry its own position: this state's is the newer one.
@@ -35,6 +35,7 @@ std::shared_ptr<const EngineState> EngineState::copy_of(const Session& session, 
   state->model_ = session.model().info();
   state->tokens_ = session.tokens();
   state->kv_first_ = kv_first;
+  state->kv_dtype_ = session.kv_dtype();
   // Whole softmax layers per part: the store cuts them into rows of its own size.
   session.export_state([&state](const StatePart& part) { state->add(part); },
                        std::max<std::int64_t>(1, session.position() - kv_first), kv_first);
@@ -64,7 +65,7 @@ store::StateSource EngineState::source() const {
   // Whatever positions the store asks for, every part goes: it keeps what its spans lack.
   return {model_, tokens_,
           [this](const std::function<void(const StatePart&)>& sink, std::int64_t, std::int64_t) { for_each_part(sink); },
-          kv_first()};
+          kv_first(), kv_dtype_};
 }
 
 void StoredCheckpoint::import_into(Session& session) const {

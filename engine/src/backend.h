@@ -56,16 +56,18 @@ class ComputeBackend {
   // one number from `rng`.
   virtual TokenId sample(const SequenceState& sequence, const SamplingParams& params, std::mt19937_64& rng) = 0;
 
-  // State transfer in the export layout (float32 host buffers). Lightning: [heads, d, d].
-  // K/V: [kv_heads, count, d] for positions first..first+count-1.
+  // State transfer in the export layout (host buffers). Lightning: float32 [heads, d, d].
+  // K/V: [kv_heads, count, d] for positions first..first+count-1, in kv_dtype(), the cache's
+  // own type (no conversion on the way).
   virtual void read_lightning_state(const SequenceState& sequence, int layer, float* out) const = 0;
   virtual void write_lightning_state(SequenceState& sequence, int layer, const float* in) const = 0;
+  virtual StateDType kv_dtype() const = 0;
   virtual void read_kv(const SequenceState& sequence, int layer, KvSide side, std::int64_t first,
-                       std::int64_t count, float* out) const = 0;
+                       std::int64_t count, void* out) const = 0;
   // Sizes every softmax layer's cache to `positions` before write_kv fills it.
   virtual void resize_kv(SequenceState& sequence, std::int64_t positions) const = 0;
   virtual void write_kv(SequenceState& sequence, int layer, KvSide side, std::int64_t first, std::int64_t count,
-                        const float* in) const = 0;
+                        const void* in) const = 0;
 };
 
 std::unique_ptr<ComputeBackend> make_cpu_backend(const ModelConfig& config, const WeightMap& weights,

@@ -109,9 +109,11 @@ class CpuBackend final : public ComputeBackend {
       std::copy_n(in + head_state_offset(ranks_[r]->plan.first_head), part.size(), part.begin());
     }
   }
+  StateDType kv_dtype() const override { return StateDType::F32; }
   // K/V heads come from the first rank holding each; a replicated head goes to every rank holding it.
   void read_kv(const SequenceState& state, int layer, KvSide side, std::int64_t first, std::int64_t count,
-               float* out) const override {
+               void* out_bytes) const override {
+    auto* out = static_cast<float*>(out_bytes);
     const auto& s = static_cast<const CpuSequence&>(state);
     for_each_kv_row(first, count, [&](std::size_t rank, std::int64_t cache_offset, std::int64_t export_offset) {
       const float* cache = (side == KvSide::Keys ? s.ranks[rank].keys : s.ranks[rank].values).at(layer).data();
@@ -129,7 +131,8 @@ class CpuBackend final : public ComputeBackend {
         }
   }
   void write_kv(SequenceState& state, int layer, KvSide side, std::int64_t first, std::int64_t count,
-                const float* in) const override {
+                const void* in_bytes) const override {
+    const auto* in = static_cast<const float*>(in_bytes);
     auto& s = static_cast<CpuSequence&>(state);
     for_each_kv_row(first, count, [&](std::size_t rank, std::int64_t cache_offset, std::int64_t export_offset) {
       float* cache = (side == KvSide::Keys ? s.ranks[rank].keys : s.ranks[rank].values).at(layer).data();

@@ -11,6 +11,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "lightdesk/cuda_device.h"
@@ -175,15 +176,16 @@ class CudaBackend final : public ComputeBackend {
     device_.upload(buffer.as<float>(), in, buffer.bytes());
     device_.synchronize();
   }
+  StateDType kv_dtype() const override { return std::is_same_v<T, float> ? StateDType::F32 : StateDType::BF16; }
   void read_kv(const SequenceState& state, int layer, KvSide side, std::int64_t first, std::int64_t count,
-               float* out) const override;
+               void* out) const override;
   void resize_kv(SequenceState& state, std::int64_t positions) const override {
     const std::lock_guard lock(forward_mutex_);
     device_.make_current();
     reserve_kv(static_cast<CudaSequence&>(state), positions);
   }
   void write_kv(SequenceState& state, int layer, KvSide side, std::int64_t first, std::int64_t count,
-                const float* in) const override;
+                const void* in) const override;
 
  private:
   std::int64_t lightning_size() const { return std::int64_t{config_.num_heads} * config_.head_dim * config_.head_dim; }
@@ -529,7 +531,7 @@ void CudaBackend<T>::decode_step(CudaSequence& s, std::int64_t position) {
 
 template <typename T>
 void CudaBackend<T>::read_kv(const SequenceState& state, int layer, KvSide side, std::int64_t first,
-                             std::int64_t count, float* out) const {
+                             std::int64_t count, void* out) const {
   const auto& s = static_cast<const CudaSequence&>(state);
   const std::int64_t KV = kv_width(), d = config_.head_dim;
   if (first + count > s.capacity())
@@ -537,22 +539,23 @@ void CudaBackend<T>::read_kv(const SequenceState& state, int layer, KvSide side,
                 " read past the cache's " + std::to_string(s.capacity()) + " positions");
   const std::lock_guard lock(forward_mutex_);
   device_.make_current();
-  // Converted to float32 as they are read from the cache.
-  DeviceBuffer rows_f32 = device_array<float>(count * KV, "K/V export");
+  // In the cache's own type: no conversion, half the bytes of float32 for bf16.
+  DeviceBuffer device_rows = device_array<T>(count * KV, "K/V export");
   const bool keys = side == KvSide::Keys;
-  cuda::read_kv_rows<T, float>(kv_view(s, layer).as_const(), first, count, KV, keys ? rows_f32.as<float>() : nullptr,
-                               keys ? nullptr : rows_f32.as<float>(), device_.stream());
-  std::vector<float> rows(static_cast<std::size_t>(count * KV));
-  device_.download(rows.data(), rows_f32.as<float>(), rows.size() * sizeof(float));
+  cuda::read_kv_rows<T, T>(kv_view(s, layer).as_const(), first, count, KV, keys ? device_rows.as<T>() : nullptr,
+                           keys ? nullptr : device_rows.as<T>(), device_.stream());
+  std::vector<T> rows(static_cast<std::size_t>(count * KV));
+  device_.download(rows.data(), device_rows.as<T>(), rows.size() * sizeof(T));
   // Cache layout [position, kv_head, d] to export layout [kv_head, position, d].
+  T* exported = static_cast<T*>(out);
   for (int g = 0; g < config_.num_kv_heads; ++g)
     for (std::int64_t t = 0; t < count; ++t)
-      std::copy_n(rows.data() + (t * config_.num_kv_heads + g) * d, d, out + (std::int64_t{g} * count + t) * d);
+      std::copy_n(rows.data() + (t * config_.num_kv_heads + g) * d, d, exported + (std::int64_t{g} * count + t) * d);
 }
 
 template <typename T>
 void CudaBackend<T>::write_kv(SequenceState& state, int layer, KvSide side, std::int64_t first, std::int64_t count,
-                              const float* in) const {
+                              const void* in) const {
   auto& s = static_cast<CudaSequence&>(state);
   const std::int64_t KV = kv_width(), d = config_.head_dim;
   if (first + count > s.capacity())
@@ -560,16 +563,16 @@ void CudaBackend<T>::write_kv(SequenceState& state, int layer, KvSide side, std:
                 " written past the cache's " + std::to_string(s.capacity()) + " positions");
   const std::lock_guard lock(forward_mutex_);
   device_.make_current();
-  std::vector<float> rows(static_cast<std::size_t>(count * KV));
+  const T* imported = static_cast<const T*>(in);
+  std::vector<T> rows(static_cast<std::size_t>(count * KV));
   for (int g = 0; g < config_.num_kv_heads; ++g)
     for (std::int64_t t = 0; t < count; ++t)
-      std::copy_n(in + (std::int64_t{g} * count + t) * d, d, rows.data() + (t * config_.num_kv_heads + g) * d);
-  // Converted to T as they are written to the cache.
-  DeviceBuffer rows_f32 = device_array<float>(count * KV, "K/V import");
-  device_.upload(rows_f32.as<float>(), rows.data(), rows.size() * sizeof(float));
+      std::copy_n(imported + (std::int64_t{g} * count + t) * d, d, rows.data() + (t * config_.num_kv_heads + g) * d);
+  DeviceBuffer device_rows = device_array<T>(count * KV, "K/V import");
+  device_.upload(device_rows.as<T>(), rows.data(), rows.size() * sizeof(T));
   const bool keys = side == KvSide::Keys;
-  cuda::write_kv_rows<T, float>(keys ? rows_f32.as<float>() : nullptr, keys ? nullptr : rows_f32.as<float>(), count,
-                                first, KV, kv_view(s, layer), device_.stream());
+  cuda::write_kv_rows<T, T>(keys ? device_rows.as<T>() : nullptr, keys ? nullptr : device_rows.as<T>(), count, first,
+                            KV, kv_view(s, layer), device_.stream());
   device_.synchronize();
 }
 

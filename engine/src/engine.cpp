@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "backend.h"
+#include "bf16.h"
 #include "cuda_backend.h"
 #include "lightdesk/engine.h"
 #include "lightdesk/input_files.h"
@@ -90,6 +91,20 @@ std::uint64_t ModelInfo::session_bytes(std::int64_t tokens) const {
 }
 
 namespace {
+
+template <typename T>
+std::span<const T> as_elements(std::span<const std::byte> bytes) {
+  return {reinterpret_cast<const T*>(bytes.data()), bytes.size() / sizeof(T)};
+}
+
+// Non-finite values in a state mean damage: an all-ones exponent, in either type.
+bool all_finite(const StatePart& part) {
+  if (part.dtype == StateDType::F32)
+    return std::all_of(as_elements<float>(part.data).begin(), as_elements<float>(part.data).end(),
+                       [](float v) { return std::isfinite(v); });
+  const auto bf16 = as_elements<std::uint16_t>(part.data);
+  return std::none_of(bf16.begin(), bf16.end(), [](std::uint16_t v) { return (v & 0x7F80) == 0x7F80; });
+}
 
 // FNV-1a, twice with different offsets for 128 bits: a fingerprint, not a security digest.
 class Fingerprint {
@@ -316,8 +331,35 @@ TokenId Session::sample(const SamplingParams& params) {
   return s.backend->sample(*s.sequence, params, s.rng);
 }
 
+const char* state_dtype_name(StateDType dtype) {
+  switch (dtype) {
+    case StateDType::F32: return "f32";
+    case StateDType::BF16: return "bf16";
+  }
+  return "?";
+}
+
+std::optional<StateDType> parse_state_dtype(std::string_view name) {
+  for (StateDType dtype : {StateDType::F32, StateDType::BF16})
+    if (name == state_dtype_name(dtype)) return dtype;
+  return std::nullopt;
+}
+
+std::int64_t state_dtype_bytes(StateDType dtype) { return dtype == StateDType::BF16 ? 2 : 4; }
+
+std::int64_t StatePart::numel() const {
+  std::int64_t n = 1;
+  for (std::int64_t v : shape) n *= v;
+  return n;
+}
+
+std::span<const float> StatePart::f32() const {
+  if (dtype != StateDType::F32) throw Error(std::string("state part of dtype ") + state_dtype_name(dtype) + " read as f32");
+  return as_elements<float>(data);
+}
+
 std::vector<StatePart> state_layout(const ModelShape& shape, std::int64_t position, std::int64_t kv_chunk_tokens,
-                                    std::int64_t kv_first) {
+                                    std::int64_t kv_first, StateDType kv_dtype) {
   if (kv_chunk_tokens <= 0) throw Error("kv_chunk_tokens must be positive");
   if (kv_first < 0 || kv_first > position)
     throw Error("state export from position " + std::to_string(kv_first) + " of a state of " +
@@ -344,6 +386,7 @@ std::vector<StatePart> state_layout(const ModelShape& shape, std::int64_t positi
         part.position = position;
         part.first_token = first;
         part.token_count = count;
+        part.dtype = kv_dtype;
         part.shape = {shape.num_kv_heads, count, d};
         parts.push_back(part);
       }
@@ -352,15 +395,15 @@ std::vector<StatePart> state_layout(const ModelShape& shape, std::int64_t positi
   return parts;
 }
 
+StateDType Session::kv_dtype() const { return impl_->backend->kv_dtype(); }
+
 void Session::export_state(const std::function<void(const StatePart&)>& sink, std::int64_t kv_chunk_tokens,
                            std::int64_t kv_first) const {
-  std::vector<float> buffer;
-  for (StatePart part : state_layout(*impl_->info, position(), kv_chunk_tokens, kv_first)) {
-    std::int64_t numel = 1;
-    for (std::int64_t v : part.shape) numel *= v;
-    buffer.resize(static_cast<std::size_t>(numel));
+  std::vector<std::byte> buffer;
+  for (StatePart part : state_layout(*impl_->info, position(), kv_chunk_tokens, kv_first, kv_dtype())) {
+    buffer.resize(static_cast<std::size_t>(part.bytes()));
     if (part.kind == StatePartKind::LightningState)
-      impl_->backend->read_lightning_state(*impl_->sequence, part.layer, buffer.data());
+      impl_->backend->read_lightning_state(*impl_->sequence, part.layer, reinterpret_cast<float*>(buffer.data()));
     else
       impl_->backend->read_kv(*impl_->sequence, part.layer,
                               part.kind == StatePartKind::SoftmaxKeys ? KvSide::Keys : KvSide::Values,
@@ -407,7 +450,8 @@ void Session::Import::add(const StatePart& part) {
   const Session::Impl& s = *im.session->impl_;
   const ModelInfo& info = *s.info;
   const std::string where = "state import: part for layer " + std::to_string(part.layer) + ": ";
-  if (part.layout_version != StatePart::kLayoutVersion)
+  // Version 1 parts are version 2 parts of dtype F32.
+  if (part.layout_version != StatePart::kLayoutVersion && !(part.layout_version == 1 && part.dtype == StateDType::F32))
     throw Error(where + "layout version " + std::to_string(part.layout_version) + " is not supported (expected " +
                 std::to_string(StatePart::kLayoutVersion) + ")");
   if (part.position != im.position)
@@ -431,17 +475,34 @@ void Session::Import::add(const StatePart& part) {
   }
   std::int64_t numel = 1;
   for (auto v : expected) numel *= v;
-  if (part.shape != expected || static_cast<std::int64_t>(part.data.size()) != numel)
+  if (part.kind == StatePartKind::LightningState && part.dtype != StateDType::F32)
+    throw Error(where + "a lightning state must be f32, not " + state_dtype_name(part.dtype));
+  if (part.dtype != StateDType::F32 && part.dtype != StateDType::BF16)
+    throw Error(where + "unknown element type " + std::to_string(static_cast<int>(part.dtype)));
+  if (part.shape != expected || static_cast<std::int64_t>(part.data.size()) != numel * state_dtype_bytes(part.dtype))
     throw Error(where + "shape or size does not match this model");
-  for (float v : part.data)
-    if (!std::isfinite(v)) throw Error(where + "holds a non-finite value (damaged state)");
+  if (!all_finite(part)) throw Error(where + "holds a non-finite value (damaged state)");
   if (part.kind == StatePartKind::LightningState) {
-    s.backend->write_lightning_state(*im.sequence, part.layer, part.data.data());
+    s.backend->write_lightning_state(*im.sequence, part.layer, as_elements<float>(part.data).data());
     im.lightning_done[part.layer] = true;
     return;
   }
   const KvSide side = part.kind == StatePartKind::SoftmaxKeys ? KvSide::Keys : KvSide::Values;
-  s.backend->write_kv(*im.sequence, part.layer, side, part.first_token, part.token_count, part.data.data());
+  const StateDType cache_dtype = s.backend->kv_dtype();
+  if (part.dtype == cache_dtype) {
+    s.backend->write_kv(*im.sequence, part.layer, side, part.first_token, part.token_count, part.data.data());
+  } else {
+    // The other type, converted here: bf16 to f32 is exact; f32 to bf16 rounds as the GPU would.
+    std::vector<std::byte> converted(static_cast<std::size_t>(numel * state_dtype_bytes(cache_dtype)));
+    if (cache_dtype == StateDType::F32) {
+      const auto in = as_elements<std::uint16_t>(part.data);
+      std::transform(in.begin(), in.end(), reinterpret_cast<float*>(converted.data()), bf16_to_f32);
+    } else {
+      const auto in = as_elements<float>(part.data);
+      std::transform(in.begin(), in.end(), reinterpret_cast<std::uint16_t*>(converted.data()), f32_to_bf16);
+    }
+    s.backend->write_kv(*im.sequence, part.layer, side, part.first_token, part.token_count, converted.data());
+  }
   im.covered[part.kind == StatePartKind::SoftmaxKeys ? 0 : 1][part.layer].emplace_back(
       part.first_token, part.first_token + part.token_count);
 }

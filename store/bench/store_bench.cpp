@@ -2,9 +2,12 @@
 // raw file I/O on the same disk in the same run; whether zstd would pay for the state's bytes;
 // and what that means for restoring a MiniMax-Text-01 session instead of prefilling it.
 //
-// usage: lightdesk-store-bench [--dir DIR] [--gib N] [--fixture MODEL_DIR] [--page-size N]
+// usage: lightdesk-store-bench [--dir DIR] [--gib N | --tokens N] [--runs N] [--zstd] [--fixture MODEL_DIR]
+//                              [--page-size N]
 // The synthetic state has the real model's shape (70 lightning layers of 64 x 128 x 128 fp32,
-// 10 softmax layers of 8 KV heads x 128, keys and values) and as many positions as make N GiB.
+// 10 softmax layers of 8 KV heads x 128, keys and values in bf16) and N positions (--tokens) or as
+// many as make N GiB. Each of --runs runs writes and reads the raw file and then the store, so that
+// every store figure has a raw figure of the same moment beside it (the disk is shared and noisy).
 // Files go to DIR (default: the current directory) and are removed at the end.
 #include <fcntl.h>
 #include <unistd.h>
@@ -53,9 +56,9 @@ lightdesk::ModelInfo minimax_text_01_shape() {
 std::int64_t lightning_floats(const lightdesk::ModelInfo& m) {
   return static_cast<std::int64_t>(m.num_heads) * m.head_dim * m.head_dim;
 }
-// fp32 K and V of one position over all softmax layers.
+// bf16 K and V of one position over all softmax layers (as the CUDA backend exports them).
 std::int64_t kv_bytes_per_position(const lightdesk::ModelInfo& m) {
-  return 2LL * m.num_softmax_layers() * m.num_kv_heads * m.head_dim * 4;
+  return 2LL * m.num_softmax_layers() * m.num_kv_heads * m.head_dim * 2;
 }
 
 // Values shaped like a state: normally distributed, so exponents cluster as in real ones.
@@ -67,6 +70,16 @@ std::vector<float> normal_floats(std::size_t count, std::uint32_t seed) {
   return values;
 }
 
+std::vector<std::uint16_t> to_bf16(std::span<const float> values) {
+  std::vector<std::uint16_t> out(values.size());
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    std::uint32_t bits = 0;
+    std::memcpy(&bits, &values[i], 4);
+    out[i] = static_cast<std::uint16_t>((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);  // round to nearest even
+  }
+  return out;
+}
+
 // The synthetic state, streamed the way Session::export_state streams a real one. The values
 // are generated once and reused for every part so that generating them is not timed.
 class SyntheticState {
@@ -75,15 +88,16 @@ class SyntheticState {
       : model_(model),
         positions_(positions),
         lightning_(normal_floats(static_cast<std::size_t>(lightning_floats(model)), 1)),
-        kv_(normal_floats(static_cast<std::size_t>(model.num_kv_heads * kv_chunk_tokens * model.head_dim), 2)) {}
+        kv_(to_bf16(normal_floats(static_cast<std::size_t>(model.num_kv_heads * kv_chunk_tokens * model.head_dim), 2))) {}
 
   void export_state(const std::function<void(const StatePart&)>& sink, std::int64_t kv_chunk_tokens,
                     std::int64_t kv_first = 0) const {
-    for (StatePart part : lightdesk::state_layout(model_, positions_, kv_chunk_tokens, kv_first)) {
+    for (StatePart part :
+         lightdesk::state_layout(model_, positions_, kv_chunk_tokens, kv_first, lightdesk::StateDType::BF16)) {
       part.data = part.kind == StatePartKind::LightningState
-                      ? std::span<const float>(lightning_)
-                      : std::span<const float>(kv_).first(
-                            static_cast<std::size_t>(model_.num_kv_heads * part.token_count * model_.head_dim));
+                      ? std::as_bytes(std::span<const float>(lightning_))
+                      : std::as_bytes(std::span<const std::uint16_t>(kv_).first(
+                            static_cast<std::size_t>(model_.num_kv_heads * part.token_count * model_.head_dim)));
       sink(part);
     }
   }
@@ -92,7 +106,7 @@ class SyntheticState {
   const lightdesk::ModelInfo& model_;
   std::int64_t positions_;
   std::vector<float> lightning_;
-  std::vector<float> kv_;
+  std::vector<std::uint16_t> kv_;
 };
 
 // Drops the file's pages from the page cache so the next read comes from the disk.
@@ -118,7 +132,7 @@ RawResult raw_file_io(const std::filesystem::path& path, const SyntheticState& s
   auto start = Clock::now();
   state.export_state(
       [&](const StatePart& part) {
-        const auto bytes = std::as_bytes(part.data);
+        const auto bytes = part.data;
         if (::write(out, bytes.data(), bytes.size()) != static_cast<ssize_t>(bytes.size()))
           throw lightdesk::Error("short write to " + path.string());
       },
@@ -138,16 +152,6 @@ RawResult raw_file_io(const std::filesystem::path& path, const SyntheticState& s
   if (read_bytes != total_bytes) throw lightdesk::Error("raw read returned a different size");
   std::filesystem::remove(path);
   return result;
-}
-
-std::vector<std::uint16_t> to_bf16(std::span<const float> values) {
-  std::vector<std::uint16_t> out(values.size());
-  for (std::size_t i = 0; i < values.size(); ++i) {
-    std::uint32_t bits = 0;
-    std::memcpy(&bits, &values[i], 4);
-    out[i] = static_cast<std::uint16_t>((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);  // round to nearest even
-  }
-  return out;
 }
 
 // zstd on one buffer at one level: ratio (compressed / original) and single-thread speeds.
@@ -187,7 +191,8 @@ void tiny_model_states(const std::filesystem::path& fixture, std::vector<float>&
   session->feed(ids);
   session->export_state([&](const StatePart& part) {
     auto& into = part.kind == StatePartKind::LightningState ? lightning : kv;
-    into.insert(into.end(), part.data.begin(), part.data.end());
+    const auto* values = reinterpret_cast<const float*>(part.data.data());  // the CPU backend exports f32
+    into.insert(into.end(), values, values + part.numel());
   });
 }
 
@@ -203,20 +208,27 @@ int main(int argc, char** argv) try {
   double gib = 4.0;
   std::filesystem::path fixture;
   int page_size = lightdesk::store::Store::Options{}.page_size;
+  std::int64_t tokens_wanted = 0;
+  int runs = 1;
+  bool zstd = false;
   for (int i = 1; i < argc; ++i) {
     const std::string key = argv[i];
     if (key == "--dir") dir = take(i, argc, argv);
     else if (key == "--gib") gib = std::stod(take(i, argc, argv));
+    else if (key == "--tokens") tokens_wanted = std::stoll(take(i, argc, argv));
+    else if (key == "--runs") runs = std::stoi(take(i, argc, argv));
+    else if (key == "--zstd") zstd = true;
     else if (key == "--fixture") fixture = take(i, argc, argv);
     else if (key == "--page-size") page_size = std::stoi(take(i, argc, argv));
-    else throw lightdesk::Error("unknown option " + key + " (usage: lightdesk-store-bench [--dir DIR] [--gib N] [--fixture MODEL_DIR] [--page-size N])");
+    else throw lightdesk::Error("unknown option " + key + " (usage: lightdesk-store-bench [--dir DIR] [--gib N | --tokens N] [--runs N] [--zstd] [--fixture MODEL_DIR] [--page-size N])");
   }
 
   const auto model = minimax_text_01_shape();
   const std::int64_t lightning_bytes = model.num_lightning_layers() * lightning_floats(model) * 4;
   const std::int64_t per_position = kv_bytes_per_position(model);
   const auto target = static_cast<std::int64_t>(gib * 1024 * 1024 * 1024);
-  const std::int64_t positions = std::max<std::int64_t>(1, (target - lightning_bytes) / per_position);
+  const std::int64_t positions =
+      tokens_wanted > 0 ? tokens_wanted : std::max<std::int64_t>(1, (target - lightning_bytes) / per_position);
   const std::int64_t total_bytes = lightning_bytes + positions * per_position;
   const auto space = std::filesystem::space(dir);
   if (space.available < static_cast<std::uintmax_t>(total_bytes) * 2 + (1LL << 30))
@@ -224,64 +236,68 @@ int main(int argc, char** argv) try {
 
   lightdesk::store::Store::Options options;
   options.page_size = page_size;
-  const std::int64_t kv_chunk_tokens = options.kv_row_bytes / (model.num_kv_heads * model.head_dim * 4);
+  const std::int64_t kv_chunk_tokens = options.kv_row_bytes / (model.num_kv_heads * model.head_dim * 2);
   const SyntheticState state(model, positions, kv_chunk_tokens);
-  std::printf("page size %d; state: %.1f MB lightning (70 layers) + %lld positions x %lld B of fp32 K/V = %.2f GiB\n\n",
+  std::printf("page size %d; state: %.1f MB lightning (70 layers) + %lld positions x %lld B of bf16 K/V = %.2f GiB\n\n",
               page_size, static_cast<double>(lightning_bytes) / kMB, static_cast<long long>(positions),
               static_cast<long long>(per_position), static_cast<double>(total_bytes) / (1 << 30));
 
-  const RawResult raw = raw_file_io(dir / "raw-state.bin", state, kv_chunk_tokens, total_bytes);
+  std::printf("| run | raw write+fsync MB/s | store save+sync MB/s | save / raw | raw cold read MB/s | store cold read MB/s | read / raw | store hot read MB/s |\n|---|---|---|---|---|---|---|---|\n");
+  double store_write = 0, store_read = 0;  // the last run's, for the zstd estimate
+  for (int run = 1; run <= runs; ++run) {
+    const RawResult raw = raw_file_io(dir / "raw-state.bin", state, kv_chunk_tokens, total_bytes);
 
-  const auto db_path = dir / "bench-sessions.db";
-  for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(db_path.string() + suffix);
-  std::vector<lightdesk::TokenId> tokens(static_cast<std::size_t>(positions), 1);
-  double save_s = 0, close_s = 0;
-  std::int64_t checkpoint_id = 0;
-  {
-    std::optional<lightdesk::store::Store> store;
-    auto start = Clock::now();
-    store.emplace(db_path, options);
-    const auto session_id = store->create_session("benchmark");
-    checkpoint_id = store->save_checkpoint(
-        session_id, lightdesk::store::StateSource{model, tokens, [&](const auto& sink, std::int64_t chunk,
-                                                                     std::int64_t kv_from) {
-                                                    state.export_state(sink, chunk, kv_from);
-                                                  }});
-    save_s = seconds_since(start);
-    // Closing the last connection copies the WAL into the file and syncs it: then it is on disk.
-    start = Clock::now();
-    store.reset();
-    close_s = seconds_since(start);
+    const auto db_path = dir / "bench-sessions.db";
+    for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(db_path.string() + suffix);
+    std::vector<lightdesk::TokenId> tokens(static_cast<std::size_t>(positions), 1);
+    double save_s = 0, close_s = 0;
+    std::int64_t checkpoint_id = 0;
+    {
+      std::optional<lightdesk::store::Store> store;
+      auto start = Clock::now();
+      store.emplace(db_path, options);
+      const auto session_id = store->create_session("benchmark");
+      checkpoint_id = store->save_checkpoint(
+          session_id, lightdesk::store::StateSource{model, tokens, [&](const auto& sink, std::int64_t chunk,
+                                                                       std::int64_t kv_from) {
+                                                      state.export_state(sink, chunk, kv_from);
+                                                    },
+                                                    0, lightdesk::StateDType::BF16});
+      save_s = seconds_since(start);
+      // Closing the last connection copies the WAL into the file and syncs it: then it is on disk.
+      start = Clock::now();
+      store.reset();
+      close_s = seconds_since(start);
+    }
+    evict_from_page_cache(db_path);
+    const auto db_size = static_cast<std::int64_t>(std::filesystem::file_size(db_path));
+
+    double cold_read_s = 0, hot_read_s = 0;
+    for (double* seconds : {&cold_read_s, &hot_read_s}) {
+      lightdesk::store::Store store(db_path, options);
+      const auto start = Clock::now();
+      double sum = 0;
+      const auto ids = store.read_checkpoint(checkpoint_id, model, [&](const StatePart& part) { sum += std::to_integer<int>(part.data[0]); });
+      *seconds = seconds_since(start);
+      if (static_cast<std::int64_t>(ids.size()) != positions || !std::isfinite(sum))
+        throw lightdesk::Error("read back a different checkpoint");
+    }
+
+    const double mb = static_cast<double>(total_bytes) / kMB;
+    store_write = mb / (save_s + close_s);
+    store_read = mb / cold_read_s;
+    const double raw_write = mb / raw.write_seconds, raw_read = mb / raw.read_seconds;
+    std::printf("| %d | %.0f | %.0f | %.2f | %.0f | %.0f | %.2f | %.0f |\n", run, raw_write, store_write,
+                store_write / raw_write, raw_read, store_read, store_read / raw_read, mb / hot_read_s);
+    if (run == runs)
+      std::printf("\ndatabase file: %.2f GiB for %.2f GiB of state (%.4f x); %.0f B per position (state: %lld)\n\n",
+                static_cast<double>(db_size) / (1 << 30), static_cast<double>(total_bytes) / (1 << 30),
+                static_cast<double>(db_size) / static_cast<double>(total_bytes),
+                static_cast<double>(db_size - lightning_bytes) / static_cast<double>(positions),
+                  static_cast<long long>(per_position));
+    for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(db_path.string() + suffix);
   }
-  evict_from_page_cache(db_path);
-  const auto db_size = static_cast<std::int64_t>(std::filesystem::file_size(db_path));
-
-  double cold_read_s = 0, hot_read_s = 0;
-  for (double* seconds : {&cold_read_s, &hot_read_s}) {
-    lightdesk::store::Store store(db_path, options);
-    const auto start = Clock::now();
-    double sum = 0;
-    const auto ids = store.read_checkpoint(checkpoint_id, model, [&](const StatePart& part) { sum += part.data[0]; });
-    *seconds = seconds_since(start);
-    if (static_cast<std::int64_t>(ids.size()) != positions || !std::isfinite(sum))
-      throw lightdesk::Error("read back a different checkpoint");
-  }
-
-  const double mb = static_cast<double>(total_bytes) / kMB;
-  const double store_write = mb / (save_s + close_s), store_read = mb / cold_read_s;
-  std::printf("| what | seconds | MB/s |\n|---|---|---|\n");
-  std::printf("| raw file write + fsync | %.2f | %.0f |\n", raw.write_seconds, mb / raw.write_seconds);
-  std::printf("| raw file read, cold | %.2f | %.0f |\n", raw.read_seconds, mb / raw.read_seconds);
-  std::printf("| store save_checkpoint (committed in WAL) | %.2f | %.0f |\n", save_s, mb / save_s);
-  std::printf("| store save + sync to disk | %.2f | %.0f |\n", save_s + close_s, store_write);
-  std::printf("| store read_checkpoint, cold (checksums verified) | %.2f | %.0f |\n", cold_read_s, store_read);
-  std::printf("| store read_checkpoint, page cache hot | %.2f | %.0f |\n", hot_read_s, mb / hot_read_s);
-  std::printf("\ndatabase file: %.2f GiB for %.2f GiB of state (%.4f x); %.0f B per position (state: %lld)\n\n",
-              static_cast<double>(db_size) / (1 << 30), static_cast<double>(total_bytes) / (1 << 30),
-              static_cast<double>(db_size) / static_cast<double>(total_bytes),
-              static_cast<double>(db_size - lightning_bytes) / static_cast<double>(positions),
-              static_cast<long long>(per_position));
-  for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(db_path.string() + suffix);
+  if (!zstd) return 0;
 
   std::printf("| data | zstd level | compressed/original | compress MB/s | decompress MB/s | write MB/s with zstd (without) | read MB/s with zstd (without) |\n|---|---|---|---|---|---|---|\n");
   const auto synthetic = normal_floats(16 << 20, 5);  // 64 MiB
@@ -304,8 +320,8 @@ int main(int argc, char** argv) try {
   // layers 37.5 s at 1M (quadratic).
   std::printf("\n| tokens | state fp32 K/V (GB) | restore fp32 (s) | state bf16 K/V (GB) | restore bf16 (s) | prefill estimate 8xH200 (s) |\n|---|---|---|---|---|---|\n");
   for (std::int64_t n : {4096LL, 32768LL, 131072LL, 1048576LL}) {
-    const double fp32 = static_cast<double>(lightning_bytes + n * per_position);
-    const double bf16 = static_cast<double>(lightning_bytes + n * per_position / 2);
+    const double fp32 = static_cast<double>(lightning_bytes + n * per_position * 2);
+    const double bf16 = static_cast<double>(lightning_bytes + n * per_position);
     const double millions = static_cast<double>(n) / 1e6;
     const double prefill = millions * (17.75 + 0.85) + 37.5 * millions * millions;
     std::printf("| %lld | %.2f | %.2f | %.2f | %.2f | %.2f |\n", static_cast<long long>(n), fp32 / 1e9,

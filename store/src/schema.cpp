@@ -175,8 +175,16 @@ UPDATE sessions SET settings = json_remove(settings, '$.attachments')
   WHERE json_valid(settings) AND json_type(settings, '$.attachments') IS NOT NULL;
 )sql";
 
-constexpr std::array<const char*, kSchemaVersion> kSteps = {kConversations, kCheckpoints, kSearch,
-                                                            kDocumentMessages, kDocumentPages};
+// Version 6: K/V rows keep the element type they were given (StatePart layout version 2: bf16 from
+// the CUDA backend, f32 from the CPU); rows written before are f32. checkpoints.dtype names the
+// type of the K/V its saver exported; the rows' own types are what reading follows, since a
+// checkpoint may reuse spans saved in the other type.
+constexpr const char* kKvRowTypes = R"sql(
+ALTER TABLE kv_rows ADD COLUMN dtype TEXT NOT NULL DEFAULT 'f32';
+)sql";
+
+constexpr std::array<const char*, kSchemaVersion> kSteps = {kConversations, kCheckpoints,     kSearch,
+                                                            kDocumentMessages, kDocumentPages, kKvRowTypes};
 
 }  // namespace
 

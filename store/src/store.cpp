@@ -395,8 +395,8 @@ class CheckpointWriter {
                           "INSERT INTO lightning_states(checkpoint_id, layer, heads, key_dim, value_dim, checksum, "
                           "data) VALUES (?, ?, ?, ?, ?, ?, zeroblob(?))"),
         insert_kv_(db,
-                   "INSERT INTO kv_rows(span_id, layer, kind, first_token, token_count, kv_heads, head_dim, "
-                   "checksum, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, zeroblob(?))") {}
+                   "INSERT INTO kv_rows(span_id, layer, kind, first_token, token_count, kv_heads, head_dim, dtype, "
+                   "checksum, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, zeroblob(?))") {}
 
   void write(const StatePart& part) {
     if (part.kind == StatePartKind::LightningState) write_lightning(part);
@@ -405,7 +405,7 @@ class CheckpointWriter {
 
  private:
   void write_lightning(const StatePart& part) {
-    const auto bytes = std::as_bytes(part.data);
+    const auto bytes = part.data;
     sql::Transaction transaction(db_);
     insert_lightning_
         .bind_all(checkpoint_id_, part.layer, part.shape.at(0), part.shape.at(1), part.shape.at(2),
@@ -424,10 +424,11 @@ class CheckpointWriter {
     const std::int64_t heads = part.shape.at(0), head_dim = part.shape.at(2);
     const std::int64_t row_first = std::max(part.first_token, span_first_);
     const std::int64_t row_count = end - row_first;
+    const std::int64_t element = state_dtype_bytes(part.dtype);
     const auto strip = [&](std::int64_t head) {
-      return std::as_bytes(part.data.subspan(
-          static_cast<std::size_t>((head * part.token_count + row_first - part.first_token) * head_dim),
-          static_cast<std::size_t>(row_count * head_dim)));
+      return part.data.subspan(
+          static_cast<std::size_t>((head * part.token_count + row_first - part.first_token) * head_dim * element),
+          static_cast<std::size_t>(row_count * head_dim * element));
     };
     XXH3_state_t* hash = XXH3_createState();
     XXH3_64bits_reset(hash);
@@ -435,11 +436,11 @@ class CheckpointWriter {
     const std::int64_t checksum = stored_checksum(XXH3_64bits_digest(hash));
     XXH3_freeState(hash);
 
-    const std::int64_t strip_bytes = row_count * head_dim * static_cast<std::int64_t>(sizeof(float));
+    const std::int64_t strip_bytes = row_count * head_dim * element;
     sql::Transaction transaction(db_);
     insert_kv_
-        .bind_all(*span_id_, part.layer, static_cast<int>(part.kind), row_first, row_count, heads, head_dim, checksum,
-                  heads * strip_bytes)
+        .bind_all(*span_id_, part.layer, static_cast<int>(part.kind), row_first, row_count, heads, head_dim,
+                  std::string(state_dtype_name(part.dtype)), checksum, heads * strip_bytes)
         .run();
     {
       // An open blob handle counts as a statement in progress: close it before committing.
@@ -465,7 +466,8 @@ std::int64_t Store::save_checkpoint(std::int64_t session_id, const Session& sess
       session_id,
       StateSource{session.model().info(), session.tokens(),
                   [&session](const std::function<void(const StatePart&)>& sink, std::int64_t kv_chunk_tokens,
-                             std::int64_t kv_from) { session.export_state(sink, kv_chunk_tokens, kv_from); }},
+                             std::int64_t kv_from) { session.export_state(sink, kv_chunk_tokens, kv_from); },
+                  0, session.kv_dtype()},
       message_id);
 }
 
@@ -489,9 +491,9 @@ std::int64_t Store::save_checkpoint(std::int64_t session_id, const StateSource& 
     const auto token_blob = token_bytes(tokens);
     sql::Statement(db,
                    "INSERT INTO checkpoints(session_id, message_id, model_id, position, layout_version, dtype, tokens, "
-                   "tokens_checksum, created_at) VALUES (?, ?, ?, ?, ?, 'f32', ?, ?, ?)")
+                   "tokens_checksum, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
         .bind_all(session_id, message_id, model_id, position, static_cast<std::int64_t>(StatePart::kLayoutVersion),
-                  token_blob, checksum_of(token_blob), now_seconds())
+                  std::string(state_dtype_name(source.kv_dtype)), token_blob, checksum_of(token_blob), now_seconds())
         .run();
     checkpoint_id = db.last_insert_rowid();
     sql::Statement link(db, "INSERT INTO checkpoint_spans(checkpoint_id, span_id) VALUES (?, ?)");
@@ -535,8 +537,8 @@ std::int64_t Store::save_checkpoint(std::int64_t session_id, const StateSource& 
   try {
     // Step 2: the rows, each in its own transaction, invisible until step 3.
     CheckpointWriter writer(db, checkpoint_id, new_span, reused_end);
-    const std::int64_t position_bytes = std::max<std::int64_t>(1, info.num_kv_heads) * info.head_dim *
-                                        static_cast<std::int64_t>(sizeof(float));
+    const std::int64_t position_bytes =
+        std::max<std::int64_t>(1, info.num_kv_heads) * info.head_dim * state_dtype_bytes(source.kv_dtype);
     // Only the positions the reused spans lack are read from the source.
     source.export_state([&](const StatePart& part) { writer.write(part); },
                         std::max<std::int64_t>(1, impl_->options.kv_row_bytes / position_bytes), reused_end);
@@ -633,26 +635,29 @@ std::vector<TokenId> Store::Impl::read(std::int64_t checkpoint_id, const ModelIn
   if (record.model_fingerprint != info.fingerprint)
     throw StateRefused(name + " was saved by another model (fingerprint " + record.model_fingerprint +
                        "), not by " + info.directory.string() + " (fingerprint " + info.fingerprint + ")");
-  if (record.layout_version != StatePart::kLayoutVersion || record.dtype != "f32")
+  // Layout version 1 (float32 throughout) reads as version 2 with f32 rows.
+  if ((record.layout_version != StatePart::kLayoutVersion && record.layout_version != 1) ||
+      !parse_state_dtype(record.dtype))
     throw StateRefused(name + " has state layout version " + std::to_string(record.layout_version) + " (" +
-                       record.dtype + "); this build reads version " + std::to_string(StatePart::kLayoutVersion) +
-                       " (f32)");
+                       record.dtype + "); this build reads versions 1 and " +
+                       std::to_string(StatePart::kLayoutVersion) + " (f32 or bf16 K/V)");
   const auto token_blob = verified_tokens_blob(checkpoint_id);
   std::vector<TokenId> tokens(token_blob.size() / sizeof(TokenId));
   std::memcpy(tokens.data(), token_blob.data(), token_blob.size());
 
-  std::vector<float> buffer;
-  // Reads one row into `buffer` through incremental blob I/O and checks its size and checksum.
-  const auto read_row = [&](const char* table, std::int64_t rowid, std::int64_t floats, std::int64_t checksum,
+  std::vector<std::byte> buffer;
+  // Reads one part's row into `buffer` through incremental blob I/O, checks its size and
+  // checksum, and points the part at it.
+  const auto read_row = [&](const char* table, std::int64_t rowid, StatePart& part, std::int64_t checksum,
                             const std::string& what) {
     sql::Blob blob(db, table, "data", rowid, false);
-    if (blob.size() != floats * static_cast<std::int64_t>(sizeof(float)))
+    if (blob.size() != part.bytes())
       throw StateRefused(name + ": " + what + " holds " + std::to_string(blob.size()) + " bytes, its shape says " +
-                         std::to_string(floats * static_cast<std::int64_t>(sizeof(float))));
-    buffer.resize(static_cast<std::size_t>(floats));
-    blob.read(0, std::as_writable_bytes(std::span<float>(buffer)));
-    if (checksum_of(std::as_bytes(std::span<const float>(buffer))) != checksum)
-      throw StateRefused(name + ": " + what + " is damaged (checksum mismatch)");
+                         std::to_string(part.bytes()));
+    buffer.resize(static_cast<std::size_t>(part.bytes()));
+    blob.read(0, buffer);
+    if (checksum_of(buffer) != checksum) throw StateRefused(name + ": " + what + " is damaged (checksum mismatch)");
+    part.data = buffer;
   };
 
   sql::Statement lightning(db,
@@ -665,14 +670,14 @@ std::vector<TokenId> Store::Impl::read(std::int64_t checkpoint_id, const ModelIn
     part.layer = static_cast<int>(lightning.int64(1));
     part.position = record.position;
     part.shape = {lightning.int64(2), lightning.int64(3), lightning.int64(4)};
-    read_row("lightning_states", lightning.int64(0), part.shape[0] * part.shape[1] * part.shape[2], lightning.int64(5),
+    read_row("lightning_states", lightning.int64(0), part, lightning.int64(5),
              "lightning state of layer " + std::to_string(part.layer));
-    part.data = buffer;
     sink(part);
   }
 
   sql::Statement kv(db,
-                    "SELECT r.id, r.layer, r.kind, r.first_token, r.token_count, r.kv_heads, r.head_dim, r.checksum "
+                    "SELECT r.id, r.layer, r.kind, r.first_token, r.token_count, r.kv_heads, r.head_dim, r.checksum, "
+                    "r.dtype "
                     "FROM checkpoint_spans cs JOIN kv_rows r ON r.span_id = cs.span_id "
                     "WHERE cs.checkpoint_id = ? ORDER BY r.layer, r.kind, r.first_token");
   kv.bind_all(checkpoint_id);
@@ -684,11 +689,13 @@ std::vector<TokenId> Store::Impl::read(std::int64_t checkpoint_id, const ModelIn
     part.first_token = kv.int64(3);
     part.token_count = kv.int64(4);
     part.shape = {kv.int64(5), part.token_count, kv.int64(6)};
-    read_row("kv_rows", kv.int64(0), part.shape[0] * part.shape[1] * part.shape[2], kv.int64(7),
-             std::string(part.kind == StatePartKind::SoftmaxKeys ? "keys" : "values") + " of layer " +
-                 std::to_string(part.layer) + " at positions " + std::to_string(part.first_token) + "+" +
-                 std::to_string(part.token_count));
-    part.data = buffer;
+    const std::string what = std::string(part.kind == StatePartKind::SoftmaxKeys ? "keys" : "values") + " of layer " +
+                             std::to_string(part.layer) + " at positions " + std::to_string(part.first_token) + "+" +
+                             std::to_string(part.token_count);
+    const auto dtype = parse_state_dtype(kv.text(8));
+    if (!dtype) throw StateRefused(name + ": " + what + " has an unknown element type \"" + kv.text(8) + "\"");
+    part.dtype = *dtype;
+    read_row("kv_rows", kv.int64(0), part, kv.int64(7), what);
     sink(part);
   }
   return tokens;

@@ -11,6 +11,7 @@
 #include <random>
 
 #include "cuda_test_util.h"
+#include "test_util.h"
 #include "lightdesk/engine.h"
 #include "src/cuda_backend.h"
 #include "src/model_config.h"
@@ -323,7 +324,7 @@ TEST_P(CudaFixtureTest, StateMovesBetweenBackends) {
   cpu_session->export_state(
       [&](const StatePart& part) {
         import.add(part);
-        cpu_parts.emplace_back(part.data.begin(), part.data.end());
+        cpu_parts.push_back(test::state_values(part));
       },
       16);  // chunks of 16 positions: several K/V parts per layer
   import.commit(prompt);
@@ -334,8 +335,10 @@ TEST_P(CudaFixtureTest, StateMovesBetweenBackends) {
   cuda_session->export_state(
       [&](const StatePart& part) {
         ASSERT_LT(index, cpu_parts.size());
-        const std::vector<float> got(part.data.begin(), part.data.end());
-        const double error = test::relative_error(got, cpu_parts[index++]);
+        // K/V leave in the cache's type: bf16 unless the backend runs in float32.
+        const bool float32 = GetParam().float32 || part.kind == StatePartKind::LightningState;
+        EXPECT_EQ(part.dtype, float32 ? StateDType::F32 : StateDType::BF16);
+        const double error = test::relative_error(test::state_values(part), cpu_parts[index++]);
         EXPECT_LT(error, part.kind == StatePartKind::LightningState ? 1e-6 : bound)
             << "part " << index << " of layer " << part.layer;
       },
@@ -357,8 +360,8 @@ TEST_P(CudaFixtureTest, LightningStateMatchesReference) {
   int checked = 0;
   session->export_state([&](const StatePart& part) {
     if (part.kind != StatePartKind::LightningState) return;
-    const std::vector<float> got(part.data.begin(), part.data.end());
-    const double error = test::relative_error(got, golden_.at("state.layer." + std::to_string(part.layer)).f32);
+    const double error =
+        test::relative_error(test::state_values(part), golden_.at("state.layer." + std::to_string(part.layer)).f32);
     std::printf("[ measured ] %s lightning state of layer %d: relative error %.3g\n",
                 case_name({GetParam(), 0}).c_str(), part.layer, error);
     EXPECT_LT(error, GetParam().float32 ? 1e-5 : 2e-2) << "layer " << part.layer;

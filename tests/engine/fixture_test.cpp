@@ -79,7 +79,7 @@ TEST_P(FixtureTest, LightningStateAfterPrefill) {
     if (part.kind != StatePartKind::LightningState) return;
     const auto& ref = golden_.at("state.layer." + std::to_string(part.layer));
     EXPECT_EQ(part.shape, ref.shape);
-    EXPECT_LT(test::max_rel_diff(part.data, ref.f32), 1e-5) << "layer " << part.layer;
+    EXPECT_LT(test::max_rel_diff(part.f32(), ref.f32), 1e-5) << "layer " << part.layer;
     ++checked;
   });
   EXPECT_EQ(checked, model_->info().num_lightning_layers());

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <cstring>
 #include <random>
 
 #include "lightdesk/thread_pool.h"
@@ -93,10 +94,10 @@ std::vector<ExportedPart> export_all(const Session& s, std::int64_t chunk) {
   std::vector<ExportedPart> parts;
   s.export_state(
       [&](const StatePart& p) {
-        parts.push_back({p, {p.data.begin(), p.data.end()}});
+        parts.push_back({p, {p.f32().begin(), p.f32().end()}});
       },
       chunk);
-  for (auto& p : parts) p.part.data = p.data;
+  for (auto& p : parts) p.part.data = std::as_bytes(std::span<const float>(p.data));
   return parts;
 }
 
@@ -107,7 +108,7 @@ TEST_F(SessionTest, ExportFromAPositionStreamsTheLaterKvOnly) {
   std::vector<ExportedPart> later;
   s->export_state(
       [&](const StatePart& p) {
-        later.push_back({p, {p.data.begin(), p.data.end()}});
+        later.push_back({p, {p.f32().begin(), p.f32().end()}});
       },
       16, 70);
   int lightning = 0;
@@ -142,6 +143,7 @@ TEST_F(SessionTest, ExportImportRoundTripIsBitIdentical) {
   for (const auto& p : parts) {
     EXPECT_EQ(p.part.position, 300);
     EXPECT_EQ(p.part.layout_version, StatePart::kLayoutVersion);
+    EXPECT_EQ(p.part.dtype, StateDType::F32);  // the CPU backend's cache type, and lightning states always
     lightning += p.part.kind == StatePartKind::LightningState;
     keys += p.part.kind == StatePartKind::SoftmaxKeys;
     values += p.part.kind == StatePartKind::SoftmaxValues;
@@ -163,6 +165,38 @@ TEST_F(SessionTest, ExportImportRoundTripIsBitIdentical) {
     b->feed(std::span(ids_).subspan(i, 1));
     ASSERT_EQ(test::max_abs_diff(a->logits(), b->logits()), 0.0) << "position " << i;
   }
+}
+
+// A CUDA backend's export (K/V in bf16) imported into the CPU backend, and a layout-version-1
+// part (float32, before parts carried a dtype): both load. bf16 K/V keep about 3 significant
+// digits, so the logits follow the float32 state's closely but not bit for bit.
+TEST_F(SessionTest, ImportTakesBf16KvAndVersionOneParts) {
+  auto a = model_->create_session();
+  a->feed(std::span(ids_).first(200));
+  const auto parts = export_all(*a, 64);
+  std::vector<std::vector<std::uint16_t>> bf16(parts.size());
+  auto b = model_->create_session();
+  auto import = b->begin_import(200);
+  for (std::size_t i = 0; i < parts.size(); ++i) {
+    StatePart p = parts[i].part;
+    if (p.kind == StatePartKind::LightningState) {
+      p.layout_version = 1;
+    } else {
+      for (float v : parts[i].data) {  // round to nearest even, independently of the engine's helper
+        std::uint32_t bits;
+        std::memcpy(&bits, &v, 4);
+        bf16[i].push_back(static_cast<std::uint16_t>((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16));
+      }
+      p.dtype = StateDType::BF16;
+      p.data = std::as_bytes(std::span<const std::uint16_t>(bf16[i]));
+    }
+    import.add(p);
+  }
+  import.commit(std::span(ids_).first(200));
+  a->feed(std::span(ids_).subspan(200, 1));
+  b->feed(std::span(ids_).subspan(200, 1));
+  EXPECT_GT(test::max_abs_diff(a->logits(), b->logits()), 0.0);  // the K/V did go through bf16
+  EXPECT_LT(test::max_rel_diff(a->logits(), b->logits()), 2e-2);
 }
 
 TEST_F(SessionTest, IncompleteOrMismatchedImportLeavesTheSessionAsItWas) {
@@ -200,7 +234,18 @@ TEST_F(SessionTest, IncompleteOrMismatchedImportLeavesTheSessionAsItWas) {
     std::vector<float> damaged = parts.front().data;
     damaged[3] = NAN;
     StatePart p = parts.front().part;
-    p.data = damaged;
+    p.data = std::as_bytes(std::span<const float>(damaged));
+    EXPECT_THROW(import.add(p), Error);
+  }
+  {  // a damaged bf16 value: all-ones exponent
+    auto import = b->begin_import(50);
+    const auto& kv = *std::find_if(parts.begin(), parts.end(),
+                                   [](const ExportedPart& e) { return e.part.kind == StatePartKind::SoftmaxKeys; });
+    std::vector<std::uint16_t> damaged(kv.data.size(), 0x3F80);  // 1.0
+    damaged[5] = 0x7F80;  // infinity
+    StatePart p = kv.part;
+    p.dtype = StateDType::BF16;
+    p.data = std::as_bytes(std::span<const std::uint16_t>(damaged));
     EXPECT_THROW(import.add(p), Error);
   }
   EXPECT_EQ(b->position(), 10);
@@ -285,9 +330,9 @@ TEST(ModelContextTest, FeedsPastTheMaximumContextAreRefused) {
   auto model = Model::open(dir.path(), ModelOptions{BackendKind::Cpu, 1, false});
   EXPECT_EQ(model->info().max_context, 40);
   auto s = model->create_session();
-  s->feed(random_ids(30, model->info().vocab_size, 3));
+  s->feed(test::random_ids(30, model->info().vocab_size, 3));
   try {
-    s->feed(random_ids(11, model->info().vocab_size, 4));
+    s->feed(test::random_ids(11, model->info().vocab_size, 4));
     FAIL() << "a feed past the context was accepted";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("30 tokens and 11 more exceed the model's maximum context of 40"),
@@ -295,9 +340,9 @@ TEST(ModelContextTest, FeedsPastTheMaximumContextAreRefused) {
         << e.what();
   }
   EXPECT_EQ(s->position(), 30);
-  s->feed(random_ids(10, model->info().vocab_size, 5));
+  s->feed(test::random_ids(10, model->info().vocab_size, 5));
   EXPECT_EQ(s->position(), 40);
-  EXPECT_THROW(s->feed(random_ids(1, model->info().vocab_size, 6)), Error);
+  EXPECT_THROW(s->feed(test::random_ids(1, model->info().vocab_size, 6)), Error);
   EXPECT_THROW(model->create_session()->begin_import(41), Error);
 }
 

@@ -260,7 +260,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, TensorParallelTest,
 // The exported state of one session, parts and data copied.
 struct SavedState {
   std::vector<StatePart> parts;
-  std::vector<std::vector<float>> data;
+  std::vector<std::vector<std::byte>> data;
   std::vector<TokenId> tokens;
   std::int64_t position = 0;
 };

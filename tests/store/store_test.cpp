@@ -8,12 +8,15 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <set>
 #include <fstream>
 #include <iterator>
 #include <thread>
 
 #include "src/schema.h"
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 #include "store_test_util.h"
 
 namespace lightdesk::store {
@@ -259,7 +262,7 @@ TEST_F(StoreTest, FlippedBytesInTheFileAreRefusedAndMessagesKept) {
     writer->feed(tokens);
     writer->export_state([&](const StatePart& part) {
       if (part.kind == StatePartKind::LightningState && part.layer == 1)
-        layer1_state.assign(part.data.begin(), part.data.end());
+        layer1_state.assign(part.f32().begin(), part.f32().end());
     });
     store.save_checkpoint(session_id, *writer);
   }  // closing the last connection moves the WAL into the file
@@ -435,6 +438,116 @@ TEST_F(StoreTest, MigratesFromEveryEarlierVersion) {
     store.load_checkpoint(id, *session);
     EXPECT_EQ(session->tokens(), writer->tokens());
   }
+}
+
+// A schema-5 file with a checkpoint of state layout 1 (float32 everywhere, K/V rows without a
+// dtype), written here row by row as that layout had it: it migrates and loads bit for bit.
+TEST_F(StoreTest, ACheckpointOfTheOldLayoutStillLoads) {
+  const auto tokens = token_ids(70, 21);
+  auto writer = model_->create_session();
+  writer->feed(tokens);
+  {
+    sql::Database db(db_path());
+    migrate(db, 5);
+    sql::Statement(db, "INSERT INTO models(id, fingerprint, path, model_type, created_at) VALUES (1, ?, 'old', 'x', 1)")
+        .bind_all(model_->info().fingerprint)
+        .run();
+    db.exec("INSERT INTO sessions(id, title, model_id, created_at, updated_at) VALUES (1, 'old', 1, 1, 1)");
+    const auto token_blob = std::as_bytes(std::span<const TokenId>(tokens));
+    sql::Statement(db,
+                   "INSERT INTO checkpoints(id, session_id, model_id, position, layout_version, dtype, tokens, "
+                   "tokens_checksum, complete, created_at) VALUES (1, 1, 1, 70, 1, 'f32', ?, ?, 1, 1)")
+        .bind_all(token_blob, static_cast<std::int64_t>(XXH3_64bits(token_blob.data(), token_blob.size())))
+        .run();
+    db.exec("INSERT INTO kv_spans(id, session_id, model_id, first_token, token_count, prefix_hash, complete) "
+            "VALUES (1, 1, 1, 0, 70, x'00', 1)");
+    db.exec("INSERT INTO checkpoint_spans(checkpoint_id, span_id) VALUES (1, 1)");
+    writer->export_state(
+        [&](const StatePart& part) {
+          const auto bytes = std::as_bytes(part.f32());
+          const auto checksum = static_cast<std::int64_t>(XXH3_64bits(bytes.data(), bytes.size()));
+          if (part.kind == StatePartKind::LightningState)
+            sql::Statement(db,
+                           "INSERT INTO lightning_states(checkpoint_id, layer, heads, key_dim, value_dim, checksum, data) "
+                           "VALUES (1, ?, ?, ?, ?, ?, ?)")
+                .bind_all(part.layer, part.shape[0], part.shape[1], part.shape[2], checksum, bytes)
+                .run();
+          else
+            sql::Statement(db,
+                           "INSERT INTO kv_rows(span_id, layer, kind, first_token, token_count, kv_heads, head_dim, "
+                           "checksum, data) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)")
+                .bind_all(part.layer, static_cast<int>(part.kind), part.first_token, part.token_count, part.shape[0],
+                          part.shape[2], checksum, bytes)
+                .run();
+        },
+        32);  // three rows per layer and side
+  }
+  Store store(db_path());
+  EXPECT_EQ(store.schema_version(), kSchemaVersion);
+  const auto record = store.latest_checkpoint(1);
+  ASSERT_TRUE(record);
+  EXPECT_EQ(record->layout_version, 1u);
+  auto restored = busy_session();
+  store.load_checkpoint(record->id, *restored);
+  const auto tail = token_ids(5, 22);
+  EXPECT_TRUE(bit_identical(continue_logits(*restored, tail), continue_logits(*writer, tail)));
+  // The restored session saves in layout 2 beside it.
+  const auto next = store.save_checkpoint(1, *restored);
+  EXPECT_EQ(store.checkpoints(1).back().layout_version, StatePart::kLayoutVersion);
+  auto again = busy_session();
+  store.load_checkpoint(next, *again);
+  EXPECT_EQ(again->tokens(), restored->tokens());
+}
+
+// A CUDA backend exports its K/V in bf16: the store keeps them so (half the bytes of f32) and
+// gives back the same bytes, marked bf16.
+TEST_F(StoreTest, KeepsBf16KvAsGiven) {
+  auto writer = model_->create_session();
+  writer->feed(token_ids(40, 23));
+  std::vector<std::vector<std::uint16_t>> given;
+  std::int64_t lightning_bytes = 0, kv_f32_bytes = 0;
+  const StateSource bf16_source{
+      model_->info(), writer->tokens(),
+      [&](const std::function<void(const StatePart&)>& sink, std::int64_t chunk, std::int64_t kv_from) {
+        writer->export_state(
+            [&](const StatePart& part) {
+              if (part.kind == StatePartKind::LightningState) {
+                lightning_bytes += part.bytes();
+                return sink(part);
+              }
+              kv_f32_bytes += part.bytes();
+              std::vector<std::uint16_t> halves;
+              for (float v : part.f32()) {  // truncation: any bf16 values will do
+                std::uint32_t bits;
+                std::memcpy(&bits, &v, 4);
+                halves.push_back(static_cast<std::uint16_t>(bits >> 16));
+              }
+              StatePart bf16 = part;
+              bf16.dtype = StateDType::BF16;
+              bf16.data = std::as_bytes(std::span<const std::uint16_t>(given.emplace_back(std::move(halves))));
+              sink(bf16);
+            },
+            chunk, kv_from);
+      },
+      0, StateDType::BF16};
+  Store store(db_path());
+  const auto session_id = store.create_session("bf16");
+  const auto id = store.save_checkpoint(session_id, bf16_source);
+  EXPECT_EQ(store.checkpoints(session_id).back().dtype, "bf16");
+  EXPECT_EQ(store.checkpoint_bytes(id), lightning_bytes + kv_f32_bytes / 2);
+  std::vector<std::uint16_t> read_back, written;
+  for (const auto& g : given) written.insert(written.end(), g.begin(), g.end());
+  store.read_checkpoint(id, model_->info(), [&](const StatePart& part) {
+    if (part.kind == StatePartKind::LightningState) return;
+    EXPECT_EQ(part.dtype, StateDType::BF16);
+    const auto* halves = reinterpret_cast<const std::uint16_t*>(part.data.data());
+    read_back.insert(read_back.end(), halves, halves + part.numel());
+  });
+  // Rows come back by layer, kind and position, as the export streamed them.
+  EXPECT_EQ(read_back, written);
+  auto restored = busy_session();  // the CPU backend takes them, widened to f32
+  store.load_checkpoint(id, *restored);
+  EXPECT_EQ(restored->tokens(), writer->tokens());
 }
 
 TEST_F(StoreTest, DocumentsKeepTheirMessageAndOldLinksAreMigrated) {

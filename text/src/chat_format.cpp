@@ -8,6 +8,7 @@
 
 #include "lightdesk/input_files.h"
 #include "lightdesk/text.h"
+#include "prompt_encoding.h"
 
 namespace lightdesk {
 namespace {
@@ -113,19 +114,20 @@ std::string ChatPrompt::to_string() const {
   return out;
 }
 
-std::vector<TokenId> ChatPrompt::encode(const Tokenizer& tokenizer, int threads) const {
+std::vector<TokenId> encode_prompt_text(std::span<const PromptTextView> pieces, const Tokenizer& tokenizer,
+                                        int threads) {
   std::vector<std::string> specials = tokenizer.special_tokens();
   std::sort(specials.begin(), specials.end(), [](const auto& a, const auto& b) { return a.size() > b.size(); });
   std::vector<TokenId> ids;
-  std::string run;  // text since the last special token
+  std::vector<std::string_view> run;  // text since the last special token
   auto flush = [&] {
-    const auto part = tokenizer.encode(run, threads);
+    const auto part = tokenizer.encode_joined(run, threads);
     ids.insert(ids.end(), part.begin(), part.end());
     run.clear();
   };
-  for (const Piece& piece : pieces) {
+  for (const PromptTextView& piece : pieces) {
     if (!piece.trusted) {
-      run += piece.text;
+      run.push_back(piece.text);
       continue;
     }
     std::size_t pos = 0;
@@ -139,7 +141,7 @@ std::vector<TokenId> ChatPrompt::encode(const Tokenizer& tokenizer, int threads)
           best = &s;
         }
       }
-      run.append(piece.text, pos, best_at - pos);
+      run.push_back(piece.text.substr(pos, best_at - pos));
       if (!best) break;
       flush();
       ids.push_back(*tokenizer.special_token_id(*best));
@@ -148,6 +150,12 @@ std::vector<TokenId> ChatPrompt::encode(const Tokenizer& tokenizer, int threads)
   }
   flush();
   return ids;
+}
+
+std::vector<TokenId> ChatPrompt::encode(const Tokenizer& tokenizer, int threads) const {
+  std::vector<PromptTextView> views;
+  for (const Piece& piece : pieces) views.push_back({piece.text, piece.trusted});
+  return encode_prompt_text(views, tokenizer, threads);
 }
 
 ChatFormat::ChatFormat(ChatFamily family, const Tokenizer& tokenizer, std::string bos_token, std::string eos_token)

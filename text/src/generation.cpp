@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "lightdesk/text.h"
+#include "prompt_encoding.h"
 
 namespace lightdesk {
 namespace {
@@ -13,35 +14,61 @@ struct Placement {
   std::vector<std::pair<DocumentAnchor, std::size_t>> anchors;
 };
 
-std::string question_text(const std::vector<Document>& documents, const std::string& question,
-                          std::vector<Placement>& placements) {
-  std::string text;
+// The user message with each document's text left out, and where that text goes: the text is
+// read where the Document holds it, so that it exists once between the file and the tokenizer.
+struct QuestionText {
+  std::string skeleton;
+  std::vector<std::pair<std::size_t, std::string_view>> inserts;  // skeleton offset, text (in order)
+
+  std::string joined() const {
+    std::string text;
+    std::size_t done = 0;
+    for (const auto& [at, insert] : inserts) {
+      text.append(skeleton, done, at - done);
+      text += insert;
+      done = at;
+    }
+    return text.append(skeleton, done);
+  }
+};
+
+QuestionText question_text(const std::vector<Document>& documents, const std::string& question,
+                           std::vector<Placement>& placements) {
+  QuestionText q;
+  std::string& text = q.skeleton;
+  std::size_t inserted = 0;  // bytes of document text before the end of the skeleton
+  auto insert = [&](std::string_view part) {
+    q.inserts.emplace_back(text.size(), part);
+    inserted += part.size();
+  };
   for (const Document& doc : documents) {
     text += "Document: " + doc.path.filename().string() + "\n";
     Placement placement;
-    placement.begin = text.size();
+    placement.begin = text.size() + inserted;
     std::size_t done = 0;
+    const std::string_view doc_text = doc.text;
     for (const DocumentAnchor& anchor : doc.anchors) {
-      text.append(doc.text, done, anchor.offset - done);
-      if (!text.empty() && text.back() != '\n') text += '\n';
+      const std::string_view page = doc_text.substr(done, anchor.offset - done);
+      insert(page);
+      if ((page.empty() ? text.back() : page.back()) != '\n') text += '\n';
       text += "[page " + std::to_string(anchor.page) + "]\n";
-      placement.anchors.emplace_back(anchor, text.size());
+      placement.anchors.emplace_back(anchor, text.size() + inserted);
       done = anchor.offset;
     }
-    text.append(doc.text, done);
-    placement.end = text.size();
+    insert(doc_text.substr(done));
+    placement.end = text.size() + inserted;
     placements.push_back(std::move(placement));
     text += "\n\n";
   }
   text += "Question: " + question;
-  return text;
+  return q;
 }
 
 }  // namespace
 
 std::string document_question_text(const std::vector<Document>& documents, const std::string& question) {
   std::vector<Placement> placements;
-  return question_text(documents, question, placements);
+  return question_text(documents, question, placements).joined();
 }
 
 DocumentPrompt document_prompt(const ChatFormat& format, const Tokenizer& tokenizer,
@@ -50,19 +77,34 @@ DocumentPrompt document_prompt(const ChatFormat& format, const Tokenizer& tokeni
   std::vector<Placement> placements;
   ChatMessage message{ChatMessage::Role::User, {}};
   message.parts.resize(static_cast<std::size_t>(turn.images), ChatPart{ChatPart::Kind::Image, {}, {}});
-  message.parts.push_back({ChatPart::Kind::Text, question_text(documents, question, placements), {}});
+  const QuestionText text = question_text(documents, question, placements);
+  message.parts.push_back({ChatPart::Kind::Text, text.skeleton, {}});
   Conversation conversation;
   conversation.messages.push_back(std::move(message));
   const ChatPrompt prompt = turn.continues ? format.render_continuation(conversation) : format.render(conversation);
-  DocumentPrompt result;
-  result.ids = prompt.encode(tokenizer, threads);
   // The user's text is the prompt's only untrusted piece (the image placeholders before it are
-  // trusted); its offset places the documents.
+  // trusted) and starts it: its offset places the documents, whose text goes in there.
   std::size_t message_offset = 0;
+  std::vector<PromptTextView> views;
+  bool message_seen = false;
   for (const ChatPrompt::Piece& piece : prompt.pieces) {
-    if (!piece.trusted) break;
-    message_offset += piece.text.size();
+    if (piece.trusted || message_seen) {
+      if (!message_seen) message_offset += piece.text.size();
+      views.push_back({piece.text, piece.trusted});
+      continue;
+    }
+    message_seen = true;
+    const std::string_view skeleton = piece.text;
+    std::size_t done = 0;
+    for (const auto& [at, insert] : text.inserts) {
+      views.push_back({skeleton.substr(done, at - done), false});
+      views.push_back({insert, false});
+      done = at;
+    }
+    views.push_back({skeleton.substr(done), false});
   }
+  DocumentPrompt result;
+  result.ids = encode_prompt_text(views, tokenizer, threads);
   // Byte offset at which each token starts in the rendered text (exact for byte-level BPE,
   // whose tokens are the text's bytes; approximate where a normalizer changes the text).
   std::vector<std::size_t> token_starts;

@@ -16,6 +16,13 @@ std::unique_ptr<Tokenizer> Tokenizer::open(const std::filesystem::path& model_di
   throw Error(model_directory.string() + ": no tokenizer.json or tokenizer.model (the model directory has no tokenizer)");
 }
 
+std::vector<TokenId> Tokenizer::encode_joined(std::span<const std::string_view> parts, int threads) const {
+  if (parts.size() == 1) return encode(parts.front(), threads);
+  std::string text;
+  for (std::string_view part : parts) text += part;
+  return encode(text, threads);
+}
+
 std::string Tokenizer::decode(std::span<const TokenId> ids) const {
   std::string bytes;
   for (TokenId id : ids) bytes += token_bytes(id);

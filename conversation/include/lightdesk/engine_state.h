@@ -55,8 +55,8 @@ class EngineState final : public SavedState {
 
  private:
   struct Part {
-    StatePart header;  // data empty; the floats are in `values`
-    std::vector<float> values;
+    StatePart header;  // data empty; its bytes are in `bytes`
+    std::vector<std::byte> bytes;
   };
   void add(const StatePart& part);
   // Every part: this state's own, then the K/V parts of the states it continues.
@@ -65,6 +65,7 @@ class EngineState final : public SavedState {
   ModelInfo model_;
   std::vector<TokenId> tokens_;
   std::int64_t kv_first_ = 0;  // the K/V of earlier positions is in neither parts_ nor earlier_
+  StateDType kv_dtype_ = StateDType::F32;  // of its K/V parts: the exporting backend's cache type
   std::vector<Part> parts_;
   std::shared_ptr<const EngineState> earlier_;  // the K/V before kv_first_, if joined
 };

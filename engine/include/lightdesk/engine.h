@@ -215,29 +215,45 @@ struct FeedOptions {
 // One piece of an exported session state. A state is a stream of parts: first one
 // LightningState part per lightning layer, then for each softmax layer its SoftmaxKeys and
 // SoftmaxValues for consecutive ranges of positions. Every part carries the position the state
-// belongs to (the number of tokens the session had consumed) and the layout version, so parts
-// can be stored separately and checked when they come back.
+// belongs to (the number of tokens the session had consumed), the layout version and its
+// element type, so parts can be stored separately and checked when they come back.
 enum class StatePartKind : std::uint8_t { LightningState = 1, SoftmaxKeys = 2, SoftmaxValues = 3 };
 
+// Element types of state parts: lightning states are always F32; softmax K/V come in the
+// backend's cache type (BF16 on CUDA, F32 on the CPU). An import takes either and converts.
+enum class StateDType : std::uint8_t { F32 = 1, BF16 = 2 };
+const char* state_dtype_name(StateDType dtype);  // "f32", "bf16"
+std::optional<StateDType> parse_state_dtype(std::string_view name);
+std::int64_t state_dtype_bytes(StateDType dtype);
+
 struct StatePart {
-  static constexpr std::uint32_t kLayoutVersion = 1;
+  // Version 2 parts carry their dtype. Version 1 (float32 throughout) is read as version 2 F32.
+  static constexpr std::uint32_t kLayoutVersion = 2;
   std::uint32_t layout_version = kLayoutVersion;
   StatePartKind kind = StatePartKind::LightningState;
   int layer = 0;               // model layer index
   std::int64_t position = 0;   // tokens consumed by the session this state belongs to
   std::int64_t first_token = 0;  // softmax parts: first position covered
   std::int64_t token_count = 0;  // softmax parts: positions covered
-  // Always float32. LightningState: [heads, head_dim (key), head_dim (value)].
+  StateDType dtype = StateDType::F32;
+  // LightningState: [heads, head_dim (key), head_dim (value)].
   // SoftmaxKeys / SoftmaxValues: [kv_heads, token_count, head_dim]; keys after RoPE.
   std::vector<std::int64_t> shape;
-  std::span<const float> data;
+  std::span<const std::byte> data;  // the shape's elements in `dtype`, row-major
+
+  std::int64_t numel() const;
+  std::int64_t bytes() const { return numel() * state_dtype_bytes(dtype); }
+  // The data of an F32 part as floats; throws Error for another dtype.
+  std::span<const float> f32() const;
 };
 
 // The parts, in export order and without data, of the state of a model of `shape` after
 // `position` tokens, with softmax ranges of at most `kv_chunk_tokens` positions from `kv_first`
-// on: what Session::export_state streams, for code that stores or synthesises states.
+// on and K/V in `kv_dtype`: what Session::export_state streams, for code that stores or
+// synthesises states.
 std::vector<StatePart> state_layout(const ModelShape& shape, std::int64_t position,
-                                    std::int64_t kv_chunk_tokens = 4096, std::int64_t kv_first = 0);
+                                    std::int64_t kv_chunk_tokens = 4096, std::int64_t kv_first = 0,
+                                    StateDType kv_dtype = StateDType::F32);
 
 class Model;
 
@@ -270,6 +286,8 @@ class Session {
   // Forgets every token.
   void reset();
 
+  // The element type of the softmax K/V parts export_state streams (the backend's cache type).
+  StateDType kv_dtype() const;
   // Streams the state to `sink` in parts of at most `kv_chunk_tokens` positions per softmax
   // part. The spans are valid only during the call. Softmax parts start at position `kv_first`:
   // whoever already keeps the K/V of the earlier positions (a store continuing a checkpoint)

@@ -51,7 +51,7 @@ class StateRefused : public Error {
 };
 
 // Highest schema version this build writes; opening upgrades older files step by step.
-inline constexpr int kSchemaVersion = 5;
+inline constexpr int kSchemaVersion = 6;
 
 enum class Role { System, User, Assistant, Tool };
 const char* role_name(Role role);
@@ -115,7 +115,7 @@ struct CheckpointRecord {
   std::string model_fingerprint;
   std::int64_t position = 0;
   std::uint32_t layout_version = 0;
-  std::string dtype;  // "f32"
+  std::string dtype;  // the K/V type its saver exported: "f32" or "bf16" (reused spans may hold the other)
   bool complete = false;
   std::int64_t created_at = 0;
 };
@@ -142,6 +142,8 @@ struct StateSource {
   // The first position whose K/V the source has: the session's stored spans must hold the
   // earlier ones (a source that continues the session's last checkpoint).
   std::int64_t kv_first = 0;
+  // The element type of the softmax parts it streams (Session::kv_dtype); the store keeps them so.
+  StateDType kv_dtype = StateDType::F32;
 };
 
 class Store {

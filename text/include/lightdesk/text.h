@@ -39,9 +39,13 @@ class Tokenizer {
 
   // Ids of user or document text. Special-token strings in it stay text (Hugging Face's
   // encode_special_tokens = true); invalid UTF-8 is read as U+FFFD. Byte-level BPE splits large
-  // texts at pre-tokenizer boundaries and encodes them on `threads` threads (0 = all hardware
-  // threads); the ids are the same whatever the thread count.
+  // texts at pre-tokenizer boundaries, SentencePiece where its model's merges cannot cross (see
+  // sentencepiece_tokenizer.cpp), and both encode the pieces on `threads` threads (0 = all
+  // hardware threads); the ids are those of one pass whatever the thread count.
   virtual std::vector<TokenId> encode(std::string_view text, int threads = 0) const = 0;
+  // encode() of the concatenation of `parts`. SentencePiece reads the parts where they lie and
+  // copies only short stretches around the joins; byte-level BPE joins them first.
+  virtual std::vector<TokenId> encode_joined(std::span<const std::string_view> parts, int threads = 0) const;
   // Ids of trusted text (what the chat renderer writes): special-token strings become their ids.
   virtual std::vector<TokenId> encode_with_special(std::string_view text) const = 0;
 
