@@ -23,7 +23,7 @@
 #include <optional>
 
 #include "lightdesk/input_files.h"
-#include "thread_pool.h"
+#include "lightdesk/thread_pool.h"
 #include "utf8.h"
 
 namespace lightdesk {
