@@ -7,8 +7,10 @@
 // fractions instead). Timing: CUDA events on the backend's stream (whole decode steps: the host's
 // clock around each), after warm-up, median of several runs, random data.
 // Usage: lightdesk-bench [--quick] [--vision] [--only TEXT] [--anchors FILE]
+//        lightdesk-bench --model-config CONFIG.json [--layers N] [--anchors FILE]
 //   --quick: the smaller shapes only; --vision: the ceilings and the vision tower alone;
-//   --only TEXT: the ceilings and the kernels whose name contains TEXT (e.g. "softmax prefill")
+//   --only TEXT: the ceilings and the kernels whose name contains TEXT (e.g. "softmax prefill");
+//   --model-config: an N-layer slice (default 4) of a real config with synthetic weights (model_slice)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -22,6 +24,7 @@
 #include <optional>
 #include <random>
 #include <span>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -396,13 +399,19 @@ double decode_step_bytes(const ModelConfig& c, std::int64_t context) {
   return bytes;
 }
 
-// Whole-model decode steps of a `kinds` model with random weights, through the engine's CUDA
+std::string layer_kinds_text(const ModelConfig& config) {
+  std::string kinds;
+  for (LayerKind kind : config.layer_kinds) kinds += kind == LayerKind::Softmax ? 'S' : 'L';
+  return kinds;
+}
+
+// Whole-model decode steps of a model with synthetic weights, through the engine's CUDA
 // backend as a session runs them (graph decode: token up, one graph launch, greedy sampling on
 // the device, the token id down), after a prefill to each of `contexts`. Returns the median step
 // time at each context.
-std::vector<double> model_decode(const Ceilings& c, const std::string& kinds, const std::vector<std::int64_t>& contexts) {
-  const ModelConfig config = text01_config(kinds);
-  const auto backend = make_random_cuda_backend(config, ModelOptions{}, 60);
+std::vector<double> model_decode(const Ceilings& c, const ModelConfig& config, const std::vector<std::int64_t>& contexts) {
+  const std::string kinds = layer_kinds_text(config);
+  const auto backend = make_cuda_backend(config, WeightMap::synthetic(config, 60), ModelOptions{}, {});
   const auto sequence = backend->new_sequence();
   // The cache holds the longest context from the start, so the decode graph is captured once.
   backend->resize_kv(*sequence, contexts.back() + 1);
@@ -452,6 +461,10 @@ std::vector<double> model_decode(const Ceilings& c, const std::string& kinds, co
   return step_ms;
 }
 
+std::vector<double> model_decode(const Ceilings& c, const std::string& kinds, const std::vector<std::int64_t>& contexts) {
+  return model_decode(c, text01_config(kinds), contexts);
+}
+
 // What one decoder layer adds to a decode step: the difference between models with and
 // without it (medians of whole steps), against the bytes the layer moves.
 void decoder_layer(const Ceilings& c, LayerKind kind, std::int64_t context, double with_ms, double without_ms,
@@ -465,6 +478,117 @@ void decoder_layer(const Ceilings& c, LayerKind kind, std::int64_t context, doub
   std::printf("    %.3f GB per step, bound %.3f ms (the difference of whole-step medians)\n", bytes / 1e9,
               bytes / (c.copy_tb_s * 1e12) * 1e3);
   std::fflush(stdout);
+}
+
+// Prefill of each of `contexts` tokens, in the backend's own chunks, by a model with synthetic
+// weights, timed on the host clock to the last token's logits (after one warm-up chunk).
+std::vector<double> model_prefill(const ModelConfig& config, const std::vector<std::int64_t>& contexts) {
+  const auto backend = make_cuda_backend(config, WeightMap::synthetic(config, 60), ModelOptions{}, {});
+  std::mt19937 random(64);
+  std::uniform_int_distribution<TokenId> token(0, config.vocab_size - 1);
+  std::vector<float> logits(static_cast<std::size_t>(config.vocab_size));
+  const std::int64_t chunk = backend->default_chunk_tokens();
+  const auto prefill = [&](std::int64_t count) {
+    std::vector<TokenId> ids(static_cast<std::size_t>(count));
+    for (TokenId& t : ids) t = token(random);
+    const auto sequence = backend->new_sequence();
+    backend->resize_kv(*sequence, count);
+    const auto start = std::chrono::steady_clock::now();
+    ForwardRequest request;
+    for (std::int64_t done = 0; done < count; done += chunk) {
+      request.tokens = std::span(ids).subspan(static_cast<std::size_t>(done),
+                                              static_cast<std::size_t>(std::min(chunk, count - done)));
+      request.first_position = done;
+      backend->forward(*sequence, request);
+    }
+    backend->read_logits(*sequence, logits.data());  // waits for the device
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  };
+  prefill(chunk);
+  std::vector<double> ms;
+  for (std::int64_t context : contexts) ms.push_back(prefill(context));
+  return ms;
+}
+
+// --model-config FILE --layers N: the geometry of a real config.json with synthetic weights, N of
+// its layers: those that end at its first softmax layer (3 lightning and 1 softmax for N = 4 of
+// MiniMax-Text-01, about 50 GB in bf16). Prefill at 32K and 128K tokens, decode steps at 4K and
+// 128K of context against the copy-bandwidth bound of the bytes a step reads. The same for N and
+// N/2 lightning layers gives, by differences, one lightning layer, one softmax layer and the rest
+// of the model (embedding, final norm, LM head, sampling), so the figures scale to the config's
+// whole depth (rows marked "scaled"). transformers' own decoder layers at the same widths, timed
+// in the same run by bench/transformers_layers.py (--anchors), give the ratio users would see.
+void model_slice(const Ceilings& c, const std::string& path, int layers, const MeasuredAnchors& measured) {
+  std::ifstream file(path);
+  if (!file) throw std::runtime_error("cannot read " + path);
+  std::stringstream text;
+  text << file.rdbuf();
+  const ModelConfig full = parse_model_config(text.str(), path, false);
+  if (layers < 2 || layers > full.num_layers)
+    throw std::runtime_error("--layers must be 2 to " + std::to_string(full.num_layers));
+  const auto first_softmax = std::find(full.layer_kinds.begin(), full.layer_kinds.end(), LayerKind::Softmax);
+  if (first_softmax == full.layer_kinds.end()) throw std::runtime_error(path + " has no softmax layer");
+  const auto end = std::max(first_softmax + 1, full.layer_kinds.begin() + layers);
+  const auto sliced = [&](std::vector<LayerKind> kinds) {
+    ModelConfig config = full;
+    config.num_layers = static_cast<int>(kinds.size());
+    config.layer_kinds = std::move(kinds);
+    return config;
+  };
+  const ModelConfig slice = sliced(std::vector<LayerKind>(end - layers, end));
+  const ModelConfig lightning = sliced(std::vector<LayerKind>(static_cast<std::size_t>(layers), LayerKind::Lightning));
+  const ModelConfig half = sliced(std::vector<LayerKind>(static_cast<std::size_t>(layers / 2), LayerKind::Lightning));
+  const std::vector<std::int64_t> prefill_contexts = {32768, 131072}, decode_contexts = {4096, 131072};
+
+  struct Times {
+    std::vector<double> prefill, decode;
+  };
+  const auto measure = [&](const ModelConfig& config) {
+    std::printf("  %s (%d layers %s, synthetic weights):\n", path.c_str(), config.num_layers,
+                layer_kinds_text(config).c_str());
+    Times t{model_prefill(config, prefill_contexts), model_decode(c, config, decode_contexts)};
+    for (std::size_t i = 0; i < prefill_contexts.size(); ++i)
+      std::printf("    prefill %lldK: %.1f ms, %.0f tokens/s\n", static_cast<long long>(prefill_contexts[i] / 1024),
+                  t.prefill[i], static_cast<double>(prefill_contexts[i]) / (t.prefill[i] * 1e-3));
+    std::fflush(stdout);
+    return t;
+  };
+  const Times s = measure(slice), l = measure(lightning), h = measure(half);
+
+  // Per layer: lightning from the two all-lightning models, the rest from them, softmax from the slice.
+  const double n_l = layers, n_h = layers / 2, slice_l = slice.num_lightning_layers(), slice_s = slice.num_softmax_layers();
+  const auto scale = [&](double t_slice, double t_l, double t_h, const std::string& kind, std::int64_t context,
+                         const char* step) {
+    const double per_lightning = (t_l - t_h) / (n_l - n_h), rest = t_l - n_l * per_lightning;
+    const double per_softmax = (t_slice - rest - slice_l * per_lightning) / slice_s;
+    const double layers_ms = full.num_lightning_layers() * per_lightning + full.num_softmax_layers() * per_softmax;
+    const std::string key = std::string("transformers_layer/") + step + "/" + std::to_string(context);
+    const auto theirs_l = measured.find(key + "/lightning"), theirs_s = measured.find(key + "/softmax");
+    std::printf("    %s %lldK: one lightning layer %.3f ms, one softmax layer %.3f ms, the rest %.3f ms; scaled to %d "
+                "layers: %.1f ms (%s)",
+                step, static_cast<long long>(context / 1024), per_lightning, per_softmax, rest, full.num_layers,
+                rest + layers_ms, kind.c_str());
+    if (theirs_l && theirs_s) {
+      const double theirs = full.num_lightning_layers() * *theirs_l + full.num_softmax_layers() * *theirs_s;
+      std::printf("; transformers' layers scaled the same: %.1f ms, x%.1f ours (layers only)", theirs,
+                  theirs / layers_ms);
+    }
+    std::printf("\n");
+    return rest + layers_ms;
+  };
+  for (std::size_t i = 0; i < prefill_contexts.size(); ++i) {
+    const double ms = scale(s.prefill[i], l.prefill[i], h.prefill[i], "scaled", prefill_contexts[i], "prefill");
+    add({"model prefill", std::to_string(full.num_layers) + " layers (scaled), " +
+                              std::to_string(prefill_contexts[i] / 1024) + "K tok",
+         ms, rate(static_cast<double>(prefill_contexts[i]) / (ms * 1e-3), "tok/s"), 0, "", 0, ""});
+  }
+  for (std::size_t i = 0; i < decode_contexts.size(); ++i) {
+    const double ms = scale(s.decode[i], l.decode[i], h.decode[i], "scaled", decode_contexts[i], "decode");
+    const double bytes = decode_step_bytes(full, decode_contexts[i]), tb_s = bytes / (ms * 1e-3) / 1e12;
+    add({"model decode step", std::to_string(full.num_layers) + " layers (scaled), " +
+                                  std::to_string(decode_contexts[i] / 1024) + "K ctx",
+         ms, rate(tb_s, "TB/s"), tb_s / c.copy_tb_s, "copy", 0, ""});
+  }
 }
 
 // Whole-model decode steps at real widths with 1, 2 and 4 layers (one of them softmax), and
@@ -618,6 +742,8 @@ struct BenchOptions {
   bool vision_only = false;
   std::string only;  // run the kernels whose name contains this (all if empty)
   MeasuredAnchors anchors;
+  std::string model_config;  // --model-config: the slice of this config alone
+  int layers = 4;
 };
 
 int run(const BenchOptions& options) {
@@ -629,6 +755,10 @@ int run(const BenchOptions& options) {
   DeviceContext device(0);
   EventTimer timer(device);
   const Ceilings c = measure_ceilings(device, timer);
+  if (!options.model_config.empty()) {
+    model_slice(c, options.model_config, options.layers, options.anchors);
+    return 0;
+  }
   const bool quick = options.quick;
   const auto selected = [&](const char* kernel) {
     return options.vision_only ? std::strcmp(kernel, "vision tower") == 0
@@ -695,11 +825,16 @@ int main(int argc, char** argv) {
         options.quick = true;
       } else if (arg == "--vision") {
         options.vision_only = true;
-      } else if ((arg == "--only" || arg == "--anchors") && i + 1 < argc) {
+      } else if ((arg == "--only" || arg == "--anchors" || arg == "--model-config") && i + 1 < argc) {
         if (arg == "--only") options.only = argv[++i];
+        else if (arg == "--model-config") options.model_config = argv[++i];
         else options.anchors = lightdesk::MeasuredAnchors(argv[++i]);
+      } else if (arg == "--layers" && i + 1 < argc) {
+        options.layers = std::stoi(argv[++i]);
       } else {
-        std::fprintf(stderr, "usage: lightdesk-bench [--quick] [--vision] [--only TEXT] [--anchors FILE]\n");
+        std::fprintf(stderr,
+                     "usage: lightdesk-bench [--quick] [--vision] [--only TEXT] [--anchors FILE]\n"
+                     "       lightdesk-bench --model-config CONFIG.json [--layers N] [--anchors FILE]\n");
         return 2;
       }
     }

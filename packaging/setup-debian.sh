@@ -2,6 +2,9 @@
 # Installs what Lightdesk builds and packages with on Debian 12, from Debian's own packages.
 # The CUDA toolkit is optional: where nvcc is found, the CUDA backend is built too, with CUTLASS's
 # headers (packaging/fetch-cutlass.sh: PyPI's nvidia-cutlass wheel, through pip).
+# clang-14 with its runtime builds the libFuzzer harnesses (tests/fuzz); Ninja builds several targets
+# of one build in parallel (the sanitizer and fuzzing builds); sqlite3 remakes the fuzzers'
+# session database seed.
 set -euo pipefail
 packages=(
   build-essential cmake ccache pkg-config python3-pip
@@ -12,6 +15,7 @@ packages=(
   libsqlite3-dev libxxhash-dev libzstd-dev zlib1g-dev
   qt6-base-dev xvfb xauth fonts-dejavu-core
   dpkg-dev file lintian help2man man-db librsvg2-bin appstream desktop-file-utils
+  clang-14 libclang-rt-14-dev ninja-build sqlite3
 )
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

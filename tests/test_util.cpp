@@ -111,17 +111,6 @@ double max_rel_diff(std::span<const float> a, std::span<const float> b) {
   return max_abs_diff(a, b) / std::max(scale, 1e-30);
 }
 
-double relative_error(const std::vector<float>& out, const std::vector<float>& ref) {
-  if (out.size() != ref.size()) return INFINITY;
-  double diff = 0.0, norm = 0.0;
-  for (std::size_t i = 0; i < out.size(); ++i) {
-    if (!std::isfinite(out[i])) return INFINITY;
-    diff += (static_cast<double>(out[i]) - ref[i]) * (static_cast<double>(out[i]) - ref[i]);
-    norm += static_cast<double>(ref[i]) * ref[i];
-  }
-  return std::sqrt(diff / std::max(norm, 1e-30));
-}
-
 std::vector<float> state_values(const StatePart& part) {
   if (part.dtype == StateDType::F32) return {part.f32().begin(), part.f32().end()};
   std::vector<float> values(static_cast<std::size_t>(part.numel()));
@@ -132,6 +121,17 @@ std::vector<float> state_values(const StatePart& part) {
     std::memcpy(&values[i], &bits, 4);
   }
   return values;
+}
+
+double relative_error(const std::vector<float>& out, const std::vector<float>& ref) {
+  if (out.size() != ref.size()) return INFINITY;
+  double diff = 0.0, norm = 0.0;
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    if (!std::isfinite(out[i])) return INFINITY;
+    diff += (static_cast<double>(out[i]) - ref[i]) * (static_cast<double>(out[i]) - ref[i]);
+    norm += static_cast<double>(ref[i]) * ref[i];
+  }
+  return std::sqrt(diff / std::max(norm, 1e-30));
 }
 
 }  // namespace lightdesk::test

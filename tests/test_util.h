@@ -57,6 +57,9 @@ double max_abs_diff(std::span<const float> a, std::span<const float> b);
 // cancel to near zero; this measures the error against the size of the result.
 double max_rel_diff(std::span<const float> a, std::span<const float> b);
 
+// A state part's values as float32, whichever dtype it carries (bf16 widened exactly).
+std::vector<float> state_values(const StatePart& part);
+
 // A generator with a fresh seed per test, reported on failure.
 class Random {
  public:
@@ -82,8 +85,5 @@ class Random {
 
 // ‖out − ref‖ / ‖ref‖ in float64; infinity if any element of out is not finite or the sizes differ.
 double relative_error(const std::vector<float>& out, const std::vector<float>& ref);
-
-// A state part's values as float32, whichever dtype it carries (bf16 widened exactly).
-std::vector<float> state_values(const StatePart& part);
 
 }  // namespace lightdesk::test

@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "lightdesk/conversation.h"
 #include "lightdesk/data_directory.h"
 #include "lightdesk/engine.h"
@@ -229,6 +231,7 @@ std::unique_ptr<lightdesk::store::NamedSessionState> attach_stored_session(
 struct InfoArgs {
   Common c;
   std::optional<long long> tokens;
+  std::string gpus;  // hypothetical GPUs to plan for ("4x80GB"); empty: this machine's
   std::string data_dir;
 };
 
@@ -241,8 +244,60 @@ CLI::App* add_info(CLI::App& cli, InfoArgs& a) {
   add_optional(*verb, "--tokens", a.tokens, "session length for the memory figure (default: the model's context)")
       ->check(integer_in(0))
       ->needs(model);
+  verb->add_option("--gpus", a.gpus, "plan for these GPUs instead of this machine's: 4x80GB, 8x141GB, 2x24GB,1x48GB")
+      ->check(CLI::Validator(
+          [](std::string& text) {
+            try {
+              lightdesk::parse_gpu_list(text);
+              return std::string();
+            } catch (const lightdesk::Error& e) {
+              return std::string(e.what());
+            }
+          },
+          "LIST"))
+      ->needs(model);
   add_data_dir(*verb, a.data_dir);
   return verb;
+}
+
+std::string span_text(long long first, long long count) {
+  return count == 0 ? "none" : count == 1 ? std::to_string(first) : std::to_string(first) + "-" + std::to_string(first + count - 1);
+}
+
+// The memory plan: every candidate of the engine's policy, the chosen one's ranks, the advice.
+void print_plan(const lightdesk::PlanReport& report, const std::string& where) {
+  std::printf("plan for %s at %lld tokens: %s\n", where.c_str(), static_cast<long long>(report.context_tokens),
+              report.chosen ? report.plans[*report.chosen].summary().c_str() : "nothing this build runs fits");
+  // The ranks of the chosen plan, else of the first that fits, else of the first.
+  const lightdesk::MemoryPlan* shown = report.chosen ? &report.plans[*report.chosen] : nullptr;
+  for (const auto& p : report.plans)
+    if (!shown && p.fits) shown = &p;
+  if (!shown && !report.plans.empty()) shown = &report.plans.front();
+  if (shown) {
+    if (!report.chosen) std::printf("layout of %s:\n", shown->summary().c_str());
+    for (const auto& r : shown->ranks) {
+      const auto& l = r.layout;
+      std::printf("  rank %d on %s: heads %s, K/V heads %s, experts %s (width %d), vocabulary rows %s\n", l.rank,
+                  r.device.name.c_str(), span_text(l.first_head, l.heads).c_str(),
+                  span_text(l.first_kv_head, l.kv_heads).c_str(), span_text(l.first_expert, l.experts).c_str(),
+                  l.expert_width, span_text(l.first_vocab_row, l.vocab_rows).c_str());
+      std::printf("    weights %s + experts %s%s, lightning state %s, K/V %s per token = %s, workspace %s: %s of %s%s\n",
+                  human_bytes(r.weight_bytes).c_str(), human_bytes(r.expert_bytes).c_str(),
+                  r.cached_experts_per_layer ? (" (" + std::to_string(r.cached_experts_per_layer) + " cached per layer)").c_str() : "",
+                  human_bytes(r.lightning_state_bytes).c_str(), human_bytes(r.kv_bytes_per_token).c_str(),
+                  human_bytes(r.kv_bytes).c_str(), human_bytes(r.workspace_bytes).c_str(),
+                  human_bytes(r.total_bytes()).c_str(), human_bytes(r.device.memory_bytes).c_str(),
+                  r.fits() ? "" : " (does not fit)");
+    }
+  }
+  for (const auto& p : report.plans) {
+    std::uint64_t most = 0;
+    for (const auto& r : p.ranks) most = std::max(most, r.total_bytes());
+    std::printf("  candidate: %s: %s per GPU%s%s, %s\n", p.summary().c_str(), human_bytes(most).c_str(),
+                p.host_bytes ? (" + " + human_bytes(p.host_bytes) + " of host memory").c_str() : "",
+                p.runnable ? "" : " (not in this build yet)", p.fits ? "fits" : "does not fit");
+  }
+  for (const auto& line : report.advice) std::printf("  would fit: %s\n", line.c_str());
 }
 
 // The data directory and its cache's size.
@@ -251,23 +306,9 @@ void print_data_directory(const lightdesk::store::DataDirectory& data) {
   std::printf("cache: %s in %s\n", human_bytes(data.cache_bytes()).c_str(), data.cache().string().c_str());
 }
 
-// The per-rank plan of --tensor-parallel, its bytes at the backend's precision.
-void print_parallel_plan(const lightdesk::ModelInfo& info, const lightdesk::ModelOptions& options,
-                         const std::vector<lightdesk::RankPlan>& plan) {
-  const double bytes_per_value =
-      info.parameter_count ? static_cast<double>(info.weight_bytes) / static_cast<double>(info.parameter_count) : 0.0;
-  std::printf("tensor parallel: %d rank%s, moe %s\n", options.tensor_parallel, plan.size() == 1 ? "" : "s",
-              lightdesk::moe_parallel_name(options.moe_parallel));
-  auto range = [](long long first, long long count) {
-    return count == 0 ? std::string("none") : std::to_string(first) + "-" + std::to_string(first + count - 1);
-  };
-  for (const lightdesk::RankPlan& p : plan) {
-    const auto bytes = static_cast<std::uint64_t>(static_cast<double>(p.parameters) * bytes_per_value);
-    std::printf("rank %d: heads %s, kv heads %s, experts %s (width %s), vocab rows %s, weights %s\n", p.rank,
-                range(p.first_head, p.heads).c_str(), range(p.first_kv_head, p.kv_heads).c_str(),
-                range(p.first_expert, p.experts).c_str(), range(p.first_expert_column, p.expert_columns).c_str(),
-                range(p.first_vocab_row, p.vocab_rows).c_str(), human_bytes(bytes).c_str());
-  }
+// Physical memory: the one device the CPU backend's simulated ranks share.
+std::uint64_t host_memory_bytes() {
+  return static_cast<std::uint64_t>(::sysconf(_SC_PHYS_PAGES)) * static_cast<std::uint64_t>(::sysconf(_SC_PAGE_SIZE));
 }
 
 int cmd_info(const InfoArgs& a) {
@@ -280,7 +321,7 @@ int cmd_info(const InfoArgs& a) {
   const auto& tokens = a.tokens;
   const lightdesk::ModelInfo info = lightdesk::Model::inspect(c.model_dir, c.options);
   // Checked before anything is printed: a layout that does not divide is a one-line error.
-  const auto plan = lightdesk::parallel_plan(info, c.options.tensor_parallel, c.options.moe_parallel);
+  lightdesk::tensor_parallel_layout(info, c.options.tensor_parallel, c.options.moe_parallel);
   const std::int64_t n = tokens ? *tokens : info.max_context;
   std::string softmax_at;
   for (int l = 0; l < info.num_layers; ++l)
@@ -304,10 +345,28 @@ int cmd_info(const InfoArgs& a) {
   std::printf("session of %lld tokens: %llu bytes (%s)\n", static_cast<long long>(n),
               static_cast<unsigned long long>(info.session_bytes(n)), human_bytes(info.session_bytes(n)).c_str());
   std::printf("fingerprint: %s\n", info.fingerprint.c_str());
-  print_parallel_plan(info, c.options, plan);
   for (const auto& gpu : lightdesk::gpu_devices())
     std::printf("gpu %d: %s, %s%s\n", gpu.index, gpu.name.c_str(), human_bytes(gpu.total_bytes).c_str(),
                 gpu.free_bytes ? (", " + human_bytes(*gpu.free_bytes) + " free").c_str() : "");
+  lightdesk::PlanRequest plan;
+  plan.devices = a.gpus.empty() ? lightdesk::local_gpus() : lightdesk::parse_gpu_list(a.gpus);
+  plan.context_tokens = n;
+  plan.cuda_float32 = c.options.cuda_float32;
+  plan.chunk_tokens = c.chunk;
+  plan.moe = c.options.moe_parallel;
+  if (c.options.tensor_parallel > 1) {
+    plan.tensor_parallel = c.options.tensor_parallel;
+    if (info.backend == lightdesk::BackendKind::Cpu && a.gpus.empty()) {
+      plan.backend = lightdesk::BackendKind::Cpu;
+      plan.devices = {{"host memory", host_memory_bytes()}};
+    }
+  }
+  if (plan.devices.empty())
+    std::printf("plan: no GPU here (--gpus 4x80GB plans for hypothetical ones)\n");
+  else
+    print_plan(lightdesk::plan_memory(info, plan), plan.backend == lightdesk::BackendKind::Cpu ? "host memory"
+                                                   : a.gpus.empty()                             ? "this machine's GPUs"
+                                                                                                : a.gpus);
   print_data_directory(data);
   return 0;
 }

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "lightdesk/bf16.h"
 #include "lightdesk/error.h"
 #include "lightdesk/input_files.h"
 #include "lightdesk/safetensors_write.h"
@@ -38,13 +39,6 @@ std::size_t dtype_size(DType t) {
 }
 
 namespace {
-
-float bf16_to_f32(std::uint16_t v) {
-  std::uint32_t bits = static_cast<std::uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
 
 float f16_to_f32(std::uint16_t h) {
   const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
@@ -89,6 +83,7 @@ std::int64_t TensorView::numel() const {
 
 void TensorView::to_f32(float* out) const {
   const std::int64_t n = numel();
+  if (n == 0) return;  // `out` may then be null, which memcpy does not allow even for no bytes
   switch (dtype) {
     case DType::F32:
       std::memcpy(out, data, static_cast<std::size_t>(n) * 4);
@@ -130,7 +125,7 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
     nlohmann::json header;
     try {
       header = nlohmann::json::parse(header_);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {
       throw Error(where + ": corrupt safetensors header (not JSON): " + plain_error_text(e.what()));
     }
     if (!header.is_object()) throw Error(where + ": corrupt safetensors header (not an object)");
@@ -194,30 +189,50 @@ SafetensorsFile::~SafetensorsFile() {
   if (map_) ::munmap(map_, size_);
 }
 
+CheckpointIndex read_checkpoint_index(const std::filesystem::path& index) {
+  const std::string text = read_json_file(index);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(index.string() + ": malformed JSON: " + plain_error_text(e.what()));
+  }
+  if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
+    throw Error(index.string() + ": no \"weight_map\" object");
+  CheckpointIndex result;
+  for (const auto& [name, file] : j["weight_map"].items()) {
+    if (!file.is_string()) throw Error(index.string() + ": weight_map entry for \"" + name + "\" is not a file name");
+    const std::string fname = file.get<std::string>();
+    if (fname.find('/') != std::string::npos || fname.find("..") != std::string::npos)
+      throw Error(index.string() + ": weight_map names a file outside the directory: \"" + fname + "\"");
+    result.weight_map.emplace(name, fname);
+  }
+  if (j.contains("metadata") && j["metadata"].is_object() && j["metadata"].contains("total_size")) {
+    const auto& total = j["metadata"]["total_size"];
+    if (!total.is_number_unsigned()) throw Error(index.string() + ": metadata.total_size must be a non-negative integer");
+    result.total_size = total.get<std::uint64_t>();
+  }
+  return result;
+}
+
+bool CheckpointIndex::shards_present(const std::filesystem::path& directory) const {
+  std::set<std::string> files;
+  for (const auto& [name, file] : weight_map) files.insert(file);
+  return std::all_of(files.begin(), files.end(),
+                     [&](const std::string& file) { return std::filesystem::exists(directory / file); });
+}
+
 Checkpoint::Checkpoint(const std::filesystem::path& directory) {
   const auto single = directory / "model.safetensors";
-  const auto index = directory / "model.safetensors.index.json";
-  if (std::filesystem::exists(index)) {
-    const std::string text = read_json_file(index);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::parse_error& e) {
-      throw Error(index.string() + ": malformed JSON: " + plain_error_text(e.what()));
-    }
-    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
-      throw Error(index.string() + ": no \"weight_map\" object");
+  const auto index_path = directory / "model.safetensors.index.json";
+  if (std::filesystem::exists(index_path)) {
     std::map<std::string, SafetensorsFile*> by_file;
-    for (const auto& [name, file] : j["weight_map"].items()) {
-      if (!file.is_string()) throw Error(index.string() + ": weight_map entry for \"" + name + "\" is not a file name");
-      const std::string fname = file.get<std::string>();
-      if (fname.find('/') != std::string::npos || fname.find("..") != std::string::npos)
-        throw Error(index.string() + ": weight_map names a file outside the directory: \"" + fname + "\"");
+    for (const auto& [name, fname] : read_checkpoint_index(index_path).weight_map) {
       auto it = by_file.find(fname);
       if (it == by_file.end()) {
         const auto shard = directory / fname;
         if (!std::filesystem::exists(shard))
-          throw Error(index.string() + ": shard \"" + fname + "\" (holding \"" + name + "\") is missing");
+          throw Error(index_path.string() + ": shard \"" + fname + "\" (holding \"" + name + "\") is missing");
         files_.push_back(std::make_unique<SafetensorsFile>(shard));
         it = by_file.emplace(fname, files_.back().get()).first;
       }
@@ -246,7 +261,7 @@ std::map<std::string, LoadedTensor> read_safetensors(const std::filesystem::path
     LoadedTensor l{t.dtype, t.shape, {}, {}};
     if (t.dtype == DType::I64) {
       l.i64.resize(static_cast<std::size_t>(t.numel()));
-      std::memcpy(l.i64.data(), t.data, t.bytes);
+      if (t.bytes > 0) std::memcpy(l.i64.data(), t.data, t.bytes);
     } else {
       l.f32.resize(static_cast<std::size_t>(t.numel()));
       t.to_f32(l.f32.data());
@@ -341,6 +356,20 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Outp
     ::unlink(temporary.c_str());
     throw Error(where + ": cannot replace: " + std::strerror(error));
   }
+}
+
+void fill_synthetic(const SyntheticFill& fill, float* out, std::int64_t numel) {
+  for (std::int64_t i = 0; i < numel; ++i) {
+    const float unit =
+        static_cast<float>(splitmix64(fill.seed ^ splitmix64(static_cast<std::uint64_t>(i))) >> 40) * 0x1p-24f;
+    out[i] = fill.low + (fill.high - fill.low) * unit;
+  }
+}
+
+WeightTensor::WeightTensor(const SyntheticFill& fill, std::int64_t numel)
+    : owned_(static_cast<std::size_t>(numel)), numel_(numel) {
+  fill_synthetic(fill, owned_.data(), numel);
+  data_ = owned_.data();
 }
 
 }  // namespace lightdesk

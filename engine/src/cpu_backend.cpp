@@ -32,7 +32,7 @@ struct CpuSequence final : SequenceState {
 
 // A rank's weights: views of the whole model's (one rank), or slices it owns.
 struct CpuRank {
-  RankPlan plan;
+  RankLayout plan;
   std::deque<std::vector<float>> owned;
   ModelTensors tensors;
   std::unique_ptr<ModelOps> ops;
@@ -47,7 +47,7 @@ class CpuBackend final : public ComputeBackend {
  public:
   CpuBackend(const ModelConfig& c, const WeightMap& map, const ModelOptions& options,
              const std::function<void(std::uint64_t)>& bytes_loaded)
-      : config_(c), plans_(parallel_plan(c, options.tensor_parallel, options.moe_parallel)) {
+      : config_(c), plans_(tensor_parallel_layout(c, options.tensor_parallel, options.moe_parallel)) {
     ModelWeights weights = load_cpu_weights(c, map, bytes_loaded);
     const int ranks = static_cast<int>(plans_.size());
     const unsigned hardware = std::max(1u, std::thread::hardware_concurrency());
@@ -60,11 +60,14 @@ class CpuBackend final : public ComputeBackend {
       rank->ops = make_cpu_ops(ranks > 1 ? threads : options.threads);
       if (ranks > 1) rank->comm = std::move(communicators[r]);
       rank->tensors = graph_tensors(weights, *rank, ranks > 1);
-      weight_bytes_ += rank->plan.parameters * sizeof(float);
+      for (const auto& part : rank->owned) weight_bytes_ += part.size() * sizeof(float);
       ranks_.push_back(std::move(rank));
     }
     // One rank's tensors are views of the loaded weights: keep them.
-    if (ranks == 1) weights_ = std::move(weights);
+    if (ranks == 1) {
+      weight_bytes_ = map.parameter_count() * sizeof(float);
+      weights_ = std::move(weights);
+    }
   }
 
   BackendKind kind() const override { return BackendKind::Cpu; }
@@ -142,11 +145,11 @@ class CpuBackend final : public ComputeBackend {
   }
 
  private:
-  std::size_t lightning_size(const RankPlan& plan) const {
+  std::size_t lightning_size(const RankLayout& plan) const {
     return static_cast<std::size_t>(plan.heads) * config_.head_dim * config_.head_dim;
   }
   std::int64_t head_state_offset(int head) const { return std::int64_t{head} * config_.head_dim * config_.head_dim; }
-  std::int64_t kv_width(const RankPlan& plan) const { return std::int64_t{plan.kv_heads} * config_.head_dim; }
+  std::int64_t kv_width(const RankLayout& plan) const { return std::int64_t{plan.kv_heads} * config_.head_dim; }
 
   // Pairs each rank's cache layout [position, its kv_head, d] with the export layout [kv_head,
   // count, d]: calls fn(rank, cache offset, export offset) for each row of d values of each
@@ -156,7 +159,7 @@ class CpuBackend final : public ComputeBackend {
     const int d = config_.head_dim;
     for (int g = 0; g < config_.num_kv_heads; ++g)
       for (std::size_t r = 0; r < ranks_.size(); ++r) {
-        const RankPlan& plan = ranks_[r]->plan;
+        const RankLayout& plan = ranks_[r]->plan;
         const int local = g - plan.first_kv_head;
         if (local < 0 || local >= plan.kv_heads) continue;
         bool done = false;
@@ -172,7 +175,7 @@ class CpuBackend final : public ComputeBackend {
   void on_every_rank(const std::function<void(std::size_t)>& fn) const;
 
   const ModelConfig config_;
-  const std::vector<RankPlan> plans_;
+  const std::vector<RankLayout> plans_;
   const ModelForward forward_ = model_forward(config_);
   ModelWeights weights_;  // one rank: what its tensors view
   std::vector<std::unique_ptr<CpuRank>> ranks_;
@@ -191,7 +194,7 @@ std::vector<float> matrix_columns(const float* m, std::int64_t rows, std::int64_
 }
 
 ModelTensors CpuBackend::graph_tensors(const ModelWeights& weights, CpuRank& rank, bool slice) const {
-  const RankPlan& p = rank.plan;
+  const RankLayout& p = rank.plan;
   const std::int64_t H = config_.hidden_size, d = config_.head_dim, A = std::int64_t{config_.num_heads} * d;
   const std::int64_t I = config_.expert_width;
   // The rank's part of a weight: the whole (a view) without slicing, else a copy it owns.
@@ -234,14 +237,14 @@ ModelTensors CpuBackend::graph_tensors(const ModelWeights& weights, CpuRank& ran
       layer.v_proj = rows(w.v_proj, H, g0, gn);
       layer.o_proj = columns(w.o_proj, H, A, h0, hn);
     }
-    layer.moe = {layer.router, {}, H, p.expert_columns, config_.experts_per_token};
+    layer.moe = {layer.router, {}, H, p.expert_width, config_.experts_per_token};
     for (int e = 0; e < config_.num_experts; ++e) {
       const ExpertWeights& ew = w.experts[static_cast<std::size_t>(e)];
       if (e < p.first_expert || e >= p.first_expert + p.experts) {
         layer.moe.experts.push_back({});
         continue;
       }
-      const std::int64_t c0 = p.first_expert_column, cn = p.expert_columns;
+      const std::int64_t c0 = p.first_expert_column, cn = p.expert_width;
       layer.moe.experts.push_back({rows(ew.w1, H, c0, cn), rows(ew.w3, H, c0, cn), columns(ew.w2, H, I, c0, cn)});
     }
     t.layers.push_back(std::move(layer));
@@ -291,7 +294,7 @@ void CpuBackend::forward(SequenceState& state, const ForwardRequest& req) {
   };
   std::vector<RankBuffers> buffers(ranks_.size());
   for (std::size_t r = 0; r < ranks_.size(); ++r) {
-    const RankPlan& plan = ranks_[r]->plan;
+    const RankLayout& plan = ranks_[r]->plan;
     const auto rows_hidden = static_cast<std::size_t>(T * H), A = static_cast<std::size_t>(T * plan.heads * config_.head_dim);
     RankBuffers& b = buffers[r];
     for (auto* v : {&b.x, &b.a, &b.att, &b.b, &b.moe}) v->resize(rows_hidden);
@@ -349,7 +352,7 @@ TokenId CpuBackend::sample(const SequenceState& state, const SamplingParams& par
   // Greedy: each rank's best of its vocabulary rows, then the best of those.
   std::vector<TokenId> chosen(ranks_.size());
   on_every_rank([&](std::size_t r) {
-    const RankPlan& plan = ranks_[r]->plan;
+    const RankLayout& plan = ranks_[r]->plan;
     const std::span<const float> part(s.ranks[r].logits_part.data(), static_cast<std::size_t>(plan.vocab_rows));
     const auto best = std::max_element(part.begin(), part.end());  // the first of equal maxima
     const float value = best == part.end() ? -std::numeric_limits<float>::infinity() : *best;

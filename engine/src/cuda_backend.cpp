@@ -129,12 +129,6 @@ class CudaBackend final : public ComputeBackend {
     load_weights(map, bytes_loaded);
     make_model_tensors();
   }
-  // Random weights (benchmarks): see make_random_cuda_backend.
-  CudaBackend(const ModelConfig& c, int device, bool graphs, std::uint64_t seed) : CudaBackend(c, device, graphs) {
-    random_weights(seed);
-    make_model_tensors();
-  }
-
   BackendKind kind() const override { return BackendKind::Cuda; }
   // A pass of 512 tokens keeps the attention kernels on a fraction of the multiprocessors.
   std::int64_t default_chunk_tokens() const override { return 8192; }
@@ -204,7 +198,6 @@ class CudaBackend final : public ComputeBackend {
   // Allocates every weight at the config's shapes and has `fill` write it.
   void allocate_weights(const WeightFill& fill);
   void load_weights(const WeightMap& map, const std::function<void(std::uint64_t)>& bytes_loaded);
-  void random_weights(std::uint64_t seed);
   cuda::KvCacheView<T> kv_view(const CudaSequence& s, int layer) const {
     return kv_pages_->view<T>(softmax_index_.at(layer), s.page_table.as<std::int32_t>());
   }
@@ -305,9 +298,20 @@ void CudaBackend<T>::load_weights(const WeightMap& map, const std::function<void
   // the embedding, usually the largest tensor; larger ones go through in pieces.
   constexpr std::int64_t kStagingFloats = std::int64_t{16} << 20;
   const DeviceBuffer staging = device_array<float>(
-      std::is_same_v<T, float> ? 0 : std::min(kStagingFloats, map.at("embed").numel), "weight conversion");
+      std::is_same_v<T, float> || !map.at("embed").view ? 0 : std::min(kStagingFloats, map.at("embed").numel),
+      "weight conversion");
   allocate_weights([&](const std::string& name, void* device, std::int64_t numel, bool as_float) {
     const TensorSlice& slice = map.at(name);  // `numel` values: WeightMap checked the shape by weight_shape too
+    if (!slice.view) {  // synthetic: made here, by the generator fill_synthetic matches
+      const SyntheticFill& f = slice.synthetic;
+      if (as_float)
+        cuda::fill_uniform(static_cast<float*>(device), numel, f.seed, f.low, f.high, device_.stream());
+      else
+        cuda::fill_uniform(static_cast<T*>(device), numel, f.seed, f.low, f.high, device_.stream());
+      loaded += static_cast<std::uint64_t>(numel) * sizeof(float);
+      if (bytes_loaded) bytes_loaded(loaded);
+      return;
+    }
     const WeightTensor host(*slice.view, slice.offset, numel);
     if (as_float || std::is_same_v<T, float>) {
       device_.upload(device, host.data(), static_cast<std::size_t>(numel) * sizeof(float));
@@ -323,21 +327,6 @@ void CudaBackend<T>::load_weights(const WeightMap& map, const std::function<void
     device_.synchronize();  // `host` may own the converted copy
     loaded += static_cast<std::uint64_t>(numel) * dtype_size(slice.view->dtype);
     if (bytes_loaded) bytes_loaded(loaded);
-  });
-}
-
-template <typename T>
-void CudaBackend<T>::random_weights(std::uint64_t seed) {
-  // Norm weights near 1; matrices (the router included) uniform in ±1/sqrt(hidden), so the
-  // activations keep their scale through the layers.
-  const float scale = 1.0f / std::sqrt(static_cast<float>(config_.hidden_size));
-  allocate_weights([&](const std::string& name, void* device, std::int64_t numel, bool as_float) {
-    const bool norm = name.ends_with("norm");
-    const float low = norm ? 0.5f : -scale, high = norm ? 1.5f : scale;
-    if (as_float)
-      cuda::fill_uniform(static_cast<float*>(device), numel, seed++, low, high, device_.stream());
-    else
-      cuda::fill_uniform(static_cast<T*>(device), numel, seed++, low, high, device_.stream());
   });
 }
 
@@ -636,15 +625,6 @@ std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, con
 
 std::uint64_t cuda_decode_graph_captures(const SequenceState& sequence) {
   return static_cast<const CudaSequence&>(sequence).decode_graph.captures();
-}
-
-std::unique_ptr<ComputeBackend> make_random_cuda_backend(const ModelConfig& config, const ModelOptions& options,
-                                                         std::uint64_t seed) {
-  const std::string reason = cuda_unavailable_reason();
-  if (!reason.empty()) throw Error("the cuda backend is not available: " + reason);
-  const int device = single_cuda_rank(options);
-  if (options.cuda_float32) return std::make_unique<CudaBackend<float>>(config, device, options.cuda_graphs, seed);
-  return std::make_unique<CudaBackend<bf16>>(config, device, options.cuda_graphs, seed);
 }
 
 }  // namespace lightdesk

@@ -20,7 +20,7 @@ std::string cuda_unavailable_reason();
 std::vector<GpuDevice> cuda_devices();
 
 // Loads the weights onto the GPU of single_gpu_device(options): bf16 by default, float32 when
-// options.cuda_float32 is set.
+// options.cuda_float32 is set. Synthetic weights (WeightMap::synthetic) are made on the device.
 std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, const WeightMap& weights,
                                                   const ModelOptions& options,
                                                   const std::function<void(std::uint64_t)>& bytes_loaded);
@@ -29,10 +29,6 @@ std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, con
 // generation of n tokens should take O(log n) captures (tests, benchmarks).
 std::uint64_t cuda_decode_graph_captures(const SequenceState& sequence);
 
-// A CUDA backend with random weights at the config's shapes, made on the device (uniform, never
-// zeros, the same for the same seed): whole-model benchmarks at real widths without a checkpoint.
-std::unique_ptr<ComputeBackend> make_random_cuda_backend(const ModelConfig& config, const ModelOptions& options,
-                                                         std::uint64_t seed);
 
 // The CUDA ops in both activation types, each on its own context of device 0 (empty without
 // CUDA in the build): see ops_backends.

@@ -4,10 +4,11 @@
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "backend.h"
-#include "bf16.h"
+#include "lightdesk/bf16.h"
 #include "cuda_backend.h"
 #include "lightdesk/engine.h"
 #include "lightdesk/input_files.h"
@@ -133,21 +134,32 @@ std::uint64_t backend_value_bytes(BackendKind backend, const ModelOptions& optio
   return backend == BackendKind::Cuda && !options.cuda_float32 ? 2 : 4;
 }
 
-ModelInfo describe(const std::filesystem::path& directory, const ModelConfig& c, const Checkpoint& checkpoint,
-                   const WeightMap& map, BackendKind backend, const ModelOptions& options) {
+// What the config and the weights' count and dtypes say; the caller adds the fingerprint.
+ModelInfo describe(const std::filesystem::path& directory, const ModelConfig& c, std::uint64_t parameter_count,
+                   std::map<std::string, std::uint64_t> bytes_per_dtype, BackendKind backend,
+                   const ModelOptions& options) {
   ModelInfo info;
   static_cast<ModelShape&>(info) = c;
   info.directory = directory;
   info.backend = backend;
-  info.parameter_count = map.parameter_count();
-  info.bytes_per_dtype = map.bytes_per_dtype();
-  info.weight_bytes = map.parameter_count() * backend_value_bytes(backend, options);
+  info.parameter_count = parameter_count;
+  info.bytes_per_dtype = std::move(bytes_per_dtype);
+  info.weight_bytes = parameter_count * backend_value_bytes(backend, options);
   const std::uint64_t d = static_cast<std::uint64_t>(c.head_dim);
   info.lightning_state_bytes =
       static_cast<std::uint64_t>(info.num_lightning_layers()) * static_cast<std::uint64_t>(c.num_heads) * d * d * 4;
   info.kv_bytes_per_token =
       static_cast<std::uint64_t>(info.num_softmax_layers()) * 2 * static_cast<std::uint64_t>(c.num_kv_heads) * d *
       backend_value_bytes(backend, options);
+  return info;
+}
+
+ModelInfo describe_checkpoint(const std::filesystem::path& directory, const ModelConfig& c,
+                              const Checkpoint& checkpoint, const WeightMap& map, BackendKind backend,
+                              const ModelOptions& options) {
+  ModelInfo info = describe(directory, c, map.parameter_count(), map.bytes_per_dtype(), backend, options);
+  for (const auto& [name, t] : checkpoint.tensors())
+    if (name.compare(0, c.weight_prefix.size(), c.weight_prefix) != 0) info.other_weight_bytes += t->bytes;
   Fingerprint fp;
   fp.add(read_regular_file(directory / "config.json", kMaxConfigFileBytes));
   for (const auto& file : checkpoint.files()) {
@@ -155,6 +167,53 @@ ModelInfo describe(const std::filesystem::path& directory, const ModelConfig& c,
     fp.add(std::to_string(file->file_size()));
   }
   info.fingerprint = fp.hex();
+  return info;
+}
+
+// A checkpoint known from its index alone (see Model::inspect).
+ModelInfo describe_index(const std::filesystem::path& directory, const ModelConfig& c, const CheckpointIndex& index,
+                         BackendKind backend, const ModelOptions& options) {
+  const std::string where = (directory / "model.safetensors.index.json").string();
+  const auto& names = index.weight_map;
+  const std::string& prefix = c.weight_prefix;
+  const bool fused = names.count(prefix + "model.layers.0.mlp.experts.gate_up_proj") > 0;
+  const bool own_lm_head = names.count(prefix + "lm_head.weight") > 0 || !c.tie_word_embeddings;
+  std::set<std::string> expected_names;
+  std::uint64_t parameters = 0, router_parameters = 0;
+  for (const ExpectedTensor& t : expected_tensors(c, fused, own_lm_head)) {
+    if (!names.count(prefix + t.name)) throw Error(where + ": missing tensor \"" + prefix + t.name + "\"");
+    expected_names.insert(prefix + t.name);
+    std::uint64_t numel = 1;
+    for (std::int64_t extent : t.shape) numel *= static_cast<std::uint64_t>(extent);
+    parameters += numel;
+    if (t.parts.size() == 1 && t.parts[0].key.ends_with(".router")) router_parameters += numel;
+  }
+  for (const auto& [name, file] : names)
+    if (name.compare(0, prefix.size(), prefix) == 0 && !expected_names.count(name) && !is_model_buffer(name))
+      throw Error(where + ": unexpected tensor \"" + name + "\" (does config.json match this checkpoint?)");
+
+  static const std::map<std::string, std::pair<std::string, std::uint64_t>> kDtypes = {
+      {"bfloat16", {"BF16", 2}}, {"float16", {"F16", 2}}, {"float32", {"F32", 4}}};
+  const auto dtype = kDtypes.find(c.torch_dtype.empty() ? "bfloat16" : c.torch_dtype);
+  if (dtype == kDtypes.end()) throw Error(where + ": cannot size tensors of torch_dtype \"" + c.torch_dtype + "\"");
+  const auto& [dtype_name, size] = dtype->second;
+  std::map<std::string, std::uint64_t> bytes;
+  bytes[dtype_name] = parameters * size;
+  const std::uint64_t total = index.total_size.value_or(parameters * size);
+  // The released checkpoints keep the routers in F32 (their total size exceeds the bf16 sum by
+  // exactly that): where the total leaves room for it, count them so.
+  if (size < 4 && total >= parameters * size + router_parameters * (4 - size)) {
+    bytes[dtype_name] -= router_parameters * size;
+    bytes["F32"] += router_parameters * 4;
+  }
+  std::uint64_t language_model = 0;
+  for (const auto& [name, b] : bytes) language_model += b;
+  if (total < language_model)
+    throw Error(where + ": total_size " + std::to_string(total) + " is less than the " +
+                std::to_string(language_model) + " bytes the config's tensors need");
+  ModelInfo info = describe(directory, c, parameters, std::move(bytes), backend, options);
+  info.other_weight_bytes = total - language_model;
+  info.weights_present = false;
   return info;
 }
 
@@ -186,29 +245,56 @@ Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Model::~Model() = default;
 const ModelInfo& Model::info() const { return impl_->info; }
 
+// Synthetic weights: the config and the seed identify them.
+ModelInfo describe_synthetic(const std::filesystem::path& directory, const ModelConfig& c, const WeightMap& map,
+                             BackendKind backend, const ModelOptions& options) {
+  ModelInfo info = describe(directory, c, map.parameter_count(), {}, backend, options);
+  Fingerprint fp;
+  fp.add(read_regular_file(directory / "config.json", kMaxConfigFileBytes));
+  fp.add("synthetic weights, seed " + std::to_string(*options.synthetic_weights));
+  info.fingerprint = fp.hex();
+  return info;
+}
+
 ModelInfo Model::inspect(const std::filesystem::path& directory, const ModelOptions& options) {
   const ModelConfig config = load_model_config(directory, options.rope_full_head);
+  const BackendKind backend = resolve_backend(options.backend);
+  if (options.synthetic_weights)
+    return describe_synthetic(directory, config, WeightMap::synthetic(config, *options.synthetic_weights), backend,
+                              options);
+  const auto index_path = directory / "model.safetensors.index.json";
+  if (std::filesystem::exists(index_path)) {
+    const CheckpointIndex index = read_checkpoint_index(index_path);
+    if (!index.shards_present(directory)) return describe_index(directory, config, index, backend, options);
+  }
   const Checkpoint checkpoint(directory);
   const WeightMap map(config, checkpoint);
-  return describe(directory, config, checkpoint, map, resolve_backend(options.backend), options);
+  return describe_checkpoint(directory, config, checkpoint, map, backend, options);
 }
 
 std::unique_ptr<Model> Model::open(const std::filesystem::path& directory, const ModelOptions& options,
                                    const std::function<bool(std::uint64_t, std::uint64_t)>& progress) {
   auto impl = std::make_unique<Impl>();
   impl->config = load_model_config(directory, options.rope_full_head);
-  impl->checkpoint = std::make_unique<Checkpoint>(directory);
-  const WeightMap map(impl->config, *impl->checkpoint);
   const BackendKind kind = resolve_backend(options.backend);
-  impl->info = describe(directory, impl->config, *impl->checkpoint, map, kind, options);
-  std::uint64_t total = 0;
+  std::optional<WeightMap> map;
+  if (options.synthetic_weights) {
+    map = WeightMap::synthetic(impl->config, *options.synthetic_weights);
+    impl->info = describe_synthetic(directory, impl->config, *map, kind, options);
+  } else {
+    impl->checkpoint = std::make_unique<Checkpoint>(directory);
+    map.emplace(impl->config, *impl->checkpoint);
+    impl->info = describe_checkpoint(directory, impl->config, *impl->checkpoint, *map, kind, options);
+  }
+  // Progress in bytes read from the checkpoint (synthetic weights: float32 values made).
+  std::uint64_t total = options.synthetic_weights ? map->parameter_count() * sizeof(float) : 0;
   for (const auto& [dtype, bytes] : impl->info.bytes_per_dtype) total += bytes;
   auto on_bytes = [&](std::uint64_t loaded) {
     if (progress && !progress(loaded, total))
       throw Cancelled("loading " + directory.string() + " was cancelled");
   };
-  impl->backend = kind == BackendKind::Cuda ? make_cuda_backend(impl->config, map, options, on_bytes)
-                                            : make_cpu_backend(impl->config, map, options, on_bytes);
+  impl->backend = kind == BackendKind::Cuda ? make_cuda_backend(impl->config, *map, options, on_bytes)
+                                            : make_cpu_backend(impl->config, *map, options, on_bytes);
   impl->info.weight_bytes = impl->backend->weight_bytes();
   return std::unique_ptr<Model>(new Model(std::move(impl)));
 }

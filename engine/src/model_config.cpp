@@ -115,7 +115,7 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   json root;
   try {
     root = json::parse(json_text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     throw Error(source + ": malformed JSON: " + plain_error_text(e.what()));
   }
   if (!root.is_object()) throw Error(source + ": malformed config: the top level is not an object");
@@ -146,6 +146,8 @@ ModelConfig parse_any_config(const json& root, const std::string& source, bool r
   const json& a = root.value("architectures", json::array());
   c.architecture = a.is_array() && !a.empty() && a.at(0).is_string() ? a.at(0).get<std::string>() : "";
   c.weight_prefix = "language_model.";
+  if (c.torch_dtype.empty() && root.contains("torch_dtype") && root.at("torch_dtype").is_string())
+    c.torch_dtype = root.at("torch_dtype").get<std::string>();
   if (!c.eos_token_id && root.contains("eos_token_id") && root.at("eos_token_id").is_number_integer())
     c.eos_token_id = token_id_in_vocabulary(ConfigReader(root, source), root.at("eos_token_id"), c.vocab_size);
   // The text_config's max_position_embeddings (8192 as released) only sizes the transformers
@@ -207,6 +209,7 @@ ModelConfig parse_text_config(const json& root, const std::string& source, bool 
     if (!root.at("tie_word_embeddings").is_boolean()) r.fail("field \"tie_word_embeddings\" must be true or false");
     c.tie_word_embeddings = root.at("tie_word_embeddings").get<bool>();
   }
+  c.torch_dtype = r.string_or("torch_dtype", "");
 
   // RoPE: theta and the rotated width, from either spelling.
   const json empty = json::object();

@@ -32,6 +32,9 @@ struct ModelConfig : ModelShape {
   // Prepended to every text tensor name: "language_model." in a MiniMax-VL-01 checkpoint, whose
   // text model is read from config.json's text_config (the vision weights are left to vision/).
   std::string weight_prefix;
+  // config.json's torch_dtype ("bfloat16", "float32", ...; empty when absent): the dtype of the
+  // checkpoint's tensors, for sizing one from its index alone.
+  std::string torch_dtype;
 
   // The lightning output norm's eps: the released code builds it without an argument.
   static constexpr float kLightningNormEps = 1e-6f;

@@ -17,14 +17,6 @@ std::string shape_text(const std::vector<std::int64_t>& shape) {
   return s + "]";
 }
 
-bool is_ignored_buffer(const std::string& name) {
-  for (const char* suffix : {".slope_rate", ".query_decay", ".key_decay", ".diagonal_decay"}) {
-    const std::size_t n = std::strlen(suffix);
-    if (name.size() >= n && name.compare(name.size() - n, n, suffix) == 0) return true;
-  }
-  return false;
-}
-
 class Resolver {
  public:
   // `prefix` is prepended to every name; tensors outside it belong to another model part.
@@ -52,7 +44,7 @@ class Resolver {
 
   void check_all_used() const {
     for (const auto& [name, t] : checkpoint_.tensors())
-      if (!used_.count(name) && !is_ignored_buffer(name) && name.compare(0, prefix_.size(), prefix_) == 0)
+      if (!used_.count(name) && !is_model_buffer(name) && name.compare(0, prefix_.size(), prefix_) == 0)
         throw Error(t->file + ": unexpected tensor \"" + name + "\" (does config.json match this checkpoint?)");
   }
 
@@ -78,27 +70,19 @@ std::vector<std::int64_t> weight_shape(const ModelConfig& c, const std::string& 
   return found->second;
 }
 
-WeightMap::WeightMap(const ModelConfig& c, const Checkpoint& checkpoint) {
-  Resolver r(checkpoint, c.weight_prefix);
+std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c, bool fused_experts, bool own_lm_head) {
   const std::int64_t H = c.hidden_size, I = c.expert_width, E = c.num_experts;
-  auto add = [&](const std::string& key, const TensorView& view, std::int64_t offset, std::int64_t numel) {
-    slices_[key] = TensorSlice{&view, offset, numel};
-    parameter_count_ += static_cast<std::uint64_t>(numel);
-    bytes_per_dtype_[dtype_name(view.dtype)] += static_cast<std::uint64_t>(numel) * dtype_size(view.dtype);
-  };
+  std::vector<ExpectedTensor> list;
   auto whole = [&](const std::string& key, const std::string& name) {
-    const TensorView& v = r.require(name, weight_shape(c, key));
-    add(key, v, 0, v.numel());
+    std::vector<std::int64_t> shape = weight_shape(c, key);
+    std::int64_t numel = 1;
+    for (std::int64_t extent : shape) numel *= extent;
+    list.push_back({name, std::move(shape), {{key, 0, numel}}});
   };
 
   whole("embed", "model.embed_tokens.weight");
   whole("final_norm", "model.norm.weight");
-  if (r.find("lm_head.weight") || !c.tie_word_embeddings) {
-    whole("lm_head", "lm_head.weight");
-  } else {
-    slices_["lm_head"] = slices_.at("embed");
-  }
-
+  if (own_lm_head) whole("lm_head", "lm_head.weight");
   for (int l = 0; l < c.num_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     const std::string k = layer_weight_prefix(l);
@@ -115,17 +99,18 @@ WeightMap::WeightMap(const ModelConfig& c, const Checkpoint& checkpoint) {
       whole(k + "v_proj", p + "self_attn.v_proj.weight");
       whole(k + "o_proj", p + "self_attn.o_proj.weight");
     }
-    // Experts: per-expert tensors as released, or transformers 5's fused layout.
-    if (r.find(p + "mlp.experts.gate_up_proj")) {
+    if (fused_experts) {
       whole(k + "router", p + "mlp.gate.weight");
-      const TensorView& gate_up = r.require(p + "mlp.experts.gate_up_proj", {E, 2 * I, H});
-      const TensorView& down = r.require(p + "mlp.experts.down_proj", {E, H, I});
+      ExpectedTensor gate_up{p + "mlp.experts.gate_up_proj", {E, 2 * I, H}, {}};
+      ExpectedTensor down{p + "mlp.experts.down_proj", {E, H, I}, {}};
       for (int e = 0; e < c.num_experts; ++e) {
         const ExpertWeightNames names = expert_weight_names(l, e);
-        add(names.w1, gate_up, e * 2 * I * H, I * H);
-        add(names.w3, gate_up, e * 2 * I * H + I * H, I * H);
-        add(names.w2, down, e * H * I, H * I);
+        gate_up.parts.push_back({names.w1, e * 2 * I * H, I * H});
+        gate_up.parts.push_back({names.w3, e * 2 * I * H + I * H, I * H});
+        down.parts.push_back({names.w2, e * H * I, H * I});
       }
+      list.push_back(std::move(gate_up));
+      list.push_back(std::move(down));
     } else {
       whole(k + "router", p + "block_sparse_moe.gate.weight");
       for (int e = 0; e < c.num_experts; ++e) {
@@ -137,7 +122,53 @@ WeightMap::WeightMap(const ModelConfig& c, const Checkpoint& checkpoint) {
       }
     }
   }
+  return list;
+}
+
+bool is_model_buffer(const std::string& name) {
+  for (const char* suffix : {".slope_rate", ".query_decay", ".key_decay", ".diagonal_decay"}) {
+    const std::size_t n = std::strlen(suffix);
+    if (name.size() >= n && name.compare(name.size() - n, n, suffix) == 0) return true;
+  }
+  return false;
+}
+
+WeightMap::WeightMap(const ModelConfig& c, const Checkpoint& checkpoint) {
+  Resolver r(checkpoint, c.weight_prefix);
+  // The released per-expert tensors, or transformers 5's fused layout.
+  const bool fused = r.find("model.layers.0.mlp.experts.gate_up_proj") != nullptr;
+  const bool own_lm_head = r.find("lm_head.weight") || !c.tie_word_embeddings;
+  for (const ExpectedTensor& expected : expected_tensors(c, fused, own_lm_head)) {
+    const TensorView& view = r.require(expected.name, expected.shape);
+    for (const ExpectedTensor::Part& part : expected.parts) {
+      slices_[part.key] = TensorSlice{&view, part.offset, part.numel};
+      parameter_count_ += static_cast<std::uint64_t>(part.numel);
+      bytes_per_dtype_[dtype_name(view.dtype)] += static_cast<std::uint64_t>(part.numel) * dtype_size(view.dtype);
+    }
+  }
+  if (!own_lm_head) slices_["lm_head"] = slices_.at("embed");
   r.check_all_used();
+}
+
+SyntheticFill synthetic_fill(const ModelConfig& c, const std::string& key, const std::vector<std::int64_t>& shape,
+                             std::uint64_t seed) {
+  // Each weight its own stream: the seed mixed with the weight's name.
+  std::uint64_t stream = splitmix64(seed);
+  for (unsigned char ch : key) stream = splitmix64(stream ^ ch);
+  if (key.ends_with("norm")) return {stream, 0.5f, 1.5f};
+  const float bound = key.ends_with("router") ? std::sqrt(3.0f / static_cast<float>(c.hidden_size))
+                                              : 1.0f / std::sqrt(static_cast<float>(shape.back()));
+  return {stream, -bound, bound};
+}
+
+WeightMap WeightMap::synthetic(const ModelConfig& c, std::uint64_t seed) {
+  WeightMap map;
+  for (const ExpectedTensor& expected : expected_tensors(c, false, true))
+    for (const ExpectedTensor::Part& part : expected.parts) {
+      map.slices_[part.key] = TensorSlice{nullptr, 0, part.numel, synthetic_fill(c, part.key, expected.shape, seed)};
+      map.parameter_count_ += static_cast<std::uint64_t>(part.numel);
+    }
+  return map;
 }
 
 std::string layer_weight_prefix(int layer) { return "layers." + std::to_string(layer) + "."; }
@@ -195,8 +226,8 @@ ModelWeights load_cpu_weights(const ModelConfig& c, const WeightMap& map,
   // Everything is float32 here, whatever the precision a GPU backend would give it.
   auto get = [&](const std::string& name, WeightPrecision = WeightPrecision::Float32) {
     const TensorSlice& s = map.at(name);
-    WeightTensor t(*s.view, s.offset, s.numel);
-    loaded += static_cast<std::uint64_t>(s.numel) * dtype_size(s.view->dtype);
+    WeightTensor t = s.view ? WeightTensor(*s.view, s.offset, s.numel) : WeightTensor(s.synthetic, s.numel);
+    loaded += static_cast<std::uint64_t>(s.numel) * (s.view ? dtype_size(s.view->dtype) : sizeof(float));
     if (bytes_loaded) bytes_loaded(loaded);
     return t;
   };

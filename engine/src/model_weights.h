@@ -52,6 +52,25 @@ ExpertWeightNames expert_weight_names(int layer, int expert);
 // "layers.L.experts.E.w1", ...).
 std::vector<std::int64_t> weight_shape(const ModelConfig& config, const std::string& name);
 
+// A tensor the config asks of a checkpoint: its name there (after ModelConfig::weight_prefix),
+// its shape, and the WeightMap entries it holds (a fused expert tensor holds a layer's experts).
+struct ExpectedTensor {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  struct Part {
+    std::string key;     // WeightMap name
+    std::int64_t offset;  // elements into the tensor
+    std::int64_t numel;
+  };
+  std::vector<Part> parts;
+};
+// Every tensor of a checkpoint of `config`: with `fused_experts` in transformers 5's layout
+// (mlp.experts.gate_up_proj / down_proj) instead of the released per-expert tensors; with
+// `own_lm_head` an lm_head.weight of its own (else the embedding serves, tied).
+std::vector<ExpectedTensor> expected_tensors(const ModelConfig& config, bool fused_experts, bool own_lm_head);
+// Buffers native transformers saves with some checkpoints and the engine recomputes.
+bool is_model_buffer(const std::string& name);
+
 // Fills `layer` with layer l's tensors of its kind (see LayerTensors), each from
 // load(WeightMap name, WeightPrecision) -> Tensor, in the order every backend loads them.
 template <typename Tensor, typename Load>
@@ -93,24 +112,40 @@ struct ModelWeights {
 // Where each weight of the model is in a checkpoint, with its shape checked against the config.
 // Resolving needs only the headers; both CPU and GPU backends load from it.
 struct TensorSlice {
-  const TensorView* view = nullptr;
+  const TensorView* view = nullptr;  // nullptr for a synthetic weight
   std::int64_t offset = 0;  // elements into the tensor (fused expert tensors)
   std::int64_t numel = 0;
+  SyntheticFill synthetic = {};  // how to make it when there is no view
 };
 
 class WeightMap {
  public:
   WeightMap(const ModelConfig& config, const Checkpoint& checkpoint);
+  // Synthetic weights at the config's shapes, from `seed` (see synthetic_fill), no checkpoint.
+  static WeightMap synthetic(const ModelConfig& config, std::uint64_t seed);
   // name: "embed", "lm_head", "final_norm" or "layers.L.<part>" as used by the backends.
   const TensorSlice& at(const std::string& name) const;
   std::uint64_t parameter_count() const { return parameter_count_; }
   const std::map<std::string, std::uint64_t>& bytes_per_dtype() const { return bytes_per_dtype_; }
 
  private:
+  WeightMap() = default;
   std::map<std::string, TensorSlice> slices_;
   std::uint64_t parameter_count_ = 0;
   std::map<std::string, std::uint64_t> bytes_per_dtype_;
 };
+
+// The distribution of a synthetic weight (WeightMap name `key`, shape `shape`):
+// - norm weights uniform in [0.5, 1.5): away from 1, so a skipped norm shows;
+// - matrices uniform in +-1/sqrt(fan-in) (the last extent), so activations keep their scale;
+// - routers uniform in +-sqrt(3/hidden): a unit-RMS input (what the post-attention norm gives)
+//   gets router logits of standard deviation 1 across the experts, so each token's top-k follow
+//   its own hidden state: the experts' loads are ragged around the mean (binomial spread: 8192
+//   tokens x top 2 over 32 experts is 512 +- 22 each), none empty and none taking every token,
+//   as a random router's loads in the benchmarks' MoE rows. A trained router is more skewed;
+//   there is no per-expert bias to reproduce that with.
+SyntheticFill synthetic_fill(const ModelConfig& config, const std::string& key, const std::vector<std::int64_t>& shape,
+                             std::uint64_t seed);
 
 // Per-head decay rates of a lightning layer, by the formula of the checkpoint's layout.
 std::vector<float> lightning_slopes(const ModelConfig& config, int layer);

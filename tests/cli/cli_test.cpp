@@ -107,6 +107,31 @@ TEST(Cli, InfoDescribesTheModelAndTheSessionMemory) {
   EXPECT_NE(default_tokens.out.find("session of 4096 tokens"), std::string::npos) << default_tokens.out;
 }
 
+// The memory plan for hypothetical GPUs, from the released config and index alone (no weights):
+// the per-rank layout a tensor-parallel run would use and what would fit (the figures are
+// checked in tests/engine/memory_plan_test.cpp).
+TEST(Cli, InfoPlansTheRealModelOnHypotheticalGpus) {
+  const std::string real = (test::data_dir() / "real" / "MiniMax-Text-01").string();
+  const auto r = run_cli({"info", "--model", real, "--gpus", "8x141GB", "--tokens", "32768", "--backend", "cpu"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("parameters: 456089655296"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("plan for 8x141GB at 32768 tokens: nothing this build runs fits"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("layout of bf16 weights, tensor parallel over 8 GPUs:"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("rank 7 on 141 GiB: heads 56-63, K/V heads 7, experts 28-31 (width 9216), vocabulary rows "
+                       "175056-200063"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("would fit: bf16 weights, tensor parallel over 8 GPUs would fit (not in this build yet)"),
+            std::string::npos)
+      << r.out;
+  const auto small = run_cli({"info", "--model", real, "--gpus", "2x24GB,1x48GB", "--tokens", "4096", "--backend", "cpu"});
+  ASSERT_EQ(small.exit_code, 0) << small.err;
+  EXPECT_NE(small.out.find("would fit: int4 experts: 8 GPUs of 48 GiB (not in this build yet)"), std::string::npos)
+      << small.out;
+  const auto demo = run_cli({"info", "--model", model_dir(), "--gpus", "1x24GB"});
+  EXPECT_NE(demo.out.find("plan for 1x24GB at 4096 tokens: bf16 weights on 1 GPU"), std::string::npos) << demo.out;
+}
+
 // Every bad input: its exit code (2 for the command line, 1 for the input it names), one line
 // naming the cause.
 void expect_one_line_error(const std::vector<std::string>& args, const std::string& cause, int exit_code) {
@@ -128,10 +153,17 @@ TEST(Cli, TensorParallelLayouts) {
   const auto tp = test::fixture_dir("tiny-tp-6h3kv8e").string();
   const auto r = run_cli({"info", "--model", tp, "--tensor-parallel", "3", "--backend", "cpu"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_NE(r.out.find("tensor parallel: 3 ranks, moe expert"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("rank 2: heads 4-5, kv heads 2-2, experts 6-7 (width 0-23), vocab rows 66-96"),
+  EXPECT_NE(r.out.find("float32 weights in host memory, tensor parallel over 3 ranks"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("rank 2 on host memory (1/3): heads 4-5, K/V heads 2, experts 6-7 (width 24), vocabulary "
+                       "rows 66-96"),
             std::string::npos)
       << r.out;
+  const auto tensor = run_cli({"info", "--model", tp, "--tensor-parallel", "6", "--moe-parallel", "tensor",
+                               "--backend", "cpu"});
+  ASSERT_EQ(tensor.exit_code, 0) << tensor.err;
+  EXPECT_NE(tensor.out.find("rank 5 on host memory (1/6): heads 5, K/V heads 2, experts 0-7 (width 4)"),
+            std::string::npos)
+      << tensor.out;
   const std::vector<std::string> generate{"generate", "--model", tp, "--ids", "5,17,42,9", "--max-new-tokens", "8",
                                           "--backend", "cpu"};
   const auto single = run_cli(generate);
@@ -144,7 +176,7 @@ TEST(Cli, TensorParallelLayouts) {
     EXPECT_EQ(parallel.out, single.out) << moe;
   }
   expect_one_line_error({"info", "--model", tp, "--tensor-parallel", "4"}, "6 query heads", 1);
-  expect_one_line_error({"info", "--model", tp, "--tensor-parallel", "2"}, "3 key/value heads", 1);
+  expect_one_line_error({"info", "--model", tp, "--tensor-parallel", "2"}, "3 K/V heads", 1);
   expect_one_line_error({"generate", "--model", tp, "--ids", "1", "--max-new-tokens", "1", "--tensor-parallel", "3",
                          "--moe-parallel", "pipeline"},
                         "--moe-parallel", 2);
@@ -192,6 +224,7 @@ TEST(Cli, CommandLineMistakesNameTheOption) {
   expect_one_line_error({"logits", "--model", model_dir(), "--ids", "1", "--out"}, "--out", 2);  // no value
   expect_one_line_error({"info", "--model", model_dir(), "--tokens", "-1"}, "--tokens: needs an integer >= 0", 2);
   expect_one_line_error({"info", "--tokens", "5"}, "--tokens requires --model", 2);
+  expect_one_line_error({"info", "--model", model_dir(), "--gpus", "4x"}, "\"4x\" is not COUNTxSIZE like 4x80GB", 2);
   expect_one_line_error({"ask", "--model", model_dir(), "--question", "?", "--max-new-tokens", "0"},
                         "--max-new-tokens: needs an integer >= 1", 2);
   expect_one_line_error({"cache"}, "A subcommand is required", 2);
@@ -201,7 +234,7 @@ TEST(Cli, CommandLineMistakesNameTheOption) {
 
 TEST(Cli, EveryVerbHasItsOwnHelp) {
   const std::map<std::string, std::vector<std::string>> options = {
-      {"info", {"--model", "--tokens", "--data-dir", "--backend", "--threads", "--chunk", "--rope-full-head",
+      {"info", {"--model", "--tokens", "--gpus", "--data-dir", "--backend", "--threads", "--chunk", "--rope-full-head",
                 "--cuda-float32", "--stats"}},
       {"logits", {"--ids", "--out", "--decode-from", "--session", "--session-db", "--data-dir"}},
       {"generate", {"--ids", "--prompt", "--max-new-tokens", "--greedy", "--temperature", "--top-p", "--top-k",

@@ -441,9 +441,9 @@ TEST(CudaBackendTest, DecodeGraphIsCapturedLogarithmicallyOften) {
   const ModelConfig config = load_model_config(kData / "tiny-a-hf", false);
   ModelOptions options;
   options.cuda_float32 = true;
-  const auto graphs = make_random_cuda_backend(config, options, 7);
+  const auto graphs = make_cuda_backend(config, WeightMap::synthetic(config, 7), options, {});
   options.cuda_graphs = false;
-  const auto launches = make_random_cuda_backend(config, options, 7);
+  const auto launches = make_cuda_backend(config, WeightMap::synthetic(config, 7), options, {});
   const auto graph_sequence = graphs->new_sequence(), launch_sequence = launches->new_sequence();
   std::vector<float> graph_logits(static_cast<std::size_t>(config.vocab_size)), launch_logits(graph_logits.size());
   std::mt19937 random(8);
@@ -532,6 +532,27 @@ TEST(CudaBackendTest, OutOfMemoryIsAnErrorAndTheSessionStaysUsable) {
   ASSERT_EQ(session->logits().size(), fresh->logits().size());
   for (std::size_t i = 0; i < fresh->logits().size(); ++i)
     EXPECT_NEAR(session->logits()[i], fresh->logits()[i], 1e-3f);
+}
+
+// Synthetic weights are made on the device by the generator the CPU backend runs on the host:
+// the same seed gives the same model on both (float32 here, so only the sums' order differs).
+TEST(CudaBackendTest, SyntheticWeightsEqualTheCpuBackends) {
+  LIGHTDESK_SKIP_WITHOUT_GPU();
+  ModelOptions options;
+  options.synthetic_weights = 21;
+  options.backend = BackendKind::Cpu;
+  const auto cpu = Model::open(kData / "tiny-a-m1-rd8", options);
+  options.backend = BackendKind::Cuda;
+  options.cuda_float32 = true;
+  const auto gpu = Model::open(kData / "tiny-a-m1-rd8", options);
+  const std::vector<TokenId> ids = {3, 14, 15, 92, 65, 35, 89, 79, 323, 84};
+  auto cpu_session = cpu->create_session(), gpu_session = gpu->create_session();
+  cpu_session->feed(ids);
+  gpu_session->feed(ids);
+  const auto cpu_logits = cpu_session->logits(), gpu_logits = gpu_session->logits();
+  EXPECT_LT(test::relative_error(std::vector<float>(gpu_logits.begin(), gpu_logits.end()),
+                               std::vector<float>(cpu_logits.begin(), cpu_logits.end())),
+            1e-5);
 }
 
 }  // namespace

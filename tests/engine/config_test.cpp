@@ -115,6 +115,16 @@ TEST(Config, RefusesWhatItDoesNotSupport) {
   }
 }
 
+// nlohmann reports a number too large for a double as out_of_range, not as a parse error.
+TEST(Config, ANumberPastDoubleRangeIsMalformedJson) {
+  try {
+    parse_model_config("{\"model_type\": \"minimax_m1\", \"rms_norm_eps\": 1e505}", "dir/config.json", false);
+    FAIL() << "a number out of range accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("dir/config.json: malformed JSON"), std::string::npos) << e.what();
+  }
+}
+
 // Numbers the forward multiplies or divides by, and integers narrowed to int: checked in range
 // before use (2^32 + 8 passed as 8, a negative eps or an alpha of 1e39 gave all-NaN logits).
 TEST(Config, OutOfRangeNumbersAreRefused) {

@@ -516,13 +516,24 @@ class MainWindowTest : public QObject {
   }
 
   void memoryCheckNamesTheContextThatFits() {
-    const lightdesk::ModelInfo info = lightdesk::Model::inspect(kModelDirectory.toStdString());
-    const std::uint64_t fixed = info.weight_bytes + info.session_bytes(0);
+    // The engine's plan on the CPU backend: weights, states, K/V and a prefill chunk's buffers.
+    lightdesk::ModelOptions cpu;
+    cpu.backend = lightdesk::BackendKind::Cpu;
+    const lightdesk::ModelInfo info = lightdesk::Model::inspect(kModelDirectory.toStdString(), cpu);
     QVERIFY(info.kv_bytes_per_token > 0);
-    const auto roomy = lightdesk::gui::memory_check(info, fixed + info.session_bytes(info.max_context), QStringLiteral("host memory"));
+    const auto planned = [&](std::int64_t tokens) {
+      lightdesk::PlanRequest request;
+      request.devices = {{"host memory", std::uint64_t{1} << 40}};
+      request.backend = lightdesk::BackendKind::Cpu;
+      request.context_tokens = tokens;
+      return lightdesk::plan_memory(info, request).plans.front().ranks.front().total_bytes();
+    };
+    const auto roomy = lightdesk::gui::memory_check(info, planned(info.max_context), QStringLiteral("host memory"));
     QVERIFY(roomy.fits());
     QCOMPARE(roomy.fitting_context, info.max_context);
-    const auto tight = lightdesk::gui::memory_check(info, fixed + 100 * info.kv_bytes_per_token + 1, QStringLiteral("host memory"));
+    QVERIFY(roomy.workspace_bytes > 0);
+    // Room for 100 tokens: the 101st needs another token of K/V (and a larger chunk).
+    const auto tight = lightdesk::gui::memory_check(info, planned(100), QStringLiteral("host memory"));
     QVERIFY(!tight.fits());
     QCOMPARE(tight.fitting_context, 100);
     const auto hopeless = lightdesk::gui::memory_check(info, info.weight_bytes / 2, QStringLiteral("host memory"));

@@ -15,7 +15,7 @@ json read_json(const std::filesystem::path& path) {
   json j;
   try {
     j = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     throw Error(path.string() + ": malformed JSON: " + plain_error_text(e.what()));
   }
   if (!j.is_object()) throw Error(path.string() + ": the top level is not an object");

@@ -70,15 +70,15 @@ ModelCheck memory_check(const ModelInfo& info, std::uint64_t available_bytes, co
   check.session_bytes = info.session_bytes(info.max_context);
   check.available_bytes = available_bytes;
   check.memory_place = memory_place;
-  // Session memory grows linearly with the context: the largest context left beside the weights.
-  const std::uint64_t fixed = info.weight_bytes + info.session_bytes(0);
-  if (available_bytes <= fixed)
-    check.fitting_context = 0;
-  else if (info.kv_bytes_per_token == 0)
-    check.fitting_context = info.max_context;
-  else
-    check.fitting_context = std::min<std::int64_t>(
-        info.max_context, static_cast<std::int64_t>((available_bytes - fixed) / info.kv_bytes_per_token));
+  // The engine's one planning policy, for the one place the model would live.
+  PlanRequest request;
+  request.devices = {{memory_place.toStdString(), available_bytes}};
+  request.backend = info.backend;
+  request.context_tokens = info.max_context;
+  check.plan = plan_memory(info, request);
+  if (!check.plan.plans.empty() && !check.plan.plans.front().ranks.empty())
+    check.workspace_bytes = check.plan.plans.front().ranks.front().workspace_bytes;
+  check.fitting_context = longest_fitting_context(info, request);
   return check;
 }
 

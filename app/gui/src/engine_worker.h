@@ -21,7 +21,8 @@
 
 namespace lightdesk::gui {
 
-// What a model directory needs against what this machine has, from Model::inspect.
+// What a model directory needs against what this machine has: Model::inspect and the engine's
+// memory plan (plan_memory) for the place the model would live.
 struct ModelCheck {
   ModelInfo model;
   QString directory;
@@ -31,8 +32,10 @@ struct ModelCheck {
   std::uint64_t session_bytes = 0;      // state of one session holding context_tokens
   std::uint64_t available_bytes = 0;    // memory available now where the model would live
   QString memory_place;                 // where that is: "host memory", "GPU 0 (NVIDIA H200)"
-  std::int64_t fitting_context = 0;     // the largest context whose session fits beside the weights
-  bool fits() const { return weight_bytes + session_bytes <= available_bytes; }
+  std::uint64_t workspace_bytes = 0;    // a prefill chunk's buffers (and on a GPU the runtime's reserve)
+  std::int64_t fitting_context = 0;     // the largest context the plan fits (0: none)
+  PlanReport plan;                      // for memory_place, at context_tokens
+  bool fits() const { return plan.chosen.has_value(); }
 };
 
 struct SamplingSettings {

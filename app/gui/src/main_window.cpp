@@ -244,11 +244,12 @@ void MainWindow::openModelDirectory(const QString& directory) {
 }
 
 void MainWindow::onModelChecked(const ModelCheck& check) {
-  const std::uint64_t needed = check.weight_bytes + check.session_bytes;
-  const QString needs = tr("%1: weights %2 + session memory %3 for %4 tokens of context = %5; %6 available in %7")
+  const std::uint64_t needed = check.weight_bytes + check.session_bytes + check.workspace_bytes;
+  const QString needs = tr("%1: weights %2 + session memory %3 for %4 tokens of context + workspace %5 = %6; %7 "
+                           "available in %8")
                             .arg(check.description, format_bytes(check.weight_bytes), format_bytes(check.session_bytes),
-                                 format_count(check.context_tokens), format_bytes(needed),
-                                 format_bytes(check.available_bytes), check.memory_place);
+                                 format_count(check.context_tokens), format_bytes(check.workspace_bytes),
+                                 format_bytes(needed), format_bytes(check.available_bytes), check.memory_place);
   status_panel_->clearMessage();
   if (!check.fits()) {
     showError((check.fitting_context > 0

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -51,6 +52,14 @@ class SafetensorsFile {
   std::map<std::string, TensorView> tensors_;
 };
 
+// model.safetensors.index.json: which shard holds each tensor, and the checkpoint's total size.
+struct CheckpointIndex {
+  std::map<std::string, std::string> weight_map;  // tensor name -> shard file name
+  std::optional<std::uint64_t> total_size;         // metadata.total_size: bytes of all tensors
+  bool shards_present(const std::filesystem::path& directory) const;
+};
+CheckpointIndex read_checkpoint_index(const std::filesystem::path& index);
+
 // All tensors of a model directory.
 class Checkpoint {
  public:
@@ -66,12 +75,28 @@ class Checkpoint {
   std::map<std::string, const TensorView*> tensors_;
 };
 
+// Synthetic weights (ModelOptions::synthetic_weights): uniform values in [low, high) from a
+// counter-based generator, element i = low + (high - low) * (splitmix64(seed ^ splitmix64(i)) >> 40)
+// / 2^24, which cuda::fill_uniform draws on the device and fill_synthetic on the host alike.
+constexpr std::uint64_t splitmix64(std::uint64_t z) {
+  z += 0x9e3779b97f4a7c15ULL;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+struct SyntheticFill {
+  std::uint64_t seed = 0;
+  float low = 0.0f, high = 0.0f;
+};
+void fill_synthetic(const SyntheticFill& fill, float* out, std::int64_t numel);
+
 // A float32 matrix or vector: points into the mapped file when the checkpoint stores aligned
-// F32, else owns a converted copy.
+// F32, else owns a converted copy (or synthetic values).
 class WeightTensor {
  public:
   WeightTensor() = default;
   WeightTensor(const TensorView& view, std::int64_t offset_elements, std::int64_t numel);
+  WeightTensor(const SyntheticFill& fill, std::int64_t numel);
   const float* data() const { return data_; }
   std::int64_t numel() const { return numel_; }
 

@@ -61,8 +61,8 @@ std::vector<GpuDevice> gpu_devices();
 // the fault of anything else, or of "all" on a machine without a GPU.
 std::vector<int> parse_devices(const std::string& text);
 
-// How a tensor-parallel layout spreads the MoE experts over the ranks: whole experts, as evenly
-// as the count allows (8 on 3 ranks: 3, 3, 2), or a slice of every expert's intermediate width.
+// How a tensor-parallel run splits each MoE layer: whole experts per rank (as even as possible:
+// 8 experts on 3 ranks are 3/3/2), or every expert's intermediate width (N must divide it).
 enum class MoeParallel { Expert, Tensor };
 // "expert" or "tensor"; throws Error on anything else.
 MoeParallel parse_moe_parallel(const std::string& name);
@@ -81,6 +81,12 @@ struct ModelOptions {
   // CUDA backend: run each one-token step (decode) as a CUDA graph, one launch on the GPU; off
   // to compare with plain launches.
   bool cuda_graphs = true;
+  // Random weights from this seed instead of the checkpoint's: only config.json is read. They
+  // are made where the backend keeps them (on the GPU by the device's generator), at the
+  // config's real shapes, so real widths can be measured without the weights (see
+  // synthetic_fill in engine/src/model_weights.h for the distributions). The same seed gives the
+  // same weights on every backend.
+  std::optional<std::uint64_t> synthetic_weights = std::nullopt;
   // The GPUs the model runs on, by their index in gpu_devices() (parse_devices reads "0,1" or
   // "all"); empty: GPU 0. Each gets a context of its own. The CUDA backend runs a model on one
   // GPU: naming several is refused until a backend spreads a model over them. The CPU backend
@@ -89,7 +95,7 @@ struct ModelOptions {
   // Ranks the model is split over (tensor parallel, one per device; on the CPU backend simulated
   // ranks on threads of their own): query heads, key/value heads (split, or replicated when the
   // ranks outnumber them), the experts as moe_parallel says, and the vocabulary rows of the
-  // embedding and LM head. See parallel_plan.
+  // embedding and LM head. See tensor_parallel_layout.
   int tensor_parallel = 1;
   MoeParallel moe_parallel = MoeParallel::Expert;
 };
@@ -139,28 +145,21 @@ struct ModelShape {
   int num_softmax_layers() const;
 };
 
-// One rank's part of a tensor-parallel layout: a half-open range of each split dimension.
-struct RankPlan {
-  int rank = 0;
-  int first_head = 0, heads = 0;        // query heads (and their lightning heads and states)
-  int first_kv_head = 0, kv_heads = 0;  // softmax key/value heads (several ranks may share one)
-  int first_expert = 0, experts = 0;    // experts held whole (expert parallel; all of them otherwise)
-  int first_expert_column = 0, expert_columns = 0;  // of each held expert's intermediate width
-  std::int64_t first_vocab_row = 0, vocab_rows = 0;  // of the embedding and the LM head
-  std::uint64_t parameters = 0;                      // the rank's weights, counted in values
-};
-// The per-rank plan of `ranks` ranks for a model of `shape`; throws Error naming the count that
-// does not divide (query heads by the ranks; key/value heads neither divided by the ranks nor
-// dividing them; the expert width in tensor mode) or that falls short (ranks > vocabulary rows).
-std::vector<RankPlan> parallel_plan(const ModelShape& shape, int ranks, MoeParallel moe);
-
 struct ModelInfo : ModelShape {
   std::filesystem::path directory;
   BackendKind backend = BackendKind::Cpu;
 
   std::uint64_t parameter_count = 0;
-  // Bytes of the checkpoint's tensors by their dtype on disk ("F32", "BF16", "F16").
+  // Bytes of the language model's tensors by their dtype on disk ("F32", "BF16", "F16"); empty
+  // with synthetic weights.
   std::map<std::string, std::uint64_t> bytes_per_dtype;
+  // Bytes on disk of the checkpoint's other tensors: MiniMax-VL-01's vision tower, projector
+  // and image newline (loaded beside the language model by the vision library).
+  std::uint64_t other_weight_bytes = 0;
+  // False when inspect found only config.json and model.safetensors.index.json (the shards not
+  // downloaded yet): names and shapes were checked against the index, dtypes inferred from its
+  // total size (see Model::inspect), and the fingerprint is empty.
+  bool weights_present = true;
   // Bytes the loaded weights occupy on the backend.
   std::uint64_t weight_bytes = 0;
   // A session's fixed part: all lightning states (float32).
@@ -331,7 +330,12 @@ class Model {
       const std::function<bool(std::uint64_t, std::uint64_t)>& progress = {});
 
   // Reads and validates the directory (config and tensor headers) without loading weights:
-  // what the model needs before committing memory to it.
+  // what the model needs before committing memory to it. Without the shards, config.json and
+  // model.safetensors.index.json suffice: every tensor name the config asks for must be in the
+  // index (and no other under the language model's prefix); shapes follow from the config; the
+  // dtypes are the config's torch_dtype, with the routers in F32 where the index's total size
+  // says so (the released MiniMax checkpoints store them so); what the total size holds beyond
+  // the language model is other_weight_bytes.
   static ModelInfo inspect(const std::filesystem::path& directory, const ModelOptions& options = {});
 
   ~Model();
@@ -348,5 +352,128 @@ class Model {
   std::unique_ptr<Impl> impl_;
 };
 
+// ---------------------------------------------------------------------------------------------
+// Memory planning: where a model's weights, session state and workspace would go on a set of
+// GPUs, this machine's or hypothetical ones, and what would fit when nothing does. One policy
+// for every front end (CLI, desktop app, server); it needs only Model::inspect's ModelInfo.
+
+// A device to plan for: a GPU, real or hypothetical, or host memory for the CPU backend.
+struct PlanDevice {
+  std::string name;  // "GPU 0 (NVIDIA H100 80GB HBM3)", "80 GiB" for a hypothetical GPU, "host memory"
+  std::uint64_t memory_bytes = 0;
+};
+// "4x80GB", "8x141GB", "2x24GB,1x48GB", "80GB" (sizes in GB or GiB, both read as GiB: a GPU
+// sold as "80GB" has 80 GiB, of which it reports 79.6). Throws Error naming a malformed entry.
+std::vector<PlanDevice> parse_gpu_list(const std::string& text);
+// This machine's CUDA devices (gpu_devices) as plan targets, by their total memory.
+std::vector<PlanDevice> local_gpus();
+
+// How experts are stored on a device or in the host store.
+enum class ExpertFormat { Bf16, Int8, Int4 };
+const char* expert_format_name(ExpertFormat format);
+
+// One rank's share of a tensor-parallel layout of N ranks, one GPU each: what a TP-N run holds.
+struct RankLayout {
+  int rank = 0;
+  int first_head = 0, heads = 0;        // query heads, and the lightning heads and their states
+  int first_kv_head = 0, kv_heads = 0;  // softmax K/V heads: split, or one replicated on N / kv ranks
+  int first_expert = 0, experts = 0;    // experts held (all of them under MoeParallel::Tensor)
+  int first_expert_column = 0, expert_width = 0;  // the slice of each held expert's intermediate width
+  std::int64_t first_vocab_row = 0, vocab_rows = 0;  // embedding and LM-head rows (the last rank may hold fewer)
+};
+// Throws Error naming the count that does not divide: the query heads by N, the K/V heads by N or
+// N by them, the expert width by N under MoeParallel::Tensor; or N below 1 or above the vocabulary.
+std::vector<RankLayout> tensor_parallel_layout(const ModelShape& shape, int ranks, MoeParallel moe);
+
+// What this build can run. The planner plans every candidate, so a front end can say what
+// would fit once a format lands, but chooses only among these.
+struct EngineCapabilities {
+  bool tensor_parallel = false;  // one model over several GPUs
+  bool int8_experts = false;
+  bool int4_experts = false;
+  bool host_expert_store = false;
+  bool pruned_experts = false;
+};
+EngineCapabilities engine_capabilities();
+
+// One entry of the planning policy.
+struct PlanCandidate {
+  ExpertFormat experts = ExpertFormat::Bf16;
+  // Every expert in host memory; each GPU keeps the rest of its share and a cache of experts
+  // per layer (at least the top-k a token needs, then as many as memory allows).
+  bool host_expert_store = false;
+  int experts_kept = 0;  // pruned: the experts kept per layer (0: all of them)
+};
+// The policy, in order: the exact choices first (bf16 weights on the GPUs; then int8, then int4
+// experts; then the host-memory expert store in the same three formats); pruned experts
+// (`experts_kept` per layer, bf16 / int8 / int4) only when the user asks for them (kept > 0).
+std::vector<PlanCandidate> plan_candidates(int experts_kept = 0);
+std::string describe_candidate(const PlanCandidate& candidate);
+
+struct PlanRequest {
+  // The GPUs (any number) for the CUDA backend; for the CPU backend one device, host memory.
+  std::vector<PlanDevice> devices;
+  BackendKind backend = BackendKind::Cuda;
+  bool cuda_float32 = false;  // ModelOptions::cuda_float32: float32 weights, K/V and activations
+  std::int64_t context_tokens = 0;  // the session's context
+  std::uint64_t host_memory_bytes = 0;  // for the host expert store (0: no store)
+  int experts_kept = 0;                 // > 0: the user asks for pruned experts
+  MoeParallel moe = MoeParallel::Expert;
+  // > 0: plan at this degree only (ModelOptions::tensor_parallel), over that many of the devices;
+  // for the CPU backend that many simulated ranks, each given an equal share of the one device.
+  int tensor_parallel = 0;
+  std::int64_t chunk_tokens = 0;  // prefill tokens per pass, sizing the activations (0: the backend's)
+  EngineCapabilities capabilities = engine_capabilities();
+};
+
+// One device's part of a plan. Values as the backend keeps them: the CUDA backend bf16 weights,
+// K/V and activations (float32 with cuda_float32), the CPU backend float32; norms, routers,
+// slopes and lightning states float32 everywhere.
+struct RankMemory {
+  RankLayout layout;
+  PlanDevice device;
+  // Everything but the experts: attention, embedding and LM-head rows, norms and routers
+  // (float32), and on rank 0 a VL-01 checkpoint's vision tower.
+  std::uint64_t weight_bytes = 0;
+  std::uint64_t expert_bytes = 0;     // experts on this GPU (the cache, with a host store)
+  int cached_experts_per_layer = 0;   // host store: experts per layer the cache holds
+  std::uint64_t lightning_state_bytes = 0;
+  std::uint64_t kv_bytes_per_token = 0;
+  std::uint64_t kv_bytes = 0;         // for the request's context
+  // A prefill chunk's activations and expert buffers, the logits, and on a GPU the runtime's
+  // own reserve (CUDA context, library workspaces, allocator slack).
+  std::uint64_t workspace_bytes = 0;
+  std::uint64_t total_bytes() const;
+  bool fits() const { return total_bytes() <= device.memory_bytes; }
+};
+
+struct MemoryPlan {
+  PlanCandidate candidate;
+  int tensor_parallel = 1;
+  MoeParallel moe = MoeParallel::Expert;
+  std::vector<RankMemory> ranks;  // the devices used (the largest of the request's), rank order
+  std::uint64_t host_bytes = 0;   // host memory held: the expert store
+  bool fits = false;              // every rank fits, and the host holds the store
+  bool runnable = false;          // this build runs it (PlanRequest::capabilities)
+  BackendKind backend = BackendKind::Cuda;  // Cpu: the one device is host memory
+  bool float32_values = false;    // weights and K/V in float32 (the CPU backend, cuda_float32)
+  std::string summary() const;    // "bf16 weights, tensor parallel over 8 GPUs", "float32 weights in host memory"
+};
+
+struct PlanReport {
+  std::int64_t context_tokens = 0;
+  // One plan per candidate, in policy order (the host-store ones only when the request gives
+  // host memory), each at the tensor-parallel degree chosen for it: the largest that fits and
+  // runs, else the largest that fits, else the largest possible.
+  std::vector<MemoryPlan> plans;
+  std::optional<std::size_t> chosen;  // the first plan that fits and runs
+  // When none is chosen: what would fit (a format to come, more GPUs for each format on the
+  // GPUs that does not fit, a shorter context for the first that fits at some).
+  std::vector<std::string> advice;
+};
+PlanReport plan_memory(const ModelInfo& info, const PlanRequest& request);
+// The longest context, up to request.context_tokens, at which plan_memory chooses a plan (0:
+// none at any context).
+std::int64_t longest_fitting_context(const ModelInfo& info, const PlanRequest& request);
 
 }  // namespace lightdesk

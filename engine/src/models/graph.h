@@ -47,7 +47,7 @@ struct ActivationTensors {
 // collectives go through `comm`.
 struct RankPass {
   Communicator* comm = nullptr;
-  std::span<const RankPlan> plans;
+  std::span<const RankLayout> plans;
   Tensor norm_sums;      // float32 [rows]: the lightning output norm's sums of squares
   Tensor logits_part;    // float32 [rows, widest rank's vocabulary rows]: the rank's logits
   Tensor logits_gather;  // float32 [ranks, rows, widest rank's vocabulary rows]
@@ -55,7 +55,7 @@ struct RankPass {
   // the ranks share them, as threads of the CPU backend do, one writes).
   bool writes_logits = true;
 
-  const RankPlan& plan() const { return plans[static_cast<std::size_t>(comm->rank())]; }
+  const RankLayout& plan() const { return plans[static_cast<std::size_t>(comm->rank())]; }
   std::int64_t widest_vocab() const { return plans.front().vocab_rows; }
 };
 

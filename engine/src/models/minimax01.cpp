@@ -52,7 +52,7 @@ class Minimax01Pass {
   void embed() {
     const std::int64_t H = c_.hidden_size;
     if (rank_) {
-      const RankPlan& plan = rank_->plan();
+      const RankLayout& plan = rank_->plan();
       ops_.embed_part(w_.embed, plan.first_vocab_row, plan.vocab_rows, act_.tokens, pass_.rows, H, act_.x);
       all_reduce(act_.x, pass_.rows * H);
     } else {
@@ -116,7 +116,7 @@ class Minimax01Pass {
   // where they are asked for.
   void lm_head_part() {
     const std::int64_t rows = pass_.rows, H = c_.hidden_size, V = c_.vocab_size;
-    const RankPlan& plan = rank_->plan();
+    const RankLayout& plan = rank_->plan();
     const std::int64_t out_rows = pass_.all_logits.data ? rows : 1;
     ops_.linear(act_.x.at((rows - out_rows) * H), out_rows, H, w_.lm_head, plan.vocab_rows, rank_->logits_part);
     if (pass_.all_logits.data || pass_.logits.data) {
@@ -124,7 +124,7 @@ class Minimax01Pass {
       rank_->comm->all_gather(rank_->logits_part, out_rows * widest, rank_->logits_gather);
       if (rank_->writes_logits) {
         const Tensor to = pass_.all_logits.data ? pass_.all_logits : pass_.logits;
-        for (const RankPlan& p : rank_->plans)
+        for (const RankLayout& p : rank_->plans)
           for (std::int64_t r = 0; r < out_rows; ++r)
             ops_.copy(rank_->logits_gather.at((p.rank * out_rows * widest) + r * p.vocab_rows), p.vocab_rows,
                       to.at(r * V + p.first_vocab_row));

@@ -1,0 +1,358 @@
+// The memory planner on the released MiniMax configs (tests/data/real: config.json and
+// model.safetensors.index.json, no weights; tools/make_minimax_index.py writes them). Expected
+// outcomes are worked out by hand below from the model's widths:
+//   hidden H 6144, 80 layers (70 lightning, 10 softmax), 64 heads of 128, 8 K/V heads,
+//   32 experts of width 9216, top 2, vocabulary 200064.
+// Sizes: 1 GiB = 1,073,741,824 B; a "80GB" GPU is 80 GiB, a "141GB" one 141 GiB.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "lightdesk/engine.h"
+#include "test_util.h"
+
+namespace lightdesk {
+namespace {
+
+const std::filesystem::path kReal = std::filesystem::path(LIGHTDESK_TEST_DATA) / "real";
+constexpr std::uint64_t kGiB = std::uint64_t{1} << 30;
+constexpr std::int64_t k32K = 32768, k256K = 262144, k1M = 1048576;
+
+// Inspected once per test program: each reads an index of 8243 names.
+const ModelInfo& inspect_real(const std::string& name) {
+  static std::map<std::string, ModelInfo> inspected;
+  auto it = inspected.find(name);
+  if (it == inspected.end()) {
+    ModelOptions options;
+    options.backend = BackendKind::Cpu;
+    it = inspected.emplace(name, Model::inspect(kReal / name, options)).first;
+  }
+  return it->second;
+}
+
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+#define EXPECT_ERROR_CONTAINING(statement, text)                     \
+  do {                                                                \
+    const std::string message = error_of([&] { statement; });         \
+    EXPECT_NE(message.find(text), std::string::npos) << message;       \
+  } while (false)
+
+EngineCapabilities everything() { return {true, true, true, true, true}; }
+
+PlanRequest request(const std::string& gpus, std::int64_t context, EngineCapabilities can = everything()) {
+  PlanRequest r;
+  r.devices = parse_gpu_list(gpus);
+  r.context_tokens = context;
+  r.capabilities = can;
+  return r;
+}
+
+std::string chosen(const PlanReport& report) {
+  return report.chosen ? report.plans[*report.chosen].summary() : "nothing";
+}
+
+TEST(RealConfigs, InspectFromTheIndexAlone) {
+  // Parameters: experts 80 x 32 x 3 x 9216 x 6144 = 434,865,438,720; attention 70 lightning x
+  // (24576 + 8192 + 8192) x 6144 + 10 softmax x (8192 + 1024 + 1024 + 8192) x 6144
+  // = 17,616,076,800 + 1,132,462,080; embedding and LM head 2 x 200064 x 6144 = 2,458,386,432;
+  // routers 80 x 32 x 6144 = 15,728,640; norms 80 x 2 x 6144 + 6144 + 70 x 8192 = 1,562,624.
+  constexpr std::uint64_t kParameters = 456'089'655'296;
+  constexpr std::uint64_t kRouters = 15'728'640;
+  for (const char* name : {"MiniMax-Text-01", "MiniMax-M1"}) {
+    SCOPED_TRACE(name);
+    const ModelInfo info = inspect_real(name);
+    EXPECT_FALSE(info.weights_present);
+    EXPECT_TRUE(info.fingerprint.empty());
+    EXPECT_EQ(info.num_layers, 80);
+    EXPECT_EQ(info.num_softmax_layers(), 10);
+    EXPECT_EQ(info.parameter_count, kParameters);
+    // The index's total 912,210,767,872 = all in bf16 + the routers' 2 extra bytes each (F32).
+    EXPECT_EQ(info.bytes_per_dtype.at("F32"), kRouters * 4);
+    EXPECT_EQ(info.bytes_per_dtype.at("BF16"), (kParameters - kRouters) * 2);
+    EXPECT_EQ(info.bytes_per_dtype.at("BF16") + info.bytes_per_dtype.at("F32"), 912'210'767'872u);
+    EXPECT_EQ(info.other_weight_bytes, 0u);
+    // 10 softmax layers x K and V x 8 heads x 128 (float32 on the CPU backend).
+    EXPECT_EQ(info.kv_bytes_per_token, 10u * 2 * 8 * 128 * 4);
+  }
+  // VL-01: the same language model, plus CLIP ViT-L/14-336 (patch 1024x3x14x14 = 602,112, class
+  // 1024, positions 577 x 1024 = 590,848, pre-norm 2048, 24 layers x 12,596,224), projector
+  // (6144 x 1024 + 6144 + 6144 x 6144 + 6144 = 44,052,480) and newline 6144: 347,564,032 in bf16.
+  const ModelInfo vl = inspect_real("MiniMax-VL-01");
+  EXPECT_EQ(vl.model_type, "minimax_vl_01");
+  EXPECT_EQ(vl.parameter_count, kParameters);
+  EXPECT_EQ(vl.max_context, 8192);
+  EXPECT_EQ(vl.other_weight_bytes, 347'564'032u * 2);
+}
+
+// A copy of Text-01's config and index with the index's names edited.
+std::filesystem::path edited_index(const test::ScratchDir& scratch, const std::string& remove, const std::string& add) {
+  const std::filesystem::path& dir = scratch.path();
+  std::filesystem::copy_file(kReal / "MiniMax-Text-01" / "config.json", dir / "config.json");
+  std::ifstream in(kReal / "MiniMax-Text-01" / "model.safetensors.index.json");
+  nlohmann::json index = nlohmann::json::parse(in);
+  if (!remove.empty()) index["weight_map"].erase(remove);
+  if (!add.empty()) index["weight_map"][add] = "model-00001-of-00413.safetensors";
+  std::ofstream(dir / "model.safetensors.index.json") << index.dump();
+  return dir;
+}
+
+TEST(RealConfigs, AnIndexThatDoesNotMatchTheConfigIsRefusedByName) {
+  ModelOptions cpu;
+  cpu.backend = BackendKind::Cpu;
+  const std::string missing = "model.layers.79.block_sparse_moe.experts.31.w2.weight";
+  const test::ScratchDir a, b;
+  EXPECT_ERROR_CONTAINING(Model::inspect(edited_index(a, missing, ""), cpu), "missing tensor \"" + missing);
+  const std::string extra = "model.layers.80.input_layernorm.weight";
+  EXPECT_ERROR_CONTAINING(Model::inspect(edited_index(b, "", extra), cpu), "unexpected tensor \"" + extra);
+}
+
+TEST(TensorParallelLayout, SplitsHeadsExpertsAndVocabulary) {
+  const ModelInfo m = inspect_real("MiniMax-Text-01");
+  const auto tp8 = tensor_parallel_layout(m, 8, MoeParallel::Expert);
+  ASSERT_EQ(tp8.size(), 8u);
+  EXPECT_EQ(tp8[5].first_head, 40);
+  EXPECT_EQ(tp8[5].heads, 8);
+  EXPECT_EQ(tp8[5].first_kv_head, 5);
+  EXPECT_EQ(tp8[5].kv_heads, 1);
+  EXPECT_EQ(tp8[5].first_expert, 20);
+  EXPECT_EQ(tp8[5].experts, 4);
+  EXPECT_EQ(tp8[5].expert_width, 9216);
+  EXPECT_EQ(tp8[5].first_vocab_row, 5 * 25008);  // 200064 / 8
+  EXPECT_EQ(tp8[5].vocab_rows, 25008);
+  // 16 ranks over 8 K/V heads: each head replicated on 2 consecutive ranks.
+  const auto tp16 = tensor_parallel_layout(m, 16, MoeParallel::Tensor);
+  EXPECT_EQ(tp16[3].first_kv_head, 1);
+  EXPECT_EQ(tp16[3].kv_heads, 1);
+  EXPECT_EQ(tp16[3].experts, 32);
+  EXPECT_EQ(tp16[3].first_expert_column, 3 * 576);  // 9216 / 16
+  EXPECT_EQ(tp16[3].expert_width, 576);
+  EXPECT_ERROR_CONTAINING(tensor_parallel_layout(m, 3, MoeParallel::Expert), "the 64 query heads do not divide by 3");
+
+  // Uneven experts (8 on 3 ranks: 3/3/2) and vocabulary rows (10 on 3: 4/4/2).
+  ModelShape small;
+  small.num_heads = 6;
+  small.num_kv_heads = 3;
+  small.num_experts = 8;
+  small.expert_width = 48;
+  small.vocab_size = 10;
+  const auto tp3 = tensor_parallel_layout(small, 3, MoeParallel::Expert);
+  EXPECT_EQ(tp3[0].experts, 3);
+  EXPECT_EQ(tp3[1].first_expert, 3);
+  EXPECT_EQ(tp3[2].first_expert, 6);
+  EXPECT_EQ(tp3[2].experts, 2);
+  EXPECT_EQ(tp3[2].first_vocab_row, 8);
+  EXPECT_EQ(tp3[2].vocab_rows, 2);
+  EXPECT_ERROR_CONTAINING(tensor_parallel_layout(small, 2, MoeParallel::Expert), "the 3 K/V heads neither divide by 2 nor divide it");
+  small.expert_width = 50;
+  EXPECT_ERROR_CONTAINING(tensor_parallel_layout(small, 3, MoeParallel::Tensor), "the expert width 50 does not divide by 3");
+}
+
+TEST(MemoryPlan, PerRankBytesOfTextOneAtTensorParallelEight) {
+  const PlanReport report = plan_memory(inspect_real("MiniMax-Text-01"), request("8x141GB", k32K));
+  const MemoryPlan& bf16 = report.plans.at(0);
+  ASSERT_EQ(bf16.candidate.experts, ExpertFormat::Bf16);
+  ASSERT_EQ(bf16.tensor_parallel, 8);
+  const RankMemory& r = bf16.ranks.at(7);
+  // Embedding and LM-head rows 25008 x 6144 x 2 B x 2 = 614,596,608; final norm 6144 x 4 = 24,576;
+  // per layer two norms and the router (2 + 32) x 6144 x 4 = 835,584, x 80 = 66,846,720;
+  // lightning at 8 heads (1024 channels): (3 + 1 + 1) x 1024 x 6144 x 2 = 62,914,560 + norm
+  // 1024 x 4 = 62,918,656, x 70 = 4,404,305,920; softmax (1024 + 128 + 128 + 1024)
+  // x 6144 x 2 = 28,311,552, x 10 = 283,115,520.
+  EXPECT_EQ(r.weight_bytes, 614'596'608u + 24'576u + 66'846'720u + 4'404'305'920u + 283'115'520u);
+  // 4 experts x 80 layers x 3 x 9216 x 6144 x 2 B.
+  EXPECT_EQ(r.expert_bytes, std::uint64_t{4} * 80 * 339'738'624);
+  EXPECT_EQ(r.lightning_state_bytes, 70u * 8 * 128 * 128 * 4);
+  EXPECT_EQ(r.kv_bytes_per_token, 10u * 2 * 1 * 128 * 2);
+  EXPECT_EQ(r.kv_bytes, 5120u * 32768);
+  // A 8192-row chunk's activations and expert rows, the logits, 1 GiB for the runtime: a few GiB.
+  EXPECT_GT(r.workspace_bytes, 2 * kGiB);
+  EXPECT_LT(r.workspace_bytes, 5 * kGiB);
+  EXPECT_TRUE(r.fits());
+  EXPECT_TRUE(bf16.fits);
+  EXPECT_FALSE(engine_capabilities().tensor_parallel);  // when it lands, the next line changes
+  EXPECT_FALSE(plan_memory(inspect_real("MiniMax-Text-01"), request("8x141GB", k32K, engine_capabilities()))
+                   .chosen.has_value());
+}
+
+// What fits where, every format allowed, experts on the GPUs (no host store asked). Per rank,
+// in GiB: weights (bf16 experts 810.0, int8 405.2 with row scales, int4 208.8 with group scales;
+// everything else 39.6), divided by the degree N (less the small replicated norms and routers);
+// K/V 1.25 (32K), 10 (256K), 40 (1M) divided by N; workspace about 3.1 + 0.75 / N. So:
+//   N=8 bf16: 106.2 + 3.2 + 0.2 / 1.3 / 5.0 = 109.6 / 110.7 / 114.4  -> 141 yes, 80 no
+//   N=8 int8: 55.7 + 3.2 + same       = 59.0 / 60.1 / 63.9    -> 80 yes
+//   N=4 int8: 111.4 + 3.2 + 0.3 / 2.5 / 10 = 114.9 / 117.1 / 124.6 -> 141 yes, 80 no
+//   N=4 int4: 62.2 + 3.2 + same       = 65.8 / 68.0 / 75.5    -> 80 yes
+//   N=2 int4: 124.4 + 3.4 + 0.6 / 5 / 20 = 128.4 / 132.8 / 147.8 -> 141 at 32K and 256K only
+//   N=1 int4: 248.4 + ...                                      -> never
+TEST(MemoryPlan, WhatFitsOneToEightGpusOf80And141GiB) {
+  const ModelInfo m = inspect_real("MiniMax-Text-01");
+  struct Case {
+    const char* gpus;
+    std::int64_t context;
+    const char* expected;
+  };
+  const Case cases[] = {
+      {"1x80GB", k32K, "nothing"},
+      {"1x80GB", k1M, "nothing"},
+      {"2x80GB", k32K, "nothing"},
+      {"4x80GB", k32K, "int4 experts, tensor parallel over 4 GPUs"},
+      {"4x80GB", k256K, "int4 experts, tensor parallel over 4 GPUs"},
+      {"4x80GB", k1M, "int4 experts, tensor parallel over 4 GPUs"},
+      {"8x80GB", k32K, "int8 experts, tensor parallel over 8 GPUs"},
+      {"8x80GB", k256K, "int8 experts, tensor parallel over 8 GPUs"},
+      {"8x80GB", k1M, "int8 experts, tensor parallel over 8 GPUs"},
+      {"1x141GB", k32K, "nothing"},
+      {"2x141GB", k32K, "int4 experts, tensor parallel over 2 GPUs"},
+      {"2x141GB", k256K, "int4 experts, tensor parallel over 2 GPUs"},
+      {"2x141GB", k1M, "nothing"},
+      {"4x141GB", k32K, "int8 experts, tensor parallel over 4 GPUs"},
+      {"4x141GB", k256K, "int8 experts, tensor parallel over 4 GPUs"},
+      {"4x141GB", k1M, "int8 experts, tensor parallel over 4 GPUs"},
+      {"8x141GB", k32K, "bf16 weights, tensor parallel over 8 GPUs"},
+      {"8x141GB", k256K, "bf16 weights, tensor parallel over 8 GPUs"},
+      {"8x141GB", k1M, "bf16 weights, tensor parallel over 8 GPUs"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(std::string(c.gpus) + " at " + std::to_string(c.context) + " tokens");
+    const PlanReport report = plan_memory(m, request(c.gpus, c.context));
+    EXPECT_EQ(chosen(report), c.expected);
+    EXPECT_EQ(report.advice.empty(), report.chosen.has_value());
+  }
+  // The same for M1 (the same geometry) on the largest case.
+  EXPECT_EQ(chosen(plan_memory(inspect_real("MiniMax-M1"), request("8x141GB", k1M))),
+            "bf16 weights, tensor parallel over 8 GPUs");
+}
+
+TEST(MemoryPlan, WhenNothingFitsItSaysWhatWould) {
+  const ModelInfo m = inspect_real("MiniMax-Text-01");
+  // 2 x 141 GiB at 1M tokens: int4 needs the next valid degree, 4 (3 does not divide 64 heads);
+  // int8 4 (124.6 GiB each); bf16 8. The context int4 on 2 GPUs holds: 141 GiB less the rest
+  // (128.4 - 0.6 of K/V at 32K = 127.8 GiB) is 13.2 GiB, at 10 x 2 x 4 x 128 x 2 = 20,480 B per
+  // token per rank: about 690K tokens.
+  const PlanReport report = plan_memory(m, request("2x141GB", k1M));
+  ASSERT_FALSE(report.chosen);
+  const std::string all = [&] {
+    std::string text;
+    for (const auto& line : report.advice) text += line + "\n";
+    return text;
+  }();
+  EXPECT_NE(all.find("bf16 weights: 8 GPUs of 141 GiB"), std::string::npos) << all;
+  EXPECT_NE(all.find("int8 experts: 4 GPUs of 141 GiB"), std::string::npos) << all;
+  EXPECT_NE(all.find("int4 experts: 4 GPUs of 141 GiB"), std::string::npos) << all;
+  const std::string prefix = "a context of at most ";
+  const auto at = all.find(prefix);
+  ASSERT_NE(at, std::string::npos) << all;
+  const long long tokens = std::stoll(all.substr(at + prefix.size()));
+  EXPECT_GT(tokens, 650'000);
+  EXPECT_LT(tokens, 720'000);
+  EXPECT_NE(all.find("tokens: int4 experts, tensor parallel over 2 GPUs"), std::string::npos) << all;
+
+  // With this build's abilities: 8 x 141 GiB would hold bf16, which needs tensor parallel.
+  const PlanReport today = plan_memory(m, request("8x141GB", k32K, engine_capabilities()));
+  ASSERT_FALSE(today.advice.empty());
+  EXPECT_EQ(today.advice.front(), "bf16 weights, tensor parallel over 8 GPUs would fit (not in this build yet)");
+}
+
+TEST(MemoryPlan, HostExpertStoreComesAfterEveryFormatOnTheGpus) {
+  const ModelInfo m = inspect_real("MiniMax-Text-01");
+  // One 141 GiB GPU and 1 TiB of host memory: no format fits the GPU alone (int4 248 GiB), so the
+  // bf16 store: the GPU keeps the 39.6 GiB of non-experts, 0.3 GiB of states, 1.25 GiB of K/V
+  // and about 3.8 GiB of workspace, 44.9 GiB in all; each expert cached in every layer costs
+  // 80 x 339,738,624 B = 25.3 GiB: (141 - 44.9) / 25.3 = 3.8, so 3 per layer.
+  PlanRequest one = request("1x141GB", k32K);
+  one.host_memory_bytes = 1024 * kGiB;
+  PlanReport report = plan_memory(m, one);
+  EXPECT_EQ(chosen(report), "bf16 experts in host memory, cached on the GPUs on 1 GPU");
+  ASSERT_TRUE(report.chosen);
+  EXPECT_EQ(report.plans[*report.chosen].ranks[0].cached_experts_per_layer, 3);
+  EXPECT_EQ(report.plans[*report.chosen].host_bytes, std::uint64_t{80} * 32 * 339'738'624);
+  // 256 GiB of host memory holds only the int4 store (bf16 810, int8 405, int4 208.8 GiB); an
+  // 80 GiB GPU then holds 44.9 GiB and two int4 experts per layer (2 x 80 x 87,588,864 B = 13 GiB).
+  PlanRequest small = request("1x80GB", k32K);
+  small.host_memory_bytes = 256 * kGiB;
+  EXPECT_EQ(chosen(plan_memory(m, small)), "int4 experts in host memory, cached on the GPUs on 1 GPU");
+}
+
+TEST(MemoryPlan, PrunedExpertsOnlyWhenAsked) {
+  EXPECT_EQ(plan_candidates().size(), 6u);
+  for (const PlanCandidate& c : plan_candidates()) EXPECT_EQ(c.experts_kept, 0);
+  const auto asked = plan_candidates(8);
+  ASSERT_EQ(asked.size(), 9u);
+  EXPECT_EQ(asked.back().experts_kept, 8);
+  EXPECT_EQ(asked.back().experts, ExpertFormat::Int4);
+
+  const ModelInfo m = inspect_real("MiniMax-Text-01");
+  // int4, 8 of 32 experts per layer on one 141 GiB GPU at 128K: 8 x 80 x 87,588,864 B = 52.2 GiB
+  // of experts + 39.6 + 0.3 + 5 GiB of K/V + 3.8 = 100.9 GiB; 4 per layer on 80 GiB: 26.1 + 48.7
+  // = 74.8 GiB.
+  PlanRequest h200 = request("1x141GB", 131072);
+  h200.experts_kept = 8;
+  EXPECT_EQ(chosen(plan_memory(m, h200)), "8 experts per layer (pruned) in int4 on 1 GPU");
+  PlanRequest h100 = request("1x80GB", 131072);
+  h100.experts_kept = 4;
+  EXPECT_EQ(chosen(plan_memory(m, h100)), "4 experts per layer (pruned) in int4 on 1 GPU");
+  h100.experts_kept = 0;
+  EXPECT_EQ(chosen(plan_memory(m, h100)), "nothing");
+}
+
+TEST(MemoryPlan, TheDemoModelRunsOnOneSmallGpuToday) {
+  ModelOptions cpu;
+  cpu.backend = BackendKind::Cpu;
+  const ModelInfo demo = Model::inspect(std::filesystem::path(LIGHTDESK_SOURCE_DIR) / "resources/models/lightdesk-demo", cpu);
+  EXPECT_TRUE(demo.weights_present);
+  const PlanReport report = plan_memory(demo, request("1x24GB", demo.max_context, engine_capabilities()));
+  EXPECT_EQ(chosen(report), "bf16 weights on 1 GPU");
+  EXPECT_TRUE(report.advice.empty());
+
+  // The CPU backend: float32 weights and K/V in host memory, no CUDA runtime reserve.
+  PlanRequest host;
+  host.devices = {{"host memory", 8 * kGiB}};
+  host.backend = BackendKind::Cpu;
+  host.context_tokens = demo.max_context;
+  const PlanReport on_host = plan_memory(demo, host);
+  EXPECT_EQ(chosen(on_host), "float32 weights in host memory");
+  RankMemory r = on_host.plans.at(0).ranks.at(0);
+  // The CPU backend's float32 copy, with the LM head apart from the embedding it is tied to.
+  EXPECT_EQ(r.weight_bytes + r.expert_bytes,
+            demo.weight_bytes + std::uint64_t{4} * demo.vocab_size * demo.hidden_size);
+  EXPECT_EQ(r.kv_bytes_per_token, demo.kv_bytes_per_token);
+  EXPECT_EQ(r.lightning_state_bytes, demo.lightning_state_bytes);
+  // Room for the weights, the states and a one-row workspace but only 100 tokens of K/V.
+  host.chunk_tokens = 1;
+  r = plan_memory(demo, host).plans.at(0).ranks.at(0);
+  host.devices[0].memory_bytes = r.total_bytes() - r.kv_bytes + 100 * r.kv_bytes_per_token;
+  EXPECT_EQ(longest_fitting_context(demo, host), 100);
+  EXPECT_EQ(chosen(plan_memory(demo, host)), "nothing");
+}
+
+TEST(GpuList, ParsesCountsAndSizes) {
+  const auto four = parse_gpu_list("4x80GB");
+  ASSERT_EQ(four.size(), 4u);
+  EXPECT_EQ(four[3].memory_bytes, 80 * kGiB);
+  const auto mixed = parse_gpu_list("2x24GB,1x141GiB");
+  ASSERT_EQ(mixed.size(), 3u);
+  EXPECT_EQ(mixed[2].memory_bytes, 141 * kGiB);
+  EXPECT_EQ(parse_gpu_list("48GB").size(), 1u);
+  for (const char* bad : {"4x", "x80GB", "0x80GB", "4x80", "4x80GB,", "four"})
+    EXPECT_THROW(parse_gpu_list(bad), Error) << bad;
+  // Mixed: bf16 over all 8 would need 109.6 GiB on each, more than the 80 GiB ones hold (and 4 of
+  // 141 GiB hold 216 each); int8 over all 8 needs 59.0 on each.
+  EXPECT_EQ(chosen(plan_memory(inspect_real("MiniMax-Text-01"), request("4x80GB,4x141GB", k32K))),
+            "int8 experts, tensor parallel over 8 GPUs");
+  EXPECT_EQ(chosen(plan_memory(inspect_real("MiniMax-Text-01"), request("4x80GB,4x141GB", k32K, {}))), "nothing");
+}
+
+}  // namespace
+}  // namespace lightdesk
