@@ -320,9 +320,25 @@ int cmd_info(const InfoArgs& a) {
   }
   const auto& tokens = a.tokens;
   const lightdesk::ModelInfo info = lightdesk::Model::inspect(c.model_dir, c.options);
-  // Checked before anything is printed: a layout that does not divide is a one-line error.
-  lightdesk::tensor_parallel_layout(info, c.options.tensor_parallel, c.options.moe_parallel);
   const std::int64_t n = tokens ? *tokens : info.max_context;
+  lightdesk::PlanRequest plan;
+  plan.devices = a.gpus.empty() ? lightdesk::local_gpus() : lightdesk::parse_gpu_list(a.gpus);
+  plan.context_tokens = n;
+  plan.cuda_float32 = c.options.cuda_float32;
+  plan.chunk_tokens = c.chunk;
+  plan.moe = c.options.moe_parallel;
+  if (c.options.tensor_parallel > 1) {
+    plan.tensor_parallel = c.options.tensor_parallel;
+    if (info.backend == lightdesk::BackendKind::Cpu && a.gpus.empty()) {
+      plan.backend = lightdesk::BackendKind::Cpu;
+      plan.devices = {{"host memory", host_memory_bytes()}};
+    }
+  }
+  // Planned before anything is printed: a layout that does not divide, or more ranks than GPUs,
+  // is a one-line error.
+  lightdesk::tensor_parallel_layout(info, c.options.tensor_parallel, c.options.moe_parallel);
+  const std::optional<lightdesk::PlanReport> report =
+      plan.devices.empty() ? std::nullopt : std::optional(lightdesk::plan_memory(info, plan));
   std::string softmax_at;
   for (int l = 0; l < info.num_layers; ++l)
     if (info.layer_kinds[l] == lightdesk::LayerKind::Softmax)
@@ -348,25 +364,12 @@ int cmd_info(const InfoArgs& a) {
   for (const auto& gpu : lightdesk::gpu_devices())
     std::printf("gpu %d: %s, %s%s\n", gpu.index, gpu.name.c_str(), human_bytes(gpu.total_bytes).c_str(),
                 gpu.free_bytes ? (", " + human_bytes(*gpu.free_bytes) + " free").c_str() : "");
-  lightdesk::PlanRequest plan;
-  plan.devices = a.gpus.empty() ? lightdesk::local_gpus() : lightdesk::parse_gpu_list(a.gpus);
-  plan.context_tokens = n;
-  plan.cuda_float32 = c.options.cuda_float32;
-  plan.chunk_tokens = c.chunk;
-  plan.moe = c.options.moe_parallel;
-  if (c.options.tensor_parallel > 1) {
-    plan.tensor_parallel = c.options.tensor_parallel;
-    if (info.backend == lightdesk::BackendKind::Cpu && a.gpus.empty()) {
-      plan.backend = lightdesk::BackendKind::Cpu;
-      plan.devices = {{"host memory", host_memory_bytes()}};
-    }
-  }
-  if (plan.devices.empty())
+  if (!report)
     std::printf("plan: no GPU here (--gpus 4x80GB plans for hypothetical ones)\n");
+  else if (plan.backend == lightdesk::BackendKind::Cpu)
+    print_plan(*report, "host memory");
   else
-    print_plan(lightdesk::plan_memory(info, plan), plan.backend == lightdesk::BackendKind::Cpu ? "host memory"
-                                                   : a.gpus.empty()                             ? "this machine's GPUs"
-                                                                                                : a.gpus);
+    print_plan(*report, a.gpus.empty() ? "this machine's GPUs" : a.gpus);
   print_data_directory(data);
   return 0;
 }

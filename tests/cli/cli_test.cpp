@@ -177,6 +177,8 @@ TEST(Cli, TensorParallelLayouts) {
   }
   expect_one_line_error({"info", "--model", tp, "--tensor-parallel", "4"}, "6 query heads", 1);
   expect_one_line_error({"info", "--model", tp, "--tensor-parallel", "2"}, "3 K/V heads", 1);
+  expect_one_line_error({"info", "--model", tp, "--tensor-parallel", "3", "--gpus", "2x80GB"},
+                        "the plan has only 2 GPUs", 1);
   expect_one_line_error({"generate", "--model", tp, "--ids", "1", "--max-new-tokens", "1", "--tensor-parallel", "3",
                          "--moe-parallel", "pipeline"},
                         "--moe-parallel", 2);
