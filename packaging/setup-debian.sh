@@ -7,8 +7,8 @@
 # session database seed.
 set -euo pipefail
 packages=(
-  build-essential cmake ccache pkg-config python3-pip
-  nlohmann-json3-dev libcli11-dev libopenblas-dev
+  build-essential cmake ccache pkg-config python3-pip python3-venv curl
+  nlohmann-json3-dev libcli11-dev libopenblas-dev libcpp-httplib-dev
   libopencv-core-dev libopencv-imgcodecs-dev libopencv-imgproc-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libpcre2-dev libicu-dev libpoppler-cpp-dev libxml2-dev libsentencepiece-dev

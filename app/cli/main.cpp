@@ -26,6 +26,7 @@
 #include "lightdesk/store.h"
 #include "lightdesk/text.h"
 #include "lightdesk/vision.h"
+#include "remote_chat.h"
 
 namespace {
 
@@ -677,6 +678,7 @@ struct AskArgs {
   long long max_new_tokens = 512;
   SamplingOptions sampling;
   StoredSessionOptions session;
+  lightdesk::remote::RemoteOptions remote;  // --endpoint: a server answers, not a local model
 };
 
 CLI::App* add_ask(CLI::App& cli, AskArgs& a) {
@@ -684,18 +686,48 @@ CLI::App* add_ask(CLI::App& cli, AskArgs& a) {
       "ask",
       "answer a question about documents and images (at least one, except to go on in a stored session); "
       "--image needs a MiniMax-VL-01 directory");
-  add_common(*verb, a.c);
+  // Needed unless --endpoint answers (checked in cmd_ask).
+  add_common(*verb, a.c)->required(false);
   verb->add_option("--document", a.documents, "a document (text, HTML, PDF); repeat for more")->allow_extra_args(false);
   verb->add_option("--image", a.images, "an image (PNG, JPEG, WebP, TIFF); repeat for more")->allow_extra_args(false);
   verb->add_option("--question", a.question, "the question")->required();
   verb->add_option("--max-new-tokens", a.max_new_tokens, "longest answer in tokens (default 512)")->check(integer_in(1));
   add_sampling(*verb, a.sampling);
   add_stored_session(*verb, a.session);
+  auto* endpoint = verb->add_option("--endpoint", a.remote.endpoint,
+                                    "an OpenAI-compatible server (http://host:port[/v1]: lightdesk-server, vLLM, "
+                                    "SGLang) answers instead of a local model; documents are sent as text");
+  verb->add_option("--api-key", a.remote.api_key, "the --endpoint's API key")->needs(endpoint);
+  verb->add_option("--remote-model", a.remote.model, "the model --endpoint runs (default: the first it lists)")
+      ->needs(endpoint);
   return verb;
 }
 
+// ask --endpoint: the same user turn, as text, answered by the server.
+int ask_remote(const AskArgs& a) {
+  if (!a.images.empty()) throw UsageError("--image cannot be sent to --endpoint (documents only, as text)");
+  if (!a.session.name.empty()) throw UsageError("--session keeps model state, which --endpoint has none of");
+  lightdesk::conversation::Turn turn{true, a.question, {}, {}};
+  for (const auto& file : a.documents) turn.documents.push_back(lightdesk::load_document(file));
+  lightdesk::remote::RemoteRequest request;
+  request.user_text = lightdesk::conversation::prompt_text(turn);
+  request.max_tokens = a.max_new_tokens;
+  const Sampling sampling = sampling_of(a.sampling);
+  request.temperature = sampling.params.temperature;
+  request.top_p = sampling.params.top_p;
+  if (a.sampling.seed) request.seed = *a.sampling.seed;
+  lightdesk::remote::ask_remote(a.remote, request, [](const std::string& text) {
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::fflush(stdout);
+  });
+  std::printf("\n");
+  return 0;
+}
+
 int cmd_ask(const AskArgs& a) {
+  if (!a.remote.endpoint.empty()) return ask_remote(a);
   const Common& c = a.c;
+  if (c.model_dir.empty()) throw UsageError("--model is required (or --endpoint)");
   const Sampling sampling = sampling_of(a.sampling);
   const auto stored_session = stored_session_of(a.session);
   if (a.documents.empty() && a.images.empty() && !stored_session)

@@ -30,6 +30,12 @@ void EngineState::for_each_part(const std::function<void(const StatePart&)>& sin
   }
 }
 
+std::size_t EngineState::bytes() const {
+  std::size_t total = 0;
+  for (const Part& part : parts_) total += part.bytes.size();
+  return total;
+}
+
 std::shared_ptr<const EngineState> EngineState::copy_of(const Session& session, std::int64_t kv_first) {
   auto state = std::make_shared<EngineState>();
   state->model_ = session.model().info();

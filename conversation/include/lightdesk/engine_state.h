@@ -48,6 +48,8 @@ class EngineState final : public SavedState {
   // (whose tokens are this one's first kv_first tokens); throws lightdesk::Error otherwise.
   std::shared_ptr<const EngineState> continuing(std::shared_ptr<const EngineState> earlier) const;
   std::int64_t token_count() const override { return static_cast<std::int64_t>(tokens_.size()); }
+  // The bytes of its own parts' values (not those of a state it continues).
+  std::size_t bytes() const;
   // Throws lightdesk::Error for another model's shapes or a state that lacks earlier K/V.
   void import_into(Session& session) const override;
   // What Store::save_checkpoint writes this state from.

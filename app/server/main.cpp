@@ -1,0 +1,91 @@
+// lightdesk-server: an OpenAI-compatible HTTP server over one model (see README.md, "Local
+// server"). Flags here; the server itself is openai_server.h.
+#include <CLI/CLI.hpp>
+
+#include <csignal>
+#include <cstdio>
+#include <optional>
+#include <thread>
+
+#include "lightdesk/data_directory.h"
+#include "lightdesk/engine.h"
+#include "lightdesk/text.h"
+#include "openai_server.h"
+
+namespace {
+
+// The server the signal handler stops: set once before signals are taken.
+lightdesk::server::Server* running_server = nullptr;
+
+bool is_loopback(const std::string& host) {
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App cli("lightdesk-server: an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions, /v1/completions) "
+               "over one model");
+  std::string model_dir;
+  lightdesk::ModelOptions model_options;
+  lightdesk::server::ServerOptions options;
+  std::size_t max_body_mib = options.max_body_bytes >> 20;
+  std::size_t state_cache_mib = options.state_cache_bytes >> 20;
+  std::optional<std::filesystem::path> data_dir;
+  bool states_in_memory = false;
+  cli.add_option("--model", model_dir, "model directory (config.json, safetensors files, tokenizer)")->required();
+  cli.add_option("--host", options.host, "address to listen on (default 127.0.0.1: this machine only)");
+  cli.add_option("--port", options.port, "port to listen on (default 8080; 0: any free port, printed)")
+      ->check(CLI::Range(0, 65535));
+  cli.add_option("--api-key", options.api_key, "ask every request for \"Authorization: Bearer KEY\" (default: none)");
+  cli.add_option("--model-name", options.model_name, "the model's id in /v1/models (default: the directory's name)");
+  cli.add_option("--max-body-mib", max_body_mib, "largest request body in MiB (default 16)")->check(CLI::Range(1, 1024));
+  cli.add_option("--max-tokens-limit", options.max_tokens_limit, "most tokens one answer may ask for (default 4096)")
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 30));
+  cli.add_option("--queue", options.queue_limit, "requests that may wait for the model; more get 429 (default 8)")
+      ->check(CLI::Range(0, 256));
+  cli.add_option("--state-cache-mib", state_cache_mib,
+                 "bytes (MiB) of session states kept between requests, reused by prompts that extend them "
+                 "(default 4096; 0: none)");
+  cli.add_option("--data-dir", data_dir,
+                 "the data directory whose cache/ keeps the states (default: $LIGHTDESK_DATA_DIR, else "
+                 "$XDG_DATA_HOME/Lightdesk, else ~/.local/share/Lightdesk)");
+  cli.add_flag("--states-in-memory", states_in_memory, "keep the states in memory only, not in the data directory");
+  cli.add_option("--threads", model_options.threads, "CPU worker threads (default 0: all hardware threads)")
+      ->check(CLI::Range(0, 4096));
+  CLI11_PARSE(cli, argc, argv);
+  options.max_body_bytes = max_body_mib << 20;
+  options.state_cache_bytes = state_cache_mib << 20;
+  options.threads = model_options.threads;
+  if (options.model_name.empty()) {
+    auto path = std::filesystem::path(model_dir);
+    options.model_name = (path.has_filename() ? path : path.parent_path()).filename().string();
+  }
+
+  try {
+    const auto tokenizer = lightdesk::Tokenizer::open(model_dir);
+    const auto format = lightdesk::ChatFormat::for_model(model_dir, *tokenizer);
+    auto model = lightdesk::Model::open(model_dir, model_options);
+    if (!states_in_memory && options.state_cache_bytes > 0)
+      options.state_database = lightdesk::store::DataDirectory(data_dir).model_cache(model->info()) / "server-states.sqlite";
+    lightdesk::server::Server server(*model, *tokenizer, format, options);
+    server.bind();
+    if (!is_loopback(options.host) && options.api_key.empty())
+      std::fprintf(stderr, "warning: listening on %s without --api-key: anyone who can reach it can use the model\n",
+                   options.host.c_str());
+    // A client gone mid-answer must not end the server.
+    std::signal(SIGPIPE, SIG_IGN);
+    running_server = &server;
+    std::signal(SIGINT, [](int) { running_server->stop(); });
+    std::signal(SIGTERM, [](int) { running_server->stop(); });
+    std::printf("lightdesk-server: serving %s on http://%s:%d/v1\n", options.model_name.c_str(), options.host.c_str(),
+                server.bound_port());
+    std::fflush(stdout);
+    server.serve();
+    running_server = nullptr;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lightdesk-server: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
