@@ -5,9 +5,11 @@
 // a checkpoint's state to the store (the test checks that such kills left unfinished rows).
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <optional>
@@ -135,13 +137,22 @@ class CrashTest : public ::testing::Test {
           aimed ? std::optional(std::pair(saves_before(random), parts_before(random))) : std::nullopt;
       const pid_t child = fork();
       ASSERT_GE(child, 0) << "fork failed";
-      if (child == 0) write_checkpoints_until_killed(die_in_save);
+      if (child == 0) {
+        // The child never outlives the test: it dies with its parent, and on its own after a
+        // minute if no kill reaches it (its output pipe would keep ctest waiting).
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        alarm(60);
+        write_checkpoints_until_killed(die_in_save);
+      }
       if (!aimed) {
         usleep(static_cast<useconds_t>(delay_us(random)));
         kill(child, SIGKILL);
       }
       int status = 0;
-      ASSERT_EQ(waitpid(child, &status, 0), child);
+      pid_t waited = -1;
+      do waited = waitpid(child, &status, 0);
+      while (waited < 0 && errno == EINTR);
+      ASSERT_EQ(waited, child);
       ASSERT_TRUE(WIFSIGNALED(status)) << "the child stopped by itself (exit code " << WEXITSTATUS(status) << ")";
       const std::size_t complete = verify(done);
       inside_save += unfinished_rows() > 0 ? 1 : 0;
