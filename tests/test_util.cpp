@@ -17,7 +17,7 @@ std::filesystem::path data_dir() { return LIGHTDESK_TEST_DATA; }
 std::filesystem::path fixture_dir(const std::string& name) { return data_dir() / name; }
 
 const std::vector<std::string>& fixture_names() {
-  static const std::vector<std::string> names = {"tiny-a-hf", "tiny-a-m1-rd16", "tiny-a-m1-rd8"};
+  static const std::vector<std::string> names = {"tiny-a-hf", "tiny-a-m1-rd16", "tiny-a-m1-rd8", "tiny-tp-6h3kv8e"};
   return names;
 }
 
@@ -95,6 +95,14 @@ double max_abs_diff(std::span<const float> a, std::span<const float> b) {
     m = std::max(m, d);
   }
   return m;
+}
+
+std::vector<TokenId> random_ids(std::size_t n, int vocab, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<TokenId> dist(0, vocab - 1);
+  std::vector<TokenId> ids(n);
+  for (auto& id : ids) id = dist(rng);
+  return ids;
 }
 
 double max_rel_diff(std::span<const float> a, std::span<const float> b) {

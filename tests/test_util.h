@@ -21,6 +21,8 @@ const std::vector<std::string>& fixture_names();
 // golden.safetensors of a fixture.
 std::map<std::string, LoadedTensor> load_golden(const std::string& fixture);
 std::vector<TokenId> ids_of(const LoadedTensor& t);
+// n token ids below `vocab`, the same for a seed.
+std::vector<TokenId> random_ids(std::size_t n, int vocab, unsigned seed);
 
 // A fresh empty directory under the system temp dir, removed when the object dies.
 class ScratchDir {

@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "lightdesk/conversation.h"
 #include "lightdesk/data_directory.h"
 #include "lightdesk/engine.h"
@@ -146,6 +148,14 @@ CLI::Option* add_common(CLI::App& verb, Common& c, bool model_required = true) {
       ->check(integer_in(0, std::numeric_limits<int>::max()));
   verb.add_option("--chunk", c.chunk, "prefill tokens per pass (default 512 on the CPU, 8192 with CUDA)")
       ->check(integer_in(1));
+  verb.add_option("--tensor-parallel", c.options.tensor_parallel,
+                  "ranks the model is split over, one per GPU of --devices (on the CPU backend simulated ranks on "
+                  "threads); default 1")
+      ->check(integer_in(1, 1024));
+  add_engine_option(
+      verb, "--moe-parallel",
+      [&c](const std::string& name) { c.options.moe_parallel = lightdesk::parse_moe_parallel(name); },
+      "expert (each rank holds whole experts; the default) or tensor (each rank a slice of every expert)");
   verb.add_flag("--rope-full-head", c.options.rope_full_head,
                 "rotate whole heads in softmax layers, as native transformers <= 5.17 does");
   verb.add_flag("--cuda-float32", c.options.cuda_float32, "CUDA backend in float32 instead of bf16, for checking");
@@ -297,6 +307,11 @@ void print_data_directory(const lightdesk::store::DataDirectory& data) {
   std::printf("cache: %s in %s\n", human_bytes(data.cache_bytes()).c_str(), data.cache().string().c_str());
 }
 
+// Physical memory: the one device the CPU backend's simulated ranks share.
+std::uint64_t host_memory_bytes() {
+  return static_cast<std::uint64_t>(::sysconf(_SC_PHYS_PAGES)) * static_cast<std::uint64_t>(::sysconf(_SC_PAGE_SIZE));
+}
+
 int cmd_info(const InfoArgs& a) {
   const Common& c = a.c;
   const auto data = data_directory(a.data_dir);
@@ -307,6 +322,24 @@ int cmd_info(const InfoArgs& a) {
   const auto& tokens = a.tokens;
   const lightdesk::ModelInfo info = lightdesk::Model::inspect(c.model_dir, c.options);
   const std::int64_t n = tokens ? *tokens : info.max_context;
+  lightdesk::PlanRequest plan;
+  plan.devices = a.gpus.empty() ? lightdesk::local_gpus() : lightdesk::parse_gpu_list(a.gpus);
+  plan.context_tokens = n;
+  plan.cuda_float32 = c.options.cuda_float32;
+  plan.chunk_tokens = c.chunk;
+  plan.moe = c.options.moe_parallel;
+  if (c.options.tensor_parallel > 1) {
+    plan.tensor_parallel = c.options.tensor_parallel;
+    if (info.backend == lightdesk::BackendKind::Cpu && a.gpus.empty()) {
+      plan.backend = lightdesk::BackendKind::Cpu;
+      plan.devices = {{"host memory", host_memory_bytes()}};
+    }
+  }
+  // Planned before anything is printed: a layout that does not divide, or more ranks than GPUs,
+  // is a one-line error.
+  lightdesk::tensor_parallel_layout(info, c.options.tensor_parallel, c.options.moe_parallel);
+  const std::optional<lightdesk::PlanReport> report =
+      plan.devices.empty() ? std::nullopt : std::optional(lightdesk::plan_memory(info, plan));
   std::string softmax_at;
   for (int l = 0; l < info.num_layers; ++l)
     if (info.layer_kinds[l] == lightdesk::LayerKind::Softmax)
@@ -332,15 +365,12 @@ int cmd_info(const InfoArgs& a) {
   for (const auto& gpu : lightdesk::gpu_devices())
     std::printf("gpu %d: %s, %s%s\n", gpu.index, gpu.name.c_str(), human_bytes(gpu.total_bytes).c_str(),
                 gpu.free_bytes ? (", " + human_bytes(*gpu.free_bytes) + " free").c_str() : "");
-  lightdesk::PlanRequest plan;
-  plan.devices = a.gpus.empty() ? lightdesk::local_gpus() : lightdesk::parse_gpu_list(a.gpus);
-  plan.context_tokens = n;
-  plan.cuda_float32 = c.options.cuda_float32;
-  plan.chunk_tokens = c.chunk;
-  if (plan.devices.empty())
+  if (!report)
     std::printf("plan: no GPU here (--gpus 4x80GB plans for hypothetical ones)\n");
+  else if (plan.backend == lightdesk::BackendKind::Cpu)
+    print_plan(*report, "host memory");
   else
-    print_plan(lightdesk::plan_memory(info, plan), a.gpus.empty() ? "this machine's GPUs" : a.gpus);
+    print_plan(*report, a.gpus.empty() ? "this machine's GPUs" : a.gpus);
   print_data_directory(data);
   return 0;
 }

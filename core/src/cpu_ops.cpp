@@ -212,7 +212,7 @@ void moe_experts(const float* x, std::int64_t rows, std::int64_t hidden, std::in
           member_weights.push_back(weights[r * k + i]);
         }
     const auto n = static_cast<std::int64_t>(members.size());
-    if (n == 0) continue;
+    if (n == 0 || !experts[e].w1) continue;  // none of its tokens, or another rank holds it
     xe.resize(static_cast<std::size_t>(n * hidden));
     for (std::int64_t i = 0; i < n; ++i) std::copy_n(x + members[i] * hidden, hidden, xe.data() + i * hidden);
     gate.resize(static_cast<std::size_t>(n * width));

@@ -1,9 +1,16 @@
-// The CPU backend: the whole model in float32 on the host, through the CPU ops and the model's
-// graph (models/minimax01.cpp).
+// The CPU backend: the model in float32 on the host, through the CPU ops and the model's graph
+// (models/); with tensor parallel, each rank's slices on a thread of its own, the
+// ranks talking through the loopback communicator, as GPUs would through NCCL.
 #include <algorithm>
 #include <cstring>
+#include <deque>
+#include <exception>
+#include <limits>
+#include <mutex>
+#include <thread>
 
 #include "backend.h"
+#include "communicator.h"
 #include "models/graph.h"
 #include "ops.h"
 #include "sampler.h"
@@ -11,20 +18,56 @@
 namespace lightdesk {
 namespace {
 
+// Per rank (one without tensor parallel): its slices of the state, laid out as its weights.
 struct CpuSequence final : SequenceState {
-  std::vector<std::vector<float>> lightning;  // per layer [heads, d, d]; empty for softmax layers
-  std::vector<std::vector<float>> keys;       // per layer [positions, kv_heads, d] (after RoPE)
-  std::vector<std::vector<float>> values;     // per layer [positions, kv_heads, d]
-  std::vector<float> last_logits;             // [vocab]
+  struct RankState {
+    std::vector<std::vector<float>> lightning;  // per layer [heads, d, d]; empty for softmax layers
+    std::vector<std::vector<float>> keys;       // per layer [positions, kv_heads, d] (after RoPE)
+    std::vector<std::vector<float>> values;     // per layer [positions, kv_heads, d]
+    std::vector<float> logits_part;             // tensor parallel: the last token's vocabulary rows first
+  };
+  std::vector<RankState> ranks;
+  std::vector<float> last_logits;  // [vocab]
 };
+
+// A rank's weights: views of the whole model's (one rank), or slices it owns.
+struct CpuRank {
+  RankLayout plan;
+  std::deque<std::vector<float>> owned;
+  ModelTensors tensors;
+  std::unique_ptr<ModelOps> ops;
+  std::unique_ptr<LoopbackCommunicator> comm;  // tensor parallel only
+};
+
+// Host memory as a float32 Tensor; the ops never write through a weight's.
+Tensor host_tensor(const float* data) { return {const_cast<float*>(data), ElementType::F32}; }
+Tensor host_tensor(const std::vector<float>& w) { return host_tensor(w.data()); }
 
 class CpuBackend final : public ComputeBackend {
  public:
   CpuBackend(const ModelConfig& c, const WeightMap& map, const ModelOptions& options,
              const std::function<void(std::uint64_t)>& bytes_loaded)
-      : config_(c), weights_(load_cpu_weights(c, map, bytes_loaded)), ops_(make_cpu_ops(options.threads)) {
-    weight_bytes_ = map.parameter_count() * sizeof(float);
-    tensors_ = graph_tensors();
+      : config_(c), plans_(tensor_parallel_layout(c, options.tensor_parallel, options.moe_parallel)) {
+    ModelWeights weights = load_cpu_weights(c, map, bytes_loaded);
+    const int ranks = static_cast<int>(plans_.size());
+    const unsigned hardware = std::max(1u, std::thread::hardware_concurrency());
+    const int threads = std::max(1, (options.threads > 0 ? options.threads : static_cast<int>(hardware)) / ranks);
+    auto communicators =
+        ranks > 1 ? make_loopback_communicators(ranks) : std::vector<std::unique_ptr<LoopbackCommunicator>>{};
+    for (int r = 0; r < ranks; ++r) {
+      auto rank = std::make_unique<CpuRank>();
+      rank->plan = plans_[r];
+      rank->ops = make_cpu_ops(ranks > 1 ? threads : options.threads);
+      if (ranks > 1) rank->comm = std::move(communicators[r]);
+      rank->tensors = graph_tensors(weights, *rank, ranks > 1);
+      for (const auto& part : rank->owned) weight_bytes_ += part.size() * sizeof(float);
+      ranks_.push_back(std::move(rank));
+    }
+    // One rank's tensors are views of the loaded weights: keep them.
+    if (ranks == 1) {
+      weight_bytes_ = map.parameter_count() * sizeof(float);
+      weights_ = std::move(weights);
+    }
   }
 
   BackendKind kind() const override { return BackendKind::Cpu; }
@@ -34,12 +77,16 @@ class CpuBackend final : public ComputeBackend {
 
   std::unique_ptr<SequenceState> new_sequence() const override {
     auto s = std::make_unique<CpuSequence>();
-    s->lightning.resize(config_.num_layers);
-    s->keys.resize(config_.num_layers);
-    s->values.resize(config_.num_layers);
     s->last_logits.resize(static_cast<std::size_t>(config_.vocab_size));
-    for (int l = 0; l < config_.num_layers; ++l)
-      if (config_.layer_kinds[l] == LayerKind::Lightning) s->lightning[l].assign(lightning_size(), 0.0f);
+    for (const auto& rank : ranks_) {
+      CpuSequence::RankState state;
+      state.lightning.resize(config_.num_layers);
+      state.keys.resize(config_.num_layers);
+      state.values.resize(config_.num_layers);
+      for (int l = 0; l < config_.num_layers; ++l)
+        if (config_.layer_kinds[l] == LayerKind::Lightning) state.lightning[l].assign(lightning_size(rank->plan), 0.0f);
+      s->ranks.push_back(std::move(state));
+    }
     return s;
   }
 
@@ -49,133 +96,271 @@ class CpuBackend final : public ComputeBackend {
     const auto& logits = static_cast<const CpuSequence&>(state).last_logits;
     std::copy(logits.begin(), logits.end(), out);
   }
-  TokenId sample(const SequenceState& state, const SamplingParams& params, std::mt19937_64& rng) override {
-    return sample_token(static_cast<const CpuSequence&>(state).last_logits, params, rng);
-  }
+  TokenId sample(const SequenceState& state, const SamplingParams& params, std::mt19937_64& rng) override;
 
   void read_lightning_state(const SequenceState& state, int layer, float* out) const override {
-    const auto& s = static_cast<const CpuSequence&>(state).lightning.at(layer);
-    std::copy(s.begin(), s.end(), out);
+    const auto& s = static_cast<const CpuSequence&>(state);
+    for (std::size_t r = 0; r < ranks_.size(); ++r) {
+      const auto& part = s.ranks[r].lightning.at(layer);
+      std::copy(part.begin(), part.end(), out + head_state_offset(ranks_[r]->plan.first_head));
+    }
   }
   void write_lightning_state(SequenceState& state, int layer, const float* in) const override {
-    auto& s = static_cast<CpuSequence&>(state).lightning.at(layer);
-    std::copy_n(in, s.size(), s.begin());
+    auto& s = static_cast<CpuSequence&>(state);
+    for (std::size_t r = 0; r < ranks_.size(); ++r) {
+      auto& part = s.ranks[r].lightning.at(layer);
+      std::copy_n(in + head_state_offset(ranks_[r]->plan.first_head), part.size(), part.begin());
+    }
   }
   StateDType kv_dtype() const override { return StateDType::F32; }
+  // K/V heads come from the first rank holding each; a replicated head goes to every rank holding it.
   void read_kv(const SequenceState& state, int layer, KvSide side, std::int64_t first, std::int64_t count,
                void* out_bytes) const override {
     auto* out = static_cast<float*>(out_bytes);
     const auto& s = static_cast<const CpuSequence&>(state);
-    const float* cache = (side == KvSide::Keys ? s.keys : s.values).at(layer).data();
-    for_each_kv_row(first, count, [&](std::int64_t cache_offset, std::int64_t export_offset) {
+    for_each_kv_row(first, count, [&](std::size_t rank, std::int64_t cache_offset, std::int64_t export_offset) {
+      const float* cache = (side == KvSide::Keys ? s.ranks[rank].keys : s.ranks[rank].values).at(layer).data();
       std::copy_n(cache + cache_offset, config_.head_dim, out + export_offset);
+      return true;
     });
   }
   void resize_kv(SequenceState& state, std::int64_t positions) const override {
     auto& s = static_cast<CpuSequence&>(state);
-    for (int l = 0; l < config_.num_layers; ++l)
-      if (config_.layer_kinds[l] == LayerKind::Softmax) {
-        s.keys[l].resize(static_cast<std::size_t>(positions * kv_width()));
-        s.values[l].resize(static_cast<std::size_t>(positions * kv_width()));
-      }
+    for (std::size_t r = 0; r < ranks_.size(); ++r)
+      for (int l = 0; l < config_.num_layers; ++l)
+        if (config_.layer_kinds[l] == LayerKind::Softmax) {
+          s.ranks[r].keys[l].resize(static_cast<std::size_t>(positions * kv_width(ranks_[r]->plan)));
+          s.ranks[r].values[l].resize(static_cast<std::size_t>(positions * kv_width(ranks_[r]->plan)));
+        }
   }
   void write_kv(SequenceState& state, int layer, KvSide side, std::int64_t first, std::int64_t count,
                 const void* in_bytes) const override {
     const auto* in = static_cast<const float*>(in_bytes);
     auto& s = static_cast<CpuSequence&>(state);
-    float* cache = (side == KvSide::Keys ? s.keys : s.values).at(layer).data();
-    for_each_kv_row(first, count, [&](std::int64_t cache_offset, std::int64_t export_offset) {
+    for_each_kv_row(first, count, [&](std::size_t rank, std::int64_t cache_offset, std::int64_t export_offset) {
+      float* cache = (side == KvSide::Keys ? s.ranks[rank].keys : s.ranks[rank].values).at(layer).data();
       std::copy_n(in + export_offset, config_.head_dim, cache + cache_offset);
+      return false;
     });
   }
 
  private:
-  std::size_t lightning_size() const {
-    return static_cast<std::size_t>(config_.num_heads) * config_.head_dim * config_.head_dim;
+  std::size_t lightning_size(const RankLayout& plan) const {
+    return static_cast<std::size_t>(plan.heads) * config_.head_dim * config_.head_dim;
   }
-  std::int64_t kv_width() const { return std::int64_t{config_.num_kv_heads} * config_.head_dim; }
+  std::int64_t head_state_offset(int head) const { return std::int64_t{head} * config_.head_dim * config_.head_dim; }
+  std::int64_t kv_width(const RankLayout& plan) const { return std::int64_t{plan.kv_heads} * config_.head_dim; }
 
-  // Pairs the cache layout [position, kv_head, d] with the export layout [kv_head, count, d]:
-  // calls fn(cache offset, export offset) for each row of d values.
+  // Pairs each rank's cache layout [position, its kv_head, d] with the export layout [kv_head,
+  // count, d]: calls fn(rank, cache offset, export offset) for each row of d values of each
+  // rank holding its head, in rank order, until fn returns true.
   template <typename Fn>
   void for_each_kv_row(std::int64_t first, std::int64_t count, Fn fn) const {
     const int d = config_.head_dim;
     for (int g = 0; g < config_.num_kv_heads; ++g)
-      for (std::int64_t t = 0; t < count; ++t)
-        fn(((first + t) * config_.num_kv_heads + g) * d, (std::int64_t{g} * count + t) * d);
+      for (std::size_t r = 0; r < ranks_.size(); ++r) {
+        const RankLayout& plan = ranks_[r]->plan;
+        const int local = g - plan.first_kv_head;
+        if (local < 0 || local >= plan.kv_heads) continue;
+        bool done = false;
+        for (std::int64_t t = 0; t < count; ++t)
+          done = fn(r, ((first + t) * plan.kv_heads + local) * d, (std::int64_t{g} * count + t) * d);
+        if (done) break;
+      }
   }
 
-  ModelTensors graph_tensors() const;
+  ModelTensors graph_tensors(const ModelWeights& weights, CpuRank& rank, bool slice) const;
+  // Runs fn(rank index) on a thread per rank (inline for one), rethrowing the error of the first
+  // rank that failed; the other ranks leave their collectives rather than wait for it.
+  void on_every_rank(const std::function<void(std::size_t)>& fn) const;
 
   const ModelConfig config_;
-  ModelWeights weights_;
-  ModelTensors tensors_;  // views of weights_
+  const std::vector<RankLayout> plans_;
   const ModelForward forward_ = model_forward(config_);
-  std::unique_ptr<ModelOps> ops_;
+  ModelWeights weights_;  // one rank: what its tensors view
+  std::vector<std::unique_ptr<CpuRank>> ranks_;
   std::uint64_t weight_bytes_ = 0;
 };
 
-// Host memory as a float32 Tensor; the ops never write through a weight's.
-Tensor host_tensor(const WeightTensor& w) { return {const_cast<float*>(w.data()), ElementType::F32}; }
-Tensor host_tensor(const std::vector<float>& w) { return {const_cast<float*>(w.data()), ElementType::F32}; }
+// Rows first.. first + count - 1 of a [rows, width] matrix, or its columns of every row.
+std::vector<float> matrix_rows(const float* m, std::int64_t width, std::int64_t first, std::int64_t count) {
+  return {m + first * width, m + (first + count) * width};
+}
+std::vector<float> matrix_columns(const float* m, std::int64_t rows, std::int64_t width, std::int64_t first,
+                                  std::int64_t count) {
+  std::vector<float> out(static_cast<std::size_t>(rows * count));
+  for (std::int64_t r = 0; r < rows; ++r) std::copy_n(m + r * width + first, count, out.data() + r * count);
+  return out;
+}
 
-ModelTensors CpuBackend::graph_tensors() const {
+ModelTensors CpuBackend::graph_tensors(const ModelWeights& weights, CpuRank& rank, bool slice) const {
+  const RankLayout& p = rank.plan;
+  const std::int64_t H = config_.hidden_size, d = config_.head_dim, A = std::int64_t{config_.num_heads} * d;
+  const std::int64_t I = config_.expert_width;
+  // The rank's part of a weight: the whole (a view) without slicing, else a copy it owns.
+  auto part = [&](const float* whole, auto&& cut) -> Tensor {
+    if (!slice) return host_tensor(whole);
+    return host_tensor(rank.owned.emplace_back(cut(whole)));
+  };
+  auto rows = [&](const WeightTensor& w, std::int64_t width, std::int64_t first, std::int64_t count) {
+    return part(w.data(), [&](const float* m) { return matrix_rows(m, width, first, count); });
+  };
+  auto columns = [&](const WeightTensor& w, std::int64_t height, std::int64_t width, std::int64_t first,
+                     std::int64_t count) {
+    return part(w.data(), [&](const float* m) { return matrix_columns(m, height, width, first, count); });
+  };
+  // Replicated weights: the ranks' own copies, as the loaded weights go once sliced.
+  auto whole = [&](const float* w, std::int64_t count) {
+    return part(w, [&](const float* m) { return std::vector<float>(m, m + count); });
+  };
+  const std::int64_t E = config_.num_experts;
   ModelTensors t;
-  t.embed = host_tensor(weights_.embed);
-  t.lm_head = host_tensor(weights_.lm_head);
-  t.final_norm = host_tensor(weights_.final_norm);
-  for (const LayerWeights& w : weights_.layers) {
+  t.embed = rows(weights.embed, H, p.first_vocab_row, p.vocab_rows);
+  t.lm_head = rows(weights.lm_head, H, p.first_vocab_row, p.vocab_rows);
+  t.final_norm = whole(weights.final_norm.data(), H);
+  const std::int64_t h0 = p.first_head * d, hn = p.heads * d, g0 = p.first_kv_head * d, gn = p.kv_heads * d;
+  for (const LayerWeights& w : weights.layers) {
     LayerGraphTensors layer;
     layer.kind = w.kind;
-    for (auto [to, from] : {std::pair{&layer.input_norm, &w.input_norm}, {&layer.post_attn_norm, &w.post_attn_norm},
-                            {&layer.qkv, &w.qkv}, {&layer.output_gate, &w.output_gate},
-                            {&layer.output_norm, &w.output_norm}, {&layer.out_proj, &w.out_proj},
-                            {&layer.q_proj, &w.q_proj}, {&layer.k_proj, &w.k_proj}, {&layer.v_proj, &w.v_proj},
-                            {&layer.o_proj, &w.o_proj}, {&layer.router, &w.router}})
-      *to = host_tensor(*from);
-    layer.slopes = host_tensor(w.slopes);
-    layer.moe = {layer.router, {}, config_.hidden_size, config_.expert_width, config_.experts_per_token};
-    for (const ExpertWeights& e : w.experts)
-      layer.moe.experts.push_back({host_tensor(e.w1), host_tensor(e.w3), host_tensor(e.w2)});
+    layer.input_norm = whole(w.input_norm.data(), H);
+    layer.post_attn_norm = whole(w.post_attn_norm.data(), H);
+    layer.router = whole(w.router.data(), E * H);
+    if (w.kind == LayerKind::Lightning) {
+      layer.qkv = rows(w.qkv, H, 3 * h0, 3 * hn);  // per head [q | k | v]: the rank's heads are one block
+      layer.output_gate = rows(w.output_gate, H, h0, hn);
+      layer.output_norm = rows(w.output_norm, 1, h0, hn);
+      layer.out_proj = columns(w.out_proj, H, A, h0, hn);
+      layer.slopes = whole(w.slopes.data() + p.first_head, p.heads);
+    } else {
+      layer.q_proj = rows(w.q_proj, H, h0, hn);
+      layer.k_proj = rows(w.k_proj, H, g0, gn);
+      layer.v_proj = rows(w.v_proj, H, g0, gn);
+      layer.o_proj = columns(w.o_proj, H, A, h0, hn);
+    }
+    layer.moe = {layer.router, {}, H, p.expert_width, config_.experts_per_token};
+    for (int e = 0; e < config_.num_experts; ++e) {
+      const ExpertWeights& ew = w.experts[static_cast<std::size_t>(e)];
+      if (e < p.first_expert || e >= p.first_expert + p.experts) {
+        layer.moe.experts.push_back({});
+        continue;
+      }
+      const std::int64_t c0 = p.first_expert_column, cn = p.expert_width;
+      layer.moe.experts.push_back({rows(ew.w1, H, c0, cn), rows(ew.w3, H, c0, cn), columns(ew.w2, H, I, c0, cn)});
+    }
     t.layers.push_back(std::move(layer));
   }
   return t;
 }
 
+void CpuBackend::on_every_rank(const std::function<void(std::size_t)>& fn) const {
+  if (ranks_.size() == 1) return fn(0);
+  // A rank that fails aborts the group, so the others leave their collectives (RankAborted)
+  // rather than wait for it; the caller gets the error of the first rank that failed.
+  std::mutex failure_mutex;
+  std::exception_ptr first_failure;
+  {
+    std::vector<std::jthread> threads;
+    for (std::size_t r = 0; r < ranks_.size(); ++r)
+      threads.emplace_back([&, r] {
+        try {
+          fn(r);
+        } catch (const RankAborted&) {
+        } catch (...) {
+          ranks_[r]->comm->abort();
+          std::lock_guard lock(failure_mutex);
+          if (!first_failure) first_failure = std::current_exception();
+        }
+      });
+  }
+  if (!first_failure) return;
+  // Every rank's thread has left: the group serves the next pass.
+  ranks_.front()->comm->recover();
+  std::rethrow_exception(first_failure);
+}
+
 void CpuBackend::forward(SequenceState& state, const ForwardRequest& req) {
   auto& s = static_cast<CpuSequence&>(state);
   const std::int64_t T = static_cast<std::int64_t>(req.tokens.size());
-  const std::int64_t H = config_.hidden_size, A = std::int64_t{config_.num_heads} * config_.head_dim;
+  const std::int64_t H = config_.hidden_size;
   if (T == 0) return;
+  const bool parallel = ranks_.size() > 1;
+  const std::int64_t logits_rows = req.all_logits ? T : 1, widest_vocab = plans_.front().vocab_rows;
+  const std::vector<std::int32_t> tokens(req.tokens.begin(), req.tokens.end());
+  const std::int64_t new_positions = req.first_position + T;
 
   // Allocate everything first: past this point nothing allocates a large buffer.
-  std::vector<float> x(static_cast<std::size_t>(T * H)), a(x.size()), att(x.size()), b(x.size()), moe(x.size());
-  std::vector<float> qkv(static_cast<std::size_t>(T * 3 * A)), o(static_cast<std::size_t>(T * A)), gate(o.size());
-  std::vector<std::int32_t> tokens(req.tokens.begin(), req.tokens.end());
-  const std::int64_t new_positions = req.first_position + T;
-  SequenceTensors sequence;
-  sequence.lightning.resize(config_.num_layers);
-  sequence.kv.resize(config_.num_layers);
-  for (int l = 0; l < config_.num_layers; ++l)
-    if (config_.layer_kinds[l] == LayerKind::Softmax) {
-      s.keys[l].resize(static_cast<std::size_t>(new_positions * kv_width()));
-      s.values[l].resize(static_cast<std::size_t>(new_positions * kv_width()));
-      sequence.kv[l] = contiguous_kv(host_tensor(s.keys[l]), host_tensor(s.values[l]), kv_width());
-    } else {
-      sequence.lightning[l] = host_tensor(s.lightning[l]);
+  struct RankBuffers {
+    std::vector<float> x, a, att, b, moe, qkv, o, gate, norm_sums, gather;
+  };
+  std::vector<RankBuffers> buffers(ranks_.size());
+  for (std::size_t r = 0; r < ranks_.size(); ++r) {
+    const RankLayout& plan = ranks_[r]->plan;
+    const auto rows_hidden = static_cast<std::size_t>(T * H), A = static_cast<std::size_t>(T * plan.heads * config_.head_dim);
+    RankBuffers& b = buffers[r];
+    for (auto* v : {&b.x, &b.a, &b.att, &b.b, &b.moe}) v->resize(rows_hidden);
+    b.qkv.resize(3 * A);
+    b.o.resize(A);
+    b.gate.resize(A);
+    CpuSequence::RankState& rs = s.ranks[r];
+    if (parallel) {
+      b.norm_sums.resize(static_cast<std::size_t>(T));
+      b.gather.resize(static_cast<std::size_t>(ranks_.size() * logits_rows * widest_vocab));
+      rs.logits_part.resize(static_cast<std::size_t>(logits_rows * widest_vocab));
     }
+    for (int l = 0; l < config_.num_layers; ++l)
+      if (config_.layer_kinds[l] == LayerKind::Softmax) {
+        rs.keys[l].resize(static_cast<std::size_t>(new_positions * kv_width(plan)));
+        rs.values[l].resize(static_cast<std::size_t>(new_positions * kv_width(plan)));
+      }
+  }
 
-  auto tensor = [](std::vector<float>& v) { return Tensor{v.data(), ElementType::F32}; };
-  const ActivationTensors act{{tokens.data(), ElementType::I32}, tensor(x), tensor(a), tensor(att), tensor(b),
-                              tensor(moe), tensor(qkv), tensor(o), tensor(gate)};
-  GraphPass pass;
-  pass.rows = T;
-  pass.first_position = {req.first_position, nullptr};
-  pass.logits = tensor(s.last_logits);
-  pass.all_logits = {req.all_logits, ElementType::F32};
-  pass.embedding_overrides = req.embedding_overrides;
-  pass.hidden_states = req.hidden_states;
-  forward_(*ops_, config_, tensors_, sequence, act, pass);
+  on_every_rank([&](std::size_t r) {
+    CpuRank& rank = *ranks_[r];
+    RankBuffers& b = buffers[r];
+    CpuSequence::RankState& rs = s.ranks[r];
+    SequenceTensors sequence;
+    sequence.lightning.resize(config_.num_layers);
+    sequence.kv.resize(config_.num_layers);
+    for (int l = 0; l < config_.num_layers; ++l)
+      if (config_.layer_kinds[l] == LayerKind::Softmax)
+        sequence.kv[l] = contiguous_kv(host_tensor(rs.keys[l]), host_tensor(rs.values[l]), kv_width(rank.plan));
+      else
+        sequence.lightning[l] = host_tensor(rs.lightning[l]);
+    const ActivationTensors act{{const_cast<std::int32_t*>(tokens.data()), ElementType::I32},
+                                host_tensor(b.x), host_tensor(b.a), host_tensor(b.att), host_tensor(b.b),
+                                host_tensor(b.moe), host_tensor(b.qkv), host_tensor(b.o), host_tensor(b.gate)};
+    RankPass rank_pass{rank.comm.get(), plans_, host_tensor(b.norm_sums), host_tensor(rs.logits_part),
+                       host_tensor(b.gather)};
+    GraphPass pass;
+    pass.rows = T;
+    pass.first_position = {req.first_position, nullptr};
+    pass.logits = host_tensor(s.last_logits);
+    pass.all_logits = {req.all_logits, ElementType::F32};
+    pass.embedding_overrides = req.embedding_overrides;
+    // The hidden state is the same on every rank: one reports it.
+    if (r == 0) pass.hidden_states = req.hidden_states;
+    if (parallel) pass.rank = &rank_pass;
+    // Every rank has the same gathered logits: one writes them.
+    rank_pass.writes_logits = r == 0;
+    forward_(*rank.ops, config_, rank.tensors, sequence, act, pass);
+  });
+}
+
+TokenId CpuBackend::sample(const SequenceState& state, const SamplingParams& params, std::mt19937_64& rng) {
+  const auto& s = static_cast<const CpuSequence&>(state);
+  if (ranks_.size() == 1 || !is_greedy(params)) return sample_token(s.last_logits, params, rng);
+  // Greedy: each rank's best of its vocabulary rows, then the best of those.
+  std::vector<TokenId> chosen(ranks_.size());
+  on_every_rank([&](std::size_t r) {
+    const RankLayout& plan = ranks_[r]->plan;
+    const std::span<const float> part(s.ranks[r].logits_part.data(), static_cast<std::size_t>(plan.vocab_rows));
+    const auto best = std::max_element(part.begin(), part.end());  // the first of equal maxima
+    const float value = best == part.end() ? -std::numeric_limits<float>::infinity() : *best;
+    const auto id = static_cast<TokenId>(plan.first_vocab_row + (best - part.begin()));
+    std::vector<std::int32_t> scratch(2 * (ranks_.size() + 1));
+    chosen[r] = distributed_argmax(*ranks_[r]->comm, *ranks_[r]->ops, {scratch.data(), ElementType::I32}, value, id);
+  });
+  return chosen.front();
 }
 
 }  // namespace

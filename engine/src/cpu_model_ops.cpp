@@ -1,5 +1,6 @@
 // ModelOps on the CPU, over cpu_ops.h: every tensor is host memory, activations float32.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "lightdesk/cpu_ops.h"
@@ -71,6 +72,36 @@ class CpuOps final : public ModelOps {
   }
   void rms_norm(Tensor x, std::int64_t rows, std::int64_t width, Tensor weight, float eps, Tensor y) override {
     cpu::rms_norm(x.as<const float>(), rows, width, weight.as<const float>(), eps, y.as<float>(), pool_);
+  }
+  void embed_part(Tensor table, std::int64_t first_row, std::int64_t table_rows, Tensor tokens, std::int64_t rows,
+                  std::int64_t width, Tensor out) override {
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const std::int64_t row = std::int64_t{tokens.as<const std::int32_t>()[r]} - first_row;
+      float* o = out.as<float>() + r * width;
+      if (row >= 0 && row < table_rows)
+        std::copy_n(table.as<const float>() + row * width, width, o);
+      else
+        std::fill_n(o, width, 0.0f);
+    }
+  }
+  void sum_squares(Tensor x, std::int64_t rows, std::int64_t width, Tensor sums) override {
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const float* v = x.as<const float>() + r * width;
+      double sum = 0.0;
+      for (std::int64_t c = 0; c < width; ++c) sum += double{v[c]} * v[c];
+      sums.as<float>()[r] = static_cast<float>(sum);
+    }
+  }
+  void rms_norm_by_sums(Tensor x, std::int64_t rows, std::int64_t width, Tensor sums, std::int64_t norm_width,
+                        Tensor weight, float eps, Tensor y) override {
+    for (std::int64_t r = 0; r < rows; ++r) {
+      // As cpu::rms_norm rounds its mean of squares, so that one rank gives its result.
+      const float mean = static_cast<float>(double{sums.as<const float>()[r]} / static_cast<double>(norm_width));
+      const float scale = 1.0f / std::sqrt(mean + eps);
+      const float* v = x.as<const float>() + r * width;
+      float* o = y.as<float>() + r * width;
+      for (std::int64_t c = 0; c < width; ++c) o[c] = weight.as<const float>()[c] * (v[c] * scale);
+    }
   }
   void linear(Tensor x, std::int64_t rows, std::int64_t in, Tensor w, std::int64_t out, Tensor y) override {
     cpu::linear(x.as<const float>(), rows, in, w.as<const float>(), out, y.as<float>());

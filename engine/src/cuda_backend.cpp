@@ -605,12 +605,19 @@ std::vector<GpuDevice> cuda_devices() {
   return devices;
 }
 
+// The one GPU of the options; tensor parallel runs on the CPU backend only in this version.
+static int single_cuda_rank(const ModelOptions& options) {
+  if (options.tensor_parallel != 1)
+    throw Error("tensor parallel runs on the CPU backend only in this version (--backend cpu), not on CUDA");
+  return single_gpu_device(options);
+}
+
 std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, const WeightMap& weights,
                                                   const ModelOptions& options,
                                                   const std::function<void(std::uint64_t)>& bytes_loaded) {
   const std::string reason = cuda_unavailable_reason();
   if (!reason.empty()) throw Error("the cuda backend is not available: " + reason);
-  const int device = single_gpu_device(options);
+  const int device = single_cuda_rank(options);
   if (options.cuda_float32)
     return std::make_unique<CudaBackend<float>>(config, device, weights, options.cuda_graphs, bytes_loaded);
   return std::make_unique<CudaBackend<bf16>>(config, device, weights, options.cuda_graphs, bytes_loaded);

@@ -74,6 +74,27 @@ void CudaOps<T>::rms_norm(Tensor x, std::int64_t rows, std::int64_t width, Tenso
   cuda::rms_norm(x.as<const T>(), rows, width, weight.as<const float>(), eps, y.as<T>(), device_.stream());
 }
 
+namespace {
+[[noreturn]] void no_tensor_parallel_yet(const char* op) {
+  throw Error(std::string("the CUDA ops have no ") + op + " yet: tensor parallel runs on the CPU backend only");
+}
+}  // namespace
+
+template <typename T>
+void CudaOps<T>::embed_part(Tensor, std::int64_t, std::int64_t, Tensor, std::int64_t, std::int64_t, Tensor) {
+  no_tensor_parallel_yet("vocabulary-split embedding");
+}
+
+template <typename T>
+void CudaOps<T>::sum_squares(Tensor, std::int64_t, std::int64_t, Tensor) {
+  no_tensor_parallel_yet("split RMSNorm");
+}
+
+template <typename T>
+void CudaOps<T>::rms_norm_by_sums(Tensor, std::int64_t, std::int64_t, Tensor, std::int64_t, Tensor, float, Tensor) {
+  no_tensor_parallel_yet("split RMSNorm");
+}
+
 template <typename T>
 void CudaOps<T>::linear(Tensor x, std::int64_t rows, std::int64_t in, Tensor w, std::int64_t out, Tensor y) {
   if (x.type == ElementType::F32 && w.type == ElementType::F32 && y.type == ElementType::F32)

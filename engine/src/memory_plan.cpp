@@ -91,10 +91,11 @@ u64 rank_workspace_bytes(const ModelInfo& m, const RankLayout& r, std::int64_t c
   return activations + moe + lightning + logits + p.reserve;
 }
 
-bool runnable(const PlanCandidate& c, int degree, const EngineCapabilities& can) {
+// The CPU backend runs any degree (simulated ranks on threads).
+bool runnable(const PlanCandidate& c, int degree, BackendKind backend, const EngineCapabilities& can) {
   const bool format = c.experts == ExpertFormat::Bf16 || (c.experts == ExpertFormat::Int8 && can.int8_experts) ||
                       (c.experts == ExpertFormat::Int4 && can.int4_experts);
-  return format && (degree == 1 || can.tensor_parallel) && (!c.host_expert_store || can.host_expert_store) &&
+  return format && (degree == 1 || can.tensor_parallel || backend == BackendKind::Cpu) && (!c.host_expert_store || can.host_expert_store) &&
          (c.experts_kept == 0 || can.pruned_experts);
 }
 
@@ -108,7 +109,7 @@ MemoryPlan evaluate(const ModelInfo& m, const PlanCandidate& candidate, const st
   plan.moe = request.moe;
   plan.backend = request.backend == BackendKind::Cpu ? BackendKind::Cpu : BackendKind::Cuda;
   plan.float32_values = p.value == kF32;
-  plan.runnable = runnable(candidate, degree, request.capabilities);
+  plan.runnable = runnable(candidate, degree, plan.backend, request.capabilities);
   const u64 H = m.hidden_size, d = m.head_dim, layers = m.num_layers;
   const u64 tokens = static_cast<u64>(std::max<std::int64_t>(context, 0));
   if (candidate.host_expert_store)
@@ -167,7 +168,17 @@ std::vector<int> degrees(const ModelInfo& m, int most, MoeParallel moe) {
 MemoryPlan plan_candidate(const ModelInfo& m, const PlanCandidate& candidate, const std::vector<PlanDevice>& devices,
                           const PlanRequest& request, std::int64_t context) {
   std::optional<MemoryPlan> fitting, largest;
-  for (int n : degrees(m, static_cast<int>(devices.size()), request.moe)) {
+  std::vector<int> allowed;
+  if (request.tensor_parallel > 0) {
+    tensor_parallel_layout(m, request.tensor_parallel, request.moe);  // a clear error if it does not divide
+    if (request.tensor_parallel > static_cast<int>(devices.size()))
+      throw Error("tensor parallel " + std::to_string(request.tensor_parallel) + ": the plan has only " +
+                  std::to_string(devices.size()) + " GPUs");
+    allowed = {request.tensor_parallel};
+  } else {
+    allowed = degrees(m, static_cast<int>(devices.size()), request.moe);
+  }
+  for (int n : allowed) {
     MemoryPlan plan = evaluate(m, candidate, devices, n, request, context);
     if (plan.fits && plan.runnable) return plan;
     if (plan.fits && !fitting) fitting = plan;
@@ -180,6 +191,12 @@ MemoryPlan plan_candidate(const ModelInfo& m, const PlanCandidate& candidate, co
 std::vector<PlanDevice> devices_of(const PlanRequest& request) {
   std::vector<PlanDevice> devices = request.devices;
   if (request.backend == BackendKind::Cpu && devices.size() > 1) devices.resize(1);
+  // Simulated ranks on the CPU share its memory.
+  if (request.backend == BackendKind::Cpu && request.tensor_parallel > 1 && !devices.empty()) {
+    const int n = request.tensor_parallel;
+    PlanDevice share{devices.front().name + " (1/" + std::to_string(n) + ")", devices.front().memory_bytes / n};
+    devices.assign(static_cast<std::size_t>(n), share);
+  }
   std::stable_sort(devices.begin(), devices.end(),
                    [](const PlanDevice& a, const PlanDevice& b) { return a.memory_bytes > b.memory_bytes; });
   return devices;
@@ -243,6 +260,14 @@ const char* expert_format_name(ExpertFormat format) {
   return "?";
 }
 
+MoeParallel parse_moe_parallel(const std::string& name) {
+  if (name == "expert") return MoeParallel::Expert;
+  if (name == "tensor") return MoeParallel::Tensor;
+  throw Error("unknown MoE parallel mode \"" + name + "\" (choose expert or tensor)");
+}
+
+const char* moe_parallel_name(MoeParallel mode) { return mode == MoeParallel::Expert ? "expert" : "tensor"; }
+
 std::vector<RankLayout> tensor_parallel_layout(const ModelShape& shape, int ranks, MoeParallel moe) {
   const std::string what = "tensor parallel " + std::to_string(ranks) + ": ";
   if (ranks < 1) throw Error(what + "needs at least one rank");
@@ -256,6 +281,8 @@ std::vector<RankLayout> tensor_parallel_layout(const ModelShape& shape, int rank
   if (moe == MoeParallel::Tensor && shape.expert_width % ranks != 0)
     throw Error(what + "the expert width " + std::to_string(shape.expert_width) + " does not divide by " +
                 std::to_string(ranks));
+  if (ranks > shape.vocab_size)
+    throw Error(what + "the " + std::to_string(shape.vocab_size) + " vocabulary rows are fewer than the ranks");
   const std::int64_t vocab_rows = (shape.vocab_size + ranks - 1) / ranks;
   std::vector<RankLayout> layout;
   int next_expert = 0;
@@ -311,7 +338,9 @@ std::string MemoryPlan::summary() const {
   std::string what = describe_candidate(candidate);
   if (float32_values && candidate.experts == ExpertFormat::Bf16)
     what.replace(0, 4, "float32");  // the backend's own values, not bf16
-  if (backend == BackendKind::Cpu) return what + " in host memory";
+  if (backend == BackendKind::Cpu)
+    return what + " in host memory" +
+           (tensor_parallel == 1 ? "" : ", tensor parallel over " + std::to_string(tensor_parallel) + " ranks");
   return what + (tensor_parallel == 1 ? " on 1 GPU"
                                       : ", tensor parallel over " + std::to_string(tensor_parallel) + " GPUs");
 }

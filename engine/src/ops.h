@@ -74,9 +74,12 @@ struct ExpertTensors {
 // A MoE layer's weights. The CUDA ops need each layer's experts in one block: expert e's w1 at
 // e · 2 · width · hidden elements from expert 0's, its w3 right after it, its w2 at e · hidden ·
 // width from expert 0's (the layout of the CUDA backend and of the op tests).
+// A tensor-parallel rank holds some of the experts (expert parallel: the others' tensors are
+// null, and the op skips their tokens' shares, which the ranks holding them add) or a slice of
+// every expert's intermediate width (tensor parallel: `width` is the slice's).
 struct MoeTensors {
   Tensor router;  // float32 [experts, hidden]
-  std::vector<ExpertTensors> experts;
+  std::vector<ExpertTensors> experts;  // one per expert of the router
   std::int64_t hidden = 0;
   std::int64_t width = 0;
   int top_k = 0;
@@ -116,8 +119,19 @@ class ModelOps {
 
   // Embed: out[r] = table[tokens[r]] for rows of `width`; tokens I32.
   virtual void embed(Tensor table, Tensor tokens, std::int64_t rows, std::int64_t width, Tensor out) = 0;
+  // Embed over a table that holds only the vocabulary rows first_row.. first_row + table_rows - 1
+  // (a tensor-parallel rank's part): a token outside them gets a row of zeros, so that the sum
+  // of the ranks' parts is the embedding. The CUDA ops take only the whole table.
+  virtual void embed_part(Tensor table, std::int64_t first_row, std::int64_t table_rows, Tensor tokens,
+                          std::int64_t rows, std::int64_t width, Tensor out) = 0;
   // RmsNorm: y = weight * x / sqrt(mean(x²) + eps) over each row; y may be x.
   virtual void rms_norm(Tensor x, std::int64_t rows, std::int64_t width, Tensor weight, float eps, Tensor y) = 0;
+  // RmsNorm of rows whose channels are spread over ranks: sum_squares writes each row's Σ x²
+  // (float32 [rows]); once the ranks' sums are added, rms_norm_by_sums normalises the rank's
+  // channels by them: y = weight * x / sqrt(sums / norm_width + eps). Not on CUDA yet.
+  virtual void sum_squares(Tensor x, std::int64_t rows, std::int64_t width, Tensor sums) = 0;
+  virtual void rms_norm_by_sums(Tensor x, std::int64_t rows, std::int64_t width, Tensor sums,
+                                std::int64_t norm_width, Tensor weight, float eps, Tensor y) = 0;
   // Linear: y[rows, out] = x[rows, in] · w[out, in]ᵀ, accumulated in float32; y float32 or the
   // activation type.
   virtual void linear(Tensor x, std::int64_t rows, std::int64_t in, Tensor w, std::int64_t out, Tensor y) = 0;

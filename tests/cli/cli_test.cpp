@@ -147,6 +147,43 @@ std::vector<std::string> with(std::vector<std::string> args, const std::vector<s
   return args;
 }
 
+// info prints each rank's part; generate at every layout gives the single-rank ids; a layout
+// that does not divide is a one-line error naming the count.
+TEST(Cli, TensorParallelLayouts) {
+  const auto tp = test::fixture_dir("tiny-tp-6h3kv8e").string();
+  const auto r = run_cli({"info", "--model", tp, "--tensor-parallel", "3", "--backend", "cpu"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("float32 weights in host memory, tensor parallel over 3 ranks"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("rank 2 on host memory (1/3): heads 4-5, K/V heads 2, experts 6-7 (width 24), vocabulary "
+                       "rows 66-96"),
+            std::string::npos)
+      << r.out;
+  const auto tensor = run_cli({"info", "--model", tp, "--tensor-parallel", "6", "--moe-parallel", "tensor",
+                               "--backend", "cpu"});
+  ASSERT_EQ(tensor.exit_code, 0) << tensor.err;
+  EXPECT_NE(tensor.out.find("rank 5 on host memory (1/6): heads 5, K/V heads 2, experts 0-7 (width 4)"),
+            std::string::npos)
+      << tensor.out;
+  const std::vector<std::string> generate{"generate", "--model", tp, "--ids", "5,17,42,9", "--max-new-tokens", "8",
+                                          "--backend", "cpu"};
+  const auto single = run_cli(generate);
+  ASSERT_EQ(single.exit_code, 0) << single.err;
+  for (const char* moe : {"expert", "tensor"}) {
+    auto args = generate;
+    args.insert(args.end(), {"--tensor-parallel", "6", "--moe-parallel", moe});
+    const auto parallel = run_cli(args);
+    ASSERT_EQ(parallel.exit_code, 0) << parallel.err;
+    EXPECT_EQ(parallel.out, single.out) << moe;
+  }
+  expect_one_line_error({"info", "--model", tp, "--tensor-parallel", "4"}, "6 query heads", 1);
+  expect_one_line_error({"info", "--model", tp, "--tensor-parallel", "2"}, "3 K/V heads", 1);
+  expect_one_line_error({"info", "--model", tp, "--tensor-parallel", "3", "--gpus", "2x80GB"},
+                        "the plan has only 2 GPUs", 1);
+  expect_one_line_error({"generate", "--model", tp, "--ids", "1", "--max-new-tokens", "1", "--tensor-parallel", "3",
+                         "--moe-parallel", "pipeline"},
+                        "--moe-parallel", 2);
+}
+
 TEST(Cli, BadInputGivesOneLineCause) {
   expect_one_line_error({"generate", "--model", "/nonexistent", "--ids", "1", "--max-new-tokens", "1"},
                         "/nonexistent/config.json: cannot open", 1);

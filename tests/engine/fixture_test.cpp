@@ -1,5 +1,5 @@
-// The three reference checkpoints against their golden outputs (two independent
-// implementations: transformers' MiniMaxForCausalLM and the original modeling_minimax_m1.py).
+// The reference checkpoints against their golden outputs (two independent implementations:
+// transformers' MiniMaxForCausalLM and the original modeling_minimax_m1.py).
 #include <gtest/gtest.h>
 
 #include "test_util.h"

@@ -337,6 +337,40 @@ TEST(MemoryPlan, TheDemoModelRunsOnOneSmallGpuToday) {
   EXPECT_EQ(chosen(plan_memory(demo, host)), "nothing");
 }
 
+// PlanRequest::tensor_parallel: that degree only, its layout checked; the CPU backend's
+// simulated ranks each get an equal share of host memory and run in this build.
+TEST(MemoryPlan, PlansAtTheDegreeAsked) {
+  const ModelInfo& m = inspect_real("MiniMax-Text-01");
+  PlanRequest four = request("8x141GB", k32K);
+  four.tensor_parallel = 4;
+  for (const MemoryPlan& p : plan_memory(m, four).plans) {
+    EXPECT_EQ(p.tensor_parallel, 4);
+    EXPECT_EQ(p.ranks.size(), 4u);
+  }
+  four.tensor_parallel = 3;
+  EXPECT_ERROR_CONTAINING(plan_memory(m, four), "the 64 query heads do not divide by 3");
+  four.tensor_parallel = 16;
+  EXPECT_ERROR_CONTAINING(plan_memory(m, four), "the plan has only 8 GPUs");
+
+  ModelOptions cpu;
+  cpu.backend = BackendKind::Cpu;
+  const ModelInfo tiny = Model::inspect(test::fixture_dir("tiny-tp-6h3kv8e"), cpu);
+  PlanRequest host;
+  host.devices = {{"host memory", 9 * kGiB}};
+  host.backend = BackendKind::Cpu;
+  host.context_tokens = tiny.max_context;
+  host.tensor_parallel = 3;
+  host.capabilities = engine_capabilities();
+  const PlanReport report = plan_memory(tiny, host);
+  EXPECT_EQ(chosen(report), "float32 weights in host memory, tensor parallel over 3 ranks");
+  const MemoryPlan& plan = report.plans.at(*report.chosen);
+  ASSERT_EQ(plan.ranks.size(), 3u);
+  for (const RankMemory& r : plan.ranks) {
+    EXPECT_EQ(r.device.memory_bytes, 3 * kGiB);
+    EXPECT_EQ(r.layout.heads, 2);
+  }
+}
+
 TEST(GpuList, ParsesCountsAndSizes) {
   const auto four = parse_gpu_list("4x80GB");
   ASSERT_EQ(four.size(), 4u);

@@ -16,19 +16,11 @@
 namespace lightdesk {
 namespace {
 
-std::vector<TokenId> random_ids(std::size_t n, int vocab, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<TokenId> dist(0, vocab - 1);
-  std::vector<TokenId> ids(n);
-  for (auto& id : ids) id = dist(rng);
-  return ids;
-}
-
 class SessionTest : public ::testing::Test {
  protected:
   void SetUp() override {
     model_ = Model::open(test::fixture_dir("tiny-a-m1-rd8"), ModelOptions{BackendKind::Cpu, 2, false});
-    ids_ = random_ids(600, model_->info().vocab_size, 7);
+    ids_ = test::random_ids(600, model_->info().vocab_size, 7);
   }
   std::vector<float> all_logits(std::span<const TokenId> ids, std::int64_t chunk) {
     auto s = model_->create_session();
@@ -338,9 +330,9 @@ TEST(ModelContextTest, FeedsPastTheMaximumContextAreRefused) {
   auto model = Model::open(dir.path(), ModelOptions{BackendKind::Cpu, 1, false});
   EXPECT_EQ(model->info().max_context, 40);
   auto s = model->create_session();
-  s->feed(random_ids(30, model->info().vocab_size, 3));
+  s->feed(test::random_ids(30, model->info().vocab_size, 3));
   try {
-    s->feed(random_ids(11, model->info().vocab_size, 4));
+    s->feed(test::random_ids(11, model->info().vocab_size, 4));
     FAIL() << "a feed past the context was accepted";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("30 tokens and 11 more exceed the model's maximum context of 40"),
@@ -348,9 +340,9 @@ TEST(ModelContextTest, FeedsPastTheMaximumContextAreRefused) {
         << e.what();
   }
   EXPECT_EQ(s->position(), 30);
-  s->feed(random_ids(10, model->info().vocab_size, 5));
+  s->feed(test::random_ids(10, model->info().vocab_size, 5));
   EXPECT_EQ(s->position(), 40);
-  EXPECT_THROW(s->feed(random_ids(1, model->info().vocab_size, 6)), Error);
+  EXPECT_THROW(s->feed(test::random_ids(1, model->info().vocab_size, 6)), Error);
   EXPECT_THROW(model->create_session()->begin_import(41), Error);
 }
 

@@ -61,6 +61,13 @@ std::vector<GpuDevice> gpu_devices();
 // the fault of anything else, or of "all" on a machine without a GPU.
 std::vector<int> parse_devices(const std::string& text);
 
+// How a tensor-parallel run splits each MoE layer: whole experts per rank (as even as possible:
+// 8 experts on 3 ranks are 3/3/2), or every expert's intermediate width (N must divide it).
+enum class MoeParallel { Expert, Tensor };
+// "expert" or "tensor"; throws Error on anything else.
+MoeParallel parse_moe_parallel(const std::string& name);
+const char* moe_parallel_name(MoeParallel mode);
+
 struct ModelOptions {
   BackendKind backend = BackendKind::Auto;
   // Worker threads for the CPU backend; 0 = all hardware threads.
@@ -85,6 +92,12 @@ struct ModelOptions {
   // GPU: naming several is refused until a backend spreads a model over them. The CPU backend
   // ignores them.
   std::vector<int> devices{};
+  // Ranks the model is split over (tensor parallel, one per device; on the CPU backend simulated
+  // ranks on threads of their own): query heads, key/value heads (split, or replicated when the
+  // ranks outnumber them), the experts as moe_parallel says, and the vocabulary rows of the
+  // embedding and LM head. See tensor_parallel_layout.
+  int tensor_parallel = 1;
+  MoeParallel moe_parallel = MoeParallel::Expert;
 };
 
 // The one GPU a single-device backend (the CUDA backend, the vision tower) runs on for these
@@ -359,10 +372,6 @@ std::vector<PlanDevice> local_gpus();
 enum class ExpertFormat { Bf16, Int8, Int4 };
 const char* expert_format_name(ExpertFormat format);
 
-// How a tensor-parallel run splits each MoE layer: whole experts per rank (as even as possible:
-// 8 experts on 3 ranks are 3/3/2), or every expert's intermediate width (N must divide it).
-enum class MoeParallel { Expert, Tensor };
-
 // One rank's share of a tensor-parallel layout of N ranks, one GPU each: what a TP-N run holds.
 struct RankLayout {
   int rank = 0;
@@ -373,7 +382,7 @@ struct RankLayout {
   std::int64_t first_vocab_row = 0, vocab_rows = 0;  // embedding and LM-head rows (the last rank may hold fewer)
 };
 // Throws Error naming the count that does not divide: the query heads by N, the K/V heads by N or
-// N by them, the expert width by N under MoeParallel::Tensor.
+// N by them, the expert width by N under MoeParallel::Tensor; or N below 1 or above the vocabulary.
 std::vector<RankLayout> tensor_parallel_layout(const ModelShape& shape, int ranks, MoeParallel moe);
 
 // What this build can run. The planner plans every candidate, so a front end can say what
@@ -410,6 +419,9 @@ struct PlanRequest {
   std::uint64_t host_memory_bytes = 0;  // for the host expert store (0: no store)
   int experts_kept = 0;                 // > 0: the user asks for pruned experts
   MoeParallel moe = MoeParallel::Expert;
+  // > 0: plan at this degree only (ModelOptions::tensor_parallel), over that many of the devices;
+  // for the CPU backend that many simulated ranks, each given an equal share of the one device.
+  int tensor_parallel = 0;
   std::int64_t chunk_tokens = 0;  // prefill tokens per pass, sizing the activations (0: the backend's)
   EngineCapabilities capabilities = engine_capabilities();
 };

@@ -7,6 +7,7 @@
 #include <span>
 #include <vector>
 
+#include "communicator.h"
 #include "model_config.h"
 #include "model_weights.h"
 #include "ops.h"
@@ -41,6 +42,23 @@ struct ActivationTensors {
   Tensor o, gate;            // [rows, heads * head_dim]
 };
 
+// A tensor-parallel rank's part of a pass: the model's weights and the sequence's state it is
+// given are its slices of the layout `plans` (its own being plans[comm->rank()]), and the
+// collectives go through `comm`.
+struct RankPass {
+  Communicator* comm = nullptr;
+  std::span<const RankLayout> plans;
+  Tensor norm_sums;      // float32 [rows]: the lightning output norm's sums of squares
+  Tensor logits_part;    // float32 [rows, widest rank's vocabulary rows]: the rank's logits
+  Tensor logits_gather;  // float32 [ranks, rows, widest rank's vocabulary rows]
+  // Whether this rank writes the gathered logits to GraphPass::logits and all_logits (where
+  // the ranks share them, as threads of the CPU backend do, one writes).
+  bool writes_logits = true;
+
+  const RankLayout& plan() const { return plans[static_cast<std::size_t>(comm->rank())]; }
+  std::int64_t widest_vocab() const { return plans.front().vocab_rows; }
+};
+
 struct GraphPass {
   std::int64_t rows = 0;
   StepPosition first_position;
@@ -51,6 +69,9 @@ struct GraphPass {
   std::span<const float* const> embedding_overrides;
   // Called with the hidden states (see FeedOptions::hidden_states) when set.
   const std::function<void(int, std::span<const float>, std::int64_t)>* hidden_states = nullptr;
+  // Set on a tensor-parallel rank; the logits then come from the ranks' parts, gathered. After
+  // the pass the last token's part is the first row of rank->logits_part.
+  const RankPass* rank = nullptr;
 };
 
 // A family's forward pass: runs the model over pass.rows tokens, appending them to the
