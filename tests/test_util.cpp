@@ -1,5 +1,7 @@
 #include "test_util.h"
 
+#include "lightdesk/bf16.h"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -117,8 +119,7 @@ std::vector<float> state_values(const StatePart& part) {
   for (std::size_t i = 0; i < values.size(); ++i) {
     std::uint16_t half;
     std::memcpy(&half, part.data.data() + 2 * i, 2);
-    const std::uint32_t bits = static_cast<std::uint32_t>(half) << 16;
-    std::memcpy(&values[i], &bits, 4);
+    values[i] = bf16_to_f32(half);
   }
   return values;
 }
