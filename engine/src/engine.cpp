@@ -87,6 +87,10 @@ int ModelShape::num_lightning_layers() const {
   return static_cast<int>(std::count(layer_kinds.begin(), layer_kinds.end(), LayerKind::Lightning));
 }
 int ModelShape::num_softmax_layers() const { return num_layers - num_lightning_layers(); }
+std::string ModelInfo::state_identity() const {
+  return expert_format == ExpertFormat::Bf16 ? fingerprint : fingerprint + "/" + expert_format_name(expert_format);
+}
+
 std::uint64_t ModelInfo::session_bytes(std::int64_t tokens) const {
   return lightning_state_bytes + static_cast<std::uint64_t>(std::max<std::int64_t>(tokens, 0)) * kv_bytes_per_token;
 }
@@ -146,6 +150,14 @@ ModelInfo describe(const std::filesystem::path& directory, const ModelConfig& c,
   info.bytes_per_dtype = std::move(bytes_per_dtype);
   info.expert_format = options.expert_dtype;
   info.weight_bytes = parameter_count * backend_value_bytes(backend, options);
+  if (options.expert_dtype != ExpertFormat::Bf16) {
+    // The experts in their quantized layout instead of the backend's values.
+    const auto H = std::int64_t{c.hidden_size}, I = std::int64_t{c.expert_width};
+    const std::uint64_t matrices = std::uint64_t(c.num_layers) * std::uint64_t(c.num_experts);
+    const ExpertDType dtype = expert_dtype(options.expert_dtype);
+    info.weight_bytes -= matrices * 3 * std::uint64_t(H * I) * backend_value_bytes(backend, options);
+    info.weight_bytes += matrices * std::uint64_t(2 * expert_matrix_bytes(dtype, I, H) + expert_matrix_bytes(dtype, H, I));
+  }
   const std::uint64_t d = static_cast<std::uint64_t>(c.head_dim);
   info.lightning_state_bytes =
       static_cast<std::uint64_t>(info.num_lightning_layers()) * static_cast<std::uint64_t>(c.num_heads) * d * d * 4;

@@ -196,6 +196,10 @@ struct ModelInfo : ModelShape {
 
   // State memory of one session holding `tokens` positions.
   std::uint64_t session_bytes(std::int64_t tokens) const;
+  // What a saved session state belongs to: the fingerprint, and with quantized experts their
+  // format ("<fingerprint>/int8"). A state computed with other experts' values is another
+  // model's: refused, and recomputed from its tokens.
+  std::string state_identity() const;
 };
 
 // Sampling: temperature <= 0 means greedy (the lowest id among equal maxima). Otherwise the
