@@ -454,7 +454,7 @@ void CudaBackend<T>::make_model_tensors() {
                             {&layer.v_proj, &w.v_proj}, {&layer.o_proj, &w.o_proj}})
       *to = view(*from, weight_type);
     layer.slopes = view(w.slopes, ElementType::F32);
-    layer.moe = {layer.router, {}, H, I, config_.experts_per_token};
+    layer.moe = {layer.router, {}, {}, H, I, config_.experts_per_token};
     const Tensor gate_up = view(w.gate_up, weight_type), down = view(w.down, weight_type);
     for (int e = 0; e < config_.num_experts; ++e)
       layer.moe.experts.push_back({gate_up.at(e * 2 * I * H), gate_up.at(e * 2 * I * H + I * H), down.at(e * H * I)});
