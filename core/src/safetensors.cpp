@@ -40,30 +40,6 @@ std::size_t dtype_size(DType t) {
 
 namespace {
 
-float f16_to_f32(std::uint16_t h) {
-  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
-  std::uint32_t exponent = (h >> 10) & 0x1fu;
-  std::uint32_t mantissa = h & 0x3ffu;
-  std::uint32_t bits;
-  if (exponent == 0x1f) {
-    bits = sign | 0x7f800000u | (mantissa << 13);
-  } else if (exponent != 0) {
-    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
-  } else if (mantissa == 0) {
-    bits = sign;
-  } else {  // subnormal half: normalise
-    exponent = 113;
-    while ((mantissa & 0x400u) == 0) {
-      mantissa <<= 1;
-      --exponent;
-    }
-    bits = sign | (exponent << 23) | ((mantissa & 0x3ffu) << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
 bool parse_dtype(const std::string& s, DType& out) {
   if (s == "F32") out = DType::F32;
   else if (s == "BF16") out = DType::BF16;
@@ -82,22 +58,26 @@ std::int64_t TensorView::numel() const {
 }
 
 void TensorView::to_f32(float* out) const {
-  const std::int64_t n = numel();
-  if (n == 0) return;  // `out` may then be null, which memcpy does not allow even for no bytes
+  if (dtype == DType::I64) throw Error(file + ": tensor \"" + name + "\" is I64, expected a floating-point tensor");
+  convert_to_f32(data, dtype, numel(), out);
+}
+
+void convert_to_f32(const std::byte* data, DType dtype, std::int64_t count, float* out) {
+  if (count == 0) return;  // `out` may then be null, which memcpy does not allow even for no bytes
   switch (dtype) {
     case DType::F32:
-      std::memcpy(out, data, static_cast<std::size_t>(n) * 4);
+      std::memcpy(out, data, static_cast<std::size_t>(count) * 4);
       break;
     case DType::BF16:
     case DType::F16:
-      for (std::int64_t i = 0; i < n; ++i) {
+      for (std::int64_t i = 0; i < count; ++i) {
         std::uint16_t v;
         std::memcpy(&v, data + 2 * i, 2);
         out[i] = dtype == DType::BF16 ? bf16_to_f32(v) : f16_to_f32(v);
       }
       break;
     case DType::I64:
-      throw Error(file + ": tensor \"" + name + "\" is I64, expected a floating-point tensor");
+      throw Error("internal: I64 values are not floats");
   }
 }
 

@@ -31,6 +31,9 @@ struct TensorView {
   void to_f32(float* out) const;
 };
 
+// `count` values of a float dtype (F32, BF16, F16) at `data` (any alignment) as float32.
+void convert_to_f32(const std::byte* data, DType dtype, std::int64_t count, float* out);
+
 // One mapped file. Its tensors stay valid while the object lives.
 class SafetensorsFile {
  public:
