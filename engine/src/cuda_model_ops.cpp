@@ -190,7 +190,11 @@ void CudaOps<T>::moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor ou
         w.experts[e].w3.as<const T>() != gate_up + e * 2 * I * H + I * H ||
         w.experts[e].w2.as<const T>() != down + e * H * I)
       throw Error("internal: the CUDA ops need a layer's experts in one block (expert " + std::to_string(e) + ")");
-  moe_runner({H, I, E, w.top_k}).run({w.router.as<const float>(), gate_up, down}, x.as<const T>(), rows, out.as<T>());
+  MoeWeights<T> weights;
+  weights.router = w.router.as<const float>();
+  weights.gate_up = gate_up;
+  weights.down = down;
+  moe_runner({H, I, E, w.top_k}).run(weights, x.as<const T>(), rows, out.as<T>());
 }
 
 template class CudaOps<float>;

@@ -60,8 +60,7 @@ void MoeRunner<T>::project(const T* in, std::int64_t in_width, const T* weights,
   MoeBuffers& b = buffers_;
   if constexpr (std::is_same_v<T, cuda::bf16>) {
     if (has_grouped_gemm()) {
-      // The rows of these experts are not known here: the share of all rows picks the tiling.
-      cuda::grouped_linear(in, b.first_row.as<std::int32_t>() + first_expert, count, slots * count / shape_.experts,
+      cuda::grouped_linear(in, b.first_row.as<std::int32_t>() + first_expert, count, slots,
                            in_width, weights, out_width, out, device_.launch_limits(),
                            b.grouped_gemm_workspace.as<void>(), b.grouped_gemm_workspace.bytes(), device_.stream());
       return;
@@ -85,7 +84,21 @@ void MoeRunner<T>::project_all(const T* in, std::int64_t in_width, const T* weig
     project(in, in_width, weights, 0, E, out_width, out, slots);
     return;
   }
-  // Sized for the gate/up matrices, the larger of the two.
+  if constexpr (std::is_same_v<T, cuda::bf16>) {
+    if (has_grouped_gemm()) {
+      // The weights dequantized in the GEMM's main loop.
+      const cuda::LaunchLimits& limits = device_.launch_limits();
+      const std::size_t bytes = cuda::quantized_grouped_linear_workspace_bytes(quantized, E, limits);
+      if (quantized_gemm_workspace_.bytes() < bytes)
+        quantized_gemm_workspace_ = DeviceBuffer(bytes, "the quantized experts' grouped GEMM");
+      cuda::quantized_grouped_linear(in, buffers_.first_row.as<std::int32_t>(), E, quantized, out, limits,
+                                     quantized_gemm_workspace_.as<void>(), quantized_gemm_workspace_.bytes(),
+                                     device_.stream());
+      return;
+    }
+  }
+  // Without a grouped GEMM: the experts dequantized a few at a time into a scratch that the
+  // per-expert GEMMs read. Sized for the gate/up matrices, the larger of the two.
   const auto expert_bytes = static_cast<std::size_t>(2 * shape_.width * shape_.hidden) * sizeof(T);
   const int chunk = static_cast<int>(std::clamp<std::size_t>(kDequantizedBytes / expert_bytes, 1, E));
   if (dequantized_.bytes() == 0)

@@ -254,6 +254,9 @@ __global__ void dequantize_kernel(QuantizedExperts w, int first_expert, std::int
   }
 }
 
+// The largest finite fp16.
+constexpr float kMaxHalf = 65504.0f;
+
 // round-half-away-from-zero, as core's quantizer rounds.
 __device__ __forceinline__ float round_away(float v) { return roundf(v); }
 
@@ -314,9 +317,13 @@ __global__ void quantize_int4_kernel(const T* weights, std::int64_t rows, Quanti
     low = -warp_max(-low);
     high = warp_max(high);
     absmax = warp_max(absmax);
-    const __half scale_h = __float2half_rn(symmetric ? absmax / 7.0f : (high - low) / 15.0f);
+    // Saturated at fp16's largest (a symmetric scale at an eighth of it, so -8 · scale stays
+    // finite); a symmetric group of zeros has offset 0.
+    const __half scale_h =
+        __float2half_rn(symmetric ? fminf(absmax / 7.0f, kMaxHalf / 8.0f) : fminf((high - low) / 15.0f, kMaxHalf));
     const float scale = __half2float(scale_h);
-    const __half offset_h = __float2half_rn(symmetric ? -8.0f * scale : low);
+    const __half offset_h = __float2half_rn(symmetric ? (scale > 0.0f ? -8.0f * scale : 0.0f)
+                                                      : fminf(fmaxf(low, -kMaxHalf), kMaxHalf));
     const float offset = __half2float(offset_h);
     if (lane == 0) {
       scales[i] = scale_h;
