@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 
 #include "lightdesk/bf16.h"
 #include "lightdesk/error.h"
@@ -133,10 +134,13 @@ void quantize_row(const float* values, std::int64_t row, Int4Variant variant, Qu
   }
 }
 
-QuantizedMatrix quantize_matrix(const std::byte* data, DType dtype, std::int64_t rows, std::int64_t cols,
-                                ExpertDType to, Int4Variant variant, ThreadPool* pool) {
-  if (dtype == DType::I64) throw Error("internal: only float matrices are quantized");
-  QuantizedMatrix m(QuantLayout{to, rows, cols});
+void quantize_rows(const std::byte* data, DType dtype, std::int64_t rows, std::int64_t first_row, Int4Variant variant,
+                   QuantizedMatrix& into, ThreadPool* pool) {
+  if (dtype == DType::I64 || dtype == DType::U8) throw Error("internal: only float matrices are quantized");
+  const std::int64_t cols = into.layout().cols;
+  if (first_row < 0 || first_row + rows > into.layout().rows)
+    throw Error("internal: rows " + std::to_string(first_row) + "+" + std::to_string(rows) + " outside a matrix of " +
+                std::to_string(into.layout().rows));
   const std::int64_t row_bytes = cols * static_cast<std::int64_t>(dtype_size(dtype));
   // Blocks of rows: each a worker's item, with one row's float32 buffer.
   constexpr std::int64_t kRowsPerItem = 16;
@@ -145,14 +149,90 @@ QuantizedMatrix quantize_matrix(const std::byte* data, DType dtype, std::int64_t
     std::vector<float> values(static_cast<std::size_t>(cols));
     for (std::int64_t r = item * kRowsPerItem; r < std::min(rows, (item + 1) * kRowsPerItem); ++r) {
       convert_to_f32(data + r * row_bytes, dtype, cols, values.data());
-      quantize_row(values.data(), r, variant, m);
+      const auto bad = std::find_if(values.begin(), values.end(), [](float v) { return !std::isfinite(v); });
+      if (bad != values.end())
+        throw Error("a non-finite value (" + std::to_string(*bad) + ") at row " + std::to_string(r) + ", column " +
+                    std::to_string(bad - values.begin()));
+      quantize_row(values.data(), first_row + r, variant, into);
     }
   };
   if (pool)
     pool->parallel_for(items, quantize_item);
   else
     for (std::int64_t item = 0; item < items; ++item) quantize_item(item);
+}
+
+QuantizedMatrix quantize_matrix(const std::byte* data, DType dtype, std::int64_t rows, std::int64_t cols,
+                                ExpertDType to, Int4Variant variant, ThreadPool* pool) {
+  QuantizedMatrix m(QuantLayout{to, rows, cols});
+  quantize_rows(data, dtype, rows, 0, variant, m, pool);
   return m;
+}
+
+QuantizedView QuantizedView::rows(std::int64_t first, std::int64_t count) const {
+  QuantizedView v = *this;
+  v.layout.rows = count;
+  v.packed += first * layout.row_stride();
+  const std::int64_t groups = layout.groups();
+  if (row_scales) v.row_scales += first;
+  if (group_scales) v.group_scales += first * groups;
+  if (group_offsets) v.group_offsets += first * groups;
+  return v;
+}
+
+QuantizedMatrix concat_rows(std::span<const QuantizedView> parts) {
+  if (parts.empty()) throw Error("internal: no rows to concatenate");
+  QuantLayout layout = parts.front().layout;
+  layout.rows = 0;
+  for (const QuantizedView& part : parts) {
+    if (part.layout.dtype != layout.dtype || part.layout.cols != layout.cols)
+      throw Error("internal: concatenated quantized rows of another format or width");
+    layout.rows += part.layout.rows;
+  }
+  QuantizedMatrix m(layout);
+  std::int64_t row = 0;
+  const std::int64_t groups = layout.groups();
+  for (const QuantizedView& part : parts) {
+    const std::int64_t n = part.layout.rows;
+    std::copy_n(part.packed, n * layout.row_stride(), m.packed().begin() + row * layout.row_stride());
+    if (layout.dtype == ExpertDType::Int8) {
+      std::copy_n(part.row_scales, n, m.row_scales().begin() + row);
+    } else {
+      std::copy_n(part.group_scales, n * groups, m.group_scales().begin() + row * groups);
+      std::copy_n(part.group_offsets, n * groups, m.group_offsets().begin() + row * groups);
+    }
+    row += n;
+  }
+  return m;
+}
+
+QuantizedMatrix quantized_columns(const QuantizedView& m, std::int64_t first, std::int64_t count) {
+  const QuantLayout& from = m.layout;
+  if (first < 0 || count < 0 || first + count > from.cols)
+    throw Error("internal: columns " + std::to_string(first) + "+" + std::to_string(count) + " outside a matrix of " +
+                std::to_string(from.cols));
+  const bool int4 = from.dtype == ExpertDType::Int4;
+  if (int4 && first % kInt4GroupSize != 0)
+    throw Error("int4 weights split at column " + std::to_string(first) + ", inside a group of " +
+                std::to_string(kInt4GroupSize) + " columns: a split must start at a multiple of " +
+                std::to_string(kInt4GroupSize));
+  QuantizedMatrix out(QuantLayout{from.dtype, from.rows, count});
+  const QuantLayout& to = out.layout();
+  const std::int64_t from_groups = from.groups(), to_groups = to.groups(), first_group = first / kInt4GroupSize;
+  for (std::int64_t r = 0; r < from.rows; ++r) {
+    const std::uint8_t* src = m.packed + r * from.row_stride();
+    std::uint8_t* dst = out.packed().data() + r * to.row_stride();
+    if (!int4) {
+      std::copy_n(src + first, count, dst);
+      out.row_scales()[static_cast<std::size_t>(r)] = m.row_scales[r];
+      continue;
+    }
+    for (std::int64_t c = 0; c < count; ++c) set_nibble(dst, c, nibble(src, first + c));
+    std::copy_n(m.group_scales + r * from_groups + first_group, to_groups, out.group_scales().begin() + r * to_groups);
+    std::copy_n(m.group_offsets + r * from_groups + first_group, to_groups,
+                out.group_offsets().begin() + r * to_groups);
+  }
+  return out;
 }
 
 void dequantize_row(const QuantizedView& m, std::int64_t row, float* out) {

@@ -24,6 +24,7 @@ const char* dtype_name(DType t) {
     case DType::BF16: return "BF16";
     case DType::F16: return "F16";
     case DType::I64: return "I64";
+    case DType::U8: return "U8";
   }
   return "?";
 }
@@ -34,9 +35,12 @@ std::size_t dtype_size(DType t) {
     case DType::BF16: return 2;
     case DType::F16: return 2;
     case DType::I64: return 8;
+    case DType::U8: return 1;
   }
   return 0;
 }
+
+bool is_float_dtype(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; }
 
 namespace {
 
@@ -45,6 +49,7 @@ bool parse_dtype(const std::string& s, DType& out) {
   else if (s == "BF16") out = DType::BF16;
   else if (s == "F16") out = DType::F16;
   else if (s == "I64") out = DType::I64;
+  else if (s == "U8") out = DType::U8;
   else return false;
   return true;
 }
@@ -58,7 +63,8 @@ std::int64_t TensorView::numel() const {
 }
 
 void TensorView::to_f32(float* out) const {
-  if (dtype == DType::I64) throw Error(file + ": tensor \"" + name + "\" is I64, expected a floating-point tensor");
+  if (!is_float_dtype(dtype))
+    throw Error(file + ": tensor \"" + name + "\" is " + dtype_name(dtype) + ", expected a floating-point tensor");
   convert_to_f32(data, dtype, numel(), out);
 }
 
@@ -77,7 +83,8 @@ void convert_to_f32(const std::byte* data, DType dtype, std::int64_t count, floa
       }
       break;
     case DType::I64:
-      throw Error("internal: I64 values are not floats");
+    case DType::U8:
+      throw Error(std::string("internal: ") + dtype_name(dtype) + " values are not floats");
   }
 }
 
@@ -121,7 +128,7 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
       t.name = name;
       t.file = where;
       if (!entry["dtype"].is_string() || !parse_dtype(entry["dtype"].get<std::string>(), t.dtype))
-        throw Error(what + "unsupported dtype " + entry["dtype"].dump() + " (supported: F32, BF16, F16, I64)");
+        throw Error(what + "unsupported dtype " + entry["dtype"].dump() + " (supported: F32, BF16, F16, I64, U8)");
       const auto& shape = entry["shape"];
       const auto& offsets = entry["data_offsets"];
       if (!shape.is_array()) throw Error(what + "shape is not a list");

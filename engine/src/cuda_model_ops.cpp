@@ -197,6 +197,11 @@ void CudaOps<T>::moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor ou
   moe_runner({H, I, E, w.top_k}).run(weights, x.as<const T>(), rows, out.as<T>());
 }
 
+template <typename T>
+void CudaOps<T>::quantized_moe(const MoeTensors&, Tensor, std::int64_t, Tensor) {
+  throw Error("the CUDA ops have no int8 or int4 experts in this version");
+}
+
 template class CudaOps<float>;
 template class CudaOps<cuda::bf16>;
 

@@ -23,6 +23,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string_view>
 #include <vector>
 
@@ -61,13 +62,17 @@ struct QuantLayout {
 // The bytes a [rows, cols] expert matrix takes in `dtype` (2 per element for bf16).
 std::int64_t expert_matrix_bytes(ExpertDType dtype, std::int64_t rows, std::int64_t cols);
 
-// A quantized matrix somewhere in host memory (owned by a QuantizedMatrix or a mapped file).
+// A quantized matrix somewhere in memory (owned by a QuantizedMatrix, in a mapped file, on a
+// device).
 struct QuantizedView {
   QuantLayout layout;
   const std::uint8_t* packed = nullptr;
   const float* row_scales = nullptr;            // int8
   const std::uint16_t* group_scales = nullptr;  // int4, fp16 bits
   const std::uint16_t* group_offsets = nullptr;  // int4, fp16 bits
+
+  // Rows first .. first + count - 1: a matrix of its own (rows are independent in both formats).
+  QuantizedView rows(std::int64_t first, std::int64_t count) const;
 };
 
 class QuantizedMatrix {
@@ -95,12 +100,24 @@ class QuantizedMatrix {
 };
 
 // Quantizes the row-major [rows, cols] matrix at `data` of `dtype` (F32, BF16 or F16) into
-// `to` (Int8 or Int4), the rows spread over `pool` when given.
+// `to` (Int8 or Int4), the rows spread over `pool` when given. Throws Error naming the row and
+// column of a value that is not finite.
 QuantizedMatrix quantize_matrix(const std::byte* data, DType dtype, std::int64_t rows, std::int64_t cols,
                                 ExpertDType to, Int4Variant variant, ThreadPool* pool = nullptr);
+// The same into rows first_row .. first_row + rows - 1 of `into` (whose cols it must have): a
+// block of several matrices quantized one after another.
+void quantize_rows(const std::byte* data, DType dtype, std::int64_t rows, std::int64_t first_row, Int4Variant variant,
+                   QuantizedMatrix& into, ThreadPool* pool = nullptr);
 
 // One float32 row of `cols` values into row `row` of `m` (sized by its layout).
 void quantize_row(const float* values, std::int64_t row, Int4Variant variant, QuantizedMatrix& m);
+
+// The rows of `parts` (all of one format and width) one after another, copied.
+QuantizedMatrix concat_rows(std::span<const QuantizedView> parts);
+// Columns first .. first + count - 1 of every row, copied: int8 any, int4 from a group's start
+// (a multiple of 128), its groups' scales and offsets kept. Throws Error for an int4 start
+// inside a group.
+QuantizedMatrix quantized_columns(const QuantizedView& m, std::int64_t first, std::int64_t count);
 
 // Row `row` of a quantized matrix as float32 (layout.cols values).
 void dequantize_row(const QuantizedView& m, std::int64_t row, float* out);

@@ -13,10 +13,12 @@
 
 namespace lightdesk {
 
-enum class DType { F32, BF16, F16, I64 };
+// U8: packed quantized weights (the quantized expert cache), never a model's weight.
+enum class DType { F32, BF16, F16, I64, U8 };
 
 const char* dtype_name(DType t);
 std::size_t dtype_size(DType t);
+bool is_float_dtype(DType t);  // F32, BF16, F16
 
 struct TensorView {
   std::string name;
