@@ -515,11 +515,14 @@ ModelConfig text01_config(const std::string& kinds) {
 // the weights it reads (attention projections, norms, router, the two experts the token goes
 // to), the softmax K/V of `context` positions plus the new one, the float32 lightning state
 // read and written.
-double layer_step_bytes(const ModelConfig& c, LayerKind kind, std::int64_t context) {
+double layer_step_bytes(const ModelConfig& c, LayerKind kind, std::int64_t context,
+                        ExpertDType experts = ExpertDType::BF16) {
   const double H = c.hidden_size, A = static_cast<double>(c.num_heads) * c.head_dim,
-               KV = static_cast<double>(c.num_kv_heads) * c.head_dim, I = c.expert_width;
+               KV = static_cast<double>(c.num_kv_heads) * c.head_dim;
   constexpr double kWeight = 2.0, kFloat = 4.0;  // bf16 weights and K/V; float32 norms, router, state
-  double bytes = 2 * H * kFloat + c.num_experts * H * kFloat + c.experts_per_token * 3 * H * I * kWeight;
+  const double expert_bytes = static_cast<double>(expert_matrix_bytes(experts, 2 * c.expert_width, c.hidden_size) +
+                                                  expert_matrix_bytes(experts, c.hidden_size, c.expert_width));
+  double bytes = 2 * H * kFloat + c.num_experts * H * kFloat + c.experts_per_token * expert_bytes;
   if (kind == LayerKind::Lightning)
     bytes += 5 * A * H * kWeight + A * kFloat + 2 * A * c.head_dim * kFloat;
   else
@@ -528,10 +531,10 @@ double layer_step_bytes(const ModelConfig& c, LayerKind kind, std::int64_t conte
 }
 
 // The whole step: the layers, one embedding row, the final norm and the LM head.
-double decode_step_bytes(const ModelConfig& c, std::int64_t context) {
+double decode_step_bytes(const ModelConfig& c, std::int64_t context, ExpertDType experts) {
   const double H = c.hidden_size, V = c.vocab_size;
   double bytes = (V * H + H) * 2.0 + H * 4.0;
-  for (LayerKind kind : c.layer_kinds) bytes += layer_step_bytes(c, kind, context);
+  for (LayerKind kind : c.layer_kinds) bytes += layer_step_bytes(c, kind, context, experts);
   return bytes;
 }
 
@@ -543,11 +546,14 @@ std::string layer_kinds_text(const ModelConfig& config) {
 
 // Whole-model decode steps of a model with synthetic weights, through the engine's CUDA
 // backend as a session runs them (graph decode: token up, one graph launch, greedy sampling on
-// the device, the token id down), after a prefill to each of `contexts`. Returns the median step
-// time at each context.
-std::vector<double> model_decode(const Ceilings& c, const ModelConfig& config, const std::vector<std::int64_t>& contexts) {
+// the device, the token id down), after a prefill to each of `contexts`, with the experts in
+// `experts` (quantized on the host at load). Returns the median step time at each context.
+std::vector<double> model_decode(const Ceilings& c, const ModelConfig& config, const std::vector<std::int64_t>& contexts,
+                                 ExpertDType experts = ExpertDType::BF16) {
   const std::string kinds = layer_kinds_text(config);
-  const auto backend = make_cuda_backend(config, WeightMap::synthetic(config, 60), ModelOptions{}, {});
+  ExpertLoad load;
+  load.dtype = experts;
+  const auto backend = make_cuda_backend(config, WeightMap::synthetic(config, 60), ModelOptions{}, load, {});
   const auto sequence = backend->new_sequence();
   // The cache holds the longest context from the start, so the decode graph is captured once.
   backend->resize_kv(*sequence, contexts.back() + 1);
@@ -583,10 +589,11 @@ std::vector<double> model_decode(const Ceilings& c, const ModelConfig& config, c
     std::sort(times.begin(), times.end());
     const double ms = times[times.size() / 2];
     step_ms.push_back(ms);
-    const double bytes = decode_step_bytes(config, context);
+    const double bytes = decode_step_bytes(config, context, experts);
     const double bound_ms = bytes / (c.copy_tb_s * 1e12) * 1e3;
     const double tb_s = bytes / (ms * 1e-3) / 1e12;
-    add({"model decode step",
+    add({experts == ExpertDType::BF16 ? std::string("model decode step")
+                                      : std::string("model decode step ") + expert_dtype_name(experts),
          std::to_string(kinds.size()) + (kinds.size() == 1 ? " layer " : " layers ") + kinds + ", " +
              std::to_string(context / 1024) + "K ctx",
          ms, rate(tb_s, "TB/s"), tb_s / c.copy_tb_s, "copy", 0, ""});
@@ -597,8 +604,9 @@ std::vector<double> model_decode(const Ceilings& c, const ModelConfig& config, c
   return step_ms;
 }
 
-std::vector<double> model_decode(const Ceilings& c, const std::string& kinds, const std::vector<std::int64_t>& contexts) {
-  return model_decode(c, text01_config(kinds), contexts);
+std::vector<double> model_decode(const Ceilings& c, const std::string& kinds, const std::vector<std::int64_t>& contexts,
+                                 ExpertDType experts = ExpertDType::BF16) {
+  return model_decode(c, text01_config(kinds), contexts, experts);
 }
 
 // What one decoder layer adds to a decode step: the difference between models with and
@@ -619,7 +627,7 @@ void decoder_layer(const Ceilings& c, LayerKind kind, std::int64_t context, doub
 // Prefill of each of `contexts` tokens, in the backend's own chunks, by a model with synthetic
 // weights, timed on the host clock to the last token's logits (after one warm-up chunk).
 std::vector<double> model_prefill(const ModelConfig& config, const std::vector<std::int64_t>& contexts) {
-  const auto backend = make_cuda_backend(config, WeightMap::synthetic(config, 60), ModelOptions{}, {});
+  const auto backend = make_cuda_backend(config, WeightMap::synthetic(config, 60), ModelOptions{}, {}, {});
   std::mt19937 random(64);
   std::uniform_int_distribution<TokenId> token(0, config.vocab_size - 1);
   std::vector<float> logits(static_cast<std::size_t>(config.vocab_size));
@@ -720,7 +728,7 @@ void model_slice(const Ceilings& c, const std::string& path, int layers, const M
   }
   for (std::size_t i = 0; i < decode_contexts.size(); ++i) {
     const double ms = scale(s.decode[i], l.decode[i], h.decode[i], "scaled", decode_contexts[i], "decode");
-    const double bytes = decode_step_bytes(full, decode_contexts[i]), tb_s = bytes / (ms * 1e-3) / 1e12;
+    const double bytes = decode_step_bytes(full, decode_contexts[i], ExpertDType::BF16), tb_s = bytes / (ms * 1e-3) / 1e12;
     add({"model decode step", std::to_string(full.num_layers) + " layers (scaled), " +
                                   std::to_string(decode_contexts[i] / 1024) + "K ctx",
          ms, rate(tb_s, "TB/s"), tb_s / c.copy_tb_s, "copy", 0, ""});
@@ -734,6 +742,8 @@ void model_decode_rows(const Ceilings& c, bool quick) {
     model_decode(c, "LS", {4096});
     return;
   }
+  // The same step with quantized experts: about 2x (int8) and 4x (int4) fewer expert bytes.
+  for (const ExpertDType experts : {ExpertDType::Int8, ExpertDType::Int4}) model_decode(c, "LS", {4096}, experts);
   const std::vector<std::int64_t> contexts = {4096, 65536};
   const std::vector<double> one = model_decode(c, "L", {4096});
   const std::vector<double> two = model_decode(c, "LS", contexts);

@@ -87,13 +87,11 @@ constexpr std::int64_t kFewRowsPerGroup = 64;
 // scale and offset per 128 columns, w = q · scale + offset, computed in fp16 and rounded to bf16.
 // The mainloop reads scales [groups][rows] (rows contiguous): the canonical [rows][groups] are
 // transposed into the workspace first (int4; int8's [rows] is the same either way).
-template <class Weight, class Scale, bool WithOffset>
+template <class Weight, class Scale, bool WithOffset, class TileShape, class ClusterShape>
 struct QuantizedGroupedGemm {
   using WeightType = Weight;
   using ScaleType = Scale;
   static constexpr bool with_offset = WithOffset;
-  using TileShape = cute::Shape<cute::_128, cute::_128, cute::_64>;
-  using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
   using LayoutD = cutlass::layout::ColumnMajor;
   using Operand = std::conditional_t<WithOffset, cute::tuple<Weight, Scale, Scale>, cute::tuple<Weight, Scale>>;
   // 16 bytes of weights per TMA row piece.
@@ -130,8 +128,12 @@ struct QuantizedGroupedGemm {
     std::size_t bytes;
   };
 };
-using Int8Weights = QuantizedGroupedGemm<cutlass::int8_t, float, false>;
-using Int4Weights = QuantizedGroupedGemm<cutlass::uint4b_t, cutlass::half_t, true>;
+// 128 weight rows × 128 tokens tiles.
+using QuantizedTile = cute::Shape<cute::_128, cute::_128, cute::_64>;
+using Int8Weights =
+    QuantizedGroupedGemm<cutlass::int8_t, float, false, QuantizedTile, cute::Shape<cute::_1, cute::_1, cute::_1>>;
+using Int4Weights = QuantizedGroupedGemm<cutlass::uint4b_t, cutlass::half_t, true, QuantizedTile,
+                                         cute::Shape<cute::_1, cute::_1, cute::_1>>;
 
 std::size_t round_up(std::size_t bytes) { return (bytes + 255) / 256 * 256; }
 
