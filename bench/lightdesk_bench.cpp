@@ -347,8 +347,8 @@ std::vector<std::int32_t> routed_first_rows(std::int64_t tokens, int experts, in
 
 // Quantized experts (int8, int4) of the MoE layer: the decode GEMV alone over a random router's
 // rows against the copy bandwidth in the bytes it reads (each touched expert's packed rows and
-// scales once); the w13 grouped GEMM with the weights dequantized in its main loop against the
-// bf16 one's time in this run (bf16_w13_gemm_ms); the whole layer at each of `sizes` tokens
+// scales once); the int8 w13 grouped GEMM (weights converted in its main loop) against the bf16
+// one's time in this run (bf16_w13_gemm_ms); the whole layer at each of `sizes` tokens
 // against the bf16 layer's time in this run (bf16_ms): decode sizes as TB/s of the quantized
 // bytes touched, prefill sizes as TFLOP/s.
 void quantized_moe(const DeviceContext& device, EventTimer& timer, const Ceilings& c, const MoeShape& shape,
@@ -379,28 +379,27 @@ void quantized_moe(const DeviceContext& device, EventTimer& timer, const Ceiling
       add({"quantized GEMV " + name, "w13 " + std::to_string(touched) + " experts, " + std::to_string(tokens) + " tok",
            ms, rate(tb_s, "TB/s"), tb_s / c.copy_tb_s, "copy", 0, ""});
     }
-    {
+    if (format == cuda::QuantFormat::Int8) {
       // The w13 grouped GEMM alone at 4096 tokens routed uniformly, as "experts w13 GEMM" in bf16.
       const std::int64_t rows = 4096 * shape.top_k;
       std::vector<std::int32_t> first(static_cast<std::size_t>(E) + 1);
       for (int e = 0; e <= E; ++e) first[e] = static_cast<std::int32_t>(e * rows / E);
       DeviceBuffer first_row = device_array<std::int32_t>(E + 1, "first rows"), x = device_array<bf16>(rows * H, "x"),
                    y = device_array<bf16>(rows * 2 * I, "y"),
-                   workspace(cuda::quantized_grouped_linear_workspace_bytes(layer.gate_up_view, E,
-                                                                            device.launch_limits()),
-                             "quantized grouped GEMM workspace");
+                   workspace(cuda::int8_grouped_linear_workspace_bytes(layer.gate_up_view, E, device.launch_limits()),
+                             "int8 grouped GEMM workspace");
       device.upload(first_row.as<std::int32_t>(), first.data(), first.size() * sizeof(std::int32_t));
       cuda::fill_uniform(x.as<bf16>(), rows * H, 18, -1.0f, 1.0f, device.stream());
       const double ms = timer.median_ms(
           [&] {
-            cuda::quantized_grouped_linear(x.as<bf16>(), first_row.as<std::int32_t>(), E, layer.gate_up_view,
-                                           y.as<bf16>(), device.launch_limits(), workspace.as<void>(),
-                                           workspace.bytes(), device.stream());
+            cuda::int8_grouped_linear(x.as<bf16>(), first_row.as<std::int32_t>(), E, layer.gate_up_view, y.as<bf16>(),
+                                      device.launch_limits(), workspace.as<void>(), workspace.bytes(),
+                                      device.stream());
           },
           7);
       const double tflop_s = 2.0 * static_cast<double>(rows * H * 2 * I) / (ms * 1e-3) / 1e12;
-      add({"experts w13 GEMM " + name, "32e grouped, 4096 tok", ms, rate(tflop_s, "TFLOP/s"),
-           tflop_s / c.gemm_tflop_s, "gemm", bf16_w13_gemm_ms, "the bf16 grouped GEMM"});
+      add({"experts w13 GEMM int8", "32e grouped, 4096 tok", ms, rate(tflop_s, "TFLOP/s"), tflop_s / c.gemm_tflop_s,
+           "gemm", bf16_w13_gemm_ms, "the bf16 grouped GEMM"});
     }
     MoeRunner<bf16> runner(device, shape);
     MoeWeights<bf16> weights;

@@ -85,20 +85,18 @@ void MoeRunner<T>::project_all(const T* in, std::int64_t in_width, const T* weig
     return;
   }
   if constexpr (std::is_same_v<T, cuda::bf16>) {
-    if (has_grouped_gemm()) {
-      // The weights dequantized in the GEMM's main loop.
+    if (has_grouped_gemm() && quantized.format == cuda::QuantFormat::Int8) {
+      // The weights converted in the GEMM's main loop.
       const cuda::LaunchLimits& limits = device_.launch_limits();
-      const std::size_t bytes = cuda::quantized_grouped_linear_workspace_bytes(quantized, E, limits);
-      if (quantized_gemm_workspace_.bytes() < bytes)
-        quantized_gemm_workspace_ = DeviceBuffer(bytes, "the quantized experts' grouped GEMM");
-      cuda::quantized_grouped_linear(in, buffers_.first_row.as<std::int32_t>(), E, quantized, out, limits,
-                                     quantized_gemm_workspace_.as<void>(), quantized_gemm_workspace_.bytes(),
-                                     device_.stream());
+      const std::size_t bytes = cuda::int8_grouped_linear_workspace_bytes(quantized, E, limits);
+      if (int8_gemm_workspace_.bytes() < bytes) int8_gemm_workspace_ = DeviceBuffer(bytes, "the int8 grouped GEMM");
+      cuda::int8_grouped_linear(in, buffers_.first_row.as<std::int32_t>(), E, quantized, out, limits,
+                                int8_gemm_workspace_.as<void>(), int8_gemm_workspace_.bytes(), device_.stream());
       return;
     }
   }
-  // Without a grouped GEMM: the experts dequantized a few at a time into a scratch that the
-  // per-expert GEMMs read. Sized for the gate/up matrices, the larger of the two.
+  // The experts dequantized a few at a time into a scratch that the grouped GEMM (or, without
+  // one, a GEMM per expert) reads. Sized for the gate/up matrices, the larger of the two.
   const auto expert_bytes = static_cast<std::size_t>(2 * shape_.width * shape_.hidden) * sizeof(T);
   const int chunk = static_cast<int>(std::clamp<std::size_t>(kDequantizedBytes / expert_bytes, 1, E));
   if (dequantized_.bytes() == 0)

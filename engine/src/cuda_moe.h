@@ -4,9 +4,9 @@
 // experts' ids from device memory; past that the rows are grouped by expert on the device and
 // each projection is one grouped GEMM over all experts (bf16). Quantized experts (int8, int4):
 // up to kQuantizedGemvRows tokens the grouped rows go through GEMVs that read the quantized
-// weights (bf16); past that (prefill) each projection is one grouped GEMM that dequantizes the
-// weights in its main loop (bf16), or, without a grouped GEMM, the experts are dequantized a few
-// at a time into a scratch of T that a GEMM per expert reads. Neither waits for the host, so a
+// weights (bf16); past that (prefill) each int8 projection is one grouped GEMM that converts the
+// weights in its main loop (bf16), and otherwise the experts are dequantized a few at a time
+// into a scratch of T that the grouped GEMM (or, without one, a GEMM per expert) reads. Neither waits for the host, so a
 // decode step runs as a CUDA graph and prefill chunks queue without a gap. The float32 checking
 // mode (and widths not in whole 16-byte pieces) has no grouped GEMM: it reads the group sizes
 // back and runs a cuBLAS GEMM per expert.
@@ -60,8 +60,8 @@ class MoeRunner {
 
   static constexpr std::int64_t kDeviceRoutedRows = 4;
   static constexpr std::int64_t kQuantizedGemvRows = 64;
-  // Without a grouped GEMM, the dequantized experts' scratch holds as many whole experts'
-  // gate/up matrices as fit in this (one at least).
+  // The dequantized experts' scratch holds as many whole experts' gate/up matrices as fit in
+  // this (one at least).
   static constexpr std::size_t kDequantizedBytes = std::size_t{2} << 30;
 
  private:
@@ -83,8 +83,8 @@ class MoeRunner {
   MoeShape shape_;
   MoeBuffers buffers_;
   std::vector<std::int32_t> host_first_row_;  // without a grouped GEMM
-  DeviceBuffer quantized_gemm_workspace_;     // quantized experts in prefill, bf16
-  DeviceBuffer dequantized_;                  // quantized experts in prefill, without a grouped GEMM
+  DeviceBuffer int8_gemm_workspace_;          // int8 experts in prefill, bf16
+  DeviceBuffer dequantized_;                  // other quantized experts in prefill
 };
 
 extern template class MoeRunner<float>;

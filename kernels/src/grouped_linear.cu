@@ -36,6 +36,7 @@ using GroupShape = ProblemShape::UnderlyingProblemShape;
 template <bool TokensMajor, class TileShape, class ClusterShape>
 struct GroupedGemm {
   static constexpr bool tokens_major = TokensMajor;
+  static constexpr bool has_scales = false;
   using LayoutD = std::conditional_t<TokensMajor, cutlass::layout::RowMajor, cutlass::layout::ColumnMajor>;
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
@@ -80,30 +81,27 @@ using FewRows =
 // FewRows up to this many rows per group on average.
 constexpr std::int64_t kFewRowsPerGroup = 64;
 
-// The same products with quantized weights, dequantized in the main loop: CUTLASS's Hopper
-// mixed-input grouped GEMM (the int weights are the A operand, converted in registers, scaled
-// per (row, group of `chunk` columns), bf16 tensor-core products; tokens are B, as in FewRows).
-// int8: a float32 scale per row (one group of all columns); int4: unsigned nibbles with an fp16
-// scale and offset per 128 columns, w = q · scale + offset, computed in fp16 and rounded to bf16.
-// The mainloop reads scales [groups][rows] (rows contiguous): the canonical [rows][groups] are
-// transposed into the workspace first (int4; int8's [rows] is the same either way).
-template <class Weight, class Scale, bool WithOffset, class TileShape, class ClusterShape>
-struct QuantizedGroupedGemm {
-  using WeightType = Weight;
-  using ScaleType = Scale;
-  static constexpr bool with_offset = WithOffset;
+// The same products with int8 weights, converted in the main loop: CUTLASS's Hopper mixed-input
+// grouped GEMM (the weights are the A operand, converted in registers and scaled by their row's
+// float32 scale, one group of all columns; bf16 tensor-core products; tokens are B, as in
+// FewRows; 128 weight rows × 128 tokens tiles). Not int4: CUTLASS 4.2's pointer-array
+// mixed-input mainloop with zero points (ConvertAndScaleWithZero) moves only the zero points'
+// TMA descriptor from group to group, not the scales' (tensormaps_replace_global_address and
+// tensormaps_replace_global_tensor_properties), so every group would read the first's scales.
+template <class TileShape, class ClusterShape>
+struct Int8GroupedGemm {
+  static constexpr bool has_scales = true;
   using LayoutD = cutlass::layout::ColumnMajor;
-  using Operand = std::conditional_t<WithOffset, cute::tuple<Weight, Scale, Scale>, cute::tuple<Weight, Scale>>;
-  // 16 bytes of weights per TMA row piece.
-  static constexpr int kWeightAlignment = 128 / cutlass::sizeof_bits<Weight>::value;
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
       cutlass::epilogue::collective::EpilogueTileAuto, float, float, Element, LayoutD*, kAlignment, Element, LayoutD*,
       kAlignment, cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative,
       cutlass::epilogue::fusion::LinearCombination<Element, float>>::CollectiveOp;
+  // 16 weights (bytes) per TMA row piece.
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Operand, cutlass::layout::RowMajor*, kWeightAlignment,
-      Element, cutlass::layout::ColumnMajor*, kAlignment, float, TileShape, ClusterShape,
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cute::tuple<cutlass::int8_t, float>,
+      cutlass::layout::RowMajor*, 16, Element, cutlass::layout::ColumnMajor*, kAlignment, float, TileShape,
+      ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
       cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative>::CollectiveOp;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<
@@ -115,25 +113,19 @@ struct QuantizedGroupedGemm {
 
   struct Arrays {
     GroupShape* shapes;
-    const Weight** a;
+    const cutlass::int8_t** a;
     const Element** b;
     Element** d;
-    const Scale** scales;
-    const Scale** offsets;
+    const float** scales;
     StrideA* stride_a;
     StrideB* stride_b;
     StrideD* stride_d;
     StrideScale* stride_scale;
-    Scale* transposed;  // int4: the scales, then the offsets, [experts][groups][rows]
     std::size_t bytes;
   };
 };
-// 128 weight rows × 128 tokens tiles.
-using QuantizedTile = cute::Shape<cute::_128, cute::_128, cute::_64>;
 using Int8Weights =
-    QuantizedGroupedGemm<cutlass::int8_t, float, false, QuantizedTile, cute::Shape<cute::_1, cute::_1, cute::_1>>;
-using Int4Weights = QuantizedGroupedGemm<cutlass::uint4b_t, cutlass::half_t, true, QuantizedTile,
-                                         cute::Shape<cute::_1, cute::_1, cute::_1>>;
+    Int8GroupedGemm<cute::Shape<cute::_128, cute::_128, cute::_64>, cute::Shape<cute::_1, cute::_1, cute::_1>>;
 
 std::size_t round_up(std::size_t bytes) { return (bytes + 255) / 256 * 256; }
 
@@ -154,6 +146,10 @@ typename Config::Arrays group_arrays(void* workspace, int groups) {
   place(arrays.stride_a, sizeof(typename Config::StrideA));
   place(arrays.stride_b, sizeof(typename Config::StrideB));
   place(arrays.stride_d, sizeof(typename Config::StrideD));
+  if constexpr (Config::has_scales) {
+    place(arrays.scales, sizeof(void*));
+    place(arrays.stride_scale, sizeof(typename Config::StrideScale));
+  }
   arrays.bytes = offset;
   return arrays;
 }
@@ -241,92 +237,43 @@ void run_grouped(const Element* in, const std::int32_t* first_row, int groups, i
   check_cutlass(gemm.run(stream), "run");
 }
 
-template <class Config>
-typename Config::Arrays quantized_arrays(void* workspace, int groups, const QuantizedExperts& w) {
-  auto* base = static_cast<char*>(workspace);
-  const auto n = static_cast<std::size_t>(groups);
-  typename Config::Arrays arrays{};
-  std::size_t offset = 0;
-  const auto place = [&](auto*& field, std::size_t bytes) {
-    field = reinterpret_cast<std::remove_reference_t<decltype(field)>>(base ? base + offset : nullptr);
-    offset += round_up(bytes);
-  };
-  place(arrays.shapes, n * sizeof(GroupShape));
-  place(arrays.a, n * sizeof(void*));
-  place(arrays.b, n * sizeof(void*));
-  place(arrays.d, n * sizeof(void*));
-  place(arrays.scales, n * sizeof(void*));
-  place(arrays.offsets, n * sizeof(void*));
-  place(arrays.stride_a, n * sizeof(typename Config::StrideA));
-  place(arrays.stride_b, n * sizeof(typename Config::StrideB));
-  place(arrays.stride_d, n * sizeof(typename Config::StrideD));
-  place(arrays.stride_scale, n * sizeof(typename Config::StrideScale));
-  const std::size_t scale_count = w.format == QuantFormat::Int4 ? n * w.rows * w.groups() : 0;
-  place(arrays.transposed, 2 * scale_count * sizeof(__half));
-  arrays.bytes = offset;
-  return arrays;
-}
-
-// [experts][rows][groups] to [experts][groups][rows], scales and offsets.
-__global__ void transpose_scales_kernel(const __half* scales, const __half* offsets, std::int64_t experts,
-                                        std::int64_t rows, std::int64_t groups, __half* to) {
-  const std::int64_t total = experts * rows * groups;
-  for (std::int64_t i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; i < total;
-       i += std::int64_t{gridDim.x} * blockDim.x) {
-    const std::int64_t e = i / (rows * groups), r = i / groups % rows, g = i % groups;
-    const std::int64_t at = (e * groups + g) * rows + r;
-    to[at] = scales[i];
-    to[total + at] = offsets[i];
-  }
-}
-
 // Thread g: group g's shape, pointers and strides, as describe_groups_kernel's FewRows tiling
-// (M = the weights' rows, N = the group's tokens), with the weights' scales.
-template <class Config>
-__global__ void describe_quantized_groups_kernel(const Element* in, const std::int32_t* first_row, int groups,
-                                                 QuantizedExperts w, Element* out, typename Config::Arrays arrays) {
+// (M = the weights' rows, N = the group's tokens), with the rows' scales (one group of all
+// columns: [1][rows]).
+__global__ void describe_int8_groups_kernel(const Element* in, const std::int32_t* first_row, int groups,
+                                            QuantizedExperts w, Element* out, Int8Weights::Arrays arrays) {
   const int g = blockIdx.x * blockDim.x + threadIdx.x;
   if (g >= groups) return;
   const std::int64_t row = first_row[g];
   const int rows = first_row[g + 1] - first_row[g];
   const auto out_features = static_cast<int>(w.rows), in_features = static_cast<int>(w.cols);
   arrays.shapes[g] = GroupShape(out_features, rows, in_features);
-  arrays.a[g] = reinterpret_cast<const typename Config::WeightType*>(w.packed + std::int64_t{g} * w.rows * w.row_bytes());
+  arrays.a[g] = reinterpret_cast<const cutlass::int8_t*>(w.packed + std::int64_t{g} * w.rows * w.row_bytes());
   arrays.b[g] = in + row * in_features;
   arrays.d[g] = out + row * out_features;
-  typename Config::StrideA stride_a{};
-  typename Config::StrideB stride_b{};
-  typename Config::StrideD stride_d{};
-  typename Config::StrideScale stride_scale{};
-  // Elements from row to row: the padded row's bytes, two int4 to a byte.
-  cute::get<0>(stride_a) = w.row_bytes() * (w.format == QuantFormat::Int4 ? 2 : 1);
+  arrays.scales[g] = w.row_scales + std::int64_t{g} * w.rows;
+  Int8Weights::StrideA stride_a{};
+  Int8Weights::StrideB stride_b{};
+  Int8Weights::StrideD stride_d{};
+  Int8Weights::StrideScale stride_scale{};
+  cute::get<0>(stride_a) = w.row_bytes();  // the padded row
   cute::get<0>(stride_b) = in_features;
   cute::get<1>(stride_d) = out_features;
-  cute::get<1>(stride_scale) = w.rows;  // from group to group
-  const std::int64_t scales_at = std::int64_t{g} * w.rows * w.groups();
-  if constexpr (Config::with_offset) {  // int4
-    const std::int64_t total = std::int64_t{groups} * w.rows * w.groups();
-    arrays.scales[g] = arrays.transposed + scales_at;
-    arrays.offsets[g] = arrays.transposed + total + scales_at;
-  } else {
-    arrays.scales[g] = w.row_scales + scales_at;
-  }
+  cute::get<1>(stride_scale) = w.rows;
   arrays.stride_a[g] = stride_a;
   arrays.stride_b[g] = stride_b;
   arrays.stride_d[g] = stride_d;
   arrays.stride_scale[g] = stride_scale;
 }
 
-template <class Config>
-typename Config::Gemm::Arguments quantized_gemm_arguments(const typename Config::Arrays& arrays, int groups,
-                                                          const QuantizedExperts& w, const LaunchLimits& limits) {
-  typename Config::Gemm::Arguments arguments{
+Int8Weights::Gemm::Arguments int8_gemm_arguments(const Int8Weights::Arrays& arrays, int groups,
+                                                 const QuantizedExperts& w, const LaunchLimits& limits) {
+  Int8Weights::Gemm::Arguments arguments{
       cutlass::gemm::GemmUniversalMode::kGrouped,
       {groups, arrays.shapes, nullptr},  // the shapes are on the device only
       {arrays.a, arrays.stride_a, const_cast<const Element**>(arrays.b), arrays.stride_b, arrays.scales,
-       arrays.stride_scale, static_cast<int>(Config::with_offset ? kInt4Group : w.cols)},
+       arrays.stride_scale, static_cast<int>(w.cols)},
       {{}, const_cast<const Element**>(arrays.d), arrays.stride_d, arrays.d, arrays.stride_d}};
-  if constexpr (Config::with_offset) arguments.mainloop.ptr_Z = arrays.offsets;
   arguments.epilogue.thread.alpha = 1.0f;
   arguments.epilogue.thread.beta = 0.0f;
   arguments.epilogue.thread.dAlpha = {cute::_0{}, cute::_0{}, 0};
@@ -336,35 +283,8 @@ typename Config::Gemm::Arguments quantized_gemm_arguments(const typename Config:
   return arguments;
 }
 
-template <class Config>
-std::size_t quantized_workspace_bytes(const QuantizedExperts& w, int groups, const LaunchLimits& limits) {
-  const auto arrays = quantized_arrays<Config>(nullptr, groups, w);
-  return arrays.bytes +
-         round_up(Config::Gemm::get_workspace_size(quantized_gemm_arguments<Config>(arrays, groups, w, limits)));
-}
-
-template <class Config>
-void run_quantized(const Element* in, const std::int32_t* first_row, int groups, const QuantizedExperts& w,
-                   Element* out, const LaunchLimits& limits, void* workspace, std::size_t workspace_size,
-                   cudaStream_t stream) {
-  const std::size_t needed = quantized_workspace_bytes<Config>(w, groups, limits);
-  if (workspace_size < needed)
-    fail("quantized_grouped_linear: the workspace holds " + std::to_string(workspace_size) + " bytes, " +
-         std::to_string(needed) + " needed");
-  const auto arrays = quantized_arrays<Config>(workspace, groups, w);
-  if constexpr (Config::with_offset) {
-    transpose_scales_kernel<<<grid_for(std::int64_t{groups} * w.rows * w.groups()), kThreads, 0, stream>>>(
-        w.group_scales, w.group_offsets, groups, w.rows, w.groups(), reinterpret_cast<__half*>(arrays.transposed));
-    check(cudaGetLastError(), "quantized_grouped_linear (scales)");
-  }
-  describe_quantized_groups_kernel<Config>
-      <<<grid_for(groups, 128), 128, 0, stream>>>(in, first_row, groups, w, out, arrays);
-  check(cudaGetLastError(), "quantized_grouped_linear (groups)");
-  const auto arguments = quantized_gemm_arguments<Config>(arrays, groups, w, limits);
-  typename Config::Gemm gemm;
-  check_cutlass(gemm.can_implement(arguments), "cannot implement");
-  check_cutlass(gemm.initialize(arguments, static_cast<char*>(workspace) + arrays.bytes, stream), "initialize");
-  check_cutlass(gemm.run(stream), "run");
+void check_int8(const QuantizedExperts& w) {
+  if (w.format != QuantFormat::Int8) fail("int8_grouped_linear: the weights are not int8");
 }
 
 }  // namespace
@@ -390,25 +310,34 @@ void grouped_linear(const bf16* in, const std::int32_t* first_row, int groups, s
     run_grouped<ManyRows>(a, first_row, groups, k, w, n, d, limits, workspace, workspace_bytes, stream);
 }
 
-std::size_t quantized_grouped_linear_workspace_bytes(const QuantizedExperts& w, int groups,
-                                                    const LaunchLimits& limits) {
-  return w.format == QuantFormat::Int8 ? quantized_workspace_bytes<Int8Weights>(w, groups, limits)
-                                       : quantized_workspace_bytes<Int4Weights>(w, groups, limits);
+std::size_t int8_grouped_linear_workspace_bytes(const QuantizedExperts& w, int groups, const LaunchLimits& limits) {
+  check_int8(w);
+  const auto arrays = group_arrays<Int8Weights>(nullptr, groups);
+  return arrays.bytes + round_up(Int8Weights::Gemm::get_workspace_size(int8_gemm_arguments(arrays, groups, w, limits)));
 }
 
-void quantized_grouped_linear(const bf16* in, const std::int32_t* first_row, int groups, const QuantizedExperts& w,
-                              bf16* out, const LaunchLimits& limits, void* workspace, std::size_t workspace_bytes,
-                              cudaStream_t stream) {
+void int8_grouped_linear(const bf16* in, const std::int32_t* first_row, int groups, const QuantizedExperts& w,
+                         bf16* out, const LaunchLimits& limits, void* workspace, std::size_t workspace_size,
+                         cudaStream_t stream) {
+  check_int8(w);
   if (groups == 0 || w.rows == 0) return;
   if (w.cols % kAlignment != 0 || w.rows % kAlignment != 0)
-    fail("quantized_grouped_linear: in_features " + std::to_string(w.cols) + " and out_features " +
+    fail("int8_grouped_linear: in_features " + std::to_string(w.cols) + " and out_features " +
          std::to_string(w.rows) + " must be multiples of " + std::to_string(kAlignment));
-  const auto* a = reinterpret_cast<const Element*>(in);
-  auto* d = reinterpret_cast<Element*>(out);
-  if (w.format == QuantFormat::Int8)
-    run_quantized<Int8Weights>(a, first_row, groups, w, d, limits, workspace, workspace_bytes, stream);
-  else
-    run_quantized<Int4Weights>(a, first_row, groups, w, d, limits, workspace, workspace_bytes, stream);
+  const std::size_t needed = int8_grouped_linear_workspace_bytes(w, groups, limits);
+  if (workspace_size < needed)
+    fail("int8_grouped_linear: the workspace holds " + std::to_string(workspace_size) + " bytes, " +
+         std::to_string(needed) + " needed");
+  const auto arrays = group_arrays<Int8Weights>(workspace, groups);
+  describe_int8_groups_kernel<<<grid_for(groups, 128), 128, 0, stream>>>(reinterpret_cast<const Element*>(in),
+                                                                        first_row, groups, w,
+                                                                        reinterpret_cast<Element*>(out), arrays);
+  check(cudaGetLastError(), "int8_grouped_linear (groups)");
+  const auto arguments = int8_gemm_arguments(arrays, groups, w, limits);
+  Int8Weights::Gemm gemm;
+  check_cutlass(gemm.can_implement(arguments), "cannot implement");
+  check_cutlass(gemm.initialize(arguments, static_cast<char*>(workspace) + arrays.bytes, stream), "initialize");
+  check_cutlass(gemm.run(stream), "run");
 }
 
 }  // namespace lightdesk::cuda

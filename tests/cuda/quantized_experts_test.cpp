@@ -229,48 +229,49 @@ TEST_F(CudaQuantizedExpertsTest, GemvOfOneAndSixtyFourTokens) {
     }
 }
 
-// The grouped GEMM with the weights dequantized in its main loop, over ragged groups (empty ones
+// The int8 grouped GEMM (weights converted in its main loop) over ragged groups (empty ones
 // included, groups past a tile, groups of a few rows), against per-group products with the
-// decoded weights; inputs not a multiple of 32 with a partial int4 group, and several groups.
-TEST_F(CudaQuantizedExpertsTest, GroupedLinearMatchesCpu) {
+// decoded weights; inputs that are not multiples of 32 (and of the K tile).
+TEST_F(CudaQuantizedExpertsTest, Int8GroupedLinearMatchesCpu) {
   const cuda::LaunchLimits limits = cuda::query_launch_limits();
-  for (const FormatCase& f : kFormats)
-    for (const auto& [in, out] : {std::pair<std::int64_t, std::int64_t>{200, 264}, {384, 136}})
-      for (const std::vector<std::int32_t>& sizes : {std::vector<std::int32_t>{0, 1, 300, 0, 129, 7, 256, 0},
-                                                     std::vector<std::int32_t>{0, 3, 70, 1, 0, 9, 2, 0}}) {
-        const int groups = static_cast<int>(sizes.size());
-        std::vector<std::int32_t> first(sizes.size() + 1, 0);
-        std::partial_sum(sizes.begin(), sizes.end(), first.begin() + 1);
-        const std::int64_t rows = first.back();
-        SCOPED_TRACE(std::string(f.name) + ", " + std::to_string(in) + " -> " + std::to_string(out) + ", " +
-                     std::to_string(rows) + " rows");
-        const QuantizedMatrix q = quantize(test_weights(random, groups * out, in), groups * out, in, f.dtype, f.variant);
-        const DeviceQuantized device_q(q, groups);
-        DeviceArray<cuda::bf16> x(rows * in), y(rows * out);
-        DeviceArray<std::int32_t> first_row(first.size());
-        const std::vector<float> xs = x.set(random.uniform(x.size(), -1.0f, 1.0f));
-        cuda::check(cudaMemcpy(first_row.get(), first.data(), first.size() * sizeof(std::int32_t),
-                               cudaMemcpyHostToDevice),
-                    "upload");
-        DeviceBuffer workspace(cuda::quantized_grouped_linear_workspace_bytes(device_q.view(), groups, limits),
-                               "quantized grouped GEMM workspace");
-        y.poison();
-        cuda::quantized_grouped_linear(x.get(), first_row.get(), groups, device_q.view(), y.get(), limits,
-                                       workspace.as<void>(), workspace.bytes(), nullptr);
-        const std::vector<float> w = dequantize(q.view());
-        std::vector<float> ref(y.size());
-        for (int g = 0; g < groups; ++g)
-          cpu::linear(xs.data() + first[g] * in, sizes[g], in, w.data() + g * out * in, out,
-                      ref.data() + first[g] * out);
-        EXPECT_LT(relative_error(y.get_values(), ref), tolerance<cuda::bf16>()) << "seed " << random.seed();
-      }
+  const FormatCase& f = kFormats[0];
+  ASSERT_EQ(f.dtype, ExpertDType::Int8);
+  for (const auto& [in, out] : {std::pair<std::int64_t, std::int64_t>{200, 264}, {384, 136}})
+    for (const std::vector<std::int32_t>& sizes : {std::vector<std::int32_t>{0, 1, 300, 0, 129, 7, 256, 0},
+                                                   std::vector<std::int32_t>{0, 3, 70, 1, 0, 9, 2, 0}}) {
+      const int groups = static_cast<int>(sizes.size());
+      std::vector<std::int32_t> first(sizes.size() + 1, 0);
+      std::partial_sum(sizes.begin(), sizes.end(), first.begin() + 1);
+      const std::int64_t rows = first.back();
+      SCOPED_TRACE(std::string(f.name) + ", " + std::to_string(in) + " -> " + std::to_string(out) + ", " +
+                   std::to_string(rows) + " rows");
+      const QuantizedMatrix q = quantize(test_weights(random, groups * out, in), groups * out, in, f.dtype, f.variant);
+      const DeviceQuantized device_q(q, groups);
+      DeviceArray<cuda::bf16> x(rows * in), y(rows * out);
+      DeviceArray<std::int32_t> first_row(first.size());
+      const std::vector<float> xs = x.set(random.uniform(x.size(), -1.0f, 1.0f));
+      cuda::check(cudaMemcpy(first_row.get(), first.data(), first.size() * sizeof(std::int32_t),
+                             cudaMemcpyHostToDevice),
+                  "upload");
+      DeviceBuffer workspace(cuda::int8_grouped_linear_workspace_bytes(device_q.view(), groups, limits),
+                             "int8 grouped GEMM workspace");
+      y.poison();
+      cuda::int8_grouped_linear(x.get(), first_row.get(), groups, device_q.view(), y.get(), limits,
+                                workspace.as<void>(), workspace.bytes(), nullptr);
+      const std::vector<float> w = dequantize(q.view());
+      std::vector<float> ref(y.size());
+      for (int g = 0; g < groups; ++g)
+        cpu::linear(xs.data() + first[g] * in, sizes[g], in, w.data() + g * out * in, out,
+                    ref.data() + first[g] * out);
+      EXPECT_LT(relative_error(y.get_values(), ref), tolerance<cuda::bf16>()) << "seed " << random.seed();
+    }
 }
 
 // The MoE layer with quantized experts against cpu::moe_experts on the decoded weights, on each
-// of its paths: bf16 with few rows (the quantized GEMV) and more (the grouped GEMM that
-// dequantizes in its main loop); widths that are not multiples of 8 and float32 activations
-// (the experts dequantized into a scratch, a GEMM per expert). Widths that are not multiples of
-// 32 and partial int4 groups throughout.
+// of its paths: bf16 with few rows (the quantized GEMV) and more (int8: the grouped GEMM that
+// converts in its main loop; int4: the dequantized scratch and the bf16 grouped GEMM); widths
+// that are not multiples of 8 and float32 activations (the dequantized scratch, a GEMM per
+// expert). Widths that are not multiples of 32 and partial int4 groups throughout.
 template <typename T>
 void check_moe_layer(Random& random, const FormatCase& f, const MoeShape& shape,
                      const std::vector<std::int64_t>& row_counts) {

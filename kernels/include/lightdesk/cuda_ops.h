@@ -284,14 +284,14 @@ void quantize_experts(const T* weights, int experts, const QuantizedExperts& to,
 template <typename T>
 void dequantize_experts(const QuantizedExperts& w, int first_expert, int count, T* out, cudaStream_t stream);
 
-// grouped_linear with quantized weights (groups = the experts of `w`, out_features = w.rows,
-// in_features = w.cols, both multiples of 8), the weights dequantized in the GEMM's main loop:
-// for prefill. workspace: quantized_grouped_linear_workspace_bytes(w, groups, limits) bytes.
-std::size_t quantized_grouped_linear_workspace_bytes(const QuantizedExperts& w, int groups,
-                                                    const LaunchLimits& limits);
-void quantized_grouped_linear(const bf16* in, const std::int32_t* first_row, int groups, const QuantizedExperts& w,
-                              bf16* out, const LaunchLimits& limits, void* workspace, std::size_t workspace_bytes,
-                              cudaStream_t stream);
+// grouped_linear with int8 weights (groups = the experts of `w`, out_features = w.rows,
+// in_features = w.cols, both multiples of 8), the weights converted and scaled in the GEMM's
+// main loop: for prefill. (int4 prefill dequantizes into a bf16 scratch for grouped_linear.)
+// workspace: int8_grouped_linear_workspace_bytes(w, groups, limits) bytes.
+std::size_t int8_grouped_linear_workspace_bytes(const QuantizedExperts& w, int groups, const LaunchLimits& limits);
+void int8_grouped_linear(const bf16* in, const std::int32_t* first_row, int groups, const QuantizedExperts& w,
+                         bf16* out, const LaunchLimits& limits, void* workspace, std::size_t workspace_bytes,
+                         cudaStream_t stream);
 
 // The few-token expert product over quantized weights, for rows grouped by expert
 // (group_by_expert): out[j] = W_e x_j for each row j of expert e's rows first_row[e] ..
