@@ -63,7 +63,7 @@ int main(int argc, char** argv) {
         }
       },
       "the experts' format: bf16 (the default), int8 or int4 (quantized at the first load and kept in the data "
-      "directory's cache; the CPU backend only for now)");
+      "directory's cache)");
   CLI11_PARSE(cli, argc, argv);
   options.max_body_bytes = max_body_mib << 20;
   options.state_cache_bytes = state_cache_mib << 20;

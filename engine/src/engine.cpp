@@ -333,9 +333,6 @@ std::unique_ptr<Model> Model::open(const std::filesystem::path& directory, const
   }
   const ExpertLoad experts{expert_dtype(options.expert_dtype), options.expert_cache, impl->info.fingerprint,
                            options.threads};
-  if (kind == BackendKind::Cuda && experts.dtype != ExpertDType::BF16)
-    throw Error(std::string("--expert-dtype ") + expert_format_name(options.expert_dtype) +
-                " runs on the CPU backend only in this version (--backend cpu); the CUDA backend keeps bf16 experts");
   // Progress in bytes read from the checkpoint (synthetic weights: float32 values made), the
   // experts' from the quantized cache where it will serve.
   std::uint64_t total = options.synthetic_weights ? map->parameter_count() * sizeof(float) : 0;
@@ -348,7 +345,7 @@ std::unique_ptr<Model> Model::open(const std::filesystem::path& directory, const
   };
   ExpertLoadResult expert_result;
   impl->backend = kind == BackendKind::Cuda
-                      ? make_cuda_backend(impl->config, *map, options, on_bytes)
+                      ? make_cuda_backend(impl->config, *map, options, experts, on_bytes, &expert_result)
                       : make_cpu_backend(impl->config, *map, options, experts, on_bytes, &expert_result);
   impl->info.weight_bytes = impl->backend->weight_bytes();
   impl->info.expert_cache_bytes_read = expert_result.cache_bytes_read;
