@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -508,14 +509,23 @@ TEST(CudaBackendTest, OutOfMemoryIsAnErrorAndTheSessionStaysUsable) {
   ModelOptions options;
   options.backend = BackendKind::Cuda;
   options.cuda_float32 = true;  // so the two ways of feeding agree to float32 rounding
-  const auto model = Model::open(kData / "tiny-a-hf", options);
+  // The fixture with the largest context a config may state, so that an import of that many
+  // positions passes the context check and reaches the allocation: 2^31 positions of float32
+  // K/V (256 bytes each) are 512 GiB, more than any GPU holds.
+  const ScratchDir dir;
+  copy_fixture("tiny-a-hf", dir.path());
+  auto config = nlohmann::json::parse(read_file(dir.path() / "config.json"));
+  const int most_positions = std::numeric_limits<int>::max();
+  config["max_position_embeddings"] = most_positions;
+  write_file(dir.path() / "config.json", config.dump());
+  const auto model = Model::open(dir.path(), options);
   auto session = model->create_session();
   const std::vector<TokenId> prompt = {1, 2, 3, 4, 5};
   session->feed(prompt);
-  // A state import for more positions than any GPU holds: the K/V cache cannot be sized.
+  // A state import for more positions than the GPU holds: the K/V cache cannot be sized.
   try {
-    session->begin_import(std::int64_t{1} << 40);
-    FAIL() << "a K/V cache of 2^40 positions was allocated";
+    session->begin_import(most_positions);
+    FAIL() << "a K/V cache of 2^31 positions was allocated";
   } catch (const Error& e) {
     const std::string message = e.what();
     EXPECT_NE(message.find("out of memory"), std::string::npos) << message;
