@@ -4,9 +4,13 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstring>
 #include <ctime>
+#include <exception>
 #include <map>
+#include <mutex>
+#include <thread>
 
 #include "kv_files.h"
 #include "schema.h"
@@ -686,6 +690,109 @@ std::vector<TokenId> Store::read_checkpoint(std::int64_t checkpoint_id, const Mo
   return refusing(checkpoint_id, [&] { return impl_->read(checkpoint_id, model, sink); });
 }
 
+namespace {
+
+// A K/V row of a checkpoint being read, and where its bytes are.
+struct KvRow {
+  StatePart part;
+  std::int64_t rowid = 0, checksum = 0;
+  std::optional<std::string> file;  // its span's file, if the span has one
+  std::optional<std::int64_t> file_offset;
+  std::string what;  // for messages: "keys of layer 3 at positions 0+20"
+};
+
+// Reads the rows that are in span files ahead of the caller, on a thread of its own, into two
+// buffers in turn: the disk, the checksum and the caller's use of the previous row (an upload
+// to a GPU) overlap. `read_row(row, next, into)` reads and checks one row (next: the file row
+// after it, to ask the disk for); its exceptions reach the caller at take().
+class KvFileRowReader {
+ public:
+  using ReadRow = std::function<void(const KvRow& row, const KvRow* next, std::vector<std::byte>& into)>;
+
+  KvFileRowReader(const std::vector<KvRow>& rows, ReadRow read_row)
+      : rows_(rows), read_row_(std::move(read_row)), thread_([this] { run(); }) {}
+  ~KvFileRowReader() {
+    {
+      const std::lock_guard lock(mutex_);
+      stop_ = true;
+    }
+    changed_.notify_all();
+    thread_.join();
+  }
+  KvFileRowReader(const KvFileRowReader&) = delete;
+  KvFileRowReader& operator=(const KvFileRowReader&) = delete;
+
+  // The bytes of file row `index` (taken in increasing order), valid until the next take.
+  std::span<const std::byte> take(std::size_t index) {
+    std::unique_lock lock(mutex_);
+    if (taken_) {
+      slots_[*taken_].index.reset();
+      taken_.reset();
+      changed_.notify_all();
+    }
+    Slot* slot = nullptr;
+    changed_.wait(lock, [&] {
+      for (Slot& s : slots_)
+        if (s.index == index && s.ready) slot = &s;
+      return slot != nullptr;
+    });
+    if (slot->error) std::rethrow_exception(slot->error);
+    taken_ = static_cast<std::size_t>(slot - slots_);
+    return slot->bytes;
+  }
+
+ private:
+  struct Slot {
+    std::optional<std::size_t> index;  // the row it holds or is being filled with; none: free
+    bool ready = false;
+    std::exception_ptr error;
+    std::vector<std::byte> bytes;
+  };
+
+  void run() {
+    std::size_t turn = 0;
+    for (std::size_t i = 0; i < rows_.size(); ++i) {
+      if (!rows_[i].file) continue;
+      const KvRow* next = nullptr;
+      for (std::size_t j = i + 1; j < rows_.size() && !next; ++j)
+        if (rows_[j].file) next = &rows_[j];
+      Slot& slot = slots_[turn++ % 2];
+      {
+        std::unique_lock lock(mutex_);
+        changed_.wait(lock, [&] { return !slot.index || stop_; });
+        if (stop_) return;
+        slot.index = i;
+        slot.ready = false;
+        slot.error = nullptr;
+      }
+      std::exception_ptr error;
+      try {
+        read_row_(rows_[i], next, slot.bytes);
+      } catch (...) {
+        error = std::current_exception();
+      }
+      {
+        const std::lock_guard lock(mutex_);
+        slot.ready = true;
+        slot.error = error;
+      }
+      changed_.notify_all();
+      if (error) return;
+    }
+  }
+
+  const std::vector<KvRow>& rows_;
+  ReadRow read_row_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  Slot slots_[2];
+  std::optional<std::size_t> taken_;  // the slot the caller holds
+  bool stop_ = false;
+  std::thread thread_;  // last: starts once the rest is ready
+};
+
+}  // namespace
+
 std::vector<TokenId> Store::Impl::read(std::int64_t checkpoint_id, const ModelInfo& info,
                                        const std::function<void(const StatePart&)>& sink) {
   const std::string name = "checkpoint " + std::to_string(checkpoint_id);
@@ -737,16 +844,8 @@ std::vector<TokenId> Store::Impl::read(std::int64_t checkpoint_id, const ModelIn
     sink(part);
   }
 
-  // The rows first (a few thousand at most), so that the next one's bytes can be asked of the
-  // disk while the sink takes the current one. In export order: each span file is read from
-  // start to end.
-  struct KvRow {
-    StatePart part;
-    std::int64_t rowid = 0, checksum = 0;
-    std::optional<std::string> file;
-    std::optional<std::int64_t> file_offset;
-    std::string what;
-  };
+  // The rows first (a few thousand at most), in export order: each span file is read from start
+  // to end, ahead of the sink (KvFileRowReader).
   std::vector<KvRow> rows;
   sql::Statement kv(db,
                     "SELECT r.id, r.layer, r.kind, r.first_token, r.token_count, r.kv_heads, r.head_dim, r.checksum, "
@@ -778,6 +877,7 @@ std::vector<TokenId> Store::Impl::read(std::int64_t checkpoint_id, const ModelIn
   }
   kv.reset();
 
+  // Runs on the reader's thread.
   std::map<std::string, KvFileReader> files;
   const auto file_of = [&](const KvRow& row) -> const KvFileReader& {
     auto found = files.find(*row.file);
@@ -788,21 +888,18 @@ std::vector<TokenId> Store::Impl::read(std::int64_t checkpoint_id, const ModelIn
       throw StateRefused(name + ": the file of its " + row.what + " is missing (" + path.string() + ")");
     return files.try_emplace(*row.file, path).first->second;
   };
+  KvFileRowReader ahead(rows, [&](const KvRow& row, const KvRow* next, std::vector<std::byte>& into) {
+    if (next) file_of(*next).prefetch(*next->file_offset, next->part.bytes());
+    into.resize(static_cast<std::size_t>(row.part.bytes()));
+    if (file_of(row).read(*row.file_offset, into) != row.part.bytes())
+      throw StateRefused(name + ": " + row.what + " is cut short: its file " + kv_files.file(*row.file).string() +
+                         " ends before its bytes");
+    if (checksum_of(into) != row.checksum) throw StateRefused(name + ": " + row.what + " is damaged (checksum mismatch)");
+  });
   for (std::size_t i = 0; i < rows.size(); ++i) {
     KvRow& row = rows[i];
-    if (i + 1 < rows.size() && rows[i + 1].file)
-      file_of(rows[i + 1]).prefetch(*rows[i + 1].file_offset, rows[i + 1].part.bytes());
-    if (!row.file) {
-      read_row("kv_rows", row.rowid, row.part, row.checksum, row.what);
-    } else {
-      buffer.resize(static_cast<std::size_t>(row.part.bytes()));
-      if (file_of(row).read(*row.file_offset, buffer) != row.part.bytes())
-        throw StateRefused(name + ": " + row.what + " is cut short: its file " + kv_files.file(*row.file).string() +
-                           " ends before its bytes");
-      if (checksum_of(buffer) != row.checksum)
-        throw StateRefused(name + ": " + row.what + " is damaged (checksum mismatch)");
-      row.part.data = buffer;
-    }
+    if (row.file) row.part.data = ahead.take(i);
+    else read_row("kv_rows", row.rowid, row.part, row.checksum, row.what);
     sink(row.part);
   }
   return tokens;
