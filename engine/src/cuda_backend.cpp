@@ -9,6 +9,7 @@
 #include <bit>
 #include <cmath>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <type_traits>
@@ -108,32 +109,10 @@ struct CudaSequence final : SequenceState {
 };
 
 // Page-locked host memory: the GPU copies from it while the CPU goes on.
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  explicit PinnedBuffer(std::size_t bytes) : bytes_(bytes) {
-    check(cudaMallocHost(&ptr_, bytes), "a pinned staging buffer");
-  }
-  ~PinnedBuffer() {
-    if (ptr_) cudaFreeHost(ptr_);
-  }
-  PinnedBuffer(PinnedBuffer&& other) noexcept
-      : ptr_(std::exchange(other.ptr_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
-  PinnedBuffer& operator=(PinnedBuffer&& other) noexcept {
-    std::swap(ptr_, other.ptr_);
-    std::swap(bytes_, other.bytes_);
-    return *this;
-  }
-  template <typename U>
-  U* as() const {
-    return static_cast<U*>(ptr_);
-  }
-  std::size_t bytes() const { return bytes_; }
-
- private:
-  void* ptr_ = nullptr;
-  std::size_t bytes_ = 0;
+struct PinnedFree {
+  void operator()(void* memory) const { cudaFreeHost(memory); }
 };
+using PinnedMemory = std::unique_ptr<void, PinnedFree>;
 
 // The uploads of a state import, double-buffered: a part is staged in one pinned buffer and
 // its copy (and scatter into the cache) queued on the stream without waiting, while the caller
@@ -154,13 +133,19 @@ class ImportStaging {
   ImportStaging& operator=(const ImportStaging&) = delete;
 
   // The next pinned buffer, with room for `bytes` and no copy from it in flight.
-  PinnedBuffer& next(std::size_t bytes) {
+  void* next(std::size_t bytes) {
     current_ = (current_ + 1) % kSlots;
     Slot& slot = slots_[current_];
     if (slot.copied) check(cudaEventSynchronize(slot.copied), "state import staging");
     else check(cudaEventCreateWithFlags(&slot.copied, cudaEventDisableTiming), "cudaEventCreate");
-    if (slot.host.bytes() < bytes) slot.host = PinnedBuffer(bytes);
-    return slot.host;
+    if (slot.host_bytes < bytes) {
+      slot.host.reset();
+      void* memory = nullptr;
+      check(cudaMallocHost(&memory, bytes), "a pinned staging buffer");
+      slot.host.reset(memory);
+      slot.host_bytes = bytes;
+    }
+    return slot.host.get();
   }
   // Marks the buffer last returned by next() busy until the work queued on `stream` so far.
   void queued(cudaStream_t stream) { check(cudaEventRecord(slots_[current_].copied, stream), "cudaEventRecord"); }
@@ -172,7 +157,8 @@ class ImportStaging {
 
  private:
   struct Slot {
-    PinnedBuffer host;
+    PinnedMemory host;
+    std::size_t host_bytes = 0;
     cudaEvent_t copied = nullptr;
   };
   Slot slots_[kSlots];
@@ -243,9 +229,9 @@ class CudaBackend final : public ComputeBackend {
     auto& buffer = static_cast<CudaSequence&>(state).lightning.at(layer);
     const std::lock_guard lock(forward_mutex_);
     device_.make_current();
-    PinnedBuffer& staged = import_staging_.next(buffer.bytes());
-    std::copy_n(in, buffer.bytes() / sizeof(float), staged.as<float>());
-    device_.upload(buffer.as<float>(), staged.as<float>(), buffer.bytes());
+    auto* staged = static_cast<float*>(import_staging_.next(buffer.bytes()));
+    std::copy_n(in, buffer.bytes() / sizeof(float), staged);
+    device_.upload(buffer.as<float>(), staged, buffer.bytes());
     import_staging_.queued(device_.stream());
   }
   StateDType kv_dtype() const override { return std::is_same_v<T, float> ? StateDType::F32 : StateDType::BF16; }
@@ -635,7 +621,7 @@ void CudaBackend<T>::write_kv(SequenceState& state, int layer, KvSide side, std:
   const std::size_t bytes = static_cast<std::size_t>(count * KV) * sizeof(T);
   // Export layout [kv_head, position, d] to cache layout [position, kv_head, d], straight into
   // the pinned buffer (the one copy the host makes).
-  T* rows = import_staging_.next(bytes).as<T>();
+  T* rows = static_cast<T*>(import_staging_.next(bytes));
   for (int g = 0; g < config_.num_kv_heads; ++g)
     for (std::int64_t t = 0; t < count; ++t)
       std::copy_n(imported + (std::int64_t{g} * count + t) * d, d, rows + (t * config_.num_kv_heads + g) * d);

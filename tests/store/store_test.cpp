@@ -58,6 +58,26 @@ class StoreTest : public ::testing::Test {
 
   std::filesystem::path db_path() const { return scratch_ / "sessions.db"; }
 
+  // Feeds `tokens` in pieces ending at 20, 41, 41 and 60 positions and saves a checkpoint after
+  // each; returns their ids and, for each, the logits of `tail` after the same pieces (a reference
+  // fed another split would round differently).
+  static std::pair<std::vector<std::int64_t>, std::vector<std::vector<float>>> save_growing(
+      Store& store, std::int64_t session_id, const std::vector<TokenId>& tokens, const std::vector<TokenId>& tail) {
+    auto writer = model_->create_session();
+    std::vector<std::int64_t> ids;
+    std::vector<std::vector<float>> expected;
+    std::vector<std::span<const TokenId>> pieces;
+    for (std::size_t end : {20, 41, 41, 60}) {
+      pieces.push_back(std::span(tokens).subspan(writer->tokens().size(), end - writer->tokens().size()));
+      writer->feed(pieces.back());
+      ids.push_back(store.save_checkpoint(session_id, *writer));
+      auto reference = model_->create_session();
+      for (const auto& piece : pieces) reference->feed(piece);
+      expected.push_back(continue_logits(*reference, tail));
+    }
+    return {ids, expected};
+  }
+
   // Options under which every new K/V span is a file beside the database (the tiny model's
   // spans are far below the default size for one).
   static Store::Options span_files() {
@@ -140,18 +160,7 @@ TEST_F(StoreTest, SpanFilesAreSharedAndDeletedWithTheirLastUser) {
   options.kv_row_bytes = 7 * model_->info().num_kv_heads * model_->info().head_dim * 4;  // several rows per file
   Store store(db_path(), options);
   const auto session_id = store.create_session("files");
-  auto writer = model_->create_session();
-  std::vector<std::int64_t> ids;
-  std::vector<std::vector<float>> expected;
-  std::vector<std::span<const TokenId>> pieces;
-  for (std::size_t end : {20, 41, 41, 60}) {
-    pieces.push_back(std::span(tokens).subspan(writer->tokens().size(), end - writer->tokens().size()));
-    writer->feed(pieces.back());
-    ids.push_back(store.save_checkpoint(session_id, *writer));
-    auto reference = model_->create_session();
-    for (const auto& piece : pieces) reference->feed(piece);
-    expected.push_back(continue_logits(*reference, tail));
-  }
+  const auto [ids, expected] = save_growing(store, session_id, tokens, tail);
   // 60 positions stored once, in three files [0,20) [20,41) [41,60); no K/V in BLOBs.
   EXPECT_EQ(kv_files().size(), 3u);
   EXPECT_EQ(kv_files(), named_kv_files());
@@ -283,19 +292,7 @@ TEST_F(StoreTest, CheckpointsShareKvByPositionAndSplitRowsAtTheRowSize) {
   options.kv_row_bytes = 7 * model_->info().num_kv_heads * model_->info().head_dim * 4;
   Store store(db_path(), options);
   const auto session_id = store.create_session("sharing");
-  auto writer = model_->create_session();
-  std::vector<std::int64_t> ids;
-  std::vector<std::vector<float>> expected;
-  // References feed the same pieces: a different split rounds differently.
-  std::vector<std::span<const TokenId>> pieces;
-  for (std::size_t end : {20, 41, 41, 60}) {
-    pieces.push_back(std::span(tokens).subspan(writer->tokens().size(), end - writer->tokens().size()));
-    writer->feed(pieces.back());
-    ids.push_back(store.save_checkpoint(session_id, *writer));
-    auto reference = model_->create_session();
-    for (const auto& piece : pieces) reference->feed(piece);
-    expected.push_back(continue_logits(*reference, tail));
-  }
+  const auto [ids, expected] = save_growing(store, session_id, tokens, tail);
   // 60 positions stored once, in spans [0,20) [20,41) [41,60), whatever the number of checkpoints.
   sql::Database db(db_path());
   sql::Statement totals(db, "SELECT (SELECT count(*) FROM kv_spans), (SELECT sum(length(data)) FROM kv_rows)");
