@@ -588,7 +588,7 @@ TEST(CudaBackendTest, RestoreOverlapsReadingTheDiskWithTheUpload) {
   config_json["max_position_embeddings"] = positions;
   std::ofstream(directory / "config.json") << config_json.dump();
   const ModelConfig config = load_model_config(directory, false);
-  const auto backend = make_cuda_backend(config, WeightMap::synthetic(config, 5), ModelOptions{}, {});
+  const auto backend = make_cuda_backend(config, WeightMap::synthetic(config, 5), ModelOptions{}, {}, {});
   ASSERT_EQ(backend->kv_dtype(), StateDType::BF16);
 
   // The file: parts in export order (keys, values per range of positions), each part's values
