@@ -54,9 +54,9 @@ void MoeRunner<T>::run_device_routed(const MoeWeights<T>& weights, const T* x, s
 }
 
 template <typename T>
-void MoeRunner<T>::run_grouped(const MoeWeights<T>& weights, std::int64_t slots) {
+void MoeRunner<T>::run_grouped(const MoeWeights<T>& weights, std::int64_t slots, int groups) {
   const std::int64_t H = shape_.hidden, I = shape_.width;
-  const int E = shape_.experts;
+  const int E = groups;
   const cudaStream_t stream = device_.stream();
   MoeBuffers& b = buffers_;
   if constexpr (std::is_same_v<T, cuda::bf16>) {
@@ -95,6 +95,11 @@ void MoeRunner<T>::run(const MoeWeights<T>& weights, const T* x, std::int64_t ro
   const cudaStream_t stream = device_.stream();
   reserve(rows);
   MoeBuffers& b = buffers_;
+  const int held = weights.held < 0 ? E : weights.held;
+  if (held == 0) {  // a rank without experts adds nothing
+    check(cudaMemsetAsync(out, 0, static_cast<std::size_t>(rows * H) * sizeof(T), stream), "MoE (no experts held)");
+    return;
+  }
 
   // The router in float32: near-ties between experts must break as in the reference. Each row's
   // routes come in increasing expert order, the order the combine sums in.
@@ -102,14 +107,28 @@ void MoeRunner<T>::run(const MoeWeights<T>& weights, const T* x, std::int64_t ro
   device_.linear(b.router_in.as<float>(), rows, H, weights.router, E, b.router_logits.as<float>());
   cuda::route_top_k(b.router_logits.as<float>(), rows, E, k, true, b.expert_ids.as<std::int32_t>(),
                     b.expert_weights.as<float>(), stream);
+  const bool subset = held < E;
   if (rows <= kDeviceRoutedRows) {
+    // Another rank's slots run the held expert 0 at weight 0: the products stay finite, and
+    // adding 0 leaves the combined sum as it is.
+    if (subset)
+      cuda::restrict_to_experts(b.expert_ids.as<std::int32_t>(), b.expert_weights.as<float>(), rows * k,
+                                weights.first_expert, held, 0, stream);
     run_device_routed(weights, x, rows, out);
     return;
   }
-  cuda::group_by_expert(b.expert_ids.as<std::int32_t>(), rows, k, E, x, H, b.first_row.as<std::int32_t>(),
-                        b.slot_rows.as<std::int32_t>(), b.expert_in.as<T>(), b.group_cursor.as<std::int32_t>(),
-                        stream);
-  run_grouped(weights, rows * k);
+  // Another rank's slots go to one group past the held experts, which is not computed: its
+  // output rows are zeros, at weight 0.
+  if (subset) {
+    cuda::restrict_to_experts(b.expert_ids.as<std::int32_t>(), b.expert_weights.as<float>(), rows * k,
+                              weights.first_expert, held, held, stream);
+    check(cudaMemsetAsync(b.expert_out.as<T>(), 0, static_cast<std::size_t>(rows * k * H) * sizeof(T), stream),
+          "MoE (other ranks' slots)");
+  }
+  cuda::group_by_expert(b.expert_ids.as<std::int32_t>(), rows, k, subset ? held + 1 : E, x, H,
+                        b.first_row.as<std::int32_t>(), b.slot_rows.as<std::int32_t>(), b.expert_in.as<T>(),
+                        b.group_cursor.as<std::int32_t>(), stream);
+  run_grouped(weights, rows * k, held);
   cuda::combine_experts(b.expert_out.as<T>(), b.slot_rows.as<std::int32_t>(), b.expert_weights.as<float>(), rows, k,
                         H, out, stream);
 }

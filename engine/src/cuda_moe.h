@@ -22,12 +22,16 @@ struct MoeShape {
   int top_k = 0;
 };
 
-// One layer's weights on the device.
+// One layer's weights on the device. An expert-parallel rank holds experts first_expert..
+// first_expert + held - 1 of the router's (held < experts): every token is routed over all of
+// them, and only the held experts' shares are computed and summed (the other ranks add theirs).
 template <typename T>
 struct MoeWeights {
   const float* router = nullptr;  // [experts, hidden], float32
-  const T* gate_up = nullptr;     // per expert [2 * width, hidden]: the w1 rows, then the w3 rows
-  const T* down = nullptr;        // per expert [hidden, width]
+  const T* gate_up = nullptr;     // per held expert [2 * width, hidden]: the w1 rows, then the w3 rows
+  const T* down = nullptr;        // per held expert [hidden, width]
+  int first_expert = 0;
+  int held = -1;  // -1: every expert
 };
 
 // Device buffers of one MoE pass, for up to `rows` tokens.
@@ -53,8 +57,9 @@ class MoeRunner {
 
  private:
   void run_device_routed(const MoeWeights<T>& weights, const T* x, std::int64_t rows, T* out);
-  // The grouped rows' products: expert_in → gate_up → expert_act → expert_out.
-  void run_grouped(const MoeWeights<T>& weights, std::int64_t slots);
+  // The grouped rows' products over the first `groups` groups: expert_in → gate_up →
+  // expert_act → expert_out.
+  void run_grouped(const MoeWeights<T>& weights, std::int64_t slots, int groups);
   // Whether run_grouped has a grouped GEMM: bf16, widths in whole 16-byte pieces.
   bool has_grouped_gemm() const;
 
