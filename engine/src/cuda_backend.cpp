@@ -746,7 +746,6 @@ class CudaParallelBackend final : public ComputeBackend {
       for (std::size_t r = 0; r < ranks_.size(); ++r) ranks_[r]->connect(*loopback_[r]);
     }
   }
-  ~CudaParallelBackend() override { ranks_.clear(); }  // before the communicators they use
 
   BackendKind kind() const override { return BackendKind::Cuda; }
   std::int64_t default_chunk_tokens() const override { return ranks_.front()->default_chunk_tokens(); }
@@ -826,6 +825,7 @@ class CudaParallelBackend final : public ComputeBackend {
 
   const ModelConfig config_;
   const std::vector<RankLayout> plans_;
+  // The ranks go first, before the communicators they use.
   std::vector<std::unique_ptr<Communicator>> nccl_;
   std::vector<std::unique_ptr<LoopbackCommunicator>> loopback_;
   std::vector<std::unique_ptr<CudaBackend<T>>> ranks_;
