@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -557,8 +558,12 @@ TokenId CudaBackend<T>::greedy_over_ranks(const SequenceState& state) {
   const auto& s = static_cast<const CudaSequence&>(state);
   const std::lock_guard lock(forward_mutex_);
   device_.make_current();
-  // Every rank holds the gathered logits; each takes the best of its own rows, on its device.
+  // Every rank holds the gathered logits; each takes the best of its own rows, on its device
+  // (a rank of a vocabulary smaller than the ranks may have none).
   const float* rows = s.logits.as<float>() + plan_.first_vocab_row;
+  if (plan_.vocab_rows == 0)
+    return distributed_argmax(*comm_, ops_, {argmax_scratch_.as<void>(), ElementType::I32},
+                              -std::numeric_limits<float>::infinity(), static_cast<TokenId>(plan_.first_vocab_row));
   cuda::sample_token(rows, plan_.vocab_rows, cuda::TokenSampling{}, sampling_workspace_.as<void>(),
                      sampled_token_.as<std::int32_t>(), device_.stream());
   std::int32_t best = 0;

@@ -64,7 +64,9 @@ std::vector<int> parse_devices(const std::string& text) {
 }
 
 int single_gpu_device(const ModelOptions& options) {
-  if (options.devices.size() > 1)
+  // Several GPUs are the ranks of a tensor-parallel model: its single-device parts (the vision
+  // tower) run on rank 0's.
+  if (options.devices.size() > 1 && static_cast<int>(options.devices.size()) != options.tensor_parallel)
     throw Error(std::to_string(options.devices.size()) +
                 " GPUs named for one rank: name one device, or as many as --tensor-parallel ranks");
   const int index = options.devices.empty() ? 0 : options.devices.front();

@@ -101,8 +101,9 @@ struct ModelOptions {
 };
 
 // The one GPU a single-device backend (the CUDA backend, the vision tower) runs on for these
-// options: the one named, or 0 when none is. Throws Error naming the cause for several devices
-// or an index with no device behind it.
+// options: the one named (the first, rank 0's, of a tensor-parallel run's), or 0 when none is.
+// Throws Error naming the cause for several devices without as many tensor-parallel ranks, or
+// an index with no device behind it.
 int single_gpu_device(const ModelOptions& options);
 
 enum class LayerKind { Lightning, Softmax };
