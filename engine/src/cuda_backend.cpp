@@ -183,6 +183,23 @@ class CudaBackend final : public ComputeBackend {
     device_.make_current();
     argmax_scratch_ = device_array<std::int32_t>(2 * (comm.size() + 1), "the distributed argmax");
   }
+  // The collectives of a decode step once, at their sizes, outside any capture: NCCL connects
+  // its peers at their first collective (vLLM warms up before capturing for this too). Called
+  // on every rank together; not counted.
+  void warm_up_collectives() {
+    device_.make_current();
+    const std::int64_t widest = plans_.front().vocab_rows;
+    const DeviceBuffer hidden = device_array<T>(config_.hidden_size, "the collectives' warm-up");
+    const DeviceBuffer floats = device_array<float>(1 + (1 + comm_->size()) * widest, "the collectives' warm-up");
+    check(cudaMemsetAsync(hidden.as<void>(), 0, hidden.bytes(), device_.stream()), "cudaMemset");
+    check(cudaMemsetAsync(floats.as<void>(), 0, floats.bytes(), device_.stream()), "cudaMemset");
+    const Tensor x{hidden.as<void>(), ops_.activation_type()}, sums{floats.as<void>(), ElementType::F32};
+    comm_->all_reduce_sum(x, config_.hidden_size);
+    comm_->all_reduce_sum(sums, 1);
+    comm_->all_gather(sums.at(1), widest, sums.at(1 + widest));
+    device_.synchronize();  // before the buffers go
+    comm_->reset_counts();
+  }
   void* stream() const { return device_.stream(); }
   const CollectiveCounts* collective_counts() const { return comm_ ? &comm_->counts() : nullptr; }
   // forward(), where only a rank that reports (one of a tensor-parallel group) downloads the
@@ -746,6 +763,7 @@ class CudaParallelBackend final : public ComputeBackend {
     if (link == CudaRankLink::Nccl) {
       nccl_ = make_nccl_communicators(devices, streams);
       for (std::size_t r = 0; r < ranks_.size(); ++r) ranks_[r]->connect(*nccl_[r]);
+      on_ranks([&](std::size_t r) { ranks_[r]->warm_up_collectives(); });
     } else {
       loopback_ = make_device_loopback_communicators(devices.front(), streams);
       for (std::size_t r = 0; r < ranks_.size(); ++r) ranks_[r]->connect(*loopback_[r]);
