@@ -31,10 +31,18 @@ namespace {
 using cuda::bf16;
 
 // The WeightPrecision::Float32 tensors are float, the others T.
+// A quantized matrix on the device in core's layout: its arrays, and a view of them.
+struct DeviceQuantizedMatrix {
+  DeviceBuffer packed, scales, offsets;
+  QuantizedView view;  // device pointers
+};
+
 struct CudaLayer : LayerTensors<DeviceBuffer> {
   DeviceBuffer slopes;   // lightning layers: float [heads]
   DeviceBuffer gate_up;  // per expert [2 * width, hidden]: w1 rows, then w3 rows
   DeviceBuffer down;     // per expert [hidden, width]
+  // Quantized experts instead (ModelOptions::expert_dtype int8 or int4): all the experts' rows.
+  DeviceQuantizedMatrix quantized_gate_up, quantized_down;
 };
 
 // A decode step captured as a CUDA graph, with what the capture baked in: it replays while
@@ -144,14 +152,16 @@ struct Scratch {
 template <typename T>
 class CudaBackend final : public ComputeBackend {
  public:
-  // The whole model (one rank of the layout `plans`), or rank `rank`'s slices of it; a rank
-  // runs its part of the graph once connect() has given it its communicator.
-  CudaBackend(const ModelConfig& c, int device, const WeightMap& map, bool graphs,
-              const std::function<void(std::uint64_t)>& bytes_loaded,
+  // The whole model (one rank of the layout `plans`), or rank `rank`'s slices of it (experts in
+  // bf16 or float32 then); a rank runs its part of the graph once connect() has given it its
+  // communicator.
+  CudaBackend(const ModelConfig& c, int device, const WeightMap& map, bool graphs, const ExpertLoad& experts,
+              const std::function<void(std::uint64_t)>& bytes_loaded, ExpertLoadResult* expert_result,
               std::vector<RankLayout> plans = {}, int rank = 0)
       : CudaBackend(c, device, graphs, plans.empty() ? tensor_parallel_layout(c, 1, MoeParallel::Expert) : std::move(plans),
                     rank) {
-    load_weights(map, bytes_loaded);
+    quantized_experts_ = experts.dtype != ExpertDType::BF16;
+    load_weights(map, experts, bytes_loaded, expert_result);
     make_model_tensors();
   }
   BackendKind kind() const override { return BackendKind::Cuda; }
@@ -258,7 +268,9 @@ class CudaBackend final : public ComputeBackend {
   using WeightFill = std::function<void(const std::string& name, void* device, std::int64_t numel, bool as_float)>;
   // Allocates every weight at the config's shapes and has `fill` write it.
   void allocate_weights(const WeightFill& fill);
-  void load_weights(const WeightMap& map, const std::function<void(std::uint64_t)>& bytes_loaded);
+  void load_weights(const WeightMap& map, const ExpertLoad& experts,
+                    const std::function<void(std::uint64_t)>& bytes_loaded, ExpertLoadResult* expert_result);
+  DeviceQuantizedMatrix upload_quantized(const QuantizedMatrix& m, const std::string& what);
   cuda::KvCacheView<T> kv_view(const CudaSequence& s, int layer) const {
     return kv_pages_->view<T>(softmax_index_.at(layer), s.page_table.as<std::int32_t>());
   }
@@ -302,6 +314,7 @@ class CudaBackend final : public ComputeBackend {
   ModelTensors tensors_;
   const ModelForward forward_ = model_forward(config_);
   std::uint64_t weight_bytes_ = 0;
+  bool quantized_experts_ = false;  // the layers' quantized_gate_up and quantized_down, not gate_up and down
   std::map<int, int> softmax_index_;  // layer -> its index among the softmax layers
   int softmax_layers_ = 0;
   std::shared_ptr<KvPagePool> kv_pages_;
@@ -392,6 +405,10 @@ void CudaBackend<T>::allocate_weights(const WeightFill& fill) {
       layer.slopes = device_array<float>(plan_.heads, k + "slopes");
       device_.upload(layer.slopes.as<float>(), slopes.data() + plan_.first_head, layer.slopes.bytes());
     }
+    if (quantized_experts_) {  // load_weights puts them in afterwards
+      layers_.push_back(std::move(layer));
+      continue;
+    }
     // The rank's experts (all but under expert parallel), each its slice of the width.
     const std::int64_t E = plan_.experts;
     layer.gate_up = device_array<T>(E * 2 * I * H, k + "experts (w1, w3)");
@@ -410,7 +427,33 @@ void CudaBackend<T>::allocate_weights(const WeightFill& fill) {
 }
 
 template <typename T>
-void CudaBackend<T>::load_weights(const WeightMap& map, const std::function<void(std::uint64_t)>& bytes_loaded) {
+DeviceQuantizedMatrix CudaBackend<T>::upload_quantized(const QuantizedMatrix& m, const std::string& what) {
+  const QuantizedView host = m.view();
+  const QuantLayout& layout = host.layout;
+  DeviceQuantizedMatrix d;
+  d.view.layout = layout;
+  d.packed = DeviceBuffer(static_cast<std::size_t>(layout.packed_bytes()), what);
+  device_.upload(d.packed.as<void>(), host.packed, d.packed.bytes());
+  d.view.packed = d.packed.as<std::uint8_t>();
+  d.scales = DeviceBuffer(static_cast<std::size_t>(layout.scale_bytes()), what + " scales");
+  if (layout.dtype == ExpertDType::Int8) {
+    device_.upload(d.scales.as<void>(), host.row_scales, d.scales.bytes());
+    d.view.row_scales = d.scales.as<float>();
+  } else {
+    device_.upload(d.scales.as<void>(), host.group_scales, d.scales.bytes());
+    d.view.group_scales = d.scales.as<std::uint16_t>();
+    d.offsets = DeviceBuffer(static_cast<std::size_t>(layout.offset_bytes()), what + " offsets");
+    device_.upload(d.offsets.as<void>(), host.group_offsets, d.offsets.bytes());
+    d.view.group_offsets = d.offsets.as<std::uint16_t>();
+  }
+  device_.synchronize();  // the host matrix goes when the caller's layer does
+  return d;
+}
+
+template <typename T>
+void CudaBackend<T>::load_weights(const WeightMap& map, const ExpertLoad& experts,
+                                  const std::function<void(std::uint64_t)>& bytes_loaded,
+                                  ExpertLoadResult* expert_result) {
   std::uint64_t loaded = 0;
   // Conversion to T goes through a float32 staging buffer on the device, in pieces. Sized for
   // the embedding, usually the largest tensor; larger ones go through in pieces.
@@ -446,6 +489,26 @@ void CudaBackend<T>::load_weights(const WeightMap& map, const std::function<void
     loaded += static_cast<std::uint64_t>(numel) * dtype_size(slice.view->dtype);
     if (bytes_loaded) bytes_loaded(loaded);
   });
+  if (!quantized_experts_) return;
+  // Quantized on the host (or read from the quantized cache) a layer at a time, then uploaded.
+  const ExpertLoadResult result = load_quantized_experts(
+      config_, map, experts,
+      [&](int l, QuantizedLayerExperts&& q) {
+        CudaLayer& layer = layers_[static_cast<std::size_t>(l)];
+        const std::string k = layer_weight_prefix(l);
+        // A layer may come twice (a damaged cache is dropped part way): the later one replaces it.
+        for (const DeviceQuantizedMatrix* old : {&layer.quantized_gate_up, &layer.quantized_down})
+          weight_bytes_ -= old->packed.bytes() + old->scales.bytes() + old->offsets.bytes();
+        layer.quantized_gate_up = upload_quantized(q.gate_up, k + "experts (w1, w3), quantized");
+        layer.quantized_down = upload_quantized(q.down, k + "experts (w2), quantized");
+        for (const DeviceQuantizedMatrix* now : {&layer.quantized_gate_up, &layer.quantized_down})
+          weight_bytes_ += now->packed.bytes() + now->scales.bytes() + now->offsets.bytes();
+      },
+      [&](std::uint64_t bytes) {
+        loaded += bytes;
+        if (bytes_loaded) bytes_loaded(loaded);
+      });
+  if (expert_result) *expert_result = result;
 }
 
 template <typename T>
@@ -611,15 +674,22 @@ void CudaBackend<T>::make_model_tensors() {
                             {&layer.v_proj, &w.v_proj}, {&layer.o_proj, &w.o_proj}})
       *to = view(*from, weight_type);
     layer.slopes = view(w.slopes, ElementType::F32);
-    layer.moe = {layer.router, {}, H, I, config_.experts_per_token};
-    const Tensor gate_up = view(w.gate_up, weight_type), down = view(w.down, weight_type);
-    // Another rank's experts are null (expert parallel).
-    for (int e = 0; e < config_.num_experts; ++e) {
-      const std::int64_t i = e - plan_.first_expert;
-      if (i < 0 || i >= plan_.experts)
-        layer.moe.experts.push_back({});
-      else
-        layer.moe.experts.push_back({gate_up.at(i * 2 * I * H), gate_up.at(i * 2 * I * H + I * H), down.at(i * H * I)});
+    layer.moe = {layer.router, {}, {}, H, I, config_.experts_per_token};
+    if (quantized_experts_) {
+      for (int e = 0; e < config_.num_experts; ++e)
+        layer.moe.quantized.push_back(
+            {w.quantized_gate_up.view.rows(e * 2 * I, 2 * I), w.quantized_down.view.rows(e * H, H)});
+    } else {
+      const Tensor gate_up = view(w.gate_up, weight_type), down = view(w.down, weight_type);
+      // Another rank's experts are null (expert parallel).
+      for (int e = 0; e < config_.num_experts; ++e) {
+        const std::int64_t i = e - plan_.first_expert;
+        if (i < 0 || i >= plan_.experts)
+          layer.moe.experts.push_back({});
+        else
+          layer.moe.experts.push_back(
+              {gate_up.at(i * 2 * I * H), gate_up.at(i * 2 * I * H + I * H), down.at(i * H * I)});
+      }
     }
     tensors_.layers.push_back(std::move(layer));
   }
@@ -755,9 +825,9 @@ class CudaParallelBackend final : public ComputeBackend {
     std::vector<void*> streams;
     for (std::size_t r = 0; r < plans_.size(); ++r) {
       // Progress is rank 0's: the others load the same tensors again (their parts of them).
-      ranks_.push_back(std::make_unique<CudaBackend<T>>(c, devices[r], map, graphs,
-                                                        r == 0 ? bytes_loaded : std::function<void(std::uint64_t)>{},
-                                                        plans_, static_cast<int>(r)));
+      ranks_.push_back(std::make_unique<CudaBackend<T>>(
+          c, devices[r], map, graphs, ExpertLoad{}, r == 0 ? bytes_loaded : std::function<void(std::uint64_t)>{},
+          nullptr, plans_, static_cast<int>(r)));
       streams.push_back(ranks_.back()->stream());
     }
     if (link == CudaRankLink::Nccl) {
@@ -931,16 +1001,27 @@ std::unique_ptr<ComputeBackend> make_cuda_parallel_backend(const ModelConfig& co
 }
 
 std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, const WeightMap& weights,
-                                                  const ModelOptions& options,
-                                                  const std::function<void(std::uint64_t)>& bytes_loaded) {
-  if (options.tensor_parallel != 1)
+                                                  const ModelOptions& options, const ExpertLoad& experts,
+                                                  const std::function<void(std::uint64_t)>& bytes_loaded,
+                                                  ExpertLoadResult* expert_result) {
+  if (options.tensor_parallel != 1) {
+    if (experts.dtype != ExpertDType::BF16)
+      throw Error(std::string("tensor parallel on the cuda backend takes the experts as they are in this version, not ") +
+                  expert_dtype_name(experts.dtype) + " (the cpu backend runs both)");
     return make_cuda_parallel_backend(config, weights, options, CudaRankLink::Nccl, bytes_loaded);
+  }
   const std::string reason = cuda_unavailable_reason();
   if (!reason.empty()) throw Error("the cuda backend is not available: " + reason);
   const int device = single_gpu_device(options);
-  if (options.cuda_float32)
-    return std::make_unique<CudaBackend<float>>(config, device, weights, options.cuda_graphs, bytes_loaded);
-  return std::make_unique<CudaBackend<bf16>>(config, device, weights, options.cuda_graphs, bytes_loaded);
+  if (options.cuda_float32) {
+    // float32 activations over quantized experts run a GEMM per expert sized on the host: a
+    // decode step waits for the device and is not captured.
+    const bool graphs = options.cuda_graphs && experts.dtype == ExpertDType::BF16;
+    return std::make_unique<CudaBackend<float>>(config, device, weights, graphs, experts, bytes_loaded,
+                                                expert_result);
+  }
+  return std::make_unique<CudaBackend<bf16>>(config, device, weights, options.cuda_graphs, experts, bytes_loaded,
+                                             expert_result);
 }
 
 std::optional<CollectiveCounts> cuda_collective_counts(const ComputeBackend& backend) {

@@ -145,7 +145,7 @@ TEST_P(CudaTensorParallelTest, SimulatedRanksEqualOneRankAndTheCpu) {
   constexpr int kSteps = 8;
   ModelOptions single;
   single.cuda_float32 = true;
-  const Outputs want = run_model(*make_cuda_backend(model.config, model.map, single, {}), model.config, kSteps);
+  const Outputs want = run_model(*make_cuda_backend(model.config, model.map, single, {}, {}), model.config, kSteps);
   const Outputs got = run_model(*make_cuda_parallel_backend(model.config, model.map, options_for(layout, true),
                                                               CudaRankLink::DeviceLoopback, {}),
                                 model.config, kSteps, &want.tokens);
@@ -153,7 +153,7 @@ TEST_P(CudaTensorParallelTest, SimulatedRanksEqualOneRankAndTheCpu) {
   cpu_options.backend = BackendKind::Cpu;
   cpu_options.threads = 2;
   const Outputs cpu =
-      run_model(*make_cpu_backend(model.config, model.map, cpu_options, {}), model.config, kSteps, &want.tokens);
+      run_model(*make_cpu_backend(model.config, model.map, cpu_options, {}, {}), model.config, kSteps, &want.tokens);
   const double error = worst_error(got, want), cpu_error = worst_error(got, cpu);
   std::printf("[ measured ] %s TP %d %s float32: relative error %.3g against one rank, %.3g against the CPU\n",
               layout.model.c_str(), layout.ranks, moe_parallel_name(layout.moe), error, cpu_error);
@@ -166,7 +166,7 @@ TEST_P(CudaTensorParallelTest, SimulatedRanksEqualOneRankAndTheCpu) {
 TEST_P(CudaTensorParallelTest, SimulatedRanksInBf16StayWithinItsRounding) {
   const Layout& layout = GetParam();
   const LoadedModel model(layout.model);
-  const Outputs want = run_model(*make_cuda_backend(model.config, model.map, ModelOptions{}, {}), model.config, 0);
+  const Outputs want = run_model(*make_cuda_backend(model.config, model.map, ModelOptions{}, {}, {}), model.config, 0);
   const Outputs got = run_model(*make_cuda_parallel_backend(model.config, model.map, options_for(layout, false),
                                                   CudaRankLink::DeviceLoopback, {}),
                       model.config, 0);
@@ -183,7 +183,7 @@ TEST_P(CudaTensorParallelTest, StateMovesBetweenLayouts) {
   const LoadedModel model(layout.model);
   ModelOptions single;
   single.cuda_float32 = true;
-  const auto one = make_cuda_backend(model.config, model.map, single, {});
+  const auto one = make_cuda_backend(model.config, model.map, single, {}, {});
   const auto parallel =
       make_cuda_parallel_backend(model.config, model.map, options_for(layout, true), CudaRankLink::DeviceLoopback, {});
   const ModelConfig& c = model.config;
@@ -250,7 +250,7 @@ TEST(CudaNcclTest, WorldSizeOneEqualsThePlainPath) {
   for (bool float32 : {true, false}) {
     ModelOptions options;
     options.cuda_float32 = float32;
-    const Outputs want = run_model(*make_cuda_backend(model.config, model.map, options, {}), model.config, 24);
+    const Outputs want = run_model(*make_cuda_backend(model.config, model.map, options, {}, {}), model.config, 24);
     const Outputs got = run_model(*make_cuda_parallel_backend(model.config, model.map, options, CudaRankLink::Nccl, {}),
                                   model.config, 24, &want.tokens);
     const double error = worst_error(got, want);
@@ -270,12 +270,13 @@ TEST(CudaNcclTest, TwoGpusEqualOneRank) {
   const LoadedModel model("demo");
   ModelOptions options;
   options.cuda_float32 = true;
-  const Outputs want = run_model(*make_cuda_backend(model.config, model.map, options, {}), model.config, 16);
+  const Outputs want = run_model(*make_cuda_backend(model.config, model.map, options, {}, {}), model.config, 16);
   for (MoeParallel moe : {MoeParallel::Expert, MoeParallel::Tensor}) {
     options.tensor_parallel = 2;
     options.moe_parallel = moe;
     options.devices = {0, 1};
-    const Outputs got = run_model(*make_cuda_backend(model.config, model.map, options, {}), model.config, 16, &want.tokens);
+    const Outputs got =
+        run_model(*make_cuda_backend(model.config, model.map, options, {}, {}), model.config, 16, &want.tokens);
     const double error = worst_error(got, want);
     std::printf("[ measured ] demo NCCL on GPUs 0 and 1, %s: relative error %.3g against one GPU\n",
                 moe_parallel_name(moe), error);
