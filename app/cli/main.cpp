@@ -229,6 +229,28 @@ std::unique_ptr<lightdesk::store::NamedSessionState> attach_stored_session(
   return state;
 }
 
+// Why the CUDA backend cannot run here (the CUDA plugin missing or unusable, no GPU); empty where it can.
+std::string cuda_unavailable_reason() {
+  try {
+    lightdesk::resolve_backend(lightdesk::BackendKind::Cuda);
+    return {};
+  } catch (const lightdesk::Error& e) {
+    return e.what();
+  }
+}
+
+// The model of the run verbs; with --stats, the backend it runs on, and why not CUDA.
+std::unique_ptr<lightdesk::Model> open_model(const Common& c) {
+  auto model = lightdesk::Model::open(c.model_dir, c.options);
+  if (c.stats) {
+    const auto backend = model->info().backend;
+    const std::string reason = backend == lightdesk::BackendKind::Cpu ? cuda_unavailable_reason() : "";
+    std::fprintf(stderr, "backend: %s%s\n", lightdesk::backend_name(backend),
+                 reason.empty() ? "" : (" (" + reason + ")").c_str());
+  }
+  return model;
+}
+
 struct InfoArgs {
   Common c;
   std::optional<long long> tokens;
@@ -362,9 +384,11 @@ int cmd_info(const InfoArgs& a) {
   std::printf("session of %lld tokens: %llu bytes (%s)\n", static_cast<long long>(n),
               static_cast<unsigned long long>(info.session_bytes(n)), human_bytes(info.session_bytes(n)).c_str());
   std::printf("fingerprint: %s\n", info.fingerprint.c_str());
-  for (const auto& gpu : lightdesk::gpu_devices())
+  const auto gpus = lightdesk::gpu_devices();
+  for (const auto& gpu : gpus)
     std::printf("gpu %d: %s, %s%s\n", gpu.index, gpu.name.c_str(), human_bytes(gpu.total_bytes).c_str(),
                 gpu.free_bytes ? (", " + human_bytes(*gpu.free_bytes) + " free").c_str() : "");
+  if (gpus.empty()) std::printf("gpus: none (%s)\n", cuda_unavailable_reason().c_str());
   if (!report)
     std::printf("plan: no GPU here (--gpus 4x80GB plans for hypothetical ones)\n");
   else if (plan.backend == lightdesk::BackendKind::Cpu)
@@ -404,7 +428,7 @@ int cmd_logits(const LogitsArgs& a) {
   const auto n = static_cast<std::int64_t>(ids.size());
   const std::int64_t prefill = decode_from ? std::min<std::int64_t>(*decode_from, n) : n;
 
-  auto model = lightdesk::Model::open(c.model_dir, c.options);
+  auto model = open_model(c);
   const std::int64_t V = model->info().vocab_size;
   auto session = model->create_session();
   const auto stored = attach_stored_session(stored_session, *session, c);
@@ -486,7 +510,7 @@ int generate_from_prompt(const Common& c, const std::string& prompt, long long m
   const auto tokenizer = lightdesk::Tokenizer::open(c.model_dir);
   const auto ids = tokenizer->encode(prompt);
   if (ids.empty()) throw UsageError("--prompt is empty");
-  auto model = lightdesk::Model::open(c.model_dir, c.options);
+  auto model = open_model(c);
   auto session = model->create_session();
   const auto stored = attach_stored_session(stored_session, *session, c);
   session->set_seed(sampling.seed);
@@ -542,7 +566,7 @@ int cmd_generate(const GenerateArgs& a) {
   if (prompt) return generate_from_prompt(c, *prompt, max_new, sampling, stored_session);
   const lightdesk::SamplingParams& params = sampling.params;
 
-  auto model = lightdesk::Model::open(c.model_dir, c.options);
+  auto model = open_model(c);
   auto session = model->create_session();
   const auto stored = attach_stored_session(stored_session, *session, c);
   session->set_seed(sampling.seed);
@@ -741,7 +765,7 @@ int cmd_ask(const AskArgs& a) {
   std::unique_ptr<lightdesk::vision::VisionModel> vision;
   if (!a.images.empty()) vision = lightdesk::vision::VisionModel::open(c.model_dir, c.options);
 
-  auto model = lightdesk::Model::open(c.model_dir, c.options);
+  auto model = open_model(c);
   lightdesk::conversation::Chat chat(*model, *tokenizer, format, vision.get(), c.options.threads);
   lightdesk::Session& session = chat.session();
   const auto stored = attach_stored_session(stored_session, session, c);
