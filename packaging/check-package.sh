@@ -42,8 +42,8 @@ if [ -n "$cuda_deb" ]; then
   cuda_depends="$(dpkg-deb --field "$cuda_deb" Depends)"
   grep -qF "lightdesk (= $version)" <<< "$cuda_depends" ||
     fail "lightdesk-cuda does not depend on lightdesk (= $version): $cuda_depends"
-  dpkg-deb --contents "$cuda_deb" | grep -q "/lib/lightdesk/liblightdesk_cuda.so$" ||
-    fail "lightdesk-cuda lacks lib/lightdesk/liblightdesk_cuda.so"
+  dpkg-deb --contents "$cuda_deb" | grep -qE "/lib/(.*/)?lightdesk/liblightdesk_cuda.so$" ||
+    fail "lightdesk-cuda lacks LIBDIR/lightdesk/liblightdesk_cuda.so"
 fi
 
 # Lintian: errors and warnings fail; the overrides the package ships explain what is left.
@@ -106,7 +106,7 @@ echo "installed lightdesk-server: $(head -2 "$work/server.out" | tr '\n' ' ')"
 packages=(lightdesk)
 if [ -n "$cuda_deb" ]; then
   # With it, the plugin loads: it runs the model on a GPU, or says there is none (not that it
-  # cannot be loaded); the CPU still answers.
+  # cannot be loaded).
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "./$cuda_deb"
   dpkg -L lightdesk-cuda >> "$installed_files"
   packages=(lightdesk-cuda lightdesk)
