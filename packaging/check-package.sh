@@ -42,7 +42,7 @@ if [ -n "$cuda_deb" ]; then
   cuda_depends="$(dpkg-deb --field "$cuda_deb" Depends)"
   grep -qF "lightdesk (= $version)" <<< "$cuda_depends" ||
     fail "lightdesk-cuda does not depend on lightdesk (= $version): $cuda_depends"
-  dpkg-deb --contents "$cuda_deb" | grep -qE "/lib/(.*/)?lightdesk/liblightdesk_cuda.so$" ||
+  grep -qE "/lib/(.*/)?lightdesk/liblightdesk_cuda.so$" <<< "$(dpkg-deb --contents "$cuda_deb")" ||
     fail "lightdesk-cuda lacks LIBDIR/lightdesk/liblightdesk_cuda.so"
 fi
 
