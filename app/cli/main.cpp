@@ -734,15 +734,16 @@ int ask_remote(const AskArgs& a) {
   lightdesk::conversation::Turn turn{true, a.question, {}, {}};
   for (const auto& file : a.documents) turn.documents.push_back(lightdesk::load_document(file));
   lightdesk::remote::RemoteRequest request;
-  request.user_text = lightdesk::conversation::prompt_text(turn);
+  request.messages = {{"user", lightdesk::conversation::prompt_text(turn)}};
   request.max_tokens = a.max_new_tokens;
   const Sampling sampling = sampling_of(a.sampling);
   request.temperature = sampling.params.temperature;
   request.top_p = sampling.params.top_p;
   if (a.sampling.seed) request.seed = *a.sampling.seed;
-  lightdesk::remote::ask_remote(a.remote, request, [](const std::string& text) {
+  lightdesk::remote::ask_remote(a.remote, request, [](const std::string&, const std::string& text) {
     std::fwrite(text.data(), 1, text.size(), stdout);
     std::fflush(stdout);
+    return true;
   });
   std::printf("\n");
   return 0;
