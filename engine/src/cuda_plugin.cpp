@@ -73,11 +73,12 @@ std::vector<GpuDevice> devices() {
 }
 
 std::unique_ptr<ComputeBackend> make_backend(const ModelConfig& config, const WeightMap& weights,
-                                             const ModelOptions& options,
-                                             const std::function<void(std::uint64_t)>& bytes_loaded) {
+                                             const ModelOptions& options, const ExpertLoad& experts,
+                                             const std::function<void(std::uint64_t)>& bytes_loaded,
+                                             ExpertLoadResult* expert_result) {
   const LoadedPlugin& loaded = plugin();
   if (!loaded.table) throw Error("the cuda backend is not available: " + loaded.failure);
-  return loaded.table->make_backend(config, weights, options, bytes_loaded);
+  return loaded.table->make_backend(config, weights, options, experts, bytes_loaded, expert_result);
 }
 
 std::vector<OpsBackend> ops_backends() {
