@@ -77,11 +77,12 @@ configure() {
   cmake -S "$source" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DLIGHTDESK_ENGINE_ONLY=ON "$@" \
     -DLIGHTDESK_WITH_CUDA=ON -DCMAKE_PREFIX_PATH="$prefix/usr" -DCMAKE_LIBRARY_PATH="$lib/openblas-pthread;$lib" \
     -DCMAKE_CXX_FLAGS="-isystem $prefix/usr/include/x86_64-linux-gnu/openblas-pthread" \
-    -DCMAKE_EXE_LINKER_FLAGS="-Wl,-rpath-link,$lib" >"$log" 2>&1 || { tail -30 "$log"; exit 1; }
+    -DCMAKE_EXE_LINKER_FLAGS="-Wl,-rpath-link,$lib" -DCMAKE_MODULE_LINKER_FLAGS="-Wl,-rpath-link,$lib" \
+    >"$log" 2>&1 || { tail -30 "$log"; exit 1; }
 }
 # With --baseline, the comparison alone (a call of its own, within ten minutes): both trees'
 # lightdesk-bench, built side by side, and no tests.
-targets=(cuda_tests engine_tests lightdesk-bench "${cli_target[@]}")
+targets=(cuda_tests engine_tests cuda_plugin_tests lightdesk-bench "${cli_target[@]}")
 [ -n "$baseline" ] && targets=(lightdesk-bench)
 start=$(date +%s)
 configure . build-device "$out/configure.log" "${cli_options[@]}"
@@ -110,9 +111,16 @@ echo "build: $(( $(date +%s) - start )) s"
 
 status=0
 if [ -z "$baseline" ]; then
+  # The programs and tests load the CUDA backend from the plugin (build-device/plugins, in their
+  # run path): it must load and find the GPU.
+  echo "--- the CUDA plugin"
+  LIGHTDESK_EXPECT=built build-device/tests/cuda_plugin_tests --gtest_brief=1 2>&1 | tail -3
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   if [ ${#cli_target[@]} -gt 0 ]; then
     echo "--- lightdesk-cli info"
     build-device/app/cli/lightdesk-cli info --model resources/models/lightdesk-demo || status=1
+    build-device/app/cli/lightdesk-cli info --model resources/models/lightdesk-demo | grep -q "^gpu 0: " ||
+      { echo "lightdesk-cli info lists no GPU: the CUDA plugin did not load"; status=1; }
   fi
   build-device/tests/cuda/cuda_tests --gtest_brief=1 2>&1 | tee "$out/cuda_tests.log" | grep -vE "^\[ measured" | tail -40
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1

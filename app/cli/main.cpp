@@ -242,6 +242,28 @@ std::unique_ptr<lightdesk::store::NamedSessionState> attach_stored_session(
   return state;
 }
 
+// Why the CUDA backend cannot run here (the CUDA plugin missing or unusable, no GPU); empty where it can.
+std::string cuda_unavailable_reason() {
+  try {
+    lightdesk::resolve_backend(lightdesk::BackendKind::Cuda);
+    return {};
+  } catch (const lightdesk::Error& e) {
+    return e.what();
+  }
+}
+
+// The model of the run verbs; with --stats, the backend it runs on, and why not CUDA.
+std::unique_ptr<lightdesk::Model> open_model(const Common& c) {
+  auto model = lightdesk::Model::open(c.model_dir, c.options);
+  if (c.stats) {
+    const auto backend = model->info().backend;
+    const std::string reason = backend == lightdesk::BackendKind::Cpu ? cuda_unavailable_reason() : "";
+    std::fprintf(stderr, "backend: %s%s\n", lightdesk::backend_name(backend),
+                 reason.empty() ? "" : (" (" + reason + ")").c_str());
+  }
+  return model;
+}
+
 struct InfoArgs {
   Common c;
   std::optional<long long> tokens;
@@ -427,9 +449,11 @@ int cmd_info(const InfoArgs& a) {
   std::printf("session of %lld tokens: %llu bytes (%s)\n", static_cast<long long>(n),
               static_cast<unsigned long long>(info.session_bytes(n)), human_bytes(info.session_bytes(n)).c_str());
   std::printf("fingerprint: %s\n", info.fingerprint.c_str());
-  for (const auto& gpu : lightdesk::gpu_devices())
+  const auto gpus = lightdesk::gpu_devices();
+  for (const auto& gpu : gpus)
     std::printf("gpu %d: %s, %s%s\n", gpu.index, gpu.name.c_str(), human_bytes(gpu.total_bytes).c_str(),
                 gpu.free_bytes ? (", " + human_bytes(*gpu.free_bytes) + " free").c_str() : "");
+  if (gpus.empty()) std::printf("gpus: none (%s)\n", cuda_unavailable_reason().c_str());
   if (!report)
     std::printf("plan: no GPU here (--gpus 4x80GB plans for hypothetical ones)\n");
   else if (plan.backend == lightdesk::BackendKind::Cpu)
@@ -471,7 +495,7 @@ int cmd_logits(const LogitsArgs& a) {
   const auto n = static_cast<std::int64_t>(ids.size());
   const std::int64_t prefill = decode_from ? std::min<std::int64_t>(*decode_from, n) : n;
 
-  auto model = lightdesk::Model::open(c.model_dir, c.options);
+  auto model = open_model(c);
   const std::int64_t V = model->info().vocab_size;
   auto session = model->create_session();
   const auto stored = attach_stored_session(stored_session, *session, c);
@@ -553,7 +577,7 @@ int generate_from_prompt(const Common& c, const std::string& prompt, long long m
   const auto tokenizer = lightdesk::Tokenizer::open(c.model_dir);
   const auto ids = tokenizer->encode(prompt);
   if (ids.empty()) throw UsageError("--prompt is empty");
-  auto model = lightdesk::Model::open(c.model_dir, c.options);
+  auto model = open_model(c);
   auto session = model->create_session();
   const auto stored = attach_stored_session(stored_session, *session, c);
   session->set_seed(sampling.seed);
@@ -609,7 +633,7 @@ int cmd_generate(const GenerateArgs& a) {
   if (prompt) return generate_from_prompt(c, *prompt, max_new, sampling, stored_session);
   const lightdesk::SamplingParams& params = sampling.params;
 
-  auto model = lightdesk::Model::open(c.model_dir, c.options);
+  auto model = open_model(c);
   auto session = model->create_session();
   const auto stored = attach_stored_session(stored_session, *session, c);
   session->set_seed(sampling.seed);
@@ -777,15 +801,16 @@ int ask_remote(const AskArgs& a) {
   lightdesk::conversation::Turn turn{true, a.question, {}, {}};
   for (const auto& file : a.documents) turn.documents.push_back(lightdesk::load_document(file));
   lightdesk::remote::RemoteRequest request;
-  request.user_text = lightdesk::conversation::prompt_text(turn);
+  request.messages = {{"user", lightdesk::conversation::prompt_text(turn)}};
   request.max_tokens = a.max_new_tokens;
   const Sampling sampling = sampling_of(a.sampling);
   request.temperature = sampling.params.temperature;
   request.top_p = sampling.params.top_p;
   if (a.sampling.seed) request.seed = *a.sampling.seed;
-  lightdesk::remote::ask_remote(a.remote, request, [](const std::string& text) {
+  lightdesk::remote::ask_remote(a.remote, request, [](const std::string&, const std::string& text) {
     std::fwrite(text.data(), 1, text.size(), stdout);
     std::fflush(stdout);
+    return true;
   });
   std::printf("\n");
   return 0;
@@ -808,7 +833,7 @@ int cmd_ask(const AskArgs& a) {
   std::unique_ptr<lightdesk::vision::VisionModel> vision;
   if (!a.images.empty()) vision = lightdesk::vision::VisionModel::open(c.model_dir, c.options);
 
-  auto model = lightdesk::Model::open(c.model_dir, c.options);
+  auto model = open_model(c);
   lightdesk::conversation::Chat chat(*model, *tokenizer, format, vision.get(), c.options.threads);
   lightdesk::Session& session = chat.session();
   const auto stored = attach_stored_session(stored_session, session, c);

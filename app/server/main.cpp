@@ -9,6 +9,7 @@
 
 #include "lightdesk/data_directory.h"
 #include "lightdesk/engine.h"
+#include "lightdesk/installed_files.h"
 #include "lightdesk/text.h"
 #include "openai_server.h"
 
@@ -19,6 +20,16 @@ lightdesk::server::Server* running_server = nullptr;
 
 bool is_loopback(const std::string& host) {
   return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+// Why the CUDA backend cannot run here (the CUDA plugin missing or unusable, no GPU).
+std::string cuda_unavailable_reason() {
+  try {
+    lightdesk::resolve_backend(lightdesk::BackendKind::Cuda);
+    return "a GPU was not asked for";
+  } catch (const lightdesk::Error& e) {
+    return e.what();
+  }
 }
 
 }  // namespace
@@ -33,7 +44,13 @@ int main(int argc, char** argv) {
   std::size_t state_cache_mib = options.state_cache_bytes >> 20;
   std::optional<std::filesystem::path> data_dir;
   bool states_in_memory = false;
-  cli.add_option("--model", model_dir, "model directory (config.json, safetensors files, tokenizer)")->required();
+  // Where Lightdesk is installed, the bundled demo model by default.
+  const auto demo = lightdesk::installed::demo_model_directory();
+  if (demo) model_dir = demo->string();
+  cli.add_option("--model", model_dir,
+                 "model directory (config.json, safetensors files, tokenizer); an installed Lightdesk's demo model "
+                 "by default")
+      ->required(!demo);
   cli.add_option("--host", options.host, "address to listen on (default 127.0.0.1: this machine only)");
   cli.add_option("--port", options.port, "port to listen on (default 8080; 0: any free port, printed)")
       ->check(CLI::Range(0, 65535));
@@ -51,6 +68,9 @@ int main(int argc, char** argv) {
                  "the data directory whose cache/ keeps the states (default: $LIGHTDESK_DATA_DIR, else "
                  "$XDG_DATA_HOME/Lightdesk, else ~/.local/share/Lightdesk)");
   cli.add_flag("--states-in-memory", states_in_memory, "keep the states in memory only, not in the data directory");
+  std::string backend = "auto";
+  cli.add_option("--backend", backend, "cpu, cuda or auto (the default: CUDA where a GPU is usable)")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
   cli.add_option("--threads", model_options.threads, "CPU worker threads (default 0: all hardware threads)")
       ->check(CLI::Range(0, 4096));
   cli.add_option_function<std::string>(
@@ -68,6 +88,7 @@ int main(int argc, char** argv) {
   options.max_body_bytes = max_body_mib << 20;
   options.state_cache_bytes = state_cache_mib << 20;
   options.threads = model_options.threads;
+  model_options.backend = lightdesk::parse_backend_kind(backend);
   if (options.model_name.empty()) {
     auto path = std::filesystem::path(model_dir);
     options.model_name = (path.has_filename() ? path : path.parent_path()).filename().string();
@@ -92,6 +113,9 @@ int main(int argc, char** argv) {
     std::signal(SIGTERM, [](int) { running_server->stop(); });
     std::printf("lightdesk-server: serving %s on http://%s:%d/v1\n", options.model_name.c_str(), options.host.c_str(),
                 server.bound_port());
+    std::printf("lightdesk-server: the model runs on the %s%s\n", lightdesk::backend_name(model->info().backend),
+                model->info().backend == lightdesk::BackendKind::Cpu ? (" (" + cuda_unavailable_reason() + ")").c_str()
+                                                                     : "");
     std::fflush(stdout);
     server.serve();
     running_server = nullptr;

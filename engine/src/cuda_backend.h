@@ -1,5 +1,6 @@
-// The CUDA backend's entry points. cuda_backend.cpp implements them in builds with
-// LIGHTDESK_WITH_CUDA; in builds without, cuda_plugin.cpp forwards them to the CUDA plugin.
+// The CUDA backend's entry points (library lightdesk_engine_cuda, built with LIGHTDESK_WITH_CUDA).
+// The engine reaches them through the CUDA plugin that holds them (cuda_plugin.h); the CUDA tests
+// and the benchmark call them directly.
 #pragma once
 
 #include <functional>
@@ -56,9 +57,8 @@ std::optional<CollectiveCounts> cuda_collective_counts(const ComputeBackend& bac
 // generation of n tokens should take O(log n) captures (tests, benchmarks).
 std::uint64_t cuda_decode_graph_captures(const SequenceState& sequence);
 
-
-// The CUDA ops in both activation types, each on its own context of device 0 (empty without
-// CUDA in the build): see ops_backends.
+// The CUDA ops in both activation types, each on its own context of device 0 (each unavailable
+// without a device): see ops_backends.
 std::vector<OpsBackend> cuda_ops_backends();
 
 }  // namespace lightdesk

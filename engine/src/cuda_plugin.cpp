@@ -1,5 +1,5 @@
-// The CUDA entry points of a build without CUDA code (LIGHTDESK_WITH_CUDA=OFF): they forward to
-// the CUDA plugin (cuda_plugin.h) when it loads, and otherwise say why there is no CUDA.
+// The engine's way to the CUDA backend: liblightdesk_cuda.so (cuda_plugin.h), loaded at the first
+// use; where it is missing or does not load, the reason why there is no CUDA.
 #include "cuda_plugin.h"
 
 #include <dlfcn.h>
@@ -7,18 +7,20 @@
 #include <cstdlib>
 #include <filesystem>
 
-#include "cuda_backend.h"
+#include "lightdesk/cuda_plugin_symbol.h"
 #include "lightdesk/installed_files.h"
 
 namespace lightdesk {
 namespace {
 
 struct LoadedPlugin {
+  void* library = nullptr;
   const CudaPlugin* table = nullptr;
   std::string failure;  // why table is null
 };
 
-// $LIGHTDESK_CUDA_PLUGIN, else the installed plugin beside the programs, else the loader's path.
+// $LIGHTDESK_CUDA_PLUGIN, else the installed plugin beside the programs, else the loader's path
+// (a build tree's programs have the plugin's folder in their run path).
 std::string plugin_path() {
   if (const char* path = std::getenv(kCudaPluginVariable); path && *path) return path;
   if (const auto directory = installed::plugin_directory(); !directory.empty()) {
@@ -34,18 +36,20 @@ LoadedPlugin load_plugin() {
   // Never closed: backends made by the plugin may live until the process ends.
   void* library = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (!library) {
-    const char* error = dlerror();
-    if (path == kCudaPluginFile && std::string(error).find("cannot open shared object file") != std::string::npos)
-      return {nullptr, std::string(kCudaPluginFile) + " is not installed (the lightdesk-cuda package)"};
-    return {nullptr, path + " cannot be loaded: " + error};
+    const std::string error = dlerror();
+    // The plugin itself not found (not a CUDA library it needs: that is a failure to load it).
+    if (path == kCudaPluginFile && error.starts_with(path + ": cannot open shared object file"))
+      return {nullptr, nullptr, std::string(kCudaPluginFile) + " is not installed (the lightdesk-cuda package)"};
+    return {nullptr, nullptr, path + " cannot be loaded: " + error};
   }
   const auto entry = reinterpret_cast<const CudaPlugin* (*)(int)>(dlsym(library, "lightdesk_cuda_plugin"));
-  if (!entry) return {nullptr, path + " is not a Lightdesk plugin (no lightdesk_cuda_plugin)"};
+  if (!entry) return {library, nullptr, path + " is not a Lightdesk plugin (no lightdesk_cuda_plugin)"};
   const CudaPlugin* table = entry(kCudaPluginAbiVersion);
   if (!table)
-    return {nullptr, path + " is from another Lightdesk version (it refused plugin interface " +
-                         std::to_string(kCudaPluginAbiVersion) + ")"};
-  return {table, {}};
+    return {library, nullptr,
+            path + " is from another Lightdesk version (it refused plugin interface " +
+                std::to_string(kCudaPluginAbiVersion) + ")"};
+  return {library, table, {}};
 }
 
 // Loaded at the first use, once per process, as the dynamic loader keeps a library once anyway.
@@ -56,26 +60,40 @@ const LoadedPlugin& plugin() {
 
 }  // namespace
 
-std::string cuda_unavailable_reason() {
+namespace cuda_plugin {
+
+std::string unavailable_reason() {
   const LoadedPlugin& loaded = plugin();
   return loaded.table ? loaded.table->unavailable_reason() : loaded.failure;
 }
 
-std::vector<GpuDevice> cuda_devices() {
+std::vector<GpuDevice> devices() {
   const LoadedPlugin& loaded = plugin();
   return loaded.table ? loaded.table->devices() : std::vector<GpuDevice>{};
 }
 
-std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, const WeightMap& weights,
-                                                  const ModelOptions& options, const ExpertLoad& experts,
-                                                  const std::function<void(std::uint64_t)>& bytes_loaded,
-                                                  ExpertLoadResult* expert_result) {
+std::unique_ptr<ComputeBackend> make_backend(const ModelConfig& config, const WeightMap& weights,
+                                             const ModelOptions& options, const ExpertLoad& experts,
+                                             const std::function<void(std::uint64_t)>& bytes_loaded,
+                                             ExpertLoadResult* expert_result) {
   const LoadedPlugin& loaded = plugin();
   if (!loaded.table) throw Error("the cuda backend is not available: " + loaded.failure);
   return loaded.table->make_backend(config, weights, options, experts, bytes_loaded, expert_result);
 }
 
-// The plugin's ops are not checked from here: a build with the CUDA code runs the per-op suite.
-std::vector<OpsBackend> cuda_ops_backends() { return {}; }
+std::vector<OpsBackend> ops_backends() {
+  const LoadedPlugin& loaded = plugin();
+  return loaded.table ? loaded.table->ops_backends() : std::vector<OpsBackend>{};
+}
+
+}  // namespace cuda_plugin
+
+void* cuda_plugin_symbol(const char* name) {
+  const LoadedPlugin& loaded = plugin();
+  if (!loaded.table) throw Error("the cuda backend is not available: " + loaded.failure);
+  void* symbol = dlsym(loaded.library, name);
+  if (!symbol) throw Error(std::string("the CUDA plugin has no ") + name + " (it is from another Lightdesk build)");
+  return symbol;
+}
 
 }  // namespace lightdesk

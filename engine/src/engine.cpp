@@ -9,7 +9,7 @@
 
 #include "backend.h"
 #include "lightdesk/bf16.h"
-#include "cuda_backend.h"
+#include "cuda_plugin.h"
 #include "lightdesk/engine.h"
 #include "lightdesk/input_files.h"
 #include "model_config.h"
@@ -35,17 +35,17 @@ const char* backend_name(BackendKind kind) {
 }
 
 std::vector<BackendKind> available_backends() {
-  if (cuda_unavailable_reason().empty()) return {BackendKind::Cpu, BackendKind::Cuda};
+  if (cuda_plugin::unavailable_reason().empty()) return {BackendKind::Cpu, BackendKind::Cuda};
   return {BackendKind::Cpu};
 }
 
-std::vector<GpuDevice> gpu_devices() { return cuda_devices(); }
+std::vector<GpuDevice> gpu_devices() { return cuda_plugin::devices(); }
 
 std::vector<int> parse_devices(const std::string& text) {
   std::vector<int> devices;
   if (text == "all") {
     for (const GpuDevice& device : gpu_devices()) devices.push_back(device.index);
-    if (devices.empty()) throw Error("no GPU for devices \"all\": " + cuda_unavailable_reason());
+    if (devices.empty()) throw Error("no GPU for devices \"all\": " + cuda_plugin::unavailable_reason());
     return devices;
   }
   std::size_t start = 0;
@@ -73,7 +73,7 @@ int single_gpu_device(const ModelOptions& options) {
   const std::vector<GpuDevice> devices = gpu_devices();
   if (index < 0 || index >= static_cast<int>(devices.size()))
     throw Error("there is no GPU " + std::to_string(index) + " (" +
-                (devices.empty() ? cuda_unavailable_reason()
+                (devices.empty() ? cuda_plugin::unavailable_reason()
                                  : "this machine has GPUs 0 to " + std::to_string(devices.size() - 1)) +
                 ")");
   return index;
@@ -81,7 +81,7 @@ int single_gpu_device(const ModelOptions& options) {
 
 std::vector<OpsBackend> ops_backends() {
   std::vector<OpsBackend> backends{{"cpu", [] { return std::string(); }, [] { return make_cpu_ops(0); }}};
-  for (OpsBackend& cuda : cuda_ops_backends()) backends.push_back(std::move(cuda));
+  for (OpsBackend& cuda : cuda_plugin::ops_backends()) backends.push_back(std::move(cuda));
   return backends;
 }
 
@@ -244,7 +244,7 @@ BackendKind resolve_backend(BackendKind requested) {
     return std::find(available.begin(), available.end(), BackendKind::Cuda) != available.end() ? BackendKind::Cuda
                                                                                               : BackendKind::Cpu;
   if (requested == BackendKind::Cuda) {
-    const std::string reason = cuda_unavailable_reason();
+    const std::string reason = cuda_plugin::unavailable_reason();
     if (!reason.empty()) throw Error("the cuda backend is not available: " + reason);
   }
   if (std::find(available.begin(), available.end(), requested) == available.end())
@@ -351,7 +351,7 @@ std::unique_ptr<Model> Model::open(const std::filesystem::path& directory, const
   };
   ExpertLoadResult expert_result;
   impl->backend = kind == BackendKind::Cuda
-                      ? make_cuda_backend(impl->config, *map, options, experts, on_bytes, &expert_result)
+                      ? cuda_plugin::make_backend(impl->config, *map, options, experts, on_bytes, &expert_result)
                       : make_cpu_backend(impl->config, *map, options, experts, on_bytes, &expert_result);
   impl->info.weight_bytes = impl->backend->weight_bytes();
   impl->info.expert_cache_bytes_read = expert_result.cache_bytes_read;

@@ -194,7 +194,7 @@ struct OpsBackend {
   std::function<std::string()> unavailable;
   std::function<std::unique_ptr<ModelOps>()> make;
 };
-// Every backend's ops built in: the CPU's, then the CUDA ones (on device 0) where built.
+// Every backend's ops: the CPU's, then the CUDA ones (on device 0) where the CUDA plugin loads.
 std::vector<OpsBackend> ops_backends();
 
 }  // namespace lightdesk

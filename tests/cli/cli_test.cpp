@@ -105,6 +105,15 @@ TEST(Cli, InfoDescribesTheModelAndTheSessionMemory) {
   EXPECT_NE(r.out.find("session of 1000 tokens: 268288 bytes"), std::string::npos) << r.out;
   const auto default_tokens = run_cli({"info", "--model", model_dir()});
   EXPECT_NE(default_tokens.out.find("session of 4096 tokens"), std::string::npos) << default_tokens.out;
+  // One line per GPU, or one line saying why there is none (no CUDA plugin, no device).
+  const bool gpu = r.out.find("\ngpu 0: ") != std::string::npos;
+  EXPECT_NE(gpu, r.out.find("\ngpus: none (the cuda backend is not available: ") != std::string::npos) << r.out;
+  // With --stats, a run says which backend it took, and on the CPU why not CUDA.
+  const auto stats = run_cli({"generate", "--model", model_dir(), "--ids", "1", "--max-new-tokens", "1", "--stats"});
+  ASSERT_EQ(stats.exit_code, 0) << stats.err;
+  EXPECT_NE(stats.err.find(gpu ? "backend: cuda\n" : "backend: cpu (the cuda backend is not available: "),
+            std::string::npos)
+      << stats.err;
 }
 
 // The memory plan for hypothetical GPUs, from the released config and index alone (no weights):

@@ -11,7 +11,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -515,12 +514,12 @@ TEST(CudaBackendTest, OutOfMemoryIsAnErrorAndTheSessionStaysUsable) {
   options.backend = BackendKind::Cuda;
   options.cuda_float32 = true;  // so the two ways of feeding agree to float32 rounding
   // The fixture with the largest context a config may state, so that an import of that many
-  // positions passes the context check and reaches the allocation: 2^31 positions of float32
-  // K/V (256 bytes each) are 512 GiB, more than any GPU holds.
+  // positions passes the context check and reaches the allocation: 2^30 positions (the most a
+  // config may state) of float32 K/V, 256 bytes each, are 256 GiB, more than a GPU holds.
   const test::ScratchDir dir;
   test::copy_fixture("tiny-a-hf", dir.path());
   auto config = nlohmann::json::parse(test::read_file(dir.path() / "config.json"));
-  const int most_positions = std::numeric_limits<int>::max();
+  const int most_positions = 1 << 30;
   config["max_position_embeddings"] = most_positions;
   test::write_file(dir.path() / "config.json", config.dump());
   const auto model = Model::open(dir.path(), options);
@@ -530,7 +529,7 @@ TEST(CudaBackendTest, OutOfMemoryIsAnErrorAndTheSessionStaysUsable) {
   // A state import for more positions than the GPU holds: the K/V cache cannot be sized.
   try {
     session->begin_import(most_positions);
-    FAIL() << "a K/V cache of 2^31 positions was allocated";
+    FAIL() << "a K/V cache of 2^30 positions was allocated";
   } catch (const Error& e) {
     const std::string message = e.what();
     EXPECT_NE(message.find("out of memory"), std::string::npos) << message;

@@ -29,9 +29,12 @@ const std::filesystem::path kDemo = std::filesystem::path(LIGHTDESK_SOURCE_DIR) 
 // rounding of float32 over a few layers); against the CPU, its reference tolerance.
 constexpr double kFloat32Tolerance = 1e-4;
 constexpr double kCpuTolerance = 1e-3;
-// bf16: each all-reduce rounds its sum to bf16 once more than one GPU does; the fixture tests'
-// bound for bf16 logits (fixture_test.cpp's kBf16Tolerance), as the largest difference.
-constexpr double kBf16LogitTolerance = 0.15;
+// bf16: each all-reduce rounds its sum to bf16 once more than one GPU does, so the ranks' logits
+// stray from the float32 ones by about as much as one GPU's bf16 logits do, which grows with the
+// model's logit scale (the demo's are far larger than the fixtures'): the bound is a multiple of
+// that measured straying, with a floor of the fixture tests' bf16 bound.
+constexpr double kBf16StrayingFactor = 2.0;
+constexpr double kBf16LogitFloor = 0.15;
 
 struct Layout {
   std::string model;  // a fixture of tests/data, or "demo"
@@ -162,18 +165,24 @@ TEST_P(CudaTensorParallelTest, SimulatedRanksEqualOneRankAndTheCpu) {
   EXPECT_EQ(got.tokens, want.tokens);  // the distributed argmax
 }
 
-// bf16: the prompt's logits within the bf16 bound of one rank's.
+// bf16: the prompt's logits stray from one float32 rank's no further than a few times one bf16
+// rank's do.
 TEST_P(CudaTensorParallelTest, SimulatedRanksInBf16StayWithinItsRounding) {
   const Layout& layout = GetParam();
   const LoadedModel model(layout.model);
-  const Outputs want = run_model(*make_cuda_backend(model.config, model.map, ModelOptions{}, {}, {}), model.config, 0);
+  ModelOptions float32;
+  float32.cuda_float32 = true;
+  const Outputs exact = run_model(*make_cuda_backend(model.config, model.map, float32, {}, {}), model.config, 0);
+  const Outputs one_rank = run_model(*make_cuda_backend(model.config, model.map, ModelOptions{}, {}, {}), model.config, 0);
   const Outputs got = run_model(*make_cuda_parallel_backend(model.config, model.map, options_for(layout, false),
                                                   CudaRankLink::DeviceLoopback, {}),
                       model.config, 0);
-  const double difference = largest_difference(got.prompt_logits, want.prompt_logits);
-  std::printf("[ measured ] %s TP %d %s bf16: max |dlogit| = %.3g (bound %.3g)\n", layout.model.c_str(), layout.ranks,
-              moe_parallel_name(layout.moe), difference, kBf16LogitTolerance);
-  EXPECT_LT(difference, kBf16LogitTolerance);
+  const double straying = largest_difference(one_rank.prompt_logits, exact.prompt_logits);
+  const double bound = std::max(kBf16LogitFloor, kBf16StrayingFactor * straying);
+  const double difference = largest_difference(got.prompt_logits, exact.prompt_logits);
+  std::printf("[ measured ] %s TP %d %s bf16: max |dlogit| against float32 = %.3g (one bf16 rank: %.3g; bound %.3g)\n",
+              layout.model.c_str(), layout.ranks, moe_parallel_name(layout.moe), difference, straying, bound);
+  EXPECT_LT(difference, bound);
 }
 
 // A session's state exported at this layout imports into one rank, whose continuation is

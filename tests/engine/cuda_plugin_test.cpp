@@ -1,4 +1,4 @@
-// The engine of a build without CUDA code loads the CUDA backend as a plugin (cuda_plugin.h).
+// The engine loads the CUDA backend as a plugin (cuda_plugin.h).
 // The plugin is loaded once per process: ctest runs each case in its own process, with
 // LIGHTDESK_CUDA_PLUGIN naming a stand-in plugin (fake_cuda_plugin.cpp) or a missing file, and
 // LIGHTDESK_EXPECT saying which case this process is.
@@ -58,6 +58,23 @@ TEST(CudaPlugin, MissingPluginLeavesTheCpu) {
   EXPECT_NE(error.find("the cuda backend is not available"), std::string::npos) << error;
   EXPECT_NE(error.find("cannot be loaded"), std::string::npos) << error;
   EXPECT_NO_THROW(Model::open(test::fixture_dir("tiny-a-m1-rd8"), {.backend = BackendKind::Auto}));
+}
+
+TEST(CudaPlugin, BuiltPluginLoadsAndRunsOrNamesTheMissingDevice) {
+  if (expected_case() != "built") GTEST_SKIP() << "another process's case";
+  const std::string error = error_of_cuda_open();
+  if (has_cuda()) {
+    EXPECT_FALSE(gpu_devices().empty());
+    EXPECT_EQ(error, "(no error)");
+    return;
+  }
+  // Loaded, and its own reason: no device or driver (not a failure to load it).
+  EXPECT_TRUE(gpu_devices().empty());
+  EXPECT_NE(error.find("CUDA device"), std::string::npos) << error;
+  EXPECT_EQ(error.find("cannot be loaded"), std::string::npos) << error;
+  EXPECT_EQ(error.find("another Lightdesk version"), std::string::npos) << error;
+  EXPECT_EQ(Model::open(test::fixture_dir("tiny-a-m1-rd8"), {.backend = BackendKind::Auto})->info().backend,
+            BackendKind::Cpu);
 }
 
 }  // namespace

@@ -21,7 +21,9 @@ std::unique_ptr<lightdesk::ComputeBackend> no_backend(const lightdesk::ModelConf
   throw lightdesk::Error("the fake plugin makes no backend");
 }
 
-const lightdesk::CudaPlugin table{no_reason, one_device, no_backend};
+std::vector<lightdesk::OpsBackend> no_ops() { return {}; }
+
+const lightdesk::CudaPlugin table{no_reason, one_device, no_backend, no_ops};
 
 }  // namespace
 

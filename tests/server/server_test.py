@@ -31,6 +31,8 @@ class Server:
             self.process.kill()
             raise RuntimeError("the server did not start: " + line + self.process.stdout.read())
         self.port = int(line.rsplit(":", 1)[1].split("/")[0])
+        # The backend the model runs on, and on the CPU why not CUDA.
+        self.backend_line = self.process.stdout.readline()
         self.base = f"http://127.0.0.1:{self.port}"
 
     def __enter__(self):
@@ -110,6 +112,9 @@ def wait_for(condition, what, seconds=20):
 
 def curl_checks(args):
     with Server(args.server, args.model) as server:
+        check(server.backend_line.startswith("lightdesk-server: the model runs on the cuda")
+              or server.backend_line.startswith("lightdesk-server: the model runs on the cpu (the cuda backend is "
+                                                "not available: "), server.backend_line)
         status, text = curl(server, "GET", "/v1/models")
         check(status == 200 and json.loads(text)["data"][0]["id"] == "tiny-a-m1-rd8", text)
 

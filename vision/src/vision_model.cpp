@@ -70,7 +70,7 @@ std::unique_ptr<VisionModel> VisionModel::open(const std::filesystem::path& dire
   // The backend the engine chooses for the language model. The CUDA tower uploads the weights,
   // and their float32 host copies go with `w`.
   if (resolve_backend(options.backend) == BackendKind::Cuda) {
-    m.tower = make_cuda_tower(c, w, options.cuda_float32, single_gpu_device(options));
+    m.tower = make_plugin_cuda_tower(c, w, options.cuda_float32, single_gpu_device(options));
   } else {
     m.weights = std::move(w);
     m.tower = make_cpu_tower(c, m.weights, options.threads);

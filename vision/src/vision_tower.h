@@ -47,9 +47,24 @@ class VisionTower {
 std::unique_ptr<VisionTower> make_cpu_tower(const VisionConfig& config, const TowerWeights& weights, int threads);
 
 // The tower on CUDA device `device` with its own copy of the weights: bf16 weights and
-// activations (float32 accumulation), or float32 throughout when `float32` is set. Throws where
-// the build has no CUDA.
+// activations (float32 accumulation), or float32 throughout when `float32` is set. In the CUDA
+// plugin and the library lightdesk_vision_cuda (builds with CUDA), which the CUDA tests link.
 std::unique_ptr<VisionTower> make_cuda_tower(const VisionConfig& config, const TowerWeights& weights, bool float32,
                                              int device);
 
+// The CUDA plugin's entry for the vision tower (liblightdesk_cuda.so holds it beside the engine's
+// CUDA backend): make_cuda_tower, for the interface version below.
+inline constexpr int kCudaVisionPluginAbiVersion = 1;
+struct CudaVisionPlugin {
+  std::unique_ptr<VisionTower> (*make_tower)(const VisionConfig& config, const TowerWeights& weights, bool float32,
+                                             int device);
+};
+
+// make_cuda_tower as VisionModel reaches it: through the CUDA plugin. Throws where it does not load.
+std::unique_ptr<VisionTower> make_plugin_cuda_tower(const VisionConfig& config, const TowerWeights& weights,
+                                                    bool float32, int device);
+
 }  // namespace lightdesk::vision
+
+// The plugin's exported vision entry: its table, or nullptr when `abi_version` is not its own.
+extern "C" const lightdesk::vision::CudaVisionPlugin* lightdesk_cuda_vision_plugin(int abi_version);

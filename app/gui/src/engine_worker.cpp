@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "remote_chat.h"
+
 namespace lightdesk::gui {
 namespace {
 
@@ -107,6 +109,7 @@ void EngineWorker::checkModel(const QString& directory, const QString& backend) 
 }
 
 void EngineWorker::unload() {
+  endpoint_.clear();
   chat_.reset();
   vision_.reset();
   format_.reset();
@@ -147,7 +150,32 @@ void EngineWorker::loadModel(const QString& directory, const QString& backend) {
   }
 }
 
+void EngineWorker::connectEndpoint(const QString& endpoint, const QString& apiKey, const QString& model) {
+  try {
+    const std::string name = remote::remote_model({endpoint.toStdString(), apiKey.toStdString(), model.toStdString()});
+    unload();
+    endpoint_ = endpoint;
+    api_key_ = apiKey;
+    remote_model_ = to_qstring(name);
+    emit endpointConnected(endpoint_, remote_model_);
+  } catch (const std::exception& e) {
+    emit endpointFailed(endpoint, to_qstring(e.what()));
+  }
+}
+
 void EngineWorker::readDocument(const QString& path) {
+  if (!endpoint_.isEmpty()) {
+    // The server's tokenizer is not here: the document is read, its tokens are not counted.
+    try {
+      const Document document = load_document(to_path(path));
+      QList<qint64> page_offsets;
+      for (const DocumentAnchor& anchor : document.anchors) page_offsets.append(static_cast<qint64>(anchor.offset));
+      emit documentReady(path, to_qstring(document.text), page_offsets, 0);
+    } catch (const std::exception& e) {
+      emit documentFailed(path, to_qstring(e.what()));
+    }
+    return;
+  }
   if (!tokenizer_) {
     emit documentFailed(path, tr("Open a model first: token counts depend on its tokenizer."));
     return;
@@ -169,7 +197,48 @@ void EngineWorker::readDocument(const QString& path) {
   }
 }
 
+void EngineWorker::generateRemote(const Turns& conversation, const SamplingSettings& sampling) {
+  GenerationStats stats;
+  try {
+    remote::RemoteRequest request;
+    for (const conversation::Turn& turn : conversation) {
+      if (!turn.images.empty()) throw Error("images cannot be sent to a server (documents only, as text)");
+      request.messages.push_back({turn.from_user ? "user" : "assistant", conversation::prompt_text(turn)});
+    }
+    request.max_tokens = sampling.max_new_tokens;
+    request.temperature = sampling.temperature;
+    request.top_p = sampling.top_p;
+    const auto start = Clock::now();
+    Clock::time_point first_piece;
+    std::int64_t pieces = 0;
+    const remote::RemoteAnswer answer = remote::ask_remote(
+        {endpoint_.toStdString(), api_key_.toStdString(), remote_model_.toStdString()}, request,
+        [&](const std::string& reasoning, const std::string& content) {
+          if (pieces++ == 0) first_piece = Clock::now();
+          emit textPiece(to_qstring(reasoning), to_qstring(content));
+          return !stop_requested_;
+        });
+    stats.stopped = answer.stopped;
+    stats.prompt_tokens = answer.prompt_tokens;
+    stats.generated_tokens = answer.completion_tokens > 0 ? answer.completion_tokens : pieces;
+    if (pieces > 0) {
+      stats.seconds_to_first_token = std::chrono::duration<double>(first_piece - start).count();
+      const double decode_seconds = seconds_since(first_piece);
+      if (decode_seconds > 0)
+        stats.decode_tokens_per_second = static_cast<double>(stats.generated_tokens) / decode_seconds;
+    }
+    // No state: the server keeps its own.
+    emit generationFinished(stats, nullptr);
+  } catch (const std::exception& e) {
+    emit generationFailed(to_qstring(e.what()));
+  }
+}
+
 void EngineWorker::generate(const Turns& conversation, const SamplingSettings& sampling, qint64 sessionId) {
+  if (!endpoint_.isEmpty()) {
+    generateRemote(conversation, sampling);
+    return;
+  }
   if (!chat_) {
     emit generationFailed(tr("No model is loaded."));
     return;

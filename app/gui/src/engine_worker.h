@@ -102,6 +102,11 @@ class EngineWorker : public QObject {
   // continuing them feeds only what follows: emits stateAdopted, or stateRefused (the session
   // then starts the next conversation from an empty state).
   void adoptState(const lightdesk::gui::SavedStatePtr& state, const lightdesk::gui::Turns& held, qint64 sessionId);
+  // Answers from an OpenAI-compatible server at `endpoint` (lightdesk-server, or vLLM or SGLang on
+  // a cluster) instead of a local model, which is unloaded: asks the server for `model` (empty:
+  // the first it lists), then emits endpointConnected or endpointFailed. Documents then go to it
+  // as text; no model state is kept on this computer. loadModel goes back to a local model.
+  void connectEndpoint(const QString& endpoint, const QString& apiKey, const QString& model);
   // A state handed out for saving may not have been saved (a write failed): the next finished
   // turn's state is copied whole rather than as what follows the held one.
   void forgetSavedState();
@@ -131,12 +136,15 @@ class EngineWorker : public QObject {
   void stateAdopted(qint64 tokens, double seconds);
   void stateRefused(const QString& message);
   void generationFailed(const QString& message);
+  void endpointConnected(const QString& endpoint, const QString& model);
+  void endpointFailed(const QString& endpoint, const QString& message);
 
  private:
   ModelOptions options_for(const QString& backend) const;
   void report_gpu_memory();
   ModelCheck inspect(const QString& directory, const QString& backend) const;
   void unload();
+  void generateRemote(const Turns& conversation, const SamplingSettings& sampling);
 
   const QString gpus_;
   std::unique_ptr<Model> model_;
@@ -145,6 +153,8 @@ class EngineWorker : public QObject {
   std::unique_ptr<vision::VisionModel> vision_;  // a MiniMax-VL-01 model's vision tower
   std::unique_ptr<conversation::Chat> chat_;
   std::atomic<bool> stop_requested_{false};
+  // The server that answers instead of a local model (connectEndpoint); empty endpoint: none.
+  QString endpoint_, api_key_, remote_model_;
 };
 
 }  // namespace lightdesk::gui

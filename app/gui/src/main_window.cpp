@@ -24,6 +24,7 @@
 #include "conversation_export.h"
 #include "conversation_panel.h"
 #include "documents_panel.h"
+#include "endpoint_dialog.h"
 #include "session_panel.h"
 #include "settings_dialog.h"
 #include "status_panel.h"
@@ -175,6 +176,7 @@ void MainWindow::buildWidgets() {
 void MainWindow::buildMenus() {
   QMenu* file_menu = menuBar()->addMenu(tr("&File"));
   file_menu->addAction(tr("&Open model…"), QKeySequence::Open, this, &MainWindow::chooseModelDirectory);
+  file_menu->addAction(tr("Use a &server…"), this, &MainWindow::chooseEndpoint);
   file_menu->addAction(tr("&Attach documents…"), this, &MainWindow::chooseDocuments);
   file_menu->addAction(tr("&Export conversation…"), this, &MainWindow::chooseExportFile);
   file_menu->addAction(tr("&Settings…"), QKeySequence::Preferences, this, &MainWindow::editSettings);
@@ -195,6 +197,12 @@ void MainWindow::connectEngine() {
   connect(this, &MainWindow::checkModelRequested, worker_, &EngineWorker::checkModel);
   connect(this, &MainWindow::loadModelRequested, worker_, &EngineWorker::loadModel);
   connect(this, &MainWindow::readDocumentRequested, worker_, &EngineWorker::readDocument);
+  connect(this, &MainWindow::connectEndpointRequested, worker_, &EngineWorker::connectEndpoint);
+  connect(worker_, &EngineWorker::endpointConnected, this, &MainWindow::onEndpointConnected);
+  connect(worker_, &EngineWorker::endpointFailed, this, [this](const QString& endpoint, const QString& message) {
+    status_panel_->clearMessage();
+    showError(tr("%1 does not answer: %2").arg(endpoint, message));
+  });
   connect(this, &MainWindow::generateRequested, worker_, &EngineWorker::generate);
   connect(worker_, &EngineWorker::modelChecked, this, &MainWindow::onModelChecked);
   connect(worker_, &EngineWorker::loadProgress, status_panel_, &StatusPanel::showLoadProgress);
@@ -268,8 +276,39 @@ void MainWindow::onModelChecked(const ModelCheck& check) {
   emit loadModelRequested(check.directory, backend_setting(settings_));
 }
 
+void MainWindow::chooseEndpoint() {
+  EndpointDialog dialog(this);
+  if (dialog.exec() == QDialog::Accepted) connectEndpoint(dialog.endpoint(), dialog.apiKey(), dialog.model());
+}
+
+void MainWindow::connectEndpoint(const QString& endpoint, const QString& apiKey, const QString& model) {
+  status_panel_->showMessage(tr("Connecting to %1…").arg(endpoint));
+  emit connectEndpointRequested(endpoint, apiKey, model);
+}
+
+void MainWindow::onEndpointConnected(const QString& endpoint, const QString& model) {
+  model_ready_ = true;
+  endpoint_ = endpoint;
+  model_info_ = {};
+  engine_holds_ = {};
+  engine_tokens_ = 0;
+  model_family_ = QStringLiteral("remote");
+  default_sampling_ = {};
+  model_label_->setText(tr("Answers come from %1 at %2. Conversations and documents stay on this computer; "
+                           "documents are sent as text; no model state is kept here.")
+                            .arg(model, endpoint));
+  status_panel_->clearAnswerFigures();
+  status_panel_->showMessage(tr("Connected to %1").arg(endpoint), 5000);
+  setWindowTitle(tr("Lightdesk — %1").arg(model));
+  refreshContextFigure();
+  refreshAttachments();
+  setGenerating(false);
+  emit modelReady();
+}
+
 void MainWindow::onModelLoaded(const ModelCheck& check, const QString& family, const SamplingSettings& sampling) {
   model_ready_ = true;
+  endpoint_.clear();
   model_info_ = check.model;
   engine_holds_ = {};
   engine_tokens_ = 0;
@@ -322,7 +361,8 @@ QString MainWindow::memoryText() const {
 }
 
 void MainWindow::refreshContextFigure() {
-  if (!model_ready_) {
+  // A server's context is its own: nothing here counts against it.
+  if (!model_ready_ || !endpoint_.isEmpty()) {
     status_panel_->clearContext();
     return;
   }
@@ -335,8 +375,9 @@ void MainWindow::refreshContextFigure() {
 void MainWindow::send() {
   const QString question = conversation_panel_->input().trimmed();
   if (question.isEmpty() || generating_ || !model_ready_ || readingDocuments()) return;
-  // Refused at once, before anything is read or renamed: documents that cannot fit the context.
-  if (documents_panel_->documentTokens() >= model_info_.max_context) {
+  // Refused at once, before anything is read or renamed: documents that cannot fit the context
+  // (a server's is its own).
+  if (endpoint_.isEmpty() && documents_panel_->documentTokens() >= model_info_.max_context) {
     showError(tr("The documents (%1 tokens) do not fit the model's context of %2 tokens. Remove one to ask.")
                   .arg(format_count(documents_panel_->documentTokens()), format_count(model_info_.max_context)));
     return;
@@ -400,7 +441,7 @@ void MainWindow::ask(qsizetype keep, const ChatEntry& user, bool regenerated) {
 
   const Turns conversation = to_turns(current_.entries);
   const SamplingSettings sampling = load_sampling(settings_, model_family_, default_sampling_);
-  if (keep == 0 || (engine_holds_.session == current_.id && engine_holds_.entries >= 0 && engine_holds_.entries <= keep)) {
+  if (keep == 0 || !endpoint_.isEmpty() || (engine_holds_.session == current_.id && engine_holds_.entries >= 0 && engine_holds_.entries <= keep)) {
     emit generateRequested(conversation, sampling, current_.id);
     return;
   }
@@ -525,7 +566,9 @@ bool MainWindow::undoTurn() {
 
 void MainWindow::restoreState() {
   const quint64 ticket = ++restore_ticket_;  // a read still under way is for a session no longer shown
-  if (!model_ready_ || generating_ || current_.entries.isEmpty() || engine_holds_.session == current_.id) return;
+  if (!model_ready_ || !endpoint_.isEmpty() || generating_ || current_.entries.isEmpty() ||
+      engine_holds_.session == current_.id)
+    return;
   status_panel_->showMessage(tr("Restoring the session's state…"));
   sessions_.loadState(current_.id, current_.entries.size(), model_info_, this, [this, ticket](const StateLoad& load) {
     if (ticket != restore_ticket_) return;  // another session was opened, or a question sent, since

@@ -38,6 +38,9 @@ class MainWindow : public QMainWindow {
   QString lastModelDirectory() const;
   // What the model chooser does after the directory dialog: validate, then load if it fits.
   void openModelDirectory(const QString& directory);
+  // Answers from an OpenAI-compatible server instead of a local model (File > Use a server…);
+  // `model` empty: the first the server lists. Emits modelReady once it answers.
+  void connectEndpoint(const QString& endpoint, const QString& apiKey, const QString& model);
   // The command line's request (lightdesk --document FILE... --ask QUESTION): once a model is
   // ready, a new session with these documents attached and, if `question` is not empty, the
   // question sent as soon as they are read.
@@ -75,6 +78,7 @@ class MainWindow : public QMainWindow {
   void checkModelRequested(const QString& directory, const QString& backend);
   void loadModelRequested(const QString& directory, const QString& backend);
   void readDocumentRequested(const QString& path);
+  void connectEndpointRequested(const QString& endpoint, const QString& apiKey, const QString& model);
   void generateRequested(const lightdesk::gui::Turns& conversation, const lightdesk::gui::SamplingSettings& sampling,
                          qint64 sessionId);
   void adoptStateRequested(const lightdesk::gui::SavedStatePtr& state, const lightdesk::gui::Turns& held,
@@ -89,6 +93,8 @@ class MainWindow : public QMainWindow {
   void buildMenus();
   void connectEngine();
   void chooseModelDirectory();
+  void chooseEndpoint();
+  void onEndpointConnected(const QString& endpoint, const QString& model);
   void chooseDocuments();
   void chooseExportFile();
   void showError(const QString& message);
@@ -148,6 +154,7 @@ class MainWindow : public QMainWindow {
 
   ChatSession current_;
   bool model_ready_ = false;
+  QString endpoint_;               // the server answering instead of a local model; empty: none
   QString model_family_;           // settings are kept per chat-format family
   SamplingSettings default_sampling_;
   ModelInfo model_info_;

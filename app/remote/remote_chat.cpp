@@ -4,8 +4,13 @@
 
 #ifdef LIGHTDESK_WITHOUT_HTTP
 namespace lightdesk::remote {
-RemoteAnswer ask_remote(const RemoteOptions&, const RemoteRequest&, const std::function<void(const std::string&)>&) {
-  throw Error("this lightdesk-cli was built without cpp-httplib, so --endpoint is not available");
+[[noreturn]] void without_http() {
+  throw Error("this program was built without cpp-httplib, so it cannot talk to an endpoint");
+}
+std::string remote_model(const RemoteOptions&) { without_http(); }
+RemoteAnswer ask_remote(const RemoteOptions&, const RemoteRequest&,
+                        const std::function<bool(const std::string&, const std::string&)>&) {
+  without_http();
 }
 }  // namespace lightdesk::remote
 #else
@@ -26,7 +31,7 @@ struct Endpoint {
 Endpoint parse_endpoint(const std::string& url) {
   const auto scheme_end = url.find("://");
   if (scheme_end == std::string::npos || (url.rfind("http://", 0) != 0 && url.rfind("https://", 0) != 0))
-    throw Error("--endpoint must be an http:// or https:// URL, got \"" + url + "\"");
+    throw Error("the endpoint must be an http:// or https:// URL, got \"" + url + "\"");
   const auto path_start = url.find('/', scheme_end + 3);
   Endpoint e{url.substr(0, path_start), path_start == std::string::npos ? "" : url.substr(path_start)};
   while (!e.path.empty() && e.path.back() == '/') e.path.pop_back();
@@ -47,35 +52,60 @@ std::string error_message(const std::string& body) {
   return body.substr(0, 300);
 }
 
+// A client of the endpoint's origin, and the headers every request carries.
+struct Connection {
+  Endpoint endpoint;
+  httplib::Client client;
+  httplib::Headers headers;
+
+  explicit Connection(const RemoteOptions& options)
+      : endpoint(parse_endpoint(options.endpoint)), client(endpoint.origin) {
+    client.set_read_timeout(3600);  // a long prompt's read comes before the first byte
+    if (!options.api_key.empty()) headers.emplace("Authorization", "Bearer " + options.api_key);
+  }
+};
+
+Error failure(const RemoteOptions& options, const std::string& cause) { return Error(options.endpoint + ": " + cause); }
+
+std::string model_of(const RemoteOptions& options, Connection& connection) {
+  if (!options.model.empty()) return options.model;
+  const auto models = connection.client.Get(connection.endpoint.path + "/models", connection.headers);
+  if (!models) throw failure(options, "cannot reach the server (" + httplib::to_string(models.error()) + ")");
+  if (models->status != 200)
+    throw failure(options, "HTTP " + std::to_string(models->status) + ": " + error_message(models->body));
+  try {
+    return json::parse(models->body).at("data").at(0).at("id").get<std::string>();
+  } catch (const json::exception&) {
+    throw failure(options, "/models lists no model; name the one to use");
+  }
+}
+
 }  // namespace
 
+std::string remote_model(const RemoteOptions& options) {
+  Connection connection(options);
+  return model_of(options, connection);
+}
+
 RemoteAnswer ask_remote(const RemoteOptions& options, const RemoteRequest& request,
-                        const std::function<void(const std::string&)>& on_content) {
-  const Endpoint endpoint = parse_endpoint(options.endpoint);
-  httplib::Client client(endpoint.origin);
-  client.set_read_timeout(3600);  // a long prompt's read comes before the first byte
-  httplib::Headers headers;
-  if (!options.api_key.empty()) headers.emplace("Authorization", "Bearer " + options.api_key);
-  auto fail = [&](const std::string& cause) { return Error(options.endpoint + ": " + cause); };
+                        const std::function<bool(const std::string&, const std::string&)>& on_delta) {
+  Connection connection(options);
+  const Endpoint& endpoint = connection.endpoint;
+  auto& client = connection.client;
+  const auto& headers = connection.headers;
+  auto fail = [&](const std::string& cause) { return failure(options, cause); };
+  const std::string model = model_of(options, connection);
 
-  std::string model = options.model;
-  if (model.empty()) {
-    const auto models = client.Get(endpoint.path + "/models", headers);
-    if (!models) throw fail("cannot reach the server (" + httplib::to_string(models.error()) + ")");
-    if (models->status != 200) throw fail("HTTP " + std::to_string(models->status) + ": " + error_message(models->body));
-    try {
-      model = json::parse(models->body).at("data").at(0).at("id").get<std::string>();
-    } catch (const json::exception&) {
-      throw fail("/models lists no model; name one with --remote-model");
-    }
-  }
-
+  json messages = json::array();
+  for (const RemoteMessage& message : request.messages)
+    messages.push_back({{"role", message.role}, {"content", message.content}});
   json body = {{"model", model},
-               {"messages", json::array({{{"role", "user"}, {"content", request.user_text}}})},
+               {"messages", messages},
                {"max_tokens", request.max_tokens},
                {"temperature", request.temperature},
                {"top_p", request.top_p},
-               {"stream", true}};
+               {"stream", true},
+               {"stream_options", {{"include_usage", true}}}};
   if (request.seed) body["seed"] = *request.seed;
 
   RemoteAnswer answer;
@@ -96,15 +126,19 @@ RemoteAnswer ask_remote(const RemoteOptions& options, const RemoteRequest& reque
       try {
         const json event = json::parse(line.substr(6));
         if (event.contains("error")) stream_error = error_message(line.substr(6));
+        if (event.contains("usage") && event["usage"].is_object()) {
+          answer.prompt_tokens = event["usage"].value("prompt_tokens", std::int64_t{0});
+          answer.completion_tokens = event["usage"].value("completion_tokens", std::int64_t{0});
+        }
         for (const json& choice : event.value("choices", json::array())) {
           const json delta = choice.value("delta", json::object());
-          if (delta.contains("content") && delta["content"].is_string()) {
-            const std::string piece = delta["content"].get<std::string>();
-            answer.content += piece;
-            if (!piece.empty()) on_content(piece);
-          }
+          std::string reasoning, content;
           if (delta.contains("reasoning_content") && delta["reasoning_content"].is_string())
-            answer.reasoning += delta["reasoning_content"].get<std::string>();
+            reasoning = delta["reasoning_content"].get<std::string>();
+          if (delta.contains("content") && delta["content"].is_string()) content = delta["content"].get<std::string>();
+          answer.reasoning += reasoning;
+          answer.content += content;
+          if ((!reasoning.empty() || !content.empty()) && !on_delta(reasoning, content)) answer.stopped = true;
           if (choice.contains("finish_reason") && choice["finish_reason"].is_string())
             answer.finish_reason = choice["finish_reason"].get<std::string>();
         }
@@ -112,11 +146,14 @@ RemoteAnswer ask_remote(const RemoteOptions& options, const RemoteRequest& reque
         stream_error = "the server sent an event that is not JSON: " + line.substr(0, 200);
       }
     }
-    return true;
+    return !answer.stopped;
   };
   httplib::Response response;
   httplib::Error error = httplib::Error::Success;
-  if (!client.send(post, response, error)) throw fail("cannot reach the server (" + httplib::to_string(error) + ")");
+  if (!client.send(post, response, error)) {
+    if (answer.stopped) return answer;
+    throw fail("cannot reach the server (" + httplib::to_string(error) + ")");
+  }
   if (response.status != 200)
     throw fail("HTTP " + std::to_string(response.status) + ": " + error_message(response.body.empty() ? raw : response.body));
   if (!stream_error.empty()) throw fail(stream_error);

@@ -6,6 +6,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace lightdesk::remote {
 
@@ -15,8 +16,13 @@ struct RemoteOptions {
   std::string model;     // empty: the first of the server's /v1/models
 };
 
+struct RemoteMessage {
+  std::string role;  // "system", "user", "assistant"
+  std::string content;
+};
+
 struct RemoteRequest {
-  std::string user_text;  // one user message
+  std::vector<RemoteMessage> messages;
   std::int64_t max_tokens = 512;
   double temperature = 0.0;  // 0: greedy
   double top_p = 1.0;
@@ -26,11 +32,17 @@ struct RemoteRequest {
 struct RemoteAnswer {
   std::string content, reasoning;
   std::string finish_reason;
+  bool stopped = false;  // on_delta asked to stop
+  std::int64_t prompt_tokens = 0, completion_tokens = 0;  // the server's usage, where it reports it
 };
 
-// Streams the answer, passing each piece of content to `on_content`. Throws lightdesk::Error
-// naming the endpoint and the cause (unreachable, refused key, the server's error message).
+// The model `options` names, else the first the server lists. Throws lightdesk::Error naming the
+// endpoint and the cause (unreachable, refused key, the server's error message, no model).
+std::string remote_model(const RemoteOptions& options);
+
+// Streams the answer, passing each piece of reasoning and of content to `on_delta`, which returns
+// false to stop (the connection is closed, the server stops generating). Throws as remote_model.
 RemoteAnswer ask_remote(const RemoteOptions& options, const RemoteRequest& request,
-                        const std::function<void(const std::string&)>& on_content);
+                        const std::function<bool(const std::string& reasoning, const std::string& content)>& on_delta);
 
 }  // namespace lightdesk::remote
