@@ -104,18 +104,16 @@ class CpuOps final : public ModelOps {
     }
   }
   void linear(Tensor x, std::int64_t rows, std::int64_t in, Tensor w, std::int64_t out, Tensor y) override {
-    cpu::linear(x.as<const float>(), rows, in, w.as<const float>(), out, y.as<float>());
+    cpu::linear(x.as<const float>(), rows, in, w.as<const float>(), out, y.as<float>(), pool_);
   }
   void silu(Tensor x, std::int64_t count) override {
     float* v = x.as<float>();
     pool_.parallel_for(blocks(count), [&](std::int64_t b) {
-      for (std::int64_t i = b * kBlock; i < std::min(count, (b + 1) * kBlock); ++i) v[i] = cpu::silu(v[i]);
+      cpu::silu(v + b * kBlock, std::min(count, (b + 1) * kBlock) - b * kBlock);
     });
   }
   void sigmoid_gate(Tensor x, Tensor gate, std::int64_t count) override {
-    float* v = x.as<float>();
-    const float* g = gate.as<const float>();
-    for (std::int64_t i = 0; i < count; ++i) v[i] *= cpu::sigmoid(g[i]);
+    cpu::multiply_by_sigmoid(x.as<float>(), gate.as<const float>(), count);
   }
   void scaled_sum(Tensor a, float alpha, Tensor b, float beta, std::int64_t count, Tensor out) override {
     const float* av = a.as<const float>();
@@ -156,7 +154,7 @@ class CpuOps final : public ModelOps {
     const int E = static_cast<int>(w.experts.size()), k = w.top_k;
     std::vector<float> router(static_cast<std::size_t>(rows * E)), weights(static_cast<std::size_t>(rows * k));
     std::vector<int> ids(weights.size());
-    cpu::linear(x.as<const float>(), rows, w.hidden, w.router.as<const float>(), E, router.data());
+    cpu::linear(x.as<const float>(), rows, w.hidden, w.router.as<const float>(), E, router.data(), pool_);
     cpu::route_top_k(router.data(), rows, E, k, ids.data(), weights.data());
     std::vector<cpu::ExpertMatrices> experts;
     experts.reserve(w.experts.size());
@@ -168,7 +166,7 @@ class CpuOps final : public ModelOps {
 
  private:
   // Rows per block of the lightning prefill; any value gives the same result (up to rounding).
-  static constexpr int kLightningBlock = 256;
+  static constexpr int kLightningBlock = 64;
   static constexpr std::int64_t kBlock = 1 << 14;
   static std::int64_t blocks(std::int64_t count) { return (count + kBlock - 1) / kBlock; }
 
