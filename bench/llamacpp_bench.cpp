@@ -59,7 +59,9 @@ int main(int argc, char** argv) {
       if (level >= GGML_LOG_LEVEL_WARN) std::fputs(text, stderr);
     }, nullptr);
     llama_backend_init();
-    llama_model* model = llama_model_load_from_file(model_path.c_str(), llama_model_default_params());
+    llama_model_params model_params = llama_model_default_params();
+    model_params.progress_callback = [](float, void*) { return true; };  // no progress dots
+    llama_model* model = llama_model_load_from_file(model_path.c_str(), model_params);
     if (!model) throw std::runtime_error("cannot load " + model_path);
     llama_context_params params = llama_context_default_params();
     params.n_ctx = static_cast<uint32_t>(prefill + decode + 16);

@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
 
 namespace lightdesk::cpu {
 
@@ -33,9 +32,17 @@ void linear(const float* x, std::int64_t rows, std::int64_t in, const float* w, 
     const float* xp = by_rows ? x + first * in : x;
     const float* wp = by_rows ? w : w + first * in;
     float* yp = by_rows ? y + first * out : y + first;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(by_rows ? count : rows),
-                static_cast<blasint>(by_rows ? out : count), static_cast<blasint>(in), 1.0f, xp,
-                static_cast<blasint>(in), wp, static_cast<blasint>(in), 0.0f, yp, static_cast<blasint>(out));
+    const std::int64_t part_rows = by_rows ? count : rows, part_out = by_rows ? out : count;
+    // A few rows (decode) as matrix-vector products: sgemm would repack the weights each call.
+    if (part_rows < 4) {
+      for (std::int64_t r = 0; r < part_rows; ++r)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<blasint>(part_out), static_cast<blasint>(in), 1.0f, wp,
+                    static_cast<blasint>(in), xp + r * in, 1, 0.0f, yp + r * out, 1);
+      return;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(part_rows),
+                static_cast<blasint>(part_out), static_cast<blasint>(in), 1.0f, xp, static_cast<blasint>(in), wp,
+                static_cast<blasint>(in), 0.0f, yp, static_cast<blasint>(out));
   });
 }
 
@@ -148,22 +155,27 @@ void lightning_decode(const float* qkv, int heads, int head_dim, std::span<const
 }
 
 void route_top_k(const float* router_logits, std::int64_t rows, int experts, int k, int* expert_ids, float* weights) {
-  std::vector<float> probs(static_cast<std::size_t>(experts));
-  std::vector<int> order(static_cast<std::size_t>(experts));
+  thread_local std::vector<float> probs;
+  thread_local std::vector<char> taken;
+  probs.resize(static_cast<std::size_t>(experts));
   for (std::int64_t r = 0; r < rows; ++r) {
     const float* x = router_logits + r * experts;
     const float max_logit = *std::max_element(x, x + experts);
     float sum = 0.0f;
     for (int e = 0; e < experts; ++e) sum += probs[e] = std::exp(x[e] - max_logit);
     for (int e = 0; e < experts; ++e) probs[e] /= sum;
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return probs[a] > probs[b]; });
+    // The k largest by selection (k is small): the first of equal ones, as a stable sort.
+    taken.assign(static_cast<std::size_t>(experts), 0);
     float top_sum = 0.0f;
-    for (int i = 0; i < k; ++i) top_sum += probs[order[i]];
     for (int i = 0; i < k; ++i) {
-      expert_ids[r * k + i] = order[i];
-      weights[r * k + i] = probs[order[i]] / top_sum;
+      int best = -1;
+      for (int e = 0; e < experts; ++e)
+        if (!taken[e] && (best < 0 || probs[e] > probs[best])) best = e;
+      taken[best] = 1;
+      expert_ids[r * k + i] = best;
+      top_sum += probs[best];
     }
+    for (int i = 0; i < k; ++i) weights[r * k + i] = probs[expert_ids[r * k + i]] / top_sum;
   }
 }
 
@@ -171,9 +183,10 @@ void moe_experts(const float* x, std::int64_t rows, std::int64_t hidden, std::in
                  std::span<const ExpertMatrices> experts, int k, const int* expert_ids, const float* weights,
                  float* out, ThreadPool& pool) {
   std::fill(out, out + rows * hidden, 0.0f);
-  std::vector<float> xe, gate, up, ye;
-  std::vector<std::int64_t> members;
-  std::vector<float> member_weights;
+  // Reused by the next call on this thread: a decode step allocates nothing here.
+  thread_local std::vector<float> xe, gate, up, ye;
+  thread_local std::vector<std::int64_t> members;
+  thread_local std::vector<float> member_weights;
   for (std::size_t e = 0; e < experts.size(); ++e) {
     members.clear();
     member_weights.clear();

@@ -152,15 +152,15 @@ class CpuOps final : public ModelOps {
   }
   void moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out) override {
     const int E = static_cast<int>(w.experts.size()), k = w.top_k;
-    std::vector<float> router(static_cast<std::size_t>(rows * E)), weights(static_cast<std::size_t>(rows * k));
-    std::vector<int> ids(weights.size());
-    cpu::linear(x.as<const float>(), rows, w.hidden, w.router.as<const float>(), E, router.data(), pool_);
-    cpu::route_top_k(router.data(), rows, E, k, ids.data(), weights.data());
-    std::vector<cpu::ExpertMatrices> experts;
-    experts.reserve(w.experts.size());
+    router_.resize(static_cast<std::size_t>(rows * E));
+    weights_.resize(static_cast<std::size_t>(rows * k));
+    ids_.resize(weights_.size());
+    cpu::linear(x.as<const float>(), rows, w.hidden, w.router.as<const float>(), E, router_.data(), pool_);
+    cpu::route_top_k(router_.data(), rows, E, k, ids_.data(), weights_.data());
+    experts_.clear();
     for (const ExpertTensors& e : w.experts)
-      experts.push_back({e.w1.as<const float>(), e.w3.as<const float>(), e.w2.as<const float>()});
-    cpu::moe_experts(x.as<const float>(), rows, w.hidden, w.width, experts, k, ids.data(), weights.data(),
+      experts_.push_back({e.w1.as<const float>(), e.w3.as<const float>(), e.w2.as<const float>()});
+    cpu::moe_experts(x.as<const float>(), rows, w.hidden, w.width, experts_, k, ids_.data(), weights_.data(),
                      out.as<float>(), pool_);
   }
 
@@ -181,6 +181,10 @@ class CpuOps final : public ModelOps {
   }
 
   ThreadPool pool_;
+  // The router's scratch, reused from call to call (a decode step allocates nothing).
+  std::vector<float> router_, weights_;
+  std::vector<int> ids_;
+  std::vector<cpu::ExpertMatrices> experts_;
 };
 
 }  // namespace
