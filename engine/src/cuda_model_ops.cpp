@@ -74,25 +74,23 @@ void CudaOps<T>::rms_norm(Tensor x, std::int64_t rows, std::int64_t width, Tenso
   cuda::rms_norm(x.as<const T>(), rows, width, weight.as<const float>(), eps, y.as<T>(), device_.stream());
 }
 
-namespace {
-[[noreturn]] void no_tensor_parallel_yet(const char* op) {
-  throw Error(std::string("the CUDA ops have no ") + op + " yet: tensor parallel runs on the CPU backend only");
-}
-}  // namespace
-
 template <typename T>
-void CudaOps<T>::embed_part(Tensor, std::int64_t, std::int64_t, Tensor, std::int64_t, std::int64_t, Tensor) {
-  no_tensor_parallel_yet("vocabulary-split embedding");
+void CudaOps<T>::embed_part(Tensor table, std::int64_t first_row, std::int64_t table_rows, Tensor tokens,
+                            std::int64_t rows, std::int64_t width, Tensor out) {
+  cuda::embed_part_rows(table.as<const T>(), first_row, table_rows, tokens.as<const std::int32_t>(), rows, width,
+                        out.as<T>(), device_.stream());
 }
 
 template <typename T>
-void CudaOps<T>::sum_squares(Tensor, std::int64_t, std::int64_t, Tensor) {
-  no_tensor_parallel_yet("split RMSNorm");
+void CudaOps<T>::sum_squares(Tensor x, std::int64_t rows, std::int64_t width, Tensor sums) {
+  cuda::sum_squares(x.as<const T>(), rows, width, sums.as<float>(), device_.stream());
 }
 
 template <typename T>
-void CudaOps<T>::rms_norm_by_sums(Tensor, std::int64_t, std::int64_t, Tensor, std::int64_t, Tensor, float, Tensor) {
-  no_tensor_parallel_yet("split RMSNorm");
+void CudaOps<T>::rms_norm_by_sums(Tensor x, std::int64_t rows, std::int64_t width, Tensor sums,
+                                  std::int64_t norm_width, Tensor weight, float eps, Tensor y) {
+  cuda::rms_norm_by_sums(x.as<const T>(), rows, width, sums.as<const float>(), norm_width, weight.as<const float>(),
+                         eps, y.as<T>(), device_.stream());
 }
 
 template <typename T>
@@ -182,15 +180,76 @@ void CudaOps<T>::moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor ou
   const std::int64_t H = w.hidden, I = w.width;
   const auto E = static_cast<int>(w.experts.size());
   if (E == 0) throw Error("internal: a MoE layer without experts");
-  const T* gate_up = w.experts.front().w1.as<const T>();
-  const T* down = w.experts.front().w2.as<const T>();
-  // The grouped products read the experts as one block.
-  for (int e = 0; e < E; ++e)
-    if (w.experts[e].w1.as<const T>() != gate_up + e * 2 * I * H ||
-        w.experts[e].w3.as<const T>() != gate_up + e * 2 * I * H + I * H ||
-        w.experts[e].w2.as<const T>() != down + e * H * I)
-      throw Error("internal: the CUDA ops need a layer's experts in one block (expert " + std::to_string(e) + ")");
-  moe_runner({H, I, E, w.top_k}).run({w.router.as<const float>(), gate_up, down}, x.as<const T>(), rows, out.as<T>());
+  // The experts this rank holds (all of them but under expert parallel): one run of ids.
+  int first = 0;
+  while (first < E && !w.experts[first].w1.data) ++first;
+  int held = 0;
+  while (first + held < E && w.experts[first + held].w1.data) ++held;
+  for (int e = first + held; e < E; ++e)
+    if (w.experts[e].w1.data) throw Error("internal: the CUDA ops need a rank's experts to be consecutive");
+  const T* gate_up = held ? w.experts[first].w1.as<const T>() : nullptr;
+  const T* down = held ? w.experts[first].w2.as<const T>() : nullptr;
+  // The grouped products read the held experts as one block.
+  for (int i = 0; i < held; ++i) {
+    const ExpertTensors& expert = w.experts[first + i];
+    if (expert.w1.as<const T>() != gate_up + i * 2 * I * H || expert.w3.as<const T>() != gate_up + i * 2 * I * H + I * H ||
+        expert.w2.as<const T>() != down + i * H * I)
+      throw Error("internal: the CUDA ops need a layer's experts in one block (expert " + std::to_string(first + i) +
+                  ")");
+  }
+  MoeWeights<T> weights;
+  weights.router = w.router.as<const float>();
+  weights.gate_up = gate_up;
+  weights.down = down;
+  weights.first_expert = first;
+  weights.held = held;
+  moe_runner({H, I, E, w.top_k}).run(weights, x.as<const T>(), rows, out.as<T>());
+}
+
+namespace {
+
+// One layer's quantized matrices of a kind (gate_up or down) as the kernels read them: expert
+// e's packed rows, scales and offsets at e times one expert's from expert 0's.
+cuda::QuantizedExperts device_experts(const std::vector<QuantizedExpertTensors>& experts,
+                                      QuantizedView QuantizedExpertTensors::*matrix, const char* what) {
+  const QuantizedView& first = experts.front().*matrix;
+  const QuantLayout& layout = first.layout;
+  cuda::QuantizedExperts out;
+  out.format = layout.dtype == ExpertDType::Int8 ? cuda::QuantFormat::Int8 : cuda::QuantFormat::Int4;
+  out.rows = layout.rows;
+  out.cols = layout.cols;
+  out.packed = first.packed;
+  out.row_scales = first.row_scales;
+  out.group_scales = reinterpret_cast<const __half*>(first.group_scales);
+  out.group_offsets = reinterpret_cast<const __half*>(first.group_offsets);
+  const std::int64_t scales = layout.rows * layout.groups();
+  for (std::size_t e = 0; e < experts.size(); ++e) {
+    const QuantizedView& v = experts[e].*matrix;
+    const auto n = static_cast<std::int64_t>(e);
+    const bool in_block =
+        v.layout.dtype == layout.dtype && v.layout.rows == layout.rows && v.layout.cols == layout.cols &&
+        v.packed == first.packed + n * layout.packed_bytes() &&
+        (layout.dtype == ExpertDType::Int8
+             ? v.row_scales == first.row_scales + n * layout.rows
+             : v.group_scales == first.group_scales + n * scales && v.group_offsets == first.group_offsets + n * scales);
+    if (!in_block)
+      throw Error(std::string("internal: the CUDA ops need a layer's quantized ") + what +
+                  " matrices in one block (expert " + std::to_string(e) + ")");
+  }
+  return out;
+}
+
+}  // namespace
+
+template <typename T>
+void CudaOps<T>::quantized_moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out) {
+  const auto E = static_cast<int>(w.quantized.size());
+  if (E == 0) throw Error("internal: a MoE layer without experts");
+  MoeWeights<T> weights;
+  weights.router = w.router.as<const float>();
+  weights.quantized_gate_up = device_experts(w.quantized, &QuantizedExpertTensors::gate_up, "gate/up");
+  weights.quantized_down = device_experts(w.quantized, &QuantizedExpertTensors::down, "down");
+  moe_runner({w.hidden, w.width, E, w.top_k}).run(weights, x.as<const T>(), rows, out.as<T>());
 }
 
 template class CudaOps<float>;

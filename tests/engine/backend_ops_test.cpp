@@ -12,6 +12,8 @@
 #include <functional>
 #include <limits>
 #include <map>
+#include <cstring>
+#include <memory>
 #include <random>
 
 #include "src/backend.h"
@@ -74,6 +76,33 @@ std::string dims(std::initializer_list<std::int64_t> values) {
 
 using CaseMaker = std::function<std::vector<OpCase>(test::Random&)>;
 
+// Quantized weights placed on a backend: their bytes uploaded as int32 words (an I32 tensor's
+// upload copies them as they are), kept while the case lives.
+class PlacedBytes {
+ public:
+  QuantizedView place(ModelOps& ops, const QuantizedView& host) {
+    QuantizedView v = host;
+    const QuantLayout& l = host.layout;
+    v.packed = static_cast<const std::uint8_t*>(bytes(ops, host.packed, l.packed_bytes()));
+    if (host.row_scales) v.row_scales = static_cast<const float*>(bytes(ops, host.row_scales, l.scale_bytes()));
+    if (host.group_scales)
+      v.group_scales = static_cast<const std::uint16_t*>(bytes(ops, host.group_scales, l.scale_bytes()));
+    if (host.group_offsets)
+      v.group_offsets = static_cast<const std::uint16_t*>(bytes(ops, host.group_offsets, l.offset_bytes()));
+    return v;
+  }
+
+ private:
+  const void* bytes(ModelOps& ops, const void* data, std::int64_t size) {
+    std::vector<std::int32_t> words(static_cast<std::size_t>((size + 3) / 4));
+    std::memcpy(words.data(), data, static_cast<std::size_t>(size));
+    buffers_.push_back(ops.allocate(ElementType::I32, static_cast<std::int64_t>(words.size()), "quantized weights"));
+    ops.upload(words.data(), static_cast<std::int64_t>(words.size()), buffers_.back()->tensor());
+    return buffers_.back()->tensor().data;
+  }
+  std::vector<std::unique_ptr<TensorBuffer>> buffers_;
+};
+
 const std::map<OpKind, CaseMaker>& case_makers() {
   static const std::map<OpKind, CaseMaker> makers = {
       {OpKind::Transfer,
@@ -106,8 +135,17 @@ const std::map<OpKind, CaseMaker>& case_makers() {
                   [=](ModelOps& ops, const std::vector<Tensor>& i, const std::vector<Tensor>& o) {
                     ops.embed(i[0], i[1], rows, width, o[0]);
                   }};
-         c.bound_f32 = c.bound_bf16 = 0.0;  // a copy
-         return std::vector<OpCase>{c};
+         // A tensor-parallel rank's vocabulary rows 100..219: the other tokens embed to zeros.
+         const std::int64_t first = 100, part_rows = 120;
+         OpCase part{"rows 100..219 of " + dims({vocab, width}) + ", " + std::to_string(rows) + " rows",
+                     {in(Role::Activation, uniform(rng, part_rows * width, -1, 1)),
+                      in(Role::Int32, integer_values(rng, rows, 0, 299))},
+                     {out(Role::Activation, rows * width)},
+                     [=](ModelOps& ops, const std::vector<Tensor>& i, const std::vector<Tensor>& o) {
+                       ops.embed_part(i[0], first, part_rows, i[1], rows, width, o[0]);
+                     }};
+         c.bound_f32 = c.bound_bf16 = part.bound_f32 = part.bound_bf16 = 0.0;  // copies
+         return std::vector<OpCase>{c, part};
        }},
       {OpKind::RmsNorm,
        [](test::Random& rng) {
@@ -122,6 +160,20 @@ const std::map<OpKind, CaseMaker>& case_makers() {
                                 ops.rms_norm(o[0], rows, width, i[0], 1e-5f, in_place ? o[0] : o[1]);
                                 if (in_place) ops.copy(o[0], rows * width, o[1]);
                               }});
+         // A rank's channels of a norm over three times as many: its sums of squares, then the
+         // norm by sums (its own, standing in for every rank's added).
+         for (auto [rows, width] : {std::pair<std::int64_t, std::int64_t>{1, 64}, {7, 100}, {33, 2048}}) {
+           OpCase by_sums{dims({rows, width}) + " of " + std::to_string(3 * width) + " channels, by sums",
+                          {in(Role::Float32, uniform(rng, width, 0.5f, 1.5f)),
+                           in(Role::Activation, uniform(rng, rows * width, -2, 2))},
+                          {out(Role::Float32, rows), out(Role::Activation, rows * width)},
+                          [=](ModelOps& ops, const std::vector<Tensor>& i, const std::vector<Tensor>& o) {
+                            ops.sum_squares(i[1], rows, width, o[0]);
+                            ops.rms_norm_by_sums(i[1], rows, width, o[0], 3 * width, i[0], 1e-6f, o[1]);
+                          }};
+           by_sums.outputs[0].bound = 1e-5;  // float32 sums of the stored values in every mode
+           cases.push_back(std::move(by_sums));
+         }
          return cases;
        }},
       {OpKind::Linear,
@@ -292,26 +344,86 @@ const std::map<OpKind, CaseMaker>& case_makers() {
          std::vector<OpCase> cases;
          // Few rows take the device-routed products, more the grouped ones; widths off the
          // grouped GEMM's 16-byte pieces take the per-expert GEMMs.
-         for (const Shape& s : {Shape{96, 40, 8, 2, 1}, Shape{96, 40, 8, 2, 3}, Shape{96, 40, 8, 2, 4},
-                                Shape{96, 40, 8, 2, 5}, Shape{96, 40, 8, 2, 40}, Shape{64, 48, 32, 2, 9},
-                                Shape{64, 48, 32, 2, 70}, Shape{100, 36, 4, 2, 2}, Shape{100, 36, 4, 2, 6},
-                                Shape{256, 320, 4, 2, 700}}) {
+         // An expert-parallel rank holds experts first.. first + held - 1 (held -1: all of them);
+         // the others are null and their tokens' shares left out.
+         struct Held {
+           int first = 0, held = -1;
+         };
+         const std::pair<Shape, Held> layouts[] = {
+             {Shape{96, 40, 8, 2, 1}, {}},           {Shape{96, 40, 8, 2, 3}, {}},
+             {Shape{96, 40, 8, 2, 4}, {}},           {Shape{96, 40, 8, 2, 5}, {}},
+             {Shape{96, 40, 8, 2, 40}, {}},          {Shape{64, 48, 32, 2, 9}, {}},
+             {Shape{64, 48, 32, 2, 70}, {}},         {Shape{100, 36, 4, 2, 2}, {}},
+             {Shape{100, 36, 4, 2, 6}, {}},          {Shape{256, 320, 4, 2, 700}, {}},
+             {Shape{96, 40, 8, 2, 3}, {3, 3}},       {Shape{96, 40, 8, 2, 40}, {3, 3}},
+             {Shape{96, 40, 8, 2, 40}, {6, 2}},      {Shape{64, 48, 32, 2, 70}, {0, 4}},
+             {Shape{100, 36, 4, 2, 6}, {1, 2}},      {Shape{96, 40, 8, 2, 2}, {4, 0}},
+             {Shape{96, 40, 8, 2, 40}, {4, 0}}};
+         for (const auto& [s, held] : layouts) {
            const std::int64_t H = s.hidden, I = s.width, E = s.experts;
+           const int first = held.first, count = held.held < 0 ? s.experts : held.held;
            cases.push_back({dims({s.rows, H, I}) + ", " + std::to_string(E) + " experts, top " +
-                                std::to_string(s.top_k),
+                                std::to_string(s.top_k) +
+                                (held.held < 0 ? "" : ", experts " + std::to_string(first) + ".." +
+                                                          std::to_string(first + count - 1) + " held"),
                             {in(Role::Activation, uniform(rng, s.rows * H, -1, 1)),
                              in(Role::Float32, uniform(rng, E * H, -0.3f, 0.3f)),
                              in(Role::Activation, uniform(rng, E * 2 * I * H, -0.2f, 0.2f)),
                              in(Role::Activation, uniform(rng, E * H * I, -0.2f, 0.2f))},
                             {out(Role::Activation, s.rows * H)},
                             [=](ModelOps& ops, const std::vector<Tensor>& i, const std::vector<Tensor>& o) {
-                              MoeTensors w{i[1], {}, H, I, s.top_k};
+                              MoeTensors w{i[1], {}, {}, H, I, s.top_k};
+                              // The held experts' block starts at the first held one.
                               for (std::int64_t e = 0; e < E; ++e)
-                                w.experts.push_back(
-                                    {i[2].at(e * 2 * I * H), i[2].at(e * 2 * I * H + I * H), i[3].at(e * H * I)});
+                                if (e < first || e >= first + count)
+                                  w.experts.push_back({});
+                                else
+                                  w.experts.push_back({i[2].at((e - first) * 2 * I * H),
+                                                       i[2].at((e - first) * 2 * I * H + I * H),
+                                                       i[3].at((e - first) * H * I)});
                               ops.moe(w, i[0], s.rows, o[0]);
                             }});
          }
+         return cases;
+       }},
+      {OpKind::QuantizedMoe,
+       [](test::Random& rng) {
+         struct Shape {
+           std::int64_t hidden, width;
+           int experts, top_k;
+           std::int64_t rows;
+         };
+         std::vector<OpCase> cases;
+         // Decode and prefill row counts; hidden and expert widths with a partial last int4
+         // group (40, 136, 300), several groups (256, 300, 320), rows not in 16-byte pieces.
+         for (ExpertDType format : {ExpertDType::Int8, ExpertDType::Int4})
+           for (const Shape& s : {Shape{96, 40, 8, 2, 1}, Shape{96, 40, 8, 2, 5}, Shape{64, 48, 32, 2, 9},
+                                  Shape{300, 136, 4, 2, 6}, Shape{256, 320, 4, 2, 70}}) {
+             const std::int64_t H = s.hidden, I = s.width, E = s.experts;
+             // The experts' weights, quantized as one block per matrix kind like a loaded layer.
+             const std::vector<float> gate_up = uniform(rng, E * 2 * I * H, -0.2f, 0.2f);
+             const std::vector<float> down = uniform(rng, E * H * I, -0.2f, 0.2f);
+             auto block = std::make_shared<std::pair<QuantizedMatrix, QuantizedMatrix>>(
+                 quantize_matrix(reinterpret_cast<const std::byte*>(gate_up.data()), DType::F32, E * 2 * I, H, format,
+                                 Int4Variant::Asymmetric),
+                 quantize_matrix(reinterpret_cast<const std::byte*>(down.data()), DType::F32, E * H, I, format,
+                                 Int4Variant::Asymmetric));
+             auto placed = std::make_shared<std::vector<PlacedBytes>>();
+             cases.push_back({std::string(expert_dtype_name(format)) + " " + dims({s.rows, H, I}) + ", " +
+                                  std::to_string(E) + " experts, top " + std::to_string(s.top_k),
+                              {in(Role::Activation, uniform(rng, s.rows * H, -1, 1)),
+                               in(Role::Float32, uniform(rng, E * H, -0.3f, 0.3f))},
+                              {out(Role::Activation, s.rows * H)},
+                              [=](ModelOps& ops, const std::vector<Tensor>& i, const std::vector<Tensor>& o) {
+                                PlacedBytes& bytes = placed->emplace_back();
+                                const QuantizedView gu = bytes.place(ops, block->first.view());
+                                const QuantizedView dn = bytes.place(ops, block->second.view());
+                                MoeTensors w{i[1], {}, {}, H, I, s.top_k};
+                                for (std::int64_t e = 0; e < E; ++e)
+                                  w.quantized.push_back({gu.rows(e * 2 * I, 2 * I), dn.rows(e * H, H)});
+                                ops.quantized_moe(w, i[0], s.rows, o[0]);
+                              }});
+           }
          return cases;
        }},
   };

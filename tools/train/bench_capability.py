@@ -3,6 +3,8 @@ freshly generated haystacks (a seed training never used), by task, length and ne
 
     python3 tools/train/bench_capability.py FILLER.txt --cli build/app/cli/lightdesk-cli \
         --lengths 4096,16384 --out docs/demo-capability.json
+    python3 tools/train/bench_capability.py FILLER.txt --expert-dtype int8 --per-cell 2 \
+        --out docs/demo-capability-int8.json      (int8 or int4 experts; 40 questions per length)
     python3 tools/train/bench_capability.py FILLER.txt --backend cuda --lengths 65536,262144,1048576 \
         --out docs/demo-capability-gpu.json      (on a GPU machine)
     python3 tools/train/bench_capability.py FILLER.txt --out docs/demo-capability.json --plot-only \
@@ -28,10 +30,10 @@ MODEL = ROOT / "resources/models/lightdesk-demo"
 BENCH_SEED = 424242  # training used seeds 1 (examples) and 1001 (its own evaluation)
 
 
-def ask(cli, backend, document, question):
+def ask(cli, backend, expert_dtype, document, question):
     start = time.time()
     run = subprocess.run([str(cli), "ask", "--model", str(MODEL), "--document", str(document), "--question", question,
-                          "--greedy", "--max-new-tokens", "48", "--backend", backend],
+                          "--greedy", "--max-new-tokens", "48", "--backend", backend, "--expert-dtype", expert_dtype],
                          capture_output=True, text=True, check=True)
     return run.stdout.strip(), time.time() - start
 
@@ -49,7 +51,7 @@ def measure(args):
                         ex = haystacks.example(rng, length, kinds=[kind], depth=depth)
                         document = pathlib.Path(tmp) / ex["name"]
                         document.write_text(prompt.document_text(ex["paragraphs"]))
-                        answer, seconds = ask(args.cli, args.backend, document, ex["question"])
+                        answer, seconds = ask(args.cli, args.backend, args.expert_dtype, document, ex["question"])
                         results.append({"kind": kind, "length": length, "depth": depth, "tokens": ex["prompt_length"],
                                         "question": ex["question"], "expected": ex["answer"], "answer": answer,
                                         "correct": answer == ex["answer"], "seconds": round(seconds, 2)})
@@ -93,6 +95,7 @@ def main():
     ap.add_argument("filler")
     ap.add_argument("--cli", default=str(ROOT / "build/app/cli/lightdesk-cli"))
     ap.add_argument("--backend", default="cpu")
+    ap.add_argument("--expert-dtype", default="bf16", help="bf16, int8 or int4: the experts' format")
     ap.add_argument("--lengths", default="4096,16384")
     ap.add_argument("--kinds", default="record,passkey,needles,story")
     ap.add_argument("--depths", default="0,0.25,0.5,0.75,1")
@@ -107,7 +110,8 @@ def main():
     out = pathlib.Path(args.out)
     results = json.loads(out.read_text())["results"] if args.plot_only else measure(args)
     if not args.plot_only:
-        out.write_text(json.dumps({"seed": args.seed, "backend": args.backend, "results": results}, indent=1) + "\n")
+        out.write_text(json.dumps({"seed": args.seed, "backend": args.backend, "expert_dtype": args.expert_dtype,
+                                    "results": results}, indent=1) + "\n")
     if args.plot:
         plot(results + [r for other in args.others for r in json.loads(pathlib.Path(other).read_text())["results"]],
              args.plot)
