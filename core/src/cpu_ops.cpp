@@ -4,15 +4,46 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
 
 namespace lightdesk::cpu {
 
-void linear(const float* x, std::int64_t rows, std::int64_t in, const float* w, std::int64_t out, float* y) {
+void use_one_blas_thread() {
+  static const bool once = [] {
+    openblas_set_num_threads(1);
+    return true;
+  }();
+  (void)once;
+}
+
+void linear(const float* x, std::int64_t rows, std::int64_t in, const float* w, std::int64_t out, float* y,
+            ThreadPool& pool) {
   if (rows == 0 || out == 0) return;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(rows), static_cast<blasint>(out),
-              static_cast<blasint>(in), 1.0f, x, static_cast<blasint>(in), w, static_cast<blasint>(in), 0.0f, y,
-              static_cast<blasint>(out));
+  use_one_blas_thread();
+  // Split over the pool's threads: by rows of x where there are enough, else (decode) by rows of
+  // w, the output columns. Products too small to gain from a split run on the calling thread.
+  constexpr std::int64_t kMinSplitProducts = std::int64_t{1} << 16;
+  const std::int64_t parts =
+      rows * in * out < kMinSplitProducts ? 1 : std::min<std::int64_t>(pool.size(), std::max(rows, out / 16));
+  const bool by_rows = rows >= parts * 4;
+  const std::int64_t extent = by_rows ? rows : out;
+  pool.parallel_for(parts, [&](std::int64_t p) {
+    const std::int64_t first = extent * p / parts, count = extent * (p + 1) / parts - first;
+    if (count == 0) return;
+    const float* xp = by_rows ? x + first * in : x;
+    const float* wp = by_rows ? w : w + first * in;
+    float* yp = by_rows ? y + first * out : y + first;
+    const std::int64_t part_rows = by_rows ? count : rows, part_out = by_rows ? out : count;
+    // A few rows (decode) as matrix-vector products: sgemm would repack the weights each call.
+    if (part_rows < 4) {
+      for (std::int64_t r = 0; r < part_rows; ++r)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<blasint>(part_out), static_cast<blasint>(in), 1.0f, wp,
+                    static_cast<blasint>(in), xp + r * in, 1, 0.0f, yp + r * out, 1);
+      return;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(part_rows),
+                static_cast<blasint>(part_out), static_cast<blasint>(in), 1.0f, xp, static_cast<blasint>(in), wp,
+                static_cast<blasint>(in), 0.0f, yp, static_cast<blasint>(out));
+  });
 }
 
 void rms_norm(const float* x, std::int64_t rows, std::int64_t width, const float* weight, float eps, float* y,
@@ -27,8 +58,6 @@ void rms_norm(const float* x, std::int64_t rows, std::int64_t width, const float
   });
 }
 
-float silu(float x) { return x / (1.0f + std::exp(-x)); }
-float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
 void apply_rope(float* x, std::int64_t rows, int heads, int head_dim, int rotary_dim, float theta,
                 std::int64_t first_position) {
@@ -64,55 +93,43 @@ std::vector<float> decay_table(float slope, int count) {
 
 void lightning_prefill(const float* qkv, std::int64_t rows, int heads, int head_dim, std::span<const float> slopes,
                        int block, float* state, float* out, ThreadPool& pool) {
+  use_one_blas_thread();
   const int d = head_dim;
-  const std::int64_t qkv_stride = std::int64_t{heads} * 3 * d;
-  const std::int64_t out_stride = std::int64_t{heads} * d;
+  const auto qkv_stride = static_cast<blasint>(std::int64_t{heads} * 3 * d);
+  const auto out_stride = static_cast<blasint>(std::int64_t{heads} * d);
+  // Each block's three parts are GEMMs on the head's strided q, k, v columns of qkv.
   pool.parallel_for(heads, [&](std::int64_t h) {
     const std::vector<float> decay = decay_table(slopes[h], block + 1);
     float* S = state + h * d * d;
-    std::vector<float> qs(static_cast<std::size_t>(d)), intra(static_cast<std::size_t>(d));
-    std::vector<float> scores(static_cast<std::size_t>(block));
+    thread_local std::vector<float> scores, decayed_keys;
+    scores.resize(static_cast<std::size_t>(block) * block);
+    decayed_keys.resize(static_cast<std::size_t>(block) * d);
     for (std::int64_t r0 = 0; r0 < rows; r0 += block) {
       const int m = static_cast<int>(std::min<std::int64_t>(block, rows - r0));
+      const float* q = qkv + r0 * qkv_stride + h * 3 * d;
+      const float* k = q + d;
+      const float* v = q + 2 * d;
+      float* o = out + r0 * out_stride + h * d;
+      // Inter-block: o_t = exp(-s (t+1)) q_t · S, the state of everything before this block.
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, d, d, 1.0f, q, qkv_stride, S, d, 0.0f, o, out_stride);
+      for (int t = 0; t < m; ++t)
+        for (int e = 0; e < d; ++e) o[std::int64_t{t} * out_stride + e] *= decay[t + 1];
+      // Intra-block: o_t += Σ_{j<=t} exp(-s (t-j)) (q_t · k_j) v_j.
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, m, d, 1.0f, q, qkv_stride, k, qkv_stride, 0.0f,
+                  scores.data(), m);
       for (int t = 0; t < m; ++t) {
-        const float* q = qkv + (r0 + t) * qkv_stride + h * 3 * d;
-        float* o = out + (r0 + t) * out_stride + h * d;
-        // Inter-block: the state of everything before this block, decayed to row t.
-        for (int i = 0; i < d; ++i) qs[i] = q[i] * decay[t + 1];
-        std::fill(o, o + d, 0.0f);
-        for (int i = 0; i < d; ++i) {
-          const float qi = qs[i];
-          const float* Si = S + i * d;
-          for (int e = 0; e < d; ++e) o[e] += qi * Si[e];
-        }
-        // Intra-block: causal, decayed q·k within the block.
-        for (int j = 0; j <= t; ++j) {
-          const float* k = qkv + (r0 + j) * qkv_stride + h * 3 * d + d;
-          float dot = 0.0f;
-          for (int i = 0; i < d; ++i) dot += q[i] * k[i];
-          scores[j] = dot * decay[t - j];
-        }
-        std::fill(intra.begin(), intra.end(), 0.0f);
-        for (int j = 0; j <= t; ++j) {
-          const float* v = qkv + (r0 + j) * qkv_stride + h * 3 * d + 2 * d;
-          const float a = scores[j];
-          for (int e = 0; e < d; ++e) intra[e] += a * v[e];
-        }
-        for (int e = 0; e < d; ++e) o[e] += intra[e];
+        float* row = scores.data() + std::int64_t{t} * m;
+        for (int j = 0; j <= t; ++j) row[j] *= decay[t - j];
+        std::fill(row + t + 1, row + m, 0.0f);
       }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, d, m, 1.0f, scores.data(), m, v, qkv_stride, 1.0f, o,
+                  out_stride);
       // State after the block: S·exp(-s m) + Σ_t exp(-s (m-1-t)) k_tᵀ v_t.
-      const float block_decay = decay[m];
-      for (int i = 0; i < d * d; ++i) S[i] *= block_decay;
-      for (int t = 0; t < m; ++t) {
-        const float* k = qkv + (r0 + t) * qkv_stride + h * 3 * d + d;
-        const float* v = k + d;
-        const float kd = decay[m - 1 - t];
-        for (int i = 0; i < d; ++i) {
-          const float ki = k[i] * kd;
-          float* Si = S + i * d;
-          for (int e = 0; e < d; ++e) Si[e] += ki * v[e];
-        }
-      }
+      for (int t = 0; t < m; ++t)
+        for (int i = 0; i < d; ++i)
+          decayed_keys[std::int64_t{t} * d + i] = k[std::int64_t{t} * qkv_stride + i] * decay[m - 1 - t];
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, m, 1.0f, decayed_keys.data(), d, v, qkv_stride,
+                  decay[m], S, d);
     }
   });
 }
@@ -137,61 +154,28 @@ void lightning_decode(const float* qkv, int heads, int head_dim, std::span<const
   });
 }
 
-void softmax_attention(const float* q, std::int64_t rows, std::int64_t first_position, const float* keys,
-                       const float* values, int heads, int kv_heads, int head_dim, float* out, ThreadPool& pool) {
-  if (rows == 0) return;
-  const int d = head_dim;
-  const int group = heads / kv_heads;
-  const std::int64_t q_stride = std::int64_t{heads} * d;
-  const std::int64_t kv_stride = std::int64_t{kv_heads} * d;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  // Blocks of query rows go through two BLAS GEMMs (scores = Q·Kᵀ, out = P·V) over the keys the
-  // block's last row sees; a per-row loop would be scalar code and some 20× slower at long
-  // contexts. The block is sized to keep its score matrix near 16 MiB at any context length.
-  constexpr std::int64_t kScoreBudget = std::int64_t{1} << 22;
-  const std::int64_t block_rows = std::clamp<std::int64_t>(kScoreBudget / (first_position + rows), 1, 64);
-  std::vector<float> scores(static_cast<std::size_t>(block_rows * (first_position + rows)));
-  for (std::int64_t t0 = 0; t0 < rows; t0 += block_rows) {
-    const std::int64_t block = std::min(block_rows, rows - t0);
-    const std::int64_t keys_seen = first_position + t0 + block;
-    for (int h = 0; h < heads; ++h) {
-      const int g = h / group;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(block),
-                  static_cast<blasint>(keys_seen), d, scale, q + t0 * q_stride + h * d,
-                  static_cast<blasint>(q_stride), keys + g * d, static_cast<blasint>(kv_stride), 0.0f,
-                  scores.data(), static_cast<blasint>(keys_seen));
-      // Causal softmax of each row in place; the keys a row must not see get probability 0.
-      pool.parallel_for(block, [&](std::int64_t r) {
-        float* row = scores.data() + r * keys_seen;
-        const std::int64_t visible = first_position + t0 + r + 1;
-        softmax_row(row, visible);
-        std::fill(row + visible, row + keys_seen, 0.0f);
-      });
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(block), d,
-                  static_cast<blasint>(keys_seen), 1.0f, scores.data(), static_cast<blasint>(keys_seen),
-                  values + g * d, static_cast<blasint>(kv_stride), 0.0f, out + t0 * q_stride + h * d,
-                  static_cast<blasint>(q_stride));
-    }
-  }
-}
-
 void route_top_k(const float* router_logits, std::int64_t rows, int experts, int k, int* expert_ids, float* weights) {
-  std::vector<float> probs(static_cast<std::size_t>(experts));
-  std::vector<int> order(static_cast<std::size_t>(experts));
+  thread_local std::vector<float> probs;
+  thread_local std::vector<char> taken;
+  probs.resize(static_cast<std::size_t>(experts));
   for (std::int64_t r = 0; r < rows; ++r) {
     const float* x = router_logits + r * experts;
     const float max_logit = *std::max_element(x, x + experts);
     float sum = 0.0f;
     for (int e = 0; e < experts; ++e) sum += probs[e] = std::exp(x[e] - max_logit);
     for (int e = 0; e < experts; ++e) probs[e] /= sum;
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return probs[a] > probs[b]; });
+    // The k largest by selection (k is small): the first of equal ones, as a stable sort.
+    taken.assign(static_cast<std::size_t>(experts), 0);
     float top_sum = 0.0f;
-    for (int i = 0; i < k; ++i) top_sum += probs[order[i]];
     for (int i = 0; i < k; ++i) {
-      expert_ids[r * k + i] = order[i];
-      weights[r * k + i] = probs[order[i]] / top_sum;
+      int best = -1;
+      for (int e = 0; e < experts; ++e)
+        if (!taken[e] && (best < 0 || probs[e] > probs[best])) best = e;
+      taken[best] = 1;
+      expert_ids[r * k + i] = best;
+      top_sum += probs[best];
     }
+    for (int i = 0; i < k; ++i) weights[r * k + i] = probs[expert_ids[r * k + i]] / top_sum;
   }
 }
 
@@ -206,9 +190,10 @@ void moe_experts(const float* x, std::int64_t rows, std::int64_t hidden, std::in
                  const std::function<ExpertMatrices(std::size_t expert)>& matrices, int k, const int* expert_ids,
                  const float* weights, float* out, ThreadPool& pool) {
   std::fill(out, out + rows * hidden, 0.0f);
-  std::vector<float> xe, gate, up, ye;
-  std::vector<std::int64_t> members;
-  std::vector<float> member_weights;
+  // Reused by the next call on this thread: a decode step allocates nothing here.
+  thread_local std::vector<float> xe, gate, up, ye;
+  thread_local std::vector<std::int64_t> members;
+  thread_local std::vector<float> member_weights;
   for (std::size_t e = 0; e < experts; ++e) {
     members.clear();
     member_weights.clear();
@@ -227,12 +212,11 @@ void moe_experts(const float* x, std::int64_t rows, std::int64_t hidden, std::in
     gate.resize(static_cast<std::size_t>(n * width));
     up.resize(static_cast<std::size_t>(n * width));
     ye.resize(static_cast<std::size_t>(n * hidden));
-    linear(xe.data(), n, hidden, m.w1, width, gate.data());
-    linear(xe.data(), n, hidden, m.w3, width, up.data());
-    pool.parallel_for(n, [&](std::int64_t i) {
-      for (std::int64_t c = 0; c < width; ++c) gate[i * width + c] = silu(gate[i * width + c]) * up[i * width + c];
-    });
-    linear(gate.data(), n, width, m.w2, hidden, ye.data());
+    linear(xe.data(), n, hidden, m.w1, width, gate.data(), pool);
+    linear(xe.data(), n, hidden, m.w3, width, up.data(), pool);
+    silu(gate.data(), n * width);
+    for (std::int64_t c = 0; c < n * width; ++c) gate[c] *= up[c];
+    linear(gate.data(), n, width, m.w2, hidden, ye.data(), pool);
     for (std::int64_t i = 0; i < n; ++i) {
       float* o = out + members[i] * hidden;
       const float w = member_weights[i];

@@ -1,5 +1,6 @@
 #include "lightdesk/thread_pool.h"
 
+#include <chrono>
 #include <string>
 #include <system_error>
 
@@ -22,7 +23,25 @@ void clear_upper_vector_state() {
 void clear_upper_vector_state() {}
 #endif
 
+void pause_briefly() {
+#if defined(__x86_64__)
+  __builtin_ia32_pause();
+#endif
+}
+
 }  // namespace
+
+template <typename Done>
+bool ThreadPool::poll(Done done) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(kPollMicroseconds);
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (done()) return true;
+      pause_briefly();
+    }
+    if (std::chrono::steady_clock::now() > deadline) return done();
+  }
+}
 
 ThreadPool::ThreadPool(int threads) {
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -66,13 +85,17 @@ void ThreadPool::run_items() {
     }
     lock.lock();
     if (error && !error_) error_ = error;
-    if (++finished_items_ == job_count_) done_.notify_all();
+    if (++finished_items_ == job_count_) {
+      polled_finished_.store(true, std::memory_order_release);
+      done_.notify_all();
+    }
   }
 }
 
 void ThreadPool::worker_loop() {
   std::uint64_t seen = 0;
   for (;;) {
+    poll([&] { return polled_generation_.load(std::memory_order_acquire) != seen; });
     {
       std::unique_lock lock(mutex_);
       wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
@@ -98,10 +121,12 @@ void ThreadPool::parallel_for(std::int64_t count, const std::function<void(std::
     next_item_ = 0;
     finished_items_ = 0;
     error_ = nullptr;
-    ++generation_;
+    polled_finished_.store(false, std::memory_order_relaxed);
+    polled_generation_.store(++generation_, std::memory_order_release);
   }
   wake_.notify_all();
   run_items();
+  poll([&] { return polled_finished_.load(std::memory_order_acquire); });
   std::unique_lock lock(mutex_);
   done_.wait(lock, [&] { return finished_items_ == job_count_; });
   job_ = nullptr;

@@ -18,9 +18,16 @@
 namespace lightdesk {
 namespace {
 
+// A pass's activations of one rank. Kept with the sequence from pass to pass, so that decode
+// steps allocate nothing: a buffer grows to the largest pass and stays.
+struct RankBuffers {
+  std::vector<float> x, a, att, b, moe, qkv, o, gate, norm_sums, gather;
+};
+
 // Per rank (one without tensor parallel): its slices of the state, laid out as its weights.
 struct CpuSequence final : SequenceState {
   struct RankState {
+    RankBuffers buffers;
     std::vector<std::vector<float>> lightning;  // per layer [heads, d, d]; empty for softmax layers
     std::vector<std::vector<float>> keys;       // per layer [positions, kv_heads, d] (after RoPE)
     std::vector<std::vector<float>> values;     // per layer [positions, kv_heads, d]
@@ -324,14 +331,10 @@ void CpuBackend::forward(SequenceState& state, const ForwardRequest& req) {
   const std::int64_t new_positions = req.first_position + T;
 
   // Allocate everything first: past this point nothing allocates a large buffer.
-  struct RankBuffers {
-    std::vector<float> x, a, att, b, moe, qkv, o, gate, norm_sums, gather;
-  };
-  std::vector<RankBuffers> buffers(ranks_.size());
   for (std::size_t r = 0; r < ranks_.size(); ++r) {
     const RankLayout& plan = ranks_[r]->plan;
     const auto rows_hidden = static_cast<std::size_t>(T * H), A = static_cast<std::size_t>(T * plan.heads * config_.head_dim);
-    RankBuffers& b = buffers[r];
+    RankBuffers& b = s.ranks[r].buffers;
     for (auto* v : {&b.x, &b.a, &b.att, &b.b, &b.moe}) v->resize(rows_hidden);
     b.qkv.resize(3 * A);
     b.o.resize(A);
@@ -351,8 +354,8 @@ void CpuBackend::forward(SequenceState& state, const ForwardRequest& req) {
 
   on_every_rank([&](std::size_t r) {
     CpuRank& rank = *ranks_[r];
-    RankBuffers& b = buffers[r];
     CpuSequence::RankState& rs = s.ranks[r];
+    RankBuffers& b = rs.buffers;
     SequenceTensors sequence;
     sequence.lightning.resize(config_.num_layers);
     sequence.kv.resize(config_.num_layers);

@@ -105,18 +105,16 @@ class CpuOps final : public ModelOps {
     }
   }
   void linear(Tensor x, std::int64_t rows, std::int64_t in, Tensor w, std::int64_t out, Tensor y) override {
-    cpu::linear(x.as<const float>(), rows, in, w.as<const float>(), out, y.as<float>());
+    cpu::linear(x.as<const float>(), rows, in, w.as<const float>(), out, y.as<float>(), pool_);
   }
   void silu(Tensor x, std::int64_t count) override {
     float* v = x.as<float>();
     pool_.parallel_for(blocks(count), [&](std::int64_t b) {
-      for (std::int64_t i = b * kBlock; i < std::min(count, (b + 1) * kBlock); ++i) v[i] = cpu::silu(v[i]);
+      cpu::silu(v + b * kBlock, std::min(count, (b + 1) * kBlock) - b * kBlock);
     });
   }
   void sigmoid_gate(Tensor x, Tensor gate, std::int64_t count) override {
-    float* v = x.as<float>();
-    const float* g = gate.as<const float>();
-    for (std::int64_t i = 0; i < count; ++i) v[i] *= cpu::sigmoid(g[i]);
+    cpu::multiply_by_sigmoid(x.as<float>(), gate.as<const float>(), count);
   }
   void scaled_sum(Tensor a, float alpha, Tensor b, float beta, std::int64_t count, Tensor out) override {
     const float* av = a.as<const float>();
@@ -154,11 +152,10 @@ class CpuOps final : public ModelOps {
                            cache.values.as<const float>(), heads, kv_heads, head_dim, out.as<float>(), pool_);
   }
   void moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out) override {
-    std::vector<cpu::ExpertMatrices> experts;
-    experts.reserve(w.experts.size());
+    experts_.clear();
     for (const ExpertTensors& e : w.experts)
-      experts.push_back({e.w1.as<const float>(), e.w3.as<const float>(), e.w2.as<const float>()});
-    route_and_run(w, x, rows, out, [&](std::size_t e) { return experts[e]; });
+      experts_.push_back({e.w1.as<const float>(), e.w3.as<const float>(), e.w2.as<const float>()});
+    route_and_run(w, x, rows, out, [&](std::size_t e) { return experts_[e]; });
   }
   // Each chosen expert's matrices dequantized into float32 (the rows spread over the pool), then
   // the float32 products: the reference for the GPU kernels, not a fast path.
@@ -178,12 +175,13 @@ class CpuOps final : public ModelOps {
                      const std::function<cpu::ExpertMatrices(std::size_t)>& matrices) {
     const auto E = static_cast<int>(w.expert_count());
     const int k = w.top_k;
-    std::vector<float> router(static_cast<std::size_t>(rows * E)), weights(static_cast<std::size_t>(rows * k));
-    std::vector<int> ids(weights.size());
-    cpu::linear(x.as<const float>(), rows, w.hidden, w.router.as<const float>(), E, router.data());
-    cpu::route_top_k(router.data(), rows, E, k, ids.data(), weights.data());
-    cpu::moe_experts(x.as<const float>(), rows, w.hidden, w.width, w.expert_count(), matrices, k, ids.data(),
-                     weights.data(), out.as<float>(), pool_);
+    router_.resize(static_cast<std::size_t>(rows * E));
+    weights_.resize(static_cast<std::size_t>(rows * k));
+    ids_.resize(weights_.size());
+    cpu::linear(x.as<const float>(), rows, w.hidden, w.router.as<const float>(), E, router_.data(), pool_);
+    cpu::route_top_k(router_.data(), rows, E, k, ids_.data(), weights_.data());
+    cpu::moe_experts(x.as<const float>(), rows, w.hidden, w.width, w.expert_count(), matrices, k, ids_.data(),
+                     weights_.data(), out.as<float>(), pool_);
   }
   void dequantize_rows(const QuantizedView& m, std::vector<float>& to) {
     to.resize(static_cast<std::size_t>(m.layout.rows * m.layout.cols));
@@ -194,7 +192,7 @@ class CpuOps final : public ModelOps {
   }
 
   // Rows per block of the lightning prefill; any value gives the same result (up to rounding).
-  static constexpr int kLightningBlock = 256;
+  static constexpr int kLightningBlock = 64;
   static constexpr std::int64_t kBlock = 1 << 14;
   static constexpr std::int64_t kDequantizeRows = 64;
   static std::int64_t blocks(std::int64_t count, std::int64_t block = kBlock) { return (count + block - 1) / block; }
@@ -210,6 +208,10 @@ class CpuOps final : public ModelOps {
   }
 
   ThreadPool pool_;
+  // The router's scratch, reused from call to call (a decode step allocates nothing).
+  std::vector<float> router_, weights_;
+  std::vector<int> ids_;
+  std::vector<cpu::ExpertMatrices> experts_;
 };
 
 }  // namespace

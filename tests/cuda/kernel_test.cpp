@@ -426,8 +426,10 @@ TEST(CudaGroupedLinearTest, MatchesCpu) {
     cuda::grouped_linear(x.get(), first_row.get(), groups, rows, in, w.get(), out, y.get(), limits,
                          workspace.as<void>(), workspace.bytes(), nullptr);
     std::vector<float> ref(y.size());
+    ThreadPool pool(2);
     for (int g = 0; g < groups; ++g)
-      cpu::linear(xs.data() + first[g] * in, sizes[g], in, ws.data() + g * out * in, out, ref.data() + first[g] * out);
+      cpu::linear(xs.data() + first[g] * in, sizes[g], in, ws.data() + g * out * in, out, ref.data() + first[g] * out,
+                  pool);
     EXPECT_LT(relative_error(y.get_values(), ref), tolerance<cuda::bf16>()) << "seed " << random.seed();
     // Widths past 16-byte pieces are refused, not read out of bounds.
     EXPECT_THROW(cuda::grouped_linear(x.get(), first_row.get(), groups, rows, in - 1, w.get(), out, y.get(), limits,

@@ -264,9 +264,10 @@ TEST_F(CudaQuantizedGemmTest, Int8GroupedLinearMatchesCpu) {
                                 workspace.as<void>(), workspace.bytes(), nullptr);
       const std::vector<float> w = dequantize(q.view());
       std::vector<float> ref(y.size());
+      ThreadPool pool(2);
       for (int g = 0; g < groups; ++g)
         cpu::linear(xs.data() + first[g] * in, sizes[g], in, w.data() + g * out * in, out,
-                    ref.data() + first[g] * out);
+                    ref.data() + first[g] * out, pool);
       EXPECT_LT(relative_error(y.get_values(), ref), tolerance<cuda::bf16>()) << "seed " << random.seed();
     }
 }
@@ -305,7 +306,7 @@ void check_moe_layer(Random& random, const FormatCase& f, const MoeShape& shape,
     runner.run(weights, x.get(), rows, out.get());
     std::vector<float> logits(static_cast<std::size_t>(rows * E)), route_weights(rows * shape.top_k);
     std::vector<int> ids(rows * shape.top_k);
-    cpu::linear(xs.data(), rows, H, router_values.data(), E, logits.data());
+    cpu::linear(xs.data(), rows, H, router_values.data(), E, logits.data(), pool);
     cpu::route_top_k(logits.data(), rows, E, shape.top_k, ids.data(), route_weights.data());
     std::vector<float> ref(out.size());
     cpu::moe_experts(xs.data(), rows, H, I, experts, shape.top_k, ids.data(), route_weights.data(), ref.data(), pool);

@@ -100,9 +100,12 @@ void expect_softmax_attention_matches_double(int heads, int kv_heads, int d, std
 
 TEST(CpuOps, SoftmaxAttentionIsCausalGqaWithScale) {
   expect_softmax_attention_matches_double(4, 2, 8, 5, 3);
-  // Several 64-row blocks, the last one ragged.
+  // Several 32-row blocks of queries, the last one ragged.
   expect_softmax_attention_matches_double(8, 2, 16, 70, 150);
-  // A context long enough that blocks shrink below 64 rows to bound the score matrix.
+  // One block's rows on both sides of the second 256-key tile's start: the first rows see none
+  // of that tile, the last a part; and a ragged last tile.
+  expect_softmax_attention_matches_double(4, 1, 32, 240, 40);
+  // A long context: hundreds of key tiles through the online softmax.
   expect_softmax_attention_matches_double(2, 1, 8, 140000, 5);
 }
 

@@ -43,7 +43,7 @@ class CpuTower final : public VisionTower {
   // y = x · Wᵀ + b, with GELU if asked.
   void dense(const float* x, std::int64_t rows, std::int64_t in, const Affine& a, std::int64_t out, float* y,
              bool activate) {
-    cpu::linear(x, rows, in, a.weight.data(), out, y);
+    cpu::linear(x, rows, in, a.weight.data(), out, y, pool_);
     pool_.parallel_for(rows, [&](std::int64_t r) {
       float* yr = y + r * out;
       for (std::int64_t i = 0; i < out; ++i) yr[i] = activate ? gelu(yr[i] + a.bias.data()[i]) : yr[i] + a.bias.data()[i];
@@ -65,11 +65,11 @@ class CpuTower final : public VisionTower {
             kh[i * d + j] = k[base + i * D + j];
             vt[j * tokens + i] = v[base + i * D + j];
           }
-        cpu::linear(qh.data(), tokens, d, kh.data(), tokens, scores.data());
+        cpu::linear(qh.data(), tokens, d, kh.data(), tokens, scores.data(), pool_);
         pool_.parallel_for(tokens, [&](std::int64_t i) {
           cpu::softmax_row(scores.data() + i * tokens, tokens);
         });
-        cpu::linear(scores.data(), tokens, tokens, vt.data(), d, oh.data());
+        cpu::linear(scores.data(), tokens, tokens, vt.data(), d, oh.data(), pool_);
         for (std::int64_t i = 0; i < tokens; ++i) std::copy_n(oh.data() + i * d, d, out + base + i * D);
       }
   }
@@ -94,7 +94,7 @@ void CpuTower::forward(const float* pixels, std::int64_t tiles, float* features)
         std::copy_n(pixels + ((t * 3 + c) * S + py * P + y) * S + px * P, P, dst + (c * P + y) * P);
   });
   std::vector<float> embedded(static_cast<std::size_t>(tiles * patches * D));
-  cpu::linear(unrolled.data(), tiles * patches, patch_width, w_.patch_embedding.data(), D, embedded.data());
+  cpu::linear(unrolled.data(), tiles * patches, patch_width, w_.patch_embedding.data(), D, embedded.data(), pool_);
 
   std::vector<float> h(static_cast<std::size_t>(rows * D)), a(h.size()), q(h.size()), k(h.size()), v(h.size()),
       att(h.size()), wide(static_cast<std::size_t>(rows * I));

@@ -2,6 +2,7 @@
 // against. Matrices are row-major; weights are [out, in] as torch.nn.Linear stores them.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <span>
@@ -11,15 +12,24 @@
 
 namespace lightdesk::cpu {
 
-// y[rows, out] = x[rows, in] · w[out, in]ᵀ  (BLAS).
-void linear(const float* x, std::int64_t rows, std::int64_t in, const float* w, std::int64_t out, float* y);
+// OpenBLAS's own threads off, once per process: the CPU ops split their products over their
+// pools instead. OpenBLAS's threads poll (sched_yield) for a long while after each call and took
+// the cores from the pool's threads working between its calls.
+void use_one_blas_thread();
+
+// y[rows, out] = x[rows, in] · w[out, in]ᵀ  (BLAS), split over the pool's threads.
+void linear(const float* x, std::int64_t rows, std::int64_t in, const float* w, std::int64_t out, float* y,
+            ThreadPool& pool);
 
 // y = weight * x / sqrt(mean(x²) + eps) over each row of `width`; y may alias x.
 void rms_norm(const float* x, std::int64_t rows, std::int64_t width, const float* weight, float eps, float* y,
               ThreadPool& pool);
 
-float silu(float x);
-float sigmoid(float x);
+inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
+inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+// x = silu(x) and x = x * sigmoid(gate) over arrays, with a vectorised exp (cpu_vector_math.cpp).
+void silu(float* x, std::int64_t count);
+void multiply_by_sigmoid(float* x, const float* gate, std::int64_t count);
 
 // Rotate-half RoPE on the first `rotary_dim` dims of each head of rows [rows, heads * head_dim];
 // row r has position first_position + r.
@@ -42,7 +52,8 @@ void lightning_decode(const float* qkv, int heads, int head_dim, std::span<const
 // Causal softmax attention of `rows` new queries [rows, heads * head_dim] at positions
 // first_position.. over a cache of first_position + rows keys and values
 // [positions, kv_heads * head_dim] (the new rows already appended). GQA: query head h reads
-// kv head h / (heads / kv_heads). Scale head_dim^-0.5.
+// kv head h / (heads / kv_heads). Scale head_dim^-0.5. Flash style, with an online softmax over
+// tiles of keys (cpu_softmax_attention.cpp).
 void softmax_attention(const float* q, std::int64_t rows, std::int64_t first_position, const float* keys,
                        const float* values, int heads, int kv_heads, int head_dim, float* out, ThreadPool& pool);
 
