@@ -21,6 +21,7 @@
 #include <QTextBrowser>
 #include <QCheckBox>
 
+#include <filesystem>
 #include <memory>
 
 #include "conversation_panel.h"
@@ -28,6 +29,7 @@
 #include "main_window.h"
 #include "session_repository.h"
 #include "settings_dialog.h"
+#include "store_session_repository.h"
 #include "window_test_util.h"
 
 using lightdesk::gui::Attachment;
@@ -200,6 +202,45 @@ class DesktopFlowsTest : public QObject {
     const QString label = window_->findChild<QLabel*>(QStringLiteral("modelLabel"))->text();
     QVERIFY2(label.contains(QStringLiteral("for 1,000 tokens of context")), qPrintable(label));
     QVERIFY2(label.contains(QStringLiteral("Plan: ")), qPrintable(label));
+  }
+
+  // A session's own sampling is kept in its settings (the store's settings JSON, other keys
+  // untouched), survives a restart and is what its questions are answered with; without one the
+  // model family's is used.
+  void sessionSamplingIsKeptAndUsed() {
+    const std::filesystem::path database = directory_.filePath(QStringLiteral("sessions.sqlite")).toStdString();
+    std::filesystem::remove(database);
+    qint64 id = 0;
+    const lightdesk::gui::SamplingSettings own{0.0, 0.5, 7, 3};
+    {
+      lightdesk::gui::StoreSessionRepository store(database);
+      id = store.create(QStringLiteral("Own sampling")).id;
+      store.setSampling(id, own);
+    }
+    {
+      lightdesk::gui::StoreSessionRepository store(database);
+      QCOMPARE(store.load(id)->sampling, std::optional(own));
+      store.setSampling(id, std::nullopt);
+    }
+    QVERIFY(!lightdesk::gui::StoreSessionRepository(database).load(id)->sampling);
+
+    const qint64 session = sessions_->create(QStringLiteral("Own sampling")).id;
+    sessions_->append(session, {ChatEntry::Role::User, QStringLiteral("Hi?"), {}, {}, {}});
+    sessions_->setSampling(session, own);
+    openWindow();
+    window_test::openModel(*window_);
+    window_->showMessage(session, 0);
+    QSignalSpy generate(window_.get(), &MainWindow::generateRequested);
+    window_test::ask(*window_, QStringLiteral("Again?"));
+    QCOMPARE(generate.size(), 1);
+    const auto used = generate.front().at(1).value<lightdesk::gui::SamplingSettings>();
+    QCOMPARE(used, own);
+    // The dialog offers the family's sampling until the session has its own.
+    lightdesk::gui::SessionSamplingDialog dialog(QStringLiteral("S"), QStringLiteral("M1"), {1.0, 0.95, 0, 8}, std::nullopt);
+    QVERIFY(!dialog.sampling());
+    dialog.findChild<QCheckBox*>(QStringLiteral("ownSamplingBox"))->setChecked(true);
+    dialog.findChild<QSpinBox*>(QStringLiteral("maxNewTokensBox"))->setValue(5);
+    QCOMPARE(dialog.sampling(), std::optional(lightdesk::gui::SamplingSettings{1.0, 0.95, 0, 5}));
   }
 
   // Every control a person can reach has a name a screen reader says; the input comes first

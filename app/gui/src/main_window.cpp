@@ -313,6 +313,7 @@ void MainWindow::buildMenus() {
   session_menu->addAction(tr("Re&generate last answer"), QKeySequence(Qt::CTRL | Qt::Key_R), this,
                           &MainWindow::regenerate);
   session_menu->addAction(tr("&Search"), QKeySequence::Find, session_panel_, &SessionPanel::focusSearch);
+  session_menu->addAction(tr("Sa&mpling for this session…"), this, &MainWindow::editSessionSampling);
   QMenu* help_menu = menuBar()->addMenu(tr("&Help"));
   help_menu->addAction(tr("Try the &demo"), this, &MainWindow::tryDemo);
   QAction* about = help_menu->addAction(tr("&About Lightdesk and the model"), this, &MainWindow::showAbout);
@@ -450,6 +451,18 @@ void MainWindow::editSettings() {
   if (dialog.exec() == QDialog::Accepted) applySettings();
 }
 
+void MainWindow::editSessionSampling() {
+  if (!model_ready_) {
+    showError(tr("Open a model first: a session's sampling starts from its model family's."));
+    return;
+  }
+  SessionSamplingDialog dialog(current_.title, model_family_, load_sampling(settings_, model_family_, default_sampling_),
+                               current_.sampling, this);
+  if (dialog.exec() != QDialog::Accepted) return;
+  current_.sampling = dialog.sampling();
+  sessions_.setSampling(current_.id, current_.sampling);
+}
+
 void MainWindow::applySettings() {
   conversation_panel_->setEnterSends(enter_sends_setting(settings_));
   refreshContextFigure();
@@ -585,7 +598,8 @@ void MainWindow::ask(qsizetype keep, const ChatEntry& user, bool regenerated) {
   worker_->clearStop();
 
   const Turns conversation = to_turns(current_.entries);
-  const SamplingSettings sampling = load_sampling(settings_, model_family_, default_sampling_);
+  // The session's own sampling, else its model family's.
+  const SamplingSettings sampling = current_.sampling.value_or(load_sampling(settings_, model_family_, default_sampling_));
   if (keep == 0 || (engine_holds_.session == current_.id && engine_holds_.entries >= 0 && engine_holds_.entries <= keep)) {
     emit generateRequested(conversation, sampling, current_.id);
     return;

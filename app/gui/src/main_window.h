@@ -147,6 +147,8 @@ class MainWindow : public QMainWindow {
   // Ends the streamed answer: stores what it wrote (undoTurn() if it never began; its answer).
   bool keepAnswer();
   void editSettings();
+  // Session > Sampling for this session.
+  void editSessionSampling();
   // Settings that act on the window at once (Enter sends).
   void applySettings();
   void rememberModel(const QString& directory);

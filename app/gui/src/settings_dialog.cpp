@@ -61,6 +61,71 @@ bool enter_sends_setting(const QSettings& settings) {
   return settings.value(QStringLiteral("input/enterSends"), true).toBool();
 }
 
+SamplingEditor::SamplingEditor(const SamplingSettings& sampling, QWidget* parent) : QWidget(parent) {
+  temperature_ = new QDoubleSpinBox;
+  temperature_->setObjectName(QStringLiteral("temperatureBox"));
+  temperature_->setRange(0.0, 2.0);
+  temperature_->setSingleStep(0.05);
+  temperature_->setToolTip(tr("0 always picks the most likely token"));
+  top_p_ = new QDoubleSpinBox;
+  top_p_->setObjectName(QStringLiteral("topPBox"));
+  top_p_->setRange(0.01, 1.0);
+  top_p_->setSingleStep(0.01);
+  top_k_ = new QSpinBox;
+  top_k_->setObjectName(QStringLiteral("topKBox"));
+  top_k_->setRange(0, 1000);
+  top_k_->setSpecialValueText(tr("all"));
+  max_new_tokens_ = new QSpinBox;
+  max_new_tokens_->setObjectName(QStringLiteral("maxNewTokensBox"));
+  max_new_tokens_->setRange(1, 1'000'000);
+  max_new_tokens_->setGroupSeparatorShown(true);
+  auto* form = new QFormLayout(this);
+  form->setContentsMargins(0, 0, 0, 0);
+  form->addRow(tr("Temperature"), temperature_);
+  form->addRow(tr("Top-p"), top_p_);
+  form->addRow(tr("Top-k"), top_k_);
+  form->addRow(tr("Longest answer (tokens)"), max_new_tokens_);
+  setSampling(sampling);
+}
+
+void SamplingEditor::setSampling(const SamplingSettings& sampling) {
+  temperature_->setValue(sampling.temperature);
+  top_p_->setValue(sampling.top_p);
+  top_k_->setValue(sampling.top_k);
+  max_new_tokens_->setValue(sampling.max_new_tokens);
+}
+
+SamplingSettings SamplingEditor::sampling() const {
+  return {temperature_->value(), top_p_->value(), top_k_->value(), max_new_tokens_->value()};
+}
+
+SessionSamplingDialog::SessionSamplingDialog(const QString& session, const QString& family,
+                                             const SamplingSettings& family_sampling,
+                                             const std::optional<SamplingSettings>& own, QWidget* parent)
+    : QDialog(parent), family_sampling_(family_sampling) {
+  setWindowTitle(tr("Sampling of “%1”").arg(session));
+  own_ = new QCheckBox(tr("This session samples in its own way (else as %1 models do, in Settings)").arg(family));
+  own_->setObjectName(QStringLiteral("ownSamplingBox"));
+  own_->setChecked(own.has_value());
+  editor_ = new SamplingEditor(own.value_or(family_sampling));
+  editor_->setEnabled(own.has_value());
+  connect(own_, &QCheckBox::toggled, this, [this](bool checked) {
+    editor_->setEnabled(checked);
+    if (!checked) editor_->setSampling(family_sampling_);
+  });
+  auto* buttons = new QDialogButtonBox(QDialogButtonBox::Ok | QDialogButtonBox::Cancel);
+  connect(buttons, &QDialogButtonBox::accepted, this, &QDialog::accept);
+  connect(buttons, &QDialogButtonBox::rejected, this, &QDialog::reject);
+  auto* layout = new QVBoxLayout(this);
+  layout->addWidget(own_);
+  layout->addWidget(editor_);
+  layout->addWidget(buttons);
+}
+
+std::optional<SamplingSettings> SessionSamplingDialog::sampling() const {
+  return own_->isChecked() ? std::optional(editor_->sampling()) : std::nullopt;
+}
+
 SettingsDialog::SettingsDialog(QSettings& settings, QString family, const SamplingSettings& defaults,
                                const std::vector<GpuDevice>& gpus, QWidget* parent)
     : QDialog(parent), settings_(settings), family_(std::move(family)) {
@@ -127,23 +192,7 @@ SettingsDialog::SettingsDialog(QSettings& settings, QString family, const Sampli
   data_row->addWidget(data_directory_, 1);
   data_row->addWidget(browse);
 
-  const SamplingSettings current = load_sampling(settings_, family_, defaults);
-  temperature_ = new QDoubleSpinBox;
-  temperature_->setRange(0.0, 2.0);
-  temperature_->setSingleStep(0.05);
-  temperature_->setValue(current.temperature);
-  temperature_->setToolTip(tr("0 always picks the most likely token"));
-  top_p_ = new QDoubleSpinBox;
-  top_p_->setRange(0.01, 1.0);
-  top_p_->setSingleStep(0.01);
-  top_p_->setValue(current.top_p);
-  top_k_ = new QSpinBox;
-  top_k_->setRange(0, 1000);
-  top_k_->setSpecialValueText(tr("all"));
-  top_k_->setValue(current.top_k);
-  max_new_tokens_ = new QSpinBox;
-  max_new_tokens_->setRange(1, 1'000'000);
-  max_new_tokens_->setValue(current.max_new_tokens);
+  sampling_ = new SamplingEditor(load_sampling(settings_, family_, defaults));
   auto* buttons = new QDialogButtonBox(QDialogButtonBox::Ok | QDialogButtonBox::Cancel);
   connect(buttons, &QDialogButtonBox::accepted, this, &QDialog::accept);
   connect(buttons, &QDialogButtonBox::rejected, this, &QDialog::reject);
@@ -163,10 +212,7 @@ SettingsDialog::SettingsDialog(QSettings& settings, QString family, const Sampli
     form->addRow(new QLabel(tr("Open a model to set its sampling.")));
   } else {
     form->addRow(new QLabel(tr("<b>Sampling of %1 models</b>").arg(family_.toHtmlEscaped())));
-    form->addRow(tr("Temperature"), temperature_);
-    form->addRow(tr("Top-p"), top_p_);
-    form->addRow(tr("Top-k"), top_k_);
-    form->addRow(tr("Longest answer (tokens)"), max_new_tokens_);
+    form->addRow(sampling_);
   }
   form->addRow(buttons);
 }
@@ -189,8 +235,7 @@ void SettingsDialog::accept() {
   else
     settings_.setValue(QStringLiteral("dataDirectory"), chosen);
   if (!family_.isEmpty())
-    store_sampling(settings_, family_,
-                   {temperature_->value(), top_p_->value(), top_k_->value(), max_new_tokens_->value()});
+    store_sampling(settings_, family_, sampling_->sampling());
   QDialog::accept();
 }
 

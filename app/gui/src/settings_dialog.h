@@ -5,6 +5,8 @@
 #include <QDialog>
 #include <QString>
 
+#include <optional>
+
 #include "engine_worker.h"
 
 class QCheckBox;
@@ -29,6 +31,38 @@ std::int64_t context_setting(const QSettings& settings);
 // Whether Enter alone sends the question (Shift+Enter adds a line); else Ctrl+Enter only.
 bool enter_sends_setting(const QSettings& settings);
 
+// The four sampling figures, as a form.
+class SamplingEditor : public QWidget {
+  Q_OBJECT
+
+ public:
+  explicit SamplingEditor(const SamplingSettings& sampling, QWidget* parent = nullptr);
+  void setSampling(const SamplingSettings& sampling);
+  SamplingSettings sampling() const;
+
+ private:
+  QDoubleSpinBox* temperature_;
+  QDoubleSpinBox* top_p_;
+  QSpinBox* top_k_;
+  QSpinBox* max_new_tokens_;
+};
+
+// Session > Sampling for this session: the session's own sampling, or its model family's.
+class SessionSamplingDialog : public QDialog {
+  Q_OBJECT
+
+ public:
+  SessionSamplingDialog(const QString& session, const QString& family, const SamplingSettings& family_sampling,
+                        const std::optional<SamplingSettings>& own, QWidget* parent = nullptr);
+  // The session's own sampling, none to follow the family's.
+  std::optional<SamplingSettings> sampling() const;
+
+ private:
+  SamplingSettings family_sampling_;
+  QCheckBox* own_;
+  SamplingEditor* editor_;
+};
+
 class SettingsDialog : public QDialog {
   Q_OBJECT
 
@@ -47,10 +81,7 @@ class SettingsDialog : public QDialog {
   QSpinBox* context_;
   QCheckBox* enter_sends_;
   QLineEdit* data_directory_;
-  QDoubleSpinBox* temperature_;
-  QDoubleSpinBox* top_p_;
-  QSpinBox* top_k_;
-  QSpinBox* max_new_tokens_;
+  SamplingEditor* sampling_;
 };
 
 }  // namespace lightdesk::gui
