@@ -59,6 +59,8 @@ int main(int argc, char** argv) {
   window.show();
 
   if (parser.isSet(demo_option)) {
+    // The first-launch picture shows "Try the demo" for the model and document of the run.
+    window.setDemo({parser.value(model_option), parser.values(document_option).value(0), parser.values(ask_option).value(0)});
     auto* demo = new lightdesk::gui::DemoScript(
         window,
         {parser.value(model_option), parser.values(document_option),

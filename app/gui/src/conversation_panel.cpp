@@ -13,6 +13,7 @@
 #include <QScrollBar>
 #include <QTextBlock>
 #include <QTextBrowser>
+#include <QTimer>
 #include <QTextCursor>
 #include <QTextDocumentFragment>
 #include <QTextFrame>
@@ -138,13 +139,13 @@ ConversationPanel::ConversationPanel(QWidget* parent) : QWidget(parent) {
   stop_button_->setAccessibleName(tr("Stop the answer"));
   stop_button_->setToolTip(tr("Stop reading or answering; what was done is kept"));
   setEnterSends(true);
-  setTabOrder(input_, send_button_);
-  setTabOrder(send_button_, stop_button_);
-  setTabOrder(stop_button_, transcript_);
   auto* layout = new QVBoxLayout(this);
   layout->addWidget(transcript_, 1);
   layout->addWidget(edit_bar_);
   layout->addLayout(input_row);
+  setTabOrder(input_, send_button_);
+  setTabOrder(send_button_, stop_button_);
+  setTabOrder(stop_button_, transcript_);
 }
 
 bool ConversationPanel::eventFilter(QObject* watched, QEvent* event) {
@@ -168,7 +169,8 @@ bool ConversationPanel::eventFilter(QObject* watched, QEvent* event) {
 
 void ConversationPanel::changeEvent(QEvent* event) {
   QWidget::changeEvent(event);
-  if (event->type() == QEvent::PaletteChange) rerender();
+  // After the children have the new palette too: the transcript's colours come from its own.
+  if (event->type() == QEvent::PaletteChange) QTimer::singleShot(0, this, &ConversationPanel::rerender);
 }
 
 void ConversationPanel::setEnterSends(bool enter_sends) {
@@ -253,7 +255,7 @@ void ConversationPanel::showConversation(const QList<ChatEntry>& entries, const 
     }
     const bool streaming_here = streaming && i == shown.size() - 1;
     if (streaming_here) html += QStringLiteral(" &nbsp; <i>%1</i>").arg(tr("writing…").toHtmlEscaped());
-    if (idle) html += QStringLiteral(" &nbsp; ") + html_link(QStringLiteral("copy:%1").arg(i), tr("⧉ Copy"), tr("Copy this message"));
+    if (idle) html += QStringLiteral(" &nbsp; ") + html_link(QStringLiteral("copy:%1").arg(i), tr("Copy"), tr("Copy this message"));
     if (from_user && idle)
       html += QStringLiteral(" &nbsp; ") + html_link(QStringLiteral("edit:%1").arg(i), tr("✎ Edit"), tr("Edit this question"));
     if (!from_user && idle && has_documents)
@@ -288,7 +290,7 @@ void ConversationPanel::showConversation(const QList<ChatEntry>& entries, const 
       if (part.code) {
         insert_html(QStringLiteral("<p>%1%2</p>")
                         .arg(part.language.isEmpty() ? QString() : part.language.toHtmlEscaped() + QStringLiteral(" &nbsp; "),
-                             html_link(QStringLiteral("copycode:%1:%2").arg(i).arg(code_index++), tr("⧉ Copy code"),
+                             html_link(QStringLiteral("copycode:%1:%2").arg(i).arg(code_index++), tr("Copy code"),
                                   tr("Copy this code block"))));
         insert_code_block(cursor, part, transcript_->palette(), colours);
         continue;

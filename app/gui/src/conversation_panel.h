@@ -1,5 +1,5 @@
 // The conversation pane: the transcript (questions, answers rendered as Markdown with code blocks
-// in coloured monospace frames, the answer streaming in, reasoning folded away, "⧉ Copy",
+// in coloured monospace frames, the answer streaming in, reasoning folded away, "Copy",
 // "✎ Edit", "⌕ Show in document" and "↻ Regenerate" links, "‹ 2/3 ›" between the branches of a
 // message), the bar that says an earlier message is being edited, and the input
 // box with Send and Stop. Colours come from the palette (light and dark themes alike).

@@ -1,7 +1,7 @@
 #include "document_viewer.h"
 
 #include <QFileInfo>
-#include <QFontDatabase>
+#include <QGuiApplication>
 #include <QHBoxLayout>
 #include <QLabel>
 #include <QLineEdit>
@@ -10,6 +10,7 @@
 #include <QPlainTextEdit>
 #include <QPushButton>
 #include <QSpinBox>
+#include <QToolButton>
 #include <QTextBlock>
 #include <QVBoxLayout>
 
@@ -34,7 +35,6 @@ DocumentViewer::DocumentViewer(QWidget* parent) : QWidget(parent) {
   sources_ = new QListWidget;
   sources_->setObjectName(QStringLiteral("sourcesList"));
   sources_->setAccessibleName(tr("Places the answer's words were found"));
-  sources_->setMaximumHeight(sources_->fontMetrics().lineSpacing() * 5);
   sources_->setVisible(false);
   connect(sources_, &QListWidget::currentRowChanged, this, &DocumentViewer::openSource);
 
@@ -50,13 +50,18 @@ DocumentViewer::DocumentViewer(QWidget* parent) : QWidget(parent) {
   search_->setAccessibleName(tr("Search in the document"));
   search_->setPlaceholderText(tr("Search in the document…"));
   search_->setClearButtonEnabled(true);
-  auto* previous = new QPushButton(tr("Previous"));
+  auto* previous = new QToolButton;
+  previous->setArrowType(Qt::UpArrow);
   previous->setAccessibleName(tr("Previous match"));
-  auto* next = new QPushButton(tr("Next"));
+  previous->setToolTip(tr("Previous match (Shift+Enter)"));
+  auto* next = new QToolButton;
+  next->setArrowType(Qt::DownArrow);
   next->setAccessibleName(tr("Next match"));
+  next->setToolTip(tr("Next match (Enter)"));
   search_result_ = new QLabel;
   search_result_->setObjectName(QStringLiteral("documentSearchResult"));
-  connect(search_, &QLineEdit::returnPressed, this, [this] { find(search_->text()); });
+  connect(search_, &QLineEdit::returnPressed, this,
+          [this] { find(search_->text(), QGuiApplication::keyboardModifiers() & Qt::ShiftModifier); });
   connect(next, &QPushButton::clicked, this, [this] { find(search_->text()); });
   connect(previous, &QPushButton::clicked, this, [this] { find(search_->text(), true); });
   auto* search_row = new QHBoxLayout;
@@ -179,14 +184,20 @@ void DocumentViewer::showSources(const QList<Attachment>& documents, const Answe
     sources_->setVisible(false);
     return;
   }
-  sources_label_->setText(tr("“%1” (%2 words) occurs %3 times:")
-                              .arg(found.run, QLocale().toString(found.words), QLocale().toString(found.sources.size())));
+  sources_label_->setText(found.sources.size() == 1
+                              ? tr("“%1” (%2 words) occurs once:").arg(found.run, QLocale().toString(found.words))
+                              : tr("“%1” (%2 words) occurs %3 times:")
+                                    .arg(found.run, QLocale().toString(found.words),
+                                         QLocale().toString(found.sources.size())));
   for (const AnswerSource& source : found.sources) {
     const Attachment& document = documents[source.document];
     const QString name = QFileInfo(document.path).fileName();
     sources_->addItem(source.page > 0 ? tr("%1, page %2").arg(name, QLocale().toString(source.page))
                                       : tr("%1, character %2").arg(name, QLocale().toString(source.position + 1)));
   }
+  // As tall as its rows, up to five.
+  sources_->setFixedHeight(sources_->sizeHintForRow(0) * static_cast<int>(std::min<qsizetype>(found.sources.size(), 5)) +
+                           2 * sources_->frameWidth());
   sources_->setVisible(true);
   sources_->setCurrentRow(0);
   openSource(0);

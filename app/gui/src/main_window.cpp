@@ -501,6 +501,8 @@ void MainWindow::showInDocument(qsizetype entry) {
   status_panel_->showMessage(found.sources.isEmpty()
                                  ? tr("Not found: no run of %1 or more words of this answer occurs in its documents.")
                                        .arg(kMinimumWords)
+                                 : found.sources.size() == 1
+                                 ? tr("Found %1 words of the answer in one place.").arg(QLocale().toString(found.words))
                                  : tr("Found %1 words of the answer in %2 places.")
                                        .arg(QLocale().toString(found.words), QLocale().toString(found.sources.size())),
                              10000);

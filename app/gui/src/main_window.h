@@ -38,6 +38,7 @@ class MainWindow : public QMainWindow {
   MainWindow(SessionRepository& sessions, QSettings& settings, QWidget* parent = nullptr);
   ~MainWindow() override;
 
+  QSettings& settings() { return settings_; }
   // The model directory loaded last (QSettings), empty if none.
   QString lastModelDirectory() const;
   // The model directories opened before, newest first (File > Open recent).
