@@ -70,14 +70,7 @@ void ConversationPanelTest::branchSwitcherLinksTheSiblings() {
 
 // Finding 10: in a dark theme the edit bar, "You" and "Documents:" keep a readable contrast.
 void ConversationPanelTest::darkPaletteKeepsTheTextReadable() {
-  QPalette dark;
-  dark.setColor(QPalette::Window, QColor(0x2d, 0x2d, 0x2d));
-  dark.setColor(QPalette::WindowText, QColor(0xee, 0xee, 0xee));
-  dark.setColor(QPalette::Base, QColor(0x1e, 0x1e, 0x1e));
-  dark.setColor(QPalette::Text, QColor(0xee, 0xee, 0xee));
-  dark.setColor(QPalette::ToolTipBase, QColor(0x3b, 0x3b, 0x3b));
-  dark.setColor(QPalette::ToolTipText, QColor(0xf0, 0xf0, 0xf0));
-  for (const QPalette& palette : {QPalette(QColor(0xef, 0xef, 0xef)), dark}) {
+  for (const QPalette& palette : {QPalette(QColor(0xef, 0xef, 0xef)), lightdesk::gui::dark_palette()}) {
     ConversationPanel panel;
     panel.setPalette(palette);
     panel.show();

@@ -102,6 +102,26 @@ double contrast_ratio(const QColor& a, const QColor& b) {
   return (std::max(la, lb) + 0.05) / (std::min(la, lb) + 0.05);
 }
 
+QPalette dark_palette() {
+  QPalette dark;
+  dark.setColor(QPalette::Window, QColor(0x2d, 0x2d, 0x2d));
+  dark.setColor(QPalette::WindowText, QColor(0xee, 0xee, 0xee));
+  dark.setColor(QPalette::Base, QColor(0x1e, 0x1e, 0x1e));
+  dark.setColor(QPalette::AlternateBase, QColor(0x2a, 0x2a, 0x2a));
+  dark.setColor(QPalette::Text, QColor(0xee, 0xee, 0xee));
+  dark.setColor(QPalette::Button, QColor(0x3a, 0x3a, 0x3a));
+  dark.setColor(QPalette::ButtonText, QColor(0xee, 0xee, 0xee));
+  dark.setColor(QPalette::ToolTipBase, QColor(0x3b, 0x3b, 0x3b));
+  dark.setColor(QPalette::ToolTipText, QColor(0xf0, 0xf0, 0xf0));
+  dark.setColor(QPalette::Highlight, QColor(0x35, 0x84, 0xe4));
+  dark.setColor(QPalette::HighlightedText, QColor(0xff, 0xff, 0xff));
+  dark.setColor(QPalette::Link, QColor(0x99, 0xc1, 0xf1));
+  dark.setColor(QPalette::PlaceholderText, QColor(0xa0, 0xa0, 0xa0));
+  for (const QPalette::ColorRole role : {QPalette::ButtonText, QPalette::WindowText, QPalette::Text})
+    dark.setColor(QPalette::Disabled, role, QColor(0x80, 0x80, 0x80));
+  return dark;
+}
+
 ConversationPanel::ConversationPanel(QWidget* parent) : QWidget(parent) {
   transcript_ = new QTextBrowser;
   transcript_->setObjectName(QStringLiteral("transcript"));

@@ -97,5 +97,7 @@ class ConversationPanel : public QWidget {
 
 // WCAG's contrast ratio of two colours (1 to 21): what the panels' colours are chosen by.
 double contrast_ratio(const QColor& a, const QColor& b);
+// A dark theme's palette (the screenshots' and the tests'), disabled text greyed.
+QPalette dark_palette();
 
 }  // namespace lightdesk::gui

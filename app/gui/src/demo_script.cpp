@@ -15,6 +15,7 @@
 
 #include <memory>
 
+#include "conversation_panel.h"
 #include "main_window.h"
 #include "settings_dialog.h"
 
@@ -113,10 +114,10 @@ void DemoScript::documents() {
   window_.showInDocument(1);
   screenshot(QStringLiteral("13-show-in-document.png"), [this] {
     auto* search = window_.findChild<QLineEdit*>(QStringLiteral("documentSearch"));
-    // The follow-up's last word ("key" of "What is the pass key?").
+    // The follow-up's last two words ("pass key" of "What is the pass key?").
     const QStringList words =
         steps_.questions.value(1).split(QRegularExpression(QStringLiteral("\\W+")), Qt::SkipEmptyParts);
-    const QString word = words.isEmpty() ? QString() : words.last();
+    const QString word = words.mid(std::max<qsizetype>(0, words.size() - 2)).join(QLatin1Char(' '));
     search->setText(word);
     QKeyEvent enter(QEvent::KeyPress, Qt::Key_Return, Qt::NoModifier);
     QCoreApplication::sendEvent(search, &enter);
@@ -140,23 +141,7 @@ void DemoScript::darkMode() {
   // The same window in a dark theme: every colour comes from the palette.
   const QPalette light = QApplication::palette();
   QApplication::setStyle(QStringLiteral("Fusion"));
-  QPalette dark;
-  dark.setColor(QPalette::Window, QColor(0x2d, 0x2d, 0x2d));
-  dark.setColor(QPalette::WindowText, QColor(0xee, 0xee, 0xee));
-  dark.setColor(QPalette::Base, QColor(0x1e, 0x1e, 0x1e));
-  dark.setColor(QPalette::AlternateBase, QColor(0x2a, 0x2a, 0x2a));
-  dark.setColor(QPalette::Text, QColor(0xee, 0xee, 0xee));
-  dark.setColor(QPalette::Button, QColor(0x3a, 0x3a, 0x3a));
-  dark.setColor(QPalette::ButtonText, QColor(0xee, 0xee, 0xee));
-  dark.setColor(QPalette::ToolTipBase, QColor(0x3b, 0x3b, 0x3b));
-  dark.setColor(QPalette::ToolTipText, QColor(0xf0, 0xf0, 0xf0));
-  dark.setColor(QPalette::Highlight, QColor(0x35, 0x84, 0xe4));
-  dark.setColor(QPalette::HighlightedText, QColor(0xff, 0xff, 0xff));
-  dark.setColor(QPalette::Link, QColor(0x99, 0xc1, 0xf1));
-  dark.setColor(QPalette::PlaceholderText, QColor(0xa0, 0xa0, 0xa0));
-  for (const QPalette::ColorRole role : {QPalette::ButtonText, QPalette::WindowText, QPalette::Text})
-    dark.setColor(QPalette::Disabled, role, QColor(0x80, 0x80, 0x80));
-  QApplication::setPalette(dark);
+  QApplication::setPalette(dark_palette());
   screenshot(QStringLiteral("16-dark.png"), [this, light] {
     QApplication::setPalette(light);
     badModelDirectory();
