@@ -38,7 +38,10 @@ class Minimax01Pass {
       const ResidualFactors attn = lightning ? c_.linear_attention : c_.full_attention;
       ops_.scaled_sum(act_.a, attn.alpha, act_.att, attn.beta, rows * H, act_.att);
       ops_.rms_norm(act_.att, rows, H, layer.post_attn_norm, c_.rms_norm_eps, act_.b);
-      ops_.moe(layer.moe, act_.b, rows, act_.moe);
+      if (layer.moe.is_quantized())
+        ops_.quantized_moe(layer.moe, act_.b, rows, act_.moe);
+      else
+        ops_.moe(layer.moe, act_.b, rows, act_.moe);
       all_reduce(act_.moe, rows * H);
       ops_.scaled_sum(act_.b, c_.mlp.alpha, act_.moe, c_.mlp.beta, rows * H, act_.x);
       report(l + 1);
