@@ -60,6 +60,7 @@ DocumentViewer::DocumentViewer(QWidget* parent) : QWidget(parent) {
   next->setToolTip(tr("Next match (Enter)"));
   search_result_ = new QLabel;
   search_result_->setObjectName(QStringLiteral("documentSearchResult"));
+  search_result_->setVisible(false);  // until a search says something
   connect(search_, &QLineEdit::returnPressed, this,
           [this] { find(search_->text(), QGuiApplication::keyboardModifiers() & Qt::ShiftModifier); });
   connect(next, &QPushButton::clicked, this, [this] { find(search_->text()); });
@@ -102,6 +103,7 @@ void DocumentViewer::open(const Attachment& document, qsizetype position, qsizet
     page_count_->setVisible(!document.page_offsets.isEmpty());
     page_count_->setText(tr("of %1").arg(QLocale().toString(document.page_offsets.size())));
     search_result_->clear();
+    search_result_->setVisible(false);
   }
   highlight(position, length);
 }
@@ -144,6 +146,7 @@ QString DocumentViewer::highlighted() const {
 
 bool DocumentViewer::find(const QString& text, bool backwards) {
   if (text.isEmpty()) return false;
+  search_result_->setVisible(true);
   const QTextDocument::FindFlags flags = backwards ? QTextDocument::FindBackward : QTextDocument::FindFlags();
   QTextCursor found = text_->document()->find(text, text_->textCursor(), flags);
   if (found.isNull()) {
