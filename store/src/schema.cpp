@@ -183,8 +183,17 @@ constexpr const char* kKvRowTypes = R"sql(
 ALTER TABLE kv_rows ADD COLUMN dtype TEXT NOT NULL DEFAULT 'f32';
 )sql";
 
-constexpr std::array<const char*, kSchemaVersion> kSteps = {kConversations, kCheckpoints,     kSearch,
-                                                            kDocumentMessages, kDocumentPages, kKvRowTypes};
+// Version 7: a large K/V span lives in a file beside the database (<database>.kv/<file>, named
+// by kv_spans.file), its rows at file_offset in it with an empty data blob; spans written before
+// keep their rows' bytes in the blobs (file and file_offset NULL).
+constexpr const char* kKvFiles = R"sql(
+ALTER TABLE kv_spans ADD COLUMN file TEXT;
+ALTER TABLE kv_rows ADD COLUMN file_offset INTEGER;
+)sql";
+
+constexpr std::array<const char*, kSchemaVersion> kSteps = {kConversations,     kCheckpoints,   kSearch,
+                                                            kDocumentMessages,  kDocumentPages, kKvRowTypes,
+                                                            kKvFiles};
 
 }  // namespace
 
