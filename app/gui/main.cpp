@@ -22,7 +22,7 @@ int main(int argc, char** argv) {
   parser.setApplicationDescription(QObject::tr("Chat with MiniMax models over long documents."));
   parser.addHelpOption();
   const QCommandLineOption model_option(
-      QStringLiteral("model"), QObject::tr("Model directory to open (default: the last one opened, else the installed demo model)."),
+      QStringLiteral("model"), QObject::tr("Model directory to open (default: the last one opened; a first start offers the demo)."),
       QObject::tr("directory"));
   const QCommandLineOption document_option(
       QStringLiteral("document"), QObject::tr("Start a new session with this document attached (repeatable)."),
@@ -50,9 +50,17 @@ int main(int argc, char** argv) {
     sessions = std::make_unique<lightdesk::gui::InMemorySessionRepository>();
   }
   lightdesk::gui::MainWindow window(*sessions, settings);
+  // The bundled demo (installed packages): its model, its document and a question it answers.
+  if (const auto demo = lightdesk::installed::demo_model_directory()) {
+    const std::filesystem::path document = demo->parent_path().parent_path() / "demo" / "demo.txt";
+    window.setDemo({QString::fromStdString(demo->string()), QString::fromStdString(document.string()),
+                    QObject::tr("Where did Karl hide the letter?")});
+  }
   window.show();
 
   if (parser.isSet(demo_option)) {
+    // The first-launch picture shows "Try the demo" for the model and document of the run.
+    window.setDemo({parser.value(model_option), parser.values(document_option).value(0), parser.values(ask_option).value(0)});
     auto* demo = new lightdesk::gui::DemoScript(
         window,
         {parser.value(model_option), parser.values(document_option),
@@ -71,10 +79,8 @@ int main(int argc, char** argv) {
     for (const QString& document : parser.values(document_option)) documents.append(absolute(document));
     window.startSession(documents, parser.values(ask_option).value(0));
   }
-  QString model = parser.isSet(model_option) ? absolute(parser.value(model_option)) : window.lastModelDirectory();
-  // A first start of an installed app opens the bundled demo model.
-  if (const auto demo = lightdesk::installed::demo_model_directory(); model.isEmpty() && demo)
-    model = QString::fromStdString(demo->string());
+  // A first start offers "Try the demo" (the model with its document) rather than opening a model.
+  const QString model = parser.isSet(model_option) ? absolute(parser.value(model_option)) : window.lastModelDirectory();
   if (!model.isEmpty()) window.openModelDirectory(model);
   return app.exec();
 }

@@ -1,10 +1,14 @@
+#include <QClipboard>
+#include <QGuiApplication>
 #include <QLabel>
 #include <QPlainTextEdit>
 #include <QSignalSpy>
 #include <QTest>
 #include <QTextBlock>
 #include <QTextBrowser>
+#include <QTextFrame>
 
+#include "code_blocks.h"
 #include "conversation_panel.h"
 #include "panel_tests.h"
 
@@ -66,14 +70,7 @@ void ConversationPanelTest::branchSwitcherLinksTheSiblings() {
 
 // Finding 10: in a dark theme the edit bar, "You" and "Documents:" keep a readable contrast.
 void ConversationPanelTest::darkPaletteKeepsTheTextReadable() {
-  QPalette dark;
-  dark.setColor(QPalette::Window, QColor(0x2d, 0x2d, 0x2d));
-  dark.setColor(QPalette::WindowText, QColor(0xee, 0xee, 0xee));
-  dark.setColor(QPalette::Base, QColor(0x1e, 0x1e, 0x1e));
-  dark.setColor(QPalette::Text, QColor(0xee, 0xee, 0xee));
-  dark.setColor(QPalette::ToolTipBase, QColor(0x3b, 0x3b, 0x3b));
-  dark.setColor(QPalette::ToolTipText, QColor(0xf0, 0xf0, 0xf0));
-  for (const QPalette& palette : {QPalette(QColor(0xef, 0xef, 0xef)), dark}) {
+  for (const QPalette& palette : {QPalette(QColor(0xef, 0xef, 0xef)), lightdesk::gui::dark_palette()}) {
     ConversationPanel panel;
     panel.setPalette(palette);
     panel.show();
@@ -104,4 +101,148 @@ void ConversationPanelTest::searchedWordIsSelected() {
   const QTextCursor cursor = panel.findChild<QTextBrowser*>(QStringLiteral("transcript"))->textCursor();
   QCOMPARE(cursor.selectedText(), QStringLiteral("chest"));
   QVERIFY(cursor.block().text().contains(QStringLiteral("In the blue chest.")));
+}
+
+namespace {
+
+const QString kCodeAnswer = QStringLiteral(
+    "Run this:\n\n```python\ndef answer():\n    return \"42\"  # the answer\n```\n\nThen `answer()` says 42.");
+
+QList<ChatEntry> code_turns() {
+  return {{ChatEntry::Role::User, QStringLiteral("How do I get the answer?"), {}, {}, {}},
+          {ChatEntry::Role::Assistant, kCodeAnswer, {}, {}, {}}};
+}
+
+}  // namespace
+
+// "⧉ Copy" on a message copies its text; "⧉ Copy code" copies only the code of that block.
+void ConversationPanelTest::copyLinksCopyTheMessageAndItsCode() {
+  ConversationPanel panel;
+  panel.show();
+  panel.showConversation(code_turns(), std::nullopt, true);
+  auto* transcript = panel.findChild<QTextBrowser*>(QStringLiteral("transcript"));
+  const QString html = transcript->toHtml();
+  QVERIFY(html.contains(QStringLiteral("copy:0")));
+  QVERIFY(html.contains(QStringLiteral("copy:1")));
+  QVERIFY(html.contains(QStringLiteral("copycode:1:0")));
+  QGuiApplication::clipboard()->clear();
+  emit transcript->anchorClicked(QUrl(QStringLiteral("copy:1")));
+  QCOMPARE(QGuiApplication::clipboard()->text(), kCodeAnswer);
+  emit transcript->anchorClicked(QUrl(QStringLiteral("copycode:1:0")));
+  QCOMPARE(QGuiApplication::clipboard()->text(), QStringLiteral("def answer():\n    return \"42\"  # the answer"));
+  // While an answer streams there is nothing finished to copy from it.
+  panel.showConversation(code_turns(), ChatEntry{ChatEntry::Role::Assistant, {}, {}, {}, {}}, false);
+  QVERIFY(!transcript->toHtml().contains(QStringLiteral("copy:")));
+}
+
+// A code block is a frame of its own in a fixed-pitch font, its keywords, strings and comments
+// coloured; the prose around it stays Markdown.
+void ConversationPanelTest::codeBlocksAreColouredMonospaceFrames() {
+  ConversationPanel panel;
+  panel.show();
+  panel.showConversation(code_turns(), std::nullopt, true);
+  const QTextDocument& document = *panel.findChild<QTextBrowser*>(QStringLiteral("transcript"))->document();
+  const QList<QTextFrame*> frames = document.rootFrame()->childFrames();
+  QCOMPARE(frames.size(), 1);
+  QVERIFY(frames.front()->frameFormat().border() > 0);
+  QTextCursor inside = frames.front()->firstCursorPosition();
+  inside.setPosition(frames.front()->lastPosition(), QTextCursor::KeepAnchor);
+  QCOMPARE(inside.selectedText().replace(QChar::ParagraphSeparator, QLatin1Char('\n')),
+           QStringLiteral("def answer():\n    return \"42\"  # the answer"));
+  auto format_of = [&document](const QString& text) {
+    for (QTextBlock block = document.begin(); block.isValid(); block = block.next())
+      for (auto fragment = block.begin(); !fragment.atEnd(); ++fragment)
+        if (fragment.fragment().text() == text) return fragment.fragment().charFormat();
+    return QTextCharFormat();
+  };
+  const QTextCharFormat keyword = format_of(QStringLiteral("def"));
+  const QTextCharFormat string = format_of(QStringLiteral("\"42\""));
+  const QTextCharFormat comment = format_of(QStringLiteral("# the answer"));
+  QVERIFY(keyword.isValid() && string.isValid() && comment.isValid());
+  QVERIFY(QFontInfo(keyword.font()).fixedPitch());
+  QVERIFY(keyword.foreground().color() != string.foreground().color());
+  QVERIFY(comment.fontItalic());
+  QVERIFY(document.toPlainText().contains(QStringLiteral("Then answer() says 42.")));
+}
+
+void ConversationPanelTest::fencesSplitAndLanguagesColour() {
+  using lightdesk::gui::CodeRun;
+  const QList<lightdesk::gui::AnswerPart> parts = lightdesk::gui::split_code_blocks(
+      QStringLiteral("A\n~~~bash\necho \"hi\" # say\n~~~\nB\n```\nplain\n```\n```cpp\nint x = 1; // unclosed"));
+  QCOMPARE(parts.size(), 5);
+  QCOMPARE(parts[0].text, QStringLiteral("A\n"));
+  QVERIFY(parts[1].code);
+  QCOMPARE(parts[1].language, QStringLiteral("bash"));
+  QCOMPARE(parts[1].text, QStringLiteral("echo \"hi\" # say"));
+  QCOMPARE(parts[2].text, QStringLiteral("B\n"));
+  QVERIFY(parts[3].code && parts[3].language.isEmpty());
+  QCOMPARE(parts[4].text, QStringLiteral("int x = 1; // unclosed"));  // an answer still streaming
+  QCOMPARE(lightdesk::gui::code_block(kCodeAnswer, 1), QString());
+
+  const QString cpp = QStringLiteral("int x = 10; /* c */ return \"a\\\"b\";");
+  const QList<CodeRun> runs = lightdesk::gui::highlight_code(cpp, QStringLiteral("cpp"));
+  QStringList seen;
+  for (const CodeRun& run : runs) seen.append(cpp.mid(run.start, run.length));
+  QCOMPARE(seen, QStringList({QStringLiteral("int"), QStringLiteral("10"), QStringLiteral("/* c */"),
+                              QStringLiteral("return"), QStringLiteral("\"a\\\"b\"")}));
+  // A language without a highlighter stays plain; a '#' inside a shell word is no comment.
+  QVERIFY(lightdesk::gui::highlight_code(cpp, QStringLiteral("cobol")).isEmpty());
+  QVERIFY(!lightdesk::gui::highlighted_language(QStringLiteral("cobol")));
+  const QList<CodeRun> shell = lightdesk::gui::highlight_code(QStringLiteral("echo a#b"), QStringLiteral("sh"));
+  QCOMPARE(shell.size(), 0);
+}
+
+// Enter sends and Shift+Enter adds a line; with the setting off, Enter adds a line. Ctrl+Enter
+// sends either way.
+void ConversationPanelTest::enterSendsAndShiftEnterAddsALine() {
+  ConversationPanel panel;
+  panel.show();
+  auto* input = panel.findChild<QPlainTextEdit*>(QStringLiteral("input"));
+  QSignalSpy send(&panel, &ConversationPanel::sendRequested);
+  QVERIFY(panel.enterSends());
+  QTest::keyClicks(input, QStringLiteral("one"));
+  QTest::keyClick(input, Qt::Key_Return, Qt::ShiftModifier);
+  QTest::keyClicks(input, QStringLiteral("two"));
+  QCOMPARE(send.size(), 0);
+  QCOMPARE(input->toPlainText(), QStringLiteral("one\ntwo"));
+  QTest::keyClick(input, Qt::Key_Return);
+  QCOMPARE(send.size(), 1);
+  QTest::keyClick(input, Qt::Key_Enter, Qt::KeypadModifier);
+  QCOMPARE(send.size(), 2);
+  panel.setEnterSends(false);
+  QVERIFY(input->placeholderText().contains(QStringLiteral("Ctrl+Enter")));
+  QTest::keyClick(input, Qt::Key_Return);
+  QCOMPARE(send.size(), 2);
+  QCOMPARE(input->toPlainText(), QStringLiteral("one\ntwo\n"));
+  QTest::keyClick(input, Qt::Key_Return, Qt::ControlModifier);
+  QCOMPARE(send.size(), 3);
+}
+
+// The answer being written says so, and grows as its pieces come.
+void ConversationPanelTest::streamingAnswerIsMarkedAsWriting() {
+  ConversationPanel panel;
+  panel.show();
+  panel.showConversation(two_turns().mid(0, 1), ChatEntry{ChatEntry::Role::Assistant, {}, {}, {}, {}}, false);
+  auto* transcript = panel.findChild<QTextBrowser*>(QStringLiteral("transcript"));
+  QVERIFY(transcript->toPlainText().contains(QStringLiteral("writing…")));
+  panel.appendStreamed(QStringLiteral("In the blue"), false);
+  panel.appendStreamed(QStringLiteral(" chest."), false);
+  QVERIFY(transcript->toPlainText().endsWith(QStringLiteral("In the blue chest.")));
+  panel.showConversation(two_turns(), std::nullopt, true);
+  QVERIFY(!transcript->toPlainText().contains(QStringLiteral("writing…")));
+}
+
+// "Show in document" is offered on answers that have documents before them, and asks for the answer.
+void ConversationPanelTest::showInDocumentOnlyWithDocuments() {
+  ConversationPanel panel;
+  panel.show();
+  auto* transcript = panel.findChild<QTextBrowser*>(QStringLiteral("transcript"));
+  panel.showConversation(code_turns(), std::nullopt, true);
+  QVERIFY(!transcript->toHtml().contains(QStringLiteral("source:")));
+  panel.showConversation(two_turns(), std::nullopt, true);
+  QVERIFY(transcript->toHtml().contains(QStringLiteral("source:1")));
+  QSignalSpy show(&panel, &ConversationPanel::showInDocumentRequested);
+  emit transcript->anchorClicked(QUrl(QStringLiteral("source:1")));
+  QCOMPARE(show.size(), 1);
+  QCOMPARE(show.front().at(0).toLongLong(), 1);
 }

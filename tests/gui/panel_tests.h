@@ -18,6 +18,21 @@ class ConversationPanelTest : public QObject {
   void branchSwitcherLinksTheSiblings();
   void darkPaletteKeepsTheTextReadable();
   void searchedWordIsSelected();
+  void copyLinksCopyTheMessageAndItsCode();
+  void codeBlocksAreColouredMonospaceFrames();
+  void fencesSplitAndLanguagesColour();
+  void enterSendsAndShiftEnterAddsALine();
+  void streamingAnswerIsMarkedAsWriting();
+  void showInDocumentOnlyWithDocuments();
+};
+
+class DocumentViewerTest : public QObject {
+  Q_OBJECT
+ private slots:
+  void answerSourcesFindTheLongestRunEverywhere();
+  void viewerOpensAtAPageAndSearches();
+  void showSourcesHighlightsOrSaysNotFound();
+  void documentsPanelOpensADocument();
 };
 
 class DocumentsPanelTest : public QObject {

@@ -11,7 +11,8 @@ int main(int argc, char** argv) {
   ConversationPanelTest conversation;
   DocumentsPanelTest documents;
   StatusPanelTest status;
-  for (QObject* test : std::initializer_list<QObject*>{&sessions, &conversation, &documents, &status})
+  DocumentViewerTest viewer;
+  for (QObject* test : std::initializer_list<QObject*>{&sessions, &conversation, &documents, &status, &viewer})
     failed += QTest::qExec(test, argc, argv) != 0 ? 1 : 0;
   return failed;
 }

@@ -18,6 +18,7 @@ Banner::Banner(QWidget* parent) : QFrame(parent) {
   close->setObjectName(QStringLiteral("bannerClose"));
   close->setText(QStringLiteral("✕"));
   close->setToolTip(tr("Close"));
+  close->setAccessibleName(tr("Close the message"));
   close->setAutoRaise(true);
   connect(close, &QToolButton::clicked, this, &QWidget::hide);
   auto* layout = new QHBoxLayout(this);

@@ -1,7 +1,10 @@
 #include "conversation_panel.h"
 
+#include <QClipboard>
 #include <QEvent>
 #include <QFileInfo>
+#include <QFontDatabase>
+#include <QGuiApplication>
 #include <QHBoxLayout>
 #include <QKeyEvent>
 #include <QLabel>
@@ -10,12 +13,16 @@
 #include <QScrollBar>
 #include <QTextBlock>
 #include <QTextBrowser>
+#include <QTimer>
 #include <QTextCursor>
 #include <QTextDocumentFragment>
+#include <QTextFrame>
 #include <QUrl>
 #include <QVBoxLayout>
 
 #include <cmath>
+
+#include "code_blocks.h"
 
 namespace lightdesk::gui {
 namespace {
@@ -29,17 +36,59 @@ QColor mix(const QColor& a, const QColor& b, double share_of_b) {
 // weight (documents, reasoning) still well above the contrast a reader needs.
 struct TranscriptColours {
   QColor you, assistant, muted;
+  QColor keyword, string, comment, number;  // code blocks
 };
 
 TranscriptColours colours_for(const QPalette& palette) {
   const QColor base = palette.color(QPalette::Base);
   const bool dark = base.lightness() < 128;
-  return {dark ? QColor(0x99, 0xc1, 0xf1) : QColor(0x1a, 0x5f, 0xb4), dark ? QColor(0x8f, 0xf0, 0xa4) : QColor(0x1c, 0x71, 0x4a),
-          mix(palette.color(QPalette::Text), base, 0.3)};
+  const QColor muted = mix(palette.color(QPalette::Text), base, 0.3);
+  return {dark ? QColor(0x99, 0xc1, 0xf1) : QColor(0x1a, 0x5f, 0xb4),
+          dark ? QColor(0x8f, 0xf0, 0xa4) : QColor(0x1c, 0x71, 0x4a),
+          muted,
+          dark ? QColor(0xdc, 0x8a, 0xdd) : QColor(0x81, 0x3d, 0x9c),
+          dark ? QColor(0xf8, 0xe4, 0x5c) : QColor(0x98, 0x6a, 0x00),
+          muted,
+          dark ? QColor(0xff, 0xa3, 0x48) : QColor(0xa5, 0x1d, 0x2d)};
 }
 
 QString paragraph(const QString& text, const QString& style = {}) {
   return QStringLiteral("<p style=\"white-space: pre-wrap; %1\">%2</p>").arg(style, text.toHtmlEscaped());
+}
+
+QString html_link(const QString& href, const QString& text, const QString& title) {
+  return QStringLiteral("<a href=\"%1\" title=\"%2\">%3</a>").arg(href, title.toHtmlEscaped(), text.toHtmlEscaped());
+}
+
+// A code block: a monospace frame on the alternate base colour, its language's words coloured.
+void insert_code_block(QTextCursor& cursor, const AnswerPart& code, const QPalette& palette,
+                       const TranscriptColours& colours) {
+  QTextFrameFormat frame;
+  frame.setBorder(1);
+  frame.setBorderStyle(QTextFrameFormat::BorderStyle_Solid);
+  frame.setBorderBrush(colours.muted);
+  frame.setPadding(6);
+  frame.setBackground(palette.color(QPalette::AlternateBase));
+  QTextFrame* inserted = cursor.insertFrame(frame);
+  QTextCharFormat plain;
+  plain.setFont(QFontDatabase::systemFont(QFontDatabase::FixedFont));
+  plain.setForeground(palette.color(QPalette::Text));
+  qsizetype at = 0;
+  for (const CodeRun& run : highlight_code(code.text, code.language)) {
+    cursor.insertText(code.text.mid(at, run.start - at), plain);
+    QTextCharFormat coloured = plain;
+    switch (run.kind) {
+      case CodeRun::Kind::Keyword: coloured.setForeground(colours.keyword); coloured.setFontWeight(QFont::Bold); break;
+      case CodeRun::Kind::String: coloured.setForeground(colours.string); break;
+      case CodeRun::Kind::Comment: coloured.setForeground(colours.comment); coloured.setFontItalic(true); break;
+      case CodeRun::Kind::Number: coloured.setForeground(colours.number); break;
+      case CodeRun::Kind::Plain: break;
+    }
+    cursor.insertText(code.text.mid(run.start, run.length), coloured);
+    at = run.start + run.length;
+  }
+  cursor.insertText(code.text.mid(at), plain);
+  cursor = inserted->parentFrame()->lastCursorPosition();
 }
 
 }  // namespace
@@ -53,6 +102,26 @@ double contrast_ratio(const QColor& a, const QColor& b) {
   return (std::max(la, lb) + 0.05) / (std::min(la, lb) + 0.05);
 }
 
+QPalette dark_palette() {
+  QPalette dark;
+  dark.setColor(QPalette::Window, QColor(0x2d, 0x2d, 0x2d));
+  dark.setColor(QPalette::WindowText, QColor(0xee, 0xee, 0xee));
+  dark.setColor(QPalette::Base, QColor(0x1e, 0x1e, 0x1e));
+  dark.setColor(QPalette::AlternateBase, QColor(0x2a, 0x2a, 0x2a));
+  dark.setColor(QPalette::Text, QColor(0xee, 0xee, 0xee));
+  dark.setColor(QPalette::Button, QColor(0x3a, 0x3a, 0x3a));
+  dark.setColor(QPalette::ButtonText, QColor(0xee, 0xee, 0xee));
+  dark.setColor(QPalette::ToolTipBase, QColor(0x3b, 0x3b, 0x3b));
+  dark.setColor(QPalette::ToolTipText, QColor(0xf0, 0xf0, 0xf0));
+  dark.setColor(QPalette::Highlight, QColor(0x35, 0x84, 0xe4));
+  dark.setColor(QPalette::HighlightedText, QColor(0xff, 0xff, 0xff));
+  dark.setColor(QPalette::Link, QColor(0x99, 0xc1, 0xf1));
+  dark.setColor(QPalette::PlaceholderText, QColor(0xa0, 0xa0, 0xa0));
+  for (const QPalette::ColorRole role : {QPalette::ButtonText, QPalette::WindowText, QPalette::Text})
+    dark.setColor(QPalette::Disabled, role, QColor(0x80, 0x80, 0x80));
+  return dark;
+}
+
 ConversationPanel::ConversationPanel(QWidget* parent) : QWidget(parent) {
   transcript_ = new QTextBrowser;
   transcript_->setObjectName(QStringLiteral("transcript"));
@@ -60,12 +129,11 @@ ConversationPanel::ConversationPanel(QWidget* parent) : QWidget(parent) {
   connect(transcript_, &QTextBrowser::anchorClicked, this, &ConversationPanel::onLink);
   input_ = new QPlainTextEdit;
   input_->setObjectName(QStringLiteral("input"));
-  input_->setPlaceholderText(tr("Ask about your documents… (Ctrl+Enter sends)"));
   input_->setMaximumHeight(input_->fontMetrics().lineSpacing() * 5);
   input_->installEventFilter(this);
+  input_->setTabChangesFocus(true);  // Tab moves on to Send, as in a form
   send_button_ = new QPushButton(tr("Send"));
   send_button_->setObjectName(QStringLiteral("sendButton"));
-  send_button_->setToolTip(tr("Send (Ctrl+Enter)"));
   stop_button_ = new QPushButton(tr("Stop"));
   stop_button_->setObjectName(QStringLiteral("stopButton"));
   connect(send_button_, &QPushButton::clicked, this, &ConversationPanel::sendRequested);
@@ -85,16 +153,29 @@ ConversationPanel::ConversationPanel(QWidget* parent) : QWidget(parent) {
   auto* input_row = new QHBoxLayout;
   input_row->addWidget(input_, 1);
   input_row->addLayout(buttons);
+  transcript_->setAccessibleName(tr("Conversation"));
+  input_->setAccessibleName(tr("Question"));
+  send_button_->setAccessibleName(tr("Send the question"));
+  stop_button_->setAccessibleName(tr("Stop the answer"));
+  stop_button_->setToolTip(tr("Stop reading or answering; what was done is kept"));
+  setEnterSends(true);
   auto* layout = new QVBoxLayout(this);
   layout->addWidget(transcript_, 1);
   layout->addWidget(edit_bar_);
   layout->addLayout(input_row);
+  setTabOrder(input_, send_button_);
+  setTabOrder(send_button_, stop_button_);
+  setTabOrder(stop_button_, transcript_);
 }
 
 bool ConversationPanel::eventFilter(QObject* watched, QEvent* event) {
   if (watched == input_ && event->type() == QEvent::KeyPress) {
     const auto* key = static_cast<QKeyEvent*>(event);
-    if ((key->key() == Qt::Key_Return || key->key() == Qt::Key_Enter) && (key->modifiers() & Qt::ControlModifier)) {
+    // Ctrl+Enter always sends; Enter alone sends when the setting says so (Shift+Enter then
+    // adds a line); otherwise Enter adds a line, as in any text box.
+    const bool enter = key->key() == Qt::Key_Return || key->key() == Qt::Key_Enter;
+    const Qt::KeyboardModifiers modifiers = key->modifiers() & ~Qt::KeypadModifier;
+    if (enter && ((modifiers & Qt::ControlModifier) || (enter_sends_ && modifiers == Qt::NoModifier))) {
       emit sendRequested();
       return true;
     }
@@ -108,7 +189,15 @@ bool ConversationPanel::eventFilter(QObject* watched, QEvent* event) {
 
 void ConversationPanel::changeEvent(QEvent* event) {
   QWidget::changeEvent(event);
-  if (event->type() == QEvent::PaletteChange) rerender();
+  // After the children have the new palette too: the transcript's colours come from its own.
+  if (event->type() == QEvent::PaletteChange) QTimer::singleShot(0, this, &ConversationPanel::rerender);
+}
+
+void ConversationPanel::setEnterSends(bool enter_sends) {
+  enter_sends_ = enter_sends;
+  input_->setPlaceholderText(enter_sends ? tr("Ask about your documents… (Enter sends, Shift+Enter adds a line)")
+                                         : tr("Ask about your documents… (Ctrl+Enter sends)"));
+  send_button_->setToolTip(enter_sends ? tr("Send (Enter or Ctrl+Enter)") : tr("Send (Ctrl+Enter)"));
 }
 
 QString ConversationPanel::input() const { return input_->toPlainText(); }
@@ -162,6 +251,7 @@ void ConversationPanel::showConversation(const QList<ChatEntry>& entries, const 
   if (streaming) shown.append(*streaming);
   entry_positions_.clear();
   const QString muted = QStringLiteral("color:%1;").arg(colours.muted.name());
+  bool has_documents = false;  // sent up to this message: an answer's words can be looked up there
   for (qsizetype i = 0; i < shown.size(); ++i) {
     const ChatEntry& entry = shown[i];
     // Space above each message, also after a Markdown answer (whose last block keeps its own).
@@ -170,6 +260,7 @@ void ConversationPanel::showConversation(const QList<ChatEntry>& entries, const 
     cursor.setBlockFormat(spaced);
     entry_positions_.append(cursor.position());
     const bool from_user = entry.role == ChatEntry::Role::User;
+    if (from_user && !entry.documents.isEmpty()) has_documents = true;
     QString html = QStringLiteral("<p style=\"color:%1;\"><b>%2</b>")
                        .arg((from_user ? colours.you : colours.assistant).name(),
                             (from_user ? tr("You") : tr("Lightdesk")).toHtmlEscaped());
@@ -182,7 +273,14 @@ void ConversationPanel::showConversation(const QList<ChatEntry>& entries, const 
       html += b.index < b.count && idle ? QStringLiteral("<a href=\"branch:%1:%2\">›</a>").arg(i).arg(b.index + 1)
                                         : QStringLiteral("›");
     }
-    if (from_user && idle) html += QStringLiteral(" &nbsp; <a href=\"edit:%1\">%2</a>").arg(i).arg(tr("✎ Edit").toHtmlEscaped());
+    const bool streaming_here = streaming && i == shown.size() - 1;
+    if (streaming_here) html += QStringLiteral(" &nbsp; <i>%1</i>").arg(tr("writing…").toHtmlEscaped());
+    if (idle) html += QStringLiteral(" &nbsp; ") + html_link(QStringLiteral("copy:%1").arg(i), tr("Copy"), tr("Copy this message"));
+    if (from_user && idle)
+      html += QStringLiteral(" &nbsp; ") + html_link(QStringLiteral("edit:%1").arg(i), tr("✎ Edit"), tr("Edit this question"));
+    if (!from_user && idle && has_documents)
+      html += QStringLiteral(" &nbsp; ") + html_link(QStringLiteral("source:%1").arg(i), tr("⌕ Show in document"),
+                                               tr("Find where this answer's words occur in the documents"));
     html += QStringLiteral("</p>");
     if (from_user) {
       QStringList names;
@@ -206,11 +304,23 @@ void ConversationPanel::showConversation(const QList<ChatEntry>& entries, const 
     insert_html(html);
     // A finished answer is Markdown (lists, emphasis, code blocks); the one streaming in is
     // appended as it comes, as plain text.
-    if (streaming && i == shown.size() - 1) continue;
-    // Without HTML: tags the model writes (<image>, <think>) are text to show, not markup.
-    cursor.insertFragment(QTextDocumentFragment::fromMarkdown(
-        entry.text, QTextDocument::MarkdownFeatures(QTextDocument::MarkdownDialectGitHub | QTextDocument::MarkdownNoHTML)));
-    cursor.insertBlock(QTextBlockFormat(), QTextCharFormat());
+    if (streaming_here) continue;
+    qsizetype code_index = 0;
+    for (const AnswerPart& part : split_code_blocks(entry.text)) {
+      if (part.code) {
+        insert_html(QStringLiteral("<p>%1%2</p>")
+                        .arg(part.language.isEmpty() ? QString() : part.language.toHtmlEscaped() + QStringLiteral(" &nbsp; "),
+                             html_link(QStringLiteral("copycode:%1:%2").arg(i).arg(code_index++), tr("Copy code"),
+                                  tr("Copy this code block"))));
+        insert_code_block(cursor, part, transcript_->palette(), colours);
+        continue;
+      }
+      if (part.text.trimmed().isEmpty()) continue;
+      // Without HTML: tags the model writes (<image>, <think>) are text to show, not markup.
+      cursor.insertFragment(QTextDocumentFragment::fromMarkdown(
+          part.text, QTextDocument::MarkdownFeatures(QTextDocument::MarkdownDialectGitHub | QTextDocument::MarkdownNoHTML)));
+      cursor.insertBlock(QTextBlockFormat(), QTextCharFormat());
+    }
     if (idle && i == shown.size() - 1)
       insert_html(QStringLiteral("<p><a href=\"regenerate:\">%1</a></p>").arg(tr("↻ Regenerate").toHtmlEscaped()));
   }
@@ -257,7 +367,13 @@ void ConversationPanel::onLink(const QUrl& link) {
   bool ok = false;
   const qsizetype index = parts.value(0).toLongLong(&ok);
   if (!ok) return;
-  if (link.scheme() == QStringLiteral("edit")) {
+  if (link.scheme() == QStringLiteral("copy") && index >= 0 && index < entries_.size()) {
+    QGuiApplication::clipboard()->setText(entries_[index].text);
+  } else if (link.scheme() == QStringLiteral("copycode") && index >= 0 && index < entries_.size()) {
+    QGuiApplication::clipboard()->setText(code_block(entries_[index].text, parts.value(1).toLongLong()));
+  } else if (link.scheme() == QStringLiteral("source")) {
+    emit showInDocumentRequested(index);
+  } else if (link.scheme() == QStringLiteral("edit")) {
     emit editRequested(index);
   } else if (link.scheme() == QStringLiteral("branch")) {
     emit branchRequested(index, parts.value(1).toInt());

@@ -1,6 +1,7 @@
-// The conversation pane: the transcript (questions, answers rendered as Markdown, the answer
-// streaming in, reasoning folded away, "✎ Edit" and "↻ Regenerate" links, "‹ 2/3 ›" between the
-// branches of a message), the bar that says an earlier message is being edited, and the input
+// The conversation pane: the transcript (questions, answers rendered as Markdown with code blocks
+// in coloured monospace frames, the answer streaming in, reasoning folded away, "Copy",
+// "✎ Edit", "⌕ Show in document" and "↻ Regenerate" links, "‹ 2/3 ›" between the branches of a
+// message), the bar that says an earlier message is being edited, and the input
 // box with Send and Stop. Colours come from the palette (light and dark themes alike).
 #pragma once
 
@@ -39,6 +40,10 @@ class ConversationPanel : public QWidget {
   // Moves the transcript to entry `entry` and selects `words` (a search's) in it, if found there.
   void showEntry(qsizetype entry, const QString& words = {});
 
+  // Enter alone sends (Shift+Enter adds a line) when true; else only Ctrl+Enter does.
+  void setEnterSends(bool enter_sends);
+  bool enterSends() const { return enter_sends_; }
+
   QString input() const;
   void setInput(const QString& text);
   void focusInput();
@@ -61,6 +66,8 @@ class ConversationPanel : public QWidget {
   void regenerateRequested();
   // Shows sibling `index` (1-based) of message `entry` and the branch that follows it.
   void branchRequested(qsizetype entry, int index);
+  // "Show in document" on answer `entry`.
+  void showInDocumentRequested(qsizetype entry);
 
  protected:
   bool eventFilter(QObject* watched, QEvent* event) override;
@@ -84,10 +91,13 @@ class ConversationPanel : public QWidget {
   QList<ChatEntry> entries_;
   std::optional<ChatEntry> streaming_;
   bool idle_ = true;
+  bool enter_sends_ = true;
   std::map<qsizetype, Branches> branches_;
 };
 
 // WCAG's contrast ratio of two colours (1 to 21): what the panels' colours are chosen by.
 double contrast_ratio(const QColor& a, const QColor& b);
+// A dark theme's palette (the screenshots' and the tests'), disabled text greyed.
+QPalette dark_palette();
 
 }  // namespace lightdesk::gui

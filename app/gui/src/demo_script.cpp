@@ -1,5 +1,6 @@
 #include "demo_script.h"
 
+#include <QApplication>
 #include <QCoreApplication>
 #include <QDir>
 #include <QKeyEvent>
@@ -14,7 +15,9 @@
 
 #include <memory>
 
+#include "conversation_panel.h"
 #include "main_window.h"
+#include "settings_dialog.h"
 
 namespace lightdesk::gui {
 namespace {
@@ -97,13 +100,52 @@ void DemoScript::regenerateAndEdit() {
         window_.editMessage(2);
         input().setPlainText(input().toPlainText() + QLatin1Char(' ') + tr("Answer in a few words."));
         connect(&window_, &MainWindow::answerFinished, this, [this] {
-          screenshot(QStringLiteral("11-edited.png"), [this] { badModelDirectory(); });
+          screenshot(QStringLiteral("11-edited.png"), [this] { documents(); });
         }, Qt::SingleShotConnection);
         window_.send();
       });
     });
   }, Qt::SingleShotConnection);
   window_.regenerate();
+}
+
+void DemoScript::documents() {
+  // "Show in document" on the first answer, then a search inside the document.
+  window_.showInDocument(1);
+  screenshot(QStringLiteral("13-show-in-document.png"), [this] {
+    auto* search = window_.findChild<QLineEdit*>(QStringLiteral("documentSearch"));
+    // The follow-up's last two words ("pass key" of "What is the pass key?").
+    const QStringList words =
+        steps_.questions.value(1).split(QRegularExpression(QStringLiteral("\\W+")), Qt::SkipEmptyParts);
+    const QString word = words.mid(std::max<qsizetype>(0, words.size() - 2)).join(QLatin1Char(' '));
+    search->setText(word);
+    QKeyEvent enter(QEvent::KeyPress, Qt::Key_Return, Qt::NoModifier);
+    QCoreApplication::sendEvent(search, &enter);
+    screenshot(QStringLiteral("14-document-search.png"), [this] { settings(); });
+  });
+}
+
+void DemoScript::settings() {
+  // The settings, the GPUs and the context under "Model placement", over the window.
+  auto* dialog = new SettingsDialog(window_.settings(), QStringLiteral("M1"), {}, gpu_devices(), &window_);
+  dialog->setAttribute(Qt::WA_DeleteOnClose);
+  dialog->show();
+  QTimer::singleShot(kSettleMs, this, [this, dialog] {
+    dialog->grab().save(QDir(steps_.screenshot_directory).filePath(QStringLiteral("15-settings.png")));
+    dialog->close();
+    darkMode();
+  });
+}
+
+void DemoScript::darkMode() {
+  // The same window in a dark theme: every colour comes from the palette.
+  const QPalette light = QApplication::palette();
+  QApplication::setStyle(QStringLiteral("Fusion"));
+  QApplication::setPalette(dark_palette());
+  screenshot(QStringLiteral("16-dark.png"), [this, light] {
+    QApplication::setPalette(light);
+    badModelDirectory();
+  });
 }
 
 void DemoScript::badModelDirectory() {

@@ -1,6 +1,7 @@
 // Drives a MainWindow through the flows of docs/walkthrough.md and saves a screenshot of each:
 // first launch, the model and document, a long read with its progress stopped and sent again,
-// the streaming answer, a follow-up, reopening, search, regenerate, an edit, an error. The
+// the streaming answer, a follow-up, reopening, search, regenerate, an edit, "Show in document"
+// and a search in the document, the settings, the dark theme, an error. The
 // `--demo` mode that packaging/screenshots.sh runs under Xvfb.
 #pragma once
 
@@ -42,6 +43,11 @@ class DemoScript : public QObject {
   void reopen();
   void search();
   void regenerateAndEdit();
+  // "Show in document" and a search in the document pane.
+  void documents();
+  // The settings dialog, then the window in a dark theme.
+  void settings();
+  void darkMode();
   // Last, what a mistaken model directory looks like.
   void badModelDirectory();
   QPlainTextEdit& input();

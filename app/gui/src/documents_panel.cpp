@@ -22,6 +22,8 @@ namespace {
 // A pending item: whether it is an image, and its index in that pending list.
 constexpr int kImageRole = Qt::UserRole;
 constexpr int kPendingIndexRole = Qt::UserRole + 1;
+// A document item: its index in shown_documents_.
+constexpr int kDocumentRole = Qt::UserRole + 2;
 
 }  // namespace
 
@@ -36,12 +38,22 @@ DocumentsPanel::DocumentsPanel(QWidget* parent) : QWidget(parent) {
   total_label_->setObjectName(QStringLiteral("documentTotal"));
   total_label_->setWordWrap(true);
   auto* attach_button = new QPushButton(tr("Attach…"));
+  list_->setAccessibleName(tr("Documents and images"));
+  auto* open_button = new QPushButton(tr("Open"));
+  open_button->setObjectName(QStringLiteral("openDocumentButton"));
+  open_button->setToolTip(tr("Read the selected document in the document pane (or double-click it)"));
+  connect(open_button, &QPushButton::clicked, this, [this] {
+    if (QListWidgetItem* item = list_->currentItem()) openItem(item);
+  });
+  connect(list_, &QListWidget::itemActivated, this, &DocumentsPanel::openItem);
+  attach_button->setToolTip(tr("Attach documents or images to the next question"));
   auto* remove_button = new QPushButton(tr("Remove"));
   remove_button->setToolTip(tr("Remove the selected document (only one not sent yet)"));
   connect(attach_button, &QPushButton::clicked, this, &DocumentsPanel::attachRequested);
   connect(remove_button, &QPushButton::clicked, this, &DocumentsPanel::removeSelected);
   auto* buttons = new QHBoxLayout;
   buttons->addWidget(attach_button);
+  buttons->addWidget(open_button);
   buttons->addWidget(remove_button);
   auto* layout = new QVBoxLayout(this);
   layout->addWidget(new QLabel(tr("Documents")));
@@ -50,9 +62,16 @@ DocumentsPanel::DocumentsPanel(QWidget* parent) : QWidget(parent) {
   layout->addLayout(buttons);
 }
 
+void DocumentsPanel::openItem(QListWidgetItem* item) {
+  bool ok = false;
+  const qsizetype index = item->data(kDocumentRole).toLongLong(&ok);
+  if (ok && index >= 0 && index < shown_documents_.size()) emit openRequested(shown_documents_[index]);
+}
+
 void DocumentsPanel::setContents(const Contents& contents) {
   contents_ = contents;
   list_->clear();
+  shown_documents_.clear();
   document_tokens_ = 0;
   // A name too long for the pane is shortened in its middle, never the count after it.
   const int room = list_->viewport()->width() - 2 * list_->frameWidth() - 8;
@@ -69,6 +88,8 @@ void DocumentsPanel::setContents(const Contents& contents) {
     const QString name = QFileInfo(attachment.path).fileName();
     auto* item = new QListWidgetItem(fitted(name, rest), list_);
     item->setToolTip(name + rest + QLatin1Char('\n') + attachment.path);
+    item->setData(kDocumentRole, shown_documents_.size());
+    shown_documents_.append(attachment);
     if (pending_index >= 0) {
       item->setData(kImageRole, false);
       item->setData(kPendingIndexRole, pending_index);

@@ -14,6 +14,7 @@
 
 class QLabel;
 class QListWidget;
+class QListWidgetItem;
 
 namespace lightdesk::gui {
 
@@ -42,16 +43,20 @@ class DocumentsPanel : public QWidget {
   void attachRequested();
   // Removes pending document (`image` false) or image number `index`.
   void removeRequested(bool image, qsizetype index);
+  // Double-click (or Enter, or Open) on a document: read it in the document pane.
+  void openRequested(const lightdesk::gui::Attachment& document);
 
  protected:
   void resizeEvent(QResizeEvent* event) override;
 
  private:
   void removeSelected();
+  void openItem(QListWidgetItem* item);
 
   QListWidget* list_;
   QLabel* total_label_;
   Contents contents_;
+  QList<Attachment> shown_documents_;  // the documents listed, by kDocumentRole
   qint64 document_tokens_ = 0;
   struct Thumbnail {
     QSize size;  // of the image

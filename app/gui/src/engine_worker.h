@@ -14,6 +14,7 @@
 #include <optional>
 
 #include "engine_state.h"
+#include "sampling_settings.h"
 #include "lightdesk/conversation.h"
 #include "lightdesk/engine.h"
 #include "lightdesk/text.h"
@@ -36,13 +37,6 @@ struct ModelCheck {
   std::int64_t fitting_context = 0;     // the largest context the plan fits (0: none)
   PlanReport plan;                      // for memory_place, at context_tokens
   bool fits() const { return plan.chosen.has_value(); }
-};
-
-struct SamplingSettings {
-  double temperature = 1.0;
-  double top_p = 0.95;
-  int top_k = 0;
-  int max_new_tokens = 512;
 };
 
 // A conversation as the engine thread is given it (the shared library's turns).

@@ -8,8 +8,12 @@
 #include <QHBoxLayout>
 #include <QImageReader>
 #include <QLabel>
+#include <QDialog>
+#include <QDialogButtonBox>
+#include <QFile>
 #include <QLocale>
 #include <QMenuBar>
+#include <QTextBrowser>
 #include <QMimeData>
 #include <QPushButton>
 #include <QScreen>
@@ -20,9 +24,11 @@
 #include <QUrl>
 #include <QVBoxLayout>
 
+#include "answer_sources.h"
 #include "banner.h"
 #include "conversation_export.h"
 #include "conversation_panel.h"
+#include "document_viewer.h"
 #include "documents_panel.h"
 #include "endpoint_dialog.h"
 #include "session_panel.h"
@@ -35,6 +41,14 @@ namespace {
 QString format_bytes(std::uint64_t bytes) {
   return QLocale().formattedDataSize(static_cast<qint64>(bytes), 1, QLocale::DataSizeTraditionalFormat);
 }
+
+// What the app is for, in one sentence: the first thing a new user reads.
+QString purpose() {
+  return MainWindow::tr("Lightdesk answers questions about your long documents (contracts, logs, books) with a "
+                        "MiniMax model that runs on this computer; nothing leaves it.");
+}
+
+constexpr int kRecentModels = 8;
 
 // The title of a session until the user names it or sends its first message.
 QString untitled() { return MainWindow::tr("New chat"); }
@@ -67,6 +81,7 @@ MainWindow::MainWindow(SessionRepository& sessions, QSettings& settings, QWidget
   buildWidgets();
   buildMenus();
   connectEngine();
+  applySettings();
   // A top-level window without a size of its own would open at two thirds of the screen.
   resize(sizeHint());
 
@@ -89,6 +104,91 @@ MainWindow::MainWindow(SessionRepository& sessions, QSettings& settings, QWidget
 
 QString MainWindow::lastModelDirectory() const { return settings_.value(QStringLiteral("model/directory")).toString(); }
 
+QStringList MainWindow::recentModels() const { return settings_.value(QStringLiteral("model/recent")).toStringList(); }
+
+void MainWindow::rememberModel(const QString& directory) {
+  settings_.setValue(QStringLiteral("model/directory"), directory);
+  QStringList recent = recentModels();
+  recent.removeAll(directory);
+  recent.prepend(directory);
+  settings_.setValue(QStringLiteral("model/recent"), recent.mid(0, kRecentModels));
+  refreshRecentMenu();
+}
+
+void MainWindow::refreshRecentMenu() {
+  recent_menu_->clear();
+  const QStringList recent = recentModels();
+  for (const QString& directory : recent) {
+    QAction* action = recent_menu_->addAction(QFileInfo(directory).fileName(), this,
+                                              [this, directory] { openModelDirectory(directory); });
+    action->setToolTip(directory);
+    action->setStatusTip(directory);
+  }
+  recent_menu_->setEnabled(!recent.isEmpty());
+}
+
+void MainWindow::setDemo(const Demo& demo) {
+  demo_ = demo;
+  demo_button_->setVisible(!demo.model.isEmpty() && !model_ready_);
+}
+
+void MainWindow::tryDemo() {
+  if (generating_) return;
+  if (demo_.model.isEmpty()) {
+    showError(tr("The demo model is not installed with this copy of Lightdesk."));
+    return;
+  }
+  auto attach = [this] {
+    newSession();
+    if (!demo_.document.isEmpty()) attachFiles({demo_.document});
+    conversation_panel_->setInput(demo_.question);
+    conversation_panel_->focusInput();
+  };
+  if (model_ready_ && model_info_.directory == std::filesystem::path(demo_.model.toStdString())) {
+    attach();
+    return;
+  }
+  connect(this, &MainWindow::modelReady, this, attach, Qt::SingleShotConnection);
+  openModelDirectory(demo_.model);
+}
+
+void MainWindow::showAbout() {
+  auto* dialog = new QDialog(this);
+  dialog->setObjectName(QStringLiteral("aboutDialog"));
+  dialog->setAttribute(Qt::WA_DeleteOnClose);
+  dialog->setWindowTitle(tr("About Lightdesk"));
+  auto* text = new QTextBrowser;
+  text->setObjectName(QStringLiteral("modelCard"));
+  text->setAccessibleName(tr("About Lightdesk and the model"));
+  text->setOpenExternalLinks(true);
+  QString markdown = QStringLiteral("# Lightdesk\n\n") + purpose() + QStringLiteral("\n\n");
+  if (!model_ready_) {
+    markdown += tr("No model is loaded: its model card shows here once one is.");
+  } else {
+    // The card the model's authors wrote, as its directory holds it.
+    const QDir directory(QString::fromStdString(model_info_.directory.string()));
+    QString card;
+    for (const QString& name : {QStringLiteral("MODEL_CARD.md"), QStringLiteral("README.md")}) {
+      QFile file(directory.filePath(name));
+      if (file.open(QIODevice::ReadOnly)) {
+        card = QString::fromUtf8(file.readAll());
+        break;
+      }
+    }
+    markdown += QStringLiteral("---\n\n") +
+                (card.isEmpty() ? tr("The model in %1 has no model card (MODEL_CARD.md or README.md).").arg(directory.path())
+                                : card);
+  }
+  text->setMarkdown(markdown);
+  auto* buttons = new QDialogButtonBox(QDialogButtonBox::Close);
+  connect(buttons, &QDialogButtonBox::rejected, dialog, &QDialog::close);
+  auto* layout = new QVBoxLayout(dialog);
+  layout->addWidget(text);
+  layout->addWidget(buttons);
+  dialog->resize(640, 520);
+  dialog->show();
+}
+
 MainWindow::~MainWindow() {
   finishDelete();
   worker_->requestStop();
@@ -106,14 +206,21 @@ QSize MainWindow::sizeHint() const {
 
 void MainWindow::buildWidgets() {
   auto* open_model_button = new QPushButton(tr("Open model…"));
+  open_model_button->setObjectName(QStringLiteral("openModelButton"));
   open_model_button->setToolTip(tr("Open a model directory (Ctrl+O)"));
   connect(open_model_button, &QPushButton::clicked, this, &MainWindow::chooseModelDirectory);
-  model_label_ = new QLabel(tr("No model loaded. Choose a model directory to start."));
+  demo_button_ = new QPushButton(tr("Try the demo"));
+  demo_button_->setObjectName(QStringLiteral("demoButton"));
+  demo_button_->setToolTip(tr("Open the bundled demo model with its document and a question to ask"));
+  demo_button_->setVisible(false);
+  connect(demo_button_, &QPushButton::clicked, this, &MainWindow::tryDemo);
+  model_label_ = new QLabel(purpose() + QLatin1Char(' ') + tr("No model loaded. Choose a model directory to start."));
   model_label_->setObjectName(QStringLiteral("modelLabel"));
   model_label_->setWordWrap(true);
   model_label_->setTextInteractionFlags(Qt::TextSelectableByMouse);
   auto* model_row = new QHBoxLayout;
   model_row->addWidget(open_model_button);
+  model_row->addWidget(demo_button_);
   model_row->addWidget(model_label_, 1);
 
   banner_ = new Banner;
@@ -149,17 +256,31 @@ void MainWindow::buildWidgets() {
   connect(conversation_panel_, &ConversationPanel::editRequested, this, &MainWindow::editMessage);
   connect(conversation_panel_, &ConversationPanel::regenerateRequested, this, &MainWindow::regenerate);
   connect(conversation_panel_, &ConversationPanel::branchRequested, this, &MainWindow::showBranch);
+  connect(conversation_panel_, &ConversationPanel::showInDocumentRequested, this, &MainWindow::showInDocument);
 
   documents_panel_ = new DocumentsPanel;
   connect(documents_panel_, &DocumentsPanel::attachRequested, this, &MainWindow::chooseDocuments);
   connect(documents_panel_, &DocumentsPanel::removeRequested, this, &MainWindow::removeAttachment);
+  connect(documents_panel_, &DocumentsPanel::openRequested, this, [this](const Attachment& document) { openDocument(document); });
 
+  document_viewer_ = new DocumentViewer;
+  document_viewer_->setObjectName(QStringLiteral("documentViewer"));
+  document_viewer_->setVisible(false);
+  connect(document_viewer_, &DocumentViewer::closeRequested, this, [this] {
+    document_viewer_->setVisible(false);
+    conversation_panel_->focusInput();
+  });
+
+  // The document pane opens beside the conversation, so the sessions stay in reach.
   auto* splitter = new QSplitter;
+  splitter_ = splitter;
   splitter->addWidget(session_panel_);
   splitter->addWidget(conversation_panel_);
+  splitter->addWidget(document_viewer_);
   splitter->addWidget(documents_panel_);
   splitter->setStretchFactor(1, 1);
-  splitter->setSizes({200, 600, 240});
+  splitter->setStretchFactor(2, 1);
+  splitter->setSizes({200, 600, 0, 240});
 
   auto* central = new QWidget;
   auto* layout = new QVBoxLayout(central);
@@ -182,6 +303,11 @@ void MainWindow::buildMenus() {
   file_menu->addAction(tr("&Settings…"), QKeySequence::Preferences, this, &MainWindow::editSettings);
   file_menu->addSeparator();
   file_menu->addAction(tr("&Quit"), QKeySequence::Quit, this, &QWidget::close);
+  recent_menu_ = new QMenu(tr("Open &recent"), this);
+  recent_menu_->setObjectName(QStringLiteral("recentMenu"));
+  recent_menu_->setToolTipsVisible(true);
+  file_menu->insertMenu(file_menu->actions().at(1), recent_menu_);
+  refreshRecentMenu();
   QMenu* session_menu = menuBar()->addMenu(tr("&Session"));
   session_menu->addAction(tr("&New session"), QKeySequence::New, this, &MainWindow::newSession);
   session_menu->addAction(tr("&Rename"), QKeySequence(Qt::Key_F2), session_panel_, &SessionPanel::renameCurrent);
@@ -189,6 +315,11 @@ void MainWindow::buildMenus() {
   session_menu->addAction(tr("Re&generate last answer"), QKeySequence(Qt::CTRL | Qt::Key_R), this,
                           &MainWindow::regenerate);
   session_menu->addAction(tr("&Search"), QKeySequence::Find, session_panel_, &SessionPanel::focusSearch);
+  session_menu->addAction(tr("Sa&mpling for this session…"), this, &MainWindow::editSessionSampling);
+  QMenu* help_menu = menuBar()->addMenu(tr("&Help"));
+  help_menu->addAction(tr("Try the &demo"), this, &MainWindow::tryDemo);
+  QAction* about = help_menu->addAction(tr("&About Lightdesk and the model"), this, &MainWindow::showAbout);
+  about->setObjectName(QStringLiteral("aboutAction"));
 }
 
 void MainWindow::connectEngine() {
@@ -251,7 +382,16 @@ void MainWindow::openModelDirectory(const QString& directory) {
   emit checkModelRequested(directory, backend_setting(settings_));
 }
 
-void MainWindow::onModelChecked(const ModelCheck& check) {
+void MainWindow::onModelChecked(const ModelCheck& full_check) {
+  // The memory is planned for the context the settings allow, when shorter than the model's.
+  ModelCheck check = full_check;
+  if (const std::int64_t chosen = context_setting(settings_); chosen > 0 && chosen < full_check.model.max_context) {
+    ModelInfo limited = full_check.model;
+    limited.max_context = chosen;
+    check = memory_check(limited, full_check.available_bytes, full_check.memory_place);
+    check.model = full_check.model;
+    check.directory = full_check.directory;
+  }
   const std::uint64_t needed = check.weight_bytes + check.session_bytes + check.workspace_bytes;
   const QString needs = tr("%1: weights %2 + session memory %3 for %4 tokens of context + workspace %5 = %6; %7 "
                            "available in %8")
@@ -271,7 +411,10 @@ void MainWindow::onModelChecked(const ModelCheck& check) {
   model_ready_ = false;
   // Busy while the weights load; Stop cancels the load.
   setGenerating(true);
-  model_label_->setText(needs);
+  // The plan the memory planner chose, said before the weights are read.
+  const MemoryPlan& plan = check.plan.plans[*check.plan.chosen];
+  model_label_->setText(needs + QLatin1Char('\n') + tr("Plan: %1.").arg(QString::fromStdString(plan.summary())));
+  model_label_->setToolTip(check.directory);
   worker_->clearStop();
   emit loadModelRequested(check.directory, backend_setting(settings_));
 }
@@ -314,7 +457,8 @@ void MainWindow::onModelLoaded(const ModelCheck& check, const QString& family, c
   engine_tokens_ = 0;
   model_family_ = family;
   default_sampling_ = sampling;
-  settings_.setValue(QStringLiteral("model/directory"), check.directory);
+  rememberModel(check.directory);
+  demo_button_->setVisible(false);
   status_panel_->hideProgress();
   status_panel_->clearAnswerFigures();  // they were the other model's
   setWindowTitle(tr("Lightdesk — %1").arg(QFileInfo(check.directory).fileName()));
@@ -342,8 +486,65 @@ void MainWindow::onModelFailed(const QString& directory, const QString& message)
 
 void MainWindow::editSettings() {
   // Sampling belongs to a model family: without a model the dialog shows the application part.
-  SettingsDialog dialog(settings_, model_ready_ ? model_family_ : QString(), default_sampling_, this);
-  dialog.exec();
+  SettingsDialog dialog(settings_, model_ready_ ? model_family_ : QString(), default_sampling_, gpu_devices(), this);
+  if (dialog.exec() == QDialog::Accepted) applySettings();
+}
+
+void MainWindow::editSessionSampling() {
+  if (!model_ready_) {
+    showError(tr("Open a model first: a session's sampling starts from its model family's."));
+    return;
+  }
+  SessionSamplingDialog dialog(current_.title, model_family_, load_sampling(settings_, model_family_, default_sampling_),
+                               current_.sampling, this);
+  if (dialog.exec() != QDialog::Accepted) return;
+  current_.sampling = dialog.sampling();
+  sessions_.setSampling(current_.id, current_.sampling);
+}
+
+void MainWindow::applySettings() {
+  conversation_panel_->setEnterSends(enter_sends_setting(settings_));
+  refreshContextFigure();
+  refreshAttachments();
+}
+
+std::int64_t MainWindow::contextLimit() const {
+  const std::int64_t chosen = context_setting(settings_);
+  return chosen > 0 ? std::min(chosen, model_info_.max_context) : model_info_.max_context;
+}
+
+// ---- documents ----
+
+void MainWindow::openDocument(const Attachment& document, qsizetype position) {
+  if (!document_viewer_->isVisible()) {
+    document_viewer_->setVisible(true);
+    // Room for the document beside the conversation.
+    QList<int> sizes = splitter_->sizes();
+    const int shared = sizes[1] + sizes[2];
+    sizes[1] = shared / 2;
+    sizes[2] = shared - sizes[1];
+    splitter_->setSizes(sizes);
+  }
+  document_viewer_->open(document, position);
+}
+
+void MainWindow::showInDocument(qsizetype entry) {
+  if (entry < 0 || entry >= current_.entries.size()) return;
+  // The documents sent up to this answer: what the model had read when it wrote it.
+  QList<Attachment> documents;
+  for (qsizetype i = 0; i < entry; ++i) documents += current_.entries[i].documents;
+  const AnswerSources found = find_answer_sources(current_.entries[entry].text, documents);
+  if (!documents.isEmpty()) openDocument(found.sources.isEmpty() ? documents.front() : documents[found.sources.front().document]);
+  else document_viewer_->setVisible(true);
+  document_viewer_->showSources(documents, found);
+  status_panel_->showMessage(found.sources.isEmpty()
+                                 ? tr("Not found: no run of %1 or more words of this answer occurs in its documents.")
+                                       .arg(kMinimumWords)
+                                 : found.sources.size() == 1
+                                 ? tr("Found %1 words of the answer in one place.").arg(QLocale().toString(found.words))
+                                 : tr("Found %1 words of the answer in %2 places.")
+                                       .arg(QLocale().toString(found.words), QLocale().toString(found.sources.size())),
+                             10000);
 }
 
 QString MainWindow::memoryText() const {
@@ -367,7 +568,7 @@ void MainWindow::refreshContextFigure() {
     return;
   }
   // The engine's figure belongs to the session it holds; another session starts from nothing.
-  status_panel_->showContext(engine_holds_.session == current_.id ? engine_tokens_ : 0, model_info_.max_context);
+  status_panel_->showContext(engine_holds_.session == current_.id ? engine_tokens_ : 0, contextLimit());
 }
 
 // ---- conversation ----
@@ -377,9 +578,9 @@ void MainWindow::send() {
   if (question.isEmpty() || generating_ || !model_ready_ || readingDocuments()) return;
   // Refused at once, before anything is read or renamed: documents that cannot fit the context
   // (a server's is its own).
-  if (endpoint_.isEmpty() && documents_panel_->documentTokens() >= model_info_.max_context) {
+  if (endpoint_.isEmpty() && documents_panel_->documentTokens() >= contextLimit()) {
     showError(tr("The documents (%1 tokens) do not fit the model's context of %2 tokens. Remove one to ask.")
-                  .arg(format_count(documents_panel_->documentTokens()), format_count(model_info_.max_context)));
+                  .arg(format_count(documents_panel_->documentTokens()), format_count(contextLimit())));
     return;
   }
   const auto pending = pending_documents_.find(current_.id);
@@ -440,7 +641,8 @@ void MainWindow::ask(qsizetype keep, const ChatEntry& user, bool regenerated) {
   worker_->clearStop();
 
   const Turns conversation = to_turns(current_.entries);
-  const SamplingSettings sampling = load_sampling(settings_, model_family_, default_sampling_);
+  // The session's own sampling, else its model family's.
+  const SamplingSettings sampling = current_.sampling.value_or(load_sampling(settings_, model_family_, default_sampling_));
   if (keep == 0 || !endpoint_.isEmpty() || (engine_holds_.session == current_.id && engine_holds_.entries >= 0 && engine_holds_.entries <= keep)) {
     emit generateRequested(conversation, sampling, current_.id);
     return;
@@ -840,7 +1042,7 @@ void MainWindow::refreshAttachments() {
     contents.pending_images = images->second;
   for (const auto& [path, session_id] : reading_documents_)
     if (session_id == current_.id) contents.reading.append(path);
-  contents.context_tokens = model_ready_ ? model_info_.max_context : 0;
+  contents.context_tokens = model_ready_ ? contextLimit() : 0;
   documents_panel_->setContents(contents);
 }
 

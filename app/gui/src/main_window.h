@@ -15,13 +15,17 @@
 #include "session_repository.h"
 
 class QLabel;
+class QMenu;
+class QPushButton;
 class QSettings;
+class QSplitter;
 class QTimer;
 
 namespace lightdesk::gui {
 
 class Banner;
 class ConversationPanel;
+class DocumentViewer;
 class DocumentsPanel;
 class SessionPanel;
 class StatusPanel;
@@ -34,8 +38,29 @@ class MainWindow : public QMainWindow {
   MainWindow(SessionRepository& sessions, QSettings& settings, QWidget* parent = nullptr);
   ~MainWindow() override;
 
+  QSettings& settings() { return settings_; }
   // The model directory loaded last (QSettings), empty if none.
   QString lastModelDirectory() const;
+  // The model directories opened before, newest first (File > Open recent).
+  QStringList recentModels() const;
+  // The bundled demo: its model, its document and a question it answers. Shows "Try the demo"
+  // on the first-launch row when the model is there.
+  struct Demo {
+    QString model;
+    QString document;
+    QString question;
+  };
+  void setDemo(const Demo& demo);
+  // "Try the demo": opens the demo model, then a new session with its document attached and its
+  // question in the input box.
+  void tryDemo();
+  // Help > About: what the app is for and the loaded model's card (MODEL_CARD.md or README.md).
+  void showAbout();
+  // "Show in document" on answer `entry`: where its words occur in the session's documents,
+  // opened highlighted in the document pane (or "not found" there).
+  void showInDocument(qsizetype entry);
+  // Opens the document pane at `position` of `document`.
+  void openDocument(const Attachment& document, qsizetype position = 0);
   // What the model chooser does after the directory dialog: validate, then load if it fits.
   void openModelDirectory(const QString& directory);
   // Answers from an OpenAI-compatible server instead of a local model (File > Use a server…);
@@ -129,6 +154,14 @@ class MainWindow : public QMainWindow {
   // Ends the streamed answer: stores what it wrote (undoTurn() if it never began; its answer).
   bool keepAnswer();
   void editSettings();
+  // Session > Sampling for this session.
+  void editSessionSampling();
+  // Settings that act on the window at once (Enter sends).
+  void applySettings();
+  void rememberModel(const QString& directory);
+  void refreshRecentMenu();
+  // The context the user allows (Settings > Context length) within the model's.
+  std::int64_t contextLimit() const;
   // What the status bar's memory figure says: the backend's devices and the host memory now.
   QString memoryText() const;
   // The figure of the context the engine holds for the current session (none for another's).
@@ -192,7 +225,12 @@ class MainWindow : public QMainWindow {
   QString last_search_;                           // its words, to find in the message opened
   std::int64_t engine_tokens_ = 0;                // positions the engine's state holds
 
+  Demo demo_;
   QLabel* model_label_;
+  QPushButton* demo_button_;
+  QMenu* recent_menu_;
+  DocumentViewer* document_viewer_;
+  QSplitter* splitter_;
   Banner* banner_;
   QWidget* undo_bar_;
   QLabel* undo_label_;

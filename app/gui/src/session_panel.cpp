@@ -52,6 +52,7 @@ SessionPanel::SessionPanel(QWidget* parent) : QWidget(parent) {
   search_box_->setObjectName(QStringLiteral("searchBox"));
   search_box_->setPlaceholderText(tr("Search messages (Ctrl+F)"));
   search_box_->setClearButtonEnabled(true);
+  search_box_->setAccessibleName(tr("Search messages"));
   // One query once typing pauses, not one per keystroke queued behind the store's writes;
   // clearing the box closes the results at once.
   auto* search_pause = new QTimer(this);
@@ -73,16 +74,22 @@ SessionPanel::SessionPanel(QWidget* parent) : QWidget(parent) {
   search_results_->setHorizontalScrollBarPolicy(Qt::ScrollBarAlwaysOff);
   search_results_->setWordWrap(true);
   search_results_->setVisible(false);
-  connect(search_results_, &QListWidget::itemClicked, this, [this](QListWidgetItem* item) {
+  search_results_->setAccessibleName(tr("Search results"));
+  auto open_hit = [this](QListWidgetItem* item) {
     if (const qint64 session = item->data(kSessionIdRole).toLongLong(); session != 0)
       emit hitActivated(session, item->data(kEntryRole).toLongLong(), item->data(kMessageRole).toLongLong());
-  });
+  };
+  // A click, or Enter on the keyboard.
+  connect(search_results_, &QListWidget::itemClicked, this, open_hit);
+  connect(search_results_, &QListWidget::itemActivated, this, open_hit);
   session_list_ = new QListWidget;
   session_list_->setObjectName(QStringLiteral("sessionList"));
   session_list_->setHorizontalScrollBarPolicy(Qt::ScrollBarAlwaysOff);
   session_list_->setTextElideMode(Qt::ElideRight);
-  connect(session_list_, &QListWidget::itemClicked, this,
-          [this](QListWidgetItem* item) { emit sessionSelected(item->data(kSessionIdRole).toLongLong()); });
+  session_list_->setAccessibleName(tr("Sessions"));
+  auto select = [this](QListWidgetItem* item) { emit sessionSelected(item->data(kSessionIdRole).toLongLong()); };
+  connect(session_list_, &QListWidget::itemClicked, this, select);
+  connect(session_list_, &QListWidget::itemActivated, this, select);
   connect(session_list_, &QListWidget::itemChanged, this, [this](QListWidgetItem* item) {
     emit sessionRenamed(item->data(kSessionIdRole).toLongLong(), item->text());
   });

@@ -98,6 +98,10 @@ void InMemorySessionRepository::rename(qint64 id, const QString& title) {
   if (const auto found = sessions_.find(id); found != sessions_.end()) found->second.title = title;
 }
 
+void InMemorySessionRepository::setSampling(qint64 id, const std::optional<SamplingSettings>& sampling) {
+  if (const auto found = sessions_.find(id); found != sessions_.end()) found->second.sampling = sampling;
+}
+
 void InMemorySessionRepository::remove(qint64 id) {
   sessions_.erase(id);
   trees_.erase(id);

@@ -16,6 +16,7 @@
 #include <optional>
 
 #include "engine_state.h"
+#include "sampling_settings.h"
 
 namespace lightdesk::gui {
 
@@ -40,6 +41,7 @@ struct ChatSession {
   QString title;
   QDateTime last_used;
   QList<ChatEntry> entries;
+  std::optional<SamplingSettings> sampling;  // the session's own; none: its model family's
 };
 
 // A search result: a message of a session (or the session itself, for a match in its title, a
@@ -79,6 +81,8 @@ class SessionRepository : public QObject {
   // Creates an empty session and returns it with its new id.
   virtual ChatSession create(const QString& title) = 0;
   virtual void rename(qint64 id, const QString& title) = 0;
+  // The session's own sampling, or none to follow its model family's.
+  virtual void setSampling(qint64 id, const std::optional<SamplingSettings>& sampling) = 0;
   virtual void remove(qint64 id) = 0;
   // Appends a finished message (a question with its documents, or a complete answer) and marks
   // the session used now.
@@ -118,6 +122,7 @@ class InMemorySessionRepository final : public SessionRepository {
   std::optional<ChatSession> load(qint64 id) const override;
   ChatSession create(const QString& title) override;
   void rename(qint64 id, const QString& title) override;
+  void setSampling(qint64 id, const std::optional<SamplingSettings>& sampling) override;
   void remove(qint64 id) override;
   void append(qint64 id, const ChatEntry& entry) override;
   void branch(qint64 id, qsizetype keep) override;

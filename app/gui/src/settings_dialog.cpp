@@ -1,13 +1,18 @@
 #include "settings_dialog.h"
 
+#include <QCheckBox>
 #include <QComboBox>
+#include <QGroupBox>
+#include <QLocale>
 #include <QDialogButtonBox>
 #include <QFileDialog>
 #include <QHBoxLayout>
 #include <QLabel>
 #include <QLineEdit>
 #include <QPushButton>
-#include <QRegularExpressionValidator>
+#include <QVBoxLayout>
+
+#include <limits>
 #include <QDoubleSpinBox>
 #include <QFormLayout>
 #include <QSettings>
@@ -48,7 +53,81 @@ QString backend_setting(const QSettings& settings) {
 
 QString gpus_setting(const QSettings& settings) { return settings.value(QStringLiteral("engine/gpus")).toString(); }
 
-SettingsDialog::SettingsDialog(QSettings& settings, QString family, const SamplingSettings& defaults, QWidget* parent)
+std::int64_t context_setting(const QSettings& settings) {
+  return settings.value(QStringLiteral("engine/context"), 0).toLongLong();
+}
+
+bool enter_sends_setting(const QSettings& settings) {
+  return settings.value(QStringLiteral("input/enterSends"), true).toBool();
+}
+
+SamplingEditor::SamplingEditor(const SamplingSettings& sampling, QWidget* parent) : QWidget(parent) {
+  temperature_ = new QDoubleSpinBox;
+  temperature_->setObjectName(QStringLiteral("temperatureBox"));
+  temperature_->setRange(0.0, 2.0);
+  temperature_->setSingleStep(0.05);
+  temperature_->setToolTip(tr("0 always picks the most likely token"));
+  top_p_ = new QDoubleSpinBox;
+  top_p_->setObjectName(QStringLiteral("topPBox"));
+  top_p_->setRange(0.01, 1.0);
+  top_p_->setSingleStep(0.01);
+  top_k_ = new QSpinBox;
+  top_k_->setObjectName(QStringLiteral("topKBox"));
+  top_k_->setRange(0, 1000);
+  top_k_->setSpecialValueText(tr("all"));
+  max_new_tokens_ = new QSpinBox;
+  max_new_tokens_->setObjectName(QStringLiteral("maxNewTokensBox"));
+  max_new_tokens_->setRange(1, 1'000'000);
+  max_new_tokens_->setGroupSeparatorShown(true);
+  auto* form = new QFormLayout(this);
+  form->setContentsMargins(0, 0, 0, 0);
+  form->addRow(tr("Temperature"), temperature_);
+  form->addRow(tr("Top-p"), top_p_);
+  form->addRow(tr("Top-k"), top_k_);
+  form->addRow(tr("Longest answer (tokens)"), max_new_tokens_);
+  setSampling(sampling);
+}
+
+void SamplingEditor::setSampling(const SamplingSettings& sampling) {
+  temperature_->setValue(sampling.temperature);
+  top_p_->setValue(sampling.top_p);
+  top_k_->setValue(sampling.top_k);
+  max_new_tokens_->setValue(sampling.max_new_tokens);
+}
+
+SamplingSettings SamplingEditor::sampling() const {
+  return {temperature_->value(), top_p_->value(), top_k_->value(), max_new_tokens_->value()};
+}
+
+SessionSamplingDialog::SessionSamplingDialog(const QString& session, const QString& family,
+                                             const SamplingSettings& family_sampling,
+                                             const std::optional<SamplingSettings>& own, QWidget* parent)
+    : QDialog(parent), family_sampling_(family_sampling) {
+  setWindowTitle(tr("Sampling of “%1”").arg(session));
+  own_ = new QCheckBox(tr("This session samples in its own way (else as %1 models do, in Settings)").arg(family));
+  own_->setObjectName(QStringLiteral("ownSamplingBox"));
+  own_->setChecked(own.has_value());
+  editor_ = new SamplingEditor(own.value_or(family_sampling));
+  editor_->setEnabled(own.has_value());
+  connect(own_, &QCheckBox::toggled, this, [this](bool checked) {
+    editor_->setEnabled(checked);
+    if (!checked) editor_->setSampling(family_sampling_);
+  });
+  auto* buttons = new QDialogButtonBox(QDialogButtonBox::Ok | QDialogButtonBox::Cancel);
+  connect(buttons, &QDialogButtonBox::accepted, this, &QDialog::accept);
+  connect(buttons, &QDialogButtonBox::rejected, this, &QDialog::reject);
+  auto* layout = new QVBoxLayout(this);
+  layout->addWidget(own_);
+  layout->addWidget(editor_);
+  layout->addWidget(buttons);
+}
+
+std::optional<SamplingSettings> SessionSamplingDialog::sampling() const {
+  return own_->isChecked() ? std::optional(editor_->sampling()) : std::nullopt;
+}
+
+SettingsDialog::SettingsDialog(QSettings& settings, QString family, const SamplingSettings& defaults,
+                               const std::vector<GpuDevice>& gpus, QWidget* parent)
     : QDialog(parent), settings_(settings), family_(std::move(family)) {
   setWindowTitle(tr("Settings"));
   backend_ = new QComboBox;
@@ -58,11 +137,43 @@ SettingsDialog::SettingsDialog(QSettings& settings, QString family, const Sampli
     backend_->addItem(QString::fromLatin1(backend_name(kind)).toUpper(), QString::fromLatin1(backend_name(kind)));
   backend_->setCurrentIndex(std::max(0, backend_->findData(backend_setting(settings_))));
   backend_->setToolTip(tr("Used for the next model opened"));
-  gpus_ = new QLineEdit(gpus_setting(settings_));
-  gpus_->setObjectName(QStringLiteral("gpusEdit"));
-  gpus_->setPlaceholderText(tr("0"));
-  gpus_->setValidator(new QRegularExpressionValidator(QRegularExpression(QStringLiteral("[0-9]+(,[0-9]+)*")), gpus_));
-  gpus_->setToolTip(tr("GPU numbers separated by commas, e.g. 0,1; applies from the next start"));
+  backend_->setAccessibleName(tr("Engine backend"));
+  // One checkbox per GPU; none checked is the engine's default (GPU 0).
+  QStringList chosen_gpus = gpus_setting(settings_).split(QLatin1Char(','), Qt::SkipEmptyParts);
+  auto* gpu_column = new QVBoxLayout;
+  for (const GpuDevice& gpu : gpus) {
+    auto* box = new QCheckBox(tr("GPU %1: %2, %3")
+                                  .arg(gpu.index)
+                                  .arg(QString::fromStdString(gpu.name),
+                                       QLocale().formattedDataSize(static_cast<qint64>(gpu.total_bytes), 1,
+                                                                   QLocale::DataSizeTraditionalFormat)));
+    box->setObjectName(QStringLiteral("gpuBox%1").arg(gpu.index));
+    box->setProperty("gpu", gpu.index);
+    box->setChecked(chosen_gpus.contains(QString::number(gpu.index)));
+    box->setToolTip(tr("Run models on this GPU; applies from the next start. None checked: GPU 0."));
+    gpu_column->addWidget(box);
+    gpus_.append(box);
+  }
+  if (gpus.empty()) {
+    auto* none = new QLabel(tr("No GPU found: models run on the CPU."));
+    none->setObjectName(QStringLiteral("noGpuLabel"));
+    gpu_column->addWidget(none);
+  }
+  context_ = new QSpinBox;
+  context_->setObjectName(QStringLiteral("contextBox"));
+  context_->setAccessibleName(tr("Context length"));
+  context_->setRange(0, std::numeric_limits<int>::max());
+  context_->setSingleStep(4096);
+  context_->setGroupSeparatorShown(true);
+  context_->setSpecialValueText(tr("the model's full context"));
+  context_->setSuffix(tr(" tokens"));
+  context_->setValue(static_cast<int>(std::min<std::int64_t>(context_setting(settings_), std::numeric_limits<int>::max())));
+  context_->setToolTip(tr("The longest conversation, documents included, that a session may hold; a shorter one "
+                          "needs less memory. Applies to the next model opened."));
+  enter_sends_ = new QCheckBox(tr("Enter sends the question (Shift+Enter adds a line)"));
+  enter_sends_->setObjectName(QStringLiteral("enterSendsBox"));
+  enter_sends_->setChecked(enter_sends_setting(settings_));
+  enter_sends_->setToolTip(tr("Off: Enter adds a line and Ctrl+Enter sends. Ctrl+Enter always sends."));
   data_directory_ = new QLineEdit(QString::fromStdString(data_directory(settings_).path().string()));
   data_directory_->setObjectName(QStringLiteral("dataDirectoryEdit"));
   data_directory_->setToolTip(
@@ -81,45 +192,41 @@ SettingsDialog::SettingsDialog(QSettings& settings, QString family, const Sampli
   data_row->addWidget(data_directory_, 1);
   data_row->addWidget(browse);
 
-  const SamplingSettings current = load_sampling(settings_, family_, defaults);
-  temperature_ = new QDoubleSpinBox;
-  temperature_->setRange(0.0, 2.0);
-  temperature_->setSingleStep(0.05);
-  temperature_->setValue(current.temperature);
-  temperature_->setToolTip(tr("0 always picks the most likely token"));
-  top_p_ = new QDoubleSpinBox;
-  top_p_->setRange(0.01, 1.0);
-  top_p_->setSingleStep(0.01);
-  top_p_->setValue(current.top_p);
-  top_k_ = new QSpinBox;
-  top_k_->setRange(0, 1000);
-  top_k_->setSpecialValueText(tr("all"));
-  top_k_->setValue(current.top_k);
-  max_new_tokens_ = new QSpinBox;
-  max_new_tokens_->setRange(1, 1'000'000);
-  max_new_tokens_->setValue(current.max_new_tokens);
+  sampling_ = new SamplingEditor(load_sampling(settings_, family_, defaults));
   auto* buttons = new QDialogButtonBox(QDialogButtonBox::Ok | QDialogButtonBox::Cancel);
   connect(buttons, &QDialogButtonBox::accepted, this, &QDialog::accept);
   connect(buttons, &QDialogButtonBox::rejected, this, &QDialog::reject);
   auto* form = new QFormLayout(this);
   form->addRow(tr("Engine"), backend_);
-  form->addRow(tr("GPUs"), gpus_);
+  // Where the model lives: the GPUs and the context its memory is planned for. The memory
+  // planner's other choices (expert format, experts kept in host memory) belong in this group.
+  auto* placement = new QGroupBox(tr("Model placement"));
+  placement->setObjectName(QStringLiteral("placementGroup"));
+  auto* placement_form = new QFormLayout(placement);
+  placement_form->addRow(tr("GPUs"), gpu_column);
+  placement_form->addRow(tr("Context length"), context_);
+  form->addRow(placement);
+  form->addRow(enter_sends_);
   form->addRow(tr("Data directory"), data_row);
   if (family_.isEmpty()) {
     form->addRow(new QLabel(tr("Open a model to set its sampling.")));
   } else {
     form->addRow(new QLabel(tr("<b>Sampling of %1 models</b>").arg(family_.toHtmlEscaped())));
-    form->addRow(tr("Temperature"), temperature_);
-    form->addRow(tr("Top-p"), top_p_);
-    form->addRow(tr("Top-k"), top_k_);
-    form->addRow(tr("Longest answer (tokens)"), max_new_tokens_);
+    form->addRow(sampling_);
   }
   form->addRow(buttons);
 }
 
 void SettingsDialog::accept() {
   settings_.setValue(QStringLiteral("engine/backend"), backend_->currentData().toString());
-  settings_.setValue(QStringLiteral("engine/gpus"), gpus_->text());
+  if (!gpus_.isEmpty()) {
+    QStringList checked;
+    for (const QCheckBox* box : gpus_)
+      if (box->isChecked()) checked.append(QString::number(box->property("gpu").toInt()));
+    settings_.setValue(QStringLiteral("engine/gpus"), checked.join(QLatin1Char(',')));
+  }
+  settings_.setValue(QStringLiteral("engine/context"), context_->value());
+  settings_.setValue(QStringLiteral("input/enterSends"), enter_sends_->isChecked());
   // The default is not saved as a choice: it follows $LIGHTDESK_DATA_DIR and $XDG_DATA_HOME.
   const QString chosen = data_directory_->text().trimmed();
   if (chosen.isEmpty() ||
@@ -128,8 +235,7 @@ void SettingsDialog::accept() {
   else
     settings_.setValue(QStringLiteral("dataDirectory"), chosen);
   if (!family_.isEmpty())
-    store_sampling(settings_, family_,
-                   {temperature_->value(), top_p_->value(), top_k_->value(), max_new_tokens_->value()});
+    store_sampling(settings_, family_, sampling_->sampling());
   QDialog::accept();
 }
 

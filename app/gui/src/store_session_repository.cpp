@@ -3,6 +3,8 @@
 #include <QCryptographicHash>
 #include <QFile>
 #include <QImageReader>
+#include <QJsonDocument>
+#include <QJsonObject>
 #include <QMimeDatabase>
 #include <QPointer>
 #include <QRegularExpression>
@@ -35,6 +37,7 @@ std::pair<ChatSession, QList<InMemorySessionRepository::Message>> read_session(
   session.id = record.id;
   session.title = from_utf8(record.title);
   session.last_used = QDateTime::fromSecsSinceEpoch(record.updated_at, Qt::UTC);
+  session.sampling = session_sampling(QJsonDocument::fromJson(QByteArray::fromStdString(record.settings_json)).object());
 
   std::multimap<std::int64_t, Attachment> attachments_by_message;
   for (const store::Document& document : store.documents(record.id)) {
@@ -123,6 +126,20 @@ class StoreWriter : public QObject {
   void rename(qint64 id, const QString& title) {
     write([&] {
       if (const SessionLog* log = find(id)) store_->rename_session(log->store_id, utf8(title));
+    });
+  }
+
+  // The session's settings JSON keeps its other keys.
+  void set_sampling(qint64 id, const std::optional<SamplingSettings>& sampling) {
+    write([&] {
+      const SessionLog* log = find(id);
+      if (log == nullptr) return;
+      for (const store::SessionRecord& record : store_->sessions()) {
+        if (record.id != log->store_id) continue;
+        const QJsonObject settings = with_session_sampling(
+            QJsonDocument::fromJson(QByteArray::fromStdString(record.settings_json)).object(), sampling);
+        store_->set_session_settings(record.id, QJsonDocument(settings).toJson(QJsonDocument::Compact).toStdString());
+      }
     });
   }
 
@@ -321,6 +338,11 @@ ChatSession StoreSessionRepository::create(const QString& title) {
   ChatSession session = sessions_.create(title);
   QMetaObject::invokeMethod(writer_, [writer = writer_, id = session.id, title] { writer->create(id, title); });
   return session;
+}
+
+void StoreSessionRepository::setSampling(qint64 id, const std::optional<SamplingSettings>& sampling) {
+  sessions_.setSampling(id, sampling);
+  QMetaObject::invokeMethod(writer_, [writer = writer_, id, sampling] { writer->set_sampling(id, sampling); });
 }
 
 void StoreSessionRepository::rename(qint64 id, const QString& title) {

@@ -49,6 +49,7 @@ class StoreSessionRepository final : public SessionRepository {
   std::optional<ChatSession> load(qint64 id) const override;
   ChatSession create(const QString& title) override;
   void rename(qint64 id, const QString& title) override;
+  void setSampling(qint64 id, const std::optional<SamplingSettings>& sampling) override;
   void remove(qint64 id) override;
   void append(qint64 id, const ChatEntry& entry) override;
   void branch(qint64 id, qsizetype keep) override;
