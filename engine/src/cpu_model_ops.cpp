@@ -152,11 +152,16 @@ class CpuOps final : public ModelOps {
     cpu::softmax_attention(q.as<const float>(), rows, host_position(first), cache.keys.as<const float>(),
                            cache.values.as<const float>(), heads, kv_heads, head_dim, out.as<float>(), pool_);
   }
-  void moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out) override {
+  void moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out, Tensor router_logits) override {
     const int E = static_cast<int>(w.experts.size()), k = w.top_k;
     std::vector<float> router(static_cast<std::size_t>(rows * E)), weights(static_cast<std::size_t>(rows * k));
     std::vector<int> ids(weights.size());
     cpu::linear(x.as<const float>(), rows, w.hidden, w.router.as<const float>(), E, router.data());
+    if (router_logits.data) std::copy(router.begin(), router.end(), router_logits.as<float>());
+    if (!out.data) return;
+    if (w.expert_mask.data)
+      for (std::int64_t r = 0; r < rows; ++r)
+        for (int e = 0; e < E; ++e) router[static_cast<std::size_t>(r * E + e)] += w.expert_mask.as<const float>()[e];
     cpu::route_top_k(router.data(), rows, E, k, ids.data(), weights.data());
     std::vector<cpu::ExpertMatrices> experts;
     experts.reserve(w.experts.size());

@@ -30,6 +30,7 @@ struct CudaLayer : LayerTensors<DeviceBuffer> {
   DeviceBuffer slopes;   // lightning layers: float [heads]
   DeviceBuffer gate_up;  // per expert [2 * width, hidden]: w1 rows, then w3 rows
   DeviceBuffer down;     // per expert [hidden, width]
+  DeviceBuffer expert_mask;  // pruned experts: float [experts], 0 kept, -inf not (never loaded)
 };
 
 // A decode step captured as a CUDA graph, with what the capture baked in: it replays while
@@ -114,6 +115,7 @@ struct Scratch {
   // baked them in compare this instead.
   std::uint64_t generation = 0;
   DeviceBuffer tokens, x, a, att, b, moe, qkv, o, gate;
+  DeviceBuffer router_logits;  // float [rows, experts]
   // Every row's logits, only for ForwardRequest::all_logits (a chunk of 8192 rows at a 200K
   // vocabulary would need 6.5 GB): grown on its own by reserve_all_logits, never read by graphs.
   DeviceBuffer all_logits;
@@ -123,9 +125,10 @@ struct Scratch {
 template <typename T>
 class CudaBackend final : public ComputeBackend {
  public:
-  CudaBackend(const ModelConfig& c, int device, const WeightMap& map, bool graphs,
+  CudaBackend(const ModelConfig& c, int device, const WeightMap& map, bool graphs, const ExpertSelection& experts,
               const std::function<void(std::uint64_t)>& bytes_loaded)
       : CudaBackend(c, device, graphs) {
+    experts_ = experts;
     load_weights(map, bytes_loaded);
     make_model_tensors();
   }
@@ -235,6 +238,9 @@ class CudaBackend final : public ComputeBackend {
   ModelTensors tensors_;
   const ModelForward forward_ = model_forward(config_);
   std::uint64_t weight_bytes_ = 0;
+  // Pruned experts are allocated in each layer's block (the kernels index it by expert id) but
+  // never loaded; the router's mask keeps tokens from them.
+  ExpertSelection experts_;
   std::map<int, int> softmax_index_;  // layer -> its index among the softmax layers
   int softmax_layers_ = 0;
   std::shared_ptr<KvPagePool> kv_pages_;
@@ -279,7 +285,13 @@ void CudaBackend<T>::allocate_weights(const WeightFill& fill) {
     layer.gate_up = device_array<T>(E * 2 * I * H, k + "experts (w1, w3)");
     layer.down = device_array<T>(E * H * I, k + "experts (w2)");
     weight_bytes_ += layer.gate_up.bytes() + layer.down.bytes();
+    if (experts_.pruned()) {
+      const std::vector<float> mask = expert_mask(config_, experts_, l);
+      layer.expert_mask = device_array<float>(E, k + "expert mask");
+      device_.upload(layer.expert_mask.as<float>(), mask.data(), layer.expert_mask.bytes());
+    }
     for (int e = 0; e < config_.num_experts; ++e) {
+      if (!expert_kept(experts_, l, e)) continue;
       const ExpertWeightNames names = expert_weight_names(l, e);
       T* gate_up = layer.gate_up.as<T>() + e * 2 * I * H;
       fill(names.w1, gate_up, I * H, false);
@@ -369,6 +381,7 @@ void CudaBackend<T>::reserve_scratch(std::int64_t rows) {
   s.qkv = device_array<T>(rows * 3 * A, what);
   s.o = device_array<T>(rows * A, what);
   s.gate = device_array<T>(rows * A, what);
+  s.router_logits = device_array<float>(rows * config_.num_experts, what);
   s.lightning_workspace = DeviceBuffer(
       cuda::lightning_prefill_workspace_bytes<T>(rows, config_.num_heads, config_.head_dim, device_.launch_limits()),
       what);
@@ -399,7 +412,8 @@ void CudaBackend<T>::forward(SequenceState& state, const ForwardRequest& req) {
   reserve_scratch(rows);
   if (req.all_logits) reserve_all_logits(rows);
   reserve_kv(s, req.first_position + rows);
-  const bool reports = req.hidden_states && *req.hidden_states;
+  const bool reports = (req.hidden_states && *req.hidden_states) || (req.router_logits && *req.router_logits) ||
+                       req.last_router_layer >= 0;
   // A captured step writes the last token's logits only.
   const bool graph = rows == 1 && use_graphs_ && !reports && req.embedding_overrides.empty() && !req.all_logits;
   if (!graph) reserve_attention_workspace(rows, req.first_position);  // decode_step's own when it captures
@@ -454,7 +468,7 @@ void CudaBackend<T>::make_model_tensors() {
                             {&layer.v_proj, &w.v_proj}, {&layer.o_proj, &w.o_proj}})
       *to = view(*from, weight_type);
     layer.slopes = view(w.slopes, ElementType::F32);
-    layer.moe = {layer.router, {}, H, I, config_.experts_per_token};
+    layer.moe = {layer.router, view(w.expert_mask, ElementType::F32), {}, H, I, config_.experts_per_token};
     const Tensor gate_up = view(w.gate_up, weight_type), down = view(w.down, weight_type);
     for (int e = 0; e < config_.num_experts; ++e)
       layer.moe.experts.push_back({gate_up.at(e * 2 * I * H), gate_up.at(e * 2 * I * H + I * H), down.at(e * H * I)});
@@ -480,7 +494,8 @@ void CudaBackend<T>::enqueue_forward(CudaSequence& s, std::int64_t rows, StepPos
     }
   }
   const ActivationTensors act{{w.tokens.as<void>(), ElementType::I32}, view(w.x), view(w.a), view(w.att), view(w.b),
-                              view(w.moe), view(w.qkv), view(w.o), view(w.gate)};
+                              view(w.moe), view(w.qkv), view(w.o), view(w.gate),
+                              {w.router_logits.as<void>(), ElementType::F32}};
   GraphPass pass;
   pass.rows = rows;
   pass.first_position = first_position;
@@ -489,6 +504,8 @@ void CudaBackend<T>::enqueue_forward(CudaSequence& s, std::int64_t rows, StepPos
   if (request) {
     pass.embedding_overrides = request->embedding_overrides;
     pass.hidden_states = request->hidden_states;
+    pass.router_logits = request->router_logits;
+    pass.last_router_layer = request->last_router_layer;
   }
   ops_.use_workspaces(w.lightning_workspace.as<void>(), w.lightning_workspace.bytes(), attention_workspace_.as<void>(),
                       attention_workspace_.bytes());
@@ -619,8 +636,10 @@ std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, con
   if (!reason.empty()) throw Error("the cuda backend is not available: " + reason);
   const int device = single_cuda_rank(options);
   if (options.cuda_float32)
-    return std::make_unique<CudaBackend<float>>(config, device, weights, options.cuda_graphs, bytes_loaded);
-  return std::make_unique<CudaBackend<bf16>>(config, device, weights, options.cuda_graphs, bytes_loaded);
+    return std::make_unique<CudaBackend<float>>(config, device, weights, options.cuda_graphs, options.experts,
+                                                bytes_loaded);
+  return std::make_unique<CudaBackend<bf16>>(config, device, weights, options.cuda_graphs, options.experts,
+                                             bytes_loaded);
 }
 
 std::uint64_t cuda_decode_graph_captures(const SequenceState& sequence) {

@@ -178,7 +178,7 @@ void CudaOps<T>::reserve_moe(const MoeShape& shape, std::int64_t rows) {
 }
 
 template <typename T>
-void CudaOps<T>::moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out) {
+void CudaOps<T>::moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out, Tensor router_logits) {
   const std::int64_t H = w.hidden, I = w.width;
   const auto E = static_cast<int>(w.experts.size());
   if (E == 0) throw Error("internal: a MoE layer without experts");
@@ -190,7 +190,9 @@ void CudaOps<T>::moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor ou
         w.experts[e].w3.as<const T>() != gate_up + e * 2 * I * H + I * H ||
         w.experts[e].w2.as<const T>() != down + e * H * I)
       throw Error("internal: the CUDA ops need a layer's experts in one block (expert " + std::to_string(e) + ")");
-  moe_runner({H, I, E, w.top_k}).run({w.router.as<const float>(), gate_up, down}, x.as<const T>(), rows, out.as<T>());
+  moe_runner({H, I, E, w.top_k})
+      .run({w.router.as<const float>(), gate_up, down, w.expert_mask.as<const float>()}, x.as<const T>(), rows,
+           out.as<T>(), router_logits.as<float>());
 }
 
 template class CudaOps<float>;

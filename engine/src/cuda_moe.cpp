@@ -89,7 +89,7 @@ void MoeRunner<T>::run_grouped(const MoeWeights<T>& weights, std::int64_t slots)
 }
 
 template <typename T>
-void MoeRunner<T>::run(const MoeWeights<T>& weights, const T* x, std::int64_t rows, T* out) {
+void MoeRunner<T>::run(const MoeWeights<T>& weights, const T* x, std::int64_t rows, T* out, float* router_logits) {
   const std::int64_t H = shape_.hidden;
   const int E = shape_.experts, k = shape_.top_k;
   const cudaStream_t stream = device_.stream();
@@ -100,8 +100,13 @@ void MoeRunner<T>::run(const MoeWeights<T>& weights, const T* x, std::int64_t ro
   // routes come in increasing expert order, the order the combine sums in.
   cuda::to_float(x, rows * H, b.router_in.as<float>(), stream);
   device_.linear(b.router_in.as<float>(), rows, H, weights.router, E, b.router_logits.as<float>());
+  if (router_logits)
+    cuda::check(cudaMemcpyAsync(router_logits, b.router_logits.as<float>(),
+                                static_cast<std::size_t>(rows * E) * sizeof(float), cudaMemcpyDeviceToDevice, stream),
+                "copying the router's logits");
+  if (!out) return;
   cuda::route_top_k(b.router_logits.as<float>(), rows, E, k, true, b.expert_ids.as<std::int32_t>(),
-                    b.expert_weights.as<float>(), stream);
+                    b.expert_weights.as<float>(), stream, weights.expert_mask);
   if (rows <= kDeviceRoutedRows) {
     run_device_routed(weights, x, rows, out);
     return;

@@ -28,6 +28,7 @@ struct MoeWeights {
   const float* router = nullptr;  // [experts, hidden], float32
   const T* gate_up = nullptr;     // per expert [2 * width, hidden]: the w1 rows, then the w3 rows
   const T* down = nullptr;        // per expert [hidden, width]
+  const float* expert_mask = nullptr;  // [experts], float32: 0 or -inf (pruned experts), or null
 };
 
 // Device buffers of one MoE pass, for up to `rows` tokens.
@@ -46,8 +47,9 @@ class MoeRunner {
   void reserve(std::int64_t rows);
   // out[rows, hidden] = Σ_k weight_k · w2(silu(w1 x) ⊙ w3 x) over each row's top-k experts,
   // summed in increasing expert order. Only a run without a grouped GEMM past kDeviceRoutedRows
-  // waits for the device (the GEMM sizes come to the host).
-  void run(const MoeWeights<T>& weights, const T* x, std::int64_t rows, T* out);
+  // waits for the device (the GEMM sizes come to the host). router_logits, when not null, gets
+  // the router's float32 logits [rows, experts] before the mask; with `out` null only those.
+  void run(const MoeWeights<T>& weights, const T* x, std::int64_t rows, T* out, float* router_logits = nullptr);
 
   static constexpr std::int64_t kDeviceRoutedRows = 4;
 

@@ -16,7 +16,7 @@ namespace lightdesk {
 
 // Changes whenever CudaPlugin, ComputeBackend or the types they pass change: the plugin refuses
 // another version (programs and plugin come from the same build).
-inline constexpr int kCudaPluginAbiVersion = 5;
+inline constexpr int kCudaPluginAbiVersion = 6;
 
 struct CudaPlugin {
   std::string (*unavailable_reason)();

@@ -150,7 +150,16 @@ SyntheticFill synthetic_fill(const ModelConfig& config, const std::string& key, 
 // Per-head decay rates of a lightning layer, by the formula of the checkpoint's layout.
 std::vector<float> lightning_slopes(const ModelConfig& config, int layer);
 
+// Every weight in float32, but for the experts `experts` prunes (left empty, never read).
 ModelWeights load_cpu_weights(const ModelConfig& config, const WeightMap& map,
-                              const std::function<void(std::uint64_t)>& bytes_loaded);
+                              const std::function<void(std::uint64_t)>& bytes_loaded,
+                              const ExpertSelection& experts = {});
+// Checks a pruned selection against the model: one set per layer, each of at least
+// experts_per_token distinct ids within the experts. Throws Error naming the fault.
+void check_expert_selection(const ModelConfig& config, const ExpertSelection& experts);
+// Whether expert `e` of `layer` is loaded.
+bool expert_kept(const ExpertSelection& experts, int layer, int e);
+// Per layer the router mask of a pruned selection: float32 [experts], 0 kept, -inf not.
+std::vector<float> expert_mask(const ModelConfig& config, const ExpertSelection& experts, int layer);
 
 }  // namespace lightdesk

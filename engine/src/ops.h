@@ -77,8 +77,12 @@ struct ExpertTensors {
 // A tensor-parallel rank holds some of the experts (expert parallel: the others' tensors are
 // null, and the op skips their tokens' shares, which the ranks holding them add) or a slice of
 // every expert's intermediate width (tensor parallel: `width` is the slice's).
+// Pruned experts (PreMoe): `expert_mask` is added to the router's logits before its softmax, 0
+// for a kept expert and -inf for one not kept, which is slicing the router's rows; a pruned
+// expert's tensors are null (never loaded).
 struct MoeTensors {
   Tensor router;  // float32 [experts, hidden]
+  Tensor expert_mask;  // float32 [experts], or null: every expert
   std::vector<ExpertTensors> experts;  // one per expert of the router
   std::int64_t hidden = 0;
   std::int64_t width = 0;
@@ -161,8 +165,9 @@ class ModelOps {
                                  int kv_heads, int head_dim, Tensor out) = 0;
   // Moe: out[rows, hidden] = Σ_k weight_k · w2(silu(w1 x) ⊙ w3 x) over each row's top-k experts
   // by the float32 router (softmax, top k with the lower id first on ties, renormalised), summed
-  // in increasing expert order.
-  virtual void moe(const MoeTensors& weights, Tensor x, std::int64_t rows, Tensor out) = 0;
+  // in increasing expert order. router_logits, when set (float32 [rows, experts]), gets the
+  // router's logits before the mask; with `out` null the op computes only those.
+  virtual void moe(const MoeTensors& weights, Tensor x, std::int64_t rows, Tensor out, Tensor router_logits) = 0;
 };
 
 // The CPU ops (the reference), with `threads` worker threads (0: all hardware threads).

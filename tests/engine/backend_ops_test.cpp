@@ -288,6 +288,8 @@ const std::map<OpKind, CaseMaker>& case_makers() {
            std::int64_t hidden, width;
            int experts, top_k;
            std::int64_t rows;
+           // Pruned: every third expert masked out; the router's logits come out too.
+           bool pruned = false;
          };
          std::vector<OpCase> cases;
          // Few rows take the device-routed products, more the grouped ones; widths off the
@@ -295,21 +297,26 @@ const std::map<OpKind, CaseMaker>& case_makers() {
          for (const Shape& s : {Shape{96, 40, 8, 2, 1}, Shape{96, 40, 8, 2, 3}, Shape{96, 40, 8, 2, 4},
                                 Shape{96, 40, 8, 2, 5}, Shape{96, 40, 8, 2, 40}, Shape{64, 48, 32, 2, 9},
                                 Shape{64, 48, 32, 2, 70}, Shape{100, 36, 4, 2, 2}, Shape{100, 36, 4, 2, 6},
-                                Shape{256, 320, 4, 2, 700}}) {
+                                Shape{256, 320, 4, 2, 700}, Shape{96, 40, 8, 2, 3, true}, Shape{96, 40, 8, 2, 40, true},
+                                Shape{64, 48, 32, 2, 70, true}}) {
            const std::int64_t H = s.hidden, I = s.width, E = s.experts;
+           std::vector<float> mask(static_cast<std::size_t>(E));
+           for (std::int64_t e = 0; e < E; e += 3) mask[static_cast<std::size_t>(e)] = -INFINITY;
+           std::vector<Operand> outputs = {out(Role::Activation, s.rows * H)};
+           if (s.pruned) outputs.push_back(out(Role::Float32, s.rows * E));
            cases.push_back({dims({s.rows, H, I}) + ", " + std::to_string(E) + " experts, top " +
-                                std::to_string(s.top_k),
+                                std::to_string(s.top_k) + (s.pruned ? ", every third masked, router logits out" : ""),
                             {in(Role::Activation, uniform(rng, s.rows * H, -1, 1)),
                              in(Role::Float32, uniform(rng, E * H, -0.3f, 0.3f)),
                              in(Role::Activation, uniform(rng, E * 2 * I * H, -0.2f, 0.2f)),
-                             in(Role::Activation, uniform(rng, E * H * I, -0.2f, 0.2f))},
-                            {out(Role::Activation, s.rows * H)},
+                             in(Role::Activation, uniform(rng, E * H * I, -0.2f, 0.2f)), in(Role::Float32, mask)},
+                            outputs,
                             [=](ModelOps& ops, const std::vector<Tensor>& i, const std::vector<Tensor>& o) {
-                              MoeTensors w{i[1], {}, H, I, s.top_k};
+                              MoeTensors w{i[1], s.pruned ? i[4] : Tensor{}, {}, H, I, s.top_k};
                               for (std::int64_t e = 0; e < E; ++e)
                                 w.experts.push_back(
                                     {i[2].at(e * 2 * I * H), i[2].at(e * 2 * I * H + I * H), i[3].at(e * H * I)});
-                              ops.moe(w, i[0], s.rows, o[0]);
+                              ops.moe(w, i[0], s.rows, o[0], s.pruned ? o[1] : Tensor{});
                             }});
          }
          return cases;
