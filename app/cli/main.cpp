@@ -235,6 +235,7 @@ struct InfoArgs {
   Common c;
   std::optional<long long> tokens;
   std::string gpus;  // hypothetical GPUs to plan for ("4x80GB"); empty: this machine's
+  int experts_kept = 0;  // plan the pruned mode with this many experts per layer too
   std::string data_dir;
 };
 
@@ -258,6 +259,10 @@ CLI::App* add_info(CLI::App& cli, InfoArgs& a) {
             }
           },
           "LIST"))
+      ->needs(model);
+  verb->add_option("--experts-kept", a.experts_kept,
+                   "also plan the pruned mode (ask --experts-kept) with this many experts per layer")
+      ->check(integer_in(1, 1 << 20))
       ->needs(model);
   add_data_dir(*verb, a.data_dir);
   return verb;
@@ -329,6 +334,7 @@ int cmd_info(const InfoArgs& a) {
   plan.context_tokens = n;
   plan.cuda_float32 = c.options.cuda_float32;
   plan.chunk_tokens = c.chunk;
+  plan.experts_kept = a.experts_kept;
   plan.moe = c.options.moe_parallel;
   if (c.options.tensor_parallel > 1) {
     plan.tensor_parallel = c.options.tensor_parallel;

@@ -30,7 +30,9 @@ struct CudaLayer : LayerTensors<DeviceBuffer> {
   DeviceBuffer slopes;   // lightning layers: float [heads]
   DeviceBuffer gate_up;  // per expert [2 * width, hidden]: w1 rows, then w3 rows
   DeviceBuffer down;     // per expert [hidden, width]
-  DeviceBuffer expert_mask;  // pruned experts: float [experts], 0 kept, -inf not (never loaded)
+  // Pruned experts: float [experts], 0 kept, -inf not (never loaded); int32 [experts], a kept
+  // expert's slot in gate_up and down, which hold only the kept ones.
+  DeviceBuffer expert_mask, expert_slots;
 };
 
 // A decode step captured as a CUDA graph, with what the capture baked in: it replays while
@@ -238,9 +240,11 @@ class CudaBackend final : public ComputeBackend {
   ModelTensors tensors_;
   const ModelForward forward_ = model_forward(config_);
   std::uint64_t weight_bytes_ = 0;
-  // Pruned experts are allocated in each layer's block (the kernels index it by expert id) but
-  // never loaded; the router's mask keeps tokens from them.
+  // Pruned experts are neither allocated nor loaded; the router's mask keeps tokens from them.
   ExpertSelection experts_;
+  // The experts each layer's block holds, and a kept expert's slot there (-1: pruned).
+  int held_experts() const { return experts_.pruned() ? experts_.experts_kept() : config_.num_experts; }
+  std::vector<std::int32_t> expert_slots(int layer) const;
   std::map<int, int> softmax_index_;  // layer -> its index among the softmax layers
   int softmax_layers_ = 0;
   std::shared_ptr<KvPagePool> kv_pages_;
@@ -256,6 +260,15 @@ class CudaBackend final : public ComputeBackend {
   Scratch scratch_;
   CudaOps<T> ops_{device_};
 };
+
+template <typename T>
+std::vector<std::int32_t> CudaBackend<T>::expert_slots(int layer) const {
+  std::vector<std::int32_t> slots(static_cast<std::size_t>(config_.num_experts), -1);
+  std::int32_t next = 0;
+  for (int e = 0; e < config_.num_experts; ++e)
+    if (expert_kept(experts_, layer, e)) slots[static_cast<std::size_t>(e)] = next++;
+  return slots;
+}
 
 template <typename T>
 void CudaBackend<T>::allocate_weights(const WeightFill& fill) {
@@ -282,21 +295,26 @@ void CudaBackend<T>::allocate_weights(const WeightFill& fill) {
       layer.slopes = device_array<float>(static_cast<std::int64_t>(slopes.size()), k + "slopes");
       device_.upload(layer.slopes.as<float>(), slopes.data(), layer.slopes.bytes());
     }
-    layer.gate_up = device_array<T>(E * 2 * I * H, k + "experts (w1, w3)");
-    layer.down = device_array<T>(E * H * I, k + "experts (w2)");
+    const std::int64_t R = held_experts();
+    layer.gate_up = device_array<T>(R * 2 * I * H, k + "experts (w1, w3)");
+    layer.down = device_array<T>(R * H * I, k + "experts (w2)");
     weight_bytes_ += layer.gate_up.bytes() + layer.down.bytes();
+    const std::vector<std::int32_t> slots = expert_slots(l);
     if (experts_.pruned()) {
       const std::vector<float> mask = expert_mask(config_, experts_, l);
       layer.expert_mask = device_array<float>(E, k + "expert mask");
       device_.upload(layer.expert_mask.as<float>(), mask.data(), layer.expert_mask.bytes());
+      layer.expert_slots = device_array<std::int32_t>(E, k + "expert slots");
+      device_.upload(layer.expert_slots.as<std::int32_t>(), slots.data(), layer.expert_slots.bytes());
     }
     for (int e = 0; e < config_.num_experts; ++e) {
-      if (!expert_kept(experts_, l, e)) continue;
+      const std::int64_t slot = slots[static_cast<std::size_t>(e)];
+      if (slot < 0) continue;
       const ExpertWeightNames names = expert_weight_names(l, e);
-      T* gate_up = layer.gate_up.as<T>() + e * 2 * I * H;
+      T* gate_up = layer.gate_up.as<T>() + slot * 2 * I * H;
       fill(names.w1, gate_up, I * H, false);
       fill(names.w3, gate_up + I * H, I * H, false);
-      fill(names.w2, layer.down.as<T>() + e * H * I, H * I, false);
+      fill(names.w2, layer.down.as<T>() + slot * H * I, H * I, false);
     }
     layers_.push_back(std::move(layer));
   }
@@ -385,7 +403,9 @@ void CudaBackend<T>::reserve_scratch(std::int64_t rows) {
   s.lightning_workspace = DeviceBuffer(
       cuda::lightning_prefill_workspace_bytes<T>(rows, config_.num_heads, config_.head_dim, device_.launch_limits()),
       what);
-  ops_.reserve_moe({config_.hidden_size, config_.expert_width, config_.num_experts, config_.experts_per_token}, rows);
+  ops_.reserve_moe({config_.hidden_size, config_.expert_width, config_.num_experts, config_.experts_per_token,
+                    experts_.pruned() ? held_experts() : 0},
+                   rows);
   // Last, so that running out of memory above leaves scratch_ whole.
   s.all_logits = std::move(scratch_.all_logits);
   scratch_ = std::move(s);
@@ -468,10 +488,14 @@ void CudaBackend<T>::make_model_tensors() {
                             {&layer.v_proj, &w.v_proj}, {&layer.o_proj, &w.o_proj}})
       *to = view(*from, weight_type);
     layer.slopes = view(w.slopes, ElementType::F32);
-    layer.moe = {layer.router, view(w.expert_mask, ElementType::F32), {}, H, I, config_.experts_per_token};
+    layer.moe = {layer.router, view(w.expert_mask, ElementType::F32), {}, H, I, config_.experts_per_token,
+                 view(w.expert_slots, ElementType::I32)};
     const Tensor gate_up = view(w.gate_up, weight_type), down = view(w.down, weight_type);
-    for (int e = 0; e < config_.num_experts; ++e)
-      layer.moe.experts.push_back({gate_up.at(e * 2 * I * H), gate_up.at(e * 2 * I * H + I * H), down.at(e * H * I)});
+    const std::vector<std::int32_t> slots = expert_slots(static_cast<int>(tensors_.layers.size()));
+    for (std::int32_t slot : slots)
+      layer.moe.experts.push_back(slot < 0 ? ExpertTensors{}
+                                           : ExpertTensors{gate_up.at(slot * 2 * I * H),
+                                                           gate_up.at(slot * 2 * I * H + I * H), down.at(slot * H * I)});
     tensors_.layers.push_back(std::move(layer));
   }
 }

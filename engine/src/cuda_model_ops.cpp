@@ -162,9 +162,7 @@ void CudaOps<T>::softmax_attention(Tensor q, std::int64_t rows, StepPosition fir
 
 template <typename T>
 MoeRunner<T>& CudaOps<T>::moe_runner(const MoeShape& shape) {
-  const bool same = moe_shape_ && moe_shape_->hidden == shape.hidden && moe_shape_->width == shape.width &&
-                    moe_shape_->experts == shape.experts && moe_shape_->top_k == shape.top_k;
-  if (!same) {
+  if (moe_shape_ != shape) {
     moe_.reset();
     moe_.emplace(device_, shape);
     moe_shape_ = shape;
@@ -181,18 +179,29 @@ template <typename T>
 void CudaOps<T>::moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out, Tensor router_logits) {
   const std::int64_t H = w.hidden, I = w.width;
   const auto E = static_cast<int>(w.experts.size());
-  if (E == 0) throw Error("internal: a MoE layer without experts");
-  const T* gate_up = w.experts.front().w1.as<const T>();
-  const T* down = w.experts.front().w2.as<const T>();
-  // The grouped products read the experts as one block.
-  for (int e = 0; e < E; ++e)
-    if (w.experts[e].w1.as<const T>() != gate_up + e * 2 * I * H ||
-        w.experts[e].w3.as<const T>() != gate_up + e * 2 * I * H + I * H ||
-        w.experts[e].w2.as<const T>() != down + e * H * I)
+  // The grouped products read the experts held (all, or the kept ones) as one block.
+  const T* gate_up = nullptr;
+  const T* down = nullptr;
+  int held = 0;
+  for (int e = 0; e < E; ++e) {
+    const ExpertTensors& expert = w.experts[e];
+    if (!expert.w1.data) continue;
+    if (!gate_up) {
+      gate_up = expert.w1.as<const T>();
+      down = expert.w2.as<const T>();
+    }
+    if (expert.w1.as<const T>() != gate_up + held * 2 * I * H ||
+        expert.w3.as<const T>() != gate_up + held * 2 * I * H + I * H || expert.w2.as<const T>() != down + held * H * I)
       throw Error("internal: the CUDA ops need a layer's experts in one block (expert " + std::to_string(e) + ")");
-  moe_runner({H, I, E, w.top_k})
-      .run({w.router.as<const float>(), gate_up, down, w.expert_mask.as<const float>()}, x.as<const T>(), rows,
-           out.as<T>(), router_logits.as<float>());
+    ++held;
+  }
+  if (held == 0) throw Error("internal: a MoE layer without experts");
+  if (held < E && (!w.expert_mask.data || !w.expert_slots.data))
+    throw Error("internal: a MoE layer of pruned experts needs their mask and slots");
+  moe_runner({H, I, E, w.top_k, held < E ? held : 0})
+      .run({w.router.as<const float>(), gate_up, down, w.expert_mask.as<const float>(),
+            w.expert_slots.as<const std::int32_t>()},
+           x.as<const T>(), rows, out.as<T>(), router_logits.as<float>());
 }
 
 template class CudaOps<float>;

@@ -13,7 +13,7 @@ template <typename T>
 void MoeRunner<T>::reserve(std::int64_t rows) {
   if (rows <= buffers_.rows) return;
   const std::int64_t H = shape_.hidden, I = shape_.width, slots = rows * shape_.top_k;
-  const int E = shape_.experts;
+  const int E = shape_.experts, R = shape_.held();
   const std::string what = "expert activations of " + std::to_string(rows) + " tokens";
   MoeBuffers b;
   b.rows = rows;
@@ -22,15 +22,15 @@ void MoeRunner<T>::reserve(std::int64_t rows) {
   b.expert_ids = device_array<std::int32_t>(slots, what);
   b.expert_weights = device_array<float>(slots, what);
   b.slot_rows = device_array<std::int32_t>(slots, what);
-  b.first_row = device_array<std::int32_t>(E + 1, what);
-  b.group_cursor = device_array<std::int32_t>(E, what);
+  b.first_row = device_array<std::int32_t>(R + 1, what);
+  b.group_cursor = device_array<std::int32_t>(R, what);
   b.expert_in = device_array<T>(slots * H, what);
   b.gate_up = device_array<T>(slots * 2 * I, what);
   b.expert_act = device_array<T>(slots * I, what);
   b.expert_out = device_array<T>(slots * H, what);
   // The grouped GEMM's workspace depends on the expert count alone.
   if (has_grouped_gemm() && buffers_.grouped_gemm_workspace.bytes() == 0)
-    b.grouped_gemm_workspace = DeviceBuffer(cuda::grouped_linear_workspace_bytes(E, device_.launch_limits()),
+    b.grouped_gemm_workspace = DeviceBuffer(cuda::grouped_linear_workspace_bytes(R, device_.launch_limits()),
                                                  "the experts' grouped GEMM");
   else
     b.grouped_gemm_workspace = std::move(buffers_.grouped_gemm_workspace);
@@ -56,7 +56,7 @@ void MoeRunner<T>::run_device_routed(const MoeWeights<T>& weights, const T* x, s
 template <typename T>
 void MoeRunner<T>::run_grouped(const MoeWeights<T>& weights, std::int64_t slots) {
   const std::int64_t H = shape_.hidden, I = shape_.width;
-  const int E = shape_.experts;
+  const int E = shape_.held();  // the block's experts: the grouping's
   const cudaStream_t stream = device_.stream();
   MoeBuffers& b = buffers_;
   if constexpr (std::is_same_v<T, cuda::bf16>) {
@@ -106,12 +106,12 @@ void MoeRunner<T>::run(const MoeWeights<T>& weights, const T* x, std::int64_t ro
                 "copying the router's logits");
   if (!out) return;
   cuda::route_top_k(b.router_logits.as<float>(), rows, E, k, true, b.expert_ids.as<std::int32_t>(),
-                    b.expert_weights.as<float>(), stream, weights.expert_mask);
+                    b.expert_weights.as<float>(), stream, weights.expert_mask, weights.expert_slots);
   if (rows <= kDeviceRoutedRows) {
     run_device_routed(weights, x, rows, out);
     return;
   }
-  cuda::group_by_expert(b.expert_ids.as<std::int32_t>(), rows, k, E, x, H, b.first_row.as<std::int32_t>(),
+  cuda::group_by_expert(b.expert_ids.as<std::int32_t>(), rows, k, shape_.held(), x, H, b.first_row.as<std::int32_t>(),
                         b.slot_rows.as<std::int32_t>(), b.expert_in.as<T>(), b.group_cursor.as<std::int32_t>(),
                         stream);
   run_grouped(weights, rows * k);

@@ -18,8 +18,11 @@ namespace lightdesk {
 struct MoeShape {
   std::int64_t hidden = 0;
   std::int64_t width = 0;  // expert intermediate size
-  int experts = 0;
+  int experts = 0;         // the router's
   int top_k = 0;
+  int resident = 0;        // experts in the weights' block (pruned: the kept ones); 0: all
+  int held() const { return resident > 0 ? resident : experts; }
+  bool operator==(const MoeShape&) const = default;
 };
 
 // One layer's weights on the device.
@@ -28,7 +31,10 @@ struct MoeWeights {
   const float* router = nullptr;  // [experts, hidden], float32
   const T* gate_up = nullptr;     // per expert [2 * width, hidden]: the w1 rows, then the w3 rows
   const T* down = nullptr;        // per expert [hidden, width]
-  const float* expert_mask = nullptr;  // [experts], float32: 0 or -inf (pruned experts), or null
+  // Pruned experts (or null): float32 [experts], 0 or -inf; int32 [experts], each kept expert's
+  // slot in the block (gate_up and down hold MoeShape::resident experts).
+  const float* expert_mask = nullptr;
+  const std::int32_t* expert_slots = nullptr;
 };
 
 // Device buffers of one MoE pass, for up to `rows` tokens.

@@ -311,7 +311,11 @@ std::vector<RankLayout> tensor_parallel_layout(const ModelShape& shape, int rank
   return layout;
 }
 
-EngineCapabilities engine_capabilities() { return {}; }
+EngineCapabilities engine_capabilities() {
+  EngineCapabilities can;
+  can.pruned_experts = true;  // ModelOptions::experts, on the CPU and CUDA backends
+  return can;
+}
 
 std::vector<PlanCandidate> plan_candidates(int experts_kept) {
   std::vector<PlanCandidate> list;

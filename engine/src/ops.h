@@ -79,7 +79,8 @@ struct ExpertTensors {
 // every expert's intermediate width (tensor parallel: `width` is the slice's).
 // Pruned experts (PreMoe): `expert_mask` is added to the router's logits before its softmax, 0
 // for a kept expert and -inf for one not kept, which is slicing the router's rows; a pruned
-// expert's tensors are null (never loaded).
+// expert's tensors are null (never loaded). The CUDA ops keep the kept experts in a block of
+// their own, in increasing id order, and map a routed id to its place by `expert_slots`.
 struct MoeTensors {
   Tensor router;  // float32 [experts, hidden]
   Tensor expert_mask;  // float32 [experts], or null: every expert
@@ -87,6 +88,7 @@ struct MoeTensors {
   std::int64_t hidden = 0;
   std::int64_t width = 0;
   int top_k = 0;
+  Tensor expert_slots;  // int32 [experts]: a kept expert's place in the block (CUDA), or null
 };
 
 enum class OpKind {

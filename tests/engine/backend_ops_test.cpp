@@ -288,7 +288,8 @@ const std::map<OpKind, CaseMaker>& case_makers() {
            std::int64_t hidden, width;
            int experts, top_k;
            std::int64_t rows;
-           // Pruned: every third expert masked out; the router's logits come out too.
+           // Pruned: every third expert masked out and absent, the others in a block of their own
+           // (slots); the router's logits come out too.
            bool pruned = false;
          };
          std::vector<OpCase> cases;
@@ -300,22 +301,33 @@ const std::map<OpKind, CaseMaker>& case_makers() {
                                 Shape{256, 320, 4, 2, 700}, Shape{96, 40, 8, 2, 3, true}, Shape{96, 40, 8, 2, 40, true},
                                 Shape{64, 48, 32, 2, 70, true}}) {
            const std::int64_t H = s.hidden, I = s.width, E = s.experts;
-           std::vector<float> mask(static_cast<std::size_t>(E));
-           for (std::int64_t e = 0; e < E; e += 3) mask[static_cast<std::size_t>(e)] = -INFINITY;
+           std::vector<float> mask(static_cast<std::size_t>(E)), slots(static_cast<std::size_t>(E), -1.0f);
+           std::int64_t held = 0;
+           for (std::int64_t e = 0; e < E; ++e)
+             if (s.pruned && e % 3 == 0)
+               mask[static_cast<std::size_t>(e)] = -INFINITY;
+             else
+               slots[static_cast<std::size_t>(e)] = static_cast<float>(held++);
            std::vector<Operand> outputs = {out(Role::Activation, s.rows * H)};
            if (s.pruned) outputs.push_back(out(Role::Float32, s.rows * E));
            cases.push_back({dims({s.rows, H, I}) + ", " + std::to_string(E) + " experts, top " +
                                 std::to_string(s.top_k) + (s.pruned ? ", every third masked, router logits out" : ""),
                             {in(Role::Activation, uniform(rng, s.rows * H, -1, 1)),
                              in(Role::Float32, uniform(rng, E * H, -0.3f, 0.3f)),
-                             in(Role::Activation, uniform(rng, E * 2 * I * H, -0.2f, 0.2f)),
-                             in(Role::Activation, uniform(rng, E * H * I, -0.2f, 0.2f)), in(Role::Float32, mask)},
+                             in(Role::Activation, uniform(rng, held * 2 * I * H, -0.2f, 0.2f)),
+                             in(Role::Activation, uniform(rng, held * H * I, -0.2f, 0.2f)), in(Role::Float32, mask),
+                             in(Role::Int32, slots)},
                             outputs,
                             [=](ModelOps& ops, const std::vector<Tensor>& i, const std::vector<Tensor>& o) {
-                              MoeTensors w{i[1], s.pruned ? i[4] : Tensor{}, {}, H, I, s.top_k};
-                              for (std::int64_t e = 0; e < E; ++e)
-                                w.experts.push_back(
-                                    {i[2].at(e * 2 * I * H), i[2].at(e * 2 * I * H + I * H), i[3].at(e * H * I)});
+                              MoeTensors w{i[1], s.pruned ? i[4] : Tensor{}, {}, H, I, s.top_k,
+                                           s.pruned ? i[5] : Tensor{}};
+                              for (std::int64_t e = 0; e < E; ++e) {
+                                const auto slot = static_cast<std::int64_t>(slots[static_cast<std::size_t>(e)]);
+                                w.experts.push_back(slot < 0 ? ExpertTensors{}
+                                                             : ExpertTensors{i[2].at(slot * 2 * I * H),
+                                                                             i[2].at(slot * 2 * I * H + I * H),
+                                                                             i[3].at(slot * H * I)});
+                              }
                               ops.moe(w, i[0], s.rows, o[0], s.pruned ? o[1] : Tensor{});
                             }});
          }
