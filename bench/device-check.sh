@@ -127,7 +127,7 @@ if [ "$sanitize" = 1 ]; then
   # Both tools at once, as separate processes on the one GPU. racecheck is many times slower than
   # memcheck: each test runs in its own process, six at a time, and the sampler's 80000-draw
   # statistics are left out (GreedyEqualsCpu runs the same shared-memory code).
-  kernel_tests='CudaKernelTest*:CudaLightningDecodeTest*:CudaRouterTest*:CudaVisionKernelTest*:CudaSamplingTest*:CudaKvPagePoolTest*'
+  kernel_tests='CudaKernelTest*:CudaLightningDecodeTest*:CudaRouterTest*:CudaVisionKernelTest*:CudaSamplingTest*:CudaKvPagePoolTest*:CudaQuantizedExpertsTest*'
   timeout 420 compute-sanitizer --tool memcheck --error-exitcode 3 build-device/tests/cuda/cuda_tests \
     --gtest_filter="$kernel_tests" --gtest_brief=1 >"$out/sanitizer-memcheck.log" 2>&1 &
   memcheck=$!

@@ -299,6 +299,134 @@ void sampling(const DeviceContext& device, EventTimer& timer) {
   }
 }
 
+// The experts' matrices of MiniMax-Text-01's MoE layer quantized on the device from bf16 ones.
+struct QuantizedLayer {
+  QuantizedLayer(const DeviceContext& device, cuda::QuantFormat format, const MoeShape& shape, const bf16* gate_up,
+                 const bf16* down) {
+    const std::int64_t H = shape.hidden, I = shape.width, E = shape.experts;
+    gate_up_view = allocate(format, 2 * I, H, E, gate_up_memory);
+    down_view = allocate(format, H, I, E, down_memory);
+    // Symmetric int4: the variant does not change what the kernels read.
+    cuda::quantize_experts(gate_up, static_cast<int>(E), gate_up_view, true, device.stream());
+    cuda::quantize_experts(down, static_cast<int>(E), down_view, true, device.stream());
+  }
+  static cuda::QuantizedExperts allocate(cuda::QuantFormat format, std::int64_t rows, std::int64_t cols,
+                                         std::int64_t experts, std::vector<DeviceBuffer>& memory) {
+    cuda::QuantizedExperts view{format, rows, cols};
+    const std::int64_t scales = experts * rows * view.groups();
+    memory.emplace_back(static_cast<std::size_t>(experts * rows * view.row_bytes()), "quantized experts");
+    view.packed = memory.back().as<std::uint8_t>();
+    if (format == cuda::QuantFormat::Int8) {
+      memory.push_back(device_array<float>(scales, "quantized experts' scales"));
+      view.row_scales = memory.back().as<float>();
+    } else {
+      memory.push_back(device_array<__half>(scales, "quantized experts' scales"));
+      view.group_scales = memory.back().as<__half>();
+      memory.push_back(device_array<__half>(scales, "quantized experts' offsets"));
+      view.group_offsets = memory.back().as<__half>();
+    }
+    return view;
+  }
+  std::vector<DeviceBuffer> gate_up_memory, down_memory;
+  cuda::QuantizedExperts gate_up_view, down_view;
+};
+
+// Rows of a random top-k router's tokens grouped by expert: each expert's first row.
+std::vector<std::int32_t> routed_first_rows(std::int64_t tokens, int experts, int k, std::uint32_t seed) {
+  std::mt19937 random(seed);
+  std::vector<std::int32_t> counts(static_cast<std::size_t>(experts), 0), order(counts.size());
+  for (std::int64_t t = 0; t < tokens; ++t) {
+    std::iota(order.begin(), order.end(), 0);
+    std::shuffle(order.begin(), order.end(), random);
+    for (int i = 0; i < k; ++i) ++counts[order[i]];
+  }
+  std::vector<std::int32_t> first(counts.size() + 1, 0);
+  std::partial_sum(counts.begin(), counts.end(), first.begin() + 1);
+  return first;
+}
+
+// Quantized experts (int8, int4) of the MoE layer: the decode GEMV alone over a random router's
+// rows against the copy bandwidth in the bytes it reads (each touched expert's packed rows and
+// scales once); the int8 w13 grouped GEMM (weights converted in its main loop) against the bf16
+// one's time in this run (bf16_w13_gemm_ms); the whole layer at each of `sizes` tokens
+// against the bf16 layer's time in this run (bf16_ms): decode sizes as TB/s of the quantized
+// bytes touched, prefill sizes as TFLOP/s.
+void quantized_moe(const DeviceContext& device, EventTimer& timer, const Ceilings& c, const MoeShape& shape,
+                   const float* router, const bf16* gate_up, const bf16* down, const std::vector<std::int64_t>& sizes,
+                   const std::vector<double>& bf16_ms, double bf16_w13_gemm_ms) {
+  const std::int64_t H = shape.hidden, I = shape.width;
+  const int E = shape.experts;
+  for (const cuda::QuantFormat format : {cuda::QuantFormat::Int8, cuda::QuantFormat::Int4}) {
+    const std::string name = format == cuda::QuantFormat::Int8 ? "int8" : "int4";
+    const QuantizedLayer layer(device, format, shape, gate_up, down);
+    for (const std::int64_t tokens : {1, 4, 64}) {
+      const std::vector<std::int32_t> first = routed_first_rows(tokens, E, shape.top_k, 19);
+      const std::int64_t rows = first.back();
+      DeviceBuffer first_row = device_array<std::int32_t>(E + 1, "first rows"), x = device_array<bf16>(rows * H, "x"),
+                   y = device_array<bf16>(rows * 2 * I, "y");
+      device.upload(first_row.as<std::int32_t>(), first.data(), first.size() * sizeof(std::int32_t));
+      cuda::fill_uniform(x.as<bf16>(), rows * H, 20, -1.0f, 1.0f, device.stream());
+      const double ms = timer.median_ms(
+          [&] {
+            cuda::quantized_expert_gemv(layer.gate_up_view, first_row.as<std::int32_t>(), E, x.as<bf16>(), false, rows,
+                                        tokens, y.as<bf16>(), device.launch_limits(), device.stream());
+          },
+          9, 3, 10);
+      int touched = 0;
+      for (int e = 0; e < E; ++e) touched += first[e + 1] > first[e];
+      const double bytes = static_cast<double>(touched) * static_cast<double>(layer.gate_up_view.expert_bytes());
+      const double tb_s = bytes / (ms * 1e-3) / 1e12;
+      add({"quantized GEMV " + name, "w13 " + std::to_string(touched) + " experts, " + std::to_string(tokens) + " tok",
+           ms, rate(tb_s, "TB/s"), tb_s / c.copy_tb_s, "copy", 0, ""});
+    }
+    if (format == cuda::QuantFormat::Int8) {
+      // The w13 grouped GEMM alone at 4096 tokens routed uniformly, as "experts w13 GEMM" in bf16.
+      const std::int64_t rows = 4096 * shape.top_k;
+      std::vector<std::int32_t> first(static_cast<std::size_t>(E) + 1);
+      for (int e = 0; e <= E; ++e) first[e] = static_cast<std::int32_t>(e * rows / E);
+      DeviceBuffer first_row = device_array<std::int32_t>(E + 1, "first rows"), x = device_array<bf16>(rows * H, "x"),
+                   y = device_array<bf16>(rows * 2 * I, "y"),
+                   workspace(cuda::int8_grouped_linear_workspace_bytes(layer.gate_up_view, E, device.launch_limits()),
+                             "int8 grouped GEMM workspace");
+      device.upload(first_row.as<std::int32_t>(), first.data(), first.size() * sizeof(std::int32_t));
+      cuda::fill_uniform(x.as<bf16>(), rows * H, 18, -1.0f, 1.0f, device.stream());
+      const double ms = timer.median_ms(
+          [&] {
+            cuda::int8_grouped_linear(x.as<bf16>(), first_row.as<std::int32_t>(), E, layer.gate_up_view, y.as<bf16>(),
+                                      device.launch_limits(), workspace.as<void>(), workspace.bytes(),
+                                      device.stream());
+          },
+          7);
+      const double tflop_s = 2.0 * static_cast<double>(rows * H * 2 * I) / (ms * 1e-3) / 1e12;
+      add({"experts w13 GEMM int8", "32e grouped, 4096 tok", ms, rate(tflop_s, "TFLOP/s"), tflop_s / c.gemm_tflop_s,
+           "gemm", bf16_w13_gemm_ms, "the bf16 grouped GEMM"});
+    }
+    MoeRunner<bf16> runner(device, shape);
+    MoeWeights<bf16> weights;
+    weights.router = router;
+    weights.quantized_gate_up = layer.gate_up_view;
+    weights.quantized_down = layer.down_view;
+    for (std::size_t i = 0; i < sizes.size(); ++i) {
+      const std::int64_t tokens = sizes[i];
+      DeviceBuffer x = device_array<bf16>(tokens * H, "x"), out = device_array<bf16>(tokens * H, "out");
+      cuda::fill_uniform(x.as<bf16>(), tokens * H, 17, -1.0f, 1.0f, device.stream());
+      const double ms = timer.median_ms([&] { runner.run(weights, x.as<bf16>(), tokens, out.as<bf16>()); },
+                                        tokens >= 32768 ? 3 : 7);
+      const double flops = 6.0 * static_cast<double>(tokens * shape.top_k) * static_cast<double>(H * I);
+      const double touched = static_cast<double>(E) * (1.0 - std::pow(1.0 - 2.0 / static_cast<double>(E),
+                                                                       static_cast<double>(tokens)));
+      const double weight_bytes = touched * static_cast<double>(layer.gate_up_view.expert_bytes() +
+                                                                layer.down_view.expert_bytes());
+      const double tflop_s = flops / (ms * 1e-3) / 1e12, tb_s = weight_bytes / (ms * 1e-3) / 1e12;
+      const bool weight_bound = tokens <= MoeRunner<bf16>::kQuantizedGemvRows;
+      add({"MoE layer " + name, "32e top-2, " + std::to_string(tokens) + " tok", ms,
+           weight_bound ? rate(tb_s, "TB/s") : rate(tflop_s, "TFLOP/s"),
+           weight_bound ? tb_s / c.copy_tb_s : tflop_s / c.gemm_tflop_s, weight_bound ? "copy" : "gemm", bf16_ms[i],
+           "the bf16 layer"});
+    }
+  }
+}
+
 void moe(const DeviceContext& device, EventTimer& timer, const Ceilings& c, const MeasuredAnchors& measured,
          const std::vector<std::int64_t>& sizes) {
   const MoeShape shape{6144, 9216, 32, 2};
@@ -310,12 +438,17 @@ void moe(const DeviceContext& device, EventTimer& timer, const Ceilings& c, cons
   cuda::fill_uniform(gate_up.as<bf16>(), E * 2 * I * H, 15, -scale, scale, device.stream());
   cuda::fill_uniform(down.as<bf16>(), E * H * I, 16, -scale, scale, device.stream());
   MoeRunner<bf16> runner(device, shape);
-  const MoeWeights<bf16> weights{router.as<float>(), gate_up.as<bf16>(), down.as<bf16>()};
+  MoeWeights<bf16> weights;
+  weights.router = router.as<float>();
+  weights.gate_up = gate_up.as<bf16>();
+  weights.down = down.as<bf16>();
+  std::vector<double> layer_ms;
   for (std::int64_t tokens : sizes) {
     DeviceBuffer x = device_array<bf16>(tokens * H, "x"), out = device_array<bf16>(tokens * H, "out");
     cuda::fill_uniform(x.as<bf16>(), tokens * H, 17, -1.0f, 1.0f, device.stream());
     const double ms = timer.median_ms([&] { runner.run(weights, x.as<bf16>(), tokens, out.as<bf16>()); },
                                       tokens >= 32768 ? 3 : 7);
+    layer_ms.push_back(ms);
     const double flops = 6.0 * static_cast<double>(tokens * shape.top_k) * static_cast<double>(H * I);
     // Experts a uniform router touches, on average: E (1 - (1 - k/E)^tokens).
     const double touched = static_cast<double>(E) * (1.0 - std::pow(1.0 - 2.0 / static_cast<double>(E),
@@ -358,6 +491,8 @@ void moe(const DeviceContext& device, EventTimer& timer, const Ceilings& c, cons
   add({"experts w13 GEMM", "32e grouped, 4096 tok", ms, rate(tflop_s, "TFLOP/s"), tflop_s / c.gemm_tflop_s, "gemm",
        2.0 * static_cast<double>(rows * H * 2 * I) / (anchor_rate * 1e12) * 1e3,
        "grouped_mm " + rate(anchor_rate, "TFLOP/s") + (uniform_rate ? "" : " (quoted)")});
+  quantized_moe(device, timer, c, shape, router.as<float>(), gate_up.as<bf16>(), down.as<bf16>(), sizes, layer_ms,
+                ms);
 }
 
 // MiniMax-Text-01's widths (hidden 6144, 64 heads x 128, softmax 64/8 heads, 32 experts of
@@ -379,11 +514,14 @@ ModelConfig text01_config(const std::string& kinds) {
 // the weights it reads (attention projections, norms, router, the two experts the token goes
 // to), the softmax K/V of `context` positions plus the new one, the float32 lightning state
 // read and written.
-double layer_step_bytes(const ModelConfig& c, LayerKind kind, std::int64_t context) {
+double layer_step_bytes(const ModelConfig& c, LayerKind kind, std::int64_t context,
+                        ExpertDType experts = ExpertDType::BF16) {
   const double H = c.hidden_size, A = static_cast<double>(c.num_heads) * c.head_dim,
-               KV = static_cast<double>(c.num_kv_heads) * c.head_dim, I = c.expert_width;
+               KV = static_cast<double>(c.num_kv_heads) * c.head_dim;
   constexpr double kWeight = 2.0, kFloat = 4.0;  // bf16 weights and K/V; float32 norms, router, state
-  double bytes = 2 * H * kFloat + c.num_experts * H * kFloat + c.experts_per_token * 3 * H * I * kWeight;
+  const double expert_bytes = static_cast<double>(expert_matrix_bytes(experts, 2 * c.expert_width, c.hidden_size) +
+                                                  expert_matrix_bytes(experts, c.hidden_size, c.expert_width));
+  double bytes = 2 * H * kFloat + c.num_experts * H * kFloat + c.experts_per_token * expert_bytes;
   if (kind == LayerKind::Lightning)
     bytes += 5 * A * H * kWeight + A * kFloat + 2 * A * c.head_dim * kFloat;
   else
@@ -392,10 +530,10 @@ double layer_step_bytes(const ModelConfig& c, LayerKind kind, std::int64_t conte
 }
 
 // The whole step: the layers, one embedding row, the final norm and the LM head.
-double decode_step_bytes(const ModelConfig& c, std::int64_t context) {
+double decode_step_bytes(const ModelConfig& c, std::int64_t context, ExpertDType experts) {
   const double H = c.hidden_size, V = c.vocab_size;
   double bytes = (V * H + H) * 2.0 + H * 4.0;
-  for (LayerKind kind : c.layer_kinds) bytes += layer_step_bytes(c, kind, context);
+  for (LayerKind kind : c.layer_kinds) bytes += layer_step_bytes(c, kind, context, experts);
   return bytes;
 }
 
@@ -407,11 +545,14 @@ std::string layer_kinds_text(const ModelConfig& config) {
 
 // Whole-model decode steps of a model with synthetic weights, through the engine's CUDA
 // backend as a session runs them (graph decode: token up, one graph launch, greedy sampling on
-// the device, the token id down), after a prefill to each of `contexts`. Returns the median step
-// time at each context.
-std::vector<double> model_decode(const Ceilings& c, const ModelConfig& config, const std::vector<std::int64_t>& contexts) {
+// the device, the token id down), after a prefill to each of `contexts`, with the experts in
+// `experts` (quantized on the host at load). Returns the median step time at each context.
+std::vector<double> model_decode(const Ceilings& c, const ModelConfig& config, const std::vector<std::int64_t>& contexts,
+                                 ExpertDType experts = ExpertDType::BF16) {
   const std::string kinds = layer_kinds_text(config);
-  const auto backend = make_cuda_backend(config, WeightMap::synthetic(config, 60), ModelOptions{}, {});
+  ExpertLoad load;
+  load.dtype = experts;
+  const auto backend = make_cuda_backend(config, WeightMap::synthetic(config, 60), ModelOptions{}, load, {});
   const auto sequence = backend->new_sequence();
   // The cache holds the longest context from the start, so the decode graph is captured once.
   backend->resize_kv(*sequence, contexts.back() + 1);
@@ -447,10 +588,11 @@ std::vector<double> model_decode(const Ceilings& c, const ModelConfig& config, c
     std::sort(times.begin(), times.end());
     const double ms = times[times.size() / 2];
     step_ms.push_back(ms);
-    const double bytes = decode_step_bytes(config, context);
+    const double bytes = decode_step_bytes(config, context, experts);
     const double bound_ms = bytes / (c.copy_tb_s * 1e12) * 1e3;
     const double tb_s = bytes / (ms * 1e-3) / 1e12;
-    add({"model decode step",
+    add({experts == ExpertDType::BF16 ? std::string("model decode step")
+                                      : std::string("model decode step ") + expert_dtype_name(experts),
          std::to_string(kinds.size()) + (kinds.size() == 1 ? " layer " : " layers ") + kinds + ", " +
              std::to_string(context / 1024) + "K ctx",
          ms, rate(tb_s, "TB/s"), tb_s / c.copy_tb_s, "copy", 0, ""});
@@ -461,8 +603,9 @@ std::vector<double> model_decode(const Ceilings& c, const ModelConfig& config, c
   return step_ms;
 }
 
-std::vector<double> model_decode(const Ceilings& c, const std::string& kinds, const std::vector<std::int64_t>& contexts) {
-  return model_decode(c, text01_config(kinds), contexts);
+std::vector<double> model_decode(const Ceilings& c, const std::string& kinds, const std::vector<std::int64_t>& contexts,
+                                 ExpertDType experts = ExpertDType::BF16) {
+  return model_decode(c, text01_config(kinds), contexts, experts);
 }
 
 // What one decoder layer adds to a decode step: the difference between models with and
@@ -483,7 +626,7 @@ void decoder_layer(const Ceilings& c, LayerKind kind, std::int64_t context, doub
 // Prefill of each of `contexts` tokens, in the backend's own chunks, by a model with synthetic
 // weights, timed on the host clock to the last token's logits (after one warm-up chunk).
 std::vector<double> model_prefill(const ModelConfig& config, const std::vector<std::int64_t>& contexts) {
-  const auto backend = make_cuda_backend(config, WeightMap::synthetic(config, 60), ModelOptions{}, {});
+  const auto backend = make_cuda_backend(config, WeightMap::synthetic(config, 60), ModelOptions{}, {}, {});
   std::mt19937 random(64);
   std::uniform_int_distribution<TokenId> token(0, config.vocab_size - 1);
   std::vector<float> logits(static_cast<std::size_t>(config.vocab_size));
@@ -584,7 +727,7 @@ void model_slice(const Ceilings& c, const std::string& path, int layers, const M
   }
   for (std::size_t i = 0; i < decode_contexts.size(); ++i) {
     const double ms = scale(s.decode[i], l.decode[i], h.decode[i], "scaled", decode_contexts[i], "decode");
-    const double bytes = decode_step_bytes(full, decode_contexts[i]), tb_s = bytes / (ms * 1e-3) / 1e12;
+    const double bytes = decode_step_bytes(full, decode_contexts[i], ExpertDType::BF16), tb_s = bytes / (ms * 1e-3) / 1e12;
     add({"model decode step", std::to_string(full.num_layers) + " layers (scaled), " +
                                   std::to_string(decode_contexts[i] / 1024) + "K ctx",
          ms, rate(tb_s, "TB/s"), tb_s / c.copy_tb_s, "copy", 0, ""});
@@ -598,6 +741,8 @@ void model_decode_rows(const Ceilings& c, bool quick) {
     model_decode(c, "LS", {4096});
     return;
   }
+  // The same step with quantized experts: about 2x (int8) and 4x (int4) fewer expert bytes.
+  for (const ExpertDType experts : {ExpertDType::Int8, ExpertDType::Int4}) model_decode(c, "LS", {4096}, experts);
   const std::vector<std::int64_t> contexts = {4096, 65536};
   const std::vector<double> one = model_decode(c, "L", {4096});
   const std::vector<double> two = model_decode(c, "LS", contexts);

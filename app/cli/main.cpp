@@ -4,12 +4,14 @@
 // (cmd_VERB).
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <functional>
 #include <limits>
+#include <map>
 #include <new>
 #include <memory>
 #include <optional>
@@ -158,6 +160,11 @@ CLI::Option* add_common(CLI::App& verb, Common& c, bool model_required = true) {
       verb, "--moe-parallel",
       [&c](const std::string& name) { c.options.moe_parallel = lightdesk::parse_moe_parallel(name); },
       "expert (each rank holds whole experts; the default) or tensor (each rank a slice of every expert)");
+  add_engine_option(
+      verb, "--expert-dtype",
+      [&c](const std::string& name) { c.options.expert_dtype = lightdesk::parse_expert_format(name); },
+      "the experts' format: bf16 (the checkpoint's values; the default), int8 or int4 (quantized at the first load "
+      "and kept in the data directory's cache; the CPU backend only for now)");
   verb.add_flag("--rope-full-head", c.options.rope_full_head,
                 "rotate whole heads in softmax layers, as native transformers <= 5.17 does");
   verb.add_flag("--cuda-float32", c.options.cuda_float32, "CUDA backend in float32 instead of bf16, for checking");
@@ -186,6 +193,12 @@ void add_data_dir(CLI::App& verb, std::string& directory) {
 
 lightdesk::store::DataDirectory data_directory(const std::string& chosen) {
   return lightdesk::store::DataDirectory(chosen.empty() ? std::nullopt : std::optional<std::filesystem::path>(chosen));
+}
+
+// The verb's engine options with the quantized experts' cache in the data directory `data_dir`.
+Common with_expert_cache(Common c, const std::string& data_dir) {
+  if (!c.model_dir.empty()) c.options = data_directory(data_dir).with_expert_cache(c.model_dir, c.options);
+  return c;
 }
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
@@ -308,6 +321,57 @@ void print_plan(const lightdesk::PlanReport& report, const std::string& where) {
   for (const auto& line : report.advice) std::printf("  would fit: %s\n", line.c_str());
 }
 
+// Each expert format on 1, 2, 4 and 8 GPUs of each size among `request`'s devices (tensor
+// parallel over them, at the request's context): the most one GPU needs, and whether it fits.
+void print_fit_table(const lightdesk::ModelInfo& info, const lightdesk::PlanRequest& request) {
+  std::vector<std::uint64_t> sizes;
+  for (const auto& d : request.devices)
+    if (std::find(sizes.begin(), sizes.end(), d.memory_bytes) == sizes.end()) sizes.push_back(d.memory_bytes);
+  std::sort(sizes.begin(), sizes.end());
+  const lightdesk::ExpertFormat formats[] = {lightdesk::ExpertFormat::Bf16, lightdesk::ExpertFormat::Int8,
+                                             lightdesk::ExpertFormat::Int4};
+  std::vector<std::string> columns;
+  std::map<lightdesk::ExpertFormat, std::vector<std::string>> cells;
+  for (std::uint64_t size : sizes)
+    for (int gpus : {1, 2, 4, 8}) {
+      char column[32];
+      std::snprintf(column, sizeof column, "%dx%.0fGiB", gpus, static_cast<double>(size) / (1u << 30));
+      columns.push_back(column);
+      lightdesk::PlanRequest one = request;
+      one.devices.assign(static_cast<std::size_t>(gpus), {column, size});
+      one.tensor_parallel = gpus;
+      one.capabilities = {true, true, true, false, false};  // the formats' fit, built or not
+      std::optional<lightdesk::PlanReport> report;
+      try {
+        report = lightdesk::plan_memory(info, one);
+      } catch (const lightdesk::Error&) {  // a degree the heads do not divide
+      }
+      for (lightdesk::ExpertFormat format : formats) {
+        std::string cell = "-";
+        for (const auto& p : report ? report->plans : std::vector<lightdesk::MemoryPlan>{})
+          if (p.candidate.experts == format && !p.candidate.host_expert_store && p.candidate.experts_kept == 0) {
+            std::uint64_t most = 0;
+            for (const auto& r : p.ranks) most = std::max(most, r.total_bytes());
+            char text[32];
+            std::snprintf(text, sizeof text, "%.0f GiB %s", static_cast<double>(most) / (1u << 30),
+                          p.fits ? "fits" : "no");
+            cell = text;
+          }
+        cells[format].push_back(cell);
+      }
+    }
+  std::printf("fit at %lld tokens, tensor parallel (GPU memory each needs):\n",
+              static_cast<long long>(request.context_tokens));
+  std::printf("  %-6s", "");
+  for (const auto& column : columns) std::printf("  %-14s", column.c_str());
+  std::printf("\n");
+  for (lightdesk::ExpertFormat format : formats) {
+    std::printf("  %-6s", lightdesk::expert_format_name(format));
+    for (const auto& cell : cells[format]) std::printf("  %-14s", cell.c_str());
+    std::printf("\n");
+  }
+}
+
 // The data directory and its cache's size.
 void print_data_directory(const lightdesk::store::DataDirectory& data) {
   std::printf("data directory: %s\n", data.path().string().c_str());
@@ -358,7 +422,8 @@ int cmd_info(const InfoArgs& a) {
               info.num_softmax_layers(), softmax_at.empty() ? "none" : softmax_at.c_str());
   std::printf("hidden size: %d; heads: %d query, %d key/value, head dim %d, rotary dims %d\n", info.hidden_size,
               info.num_heads, info.num_kv_heads, info.head_dim, info.rotary_dim);
-  std::printf("experts: %d, top %d, width %d\n", info.num_experts, info.experts_per_token, info.expert_width);
+  std::printf("experts: %d, top %d, width %d, kept in %s\n", info.num_experts, info.experts_per_token,
+              info.expert_width, lightdesk::expert_format_name(info.expert_format));
   std::printf("vocabulary: %d; max context: %lld\n", info.vocab_size, static_cast<long long>(info.max_context));
   std::printf("parameters: %llu\n", static_cast<unsigned long long>(info.parameter_count));
   for (const auto& [dtype, bytes] : info.bytes_per_dtype)
@@ -377,8 +442,10 @@ int cmd_info(const InfoArgs& a) {
     std::printf("plan: no GPU here (--gpus 4x80GB plans for hypothetical ones)\n");
   else if (plan.backend == lightdesk::BackendKind::Cpu)
     print_plan(*report, "host memory");
-  else
+  else {
     print_plan(*report, a.gpus.empty() ? "this machine's GPUs" : a.gpus);
+    print_fit_table(info, plan);
+  }
   print_data_directory(data);
   return 0;
 }
@@ -404,7 +471,7 @@ CLI::App* add_logits(CLI::App& cli, LogitsArgs& a) {
 }
 
 int cmd_logits(const LogitsArgs& a) {
-  const Common& c = a.c;
+  const Common c = with_expert_cache(a.c, a.session.data_dir);
   const auto& ids = a.ids;
   const std::string& out = a.out;
   const auto& decode_from = a.decode_from;
@@ -540,7 +607,7 @@ CLI::App* add_generate(CLI::App& cli, GenerateArgs& a) {
 }
 
 int cmd_generate(const GenerateArgs& a) {
-  const Common& c = a.c;
+  const Common c = with_expert_cache(a.c, a.session.data_dir);
   const auto& prompt = a.prompt;
   if (!prompt && a.ids.empty()) throw UsageError("missing --ids or --prompt");
   const auto& ids = a.ids;
@@ -853,8 +920,8 @@ int ask_remote(const AskArgs& a) {
 
 int cmd_ask(const AskArgs& a) {
   if (!a.remote.endpoint.empty()) return ask_remote(a);
-  Common c = a.c;
-  if (c.model_dir.empty()) throw UsageError("--model is required (or --endpoint)");
+  if (a.c.model_dir.empty()) throw UsageError("--model is required (or --endpoint)");
+  Common c = with_expert_cache(a.c, a.session.data_dir);
   const Sampling sampling = sampling_of(a.sampling);
   const auto stored_session = stored_session_of(a.session);
   if (a.documents.empty() && a.images.empty() && !stored_session)

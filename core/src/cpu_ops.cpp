@@ -198,11 +198,18 @@ void route_top_k(const float* router_logits, std::int64_t rows, int experts, int
 void moe_experts(const float* x, std::int64_t rows, std::int64_t hidden, std::int64_t width,
                  std::span<const ExpertMatrices> experts, int k, const int* expert_ids, const float* weights,
                  float* out, ThreadPool& pool) {
+  moe_experts(x, rows, hidden, width, experts.size(), [&](std::size_t e) { return experts[e]; }, k, expert_ids,
+              weights, out, pool);
+}
+
+void moe_experts(const float* x, std::int64_t rows, std::int64_t hidden, std::int64_t width, std::size_t experts,
+                 const std::function<ExpertMatrices(std::size_t expert)>& matrices, int k, const int* expert_ids,
+                 const float* weights, float* out, ThreadPool& pool) {
   std::fill(out, out + rows * hidden, 0.0f);
   std::vector<float> xe, gate, up, ye;
   std::vector<std::int64_t> members;
   std::vector<float> member_weights;
-  for (std::size_t e = 0; e < experts.size(); ++e) {
+  for (std::size_t e = 0; e < experts; ++e) {
     members.clear();
     member_weights.clear();
     for (std::int64_t r = 0; r < rows; ++r)
@@ -212,18 +219,20 @@ void moe_experts(const float* x, std::int64_t rows, std::int64_t hidden, std::in
           member_weights.push_back(weights[r * k + i]);
         }
     const auto n = static_cast<std::int64_t>(members.size());
-    if (n == 0 || !experts[e].w1) continue;  // none of its tokens, or another rank holds it
+    if (n == 0) continue;  // none of its tokens
+    const ExpertMatrices m = matrices(e);
+    if (!m.w1) continue;  // another rank holds it
     xe.resize(static_cast<std::size_t>(n * hidden));
     for (std::int64_t i = 0; i < n; ++i) std::copy_n(x + members[i] * hidden, hidden, xe.data() + i * hidden);
     gate.resize(static_cast<std::size_t>(n * width));
     up.resize(static_cast<std::size_t>(n * width));
     ye.resize(static_cast<std::size_t>(n * hidden));
-    linear(xe.data(), n, hidden, experts[e].w1, width, gate.data());
-    linear(xe.data(), n, hidden, experts[e].w3, width, up.data());
+    linear(xe.data(), n, hidden, m.w1, width, gate.data());
+    linear(xe.data(), n, hidden, m.w3, width, up.data());
     pool.parallel_for(n, [&](std::int64_t i) {
       for (std::int64_t c = 0; c < width; ++c) gate[i * width + c] = silu(gate[i * width + c]) * up[i * width + c];
     });
-    linear(gate.data(), n, width, experts[e].w2, hidden, ye.data());
+    linear(gate.data(), n, width, m.w2, hidden, ye.data());
     for (std::int64_t i = 0; i < n; ++i) {
       float* o = out + members[i] * hidden;
       const float w = member_weights[i];

@@ -24,6 +24,7 @@ const char* dtype_name(DType t) {
     case DType::BF16: return "BF16";
     case DType::F16: return "F16";
     case DType::I64: return "I64";
+    case DType::U8: return "U8";
   }
   return "?";
 }
@@ -34,41 +35,21 @@ std::size_t dtype_size(DType t) {
     case DType::BF16: return 2;
     case DType::F16: return 2;
     case DType::I64: return 8;
+    case DType::U8: return 1;
   }
   return 0;
 }
 
-namespace {
+bool is_float_dtype(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; }
 
-float f16_to_f32(std::uint16_t h) {
-  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
-  std::uint32_t exponent = (h >> 10) & 0x1fu;
-  std::uint32_t mantissa = h & 0x3ffu;
-  std::uint32_t bits;
-  if (exponent == 0x1f) {
-    bits = sign | 0x7f800000u | (mantissa << 13);
-  } else if (exponent != 0) {
-    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
-  } else if (mantissa == 0) {
-    bits = sign;
-  } else {  // subnormal half: normalise
-    exponent = 113;
-    while ((mantissa & 0x400u) == 0) {
-      mantissa <<= 1;
-      --exponent;
-    }
-    bits = sign | (exponent << 23) | ((mantissa & 0x3ffu) << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
+namespace {
 
 bool parse_dtype(const std::string& s, DType& out) {
   if (s == "F32") out = DType::F32;
   else if (s == "BF16") out = DType::BF16;
   else if (s == "F16") out = DType::F16;
   else if (s == "I64") out = DType::I64;
+  else if (s == "U8") out = DType::U8;
   else return false;
   return true;
 }
@@ -82,22 +63,28 @@ std::int64_t TensorView::numel() const {
 }
 
 void TensorView::to_f32(float* out) const {
-  const std::int64_t n = numel();
-  if (n == 0) return;  // `out` may then be null, which memcpy does not allow even for no bytes
+  if (!is_float_dtype(dtype))
+    throw Error(file + ": tensor \"" + name + "\" is " + dtype_name(dtype) + ", expected a floating-point tensor");
+  convert_to_f32(data, dtype, numel(), out);
+}
+
+void convert_to_f32(const std::byte* data, DType dtype, std::int64_t count, float* out) {
+  if (count == 0) return;  // `out` may then be null, which memcpy does not allow even for no bytes
   switch (dtype) {
     case DType::F32:
-      std::memcpy(out, data, static_cast<std::size_t>(n) * 4);
+      std::memcpy(out, data, static_cast<std::size_t>(count) * 4);
       break;
     case DType::BF16:
     case DType::F16:
-      for (std::int64_t i = 0; i < n; ++i) {
+      for (std::int64_t i = 0; i < count; ++i) {
         std::uint16_t v;
         std::memcpy(&v, data + 2 * i, 2);
         out[i] = dtype == DType::BF16 ? bf16_to_f32(v) : f16_to_f32(v);
       }
       break;
     case DType::I64:
-      throw Error(file + ": tensor \"" + name + "\" is I64, expected a floating-point tensor");
+    case DType::U8:
+      throw Error(std::string("internal: ") + dtype_name(dtype) + " values are not floats");
   }
 }
 
@@ -141,7 +128,7 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
       t.name = name;
       t.file = where;
       if (!entry["dtype"].is_string() || !parse_dtype(entry["dtype"].get<std::string>(), t.dtype))
-        throw Error(what + "unsupported dtype " + entry["dtype"].dump() + " (supported: F32, BF16, F16, I64)");
+        throw Error(what + "unsupported dtype " + entry["dtype"].dump() + " (supported: F32, BF16, F16, I64, U8)");
       const auto& shape = entry["shape"];
       const auto& offsets = entry["data_offsets"];
       if (!shape.is_array()) throw Error(what + "shape is not a list");

@@ -11,6 +11,7 @@
 #include "lightdesk/engine.h"
 #include "model_config.h"
 #include "model_weights.h"
+#include "ops.h"
 
 namespace lightdesk {
 
@@ -75,8 +76,12 @@ class ComputeBackend {
                         const void* in) const = 0;
 };
 
-std::unique_ptr<ComputeBackend> make_cpu_backend(const ModelConfig& config, const WeightMap& weights,
-                                                 const ModelOptions& options,
-                                                 const std::function<void(std::uint64_t)>& bytes_loaded);
+// `experts` says how the experts load (quantized, from a cache); where they came from goes to
+// `expert_result` when given. `make_ops` makes each rank's ops from its thread count
+// (make_cpu_ops when empty; tests put a probe around them).
+std::unique_ptr<ComputeBackend> make_cpu_backend(
+    const ModelConfig& config, const WeightMap& weights, const ModelOptions& options, const ExpertLoad& experts,
+    const std::function<void(std::uint64_t)>& bytes_loaded, ExpertLoadResult* expert_result = nullptr,
+    const std::function<std::unique_ptr<ModelOps>(int threads)>& make_ops = {});
 
 }  // namespace lightdesk

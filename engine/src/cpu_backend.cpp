@@ -34,6 +34,7 @@ struct CpuSequence final : SequenceState {
 struct CpuRank {
   RankLayout plan;
   std::deque<std::vector<float>> owned;
+  std::deque<QuantizedMatrix> owned_quantized;
   ModelTensors tensors;
   std::unique_ptr<ModelOps> ops;
   std::unique_ptr<LoopbackCommunicator> comm;  // tensor parallel only
@@ -45,14 +46,15 @@ Tensor host_tensor(const std::vector<float>& w) { return host_tensor(w.data()); 
 
 class CpuBackend final : public ComputeBackend {
  public:
-  CpuBackend(const ModelConfig& c, const WeightMap& map, const ModelOptions& options,
-             const std::function<void(std::uint64_t)>& bytes_loaded)
+  CpuBackend(const ModelConfig& c, const WeightMap& map, const ModelOptions& options, const ExpertLoad& experts,
+             const std::function<void(std::uint64_t)>& bytes_loaded, ExpertLoadResult* expert_result,
+             const std::function<std::unique_ptr<ModelOps>(int)>& make_ops)
       : config_(c), plans_(tensor_parallel_layout(c, options.tensor_parallel, options.moe_parallel)) {
     if (options.experts.pruned() && options.tensor_parallel > 1)
       throw Error("pruned experts run on one rank for now (tensor_parallel " + std::to_string(options.tensor_parallel) +
                   ")");
     kept_ = options.experts;
-    ModelWeights weights = load_cpu_weights(c, map, bytes_loaded, kept_);
+    ModelWeights weights = load_cpu_weights(c, map, experts, bytes_loaded, expert_result, kept_);
     const int ranks = static_cast<int>(plans_.size());
     const unsigned hardware = std::max(1u, std::thread::hardware_concurrency());
     const int threads = std::max(1, (options.threads > 0 ? options.threads : static_cast<int>(hardware)) / ranks);
@@ -61,19 +63,37 @@ class CpuBackend final : public ComputeBackend {
     for (int r = 0; r < ranks; ++r) {
       auto rank = std::make_unique<CpuRank>();
       rank->plan = plans_[r];
-      rank->ops = make_cpu_ops(ranks > 1 ? threads : options.threads);
+      const int rank_threads = ranks > 1 ? threads : options.threads;
+      rank->ops = make_ops ? make_ops(rank_threads) : make_cpu_ops(rank_threads);
       if (ranks > 1) rank->comm = std::move(communicators[r]);
       rank->tensors = graph_tensors(weights, *rank, ranks > 1);
       for (const auto& part : rank->owned) weight_bytes_ += part.size() * sizeof(float);
+      for (const auto& part : rank->owned_quantized) weight_bytes_ += static_cast<std::uint64_t>(part.layout().total_bytes());
       ranks_.push_back(std::move(rank));
     }
     // One rank's tensors are views of the loaded weights: keep them.
     if (ranks == 1) {
-      const std::uint64_t expert_bytes = 3 * sizeof(float) * static_cast<std::uint64_t>(c.hidden_size) *
-                                         static_cast<std::uint64_t>(c.expert_width);
-      const auto pruned = static_cast<std::uint64_t>(kept_.pruned() ? c.num_experts - kept_.experts_kept() : 0);
-      weight_bytes_ = map.parameter_count() * sizeof(float) - pruned * c.num_layers * expert_bytes;
+      weight_bytes_ = map.parameter_count() * sizeof(float);
+      if (experts.dtype != ExpertDType::BF16) {
+        const std::uint64_t expert_parameters =
+            std::uint64_t(c.num_layers) * c.num_experts * 3 * std::uint64_t(c.hidden_size) * c.expert_width;
+        weight_bytes_ -= expert_parameters * sizeof(float);
+        for (const LayerWeights& layer : weights.layers)
+          weight_bytes_ += static_cast<std::uint64_t>(layer.quantized->gate_up.layout().total_bytes() +
+                                                      layer.quantized->down.layout().total_bytes());
+      } else if (kept_.pruned()) {  // float32 experts: the pruned ones are not loaded
+        weight_bytes_ -= static_cast<std::uint64_t>(c.num_experts - kept_.experts_kept()) * c.num_layers * 3 *
+                         sizeof(float) * static_cast<std::uint64_t>(c.hidden_size) * c.expert_width;
+      }
       weights_ = std::move(weights);
+    } else if (plans_.front().expert_width == c.expert_width) {
+      // Ranks holding whole experts view the loaded blocks (their buffers move with them).
+      for (LayerWeights& layer : weights.layers)
+        if (layer.quantized) {
+          weight_bytes_ += static_cast<std::uint64_t>(layer.quantized->gate_up.layout().total_bytes() +
+                                                      layer.quantized->down.layout().total_bytes());
+          quantized_.push_back(std::move(*layer.quantized));
+        }
     }
   }
 
@@ -177,6 +197,9 @@ class CpuBackend final : public ComputeBackend {
   }
 
   ModelTensors graph_tensors(const ModelWeights& weights, CpuRank& rank, bool slice) const;
+  // A layer's quantized experts as the rank holds them (another rank's: null views).
+  std::vector<QuantizedExpertTensors> quantized_experts(const QuantizedLayerExperts& q, CpuRank& rank,
+                                                        bool slice) const;
   // Runs fn(rank index) on a thread per rank (inline for one), rethrowing the error of the first
   // rank that failed; the other ranks leave their collectives rather than wait for it.
   void on_every_rank(const std::function<void(std::size_t)>& fn) const;
@@ -185,6 +208,7 @@ class CpuBackend final : public ComputeBackend {
   const std::vector<RankLayout> plans_;
   const ModelForward forward_ = model_forward(config_);
   ModelWeights weights_;  // one rank: what its tensors view
+  std::vector<QuantizedLayerExperts> quantized_;  // several ranks: the quantized experts they view
   std::vector<std::unique_ptr<CpuRank>> ranks_;
   std::uint64_t weight_bytes_ = 0;
   ExpertSelection kept_;
@@ -248,6 +272,11 @@ ModelTensors CpuBackend::graph_tensors(const ModelWeights& weights, CpuRank& ran
     layer.moe = {layer.router, {}, {}, H, p.expert_width, config_.experts_per_token};
     if (kept_.pruned())
       layer.moe.expert_mask = host_tensor(rank.owned.emplace_back(expert_mask(config_, kept_, static_cast<int>(t.layers.size()))));
+    if (w.quantized) {
+      layer.moe.quantized = quantized_experts(*w.quantized, rank, slice);
+      t.layers.push_back(std::move(layer));
+      continue;
+    }
     for (int e = 0; e < config_.num_experts; ++e) {
       const ExpertWeights& ew = w.experts[static_cast<std::size_t>(e)];
       if (e < p.first_expert || e >= p.first_expert + p.experts || !ew.w1.data()) {
@@ -260,6 +289,33 @@ ModelTensors CpuBackend::graph_tensors(const ModelWeights& weights, CpuRank& ran
     t.layers.push_back(std::move(layer));
   }
   return t;
+}
+
+std::vector<QuantizedExpertTensors> CpuBackend::quantized_experts(const QuantizedLayerExperts& q, CpuRank& rank,
+                                                                 bool slice) const {
+  const RankLayout& p = rank.plan;
+  const std::int64_t H = config_.hidden_size, I = config_.expert_width, c0 = p.first_expert_column,
+                     cn = p.expert_width;
+  const QuantizedView gate_up = q.gate_up.view(), down = q.down.view();
+  std::vector<QuantizedExpertTensors> experts(static_cast<std::size_t>(config_.num_experts));
+  for (int e = p.first_expert; e < p.first_expert + p.experts; ++e) {
+    QuantizedExpertTensors& t = experts[static_cast<std::size_t>(e)];
+    if (!slice || cn == I) {
+      // Whole experts: views of the loaded block (kept by the backend).
+      t = {gate_up.rows(e * 2 * I, 2 * I), down.rows(e * H, H)};
+      continue;
+    }
+    // A slice of the intermediate width: its w1 and w3 rows together, its columns of w2.
+    const QuantizedView parts[] = {gate_up.rows(e * 2 * I + c0, cn), gate_up.rows(e * 2 * I + I + c0, cn)};
+    t.gate_up = rank.owned_quantized.emplace_back(concat_rows(parts)).view();
+    try {
+      t.down = rank.owned_quantized.emplace_back(quantized_columns(down.rows(e * H, H), c0, cn)).view();
+    } catch (const Error& error) {
+      throw Error(std::string("--moe-parallel tensor over ") + std::to_string(plans_.size()) + " ranks: " + error.what() +
+                  " (use --moe-parallel expert, or a degree that splits the expert width at multiples of 128)");
+    }
+  }
+  return experts;
 }
 
 void CpuBackend::on_every_rank(const std::function<void(std::size_t)>& fn) const {
@@ -382,9 +438,11 @@ TokenId CpuBackend::sample(const SequenceState& state, const SamplingParams& par
 }  // namespace
 
 std::unique_ptr<ComputeBackend> make_cpu_backend(const ModelConfig& config, const WeightMap& weights,
-                                                 const ModelOptions& options,
-                                                 const std::function<void(std::uint64_t)>& bytes_loaded) {
-  return std::make_unique<CpuBackend>(config, weights, options, bytes_loaded);
+                                                 const ModelOptions& options, const ExpertLoad& experts,
+                                                 const std::function<void(std::uint64_t)>& bytes_loaded,
+                                                 ExpertLoadResult* expert_result,
+                                                 const std::function<std::unique_ptr<ModelOps>(int)>& make_ops) {
+  return std::make_unique<CpuBackend>(config, weights, options, experts, bytes_loaded, expert_result, make_ops);
 }
 
 }  // namespace lightdesk

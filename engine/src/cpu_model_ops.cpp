@@ -22,7 +22,8 @@ const char* element_name(ElementType type) {
 const char* op_name(OpKind kind) {
   static constexpr std::array<const char*, kOpKinds> kNames = {
       "Transfer",    "Embed",     "RmsNorm", "Linear",           "Silu",    "SigmoidGate", "ScaledSum",
-      "Copy",        "Rope",      "LightningAttention",          "WriteKv", "SoftmaxAttention", "Moe"};
+      "Copy",        "Rope",      "LightningAttention",          "WriteKv", "SoftmaxAttention", "Moe",
+      "QuantizedMoe"};
   const auto index = static_cast<std::size_t>(kind);
   return index < kNames.size() ? kNames[index] : "?";
 }
@@ -153,7 +154,32 @@ class CpuOps final : public ModelOps {
                            cache.values.as<const float>(), heads, kv_heads, head_dim, out.as<float>(), pool_);
   }
   void moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out, Tensor router_logits) override {
-    const int E = static_cast<int>(w.experts.size()), k = w.top_k;
+    std::vector<cpu::ExpertMatrices> experts;
+    experts.reserve(w.experts.size());
+    for (const ExpertTensors& e : w.experts)
+      experts.push_back({e.w1.as<const float>(), e.w3.as<const float>(), e.w2.as<const float>()});
+    route_and_run(w, x, rows, out, router_logits, [&](std::size_t e) { return experts[e]; });
+  }
+  // Each chosen expert's matrices dequantized into float32 (the rows spread over the pool), then
+  // the float32 products: the reference for the GPU kernels, not a fast path.
+  void quantized_moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out, Tensor router_logits) override {
+    std::vector<float> gate_up, down;
+    route_and_run(w, x, rows, out, router_logits, [&](std::size_t e) -> cpu::ExpertMatrices {
+      const QuantizedExpertTensors& q = w.quantized[e];
+      if (!q.gate_up.packed) return {};
+      dequantize_rows(q.gate_up, gate_up);
+      dequantize_rows(q.down, down);
+      return {gate_up.data(), gate_up.data() + w.width * w.hidden, down.data()};
+    });
+  }
+
+ private:
+  // The router (its logits to router_logits when set; only those without `out`), the pruned
+  // experts' mask, the top k, and the chosen experts' products.
+  void route_and_run(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out, Tensor router_logits,
+                     const std::function<cpu::ExpertMatrices(std::size_t)>& matrices) {
+    const auto E = static_cast<int>(w.expert_count());
+    const int k = w.top_k;
     std::vector<float> router(static_cast<std::size_t>(rows * E)), weights(static_cast<std::size_t>(rows * k));
     std::vector<int> ids(weights.size());
     cpu::linear(x.as<const float>(), rows, w.hidden, w.router.as<const float>(), E, router.data());
@@ -163,19 +189,22 @@ class CpuOps final : public ModelOps {
       for (std::int64_t r = 0; r < rows; ++r)
         for (int e = 0; e < E; ++e) router[static_cast<std::size_t>(r * E + e)] += w.expert_mask.as<const float>()[e];
     cpu::route_top_k(router.data(), rows, E, k, ids.data(), weights.data());
-    std::vector<cpu::ExpertMatrices> experts;
-    experts.reserve(w.experts.size());
-    for (const ExpertTensors& e : w.experts)
-      experts.push_back({e.w1.as<const float>(), e.w3.as<const float>(), e.w2.as<const float>()});
-    cpu::moe_experts(x.as<const float>(), rows, w.hidden, w.width, experts, k, ids.data(), weights.data(),
-                     out.as<float>(), pool_);
+    cpu::moe_experts(x.as<const float>(), rows, w.hidden, w.width, w.expert_count(), matrices, k, ids.data(),
+                     weights.data(), out.as<float>(), pool_);
+  }
+  void dequantize_rows(const QuantizedView& m, std::vector<float>& to) {
+    to.resize(static_cast<std::size_t>(m.layout.rows * m.layout.cols));
+    pool_.parallel_for(blocks(m.layout.rows, kDequantizeRows), [&](std::int64_t b) {
+      for (std::int64_t r = b * kDequantizeRows; r < std::min(m.layout.rows, (b + 1) * kDequantizeRows); ++r)
+        dequantize_row(m, r, to.data() + r * m.layout.cols);
+    });
   }
 
- private:
   // Rows per block of the lightning prefill; any value gives the same result (up to rounding).
   static constexpr int kLightningBlock = 256;
   static constexpr std::int64_t kBlock = 1 << 14;
-  static std::int64_t blocks(std::int64_t count) { return (count + kBlock - 1) / kBlock; }
+  static constexpr std::int64_t kDequantizeRows = 64;
+  static std::int64_t blocks(std::int64_t count, std::int64_t block = kBlock) { return (count + block - 1) / block; }
 
   static std::int64_t host_position(StepPosition p) {
     if (p.on_device) throw Error("internal: the CPU ops take only positions the host knows");

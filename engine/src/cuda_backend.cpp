@@ -26,10 +26,18 @@ namespace {
 using cuda::bf16;
 
 // The WeightPrecision::Float32 tensors are float, the others T.
+// A quantized matrix on the device in core's layout: its arrays, and a view of them.
+struct DeviceQuantizedMatrix {
+  DeviceBuffer packed, scales, offsets;
+  QuantizedView view;  // device pointers
+};
+
 struct CudaLayer : LayerTensors<DeviceBuffer> {
   DeviceBuffer slopes;   // lightning layers: float [heads]
   DeviceBuffer gate_up;  // per expert [2 * width, hidden]: w1 rows, then w3 rows
   DeviceBuffer down;     // per expert [hidden, width]
+  // Quantized experts instead (ModelOptions::expert_dtype int8 or int4): all the experts' rows.
+  DeviceQuantizedMatrix quantized_gate_up, quantized_down;
   // Pruned experts: float [experts], 0 kept, -inf not (never loaded); int32 [experts], a kept
   // expert's slot in gate_up and down, which hold only the kept ones.
   DeviceBuffer expert_mask, expert_slots;
@@ -127,11 +135,13 @@ struct Scratch {
 template <typename T>
 class CudaBackend final : public ComputeBackend {
  public:
-  CudaBackend(const ModelConfig& c, int device, const WeightMap& map, bool graphs, const ExpertSelection& experts,
-              const std::function<void(std::uint64_t)>& bytes_loaded)
+  CudaBackend(const ModelConfig& c, int device, const WeightMap& map, bool graphs, const ExpertLoad& experts,
+              const ExpertSelection& kept, const std::function<void(std::uint64_t)>& bytes_loaded,
+              ExpertLoadResult* expert_result)
       : CudaBackend(c, device, graphs) {
-    experts_ = experts;
-    load_weights(map, bytes_loaded);
+    quantized_experts_ = experts.dtype != ExpertDType::BF16;
+    experts_ = kept;
+    load_weights(map, experts, bytes_loaded, expert_result);
     make_model_tensors();
   }
   BackendKind kind() const override { return BackendKind::Cuda; }
@@ -202,7 +212,9 @@ class CudaBackend final : public ComputeBackend {
   using WeightFill = std::function<void(const std::string& name, void* device, std::int64_t numel, bool as_float)>;
   // Allocates every weight at the config's shapes and has `fill` write it.
   void allocate_weights(const WeightFill& fill);
-  void load_weights(const WeightMap& map, const std::function<void(std::uint64_t)>& bytes_loaded);
+  void load_weights(const WeightMap& map, const ExpertLoad& experts,
+                    const std::function<void(std::uint64_t)>& bytes_loaded, ExpertLoadResult* expert_result);
+  DeviceQuantizedMatrix upload_quantized(const QuantizedMatrix& m, const std::string& what);
   cuda::KvCacheView<T> kv_view(const CudaSequence& s, int layer) const {
     return kv_pages_->view<T>(softmax_index_.at(layer), s.page_table.as<std::int32_t>());
   }
@@ -245,6 +257,7 @@ class CudaBackend final : public ComputeBackend {
   // The experts each layer's block holds, and a kept expert's slot there (-1: pruned).
   int held_experts() const { return experts_.pruned() ? experts_.experts_kept() : config_.num_experts; }
   std::vector<std::int32_t> expert_slots(int layer) const;
+  bool quantized_experts_ = false;  // the layers' quantized_gate_up and quantized_down, not gate_up and down
   std::map<int, int> softmax_index_;  // layer -> its index among the softmax layers
   int softmax_layers_ = 0;
   std::shared_ptr<KvPagePool> kv_pages_;
@@ -295,15 +308,21 @@ void CudaBackend<T>::allocate_weights(const WeightFill& fill) {
       layer.slopes = device_array<float>(static_cast<std::int64_t>(slopes.size()), k + "slopes");
       device_.upload(layer.slopes.as<float>(), slopes.data(), layer.slopes.bytes());
     }
+    if (experts_.pruned()) {
+      const std::vector<float> mask = expert_mask(config_, experts_, l);
+      layer.expert_mask = device_array<float>(E, k + "expert mask");
+      device_.upload(layer.expert_mask.as<float>(), mask.data(), layer.expert_mask.bytes());
+    }
+    if (quantized_experts_) {  // load_weights puts them in afterwards, every expert (the mask routes)
+      layers_.push_back(std::move(layer));
+      continue;
+    }
     const std::int64_t R = held_experts();
     layer.gate_up = device_array<T>(R * 2 * I * H, k + "experts (w1, w3)");
     layer.down = device_array<T>(R * H * I, k + "experts (w2)");
     weight_bytes_ += layer.gate_up.bytes() + layer.down.bytes();
     const std::vector<std::int32_t> slots = expert_slots(l);
     if (experts_.pruned()) {
-      const std::vector<float> mask = expert_mask(config_, experts_, l);
-      layer.expert_mask = device_array<float>(E, k + "expert mask");
-      device_.upload(layer.expert_mask.as<float>(), mask.data(), layer.expert_mask.bytes());
       layer.expert_slots = device_array<std::int32_t>(E, k + "expert slots");
       device_.upload(layer.expert_slots.as<std::int32_t>(), slots.data(), layer.expert_slots.bytes());
     }
@@ -322,7 +341,33 @@ void CudaBackend<T>::allocate_weights(const WeightFill& fill) {
 }
 
 template <typename T>
-void CudaBackend<T>::load_weights(const WeightMap& map, const std::function<void(std::uint64_t)>& bytes_loaded) {
+DeviceQuantizedMatrix CudaBackend<T>::upload_quantized(const QuantizedMatrix& m, const std::string& what) {
+  const QuantizedView host = m.view();
+  const QuantLayout& layout = host.layout;
+  DeviceQuantizedMatrix d;
+  d.view.layout = layout;
+  d.packed = DeviceBuffer(static_cast<std::size_t>(layout.packed_bytes()), what);
+  device_.upload(d.packed.as<void>(), host.packed, d.packed.bytes());
+  d.view.packed = d.packed.as<std::uint8_t>();
+  d.scales = DeviceBuffer(static_cast<std::size_t>(layout.scale_bytes()), what + " scales");
+  if (layout.dtype == ExpertDType::Int8) {
+    device_.upload(d.scales.as<void>(), host.row_scales, d.scales.bytes());
+    d.view.row_scales = d.scales.as<float>();
+  } else {
+    device_.upload(d.scales.as<void>(), host.group_scales, d.scales.bytes());
+    d.view.group_scales = d.scales.as<std::uint16_t>();
+    d.offsets = DeviceBuffer(static_cast<std::size_t>(layout.offset_bytes()), what + " offsets");
+    device_.upload(d.offsets.as<void>(), host.group_offsets, d.offsets.bytes());
+    d.view.group_offsets = d.offsets.as<std::uint16_t>();
+  }
+  device_.synchronize();  // the host matrix goes when the caller's layer does
+  return d;
+}
+
+template <typename T>
+void CudaBackend<T>::load_weights(const WeightMap& map, const ExpertLoad& experts,
+                                  const std::function<void(std::uint64_t)>& bytes_loaded,
+                                  ExpertLoadResult* expert_result) {
   std::uint64_t loaded = 0;
   // Conversion to T goes through a float32 staging buffer on the device, in pieces. Sized for
   // the embedding, usually the largest tensor; larger ones go through in pieces.
@@ -358,6 +403,26 @@ void CudaBackend<T>::load_weights(const WeightMap& map, const std::function<void
     loaded += static_cast<std::uint64_t>(numel) * dtype_size(slice.view->dtype);
     if (bytes_loaded) bytes_loaded(loaded);
   });
+  if (!quantized_experts_) return;
+  // Quantized on the host (or read from the quantized cache) a layer at a time, then uploaded.
+  const ExpertLoadResult result = load_quantized_experts(
+      config_, map, experts,
+      [&](int l, QuantizedLayerExperts&& q) {
+        CudaLayer& layer = layers_[static_cast<std::size_t>(l)];
+        const std::string k = layer_weight_prefix(l);
+        // A layer may come twice (a damaged cache is dropped part way): the later one replaces it.
+        for (const DeviceQuantizedMatrix* old : {&layer.quantized_gate_up, &layer.quantized_down})
+          weight_bytes_ -= old->packed.bytes() + old->scales.bytes() + old->offsets.bytes();
+        layer.quantized_gate_up = upload_quantized(q.gate_up, k + "experts (w1, w3), quantized");
+        layer.quantized_down = upload_quantized(q.down, k + "experts (w2), quantized");
+        for (const DeviceQuantizedMatrix* now : {&layer.quantized_gate_up, &layer.quantized_down})
+          weight_bytes_ += now->packed.bytes() + now->scales.bytes() + now->offsets.bytes();
+      },
+      [&](std::uint64_t bytes) {
+        loaded += bytes;
+        if (bytes_loaded) bytes_loaded(loaded);
+      });
+  if (expert_result) *expert_result = result;
 }
 
 template <typename T>
@@ -488,14 +553,22 @@ void CudaBackend<T>::make_model_tensors() {
                             {&layer.v_proj, &w.v_proj}, {&layer.o_proj, &w.o_proj}})
       *to = view(*from, weight_type);
     layer.slopes = view(w.slopes, ElementType::F32);
-    layer.moe = {layer.router, view(w.expert_mask, ElementType::F32), {}, H, I, config_.experts_per_token,
-                 view(w.expert_slots, ElementType::I32)};
-    const Tensor gate_up = view(w.gate_up, weight_type), down = view(w.down, weight_type);
-    const std::vector<std::int32_t> slots = expert_slots(static_cast<int>(tensors_.layers.size()));
-    for (std::int32_t slot : slots)
-      layer.moe.experts.push_back(slot < 0 ? ExpertTensors{}
-                                           : ExpertTensors{gate_up.at(slot * 2 * I * H),
-                                                           gate_up.at(slot * 2 * I * H + I * H), down.at(slot * H * I)});
+    layer.moe = {layer.router, {}, {}, H, I, config_.experts_per_token};
+    layer.moe.expert_mask = view(w.expert_mask, ElementType::F32);
+    if (quantized_experts_) {
+      for (int e = 0; e < config_.num_experts; ++e)
+        layer.moe.quantized.push_back(
+            {w.quantized_gate_up.view.rows(e * 2 * I, 2 * I), w.quantized_down.view.rows(e * H, H)});
+    } else {
+      layer.moe.expert_slots = view(w.expert_slots, ElementType::I32);
+      const Tensor gate_up = view(w.gate_up, weight_type), down = view(w.down, weight_type);
+      const std::vector<std::int32_t> slots = expert_slots(static_cast<int>(tensors_.layers.size()));
+      for (std::int32_t slot : slots)
+        layer.moe.experts.push_back(slot < 0 ? ExpertTensors{}
+                                             : ExpertTensors{gate_up.at(slot * 2 * I * H),
+                                                             gate_up.at(slot * 2 * I * H + I * H),
+                                                             down.at(slot * H * I)});
+    }
     tensors_.layers.push_back(std::move(layer));
   }
 }
@@ -654,16 +727,21 @@ static int single_cuda_rank(const ModelOptions& options) {
 }
 
 std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, const WeightMap& weights,
-                                                  const ModelOptions& options,
-                                                  const std::function<void(std::uint64_t)>& bytes_loaded) {
+                                                  const ModelOptions& options, const ExpertLoad& experts,
+                                                  const std::function<void(std::uint64_t)>& bytes_loaded,
+                                                  ExpertLoadResult* expert_result) {
   const std::string reason = cuda_unavailable_reason();
   if (!reason.empty()) throw Error("the cuda backend is not available: " + reason);
   const int device = single_cuda_rank(options);
-  if (options.cuda_float32)
-    return std::make_unique<CudaBackend<float>>(config, device, weights, options.cuda_graphs, options.experts,
-                                                bytes_loaded);
-  return std::make_unique<CudaBackend<bf16>>(config, device, weights, options.cuda_graphs, options.experts,
-                                             bytes_loaded);
+  if (options.cuda_float32) {
+    // float32 activations over quantized experts run a GEMM per expert sized on the host: a
+    // decode step waits for the device and is not captured.
+    const bool graphs = options.cuda_graphs && experts.dtype == ExpertDType::BF16;
+    return std::make_unique<CudaBackend<float>>(config, device, weights, graphs, experts, options.experts,
+                                                bytes_loaded, expert_result);
+  }
+  return std::make_unique<CudaBackend<bf16>>(config, device, weights, options.cuda_graphs, experts, options.experts,
+                                             bytes_loaded, expert_result);
 }
 
 std::uint64_t cuda_decode_graph_captures(const SequenceState& sequence) {

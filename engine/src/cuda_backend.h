@@ -21,9 +21,13 @@ std::vector<GpuDevice> cuda_devices();
 
 // Loads the weights onto the GPU of single_gpu_device(options): bf16 by default, float32 when
 // options.cuda_float32 is set. Synthetic weights (WeightMap::synthetic) are made on the device.
+// `experts` says how the experts load (as make_cpu_backend's: quantized on the host or read
+// from the quantized cache, then uploaded in core's layout); where they came from goes to
+// `expert_result` when given.
 std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, const WeightMap& weights,
-                                                  const ModelOptions& options,
-                                                  const std::function<void(std::uint64_t)>& bytes_loaded);
+                                                  const ModelOptions& options, const ExpertLoad& experts,
+                                                  const std::function<void(std::uint64_t)>& bytes_loaded,
+                                                  ExpertLoadResult* expert_result = nullptr);
 
 // How many times the decode graph of `sequence` (a CUDA backend's) has been captured: a
 // generation of n tokens should take O(log n) captures (tests, benchmarks).

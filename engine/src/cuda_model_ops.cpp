@@ -198,10 +198,62 @@ void CudaOps<T>::moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor ou
   if (held == 0) throw Error("internal: a MoE layer without experts");
   if (held < E && (!w.expert_mask.data || !w.expert_slots.data))
     throw Error("internal: a MoE layer of pruned experts needs their mask and slots");
+  MoeWeights<T> weights;
+  weights.router = w.router.as<const float>();
+  weights.gate_up = gate_up;
+  weights.down = down;
+  weights.expert_mask = w.expert_mask.as<const float>();
+  weights.expert_slots = w.expert_slots.as<const std::int32_t>();
   moe_runner({H, I, E, w.top_k, held < E ? held : 0})
-      .run({w.router.as<const float>(), gate_up, down, w.expert_mask.as<const float>(),
-            w.expert_slots.as<const std::int32_t>()},
-           x.as<const T>(), rows, out.as<T>(), router_logits.as<float>());
+      .run(weights, x.as<const T>(), rows, out.as<T>(), router_logits.as<float>());
+}
+
+namespace {
+
+// One layer's quantized matrices of a kind (gate_up or down) as the kernels read them: expert
+// e's packed rows, scales and offsets at e times one expert's from expert 0's.
+cuda::QuantizedExperts device_experts(const std::vector<QuantizedExpertTensors>& experts,
+                                      QuantizedView QuantizedExpertTensors::*matrix, const char* what) {
+  const QuantizedView& first = experts.front().*matrix;
+  const QuantLayout& layout = first.layout;
+  cuda::QuantizedExperts out;
+  out.format = layout.dtype == ExpertDType::Int8 ? cuda::QuantFormat::Int8 : cuda::QuantFormat::Int4;
+  out.rows = layout.rows;
+  out.cols = layout.cols;
+  out.packed = first.packed;
+  out.row_scales = first.row_scales;
+  out.group_scales = reinterpret_cast<const __half*>(first.group_scales);
+  out.group_offsets = reinterpret_cast<const __half*>(first.group_offsets);
+  const std::int64_t scales = layout.rows * layout.groups();
+  for (std::size_t e = 0; e < experts.size(); ++e) {
+    const QuantizedView& v = experts[e].*matrix;
+    const auto n = static_cast<std::int64_t>(e);
+    const bool in_block =
+        v.layout.dtype == layout.dtype && v.layout.rows == layout.rows && v.layout.cols == layout.cols &&
+        v.packed == first.packed + n * layout.packed_bytes() &&
+        (layout.dtype == ExpertDType::Int8
+             ? v.row_scales == first.row_scales + n * layout.rows
+             : v.group_scales == first.group_scales + n * scales && v.group_offsets == first.group_offsets + n * scales);
+    if (!in_block)
+      throw Error(std::string("internal: the CUDA ops need a layer's quantized ") + what +
+                  " matrices in one block (expert " + std::to_string(e) + ")");
+  }
+  return out;
+}
+
+}  // namespace
+
+template <typename T>
+void CudaOps<T>::quantized_moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out, Tensor router_logits) {
+  const auto E = static_cast<int>(w.quantized.size());
+  if (E == 0) throw Error("internal: a MoE layer without experts");
+  MoeWeights<T> weights;
+  weights.router = w.router.as<const float>();
+  weights.quantized_gate_up = device_experts(w.quantized, &QuantizedExpertTensors::gate_up, "gate/up");
+  weights.quantized_down = device_experts(w.quantized, &QuantizedExpertTensors::down, "down");
+  // Pruned experts: masked in the routing; the quantized block holds them all.
+  weights.expert_mask = w.expert_mask.as<const float>();
+  moe_runner({w.hidden, w.width, E, w.top_k}).run(weights, x.as<const T>(), rows, out.as<T>(), router_logits.as<float>());
 }
 
 template class CudaOps<float>;

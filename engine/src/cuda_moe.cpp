@@ -1,5 +1,6 @@
 #include "cuda_moe.h"
 
+#include <algorithm>
 #include <type_traits>
 
 namespace lightdesk {
@@ -54,37 +55,92 @@ void MoeRunner<T>::run_device_routed(const MoeWeights<T>& weights, const T* x, s
 }
 
 template <typename T>
-void MoeRunner<T>::run_grouped(const MoeWeights<T>& weights, std::int64_t slots) {
-  const std::int64_t H = shape_.hidden, I = shape_.width;
-  const int E = shape_.held();  // the block's experts: the grouping's
-  const cudaStream_t stream = device_.stream();
+void MoeRunner<T>::project(const T* in, std::int64_t in_width, const T* weights, int first_expert, int count,
+                           std::int64_t out_width, T* out, std::int64_t slots) {
   MoeBuffers& b = buffers_;
   if constexpr (std::is_same_v<T, cuda::bf16>) {
     if (has_grouped_gemm()) {
-      const auto* first_row = b.first_row.as<std::int32_t>();
-      const cuda::LaunchLimits& limits = device_.launch_limits();
-      cuda::grouped_linear(b.expert_in.as<T>(), first_row, E, slots, H, weights.gate_up, 2 * I, b.gate_up.as<T>(),
-                           limits, b.grouped_gemm_workspace.as<void>(), b.grouped_gemm_workspace.bytes(), stream);
-      cuda::swiglu(b.gate_up.as<T>(), slots, I, b.expert_act.as<T>(), stream);
-      cuda::grouped_linear(b.expert_act.as<T>(), first_row, E, slots, I, weights.down, H, b.expert_out.as<T>(),
-                           limits, b.grouped_gemm_workspace.as<void>(), b.grouped_gemm_workspace.bytes(), stream);
+      cuda::grouped_linear(in, b.first_row.as<std::int32_t>() + first_expert, count, slots,
+                           in_width, weights, out_width, out, device_.launch_limits(),
+                           b.grouped_gemm_workspace.as<void>(), b.grouped_gemm_workspace.bytes(), device_.stream());
       return;
     }
   }
-  // No grouped GEMM for this type or these widths: a cuBLAS GEMM per expert, sized on the host.
-  host_first_row_.resize(static_cast<std::size_t>(E) + 1);
-  device_.download(host_first_row_.data(), b.first_row.as<std::int32_t>(),
-                   host_first_row_.size() * sizeof(std::int32_t));
-  for (int e = 0; e < E; ++e) {
+  // No grouped GEMM for this type or these widths: a cuBLAS GEMM per expert, sized on the host
+  // (host_first_row_, read back by run_grouped).
+  for (int e = first_expert; e < first_expert + count; ++e) {
     const std::int64_t first = host_first_row_[e], n = host_first_row_[e + 1] - first;
-    device_.linear(b.expert_in.as<T>() + first * H, n, H, weights.gate_up + e * 2 * I * H, 2 * I,
-                   b.gate_up.as<T>() + first * 2 * I);
+    device_.linear(in + first * in_width, n, in_width, weights + (e - first_expert) * out_width * in_width, out_width,
+                   out + first * out_width);
   }
-  cuda::swiglu(b.gate_up.as<T>(), slots, I, b.expert_act.as<T>(), stream);
-  for (int e = 0; e < E; ++e) {
-    const std::int64_t first = host_first_row_[e], n = host_first_row_[e + 1] - first;
-    device_.linear(b.expert_act.as<T>() + first * I, n, I, weights.down + e * H * I, H,
-                   b.expert_out.as<T>() + first * H);
+}
+
+template <typename T>
+void MoeRunner<T>::project_all(const T* in, std::int64_t in_width, const T* weights,
+                               const cuda::QuantizedExperts& quantized, std::int64_t out_width, T* out,
+                               std::int64_t slots) {
+  const int E = shape_.held();  // the block's experts: the grouping's
+  if (!quantized.packed) {
+    project(in, in_width, weights, 0, E, out_width, out, slots);
+    return;
+  }
+  if constexpr (std::is_same_v<T, cuda::bf16>) {
+    if (has_grouped_gemm() && quantized.format == cuda::QuantFormat::Int8) {
+      // The weights converted in the GEMM's main loop.
+      const cuda::LaunchLimits& limits = device_.launch_limits();
+      const std::size_t bytes = cuda::int8_grouped_linear_workspace_bytes(quantized, E, limits);
+      if (int8_gemm_workspace_.bytes() < bytes) int8_gemm_workspace_ = DeviceBuffer(bytes, "the int8 grouped GEMM");
+      cuda::int8_grouped_linear(in, buffers_.first_row.as<std::int32_t>(), E, quantized, out, limits,
+                                int8_gemm_workspace_.as<void>(), int8_gemm_workspace_.bytes(), device_.stream());
+      return;
+    }
+  }
+  // The experts dequantized a few at a time into a scratch that the grouped GEMM (or, without
+  // one, a GEMM per expert) reads. Sized for the gate/up matrices, the larger of the two.
+  const auto expert_bytes = static_cast<std::size_t>(2 * shape_.width * shape_.hidden) * sizeof(T);
+  const int chunk = static_cast<int>(std::clamp<std::size_t>(kDequantizedBytes / expert_bytes, 1, E));
+  if (dequantized_.bytes() == 0)
+    dequantized_ = DeviceBuffer(static_cast<std::size_t>(chunk) * expert_bytes, "the dequantized experts");
+  // Stream order: a chunk's dequantization waits for the previous chunk's GEMM.
+  for (int first = 0; first < E; first += chunk) {
+    const int count = std::min(chunk, E - first);
+    cuda::dequantize_experts(quantized, first, count, dequantized_.as<T>(), device_.stream());
+    project(in, in_width, dequantized_.as<T>(), first, count, out_width, out, slots);
+  }
+}
+
+template <typename T>
+void MoeRunner<T>::run_grouped(const MoeWeights<T>& weights, std::int64_t slots) {
+  const std::int64_t H = shape_.hidden, I = shape_.width;
+  MoeBuffers& b = buffers_;
+  if (!has_grouped_gemm()) {
+    host_first_row_.resize(static_cast<std::size_t>(shape_.held()) + 1);
+    device_.download(host_first_row_.data(), b.first_row.as<std::int32_t>(),
+                     host_first_row_.size() * sizeof(std::int32_t));
+  }
+  project_all(b.expert_in.as<T>(), H, weights.gate_up, weights.quantized_gate_up, 2 * I, b.gate_up.as<T>(), slots);
+  cuda::swiglu(b.gate_up.as<T>(), slots, I, b.expert_act.as<T>(), device_.stream());
+  project_all(b.expert_act.as<T>(), I, weights.down, weights.quantized_down, H, b.expert_out.as<T>(), slots);
+}
+
+template <typename T>
+void MoeRunner<T>::run_quantized_gemv(const MoeWeights<T>& weights, std::int64_t rows) {
+  if constexpr (std::is_same_v<T, cuda::bf16>) {
+    const std::int64_t slots = rows * shape_.top_k;
+    const int E = shape_.experts;
+    MoeBuffers& b = buffers_;
+    const auto* first_row = b.first_row.as<std::int32_t>();
+    const cuda::LaunchLimits& limits = device_.launch_limits();
+    // A token goes to an expert once: an expert has at most `rows` of the grouped rows. The down
+    // product applies the SwiGLU as it loads the gate/up rows.
+    cuda::quantized_expert_gemv(weights.quantized_gate_up, first_row, E, b.expert_in.as<T>(), false, slots, rows,
+                                b.gate_up.as<T>(), limits, device_.stream());
+    cuda::quantized_expert_gemv(weights.quantized_down, first_row, E, b.gate_up.as<T>(), true, slots, rows,
+                                b.expert_out.as<T>(), limits, device_.stream());
+  } else {
+    (void)weights;
+    (void)rows;
+    throw Error("internal: the quantized expert GEMV takes bf16 activations");
   }
 }
 
@@ -107,14 +163,17 @@ void MoeRunner<T>::run(const MoeWeights<T>& weights, const T* x, std::int64_t ro
   if (!out) return;
   cuda::route_top_k(b.router_logits.as<float>(), rows, E, k, true, b.expert_ids.as<std::int32_t>(),
                     b.expert_weights.as<float>(), stream, weights.expert_mask, weights.expert_slots);
-  if (rows <= kDeviceRoutedRows) {
+  if (rows <= kDeviceRoutedRows && !weights.quantized()) {
     run_device_routed(weights, x, rows, out);
     return;
   }
   cuda::group_by_expert(b.expert_ids.as<std::int32_t>(), rows, k, shape_.held(), x, H, b.first_row.as<std::int32_t>(),
                         b.slot_rows.as<std::int32_t>(), b.expert_in.as<T>(), b.group_cursor.as<std::int32_t>(),
                         stream);
-  run_grouped(weights, rows * k);
+  if (weights.quantized() && std::is_same_v<T, cuda::bf16> && rows <= kQuantizedGemvRows)
+    run_quantized_gemv(weights, rows);
+  else
+    run_grouped(weights, rows * k);
   cuda::combine_experts(b.expert_out.as<T>(), b.slot_rows.as<std::int32_t>(), b.expert_weights.as<float>(), rows, k,
                         H, out, stream);
 }

@@ -2,7 +2,11 @@
 // the experts' products, weighted combine back. Shared by the CUDA backend and lightdesk-bench.
 // Up to kDeviceRoutedRows tokens (decode) the expert products are GEMVs that read the chosen
 // experts' ids from device memory; past that the rows are grouped by expert on the device and
-// each projection is one grouped GEMM over all experts (bf16). Neither waits for the host, so a
+// each projection is one grouped GEMM over all experts (bf16). Quantized experts (int8, int4):
+// up to kQuantizedGemvRows tokens the grouped rows go through GEMVs that read the quantized
+// weights (bf16); past that (prefill) each int8 projection is one grouped GEMM that converts the
+// weights in its main loop (bf16), and otherwise the experts are dequantized a few at a time
+// into a scratch of T that the grouped GEMM (or, without one, a GEMM per expert) reads. Neither waits for the host, so a
 // decode step runs as a CUDA graph and prefill chunks queue without a gap. The float32 checking
 // mode (and widths not in whole 16-byte pieces) has no grouped GEMM: it reads the group sizes
 // back and runs a cuBLAS GEMM per expert.
@@ -25,12 +29,17 @@ struct MoeShape {
   bool operator==(const MoeShape&) const = default;
 };
 
-// One layer's weights on the device.
+// One layer's weights on the device: the experts as T, or quantized (then gate_up and down are
+// null, and quantized_gate_up / quantized_down hold the same matrices in an int format).
 template <typename T>
 struct MoeWeights {
   const float* router = nullptr;  // [experts, hidden], float32
   const T* gate_up = nullptr;     // per expert [2 * width, hidden]: the w1 rows, then the w3 rows
   const T* down = nullptr;        // per expert [hidden, width]
+  cuda::QuantizedExperts quantized_gate_up;  // rows 2 * width, cols hidden
+  cuda::QuantizedExperts quantized_down;     // rows hidden, cols width
+
+  bool quantized() const { return quantized_gate_up.packed != nullptr; }
   // Pruned experts (or null): float32 [experts], 0 or -inf; int32 [experts], each kept expert's
   // slot in the block (gate_up and down hold MoeShape::resident experts).
   const float* expert_mask = nullptr;
@@ -58,11 +67,23 @@ class MoeRunner {
   void run(const MoeWeights<T>& weights, const T* x, std::int64_t rows, T* out, float* router_logits = nullptr);
 
   static constexpr std::int64_t kDeviceRoutedRows = 4;
+  static constexpr std::int64_t kQuantizedGemvRows = 64;
+  // The dequantized experts' scratch holds as many whole experts' gate/up matrices as fit in
+  // this (one at least).
+  static constexpr std::size_t kDequantizedBytes = std::size_t{2} << 30;
 
  private:
   void run_device_routed(const MoeWeights<T>& weights, const T* x, std::int64_t rows, T* out);
   // The grouped rows' products: expert_in → gate_up → expert_act → expert_out.
   void run_grouped(const MoeWeights<T>& weights, std::int64_t slots);
+  // The grouped rows of experts first_expert .. + count: out = in · W_eᵀ, `weights` those
+  // experts' [out_width, in_width] matrices one after another.
+  void project(const T* in, std::int64_t in_width, const T* weights, int first_expert, int count,
+               std::int64_t out_width, T* out, std::int64_t slots);
+  // project over all experts of `weights` (T or quantized, dequantized in chunks).
+  void project_all(const T* in, std::int64_t in_width, const T* weights, const cuda::QuantizedExperts& quantized,
+                   std::int64_t out_width, T* out, std::int64_t slots);
+  void run_quantized_gemv(const MoeWeights<T>& weights, std::int64_t rows);
   // Whether run_grouped has a grouped GEMM: bf16, widths in whole 16-byte pieces.
   bool has_grouped_gemm() const;
 
@@ -70,6 +91,8 @@ class MoeRunner {
   MoeShape shape_;
   MoeBuffers buffers_;
   std::vector<std::int32_t> host_first_row_;  // without a grouped GEMM
+  DeviceBuffer int8_gemm_workspace_;          // int8 experts in prefill, bf16
+  DeviceBuffer dequantized_;                  // other quantized experts in prefill
 };
 
 extern template class MoeRunner<float>;

@@ -67,11 +67,12 @@ std::vector<GpuDevice> cuda_devices() {
 }
 
 std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, const WeightMap& weights,
-                                                  const ModelOptions& options,
-                                                  const std::function<void(std::uint64_t)>& bytes_loaded) {
+                                                  const ModelOptions& options, const ExpertLoad& experts,
+                                                  const std::function<void(std::uint64_t)>& bytes_loaded,
+                                                  ExpertLoadResult* expert_result) {
   const LoadedPlugin& loaded = plugin();
   if (!loaded.table) throw Error("the cuda backend is not available: " + loaded.failure);
-  return loaded.table->make_backend(config, weights, options, bytes_loaded);
+  return loaded.table->make_backend(config, weights, options, experts, bytes_loaded, expert_result);
 }
 
 // The plugin's ops are not checked from here: a build with the CUDA code runs the per-op suite.

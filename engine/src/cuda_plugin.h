@@ -16,14 +16,15 @@ namespace lightdesk {
 
 // Changes whenever CudaPlugin, ComputeBackend or the types they pass change: the plugin refuses
 // another version (programs and plugin come from the same build).
-inline constexpr int kCudaPluginAbiVersion = 6;
+inline constexpr int kCudaPluginAbiVersion = 8;
 
 struct CudaPlugin {
   std::string (*unavailable_reason)();
   std::vector<GpuDevice> (*devices)();
   std::unique_ptr<ComputeBackend> (*make_backend)(const ModelConfig& config, const WeightMap& weights,
-                                                  const ModelOptions& options,
-                                                  const std::function<void(std::uint64_t)>& bytes_loaded);
+                                                  const ModelOptions& options, const ExpertLoad& experts,
+                                                  const std::function<void(std::uint64_t)>& bytes_loaded,
+                                                  ExpertLoadResult* expert_result);
 };
 
 // The plugin's file name, and the environment variable that may name another file.

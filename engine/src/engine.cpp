@@ -87,6 +87,10 @@ int ModelShape::num_lightning_layers() const {
   return static_cast<int>(std::count(layer_kinds.begin(), layer_kinds.end(), LayerKind::Lightning));
 }
 int ModelShape::num_softmax_layers() const { return num_layers - num_lightning_layers(); }
+std::string ModelInfo::state_identity() const {
+  return expert_format == ExpertFormat::Bf16 ? fingerprint : fingerprint + "/" + expert_format_name(expert_format);
+}
+
 std::uint64_t ModelInfo::session_bytes(std::int64_t tokens) const {
   return lightning_state_bytes + static_cast<std::uint64_t>(std::max<std::int64_t>(tokens, 0)) * kv_bytes_per_token;
 }
@@ -144,7 +148,16 @@ ModelInfo describe(const std::filesystem::path& directory, const ModelConfig& c,
   info.backend = backend;
   info.parameter_count = parameter_count;
   info.bytes_per_dtype = std::move(bytes_per_dtype);
+  info.expert_format = options.expert_dtype;
   info.weight_bytes = parameter_count * backend_value_bytes(backend, options);
+  if (options.expert_dtype != ExpertFormat::Bf16) {
+    // The experts in their quantized layout instead of the backend's values.
+    const auto H = std::int64_t{c.hidden_size}, I = std::int64_t{c.expert_width};
+    const std::uint64_t matrices = std::uint64_t(c.num_layers) * std::uint64_t(c.num_experts);
+    const ExpertDType dtype = expert_dtype(options.expert_dtype);
+    info.weight_bytes -= matrices * 3 * std::uint64_t(H * I) * backend_value_bytes(backend, options);
+    info.weight_bytes += matrices * std::uint64_t(2 * expert_matrix_bytes(dtype, I, H) + expert_matrix_bytes(dtype, H, I));
+  }
   const std::uint64_t d = static_cast<std::uint64_t>(c.head_dim);
   info.lightning_state_bytes =
       static_cast<std::uint64_t>(info.num_lightning_layers()) * static_cast<std::uint64_t>(c.num_heads) * d * d * 4;
@@ -234,6 +247,38 @@ BackendKind resolve_backend(BackendKind requested) {
   return requested;
 }
 
+namespace {
+
+// Bytes of the experts the checkpoint holds (synthetic: the float32 values made).
+std::uint64_t expert_source_bytes(const ModelConfig& c, const WeightMap& map) {
+  std::uint64_t bytes = 0;
+  for (int l = 0; l < c.num_layers; ++l)
+    for (int e = 0; e < c.num_experts; ++e) {
+      const ExpertWeightNames names = expert_weight_names(l, e);
+      for (const std::string* name : {&names.w1, &names.w3, &names.w2}) {
+        const TensorSlice& s = map.at(*name);
+        bytes += static_cast<std::uint64_t>(s.numel) * (s.view ? dtype_size(s.view->dtype) : sizeof(float));
+      }
+    }
+  return bytes;
+}
+
+// The bytes the quantized cache will give this load, when its file looks whole and made for it.
+std::optional<std::uint64_t> usable_expert_cache_bytes(const ModelConfig& c, const ExpertLoad& load) {
+  if (load.dtype == ExpertDType::BF16 || load.cache_directory.empty() || load.fingerprint.empty()) return std::nullopt;
+  const ExpertCacheKey key = expert_cache_key(c, load);
+  const std::filesystem::path file = expert_cache_file(load.cache_directory, key);
+  std::error_code error;
+  if (!std::filesystem::exists(file, error)) return std::nullopt;
+  try {
+    return ExpertCacheReader(file, key).data_bytes();
+  } catch (const ExpertCacheRefused&) {
+    return std::nullopt;
+  }
+}
+
+}  // namespace
+
 struct Model::Impl {
   ModelConfig config;
   std::unique_ptr<Checkpoint> checkpoint;  // keeps mapped weights alive for the CPU backend
@@ -293,16 +338,25 @@ std::unique_ptr<Model> Model::open(const std::filesystem::path& directory, const
     map.emplace(impl->config, *impl->checkpoint);
     impl->info = describe_checkpoint(directory, impl->config, *impl->checkpoint, *map, kind, options);
   }
-  // Progress in bytes read from the checkpoint (synthetic weights: float32 values made).
+  const ExpertLoad experts{expert_dtype(options.expert_dtype), options.expert_cache, impl->info.fingerprint,
+                           options.threads};
+  // Progress in bytes read from the checkpoint (synthetic weights: float32 values made), the
+  // experts' from the quantized cache where it will serve.
   std::uint64_t total = options.synthetic_weights ? map->parameter_count() * sizeof(float) : 0;
   for (const auto& [dtype, bytes] : impl->info.bytes_per_dtype) total += bytes;
+  if (const std::optional<std::uint64_t> cached = usable_expert_cache_bytes(impl->config, experts))
+    total = total - expert_source_bytes(impl->config, *map) + *cached;
   auto on_bytes = [&](std::uint64_t loaded) {
-    if (progress && !progress(loaded, total))
+    if (progress && !progress(loaded, std::max(loaded, total)))
       throw Cancelled("loading " + directory.string() + " was cancelled");
   };
-  impl->backend = kind == BackendKind::Cuda ? make_cuda_backend(impl->config, *map, options, on_bytes)
-                                            : make_cpu_backend(impl->config, *map, options, on_bytes);
+  ExpertLoadResult expert_result;
+  impl->backend = kind == BackendKind::Cuda
+                      ? make_cuda_backend(impl->config, *map, options, experts, on_bytes, &expert_result)
+                      : make_cpu_backend(impl->config, *map, options, experts, on_bytes, &expert_result);
   impl->info.weight_bytes = impl->backend->weight_bytes();
+  impl->info.expert_cache_bytes_read = expert_result.cache_bytes_read;
+  impl->info.expert_cache_file = expert_result.cache_file;
   impl->info.experts = options.experts;
   return std::unique_ptr<Model>(new Model(std::move(impl)));
 }

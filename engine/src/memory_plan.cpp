@@ -5,6 +5,7 @@
 #include <regex>
 
 #include "lightdesk/engine.h"
+#include "model_weights.h"
 
 namespace lightdesk {
 namespace {
@@ -43,15 +44,12 @@ Precision precision_of(const PlanRequest& r) {
   return {cuda && !r.cuda_float32 ? u64{2} : kF32, cuda ? kCudaRuntimeReserve : 0, chunk};
 }
 
-// Bytes of one expert matrix [rows, cols] (out, in): the backend's values ("bf16"); int8 with a
-// float32 scale per row; int4 two to a byte with a bf16 scale per group of 128 inputs.
+// Bytes of one expert matrix [rows, cols] (out, in): the backend's values ("bf16"), or core's
+// quantized layout (int8 with a float32 scale per row; int4 two to a byte with an fp16 scale and
+// offset per group of 128 inputs; rows padded to 16 bytes).
 u64 expert_matrix_bytes(ExpertFormat format, u64 rows, u64 cols, const Precision& p) {
-  switch (format) {
-    case ExpertFormat::Bf16: return rows * cols * p.value;
-    case ExpertFormat::Int8: return rows * cols + rows * kF32;
-    case ExpertFormat::Int4: return rows * ceil_div(cols, 2) + rows * ceil_div(cols, 128) * 2;
-  }
-  return 0;
+  if (format == ExpertFormat::Bf16) return rows * cols * p.value;
+  return u64(QuantLayout{expert_dtype(format), std::int64_t(rows), std::int64_t(cols)}.total_bytes());
 }
 
 // One expert's w1, w3 [width, hidden] and w2 [hidden, width] at an intermediate width slice.
@@ -91,9 +89,10 @@ u64 rank_workspace_bytes(const ModelInfo& m, const RankLayout& r, std::int64_t c
   return activations + moe + lightning + logits + p.reserve;
 }
 
-// The CPU backend runs any degree (simulated ranks on threads).
+// The CPU backend runs any degree (simulated ranks on threads) and every expert format.
 bool runnable(const PlanCandidate& c, int degree, BackendKind backend, const EngineCapabilities& can) {
-  const bool format = c.experts == ExpertFormat::Bf16 || (c.experts == ExpertFormat::Int8 && can.int8_experts) ||
+  const bool format = c.experts == ExpertFormat::Bf16 || backend == BackendKind::Cpu ||
+                      (c.experts == ExpertFormat::Int8 && can.int8_experts) ||
                       (c.experts == ExpertFormat::Int4 && can.int4_experts);
   return format && (degree == 1 || can.tensor_parallel || backend == BackendKind::Cpu) && (!c.host_expert_store || can.host_expert_store) &&
          (c.experts_kept == 0 || can.pruned_experts);
@@ -251,13 +250,12 @@ std::vector<PlanDevice> local_gpus() {
   return gpus;
 }
 
-const char* expert_format_name(ExpertFormat format) {
-  switch (format) {
-    case ExpertFormat::Bf16: return "bf16";
-    case ExpertFormat::Int8: return "int8";
-    case ExpertFormat::Int4: return "int4";
-  }
-  return "?";
+const char* expert_format_name(ExpertFormat format) { return expert_dtype_name(expert_dtype(format)); }
+
+ExpertFormat parse_expert_format(const std::string& name) {
+  for (ExpertFormat f : {ExpertFormat::Bf16, ExpertFormat::Int8, ExpertFormat::Int4})
+    if (name == expert_format_name(f)) return f;
+  throw Error("unknown expert format \"" + name + "\" (choose bf16, int8 or int4)");
 }
 
 MoeParallel parse_moe_parallel(const std::string& name) {

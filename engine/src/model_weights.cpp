@@ -7,6 +7,8 @@
 #include <limits>
 #include <set>
 
+#include "lightdesk/thread_pool.h"
+
 namespace lightdesk {
 
 
@@ -40,7 +42,8 @@ class Resolver {
     if (t.shape != shape)
       throw Error(t.file + ": tensor \"" + t.name + "\" has shape " + shape_text(t.shape) + ", the config needs " +
                   shape_text(shape));
-    if (t.dtype == DType::I64) throw Error(t.file + ": tensor \"" + t.name + "\" is I64, expected F32, BF16 or F16");
+    if (!is_float_dtype(t.dtype))
+      throw Error(t.file + ": tensor \"" + t.name + "\" is " + dtype_name(t.dtype) + ", expected F32, BF16 or F16");
   }
 
   void check_all_used() const {
@@ -256,18 +259,132 @@ std::vector<float> expert_mask(const ModelConfig& c, const ExpertSelection& expe
   return mask;
 }
 
-ModelWeights load_cpu_weights(const ModelConfig& c, const WeightMap& map,
+ExpertDType expert_dtype(ExpertFormat format) {
+  switch (format) {
+    case ExpertFormat::Bf16: return ExpertDType::BF16;
+    case ExpertFormat::Int8: return ExpertDType::Int8;
+    case ExpertFormat::Int4: return ExpertDType::Int4;
+  }
+  return ExpertDType::BF16;
+}
+
+ExpertCacheKey expert_cache_key(const ModelConfig& c, const ExpertLoad& load) {
+  return {load.fingerprint, load.dtype, kInt4Variant, c.num_layers, c.num_experts, c.hidden_size, c.expert_width};
+}
+
+namespace {
+
+// Layer l's experts quantized from the map's weights, the rows spread over `pool`.
+QuantizedLayerExperts quantize_layer_experts(const ModelConfig& c, const WeightMap& map, int l, ExpertDType dtype,
+                                             ThreadPool& pool, const std::function<void(std::uint64_t)>& bytes_read) {
+  const std::int64_t H = c.hidden_size, I = c.expert_width, E = c.num_experts;
+  QuantizedLayerExperts q{QuantizedMatrix({dtype, E * 2 * I, H}), QuantizedMatrix({dtype, E * H, I})};
+  auto quantize = [&](const std::string& name, std::int64_t rows, std::int64_t first_row, QuantizedMatrix& into) {
+    const TensorSlice& s = map.at(name);
+    if (!s.view) {
+      const WeightTensor values(s.synthetic, s.numel);
+      quantize_rows(reinterpret_cast<const std::byte*>(values.data()), DType::F32, rows, first_row, kInt4Variant, into,
+                    &pool);
+      bytes_read(static_cast<std::uint64_t>(s.numel) * sizeof(float));
+      return;
+    }
+    const std::size_t size = dtype_size(s.view->dtype);
+    try {
+      quantize_rows(s.view->data + s.offset * static_cast<std::int64_t>(size), s.view->dtype, rows, first_row,
+                    kInt4Variant, into, &pool);
+    } catch (const Cancelled&) {
+      throw;
+    } catch (const Error& e) {
+      throw Error(s.view->file + ": tensor \"" + s.view->name + "\" (" + name + "): " + e.what() +
+                  ": the checkpoint is damaged");
+    }
+    bytes_read(static_cast<std::uint64_t>(s.numel) * size);
+  };
+  for (int e = 0; e < c.num_experts; ++e) {
+    const ExpertWeightNames names = expert_weight_names(l, e);
+    quantize(names.w1, I, e * 2 * I, q.gate_up);
+    quantize(names.w3, I, e * 2 * I + I, q.gate_up);
+    quantize(names.w2, H, e * H, q.down);
+  }
+  return q;
+}
+
+}  // namespace
+
+ExpertLoadResult load_quantized_experts(const ModelConfig& c, const WeightMap& map, const ExpertLoad& load,
+                                        const std::function<void(int, QuantizedLayerExperts&&)>& take,
+                                        const std::function<void(std::uint64_t)>& bytes_read) {
+  ExpertLoadResult result;
+  const ExpertCacheKey key = expert_cache_key(c, load);
+  std::filesystem::path file;
+  if (!load.cache_directory.empty() && !load.fingerprint.empty()) {
+    file = expert_cache_file(load.cache_directory, key);
+    std::error_code missing;
+    if (std::filesystem::exists(file, missing)) {
+      try {
+        const ExpertCacheReader reader(file, key);
+        for (int l = 0; l < c.num_layers; ++l) {
+          QuantizedLayerExperts layer = reader.layer(l);
+          bytes_read(static_cast<std::uint64_t>(layer.gate_up.layout().total_bytes() + layer.down.layout().total_bytes()));
+          take(l, std::move(layer));
+        }
+        result.cache_bytes_read = reader.data_bytes();
+        result.cache_file = file;
+        return result;
+      } catch (const ExpertCacheRefused&) {
+        // Stale or damaged: never used; made again below.
+        std::filesystem::remove(file, missing);
+      }
+    }
+  }
+  ThreadPool pool(load.threads);
+  std::optional<ExpertCacheWriter> writer;
+  auto without_cache = [&] { writer.reset(); };
+  if (!file.empty()) {
+    try {
+      writer.emplace(file, key);
+    } catch (const Error&) {
+      without_cache();
+    }
+  }
+  for (int l = 0; l < c.num_layers; ++l) {
+    QuantizedLayerExperts layer = quantize_layer_experts(c, map, l, load.dtype, pool, bytes_read);
+    if (writer) {
+      try {
+        writer->add(l, layer);
+      } catch (const Error&) {
+        without_cache();
+      }
+    }
+    take(l, std::move(layer));
+  }
+  if (writer) {
+    try {
+      writer->finish();
+      result.cache_file = file;
+    } catch (const Error&) {
+      without_cache();
+    }
+  }
+  return result;
+}
+
+ModelWeights load_cpu_weights(const ModelConfig& c, const WeightMap& map, const ExpertLoad& experts,
                               const std::function<void(std::uint64_t)>& bytes_loaded,
-                              const ExpertSelection& experts) {
+                              ExpertLoadResult* expert_result, const ExpertSelection& kept) {
   std::uint64_t loaded = 0;
+  auto count = [&](std::uint64_t bytes) {
+    loaded += bytes;
+    if (bytes_loaded) bytes_loaded(loaded);
+  };
   // Everything is float32 here, whatever the precision a GPU backend would give it.
   auto get = [&](const std::string& name, WeightPrecision = WeightPrecision::Float32) {
     const TensorSlice& s = map.at(name);
     WeightTensor t = s.view ? WeightTensor(*s.view, s.offset, s.numel) : WeightTensor(s.synthetic, s.numel);
-    loaded += static_cast<std::uint64_t>(s.numel) * (s.view ? dtype_size(s.view->dtype) : sizeof(float));
-    if (bytes_loaded) bytes_loaded(loaded);
+    count(static_cast<std::uint64_t>(s.numel) * (s.view ? dtype_size(s.view->dtype) : sizeof(float)));
     return t;
   };
+  const bool quantized = experts.dtype != ExpertDType::BF16;
   ModelWeights w;
   w.embed = get("embed");
   w.lm_head = get("lm_head");
@@ -276,12 +393,18 @@ ModelWeights load_cpu_weights(const ModelConfig& c, const WeightMap& map,
     LayerWeights lw;
     load_layer_tensors(c, l, lw, get);
     if (lw.kind == LayerKind::Lightning) lw.slopes = lightning_slopes(c, l);
-    for (int e = 0; e < c.num_experts; ++e) {
+    for (int e = 0; e < c.num_experts && !quantized; ++e) {
       const ExpertWeightNames names = expert_weight_names(l, e);
-      lw.experts.push_back(expert_kept(experts, l, e) ? ExpertWeights{get(names.w1), get(names.w3), get(names.w2)}
+      lw.experts.push_back(expert_kept(kept, l, e) ? ExpertWeights{get(names.w1), get(names.w3), get(names.w2)}
                                                       : ExpertWeights{});
     }
     w.layers.push_back(std::move(lw));
+  }
+  if (quantized) {
+    const ExpertLoadResult result = load_quantized_experts(
+        c, map, experts, [&](int l, QuantizedLayerExperts&& q) { w.layers[static_cast<std::size_t>(l)].quantized = std::move(q); },
+        count);
+    if (expert_result) *expert_result = result;
   }
   return w;
 }

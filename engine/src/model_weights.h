@@ -8,11 +8,14 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
-#include "model_config.h"
+#include "expert_cache.h"
+#include "lightdesk/expert_quant.h"
 #include "lightdesk/safetensors.h"
+#include "model_config.h"
 
 namespace lightdesk {
 
@@ -99,7 +102,8 @@ struct ExpertWeights {
 
 struct LayerWeights : LayerTensors<WeightTensor> {
   std::vector<float> slopes;  // lightning layers: [heads] decay rate per head
-  std::vector<ExpertWeights> experts;
+  std::vector<ExpertWeights> experts;  // float32 experts, or
+  std::optional<QuantizedLayerExperts> quantized;  // quantized ones
 };
 
 struct ModelWeights {
@@ -108,6 +112,8 @@ struct ModelWeights {
   WeightTensor final_norm;
   std::vector<LayerWeights> layers;
 };
+
+
 
 // Where each weight of the model is in a checkpoint, with its shape checked against the config.
 // Resolving needs only the headers; both CPU and GPU backends load from it.
@@ -150,10 +156,41 @@ SyntheticFill synthetic_fill(const ModelConfig& config, const std::string& key, 
 // Per-head decay rates of a lightning layer, by the formula of the checkpoint's layout.
 std::vector<float> lightning_slopes(const ModelConfig& config, int layer);
 
-// Every weight in float32, but for the experts `experts` prunes (left empty, never read).
-ModelWeights load_cpu_weights(const ModelConfig& config, const WeightMap& map,
+// The core format of ModelOptions::expert_dtype.
+ExpertDType expert_dtype(ExpertFormat format);
+// The int4 variant the quantizer uses (decoding is the same for both): on the demo model's
+// trained layers the asymmetric one gives the MoE outputs the smaller error (docs/quantized-experts.md).
+constexpr Int4Variant kInt4Variant = Int4Variant::Asymmetric;
+
+// How a load gets its quantized experts (ModelOptions::expert_dtype int8 / int4).
+struct ExpertLoad {
+  ExpertDType dtype = ExpertDType::BF16;  // BF16: not quantized
+  std::filesystem::path cache_directory;  // ModelOptions::expert_cache; empty: no cache
+  std::string fingerprint;                // the model's, the cache's key
+  int threads = 0;                        // for quantizing (0: every hardware thread)
+};
+// Where the quantized experts of a load came from.
+struct ExpertLoadResult {
+  std::uint64_t cache_bytes_read = 0;  // 0: quantized from the weights
+  std::filesystem::path cache_file;    // the cache file read or written (empty: none)
+};
+// Every layer's experts in load.dtype, in layer order to take(layer, experts): read from the
+// cache file of this model and format when there is an intact one, else quantized from `map`
+// (the checkpoint's or synthetic weights) and written to the cache (when a folder is given; a
+// cache that cannot be written costs only its speed-up). A cache found damaged part way is
+// removed and the layers start again from the weights, so take() may see a layer twice: the
+// later one replaces it. bytes_read(n) counts the bytes read (checkpoint or cache) as they are.
+ExpertLoadResult load_quantized_experts(const ModelConfig& config, const WeightMap& map, const ExpertLoad& load,
+                                        const std::function<void(int, QuantizedLayerExperts&&)>& take,
+                                        const std::function<void(std::uint64_t)>& bytes_read);
+// The key of the cache of `load` for a model of `config`.
+ExpertCacheKey expert_cache_key(const ModelConfig& config, const ExpertLoad& load);
+
+// The CPU backend's weights: float32, the experts quantized when `experts` says so; in float32
+// the experts `kept` prunes are left empty (never read; quantized ones load whole layers).
+ModelWeights load_cpu_weights(const ModelConfig& config, const WeightMap& map, const ExpertLoad& experts,
                               const std::function<void(std::uint64_t)>& bytes_loaded,
-                              const ExpertSelection& experts = {});
+                              ExpertLoadResult* expert_result = nullptr, const ExpertSelection& kept = {});
 // Checks a pruned selection against the model: one set per layer, each of at least
 // experts_per_token distinct ids within the experts. Throws Error naming the fault.
 void check_expert_selection(const ModelConfig& config, const ExpertSelection& experts);

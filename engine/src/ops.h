@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include "lightdesk/expert_quant.h"
+
 namespace lightdesk {
 
 enum class ElementType : std::uint8_t { F32, BF16, I32 };
@@ -71,9 +73,18 @@ KvTensor contiguous_kv(Tensor keys, Tensor values, std::int64_t kv_width);
 struct ExpertTensors {
   Tensor w1, w3, w2;
 };
-// A MoE layer's weights. The CUDA ops need each layer's experts in one block: expert e's w1 at
-// e · 2 · width · hidden elements from expert 0's, its w3 right after it, its w2 at e · hidden ·
-// width from expert 0's (the layout of the CUDA backend and of the op tests).
+// One expert's matrices quantized (int8 or int4, core's expert_quant.h layout) in the backend's
+// memory: gate_up [2 · width, hidden], w1's rows then w3's, and down [hidden, width].
+struct QuantizedExpertTensors {
+  QuantizedView gate_up, down;
+};
+// A MoE layer's weights: the experts in the backend's weight type (`experts`, for moe) or
+// quantized (`quantized`, for quantized_moe), one per expert of the router. The CUDA ops need
+// each layer's experts in one block: expert e's w1 at e · 2 · width · hidden elements from
+// expert 0's, its w3 right after it, its w2 at e · hidden · width from expert 0's (the layout of
+// the CUDA backend and of the op tests); quantized, expert e's gate_up and down at e times one
+// expert's packed bytes, scales and offsets from expert 0's (one QuantizedMatrix of all the
+// experts' rows, as the quantized cache keeps a layer).
 // A tensor-parallel rank holds some of the experts (expert parallel: the others' tensors are
 // null, and the op skips their tokens' shares, which the ranks holding them add) or a slice of
 // every expert's intermediate width (tensor parallel: `width` is the slice's).
@@ -83,12 +94,16 @@ struct ExpertTensors {
 // their own, in increasing id order, and map a routed id to its place by `expert_slots`.
 struct MoeTensors {
   Tensor router;  // float32 [experts, hidden]
-  Tensor expert_mask;  // float32 [experts], or null: every expert
-  std::vector<ExpertTensors> experts;  // one per expert of the router
+  std::vector<ExpertTensors> experts;
+  std::vector<QuantizedExpertTensors> quantized;
   std::int64_t hidden = 0;
   std::int64_t width = 0;
   int top_k = 0;
+  Tensor expert_mask;   // float32 [experts], or null: every expert
   Tensor expert_slots;  // int32 [experts]: a kept expert's place in the block (CUDA), or null
+
+  bool is_quantized() const { return !quantized.empty(); }
+  std::size_t expert_count() const { return is_quantized() ? quantized.size() : experts.size(); }
 };
 
 enum class OpKind {
@@ -105,6 +120,7 @@ enum class OpKind {
   WriteKv,
   SoftmaxAttention,
   Moe,
+  QuantizedMoe,
   Count
 };
 const char* op_name(OpKind kind);
@@ -170,6 +186,10 @@ class ModelOps {
   // in increasing expert order. router_logits, when set (float32 [rows, experts]), gets the
   // router's logits before the mask; with `out` null the op computes only those.
   virtual void moe(const MoeTensors& weights, Tensor x, std::int64_t rows, Tensor out, Tensor router_logits) = 0;
+  // QuantizedMoe: moe over weights.quantized (int8 or int4 experts), the same routing, sums and
+  // router_logits, each product over the dequantized weights (w ~= q · scale + offset) in float32.
+  virtual void quantized_moe(const MoeTensors& weights, Tensor x, std::int64_t rows, Tensor out,
+                             Tensor router_logits) = 0;
 };
 
 // The CPU ops (the reference), with `threads` worker threads (0: all hardware threads).

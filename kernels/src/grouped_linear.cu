@@ -36,6 +36,7 @@ using GroupShape = ProblemShape::UnderlyingProblemShape;
 template <bool TokensMajor, class TileShape, class ClusterShape>
 struct GroupedGemm {
   static constexpr bool tokens_major = TokensMajor;
+  static constexpr bool has_scales = false;
   using LayoutD = std::conditional_t<TokensMajor, cutlass::layout::RowMajor, cutlass::layout::ColumnMajor>;
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
@@ -80,6 +81,52 @@ using FewRows =
 // FewRows up to this many rows per group on average.
 constexpr std::int64_t kFewRowsPerGroup = 64;
 
+// The same products with int8 weights, converted in the main loop: CUTLASS's Hopper mixed-input
+// grouped GEMM (the weights are the A operand, converted in registers and scaled by their row's
+// float32 scale, one group of all columns; bf16 tensor-core products; tokens are B, as in
+// FewRows; 128 weight rows × 128 tokens tiles). Not int4: CUTLASS 4.2's pointer-array
+// mixed-input mainloop with zero points (ConvertAndScaleWithZero) moves only the zero points'
+// TMA descriptor from group to group, not the scales' (tensormaps_replace_global_address and
+// tensormaps_replace_global_tensor_properties), so every group would read the first's scales.
+template <class TileShape, class ClusterShape>
+struct Int8GroupedGemm {
+  static constexpr bool has_scales = true;
+  using LayoutD = cutlass::layout::ColumnMajor;
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, Element, LayoutD*, kAlignment, Element, LayoutD*,
+      kAlignment, cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative,
+      cutlass::epilogue::fusion::LinearCombination<Element, float>>::CollectiveOp;
+  // 16 weights (bytes) per TMA row piece.
+  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cute::tuple<cutlass::int8_t, float>,
+      cutlass::layout::RowMajor*, 16, Element, cutlass::layout::ColumnMajor*, kAlignment, float, TileShape,
+      ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative>::CollectiveOp;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<
+      cutlass::gemm::kernel::GemmUniversal<ProblemShape, Mainloop, Epilogue>>;
+  using StrideA = typename Gemm::GemmKernel::InternalStrideA;
+  using StrideB = typename Gemm::GemmKernel::InternalStrideB;
+  using StrideD = typename Gemm::GemmKernel::InternalStrideD;
+  using StrideScale = typename Mainloop::StrideScale;
+
+  struct Arrays {
+    GroupShape* shapes;
+    const cutlass::int8_t** a;
+    const Element** b;
+    Element** d;
+    const float** scales;
+    StrideA* stride_a;
+    StrideB* stride_b;
+    StrideD* stride_d;
+    StrideScale* stride_scale;
+    std::size_t bytes;
+  };
+};
+using Int8Weights =
+    Int8GroupedGemm<cute::Shape<cute::_128, cute::_128, cute::_64>, cute::Shape<cute::_1, cute::_1, cute::_1>>;
+
 std::size_t round_up(std::size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 template <class Config>
@@ -99,6 +146,10 @@ typename Config::Arrays group_arrays(void* workspace, int groups) {
   place(arrays.stride_a, sizeof(typename Config::StrideA));
   place(arrays.stride_b, sizeof(typename Config::StrideB));
   place(arrays.stride_d, sizeof(typename Config::StrideD));
+  if constexpr (Config::has_scales) {
+    place(arrays.scales, sizeof(void*));
+    place(arrays.stride_scale, sizeof(typename Config::StrideScale));
+  }
   arrays.bytes = offset;
   return arrays;
 }
@@ -186,6 +237,56 @@ void run_grouped(const Element* in, const std::int32_t* first_row, int groups, i
   check_cutlass(gemm.run(stream), "run");
 }
 
+// Thread g: group g's shape, pointers and strides, as describe_groups_kernel's FewRows tiling
+// (M = the weights' rows, N = the group's tokens), with the rows' scales (one group of all
+// columns: [1][rows]).
+__global__ void describe_int8_groups_kernel(const Element* in, const std::int32_t* first_row, int groups,
+                                            QuantizedExperts w, Element* out, Int8Weights::Arrays arrays) {
+  const int g = blockIdx.x * blockDim.x + threadIdx.x;
+  if (g >= groups) return;
+  const std::int64_t row = first_row[g];
+  const int rows = first_row[g + 1] - first_row[g];
+  const auto out_features = static_cast<int>(w.rows), in_features = static_cast<int>(w.cols);
+  arrays.shapes[g] = GroupShape(out_features, rows, in_features);
+  arrays.a[g] = reinterpret_cast<const cutlass::int8_t*>(w.packed + std::int64_t{g} * w.rows * w.row_bytes());
+  arrays.b[g] = in + row * in_features;
+  arrays.d[g] = out + row * out_features;
+  arrays.scales[g] = w.row_scales + std::int64_t{g} * w.rows;
+  Int8Weights::StrideA stride_a{};
+  Int8Weights::StrideB stride_b{};
+  Int8Weights::StrideD stride_d{};
+  Int8Weights::StrideScale stride_scale{};
+  cute::get<0>(stride_a) = w.row_bytes();  // the padded row
+  cute::get<0>(stride_b) = in_features;
+  cute::get<1>(stride_d) = out_features;
+  cute::get<1>(stride_scale) = w.rows;
+  arrays.stride_a[g] = stride_a;
+  arrays.stride_b[g] = stride_b;
+  arrays.stride_d[g] = stride_d;
+  arrays.stride_scale[g] = stride_scale;
+}
+
+Int8Weights::Gemm::Arguments int8_gemm_arguments(const Int8Weights::Arrays& arrays, int groups,
+                                                 const QuantizedExperts& w, const LaunchLimits& limits) {
+  Int8Weights::Gemm::Arguments arguments{
+      cutlass::gemm::GemmUniversalMode::kGrouped,
+      {groups, arrays.shapes, nullptr},  // the shapes are on the device only
+      {arrays.a, arrays.stride_a, const_cast<const Element**>(arrays.b), arrays.stride_b, arrays.scales,
+       arrays.stride_scale, static_cast<int>(w.cols)},
+      {{}, const_cast<const Element**>(arrays.d), arrays.stride_d, arrays.d, arrays.stride_d}};
+  arguments.epilogue.thread.alpha = 1.0f;
+  arguments.epilogue.thread.beta = 0.0f;
+  arguments.epilogue.thread.dAlpha = {cute::_0{}, cute::_0{}, 0};
+  arguments.epilogue.thread.dBeta = {cute::_0{}, cute::_0{}, 0};
+  arguments.hw_info.device_id = limits.device;
+  arguments.hw_info.sm_count = limits.multiprocessors;
+  return arguments;
+}
+
+void check_int8(const QuantizedExperts& w) {
+  if (w.format != QuantFormat::Int8) fail("int8_grouped_linear: the weights are not int8");
+}
+
 }  // namespace
 
 std::size_t grouped_linear_workspace_bytes(int groups, const LaunchLimits& limits) {
@@ -207,6 +308,36 @@ void grouped_linear(const bf16* in, const std::int32_t* first_row, int groups, s
     run_grouped<FewRows>(a, first_row, groups, k, w, n, d, limits, workspace, workspace_bytes, stream);
   else
     run_grouped<ManyRows>(a, first_row, groups, k, w, n, d, limits, workspace, workspace_bytes, stream);
+}
+
+std::size_t int8_grouped_linear_workspace_bytes(const QuantizedExperts& w, int groups, const LaunchLimits& limits) {
+  check_int8(w);
+  const auto arrays = group_arrays<Int8Weights>(nullptr, groups);
+  return arrays.bytes + round_up(Int8Weights::Gemm::get_workspace_size(int8_gemm_arguments(arrays, groups, w, limits)));
+}
+
+void int8_grouped_linear(const bf16* in, const std::int32_t* first_row, int groups, const QuantizedExperts& w,
+                         bf16* out, const LaunchLimits& limits, void* workspace, std::size_t workspace_size,
+                         cudaStream_t stream) {
+  check_int8(w);
+  if (groups == 0 || w.rows == 0) return;
+  if (w.cols % kAlignment != 0 || w.rows % kAlignment != 0)
+    fail("int8_grouped_linear: in_features " + std::to_string(w.cols) + " and out_features " +
+         std::to_string(w.rows) + " must be multiples of " + std::to_string(kAlignment));
+  const std::size_t needed = int8_grouped_linear_workspace_bytes(w, groups, limits);
+  if (workspace_size < needed)
+    fail("int8_grouped_linear: the workspace holds " + std::to_string(workspace_size) + " bytes, " +
+         std::to_string(needed) + " needed");
+  const auto arrays = group_arrays<Int8Weights>(workspace, groups);
+  describe_int8_groups_kernel<<<grid_for(groups, 128), 128, 0, stream>>>(reinterpret_cast<const Element*>(in),
+                                                                        first_row, groups, w,
+                                                                        reinterpret_cast<Element*>(out), arrays);
+  check(cudaGetLastError(), "int8_grouped_linear (groups)");
+  const auto arguments = int8_gemm_arguments(arrays, groups, w, limits);
+  Int8Weights::Gemm gemm;
+  check_cutlass(gemm.can_implement(arguments), "cannot implement");
+  check_cutlass(gemm.initialize(arguments, static_cast<char*>(workspace) + arrays.bytes, stream), "initialize");
+  check_cutlass(gemm.run(stream), "run");
 }
 
 }  // namespace lightdesk::cuda

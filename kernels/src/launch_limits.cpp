@@ -8,6 +8,7 @@ namespace lightdesk::cuda {
 void query_attention_limits(LaunchLimits& limits);  // attention.cu
 void query_lightning_limits(LaunchLimits& limits);  // lightning.cu
 void query_moe_limits(LaunchLimits& limits);        // moe.cu
+void query_quantized_moe_limits(LaunchLimits& limits);  // quantized_experts.cu
 
 LaunchLimits query_launch_limits() {
   LaunchLimits limits;
@@ -22,7 +23,10 @@ LaunchLimits query_launch_limits() {
         "cudaDeviceGetAttribute");
   query_attention_limits(limits);
   query_lightning_limits(limits);
+  check(cudaDeviceGetAttribute(&limits.shared_bytes_per_block_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+        "cudaDeviceGetAttribute");
   query_moe_limits(limits);
+  query_quantized_moe_limits(limits);
   return limits;
 }
 

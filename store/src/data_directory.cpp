@@ -105,6 +105,12 @@ fs::path DataDirectory::model_cache(const ModelInfo& model) const {
   return folder;
 }
 
+ModelOptions DataDirectory::with_expert_cache(const fs::path& model_directory, ModelOptions options) const {
+  if (options.expert_dtype != ExpertFormat::Bf16 && !options.synthetic_weights)
+    options.expert_cache = model_cache(Model::inspect(model_directory, options));
+  return options;
+}
+
 std::vector<CachedModel> DataDirectory::cached_models() const {
   std::vector<CachedModel> models;
   std::error_code ec;

@@ -218,8 +218,9 @@ std::int64_t Store::ensure_model(const ModelInfo& info) {
   sql::Statement upsert(impl_->db,
                         "INSERT INTO models(fingerprint, path, model_type, created_at) VALUES (?, ?, ?, ?) "
                         "ON CONFLICT(fingerprint) DO UPDATE SET path = excluded.path RETURNING id");
-  upsert.bind_all(info.fingerprint, info.directory.string(), info.model_type, now_seconds());
-  if (!upsert.step()) impl_->db.fail_plain("cannot record model " + info.fingerprint);
+  // Models are known by their states' identity: a model run with quantized experts is another.
+  upsert.bind_all(info.state_identity(), info.directory.string(), info.model_type, now_seconds());
+  if (!upsert.step()) impl_->db.fail_plain("cannot record model " + info.state_identity());
   const std::int64_t id = upsert.int64(0);
   upsert.run();
   return id;
@@ -638,9 +639,17 @@ std::vector<TokenId> Store::Impl::read(std::int64_t checkpoint_id, const ModelIn
   if (records.empty()) throw StateRefused(name + " does not exist");
   const CheckpointRecord& record = records.front();
   if (!record.complete) throw StateRefused(name + " is incomplete (its writer stopped before finishing it)");
-  if (record.model_fingerprint != info.fingerprint)
+  if (record.model_fingerprint != info.state_identity()) {
+    // The same checkpoint with other experts: say which.
+    const std::size_t slash = record.model_fingerprint.find('/');
+    if (record.model_fingerprint.substr(0, slash) == info.fingerprint)
+      throw StateRefused(name + " was computed with " +
+                         (slash == std::string::npos ? std::string("bf16") : record.model_fingerprint.substr(slash + 1)) +
+                         " experts; " + info.directory.string() + " runs " + expert_format_name(info.expert_format) +
+                         " experts");
     throw StateRefused(name + " was saved by another model (fingerprint " + record.model_fingerprint +
-                       "), not by " + info.directory.string() + " (fingerprint " + info.fingerprint + ")");
+                       "), not by " + info.directory.string() + " (fingerprint " + info.state_identity() + ")");
+  }
   if (record.experts != info.experts)
     throw StateRefused(name + " was computed with " + record.experts.describe() + ", not with " +
                        info.experts.describe());

@@ -342,6 +342,54 @@ std::string fingerprint_of(const std::string& model) {
   return info.substr(at + 13, info.find('\n', at) - at - 13);
 }
 
+// --expert-dtype int8: the first run quantizes and keeps the experts in the data directory's
+// cache (cache list shows the file), the second reads them and prints the same ids.
+TEST(Cli, QuantizedExpertsAreKeptInTheCache) {
+  const test::ScratchDir dir;
+  const auto data = dir.path() / "data";
+  const std::vector<std::string> generate = {"generate", "--model", model_dir(), "--ids", "1,2,3", "--max-new-tokens",
+                                             "8", "--backend", "cpu", "--expert-dtype", "int8", "--data-dir",
+                                             data.string()};
+  const auto first = run_cli(generate);
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  const auto list = run_cli({"cache", "list", "--data-dir", data.string()});
+  EXPECT_NE(list.out.find(model_dir() + ": experts-int8.safetensors "), std::string::npos) << list.out;
+  const auto second = run_cli(generate);
+  ASSERT_EQ(second.exit_code, 0) << second.err;
+  EXPECT_EQ(second.out, first.out);
+  EXPECT_NE(run_cli({"info", "--model", model_dir(), "--expert-dtype", "int4"}).out.find("width 48, kept in int4"),
+            std::string::npos);
+  const auto wrong = run_cli({"generate", "--model", model_dir(), "--ids", "1", "--max-new-tokens", "1",
+                              "--expert-dtype", "int2"});
+  EXPECT_EQ(wrong.exit_code, 2);
+  EXPECT_NE(wrong.err.find("unknown expert format \"int2\" (choose bf16, int8 or int4)"), std::string::npos) << wrong.err;
+}
+
+// The real model's fit for each expert format on 1, 2, 4 and 8 GPUs of 80 and 141 GiB, one table.
+TEST(Cli, InfoTabulatesTheExpertFormatsFitOnGpuCounts) {
+  const std::string real = (test::data_dir() / "real" / "MiniMax-Text-01").string();
+  const auto r = run_cli({"info", "--model", real, "--gpus", "80GB,141GB", "--tokens", "131072", "--backend", "cpu"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::size_t table = r.out.find("fit at 131072 tokens, tensor parallel");
+  ASSERT_NE(table, std::string::npos) << r.out;
+  const std::string rows = r.out.substr(table);
+  EXPECT_NE(rows.find("1x80GiB         2x80GiB         4x80GiB         8x80GiB         1x141GiB"), std::string::npos)
+      << rows;
+  // bf16 fits only 8 x 141 GiB; int8 8 x 80 or 4 x 141; int4 4 x 80 or 2 x 141.
+  EXPECT_NE(rows.find("  bf16    859 GiB no      431 GiB no      217 GiB no      110 GiB no      859 GiB no      "
+                      "431 GiB no      217 GiB no      110 GiB fits"),
+            std::string::npos)
+      << rows;
+  EXPECT_NE(rows.find("  int8    454 GiB no      229 GiB no      116 GiB no      59 GiB fits     454 GiB no      "
+                      "229 GiB no      116 GiB fits    59 GiB fits"),
+            std::string::npos)
+      << rows;
+  EXPECT_NE(rows.find("  int4    264 GiB no      133 GiB no      68 GiB fits     36 GiB fits     264 GiB no      "
+                      "133 GiB fits    68 GiB fits     36 GiB fits"),
+            std::string::npos)
+      << rows;
+}
+
 TEST(Cli, CacheListsAndClearsEachModelsFiles) {
   const test::ScratchDir dir;
   const auto data = dir.path() / "data";

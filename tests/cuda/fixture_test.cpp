@@ -441,9 +441,9 @@ TEST(CudaBackendTest, DecodeGraphIsCapturedLogarithmicallyOften) {
   const ModelConfig config = load_model_config(kData / "tiny-a-hf", false);
   ModelOptions options;
   options.cuda_float32 = true;
-  const auto graphs = make_cuda_backend(config, WeightMap::synthetic(config, 7), options, {});
+  const auto graphs = make_cuda_backend(config, WeightMap::synthetic(config, 7), options, {}, {});
   options.cuda_graphs = false;
-  const auto launches = make_cuda_backend(config, WeightMap::synthetic(config, 7), options, {});
+  const auto launches = make_cuda_backend(config, WeightMap::synthetic(config, 7), options, {}, {});
   const auto graph_sequence = graphs->new_sequence(), launch_sequence = launches->new_sequence();
   std::vector<float> graph_logits(static_cast<std::size_t>(config.vocab_size)), launch_logits(graph_logits.size());
   std::mt19937 random(8);
@@ -553,6 +553,47 @@ TEST(CudaBackendTest, SyntheticWeightsEqualTheCpuBackends) {
   EXPECT_LT(test::relative_error(std::vector<float>(gpu_logits.begin(), gpu_logits.end()),
                                std::vector<float>(cpu_logits.begin(), cpu_logits.end())),
             1e-5);
+}
+
+// Quantized experts (int8, int4) through the whole model: the CUDA backend's logits against the
+// CPU backend's of the same format (the same quantized weights: both quantize the checkpoint
+// alike), over the prompt and decode steps fed the CPU's greedy tokens; float32 activations to
+// the float32 tolerance, bf16 to the bound of a router near-tie (as LongGenerationMatchesCpuBackend).
+TEST(CudaQuantizedModelTest, LogitsMatchTheCpuBackend) {
+  LIGHTDESK_SKIP_WITHOUT_GPU();
+  for (const char* fixture : {"tiny-a-hf", "tiny-a-m1-rd8"})
+    for (const ExpertFormat format : {ExpertFormat::Int8, ExpertFormat::Int4})
+      for (const bool float32 : {true, false}) {
+        SCOPED_TRACE(std::string(fixture) + ", " + expert_format_name(format) + (float32 ? ", float32" : ", bf16"));
+        ModelOptions options;
+        options.expert_dtype = format;
+        options.backend = BackendKind::Cpu;
+        const auto cpu = Model::open(kData / fixture, options);
+        options.backend = BackendKind::Cuda;
+        options.cuda_float32 = float32;
+        const auto gpu = Model::open(kData / fixture, options);
+        const auto prompt = ids(read_safetensors(kData / fixture / "golden.safetensors").at("decode.prompt_ids"));
+        auto cpu_session = cpu->create_session(), gpu_session = gpu->create_session();
+        cpu_session->feed(prompt);
+        gpu_session->feed(prompt);
+        const float bound = float32 ? kFloat32Tolerance : 2 * kBf16Tolerance;
+        float max_diff = 0.0f;
+        for (int step = 0; step < 24; ++step) {
+          const auto cpu_logits = cpu_session->logits(), gpu_logits = gpu_session->logits();
+          ASSERT_EQ(gpu_logits.size(), cpu_logits.size());
+          for (std::size_t i = 0; i < cpu_logits.size(); ++i)
+            max_diff = std::isfinite(gpu_logits[i]) ? std::max(max_diff, std::fabs(gpu_logits[i] - cpu_logits[i]))
+                                                    : INFINITY;
+          const auto next =
+              static_cast<TokenId>(std::max_element(cpu_logits.begin(), cpu_logits.end()) - cpu_logits.begin());
+          cpu_session->feed(std::span<const TokenId>(&next, 1));
+          gpu_session->feed(std::span<const TokenId>(&next, 1));
+        }
+        std::printf("[ measured ] %s %s %s: max |dlogit| against the CPU backend = %.3g (bound %.3g)\n", fixture,
+                    expert_format_name(format), float32 ? "f32" : "bf16", static_cast<double>(max_diff),
+                    static_cast<double>(bound));
+        EXPECT_LT(max_diff, bound);
+      }
 }
 
 }  // namespace

@@ -12,6 +12,8 @@
 #include <functional>
 #include <limits>
 #include <map>
+#include <cstring>
+#include <memory>
 #include <random>
 
 #include "src/backend.h"
@@ -73,6 +75,33 @@ std::string dims(std::initializer_list<std::int64_t> values) {
 }
 
 using CaseMaker = std::function<std::vector<OpCase>(test::Random&)>;
+
+// Quantized weights placed on a backend: their bytes uploaded as int32 words (an I32 tensor's
+// upload copies them as they are), kept while the case lives.
+class PlacedBytes {
+ public:
+  QuantizedView place(ModelOps& ops, const QuantizedView& host) {
+    QuantizedView v = host;
+    const QuantLayout& l = host.layout;
+    v.packed = static_cast<const std::uint8_t*>(bytes(ops, host.packed, l.packed_bytes()));
+    if (host.row_scales) v.row_scales = static_cast<const float*>(bytes(ops, host.row_scales, l.scale_bytes()));
+    if (host.group_scales)
+      v.group_scales = static_cast<const std::uint16_t*>(bytes(ops, host.group_scales, l.scale_bytes()));
+    if (host.group_offsets)
+      v.group_offsets = static_cast<const std::uint16_t*>(bytes(ops, host.group_offsets, l.offset_bytes()));
+    return v;
+  }
+
+ private:
+  const void* bytes(ModelOps& ops, const void* data, std::int64_t size) {
+    std::vector<std::int32_t> words(static_cast<std::size_t>((size + 3) / 4));
+    std::memcpy(words.data(), data, static_cast<std::size_t>(size));
+    buffers_.push_back(ops.allocate(ElementType::I32, static_cast<std::int64_t>(words.size()), "quantized weights"));
+    ops.upload(words.data(), static_cast<std::int64_t>(words.size()), buffers_.back()->tensor());
+    return buffers_.back()->tensor().data;
+  }
+  std::vector<std::unique_ptr<TensorBuffer>> buffers_;
+};
 
 const std::map<OpKind, CaseMaker>& case_makers() {
   static const std::map<OpKind, CaseMaker> makers = {
@@ -319,8 +348,11 @@ const std::map<OpKind, CaseMaker>& case_makers() {
                              in(Role::Int32, slots)},
                             outputs,
                             [=](ModelOps& ops, const std::vector<Tensor>& i, const std::vector<Tensor>& o) {
-                              MoeTensors w{i[1], s.pruned ? i[4] : Tensor{}, {}, H, I, s.top_k,
-                                           s.pruned ? i[5] : Tensor{}};
+                              MoeTensors w{i[1], {}, {}, H, I, s.top_k};
+                              if (s.pruned) {
+                                w.expert_mask = i[4];
+                                w.expert_slots = i[5];
+                              }
                               for (std::int64_t e = 0; e < E; ++e) {
                                 const auto slot = static_cast<std::int64_t>(slots[static_cast<std::size_t>(e)]);
                                 w.experts.push_back(slot < 0 ? ExpertTensors{}
@@ -331,6 +363,46 @@ const std::map<OpKind, CaseMaker>& case_makers() {
                               ops.moe(w, i[0], s.rows, o[0], s.pruned ? o[1] : Tensor{});
                             }});
          }
+         return cases;
+       }},
+      {OpKind::QuantizedMoe,
+       [](test::Random& rng) {
+         struct Shape {
+           std::int64_t hidden, width;
+           int experts, top_k;
+           std::int64_t rows;
+         };
+         std::vector<OpCase> cases;
+         // Decode and prefill row counts; hidden and expert widths with a partial last int4
+         // group (40, 136, 300), several groups (256, 300, 320), rows not in 16-byte pieces.
+         for (ExpertDType format : {ExpertDType::Int8, ExpertDType::Int4})
+           for (const Shape& s : {Shape{96, 40, 8, 2, 1}, Shape{96, 40, 8, 2, 5}, Shape{64, 48, 32, 2, 9},
+                                  Shape{300, 136, 4, 2, 6}, Shape{256, 320, 4, 2, 70}}) {
+             const std::int64_t H = s.hidden, I = s.width, E = s.experts;
+             // The experts' weights, quantized as one block per matrix kind like a loaded layer.
+             const std::vector<float> gate_up = uniform(rng, E * 2 * I * H, -0.2f, 0.2f);
+             const std::vector<float> down = uniform(rng, E * H * I, -0.2f, 0.2f);
+             auto block = std::make_shared<std::pair<QuantizedMatrix, QuantizedMatrix>>(
+                 quantize_matrix(reinterpret_cast<const std::byte*>(gate_up.data()), DType::F32, E * 2 * I, H, format,
+                                 Int4Variant::Asymmetric),
+                 quantize_matrix(reinterpret_cast<const std::byte*>(down.data()), DType::F32, E * H, I, format,
+                                 Int4Variant::Asymmetric));
+             auto placed = std::make_shared<std::vector<PlacedBytes>>();
+             cases.push_back({std::string(expert_dtype_name(format)) + " " + dims({s.rows, H, I}) + ", " +
+                                  std::to_string(E) + " experts, top " + std::to_string(s.top_k),
+                              {in(Role::Activation, uniform(rng, s.rows * H, -1, 1)),
+                               in(Role::Float32, uniform(rng, E * H, -0.3f, 0.3f))},
+                              {out(Role::Activation, s.rows * H)},
+                              [=](ModelOps& ops, const std::vector<Tensor>& i, const std::vector<Tensor>& o) {
+                                PlacedBytes& bytes = placed->emplace_back();
+                                const QuantizedView gu = bytes.place(ops, block->first.view());
+                                const QuantizedView dn = bytes.place(ops, block->second.view());
+                                MoeTensors w{i[1], {}, {}, H, I, s.top_k};
+                                for (std::int64_t e = 0; e < E; ++e)
+                                  w.quantized.push_back({gu.rows(e * 2 * I, 2 * I), dn.rows(e * H, H)});
+                                ops.quantized_moe(w, i[0], s.rows, o[0], {});
+                              }});
+           }
          return cases;
        }},
   };

@@ -113,7 +113,7 @@ TEST(PrunedMoeTest, MaskEqualsSlicedRouter) {
   auto t = [](std::vector<float>& v) { return Tensor{v.data(), ElementType::F32}; };
   std::vector<float> mask(E, -INFINITY);
   for (int e : kept) mask[static_cast<std::size_t>(e)] = 0.0f;
-  MoeTensors masked{t(router), t(mask), {}, H, I, k};
+  MoeTensors masked{t(router), {}, {}, H, I, k, t(mask)};
   for (int e = 0; e < E; ++e) {
     const bool in = std::ranges::count(kept, e) > 0;
     masked.experts.push_back(in ? ExpertTensors{t(w1[e]), t(w3[e]), t(w2[e])} : ExpertTensors{});

@@ -15,8 +15,9 @@ std::vector<lightdesk::GpuDevice> one_device() {
 }
 
 std::unique_ptr<lightdesk::ComputeBackend> no_backend(const lightdesk::ModelConfig&, const lightdesk::WeightMap&,
-                                                      const lightdesk::ModelOptions&,
-                                                      const std::function<void(std::uint64_t)>&) {
+                                                      const lightdesk::ModelOptions&, const lightdesk::ExpertLoad&,
+                                                      const std::function<void(std::uint64_t)>&,
+                                                      lightdesk::ExpertLoadResult*) {
   throw lightdesk::Error("the fake plugin makes no backend");
 }
 

@@ -218,6 +218,31 @@ TEST_F(CliSessionTest, AskContinuesTheStoredConversation) {
   EXPECT_EQ(stdout_, join(second_answer) + "\n");
 }
 
+// A state computed with bf16 experts is not continued with int8 ones: refused by name, and
+// recomputed from its tokens as for another model; the int8 run's own state then continues.
+TEST_F(CliSessionTest, AnotherExpertFormatRecomputesTheStoredTokens) {
+  const auto a = token_ids(12, 35), b = token_ids(3, 36), c = token_ids(2, 37);
+  const std::string data_dir = " --data-dir '" + (scratch_ / "data").string() + "'";
+  ASSERT_EQ(cli("logits " + model() + " --ids " + join(a) + " " + out("a.safetensors") + " " + session() + data_dir), 0);
+  ASSERT_EQ(cli("logits " + model() + " --expert-dtype int8 --ids " + join(b) + " " + out("b.safetensors") + " " +
+                session() + data_dir + " --decode-from 0"),
+            0)
+      << stderr_;
+  EXPECT_NE(stderr_.find("was computed with bf16 experts"), std::string::npos) << stderr_;
+  EXPECT_NE(stderr_.find("runs int8 experts"), std::string::npos) << stderr_;
+  EXPECT_NE(stderr_.find("recomputed from its 12 token ids"), std::string::npos) << stderr_;
+  ASSERT_EQ(cli("logits " + model() + " --expert-dtype int8 --ids " + join(testing::concat(a, b)) + " " +
+                out("ab.safetensors") + data_dir + " --decode-from 12"),
+            0);
+  const auto continued = logits("b.safetensors"), uninterrupted = logits("ab.safetensors");
+  EXPECT_TRUE(continued.bytes == uninterrupted.bytes.substr(12 * (continued.bytes.size() / 3)));
+  // The int8 state (saved by the second run) continues under int8 without a word.
+  ASSERT_EQ(cli("logits " + model() + " --expert-dtype int8 --ids " + join(c) + " " + out("c.safetensors") + " " +
+                session() + data_dir + " --decode-from 0"),
+            0);
+  EXPECT_EQ(stderr_.find("experts"), std::string::npos) << stderr_;
+}
+
 TEST_F(CliSessionTest, AnotherModelRecomputesTheStoredTokens) {
   const auto a = token_ids(12, 35), b = token_ids(3, 36);
   ASSERT_EQ(cli("logits " + model() + " --ids " + join(a) + " " + out("a.safetensors") + " " + session()), 0);

@@ -32,7 +32,7 @@ struct VisionModel::Impl {
   WeightTensor tensor(const std::string& name, const std::vector<std::int64_t>& shape) const {
     const TensorView* t = checkpoint->find(name);
     if (!t) throw Error("checkpoint: missing tensor \"" + name + "\"");
-    if (t->shape != shape || t->dtype == DType::I64)
+    if (t->shape != shape || !is_float_dtype(t->dtype))
       throw Error(t->file + ": tensor \"" + name + "\" has shape " + shape_text(t->shape) + " " +
                   dtype_name(t->dtype) + ", the config needs " + shape_text(shape) + " float");
     return WeightTensor(*t, 0, t->numel());

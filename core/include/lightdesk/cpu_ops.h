@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -59,9 +60,16 @@ struct ExpertMatrices {
 };
 
 // out[rows, hidden] = Σ_k weight_k · w2(silu(w1 x) ⊙ w3 x) over each row's chosen experts,
-// accumulated in increasing expert order like the reference.
+// accumulated in increasing expert order like the reference. An expert whose w1 is null is
+// another rank's: its rows' shares are left out.
 void moe_experts(const float* x, std::int64_t rows, std::int64_t hidden, std::int64_t width,
                  std::span<const ExpertMatrices> experts, int k, const int* expert_ids, const float* weights,
                  float* out, ThreadPool& pool);
+// The same with `experts` experts whose matrices come from matrices(e), asked only for an
+// expert some row chose, once per call and valid until the next ask (experts kept in another
+// format give float32 copies, one expert at a time).
+void moe_experts(const float* x, std::int64_t rows, std::int64_t hidden, std::int64_t width, std::size_t experts,
+                 const std::function<ExpertMatrices(std::size_t expert)>& matrices, int k, const int* expert_ids,
+                 const float* weights, float* out, ThreadPool& pool);
 
 }  // namespace lightdesk::cpu

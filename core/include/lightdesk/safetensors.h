@@ -13,10 +13,12 @@
 
 namespace lightdesk {
 
-enum class DType { F32, BF16, F16, I64 };
+// U8: packed quantized weights (the quantized expert cache), never a model's weight.
+enum class DType { F32, BF16, F16, I64, U8 };
 
 const char* dtype_name(DType t);
 std::size_t dtype_size(DType t);
+bool is_float_dtype(DType t);  // F32, BF16, F16
 
 struct TensorView {
   std::string name;
@@ -30,6 +32,9 @@ struct TensorView {
   // Converts the tensor to float32 into `out` (numel() floats).
   void to_f32(float* out) const;
 };
+
+// `count` values of a float dtype (F32, BF16, F16) at `data` (any alignment) as float32.
+void convert_to_f32(const std::byte* data, DType dtype, std::int64_t count, float* out);
 
 // One mapped file. Its tensors stay valid while the object lives.
 class SafetensorsFile {

@@ -68,6 +68,13 @@ enum class MoeParallel { Expert, Tensor };
 MoeParallel parse_moe_parallel(const std::string& name);
 const char* moe_parallel_name(MoeParallel mode);
 
+// How the experts' matrices are kept (ModelOptions::expert_dtype, the memory planner): as the
+// checkpoint's values (bf16 on a GPU, float32 on the CPU backend), or quantized to int8 (a scale
+// per row) or int4 (a scale and offset per 128 inputs); see core's expert_quant.h.
+enum class ExpertFormat { Bf16, Int8, Int4 };
+const char* expert_format_name(ExpertFormat format);  // "bf16", "int8", "int4"
+// "bf16", "int8" or "int4"; throws Error on anything else.
+ExpertFormat parse_expert_format(const std::string& name);
 // Which experts a model holds: all of them, or per layer the ones a task pattern keeps (PreMoe's
 // pruned mode; lightdesk/expert_patterns.h makes the sets). A pruned expert is not loaded, and
 // the router masks it to -inf before its softmax, which is slicing the router's rows: the
@@ -120,6 +127,14 @@ struct ModelOptions {
   // embedding and LM head. See tensor_parallel_layout.
   int tensor_parallel = 1;
   MoeParallel moe_parallel = MoeParallel::Expert;
+  // The experts' format. int8 and int4 are quantized while the weights load (the CPU backend
+  // only in this version), or read from `expert_cache`.
+  ExpertFormat expert_dtype = ExpertFormat::Bf16;
+  // A folder to keep the quantized experts in (a front end gives the data directory's
+  // cache/<fingerprint>): the first load writes them there, later loads read them instead of
+  // quantizing (about a half or a quarter of the bytes). A file that is stale (another model
+  // or format) or damaged is rebuilt, never used. Empty: quantize at every load.
+  std::filesystem::path expert_cache{};
   // All experts, or a pruned set (see ExpertSelection). Not with tensor_parallel > 1 yet.
   ExpertSelection experts{};
 };
@@ -194,12 +209,23 @@ struct ModelInfo : ModelShape {
   // Hex digest of config.json and the safetensors headers: identifies the model a saved
   // session state belongs to without reading the weights.
   std::string fingerprint;
+  // The experts' format the model computes with: a saved state holds its results, so it belongs
+  // to the fingerprint and this format together.
+  ExpertFormat expert_format = ExpertFormat::Bf16;
+  // Quantized experts: bytes read from the quantized cache (0 when they were quantized from the
+  // checkpoint at this load), and the cache file (empty without one).
+  std::uint64_t expert_cache_bytes_read = 0;
+  std::filesystem::path expert_cache_file;
   // The experts the model was opened with (ModelOptions::experts): a state computed with one
   // selection is not the state of another.
   ExpertSelection experts;
 
   // State memory of one session holding `tokens` positions.
   std::uint64_t session_bytes(std::int64_t tokens) const;
+  // What a saved session state belongs to: the fingerprint, and with quantized experts their
+  // format ("<fingerprint>/int8"). A state computed with other experts' values is another
+  // model's: refused, and recomputed from its tokens.
+  std::string state_identity() const;
 };
 
 // Sampling: temperature <= 0 means greedy (the lowest id among equal maxima). Otherwise the
@@ -415,9 +441,6 @@ std::vector<PlanDevice> parse_gpu_list(const std::string& text);
 // This machine's CUDA devices (gpu_devices) as plan targets, by their total memory.
 std::vector<PlanDevice> local_gpus();
 
-// How experts are stored on a device or in the host store.
-enum class ExpertFormat { Bf16, Int8, Int4 };
-const char* expert_format_name(ExpertFormat format);
 
 // One rank's share of a tensor-parallel layout of N ranks, one GPU each: what a TP-N run holds.
 struct RankLayout {

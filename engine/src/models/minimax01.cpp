@@ -39,7 +39,12 @@ class Minimax01Pass {
       ops_.scaled_sum(act_.a, attn.alpha, act_.att, attn.beta, rows * H, act_.att);
       ops_.rms_norm(act_.att, rows, H, layer.post_attn_norm, c_.rms_norm_eps, act_.b);
       const bool last = l == pass_.last_router_layer;
-      ops_.moe(layer.moe, act_.b, rows, last ? Tensor{} : act_.moe, reports_router() ? act_.router_logits : Tensor{});
+      const Tensor moe_out = last ? Tensor{} : act_.moe;
+      const Tensor router_logits = reports_router() ? act_.router_logits : Tensor{};
+      if (layer.moe.is_quantized())
+        ops_.quantized_moe(layer.moe, act_.b, rows, moe_out, router_logits);
+      else
+        ops_.moe(layer.moe, act_.b, rows, moe_out, router_logits);
       report_router(l);
       if (last) return;
       all_reduce(act_.moe, rows * H);
@@ -153,7 +158,7 @@ class Minimax01Pass {
 
   void report_router(int layer) {
     if (!reports_router()) return;
-    const auto E = static_cast<std::int64_t>(w_.layers[layer].moe.experts.size());
+    const auto E = static_cast<std::int64_t>(w_.layers[layer].moe.expert_count());
     router_.resize(static_cast<std::size_t>(pass_.rows * E));
     ops_.download(act_.router_logits, pass_.rows * E, router_.data());
     (*pass_.router_logits)(layer, router_, pass_.rows);

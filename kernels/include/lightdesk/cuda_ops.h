@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -39,7 +40,9 @@ struct LaunchLimits {
   // expert_gemv's shared memory depends on the width it reads: its blocks per multiprocessor are
   // kept as the register and thread limit, and the shared memory limit follows from these two.
   int expert_gemv_blocks = 0;
+  int quantized_gemv_blocks = 0;  // quantized_expert_gemv's, the same way
   int shared_bytes_per_multiprocessor = 0;
+  int shared_bytes_per_block_optin = 0;
   int reserved_shared_bytes_per_block = 0;
 };
 // Of the current device.
@@ -238,6 +241,73 @@ template <typename T>
 void expert_gemv(const T* weights, std::int64_t out_features, std::int64_t in_features, const std::int32_t* expert_ids,
                  const T* x, bool gated, std::int64_t slots, int slots_per_input, T* out, const LaunchLimits& limits,
                  cudaStream_t stream);
+
+// Quantized expert matrices on the device, in the canonical layouts of core's expert_quant.h
+// (read as stored, no repacking): int8 with a float32 scale per row, rows of round_up(cols, 16)
+// bytes; int4 with an fp16 scale and offset per (row, group of kInt4Group columns, the last one
+// partial), element c of a row in byte c / 2 (the low nibble for even c), rows of
+// round_up(ceil(cols / 2), 16) bytes. Padding bytes are 0. `experts` matrices of [rows, cols]
+// one after another: expert e's packed rows at e · rows · row_bytes(), its scales (and offsets)
+// at e · rows · groups().
+enum class QuantFormat : std::uint8_t { Int8, Int4 };
+constexpr std::int64_t kInt4Group = 128;
+
+struct QuantizedExperts {
+  QuantFormat format = QuantFormat::Int8;
+  std::int64_t rows = 0;  // output channels of one expert's matrix
+  std::int64_t cols = 0;  // input dimension
+  const std::uint8_t* packed = nullptr;
+  const float* row_scales = nullptr;      // int8: [experts][rows]
+  const __half* group_scales = nullptr;   // int4: [experts][rows][groups]
+  const __half* group_offsets = nullptr;  // int4: [experts][rows][groups]
+
+  __host__ __device__ std::int64_t row_bytes() const {
+    const std::int64_t bytes = format == QuantFormat::Int8 ? cols : (cols + 1) / 2;
+    return (bytes + 15) / 16 * 16;
+  }
+  __host__ __device__ std::int64_t groups() const {
+    return format == QuantFormat::Int8 ? 1 : (cols + kInt4Group - 1) / kInt4Group;
+  }
+  // Bytes of one expert's matrix: packed rows, scales, offsets.
+  std::int64_t expert_bytes() const {
+    return rows * row_bytes() + (format == QuantFormat::Int8 ? rows * 4 : rows * groups() * 4);
+  }
+};
+
+// Quantizes `experts` matrices [rows, cols] of T (row-major, one after another) into `to`
+// (whose packed, scale and offset arrays are written: const only for the readers), computing as
+// the format is defined (float32; int4 scales and offsets rounded to fp16 before q is computed;
+// round half away from zero). int4_symmetric picks the int4 variant. For benchmarks and for
+// quantizing on the GPU at load time.
+template <typename T>
+void quantize_experts(const T* weights, int experts, const QuantizedExperts& to, bool int4_symmetric,
+                      cudaStream_t stream);
+
+// out = the float values of experts first_expert .. first_expert + count - 1, [count][rows][cols]
+// of T: the dequantized scratch a prefill's grouped GEMM reads.
+template <typename T>
+void dequantize_experts(const QuantizedExperts& w, int first_expert, int count, T* out, cudaStream_t stream);
+
+// grouped_linear with int8 weights (groups = the experts of `w`, out_features = w.rows,
+// in_features = w.cols, both multiples of 8), the weights converted and scaled in the GEMM's
+// main loop: for prefill. (int4 prefill dequantizes into a bf16 scratch for grouped_linear.)
+// workspace: int8_grouped_linear_workspace_bytes(w, groups, limits) bytes.
+std::size_t int8_grouped_linear_workspace_bytes(const QuantizedExperts& w, int groups, const LaunchLimits& limits);
+void int8_grouped_linear(const bf16* in, const std::int32_t* first_row, int groups, const QuantizedExperts& w,
+                         bf16* out, const LaunchLimits& limits, void* workspace, std::size_t workspace_bytes,
+                         cudaStream_t stream);
+
+// The few-token expert product over quantized weights, for rows grouped by expert
+// (group_by_expert): out[j] = W_e x_j for each row j of expert e's rows first_row[e] ..
+// first_row[e + 1] (device memory, `rows` in all), W_e the e-th matrix of `w` ([w.rows, w.cols]);
+// x has rows of w.cols, or when gated [gate | up] rows of 2 · w.cols and x_j = silu(gate) ⊙ up.
+// bf16 activations, float32 accumulation; each block dequantizes a piece of W_e once for up to
+// kMaxQuantGemvTokens of the expert's rows. Weight-bandwidth bound: for decode (a few tokens
+// per expert; max_rows_per_expert bounds them, e.g. the tokens of the step).
+constexpr int kMaxQuantGemvTokens = 4;
+void quantized_expert_gemv(const QuantizedExperts& w, const std::int32_t* first_row, int experts, const bf16* x,
+                           bool gated, std::int64_t rows, std::int64_t max_rows_per_expert, bf16* out,
+                           const LaunchLimits& limits, cudaStream_t stream);
 
 // out[r] = Σ_i weights[r*k+i] · expert_out[slot_rows[r*k+i]], summed in increasing i (route_top_k
 // by_expert: increasing expert order); slot_rows null: expert_out is in slot order (row r*k + i).

@@ -50,6 +50,9 @@ class DataDirectory {
   std::filesystem::path cache() const { return path_ / "cache"; }
   // cache/<fingerprint>, created, recording the model's directory for cached_models().
   std::filesystem::path model_cache(const ModelInfo& model) const;
+  // `options` for opening the model in `model_directory`, with ModelOptions::expert_cache set to
+  // its cache folder when its experts are quantized (the model is inspected for its fingerprint).
+  ModelOptions with_expert_cache(const std::filesystem::path& model_directory, ModelOptions options) const;
   // Every model folder of cache/, by fingerprint.
   std::vector<CachedModel> cached_models() const;
   // Bytes of the files under cache/.
