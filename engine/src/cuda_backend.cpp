@@ -254,8 +254,11 @@ class CudaBackend final : public ComputeBackend {
   std::uint64_t weight_bytes_ = 0;
   // Pruned experts are neither allocated nor loaded; the router's mask keeps tokens from them.
   ExpertSelection experts_;
-  // The experts each layer's block holds, and a kept expert's slot there (-1: pruned).
-  int held_experts() const { return experts_.pruned() ? experts_.experts_kept() : config_.num_experts; }
+  // The experts each layer's block holds (quantized blocks hold them all), and a kept expert's
+  // slot there (-1: pruned).
+  int held_experts() const {
+    return experts_.pruned() && !quantized_experts_ ? experts_.experts_kept() : config_.num_experts;
+  }
   std::vector<std::int32_t> expert_slots(int layer) const;
   bool quantized_experts_ = false;  // the layers' quantized_gate_up and quantized_down, not gate_up and down
   std::map<int, int> softmax_index_;  // layer -> its index among the softmax layers
@@ -469,7 +472,7 @@ void CudaBackend<T>::reserve_scratch(std::int64_t rows) {
       cuda::lightning_prefill_workspace_bytes<T>(rows, config_.num_heads, config_.head_dim, device_.launch_limits()),
       what);
   ops_.reserve_moe({config_.hidden_size, config_.expert_width, config_.num_experts, config_.experts_per_token,
-                    experts_.pruned() ? held_experts() : 0},
+                    held_experts() < config_.num_experts ? held_experts() : 0},
                    rows);
   // Last, so that running out of memory above leaves scratch_ whole.
   s.all_logits = std::move(scratch_.all_logits);
