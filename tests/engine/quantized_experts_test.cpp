@@ -154,7 +154,7 @@ LayerErrors moe_errors_per_layer(const std::filesystem::path& directory, const s
     MoeTensors exact{host(layer.router.data()), {}, {}, H, I, c.experts_per_token};
     for (const ExpertWeights& e : layer.experts) exact.experts.push_back({host(e.w1.data()), host(e.w3.data()), host(e.w2.data())});
     std::vector<float> want(static_cast<std::size_t>(rows * H)), got(want.size());
-    ops->moe(exact, host(inputs[l].data()), rows, host(want.data()));
+    ops->moe(exact, host(inputs[l].data()), rows, host(want.data()), {});
     auto error = [&](ExpertDType format, Int4Variant variant) {
       QuantizedMatrix gate_up({format, E * 2 * I, H}), down({format, E * H, I});
       for (std::int64_t e = 0; e < E; ++e) {
@@ -168,7 +168,7 @@ LayerErrors moe_errors_per_layer(const std::filesystem::path& directory, const s
       quantized.experts.clear();
       for (std::int64_t e = 0; e < E; ++e)
         quantized.quantized.push_back({gate_up.view().rows(e * 2 * I, 2 * I), down.view().rows(e * H, H)});
-      ops->quantized_moe(quantized, host(inputs[l].data()), rows, host(got.data()));
+      ops->quantized_moe(quantized, host(inputs[l].data()), rows, host(got.data()), {});
       return test::relative_error(got, want);
     };
     errors.int8.push_back(error(ExpertDType::Int8, Int4Variant::Symmetric));
