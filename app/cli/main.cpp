@@ -164,7 +164,7 @@ CLI::Option* add_common(CLI::App& verb, Common& c, bool model_required = true) {
       verb, "--expert-dtype",
       [&c](const std::string& name) { c.options.expert_dtype = lightdesk::parse_expert_format(name); },
       "the experts' format: bf16 (the checkpoint's values; the default), int8 or int4 (quantized at the first load "
-      "and kept in the data directory's cache; the CPU backend only for now)");
+      "and kept in the data directory's cache)");
   verb.add_flag("--rope-full-head", c.options.rope_full_head,
                 "rotate whole heads in softmax layers, as native transformers <= 5.17 does");
   verb.add_flag("--cuda-float32", c.options.cuda_float32, "CUDA backend in float32 instead of bf16, for checking");

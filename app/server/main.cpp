@@ -53,6 +53,17 @@ int main(int argc, char** argv) {
   cli.add_flag("--states-in-memory", states_in_memory, "keep the states in memory only, not in the data directory");
   cli.add_option("--threads", model_options.threads, "CPU worker threads (default 0: all hardware threads)")
       ->check(CLI::Range(0, 4096));
+  cli.add_option_function<std::string>(
+      "--expert-dtype",
+      [&model_options](const std::string& name) {
+        try {
+          model_options.expert_dtype = lightdesk::parse_expert_format(name);
+        } catch (const lightdesk::Error& e) {
+          throw CLI::ValidationError("--expert-dtype", e.what());
+        }
+      },
+      "the experts' format: bf16 (the default), int8 or int4 (quantized at the first load and kept in the data "
+      "directory's cache)");
   CLI11_PARSE(cli, argc, argv);
   options.max_body_bytes = max_body_mib << 20;
   options.state_cache_bytes = state_cache_mib << 20;
@@ -65,9 +76,10 @@ int main(int argc, char** argv) {
   try {
     const auto tokenizer = lightdesk::Tokenizer::open(model_dir);
     const auto format = lightdesk::ChatFormat::for_model(model_dir, *tokenizer);
-    auto model = lightdesk::Model::open(model_dir, model_options);
+    const lightdesk::store::DataDirectory data(data_dir);
+    auto model = lightdesk::Model::open(model_dir, data.with_expert_cache(model_dir, model_options));
     if (!states_in_memory && options.state_cache_bytes > 0)
-      options.state_database = lightdesk::store::DataDirectory(data_dir).model_cache(model->info()) / "server-states.sqlite";
+      options.state_database = data.model_cache(model->info()) / "server-states.sqlite";
     lightdesk::server::Server server(*model, *tokenizer, format, options);
     server.bind();
     if (!is_loopback(options.host) && options.api_key.empty())

@@ -54,7 +54,7 @@ void MemoryStateCache::keep(const Session& session) {
 StoredStateCache::StoredStateCache(const std::filesystem::path& database, const ModelInfo& model,
                                    std::size_t limit_bytes)
     : limit_bytes_(limit_bytes), store_(database) {
-  const std::string name = "lightdesk-server " + model.fingerprint;
+  const std::string name = "lightdesk-server " + model.state_identity();
   if (const auto found = store_.find_session(name))
     session_id_ = found->id;
   else

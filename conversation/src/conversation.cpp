@@ -161,7 +161,7 @@ void Chat::finish(std::span<const Turn> turns, const std::string& answer, const 
   held_state_saved_ = true;  // the owner saves it; forget_saved_state() says when that failed
 }
 
-std::shared_ptr<const EngineState> Chat::copy_state() const { return EngineState::copy_of(*session_, kv_saved_); }
+EngineState::Streamed Chat::stream_state() const { return EngineState::stream_of(*session_, kv_saved_); }
 
 void Chat::adopt(const SavedState& state, std::vector<Turn> held, std::int64_t owner) {
   forget_held_turns();

@@ -9,6 +9,7 @@
 #include <bit>
 #include <cmath>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <type_traits>
@@ -118,6 +119,64 @@ struct CudaSequence final : SequenceState {
   DecodeGraph decode_graph;
 };
 
+// Page-locked host memory: the GPU copies from it while the CPU goes on.
+struct PinnedFree {
+  void operator()(void* memory) const { cudaFreeHost(memory); }
+};
+using PinnedMemory = std::unique_ptr<void, PinnedFree>;
+
+// The uploads of a state import, double-buffered: a part is staged in one pinned buffer and
+// its copy (and scatter into the cache) queued on the stream without waiting, while the caller
+// reads the next part from the disk into the other buffer. A buffer is reused once the event
+// recorded after its copy has passed, so at most two parts are in flight.
+class ImportStaging {
+ public:
+  static constexpr int kSlots = 2;
+  ImportStaging() = default;
+  ~ImportStaging() {
+    for (Slot& slot : slots_)
+      if (slot.copied) {
+        cudaEventSynchronize(slot.copied);
+        cudaEventDestroy(slot.copied);
+      }
+  }
+  ImportStaging(const ImportStaging&) = delete;
+  ImportStaging& operator=(const ImportStaging&) = delete;
+
+  // The next pinned buffer, with room for `bytes` and no copy from it in flight.
+  void* next(std::size_t bytes) {
+    current_ = (current_ + 1) % kSlots;
+    Slot& slot = slots_[current_];
+    if (slot.copied) check(cudaEventSynchronize(slot.copied), "state import staging");
+    else check(cudaEventCreateWithFlags(&slot.copied, cudaEventDisableTiming), "cudaEventCreate");
+    if (slot.host_bytes < bytes) {
+      slot.host.reset();
+      void* memory = nullptr;
+      check(cudaMallocHost(&memory, bytes), "a pinned staging buffer");
+      slot.host.reset(memory);
+      slot.host_bytes = bytes;
+    }
+    return slot.host.get();
+  }
+  // Marks the buffer last returned by next() busy until the work queued on `stream` so far.
+  void queued(cudaStream_t stream) { check(cudaEventRecord(slots_[current_].copied, stream), "cudaEventRecord"); }
+  // Device rows for a part of `bytes` (one buffer: the stream orders its users).
+  void* device_rows(std::size_t bytes) {
+    if (rows_.bytes() < bytes) rows_ = DeviceBuffer(bytes, "K/V import staging");
+    return rows_.as<void>();
+  }
+
+ private:
+  struct Slot {
+    PinnedMemory host;
+    std::size_t host_bytes = 0;
+    cudaEvent_t copied = nullptr;
+  };
+  Slot slots_[kSlots];
+  int current_ = 0;
+  DeviceBuffer rows_;
+};
+
 // Buffers of one forward pass, sized for `rows` tokens; kept between calls and grown as needed.
 struct Scratch {
   std::int64_t rows = -1;
@@ -179,11 +238,16 @@ class CudaBackend final : public ComputeBackend {
     device_.make_current();
     device_.download(out, buffer.as<float>(), buffer.bytes());
   }
+  // Imports return without waiting for the device (see ImportStaging); whatever uses the
+  // sequence next runs on the same stream, after them.
   void write_lightning_state(SequenceState& state, int layer, const float* in) const override {
     auto& buffer = static_cast<CudaSequence&>(state).lightning.at(layer);
+    const std::lock_guard lock(forward_mutex_);
     device_.make_current();
-    device_.upload(buffer.as<float>(), in, buffer.bytes());
-    device_.synchronize();
+    auto* staged = static_cast<float*>(import_staging_.next(buffer.bytes()));
+    std::copy_n(in, buffer.bytes() / sizeof(float), staged);
+    device_.upload(buffer.as<float>(), staged, buffer.bytes());
+    import_staging_.queued(device_.stream());
   }
   StateDType kv_dtype() const override { return std::is_same_v<T, float> ? StateDType::F32 : StateDType::BF16; }
   void read_kv(const SequenceState& state, int layer, KvSide side, std::int64_t first, std::int64_t count,
@@ -273,6 +337,7 @@ class CudaBackend final : public ComputeBackend {
   // Sessions of one model share the scratch buffers and the sampling workspace, and the K/V
   // pool moves when it grows.
   mutable std::mutex forward_mutex_;
+  mutable ImportStaging import_staging_;  // under forward_mutex_
   Scratch scratch_;
   CudaOps<T> ops_{device_};
 };
@@ -670,16 +735,19 @@ void CudaBackend<T>::write_kv(SequenceState& state, int layer, KvSide side, std:
   const std::lock_guard lock(forward_mutex_);
   device_.make_current();
   const T* imported = static_cast<const T*>(in);
-  std::vector<T> rows(static_cast<std::size_t>(count * KV));
+  const std::size_t bytes = static_cast<std::size_t>(count * KV) * sizeof(T);
+  // Export layout [kv_head, position, d] to cache layout [position, kv_head, d], straight into
+  // the pinned buffer (the one copy the host makes).
+  T* rows = static_cast<T*>(import_staging_.next(bytes));
   for (int g = 0; g < config_.num_kv_heads; ++g)
     for (std::int64_t t = 0; t < count; ++t)
-      std::copy_n(imported + (std::int64_t{g} * count + t) * d, d, rows.data() + (t * config_.num_kv_heads + g) * d);
-  DeviceBuffer device_rows = device_array<T>(count * KV, "K/V import");
-  device_.upload(device_rows.as<T>(), rows.data(), rows.size() * sizeof(T));
+      std::copy_n(imported + (std::int64_t{g} * count + t) * d, d, rows + (t * config_.num_kv_heads + g) * d);
+  T* device_rows = static_cast<T*>(import_staging_.device_rows(bytes));
+  device_.upload(device_rows, rows, bytes);
   const bool keys = side == KvSide::Keys;
-  cuda::write_kv_rows<T, T>(keys ? device_rows.as<T>() : nullptr, keys ? nullptr : device_rows.as<T>(), count, first,
-                            KV, kv_view(s, layer), device_.stream());
-  device_.synchronize();
+  cuda::write_kv_rows<T, T>(keys ? device_rows : nullptr, keys ? nullptr : device_rows, count, first, KV,
+                            kv_view(s, layer), device_.stream());
+  import_staging_.queued(device_.stream());
 }
 
 }  // namespace

@@ -103,12 +103,16 @@ std::span<const T> as_elements(std::span<const std::byte> bytes) {
 }
 
 // Non-finite values in a state mean damage: an all-ones exponent, in either type.
+// An exponent of all ones is an infinity or a NaN. Checked on the bits, over the whole part
+// without an early exit, so that the loop vectorizes: a restore checks every byte it reads.
 bool all_finite(const StatePart& part) {
-  if (part.dtype == StateDType::F32)
-    return std::all_of(as_elements<float>(part.data).begin(), as_elements<float>(part.data).end(),
-                       [](float v) { return std::isfinite(v); });
-  const auto bf16 = as_elements<std::uint16_t>(part.data);
-  return std::none_of(bf16.begin(), bf16.end(), [](std::uint16_t v) { return (v & 0x7F80) == 0x7F80; });
+  unsigned non_finite = 0;
+  if (part.dtype == StateDType::F32) {
+    for (std::uint32_t bits : as_elements<std::uint32_t>(part.data)) non_finite |= (bits & 0x7F800000u) == 0x7F800000u;
+  } else {
+    for (std::uint16_t bits : as_elements<std::uint16_t>(part.data)) non_finite |= (bits & 0x7F80u) == 0x7F80u;
+  }
+  return non_finite == 0;
 }
 
 // FNV-1a, twice with different offsets for 128 bits: a fingerprint, not a security digest.

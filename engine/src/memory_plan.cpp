@@ -309,10 +309,10 @@ std::vector<RankLayout> tensor_parallel_layout(const ModelShape& shape, int rank
   return layout;
 }
 
+// Quantized and pruned experts run on both backends; one model over several GPUs and the host
+// expert store are still to come.
 EngineCapabilities engine_capabilities() {
-  EngineCapabilities can;
-  can.pruned_experts = true;  // ModelOptions::experts, on the CPU and CUDA backends
-  return can;
+  return {.int8_experts = true, .int4_experts = true, .pruned_experts = true};
 }
 
 std::vector<PlanCandidate> plan_candidates(int experts_kept) {

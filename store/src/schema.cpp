@@ -183,7 +183,15 @@ constexpr const char* kKvRowTypes = R"sql(
 ALTER TABLE kv_rows ADD COLUMN dtype TEXT NOT NULL DEFAULT 'f32';
 )sql";
 
-// Version 7: task expert patterns (PreMoe): per model fingerprint and task, the score they rank
+// Version 7: a large K/V span lives in a file beside the database (<database>.kv/<file>, named
+// by kv_spans.file), its rows at file_offset in it with an empty data blob; spans written before
+// keep their rows' bytes in the blobs (file and file_offset NULL).
+constexpr const char* kKvFiles = R"sql(
+ALTER TABLE kv_spans ADD COLUMN file TEXT;
+ALTER TABLE kv_rows ADD COLUMN file_offset INTEGER;
+)sql";
+
+// Version 8: task expert patterns (PreMoe): per model fingerprint and task, the score they rank
 // by ('tcess' with its top-k and confidence, or 'mean-probability'), the calibration tokens, and
 // per layer every expert by rank. A pruned model's state differs from the full model's: a
 // checkpoint and a K/V span record the expert selection they were computed with (JSON
@@ -212,9 +220,9 @@ ALTER TABLE kv_spans ADD COLUMN expert_selection TEXT;
 ALTER TABLE messages ADD COLUMN expert_lost_mass REAL;
 )sql";
 
-constexpr std::array<const char*, kSchemaVersion> kSteps = {kConversations,  kCheckpoints,   kSearch,
-                                                            kDocumentMessages, kDocumentPages, kKvRowTypes,
-                                                            kExpertPatterns};
+constexpr std::array<const char*, kSchemaVersion> kSteps = {kConversations,     kCheckpoints,   kSearch,
+                                                            kDocumentMessages,  kDocumentPages, kKvRowTypes,
+                                                            kKvFiles,           kExpertPatterns};
 
 }  // namespace
 

@@ -4,10 +4,16 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstring>
 #include <ctime>
+#include <exception>
+#include <map>
+#include <mutex>
+#include <thread>
 
 #include "lightdesk/input_files.h"
+#include "kv_files.h"
 #include "schema.h"
 #include "sqlite.h"
 
@@ -113,8 +119,10 @@ const char* role_name(Role role) {
 struct Store::Impl {
   sql::Database db;
   Options options;
+  KvFileDirectory kv_files;
 
-  Impl(const std::filesystem::path& path, const Options& options_) : db(path), options(options_) {
+  Impl(const std::filesystem::path& path, const Options& options_)
+      : db(path), options(options_), kv_files(path) {
     sqlite3_busy_timeout(db.handle(), options.busy_timeout_ms);
     // Takes effect only when the file is created.
     db.exec(("PRAGMA page_size = " + std::to_string(options.page_size)).c_str());
@@ -155,27 +163,54 @@ struct Store::Impl {
   }
 
   // Deletes checkpoints whose writer never finished and the K/V spans they alone created;
-  // `session_id` limits it to one session.
+  // `session_id` limits it to one session. Then deletes the span files no span names: those
+  // of the spans deleted here, and any a process killed between a commit and its deletes left.
   void clear_unfinished(std::optional<std::int64_t> session_id) {
-    sql::Transaction transaction(db);
-    const char* where = session_id ? " AND session_id = ?" : "";
-    sql::Statement checkpoints(db, std::string("DELETE FROM checkpoints WHERE complete = 0") + where);
-    sql::Statement spans(db, std::string("DELETE FROM kv_spans WHERE complete = 0") + where);
-    if (session_id) {
-      checkpoints.bind_all(*session_id);
-      spans.bind_all(*session_id);
+    std::vector<std::string> files;
+    {
+      sql::Transaction transaction(db);
+      const std::string where = session_id ? " AND session_id = " + std::to_string(*session_id) : "";
+      sql::Statement(db, "DELETE FROM checkpoints WHERE complete = 0" + where).run();
+      files = drop_unused_spans();
+      const auto unfinished = drop_spans("complete = 0" + where);
+      files.insert(files.end(), unfinished.begin(), unfinished.end());
+      transaction.commit();
     }
-    checkpoints.run();
-    drop_unused_spans();
-    spans.run();
-    transaction.commit();
+    kv_files.remove(files);
+    remove_unnamed_files();
   }
 
-  void drop_unused_spans() {
-    sql::Statement(db,
-                   "DELETE FROM kv_spans WHERE complete = 1 AND NOT EXISTS "
-                   "(SELECT 1 FROM checkpoint_spans cs WHERE cs.span_id = kv_spans.id)")
-        .run();
+  // Deletes the spans matching `where` (inside the caller's transaction) and returns their
+  // files, to delete once that transaction has committed: a file goes only after no committed
+  // row names it.
+  std::vector<std::string> drop_spans(const std::string& where) {
+    std::vector<std::string> files;
+    sql::Statement named(db, "SELECT file FROM kv_spans WHERE file IS NOT NULL AND " + where);
+    while (named.step()) files.push_back(named.text(0));
+    named.reset();
+    sql::Statement(db, "DELETE FROM kv_spans WHERE " + where).run();
+    return files;
+  }
+
+  std::vector<std::string> drop_unused_spans() {
+    return drop_spans("complete = 1 AND NOT EXISTS (SELECT 1 FROM checkpoint_spans cs WHERE cs.span_id = kv_spans.id)");
+  }
+
+  // Span files that no span row names. The directory is listed before the names are read: a
+  // file is created only after the row naming it commits, so a file being written by another
+  // connection is always named.
+  void remove_unnamed_files() {
+    const std::vector<std::string> present = kv_files.names();
+    if (present.empty()) return;
+    std::vector<std::string> named;
+    sql::Statement query(db, "SELECT file FROM kv_spans WHERE file IS NOT NULL");
+    while (query.step()) named.push_back(query.text(0));
+    query.reset();
+    std::sort(named.begin(), named.end());
+    std::vector<std::string> unnamed;
+    for (const std::string& name : present)
+      if (!std::binary_search(named.begin(), named.end(), name)) unnamed.push_back(name);
+    kv_files.remove(unnamed);
   }
 
   std::vector<std::byte> verified_tokens_blob(std::int64_t checkpoint_id) {
@@ -202,6 +237,7 @@ Store::Store(const std::filesystem::path& path, const Options& options)
 Store::~Store() = default;
 
 const std::filesystem::path& Store::path() const { return impl_->db.path(); }
+std::filesystem::path Store::kv_directory() const { return impl_->kv_files.path(); }
 int Store::schema_version() const { return user_version(impl_->db); }
 
 std::string Store::integrity_check() {
@@ -264,9 +300,16 @@ void Store::set_session_settings(std::int64_t id, const std::string& settings_js
 }
 
 void Store::delete_session(std::int64_t id) {
-  sql::Transaction transaction(impl_->db);
-  sql::Statement(impl_->db, "DELETE FROM sessions WHERE id = ?").bind_all(id).run();
-  transaction.commit();
+  std::vector<std::string> files;
+  {
+    sql::Transaction transaction(impl_->db);
+    // Its checkpoints first: they reference its spans.
+    sql::Statement(impl_->db, "DELETE FROM checkpoints WHERE session_id = ?").bind_all(id).run();
+    files = impl_->drop_spans("session_id = " + std::to_string(id));
+    sql::Statement(impl_->db, "DELETE FROM sessions WHERE id = ?").bind_all(id).run();
+    transaction.commit();
+  }
+  impl_->kv_files.remove(files);
 }
 
 std::int64_t Store::add_message(const Message& m) {
@@ -387,21 +430,23 @@ std::vector<SearchHit> Store::search(const std::string& query, int limit) {
 namespace {
 
 // Writes the parts of one exported state as rows of a new checkpoint, one transaction per row
-// so that no transaction is larger than a row.
+// so that no transaction is larger than a row. The new span's K/V bytes go to `span_file` when
+// it is given (the rows then say where in it), else into the rows' BLOBs.
 class CheckpointWriter {
  public:
   CheckpointWriter(sql::Database& db, std::int64_t checkpoint_id, std::optional<std::int64_t> span_id,
-                   std::int64_t span_first)
+                   std::int64_t span_first, KvFileWriter* span_file)
       : db_(db),
         checkpoint_id_(checkpoint_id),
         span_id_(span_id),
         span_first_(span_first),
+        span_file_(span_file),
         insert_lightning_(db,
                           "INSERT INTO lightning_states(checkpoint_id, layer, heads, key_dim, value_dim, checksum, "
                           "data) VALUES (?, ?, ?, ?, ?, ?, zeroblob(?))"),
         insert_kv_(db,
                    "INSERT INTO kv_rows(span_id, layer, kind, first_token, token_count, kv_heads, head_dim, dtype, "
-                   "checksum, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, zeroblob(?))") {}
+                   "checksum, file_offset, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, zeroblob(?))") {}
 
   void write(const StatePart& part) {
     if (part.kind == StatePartKind::LightningState) write_lightning(part);
@@ -435,22 +480,29 @@ class CheckpointWriter {
           static_cast<std::size_t>((head * part.token_count + row_first - part.first_token) * head_dim * element),
           static_cast<std::size_t>(row_count * head_dim * element));
     };
+    std::vector<std::span<const std::byte>> strips;
     XXH3_state_t* hash = XXH3_createState();
     XXH3_64bits_reset(hash);
-    for (std::int64_t h = 0; h < heads; ++h) XXH3_64bits_update(hash, strip(h).data(), strip(h).size());
+    for (std::int64_t h = 0; h < heads; ++h) {
+      strips.push_back(strip(h));
+      XXH3_64bits_update(hash, strips.back().data(), strips.back().size());
+    }
     const std::int64_t checksum = stored_checksum(XXH3_64bits_digest(hash));
     XXH3_freeState(hash);
 
     const std::int64_t strip_bytes = row_count * head_dim * element;
+    // The file takes the bytes before the row names them.
+    const std::int64_t file_offset = span_file_ ? span_file_->append(strips) : 0;
     sql::Transaction transaction(db_);
-    insert_kv_
-        .bind_all(*span_id_, part.layer, static_cast<int>(part.kind), row_first, row_count, heads, head_dim,
-                  std::string(state_dtype_name(part.dtype)), checksum, heads * strip_bytes)
-        .run();
-    {
+    insert_kv_.bind_all(*span_id_, part.layer, static_cast<int>(part.kind), row_first, row_count, heads, head_dim,
+                        std::string(state_dtype_name(part.dtype)), checksum, file_offset,
+                        span_file_ ? 0 : heads * strip_bytes);
+    if (!span_file_) insert_kv_.bind(10, std::nullopt);  // file_offset: the bytes are in the BLOB
+    insert_kv_.run();
+    if (!span_file_) {
       // An open blob handle counts as a statement in progress: close it before committing.
       sql::Blob blob(db_, "kv_rows", "data", db_.last_insert_rowid(), true);
-      for (std::int64_t h = 0; h < heads; ++h) blob.write(h * strip_bytes, strip(h));
+      for (std::int64_t h = 0; h < heads; ++h) blob.write(h * strip_bytes, strips[static_cast<std::size_t>(h)]);
     }
     transaction.commit();
   }
@@ -459,6 +511,7 @@ class CheckpointWriter {
   std::int64_t checkpoint_id_;
   std::optional<std::int64_t> span_id_;
   std::int64_t span_first_;
+  KvFileWriter* span_file_;
   sql::Statement insert_lightning_;
   sql::Statement insert_kv_;
 };
@@ -492,6 +545,10 @@ std::int64_t Store::save_checkpoint(std::int64_t session_id, const StateSource& 
   std::int64_t checkpoint_id = 0;
   std::int64_t reused_end = 0;
   std::optional<std::int64_t> new_span;
+  std::optional<std::string> new_span_file;
+  // Bytes of one position's keys (or values) in one layer.
+  const std::int64_t position_bytes =
+      std::max<std::int64_t>(1, info.num_kv_heads) * info.head_dim * state_dtype_bytes(source.kv_dtype);
   {
     sql::Transaction transaction(db);
     const auto token_blob = token_bytes(tokens);
@@ -537,20 +594,29 @@ std::int64_t Store::save_checkpoint(std::int64_t session_id, const StateSource& 
           .run();
       new_span = db.last_insert_rowid();
       link.bind_all(checkpoint_id, *new_span).run();
+      // Named before the file exists: whatever a kill leaves, a file is either named by a
+      // span (and deleted with it) or by none (and deleted as such).
+      const std::int64_t span_bytes = (position - reused_end) * 2 * info.num_softmax_layers() * position_bytes;
+      if (span_bytes >= impl_->options.kv_file_bytes) {
+        new_span_file = KvFileDirectory::new_name(*new_span);
+        sql::Statement(db, "UPDATE kv_spans SET file = ? WHERE id = ?").bind_all(*new_span_file, *new_span).run();
+      }
     }
     transaction.commit();
   }
 
   try {
     // Step 2: the rows, each in its own transaction, invisible until step 3.
-    CheckpointWriter writer(db, checkpoint_id, new_span, reused_end);
-    const std::int64_t position_bytes =
-        std::max<std::int64_t>(1, info.num_kv_heads) * info.head_dim * state_dtype_bytes(source.kv_dtype);
+    std::optional<KvFileWriter> span_file;
+    if (new_span_file) span_file.emplace(impl_->kv_files, *new_span_file);
+    CheckpointWriter writer(db, checkpoint_id, new_span, reused_end, span_file ? &*span_file : nullptr);
     // Only the positions the reused spans lack are read from the source.
     source.export_state([&](const StatePart& part) { writer.write(part); },
                         std::max<std::int64_t>(1, impl_->options.kv_row_bytes / position_bytes), reused_end);
 
-    // Step 3: one small commit makes the checkpoint (and its new span) visible.
+    // Step 3: once the span file is on disk, one small commit makes the checkpoint (and its new
+    // span) visible.
+    if (span_file) span_file->sync();
     sql::Transaction transaction(db);
     sql::Statement(db, "UPDATE checkpoints SET complete = 1 WHERE id = ?").bind_all(checkpoint_id).run();
     if (new_span) sql::Statement(db, "UPDATE kv_spans SET complete = 1 WHERE id = ?").bind_all(*new_span).run();
@@ -631,6 +697,109 @@ std::vector<TokenId> Store::read_checkpoint(std::int64_t checkpoint_id, const Mo
   return refusing(checkpoint_id, [&] { return impl_->read(checkpoint_id, model, sink); });
 }
 
+namespace {
+
+// A K/V row of a checkpoint being read, and where its bytes are.
+struct KvRow {
+  StatePart part;
+  std::int64_t rowid = 0, checksum = 0;
+  std::optional<std::string> file;  // its span's file, if the span has one
+  std::optional<std::int64_t> file_offset;
+  std::string what;  // for messages: "keys of layer 3 at positions 0+20"
+};
+
+// Reads the rows that are in span files ahead of the caller, on a thread of its own, into two
+// buffers in turn: the disk, the checksum and the caller's use of the previous row (an upload
+// to a GPU) overlap. `read_row(row, next, into)` reads and checks one row (next: the file row
+// after it, to ask the disk for); its exceptions reach the caller at take().
+class KvFileRowReader {
+ public:
+  using ReadRow = std::function<void(const KvRow& row, const KvRow* next, std::vector<std::byte>& into)>;
+
+  KvFileRowReader(const std::vector<KvRow>& rows, ReadRow read_row)
+      : rows_(rows), read_row_(std::move(read_row)), thread_([this] { run(); }) {}
+  ~KvFileRowReader() {
+    {
+      const std::lock_guard lock(mutex_);
+      stop_ = true;
+    }
+    changed_.notify_all();
+    thread_.join();
+  }
+  KvFileRowReader(const KvFileRowReader&) = delete;
+  KvFileRowReader& operator=(const KvFileRowReader&) = delete;
+
+  // The bytes of file row `index` (taken in increasing order), valid until the next take.
+  std::span<const std::byte> take(std::size_t index) {
+    std::unique_lock lock(mutex_);
+    if (taken_) {
+      slots_[*taken_].index.reset();
+      taken_.reset();
+      changed_.notify_all();
+    }
+    Slot* slot = nullptr;
+    changed_.wait(lock, [&] {
+      for (Slot& s : slots_)
+        if (s.index == index && s.ready) slot = &s;
+      return slot != nullptr;
+    });
+    if (slot->error) std::rethrow_exception(slot->error);
+    taken_ = static_cast<std::size_t>(slot - slots_);
+    return slot->bytes;
+  }
+
+ private:
+  struct Slot {
+    std::optional<std::size_t> index;  // the row it holds or is being filled with; none: free
+    bool ready = false;
+    std::exception_ptr error;
+    std::vector<std::byte> bytes;
+  };
+
+  void run() {
+    std::size_t turn = 0;
+    for (std::size_t i = 0; i < rows_.size(); ++i) {
+      if (!rows_[i].file) continue;
+      const KvRow* next = nullptr;
+      for (std::size_t j = i + 1; j < rows_.size() && !next; ++j)
+        if (rows_[j].file) next = &rows_[j];
+      Slot& slot = slots_[turn++ % 2];
+      {
+        std::unique_lock lock(mutex_);
+        changed_.wait(lock, [&] { return !slot.index || stop_; });
+        if (stop_) return;
+        slot.index = i;
+        slot.ready = false;
+        slot.error = nullptr;
+      }
+      std::exception_ptr error;
+      try {
+        read_row_(rows_[i], next, slot.bytes);
+      } catch (...) {
+        error = std::current_exception();
+      }
+      {
+        const std::lock_guard lock(mutex_);
+        slot.ready = true;
+        slot.error = error;
+      }
+      changed_.notify_all();
+      if (error) return;
+    }
+  }
+
+  const std::vector<KvRow>& rows_;
+  ReadRow read_row_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  Slot slots_[2];
+  std::optional<std::size_t> taken_;  // the slot the caller holds
+  bool stop_ = false;
+  std::thread thread_;  // last: starts once the rest is ready
+};
+
+}  // namespace
+
 std::vector<TokenId> Store::Impl::read(std::int64_t checkpoint_id, const ModelInfo& info,
                                        const std::function<void(const StatePart&)>& sink) {
   const std::string name = "checkpoint " + std::to_string(checkpoint_id);
@@ -693,37 +862,76 @@ std::vector<TokenId> Store::Impl::read(std::int64_t checkpoint_id, const ModelIn
     sink(part);
   }
 
+  // The rows first (a few thousand at most), in export order: each span file is read from start
+  // to end, ahead of the sink (KvFileRowReader).
+  std::vector<KvRow> rows;
   sql::Statement kv(db,
                     "SELECT r.id, r.layer, r.kind, r.first_token, r.token_count, r.kv_heads, r.head_dim, r.checksum, "
-                    "r.dtype "
-                    "FROM checkpoint_spans cs JOIN kv_rows r ON r.span_id = cs.span_id "
-                    "WHERE cs.checkpoint_id = ? ORDER BY r.layer, r.kind, r.first_token");
+                    "r.dtype, s.file, r.file_offset "
+                    "FROM checkpoint_spans cs JOIN kv_spans s ON s.id = cs.span_id JOIN kv_rows r ON r.span_id = s.id "
+                    "WHERE cs.checkpoint_id = ? ORDER BY r.layer, r.first_token, r.kind");
   kv.bind_all(checkpoint_id);
   while (kv.step()) {
-    StatePart part;
+    KvRow& row = rows.emplace_back();
+    StatePart& part = row.part;
     part.kind = static_cast<StatePartKind>(kv.int64(2));
     part.layer = static_cast<int>(kv.int64(1));
     part.position = record.position;
     part.first_token = kv.int64(3);
     part.token_count = kv.int64(4);
     part.shape = {kv.int64(5), part.token_count, kv.int64(6)};
-    const std::string what = std::string(part.kind == StatePartKind::SoftmaxKeys ? "keys" : "values") + " of layer " +
-                             std::to_string(part.layer) + " at positions " + std::to_string(part.first_token) + "+" +
-                             std::to_string(part.token_count);
+    row.what = std::string(part.kind == StatePartKind::SoftmaxKeys ? "keys" : "values") + " of layer " +
+               std::to_string(part.layer) + " at positions " + std::to_string(part.first_token) + "+" +
+               std::to_string(part.token_count);
     const auto dtype = parse_state_dtype(kv.text(8));
-    if (!dtype) throw StateRefused(name + ": " + what + " has an unknown element type \"" + kv.text(8) + "\"");
+    if (!dtype) throw StateRefused(name + ": " + row.what + " has an unknown element type \"" + kv.text(8) + "\"");
     part.dtype = *dtype;
-    read_row("kv_rows", kv.int64(0), part, kv.int64(7), what);
-    sink(part);
+    row.rowid = kv.int64(0);
+    row.checksum = kv.int64(7);
+    if (!kv.is_null(9)) row.file = kv.text(9);
+    if (!kv.is_null(10)) row.file_offset = kv.int64(10);
+    if (row.file.has_value() != row.file_offset.has_value())
+      throw StateRefused(name + ": " + row.what + " names " + (row.file ? "a file but no place in it" : "a place in no file"));
+  }
+  kv.reset();
+
+  // Runs on the reader's thread.
+  std::map<std::string, KvFileReader> files;
+  const auto file_of = [&](const KvRow& row) -> const KvFileReader& {
+    auto found = files.find(*row.file);
+    if (found != files.end()) return found->second;
+    const auto path = kv_files.file(*row.file);
+    std::error_code ec;
+    if (!std::filesystem::exists(path, ec))
+      throw StateRefused(name + ": the file of its " + row.what + " is missing (" + path.string() + ")");
+    return files.try_emplace(*row.file, path).first->second;
+  };
+  KvFileRowReader ahead(rows, [&](const KvRow& row, const KvRow* next, std::vector<std::byte>& into) {
+    if (next) file_of(*next).prefetch(*next->file_offset, next->part.bytes());
+    into.resize(static_cast<std::size_t>(row.part.bytes()));
+    if (file_of(row).read(*row.file_offset, into) != row.part.bytes())
+      throw StateRefused(name + ": " + row.what + " is cut short: its file " + kv_files.file(*row.file).string() +
+                         " ends before its bytes");
+    if (checksum_of(into) != row.checksum) throw StateRefused(name + ": " + row.what + " is damaged (checksum mismatch)");
+  });
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    KvRow& row = rows[i];
+    if (row.file) row.part.data = ahead.take(i);
+    else read_row("kv_rows", row.rowid, row.part, row.checksum, row.what);
+    sink(row.part);
   }
   return tokens;
 }
 
 void Store::delete_checkpoint(std::int64_t checkpoint_id) {
-  sql::Transaction transaction(impl_->db);
-  sql::Statement(impl_->db, "DELETE FROM checkpoints WHERE id = ?").bind_all(checkpoint_id).run();
-  impl_->drop_unused_spans();
-  transaction.commit();
+  std::vector<std::string> files;
+  {
+    sql::Transaction transaction(impl_->db);
+    sql::Statement(impl_->db, "DELETE FROM checkpoints WHERE id = ?").bind_all(checkpoint_id).run();
+    files = impl_->drop_unused_spans();
+    transaction.commit();
+  }
+  impl_->kv_files.remove(files);
 }
 
 void Store::collect_garbage() { impl_->clear_unfinished(std::nullopt); }
@@ -731,7 +939,8 @@ void Store::collect_garbage() { impl_->clear_unfinished(std::nullopt); }
 std::int64_t Store::checkpoint_bytes(std::int64_t checkpoint_id) {
   sql::Statement query(impl_->db,
                        "SELECT (SELECT coalesce(sum(length(data)), 0) FROM lightning_states WHERE checkpoint_id = ?1) + "
-                       "(SELECT coalesce(sum(length(r.data)), 0) FROM checkpoint_spans cs JOIN kv_rows r "
+                       "(SELECT coalesce(sum(r.kv_heads * r.token_count * r.head_dim * iif(r.dtype = 'bf16', 2, 4)), 0) "
+                       "FROM checkpoint_spans cs JOIN kv_rows r "
                        "ON r.span_id = cs.span_id WHERE cs.checkpoint_id = ?1)");
   query.bind_all(checkpoint_id);
   query.step();

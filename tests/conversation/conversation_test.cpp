@@ -6,8 +6,15 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cmath>
+#include <cstring>
 #include <fstream>
+#include <thread>
+
+#include "lightdesk/engine_state.h"
+#include "lightdesk/store.h"
 
 namespace lightdesk::conversation {
 namespace {
@@ -179,6 +186,127 @@ TEST(PrefillEstimateTest, FollowsACostThatGrowsWithThePosition) {
   EXPECT_NEAR(estimate.seconds_left() / truth, 1.0, 0.02);
   const double mean_rate_guess = seconds(done) / done * (static_cast<double>(total) - done);
   EXPECT_LT(mean_rate_guess / truth, 0.8);  // what the mean rate said
+}
+
+// ---------------------------------------------------------------------------------------------
+// A state streamed from the engine's thread into a store on another thread (the desktop app's
+// save): written as it comes with at most two parts in memory at once, whatever the state's
+// size, and read back bit for bit.
+
+class StreamedStateTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    model_ = Model::open(kModel, {});
+    session_ = model_->create_session();
+    std::vector<TokenId> ids(300);
+    for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<TokenId>((i * 37 + 11) % 512);
+    session_->feed(ids);
+    directory_ = std::filesystem::temp_directory_path() / ("lightdesk-streamed-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(directory_);
+  }
+  void TearDown() override { std::filesystem::remove_all(directory_); }
+
+  // Logits of a few more tokens after the session's state.
+  static std::vector<float> next_logits(Session& session) {
+    FeedOptions options;
+    options.all_logits = true;
+    session.feed(std::vector<TokenId>{5, 6, 7}, options);
+    return {session.logits().begin(), session.logits().end()};
+  }
+
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<Session> session_;
+  std::filesystem::path directory_;
+};
+
+TEST_F(StreamedStateTest, IsSavedWithAtMostTwoPartsInMemory) {
+  const ModelInfo& info = model_->info();
+  const std::int64_t position_bytes = info.num_kv_heads * info.head_dim * 4;
+  store::Store::Options options;
+  options.kv_row_bytes = 16 * position_bytes;  // parts of 16 positions: 19 per layer and side
+  options.kv_file_bytes = 0;
+  const std::int64_t lightning_part = info.num_heads * info.head_dim * info.head_dim * 4;
+  const std::int64_t largest_part = std::max(lightning_part, options.kv_row_bytes);
+  const auto state_bytes = static_cast<std::int64_t>(info.lightning_state_bytes + 300 * info.kv_bytes_per_token);
+  ASSERT_GT(state_bytes, 8 * largest_part) << "the state must be much larger than the queue for the test to tell";
+
+  auto streamed = EngineState::stream_of(*session_);
+  std::int64_t checkpoint = 0;
+  std::string writer_error;
+  std::thread writer([&, state = std::move(streamed.state)]() mutable {
+    try {
+      store::Store store(directory_ / "sessions.db", options);
+      checkpoint = store.save_checkpoint(store.create_session("streamed"), state->source());
+    } catch (const std::exception& e) {
+      writer_error = e.what();
+    }
+  });
+  streamed.producer.serve(*session_);
+  writer.join();
+  ASSERT_EQ(writer_error, "");
+  EXPECT_GT(streamed.producer.peak_queued_bytes(), 0u);
+  EXPECT_LE(static_cast<std::int64_t>(streamed.producer.peak_queued_bytes()), 2 * largest_part);
+
+  auto restored = model_->create_session();
+  store::Store(directory_ / "sessions.db").load_checkpoint(checkpoint, *restored);
+  EXPECT_EQ(restored->tokens(), session_->tokens());
+  const auto expected = next_logits(*session_);
+  const auto got = next_logits(*restored);
+  ASSERT_EQ(got.size(), expected.size());
+  EXPECT_EQ(std::memcmp(got.data(), expected.data(), got.size() * sizeof(float)), 0);
+}
+
+// Whoever drops out, the other does not wait forever: a state dropped unread, an engine that
+// never serves, a store that fails part-way, a stop before the reader asks.
+TEST_F(StreamedStateTest, NeitherSideWaitsForAGoneOther) {
+  {
+    auto streamed = EngineState::stream_of(*session_);
+    streamed.state.reset();
+    streamed.producer.serve(*session_);  // returns at once
+  }
+  {
+    auto state = EngineState::stream_of(*session_).state;  // its producer is gone
+    try {
+      EngineState::materialized(state);
+      ADD_FAILURE() << "parts came from no engine";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("stopped before streaming the state"), std::string::npos) << e.what();
+    }
+  }
+  {
+    auto streamed = EngineState::stream_of(*session_);
+    std::thread reader([state = std::move(streamed.state)]() mutable {
+      int parts = 0;
+      EXPECT_THROW(state->source().export_state(
+                       [&parts](const StatePart&) {
+                         if (++parts == 3) throw Error("disk full");
+                       },
+                       16, 0),
+                   Error);
+      state.reset();
+    });
+    streamed.producer.serve(*session_);  // returns once the reader failed
+    reader.join();
+  }
+  {
+    auto streamed = EngineState::stream_of(*session_);
+    const auto kept = streamed.state;  // a reader that would never ask
+    streamed.producer.serve(*session_, [] { return true; });
+  }
+  // Materialized, it is the session's state in memory.
+  auto streamed = EngineState::stream_of(*session_);
+  std::shared_ptr<const EngineState> copy;
+  std::thread reader([&copy, state = std::move(streamed.state)]() mutable {
+    copy = EngineState::materialized(std::move(state));
+  });
+  streamed.producer.serve(*session_);
+  reader.join();
+  ASSERT_TRUE(copy);
+  EXPECT_FALSE(copy->streamed());
+  EXPECT_EQ(copy->bytes(), EngineState::copy_of(*session_)->bytes());
+  auto restored = model_->create_session();
+  copy->import_into(*restored);
+  EXPECT_EQ(restored->tokens(), session_->tokens());
 }
 
 }  // namespace

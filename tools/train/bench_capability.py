@@ -3,6 +3,8 @@ freshly generated haystacks (a seed training never used), by task, length and ne
 
     python3 tools/train/bench_capability.py FILLER.txt --cli build/app/cli/lightdesk-cli \
         --lengths 4096,16384 --out docs/demo-capability.json
+    python3 tools/train/bench_capability.py FILLER.txt --expert-dtype int8 --per-cell 2 \
+        --out docs/demo-capability-int8.json      (int8 or int4 experts; 40 questions per length)
     python3 tools/train/bench_capability.py FILLER.txt --backend cuda --lengths 65536,262144,1048576 \
         --out docs/demo-capability-gpu.json      (on a GPU machine)
     python3 tools/train/bench_capability.py FILLER.txt --out docs/demo-capability.json --plot-only \
@@ -37,7 +39,8 @@ WRONG_PATTERN = {"record": "story", "story": "passkey", "passkey": "needles", "n
 
 def ask(args, document, question, kind, data_dir):
     command = [str(args.cli), "ask", "--model", str(MODEL), "--document", str(document), "--question", question,
-               "--greedy", "--max-new-tokens", "48", "--backend", args.backend, "--data-dir", str(data_dir)]
+               "--greedy", "--max-new-tokens", "48", "--backend", args.backend, "--data-dir", str(data_dir),
+               "--expert-dtype", args.expert_dtype]
     if args.experts_kept:
         command += ["--experts-kept", str(args.experts_kept), "--stats"]
         if args.experts_pattern != "matched":
@@ -108,6 +111,7 @@ def main():
     ap.add_argument("filler")
     ap.add_argument("--cli", default=str(ROOT / "build/app/cli/lightdesk-cli"))
     ap.add_argument("--backend", default="cpu")
+    ap.add_argument("--expert-dtype", default="bf16", help="bf16, int8 or int4: the experts' format")
     ap.add_argument("--lengths", default="4096,16384")
     ap.add_argument("--kinds", default="record,passkey,needles,story")
     ap.add_argument("--depths", default="0,0.25,0.5,0.75,1")
@@ -124,7 +128,8 @@ def main():
     out = pathlib.Path(args.out)
     results = json.loads(out.read_text())["results"] if args.plot_only else measure(args)
     if not args.plot_only:
-        out.write_text(json.dumps({"seed": args.seed, "backend": args.backend, "experts_kept": args.experts_kept,
+        out.write_text(json.dumps({"seed": args.seed, "backend": args.backend, "expert_dtype": args.expert_dtype,
+                                   "experts_kept": args.experts_kept,
                                    "experts_pattern": args.experts_pattern if args.experts_kept else None,
                                    "results": results}, indent=1) + "\n")
     if args.plot:

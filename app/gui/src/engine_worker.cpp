@@ -215,11 +215,11 @@ void EngineWorker::generate(const Turns& conversation, const SamplingSettings& s
       stats.stopped = true;
     }
     send(parser.finish());
-    EngineStatePtr state;
+    std::optional<EngineState::Streamed> state;
     // The session now holds the whole turn, so the next question can continue from it.
     if (!stats.stopped) {
       chat_->finish(conversation, parser.answer(), generated);
-      state = chat_->copy_state();
+      state.emplace(chat_->stream_state());
     }
     stats.context_used = session.position();
     // A stop during the prompt's read leaves fewer positions than the prompt: no answer tokens.
@@ -233,7 +233,14 @@ void EngineWorker::generate(const Turns& conversation, const SamplingSettings& s
         stats.decode_tokens_per_second = static_cast<double>(stats.generated_tokens) / decode_seconds;
     }
     report_gpu_memory();
-    emit generationFinished(stats, state);
+    emit generationFinished(stats, state ? state->state : nullptr);
+    if (state) {
+      // The repository reads the state from here as it writes it: no second copy of it in
+      // memory, this thread waiting on the disk meanwhile. Dropped unread, it is not waited for.
+      state->state.reset();
+      // A window closing meanwhile stops the wait (its thread waits for this one).
+      state->producer.serve(session, [this] { return stop_requested_.load(); });
+    }
   } catch (const std::exception& e) {
     emit generationFailed(to_qstring(e.what()));
   }

@@ -115,6 +115,12 @@ void InMemorySessionRepository::saveState(qint64 id, qsizetype entries, EngineSt
   const auto tree = trees_.find(id);
   if (tree == trees_.end() || entries <= 0 || entries > tree->second.shown.size()) return;
   auto& states = states_[id];
+  try {
+    state = EngineState::materialized(std::move(state));  // kept in memory: this repository's copy
+  } catch (const Error& error) {
+    emit writeFailed(tr("The conversation's state after this answer could not be kept: %1").arg(error.what()));
+    return;
+  }
   if (state->kv_first() > 0) {
     // A state holding only its turn's K/V continues the one kept at its kv_first position.
     const auto earlier = std::find_if(states.begin(), states.end(), [&state](const auto& kept) {

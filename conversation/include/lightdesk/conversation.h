@@ -90,9 +90,9 @@ class Chat {
   // After the answer to prepare()'s turns: closes the turn in the session (`generated`: the ids
   // the model wrote) and records that the state holds `turns` and `answer`.
   void finish(std::span<const Turn> turns, const std::string& answer, const std::vector<TokenId>& generated);
-  // A copy of the state after finish(), to save: the K/V of the positions from Prompt::kv_saved
-  // on, the owner having the earlier ones.
-  std::shared_ptr<const EngineState> copy_state() const;
+  // The state after finish(), to save, streamed from the session (EngineState::stream_of): the
+  // K/V of the positions from Prompt::kv_saved on, the owner having the earlier ones.
+  EngineState::Streamed stream_state() const;
   // Takes `state` (saved after `held`, in conversation `owner`) as the session's state. Throws
   // the state's reason when it cannot be used (the session then holds nothing reusable).
   void adopt(const SavedState& state, std::vector<Turn> held, std::int64_t owner);

@@ -1,18 +1,22 @@
 // Engine states on their way between the thread that runs the engine and the one that stores
 // sessions (the desktop app's engine and store threads; a server's workers).
 //
-// Saving: the engine thread copies a finished turn's state out of the engine (EngineState) and
-// the store thread writes it, so that neither thread touches the other's objects and the
-// engine is busy only for the copy, never for the disk. A state after a turn that continues a
-// saved one may hold only the K/V of the turn's own positions (from kv_first on): the store
-// finds the earlier positions in the checkpoint it saved before; a repository without a store
-// joins it to that earlier state (continuing).
+// Saving: the engine thread streams a finished turn's state out of the engine (EngineState::
+// stream_of) and the store thread writes it as it comes, so that neither thread touches the
+// other's objects and no second copy of the whole state is ever in memory: the parts pass
+// through a queue of at most two (StateProducer::serve), the engine thread waiting on the disk
+// meanwhile. A repository without a store keeps a copy in memory (materialized), as a memory
+// cache does (copy_of). A state after a turn that continues a saved one may hold only the K/V
+// of the turn's own positions (from kv_first on): the store finds the earlier positions in the
+// checkpoint it saved before; a repository without a store joins it to that earlier state
+// (continuing).
 //
 // Restoring: the repository names a saved state (SavedState) and the engine thread imports it.
 // A store checkpoint (StoredCheckpoint) is read there, through a connection of that thread's
 // own, one part at a time: a restore never holds a second copy of the whole state.
 #pragma once
 
+#include <cstddef>
 #include <filesystem>
 #include <memory>
 #include <vector>
@@ -34,11 +38,51 @@ class SavedState {
 
 using SavedStatePtr = std::shared_ptr<const SavedState>;
 
+class StateHandoff;
+
+// The engine thread's end of a streamed EngineState.
+class StateProducer {
+ public:
+  explicit StateProducer(std::shared_ptr<StateHandoff> handoff);
+  // Without serve(), the state's reader learns that no parts will come.
+  ~StateProducer();
+  StateProducer(StateProducer&&) noexcept;
+  StateProducer& operator=(StateProducer&&) = delete;
+  StateProducer(const StateProducer&) = delete;
+  StateProducer& operator=(const StateProducer&) = delete;
+
+  // Waits until the state's reader asks for its parts, then exports them from `session` (the
+  // session the state was made from, not changed since) through the queue, waiting for the
+  // reader to take each; returns when the reader has them all or is gone (its last reference
+  // dropped: nothing to stream), or when `stop` says so before the reader asked (a reader whose
+  // thread waits for this one would never ask). An export failure is the reader's to report.
+  // Call it after dropping one's own references to the state.
+  void serve(const Session& session, const std::function<bool()>& stop = {});
+  // The most bytes of parts the queue held at once (what streaming cost in memory).
+  std::size_t peak_queued_bytes() const;
+
+ private:
+  std::shared_ptr<StateHandoff> handoff_;
+};
+
 class EngineState final : public SavedState {
  public:
   // Copies the session's state: its model's info, token ids, every lightning layer's state and
   // the K/V of positions kv_first and later.
   static std::shared_ptr<const EngineState> copy_of(const Session& session, std::int64_t kv_first = 0);
+  // The session's state without its parts: its source() asks the engine thread for them as the
+  // store writes them, once. The engine thread hands the state over (a queued signal), drops
+  // its reference and calls producer.serve(session).
+  struct Streamed {
+    std::shared_ptr<const EngineState> state;
+    StateProducer producer;
+  };
+  static Streamed stream_of(const Session& session, std::int64_t kv_first = 0);
+  // A state with its parts in memory: `state` itself, or for a streamed one a copy read from
+  // the engine thread (which must serve it). Throws lightdesk::Error when the engine failed.
+  static std::shared_ptr<const EngineState> materialized(std::shared_ptr<const EngineState> state);
+  bool streamed() const { return handoff_ != nullptr; }
+  ~EngineState();
 
   const ModelInfo& model() const { return model_; }
   const std::vector<TokenId>& tokens() const { return tokens_; }
@@ -48,7 +92,7 @@ class EngineState final : public SavedState {
   // (whose tokens are this one's first kv_first tokens); throws lightdesk::Error otherwise.
   std::shared_ptr<const EngineState> continuing(std::shared_ptr<const EngineState> earlier) const;
   std::int64_t token_count() const override { return static_cast<std::int64_t>(tokens_.size()); }
-  // The bytes of its own parts' values (not those of a state it continues).
+  // The bytes of its own parts' values (not those of a state it continues; none when streamed).
   std::size_t bytes() const;
   // Throws lightdesk::Error for another model's shapes or a state that lacks earlier K/V.
   void import_into(Session& session) const override;
@@ -70,6 +114,7 @@ class EngineState final : public SavedState {
   StateDType kv_dtype_ = StateDType::F32;  // of its K/V parts: the exporting backend's cache type
   std::vector<Part> parts_;
   std::shared_ptr<const EngineState> earlier_;  // the K/V before kv_first_, if joined
+  std::shared_ptr<StateHandoff> handoff_;        // a streamed state's parts come through it
 };
 
 using EngineStatePtr = std::shared_ptr<const EngineState>;

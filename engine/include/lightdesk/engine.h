@@ -127,8 +127,8 @@ struct ModelOptions {
   // embedding and LM head. See tensor_parallel_layout.
   int tensor_parallel = 1;
   MoeParallel moe_parallel = MoeParallel::Expert;
-  // The experts' format. int8 and int4 are quantized while the weights load (the CPU backend
-  // only in this version), or read from `expert_cache`.
+  // The experts' format. int8 and int4 are quantized while the weights load, or read from
+  // `expert_cache`.
   ExpertFormat expert_dtype = ExpertFormat::Bf16;
   // A folder to keep the quantized experts in (a front end gives the data directory's
   // cache/<fingerprint>): the first load writes them there, later loads read them instead of

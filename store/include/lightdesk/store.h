@@ -5,17 +5,22 @@
 // exported state at a token position (Session::export_state), so that reopening a session reads
 // its state instead of re-prefilling it.
 //
-// Checkpoints are stored in chunked BLOB rows written and read with SQLite's incremental blob
-// I/O, never as one allocation: one row per lightning layer, and softmax keys/values in rows of
-// at most Options::kv_row_bytes. Softmax K/V live in append-only "spans" of positions owned by the
-// session; a checkpoint references the spans that cover its positions, and a new checkpoint
-// reuses every span whose token prefix it shares, so a checkpoint per message costs only its
-// new tokens plus the lightning states. Rows are written in many small transactions and the
-// checkpoint becomes visible through one small final commit marking it complete (WAL mode):
-// a process killed at any moment leaves the previous checkpoints intact and no partial one
-// visible. Every row carries an XXH3-64 checksum of its bytes; loading verifies them, the
-// layout version and the model fingerprint, and refuses a damaged state or one from another
-// model with StateRefused, naming the cause. The messages stay readable either way.
+// Checkpoints are stored in chunked rows, written and read in pieces, never as one allocation:
+// one BLOB row per lightning layer (written and read with SQLite's incremental blob I/O), and
+// softmax keys/values in rows of at most Options::kv_row_bytes. Softmax K/V live in append-only
+// "spans" of positions owned by the session; a checkpoint references the spans that cover its
+// positions, and a new checkpoint reuses every span whose token prefix it shares, so a
+// checkpoint per message costs only its new tokens plus the lightning states. A span of at
+// least Options::kv_file_bytes keeps its rows' bytes in one file beside the database
+// (<database>.kv/), written with large writes and read with large reads at the disk's speed;
+// smaller spans keep them in BLOBs. Rows are written in many small transactions and the
+// checkpoint becomes visible through one small final commit marking it complete (WAL mode),
+// after its span file is synced: a process killed at any moment leaves the previous
+// checkpoints intact and no partial one visible, and the files of unfinished or deleted spans
+// are removed by the next save of that session or by collect_garbage. Every row carries an
+// XXH3-64 checksum of its bytes; loading verifies them, the layout version and the model
+// fingerprint, and refuses a damaged or missing state or one from another model with
+// StateRefused, naming the cause. The messages stay readable either way.
 //
 // Threads: a Store is one SQLite connection. Use it from one thread at a time (for instance,
 // own it in the GUI's worker thread); for work in parallel, open one Store per thread on the
@@ -52,7 +57,7 @@ class StateRefused : public Error {
 };
 
 // Highest schema version this build writes; opening upgrades older files step by step.
-inline constexpr int kSchemaVersion = 7;
+inline constexpr int kSchemaVersion = 8;
 
 enum class Role { System, User, Assistant, Tool };
 const char* role_name(Role role);
@@ -160,6 +165,9 @@ class Store {
     // Softmax K/V rows written by this connection hold at most this many bytes (but at least
     // one position); reading accepts any row size.
     std::int64_t kv_row_bytes = 16 << 20;
+    // A new K/V span of at least this many bytes is kept as a file beside the database;
+    // smaller ones (a message's few positions) as BLOB rows, without a file and its fsync.
+    std::int64_t kv_file_bytes = 16 << 20;
     // Page size of a file this connection creates (512..65536, a power of two). Large pages
     // make big blobs cheaper to write and read: fewer overflow pages to chain (see BENCHMARK.md).
     int page_size = 65536;
@@ -175,6 +183,8 @@ class Store {
   Store& operator=(const Store&) = delete;
 
   const std::filesystem::path& path() const;
+  // Where the span files are: <path()>.kv (created with the first one).
+  std::filesystem::path kv_directory() const;
   int schema_version() const;
   // PRAGMA integrity_check: "ok" or SQLite's list of problems.
   std::string integrity_check();
@@ -232,16 +242,20 @@ class Store {
   void load_checkpoint(std::int64_t checkpoint_id, Session& session);
   // The verification and reading half of load_checkpoint: checks that the checkpoint is
   // complete and belongs to `model`, streams its parts (lightning layers first, then K/V rows by
-  // layer, kind and position; each part's data is valid only during the call) after checking
-  // each one's checksum, and returns the token ids. Throws StateRefused naming the cause.
+  // layer, position and kind, the order of Session::export_state; each part's data is valid only
+  // during the call) after checking each one's checksum, and returns the token ids. Reading a
+  // span file asks the disk for the next row while the sink takes the current one. Throws
+  // StateRefused naming the cause.
   std::vector<TokenId> read_checkpoint(std::int64_t checkpoint_id, const ModelInfo& model,
                                        const std::function<void(const StatePart&)>& sink);
   // Deletes the checkpoint and the K/V spans no other checkpoint uses.
   void delete_checkpoint(std::int64_t checkpoint_id);
-  // Removes unfinished checkpoints (left by a killed writer) of every session and unused K/V
-  // spans. Call only while no other connection is saving a checkpoint.
+  // Removes unfinished checkpoints (left by a killed writer) of every session, unused K/V
+  // spans and the span files no span names. Call only while no other connection is saving a
+  // checkpoint.
   void collect_garbage();
-  // Bytes of stored state (lightning rows and K/V rows) a checkpoint references.
+  // Bytes of stored state (lightning rows and K/V rows, in BLOBs or span files) a checkpoint
+  // references.
   std::int64_t checkpoint_bytes(std::int64_t checkpoint_id);
 
   // Task expert patterns (lightdesk/expert_patterns.h), one per model fingerprint and task: a
