@@ -147,7 +147,7 @@ CLI::Option* add_common(CLI::App& verb, Common& c, bool model_required = true) {
       "cpu, cuda or auto (the default: CUDA where a GPU is usable)");
   add_engine_option(
       verb, "--devices", [&c](const std::string& list) { c.options.devices = lightdesk::parse_devices(list); },
-      "the GPUs the model runs on: indices such as 0,1 or all (default GPU 0; one GPU for now)");
+      "the GPUs the model runs on: indices such as 0,1 or all (default GPU 0; several with --tensor-parallel)");
   verb.add_option("--threads", c.options.threads, "CPU worker threads (default 0: all hardware threads)")
       ->check(integer_in(0, std::numeric_limits<int>::max()));
   verb.add_option("--chunk", c.chunk, "prefill tokens per pass (default 512 on the CPU, 8192 with CUDA)")

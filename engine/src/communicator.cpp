@@ -5,55 +5,41 @@
 #include <bit>
 #include <condition_variable>
 #include <cstring>
+#include <exception>
 #include <mutex>
+#include <thread>
 
 namespace lightdesk {
-namespace {
 
-// What the ranks of one loopback group share: each rank's posted buffer and a barrier that an
-// aborting rank breaks (std::barrier cannot be broken: a failed rank would leave the others
-// waiting in it for ever).
-class LoopbackGroup {
- public:
-  explicit LoopbackGroup(int ranks) : posted(static_cast<std::size_t>(ranks)) {}
-  std::vector<const void*> posted;
-
-  void arrive_and_wait() {
-    std::unique_lock lock(mutex_);
-    if (aborted_) throw RankAborted();
-    const std::uint64_t generation = generation_;
-    if (++arrived_ == static_cast<int>(posted.size())) {
-      arrived_ = 0;
-      ++generation_;
-      all_arrived_.notify_all();
-      return;
-    }
-    all_arrived_.wait(lock, [&] { return generation_ != generation || aborted_; });
-    if (generation_ == generation) throw RankAborted();
-  }
-
-  void abort() noexcept {
-    {
-      std::lock_guard lock(mutex_);
-      aborted_ = true;
-    }
-    all_arrived_.notify_all();
-  }
-
-  // Only while no rank is inside a collective: the count of a broken barrier restarts.
-  void recover() noexcept {
-    std::lock_guard lock(mutex_);
-    aborted_ = false;
+void LoopbackGroup::arrive_and_wait() {
+  std::unique_lock lock(mutex_);
+  if (aborted_) throw RankAborted();
+  const std::uint64_t generation = generation_;
+  if (++arrived_ == static_cast<int>(posted.size())) {
     arrived_ = 0;
+    ++generation_;
+    all_arrived_.notify_all();
+    return;
   }
+  all_arrived_.wait(lock, [&] { return generation_ != generation || aborted_; });
+  if (generation_ == generation) throw RankAborted();
+}
 
- private:
-  std::mutex mutex_;
-  std::condition_variable all_arrived_;
-  int arrived_ = 0;
-  std::uint64_t generation_ = 0;
-  bool aborted_ = false;
-};
+void LoopbackGroup::abort() noexcept {
+  {
+    std::lock_guard lock(mutex_);
+    aborted_ = true;
+  }
+  all_arrived_.notify_all();
+}
+
+void LoopbackGroup::recover() noexcept {
+  std::lock_guard lock(mutex_);
+  aborted_ = false;
+  arrived_ = 0;
+}
+
+namespace {
 
 class Loopback final : public LoopbackCommunicator {
  public:
@@ -105,6 +91,30 @@ std::vector<std::unique_ptr<LoopbackCommunicator>> make_loopback_communicators(i
   std::vector<std::unique_ptr<LoopbackCommunicator>> communicators;
   for (int r = 0; r < ranks; ++r) communicators.push_back(std::make_unique<Loopback>(group, r));
   return communicators;
+}
+
+void on_every_rank(std::size_t ranks, const std::function<void(std::size_t)>& fn,
+                   const std::function<void(std::size_t)>& abort, const std::function<void()>& recover) {
+  if (ranks == 1) return fn(0);
+  std::mutex failure_mutex;
+  std::exception_ptr first_failure;
+  {
+    std::vector<std::jthread> threads;
+    for (std::size_t r = 0; r < ranks; ++r)
+      threads.emplace_back([&, r] {
+        try {
+          fn(r);
+        } catch (const RankAborted&) {
+        } catch (...) {
+          abort(r);
+          std::lock_guard lock(failure_mutex);
+          if (!first_failure) first_failure = std::current_exception();
+        }
+      });
+  }
+  if (!first_failure) return;
+  recover();
+  std::rethrow_exception(first_failure);
 }
 
 TokenId distributed_argmax(Communicator& comm, ModelOps& ops, Tensor scratch, float value, TokenId id) {

@@ -319,29 +319,8 @@ std::vector<QuantizedExpertTensors> CpuBackend::quantized_experts(const Quantize
 }
 
 void CpuBackend::on_every_rank(const std::function<void(std::size_t)>& fn) const {
-  if (ranks_.size() == 1) return fn(0);
-  // A rank that fails aborts the group, so the others leave their collectives (RankAborted)
-  // rather than wait for it; the caller gets the error of the first rank that failed.
-  std::mutex failure_mutex;
-  std::exception_ptr first_failure;
-  {
-    std::vector<std::jthread> threads;
-    for (std::size_t r = 0; r < ranks_.size(); ++r)
-      threads.emplace_back([&, r] {
-        try {
-          fn(r);
-        } catch (const RankAborted&) {
-        } catch (...) {
-          ranks_[r]->comm->abort();
-          std::lock_guard lock(failure_mutex);
-          if (!first_failure) first_failure = std::current_exception();
-        }
-      });
-  }
-  if (!first_failure) return;
-  // Every rank's thread has left: the group serves the next pass.
-  ranks_.front()->comm->recover();
-  std::rethrow_exception(first_failure);
+  lightdesk::on_every_rank(
+      ranks_.size(), fn, [&](std::size_t r) { ranks_[r]->comm->abort(); }, [&] { ranks_.front()->comm->recover(); });
 }
 
 void CpuBackend::forward(SequenceState& state, const ForwardRequest& req) {

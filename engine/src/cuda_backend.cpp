@@ -1,4 +1,6 @@
-// The CUDA backend: the whole model on one GPU, through the CUDA ops and the model's graph
+// The CUDA backend: the model on one GPU, or split over tensor-parallel ranks (a backend per
+// rank, each on its GPU with its slices, the ranks talking through NCCL or, for N simulated
+// ranks on one GPU, the device loopback), through the CUDA ops and the model's graph
 // (models/minimax01.cpp). Weights and activations are T (bf16 by default, float32 in the
 // checking mode); GEMMs go through cuBLAS with float32 accumulation; the lightning states, the
 // router and the logits are float32 whatever T is. The backend owns the memory (weights, K/V
@@ -8,13 +10,16 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <vector>
 
+#include "communicator.h"
 #include "lightdesk/cuda_device.h"
 #include "cuda_kv_cache.h"
 #include "cuda_model_ops.h"
@@ -96,6 +101,17 @@ class DecodeGraph {
   cudaGraphExec_t exec_ = nullptr;
   Inputs inputs_{};
   std::uint64_t captures_ = 0;
+};
+
+// The part of a [rows, width] weight a tensor-parallel rank holds: a block of its rows, or of
+// its columns (all of it on one rank).
+struct WeightPart {
+  std::int64_t rows = 0, width = 0;
+  bool by_columns = false;
+  std::int64_t first = 0, count = 0;  // rows, or columns when by_columns
+
+  bool whole() const { return first == 0 && count == (by_columns ? width : rows); }
+  std::int64_t numel() const { return by_columns ? rows * count : count * width; }
 };
 
 struct CudaSequence final : SequenceState {
@@ -189,15 +205,24 @@ struct Scratch {
   // vocabulary would need 6.5 GB): grown on its own by reserve_all_logits, never read by graphs.
   DeviceBuffer all_logits;
   DeviceBuffer lightning_workspace;  // the lightning prefill's segment states
+  // Tensor parallel: the lightning output norm's sums of squares [rows]; the rank's logits
+  // [logits_rows, widest rank's vocabulary rows] and every rank's, gathered, sized by
+  // reserve_rank_logits for logits_rows (1 unless every row's logits are asked for).
+  DeviceBuffer norm_sums, logits_part, logits_gather;
+  std::int64_t logits_rows = 0;
 };
 
 template <typename T>
 class CudaBackend final : public ComputeBackend {
  public:
+  // The whole model (one rank of the layout `plans`), or rank `rank`'s slices of it (experts in
+  // bf16 or float32 then); a rank runs its part of the graph once connect() has given it its
+  // communicator.
   CudaBackend(const ModelConfig& c, int device, const WeightMap& map, bool graphs, const ExpertLoad& experts,
               const ExpertSelection& kept, const std::function<void(std::uint64_t)>& bytes_loaded,
-              ExpertLoadResult* expert_result)
-      : CudaBackend(c, device, graphs) {
+              ExpertLoadResult* expert_result, std::vector<RankLayout> plans = {}, int rank = 0)
+      : CudaBackend(c, device, graphs, plans.empty() ? tensor_parallel_layout(c, 1, MoeParallel::Expert) : std::move(plans),
+                    rank) {
     quantized_experts_ = experts.dtype != ExpertDType::BF16;
     experts_ = kept;
     load_weights(map, experts, bytes_loaded, expert_result);
@@ -223,7 +248,40 @@ class CudaBackend final : public ComputeBackend {
     return s;
   }
 
-  void forward(SequenceState& state, const ForwardRequest& req) override;
+  void forward(SequenceState& state, const ForwardRequest& req) override { forward_rank(state, req, true); }
+
+  // A tensor-parallel rank: its collectives go through `comm` (its rank's of a group whose
+  // streams are each rank's stream()).
+  void connect(Communicator& comm) {
+    comm_.emplace(comm);
+    device_.make_current();
+    argmax_scratch_ = device_array<std::int32_t>(2 * (comm.size() + 1), "the distributed argmax");
+  }
+  // The collectives of a decode step once, at their sizes, outside any capture: NCCL connects
+  // its peers at their first collective (vLLM warms up before capturing for this too). Called
+  // on every rank together; not counted.
+  void warm_up_collectives() {
+    device_.make_current();
+    const std::int64_t widest = plans_.front().vocab_rows;
+    const DeviceBuffer hidden = device_array<T>(config_.hidden_size, "the collectives' warm-up");
+    const DeviceBuffer floats = device_array<float>(1 + (1 + comm_->size()) * widest, "the collectives' warm-up");
+    check(cudaMemsetAsync(hidden.as<void>(), 0, hidden.bytes(), device_.stream()), "cudaMemset");
+    check(cudaMemsetAsync(floats.as<void>(), 0, floats.bytes(), device_.stream()), "cudaMemset");
+    const Tensor x{hidden.as<void>(), ops_.activation_type()}, sums{floats.as<void>(), ElementType::F32};
+    comm_->all_reduce_sum(x, config_.hidden_size);
+    comm_->all_reduce_sum(sums, 1);
+    comm_->all_gather(sums.at(1), widest, sums.at(1 + widest));
+    device_.synchronize();  // before the buffers go
+    comm_->reset_counts();
+  }
+  void* stream() const { return device_.stream(); }
+  const CollectiveCounts* collective_counts() const { return comm_ ? &comm_->counts() : nullptr; }
+  // forward(), where only a rank that reports (one of a tensor-parallel group) downloads the
+  // logits of every row and calls the hidden-state callback.
+  void forward_rank(SequenceState& state, const ForwardRequest& req, bool reports);
+  // Tensor parallel, greedy: the best of this rank's vocabulary rows of the last logits, then
+  // the best of every rank's (called on every rank together).
+  TokenId greedy_over_ranks(const SequenceState& state);
 
   void read_logits(const SequenceState& state, float* out) const override {
     const DeviceBuffer& logits = static_cast<const CudaSequence&>(state).logits;
@@ -261,12 +319,15 @@ class CudaBackend final : public ComputeBackend {
                 const void* in) const override;
 
  private:
-  std::int64_t lightning_size() const { return std::int64_t{config_.num_heads} * config_.head_dim * config_.head_dim; }
-  std::int64_t attention_width() const { return std::int64_t{config_.num_heads} * config_.head_dim; }
-  std::int64_t kv_width() const { return std::int64_t{config_.num_kv_heads} * config_.head_dim; }
+  // The rank's heads and K/V heads (all of them on one rank).
+  std::int64_t lightning_size() const { return std::int64_t{plan_.heads} * config_.head_dim * config_.head_dim; }
+  std::int64_t attention_width() const { return std::int64_t{plan_.heads} * config_.head_dim; }
+  std::int64_t kv_width() const { return std::int64_t{plan_.kv_heads} * config_.head_dim; }
 
   // Everything but the weights.
-  CudaBackend(const ModelConfig& c, int device, bool graphs) : config_(c), device_(device), use_graphs_(graphs) {
+  CudaBackend(const ModelConfig& c, int device, bool graphs, std::vector<RankLayout> plans, int rank)
+      : config_(c), plans_(std::move(plans)), plan_(plans_.at(static_cast<std::size_t>(rank))), device_(device),
+        use_graphs_(graphs) {
     for (int l = 0; l < c.num_layers; ++l)
       if (c.layer_kinds[l] == LayerKind::Softmax) softmax_index_[l] = softmax_layers_++;
     if (softmax_layers_ > 0) kv_pages_ = std::make_shared<KvPagePool>(device_, softmax_layers_, kv_width(), sizeof(T));
@@ -285,6 +346,10 @@ class CudaBackend final : public ComputeBackend {
   void reserve_kv(CudaSequence& s, std::int64_t positions) const;
   void reserve_scratch(std::int64_t rows);
   void reserve_all_logits(std::int64_t rows);
+  // Tensor parallel: the rank's logits buffers for `rows` rows of logits.
+  void reserve_rank_logits(std::int64_t rows);
+  // The rank's part of the weight of this WeightMap name (weight_shape's shape).
+  WeightPart rank_part(const std::string& name) const;
   // The graph's views of the weights (after they are allocated).
   void make_model_tensors();
   // Enqueues the model over the `rows` tokens in scratch_.tokens, up to the logits of the last
@@ -292,7 +357,7 @@ class CudaBackend final : public ComputeBackend {
   // device nor allocates (beyond stream-ordered workspaces), so a decode step can be captured
   // as a graph.
   void enqueue_forward(CudaSequence& s, std::int64_t rows, StepPosition first_position, bool all_logits,
-                       const ForwardRequest* request);
+                       const ForwardRequest* request, bool reports);
   // One token through the sequence's decode graph, captured again (after sizing the attention
   // workspace for it) when what it was captured with has moved.
   void decode_step(CudaSequence& s, std::int64_t position);
@@ -310,6 +375,8 @@ class CudaBackend final : public ComputeBackend {
   void reserve_attention_workspace(std::int64_t rows, std::int64_t position_bound);
 
   const ModelConfig config_;
+  const std::vector<RankLayout> plans_;  // every rank's part; one covering the model without tensor parallel
+  const RankLayout plan_;                // this rank's
   DeviceContext device_;
   DeviceBuffer embed_, lm_head_, final_norm_;
   std::vector<CudaLayer> layers_;
@@ -318,10 +385,10 @@ class CudaBackend final : public ComputeBackend {
   std::uint64_t weight_bytes_ = 0;
   // Pruned experts are neither allocated nor loaded; the router's mask keeps tokens from them.
   ExpertSelection experts_;
-  // The experts each layer's block holds (quantized blocks hold them all), and a kept expert's
-  // slot there (-1: pruned).
+  // The experts each layer's block holds (the rank's, or the kept ones; quantized blocks hold them
+  // all), and each expert's slot there (-1: another rank's, or pruned).
   int held_experts() const {
-    return experts_.pruned() && !quantized_experts_ ? experts_.experts_kept() : config_.num_experts;
+    return experts_.pruned() && !quantized_experts_ ? experts_.experts_kept() : plan_.experts;
   }
   std::vector<std::int32_t> expert_slots(int layer) const;
   bool quantized_experts_ = false;  // the layers' quantized_gate_up and quantized_down, not gate_up and down
@@ -340,26 +407,75 @@ class CudaBackend final : public ComputeBackend {
   mutable ImportStaging import_staging_;  // under forward_mutex_
   Scratch scratch_;
   CudaOps<T> ops_{device_};
+  // Tensor parallel: the rank's communicator (counting what goes through it) and the greedy
+  // argmax's candidates.
+  std::optional<CountingCommunicator> comm_;
+  DeviceBuffer argmax_scratch_;
 };
 
 template <typename T>
 std::vector<std::int32_t> CudaBackend<T>::expert_slots(int layer) const {
   std::vector<std::int32_t> slots(static_cast<std::size_t>(config_.num_experts), -1);
   std::int32_t next = 0;
-  for (int e = 0; e < config_.num_experts; ++e)
+  for (int e = plan_.first_expert; e < plan_.first_expert + plan_.experts; ++e)
     if (expert_kept(experts_, layer, e)) slots[static_cast<std::size_t>(e)] = next++;
   return slots;
 }
 
 template <typename T>
+WeightPart CudaBackend<T>::rank_part(const std::string& name) const {
+  const std::vector<std::int64_t> shape = weight_shape(config_, name);
+  WeightPart part{shape.front(), 1, false, 0, shape.front()};
+  for (std::size_t i = 1; i < shape.size(); ++i) part.width *= shape[i];
+  part.count = part.rows;
+  if (plans_.size() == 1) return part;
+  const std::string field = name.substr(name.rfind('.') + 1);
+  const std::int64_t d = config_.head_dim, h0 = plan_.first_head * d, hn = plan_.heads * d;
+  auto take = [&](bool by_columns, std::int64_t first, std::int64_t count) {
+    part.by_columns = by_columns;
+    part.first = first;
+    part.count = count;
+    return part;
+  };
+  // As the CPU backend slices (cpu_backend.cpp) and docs/tensor-parallel.md lays out.
+  if (field == "embed" || field == "lm_head") return take(false, plan_.first_vocab_row, plan_.vocab_rows);
+  if (field == "qkv") return take(false, 3 * h0, 3 * hn);  // per head [q | k | v]: one block of rows
+  if (field == "output_gate" || field == "output_norm" || field == "q_proj") return take(false, h0, hn);
+  if (field == "k_proj" || field == "v_proj") return take(false, plan_.first_kv_head * d, plan_.kv_heads * d);
+  if (field == "out_proj" || field == "o_proj") return take(true, h0, hn);
+  if (field == "w1" || field == "w3") return take(false, plan_.first_expert_column, plan_.expert_width);
+  if (field == "w2") return take(true, plan_.first_expert_column, plan_.expert_width);
+  return part;  // norms, routers: every rank's own copy
+}
+
+template <typename T>
 void CudaBackend<T>::allocate_weights(const WeightFill& fill) {
-  const std::int64_t H = config_.hidden_size, I = config_.expert_width, E = config_.num_experts;
+  const std::int64_t H = config_.hidden_size, I = plan_.expert_width, E = config_.num_experts;
+  // The rank's part of a weight: the whole one is made on the device, then its block copied.
+  auto fill_part = [&](const std::string& name, void* device, bool as_float) {
+    const WeightPart part = rank_part(name);
+    if (part.whole()) return fill(name, device, part.numel(), as_float);
+    const std::size_t size = as_float ? sizeof(float) : sizeof(T);
+    const DeviceBuffer whole(static_cast<std::size_t>(part.rows * part.width) * size, name);
+    fill(name, whole.as<void>(), part.rows * part.width, as_float);
+    const std::size_t pitch = static_cast<std::size_t>(part.width) * size;
+    if (part.by_columns)
+      check(cudaMemcpy2DAsync(device, static_cast<std::size_t>(part.count) * size,
+                              whole.as<char>() + static_cast<std::size_t>(part.first) * size, pitch,
+                              static_cast<std::size_t>(part.count) * size, static_cast<std::size_t>(part.rows),
+                              cudaMemcpyDeviceToDevice, device_.stream()),
+            "a rank's weight columns");
+    else
+      check(cudaMemcpyAsync(device, whole.as<char>() + static_cast<std::size_t>(part.first) * pitch,
+                            static_cast<std::size_t>(part.count) * pitch, cudaMemcpyDeviceToDevice, device_.stream()),
+            "a rank's weight rows");
+    device_.synchronize();  // before `whole` goes
+  };
   auto get = [&](const std::string& name, WeightPrecision precision) {
-    std::int64_t numel = 1;
-    for (std::int64_t extent : weight_shape(config_, name)) numel *= extent;
+    const std::int64_t numel = rank_part(name).numel();
     const bool as_float = precision == WeightPrecision::Float32;
     DeviceBuffer buffer = as_float ? device_array<float>(numel, name) : device_array<T>(numel, name);
-    fill(name, buffer.as<void>(), numel, as_float);
+    fill_part(name, buffer.as<void>(), as_float);
     weight_bytes_ += buffer.bytes();
     return buffer;
   };
@@ -373,8 +489,8 @@ void CudaBackend<T>::allocate_weights(const WeightFill& fill) {
     load_layer_tensors(config_, l, layer, get);
     if (layer.kind == LayerKind::Lightning) {
       const std::vector<float> slopes = lightning_slopes(config_, l);
-      layer.slopes = device_array<float>(static_cast<std::int64_t>(slopes.size()), k + "slopes");
-      device_.upload(layer.slopes.as<float>(), slopes.data(), layer.slopes.bytes());
+      layer.slopes = device_array<float>(plan_.heads, k + "slopes");
+      device_.upload(layer.slopes.as<float>(), slopes.data() + plan_.first_head, layer.slopes.bytes());
     }
     if (experts_.pruned()) {
       const std::vector<float> mask = expert_mask(config_, experts_, l);
@@ -385,6 +501,8 @@ void CudaBackend<T>::allocate_weights(const WeightFill& fill) {
       layers_.push_back(std::move(layer));
       continue;
     }
+    // The rank's experts (all but under expert parallel; pruned: the kept ones), each its slice
+    // of the width.
     const std::int64_t R = held_experts();
     layer.gate_up = device_array<T>(R * 2 * I * H, k + "experts (w1, w3)");
     layer.down = device_array<T>(R * H * I, k + "experts (w2)");
@@ -399,9 +517,9 @@ void CudaBackend<T>::allocate_weights(const WeightFill& fill) {
       if (slot < 0) continue;
       const ExpertWeightNames names = expert_weight_names(l, e);
       T* gate_up = layer.gate_up.as<T>() + slot * 2 * I * H;
-      fill(names.w1, gate_up, I * H, false);
-      fill(names.w3, gate_up + I * H, I * H, false);
-      fill(names.w2, layer.down.as<T>() + slot * H * I, H * I, false);
+      fill_part(names.w1, gate_up, false);
+      fill_part(names.w3, gate_up + I * H, false);
+      fill_part(names.w2, layer.down.as<T>() + slot * H * I, false);
     }
     layers_.push_back(std::move(layer));
   }
@@ -514,7 +632,7 @@ template <typename T>
 void CudaBackend<T>::reserve_attention_workspace(std::int64_t rows, std::int64_t position_bound) {
   if (softmax_layers_ == 0) return;
   const std::size_t bytes = cuda::softmax_attention_workspace_bytes<T>(
-      rows, position_bound, config_.num_heads, config_.num_kv_heads, config_.head_dim, device_.launch_limits());
+      rows, position_bound, plan_.heads, plan_.kv_heads, config_.head_dim, device_.launch_limits());
   if (bytes > attention_workspace_.bytes())
     attention_workspace_ = DeviceBuffer(bytes, "the attention split workspace");
 }
@@ -534,13 +652,17 @@ void CudaBackend<T>::reserve_scratch(std::int64_t rows) {
   s.gate = device_array<T>(rows * A, what);
   s.router_logits = device_array<float>(rows * config_.num_experts, what);
   s.lightning_workspace = DeviceBuffer(
-      cuda::lightning_prefill_workspace_bytes<T>(rows, config_.num_heads, config_.head_dim, device_.launch_limits()),
+      cuda::lightning_prefill_workspace_bytes<T>(rows, plan_.heads, config_.head_dim, device_.launch_limits()),
       what);
-  ops_.reserve_moe({config_.hidden_size, config_.expert_width, config_.num_experts, config_.experts_per_token,
-                    held_experts() < config_.num_experts ? held_experts() : 0},
+  if (comm_) s.norm_sums = device_array<float>(rows, what);
+  ops_.reserve_moe({config_.hidden_size, plan_.expert_width, config_.num_experts, config_.experts_per_token,
+                    experts_.pruned() && held_experts() < config_.num_experts ? held_experts() : 0},
                    rows);
   // Last, so that running out of memory above leaves scratch_ whole.
   s.all_logits = std::move(scratch_.all_logits);
+  s.logits_part = std::move(scratch_.logits_part);
+  s.logits_gather = std::move(scratch_.logits_gather);
+  s.logits_rows = scratch_.logits_rows;
   scratch_ = std::move(s);
 }
 
@@ -552,7 +674,20 @@ void CudaBackend<T>::reserve_all_logits(std::int64_t rows) {
 }
 
 template <typename T>
-void CudaBackend<T>::forward(SequenceState& state, const ForwardRequest& req) {
+void CudaBackend<T>::reserve_rank_logits(std::int64_t rows) {
+  if (rows <= scratch_.logits_rows) return;
+  const std::int64_t widest = plans_.front().vocab_rows, ranks = static_cast<std::int64_t>(plans_.size());
+  const std::string what = "a rank's logits of " + std::to_string(rows) + " tokens";
+  DeviceBuffer part = device_array<float>(rows * widest, what);
+  DeviceBuffer gather = device_array<float>(ranks * rows * widest, what);
+  scratch_.logits_part = std::move(part);
+  scratch_.logits_gather = std::move(gather);
+  scratch_.logits_rows = rows;
+  ++scratch_.generation;  // decode graphs baked in the old buffers
+}
+
+template <typename T>
+void CudaBackend<T>::forward_rank(SequenceState& state, const ForwardRequest& req, bool reports_to_host) {
   auto& s = static_cast<CudaSequence&>(state);
   const auto rows = static_cast<std::int64_t>(req.tokens.size());
   const std::int64_t V = config_.vocab_size;
@@ -564,6 +699,7 @@ void CudaBackend<T>::forward(SequenceState& state, const ForwardRequest& req) {
   // (a replay skips planning it).
   reserve_scratch(rows);
   if (req.all_logits) reserve_all_logits(rows);
+  if (comm_) reserve_rank_logits(req.all_logits ? rows : 1);
   reserve_kv(s, req.first_position + rows);
   const bool reports = (req.hidden_states && *req.hidden_states) || (req.router_logits && *req.router_logits) ||
                        req.last_router_layer >= 0;
@@ -575,8 +711,8 @@ void CudaBackend<T>::forward(SequenceState& state, const ForwardRequest& req) {
   if (graph)
     decode_step(s, req.first_position);
   else
-    enqueue_forward(s, rows, {req.first_position, nullptr}, req.all_logits != nullptr, &req);
-  if (req.all_logits)
+    enqueue_forward(s, rows, {req.first_position, nullptr}, req.all_logits != nullptr, &req, reports_to_host);
+  if (req.all_logits && reports_to_host)
     device_.download(req.all_logits, w.all_logits.as<float>(), static_cast<std::size_t>(rows * V) * sizeof(float));
   // A one-token step does not wait, so that sampling queues right behind it; a longer pass
   // does, so that feed's progress reports its time and a device error surfaces in its feed.
@@ -602,10 +738,31 @@ TokenId CudaBackend<T>::sample(const SequenceState& state, const SamplingParams&
 }
 
 template <typename T>
+TokenId CudaBackend<T>::greedy_over_ranks(const SequenceState& state) {
+  const auto& s = static_cast<const CudaSequence&>(state);
+  const std::lock_guard lock(forward_mutex_);
+  device_.make_current();
+  // Every rank holds the gathered logits; each takes the best of its own rows, on its device
+  // (a rank of a vocabulary smaller than the ranks may have none).
+  const float* rows = s.logits.as<float>() + plan_.first_vocab_row;
+  if (plan_.vocab_rows == 0)
+    return distributed_argmax(*comm_, ops_, {argmax_scratch_.as<void>(), ElementType::I32},
+                              -std::numeric_limits<float>::infinity(), static_cast<TokenId>(plan_.first_vocab_row));
+  cuda::sample_token(rows, plan_.vocab_rows, cuda::TokenSampling{}, sampling_workspace_.as<void>(),
+                     sampled_token_.as<std::int32_t>(), device_.stream());
+  std::int32_t best = 0;
+  device_.download(&best, sampled_token_.as<std::int32_t>(), sizeof best);
+  float value = 0.0f;
+  device_.download(&value, rows + best, sizeof value);
+  return distributed_argmax(*comm_, ops_, {argmax_scratch_.as<void>(), ElementType::I32}, value,
+                            static_cast<TokenId>(plan_.first_vocab_row + best));
+}
+
+template <typename T>
 void CudaBackend<T>::make_model_tensors() {
   const ElementType weight_type = ops_.activation_type();
   auto view = [](const DeviceBuffer& buffer, ElementType type) { return Tensor{buffer.as<void>(), type}; };
-  const std::int64_t H = config_.hidden_size, I = config_.expert_width;
+  const std::int64_t H = config_.hidden_size, I = plan_.expert_width;
   tensors_.embed = view(embed_, weight_type);
   tensors_.lm_head = view(lm_head_, weight_type);
   tensors_.final_norm = view(final_norm_, ElementType::F32);
@@ -630,6 +787,7 @@ void CudaBackend<T>::make_model_tensors() {
     } else {
       layer.moe.expert_slots = view(w.expert_slots, ElementType::I32);
       const Tensor gate_up = view(w.gate_up, weight_type), down = view(w.down, weight_type);
+      // Another rank's experts and pruned ones are null.
       const std::vector<std::int32_t> slots = expert_slots(static_cast<int>(tensors_.layers.size()));
       for (std::int32_t slot : slots)
         layer.moe.experts.push_back(slot < 0 ? ExpertTensors{}
@@ -643,7 +801,7 @@ void CudaBackend<T>::make_model_tensors() {
 
 template <typename T>
 void CudaBackend<T>::enqueue_forward(CudaSequence& s, std::int64_t rows, StepPosition first_position,
-                                     bool all_logits, const ForwardRequest* request) {
+                                     bool all_logits, const ForwardRequest* request, bool reports) {
   const ElementType type = ops_.activation_type();
   Scratch& w = scratch_;
   auto view = [type](const DeviceBuffer& buffer) { return Tensor{buffer.as<void>(), type}; };
@@ -668,10 +826,17 @@ void CudaBackend<T>::enqueue_forward(CudaSequence& s, std::int64_t rows, StepPos
   if (all_logits) pass.all_logits = {w.all_logits.as<void>(), ElementType::F32};
   if (request) {
     pass.embedding_overrides = request->embedding_overrides;
-    pass.hidden_states = request->hidden_states;
-    pass.router_logits = request->router_logits;
+    // Every rank stops after the same layer (their collectives pair up); one reports.
     pass.last_router_layer = request->last_router_layer;
+    if (reports) {
+      pass.hidden_states = request->hidden_states;
+      pass.router_logits = request->router_logits;
+    }
   }
+  // Every rank writes the gathered logits to its own sequence's (its device's).
+  RankPass rank_pass{comm_ ? &*comm_ : nullptr, plans_, {w.norm_sums.as<void>(), ElementType::F32},
+                     {w.logits_part.as<void>(), ElementType::F32}, {w.logits_gather.as<void>(), ElementType::F32}};
+  if (comm_) pass.rank = &rank_pass;
   ops_.use_workspaces(w.lightning_workspace.as<void>(), w.lightning_workspace.bytes(), attention_workspace_.as<void>(),
                       attention_workspace_.bytes());
   forward_(ops_, config_, tensors_, sequence, act, pass);
@@ -687,7 +852,7 @@ void CudaBackend<T>::decode_step(CudaSequence& s, std::int64_t position) {
     cudaGraph_t graph = nullptr;
     check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed), "decode graph capture");
     try {
-      enqueue_forward(s, 1, {graph_position_bound(s), step_position_.as<std::int64_t>()}, false, nullptr);
+      enqueue_forward(s, 1, {graph_position_bound(s), step_position_.as<std::int64_t>()}, false, nullptr, false);
     } catch (...) {
       (void)cudaStreamEndCapture(stream, &graph);
       if (graph) cudaGraphDestroy(graph);
@@ -719,9 +884,9 @@ void CudaBackend<T>::read_kv(const SequenceState& state, int layer, KvSide side,
   device_.download(rows.data(), device_rows.as<T>(), rows.size() * sizeof(T));
   // Cache layout [position, kv_head, d] to export layout [kv_head, position, d].
   T* exported = static_cast<T*>(out);
-  for (int g = 0; g < config_.num_kv_heads; ++g)
+  for (int g = 0; g < plan_.kv_heads; ++g)
     for (std::int64_t t = 0; t < count; ++t)
-      std::copy_n(rows.data() + (t * config_.num_kv_heads + g) * d, d, exported + (std::int64_t{g} * count + t) * d);
+      std::copy_n(rows.data() + (t * plan_.kv_heads + g) * d, d, exported + (std::int64_t{g} * count + t) * d);
 }
 
 template <typename T>
@@ -739,9 +904,9 @@ void CudaBackend<T>::write_kv(SequenceState& state, int layer, KvSide side, std:
   // Export layout [kv_head, position, d] to cache layout [position, kv_head, d], straight into
   // the pinned buffer (the one copy the host makes).
   T* rows = static_cast<T*>(import_staging_.next(bytes));
-  for (int g = 0; g < config_.num_kv_heads; ++g)
+  for (int g = 0; g < plan_.kv_heads; ++g)
     for (std::int64_t t = 0; t < count; ++t)
-      std::copy_n(imported + (std::int64_t{g} * count + t) * d, d, rows + (t * config_.num_kv_heads + g) * d);
+      std::copy_n(imported + (std::int64_t{g} * count + t) * d, d, rows + (t * plan_.kv_heads + g) * d);
   T* device_rows = static_cast<T*>(import_staging_.device_rows(bytes));
   device_.upload(device_rows, rows, bytes);
   const bool keys = side == KvSide::Keys;
@@ -749,6 +914,129 @@ void CudaBackend<T>::write_kv(SequenceState& state, int layer, KvSide side, std:
                             kv_view(s, layer), device_.stream());
   import_staging_.queued(device_.stream());
 }
+
+// A sequence of a tensor-parallel backend: each rank's, holding its heads' state.
+struct CudaParallelSequence final : SequenceState {
+  std::vector<std::unique_ptr<SequenceState>> ranks;
+};
+
+// The model split over tensor-parallel ranks, one CudaBackend per rank on its GPU and a thread
+// per rank for each pass (NCCL and the loopback both need every rank inside a collective at
+// once). A session's state is exported in the single-rank layout: each rank's heads at their
+// place, a replicated K/V head from the first rank holding it, and imported the same way.
+template <typename T>
+class CudaParallelBackend final : public ComputeBackend {
+ public:
+  CudaParallelBackend(const ModelConfig& c, const WeightMap& map, const ModelOptions& options, CudaRankLink link,
+                      const std::vector<int>& devices, const std::function<void(std::uint64_t)>& bytes_loaded)
+      : config_(c), plans_(tensor_parallel_layout(c, options.tensor_parallel, options.moe_parallel)) {
+    if (devices.size() != plans_.size())
+      throw Error("internal: " + std::to_string(plans_.size()) + " ranks on " + std::to_string(devices.size()) +
+                  " devices");
+    // The loopback's collectives wait on the host: they cannot be captured in a decode graph.
+    const bool graphs = options.cuda_graphs && link == CudaRankLink::Nccl;
+    std::vector<void*> streams;
+    for (std::size_t r = 0; r < plans_.size(); ++r) {
+      // Progress is rank 0's: the others load the same tensors again (their parts of them).
+      ranks_.push_back(std::make_unique<CudaBackend<T>>(
+          c, devices[r], map, graphs, ExpertLoad{}, ExpertSelection{}, r == 0 ? bytes_loaded : std::function<void(std::uint64_t)>{},
+          nullptr, plans_, static_cast<int>(r)));
+      streams.push_back(ranks_.back()->stream());
+    }
+    if (link == CudaRankLink::Nccl) {
+      nccl_ = make_nccl_communicators(devices, streams);
+      for (std::size_t r = 0; r < ranks_.size(); ++r) ranks_[r]->connect(*nccl_[r]);
+      on_ranks([&](std::size_t r) { ranks_[r]->warm_up_collectives(); });
+    } else {
+      loopback_ = make_device_loopback_communicators(devices.front(), streams);
+      for (std::size_t r = 0; r < ranks_.size(); ++r) ranks_[r]->connect(*loopback_[r]);
+    }
+  }
+
+  BackendKind kind() const override { return BackendKind::Cuda; }
+  std::int64_t default_chunk_tokens() const override { return ranks_.front()->default_chunk_tokens(); }
+  std::uint64_t weight_bytes() const override {
+    std::uint64_t bytes = 0;
+    for (const auto& rank : ranks_) bytes += rank->weight_bytes();
+    return bytes;
+  }
+  const CollectiveCounts& collective_counts() const { return *ranks_.front()->collective_counts(); }
+
+  std::unique_ptr<SequenceState> new_sequence() const override {
+    auto s = std::make_unique<CudaParallelSequence>();
+    for (const auto& rank : ranks_) s->ranks.push_back(rank->new_sequence());
+    return s;
+  }
+
+  void forward(SequenceState& state, const ForwardRequest& req) override {
+    auto& s = static_cast<CudaParallelSequence&>(state);
+    const std::lock_guard lock(mutex_);  // every rank runs the passes in the same order
+    on_ranks([&](std::size_t r) { ranks_[r]->forward_rank(*s.ranks[r], req, r == 0); });
+  }
+
+  // Every rank holds the gathered logits: rank 0's are read, and drawn from unless greedy.
+  void read_logits(const SequenceState& state, float* out) const override {
+    ranks_.front()->read_logits(*part(state, 0), out);
+  }
+  TokenId sample(const SequenceState& state, const SamplingParams& params, std::mt19937_64& rng) override {
+    if (!is_greedy(params)) return ranks_.front()->sample(*part(state, 0), params, rng);
+    const std::lock_guard lock(mutex_);
+    std::vector<TokenId> chosen(ranks_.size());
+    on_ranks([&](std::size_t r) { chosen[r] = ranks_[r]->greedy_over_ranks(*part(state, r)); });
+    return chosen.front();
+  }
+
+  void read_lightning_state(const SequenceState& state, int layer, float* out) const override {
+    for (std::size_t r = 0; r < ranks_.size(); ++r)
+      ranks_[r]->read_lightning_state(*part(state, r), layer, out + head_offset(plans_[r].first_head));
+  }
+  void write_lightning_state(SequenceState& state, int layer, const float* in) const override {
+    for (std::size_t r = 0; r < ranks_.size(); ++r)
+      ranks_[r]->write_lightning_state(*part(state, r), layer, in + head_offset(plans_[r].first_head));
+  }
+  StateDType kv_dtype() const override { return ranks_.front()->kv_dtype(); }
+  // The export layout [kv_head, count, d] holds a rank's K/V heads as one block.
+  void read_kv(const SequenceState& state, int layer, KvSide side, std::int64_t first, std::int64_t count,
+               void* out) const override {
+    for (std::size_t r = 0; r < ranks_.size(); ++r)
+      if (r == 0 || plans_[r].first_kv_head != plans_[r - 1].first_kv_head)
+        ranks_[r]->read_kv(*part(state, r), layer, side, first, count,
+                           static_cast<T*>(out) + kv_offset(plans_[r].first_kv_head, count));
+  }
+  void resize_kv(SequenceState& state, std::int64_t positions) const override {
+    for (std::size_t r = 0; r < ranks_.size(); ++r) ranks_[r]->resize_kv(*part(state, r), positions);
+  }
+  void write_kv(SequenceState& state, int layer, KvSide side, std::int64_t first, std::int64_t count,
+                const void* in) const override {
+    for (std::size_t r = 0; r < ranks_.size(); ++r)
+      ranks_[r]->write_kv(*part(state, r), layer, side, first, count,
+                          static_cast<const T*>(in) + kv_offset(plans_[r].first_kv_head, count));
+  }
+
+ private:
+  static SequenceState* part(const SequenceState& state, std::size_t r) {
+    return static_cast<const CudaParallelSequence&>(state).ranks[r].get();
+  }
+  std::int64_t head_offset(int head) const { return std::int64_t{head} * config_.head_dim * config_.head_dim; }
+  std::int64_t kv_offset(int kv_head, std::int64_t count) const {
+    return std::int64_t{kv_head} * count * config_.head_dim;
+  }
+  // A rank that fails releases the loopback's others; NCCL has no such release (see
+  // docs/tensor-parallel.md).
+  void on_ranks(const std::function<void(std::size_t)>& fn) const {
+    on_every_rank(
+        ranks_.size(), fn, [&](std::size_t r) { if (!loopback_.empty()) loopback_[r]->abort(); },
+        [&] { if (!loopback_.empty()) loopback_.front()->recover(); });
+  }
+
+  const ModelConfig config_;
+  const std::vector<RankLayout> plans_;
+  // The ranks go first, before the communicators they use.
+  std::vector<std::unique_ptr<Communicator>> nccl_;
+  std::vector<std::unique_ptr<LoopbackCommunicator>> loopback_;
+  std::vector<std::unique_ptr<CudaBackend<T>>> ranks_;
+  std::mutex mutex_;
+};
 
 }  // namespace
 
@@ -790,20 +1078,57 @@ std::vector<GpuDevice> cuda_devices() {
   return devices;
 }
 
-// The one GPU of the options; tensor parallel runs on the CPU backend only in this version.
-static int single_cuda_rank(const ModelOptions& options) {
-  if (options.tensor_parallel != 1)
-    throw Error("tensor parallel runs on the CPU backend only in this version (--backend cpu), not on CUDA");
-  return single_gpu_device(options);
+// The GPUs of a tensor-parallel run over NCCL: --devices (each GPU once), else the first N.
+static std::vector<int> rank_devices(const ModelOptions& options) {
+  const int ranks = options.tensor_parallel;
+  const auto gpus = static_cast<int>(cuda_devices().size());
+  std::vector<int> devices = options.devices;
+  if (devices.empty()) {
+    if (ranks > gpus)
+      throw Error("tensor parallel " + std::to_string(ranks) + " needs " + std::to_string(ranks) +
+                  " GPUs, and this machine has " + std::to_string(gpus));
+    for (int r = 0; r < ranks; ++r) devices.push_back(r);
+  }
+  if (static_cast<int>(devices.size()) != ranks)
+    throw Error("tensor parallel " + std::to_string(ranks) + " runs one rank per GPU, but --devices names " +
+                std::to_string(devices.size()));
+  for (int d : devices)
+    if (d < 0 || d >= gpus)
+      throw Error("there is no GPU " + std::to_string(d) + " (this machine has " + std::to_string(gpus) + ")");
+  return devices;
+}
+
+std::unique_ptr<ComputeBackend> make_cuda_parallel_backend(const ModelConfig& config, const WeightMap& weights,
+                                                           const ModelOptions& options, CudaRankLink link,
+                                                           const std::function<void(std::uint64_t)>& bytes_loaded) {
+  const std::string reason = cuda_unavailable_reason();
+  if (!reason.empty()) throw Error("the cuda backend is not available: " + reason);
+  tensor_parallel_layout(config, options.tensor_parallel, options.moe_parallel);  // a clear error first
+  if (options.experts.pruned())
+    throw Error("pruned experts run on one GPU for now (tensor_parallel " + std::to_string(options.tensor_parallel) +
+                ")");
+  const std::vector<int> devices =
+      link == CudaRankLink::Nccl ? rank_devices(options)
+                                 : std::vector<int>(static_cast<std::size_t>(options.tensor_parallel),
+                                                    single_gpu_device(options));
+  if (options.cuda_float32)
+    return std::make_unique<CudaParallelBackend<float>>(config, weights, options, link, devices, bytes_loaded);
+  return std::make_unique<CudaParallelBackend<bf16>>(config, weights, options, link, devices, bytes_loaded);
 }
 
 std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, const WeightMap& weights,
                                                   const ModelOptions& options, const ExpertLoad& experts,
                                                   const std::function<void(std::uint64_t)>& bytes_loaded,
                                                   ExpertLoadResult* expert_result) {
+  if (options.tensor_parallel != 1) {
+    if (experts.dtype != ExpertDType::BF16)
+      throw Error(std::string("tensor parallel on the cuda backend takes the experts as they are in this version, not ") +
+                  expert_dtype_name(experts.dtype) + " (the cpu backend runs both)");
+    return make_cuda_parallel_backend(config, weights, options, CudaRankLink::Nccl, bytes_loaded);
+  }
   const std::string reason = cuda_unavailable_reason();
   if (!reason.empty()) throw Error("the cuda backend is not available: " + reason);
-  const int device = single_cuda_rank(options);
+  const int device = single_gpu_device(options);
   if (options.cuda_float32) {
     // float32 activations over quantized experts run a GEMM per expert sized on the host: a
     // decode step waits for the device and is not captured.
@@ -815,7 +1140,18 @@ std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, con
                                              bytes_loaded, expert_result);
 }
 
+std::optional<CollectiveCounts> cuda_collective_counts(const ComputeBackend& backend) {
+  if (const auto* parallel = dynamic_cast<const CudaParallelBackend<bf16>*>(&backend))
+    return parallel->collective_counts();
+  if (const auto* parallel = dynamic_cast<const CudaParallelBackend<float>*>(&backend))
+    return parallel->collective_counts();
+  return std::nullopt;
+}
+
 std::uint64_t cuda_decode_graph_captures(const SequenceState& sequence) {
+  // A tensor-parallel sequence's: rank 0's (every rank captures at the same steps).
+  if (const auto* parallel = dynamic_cast<const CudaParallelSequence*>(&sequence))
+    return cuda_decode_graph_captures(*parallel->ranks.front());
   return static_cast<const CudaSequence&>(sequence).decode_graph.captures();
 }
 

@@ -4,10 +4,12 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "backend.h"
+#include "communicator.h"
 #include "ops.h"
 
 namespace lightdesk {
@@ -23,11 +25,32 @@ std::vector<GpuDevice> cuda_devices();
 // options.cuda_float32 is set. Synthetic weights (WeightMap::synthetic) are made on the device.
 // `experts` says how the experts load (as make_cpu_backend's: quantized on the host or read
 // from the quantized cache, then uploaded in core's layout); where they came from goes to
-// `expert_result` when given.
+// `expert_result` when given. With options.tensor_parallel N > 1: make_cuda_parallel_backend
+// over NCCL (bf16 or float32 experts only).
 std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, const WeightMap& weights,
                                                   const ModelOptions& options, const ExpertLoad& experts,
                                                   const std::function<void(std::uint64_t)>& bytes_loaded,
                                                   ExpertLoadResult* expert_result = nullptr);
+
+// How the ranks of a tensor-parallel CUDA backend talk: NCCL, one rank per GPU of
+// options.devices (the first N where none are named); or the device loopback, N simulated
+// ranks on the one GPU of single_gpu_device(options) (tests of every layout on a one-GPU
+// machine; no decode graphs, as its collectives wait on the host).
+enum class CudaRankLink { Nccl, DeviceLoopback };
+
+// The model split over options.tensor_parallel ranks (any N the layout allows, 1 included: the
+// tensor-parallel path at world size 1), each rank a backend on its GPU holding only its slices
+// of the weights (tensor_parallel_layout), a thread per rank for each pass. Decode steps are
+// CUDA graphs with their NCCL calls captured in them when options.cuda_graphs is set and the
+// link is NCCL.
+std::unique_ptr<ComputeBackend> make_cuda_parallel_backend(const ModelConfig& config, const WeightMap& weights,
+                                                           const ModelOptions& options, CudaRankLink link,
+                                                           const std::function<void(std::uint64_t)>& bytes_loaded);
+
+// The collectives a tensor-parallel CUDA backend's rank 0 has issued since it was made (every
+// rank issues the same); empty for any other backend. Counted as issued: a replayed decode
+// graph adds nothing, so count passes run without graphs.
+std::optional<CollectiveCounts> cuda_collective_counts(const ComputeBackend& backend);
 
 // How many times the decode graph of `sequence` (a CUDA backend's) has been captured: a
 // generation of n tokens should take O(log n) captures (tests, benchmarks).

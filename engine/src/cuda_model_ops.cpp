@@ -74,25 +74,23 @@ void CudaOps<T>::rms_norm(Tensor x, std::int64_t rows, std::int64_t width, Tenso
   cuda::rms_norm(x.as<const T>(), rows, width, weight.as<const float>(), eps, y.as<T>(), device_.stream());
 }
 
-namespace {
-[[noreturn]] void no_tensor_parallel_yet(const char* op) {
-  throw Error(std::string("the CUDA ops have no ") + op + " yet: tensor parallel runs on the CPU backend only");
-}
-}  // namespace
-
 template <typename T>
-void CudaOps<T>::embed_part(Tensor, std::int64_t, std::int64_t, Tensor, std::int64_t, std::int64_t, Tensor) {
-  no_tensor_parallel_yet("vocabulary-split embedding");
+void CudaOps<T>::embed_part(Tensor table, std::int64_t first_row, std::int64_t table_rows, Tensor tokens,
+                            std::int64_t rows, std::int64_t width, Tensor out) {
+  cuda::embed_part_rows(table.as<const T>(), first_row, table_rows, tokens.as<const std::int32_t>(), rows, width,
+                        out.as<T>(), device_.stream());
 }
 
 template <typename T>
-void CudaOps<T>::sum_squares(Tensor, std::int64_t, std::int64_t, Tensor) {
-  no_tensor_parallel_yet("split RMSNorm");
+void CudaOps<T>::sum_squares(Tensor x, std::int64_t rows, std::int64_t width, Tensor sums) {
+  cuda::sum_squares(x.as<const T>(), rows, width, sums.as<float>(), device_.stream());
 }
 
 template <typename T>
-void CudaOps<T>::rms_norm_by_sums(Tensor, std::int64_t, std::int64_t, Tensor, std::int64_t, Tensor, float, Tensor) {
-  no_tensor_parallel_yet("split RMSNorm");
+void CudaOps<T>::rms_norm_by_sums(Tensor x, std::int64_t rows, std::int64_t width, Tensor sums,
+                                  std::int64_t norm_width, Tensor weight, float eps, Tensor y) {
+  cuda::rms_norm_by_sums(x.as<const T>(), rows, width, sums.as<const float>(), norm_width, weight.as<const float>(),
+                         eps, y.as<T>(), device_.stream());
 }
 
 template <typename T>
@@ -179,32 +177,41 @@ template <typename T>
 void CudaOps<T>::moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out, Tensor router_logits) {
   const std::int64_t H = w.hidden, I = w.width;
   const auto E = static_cast<int>(w.experts.size());
-  // The grouped products read the experts held (all, or the kept ones) as one block.
+  // The held experts (all; an expert-parallel rank's run of ids; or, pruned, the kept ones that
+  // the mask and slots route to), one block that the grouped products read.
+  const bool pruned = w.expert_slots.data != nullptr;
+  if (pruned && !w.expert_mask.data) throw Error("internal: a MoE layer of pruned experts needs their mask and slots");
+  int first = -1, last = -1, held = 0;
   const T* gate_up = nullptr;
   const T* down = nullptr;
-  int held = 0;
   for (int e = 0; e < E; ++e) {
     const ExpertTensors& expert = w.experts[e];
     if (!expert.w1.data) continue;
-    if (!gate_up) {
+    if (first < 0) {
+      first = e;
       gate_up = expert.w1.as<const T>();
       down = expert.w2.as<const T>();
     }
     if (expert.w1.as<const T>() != gate_up + held * 2 * I * H ||
         expert.w3.as<const T>() != gate_up + held * 2 * I * H + I * H || expert.w2.as<const T>() != down + held * H * I)
       throw Error("internal: the CUDA ops need a layer's experts in one block (expert " + std::to_string(e) + ")");
+    last = e;
     ++held;
   }
-  if (held == 0) throw Error("internal: a MoE layer without experts");
-  if (held < E && (!w.expert_mask.data || !w.expert_slots.data))
-    throw Error("internal: a MoE layer of pruned experts needs their mask and slots");
+  if (E == 0 || (pruned && held == 0)) throw Error("internal: a MoE layer without experts");
+  if (!pruned && held < E && held > 0 && last - first + 1 != held)
+    throw Error("internal: the CUDA ops need a rank's experts to be consecutive (or pruned, with mask and slots)");
   MoeWeights<T> weights;
   weights.router = w.router.as<const float>();
   weights.gate_up = gate_up;
   weights.down = down;
   weights.expert_mask = w.expert_mask.as<const float>();
   weights.expert_slots = w.expert_slots.as<const std::int32_t>();
-  moe_runner({H, I, E, w.top_k, held < E ? held : 0})
+  if (!pruned) {
+    weights.first_expert = first < 0 ? 0 : first;
+    weights.held = held;
+  }
+  moe_runner({H, I, E, w.top_k, pruned && held < E ? held : 0})
       .run(weights, x.as<const T>(), rows, out.as<T>(), router_logits.as<float>());
 }
 

@@ -35,7 +35,6 @@ class CudaOps : public ModelOps {
 
   void embed(Tensor table, Tensor tokens, std::int64_t rows, std::int64_t width, Tensor out) override;
   void rms_norm(Tensor x, std::int64_t rows, std::int64_t width, Tensor weight, float eps, Tensor y) override;
-  // The tensor-parallel parts of the graph are CPU-only for now: these throw.
   void embed_part(Tensor table, std::int64_t first_row, std::int64_t table_rows, Tensor tokens, std::int64_t rows,
                   std::int64_t width, Tensor out) override;
   void sum_squares(Tensor x, std::int64_t rows, std::int64_t width, Tensor sums) override;

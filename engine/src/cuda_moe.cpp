@@ -77,9 +77,9 @@ void MoeRunner<T>::project(const T* in, std::int64_t in_width, const T* weights,
 
 template <typename T>
 void MoeRunner<T>::project_all(const T* in, std::int64_t in_width, const T* weights,
-                               const cuda::QuantizedExperts& quantized, std::int64_t out_width, T* out,
+                               const cuda::QuantizedExperts& quantized, int experts, std::int64_t out_width, T* out,
                                std::int64_t slots) {
-  const int E = shape_.held();  // the block's experts: the grouping's
+  const int E = experts;
   if (!quantized.packed) {
     project(in, in_width, weights, 0, E, out_width, out, slots);
     return;
@@ -110,17 +110,18 @@ void MoeRunner<T>::project_all(const T* in, std::int64_t in_width, const T* weig
 }
 
 template <typename T>
-void MoeRunner<T>::run_grouped(const MoeWeights<T>& weights, std::int64_t slots) {
+void MoeRunner<T>::run_grouped(const MoeWeights<T>& weights, std::int64_t slots, int groups) {
   const std::int64_t H = shape_.hidden, I = shape_.width;
   MoeBuffers& b = buffers_;
   if (!has_grouped_gemm()) {
-    host_first_row_.resize(static_cast<std::size_t>(shape_.held()) + 1);
+    host_first_row_.resize(static_cast<std::size_t>(groups) + 1);
     device_.download(host_first_row_.data(), b.first_row.as<std::int32_t>(),
                      host_first_row_.size() * sizeof(std::int32_t));
   }
-  project_all(b.expert_in.as<T>(), H, weights.gate_up, weights.quantized_gate_up, 2 * I, b.gate_up.as<T>(), slots);
+  project_all(b.expert_in.as<T>(), H, weights.gate_up, weights.quantized_gate_up, groups, 2 * I, b.gate_up.as<T>(),
+              slots);
   cuda::swiglu(b.gate_up.as<T>(), slots, I, b.expert_act.as<T>(), device_.stream());
-  project_all(b.expert_act.as<T>(), I, weights.down, weights.quantized_down, H, b.expert_out.as<T>(), slots);
+  project_all(b.expert_act.as<T>(), I, weights.down, weights.quantized_down, groups, H, b.expert_out.as<T>(), slots);
 }
 
 template <typename T>
@@ -151,6 +152,16 @@ void MoeRunner<T>::run(const MoeWeights<T>& weights, const T* x, std::int64_t ro
   const cudaStream_t stream = device_.stream();
   reserve(rows);
   MoeBuffers& b = buffers_;
+  // An expert-parallel rank holds a range of the router's experts; otherwise the block holds
+  // all of them, or the kept ones (pruned: the routes name their slots).
+  const bool subset = weights.held >= 0 && weights.held < E;
+  const int held = subset ? weights.held : shape_.held();
+  if (subset && weights.quantized()) throw Error("internal: a block of quantized experts on one rank");
+  if (subset && weights.expert_slots) throw Error("internal: pruned experts on an expert-parallel rank");
+  if (held == 0) {  // a rank without experts adds nothing
+    check(cudaMemsetAsync(out, 0, static_cast<std::size_t>(rows * H) * sizeof(T), stream), "MoE (no experts held)");
+    return;
+  }
 
   // The router in float32: near-ties between experts must break as in the reference. Each row's
   // routes come in increasing expert order, the order the combine sums in.
@@ -164,16 +175,29 @@ void MoeRunner<T>::run(const MoeWeights<T>& weights, const T* x, std::int64_t ro
   cuda::route_top_k(b.router_logits.as<float>(), rows, E, k, true, b.expert_ids.as<std::int32_t>(),
                     b.expert_weights.as<float>(), stream, weights.expert_mask, weights.expert_slots);
   if (rows <= kDeviceRoutedRows && !weights.quantized()) {
+    // Another rank's slots run the held expert 0 at weight 0: the products stay finite, and
+    // adding 0 leaves the combined sum as it is.
+    if (subset)
+      cuda::restrict_to_experts(b.expert_ids.as<std::int32_t>(), b.expert_weights.as<float>(), rows * k,
+                                weights.first_expert, held, 0, stream);
     run_device_routed(weights, x, rows, out);
     return;
   }
-  cuda::group_by_expert(b.expert_ids.as<std::int32_t>(), rows, k, shape_.held(), x, H, b.first_row.as<std::int32_t>(),
-                        b.slot_rows.as<std::int32_t>(), b.expert_in.as<T>(), b.group_cursor.as<std::int32_t>(),
-                        stream);
+  // Another rank's slots go to one group past the held experts, which is not computed: its
+  // output rows are zeros, at weight 0.
+  if (subset) {
+    cuda::restrict_to_experts(b.expert_ids.as<std::int32_t>(), b.expert_weights.as<float>(), rows * k,
+                              weights.first_expert, held, held, stream);
+    check(cudaMemsetAsync(b.expert_out.as<T>(), 0, static_cast<std::size_t>(rows * k * H) * sizeof(T), stream),
+          "MoE (other ranks' slots)");
+  }
+  cuda::group_by_expert(b.expert_ids.as<std::int32_t>(), rows, k, subset ? held + 1 : held, x, H,
+                        b.first_row.as<std::int32_t>(), b.slot_rows.as<std::int32_t>(), b.expert_in.as<T>(),
+                        b.group_cursor.as<std::int32_t>(), stream);
   if (weights.quantized() && std::is_same_v<T, cuda::bf16> && rows <= kQuantizedGemvRows)
     run_quantized_gemv(weights, rows);
   else
-    run_grouped(weights, rows * k);
+    run_grouped(weights, rows * k, held);
   cuda::combine_experts(b.expert_out.as<T>(), b.slot_rows.as<std::int32_t>(), b.expert_weights.as<float>(), rows, k,
                         H, out, stream);
 }

@@ -30,14 +30,19 @@ struct MoeShape {
 };
 
 // One layer's weights on the device: the experts as T, or quantized (then gate_up and down are
-// null, and quantized_gate_up / quantized_down hold the same matrices in an int format).
+// null, and quantized_gate_up / quantized_down hold the same matrices in an int format). An
+// expert-parallel rank holds experts first_expert.. first_expert + held - 1 of the router's
+// (held < experts; as T only): every token is routed over all of them, and only the held
+// experts' shares are computed and summed (the other ranks add theirs).
 template <typename T>
 struct MoeWeights {
   const float* router = nullptr;  // [experts, hidden], float32
-  const T* gate_up = nullptr;     // per expert [2 * width, hidden]: the w1 rows, then the w3 rows
-  const T* down = nullptr;        // per expert [hidden, width]
+  const T* gate_up = nullptr;     // per held expert [2 * width, hidden]: the w1 rows, then the w3 rows
+  const T* down = nullptr;        // per held expert [hidden, width]
   cuda::QuantizedExperts quantized_gate_up;  // rows 2 * width, cols hidden
   cuda::QuantizedExperts quantized_down;     // rows hidden, cols width
+  int first_expert = 0;
+  int held = -1;  // -1: every expert
 
   bool quantized() const { return quantized_gate_up.packed != nullptr; }
   // Pruned experts (or null): float32 [experts], 0 or -inf; int32 [experts], each kept expert's
@@ -74,15 +79,16 @@ class MoeRunner {
 
  private:
   void run_device_routed(const MoeWeights<T>& weights, const T* x, std::int64_t rows, T* out);
-  // The grouped rows' products: expert_in → gate_up → expert_act → expert_out.
-  void run_grouped(const MoeWeights<T>& weights, std::int64_t slots);
+  // The grouped rows' products over the first `groups` groups (the held experts): expert_in →
+  // gate_up → expert_act → expert_out.
+  void run_grouped(const MoeWeights<T>& weights, std::int64_t slots, int groups);
   // The grouped rows of experts first_expert .. + count: out = in · W_eᵀ, `weights` those
   // experts' [out_width, in_width] matrices one after another.
   void project(const T* in, std::int64_t in_width, const T* weights, int first_expert, int count,
                std::int64_t out_width, T* out, std::int64_t slots);
-  // project over all experts of `weights` (T or quantized, dequantized in chunks).
+  // project over the first `experts` experts of `weights` (T or quantized, dequantized in chunks).
   void project_all(const T* in, std::int64_t in_width, const T* weights, const cuda::QuantizedExperts& quantized,
-                   std::int64_t out_width, T* out, std::int64_t slots);
+                   int experts, std::int64_t out_width, T* out, std::int64_t slots);
   void run_quantized_gemv(const MoeWeights<T>& weights, std::int64_t rows);
   // Whether run_grouped has a grouped GEMM: bf16, widths in whole 16-byte pieces.
   bool has_grouped_gemm() const;

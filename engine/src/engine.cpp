@@ -64,9 +64,11 @@ std::vector<int> parse_devices(const std::string& text) {
 }
 
 int single_gpu_device(const ModelOptions& options) {
-  if (options.devices.size() > 1)
+  // Several GPUs are the ranks of a tensor-parallel model: its single-device parts (the vision
+  // tower) run on rank 0's.
+  if (options.devices.size() > 1 && static_cast<int>(options.devices.size()) != options.tensor_parallel)
     throw Error(std::to_string(options.devices.size()) +
-                " GPUs named, but a model runs on one GPU in this version: name one device");
+                " GPUs named for one rank: name one device, or as many as --tensor-parallel ranks");
   const int index = options.devices.empty() ? 0 : options.devices.front();
   const std::vector<GpuDevice> devices = gpu_devices();
   if (index < 0 || index >= static_cast<int>(devices.size()))

@@ -91,7 +91,8 @@ struct QuantizedExpertTensors {
 // Pruned experts (PreMoe): `expert_mask` is added to the router's logits before its softmax, 0
 // for a kept expert and -inf for one not kept, which is slicing the router's rows; a pruned
 // expert's tensors are null (never loaded). The CUDA ops keep the kept experts in a block of
-// their own, in increasing id order, and map a routed id to its place by `expert_slots`.
+// their own, in increasing id order, and map a routed id to its place by `expert_slots`
+// (one rank only: the backends refuse pruned experts under tensor parallel).
 struct MoeTensors {
   Tensor router;  // float32 [experts, hidden]
   std::vector<ExpertTensors> experts;
@@ -143,14 +144,14 @@ class ModelOps {
   virtual void embed(Tensor table, Tensor tokens, std::int64_t rows, std::int64_t width, Tensor out) = 0;
   // Embed over a table that holds only the vocabulary rows first_row.. first_row + table_rows - 1
   // (a tensor-parallel rank's part): a token outside them gets a row of zeros, so that the sum
-  // of the ranks' parts is the embedding. The CUDA ops take only the whole table.
+  // of the ranks' parts is the embedding.
   virtual void embed_part(Tensor table, std::int64_t first_row, std::int64_t table_rows, Tensor tokens,
                           std::int64_t rows, std::int64_t width, Tensor out) = 0;
   // RmsNorm: y = weight * x / sqrt(mean(x²) + eps) over each row; y may be x.
   virtual void rms_norm(Tensor x, std::int64_t rows, std::int64_t width, Tensor weight, float eps, Tensor y) = 0;
   // RmsNorm of rows whose channels are spread over ranks: sum_squares writes each row's Σ x²
   // (float32 [rows]); once the ranks' sums are added, rms_norm_by_sums normalises the rank's
-  // channels by them: y = weight * x / sqrt(sums / norm_width + eps). Not on CUDA yet.
+  // channels by them: y = weight * x / sqrt(sums / norm_width + eps).
   virtual void sum_squares(Tensor x, std::int64_t rows, std::int64_t width, Tensor sums) = 0;
   virtual void rms_norm_by_sums(Tensor x, std::int64_t rows, std::int64_t width, Tensor sums,
                                 std::int64_t norm_width, Tensor weight, float eps, Tensor y) = 0;

@@ -48,6 +48,43 @@ __global__ void rms_norm_kernel(const T* x, std::int64_t width, const float* wei
   for (std::int64_t i = threadIdx.x; i < width; i += blockDim.x) store(yr + i, weight[i] * (load(xr + i) * inv));
 }
 
+// A vocabulary-split table's rows first_row.. first_row + table_rows - 1: other tokens get zeros.
+template <typename T>
+__global__ void embed_part_kernel(const T* table, std::int64_t first_row, std::int64_t table_rows,
+                                  const std::int32_t* tokens, std::int64_t width, T* out) {
+  const std::int64_t row = std::int64_t{tokens[blockIdx.x]} - first_row;
+  T* dst = out + std::int64_t{blockIdx.x} * width;
+  if (row < 0 || row >= table_rows) {
+    for (std::int64_t i = threadIdx.x; i < width; i += blockDim.x) store(dst + i, 0.0f);
+    return;
+  }
+  const T* src = table + row * width;
+  for (std::int64_t i = threadIdx.x; i < width; i += blockDim.x) dst[i] = src[i];
+}
+
+// One block per row, as rms_norm_kernel sums.
+template <typename T>
+__global__ void sum_squares_kernel(const T* x, std::int64_t width, float* sums) {
+  const T* xr = x + std::int64_t{blockIdx.x} * width;
+  float sum = 0.0f;
+  for (std::int64_t i = threadIdx.x; i < width; i += blockDim.x) {
+    const float v = load(xr + i);
+    sum += v * v;
+  }
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) sums[blockIdx.x] = sum;
+}
+
+// rms_norm_kernel's scaling with the row's sum of squares given (over norm_width channels).
+template <typename T>
+__global__ void rms_norm_by_sums_kernel(const T* x, std::int64_t width, const float* sums, float norm_width,
+                                        const float* weight, float eps, T* y) {
+  const T* xr = x + std::int64_t{blockIdx.x} * width;
+  T* yr = y + std::int64_t{blockIdx.x} * width;
+  const float inv = 1.0f / sqrtf(sums[blockIdx.x] / norm_width + eps);
+  for (std::int64_t i = threadIdx.x; i < width; i += blockDim.x) store(yr + i, weight[i] * (load(xr + i) * inv));
+}
+
 __device__ __forceinline__ float sigmoid_f(float v) { return 1.0f / (1.0f + expf(-v)); }
 
 template <typename T>
@@ -152,6 +189,31 @@ void rms_norm(const T* x, std::int64_t rows, std::int64_t width, const float* we
 }
 
 template <typename T>
+void embed_part_rows(const T* table, std::int64_t first_row, std::int64_t table_rows, const std::int32_t* tokens,
+                     std::int64_t rows, std::int64_t width, T* out, cudaStream_t stream) {
+  if (rows == 0) return;
+  embed_part_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(table, first_row, table_rows, tokens, width,
+                                                                           out);
+  check(cudaGetLastError(), "embed_part_rows");
+}
+
+template <typename T>
+void sum_squares(const T* x, std::int64_t rows, std::int64_t width, float* sums, cudaStream_t stream) {
+  if (rows == 0) return;
+  sum_squares_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, width, sums);
+  check(cudaGetLastError(), "sum_squares");
+}
+
+template <typename T>
+void rms_norm_by_sums(const T* x, std::int64_t rows, std::int64_t width, const float* sums, std::int64_t norm_width,
+                      const float* weight, float eps, T* y, cudaStream_t stream) {
+  if (rows == 0) return;
+  rms_norm_by_sums_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
+      x, width, sums, static_cast<float>(norm_width), weight, eps, y);
+  check(cudaGetLastError(), "rms_norm_by_sums");
+}
+
+template <typename T>
 void silu(T* x, std::int64_t n, cudaStream_t stream) {
   silu_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, n);
   check(cudaGetLastError(), "silu");
@@ -195,6 +257,11 @@ void rope(T* x, std::int64_t rows, int heads, int head_dim, int rotary_dim, floa
   template void fill_uniform<T>(T*, std::int64_t, std::uint64_t, float, float, cudaStream_t);                  \
   template void embed_rows<T>(const T*, const std::int32_t*, std::int64_t, std::int64_t, T*, cudaStream_t);    \
   template void rms_norm<T>(const T*, std::int64_t, std::int64_t, const float*, float, T*, cudaStream_t);       \
+  template void embed_part_rows<T>(const T*, std::int64_t, std::int64_t, const std::int32_t*, std::int64_t,       \
+                                   std::int64_t, T*, cudaStream_t);                                             \
+  template void sum_squares<T>(const T*, std::int64_t, std::int64_t, float*, cudaStream_t);                     \
+  template void rms_norm_by_sums<T>(const T*, std::int64_t, std::int64_t, const float*, std::int64_t,           \
+                                    const float*, float, T*, cudaStream_t);                                     \
   template void silu<T>(T*, std::int64_t, cudaStream_t);                                                        \
   template void sigmoid_gate<T>(T*, const T*, std::int64_t, cudaStream_t);                                      \
   template void scaled_sum<T>(const T*, float, const T*, float, std::int64_t, T*, cudaStream_t);                \

@@ -204,6 +204,19 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   }
 }
 
+__global__ void restrict_to_experts_kernel(std::int32_t* expert_ids, float* weights, std::int64_t slots, int first,
+                                           int count, int elsewhere) {
+  const std::int64_t s = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x;
+  if (s >= slots) return;
+  const int local = expert_ids[s] - first;
+  if (local >= 0 && local < count) {
+    expert_ids[s] = local;
+  } else {
+    expert_ids[s] = elsewhere;
+    weights[s] = 0.0f;
+  }
+}
+
 void check_top_k(int k, const char* what) {
   if (k <= 0 || k > kMaxTopK)
     fail(std::string(what) + ": experts_per_token " + std::to_string(k) + " is outside 1.." +
@@ -222,6 +235,14 @@ void route_top_k(const float* router_logits, std::int64_t rows, int experts, int
   route_top_k_kernel<<<grid_for(rows, 128), 128, 0, stream>>>(router_logits, rows, experts, k, by_expert, expert_ids,
                                                                weights, expert_mask, expert_slots);
   check(cudaGetLastError(), "route_top_k");
+}
+
+void restrict_to_experts(std::int32_t* expert_ids, float* weights, std::int64_t slots, int first, int count,
+                         int elsewhere, cudaStream_t stream) {
+  if (slots == 0) return;
+  restrict_to_experts_kernel<<<grid_for(slots, 128), 128, 0, stream>>>(expert_ids, weights, slots, first, count,
+                                                                       elsewhere);
+  check(cudaGetLastError(), "restrict_to_experts");
 }
 
 template <typename T>

@@ -517,12 +517,12 @@ TEST(CudaBackendTest, OutOfMemoryIsAnErrorAndTheSessionStaysUsable) {
   // The fixture with the largest context a config may state, so that an import of that many
   // positions passes the context check and reaches the allocation: 2^31 positions of float32
   // K/V (256 bytes each) are 512 GiB, more than any GPU holds.
-  const ScratchDir dir;
-  copy_fixture("tiny-a-hf", dir.path());
-  auto config = nlohmann::json::parse(read_file(dir.path() / "config.json"));
+  const test::ScratchDir dir;
+  test::copy_fixture("tiny-a-hf", dir.path());
+  auto config = nlohmann::json::parse(test::read_file(dir.path() / "config.json"));
   const int most_positions = std::numeric_limits<int>::max();
   config["max_position_embeddings"] = most_positions;
-  write_file(dir.path() / "config.json", config.dump());
+  test::write_file(dir.path() / "config.json", config.dump());
   const auto model = Model::open(dir.path(), options);
   auto session = model->create_session();
   const std::vector<TokenId> prompt = {1, 2, 3, 4, 5};

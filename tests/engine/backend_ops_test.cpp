@@ -8,6 +8,7 @@
 // Each OpKind has its cases in case_makers(): an op without any fails EveryOpHasCases.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -135,8 +136,17 @@ const std::map<OpKind, CaseMaker>& case_makers() {
                   [=](ModelOps& ops, const std::vector<Tensor>& i, const std::vector<Tensor>& o) {
                     ops.embed(i[0], i[1], rows, width, o[0]);
                   }};
-         c.bound_f32 = c.bound_bf16 = 0.0;  // a copy
-         return std::vector<OpCase>{c};
+         // A tensor-parallel rank's vocabulary rows 100..219: the other tokens embed to zeros.
+         const std::int64_t first = 100, part_rows = 120;
+         OpCase part{"rows 100..219 of " + dims({vocab, width}) + ", " + std::to_string(rows) + " rows",
+                     {in(Role::Activation, uniform(rng, part_rows * width, -1, 1)),
+                      in(Role::Int32, integer_values(rng, rows, 0, 299))},
+                     {out(Role::Activation, rows * width)},
+                     [=](ModelOps& ops, const std::vector<Tensor>& i, const std::vector<Tensor>& o) {
+                       ops.embed_part(i[0], first, part_rows, i[1], rows, width, o[0]);
+                     }};
+         c.bound_f32 = c.bound_bf16 = part.bound_f32 = part.bound_bf16 = 0.0;  // copies
+         return std::vector<OpCase>{c, part};
        }},
       {OpKind::RmsNorm,
        [](test::Random& rng) {
@@ -151,6 +161,20 @@ const std::map<OpKind, CaseMaker>& case_makers() {
                                 ops.rms_norm(o[0], rows, width, i[0], 1e-5f, in_place ? o[0] : o[1]);
                                 if (in_place) ops.copy(o[0], rows * width, o[1]);
                               }});
+         // A rank's channels of a norm over three times as many: its sums of squares, then the
+         // norm by sums (its own, standing in for every rank's added).
+         for (auto [rows, width] : {std::pair<std::int64_t, std::int64_t>{1, 64}, {7, 100}, {33, 2048}}) {
+           OpCase by_sums{dims({rows, width}) + " of " + std::to_string(3 * width) + " channels, by sums",
+                          {in(Role::Float32, uniform(rng, width, 0.5f, 1.5f)),
+                           in(Role::Activation, uniform(rng, rows * width, -2, 2))},
+                          {out(Role::Float32, rows), out(Role::Activation, rows * width)},
+                          [=](ModelOps& ops, const std::vector<Tensor>& i, const std::vector<Tensor>& o) {
+                            ops.sum_squares(i[1], rows, width, o[0]);
+                            ops.rms_norm_by_sums(i[1], rows, width, o[0], 3 * width, i[0], 1e-6f, o[1]);
+                          }};
+           by_sums.outputs[0].bound = 1e-5;  // float32 sums of the stored values in every mode
+           cases.push_back(std::move(by_sums));
+         }
          return cases;
        }},
       {OpKind::Linear,
@@ -324,27 +348,44 @@ const std::map<OpKind, CaseMaker>& case_makers() {
          std::vector<OpCase> cases;
          // Few rows take the device-routed products, more the grouped ones; widths off the
          // grouped GEMM's 16-byte pieces take the per-expert GEMMs.
-         for (const Shape& s : {Shape{96, 40, 8, 2, 1}, Shape{96, 40, 8, 2, 3}, Shape{96, 40, 8, 2, 4},
-                                Shape{96, 40, 8, 2, 5}, Shape{96, 40, 8, 2, 40}, Shape{64, 48, 32, 2, 9},
-                                Shape{64, 48, 32, 2, 70}, Shape{100, 36, 4, 2, 2}, Shape{100, 36, 4, 2, 6},
-                                Shape{256, 320, 4, 2, 700}, Shape{96, 40, 8, 2, 3, true}, Shape{96, 40, 8, 2, 40, true},
-                                Shape{64, 48, 32, 2, 70, true}}) {
+         // An expert-parallel rank holds experts first.. first + held - 1 (held -1: all of them);
+         // the others are null and their tokens' shares left out.
+         struct Held {
+           int first = 0, held = -1;
+         };
+         const std::pair<Shape, Held> layouts[] = {
+             {Shape{96, 40, 8, 2, 1}, {}},           {Shape{96, 40, 8, 2, 3}, {}},
+             {Shape{96, 40, 8, 2, 4}, {}},           {Shape{96, 40, 8, 2, 5}, {}},
+             {Shape{96, 40, 8, 2, 40}, {}},          {Shape{64, 48, 32, 2, 9}, {}},
+             {Shape{64, 48, 32, 2, 70}, {}},         {Shape{100, 36, 4, 2, 2}, {}},
+             {Shape{100, 36, 4, 2, 6}, {}},          {Shape{256, 320, 4, 2, 700}, {}},
+             {Shape{96, 40, 8, 2, 3, true}, {}},     {Shape{96, 40, 8, 2, 40, true}, {}},
+             {Shape{64, 48, 32, 2, 70, true}, {}},   {Shape{96, 40, 8, 2, 3}, {3, 3}},
+             {Shape{96, 40, 8, 2, 40}, {3, 3}},      {Shape{96, 40, 8, 2, 40}, {6, 2}},
+             {Shape{64, 48, 32, 2, 70}, {0, 4}},     {Shape{100, 36, 4, 2, 6}, {1, 2}},
+             {Shape{96, 40, 8, 2, 2}, {4, 0}},       {Shape{96, 40, 8, 2, 40}, {4, 0}}};
+         for (const auto& [s, rank] : layouts) {
            const std::int64_t H = s.hidden, I = s.width, E = s.experts;
+           const int first = rank.first, count = rank.held < 0 ? s.experts : rank.held;
+           // Each expert's slot in the block of held experts (-1: another rank's, or pruned).
            std::vector<float> mask(static_cast<std::size_t>(E)), slots(static_cast<std::size_t>(E), -1.0f);
            std::int64_t held = 0;
-           for (std::int64_t e = 0; e < E; ++e)
+           for (std::int64_t e = first; e < first + count; ++e)
              if (s.pruned && e % 3 == 0)
                mask[static_cast<std::size_t>(e)] = -INFINITY;
              else
                slots[static_cast<std::size_t>(e)] = static_cast<float>(held++);
+           const std::int64_t block = std::max<std::int64_t>(held, 1);  // an operand is never empty
            std::vector<Operand> outputs = {out(Role::Activation, s.rows * H)};
            if (s.pruned) outputs.push_back(out(Role::Float32, s.rows * E));
            cases.push_back({dims({s.rows, H, I}) + ", " + std::to_string(E) + " experts, top " +
-                                std::to_string(s.top_k) + (s.pruned ? ", every third masked, router logits out" : ""),
+                                std::to_string(s.top_k) + (s.pruned ? ", every third masked, router logits out" : "") +
+                                (rank.held < 0 ? "" : ", experts " + std::to_string(first) + ".." +
+                                                          std::to_string(first + count - 1) + " held"),
                             {in(Role::Activation, uniform(rng, s.rows * H, -1, 1)),
                              in(Role::Float32, uniform(rng, E * H, -0.3f, 0.3f)),
-                             in(Role::Activation, uniform(rng, held * 2 * I * H, -0.2f, 0.2f)),
-                             in(Role::Activation, uniform(rng, held * H * I, -0.2f, 0.2f)), in(Role::Float32, mask),
+                             in(Role::Activation, uniform(rng, block * 2 * I * H, -0.2f, 0.2f)),
+                             in(Role::Activation, uniform(rng, block * H * I, -0.2f, 0.2f)), in(Role::Float32, mask),
                              in(Role::Int32, slots)},
                             outputs,
                             [=](ModelOps& ops, const std::vector<Tensor>& i, const std::vector<Tensor>& o) {

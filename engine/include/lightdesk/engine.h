@@ -118,8 +118,8 @@ struct ModelOptions {
   std::optional<std::uint64_t> synthetic_weights = std::nullopt;
   // The GPUs the model runs on, by their index in gpu_devices() (parse_devices reads "0,1" or
   // "all"); empty: GPU 0. Each gets a context of its own. The CUDA backend runs a model on one
-  // GPU: naming several is refused until a backend spreads a model over them. The CPU backend
-  // ignores them.
+  // of them, or with tensor_parallel N on N of them (one rank each; empty: GPUs 0.. N - 1). The
+  // CPU backend ignores them.
   std::vector<int> devices{};
   // Ranks the model is split over (tensor parallel, one per device; on the CPU backend simulated
   // ranks on threads of their own): query heads, key/value heads (split, or replicated when the
@@ -140,8 +140,9 @@ struct ModelOptions {
 };
 
 // The one GPU a single-device backend (the CUDA backend, the vision tower) runs on for these
-// options: the one named, or 0 when none is. Throws Error naming the cause for several devices
-// or an index with no device behind it.
+// options: the one named (the first, rank 0's, of a tensor-parallel run's), or 0 when none is.
+// Throws Error naming the cause for several devices without as many tensor-parallel ranks, or
+// an index with no device behind it.
 int single_gpu_device(const ModelOptions& options);
 
 enum class LayerKind { Lightning, Softmax };

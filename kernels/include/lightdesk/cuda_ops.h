@@ -81,6 +81,20 @@ template <typename T>
 void rms_norm(const T* x, std::int64_t rows, std::int64_t width, const float* weight, float eps, T* y,
               cudaStream_t stream);
 
+// embed_rows over a table of only the vocabulary rows first_row.. first_row + table_rows - 1 (a
+// tensor-parallel rank's): a token outside them gets a row of zeros.
+template <typename T>
+void embed_part_rows(const T* table, std::int64_t first_row, std::int64_t table_rows, const std::int32_t* tokens,
+                     std::int64_t rows, std::int64_t width, T* out, cudaStream_t stream);
+
+// RMSNorm of rows whose channels are spread over ranks: sums[r] = Σ x[r]² (float32), and, once
+// the ranks' sums are added, y = weight * x / sqrt(sums / norm_width + eps); y may alias x.
+template <typename T>
+void sum_squares(const T* x, std::int64_t rows, std::int64_t width, float* sums, cudaStream_t stream);
+template <typename T>
+void rms_norm_by_sums(const T* x, std::int64_t rows, std::int64_t width, const float* sums, std::int64_t norm_width,
+                      const float* weight, float eps, T* y, cudaStream_t stream);
+
 // x = silu(x), elementwise.
 template <typename T>
 void silu(T* x, std::int64_t n, cudaStream_t stream);
@@ -211,6 +225,13 @@ constexpr int kMaxTopK = 8;
 void route_top_k(const float* router_logits, std::int64_t rows, int experts, int k, bool by_expert,
                  std::int32_t* expert_ids, float* weights, cudaStream_t stream, const float* expert_mask = nullptr,
                  const std::int32_t* expert_slots = nullptr);
+
+// A rank holding experts first.. first + count - 1 of route_top_k's choices: each slot's id
+// becomes its index among them, and a slot routed to another rank's expert gets `elsewhere`
+// and weight 0 (that rank adds its share), so the same products and combine run on the rank's
+// experts alone.
+void restrict_to_experts(std::int32_t* expert_ids, float* weights, std::int64_t slots, int first, int count,
+                         int elsewhere, cudaStream_t stream);
 
 // The token permutation of a MoE layer, on the device: the slots (row r's i-th route is slot
 // r·k + i, expert_ids[slot] < experts) grouped by expert. Writes first_row[experts + 1] (expert
