@@ -24,6 +24,8 @@
 #include "lightdesk/conversation.h"
 #include "lightdesk/data_directory.h"
 #include "lightdesk/engine.h"
+#include "lightdesk/expert_patterns.h"
+#include "lightdesk/input_files.h"
 #include "lightdesk/installed_files.h"
 #include "lightdesk/store.h"
 #include "lightdesk/text.h"
@@ -268,6 +270,7 @@ struct InfoArgs {
   Common c;
   std::optional<long long> tokens;
   std::string gpus;  // hypothetical GPUs to plan for ("4x80GB"); empty: this machine's
+  int experts_kept = 0;  // plan the pruned mode with this many experts per layer too
   std::string data_dir;
 };
 
@@ -291,6 +294,10 @@ CLI::App* add_info(CLI::App& cli, InfoArgs& a) {
             }
           },
           "LIST"))
+      ->needs(model);
+  verb->add_option("--experts-kept", a.experts_kept,
+                   "also plan the pruned mode (ask --experts-kept) with this many experts per layer")
+      ->check(integer_in(1, 1 << 20))
       ->needs(model);
   add_data_dir(*verb, a.data_dir);
   return verb;
@@ -413,6 +420,7 @@ int cmd_info(const InfoArgs& a) {
   plan.context_tokens = n;
   plan.cuda_float32 = c.options.cuda_float32;
   plan.chunk_tokens = c.chunk;
+  plan.experts_kept = a.experts_kept;
   plan.moe = c.options.moe_parallel;
   if (c.options.tensor_parallel > 1) {
     plan.tensor_parallel = c.options.tensor_parallel;
@@ -755,6 +763,123 @@ int cmd_detokenize(const DetokenizeArgs& a) {
   return 0;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Task expert patterns (PreMoe). Patterns live in the session database (the data directory's, or
+// --session-db); a model's shipped ones (its directory's expert_patterns.json) join it on use.
+
+// The tokens a pattern is computed from and matched against: the text the model reads for a
+// question turn (its documents, then the question), without the chat format's special tokens.
+std::vector<lightdesk::TokenId> turn_tokens(const lightdesk::Tokenizer& tokenizer,
+                                            const lightdesk::conversation::Turn& turn) {
+  return tokenizer.encode(lightdesk::conversation::prompt_text(turn));
+}
+
+// The stored patterns of the model, the shipped ones imported first.
+std::vector<lightdesk::ExpertPattern> model_patterns(lightdesk::store::Store& store, const lightdesk::ModelInfo& info) {
+  store.import_shipped_patterns(info.directory, info.fingerprint);
+  return store.expert_patterns(info.fingerprint);
+}
+
+// The fingerprint of the checkpoint in DIR, read without loading its weights.
+lightdesk::ModelInfo inspect_on_cpu(const std::string& model_dir) {
+  lightdesk::ModelOptions cpu;
+  cpu.backend = lightdesk::BackendKind::Cpu;
+  return lightdesk::Model::inspect(model_dir, cpu);
+}
+
+// The pattern nearest the tokens' first-layer router statistic: a model without experts computes it.
+const lightdesk::ExpertPattern& nearest_of(std::span<const lightdesk::ExpertPattern> patterns, const Common& c,
+                                           std::span<const lightdesk::TokenId> tokens) {
+  lightdesk::ModelOptions options = c.options;
+  const lightdesk::ModelInfo info = inspect_on_cpu(c.model_dir);
+  options.experts = lightdesk::ExpertSelection::router_only(info.num_layers);
+  const auto router_model = lightdesk::Model::open(c.model_dir, options);
+  const std::vector<float> logits = router_model->first_layer_router_logits(tokens);
+  const auto nearest = lightdesk::nearest_pattern(logits, static_cast<std::int64_t>(tokens.size()), patterns);
+  if (!nearest) throw lightdesk::Error("no expert pattern to match: the query has no tokens");
+  return patterns[*nearest];
+}
+
+// --experts-kept R [--experts-pattern TASK] [--lost-mass-warning F]
+struct ExpertOptions {
+  int kept = 0;  // 0: all experts
+  std::string pattern;
+  double lost_mass_warning = 0.1;
+};
+
+void add_expert_options(CLI::App& verb, ExpertOptions& e) {
+  auto* kept = verb.add_option("--experts-kept", e.kept,
+                               "pruned mode: keep only this many experts per layer, those a task pattern ranks first "
+                               "(the router masks the others); default 0: every expert (exact)")
+                   ->check(integer_in(1, 1 << 20));
+  verb.add_option("--experts-pattern", e.pattern,
+                  "the task pattern of --experts-kept (experts list); default: the stored session's, else the "
+                  "pattern nearest the question's first-layer router statistic")
+      ->needs(kept)
+      ->check(non_empty());
+  verb.add_option("--lost-mass-warning", e.lost_mass_warning,
+                  "pruned mode: warn when a turn's router probability mass on experts not kept exceeds this share "
+                  "(default 0.1)")
+      ->needs(kept)
+      ->check(CLI::Range(0.0, 1.0));
+}
+
+// The experts of a pruned run (ModelOptions::experts): the named pattern, else the one the stored
+// session was computed with (a pruned conversation keeps its experts), else the pattern nearest
+// `query`. Says which on standard error with --stats.
+lightdesk::ExpertSelection choose_experts(const Common& c, const ExpertOptions& e, const std::filesystem::path& db,
+                                          const std::optional<StoredSessionArgs>& stored,
+                                          std::span<const lightdesk::TokenId> query) {
+  const lightdesk::ModelInfo info = inspect_on_cpu(c.model_dir);
+  lightdesk::store::Store store(db);
+  const std::vector<lightdesk::ExpertPattern> patterns = model_patterns(store, info);
+  std::optional<lightdesk::ExpertSelection> session_experts;
+  if (stored)
+    if (const auto record = store.find_session(stored->name))
+      if (const auto checkpoint = store.latest_checkpoint(record->id); checkpoint && checkpoint->experts.pruned())
+        session_experts = checkpoint->experts;
+  auto by_task = [&](const std::string& task) -> const lightdesk::ExpertPattern& {
+    for (const auto& p : patterns)
+      if (p.task == task) return p;
+    throw lightdesk::Error("no expert pattern \"" + task + "\" for the model in " + c.model_dir +
+                           " (see lightdesk-cli experts list)");
+  };
+  if (!e.pattern.empty()) return by_task(e.pattern).keep(e.kept);
+  if (patterns.empty())
+    throw lightdesk::Error("--experts-kept: no expert pattern for the model in " + c.model_dir +
+                           " (make one with lightdesk-cli experts calibrate)");
+  const lightdesk::ExpertPattern& nearest = nearest_of(patterns, c, query);
+  if (session_experts && session_experts->experts_kept() == e.kept) {
+    // Re-matched every turn: in pruned mode only shown, the conversation keeps its experts.
+    if (c.stats)
+      std::fprintf(stderr, "experts: the session's %s (this turn's nearest pattern: \"%s\")\n",
+                   session_experts->describe().c_str(), nearest.task.c_str());
+    return *session_experts;
+  }
+  const lightdesk::ExpertSelection chosen = nearest.keep(e.kept);
+  if (c.stats) std::fprintf(stderr, "experts: %s, the nearest to the question\n", chosen.describe().c_str());
+  return chosen;
+}
+
+// After a pruned turn: the share of router mass lost, on standard error with --stats, and a
+// warning over the threshold. Returns the share (nullopt for all experts).
+std::optional<double> report_lost_mass(const lightdesk::Session& session, const lightdesk::RoutingTally& before,
+                                       const ExpertOptions& e, bool stats) {
+  if (!session.model().info().experts.pruned()) return std::nullopt;
+  const lightdesk::RoutingTally after = session.routing_tally();
+  const lightdesk::RoutingTally turn{after.token_layers - before.token_layers, after.lost_mass - before.lost_mass};
+  const double share = turn.lost_share();
+  if (stats)
+    std::fprintf(stderr, "experts: %s; router probability mass lost this turn: %.2f%%\n",
+                 session.model().info().experts.describe().c_str(), 100.0 * share);
+  if (share > e.lost_mass_warning)
+    std::fprintf(stderr,
+                 "lightdesk-cli: this turn lost %.1f%% of the router's probability mass to experts that are not "
+                 "loaded; leave out --experts-kept for the exact answer\n",
+                 100.0 * share);
+  return share;
+}
+
 // ask: the images, documents and question as one user turn in the model's chat format, then the
 // answer (reasoning left out) on standard output. In a stored session the turn continues the
 // session's conversation: only the new turn is prefilled, after the stored state, and the
@@ -769,6 +894,7 @@ struct AskArgs {
   long long max_new_tokens = 512;
   SamplingOptions sampling;
   StoredSessionOptions session;
+  ExpertOptions experts;
   lightdesk::remote::RemoteOptions remote;  // --endpoint: a server answers, not a local model
 };
 
@@ -785,6 +911,7 @@ CLI::App* add_ask(CLI::App& cli, AskArgs& a) {
   verb->add_option("--max-new-tokens", a.max_new_tokens, "longest answer in tokens (default 512)")->check(integer_in(1));
   add_sampling(*verb, a.sampling);
   add_stored_session(*verb, a.session);
+  add_expert_options(*verb, a.experts);
   auto* endpoint = verb->add_option("--endpoint", a.remote.endpoint,
                                     "an OpenAI-compatible server (http://host:port[/v1]: lightdesk-server, vLLM, "
                                     "SGLang) answers instead of a local model; documents are sent as text");
@@ -819,7 +946,7 @@ int ask_remote(const AskArgs& a) {
 int cmd_ask(const AskArgs& a) {
   if (!a.remote.endpoint.empty()) return ask_remote(a);
   if (a.c.model_dir.empty()) throw UsageError("--model is required (or --endpoint)");
-  const Common c = with_expert_cache(a.c, a.session.data_dir);
+  Common c = with_expert_cache(a.c, a.session.data_dir);
   const Sampling sampling = sampling_of(a.sampling);
   const auto stored_session = stored_session_of(a.session);
   if (a.documents.empty() && a.images.empty() && !stored_session)
@@ -832,6 +959,13 @@ int cmd_ask(const AskArgs& a) {
   for (const auto& file : a.images) turn.images.emplace_back(file);
   std::unique_ptr<lightdesk::vision::VisionModel> vision;
   if (!a.images.empty()) vision = lightdesk::vision::VisionModel::open(c.model_dir, c.options);
+  if (a.experts.kept > 0) {
+    lightdesk::conversation::Turn query{true, a.question, {}, {}};
+    for (const auto& file : a.documents) query.documents.push_back(lightdesk::load_document(file));
+    const std::filesystem::path db =
+        stored_session ? std::filesystem::path(stored_session->db) : data_directory(a.session.data_dir).session_database();
+    c.options.experts = choose_experts(c, a.experts, db, stored_session, turn_tokens(*tokenizer, query));
+  }
 
   auto model = open_model(c);
   lightdesk::conversation::Chat chat(*model, *tokenizer, format, vision.get(), c.options.threads);
@@ -879,6 +1013,7 @@ int cmd_ask(const AskArgs& a) {
     std::fflush(stdout);
   };
   // generate_text prefills, then generates: the generation's share is what the prefill left.
+  const lightdesk::RoutingTally routing_before = session.routing_tally();
   const auto generation_start = std::chrono::steady_clock::now();
   const auto generated = lightdesk::generate_text(session, *tokenizer, prompt.tokens, options,
                                                   [&](std::string_view text) { print(parser.feed(text).answer); });
@@ -889,6 +1024,7 @@ int cmd_ask(const AskArgs& a) {
   if (c.stats)
     std::fprintf(stderr, "%zu prompt tokens read in %.2f s; %zu tokens generated in %.2f s\n", prompt.tokens.size(),
                  prefill_seconds, generated.size(), generation_seconds);
+  const std::optional<double> lost_mass = report_lost_mass(session, routing_before, a.experts, c.stats);
   if (stored) {
     chat.finish(turns, parser.answer(), generated);
     lightdesk::store::Message asked, answered;
@@ -899,8 +1035,179 @@ int cmd_ask(const AskArgs& a) {
     answered.reasoning = parser.reasoning();
     answered.completion_tokens = static_cast<std::int64_t>(generated.size());
     answered.generation_seconds = generation_seconds;
+    answered.expert_lost_mass = lost_mass;
     stored->save_exchange(asked, answered);
     if (!stored->notice().empty()) std::fprintf(stderr, "lightdesk-cli: %s\n", stored->notice().c_str());
+  }
+  return 0;
+}
+
+// experts calibrate | list | show: task expert patterns in the session database.
+struct ExpertsArgs {
+  Common c;
+  std::string task;
+  std::vector<std::string> files, questions, held_out, held_out_questions;
+  std::string score = "mean-probability";
+  int tcess_top_k = 1;
+  double confidence = -1.0;
+  std::string out;
+  std::string db, data_dir, fingerprint;
+};
+
+// Router statistics of every layer over the files, each read as ask reads a document with its
+// question (the one --question, or one per file), in a session of its own.
+lightdesk::RouterStatistics calibration_statistics(const lightdesk::Model& model, const lightdesk::Tokenizer& tokenizer,
+                                                   const std::vector<std::string>& files,
+                                                   const std::vector<std::string>& questions, const ExpertsArgs& a) {
+  const lightdesk::ModelInfo& info = model.info();
+  lightdesk::RouterStatistics statistics(info.num_layers, info.num_experts,
+                                         {a.tcess_top_k, static_cast<float>(a.confidence)});
+  lightdesk::FeedOptions feed;
+  feed.chunk_tokens = a.c.chunk;
+  feed.router_logits = [&statistics](int layer, std::span<const float> logits, std::int64_t rows) {
+    statistics.add(layer, logits, rows);
+  };
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    const std::string question = questions.empty() ? "" : questions[questions.size() == 1 ? 0 : i];
+    lightdesk::conversation::Turn turn{true, question, {lightdesk::load_document(files[i])}, {}};
+    const auto tokens = turn_tokens(tokenizer, turn);
+    if (static_cast<std::int64_t>(tokens.size()) > info.max_context)
+      throw lightdesk::Error(files[i] + ": " + std::to_string(tokens.size()) + " tokens exceed the model's context of " +
+                             std::to_string(info.max_context));
+    model.create_session()->feed(tokens, feed);
+  }
+  return statistics;
+}
+
+std::filesystem::path patterns_database(const ExpertsArgs& a) {
+  return a.db.empty() ? data_directory(a.data_dir).session_database() : std::filesystem::path(a.db);
+}
+
+// The verbs `experts calibrate`, `experts list` and `experts show`.
+std::array<CLI::App*, 3> add_experts(CLI::App& cli, ExpertsArgs& a) {
+  auto* verb = cli.add_subcommand("experts", "task expert patterns (PreMoe): calibrate, list and show them");
+  verb->require_subcommand(1);
+  auto* calibrate = verb->add_subcommand(
+      "calibrate", "rank each layer's experts by their router statistics over a task's text and store the pattern");
+  add_common(*calibrate, a.c);
+  calibrate->add_option("--task", a.task, "the task's name (a pattern of the same name is replaced)")
+      ->required()
+      ->check(non_empty());
+  calibrate->add_option("--file", a.files, "calibration text: a document as ask reads it; repeat for more")
+      ->required()
+      ->allow_extra_args(false);
+  calibrate->add_option("--question", a.questions, "the question asked with the files: once for all, or once per file")
+      ->allow_extra_args(false);
+  add_engine_option(
+      *calibrate, "--score",
+      [&a](const std::string& name) {
+        if (!lightdesk::parse_expert_score(name)) throw lightdesk::Error("tcess or mean-probability, not " + name);
+        a.score = name;
+      },
+      "what ranks the experts: mean-probability (the default: the mean routing probability, which covers more "
+      "held-out router mass) or tcess (PreMoe's code)");
+  calibrate->add_option("--tcess-top-k", a.tcess_top_k, "TCESS: each token's top-k logits counted (default 1, as PreMoe's code)")
+      ->check(integer_in(1, 1 << 20));
+  calibrate->add_option("--confidence", a.confidence,
+                        "TCESS: count a top-k logit only where its softmax among the top k reaches this (default -1: off)")
+      ->check(CLI::Range(-1.0, 1.0));
+  calibrate->add_option("--held-out", a.held_out,
+                        "held-out text of the same task: prints, for both scores and every count kept, the router "
+                        "probability mass their top experts cover there")
+      ->allow_extra_args(false);
+  calibrate->add_option("--held-out-question", a.held_out_questions,
+                        "the question asked with the held-out files: once for all, or once per file")
+      ->allow_extra_args(false);
+  calibrate->add_option("--out", a.out, "also merge the pattern into this JSON file (a model's expert_patterns.json)");
+  auto database = [&a](CLI::App& v) {
+    v.add_option("--session-db", a.db, "the SQLite file holding the patterns (default: the data directory's sessions.sqlite)");
+    add_data_dir(v, a.data_dir);
+  };
+  database(*calibrate);
+  auto* list = verb->add_subcommand("list", "one line per stored pattern: fingerprint, task, score, calibration tokens");
+  auto* model = add_model(*list, a.c.model_dir, "only this model's patterns (its shipped ones imported)", false);
+  list->add_option("--fingerprint", a.fingerprint, "only the patterns of this model fingerprint")->excludes(model);
+  database(*list);
+  auto* show = verb->add_subcommand("show", "a pattern's experts, per layer best first, with their scores");
+  add_model(*show, a.c.model_dir, "the model (its shipped patterns imported)");
+  show->add_option("--task", a.task, "the pattern's task")->required();
+  database(*show);
+  return {calibrate, list, show};
+}
+
+int cmd_experts_calibrate(const ExpertsArgs& a) {
+  const auto tokenizer = lightdesk::Tokenizer::open(a.c.model_dir);
+  const auto model = lightdesk::Model::open(a.c.model_dir, a.c.options);
+  auto check_questions = [](const std::vector<std::string>& questions, const std::vector<std::string>& files,
+                            const std::string& option, const std::string& file_option) {
+    if (!questions.empty() && questions.size() != 1 && questions.size() != files.size())
+      throw UsageError(option + ": give one, or one per " + file_option + " (" + std::to_string(files.size()) + ")");
+  };
+  check_questions(a.questions, a.files, "--question", "--file");
+  check_questions(a.held_out_questions, a.held_out, "--held-out-question", "--held-out");
+  const lightdesk::RouterStatistics statistics = calibration_statistics(*model, *tokenizer, a.files, a.questions, a);
+  const lightdesk::ExpertScore score = *lightdesk::parse_expert_score(a.score);
+  const lightdesk::ExpertPattern pattern =
+      lightdesk::make_expert_pattern(statistics, score, a.task, model->info().fingerprint);
+  lightdesk::store::Store store(patterns_database(a));
+  store.save_expert_pattern(pattern);
+  std::printf("pattern \"%s\" of %s: %s over %lld tokens, %d layers\n", a.task.c_str(),
+              model->info().fingerprint.c_str(), a.score.c_str(), static_cast<long long>(pattern.calibration_tokens),
+              model->info().num_layers);
+  if (!a.held_out.empty()) {
+    const lightdesk::RouterStatistics held = calibration_statistics(*model, *tokenizer, a.held_out, a.held_out_questions, a);
+    for (int kept = model->info().experts_per_token; kept < model->info().num_experts; ++kept)
+      for (lightdesk::ExpertScore s : {lightdesk::ExpertScore::Tcess, lightdesk::ExpertScore::MeanProbability}) {
+        const auto selection = lightdesk::make_expert_pattern(statistics, s, a.task, "").keep(kept);
+        std::printf("held-out router mass covered by the top %d of %s: %.4f\n", kept, lightdesk::expert_score_name(s),
+                    lightdesk::covered_mass(held, selection));
+      }
+  }
+  if (!a.out.empty()) {
+    std::vector<lightdesk::ExpertPattern> file;
+    if (std::filesystem::exists(a.out))
+      file = lightdesk::store::parse_expert_patterns_json(lightdesk::read_regular_file(a.out, 64 << 20), a.out);
+    std::erase_if(file, [&](const auto& p) { return p.task == pattern.task && p.model_fingerprint == pattern.model_fingerprint; });
+    file.push_back(pattern);
+    std::ranges::sort(file, {}, &lightdesk::ExpertPattern::task);
+    const std::string json = lightdesk::store::expert_patterns_json(file);
+    lightdesk::replace_regular_file(a.out, [&json](const auto& write) { write(json.data(), json.size()); });
+  }
+  return 0;
+}
+
+int cmd_experts_list(const ExpertsArgs& a) {
+  lightdesk::store::Store store(patterns_database(a));
+  std::optional<std::string> fingerprint;
+  if (!a.fingerprint.empty()) fingerprint = a.fingerprint;
+  if (!a.c.model_dir.empty()) {
+    const lightdesk::ModelInfo info = inspect_on_cpu(a.c.model_dir);
+    store.import_shipped_patterns(info.directory, info.fingerprint);
+    fingerprint = info.fingerprint;
+  }
+  for (const auto& p : store.expert_patterns(fingerprint)) {
+    std::string score = lightdesk::expert_score_name(p.score);
+    if (p.score == lightdesk::ExpertScore::Tcess)
+      score += " (top " + std::to_string(p.rule.top_k) + ", confidence " + std::to_string(p.rule.confidence) + ")";
+    std::printf("%s  %s  %s, %lld calibration tokens, %zu layers\n", p.model_fingerprint.c_str(), p.task.c_str(),
+                score.c_str(), static_cast<long long>(p.calibration_tokens), p.layers.size());
+  }
+  return 0;
+}
+
+int cmd_experts_show(const ExpertsArgs& a) {
+  lightdesk::store::Store store(patterns_database(a));
+  const lightdesk::ModelInfo info = inspect_on_cpu(a.c.model_dir);
+  std::optional<lightdesk::ExpertPattern> pattern;
+  for (auto& p : model_patterns(store, info))
+    if (p.task == a.task) pattern = std::move(p);
+  if (!pattern) throw lightdesk::Error("no expert pattern \"" + a.task + "\" for the model in " + a.c.model_dir);
+  std::printf("pattern \"%s\" of %s: %s over %lld tokens\n", pattern->task.c_str(), info.fingerprint.c_str(),
+              lightdesk::expert_score_name(pattern->score), static_cast<long long>(pattern->calibration_tokens));
+  for (std::size_t l = 0; l < pattern->layers.size(); ++l) {
+    std::printf("layer %zu:", l);
+    for (const auto& e : pattern->layers[l]) std::printf(" %d (%.4g)", e.expert, e.score);
+    std::printf("\n");
   }
   return 0;
 }
@@ -985,6 +1292,7 @@ int main(int argc, char** argv) {
   AskArgs ask;
   ImageFeaturesArgs image_features;
   CacheArgs cache;
+  ExpertsArgs experts;
   std::vector<std::pair<CLI::App*, std::function<int()>>> verbs = {
       {add_info(cli, info), [&] { return cmd_info(info); }},
       {add_logits(cli, logits), [&] { return cmd_logits(logits); }},
@@ -997,6 +1305,10 @@ int main(int argc, char** argv) {
   const auto [cache_list, cache_clear] = add_cache(cli, cache);
   verbs.emplace_back(cache_list, [&] { return cmd_cache_list(cache); });
   verbs.emplace_back(cache_clear, [&] { return cmd_cache_clear(cache); });
+  const auto [experts_calibrate, experts_list, experts_show] = add_experts(cli, experts);
+  verbs.emplace_back(experts_calibrate, [&] { return cmd_experts_calibrate(experts); });
+  verbs.emplace_back(experts_list, [&] { return cmd_experts_list(experts); });
+  verbs.emplace_back(experts_show, [&] { return cmd_experts_show(experts); });
 
   if (argc < 2 || std::string(argv[1]) == "help") {
     std::fputs(cli.help().c_str(), argc < 2 ? stderr : stdout);

@@ -297,6 +297,21 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Outp
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
 
+  replace_regular_file(path, [&](const std::function<void(const void*, std::size_t)>& write_all) {
+    const std::uint64_t len = text.size();
+    write_all(&len, 8);
+    write_all(text.data(), text.size());
+    for (const auto& t : tensors) {
+      if (t.i64.data() != nullptr)
+        write_all(t.i64.data(), t.i64.size_bytes());
+      else
+        write_all(t.f32.data(), t.f32.size_bytes());
+    }
+  });
+}
+
+void replace_regular_file(const std::filesystem::path& path,
+                          const std::function<void(const std::function<void(const void*, std::size_t)>&)>& write) {
   const std::string where = path.string();
   // Only a regular file is replaced: renaming over a device node, a FIFO or a link would replace
   // the node itself.
@@ -324,15 +339,7 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Outp
       size -= static_cast<std::size_t>(n);
     }
   };
-  const std::uint64_t len = text.size();
-  write_all(&len, 8);
-  write_all(text.data(), text.size());
-  for (const auto& t : tensors) {
-    if (t.i64.data() != nullptr)
-      write_all(t.i64.data(), t.i64.size_bytes());
-    else
-      write_all(t.f32.data(), t.f32.size_bytes());
-  }
+  write(write_all);
   if (::fchmod(fd, 0644) != 0) fail("cannot set its permissions");
   if (::close(fd) != 0) {
     ::unlink(temporary.c_str());

@@ -31,6 +31,11 @@ struct ForwardRequest {
   // token's row stays in the sequence either way (read_logits, sample).
   float* all_logits = nullptr;
   const std::function<void(int, std::span<const float>, std::int64_t)>* hidden_states = nullptr;
+  // Per layer the router's logits (FeedOptions::router_logits), when set.
+  const std::function<void(int, std::span<const float>, std::int64_t)>* router_logits = nullptr;
+  // >= 0: stop after this layer's router (GraphPass::last_router_layer); only on a sequence
+  // thrown away afterwards.
+  int last_router_layer = -1;
   // Empty, or per token a row of hidden_size floats to use instead of its embedding (nullptr:
   // the embedding). See FeedOptions::embedding_overrides.
   std::span<const float* const> embedding_overrides;

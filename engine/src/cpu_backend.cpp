@@ -21,7 +21,7 @@ namespace {
 // A pass's activations of one rank. Kept with the sequence from pass to pass, so that decode
 // steps allocate nothing: a buffer grows to the largest pass and stays.
 struct RankBuffers {
-  std::vector<float> x, a, att, b, moe, qkv, o, gate, norm_sums, gather;
+  std::vector<float> x, a, att, b, moe, qkv, o, gate, norm_sums, gather, router;
 };
 
 // Per rank (one without tensor parallel): its slices of the state, laid out as its weights.
@@ -57,7 +57,11 @@ class CpuBackend final : public ComputeBackend {
              const std::function<void(std::uint64_t)>& bytes_loaded, ExpertLoadResult* expert_result,
              const std::function<std::unique_ptr<ModelOps>(int)>& make_ops)
       : config_(c), plans_(tensor_parallel_layout(c, options.tensor_parallel, options.moe_parallel)) {
-    ModelWeights weights = load_cpu_weights(c, map, experts, bytes_loaded, expert_result);
+    if (options.experts.pruned() && options.tensor_parallel > 1)
+      throw Error("pruned experts run on one rank for now (tensor_parallel " + std::to_string(options.tensor_parallel) +
+                  ")");
+    kept_ = options.experts;
+    ModelWeights weights = load_cpu_weights(c, map, experts, bytes_loaded, expert_result, kept_);
     const int ranks = static_cast<int>(plans_.size());
     const unsigned hardware = std::max(1u, std::thread::hardware_concurrency());
     const int threads = std::max(1, (options.threads > 0 ? options.threads : static_cast<int>(hardware)) / ranks);
@@ -84,6 +88,9 @@ class CpuBackend final : public ComputeBackend {
         for (const LayerWeights& layer : weights.layers)
           weight_bytes_ += static_cast<std::uint64_t>(layer.quantized->gate_up.layout().total_bytes() +
                                                       layer.quantized->down.layout().total_bytes());
+      } else if (kept_.pruned()) {  // float32 experts: the pruned ones are not loaded
+        weight_bytes_ -= static_cast<std::uint64_t>(c.num_experts - kept_.experts_kept()) * c.num_layers * 3 *
+                         sizeof(float) * static_cast<std::uint64_t>(c.hidden_size) * c.expert_width;
       }
       weights_ = std::move(weights);
     } else if (plans_.front().expert_width == c.expert_width) {
@@ -211,6 +218,7 @@ class CpuBackend final : public ComputeBackend {
   std::vector<QuantizedLayerExperts> quantized_;  // several ranks: the quantized experts they view
   std::vector<std::unique_ptr<CpuRank>> ranks_;
   std::uint64_t weight_bytes_ = 0;
+  ExpertSelection kept_;
 };
 
 // Rows first.. first + count - 1 of a [rows, width] matrix, or its columns of every row.
@@ -269,6 +277,8 @@ ModelTensors CpuBackend::graph_tensors(const ModelWeights& weights, CpuRank& ran
       layer.o_proj = columns(w.o_proj, H, A, h0, hn);
     }
     layer.moe = {layer.router, {}, {}, H, p.expert_width, config_.experts_per_token};
+    if (kept_.pruned())
+      layer.moe.expert_mask = host_tensor(rank.owned.emplace_back(expert_mask(config_, kept_, static_cast<int>(t.layers.size()))));
     if (w.quantized) {
       layer.moe.quantized = quantized_experts(*w.quantized, rank, slice);
       t.layers.push_back(std::move(layer));
@@ -276,7 +286,7 @@ ModelTensors CpuBackend::graph_tensors(const ModelWeights& weights, CpuRank& ran
     }
     for (int e = 0; e < config_.num_experts; ++e) {
       const ExpertWeights& ew = w.experts[static_cast<std::size_t>(e)];
-      if (e < p.first_expert || e >= p.first_expert + p.experts) {
+      if (e < p.first_expert || e >= p.first_expert + p.experts || !ew.w1.data()) {
         layer.moe.experts.push_back({});
         continue;
       }
@@ -337,6 +347,7 @@ void CpuBackend::forward(SequenceState& state, const ForwardRequest& req) {
     RankBuffers& b = s.ranks[r].buffers;
     for (auto* v : {&b.x, &b.a, &b.att, &b.b, &b.moe}) v->resize(rows_hidden);
     b.qkv.resize(3 * A);
+    if (req.router_logits) b.router.resize(static_cast<std::size_t>(T * config_.num_experts));
     b.o.resize(A);
     b.gate.resize(A);
     CpuSequence::RankState& rs = s.ranks[r];
@@ -366,7 +377,8 @@ void CpuBackend::forward(SequenceState& state, const ForwardRequest& req) {
         sequence.lightning[l] = host_tensor(rs.lightning[l]);
     const ActivationTensors act{{const_cast<std::int32_t*>(tokens.data()), ElementType::I32},
                                 host_tensor(b.x), host_tensor(b.a), host_tensor(b.att), host_tensor(b.b),
-                                host_tensor(b.moe), host_tensor(b.qkv), host_tensor(b.o), host_tensor(b.gate)};
+                                host_tensor(b.moe), host_tensor(b.qkv), host_tensor(b.o), host_tensor(b.gate),
+                                host_tensor(b.router)};
     RankPass rank_pass{rank.comm.get(), plans_, host_tensor(b.norm_sums), host_tensor(rs.logits_part),
                        host_tensor(b.gather)};
     GraphPass pass;
@@ -376,7 +388,11 @@ void CpuBackend::forward(SequenceState& state, const ForwardRequest& req) {
     pass.all_logits = {req.all_logits, ElementType::F32};
     pass.embedding_overrides = req.embedding_overrides;
     // The hidden state is the same on every rank: one reports it.
-    if (r == 0) pass.hidden_states = req.hidden_states;
+    if (r == 0) {
+      pass.hidden_states = req.hidden_states;
+      pass.router_logits = req.router_logits;
+    }
+    pass.last_router_layer = req.last_router_layer;
     if (parallel) pass.rank = &rank_pass;
     // Every rank has the same gathered logits: one writes them.
     rank_pass.writes_logits = r == 0;

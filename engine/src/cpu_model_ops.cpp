@@ -151,17 +151,17 @@ class CpuOps final : public ModelOps {
     cpu::softmax_attention(q.as<const float>(), rows, host_position(first), cache.keys.as<const float>(),
                            cache.values.as<const float>(), heads, kv_heads, head_dim, out.as<float>(), pool_);
   }
-  void moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out) override {
+  void moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out, Tensor router_logits) override {
     experts_.clear();
     for (const ExpertTensors& e : w.experts)
       experts_.push_back({e.w1.as<const float>(), e.w3.as<const float>(), e.w2.as<const float>()});
-    route_and_run(w, x, rows, out, [&](std::size_t e) { return experts_[e]; });
+    route_and_run(w, x, rows, out, router_logits, [&](std::size_t e) { return experts_[e]; });
   }
   // Each chosen expert's matrices dequantized into float32 (the rows spread over the pool), then
   // the float32 products: the reference for the GPU kernels, not a fast path.
-  void quantized_moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out) override {
+  void quantized_moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out, Tensor router_logits) override {
     std::vector<float> gate_up, down;
-    route_and_run(w, x, rows, out, [&](std::size_t e) -> cpu::ExpertMatrices {
+    route_and_run(w, x, rows, out, router_logits, [&](std::size_t e) -> cpu::ExpertMatrices {
       const QuantizedExpertTensors& q = w.quantized[e];
       if (!q.gate_up.packed) return {};
       dequantize_rows(q.gate_up, gate_up);
@@ -171,7 +171,9 @@ class CpuOps final : public ModelOps {
   }
 
  private:
-  void route_and_run(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out,
+  // The router (its logits to router_logits when set; only those without `out`), the pruned
+  // experts' mask, the top k, and the chosen experts' products.
+  void route_and_run(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out, Tensor router_logits,
                      const std::function<cpu::ExpertMatrices(std::size_t)>& matrices) {
     const auto E = static_cast<int>(w.expert_count());
     const int k = w.top_k;
@@ -179,6 +181,11 @@ class CpuOps final : public ModelOps {
     weights_.resize(static_cast<std::size_t>(rows * k));
     ids_.resize(weights_.size());
     cpu::linear(x.as<const float>(), rows, w.hidden, w.router.as<const float>(), E, router_.data(), pool_);
+    if (router_logits.data) std::copy(router_.begin(), router_.end(), router_logits.as<float>());
+    if (!out.data) return;
+    if (w.expert_mask.data)
+      for (std::int64_t r = 0; r < rows; ++r)
+        for (int e = 0; e < E; ++e) router_[static_cast<std::size_t>(r * E + e)] += w.expert_mask.as<const float>()[e];
     cpu::route_top_k(router_.data(), rows, E, k, ids_.data(), weights_.data());
     cpu::moe_experts(x.as<const float>(), rows, w.hidden, w.width, w.expert_count(), matrices, k, ids_.data(),
                      weights_.data(), out.as<float>(), pool_);

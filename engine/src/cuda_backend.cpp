@@ -44,6 +44,9 @@ struct CudaLayer : LayerTensors<DeviceBuffer> {
   DeviceBuffer down;     // per expert [hidden, width]
   // Quantized experts instead (ModelOptions::expert_dtype int8 or int4): all the experts' rows.
   DeviceQuantizedMatrix quantized_gate_up, quantized_down;
+  // Pruned experts: float [experts], 0 kept, -inf not (never loaded); int32 [experts], a kept
+  // expert's slot in gate_up and down, which hold only the kept ones.
+  DeviceBuffer expert_mask, expert_slots;
 };
 
 // A decode step captured as a CUDA graph, with what the capture baked in: it replays while
@@ -197,6 +200,7 @@ struct Scratch {
   // baked them in compare this instead.
   std::uint64_t generation = 0;
   DeviceBuffer tokens, x, a, att, b, moe, qkv, o, gate;
+  DeviceBuffer router_logits;  // float [rows, experts]
   // Every row's logits, only for ForwardRequest::all_logits (a chunk of 8192 rows at a 200K
   // vocabulary would need 6.5 GB): grown on its own by reserve_all_logits, never read by graphs.
   DeviceBuffer all_logits;
@@ -215,11 +219,12 @@ class CudaBackend final : public ComputeBackend {
   // bf16 or float32 then); a rank runs its part of the graph once connect() has given it its
   // communicator.
   CudaBackend(const ModelConfig& c, int device, const WeightMap& map, bool graphs, const ExpertLoad& experts,
-              const std::function<void(std::uint64_t)>& bytes_loaded, ExpertLoadResult* expert_result,
-              std::vector<RankLayout> plans = {}, int rank = 0)
+              const ExpertSelection& kept, const std::function<void(std::uint64_t)>& bytes_loaded,
+              ExpertLoadResult* expert_result, std::vector<RankLayout> plans = {}, int rank = 0)
       : CudaBackend(c, device, graphs, plans.empty() ? tensor_parallel_layout(c, 1, MoeParallel::Expert) : std::move(plans),
                     rank) {
     quantized_experts_ = experts.dtype != ExpertDType::BF16;
+    experts_ = kept;
     load_weights(map, experts, bytes_loaded, expert_result);
     make_model_tensors();
   }
@@ -378,6 +383,14 @@ class CudaBackend final : public ComputeBackend {
   ModelTensors tensors_;
   const ModelForward forward_ = model_forward(config_);
   std::uint64_t weight_bytes_ = 0;
+  // Pruned experts are neither allocated nor loaded; the router's mask keeps tokens from them.
+  ExpertSelection experts_;
+  // The experts each layer's block holds (the rank's, or the kept ones; quantized blocks hold them
+  // all), and each expert's slot there (-1: another rank's, or pruned).
+  int held_experts() const {
+    return experts_.pruned() && !quantized_experts_ ? experts_.experts_kept() : plan_.experts;
+  }
+  std::vector<std::int32_t> expert_slots(int layer) const;
   bool quantized_experts_ = false;  // the layers' quantized_gate_up and quantized_down, not gate_up and down
   std::map<int, int> softmax_index_;  // layer -> its index among the softmax layers
   int softmax_layers_ = 0;
@@ -399,6 +412,15 @@ class CudaBackend final : public ComputeBackend {
   std::optional<CountingCommunicator> comm_;
   DeviceBuffer argmax_scratch_;
 };
+
+template <typename T>
+std::vector<std::int32_t> CudaBackend<T>::expert_slots(int layer) const {
+  std::vector<std::int32_t> slots(static_cast<std::size_t>(config_.num_experts), -1);
+  std::int32_t next = 0;
+  for (int e = plan_.first_expert; e < plan_.first_expert + plan_.experts; ++e)
+    if (expert_kept(experts_, layer, e)) slots[static_cast<std::size_t>(e)] = next++;
+  return slots;
+}
 
 template <typename T>
 WeightPart CudaBackend<T>::rank_part(const std::string& name) const {
@@ -428,7 +450,7 @@ WeightPart CudaBackend<T>::rank_part(const std::string& name) const {
 
 template <typename T>
 void CudaBackend<T>::allocate_weights(const WeightFill& fill) {
-  const std::int64_t H = config_.hidden_size, I = plan_.expert_width;
+  const std::int64_t H = config_.hidden_size, I = plan_.expert_width, E = config_.num_experts;
   // The rank's part of a weight: the whole one is made on the device, then its block copied.
   auto fill_part = [&](const std::string& name, void* device, bool as_float) {
     const WeightPart part = rank_part(name);
@@ -470,21 +492,34 @@ void CudaBackend<T>::allocate_weights(const WeightFill& fill) {
       layer.slopes = device_array<float>(plan_.heads, k + "slopes");
       device_.upload(layer.slopes.as<float>(), slopes.data() + plan_.first_head, layer.slopes.bytes());
     }
-    if (quantized_experts_) {  // load_weights puts them in afterwards
+    if (experts_.pruned()) {
+      const std::vector<float> mask = expert_mask(config_, experts_, l);
+      layer.expert_mask = device_array<float>(E, k + "expert mask");
+      device_.upload(layer.expert_mask.as<float>(), mask.data(), layer.expert_mask.bytes());
+    }
+    if (quantized_experts_) {  // load_weights puts them in afterwards, every expert (the mask routes)
       layers_.push_back(std::move(layer));
       continue;
     }
-    // The rank's experts (all but under expert parallel), each its slice of the width.
-    const std::int64_t E = plan_.experts;
-    layer.gate_up = device_array<T>(E * 2 * I * H, k + "experts (w1, w3)");
-    layer.down = device_array<T>(E * H * I, k + "experts (w2)");
+    // The rank's experts (all but under expert parallel; pruned: the kept ones), each its slice
+    // of the width.
+    const std::int64_t R = held_experts();
+    layer.gate_up = device_array<T>(R * 2 * I * H, k + "experts (w1, w3)");
+    layer.down = device_array<T>(R * H * I, k + "experts (w2)");
     weight_bytes_ += layer.gate_up.bytes() + layer.down.bytes();
-    for (int i = 0; i < plan_.experts; ++i) {
-      const ExpertWeightNames names = expert_weight_names(l, plan_.first_expert + i);
-      T* gate_up = layer.gate_up.as<T>() + i * 2 * I * H;
+    const std::vector<std::int32_t> slots = expert_slots(l);
+    if (experts_.pruned()) {
+      layer.expert_slots = device_array<std::int32_t>(E, k + "expert slots");
+      device_.upload(layer.expert_slots.as<std::int32_t>(), slots.data(), layer.expert_slots.bytes());
+    }
+    for (int e = 0; e < config_.num_experts; ++e) {
+      const std::int64_t slot = slots[static_cast<std::size_t>(e)];
+      if (slot < 0) continue;
+      const ExpertWeightNames names = expert_weight_names(l, e);
+      T* gate_up = layer.gate_up.as<T>() + slot * 2 * I * H;
       fill_part(names.w1, gate_up, false);
       fill_part(names.w3, gate_up + I * H, false);
-      fill_part(names.w2, layer.down.as<T>() + i * H * I, false);
+      fill_part(names.w2, layer.down.as<T>() + slot * H * I, false);
     }
     layers_.push_back(std::move(layer));
   }
@@ -615,11 +650,14 @@ void CudaBackend<T>::reserve_scratch(std::int64_t rows) {
   s.qkv = device_array<T>(rows * 3 * A, what);
   s.o = device_array<T>(rows * A, what);
   s.gate = device_array<T>(rows * A, what);
+  s.router_logits = device_array<float>(rows * config_.num_experts, what);
   s.lightning_workspace = DeviceBuffer(
       cuda::lightning_prefill_workspace_bytes<T>(rows, plan_.heads, config_.head_dim, device_.launch_limits()),
       what);
   if (comm_) s.norm_sums = device_array<float>(rows, what);
-  ops_.reserve_moe({config_.hidden_size, plan_.expert_width, config_.num_experts, config_.experts_per_token}, rows);
+  ops_.reserve_moe({config_.hidden_size, plan_.expert_width, config_.num_experts, config_.experts_per_token,
+                    experts_.pruned() && held_experts() < config_.num_experts ? held_experts() : 0},
+                   rows);
   // Last, so that running out of memory above leaves scratch_ whole.
   s.all_logits = std::move(scratch_.all_logits);
   s.logits_part = std::move(scratch_.logits_part);
@@ -663,7 +701,8 @@ void CudaBackend<T>::forward_rank(SequenceState& state, const ForwardRequest& re
   if (req.all_logits) reserve_all_logits(rows);
   if (comm_) reserve_rank_logits(req.all_logits ? rows : 1);
   reserve_kv(s, req.first_position + rows);
-  const bool reports = req.hidden_states && *req.hidden_states;
+  const bool reports = (req.hidden_states && *req.hidden_states) || (req.router_logits && *req.router_logits) ||
+                       req.last_router_layer >= 0;
   // A captured step writes the last token's logits only.
   const bool graph = rows == 1 && use_graphs_ && !reports && req.embedding_overrides.empty() && !req.all_logits;
   if (!graph) reserve_attention_workspace(rows, req.first_position);  // decode_step's own when it captures
@@ -740,21 +779,21 @@ void CudaBackend<T>::make_model_tensors() {
       *to = view(*from, weight_type);
     layer.slopes = view(w.slopes, ElementType::F32);
     layer.moe = {layer.router, {}, {}, H, I, config_.experts_per_token};
+    layer.moe.expert_mask = view(w.expert_mask, ElementType::F32);
     if (quantized_experts_) {
       for (int e = 0; e < config_.num_experts; ++e)
         layer.moe.quantized.push_back(
             {w.quantized_gate_up.view.rows(e * 2 * I, 2 * I), w.quantized_down.view.rows(e * H, H)});
     } else {
+      layer.moe.expert_slots = view(w.expert_slots, ElementType::I32);
       const Tensor gate_up = view(w.gate_up, weight_type), down = view(w.down, weight_type);
-      // Another rank's experts are null (expert parallel).
-      for (int e = 0; e < config_.num_experts; ++e) {
-        const std::int64_t i = e - plan_.first_expert;
-        if (i < 0 || i >= plan_.experts)
-          layer.moe.experts.push_back({});
-        else
-          layer.moe.experts.push_back(
-              {gate_up.at(i * 2 * I * H), gate_up.at(i * 2 * I * H + I * H), down.at(i * H * I)});
-      }
+      // Another rank's experts and pruned ones are null.
+      const std::vector<std::int32_t> slots = expert_slots(static_cast<int>(tensors_.layers.size()));
+      for (std::int32_t slot : slots)
+        layer.moe.experts.push_back(slot < 0 ? ExpertTensors{}
+                                             : ExpertTensors{gate_up.at(slot * 2 * I * H),
+                                                             gate_up.at(slot * 2 * I * H + I * H),
+                                                             down.at(slot * H * I)});
     }
     tensors_.layers.push_back(std::move(layer));
   }
@@ -778,7 +817,8 @@ void CudaBackend<T>::enqueue_forward(CudaSequence& s, std::int64_t rows, StepPos
     }
   }
   const ActivationTensors act{{w.tokens.as<void>(), ElementType::I32}, view(w.x), view(w.a), view(w.att), view(w.b),
-                              view(w.moe), view(w.qkv), view(w.o), view(w.gate)};
+                              view(w.moe), view(w.qkv), view(w.o), view(w.gate),
+                              {w.router_logits.as<void>(), ElementType::F32}};
   GraphPass pass;
   pass.rows = rows;
   pass.first_position = first_position;
@@ -786,7 +826,12 @@ void CudaBackend<T>::enqueue_forward(CudaSequence& s, std::int64_t rows, StepPos
   if (all_logits) pass.all_logits = {w.all_logits.as<void>(), ElementType::F32};
   if (request) {
     pass.embedding_overrides = request->embedding_overrides;
-    if (reports) pass.hidden_states = request->hidden_states;
+    // Every rank stops after the same layer (their collectives pair up); one reports.
+    pass.last_router_layer = request->last_router_layer;
+    if (reports) {
+      pass.hidden_states = request->hidden_states;
+      pass.router_logits = request->router_logits;
+    }
   }
   // Every rank writes the gathered logits to its own sequence's (its device's).
   RankPass rank_pass{comm_ ? &*comm_ : nullptr, plans_, {w.norm_sums.as<void>(), ElementType::F32},
@@ -894,7 +939,7 @@ class CudaParallelBackend final : public ComputeBackend {
     for (std::size_t r = 0; r < plans_.size(); ++r) {
       // Progress is rank 0's: the others load the same tensors again (their parts of them).
       ranks_.push_back(std::make_unique<CudaBackend<T>>(
-          c, devices[r], map, graphs, ExpertLoad{}, r == 0 ? bytes_loaded : std::function<void(std::uint64_t)>{},
+          c, devices[r], map, graphs, ExpertLoad{}, ExpertSelection{}, r == 0 ? bytes_loaded : std::function<void(std::uint64_t)>{},
           nullptr, plans_, static_cast<int>(r)));
       streams.push_back(ranks_.back()->stream());
     }
@@ -1059,6 +1104,9 @@ std::unique_ptr<ComputeBackend> make_cuda_parallel_backend(const ModelConfig& co
   const std::string reason = cuda_unavailable_reason();
   if (!reason.empty()) throw Error("the cuda backend is not available: " + reason);
   tensor_parallel_layout(config, options.tensor_parallel, options.moe_parallel);  // a clear error first
+  if (options.experts.pruned())
+    throw Error("pruned experts run on one GPU for now (tensor_parallel " + std::to_string(options.tensor_parallel) +
+                ")");
   const std::vector<int> devices =
       link == CudaRankLink::Nccl ? rank_devices(options)
                                  : std::vector<int>(static_cast<std::size_t>(options.tensor_parallel),
@@ -1085,11 +1133,11 @@ std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, con
     // float32 activations over quantized experts run a GEMM per expert sized on the host: a
     // decode step waits for the device and is not captured.
     const bool graphs = options.cuda_graphs && experts.dtype == ExpertDType::BF16;
-    return std::make_unique<CudaBackend<float>>(config, device, weights, graphs, experts, bytes_loaded,
-                                                expert_result);
+    return std::make_unique<CudaBackend<float>>(config, device, weights, graphs, experts, options.experts,
+                                                bytes_loaded, expert_result);
   }
-  return std::make_unique<CudaBackend<bf16>>(config, device, weights, options.cuda_graphs, experts, bytes_loaded,
-                                             expert_result);
+  return std::make_unique<CudaBackend<bf16>>(config, device, weights, options.cuda_graphs, experts, options.experts,
+                                             bytes_loaded, expert_result);
 }
 
 std::optional<CollectiveCounts> cuda_collective_counts(const ComputeBackend& backend) {

@@ -160,9 +160,7 @@ void CudaOps<T>::softmax_attention(Tensor q, std::int64_t rows, StepPosition fir
 
 template <typename T>
 MoeRunner<T>& CudaOps<T>::moe_runner(const MoeShape& shape) {
-  const bool same = moe_shape_ && moe_shape_->hidden == shape.hidden && moe_shape_->width == shape.width &&
-                    moe_shape_->experts == shape.experts && moe_shape_->top_k == shape.top_k;
-  if (!same) {
+  if (moe_shape_ != shape) {
     moe_.reset();
     moe_.emplace(device_, shape);
     moe_shape_ = shape;
@@ -176,34 +174,45 @@ void CudaOps<T>::reserve_moe(const MoeShape& shape, std::int64_t rows) {
 }
 
 template <typename T>
-void CudaOps<T>::moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out) {
+void CudaOps<T>::moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out, Tensor router_logits) {
   const std::int64_t H = w.hidden, I = w.width;
   const auto E = static_cast<int>(w.experts.size());
-  if (E == 0) throw Error("internal: a MoE layer without experts");
-  // The experts this rank holds (all of them but under expert parallel): one run of ids.
-  int first = 0;
-  while (first < E && !w.experts[first].w1.data) ++first;
-  int held = 0;
-  while (first + held < E && w.experts[first + held].w1.data) ++held;
-  for (int e = first + held; e < E; ++e)
-    if (w.experts[e].w1.data) throw Error("internal: the CUDA ops need a rank's experts to be consecutive");
-  const T* gate_up = held ? w.experts[first].w1.as<const T>() : nullptr;
-  const T* down = held ? w.experts[first].w2.as<const T>() : nullptr;
-  // The grouped products read the held experts as one block.
-  for (int i = 0; i < held; ++i) {
-    const ExpertTensors& expert = w.experts[first + i];
-    if (expert.w1.as<const T>() != gate_up + i * 2 * I * H || expert.w3.as<const T>() != gate_up + i * 2 * I * H + I * H ||
-        expert.w2.as<const T>() != down + i * H * I)
-      throw Error("internal: the CUDA ops need a layer's experts in one block (expert " + std::to_string(first + i) +
-                  ")");
+  // The held experts (all; an expert-parallel rank's run of ids; or, pruned, the kept ones that
+  // the mask and slots route to), one block that the grouped products read.
+  const bool pruned = w.expert_slots.data != nullptr;
+  if (pruned && !w.expert_mask.data) throw Error("internal: a MoE layer of pruned experts needs their mask and slots");
+  int first = -1, last = -1, held = 0;
+  const T* gate_up = nullptr;
+  const T* down = nullptr;
+  for (int e = 0; e < E; ++e) {
+    const ExpertTensors& expert = w.experts[e];
+    if (!expert.w1.data) continue;
+    if (first < 0) {
+      first = e;
+      gate_up = expert.w1.as<const T>();
+      down = expert.w2.as<const T>();
+    }
+    if (expert.w1.as<const T>() != gate_up + held * 2 * I * H ||
+        expert.w3.as<const T>() != gate_up + held * 2 * I * H + I * H || expert.w2.as<const T>() != down + held * H * I)
+      throw Error("internal: the CUDA ops need a layer's experts in one block (expert " + std::to_string(e) + ")");
+    last = e;
+    ++held;
   }
+  if (E == 0 || (pruned && held == 0)) throw Error("internal: a MoE layer without experts");
+  if (!pruned && held < E && held > 0 && last - first + 1 != held)
+    throw Error("internal: the CUDA ops need a rank's experts to be consecutive (or pruned, with mask and slots)");
   MoeWeights<T> weights;
   weights.router = w.router.as<const float>();
   weights.gate_up = gate_up;
   weights.down = down;
-  weights.first_expert = first;
-  weights.held = held;
-  moe_runner({H, I, E, w.top_k}).run(weights, x.as<const T>(), rows, out.as<T>());
+  weights.expert_mask = w.expert_mask.as<const float>();
+  weights.expert_slots = w.expert_slots.as<const std::int32_t>();
+  if (!pruned) {
+    weights.first_expert = first < 0 ? 0 : first;
+    weights.held = held;
+  }
+  moe_runner({H, I, E, w.top_k, pruned && held < E ? held : 0})
+      .run(weights, x.as<const T>(), rows, out.as<T>(), router_logits.as<float>());
 }
 
 namespace {
@@ -242,14 +251,16 @@ cuda::QuantizedExperts device_experts(const std::vector<QuantizedExpertTensors>&
 }  // namespace
 
 template <typename T>
-void CudaOps<T>::quantized_moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out) {
+void CudaOps<T>::quantized_moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out, Tensor router_logits) {
   const auto E = static_cast<int>(w.quantized.size());
   if (E == 0) throw Error("internal: a MoE layer without experts");
   MoeWeights<T> weights;
   weights.router = w.router.as<const float>();
   weights.quantized_gate_up = device_experts(w.quantized, &QuantizedExpertTensors::gate_up, "gate/up");
   weights.quantized_down = device_experts(w.quantized, &QuantizedExpertTensors::down, "down");
-  moe_runner({w.hidden, w.width, E, w.top_k}).run(weights, x.as<const T>(), rows, out.as<T>());
+  // Pruned experts: masked in the routing; the quantized block holds them all.
+  weights.expert_mask = w.expert_mask.as<const float>();
+  moe_runner({w.hidden, w.width, E, w.top_k}).run(weights, x.as<const T>(), rows, out.as<T>(), router_logits.as<float>());
 }
 
 template class CudaOps<float>;

@@ -53,8 +53,9 @@ class CudaOps : public ModelOps {
                 const KvTensor& cache) override;
   void softmax_attention(Tensor q, std::int64_t rows, StepPosition first, const KvTensor& cache, int heads,
                          int kv_heads, int head_dim, Tensor out) override;
-  void moe(const MoeTensors& weights, Tensor x, std::int64_t rows, Tensor out) override;
-  void quantized_moe(const MoeTensors& weights, Tensor x, std::int64_t rows, Tensor out) override;
+  void moe(const MoeTensors& weights, Tensor x, std::int64_t rows, Tensor out, Tensor router_logits) override;
+  void quantized_moe(const MoeTensors& weights, Tensor x, std::int64_t rows, Tensor out,
+                     Tensor router_logits) override;
 
  private:
   MoeRunner<T>& moe_runner(const MoeShape& shape);

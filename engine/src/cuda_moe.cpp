@@ -14,7 +14,7 @@ template <typename T>
 void MoeRunner<T>::reserve(std::int64_t rows) {
   if (rows <= buffers_.rows) return;
   const std::int64_t H = shape_.hidden, I = shape_.width, slots = rows * shape_.top_k;
-  const int E = shape_.experts;
+  const int E = shape_.experts, R = shape_.held();
   const std::string what = "expert activations of " + std::to_string(rows) + " tokens";
   MoeBuffers b;
   b.rows = rows;
@@ -23,15 +23,15 @@ void MoeRunner<T>::reserve(std::int64_t rows) {
   b.expert_ids = device_array<std::int32_t>(slots, what);
   b.expert_weights = device_array<float>(slots, what);
   b.slot_rows = device_array<std::int32_t>(slots, what);
-  b.first_row = device_array<std::int32_t>(E + 1, what);
-  b.group_cursor = device_array<std::int32_t>(E, what);
+  b.first_row = device_array<std::int32_t>(R + 1, what);
+  b.group_cursor = device_array<std::int32_t>(R, what);
   b.expert_in = device_array<T>(slots * H, what);
   b.gate_up = device_array<T>(slots * 2 * I, what);
   b.expert_act = device_array<T>(slots * I, what);
   b.expert_out = device_array<T>(slots * H, what);
   // The grouped GEMM's workspace depends on the expert count alone.
   if (has_grouped_gemm() && buffers_.grouped_gemm_workspace.bytes() == 0)
-    b.grouped_gemm_workspace = DeviceBuffer(cuda::grouped_linear_workspace_bytes(E, device_.launch_limits()),
+    b.grouped_gemm_workspace = DeviceBuffer(cuda::grouped_linear_workspace_bytes(R, device_.launch_limits()),
                                                  "the experts' grouped GEMM");
   else
     b.grouped_gemm_workspace = std::move(buffers_.grouped_gemm_workspace);
@@ -146,14 +146,18 @@ void MoeRunner<T>::run_quantized_gemv(const MoeWeights<T>& weights, std::int64_t
 }
 
 template <typename T>
-void MoeRunner<T>::run(const MoeWeights<T>& weights, const T* x, std::int64_t rows, T* out) {
+void MoeRunner<T>::run(const MoeWeights<T>& weights, const T* x, std::int64_t rows, T* out, float* router_logits) {
   const std::int64_t H = shape_.hidden;
   const int E = shape_.experts, k = shape_.top_k;
   const cudaStream_t stream = device_.stream();
   reserve(rows);
   MoeBuffers& b = buffers_;
-  const int held = weights.held < 0 ? E : weights.held;
-  if (held < E && weights.quantized()) throw Error("internal: a block of quantized experts on one rank");
+  // An expert-parallel rank holds a range of the router's experts; otherwise the block holds
+  // all of them, or the kept ones (pruned: the routes name their slots).
+  const bool subset = weights.held >= 0 && weights.held < E;
+  const int held = subset ? weights.held : shape_.held();
+  if (subset && weights.quantized()) throw Error("internal: a block of quantized experts on one rank");
+  if (subset && weights.expert_slots) throw Error("internal: pruned experts on an expert-parallel rank");
   if (held == 0) {  // a rank without experts adds nothing
     check(cudaMemsetAsync(out, 0, static_cast<std::size_t>(rows * H) * sizeof(T), stream), "MoE (no experts held)");
     return;
@@ -163,9 +167,13 @@ void MoeRunner<T>::run(const MoeWeights<T>& weights, const T* x, std::int64_t ro
   // routes come in increasing expert order, the order the combine sums in.
   cuda::to_float(x, rows * H, b.router_in.as<float>(), stream);
   device_.linear(b.router_in.as<float>(), rows, H, weights.router, E, b.router_logits.as<float>());
+  if (router_logits)
+    cuda::check(cudaMemcpyAsync(router_logits, b.router_logits.as<float>(),
+                                static_cast<std::size_t>(rows * E) * sizeof(float), cudaMemcpyDeviceToDevice, stream),
+                "copying the router's logits");
+  if (!out) return;
   cuda::route_top_k(b.router_logits.as<float>(), rows, E, k, true, b.expert_ids.as<std::int32_t>(),
-                    b.expert_weights.as<float>(), stream);
-  const bool subset = held < E;
+                    b.expert_weights.as<float>(), stream, weights.expert_mask, weights.expert_slots);
   if (rows <= kDeviceRoutedRows && !weights.quantized()) {
     // Another rank's slots run the held expert 0 at weight 0: the products stay finite, and
     // adding 0 leaves the combined sum as it is.
@@ -183,7 +191,7 @@ void MoeRunner<T>::run(const MoeWeights<T>& weights, const T* x, std::int64_t ro
     check(cudaMemsetAsync(b.expert_out.as<T>(), 0, static_cast<std::size_t>(rows * k * H) * sizeof(T), stream),
           "MoE (other ranks' slots)");
   }
-  cuda::group_by_expert(b.expert_ids.as<std::int32_t>(), rows, k, subset ? held + 1 : E, x, H,
+  cuda::group_by_expert(b.expert_ids.as<std::int32_t>(), rows, k, subset ? held + 1 : held, x, H,
                         b.first_row.as<std::int32_t>(), b.slot_rows.as<std::int32_t>(), b.expert_in.as<T>(),
                         b.group_cursor.as<std::int32_t>(), stream);
   if (weights.quantized() && std::is_same_v<T, cuda::bf16> && rows <= kQuantizedGemvRows)

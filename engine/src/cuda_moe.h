@@ -22,8 +22,11 @@ namespace lightdesk {
 struct MoeShape {
   std::int64_t hidden = 0;
   std::int64_t width = 0;  // expert intermediate size
-  int experts = 0;
+  int experts = 0;         // the router's
   int top_k = 0;
+  int resident = 0;        // experts in the weights' block (pruned: the kept ones); 0: all
+  int held() const { return resident > 0 ? resident : experts; }
+  bool operator==(const MoeShape&) const = default;
 };
 
 // One layer's weights on the device: the experts as T, or quantized (then gate_up and down are
@@ -42,6 +45,10 @@ struct MoeWeights {
   int held = -1;  // -1: every expert
 
   bool quantized() const { return quantized_gate_up.packed != nullptr; }
+  // Pruned experts (or null): float32 [experts], 0 or -inf; int32 [experts], each kept expert's
+  // slot in the block (gate_up and down hold MoeShape::resident experts).
+  const float* expert_mask = nullptr;
+  const std::int32_t* expert_slots = nullptr;
 };
 
 // Device buffers of one MoE pass, for up to `rows` tokens.
@@ -60,8 +67,9 @@ class MoeRunner {
   void reserve(std::int64_t rows);
   // out[rows, hidden] = Σ_k weight_k · w2(silu(w1 x) ⊙ w3 x) over each row's top-k experts,
   // summed in increasing expert order. Only a run without a grouped GEMM past kDeviceRoutedRows
-  // waits for the device (the GEMM sizes come to the host).
-  void run(const MoeWeights<T>& weights, const T* x, std::int64_t rows, T* out);
+  // waits for the device (the GEMM sizes come to the host). router_logits, when not null, gets
+  // the router's float32 logits [rows, experts] before the mask; with `out` null only those.
+  void run(const MoeWeights<T>& weights, const T* x, std::int64_t rows, T* out, float* router_logits = nullptr);
 
   static constexpr std::int64_t kDeviceRoutedRows = 4;
   static constexpr std::int64_t kQuantizedGemvRows = 64;

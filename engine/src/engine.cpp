@@ -323,10 +323,17 @@ ModelInfo Model::inspect(const std::filesystem::path& directory, const ModelOpti
   return describe_checkpoint(directory, config, checkpoint, map, backend, options);
 }
 
+std::string ExpertSelection::describe() const {
+  if (!pruned()) return "all experts";
+  if (is_router_only()) return "no experts (router statistics only)";
+  return std::to_string(experts_kept()) + " experts per layer of pattern \"" + pattern + "\"";
+}
+
 std::unique_ptr<Model> Model::open(const std::filesystem::path& directory, const ModelOptions& options,
                                    const std::function<bool(std::uint64_t, std::uint64_t)>& progress) {
   auto impl = std::make_unique<Impl>();
   impl->config = load_model_config(directory, options.rope_full_head);
+  check_expert_selection(impl->config, options.experts);
   const BackendKind kind = resolve_backend(options.backend);
   std::optional<WeightMap> map;
   if (options.synthetic_weights) {
@@ -356,8 +363,32 @@ std::unique_ptr<Model> Model::open(const std::filesystem::path& directory, const
   impl->info.weight_bytes = impl->backend->weight_bytes();
   impl->info.expert_cache_bytes_read = expert_result.cache_bytes_read;
   impl->info.expert_cache_file = expert_result.cache_file;
+  impl->info.experts = options.experts;
   return std::unique_ptr<Model>(new Model(std::move(impl)));
 }
+
+namespace {
+
+// Adds to `tally` the router probability mass (softmax over every expert) of each row that falls
+// on experts the selection does not hold.
+void tally_lost_mass(const ExpertSelection& experts, int layer, std::span<const float> logits, std::int64_t rows,
+                     RoutingTally& tally) {
+  const std::int64_t E = static_cast<std::int64_t>(logits.size()) / std::max<std::int64_t>(rows, 1);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const std::span<const float> row = logits.subspan(static_cast<std::size_t>(r * E), static_cast<std::size_t>(E));
+    const float max_logit = *std::max_element(row.begin(), row.end());
+    double all = 0.0, lost = 0.0;
+    for (std::int64_t e = 0; e < E; ++e) {
+      const double p = std::exp(double{row[static_cast<std::size_t>(e)]} - max_logit);
+      all += p;
+      if (!expert_kept(experts, layer, static_cast<int>(e))) lost += p;
+    }
+    tally.lost_mass += lost / all;
+  }
+  tally.token_layers += rows;
+}
+
+}  // namespace
 
 // ---------------------------------------------------------------------------------------------
 
@@ -373,6 +404,7 @@ struct Session::Impl {
   // (sampling reads it there) and logits() copies it here when asked.
   mutable std::vector<float> logits;
   std::mt19937_64 rng{0};
+  RoutingTally routing;
 
   void check_tokens(std::span<const TokenId> ids) const {
     for (std::size_t i = 0; i < ids.size(); ++i)
@@ -406,6 +438,34 @@ std::span<const float> Session::logits() const {
 }
 std::int64_t Session::logits_rows() const { return impl_->logits_rows; }
 void Session::set_seed(std::uint64_t seed) { impl_->rng.seed(seed); }
+RoutingTally Session::routing_tally() const { return impl_->routing; }
+
+std::vector<float> Model::first_layer_router_logits(std::span<const TokenId> tokens) const {
+  const auto session = create_session();
+  Session::Impl& s = *session->impl_;
+  s.check_tokens(tokens);
+  const auto total = static_cast<std::int64_t>(tokens.size());
+  if (total > impl_->info.max_context)
+    throw Error(std::to_string(total) + " tokens exceed the model's maximum context of " +
+                std::to_string(impl_->info.max_context));
+  std::vector<float> logits;
+  logits.reserve(static_cast<std::size_t>(total * impl_->info.num_experts));
+  const std::function<void(int, std::span<const float>, std::int64_t)> collect =
+      [&logits](int layer, std::span<const float> rows, std::int64_t) {
+        if (layer == 0) logits.insert(logits.end(), rows.begin(), rows.end());
+      };
+  const std::int64_t chunk = s.backend->default_chunk_tokens();
+  for (std::int64_t done = 0; done < total; done += chunk) {
+    ForwardRequest request;
+    request.tokens = tokens.subspan(static_cast<std::size_t>(done),
+                                    static_cast<std::size_t>(std::min(chunk, total - done)));
+    request.first_position = done;
+    request.router_logits = &collect;
+    request.last_router_layer = 0;
+    s.backend->forward(*s.sequence, request);
+  }
+  return logits;
+}
 
 void Session::reset() {
   impl_->sequence = impl_->backend->new_sequence();
@@ -433,6 +493,8 @@ void Session::feed(std::span<const TokenId> tokens, const FeedOptions& options) 
     throw Error("embedding_overrides has " + std::to_string(options.embedding_overrides.size()) +
                 " entries for " + std::to_string(total) + " tokens");
   if (total == 0) return;
+  if (s.info->experts.is_router_only())
+    throw Error("this model was opened without experts: it computes router statistics only");
   const std::int64_t V = s.info->vocab_size;
   const auto start = std::chrono::steady_clock::now();
   s.logits.clear();
@@ -440,6 +502,14 @@ void Session::feed(std::span<const TokenId> tokens, const FeedOptions& options) 
   // All rows go straight where logits() reads them; those a failed or cancelled feed did not
   // reach are dropped.
   if (options.all_logits) s.logits.resize(static_cast<std::size_t>(total * V));
+  // A pruned model tallies the mass its routing lost; the caller's statistics come too.
+  const ExpertSelection& experts = s.info->experts;
+  std::function<void(int, std::span<const float>, std::int64_t)> router_logits;
+  if (experts.pruned() || options.router_logits)
+    router_logits = [&](int layer, std::span<const float> logits, std::int64_t rows) {
+      if (experts.pruned()) tally_lost_mass(experts, layer, logits, rows, s.routing);
+      if (options.router_logits) options.router_logits(layer, logits, rows);
+    };
   try {
     for (std::int64_t done = 0; done < total;) {
       const std::int64_t n = std::min(chunk_tokens, total - done);
@@ -448,6 +518,7 @@ void Session::feed(std::span<const TokenId> tokens, const FeedOptions& options) 
       request.first_position = position();
       request.all_logits = options.all_logits ? s.logits.data() + done * V : nullptr;
       request.hidden_states = &options.hidden_states;
+      request.router_logits = &router_logits;
       if (!options.embedding_overrides.empty())
         request.embedding_overrides =
             options.embedding_overrides.subspan(static_cast<std::size_t>(done), static_cast<std::size_t>(n));

@@ -309,9 +309,11 @@ std::vector<RankLayout> tensor_parallel_layout(const ModelShape& shape, int rank
   return layout;
 }
 
-// Quantized experts run on both backends; one model over several GPUs and the host expert store
-// are still to come.
-EngineCapabilities engine_capabilities() { return {.int8_experts = true, .int4_experts = true}; }
+// Quantized and pruned experts run on both backends; one model over several GPUs and the host
+// expert store are still to come.
+EngineCapabilities engine_capabilities() {
+  return {.int8_experts = true, .int4_experts = true, .pruned_experts = true};
+}
 
 std::vector<PlanCandidate> plan_candidates(int experts_kept) {
   std::vector<PlanCandidate> list;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <set>
 
 #include "lightdesk/thread_pool.h"
@@ -223,6 +224,41 @@ std::vector<float> lightning_slopes(const ModelConfig& c, int layer) {
   return slopes;
 }
 
+void check_expert_selection(const ModelConfig& c, const ExpertSelection& experts) {
+  if (!experts.pruned()) return;
+  if (std::ssize(experts.kept) != c.num_layers)
+    throw Error("the expert selection has " + std::to_string(experts.kept.size()) + " layers, the model " +
+                std::to_string(c.num_layers));
+  for (int l = 0; l < c.num_layers; ++l) {
+    const std::vector<int>& kept = experts.kept[static_cast<std::size_t>(l)];
+    std::vector<bool> seen(static_cast<std::size_t>(c.num_experts));
+    for (int e : kept) {
+      if (e < 0 || e >= c.num_experts || seen[static_cast<std::size_t>(e)])
+        throw Error("layer " + std::to_string(l) + " keeps expert " + std::to_string(e) +
+                    " twice or outside the model's " + std::to_string(c.num_experts));
+      seen[static_cast<std::size_t>(e)] = true;
+    }
+    if (experts.is_router_only() && kept.empty()) continue;
+    if (std::ssize(kept) < c.experts_per_token || std::ssize(kept) != experts.experts_kept())
+      throw Error("layer " + std::to_string(l) + " keeps " + std::to_string(kept.size()) +
+                  " experts: every layer keeps the same number, at least the " +
+                  std::to_string(c.experts_per_token) + " a token is routed to");
+  }
+}
+
+bool expert_kept(const ExpertSelection& experts, int layer, int e) {
+  if (!experts.pruned()) return true;
+  const std::vector<int>& kept = experts.kept[static_cast<std::size_t>(layer)];
+  return std::find(kept.begin(), kept.end(), e) != kept.end();
+}
+
+std::vector<float> expert_mask(const ModelConfig& c, const ExpertSelection& experts, int layer) {
+  std::vector<float> mask(static_cast<std::size_t>(c.num_experts));
+  for (int e = 0; e < c.num_experts; ++e)
+    if (!expert_kept(experts, layer, e)) mask[static_cast<std::size_t>(e)] = -std::numeric_limits<float>::infinity();
+  return mask;
+}
+
 ExpertDType expert_dtype(ExpertFormat format) {
   switch (format) {
     case ExpertFormat::Bf16: return ExpertDType::BF16;
@@ -335,7 +371,7 @@ ExpertLoadResult load_quantized_experts(const ModelConfig& c, const WeightMap& m
 
 ModelWeights load_cpu_weights(const ModelConfig& c, const WeightMap& map, const ExpertLoad& experts,
                               const std::function<void(std::uint64_t)>& bytes_loaded,
-                              ExpertLoadResult* expert_result) {
+                              ExpertLoadResult* expert_result, const ExpertSelection& kept) {
   std::uint64_t loaded = 0;
   auto count = [&](std::uint64_t bytes) {
     loaded += bytes;
@@ -359,7 +395,8 @@ ModelWeights load_cpu_weights(const ModelConfig& c, const WeightMap& map, const 
     if (lw.kind == LayerKind::Lightning) lw.slopes = lightning_slopes(c, l);
     for (int e = 0; e < c.num_experts && !quantized; ++e) {
       const ExpertWeightNames names = expert_weight_names(l, e);
-      lw.experts.push_back(ExpertWeights{get(names.w1), get(names.w3), get(names.w2)});
+      lw.experts.push_back(expert_kept(kept, l, e) ? ExpertWeights{get(names.w1), get(names.w3), get(names.w2)}
+                                                      : ExpertWeights{});
     }
     w.layers.push_back(std::move(lw));
   }

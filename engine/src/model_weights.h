@@ -186,9 +186,17 @@ ExpertLoadResult load_quantized_experts(const ModelConfig& config, const WeightM
 // The key of the cache of `load` for a model of `config`.
 ExpertCacheKey expert_cache_key(const ModelConfig& config, const ExpertLoad& load);
 
-// The CPU backend's weights: float32, the experts quantized when `experts` says so.
+// The CPU backend's weights: float32, the experts quantized when `experts` says so; in float32
+// the experts `kept` prunes are left empty (never read; quantized ones load whole layers).
 ModelWeights load_cpu_weights(const ModelConfig& config, const WeightMap& map, const ExpertLoad& experts,
                               const std::function<void(std::uint64_t)>& bytes_loaded,
-                              ExpertLoadResult* expert_result = nullptr);
+                              ExpertLoadResult* expert_result = nullptr, const ExpertSelection& kept = {});
+// Checks a pruned selection against the model: one set per layer, each of at least
+// experts_per_token distinct ids within the experts. Throws Error naming the fault.
+void check_expert_selection(const ModelConfig& config, const ExpertSelection& experts);
+// Whether expert `e` of `layer` is loaded.
+bool expert_kept(const ExpertSelection& experts, int layer, int e);
+// Per layer the router mask of a pruned selection: float32 [experts], 0 kept, -inf not.
+std::vector<float> expert_mask(const ModelConfig& config, const ExpertSelection& experts, int layer);
 
 }  // namespace lightdesk

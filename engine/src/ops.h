@@ -88,6 +88,11 @@ struct QuantizedExpertTensors {
 // A tensor-parallel rank holds some of the experts (expert parallel: the others' tensors are
 // null, and the op skips their tokens' shares, which the ranks holding them add) or a slice of
 // every expert's intermediate width (tensor parallel: `width` is the slice's).
+// Pruned experts (PreMoe): `expert_mask` is added to the router's logits before its softmax, 0
+// for a kept expert and -inf for one not kept, which is slicing the router's rows; a pruned
+// expert's tensors are null (never loaded). The CUDA ops keep the kept experts in a block of
+// their own, in increasing id order, and map a routed id to its place by `expert_slots`
+// (one rank only: the backends refuse pruned experts under tensor parallel).
 struct MoeTensors {
   Tensor router;  // float32 [experts, hidden]
   std::vector<ExpertTensors> experts;
@@ -95,6 +100,8 @@ struct MoeTensors {
   std::int64_t hidden = 0;
   std::int64_t width = 0;
   int top_k = 0;
+  Tensor expert_mask;   // float32 [experts], or null: every expert
+  Tensor expert_slots;  // int32 [experts]: a kept expert's place in the block (CUDA), or null
 
   bool is_quantized() const { return !quantized.empty(); }
   std::size_t expert_count() const { return is_quantized() ? quantized.size() : experts.size(); }
@@ -177,11 +184,13 @@ class ModelOps {
                                  int kv_heads, int head_dim, Tensor out) = 0;
   // Moe: out[rows, hidden] = Σ_k weight_k · w2(silu(w1 x) ⊙ w3 x) over each row's top-k experts
   // by the float32 router (softmax, top k with the lower id first on ties, renormalised), summed
-  // in increasing expert order.
-  virtual void moe(const MoeTensors& weights, Tensor x, std::int64_t rows, Tensor out) = 0;
-  // QuantizedMoe: moe over weights.quantized (int8 or int4 experts), the same routing and sums,
-  // each product over the dequantized weights (w ~= q · scale + offset) in float32.
-  virtual void quantized_moe(const MoeTensors& weights, Tensor x, std::int64_t rows, Tensor out) = 0;
+  // in increasing expert order. router_logits, when set (float32 [rows, experts]), gets the
+  // router's logits before the mask; with `out` null the op computes only those.
+  virtual void moe(const MoeTensors& weights, Tensor x, std::int64_t rows, Tensor out, Tensor router_logits) = 0;
+  // QuantizedMoe: moe over weights.quantized (int8 or int4 experts), the same routing, sums and
+  // router_logits, each product over the dequantized weights (w ~= q · scale + offset) in float32.
+  virtual void quantized_moe(const MoeTensors& weights, Tensor x, std::int64_t rows, Tensor out,
+                             Tensor router_logits) = 0;
 };
 
 // The CPU ops (the reference), with `threads` worker threads (0: all hardware threads).

@@ -10,14 +10,16 @@ namespace {
 
 // One thread per row: the expert count is small (32 in the released models).
 __global__ void route_top_k_kernel(const float* router_logits, std::int64_t rows, int experts, int k, bool by_expert,
-                                   std::int32_t* expert_ids, float* weights) {
+                                   std::int32_t* expert_ids, float* weights, const float* expert_mask,
+                                   const std::int32_t* expert_slots) {
   const std::int64_t r = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x;
   if (r >= rows) return;
-  const float* x = router_logits + r * experts;
-  float max_logit = x[0];
-  for (int e = 1; e < experts; ++e) max_logit = fmaxf(max_logit, x[e]);
+  const float* row = router_logits + r * experts;
+  auto x = [&](int e) { return expert_mask ? row[e] + expert_mask[e] : row[e]; };
+  float max_logit = x(0);
+  for (int e = 1; e < experts; ++e) max_logit = fmaxf(max_logit, x(e));
   float sum = 0.0f;
-  for (int e = 0; e < experts; ++e) sum += expf(x[e] - max_logit);
+  for (int e = 0; e < experts; ++e) sum += expf(x(e) - max_logit);
   int chosen[kMaxTopK];
   float probs[kMaxTopK];
   float top_sum = 0.0f;
@@ -28,7 +30,7 @@ __global__ void route_top_k_kernel(const float* router_logits, std::int64_t rows
     for (int e = 0; e < experts; ++e) {
       bool taken = false;
       for (int c = 0; c < i; ++c) taken |= chosen[c] == e;
-      const float p = expf(x[e] - max_logit) / sum;
+      const float p = expf(x(e) - max_logit) / sum;
       if (!taken && (best < 0 || p > best_prob)) {
         best = e;
         best_prob = p;
@@ -53,7 +55,7 @@ __global__ void route_top_k_kernel(const float* router_logits, std::int64_t rows
     }
   }
   for (int i = 0; i < k; ++i) {
-    expert_ids[r * k + i] = chosen[i];
+    expert_ids[r * k + i] = expert_slots ? expert_slots[chosen[i]] : chosen[i];
     weights[r * k + i] = probs[i] / top_sum;
   }
 }
@@ -224,13 +226,14 @@ void check_top_k(int k, const char* what) {
 }  // namespace
 
 void route_top_k(const float* router_logits, std::int64_t rows, int experts, int k, bool by_expert,
-                 std::int32_t* expert_ids, float* weights, cudaStream_t stream) {
+                 std::int32_t* expert_ids, float* weights, cudaStream_t stream, const float* expert_mask,
+                 const std::int32_t* expert_slots) {
   check_top_k(k, "route_top_k");
   if (k > experts)
     fail("route_top_k: top " + std::to_string(k) + " of only " + std::to_string(experts) + " experts");
   if (rows == 0) return;
   route_top_k_kernel<<<grid_for(rows, 128), 128, 0, stream>>>(router_logits, rows, experts, k, by_expert, expert_ids,
-                                                               weights);
+                                                               weights, expert_mask, expert_slots);
   check(cudaGetLastError(), "route_top_k");
 }
 

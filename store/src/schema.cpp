@@ -191,9 +191,38 @@ ALTER TABLE kv_spans ADD COLUMN file TEXT;
 ALTER TABLE kv_rows ADD COLUMN file_offset INTEGER;
 )sql";
 
+// Version 8: task expert patterns (PreMoe): per model fingerprint and task, the score they rank
+// by ('tcess' with its top-k and confidence, or 'mean-probability'), the calibration tokens, and
+// per layer every expert by rank. A pruned model's state differs from the full model's: a
+// checkpoint and a K/V span record the expert selection they were computed with (JSON
+// {"pattern": task, "kept": [[ids] per layer]}; NULL: all experts), and an assistant message the
+// mean share of router probability mass its turn lost to experts not held.
+constexpr const char* kExpertPatterns = R"sql(
+CREATE TABLE expert_patterns(
+  id INTEGER PRIMARY KEY,
+  model_fingerprint TEXT NOT NULL,
+  task TEXT NOT NULL,
+  score TEXT NOT NULL CHECK(score IN ('tcess', 'mean-probability')),
+  tcess_top_k INTEGER NOT NULL,
+  tcess_confidence REAL NOT NULL,
+  calibration_tokens INTEGER NOT NULL,
+  created_at INTEGER NOT NULL,
+  UNIQUE(model_fingerprint, task));
+CREATE TABLE expert_pattern_ranks(
+  pattern_id INTEGER NOT NULL REFERENCES expert_patterns(id) ON DELETE CASCADE,
+  layer INTEGER NOT NULL,
+  rank INTEGER NOT NULL,
+  expert INTEGER NOT NULL,
+  score REAL NOT NULL,
+  PRIMARY KEY(pattern_id, layer, rank)) WITHOUT ROWID;
+ALTER TABLE checkpoints ADD COLUMN expert_selection TEXT;
+ALTER TABLE kv_spans ADD COLUMN expert_selection TEXT;
+ALTER TABLE messages ADD COLUMN expert_lost_mass REAL;
+)sql";
+
 constexpr std::array<const char*, kSchemaVersion> kSteps = {kConversations,     kCheckpoints,   kSearch,
                                                             kDocumentMessages,  kDocumentPages, kKvRowTypes,
-                                                            kKvFiles};
+                                                            kKvFiles,           kExpertPatterns};
 
 }  // namespace
 

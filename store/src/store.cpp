@@ -12,6 +12,7 @@
 #include <mutex>
 #include <thread>
 
+#include "lightdesk/input_files.h"
 #include "kv_files.h"
 #include "schema.h"
 #include "sqlite.h"
@@ -47,13 +48,13 @@ Role parse_role(const std::string& text) {
 
 constexpr const char* kMessageColumns =
     "id, session_id, parent_id, role, text, reasoning, prompt_tokens, completion_tokens, prefill_seconds, "
-    "generation_seconds, created_at";
+    "generation_seconds, expert_lost_mass, created_at";
 
 Message read_message(const sql::Statement& row) {
   Message m;
   std::string role;
   row.columns(m.id, m.session_id, m.parent_id, role, m.text, m.reasoning, m.prompt_tokens, m.completion_tokens,
-              m.prefill_seconds, m.generation_seconds, m.created_at);
+              m.prefill_seconds, m.generation_seconds, m.expert_lost_mass, m.created_at);
   m.role = parse_role(role);
   return m;
 }
@@ -92,12 +93,14 @@ Document read_document(const sql::Statement& row) {
 
 constexpr const char* kCheckpointColumns =
     "c.id, c.session_id, c.message_id, c.model_id, m.fingerprint, c.position, c.layout_version, c.dtype, "
-    "c.complete, c.created_at FROM checkpoints c JOIN models m ON m.id = c.model_id";
+    "c.expert_selection, c.complete, c.created_at FROM checkpoints c JOIN models m ON m.id = c.model_id";
 
 CheckpointRecord read_checkpoint_record(const sql::Statement& row) {
   CheckpointRecord c;
+  std::optional<std::string> experts;
   row.columns(c.id, c.session_id, c.message_id, c.model_id, c.model_fingerprint, c.position, c.layout_version,
-              c.dtype, c.complete, c.created_at);
+              c.dtype, experts, c.complete, c.created_at);
+  c.experts = parse_expert_selection_json(experts);
   return c;
 }
 
@@ -320,9 +323,10 @@ std::int64_t Store::add_message(const Message& m) {
   const std::int64_t now = now_seconds();
   sql::Statement(impl_->db,
                  "INSERT INTO messages(session_id, parent_id, role, text, reasoning, prompt_tokens, completion_tokens, "
-                 "prefill_seconds, generation_seconds, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                 "prefill_seconds, generation_seconds, expert_lost_mass, created_at) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
       .bind_all(m.session_id, m.parent_id, role_name(m.role), m.text, m.reasoning, m.prompt_tokens, m.completion_tokens,
-                m.prefill_seconds, m.generation_seconds, now)
+                m.prefill_seconds, m.generation_seconds, m.expert_lost_mass, now)
       .run();
   const std::int64_t id = impl_->db.last_insert_rowid();
   sql::Statement(impl_->db, "UPDATE sessions SET updated_at = ? WHERE id = ?").bind_all(now, m.session_id).run();
@@ -534,6 +538,7 @@ std::int64_t Store::save_checkpoint(std::int64_t session_id, const StateSource& 
   const std::span<const TokenId> tokens = source.tokens;
   const auto position = static_cast<std::int64_t>(tokens.size());
   impl_->clear_unfinished(session_id);
+  const std::optional<std::string> experts = expert_selection_json(info.experts);
 
   // Step 1, one small transaction: the checkpoint row (not yet complete), the spans it reuses
   // and the new span for the positions no reusable span covers.
@@ -549,20 +554,21 @@ std::int64_t Store::save_checkpoint(std::int64_t session_id, const StateSource& 
     const auto token_blob = token_bytes(tokens);
     sql::Statement(db,
                    "INSERT INTO checkpoints(session_id, message_id, model_id, position, layout_version, dtype, tokens, "
-                   "tokens_checksum, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                   "tokens_checksum, expert_selection, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
         .bind_all(session_id, message_id, model_id, position, static_cast<std::int64_t>(StatePart::kLayoutVersion),
-                  std::string(state_dtype_name(source.kv_dtype)), token_blob, checksum_of(token_blob), now_seconds())
+                  std::string(state_dtype_name(source.kv_dtype)), token_blob, checksum_of(token_blob), experts,
+                  now_seconds())
         .run();
     checkpoint_id = db.last_insert_rowid();
     sql::Statement link(db, "INSERT INTO checkpoint_spans(checkpoint_id, span_id) VALUES (?, ?)");
     sql::Statement candidates(db,
                               "SELECT id, token_count, prefix_hash FROM kv_spans WHERE session_id = ? AND model_id = ? "
                               "AND complete = 1 AND first_token = ? AND first_token + token_count <= ? "
-                              "ORDER BY token_count DESC");
+                              "AND expert_selection IS ? ORDER BY token_count DESC");
     // Longest first: follow the chain of spans that continue this checkpoint's token prefix.
     for (bool extended = true; extended && reused_end < position;) {
       extended = false;
-      candidates.bind_all(session_id, model_id, reused_end, position);
+      candidates.bind_all(session_id, model_id, reused_end, position, experts);
       std::optional<std::pair<std::int64_t, std::int64_t>> match;  // span id, its end
       while (!match && candidates.step()) {
         const std::int64_t end = reused_end + candidates.int64(1);
@@ -581,10 +587,10 @@ std::int64_t Store::save_checkpoint(std::int64_t session_id, const StateSource& 
                     "(its previous save is missing): save the whole state");
     if (reused_end < position) {
       sql::Statement(db,
-                     "INSERT INTO kv_spans(session_id, model_id, first_token, token_count, prefix_hash) "
-                     "VALUES (?, ?, ?, ?, ?)")
+                     "INSERT INTO kv_spans(session_id, model_id, first_token, token_count, prefix_hash, "
+                     "expert_selection) VALUES (?, ?, ?, ?, ?, ?)")
           .bind_all(session_id, model_id, reused_end, position - reused_end,
-                    std::span<const std::byte>(prefix_hash(tokens, position)))
+                    std::span<const std::byte>(prefix_hash(tokens, position)), experts)
           .run();
       new_span = db.last_insert_rowid();
       link.bind_all(checkpoint_id, *new_span).run();
@@ -813,6 +819,9 @@ std::vector<TokenId> Store::Impl::read(std::int64_t checkpoint_id, const ModelIn
     throw StateRefused(name + " was saved by another model (fingerprint " + record.model_fingerprint +
                        "), not by " + info.directory.string() + " (fingerprint " + info.state_identity() + ")");
   }
+  if (record.experts != info.experts)
+    throw StateRefused(name + " was computed with " + record.experts.describe() + ", not with " +
+                       info.experts.describe());
   // Layout version 1 (float32 throughout) reads as version 2 with f32 rows.
   if ((record.layout_version != StatePart::kLayoutVersion && record.layout_version != 1) ||
       !parse_state_dtype(record.dtype))
@@ -1004,6 +1013,165 @@ std::int64_t NamedSessionState::save_exchange(Message question, Message answer) 
   last_message_id_ = store_.add_message(answer);
   base_checkpoint_id_ = store_.save_checkpoint(session_id_, session_, last_message_id_);
   return *last_message_id_;
+}
+
+
+void Store::save_expert_pattern(const ExpertPattern& pattern) {
+  sql::Database& db = impl_->db;
+  sql::Transaction transaction(db);
+  sql::Statement(db, "DELETE FROM expert_patterns WHERE model_fingerprint = ? AND task = ?")
+      .bind_all(pattern.model_fingerprint, pattern.task)
+      .run();
+  sql::Statement(db,
+                 "INSERT INTO expert_patterns(model_fingerprint, task, score, tcess_top_k, tcess_confidence, "
+                 "calibration_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+      .bind_all(pattern.model_fingerprint, pattern.task, std::string(expert_score_name(pattern.score)),
+                std::int64_t{pattern.rule.top_k}, double{pattern.rule.confidence}, pattern.calibration_tokens,
+                now_seconds())
+      .run();
+  const std::int64_t id = db.last_insert_rowid();
+  sql::Statement rank(db, "INSERT INTO expert_pattern_ranks(pattern_id, layer, rank, expert, score) VALUES (?, ?, ?, ?, ?)");
+  for (std::size_t l = 0; l < pattern.layers.size(); ++l)
+    for (std::size_t r = 0; r < pattern.layers[l].size(); ++r) {
+      const RankedExpert& e = pattern.layers[l][r];
+      rank.bind_all(id, static_cast<std::int64_t>(l), static_cast<std::int64_t>(r), std::int64_t{e.expert}, e.score)
+          .run();
+      rank.reset();
+    }
+  transaction.commit();
+}
+
+std::vector<ExpertPattern> Store::expert_patterns(const std::optional<std::string>& model_fingerprint) {
+  struct Row {
+    std::int64_t id;
+    ExpertPattern pattern;
+  };
+  auto rows = impl_->query_all<Row>(
+      "SELECT id, model_fingerprint, task, score, tcess_top_k, tcess_confidence, calibration_tokens "
+      "FROM expert_patterns WHERE ?1 IS NULL OR model_fingerprint = ?1 ORDER BY model_fingerprint, task",
+      [](const sql::Statement& row) {
+        Row r;
+        std::string score;
+        std::int64_t top_k = 0;
+        double confidence = 0.0;
+        row.columns(r.id, r.pattern.model_fingerprint, r.pattern.task, score, top_k, confidence,
+                    r.pattern.calibration_tokens);
+        r.pattern.score = parse_expert_score(score).value_or(ExpertScore::MeanProbability);
+        r.pattern.rule = {static_cast<int>(top_k), static_cast<float>(confidence)};
+        return r;
+      },
+      model_fingerprint);
+  std::vector<ExpertPattern> patterns;
+  sql::Statement ranks(impl_->db,
+                       "SELECT layer, expert, score FROM expert_pattern_ranks WHERE pattern_id = ? ORDER BY layer, rank");
+  for (Row& r : rows) {
+    ranks.bind_all(r.id);
+    while (ranks.step()) {
+      const auto layer = static_cast<std::size_t>(ranks.int64(0));
+      if (layer >= r.pattern.layers.size()) r.pattern.layers.resize(layer + 1);
+      RankedExpert e;
+      std::int64_t expert = 0;
+      std::int64_t ignored_layer = 0;
+      ranks.columns(ignored_layer, expert, e.score);
+      e.expert = static_cast<int>(expert);
+      r.pattern.layers[layer].push_back(e);
+    }
+    ranks.reset();
+    patterns.push_back(std::move(r.pattern));
+  }
+  return patterns;
+}
+
+std::optional<ExpertPattern> Store::expert_pattern(const std::string& model_fingerprint, const std::string& task) {
+  for (ExpertPattern& p : expert_patterns(model_fingerprint))
+    if (p.task == task) return std::move(p);
+  return std::nullopt;
+}
+
+int Store::import_shipped_patterns(const std::filesystem::path& model_directory, const std::string& model_fingerprint) {
+  const std::filesystem::path file = model_directory / "expert_patterns.json";
+  if (!std::filesystem::exists(file)) return 0;
+  constexpr std::uint64_t kMaxPatternFileBytes = 64 << 20;
+  int imported = 0;
+  for (const ExpertPattern& p :
+       parse_expert_patterns_json(read_regular_file(file, kMaxPatternFileBytes), file.string()))
+    if (p.model_fingerprint == model_fingerprint && !expert_pattern(model_fingerprint, p.task)) {
+      save_expert_pattern(p);
+      ++imported;
+    }
+  return imported;
+}
+
+std::string expert_patterns_json(std::span<const ExpertPattern> patterns) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const ExpertPattern& p : patterns) {
+    nlohmann::json layers = nlohmann::json::array();
+    for (const auto& ranked : p.layers) {
+      nlohmann::json layer = nlohmann::json::array();
+      for (const RankedExpert& e : ranked) layer.push_back({e.expert, e.score});
+      layers.push_back(std::move(layer));
+    }
+    list.push_back({{"task", p.task},
+                    {"model_fingerprint", p.model_fingerprint},
+                    {"score", expert_score_name(p.score)},
+                    {"tcess_top_k", p.rule.top_k},
+                    {"tcess_confidence", p.rule.confidence},
+                    {"calibration_tokens", p.calibration_tokens},
+                    {"layers", std::move(layers)}});
+  }
+  return nlohmann::json{{"patterns", std::move(list)}}.dump(1) + "\n";
+}
+
+std::vector<ExpertPattern> parse_expert_patterns_json(const std::string& text, const std::string& source) {
+  try {
+    const nlohmann::json root = nlohmann::json::parse(text);
+    std::vector<ExpertPattern> patterns;
+    for (const nlohmann::json& p : root.at("patterns")) {
+      ExpertPattern pattern;
+      pattern.task = p.at("task").get<std::string>();
+      pattern.model_fingerprint = p.at("model_fingerprint").get<std::string>();
+      const auto score = parse_expert_score(p.at("score").get<std::string>());
+      if (!score) throw Error("pattern \"" + pattern.task + "\" has an unknown score");
+      pattern.score = *score;
+      pattern.rule = {p.at("tcess_top_k").get<int>(), p.at("tcess_confidence").get<float>()};
+      pattern.calibration_tokens = p.at("calibration_tokens").get<std::int64_t>();
+      for (const nlohmann::json& layer : p.at("layers")) {
+        std::vector<RankedExpert> ranked;
+        for (const nlohmann::json& e : layer) ranked.push_back({e.at(0).get<int>(), e.at(1).get<double>()});
+        pattern.layers.push_back(std::move(ranked));
+      }
+      patterns.push_back(std::move(pattern));
+    }
+    return patterns;
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(source + ": not an expert pattern file (" + e.what() + ")");
+  } catch (const lightdesk::Error& e) {
+    throw Error(source + ": " + e.what());
+  }
+}
+
+std::optional<std::string> expert_selection_json(const ExpertSelection& experts) {
+  if (!experts.pruned()) return std::nullopt;
+  return nlohmann::json{{"pattern", experts.pattern}, {"kept", experts.kept}}.dump();
+}
+
+ExpertSelection parse_expert_selection_json(const std::optional<std::string>& text) {
+  ExpertSelection experts;
+  if (!text) return experts;
+  const nlohmann::json j = nlohmann::json::parse(*text, nullptr, false);
+  if (!j.is_object() || !j.contains("pattern") || !j.contains("kept")) {
+    experts.pattern = "(unreadable expert selection)";
+    experts.kept = {{}};
+    return experts;
+  }
+  try {
+    experts.pattern = j.at("pattern").get<std::string>();
+    experts.kept = j.at("kept").get<std::vector<std::vector<int>>>();
+  } catch (const nlohmann::json::exception&) {
+    experts.pattern = "(unreadable expert selection)";
+    experts.kept = {{}};
+  }
+  return experts;
 }
 
 }  // namespace lightdesk::store

@@ -255,6 +255,7 @@ TEST(Cli, EveryVerbHasItsOwnHelp) {
       {"ask", {"--document", "--image", "--question", "--max-new-tokens", "--greedy", "--session"}},
       {"image-features", {"--image", "--out", "--cuda-float32"}},
       {"cache", {"list", "clear"}},
+      {"experts", {"calibrate", "list", "show"}},
   };
   const auto all = run_cli({"--help"});
   EXPECT_EQ(all.exit_code, 0);
@@ -265,6 +266,8 @@ TEST(Cli, EveryVerbHasItsOwnHelp) {
     for (const auto& name : names) EXPECT_NE(help.out.find(name), std::string::npos) << verb << " " << name;
   }
   EXPECT_NE(run_cli({"cache", "clear", "--help"}).out.find("--all"), std::string::npos);
+  EXPECT_NE(run_cli({"experts", "calibrate", "--help"}).out.find("--confidence"), std::string::npos);
+  EXPECT_NE(run_cli({"ask", "--help"}).out.find("--experts-kept"), std::string::npos);
   EXPECT_EQ(run_cli({"help"}).out, all.out);
   const auto none = run_cli({});
   EXPECT_EQ(none.exit_code, 2);

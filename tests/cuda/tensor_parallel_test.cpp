@@ -353,5 +353,21 @@ TEST(CudaTensorParallelCounts, BadLayoutNamesTheCount) {
   }
 }
 
+// Pruned experts run on one GPU: several ranks refuse them before any rank loads.
+TEST(CudaTensorParallelCounts, PrunedExpertsAreRefused) {
+  LIGHTDESK_SKIP_WITHOUT_GPU();
+  const LoadedModel model("tiny-tp-6h3kv8e");
+  ModelOptions options;
+  options.tensor_parallel = 2;
+  options.experts.kept.assign(static_cast<std::size_t>(model.config.num_layers),
+                              std::vector<int>{0, 1, 2, 3});
+  try {
+    make_cuda_parallel_backend(model.config, model.map, options, CudaRankLink::DeviceLoopback, {});
+    FAIL() << "pruned experts over 2 ranks were accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("pruned experts"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace lightdesk

@@ -8,6 +8,7 @@
 // Each OpKind has its cases in case_makers(): an op without any fails EveryOpHasCases.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -340,6 +341,9 @@ const std::map<OpKind, CaseMaker>& case_makers() {
            std::int64_t hidden, width;
            int experts, top_k;
            std::int64_t rows;
+           // Pruned: every third expert masked out and absent, the others in a block of their own
+           // (slots); the router's logits come out too.
+           bool pruned = false;
          };
          std::vector<OpCase> cases;
          // Few rows take the device-routed products, more the grouped ones; widths off the
@@ -355,33 +359,49 @@ const std::map<OpKind, CaseMaker>& case_makers() {
              {Shape{96, 40, 8, 2, 40}, {}},          {Shape{64, 48, 32, 2, 9}, {}},
              {Shape{64, 48, 32, 2, 70}, {}},         {Shape{100, 36, 4, 2, 2}, {}},
              {Shape{100, 36, 4, 2, 6}, {}},          {Shape{256, 320, 4, 2, 700}, {}},
-             {Shape{96, 40, 8, 2, 3}, {3, 3}},       {Shape{96, 40, 8, 2, 40}, {3, 3}},
-             {Shape{96, 40, 8, 2, 40}, {6, 2}},      {Shape{64, 48, 32, 2, 70}, {0, 4}},
-             {Shape{100, 36, 4, 2, 6}, {1, 2}},      {Shape{96, 40, 8, 2, 2}, {4, 0}},
-             {Shape{96, 40, 8, 2, 40}, {4, 0}}};
-         for (const auto& [s, held] : layouts) {
+             {Shape{96, 40, 8, 2, 3, true}, {}},     {Shape{96, 40, 8, 2, 40, true}, {}},
+             {Shape{64, 48, 32, 2, 70, true}, {}},   {Shape{96, 40, 8, 2, 3}, {3, 3}},
+             {Shape{96, 40, 8, 2, 40}, {3, 3}},      {Shape{96, 40, 8, 2, 40}, {6, 2}},
+             {Shape{64, 48, 32, 2, 70}, {0, 4}},     {Shape{100, 36, 4, 2, 6}, {1, 2}},
+             {Shape{96, 40, 8, 2, 2}, {4, 0}},       {Shape{96, 40, 8, 2, 40}, {4, 0}}};
+         for (const auto& [s, rank] : layouts) {
            const std::int64_t H = s.hidden, I = s.width, E = s.experts;
-           const int first = held.first, count = held.held < 0 ? s.experts : held.held;
+           const int first = rank.first, count = rank.held < 0 ? s.experts : rank.held;
+           // Each expert's slot in the block of held experts (-1: another rank's, or pruned).
+           std::vector<float> mask(static_cast<std::size_t>(E)), slots(static_cast<std::size_t>(E), -1.0f);
+           std::int64_t held = 0;
+           for (std::int64_t e = first; e < first + count; ++e)
+             if (s.pruned && e % 3 == 0)
+               mask[static_cast<std::size_t>(e)] = -INFINITY;
+             else
+               slots[static_cast<std::size_t>(e)] = static_cast<float>(held++);
+           const std::int64_t block = std::max<std::int64_t>(held, 1);  // an operand is never empty
+           std::vector<Operand> outputs = {out(Role::Activation, s.rows * H)};
+           if (s.pruned) outputs.push_back(out(Role::Float32, s.rows * E));
            cases.push_back({dims({s.rows, H, I}) + ", " + std::to_string(E) + " experts, top " +
-                                std::to_string(s.top_k) +
-                                (held.held < 0 ? "" : ", experts " + std::to_string(first) + ".." +
+                                std::to_string(s.top_k) + (s.pruned ? ", every third masked, router logits out" : "") +
+                                (rank.held < 0 ? "" : ", experts " + std::to_string(first) + ".." +
                                                           std::to_string(first + count - 1) + " held"),
                             {in(Role::Activation, uniform(rng, s.rows * H, -1, 1)),
                              in(Role::Float32, uniform(rng, E * H, -0.3f, 0.3f)),
-                             in(Role::Activation, uniform(rng, E * 2 * I * H, -0.2f, 0.2f)),
-                             in(Role::Activation, uniform(rng, E * H * I, -0.2f, 0.2f))},
-                            {out(Role::Activation, s.rows * H)},
+                             in(Role::Activation, uniform(rng, block * 2 * I * H, -0.2f, 0.2f)),
+                             in(Role::Activation, uniform(rng, block * H * I, -0.2f, 0.2f)), in(Role::Float32, mask),
+                             in(Role::Int32, slots)},
+                            outputs,
                             [=](ModelOps& ops, const std::vector<Tensor>& i, const std::vector<Tensor>& o) {
                               MoeTensors w{i[1], {}, {}, H, I, s.top_k};
-                              // The held experts' block starts at the first held one.
-                              for (std::int64_t e = 0; e < E; ++e)
-                                if (e < first || e >= first + count)
-                                  w.experts.push_back({});
-                                else
-                                  w.experts.push_back({i[2].at((e - first) * 2 * I * H),
-                                                       i[2].at((e - first) * 2 * I * H + I * H),
-                                                       i[3].at((e - first) * H * I)});
-                              ops.moe(w, i[0], s.rows, o[0]);
+                              if (s.pruned) {
+                                w.expert_mask = i[4];
+                                w.expert_slots = i[5];
+                              }
+                              for (std::int64_t e = 0; e < E; ++e) {
+                                const auto slot = static_cast<std::int64_t>(slots[static_cast<std::size_t>(e)]);
+                                w.experts.push_back(slot < 0 ? ExpertTensors{}
+                                                             : ExpertTensors{i[2].at(slot * 2 * I * H),
+                                                                             i[2].at(slot * 2 * I * H + I * H),
+                                                                             i[3].at(slot * H * I)});
+                              }
+                              ops.moe(w, i[0], s.rows, o[0], s.pruned ? o[1] : Tensor{});
                             }});
          }
          return cases;
@@ -421,7 +441,7 @@ const std::map<OpKind, CaseMaker>& case_makers() {
                                 MoeTensors w{i[1], {}, {}, H, I, s.top_k};
                                 for (std::int64_t e = 0; e < E; ++e)
                                   w.quantized.push_back({gu.rows(e * 2 * I, 2 * I), dn.rows(e * H, H)});
-                                ops.quantized_moe(w, i[0], s.rows, o[0]);
+                                ops.quantized_moe(w, i[0], s.rows, o[0], {});
                               }});
            }
          return cases;

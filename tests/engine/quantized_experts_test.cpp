@@ -47,9 +47,9 @@ TEST(QuantizedMoe, IsTheFloatMoeOverTheDequantizedWeights) {
                                host(down.data() + e * H * I)});
     }
     std::vector<float> got(rows * H, NAN), want(rows * H), unquantized(rows * H);
-    ops->quantized_moe(quantized, host(x.data()), rows, host(got.data()));
-    ops->moe(dequantized, host(x.data()), rows, host(want.data()));
-    ops->moe(exact, host(x.data()), rows, host(unquantized.data()));
+    ops->quantized_moe(quantized, host(x.data()), rows, host(got.data()), {});
+    ops->moe(dequantized, host(x.data()), rows, host(want.data()), {});
+    ops->moe(exact, host(x.data()), rows, host(unquantized.data()), {});
     EXPECT_LT(test::relative_error(got, want), 1e-6);
     // And the quantization error itself is what the format promises: about 0.7% for int8, about
     // 12% for int4 (uniform weights, each through two products; the bounds leave the spread of
@@ -112,12 +112,12 @@ class MoeInputRecorder final : public ModelOps {
                          int kv_heads, int head_dim, Tensor out) override {
     inner_->softmax_attention(q, rows, first, cache, heads, kv_heads, head_dim, out);
   }
-  void moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out) override {
+  void moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out, Tensor router_logits) override {
     inputs_.emplace_back(x.as<const float>(), x.as<const float>() + rows * w.hidden);
-    inner_->moe(w, x, rows, out);
+    inner_->moe(w, x, rows, out, router_logits);
   }
-  void quantized_moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out) override {
-    inner_->quantized_moe(w, x, rows, out);
+  void quantized_moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out, Tensor router_logits) override {
+    inner_->quantized_moe(w, x, rows, out, router_logits);
   }
 
  private:
@@ -155,7 +155,7 @@ LayerErrors moe_errors_per_layer(const std::filesystem::path& directory, const s
     MoeTensors exact{host(layer.router.data()), {}, {}, H, I, c.experts_per_token};
     for (const ExpertWeights& e : layer.experts) exact.experts.push_back({host(e.w1.data()), host(e.w3.data()), host(e.w2.data())});
     std::vector<float> want(static_cast<std::size_t>(rows * H)), got(want.size());
-    ops->moe(exact, host(inputs[l].data()), rows, host(want.data()));
+    ops->moe(exact, host(inputs[l].data()), rows, host(want.data()), {});
     auto error = [&](ExpertDType format, Int4Variant variant) {
       QuantizedMatrix gate_up({format, E * 2 * I, H}), down({format, E * H, I});
       for (std::int64_t e = 0; e < E; ++e) {
@@ -169,7 +169,7 @@ LayerErrors moe_errors_per_layer(const std::filesystem::path& directory, const s
       quantized.experts.clear();
       for (std::int64_t e = 0; e < E; ++e)
         quantized.quantized.push_back({gate_up.view().rows(e * 2 * I, 2 * I), down.view().rows(e * H, H)});
-      ops->quantized_moe(quantized, host(inputs[l].data()), rows, host(got.data()));
+      ops->quantized_moe(quantized, host(inputs[l].data()), rows, host(got.data()), {});
       return test::relative_error(got, want);
     };
     errors.int8.push_back(error(ExpertDType::Int8, Int4Variant::Symmetric));

@@ -554,6 +554,111 @@ TEST_F(StoreTest, AnotherModelsCheckpointIsRefusedAndTheConversationRecomputed) 
   EXPECT_TRUE(bit_identical(continue_logits(*session, next), expected));
 }
 
+// A state computed with pruned experts is not the full model's: a restore under another
+// selection is refused naming both, recomputed, and the K/V spans of one are not reused by the other.
+TEST_F(StoreTest, AStateOfAnotherExpertSelectionIsRefusedAndRecomputed) {
+  const auto tokens = token_ids(25, 14);
+  ModelOptions options = cpu_options();
+  options.experts = {std::vector<std::vector<int>>(4, {0, 1, 3}), "record"};
+  const auto pruned = Model::open(fixture("tiny-a-m1-rd8"), options);
+  {
+    auto writer = pruned->create_session();
+    NamedSessionState state(db_path(), "chat", *writer);
+    writer->feed(tokens);
+    state.save();
+  }
+  {
+    Store store(db_path());
+    const auto checkpoint = store.latest_checkpoint(store.find_session("chat")->id);
+    EXPECT_EQ(checkpoint->experts, options.experts);
+    auto session = model_->create_session();
+    try {
+      store.load_checkpoint(checkpoint->id, *session);
+      FAIL() << "a pruned state was loaded into the full model";
+    } catch (const StateRefused& e) {
+      EXPECT_NE(std::string(e.what()).find("computed with 3 experts per layer of pattern \"record\", not with all "
+                                           "experts"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+  auto reference = model_->create_session();
+  reference->feed(tokens);
+  const auto next = token_ids(3, 15);
+  const auto expected = continue_logits(*reference, next);
+  {
+    auto session = model_->create_session();
+    NamedSessionState state(db_path(), "chat", *session);
+    EXPECT_NE(state.notice().find("recomputed from its 25 token ids"), std::string::npos) << state.notice();
+    state.save();  // the full model's K/V: a new span, not the pruned one's
+  }
+  auto session = model_->create_session();
+  NamedSessionState state(db_path(), "chat", *session);
+  EXPECT_EQ(state.notice(), "");
+  EXPECT_TRUE(bit_identical(continue_logits(*session, next), expected));
+}
+
+TEST_F(StoreTest, ExpertPatternsAndLostMassAreKept) {
+  RouterStatistics statistics(2, 4, {2, 0.3f});
+  statistics.add(0, std::vector<float>{0.0f, 3.0f, 1.0f, 2.0f}, 1);
+  statistics.add(1, std::vector<float>{4.0f, 0.0f, 1.0f, 0.5f}, 1);
+  const ExpertPattern tcess = make_expert_pattern(statistics, ExpertScore::Tcess, "record", "fp1");
+  const ExpertPattern mean = make_expert_pattern(statistics, ExpertScore::MeanProbability, "story", "fp1");
+  const ExpertPattern other = make_expert_pattern(statistics, ExpertScore::MeanProbability, "record", "fp2");
+  auto same = [](const ExpertPattern& a, const ExpertPattern& b) {
+    EXPECT_EQ(a.task, b.task);
+    EXPECT_EQ(a.model_fingerprint, b.model_fingerprint);
+    EXPECT_EQ(a.score, b.score);
+    EXPECT_EQ(a.rule.top_k, b.rule.top_k);
+    EXPECT_FLOAT_EQ(a.rule.confidence, b.rule.confidence);
+    EXPECT_EQ(a.calibration_tokens, b.calibration_tokens);
+    ASSERT_EQ(a.layers.size(), b.layers.size());
+    for (std::size_t l = 0; l < a.layers.size(); ++l)
+      for (std::size_t r = 0; r < a.layers[l].size(); ++r) {
+        EXPECT_EQ(a.layers[l][r].expert, b.layers[l][r].expert);
+        EXPECT_DOUBLE_EQ(a.layers[l][r].score, b.layers[l][r].score);
+      }
+  };
+  {
+    Store store(db_path());
+    for (const auto* p : {&tcess, &mean, &other}) store.save_expert_pattern(*p);
+    store.save_expert_pattern(tcess);  // replaces, does not add
+  }
+  Store store(db_path());
+  const auto patterns = store.expert_patterns(std::string("fp1"));
+  ASSERT_EQ(patterns.size(), 2u);
+  same(patterns[0], tcess);
+  same(patterns[1], mean);
+  EXPECT_EQ(store.expert_patterns().size(), 3u);
+  same(*store.expert_pattern("fp2", "record"), other);
+  EXPECT_FALSE(store.expert_pattern("fp2", "story"));
+
+  // JSON, as patterns ship beside a model, round trips; a shipped task the database holds stays.
+  const std::vector<ExpertPattern> shipped = {mean, other};
+  const auto parsed = parse_expert_patterns_json(expert_patterns_json(shipped), "shipped");
+  ASSERT_EQ(parsed.size(), 2u);
+  same(parsed[0], mean);
+  EXPECT_THROW(parse_expert_patterns_json("{\"patterns\": [{\"task\": 1}]}", "bad.json"), Error);
+  const auto model_dir = scratch_.path() / "model";
+  std::filesystem::create_directories(model_dir);
+  std::ofstream(model_dir / "expert_patterns.json") << expert_patterns_json(
+      std::vector<ExpertPattern>{make_expert_pattern(statistics, ExpertScore::Tcess, "story", "fp1"),
+                                 make_expert_pattern(statistics, ExpertScore::Tcess, "passkey", "fp1")});
+  EXPECT_EQ(store.import_shipped_patterns(model_dir, "fp1"), 1);  // passkey; story is stored already
+  EXPECT_EQ(store.expert_pattern("fp1", "story")->score, ExpertScore::MeanProbability);
+  EXPECT_EQ(store.import_shipped_patterns(model_dir, "fp1"), 0);
+
+  // An answer keeps the mass its turn lost.
+  const std::int64_t session_id = store.create_session("lost");
+  Message answer;
+  answer.session_id = session_id;
+  answer.role = Role::Assistant;
+  answer.expert_lost_mass = 0.125;
+  EXPECT_EQ(store.message(store.add_message(answer)).expert_lost_mass, 0.125);
+  answer.expert_lost_mass.reset();
+  EXPECT_FALSE(store.message(store.add_message(answer)).expert_lost_mass);
+}
+
 TEST_F(StoreTest, AFailedSaveLeavesNothingBehind) {
   Store store(db_path(), span_files());
   const auto session_id = store.create_session("failing");

@@ -109,6 +109,55 @@ TEST(CliText, AskTakesItsFlagsLastOrInTheMiddle) {
   EXPECT_EQ(run_cli(ask + rest).out, middle.out);  // greedy is the default
 }
 
+// experts calibrate stores a pattern per task; list and show print them; ask --experts-kept
+// retrieves the nearest pattern, reports the lost mass, and a stored pruned conversation keeps
+// its experts while each turn is matched again.
+TEST(CliText, ExpertPatternsCalibrateListShowAndPrune) {
+  const auto data = std::filesystem::temp_directory_path() / ("lightdesk_cli_experts_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(data);
+  const std::string where = " --data-dir '" + data.string() + "' --model '" + kModel + "' ";
+  const std::string utf8 = "'" + (kDocs / "utf8.md").string() + "'";
+  const CliRun calibrated =
+      run_cli("experts calibrate" + where + "--task notes --file " + utf8 + " --question 'What is it?' --held-out " +
+              utf8 + " --backend cpu");
+  ASSERT_EQ(calibrated.exit_code, 0) << calibrated.err;
+  EXPECT_NE(calibrated.out.find("pattern \"notes\" of "), std::string::npos) << calibrated.out;
+  EXPECT_NE(calibrated.out.find("held-out router mass covered by the top 3 of tcess: "), std::string::npos)
+      << calibrated.out;
+  ASSERT_EQ(run_cli("experts calibrate" + where + "--task other --score tcess --confidence 0.6 --file " + utf8 +
+                    " --backend cpu")
+                .exit_code,
+            0);
+  const CliRun list = run_cli("experts list" + where);
+  ASSERT_EQ(list.exit_code, 0) << list.err;
+  EXPECT_NE(list.out.find("  notes  mean-probability, "), std::string::npos) << list.out;
+  EXPECT_NE(list.out.find("  other  tcess (top 1, confidence 0.600000), "), std::string::npos) << list.out;
+  const CliRun show = run_cli("experts show" + where + "--task notes");
+  ASSERT_EQ(show.exit_code, 0) << show.err;
+  EXPECT_EQ(std::count(show.out.begin(), show.out.end(), '\n'), 1 + 4) << show.out;  // header, 4 layers
+  EXPECT_EQ(run_cli("experts show" + where + "--task missing").exit_code, 1);
+
+  const std::string ask = "ask" + where + "--backend cpu --stats --max-new-tokens 4 --experts-kept 3 --session s ";
+  const CliRun first = run_cli(ask + "--document " + utf8 + " --question 'What is it?'");
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  EXPECT_NE(first.err.find("experts: 3 experts per layer of pattern \""), std::string::npos) << first.err;
+  EXPECT_NE(first.err.find("router probability mass lost this turn: "), std::string::npos) << first.err;
+  const CliRun second = run_cli(ask + "--question 'And then?'");
+  ASSERT_EQ(second.exit_code, 0) << second.err;
+  EXPECT_NE(second.err.find("experts: the session's 3 experts per layer"), std::string::npos) << second.err;
+  EXPECT_EQ(second.err.find("recomputed"), std::string::npos) << second.err;
+  // The same session under all experts: its state is refused by name and recomputed.
+  const CliRun exact = run_cli("ask" + where + "--backend cpu --max-new-tokens 2 --session s --question 'Why?'");
+  ASSERT_EQ(exact.exit_code, 0) << exact.err;
+  EXPECT_NE(exact.err.find("was computed with 3 experts per layer of pattern"), std::string::npos) << exact.err;
+  // Every expert's mass lost past a zero threshold: the warning.
+  const CliRun warned = run_cli("ask" + where + "--backend cpu --max-new-tokens 2 --experts-kept 2 --experts-pattern "
+                                "notes --lost-mass-warning 0 --document " + utf8 + " --question 'What?'");
+  ASSERT_EQ(warned.exit_code, 0) << warned.err;
+  EXPECT_NE(warned.err.find("leave out --experts-kept for the exact answer"), std::string::npos) << warned.err;
+  std::filesystem::remove_all(data);
+}
+
 TEST(CliText, AskRefusesUnreadableDocumentsByName) {
   const CliRun run = run_cli("ask --model '" + kModel + "' --document '" + (kDocs / "encrypted.pdf").string() +
                           "' --question 'Why?'");

@@ -12,11 +12,17 @@ freshly generated haystacks (a seed training never used), by task, length and ne
 
 Lengths are prompt tokens (document, question and chat format together). `--backend cuda` for
 the long lengths on a GPU machine. `--plot-only` redraws the plot from --out.
+
+Pruned experts (PreMoe): `--experts-kept R` keeps R experts per layer of a task pattern (the
+model's expert_patterns.json, tools/train/make_expert_patterns.py): `--experts-pattern matched`
+lets `ask` retrieve the pattern nearest each question (the default), `wrong` names another task's
+pattern on purpose (record -> story -> passkey -> needles -> record), anything else names one.
 """
 import argparse
 import json
 import pathlib
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -28,14 +34,24 @@ import prompt  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MODEL = ROOT / "resources/models/lightdesk-demo"
 BENCH_SEED = 424242  # training used seeds 1 (examples) and 1001 (its own evaluation)
+WRONG_PATTERN = {"record": "story", "story": "passkey", "passkey": "needles", "needles": "record"}
 
 
-def ask(cli, backend, expert_dtype, document, question):
+def ask(args, document, question, kind, data_dir):
+    command = [str(args.cli), "ask", "--model", str(MODEL), "--document", str(document), "--question", question,
+               "--greedy", "--max-new-tokens", "48", "--backend", args.backend, "--data-dir", str(data_dir),
+               "--expert-dtype", args.expert_dtype]
+    if args.experts_kept:
+        command += ["--experts-kept", str(args.experts_kept), "--stats"]
+        if args.experts_pattern != "matched":
+            command += ["--experts-pattern", WRONG_PATTERN[kind] if args.experts_pattern == "wrong"
+                        else args.experts_pattern]
     start = time.time()
-    run = subprocess.run([str(cli), "ask", "--model", str(MODEL), "--document", str(document), "--question", question,
-                          "--greedy", "--max-new-tokens", "48", "--backend", backend, "--expert-dtype", expert_dtype],
-                         capture_output=True, text=True, check=True)
-    return run.stdout.strip(), time.time() - start
+    run = subprocess.run(command, capture_output=True, text=True, check=True)
+    lost = re.search(r"router probability mass lost this turn: ([0-9.]+)%", run.stderr)
+    pattern = re.search(r'experts: \d+ experts per layer of pattern "([^"]+)"', run.stderr)
+    return run.stdout.strip(), time.time() - start, {
+        "lost_mass": float(lost[1]) / 100 if lost else None, "pattern": pattern[1] if pattern else None}
 
 
 def measure(args):
@@ -43,7 +59,7 @@ def measure(args):
     haystacks = prompt.Haystacks(tok, pathlib.Path(args.filler).read_text().splitlines())
     rng = random.Random(args.seed)
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as data_dir:
         for length in [int(x) for x in args.lengths.split(",")]:
             for kind in args.kinds.split(","):
                 for depth in [float(x) for x in args.depths.split(",")]:
@@ -51,10 +67,10 @@ def measure(args):
                         ex = haystacks.example(rng, length, kinds=[kind], depth=depth)
                         document = pathlib.Path(tmp) / ex["name"]
                         document.write_text(prompt.document_text(ex["paragraphs"]))
-                        answer, seconds = ask(args.cli, args.backend, args.expert_dtype, document, ex["question"])
+                        answer, seconds, experts = ask(args, document, ex["question"], kind, data_dir)
                         results.append({"kind": kind, "length": length, "depth": depth, "tokens": ex["prompt_length"],
                                         "question": ex["question"], "expected": ex["answer"], "answer": answer,
-                                        "correct": answer == ex["answer"], "seconds": round(seconds, 2)})
+                                        "correct": answer == ex["answer"], "seconds": round(seconds, 2), **experts})
                         print(json.dumps(results[-1]), flush=True)
     return results
 
@@ -101,6 +117,8 @@ def main():
     ap.add_argument("--depths", default="0,0.25,0.5,0.75,1")
     ap.add_argument("--per-cell", type=int, default=1)
     ap.add_argument("--seed", type=int, default=BENCH_SEED)
+    ap.add_argument("--experts-kept", type=int, default=0, help="pruned mode: experts kept per layer (0: all)")
+    ap.add_argument("--experts-pattern", default="matched", help="matched, wrong, or a task's pattern")
     ap.add_argument("--out", required=True)
     ap.add_argument("--plot")
     ap.add_argument("--plot-only", action="store_true")
@@ -111,7 +129,9 @@ def main():
     results = json.loads(out.read_text())["results"] if args.plot_only else measure(args)
     if not args.plot_only:
         out.write_text(json.dumps({"seed": args.seed, "backend": args.backend, "expert_dtype": args.expert_dtype,
-                                    "results": results}, indent=1) + "\n")
+                                   "experts_kept": args.experts_kept,
+                                   "experts_pattern": args.experts_pattern if args.experts_kept else None,
+                                   "results": results}, indent=1) + "\n")
     if args.plot:
         plot(results + [r for other in args.others for r in json.loads(pathlib.Path(other).read_text())["results"]],
              args.plot)

@@ -75,6 +75,27 @@ enum class ExpertFormat { Bf16, Int8, Int4 };
 const char* expert_format_name(ExpertFormat format);  // "bf16", "int8", "int4"
 // "bf16", "int8" or "int4"; throws Error on anything else.
 ExpertFormat parse_expert_format(const std::string& name);
+// Which experts a model holds: all of them, or per layer the ones a task pattern keeps (PreMoe's
+// pruned mode; lightdesk/expert_patterns.h makes the sets). A pruned expert is not loaded, and
+// the router masks it to -inf before its softmax, which is slicing the router's rows: the
+// renormalised top-k weights are those of the kept experts alone.
+struct ExpertSelection {
+  // Per layer the kept expert ids (at least experts_per_token, each at most once); empty: all.
+  std::vector<std::vector<int>> kept{};
+  // The pattern the sets come from (its task name), recorded with saved states.
+  std::string pattern{};
+
+  bool pruned() const { return !kept.empty(); }
+  // No expert at all: a model that only computes router statistics
+  // (Model::first_layer_router_logits), to match a query to a pattern before loading its experts.
+  static ExpertSelection router_only(int layers) { return {std::vector<std::vector<int>>(static_cast<std::size_t>(layers)), ""}; }
+  bool is_router_only() const { return pruned() && kept.front().empty(); }
+  // Experts kept per layer (0: all).
+  int experts_kept() const { return kept.empty() ? 0 : static_cast<int>(kept.front().size()); }
+  // "all experts", or "4 experts per layer of pattern \"record\"": what a refused state names.
+  std::string describe() const;
+  bool operator==(const ExpertSelection&) const = default;
+};
 
 struct ModelOptions {
   BackendKind backend = BackendKind::Auto;
@@ -114,6 +135,8 @@ struct ModelOptions {
   // quantizing (about a half or a quarter of the bytes). A file that is stale (another model
   // or format) or damaged is rebuilt, never used. Empty: quantize at every load.
   std::filesystem::path expert_cache{};
+  // All experts, or a pruned set (see ExpertSelection). Not with tensor_parallel > 1 yet.
+  ExpertSelection experts{};
 };
 
 // The one GPU a single-device backend (the CUDA backend, the vision tower) runs on for these
@@ -194,6 +217,9 @@ struct ModelInfo : ModelShape {
   // checkpoint at this load), and the cache file (empty without one).
   std::uint64_t expert_cache_bytes_read = 0;
   std::filesystem::path expert_cache_file;
+  // The experts the model was opened with (ModelOptions::experts): a state computed with one
+  // selection is not the state of another.
+  ExpertSelection experts;
 
   // State memory of one session holding `tokens` positions.
   std::uint64_t session_bytes(std::int64_t tokens) const;
@@ -237,6 +263,18 @@ struct FeedOptions {
   // per fed token, each either nullptr (the token's own embedding row) or hidden_size floats
   // that replace that row. The pointed-to rows must stay valid during the call.
   std::span<const float* const> embedding_overrides;
+  // Called per layer with the router's float32 logits [rows, experts] of each chunk (before a
+  // pruned model's mask): router statistics (lightdesk/expert_patterns.h). Unset costs nothing.
+  std::function<void(int layer, std::span<const float> logits, std::int64_t rows)> router_logits;
+};
+
+// Where a pruned model's routing went: per token and layer the router's probability mass
+// (softmax over every expert, before the mask) that fell on experts it does not hold.
+struct RoutingTally {
+  std::int64_t token_layers = 0;  // tokens × layers routed
+  double lost_mass = 0.0;         // summed over them
+  // The mean share of the mass lost (0 with nothing routed).
+  double lost_share() const { return token_layers > 0 ? lost_mass / static_cast<double>(token_layers) : 0.0; }
 };
 
 // One piece of an exported session state. A state is a stream of parts: first one
@@ -310,6 +348,10 @@ class Session {
   TokenId sample(const SamplingParams& params);
   void set_seed(std::uint64_t seed);
 
+  // A pruned model's routing over every token fed since the session was created (reset() and
+  // an import keep it): a caller takes the difference across a turn. Zero for all experts.
+  RoutingTally routing_tally() const;
+
   // Forgets every token.
   void reset();
 
@@ -372,6 +414,10 @@ class Model {
 
   const ModelInfo& info() const;
   std::unique_ptr<Session> create_session() const;
+  // The first layer's router logits, float32 [tokens, experts], from the embedding and that
+  // layer's attention alone (the rest of the model does not run): TAER's query statistic. Needs
+  // no session; the tokens must fit the context.
+  std::vector<float> first_layer_router_logits(std::span<const TokenId> tokens) const;
 
   struct Impl;
 

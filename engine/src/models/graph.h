@@ -40,6 +40,7 @@ struct ActivationTensors {
   Tensor x, a, att, b, moe;  // [rows, hidden]
   Tensor qkv;                // [rows, 3 * heads * head_dim]
   Tensor o, gate;            // [rows, heads * head_dim]
+  Tensor router_logits;      // float32 [rows, experts], where the pass reports them
 };
 
 // A tensor-parallel rank's part of a pass: the model's weights and the sequence's state it is
@@ -69,6 +70,13 @@ struct GraphPass {
   std::span<const float* const> embedding_overrides;
   // Called with the hidden states (see FeedOptions::hidden_states) when set.
   const std::function<void(int, std::span<const float>, std::int64_t)>* hidden_states = nullptr;
+  // Called with each layer's router logits (see FeedOptions::router_logits) when set; they go
+  // through ActivationTensors::router_logits.
+  const std::function<void(int, std::span<const float>, std::int64_t)>* router_logits = nullptr;
+  // >= 0: the pass stops after this layer's router (its logits reported), before its experts:
+  // a router statistic of the first layers without the rest of the model. The sequence's state
+  // is then partial: a backend runs such a pass on a sequence it throws away.
+  int last_router_layer = -1;
   // Set on a tensor-parallel rank; the logits then come from the ranks' parts, gathered. After
   // the pass the last token's part is the first row of rank->logits_part.
   const RankPass* rank = nullptr;

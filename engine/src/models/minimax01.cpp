@@ -38,10 +38,15 @@ class Minimax01Pass {
       const ResidualFactors attn = lightning ? c_.linear_attention : c_.full_attention;
       ops_.scaled_sum(act_.a, attn.alpha, act_.att, attn.beta, rows * H, act_.att);
       ops_.rms_norm(act_.att, rows, H, layer.post_attn_norm, c_.rms_norm_eps, act_.b);
+      const bool last = l == pass_.last_router_layer;
+      const Tensor moe_out = last ? Tensor{} : act_.moe;
+      const Tensor router_logits = reports_router() ? act_.router_logits : Tensor{};
       if (layer.moe.is_quantized())
-        ops_.quantized_moe(layer.moe, act_.b, rows, act_.moe);
+        ops_.quantized_moe(layer.moe, act_.b, rows, moe_out, router_logits);
       else
-        ops_.moe(layer.moe, act_.b, rows, act_.moe);
+        ops_.moe(layer.moe, act_.b, rows, moe_out, router_logits);
+      report_router(l);
+      if (last) return;
       all_reduce(act_.moe, rows * H);
       ops_.scaled_sum(act_.b, c_.mlp.alpha, act_.moe, c_.mlp.beta, rows * H, act_.x);
       report(l + 1);
@@ -149,6 +154,16 @@ class Minimax01Pass {
     if (rank_) rank_->comm->all_reduce_sum(x, count);
   }
 
+  bool reports_router() const { return pass_.router_logits && *pass_.router_logits; }
+
+  void report_router(int layer) {
+    if (!reports_router()) return;
+    const auto E = static_cast<std::int64_t>(w_.layers[layer].moe.expert_count());
+    router_.resize(static_cast<std::size_t>(pass_.rows * E));
+    ops_.download(act_.router_logits, pass_.rows * E, router_.data());
+    (*pass_.router_logits)(layer, router_, pass_.rows);
+  }
+
   void report(int index) {
     if (!pass_.hidden_states || !*pass_.hidden_states) return;
     hidden_.resize(static_cast<std::size_t>(pass_.rows * c_.hidden_size));
@@ -164,7 +179,7 @@ class Minimax01Pass {
   const GraphPass& pass_;
   const RankPass* rank_;
   const int heads_, kv_heads_;  // the rank's (or all)
-  std::vector<float> hidden_;
+  std::vector<float> hidden_, router_;
 };
 
 }  // namespace

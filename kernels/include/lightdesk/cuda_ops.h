@@ -218,9 +218,13 @@ constexpr int kMaxTopK = 8;
 
 // Per row of router_logits [rows, experts] (float32): softmax, the top k (lower index first on
 // ties), renormalised; writes k ids and weights per row, by decreasing weight, or by increasing
-// expert id when by_expert (the order the MoE combine sums in).
+// expert id when by_expert (the order the MoE combine sums in). Pruned experts: expert_mask
+// (float32 [experts], or null) is added to every row's logits first, -inf keeping an expert out;
+// expert_slots (int32 [experts], or null) maps each chosen id to its slot in a block holding only
+// the kept experts, written in place of the id (slots increase with the ids they stand for).
 void route_top_k(const float* router_logits, std::int64_t rows, int experts, int k, bool by_expert,
-                 std::int32_t* expert_ids, float* weights, cudaStream_t stream);
+                 std::int32_t* expert_ids, float* weights, cudaStream_t stream, const float* expert_mask = nullptr,
+                 const std::int32_t* expert_slots = nullptr);
 
 // A rank holding experts first.. first + count - 1 of route_top_k's choices: each slot's id
 // becomes its index among them, and a slot routed to another rank's expert gets `elsewhere`

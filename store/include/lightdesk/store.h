@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "lightdesk/engine.h"
+#include "lightdesk/expert_patterns.h"
 
 namespace lightdesk::store {
 
@@ -56,7 +57,7 @@ class StateRefused : public Error {
 };
 
 // Highest schema version this build writes; opening upgrades older files step by step.
-inline constexpr int kSchemaVersion = 7;
+inline constexpr int kSchemaVersion = 8;
 
 enum class Role { System, User, Assistant, Tool };
 const char* role_name(Role role);
@@ -82,6 +83,9 @@ struct Message {
   std::optional<std::int64_t> completion_tokens;
   std::optional<double> prefill_seconds;
   std::optional<double> generation_seconds;
+  // A pruned model's turn: the mean share of router probability mass (per token and layer) that
+  // fell on experts it does not hold (RoutingTally::lost_share).
+  std::optional<double> expert_lost_mass;
   std::int64_t created_at = 0;
 };
 
@@ -121,6 +125,7 @@ struct CheckpointRecord {
   std::int64_t position = 0;
   std::uint32_t layout_version = 0;
   std::string dtype;  // the K/V type its saver exported: "f32" or "bf16" (reused spans may hold the other)
+  ExpertSelection experts;  // what the state was computed with (ModelInfo::experts)
   bool complete = false;
   std::int64_t created_at = 0;
 };
@@ -253,11 +258,32 @@ class Store {
   // references.
   std::int64_t checkpoint_bytes(std::int64_t checkpoint_id);
 
+  // Task expert patterns (lightdesk/expert_patterns.h), one per model fingerprint and task: a
+  // new one of the same task replaces the stored one.
+  void save_expert_pattern(const ExpertPattern& pattern);
+  // The patterns of one model (or every model's), by fingerprint and task.
+  std::vector<ExpertPattern> expert_patterns(const std::optional<std::string>& model_fingerprint = {});
+  std::optional<ExpertPattern> expert_pattern(const std::string& model_fingerprint, const std::string& task);
+  // Stores the patterns of `model_fingerprint` that a model ships (its directory's
+  // expert_patterns.json, see expert_patterns_json) and the database does not hold yet (a task
+  // calibrated here stays); returns how many. No file: none.
+  int import_shipped_patterns(const std::filesystem::path& model_directory, const std::string& model_fingerprint);
+
   struct Impl;
 
  private:
   std::unique_ptr<Impl> impl_;
 };
+
+// Expert patterns as JSON ({"patterns": [{"task", "model_fingerprint", "score", "tcess_top_k",
+// "tcess_confidence", "calibration_tokens", "layers": [[[expert, score] best first] per layer]}]}):
+// how patterns ship beside a model (its directory's expert_patterns.json). Reading throws Error
+// naming `source` and the fault.
+std::string expert_patterns_json(std::span<const ExpertPattern> patterns);
+std::vector<ExpertPattern> parse_expert_patterns_json(const std::string& text, const std::string& source);
+// An ExpertSelection as checkpoints record it (nullopt: all experts), and back.
+std::optional<std::string> expert_selection_json(const ExpertSelection& experts);
+ExpertSelection parse_expert_selection_json(const std::optional<std::string>& text);
 
 // The command-line session contract (lightdesk-cli --session-db FILE --session NAME): the named
 // session's latest checkpoint is loaded into a fresh Session before the run and a new
