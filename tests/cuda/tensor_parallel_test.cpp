@@ -358,12 +358,12 @@ TEST(CudaTensorParallelCounts, PrunedExpertsAreRefused) {
   LIGHTDESK_SKIP_WITHOUT_GPU();
   const LoadedModel model("tiny-tp-6h3kv8e");
   ModelOptions options;
-  options.tensor_parallel = 2;
+  options.tensor_parallel = 3;  // a layout its 6 heads and 3 K/V heads allow, so that pruning is what is refused
   options.experts.kept.assign(static_cast<std::size_t>(model.config.num_layers),
                               std::vector<int>{0, 1, 2, 3});
   try {
     make_cuda_parallel_backend(model.config, model.map, options, CudaRankLink::DeviceLoopback, {});
-    FAIL() << "pruned experts over 2 ranks were accepted";
+    FAIL() << "pruned experts over 3 ranks were accepted";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("pruned experts"), std::string::npos) << e.what();
   }
