@@ -160,13 +160,12 @@ class CpuOps final : public ModelOps {
   // Each chosen expert's matrices dequantized into float32 (the rows spread over the pool), then
   // the float32 products: the reference for the GPU kernels, not a fast path.
   void quantized_moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out, Tensor router_logits) override {
-    std::vector<float> gate_up, down;
     route_and_run(w, x, rows, out, router_logits, [&](std::size_t e) -> cpu::ExpertMatrices {
       const QuantizedExpertTensors& q = w.quantized[e];
       if (!q.gate_up.packed) return {};
-      dequantize_rows(q.gate_up, gate_up);
-      dequantize_rows(q.down, down);
-      return {gate_up.data(), gate_up.data() + w.width * w.hidden, down.data()};
+      dequantize_rows(q.gate_up, dequantized_gate_up_);
+      dequantize_rows(q.down, dequantized_down_);
+      return {dequantized_gate_up_.data(), dequantized_gate_up_.data() + w.width * w.hidden, dequantized_down_.data()};
     });
   }
 
@@ -219,6 +218,8 @@ class CpuOps final : public ModelOps {
   std::vector<float> router_, weights_;
   std::vector<int> ids_;
   std::vector<cpu::ExpertMatrices> experts_;
+  // One chosen expert's matrices at a time, dequantized (kept, so that a decode step allocates nothing).
+  std::vector<float> dequantized_gate_up_, dequantized_down_;
 };
 
 }  // namespace

@@ -188,6 +188,19 @@ __global__ void describe_groups_kernel(const Element* in, const std::int32_t* fi
   arrays.stride_d[g] = stride_d;
 }
 
+// D = 1 · A Bᵀ + 0 · C (with beta 0 the epilogue reads no C), on the device's SMs: what every
+// grouped GEMM here asks of its arguments beyond the operands.
+template <class Arguments>
+Arguments plain_epilogue_on(Arguments arguments, const LaunchLimits& limits) {
+  arguments.epilogue.thread.alpha = 1.0f;
+  arguments.epilogue.thread.beta = 0.0f;
+  arguments.epilogue.thread.dAlpha = {cute::_0{}, cute::_0{}, 0};
+  arguments.epilogue.thread.dBeta = {cute::_0{}, cute::_0{}, 0};
+  arguments.hw_info.device_id = limits.device;
+  arguments.hw_info.sm_count = limits.multiprocessors;
+  return arguments;
+}
+
 template <class Config>
 typename Config::Gemm::Arguments gemm_arguments(const typename Config::Arrays& arrays, int groups,
                                                 const LaunchLimits& limits) {
@@ -196,14 +209,7 @@ typename Config::Gemm::Arguments gemm_arguments(const typename Config::Arrays& a
       {groups, arrays.shapes, nullptr},  // the shapes are on the device only
       {const_cast<const Element**>(arrays.a), arrays.stride_a, const_cast<const Element**>(arrays.b), arrays.stride_b},
       {{}, const_cast<const Element**>(arrays.d), arrays.stride_d, arrays.d, arrays.stride_d}};
-  // D = 1 · A Bᵀ + 0 · C: with beta 0 the epilogue reads no C.
-  arguments.epilogue.thread.alpha = 1.0f;
-  arguments.epilogue.thread.beta = 0.0f;
-  arguments.epilogue.thread.dAlpha = {cute::_0{}, cute::_0{}, 0};
-  arguments.epilogue.thread.dBeta = {cute::_0{}, cute::_0{}, 0};
-  arguments.hw_info.device_id = limits.device;
-  arguments.hw_info.sm_count = limits.multiprocessors;
-  return arguments;
+  return plain_epilogue_on(arguments, limits);
 }
 
 template <class Config>
@@ -274,13 +280,7 @@ Int8Weights::Gemm::Arguments int8_gemm_arguments(const Int8Weights::Arrays& arra
       {arrays.a, arrays.stride_a, const_cast<const Element**>(arrays.b), arrays.stride_b, arrays.scales,
        arrays.stride_scale, static_cast<int>(w.cols)},
       {{}, const_cast<const Element**>(arrays.d), arrays.stride_d, arrays.d, arrays.stride_d}};
-  arguments.epilogue.thread.alpha = 1.0f;
-  arguments.epilogue.thread.beta = 0.0f;
-  arguments.epilogue.thread.dAlpha = {cute::_0{}, cute::_0{}, 0};
-  arguments.epilogue.thread.dBeta = {cute::_0{}, cute::_0{}, 0};
-  arguments.hw_info.device_id = limits.device;
-  arguments.hw_info.sm_count = limits.multiprocessors;
-  return arguments;
+  return plain_epilogue_on(arguments, limits);
 }
 
 void check_int8(const QuantizedExperts& w) {

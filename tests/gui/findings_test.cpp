@@ -34,9 +34,7 @@ class FindingsTest : public QObject {
   void init() {
     QLocale::setDefault(QLocale(QLocale::English, QLocale::UnitedStates));
     QVERIFY(directory_.isValid());
-    QFile::remove(directory_.filePath(QStringLiteral("settings.ini")));
-    settings_ = std::make_unique<QSettings>(directory_.filePath(QStringLiteral("settings.ini")), QSettings::IniFormat);
-    settings_->setValue(QStringLiteral("sampling/M1/max_new_tokens"), 8);
+    settings_ = window_test::freshSettings(directory_, 8);
     sessions_ = std::make_unique<InMemorySessionRepository>();
   }
 

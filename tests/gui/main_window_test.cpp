@@ -85,10 +85,8 @@ class MainWindowTest : public QObject {
  private slots:
   void init() {
     QVERIFY(directory_.isValid());
-    QFile::remove(directory_.filePath(QStringLiteral("settings.ini")));
-    settings_ = std::make_unique<QSettings>(directory_.filePath(QStringLiteral("settings.ini")), QSettings::IniFormat);
     // A long answer at a fixed sampling, so that stopping it is possible and the run repeats.
-    settings_->setValue(QStringLiteral("sampling/M1/max_new_tokens"), 4000);
+    settings_ = window_test::freshSettings(directory_, 4000);
     sessions_ = std::make_unique<InMemorySessionRepository>();
     window_ = std::make_unique<MainWindow>(*sessions_, *settings_);
     window_->show();

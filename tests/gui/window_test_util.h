@@ -2,10 +2,15 @@
 // the status bar's message read whole.
 #pragma once
 
+#include <QFile>
 #include <QLabel>
 #include <QPlainTextEdit>
+#include <QSettings>
 #include <QSignalSpy>
+#include <QTemporaryDir>
 #include <QTest>
+
+#include <memory>
 
 #include "main_window.h"
 #include "status_panel.h"
@@ -18,6 +23,16 @@ constexpr int kTimeoutMs = 20000;
 // The status bar's message, whole (the label elides what does not fit).
 inline QString statusText(const lightdesk::gui::MainWindow& window) {
   return window.findChild<lightdesk::gui::ElidedLabel*>(QStringLiteral("statusMessage"))->fullText();
+}
+
+// A settings file of its own in `directory`, emptied, whose M1 answers stop after
+// `max_new_tokens` (each test starts from the same settings).
+inline std::unique_ptr<QSettings> freshSettings(const QTemporaryDir& directory, int max_new_tokens) {
+  const QString path = directory.filePath(QStringLiteral("settings.ini"));
+  QFile::remove(path);
+  auto settings = std::make_unique<QSettings>(path, QSettings::IniFormat);
+  settings->setValue(QStringLiteral("sampling/M1/max_new_tokens"), max_new_tokens);
+  return settings;
 }
 
 // Opens the bundled model in the window and waits until it is loaded.
