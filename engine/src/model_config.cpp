@@ -237,7 +237,12 @@ ModelConfig parse_text_config(const json& root, const std::string& source, bool 
   if (c.rotary_dim > c.head_dim || c.rotary_dim % 2 != 0)
     r.fail("rotary_dim " + std::to_string(c.rotary_dim) + " must be even and at most head_dim " +
            std::to_string(c.head_dim));
-  if (rope_full_head && c.rotary_dim > 0) c.rotary_dim = c.head_dim;
+  if (rope_full_head && c.rotary_dim > 0) {
+    // Rotation works on pairs of channels, so the whole head must split into pairs.
+    if (c.head_dim % 2 != 0)
+      r.fail("head_dim " + std::to_string(c.head_dim) + " must be even to rotate the whole head");
+    c.rotary_dim = c.head_dim;
+  }
 
   if (r.has("eos_token_id")) {
     const json& e = root.at("eos_token_id");

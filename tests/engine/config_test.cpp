@@ -85,6 +85,17 @@ TEST(Config, RotaryWidthRules) {
   EXPECT_EQ(parse(hf).rotary_dim, 4);
   hf["rotary_dim"] = 8;  // an explicit rotary_dim wins, in either layout
   EXPECT_EQ(parse(hf).rotary_dim, 8);
+
+  // Heads of odd width: a partial rotation of even width is fine, a whole-head one is refused.
+  json odd = fixture_config("tiny-a-m1-rd8");
+  odd["head_dim"] = 15;
+  EXPECT_EQ(parse(odd).rotary_dim, 8);
+  try {
+    parse(odd, true);
+    ADD_FAILURE() << "an odd head rotated whole was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("head_dim 15 must be even"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Config, RefusesWhatItDoesNotSupport) {
