@@ -475,11 +475,12 @@ void MainWindow::onModelLoaded(const ModelCheck& check, const QString& family, c
   status_panel_->refreshMemory();
   refreshAttachments();
   setGenerating(false);
+  // A session looked at during the load becomes the current one (and restores its state) before
+  // whatever waits for the model (the command line's new session) takes over.
+  const bool viewed = viewing_.has_value();
+  showViewedSession();
   emit modelReady();
-  if (viewing_)
-    showViewedSession();  // which restores its state
-  else
-    restoreState();
+  if (!viewed) restoreState();
 }
 
 void MainWindow::onModelRejected(const QString& directory, const QString& message) {
