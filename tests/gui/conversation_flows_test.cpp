@@ -133,7 +133,7 @@ class ConversationFlowsTest : public QObject {
             QCOMPARE(dialog.focusWidget(), dialog.findChild<QCheckBox*>(QStringLiteral("ownSamplingBox")));
             QCOMPARE(edit->toPlainText(), first);
           });
-      QVERIFY2(transcript->toPlainText().contains(QStringLiteral("▸ System prompt: Answer in one word.")),
+      QVERIFY2(transcript->toPlainText().contains(QStringLiteral("System prompt: Answer in one word.")),
                qPrintable(transcript->toPlainText()));
       QSignalSpy generate(&window, &MainWindow::generateRequested);
       window_test::ask(window, QStringLiteral("Where is the letter?"));
@@ -149,7 +149,7 @@ class ConversationFlowsTest : public QObject {
 
       // Changed with a click on the line's "✎ Change".
       typeSystemPrompt([transcript] { window_test::clickLink(transcript, QStringLiteral("✎ Change")); }, second);
-      QVERIFY2(window_test::statusText(window).startsWith(QStringLiteral("The new system prompt applies from the next question")),
+      QVERIFY2(window_test::statusText(window).startsWith(QStringLiteral("New system prompt: the next question reads the conversation again.")),
                qPrintable(window_test::statusText(window)));
       QVERIFY(transcript->toPlainText().contains(QStringLiteral("System prompt: Answer in French.")));
       window_test::ask(window, QStringLiteral("And the door?"));

@@ -259,17 +259,20 @@ void ConversationPanel::showConversation(const QList<ChatEntry>& entries, const 
   if (!system_prompt_.isEmpty()) {
     // Folded to its first line (elided), as the reasoning is: it is the same for every turn.
     const QString first_line = system_prompt_.section(QLatin1Char('\n'), 0, 0);
-    const bool folded_away = !expanded_system_prompt_ && (first_line.size() > 80 || first_line != system_prompt_);
-    QString html = QStringLiteral("<p style=\"%1\">").arg(muted) +
-                   html_link(QStringLiteral("systemprompt:"), expanded_system_prompt_ ? tr("▾ System prompt") : tr("▸ System prompt"),
-                             expanded_system_prompt_ ? tr("Fold the system prompt") : tr("Show the whole system prompt"));
-    if (!expanded_system_prompt_)
-      html += QStringLiteral(": ") + (folded_away ? first_line.left(80) + QStringLiteral("…") : first_line).toHtmlEscaped();
+    const bool foldable = first_line.size() > 80 || first_line != system_prompt_;
+    QString html = QStringLiteral("<p style=\"%1\">").arg(muted);
+    if (!foldable)
+      html += tr("System prompt: %1").arg(first_line).toHtmlEscaped();
+    else if (expanded_system_prompt_)
+      html += html_link(QStringLiteral("systemprompt:"), tr("▾ System prompt"), tr("Fold the system prompt"));
+    else
+      html += html_link(QStringLiteral("systemprompt:"), tr("▸ System prompt"), tr("Show the whole system prompt")) +
+              QStringLiteral(": ") + (first_line.left(80) + QStringLiteral("…")).toHtmlEscaped();
     if (idle)
       html += QStringLiteral(" &nbsp; ") + html_link(QStringLiteral("systempromptedit:"), tr("✎ Change"),
                                                tr("Change this session's system prompt"));
     html += QStringLiteral("</p>");
-    if (expanded_system_prompt_) html += paragraph(system_prompt_, muted);
+    if (foldable && expanded_system_prompt_) html += paragraph(system_prompt_, muted);
     insert_html(html);
   }
   bool has_documents = false;  // sent up to this message: an answer's words can be looked up there

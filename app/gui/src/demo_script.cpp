@@ -10,6 +10,7 @@
 #include <QPlainTextEdit>
 #include <QProgressBar>
 #include <QRegularExpression>
+#include <QScrollBar>
 #include <QTextBrowser>
 #include <QTimer>
 
@@ -148,6 +149,8 @@ void DemoScript::systemPrompt() {
     dialog->grab().save(QDir(steps_.screenshot_directory).filePath(QStringLiteral("18-session-settings.png")));
     dialog->close();
     window_.setSystemPrompt(prompt);
+    // The conversation from its top, where the system prompt is.
+    window_.findChild<QTextBrowser*>(QStringLiteral("transcript"))->verticalScrollBar()->setValue(0);
     screenshot(QStringLiteral("19-system-prompt.png"), [this] { sessionsWhileReading(); });
   });
 }
@@ -164,8 +167,10 @@ void DemoScript::sessionsWhileReading() {
   *reading = connect(progress, &QProgressBar::valueChanged, this, [this, list, progress, reading](int value) {
     if (!progress->isVisible() || value * 4 < progress->maximum()) return;
     disconnect(*reading);
+    QListWidgetItem* other = nullptr;
     for (int row = 0; row < list->count(); ++row)
-      if (list->item(row) != list->currentItem()) emit list->itemClicked(list->item(row));
+      if (list->item(row) != list->currentItem()) other = list->item(row);
+    if (other != nullptr) emit list->itemClicked(other);
     QTimer::singleShot(0, this, [this] {
       window_.grab().save(QDir(steps_.screenshot_directory).filePath(QStringLiteral("20-sessions-while-reading.png")));
     });

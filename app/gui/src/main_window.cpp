@@ -527,9 +527,7 @@ void MainWindow::setSystemPrompt(const QString& prompt) {
   // The system prompt opens the state: what was computed after the old one cannot go on.
   read_again_.insert(current_.id);
   if (engine_holds_.session == current_.id) engine_holds_ = {};
-  status_panel_->showMessage(tr("The new system prompt applies from the next question, which reads the conversation "
-                                "again."),
-                             10000);
+  status_panel_->showMessage(tr("New system prompt: the next question reads the conversation again."), 10000);
 }
 
 void MainWindow::applySettings() {
