@@ -7,6 +7,8 @@
 #include <QApplication>
 #include <QCheckBox>
 #include <QFile>
+#include <QJsonDocument>
+#include <QJsonObject>
 #include <QLabel>
 #include <QLineEdit>
 #include <QListWidget>
@@ -24,6 +26,7 @@
 #include <filesystem>
 #include <memory>
 
+#include "conversation_export.h"
 #include "engine_worker.h"
 #include "lightdesk/conversation.h"
 #include "lightdesk/store.h"
@@ -343,6 +346,19 @@ class ConversationFlowsTest : public QObject {
     window_test::ask(window, QStringLiteral("What is in it?"));
     QVERIFY2(window_test::statusText(window).contains(QRegularExpression(QStringLiteral("\\d\\.\\d{3} prompt tokens read"))),
              qPrintable(window_test::statusText(window)));
+  }
+
+  // An exported conversation says its system prompt.
+  void exportKeepsTheSystemPrompt() {
+    lightdesk::gui::ChatSession session;
+    session.id = 1;
+    session.title = QStringLiteral("Letter");
+    session.system_prompt = QStringLiteral("Answer in French.");
+    session.entries.append({ChatEntry::Role::User, QStringLiteral("Where?"), {}, {}, {}});
+    QCOMPARE(lightdesk::gui::conversation_markdown(session),
+             QStringLiteral("# Letter\n\nSystem prompt: Answer in French.\n\n## You\n\nWhere?\n"));
+    const QJsonObject json = QJsonDocument::fromJson(lightdesk::gui::conversation_json(session)).object();
+    QCOMPARE(json.value(QStringLiteral("system_prompt")).toString(), QStringLiteral("Answer in French."));
   }
 
   // A launch without arguments opens the conversation shown last, not only the one written last.

@@ -307,7 +307,9 @@ class MainWindowTest : public QObject {
   }
 
   void conversationMarkdown() {
-    lightdesk::gui::ChatSession session{1, QStringLiteral("Revenue"), {}, {}};
+    lightdesk::gui::ChatSession session;
+    session.id = 1;
+    session.title = QStringLiteral("Revenue");
     session.entries.append({lightdesk::gui::ChatEntry::Role::User, QStringLiteral("How much?"), {},
                             {{QStringLiteral("/tmp/q3.pdf"), QStringLiteral("text"), {}, 10}}, {}});
     session.entries.append({lightdesk::gui::ChatEntry::Role::Assistant, QStringLiteral("Twelve percent."),

@@ -84,15 +84,14 @@ class EngineWorker : public QObject {
   // Loads weights, tokenizer and chat format; emits loadProgress, then modelLoaded or modelFailed.
   void loadModel(const QString& directory, const QString& backend);
   // Reads a document and counts its tokens (documentProgress as it goes; Stop ends it); emits
-  // documentReady or documentFailed (also for one larger than the model's context).
-  // (Virtual, as generate: a stand-in can play a slow engine.)
+  // documentReady or documentFailed (also for one larger than the model's context). Virtual, as
+  // generate: a stand-in (the tests') can play a slow engine.
   virtual void readDocument(const QString& path);
   // Renders the conversation of repository session `sessionId` (ending with a user message)
-  // after its system prompt (empty: none),
-  // feeds what the session does not hold yet and streams the answer: prefillProgress,
-  // textPiece..., then generationFinished or generationFailed.
+  // after its system prompt (empty: none), feeds what the session does not hold yet and streams
+  // the answer: prefillProgress, textPiece..., then generationFinished or generationFailed.
   virtual void generate(const lightdesk::gui::Turns& conversation, const QString& systemPrompt,
-                const lightdesk::gui::SamplingSettings& sampling, qint64 sessionId);
+                        const lightdesk::gui::SamplingSettings& sampling, qint64 sessionId);
   // Takes `state` (saved in repository session `sessionId` after the turns `held`; a store
   // checkpoint is read here, part by part) as the session's state, so that a conversation
   // continuing them feeds only what follows: emits stateAdopted, or stateRefused (a state of

@@ -88,9 +88,8 @@ MainWindow::MainWindow(SessionRepository& sessions, QSettings& settings, EngineW
   // A top-level window without a size of its own would open at two thirds of the screen.
   resize(sizeHint());
 
-  // The last conversation opens again; sessions never used (an empty "New chat" of an earlier
-  // run) are not kept, so they cannot pile up.
-  // The session shown last (QSettings), else the one used last.
+  // The conversation shown last (QSettings) opens again, else the one used last; sessions never
+  // used (an empty "New chat" of an earlier run) are not kept, so they cannot pile up.
   const qint64 last_shown = settings_.value(QStringLiteral("session/last")).toLongLong();
   std::optional<qint64> shown;
   for (const ChatSession& session : sessions_.list()) {
