@@ -367,7 +367,8 @@ class ConversationFlowsTest : public QObject {
     const qint64 older = sessions.create(QStringLiteral("Letter")).id;
     sessions.append(older, {ChatEntry::Role::User, QStringLiteral("Where is the letter?"), {}, {}, {}});
     QTest::qWait(5);
-    const qint64 newer = sessions.create(QStringLiteral("Budget")).id;
+    const QString long_title = QStringLiteral("Budget of the board for the year, with every amendment voted in March");
+    const qint64 newer = sessions.create(long_title).id;
     sessions.append(newer, {ChatEntry::Role::User, QStringLiteral("What was approved?"), {}, {}, {}});
     {
       MainWindow window(sessions, *settings_);
@@ -376,6 +377,9 @@ class ConversationFlowsTest : public QObject {
       QVERIFY(transcriptOf(window)->toPlainText().contains(QStringLiteral("approved")));
       auto* list = window.findChild<QListWidget*>(QStringLiteral("sessionList"));
       QCOMPARE(list->count(), 2);
+      // A name cut to the list's width has its whole text as a tooltip.
+      QVERIFY(list->fontMetrics().horizontalAdvance(long_title) > list->viewport()->width());
+      QCOMPARE(list->item(0)->toolTip(), long_title);
       QTest::mouseClick(list->viewport(), Qt::LeftButton, {}, list->visualItemRect(list->item(1)).center());
       QVERIFY(transcriptOf(window)->toPlainText().contains(QStringLiteral("letter")));
     }

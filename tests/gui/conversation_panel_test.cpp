@@ -281,8 +281,15 @@ void ConversationPanelTest::streamedTextSurvivesARerender() {
   auto* transcript = panel.findChild<QTextBrowser*>(QStringLiteral("transcript"));
   QList<ChatEntry> question = two_turns().mid(0, 1);
   panel.showConversation(question, ChatEntry{ChatEntry::Role::Assistant, {}, {}, {}, {}}, false);
+  panel.appendStreamed(QStringLiteral("Chests hold letters. "), true);
   panel.appendStreamed(QStringLiteral("In the blue"), false);
-  panel.showConversation(question, ChatEntry{ChatEntry::Role::Assistant, QStringLiteral("In the blue"), {}, {}, {}}, false);
+  panel.showConversation(question,
+                         ChatEntry{ChatEntry::Role::Assistant, QStringLiteral("In the blue"),
+                                   QStringLiteral("Chests hold letters. "), {}, {}},
+                         false);
   panel.appendStreamed(QStringLiteral(" chest."), false);
-  QVERIFY2(transcript->toPlainText().endsWith(QStringLiteral("In the blue chest.")), qPrintable(transcript->toPlainText()));
+  const QString text = transcript->toPlainText();
+  QVERIFY2(text.endsWith(QStringLiteral("Chests hold letters. In the blue chest.")), qPrintable(text));
+  QCOMPARE(text.count(QStringLiteral("Chests hold letters.")), 1);
+  QVERIFY(!text.contains(QStringLiteral("Show reasoning")));
 }

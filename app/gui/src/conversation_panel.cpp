@@ -316,7 +316,8 @@ void ConversationPanel::showConversation(const QList<ChatEntry>& entries, const 
       insert_html(html + paragraph(entry.text));
       continue;
     }
-    if (!entry.reasoning.isEmpty()) {
+    // The reasoning of an answer being written streams inline; a finished one folds.
+    if (!entry.reasoning.isEmpty() && !streaming_here) {
       const bool unfolded = expanded_reasoning_[i];
       html += QStringLiteral("<p><a href=\"reasoning:%1\">%2</a></p>")
                   .arg(i)
@@ -332,7 +333,7 @@ void ConversationPanel::showConversation(const QList<ChatEntry>& entries, const 
       QTextCharFormat reasoning_format;
       reasoning_format.setForeground(colours.muted);
       reasoning_format.setFontItalic(true);
-      if (!expanded_reasoning_[i]) cursor.insertText(entry.reasoning, reasoning_format);
+      cursor.insertText(entry.reasoning, reasoning_format);
       cursor.insertText(entry.text, QTextCharFormat());
       continue;
     }
