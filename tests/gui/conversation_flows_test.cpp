@@ -230,6 +230,13 @@ class ConversationFlowsTest : public QObject {
     window_test::clickLink(transcript, QStringLiteral("›"));
     QVERIFY2(text().contains(QStringLiteral("‹ 3/3 ›")) && text().contains(QStringLiteral("Which attic?")), qPrintable(text()));
     QCOMPARE(sessions.load(id)->entries.size(), 3);
+    // By the keyboard: Tab goes from link to link in the transcript, Enter follows the one selected.
+    transcript->setFocus();
+    for (int i = 0; i < 20 && transcript->textCursor().selectedText() != QStringLiteral("‹"); ++i)
+      QTest::keyClick(transcript, Qt::Key_Tab);
+    QCOMPARE(transcript->textCursor().selectedText(), QStringLiteral("‹"));
+    QTest::keyClick(transcript, Qt::Key_Return);
+    QVERIFY2(text().contains(QStringLiteral("‹ 2/3 ›")) && text().contains(QStringLiteral("In the blue chest.")), qPrintable(text()));
   }
 
   // While the engine thread reads a document or answers, the session list stays usable: another
