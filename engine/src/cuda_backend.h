@@ -41,7 +41,8 @@ enum class CudaRankLink { Nccl, DeviceLoopback };
 
 // The model split over options.tensor_parallel ranks (any N the layout allows, 1 included: the
 // tensor-parallel path at world size 1), each rank a backend on its GPU holding only its slices
-// of the weights (tensor_parallel_layout), a thread per rank for each pass. Decode steps are
+// of the weights (tensor_parallel_layout), a thread per rank for each pass. The ranks load at
+// once, each reading only its parts of the checkpoint (read_weight_part). Decode steps are
 // CUDA graphs with their NCCL calls captured in them when options.cuda_graphs is set and the
 // link is NCCL.
 std::unique_ptr<ComputeBackend> make_cuda_parallel_backend(const ModelConfig& config, const WeightMap& weights,

@@ -227,6 +227,31 @@ TEST_P(TensorParallelTest, EveryLayoutEqualsOneRank) {
   }
 }
 
+// Each rank reads only its parts of the split weights, the ranks at once: a layout reads the
+// checkpoint's bytes about once (the loader's own tally, which the load's progress reports), not
+// once per rank as whole tensors per rank would. Above once: the norms and routers every rank
+// keeps a copy of, and K/V heads replicated on several ranks.
+TEST_P(TensorParallelTest, RanksReadOnlyTheirParts) {
+  auto bytes_read = [&](const Layout& l) {
+    ModelOptions o{BackendKind::Cpu, 2, false};
+    o.tensor_parallel = l.ranks;
+    o.moe_parallel = l.moe;
+    std::uint64_t read = 0;
+    Model::open(dir(), o, [&](std::uint64_t done, std::uint64_t) {
+      read = done;
+      return true;
+    });
+    return static_cast<double>(read);
+  };
+  const double one = bytes_read({1, MoeParallel::Expert});
+  for (const Layout& l : layouts()) {
+    const double ratio = bytes_read(l) / one;
+    std::printf("[ measured ] %s %s: %.4f of one rank's bytes read\n", GetParam().c_str(), name(l).c_str(), ratio);
+    EXPECT_GE(ratio, 1.0) << name(l);
+    EXPECT_LT(ratio, l.ranks == 2 ? 1.02 : 1.2) << name(l);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, TensorParallelTest,
                          ::testing::Values("tiny-a-hf", "tiny-a-m1-rd8", "tiny-a-m1-rd16", "tiny-tp-6h3kv8e", "demo"),
                          [](const auto& param) {
