@@ -329,7 +329,18 @@ class CudaBackend final : public ComputeBackend {
   // Allocates the rank's part of every weight and has `fill` write it.
   void allocate_weights(const WeightFill& fill);
   void load_weights(const WeightMap& map, const ExpertLoad& experts, LoadTally& tally, ExpertLoadResult* expert_result);
+  // A quantized matrix on the device: its arrays for `layout` (contents unset), one uploaded from
+  // the host, and one's contents downloaded.
+  DeviceQuantizedMatrix allocate_quantized(const QuantLayout& layout, const std::string& what) const;
   DeviceQuantizedMatrix upload_quantized(const QuantizedMatrix& m, const std::string& what);
+  QuantizedMatrix download_quantized(const DeviceQuantizedMatrix& d) const;
+  // Layer l's quantized experts become these (a layer may come twice: see load_quantized_experts).
+  void place_quantized(int l, DeviceQuantizedMatrix gate_up, DeviceQuantizedMatrix down);
+  // Layer l's experts quantized on the GPU (PlacedExpertQuantizer): each expert's matrices
+  // uploaded as the checkpoint stores them (bf16 as is; F32, F16 or synthetic values as float32),
+  // then cuda::quantize_experts, bit for bit core's quantizer, writes them where they stay.
+  std::optional<QuantizedLayerExperts> quantize_experts_here(const WeightMap& map, int l, ExpertDType dtype,
+                                                             LoadTally& tally, bool for_cache);
   cuda::KvCacheView<T> kv_view(const CudaSequence& s, int layer) const {
     return kv_pages_->view<T>(softmax_index_.at(layer), s.page_table.as<std::int32_t>());
   }
@@ -477,27 +488,126 @@ void CudaBackend<T>::allocate_weights(const WeightFill& fill) {
 }
 
 template <typename T>
-DeviceQuantizedMatrix CudaBackend<T>::upload_quantized(const QuantizedMatrix& m, const std::string& what) {
-  const QuantizedView host = m.view();
-  const QuantLayout& layout = host.layout;
+DeviceQuantizedMatrix CudaBackend<T>::allocate_quantized(const QuantLayout& layout, const std::string& what) const {
   DeviceQuantizedMatrix d;
   d.view.layout = layout;
   d.packed = DeviceBuffer(static_cast<std::size_t>(layout.packed_bytes()), what);
-  device_.upload(d.packed.as<void>(), host.packed, d.packed.bytes());
   d.view.packed = d.packed.as<std::uint8_t>();
   d.scales = DeviceBuffer(static_cast<std::size_t>(layout.scale_bytes()), what + " scales");
   if (layout.dtype == ExpertDType::Int8) {
-    device_.upload(d.scales.as<void>(), host.row_scales, d.scales.bytes());
     d.view.row_scales = d.scales.as<float>();
   } else {
-    device_.upload(d.scales.as<void>(), host.group_scales, d.scales.bytes());
     d.view.group_scales = d.scales.as<std::uint16_t>();
     d.offsets = DeviceBuffer(static_cast<std::size_t>(layout.offset_bytes()), what + " offsets");
-    device_.upload(d.offsets.as<void>(), host.group_offsets, d.offsets.bytes());
     d.view.group_offsets = d.offsets.as<std::uint16_t>();
   }
+  return d;
+}
+
+template <typename T>
+DeviceQuantizedMatrix CudaBackend<T>::upload_quantized(const QuantizedMatrix& m, const std::string& what) {
+  const QuantizedView host = m.view();
+  DeviceQuantizedMatrix d = allocate_quantized(host.layout, what);
+  device_.upload(d.packed.as<void>(), host.packed, d.packed.bytes());
+  device_.upload(d.scales.as<void>(), host.layout.dtype == ExpertDType::Int8 ? static_cast<const void*>(host.row_scales)
+                                                                            : host.group_scales,
+                 d.scales.bytes());
+  if (d.offsets.bytes()) device_.upload(d.offsets.as<void>(), host.group_offsets, d.offsets.bytes());
   device_.synchronize();  // the host matrix goes when the caller's layer does
   return d;
+}
+
+template <typename T>
+QuantizedMatrix CudaBackend<T>::download_quantized(const DeviceQuantizedMatrix& d) const {
+  QuantizedMatrix m(d.view.layout);
+  device_.download(m.packed().data(), d.packed.as<void>(), d.packed.bytes());
+  if (d.view.layout.dtype == ExpertDType::Int8) {
+    device_.download(m.row_scales().data(), d.scales.as<void>(), d.scales.bytes());
+  } else {
+    device_.download(m.group_scales().data(), d.scales.as<void>(), d.scales.bytes());
+    device_.download(m.group_offsets().data(), d.offsets.as<void>(), d.offsets.bytes());
+  }
+  return m;
+}
+
+template <typename T>
+void CudaBackend<T>::place_quantized(int l, DeviceQuantizedMatrix gate_up, DeviceQuantizedMatrix down) {
+  CudaLayer& layer = layers_[static_cast<std::size_t>(l)];
+  for (const DeviceQuantizedMatrix* old : {&layer.quantized_gate_up, &layer.quantized_down})
+    weight_bytes_ -= old->packed.bytes() + old->scales.bytes() + old->offsets.bytes();
+  layer.quantized_gate_up = std::move(gate_up);
+  layer.quantized_down = std::move(down);
+  for (const DeviceQuantizedMatrix* now : {&layer.quantized_gate_up, &layer.quantized_down})
+    weight_bytes_ += now->packed.bytes() + now->scales.bytes() + now->offsets.bytes();
+}
+
+// Rows first.. first + count - 1 of a quantized matrix on the device, as the kernels take them.
+cuda::QuantizedExperts kernel_matrix(const QuantizedView& matrix, std::int64_t first, std::int64_t count) {
+  const QuantizedView v = matrix.rows(first, count);
+  cuda::QuantizedExperts q;
+  q.format = v.layout.dtype == ExpertDType::Int8 ? cuda::QuantFormat::Int8 : cuda::QuantFormat::Int4;
+  q.rows = count;
+  q.cols = v.layout.cols;
+  q.packed = v.packed;
+  q.row_scales = v.row_scales;
+  q.group_scales = reinterpret_cast<const __half*>(v.group_scales);
+  q.group_offsets = reinterpret_cast<const __half*>(v.group_offsets);
+  return q;
+}
+
+template <typename T>
+std::optional<QuantizedLayerExperts> CudaBackend<T>::quantize_experts_here(const WeightMap& map, int l,
+                                                                           ExpertDType dtype, LoadTally& tally,
+                                                                           bool for_cache) {
+  const std::int64_t H = config_.hidden_size, I = config_.expert_width, E = config_.num_experts;
+  const std::string k = layer_weight_prefix(l);
+  DeviceQuantizedMatrix gate_up = allocate_quantized({dtype, E * 2 * I, H}, k + "experts (w1, w3), quantized");
+  DeviceQuantizedMatrix down = allocate_quantized({dtype, E * H, I}, k + "experts (w2), quantized");
+  // bf16 goes up as stored when every matrix of the layer is bf16; anything else as float32.
+  bool bf16_values = true;
+  for (int e = 0; e < E && bf16_values; ++e) {
+    const ExpertWeightNames names = expert_weight_names(l, e);
+    for (const std::string* name : {&names.w1, &names.w3, &names.w2}) {
+      const TensorSlice& s = map.at(*name);
+      bf16_values = bf16_values && s.view && s.view->dtype == DType::BF16;
+    }
+  }
+  const std::size_t value_bytes = bf16_values ? sizeof(bf16) : sizeof(float);
+  // One expert's w1, w3 and w2, one after another.
+  const DeviceBuffer values(static_cast<std::size_t>(3 * I * H) * value_bytes, k + "an expert's values to quantize");
+  auto stage = [&](const std::string& name, std::int64_t at) {
+    const TensorSlice& s = map.at(name);
+    char* to = values.as<char>() + static_cast<std::size_t>(at) * value_bytes;
+    if (bf16_values) {
+      check_stored_values(map, name);  // the quantizer would make a damaged value a finite one
+      device_.upload(to, s.view->data + s.offset * 2, static_cast<std::size_t>(s.numel) * 2);
+    } else {
+      const WeightTensor host = s.view ? WeightTensor(*s.view, s.offset, s.numel) : WeightTensor(s.synthetic, s.numel);
+      device_.upload(to, host.data(), static_cast<std::size_t>(s.numel) * sizeof(float));
+      device_.synchronize();  // before `host` goes
+    }
+    tally.add(s.source_bytes());
+  };
+  const bool symmetric = kInt4Variant == Int4Variant::Symmetric;
+  auto quantize = [&](std::int64_t at, const cuda::QuantizedExperts& to) {
+    if (bf16_values)
+      cuda::quantize_experts(values.as<bf16>() + at, 1, to, symmetric, device_.stream());
+    else
+      cuda::quantize_experts(values.as<float>() + at, 1, to, symmetric, device_.stream());
+  };
+  for (int e = 0; e < E; ++e) {
+    const ExpertWeightNames names = expert_weight_names(l, e);
+    stage(names.w1, 0);
+    stage(names.w3, I * H);
+    stage(names.w2, 2 * I * H);
+    quantize(0, kernel_matrix(gate_up.view, e * 2 * I, 2 * I));
+    quantize(2 * I * H, kernel_matrix(down.view, e * H, H));
+    device_.synchronize();  // the next expert's values replace these
+  }
+  std::optional<QuantizedLayerExperts> host;
+  if (for_cache) host = QuantizedLayerExperts{download_quantized(gate_up), download_quantized(down)};
+  place_quantized(l, std::move(gate_up), std::move(down));
+  return host;
 }
 
 template <typename T>
@@ -559,21 +669,17 @@ void CudaBackend<T>::load_weights(const WeightMap& map, const ExpertLoad& expert
     tally.add(read);
   });
   if (!quantized_experts_) return;
-  // Quantized on the host (or read from the quantized cache) a layer at a time, then uploaded.
+  // Read from the quantized cache and uploaded a layer at a time, or quantized here on the GPU
+  // from the checkpoint's values (the cache file then written from the GPU's result).
   const ExpertLoadResult result = load_quantized_experts(
       config_, map, experts,
       [&](int l, QuantizedLayerExperts&& q) {
-        CudaLayer& layer = layers_[static_cast<std::size_t>(l)];
         const std::string k = layer_weight_prefix(l);
-        // A layer may come twice (a damaged cache is dropped part way): the later one replaces it.
-        for (const DeviceQuantizedMatrix* old : {&layer.quantized_gate_up, &layer.quantized_down})
-          weight_bytes_ -= old->packed.bytes() + old->scales.bytes() + old->offsets.bytes();
-        layer.quantized_gate_up = upload_quantized(q.gate_up, k + "experts (w1, w3), quantized");
-        layer.quantized_down = upload_quantized(q.down, k + "experts (w2), quantized");
-        for (const DeviceQuantizedMatrix* now : {&layer.quantized_gate_up, &layer.quantized_down})
-          weight_bytes_ += now->packed.bytes() + now->scales.bytes() + now->offsets.bytes();
+        place_quantized(l, upload_quantized(q.gate_up, k + "experts (w1, w3), quantized"),
+                        upload_quantized(q.down, k + "experts (w2), quantized"));
       },
-      [&](std::uint64_t bytes) { tally.add(bytes); });
+      [&](std::uint64_t bytes) { tally.add(bytes); },
+      [&](int l, bool for_cache) { return quantize_experts_here(map, l, experts.dtype, tally, for_cache); });
   if (expert_result) *expert_result = result;
 }
 

@@ -313,7 +313,8 @@ QuantizedLayerExperts quantize_layer_experts(const ModelConfig& c, const WeightM
 
 ExpertLoadResult load_quantized_experts(const ModelConfig& c, const WeightMap& map, const ExpertLoad& load,
                                         const std::function<void(int, QuantizedLayerExperts&&)>& take,
-                                        const std::function<void(std::uint64_t)>& bytes_read) {
+                                        const std::function<void(std::uint64_t)>& bytes_read,
+                                        const PlacedExpertQuantizer& quantize) {
   ExpertLoadResult result;
   const ExpertCacheKey key = expert_cache_key(c, load);
   std::filesystem::path file;
@@ -337,7 +338,8 @@ ExpertLoadResult load_quantized_experts(const ModelConfig& c, const WeightMap& m
       }
     }
   }
-  ThreadPool pool(load.threads);
+  std::optional<ThreadPool> pool;  // the host's quantizer's
+  if (!quantize) pool.emplace(load.threads);
   std::optional<ExpertCacheWriter> writer;
   auto without_cache = [&] { writer.reset(); };
   if (!file.empty()) {
@@ -347,15 +349,21 @@ ExpertLoadResult load_quantized_experts(const ModelConfig& c, const WeightMap& m
       without_cache();
     }
   }
-  for (int l = 0; l < c.num_layers; ++l) {
-    QuantizedLayerExperts layer = quantize_layer_experts(c, map, l, load.dtype, pool, bytes_read);
-    if (writer) {
-      try {
-        writer->add(l, layer);
-      } catch (const Error&) {
-        without_cache();
-      }
+  auto write = [&](int l, const QuantizedLayerExperts& layer) {
+    try {
+      writer->add(l, layer);
+    } catch (const Error&) {
+      without_cache();
     }
+  };
+  for (int l = 0; l < c.num_layers; ++l) {
+    if (quantize) {
+      const std::optional<QuantizedLayerExperts> layer = quantize(l, writer.has_value());
+      if (writer && layer) write(l, *layer);
+      continue;
+    }
+    QuantizedLayerExperts layer = quantize_layer_experts(c, map, l, load.dtype, *pool, bytes_read);
+    if (writer) write(l, layer);
     take(l, std::move(layer));
   }
   if (writer) {
@@ -368,6 +376,17 @@ ExpertLoadResult load_quantized_experts(const ModelConfig& c, const WeightMap& m
   }
   return result;
 }
+
+namespace {
+
+[[noreturn]] void throw_non_finite(const TensorSlice& s, const std::string& name, const std::string& value,
+                                   std::int64_t element) {
+  throw Error((s.view ? s.view->file + ": tensor \"" + s.view->name : "synthetic weight \"" + name) +
+              "\" holds a non-finite value (" + value + " at element " + std::to_string(element) +
+              "): the checkpoint is damaged");
+}
+
+}  // namespace
 
 WeightPart rank_weight_part(const ModelConfig& c, std::span<const RankLayout> plans, int rank, const std::string& name) {
   const std::vector<std::int64_t> shape = weight_shape(c, name);
@@ -412,12 +431,40 @@ std::uint64_t read_weight_part(const WeightMap& map, const std::string& name, co
   const std::int64_t numel = part.numel();
   const float* bad = std::find_if(out, out + numel, [](float v) { return !std::isfinite(v); });
   if (bad != out + numel) {
-    const std::int64_t at = bad - out, element = s.offset + first + (at / run) * part.width + at % run;
-    throw Error((s.view ? s.view->file + ": tensor \"" + s.view->name : "synthetic weight \"" + name) +
-                "\" holds a non-finite value (" + std::to_string(*bad) + " at element " + std::to_string(element) +
-                "): the checkpoint is damaged");
+    const std::int64_t at = bad - out;
+    throw_non_finite(s, name, std::to_string(*bad), s.offset + first + (at / run) * part.width + at % run);
   }
   return static_cast<std::uint64_t>(numel) * size;
+}
+
+void check_stored_values(const WeightMap& map, const std::string& name) {
+  const TensorSlice& s = map.at(name);
+  if (!s.view) return;  // synthetic values are finite
+  const std::byte* data = s.view->data + s.offset * static_cast<std::int64_t>(dtype_size(s.view->dtype));
+  // An exponent of all ones is an infinity or a NaN; looked for without an early exit, so that
+  // the loop vectorizes (the mapped data may be unaligned: memcpy reads it).
+  auto first_non_finite = [&](auto bits_type, auto exponent) -> std::int64_t {
+    using Bits = decltype(bits_type);
+    auto non_finite = [&](std::int64_t i) {
+      Bits bits;
+      std::memcpy(&bits, data + i * static_cast<std::int64_t>(sizeof(Bits)), sizeof bits);
+      return (bits & exponent) == exponent;
+    };
+    unsigned found = 0;
+    for (std::int64_t i = 0; i < s.numel; ++i) found |= non_finite(i);
+    if (!found) return -1;
+    std::int64_t i = 0;
+    while (!non_finite(i)) ++i;
+    return i;
+  };
+  std::int64_t bad = -1;
+  switch (s.view->dtype) {
+    case DType::F32: bad = first_non_finite(std::uint32_t{}, std::uint32_t{0x7F800000u}); break;
+    case DType::BF16: bad = first_non_finite(std::uint16_t{}, std::uint16_t{0x7F80u}); break;
+    case DType::F16: bad = first_non_finite(std::uint16_t{}, std::uint16_t{0x7C00u}); break;
+    default: throw Error("internal: " + name + " is not a float tensor");
+  }
+  if (bad >= 0) throw_non_finite(s, name, "an infinity or NaN", s.offset + bad);
 }
 
 void LoadTally::add(std::uint64_t bytes) {

@@ -163,15 +163,22 @@ struct ExpertLoadResult {
   std::uint64_t cache_bytes_read = 0;  // 0: quantized from the weights
   std::filesystem::path cache_file;    // the cache file read or written (empty: none)
 };
-// Every layer's experts in load.dtype, in layer order to take(layer, experts): read from the
-// cache file of this model and format when there is an intact one, else quantized from `map`
-// (the checkpoint's or synthetic weights) and written to the cache (when a folder is given; a
-// cache that cannot be written costs only its speed-up). A cache found damaged part way is
-// removed and the layers start again from the weights, so take() may see a layer twice: the
-// later one replaces it. bytes_read(n) counts the bytes read (checkpoint or cache) as they are.
+// Quantizes layer `layer`'s experts where a backend keeps them (the CUDA backend's GPU quantizer,
+// bit for bit core's), in place of the host's quantizer, counting the bytes it reads itself; it
+// returns their bytes on the host when `for_cache` (the cache file is written from them), else
+// nothing.
+using PlacedExpertQuantizer = std::function<std::optional<QuantizedLayerExperts>(int layer, bool for_cache)>;
+// Every layer's experts in load.dtype, in layer order: read from the cache file of this model
+// and format when there is an intact one and given to take(layer, experts); else quantized from
+// `map` (the checkpoint's or synthetic weights), on the host and given to take(), or by
+// `quantize` where given, and written to the cache (when a folder is given; a cache that cannot
+// be written costs only its speed-up). A cache found damaged part way is removed and the layers
+// start again from the weights, so a layer may come twice: the later one replaces it.
+// bytes_read(n) counts the bytes read (checkpoint or cache) as they are.
 ExpertLoadResult load_quantized_experts(const ModelConfig& config, const WeightMap& map, const ExpertLoad& load,
                                         const std::function<void(int, QuantizedLayerExperts&&)>& take,
-                                        const std::function<void(std::uint64_t)>& bytes_read);
+                                        const std::function<void(std::uint64_t)>& bytes_read,
+                                        const PlacedExpertQuantizer& quantize = {});
 // The key of the cache of `load` for a model of `config`.
 ExpertCacheKey expert_cache_key(const ModelConfig& config, const ExpertLoad& load);
 
@@ -196,6 +203,10 @@ WeightPart rank_weight_part(const ModelConfig& config, std::span<const RankLayou
 // one range per row (synthetic weights: only the part's values are made). Returns the bytes read
 // (synthetic: 4 per value). Throws Error naming the tensor for a value that is not finite.
 std::uint64_t read_weight_part(const WeightMap& map, const std::string& name, const WeightPart& part, float* out);
+// Throws Error naming the tensor and element of a value that is not finite in the checkpoint's
+// bytes of the weight `name` (a damaged checkpoint), read from their bits as stored: for a
+// loader that uploads them unconverted.
+void check_stored_values(const WeightMap& map, const std::string& name);
 
 // The bytes a load has read, added from the loading threads (the ranks load at once) and
 // reported as a running total to `report` (one call at a time). Once a rank has failed, the
