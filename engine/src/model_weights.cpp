@@ -470,8 +470,15 @@ void check_stored_values(const WeightMap& map, const std::string& name) {
 void LoadTally::add(std::uint64_t bytes) {
   if (failed_) throw RankAborted();
   const std::lock_guard lock(mutex_);
+  if (failed_) throw RankAborted();  // a report that failed while this rank waited
   total_ += bytes;
-  if (report_) report_(total_);
+  if (!report_) return;
+  try {
+    report_(total_);
+  } catch (...) {
+    failed_ = true;  // before the next rank's report: a cancelled load reports no further
+    throw;
+  }
 }
 
 std::uint64_t LoadTally::total() const {

@@ -209,8 +209,9 @@ std::uint64_t read_weight_part(const WeightMap& map, const std::string& name, co
 void check_stored_values(const WeightMap& map, const std::string& name);
 
 // The bytes a load has read, added from the loading threads (the ranks load at once) and
-// reported as a running total to `report` (one call at a time). Once a rank has failed, the
-// others stop at their next weight.
+// reported as a running total to `report` (one call at a time). Once a rank has failed (a
+// report that throws, as a cancelled load's does, fails its rank), the others stop at their next
+// weight, and nothing more is reported.
 class LoadTally {
  public:
   explicit LoadTally(std::function<void(std::uint64_t)> report = {}) : report_(std::move(report)) {}
