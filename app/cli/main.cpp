@@ -789,12 +789,12 @@ lightdesk::ModelInfo inspect_on_cpu(const std::string& model_dir) {
   return lightdesk::Model::inspect(model_dir, cpu);
 }
 
-// The pattern nearest the tokens' first-layer router statistic: a model without experts computes it.
+// The pattern nearest the tokens' first-layer router statistic: a model of the first layer alone
+// computes it.
 const lightdesk::ExpertPattern& nearest_of(std::span<const lightdesk::ExpertPattern> patterns, const Common& c,
                                            std::span<const lightdesk::TokenId> tokens) {
   lightdesk::ModelOptions options = c.options;
-  const lightdesk::ModelInfo info = inspect_on_cpu(c.model_dir);
-  options.experts = lightdesk::ExpertSelection::router_only(info.num_layers);
+  options.purpose = lightdesk::ModelPurpose::FirstLayerRouter;
   const auto router_model = lightdesk::Model::open(c.model_dir, options);
   const std::vector<float> logits = router_model->first_layer_router_logits(tokens);
   const auto nearest = lightdesk::nearest_pattern(logits, static_cast<std::int64_t>(tokens.size()), patterns);

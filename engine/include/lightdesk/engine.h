@@ -86,15 +86,23 @@ struct ExpertSelection {
   std::string pattern{};
 
   bool pruned() const { return !kept.empty(); }
-  // No expert at all: a model that only computes router statistics
-  // (Model::first_layer_router_logits), to match a query to a pattern before loading its experts.
-  static ExpertSelection router_only(int layers) { return {std::vector<std::vector<int>>(static_cast<std::size_t>(layers)), ""}; }
-  bool is_router_only() const { return pruned() && kept.front().empty(); }
   // Experts kept per layer (0: all).
   int experts_kept() const { return kept.empty() ? 0 : static_cast<int>(kept.front().size()); }
   // "all experts", or "4 experts per layer of pattern \"record\"": what a refused state names.
   std::string describe() const;
   bool operator==(const ExpertSelection&) const = default;
+};
+
+// What a model is opened for.
+enum class ModelPurpose {
+  // Sessions: every weight the options ask for.
+  Sessions,
+  // Only Model::first_layer_router_logits, the statistic that matches a query to an expert
+  // pattern before the experts to load are chosen (lightdesk/expert_patterns.h). The load reads
+  // the embedding and the first layer without its experts, nothing else: no other layer, no LM
+  // head, no expert whatever expert_dtype, expert_cache and experts say (they are ignored). It
+  // runs at any tensor_parallel on either backend; create_session refuses such a model.
+  FirstLayerRouter,
 };
 
 struct ModelOptions {
@@ -137,6 +145,7 @@ struct ModelOptions {
   std::filesystem::path expert_cache{};
   // All experts, or a pruned set (see ExpertSelection). Not with tensor_parallel > 1 yet.
   ExpertSelection experts{};
+  ModelPurpose purpose = ModelPurpose::Sessions;
 };
 
 // The one GPU a single-device backend (the CUDA backend, the vision tower) runs on for these
@@ -220,6 +229,7 @@ struct ModelInfo : ModelShape {
   // The experts the model was opened with (ModelOptions::experts): a state computed with one
   // selection is not the state of another.
   ExpertSelection experts;
+  ModelPurpose purpose = ModelPurpose::Sessions;  // ModelOptions::purpose
 
   // State memory of one session holding `tokens` positions.
   std::uint64_t session_bytes(std::int64_t tokens) const;
@@ -394,7 +404,8 @@ class Model {
  public:
   // Reads and validates config.json and the safetensors files of `directory`, and loads the
   // weights onto the chosen backend. `progress`, if given, is called with (bytes loaded, total)
-  // and returns false to stop: open then throws Cancelled, and nothing stays loaded.
+  // and returns false to stop: open then throws Cancelled, and nothing stays loaded. Under
+  // tensor parallel the ranks load at once: it is called from their threads, one call at a time.
   static std::unique_ptr<Model> open(
       const std::filesystem::path& directory, const ModelOptions& options = {},
       const std::function<bool(std::uint64_t, std::uint64_t)>& progress = {});
@@ -413,10 +424,12 @@ class Model {
   Model& operator=(const Model&) = delete;
 
   const ModelInfo& info() const;
+  // Throws Error for a model opened for ModelPurpose::FirstLayerRouter.
   std::unique_ptr<Session> create_session() const;
   // The first layer's router logits, float32 [tokens, experts], from the embedding and that
   // layer's attention alone (the rest of the model does not run): TAER's query statistic. Needs
-  // no session; the tokens must fit the context.
+  // no session; the tokens must fit the context. Any model computes it; one opened for
+  // ModelPurpose::FirstLayerRouter loads only what it needs.
   std::vector<float> first_layer_router_logits(std::span<const TokenId> tokens) const;
 
   struct Impl;
