@@ -11,6 +11,7 @@
 
 #include "backend.h"
 #include "communicator.h"
+#include "expert_offload.h"
 #include "models/graph.h"
 #include "ops.h"
 #include "sampler.h"
@@ -47,6 +48,30 @@ struct CpuRank {
   std::unique_ptr<LoopbackCommunicator> comm;  // tensor parallel only
 };
 
+// Exact mode: the loaded experts move into a host store, a layer at a time (each layer's loaded
+// copy is freed once stored, so the experts are held about once while they move).
+std::unique_ptr<ExpertOffload> store_experts(const ModelConfig& c, ModelWeights& weights, int slots, ExpertDType dtype) {
+  const ExpertBytes layout{dtype, c.hidden_size, c.expert_width, sizeof(float)};
+  auto offload = std::make_unique<ExpertOffload>(c.num_layers, c.num_experts, slots, layout);
+  const std::int64_t H = c.hidden_size, I = c.expert_width;
+  for (int l = 0; l < c.num_layers; ++l) {
+    LayerWeights& w = weights.layers[static_cast<std::size_t>(l)];
+    for (int e = 0; e < c.num_experts; ++e) {
+      std::byte* to = offload->store().expert(l, e);
+      if (w.quantized) {
+        layout.write_quantized({w.quantized->gate_up.view().rows(e * 2 * I, 2 * I), w.quantized->down.view().rows(e * H, H)},
+                               to);
+      } else {
+        const ExpertWeights& ew = w.experts[static_cast<std::size_t>(e)];
+        layout.write_matrices(ew.w1.data(), ew.w3.data(), ew.w2.data(), to);
+      }
+    }
+    w.experts = {};
+    w.quantized.reset();
+  }
+  return offload;
+}
+
 // Host memory as a float32 Tensor; the ops never write through a weight's.
 Tensor host_tensor(const float* data) { return {const_cast<float*>(data), ElementType::F32}; }
 Tensor host_tensor(const std::vector<float>& w) { return host_tensor(w.data()); }
@@ -62,6 +87,8 @@ class CpuBackend final : public ComputeBackend {
                   ")");
     kept_ = options.experts;
     ModelWeights weights = load_cpu_weights(c, map, experts, bytes_loaded, expert_result, kept_);
+    if (options.host_expert_store)
+      offload_ = store_experts(c, weights, options.cached_experts_per_layer, experts.dtype);
     const int ranks = static_cast<int>(plans_.size());
     const unsigned hardware = std::max(1u, std::thread::hardware_concurrency());
     const int threads = std::max(1, (options.threads > 0 ? options.threads : static_cast<int>(hardware)) / ranks);
@@ -81,9 +108,12 @@ class CpuBackend final : public ComputeBackend {
     // One rank's tensors are views of the loaded weights: keep them.
     if (ranks == 1) {
       weight_bytes_ = map.parameter_count() * sizeof(float);
-      if (experts.dtype != ExpertDType::BF16) {
-        const std::uint64_t expert_parameters =
-            std::uint64_t(c.num_layers) * c.num_experts * 3 * std::uint64_t(c.hidden_size) * c.expert_width;
+      const std::uint64_t expert_parameters =
+          std::uint64_t(c.num_layers) * c.num_experts * 3 * std::uint64_t(c.hidden_size) * c.expert_width;
+      if (offload_) {  // the slots; the store is counted apart (expert_store_bytes)
+        weight_bytes_ -= expert_parameters * sizeof(float);
+        weight_bytes_ += offload_->slot_bytes();
+      } else if (experts.dtype != ExpertDType::BF16) {
         weight_bytes_ -= expert_parameters * sizeof(float);
         for (const LayerWeights& layer : weights.layers)
           weight_bytes_ += static_cast<std::uint64_t>(layer.quantized->gate_up.layout().total_bytes() +
@@ -108,6 +138,7 @@ class CpuBackend final : public ComputeBackend {
   // Progress every fraction of a second; longer passes gain nothing on the CPU.
   std::int64_t default_chunk_tokens() const override { return 512; }
   std::uint64_t weight_bytes() const override { return weight_bytes_; }
+  ExpertOffload* expert_offload() const override { return offload_.get(); }
 
   std::unique_ptr<SequenceState> new_sequence() const override {
     auto s = std::make_unique<CpuSequence>();
@@ -219,6 +250,7 @@ class CpuBackend final : public ComputeBackend {
   std::vector<std::unique_ptr<CpuRank>> ranks_;
   std::uint64_t weight_bytes_ = 0;
   ExpertSelection kept_;
+  std::unique_ptr<ExpertOffload> offload_;  // exact mode
 };
 
 // Rows first.. first + count - 1 of a [rows, width] matrix, or its columns of every row.
@@ -276,9 +308,19 @@ ModelTensors CpuBackend::graph_tensors(const ModelWeights& weights, CpuRank& ran
       layer.v_proj = rows(w.v_proj, H, g0, gn);
       layer.o_proj = columns(w.o_proj, H, A, h0, hn);
     }
-    layer.moe = {layer.router, {}, {}, H, p.expert_width, config_.experts_per_token};
+    layer.moe.router = layer.router;
+    layer.moe.hidden = H;
+    layer.moe.width = p.expert_width;
+    layer.moe.top_k = config_.experts_per_token;
     if (kept_.pruned())
       layer.moe.expert_mask = host_tensor(rank.owned.emplace_back(expert_mask(config_, kept_, static_cast<int>(t.layers.size()))));
+    if (offload_) {
+      layer.moe.experts.resize(static_cast<std::size_t>(E));
+      layer.moe.offload = offload_.get();
+      layer.moe.offload_layer = static_cast<int>(t.layers.size());
+      t.layers.push_back(std::move(layer));
+      continue;
+    }
     if (w.quantized) {
       layer.moe.quantized = quantized_experts(*w.quantized, rank, slice);
       t.layers.push_back(std::move(layer));
