@@ -84,7 +84,7 @@ class ExpertSlotCache {
   // Whether `expert` had a slot when the layer's latest step began (its miss otherwise).
   bool resident_before_step(int layer, int expert) const;
   int slot_of(int layer, int expert) const;  // -1: none
-  std::int64_t copies() const { return copies_; }
+  std::int64_t copies() const { return copies_; }  // slots filled so far (misses and seeding)
 
  private:
   std::size_t at(int layer, int index, int count) const {

@@ -318,5 +318,22 @@ TEST(ExactModeTest, BadOptionsAreRefusedByName) {
   EXPECT_FALSE(engine_capabilities(BackendKind::Cuda).host_expert_store);
 }
 
+// The CUDA backend refuses exact mode by name (it has no host store yet); skips without a GPU.
+TEST(ExactModeTest, TheCudaBackendRefusesItByName) {
+  const auto backends = available_backends();
+  if (std::ranges::find(backends, BackendKind::Cuda) == backends.end())
+    GTEST_SKIP() << "no CUDA backend usable here; skipping";
+  ModelOptions options;
+  options.backend = BackendKind::Cuda;
+  options.host_expert_store = true;
+  options.cached_experts_per_layer = 2;
+  try {
+    Model::open(demo_model(), options);
+    ADD_FAILURE() << "the CUDA backend accepted the host expert store";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cuda backend has no host expert store yet"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace lightdesk
