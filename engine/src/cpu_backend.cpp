@@ -11,6 +11,7 @@
 
 #include "backend.h"
 #include "communicator.h"
+#include "expert_offload.h"
 #include "models/graph.h"
 #include "ops.h"
 #include "sampler.h"
@@ -50,6 +51,37 @@ struct CpuRank {
   std::unique_ptr<LoopbackCommunicator> comm;  // tensor parallel only
 };
 
+// Exact mode: every expert into a host store, a layer at a time: from the quantized layers
+// (each freed once stored, so the experts are held about once while they move), or their float32
+// values read from the map.
+std::unique_ptr<ExpertOffload> store_experts(const ModelConfig& c, const WeightMap& map,
+                                             std::vector<QuantizedLayerExperts>& quantized, int slots, ExpertDType dtype,
+                                             LoadTally& tally) {
+  const ExpertBytes layout{dtype, c.hidden_size, c.expert_width, sizeof(float)};
+  auto offload = std::make_unique<ExpertOffload>(c.num_layers, c.num_experts, slots, layout);
+  const std::int64_t H = c.hidden_size, I = c.expert_width;
+  auto values = [&](const std::string& name) {
+    const TensorSlice& s = map.at(name);
+    tally.add(s.source_bytes());
+    return s.view ? WeightTensor(*s.view, s.offset, s.numel) : WeightTensor(s.synthetic, s.numel);
+  };
+  for (int l = 0; l < c.num_layers; ++l) {
+    for (int e = 0; e < c.num_experts; ++e) {
+      std::byte* to = offload->store().expert(l, e);
+      if (!quantized.empty()) {
+        const QuantizedLayerExperts& q = quantized[static_cast<std::size_t>(l)];
+        layout.write_quantized({q.gate_up.view().rows(e * 2 * I, 2 * I), q.down.view().rows(e * H, H)}, to);
+      } else {
+        const ExpertWeightNames names = expert_weight_names(l, e);
+        layout.write_matrices(values(names.w1).data(), values(names.w3).data(), values(names.w2).data(), to);
+      }
+    }
+    if (!quantized.empty()) quantized[static_cast<std::size_t>(l)] = {};
+  }
+  quantized.clear();
+  return offload;
+}
+
 // Host memory as a float32 Tensor; the ops never write through a weight's.
 Tensor host_tensor(const float* data) { return {const_cast<float*>(data), ElementType::F32}; }
 Tensor host_tensor(const std::vector<float>& w) { return host_tensor(w.data()); }
@@ -86,6 +118,11 @@ class CpuBackend final : public ComputeBackend {
           [&](std::uint64_t bytes) { tally.add(bytes); });
       if (expert_result) *expert_result = result;
     }
+    // Exact mode: every expert into the host store (the ranks hold none).
+    if (options.host_expert_store) {
+      offload_ = store_experts(c, map, quantized_, options.cached_experts_per_layer, experts.dtype, tally);
+      weight_bytes_ += offload_->slot_bytes();  // the slots; the store is counted apart (expert_store_bytes)
+    }
     // Each rank reads its parts of the other weights, all ranks at once.
     tally.on_every_rank(ranks_.size(), [&](std::size_t r) { load_rank(map, *ranks_[r], tally); });
     for (const auto& rank : ranks_) weight_bytes_ += rank->weight_bytes;
@@ -101,6 +138,7 @@ class CpuBackend final : public ComputeBackend {
   // Progress every fraction of a second; longer passes gain nothing on the CPU.
   std::int64_t default_chunk_tokens() const override { return 512; }
   std::uint64_t weight_bytes() const override { return weight_bytes_; }
+  ExpertOffload* expert_offload() const override { return offload_.get(); }
 
   std::unique_ptr<SequenceState> new_sequence() const override {
     auto s = std::make_unique<CpuSequence>();
@@ -214,6 +252,7 @@ class CpuBackend final : public ComputeBackend {
   std::uint64_t weight_bytes_ = 0;
   const ExpertSelection kept_;
   const ModelPurpose purpose_;
+  std::unique_ptr<ExpertOffload> offload_;  // exact mode
 };
 
 void CpuBackend::load_rank(const WeightMap& map, CpuRank& rank, LoadTally& tally) const {
@@ -253,9 +292,16 @@ void CpuBackend::load_rank(const WeightMap& map, CpuRank& rank, LoadTally& tally
       const std::vector<float> slopes = lightning_slopes(config_, l);
       layer.slopes = own({slopes.begin() + p.first_head, slopes.begin() + p.first_head + p.heads});
     }
-    layer.moe = {layer.router, {}, {}, H, p.expert_width, config_.experts_per_token};
+    layer.moe.router = layer.router;
+    layer.moe.hidden = H;
+    layer.moe.width = p.expert_width;
+    layer.moe.top_k = config_.experts_per_token;
     if (kept_.pruned()) layer.moe.expert_mask = own(expert_mask(config_, kept_, l));
-    if (!quantized_.empty()) {
+    if (offload_) {
+      layer.moe.experts.resize(static_cast<std::size_t>(config_.num_experts));
+      layer.moe.offload = offload_.get();
+      layer.moe.offload_layer = l;
+    } else if (!quantized_.empty()) {
       layer.moe.quantized = quantized_experts(quantized_[static_cast<std::size_t>(l)], rank, plans_.size() > 1);
     } else {
       // The rank's experts (pruned: the kept ones), each its slice of the width; none for a

@@ -10,6 +10,7 @@
 #include "backend.h"
 #include "lightdesk/bf16.h"
 #include "cuda_plugin.h"
+#include "expert_offload.h"
 #include "lightdesk/engine.h"
 #include "lightdesk/input_files.h"
 #include "model_config.h"
@@ -337,6 +338,8 @@ ModelOptions loaded_options(const ModelOptions& options) {
     load.expert_dtype = ExpertFormat::Bf16;
     load.expert_cache.clear();
     load.experts = {};
+    load.host_expert_store = false;
+    load.cached_experts_per_layer = 0;
   }
   return load;
 }
@@ -362,7 +365,11 @@ std::unique_ptr<Model> Model::open(const std::filesystem::path& directory, const
   auto impl = std::make_unique<Impl>();
   impl->config = load_model_config(directory, options.rope_full_head);
   check_expert_selection(impl->config, options.experts);
+  check_expert_offload(impl->config, options);
   const BackendKind kind = resolve_backend(options.backend);
+  if (options.host_expert_store && !engine_capabilities(kind).host_expert_store)
+    throw Error(std::string("the ") + backend_name(kind) +
+                " backend has no host expert store yet (exact mode runs on the CPU backend)");
   std::optional<WeightMap> map;
   if (options.synthetic_weights) {
     map = WeightMap::synthetic(impl->config, *options.synthetic_weights);
@@ -395,15 +402,25 @@ std::unique_ptr<Model> Model::open(const std::filesystem::path& directory, const
   impl->info.expert_cache_file = expert_result.cache_file;
   impl->info.experts = options.experts;
   impl->info.purpose = options.purpose;
+  if (const ExpertOffload* offload = impl->backend->expert_offload()) {
+    impl->info.cached_experts_per_layer = offload->cache().slots();
+    impl->info.expert_store_bytes = offload->store().bytes();
+  }
   return std::unique_ptr<Model>(new Model(std::move(impl)));
+}
+
+void Model::seed_expert_cache(const ExpertSelection& experts) {
+  ExpertOffload* offload = impl_->backend->expert_offload();
+  if (!offload) throw Error("the model has no host expert store to seed (ModelOptions::host_expert_store)");
+  offload->seed(experts);
 }
 
 namespace {
 
 // Adds to `tally` the router probability mass (softmax over every expert) of each row that falls
-// on experts the selection does not hold.
-void tally_lost_mass(const ExpertSelection& experts, int layer, std::span<const float> logits, std::int64_t rows,
-                     RoutingTally& tally) {
+// on experts not resident(e).
+template <typename Resident>
+void tally_lost_mass(std::span<const float> logits, std::int64_t rows, Resident resident, RoutingTally& tally) {
   const std::int64_t E = static_cast<std::int64_t>(logits.size()) / std::max<std::int64_t>(rows, 1);
   for (std::int64_t r = 0; r < rows; ++r) {
     const std::span<const float> row = logits.subspan(static_cast<std::size_t>(r * E), static_cast<std::size_t>(E));
@@ -412,7 +429,7 @@ void tally_lost_mass(const ExpertSelection& experts, int layer, std::span<const 
     for (std::int64_t e = 0; e < E; ++e) {
       const double p = std::exp(double{row[static_cast<std::size_t>(e)]} - max_logit);
       all += p;
-      if (!expert_kept(experts, layer, static_cast<int>(e))) lost += p;
+      if (!resident(static_cast<int>(e))) lost += p;
     }
     tally.lost_mass += lost / all;
   }
@@ -536,12 +553,19 @@ void Session::feed(std::span<const TokenId> tokens, const FeedOptions& options) 
   // All rows go straight where logits() reads them; those a failed or cancelled feed did not
   // reach are dropped.
   if (options.all_logits) s.logits.resize(static_cast<std::size_t>(total * V));
-  // A pruned model tallies the mass its routing lost; the caller's statistics come too.
+  // A pruned model tallies the mass its routing lost, one in exact mode its misses (the cache
+  // as the layer's step found it: the router's logits come right after the layer's experts);
+  // the caller's statistics come too.
   const ExpertSelection& experts = s.info->experts;
+  const ExpertOffload* offload = s.backend->expert_offload();
   std::function<void(int, std::span<const float>, std::int64_t)> router_logits;
-  if (experts.pruned() || options.router_logits)
+  if (experts.pruned() || offload || options.router_logits)
     router_logits = [&](int layer, std::span<const float> logits, std::int64_t rows) {
-      if (experts.pruned()) tally_lost_mass(experts, layer, logits, rows, s.routing);
+      if (experts.pruned())
+        tally_lost_mass(logits, rows, [&](int e) { return expert_kept(experts, layer, e); }, s.routing);
+      if (offload)
+        tally_lost_mass(logits, rows, [&](int e) { return offload->cache().resident_before_step(layer, e); },
+                        s.routing);
       if (options.router_logits) options.router_logits(layer, logits, rows);
     };
   try {

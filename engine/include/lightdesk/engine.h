@@ -146,6 +146,14 @@ struct ModelOptions {
   // All experts, or a pruned set (see ExpertSelection). Not with tensor_parallel > 1 yet.
   ExpertSelection experts{};
   ModelPurpose purpose = ModelPurpose::Sessions;
+  // Exact mode (docs/expert-offload.md): every expert in a host store in expert_dtype, and per
+  // layer a cache of `cached_experts_per_layer` of them on the backend (at least the
+  // experts_per_token a token routes to, at most every expert); a chosen expert that is not
+  // cached is copied in before it computes, so the logits are those of every expert resident in
+  // the same format. Model::seed_expert_cache fills the caches from a task pattern. With all
+  // experts and one rank; only backends whose engine_capabilities say host_expert_store run it.
+  bool host_expert_store = false;
+  int cached_experts_per_layer = 0;
 };
 
 // The one GPU a single-device backend (the CUDA backend, the vision tower) runs on for these
@@ -230,6 +238,12 @@ struct ModelInfo : ModelShape {
   // selection is not the state of another.
   ExpertSelection experts;
   ModelPurpose purpose = ModelPurpose::Sessions;  // ModelOptions::purpose
+  // Exact mode (ModelOptions::host_expert_store): the cache per layer, and the host store's
+  // bytes (weight_bytes counts the caches). Its results are those of every expert resident in
+  // the same format, so its states are theirs: state_identity() leaves the mode out, and a
+  // state saved in one mode restores in the other.
+  int cached_experts_per_layer = 0;  // 0: every expert resident
+  std::uint64_t expert_store_bytes = 0;
 
   // State memory of one session holding `tokens` positions.
   std::uint64_t session_bytes(std::int64_t tokens) const;
@@ -278,8 +292,10 @@ struct FeedOptions {
   std::function<void(int layer, std::span<const float> logits, std::int64_t rows)> router_logits;
 };
 
-// Where a pruned model's routing went: per token and layer the router's probability mass
-// (softmax over every expert, before the mask) that fell on experts it does not hold.
+// Where a model's routing went: per token and layer the router's probability mass (softmax over
+// every expert, before any mask) that fell on experts not resident: in the pruned mode those it
+// does not hold (mass lost), in exact mode those not cached when the layer's step began (misses,
+// copied in; nothing is lost).
 struct RoutingTally {
   std::int64_t token_layers = 0;  // tokens × layers routed
   double lost_mass = 0.0;         // summed over them
@@ -358,8 +374,9 @@ class Session {
   TokenId sample(const SamplingParams& params);
   void set_seed(std::uint64_t seed);
 
-  // A pruned model's routing over every token fed since the session was created (reset() and
-  // an import keep it): a caller takes the difference across a turn. Zero for all experts.
+  // A pruned or exact-mode model's routing over every token fed since the session was created
+  // (reset() and an import keep it): a caller takes the difference across a turn. Zero with
+  // every expert resident.
   RoutingTally routing_tally() const;
 
   // Forgets every token.
@@ -431,6 +448,10 @@ class Model {
   // no session; the tokens must fit the context. Any model computes it; one opened for
   // ModelPurpose::FirstLayerRouter loads only what it needs.
   std::vector<float> first_layer_router_logits(std::span<const TokenId> tokens) const;
+  // Exact mode: puts each layer's experts of `experts` (a pattern's keep(cached_experts_per_layer))
+  // in its cache, evicting the least recently used others. Changes only what is cached, never a
+  // result: a later turn matching another pattern re-seeds. Throws Error without a host store.
+  void seed_expert_cache(const ExpertSelection& experts);
 
   struct Impl;
 
@@ -469,8 +490,8 @@ struct RankLayout {
 // N by them, the expert width by N under MoeParallel::Tensor; or N below 1 or above the vocabulary.
 std::vector<RankLayout> tensor_parallel_layout(const ModelShape& shape, int ranks, MoeParallel moe);
 
-// What this build can run. The planner plans every candidate, so a front end can say what
-// would fit once a format lands, but chooses only among these.
+// What this build's backend can run. The planner plans every candidate, so a front end can say
+// what would fit once a format lands, but chooses only among these.
 struct EngineCapabilities {
   bool tensor_parallel = false;  // one model over several GPUs
   bool int8_experts = false;
@@ -478,7 +499,8 @@ struct EngineCapabilities {
   bool host_expert_store = false;
   bool pruned_experts = false;
 };
-EngineCapabilities engine_capabilities();
+// The host expert store: the CPU backend (its reference); CUDA not yet.
+EngineCapabilities engine_capabilities(BackendKind backend = BackendKind::Cuda);
 
 // One entry of the planning policy.
 struct PlanCandidate {
@@ -507,6 +529,7 @@ struct PlanRequest {
   // for the CPU backend that many simulated ranks, each given an equal share of the one device.
   int tensor_parallel = 0;
   std::int64_t chunk_tokens = 0;  // prefill tokens per pass, sizing the activations (0: the backend's)
+  // What the request's backend runs: engine_capabilities(backend).
   EngineCapabilities capabilities = engine_capabilities();
 };
 
