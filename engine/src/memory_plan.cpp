@@ -309,10 +309,13 @@ std::vector<RankLayout> tensor_parallel_layout(const ModelShape& shape, int rank
   return layout;
 }
 
-// Quantized and pruned experts run on both backends; one model over several GPUs and the host
-// expert store are still to come.
-EngineCapabilities engine_capabilities() {
-  return {.int8_experts = true, .int4_experts = true, .pruned_experts = true};
+// Quantized and pruned experts run on both backends, the host expert store on the CPU's; one
+// model over several GPUs is still to come.
+EngineCapabilities engine_capabilities(BackendKind backend) {
+  return {.int8_experts = true,
+          .int4_experts = true,
+          .host_expert_store = backend == BackendKind::Cpu,
+          .pruned_experts = true};
 }
 
 std::vector<PlanCandidate> plan_candidates(int experts_kept) {
