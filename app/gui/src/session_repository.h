@@ -70,6 +70,11 @@ struct StateLoad {
   QString refused;       // a damaged state, another model's, an unreadable database
 };
 
+// Why a state computed by the model of `saved` cannot be restored into `model` (empty: it can):
+// another model, the same one with its experts in another format (ModelInfo::state_identity), or
+// another pruned selection, said by name.
+QString state_mismatch(const ModelInfo& saved, const ModelInfo& model);
+
 class SessionRepository : public QObject {
   Q_OBJECT
 
