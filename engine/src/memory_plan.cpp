@@ -342,7 +342,7 @@ u64 RankMemory::total_bytes() const {
 std::string MemoryPlan::summary() const {
   std::string what = describe_candidate(candidate);
   if (float32_values && candidate.experts == ExpertFormat::Bf16)
-    what.replace(0, 4, "float32");  // the backend's own values, not bf16
+    what.replace(what.find("bf16"), 4, "float32");  // the backend's own values, not bf16
   if (backend == BackendKind::Cpu)
     return what + " in host memory" +
            (tensor_parallel == 1 ? "" : ", tensor parallel over " + std::to_string(tensor_parallel) + " ranks");

@@ -110,7 +110,7 @@ class ModelCheckTest : public QObject {
     QCOMPARE(dialog.check().plan.plans[*dialog.plan()].candidate.experts, ExpertFormat::Int8);
     saveScreenshot(dialog, QStringLiteral("18-load-options-quantize-to-fit.png"));
     // int4 instead: chosen by name, and said as what loads.
-    int4->setChecked(true);
+    int4->click();
     QVERIFY(dialog.choice().experts == std::optional(ExpertFormat::Int4));
     QCOMPARE(dialog.check().plan.plans[*dialog.plan()].candidate.experts, ExpertFormat::Int4);
     QVERIFY2(child<QLabel>(dialog, "planLabel")->text().contains(QStringLiteral("Loads: int4 experts on 1 GPU")),
@@ -303,9 +303,11 @@ class ModelCheckTest : public QObject {
     auto* dialog = window.findChild<ModelCheckDialog*>();
     QVERIFY(ready.isEmpty());
     QVERIFY(!child<QLabel>(*dialog, "quantizeNote")->isVisible());
-    QVERIFY(child<QRadioButton>(*dialog, "format_bf16")->text().contains(QStringLiteral("the planner's choice")));
+    const QString values = child<QRadioButton>(*dialog, "format_bf16")->text();
+    QVERIFY2(values.startsWith(QStringLiteral("float32 (the checkpoint's values)")), qPrintable(values));
+    QVERIFY2(values.contains(QStringLiteral("the planner's choice")), qPrintable(values));
     QCOMPARE(child<QComboBox>(*dialog, "patternCombo")->count(), 4);
-    child<QRadioButton>(*dialog, "format_int8")->setChecked(true);
+    child<QRadioButton>(*dialog, "format_int8")->click();
     saveScreenshot(*dialog, QStringLiteral("20-load-options-demo.png"));
     dialog->accept();
     QVERIFY(ready.wait(window_test::kTimeoutMs));

@@ -138,8 +138,10 @@ ModelCheckDialog::ModelCheckDialog(const ModelCheck& full, std::int64_t context_
     format_buttons_[i] = new QRadioButton(formats);
     format_buttons_[i]->setObjectName(QStringLiteral("format_") + QString::fromLatin1(expert_format_name(kFormats[i])));
     format_layout->addWidget(format_buttons_[i]);
-    connect(format_buttons_[i], &QRadioButton::toggled, this, [this](bool on) {
-      if (on) refresh();
+    // Only the user's click picks a format; until then the radio follows the planner.
+    connect(format_buttons_[i], &QRadioButton::clicked, this, [this] {
+      format_chosen_ = true;
+      refresh();
     });
   }
   layout->addWidget(formats);
@@ -193,16 +195,9 @@ ModelCheckDialog::ModelCheckDialog(const ModelCheck& full, std::int64_t context_
   connect(pattern_combo_, &QComboBox::currentIndexChanged, this, &ModelCheckDialog::refresh);
   connect(host_store_box_, &QCheckBox::toggled, this, &ModelCheckDialog::refresh);
 
-  // The format remembered, else the planner's (bf16 when it chose nothing).
-  check_ = planned_check(full_, context_limit_, pruned_box_->isChecked() ? kept_spin_->value() : 0);
-  LoadChoice planner = choice;
-  planner.experts.reset();
-  const std::optional<std::size_t> planned = chosen_plan(check_, planner);
-  const ExpertFormat shown = choice.experts ? *choice.experts
-                             : planned     ? check_.plan.plans[*planned].candidate.experts
-                                           : ExpertFormat::Bf16;
+  format_chosen_ = choice.experts.has_value();
   for (std::size_t i = 0; i < std::size(kFormats); ++i)
-    if (kFormats[i] == shown) format_buttons_[i]->setChecked(true);
+    if (choice.experts == kFormats[i]) format_buttons_[i]->setChecked(true);
   refresh();
 }
 
@@ -213,7 +208,7 @@ LoadChoice ModelCheckDialog::choice() const {
   choice.pattern = pattern_combo_->currentText();
   choice.host_expert_store = full_.request.capabilities.host_expert_store && host_store_box_->isChecked();
   for (std::size_t i = 0; i < std::size(kFormats); ++i)
-    if (format_buttons_[i]->isChecked()) choice.experts = kFormats[i];
+    if (format_chosen_ && format_buttons_[i]->isChecked()) choice.experts = kFormats[i];
   // The planner's own format is kept as "the planner's choice": it follows the machine.
   LoadChoice planner = choice;
   planner.experts.reset();
@@ -240,14 +235,21 @@ void ModelCheckDialog::refresh() {
       if (p.candidate.experts == kFormats[i] && p.candidate.experts_kept == one.experts_kept &&
           p.candidate.host_expert_store == one.host_expert_store)
         plan = &p;
-    QString text = QString::fromLatin1(expert_format_name(kFormats[i]));
+    // The checkpoint's values are float32 where the backend computes in float32 (the CPU).
+    QString text = kFormats[i] == ExpertFormat::Bf16 && plan && plan->float32_values
+                       ? tr("float32 (the checkpoint's values)")
+                       : QString::fromLatin1(expert_format_name(kFormats[i]));
     if (plan && !plan->ranks.empty()) {
       const QString need = tr("needs %1 of %2").arg(format_bytes(most_on_one_device(*plan)),
                                                     format_bytes(plan->ranks.front().device.memory_bytes));
       text += QStringLiteral(": ") + need + QStringLiteral(", ") +
               (!plan->runnable ? tr("not in this build yet") : plan->fits ? tr("fits") : tr("does not fit"));
     }
-    if (planner && check_.plan.plans[*planner].candidate.experts == kFormats[i]) text += tr(" (the planner's choice)");
+    const bool planners = planner && check_.plan.plans[*planner].candidate.experts == kFormats[i];
+    if (planners) text += tr(" (the planner's choice)");
+    // Not picked by the user: the planner's format (bf16 where it has none) is the one shown.
+    if (!format_chosen_ && (planners || (!planner && kFormats[i] == ExpertFormat::Bf16)))
+      format_buttons_[i]->setChecked(true);
     format_buttons_[i]->setText(text);
     format_buttons_[i]->setEnabled(plan && plan->fits && plan->runnable);
   }

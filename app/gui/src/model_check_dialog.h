@@ -68,6 +68,7 @@ class ModelCheckDialog : public QDialog {
   ModelCheck full_;
   std::int64_t context_limit_;
   ModelCheck check_;
+  bool format_chosen_ = false;  // the user picked a format (else it follows the planner)
   QLabel* plan_label_;
   QLabel* quantize_label_;
   QRadioButton* format_buttons_[3];
