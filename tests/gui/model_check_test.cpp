@@ -6,6 +6,7 @@
 #include <QCheckBox>
 #include <QComboBox>
 #include <QDialogButtonBox>
+#include <QFile>
 #include <QLabel>
 #include <QPushButton>
 #include <QRadioButton>
@@ -159,6 +160,29 @@ class ModelCheckTest : public QObject {
     QCOMPARE(options.experts.experts_kept(), 8);
     QCOMPARE(options.expert_dtype, ExpertFormat::Int4);
     saveScreenshot(dialog, QStringLiteral("19-load-options-pruned.png"));
+  }
+
+  void aDamagedPatternFileIsNamed() {
+    // The tiny model's files, with a pattern file that is not JSON: the pruned mode is not
+    // offered, and its tooltip says why.
+    const std::filesystem::path copy = std::filesystem::path(directory_.filePath(QStringLiteral("model")).toStdString());
+    std::filesystem::copy(window_test::kModelDirectory.toStdString(), copy, std::filesystem::copy_options::recursive);
+    {
+      QFile file(QString::fromStdString((copy / "expert_patterns.json").string()));
+      QVERIFY(file.open(QIODevice::WriteOnly));
+      file.write("{\"patterns\": [");
+    }
+    EngineWorker worker;
+    QSignalSpy checked(&worker, &EngineWorker::modelChecked);
+    worker.checkModel(QString::fromStdString(copy.string()), QStringLiteral("cpu"));
+    QCOMPARE(checked.size(), 1);
+    const ModelCheck check = checked.front().front().value<ModelCheck>();
+    QVERIFY(check.patterns.empty());
+    QVERIFY2(check.patterns_problem.contains(QStringLiteral("expert_patterns.json")), qPrintable(check.patterns_problem));
+    ModelCheckDialog dialog(check, 0, {});
+    auto* pruned = child<QCheckBox>(dialog, "prunedBox");
+    QVERIFY(!pruned->isEnabled());
+    QVERIFY2(pruned->toolTip().contains(QStringLiteral("cannot be read")), qPrintable(pruned->toolTip()));
   }
 
   void theChoiceIsRememberedPerModel() {

@@ -25,18 +25,15 @@ std::filesystem::path to_path(const QString& path) { return std::filesystem::pat
 
 QString to_qstring(std::string_view text) { return QString::fromUtf8(text.data(), static_cast<qsizetype>(text.size())); }
 
-// The task patterns of the model that its directory ships (expert_patterns.json); none when it
-// ships none or they cannot be read (the pruned mode is then not offered).
+// The task patterns of the model that its directory ships (expert_patterns.json; none without
+// one). Throws Error naming the fault of a file that cannot be read.
 std::vector<ExpertPattern> shipped_patterns(const ModelInfo& info) {
   const std::filesystem::path file = info.directory / "expert_patterns.json";
   std::vector<ExpertPattern> patterns;
-  try {
-    if (std::filesystem::exists(file))
-      for (ExpertPattern& p : store::parse_expert_patterns_json(read_regular_file(file, 64 << 20), file.string()))
-        if (p.model_fingerprint == info.fingerprint && p.layers.size() == static_cast<std::size_t>(info.num_layers))
-          patterns.push_back(std::move(p));
-  } catch (const std::exception&) {
-  }
+  if (!std::filesystem::exists(file)) return patterns;
+  for (ExpertPattern& p : store::parse_expert_patterns_json(read_regular_file(file, 64 << 20), file.string()))
+    if (p.model_fingerprint == info.fingerprint && p.layers.size() == static_cast<std::size_t>(info.num_layers))
+      patterns.push_back(std::move(p));
   return patterns;
 }
 
@@ -121,7 +118,12 @@ ModelCheck EngineWorker::inspect(const QString& directory, const QString& backen
   ModelCheck check = memory_check(info, available, place, 0,
                                   info.backend == BackendKind::Cuda ? available_host_memory() : 0);
   check.directory = directory;
-  check.patterns = shipped_patterns(info);
+  // A damaged pattern file costs only the pruned mode, with its reason.
+  try {
+    check.patterns = shipped_patterns(info);
+  } catch (const std::exception& e) {
+    check.patterns_problem = to_qstring(e.what());
+  }
   return check;
 }
 

@@ -39,6 +39,7 @@ struct ModelCheck {
   PlanRequest request;                  // memory_place at context_tokens, and the pruned size asked
   PlanReport plan;                      // for request
   std::vector<ExpertPattern> patterns;  // the task patterns the model ships (its pruned mode's)
+  QString patterns_problem;             // why its pattern file could not be read (empty: it could)
   bool fits() const { return plan.chosen.has_value(); }
 };
 

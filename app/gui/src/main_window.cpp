@@ -32,8 +32,8 @@
 #include "conversation_panel.h"
 #include "document_viewer.h"
 #include "documents_panel.h"
-#include "model_check_dialog.h"
 #include "endpoint_dialog.h"
+#include "model_check_dialog.h"
 #include "session_panel.h"
 #include "settings_dialog.h"
 #include "status_panel.h"
@@ -448,7 +448,10 @@ void MainWindow::onModelChecked(const ModelCheck& full_check) {
                          .arg(check.directory, check.memory_place, format_count(check.fitting_context))
                    : tr("%1 does not fit in %2: its weights alone need %3.")
                          .arg(check.directory, check.memory_place, format_bytes(check.weight_bytes))) +
-              QLatin1Char('\n') + needs_text(check) + QLatin1Char('\n') + plan_text(check));
+              QLatin1Char('\n') + needs_text(check) + QLatin1Char('\n') + plan_text(check) +
+              (check.patterns.empty() ? QString()
+                                      : QLatin1Char(' ') + tr("File > Load options… offers pruned experts, which "
+                                                              "need less memory.")));
     return;
   }
   loadPlanned(check, *plan, choice);

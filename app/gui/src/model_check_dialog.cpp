@@ -79,6 +79,7 @@ ModelCheck planned_check(const ModelCheck& full, std::int64_t context_limit, int
   check.model = full.model;
   check.directory = full.directory;
   check.patterns = full.patterns;
+  check.patterns_problem = full.patterns_problem;
   return check;
 }
 
@@ -173,7 +174,9 @@ ModelCheckDialog::ModelCheckDialog(const ModelCheck& full, std::int64_t context_
   pruned_layout->addRow(pruned_warning_);
   if (full.patterns.empty()) {
     pruned_box_->setEnabled(false);
-    pruned_box_->setToolTip(tr("The model ships no task pattern (lightdesk-cli experts calibrate makes one)."));
+    pruned_box_->setToolTip(full.patterns_problem.isEmpty()
+                                ? tr("The model ships no task pattern (lightdesk-cli experts calibrate makes one).")
+                                : tr("The model's task patterns cannot be read: %1").arg(full.patterns_problem));
   }
   pruned_box_->setChecked(choice.experts_kept > 0 && !full.patterns.empty());
   layout->addWidget(pruned);
