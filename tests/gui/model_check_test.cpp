@@ -267,8 +267,10 @@ class ModelCheckTest : public QObject {
   }
 
   void prunedTurnShowsTheMassLostAndOffersAllExperts() {
-    InMemorySessionRepository sessions;
-    MainWindow window(sessions, *settings_);
+    const std::filesystem::path database = directory_.filePath(QStringLiteral("pruned.sqlite")).toStdString();
+    auto sessions = std::make_unique<StoreSessionRepository>(database);
+    auto window_owner = std::make_unique<MainWindow>(*sessions, *settings_);
+    MainWindow& window = *window_owner;
     window.show();
     ModelOptions cpu;
     cpu.backend = BackendKind::Cpu;
@@ -298,6 +300,16 @@ class ModelCheckTest : public QObject {
     window_test::ask(window, QStringLiteral("Where is the passkey?"));
     QVERIFY(child<QLabel>(window, "expertsLabel")->text().isEmpty());
     QVERIFY(!all->isVisible());
+    // Stored with each answer: the pruned one's share, none for the exact one.
+    window_owner.reset();
+    sessions.reset();
+    StoreSessionRepository reopened(database);
+    const QList<ChatSession> listed = reopened.list();
+    QCOMPARE(listed.size(), 1);
+    const QList<ChatEntry> entries = reopened.load(listed.front().id)->entries;
+    QCOMPARE(entries.size(), 4);
+    QVERIFY(entries[1].expert_lost_mass && *entries[1].expert_lost_mass > 0.1);
+    QVERIFY(!entries[3].expert_lost_mass);
   }
 
   void statusFigureOfALowLoss() {

@@ -48,10 +48,10 @@ struct ModelCheck {
 struct LoadRequest {
   QString directory;
   QString backend;  // "auto", "cpu", "cuda"
-  std::optional<MemoryPlan> plan;
-  std::optional<ExpertPattern> pattern;  // a pruned plan's task pattern
+  std::optional<MemoryPlan> plan = std::nullopt;
+  std::optional<ExpertPattern> pattern = std::nullopt;  // a pruned plan's task pattern
   // Where the quantized experts are kept (store::DataDirectory); empty: quantized at every load.
-  std::filesystem::path data_directory;
+  std::filesystem::path data_directory{};
 };
 
 // A conversation as the engine thread is given it (the shared library's turns).

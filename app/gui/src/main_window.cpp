@@ -766,6 +766,7 @@ void MainWindow::onGenerationFinished(const GenerationStats& stats, const Engine
                                          "not loaded: it may be less accurate (Reload with all experts)")
                                           .arg(QLocale().toString(100.0 * *stats.expert_lost_share, 'f', 1));
   status_panel_->showMessage(summary + QLatin1Char('.'), 10000);
+  if (answer_) answer_->expert_lost_mass = stats.expert_lost_share;  // stored with the answer
   keepAnswer();
   engine_tokens_ = stats.context_used;
   if (state) {

@@ -34,6 +34,9 @@ struct ChatEntry {
   QString reasoning;             // M1's <think> part of an answer
   QList<Attachment> documents;   // sent with this user message; the model reads them before it
   QStringList images;            // sent with this user message (paths): a VL-01 model sees them first
+  // An answer of pruned experts: its share of the router's probability mass on experts that were
+  // not loaded (GenerationStats::expert_lost_share).
+  std::optional<double> expert_lost_mass = std::nullopt;
 };
 
 struct ChatSession {
