@@ -447,6 +447,10 @@ std::uint64_t physical_memory_bytes() {
   return pages > 0 && page > 0 ? static_cast<u64>(pages) * static_cast<u64>(page) : 0;
 }
 
+// The pruned size a selection asks the planner for (0: every expert; a router-only model asks
+// for none).
+int pruned_size(const ExpertSelection& experts) { return experts.is_router_only() ? 0 : experts.experts_kept(); }
+
 }  // namespace
 
 PlanRequest local_plan_request(const ModelInfo& info, const ModelOptions& options, std::int64_t context_tokens) {
@@ -455,7 +459,7 @@ PlanRequest local_plan_request(const ModelInfo& info, const ModelOptions& option
   request.cuda_float32 = options.cuda_float32;
   request.context_tokens = context_tokens;
   request.host_memory_bytes = physical_memory_bytes();
-  request.experts_kept = options.experts.is_router_only() ? 0 : options.experts.experts_kept();
+  request.experts_kept = pruned_size(options.experts);
   request.moe = options.moe_parallel;
   if (options.tensor_parallel > 1) request.tensor_parallel = options.tensor_parallel;
   if (request.backend == BackendKind::Cpu) {
@@ -471,11 +475,14 @@ PlanRequest local_plan_request(const ModelInfo& info, const ModelOptions& option
 MemoryPlan choose_local_plan(const ModelInfo& info, const ModelOptions& options, std::int64_t context_tokens) {
   const PlanReport report = plan_memory(info, local_plan_request(info, options, context_tokens));
   // Pruned experts asked for: the first pruned plan that fits and runs, even where all experts fit.
-  const int kept = options.experts.is_router_only() ? 0 : options.experts.experts_kept();
-  if (kept > 0)
+  const int kept = pruned_size(options.experts);
+  if (kept > 0) {
     for (const MemoryPlan& p : report.plans)
       if (p.candidate.experts_kept == kept && p.fits && p.runnable) return p;
-  if (kept == 0 && report.chosen) return report.plans[*report.chosen];
+    throw Error("no plan keeping " + std::to_string(kept) + " experts per layer fits " + info.directory.string() +
+                " on this machine at " + std::to_string(context_tokens) + " tokens");
+  }
+  if (report.chosen) return report.plans[*report.chosen];
   std::string advice;
   for (const std::string& line : report.advice) advice += (advice.empty() ? "; would fit: " : "; ") + line;
   throw Error("nothing this build runs fits " + info.directory.string() + " on this machine at " +

@@ -538,6 +538,7 @@ TEST(ApplyPlan, TheDemoModelOnTheCpuPlansForHostMemory) {
       << "asked for, though all experts fit; in the CPU backend's own values";
   const ModelInfo text01 = inspect_real("MiniMax-Text-01");
   EXPECT_ERROR_CONTAINING(choose_local_plan(text01, cpu, 1 << 30), "nothing this build runs fits");
+  EXPECT_ERROR_CONTAINING(choose_local_plan(demo, pruned, std::int64_t{1} << 40), "no plan keeping 4 experts per layer fits");
 }
 
 }  // namespace
