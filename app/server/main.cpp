@@ -100,11 +100,12 @@ int main(int argc, char** argv) {
     const auto tokenizer = lightdesk::Tokenizer::open(model_dir);
     const auto format = lightdesk::ChatFormat::for_model(model_dir, *tokenizer);
     const lightdesk::store::DataDirectory data(data_dir);
+    std::string plan_summary;
     if (planned) {
       const lightdesk::ModelInfo info = lightdesk::Model::inspect(model_dir, model_options);
       const lightdesk::MemoryPlan plan = lightdesk::choose_local_plan(info, model_options, info.max_context);
       model_options = lightdesk::apply_plan(plan, model_options);
-      std::printf("lightdesk-server: plan: %s\n", plan.summary().c_str());
+      plan_summary = plan.summary();
     }
     auto model = lightdesk::Model::open(model_dir, data.with_expert_cache(model_dir, model_options));
     if (!states_in_memory && options.state_cache_bytes > 0)
@@ -124,6 +125,8 @@ int main(int argc, char** argv) {
     std::printf("lightdesk-server: the model runs on the %s%s\n", lightdesk::backend_name(model->info().backend),
                 model->info().backend == lightdesk::BackendKind::Cpu ? (" (" + cuda_unavailable_reason() + ")").c_str()
                                                                      : "");
+    // After the two lines scripts read first.
+    if (planned) std::printf("lightdesk-server: the memory planner's choice: %s\n", plan_summary.c_str());
     std::fflush(stdout);
     server.serve();
     running_server = nullptr;
