@@ -109,7 +109,7 @@ class ModelCheckTest : public QObject {
     QVERIFY(!dialog.choice().experts);
     QVERIFY(dialog.plan());
     QCOMPARE(dialog.check().plan.plans[*dialog.plan()].candidate.experts, ExpertFormat::Int8);
-    saveScreenshot(dialog, QStringLiteral("18-load-options-quantize-to-fit.png"));
+    saveScreenshot(dialog, QStringLiteral("quantize-to-fit.png"));
     // int4 instead: chosen by name, and said as what loads.
     int4->click();
     QVERIFY(dialog.choice().experts == std::optional(ExpertFormat::Int4));
@@ -159,7 +159,7 @@ class ModelCheckTest : public QObject {
     const ModelOptions options = apply_plan(plan, {}, chosen_pattern(dialog.check(), choice));
     QCOMPARE(options.experts.experts_kept(), 8);
     QCOMPARE(options.expert_dtype, ExpertFormat::Int4);
-    saveScreenshot(dialog, QStringLiteral("19-load-options-pruned.png"));
+    saveScreenshot(dialog, QStringLiteral("pruned.png"));
   }
 
   void aDamagedPatternFileIsNamed() {
@@ -344,7 +344,7 @@ class ModelCheckTest : public QObject {
     QVERIFY2(values.contains(QStringLiteral("the planner's choice")), qPrintable(values));
     QCOMPARE(child<QComboBox>(*dialog, "patternCombo")->count(), 4);
     child<QRadioButton>(*dialog, "format_int8")->click();
-    saveScreenshot(*dialog, QStringLiteral("20-load-options-demo.png"));
+    saveScreenshot(*dialog, QStringLiteral("demo.png"));
     dialog->accept();
     QVERIFY(ready.wait(window_test::kTimeoutMs));
     QVERIFY2(child<QLabel>(window, "modelLabel")->text().contains(QStringLiteral("Plan: int8 experts in host memory")),
