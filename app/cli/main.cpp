@@ -441,13 +441,17 @@ int cmd_info(const InfoArgs& a) {
   plan.chunk_tokens = c.chunk;
   plan.experts_kept = a.experts_kept;
   plan.moe = c.options.moe_parallel;
+  // GPUs plan the host expert store (exact mode) in this machine's memory.
+  plan.host_memory_bytes = host_memory_bytes();
   if (c.options.tensor_parallel > 1) {
     plan.tensor_parallel = c.options.tensor_parallel;
     if (info.backend == lightdesk::BackendKind::Cpu && a.gpus.empty()) {
       plan.backend = lightdesk::BackendKind::Cpu;
       plan.devices = {{"host memory", host_memory_bytes()}};
+      plan.host_memory_bytes = 0;
     }
   }
+  plan.capabilities = lightdesk::engine_capabilities(plan.backend);
   // Planned before anything is printed: a layout that does not divide, or more ranks than GPUs,
   // is a one-line error.
   lightdesk::tensor_parallel_layout(info, c.options.tensor_parallel, c.options.moe_parallel);
@@ -806,12 +810,12 @@ lightdesk::ModelInfo inspect_on_cpu(const std::string& model_dir) {
   return lightdesk::Model::inspect(model_dir, cpu);
 }
 
-// The pattern nearest the tokens' first-layer router statistic: a model without experts computes it.
+// The pattern nearest the tokens' first-layer router statistic: a model of the first layer alone
+// computes it.
 const lightdesk::ExpertPattern& nearest_of(std::span<const lightdesk::ExpertPattern> patterns, const Common& c,
                                            std::span<const lightdesk::TokenId> tokens) {
   lightdesk::ModelOptions options = c.options;
-  const lightdesk::ModelInfo info = inspect_on_cpu(c.model_dir);
-  options.experts = lightdesk::ExpertSelection::router_only(info.num_layers);
+  options.purpose = lightdesk::ModelPurpose::FirstLayerRouter;
   const auto router_model = lightdesk::Model::open(c.model_dir, options);
   const std::vector<float> logits = router_model->first_layer_router_logits(tokens);
   const auto nearest = lightdesk::nearest_pattern(logits, static_cast<std::int64_t>(tokens.size()), patterns);
@@ -819,9 +823,10 @@ const lightdesk::ExpertPattern& nearest_of(std::span<const lightdesk::ExpertPatt
   return patterns[*nearest];
 }
 
-// --experts-kept R [--experts-pattern TASK] [--lost-mass-warning F]
+// --experts-kept R [--experts-pattern TASK] [--lost-mass-warning F] | --cached-experts N
 struct ExpertOptions {
   int kept = 0;  // 0: all experts
+  int cached = 0;  // > 0: exact mode, this many experts per layer cached
   std::string pattern;
   double lost_mass_warning = 0.1;
 };
@@ -841,6 +846,12 @@ void add_expert_options(CLI::App& verb, ExpertOptions& e) {
                   "(default 0.1)")
       ->needs(kept)
       ->check(CLI::Range(0.0, 1.0));
+  verb.add_option("--cached-experts", e.cached,
+                  "exact mode: every expert in host memory, this many per layer cached on the backend (at least "
+                  "the experts a token routes to), seeded from the task pattern nearest the question; the "
+                  "answer is that of every expert resident")
+      ->check(integer_in(1, 1 << 20))
+      ->excludes(kept);
 }
 
 // The experts of a pruned run (ModelOptions::experts): the named pattern, else the one the stored
@@ -880,12 +891,42 @@ lightdesk::ExpertSelection choose_experts(const Common& c, const ExpertOptions& 
   return chosen;
 }
 
+// Exact mode: each layer's cache seeded from the task pattern nearest `query` (matched again
+// every turn: it changes only what is cached, never the answer). Says which with --stats.
+void seed_expert_cache(lightdesk::Model& model, const Common& c, const std::filesystem::path& db,
+                       std::span<const lightdesk::TokenId> query) {
+  lightdesk::store::Store store(db);
+  const std::vector<lightdesk::ExpertPattern> patterns = model_patterns(store, inspect_on_cpu(c.model_dir));
+  const int cached = model.info().cached_experts_per_layer;
+  if (patterns.empty()) {
+    if (c.stats)
+      std::fprintf(stderr, "experts: every expert in host memory, %d per layer cached (no task pattern to seed them)\n",
+                   cached);
+    return;
+  }
+  const lightdesk::ExpertPattern& nearest = nearest_of(patterns, c, query);
+  model.seed_expert_cache(nearest.keep(cached));
+  if (c.stats)
+    std::fprintf(stderr,
+                 "experts: every expert in host memory, %d per layer cached, seeded from pattern \"%s\" (the nearest "
+                 "to the question)\n",
+                 cached, nearest.task.c_str());
+}
+
 // After a pruned turn: the share of router mass lost, on standard error with --stats, and a
-// warning over the threshold. Returns the share (nullopt for all experts).
+// warning over the threshold; after an exact-mode turn: the share on experts not cached (copied
+// in), with --stats. Returns the share (nullopt with every expert resident).
 std::optional<double> report_lost_mass(const lightdesk::Session& session, const lightdesk::RoutingTally& before,
                                        const ExpertOptions& e, bool stats) {
-  if (!session.model().info().experts.pruned()) return std::nullopt;
+  const lightdesk::ModelInfo& info = session.model().info();
+  if (!info.experts.pruned() && info.cached_experts_per_layer == 0) return std::nullopt;
   const double share = session.routing_tally().since(before).lost_share();
+  if (!info.experts.pruned()) {
+    if (stats)
+      std::fprintf(stderr, "experts: %d per layer cached; router probability mass on experts not cached (copied in) "
+                   "this turn: %.2f%%\n", info.cached_experts_per_layer, 100.0 * share);
+    return share;
+  }
   if (stats)
     std::fprintf(stderr, "experts: %s; router probability mass lost this turn: %.2f%%\n",
                  session.model().info().experts.describe().c_str(), 100.0 * share);
@@ -980,15 +1021,23 @@ int cmd_ask(const AskArgs& a) {
   for (const auto& file : a.images) turn.images.emplace_back(file);
   std::unique_ptr<lightdesk::vision::VisionModel> vision;
   if (!a.images.empty()) vision = lightdesk::vision::VisionModel::open(c.model_dir, c.options);
-  if (a.experts.kept > 0) {
+  // The question's tokens match it to a task pattern: the experts kept (pruned), or cached (exact).
+  std::vector<lightdesk::TokenId> query_tokens;
+  const std::filesystem::path db =
+      stored_session ? std::filesystem::path(stored_session->db) : data_directory(a.session.data_dir).session_database();
+  if (a.experts.kept > 0 || a.experts.cached > 0) {
     lightdesk::conversation::Turn query{true, a.question, {}, {}};
     for (const auto& file : a.documents) query.documents.push_back(lightdesk::load_document(file));
-    const std::filesystem::path db =
-        stored_session ? std::filesystem::path(stored_session->db) : data_directory(a.session.data_dir).session_database();
-    c.options.experts = choose_experts(c, a.experts, db, stored_session, turn_tokens(*tokenizer, query));
+    query_tokens = turn_tokens(*tokenizer, query);
+  }
+  if (a.experts.kept > 0) c.options.experts = choose_experts(c, a.experts, db, stored_session, query_tokens);
+  if (a.experts.cached > 0) {
+    c.options.host_expert_store = true;
+    c.options.cached_experts_per_layer = a.experts.cached;
   }
 
   auto model = open_model(c);
+  if (a.experts.cached > 0) seed_expert_cache(*model, c, db, query_tokens);
   lightdesk::conversation::Chat chat(*model, *tokenizer, format, vision.get(), c.options.threads);
   lightdesk::Session& session = chat.session();
   const auto stored = attach_stored_session(stored_session, session, c, a.system);

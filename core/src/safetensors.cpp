@@ -352,10 +352,10 @@ void replace_regular_file(const std::filesystem::path& path,
   }
 }
 
-void fill_synthetic(const SyntheticFill& fill, float* out, std::int64_t numel) {
+void fill_synthetic(const SyntheticFill& fill, float* out, std::int64_t numel, std::int64_t first_element) {
   for (std::int64_t i = 0; i < numel; ++i) {
-    const float unit =
-        static_cast<float>(splitmix64(fill.seed ^ splitmix64(static_cast<std::uint64_t>(i))) >> 40) * 0x1p-24f;
+    const auto element = static_cast<std::uint64_t>(first_element + i);
+    const float unit = static_cast<float>(splitmix64(fill.seed ^ splitmix64(element)) >> 40) * 0x1p-24f;
     out[i] = fill.low + (fill.high - fill.low) * unit;
   }
 }

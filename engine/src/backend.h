@@ -49,6 +49,9 @@ class ComputeBackend {
   // Tokens per forward pass when a feed leaves the size to the backend (FeedOptions::chunk_tokens 0).
   virtual std::int64_t default_chunk_tokens() const = 0;
   virtual std::unique_ptr<SequenceState> new_sequence() const = 0;
+  // Exact mode's store and slots (ModelOptions::host_expert_store), else null. The slots are the
+  // model's, shared by its sessions: which experts they hold never changes a result.
+  virtual ExpertOffload* expert_offload() const { return nullptr; }
 
   // Runs the tokens through the model, appending them to the sequence's state. Memory is
   // reserved before the state changes, so a failure leaves the state as it was. A backend may

@@ -11,6 +11,7 @@
 
 #include "backend.h"
 #include "communicator.h"
+#include "expert_offload.h"
 #include "models/graph.h"
 #include "ops.h"
 #include "sampler.h"
@@ -37,15 +38,49 @@ struct CpuSequence final : SequenceState {
   std::vector<float> last_logits;  // [vocab]
 };
 
-// A rank's weights: views of the whole model's (one rank), or slices it owns.
+// A rank's weights: the whole ones as WeightTensors (views of a float32 checkpoint), its parts
+// of the others as copies it owns.
 struct CpuRank {
   RankLayout plan;
+  std::deque<WeightTensor> whole;
   std::deque<std::vector<float>> owned;
   std::deque<QuantizedMatrix> owned_quantized;
+  std::uint64_t weight_bytes = 0;
   ModelTensors tensors;
   std::unique_ptr<ModelOps> ops;
   std::unique_ptr<LoopbackCommunicator> comm;  // tensor parallel only
 };
+
+// Exact mode: every expert into a host store, a layer at a time: from the quantized layers
+// (each freed once stored, so the experts are held about once while they move), or their float32
+// values read from the map.
+std::unique_ptr<ExpertOffload> store_experts(const ModelConfig& c, const WeightMap& map,
+                                             std::vector<QuantizedLayerExperts>& quantized, int slots, ExpertDType dtype,
+                                             LoadTally& tally) {
+  const ExpertBytes layout{dtype, c.hidden_size, c.expert_width, sizeof(float)};
+  auto offload = std::make_unique<ExpertOffload>(c.num_layers, c.num_experts, slots, layout);
+  const std::int64_t H = c.hidden_size, I = c.expert_width;
+  auto values = [&](const std::string& name) {
+    const TensorSlice& s = map.at(name);
+    tally.add(s.source_bytes());
+    return s.view ? WeightTensor(*s.view, s.offset, s.numel) : WeightTensor(s.synthetic, s.numel);
+  };
+  for (int l = 0; l < c.num_layers; ++l) {
+    for (int e = 0; e < c.num_experts; ++e) {
+      std::byte* to = offload->store().expert(l, e);
+      if (!quantized.empty()) {
+        const QuantizedLayerExperts& q = quantized[static_cast<std::size_t>(l)];
+        layout.write_quantized({q.gate_up.view().rows(e * 2 * I, 2 * I), q.down.view().rows(e * H, H)}, to);
+      } else {
+        const ExpertWeightNames names = expert_weight_names(l, e);
+        layout.write_matrices(values(names.w1).data(), values(names.w3).data(), values(names.w2).data(), to);
+      }
+    }
+    if (!quantized.empty()) quantized[static_cast<std::size_t>(l)] = {};
+  }
+  quantized.clear();
+  return offload;
+}
 
 // Host memory as a float32 Tensor; the ops never write through a weight's.
 Tensor host_tensor(const float* data) { return {const_cast<float*>(data), ElementType::F32}; }
@@ -56,12 +91,11 @@ class CpuBackend final : public ComputeBackend {
   CpuBackend(const ModelConfig& c, const WeightMap& map, const ModelOptions& options, const ExpertLoad& experts,
              const std::function<void(std::uint64_t)>& bytes_loaded, ExpertLoadResult* expert_result,
              const std::function<std::unique_ptr<ModelOps>(int)>& make_ops)
-      : config_(c), plans_(tensor_parallel_layout(c, options.tensor_parallel, options.moe_parallel)) {
+      : config_(c), plans_(tensor_parallel_layout(c, options.tensor_parallel, options.moe_parallel)),
+        kept_(options.experts), purpose_(options.purpose) {
     if (options.experts.pruned() && options.tensor_parallel > 1)
       throw Error("pruned experts run on one rank for now (tensor_parallel " + std::to_string(options.tensor_parallel) +
                   ")");
-    kept_ = options.experts;
-    ModelWeights weights = load_cpu_weights(c, map, experts, bytes_loaded, expert_result, kept_);
     const int ranks = static_cast<int>(plans_.size());
     const unsigned hardware = std::max(1u, std::thread::hardware_concurrency());
     const int threads = std::max(1, (options.threads > 0 ? options.threads : static_cast<int>(hardware)) / ranks);
@@ -73,34 +107,30 @@ class CpuBackend final : public ComputeBackend {
       const int rank_threads = ranks > 1 ? threads : options.threads;
       rank->ops = make_ops ? make_ops(rank_threads) : make_cpu_ops(rank_threads);
       if (ranks > 1) rank->comm = std::move(communicators[r]);
-      rank->tensors = graph_tensors(weights, *rank, ranks > 1);
-      for (const auto& part : rank->owned) weight_bytes_ += part.size() * sizeof(float);
-      for (const auto& part : rank->owned_quantized) weight_bytes_ += static_cast<std::uint64_t>(part.layout().total_bytes());
       ranks_.push_back(std::move(rank));
     }
-    // One rank's tensors are views of the loaded weights: keep them.
-    if (ranks == 1) {
-      weight_bytes_ = map.parameter_count() * sizeof(float);
-      if (experts.dtype != ExpertDType::BF16) {
-        const std::uint64_t expert_parameters =
-            std::uint64_t(c.num_layers) * c.num_experts * 3 * std::uint64_t(c.hidden_size) * c.expert_width;
-        weight_bytes_ -= expert_parameters * sizeof(float);
-        for (const LayerWeights& layer : weights.layers)
-          weight_bytes_ += static_cast<std::uint64_t>(layer.quantized->gate_up.layout().total_bytes() +
-                                                      layer.quantized->down.layout().total_bytes());
-      } else if (kept_.pruned()) {  // float32 experts: the pruned ones are not loaded
-        weight_bytes_ -= static_cast<std::uint64_t>(c.num_experts - kept_.experts_kept()) * c.num_layers * 3 *
-                         sizeof(float) * static_cast<std::uint64_t>(c.hidden_size) * c.expert_width;
-      }
-      weights_ = std::move(weights);
-    } else if (plans_.front().expert_width == c.expert_width) {
-      // Ranks holding whole experts view the loaded blocks (their buffers move with them).
-      for (LayerWeights& layer : weights.layers)
-        if (layer.quantized) {
-          weight_bytes_ += static_cast<std::uint64_t>(layer.quantized->gate_up.layout().total_bytes() +
-                                                      layer.quantized->down.layout().total_bytes());
-          quantized_.push_back(std::move(*layer.quantized));
-        }
+    LoadTally tally(bytes_loaded);
+    // Quantized experts load once, whole layers; the ranks view their experts or copy their slices.
+    if (experts.dtype != ExpertDType::BF16 && purpose_ == ModelPurpose::Sessions) {
+      quantized_.resize(static_cast<std::size_t>(c.num_layers));
+      const ExpertLoadResult result = load_quantized_experts(
+          c, map, experts, [&](int l, QuantizedLayerExperts&& q) { quantized_[static_cast<std::size_t>(l)] = std::move(q); },
+          [&](std::uint64_t bytes) { tally.add(bytes); });
+      if (expert_result) *expert_result = result;
+    }
+    // Exact mode: every expert into the host store (the ranks hold none).
+    if (options.host_expert_store) {
+      offload_ = store_experts(c, map, quantized_, options.cached_experts_per_layer, experts.dtype, tally);
+      weight_bytes_ += offload_->slot_bytes();  // the slots; the store is counted apart (expert_store_bytes)
+    }
+    // Each rank reads its parts of the other weights, all ranks at once.
+    tally.on_every_rank(ranks_.size(), [&](std::size_t r) { load_rank(map, *ranks_[r], tally); });
+    for (const auto& rank : ranks_) weight_bytes_ += rank->weight_bytes;
+    if (ranks > 1 && plans_.front().expert_width < c.expert_width) {
+      quantized_.clear();  // every rank holds copies of its slices
+    } else {
+      for (const QuantizedLayerExperts& layer : quantized_)
+        weight_bytes_ += static_cast<std::uint64_t>(layer.gate_up.layout().total_bytes() + layer.down.layout().total_bytes());
     }
   }
 
@@ -108,6 +138,7 @@ class CpuBackend final : public ComputeBackend {
   // Progress every fraction of a second; longer passes gain nothing on the CPU.
   std::int64_t default_chunk_tokens() const override { return 512; }
   std::uint64_t weight_bytes() const override { return weight_bytes_; }
+  ExpertOffload* expert_offload() const override { return offload_.get(); }
 
   std::unique_ptr<SequenceState> new_sequence() const override {
     auto s = std::make_unique<CpuSequence>();
@@ -203,7 +234,9 @@ class CpuBackend final : public ComputeBackend {
       }
   }
 
-  ModelTensors graph_tensors(const ModelWeights& weights, CpuRank& rank, bool slice) const;
+  // The rank's tensors: its parts of the map's weights, read (whole ones viewed where the
+  // checkpoint's float32 can be), and its quantized experts.
+  void load_rank(const WeightMap& map, CpuRank& rank, LoadTally& tally) const;
   // A layer's quantized experts as the rank holds them (another rank's: null views).
   std::vector<QuantizedExpertTensors> quantized_experts(const QuantizedLayerExperts& q, CpuRank& rank,
                                                         bool slice) const;
@@ -214,88 +247,76 @@ class CpuBackend final : public ComputeBackend {
   const ModelConfig config_;
   const std::vector<RankLayout> plans_;
   const ModelForward forward_ = model_forward(config_);
-  ModelWeights weights_;  // one rank: what its tensors view
-  std::vector<QuantizedLayerExperts> quantized_;  // several ranks: the quantized experts they view
+  std::vector<QuantizedLayerExperts> quantized_;  // the quantized experts the ranks view
   std::vector<std::unique_ptr<CpuRank>> ranks_;
   std::uint64_t weight_bytes_ = 0;
-  ExpertSelection kept_;
+  const ExpertSelection kept_;
+  const ModelPurpose purpose_;
+  std::unique_ptr<ExpertOffload> offload_;  // exact mode
 };
 
-// Rows first.. first + count - 1 of a [rows, width] matrix, or its columns of every row.
-std::vector<float> matrix_rows(const float* m, std::int64_t width, std::int64_t first, std::int64_t count) {
-  return {m + first * width, m + (first + count) * width};
-}
-std::vector<float> matrix_columns(const float* m, std::int64_t rows, std::int64_t width, std::int64_t first,
-                                  std::int64_t count) {
-  std::vector<float> out(static_cast<std::size_t>(rows * count));
-  for (std::int64_t r = 0; r < rows; ++r) std::copy_n(m + r * width + first, count, out.data() + r * count);
-  return out;
-}
-
-ModelTensors CpuBackend::graph_tensors(const ModelWeights& weights, CpuRank& rank, bool slice) const {
+void CpuBackend::load_rank(const WeightMap& map, CpuRank& rank, LoadTally& tally) const {
   const RankLayout& p = rank.plan;
-  const std::int64_t H = config_.hidden_size, d = config_.head_dim, A = std::int64_t{config_.num_heads} * d;
-  const std::int64_t I = config_.expert_width;
-  // The rank's part of a weight: the whole (a view) without slicing, else a copy it owns.
-  auto part = [&](const float* whole, auto&& cut) -> Tensor {
-    if (!slice) return host_tensor(whole);
-    return host_tensor(rank.owned.emplace_back(cut(whole)));
+  auto weight = [&](const std::string& name, WeightPrecision = WeightPrecision::Float32) -> Tensor {
+    const WeightPart part = rank_weight_part(config_, plans_, p.rank, name);
+    const TensorSlice& s = map.at(name);
+    rank.weight_bytes += static_cast<std::uint64_t>(part.numel()) * sizeof(float);
+    if (part.whole()) {
+      const WeightTensor& w = rank.whole.emplace_back(s.view ? WeightTensor(*s.view, s.offset, s.numel)
+                                                             : WeightTensor(s.synthetic, s.numel));
+      tally.add(s.source_bytes());
+      return host_tensor(w.data());
+    }
+    std::vector<float>& w = rank.owned.emplace_back(static_cast<std::size_t>(part.numel()));
+    tally.add(read_weight_part(map, name, part, w.data()));
+    return host_tensor(w);
   };
-  auto rows = [&](const WeightTensor& w, std::int64_t width, std::int64_t first, std::int64_t count) {
-    return part(w.data(), [&](const float* m) { return matrix_rows(m, width, first, count); });
+  auto own = [&](std::vector<float> values) {
+    rank.weight_bytes += values.size() * sizeof(float);
+    return host_tensor(rank.owned.emplace_back(std::move(values)));
   };
-  auto columns = [&](const WeightTensor& w, std::int64_t height, std::int64_t width, std::int64_t first,
-                     std::int64_t count) {
-    return part(w.data(), [&](const float* m) { return matrix_columns(m, height, width, first, count); });
-  };
-  // Replicated weights: the ranks' own copies, as the loaded weights go once sliced.
-  auto whole = [&](const float* w, std::int64_t count) {
-    return part(w, [&](const float* m) { return std::vector<float>(m, m + count); });
-  };
-  const std::int64_t E = config_.num_experts;
-  ModelTensors t;
-  t.embed = rows(weights.embed, H, p.first_vocab_row, p.vocab_rows);
-  t.lm_head = rows(weights.lm_head, H, p.first_vocab_row, p.vocab_rows);
-  t.final_norm = whole(weights.final_norm.data(), H);
-  const std::int64_t h0 = p.first_head * d, hn = p.heads * d, g0 = p.first_kv_head * d, gn = p.kv_heads * d;
-  for (const LayerWeights& w : weights.layers) {
+  const std::int64_t H = config_.hidden_size;
+  const bool sessions = purpose_ == ModelPurpose::Sessions;
+  ModelTensors& t = rank.tensors;
+  t.embed = weight("embed");
+  if (sessions) {  // a router-only model stops before the LM head
+    const TensorSlice &embed = map.at("embed"), &lm_head = map.at("lm_head");
+    const bool tied = embed.view && lm_head.view == embed.view && lm_head.offset == embed.offset;
+    t.lm_head = tied ? t.embed : weight("lm_head");
+    t.final_norm = weight("final_norm");
+  }
+  for (int l = 0; l < config_.num_layers; ++l) {
     LayerGraphTensors layer;
-    layer.kind = w.kind;
-    layer.input_norm = whole(w.input_norm.data(), H);
-    layer.post_attn_norm = whole(w.post_attn_norm.data(), H);
-    layer.router = whole(w.router.data(), E * H);
-    if (w.kind == LayerKind::Lightning) {
-      layer.qkv = rows(w.qkv, H, 3 * h0, 3 * hn);  // per head [q | k | v]: the rank's heads are one block
-      layer.output_gate = rows(w.output_gate, H, h0, hn);
-      layer.output_norm = rows(w.output_norm, 1, h0, hn);
-      layer.out_proj = columns(w.out_proj, H, A, h0, hn);
-      layer.slopes = whole(w.slopes.data() + p.first_head, p.heads);
+    load_layer_tensors(config_, l, layer, weight);
+    if (layer.kind == LayerKind::Lightning) {
+      const std::vector<float> slopes = lightning_slopes(config_, l);
+      layer.slopes = own({slopes.begin() + p.first_head, slopes.begin() + p.first_head + p.heads});
+    }
+    layer.moe.router = layer.router;
+    layer.moe.hidden = H;
+    layer.moe.width = p.expert_width;
+    layer.moe.top_k = config_.experts_per_token;
+    if (kept_.pruned()) layer.moe.expert_mask = own(expert_mask(config_, kept_, l));
+    if (offload_) {
+      layer.moe.experts.resize(static_cast<std::size_t>(config_.num_experts));
+      layer.moe.offload = offload_.get();
+      layer.moe.offload_layer = l;
+    } else if (!quantized_.empty()) {
+      layer.moe.quantized = quantized_experts(quantized_[static_cast<std::size_t>(l)], rank, plans_.size() > 1);
     } else {
-      layer.q_proj = rows(w.q_proj, H, h0, hn);
-      layer.k_proj = rows(w.k_proj, H, g0, gn);
-      layer.v_proj = rows(w.v_proj, H, g0, gn);
-      layer.o_proj = columns(w.o_proj, H, A, h0, hn);
-    }
-    layer.moe = {layer.router, {}, {}, H, p.expert_width, config_.experts_per_token};
-    if (kept_.pruned())
-      layer.moe.expert_mask = host_tensor(rank.owned.emplace_back(expert_mask(config_, kept_, static_cast<int>(t.layers.size()))));
-    if (w.quantized) {
-      layer.moe.quantized = quantized_experts(*w.quantized, rank, slice);
-      t.layers.push_back(std::move(layer));
-      continue;
-    }
-    for (int e = 0; e < config_.num_experts; ++e) {
-      const ExpertWeights& ew = w.experts[static_cast<std::size_t>(e)];
-      if (e < p.first_expert || e >= p.first_expert + p.experts || !ew.w1.data()) {
-        layer.moe.experts.push_back({});
-        continue;
+      // The rank's experts (pruned: the kept ones), each its slice of the width; none for a
+      // router-only model.
+      for (int e = 0; e < config_.num_experts; ++e) {
+        if (!sessions || e < p.first_expert || e >= p.first_expert + p.experts || !expert_kept(kept_, l, e)) {
+          layer.moe.experts.push_back({});
+          continue;
+        }
+        const ExpertWeightNames names = expert_weight_names(l, e);
+        layer.moe.experts.push_back({weight(names.w1), weight(names.w3), weight(names.w2)});
       }
-      const std::int64_t c0 = p.first_expert_column, cn = p.expert_width;
-      layer.moe.experts.push_back({rows(ew.w1, H, c0, cn), rows(ew.w3, H, c0, cn), columns(ew.w2, H, I, c0, cn)});
     }
     t.layers.push_back(std::move(layer));
   }
-  return t;
 }
 
 std::vector<QuantizedExpertTensors> CpuBackend::quantized_experts(const QuantizedLayerExperts& q, CpuRank& rank,
@@ -315,8 +336,10 @@ std::vector<QuantizedExpertTensors> CpuBackend::quantized_experts(const Quantize
     // A slice of the intermediate width: its w1 and w3 rows together, its columns of w2.
     const QuantizedView parts[] = {gate_up.rows(e * 2 * I + c0, cn), gate_up.rows(e * 2 * I + I + c0, cn)};
     t.gate_up = rank.owned_quantized.emplace_back(concat_rows(parts)).view();
+    rank.weight_bytes += static_cast<std::uint64_t>(t.gate_up.layout.total_bytes());
     try {
       t.down = rank.owned_quantized.emplace_back(quantized_columns(down.rows(e * H, H), c0, cn)).view();
+      rank.weight_bytes += static_cast<std::uint64_t>(t.down.layout.total_bytes());
     } catch (const Error& error) {
       throw Error(std::string("--moe-parallel tensor over ") + std::to_string(plans_.size()) + " ranks: " + error.what() +
                   " (use --moe-parallel expert, or a degree that splits the expert width at multiples of 128)");

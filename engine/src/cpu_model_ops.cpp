@@ -5,6 +5,7 @@
 
 #include "lightdesk/cpu_ops.h"
 #include "lightdesk/engine.h"
+#include "expert_offload.h"
 #include "ops.h"
 #include "lightdesk/thread_pool.h"
 
@@ -152,6 +153,7 @@ class CpuOps final : public ModelOps {
                            cache.values.as<const float>(), heads, kv_heads, head_dim, out.as<float>(), pool_);
   }
   void moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out, Tensor router_logits) override {
+    if (w.offload) return offloaded_moe(w, x, rows, out, router_logits);
     experts_.clear();
     for (const ExpertTensors& e : w.experts)
       experts_.push_back({e.w1.as<const float>(), e.w3.as<const float>(), e.w2.as<const float>()});
@@ -163,13 +165,31 @@ class CpuOps final : public ModelOps {
     route_and_run(w, x, rows, out, router_logits, [&](std::size_t e) -> cpu::ExpertMatrices {
       const QuantizedExpertTensors& q = w.quantized[e];
       if (!q.gate_up.packed) return {};
-      dequantize_rows(q.gate_up, dequantized_gate_up_);
-      dequantize_rows(q.down, dequantized_down_);
-      return {dequantized_gate_up_.data(), dequantized_gate_up_.data() + w.width * w.hidden, dequantized_down_.data()};
+      return dequantized(w, q);
     });
   }
 
  private:
+  // Exact mode: each chosen expert from its slot, brought in from the store on a miss, then the
+  // products the all-resident layer computes on the same values.
+  void offloaded_moe(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out, Tensor router_logits) {
+    ExpertOffload& offload = *w.offload;
+    const int layer = w.offload_layer;
+    const ExpertBytes& layout = offload.store().layout();
+    if (out.data) offload.begin_step(layer);
+    route_and_run(w, x, rows, out, router_logits, [&](std::size_t e) -> cpu::ExpertMatrices {
+      const std::byte* expert = offload.bring_in(layer, static_cast<int>(e));
+      if (layout.dtype != ExpertDType::BF16) return dequantized(w, layout.quantized(expert));
+      return {reinterpret_cast<const float*>(layout.w1(expert)), reinterpret_cast<const float*>(layout.w3(expert)),
+              reinterpret_cast<const float*>(layout.w2(expert))};
+    });
+  }
+  cpu::ExpertMatrices dequantized(const MoeTensors& w, const QuantizedExpertTensors& q) {
+    dequantize_rows(q.gate_up, dequantized_gate_up_);
+    dequantize_rows(q.down, dequantized_down_);
+    return {dequantized_gate_up_.data(), dequantized_gate_up_.data() + w.width * w.hidden, dequantized_down_.data()};
+  }
+
   // The router (its logits to router_logits when set; only those without `out`), the pruned
   // experts' mask, the top k, and the chosen experts' products.
   void route_and_run(const MoeTensors& w, Tensor x, std::int64_t rows, Tensor out, Tensor router_logits,

@@ -103,17 +103,6 @@ class DecodeGraph {
   std::uint64_t captures_ = 0;
 };
 
-// The part of a [rows, width] weight a tensor-parallel rank holds: a block of its rows, or of
-// its columns (all of it on one rank).
-struct WeightPart {
-  std::int64_t rows = 0, width = 0;
-  bool by_columns = false;
-  std::int64_t first = 0, count = 0;  // rows, or columns when by_columns
-
-  bool whole() const { return first == 0 && count == (by_columns ? width : rows); }
-  std::int64_t numel() const { return by_columns ? rows * count : count * width; }
-};
-
 struct CudaSequence final : SequenceState {
   explicit CudaSequence(std::shared_ptr<KvPagePool> pool) : kv_pages(std::move(pool)) {}
   ~CudaSequence() override {
@@ -215,17 +204,19 @@ struct Scratch {
 template <typename T>
 class CudaBackend final : public ComputeBackend {
  public:
-  // The whole model (one rank of the layout `plans`), or rank `rank`'s slices of it (experts in
-  // bf16 or float32 then); a rank runs its part of the graph once connect() has given it its
-  // communicator.
-  CudaBackend(const ModelConfig& c, int device, const WeightMap& map, bool graphs, const ExpertLoad& experts,
-              const ExpertSelection& kept, const std::function<void(std::uint64_t)>& bytes_loaded,
-              ExpertLoadResult* expert_result, std::vector<RankLayout> plans = {}, int rank = 0)
+  // The whole model (one rank of the layout `plans`), or rank `rank`'s parts of it (experts in
+  // bf16 or float32 then), read from `map` (options.experts: the kept ones; options.purpose: all
+  // or the first layer's router alone), the bytes read added to `tally`; a rank runs its part of
+  // the graph once connect() has given it its communicator.
+  CudaBackend(const ModelConfig& c, int device, const WeightMap& map, const ModelOptions& options, bool graphs,
+              const ExpertLoad& experts, LoadTally& tally, ExpertLoadResult* expert_result,
+              std::vector<RankLayout> plans = {}, int rank = 0)
       : CudaBackend(c, device, graphs, plans.empty() ? tensor_parallel_layout(c, 1, MoeParallel::Expert) : std::move(plans),
                     rank) {
-    quantized_experts_ = experts.dtype != ExpertDType::BF16;
-    experts_ = kept;
-    load_weights(map, experts, bytes_loaded, expert_result);
+    sessions_ = options.purpose == ModelPurpose::Sessions;
+    quantized_experts_ = sessions_ && experts.dtype != ExpertDType::BF16;
+    experts_ = options.experts;
+    load_weights(map, experts, tally, expert_result);
     make_model_tensors();
   }
   BackendKind kind() const override { return BackendKind::Cuda; }
@@ -332,14 +323,24 @@ class CudaBackend final : public ComputeBackend {
       if (c.layer_kinds[l] == LayerKind::Softmax) softmax_index_[l] = softmax_layers_++;
     if (softmax_layers_ > 0) kv_pages_ = std::make_shared<KvPagePool>(device_, softmax_layers_, kv_width(), sizeof(T));
   }
-  // Writes `numel` values of the weight `name` (a WeightMap name) to `device`: float32 where
+  // Writes the rank's part of the weight `name` (a WeightMap name) to `device`: float32 where
   // as_float, else T.
-  using WeightFill = std::function<void(const std::string& name, void* device, std::int64_t numel, bool as_float)>;
-  // Allocates every weight at the config's shapes and has `fill` write it.
+  using WeightFill = std::function<void(const std::string& name, const WeightPart& part, void* device, bool as_float)>;
+  // Allocates the rank's part of every weight and has `fill` write it.
   void allocate_weights(const WeightFill& fill);
-  void load_weights(const WeightMap& map, const ExpertLoad& experts,
-                    const std::function<void(std::uint64_t)>& bytes_loaded, ExpertLoadResult* expert_result);
+  void load_weights(const WeightMap& map, const ExpertLoad& experts, LoadTally& tally, ExpertLoadResult* expert_result);
+  // A quantized matrix on the device: its arrays for `layout` (contents unset), one uploaded from
+  // the host, and one's contents downloaded.
+  DeviceQuantizedMatrix allocate_quantized(const QuantLayout& layout, const std::string& what) const;
   DeviceQuantizedMatrix upload_quantized(const QuantizedMatrix& m, const std::string& what);
+  QuantizedMatrix download_quantized(const DeviceQuantizedMatrix& d) const;
+  // Layer l's quantized experts become these (a layer may come twice: see load_quantized_experts).
+  void place_quantized(int l, DeviceQuantizedMatrix gate_up, DeviceQuantizedMatrix down);
+  // Layer l's experts quantized on the GPU (PlacedExpertQuantizer): each expert's matrices
+  // uploaded as the checkpoint stores them (bf16 as is; F32, F16 or synthetic values as float32),
+  // then cuda::quantize_experts, bit for bit core's quantizer, writes them where they stay.
+  std::optional<QuantizedLayerExperts> quantize_experts_here(const WeightMap& map, int l, ExpertDType dtype,
+                                                             LoadTally& tally, bool for_cache);
   cuda::KvCacheView<T> kv_view(const CudaSequence& s, int layer) const {
     return kv_pages_->view<T>(softmax_index_.at(layer), s.page_table.as<std::int32_t>());
   }
@@ -349,7 +350,7 @@ class CudaBackend final : public ComputeBackend {
   // Tensor parallel: the rank's logits buffers for `rows` rows of logits.
   void reserve_rank_logits(std::int64_t rows);
   // The rank's part of the weight of this WeightMap name (weight_shape's shape).
-  WeightPart rank_part(const std::string& name) const;
+  WeightPart rank_part(const std::string& name) const { return rank_weight_part(config_, plans_, plan_.rank, name); }
   // The graph's views of the weights (after they are allocated).
   void make_model_tensors();
   // Enqueues the model over the `rows` tokens in scratch_.tokens, up to the logits of the last
@@ -392,6 +393,7 @@ class CudaBackend final : public ComputeBackend {
   }
   std::vector<std::int32_t> expert_slots(int layer) const;
   bool quantized_experts_ = false;  // the layers' quantized_gate_up and quantized_down, not gate_up and down
+  bool sessions_ = true;  // false: the first layer's router alone (ModelPurpose::FirstLayerRouter), no experts or LM head
   std::map<int, int> softmax_index_;  // layer -> its index among the softmax layers
   int softmax_layers_ = 0;
   std::shared_ptr<KvPagePool> kv_pages_;
@@ -423,53 +425,10 @@ std::vector<std::int32_t> CudaBackend<T>::expert_slots(int layer) const {
 }
 
 template <typename T>
-WeightPart CudaBackend<T>::rank_part(const std::string& name) const {
-  const std::vector<std::int64_t> shape = weight_shape(config_, name);
-  WeightPart part{shape.front(), 1, false, 0, shape.front()};
-  for (std::size_t i = 1; i < shape.size(); ++i) part.width *= shape[i];
-  part.count = part.rows;
-  if (plans_.size() == 1) return part;
-  const std::string field = name.substr(name.rfind('.') + 1);
-  const std::int64_t d = config_.head_dim, h0 = plan_.first_head * d, hn = plan_.heads * d;
-  auto take = [&](bool by_columns, std::int64_t first, std::int64_t count) {
-    part.by_columns = by_columns;
-    part.first = first;
-    part.count = count;
-    return part;
-  };
-  // As the CPU backend slices (cpu_backend.cpp) and docs/tensor-parallel.md lays out.
-  if (field == "embed" || field == "lm_head") return take(false, plan_.first_vocab_row, plan_.vocab_rows);
-  if (field == "qkv") return take(false, 3 * h0, 3 * hn);  // per head [q | k | v]: one block of rows
-  if (field == "output_gate" || field == "output_norm" || field == "q_proj") return take(false, h0, hn);
-  if (field == "k_proj" || field == "v_proj") return take(false, plan_.first_kv_head * d, plan_.kv_heads * d);
-  if (field == "out_proj" || field == "o_proj") return take(true, h0, hn);
-  if (field == "w1" || field == "w3") return take(false, plan_.first_expert_column, plan_.expert_width);
-  if (field == "w2") return take(true, plan_.first_expert_column, plan_.expert_width);
-  return part;  // norms, routers: every rank's own copy
-}
-
-template <typename T>
 void CudaBackend<T>::allocate_weights(const WeightFill& fill) {
   const std::int64_t H = config_.hidden_size, I = plan_.expert_width, E = config_.num_experts;
-  // The rank's part of a weight: the whole one is made on the device, then its block copied.
   auto fill_part = [&](const std::string& name, void* device, bool as_float) {
-    const WeightPart part = rank_part(name);
-    if (part.whole()) return fill(name, device, part.numel(), as_float);
-    const std::size_t size = as_float ? sizeof(float) : sizeof(T);
-    const DeviceBuffer whole(static_cast<std::size_t>(part.rows * part.width) * size, name);
-    fill(name, whole.as<void>(), part.rows * part.width, as_float);
-    const std::size_t pitch = static_cast<std::size_t>(part.width) * size;
-    if (part.by_columns)
-      check(cudaMemcpy2DAsync(device, static_cast<std::size_t>(part.count) * size,
-                              whole.as<char>() + static_cast<std::size_t>(part.first) * size, pitch,
-                              static_cast<std::size_t>(part.count) * size, static_cast<std::size_t>(part.rows),
-                              cudaMemcpyDeviceToDevice, device_.stream()),
-            "a rank's weight columns");
-    else
-      check(cudaMemcpyAsync(device, whole.as<char>() + static_cast<std::size_t>(part.first) * pitch,
-                            static_cast<std::size_t>(part.count) * pitch, cudaMemcpyDeviceToDevice, device_.stream()),
-            "a rank's weight rows");
-    device_.synchronize();  // before `whole` goes
+    fill(name, rank_part(name), device, as_float);
   };
   auto get = [&](const std::string& name, WeightPrecision precision) {
     const std::int64_t numel = rank_part(name).numel();
@@ -481,8 +440,10 @@ void CudaBackend<T>::allocate_weights(const WeightFill& fill) {
   };
 
   embed_ = get("embed", WeightPrecision::Backend);
-  lm_head_ = get("lm_head", WeightPrecision::Backend);
-  final_norm_ = get("final_norm", WeightPrecision::Float32);
+  if (sessions_) {  // a router-only model stops before the LM head
+    lm_head_ = get("lm_head", WeightPrecision::Backend);
+    final_norm_ = get("final_norm", WeightPrecision::Float32);
+  }
   for (int l = 0; l < config_.num_layers; ++l) {
     const std::string k = layer_weight_prefix(l);
     CudaLayer layer;
@@ -497,7 +458,7 @@ void CudaBackend<T>::allocate_weights(const WeightFill& fill) {
       layer.expert_mask = device_array<float>(E, k + "expert mask");
       device_.upload(layer.expert_mask.as<float>(), mask.data(), layer.expert_mask.bytes());
     }
-    if (quantized_experts_) {  // load_weights puts them in afterwards, every expert (the mask routes)
+    if (quantized_experts_ || !sessions_) {  // quantized: load_weights puts them in afterwards, every expert
       layers_.push_back(std::move(layer));
       continue;
     }
@@ -527,53 +488,172 @@ void CudaBackend<T>::allocate_weights(const WeightFill& fill) {
 }
 
 template <typename T>
-DeviceQuantizedMatrix CudaBackend<T>::upload_quantized(const QuantizedMatrix& m, const std::string& what) {
-  const QuantizedView host = m.view();
-  const QuantLayout& layout = host.layout;
+DeviceQuantizedMatrix CudaBackend<T>::allocate_quantized(const QuantLayout& layout, const std::string& what) const {
   DeviceQuantizedMatrix d;
   d.view.layout = layout;
   d.packed = DeviceBuffer(static_cast<std::size_t>(layout.packed_bytes()), what);
-  device_.upload(d.packed.as<void>(), host.packed, d.packed.bytes());
   d.view.packed = d.packed.as<std::uint8_t>();
   d.scales = DeviceBuffer(static_cast<std::size_t>(layout.scale_bytes()), what + " scales");
   if (layout.dtype == ExpertDType::Int8) {
-    device_.upload(d.scales.as<void>(), host.row_scales, d.scales.bytes());
     d.view.row_scales = d.scales.as<float>();
   } else {
-    device_.upload(d.scales.as<void>(), host.group_scales, d.scales.bytes());
     d.view.group_scales = d.scales.as<std::uint16_t>();
     d.offsets = DeviceBuffer(static_cast<std::size_t>(layout.offset_bytes()), what + " offsets");
-    device_.upload(d.offsets.as<void>(), host.group_offsets, d.offsets.bytes());
     d.view.group_offsets = d.offsets.as<std::uint16_t>();
   }
+  return d;
+}
+
+template <typename T>
+DeviceQuantizedMatrix CudaBackend<T>::upload_quantized(const QuantizedMatrix& m, const std::string& what) {
+  const QuantizedView host = m.view();
+  DeviceQuantizedMatrix d = allocate_quantized(host.layout, what);
+  device_.upload(d.packed.as<void>(), host.packed, d.packed.bytes());
+  device_.upload(d.scales.as<void>(), host.layout.dtype == ExpertDType::Int8 ? static_cast<const void*>(host.row_scales)
+                                                                            : host.group_scales,
+                 d.scales.bytes());
+  if (d.offsets.bytes()) device_.upload(d.offsets.as<void>(), host.group_offsets, d.offsets.bytes());
   device_.synchronize();  // the host matrix goes when the caller's layer does
   return d;
 }
 
 template <typename T>
-void CudaBackend<T>::load_weights(const WeightMap& map, const ExpertLoad& experts,
-                                  const std::function<void(std::uint64_t)>& bytes_loaded,
+QuantizedMatrix CudaBackend<T>::download_quantized(const DeviceQuantizedMatrix& d) const {
+  QuantizedMatrix m(d.view.layout);
+  device_.download(m.packed().data(), d.packed.as<void>(), d.packed.bytes());
+  if (d.view.layout.dtype == ExpertDType::Int8) {
+    device_.download(m.row_scales().data(), d.scales.as<void>(), d.scales.bytes());
+  } else {
+    device_.download(m.group_scales().data(), d.scales.as<void>(), d.scales.bytes());
+    device_.download(m.group_offsets().data(), d.offsets.as<void>(), d.offsets.bytes());
+  }
+  return m;
+}
+
+template <typename T>
+void CudaBackend<T>::place_quantized(int l, DeviceQuantizedMatrix gate_up, DeviceQuantizedMatrix down) {
+  CudaLayer& layer = layers_[static_cast<std::size_t>(l)];
+  for (const DeviceQuantizedMatrix* old : {&layer.quantized_gate_up, &layer.quantized_down})
+    weight_bytes_ -= old->packed.bytes() + old->scales.bytes() + old->offsets.bytes();
+  layer.quantized_gate_up = std::move(gate_up);
+  layer.quantized_down = std::move(down);
+  for (const DeviceQuantizedMatrix* now : {&layer.quantized_gate_up, &layer.quantized_down})
+    weight_bytes_ += now->packed.bytes() + now->scales.bytes() + now->offsets.bytes();
+}
+
+// Rows first.. first + count - 1 of a quantized matrix on the device, as the kernels take them.
+cuda::QuantizedExperts kernel_matrix(const QuantizedView& matrix, std::int64_t first, std::int64_t count) {
+  const QuantizedView v = matrix.rows(first, count);
+  cuda::QuantizedExperts q;
+  q.format = v.layout.dtype == ExpertDType::Int8 ? cuda::QuantFormat::Int8 : cuda::QuantFormat::Int4;
+  q.rows = count;
+  q.cols = v.layout.cols;
+  q.packed = v.packed;
+  q.row_scales = v.row_scales;
+  q.group_scales = reinterpret_cast<const __half*>(v.group_scales);
+  q.group_offsets = reinterpret_cast<const __half*>(v.group_offsets);
+  return q;
+}
+
+template <typename T>
+std::optional<QuantizedLayerExperts> CudaBackend<T>::quantize_experts_here(const WeightMap& map, int l,
+                                                                           ExpertDType dtype, LoadTally& tally,
+                                                                           bool for_cache) {
+  const std::int64_t H = config_.hidden_size, I = config_.expert_width, E = config_.num_experts;
+  const std::string k = layer_weight_prefix(l);
+  DeviceQuantizedMatrix gate_up = allocate_quantized({dtype, E * 2 * I, H}, k + "experts (w1, w3), quantized");
+  DeviceQuantizedMatrix down = allocate_quantized({dtype, E * H, I}, k + "experts (w2), quantized");
+  // bf16 goes up as stored when every matrix of the layer is bf16; anything else as float32.
+  bool bf16_values = true;
+  for (int e = 0; e < E && bf16_values; ++e) {
+    const ExpertWeightNames names = expert_weight_names(l, e);
+    for (const std::string* name : {&names.w1, &names.w3, &names.w2}) {
+      const TensorSlice& s = map.at(*name);
+      bf16_values = bf16_values && s.view && s.view->dtype == DType::BF16;
+    }
+  }
+  const std::size_t value_bytes = bf16_values ? sizeof(bf16) : sizeof(float);
+  // One expert's w1, w3 and w2, one after another.
+  const DeviceBuffer values(static_cast<std::size_t>(3 * I * H) * value_bytes, k + "an expert's values to quantize");
+  auto stage = [&](const std::string& name, std::int64_t at) {
+    const TensorSlice& s = map.at(name);
+    char* to = values.as<char>() + static_cast<std::size_t>(at) * value_bytes;
+    if (bf16_values) {
+      check_stored_values(map, name);  // the quantizer would make a damaged value a finite one
+      device_.upload(to, s.view->data + s.offset * 2, static_cast<std::size_t>(s.numel) * 2);
+    } else {
+      const WeightTensor host = s.view ? WeightTensor(*s.view, s.offset, s.numel) : WeightTensor(s.synthetic, s.numel);
+      device_.upload(to, host.data(), static_cast<std::size_t>(s.numel) * sizeof(float));
+      device_.synchronize();  // before `host` goes
+    }
+    tally.add(s.source_bytes());
+  };
+  const bool symmetric = kInt4Variant == Int4Variant::Symmetric;
+  auto quantize = [&](std::int64_t at, const cuda::QuantizedExperts& to) {
+    if (bf16_values)
+      cuda::quantize_experts(values.as<bf16>() + at, 1, to, symmetric, device_.stream());
+    else
+      cuda::quantize_experts(values.as<float>() + at, 1, to, symmetric, device_.stream());
+  };
+  for (int e = 0; e < E; ++e) {
+    const ExpertWeightNames names = expert_weight_names(l, e);
+    stage(names.w1, 0);
+    stage(names.w3, I * H);
+    stage(names.w2, 2 * I * H);
+    quantize(0, kernel_matrix(gate_up.view, e * 2 * I, 2 * I));
+    quantize(2 * I * H, kernel_matrix(down.view, e * H, H));
+    device_.synchronize();  // the next expert's values replace these
+  }
+  std::optional<QuantizedLayerExperts> host;
+  if (for_cache) host = QuantizedLayerExperts{download_quantized(gate_up), download_quantized(down)};
+  place_quantized(l, std::move(gate_up), std::move(down));
+  return host;
+}
+
+template <typename T>
+void CudaBackend<T>::load_weights(const WeightMap& map, const ExpertLoad& experts, LoadTally& tally,
                                   ExpertLoadResult* expert_result) {
-  std::uint64_t loaded = 0;
   // Conversion to T goes through a float32 staging buffer on the device, in pieces. Sized for
-  // the embedding, usually the largest tensor; larger ones go through in pieces.
+  // the embedding's part, usually the largest; larger ones go through in pieces.
   constexpr std::int64_t kStagingFloats = std::int64_t{16} << 20;
   const DeviceBuffer staging = device_array<float>(
-      std::is_same_v<T, float> || !map.at("embed").view ? 0 : std::min(kStagingFloats, map.at("embed").numel),
+      std::is_same_v<T, float> || !map.at("embed").view ? 0 : std::min(kStagingFloats, rank_part("embed").numel()),
       "weight conversion");
-  allocate_weights([&](const std::string& name, void* device, std::int64_t numel, bool as_float) {
-    const TensorSlice& slice = map.at(name);  // `numel` values: WeightMap checked the shape by weight_shape too
+  std::vector<float> host;  // the part read, as float32
+  allocate_weights([&](const std::string& name, const WeightPart& part, void* device, bool as_float) {
+    const TensorSlice& slice = map.at(name);
     if (!slice.view) {  // synthetic: made here, by the generator fill_synthetic matches
       const SyntheticFill& f = slice.synthetic;
-      if (as_float)
-        cuda::fill_uniform(static_cast<float*>(device), numel, f.seed, f.low, f.high, device_.stream());
+      const std::int64_t numel = part.rows * part.width;
+      auto make = [&](void* into) {
+        if (as_float)
+          cuda::fill_uniform(static_cast<float*>(into), numel, f.seed, f.low, f.high, device_.stream());
+        else
+          cuda::fill_uniform(static_cast<T*>(into), numel, f.seed, f.low, f.high, device_.stream());
+      };
+      tally.add(static_cast<std::uint64_t>(part.numel()) * sizeof(float));
+      if (part.whole()) return make(device);
+      // A rank's part: the whole weight made, then its block copied.
+      const std::size_t size = as_float ? sizeof(float) : sizeof(T), pitch = static_cast<std::size_t>(part.width) * size;
+      const DeviceBuffer whole(static_cast<std::size_t>(numel) * size, name);
+      make(whole.as<void>());
+      if (part.by_columns)
+        check(cudaMemcpy2DAsync(device, static_cast<std::size_t>(part.count) * size,
+                                whole.as<char>() + static_cast<std::size_t>(part.first) * size, pitch,
+                                static_cast<std::size_t>(part.count) * size, static_cast<std::size_t>(part.rows),
+                                cudaMemcpyDeviceToDevice, device_.stream()),
+              "a rank's weight columns");
       else
-        cuda::fill_uniform(static_cast<T*>(device), numel, f.seed, f.low, f.high, device_.stream());
-      loaded += static_cast<std::uint64_t>(numel) * sizeof(float);
-      if (bytes_loaded) bytes_loaded(loaded);
+        check(cudaMemcpyAsync(device, whole.as<char>() + static_cast<std::size_t>(part.first) * pitch,
+                              static_cast<std::size_t>(part.count) * pitch, cudaMemcpyDeviceToDevice, device_.stream()),
+              "a rank's weight rows");
+      device_.synchronize();  // before `whole` goes
       return;
     }
-    const WeightTensor host(*slice.view, slice.offset, numel);
+    // Only the part's bytes are read from the checkpoint.
+    const std::int64_t numel = part.numel();
+    host.resize(static_cast<std::size_t>(numel));
+    const std::uint64_t read = read_weight_part(map, name, part, host.data());
     if (as_float || std::is_same_v<T, float>) {
       device_.upload(device, host.data(), static_cast<std::size_t>(numel) * sizeof(float));
     } else {
@@ -585,29 +665,21 @@ void CudaBackend<T>::load_weights(const WeightMap& map, const ExpertLoad& expert
         device_.synchronize();  // the staging buffer is reused by the next piece
       }
     }
-    device_.synchronize();  // `host` may own the converted copy
-    loaded += static_cast<std::uint64_t>(numel) * dtype_size(slice.view->dtype);
-    if (bytes_loaded) bytes_loaded(loaded);
+    device_.synchronize();  // `host` is reused by the next weight
+    tally.add(read);
   });
   if (!quantized_experts_) return;
-  // Quantized on the host (or read from the quantized cache) a layer at a time, then uploaded.
+  // Read from the quantized cache and uploaded a layer at a time, or quantized here on the GPU
+  // from the checkpoint's values (the cache file then written from the GPU's result).
   const ExpertLoadResult result = load_quantized_experts(
       config_, map, experts,
       [&](int l, QuantizedLayerExperts&& q) {
-        CudaLayer& layer = layers_[static_cast<std::size_t>(l)];
         const std::string k = layer_weight_prefix(l);
-        // A layer may come twice (a damaged cache is dropped part way): the later one replaces it.
-        for (const DeviceQuantizedMatrix* old : {&layer.quantized_gate_up, &layer.quantized_down})
-          weight_bytes_ -= old->packed.bytes() + old->scales.bytes() + old->offsets.bytes();
-        layer.quantized_gate_up = upload_quantized(q.gate_up, k + "experts (w1, w3), quantized");
-        layer.quantized_down = upload_quantized(q.down, k + "experts (w2), quantized");
-        for (const DeviceQuantizedMatrix* now : {&layer.quantized_gate_up, &layer.quantized_down})
-          weight_bytes_ += now->packed.bytes() + now->scales.bytes() + now->offsets.bytes();
+        place_quantized(l, upload_quantized(q.gate_up, k + "experts (w1, w3), quantized"),
+                        upload_quantized(q.down, k + "experts (w2), quantized"));
       },
-      [&](std::uint64_t bytes) {
-        loaded += bytes;
-        if (bytes_loaded) bytes_loaded(loaded);
-      });
+      [&](std::uint64_t bytes) { tally.add(bytes); },
+      [&](int l, bool for_cache) { return quantize_experts_here(map, l, experts.dtype, tally, for_cache); });
   if (expert_result) *expert_result = result;
 }
 
@@ -780,7 +852,9 @@ void CudaBackend<T>::make_model_tensors() {
     layer.slopes = view(w.slopes, ElementType::F32);
     layer.moe = {layer.router, {}, {}, H, I, config_.experts_per_token};
     layer.moe.expert_mask = view(w.expert_mask, ElementType::F32);
-    if (quantized_experts_) {
+    if (!sessions_) {
+      layer.moe.experts.assign(static_cast<std::size_t>(config_.num_experts), ExpertTensors{});  // router only
+    } else if (quantized_experts_) {
       for (int e = 0; e < config_.num_experts; ++e)
         layer.moe.quantized.push_back(
             {w.quantized_gate_up.view.rows(e * 2 * I, 2 * I), w.quantized_down.view.rows(e * H, H)});
@@ -935,14 +1009,15 @@ class CudaParallelBackend final : public ComputeBackend {
                   " devices");
     // The loopback's collectives wait on the host: they cannot be captured in a decode graph.
     const bool graphs = options.cuda_graphs && link == CudaRankLink::Nccl;
+    // The ranks load at once, each reading only its parts of the weights.
+    ranks_.resize(plans_.size());
+    LoadTally tally(bytes_loaded);
+    tally.on_every_rank(plans_.size(), [&](std::size_t r) {
+      ranks_[r] = std::make_unique<CudaBackend<T>>(c, devices[r], map, options, graphs, ExpertLoad{}, tally, nullptr,
+                                                   plans_, static_cast<int>(r));
+    });
     std::vector<void*> streams;
-    for (std::size_t r = 0; r < plans_.size(); ++r) {
-      // Progress is rank 0's: the others load the same tensors again (their parts of them).
-      ranks_.push_back(std::make_unique<CudaBackend<T>>(
-          c, devices[r], map, graphs, ExpertLoad{}, ExpertSelection{}, r == 0 ? bytes_loaded : std::function<void(std::uint64_t)>{},
-          nullptr, plans_, static_cast<int>(r)));
-      streams.push_back(ranks_.back()->stream());
-    }
+    for (const auto& rank : ranks_) streams.push_back(rank->stream());
     if (link == CudaRankLink::Nccl) {
       nccl_ = make_nccl_communicators(devices, streams);
       for (std::size_t r = 0; r < ranks_.size(); ++r) ranks_[r]->connect(*nccl_[r]);
@@ -1129,15 +1204,15 @@ std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, con
   const std::string reason = cuda_unavailable_reason();
   if (!reason.empty()) throw Error("the cuda backend is not available: " + reason);
   const int device = single_gpu_device(options);
+  LoadTally tally(bytes_loaded);
   if (options.cuda_float32) {
     // float32 activations over quantized experts run a GEMM per expert sized on the host: a
     // decode step waits for the device and is not captured.
     const bool graphs = options.cuda_graphs && experts.dtype == ExpertDType::BF16;
-    return std::make_unique<CudaBackend<float>>(config, device, weights, graphs, experts, options.experts,
-                                                bytes_loaded, expert_result);
+    return std::make_unique<CudaBackend<float>>(config, device, weights, options, graphs, experts, tally, expert_result);
   }
-  return std::make_unique<CudaBackend<bf16>>(config, device, weights, options.cuda_graphs, experts, options.experts,
-                                             bytes_loaded, expert_result);
+  return std::make_unique<CudaBackend<bf16>>(config, device, weights, options, options.cuda_graphs, experts, tally,
+                                             expert_result);
 }
 
 std::optional<CollectiveCounts> cuda_collective_counts(const ComputeBackend& backend) {

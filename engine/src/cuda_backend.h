@@ -24,9 +24,10 @@ std::vector<GpuDevice> cuda_devices();
 
 // Loads the weights onto the GPU of single_gpu_device(options): bf16 by default, float32 when
 // options.cuda_float32 is set. Synthetic weights (WeightMap::synthetic) are made on the device.
-// `experts` says how the experts load (as make_cpu_backend's: quantized on the host or read
-// from the quantized cache, then uploaded in core's layout); where they came from goes to
-// `expert_result` when given. With options.tensor_parallel N > 1: make_cuda_parallel_backend
+// `experts` says how the experts load: read from the quantized cache and uploaded in core's
+// layout, or quantized on the GPU from the checkpoint's values (cuda::quantize_experts, bit for
+// bit the CPU backend's quantizer; the cache file is then written from the GPU's result); where
+// they came from goes to `expert_result` when given. With options.tensor_parallel N > 1: make_cuda_parallel_backend
 // over NCCL (bf16 or float32 experts only).
 std::unique_ptr<ComputeBackend> make_cuda_backend(const ModelConfig& config, const WeightMap& weights,
                                                   const ModelOptions& options, const ExpertLoad& experts,
@@ -41,7 +42,8 @@ enum class CudaRankLink { Nccl, DeviceLoopback };
 
 // The model split over options.tensor_parallel ranks (any N the layout allows, 1 included: the
 // tensor-parallel path at world size 1), each rank a backend on its GPU holding only its slices
-// of the weights (tensor_parallel_layout), a thread per rank for each pass. Decode steps are
+// of the weights (tensor_parallel_layout), a thread per rank for each pass. The ranks load at
+// once, each reading only its parts of the checkpoint (read_weight_part). Decode steps are
 // CUDA graphs with their NCCL calls captured in them when options.cuda_graphs is set and the
 // link is NCCL.
 std::unique_ptr<ComputeBackend> make_cuda_parallel_backend(const ModelConfig& config, const WeightMap& weights,

@@ -158,10 +158,11 @@ void MoeRunner<T>::run(const MoeWeights<T>& weights, const T* x, std::int64_t ro
   const int held = subset ? weights.held : shape_.held();
   if (subset && weights.quantized()) throw Error("internal: a block of quantized experts on one rank");
   if (subset && weights.expert_slots) throw Error("internal: pruned experts on an expert-parallel rank");
-  if (held == 0) {  // a rank without experts adds nothing
+  // A rank without experts adds nothing; its router runs only where its logits are asked for
+  // (a model of the first layer's router holds no expert at all).
+  if (held == 0 && out)
     check(cudaMemsetAsync(out, 0, static_cast<std::size_t>(rows * H) * sizeof(T), stream), "MoE (no experts held)");
-    return;
-  }
+  if (held == 0 && !router_logits) return;
 
   // The router in float32: near-ties between experts must break as in the reference. Each row's
   // routes come in increasing expert order, the order the combine sums in.
@@ -171,7 +172,7 @@ void MoeRunner<T>::run(const MoeWeights<T>& weights, const T* x, std::int64_t ro
     cuda::check(cudaMemcpyAsync(router_logits, b.router_logits.as<float>(),
                                 static_cast<std::size_t>(rows * E) * sizeof(float), cudaMemcpyDeviceToDevice, stream),
                 "copying the router's logits");
-  if (!out) return;
+  if (!out || held == 0) return;
   cuda::route_top_k(b.router_logits.as<float>(), rows, E, k, true, b.expert_ids.as<std::int32_t>(),
                     b.expert_weights.as<float>(), stream, weights.expert_mask, weights.expert_slots);
   if (rows <= kDeviceRoutedRows && !weights.quantized()) {

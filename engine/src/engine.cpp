@@ -10,6 +10,7 @@
 #include "backend.h"
 #include "lightdesk/bf16.h"
 #include "cuda_plugin.h"
+#include "expert_offload.h"
 #include "lightdesk/engine.h"
 #include "lightdesk/input_files.h"
 #include "model_config.h"
@@ -325,16 +326,50 @@ ModelInfo Model::inspect(const std::filesystem::path& directory, const ModelOpti
 
 std::string ExpertSelection::describe() const {
   if (!pruned()) return "all experts";
-  if (is_router_only()) return "no experts (router statistics only)";
   return std::to_string(experts_kept()) + " experts per layer of pattern \"" + pattern + "\"";
 }
 
-std::unique_ptr<Model> Model::open(const std::filesystem::path& directory, const ModelOptions& options,
+namespace {
+
+// What a load of `options` loads: for the first layer's router alone, no experts.
+ModelOptions loaded_options(const ModelOptions& options) {
+  ModelOptions load = options;
+  if (options.purpose == ModelPurpose::FirstLayerRouter) {
+    load.expert_dtype = ExpertFormat::Bf16;
+    load.expert_cache.clear();
+    load.experts = {};
+    load.host_expert_store = false;
+    load.cached_experts_per_layer = 0;
+  }
+  return load;
+}
+
+// The bytes a ModelPurpose::FirstLayerRouter load reads: the embedding and the first layer's
+// tensors other than its experts, by the walk the backends load them with.
+std::uint64_t first_layer_source_bytes(const ModelConfig& c, const WeightMap& map) {
+  std::uint64_t bytes = map.at("embed").source_bytes();
+  LayerTensors<int> layer;
+  load_layer_tensors(c, 0, layer, [&](const std::string& name, WeightPrecision) {
+    bytes += map.at(name).source_bytes();
+    return 0;
+  });
+  return bytes;
+}
+
+}  // namespace
+
+std::unique_ptr<Model> Model::open(const std::filesystem::path& directory, const ModelOptions& requested,
                                    const std::function<bool(std::uint64_t, std::uint64_t)>& progress) {
+  const ModelOptions options = loaded_options(requested);
+  const bool router_only = options.purpose == ModelPurpose::FirstLayerRouter;
   auto impl = std::make_unique<Impl>();
   impl->config = load_model_config(directory, options.rope_full_head);
   check_expert_selection(impl->config, options.experts);
+  check_expert_offload(impl->config, options);
   const BackendKind kind = resolve_backend(options.backend);
+  if (options.host_expert_store && !engine_capabilities(kind).host_expert_store)
+    throw Error(std::string("the ") + backend_name(kind) +
+                " backend has no host expert store yet (exact mode runs on the CPU backend)");
   std::optional<WeightMap> map;
   if (options.synthetic_weights) {
     map = WeightMap::synthetic(impl->config, *options.synthetic_weights);
@@ -352,27 +387,40 @@ std::unique_ptr<Model> Model::open(const std::filesystem::path& directory, const
   for (const auto& [dtype, bytes] : impl->info.bytes_per_dtype) total += bytes;
   if (const std::optional<std::uint64_t> cached = usable_expert_cache_bytes(impl->config, experts))
     total = total - expert_source_bytes(impl->config, *map) + *cached;
+  if (router_only) total = first_layer_source_bytes(impl->config, *map);
   auto on_bytes = [&](std::uint64_t loaded) {
     if (progress && !progress(loaded, std::max(loaded, total)))
       throw Cancelled("loading " + directory.string() + " was cancelled");
   };
   ExpertLoadResult expert_result;
+  const ModelConfig& loaded = router_only ? first_layer_config(impl->config) : impl->config;
   impl->backend = kind == BackendKind::Cuda
-                      ? cuda_plugin::make_backend(impl->config, *map, options, experts, on_bytes, &expert_result)
-                      : make_cpu_backend(impl->config, *map, options, experts, on_bytes, &expert_result);
+                      ? cuda_plugin::make_backend(loaded, *map, options, experts, on_bytes, &expert_result)
+                      : make_cpu_backend(loaded, *map, options, experts, on_bytes, &expert_result);
   impl->info.weight_bytes = impl->backend->weight_bytes();
   impl->info.expert_cache_bytes_read = expert_result.cache_bytes_read;
   impl->info.expert_cache_file = expert_result.cache_file;
   impl->info.experts = options.experts;
+  impl->info.purpose = options.purpose;
+  if (const ExpertOffload* offload = impl->backend->expert_offload()) {
+    impl->info.cached_experts_per_layer = offload->cache().slots();
+    impl->info.expert_store_bytes = offload->store().bytes();
+  }
   return std::unique_ptr<Model>(new Model(std::move(impl)));
+}
+
+void Model::seed_expert_cache(const ExpertSelection& experts) {
+  ExpertOffload* offload = impl_->backend->expert_offload();
+  if (!offload) throw Error("the model has no host expert store to seed (ModelOptions::host_expert_store)");
+  offload->seed(experts);
 }
 
 namespace {
 
 // Adds to `tally` the router probability mass (softmax over every expert) of each row that falls
-// on experts the selection does not hold.
-void tally_lost_mass(const ExpertSelection& experts, int layer, std::span<const float> logits, std::int64_t rows,
-                     RoutingTally& tally) {
+// on experts not resident(e).
+template <typename Resident>
+void tally_lost_mass(std::span<const float> logits, std::int64_t rows, Resident resident, RoutingTally& tally) {
   const std::int64_t E = static_cast<std::int64_t>(logits.size()) / std::max<std::int64_t>(rows, 1);
   for (std::int64_t r = 0; r < rows; ++r) {
     const std::span<const float> row = logits.subspan(static_cast<std::size_t>(r * E), static_cast<std::size_t>(E));
@@ -381,11 +429,19 @@ void tally_lost_mass(const ExpertSelection& experts, int layer, std::span<const 
     for (std::int64_t e = 0; e < E; ++e) {
       const double p = std::exp(double{row[static_cast<std::size_t>(e)]} - max_logit);
       all += p;
-      if (!expert_kept(experts, layer, static_cast<int>(e))) lost += p;
+      if (!resident(static_cast<int>(e))) lost += p;
     }
     tally.lost_mass += lost / all;
   }
   tally.token_layers += rows;
+}
+
+// Throws Error naming the first id outside the vocabulary.
+void check_token_ids(std::span<const TokenId> ids, int vocab_size) {
+  for (std::size_t i = 0; i < ids.size(); ++i)
+    if (ids[i] < 0 || ids[i] >= vocab_size)
+      throw Error("token id " + std::to_string(ids[i]) + " (at index " + std::to_string(i) +
+                  ") is outside the vocabulary (0.." + std::to_string(vocab_size - 1) + ")");
 }
 
 }  // namespace
@@ -406,15 +462,12 @@ struct Session::Impl {
   std::mt19937_64 rng{0};
   RoutingTally routing;
 
-  void check_tokens(std::span<const TokenId> ids) const {
-    for (std::size_t i = 0; i < ids.size(); ++i)
-      if (ids[i] < 0 || ids[i] >= info->vocab_size)
-        throw Error("token id " + std::to_string(ids[i]) + " (at index " + std::to_string(i) +
-                    ") is outside the vocabulary (0.." + std::to_string(info->vocab_size - 1) + ")");
-  }
+  void check_tokens(std::span<const TokenId> ids) const { check_token_ids(ids, info->vocab_size); }
 };
 
 std::unique_ptr<Session> Model::create_session() const {
+  if (impl_->info.purpose == ModelPurpose::FirstLayerRouter)
+    throw Error("this model was opened for its first layer's router logits only: it has no sessions");
   auto impl = std::make_unique<Session::Impl>();
   impl->model = this;
   impl->backend = impl_->backend.get();
@@ -441,9 +494,7 @@ void Session::set_seed(std::uint64_t seed) { impl_->rng.seed(seed); }
 RoutingTally Session::routing_tally() const { return impl_->routing; }
 
 std::vector<float> Model::first_layer_router_logits(std::span<const TokenId> tokens) const {
-  const auto session = create_session();
-  Session::Impl& s = *session->impl_;
-  s.check_tokens(tokens);
+  check_token_ids(tokens, impl_->info.vocab_size);
   const auto total = static_cast<std::int64_t>(tokens.size());
   if (total > impl_->info.max_context)
     throw Error(std::to_string(total) + " tokens exceed the model's maximum context of " +
@@ -454,7 +505,9 @@ std::vector<float> Model::first_layer_router_logits(std::span<const TokenId> tok
       [&logits](int layer, std::span<const float> rows, std::int64_t) {
         if (layer == 0) logits.insert(logits.end(), rows.begin(), rows.end());
       };
-  const std::int64_t chunk = s.backend->default_chunk_tokens();
+  ComputeBackend& backend = *impl_->backend;
+  const std::unique_ptr<SequenceState> sequence = backend.new_sequence();  // left partial, then dropped
+  const std::int64_t chunk = backend.default_chunk_tokens();
   for (std::int64_t done = 0; done < total; done += chunk) {
     ForwardRequest request;
     request.tokens = tokens.subspan(static_cast<std::size_t>(done),
@@ -462,7 +515,7 @@ std::vector<float> Model::first_layer_router_logits(std::span<const TokenId> tok
     request.first_position = done;
     request.router_logits = &collect;
     request.last_router_layer = 0;
-    s.backend->forward(*s.sequence, request);
+    backend.forward(*sequence, request);
   }
   return logits;
 }
@@ -493,8 +546,6 @@ void Session::feed(std::span<const TokenId> tokens, const FeedOptions& options) 
     throw Error("embedding_overrides has " + std::to_string(options.embedding_overrides.size()) +
                 " entries for " + std::to_string(total) + " tokens");
   if (total == 0) return;
-  if (s.info->experts.is_router_only())
-    throw Error("this model was opened without experts: it computes router statistics only");
   const std::int64_t V = s.info->vocab_size;
   const auto start = std::chrono::steady_clock::now();
   s.logits.clear();
@@ -502,12 +553,19 @@ void Session::feed(std::span<const TokenId> tokens, const FeedOptions& options) 
   // All rows go straight where logits() reads them; those a failed or cancelled feed did not
   // reach are dropped.
   if (options.all_logits) s.logits.resize(static_cast<std::size_t>(total * V));
-  // A pruned model tallies the mass its routing lost; the caller's statistics come too.
+  // A pruned model tallies the mass its routing lost, one in exact mode its misses (the cache
+  // as the layer's step found it: the router's logits come right after the layer's experts);
+  // the caller's statistics come too.
   const ExpertSelection& experts = s.info->experts;
+  const ExpertOffload* offload = s.backend->expert_offload();
   std::function<void(int, std::span<const float>, std::int64_t)> router_logits;
-  if (experts.pruned() || options.router_logits)
+  if (experts.pruned() || offload || options.router_logits)
     router_logits = [&](int layer, std::span<const float> logits, std::int64_t rows) {
-      if (experts.pruned()) tally_lost_mass(experts, layer, logits, rows, s.routing);
+      if (experts.pruned())
+        tally_lost_mass(logits, rows, [&](int e) { return expert_kept(experts, layer, e); }, s.routing);
+      if (offload)
+        tally_lost_mass(logits, rows, [&](int e) { return offload->cache().resident_before_step(layer, e); },
+                        s.routing);
       if (options.router_logits) options.router_logits(layer, logits, rows);
     };
   try {

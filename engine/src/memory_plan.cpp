@@ -312,10 +312,13 @@ std::vector<RankLayout> tensor_parallel_layout(const ModelShape& shape, int rank
   return layout;
 }
 
-// Quantized and pruned experts run on both backends; one model over several GPUs and the host
-// expert store are still to come.
-EngineCapabilities engine_capabilities() {
-  return {.int8_experts = true, .int4_experts = true, .pruned_experts = true};
+// Quantized and pruned experts run on both backends, the host expert store on the CPU's; one
+// model over several GPUs is still to come.
+EngineCapabilities engine_capabilities(BackendKind backend) {
+  return {.int8_experts = true,
+          .int4_experts = true,
+          .host_expert_store = backend == BackendKind::Cpu,
+          .pruned_experts = true};
 }
 
 std::vector<PlanCandidate> plan_candidates(int experts_kept) {
@@ -458,6 +461,7 @@ PlanRequest local_plan_request(const ModelInfo& info, const ModelOptions& option
   request.backend = info.backend == BackendKind::Cpu ? BackendKind::Cpu : BackendKind::Cuda;
   request.cuda_float32 = options.cuda_float32;
   request.context_tokens = context_tokens;
+  request.capabilities = engine_capabilities(request.backend);
   request.host_memory_bytes = physical_memory_bytes();
   request.experts_kept = pruned_size(options.experts);
   request.moe = options.moe_parallel;
@@ -509,9 +513,10 @@ ModelOptions apply_plan(const MemoryPlan& plan, ModelOptions base, const ExpertP
       throw Error(plan.summary() + ": a pruned plan needs the task pattern whose experts it keeps");
     base.experts = pattern->keep(kept);
   }
-  // Exact mode (PlanCandidate::host_expert_store: every expert in host memory, a cache of
-  // RankMemory::cached_experts_per_layer on each GPU) sets its ModelOptions fields here; until
-  // EngineCapabilities::host_expert_store is on, such a plan is not runnable (refused above).
+  // Exact mode: every expert in host memory, each layer caching what the plan computed.
+  base.host_expert_store = plan.candidate.host_expert_store;
+  base.cached_experts_per_layer =
+      plan.candidate.host_expert_store && !plan.ranks.empty() ? plan.ranks.front().cached_experts_per_layer : 0;
   return base;
 }
 

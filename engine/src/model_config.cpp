@@ -287,4 +287,11 @@ ModelConfig load_model_config(const std::filesystem::path& directory, bool rope_
   return parse_model_config(read_json_file(path), path.string(), rope_full_head);
 }
 
+ModelConfig first_layer_config(const ModelConfig& config) {
+  ModelConfig first = config;
+  first.num_layers = 1;
+  first.layer_kinds.resize(1);
+  return first;
+}
+
 }  // namespace lightdesk

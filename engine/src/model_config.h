@@ -44,5 +44,9 @@ struct ModelConfig : ModelShape {
 ModelConfig parse_model_config(const std::string& json_text, const std::string& source,
                                bool rope_full_head);
 ModelConfig load_model_config(const std::filesystem::path& directory, bool rope_full_head);
+// The model's first layer alone: what a backend of ModelPurpose::FirstLayerRouter loads and
+// runs. Its weights and slopes are the whole model's first layer's (the slopes of layer 0 do not
+// depend on the depth, in either layout's formula; a later layer's would).
+ModelConfig first_layer_config(const ModelConfig& config);
 
 }  // namespace lightdesk

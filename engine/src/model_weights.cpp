@@ -7,6 +7,7 @@
 #include <limits>
 #include <set>
 
+#include "communicator.h"
 #include "lightdesk/thread_pool.h"
 
 namespace lightdesk {
@@ -238,7 +239,6 @@ void check_expert_selection(const ModelConfig& c, const ExpertSelection& experts
                     " twice or outside the model's " + std::to_string(c.num_experts));
       seen[static_cast<std::size_t>(e)] = true;
     }
-    if (experts.is_router_only() && kept.empty()) continue;
     if (std::ssize(kept) < c.experts_per_token || std::ssize(kept) != experts.experts_kept())
       throw Error("layer " + std::to_string(l) + " keeps " + std::to_string(kept.size()) +
                   " experts: every layer keeps the same number, at least the " +
@@ -313,7 +313,8 @@ QuantizedLayerExperts quantize_layer_experts(const ModelConfig& c, const WeightM
 
 ExpertLoadResult load_quantized_experts(const ModelConfig& c, const WeightMap& map, const ExpertLoad& load,
                                         const std::function<void(int, QuantizedLayerExperts&&)>& take,
-                                        const std::function<void(std::uint64_t)>& bytes_read) {
+                                        const std::function<void(std::uint64_t)>& bytes_read,
+                                        const PlacedExpertQuantizer& quantize) {
   ExpertLoadResult result;
   const ExpertCacheKey key = expert_cache_key(c, load);
   std::filesystem::path file;
@@ -337,7 +338,8 @@ ExpertLoadResult load_quantized_experts(const ModelConfig& c, const WeightMap& m
       }
     }
   }
-  ThreadPool pool(load.threads);
+  std::optional<ThreadPool> pool;  // the host's quantizer's
+  if (!quantize) pool.emplace(load.threads);
   std::optional<ExpertCacheWriter> writer;
   auto without_cache = [&] { writer.reset(); };
   if (!file.empty()) {
@@ -347,15 +349,21 @@ ExpertLoadResult load_quantized_experts(const ModelConfig& c, const WeightMap& m
       without_cache();
     }
   }
-  for (int l = 0; l < c.num_layers; ++l) {
-    QuantizedLayerExperts layer = quantize_layer_experts(c, map, l, load.dtype, pool, bytes_read);
-    if (writer) {
-      try {
-        writer->add(l, layer);
-      } catch (const Error&) {
-        without_cache();
-      }
+  auto write = [&](int l, const QuantizedLayerExperts& layer) {
+    try {
+      writer->add(l, layer);
+    } catch (const Error&) {
+      without_cache();
     }
+  };
+  for (int l = 0; l < c.num_layers; ++l) {
+    if (quantize) {
+      const std::optional<QuantizedLayerExperts> layer = quantize(l, writer.has_value());
+      if (writer && layer) write(l, *layer);
+      continue;
+    }
+    QuantizedLayerExperts layer = quantize_layer_experts(c, map, l, load.dtype, *pool, bytes_read);
+    if (writer) write(l, layer);
     take(l, std::move(layer));
   }
   if (writer) {
@@ -369,44 +377,117 @@ ExpertLoadResult load_quantized_experts(const ModelConfig& c, const WeightMap& m
   return result;
 }
 
-ModelWeights load_cpu_weights(const ModelConfig& c, const WeightMap& map, const ExpertLoad& experts,
-                              const std::function<void(std::uint64_t)>& bytes_loaded,
-                              ExpertLoadResult* expert_result, const ExpertSelection& kept) {
-  std::uint64_t loaded = 0;
-  auto count = [&](std::uint64_t bytes) {
-    loaded += bytes;
-    if (bytes_loaded) bytes_loaded(loaded);
+namespace {
+
+[[noreturn]] void throw_non_finite(const TensorSlice& s, const std::string& name, const std::string& value,
+                                   std::int64_t element) {
+  throw Error((s.view ? s.view->file + ": tensor \"" + s.view->name : "synthetic weight \"" + name) +
+              "\" holds a non-finite value (" + value + " at element " + std::to_string(element) +
+              "): the checkpoint is damaged");
+}
+
+}  // namespace
+
+WeightPart rank_weight_part(const ModelConfig& c, std::span<const RankLayout> plans, int rank, const std::string& name) {
+  const std::vector<std::int64_t> shape = weight_shape(c, name);
+  WeightPart part{shape.front(), 1, false, 0, shape.front()};
+  for (std::size_t i = 1; i < shape.size(); ++i) part.width *= shape[i];
+  if (plans.size() == 1) return part;
+  const RankLayout& plan = plans[static_cast<std::size_t>(rank)];
+  const std::string field = name.substr(name.rfind('.') + 1);
+  const std::int64_t d = c.head_dim, h0 = plan.first_head * d, hn = plan.heads * d;
+  auto take = [&](bool by_columns, std::int64_t first, std::int64_t count) {
+    part.by_columns = by_columns;
+    part.first = first;
+    part.count = count;
+    return part;
   };
-  // Everything is float32 here, whatever the precision a GPU backend would give it.
-  auto get = [&](const std::string& name, WeightPrecision = WeightPrecision::Float32) {
-    const TensorSlice& s = map.at(name);
-    WeightTensor t = s.view ? WeightTensor(*s.view, s.offset, s.numel) : WeightTensor(s.synthetic, s.numel);
-    count(static_cast<std::uint64_t>(s.numel) * (s.view ? dtype_size(s.view->dtype) : sizeof(float)));
-    return t;
+  if (field == "embed" || field == "lm_head") return take(false, plan.first_vocab_row, plan.vocab_rows);
+  if (field == "qkv") return take(false, 3 * h0, 3 * hn);  // per head [q | k | v]: one block of rows
+  if (field == "output_gate" || field == "output_norm" || field == "q_proj") return take(false, h0, hn);
+  if (field == "k_proj" || field == "v_proj") return take(false, plan.first_kv_head * d, plan.kv_heads * d);
+  if (field == "out_proj" || field == "o_proj") return take(true, h0, hn);
+  if (field == "w1" || field == "w3") return take(false, plan.first_expert_column, plan.expert_width);
+  if (field == "w2") return take(true, plan.first_expert_column, plan.expert_width);
+  return part;  // norms, routers: every rank's own copy
+}
+
+std::uint64_t read_weight_part(const WeightMap& map, const std::string& name, const WeightPart& part, float* out) {
+  const TensorSlice& s = map.at(name);
+  // Runs of consecutive elements: the block of rows is one, a block of columns one per row.
+  const std::int64_t runs = part.by_columns ? part.rows : 1;
+  const std::int64_t run = part.by_columns ? part.count : part.count * part.width;
+  const std::int64_t first = part.by_columns ? part.first : part.first * part.width;
+  const std::size_t size = s.view ? dtype_size(s.view->dtype) : sizeof(float);
+  for (std::int64_t r = 0; r < runs; ++r) {
+    const std::int64_t element = first + r * part.width;
+    if (s.view)
+      convert_to_f32(s.view->data + (s.offset + element) * static_cast<std::int64_t>(size), s.view->dtype, run,
+                     out + r * run);
+    else
+      fill_synthetic(s.synthetic, out + r * run, run, element);
+  }
+  // As WeightTensor checks a whole weight: a value that is not finite makes every logit NaN.
+  const std::int64_t numel = part.numel();
+  const float* bad = std::find_if(out, out + numel, [](float v) { return !std::isfinite(v); });
+  if (bad != out + numel) {
+    const std::int64_t at = bad - out;
+    throw_non_finite(s, name, std::to_string(*bad), s.offset + first + (at / run) * part.width + at % run);
+  }
+  return static_cast<std::uint64_t>(numel) * size;
+}
+
+void check_stored_values(const WeightMap& map, const std::string& name) {
+  const TensorSlice& s = map.at(name);
+  if (!s.view) return;  // synthetic values are finite
+  const std::byte* data = s.view->data + s.offset * static_cast<std::int64_t>(dtype_size(s.view->dtype));
+  // An exponent of all ones is an infinity or a NaN; looked for without an early exit, so that
+  // the loop vectorizes (the mapped data may be unaligned: memcpy reads it).
+  auto first_non_finite = [&](auto bits_type, auto exponent) -> std::int64_t {
+    using Bits = decltype(bits_type);
+    auto non_finite = [&](std::int64_t i) {
+      Bits bits;
+      std::memcpy(&bits, data + i * static_cast<std::int64_t>(sizeof(Bits)), sizeof bits);
+      return (bits & exponent) == exponent;
+    };
+    unsigned found = 0;
+    for (std::int64_t i = 0; i < s.numel; ++i) found |= non_finite(i);
+    if (!found) return -1;
+    std::int64_t i = 0;
+    while (!non_finite(i)) ++i;
+    return i;
   };
-  const bool quantized = experts.dtype != ExpertDType::BF16;
-  ModelWeights w;
-  w.embed = get("embed");
-  w.lm_head = get("lm_head");
-  w.final_norm = get("final_norm");
-  for (int l = 0; l < c.num_layers; ++l) {
-    LayerWeights lw;
-    load_layer_tensors(c, l, lw, get);
-    if (lw.kind == LayerKind::Lightning) lw.slopes = lightning_slopes(c, l);
-    for (int e = 0; e < c.num_experts && !quantized; ++e) {
-      const ExpertWeightNames names = expert_weight_names(l, e);
-      lw.experts.push_back(expert_kept(kept, l, e) ? ExpertWeights{get(names.w1), get(names.w3), get(names.w2)}
-                                                      : ExpertWeights{});
-    }
-    w.layers.push_back(std::move(lw));
+  std::int64_t bad = -1;
+  switch (s.view->dtype) {
+    case DType::F32: bad = first_non_finite(std::uint32_t{}, std::uint32_t{0x7F800000u}); break;
+    case DType::BF16: bad = first_non_finite(std::uint16_t{}, std::uint16_t{0x7F80u}); break;
+    case DType::F16: bad = first_non_finite(std::uint16_t{}, std::uint16_t{0x7C00u}); break;
+    default: throw Error("internal: " + name + " is not a float tensor");
   }
-  if (quantized) {
-    const ExpertLoadResult result = load_quantized_experts(
-        c, map, experts, [&](int l, QuantizedLayerExperts&& q) { w.layers[static_cast<std::size_t>(l)].quantized = std::move(q); },
-        count);
-    if (expert_result) *expert_result = result;
+  if (bad >= 0) throw_non_finite(s, name, "an infinity or NaN", s.offset + bad);
+}
+
+void LoadTally::add(std::uint64_t bytes) {
+  if (failed_) throw RankAborted();
+  const std::lock_guard lock(mutex_);
+  if (failed_) throw RankAborted();  // a report that failed while this rank waited
+  total_ += bytes;
+  if (!report_) return;
+  try {
+    report_(total_);
+  } catch (...) {
+    failed_ = true;  // before the next rank's report: a cancelled load reports no further
+    throw;
   }
-  return w;
+}
+
+std::uint64_t LoadTally::total() const {
+  const std::lock_guard lock(mutex_);
+  return total_;
+}
+
+void LoadTally::on_every_rank(std::size_t ranks, const std::function<void(std::size_t)>& load) {
+  lightdesk::on_every_rank(ranks, load, [this](std::size_t) { failed_ = true; }, [] {});
 }
 
 }  // namespace lightdesk

@@ -1,14 +1,17 @@
 // The model's weights: where each is in the checkpoint (WeightMap), the one walk over them that
-// every backend's loader takes (load_layer_tensors), and the CPU backend's float32 copy. All
-// matrices are row-major [out, in] like torch.nn.Linear, whatever the dtype and tensor naming
-// of the checkpoint.
+// every backend's loader takes (load_layer_tensors), and the part of each that a tensor-parallel
+// rank reads (rank_weight_part, read_weight_part). All matrices are row-major [out, in] like
+// torch.nn.Linear, whatever the dtype and tensor naming of the checkpoint.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -96,25 +99,6 @@ void load_layer_tensors(const ModelConfig& config, int l, LayerTensors<Tensor>& 
   layer.router = load(k + "router", WeightPrecision::Float32);
 }
 
-struct ExpertWeights {
-  WeightTensor w1, w3, w2;  // see ExpertWeightNames
-};
-
-struct LayerWeights : LayerTensors<WeightTensor> {
-  std::vector<float> slopes;  // lightning layers: [heads] decay rate per head
-  std::vector<ExpertWeights> experts;  // float32 experts, or
-  std::optional<QuantizedLayerExperts> quantized;  // quantized ones
-};
-
-struct ModelWeights {
-  WeightTensor embed;    // [vocab, hidden]
-  WeightTensor lm_head;  // [vocab, hidden]
-  WeightTensor final_norm;
-  std::vector<LayerWeights> layers;
-};
-
-
-
 // Where each weight of the model is in a checkpoint, with its shape checked against the config.
 // Resolving needs only the headers; both CPU and GPU backends load from it.
 struct TensorSlice {
@@ -122,6 +106,11 @@ struct TensorSlice {
   std::int64_t offset = 0;  // elements into the tensor (fused expert tensors)
   std::int64_t numel = 0;
   SyntheticFill synthetic = {};  // how to make it when there is no view
+
+  // Bytes a load reads for it: its values in the checkpoint's dtype (synthetic: float32 made).
+  std::uint64_t source_bytes() const {
+    return static_cast<std::uint64_t>(numel) * (view ? dtype_size(view->dtype) : sizeof(float));
+  }
 };
 
 class WeightMap {
@@ -174,23 +163,71 @@ struct ExpertLoadResult {
   std::uint64_t cache_bytes_read = 0;  // 0: quantized from the weights
   std::filesystem::path cache_file;    // the cache file read or written (empty: none)
 };
-// Every layer's experts in load.dtype, in layer order to take(layer, experts): read from the
-// cache file of this model and format when there is an intact one, else quantized from `map`
-// (the checkpoint's or synthetic weights) and written to the cache (when a folder is given; a
-// cache that cannot be written costs only its speed-up). A cache found damaged part way is
-// removed and the layers start again from the weights, so take() may see a layer twice: the
-// later one replaces it. bytes_read(n) counts the bytes read (checkpoint or cache) as they are.
+// Quantizes layer `layer`'s experts where a backend keeps them (the CUDA backend's GPU quantizer,
+// bit for bit core's), in place of the host's quantizer, counting the bytes it reads itself; it
+// returns their bytes on the host when `for_cache` (the cache file is written from them), else
+// nothing.
+using PlacedExpertQuantizer = std::function<std::optional<QuantizedLayerExperts>(int layer, bool for_cache)>;
+// Every layer's experts in load.dtype, in layer order: read from the cache file of this model
+// and format when there is an intact one and given to take(layer, experts); else quantized from
+// `map` (the checkpoint's or synthetic weights), on the host and given to take(), or by
+// `quantize` where given, and written to the cache (when a folder is given; a cache that cannot
+// be written costs only its speed-up). A cache found damaged part way is removed and the layers
+// start again from the weights, so a layer may come twice: the later one replaces it.
+// bytes_read(n) counts the bytes read (checkpoint or cache) as they are.
 ExpertLoadResult load_quantized_experts(const ModelConfig& config, const WeightMap& map, const ExpertLoad& load,
                                         const std::function<void(int, QuantizedLayerExperts&&)>& take,
-                                        const std::function<void(std::uint64_t)>& bytes_read);
+                                        const std::function<void(std::uint64_t)>& bytes_read,
+                                        const PlacedExpertQuantizer& quantize = {});
 // The key of the cache of `load` for a model of `config`.
 ExpertCacheKey expert_cache_key(const ModelConfig& config, const ExpertLoad& load);
 
-// The CPU backend's weights: float32, the experts quantized when `experts` says so; in float32
-// the experts `kept` prunes are left empty (never read; quantized ones load whole layers).
-ModelWeights load_cpu_weights(const ModelConfig& config, const WeightMap& map, const ExpertLoad& experts,
-                              const std::function<void(std::uint64_t)>& bytes_loaded,
-                              ExpertLoadResult* expert_result = nullptr, const ExpertSelection& kept = {});
+// The part of a [rows, width] weight (weight_shape, the trailing extents flattened) that a
+// tensor-parallel rank holds: a block of its rows, or of its columns. All of it on one rank,
+// and on every rank for the weights each keeps whole (norms, routers).
+struct WeightPart {
+  std::int64_t rows = 0, width = 0;
+  bool by_columns = false;
+  std::int64_t first = 0, count = 0;  // rows, or columns when by_columns
+
+  bool whole() const { return first == 0 && count == (by_columns ? width : rows); }
+  std::int64_t numel() const { return by_columns ? rows * count : count * width; }
+};
+// Rank `rank`'s part of the weight of this WeightMap name under the layout `plans` (as
+// docs/tensor-parallel.md lays out: heads and vocabulary rows by rows; out_proj, o_proj and w2
+// by columns; w1 and w3 by the rank's slice of the expert width).
+WeightPart rank_weight_part(const ModelConfig& config, std::span<const RankLayout> plans, int rank,
+                            const std::string& name);
+// The part of the weight `name` as float32 into `out` (part.numel() values, row-major), reading
+// only its bytes of the checkpoint: a block of rows is one range of the file, a block of columns
+// one range per row (synthetic weights: only the part's values are made). Returns the bytes read
+// (synthetic: 4 per value). Throws Error naming the tensor for a value that is not finite.
+std::uint64_t read_weight_part(const WeightMap& map, const std::string& name, const WeightPart& part, float* out);
+// Throws Error naming the tensor and element of a value that is not finite in the checkpoint's
+// bytes of the weight `name` (a damaged checkpoint), read from their bits as stored: for a
+// loader that uploads them unconverted.
+void check_stored_values(const WeightMap& map, const std::string& name);
+
+// The bytes a load has read, added from the loading threads (the ranks load at once) and
+// reported as a running total to `report` (one call at a time). Once a rank has failed (a
+// report that throws, as a cancelled load's does, fails its rank), the others stop at their next
+// weight, and nothing more is reported.
+class LoadTally {
+ public:
+  explicit LoadTally(std::function<void(std::uint64_t)> report = {}) : report_(std::move(report)) {}
+  // Throws RankAborted once another rank has failed.
+  void add(std::uint64_t bytes);
+  std::uint64_t total() const;
+  // Runs load(rank) for ranks 0 .. ranks - 1, each on a thread of its own (inline for one), and
+  // rethrows the first failure.
+  void on_every_rank(std::size_t ranks, const std::function<void(std::size_t)>& load);
+
+ private:
+  std::function<void(std::uint64_t)> report_;
+  mutable std::mutex mutex_;
+  std::uint64_t total_ = 0;
+  std::atomic<bool> failed_ = false;
+};
 // Checks a pruned selection against the model: one set per layer, each of at least
 // experts_per_token distinct ids within the experts. Throws Error naming the fault.
 void check_expert_selection(const ModelConfig& config, const ExpertSelection& experts);

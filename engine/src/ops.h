@@ -24,6 +24,8 @@
 
 namespace lightdesk {
 
+class ExpertOffload;
+
 enum class ElementType : std::uint8_t { F32, BF16, I32 };
 
 constexpr std::size_t element_bytes(ElementType type) { return type == ElementType::BF16 ? 2 : 4; }
@@ -93,6 +95,9 @@ struct QuantizedExpertTensors {
 // expert's tensors are null (never loaded). The CUDA ops keep the kept experts in a block of
 // their own, in increasing id order, and map a routed id to its place by `expert_slots`
 // (one rank only: the backends refuse pruned experts under tensor parallel).
+// Exact mode (docs/expert-offload.md): every expert's tensors are null, whatever the experts'
+// format; `offload` holds them all in its store, and the op brings each chosen expert into one of
+// layer `offload_layer`'s slots before computing it (the graph calls moe for such a layer).
 struct MoeTensors {
   Tensor router;  // float32 [experts, hidden]
   std::vector<ExpertTensors> experts;
@@ -102,6 +107,8 @@ struct MoeTensors {
   int top_k = 0;
   Tensor expert_mask;   // float32 [experts], or null: every expert
   Tensor expert_slots;  // int32 [experts]: a kept expert's place in the block (CUDA), or null
+  ExpertOffload* offload = nullptr;
+  int offload_layer = 0;
 
   bool is_quantized() const { return !quantized.empty(); }
   std::size_t expert_count() const { return is_quantized() ? quantized.size() : experts.size(); }

@@ -4,20 +4,26 @@
 // dequantization a prefill reads, the decode GEMV over ragged rows per expert (partial last
 // groups, inputs not a multiple of 32, several groups, 1 to 64 tokens, gated and not), and the
 // MoE layer with quantized experts on both of its paths against cpu::moe_experts on the
-// dequantized weights.
+// dequantized weights; and the demo model's experts as the CUDA backend quantizes them at load.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <numeric>
 #include <tuple>
 
 #include "cuda_test_util.h"
 #include "lightdesk/cpu_ops.h"
+#include "lightdesk/engine.h"
 #include "lightdesk/expert_quant.h"
 #include "lightdesk/thread_pool.h"
 #include "src/cuda_moe.h"
+#include "src/expert_cache.h"
+#include "src/model_config.h"
+#include "src/model_weights.h"
+#include "test_util.h"
 
 namespace lightdesk {
 namespace {
@@ -110,12 +116,15 @@ class CudaQuantizedExpertsTest : public GpuTest {
   Random random;
 };
 
-// The GPU quantizer against the CPU's, bit for bit, padding included.
+// The GPU quantizer against the CPU's, bit for bit, padding included. The widths include those
+// the loader quantizes (CUDA backend, ModelOptions::expert_dtype): the fixtures' hidden 48 and
+// 64 and expert widths 24 and 48, the demo's 256 and 64 (int4: one partial group of 24, 48 or
+// 64; rows of 12 or 24 bytes padded to 16 or 32), and several groups with a partial last one.
 TEST_F(CudaQuantizedExpertsTest, QuantizeMatchesCpu) {
   const int experts = 2;
   const std::int64_t rows = 4;
   for (const FormatCase& f : kFormats)
-    for (const std::int64_t cols : {48, 96, 200, 256, 300}) {
+    for (const std::int64_t cols : {24, 48, 64, 96, 200, 256, 300}) {
       SCOPED_TRACE(std::string(f.name) + ", cols " + std::to_string(cols));
       const std::vector<float> w = test_weights(random, experts * rows, cols);
       DeviceArray<cuda::bf16> device_w(w.size());
@@ -320,6 +329,56 @@ TEST_F(CudaQuantizedGemmTest, MoeLayerMatchesCpu) {
     check_moe_layer<cuda::bf16>(random, f, {264, 200, 6, 2}, {1, 3, 17, 64, 150});
     check_moe_layer<cuda::bf16>(random, f, {100, 60, 5, 2}, {2, 90});
     check_moe_layer<float>(random, f, {264, 200, 6, 2}, {1, 90});
+  }
+}
+
+// The demo model loaded with int8 and int4 experts on the CUDA backend, which quantizes them on
+// the GPU: the quantized cache it writes (downloaded from the experts the GPU computes with)
+// equals, byte for byte, the one the CPU backend's quantizer writes; a second load reads the
+// cache and computes the same logits.
+TEST(CudaQuantizedLoadTest, DemoExpertsEqualTheCpuQuantizers) {
+  LIGHTDESK_SKIP_WITHOUT_GPU();
+  const std::filesystem::path demo = std::filesystem::path(LIGHTDESK_SOURCE_DIR) / "resources/models/lightdesk-demo";
+  const ModelConfig config = load_model_config(demo, false);
+  const std::vector<TokenId> prompt = test::random_ids(24, config.vocab_size, 7);
+  for (const ExpertFormat format : {ExpertFormat::Int8, ExpertFormat::Int4}) {
+    SCOPED_TRACE(expert_format_name(format));
+    const test::ScratchDir cpu_cache, gpu_cache;
+    ModelOptions options;
+    options.expert_dtype = format;
+    options.backend = BackendKind::Cpu;
+    options.expert_cache = cpu_cache.path();
+    const auto cpu = Model::open(demo, options);
+    options.backend = BackendKind::Cuda;
+    options.expert_cache = gpu_cache.path();
+    auto logits = [&](const Model& model) {
+      auto session = model.create_session();
+      session->feed(prompt);
+      return std::vector<float>(session->logits().begin(), session->logits().end());
+    };
+    std::vector<float> first_logits;
+    {
+      const auto gpu = Model::open(demo, options);
+      EXPECT_EQ(gpu->info().expert_cache_bytes_read, 0u);
+      ASSERT_FALSE(gpu->info().expert_cache_file.empty());
+      first_logits = logits(*gpu);
+      const ExpertCacheKey key =
+          expert_cache_key(config, ExpertLoad{expert_dtype(format), {}, cpu->info().fingerprint});
+      const ExpertCacheReader from_cpu(cpu->info().expert_cache_file, key), from_gpu(gpu->info().expert_cache_file, key);
+      for (int l = 0; l < config.num_layers; ++l) {
+        const QuantizedLayerExperts want = from_cpu.layer(l), got = from_gpu.layer(l);
+        for (const auto member : {&QuantizedLayerExperts::gate_up, &QuantizedLayerExperts::down}) {
+          const QuantizedMatrix &w = want.*member, &g = got.*member;
+          EXPECT_EQ(g.packed(), w.packed()) << "layer " << l;
+          EXPECT_EQ(g.row_scales(), w.row_scales()) << "layer " << l;
+          EXPECT_EQ(g.group_scales(), w.group_scales()) << "layer " << l;
+          EXPECT_EQ(g.group_offsets(), w.group_offsets()) << "layer " << l;
+        }
+      }
+    }
+    const auto again = Model::open(demo, options);
+    EXPECT_GT(again->info().expert_cache_bytes_read, 0u);
+    EXPECT_EQ(logits(*again), first_logits);
   }
 }
 

@@ -10,6 +10,8 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
+#include <span>
 #include <random>
 
 #include "cuda_test_util.h"
@@ -29,12 +31,11 @@ const std::filesystem::path kDemo = std::filesystem::path(LIGHTDESK_SOURCE_DIR) 
 // rounding of float32 over a few layers); against the CPU, its reference tolerance.
 constexpr double kFloat32Tolerance = 1e-4;
 constexpr double kCpuTolerance = 1e-3;
-// bf16: each all-reduce rounds its sum to bf16 once more than one GPU does, so the ranks' logits
-// stray from the float32 ones by about as much as one GPU's bf16 logits do, which grows with the
-// model's logit scale (the demo's are far larger than the fixtures'): the bound is a multiple of
-// that measured straying, with a floor of the fixture tests' bf16 bound.
-constexpr double kBf16StrayingFactor = 2.0;
-constexpr double kBf16LogitFloor = 0.15;
+// bf16: each all-reduce rounds its sum to bf16 once more than one GPU does, so a near-tie (of two
+// tokens, or of two experts in a top-2 routing, whose flip moves the logits far) may go the other
+// way at another layout; ids are compared where one bf16 rank's top-two logit margin exceeds this.
+constexpr float kBf16Margin = 0.1f;
+constexpr int kBf16Steps = 256;
 
 struct Layout {
   std::string model;  // a fixture of tests/data, or "demo"
@@ -121,12 +122,6 @@ double worst_error(const Outputs& got, const Outputs& want) {
   return worst;
 }
 
-double largest_difference(const std::vector<float>& a, const std::vector<float>& b) {
-  double largest = 0.0;
-  for (std::size_t i = 0; i < a.size(); ++i) largest = std::max(largest, std::fabs(double{a[i]} - b[i]));
-  return largest;
-}
-
 ModelOptions options_for(const Layout& layout, bool float32) {
   ModelOptions options;
   options.cuda_float32 = float32;
@@ -165,24 +160,43 @@ TEST_P(CudaTensorParallelTest, SimulatedRanksEqualOneRankAndTheCpu) {
   EXPECT_EQ(got.tokens, want.tokens);  // the distributed argmax
 }
 
-// bf16: the prompt's logits stray from one float32 rank's no further than a few times one bf16
-// rank's do.
-TEST_P(CudaTensorParallelTest, SimulatedRanksInBf16StayWithinItsRounding) {
+// bf16: the ids, compared where a rounding cannot decide them (issue 28's criterion). Greedy
+// decoding over kBf16Steps steps (fed one bf16 rank's ids) and the argmax of every prompt row
+// equal one bf16 rank's wherever that rank's top-two logit margin exceeds kBf16Margin.
+TEST_P(CudaTensorParallelTest, SimulatedRanksInBf16KeepTheGreedyIds) {
   const Layout& layout = GetParam();
   const LoadedModel model(layout.model);
-  ModelOptions float32;
-  float32.cuda_float32 = true;
-  const Outputs exact = run_model(*make_cuda_backend(model.config, model.map, float32, {}, {}), model.config, 0);
-  const Outputs one_rank = run_model(*make_cuda_backend(model.config, model.map, ModelOptions{}, {}, {}), model.config, 0);
+  const auto V = static_cast<std::size_t>(model.config.vocab_size);
+  const Outputs want = run_model(*make_cuda_backend(model.config, model.map, ModelOptions{}, {}, {}), model.config,
+                                 kBf16Steps);
   const Outputs got = run_model(*make_cuda_parallel_backend(model.config, model.map, options_for(layout, false),
-                                                  CudaRankLink::DeviceLoopback, {}),
-                      model.config, 0);
-  const double straying = largest_difference(one_rank.prompt_logits, exact.prompt_logits);
-  const double bound = std::max(kBf16LogitFloor, kBf16StrayingFactor * straying);
-  const double difference = largest_difference(got.prompt_logits, exact.prompt_logits);
-  std::printf("[ measured ] %s TP %d %s bf16: max |dlogit| against float32 = %.3g (one bf16 rank: %.3g; bound %.3g)\n",
-              layout.model.c_str(), layout.ranks, moe_parallel_name(layout.moe), difference, straying, bound);
-  EXPECT_LT(difference, bound);
+                                                            CudaRankLink::DeviceLoopback, {}),
+                                model.config, kBf16Steps, &want.tokens);
+  int compared = 0, skipped = 0;
+  // `want_row`: one rank's logits the id was chosen from.
+  auto compare = [&](std::span<const float> want_row, TokenId want_id, TokenId got_id, const std::string& what) {
+    std::vector<float> top(2);
+    std::partial_sort_copy(want_row.begin(), want_row.end(), top.begin(), top.end(), std::greater<float>());
+    if (top[0] - top[1] <= kBf16Margin) return void(++skipped);
+    ++compared;
+    EXPECT_EQ(got_id, want_id) << what << " (one rank's top-two margin " << top[0] - top[1] << ")";
+  };
+  auto argmax = [](std::span<const float> row) {
+    return static_cast<TokenId>(std::max_element(row.begin(), row.end()) - row.begin());
+  };
+  const std::size_t prompt_rows = want.prompt_logits.size() / V;
+  for (std::size_t r = 0; r < prompt_rows; ++r) {
+    const std::span<const float> w(want.prompt_logits.data() + r * V, V), g(got.prompt_logits.data() + r * V, V);
+    compare(w, argmax(w), argmax(g), "prompt row " + std::to_string(r));
+  }
+  for (std::size_t i = 0; i < want.tokens.size() && i < got.tokens.size(); ++i) {
+    const std::span<const float> w = i == 0 ? std::span<const float>(want.prompt_logits).subspan((prompt_rows - 1) * V, V)
+                                            : std::span<const float>(want.step_logits[i - 1]);
+    compare(w, want.tokens[i], got.tokens[i], "step " + std::to_string(i));
+  }
+  std::printf("[ measured ] %s TP %d %s bf16: %d ids compared with one bf16 rank's, %d within a margin of %.2g\n",
+              layout.model.c_str(), layout.ranks, moe_parallel_name(layout.moe), compared, skipped, kBf16Margin);
+  EXPECT_GT(compared, 0);
 }
 
 // A session's state exported at this layout imports into one rank, whose continuation is
@@ -337,6 +351,44 @@ TEST(CudaTensorParallelCounts, CollectivesPerToken) {
                 static_cast<unsigned long long>(after.all_gathers - prefill.all_gathers),
                 static_cast<unsigned long long>(after.all_gather_bytes - prefill.all_gather_bytes));
   }
+}
+
+// A model of the first layer's router alone (ModelPurpose::FirstLayerRouter: no experts, no LM
+// head) on simulated ranks and through Model::open on one GPU: the first layer's router logits
+// of the CPU's whole model.
+TEST(CudaTensorParallelCounts, FirstLayerRouterOnRanks) {
+  LIGHTDESK_SKIP_WITHOUT_GPU();
+  const LoadedModel model("demo");
+  const std::vector<TokenId> tokens = prompt(model.config, 21);
+  auto first_layer_logits = [&](ComputeBackend& backend) {
+    std::vector<float> logits;
+    const std::function<void(int, std::span<const float>, std::int64_t)> collect =
+        [&](int layer, std::span<const float> rows, std::int64_t) {
+          if (layer == 0) logits.assign(rows.begin(), rows.end());
+        };
+    const auto sequence = backend.new_sequence();
+    ForwardRequest request;
+    request.tokens = tokens;
+    request.router_logits = &collect;
+    request.last_router_layer = 0;
+    backend.forward(*sequence, request);
+    return logits;
+  };
+  ModelOptions cpu;
+  cpu.backend = BackendKind::Cpu;
+  const std::vector<float> want = first_layer_logits(*make_cpu_backend(model.config, model.map, cpu, {}, {}));
+  ModelOptions options = options_for({"demo", 2, MoeParallel::Expert}, true);
+  options.purpose = ModelPurpose::FirstLayerRouter;
+  const auto ranks = make_cuda_parallel_backend(first_layer_config(model.config), model.map, options,
+                                                CudaRankLink::DeviceLoopback, {});
+  EXPECT_LT(test::relative_error(first_layer_logits(*ranks), want), kCpuTolerance);
+  ModelOptions one;
+  one.backend = BackendKind::Cuda;
+  one.cuda_float32 = true;
+  one.purpose = ModelPurpose::FirstLayerRouter;
+  const auto router = Model::open(kDemo, one);
+  EXPECT_LT(test::relative_error(router->first_layer_router_logits(tokens), want), kCpuTolerance);
+  EXPECT_THROW(router->create_session(), Error);
 }
 
 // A layout that does not fit the model is refused before any rank loads, naming the count.

@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include "lightdesk/expert_patterns.h"
+#include "lightdesk/safetensors.h"
 #include "src/ops.h"
 #include "test_util.h"
 
@@ -163,10 +164,49 @@ TEST_F(PrunedModelTest, FirstLayerRouterLogitsEqualAWholePass) {
   const std::vector<float> first = model->first_layer_router_logits(ids_);
   ASSERT_EQ(first.size(), ids_.size() * 4);
   EXPECT_LT(test::max_rel_diff(first, whole), 1e-6);
-  // A model without experts computes them too, and refuses to run.
-  const auto router_only = open(ExpertSelection::router_only(4));
-  EXPECT_LT(test::max_rel_diff(router_only->first_layer_router_logits(ids_), whole), 1e-6);
-  EXPECT_THROW(router_only->create_session()->feed(ids_), Error);
+}
+
+// A model opened for the first layer's router alone computes the same logits from the embedding
+// and that layer, reading nothing else (no expert, whatever the expert options say), at one rank
+// and under tensor parallel, and has no sessions.
+TEST_F(PrunedModelTest, FirstLayerRouterModelReadsOnlyThatLayer) {
+  const std::vector<float> whole = open()->first_layer_router_logits(ids_);
+  // What it needs, from the checkpoint's own names: the embedding and layer 0's tensors but
+  // its experts (the fixture is float32, so the bytes read are the bytes held).
+  const Checkpoint checkpoint(test::fixture_dir("tiny-a-m1-rd8"));
+  std::uint64_t needed = 0;
+  for (const auto& [name, tensor] : checkpoint.tensors())
+    if (name == "model.embed_tokens.weight" ||
+        (name.starts_with("model.layers.0.") && name.find(".experts.") == std::string::npos))
+      needed += tensor->bytes;
+  for (const int ranks : {1, 2}) {
+    SCOPED_TRACE("tensor parallel " + std::to_string(ranks));
+    ModelOptions options{BackendKind::Cpu, 2, false};
+    options.purpose = ModelPurpose::FirstLayerRouter;
+    options.tensor_parallel = ranks;
+    options.expert_dtype = ExpertFormat::Int8;  // ignored: no expert is loaded
+    options.experts = {std::vector<std::vector<int>>(4, {0, 1}), "ignored"};
+    std::uint64_t read = 0, total = 0;
+    const auto router = Model::open(test::fixture_dir("tiny-a-m1-rd8"), options, [&](std::uint64_t done, std::uint64_t all) {
+      read = done;
+      total = all;
+      return true;
+    });
+    EXPECT_LT(test::max_rel_diff(router->first_layer_router_logits(ids_), whole), 1e-5);
+    if (ranks == 1) {
+      EXPECT_EQ(read, needed);
+      EXPECT_EQ(total, needed);
+      // Held: what it read, and the lightning layer's decay rate per head.
+      EXPECT_EQ(router->info().weight_bytes, needed + sizeof(float) * router->info().num_heads);
+    } else {
+      // The ranks read their parts of the split tensors, and each its copy of the norms and router.
+      EXPECT_GE(read, needed);
+      EXPECT_LT(read, needed + needed / 10);
+    }
+    EXPECT_EQ(router->info().purpose, ModelPurpose::FirstLayerRouter);
+    EXPECT_EQ(router->info().expert_format, ExpertFormat::Bf16);
+    EXPECT_THROW(router->create_session(), Error);
+  }
 }
 
 // Keeping every expert is the full model; keeping fewer changes the logits, and the first layer's

@@ -513,6 +513,25 @@ TEST(ApplyPlan, APlanThisBuildDoesNotRunIsRefused) {
     if (p.candidate.host_expert_store && !p.runnable) EXPECT_ERROR_CONTAINING(apply_plan(p, {}), "not in this build yet");
 }
 
+TEST(ApplyPlan, AHostStorePlanLoadsExactModeWithThePlannedCache) {
+  // HostExpertStoreComesAfterEveryFormatOnTheGpus: bf16 experts in 1 TiB of host memory, 3 per
+  // layer cached on one 141 GiB GPU.
+  PlanRequest one = request("1x141GB", k32K);
+  one.host_memory_bytes = 1024 * kGiB;
+  const PlanReport report = plan_memory(inspect_real("MiniMax-Text-01"), one);
+  ASSERT_TRUE(report.chosen);
+  const ModelOptions exact = apply_plan(report.plans[*report.chosen], {});
+  EXPECT_TRUE(exact.host_expert_store);
+  EXPECT_EQ(exact.cached_experts_per_layer, 3);
+  EXPECT_EQ(exact.expert_dtype, ExpertFormat::Bf16);
+  // A plan with every expert on the GPUs leaves exact mode.
+  const PlanReport resident = plan_memory(inspect_real("MiniMax-Text-01"), request("4x80GB", k32K));
+  ASSERT_TRUE(resident.chosen);
+  const ModelOptions all = apply_plan(resident.plans[*resident.chosen], exact);
+  EXPECT_FALSE(all.host_expert_store);
+  EXPECT_EQ(all.cached_experts_per_layer, 0);
+}
+
 TEST(ApplyPlan, TheDemoModelOnTheCpuPlansForHostMemory) {
   ModelOptions cpu;
   cpu.backend = BackendKind::Cpu;

@@ -5,6 +5,7 @@
 // parallel; and the quantized cache: written once, read after, never used when stale or damaged.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -146,24 +147,33 @@ LayerErrors moe_errors_per_layer(const std::filesystem::path& directory, const s
   backend->forward(*sequence, request);
   EXPECT_EQ(inputs.size(), static_cast<std::size_t>(c.num_layers));
 
-  const ModelWeights weights = load_cpu_weights(c, map, ExpertLoad{}, {});
+  // The float32 weights, as the backend reads them.
+  auto weight = [&](const std::string& name) {
+    const TensorSlice& s = map.at(name);
+    return WeightTensor(*s.view, s.offset, s.numel);
+  };
   const std::unique_ptr<ModelOps> ops = make_cpu_ops(2);
   const std::int64_t H = c.hidden_size, I = c.expert_width, E = c.num_experts, rows = std::ssize(tokens);
   LayerErrors errors;
   for (int l = 0; l < c.num_layers; ++l) {
-    const LayerWeights& layer = weights.layers[static_cast<std::size_t>(l)];
-    MoeTensors exact{host(layer.router.data()), {}, {}, H, I, c.experts_per_token};
-    for (const ExpertWeights& e : layer.experts) exact.experts.push_back({host(e.w1.data()), host(e.w3.data()), host(e.w2.data())});
+    const WeightTensor router = weight(layer_weight_prefix(l) + "router");
+    std::vector<std::array<WeightTensor, 3>> experts;  // w1, w3, w2
+    for (int e = 0; e < c.num_experts; ++e) {
+      const ExpertWeightNames names = expert_weight_names(l, e);
+      experts.push_back({weight(names.w1), weight(names.w3), weight(names.w2)});
+    }
+    MoeTensors exact{host(router.data()), {}, {}, H, I, c.experts_per_token};
+    for (const auto& [w1, w3, w2] : experts) exact.experts.push_back({host(w1.data()), host(w3.data()), host(w2.data())});
     std::vector<float> want(static_cast<std::size_t>(rows * H)), got(want.size());
     ops->moe(exact, host(inputs[l].data()), rows, host(want.data()), {});
     auto error = [&](ExpertDType format, Int4Variant variant) {
       QuantizedMatrix gate_up({format, E * 2 * I, H}), down({format, E * H, I});
       for (std::int64_t e = 0; e < E; ++e) {
-        const ExpertWeights& w = layer.experts[static_cast<std::size_t>(e)];
+        const auto& [w1, w3, w2] = experts[static_cast<std::size_t>(e)];
         auto bytes = [](const WeightTensor& t) { return reinterpret_cast<const std::byte*>(t.data()); };
-        quantize_rows(bytes(w.w1), DType::F32, I, e * 2 * I, variant, gate_up);
-        quantize_rows(bytes(w.w3), DType::F32, I, e * 2 * I + I, variant, gate_up);
-        quantize_rows(bytes(w.w2), DType::F32, H, e * H, variant, down);
+        quantize_rows(bytes(w1), DType::F32, I, e * 2 * I, variant, gate_up);
+        quantize_rows(bytes(w3), DType::F32, I, e * 2 * I + I, variant, gate_up);
+        quantize_rows(bytes(w2), DType::F32, H, e * H, variant, down);
       }
       MoeTensors quantized = exact;
       quantized.experts.clear();

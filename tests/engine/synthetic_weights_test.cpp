@@ -1,5 +1,6 @@
 // Synthetic weights (ModelOptions::synthetic_weights): a model from config.json alone, the same
-// for the same seed, and a router whose top-2 choices spread over the experts.
+// for the same seed and at any tensor-parallel layout, and a router whose top-2 choices spread
+// over the experts.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -49,6 +50,22 @@ TEST(SyntheticWeights, AModelFromItsConfigAlone) {
   EXPECT_EQ(logits, last_logits(*again, ids));  // the same seed, the same weights
   EXPECT_GT(test::max_rel_diff(logits, last_logits(*other, ids)), 0.1);
   EXPECT_GT(test::max_rel_diff(logits, last_logits(*real, ids)), 0.1);
+}
+
+// Tensor-parallel ranks make only their parts of each synthetic weight (fill_synthetic from the
+// part's first element): the single-rank logits, in both MoE modes.
+TEST(SyntheticWeights, RanksMakeTheirParts) {
+  const test::ScratchDir dir;
+  std::filesystem::copy_file(test::fixture_dir("tiny-a-m1-rd8") / "config.json", dir.path() / "config.json");
+  const std::vector<TokenId> ids = {5, 17, 42, 9, 300, 7, 7, 128};
+  const std::vector<float> one = last_logits(*Model::open(dir.path(), synthetic(5)), ids);
+  for (const MoeParallel moe : {MoeParallel::Expert, MoeParallel::Tensor}) {
+    ModelOptions options = synthetic(5);
+    options.tensor_parallel = 2;
+    options.moe_parallel = moe;
+    EXPECT_LT(test::max_rel_diff(last_logits(*Model::open(dir.path(), options), ids), one), 1e-5)
+        << moe_parallel_name(moe);
+  }
 }
 
 TEST(SyntheticWeights, FillMatchesTheDeviceGeneratorsFormula) {

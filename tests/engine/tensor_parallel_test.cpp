@@ -9,6 +9,7 @@
 #include <future>
 #include <numeric>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "src/communicator.h"
@@ -225,6 +226,47 @@ TEST_P(TensorParallelTest, EveryLayoutEqualsOneRank) {
     EXPECT_LT(test::max_rel_diff(parallel.decode, single.decode), 1e-5) << name(l);
     EXPECT_EQ(parallel.greedy, single.greedy) << name(l);
   }
+}
+
+// Each rank reads only its parts of the split weights, each rank on a thread of its own: a
+// layout reads the checkpoint's bytes about once (the loader's own tally, which the load's
+// progress reports), not once per rank as whole tensors per rank would. Above once: the norms
+// and routers every rank keeps a copy of, and K/V heads replicated on several ranks.
+TEST_P(TensorParallelTest, RanksReadOnlyTheirParts) {
+  std::set<std::thread::id> threads;
+  auto bytes_read = [&](const Layout& l) {
+    ModelOptions o{BackendKind::Cpu, 2, false};
+    o.tensor_parallel = l.ranks;
+    o.moe_parallel = l.moe;
+    std::uint64_t read = 0;
+    threads.clear();
+    Model::open(dir(), o, [&](std::uint64_t done, std::uint64_t) {
+      read = done;
+      threads.insert(std::this_thread::get_id());
+      return true;
+    });
+    return static_cast<double>(read);
+  };
+  const double one = bytes_read({1, MoeParallel::Expert});
+  for (const Layout& l : layouts()) {
+    const double ratio = bytes_read(l) / one;
+    std::printf("[ measured ] %s %s: %.4f of one rank's bytes read\n", GetParam().c_str(), name(l).c_str(), ratio);
+    EXPECT_GE(ratio, 1.0) << name(l);
+    EXPECT_LT(ratio, l.ranks == 2 ? 1.02 : 1.2) << name(l);
+    EXPECT_EQ(threads.size(), static_cast<std::size_t>(l.ranks)) << name(l);
+  }
+}
+
+// A load cancelled from its progress while the ranks load: open throws Cancelled (not another
+// rank's abandonment), and the model opens afterwards as before.
+TEST(TensorParallelLoad, CancelledWhileTheRanksLoad) {
+  ModelOptions o{BackendKind::Cpu, 2, false};
+  o.tensor_parallel = 3;
+  const auto dir = test::fixture_dir("tiny-tp-6h3kv8e");
+  int calls = 0;
+  EXPECT_THROW(Model::open(dir, o, [&](std::uint64_t, std::uint64_t) { return ++calls < 5; }), Cancelled);
+  EXPECT_EQ(calls, 5);
+  EXPECT_NO_THROW(Model::open(dir, o));
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, TensorParallelTest,

@@ -158,6 +158,38 @@ TEST(CliText, ExpertPatternsCalibrateListShowAndPrune) {
   std::filesystem::remove_all(data);
 }
 
+// ask --cached-experts: exact mode answers as every expert resident does, at the smallest cache;
+// --stats names the seed and the misses; a stored session's state serves both modes.
+TEST(CliText, ExactModeAnswersAsEveryExpertResident) {
+  const auto data = std::filesystem::temp_directory_path() / ("lightdesk_cli_exact_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(data);
+  const std::string where = " --data-dir '" + data.string() + "' --model '" + kModel + "' --backend cpu ";
+  const std::string question = " --max-new-tokens 6 --document '" + (kDocs / "utf8.md").string() +
+                               "' --question 'What is it?'";
+  const CliRun resident = run_cli("ask" + where + question);
+  ASSERT_EQ(resident.exit_code, 0) << resident.err;
+  const CliRun cold = run_cli("ask" + where + "--cached-experts 2 --stats" + question);
+  ASSERT_EQ(cold.exit_code, 0) << cold.err;
+  EXPECT_EQ(cold.out, resident.out);
+  EXPECT_NE(cold.err.find("2 per layer cached (no task pattern to seed them)"), std::string::npos) << cold.err;
+  EXPECT_NE(cold.err.find("router probability mass on experts not cached (copied in) this turn: "), std::string::npos)
+      << cold.err;
+  ASSERT_EQ(run_cli("experts calibrate" + where + "--task notes --file '" + (kDocs / "utf8.md").string() + "'")
+                .exit_code,
+            0);
+  const CliRun seeded = run_cli("ask" + where + "--cached-experts 3 --stats --session s" + question);
+  ASSERT_EQ(seeded.exit_code, 0) << seeded.err;
+  EXPECT_EQ(seeded.out, resident.out);
+  EXPECT_NE(seeded.err.find("3 per layer cached, seeded from pattern \"notes\""), std::string::npos) << seeded.err;
+  // The state exact mode saved goes on with every expert resident, not recomputed.
+  const CliRun next = run_cli("ask" + where + "--session s --max-new-tokens 2 --question 'And then?'");
+  ASSERT_EQ(next.exit_code, 0) << next.err;
+  EXPECT_EQ(next.err.find("recomputed"), std::string::npos) << next.err;
+  EXPECT_EQ(run_cli("ask" + where + "--cached-experts 1" + question).exit_code, 1);  // below the top-k
+  EXPECT_EQ(run_cli("ask" + where + "--cached-experts 2 --experts-kept 3" + question).exit_code, 2);
+  std::filesystem::remove_all(data);
+}
+
 TEST(CliText, AskRefusesUnreadableDocumentsByName) {
   const CliRun run = run_cli("ask --model '" + kModel + "' --document '" + (kDocs / "encrypted.pdf").string() +
                           "' --question 'Why?'");

@@ -95,6 +95,7 @@ ModelCheck memory_check(const ModelInfo& info, std::uint64_t available_bytes, co
   request.context_tokens = info.max_context;
   request.experts_kept = experts_kept;
   request.host_memory_bytes = host_bytes;
+  request.capabilities = engine_capabilities(info.backend);
   check.request = request;
   check.plan = plan_memory(info, request);
   if (!check.plan.plans.empty() && !check.plan.plans.front().ranks.empty())
@@ -329,7 +330,9 @@ void EngineWorker::generate(const Turns& conversation, const QString& systemProm
       state.emplace(chat_->stream_state());
     }
     stats.context_used = session.position();
-    if (model_->info().experts.pruned()) stats.expert_lost_share = session.routing_tally().since(routed_before).lost_share();
+    // Pruned experts' lost mass, or exact mode's misses (copied in): the same tally.
+    if (model_->info().experts.pruned() || model_->info().cached_experts_per_layer > 0)
+      stats.expert_lost_share = session.routing_tally().since(routed_before).lost_share();
     // A stop during the prompt's read leaves fewer positions than the prompt: no answer tokens.
     stats.generated_tokens = stats.stopped ? std::max<std::int64_t>(0, stats.context_used - stats.reused_tokens -
                                                                            stats.prompt_tokens)

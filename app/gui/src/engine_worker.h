@@ -66,8 +66,9 @@ struct GenerationStats {
   std::int64_t context_used = 0;
   std::int64_t context_size = 0;
   bool stopped = false;                 // the user stopped it
-  // Pruned experts: the share of the router's probability mass this turn put on experts that are
-  // not loaded (Session::routing_tally); none with every expert.
+  // Pruned experts (or exact mode's cache): the share of the router's probability mass this turn
+  // put on experts that were not loaded (not cached) (Session::routing_tally); none with every
+  // expert resident.
   std::optional<double> expert_lost_share;
 };
 

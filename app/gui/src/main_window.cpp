@@ -776,7 +776,9 @@ void MainWindow::onGenerationFinished(const GenerationStats& stats, const Engine
   status_panel_->hideProgress();
   const bool wrote = stats.generated_tokens > 0;
   status_panel_->showAnswerFigures(stats.decode_tokens_per_second, wrote ? stats.seconds_to_first_token : -1);
-  status_panel_->showExpertLoss(stats.expert_lost_share, stats.expert_lost_share > kLostMassWarning);
+  // Only a pruned answer lost anything: exact mode's misses were copied in.
+  const bool lost_too_much = model_info_.experts.pruned() && stats.expert_lost_share > kLostMassWarning;
+  status_panel_->showExpertLoss(stats.expert_lost_share, lost_too_much);
   status_panel_->refreshMemory();
   QString summary;
   if (!stats.stopped)
@@ -792,7 +794,7 @@ void MainWindow::onGenerationFinished(const GenerationStats& stats, const Engine
                                                             : tr("%1 prompt tokens read").arg(format_count(read)));
   if (stats.reused_tokens > 0)
     summary += QLatin1Char(' ') + tr("(%1 kept from the session state)").arg(format_count(stats.reused_tokens));
-  if (stats.expert_lost_share > kLostMassWarning)
+  if (lost_too_much)
     summary += QStringLiteral(". ") + tr("This answer lost %1% of the router's probability mass to experts that are "
                                          "not loaded: it may be less accurate (Reload with all experts)")
                                           .arg(QLocale().toString(100.0 * *stats.expert_lost_share, 'f', 1));

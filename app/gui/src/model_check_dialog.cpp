@@ -184,7 +184,7 @@ ModelCheckDialog::ModelCheckDialog(const ModelCheck& full, std::int64_t context_
   host_store_box_ = new QCheckBox(tr("Keep every expert in host memory, cached on the GPU (exact answers, slower)"), this);
   host_store_box_->setObjectName(QStringLiteral("hostStoreBox"));
   host_store_box_->setChecked(choice.host_expert_store);
-  host_store_box_->setVisible(full.request.capabilities.host_expert_store);
+  host_store_box_->setVisible(offers_host_store());
   layout->addWidget(host_store_box_);
 
   buttons_ = new QDialogButtonBox(QDialogButtonBox::Ok | QDialogButtonBox::Cancel, this);
@@ -204,12 +204,16 @@ ModelCheckDialog::ModelCheckDialog(const ModelCheck& full, std::int64_t context_
   refresh();
 }
 
+bool ModelCheckDialog::offers_host_store() const {
+  return full_.request.capabilities.host_expert_store && full_.request.host_memory_bytes > 0;
+}
+
 LoadChoice ModelCheckDialog::choice() const {
   LoadChoice choice;
   choice.remembered = true;
   choice.experts_kept = pruned_box_->isChecked() ? kept_spin_->value() : 0;
   choice.pattern = pattern_combo_->currentText();
-  choice.host_expert_store = full_.request.capabilities.host_expert_store && host_store_box_->isChecked();
+  choice.host_expert_store = offers_host_store() && host_store_box_->isChecked();
   for (std::size_t i = 0; i < std::size(kFormats); ++i)
     if (format_chosen_ && format_buttons_[i]->isChecked()) choice.experts = kFormats[i];
   // The planner's own format is kept as "the planner's choice": it follows the machine.

@@ -64,6 +64,8 @@ class ModelCheckDialog : public QDialog {
 
  private:
   void refresh();
+  // The engine runs the host expert store here, and the check has host memory to plan it in.
+  bool offers_host_store() const;
 
   ModelCheck full_;
   std::int64_t context_limit_;

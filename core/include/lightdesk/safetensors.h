@@ -93,7 +93,8 @@ struct SyntheticFill {
   std::uint64_t seed = 0;
   float low = 0.0f, high = 0.0f;
 };
-void fill_synthetic(const SyntheticFill& fill, float* out, std::int64_t numel);
+// Elements first_element .. first_element + numel - 1 of the weight into `out` (a part of it).
+void fill_synthetic(const SyntheticFill& fill, float* out, std::int64_t numel, std::int64_t first_element = 0);
 
 // A float32 matrix or vector: points into the mapped file when the checkpoint stores aligned
 // F32, else owns a converted copy (or synthetic values).

@@ -86,15 +86,23 @@ struct ExpertSelection {
   std::string pattern{};
 
   bool pruned() const { return !kept.empty(); }
-  // No expert at all: a model that only computes router statistics
-  // (Model::first_layer_router_logits), to match a query to a pattern before loading its experts.
-  static ExpertSelection router_only(int layers) { return {std::vector<std::vector<int>>(static_cast<std::size_t>(layers)), ""}; }
-  bool is_router_only() const { return pruned() && kept.front().empty(); }
   // Experts kept per layer (0: all).
   int experts_kept() const { return kept.empty() ? 0 : static_cast<int>(kept.front().size()); }
   // "all experts", or "4 experts per layer of pattern \"record\"": what a refused state names.
   std::string describe() const;
   bool operator==(const ExpertSelection&) const = default;
+};
+
+// What a model is opened for.
+enum class ModelPurpose {
+  // Sessions: every weight the options ask for.
+  Sessions,
+  // Only Model::first_layer_router_logits, the statistic that matches a query to an expert
+  // pattern before the experts to load are chosen (lightdesk/expert_patterns.h). The load reads
+  // the embedding and the first layer without its experts, nothing else: no other layer, no LM
+  // head, no expert whatever expert_dtype, expert_cache and experts say (they are ignored). It
+  // runs at any tensor_parallel on either backend; create_session refuses such a model.
+  FirstLayerRouter,
 };
 
 struct ModelOptions {
@@ -137,6 +145,15 @@ struct ModelOptions {
   std::filesystem::path expert_cache{};
   // All experts, or a pruned set (see ExpertSelection). Not with tensor_parallel > 1 yet.
   ExpertSelection experts{};
+  ModelPurpose purpose = ModelPurpose::Sessions;
+  // Exact mode (docs/expert-offload.md): every expert in a host store in expert_dtype, and per
+  // layer a cache of `cached_experts_per_layer` of them on the backend (at least the
+  // experts_per_token a token routes to, at most every expert); a chosen expert that is not
+  // cached is copied in before it computes, so the logits are those of every expert resident in
+  // the same format. Model::seed_expert_cache fills the caches from a task pattern. With all
+  // experts and one rank; only backends whose engine_capabilities say host_expert_store run it.
+  bool host_expert_store = false;
+  int cached_experts_per_layer = 0;
 };
 
 // The one GPU a single-device backend (the CUDA backend, the vision tower) runs on for these
@@ -220,6 +237,13 @@ struct ModelInfo : ModelShape {
   // The experts the model was opened with (ModelOptions::experts): a state computed with one
   // selection is not the state of another.
   ExpertSelection experts;
+  ModelPurpose purpose = ModelPurpose::Sessions;  // ModelOptions::purpose
+  // Exact mode (ModelOptions::host_expert_store): the cache per layer, and the host store's
+  // bytes (weight_bytes counts the caches). Its results are those of every expert resident in
+  // the same format, so its states are theirs: state_identity() leaves the mode out, and a
+  // state saved in one mode restores in the other.
+  int cached_experts_per_layer = 0;  // 0: every expert resident
+  std::uint64_t expert_store_bytes = 0;
 
   // State memory of one session holding `tokens` positions.
   std::uint64_t session_bytes(std::int64_t tokens) const;
@@ -268,8 +292,10 @@ struct FeedOptions {
   std::function<void(int layer, std::span<const float> logits, std::int64_t rows)> router_logits;
 };
 
-// Where a pruned model's routing went: per token and layer the router's probability mass
-// (softmax over every expert, before the mask) that fell on experts it does not hold.
+// Where a model's routing went: per token and layer the router's probability mass (softmax over
+// every expert, before any mask) that fell on experts not resident: in the pruned mode those it
+// does not hold (mass lost), in exact mode those not cached when the layer's step began (misses,
+// copied in; nothing is lost).
 struct RoutingTally {
   std::int64_t token_layers = 0;  // tokens × layers routed
   double lost_mass = 0.0;         // summed over them
@@ -352,8 +378,9 @@ class Session {
   TokenId sample(const SamplingParams& params);
   void set_seed(std::uint64_t seed);
 
-  // A pruned model's routing over every token fed since the session was created (reset() and
-  // an import keep it): a caller takes the difference across a turn. Zero for all experts.
+  // A pruned or exact-mode model's routing over every token fed since the session was created
+  // (reset() and an import keep it): a caller takes the difference across a turn. Zero with
+  // every expert resident.
   RoutingTally routing_tally() const;
 
   // Forgets every token.
@@ -398,7 +425,8 @@ class Model {
  public:
   // Reads and validates config.json and the safetensors files of `directory`, and loads the
   // weights onto the chosen backend. `progress`, if given, is called with (bytes loaded, total)
-  // and returns false to stop: open then throws Cancelled, and nothing stays loaded.
+  // and returns false to stop: open then throws Cancelled, and nothing stays loaded. Under
+  // tensor parallel the ranks load at once: it is called from their threads, one call at a time.
   static std::unique_ptr<Model> open(
       const std::filesystem::path& directory, const ModelOptions& options = {},
       const std::function<bool(std::uint64_t, std::uint64_t)>& progress = {});
@@ -417,11 +445,17 @@ class Model {
   Model& operator=(const Model&) = delete;
 
   const ModelInfo& info() const;
+  // Throws Error for a model opened for ModelPurpose::FirstLayerRouter.
   std::unique_ptr<Session> create_session() const;
   // The first layer's router logits, float32 [tokens, experts], from the embedding and that
   // layer's attention alone (the rest of the model does not run): TAER's query statistic. Needs
-  // no session; the tokens must fit the context.
+  // no session; the tokens must fit the context. Any model computes it; one opened for
+  // ModelPurpose::FirstLayerRouter loads only what it needs.
   std::vector<float> first_layer_router_logits(std::span<const TokenId> tokens) const;
+  // Exact mode: puts each layer's experts of `experts` (a pattern's keep(cached_experts_per_layer))
+  // in its cache, evicting the least recently used others. Changes only what is cached, never a
+  // result: a later turn matching another pattern re-seeds. Throws Error without a host store.
+  void seed_expert_cache(const ExpertSelection& experts);
 
   struct Impl;
 
@@ -462,8 +496,8 @@ struct RankLayout {
 // N by them, the expert width by N under MoeParallel::Tensor; or N below 1 or above the vocabulary.
 std::vector<RankLayout> tensor_parallel_layout(const ModelShape& shape, int ranks, MoeParallel moe);
 
-// What this build can run. The planner plans every candidate, so a front end can say what
-// would fit once a format lands, but chooses only among these.
+// What this build's backend can run. The planner plans every candidate, so a front end can say
+// what would fit once a format lands, but chooses only among these.
 struct EngineCapabilities {
   bool tensor_parallel = false;  // one model over several GPUs
   bool int8_experts = false;
@@ -471,7 +505,8 @@ struct EngineCapabilities {
   bool host_expert_store = false;
   bool pruned_experts = false;
 };
-EngineCapabilities engine_capabilities();
+// The host expert store: the CPU backend (its reference); CUDA not yet.
+EngineCapabilities engine_capabilities(BackendKind backend = BackendKind::Cuda);
 
 // One entry of the planning policy.
 struct PlanCandidate {
@@ -500,6 +535,7 @@ struct PlanRequest {
   // for the CPU backend that many simulated ranks, each given an equal share of the one device.
   int tensor_parallel = 0;
   std::int64_t chunk_tokens = 0;  // prefill tokens per pass, sizing the activations (0: the backend's)
+  // What the request's backend runs: engine_capabilities(backend).
   EngineCapabilities capabilities = engine_capabilities();
 };
 

@@ -83,8 +83,9 @@ struct Message {
   std::optional<std::int64_t> completion_tokens;
   std::optional<double> prefill_seconds;
   std::optional<double> generation_seconds;
-  // A pruned model's turn: the mean share of router probability mass (per token and layer) that
-  // fell on experts it does not hold (RoutingTally::lost_share).
+  // A pruned or exact-mode model's turn: the mean share of router probability mass (per token
+  // and layer) that fell on experts not resident (RoutingTally::lost_share): lost in the pruned
+  // mode, missed and copied in in exact mode (the checkpoint's expert selection says which).
   std::optional<double> expert_lost_mass;
   std::int64_t created_at = 0;
 };
