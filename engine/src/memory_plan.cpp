@@ -450,10 +450,6 @@ std::uint64_t physical_memory_bytes() {
   return pages > 0 && page > 0 ? static_cast<u64>(pages) * static_cast<u64>(page) : 0;
 }
 
-// The pruned size a selection asks the planner for (0: every expert; a router-only model asks
-// for none).
-int pruned_size(const ExpertSelection& experts) { return experts.is_router_only() ? 0 : experts.experts_kept(); }
-
 }  // namespace
 
 PlanRequest local_plan_request(const ModelInfo& info, const ModelOptions& options, std::int64_t context_tokens) {
@@ -463,7 +459,7 @@ PlanRequest local_plan_request(const ModelInfo& info, const ModelOptions& option
   request.context_tokens = context_tokens;
   request.capabilities = engine_capabilities(request.backend);
   request.host_memory_bytes = physical_memory_bytes();
-  request.experts_kept = pruned_size(options.experts);
+  request.experts_kept = options.experts.experts_kept();
   request.moe = options.moe_parallel;
   if (options.tensor_parallel > 1) request.tensor_parallel = options.tensor_parallel;
   if (request.backend == BackendKind::Cpu) {
@@ -479,7 +475,7 @@ PlanRequest local_plan_request(const ModelInfo& info, const ModelOptions& option
 MemoryPlan choose_local_plan(const ModelInfo& info, const ModelOptions& options, std::int64_t context_tokens) {
   const PlanReport report = plan_memory(info, local_plan_request(info, options, context_tokens));
   // Pruned experts asked for: the first pruned plan that fits and runs, even where all experts fit.
-  const int kept = pruned_size(options.experts);
+  const int kept = options.experts.experts_kept();
   if (kept > 0) {
     for (const MemoryPlan& p : report.plans)
       if (p.candidate.experts_kept == kept && p.fits && p.runnable) return p;
@@ -508,7 +504,7 @@ ModelOptions apply_plan(const MemoryPlan& plan, ModelOptions base, const ExpertP
   const int kept = plan.candidate.experts_kept;
   if (kept == 0) {
     base.experts = {};
-  } else if (base.experts.experts_kept() != kept || base.experts.is_router_only()) {
+  } else if (base.experts.experts_kept() != kept) {
     if (!pattern)
       throw Error(plan.summary() + ": a pruned plan needs the task pattern whose experts it keeps");
     base.experts = pattern->keep(kept);
