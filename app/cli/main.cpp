@@ -111,6 +111,7 @@ std::string human_bytes(std::uint64_t bytes) {
 struct Common {
   std::string model_dir;
   lightdesk::ModelOptions options;
+  bool planned = false;  // --expert-dtype auto: load what the memory planner chooses on this machine
   std::int64_t chunk = 0;  // the backend's own size
   bool stats = false;
 };
@@ -163,9 +164,13 @@ CLI::Option* add_common(CLI::App& verb, Common& c, bool model_required = true) {
       "expert (each rank holds whole experts; the default) or tensor (each rank a slice of every expert)");
   add_engine_option(
       verb, "--expert-dtype",
-      [&c](const std::string& name) { c.options.expert_dtype = lightdesk::parse_expert_format(name); },
+      [&c](const std::string& name) {
+        c.planned = name == "auto";
+        if (!c.planned) c.options.expert_dtype = lightdesk::parse_expert_format(name);
+      },
       "the experts' format: bf16 (the checkpoint's values; the default), int8 or int4 (quantized at the first load "
-      "and kept in the data directory's cache)");
+      "and kept in the data directory's cache), or auto (the memory planner's choice for this machine at the "
+      "model's context, with its tensor-parallel degree and GPUs: what lightdesk-cli info shows)");
   verb.add_flag("--rope-full-head", c.options.rope_full_head,
                 "rotate whole heads in softmax layers, as native transformers <= 5.17 does");
   verb.add_flag("--cuda-float32", c.options.cuda_float32, "CUDA backend in float32 instead of bf16, for checking");
@@ -198,7 +203,11 @@ lightdesk::store::DataDirectory data_directory(const std::string& chosen) {
 
 // The verb's engine options with the quantized experts' cache in the data directory `data_dir`.
 Common with_expert_cache(Common c, const std::string& data_dir) {
-  if (!c.model_dir.empty()) c.options = data_directory(data_dir).with_expert_cache(c.model_dir, c.options);
+  if (c.model_dir.empty()) return c;
+  // --expert-dtype auto may quantize: the model's folder, whichever format the planner picks.
+  lightdesk::ModelOptions quantized = c.options;
+  if (c.planned) quantized.expert_dtype = lightdesk::ExpertFormat::Int8;
+  c.options.expert_cache = data_directory(data_dir).with_expert_cache(c.model_dir, quantized).expert_cache;
   return c;
 }
 
@@ -257,9 +266,17 @@ std::string cuda_unavailable_reason() {
   }
 }
 
-// The model of the run verbs; with --stats, the backend it runs on, and why not CUDA.
+// The model of the run verbs (with --expert-dtype auto, the plan the memory planner chooses); with
+// --stats, the plan, the backend it runs on, and why not CUDA.
 std::unique_ptr<lightdesk::Model> open_model(const Common& c) {
-  auto model = lightdesk::Model::open(c.model_dir, c.options);
+  lightdesk::ModelOptions options = c.options;
+  if (c.planned) {
+    const lightdesk::ModelInfo info = lightdesk::Model::inspect(c.model_dir, options);
+    const lightdesk::MemoryPlan plan = lightdesk::choose_local_plan(info, options, info.max_context);
+    options = lightdesk::apply_plan(plan, options);
+    if (c.stats) std::fprintf(stderr, "plan: %s\n", plan.summary().c_str());
+  }
+  auto model = lightdesk::Model::open(c.model_dir, options);
   if (c.stats) {
     const auto backend = model->info().backend;
     const std::string reason = backend == lightdesk::BackendKind::Cpu ? cuda_unavailable_reason() : "";
@@ -904,9 +921,7 @@ std::optional<double> report_lost_mass(const lightdesk::Session& session, const 
                                        const ExpertOptions& e, bool stats) {
   const lightdesk::ModelInfo& info = session.model().info();
   if (!info.experts.pruned() && info.cached_experts_per_layer == 0) return std::nullopt;
-  const lightdesk::RoutingTally after = session.routing_tally();
-  const lightdesk::RoutingTally turn{after.token_layers - before.token_layers, after.lost_mass - before.lost_mass};
-  const double share = turn.lost_share();
+  const double share = session.routing_tally().since(before).lost_share();
   if (!info.experts.pruned()) {
     if (stats)
       std::fprintf(stderr, "experts: %d per layer cached; router probability mass on experts not cached (copied in) "

@@ -69,21 +69,23 @@ int main(int argc, char** argv) {
                  "$XDG_DATA_HOME/Lightdesk, else ~/.local/share/Lightdesk)");
   cli.add_flag("--states-in-memory", states_in_memory, "keep the states in memory only, not in the data directory");
   std::string backend = "auto";
+  bool planned = false;  // --expert-dtype auto
   cli.add_option("--backend", backend, "cpu, cuda or auto (the default: CUDA where a GPU is usable)")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
   cli.add_option("--threads", model_options.threads, "CPU worker threads (default 0: all hardware threads)")
       ->check(CLI::Range(0, 4096));
   cli.add_option_function<std::string>(
       "--expert-dtype",
-      [&model_options](const std::string& name) {
+      [&model_options, &planned](const std::string& name) {
         try {
-          model_options.expert_dtype = lightdesk::parse_expert_format(name);
+          planned = name == "auto";
+          if (!planned) model_options.expert_dtype = lightdesk::parse_expert_format(name);
         } catch (const lightdesk::Error& e) {
           throw CLI::ValidationError("--expert-dtype", e.what());
         }
       },
       "the experts' format: bf16 (the default), int8 or int4 (quantized at the first load and kept in the data "
-      "directory's cache)");
+      "directory's cache), or auto (the memory planner's choice for this machine at the model's context)");
   CLI11_PARSE(cli, argc, argv);
   options.max_body_bytes = max_body_mib << 20;
   options.state_cache_bytes = state_cache_mib << 20;
@@ -98,6 +100,13 @@ int main(int argc, char** argv) {
     const auto tokenizer = lightdesk::Tokenizer::open(model_dir);
     const auto format = lightdesk::ChatFormat::for_model(model_dir, *tokenizer);
     const lightdesk::store::DataDirectory data(data_dir);
+    std::string plan_summary;
+    if (planned) {
+      const lightdesk::ModelInfo info = lightdesk::Model::inspect(model_dir, model_options);
+      const lightdesk::MemoryPlan plan = lightdesk::choose_local_plan(info, model_options, info.max_context);
+      model_options = lightdesk::apply_plan(plan, model_options);
+      plan_summary = plan.summary();
+    }
     auto model = lightdesk::Model::open(model_dir, data.with_expert_cache(model_dir, model_options));
     if (!states_in_memory && options.state_cache_bytes > 0)
       options.state_database = data.model_cache(model->info()) / "server-states.sqlite";
@@ -116,6 +125,8 @@ int main(int argc, char** argv) {
     std::printf("lightdesk-server: the model runs on the %s%s\n", lightdesk::backend_name(model->info().backend),
                 model->info().backend == lightdesk::BackendKind::Cpu ? (" (" + cuda_unavailable_reason() + ")").c_str()
                                                                      : "");
+    // After the two lines scripts read first.
+    if (planned) std::printf("lightdesk-server: the memory planner's choice: %s\n", plan_summary.c_str());
     std::fflush(stdout);
     server.serve();
     running_server = nullptr;

@@ -4,7 +4,10 @@
 #include <cstdio>
 #include <regex>
 
+#include <unistd.h>
+
 #include "lightdesk/engine.h"
+#include "lightdesk/expert_patterns.h"
 #include "model_weights.h"
 
 namespace lightdesk {
@@ -246,7 +249,7 @@ std::vector<PlanDevice> parse_gpu_list(const std::string& text) {
 std::vector<PlanDevice> local_gpus() {
   std::vector<PlanDevice> gpus;
   for (const GpuDevice& device : gpu_devices())
-    gpus.push_back({"GPU " + std::to_string(device.index) + " (" + device.name + ")", device.total_bytes});
+    gpus.push_back({"GPU " + std::to_string(device.index) + " (" + device.name + ")", device.total_bytes, device.index});
   return gpus;
 }
 
@@ -342,7 +345,7 @@ u64 RankMemory::total_bytes() const {
 std::string MemoryPlan::summary() const {
   std::string what = describe_candidate(candidate);
   if (float32_values && candidate.experts == ExpertFormat::Bf16)
-    what.replace(0, 4, "float32");  // the backend's own values, not bf16
+    what.replace(what.find("bf16"), 4, "float32");  // the backend's own values, not bf16
   if (backend == BackendKind::Cpu)
     return what + " in host memory" +
            (tensor_parallel == 1 ? "" : ", tensor parallel over " + std::to_string(tensor_parallel) + " ranks");
@@ -438,6 +441,79 @@ std::int64_t longest_fitting_context(const ModelInfo& info, const PlanRequest& r
     return choose(info, shorter, devices, candidates).chosen.has_value();
   });
   return std::max<std::int64_t>(context, 0);
+}
+
+namespace {
+
+std::uint64_t physical_memory_bytes() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? static_cast<u64>(pages) * static_cast<u64>(page) : 0;
+}
+
+}  // namespace
+
+PlanRequest local_plan_request(const ModelInfo& info, const ModelOptions& options, std::int64_t context_tokens) {
+  PlanRequest request;
+  request.backend = info.backend == BackendKind::Cpu ? BackendKind::Cpu : BackendKind::Cuda;
+  request.cuda_float32 = options.cuda_float32;
+  request.context_tokens = context_tokens;
+  request.capabilities = engine_capabilities(request.backend);
+  request.host_memory_bytes = physical_memory_bytes();
+  request.experts_kept = options.experts.experts_kept();
+  request.moe = options.moe_parallel;
+  if (options.tensor_parallel > 1) request.tensor_parallel = options.tensor_parallel;
+  if (request.backend == BackendKind::Cpu) {
+    request.devices = {{"host memory", request.host_memory_bytes}};
+  } else {
+    for (PlanDevice& gpu : local_gpus())
+      if (options.devices.empty() || std::find(options.devices.begin(), options.devices.end(), gpu.gpu) != options.devices.end())
+        request.devices.push_back(std::move(gpu));
+  }
+  return request;
+}
+
+MemoryPlan choose_local_plan(const ModelInfo& info, const ModelOptions& options, std::int64_t context_tokens) {
+  const PlanReport report = plan_memory(info, local_plan_request(info, options, context_tokens));
+  // Pruned experts asked for: the first pruned plan that fits and runs, even where all experts fit.
+  const int kept = options.experts.experts_kept();
+  if (kept > 0) {
+    for (const MemoryPlan& p : report.plans)
+      if (p.candidate.experts_kept == kept && p.fits && p.runnable) return p;
+    throw Error("no plan keeping " + std::to_string(kept) + " experts per layer fits " + info.directory.string() +
+                " on this machine at " + std::to_string(context_tokens) + " tokens");
+  }
+  if (report.chosen) return report.plans[*report.chosen];
+  std::string advice;
+  for (const std::string& line : report.advice) advice += (advice.empty() ? "; would fit: " : "; ") + line;
+  throw Error("nothing this build runs fits " + info.directory.string() + " on this machine at " +
+              std::to_string(context_tokens) + " tokens" + advice);
+}
+
+ModelOptions apply_plan(const MemoryPlan& plan, ModelOptions base, const ExpertPattern* pattern) {
+  if (!plan.runnable) throw Error(plan.summary() + ": not in this build yet");
+  base.backend = plan.backend;
+  base.expert_dtype = plan.candidate.experts;
+  base.tensor_parallel = plan.tensor_parallel;
+  base.moe_parallel = plan.moe;
+  // The plan's GPUs when they are this machine's (a plan for hypothetical ones keeps base's).
+  if (plan.backend == BackendKind::Cuda && !plan.ranks.empty() &&
+      std::all_of(plan.ranks.begin(), plan.ranks.end(), [](const RankMemory& r) { return r.device.gpu >= 0; })) {
+    base.devices.clear();
+    for (const RankMemory& rank : plan.ranks) base.devices.push_back(rank.device.gpu);
+  }
+  const int kept = plan.candidate.experts_kept;
+  if (kept == 0) {
+    base.experts = {};
+  } else if (base.experts.experts_kept() != kept) {
+    if (!pattern)
+      throw Error(plan.summary() + ": a pruned plan needs the task pattern whose experts it keeps");
+    base.experts = pattern->keep(kept);
+  }
+  // Exact mode: every expert in host memory, each layer caching what the plan computed.
+  base.host_expert_store = plan.candidate.host_expert_store;
+  base.cached_experts_per_layer =
+      plan.candidate.host_expert_store && !plan.ranks.empty() ? plan.ranks.front().cached_experts_per_layer : 0;
+  return base;
 }
 
 }  // namespace lightdesk

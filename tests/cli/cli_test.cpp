@@ -374,6 +374,21 @@ TEST(Cli, QuantizedExpertsAreKeptInTheCache) {
   EXPECT_NE(wrong.err.find("unknown expert format \"int2\" (choose bf16, int8 or int4)"), std::string::npos) << wrong.err;
 }
 
+// --expert-dtype auto loads what the memory planner chooses here (apply_plan): the fixture fits
+// any machine's memory with its own values, so the same ids as the default bf16 run.
+TEST(Cli, ExpertDtypeAutoLoadsThePlannersChoice) {
+  const test::ScratchDir dir;
+  std::vector<std::string> generate = {"generate", "--model", model_dir(), "--ids", "1,2,3", "--max-new-tokens", "8",
+                                       "--backend", "cpu", "--data-dir", (dir.path() / "data").string()};
+  const auto plain = run_cli(generate);
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  generate.insert(generate.end(), {"--expert-dtype", "auto", "--stats"});
+  const auto planned = run_cli(generate);
+  ASSERT_EQ(planned.exit_code, 0) << planned.err;
+  EXPECT_NE(planned.err.find("plan: float32 weights in host memory\n"), std::string::npos) << planned.err;
+  EXPECT_EQ(planned.out, plain.out);
+}
+
 // The real model's fit for each expert format on 1, 2, 4 and 8 GPUs of 80 and 141 GiB, one table.
 TEST(Cli, InfoTabulatesTheExpertFormatsFitOnGpuCounts) {
   const std::string real = (test::data_dir() / "real" / "MiniMax-Text-01").string();

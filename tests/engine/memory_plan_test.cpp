@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "lightdesk/engine.h"
+#include "lightdesk/expert_patterns.h"
 #include "test_util.h"
 
 namespace lightdesk {
@@ -404,6 +405,159 @@ TEST(GpuList, ParsesCountsAndSizes) {
   EXPECT_EQ(chosen(plan_memory(inspect_real("MiniMax-Text-01"), request("4x80GB,4x141GB", k32K))),
             "int8 experts, tensor parallel over 8 GPUs");
   EXPECT_EQ(chosen(plan_memory(inspect_real("MiniMax-Text-01"), request("4x80GB,4x141GB", k32K, {}))), "nothing");
+}
+
+// A pattern of `m` ranking expert e of every layer by e (the highest ids first).
+ExpertPattern highest_ids_first(const ModelInfo& m) {
+  ExpertPattern pattern;
+  pattern.task = "highest";
+  pattern.layers.resize(static_cast<std::size_t>(m.num_layers));
+  for (auto& layer : pattern.layers)
+    for (int e = m.num_experts - 1; e >= 0; --e) layer.push_back({e, static_cast<double>(e)});
+  return pattern;
+}
+
+TEST(ApplyPlan, LoadsTheFormatAndDegreeThePlannerChose) {
+  const ModelInfo& m = inspect_real("MiniMax-Text-01");
+  ModelOptions base;
+  base.threads = 3;
+  base.expert_cache = "/cache/of/the/front/end";
+  struct Case {
+    const char* gpus;
+    ExpertFormat format;
+    int degree;
+  };
+  // The chosen plans of WhatFitsOneToEightGpusOf80And141GiB at 32K tokens.
+  for (const Case& c : {Case{"8x141GB", ExpertFormat::Bf16, 8}, Case{"4x141GB", ExpertFormat::Int8, 4},
+                        Case{"4x80GB", ExpertFormat::Int4, 4}, Case{"2x141GB", ExpertFormat::Int4, 2}}) {
+    SCOPED_TRACE(c.gpus);
+    const PlanReport report = plan_memory(m, request(c.gpus, k32K));
+    ASSERT_TRUE(report.chosen);
+    const ModelOptions options = apply_plan(report.plans[*report.chosen], base);
+    EXPECT_EQ(options.backend, BackendKind::Cuda);
+    EXPECT_EQ(options.expert_dtype, c.format);
+    EXPECT_EQ(options.tensor_parallel, c.degree);
+    EXPECT_EQ(options.moe_parallel, MoeParallel::Expert);
+    EXPECT_TRUE(options.devices.empty()) << "hypothetical GPUs name no device";
+    EXPECT_FALSE(options.experts.pruned());
+    // The front end's own choices stay.
+    EXPECT_EQ(options.threads, 3);
+    EXPECT_EQ(options.expert_cache, base.expert_cache);
+  }
+  // A plan the user picked that is not the planner's: int4 on the eight 141 GiB GPUs.
+  const PlanReport eight = plan_memory(m, request("8x141GB", k32K));
+  const auto int4 = std::find_if(eight.plans.begin(), eight.plans.end(), [](const MemoryPlan& p) {
+    return p.candidate.experts == ExpertFormat::Int4 && !p.candidate.host_expert_store;
+  });
+  ASSERT_NE(int4, eight.plans.end());
+  EXPECT_EQ(apply_plan(*int4, base).expert_dtype, ExpertFormat::Int4);
+  EXPECT_EQ(apply_plan(*int4, base).tensor_parallel, 8);
+}
+
+TEST(ApplyPlan, RanksGoOnTheGpusThePlanPutsThemOn) {
+  // This machine's GPUs 0-3 of 80 GiB and 4-7 of 141 GiB: int8 over all eight, the largest first
+  // (the plan's rank order), so ranks 0-3 on GPUs 4-7.
+  PlanRequest r = request("4x80GB,4x141GB", k32K);
+  for (std::size_t i = 0; i < r.devices.size(); ++i) r.devices[i].gpu = static_cast<int>(i);
+  const PlanReport report = plan_memory(inspect_real("MiniMax-Text-01"), r);
+  ASSERT_TRUE(report.chosen);
+  const ModelOptions options = apply_plan(report.plans[*report.chosen], {});
+  EXPECT_EQ(options.expert_dtype, ExpertFormat::Int8);
+  EXPECT_EQ(options.devices, (std::vector<int>{4, 5, 6, 7, 0, 1, 2, 3}));
+}
+
+TEST(ApplyPlan, PrunedPlansKeepThePatternsBestOrTheConversationsExperts) {
+  const ModelInfo& m = inspect_real("MiniMax-Text-01");
+  // One 141 GiB GPU at 128K, 8 of 32 experts per layer: int4 (PrunedExpertsOnlyWhenAsked).
+  PlanRequest h200 = request("1x141GB", 131072);
+  h200.experts_kept = 8;
+  const PlanReport report = plan_memory(m, h200);
+  ASSERT_TRUE(report.chosen);
+  const MemoryPlan& pruned = report.plans[*report.chosen];
+  ASSERT_EQ(pruned.candidate.experts_kept, 8);
+  // No selection and no pattern: refused by name.
+  EXPECT_ERROR_CONTAINING(apply_plan(pruned, {}), "needs the task pattern");
+  const ExpertPattern pattern = highest_ids_first(m);
+  const ModelOptions options = apply_plan(pruned, {}, &pattern);
+  EXPECT_EQ(options.expert_dtype, ExpertFormat::Int4);
+  EXPECT_EQ(options.tensor_parallel, 1);
+  ASSERT_EQ(options.experts.kept.size(), 80u);
+  for (const auto& layer : options.experts.kept) EXPECT_EQ(layer, (std::vector<int>{24, 25, 26, 27, 28, 29, 30, 31}));
+  EXPECT_EQ(options.experts.pattern, "highest");
+  // A conversation's selection of the plan's size stays, whatever the pattern says.
+  ModelOptions conversation;
+  conversation.experts.kept.assign(80, {0, 1, 2, 3, 4, 5, 6, 7});
+  conversation.experts.pattern = "the session's";
+  EXPECT_EQ(apply_plan(pruned, conversation, &pattern).experts, conversation.experts);
+  // One of another size is replaced by the pattern's best of the plan's size.
+  conversation.experts.kept.assign(80, {0, 1, 2, 3});
+  EXPECT_EQ(apply_plan(pruned, conversation, &pattern).experts.experts_kept(), 8);
+  // An exact plan holds every expert, whatever base held.
+  const PlanReport exact = plan_memory(m, request("4x80GB", k32K));
+  ASSERT_TRUE(exact.chosen);
+  EXPECT_FALSE(apply_plan(exact.plans[*exact.chosen], conversation).experts.pruned());
+}
+
+TEST(ApplyPlan, APlanThisBuildDoesNotRunIsRefused) {
+  // Eight 141 GiB GPUs hold bf16 over all of them, which this build does not run yet when it has
+  // no tensor parallelism; the host expert store waits for its backend (EngineCapabilities).
+  EngineCapabilities no_tensor_parallel = everything();
+  no_tensor_parallel.tensor_parallel = false;
+  const PlanReport report = plan_memory(inspect_real("MiniMax-Text-01"), request("8x141GB", k32K, no_tensor_parallel));
+  ASSERT_FALSE(report.plans.empty());
+  ASSERT_FALSE(report.plans.front().runnable);
+  EXPECT_ERROR_CONTAINING(apply_plan(report.plans.front(), {}), "not in this build yet");
+  PlanRequest store = request("1x141GB", k32K, engine_capabilities());
+  store.host_memory_bytes = 1024 * kGiB;
+  for (const MemoryPlan& p : plan_memory(inspect_real("MiniMax-Text-01"), store).plans)
+    if (p.candidate.host_expert_store && !p.runnable) EXPECT_ERROR_CONTAINING(apply_plan(p, {}), "not in this build yet");
+}
+
+TEST(ApplyPlan, AHostStorePlanLoadsExactModeWithThePlannedCache) {
+  // HostExpertStoreComesAfterEveryFormatOnTheGpus: bf16 experts in 1 TiB of host memory, 3 per
+  // layer cached on one 141 GiB GPU.
+  PlanRequest one = request("1x141GB", k32K);
+  one.host_memory_bytes = 1024 * kGiB;
+  const PlanReport report = plan_memory(inspect_real("MiniMax-Text-01"), one);
+  ASSERT_TRUE(report.chosen);
+  const ModelOptions exact = apply_plan(report.plans[*report.chosen], {});
+  EXPECT_TRUE(exact.host_expert_store);
+  EXPECT_EQ(exact.cached_experts_per_layer, 3);
+  EXPECT_EQ(exact.expert_dtype, ExpertFormat::Bf16);
+  // A plan with every expert on the GPUs leaves exact mode.
+  const PlanReport resident = plan_memory(inspect_real("MiniMax-Text-01"), request("4x80GB", k32K));
+  ASSERT_TRUE(resident.chosen);
+  const ModelOptions all = apply_plan(resident.plans[*resident.chosen], exact);
+  EXPECT_FALSE(all.host_expert_store);
+  EXPECT_EQ(all.cached_experts_per_layer, 0);
+}
+
+TEST(ApplyPlan, TheDemoModelOnTheCpuPlansForHostMemory) {
+  ModelOptions cpu;
+  cpu.backend = BackendKind::Cpu;
+  const ModelInfo demo = Model::inspect(std::filesystem::path(LIGHTDESK_SOURCE_DIR) / "resources/models/lightdesk-demo", cpu);
+  const PlanRequest r = local_plan_request(demo, cpu, demo.max_context);
+  EXPECT_EQ(r.backend, BackendKind::Cpu);
+  ASSERT_EQ(r.devices.size(), 1u);
+  EXPECT_EQ(r.devices.front().gpu, -1);
+  EXPECT_GT(r.devices.front().memory_bytes, 0u);
+  EXPECT_EQ(r.experts_kept, 0);
+  // The demo's 8 experts of a few MB hold in any machine's memory: float32 in host memory.
+  const MemoryPlan plan = choose_local_plan(demo, cpu, demo.max_context);
+  EXPECT_EQ(plan.summary(), "float32 weights in host memory");
+  const ModelOptions options = apply_plan(plan, cpu);
+  EXPECT_EQ(options.backend, BackendKind::Cpu);
+  EXPECT_EQ(options.expert_dtype, ExpertFormat::Bf16);
+  EXPECT_EQ(options.tensor_parallel, 1);
+  // A pruned request plans its size; nothing fitting is an error naming the model and context.
+  ModelOptions pruned = cpu;
+  pruned.experts.kept.assign(static_cast<std::size_t>(demo.num_layers), {0, 1, 2, 3});
+  EXPECT_EQ(local_plan_request(demo, pruned, 16).experts_kept, 4);
+  EXPECT_EQ(choose_local_plan(demo, pruned, 16).summary(), "4 experts per layer (pruned) in float32 in host memory")
+      << "asked for, though all experts fit; in the CPU backend's own values";
+  const ModelInfo text01 = inspect_real("MiniMax-Text-01");
+  EXPECT_ERROR_CONTAINING(choose_local_plan(text01, cpu, 1 << 30), "nothing this build runs fits");
+  EXPECT_ERROR_CONTAINING(choose_local_plan(demo, pruned, std::int64_t{1} << 40), "no plan keeping 4 experts per layer fits");
 }
 
 }  // namespace

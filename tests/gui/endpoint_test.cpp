@@ -83,7 +83,7 @@ class EndpointTest : public QObject {
 
     EngineWorker local;
     QSignalSpy loaded(&local, &EngineWorker::modelLoaded);
-    local.loadModel(window_test::kModelDirectory, QStringLiteral("cpu"));
+    local.loadModel({window_test::kModelDirectory, QStringLiteral("cpu")});
     QCOMPARE(loaded.count(), 1);
     local_ = answer_of(local, turns());
     QVERIFY2(local_.failure.isEmpty(), qPrintable(local_.failure));

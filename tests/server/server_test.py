@@ -187,6 +187,12 @@ def curl_checks(args):
               f"statuses of 5 concurrent requests with --queue 1: {statuses}")
         check(server.health()["refused_busy"] == statuses.count(429), "refusals counted")
 
+    # --expert-dtype auto: the memory planner's choice for this machine, said after the two first lines.
+    with Server(args.server, args.model, "--expert-dtype", "auto") as server:
+        plan = server.process.stdout.readline()
+        check("the memory planner's choice: float32 weights in host memory" in plan, f"the plan line: {plan!r}")
+        check(curl(server, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": 2})[0] == 200, "a planned model answers")
+
     # An API key asked for.
     with Server(args.server, args.model, "--api-key", "secret") as server:
         check_error(*curl(server, "GET", "/v1/models"), 401, "API key")

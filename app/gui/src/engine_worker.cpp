@@ -7,6 +7,9 @@
 #include <string>
 #include <vector>
 
+#include "lightdesk/data_directory.h"
+#include "lightdesk/input_files.h"
+#include "lightdesk/store.h"
 #include "remote_chat.h"
 
 namespace lightdesk::gui {
@@ -21,6 +24,18 @@ double seconds_since(Clock::time_point start) {
 std::filesystem::path to_path(const QString& path) { return std::filesystem::path(path.toStdString()); }
 
 QString to_qstring(std::string_view text) { return QString::fromUtf8(text.data(), static_cast<qsizetype>(text.size())); }
+
+// The task patterns of the model that its directory ships (expert_patterns.json; none without
+// one). Throws Error naming the fault of a file that cannot be read.
+std::vector<ExpertPattern> shipped_patterns(const ModelInfo& info) {
+  const std::filesystem::path file = info.directory / "expert_patterns.json";
+  std::vector<ExpertPattern> patterns;
+  if (!std::filesystem::exists(file)) return patterns;
+  for (ExpertPattern& p : store::parse_expert_patterns_json(read_regular_file(file, 64 << 20), file.string()))
+    if (p.model_fingerprint == info.fingerprint && p.layers.size() == static_cast<std::size_t>(info.num_layers))
+      patterns.push_back(std::move(p));
+  return patterns;
+}
 
 }  // namespace
 
@@ -59,7 +74,8 @@ std::pair<std::uint64_t, QString> available_memory(BackendKind backend) {
   return {available_host_memory(), EngineWorker::tr("host memory")};
 }
 
-ModelCheck memory_check(const ModelInfo& info, std::uint64_t available_bytes, const QString& memory_place) {
+ModelCheck memory_check(const ModelInfo& info, std::uint64_t available_bytes, const QString& memory_place,
+                        int experts_kept, std::uint64_t host_bytes) {
   ModelCheck check;
   check.model = info;
   check.directory = QString::fromStdString(info.directory.string());
@@ -77,6 +93,10 @@ ModelCheck memory_check(const ModelInfo& info, std::uint64_t available_bytes, co
   request.devices = {{memory_place.toStdString(), available_bytes}};
   request.backend = info.backend;
   request.context_tokens = info.max_context;
+  request.experts_kept = experts_kept;
+  request.host_memory_bytes = host_bytes;
+  request.capabilities = engine_capabilities(info.backend);
+  check.request = request;
   check.plan = plan_memory(info, request);
   if (!check.plan.plans.empty() && !check.plan.plans.front().ranks.empty())
     check.workspace_bytes = check.plan.plans.front().ranks.front().workspace_bytes;
@@ -95,8 +115,16 @@ ModelOptions EngineWorker::options_for(const QString& backend) const {
 ModelCheck EngineWorker::inspect(const QString& directory, const QString& backend) const {
   const ModelInfo info = Model::inspect(to_path(directory), options_for(backend));
   const auto [available, place] = available_memory(info.backend);
-  ModelCheck check = memory_check(info, available, place);
+  // Host memory for the host expert store where the model runs on a GPU.
+  ModelCheck check = memory_check(info, available, place, 0,
+                                  info.backend == BackendKind::Cuda ? available_host_memory() : 0);
   check.directory = directory;
+  // A damaged pattern file costs only the pruned mode, with its reason.
+  try {
+    check.patterns = shipped_patterns(info);
+  } catch (const std::exception& e) {
+    check.patterns_problem = to_qstring(e.what());
+  }
   return check;
 }
 
@@ -117,15 +145,21 @@ void EngineWorker::unload() {
   model_.reset();
 }
 
-void EngineWorker::loadModel(const QString& directory, const QString& backend) {
+void EngineWorker::loadModel(const LoadRequest& request) {
+  const QString& directory = request.directory;
+  const QString& backend = request.backend;
   try {
-    const ModelCheck check = inspect(directory, backend);
+    ModelCheck check = inspect(directory, backend);
     unload();
     const std::filesystem::path path = to_path(directory);
+    ModelOptions options = options_for(backend);
+    if (request.plan) options = apply_plan(*request.plan, options, request.pattern ? &*request.pattern : nullptr);
+    if (!request.data_directory.empty())
+      options = store::DataDirectory(request.data_directory).with_expert_cache(path, options);
     // One signal per 0.5 % at most: a checkpoint of thousands of tensors must not flood the
     // window's event queue.
     std::uint64_t reported = 0;
-    model_ = Model::open(path, options_for(backend), [this, &reported](std::uint64_t done, std::uint64_t total) {
+    model_ = Model::open(path, options, [this, &reported](std::uint64_t done, std::uint64_t total) {
       if (done == total || done - reported >= total / 200) {
         reported = done;
         emit loadProgress(static_cast<qint64>(done), static_cast<qint64>(total));
@@ -141,6 +175,7 @@ void EngineWorker::loadModel(const QString& directory, const QString& backend) {
     SamplingSettings sampling;
     sampling.temperature = defaults.temperature;
     sampling.top_p = defaults.top_p;
+    check.model = model_->info();  // the experts it holds and their format
     report_gpu_memory();
     emit modelLoaded(check, format_->family() == ChatFamily::M1 ? QStringLiteral("M1") : QStringLiteral("Text01"),
                      sampling);
@@ -277,6 +312,7 @@ void EngineWorker::generate(const Turns& conversation, const QString& systemProm
         emit textPiece(to_qstring(delta.reasoning), to_qstring(delta.answer));
     };
     std::vector<TokenId> generated;
+    const RoutingTally routed_before = session.routing_tally();
     try {
       generated = generate_text(session, *tokenizer_, prompt.tokens, options, [&](std::string_view text) {
         if (pieces++ == 0) first_token = Clock::now();
@@ -294,6 +330,9 @@ void EngineWorker::generate(const Turns& conversation, const QString& systemProm
       state.emplace(chat_->stream_state());
     }
     stats.context_used = session.position();
+    // Pruned experts' lost mass, or exact mode's misses (copied in): the same tally.
+    if (model_->info().experts.pruned() || model_->info().cached_experts_per_layer > 0)
+      stats.expert_lost_share = session.routing_tally().since(routed_before).lost_share();
     // A stop during the prompt's read leaves fewer positions than the prompt: no answer tokens.
     stats.generated_tokens = stats.stopped ? std::max<std::int64_t>(0, stats.context_used - stats.reused_tokens -
                                                                            stats.prompt_tokens)

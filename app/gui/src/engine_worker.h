@@ -17,6 +17,7 @@
 #include "sampling_settings.h"
 #include "lightdesk/conversation.h"
 #include "lightdesk/engine.h"
+#include "lightdesk/expert_patterns.h"
 #include "lightdesk/text.h"
 #include "lightdesk/vision.h"
 
@@ -35,8 +36,22 @@ struct ModelCheck {
   QString memory_place;                 // where that is: "host memory", "GPU 0 (NVIDIA H200)"
   std::uint64_t workspace_bytes = 0;    // a prefill chunk's buffers (and on a GPU the runtime's reserve)
   std::int64_t fitting_context = 0;     // the largest context the plan fits (0: none)
-  PlanReport plan;                      // for memory_place, at context_tokens
+  PlanRequest request;                  // memory_place at context_tokens, and the pruned size asked
+  PlanReport plan;                      // for request
+  std::vector<ExpertPattern> patterns;  // the task patterns the model ships (its pruned mode's)
+  QString patterns_problem;             // why its pattern file could not be read (empty: it could)
   bool fits() const { return plan.chosen.has_value(); }
+};
+
+// What the window asks the engine thread to load: a model directory, and the plan chosen for it
+// (loaded through the engine's apply_plan; none: the options as they are).
+struct LoadRequest {
+  QString directory;
+  QString backend;  // "auto", "cpu", "cuda"
+  std::optional<MemoryPlan> plan = std::nullopt;
+  std::optional<ExpertPattern> pattern = std::nullopt;  // a pruned plan's task pattern
+  // Where the quantized experts are kept (store::DataDirectory); empty: quantized at every load.
+  std::filesystem::path data_directory{};
 };
 
 // A conversation as the engine thread is given it (the shared library's turns).
@@ -51,13 +66,19 @@ struct GenerationStats {
   std::int64_t context_used = 0;
   std::int64_t context_size = 0;
   bool stopped = false;                 // the user stopped it
+  // Pruned experts (or exact mode's cache): the share of the router's probability mass this turn
+  // put on experts that were not loaded (not cached) (Session::routing_tally); none with every
+  // expert resident.
+  std::optional<double> expert_lost_share;
 };
 
 // Host memory available for new allocations (MemAvailable of /proc/meminfo), 0 if unknown.
 std::uint64_t available_host_memory();
 // What the model of `info` needs (weights, one session at its full context) against
-// `available_bytes` of `memory_place`, and the largest context that fits.
-ModelCheck memory_check(const ModelInfo& info, std::uint64_t available_bytes, const QString& memory_place);
+// `available_bytes` of `memory_place`, and the largest context that fits; with `experts_kept` > 0
+// the pruned plans of that size too, and with `host_bytes` the host expert store's.
+ModelCheck memory_check(const ModelInfo& info, std::uint64_t available_bytes, const QString& memory_place,
+                        int experts_kept = 0, std::uint64_t host_bytes = 0);
 // The memory a model on `backend` would use and how much of it is free now: the current GPU's
 // for the CUDA backend (the one the engine runs on), host memory otherwise.
 std::pair<std::uint64_t, QString> available_memory(BackendKind backend);
@@ -81,8 +102,9 @@ class EngineWorker : public QObject {
   // Validates the directory without loading weights, for `backend` ("auto", "cpu", "cuda":
   // parse_backend_kind); emits modelChecked or modelRejected (the loaded model, if any, stays).
   void checkModel(const QString& directory, const QString& backend);
-  // Loads weights, tokenizer and chat format; emits loadProgress, then modelLoaded or modelFailed.
-  void loadModel(const QString& directory, const QString& backend);
+  // Loads weights (as the request's plan says), tokenizer and chat format; emits loadProgress, then
+  // modelLoaded or modelFailed.
+  void loadModel(const lightdesk::gui::LoadRequest& request);
   // Reads a document and counts its tokens (documentProgress as it goes; Stop ends it); emits
   // documentReady or documentFailed (also for one larger than the model's context). Virtual, as
   // generate: a stand-in (the tests') can play a slow engine.

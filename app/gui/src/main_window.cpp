@@ -24,6 +24,8 @@
 #include <QUrl>
 #include <QVBoxLayout>
 
+#include <utility>
+
 #include "answer_sources.h"
 #include "banner.h"
 #include "conversation_export.h"
@@ -31,9 +33,11 @@
 #include "document_viewer.h"
 #include "documents_panel.h"
 #include "endpoint_dialog.h"
+#include "model_check_dialog.h"
 #include "session_panel.h"
 #include "settings_dialog.h"
 #include "status_panel.h"
+#include "store_session_repository.h"
 
 namespace lightdesk::gui {
 namespace {
@@ -41,6 +45,20 @@ namespace {
 QString format_bytes(std::uint64_t bytes) {
   return QLocale().formattedDataSize(static_cast<qint64>(bytes), 1, QLocale::DataSizeTraditionalFormat);
 }
+
+// What a checked model needs against what is available, in one line.
+QString needs_text(const ModelCheck& check) {
+  const std::uint64_t needed = check.weight_bytes + check.session_bytes + check.workspace_bytes;
+  return MainWindow::tr("%1: weights %2 + session memory %3 for %4 tokens of context + workspace %5 = %6; %7 "
+                        "available in %8")
+      .arg(check.description, format_bytes(check.weight_bytes), format_bytes(check.session_bytes),
+           format_count(check.context_tokens), format_bytes(check.workspace_bytes), format_bytes(needed),
+           format_bytes(check.available_bytes), check.memory_place);
+}
+
+// A pruned turn that lost more of the router's probability mass than this offers the exact mode
+// (the command line's --lost-mass-warning default).
+constexpr double kLostMassWarning = 0.1;
 
 // What the app is for, in one sentence: the first thing a new user reads.
 QString purpose() {
@@ -296,12 +314,15 @@ void MainWindow::buildWidgets() {
   setCentralWidget(central);
 
   status_panel_ = new StatusPanel([this] { return memoryText(); });
+  connect(status_panel_, &StatusPanel::reloadWithAllExpertsRequested, this, &MainWindow::reloadWithAllExperts);
   statusBar()->addWidget(status_panel_, 1);
 }
 
 void MainWindow::buildMenus() {
   QMenu* file_menu = menuBar()->addMenu(tr("&File"));
   file_menu->addAction(tr("&Open model…"), QKeySequence::Open, this, &MainWindow::chooseModelDirectory);
+  file_menu->addAction(tr("&Load options…"), this, &MainWindow::chooseLoadOptions)
+      ->setObjectName(QStringLiteral("loadOptionsAction"));
   file_menu->addAction(tr("Use a &server…"), this, &MainWindow::chooseEndpoint);
   file_menu->addAction(tr("&Attach documents…"), this, &MainWindow::chooseDocuments);
   file_menu->addAction(tr("&Export conversation…"), this, &MainWindow::chooseExportFile);
@@ -377,52 +398,84 @@ void MainWindow::chooseModelDirectory() {
   if (!directory.isEmpty()) openModelDirectory(directory);
 }
 
-void MainWindow::openModelDirectory(const QString& directory) {
+void MainWindow::openModelDirectory(const QString& directory, bool ask) {
   if (generating_) {
     showError(tr("Stop the answer before opening another model."));
     return;
   }
   // The loaded model stays usable until the new one has passed the check.
   banner_->hide();
+  ask_load_options_ = ask;
   status_panel_->showMessage(tr("Checking %1…").arg(directory));
   emit checkModelRequested(directory, backend_setting(settings_));
 }
 
-void MainWindow::onModelChecked(const ModelCheck& full_check) {
-  // The memory is planned for the context the settings allow, when shorter than the model's.
-  ModelCheck check = full_check;
-  if (const std::int64_t chosen = context_setting(settings_); chosen > 0 && chosen < full_check.model.max_context) {
-    ModelInfo limited = full_check.model;
-    limited.max_context = chosen;
-    check = memory_check(limited, full_check.available_bytes, full_check.memory_place);
-    check.model = full_check.model;
-    check.directory = full_check.directory;
+void MainWindow::chooseLoadOptions() {
+  const QString directory = model_directory_.isEmpty() ? lastModelDirectory() : model_directory_;
+  if (directory.isEmpty()) {
+    showError(tr("Open a model first: its load options depend on what it needs."));
+    return;
   }
-  const std::uint64_t needed = check.weight_bytes + check.session_bytes + check.workspace_bytes;
-  const QString needs = tr("%1: weights %2 + session memory %3 for %4 tokens of context + workspace %5 = %6; %7 "
-                           "available in %8")
-                            .arg(check.description, format_bytes(check.weight_bytes), format_bytes(check.session_bytes),
-                                 format_count(check.context_tokens), format_bytes(check.workspace_bytes),
-                                 format_bytes(needed), format_bytes(check.available_bytes), check.memory_place);
+  openModelDirectory(directory, true);
+}
+
+void MainWindow::reloadWithAllExperts() {
+  if (model_directory_.isEmpty()) return;
+  LoadChoice choice = load_choice(settings_, model_key(model_info_));
+  choice.experts_kept = 0;
+  choice.remembered = true;
+  save_load_choice(settings_, model_key(model_info_), choice);
+  openModelDirectory(model_directory_);
+}
+
+void MainWindow::onModelChecked(const ModelCheck& full_check) {
+  const bool ask = std::exchange(ask_load_options_, false);
+  const QString key = model_key(full_check.model);
+  const LoadChoice choice = load_choice(settings_, key);
+  // The memory is planned for the context the settings allow, when shorter than the model's.
+  const ModelCheck check = planned_check(full_check, context_setting(settings_), choice.experts_kept);
   status_panel_->clearMessage();
+  const std::optional<std::size_t> plan = chosen_plan(check, choice);
+  if (ask || (check.fits() && (!plan || (!choice.remembered && quantized_to_fit(check))))) {
+    // The choices first: asked for, a remembered one that no longer fits, or experts quantized to fit.
+    auto* dialog = new ModelCheckDialog(full_check, context_setting(settings_), choice, this);
+    dialog->setAttribute(Qt::WA_DeleteOnClose);
+    connect(dialog, &QDialog::accepted, this, [this, dialog, key] {
+      const LoadChoice chosen = dialog->choice();
+      save_load_choice(settings_, key, chosen);
+      if (const auto planned = dialog->plan()) loadPlanned(dialog->check(), *planned, chosen);
+    });
+    dialog->open();
+    return;
+  }
   if (!check.fits()) {
     showError((check.fitting_context > 0
                    ? tr("%1 does not fit in %2 at its full context. A context of %3 tokens would fit.")
                          .arg(check.directory, check.memory_place, format_count(check.fitting_context))
                    : tr("%1 does not fit in %2: its weights alone need %3.")
                          .arg(check.directory, check.memory_place, format_bytes(check.weight_bytes))) +
-              QLatin1Char('\n') + needs);
+              QLatin1Char('\n') + needs_text(check) + QLatin1Char('\n') + plan_text(check) +
+              (check.patterns.empty() ? QString()
+                                      : QLatin1Char(' ') + tr("File > Load options… offers pruned experts, which "
+                                                              "need less memory.")));
     return;
   }
+  loadPlanned(check, *plan, choice);
+}
+
+void MainWindow::loadPlanned(const ModelCheck& check, std::size_t plan, const LoadChoice& choice) {
   model_ready_ = false;
   // Busy while the weights load; Stop cancels the load.
   setGenerating(true);
-  // The plan the memory planner chose, said before the weights are read.
-  const MemoryPlan& plan = check.plan.plans[*check.plan.chosen];
-  model_label_->setText(needs + QLatin1Char('\n') + tr("Plan: %1.").arg(QString::fromStdString(plan.summary())));
+  // The plan, said before the weights are read.
+  const MemoryPlan& chosen = check.plan.plans[plan];
+  model_label_->setText(needs_text(check) + QLatin1Char('\n') +
+                        tr("Plan: %1.").arg(QString::fromStdString(chosen.summary())));
   model_label_->setToolTip(check.directory);
   worker_->clearStop();
-  emit loadModelRequested(check.directory, backend_setting(settings_));
+  const ExpertPattern* pattern = chosen_pattern(check, choice);
+  emit loadModelRequested({check.directory, backend_setting(settings_), chosen,
+                           pattern ? std::optional(*pattern) : std::nullopt, data_directory(settings_).path()});
 }
 
 void MainWindow::chooseEndpoint() {
@@ -438,6 +491,7 @@ void MainWindow::connectEndpoint(const QString& endpoint, const QString& apiKey,
 void MainWindow::onEndpointConnected(const QString& endpoint, const QString& model) {
   model_ready_ = true;
   endpoint_ = endpoint;
+  model_directory_.clear();
   model_info_ = {};
   engine_holds_ = {};
   engine_tokens_ = 0;
@@ -459,6 +513,7 @@ void MainWindow::onEndpointConnected(const QString& endpoint, const QString& mod
 void MainWindow::onModelLoaded(const ModelCheck& check, const QString& family, const SamplingSettings& sampling) {
   model_ready_ = true;
   endpoint_.clear();
+  model_directory_ = check.directory;
   model_info_ = check.model;
   engine_holds_ = {};
   engine_tokens_ = 0;
@@ -489,6 +544,7 @@ void MainWindow::onModelRejected(const QString& directory, const QString& messag
 
 void MainWindow::onModelFailed(const QString& directory, const QString& message) {
   model_ready_ = false;
+  model_directory_.clear();
   status_panel_->hideProgress();
   model_label_->setText(tr("No model loaded."));
   setGenerating(false);
@@ -720,6 +776,9 @@ void MainWindow::onGenerationFinished(const GenerationStats& stats, const Engine
   status_panel_->hideProgress();
   const bool wrote = stats.generated_tokens > 0;
   status_panel_->showAnswerFigures(stats.decode_tokens_per_second, wrote ? stats.seconds_to_first_token : -1);
+  // Only a pruned answer lost anything: exact mode's misses were copied in.
+  const bool lost_too_much = model_info_.experts.pruned() && stats.expert_lost_share > kLostMassWarning;
+  status_panel_->showExpertLoss(stats.expert_lost_share, lost_too_much);
   status_panel_->refreshMemory();
   QString summary;
   if (!stats.stopped)
@@ -735,7 +794,12 @@ void MainWindow::onGenerationFinished(const GenerationStats& stats, const Engine
                                                             : tr("%1 prompt tokens read").arg(format_count(read)));
   if (stats.reused_tokens > 0)
     summary += QLatin1Char(' ') + tr("(%1 kept from the session state)").arg(format_count(stats.reused_tokens));
+  if (lost_too_much)
+    summary += QStringLiteral(". ") + tr("This answer lost %1% of the router's probability mass to experts that are "
+                                         "not loaded: it may be less accurate (Reload with all experts)")
+                                          .arg(QLocale().toString(100.0 * *stats.expert_lost_share, 'f', 1));
   status_panel_->showMessage(summary + QLatin1Char('.'), 10000);
+  if (answer_) answer_->expert_lost_mass = stats.expert_lost_share;  // stored with the answer
   keepAnswer();
   engine_tokens_ = stats.context_used;
   if (state) {

@@ -28,6 +28,7 @@ class Banner;
 class ConversationPanel;
 class DocumentViewer;
 class DocumentsPanel;
+struct LoadChoice;
 class SessionPanel;
 class StatusPanel;
 
@@ -65,8 +66,16 @@ class MainWindow : public QMainWindow {
   void showInDocument(qsizetype entry);
   // Opens the document pane at `position` of `document`.
   void openDocument(const Attachment& document, qsizetype position = 0);
-  // What the model chooser does after the directory dialog: validate, then load if it fits.
-  void openModelDirectory(const QString& directory);
+  // What the model chooser does after the directory dialog: validate and plan, then load what
+  // the user chose for the model before (the planner's choice at first). The load options
+  // (ModelCheckDialog) come first when the planner had to quantize the experts to fit, when the
+  // remembered choice no longer fits, or when `ask` is set (File > Load options…).
+  void openModelDirectory(const QString& directory, bool ask = false);
+  // File > Load options…: the current model's check and its choices, then a load as chosen.
+  void chooseLoadOptions();
+  // Loads the current model again with every expert (the offer of a pruned turn that lost too
+  // much of the router's choice).
+  void reloadWithAllExperts();
   // Answers from an OpenAI-compatible server instead of a local model (File > Use a server…);
   // `model` empty: the first the server lists. Emits modelReady once it answers.
   void connectEndpoint(const QString& endpoint, const QString& apiKey, const QString& model);
@@ -111,7 +120,7 @@ class MainWindow : public QMainWindow {
   void stateRestored(const QString& message);
   // To the engine thread.
   void checkModelRequested(const QString& directory, const QString& backend);
-  void loadModelRequested(const QString& directory, const QString& backend);
+  void loadModelRequested(const lightdesk::gui::LoadRequest& request);
   void readDocumentRequested(const QString& path);
   void connectEndpointRequested(const QString& endpoint, const QString& apiKey, const QString& model);
   void generateRequested(const lightdesk::gui::Turns& conversation, const QString& systemPrompt,
@@ -185,6 +194,8 @@ class MainWindow : public QMainWindow {
   bool readingDocuments() const;
 
   void onModelChecked(const ModelCheck& check);
+  // Loads plan `plan` of `check` (planned_check) as `choice` says.
+  void loadPlanned(const ModelCheck& check, std::size_t plan, const LoadChoice& choice);
   void onModelLoaded(const ModelCheck& check, const QString& family, const SamplingSettings& sampling);
   void onModelRejected(const QString& directory, const QString& message);
   void onModelFailed(const QString& directory, const QString& message);
@@ -248,6 +259,9 @@ class MainWindow : public QMainWindow {
   // restore was refused): the next question reads the conversation again rather than restore
   // one. Its answer's state is the one to restore from then on.
   std::set<qint64> read_again_;
+
+  bool ask_load_options_ = false;  // the next check opens ModelCheckDialog (chooseLoadOptions)
+  QString model_directory_;        // the local model loaded (empty: none)
 
   Demo demo_;
   QLabel* model_label_;

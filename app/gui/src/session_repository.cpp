@@ -145,6 +145,19 @@ void InMemorySessionRepository::saveState(qint64 id, qsizetype entries, EngineSt
   states[tree->second.shown[entries - 1]] = std::move(state);
 }
 
+QString state_mismatch(const ModelInfo& saved, const ModelInfo& model) {
+  if (saved.fingerprint != model.fingerprint) return SessionRepository::tr("it was made by another model");
+  // The same weights with other experts' values, or other experts held: another state.
+  if (saved.state_identity() != model.state_identity())
+    return SessionRepository::tr("it was computed with %1 experts; the model now runs %2 experts")
+        .arg(QString::fromLatin1(expert_format_name(saved.expert_format)),
+             QString::fromLatin1(expert_format_name(model.expert_format)));
+  if (saved.experts != model.experts)
+    return SessionRepository::tr("it was computed with %1, not with %2")
+        .arg(QString::fromStdString(saved.experts.describe()), QString::fromStdString(model.experts.describe()));
+  return {};
+}
+
 void InMemorySessionRepository::loadState(qint64 id, qsizetype entries, const ModelInfo& model, QObject* context,
                                           std::function<void(const StateLoad&)> done) {
   StateLoad load;
@@ -155,10 +168,8 @@ void InMemorySessionRepository::loadState(qint64 id, qsizetype entries, const Mo
     const auto saved = session->second.find(shown[i - 1]);
     if (saved == session->second.end()) continue;
     load.entries = i;
-    if (saved->second->model().fingerprint == model.fingerprint)
-      load.state = saved->second;
-    else
-      load.refused = tr("it was made by another model");
+    load.refused = state_mismatch(saved->second->model(), model);
+    if (load.refused.isEmpty()) load.state = saved->second;
     break;
   }
   // Later, as the store's answer comes: the caller sees one behaviour.

@@ -35,6 +35,9 @@ struct ChatEntry {
   QString reasoning;             // M1's <think> part of an answer
   QList<Attachment> documents;   // sent with this user message; the model reads them before it
   QStringList images;            // sent with this user message (paths): a VL-01 model sees them first
+  // An answer of pruned experts: its share of the router's probability mass on experts that were
+  // not loaded (GenerationStats::expert_lost_share).
+  std::optional<double> expert_lost_mass = std::nullopt;
 };
 
 struct ChatSession {
@@ -71,6 +74,11 @@ struct StateLoad {
   double seconds = 0.0;  // finding it (a store checkpoint is read as the engine imports it)
   QString refused;       // a damaged state, another model's, an unreadable database
 };
+
+// Why a state computed by the model of `saved` cannot be restored into `model` (empty: it can):
+// another model, the same one with its experts in another format (ModelInfo::state_identity), or
+// another pruned selection, said by name.
+QString state_mismatch(const ModelInfo& saved, const ModelInfo& model);
 
 class SessionRepository : public QObject {
   Q_OBJECT

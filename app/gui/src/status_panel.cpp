@@ -3,6 +3,7 @@
 #include <QHBoxLayout>
 #include <QLocale>
 #include <QProgressBar>
+#include <QPushButton>
 #include <QResizeEvent>
 #include <QTimer>
 
@@ -61,13 +62,22 @@ StatusPanel::StatusPanel(std::function<QString()> memory_text, QWidget* parent)
   first_token_label_->setObjectName(QStringLiteral("firstTokenLabel"));
   context_label_ = new QLabel;
   context_label_->setObjectName(QStringLiteral("contextLabel"));
+  experts_label_ = new QLabel;
+  experts_label_->setObjectName(QStringLiteral("expertsLabel"));
+  all_experts_button_ = new QPushButton(tr("Reload with all experts"));
+  all_experts_button_->setObjectName(QStringLiteral("allExpertsButton"));
+  all_experts_button_->setToolTip(tr("Load the model again with every expert: exact answers, more memory"));
+  all_experts_button_->setVisible(false);
+  connect(all_experts_button_, &QPushButton::clicked, this, &StatusPanel::reloadWithAllExpertsRequested);
   memory_label_ = new ElidedLabel;
   memory_label_->setObjectName(QStringLiteral("memoryLabel"));
   auto* layout = new QHBoxLayout(this);
   layout->setContentsMargins(0, 0, 0, 0);
   layout->addWidget(progress_bar_);
   layout->addWidget(message_label_, 1);
-  for (QLabel* figure : {speed_label_, first_token_label_, context_label_}) layout->addWidget(figure);
+  for (QLabel* figure : {speed_label_, first_token_label_, experts_label_}) layout->addWidget(figure);
+  layout->addWidget(all_experts_button_);
+  layout->addWidget(context_label_);
   layout->addWidget(memory_label_);
   // The host's memory changes while the app runs (other programs, the model's own use).
   auto* memory_timer = new QTimer(this);
@@ -129,9 +139,26 @@ void StatusPanel::showAnswerFigures(double tokens_per_second, double first_token
   first_token_label_->setText(tr("first token: %1 s").arg(QLocale().toString(first_token_seconds, 'f', 2)));
 }
 
+void StatusPanel::showExpertLoss(std::optional<double> share, bool too_much) {
+  experts_label_->clear();
+  experts_label_->setToolTip({});
+  all_experts_button_->setVisible(false);
+  if (!share) return;
+  const QString percent = QLocale().toString(100.0 * *share, 'f', 1);
+  experts_label_->setText(too_much ? tr("⚠ experts missed: %1%").arg(percent) : tr("experts missed: %1%").arg(percent));
+  experts_label_->setToolTip(
+      too_much ? tr("This answer put %1% of the router's probability mass on experts that are not loaded (pruned "
+                    "mode): it may be less accurate than with every expert.")
+                     .arg(percent)
+               : tr("The share of the router's probability mass this answer put on experts that are not loaded "
+                    "(pruned mode)."));
+  all_experts_button_->setVisible(too_much);
+}
+
 void StatusPanel::clearAnswerFigures() {
   speed_label_->clear();
   first_token_label_->clear();
+  showExpertLoss(std::nullopt, false);
 }
 
 void StatusPanel::showContext(qint64 used, qint64 size) {

@@ -8,8 +8,10 @@
 #include <QWidget>
 
 #include <functional>
+#include <optional>
 
 class QProgressBar;
+class QPushButton;
 class QTimer;
 
 namespace lightdesk::gui {
@@ -58,10 +60,17 @@ class StatusPanel : public QWidget {
 
   // The figures of the last answer; `first_token_seconds` < 0 when no token was written.
   void showAnswerFigures(double tokens_per_second, double first_token_seconds);
+  // The last answer's share of the router's probability mass on experts that were not resident
+  // (none: every expert is); `too_much`: say so, and offer reloadWithAllExpertsRequested.
+  void showExpertLoss(std::optional<double> share, bool too_much);
+  // Clears the answer figures and the expert figure (another model, no answer yet).
   void clearAnswerFigures();
   void showContext(qint64 used, qint64 size);
   void clearContext();
   void refreshMemory();
+
+ signals:
+  void reloadWithAllExpertsRequested();
 
  private:
   std::function<QString()> memory_text_;
@@ -71,6 +80,8 @@ class StatusPanel : public QWidget {
   QLabel* speed_label_;
   QLabel* first_token_label_;
   QLabel* context_label_;
+  QLabel* experts_label_;
+  QPushButton* all_experts_button_;
   ElidedLabel* memory_label_;
 };
 

@@ -63,6 +63,7 @@ std::pair<ChatSession, QList<InMemorySessionRepository::Message>> read_session(
     entry.role = message.role == store::Role::Assistant ? ChatEntry::Role::Assistant : ChatEntry::Role::User;
     entry.text = from_utf8(message.text);
     entry.reasoning = from_utf8(message.reasoning);
+    entry.expert_lost_mass = message.expert_lost_mass;
     const auto [first, last] = attachments_by_message.equal_range(message.id);
     for (auto attachment = first; attachment != last; ++attachment) entry.documents.append(attachment->second);
     const auto [first_image, last_image] = images_by_message.equal_range(message.id);
@@ -166,6 +167,7 @@ class StoreWriter : public QObject {
       message.role = entry.role == ChatEntry::Role::Assistant ? store::Role::Assistant : store::Role::User;
       message.text = utf8(entry.text);
       message.reasoning = utf8(entry.reasoning);
+      message.expert_lost_mass = entry.expert_lost_mass;
       const std::int64_t message_id = store_->add_message(message);
       log->messages.push_back(message_id);
       log->shown.push_back(static_cast<qsizetype>(log->messages.size()) - 1);

@@ -301,6 +301,10 @@ struct RoutingTally {
   double lost_mass = 0.0;         // summed over them
   // The mean share of the mass lost (0 with nothing routed).
   double lost_share() const { return token_layers > 0 ? lost_mass / static_cast<double>(token_layers) : 0.0; }
+  // What was routed after `earlier` (a tally of the same session): one turn's.
+  RoutingTally since(const RoutingTally& earlier) const {
+    return {token_layers - earlier.token_layers, lost_mass - earlier.lost_mass};
+  }
 };
 
 // One piece of an exported session state. A state is a stream of parts: first one
@@ -469,6 +473,8 @@ class Model {
 struct PlanDevice {
   std::string name;  // "GPU 0 (NVIDIA H100 80GB HBM3)", "80 GiB" for a hypothetical GPU, "host memory"
   std::uint64_t memory_bytes = 0;
+  // The GPU's index in gpu_devices() (local_gpus sets it); -1 for a hypothetical GPU or host memory.
+  int gpu = -1;
 };
 // "4x80GB", "8x141GB", "2x24GB,1x48GB", "80GB" (sizes in GB or GiB, both read as GiB: a GPU
 // sold as "80GB" has 80 GiB, of which it reports 79.6). Throws Error naming a malformed entry.
@@ -582,5 +588,29 @@ PlanReport plan_memory(const ModelInfo& info, const PlanRequest& request);
 // The longest context, up to request.context_tokens, at which plan_memory chooses a plan (0:
 // none at any context).
 std::int64_t longest_fitting_context(const ModelInfo& info, const PlanRequest& request);
+
+// The request for running `info` as `options` ask on this machine at `context_tokens`: for the
+// CUDA backend its GPUs (local_gpus; those of options.devices when named), for the CPU backend
+// its physical memory as one device; options.tensor_parallel > 1 fixes the degree, a pruned
+// options.experts asks for the pruned candidates of its size, and the host memory is offered to
+// the host expert store.
+PlanRequest local_plan_request(const ModelInfo& info, const ModelOptions& options, std::int64_t context_tokens);
+// The plan plan_memory chooses for local_plan_request (with a pruned options.experts, the first
+// pruned plan that fits and runs: the user asked for that mode); throws Error with the planner's
+// advice when none fits.
+MemoryPlan choose_local_plan(const ModelInfo& info, const ModelOptions& options, std::int64_t context_tokens);
+
+struct ExpertPattern;  // lightdesk/expert_patterns.h
+
+// The load options of a plan (the chosen one of a PlanReport, or another of its plans that the
+// user picked), over `base`, which keeps the front end's other choices (threads, the quantized
+// experts' cache): the plan's backend, expert format, tensor-parallel degree and MoE split, the
+// GPUs its ranks are on (when they are this machine's: PlanDevice::gpu), and the experts held:
+// all of them, or a pruned plan's experts_kept per layer, which are base.experts when it keeps
+// that many (a pruned conversation keeps its experts), else `pattern`'s best. The one mapping
+// every front end (CLI, desktop app, server) loads a plan with. Throws Error naming the cause for
+// a plan this build does not run, or a pruned one with neither a selection of its size nor a
+// pattern.
+ModelOptions apply_plan(const MemoryPlan& plan, ModelOptions base, const ExpertPattern* pattern = nullptr);
 
 }  // namespace lightdesk
