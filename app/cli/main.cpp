@@ -27,6 +27,7 @@
 #include "lightdesk/expert_patterns.h"
 #include "lightdesk/input_files.h"
 #include "lightdesk/installed_files.h"
+#include "lightdesk/replacing_file.h"
 #include "lightdesk/store.h"
 #include "lightdesk/text.h"
 #include "lightdesk/vision.h"

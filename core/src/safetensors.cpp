@@ -14,6 +14,7 @@
 #include "lightdesk/bf16.h"
 #include "lightdesk/error.h"
 #include "lightdesk/input_files.h"
+#include "lightdesk/replacing_file.h"
 #include "lightdesk/safetensors_write.h"
 
 namespace lightdesk {
@@ -308,48 +309,6 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Outp
         write_all(t.f32.data(), t.f32.size_bytes());
     }
   });
-}
-
-void replace_regular_file(const std::filesystem::path& path,
-                          const std::function<void(const std::function<void(const void*, std::size_t)>&)>& write) {
-  const std::string where = path.string();
-  // Only a regular file is replaced: renaming over a device node, a FIFO or a link would replace
-  // the node itself.
-  struct stat existing {};
-  if (::lstat(path.c_str(), &existing) == 0 && !S_ISREG(existing.st_mode))
-    throw Error(where + ": exists and is not a regular file; refusing to replace it");
-  // The temporary file gets a fresh name in the target's directory, created exclusively: a file
-  // or link planted at a predictable name is never followed or overwritten.
-  std::string temporary = where + ".XXXXXX";
-  const int fd = ::mkostemp(temporary.data(), O_CLOEXEC);
-  if (fd < 0) throw Error(where + ": cannot create a temporary file beside it: " + std::strerror(errno));
-  auto fail = [&](const std::string& what) {
-    const int error = errno;
-    ::close(fd);
-    ::unlink(temporary.c_str());
-    throw Error(where + ": " + what + ": " + std::strerror(error));
-  };
-  auto write_all = [&](const void* data, std::size_t size) {
-    const auto* bytes = static_cast<const char*>(data);
-    while (size > 0) {
-      const ssize_t n = ::write(fd, bytes, size);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) fail("write failed");
-      bytes += n;
-      size -= static_cast<std::size_t>(n);
-    }
-  };
-  write(write_all);
-  if (::fchmod(fd, 0644) != 0) fail("cannot set its permissions");
-  if (::close(fd) != 0) {
-    ::unlink(temporary.c_str());
-    throw Error(where + ": write failed: " + std::strerror(errno));
-  }
-  if (::rename(temporary.c_str(), path.c_str()) != 0) {
-    const int error = errno;
-    ::unlink(temporary.c_str());
-    throw Error(where + ": cannot replace: " + std::strerror(error));
-  }
 }
 
 void fill_synthetic(const SyntheticFill& fill, float* out, std::int64_t numel, std::int64_t first_element) {

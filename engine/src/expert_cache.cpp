@@ -1,15 +1,13 @@
 #include "expert_cache.h"
 
-#include <fcntl.h>
-#include <unistd.h>
 #include <xxhash.h>
 
-#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "lightdesk/replacing_file.h"
 #include "lightdesk/safetensors.h"
 
 namespace lightdesk {
@@ -185,59 +183,35 @@ QuantizedLayerExperts ExpertCacheReader::layer(int l) const {
 
 struct ExpertCacheWriter::Impl {
   ExpertCacheKey key;
-  std::filesystem::path file, temporary;
-  int fd = -1;
+  std::unique_ptr<ReplacingFile> file;
   std::vector<Entry> entries;
   std::map<std::string, std::string> checksums;
   std::size_t header_bytes = 0;
   int next_layer = 0;
 
-  [[noreturn]] void fail(const std::string& what) const {
-    throw Error(file.string() + ": " + what + ": " + std::strerror(errno));
-  }
-  void write_at(const void* data, std::size_t size, off_t offset) const {
-    const auto* bytes = static_cast<const char*>(data);
-    while (size > 0) {
-      const ssize_t n = ::pwrite(fd, bytes, size, offset);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) fail("cannot write");
-      bytes += n;
-      size -= static_cast<std::size_t>(n);
-      offset += n;
-    }
-  }
+  // At the file's start: first with zero checksums to reserve its room, at the end over it.
   void write_header() const {
     const std::string text = header_text(key, entries, checksums);
     if (text.size() != header_bytes && header_bytes != 0) throw Error("internal: the cache header changed length");
     const std::uint64_t length = text.size();
-    write_at(&length, 8, 0);
-    write_at(text.data(), text.size(), 8);
+    file->write_at(0, &length, 8);
+    file->write_at(8, text.data(), text.size());
   }
 };
 
 ExpertCacheWriter::ExpertCacheWriter(const std::filesystem::path& file, const ExpertCacheKey& key)
     : impl_(std::make_unique<Impl>()) {
   impl_->key = key;
-  impl_->file = file;
   impl_->entries = file_entries(key);
   std::error_code error;
   std::filesystem::create_directories(file.parent_path(), error);
   if (error) throw Error(file.parent_path().string() + ": cannot create the cache folder: " + error.message());
-  std::string temporary = file.string() + ".partial-XXXXXX";
-  impl_->fd = ::mkostemp(temporary.data(), O_CLOEXEC);
-  if (impl_->fd < 0) impl_->fail("cannot create a temporary file beside it");
-  impl_->temporary = temporary;
+  impl_->file = std::make_unique<ReplacingFile>(file);
   impl_->header_bytes = header_text(key, impl_->entries, {}).size();
   impl_->write_header();
-  ::lseek(impl_->fd, static_cast<off_t>(8 + impl_->header_bytes), SEEK_SET);
 }
 
-ExpertCacheWriter::~ExpertCacheWriter() {
-  if (impl_->fd >= 0) {
-    ::close(impl_->fd);
-    ::unlink(impl_->temporary.c_str());
-  }
-}
+ExpertCacheWriter::~ExpertCacheWriter() = default;
 
 void ExpertCacheWriter::add(int layer, const QuantizedLayerExperts& experts) {
   if (layer != impl_->next_layer) throw Error("internal: cache layers out of order");
@@ -247,15 +221,7 @@ void ExpertCacheWriter::add(int layer, const QuantizedLayerExperts& experts) {
     const auto sources = matrix_bytes(*matrix);
     for (std::size_t i = 0; i < entries.size(); ++i) {
       impl_->checksums[entries[i].name] = checksum_hex(sources[i].first, sources[i].second);
-      const auto* bytes = static_cast<const char*>(sources[i].first);
-      std::size_t size = sources[i].second;
-      while (size > 0) {
-        const ssize_t n = ::write(impl_->fd, bytes, size);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) impl_->fail("cannot write");
-        bytes += n;
-        size -= static_cast<std::size_t>(n);
-      }
+      impl_->file->append(sources[i].first, sources[i].second);
     }
   }
   ++impl_->next_layer;
@@ -264,19 +230,7 @@ void ExpertCacheWriter::add(int layer, const QuantizedLayerExperts& experts) {
 void ExpertCacheWriter::finish() {
   if (impl_->next_layer != impl_->key.layers) throw Error("internal: the cache file is missing layers");
   impl_->write_header();
-  if (::fsync(impl_->fd) != 0) impl_->fail("cannot sync");
-  if (::close(impl_->fd) != 0) {
-    impl_->fd = -1;
-    ::unlink(impl_->temporary.c_str());
-    impl_->fail("cannot close");
-  }
-  impl_->fd = -1;
-  if (::rename(impl_->temporary.c_str(), impl_->file.c_str()) != 0) {
-    const int error = errno;
-    ::unlink(impl_->temporary.c_str());
-    errno = error;
-    impl_->fail("cannot rename the finished file into place");
-  }
+  impl_->file->commit();
 }
 
 }  // namespace lightdesk

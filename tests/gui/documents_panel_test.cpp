@@ -50,6 +50,27 @@ void DocumentsPanelTest::listsSentPendingAndReading() {
   QLocale::setDefault(QLocale::system());
 }
 
+// Server mode: the server's tokenizer counts a document it reads, so none is shown here (not "0
+// tokens"), and the total is of the documents counted here.
+void DocumentsPanelTest::documentsAServerReadSayWhoCountsThem() {
+  QLocale::setDefault(QLocale(QLocale::English, QLocale::UnitedStates));
+  DocumentsPanel panel;
+  panel.resize(600, 300);  // room for the longer lines unshortened
+  panel.show();
+  DocumentsPanel::Contents contents;
+  contents.sent = {{ChatEntry::Role::User, QStringLiteral("Q"), {}, {{QStringLiteral("/d/sent.txt"), {}, {}, std::nullopt}}, {}}};
+  contents.pending = {{QStringLiteral("/d/next.txt"), {}, {}, 1200}, {QStringLiteral("/d/remote.pdf"), {}, {0, 9}, {}}};
+  contents.context_tokens = 4096;
+  panel.setContents(contents);
+  auto* list = panel.findChild<QListWidget*>(QStringLiteral("attachmentList"));
+  QCOMPARE(list->count(), 3);
+  QCOMPARE(list->item(0)->text(), QStringLiteral("sent.txt — tokens counted by the server (sent)"));
+  QCOMPARE(list->item(1)->text(), QStringLiteral("next.txt — 1,200 tokens"));
+  QCOMPARE(list->item(2)->text(), QStringLiteral("remote.pdf — 2 pages, tokens counted by the server"));
+  QCOMPARE(panel.documentTokens(), 1200);
+  QLocale::setDefault(QLocale::system());
+}
+
 // Finding 3: documents larger than the context are flagged where they are listed.
 void DocumentsPanelTest::warnsWhenTheDocumentsExceedTheContext() {
   QLocale::setDefault(QLocale(QLocale::English, QLocale::UnitedStates));

@@ -1,5 +1,7 @@
 // The app's server mode (File > Use a server…): the engine worker and the window answered by a
 // running lightdesk-server on the bundled tiny model, against the same model loaded locally.
+#include <QFile>
+#include <QListWidget>
 #include <QProcess>
 #include <QRegularExpression>
 #include <QSettings>
@@ -12,6 +14,7 @@
 #include "main_window.h"
 #include "session_repository.h"
 #include "settings_dialog.h"
+#include "status_panel.h"
 #include "window_test_util.h"
 
 using lightdesk::gui::EngineStatePtr;
@@ -85,6 +88,13 @@ class EndpointTest : public QObject {
     local_ = answer_of(local, turns());
     QVERIFY2(local_.failure.isEmpty(), qPrintable(local_.failure));
     QVERIFY(!local_.text.isEmpty());
+
+    QFile document(documentPath());
+    QVERIFY(document.open(QIODevice::WriteOnly));
+    document.write("Lightdesk keeps the model state of each session on disk, beside its messages.\n");
+    document.close();
+    local_with_document_ = answer_of(local, turnsWithDocument());
+    QVERIFY2(local_with_document_.failure.isEmpty(), qPrintable(local_with_document_.failure));
   }
 
   void cleanupTestCase() {
@@ -106,6 +116,28 @@ class EndpointTest : public QObject {
     QCOMPARE(answer.stats->generated_tokens, local_.stats->generated_tokens);
     QCOMPARE(answer.stats->prompt_tokens, local_.stats->prompt_tokens);
     QVERIFY(!answer.has_state);  // no model state on this computer
+  }
+
+  // The server's tokenizer is not here: a document is read without a count of its own, and the
+  // prompt tokens the server reports for the question that sends it are the local model's.
+  void documentTokensAreCountedByTheServer() {
+    EngineWorker remote;
+    QSignalSpy connected(&remote, &EngineWorker::endpointConnected);
+    remote.connectEndpoint(endpoint_, {}, {});
+    QCOMPARE(connected.count(), 1);
+    std::optional<std::optional<qint64>> tokens;
+    QObject context;
+    QObject::connect(&remote, &EngineWorker::documentReady, &context,
+                     [&](const QString&, const QString&, const QList<qint64>&, std::optional<qint64> counted) {
+                       tokens = counted;
+                     });
+    remote.readDocument(documentPath());
+    QVERIFY(tokens.has_value());
+    QVERIFY(!tokens->has_value());
+    const Answer answer = answer_of(remote, turnsWithDocument());
+    QVERIFY2(answer.failure.isEmpty(), qPrintable(answer.failure));
+    QCOMPARE(answer.stats->prompt_tokens, local_with_document_.stats->prompt_tokens);
+    QVERIFY(answer.stats->prompt_tokens > local_.stats->prompt_tokens + 10);
   }
 
   void unreachableServerIsRefusedWithTheCause() {
@@ -133,21 +165,41 @@ class EndpointTest : public QObject {
     const QString label = window.findChild<QLabel*>(QStringLiteral("modelLabel"))->text();
     QVERIFY2(label.contains(endpoint_) && label.contains(QStringLiteral("no model state is kept here")),
              qPrintable(label));
+    // An attached document says who counts its tokens (never "0 tokens"); the answer's status
+    // gives the server's count of the whole prompt.
+    window.attachFiles({documentPath()});
+    auto* attachments = window.findChild<QListWidget*>(QStringLiteral("attachmentList"));
+    QTRY_COMPARE_WITH_TIMEOUT(attachments->count() > 0 ? attachments->item(0)->text() : QString(),
+                              QStringLiteral("notes.txt — tokens counted by the server"), window_test::kTimeoutMs);
     window_test::ask(window, kQuestion);
     QVERIFY2(!QTest::currentTestFailed(), qPrintable(window.findChild<QLabel*>(QStringLiteral("messageLabel"))->text() +
                                                      QLatin1Char('|') + window_test::statusText(window)));
+    QCOMPARE(attachments->item(0)->text(), QStringLiteral("notes.txt — tokens counted by the server (sent)"));
+    const QString read = QStringLiteral(" %1 prompt tokens read.")
+                             .arg(lightdesk::gui::format_count(local_with_document_.stats->prompt_tokens));
+    QVERIFY2(window_test::statusText(window).contains(read), qPrintable(window_test::statusText(window)));
     const QString transcript = window.findChild<QTextBrowser*>(QStringLiteral("transcript"))->toPlainText();
-    QVERIFY2(transcript.contains(kQuestion) && transcript.contains(local_.text.trimmed()), qPrintable(transcript));
+    QVERIFY2(transcript.contains(kQuestion) && transcript.contains(local_with_document_.text.trimmed()),
+             qPrintable(transcript));
     // The answer joined the session; a local model is not needed for any of it.
     QCOMPARE(sessions.list().size(), 1);
   }
 
  private:
   static Turns turns() { return {{true, kQuestion.toStdString(), {}, {}}}; }
+  QString documentPath() const { return documents_.filePath(QStringLiteral("notes.txt")); }
+  // The question with the document attached, as the window sends it.
+  Turns turnsWithDocument() const {
+    QFile file(documentPath());
+    if (!file.open(QIODevice::ReadOnly)) return {};
+    lightdesk::Document document{documentPath().toStdString(), "text", file.readAll().toStdString(), {}, {}};
+    return {{true, kQuestion.toStdString(), {document}, {}}};
+  }
 
   QProcess server_;
   QString endpoint_;
-  Answer local_;
+  QTemporaryDir documents_;
+  Answer local_, local_with_document_;
 };
 
 QTEST_MAIN(EndpointTest)

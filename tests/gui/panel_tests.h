@@ -42,6 +42,7 @@ class DocumentsPanelTest : public QObject {
  private slots:
   void listsSentPendingAndReading();
   void warnsWhenTheDocumentsExceedTheContext();
+  void documentsAServerReadSayWhoCountsThem();
   void longNamesKeepTheirEndsAndATooltip();
 };
 

@@ -5,6 +5,8 @@ freshly generated haystacks (a seed training never used), by task, length and ne
         --lengths 4096,16384 --out docs/demo-capability.json
     python3 tools/train/bench_capability.py FILLER.txt --expert-dtype int8 --per-cell 2 \
         --out docs/demo-capability-int8.json      (int8 or int4 experts; 40 questions per length)
+    python3 tools/train/bench_capability.py FILLER.txt --expert-dtype int8 --per-cell 2 \
+        --only-lengths 16384 --out docs/demo-capability-16k-int8.json   (16K alone, 4K's documents skipped)
     python3 tools/train/bench_capability.py FILLER.txt --backend cuda --lengths 65536,262144,1048576 \
         --out docs/demo-capability-gpu.json      (on a GPU machine)
     python3 tools/train/bench_capability.py FILLER.txt --out docs/demo-capability.json --plot-only \
@@ -41,6 +43,8 @@ def ask(args, document, question, kind, data_dir):
     command = [str(args.cli), "ask", "--model", str(MODEL), "--document", str(document), "--question", question,
                "--greedy", "--max-new-tokens", "48", "--backend", args.backend, "--data-dir", str(data_dir),
                "--expert-dtype", args.expert_dtype]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
     if args.experts_kept:
         command += ["--experts-kept", str(args.experts_kept), "--stats"]
         if args.experts_pattern != "matched":
@@ -58,6 +62,7 @@ def measure(args):
     tok = prompt.PromptTokenizer(MODEL / "tokenizer.model")
     haystacks = prompt.Haystacks(tok, pathlib.Path(args.filler).read_text().splitlines())
     rng = random.Random(args.seed)
+    asked = [int(x) for x in args.only_lengths.split(",")] if args.only_lengths else None
     results = []
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as data_dir:
         for length in [int(x) for x in args.lengths.split(",")]:
@@ -65,6 +70,8 @@ def measure(args):
                 for depth in [float(x) for x in args.depths.split(",")]:
                     for _ in range(args.per_cell):
                         ex = haystacks.example(rng, length, kinds=[kind], depth=depth)
+                        if asked is not None and length not in asked:
+                            continue  # drawn all the same, so later lengths get the documents of a whole run
                         document = pathlib.Path(tmp) / ex["name"]
                         document.write_text(prompt.document_text(ex["paragraphs"]))
                         answer, seconds, experts = ask(args, document, ex["question"], kind, data_dir)
@@ -113,6 +120,9 @@ def main():
     ap.add_argument("--backend", default="cpu")
     ap.add_argument("--expert-dtype", default="bf16", help="bf16, int8 or int4: the experts' format")
     ap.add_argument("--lengths", default="4096,16384")
+    ap.add_argument("--only-lengths", help="ask only at these of --lengths; the others' documents are still drawn, "
+                    "so each asked length gets the same documents and questions as a run of all --lengths")
+    ap.add_argument("--threads", type=int, default=0, help="the CLI's --threads (0: its default, all cores)")
     ap.add_argument("--kinds", default="record,passkey,needles,story")
     ap.add_argument("--depths", default="0,0.25,0.5,0.75,1")
     ap.add_argument("--per-cell", type=int, default=1)

@@ -80,10 +80,17 @@ void DocumentsPanel::setContents(const Contents& contents) {
     return list_->fontMetrics().elidedText(name, Qt::ElideMiddle, std::max(room - rest_width, room / 4)) + rest;
   };
   auto add = [this, &fitted](const Attachment& attachment, qsizetype pending_index) {
-    document_tokens_ += attachment.tokens;
-    QString rest = tr(" — %1 tokens").arg(format_count(attachment.tokens));
-    if (const qsizetype pages = attachment.page_offsets.size(); pages > 0)
-      rest += QLatin1Char(' ') + (pages == 1 ? tr("in 1 page") : tr("in %1 pages").arg(format_count(pages)));
+    document_tokens_ += attachment.tokens.value_or(0);
+    const qsizetype pages = attachment.page_offsets.size();
+    QString rest;
+    if (attachment.tokens) {
+      rest = tr(" — %1 tokens").arg(format_count(*attachment.tokens));
+      if (pages > 0) rest += QLatin1Char(' ') + (pages == 1 ? tr("in 1 page") : tr("in %1 pages").arg(format_count(pages)));
+    } else if (pages > 0) {
+      rest = (pages == 1 ? tr(" — 1 page") : tr(" — %1 pages").arg(format_count(pages))) + tr(", tokens counted by the server");
+    } else {
+      rest = tr(" — tokens counted by the server");
+    }
     if (pending_index < 0) rest += QLatin1Char(' ') + tr("(sent)");
     const QString name = QFileInfo(attachment.path).fileName();
     auto* item = new QListWidgetItem(fitted(name, rest), list_);

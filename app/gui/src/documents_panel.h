@@ -32,7 +32,8 @@ class DocumentsPanel : public QWidget {
     qint64 context_tokens = 0;      // the model's context; 0 without a model
   };
   void setContents(const Contents& contents);
-  // The tokens of the documents sent and attached (what the next question reads at least).
+  // The tokens of the documents sent and attached (what the next question reads at least); those
+  // a server read are not counted here.
   qint64 documentTokens() const { return document_tokens_; }
 
   // Decodes an image's thumbnail off the GUI thread, then calls `done` (with the reader's error,

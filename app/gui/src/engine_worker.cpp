@@ -200,12 +200,12 @@ void EngineWorker::connectEndpoint(const QString& endpoint, const QString& apiKe
 
 void EngineWorker::readDocument(const QString& path) {
   if (!endpoint_.isEmpty()) {
-    // The server's tokenizer is not here: the document is read, its tokens are not counted.
+    // The server's tokenizer is not here: the document is read, its tokens are counted by the server.
     try {
       const Document document = load_document(to_path(path));
       QList<qint64> page_offsets;
       for (const DocumentAnchor& anchor : document.anchors) page_offsets.append(static_cast<qint64>(anchor.offset));
-      emit documentReady(path, to_qstring(document.text), page_offsets, 0);
+      emit documentReady(path, to_qstring(document.text), page_offsets, std::nullopt);
     } catch (const std::exception& e) {
       emit documentFailed(path, to_qstring(e.what()));
     }

@@ -142,8 +142,10 @@ class EngineWorker : public QObject {
   void modelRejected(const QString& directory, const QString& message);
   // Loading failed: no model is loaded any more.
   void modelFailed(const QString& directory, const QString& message);
-  // `pageOffsets`: PDF only, the byte offset in the UTF-8 text where each page starts.
-  void documentReady(const QString& path, const QString& text, const QList<qint64>& pageOffsets, qint64 tokens);
+  // `pageOffsets`: PDF only, the byte offset in the UTF-8 text where each page starts. `tokens`:
+  // none in server mode, where the server's tokenizer counts them as it reads the question.
+  void documentReady(const QString& path, const QString& text, const QList<qint64>& pageOffsets,
+                     std::optional<qint64> tokens);
   void documentFailed(const QString& path, const QString& message);
   void documentProgress(const QString& path, qint64 bytesDone, qint64 bytesTotal);
   // `secondsLeft` < 0: not known yet.

@@ -703,7 +703,7 @@ void MainWindow::editMessage(qsizetype entry) {
   // enough for a long one to be worth saying.
   qint64 tokens = 0;
   if (entry == 0)
-    for (const Attachment& document : current_.entries[entry].documents) tokens += document.tokens;
+    for (const Attachment& document : current_.entries[entry].documents) tokens += document.tokens.value_or(0);
   conversation_panel_->beginEdit(
       entry, current_.entries[entry].text,
       tokens > 0 ? tr("Sending it reads its documents again (%1 tokens).").arg(format_count(tokens)) : QString());
@@ -1115,7 +1115,7 @@ void MainWindow::attachFiles(const QStringList& paths) {
 }
 
 void MainWindow::onDocumentReady(const QString& path, const QString& text, const QList<qint64>& pageOffsets,
-                                 qint64 tokens) {
+                                 std::optional<qint64> tokens) {
   const auto reading = reading_documents_.find(path);
   if (reading == reading_documents_.end()) return;
   const qint64 session_id = reading->second;

@@ -199,7 +199,8 @@ class MainWindow : public QMainWindow {
   void onModelLoaded(const ModelCheck& check, const QString& family, const SamplingSettings& sampling);
   void onModelRejected(const QString& directory, const QString& message);
   void onModelFailed(const QString& directory, const QString& message);
-  void onDocumentReady(const QString& path, const QString& text, const QList<qint64>& pageOffsets, qint64 tokens);
+  void onDocumentReady(const QString& path, const QString& text, const QList<qint64>& pageOffsets,
+                       std::optional<qint64> tokens);
   void onDocumentFailed(const QString& path, const QString& message);
   void onTextPiece(const QString& reasoning, const QString& answer);
   void onGenerationFinished(const GenerationStats& stats, const EngineStatePtr& state);

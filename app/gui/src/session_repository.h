@@ -24,7 +24,8 @@ struct Attachment {
   QString path;
   QString text;
   QList<qint64> page_offsets;  // PDF: byte offset in the UTF-8 text where each page starts
-  qint64 tokens = 0;
+  // The model's tokens in it; none when a server read it (server mode: its tokenizer is not here).
+  std::optional<qint64> tokens;
 };
 
 struct ChatEntry {

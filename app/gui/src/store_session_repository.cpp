@@ -47,7 +47,7 @@ std::pair<ChatSession, QList<InMemorySessionRepository::Message>> read_session(
     Attachment attachment;
     attachment.path = from_utf8(document.source_path);
     attachment.text = from_utf8(document.text);
-    attachment.tokens = document.token_count.value_or(0);
+    attachment.tokens = document.token_count;
     attachment.page_offsets = QList<qint64>(document.page_offsets.begin(), document.page_offsets.end());
     attachments_by_message.emplace(*document.message_id, std::move(attachment));
   }
