@@ -35,8 +35,8 @@ printf '[sampling]\nM1\\temperature=0\nText01\\temperature=0\n' > "$work/config/
 timeout 600 xvfb-run -a -s "-screen 0 1280x800x24" \
   "$app" --demo "$out" --model "$model" --document "$document" --ask "$first" --ask "$second"
 # Scale 2 (a high-density screen): the tiny model's quick run on a screen of twice the pixels, in
-# a settings file and database of its own; its model-and-document picture is kept (the tiny
-# model's answers are noise).
+# a settings file and database of its own; its model-and-document and system-prompt pictures are
+# kept (the tiny model's answers are noise).
 export XDG_CONFIG_HOME="$work/config2" XDG_DATA_HOME="$work/data2" LIGHTDESK_DATA_DIR="$work/data2/Lightdesk"
 mkdir -p "$work/config2/Lightdesk"
 cp "$work/config/Lightdesk/Lightdesk.conf" "$work/config2/Lightdesk/"
@@ -45,4 +45,5 @@ QT_SCALE_FACTOR=2 timeout 300 xvfb-run -a -s "-screen 0 2560x1600x24" \
   --document "$resources/documents/lightdesk-notes.md" --ask "What does Lightdesk keep with each session?" \
   --ask "And in one sentence?"
 cp "$work/scale2/01-model-and-document.png" "$out/17-scale-2.png"
+cp "$work/scale2/19-system-prompt.png" "$out/21-scale-2-system-prompt.png"
 ls -l "$out"

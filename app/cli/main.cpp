@@ -233,10 +233,12 @@ std::optional<StoredSessionArgs> stored_session_of(const StoredSessionOptions& s
 
 // Loads the stored session into `session` (none without --session); save() it after the run.
 std::unique_ptr<lightdesk::store::NamedSessionState> attach_stored_session(
-    const std::optional<StoredSessionArgs>& stored, lightdesk::Session& session, const Common& c) {
+    const std::optional<StoredSessionArgs>& stored, lightdesk::Session& session, const Common& c,
+    const std::string& system_prompt = {}) {
   if (!stored) return nullptr;
   const auto start = std::chrono::steady_clock::now();
-  auto state = std::make_unique<lightdesk::store::NamedSessionState>(stored->db, stored->name, session, c.chunk);
+  auto state =
+      std::make_unique<lightdesk::store::NamedSessionState>(stored->db, stored->name, session, c.chunk, system_prompt);
   if (!state->notice().empty()) std::fprintf(stderr, "lightdesk-cli: %s\n", state->notice().c_str());
   if (c.stats)
     std::fprintf(stderr, "session \"%s\": %lld tokens restored in %.3f s\n", stored->name.c_str(),
@@ -934,6 +936,7 @@ struct AskArgs {
   std::vector<std::string> documents;
   std::vector<std::string> images;
   std::string question;
+  std::string system;  // the system prompt (empty: none)
   long long max_new_tokens = 512;
   SamplingOptions sampling;
   StoredSessionOptions session;
@@ -951,6 +954,8 @@ CLI::App* add_ask(CLI::App& cli, AskArgs& a) {
   verb->add_option("--document", a.documents, "a document (text, HTML, PDF); repeat for more")->allow_extra_args(false);
   verb->add_option("--image", a.images, "an image (PNG, JPEG, WebP, TIFF); repeat for more")->allow_extra_args(false);
   verb->add_option("--question", a.question, "the question")->required();
+  verb->add_option("--system", a.system,
+                   "a system prompt before the conversation (a stored session keeps the one it began with)");
   verb->add_option("--max-new-tokens", a.max_new_tokens, "longest answer in tokens (default 512)")->check(integer_in(1));
   add_sampling(*verb, a.sampling);
   add_stored_session(*verb, a.session);
@@ -971,7 +976,8 @@ int ask_remote(const AskArgs& a) {
   lightdesk::conversation::Turn turn{true, a.question, {}, {}};
   for (const auto& file : a.documents) turn.documents.push_back(lightdesk::load_document(file));
   lightdesk::remote::RemoteRequest request;
-  request.messages = {{"user", lightdesk::conversation::prompt_text(turn)}};
+  if (!a.system.empty()) request.messages.push_back({"system", a.system});
+  request.messages.push_back({"user", lightdesk::conversation::prompt_text(turn)});
   request.max_tokens = a.max_new_tokens;
   const Sampling sampling = sampling_of(a.sampling);
   request.temperature = sampling.params.temperature;
@@ -1021,7 +1027,7 @@ int cmd_ask(const AskArgs& a) {
   if (a.experts.cached > 0) seed_expert_cache(*model, c, db, query_tokens);
   lightdesk::conversation::Chat chat(*model, *tokenizer, format, vision.get(), c.options.threads);
   lightdesk::Session& session = chat.session();
-  const auto stored = attach_stored_session(stored_session, session, c);
+  const auto stored = attach_stored_session(stored_session, session, c, a.system);
   // A stored session's turns are in its database, not here: the question continues its state.
   if (session.position() > 0) chat.continue_unknown_turns();
   // Each document is read only as far as what is left of the context could hold.
@@ -1035,7 +1041,7 @@ int cmd_ask(const AskArgs& a) {
 
   const auto start = std::chrono::steady_clock::now();
   const std::span<const lightdesk::conversation::Turn> turns(&turn, 1);
-  const lightdesk::conversation::Chat::Prompt prompt = chat.prepare(turns, 0);
+  const lightdesk::conversation::Chat::Prompt prompt = chat.prepare(turns, 0, a.system);
   if (c.stats) {
     std::fprintf(stderr, "tokenized %zu prompt tokens in %.3f s\n", prompt.tokens.size(), seconds_since(start));
     for (const auto& span : prompt.documents) {

@@ -374,7 +374,7 @@ Generation Server::Impl::generate(std::span<const TokenId> prompt, const Common&
   const auto kept = states->longest_prefix_of(prompt);
   if (kept && kept->token_count() > held_prefix) {
     try {
-      kept->import_into(*session);
+      kept->import_into(*session, {});  // found by its token ids, system messages included
       g.reused_tokens = kept->token_count();
     } catch (const std::exception& e) {
       std::fprintf(stderr, "lightdesk-server: a kept state was refused: %s\n", e.what());

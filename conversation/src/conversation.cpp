@@ -30,8 +30,10 @@ std::string prompt_text(const Turn& turn) {
   return turn.from_user ? document_question_text(turn.documents, turn.text) : turn.text;
 }
 
-Conversation to_chat(std::span<const Turn> turns) {
+Conversation to_chat(std::span<const Turn> turns, const std::string& system_prompt) {
   Conversation chat;
+  if (!system_prompt.empty())
+    chat.messages.push_back({ChatMessage::Role::System, {{ChatPart::Kind::Text, system_prompt, {}}}});
   for (const Turn& turn : turns) {
     ChatMessage message{turn.from_user ? ChatMessage::Role::User : ChatMessage::Role::Assistant, {}};
     message.parts.resize(turn.images.size(), ChatPart{ChatPart::Kind::Image, {}, {}});
@@ -74,8 +76,8 @@ Chat::Chat(Model& model, const Tokenizer& tokenizer, const ChatFormat& format, v
       threads_(threads),
       session_(model.create_session()) {}
 
-Chat::Prompt Chat::prepare(std::span<const Turn> turns, std::int64_t owner) {
-  if (unfinished_ && unfinished_->owner == owner &&
+Chat::Prompt Chat::prepare(std::span<const Turn> turns, std::int64_t owner, const std::string& system_prompt) {
+  if (unfinished_ && unfinished_->owner == owner && unfinished_->system_prompt == system_prompt &&
       std::equal(turns.begin(), turns.end(), unfinished_->turns.begin(), unfinished_->turns.end())) {
     // A stopped read of the same prompt: the session holds its first positions.
     const std::int64_t read = session_->position() - unfinished_->base;
@@ -91,9 +93,12 @@ Chat::Prompt Chat::prepare(std::span<const Turn> turns, std::int64_t owner) {
     }
   }
   unfinished_.reset();
+  // The system prompt opens the state: under another one nothing of it can be reused. (A state of
+  // unknown turns was checked by whoever restored it.)
   const bool continues =
       (held_unknown_ && session_->position() > 0) ||
-      (!held_.empty() && turns.size() > held_.size() && std::equal(held_.begin(), held_.end(), turns.begin()));
+      (!held_.empty() && held_system_ == system_prompt && turns.size() > held_.size() &&
+       std::equal(held_.begin(), held_.end(), turns.begin()));
   const std::span<const Turn> fed = continues && !held_unknown_ ? turns.subspan(held_.size()) : turns;
   Prompt prompt;
   for (const Turn& turn : fed) {
@@ -106,11 +111,12 @@ Chat::Prompt Chat::prepare(std::span<const Turn> turns, std::int64_t owner) {
   std::vector<TokenId> rendered;
   if (fed.size() == 1 && fed.front().from_user) {
     DocumentPrompt single = document_prompt(format_, tokenizer_, fed.front().documents, fed.front().text, threads_,
-                                            {static_cast<int>(fed.front().images.size()), continues});
+                                            {static_cast<int>(fed.front().images.size()), continues,
+                                             continues ? std::string() : system_prompt});
     rendered = std::move(single.ids);
     prompt.documents = std::move(single.documents);
   } else {
-    const Conversation chat = to_chat(fed);
+    const Conversation chat = to_chat(fed, continues ? std::string() : system_prompt);
     rendered = (continues ? format_.render_continuation(chat) : format_.render(chat)).encode(tokenizer_, threads_);
   }
   const std::int64_t reused = continues ? session_->position() : 0;
@@ -142,7 +148,7 @@ Chat::Prompt Chat::prepare(std::span<const Turn> turns, std::int64_t owner) {
   }
   // A prompt with images is read again whole after a stop (its rows are not kept).
   if (prompt.image_rows.empty())
-    unfinished_ = Unfinished{{turns.begin(), turns.end()}, owner, reused, prompt.tokens, 0};
+    unfinished_ = Unfinished{{turns.begin(), turns.end()}, owner, system_prompt, reused, prompt.tokens, 0};
   // The owner keeps the K/V of the held positions already: the answer's state to save needs
   // only its own (for a long session nearly all of the state is the earlier K/V). Another
   // conversation's saved state, continued because its turns are the same, is not its owner's.
@@ -150,6 +156,7 @@ Chat::Prompt Chat::prepare(std::span<const Turn> turns, std::int64_t owner) {
   kv_saved_ = prompt.kv_saved;
   if (unfinished_) unfinished_->kv_saved = prompt.kv_saved;
   held_owner_ = owner;
+  held_system_ = system_prompt;
   return prompt;
 }
 
@@ -161,13 +168,16 @@ void Chat::finish(std::span<const Turn> turns, const std::string& answer, const 
   held_state_saved_ = true;  // the owner saves it; forget_saved_state() says when that failed
 }
 
-EngineState::Streamed Chat::stream_state() const { return EngineState::stream_of(*session_, kv_saved_); }
+EngineState::Streamed Chat::stream_state() const {
+  return EngineState::stream_of(*session_, kv_saved_, held_system_);
+}
 
-void Chat::adopt(const SavedState& state, std::vector<Turn> held, std::int64_t owner) {
+void Chat::adopt(const SavedState& state, std::vector<Turn> held, std::int64_t owner, const std::string& system_prompt) {
   forget_held_turns();
-  state.import_into(*session_);
+  state.import_into(*session_, system_prompt);
   held_ = std::move(held);
   held_owner_ = owner;
+  held_system_ = system_prompt;
   held_state_saved_ = true;
 }
 

@@ -165,10 +165,12 @@ std::size_t EngineState::bytes() const {
   return total;
 }
 
-std::shared_ptr<const EngineState> EngineState::copy_of(const Session& session, std::int64_t kv_first) {
+std::shared_ptr<const EngineState> EngineState::copy_of(const Session& session, std::int64_t kv_first,
+                                                        std::string system_prompt) {
   auto state = std::make_shared<EngineState>();
   state->model_ = session.model().info();
   state->tokens_ = session.tokens();
+  state->system_prompt_ = std::move(system_prompt);
   state->kv_first_ = kv_first;
   state->kv_dtype_ = session.kv_dtype();
   // Whole softmax layers per part: the store cuts them into rows of its own size.
@@ -177,10 +179,12 @@ std::shared_ptr<const EngineState> EngineState::copy_of(const Session& session, 
   return state;
 }
 
-EngineState::Streamed EngineState::stream_of(const Session& session, std::int64_t kv_first) {
+EngineState::Streamed EngineState::stream_of(const Session& session, std::int64_t kv_first,
+                                             std::string system_prompt) {
   auto state = std::make_shared<EngineState>();
   state->model_ = session.model().info();
   state->tokens_ = session.tokens();
+  state->system_prompt_ = std::move(system_prompt);
   state->kv_first_ = kv_first;
   state->kv_dtype_ = session.kv_dtype();
   state->handoff_ = std::make_shared<StateHandoff>();
@@ -193,6 +197,7 @@ std::shared_ptr<const EngineState> EngineState::materialized(std::shared_ptr<con
   auto copy = std::make_shared<EngineState>();
   copy->model_ = state->model_;
   copy->tokens_ = state->tokens_;
+  copy->system_prompt_ = state->system_prompt_;
   copy->kv_first_ = state->kv_first_;
   copy->kv_dtype_ = state->kv_dtype_;
   // Whole softmax layers per part, as copy_of.
@@ -212,7 +217,10 @@ std::shared_ptr<const EngineState> EngineState::continuing(std::shared_ptr<const
   return joined;
 }
 
-void EngineState::import_into(Session& session) const {
+void EngineState::import_into(Session& session, const std::string& system_prompt) const {
+  if (const std::string mismatch = store::system_prompt_mismatch("the saved state", system_prompt_, system_prompt);
+      !mismatch.empty())
+    throw Error(mismatch);
   if (kv_first() > 0)
     throw Error("the saved state holds the K/V from position " + std::to_string(kv_first_) + " on only");
   Session::Import import = session.begin_import(static_cast<std::int64_t>(tokens_.size()));
@@ -227,15 +235,15 @@ store::StateSource EngineState::source() const {
     return {model_, tokens_,
             [this](const std::function<void(const StatePart&)>& sink, std::int64_t kv_chunk_tokens,
                    std::int64_t kv_from) { handoff_->pull(sink, kv_chunk_tokens, kv_from); },
-            kv_first(), kv_dtype_};
+            kv_first(), kv_dtype_, system_prompt_};
   return {model_, tokens_,
           [this](const std::function<void(const StatePart&)>& sink, std::int64_t, std::int64_t) { for_each_part(sink); },
-          kv_first(), kv_dtype_};
+          kv_first(), kv_dtype_, system_prompt_};
 }
 
-void StoredCheckpoint::import_into(Session& session) const {
+void StoredCheckpoint::import_into(Session& session, const std::string& system_prompt) const {
   store::Store store(database_);
-  store.load_checkpoint(checkpoint_id_, session);
+  store.load_checkpoint(checkpoint_id_, session, system_prompt);
 }
 
 }  // namespace lightdesk::conversation

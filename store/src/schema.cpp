@@ -220,9 +220,16 @@ ALTER TABLE kv_spans ADD COLUMN expert_selection TEXT;
 ALTER TABLE messages ADD COLUMN expert_lost_mass REAL;
 )sql";
 
+// Version 9: a checkpoint records the system prompt its state was computed with (it is in the
+// state's prefix): a restore under another one is refused. Checkpoints written before had none.
+// K/V spans need no such column: their prefix hash covers the system prompt's tokens.
+constexpr const char* kSystemPrompts = R"sql(
+ALTER TABLE checkpoints ADD COLUMN system_prompt TEXT NOT NULL DEFAULT '';
+)sql";
+
 constexpr std::array<const char*, kSchemaVersion> kSteps = {kConversations,     kCheckpoints,   kSearch,
                                                             kDocumentMessages,  kDocumentPages, kKvRowTypes,
-                                                            kKvFiles,           kExpertPatterns};
+                                                            kKvFiles,           kExpertPatterns, kSystemPrompts};
 
 }  // namespace
 

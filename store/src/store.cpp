@@ -93,13 +93,13 @@ Document read_document(const sql::Statement& row) {
 
 constexpr const char* kCheckpointColumns =
     "c.id, c.session_id, c.message_id, c.model_id, m.fingerprint, c.position, c.layout_version, c.dtype, "
-    "c.expert_selection, c.complete, c.created_at FROM checkpoints c JOIN models m ON m.id = c.model_id";
+    "c.expert_selection, c.system_prompt, c.complete, c.created_at FROM checkpoints c JOIN models m ON m.id = c.model_id";
 
 CheckpointRecord read_checkpoint_record(const sql::Statement& row) {
   CheckpointRecord c;
   std::optional<std::string> experts;
   row.columns(c.id, c.session_id, c.message_id, c.model_id, c.model_fingerprint, c.position, c.layout_version,
-              c.dtype, experts, c.complete, c.created_at);
+              c.dtype, experts, c.system_prompt, c.complete, c.created_at);
   c.experts = parse_expert_selection_json(experts);
   return c;
 }
@@ -228,7 +228,7 @@ struct Store::Impl {
   }
 
   std::vector<TokenId> read(std::int64_t checkpoint_id, const ModelInfo& info,
-                            const std::function<void(const StatePart&)>& sink);
+                            const std::function<void(const StatePart&)>& sink, const std::string& system_prompt);
 };
 
 Store::Store(const std::filesystem::path& path) : Store(path, Options{}) {}
@@ -519,13 +519,13 @@ class CheckpointWriter {
 }  // namespace
 
 std::int64_t Store::save_checkpoint(std::int64_t session_id, const Session& session,
-                                    std::optional<std::int64_t> message_id) {
+                                    std::optional<std::int64_t> message_id, const std::string& system_prompt) {
   return save_checkpoint(
       session_id,
       StateSource{session.model().info(), session.tokens(),
                   [&session](const std::function<void(const StatePart&)>& sink, std::int64_t kv_chunk_tokens,
                              std::int64_t kv_from) { session.export_state(sink, kv_chunk_tokens, kv_from); },
-                  0, session.kv_dtype()},
+                  0, session.kv_dtype(), system_prompt},
       message_id);
 }
 
@@ -554,10 +554,10 @@ std::int64_t Store::save_checkpoint(std::int64_t session_id, const StateSource& 
     const auto token_blob = token_bytes(tokens);
     sql::Statement(db,
                    "INSERT INTO checkpoints(session_id, message_id, model_id, position, layout_version, dtype, tokens, "
-                   "tokens_checksum, expert_selection, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                   "tokens_checksum, expert_selection, system_prompt, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
         .bind_all(session_id, message_id, model_id, position, static_cast<std::int64_t>(StatePart::kLayoutVersion),
                   std::string(state_dtype_name(source.kv_dtype)), token_blob, checksum_of(token_blob), experts,
-                  now_seconds())
+                  source.system_prompt, now_seconds())
         .run();
     checkpoint_id = db.last_insert_rowid();
     sql::Statement link(db, "INSERT INTO checkpoint_spans(checkpoint_id, span_id) VALUES (?, ?)");
@@ -680,21 +680,22 @@ auto refusing(std::int64_t checkpoint_id, Body body) {
 
 }  // namespace
 
-void Store::load_checkpoint(std::int64_t checkpoint_id, Session& session) {
+void Store::load_checkpoint(std::int64_t checkpoint_id, Session& session, const std::string& system_prompt) {
   refusing(checkpoint_id, [&] {
     const auto record = impl_->query_all<CheckpointRecord>(
         std::string("SELECT ") + kCheckpointColumns + " WHERE c.id = ?", read_checkpoint_record, checkpoint_id);
     if (record.empty()) throw StateRefused("checkpoint " + std::to_string(checkpoint_id) + " does not exist");
     Session::Import import = session.begin_import(record.front().position);
-    const auto tokens = impl_->read(checkpoint_id, session.model().info(),
-                                    [&import](const StatePart& part) { import.add(part); });
+    const auto tokens = impl_->read(
+        checkpoint_id, session.model().info(), [&import](const StatePart& part) { import.add(part); }, system_prompt);
     import.commit(tokens);
   });
 }
 
 std::vector<TokenId> Store::read_checkpoint(std::int64_t checkpoint_id, const ModelInfo& model,
-                                            const std::function<void(const StatePart&)>& sink) {
-  return refusing(checkpoint_id, [&] { return impl_->read(checkpoint_id, model, sink); });
+                                            const std::function<void(const StatePart&)>& sink,
+                                            const std::string& system_prompt) {
+  return refusing(checkpoint_id, [&] { return impl_->read(checkpoint_id, model, sink, system_prompt); });
 }
 
 namespace {
@@ -801,7 +802,8 @@ class KvFileRowReader {
 }  // namespace
 
 std::vector<TokenId> Store::Impl::read(std::int64_t checkpoint_id, const ModelInfo& info,
-                                       const std::function<void(const StatePart&)>& sink) {
+                                       const std::function<void(const StatePart&)>& sink,
+                                       const std::string& system_prompt) {
   const std::string name = "checkpoint " + std::to_string(checkpoint_id);
   auto records = query_all<CheckpointRecord>(std::string("SELECT ") + kCheckpointColumns + " WHERE c.id = ?",
                                              read_checkpoint_record, checkpoint_id);
@@ -822,6 +824,8 @@ std::vector<TokenId> Store::Impl::read(std::int64_t checkpoint_id, const ModelIn
   if (record.experts != info.experts)
     throw StateRefused(name + " was computed with " + record.experts.describe() + ", not with " +
                        info.experts.describe());
+  if (const std::string mismatch = system_prompt_mismatch(name, record.system_prompt, system_prompt); !mismatch.empty())
+    throw StateRefused(mismatch);
   // Layout version 1 (float32 throughout) reads as version 2 with f32 rows.
   if ((record.layout_version != StatePart::kLayoutVersion && record.layout_version != 1) ||
       !parse_state_dtype(record.dtype))
@@ -950,8 +954,8 @@ std::int64_t Store::checkpoint_bytes(std::int64_t checkpoint_id) {
 // ---------------------------------------------------------------------------------------------
 
 NamedSessionState::NamedSessionState(const std::filesystem::path& db, const std::string& name, Session& session,
-                                     std::int64_t prefill_chunk_tokens)
-    : store_(db), session_(session) {
+                                     std::int64_t prefill_chunk_tokens, std::string system_prompt)
+    : store_(db), session_(session), system_prompt_(std::move(system_prompt)) {
   if (auto record = store_.find_session(name)) {
     session_id_ = record->id;
   } else {
@@ -959,10 +963,16 @@ NamedSessionState::NamedSessionState(const std::filesystem::path& db, const std:
   }
   const auto checkpoint = store_.latest_checkpoint(session_id_);
   if (!checkpoint) return;
+  // The conversation's messages are not rendered here: a state of another system prompt cannot be
+  // recomputed, only refused.
+  if (const std::string mismatch =
+          system_prompt_mismatch("session \"" + name + "\"", checkpoint->system_prompt, system_prompt_);
+      !mismatch.empty())
+    throw Error(mismatch + ": continue it with its own system prompt, or start another session");
   base_checkpoint_id_ = checkpoint->id;
   last_message_id_ = checkpoint->message_id;
   try {
-    store_.load_checkpoint(checkpoint->id, session);
+    store_.load_checkpoint(checkpoint->id, session, system_prompt_);
     return;
   } catch (const StateRefused& e) {
     notice_ = std::string("session \"") + name + "\": " + e.what();
@@ -994,7 +1004,7 @@ void NamedSessionState::save() {
                 "\" moved on while this run went on (another process saved it at " +
                 std::to_string(newer->position) + " tokens); this run's state is not saved: run again to continue "
                 "from there");
-  base_checkpoint_id_ = store_.save_checkpoint(session_id_, session_);
+  base_checkpoint_id_ = store_.save_checkpoint(session_id_, session_, std::nullopt, system_prompt_);
 }
 
 std::int64_t NamedSessionState::save_exchange(Message question, Message answer) {
@@ -1011,7 +1021,7 @@ std::int64_t NamedSessionState::save_exchange(Message question, Message answer) 
   }
   answer.parent_id = store_.add_message(question);
   last_message_id_ = store_.add_message(answer);
-  base_checkpoint_id_ = store_.save_checkpoint(session_id_, session_, last_message_id_);
+  base_checkpoint_id_ = store_.save_checkpoint(session_id_, session_, last_message_id_, system_prompt_);
   return *last_message_id_;
 }
 
@@ -1148,6 +1158,20 @@ std::vector<ExpertPattern> parse_expert_patterns_json(const std::string& text, c
   } catch (const lightdesk::Error& e) {
     throw Error(source + ": " + e.what());
   }
+}
+
+std::string system_prompt_mismatch(const std::string& name, const std::string& saved, const std::string& wanted) {
+  if (saved == wanted) return {};
+  // Long prompts are named by their beginning (cut between characters): enough to tell them apart.
+  const auto quoted = [](const std::string& prompt) {
+    std::size_t cut = std::min<std::size_t>(prompt.size(), 60);
+    while (cut > 0 && cut < prompt.size() && (static_cast<unsigned char>(prompt[cut]) & 0xC0) == 0x80) --cut;
+    std::string shown = prompt.substr(0, cut);
+    std::replace(shown.begin(), shown.end(), '\n', ' ');
+    return "the system prompt \u201c" + shown + (cut < prompt.size() ? "\u2026" : "") + "\u201d";
+  };
+  return name + " was computed " + (saved.empty() ? std::string("without a system prompt") : "with " + quoted(saved)) +
+         "; the conversation now has " + (wanted.empty() ? std::string("none") : quoted(wanted));
 }
 
 std::optional<std::string> expert_selection_json(const ExpertSelection& experts) {

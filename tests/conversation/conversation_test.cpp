@@ -136,6 +136,61 @@ TEST_F(ChatTest, ASingleQuestionSaysWhereItsDocumentsLie) {
   EXPECT_EQ(prompt_text({true, "Hello", {}, {}}), "Question: Hello");
 }
 
+// The system prompt opens every render of the session: the first turn's prompt is the format's
+// render of a system message and the question (the document layout included), a follow-up under
+// the same one feeds only itself, and another system prompt starts from an empty state.
+TEST_F(ChatTest, TheSystemPromptOpensTheConversation) {
+  const std::string system = "Answer in one word.";
+  Document notes{"notes.txt", "text", "Alpha beta gamma delta.", {}, {}};
+  std::vector<Turn> turns{{true, "What follows beta?", {notes}, {}}};
+  const Chat::Prompt first = chat_->prepare(turns, 1, system);
+  EXPECT_EQ(first.tokens, format_->render(to_chat(turns, system)).encode(*tokenizer_));
+  EXPECT_NE(first.tokens, format_->render(to_chat(turns)).encode(*tokenizer_));
+  // The documents are still placed right after a system message.
+  ASSERT_EQ(first.documents.size(), 1u);
+  const std::vector<TokenId> inside(first.tokens.begin() + first.documents[0].first_token,
+                                    first.tokens.begin() + first.documents[0].end_token);
+  EXPECT_NE(tokenizer_->decode(inside).find("Alpha beta gamma"), std::string::npos) << tokenizer_->decode(inside);
+  const auto generated = answer(first);
+  chat_->finish(turns, tokenizer_->decode(generated), generated);
+  const std::int64_t held = chat_->session().position();
+  turns.push_back(chat_->held_turns().back());
+  turns.push_back({true, "And then?", {}, {}});
+  EXPECT_EQ(chat_->prepare(turns, 1, system).reused, held);
+  // The same turns under another system prompt: read again whole, opening with the new one.
+  const Chat::Prompt changed = chat_->prepare(turns, 1, "Answer in French.");
+  EXPECT_EQ(changed.reused, 0);
+  EXPECT_EQ(changed.tokens, format_->render(to_chat(turns, "Answer in French.")).encode(*tokenizer_));
+}
+
+// A saved state records its system prompt: adopting it under another one is refused by name and
+// leaves nothing reusable, so the next prompt is read whole.
+TEST_F(ChatTest, AStateOfAnotherSystemPromptIsNotAdopted) {
+  std::vector<Turn> turns{{true, "Hello", {}, {}}};
+  const auto generated = answer(chat_->prepare(turns, 1, "Be brief."));
+  chat_->finish(turns, tokenizer_->decode(generated), generated);
+  auto streamed = chat_->stream_state();
+  std::thread reader([&streamed] { streamed.state = EngineState::materialized(std::move(streamed.state)); });
+  streamed.producer.serve(chat_->session());
+  reader.join();
+  const EngineStatePtr saved = streamed.state;
+  EXPECT_EQ(saved->system_prompt(), "Be brief.");
+  std::vector<Turn> held = chat_->held_turns();
+  Chat other(*model_, *tokenizer_, *format_, nullptr);
+  try {
+    other.adopt(*saved, held, 1, "Be thorough.");
+    FAIL() << "a state of another system prompt was adopted";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), "the saved state was computed with the system prompt \u201cBe brief.\u201d; the "
+                                     "conversation now has the system prompt \u201cBe thorough.\u201d");
+  }
+  held.push_back({true, "And then?", {}, {}});
+  EXPECT_EQ(other.prepare(held, 1, "Be thorough.").reused, 0);
+  Chat same(*model_, *tokenizer_, *format_, nullptr);
+  same.adopt(*saved, chat_->held_turns(), 1, "Be brief.");
+  EXPECT_EQ(same.prepare(held, 1, "Be brief.").reused, saved->token_count());
+}
+
 class DocumentTest : public ChatTest {
  protected:
   std::filesystem::path write(const std::string& text) {
@@ -305,7 +360,7 @@ TEST_F(StreamedStateTest, NeitherSideWaitsForAGoneOther) {
   EXPECT_FALSE(copy->streamed());
   EXPECT_EQ(copy->bytes(), EngineState::copy_of(*session_)->bytes());
   auto restored = model_->create_session();
-  copy->import_into(*restored);
+  copy->import_into(*restored, {});
   EXPECT_EQ(restored->tokens(), session_->tokens());
 }
 

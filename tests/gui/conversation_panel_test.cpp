@@ -246,3 +246,50 @@ void ConversationPanelTest::showInDocumentOnlyWithDocuments() {
   QCOMPARE(show.size(), 1);
   QCOMPARE(show.front().at(0).toLongLong(), 1);
 }
+
+// The session's system prompt at the top of the transcript: a short one shown whole, a longer one
+// folded to its first line until its link is clicked; "✎ Change" asks for the session settings.
+void ConversationPanelTest::systemPromptFoldsToItsFirstLine() {
+  ConversationPanel panel;
+  panel.show();
+  auto* transcript = panel.findChild<QTextBrowser*>(QStringLiteral("transcript"));
+  panel.setSystemPrompt(QStringLiteral("Be brief."));
+  panel.showConversation(two_turns(), std::nullopt, true);
+  QVERIFY2(transcript->toPlainText().startsWith(QStringLiteral("System prompt: Be brief.")), qPrintable(transcript->toPlainText()));
+  QVERIFY(!transcript->toHtml().contains(QStringLiteral("systemprompt:")));
+  panel.setSystemPrompt(QStringLiteral("Answer in French.\nCite the page of every fact."));
+  panel.showConversation(two_turns(), std::nullopt, true);
+  QVERIFY2(transcript->toPlainText().startsWith(QStringLiteral("▸ System prompt: Answer in French.…")),
+           qPrintable(transcript->toPlainText()));
+  QVERIFY(!transcript->toPlainText().contains(QStringLiteral("Cite the page")));
+  emit transcript->anchorClicked(QUrl(QStringLiteral("systemprompt:")));
+  QVERIFY(transcript->toPlainText().startsWith(QStringLiteral("▾ System prompt")));
+  QVERIFY(transcript->toPlainText().contains(QStringLiteral("Answer in French.\nCite the page of every fact.")));
+  QSignalSpy change(&panel, &ConversationPanel::systemPromptEditRequested);
+  emit transcript->anchorClicked(QUrl(QStringLiteral("systempromptedit:")));
+  QCOMPARE(change.size(), 1);
+  // Not while an answer is written.
+  panel.showConversation(two_turns(), ChatEntry{ChatEntry::Role::Assistant, {}, {}, {}, {}}, false);
+  QVERIFY(!transcript->toPlainText().contains(QStringLiteral("✎ Change")));
+}
+
+// The answer being written, shown again (another session left and come back to, a palette
+// change), keeps what came so far, and goes on from there.
+void ConversationPanelTest::streamedTextSurvivesARerender() {
+  ConversationPanel panel;
+  panel.show();
+  auto* transcript = panel.findChild<QTextBrowser*>(QStringLiteral("transcript"));
+  QList<ChatEntry> question = two_turns().mid(0, 1);
+  panel.showConversation(question, ChatEntry{ChatEntry::Role::Assistant, {}, {}, {}, {}}, false);
+  panel.appendStreamed(QStringLiteral("Chests hold letters. "), true);
+  panel.appendStreamed(QStringLiteral("In the blue"), false);
+  panel.showConversation(question,
+                         ChatEntry{ChatEntry::Role::Assistant, QStringLiteral("In the blue"),
+                                   QStringLiteral("Chests hold letters. "), {}, {}},
+                         false);
+  panel.appendStreamed(QStringLiteral(" chest."), false);
+  const QString text = transcript->toPlainText();
+  QVERIFY2(text.endsWith(QStringLiteral("Chests hold letters. In the blue chest.")), qPrintable(text));
+  QCOMPARE(text.count(QStringLiteral("Chests hold letters.")), 1);
+  QVERIFY(!text.contains(QStringLiteral("Show reasoning")));
+}

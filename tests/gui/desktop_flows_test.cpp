@@ -231,10 +231,11 @@ class DesktopFlowsTest : public QObject {
     QSignalSpy generate(window_.get(), &MainWindow::generateRequested);
     window_test::ask(*window_, QStringLiteral("Again?"));
     QCOMPARE(generate.size(), 1);
-    const auto used = generate.front().at(1).value<lightdesk::gui::SamplingSettings>();
+    const auto used = generate.front().at(2).value<lightdesk::gui::SamplingSettings>();
     QCOMPARE(used, own);
     // The dialog offers the family's sampling until the session has its own.
-    lightdesk::gui::SessionSamplingDialog dialog(QStringLiteral("S"), QStringLiteral("M1"), {1.0, 0.95, 0, 8}, std::nullopt);
+    lightdesk::gui::SessionSettingsDialog dialog(QStringLiteral("S"), {}, QStringLiteral("M1"), {1.0, 0.95, 0, 8},
+                                                 std::nullopt);
     QVERIFY(!dialog.sampling());
     dialog.findChild<QCheckBox*>(QStringLiteral("ownSamplingBox"))->setChecked(true);
     dialog.findChild<QSpinBox*>(QStringLiteral("maxNewTokensBox"))->setValue(5);

@@ -55,7 +55,7 @@ Answer answer_of(EngineWorker& worker, const Turns& turns) {
                    });
   QObject::connect(&worker, &EngineWorker::generationFailed, &context,
                    [&](const QString& message) { answer.failure = message; });
-  worker.generate(turns, greedy(), 1);
+  worker.generate(turns, {}, greedy(), 1);
   return answer;
 }
 

@@ -307,7 +307,9 @@ class MainWindowTest : public QObject {
   }
 
   void conversationMarkdown() {
-    lightdesk::gui::ChatSession session{1, QStringLiteral("Revenue"), {}, {}};
+    lightdesk::gui::ChatSession session;
+    session.id = 1;
+    session.title = QStringLiteral("Revenue");
     session.entries.append({lightdesk::gui::ChatEntry::Role::User, QStringLiteral("How much?"), {},
                             {{QStringLiteral("/tmp/q3.pdf"), QStringLiteral("text"), {}, 10}}, {}});
     session.entries.append({lightdesk::gui::ChatEntry::Role::Assistant, QStringLiteral("Twelve percent."),
@@ -406,13 +408,13 @@ class MainWindowTest : public QObject {
     QCOMPARE(later->kv_first(), 40);
 
     auto restored = model->create_session();
-    QVERIFY_THROWS_EXCEPTION(lightdesk::Error, later->import_into(*restored));
+    QVERIFY_THROWS_EXCEPTION(lightdesk::Error, later->import_into(*restored, {}));
     auto stranger = model->create_session();
     stranger->feed(all.subspan(1, 40));
     QVERIFY_THROWS_EXCEPTION(lightdesk::Error, later->continuing(EngineState::copy_of(*stranger)));
     const EngineStatePtr joined = later->continuing(earlier);
     QCOMPARE(joined->kv_first(), 0);
-    joined->import_into(*restored);
+    joined->import_into(*restored, {});
     session->feed(all.last(1));
     restored->feed(all.last(1));
     QVERIFY(std::equal(session->logits().begin(), session->logits().end(), restored->logits().begin(),
@@ -441,7 +443,7 @@ class MainWindowTest : public QObject {
     QVERIFY(loaded != nullptr);
     QCOMPARE(loaded->token_count(), 60);
     auto reloaded = model->create_session();
-    loaded->import_into(*reloaded);
+    loaded->import_into(*reloaded, {});
     reloaded->feed(all.last(1));
     QVERIFY(std::equal(session->logits().begin(), session->logits().end(), reloaded->logits().begin(),
                        reloaded->logits().end()));

@@ -24,6 +24,8 @@ class ConversationPanelTest : public QObject {
   void enterSendsAndShiftEnterAddsALine();
   void streamingAnswerIsMarkedAsWriting();
   void showInDocumentOnlyWithDocuments();
+  void systemPromptFoldsToItsFirstLine();
+  void streamedTextSurvivesARerender();
 };
 
 class DocumentViewerTest : public QObject {

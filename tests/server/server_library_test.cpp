@@ -119,7 +119,7 @@ void StateCacheTest::check_longest_prefix(StateCache& cache) {
 
   // Restored and continued, the logits are those of the whole prompt fed at once.
   auto restored = model_->create_session();
-  kept->import_into(*restored);
+  kept->import_into(*restored, {});
   restored->feed(c);
   auto whole = model_->create_session();
   whole->feed(abc);

@@ -218,6 +218,38 @@ TEST_F(CliSessionTest, AskContinuesTheStoredConversation) {
   EXPECT_EQ(stdout_, join(second_answer) + "\n");
 }
 
+// ask --system: the first turn's prompt is the chat format's render of the system message and the
+// question; the stored session records it, goes on under it, and refuses to go on without it.
+TEST_F(CliSessionTest, AskWithASystemPromptKeepsItWithTheSession) {
+  const auto model_dir = std::filesystem::path(LIGHTDESK_SOURCE_DIR) / "resources/models/tiny-a-m1-rd8";
+  const std::string ask = "ask --model '" + model_dir.string() + "' --greedy --max-new-tokens 4 " + session();
+  ASSERT_EQ(cli(ask + " --system 'Answer in one word.' --question 'What is it?'"), 0) << stderr_;
+  {
+    Store store(scratch_ / "sessions.db");
+    const auto session_id = store.find_session("s")->id;
+    const auto checkpoint = store.latest_checkpoint(session_id);
+    ASSERT_TRUE(checkpoint);
+    EXPECT_EQ(checkpoint->system_prompt, "Answer in one word.");
+    const auto tokenizer = Tokenizer::open(model_dir);
+    const auto format = ChatFormat::for_model(model_dir, *tokenizer);
+    Conversation first;
+    first.messages.push_back({ChatMessage::Role::System, {{ChatPart::Kind::Text, "Answer in one word.", {}}}});
+    first.messages.push_back({ChatMessage::Role::User, {{ChatPart::Kind::Text, "Question: What is it?", {}}}});
+    const auto expected = format.render(first).encode(*tokenizer);
+    const auto held = store.checkpoint_tokens(checkpoint->id);
+    ASSERT_GT(held.size(), expected.size());
+    EXPECT_TRUE(std::equal(expected.begin(), expected.end(), held.begin()));
+  }
+  ASSERT_EQ(cli(ask + " --system 'Answer in one word.' --question 'And then?'"), 0) << stderr_;
+  EXPECT_EQ(cli(ask + " --question 'And now?'"), 1);
+  EXPECT_NE(stderr_.find("session \"s\" was computed with the system prompt \u201cAnswer in one word.\u201d; the "
+                         "conversation now has none"),
+            std::string::npos)
+      << stderr_;
+  EXPECT_EQ(std::count(stderr_.begin(), stderr_.end(), '\n'), 1) << stderr_;
+  EXPECT_EQ(Store(scratch_ / "sessions.db").messages(Store(scratch_ / "sessions.db").find_session("s")->id).size(), 4u);
+}
+
 // A state computed with bf16 experts is not continued with int8 ones: refused by name, and
 // recomputed from its tokens as for another model; the int8 run's own state then continues.
 TEST_F(CliSessionTest, AnotherExpertFormatRecomputesTheStoredTokens) {

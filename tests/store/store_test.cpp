@@ -696,6 +696,83 @@ TEST_F(StoreTest, AFailedSaveLeavesNothingBehind) {
   EXPECT_EQ(restored->position(), 20);
 }
 
+// The system prompt is in a state's prefix: a checkpoint records it, a restore under another one
+// is refused naming both, and a named session of another system prompt cannot go on.
+TEST_F(StoreTest, AStateOfAnotherSystemPromptIsRefusedByName) {
+  const auto tokens = token_ids(20, 16);
+  {
+    auto writer = model_->create_session();
+    NamedSessionState state(db_path(), "chat", *writer, 0, "Answer in French.");
+    writer->feed(tokens);
+    state.save();
+  }
+  Store store(db_path());
+  const auto checkpoint = store.latest_checkpoint(store.find_session("chat")->id);
+  ASSERT_TRUE(checkpoint);
+  EXPECT_EQ(checkpoint->system_prompt, "Answer in French.");
+  auto session = busy_session();
+  const auto before = session->tokens();
+  try {
+    store.load_checkpoint(checkpoint->id, *session, "Answer in German.");
+    FAIL() << "a state of another system prompt was loaded";
+  } catch (const StateRefused& e) {
+    EXPECT_EQ(std::string(e.what()), "checkpoint " + std::to_string(checkpoint->id) +
+                                         " was computed with the system prompt \u201cAnswer in French.\u201d; the "
+                                         "conversation now has the system prompt \u201cAnswer in German.\u201d");
+  }
+  EXPECT_EQ(session->tokens(), before);  // kept its own state
+  EXPECT_THROW(store.load_checkpoint(checkpoint->id, *session), StateRefused);  // nor under none
+  store.load_checkpoint(checkpoint->id, *session, "Answer in French.");
+  EXPECT_EQ(session->tokens(), tokens);
+  auto other = model_->create_session();
+  try {
+    NamedSessionState state(db_path(), "chat", *other);
+    FAIL() << "the session went on without its system prompt";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("session \"chat\" was computed with the system prompt \u201cAnswer in French.\u201d; "
+                                         "the conversation now has none"),
+              std::string::npos)
+        << e.what();
+  }
+  NamedSessionState same(db_path(), "chat", *other, 0, "Answer in French.");
+  EXPECT_EQ(same.notice(), "");
+  EXPECT_EQ(other->tokens(), tokens);
+}
+
+// A long system prompt is named by its first 60 bytes, cut between characters.
+TEST(SystemPromptMismatch, NamesLongPromptsByTheirBeginning) {
+  EXPECT_EQ(system_prompt_mismatch("x", "same", "same"), "");
+  const std::string long_prompt = std::string(59, 'a') + "\u00e9 and more";
+  EXPECT_EQ(system_prompt_mismatch("x", "", long_prompt),
+            "x was computed without a system prompt; the conversation now has the system prompt \u201c" +
+                std::string(59, 'a') + "\u2026\u201d");
+}
+
+// Version 8 had no system prompt column: its checkpoints load as computed without one.
+TEST_F(StoreTest, CheckpointsOfSchemaEightHaveNoSystemPrompt) {
+  std::int64_t checkpoint_id = 0, session_id = 0;
+  {
+    // Written by this build, then the column is dropped and the version set back: a version-8 file.
+    Store store(db_path());
+    auto writer = model_->create_session();
+    writer->feed(token_ids(12, 17));
+    session_id = store.create_session("old");
+    checkpoint_id = store.save_checkpoint(session_id, *writer);
+  }
+  {
+    sql::Database db(db_path());
+    db.exec("ALTER TABLE checkpoints DROP COLUMN system_prompt; PRAGMA user_version = 8;");
+  }
+  Store store(db_path());
+  EXPECT_EQ(store.schema_version(), kSchemaVersion);
+  EXPECT_EQ(store.integrity_check(), "ok");
+  EXPECT_EQ(store.checkpoints(session_id).at(0).system_prompt, "");
+  auto session = busy_session();
+  store.load_checkpoint(checkpoint_id, *session);
+  EXPECT_EQ(session->position(), 12);
+  EXPECT_THROW(store.load_checkpoint(checkpoint_id, *session, "Be brief."), StateRefused);
+}
+
 TEST_F(StoreTest, MigratesFromEveryEarlierVersion) {
   for (int version = 0; version < kSchemaVersion; ++version) {
     SCOPED_TRACE("from version " + std::to_string(version));

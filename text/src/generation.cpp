@@ -80,15 +80,22 @@ DocumentPrompt document_prompt(const ChatFormat& format, const Tokenizer& tokeni
   const QuestionText text = question_text(documents, question, placements);
   message.parts.push_back({ChatPart::Kind::Text, text.skeleton, {}});
   Conversation conversation;
+  if (!turn.system.empty() && !turn.continues)
+    conversation.messages.push_back({ChatMessage::Role::System, {{ChatPart::Kind::Text, turn.system, {}}}});
   conversation.messages.push_back(std::move(message));
   const ChatPrompt prompt = turn.continues ? format.render_continuation(conversation) : format.render(conversation);
-  // The user's text is the prompt's only untrusted piece (the image placeholders before it are
-  // trusted) and starts it: its offset places the documents, whose text goes in there.
+  // The user's text is the prompt's last untrusted piece (a system message's text comes before
+  // it; the image placeholders before it and the generation prompt after it are trusted): its
+  // offset places the documents, whose text goes in there.
+  std::size_t last_untrusted = 0;
+  for (std::size_t i = 0; i < prompt.pieces.size(); ++i)
+    if (!prompt.pieces[i].trusted) last_untrusted = i;
   std::size_t message_offset = 0;
   std::vector<PromptTextView> views;
   bool message_seen = false;
-  for (const ChatPrompt::Piece& piece : prompt.pieces) {
-    if (piece.trusted || message_seen) {
+  for (std::size_t i = 0; i < prompt.pieces.size(); ++i) {
+    const ChatPrompt::Piece& piece = prompt.pieces[i];
+    if (i != last_untrusted) {
       if (!message_seen) message_offset += piece.text.size();
       views.push_back({piece.text, piece.trusted});
       continue;

@@ -12,6 +12,8 @@ namespace lightdesk::gui {
 
 QString conversation_markdown(const ChatSession& session) {
   QString markdown = QStringLiteral("# %1\n").arg(session.title);
+  if (!session.system_prompt.isEmpty())
+    markdown += QStringLiteral("\n") + QObject::tr("System prompt: %1").arg(session.system_prompt) + QLatin1Char('\n');
   for (const ChatEntry& entry : session.entries) {
     const bool from_user = entry.role == ChatEntry::Role::User;
     markdown += QStringLiteral("\n## %1\n\n").arg(from_user ? QObject::tr("You") : QObject::tr("Lightdesk"));
@@ -42,8 +44,9 @@ QByteArray conversation_json(const ChatSession& session) {
     }
     messages.append(message);
   }
-  return QJsonDocument(QJsonObject{{QStringLiteral("title"), session.title}, {QStringLiteral("messages"), messages}})
-      .toJson();
+  QJsonObject conversation{{QStringLiteral("title"), session.title}, {QStringLiteral("messages"), messages}};
+  if (!session.system_prompt.isEmpty()) conversation.insert(QStringLiteral("system_prompt"), session.system_prompt);
+  return QJsonDocument(conversation).toJson();
 }
 
 void export_conversation(const ChatSession& session, const QString& path) {

@@ -229,7 +229,12 @@ void ConversationPanel::setBusy(bool can_send, bool can_stop) {
   stop_button_->setEnabled(can_stop);
 }
 
-void ConversationPanel::resetView() { expanded_reasoning_.clear(); }
+void ConversationPanel::resetView() {
+  expanded_reasoning_.clear();
+  expanded_system_prompt_ = false;
+}
+
+void ConversationPanel::setSystemPrompt(const QString& prompt) { system_prompt_ = prompt; }
 
 void ConversationPanel::rerender() { showConversation(entries_, streaming_, idle_, branches_); }
 
@@ -251,6 +256,25 @@ void ConversationPanel::showConversation(const QList<ChatEntry>& entries, const 
   if (streaming) shown.append(*streaming);
   entry_positions_.clear();
   const QString muted = QStringLiteral("color:%1;").arg(colours.muted.name());
+  if (!system_prompt_.isEmpty()) {
+    // Folded to its first line (elided), as the reasoning is: it is the same for every turn.
+    const QString first_line = system_prompt_.section(QLatin1Char('\n'), 0, 0);
+    const bool foldable = first_line.size() > 80 || first_line != system_prompt_;
+    QString html = QStringLiteral("<p style=\"%1\">").arg(muted);
+    if (!foldable)
+      html += tr("System prompt: %1").arg(first_line).toHtmlEscaped();
+    else if (expanded_system_prompt_)
+      html += html_link(QStringLiteral("systemprompt:"), tr("▾ System prompt"), tr("Fold the system prompt"));
+    else
+      html += html_link(QStringLiteral("systemprompt:"), tr("▸ System prompt"), tr("Show the whole system prompt")) +
+              QStringLiteral(": ") + (first_line.left(80) + QStringLiteral("…")).toHtmlEscaped();
+    if (idle)
+      html += QStringLiteral(" &nbsp; ") + html_link(QStringLiteral("systempromptedit:"), tr("✎ Change"),
+                                               tr("Change this session's system prompt"));
+    html += QStringLiteral("</p>");
+    if (foldable && expanded_system_prompt_) html += paragraph(system_prompt_, muted);
+    insert_html(html);
+  }
   bool has_documents = false;  // sent up to this message: an answer's words can be looked up there
   for (qsizetype i = 0; i < shown.size(); ++i) {
     const ChatEntry& entry = shown[i];
@@ -292,7 +316,8 @@ void ConversationPanel::showConversation(const QList<ChatEntry>& entries, const 
       insert_html(html + paragraph(entry.text));
       continue;
     }
-    if (!entry.reasoning.isEmpty()) {
+    // The reasoning of an answer being written streams inline; a finished one folds.
+    if (!entry.reasoning.isEmpty() && !streaming_here) {
       const bool unfolded = expanded_reasoning_[i];
       html += QStringLiteral("<p><a href=\"reasoning:%1\">%2</a></p>")
                   .arg(i)
@@ -303,8 +328,15 @@ void ConversationPanel::showConversation(const QList<ChatEntry>& entries, const 
     }
     insert_html(html);
     // A finished answer is Markdown (lists, emphasis, code blocks); the one streaming in is
-    // appended as it comes, as plain text.
-    if (streaming_here) continue;
+    // appended as it comes, as plain text: shown again, what came so far is (appendStreamed's way).
+    if (streaming_here) {
+      QTextCharFormat reasoning_format;
+      reasoning_format.setForeground(colours.muted);
+      reasoning_format.setFontItalic(true);
+      cursor.insertText(entry.reasoning, reasoning_format);
+      cursor.insertText(entry.text, QTextCharFormat());
+      continue;
+    }
     qsizetype code_index = 0;
     for (const AnswerPart& part : split_code_blocks(entry.text)) {
       if (part.code) {
@@ -361,6 +393,15 @@ void ConversationPanel::showEntry(qsizetype entry, const QString& words) {
 void ConversationPanel::onLink(const QUrl& link) {
   if (link.scheme() == QStringLiteral("regenerate")) {
     emit regenerateRequested();
+    return;
+  }
+  if (link.scheme() == QStringLiteral("systemprompt")) {
+    expanded_system_prompt_ = !expanded_system_prompt_;
+    rerender();
+    return;
+  }
+  if (link.scheme() == QStringLiteral("systempromptedit")) {
+    emit systemPromptEditRequested();
     return;
   }
   const QStringList parts = link.path().split(QLatin1Char(':'));

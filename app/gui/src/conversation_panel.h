@@ -35,6 +35,9 @@ class ConversationPanel : public QWidget {
   // any; `idle` adds the edit and regenerate links. `branches`: by entry index.
   void showConversation(const QList<ChatEntry>& entries, const std::optional<ChatEntry>& streaming, bool idle,
                         const std::map<qsizetype, Branches>& branches = {});
+  // The session's system prompt (empty: none), shown folded to its first line at the top of the
+  // transcript from the next showConversation; a click unfolds it.
+  void setSystemPrompt(const QString& prompt);
   // Appends a piece of the streaming answer.
   void appendStreamed(const QString& text, bool reasoning);
   // Moves the transcript to entry `entry` and selects `words` (a search's) in it, if found there.
@@ -68,6 +71,8 @@ class ConversationPanel : public QWidget {
   void branchRequested(qsizetype entry, int index);
   // "Show in document" on answer `entry`.
   void showInDocumentRequested(qsizetype entry);
+  // "✎ Change" on the system prompt line.
+  void systemPromptEditRequested();
 
  protected:
   bool eventFilter(QObject* watched, QEvent* event) override;
@@ -86,6 +91,8 @@ class ConversationPanel : public QWidget {
   std::optional<qsizetype> editing_;
   QString draft_;  // what was typed before an edit began
   std::map<qsizetype, bool> expanded_reasoning_;  // entry index -> shown
+  QString system_prompt_;
+  bool expanded_system_prompt_ = false;
   QList<int> entry_positions_;                    // where each entry starts in the transcript
   // What is shown, for a re-render (a reasoning folded or unfolded, a palette change).
   QList<ChatEntry> entries_;

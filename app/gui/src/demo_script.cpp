@@ -10,6 +10,7 @@
 #include <QPlainTextEdit>
 #include <QProgressBar>
 #include <QRegularExpression>
+#include <QScrollBar>
 #include <QTextBrowser>
 #include <QTimer>
 
@@ -133,6 +134,50 @@ void DemoScript::settings() {
   QTimer::singleShot(kSettleMs, this, [this, dialog] {
     dialog->grab().save(QDir(steps_.screenshot_directory).filePath(QStringLiteral("15-settings.png")));
     dialog->close();
+    systemPrompt();
+  });
+}
+
+void DemoScript::systemPrompt() {
+  const QString prompt = tr("Answer in one short sentence, and name the part of the document you used.");
+  const QListWidgetItem* session = window_.findChild<QListWidget*>(QStringLiteral("sessionList"))->currentItem();
+  auto* dialog = new SessionSettingsDialog(session ? session->text() : QString(), prompt, QStringLiteral("M1"),
+                                           {1.0, 0.95, 0, 512}, std::nullopt, &window_);
+  dialog->setAttribute(Qt::WA_DeleteOnClose);
+  dialog->show();
+  QTimer::singleShot(kSettleMs, this, [this, dialog, prompt] {
+    dialog->grab().save(QDir(steps_.screenshot_directory).filePath(QStringLiteral("18-session-settings.png")));
+    dialog->close();
+    window_.setSystemPrompt(prompt);
+    // The conversation from its top, where the system prompt is.
+    window_.findChild<QTextBrowser*>(QStringLiteral("transcript"))->verticalScrollBar()->setValue(0);
+    screenshot(QStringLiteral("19-system-prompt.png"), [this] { sessionsWhileReading(); });
+  });
+}
+
+void DemoScript::sessionsWhileReading() {
+  const qint64 asked = window_.currentSessionId();
+  window_.newSession();  // one more session, to look at while the engine reads
+  window_.showMessage(asked, 0);
+  auto* list = window_.findChild<QListWidget*>(QStringLiteral("sessionList"));
+  auto* progress = window_.findChild<QProgressBar*>(QStringLiteral("progressBar"));
+  // Under the new system prompt the conversation is read again whole: meanwhile the other
+  // session is opened from the list.
+  auto reading = std::make_shared<QMetaObject::Connection>();
+  *reading = connect(progress, &QProgressBar::valueChanged, this, [this, list, progress, reading](int value) {
+    if (!progress->isVisible() || value * 4 < progress->maximum()) return;
+    disconnect(*reading);
+    QListWidgetItem* other = nullptr;
+    for (int row = 0; row < list->count(); ++row)
+      if (list->item(row) != list->currentItem()) other = list->item(row);
+    if (other != nullptr) emit list->itemClicked(other);
+    QTimer::singleShot(0, this, [this] {
+      window_.grab().save(QDir(steps_.screenshot_directory).filePath(QStringLiteral("20-sessions-while-reading.png")));
+    });
+  });
+  ask(steps_.questions.value(0), [this, reading, asked] {
+    disconnect(*reading);
+    window_.showMessage(asked, 0);
     darkMode();
   });
 }

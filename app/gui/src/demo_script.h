@@ -1,7 +1,8 @@
 // Drives a MainWindow through the flows of docs/walkthrough.md and saves a screenshot of each:
 // first launch, the model and document, a long read with its progress stopped and sent again,
 // the streaming answer, a follow-up, reopening, search, regenerate, an edit, "Show in document"
-// and a search in the document, the settings, the dark theme, an error. The
+// and a search in the document, the settings, a system prompt, the session list while the
+// engine reads, the dark theme, an error. The
 // `--demo` mode that packaging/screenshots.sh runs under Xvfb.
 #pragma once
 
@@ -47,6 +48,10 @@ class DemoScript : public QObject {
   void documents();
   // The settings dialog, then the window in a dark theme.
   void settings();
+  // A system prompt given in the session's settings, shown at the top of the conversation; the
+  // question under it, read again whole while another session is looked at.
+  void systemPrompt();
+  void sessionsWhileReading();
   void darkMode();
   // Last, what a mistaken model directory looks like.
   void badModelDirectory();

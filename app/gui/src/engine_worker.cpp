@@ -197,10 +197,12 @@ void EngineWorker::readDocument(const QString& path) {
   }
 }
 
-void EngineWorker::generateRemote(const Turns& conversation, const SamplingSettings& sampling) {
+void EngineWorker::generateRemote(const Turns& conversation, const QString& systemPrompt,
+                                  const SamplingSettings& sampling) {
   GenerationStats stats;
   try {
     remote::RemoteRequest request;
+    if (!systemPrompt.isEmpty()) request.messages.push_back({"system", systemPrompt.toStdString()});
     for (const conversation::Turn& turn : conversation) {
       if (!turn.images.empty()) throw Error("images cannot be sent to a server (documents only, as text)");
       request.messages.push_back({turn.from_user ? "user" : "assistant", conversation::prompt_text(turn)});
@@ -234,9 +236,10 @@ void EngineWorker::generateRemote(const Turns& conversation, const SamplingSetti
   }
 }
 
-void EngineWorker::generate(const Turns& conversation, const SamplingSettings& sampling, qint64 sessionId) {
+void EngineWorker::generate(const Turns& conversation, const QString& systemPrompt, const SamplingSettings& sampling,
+                            qint64 sessionId) {
   if (!endpoint_.isEmpty()) {
-    generateRemote(conversation, sampling);
+    generateRemote(conversation, systemPrompt, sampling);
     return;
   }
   if (!chat_) {
@@ -246,7 +249,7 @@ void EngineWorker::generate(const Turns& conversation, const SamplingSettings& s
   GenerationStats stats;
   stats.context_size = model_->info().max_context;
   try {
-    const conversation::Chat::Prompt prompt = chat_->prepare(conversation, sessionId);
+    const conversation::Chat::Prompt prompt = chat_->prepare(conversation, sessionId, systemPrompt.toStdString());
     Session& session = chat_->session();
     stats.reused_tokens = prompt.reused;
     stats.prompt_tokens = static_cast<std::int64_t>(prompt.tokens.size());
@@ -315,11 +318,12 @@ void EngineWorker::generate(const Turns& conversation, const SamplingSettings& s
   }
 }
 
-void EngineWorker::adoptState(const SavedStatePtr& state, const Turns& held, qint64 sessionId) {
+void EngineWorker::adoptState(const SavedStatePtr& state, const Turns& held, const QString& systemPrompt,
+                              qint64 sessionId) {
   if (!chat_) return;
   const auto start = Clock::now();
   try {
-    chat_->adopt(*state, held, sessionId);
+    chat_->adopt(*state, held, sessionId, systemPrompt.toStdString());
     emit stateAdopted(static_cast<qint64>(state->token_count()), seconds_since(start));
   } catch (const std::exception& e) {
     emit stateRefused(to_qstring(e.what()));

@@ -84,18 +84,21 @@ class EngineWorker : public QObject {
   // Loads weights, tokenizer and chat format; emits loadProgress, then modelLoaded or modelFailed.
   void loadModel(const QString& directory, const QString& backend);
   // Reads a document and counts its tokens (documentProgress as it goes; Stop ends it); emits
-  // documentReady or documentFailed (also for one larger than the model's context).
-  void readDocument(const QString& path);
-  // Renders the conversation of repository session `sessionId` (ending with a user message),
-  // feeds what the session does not hold yet and streams the answer: prefillProgress,
-  // textPiece..., then generationFinished or generationFailed.
-  void generate(const lightdesk::gui::Turns& conversation, const lightdesk::gui::SamplingSettings& sampling,
-                qint64 sessionId);
+  // documentReady or documentFailed (also for one larger than the model's context). Virtual, as
+  // generate: a stand-in (the tests') can play a slow engine.
+  virtual void readDocument(const QString& path);
+  // Renders the conversation of repository session `sessionId` (ending with a user message)
+  // after its system prompt (empty: none), feeds what the session does not hold yet and streams
+  // the answer: prefillProgress, textPiece..., then generationFinished or generationFailed.
+  virtual void generate(const lightdesk::gui::Turns& conversation, const QString& systemPrompt,
+                        const lightdesk::gui::SamplingSettings& sampling, qint64 sessionId);
   // Takes `state` (saved in repository session `sessionId` after the turns `held`; a store
   // checkpoint is read here, part by part) as the session's state, so that a conversation
-  // continuing them feeds only what follows: emits stateAdopted, or stateRefused (the session
-  // then starts the next conversation from an empty state).
-  void adoptState(const lightdesk::gui::SavedStatePtr& state, const lightdesk::gui::Turns& held, qint64 sessionId);
+  // continuing them feeds only what follows: emits stateAdopted, or stateRefused (a state of
+  // another system prompt than `systemPrompt` among them; the session then starts the next
+  // conversation from an empty state).
+  void adoptState(const lightdesk::gui::SavedStatePtr& state, const lightdesk::gui::Turns& held,
+                  const QString& systemPrompt, qint64 sessionId);
   // Answers from an OpenAI-compatible server at `endpoint` (lightdesk-server, or vLLM or SGLang on
   // a cluster) instead of a local model, which is unloaded: asks the server for `model` (empty:
   // the first it lists), then emits endpointConnected or endpointFailed. Documents then go to it
@@ -138,7 +141,7 @@ class EngineWorker : public QObject {
   void report_gpu_memory();
   ModelCheck inspect(const QString& directory, const QString& backend) const;
   void unload();
-  void generateRemote(const Turns& conversation, const SamplingSettings& sampling);
+  void generateRemote(const Turns& conversation, const QString& systemPrompt, const SamplingSettings& sampling);
 
   const QString gpus_;
   std::unique_ptr<Model> model_;

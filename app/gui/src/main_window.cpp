@@ -75,7 +75,10 @@ Turns to_turns(const QList<ChatEntry>& entries) {
 }  // namespace
 
 MainWindow::MainWindow(SessionRepository& sessions, QSettings& settings, QWidget* parent)
-    : QMainWindow(parent), sessions_(sessions), settings_(settings), worker_(new EngineWorker(gpus_setting(settings))) {
+    : MainWindow(sessions, settings, new EngineWorker(gpus_setting(settings)), parent) {}
+
+MainWindow::MainWindow(SessionRepository& sessions, QSettings& settings, EngineWorker* engine, QWidget* parent)
+    : QMainWindow(parent), sessions_(sessions), settings_(settings), worker_(engine) {
   setWindowTitle(tr("Lightdesk"));
   setAcceptDrops(true);
   buildWidgets();
@@ -85,14 +88,15 @@ MainWindow::MainWindow(SessionRepository& sessions, QSettings& settings, QWidget
   // A top-level window without a size of its own would open at two thirds of the screen.
   resize(sizeHint());
 
-  // The last conversation opens again; sessions never used (an empty "New chat" of an earlier
-  // run) are not kept, so they cannot pile up.
+  // The conversation shown last (QSettings) opens again, else the one used last; sessions never
+  // used (an empty "New chat" of an earlier run) are not kept, so they cannot pile up.
+  const qint64 last_shown = settings_.value(QStringLiteral("session/last")).toLongLong();
   std::optional<qint64> shown;
   for (const ChatSession& session : sessions_.list()) {
     const std::optional<ChatSession> loaded = sessions_.load(session.id);
     if (loaded && loaded->entries.isEmpty() && loaded->title == untitled())
       sessions_.remove(session.id);
-    else if (!shown)
+    else if (!shown || session.id == last_shown)
       shown = session.id;
   }
   if (shown)
@@ -257,6 +261,7 @@ void MainWindow::buildWidgets() {
   connect(conversation_panel_, &ConversationPanel::regenerateRequested, this, &MainWindow::regenerate);
   connect(conversation_panel_, &ConversationPanel::branchRequested, this, &MainWindow::showBranch);
   connect(conversation_panel_, &ConversationPanel::showInDocumentRequested, this, &MainWindow::showInDocument);
+  connect(conversation_panel_, &ConversationPanel::systemPromptEditRequested, this, &MainWindow::editSessionSettings);
 
   documents_panel_ = new DocumentsPanel;
   connect(documents_panel_, &DocumentsPanel::attachRequested, this, &MainWindow::chooseDocuments);
@@ -315,7 +320,8 @@ void MainWindow::buildMenus() {
   session_menu->addAction(tr("Re&generate last answer"), QKeySequence(Qt::CTRL | Qt::Key_R), this,
                           &MainWindow::regenerate);
   session_menu->addAction(tr("&Search"), QKeySequence::Find, session_panel_, &SessionPanel::focusSearch);
-  session_menu->addAction(tr("Sa&mpling for this session…"), this, &MainWindow::editSessionSampling);
+  session_menu->addAction(tr("Se&ttings for this session…"), this, &MainWindow::editSessionSettings)
+      ->setObjectName(QStringLiteral("sessionSettingsAction"));
   QMenu* help_menu = menuBar()->addMenu(tr("&Help"));
   help_menu->addAction(tr("Try the &demo"), this, &MainWindow::tryDemo);
   QAction* about = help_menu->addAction(tr("&About Lightdesk and the model"), this, &MainWindow::showAbout);
@@ -446,6 +452,7 @@ void MainWindow::onEndpointConnected(const QString& endpoint, const QString& mod
   refreshContextFigure();
   refreshAttachments();
   setGenerating(false);
+  showViewedSession();
   emit modelReady();
 }
 
@@ -467,8 +474,12 @@ void MainWindow::onModelLoaded(const ModelCheck& check, const QString& family, c
   status_panel_->refreshMemory();
   refreshAttachments();
   setGenerating(false);
+  // A session looked at during the load becomes the current one (and restores its state) before
+  // whatever waits for the model (the command line's new session) takes over.
+  const bool viewed = viewing_.has_value();
+  showViewedSession();
   emit modelReady();
-  restoreState();
+  if (!viewed) restoreState();
 }
 
 void MainWindow::onModelRejected(const QString& directory, const QString& message) {
@@ -481,6 +492,7 @@ void MainWindow::onModelFailed(const QString& directory, const QString& message)
   status_panel_->hideProgress();
   model_label_->setText(tr("No model loaded."));
   setGenerating(false);
+  showViewedSession();
   showError(tr("Could not open the model in %1: %2").arg(directory, message));
 }
 
@@ -490,16 +502,31 @@ void MainWindow::editSettings() {
   if (dialog.exec() == QDialog::Accepted) applySettings();
 }
 
-void MainWindow::editSessionSampling() {
-  if (!model_ready_) {
-    showError(tr("Open a model first: a session's sampling starts from its model family's."));
-    return;
-  }
-  SessionSamplingDialog dialog(current_.title, model_family_, load_sampling(settings_, model_family_, default_sampling_),
-                               current_.sampling, this);
+void MainWindow::editSessionSettings() {
+  if (generating_) return;
+  // Without a model the dialog has the system prompt alone: sampling starts from a family's.
+  const QString family = model_ready_ ? model_family_ : QString();
+  SessionSettingsDialog dialog(current_.title, current_.system_prompt, family,
+                               load_sampling(settings_, family, default_sampling_), current_.sampling, this);
+  dialog.setObjectName(QStringLiteral("sessionSettingsDialog"));
   if (dialog.exec() != QDialog::Accepted) return;
-  current_.sampling = dialog.sampling();
-  sessions_.setSampling(current_.id, current_.sampling);
+  if (model_ready_ && dialog.sampling() != current_.sampling) {
+    current_.sampling = dialog.sampling();
+    sessions_.setSampling(current_.id, current_.sampling);
+  }
+  setSystemPrompt(dialog.systemPrompt());
+}
+
+void MainWindow::setSystemPrompt(const QString& prompt) {
+  if (generating_ || prompt == current_.system_prompt) return;
+  current_.system_prompt = prompt;
+  sessions_.setSystemPrompt(current_.id, current_.system_prompt);
+  renderTranscript();
+  if (current_.entries.isEmpty()) return;
+  // The system prompt opens the state: what was computed after the old one cannot go on.
+  read_again_.insert(current_.id);
+  if (engine_holds_.session == current_.id) engine_holds_ = {};
+  status_panel_->showMessage(tr("New system prompt: the next question reads the conversation again."), 10000);
 }
 
 void MainWindow::applySettings() {
@@ -568,7 +595,7 @@ void MainWindow::refreshContextFigure() {
     return;
   }
   // The engine's figure belongs to the session it holds; another session starts from nothing.
-  status_panel_->showContext(engine_holds_.session == current_.id ? engine_tokens_ : 0, contextLimit());
+  status_panel_->showContext(engine_holds_.session == shownSession().id ? engine_tokens_ : 0, contextLimit());
 }
 
 // ---- conversation ----
@@ -643,16 +670,17 @@ void MainWindow::ask(qsizetype keep, const ChatEntry& user, bool regenerated) {
   const Turns conversation = to_turns(current_.entries);
   // The session's own sampling, else its model family's.
   const SamplingSettings sampling = current_.sampling.value_or(load_sampling(settings_, model_family_, default_sampling_));
-  if (keep == 0 || !endpoint_.isEmpty() || (engine_holds_.session == current_.id && engine_holds_.entries >= 0 && engine_holds_.entries <= keep)) {
-    emit generateRequested(conversation, sampling, current_.id);
+  if (keep == 0 || !endpoint_.isEmpty() || read_again_.count(current_.id) != 0 ||
+      (engine_holds_.session == current_.id && engine_holds_.entries >= 0 && engine_holds_.entries <= keep)) {
+    emit generateRequested(conversation, current_.system_prompt, sampling, current_.id);
     return;
   }
   // The engine holds another conversation or a later point of this one: start from the state
   // saved at the branch point, if there is one, rather than reading everything again.
   sessions_.loadState(current_.id, keep, model_info_, this,
-                      [this, conversation, sampling, id = current_.id](const StateLoad& load) {
+                      [this, conversation, sampling, id = current_.id, system = current_.system_prompt](const StateLoad& load) {
                         adoptLoadedState(load);
-                        emit generateRequested(conversation, sampling, id);
+                        emit generateRequested(conversation, system, sampling, id);
                       });
 }
 
@@ -660,8 +688,10 @@ void MainWindow::adoptLoadedState(const StateLoad& load) {
   if (load.state) {
     adopting_ = {current_.id, load.entries};
     state_read_seconds_ = load.seconds;
-    emit adoptStateRequested(load.state, to_turns(current_.entries.mid(0, load.entries)), current_.id);
+    emit adoptStateRequested(load.state, to_turns(current_.entries.mid(0, load.entries)), current_.system_prompt,
+                             current_.id);
   } else if (!load.refused.isEmpty()) {
+    adopting_ = {current_.id, -1};
     onStateRefused(load.refused);
   }
 }
@@ -681,6 +711,7 @@ void MainWindow::onTextPiece(const QString& reasoning, const QString& answer) {
   if (answer_->text.isEmpty() && answer_->reasoning.isEmpty()) status_panel_->showMessage(tr("Writing the answer…"));
   answer_->reasoning += reasoning;
   answer_->text += answer;
+  if (viewing_) return;  // streamed into a session not in view
   if (!reasoning.isEmpty()) conversation_panel_->appendStreamed(reasoning, true);
   if (!answer.isEmpty()) conversation_panel_->appendStreamed(answer, false);
 }
@@ -711,10 +742,12 @@ void MainWindow::onGenerationFinished(const GenerationStats& stats, const Engine
     // Saved with the answer, so that reopening the session (or branching here) reads it back.
     sessions_.saveState(current_.id, current_.entries.size(), state);
     engine_holds_ = {current_.id, current_.entries.size()};
+    read_again_.erase(current_.id);  // its newest state begins with the new one
   } else {
     engine_holds_ = {current_.id, -1};
   }
   refreshContextFigure();
+  showViewedSession();
   emit answerFinished();
 }
 
@@ -724,6 +757,7 @@ void MainWindow::onGenerationFailed(const QString& message) {
   engine_holds_ = {};
   showError(keepAnswer() ? tr("The answer failed: %1\nYour question is back in the input box.").arg(message)
                         : tr("The answer failed: %1").arg(message));
+  showViewedSession();
   emit answerFinished();
 }
 
@@ -733,6 +767,8 @@ bool MainWindow::keepAnswer() {
   bool question_returned = false;
   if (turn_ && !turn_->stored) {
     question_returned = undoTurn();
+    // The question is back in the input box: its session stays in view.
+    if (question_returned) viewing_.reset();
   } else if (!answer_->text.isEmpty() || !answer_->reasoning.isEmpty()) {
     sessions_.append(current_.id, *answer_);
     current_.entries.append(*answer_);
@@ -769,7 +805,7 @@ bool MainWindow::undoTurn() {
 void MainWindow::restoreState() {
   const quint64 ticket = ++restore_ticket_;  // a read still under way is for a session no longer shown
   if (!model_ready_ || !endpoint_.isEmpty() || generating_ || current_.entries.isEmpty() ||
-      engine_holds_.session == current_.id)
+      engine_holds_.session == current_.id || read_again_.count(current_.id) != 0)
     return;
   status_panel_->showMessage(tr("Restoring the session's state…"));
   sessions_.loadState(current_.id, current_.entries.size(), model_info_, this, [this, ticket](const StateLoad& load) {
@@ -791,17 +827,21 @@ void MainWindow::onStateAdopted(qint64 tokens, double seconds) {
 
 void MainWindow::onStateRefused(const QString& message) {
   engine_holds_ = {};
+  read_again_.insert(adopting_.session);
   showError(tr("The saved state of this conversation could not be used (%1). Its messages are kept; the next "
                "question reads the conversation again.")
                 .arg(message));
 }
 
 void MainWindow::renderTranscript() {
+  const ChatSession& shown = shownSession();
   std::map<qsizetype, ConversationPanel::Branches> branches;
-  for (qsizetype i = 0; i < current_.entries.size(); ++i)
-    if (const SiblingPlace place = sessions_.siblings(current_.id, i); place.count > 1)
+  for (qsizetype i = 0; i < shown.entries.size(); ++i)
+    if (const SiblingPlace place = sessions_.siblings(shown.id, i); place.count > 1)
       branches[i] = {place.index, place.count};
-  conversation_panel_->showConversation(current_.entries, answer_, !answer_, branches);
+  conversation_panel_->setSystemPrompt(shown.system_prompt);
+  // A session looked at while the engine works is only read: no links that start a turn.
+  conversation_panel_->showConversation(shown.entries, viewing_ ? std::nullopt : answer_, !answer_ && !viewing_, branches);
 }
 
 // ---- sessions ----
@@ -823,13 +863,38 @@ void MainWindow::newSession() {
 }
 
 void MainWindow::selectSession(qint64 id) {
-  if (generating_ || id == current_.id) return;
-  if (const std::optional<ChatSession> session = sessions_.load(id)) showSession(*session);
+  if (id == shownSession().id) return;
+  if (!generating_) {
+    if (const std::optional<ChatSession> session = sessions_.load(id)) showSession(*session);
+    return;
+  }
+  // The engine works for the current session: the other one is looked at meanwhile.
+  if (id == current_.id) {
+    viewing_.reset();
+  } else if (std::optional<ChatSession> session = sessions_.load(id)) {
+    viewing_ = std::move(session);
+  } else {
+    return;
+  }
+  conversation_panel_->resetView();
+  settings_.setValue(QStringLiteral("session/last"), id);
+  refreshSessionList();
+  refreshAttachments();
+  renderTranscript();
+  refreshContextFigure();
+}
+
+void MainWindow::showViewedSession() {
+  if (!viewing_) return;
+  const ChatSession viewed = *viewing_;
+  viewing_.reset();
+  showSession(viewed);
 }
 
 void MainWindow::showSession(const ChatSession& session) {
   const bool other = session.id != current_.id;
   current_ = session;
+  settings_.setValue(QStringLiteral("session/last"), current_.id);  // a launch without arguments opens it again
   if (other) {
     conversation_panel_->resetView();
     conversation_panel_->endEdit();  // an edit belongs to the session it began in
@@ -856,7 +921,7 @@ void MainWindow::refreshSessionList() {
   QList<ChatSession> shown;
   for (const ChatSession& session : sessions_.list())
     if (session.id != deleting_) shown.append(session);
-  session_panel_->setSessions(shown, current_.id);
+  session_panel_->setSessions(shown, shownSession().id);
 }
 
 void MainWindow::renameSession(qint64 id, const QString& title) {
@@ -864,6 +929,7 @@ void MainWindow::renameSession(qint64 id, const QString& title) {
     refreshSessionList();
     return;
   }
+  if (viewing_ && id == viewing_->id) viewing_->title = title;
   if (id == current_.id) {
     if (title == current_.title) return;
     current_.title = title;
@@ -923,13 +989,19 @@ void MainWindow::runSearch(const QString& query) {
 }
 
 void MainWindow::showMessage(qint64 session, qsizetype entry, qsizetype message) {
-  if (session == 0 || generating_) return;
+  if (session == 0) return;
   selectSession(session);
-  if (session != current_.id) return;
-  if (entry < 0 && message >= 0) {
+  if (session != shownSession().id) return;
+  // Another branch of the session the engine works for waits until it is done.
+  if (entry < 0 && message >= 0 && !(generating_ && session == current_.id)) {
     if (const auto shown = sessions_.showBranchOf(session, message)) {
-      if (engine_holds_.session == current_.id) engine_holds_ = {};
-      showSession(shown->first);
+      if (viewing_) {
+        viewing_ = shown->first;
+        renderTranscript();
+      } else {
+        if (engine_holds_.session == current_.id) engine_holds_ = {};
+        showSession(shown->first);
+      }
       entry = shown->second;
     }
   }
@@ -970,7 +1042,7 @@ void MainWindow::attachFiles(const QStringList& paths) {
       attachImage(path);
       continue;
     }
-    reading_documents_[path] = current_.id;
+    reading_documents_[path] = shownSession().id;
     if (!generating_) worker_->clearStop();
     emit readDocumentRequested(path);
   }
@@ -994,7 +1066,7 @@ void MainWindow::onDocumentReady(const QString& path, const QString& text, const
 
 void MainWindow::onDocumentFailed(const QString& path, const QString& message) {
   const auto reading = reading_documents_.find(path);
-  const bool here = reading != reading_documents_.end() && reading->second == current_.id;
+  const bool here = reading != reading_documents_.end() && reading->second == shownSession().id;
   if (reading != reading_documents_.end()) reading_documents_.erase(reading);
   if (!readingDocuments()) status_panel_->hideProgress();
   refreshAttachments();
@@ -1007,7 +1079,7 @@ void MainWindow::onDocumentFailed(const QString& path, const QString& message) {
 }
 
 void MainWindow::attachImage(const QString& path) {
-  reading_documents_[path] = current_.id;
+  reading_documents_[path] = shownSession().id;
   documents_panel_->decodeThumbnail(path, [this, path](const QString& error) {
     const auto reading = reading_documents_.find(path);
     if (reading == reading_documents_.end()) return;
@@ -1027,34 +1099,35 @@ void MainWindow::attachImage(const QString& path) {
 
 void MainWindow::removeAttachment(bool image, qsizetype index) {
   if (image)
-    pending_images_[current_.id].removeAt(index);
+    pending_images_[shownSession().id].removeAt(index);
   else
-    pending_documents_[current_.id].removeAt(index);
+    pending_documents_[shownSession().id].removeAt(index);
   refreshAttachments();
 }
 
 void MainWindow::refreshAttachments() {
+  const ChatSession& shown = shownSession();
   DocumentsPanel::Contents contents;
-  contents.sent = current_.entries;
-  if (const auto pending = pending_documents_.find(current_.id); pending != pending_documents_.end())
+  contents.sent = shown.entries;
+  if (const auto pending = pending_documents_.find(shown.id); pending != pending_documents_.end())
     contents.pending = pending->second;
-  if (const auto images = pending_images_.find(current_.id); images != pending_images_.end())
+  if (const auto images = pending_images_.find(shown.id); images != pending_images_.end())
     contents.pending_images = images->second;
   for (const auto& [path, session_id] : reading_documents_)
-    if (session_id == current_.id) contents.reading.append(path);
+    if (session_id == shown.id) contents.reading.append(path);
   contents.context_tokens = model_ready_ ? contextLimit() : 0;
   documents_panel_->setContents(contents);
 }
 
 void MainWindow::chooseExportFile() {
-  const QString path = QFileDialog::getSaveFileName(this, tr("Export conversation"), current_.title + QStringLiteral(".md"),
+  const QString path = QFileDialog::getSaveFileName(this, tr("Export conversation"), shownSession().title + QStringLiteral(".md"),
                                                     tr("Markdown (*.md);;JSON (*.json)"));
   if (!path.isEmpty()) exportConversation(path);
 }
 
 void MainWindow::exportConversation(const QString& path) {
   try {
-    export_conversation(current_, path);
+    export_conversation(shownSession(), path);
     status_panel_->showMessage(tr("Conversation exported to %1").arg(path), 5000);
   } catch (const std::exception& e) {
     showError(tr("Could not export the conversation: %1").arg(QString::fromUtf8(e.what())));
@@ -1078,7 +1151,8 @@ void MainWindow::dropEvent(QDropEvent* event) {
 void MainWindow::setGenerating(bool generating) {
   generating_ = generating;
   conversation_panel_->setBusy(!generating_ && model_ready_, generating_ || readingDocuments());
-  session_panel_->setEnabled(!generating_);
+  // Sessions can still be looked at, renamed and searched meanwhile.
+  session_panel_->setBusy(generating_);
 }
 
 void MainWindow::showError(const QString& message) {

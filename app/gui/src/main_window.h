@@ -10,6 +10,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 
 #include "engine_worker.h"
 #include "session_repository.h"
@@ -36,6 +37,9 @@ class MainWindow : public QMainWindow {
  public:
   // `sessions` and `settings` must outlive the window.
   MainWindow(SessionRepository& sessions, QSettings& settings, QWidget* parent = nullptr);
+  // With `engine` (a stand-in in the tests) instead of the window's own; the window owns it and
+  // moves it to the engine thread.
+  MainWindow(SessionRepository& sessions, QSettings& settings, EngineWorker* engine, QWidget* parent = nullptr);
   ~MainWindow() override;
 
   QSettings& settings() { return settings_; }
@@ -87,6 +91,12 @@ class MainWindow : public QMainWindow {
   // Selects the session and moves the transcript to its entry (a search result's click); a
   // `message` on another branch (MessageHit::message) shows that branch first.
   void showMessage(qint64 session, qsizetype entry, qsizetype message = -1);
+  // Gives the current session `prompt` as its system prompt (what Session > Settings for this
+  // session does): shown at the top of the conversation; after the first answer, the next
+  // question reads the conversation again under it, which the status bar says.
+  void setSystemPrompt(const QString& prompt);
+  // The current session's id (0: none yet).
+  qint64 currentSessionId() const { return current_.id; }
   // Writes the current conversation as Markdown, or JSON for a .json path (File > Export).
   void exportConversation(const QString& path);
   // The size the window opens at: room for the three panes, within the screen's available area.
@@ -104,10 +114,10 @@ class MainWindow : public QMainWindow {
   void loadModelRequested(const QString& directory, const QString& backend);
   void readDocumentRequested(const QString& path);
   void connectEndpointRequested(const QString& endpoint, const QString& apiKey, const QString& model);
-  void generateRequested(const lightdesk::gui::Turns& conversation, const lightdesk::gui::SamplingSettings& sampling,
-                         qint64 sessionId);
+  void generateRequested(const lightdesk::gui::Turns& conversation, const QString& systemPrompt,
+                         const lightdesk::gui::SamplingSettings& sampling, qint64 sessionId);
   void adoptStateRequested(const lightdesk::gui::SavedStatePtr& state, const lightdesk::gui::Turns& held,
-                           qint64 sessionId);
+                           const QString& systemPrompt, qint64 sessionId);
 
  protected:
   void dragEnterEvent(QDragEnterEvent* event) override;
@@ -135,7 +145,13 @@ class MainWindow : public QMainWindow {
   // Sends a state the repository found for the current session to the engine, or reports why
   // none can be used.
   void adoptLoadedState(const StateLoad& load);
+  // Shows session `id`; while the engine works for the current one, it is only looked at (see
+  // viewing_).
   void selectSession(qint64 id);
+  // The session shown: the one looked at while the engine works, else the current one.
+  const ChatSession& shownSession() const { return viewing_ ? *viewing_ : current_; }
+  // Once the engine is done: the session looked at meanwhile becomes the current one.
+  void showViewedSession();
   // Makes `session` the current one: its transcript, attachments and saved engine state.
   void showSession(const ChatSession& session);
   // Shows sibling `index` of message `entry` and the newest branch after it.
@@ -154,8 +170,8 @@ class MainWindow : public QMainWindow {
   // Ends the streamed answer: stores what it wrote (undoTurn() if it never began; its answer).
   bool keepAnswer();
   void editSettings();
-  // Session > Sampling for this session.
-  void editSessionSampling();
+  // Session > Settings for this session: its system prompt and sampling.
+  void editSessionSettings();
   // Settings that act on the window at once (Enter sends).
   void applySettings();
   void rememberModel(const QString& directory);
@@ -186,6 +202,9 @@ class MainWindow : public QMainWindow {
   EngineWorker* worker_;  // lives on engine_thread_, deleted when it finishes
 
   ChatSession current_;
+  // Another session looked at (read, renamed, searched) while the engine works for current_:
+  // the session list stays usable; it becomes the current one when the work ends.
+  std::optional<ChatSession> viewing_;
   bool model_ready_ = false;
   QString endpoint_;               // the server answering instead of a local model; empty: none
   QString model_family_;           // settings are kept per chat-format family
@@ -224,6 +243,10 @@ class MainWindow : public QMainWindow {
   quint64 search_ticket_ = 0;                     // tells a stale search answer apart
   QString last_search_;                           // its words, to find in the message opened
   std::int64_t engine_tokens_ = 0;                // positions the engine's state holds
+  // Sessions whose saved states cannot be used (their system prompt changed since, or the last
+  // restore was refused): the next question reads the conversation again rather than restore
+  // one. Its answer's state is the one to restore from then on.
+  std::set<qint64> read_again_;
 
   Demo demo_;
   QLabel* model_label_;

@@ -28,4 +28,16 @@ QJsonObject with_session_sampling(QJsonObject settings, const std::optional<Samp
   return settings;
 }
 
+QString session_system_prompt(const QJsonObject& settings) {
+  return settings.value(QStringLiteral("system_prompt")).toString();
+}
+
+QJsonObject with_session_system_prompt(QJsonObject settings, const QString& prompt) {
+  if (prompt.isEmpty())
+    settings.remove(QStringLiteral("system_prompt"));
+  else
+    settings.insert(QStringLiteral("system_prompt"), prompt);
+  return settings;
+}
+
 }  // namespace lightdesk::gui

@@ -93,10 +93,13 @@ SessionPanel::SessionPanel(QWidget* parent) : QWidget(parent) {
   connect(session_list_, &QListWidget::itemChanged, this, [this](QListWidgetItem* item) {
     emit sessionRenamed(item->data(kSessionIdRole).toLongLong(), item->text());
   });
-  auto* new_button = new QPushButton(tr("New"));
+  auto* new_button = new_button_ = new QPushButton(tr("New"));
+  new_button->setObjectName(QStringLiteral("newSessionButton"));
   new_button->setToolTip(tr("New session (Ctrl+N)"));
   auto* rename_button = new QPushButton(tr("Rename"));
-  auto* delete_button = new QPushButton(tr("Delete"));
+  rename_button->setObjectName(QStringLiteral("renameSessionButton"));
+  auto* delete_button = delete_button_ = new QPushButton(tr("Delete"));
+  delete_button->setObjectName(QStringLiteral("deleteSessionButton"));
   connect(new_button, &QPushButton::clicked, this, &SessionPanel::newRequested);
   connect(rename_button, &QPushButton::clicked, this, &SessionPanel::renameCurrent);
   connect(delete_button, &QPushButton::clicked, this, &SessionPanel::deleteRequested);
@@ -174,6 +177,11 @@ void SessionPanel::resizeEvent(QResizeEvent* event) {
     if (layout() != nullptr) layout()->activate();
     fitResultRows(resultWidth());
   }
+}
+
+void SessionPanel::setBusy(bool busy) {
+  new_button_->setEnabled(!busy);
+  delete_button_->setEnabled(!busy);
 }
 
 void SessionPanel::focusSearch() {

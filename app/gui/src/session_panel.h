@@ -10,6 +10,7 @@
 class QLineEdit;
 class QListWidget;
 class QListWidgetItem;
+class QPushButton;
 class QTimer;
 
 namespace lightdesk::gui {
@@ -25,6 +26,9 @@ class SessionPanel : public QWidget {
   // Search results: each hit under its session's title (hits of sessions not in `titles` are
   // left out); the snippet's match markers become bold text.
   void setSearchResults(const QList<MessageHit>& hits, const std::map<qint64, QString>& titles);
+  // While the engine answers, sessions can be looked at, renamed and searched, not made or
+  // deleted: New and Delete wait.
+  void setBusy(bool busy);
   void focusSearch();
   void renameCurrent();
   QString searchText() const;
@@ -55,6 +59,8 @@ class SessionPanel : public QWidget {
   QLineEdit* search_box_;
   QListWidget* search_results_;
   QListWidget* session_list_;
+  QPushButton* new_button_;
+  QPushButton* delete_button_;
 };
 
 }  // namespace lightdesk::gui

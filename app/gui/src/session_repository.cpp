@@ -102,6 +102,10 @@ void InMemorySessionRepository::setSampling(qint64 id, const std::optional<Sampl
   if (const auto found = sessions_.find(id); found != sessions_.end()) found->second.sampling = sampling;
 }
 
+void InMemorySessionRepository::setSystemPrompt(qint64 id, const QString& prompt) {
+  if (const auto found = sessions_.find(id); found != sessions_.end()) found->second.system_prompt = prompt;
+}
+
 void InMemorySessionRepository::remove(qint64 id) {
   sessions_.erase(id);
   trees_.erase(id);

@@ -42,6 +42,7 @@ struct ChatSession {
   QDateTime last_used;
   QList<ChatEntry> entries;
   std::optional<SamplingSettings> sampling;  // the session's own; none: its model family's
+  QString system_prompt;                     // before every render of its conversation; empty: none
 };
 
 // A search result: a message of a session (or the session itself, for a match in its title, a
@@ -83,6 +84,8 @@ class SessionRepository : public QObject {
   virtual void rename(qint64 id, const QString& title) = 0;
   // The session's own sampling, or none to follow its model family's.
   virtual void setSampling(qint64 id, const std::optional<SamplingSettings>& sampling) = 0;
+  // The session's system prompt (empty: none).
+  virtual void setSystemPrompt(qint64 id, const QString& prompt) = 0;
   virtual void remove(qint64 id) = 0;
   // Appends a finished message (a question with its documents, or a complete answer) and marks
   // the session used now.
@@ -123,6 +126,7 @@ class InMemorySessionRepository final : public SessionRepository {
   ChatSession create(const QString& title) override;
   void rename(qint64 id, const QString& title) override;
   void setSampling(qint64 id, const std::optional<SamplingSettings>& sampling) override;
+  void setSystemPrompt(qint64 id, const QString& prompt) override;
   void remove(qint64 id) override;
   void append(qint64 id, const ChatEntry& entry) override;
   void branch(qint64 id, qsizetype keep) override;

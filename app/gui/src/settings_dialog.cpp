@@ -9,6 +9,7 @@
 #include <QHBoxLayout>
 #include <QLabel>
 #include <QLineEdit>
+#include <QPlainTextEdit>
 #include <QPushButton>
 #include <QVBoxLayout>
 
@@ -99,11 +100,19 @@ SamplingSettings SamplingEditor::sampling() const {
   return {temperature_->value(), top_p_->value(), top_k_->value(), max_new_tokens_->value()};
 }
 
-SessionSamplingDialog::SessionSamplingDialog(const QString& session, const QString& family,
-                                             const SamplingSettings& family_sampling,
+SessionSettingsDialog::SessionSettingsDialog(const QString& session, const QString& system_prompt,
+                                             const QString& family, const SamplingSettings& family_sampling,
                                              const std::optional<SamplingSettings>& own, QWidget* parent)
     : QDialog(parent), family_sampling_(family_sampling) {
-  setWindowTitle(tr("Sampling of “%1”").arg(session));
+  setWindowTitle(tr("Settings of “%1”").arg(session));
+  auto* system_label = new QLabel(tr("&System prompt (what the model is told before the conversation; empty: none):"));
+  system_label->setWordWrap(true);
+  system_prompt_ = new QPlainTextEdit(system_prompt);
+  system_prompt_->setObjectName(QStringLiteral("systemPromptEdit"));
+  system_prompt_->setAccessibleName(tr("System prompt"));
+  system_prompt_->setPlaceholderText(tr("For example: Answer in French, citing the page."));
+  system_prompt_->setTabChangesFocus(true);
+  system_label->setBuddy(system_prompt_);
   own_ = new QCheckBox(tr("This session samples in its own way (else as %1 models do, in Settings)").arg(family));
   own_->setObjectName(QStringLiteral("ownSamplingBox"));
   own_->setChecked(own.has_value());
@@ -113,16 +122,23 @@ SessionSamplingDialog::SessionSamplingDialog(const QString& session, const QStri
     editor_->setEnabled(checked);
     if (!checked) editor_->setSampling(family_sampling_);
   });
+  // A session's sampling starts from its model family's: without a model there is none to show.
+  own_->setVisible(!family.isEmpty());
+  editor_->setVisible(!family.isEmpty());
   auto* buttons = new QDialogButtonBox(QDialogButtonBox::Ok | QDialogButtonBox::Cancel);
   connect(buttons, &QDialogButtonBox::accepted, this, &QDialog::accept);
   connect(buttons, &QDialogButtonBox::rejected, this, &QDialog::reject);
   auto* layout = new QVBoxLayout(this);
+  layout->addWidget(system_label);
+  layout->addWidget(system_prompt_);
   layout->addWidget(own_);
   layout->addWidget(editor_);
   layout->addWidget(buttons);
 }
 
-std::optional<SamplingSettings> SessionSamplingDialog::sampling() const {
+QString SessionSettingsDialog::systemPrompt() const { return system_prompt_->toPlainText().trimmed(); }
+
+std::optional<SamplingSettings> SessionSettingsDialog::sampling() const {
   return own_->isChecked() ? std::optional(editor_->sampling()) : std::nullopt;
 }
 

@@ -13,6 +13,7 @@ class QCheckBox;
 class QComboBox;
 class QDoubleSpinBox;
 class QLineEdit;
+class QPlainTextEdit;
 class QSettings;
 class QSpinBox;
 
@@ -47,18 +48,24 @@ class SamplingEditor : public QWidget {
   QSpinBox* max_new_tokens_;
 };
 
-// Session > Sampling for this session: the session's own sampling, or its model family's.
-class SessionSamplingDialog : public QDialog {
+// Session > Settings for this session: its system prompt and its own sampling, or its model
+// family's.
+class SessionSettingsDialog : public QDialog {
   Q_OBJECT
 
  public:
-  SessionSamplingDialog(const QString& session, const QString& family, const SamplingSettings& family_sampling,
-                        const std::optional<SamplingSettings>& own, QWidget* parent = nullptr);
+  // `family` empty (no model loaded): the sampling rows are left out.
+  SessionSettingsDialog(const QString& session, const QString& system_prompt, const QString& family,
+                        const SamplingSettings& family_sampling, const std::optional<SamplingSettings>& own,
+                        QWidget* parent = nullptr);
+  // The system prompt as typed, spaces around it trimmed (empty: none).
+  QString systemPrompt() const;
   // The session's own sampling, none to follow the family's.
   std::optional<SamplingSettings> sampling() const;
 
  private:
   SamplingSettings family_sampling_;
+  QPlainTextEdit* system_prompt_;
   QCheckBox* own_;
   SamplingEditor* editor_;
 };

@@ -37,7 +37,9 @@ std::pair<ChatSession, QList<InMemorySessionRepository::Message>> read_session(
   session.id = record.id;
   session.title = from_utf8(record.title);
   session.last_used = QDateTime::fromSecsSinceEpoch(record.updated_at, Qt::UTC);
-  session.sampling = session_sampling(QJsonDocument::fromJson(QByteArray::fromStdString(record.settings_json)).object());
+  const QJsonObject settings = QJsonDocument::fromJson(QByteArray::fromStdString(record.settings_json)).object();
+  session.sampling = session_sampling(settings);
+  session.system_prompt = session_system_prompt(settings);
 
   std::multimap<std::int64_t, Attachment> attachments_by_message;
   for (const store::Document& document : store.documents(record.id)) {
@@ -129,17 +131,14 @@ class StoreWriter : public QObject {
     });
   }
 
-  // The session's settings JSON keeps its other keys.
-  void set_sampling(qint64 id, const std::optional<SamplingSettings>& sampling) {
+  // Changes the session's settings JSON by `change`, keeping its other keys.
+  void update_settings(qint64 id, const std::function<QJsonObject(QJsonObject)>& change) {
     write([&] {
       const SessionLog* log = find(id);
       if (log == nullptr) return;
-      for (const store::SessionRecord& record : store_->sessions()) {
-        if (record.id != log->store_id) continue;
-        const QJsonObject settings = with_session_sampling(
-            QJsonDocument::fromJson(QByteArray::fromStdString(record.settings_json)).object(), sampling);
-        store_->set_session_settings(record.id, QJsonDocument(settings).toJson(QJsonDocument::Compact).toStdString());
-      }
+      const store::SessionRecord record = store_->session(log->store_id);
+      const QJsonObject settings = change(QJsonDocument::fromJson(QByteArray::fromStdString(record.settings_json)).object());
+      store_->set_session_settings(record.id, QJsonDocument(settings).toJson(QJsonDocument::Compact).toStdString());
     });
   }
 
@@ -342,7 +341,16 @@ ChatSession StoreSessionRepository::create(const QString& title) {
 
 void StoreSessionRepository::setSampling(qint64 id, const std::optional<SamplingSettings>& sampling) {
   sessions_.setSampling(id, sampling);
-  QMetaObject::invokeMethod(writer_, [writer = writer_, id, sampling] { writer->set_sampling(id, sampling); });
+  QMetaObject::invokeMethod(writer_, [writer = writer_, id, sampling] {
+    writer->update_settings(id, [&sampling](QJsonObject settings) { return with_session_sampling(settings, sampling); });
+  });
+}
+
+void StoreSessionRepository::setSystemPrompt(qint64 id, const QString& prompt) {
+  sessions_.setSystemPrompt(id, prompt);
+  QMetaObject::invokeMethod(writer_, [writer = writer_, id, prompt] {
+    writer->update_settings(id, [&prompt](QJsonObject settings) { return with_session_system_prompt(settings, prompt); });
+  });
 }
 
 void StoreSessionRepository::rename(qint64 id, const QString& title) {

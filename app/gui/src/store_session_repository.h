@@ -50,6 +50,7 @@ class StoreSessionRepository final : public SessionRepository {
   ChatSession create(const QString& title) override;
   void rename(qint64 id, const QString& title) override;
   void setSampling(qint64 id, const std::optional<SamplingSettings>& sampling) override;
+  void setSystemPrompt(qint64 id, const QString& prompt) override;
   void remove(qint64 id) override;
   void append(qint64 id, const ChatEntry& entry) override;
   void branch(qint64 id, qsizetype keep) override;

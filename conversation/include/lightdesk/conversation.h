@@ -36,8 +36,9 @@ bool operator==(const Turn& a, const Turn& b);
 // document_question_text (its documents as "Document: NAME" blocks, PDF pages marked, then
 // "Question: ..."), the same for every front end; an answer as it is.
 std::string prompt_text(const Turn& turn);
-// The turns as a chat of the model's format (one image part per image, then the text).
-Conversation to_chat(std::span<const Turn> turns);
+// The turns as a chat of the model's format (one image part per image, then the text), after a
+// system message of `system_prompt` unless it is empty.
+Conversation to_chat(std::span<const Turn> turns, const std::string& system_prompt = {});
 
 // A document read and its tokens counted.
 struct ReadDocument {
@@ -81,21 +82,24 @@ class Chat {
     std::int64_t kv_saved = 0;
   };
   // Makes the session ready to answer `turns` (ending with a question) of conversation `owner`
-  // (any id the front end gives its conversations): turns that continue the ones the state holds
-  // feed only themselves; the same turns again after a prompt read was stopped feed only what the
-  // stopped read left; anything else (another conversation, an edited message, a stopped answer)
-  // starts from an empty state. Throws Error for images without a vision tower and for a
-  // prompt that leaves no room in the model's context. The state is forgotten until finish().
-  Prompt prepare(std::span<const Turn> turns, std::int64_t owner);
+  // (any id the front end gives its conversations) under `system_prompt` (empty: none; the chat
+  // format's system message before the first turn): turns that continue the ones the state
+  // holds under the same system prompt feed only themselves; the same turns again after a
+  // prompt read was stopped feed only what the stopped read left; anything else (another
+  // conversation, an edited message, a stopped answer, another system prompt) starts from an
+  // empty state. Throws Error for images without a vision tower and for a prompt that leaves no
+  // room in the model's context. The state is forgotten until finish().
+  Prompt prepare(std::span<const Turn> turns, std::int64_t owner, const std::string& system_prompt = {});
   // After the answer to prepare()'s turns: closes the turn in the session (`generated`: the ids
   // the model wrote) and records that the state holds `turns` and `answer`.
   void finish(std::span<const Turn> turns, const std::string& answer, const std::vector<TokenId>& generated);
   // The state after finish(), to save, streamed from the session (EngineState::stream_of): the
   // K/V of the positions from Prompt::kv_saved on, the owner having the earlier ones.
   EngineState::Streamed stream_state() const;
-  // Takes `state` (saved after `held`, in conversation `owner`) as the session's state. Throws
-  // the state's reason when it cannot be used (the session then holds nothing reusable).
-  void adopt(const SavedState& state, std::vector<Turn> held, std::int64_t owner);
+  // Takes `state` (saved after `held`, in conversation `owner`, under `system_prompt`) as the
+  // session's state. Throws the state's reason when it cannot be used (a state computed with
+  // another system prompt among them; the session then holds nothing reusable).
+  void adopt(const SavedState& state, std::vector<Turn> held, std::int64_t owner, const std::string& system_prompt = {});
   // The session's state (a stored session the command line restored) holds turns not known here:
   // the next prepare() continues it whatever its turns (they are all new).
   void continue_unknown_turns();
@@ -125,6 +129,7 @@ class Chat {
   // The conversation those turns belong to, and whether its owner holds their state (adopted
   // from it, or handed out by finish() to be saved).
   std::int64_t held_owner_ = 0;
+  std::string held_system_;  // the system prompt the state began with
   bool held_state_saved_ = false;
   std::int64_t kv_saved_ = 0;  // the last Prompt's
   // The last prepared prompt until its answer is finished: if its read is stopped, the session
@@ -132,6 +137,7 @@ class Chat {
   struct Unfinished {
     std::vector<Turn> turns;
     std::int64_t owner = 0;
+    std::string system_prompt;
     std::int64_t base = 0;  // the session's position before the prompt
     std::vector<TokenId> tokens;
     std::int64_t kv_saved = 0;

@@ -30,10 +30,11 @@ class SavedState {
  public:
   virtual ~SavedState() = default;
   virtual std::int64_t token_count() const = 0;
-  // Replaces the session's state with this one. On an error (a damaged checkpoint, another
-  // model's state, an unreadable database) the session keeps its state and the exception
-  // names the cause.
-  virtual void import_into(Session& session) const = 0;
+  // Replaces the session's state with this one, for a conversation under `system_prompt`
+  // (empty: none). On an error (a damaged checkpoint, another model's state, a state computed
+  // with another system prompt, an unreadable database) the session keeps its state and the
+  // exception names the cause.
+  virtual void import_into(Session& session, const std::string& system_prompt) const = 0;
 };
 
 using SavedStatePtr = std::shared_ptr<const SavedState>;
@@ -68,8 +69,10 @@ class StateProducer {
 class EngineState final : public SavedState {
  public:
   // Copies the session's state: its model's info, token ids, every lightning layer's state and
-  // the K/V of positions kv_first and later.
-  static std::shared_ptr<const EngineState> copy_of(const Session& session, std::int64_t kv_first = 0);
+  // the K/V of positions kv_first and later. `system_prompt`: the one its conversation began
+  // with (empty: none), recorded with it.
+  static std::shared_ptr<const EngineState> copy_of(const Session& session, std::int64_t kv_first = 0,
+                                                    std::string system_prompt = {});
   // The session's state without its parts: its source() asks the engine thread for them as the
   // store writes them, once. The engine thread hands the state over (a queued signal), drops
   // its reference and calls producer.serve(session).
@@ -77,7 +80,7 @@ class EngineState final : public SavedState {
     std::shared_ptr<const EngineState> state;
     StateProducer producer;
   };
-  static Streamed stream_of(const Session& session, std::int64_t kv_first = 0);
+  static Streamed stream_of(const Session& session, std::int64_t kv_first = 0, std::string system_prompt = {});
   // A state with its parts in memory: `state` itself, or for a streamed one a copy read from
   // the engine thread (which must serve it). Throws lightdesk::Error when the engine failed.
   static std::shared_ptr<const EngineState> materialized(std::shared_ptr<const EngineState> state);
@@ -86,6 +89,7 @@ class EngineState final : public SavedState {
 
   const ModelInfo& model() const { return model_; }
   const std::vector<TokenId>& tokens() const { return tokens_; }
+  const std::string& system_prompt() const { return system_prompt_; }
   // The first position whose K/V this state lacks none of (0: a whole state).
   std::int64_t kv_first() const { return kv_first_; }
   // This state with the K/V before its kv_first read from `earlier`, the state it continues
@@ -94,8 +98,9 @@ class EngineState final : public SavedState {
   std::int64_t token_count() const override { return static_cast<std::int64_t>(tokens_.size()); }
   // The bytes of its own parts' values (not those of a state it continues; none when streamed).
   std::size_t bytes() const;
-  // Throws lightdesk::Error for another model's shapes or a state that lacks earlier K/V.
-  void import_into(Session& session) const override;
+  // Throws lightdesk::Error for another model's shapes, another system prompt or a state that
+  // lacks earlier K/V.
+  void import_into(Session& session, const std::string& system_prompt) const override;
   // What Store::save_checkpoint writes this state from.
   store::StateSource source() const;
 
@@ -110,6 +115,7 @@ class EngineState final : public SavedState {
 
   ModelInfo model_;
   std::vector<TokenId> tokens_;
+  std::string system_prompt_;
   std::int64_t kv_first_ = 0;  // the K/V of earlier positions is in neither parts_ nor earlier_
   StateDType kv_dtype_ = StateDType::F32;  // of its K/V parts: the exporting backend's cache type
   std::vector<Part> parts_;
@@ -126,9 +132,9 @@ class StoredCheckpoint final : public SavedState {
       : database_(std::move(database)), checkpoint_id_(checkpoint_id), position_(position) {}
   std::int64_t token_count() const override { return position_; }
   // Opens the database on the calling thread and streams the checkpoint into the session
-  // (Store::load_checkpoint: checksums, model fingerprint and layout verified; store::StateRefused
-  // names what is wrong).
-  void import_into(Session& session) const override;
+  // (Store::load_checkpoint: checksums, model fingerprint, layout and system prompt verified;
+  // store::StateRefused names what is wrong).
+  void import_into(Session& session, const std::string& system_prompt) const override;
 
  private:
   std::filesystem::path database_;

@@ -57,7 +57,7 @@ class StateRefused : public Error {
 };
 
 // Highest schema version this build writes; opening upgrades older files step by step.
-inline constexpr int kSchemaVersion = 8;
+inline constexpr int kSchemaVersion = 9;
 
 enum class Role { System, User, Assistant, Tool };
 const char* role_name(Role role);
@@ -127,6 +127,7 @@ struct CheckpointRecord {
   std::uint32_t layout_version = 0;
   std::string dtype;  // the K/V type its saver exported: "f32" or "bf16" (reused spans may hold the other)
   ExpertSelection experts;  // what the state was computed with (ModelInfo::experts)
+  std::string system_prompt;  // the system prompt in the state's prefix (empty: none)
   bool complete = false;
   std::int64_t created_at = 0;
 };
@@ -155,7 +156,15 @@ struct StateSource {
   std::int64_t kv_first = 0;
   // The element type of the softmax parts it streams (Session::kv_dtype); the store keeps them so.
   StateDType kv_dtype = StateDType::F32;
+  // The system prompt the conversation in the state began with (empty: none): a restore under
+  // another one is refused.
+  std::string system_prompt;
 };
+
+// Why a state computed with the system prompt `saved` cannot continue a conversation under
+// `wanted` ("checkpoint 3 was computed with the system prompt “…”, not with none"); empty when
+// they are the same. `name` names the state.
+std::string system_prompt_mismatch(const std::string& name, const std::string& saved, const std::string& wanted);
 
 class Store {
  public:
@@ -227,7 +236,7 @@ class Store {
   // whose tokens it ends with) and returns its id. The session must have been created from
   // the model whose state it holds; the model is recorded with ensure_model.
   std::int64_t save_checkpoint(std::int64_t session_id, const Session& session,
-                               std::optional<std::int64_t> message_id = {});
+                               std::optional<std::int64_t> message_id = {}, const std::string& system_prompt = {});
   std::int64_t save_checkpoint(std::int64_t session_id, const StateSource& source,
                                std::optional<std::int64_t> message_id = {});
   // Complete checkpoints of the session, oldest first.
@@ -238,9 +247,9 @@ class Store {
   // The token ids a checkpoint covers (checksum verified; throws StateRefused if damaged).
   std::vector<TokenId> checkpoint_tokens(std::int64_t checkpoint_id);
   // Replaces `session`'s state with the checkpoint after verifying model fingerprint, layout
-  // version and every checksum. Throws StateRefused naming the cause; `session` then keeps its
-  // previous state.
-  void load_checkpoint(std::int64_t checkpoint_id, Session& session);
+  // version, every checksum and that it was computed with `system_prompt` (empty: none). Throws
+  // StateRefused naming the cause; `session` then keeps its previous state.
+  void load_checkpoint(std::int64_t checkpoint_id, Session& session, const std::string& system_prompt = {});
   // The verification and reading half of load_checkpoint: checks that the checkpoint is
   // complete and belongs to `model`, streams its parts (lightning layers first, then K/V rows by
   // layer, position and kind, the order of Session::export_state; each part's data is valid only
@@ -248,7 +257,8 @@ class Store {
   // span file asks the disk for the next row while the sink takes the current one. Throws
   // StateRefused naming the cause.
   std::vector<TokenId> read_checkpoint(std::int64_t checkpoint_id, const ModelInfo& model,
-                                       const std::function<void(const StatePart&)>& sink);
+                                       const std::function<void(const StatePart&)>& sink,
+                                       const std::string& system_prompt = {});
   // Deletes the checkpoint and the K/V spans no other checkpoint uses.
   void delete_checkpoint(std::int64_t checkpoint_id);
   // Removes unfinished checkpoints (left by a killed writer) of every session, unused K/V
@@ -294,9 +304,10 @@ class NamedSessionState {
   // Opens `db`, finds or creates the session `name` and loads its latest checkpoint into
   // `session`. If the stored state is refused, notice() says why and, when the checkpoint's
   // token ids are intact, the session is re-prefilled from them (in chunks of
-  // `prefill_chunk_tokens`; 0: the backend's own size, see FeedOptions).
+  // `prefill_chunk_tokens`; 0: the backend's own size, see FeedOptions). A state computed with
+  // another system prompt than `system_prompt` (empty: none) cannot go on: Error naming both.
   NamedSessionState(const std::filesystem::path& db, const std::string& name, Session& session,
-                    std::int64_t prefill_chunk_tokens = 0);
+                    std::int64_t prefill_chunk_tokens = 0, std::string system_prompt = {});
   // Saves the session's current state as the session's newest checkpoint. Throws Error, saving
   // nothing, when the session moved on since it was loaded (another process saved a newer
   // checkpoint of it): this state does not continue that one, and saving it would silently
@@ -316,6 +327,7 @@ class NamedSessionState {
  private:
   Store store_;
   Session& session_;
+  std::string system_prompt_;  // saved with each checkpoint
   std::int64_t session_id_ = 0;
   std::optional<std::int64_t> last_message_id_;  // the message the loaded checkpoint ends with
   // The session's newest checkpoint when it was loaded (or this object's own last save): a

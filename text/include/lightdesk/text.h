@@ -266,6 +266,9 @@ struct UserTurnOptions {
   int images = 0;
   // The turn continues a conversation that ends with an assistant turn (render_continuation).
   bool continues = false;
+  // A system message before the turn (empty: none); a continued turn has its system message
+  // in what it continues already.
+  std::string system;
 };
 DocumentPrompt document_prompt(const ChatFormat& format, const Tokenizer& tokenizer,
                                const std::vector<Document>& documents, const std::string& question,
