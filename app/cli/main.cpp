@@ -256,30 +256,19 @@ std::unique_ptr<lightdesk::store::NamedSessionState> attach_stored_session(
   return state;
 }
 
-// Why the CUDA backend cannot run here (the CUDA plugin missing or unusable, no GPU); empty where it can.
-std::string cuda_unavailable_reason() {
-  try {
-    lightdesk::resolve_backend(lightdesk::BackendKind::Cuda);
-    return {};
-  } catch (const lightdesk::Error& e) {
-    return e.what();
-  }
-}
-
 // The model of the run verbs (with --expert-dtype auto, the plan the memory planner chooses); with
 // --stats, the plan, the backend it runs on, and why not CUDA.
 std::unique_ptr<lightdesk::Model> open_model(const Common& c) {
   lightdesk::ModelOptions options = c.options;
   if (c.planned) {
-    const lightdesk::ModelInfo info = lightdesk::Model::inspect(c.model_dir, options);
-    const lightdesk::MemoryPlan plan = lightdesk::choose_local_plan(info, options, info.max_context);
-    options = lightdesk::apply_plan(plan, options);
-    if (c.stats) std::fprintf(stderr, "plan: %s\n", plan.summary().c_str());
+    const lightdesk::LocalLoad planned = lightdesk::plan_local_load(c.model_dir, options);
+    options = planned.options;
+    if (c.stats) std::fprintf(stderr, "plan: %s\n", planned.plan.summary().c_str());
   }
   auto model = lightdesk::Model::open(c.model_dir, options);
   if (c.stats) {
     const auto backend = model->info().backend;
-    const std::string reason = backend == lightdesk::BackendKind::Cpu ? cuda_unavailable_reason() : "";
+    const std::string reason = backend == lightdesk::BackendKind::Cpu ? lightdesk::cuda_backend_unavailable_reason() : "";
     std::fprintf(stderr, "backend: %s%s\n", lightdesk::backend_name(backend),
                  reason.empty() ? "" : (" (" + reason + ")").c_str());
   }
@@ -485,7 +474,7 @@ int cmd_info(const InfoArgs& a) {
   for (const auto& gpu : gpus)
     std::printf("gpu %d: %s, %s%s\n", gpu.index, gpu.name.c_str(), human_bytes(gpu.total_bytes).c_str(),
                 gpu.free_bytes ? (", " + human_bytes(*gpu.free_bytes) + " free").c_str() : "");
-  if (gpus.empty()) std::printf("gpus: none (%s)\n", cuda_unavailable_reason().c_str());
+  if (gpus.empty()) std::printf("gpus: none (%s)\n", lightdesk::cuda_backend_unavailable_reason().c_str());
   if (!report)
     std::printf("plan: no GPU here (--gpus 4x80GB plans for hypothetical ones)\n");
   else if (plan.backend == lightdesk::BackendKind::Cpu)

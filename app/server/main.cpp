@@ -22,16 +22,6 @@ bool is_loopback(const std::string& host) {
   return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
 }
 
-// Why the CUDA backend cannot run here (the CUDA plugin missing or unusable, no GPU).
-std::string cuda_unavailable_reason() {
-  try {
-    lightdesk::resolve_backend(lightdesk::BackendKind::Cuda);
-    return "a GPU was not asked for";
-  } catch (const lightdesk::Error& e) {
-    return e.what();
-  }
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -102,10 +92,9 @@ int main(int argc, char** argv) {
     const lightdesk::store::DataDirectory data(data_dir);
     std::string plan_summary;
     if (planned) {
-      const lightdesk::ModelInfo info = lightdesk::Model::inspect(model_dir, model_options);
-      const lightdesk::MemoryPlan plan = lightdesk::choose_local_plan(info, model_options, info.max_context);
-      model_options = lightdesk::apply_plan(plan, model_options);
-      plan_summary = plan.summary();
+      lightdesk::LocalLoad load = lightdesk::plan_local_load(model_dir, model_options);
+      model_options = std::move(load.options);
+      plan_summary = load.plan.summary();
     }
     auto model = lightdesk::Model::open(model_dir, data.with_expert_cache(model_dir, model_options));
     if (!states_in_memory && options.state_cache_bytes > 0)
@@ -122,9 +111,14 @@ int main(int argc, char** argv) {
     std::signal(SIGTERM, [](int) { running_server->stop(); });
     std::printf("lightdesk-server: serving %s on http://%s:%d/v1\n", options.model_name.c_str(), options.host.c_str(),
                 server.bound_port());
+    // On the CPU, why not a GPU: the CUDA backend's reason, or that --backend cpu asked for it.
+    std::string why_cpu;
+    if (model->info().backend == lightdesk::BackendKind::Cpu) {
+      const std::string reason = lightdesk::cuda_backend_unavailable_reason();
+      why_cpu = " (" + (reason.empty() ? std::string("a GPU was not asked for") : reason) + ")";
+    }
     std::printf("lightdesk-server: the model runs on the %s%s\n", lightdesk::backend_name(model->info().backend),
-                model->info().backend == lightdesk::BackendKind::Cpu ? (" (" + cuda_unavailable_reason() + ")").c_str()
-                                                                     : "");
+                why_cpu.c_str());
     // After the two lines scripts read first.
     if (planned) std::printf("lightdesk-server: the memory planner's choice: %s\n", plan_summary.c_str());
     std::fflush(stdout);

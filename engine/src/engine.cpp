@@ -254,6 +254,15 @@ BackendKind resolve_backend(BackendKind requested) {
   return requested;
 }
 
+std::string cuda_backend_unavailable_reason() {
+  try {
+    resolve_backend(BackendKind::Cuda);
+    return {};
+  } catch (const Error& e) {
+    return e.what();
+  }
+}
+
 namespace {
 
 // Bytes of the experts the checkpoint holds (synthetic: the float32 values made).

@@ -516,4 +516,11 @@ ModelOptions apply_plan(const MemoryPlan& plan, ModelOptions base, const ExpertP
   return base;
 }
 
+LocalLoad plan_local_load(const std::filesystem::path& directory, const ModelOptions& options) {
+  const ModelInfo info = Model::inspect(directory, options);
+  MemoryPlan plan = choose_local_plan(info, options, info.max_context);
+  ModelOptions planned = apply_plan(plan, options);
+  return {std::move(planned), std::move(plan)};
+}
+
 }  // namespace lightdesk

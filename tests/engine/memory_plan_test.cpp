@@ -549,6 +549,15 @@ TEST(ApplyPlan, TheDemoModelOnTheCpuPlansForHostMemory) {
   EXPECT_EQ(options.backend, BackendKind::Cpu);
   EXPECT_EQ(options.expert_dtype, ExpertFormat::Bf16);
   EXPECT_EQ(options.tensor_parallel, 1);
+  // The front ends' --expert-dtype auto: the same plan from the directory alone, its options kept
+  // over the caller's others.
+  ModelOptions threaded = cpu;
+  threaded.threads = 3;
+  const LocalLoad load = plan_local_load(demo.directory, threaded);
+  EXPECT_EQ(load.plan.summary(), plan.summary());
+  EXPECT_EQ(load.options.backend, BackendKind::Cpu);
+  EXPECT_EQ(load.options.expert_dtype, ExpertFormat::Bf16);
+  EXPECT_EQ(load.options.threads, 3);
   // A pruned request plans its size; nothing fitting is an error naming the model and context.
   ModelOptions pruned = cpu;
   pruned.experts.kept.assign(static_cast<std::size_t>(demo.num_layers), {0, 1, 2, 3});

@@ -44,6 +44,8 @@ std::vector<BackendKind> available_backends();
 // The backend `requested` stands for here: Auto is CUDA where a device is usable, else the CPU.
 // Throws, naming the cause, when the requested one is not available.
 BackendKind resolve_backend(BackendKind requested);
+// Why the CUDA backend cannot run here (its plugin missing or unusable, no GPU); empty where it can.
+std::string cuda_backend_unavailable_reason();
 
 // A CUDA device and its memory, for showing what a model needs against what each GPU has.
 struct GpuDevice {
@@ -612,5 +614,14 @@ struct ExpertPattern;  // lightdesk/expert_patterns.h
 // a plan this build does not run, or a pruned one with neither a selection of its size nor a
 // pattern.
 ModelOptions apply_plan(const MemoryPlan& plan, ModelOptions base, const ExpertPattern* pattern = nullptr);
+
+// What a front end's "the memory planner's choice" (--expert-dtype auto) loads: the model in
+// `directory` inspected as `options` ask, planned on this machine at its full context
+// (choose_local_plan), and the options of that plan (apply_plan).
+struct LocalLoad {
+  ModelOptions options;
+  MemoryPlan plan;
+};
+LocalLoad plan_local_load(const std::filesystem::path& directory, const ModelOptions& options);
 
 }  // namespace lightdesk

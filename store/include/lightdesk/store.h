@@ -158,7 +158,7 @@ struct StateSource {
   StateDType kv_dtype = StateDType::F32;
   // The system prompt the conversation in the state began with (empty: none): a restore under
   // another one is refused.
-  std::string system_prompt;
+  std::string system_prompt{};
 };
 
 // Why a state computed with the system prompt `saved` cannot continue a conversation under
